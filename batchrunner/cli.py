@@ -1,0 +1,185 @@
+"""The ``batchrunner`` command: a thin argparse shell around the runner.
+
+Exit codes: 0 every row ok; 2 bad usage, job file or input (nothing sent); 3 finished with
+failed rows; 4 stopped early (auth, quota, interrupted) and resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from batchrunner import __version__
+from batchrunner.errors import BatchrunnerError, JournalError, StopJob, UsageError
+
+__all__ = ["main"]
+
+EPILOG = """\
+exit codes: 0 all rows ok · 2 bad job, option or input (nothing sent) ·
+            3 finished with failed rows · 4 stopped early (auth, quota, Ctrl-C), rerun to resume
+"""
+
+
+def _run_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run (or resume) a job",
+        description="Run a job file, or a job given entirely by options. Rerunning the same "
+        "command resumes: rows already ok are never sent again.",
+        epilog="example: batchrunner run --input x.csv --prompt 'Summarise: {text}' "
+        "--model gpt-4o-mini --output out/x",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("job", nargs="?", help="job file (TOML); options below override its fields")
+    g = p.add_argument_group("input")
+    g.add_argument("--input", metavar="PATH", help=".csv, .parquet, .jsonl, or a Parquet folder")
+    g.add_argument("--id-column", metavar="COL", help="column with a unique id for each row")
+    g = p.add_argument_group("request")
+    g.add_argument("--model", help="model name, e.g. gpt-4o-mini")
+    g.add_argument("--prompt", metavar="TEMPLATE", help="prompt template, e.g. 'Summarise: {text}'")
+    g.add_argument("--prompt-column", metavar="COL", help="column holding the whole prompt")
+    g.add_argument("--system", metavar="TEXT", help="system message")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--max-tokens", type=int, metavar="N")
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--stop", action="append", metavar="SEQ", help="stop sequence (repeatable)")
+    g.add_argument("--model-column", metavar="COL", help="column with a per-row model")
+    g = p.add_argument_group("endpoint")
+    g.add_argument("--base-url", metavar="URL", help="default: $OPENAI_BASE_URL")
+    g.add_argument("--api-key-env", metavar="VAR", help="variable holding the key "
+                   "(default OPENAI_API_KEY; .env is read)")
+    g.add_argument("--simulator", action="store_const", const=True, default=None,
+                   help="run against the built-in simulator (no key, no network)")
+    g = p.add_argument_group("limits")
+    g.add_argument("--rpm", dest="requests_per_minute", type=float, metavar="N",
+                   help="requests per minute")
+    g.add_argument("--tpm", dest="tokens_per_minute", type=float, metavar="N",
+                   help="tokens per minute")
+    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 64)")
+    g.add_argument("--timeout", dest="timeout_s", type=float, metavar="S",
+                   help="seconds per request (default 120)")
+    g.add_argument("--max-attempts", type=int, metavar="N", help="attempts per row (default 6)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output", metavar="DIR", help="output directory (journal, results, report)")
+    g.add_argument("--format", choices=("parquet", "csv", "jsonl"), help="results format")
+    g.add_argument("--name", help="job name shown in progress and reports")
+    g = p.add_argument_group("rerun")
+    g.add_argument("--retry-failed", action="store_true", help="also resend rows that failed")
+    g.add_argument("--rerun-where", metavar="EXPR",
+                   help="also resend rows whose recorded outcome matches, "
+                   "e.g. \"finish_reason == 'length'\"")
+    g.add_argument("--force", action="store_true",
+                   help="go on although the input or request settings changed since the last run")
+    p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                   help="progress display (auto: a bar on a terminal, log lines otherwise)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchrunner",
+        description="Run large batches of OpenAI-compatible chat completion requests: "
+        "rate-limited, retried, resumable, with a cost report.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"batchrunner {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _run_parser(sub)
+
+    p = sub.add_parser("status", help="progress, failures and cost of an output directory")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p = sub.add_parser("report", help="rebuild results and reports from the journal")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+
+    from batchrunner import simulator
+
+    p = sub.add_parser(
+        "simulate",
+        help="serve the built-in OpenAI-compatible simulator",
+        description="An OpenAI-compatible chat completions server for rehearsals and tests: "
+        "deterministic replies, rate limits, latency and faults. No key, no network.",
+    )
+    simulator.add_arguments(p)
+    return parser
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    from batchrunner.config import OVERRIDES
+
+    out = {k: getattr(ns, k, None) for k in OVERRIDES}
+    stop = out.get("stop")
+    if isinstance(stop, list) and len(stop) == 1:
+        out["stop"] = stop[0]
+    return out
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, format_summary, run_job
+
+    job = load_job(ns.job, _overrides(ns))
+    options = RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
+                         force=ns.force, progress=ns.progress)
+    summary = anyio.run(run_job, job, options)
+    print(format_summary(summary))
+    return summary.exit_code
+
+
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from batchrunner.runner import RunSummary, format_summary, plan_from_output, rebuild_outputs
+
+    plan = plan_from_output(Path(ns.out_dir))
+    summary = rebuild_outputs(plan, RunSummary(name=plan.job.name))
+    print(format_summary(summary))
+    return summary.exit_code
+
+
+def _cmd_status(ns: argparse.Namespace) -> int:
+    from batchrunner.runner import format_status
+
+    print(format_status(Path(ns.out_dir)))
+    return 0
+
+
+def _cmd_simulate(ns: argparse.Namespace) -> int:
+    from batchrunner import simulator
+
+    simulator.serve(simulator.config_from_args(ns), ns.host, ns.port)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 2
+    commands = {"run": _cmd_run, "status": _cmd_status, "report": _cmd_report,
+                "simulate": _cmd_simulate}
+    try:
+        return commands[ns.command](ns)
+    except UsageError as e:
+        print(f"batchrunner: error: {e}", file=sys.stderr)
+        return 2
+    except JournalError as e:
+        print(f"batchrunner: error: {e}", file=sys.stderr)
+        return 2
+    except StopJob as e:
+        print(f"batchrunner: stopped: {e}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        print("batchrunner: interrupted; finished rows are saved — rerun to resume",
+              file=sys.stderr)
+        return 4
+    except BatchrunnerError as e:
+        print(f"batchrunner: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"batchrunner: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 1

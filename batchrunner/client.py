@@ -1,0 +1,264 @@
+"""ChatClient: one chat completion request → ``ChatResult``, or a ``RequestError``.
+
+The only module that touches aiohttp. Every failure of the library below is translated here,
+in ``_translate``, into the project's errors with a short stable ``error_type``. Messages are
+built from the status, the error body's ``message`` and the exception class, never from request
+headers, so the API key cannot leak into them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from batchrunner.errors import (
+    AuthError,
+    BadResponseError,
+    HTTPStatusError,
+    QuotaError,
+    RequestError,
+    TransportError,
+)
+from batchrunner.retry import is_retryable_status
+
+__all__ = ["ChatClient", "ChatResult"]
+
+_MAX_MESSAGE = 300
+_TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass(slots=True)
+class ChatResult:
+    content: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cached_tokens: int | None
+    reasoning_tokens: int | None
+    model: str | None
+    request_id: str | None
+    latency_ms: float
+    headers: dict[str, str]
+
+
+class ChatClient:
+    """Posts chat completion bodies to ``base_url`` over one aiohttp session."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout_s: float,
+        connections: int,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._secrets = tuple(s for s in (api_key, *secrets) if s)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, 30.0))
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ChatClient:
+        connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, headers=self._headers
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def redact(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "[redacted]")
+        return text
+
+    async def complete(self, body: dict[str, Any]) -> ChatResult:
+        assert self._session is not None, "use ChatClient as an async context manager"
+        data = orjson.dumps(body)
+        start = time.perf_counter()
+        try:
+            async with self._session.post(self.url, data=data) as resp:
+                raw = await resp.read()
+                status = resp.status
+                headers = resp.headers
+                request_id = headers.get("x-request-id")
+                hdrs = {
+                    k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")
+                }
+        except Exception as e:
+            raise self._translate(e) from None
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        if status != 200:
+            raise self._status_error(status, raw, headers, request_id)
+        return self._parse(raw, request_id, latency_ms, hdrs)
+
+    def _translate(self, e: BaseException) -> RequestError:
+        if isinstance(e, asyncio.TimeoutError | TimeoutError):
+            return TransportError("timeout", "no complete answer within timeout_s", retryable=True)
+        if isinstance(e, aiohttp.ServerDisconnectedError):
+            return TransportError(
+                "connection_reset", "the server closed the connection mid-request", retryable=True
+            )
+        if isinstance(e, aiohttp.ClientPayloadError):
+            return TransportError(
+                "truncated_body", "the response body was cut short", retryable=True
+            )
+        if isinstance(e, aiohttp.ClientConnectorError):
+            return TransportError(
+                "connection_error",
+                self.redact(f"cannot connect to {e.host}:{e.port} ({e.os_error.strerror or e})"),
+                retryable=True,
+            )
+        if isinstance(e, aiohttp.ClientOSError | ConnectionError):
+            return TransportError(
+                "connection_reset", self.redact(f"connection error: {type(e).__name__}"),
+                retryable=True,
+            )
+        if isinstance(e, aiohttp.ClientError):
+            return TransportError(
+                "client_error", self.redact(f"{type(e).__name__}: {e}")[:_MAX_MESSAGE],
+                retryable=True,
+            )
+        return TransportError(
+            "client_error", self.redact(f"{type(e).__name__}: {e}")[:_MAX_MESSAGE], retryable=False
+        )
+
+    def _status_error(
+        self, status: int, raw: bytes, headers: Any, request_id: str | None
+    ) -> RequestError:
+        code: str | None = None
+        etype: str | None = None
+        message: str
+        try:
+            payload = orjson.loads(raw)
+            err = payload.get("error") if isinstance(payload, dict) else None
+            if isinstance(err, dict):
+                message = str(err.get("message") or "")
+                code = err.get("code") if isinstance(err.get("code"), str) else None
+                etype = err.get("type") if isinstance(err.get("type"), str) else None
+            elif isinstance(err, str):
+                message = err
+            else:
+                message = raw[:_MAX_MESSAGE].decode("utf-8", "replace")
+        except (ValueError, AttributeError):
+            if b"<html" in raw[:2048].lower() or b"<!doctype" in raw[:2048].lower():
+                m = _TITLE.search(raw[:4096])
+                title = m.group(1).decode("utf-8", "replace").strip() if m else "no title"
+                message = f"HTML error page from the gateway ({title})"
+            else:
+                message = raw[:_MAX_MESSAGE].decode("utf-8", "replace")
+        message = self.redact(" ".join(message.split()))[:_MAX_MESSAGE] or f"HTTP {status}"
+        retry_after = _retry_after(headers)
+        if status in (401, 403):
+            raise AuthError(
+                f"the endpoint refused the API key (HTTP {status}: {message}) — "
+                "check the key and its access to this model"
+            )
+        if status == 429 and (code == "insufficient_quota" or etype == "insufficient_quota"):
+            raise QuotaError(
+                f"the account is out of quota (HTTP 429 insufficient_quota: {message})"
+            )
+        if status == 429:
+            return HTTPStatusError(
+                "rate_limited", message, retryable=True, retry_after=retry_after, status=status,
+                request_id=request_id,
+            )
+        return HTTPStatusError(
+            f"http_{status}", message, retryable=is_retryable_status(status),
+            retry_after=retry_after, status=status, request_id=request_id,
+        )
+
+    def _parse(
+        self, raw: bytes, request_id: str | None, latency_ms: float, headers: dict[str, str]
+    ) -> ChatResult:
+        try:
+            payload = orjson.loads(raw)
+        except ValueError:
+            raise BadResponseError(
+                "invalid_body", "HTTP 200 with a body that is not JSON", retryable=True,
+                status=200, request_id=request_id,
+            ) from None
+        if not isinstance(payload, dict):
+            raise BadResponseError(
+                "invalid_body", "HTTP 200 with a JSON body that is not an object", retryable=True,
+                status=200, request_id=request_id,
+            )
+        choices = payload.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            raise BadResponseError(
+                "no_choices", "HTTP 200 without choices", retryable=True, status=200,
+                request_id=request_id,
+            )
+        choice = choices[0]
+        message = choice.get("message") or {}
+        content = message.get("content") if isinstance(message, dict) else None
+        usage = payload.get("usage")
+        pt = ct = tt = cached = reasoning = None
+        if isinstance(usage, dict):
+            pt = _int(usage.get("prompt_tokens"))
+            ct = _int(usage.get("completion_tokens"))
+            tt = _int(usage.get("total_tokens"))
+            if tt is None and pt is not None and ct is not None:
+                tt = pt + ct
+            ptd = usage.get("prompt_tokens_details")
+            cached = _int(ptd.get("cached_tokens")) if isinstance(ptd, dict) else None
+            ctd = usage.get("completion_tokens_details")
+            reasoning = _int(ctd.get("reasoning_tokens")) if isinstance(ctd, dict) else None
+            if pt is not None:
+                cached = cached or 0
+                reasoning = reasoning or 0
+        model = payload.get("model")
+        return ChatResult(
+            content=content if isinstance(content, str) else None,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            total_tokens=tt,
+            cached_tokens=cached,
+            reasoning_tokens=reasoning,
+            model=model if isinstance(model, str) else None,
+            request_id=request_id or (rid if isinstance(rid := payload.get("id"), str) else None),
+            latency_ms=latency_ms,
+            headers=headers,
+        )
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds; an HTTP date is ignored)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    s = headers.get("retry-after")
+    if s is not None:
+        try:
+            return max(0.0, float(s))
+        except ValueError:
+            return None
+    return None

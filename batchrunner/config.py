@@ -1,0 +1,370 @@
+"""A job's settings: frozen keyword-only dataclasses, loaded from TOML and command-line overrides.
+
+A job file has these tables (every key optional unless marked)::
+
+    name = "nightly-descriptions"
+
+    [input]
+    path = "../sample_data/products.csv"   # required; relative paths are relative to the job file
+    id_column = "sku"                      # else a row's position, tied to the input's fingerprint
+
+    [request]
+    model = "gpt-4o-mini"                  # required unless model_column or an OpenAI batch file
+    system = "You write product copy."
+    prompt = "Describe {name} in one sentence."   # or prompt_column = "prompt"
+    temperature = 0.2
+    max_tokens = 200
+    top_p = 1.0
+    stop = ["\\n\\n"]
+    response_format = { type = "json_object" }
+    model_column = "model"                 # per-row model override
+    [request.extra]                        # passed into the body unchanged (thinking, ...)
+
+    [endpoint]
+    base_url = "https://api.openai.com/v1" # else $OPENAI_BASE_URL; or simulator = true
+    api_key_env = "OPENAI_API_KEY"
+    simulator = false                      # run against the built-in simulator
+
+    [limits]
+    requests_per_minute = 500
+    tokens_per_minute = 200000
+    concurrency = 64
+    timeout_s = 120
+    max_attempts = 6
+
+    [output]
+    dir = "../out/nightly"                 # required
+    format = "parquet"                     # or csv, jsonl
+
+    [prices."my-model"]                    # USD per 1M tokens, overrides the price library
+    input = 0.15
+    output = 0.60
+    cached_input = 0.075
+
+    [simulator]                            # options of the built-in simulator
+    latency_ms = 200
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from batchrunner.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_API_KEY_ENV",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_TIMEOUT_S",
+    "EndpointConfig",
+    "InputConfig",
+    "JobConfig",
+    "Limits",
+    "OutputConfig",
+    "RequestConfig",
+    "load_dotenv",
+    "load_job",
+]
+
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_BASE_URL_ENV = "OPENAI_BASE_URL"
+DEFAULT_CONCURRENCY = 64
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_MAX_ATTEMPTS = 6
+OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputConfig:
+    path: Path
+    id_column: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestConfig:
+    model: str | None = None
+    system: str | None = None
+    prompt: str | None = None
+    prompt_column: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    response_format: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    model_column: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that shapes the request bodies, for the job's fingerprint."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EndpointConfig:
+    base_url: str | None = None
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    simulator: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputConfig:
+    dir: Path
+    format: str = "parquet"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    name: str
+    input: InputConfig
+    request: RequestConfig
+    endpoint: EndpointConfig
+    limits: Limits
+    output: OutputConfig
+    prices: dict[str, Any] = field(default_factory=dict)
+    simulator: dict[str, Any] = field(default_factory=dict)
+    source: str = "command line"
+
+
+_TABLES = ("input", "request", "endpoint", "limits", "output", "prices", "simulator")
+
+# Command-line option name → (table, key). The CLI passes overrides with these names.
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "name": ("", "name"),
+    "input": ("input", "path"),
+    "id_column": ("input", "id_column"),
+    "model": ("request", "model"),
+    "system": ("request", "system"),
+    "prompt": ("request", "prompt"),
+    "prompt_column": ("request", "prompt_column"),
+    "temperature": ("request", "temperature"),
+    "max_tokens": ("request", "max_tokens"),
+    "top_p": ("request", "top_p"),
+    "stop": ("request", "stop"),
+    "model_column": ("request", "model_column"),
+    "base_url": ("endpoint", "base_url"),
+    "api_key_env": ("endpoint", "api_key_env"),
+    "simulator": ("endpoint", "simulator"),
+    "requests_per_minute": ("limits", "requests_per_minute"),
+    "tokens_per_minute": ("limits", "tokens_per_minute"),
+    "concurrency": ("limits", "concurrency"),
+    "timeout_s": ("limits", "timeout_s"),
+    "max_attempts": ("limits", "max_attempts"),
+    "output": ("output", "dir"),
+    "format": ("output", "format"),
+}
+
+
+def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) -> JobConfig:
+    """Read a job file (if given), apply command-line ``overrides`` and validate everything.
+
+    Paths in the file are relative to the file's directory; paths on the command line are
+    relative to the current directory.
+    """
+    raw: dict[str, Any] = {}
+    where = "command line"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise ConfigError(f"job file {p}: not found")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"job file {p}: not valid TOML: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"job file {p}: not UTF-8 text") from None
+        base = p.resolve().parent
+        for table in ("input", "output"):
+            t = raw.get(table)
+            key = "path" if table == "input" else "dir"
+            if isinstance(t, dict) and isinstance(t.get(key), str):
+                t[key] = str((base / t[key]).resolve())
+    unknown = sorted(set(raw) - set(_TABLES) - {"name"})
+    if unknown:
+        raise ConfigError(
+            f"job file {where}: unknown key {unknown[0]!r} "
+            f"(known: name, {', '.join('[' + t + ']' for t in _TABLES)})"
+        )
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        table, key = OVERRIDES[name]
+        if (table == "input" and key == "path") or (table == "output" and key == "dir"):
+            value = str(Path(value).resolve())
+        if table:
+            t = raw.setdefault(table, {})
+            if not isinstance(t, dict):
+                raise ConfigError(f"job file {where}: [{table}] must be a table")
+            t[key] = value
+        else:
+            raw[key] = value
+    return _build(raw, where, Path(path).stem if path is not None else None)
+
+
+def _table(raw: Mapping[str, Any], name: str, where: str, cls: type) -> dict[str, Any]:
+    t = raw.get(name, {})
+    if not isinstance(t, dict):
+        raise ConfigError(f"job {where}: [{name}] must be a table")
+    known = {f.name for f in fields(cls)}
+    for key in t:
+        if key not in known:
+            raise ConfigError(
+                f"job {where}: unknown key {key!r} in [{name}] (known: {', '.join(sorted(known))})"
+            )
+    return dict(t)
+
+
+def _number(t: dict[str, Any], key: str, where: str, *, integer: bool, positive: bool,
+            table: str) -> None:
+    if key not in t or t[key] is None:
+        return
+    v = t[key]
+    ok_type = isinstance(v, int) if integer else isinstance(v, int | float)
+    if isinstance(v, bool) or not ok_type or not math.isfinite(v):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"job {where}: [{table}] {key} must be {kind}, got {v!r}")
+    if positive and v <= 0:
+        raise ConfigError(f"job {where}: [{table}] {key} must be greater than 0, got {v!r}")
+    if not positive and v < 0:
+        raise ConfigError(f"job {where}: [{table}] {key} must not be negative, got {v!r}")
+
+
+def _string(t: dict[str, Any], key: str, where: str, table: str) -> None:
+    v = t.get(key)
+    if v is not None and (not isinstance(v, str) or not v):
+        raise ConfigError(f"job {where}: [{table}] {key} must be a non-empty string, got {v!r}")
+
+
+def _build(raw: dict[str, Any], where: str, default_name: str | None) -> JobConfig:
+    inp = _table(raw, "input", where, InputConfig)
+    req = _table(raw, "request", where, RequestConfig)
+    end = _table(raw, "endpoint", where, EndpointConfig)
+    lim = _table(raw, "limits", where, Limits)
+    out = _table(raw, "output", where, OutputConfig)
+
+    if not inp.get("path"):
+        raise ConfigError(f"job {where}: no input: set [input] path or pass --input FILE")
+    _string(inp, "path", where, "input")
+    _string(inp, "id_column", where, "input")
+    if not out.get("dir"):
+        raise ConfigError(
+            f"job {where}: no output directory: set [output] dir or pass --output DIR"
+        )
+    _string(out, "dir", where, "output")
+    fmt = out.get("format", "parquet")
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(
+            f"job {where}: [output] format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}"
+        )
+
+    for key in ("model", "system", "prompt", "prompt_column", "model_column"):
+        _string(req, key, where, "request")
+    if req.get("prompt") and req.get("prompt_column"):
+        raise ConfigError(f"job {where}: [request] set either prompt or prompt_column, not both")
+    _number(req, "temperature", where, integer=False, positive=False, table="request")
+    _number(req, "top_p", where, integer=False, positive=False, table="request")
+    _number(req, "max_tokens", where, integer=True, positive=True, table="request")
+    stop = req.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise ConfigError(f"job {where}: [request] stop must be a string or a list of strings")
+    for key in ("response_format", "extra"):
+        if key in req and not isinstance(req[key], dict):
+            raise ConfigError(f"job {where}: [request] {key} must be a table")
+
+    for key in ("requests_per_minute", "tokens_per_minute", "timeout_s"):
+        _number(lim, key, where, integer=False, positive=True, table="limits")
+    for key in ("concurrency", "max_attempts"):
+        _number(lim, key, where, integer=True, positive=True, table="limits")
+
+    _string(end, "base_url", where, "endpoint")
+    _string(end, "api_key_env", where, "endpoint")
+    if "simulator" in end and not isinstance(end["simulator"], bool):
+        raise ConfigError(f"job {where}: [endpoint] simulator must be true or false")
+    if end.get("base_url"):
+        check_base_url(end["base_url"], f"job {where}: [endpoint] base_url")
+
+    for table in ("prices", "simulator"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise ConfigError(f"job {where}: [{table}] must be a table")
+
+    name = raw.get("name") or default_name or Path(inp["path"]).stem
+    if not isinstance(name, str):
+        raise ConfigError(f"job {where}: name must be a string")
+    return JobConfig(
+        name=name,
+        input=InputConfig(path=Path(inp.pop("path")), **inp),
+        request=RequestConfig(**req),
+        endpoint=EndpointConfig(**end),
+        limits=Limits(**lim),
+        output=OutputConfig(dir=Path(out.pop("dir")), **out),
+        prices=dict(raw.get("prices", {})),
+        simulator=dict(raw.get("simulator", {})),
+        source=where,
+    )
+
+
+def check_base_url(url: str, what: str) -> str:
+    """Return ``url`` without a trailing slash, or raise ConfigError naming ``what``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"{what} must be an http(s) URL like https://api.openai.com/v1, got {url!r}"
+        )
+    return url.rstrip("/")
+
+
+def load_dotenv(path: Path) -> dict[str, str]:
+    """Parse a ``.env`` file: ``KEY=value`` lines, ``#`` comments, ``export``, quotes."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        return values
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({type(e).__name__})") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key.strip()] = value
+    return values
+
+
+def environment(job: JobConfig) -> dict[str, str]:
+    """``os.environ`` over the ``.env`` files (current directory, then the job file's directory)."""
+    env: dict[str, str] = {}
+    dirs = [Path.cwd()]
+    if job.source != "command line":
+        dirs.append(Path(job.source).resolve().parent)
+    for d in reversed(dirs):
+        env.update(load_dotenv(d / ".env"))
+    env.update(os.environ)
+    return env
+
+
+def with_limits(job: JobConfig, **changes: Any) -> JobConfig:
+    return replace(job, limits=replace(job.limits, **changes))

@@ -1,0 +1,115 @@
+"""Every exception batchrunner raises on purpose.
+
+    BatchrunnerError                  base class; ``str(e)`` is one line a user can act on
+    ├── UsageError                    bad job file, option, input or output directory (exit 2)
+    │   ├── ConfigError               the job's settings
+    │   └── InputError                the input file or its rows
+    ├── JournalError                  the output directory's journal cannot be trusted
+    ├── StopJob                       the whole job must stop now, resumable (exit 4)
+    │   ├── AuthError                 401/403: the key is wrong or lacks access
+    │   ├── QuotaError                429 insufficient_quota: the account is out of credit
+    │   └── Interrupted               Ctrl-C or SIGTERM
+    └── RequestError                  one request failed; carries ``error_type`` and retryability
+        ├── HTTPStatusError           a non-2xx answer
+        ├── TransportError            connection refused/reset, timeout, a cut stream
+        └── BadResponseError          a 2xx whose body is not a usable completion
+
+Messages never contain the API key: the client builds them from the status, the error body's
+``message`` and the exception class, and ``redact`` scrubs anything that slips through.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BadResponseError",
+    "BatchrunnerError",
+    "ConfigError",
+    "HTTPStatusError",
+    "InputError",
+    "Interrupted",
+    "JournalError",
+    "QuotaError",
+    "RequestError",
+    "StopJob",
+    "TransportError",
+    "UsageError",
+]
+
+
+class BatchrunnerError(Exception):
+    """Base class of batchrunner's own errors."""
+
+
+class UsageError(BatchrunnerError):
+    """The user must fix something before anything is sent (exit 2)."""
+
+
+class ConfigError(UsageError):
+    """A job setting is missing, unknown or out of range."""
+
+
+class InputError(UsageError):
+    """The input file cannot be read, or a row cannot be turned into a request."""
+
+
+class JournalError(BatchrunnerError):
+    """The journal in the output directory is damaged or belongs to another job."""
+
+
+class StopJob(BatchrunnerError):
+    """Stop the whole job now; what is finished stays recorded and a rerun resumes (exit 4)."""
+
+
+class AuthError(StopJob):
+    """The endpoint refused the key (401/403)."""
+
+
+class QuotaError(StopJob):
+    """The account has no quota left (429 insufficient_quota)."""
+
+
+class Interrupted(StopJob):
+    """The user or the system asked the run to stop."""
+
+
+class RequestError(BatchrunnerError):
+    """One request failed.
+
+    ``error_type`` is a short stable name recorded in the row (``http_500``, ``rate_limited``,
+    ``timeout``, ``connection_reset``, ``invalid_body`` ...). ``retryable`` says whether another
+    attempt may succeed; ``retry_after`` is the server's wait hint in seconds, if any.
+    """
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}"
+
+
+class HTTPStatusError(RequestError):
+    """The endpoint answered with a non-2xx status."""
+
+
+class TransportError(RequestError):
+    """The request did not complete: refused, reset, timed out, or a stream cut short."""
+
+
+class BadResponseError(RequestError):
+    """A 2xx answer whose body is not a usable chat completion."""

@@ -1,0 +1,914 @@
+"""Reading the input rows and writing the results: the only module that touches files with pyarrow.
+
+Readers stream. ``open_input`` checks the input before any request is sent (it exists, has a
+supported kind, has rows, its header and first batch parse) and returns an ``InputSource``;
+``InputSource.batches`` then yields ``pyarrow.RecordBatch`` objects of at most ``batch_size`` rows,
+in file order, never holding the whole file in memory.
+
+    kind           path                        columns and types
+    csv            ``*.csv``                   the header's names; every value a string, as written
+    parquet        ``*.parquet`` or a dir      the file's schema (a dir: ``*.parquet`` by name)
+    jsonl          ``*.jsonl``                 the first record's keys; values as text (see below)
+    openai_batch   ``*.jsonl`` (Batch API)     custom_id, method, url, body (the body as JSON text)
+
+JSONL values are kept as text, like CSV, so every batch has the same schema: a JSON string as is,
+null as null, anything else (numbers, booleans, objects, arrays) as its JSON text.
+
+Writers are atomic: ``ResultWriter`` and ``write_atomic_bytes`` write a temporary file
+``.<name>.tmp-<pid>`` (mode 0600) next to the target, fsync it, rename it onto the target and fsync
+the directory, so a reader sees the old file or the new one, never half of one.
+``remove_stale_temp_files`` deletes what a crashed run left behind.
+
+Every problem a user can cause is an ``InputError`` (input) or a ``UsageError`` (output) whose
+message is one line naming the file, the row or line when known, and what to fix.
+"""
+
+from __future__ import annotations
+
+import abc
+import codecs
+import contextlib
+import csv
+import hashlib
+import os
+import re
+import sys
+from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from .errors import InputError, UsageError
+
+__all__ = [
+    "CSV_BLOCK_SIZE",
+    "DEFAULT_BATCH_SIZE",
+    "OPENAI_BATCH_COLUMNS",
+    "RESULT_FORMATS",
+    "SUPPORTED_SUFFIXES",
+    "InputSource",
+    "ResultWriter",
+    "find_duplicate",
+    "open_input",
+    "remove_stale_temp_files",
+    "temp_path_for",
+    "write_atomic_bytes",
+]
+
+SUPPORTED_SUFFIXES: Final = (".csv", ".parquet", ".jsonl")
+RESULT_FORMATS: Final = ("parquet", "csv", "jsonl")
+
+DEFAULT_BATCH_SIZE: Final = 8192
+#: Bytes pyarrow's CSV reader parses at a time; one value (a quoted cell) must fit in a block.
+CSV_BLOCK_SIZE: Final = 16 << 20
+#: Chunk size for hashing and scanning files.
+_CHUNK: Final = 1 << 20
+#: Columns of an OpenAI Batch API input file, in the order ``batches`` yields them.
+OPENAI_BATCH_COLUMNS: Final = ("custom_id", "method", "url", "body")
+
+_BOM: Final = codecs.BOM_UTF8
+_MAX_DETAIL: Final = 160
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+
+
+def _one_line(text: str, limit: int = _MAX_DETAIL) -> str:
+    """Collapse whitespace (newlines included) and shorten ``text`` for an error message."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _input_error(path: Path, message: str) -> InputError:
+    return InputError(_one_line(f"input {path}: {message}", limit=10_000))
+
+
+def _usage_error(path: Path, message: str) -> UsageError:
+    return UsageError(_one_line(f"output {path}: {message}", limit=10_000))
+
+
+def _short(value: object) -> str:
+    """A user value quoted for a message: ``repr`` keeps it on one line."""
+    return _one_line(repr(value), limit=60)
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror.lower() if exc.strerror else _one_line(str(exc))
+
+
+# --------------------------------------------------------------------------------------------
+# Opening an input
+
+
+def open_input(
+    path: str | os.PathLike[str], *, batch_size: int = DEFAULT_BATCH_SIZE
+) -> InputSource:
+    """Check the input at ``path`` and return a source that streams its rows.
+
+    Raises ``InputError`` (one line, naming the file) if the file is missing, empty, of an
+    unsupported kind, has no data rows, or its first batch cannot be parsed.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    p = Path(path)
+    supported = ", ".join(SUPPORTED_SUFFIXES)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise _input_error(p, "no such file or directory — check the path") from None
+    except OSError as exc:
+        raise _input_error(p, f"cannot read it ({_os_reason(exc)})") from None
+
+    if p.is_dir():
+        files = _parquet_files_in(p)
+        if not files:
+            raise _input_error(
+                p,
+                "is a directory with no .parquet files — give a file "
+                f"({supported}) or a directory of .parquet files",
+            )
+        return _ParquetSource(p, batch_size, files)
+
+    suffix = p.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        shown = f"{suffix!r} files are" if suffix else "files without a suffix are"
+        raise _input_error(p, f"{shown} not supported — use one of {supported}")
+    if st.st_size == 0:
+        raise _input_error(p, "the file is empty (0 bytes) — give a file with rows")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise _input_error(p, f"cannot read it ({_os_reason(exc)})") from None
+
+    if suffix == ".csv":
+        return _CsvSource(p, batch_size)
+    if suffix == ".parquet":
+        return _ParquetSource(p, batch_size, [p])
+    return _JsonlSource(p, batch_size)
+
+
+def _parquet_files_in(directory: Path) -> list[Path]:
+    """The ``*.parquet`` files directly in ``directory``, by name (skips ``.*`` and ``_*``)."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError as exc:
+        raise _input_error(directory, f"cannot list the directory ({_os_reason(exc)})") from None
+    return sorted(
+        (
+            e
+            for e in entries
+            if e.suffix.lower() == ".parquet" and not e.name.startswith((".", "_")) and e.is_file()
+        ),
+        key=lambda e: e.name,
+    )
+
+
+def _check_unique_names(path: Path, names: Sequence[str], what: str = "column") -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise _input_error(
+                path,
+                f"the {what} name {_short(name)} appears twice — give every column its own name",
+            )
+        seen.add(name)
+
+
+class InputSource(abc.ABC):
+    """An input file (or Parquet directory), checked at open time, whose rows can be streamed.
+
+    ``kind`` is ``"csv"``, ``"parquet"``, ``"jsonl"`` or ``"openai_batch"``; ``columns`` are the
+    column names in order; ``schema`` is the Arrow schema ``batches`` yields; ``num_rows`` is
+    known for Parquet (from the metadata) and ``None`` otherwise.
+    """
+
+    path: Path
+    kind: str
+    columns: list[str]
+    schema: pa.Schema
+    num_rows: int | None
+    batch_size: int
+
+    def __init__(self, path: Path, batch_size: int) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        self.num_rows = None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(path={str(self.path)!r}, kind={self.kind!r}, "
+            f"columns={self.columns!r}, num_rows={self.num_rows!r})"
+        )
+
+    # -- identity ---------------------------------------------------------------------------
+
+    def files(self) -> list[Path]:
+        """The files this input reads, in order (one, or a directory's Parquet files)."""
+        return [self.path]
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) over the input's size and bytes; for a directory, each file's name too.
+
+        Reads the whole input in 1 MiB chunks. The same bytes give the same fingerprint; any
+        changed, added or removed byte (or file) gives another.
+        """
+        h = hashlib.sha256()
+        h.update(f"batchrunner-input-v1\0{self.kind}\0".encode())
+        is_dir = self.path.is_dir()
+        for file in self.files():
+            try:
+                with open(file, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if is_dir:
+                        h.update(file.name.encode("utf-8", "surrogateescape") + b"\0")
+                    h.update(f"{size}\0".encode())
+                    while chunk := f.read(_CHUNK):
+                        h.update(chunk)
+            except OSError as exc:
+                raise _input_error(
+                    self.path, f"cannot read {file.name} ({_os_reason(exc)})"
+                ) from None
+        return h.hexdigest()
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Yield the rows in file order as record batches of at most ``batch_size`` rows.
+
+        ``columns`` selects and orders the columns (all by default; ``[]`` yields batches with
+        no columns, only row counts). Each call reads the input again from the start.
+        Raises ``InputError`` for an unknown column, or for a row that cannot be parsed.
+        """
+        if isinstance(columns, str):
+            raise TypeError("columns must be a sequence of column names, not a string")
+        wanted = list(self.columns) if columns is None else list(columns)
+        if len(set(wanted)) != len(wanted):
+            raise ValueError(f"columns lists a name twice: {wanted!r}")
+        known = set(self.columns)
+        for name in wanted:
+            if name not in known:
+                raise _input_error(
+                    self.path,
+                    f"has no column {_short(name)} — its columns are: "
+                    + _one_line(", ".join(self.columns), limit=300),
+                )
+        # Validated here, not on the first next(): a wrong column shows before anything runs.
+        return self._stream(wanted if wanted else self.columns[:1], counts_only=not wanted)
+
+    def _stream(self, read: list[str], *, counts_only: bool) -> Iterator[pa.RecordBatch]:
+        size = self.batch_size
+        raw = self._raw_batches(read)
+        try:
+            for batch in raw:
+                if counts_only:
+                    batch = batch.select([])
+                n = batch.num_rows
+                if n <= size:
+                    if n:
+                        yield batch
+                    continue
+                for start in range(0, n, size):
+                    yield batch.slice(start, size)
+        finally:
+            raw.close()
+
+    @abc.abstractmethod
+    def _raw_batches(self, columns: list[str]) -> Generator[pa.RecordBatch, None, None]:
+        """Batches with exactly ``columns`` (non-empty, all known); errors as ``InputError``."""
+
+    def _require_rows(self, message: str) -> None:
+        """Read the first batch now, so that parse errors and a file without rows show at open."""
+        raw = self._raw_batches(self.columns)
+        try:
+            for batch in raw:
+                if batch.num_rows:
+                    return
+        finally:
+            raw.close()
+        raise _input_error(self.path, message)
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+
+_RAGGED = re.compile(r"Expected (\d+) columns?, got (\d+)")
+
+
+class _CsvSource(InputSource):
+    kind = "csv"
+
+    def __init__(self, path: Path, batch_size: int) -> None:
+        super().__init__(path, batch_size)
+        self.columns = []
+        with self._translate_errors(rows_done=0), self._reader(None) as reader:
+            names = [str(n) for n in reader.schema.names]
+        _check_unique_names(path, names)
+        self.columns = names
+        self.schema = pa.schema([(n, pa.string()) for n in names])
+        self._require_rows("has a header but no data rows — add rows below the header")
+
+    @contextlib.contextmanager
+    def _reader(self, include: list[str] | None) -> Iterator[Any]:
+        if include is None:
+            convert = pa_csv.ConvertOptions()
+        else:
+            convert = pa_csv.ConvertOptions(
+                column_types={n: pa.string() for n in self.columns},
+                include_columns=include,
+                strings_can_be_null=False,
+                check_utf8=True,
+            )
+        with pa.OSFile(str(self.path), "r") as stream:
+            reader = pa_csv.open_csv(
+                stream,
+                read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_SIZE),
+                parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                convert_options=convert,
+            )
+            try:
+                yield reader
+            finally:
+                reader.close()
+
+    def _raw_batches(self, columns: list[str]) -> Generator[pa.RecordBatch, None, None]:
+        rows_done = 0
+        with self._translate_errors(rows_done), self._reader(columns) as reader:
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except (pa.ArrowException, UnicodeDecodeError, OSError) as exc:
+                    raise self._error(exc, rows_done) from None
+                rows_done += batch.num_rows
+                yield batch
+
+    @contextlib.contextmanager
+    def _translate_errors(self, rows_done: int) -> Iterator[None]:
+        try:
+            yield
+        except (pa.ArrowException, UnicodeDecodeError, OSError) as exc:
+            raise self._error(exc, rows_done) from None
+
+    def _error(self, exc: Exception, rows_done: int) -> InputError:
+        text = str(exc)
+        ragged = _RAGGED.search(text)
+        if ragged:
+            expected, got = int(ragged.group(1)), int(ragged.group(2))
+            found = _find_ragged_row(self.path, expected)
+            if found is not None:
+                row, line, got = found
+                row_text = f"row {row} (line {line})"
+            else:
+                row_text = f"a row after row {rows_done}"
+            return _input_error(
+                self.path,
+                f"{row_text} has {got} fields, the header has {expected} — "
+                "fix the quoting or the delimiter",
+            )
+        if isinstance(exc, UnicodeDecodeError) or "invalid UTF8" in text:
+            where = _find_bad_utf8(self.path)
+            at = f" at line {where[0]} (byte offset {where[1]})" if where else ""
+            return _input_error(self.path, f"is not valid UTF-8{at} — save it as UTF-8")
+        if "straddl" in text:
+            return _input_error(
+                self.path,
+                f"a value after row {rows_done} is larger than {CSV_BLOCK_SIZE >> 20} MiB, "
+                "or a quote is never closed — check the quoting",
+            )
+        if "Empty CSV file" in text:
+            return _input_error(self.path, "has no data rows — add rows below the header")
+        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException):
+            return _input_error(self.path, f"cannot read it ({_os_reason(exc)})")
+        return _input_error(
+            self.path, f"cannot be read as CSV after row {rows_done} ({_one_line(text)})"
+        )
+
+
+def _find_bad_utf8(path: Path) -> tuple[int, int] | None:
+    """(line, byte offset) of the first byte that is not UTF-8, or None if there is none."""
+    line, base, carry = 1, 0, b""
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(_CHUNK)
+                buf = carry + chunk
+                if not buf:
+                    return None
+                try:
+                    buf.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    if chunk and exc.reason == "unexpected end of data":
+                        # A character cut by the chunk boundary: finish it with the next chunk.
+                        good, carry = buf[: exc.start], buf[exc.start :]
+                        line += good.count(b"\n")
+                        base += len(good)
+                        continue
+                    return line + buf[: exc.start].count(b"\n"), base + exc.start
+                line += buf.count(b"\n")
+                base += len(buf)
+                carry = b""
+                if not chunk:
+                    return None
+    except OSError:
+        return None
+
+
+def _find_ragged_row(path: Path, expected: int) -> tuple[int, int, int] | None:
+    """(data row, first line, fields) of the first row without ``expected`` fields, if any."""
+    old_limit = csv.field_size_limit(sys.maxsize)
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            reader = csv.reader(f)
+            header: list[str] = []
+            while not header:
+                header = next(reader, ["<eof>"])
+            row, prev_line = 0, reader.line_num
+            for record in reader:
+                start_line, prev_line = prev_line + 1, reader.line_num
+                if not record:
+                    continue
+                row += 1
+                if len(record) != expected:
+                    return row, start_line, len(record)
+    except (OSError, csv.Error):
+        return None
+    finally:
+        csv.field_size_limit(old_limit)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet
+
+
+class _ParquetSource(InputSource):
+    kind = "parquet"
+
+    def __init__(self, path: Path, batch_size: int, files: list[Path]) -> None:
+        super().__init__(path, batch_size)
+        self._files = files
+        first_schema: Any = None
+        total = 0
+        for file in files:
+            schema, rows = self._inspect(file)
+            if first_schema is None:
+                first_schema = schema
+                _check_unique_names(self._label(file), [str(n) for n in schema.names])
+            elif not schema.equals(first_schema, check_metadata=False):
+                raise _input_error(
+                    path,
+                    f"{file.name} and {files[0].name} have different schemas "
+                    f"({_schema_difference(first_schema, schema)}) — "
+                    "every .parquet file in the directory must have the same columns and types",
+                )
+            total += rows
+        self.schema = first_schema.remove_metadata()
+        self.columns = [str(n) for n in self.schema.names]
+        self.num_rows = total
+        if total == 0:
+            raise _input_error(path, "has 0 rows — give a file with rows")
+
+    def files(self) -> list[Path]:
+        return list(self._files)
+
+    def _label(self, file: Path) -> Path:
+        """The path to name in messages: the file itself, or ``dir/file`` inside a directory."""
+        return file if file == self.path else self.path / file.name
+
+    def _inspect(self, file: Path) -> tuple[Any, int]:
+        try:
+            size = file.stat().st_size
+        except OSError as exc:
+            raise _input_error(self._label(file), f"cannot read it ({_os_reason(exc)})") from None
+        if size == 0:
+            raise _input_error(self._label(file), "the file is empty (0 bytes) — re-export it")
+        try:
+            with pq.ParquetFile(str(file)) as pf:
+                return pf.schema_arrow, int(pf.metadata.num_rows)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise _input_error(
+                self._label(file),
+                f"is not a readable Parquet file ({_one_line(str(exc))}) — re-export it",
+            ) from None
+
+    def _raw_batches(self, columns: list[str]) -> Generator[pa.RecordBatch, None, None]:
+        for file in self._files:
+            rows_done = 0
+            try:
+                with pq.ParquetFile(str(file)) as pf:
+                    for batch in pf.iter_batches(batch_size=self.batch_size, columns=columns):
+                        rows_done += batch.num_rows
+                        yield batch
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise _input_error(
+                    self._label(file),
+                    f"cannot read the rows after row {rows_done} ({_one_line(str(exc))}) — "
+                    "the file may be damaged; re-export it",
+                ) from None
+
+
+def _schema_difference(a: Any, b: Any) -> str:
+    if list(a.names) != list(b.names):
+        return f"columns {_one_line(', '.join(a.names), 80)} vs {_one_line(', '.join(b.names), 80)}"
+    for field_a, field_b in zip(a, b, strict=True):
+        if not field_a.type.equals(field_b.type):
+            return f"column {_short(field_a.name)} is {field_a.type} vs {field_b.type}"
+        if field_a.nullable != field_b.nullable:
+            return f"column {_short(field_a.name)} is nullable in one file only"
+    return "field metadata differs"
+
+
+# --------------------------------------------------------------------------------------------
+# JSONL and the OpenAI Batch API format
+
+
+class _JsonlSource(InputSource):
+    def __init__(self, path: Path, batch_size: int) -> None:
+        super().__init__(path, batch_size)
+        first = self._first_record()
+        if first is None:
+            raise _input_error(
+                path, "has no JSON records, only blank lines — write one JSON object per line"
+            )
+        if all(key in first for key in OPENAI_BATCH_COLUMNS):
+            self.kind = "openai_batch"
+            self.columns = list(OPENAI_BATCH_COLUMNS)
+        else:
+            self.kind = "jsonl"
+            self.columns = [str(k) for k in first]
+        self.schema = pa.schema([(n, pa.string()) for n in self.columns])
+        self._require_rows("has no JSON records — write one JSON object per line")
+
+    def _lines(self) -> Generator[tuple[int, int, bytes], None, None]:
+        """(line number, byte offset, stripped text) of each non-blank line."""
+        try:
+            with open(self.path, "rb") as f:
+                offset = 0
+                for lineno, raw in enumerate(f, start=1):
+                    start = offset
+                    offset += len(raw)
+                    line = raw.strip()
+                    if lineno == 1 and line.startswith(_BOM):
+                        line = line[len(_BOM) :].strip()
+                    if line:
+                        yield lineno, start, line
+        except OSError as exc:
+            raise _input_error(self.path, f"cannot read it ({_os_reason(exc)})") from None
+
+    def _parse(self, lineno: int, offset: int, line: bytes) -> dict[str, Any]:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise _input_error(
+                    self.path,
+                    f"line {lineno} is not valid UTF-8 (byte offset {offset + bad.start}) — "
+                    "save it as UTF-8",
+                ) from None
+            raise _input_error(
+                self.path,
+                f"line {lineno} is not valid JSON ({_one_line(exc.msg, 80)}) — "
+                "write one JSON object per line",
+            ) from None
+        if not isinstance(obj, dict):
+            what = _json_kind(obj)
+            raise _input_error(
+                self.path,
+                f"line {lineno} is {what}, not a JSON object — write one JSON object per line",
+            )
+        return obj
+
+    def _first_record(self) -> dict[str, Any] | None:
+        lines = self._lines()
+        try:
+            for lineno, offset, line in lines:
+                return self._parse(lineno, offset, line)
+        finally:
+            lines.close()
+        return None
+
+    def _raw_batches(self, columns: list[str]) -> Generator[pa.RecordBatch, None, None]:
+        batch_size = self.batch_size
+        openai = self.kind == "openai_batch"
+        known = frozenset(self.columns)
+        values: list[list[str | None]] = [[] for _ in columns]
+        n = 0
+        lines = self._lines()
+        try:
+            for lineno, offset, line in lines:
+                obj = self._parse(lineno, offset, line)
+                if openai:
+                    self._check_openai(lineno, obj)
+                    body = orjson.dumps(obj["body"]).decode()
+                    for out, name in zip(values, columns, strict=True):
+                        out.append(body if name == "body" else obj[name])
+                else:
+                    if not known.issuperset(obj):
+                        extra = next(k for k in obj if k not in known)
+                        raise _input_error(
+                            self.path,
+                            f"line {lineno} has the key {_short(extra)}, which the first record "
+                            "does not have — give every line the same keys",
+                        )
+                    for out, name in zip(values, columns, strict=True):
+                        out.append(_as_text(obj.get(name)))
+                n += 1
+                if n == batch_size:
+                    yield _string_batch(columns, values)
+                    values = [[] for _ in columns]
+                    n = 0
+        finally:
+            lines.close()
+        if n:
+            yield _string_batch(columns, values)
+
+    def _check_openai(self, lineno: int, obj: dict[str, Any]) -> None:
+        missing = [k for k in OPENAI_BATCH_COLUMNS if k not in obj]
+        if missing:
+            raise _input_error(
+                self.path,
+                f"line {lineno} has no {_short(missing[0])} — every line of an OpenAI batch file "
+                "needs custom_id, method, url and body",
+            )
+        custom_id, method, url = obj["custom_id"], obj["method"], obj["url"]
+        if not isinstance(custom_id, str) or not custom_id:
+            raise _input_error(
+                self.path,
+                f"line {lineno}: custom_id is {_short(custom_id)} — it must be a non-empty string",
+            )
+        if not isinstance(method, str) or method.upper() != "POST":
+            raise _input_error(
+                self.path, f'line {lineno}: method is {_short(method)} — it must be "POST"'
+            )
+        if not isinstance(url, str) or not url.rstrip("/").endswith("/chat/completions"):
+            raise _input_error(
+                self.path,
+                f"line {lineno}: url is {_short(url)} — only /v1/chat/completions requests "
+                "are supported",
+            )
+        if not isinstance(obj["body"], dict):
+            raise _input_error(
+                self.path,
+                f"line {lineno}: body is {_short(obj['body'])} — it must be a JSON object",
+            )
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null"
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def _string_batch(columns: list[str], values: list[list[str | None]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array(v, type=pa.string()) for v in values], names=list(columns)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Duplicate keys
+
+
+def find_duplicate(values: pa.Array | pa.ChunkedArray, seen: set[str]) -> str | None:
+    """Return the first value (as a string) already in ``seen``, adding the others to ``seen``.
+
+    Nulls are skipped. Used to refuse an input whose row ids repeat.
+    """
+    items = [v if isinstance(v, str) else str(v) for v in values.to_pylist() if v is not None]
+    if seen.isdisjoint(items) and len(set(items)) == len(items):
+        seen.update(items)
+        return None
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None  # pragma: no cover - the fast check above found a duplicate
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writing
+
+
+def temp_path_for(path: Path) -> Path:
+    """The temporary file written before ``path`` is replaced: ``.<name>.tmp-<pid>``."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _check_output_path(path: Path) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise _usage_error(path, f"the directory {parent} does not exist — create it first")
+    if path.is_dir():
+        raise _usage_error(path, "is a directory — give a file name")
+
+
+def _create_private(path: Path) -> int:
+    """Create (or truncate) ``path`` readable and writable by its owner only; return the fd."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the file may have existed with wider permissions
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable; a no-op where directories cannot be fsynced."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: temp file (0600), fsync, rename, fsync dir."""
+    path = Path(path)
+    _check_output_path(path)
+    tmp = temp_path_for(path)
+    try:
+        fd = _create_private(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise _usage_error(path, f"cannot write it ({_os_reason(exc)})") from None
+    _fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete the ``.*.tmp-*`` files a crashed run left in ``directory``; return them.
+
+    Call it before this process opens writers in ``directory``: it removes every such file.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed: list[Path] = []
+    for candidate in sorted(directory.glob(".*.tmp-*")):
+        if candidate.is_symlink() or candidate.is_file():
+            try:
+                candidate.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(candidate)
+    return removed
+
+
+def _json_default(value: object) -> object:
+    """orjson fallback for Arrow values it cannot serialise itself (Decimal, bytes, timedelta)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+class ResultWriter:
+    """Stream record batches into ``path`` as Parquet, CSV or JSONL, atomically.
+
+    Rows go to a temporary file ``.<name>.tmp-<pid>`` (mode 0600) in the same directory;
+    ``close`` fsyncs it and renames it onto ``path``, ``abort`` deletes it. As a context manager
+    it closes on success and aborts on an exception.
+    """
+
+    def __init__(self, path: Path, fmt: str, schema: pa.Schema) -> None:
+        if fmt not in RESULT_FORMATS:
+            raise UsageError(
+                f"results format {fmt!r} is not supported — use one of {', '.join(RESULT_FORMATS)}"
+            )
+        self.path = Path(path)
+        self.fmt = fmt
+        self.schema = schema
+        self.rows_written = 0
+        self._done = False
+        _check_output_path(self.path)
+        self._tmp = temp_path_for(self.path)
+        try:
+            fd = _create_private(self._tmp)
+        except OSError as exc:
+            raise _usage_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
+        self._file = os.fdopen(fd, "wb")
+        self._writer: Any = None
+        try:
+            if fmt == "parquet":
+                self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+            elif fmt == "csv":
+                self._writer = pa_csv.CSVWriter(self._file, schema)
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def temp_path(self) -> Path:
+        return self._tmp
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Append the rows of ``batch`` (its schema must match, or cast to, the writer's)."""
+        if self._done:
+            raise RuntimeError(f"ResultWriter for {self.path} is already closed")
+        if not batch.schema.equals(self.schema, check_metadata=False):
+            table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+            try:
+                batch = table.cast(self.schema)
+            except (pa.ArrowException, ValueError) as exc:
+                raise ValueError(
+                    f"batch schema does not match the writer's schema: {_one_line(str(exc))}"
+                ) from exc
+        if batch.num_rows == 0:
+            return
+        try:
+            if self._writer is not None:
+                self._writer.write(batch)
+            else:
+                self._file.write(
+                    b"".join(
+                        orjson.dumps(row, default=_json_default, option=orjson.OPT_APPEND_NEWLINE)
+                        for row in batch.to_pylist()
+                    )
+                )
+        except OSError as exc:
+            raise _usage_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
+        self.rows_written += batch.num_rows
+
+    def close(self) -> None:
+        """Finish the file, fsync it and move it onto ``path`` atomically. Idempotent."""
+        if self._done:
+            return
+        try:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise _usage_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
+            raise
+        self._done = True
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Drop what was written: close and delete the temporary file. Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        with contextlib.suppress(OSError):
+            self._file.close()
+        _unlink_quietly(self._tmp)
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -1,0 +1,291 @@
+"""Token usage → cost in USD.
+
+Prices come from two places, looked up in this order:
+
+1. the job's ``[prices]`` table (exact model name), parsed by :func:`parse_price_table`;
+2. the ``genai-prices`` library, a maintained offline price table that matches dated and
+   suffixed model names (``gpt-4o-2024-08-06``, ``claude-sonnet-4-5-20250929``,
+   ``gemini-3-pro-preview-thinking``) and, as a fallback here, gateway spellings such as
+   ``openai/gpt-4o`` or ``claude-sonnet-4-5-20250929-thinking``.
+
+A model found in neither is *unknown*: its cost is ``None``, never 0, so a report can say the
+total is incomplete instead of silently under-counting.
+
+Billing rules, for one OpenAI-style ``usage`` object:
+
+* ``prompt_tokens - cached_tokens`` at the input price, ``cached_tokens`` at the cached-input
+  price (the input price when the model has none);
+* ``completion_tokens`` at the output price. Reasoning tokens are billed as output, and OpenAI's
+  ``completion_tokens`` already *includes* ``completion_tokens_details.reasoning_tokens``, so
+  ``reasoning_tokens`` is accepted but never added a second time.
+
+Simplifications of the library's richer price model, all resolved once per model:
+
+* Tiered prices (a higher rate once a request's prompt passes e.g. 200k tokens) use the base tier.
+* Prices that change by date use the price in force on the day of the lookup.
+* Daily time-of-day windows (off-peak discounts) are not followed request by request: the highest
+  price listed for the day is used, so a report errs high rather than low.
+* Cache *writes* (priced by some providers) are not reported in OpenAI's usage and are not billed.
+
+``PriceBook.cost`` runs once per finished row, so each model's price is resolved on first use and
+kept in a dict; later calls are one dict lookup plus arithmetic and never call into the library.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+import genai_prices
+
+from batchrunner.errors import ConfigError
+
+__all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table"]
+
+LIBRARY_NAME = "genai-prices"
+SOURCE_JOB = "job [prices]"
+SOURCE_UNKNOWN = "unknown"
+
+_PER_TOKENS = 1_000_000
+_PRICE_KEYS = ("input", "output", "cached_input")
+# A gateway's thinking-mode suffix the library may not match by itself:
+# "-thinking", "-nothinking", "-thinking-8192", "-thinking-high".
+_GATEWAY_SUFFIX = re.compile(r"-(?:no)?thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
+# Sample points (UTC, every 15 minutes) used to find the day's highest time-of-day price.
+_DAY_SAMPLES = tuple(time(hour=m // 60, minute=m % 60) for m in range(0, 24 * 60, 15))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelPrice:
+    """A model's price in USD per 1M tokens. ``cached_input=None`` means the input price."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    @property
+    def effective_cached_input(self) -> float:
+        """The price of a cached prompt token."""
+        return self.input if self.cached_input is None else self.cached_input
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"input", "output", "cached_input"}`` with the cached price resolved."""
+        return {
+            "input": self.input,
+            "output": self.output,
+            "cached_input": self.effective_cached_input,
+        }
+
+
+# Per-token rates of one model: (input, cached input, output), USD per 1M tokens.
+_Rates = tuple[float, float, float]
+
+
+class PriceBook:
+    """Model name → price, with the job's overrides first and ``genai-prices`` second.
+
+    Meant to be shared by the tasks of one run. Two threads looking up a new model at the same
+    time both resolve it, to the same result; nothing else changes after construction.
+    """
+
+    def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
+        self._overrides: dict[str, ModelPrice] = dict(overrides or {})
+        self._prices: dict[str, ModelPrice | None] = {}
+        self._sources: dict[str, str] = {}
+        self._rates: dict[str, _Rates | None] = {}
+
+    @property
+    def library_version(self) -> str:
+        """The installed ``genai-prices`` version."""
+        return str(genai_prices.__version__)
+
+    @property
+    def overrides(self) -> Mapping[str, ModelPrice]:
+        """The job's own prices, read-only."""
+        return MappingProxyType(self._overrides)
+
+    def cost(
+        self,
+        model: str | None,
+        *,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cached_tokens: int | None = 0,
+        reasoning_tokens: int | None = 0,
+    ) -> float | None:
+        """The cost of one request in USD; ``None`` if the model or the token counts are unknown.
+
+        ``reasoning_tokens`` is part of ``completion_tokens`` (OpenAI's convention) and is not
+        added again; it is accepted so callers can pass a usage record through unchanged.
+        """
+        if model is None or prompt_tokens is None or completion_tokens is None:
+            return None
+        try:
+            rates = self._rates[model]
+        except KeyError:
+            self._resolve(model)
+            rates = self._rates[model]
+        if rates is None:
+            return None
+        cached = min(max(cached_tokens or 0, 0), max(prompt_tokens, 0))
+        uncached = max(prompt_tokens, 0) - cached
+        output = max(completion_tokens, 0)
+        return (uncached * rates[0] + cached * rates[1] + output * rates[2]) / _PER_TOKENS
+
+    def price(self, model: str) -> ModelPrice | None:
+        """The price used for ``model``, or ``None`` when the model is unknown."""
+        if model not in self._prices:
+            self._resolve(model)
+        return self._prices[model]
+
+    def source(self, model: str) -> str:
+        """Where the price comes from: ``job [prices]``, ``genai-prices X (provider/id)``, or
+        ``unknown``."""
+        if model not in self._sources:
+            self._resolve(model)
+        return self._sources[model]
+
+    def _resolve(self, model: str) -> None:
+        price: ModelPrice | None
+        if model in self._overrides:
+            price, source = self._overrides[model], SOURCE_JOB
+        else:
+            found = _library_price(model)
+            if found is None:
+                price, source = None, SOURCE_UNKNOWN
+            else:
+                price, where = found
+                source = f"{LIBRARY_NAME} {self.library_version} ({where})"
+        self._prices[model] = price
+        self._sources[model] = source
+        self._rates[model] = (
+            None if price is None else (price.input, price.effective_cached_input, price.output)
+        )
+
+
+def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, ModelPrice]:
+    """Check the job's ``[prices]`` table and turn it into ``{model: ModelPrice}``.
+
+    ``{"my-model": {"input": 0.15, "output": 0.6, "cached_input": 0.075}}``, USD per 1M tokens;
+    ``input`` and ``output`` are required, ``cached_input`` is optional. Raises ``ConfigError``
+    with one line naming ``where``, the model and the key at fault.
+    """
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: [prices] must be a table of models, got {table!r}")
+    result: dict[str, ModelPrice] = {}
+    for model, entry in table.items():
+        head = f"{where}: [prices.{_toml_key(model)}]"
+        if not isinstance(model, str) or not model.strip():
+            raise ConfigError(f"{where}: [prices] model names must be non-empty strings")
+        if not isinstance(entry, Mapping):
+            raise ConfigError(
+                f"{head} must be a table like {{ input = 0.15, output = 0.6 }}, got {entry!r}"
+            )
+        for key in entry:
+            if key not in _PRICE_KEYS:
+                raise ConfigError(f"{head} unknown key {key!r} (expected {', '.join(_PRICE_KEYS)})")
+        values: dict[str, float] = {}
+        for key in _PRICE_KEYS:
+            if key not in entry:
+                if key == "cached_input":
+                    continue
+                raise ConfigError(f"{head} missing key {key!r} (USD per 1M tokens)")
+            v = entry[key]
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise ConfigError(f"{head} {key} must be a number (USD per 1M tokens), got {v!r}")
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{head} {key} must be a finite number >= 0, got {v!r}")
+            values[key] = float(v)
+        result[model] = ModelPrice(
+            input=values["input"],
+            output=values["output"],
+            cached_input=values.get("cached_input"),
+        )
+    return result
+
+
+def _toml_key(name: object) -> str:
+    s = str(name)
+    return s if re.fullmatch(r"[A-Za-z0-9_-]+", s) else '"' + s.replace('"', '\\"') + '"'
+
+
+def _library_price(model: str) -> tuple[ModelPrice, str] | None:
+    """Ask ``genai-prices`` for ``model``; try the gateway spellings it does not match itself."""
+    for ref, provider_id in _candidates(model):
+        found = _library_lookup(ref, provider_id)
+        if found is not None:
+            return found
+    return None
+
+
+def _candidates(model: str) -> list[tuple[str, str | None]]:
+    """(model_ref, provider_id) pairs to try, most specific first, without duplicates.
+
+    ``provider/model`` names are tried as OpenRouter ids (that is their namespace), then as
+    ``model`` at ``provider``, then as ``model`` at whichever provider the library picks.
+    A thinking-mode suffix is dropped only after the full name failed.
+    """
+    name = model.strip()
+    out: list[tuple[str, str | None]] = []
+    for n in (name, _GATEWAY_SUFFIX.sub("", name)):
+        out.append((n, None))
+        provider, _, rest = n.partition("/")
+        if rest:
+            out += [(n, "openrouter"), (rest, provider), (rest, None)]
+    unique: list[tuple[str, str | None]] = []
+    for c in out:
+        if c[0] and c not in unique:
+            unique.append(c)
+    return unique
+
+
+def _library_lookup(ref: str, provider_id: str | None) -> tuple[ModelPrice, str] | None:
+    try:
+        calc = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=1, output_tokens=1), ref, provider_id=provider_id
+        )
+    except Exception:  # LookupError for an unknown name; anything else the library raises
+        return None  # means the same to us: no usable price.
+    model_info = calc.model
+    # Find the highest price listed for today (time-of-day windows), with the date-dependent
+    # price in force today.
+    today = datetime.now(UTC).date()
+    best: tuple[float, float, float | None] | None = None
+    for t in _DAY_SAMPLES:
+        ts = datetime.combine(today, t, tzinfo=UTC)
+        try:
+            mp = model_info.get_prices(ts)
+        except Exception:
+            mp = calc.model_price
+        rates = _rates_of(mp)
+        if rates is not None and (best is None or rates[0] + rates[1] > best[0] + best[1]):
+            best = rates
+    if best is None:
+        return None
+    price = ModelPrice(input=best[0], output=best[1], cached_input=best[2])
+    return price, f"{calc.provider.id}/{model_info.id}"
+
+
+def _rates_of(mp: object) -> tuple[float, float, float | None] | None:
+    """(input, output, cached input) of a library price object; ``None`` if not token-priced."""
+    inp = _base(getattr(mp, "input_mtok", None))
+    out = _base(getattr(mp, "output_mtok", None))
+    if inp is None or out is None:
+        return None
+    return inp, out, _base(getattr(mp, "cache_read_mtok", None))
+
+
+def _base(value: object) -> float | None:
+    """A library price as float: a plain price, or the base tier of a tiered price."""
+    if isinstance(value, Decimal | int | float) and not isinstance(value, bool):
+        return float(value)
+    base = getattr(value, "base", None)  # tiered price: the rate below the first tier
+    if isinstance(base, Decimal | int | float) and not isinstance(base, bool):
+        return float(base)
+    return None

@@ -1,0 +1,116 @@
+"""Progress display behind a small interface; tqdm is imported only when a bar is shown."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Counts", "LogProgress", "NullProgress", "Progress", "TqdmProgress", "make_progress"]
+
+
+@dataclass(slots=True)
+class Counts:
+    ok: int = 0
+    failed: int = 0
+    retrying: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    cost_unknown: int = 0
+    rate_limited: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Progress(Protocol):
+    def start(self, total: int | None, done: int) -> None: ...
+    def update(self, counts: Counts, finished: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullProgress:
+    def start(self, total: int | None, done: int) -> None:
+        pass
+
+    def update(self, counts: Counts, finished: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _postfix(c: Counts) -> str:
+    cost = f"${c.cost_usd:.4f}" + ("+?" if c.cost_unknown else "")
+    parts = [f"ok={c.ok}", f"failed={c.failed}", f"retrying={c.retrying}",
+             f"tokens={c.tokens:,}", f"cost={cost}"]
+    if c.rate_limited:
+        parts.append(f"429s={c.rate_limited}")
+    return " ".join(parts)
+
+
+class TqdmProgress:
+    """A tqdm bar on stderr: rows done out of total, with ok/failed/retrying, tokens and cost."""
+
+    def __init__(self, desc: str) -> None:
+        self._desc = desc
+        self._bar: Any = None
+        self._last = 0.0
+        self._counts: Counts | None = None
+
+    def start(self, total: int | None, done: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, initial=done, desc=self._desc, unit="row",
+                         dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+
+    def update(self, counts: Counts, finished: int) -> None:
+        bar = self._bar
+        if bar is None:
+            return
+        bar.update(finished)
+        self._counts = counts
+        now = time.monotonic()
+        if now - self._last > 0.25:
+            self._last = now
+            bar.set_postfix_str(_postfix(counts), refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            if self._counts is not None:
+                self._bar.set_postfix_str(_postfix(self._counts), refresh=True)
+            self._bar.close()
+            self._bar = None
+
+
+class LogProgress:
+    """For logs (no terminal): one line every ``every_s`` seconds."""
+
+    def __init__(self, desc: str, every_s: float = 30.0) -> None:
+        self._desc = desc
+        self._every = every_s
+        self._total: int | None = None
+        self._done = 0
+        self._last = time.monotonic()
+
+    def start(self, total: int | None, done: int) -> None:
+        self._total, self._done = total, done
+
+    def update(self, counts: Counts, finished: int) -> None:
+        self._done += finished
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            total = f"/{self._total}" if self._total is not None else ""
+            print(f"{self._desc}: {self._done}{total} rows  {_postfix(counts)}", file=sys.stderr)
+
+    def close(self) -> None:
+        pass
+
+
+def make_progress(desc: str, mode: str = "auto") -> Progress:
+    """``auto``: a bar on a terminal, periodic lines otherwise; ``bar``; ``log``; ``none``."""
+    if mode == "none":
+        return NullProgress()
+    if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
+        return TqdmProgress(desc)
+    return LogProgress(desc)

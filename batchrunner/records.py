@@ -1,0 +1,68 @@
+"""The per-row outcome record: what the journal stores and the results file shows.
+
+One ``Outcome`` per finished row. ``OUTCOME_SCHEMA`` is its Arrow schema, shared by the journal
+segments, the results file (after the input columns) and the reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import pyarrow as pa
+
+__all__ = ["OUTCOME_COLUMNS", "OUTCOME_SCHEMA", "Outcome"]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one row. Token counts are ``None`` when the server did not say."""
+
+    key: str
+    status: str  # "ok" | "failed"
+    content: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_ms: float | None = None
+    attempts: int = 0
+    rate_limited: int = 0
+    error_type: str | None = None
+    error_message: str | None = None
+    model: str | None = None
+    request_id: str | None = None
+    finished_at: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("content", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("total_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+        ("reasoning_tokens", pa.int64()),
+        ("cost_usd", pa.float64()),
+        ("latency_ms", pa.float64()),
+        ("attempts", pa.int64()),
+        ("rate_limited", pa.int64()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("model", pa.string()),
+        ("request_id", pa.string()),
+        ("finished_at", pa.float64()),
+    ]
+)
+
+OUTCOME_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
+assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS

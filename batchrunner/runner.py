@@ -1,0 +1,735 @@
+"""Run a job: the only module that owns task groups; it wires the others together.
+
+One producer reads the input and renders requests, N workers send them through the limiter and
+the client with retries, and one writer task records every outcome in the journal::
+
+    producer ──(bounded stream)──► workers ×N ──(bounded stream)──► writer ──► journal
+
+At the end the journal is compacted and the results file and cost report are rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import pyarrow as pa
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from batchrunner import io
+from batchrunner.client import ChatClient
+from batchrunner.config import JobConfig, check_base_url, environment
+from batchrunner.errors import (
+    ConfigError,
+    InputError,
+    Interrupted,
+    JournalError,
+    RequestError,
+    StopJob,
+    UsageError,
+)
+from batchrunner.journal import Journal, JournalWriter, new_run_id
+from batchrunner.limiter import Limiter
+from batchrunner.pricing import PriceBook, parse_price_table
+from batchrunner.progress import Counts, Progress, make_progress
+from batchrunner.records import OUTCOME_COLUMNS, Outcome
+from batchrunner.report import build_report, write_reports
+from batchrunner.retry import RetryPolicy, backoff
+from batchrunner.template import RequestBuilder, body_prompt_text, estimate_tokens
+
+__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "EXIT_STOPPED", "EXIT_USAGE", "RunOptions",
+           "RunSummary", "prepare", "rebuild_outputs", "run_job"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_FAILED_ROWS = 3
+EXIT_STOPPED = 4
+
+FLUSH_EVERY_S = 1.0
+FLUSH_EVERY_ROWS = 2000
+MAX_RATE_LIMIT_RETRIES = 30
+DEFAULT_COMPLETION_ESTIMATE = 256
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    retry_failed: bool = False
+    rerun_where: str | None = None
+    force: bool = False
+    progress: str = "auto"
+    retry: RetryPolicy | None = None
+    drain_s: float = 5.0
+    handle_signals: bool = True
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    name: str
+    rows: int = 0
+    ok: int = 0
+    failed: int = 0
+    pending: int = 0
+    sent: int = 0
+    skipped: int = 0
+    length_cut: int = 0
+    error_types: dict[str, int] = field(default_factory=dict)
+    cost_usd: float | None = 0.0
+    wall_s: float = 0.0
+    results_path: Path | None = None
+    report_paths: list[Path] = field(default_factory=list)
+    stopped: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped:
+            return EXIT_STOPPED
+        return EXIT_FAILED_ROWS if self.failed or self.pending else EXIT_OK
+
+
+@dataclass(slots=True)
+class _Work:
+    key: str
+    body: dict[str, Any]
+    charge: int
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning: everything that can be checked before a request is sent
+
+
+@dataclass(kw_only=True)
+class Plan:
+    job: JobConfig
+    source: io.InputSource
+    builder: RequestBuilder | None
+    key_column: str | None
+    total_rows: int
+    done: set[str]
+    rerun: set[str]
+    out_dir: Path
+    job_meta: dict[str, Any]
+    prices: PriceBook
+    warnings: list[str]
+
+
+def _fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare(job: JobConfig, options: RunOptions) -> Plan:
+    """Check the job, input, output directory and journal; raise UsageError on anything wrong."""
+    warnings: list[str] = []
+    out_dir = job.output.dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output {out_dir} is a file, not a directory — choose another --output")
+    source = io.open_input(job.input.path)
+    where = f"input {source.path.name}"
+    prices = PriceBook(parse_price_table(job.prices, where=f"job {job.source}: [prices]"))
+
+    builder: RequestBuilder | None = None
+    if source.kind == "openai_batch":
+        key_column: str | None = "custom_id"
+    else:
+        builder = RequestBuilder(job.request, source.columns, where)
+        key_column = job.input.id_column
+        if key_column is not None and key_column not in source.columns:
+            raise ConfigError(
+                f"id_column {key_column!r} is not a column of {where} "
+                f"(columns: {', '.join(source.columns)})"
+            )
+
+    total = _scan_keys(source, key_column, where)
+    if total == 0:
+        raise InputError(f"{where}: has no rows")
+
+    request_settings = (
+        {"openai_batch": True} if builder is None else job.request.settings()
+    )
+    meta = {
+        "name": job.name,
+        "input_path": str(source.path),
+        "input_fingerprint": source.fingerprint(),
+        "id_column": key_column,
+        "request_fingerprint": _fingerprint(request_settings),
+        "request": request_settings,
+        "total_rows": total,
+        "output_format": job.output.format,
+        "prices": job.prices,
+    }
+    journal = Journal(out_dir)
+    done: set[str] = set()
+    rerun: set[str] = set()
+    meta_path = out_dir / "job.json"
+    if meta_path.exists():
+        try:
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError("not an object")
+        except (ValueError, OSError) as e:
+            raise JournalError(
+                f"{meta_path} is damaged ({type(e).__name__}); delete the output directory to "
+                "start over, or restore the file"
+            ) from None
+        _check_same_job(old, meta, meta_path, options, warnings)
+    elif journal.segments():
+        raise JournalError(
+            f"{out_dir} holds a journal but no job.json — it is not this job's output directory"
+        )
+    journal.remove_temp_files()
+    state = journal.read(columns=["status"])
+    if state.num_rows:
+        statuses = state["status"].to_pylist()
+        keys = state["key"].to_pylist()
+        for k, s in zip(keys, statuses, strict=True):
+            if s == "ok" or not options.retry_failed:
+                done.add(k)
+        if options.rerun_where:
+            rerun = _select(journal, options.rerun_where)
+            done -= rerun
+    return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
+                done=done, rerun=rerun, out_dir=out_dir, job_meta=meta, prices=prices,
+                warnings=warnings)
+
+
+def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, options: RunOptions,
+                    warnings: list[str]) -> None:
+    if old.get("input_path") != new["input_path"] and old.get("name") != new["name"]:
+        raise JournalError(
+            f"{path.parent} holds the journal of job {old.get('name')!r} over "
+            f"{old.get('input_path')}; use another --output directory"
+        )
+    if old.get("id_column") != new["id_column"] and not options.force:
+        raise UsageError(
+            f"id_column changed from {old.get('id_column')!r} to {new['id_column']!r} since the "
+            f"last run in {path.parent}; rows would not match — pass --force to start the keys over"
+        )
+    if old.get("input_fingerprint") != new["input_fingerprint"]:
+        if new["id_column"] is None and not options.force:
+            raise UsageError(
+                f"the input file changed since the last run in {path.parent}, and rows are keyed "
+                "by position — set [input] id_column, or pass --force to go on anyway"
+            )
+        warnings.append("the input file changed since the last run; rows are matched by id")
+    if old.get("request_fingerprint") != new["request_fingerprint"]:
+        changed = sorted(
+            k for k in set(old.get("request", {})) | set(new["request"])
+            if old.get("request", {}).get(k) != new["request"].get(k)
+        )
+        if not options.force:
+            raise UsageError(
+                f"the request settings changed since the last run in {path.parent} "
+                f"({', '.join(changed)}); pass --force to send the remaining rows with the new ones"
+            )
+        warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
+
+
+def _select(journal: Journal, where: str) -> set[str]:
+    table = journal.read()
+    df = table.to_pandas()
+    try:
+        picked = df.query(where, engine="python")
+    except Exception as e:
+        raise UsageError(
+            f"--rerun-where {where!r}: {type(e).__name__}: {_first_line(e)} "
+            f"(columns: {', '.join(OUTCOME_COLUMNS)})"
+        ) from None
+    return set(picked["key"].astype(str))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _scan_keys(source: io.InputSource, key_column: str | None, where: str) -> int:
+    """Count rows; with an id column, refuse null or duplicate ids before anything is sent."""
+    total = 0
+    if key_column is None:
+        for batch in source.batches(columns=[source.columns[0]]):
+            total += batch.num_rows
+        return total
+    seen: set[str] = set()
+    for batch in source.batches(columns=[key_column]):
+        col = batch.column(0)
+        if col.null_count:
+            first = col.to_pylist().index(None)
+            raise InputError(f"{where}: row {total + first + 1} has no value in id column "
+                             f"{key_column!r}")
+        dup = io.find_duplicate(col.cast(pa.string()), seen)
+        if dup is not None:
+            raise InputError(f"{where}: id {dup!r} appears more than once in column "
+                             f"{key_column!r}; ids must be unique")
+        total += batch.num_rows
+    return total
+
+
+def _iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, row) for every input row, in order."""
+    position = 0
+    if plan.builder is None:
+        cols: list[str] | None = ["custom_id", "body"]
+    else:
+        cols = list(dict.fromkeys([*plan.builder.needed_columns,
+                                   *([plan.key_column] if plan.key_column else [])]))
+    for batch in plan.source.batches(columns=cols):
+        rows = batch.to_pylist()
+        if plan.key_column is None:
+            for row in rows:
+                yield str(position), row
+                position += 1
+        else:
+            kc = plan.key_column
+            for row in rows:
+                yield str(row[kc]), row
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+class _Run:
+    def __init__(self, plan: Plan, options: RunOptions, client: ChatClient, limiter: Limiter,
+                 progress: Progress) -> None:
+        self.plan = plan
+        self.options = options
+        self.client = client
+        self.limiter = limiter
+        self.progress = progress
+        lim = plan.job.limits
+        self.policy = options.retry or RetryPolicy(max_attempts=lim.max_attempts)
+        self.counts = Counts()
+        self.counters: Counter[str] = Counter()
+        self.errors_seen: Counter[str] = Counter()
+        self.stop_error: StopJob | None = None
+        self.stopping = False
+        self.rng = random.Random()
+        self.completion_estimate = float(DEFAULT_COMPLETION_ESTIMATE)
+        self.max_tokens = plan.job.request.max_tokens
+
+    async def produce(self, send: MemoryObjectSendStream[_Work],
+                      record: MemoryObjectSendStream[Outcome]) -> None:
+        async with send, record:
+            plan = self.plan
+            for key, row in _iter_rows(plan):
+                if key in plan.done:
+                    continue
+                if self.stopping:
+                    return
+                if plan.builder is None:
+                    try:
+                        body = json.loads(row["body"])
+                    except ValueError:
+                        body = None
+                    prompt = body_prompt_text(body) if isinstance(body, dict) else ""
+                    reason = "the body is not a JSON object"
+                else:
+                    body, reason = plan.builder.build(row)
+                    prompt = reason
+                if not isinstance(body, dict):
+                    await record.send(Outcome(
+                        key=key, status="failed", error_type="invalid_row",
+                        error_message=f"not sent: {reason}", finished_at=time.time(),
+                    ))
+                    continue
+                sys_text = plan.job.request.system or "" if plan.builder is not None else ""
+                max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+                n = body.get("n") or 1
+                completion = (max_tokens if isinstance(max_tokens, int)
+                              else int(self.completion_estimate))
+                charge = estimate_tokens(prompt) + estimate_tokens(sys_text) + 8 + completion * n
+                await send.send(_Work(key=key, body=body, charge=charge))
+                # Bad rows are counted here; yielding keeps the loop responsive on huge files.
+                await anyio.lowlevel.checkpoint()
+
+    async def work(self, receive: MemoryObjectReceiveStream[_Work],
+                   record: MemoryObjectSendStream[Outcome]) -> None:
+        async with receive, record:
+            async for item in receive:
+                if self.stopping:
+                    return
+                outcome = await self.attempt(item)
+                if outcome is not None:
+                    await record.send(outcome)
+
+    async def attempt(self, item: _Work) -> Outcome | None:
+        attempts = 0
+        rate_limited = 0
+        started = time.perf_counter()
+        while True:
+            attempts += 1
+            await self.limiter.acquire(item.charge)
+            try:
+                res = await self.client.complete(item.body)
+            except StopJob as e:
+                self.limiter.settle(item.charge, 0)
+                if self.stop_error is None:
+                    self.stop_error = e
+                self.stopping = True
+                return None
+            except RequestError as e:
+                self.limiter.settle(item.charge, 0)
+                self.errors_seen[e.error_type] += 1
+                if e.error_type == "rate_limited":
+                    rate_limited += 1
+                    attempts -= 1  # 429s have their own budget
+                    self.counts.rate_limited += 1
+                    self.counters["http_429"] += 1
+                    wait = e.retry_after if e.retry_after is not None else backoff(
+                        rate_limited, self.policy, None, self.rng)
+                    self.limiter.pause(wait)
+                    if rate_limited <= MAX_RATE_LIMIT_RETRIES and not self.stopping:
+                        continue
+                    attempts += 1
+                elif e.retryable and attempts < self.policy.max_attempts and not self.stopping:
+                    self.counters["retries"] += 1
+                    self.counts.retrying += 1
+                    try:
+                        await anyio.sleep(backoff(attempts, self.policy, e.retry_after, self.rng))
+                    finally:
+                        self.counts.retrying -= 1
+                    continue
+                self.counters["attempts"] += attempts
+                return Outcome(
+                    key=item.key, status="failed", attempts=attempts, rate_limited=rate_limited,
+                    error_type=e.error_type, error_message=e.message,
+                    latency_ms=(time.perf_counter() - started) * 1000.0,
+                    model=str(item.body.get("model") or "") or None,
+                    request_id=e.request_id, finished_at=time.time(),
+                )
+            self.counters["attempts"] += attempts
+            used = res.total_tokens
+            self.limiter.settle(item.charge, used)
+            if res.completion_tokens is not None:
+                delta = res.completion_tokens - self.completion_estimate
+                self.completion_estimate += 0.05 * delta
+            requested = str(item.body.get("model") or "")
+            cost = self._cost(res.model, requested, res.prompt_tokens, res.completion_tokens,
+                              res.cached_tokens, res.reasoning_tokens)
+            return Outcome(
+                key=item.key, status="ok", content=res.content, finish_reason=res.finish_reason,
+                prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
+                total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
+                reasoning_tokens=res.reasoning_tokens, cost_usd=cost, latency_ms=res.latency_ms,
+                attempts=attempts, rate_limited=rate_limited, model=res.model or requested or None,
+                request_id=res.request_id, finished_at=time.time(),
+            )
+
+    def _cost(self, answered: str | None, requested: str, pt: int | None, ct: int | None,
+              cached: int | None, reasoning: int | None) -> float | None:
+        prices = self.plan.prices
+        model = answered if answered and prices.price(answered) is not None else requested
+        return prices.cost(model, prompt_tokens=pt, completion_tokens=ct, cached_tokens=cached,
+                           reasoning_tokens=reasoning)
+
+    async def write(self, receive: MemoryObjectReceiveStream[Outcome],
+                    journal: JournalWriter) -> None:
+        counts = self.counts
+        next_flush = time.monotonic() + FLUSH_EVERY_S
+        async with receive:
+            while True:
+                finished = 0
+                try:
+                    with anyio.move_on_after(max(0.0, next_flush - time.monotonic())):
+                        o = await receive.receive()
+                        journal.add(o)
+                        finished = 1
+                        if o.status == "ok":
+                            counts.ok += 1
+                            counts.tokens += o.total_tokens or 0
+                            if o.cost_usd is None:
+                                counts.cost_unknown += 1
+                            else:
+                                counts.cost_usd += o.cost_usd
+                            if o.finish_reason == "length":
+                                self.counters["length"] += 1
+                        else:
+                            counts.failed += 1
+                except anyio.EndOfStream:
+                    break
+                if finished:
+                    self.progress.update(counts, finished)
+                if len(journal) >= FLUSH_EVERY_ROWS or time.monotonic() >= next_flush:
+                    await anyio.to_thread.run_sync(journal.flush)
+                    next_flush = time.monotonic() + FLUSH_EVERY_S
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(journal.flush)
+
+    async def watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self.stopping:
+                    self.stopping = True
+                    self.stop_error = Interrupted(
+                        f"stopped by {name}; finished rows are saved — run the same command to "
+                        "resume"
+                    )
+                    print(f"\nbatchrunner: {name}: finishing requests in flight "
+                          f"(up to {self.options.drain_s:.0f} s; again to stop now)",
+                          file=sys.stderr)
+                    scope.deadline = min(scope.deadline,
+                                         anyio.current_time() + self.options.drain_s)
+                else:
+                    scope.cancel()
+
+
+@asynccontextmanager
+async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[str, str | None]]:
+    """Yield (base_url, api_key): the job's endpoint, or a built-in simulator it asked for."""
+    if job.endpoint.simulator:
+        from batchrunner.simulator import Simulator, SimulatorConfig
+
+        config = SimulatorConfig.from_mapping(job.simulator)
+        async with Simulator(config, host="127.0.0.1", port=0) as sim:
+            yield sim.base_url, env.get(job.endpoint.api_key_env) or getattr(
+                config, "api_key", None)
+        return
+    base_url = job.endpoint.base_url or env.get("OPENAI_BASE_URL")
+    if not base_url:
+        raise ConfigError(
+            "no endpoint: set [endpoint] base_url, or OPENAI_BASE_URL in the environment or .env "
+            "(or simulator = true to rehearse against the built-in simulator)"
+        )
+    base_url = check_base_url(base_url, "OPENAI_BASE_URL" if not job.endpoint.base_url
+                              else "[endpoint] base_url")
+    key = env.get(job.endpoint.api_key_env)
+    if not key:
+        raise ConfigError(
+            f"no API key: set {job.endpoint.api_key_env} in the environment or in a .env file"
+        )
+    yield base_url, key
+
+
+def endpoint_warnings(base_url: str) -> list[str]:
+    parts = urlsplit(base_url)
+    if parts.scheme == "http" and (parts.hostname or "") not in LOCAL_HOSTS:
+        return [f"the API key will be sent unencrypted over plain http:// to {parts.hostname}"]
+    return []
+
+
+async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSummary:
+    """Run (or resume) ``job`` to the end, or until it must stop; return what happened."""
+    options = options or RunOptions()
+    started = time.monotonic()
+    plan = prepare(job, options)
+    env = environment(job)
+    summary = RunSummary(name=job.name, warnings=list(plan.warnings))
+    out_dir = plan.out_dir
+    run_id = new_run_id()
+    async with _endpoint(job, env) as (base_url, api_key):
+        summary.warnings.extend(endpoint_warnings(base_url))
+        for w in summary.warnings:
+            print(f"batchrunner: warning: {w}", file=sys.stderr)
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        journal = Journal(out_dir)
+        journal.create()
+        io.write_atomic_bytes(out_dir / "job.json",
+                              json.dumps(plan.job_meta, indent=2, default=str).encode())
+        lim = job.limits
+        limiter = Limiter(lim.requests_per_minute, lim.tokens_per_minute)
+        remaining = plan.total_rows - len(plan.done)
+        progress = make_progress(job.name, options.progress)
+        async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s,
+                              connections=lim.concurrency) as client:
+            run = _Run(plan, options, client, limiter, progress)
+            writer = JournalWriter(journal.directory, run_id)
+            progress.start(plan.total_rows, plan.total_rows - remaining)
+            try:
+                await _pipeline(run, writer, lim.concurrency)
+            finally:
+                progress.close()
+        summary.sent = run.counters["attempts"]
+        summary.stopped = str(run.stop_error) if run.stop_error else None
+        counters = dict(run.counters)
+        counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
+        await anyio.to_thread.run_sync(journal.compact, run_id)
+    summary.wall_s = time.monotonic() - started
+    await anyio.to_thread.run_sync(
+        lambda: rebuild_outputs(plan, summary, counters=counters))
+    return summary
+
+
+async def _pipeline(run: _Run, writer: JournalWriter, concurrency: int) -> None:
+    work_send, work_recv = anyio.create_memory_object_stream[_Work](concurrency * 2)
+    out_send, out_recv = anyio.create_memory_object_stream[Outcome](concurrency * 4)
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(run.write, out_recv, writer)
+        async with out_send:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    if run.options.handle_signals and _main_thread():
+                        tg.start_soon(run.watch_signals, scope)
+                    tg.start_soon(run.produce, work_send, out_send.clone())
+                    async with anyio.create_task_group() as workers:
+                        for _ in range(concurrency):
+                            workers.start_soon(run.work, work_recv.clone(), out_send.clone())
+                        work_recv.close()
+                    tg.cancel_scope.cancel()  # workers are done: stop the signal watcher
+        # out_send and all its clones are closed: the writer drains and flushes.
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int] | None = None
+                    ) -> RunSummary:
+    """Write results and reports from the journal; fill the summary's row counts."""
+    journal = Journal(plan.out_dir)
+    state = journal.read()
+    job = plan.job
+    results_path = plan.out_dir / f"results.{job.output.format}"
+    df = state.to_pandas().set_index("key", drop=True)
+    outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key"]
+    schema_fields = []
+    out_schema_cols: list[str] | None = None
+    writer: io.ResultWriter | None = None
+    statuses: Counter[str] = Counter()
+    position = 0
+    try:
+        for batch in plan.source.batches():
+            if plan.key_column is None:
+                keys = [str(i) for i in range(position, position + batch.num_rows)]
+            else:
+                keys = [str(k) for k in batch.column(plan.key_column).to_pylist()]
+            position += batch.num_rows
+            part = df.reindex(keys)
+            table = pa.Table.from_batches([batch])
+            names = set(table.column_names)
+            for c in outcome_cols:
+                col = pa.Array.from_pandas(part[c], type=state.schema.field(c).type)
+                table = table.append_column(c if c not in names else f"result_{c}", col)
+            st = table.column("status" if "status" not in names else "result_status")
+            statuses.update(st.to_pylist())
+            if writer is None:
+                schema_fields = list(table.schema)
+                out_schema_cols = table.column_names
+                writer = io.ResultWriter(results_path, job.output.format, pa.schema(schema_fields))
+            assert out_schema_cols is not None
+            writer.write(table.select(out_schema_cols))
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    summary.rows = position
+    summary.ok = statuses.get("ok", 0)
+    summary.failed = statuses.get("failed", 0)
+    summary.pending = statuses.get(None, 0)  # type: ignore[call-overload]
+    summary.results_path = results_path
+    report = build_report(
+        state, prices=plan.prices,
+        job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
+             "model": job.request.model, "job_file": job.source},
+        wall_s=summary.wall_s or None, counters=counters,
+    )
+    summary.report_paths = write_reports(report, plan.out_dir)
+    failed = state.filter(pa.compute.equal(state["status"], "failed"))
+    summary.error_types = dict(Counter(failed["error_type"].to_pylist()).most_common())
+    ok = state.filter(pa.compute.equal(state["status"], "ok"))
+    summary.length_cut = ok["finish_reason"].to_pylist().count("length")
+    costs = ok["cost_usd"]
+    summary.cost_usd = None if costs.null_count else float(
+        sum(c for c in costs.to_pylist() if c is not None))
+    return summary
+
+
+def plan_from_output(out_dir: Path) -> Plan:
+    """Rebuild enough of a run's plan from ``OUT_DIR/job.json`` to rebuild its outputs."""
+    from batchrunner.config import EndpointConfig, InputConfig, Limits, OutputConfig, RequestConfig
+
+    meta_path = out_dir / "job.json"
+    if not meta_path.is_file():
+        raise UsageError(f"{out_dir} is not a batchrunner output directory (no job.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise JournalError(f"{meta_path} is damaged; rerun the job to rewrite it") from None
+    job = JobConfig(
+        name=meta["name"],
+        input=InputConfig(path=Path(meta["input_path"]), id_column=meta.get("id_column")),
+        request=RequestConfig(),
+        endpoint=EndpointConfig(),
+        limits=Limits(),
+        output=OutputConfig(dir=out_dir, format=meta.get("output_format", "parquet")),
+        prices=meta.get("prices") or {},
+        source=str(meta_path),
+    )
+    source = io.open_input(job.input.path)
+    if source.kind == "openai_batch":
+        key_column: str | None = "custom_id"
+    else:
+        key_column = job.input.id_column
+    prices = PriceBook(parse_price_table(job.prices, where=f"{meta_path}: prices"))
+    return Plan(job=job, source=source, builder=None, key_column=key_column,
+                total_rows=int(meta.get("total_rows") or 0), done=set(), rerun=set(),
+                out_dir=out_dir, job_meta=meta, prices=prices, warnings=[])
+
+
+def format_status(out_dir: Path) -> str:
+    """Progress, failures by type and cost so far, from the journal alone."""
+    meta_path = out_dir / "job.json"
+    if not meta_path.is_file():
+        raise UsageError(f"{out_dir} is not a batchrunner output directory (no job.json)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    state = Journal(out_dir).read()
+    total = int(meta.get("total_rows") or 0)
+    statuses = Counter(state["status"].to_pylist())
+    ok, failed = statuses.get("ok", 0), statuses.get("failed", 0)
+    lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
+             f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"]
+    failed_t = state.filter(pa.compute.equal(state["status"], "failed"))
+    for etype, n in Counter(failed_t["error_type"].to_pylist()).most_common():
+        lines.append(f"  failed {etype}: {n:,}")
+    costs = [c for c in state["cost_usd"].to_pylist() if c is not None]
+    unknown = state["cost_usd"].null_count - failed - 0
+    cost = f"${sum(costs):,.4f}" + (" (plus rows of unknown price)" if unknown > 0 else "")
+    tokens = sum(t for t in state["total_tokens"].to_pylist() if t is not None)
+    lines.append(f"  tokens {tokens:,}; cost so far {cost}")
+    return "\n".join(lines)
+
+
+def _show(path: Path) -> str:
+    """``path`` relative to the current directory when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def format_summary(s: RunSummary) -> str:
+    lines = []
+    head = f"batchrunner: {s.name} — {s.rows:,} rows: {s.ok:,} ok, {s.failed:,} failed"
+    if s.pending:
+        head += f", {s.pending:,} not done yet"
+    lines.append(head)
+    if s.error_types:
+        lines.append("  failures: " + ", ".join(f"{k} {v:,}" for k, v in s.error_types.items()))
+    if s.length_cut:
+        lines.append(f"  warning: {s.length_cut:,} rows cut at max_tokens (finish_reason=length)")
+    cost = "unknown for some models (see report)" if s.cost_usd is None else f"${s.cost_usd:,.4f}"
+    lines.append(f"  cost: {cost}; wall {s.wall_s:,.1f} s; {s.sent:,} requests sent this run")
+    if s.results_path:
+        lines.append(f"  results: {_show(s.results_path)}")
+    if s.report_paths:
+        lines.append(f"  report:  {', '.join(_show(p) for p in s.report_paths)}")
+    if s.stopped:
+        lines.append(f"  stopped: {s.stopped}")
+    return "\n".join(lines)

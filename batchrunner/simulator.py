@@ -1,0 +1,2076 @@
+"""An OpenAI-compatible Chat Completions server for rehearsals, tests and benchmarks.
+
+The simulator answers ``POST /v1/chat/completions`` the way OpenAI, an OpenAI-compatible gateway
+(GPT, Claude, DeepSeek, Grok, Gemini, Qwen behind one URL) or vLLM does, closely enough that a job
+run against it goes down every path a real endpoint can send it down: replies, length cuts,
+streams, rate limits, quota errors, server errors, dropped connections, hangs and broken bodies.
+
+Three ways to run it::
+
+    batchrunner simulate --rpm 500 --tpm 200000 --fault 503=0.01     # CLI (see add_arguments)
+    async with Simulator(config, host="127.0.0.1", port=0) as sim:   # in-process, async
+        sim.base_url                                                  # "http://127.0.0.1:PORT/v1"
+    with SimulatorThread(config) as sim:                              # background thread, sync
+        sim.stats()
+
+Endpoints
+    ``POST /v1/chat/completions``   the completion endpoint (stream and non-stream)
+    ``GET  /v1/models``             the configured models (a default list when any model goes)
+    ``GET  /v1/models/{model}``     one model, or 404 ``model_not_found``
+    ``GET  /v1/simulator/stats``    counters as JSON; ``?per_prompt=1`` adds the per-prompt maps
+    ``POST /v1/simulator/reset``    zeroes the counters (not the rate-limit buckets or markers)
+    ``GET  /health``                200 ``ok``
+
+Replies are deterministic: the same messages give the same reply. Every reply starts with
+``Echo: [KEY] EXCERPT`` where KEY is ``prompt_key(last user message)`` and EXCERPT its first
+40 characters (whitespace collapsed), followed by filler words up to the reply's length in
+tokens. The length is drawn, seeded by a hash of the messages, from a roughly exponential
+distribution between ``reply_tokens_min`` and ``reply_tokens_max`` with mean about
+``reply_tokens_mean`` (or fixed with ``reply_tokens``); a reply never ends inside the echo
+header. ``n`` > 1 gives n distinct replies (``#i`` is added to the header). A
+``response_format`` of ``json_object`` gives a JSON object; ``json_schema`` gives JSON that
+validates against the schema (objects, strings, numbers, integers, booleans, enums, consts,
+arrays, ``$ref``/``$defs``, ``anyOf``, nullable types, common string formats, numeric bounds).
+
+Token counting (exported, the runner uses the same estimate)
+    ``count_tokens(text) = ceil(len(text) / 4)``;
+    ``count_prompt_tokens(messages) = 3 + Σ (3 + count_tokens(text) + 85 × images)`` over the
+    messages, where text is the message's string content or its text parts joined by newlines.
+    A reply's ``completion_tokens`` is ``count_tokens(content)`` plus its reasoning tokens.
+    ``max_completion_tokens`` (or ``max_tokens``) cuts a reply: ``finish_reason`` is ``length``
+    and ``completion_tokens == max_tokens``. A ``stop`` sequence cuts it before the sequence.
+
+Reasoning
+    Models listed in ``reasoning_models`` (an entry matches the name itself or the name followed
+    by ``-...``), any model whose name contains ``-thinking``, and any request with
+    ``"thinking": {"type": "enabled"}`` or ``"enable_thinking": true`` reason first:
+    ``ceil(reply tokens × reasoning_ratio)`` reasoning tokens, counted inside
+    ``completion_tokens`` (and the max_tokens budget) and reported in
+    ``usage.completion_tokens_details.reasoning_tokens``; the text is returned as
+    ``message.reasoning_content`` and streamed as ``reasoning_content`` deltas before the content.
+
+Cached tokens
+    Deterministic: when the leading system/developer messages come to at least 1024 prompt
+    tokens, ``cached_tokens`` is that prefix rounded down to a multiple of 128 (as OpenAI's
+    prompt cache does from the second request on; here from the first). Otherwise 0.
+    ``prompt_caching = false`` turns it off.
+
+Rate limits (per API key, like OpenAI's)
+    Two buckets, requests (``rpm``) and tokens (``tpm``), each holding up to its per-minute limit
+    and refilling continuously at limit/60 per second. A request is charged 1 request and
+    ``prompt_tokens + (max_completion_tokens or max_tokens or default_max_tokens or the reply's
+    own length) × n`` tokens when it is admitted; a refused request is not charged. Responses
+    past the limiter carry ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (durations
+    in OpenAI's format: ``17ms``, ``1s``, ``8.64s``, ``6m0s``) for each configured limit. Over a
+    limit: 429 ``rate_limit_exceeded`` with type ``requests`` or ``tokens``, ``retry-after``
+    (whole seconds, rounded up) and ``retry-after-ms``. Keys in ``quota_exhausted_keys`` (or every
+    key with ``quota_exhausted``) get 429 ``insufficient_quota``.
+
+Faults
+    Random faults: ``faults = {"503": 0.01, "reset": 0.001, ...}``, each a fraction of requests,
+    drawn from a RNG seeded with ``seed`` (deterministic for a given order of requests).
+
+    Marker faults: put ``[[sim:KIND]]`` anywhere in any message's text and every request with
+    that prompt fails that way; ``[[sim:KIND*N]]`` fails only the first N requests with that
+    exact prompt (all message texts), later ones are answered normally, so retries can be
+    tested. Several markers in one prompt apply in turn: ``[[sim:503*2]][[sim:reset*1]]`` gives
+    503, 503, a reset, then a reply. ``slow`` markers are not failures and apply on top. Only
+    requests that pass authentication and the rate limiter count towards N. An unknown KIND is a
+    400. KIND is one of:
+
+    ``400`` ``401`` ``403`` ``404`` ``408`` ``409`` ``422`` ``500`` ``502`` ``504``
+        that status with an OpenAI-style error body
+    ``429``        429 ``rate_limit_exceeded`` (type ``requests``) with ``retry-after: 0``
+    ``503``        503 with ``retry-after`` (``fault_retry_after_s``)
+    ``529``        529 with Anthropic's ``{"type": "error", "error": {"type": "overloaded_error"}}``
+    ``quota``      429 ``insufficient_quota``
+    ``reset``      the connection is reset, no response
+    ``hang``       no response for ``hang_s`` seconds (default 3600; ends when the server stops)
+    ``corrupt``    200 whose body is not JSON (streamed: an event with broken JSON)
+    ``truncated``  200 whose JSON body is cut in half (streamed: like ``cut``)
+    ``html``       502 with an HTML error page (``text/html``), as a gateway sends
+    ``no_usage``   200 without ``usage`` (streamed: no usage chunk)
+    ``no_choices`` 200 without ``choices``
+    ``cut``        streamed: the connection drops half-way, before ``[DONE]``;
+                   not streamed: like ``truncated``
+    ``no_done``    streamed: the stream ends cleanly without a finish chunk or ``[DONE]``;
+                   not streamed: like ``no_choices``
+    ``slow``       ``slow_ms`` (default 2000) more latency, then a normal reply
+
+Every response carries ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import math
+import random
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType, TracebackType
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+from batchrunner.errors import ConfigError, UsageError
+
+__all__ = [
+    "DEFAULT_LISTED_MODELS",
+    "DEFAULT_REASONING_MODELS",
+    "FAULT_KINDS",
+    "IMAGE_TOKENS",
+    "MESSAGE_OVERHEAD_TOKENS",
+    "REPLY_PRIMING_TOKENS",
+    "Simulator",
+    "SimulatorConfig",
+    "SimulatorThread",
+    "add_arguments",
+    "config_from_args",
+    "count_prompt_tokens",
+    "count_tokens",
+    "format_duration",
+    "main",
+    "message_text",
+    "parse_duration",
+    "prompt_key",
+    "serve",
+]
+
+FAULT_KINDS: Final[tuple[str, ...]] = (
+    "400",
+    "401",
+    "403",
+    "404",
+    "408",
+    "409",
+    "422",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+    "529",
+    "quota",
+    "reset",
+    "hang",
+    "corrupt",
+    "truncated",
+    "html",
+    "no_usage",
+    "no_choices",
+    "cut",
+    "no_done",
+    "slow",
+)
+
+DEFAULT_REASONING_MODELS: Final[tuple[str, ...]] = (
+    "o1",
+    "o1-mini",
+    "o1-pro",
+    "o3",
+    "o3-mini",
+    "o3-pro",
+    "o4-mini",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "deepseek-r1",
+    "deepseek-reasoner",
+    "grok-4-fast-reasoning",
+    "grok-3-mini",
+    "qwq-32b",
+)
+
+# What ``GET /v1/models`` lists when any model name is accepted.
+DEFAULT_LISTED_MODELS: Final[tuple[str, ...]] = (
+    "gpt-4o",
+    "gpt-4o-mini",
+    "o4-mini",
+    "claude-opus-4-6",
+    "deepseek-r1",
+    "grok-4-fast-reasoning",
+    "gemini-3-flash-preview",
+    "qwen3-coder-plus",
+)
+
+MESSAGE_OVERHEAD_TOKENS: Final = 3
+REPLY_PRIMING_TOKENS: Final = 3
+IMAGE_TOKENS: Final = 85
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8000
+DEFAULT_REPLY_TOKENS_MIN: Final = 1
+DEFAULT_REPLY_TOKENS_MEAN: Final = 64.0
+DEFAULT_REPLY_TOKENS_MAX: Final = 512
+DEFAULT_HANG_S: Final = 3600.0
+DEFAULT_SLOW_MS: Final = 2000.0
+DEFAULT_STATS_SECONDS: Final = 3600
+CACHE_MIN_TOKENS: Final = 1024
+CACHE_BLOCK_TOKENS: Final = 128
+SYSTEM_FINGERPRINT: Final = "fp_batchrunner_sim"
+MAX_N: Final = 128
+MAX_STOP: Final = 4
+EXCERPT_CHARS: Final = 40
+SHUTDOWN_TIMEOUT_S: Final = 0.5
+MAX_BODY: Final = 64 * 1024 * 1024
+
+_MARKER_OPEN: Final = "[[sim:"
+_MARKER_RE: Final = re.compile(r"\[\[sim:([A-Za-z0-9_]+)(?:\*(\d+))?\]\]")
+_DURATION_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s)")
+_MASK64: Final = (1 << 64) - 1
+_GOLDEN: Final = 0x9E3779B97F4A7C15
+_WORD_LIST: Final = (
+    "the and for are but not you all any can had her was one our out day get has him his how "
+    "man new now old see two way who boy did its let put say she too use act add age ago air "
+    "arm art ask bad bag bed big bit box bus buy car cat cup cut dog dry due ear eat egg end "
+    "eye far few fit fly fun gas god gun hat hit hot ice job key kid lab law lay leg lie lot "
+    "low map mix net oil pay pen per pet pie pop pot raw red rid row run sea set sit six sky "
+    "son sun tax tea ten tie tip toe top toy try war wet win yes yet"
+)
+_WORDS: Final[tuple[str, ...]] = tuple(_WORD_LIST.split())
+
+
+# --------------------------------------------------------------------------------------------
+# Token counting, prompt keys, durations
+
+
+def count_tokens(text: str) -> int:
+    """The project's token estimate: ``ceil(len(text) / 4)`` (0 for "", at least 1 otherwise)."""
+    return (len(text) + 3) // 4
+
+
+def message_text(content: Any) -> tuple[str, int]:
+    """The text of a message's ``content`` (a string, ``None`` or a list of parts) and its
+    number of image parts. Text parts are joined with newlines; other parts are ignored."""
+    if isinstance(content, str):
+        return content, 0
+    if content is None:
+        return "", 0
+    if not isinstance(content, list):
+        raise ValueError("content must be a string, null or an array of content parts")
+    texts: list[str] = []
+    images = 0
+    for part in content:
+        if not isinstance(part, dict):
+            raise ValueError("each content part must be an object")
+        kind = part.get("type")
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise ValueError("a text content part needs a string 'text'")
+            texts.append(text)
+        elif kind == "image_url":
+            images += 1
+    return "\n".join(texts), images
+
+
+def count_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Prompt tokens as the simulator reports them:
+    ``3 + Σ (3 + count_tokens(text) + 85 × images)`` over the messages."""
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        text, images = message_text(message.get("content"))
+        total += MESSAGE_OVERHEAD_TOKENS + count_tokens(text) + IMAGE_TOKENS * images
+    return total
+
+
+def prompt_key(text: str) -> str:
+    """A stable short hash (16 hex digits) of a prompt text, e.g. the last user message."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def _format_seconds(ms: int) -> str:
+    whole, frac = divmod(ms, 1000)
+    if frac == 0:
+        return f"{whole}s"
+    return f"{whole}.{frac:03d}".rstrip("0") + "s"
+
+
+def format_duration(seconds: float) -> str:
+    """A duration in OpenAI's rate-limit header format: ``0s``, ``17ms``, ``1s``, ``8.64s``,
+    ``6m0s``, ``1h2m3s``. Rounded up to the millisecond."""
+    if not seconds > 0:
+        return "0s"
+    ms = math.ceil(seconds * 1000 - 1e-6)
+    if ms < 1000:
+        return f"{max(ms, 1)}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    if hours:
+        return f"{hours}h{minutes}m{_format_seconds(rest)}"
+    if minutes:
+        return f"{minutes}m{_format_seconds(rest)}"
+    return _format_seconds(rest)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``6m0s``, ``8.64s`` or ``120ms``; ``ValueError`` if bad."""
+    pos = 0
+    total = 0.0
+    text = text.strip()
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * scale[match.group(2)]
+        pos = match.end()
+    if pos == 0 or pos != len(text):
+        raise ValueError(f"not a duration: {text!r}")
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+def _bad(name: str, what: str, value: object) -> ConfigError:
+    return ConfigError(f"simulator setting '{name}' must be {what}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SimulatorConfig:
+    """How the simulator behaves. The defaults: any key and model, no limits, no faults, no
+    latency. Load a job file's ``[simulator]`` table with :meth:`from_mapping`."""
+
+    api_key: str | None = None
+    """When set, requests must carry ``Authorization: Bearer <api_key>`` (or a key listed in
+    ``quota_exhausted_keys``); otherwise any key, or none, is accepted."""
+    quota_exhausted: bool = False
+    """Every key gets 429 ``insufficient_quota``."""
+    quota_exhausted_keys: tuple[str, ...] = ()
+    """These keys get 429 ``insufficient_quota``."""
+    models: tuple[str, ...] | None = None
+    """The accepted model names; ``None`` accepts any name (gateway style)."""
+    reasoning_models: tuple[str, ...] = DEFAULT_REASONING_MODELS
+    """Models that reason before answering (see the module docstring)."""
+    rpm: int | None = None
+    """Requests per minute per key; ``None`` means no request limit."""
+    tpm: int | None = None
+    """Tokens per minute per key; ``None`` means no token limit."""
+    default_max_tokens: int | None = None
+    """The max_tokens assumed when a request sets none (cut and rate-limit charge)."""
+    reply_tokens: int | None = None
+    """A fixed reply length in tokens, instead of the distribution below."""
+    reply_tokens_min: int = DEFAULT_REPLY_TOKENS_MIN
+    reply_tokens_mean: float = DEFAULT_REPLY_TOKENS_MEAN
+    reply_tokens_max: int = DEFAULT_REPLY_TOKENS_MAX
+    reasoning_ratio: float = 1.0
+    """Reasoning tokens per reply token, for reasoning models."""
+    latency_ms: float = 0.0
+    """Added before every admitted request is answered."""
+    jitter_ms: float = 0.0
+    """Uniform random extra latency, 0..jitter_ms."""
+    ms_per_token: float = 0.0
+    """Time per streamed token."""
+    slow_ms: float = DEFAULT_SLOW_MS
+    """Extra latency of the ``slow`` fault."""
+    hang_s: float = DEFAULT_HANG_S
+    """How long the ``hang`` fault holds a request (it ends early when the server stops)."""
+    fault_retry_after_s: float = 1.0
+    """The ``retry-after`` of the 503 fault."""
+    faults: Mapping[str, float] = field(default_factory=dict)
+    """Random fault rates by kind (see ``FAULT_KINDS``), each 0..1, summing to at most 1."""
+    seed: int = 0
+    """Seeds the random faults and latency jitter."""
+    prompt_caching: bool = True
+    """Report cached tokens for long system prompts (see the module docstring)."""
+    track_prompts: bool = True
+    """Count requests and completions per prompt key (``stats(per_prompt=True)``)."""
+    stats_seconds: int = DEFAULT_STATS_SECONDS
+    """How many seconds the per-second histogram keeps."""
+
+    def __post_init__(self) -> None:
+        for name in ("quota_exhausted_keys", "reasoning_models"):
+            object.__setattr__(self, name, _str_tuple(name, getattr(self, name)))
+        if self.models is not None:
+            models = _str_tuple("models", self.models)
+            if not models:
+                raise ConfigError(
+                    "simulator setting 'models' must list at least one model "
+                    "(leave it out to accept any model)"
+                )
+            object.__setattr__(self, "models", models)
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise _bad("api_key", "a non-empty string", self.api_key)
+        for name in ("rpm", "tpm", "default_max_tokens", "reply_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise _bad(name, "a positive integer", value)
+        for name in ("reply_tokens_min", "reply_tokens_max", "stats_seconds"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise _bad(name, "a positive integer", value)
+        if not _is_int(self.seed):
+            raise _bad("seed", "an integer", self.seed)
+        for name in (
+            "reply_tokens_mean",
+            "reasoning_ratio",
+            "latency_ms",
+            "jitter_ms",
+            "ms_per_token",
+            "slow_ms",
+            "hang_s",
+            "fault_retry_after_s",
+        ):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0 or not math.isfinite(value):
+                raise _bad(name, "a number >= 0", value)
+        if not self.reply_tokens_min <= self.reply_tokens_mean <= self.reply_tokens_max:
+            raise ConfigError(
+                "simulator settings must satisfy reply_tokens_min <= reply_tokens_mean <= "
+                f"reply_tokens_max, got {self.reply_tokens_min}, {self.reply_tokens_mean}, "
+                f"{self.reply_tokens_max}"
+            )
+        for name in ("quota_exhausted", "prompt_caching", "track_prompts"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(name, "true or false", getattr(self, name))
+        if not isinstance(self.faults, Mapping):
+            raise _bad("faults", "a table of KIND = RATE", self.faults)
+        faults: dict[str, float] = {}
+        for kind, rate in self.faults.items():
+            if kind not in FAULT_KINDS:
+                raise ConfigError(
+                    f"simulator fault kind {kind!r} is unknown (known: {', '.join(FAULT_KINDS)})"
+                )
+            if not _is_number(rate) or not 0.0 <= rate <= 1.0:
+                raise _bad(f"faults.{kind}", "a rate between 0 and 1", rate)
+            if rate > 0:
+                faults[kind] = float(rate)
+        if sum(faults.values()) > 1.0 + 1e-9:
+            raise ConfigError(
+                f"simulator fault rates must add up to at most 1, got {sum(faults.values()):g}"
+            )
+        object.__setattr__(self, "faults", MappingProxyType(faults))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> SimulatorConfig:
+        """Build a config from a plain mapping (a TOML table); raises ``ConfigError`` with one
+        line naming any unknown key or bad value."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"simulator settings must be a table, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(
+                    f"unknown simulator setting {key!r} (known: {', '.join(sorted(known))})"
+                )
+            if key in ("models", "reasoning_models", "quota_exhausted_keys"):
+                if isinstance(value, str):
+                    value = (value,)
+                elif isinstance(value, list | tuple):
+                    value = tuple(value)
+                elif not (key == "models" and value is None):
+                    raise _bad(key, "a list of strings", value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+
+def _str_tuple(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise _bad(name, "a list of strings", value)
+    if not all(isinstance(v, str) and v for v in value):
+        raise _bad(name, "a list of non-empty strings", value)
+    return tuple(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Rate limiting and statistics
+
+
+class _Bucket:
+    """A token bucket holding up to ``capacity`` and refilling at capacity/60 per second."""
+
+    __slots__ = ("capacity", "level", "rate", "stamp")
+
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.level = self.capacity
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` is available (a full refill if it never fits)."""
+        if amount > self.capacity:
+            return self.capacity / self.rate
+        return max(0.0, (amount - self.level) / self.rate)
+
+    def headers(self, suffix: str, out: dict[str, str]) -> None:
+        out["x-ratelimit-limit-" + suffix] = str(int(self.capacity))
+        out["x-ratelimit-remaining-" + suffix] = str(int(self.level))
+        out["x-ratelimit-reset-" + suffix] = format_duration(
+            (self.capacity - self.level) / self.rate
+        )
+
+
+class _Stats:
+    """Counters behind ``GET /v1/simulator/stats``."""
+
+    def __init__(self, now: float, keep_seconds: int) -> None:
+        self.t0 = now
+        self.started_at = time.time()
+        self.keep = keep_seconds
+        self.requests = 0
+        self.completions = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+        self.reasoning_tokens = 0
+        self.by_status: dict[int, int] = {}
+        self.rate_limited: dict[str, int] = {"requests": 0, "tokens": 0, "insufficient_quota": 0}
+        self.faults: dict[str, int] = {}
+        self.connections_reset = 0
+        self.hangs = 0
+        self.requests_by_prompt: dict[str, int] = {}
+        self.completions_by_prompt: dict[str, int] = {}
+        self.hist_base = 0
+        self.hist_completions: list[int] = []
+        self.hist_429: list[int] = []
+
+    def slot(self, now: float) -> int:
+        idx = int(now - self.t0) - self.hist_base
+        size = len(self.hist_completions)
+        if idx >= size:
+            grow = idx - size + 1
+            self.hist_completions.extend([0] * grow)
+            self.hist_429.extend([0] * grow)
+            over = len(self.hist_completions) - self.keep
+            if over > 0:
+                del self.hist_completions[:over]
+                del self.hist_429[:over]
+                self.hist_base += over
+                idx -= over
+        return max(idx, 0)
+
+    def status(self, status: int) -> None:
+        by = self.by_status
+        by[status] = by.get(status, 0) + 1
+
+    def limited(self, kind: str, now: float) -> None:
+        self.rate_limited[kind] = self.rate_limited.get(kind, 0) + 1
+        self.hist_429[self.slot(now)] += 1
+
+    def fault(self, kind: str) -> None:
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+
+    def snapshot(self, now: float, per_prompt: bool) -> dict[str, Any]:
+        self.slot(now)
+        uptime = max(now - self.t0, 1e-9)
+        out: dict[str, Any] = {
+            "started_at": self.started_at,
+            "uptime_s": round(uptime, 6),
+            "requests": self.requests,
+            "responses_by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "completions": self.completions,
+            "rate_limited": dict(self.rate_limited),
+            "rate_limited_total": sum(self.rate_limited.values()),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "faults": dict(self.faults),
+            "connections_reset": self.connections_reset,
+            "hangs": self.hangs,
+            "completions_per_second": self.completions / uptime,
+            "per_second": {
+                "first_second": self.hist_base,
+                "completions": list(self.hist_completions),
+                "rate_limited": list(self.hist_429),
+            },
+        }
+        if per_prompt:
+            out["requests_by_prompt"] = dict(self.requests_by_prompt)
+            out["completions_by_prompt"] = dict(self.completions_by_prompt)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Replies
+
+
+def _mix(x: int) -> int:
+    """splitmix64: a well-spread 64-bit value from any integer."""
+    x = (x + _GOLDEN) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _filler(words: int) -> str:
+    rng = random.Random(20240611)
+    return " ".join(rng.choices(_WORDS, k=words)) + " "
+
+
+@dataclass(slots=True)
+class _Choice:
+    content: str
+    reasoning: str
+    content_tokens: int
+    reasoning_tokens: int
+    finish_reason: str
+
+
+@dataclass(slots=True)
+class _Request:
+    model: str
+    n: int
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    response_format: str  # "text" | "json_object" | "json_schema"
+    schema: Any
+    reasoning: bool
+    prompt_tokens: int
+    cached_tokens: int
+    digest: int
+    last_user: str
+    markers: tuple[tuple[str, int | None], ...]
+
+
+class _SchemaFaker:
+    """Deterministic JSON values that validate against a JSON schema."""
+
+    def __init__(self, root: Any, seed: int, head: str, filler: str) -> None:
+        self.root = root
+        self.state = seed
+        self.head = head
+        self.filler = filler
+        self.head_used = False
+
+    def next(self) -> int:
+        self.state = _mix(self.state)
+        return self.state
+
+    def words(self, count: int) -> str:
+        span = len(self.filler) // 4 - count - 1
+        start = (self.next() % max(span, 1)) * 4
+        return self.filler[start : start + 4 * count - 1]
+
+    def resolve(self, schema: Any) -> Any:
+        for _ in range(32):
+            if not isinstance(schema, dict) or "$ref" not in schema:
+                return schema
+            ref = schema["$ref"]
+            target: Any = self.root
+            if not isinstance(ref, str) or not ref.startswith("#"):
+                return {}
+            for part in ref[1:].split("/"):
+                if not part:
+                    continue
+                part = part.replace("~1", "/").replace("~0", "~")
+                target = target.get(part) if isinstance(target, dict) else None
+            schema = target if target is not None else {}
+        return {}
+
+    def value(self, schema: Any, depth: int = 0) -> Any:
+        schema = self.resolve(schema)
+        if not isinstance(schema, dict):
+            return self.string({})
+        if "const" in schema:
+            return schema["const"]
+        enum = schema.get("enum")
+        if isinstance(enum, list) and enum:
+            return enum[self.next() % len(enum)]
+        for key in ("anyOf", "oneOf"):
+            options = schema.get(key)
+            if isinstance(options, list) and options:
+                chosen = [o for o in options if self.resolve(o).get("type") != "null"]
+                return self.value((chosen or options)[0], depth + 1)
+        all_of = schema.get("allOf")
+        if isinstance(all_of, list) and all_of:
+            merged: dict[str, Any] = {}
+            for part in all_of:
+                resolved = self.resolve(part)
+                if isinstance(resolved, dict):
+                    merged.update(resolved)
+            rest = {k: v for k, v in schema.items() if k != "allOf"}
+            merged.update(rest)
+            return self.value(merged, depth + 1)
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kinds = [k for k in kind if k != "null"]
+            kind = kinds[0] if kinds else "null"
+        if kind is None:
+            if "properties" in schema:
+                kind = "object"
+            elif "items" in schema:
+                kind = "array"
+            else:
+                kind = "string"
+        if depth > 12:
+            return None if kind == "null" else ({} if kind == "object" else self.scalar(kind))
+        if kind == "object":
+            props = schema.get("properties")
+            if isinstance(props, dict) and props:
+                return {name: self.value(sub, depth + 1) for name, sub in props.items()}
+            if schema.get("additionalProperties") is False:
+                return {}
+            return {"echo": self.string({})}
+        if kind == "array":
+            lo = schema.get("minItems", 0)
+            hi = schema.get("maxItems", 3)
+            lo = lo if _is_int(lo) else 0
+            hi = hi if _is_int(hi) and hi >= lo else lo + 3
+            count = max(lo, min(hi, 1 + self.next() % 3))
+            items = schema.get("items", {})
+            return [self.value(items, depth + 1) for _ in range(count)]
+        if kind == "string":
+            return self.string(schema)
+        return self.scalar(kind, schema)
+
+    def scalar(self, kind: str, schema: Mapping[str, Any] | None = None) -> Any:
+        schema = schema or {}
+        if kind == "integer":
+            lo, hi = _bounds(schema, integer=True)
+            return int(lo + self.next() % (int(hi) - int(lo) + 1))
+        if kind == "number":
+            lo, hi = _bounds(schema, integer=False)
+            return round(lo + (self.next() % 1000) / 1000 * (hi - lo), 3)
+        if kind == "boolean":
+            return bool(self.next() & 1)
+        if kind == "null":
+            return None
+        return self.string(schema)
+
+    def string(self, schema: Mapping[str, Any]) -> str:
+        fmt = schema.get("format")
+        if fmt == "date-time":
+            return "2024-01-01T00:00:00Z"
+        if fmt == "date":
+            return "2024-01-01"
+        if fmt == "time":
+            return "00:00:00"
+        if fmt == "email":
+            return "sim@example.com"
+        if fmt in ("uri", "url"):
+            return "https://example.com/sim"
+        if fmt == "uuid":
+            h = f"{self.next():016x}{self.next():016x}"
+            return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-8{h[17:20]}-{h[20:32]}"
+        if not self.head_used:
+            self.head_used = True
+            text = self.head
+        else:
+            text = self.words(2 + self.next() % 6)
+        min_len = schema.get("minLength", 0)
+        max_len = schema.get("maxLength")
+        if isinstance(min_len, int) and len(text) < min_len:
+            text = (text + " " + self.words(min_len // 4 + 2))[:min_len]
+        if isinstance(max_len, int) and len(text) > max_len:
+            text = text[:max_len]
+        return text
+
+
+def _bounds(schema: Mapping[str, Any], *, integer: bool) -> tuple[float, float]:
+    lo: float | None = None
+    hi: float | None = None
+    step = 1 if integer else 0.001
+    if _is_number(schema.get("minimum")):
+        lo = schema["minimum"]
+    if _is_number(schema.get("exclusiveMinimum")):
+        lo = schema["exclusiveMinimum"] + step
+    if _is_number(schema.get("maximum")):
+        hi = schema["maximum"]
+    if _is_number(schema.get("exclusiveMaximum")):
+        hi = schema["exclusiveMaximum"] - step
+    if integer:
+        lo = math.ceil(lo) if lo is not None else None
+        hi = math.floor(hi) if hi is not None else None
+    if lo is None:
+        lo = 0 if hi is None or hi >= 0 else hi - 100
+    if hi is None or hi < lo:
+        hi = lo + 100
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+_JSON = "application/json"
+_SSE = "text/event-stream"
+_ERROR_KINDS: Final[dict[str, tuple[int, str, str | None, str]]] = {
+    "400": (400, "invalid_request_error", None, "Simulated bad request."),
+    "401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
+    "403": (403, "invalid_request_error", None, "You are not allowed to sample from this model."),
+    "404": (404, "invalid_request_error", "model_not_found", "The model does not exist."),
+    "408": (408, "invalid_request_error", "request_timeout", "Request timed out."),
+    "409": (409, "invalid_request_error", "conflict", "The request conflicted; try again."),
+    "422": (422, "invalid_request_error", None, "Unprocessable entity."),
+    "429": (
+        429,
+        "requests",
+        "rate_limit_exceeded",
+        "Rate limit reached on requests per min (RPM). Please try again in 0s.",
+    ),
+    "500": (
+        500,
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    "502": (502, "server_error", None, "Bad gateway."),
+    "503": (
+        503,
+        "server_error",
+        None,
+        "The engine is currently overloaded, please try again later.",
+    ),
+    "504": (504, "server_error", None, "Gateway timeout."),
+    "quota": (
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
+        "You exceeded your current quota, please check your plan and billing details.",
+    ),
+}
+_OVERLOADED_BODY: Final = orjson.dumps(
+    {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+)
+_HTML_BODY: Final = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+_DONE: Final = b"data: [DONE]\n\n"
+_LINGER_RST: Final = struct.pack("ii", 1, 0)
+
+
+def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
+    error = {"message": message, "type": type_, "param": param, "code": code}
+    return orjson.dumps({"error": error})
+
+
+def _reset_connection(request: web.BaseRequest) -> None:
+    """Drop the connection with a TCP reset, sending nothing."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    transport.abort()
+
+
+class _Server:
+    """The request handlers and all mutable state of one running simulator."""
+
+    def __init__(self, config: SimulatorConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self.stats = _Stats(clock(), config.stats_seconds)
+        self.rng = random.Random(config.seed)
+        self.buckets: dict[str, tuple[_Bucket | None, _Bucket | None]] = {}
+        self.marker_counts: dict[int, int] = {}
+        self.stopping = asyncio.Event()
+        self.ids = itertools.count(1)
+        self.id_prefix = f"{random.getrandbits(32):08x}"
+        longest = config.reply_tokens or config.reply_tokens_max
+        longest = math.ceil(longest * max(1.0, config.reasoning_ratio)) + 8
+        self.filler = _filler(longest + 4096)
+        self.filler_span = 4096
+        self.models = frozenset(config.models) if config.models is not None else None
+        self.reasoning_models = config.reasoning_models
+        self.reasoning_cache: dict[str, bool] = {}
+        keys = set(config.quota_exhausted_keys)
+        self.quota_keys = frozenset(keys)
+        self.accepted_keys = (
+            frozenset(keys | {config.api_key}) if config.api_key is not None else None
+        )
+        fault_table: list[tuple[float, str]] = []
+        acc = 0.0
+        for kind, rate in config.faults.items():
+            acc += rate
+            fault_table.append((acc, kind))
+        self.fault_table = tuple(fault_table)
+        self.base_latency = config.latency_ms / 1000.0
+        self.jitter = config.jitter_ms / 1000.0
+        self.token_delay = config.ms_per_token / 1000.0
+        self.routes: dict[
+            tuple[str, str], Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+        ] = {}
+
+    # ---------------------------------------------------------------- helpers
+
+    def new_id(self) -> str:
+        return f"req_{self.id_prefix}{next(self.ids):010x}"
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        content_type: str = _JSON,
+    ) -> web.Response:
+        self.stats.status(status)
+        headers["Content-Type"] = content_type
+        return web.Response(status=status, body=body, headers=headers)
+
+    def error(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None,
+        headers: dict[str, str],
+        param: str | None = None,
+    ) -> web.Response:
+        return self.respond(status, _error_body(message, type_, code, param), headers)
+
+    def is_reasoning(self, model: str) -> bool:
+        cached = self.reasoning_cache.get(model)
+        if cached is None:
+            cached = "-thinking" in model or any(
+                model == r or model.startswith(r + "-") for r in self.reasoning_models
+            )
+            if len(self.reasoning_cache) < 10_000:
+                self.reasoning_cache[model] = cached
+        return cached
+
+    def check_key(self, request: web.BaseRequest, headers: dict[str, str]) -> web.Response | str:
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if self.accepted_keys is not None and key not in self.accepted_keys:
+            if not key:
+                return self.error(
+                    401,
+                    "You didn't provide an API key. You need to provide your API key in an "
+                    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                    "invalid_request_error",
+                    None,
+                    headers,
+                )
+            return self.error(
+                401,
+                "Incorrect API key provided. You can find your API key in your account settings.",
+                "invalid_request_error",
+                "invalid_api_key",
+                headers,
+            )
+        return key
+
+    # ---------------------------------------------------------------- parsing
+
+    def parse(self, raw: bytes) -> _Request:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise _BadRequest(
+                "We could not parse the JSON body of your request. (HINT: This likely means "
+                "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+                "payload, but what was sent was not valid JSON.)"
+            ) from None
+        if not isinstance(body, dict):
+            raise _BadRequest("The request body must be a JSON object.")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _BadRequest("you must provide a model parameter", "model")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _BadRequest(
+                "'messages' is a required property"
+                if messages is None
+                else "'messages' must be a non-empty array",
+                "messages",
+            )
+        n = body.get("n")
+        if n is None:
+            n = 1
+        elif not _is_int(n) or not 1 <= n <= MAX_N:
+            raise _BadRequest(f"'n' must be an integer between 1 and {MAX_N}.", "n")
+        max_tokens = body.get("max_completion_tokens")
+        param = "max_completion_tokens"
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
+            param = "max_tokens"
+        if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
+            raise _BadRequest(f"'{param}' must be a positive integer.", param)
+        if max_tokens is None:
+            max_tokens = self.config.default_max_tokens
+        for name, upper in (("temperature", 2.0), ("top_p", 1.0)):
+            value = body.get(name)
+            if value is not None and (not _is_number(value) or not 0 <= value <= upper):
+                raise _BadRequest(f"'{name}' must be a number between 0 and {upper:g}.", name)
+        stream = body.get("stream") is True
+        include_usage = False
+        if stream:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        stop_value = body.get("stop")
+        stop: tuple[str, ...] = ()
+        if isinstance(stop_value, str):
+            stop = (stop_value,) if stop_value else ()
+        elif isinstance(stop_value, list):
+            if len(stop_value) > MAX_STOP or not all(isinstance(s, str) for s in stop_value):
+                raise _BadRequest(f"'stop' must be a string or up to {MAX_STOP} strings.", "stop")
+            stop = tuple(s for s in stop_value if s)
+        elif stop_value is not None:
+            raise _BadRequest(f"'stop' must be a string or up to {MAX_STOP} strings.", "stop")
+        fmt = "text"
+        schema: Any = None
+        response_format = body.get("response_format")
+        if response_format is not None:
+            kind = response_format.get("type") if isinstance(response_format, dict) else None
+            if kind == "json_schema":
+                spec = response_format.get("json_schema")
+                schema = spec.get("schema") if isinstance(spec, dict) else None
+                fmt = "json_schema" if isinstance(schema, dict) else "json_object"
+            elif kind == "json_object":
+                fmt = "json_object"
+            elif kind != "text":
+                raise _BadRequest(
+                    "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
+                    "response_format",
+                )
+        reasoning = self.is_reasoning(model)
+        if not reasoning:
+            thinking = body.get("thinking")
+            reasoning = body.get("enable_thinking") is True or (
+                isinstance(thinking, dict) and thinking.get("type") == "enabled"
+            )
+
+        digest = hashlib.blake2b(digest_size=16)
+        tokens = REPLY_PRIMING_TOKENS
+        prefix_tokens = 0
+        in_prefix = True
+        last_user = ""
+        marker_parts: list[str] | None = None
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise _BadRequest(f"'messages.{index}' must be an object.", f"messages.{index}")
+            role = message.get("role")
+            if not isinstance(role, str):
+                raise _BadRequest(
+                    f"'messages.{index}.role' is a required property.", f"messages.{index}.role"
+                )
+            content = message.get("content")
+            if isinstance(content, str):
+                text = content
+                images = 0
+            else:
+                try:
+                    text, images = message_text(content)
+                except ValueError as exc:
+                    raise _BadRequest(
+                        f"'messages.{index}.content': {exc}.", f"messages.{index}.content"
+                    ) from None
+            cost = MESSAGE_OVERHEAD_TOKENS + (len(text) + 3) // 4 + IMAGE_TOKENS * images
+            tokens += cost
+            if in_prefix:
+                if role == "system" or role == "developer":
+                    prefix_tokens += cost
+                else:
+                    in_prefix = False
+            if role == "user":
+                last_user = text
+            if _MARKER_OPEN in text:
+                if marker_parts is None:
+                    marker_parts = []
+                marker_parts.append(text)
+            digest.update(text.encode("utf-8", "surrogatepass"))
+            digest.update(b"\x1e")
+        markers: tuple[tuple[str, int | None], ...] = ()
+        if marker_parts is not None:
+            found = _MARKER_RE.findall("\n".join(marker_parts))
+            for kind, _ in found:
+                if kind not in FAULT_KINDS:
+                    raise _BadRequest(
+                        f"unknown simulator marker [[sim:{kind}]] (kinds: {', '.join(FAULT_KINDS)})"
+                    )
+            markers = tuple((kind, int(times) if times else None) for kind, times in found)
+        cached = 0
+        if self.config.prompt_caching and prefix_tokens >= CACHE_MIN_TOKENS:
+            cached = prefix_tokens - prefix_tokens % CACHE_BLOCK_TOKENS
+        return _Request(
+            model=model,
+            n=n,
+            stream=stream,
+            include_usage=include_usage,
+            max_tokens=max_tokens,
+            stop=stop,
+            response_format=fmt,
+            schema=schema,
+            reasoning=reasoning,
+            prompt_tokens=tokens,
+            cached_tokens=cached,
+            digest=int.from_bytes(digest.digest(), "little"),
+            last_user=last_user,
+            markers=markers,
+        )
+
+    # ---------------------------------------------------------------- reply content
+
+    def reply_tokens(self, seed: int) -> int:
+        config = self.config
+        if config.reply_tokens is not None:
+            return config.reply_tokens
+        low = config.reply_tokens_min
+        spread = config.reply_tokens_mean - low
+        if spread <= 0:
+            return low
+        u = (seed >> 11) / 9007199254740992.0
+        return min(config.reply_tokens_max, low + int(-math.log1p(-u) * spread + 0.5))
+
+    def choice_seed(self, req: _Request, index: int) -> int:
+        return _mix(req.digest ^ ((index * _GOLDEN) & _MASK64))
+
+    def filler_text(self, seed: int, chars: int) -> str:
+        """``chars`` characters of filler words starting at a word boundary."""
+        start = (seed % self.filler_span) * 4
+        return self.filler[start : start + chars]
+
+    def make_choice(self, req: _Request, index: int, head: str) -> _Choice:
+        seed = self.choice_seed(req, index)
+        target = self.reply_tokens(seed)
+        if req.n > 1:
+            head = f"{head} #{index}"
+        if req.response_format == "text":
+            words = (4 * target - len(head) - 1) // 4
+            content = head
+            if words > 0:
+                content += " " + self.filler_text(seed >> 7, 4 * words - 1)
+        elif req.response_format == "json_object":
+            words = max(1, (4 * target - len(head) - 24) // 4)
+            text = self.filler_text(seed >> 7, 4 * words - 1)
+            content = orjson.dumps({"echo": head, "text": text}).decode()
+        else:
+            faker = _SchemaFaker(req.schema, seed, head, self.filler)
+            content = orjson.dumps(faker.value(req.schema)).decode()
+        reasoning = ""
+        reasoning_tokens = 0
+        if req.reasoning:
+            reasoning_tokens = math.ceil(target * self.config.reasoning_ratio)
+            if reasoning_tokens:
+                reasoning = (
+                    "Thinking about the request. "
+                    + self.filler_text(seed >> 13, 4 * reasoning_tokens)
+                )[: 4 * reasoning_tokens - 1]
+        finish = "stop"
+        if req.stop:
+            cut = -1
+            for s in req.stop:
+                at = content.find(s)
+                if at >= 0 and (cut < 0 or at < cut):
+                    cut = at
+            if cut >= 0:
+                content = content[:cut]
+        content_tokens = (len(content) + 3) // 4
+        limit = req.max_tokens
+        if limit is not None and reasoning_tokens + content_tokens > limit:
+            finish = "length"
+            if reasoning_tokens >= limit:
+                reasoning_tokens = limit
+                reasoning = reasoning[: 4 * limit]
+                content = ""
+                content_tokens = 0
+            else:
+                content_tokens = limit - reasoning_tokens
+                content = content[: 4 * content_tokens]
+        return _Choice(content, reasoning, content_tokens, reasoning_tokens, finish)
+
+    def make_choices(self, req: _Request, key: str) -> list[_Choice]:
+        text = req.last_user
+        excerpt = text[:EXCERPT_CHARS]
+        if not excerpt.isprintable() or "  " in excerpt:
+            excerpt = " ".join(text[: EXCERPT_CHARS * 4].split())[:EXCERPT_CHARS]
+        head = f"Echo: [{key}] {excerpt}" if excerpt else f"Echo: [{key}]"
+        return [self.make_choice(req, i, head) for i in range(req.n)]
+
+    def charge(self, req: _Request) -> int:
+        if req.max_tokens is not None:
+            per_choice = req.max_tokens * req.n
+        else:
+            per_choice = 0
+            for i in range(req.n):
+                target = self.reply_tokens(self.choice_seed(req, i))
+                if req.reasoning:
+                    target += math.ceil(target * self.config.reasoning_ratio)
+                per_choice += target
+        return req.prompt_tokens + per_choice
+
+    # ---------------------------------------------------------------- faults
+
+    def marker_fault(self, req: _Request) -> tuple[str | None, bool]:
+        """The failure kind a marker in the prompt asks for (or None), and whether to be slow."""
+        count = self.marker_counts.get(req.digest, 0)
+        self.marker_counts[req.digest] = count + 1
+        slow = False
+        failure: str | None = None
+        position = count
+        for kind, times in req.markers:
+            if kind == "slow":
+                slow = slow or times is None or count < times
+                continue
+            if failure is not None:
+                continue
+            if times is None or position < times:
+                failure = kind
+            else:
+                position -= times
+        return failure, slow
+
+    def random_fault(self) -> str | None:
+        u = self.rng.random()
+        for edge, kind in self.fault_table:
+            if u < edge:
+                return kind
+        return None
+
+    # ---------------------------------------------------------------- handlers
+
+    async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
+        stats = self.stats
+        stats.requests += 1
+        headers = {"x-request-id": self.new_id()}
+        key = self.check_key(request, headers)
+        if not isinstance(key, str):
+            return key
+        config = self.config
+        if config.quota_exhausted or key in self.quota_keys:
+            stats.limited("insufficient_quota", self.clock())
+            _, type_, code, message = _ERROR_KINDS["quota"]
+            return self.error(429, message, type_, code, headers)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self.error(
+                413, "The request body is too large.", "invalid_request_error", None, headers
+            )
+        try:
+            req = self.parse(raw)
+            if self.models is not None and req.model not in self.models:
+                return self.error(
+                    404,
+                    f"The model `{req.model}` does not exist or you do not have access to it.",
+                    "invalid_request_error",
+                    "model_not_found",
+                    headers,
+                    "model",
+                )
+        except _BadRequest as exc:
+            return self.error(400, exc.message, "invalid_request_error", None, headers, exc.param)
+        pk = prompt_key(req.last_user)
+        if config.track_prompts:
+            by_prompt = stats.requests_by_prompt
+            by_prompt[pk] = by_prompt.get(pk, 0) + 1
+        if config.rpm is not None or config.tpm is not None:
+            refused = self.admit(key, req, headers)
+            if refused is not None:
+                return refused
+        failure: str | None = None
+        slow = False
+        if req.markers:
+            failure, slow = self.marker_fault(req)
+        if failure is None and self.fault_table:
+            failure = self.random_fault()
+            if failure == "slow":
+                failure, slow = None, True
+        delay = self.base_latency
+        if self.jitter:
+            delay += self.rng.random() * self.jitter
+        if slow:
+            delay += config.slow_ms / 1000.0
+            stats.fault("slow")
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if failure is not None:
+            stats.fault(failure)
+            early = await self.early_fault(request, failure, req, headers)
+            if early is not None:
+                return early
+        choices = self.make_choices(req, pk)
+        if req.stream:
+            return await self.stream(request, req, choices, headers, failure, pk)
+        return self.complete(req, choices, headers, failure, pk)
+
+    def admit(self, key: str, req: _Request, headers: dict[str, str]) -> web.Response | None:
+        now = self.clock()
+        buckets = self.buckets.get(key)
+        if buckets is None:
+            config = self.config
+            buckets = (
+                _Bucket(config.rpm, now) if config.rpm is not None else None,
+                _Bucket(config.tpm, now) if config.tpm is not None else None,
+            )
+            self.buckets[key] = buckets
+        requests, tokens = buckets
+        cost = self.charge(req) if tokens is not None else 0
+        refused: str | None = None
+        wait = 0.0
+        if requests is not None:
+            requests.refill(now)
+            if requests.level < 1.0:
+                refused = "requests"
+                wait = requests.wait_for(1.0)
+        if tokens is not None:
+            tokens.refill(now)
+            if refused is None and tokens.level < cost:
+                refused = "tokens"
+                wait = tokens.wait_for(cost)
+        if refused is None:
+            if requests is not None:
+                requests.level -= 1.0
+            if tokens is not None:
+                tokens.level -= cost
+        if requests is not None:
+            requests.headers("requests", headers)
+        if tokens is not None:
+            tokens.headers("tokens", headers)
+        if refused is None:
+            return None
+        self.stats.limited(refused, now)
+        if refused == "requests":
+            assert requests is not None
+            limit = int(requests.capacity)
+            used = limit - int(requests.level)
+            message = (
+                f"Rate limit reached for {req.model} on requests per min (RPM): Limit {limit}, "
+                f"Used {used}, Requested 1. Please try again in {format_duration(wait)}."
+            )
+        else:
+            assert tokens is not None
+            limit = int(tokens.capacity)
+            used = limit - int(tokens.level)
+            if cost > tokens.capacity:
+                message = (
+                    f"Request too large for {req.model} on tokens per min (TPM): Limit {limit}, "
+                    f"Requested {cost}. The input or output tokens must be reduced in order to "
+                    "run successfully."
+                )
+            else:
+                message = (
+                    f"Rate limit reached for {req.model} on tokens per min (TPM): Limit {limit}, "
+                    f"Used {used}, Requested {cost}. Please try again in "
+                    f"{format_duration(wait)}."
+                )
+        headers["retry-after"] = str(max(1, math.ceil(wait - 1e-9)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000 - 1e-6)))
+        return self.error(429, message, refused, "rate_limit_exceeded", headers)
+
+    async def early_fault(
+        self, request: web.BaseRequest, kind: str, req: _Request, headers: dict[str, str]
+    ) -> web.StreamResponse | None:
+        """Faults that replace the reply entirely; None for faults that alter a reply."""
+        spec = _ERROR_KINDS.get(kind)
+        if spec is not None:
+            status, type_, code, message = spec
+            if kind == "429":
+                headers["retry-after"] = "0"
+                headers["retry-after-ms"] = "0"
+                self.stats.limited("requests", self.clock())
+            elif kind == "quota":
+                self.stats.limited("insufficient_quota", self.clock())
+            elif kind == "503":
+                retry = self.config.fault_retry_after_s
+                headers["retry-after"] = str(math.ceil(retry))
+                headers["retry-after-ms"] = str(math.ceil(retry * 1000))
+            return self.error(status, message, type_, code, headers)
+        if kind == "529":
+            return self.respond(529, _OVERLOADED_BODY, headers)
+        if kind == "html":
+            return self.respond(502, _HTML_BODY, headers, "text/html")
+        if kind == "reset":
+            self.stats.connections_reset += 1
+            _reset_connection(request)
+            return web.Response(status=204)
+        if kind == "hang":
+            self.stats.hangs += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.config.hang_s)
+            _reset_connection(request)
+            return web.Response(status=204)
+        return None
+
+    def record(self, req: _Request, usage: dict[str, Any], pk: str) -> None:
+        """Count one served completion."""
+        stats = self.stats
+        stats.completions += 1
+        stats.prompt_tokens += req.prompt_tokens
+        stats.completion_tokens += usage["completion_tokens"]
+        stats.cached_tokens += req.cached_tokens
+        stats.reasoning_tokens += usage["completion_tokens_details"]["reasoning_tokens"]
+        stats.hist_completions[stats.slot(self.clock())] += 1
+        if self.config.track_prompts:
+            done = stats.completions_by_prompt
+            done[pk] = done.get(pk, 0) + 1
+
+    @staticmethod
+    def usage(req: _Request, choices: list[_Choice]) -> dict[str, Any]:
+        completion = 0
+        reasoning = 0
+        for c in choices:
+            completion += c.content_tokens + c.reasoning_tokens
+            reasoning += c.reasoning_tokens
+        return {
+            "prompt_tokens": req.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": req.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": req.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": reasoning,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def complete(
+        self,
+        req: _Request,
+        choices: list[_Choice],
+        headers: dict[str, str],
+        fault: str | None,
+        pk: str,
+    ) -> web.Response:
+        messages: list[dict[str, Any]] = []
+        for i, c in enumerate(choices):
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": c.content,
+                "refusal": None,
+                "annotations": [],
+            }
+            if c.reasoning:
+                message["reasoning_content"] = c.reasoning
+            messages.append(
+                {"index": i, "message": message, "logprobs": None, "finish_reason": c.finish_reason}
+            )
+        body: dict[str, Any] = {
+            "id": "chatcmpl-" + headers["x-request-id"][4:],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "choices": messages,
+            "usage": None,
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        usage = self.usage(req, choices)
+        body["usage"] = usage
+        if fault is None:
+            self.record(req, usage, pk)
+            return self.respond(200, orjson.dumps(body), headers)
+        if fault == "no_usage":
+            del body["usage"]
+        elif fault in ("no_choices", "no_done"):
+            del body["choices"]
+        data = orjson.dumps(body)
+        if fault in ("truncated", "cut"):
+            data = data[: len(data) // 2]
+        elif fault == "corrupt":
+            data = data[: len(data) // 3] + b"\x00<<corrupt>>\xff" + data[len(data) // 2 :]
+        return self.respond(200, data, headers)
+
+    async def stream(
+        self,
+        request: web.BaseRequest,
+        req: _Request,
+        choices: list[_Choice],
+        headers: dict[str, str],
+        fault: str | None,
+        pk: str,
+    ) -> web.StreamResponse:
+        rid = headers["x-request-id"]
+        created = int(time.time())
+        model = orjson.dumps(req.model)
+        top = (
+            b'"id":"chatcmpl-'
+            + rid[4:].encode()
+            + b'","object":"chat.completion.chunk","created":'
+            + str(created).encode()
+            + b',"model":'
+            + model
+            + b',"system_fingerprint":"'
+            + SYSTEM_FINGERPRINT.encode()
+            + b'"'
+        )
+        pre = b"data: {" + top + b',"choices":[{"index":'
+        post = b',"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
+        if not req.include_usage:
+            post = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        dumps = orjson.dumps
+        headers["Cache-Control"] = "no-cache"
+        if fault is None and not self.token_delay:
+            # The hot path: the whole stream as one body, built with few allocations.
+            usage = self.usage(req, choices)
+            self.record(req, usage, pk)
+            body: list[bytes] = []
+            tail = b"}" + post
+            for i, c in enumerate(choices):
+                start = pre + str(i).encode()
+                body.append(start + b',"delta":{"role":"assistant","content":"","refusal":null}')
+                body.append(post)
+                for key, text in ((b"reasoning_content", c.reasoning), (b"content", c.content)):
+                    if text:
+                        part = start + b',"delta":{"' + key + b'":'
+                        body.append(part)
+                        body.append(
+                            (tail + part).join(
+                                [dumps(text[j : j + 4]) for j in range(0, len(text), 4)]
+                            )
+                        )
+                        body.append(tail)
+                body.append(
+                    start
+                    + b',"delta":{},"logprobs":null,"finish_reason":"'
+                    + c.finish_reason.encode()
+                    + (b'"}],"usage":null}\n\n' if req.include_usage else b'"}]}\n\n')
+                )
+            if req.include_usage:
+                body.append(b"data: {" + top + b',"choices":[],"usage":' + dumps(usage) + b"}\n\n")
+            body.append(_DONE)
+            return self.respond(200, b"".join(body), headers, _SSE)
+        events: list[bytes] = []
+        delays: list[int] = []  # tokens carried by each event
+        for i, c in enumerate(choices):
+            idx = str(i).encode()
+            events.append(
+                pre + idx + b',"delta":{"role":"assistant","content":"","refusal":null}' + post
+            )
+            delays.append(0)
+            if fault == "no_choices":
+                events[-1] = b"data: {" + top + b"}\n\n"
+                continue
+            part = pre + idx + b',"delta":{"reasoning_content":'
+            text = c.reasoning
+            for j in range(0, len(text), 4):
+                events.append(part + dumps(text[j : j + 4]) + b"}" + post)
+                delays.append(1)
+            part = pre + idx + b',"delta":{"content":'
+            text = c.content
+            for j in range(0, len(text), 4):
+                events.append(part + dumps(text[j : j + 4]) + b"}" + post)
+                delays.append(1)
+            if fault == "no_done":
+                continue
+            events.append(
+                pre
+                + idx
+                + b',"delta":{},"logprobs":null,"finish_reason":"'
+                + c.finish_reason.encode()
+                + (b'"}],"usage":null}\n\n' if req.include_usage else b'"}]}\n\n')
+            )
+            delays.append(0)
+        usage = self.usage(req, choices)
+        if fault is None:
+            self.record(req, usage, pk)
+        if req.include_usage and fault not in ("no_usage", "no_done", "no_choices"):
+            events.append(b"data: {" + top + b',"choices":[],"usage":' + dumps(usage) + b"}\n\n")
+            delays.append(0)
+        if fault == "corrupt":
+            at = max(1, len(events) // 2)
+            events.insert(at, b"data: {" + top + b',"choices":[{"index":0,"delta":{"content":"\n\n')
+            delays.insert(at, 0)
+        if fault != "no_done":
+            events.append(_DONE)
+            delays.append(0)
+        cut = fault in ("cut", "truncated")
+        if not cut and not self.token_delay:
+            return self.respond(200, b"".join(events), headers, _SSE)
+        self.stats.status(200)
+        headers["Content-Type"] = _SSE
+        response = web.StreamResponse(status=200, headers=headers)
+        await response.prepare(request)
+        stop_at = max(2, len(events) // 2) if cut else len(events)
+        pending = 0.0
+        for event, tokens in zip(events[:stop_at], delays[:stop_at], strict=True):
+            await response.write(event)
+            if tokens and self.token_delay:
+                pending += self.token_delay
+                if pending >= 0.002:
+                    await asyncio.sleep(pending)
+                    pending = 0.0
+        if cut:
+            self.stats.connections_reset += 1
+            _reset_connection(request)
+            return response
+        await response.write_eof()
+        return response
+
+    async def models_list(self, request: web.BaseRequest) -> web.StreamResponse:
+        headers = {"x-request-id": self.new_id()}
+        checked = self.check_key(request, headers)
+        if not isinstance(checked, str):
+            return checked
+        names = self.config.models if self.config.models is not None else DEFAULT_LISTED_MODELS
+        created = int(self.stats.started_at)
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "batchrunner"}
+            for name in names
+        ]
+        return self.respond(200, orjson.dumps({"object": "list", "data": data}), headers)
+
+    async def model_get(self, request: web.BaseRequest, name: str) -> web.StreamResponse:
+        headers = {"x-request-id": self.new_id()}
+        checked = self.check_key(request, headers)
+        if not isinstance(checked, str):
+            return checked
+        if self.models is not None and name not in self.models:
+            return self.error(
+                404,
+                f"The model `{name}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+                headers,
+                "model",
+            )
+        body = {
+            "id": name,
+            "object": "model",
+            "created": int(self.stats.started_at),
+            "owned_by": "batchrunner",
+        }
+        return self.respond(200, orjson.dumps(body), headers)
+
+    async def stats_get(self, request: web.BaseRequest) -> web.StreamResponse:
+        per_prompt = request.query.get("per_prompt", "") not in ("", "0", "false", "no")
+        body = orjson.dumps(self.snapshot(per_prompt=per_prompt))
+        return web.Response(
+            body=body, headers={"x-request-id": self.new_id(), "Content-Type": _JSON}
+        )
+
+    async def stats_reset(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.reset()
+        return web.Response(
+            body=b'{"ok":true}', headers={"x-request-id": self.new_id(), "Content-Type": _JSON}
+        )
+
+    async def health(self, request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text="ok", headers={"x-request-id": self.new_id()})
+
+    async def not_found(self, request: web.BaseRequest) -> web.StreamResponse:
+        headers = {"x-request-id": self.new_id()}
+        return self.error(
+            404,
+            f"Invalid URL ({request.method} {request.path})",
+            "invalid_request_error",
+            None,
+            headers,
+        )
+
+    def snapshot(self, *, per_prompt: bool = False) -> dict[str, Any]:
+        return self.stats.snapshot(self.clock(), per_prompt)
+
+    def reset(self) -> None:
+        self.stats = _Stats(self.clock(), self.config.stats_seconds)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Route a request (aiohttp's low-level server: no router or middleware layers)."""
+        method = request.method
+        path = request.path
+        if method == "POST" and (path == "/v1/chat/completions" or path == "/chat/completions"):
+            return await self.chat(request)
+        route = self.routes.get((method, path.rstrip("/")))
+        if route is not None:
+            return await route(request)
+        if method == "GET" and path.startswith("/v1/models/") and len(path) > 11:
+            return await self.model_get(request, path[11:])
+        return await self.not_found(request)
+
+    def make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, task.get_loop(), client_max_size=MAX_BODY
+        )
+
+    def server(self) -> web.Server:
+        self.routes = {
+            ("GET", "/v1/models"): self.models_list,
+            ("GET", "/models"): self.models_list,
+            ("GET", "/v1/simulator/stats"): self.stats_get,
+            ("POST", "/v1/simulator/reset"): self.stats_reset,
+            ("GET", "/health"): self.health,
+        }
+        return web.Server(
+            self.handle,
+            request_factory=self.make_request,
+            handler_cancellation=True,
+            access_log=None,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Running it
+
+
+class Simulator:
+    """The simulator on the current event loop::
+
+        async with Simulator(SimulatorConfig(rpm=600), host="127.0.0.1", port=0) as sim:
+            client = AsyncOpenAI(base_url=sim.base_url, api_key="sk-test")
+
+    ``clock`` (seconds, monotonic) drives the rate limiter and statistics; tests may pass a
+    fake one.
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.config = config if config is not None else SimulatorConfig()
+        self.host = host
+        self._requested_port = port
+        self._clock = clock if clock is not None else time.monotonic
+        self._server: _Server | None = None
+        self._runner: web.BaseRunner | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the simulator is not running")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("the simulator is already running")
+        server = _Server(self.config, self._clock)
+        runner = web.ServerRunner(
+            server.server(), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self._requested_port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        addresses = runner.addresses
+        self._port = int(addresses[0][1]) if addresses else self._requested_port
+        self._server = server
+        self._runner = runner
+
+    async def stop(self) -> None:
+        runner, server = self._runner, self._server
+        self._runner = None
+        if server is not None:
+            server.stopping.set()
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _live(self) -> _Server:
+        if self._server is None:
+            raise RuntimeError("the simulator has not been started")
+        return self._server
+
+    def stats(self, *, per_prompt: bool = False) -> dict[str, Any]:
+        """The counters ``GET /v1/simulator/stats`` returns."""
+        return self._live().snapshot(per_prompt=per_prompt)
+
+    def reset_stats(self) -> None:
+        """Zero the counters (rate-limit buckets and marker counts are kept)."""
+        self._live().reset()
+
+
+class SimulatorThread:
+    """The simulator on its own event loop in a background thread, for synchronous code::
+
+    with SimulatorThread(SimulatorConfig()) as sim:
+        subprocess.run([..., "--base-url", sim.base_url], check=True)
+        assert sim.stats()["completions"] == 100
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.config = config if config is not None else SimulatorConfig()
+        self.host = host
+        self._port = port
+        self._start_timeout = start_timeout
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._sim: Simulator | None = None
+        self._ready = threading.Event()
+        self._errors: list[BaseException] = []
+
+    @property
+    def port(self) -> int:
+        return self._running().port
+
+    @property
+    def base_url(self) -> str:
+        return self._running().base_url
+
+    def _running(self) -> Simulator:
+        if self._sim is None:
+            raise RuntimeError("the simulator thread is not running")
+        return self._sim
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the simulator thread is already running")
+        self._ready.clear()
+        self._errors.clear()
+        thread = threading.Thread(target=self._run, name="batchrunner-simulator", daemon=True)
+        self._thread = thread
+        thread.start()
+        if not self._ready.wait(self._start_timeout):
+            raise RuntimeError("the simulator thread did not start in time")
+        if self._errors:
+            self._thread = None
+            thread.join(self._start_timeout)
+            raise self._errors[0]
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self._errors.append(exc)
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        async with Simulator(self.config, host=self.host, port=self._port) as sim:
+            self._sim = sim
+            self._ready.set()
+            await self._stop_event.wait()
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        loop = self._loop
+        if loop is None or self._sim is None:
+            raise RuntimeError("the simulator thread is not running")
+
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(self._start_timeout)
+
+    def stats(self, *, per_prompt: bool = False) -> dict[str, Any]:
+        sim = self._running()
+        result: dict[str, Any] = self._call(lambda: sim.stats(per_prompt=per_prompt))
+        return result
+
+    def reset_stats(self) -> None:
+        sim = self._running()
+        self._call(sim.reset_stats)
+
+    def stop(self) -> None:
+        thread, loop, event = self._thread, self._loop, self._stop_event
+        self._thread = None
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+        if thread is not None:
+            thread.join(self._start_timeout)
+        self._sim = None
+        self._loop = None
+
+    def __enter__(self) -> SimulatorThread:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``batchrunner simulate``."""
+    add = parser.add_argument
+    add("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
+    add("--port", type=int, default=DEFAULT_PORT, help="port, 0 for any (default: %(default)s)")
+    add("--config", metavar="TOML", help="read settings from a file's [simulator] table")
+    add("--api-key", dest="api_key", help="require this key (default: accept any key)")
+    add("--models", help="comma-separated model names to accept (default: any)")
+    add("--reasoning-models", dest="reasoning_models", help="comma-separated reasoning models")
+    add("--rpm", type=int, help="requests per minute per key (default: unlimited)")
+    add("--tpm", type=int, help="tokens per minute per key (default: unlimited)")
+    add("--default-max-tokens", dest="default_max_tokens", type=int, metavar="N")
+    add("--reply-tokens", dest="reply_tokens", type=int, metavar="N", help="fixed reply length")
+    add("--reply-tokens-min", dest="reply_tokens_min", type=int, metavar="N")
+    add("--reply-tokens-mean", dest="reply_tokens_mean", type=float, metavar="N")
+    add("--reply-tokens-max", dest="reply_tokens_max", type=int, metavar="N")
+    add("--reasoning-ratio", dest="reasoning_ratio", type=float, metavar="X")
+    add("--latency-ms", dest="latency_ms", type=float, metavar="MS")
+    add("--jitter-ms", dest="jitter_ms", type=float, metavar="MS")
+    add("--ms-per-token", dest="ms_per_token", type=float, metavar="MS")
+    add("--slow-ms", dest="slow_ms", type=float, metavar="MS")
+    add("--hang-s", dest="hang_s", type=float, metavar="S")
+    add(
+        "--fault",
+        dest="fault",
+        action="append",
+        metavar="KIND=RATE",
+        help=f"random fault rate, repeatable; KIND is one of {', '.join(FAULT_KINDS)}",
+    )
+    add("--seed", type=int)
+    add(
+        "--quota-exhausted",
+        dest="quota_exhausted",
+        action="store_true",
+        default=None,
+        help="answer every key with 429 insufficient_quota",
+    )
+    add(
+        "--quota-exhausted-key",
+        dest="quota_exhausted_keys",
+        action="append",
+        metavar="KEY",
+        help="answer this key with 429 insufficient_quota (repeatable)",
+    )
+
+
+def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
+    """The config the options in ``ns`` describe (a ``--config`` file first, options on top)."""
+    data: dict[str, Any] = {}
+    path = getattr(ns, "config", None)
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                loaded = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+        table = loaded.get("simulator", loaded)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [simulator] must be a table")
+        data.update(table)
+    names = {f.name for f in fields(SimulatorConfig)}
+    for name in names:
+        value = getattr(ns, name, None)
+        if value is None:
+            continue
+        if name in ("models", "reasoning_models") and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        data[name] = value
+    specs = getattr(ns, "fault", None) or []
+    if specs:
+        faults: dict[str, float] = dict(data.get("faults") or {})
+        for spec in specs:
+            kind, sep, rate = spec.partition("=")
+            try:
+                faults[kind.strip()] = float(rate)
+            except ValueError:
+                sep = ""
+            if not sep:
+                raise ConfigError(f"--fault must look like KIND=RATE (e.g. 503=0.01), got {spec!r}")
+        data["faults"] = faults
+    return SimulatorConfig.from_mapping(data)
+
+
+async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        sim = Simulator(config, host=host, port=port)
+        await sim.start()
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        print(f"batchrunner simulator listening on {sim.base_url} (Ctrl-C to stop)", flush=True)
+        await stop.wait()
+    finally:
+        await sim.stop()
+
+
+def serve(config: SimulatorConfig, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    """Run the simulator until Ctrl-C or SIGTERM; prints one line with its URL."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(config, host, port))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m batchrunner.simulator [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m batchrunner.simulator",
+        description="An OpenAI-compatible Chat Completions simulator.",
+    )
+    add_arguments(parser)
+    ns = parser.parse_args(argv)
+    try:
+        serve(config_from_args(ns), ns.host, ns.port)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

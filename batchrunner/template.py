@@ -1,0 +1,161 @@
+"""Rows → chat request bodies.
+
+A prompt template is ``str.format`` syntax over the row's columns: ``"Summarise: {text}"``.
+``{{`` and ``}}`` are literal braces. Only plain column names are allowed in fields (no
+attributes, indexes or format specs), so a template is checked against the input's columns
+before anything is sent.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from batchrunner.config import RequestConfig
+from batchrunner.errors import ConfigError
+
+__all__ = ["RequestBuilder", "Template", "estimate_tokens"]
+
+_FORMATTER = string.Formatter()
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token: the same rule the built-in simulator bills with."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+class Template:
+    """A parsed prompt template: literal text and the column names between it."""
+
+    __slots__ = ("fields", "parts", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        parts: list[tuple[str, str | None]] = []
+        try:
+            parsed = list(_FORMATTER.parse(source))
+        except ValueError as e:
+            raise ConfigError(
+                f"prompt template {source[:60]!r}: {e} (write {{{{ for a literal brace)"
+            ) from None
+        for literal, name, spec, conversion in parsed:
+            if name is not None and (not name or spec or conversion or not _plain(name)):
+                raise ConfigError(
+                    f"prompt template: field {{{name}{'!' + conversion if conversion else ''}"
+                    f"{':' + spec if spec else ''}}} must be a plain column name like {{text}}"
+                )
+            parts.append((literal, name))
+        self.parts = parts
+        self.fields = tuple(dict.fromkeys(n for _, n in parts if n is not None))
+
+    def check(self, columns: Iterable[str], where: str) -> None:
+        have = set(columns)
+        for name in self.fields:
+            if name not in have:
+                raise ConfigError(
+                    f"prompt template names column {{{name}}}, which {where} does not have "
+                    f"(columns: {', '.join(sorted(have)) or 'none'})"
+                )
+
+    def render(self, row: dict[str, Any]) -> str | None:
+        """The prompt for one row, or ``None`` when a field's value is null."""
+        out: list[str] = []
+        for literal, name in self.parts:
+            out.append(literal)
+            if name is not None:
+                v = row[name]
+                if v is None or (isinstance(v, float) and math.isnan(v)):
+                    return None
+                out.append(v if isinstance(v, str) else str(v))
+        return "".join(out)
+
+
+def _plain(name: str) -> bool:
+    return not any(c in name for c in ".[]")
+
+
+class RequestBuilder:
+    """Turns a row (a dict of column → value) into a chat completion request body."""
+
+    def __init__(self, request: RequestConfig, columns: Sequence[str], where: str) -> None:
+        self.request = request
+        self.template: Template | None = None
+        if request.prompt is not None:
+            self.template = Template(request.prompt)
+            self.template.check(columns, where)
+        elif request.prompt_column is not None:
+            if request.prompt_column not in columns:
+                raise ConfigError(
+                    f"prompt_column {request.prompt_column!r} is not a column of {where} "
+                    f"(columns: {', '.join(columns)})"
+                )
+        else:
+            raise ConfigError("no prompt: set [request] prompt (a template) or prompt_column")
+        if request.model_column is not None and request.model_column not in columns:
+            raise ConfigError(
+                f"model_column {request.model_column!r} is not a column of {where} "
+                f"(columns: {', '.join(columns)})"
+            )
+        if request.model is None and request.model_column is None:
+            raise ConfigError("no model: set [request] model or pass --model NAME")
+        base: dict[str, Any] = {}
+        for key in ("temperature", "max_tokens", "top_p", "stop", "response_format"):
+            value = getattr(request, key)
+            if value is not None:
+                base[key] = value
+        base.update(request.extra)
+        self._base = base
+        self._system = request.system
+        self.needed_columns: tuple[str, ...] = tuple(
+            dict.fromkeys(
+                [
+                    *(self.template.fields if self.template else [request.prompt_column or ""]),
+                    *([request.model_column] if request.model_column else []),
+                ]
+            )
+        )
+
+    def prompt(self, row: dict[str, Any]) -> str | None:
+        if self.template is not None:
+            return self.template.render(row)
+        v = row[self.request.prompt_column or ""]
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        return v if isinstance(v, str) else str(v)
+
+    def build(self, row: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """The body for ``row`` and its prompt, or ``(None, reason)`` if the row cannot be sent."""
+        prompt = self.prompt(row)
+        if prompt is None:
+            return None, "a prompt field is null"
+        if not prompt.strip():
+            return None, "the prompt is empty"
+        t = self.template
+        if t is not None and t.fields and all(not str(row[n]).strip() for n in t.fields):
+            return None, f"the prompt's columns are empty ({', '.join(t.fields)})"
+        model = self.request.model
+        if self.request.model_column is not None:
+            m = row[self.request.model_column]
+            if m:
+                model = str(m)
+        if not model:
+            return None, f"column {self.request.model_column!r} has no model for this row"
+        messages = [{"role": "user", "content": prompt}]
+        if self._system:
+            messages.insert(0, {"role": "system", "content": self._system})
+        body = {"model": model, "messages": messages, **self._base}
+        return body, prompt
+
+
+def body_prompt_text(body: dict[str, Any]) -> str:
+    """All message text of a body, for token estimates (OpenAI batch rows come as bodies)."""
+    texts: list[str] = []
+    for m in body.get("messages") or ():
+        c = m.get("content") if isinstance(m, dict) else None
+        if isinstance(c, str):
+            texts.append(c)
+        elif isinstance(c, list):
+            texts.extend(p.get("text", "") for p in c if isinstance(p, dict))
+    return "\n".join(texts)

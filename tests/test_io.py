@@ -1,0 +1,536 @@
+"""Reading inputs and writing results with real files: what a user would check by hand."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batchrunner import io as bio
+from batchrunner.errors import InputError, UsageError
+from batchrunner.io import (
+    RESULT_FORMATS,
+    SUPPORTED_SUFFIXES,
+    InputSource,
+    ResultWriter,
+    find_duplicate,
+    open_input,
+    remove_stale_temp_files,
+    temp_path_for,
+    write_atomic_bytes,
+)
+
+Writer = Callable[[str, bytes], Path]
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Writer:
+    def _write(name: str, data: bytes) -> Path:
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    return _write
+
+
+def rows_of(source: InputSource, columns: list[str] | None = None) -> list[dict[str, object]]:
+    return [row for batch in source.batches(columns) for row in batch.to_pylist()]
+
+
+def input_error(path: Path, **kwargs: int) -> str:
+    """Open ``path`` and read it all, expecting an InputError; return its one-line message."""
+    with pytest.raises(InputError) as info:
+        rows_of(open_input(path, **kwargs))
+    message = str(info.value)
+    assert "\n" not in message and "\r" not in message
+    assert path.name in message
+    return message
+
+
+def no_temp_files(directory: Path) -> bool:
+    return not [p for p in directory.iterdir() if ".tmp-" in p.name]
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+
+
+def test_csv_reads_every_column_as_text_in_order(write: Writer) -> None:
+    path = write(
+        "products.csv",
+        b'id,name,price,note\n007,"Widget, large",12.50,NA\n010,"say ""hi""\nplease",3,\n',
+    )
+    source = open_input(path)
+    assert source.kind == "csv"
+    assert source.columns == ["id", "name", "price", "note"]
+    assert source.schema == pa.schema([(c, pa.string()) for c in source.columns])
+    assert rows_of(source) == [
+        {"id": "007", "name": "Widget, large", "price": "12.50", "note": "NA"},
+        {"id": "010", "name": 'say "hi"\nplease', "price": "3", "note": ""},
+    ]
+    assert rows_of(source, ["note", "id"]) == [
+        {"note": "NA", "id": "007"},
+        {"note": "", "id": "010"},
+    ]
+
+
+def test_csv_utf8_bom_is_not_part_of_the_first_column_name(write: Writer) -> None:
+    path = write("bom.csv", "\ufeffid,text\n1,héllo\n".encode())
+    source = open_input(path)
+    assert source.columns == ["id", "text"]
+    assert rows_of(source) == [{"id": "1", "text": "héllo"}]
+
+
+def test_csv_streams_in_batches_of_at_most_batch_size(write: Writer) -> None:
+    lines = ["id,text"] + [f"{i:05d},row {i}" for i in range(2500)]
+    path = write("many.csv", ("\n".join(lines) + "\n").encode())
+    source = open_input(path, batch_size=1000)
+    sizes = [b.num_rows for b in source.batches()]
+    assert sizes == [1000, 1000, 500]
+    ids = [v for b in source.batches(["id"]) for v in b.column(0).to_pylist()]
+    assert ids == [f"{i:05d}" for i in range(2500)]
+
+
+def test_csv_reader_never_reads_the_whole_file_at_once(
+    write: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bio, "CSV_BLOCK_SIZE", 1 << 14)
+    lines = ["id,text"] + [f"{i},{'x' * 90}" for i in range(2000)]  # ~190 KiB
+    path = write("big.csv", ("\n".join(lines) + "\n").encode())
+    source = open_input(path, batch_size=100_000)
+    sizes = [b.num_rows for b in source.batches()]
+    assert len(sizes) > 5 and sum(sizes) == 2000
+
+
+def test_columns_empty_list_gives_row_counts_only(write: Writer) -> None:
+    path = write("a.csv", b"a,b\n1,2\n3,4\n")
+    batches = list(open_input(path).batches([]))
+    assert sum(b.num_rows for b in batches) == 2
+    assert all(b.num_columns == 0 for b in batches)
+
+
+def test_unknown_column_names_the_file_and_the_columns(write: Writer) -> None:
+    path = write("a.csv", b"a,b\n1,2\n")
+    source = open_input(path)
+    with pytest.raises(InputError, match=r"a\.csv: has no column 'c' — its columns are: a, b"):
+        source.batches(["a", "c"])  # raised at the call, before any row is read
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("empty.csv", b"", "empty (0 bytes)"),
+        ("header_only.csv", b"id,text\n", "no data rows"),
+        ("header_no_newline.csv", b"id,text", "no data rows"),
+        ("dup.csv", b"id,text,id\n1,2,3\n", "'id' appears twice"),
+        (
+            "ragged.csv",
+            b'id,text\n1,a\n2,"multi\nline"\n3,b,extra\n4,c\n',
+            "row 3 (line 5) has 3 fields, the header has 2 — fix the quoting or the delimiter",
+        ),
+        ("short.csv", b"id,text\n1,a\n2\n", "row 2 (line 3) has 1 fields, the header has 2"),
+        ("latin1.csv", "id,text\n1,ok\n2,café\n".encode("latin-1"), "line 3"),
+        ("latin1_header.csv", "idé,text\n1,ok\n".encode("latin-1"), "line 1"),
+        ("notes.txt", b"a,b\n1,2\n", "use one of .csv, .parquet, .jsonl"),
+        ("data.json", b'[{"a": 1}]', "use one of .csv, .parquet, .jsonl"),
+    ],
+)
+def test_bad_csv_and_paths_give_one_line_input_errors(
+    write: Writer, name: str, data: bytes, expected: str
+) -> None:
+    message = input_error(write(name, data))
+    assert expected in message
+    if name.startswith("latin1"):
+        assert "not valid UTF-8" in message and "save it as UTF-8" in message
+
+
+def test_bad_csv_row_deep_in_the_file_is_reported_while_streaming(
+    write: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bio, "CSV_BLOCK_SIZE", 1 << 14)
+    good = b"".join(b"%d,some text here\n" % i for i in range(5000))
+    ragged = write("late.csv", b"id,text\n" + good + b"5000,a,b\n")
+    source = open_input(ragged)  # the first block is fine: open succeeds
+    with pytest.raises(InputError) as info:
+        rows_of(source)
+    assert str(info.value) == (
+        f"input {ragged}: row 5001 (line 5002) has 3 fields, the header has 2 — "
+        "fix the quoting or the delimiter"
+    )
+    latin = write("late_latin.csv", b"id,text\n" + good + b"5000,caf\xe9\n")
+    source = open_input(latin)
+    with pytest.raises(InputError, match=r"not valid UTF-8 at line 5002 \(byte offset \d+\)"):
+        rows_of(source)
+
+
+def test_missing_file_and_directory_without_parquet(tmp_path: Path) -> None:
+    message = input_error(tmp_path / "nope.csv")
+    assert "no such file" in message
+    empty_dir = tmp_path / "exports"
+    empty_dir.mkdir()
+    (empty_dir / "readme.txt").write_text("hi")
+    assert "no .parquet files" in input_error(empty_dir)
+
+
+def test_supported_suffixes_are_case_insensitive(write: Writer) -> None:
+    assert SUPPORTED_SUFFIXES == (".csv", ".parquet", ".jsonl")
+    assert open_input(write("UPPER.CSV", b"a\n1\n")).kind == "csv"
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet
+
+
+def test_parquet_file_keeps_types_and_knows_its_row_count(tmp_path: Path) -> None:
+    table = pa.table({"id": ["a", "b", "c"], "n": [1, 2, None], "x": [0.5, 1.5, 2.5]})
+    path = tmp_path / "in.parquet"
+    pq.write_table(table, path, row_group_size=2)
+    source = open_input(path, batch_size=2)
+    assert (source.kind, source.columns, source.num_rows) == ("parquet", ["id", "n", "x"], 3)
+    assert source.schema.field("n").type == pa.int64()
+    assert [b.num_rows for b in source.batches()] == [2, 1]
+    assert rows_of(source) == table.to_pylist()
+    assert rows_of(source, ["x"]) == [{"x": 0.5}, {"x": 1.5}, {"x": 2.5}]
+
+
+def test_parquet_directory_reads_files_in_name_order(tmp_path: Path) -> None:
+    directory = tmp_path / "export"
+    directory.mkdir()
+    for i, name in enumerate(["part-2.parquet", "part-0.parquet", "part-1.parquet"]):
+        pq.write_table(
+            pa.table({"id": [f"{name}:{j}" for j in range(3)], "k": [i] * 3}), directory / name
+        )
+    (directory / "_SUCCESS").write_bytes(b"")
+    (directory / ".part-0.parquet.crc").write_bytes(b"junk")
+    source = open_input(directory)
+    assert (source.kind, source.num_rows, source.path) == ("parquet", 9, directory)
+    ids = [r["id"] for r in rows_of(source)]
+    assert ids == [f"part-{p}.parquet:{j}" for p in range(3) for j in range(3)]
+
+
+def test_parquet_directory_files_must_share_a_schema(tmp_path: Path) -> None:
+    directory = tmp_path / "mixed"
+    directory.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "n": [1]}), directory / "a.parquet")
+    pq.write_table(pa.table({"id": ["b"], "n": ["one"]}), directory / "b.parquet")
+    message = input_error(directory)
+    assert "b.parquet and a.parquet have different schemas" in message
+    assert "'n' is int64 vs string" in message
+
+
+def test_bad_parquet_inputs(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not really parquet")
+    assert "not a readable Parquet file" in input_error(corrupt)
+
+    truncated = tmp_path / "truncated.parquet"
+    pq.write_table(pa.table({"a": list(range(100))}), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-20])
+    assert "not a readable Parquet file" in input_error(truncated)
+
+    no_rows = tmp_path / "no_rows.parquet"
+    pq.write_table(pa.table({"a": pa.array([], pa.string())}), no_rows)
+    assert "has 0 rows" in input_error(no_rows)
+
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    assert "empty (0 bytes)" in input_error(empty)
+
+    directory = tmp_path / "dir_with_bad_file"
+    directory.mkdir()
+    pq.write_table(pa.table({"a": [1]}), directory / "a.parquet")
+    (directory / "b.parquet").write_bytes(b"garbage")
+    message = input_error(directory)
+    assert "b.parquet" in message and "not a readable Parquet file" in message
+
+
+def test_parquet_duplicate_column_names(tmp_path: Path) -> None:
+    path = tmp_path / "dup.parquet"
+    table = pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["a", "a"])
+    pq.write_table(table, path)
+    assert "'a' appears twice" in input_error(path)
+
+
+def test_csv_ragged_row_whose_text_mentions_utf8(write: Writer) -> None:
+    message = input_error(write("r.csv", b"a,b\n1,2\ninvalid UTF8,UTF-8,x\n"))
+    assert "row 2 (line 3) has 3 fields" in message
+
+
+# --------------------------------------------------------------------------------------------
+# JSONL and the OpenAI Batch API format
+
+
+def test_jsonl_columns_from_the_first_record_values_as_text(write: Writer) -> None:
+    path = write(
+        "in.jsonl",
+        b'\xef\xbb\xbf{"id": "007", "n": 3, "x": 2.5, "ok": true, "tags": ["a"], "none": null}\n'
+        b"\n"
+        b'{"id": "008", "x": 1}\r\n',
+    )
+    source = open_input(path)
+    assert (source.kind, source.columns) == ("jsonl", ["id", "n", "x", "ok", "tags", "none"])
+    assert rows_of(source) == [
+        {"id": "007", "n": "3", "x": "2.5", "ok": "true", "tags": '["a"]', "none": None},
+        {"id": "008", "n": None, "x": "1", "ok": None, "tags": None, "none": None},
+    ]
+
+
+def test_jsonl_streams_in_batches(write: Writer) -> None:
+    data = b"".join(orjson.dumps({"id": i, "text": f"t{i}"}) + b"\n" for i in range(250))
+    source = open_input(write("many.jsonl", data), batch_size=100)
+    assert [b.num_rows for b in source.batches()] == [100, 100, 50]
+    assert [r["id"] for r in rows_of(source)] == [str(i) for i in range(250)]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\n  \n", "has no JSON records"),
+        (b'{"id": 1}\n{"id": 2\n', "line 2 is not valid JSON"),
+        (b'[{"id": 1}]\n', "line 1 is an array, not a JSON object"),
+        (b'{"id": 1}\n"text"\n', "line 2 is a string, not a JSON object"),
+        (b'{"id": 1}\n\n{"id": 2, "extra": 3}\n', "line 3 has the key 'extra'"),
+        (b'{"id": 1}\n{"id": "caf\xe9"}\n', "line 2 is not valid UTF-8 (byte offset 21)"),
+    ],
+)
+def test_bad_jsonl_names_the_line(write: Writer, data: bytes, expected: str) -> None:
+    assert expected in input_error(write("bad.jsonl", data))
+
+
+def openai_line(custom_id: str, content: str, override: dict[str, object] | None = None) -> bytes:
+    record: dict[str, object] = {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]},
+    }
+    record.update(override or {})
+    return orjson.dumps(record) + b"\n"
+
+
+def test_openai_batch_file_round_trips_in_order(write: Writer) -> None:
+    data = b"".join(openai_line(f"req-{i}", f"question {i} ✓") for i in range(5))
+    source = open_input(write("batch.jsonl", data), batch_size=2)
+    assert source.kind == "openai_batch"
+    assert source.columns == ["custom_id", "method", "url", "body"]
+    batches = list(source.batches())
+    assert [b.num_rows for b in batches] == [2, 2, 1]
+    assert all(b.schema == source.schema for b in batches)
+    rows = rows_of(source)
+    assert [r["custom_id"] for r in rows] == [f"req-{i}" for i in range(5)]
+    assert {r["url"] for r in rows} == {"/v1/chat/completions"}
+    bodies = [json.loads(str(r["body"])) for r in rows]
+    assert bodies[3]["messages"][0]["content"] == "question 3 ✓"
+    assert bodies[0]["model"] == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"url": "/v1/embeddings"}, "line 2: url is '/v1/embeddings'"),
+        ({"method": "GET"}, "line 2: method is 'GET'"),
+        ({"custom_id": 7}, "line 2: custom_id is 7"),
+        ({"body": "hi"}, "line 2: body is 'hi'"),
+    ],
+)
+def test_bad_openai_batch_lines(write: Writer, override: dict[str, object], expected: str) -> None:
+    data = openai_line("a", "x") + openai_line("b", "y", override)
+    assert expected in input_error(write("batch.jsonl", data))
+
+
+def test_openai_batch_line_missing_a_key(write: Writer) -> None:
+    second = orjson.dumps({"custom_id": "b", "method": "POST", "body": {}}) + b"\n"
+    message = input_error(write("batch.jsonl", openai_line("a", "x") + second))
+    assert "line 2 has no 'url'" in message
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints and duplicate ids
+
+
+def test_fingerprint_is_stable_and_changes_with_any_byte(tmp_path: Path, write: Writer) -> None:
+    data = b"id,text\n" + b"".join(b"%d,hello\n" % i for i in range(200_000))  # > 1 MiB
+    path = write("f.csv", data)
+    first = open_input(path).fingerprint()
+    assert first == open_input(path).fingerprint()
+    assert len(first) == 64
+    assert open_input(write("copy.csv", data)).fingerprint() == first
+    edited = bytearray(data)
+    edited[len(data) - 3] = ord("X")  # one byte, near the end, same size
+    path.write_bytes(bytes(edited))
+    assert open_input(path).fingerprint() != first
+
+
+def test_directory_fingerprint_covers_names_and_bytes(tmp_path: Path) -> None:
+    directory = tmp_path / "d"
+    directory.mkdir()
+    pq.write_table(pa.table({"a": [1, 2]}), directory / "a.parquet")
+    pq.write_table(pa.table({"a": [3]}), directory / "b.parquet")
+    first = open_input(directory).fingerprint()
+    assert open_input(directory).fingerprint() == first
+    (directory / "b.parquet").rename(directory / "c.parquet")
+    assert open_input(directory).fingerprint() != first
+
+
+def test_find_duplicate_across_batches() -> None:
+    seen: set[str] = set()
+    assert find_duplicate(pa.array(["a", "b", None]), seen) is None
+    assert seen == {"a", "b"}
+    assert find_duplicate(pa.chunked_array([["c"], ["d", "b", "e"]]), seen) == "b"
+    assert find_duplicate(pa.array(["x", "y", "x"]), set()) == "x"
+    assert find_duplicate(pa.array([1, 2]), {"2"}) == "2"
+
+
+# --------------------------------------------------------------------------------------------
+# Writers
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("content", pa.string()),
+        ("tokens", pa.int64()),
+        ("cost_usd", pa.float64()),
+    ]
+)
+RESULT_ROWS: list[dict[str, object]] = [
+    {"id": "007", "content": 'He said "hi",\nthen left', "tokens": 12, "cost_usd": 0.5},
+    {"id": "008", "content": None, "tokens": None, "cost_usd": None},
+    {"id": "009", "content": "", "tokens": 0, "cost_usd": 1.0},
+]
+
+
+def read_back(path: Path, fmt: str) -> list[dict[str, object]]:
+    if fmt == "parquet":
+        rows: list[dict[str, object]] = pq.read_table(path).to_pylist()
+        return rows
+    if fmt == "csv":
+        table = pa_csv.read_csv(
+            path,
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=RESULT_SCHEMA,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        rows = table.to_pylist()
+        return rows
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fmt", RESULT_FORMATS)
+def test_result_writer_round_trips_atomically_and_privately(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"results.{fmt}"
+    path.write_text("old results")
+    os.chmod(path, 0o644)
+    batch = pa.RecordBatch.from_pylist(RESULT_ROWS[:2], schema=RESULT_SCHEMA)
+    with ResultWriter(path, fmt, RESULT_SCHEMA) as writer:
+        writer.write(batch)
+        assert path.read_text() == "old results"  # untouched until close
+        assert writer.temp_path == temp_path_for(path)
+        assert stat.S_IMODE(writer.temp_path.stat().st_mode) == 0o600
+        writer.write(pa.Table.from_pylist(RESULT_ROWS[2:], schema=RESULT_SCHEMA))
+    assert read_back(path, fmt) == RESULT_ROWS
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert no_temp_files(tmp_path)
+
+
+def test_csv_results_have_one_header(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    with ResultWriter(path, "csv", RESULT_SCHEMA) as writer:
+        for row in RESULT_ROWS:
+            writer.write(pa.RecordBatch.from_pylist([row], schema=RESULT_SCHEMA))
+    with open(path, newline="") as f:
+        records = list(csv.reader(f))
+    assert records[0] == ["id", "content", "tokens", "cost_usd"]
+    assert len(records) == 1 + len(RESULT_ROWS)
+
+
+def test_jsonl_results_keep_nulls_and_floats(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    with ResultWriter(path, "jsonl", RESULT_SCHEMA) as writer:
+        writer.write(pa.RecordBatch.from_pylist(RESULT_ROWS, schema=RESULT_SCHEMA))
+    lines = path.read_bytes().splitlines()
+    assert orjson.loads(lines[1]) == {
+        "id": "008",
+        "content": None,
+        "tokens": None,
+        "cost_usd": None,
+    }
+    assert b'"cost_usd":1.0' in lines[2]
+
+
+def test_abort_and_exception_leave_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.parquet"
+    writer = ResultWriter(path, "parquet", RESULT_SCHEMA)
+    writer.write(pa.RecordBatch.from_pylist(RESULT_ROWS, schema=RESULT_SCHEMA))
+    writer.abort()
+    writer.abort()
+    assert not path.exists() and no_temp_files(tmp_path)
+
+    with pytest.raises(RuntimeError, match="boom"), ResultWriter(path, "csv", RESULT_SCHEMA):
+        raise RuntimeError("boom")
+    assert not path.exists() and no_temp_files(tmp_path)
+
+
+def test_writer_rejects_bad_output_paths_and_formats(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        ResultWriter(tmp_path / "missing" / "r.csv", "csv", RESULT_SCHEMA)
+    with pytest.raises(UsageError, match="is a directory"):
+        ResultWriter(tmp_path, "csv", RESULT_SCHEMA)
+    with pytest.raises(UsageError, match="'xlsx' is not supported"):
+        ResultWriter(tmp_path / "r.xlsx", "xlsx", RESULT_SCHEMA)
+    with pytest.raises(UsageError, match="does not exist"):
+        write_atomic_bytes(tmp_path / "missing" / "job.json", b"{}")
+
+
+def test_write_atomic_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "job.json"
+    write_atomic_bytes(path, b'{"a": 1}')
+    write_atomic_bytes(path, b'{"a": 2}')
+    assert path.read_bytes() == b'{"a": 2}'
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert no_temp_files(tmp_path)
+
+
+def test_remove_stale_temp_files(tmp_path: Path) -> None:
+    stale = [tmp_path / ".results.parquet.tmp-4242", tmp_path / ".job.json.tmp-1"]
+    for p in stale:
+        p.write_bytes(b"half written")
+    keep = [tmp_path / "results.parquet", tmp_path / ".hidden", tmp_path / "x.tmp-3"]
+    for p in keep:
+        p.write_bytes(b"keep")
+    assert remove_stale_temp_files(tmp_path) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+    assert remove_stale_temp_files(tmp_path) == []
+    assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+_cell = st.text(st.characters(codec="utf-8"), max_size=30)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(values=st.lists(st.tuples(_cell, _cell), min_size=1, max_size=20))
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_written_results_read_back_as_input_unchanged(
+    tmp_path: Path, fmt: str, values: list[tuple[str, str]]
+) -> None:
+    schema = pa.schema([("a", pa.string()), ("b", pa.string())])
+    rows = [{"a": a, "b": b} for a, b in values]
+    path = tmp_path / f"round.{fmt}"
+    with ResultWriter(path, fmt, schema) as writer:
+        writer.write(pa.RecordBatch.from_pylist(rows, schema=schema))
+    assert rows_of(open_input(path)) == rows

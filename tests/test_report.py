@@ -1,0 +1,364 @@
+"""The cost report: figures a user would check against the rows, the Markdown, the files."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from batchrunner.pricing import ModelPrice, PriceBook
+from batchrunner.records import OUTCOME_SCHEMA, Outcome
+from batchrunner.report import build_report, render_markdown, write_reports
+
+OWN = ModelPrice(input=2.0, output=8.0, cached_input=0.5)
+JOB = {
+    "name": "nightly",
+    "model": "gpt-4o-mini",
+    "input": "data/products.csv",
+    "output": "out/nightly",
+    "started_at": "2026-01-02T03:04:05Z",
+}
+
+
+def table(outcomes: list[Outcome]) -> pa.Table:
+    return pa.Table.from_pylist([o.as_dict() for o in outcomes], schema=OUTCOME_SCHEMA)
+
+
+def ok_row(
+    book: PriceBook,
+    key: str,
+    model: str,
+    *,
+    prompt: int = 1000,
+    completion: int = 200,
+    cached: int = 100,
+    reasoning: int = 50,
+    latency: float = 100.0,
+    attempts: int = 1,
+    rate_limited: int = 0,
+    finish: str = "stop",
+) -> Outcome:
+    """A finished row, priced the way the runner prices it."""
+    return Outcome(
+        key=key,
+        status="ok",
+        content="text",
+        finish_reason=finish,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cached_tokens=cached,
+        reasoning_tokens=reasoning,
+        cost_usd=book.cost(
+            model,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=cached,
+            reasoning_tokens=reasoning,
+        ),
+        latency_ms=latency,
+        attempts=attempts,
+        rate_limited=rate_limited,
+        model=model,
+    )
+
+
+def failed_row(key: str, error_type: str, message: str, *, attempts: int = 1, **kw: Any) -> Outcome:
+    return Outcome(
+        key=key,
+        status="failed",
+        attempts=attempts,
+        error_type=error_type,
+        error_message=message,
+        **kw,
+    )
+
+
+@pytest.fixture
+def book() -> PriceBook:
+    return PriceBook({"my-model": OWN})
+
+
+@pytest.fixture
+def mixed(book: PriceBook) -> list[Outcome]:
+    rows = [
+        ok_row(book, f"a{i}", "gpt-4o-mini", prompt=500 + i, completion=100 + i, latency=10.0 * i)
+        for i in range(1, 21)
+    ]
+    rows += [ok_row(book, f"b{i}", "my-model", cached=i * 10, attempts=2) for i in range(10)]
+    rows += [ok_row(book, "cut", "my-model", finish="length", completion=4096)]
+    rows += [
+        failed_row("f1", "rate_limited", "429 Too Many Requests", attempts=6, rate_limited=6),
+        failed_row("f2", "rate_limited", "429 again", attempts=6, rate_limited=6),
+        failed_row("f3", "http_400", "bad | request\nsecond line", model="gpt-4o-mini"),
+    ]
+    return rows
+
+
+def test_totals_equal_the_sum_of_rows(book: PriceBook, mixed: list[Outcome]) -> None:
+    report = build_report(table(mixed), prices=book, job=JOB, wall_s=120.0)
+
+    assert report["rows"]["total"] == len(mixed)
+    assert report["rows"]["by_status"] == {"ok": 31, "failed": 3}
+    tokens = report["tokens"]
+    assert tokens["prompt"] == sum(o.prompt_tokens or 0 for o in mixed)
+    assert tokens["completion"] == sum(o.completion_tokens or 0 for o in mixed)
+    assert tokens["cached"] == sum(o.cached_tokens or 0 for o in mixed)
+    assert tokens["reasoning"] == sum(o.reasoning_tokens or 0 for o in mixed)
+    assert tokens["total"] == sum(o.total_tokens or 0 for o in mixed)
+    assert report["cost_usd"] == pytest.approx(math.fsum(o.cost_usd or 0 for o in mixed), abs=1e-9)
+    assert report["cost_complete"] is True
+    assert report["warnings"][0].startswith("1 row stopped at the token limit")
+
+    by_model = report["by_model"]
+    assert list(by_model) == ["gpt-4o-mini", "my-model", "(none)"]  # most rows first
+    assert sum(m["rows"] for m in by_model.values()) == len(mixed)
+    for col in ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens"):
+        assert sum(m[col] for m in by_model.values()) == sum(getattr(o, col) or 0 for o in mixed)
+    assert sum(m["cost_known_usd"] for m in by_model.values()) == pytest.approx(
+        report["cost_usd"], abs=1e-9
+    )
+    mine = by_model["my-model"]
+    assert mine["rows"] == mine["ok"] == 11
+    assert mine["cost_usd"] == pytest.approx(
+        math.fsum(o.cost_usd or 0 for o in mixed if o.model == "my-model"), abs=1e-12
+    )
+    assert mine["price_source"] == "job [prices]"
+    assert mine["price"] == {"input": 2.0, "output": 8.0, "cached_input": 0.5}
+    assert by_model["gpt-4o-mini"]["failed"] == 1
+    assert by_model["gpt-4o-mini"]["price_source"].startswith("genai-prices ")
+
+
+def test_cost_of_a_job_price_row_is_exact(book: PriceBook) -> None:
+    rows = [ok_row(book, "x", "my-model", prompt=1000, completion=500, cached=400, reasoning=300)]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    assert report["cost_usd"] == 0.0054  # 600×$2 + 400×$0.5 + 500×$8 per 1M; reasoning inside
+    assert report["by_model"]["my-model"]["cost_usd"] == 0.0054
+
+
+def test_unknown_model_gives_null_cost_and_a_warning_never_zero(book: PriceBook) -> None:
+    rows = [ok_row(book, f"k{i}", "my-model") for i in range(3)]
+    rows += [ok_row(book, f"u{i}", "no-such-model-xyz") for i in range(2)]
+    assert all(o.cost_usd is None for o in rows[3:])
+
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+
+    unknown = report["by_model"]["no-such-model-xyz"]
+    assert unknown["cost_usd"] is None
+    assert unknown["unpriced_rows"] == 2
+    assert unknown["price"] is None and unknown["price_source"] == "unknown"
+    assert report["cost_complete"] is False
+    known = math.fsum(o.cost_usd or 0 for o in rows)
+    assert known > 0 and report["cost_usd"] == pytest.approx(known, abs=1e-12)
+    (warning,) = [w for w in report["warnings"] if "no-such-model-xyz" in w]
+    assert "no price known" in warning and '[prices."no-such-model-xyz"]' in warning
+    md = render_markdown(report)
+    assert "incomplete" in md and "no-such-model-xyz" in md
+
+
+def test_ok_rows_without_usage_make_the_cost_incomplete(book: PriceBook) -> None:
+    rows = [ok_row(book, "a", "my-model"), Outcome(key="b", status="ok", model="my-model")]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    assert report["cost_complete"] is False
+    assert report["by_model"]["my-model"]["cost_usd"] is None
+    assert report["by_model"]["my-model"]["cost_known_usd"] == rows[0].cost_usd
+    assert any("reported no token usage" in w for w in report["warnings"])
+
+
+def test_job_prices_win_in_the_report() -> None:
+    book = PriceBook({"gpt-4o-mini": OWN})
+    report = build_report(table([ok_row(book, "a", "gpt-4o-mini")]), prices=book, job=JOB, wall_s=1)
+    entry = report["by_model"]["gpt-4o-mini"]
+    assert entry["price_source"] == "job [prices]"
+    assert entry["price"] == OWN.as_dict()
+    assert report["pricing"]["job_prices"] == ["gpt-4o-mini"]
+
+
+def test_latency_percentiles_over_ok_rows(book: PriceBook) -> None:
+    rows = [ok_row(book, f"r{i}", "my-model", latency=float(i)) for i in range(1, 101)]
+    rows.append(failed_row("slow", "timeout", "timed out", latency_ms=99_999.0))
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=60.0)
+    lat = report["latency_ms"]
+    values = np.arange(1, 101, dtype=float)
+    assert lat["rows"] == 100
+    for q in (50, 95, 99):
+        assert lat[f"p{q}"] == pytest.approx(np.percentile(values, q), abs=0.051)
+    assert lat["max"] == 100.0 and lat["mean"] == 50.5
+
+
+def test_length_finish_reasons_and_failures(book: PriceBook, mixed: list[Outcome]) -> None:
+    report = build_report(table(mixed), prices=book, job=JOB, wall_s=None)
+    assert report["rows"]["cut_at_length"] == 1
+    assert report["by_finish_reason"] == {"stop": 30, "length": 1}
+    assert any("finish_reason=length" in w for w in report["warnings"])
+    assert report["by_error_type"] == {
+        "rate_limited": {"rows": 2, "example": "429 Too Many Requests"},
+        "http_400": {"rows": 1, "example": "bad | request second line"},
+    }
+    assert any(w.startswith("3 rows failed") for w in report["warnings"])
+
+
+def test_requests_retries_429s_and_throughput(book: PriceBook, mixed: list[Outcome]) -> None:
+    counters = {"http_429": 5, "attempts": 999, "retries": 7}
+    report = build_report(table(mixed), prices=book, job=JOB, wall_s=120.0, counters=counters)
+    attempts = sum(o.attempts for o in mixed)
+    assert report["requests"] == {
+        "attempts": attempts,
+        "rows_attempted": len(mixed),
+        "retries": attempts - len(mixed),
+        "http_429": 12,  # the run's 429s are also in its rows: never counted twice
+        "http_429_in_rows": 12,
+        "http_429_this_run": 5,
+    }
+    assert report["counters"] == {"attempts": 999, "http_429": 5, "retries": 7}
+    assert report["wall_s"] == 120.0
+    assert report["requests_per_min"] == pytest.approx(len(mixed) / 2.0, abs=0.05)
+
+    # 429s of rows not finished yet are known only to the run's counters.
+    report = build_report(table(mixed), prices=book, job=JOB, wall_s=1.0, counters={"http_429": 40})
+    assert report["requests"]["http_429"] == 40
+
+
+def test_throughput_counts_only_the_rows_of_the_timed_run(book: PriceBook) -> None:
+    earlier = [ok_row(book, f"e{i}", "my-model") for i in range(50)]
+    for o in earlier:
+        o.finished_at = 1_000.0  # finished by a run a day before
+    latest = [ok_row(book, f"n{i}", "my-model") for i in range(30)]
+    for i, o in enumerate(latest):
+        o.finished_at = 90_000.0 + i
+    report = build_report(table(earlier + latest), prices=book, job=JOB, wall_s=60.0)
+    assert report["rows"]["total"] == 80
+    assert report["requests_per_min"] == 30.0
+
+
+def test_job_fields_are_kept_and_the_key_order_is_stable(book: PriceBook) -> None:
+    job = {**JOB, "output": Path("out/nightly")}
+    report = build_report(table([ok_row(book, "a", "my-model")]), prices=book, job=job, wall_s=2)
+    assert report["job"] == JOB  # a Path becomes its string
+    assert list(report) == [
+        "report_version",
+        "generated_at",
+        "job",
+        "rows",
+        "tokens",
+        "cost_usd",
+        "cost_complete",
+        "pricing",
+        "by_model",
+        "by_finish_reason",
+        "by_error_type",
+        "requests",
+        "latency_ms",
+        "wall_s",
+        "requests_per_min",
+        "counters",
+        "warnings",
+    ]
+    assert report["pricing"]["library"] == "genai-prices"
+    assert report["pricing"]["library_version"] == book.library_version
+
+
+def test_json_round_trip(book: PriceBook, mixed: list[Outcome]) -> None:
+    report = build_report(table(mixed), prices=book, job=JOB, wall_s=30.0, counters={"x": 1})
+    assert json.loads(json.dumps(report, allow_nan=False)) == report
+
+
+def test_empty_table(book: PriceBook) -> None:
+    report = build_report(table([]), prices=book, job={}, wall_s=0.0)
+    assert report["rows"] == {"total": 0, "by_status": {}, "cut_at_length": 0}
+    assert report["cost_usd"] == 0.0 and report["cost_complete"] is True
+    assert report["latency_ms"]["p50"] is None
+    assert report["requests_per_min"] is None and report["wall_s"] is None
+    assert render_markdown(report).startswith("# Cost report\n")
+
+
+def test_missing_column_is_reported(book: PriceBook) -> None:
+    with pytest.raises(ValueError, match="cost_usd"):
+        build_report(table([]).drop_columns(["cost_usd"]), prices=book, job={}, wall_s=None)
+
+
+def test_markdown_summary(book: PriceBook, mixed: list[Outcome]) -> None:
+    md = render_markdown(build_report(table(mixed), prices=book, job=JOB, wall_s=754.0))
+    assert md.startswith("# Cost report: nightly\n")
+    for heading in (
+        "## Totals",
+        "## By model",
+        "## Rows by status",
+        "## Finish reasons",
+        "## Failures by type",
+        "## Warnings",
+    ):
+        assert f"\n{heading}\n" in md
+    assert "- input: data/products.csv" in md
+    assert "| my-model " in md and "job [prices]" in md
+    assert "bad \\| request second line" in md  # a pipe in a message does not break the table
+    assert "12m 34s" in md
+    # Every row of a table is as wide as its header, so it lines up on a terminal.
+    for block in md.split("\n\n"):
+        lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+        assert len({len(ln) for ln in lines}) <= 1, block
+
+
+def test_write_reports_atomically_with_mode_0600(
+    tmp_path: Path, book: PriceBook, mixed: list[Outcome]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / "cost_report.json"
+    stale.write_text("{}")
+    stale.chmod(0o644)
+    report = build_report(table(mixed), prices=book, job=JOB, wall_s=10.0)
+
+    paths = write_reports(report, out)
+
+    assert paths == [out / "cost_report.json", out / "cost_report.md"]
+    assert sorted(os.listdir(out)) == ["cost_report.json", "cost_report.md"]  # no temp files
+    for p in paths:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert json.loads(paths[0].read_text(encoding="utf-8")) == report
+    assert paths[1].read_text(encoding="utf-8") == render_markdown(report)
+
+
+def test_a_failed_write_leaves_no_temp_file(
+    tmp_path: Path, book: PriceBook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = build_report(table([]), prices=book, job={}, wall_s=None)
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        write_reports(report, tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_200k_row_report_builds(book: PriceBook) -> None:
+    models = ["gpt-4o-mini", "my-model", "no-such-model-xyz", "claude-opus-4-6"]
+    block = [
+        ok_row(book, str(i), models[i % 4], prompt=100 + i, latency=float(i % 97))
+        if i % 50
+        else failed_row(str(i), "http_500", "server error", model=models[i % 4])
+        for i in range(1000)
+    ]
+    big = pa.concat_tables([table(block)] * 200)
+    assert big.num_rows == 200_000
+
+    report = build_report(big, prices=book, job=JOB, wall_s=600.0, counters={"http_429": 1})
+
+    assert report["rows"]["total"] == 200_000
+    assert report["rows"]["by_status"] == {"ok": 196_000, "failed": 4_000}
+    assert report["tokens"]["prompt"] == 200 * sum(o.prompt_tokens or 0 for o in block)
+    assert report["cost_usd"] == pytest.approx(
+        200 * math.fsum(o.cost_usd or 0 for o in block), rel=1e-9
+    )
+    assert report["by_model"]["no-such-model-xyz"]["cost_usd"] is None
+    assert report["requests_per_min"] == 20_000.0
+    render_markdown(report)

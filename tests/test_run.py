@@ -1,0 +1,275 @@
+"""Real jobs against the built-in simulator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batchrunner.config import JobConfig, load_job
+from batchrunner.errors import ConfigError, InputError
+from batchrunner.journal import Journal
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, run_job
+from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
+
+FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
+                  handle_signals=False)
+KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def make_csv(path: Path, n: int, marker: dict[int, str] | None = None) -> Path:
+    marker = marker or {}
+    rows = [{"id": f"r{i:04d}", "text": f"row {i} about topic {i * 7 % 13}{marker.get(i, '')}"}
+            for i in range(n)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def job_for(tmp_path: Path, base_url: str, inp: Path, **over: Any) -> JobConfig:
+    overrides: dict[str, Any] = {
+        "input": str(inp), "id_column": "id", "prompt": "Summarise: {text}",
+        "model": "gpt-4o-mini", "max_tokens": 64, "base_url": base_url,
+        "output": str(tmp_path / "out"), "concurrency": 16, "max_attempts": 4,
+    }
+    overrides.update(over)
+    return load_job(None, overrides)
+
+
+def results(tmp_path: Path, fmt: str = "parquet") -> pd.DataFrame:
+    path = tmp_path / "out" / f"results.{fmt}"
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    if fmt == "csv":
+        return pd.read_csv(path, dtype={"id": str})
+    return pd.read_json(path, lines=True, dtype={"id": str})
+
+
+async def direct(base_url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s, s.post(
+        base_url + "/chat/completions", json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as r:
+        data: dict[str, Any] = await r.json()
+        return data
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+async def test_csv_job_results_land_on_their_rows(tmp_path: Path, fmt: str) -> None:
+    inp = make_csv(tmp_path / "in.csv", 120)
+    async with Simulator(SimulatorConfig(reply_tokens_mean=40)) as sim:
+        summary = await run_job(job_for(tmp_path, sim.base_url, inp, format=fmt), FAST)
+        assert summary.exit_code == 0, summary
+        df = results(tmp_path, fmt)
+        assert list(df["id"]) == [f"r{i:04d}" for i in range(120)]  # input order
+        assert set(df["status"]) == {"ok"}
+        # Usage and content equal what the simulator answers for that very row's request.
+        for i in (0, 17, 119):
+            body = {"model": "gpt-4o-mini", "max_tokens": 64,
+                    "messages": [{"role": "user", "content": f"Summarise: {df['text'][i]}"}]}
+            ref = await direct(sim.base_url, body)
+            row = df.iloc[i]
+            assert row["content"] == ref["choices"][0]["message"]["content"]
+            assert row["finish_reason"] == ref["choices"][0]["finish_reason"]
+            assert row["prompt_tokens"] == ref["usage"]["prompt_tokens"]
+            assert row["completion_tokens"] == ref["usage"]["completion_tokens"]
+        assert sim.stats()["requests"] == 120 + 3
+
+
+@pytest.mark.anyio
+async def test_parquet_and_jsonl_inputs(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"id": [f"p{i}" for i in range(50)],
+                          "text": [f"parquet row {i}" for i in range(50)]})
+    pq.write_table(pa.Table.from_pandas(frame), tmp_path / "in.parquet")
+    frame.to_json(tmp_path / "in.jsonl", orient="records", lines=True)
+    async with Simulator(SimulatorConfig()) as sim:
+        for name in ("in.parquet", "in.jsonl"):
+            out = tmp_path / name.replace(".", "_")
+            s = await run_job(job_for(tmp_path, sim.base_url, tmp_path / name,
+                                      output=str(out)), FAST)
+            assert (s.ok, s.failed) == (50, 0)
+            df = pd.read_parquet(out / "results.parquet")
+            assert list(df["id"]) == list(frame["id"])
+
+
+@pytest.mark.anyio
+async def test_openai_batch_file_runs_as_is(tmp_path: Path) -> None:
+    lines = [
+        {"custom_id": f"task-{i}", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "gpt-4o-mini", "max_tokens": 30,
+                  "messages": [{"role": "user", "content": f"batch task {i}"}]}}
+        for i in range(20)
+    ]
+    inp = tmp_path / "batch.jsonl"
+    inp.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "base_url": sim.base_url,
+                              "output": str(tmp_path / "out")})
+        s = await run_job(job, FAST)
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["custom_id"]) == [f"task-{i}" for i in range(20)]
+    assert (df["completion_tokens"] <= 30).all()
+
+
+@pytest.mark.anyio
+async def test_retries_end_ok_and_400_is_not_retried(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 30, {3: " [[sim:503*2]]", 5: " [[sim:429*1]]",
+                                              7: " [[sim:400]]", 9: " [[sim:reset*1]]",
+                                              11: " [[sim:corrupt*1]]", 13: " [[sim:529*2]]"})
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+    assert s.exit_code == 3
+    df = results(tmp_path).set_index("id")
+    assert df.loc["r0003", "status"] == "ok" and df.loc["r0003", "attempts"] == 3
+    assert df.loc["r0005", "status"] == "ok" and df.loc["r0005", "rate_limited"] == 1
+    assert df.loc["r0009", "status"] == "ok" and df.loc["r0009", "attempts"] == 2
+    assert df.loc["r0011", "status"] == "ok" and df.loc["r0011", "attempts"] == 2
+    assert df.loc["r0013", "status"] == "ok" and df.loc["r0013", "attempts"] == 3
+    assert df.loc["r0007", "status"] == "failed"
+    assert df.loc["r0007", "attempts"] == 1
+    assert df.loc["r0007", "error_type"] == "http_400"
+    assert (df.drop(index="r0007")["status"] == "ok").all()
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report_rows(report) == 30
+
+
+def report_rows(report: dict[str, Any]) -> int:
+    rows = report["rows"]
+    return int(rows["total"] if isinstance(rows, dict) else rows)
+
+
+@pytest.mark.anyio
+async def test_cost_report_totals_equal_the_rows(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 60)
+    async with Simulator(SimulatorConfig(reply_tokens_mean=30)) as sim:
+        await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+    df = results(tmp_path)
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_usd"] == pytest.approx(df["cost_usd"].sum(), rel=1e-9)
+    assert report["cost_usd"] > 0 and report["cost_complete"] is True
+    assert report["tokens"]["prompt"] == df["prompt_tokens"].sum()
+    assert report["tokens"]["completion"] == df["completion_tokens"].sum()
+    assert report["rows"]["by_status"] == {"ok": 60}
+    assert report["pricing"]["library"] == "genai-prices"
+    assert (tmp_path / "out" / "cost_report.md").read_text().strip()
+
+
+@pytest.mark.anyio
+async def test_rerun_resumes_and_sends_nothing_twice(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 40, {2: " [[sim:400]]"})
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp)
+        first = await run_job(job, FAST)
+        assert (first.ok, first.failed) == (39, 1)
+        n = sim.stats()["requests"]
+        again = await run_job(job, FAST)
+        assert sim.stats()["requests"] == n  # nothing resent, failed rows left alone
+        assert again.exit_code == 3
+        retry = await run_job(job, RunOptions(retry_failed=True, retry=FAST.retry,
+                                              progress="none", handle_signals=False))
+        assert sim.stats()["requests"] == n + 1  # only the failed row
+        assert retry.failed == 1
+
+
+@pytest.mark.anyio
+async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 20)
+    async with Simulator(SimulatorConfig(reply_tokens_mean=200, reply_tokens_min=150)) as sim:
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=10), FAST)
+        assert s.length_cut == 20
+        with pytest.raises(Exception, match="--force"):
+            await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), FAST)
+        opts = RunOptions(rerun_where="finish_reason == 'length'", force=True, retry=FAST.retry,
+                          progress="none", handle_signals=False)
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        assert s.length_cut == 0 and s.ok == 20
+
+
+@pytest.mark.anyio
+async def test_401_stops_the_job_and_rerun_finishes(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = make_csv(tmp_path / "in.csv", 30)
+    async with Simulator(SimulatorConfig(api_key=KEY)) as sim:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-xyz")
+        s = await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+        assert s.exit_code == 4 and s.stopped and "key" in s.stopped
+        assert "sk-wrong-key-xyz" not in s.stopped
+        assert sim.stats()["requests"] <= 16 + 1
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        s = await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+        assert s.exit_code == 0 and s.ok == 30
+
+
+@pytest.mark.anyio
+async def test_bad_input_fails_before_sending(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 5)
+    async with Simulator(SimulatorConfig()) as sim:
+        with pytest.raises(ConfigError, match=r"\{nope\}"):
+            await run_job(job_for(tmp_path, sim.base_url, inp, prompt="x {nope}"), FAST)
+        (tmp_path / "dup.csv").write_text("id,text\na,1\na,2\n")
+        with pytest.raises(InputError, match="more than once"):
+            await run_job(job_for(tmp_path, sim.base_url, tmp_path / "dup.csv"), FAST)
+        assert sim.stats()["requests"] == 0
+
+
+def test_killed_run_resumes_with_every_row_once(tmp_path: Path) -> None:
+    """SIGKILL a real subprocess mid-run, rerun: every row once, no ok row sent twice."""
+    n = 600
+    inp = make_csv(tmp_path / "in.csv", n)
+    with SimulatorThread(SimulatorConfig(latency_ms=40, jitter_ms=40)) as sim:
+        cmd = [sys.executable, "-m", "batchrunner", "run", "--input", str(inp),
+               "--id-column", "id", "--prompt", "Summarise: {text}", "--model", "gpt-4o-mini",
+               "--base-url", sim.base_url, "--output", str(tmp_path / "out"),
+               "--concurrency", "8", "--progress", "none"]
+        env = {**os.environ, "OPENAI_API_KEY": KEY}
+        texts = dict(zip(pd.read_csv(inp)["id"], pd.read_csv(inp)["text"], strict=True))
+        snapshots: list[tuple[set[str], dict[str, int]]] = []
+        journal_dir = tmp_path / "out" / "journal"
+        for delay in (0.05, 0.3, 0.0):
+            segments_before = len(list(journal_dir.glob("seg-*"))) if journal_dir.exists() else 0
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            # Kill once this run has journaled a segment: a moment, not a guess at timing.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if journal_dir.exists() and len(list(journal_dir.glob("seg-*"))) > segments_before:
+                    break
+                time.sleep(0.01)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            state = Journal(tmp_path / "out").read()
+            ok_then = {k for k, st in zip(state["key"].to_pylist(), state["status"].to_pylist(),
+                                          strict=True) if st == "ok"}
+            snapshots.append((ok_then, dict(sim.stats(per_prompt=True)["requests_by_prompt"])))
+        assert snapshots[-1][0], "the kills came too late or too early to test a resume"
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+        assert sorted(df["id"]) == [f"r{i:04d}" for i in range(n)]
+        assert (df["status"] == "ok").all()
+        final = sim.stats(per_prompt=True)["requests_by_prompt"]
+        for ok_then, counts_then in snapshots:
+            for key in ok_then:
+                pk = prompt_key(f"Summarise: {texts[key]}")
+                assert final[pk] == counts_then[pk], f"row {key} was recorded ok, then resent"

@@ -1,0 +1,194 @@
+"""Pure pieces tested directly: config loading, templates, retry policy, journal, limiter."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchrunner.config import load_dotenv, load_job
+from batchrunner.errors import ConfigError, JournalError
+from batchrunner.journal import Journal, JournalWriter, latest, outcomes_table
+from batchrunner.limiter import Limiter, TokenBucket
+from batchrunner.records import Outcome
+from batchrunner.retry import RetryPolicy, backoff, is_retryable_status
+from batchrunner.template import RequestBuilder, Template
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+BASE_JOB = """
+[input]
+path = "in.csv"
+[request]
+model = "gpt-4o-mini"
+prompt = "Say {text}"
+[output]
+dir = "out"
+"""
+
+
+def test_job_paths_are_relative_to_the_job_file(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path / "j.toml", BASE_JOB), {})
+    assert job.input.path == tmp_path / "in.csv"
+    assert job.output.dir == tmp_path / "out"
+    assert job.name == "j"
+
+
+def test_command_line_overrides_win(tmp_path: Path) -> None:
+    job = load_job(write(tmp_path / "j.toml", BASE_JOB),
+                   {"model": "gpt-4o", "max_tokens": 5, "requests_per_minute": 60.0})
+    assert job.request.model == "gpt-4o"
+    assert job.request.max_tokens == 5
+    assert job.limits.requests_per_minute == 60.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("[limits]\nrequests_per_minute = -1", "requests_per_minute must be greater than 0"),
+        ("[limits]\nconcurrency = 0", "concurrency must be greater than 0"),
+        ("[limits]\nmax_attempts = 2.5", "max_attempts must be an integer"),
+        ("[limits]\ntimeout_s = \"10\"", "timeout_s must be a number"),
+        ("[limits]\nbogus = 1", "unknown key 'bogus' in [limits]"),
+        ("[endpoint]\nbase_url = \"api.openai.com\"", "must be an http(s) URL"),
+        ("[request.extra]\nthinking = 1\n[output]\nformat = \"xlsx\"", None),
+        ("[wat]\nx = 1", "unknown key 'wat'"),
+    ],
+)
+def test_bad_job_settings_name_the_field(tmp_path: Path, extra: str, needle: str | None) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_job(write(tmp_path / "j.toml", BASE_JOB + extra), {})
+    msg = str(e.value)
+    assert "\n" not in msg
+    if needle:
+        assert needle in msg
+
+
+def test_bad_toml_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_job(write(tmp_path / "j.toml", "[input\npath="), {})
+
+
+def test_dotenv(tmp_path: Path) -> None:
+    env = load_dotenv(write(tmp_path / ".env", "# c\nexport A=1\nB='two words'\nC=x # note\n"))
+    assert env == {"A": "1", "B": "two words", "C": "x"}
+
+
+def test_template_renders_and_checks_columns() -> None:
+    t = Template("Hi {name}, {{literal}} {n}")
+    assert t.fields == ("name", "n")
+    assert t.render({"name": "Ann", "n": 3}) == "Hi Ann, {literal} 3"
+    assert t.render({"name": None, "n": 3}) is None
+    with pytest.raises(ConfigError, match=r"\{missing\}"):
+        Template("{missing}").check(["a"], "input x.csv")
+    for bad in ("{a", "{a.b}", "{a:>5}", "{}"):
+        with pytest.raises(ConfigError):
+            Template(bad)
+
+
+def test_request_builder_body() -> None:
+    from batchrunner.config import RequestConfig
+
+    req = RequestConfig(model="m", system="sys", prompt="Q: {q}", max_tokens=7,
+                        extra={"thinking": {"type": "enabled"}}, model_column="mc")
+    b = RequestBuilder(req, ["q", "mc"], "input")
+    body, prompt = b.build({"q": "why", "mc": None})
+    assert prompt == "Q: why"
+    assert body == {"model": "m", "max_tokens": 7, "thinking": {"type": "enabled"},
+                    "messages": [{"role": "system", "content": "sys"},
+                                 {"role": "user", "content": "Q: why"}]}
+    body, _ = b.build({"q": "why", "mc": "other"})
+    assert body is not None and body["model"] == "other"
+    assert b.build({"q": None, "mc": None})[0] is None
+    assert b.build({"q": "  ", "mc": None})[0] is None
+    assert "empty" in b.build({"q": "  ", "mc": None})[1]
+
+
+def test_retryable_statuses() -> None:
+    for s in (408, 409, 429, 500, 502, 503, 504, 529):
+        assert is_retryable_status(s)
+    for s in (400, 401, 403, 404, 422):
+        assert not is_retryable_status(s)
+
+
+@given(st.integers(1, 50), st.one_of(st.none(), st.floats(0, 500)))
+def test_backoff_bounds(attempt: int, retry_after: float | None) -> None:
+    policy = RetryPolicy(base_s=0.5, cap_s=30.0, max_retry_after_s=120.0)
+    w = backoff(attempt, policy, retry_after, random.Random(attempt))
+    assert 0 <= w <= max(30.0, min(retry_after or 0, 120.0))
+    if retry_after is not None:
+        assert w >= min(retry_after, 120.0)
+
+
+def test_backoff_zeroed_for_tests() -> None:
+    assert backoff(5, RetryPolicy(base_s=0)) == 0.0
+
+
+def _o(key: str, status: str, t: float, content: str = "") -> Outcome:
+    return Outcome(key=key, status=status, content=content, finished_at=t)
+
+
+def test_latest_prefers_newest_ok_and_never_a_later_failure() -> None:
+    table = outcomes_table([
+        _o("a", "failed", 1), _o("a", "ok", 2, "first"), _o("a", "failed", 3),
+        _o("b", "failed", 1), _o("b", "failed", 2, "second"),
+        _o("c", "ok", 1, "old"), _o("c", "ok", 5, "new"),
+    ])
+    rows = {r["key"]: r for r in latest(table).to_pylist()}
+    assert rows["a"]["status"] == "ok" and rows["a"]["content"] == "first"
+    assert rows["b"]["content"] == "second"
+    assert rows["c"]["content"] == "new"
+
+
+def test_journal_segments_round_trip_and_compact(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.create()
+    w = JournalWriter(j.directory, "run1")
+    for i in range(5):
+        w.add(_o(str(i), "ok", float(i)))
+        w.flush()
+    assert len(j.segments()) == 5
+    (j.directory / ".seg-x.parquet.tmp-1").write_bytes(b"junk")
+    assert len(j.remove_temp_files()) == 1
+    j.compact("run1")
+    assert len(j.segments()) == 1
+    assert sorted(j.read()["key"].to_pylist()) == ["0", "1", "2", "3", "4"]
+    mode = j.segments()[0].stat().st_mode & 0o777
+    assert mode == 0o600
+
+
+def test_unreadable_segment_is_refused(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.create()
+    (j.directory / "seg-bad-w0-000000.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(JournalError, match="cannot be read"):
+        j.read()
+
+
+@pytest.mark.anyio
+async def test_token_bucket_goes_into_debt_for_big_requests() -> None:
+    bucket = TokenBucket(rate=1000.0, capacity=100.0)
+    await bucket.acquire(500)  # bigger than the bucket: let through, level goes negative
+    assert bucket.level < 0
+    bucket.refund(450)
+    assert bucket.level <= 100.0
+
+
+@pytest.mark.anyio
+async def test_limiter_pause_holds_new_requests() -> None:
+    lim = Limiter(None, None)
+    lim.pause(0.05)
+    t = time.monotonic()
+    await lim.acquire(1)
+    assert time.monotonic() >= t  # returns after the pause; no wall-clock bound asserted
+    with anyio.fail_after(5):
+        await lim.acquire(1)
