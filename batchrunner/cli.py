@@ -60,7 +60,8 @@ def _run_parser(sub: Any) -> None:
                    help="requests per minute")
     g.add_argument("--tpm", dest="tokens_per_minute", type=float, metavar="N",
                    help="tokens per minute")
-    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (default 64)")
+    g.add_argument("--concurrency", type=int, metavar="N",
+                   help="requests in flight (default: sized from the rate limit and latency)")
     g.add_argument("--timeout", dest="timeout_s", type=float, metavar="S",
                    help="seconds per request (default 120)")
     g.add_argument("--max-attempts", type=int, metavar="N", help="attempts per row (default 6)")

@@ -28,7 +28,7 @@ A job file has these tables (every key optional unless marked)::
     [limits]
     requests_per_minute = 500
     tokens_per_minute = 200000
-    concurrency = 64
+    concurrency = 64                       # default: sized from the rate limit and latency
     timeout_s = 120
     max_attempts = 6
 
@@ -74,7 +74,6 @@ __all__ = [
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_BASE_URL_ENV = "OPENAI_BASE_URL"
-DEFAULT_CONCURRENCY = 64
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_ATTEMPTS = 6
 OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
@@ -116,7 +115,7 @@ class EndpointConfig:
 class Limits:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int | None = None  # None: sized from the rate and the latency
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 

@@ -1,22 +1,32 @@
-"""Request and token rate limiting.
+"""Request and token pacing that fills the rate limit without storming it.
 
-``Limiter`` is the interface the runner uses: ``acquire(tokens)`` before a request, ``settle``
-when its usage is known, ``pause`` after a 429. Requests are paced by aiolimiter's leaky bucket
-(capacity one second's worth, so a run starts at a burst the server accepts rather than a
-minute's worth at once); tokens by ``TokenBucket``, which lets a request bigger than the bucket
-through by going into debt, so the long-run rate is exact whatever the request sizes.
+``Limiter`` is the interface the runner uses (a cluster-wide limiter can implement the same):
+
+* ``acquire(tokens)`` before each request: waits for a pause to end, for a request permit and
+  for ``tokens`` from the token budget. Both budgets queue requests rather than reject them.
+* ``settle(charged, used)`` when the usage is known: the token charge is corrected (refunded
+  when the request used less, charged more when it used more).
+* ``observe(headers)`` on every response: ``x-ratelimit-limit-*`` lower the rates (or set them
+  when the job set none); ``x-ratelimit-remaining-*`` at zero pause new sends for a moment.
+* ``pause(seconds)`` after a 429: new sends wait until then (plus a little jitter), and are then
+  let out at the limiter's rate, not all at once.
+
+Requests are paced by aiolimiter's leaky bucket with a burst of one second's worth, so a run
+starts at a burst a server accepts rather than a minute's worth at once; tokens by
+``TokenBucket``, which lets a request bigger than the bucket through by going into debt, so the
+long-run rate is exact whatever the request sizes.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 
 import anyio
 from aiolimiter import AsyncLimiter
 
 __all__ = ["Limiter", "TokenBucket"]
-
 
 class TokenBucket:
     """Continuously refilled bucket of ``rate`` units a second, holding at most ``capacity``."""
@@ -33,39 +43,88 @@ class TokenBucket:
         self.level = min(self.capacity, self.level + (now - self._t) * self.rate)
         self._t = now
 
+    def set_rate(self, rate: float, capacity: float) -> None:
+        self._refill()
+        self.rate, self.capacity = rate, capacity
+        self.level = min(self.level, capacity)
+
     async def acquire(self, n: float) -> None:
         async with self._lock:  # first come, first served
-            need = min(n, self.capacity)
             while True:
                 self._refill()
+                need = min(n, self.capacity)
                 if self.level >= need:
                     self.level -= n
                     return
                 await anyio.sleep((need - self.level) / self.rate)
 
-    def refund(self, n: float) -> None:
+    def adjust(self, n: float) -> None:
+        """Give back ``n`` units (or take ``-n`` more); the level may go negative (debt)."""
         self._refill()
         self.level = min(self.capacity, self.level + n)
+
+
+def _header_float(headers: Mapping[str, str], name: str) -> float | None:
+    v = headers.get(name)
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return None
 
 
 class Limiter:
     """Paces requests to ``requests_per_minute`` and tokens to ``tokens_per_minute``.
 
-    ``None`` switches a limit off.
+    ``None`` means the job set no limit: the limiter then runs free until a response tells it
+    the server's limits. With ``adaptive`` off, response headers are ignored.
     """
 
-    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
+    def __init__(
+        self,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        *,
+        adaptive: bool = True,
+        headroom: float = 1.0,
+    ) -> None:
+        self.adaptive = adaptive
+        self.headroom = headroom
+        self.requests_per_minute: float | None = None
+        self.tokens_per_minute: float | None = None
         self._requests: AsyncLimiter | None = None
-        if requests_per_minute:
-            per_s = requests_per_minute / 60.0
-            burst = max(1.0, per_s)
-            self._requests = AsyncLimiter(burst, burst / per_s)
         self._tokens: TokenBucket | None = None
-        if tokens_per_minute:
-            per_s = tokens_per_minute / 60.0
-            self._tokens = TokenBucket(per_s, max(1.0, per_s))
         self._paused_until = 0.0
         self._rng = random.Random()
+        self.pauses = 0
+        if requests_per_minute:
+            self._set_requests(requests_per_minute)
+        if tokens_per_minute:
+            self._set_tokens(tokens_per_minute)
+
+    # -- rates
+
+    def _set_requests(self, per_minute: float) -> None:
+        self.requests_per_minute = per_minute
+        per_s = per_minute * self.headroom / 60.0
+        burst = max(1.0, per_s)
+        self._requests = AsyncLimiter(burst, burst / per_s)
+
+    def _set_tokens(self, per_minute: float) -> None:
+        self.tokens_per_minute = per_minute
+        per_s = per_minute * self.headroom / 60.0
+        if self._tokens is None:
+            self._tokens = TokenBucket(per_s, max(1.0, per_s))
+        else:
+            self._tokens.set_rate(per_s, max(1.0, per_s))
+
+    @property
+    def requests_per_second(self) -> float | None:
+        """The pace requests are let out at, if known (for sizing concurrency)."""
+        return self.requests_per_minute / 60.0 if self.requests_per_minute else None
+
+    # -- the interface
 
     async def acquire(self, tokens: int) -> None:
         while (wait := self._paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
@@ -76,11 +135,37 @@ class Limiter:
             await self._tokens.acquire(tokens)
 
     def settle(self, charged: int, used: int | None) -> None:
-        """Give back what a request was charged and did not use."""
-        if self._tokens is not None and used is not None and used < charged:
-            self._tokens.refund(charged - used)
+        """Correct a request's token charge once its real usage is known."""
+        if self._tokens is not None and used is not None and used != charged:
+            self._tokens.adjust(charged - used)
+
+    def refund(self, charged: int) -> None:
+        """A request that was refused or failed before the server counted it."""
+        if self._tokens is not None:
+            self._tokens.adjust(charged)
 
     def pause(self, seconds: float) -> None:
-        """Hold every new request for ``seconds`` (plus a little jitter), e.g. after a 429."""
-        until = time.monotonic() + seconds + self._rng.uniform(0.0, 0.1 + seconds * 0.1)
-        self._paused_until = max(self._paused_until, until)
+        """Hold every new request for ``seconds`` plus a little jitter, e.g. after a 429."""
+        now = time.monotonic()
+        until = now + seconds + self._rng.uniform(0.0, 0.05 + seconds * 0.1)
+        if until > self._paused_until:
+            if self._paused_until <= now:
+                self.pauses += 1
+            self._paused_until = until
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn the server's limits from a response's ``x-ratelimit-*`` headers."""
+        if not self.adaptive or not headers:
+            return
+        for kind in ("requests", "tokens"):
+            limit = _header_float(headers, f"x-ratelimit-limit-{kind}")
+            if not limit or limit <= 0:
+                continue
+            current = self.requests_per_minute if kind == "requests" else self.tokens_per_minute
+            if current is None or limit < current:
+                (self._set_requests if kind == "requests" else self._set_tokens)(limit)
+            remaining = _header_float(headers, f"x-ratelimit-remaining-{kind}")
+            if remaining is not None and remaining < 1:
+                # The bucket is empty: wait for one request's worth of refill (the reset
+                # header says when it is full again, far longer than needed).
+                self.pause(60.0 / limit * (1 if kind == "requests" else 100))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import signal
 import sys
@@ -29,7 +30,7 @@ import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchrunner import io
-from batchrunner.client import ChatClient
+from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import JobConfig, check_base_url, environment
 from batchrunner.errors import (
     ConfigError,
@@ -61,6 +62,9 @@ FLUSH_EVERY_S = 1.0
 FLUSH_EVERY_ROWS = 2000
 MAX_RATE_LIMIT_RETRIES = 30
 DEFAULT_COMPLETION_ESTIMATE = 256
+DEFAULT_CONCURRENCY = 64  # in flight when no rate limit is known
+INITIAL_CONCURRENCY = 32  # automatic sizing starts here, then follows Little's law
+MAX_AUTO_CONCURRENCY = 512
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -104,7 +108,12 @@ class RunSummary:
 class _Work:
     key: str
     body: dict[str, Any]
-    charge: int
+    prompt_estimate: int
+    completion_max: int  # max_tokens (0: not set, charge the running mean)
+    n: int = 1
+    attempts: int = 0
+    rate_limited: int = 0
+    started: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +312,7 @@ def _iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
 
 class _Run:
     def __init__(self, plan: Plan, options: RunOptions, client: ChatClient, limiter: Limiter,
-                 progress: Progress) -> None:
+                 progress: Progress, *, max_concurrency: int, fixed_concurrency: bool) -> None:
         self.plan = plan
         self.options = options
         self.client = client
@@ -316,124 +325,204 @@ class _Run:
         self.errors_seen: Counter[str] = Counter()
         self.stop_error: StopJob | None = None
         self.stopping = False
+        self.stopped = anyio.Event()
         self.rng = random.Random()
         self.completion_estimate = float(DEFAULT_COMPLETION_ESTIMATE)
-        self.max_tokens = plan.job.request.max_tokens
+        self.prompt_ratio = 1.0
+        self.latency_s = 1.0
+        self.max_concurrency = max_concurrency
+        self.fixed_concurrency = fixed_concurrency
+        self.slots = anyio.CapacityLimiter(
+            max_concurrency if fixed_concurrency else min(max_concurrency, INITIAL_CONCURRENCY))
+        self.outstanding = 0
+        self.producer_done = False
+        self.work_send: MemoryObjectSendStream[_Work] | None = None
+        self.retry_group: anyio.abc.TaskGroup | None = None
 
-    async def produce(self, send: MemoryObjectSendStream[_Work],
-                      record: MemoryObjectSendStream[Outcome]) -> None:
-        async with send, record:
-            plan = self.plan
-            for key, row in _iter_rows(plan):
-                if key in plan.done:
-                    continue
-                if self.stopping:
-                    return
-                if plan.builder is None:
-                    try:
-                        body = json.loads(row["body"])
-                    except ValueError:
-                        body = None
-                    prompt = body_prompt_text(body) if isinstance(body, dict) else ""
-                    reason = "the body is not a JSON object"
-                else:
-                    body, reason = plan.builder.build(row)
-                    prompt = reason
-                if not isinstance(body, dict):
-                    await record.send(Outcome(
-                        key=key, status="failed", error_type="invalid_row",
-                        error_message=f"not sent: {reason}", finished_at=time.time(),
-                    ))
-                    continue
-                sys_text = plan.job.request.system or "" if plan.builder is not None else ""
-                max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-                n = body.get("n") or 1
-                completion = (max_tokens if isinstance(max_tokens, int)
-                              else int(self.completion_estimate))
-                charge = estimate_tokens(prompt) + estimate_tokens(sys_text) + 8 + completion * n
-                await send.send(_Work(key=key, body=body, charge=charge))
-                # Bad rows are counted here; yielding keeps the loop responsive on huge files.
-                await anyio.lowlevel.checkpoint()
+    # -- the work queue: rows from the producer and retries share it
+
+    def _finished_one(self) -> None:
+        self.outstanding -= 1
+        if self.producer_done and self.outstanding == 0 and self.work_send is not None:
+            self.work_send.close()
+
+    def stop(self, error: StopJob) -> None:
+        """Stop taking rows; what is in flight may finish, nothing new is sent."""
+        if self.stop_error is None:
+            self.stop_error = error
+        self.stopping = True
+        self.stopped.set()
+        if self.work_send is not None:
+            self.work_send.close()
+
+    async def produce(self, record: MemoryObjectSendStream[Outcome]) -> None:
+        assert self.work_send is not None
+        send = self.work_send
+        plan = self.plan
+        async with record:
+            try:
+                for key, row in _iter_rows(plan):
+                    if key in plan.done:
+                        continue
+                    if self.stopping:
+                        return
+                    item, reason = self._build(key, row)
+                    if item is None:
+                        await record.send(Outcome(
+                            key=key, status="failed", error_type="invalid_row",
+                            error_message=f"not sent: {reason}", finished_at=time.time(),
+                        ))
+                        continue
+                    self.outstanding += 1
+                    await send.send(item)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return  # stopping
+            finally:
+                self.producer_done = True
+                if self.outstanding == 0:
+                    send.close()
+
+    def _build(self, key: str, row: dict[str, Any]) -> tuple[_Work | None, str]:
+        plan = self.plan
+        if plan.builder is None:
+            try:
+                body = json.loads(row["body"])
+            except (TypeError, ValueError):
+                body = None
+            if not isinstance(body, dict):
+                return None, "the body is not a JSON object"
+            prompt = body_prompt_text(body)
+        else:
+            body, prompt = plan.builder.build(row)
+            if body is None:
+                return None, prompt
+            prompt = prompt + (plan.job.request.system or "")
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        n = body.get("n")
+        completion = max_tokens if isinstance(max_tokens, int) else 0
+        return _Work(key=key, body=body, prompt_estimate=estimate_tokens(prompt) + 8,
+                     completion_max=completion, n=n if isinstance(n, int) and n > 0 else 1), ""
 
     async def work(self, receive: MemoryObjectReceiveStream[_Work],
                    record: MemoryObjectSendStream[Outcome]) -> None:
         async with receive, record:
             async for item in receive:
                 if self.stopping:
-                    return
-                outcome = await self.attempt(item)
+                    continue  # drain what is queued without sending it
+                async with self.slots:
+                    outcome, retry_in = await self.attempt(item)
                 if outcome is not None:
+                    self._finished_one()
                     await record.send(outcome)
+                elif retry_in is not None and not self.stopping:
+                    assert self.retry_group is not None
+                    self.counts.retrying += 1
+                    self.retry_group.start_soon(self._requeue, item, retry_in)
+                else:
+                    self._finished_one()  # abandoned: the job is stopping
 
-    async def attempt(self, item: _Work) -> Outcome | None:
-        attempts = 0
-        rate_limited = 0
-        started = time.perf_counter()
-        while True:
-            attempts += 1
-            await self.limiter.acquire(item.charge)
+    async def _requeue(self, item: _Work, delay: float) -> None:
+        try:
+            with anyio.move_on_after(delay):
+                await self.stopped.wait()
+            if not self.stopping and self.work_send is not None:
+                await self.work_send.send(item)
+                return
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+        finally:
+            self.counts.retrying -= 1
+        self._finished_one()
+
+    def _charge(self, item: _Work) -> int:
+        completion = item.completion_max or int(self.completion_estimate)
+        return int(item.prompt_estimate * self.prompt_ratio) + completion * item.n
+
+    async def attempt(self, item: _Work) -> tuple[Outcome | None, float | None]:
+        """One try at ``item``: its outcome, or the delay before the next try."""
+        while True:  # loops only on 429s, which wait on the limiter, not on a backoff
+            charge = self._charge(item)
+            await self.limiter.acquire(charge)
+            if self.stopping:
+                self.limiter.refund(charge)
+                return None, None
+            item.attempts += 1
+            if not item.started:
+                item.started = time.perf_counter()
             try:
                 res = await self.client.complete(item.body)
             except StopJob as e:
-                self.limiter.settle(item.charge, 0)
-                if self.stop_error is None:
-                    self.stop_error = e
-                self.stopping = True
-                return None
+                self.limiter.refund(charge)
+                self.stop(e)
+                return None, None
             except RequestError as e:
-                self.limiter.settle(item.charge, 0)
+                self.limiter.refund(charge)
                 self.errors_seen[e.error_type] += 1
                 if e.error_type == "rate_limited":
-                    rate_limited += 1
-                    attempts -= 1  # 429s have their own budget
+                    item.attempts -= 1  # 429s do not use up the error-retry budget
+                    item.rate_limited += 1
                     self.counts.rate_limited += 1
                     self.counters["http_429"] += 1
                     wait = e.retry_after if e.retry_after is not None else backoff(
-                        rate_limited, self.policy, None, self.rng)
+                        item.rate_limited, self.policy, None, self.rng)
                     self.limiter.pause(wait)
-                    if rate_limited <= MAX_RATE_LIMIT_RETRIES and not self.stopping:
+                    if item.rate_limited <= MAX_RATE_LIMIT_RETRIES:
                         continue
-                    attempts += 1
-                elif e.retryable and attempts < self.policy.max_attempts and not self.stopping:
+                    item.attempts += 1
+                elif e.retryable and item.attempts < self.policy.max_attempts:
                     self.counters["retries"] += 1
-                    self.counts.retrying += 1
-                    try:
-                        await anyio.sleep(backoff(attempts, self.policy, e.retry_after, self.rng))
-                    finally:
-                        self.counts.retrying -= 1
-                    continue
-                self.counters["attempts"] += attempts
+                    return None, backoff(item.attempts, self.policy, e.retry_after, self.rng)
+                self.counters["attempts"] += item.attempts
                 return Outcome(
-                    key=item.key, status="failed", attempts=attempts, rate_limited=rate_limited,
-                    error_type=e.error_type, error_message=e.message,
-                    latency_ms=(time.perf_counter() - started) * 1000.0,
+                    key=item.key, status="failed", attempts=item.attempts,
+                    rate_limited=item.rate_limited, error_type=e.error_type,
+                    error_message=e.message,
+                    latency_ms=(time.perf_counter() - item.started) * 1000.0,
                     model=str(item.body.get("model") or "") or None,
                     request_id=e.request_id, finished_at=time.time(),
-                )
-            self.counters["attempts"] += attempts
-            used = res.total_tokens
-            self.limiter.settle(item.charge, used)
-            if res.completion_tokens is not None:
-                delta = res.completion_tokens - self.completion_estimate
-                self.completion_estimate += 0.05 * delta
-            requested = str(item.body.get("model") or "")
-            cost = self._cost(res.model, requested, res.prompt_tokens, res.completion_tokens,
-                              res.cached_tokens, res.reasoning_tokens)
-            return Outcome(
-                key=item.key, status="ok", content=res.content, finish_reason=res.finish_reason,
-                prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
-                total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
-                reasoning_tokens=res.reasoning_tokens, cost_usd=cost, latency_ms=res.latency_ms,
-                attempts=attempts, rate_limited=rate_limited, model=res.model or requested or None,
-                request_id=res.request_id, finished_at=time.time(),
-            )
+                ), None
+            return self._success(item, res, charge), None
 
-    def _cost(self, answered: str | None, requested: str, pt: int | None, ct: int | None,
-              cached: int | None, reasoning: int | None) -> float | None:
+    def _success(self, item: _Work, res: ChatResult, charge: int) -> Outcome:
+        self.counters["attempts"] += item.attempts
+        limiter = self.limiter
+        limiter.observe(res.headers)
+        limiter.settle(charge, res.total_tokens)
+        if res.prompt_tokens:
+            self.prompt_ratio += 0.05 * (res.prompt_tokens / item.prompt_estimate
+                                         - self.prompt_ratio)
+        if res.completion_tokens is not None:
+            delta = res.completion_tokens - self.completion_estimate
+            self.completion_estimate += 0.05 * delta
+        self.latency_s += 0.05 * (res.latency_ms / 1000.0 - self.latency_s)
+        requested = str(item.body.get("model") or "")
         prices = self.plan.prices
-        model = answered if answered and prices.price(answered) is not None else requested
-        return prices.cost(model, prompt_tokens=pt, completion_tokens=ct, cached_tokens=cached,
-                           reasoning_tokens=reasoning)
+        model = res.model if res.model and prices.price(res.model) is not None else requested
+        cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
+                           completion_tokens=res.completion_tokens,
+                           cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)
+        return Outcome(
+            key=item.key, status="ok", content=res.content, finish_reason=res.finish_reason,
+            prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
+            total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
+            reasoning_tokens=res.reasoning_tokens, cost_usd=cost, latency_ms=res.latency_ms,
+            attempts=item.attempts, rate_limited=item.rate_limited,
+            model=res.model or requested or None, request_id=res.request_id,
+            finished_at=time.time(),
+        )
+
+    async def tune_concurrency(self) -> None:
+        """Little's law: in flight = rate × latency; sized with headroom, within the cap."""
+        while True:
+            await anyio.sleep(0.5)
+            rate = self.limiter.requests_per_second
+            if rate is None:
+                target = min(self.max_concurrency, DEFAULT_CONCURRENCY)
+            else:
+                target = math.ceil(rate * self.latency_s * 1.5) + 4
+            target = max(4, min(self.max_concurrency, target))
+            if target != self.slots.total_tokens:
+                self.slots.total_tokens = target
 
     async def write(self, receive: MemoryObjectReceiveStream[Outcome],
                     journal: JournalWriter) -> None:
@@ -473,11 +562,10 @@ class _Run:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if not self.stopping:
-                    self.stopping = True
-                    self.stop_error = Interrupted(
+                    self.stop(Interrupted(
                         f"stopped by {name}; finished rows are saved — run the same command to "
                         "resume"
-                    )
+                    ))
                     print(f"\nbatchrunner: {name}: finishing requests in flight "
                           f"(up to {self.options.drain_s:.0f} s; again to stop now)",
                           file=sys.stderr)
@@ -543,13 +631,16 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
         limiter = Limiter(lim.requests_per_minute, lim.tokens_per_minute)
         remaining = plan.total_rows - len(plan.done)
         progress = make_progress(job.name, options.progress)
+        fixed = lim.concurrency is not None
+        cap = lim.concurrency or MAX_AUTO_CONCURRENCY
         async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s,
-                              connections=lim.concurrency) as client:
-            run = _Run(plan, options, client, limiter, progress)
+                              connections=cap) as client:
+            run = _Run(plan, options, client, limiter, progress, max_concurrency=cap,
+                       fixed_concurrency=fixed)
             writer = JournalWriter(journal.directory, run_id)
             progress.start(plan.total_rows, plan.total_rows - remaining)
             try:
-                await _pipeline(run, writer, lim.concurrency)
+                await _pipeline(run, writer)
             finally:
                 progress.close()
         summary.sent = run.counters["attempts"]
@@ -563,9 +654,12 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
     return summary
 
 
-async def _pipeline(run: _Run, writer: JournalWriter, concurrency: int) -> None:
-    work_send, work_recv = anyio.create_memory_object_stream[_Work](concurrency * 2)
-    out_send, out_recv = anyio.create_memory_object_stream[Outcome](concurrency * 4)
+async def _pipeline(run: _Run, writer: JournalWriter) -> None:
+    """Producer → workers (sharing a queue with retries) → writer, until every row is done."""
+    cap = run.max_concurrency
+    work_send, work_recv = anyio.create_memory_object_stream[_Work](cap * 2)
+    out_send, out_recv = anyio.create_memory_object_stream[Outcome](cap * 4)
+    run.work_send = work_send
     async with anyio.create_task_group() as outer:
         outer.start_soon(run.write, out_recv, writer)
         async with out_send:
@@ -573,12 +667,16 @@ async def _pipeline(run: _Run, writer: JournalWriter, concurrency: int) -> None:
                 async with anyio.create_task_group() as tg:
                     if run.options.handle_signals and _main_thread():
                         tg.start_soon(run.watch_signals, scope)
-                    tg.start_soon(run.produce, work_send, out_send.clone())
+                    if not run.fixed_concurrency:
+                        tg.start_soon(run.tune_concurrency)
                     async with anyio.create_task_group() as workers:
-                        for _ in range(concurrency):
+                        run.retry_group = workers
+                        workers.start_soon(run.produce, out_send.clone())
+                        for _ in range(cap):
                             workers.start_soon(run.work, work_recv.clone(), out_send.clone())
                         work_recv.close()
-                    tg.cancel_scope.cancel()  # workers are done: stop the signal watcher
+                    tg.cancel_scope.cancel()  # every row is done: stop the helpers
+            work_send.close()
         # out_send and all its clones are closed: the writer drains and flushes.
 
 

@@ -8,6 +8,7 @@ streams, rate limits, quota errors, server errors, dropped connections, hangs an
 Three ways to run it::
 
     batchrunner simulate --rpm 500 --tpm 200000 --fault 503=0.01     # CLI (see add_arguments)
+    python -m batchrunner.simulator --port 0                          # the same, standalone
     async with Simulator(config, host="127.0.0.1", port=0) as sim:   # in-process, async
         sim.base_url                                                  # "http://127.0.0.1:PORT/v1"
     with SimulatorThread(config) as sim:                              # background thread, sync
@@ -21,16 +22,30 @@ Endpoints
     ``POST /v1/simulator/reset``    zeroes the counters (not the rate-limit buckets or markers)
     ``GET  /health``                200 ``ok``
 
+Statistics (``GET /v1/simulator/stats``, ``Simulator.stats()``, ``SimulatorThread.stats()``)
+    ``started_at`` (epoch seconds), ``uptime_s``, ``requests`` (every chat request received),
+    ``responses_by_status`` (``{"200": n, "429": n, ...}``), ``completions`` (200s carrying a
+    whole reply; faulty 200s are not counted), ``rate_limited`` (429s by type: ``requests``,
+    ``tokens``, ``insufficient_quota``) and ``rate_limited_total``, ``prompt_tokens``,
+    ``completion_tokens``, ``cached_tokens``, ``reasoning_tokens`` (summed over completions),
+    ``faults`` (by kind), ``connections_reset``, ``hangs``, ``completions_per_second`` (overall),
+    and ``per_second``: ``{"first_second": s, "completions": [...], "rate_limited": [...]}``,
+    counts for each second since the start (the last ``stats_seconds`` of them). With
+    ``per_prompt`` also ``requests_by_prompt`` (every parsed request) and
+    ``completions_by_prompt``, keyed by ``prompt_key(last user message)``.
+
 Replies are deterministic: the same messages give the same reply. Every reply starts with
 ``Echo: [KEY] EXCERPT`` where KEY is ``prompt_key(last user message)`` and EXCERPT its first
 40 characters (whitespace collapsed), followed by filler words up to the reply's length in
 tokens. The length is drawn, seeded by a hash of the messages, from a roughly exponential
 distribution between ``reply_tokens_min`` and ``reply_tokens_max`` with mean about
-``reply_tokens_mean`` (or fixed with ``reply_tokens``); a reply never ends inside the echo
-header. ``n`` > 1 gives n distinct replies (``#i`` is added to the header). A
-``response_format`` of ``json_object`` gives a JSON object; ``json_schema`` gives JSON that
-validates against the schema (objects, strings, numbers, integers, booleans, enums, consts,
-arrays, ``$ref``/``$defs``, ``anyOf``, nullable types, common string formats, numeric bounds).
+``reply_tokens_mean`` (or fixed with ``reply_tokens``); short of a max_tokens or stop cut, a
+reply is never shorter than its echo header. ``n`` > 1 gives n distinct replies (``#i`` is
+added to the header). A ``response_format`` of ``json_object`` gives a JSON object;
+``json_schema`` gives JSON that validates against the schema (objects, strings, numbers,
+integers, booleans, enums, consts, arrays, ``$ref``/``$defs``, ``anyOf``, nullable types,
+common string formats, numeric bounds); its first string field holds the echo header, and its
+length is that of the JSON.
 
 Token counting (exported, the runner uses the same estimate)
     ``count_tokens(text) = ceil(len(text) / 4)``;
@@ -229,11 +244,14 @@ MAX_STOP: Final = 4
 EXCERPT_CHARS: Final = 40
 SHUTDOWN_TIMEOUT_S: Final = 0.5
 MAX_BODY: Final = 64 * 1024 * 1024
+MAX_SCHEMA_DEPTH: Final = 12
 
 _MARKER_OPEN: Final = "[[sim:"
 _MARKER_RE: Final = re.compile(r"\[\[sim:([A-Za-z0-9_]+)(?:\*(\d+))?\]\]")
 _DURATION_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s)")
 _MASK64: Final = (1 << 64) - 1
+_SAFE_INT: Final = (1 << 53) - 1
+_SHALLOW_DEPTH: Final = 3  # below this, schema replies use empty arrays and nulls where allowed
 _GOLDEN: Final = 0x9E3779B97F4A7C15
 _WORD_LIST: Final = (
     "the and for are but not you all any can had her was one our out day get has him his how "
@@ -431,6 +449,7 @@ class SimulatorConfig:
             value = getattr(self, name)
             if not _is_number(value) or value < 0 or not math.isfinite(value):
                 raise _bad(name, "a number >= 0", value)
+            object.__setattr__(self, name, float(value))
         if not self.reply_tokens_min <= self.reply_tokens_mean <= self.reply_tokens_max:
             raise ConfigError(
                 "simulator settings must satisfy reply_tokens_min <= reply_tokens_mean <= "
@@ -704,7 +723,10 @@ class _SchemaFaker:
         for key in ("anyOf", "oneOf"):
             options = schema.get(key)
             if isinstance(options, list) and options:
-                chosen = [o for o in options if self.resolve(o).get("type") != "null"]
+                nulls = [o for o in options if _schema_type(self.resolve(o)) == "null"]
+                if nulls and depth >= _SHALLOW_DEPTH:
+                    return None  # stop recursive schemas where they allow it
+                chosen = [o for o in options if o not in nulls]
                 return self.value((chosen or options)[0], depth + 1)
         all_of = schema.get("allOf")
         if isinstance(all_of, list) and all_of:
@@ -727,8 +749,8 @@ class _SchemaFaker:
                 kind = "array"
             else:
                 kind = "string"
-        if depth > 12:
-            return None if kind == "null" else ({} if kind == "object" else self.scalar(kind))
+        if depth > MAX_SCHEMA_DEPTH:
+            return {"object": {}, "array": []}.get(kind, self.scalar(kind))
         if kind == "object":
             props = schema.get("properties")
             if isinstance(props, dict) and props:
@@ -741,7 +763,7 @@ class _SchemaFaker:
             hi = schema.get("maxItems", 3)
             lo = lo if _is_int(lo) else 0
             hi = hi if _is_int(hi) and hi >= lo else lo + 3
-            count = max(lo, min(hi, 1 + self.next() % 3))
+            count = max(lo, min(hi, 1 + self.next() % 3 if depth < _SHALLOW_DEPTH else 0))
             items = schema.get("items", {})
             return [self.value(items, depth + 1) for _ in range(count)]
         if kind == "string":
@@ -785,7 +807,8 @@ class _SchemaFaker:
         min_len = schema.get("minLength", 0)
         max_len = schema.get("maxLength")
         if isinstance(min_len, int) and len(text) < min_len:
-            text = (text + " " + self.words(min_len // 4 + 2))[:min_len]
+            pad = self.words(32) + " "
+            text = (text + " " + pad * (min_len // len(pad) + 1))[:min_len]
         if isinstance(max_len, int) and len(text) > max_len:
             text = text[:max_len]
         return text
@@ -810,7 +833,14 @@ def _bounds(schema: Mapping[str, Any], *, integer: bool) -> tuple[float, float]:
         lo = 0 if hi is None or hi >= 0 else hi - 100
     if hi is None or hi < lo:
         hi = lo + 100
+    # Keep integers within what every JSON parser reads exactly.
+    lo = min(max(lo, -_SAFE_INT), _SAFE_INT)
+    hi = min(max(hi, lo), _SAFE_INT)
     return lo, hi
+
+
+def _schema_type(schema: Any) -> Any:
+    return schema.get("type") if isinstance(schema, dict) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1173,7 +1203,10 @@ class _Server:
             content = orjson.dumps({"echo": head, "text": text}).decode()
         else:
             faker = _SchemaFaker(req.schema, seed, head, self.filler)
-            content = orjson.dumps(faker.value(req.schema)).decode()
+            try:
+                content = orjson.dumps(faker.value(req.schema)).decode()
+            except (RecursionError, TypeError, ValueError, orjson.JSONEncodeError):
+                content = orjson.dumps({"echo": head}).decode()  # a schema beyond the faker
         reasoning = ""
         reasoning_tokens = 0
         if req.reasoning:
@@ -1312,7 +1345,7 @@ class _Server:
         if delay > 0:
             await asyncio.sleep(delay)
         if failure is not None:
-            stats.fault(failure)
+            self.stats.fault(failure)
             early = await self.early_fault(request, failure, req, headers)
             if early is not None:
                 return early
@@ -1950,23 +1983,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
     add("--port", type=int, default=DEFAULT_PORT, help="port, 0 for any (default: %(default)s)")
-    add("--config", metavar="TOML", help="read settings from a file's [simulator] table")
+    add(
+        "--config",
+        metavar="TOML",
+        help="read settings from a TOML file's [simulator] table (or its top level); "
+        "options given here override them",
+    )
     add("--api-key", dest="api_key", help="require this key (default: accept any key)")
     add("--models", help="comma-separated model names to accept (default: any)")
     add("--reasoning-models", dest="reasoning_models", help="comma-separated reasoning models")
     add("--rpm", type=int, help="requests per minute per key (default: unlimited)")
     add("--tpm", type=int, help="tokens per minute per key (default: unlimited)")
-    add("--default-max-tokens", dest="default_max_tokens", type=int, metavar="N")
+    add(
+        "--default-max-tokens",
+        dest="default_max_tokens",
+        type=int,
+        metavar="N",
+        help="max_tokens assumed when a request sets none (default: none)",
+    )
     add("--reply-tokens", dest="reply_tokens", type=int, metavar="N", help="fixed reply length")
-    add("--reply-tokens-min", dest="reply_tokens_min", type=int, metavar="N")
-    add("--reply-tokens-mean", dest="reply_tokens_mean", type=float, metavar="N")
-    add("--reply-tokens-max", dest="reply_tokens_max", type=int, metavar="N")
-    add("--reasoning-ratio", dest="reasoning_ratio", type=float, metavar="X")
-    add("--latency-ms", dest="latency_ms", type=float, metavar="MS")
-    add("--jitter-ms", dest="jitter_ms", type=float, metavar="MS")
-    add("--ms-per-token", dest="ms_per_token", type=float, metavar="MS")
-    add("--slow-ms", dest="slow_ms", type=float, metavar="MS")
-    add("--hang-s", dest="hang_s", type=float, metavar="S")
+    add(
+        "--reply-tokens-min",
+        dest="reply_tokens_min",
+        type=int,
+        metavar="N",
+        help=f"shortest drawn reply (default: {DEFAULT_REPLY_TOKENS_MIN})",
+    )
+    add(
+        "--reply-tokens-mean",
+        dest="reply_tokens_mean",
+        type=float,
+        metavar="N",
+        help=f"mean drawn reply (default: {DEFAULT_REPLY_TOKENS_MEAN:g})",
+    )
+    add(
+        "--reply-tokens-max",
+        dest="reply_tokens_max",
+        type=int,
+        metavar="N",
+        help=f"longest drawn reply (default: {DEFAULT_REPLY_TOKENS_MAX})",
+    )
+    add(
+        "--reasoning-ratio",
+        dest="reasoning_ratio",
+        type=float,
+        metavar="X",
+        help="reasoning tokens per reply token for reasoning models (default: 1)",
+    )
+    add("--latency-ms", dest="latency_ms", type=float, metavar="MS", help="base latency")
+    add("--jitter-ms", dest="jitter_ms", type=float, metavar="MS", help="uniform extra latency")
+    add("--ms-per-token", dest="ms_per_token", type=float, metavar="MS", help="stream pacing")
+    add(
+        "--slow-ms",
+        dest="slow_ms",
+        type=float,
+        metavar="MS",
+        help=f"extra latency of the slow fault (default: {DEFAULT_SLOW_MS:g})",
+    )
+    add(
+        "--hang-s",
+        dest="hang_s",
+        type=float,
+        metavar="S",
+        help=f"how long the hang fault holds a request (default: {DEFAULT_HANG_S:g})",
+    )
     add(
         "--fault",
         dest="fault",
@@ -1974,7 +2054,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KIND=RATE",
         help=f"random fault rate, repeatable; KIND is one of {', '.join(FAULT_KINDS)}",
     )
-    add("--seed", type=int)
+    add("--seed", type=int, help="seeds random faults and jitter (default: 0)")
     add(
         "--quota-exhausted",
         dest="quota_exhausted",

@@ -273,3 +273,32 @@ def test_killed_run_resumes_with_every_row_once(tmp_path: Path) -> None:
             for key in ok_then:
                 pk = prompt_key(f"Summarise: {texts[key]}")
                 assert final[pk] == counts_then[pk], f"row {key} was recorded ok, then resent"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_drain_and_exit_4(tmp_path: Path, sig: signal.Signals) -> None:
+    n = 300
+    inp = make_csv(tmp_path / "in.csv", n)
+    with SimulatorThread(SimulatorConfig(latency_ms=200, jitter_ms=50)) as sim:
+        cmd = [sys.executable, "-m", "batchrunner", "run", "--input", str(inp),
+               "--id-column", "id", "--prompt", "Summarise: {text}", "--model", "gpt-4o-mini",
+               "--base-url", sim.base_url, "--output", str(tmp_path / "out"),
+               "--concurrency", "8", "--progress", "none"]
+        env = {**os.environ, "OPENAI_API_KEY": KEY}
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 60
+        while sim.stats()["completions"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 4, err
+        assert "resume" in out + err
+        journaled = Journal(tmp_path / "out").read()
+        assert 0 < journaled.num_rows < n
+        assert set(journaled["status"].to_pylist()) == {"ok"}  # drained, not failed
+        sent_before = sim.stats()["requests"]
+        assert sent_before == journaled.num_rows  # in-flight requests finished and were saved
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert sim.stats()["requests"] == n

@@ -179,7 +179,7 @@ async def test_token_bucket_goes_into_debt_for_big_requests() -> None:
     bucket = TokenBucket(rate=1000.0, capacity=100.0)
     await bucket.acquire(500)  # bigger than the bucket: let through, level goes negative
     assert bucket.level < 0
-    bucket.refund(450)
+    bucket.adjust(450)
     assert bucket.level <= 100.0
 
 
