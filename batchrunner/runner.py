@@ -714,7 +714,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
                 col = pa.Array.from_pandas(part[c], type=state.schema.field(c).type)
                 table = table.append_column(c if c not in names else f"result_{c}", col)
             st = table.column("status" if "status" not in names else "result_status")
-            statuses.update(st.to_pylist())
+            for entry in pa.compute.value_counts(st).to_pylist():
+                statuses[entry["values"]] += entry["counts"]
             if writer is None:
                 schema_fields = list(table.schema)
                 out_schema_cols = table.column_names
@@ -739,13 +740,9 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
         wall_s=summary.wall_s or None, counters=counters,
     )
     summary.report_paths = write_reports(report, plan.out_dir)
-    failed = state.filter(pa.compute.equal(state["status"], "failed"))
-    summary.error_types = dict(Counter(failed["error_type"].to_pylist()).most_common())
-    ok = state.filter(pa.compute.equal(state["status"], "ok"))
-    summary.length_cut = ok["finish_reason"].to_pylist().count("length")
-    costs = ok["cost_usd"]
-    summary.cost_usd = None if costs.null_count else float(
-        sum(c for c in costs.to_pylist() if c is not None))
+    summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}
+    summary.length_cut = report["rows"]["cut_at_length"]
+    summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
     return summary
 
 
@@ -796,10 +793,11 @@ def format_status(out_dir: Path) -> str:
     failed_t = state.filter(pa.compute.equal(state["status"], "failed"))
     for etype, n in Counter(failed_t["error_type"].to_pylist()).most_common():
         lines.append(f"  failed {etype}: {n:,}")
-    costs = [c for c in state["cost_usd"].to_pylist() if c is not None]
-    unknown = state["cost_usd"].null_count - failed - 0
-    cost = f"${sum(costs):,.4f}" + (" (plus rows of unknown price)" if unknown > 0 else "")
-    tokens = sum(t for t in state["total_tokens"].to_pylist() if t is not None)
+    ok_rows = state.filter(pa.compute.equal(state["status"], "ok"))
+    cost = f"${pa.compute.sum(ok_rows['cost_usd']).as_py() or 0.0:,.4f}"
+    if ok_rows["cost_usd"].null_count:
+        cost += f" (plus {ok_rows['cost_usd'].null_count:,} rows of unknown price)"
+    tokens = pa.compute.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
     return "\n".join(lines)
 

@@ -302,3 +302,26 @@ def test_sigterm_and_ctrl_c_drain_and_exit_4(tmp_path: Path, sig: signal.Signals
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert sim.stats()["requests"] == n
+
+
+def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from batchrunner.cli import main
+
+    inp = make_csv(tmp_path / "in.csv", 25, {4: " [[sim:404]]"})
+    with SimulatorThread(SimulatorConfig()) as sim:
+        code = main(["run", "--input", str(inp), "--id-column", "id", "--prompt", "Q: {text}",
+                     "--model", "gpt-4o-mini", "--base-url", sim.base_url,
+                     "--output", str(tmp_path / "out"), "--progress", "none"])
+    assert code == 3
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "25 of 25 rows finished (24 ok, 1 failed, 0 to do)" in out
+    assert "http_404: 1" in out
+    (tmp_path / "out" / "results.parquet").unlink()
+    (tmp_path / "out" / "cost_report.json").unlink()
+    assert main(["report", str(tmp_path / "out")]) == 3
+    df = results(tmp_path)
+    assert len(df) == 25 and (df["status"] == "ok").sum() == 24
+    assert json.loads((tmp_path / "out" / "cost_report.json").read_text())["rows"]["total"] == 25
+    assert main(["status", str(tmp_path / "nowhere")]) == 2
