@@ -49,6 +49,8 @@ def _run_parser(sub: Any) -> None:
     g.add_argument("--top-p", type=float)
     g.add_argument("--stop", action="append", metavar="SEQ", help="stop sequence (repeatable)")
     g.add_argument("--model-column", metavar="COL", help="column with a per-row model")
+    g.add_argument("--stream", action="store_const", const=True, default=None,
+                   help="read replies as SSE streams (records time to first token)")
     g = p.add_argument_group("endpoint")
     g.add_argument("--base-url", metavar="URL", help="default: $OPENAI_BASE_URL")
     g.add_argument("--api-key-env", metavar="VAR", help="variable holding the key "

@@ -28,7 +28,7 @@ from batchrunner.errors import (
 )
 from batchrunner.retry import is_retryable_status
 
-__all__ = ["ChatClient", "ChatResult"]
+__all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
 
 _MAX_MESSAGE = 300
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -47,6 +47,72 @@ class ChatResult:
     request_id: str | None
     latency_ms: float
     headers: dict[str, str]
+    reasoning_content: str | None = None
+    ttft_ms: float | None = None
+
+
+class StreamAssembler:
+    """Builds one completion from the ``data:`` lines of a chat completion SSE stream.
+
+    Content and ``reasoning_content`` deltas of choice 0 are joined; ``finish_reason`` is the
+    last one a choice chunk carried; ``usage`` comes from whichever chunk has it (the final
+    ``choices: []`` chunk with ``stream_options.include_usage``, or a last choice chunk, as some
+    providers send). ``done`` is set by ``data: [DONE]``.
+    """
+
+    __slots__ = ("content", "done", "error", "finish_reason", "first_token_at", "id", "model",
+                 "reasoning", "usage")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.model: str | None = None
+        self.id: str | None = None
+        self.done = False
+        self.error: dict[str, Any] | None = None
+        self.first_token_at: float | None = None
+
+    def feed(self, line: bytes) -> None:
+        """One line of the stream; raises ValueError on an event that is not JSON."""
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            return  # blank separators, comments (": keep-alive"), event:/id: fields
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self.done = True
+            return
+        event = orjson.loads(data)
+        if not isinstance(event, dict):
+            raise ValueError("stream event is not a JSON object")
+        if isinstance(event.get("error"), dict):
+            self.error = event["error"]
+            return
+        if self.model is None and isinstance(event.get("model"), str):
+            self.model = event["model"]
+        if self.id is None and isinstance(event.get("id"), str):
+            self.id = event["id"]
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta, dict):
+                text = delta.get("content")
+                if isinstance(text, str) and text:
+                    self.content.append(text)
+                    if self.first_token_at is None:
+                        self.first_token_at = time.perf_counter()
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if isinstance(thought, str) and thought:
+                    self.reasoning.append(thought)
+                    if self.first_token_at is None:
+                        self.first_token_at = time.perf_counter()
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
 
 
 class ChatClient:
@@ -95,22 +161,62 @@ class ChatClient:
     async def complete(self, body: dict[str, Any]) -> ChatResult:
         assert self._session is not None, "use ChatClient as an async context manager"
         data = orjson.dumps(body)
+        streaming = body.get("stream") is True
         start = time.perf_counter()
+        stream: StreamAssembler | None = None
         try:
             async with self._session.post(self.url, data=data) as resp:
-                raw = await resp.read()
                 status = resp.status
                 headers = resp.headers
-                request_id = headers.get("x-request-id")
-                hdrs = {
-                    k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")
-                }
+                if status == 200 and streaming:
+                    stream = StreamAssembler()
+                    try:
+                        async for line in resp.content:
+                            stream.feed(line)
+                            if stream.done:
+                                break
+                    except ValueError:
+                        raise BadResponseError(
+                            "invalid_body", "a stream event that is not JSON", retryable=True,
+                            status=200, request_id=headers.get("x-request-id"),
+                        ) from None
+                    raw = b""
+                else:
+                    raw = await resp.read()
+        except RequestError:
+            raise
         except Exception as e:
             raise self._translate(e) from None
         latency_ms = (time.perf_counter() - start) * 1000.0
+        request_id = headers.get("x-request-id")
         if status != 200:
             raise self._status_error(status, raw, headers, request_id)
+        hdrs = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")}
+        if stream is not None:
+            return self._from_stream(stream, request_id, start, latency_ms, hdrs)
         return self._parse(raw, request_id, latency_ms, hdrs)
+
+    def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
+                     latency_ms: float, headers: dict[str, str]) -> ChatResult:
+        if st.error is not None:
+            message = self.redact(" ".join(str(st.error.get("message") or "").split()))
+            raise BadResponseError("stream_error", message[:_MAX_MESSAGE] or "error event",
+                                   retryable=True, status=200, request_id=request_id)
+        if not st.done:
+            raise TransportError("stream_cut", "the stream ended before [DONE]", retryable=True,
+                                 request_id=request_id)
+        if st.finish_reason is None and not st.content:
+            raise BadResponseError("no_choices", "a stream without choices", retryable=True,
+                                   status=200, request_id=request_id)
+        pt, ct, tt, cached, reasoning = _usage(st.usage)
+        return ChatResult(
+            content="".join(st.content), finish_reason=st.finish_reason, prompt_tokens=pt,
+            completion_tokens=ct, total_tokens=tt, cached_tokens=cached,
+            reasoning_tokens=reasoning, model=st.model, request_id=request_id or st.id,
+            latency_ms=latency_ms, headers=headers,
+            reasoning_content="".join(st.reasoning) or None,
+            ttft_ms=(st.first_token_at - start) * 1000.0 if st.first_token_at else None,
+        )
 
     def _translate(self, e: BaseException) -> RequestError:
         if isinstance(e, asyncio.TimeoutError | TimeoutError):
@@ -212,21 +318,8 @@ class ChatClient:
         choice = choices[0]
         message = choice.get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
-        usage = payload.get("usage")
-        pt = ct = tt = cached = reasoning = None
-        if isinstance(usage, dict):
-            pt = _int(usage.get("prompt_tokens"))
-            ct = _int(usage.get("completion_tokens"))
-            tt = _int(usage.get("total_tokens"))
-            if tt is None and pt is not None and ct is not None:
-                tt = pt + ct
-            ptd = usage.get("prompt_tokens_details")
-            cached = _int(ptd.get("cached_tokens")) if isinstance(ptd, dict) else None
-            ctd = usage.get("completion_tokens_details")
-            reasoning = _int(ctd.get("reasoning_tokens")) if isinstance(ctd, dict) else None
-            if pt is not None:
-                cached = cached or 0
-                reasoning = reasoning or 0
+        pt, ct, tt, cached, reasoning = _usage(payload.get("usage"))
+        thought = message.get("reasoning_content") if isinstance(message, dict) else None
         model = payload.get("model")
         return ChatResult(
             content=content if isinstance(content, str) else None,
@@ -240,7 +333,27 @@ class ChatClient:
             request_id=request_id or (rid if isinstance(rid := payload.get("id"), str) else None),
             latency_ms=latency_ms,
             headers=headers,
+            reasoning_content=thought if isinstance(thought, str) and thought else None,
         )
+
+
+def _usage(usage: Any) -> tuple[int | None, int | None, int | None, int | None, int | None]:
+    """(prompt, completion, total, cached, reasoning) tokens; all None without a usage object."""
+    if not isinstance(usage, dict):
+        return None, None, None, None, None
+    pt = _int(usage.get("prompt_tokens"))
+    ct = _int(usage.get("completion_tokens"))
+    tt = _int(usage.get("total_tokens"))
+    if tt is None and pt is not None and ct is not None:
+        tt = pt + ct
+    ptd = usage.get("prompt_tokens_details")
+    cached = _int(ptd.get("cached_tokens")) if isinstance(ptd, dict) else None
+    ctd = usage.get("completion_tokens_details")
+    reasoning = _int(ctd.get("reasoning_tokens")) if isinstance(ctd, dict) else None
+    if pt is not None:
+        cached = cached or 0
+        reasoning = reasoning or 0
+    return pt, ct, tt, cached, reasoning
 
 
 def _int(v: Any) -> int | None:

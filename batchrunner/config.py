@@ -18,6 +18,7 @@ A job file has these tables (every key optional unless marked)::
     stop = ["\\n\\n"]
     response_format = { type = "json_object" }
     model_column = "model"                 # per-row model override
+    stream = false                         # read the reply as an SSE stream (records ttft_ms)
     [request.extra]                        # passed into the body unchanged (thinking, ...)
 
     [endpoint]
@@ -98,6 +99,7 @@ class RequestConfig:
     response_format: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     model_column: str | None = None
+    stream: bool = False
 
     def settings(self) -> dict[str, Any]:
         """Everything that shapes the request bodies, for the job's fingerprint."""
@@ -155,6 +157,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "top_p": ("request", "top_p"),
     "stop": ("request", "stop"),
     "model_column": ("request", "model_column"),
+    "stream": ("request", "stream"),
     "base_url": ("endpoint", "base_url"),
     "api_key_env": ("endpoint", "api_key_env"),
     "simulator": ("endpoint", "simulator"),
@@ -284,6 +287,8 @@ def _build(raw: dict[str, Any], where: str, default_name: str | None) -> JobConf
         isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
     ):
         raise ConfigError(f"job {where}: [request] stop must be a string or a list of strings")
+    if "stream" in req and not isinstance(req["stream"], bool):
+        raise ConfigError(f"job {where}: [request] stream must be true or false")
     for key in ("response_format", "extra"):
         if key in req and not isinstance(req[key], dict):
             raise ConfigError(f"job {where}: [request] {key} must be a table")

@@ -21,6 +21,7 @@ class Outcome:
     key: str
     status: str  # "ok" | "failed"
     content: str | None = None
+    reasoning_content: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -29,6 +30,7 @@ class Outcome:
     reasoning_tokens: int | None = None
     cost_usd: float | None = None
     latency_ms: float | None = None
+    ttft_ms: float | None = None
     attempts: int = 0
     rate_limited: int = 0
     error_type: str | None = None
@@ -46,6 +48,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("status", pa.string()),
         ("content", pa.string()),
+        ("reasoning_content", pa.string()),
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
@@ -54,6 +57,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("reasoning_tokens", pa.int64()),
         ("cost_usd", pa.float64()),
         ("latency_ms", pa.float64()),
+        ("ttft_ms", pa.float64()),
         ("attempts", pa.int64()),
         ("rate_limited", pa.int64()),
         ("error_type", pa.string()),

@@ -502,11 +502,12 @@ class _Run:
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)
         return Outcome(
-            key=item.key, status="ok", content=res.content, finish_reason=res.finish_reason,
+            key=item.key, status="ok", content=res.content,
+            reasoning_content=res.reasoning_content, finish_reason=res.finish_reason,
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
             reasoning_tokens=res.reasoning_tokens, cost_usd=cost, latency_ms=res.latency_ms,
-            attempts=item.attempts, rate_limited=item.rate_limited,
+            ttft_ms=res.ttft_ms, attempts=item.attempts, rate_limited=item.rate_limited,
             model=res.model or requested or None, request_id=res.request_id,
             finished_at=time.time(),
         )

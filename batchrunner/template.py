@@ -105,6 +105,9 @@ class RequestBuilder:
             value = getattr(request, key)
             if value is not None:
                 base[key] = value
+        if request.stream:
+            base["stream"] = True
+            base["stream_options"] = {"include_usage": True}
         base.update(request.extra)
         self._base = base
         self._system = request.system

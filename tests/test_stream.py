@@ -1,0 +1,127 @@
+"""Streaming: the SSE parser on recorded provider shapes, and stream jobs against the simulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from batchrunner.client import StreamAssembler
+from batchrunner.config import load_job
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, run_job
+from batchrunner.simulator import Simulator, SimulatorConfig
+
+FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
+                  handle_signals=False)
+
+
+def feed(lines: list[str]) -> StreamAssembler:
+    st = StreamAssembler()
+    for line in lines:
+        st.feed(line.encode())
+    return st
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None,
+          usage: dict[str, Any] | None = None, choices: bool = True) -> str:
+    event: dict[str, Any] = {"id": "chatcmpl-1", "object": "chat.completion.chunk",
+                             "model": "m-1"}
+    event["choices"] = ([{"index": 0, "delta": delta or {}, "finish_reason": finish}]
+                        if choices else [])
+    if usage is not None:
+        event["usage"] = usage
+    return "data: " + json.dumps(event) + "\n"
+
+
+USAGE = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
+         "completion_tokens_details": {"reasoning_tokens": 2}}
+
+
+def test_openai_shape_usage_chunk_with_empty_choices() -> None:
+    st = feed([chunk({"role": "assistant", "content": ""}), "\n", chunk({"content": "Hel"}),
+               chunk({"content": "lo"}), chunk({}, "stop"), chunk(usage=USAGE, choices=False),
+               "data: [DONE]\n"])
+    assert st.done and "".join(st.content) == "Hello" and st.finish_reason == "stop"
+    assert st.usage == USAGE and st.model == "m-1"
+    assert st.first_token_at is not None
+
+
+def test_final_chunk_with_finish_reason_and_usage_together() -> None:
+    st = feed([": keep-alive\n", chunk({"content": "a"}), chunk({"content": "b"}, "length",
+                                                               usage=USAGE), "data: [DONE]"])
+    assert "".join(st.content) == "ab" and st.finish_reason == "length" and st.usage == USAGE
+
+
+def test_reasoning_deltas_are_collected_apart() -> None:
+    st = feed([chunk({"reasoning_content": "think "}), chunk({"reasoning_content": "more"}),
+               chunk({"content": "answer"}), chunk({}, "stop"), "data: [DONE]"])
+    assert "".join(st.reasoning) == "think more" and "".join(st.content) == "answer"
+    assert st.usage is None
+
+
+def test_error_event_and_bad_json() -> None:
+    st = feed(['data: {"error": {"message": "overloaded", "type": "server_error"}}'])
+    assert st.error == {"message": "overloaded", "type": "server_error"}
+    with pytest.raises(ValueError):
+        feed(["data: {not json"])
+
+
+def make_input(tmp_path: Path, texts: list[str]) -> Path:
+    path = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"s{i}" for i in range(len(texts))], "text": texts}).to_csv(
+        path, index=False)
+    return path
+
+
+@pytest.mark.anyio
+async def test_stream_job_matches_non_stream_and_records_ttft(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    texts = [f"stream row {i}" for i in range(20)]
+    texts[3] += " [[sim:cut*1]]"
+    texts[5] += " [[sim:no_usage]]"
+    inp = make_input(tmp_path, texts)
+    results = {}
+    for stream in (False, True):  # a simulator each: marker counts start afresh
+        async with Simulator(SimulatorConfig(ms_per_token=0.2)) as sim:
+            out = tmp_path / f"out-{stream}"
+            job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                                  "model": "gpt-4o-mini", "max_tokens": 50,
+                                  "base_url": sim.base_url, "output": str(out),
+                                  "stream": stream or None})
+            s = await run_job(job, FAST)
+            assert s.failed == 0
+            results[stream] = pd.read_parquet(out / "results.parquet").set_index("id")
+    plain, streamed = results[False], results[True]
+    assert list(streamed["content"]) == list(plain["content"])
+    assert list(streamed["finish_reason"]) == list(plain["finish_reason"])
+    ok = streamed.drop(index="s5")
+    assert list(ok["completion_tokens"]) == list(plain.drop(index="s5")["completion_tokens"])
+    assert ok["ttft_ms"].notna().all() and (ok["ttft_ms"] <= ok["latency_ms"]).all()
+    assert plain["ttft_ms"].isna().all()
+    assert streamed.loc["s3", "attempts"] == 2  # the cut stream was retried
+    assert pd.isna(streamed.loc["s5", "completion_tokens"])  # no usage: unknown, not guessed
+    assert pd.isna(streamed.loc["s5", "cost_usd"])
+
+
+@pytest.mark.anyio
+async def test_reasoning_model_stream_fills_reasoning_column(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    inp = make_input(tmp_path, ["why is the sky blue", "what is rain"])
+    async with Simulator(SimulatorConfig()) as sim:
+        for stream in (None, True):
+            out = tmp_path / f"out-{stream}"
+            job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                                  "model": "deepseek-r1", "base_url": sim.base_url,
+                                  "output": str(out), "stream": stream})
+            await run_job(job, FAST)
+            df = pd.read_parquet(out / "results.parquet")
+            assert df["reasoning_content"].str.len().gt(0).all()
+            assert (df["reasoning_tokens"] > 0).all()
