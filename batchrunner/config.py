@@ -17,6 +17,8 @@ A job file has these tables (every key optional unless marked)::
     top_p = 1.0
     stop = ["\\n\\n"]
     response_format = { type = "json_object" }
+    schema_file = "answer.schema.json"     # a JSON Schema: replies are validated and spread
+                                           # into json_<property> columns of the results
     model_column = "model"                 # per-row model override
     stream = false                         # read the reply as an SSE stream (records ttft_ms)
     [request.extra]                        # passed into the body unchanged (thinking, ...)
@@ -48,6 +50,7 @@ A job file has these tables (every key optional unless marked)::
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -100,6 +103,7 @@ class RequestConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     model_column: str | None = None
     stream: bool = False
+    schema_file: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """Everything that shapes the request bodies, for the job's fingerprint."""
@@ -158,6 +162,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "stop": ("request", "stop"),
     "model_column": ("request", "model_column"),
     "stream": ("request", "stream"),
+    "schema_file": ("request", "schema_file"),
     "base_url": ("endpoint", "base_url"),
     "api_key_env": ("endpoint", "api_key_env"),
     "simulator": ("endpoint", "simulator"),
@@ -192,9 +197,8 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
         except UnicodeDecodeError:
             raise ConfigError(f"job file {p}: not UTF-8 text") from None
         base = p.resolve().parent
-        for table in ("input", "output"):
+        for table, key in (("input", "path"), ("output", "dir"), ("request", "schema_file")):
             t = raw.get(table)
-            key = "path" if table == "input" else "dir"
             if isinstance(t, dict) and isinstance(t.get(key), str):
                 t[key] = str((base / t[key]).resolve())
     unknown = sorted(set(raw) - set(_TABLES) - {"name"})
@@ -292,6 +296,12 @@ def _build(raw: dict[str, Any], where: str, default_name: str | None) -> JobConf
     for key in ("response_format", "extra"):
         if key in req and not isinstance(req[key], dict):
             raise ConfigError(f"job {where}: [request] {key} must be a table")
+    if req.get("schema_file"):
+        if req.get("response_format"):
+            raise ConfigError(
+                f"job {where}: [request] set either response_format or schema_file, not both"
+            )
+        req["response_format"] = _schema_format(Path(req["schema_file"]), where)
 
     for key in ("requests_per_minute", "tokens_per_minute", "timeout_s"):
         _number(lim, key, where, integer=False, positive=True, table="limits")
@@ -323,6 +333,22 @@ def _build(raw: dict[str, Any], where: str, default_name: str | None) -> JobConf
         simulator=dict(raw.get("simulator", {})),
         source=where,
     )
+
+
+def _schema_format(path: Path, where: str) -> dict[str, Any]:
+    """A ``json_schema`` response_format from a JSON Schema file."""
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"job {where}: [request] schema_file {path}: not found") from None
+    except (ValueError, OSError) as e:
+        raise ConfigError(
+            f"job {where}: [request] schema_file {path}: not a JSON file ({e})"
+        ) from None
+    if not isinstance(schema, dict):
+        raise ConfigError(f"job {where}: [request] schema_file {path}: must hold a JSON object")
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in path.name.split(".")[0])
+    return {"type": "json_schema", "json_schema": {"name": name or "answer", "schema": schema}}
 
 
 def check_base_url(url: str, what: str) -> str:

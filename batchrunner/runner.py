@@ -48,6 +48,7 @@ from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import OUTCOME_COLUMNS, Outcome
 from batchrunner.report import build_report, write_reports
 from batchrunner.retry import RetryPolicy, backoff
+from batchrunner.structured import StructuredOutput
 from batchrunner.template import RequestBuilder, body_prompt_text, estimate_tokens
 
 __all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "EXIT_STOPPED", "EXIT_USAGE", "RunOptions",
@@ -133,6 +134,7 @@ class Plan:
     job_meta: dict[str, Any]
     prices: PriceBook
     warnings: list[str]
+    structured: StructuredOutput | None = None
 
 
 def _fingerprint(obj: Any) -> str:
@@ -211,7 +213,12 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
             done -= rerun
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=done, rerun=rerun, out_dir=out_dir, job_meta=meta, prices=prices,
-                warnings=warnings)
+                warnings=warnings, structured=_structured(request_settings))
+
+
+def _structured(settings: dict[str, Any]) -> StructuredOutput | None:
+    fmt = settings.get("response_format")
+    return StructuredOutput(fmt) if isinstance(fmt, dict) else None
 
 
 def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, options: RunOptions,
@@ -501,8 +508,12 @@ class _Run:
         cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)
+        error = None
+        if self.plan.structured is not None:
+            error = self.plan.structured.check(res.content)
         return Outcome(
-            key=item.key, status="ok", content=res.content,
+            key=item.key, status="ok" if error is None else "failed", content=res.content,
+            error_type=error[0] if error else None, error_message=error[1] if error else None,
             reasoning_content=res.reasoning_content, finish_reason=res.finish_reason,
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
@@ -715,6 +726,12 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
                 col = pa.Array.from_pandas(part[c], type=state.schema.field(c).type)
                 table = table.append_column(c if c not in names else f"result_{c}", col)
             st = table.column("status" if "status" not in names else "result_status")
+            if plan.structured is not None and plan.structured.columns:
+                content = table.column("content" if "content" not in names else "result_content")
+                spread = plan.structured.spread(
+                    content.to_pylist(), [x == "ok" for x in st.to_pylist()])
+                for col, arr in spread.items():
+                    table = table.append_column(col if col not in names else f"result_{col}", arr)
             for entry in pa.compute.value_counts(st).to_pylist():
                 statuses[entry["values"]] += entry["counts"]
             if writer is None:
@@ -776,7 +793,8 @@ def plan_from_output(out_dir: Path) -> Plan:
     prices = PriceBook(parse_price_table(job.prices, where=f"{meta_path}: prices"))
     return Plan(job=job, source=source, builder=None, key_column=key_column,
                 total_rows=int(meta.get("total_rows") or 0), done=set(), rerun=set(),
-                out_dir=out_dir, job_meta=meta, prices=prices, warnings=[])
+                out_dir=out_dir, job_meta=meta, prices=prices, warnings=[],
+                structured=_structured(meta.get("request") or {}))
 
 
 def format_status(out_dir: Path) -> str:

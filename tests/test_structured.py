@@ -1,0 +1,97 @@
+"""Structured output: replies validated against the job's JSON schema, spread into columns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from batchrunner.config import load_job
+from batchrunner.errors import ConfigError
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, run_job
+from batchrunner.simulator import Simulator, SimulatorConfig
+from batchrunner.structured import StructuredOutput
+
+FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
+                  handle_signals=False)
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "summary": {"type": "string"},
+        "score": {"type": "integer", "minimum": 1, "maximum": 5},
+        "confidence": {"type": "number"},
+        "spam": {"type": "boolean"},
+        "label": {"enum": ["billing", "bug", "other"]},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["summary", "score", "confidence", "spam", "label", "tags"],
+    "additionalProperties": False,
+}
+FORMAT = {"type": "json_schema", "json_schema": {"name": "ticket", "schema": SCHEMA}}
+
+
+def test_check_names_the_failure() -> None:
+    so = StructuredOutput(FORMAT)
+    assert so.check("not json")[0] == "invalid_json"  # type: ignore[index]
+    assert so.check("[1]")[0] == "invalid_json"  # type: ignore[index]
+    bad = so.check(json.dumps({"summary": "x", "score": 9, "confidence": 0.5, "spam": False,
+                               "label": "bug", "tags": []}))
+    assert bad is not None and bad[0] == "schema_mismatch" and "score" in bad[1]
+    assert StructuredOutput({"type": "json_object"}).check('{"a": 1}') is None
+    with pytest.raises(ConfigError, match="not valid"):
+        StructuredOutput({"type": "json_schema",
+                          "json_schema": {"name": "x", "schema": {"type": 5}}})
+
+
+@pytest.mark.anyio
+async def test_schema_job_spreads_typed_columns(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    (tmp_path / "ticket.schema.json").write_text(json.dumps(SCHEMA))
+    texts = [f"ticket {i}: the app crashes" for i in range(12)]
+    texts[4] += " [[sim:corrupt*1]]"
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": range(12), "text": texts}).to_csv(inp, index=False)
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Classify: {text}"\n'
+        'schema_file = "ticket.schema.json"\n[output]\ndir = "out"\n')
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url})
+        s = await run_job(job, FAST)
+    assert s.ok == 12, s
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert str(df["json_score"].dtype) == "int64"
+    assert str(df["json_confidence"].dtype) == "float64"
+    assert str(df["json_spam"].dtype) == "bool"
+    assert df["json_label"].isin(["billing", "bug", "other"]).all()
+    assert df["json_tags"].map(lambda t: isinstance(json.loads(t), list)).all()
+    assert df["json_score"].between(1, 5).all()
+
+
+@pytest.mark.anyio
+async def test_json_object_reply_that_is_not_json_fails_without_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The simulator only answers in JSON when asked; without response_format in the body the
+    # reply is prose, which a job asking for JSON must record as invalid_json, billed, once.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": range(3), "text": ["a", "b", "c"]}).to_csv(inp, index=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                              "model": "gpt-4o-mini", "base_url": sim.base_url,
+                              "output": str(tmp_path / "out")})
+        from dataclasses import replace
+
+        job = replace(job, request=replace(job.request,
+                                           extra={"response_format": {"type": "text"}},
+                                           response_format={"type": "json_object"}))
+        s = await run_job(job, FAST)
+        assert sim.stats()["requests"] == 3
+    assert s.failed == 3 and s.error_types == {"invalid_json": 3}
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert (df["attempts"] == 1).all() and df["cost_usd"].notna().all()
+    assert df["content"].str.startswith("Echo").all()
