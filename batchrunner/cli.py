@@ -49,6 +49,10 @@ def _run_parser(sub: Any) -> None:
     g.add_argument("--top-p", type=float)
     g.add_argument("--stop", action="append", metavar="SEQ", help="stop sequence (repeatable)")
     g.add_argument("--model-column", metavar="COL", help="column with a per-row model")
+    g.add_argument("--image-column", metavar="COL",
+                   help="column with an image URL or file path, for vision models")
+    g.add_argument("--schema-file", metavar="FILE",
+                   help="JSON Schema the replies must match (spread into json_* columns)")
     g.add_argument("--stream", action="store_const", const=True, default=None,
                    help="read replies as SSE streams (records time to first token)")
     g = p.add_argument_group("endpoint")
@@ -166,23 +170,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "simulate": _cmd_simulate}
     try:
         return commands[ns.command](ns)
-    except UsageError as e:
-        print(f"batchrunner: error: {e}", file=sys.stderr)
+    except BaseException as e:  # mapped to one line and an exit code, or re-raised
+        return _report(e)
+
+
+def _one_line(text: object) -> str:
+    """Messages are one line: a scheduler's log keeps them whole and a grep finds them."""
+    return " ".join(str(text).split())
+
+
+def _leaf(e: BaseException) -> BaseException:
+    """The first error inside an exception group (a task group wraps what its tasks raise)."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e
+
+
+def _report(exc: BaseException) -> int:
+    """Print ``exc`` as one line on stderr and return its exit code; re-raise what is not ours."""
+    e = _leaf(exc)
+    if isinstance(e, UsageError | JournalError):
+        print(f"batchrunner: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except JournalError as e:
-        print(f"batchrunner: error: {e}", file=sys.stderr)
-        return 2
-    except StopJob as e:
-        print(f"batchrunner: stopped: {e}", file=sys.stderr)
+    if isinstance(e, StopJob):
+        print(f"batchrunner: stopped: {_one_line(e)}", file=sys.stderr)
         return 4
-    except KeyboardInterrupt:
+    if isinstance(e, KeyboardInterrupt):
         print("batchrunner: interrupted; finished rows are saved — rerun to resume",
               file=sys.stderr)
         return 4
-    except BatchrunnerError as e:
-        print(f"batchrunner: error: {e}", file=sys.stderr)
+    if isinstance(e, BatchrunnerError):
+        print(f"batchrunner: error: {_one_line(e)}", file=sys.stderr)
         return 1
-    except OSError as e:
-        print(f"batchrunner: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
-              file=sys.stderr)
+    if isinstance(e, OSError):
+        text = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+        print(f"batchrunner: error: {_one_line(text)}", file=sys.stderr)
         return 1
+    raise exc

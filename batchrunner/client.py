@@ -49,6 +49,7 @@ class ChatResult:
     headers: dict[str, str]
     reasoning_content: str | None = None
     ttft_ms: float | None = None
+    choices: str | None = None
 
 
 class StreamAssembler:
@@ -334,7 +335,20 @@ class ChatClient:
             latency_ms=latency_ms,
             headers=headers,
             reasoning_content=thought if isinstance(thought, str) and thought else None,
+            choices=_all_choices(choices) if len(choices) > 1 else None,
         )
+
+
+def _all_choices(choices: list[Any]) -> str:
+    """Every choice of an ``n > 1`` reply as JSON text: index, content, finish_reason."""
+    out = []
+    for c in choices:
+        if isinstance(c, dict):
+            m = c.get("message")
+            out.append({"index": c.get("index"),
+                        "content": m.get("content") if isinstance(m, dict) else None,
+                        "finish_reason": c.get("finish_reason")})
+    return orjson.dumps(out).decode()
 
 
 def _usage(usage: Any) -> tuple[int | None, int | None, int | None, int | None, int | None]:

@@ -20,6 +20,8 @@ A job file has these tables (every key optional unless marked)::
     schema_file = "answer.schema.json"     # a JSON Schema: replies are validated and spread
                                            # into json_<property> columns of the results
     model_column = "model"                 # per-row model override
+    image_column = "photo"                 # image URL or file path (relative to the input
+                                           # file), sent as an image_url part for vision models
     stream = false                         # read the reply as an SSE stream (records ttft_ms)
     [request.extra]                        # passed into the body unchanged (thinking, ...)
 
@@ -104,6 +106,7 @@ class RequestConfig:
     model_column: str | None = None
     stream: bool = False
     schema_file: str | None = None
+    image_column: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """Everything that shapes the request bodies, for the job's fingerprint."""
@@ -163,6 +166,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "model_column": ("request", "model_column"),
     "stream": ("request", "stream"),
     "schema_file": ("request", "schema_file"),
+    "image_column": ("request", "image_column"),
     "base_url": ("endpoint", "base_url"),
     "api_key_env": ("endpoint", "api_key_env"),
     "simulator": ("endpoint", "simulator"),
@@ -176,11 +180,46 @@ OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
+# Command-line option spelled out for a name of OVERRIDES, where it is not ``--name-with-dashes``.
+_OPTION_NAMES = {
+    "requests_per_minute": "--rpm",
+    "tokens_per_minute": "--tpm",
+    "timeout_s": "--timeout",
+}
+
+
+def option_name(override: str) -> str:
+    """The command-line option that sets ``override`` (a key of ``OVERRIDES``): ``--rpm``."""
+    return _OPTION_NAMES.get(override, "--" + override.replace("_", "-"))
+
+
+class _Fields:
+    """Names a job setting in messages: the option when it came from the command line
+    (``--rpm``), else the job file, table and key (``job x.toml: [limits] requests_per_minute``).
+    """
+
+    def __init__(self, where: str, from_cli: Mapping[tuple[str, str], str]) -> None:
+        self.where = where
+        self.from_cli = from_cli
+
+    @property
+    def prefix(self) -> str:
+        """``job FILE: `` for a job file; nothing for a job given by options alone."""
+        return "" if self.where == "command line" else f"job {self.where}: "
+
+    def __call__(self, table: str, key: str) -> str:
+        option = self.from_cli.get((table, key))
+        if option is not None:
+            return option
+        return f"{self.prefix}[{table}] {key}" if table else f"{self.prefix}{key}"
+
+
 def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) -> JobConfig:
     """Read a job file (if given), apply command-line ``overrides`` and validate everything.
 
     Paths in the file are relative to the file's directory; paths on the command line are
-    relative to the current directory.
+    relative to the current directory. Every problem is a one-line ``ConfigError`` naming the
+    option (when the value came from the command line) or the job file and its table and key.
     """
     raw: dict[str, Any] = {}
     where = "command line"
@@ -188,18 +227,24 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
     if path is not None:
         p = Path(path)
         where = str(p)
+        if not p.exists():
+            raise ConfigError(f"job file {p}: not found — check the path")
         if not p.is_file():
-            raise ConfigError(f"job file {p}: not found")
+            raise ConfigError(f"job file {p}: is not a file — give a .toml job file")
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"job file {p}: not valid TOML: {e}") from None
+            raise ConfigError(f"job file {p}: not valid TOML: {_one_line(str(e))}") from None
         except UnicodeDecodeError:
-            raise ConfigError(f"job file {p}: not UTF-8 text") from None
+            raise ConfigError(f"job file {p}: not UTF-8 text — save it as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(
+                f"job file {p}: cannot be read ({e.strerror or type(e).__name__})"
+            ) from None
         base = p.resolve().parent
         for table, key in (("input", "path"), ("output", "dir"), ("request", "schema_file")):
             t = raw.get(table)
-            if isinstance(t, dict) and isinstance(t.get(key), str):
+            if isinstance(t, dict) and isinstance(t.get(key), str) and t[key]:
                 t[key] = str((base / t[key]).resolve())
     unknown = sorted(set(raw) - set(_TABLES) - {"name"})
     if unknown:
@@ -207,12 +252,14 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
             f"job file {where}: unknown key {unknown[0]!r} "
             f"(known: name, {', '.join('[' + t + ']' for t in _TABLES)})"
         )
+    from_cli: dict[tuple[str, str], str] = {}
     for name, value in overrides.items():
         if value is None:
             continue
         table, key = OVERRIDES[name]
         if (table == "input" and key == "path") or (table == "output" and key == "dir"):
-            value = str(Path(value).resolve())
+            value = str(Path(value).resolve()) if value else value
+        from_cli[(table, key)] = option_name(name)
         if table:
             t = raw.setdefault(table, {})
             if not isinstance(t, dict):
@@ -220,108 +267,135 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
             t[key] = value
         else:
             raw[key] = value
-    return _build(raw, where, Path(path).stem if path is not None else None)
+    return _build(raw, _Fields(where, from_cli), Path(path).stem if path is not None else None)
 
 
-def _table(raw: Mapping[str, Any], name: str, where: str, cls: type) -> dict[str, Any]:
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _table(raw: Mapping[str, Any], name: str, f: _Fields, cls: type) -> dict[str, Any]:
     t = raw.get(name, {})
     if not isinstance(t, dict):
-        raise ConfigError(f"job {where}: [{name}] must be a table")
-    known = {f.name for f in fields(cls)}
+        raise ConfigError(f"{f.prefix}[{name}] must be a table")
+    known = {fl.name for fl in fields(cls)}
     for key in t:
         if key not in known:
             raise ConfigError(
-                f"job {where}: unknown key {key!r} in [{name}] (known: {', '.join(sorted(known))})"
+                f"{f.prefix}unknown key {key!r} in [{name}] (known: {', '.join(sorted(known))})"
             )
     return dict(t)
 
 
-def _number(t: dict[str, Any], key: str, where: str, *, integer: bool, positive: bool,
+def _number(t: dict[str, Any], key: str, f: _Fields, *, integer: bool, positive: bool,
             table: str) -> None:
     if key not in t or t[key] is None:
         return
     v = t[key]
     ok_type = isinstance(v, int) if integer else isinstance(v, int | float)
-    if isinstance(v, bool) or not ok_type or not math.isfinite(v):
+    if isinstance(v, bool) or not ok_type:
         kind = "an integer" if integer else "a number"
-        raise ConfigError(f"job {where}: [{table}] {key} must be {kind}, got {v!r}")
+        raise ConfigError(f"{f(table, key)} must be {kind}, got {v!r}")
+    if not math.isfinite(v):
+        raise ConfigError(f"{f(table, key)} must be a finite number, got {v!r}")
     if positive and v <= 0:
-        raise ConfigError(f"job {where}: [{table}] {key} must be greater than 0, got {v!r}")
+        raise ConfigError(f"{f(table, key)} must be greater than 0, got {v!r}")
     if not positive and v < 0:
-        raise ConfigError(f"job {where}: [{table}] {key} must not be negative, got {v!r}")
+        raise ConfigError(f"{f(table, key)} must not be negative, got {v!r}")
 
 
-def _string(t: dict[str, Any], key: str, where: str, table: str) -> None:
+def _string(t: dict[str, Any], key: str, f: _Fields, table: str) -> None:
     v = t.get(key)
     if v is not None and (not isinstance(v, str) or not v):
-        raise ConfigError(f"job {where}: [{table}] {key} must be a non-empty string, got {v!r}")
+        raise ConfigError(f"{f(table, key)} must be a non-empty string, got {v!r}")
 
 
-def _build(raw: dict[str, Any], where: str, default_name: str | None) -> JobConfig:
-    inp = _table(raw, "input", where, InputConfig)
-    req = _table(raw, "request", where, RequestConfig)
-    end = _table(raw, "endpoint", where, EndpointConfig)
-    lim = _table(raw, "limits", where, Limits)
-    out = _table(raw, "output", where, OutputConfig)
+def _check_output_dir(out: Path, what: str) -> None:
+    """Refuse an output directory that is a file, or below one (it could never be created)."""
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{what} {out} is a file, not a directory — choose another directory")
+        return
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{what} {out} cannot be created: {parent} is a file, not a directory"
+                )
+            return
 
-    if not inp.get("path"):
-        raise ConfigError(f"job {where}: no input: set [input] path or pass --input FILE")
-    _string(inp, "path", where, "input")
-    _string(inp, "id_column", where, "input")
-    if not out.get("dir"):
+
+def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConfig:
+    inp = _table(raw, "input", f, InputConfig)
+    req = _table(raw, "request", f, RequestConfig)
+    end = _table(raw, "endpoint", f, EndpointConfig)
+    lim = _table(raw, "limits", f, Limits)
+    out = _table(raw, "output", f, OutputConfig)
+
+    if inp.get("path") is None:
+        raise ConfigError(f"{f.prefix}no input: set [input] path or pass --input FILE")
+    _string(inp, "path", f, "input")
+    _string(inp, "id_column", f, "input")
+    if out.get("dir") is None:
         raise ConfigError(
-            f"job {where}: no output directory: set [output] dir or pass --output DIR"
+            f"{f.prefix}no output directory: set [output] dir or pass --output DIR"
         )
-    _string(out, "dir", where, "output")
+    _string(out, "dir", f, "output")
+    _check_output_dir(Path(out["dir"]), f("output", "dir"))
     fmt = out.get("format", "parquet")
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(
-            f"job {where}: [output] format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}"
+            f"{f('output', 'format')} must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}"
         )
 
     for key in ("model", "system", "prompt", "prompt_column", "model_column"):
-        _string(req, key, where, "request")
+        _string(req, key, f, "request")
     if req.get("prompt") and req.get("prompt_column"):
-        raise ConfigError(f"job {where}: [request] set either prompt or prompt_column, not both")
-    _number(req, "temperature", where, integer=False, positive=False, table="request")
-    _number(req, "top_p", where, integer=False, positive=False, table="request")
-    _number(req, "max_tokens", where, integer=True, positive=True, table="request")
+        raise ConfigError(
+            f"{f('request', 'prompt')} and {f('request', 'prompt_column')} are both set — "
+            "give one of them"
+        )
+    _number(req, "temperature", f, integer=False, positive=False, table="request")
+    _number(req, "top_p", f, integer=False, positive=False, table="request")
+    _number(req, "max_tokens", f, integer=True, positive=True, table="request")
     stop = req.get("stop")
     if stop is not None and not (
         isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
     ):
-        raise ConfigError(f"job {where}: [request] stop must be a string or a list of strings")
+        raise ConfigError(f"{f('request', 'stop')} must be a string or a list of strings")
     if "stream" in req and not isinstance(req["stream"], bool):
-        raise ConfigError(f"job {where}: [request] stream must be true or false")
+        raise ConfigError(f"{f('request', 'stream')} must be true or false")
     for key in ("response_format", "extra"):
         if key in req and not isinstance(req[key], dict):
-            raise ConfigError(f"job {where}: [request] {key} must be a table")
+            raise ConfigError(f"{f('request', key)} must be a table")
     if req.get("schema_file"):
         if req.get("response_format"):
             raise ConfigError(
-                f"job {where}: [request] set either response_format or schema_file, not both"
+                f"{f('request', 'response_format')} and {f('request', 'schema_file')} are both "
+                "set — give one of them"
             )
-        req["response_format"] = _schema_format(Path(req["schema_file"]), where)
+        req["response_format"] = _schema_format(Path(req["schema_file"]),
+                                                 f("request", "schema_file"))
 
     for key in ("requests_per_minute", "tokens_per_minute", "timeout_s"):
-        _number(lim, key, where, integer=False, positive=True, table="limits")
+        _number(lim, key, f, integer=False, positive=True, table="limits")
     for key in ("concurrency", "max_attempts"):
-        _number(lim, key, where, integer=True, positive=True, table="limits")
+        _number(lim, key, f, integer=True, positive=True, table="limits")
 
-    _string(end, "base_url", where, "endpoint")
-    _string(end, "api_key_env", where, "endpoint")
+    _string(end, "base_url", f, "endpoint")
+    _string(end, "api_key_env", f, "endpoint")
     if "simulator" in end and not isinstance(end["simulator"], bool):
-        raise ConfigError(f"job {where}: [endpoint] simulator must be true or false")
+        raise ConfigError(f"{f('endpoint', 'simulator')} must be true or false")
     if end.get("base_url"):
-        check_base_url(end["base_url"], f"job {where}: [endpoint] base_url")
+        end["base_url"] = check_base_url(end["base_url"], f("endpoint", "base_url"))
 
     for table in ("prices", "simulator"):
         if not isinstance(raw.get(table, {}), dict):
-            raise ConfigError(f"job {where}: [{table}] must be a table")
+            raise ConfigError(f"{f.prefix}[{table}] must be a table")
 
     name = raw.get("name") or default_name or Path(inp["path"]).stem
     if not isinstance(name, str):
-        raise ConfigError(f"job {where}: name must be a string")
+        raise ConfigError(f"{f('', 'name')} must be a string, got {name!r}")
     return JobConfig(
         name=name,
         input=InputConfig(path=Path(inp.pop("path")), **inp),
@@ -331,32 +405,48 @@ def _build(raw: dict[str, Any], where: str, default_name: str | None) -> JobConf
         output=OutputConfig(dir=Path(out.pop("dir")), **out),
         prices=dict(raw.get("prices", {})),
         simulator=dict(raw.get("simulator", {})),
-        source=where,
+        source=f.where,
     )
 
 
-def _schema_format(path: Path, where: str) -> dict[str, Any]:
+def _schema_format(path: Path, what: str) -> dict[str, Any]:
     """A ``json_schema`` response_format from a JSON Schema file."""
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"job {where}: [request] schema_file {path}: not found") from None
+        raise ConfigError(f"{what} {path}: not found") from None
     except (ValueError, OSError) as e:
-        raise ConfigError(
-            f"job {where}: [request] schema_file {path}: not a JSON file ({e})"
-        ) from None
+        raise ConfigError(f"{what} {path}: not a JSON file ({_one_line(str(e))})") from None
     if not isinstance(schema, dict):
-        raise ConfigError(f"job {where}: [request] schema_file {path}: must hold a JSON object")
+        raise ConfigError(f"{what} {path}: must hold a JSON object")
     name = "".join(c if c.isalnum() or c in "_-" else "_" for c in path.name.split(".")[0])
     return {"type": "json_schema", "json_schema": {"name": name or "answer", "schema": schema}}
 
 
 def check_base_url(url: str, what: str) -> str:
-    """Return ``url`` without a trailing slash, or raise ConfigError naming ``what``."""
+    """Return ``url`` without a trailing slash, or raise ConfigError naming ``what``.
+
+    The base URL is the part before ``/chat/completions``; the client appends that path, so a
+    query string, a fragment or the path itself would make every request miss.
+    """
+    example = "like https://api.openai.com/v1"
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise ConfigError(f"{what} must be a URL without spaces or control characters, "
+                          f"got {url!r}")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} must be an http(s) URL {example}, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{what} has an invalid port: {url!r}") from None
+    if parts.query or parts.fragment:
         raise ConfigError(
-            f"{what} must be an http(s) URL like https://api.openai.com/v1, got {url!r}"
+            f"{what} must not have a query string or fragment ({example}), got {url!r}"
+        )
+    if parts.path.rstrip("/").endswith("/chat/completions"):
+        raise ConfigError(
+            f"{what} must be the base URL without /chat/completions ({example}), got {url!r}"
         )
     return url.rstrip("/")
 

@@ -1,7 +1,8 @@
 """Reading the input rows and writing the results: the only module that touches files with pyarrow.
 
 Readers stream. ``open_input`` checks the input before any request is sent (it exists, has a
-supported kind, has rows, its header and first batch parse) and returns an ``InputSource``;
+supported kind, has rows, its header and first batch parse; a CSV file is also read through once
+for bytes that are not UTF-8 and for a quote left open to the end) and returns an ``InputSource``;
 ``InputSource.batches`` then yields ``pyarrow.RecordBatch`` objects of at most ``batch_size`` rows,
 in file order, never holding the whole file in memory.
 
@@ -30,6 +31,7 @@ import codecs
 import contextlib
 import csv
 import hashlib
+import itertools
 import os
 import re
 import sys
@@ -307,12 +309,39 @@ class _CsvSource(InputSource):
     def __init__(self, path: Path, batch_size: int) -> None:
         super().__init__(path, batch_size)
         self.columns = []
+        self._check_bytes()
         with self._translate_errors(rows_done=0), self._reader(None) as reader:
             names = [str(n) for n in reader.schema.names]
         _check_unique_names(path, names)
         self.columns = names
         self.schema = pa.schema([(n, pa.string()) for n in names])
         self._require_rows("has a header but no data rows — add rows below the header")
+
+    def _check_bytes(self) -> None:
+        """Read the whole file once, before any row is used: every byte must be UTF-8, and no
+        quote may stay open to the end of the file.
+
+        Rows are read later only in the columns a step needs, and pyarrow checks UTF-8 only in
+        the columns it reads, so a bad byte deep in an unread column would otherwise stop the
+        run half-way. A quote that is never closed swallows every following row into one value
+        without an error.
+        """
+        bad, quotes = _scan_csv_bytes(self.path)
+        if bad is not None:
+            raise _input_error(
+                self.path,
+                f"is not valid UTF-8 at line {bad[0]} (byte offset {bad[1]}) — save it as UTF-8",
+            )
+        if quotes % 2:
+            found = _find_unclosed_quote(self.path)
+            if found is not None:
+                row, line = found
+                what = f"row {row} (line {line})" if row else f"the header (line {line})"
+                raise _input_error(
+                    self.path,
+                    f"{what} opens a quote that is never closed, so every line after it "
+                    "would be read as one value — fix the quoting",
+                )
 
     @contextlib.contextmanager
     def _reader(self, include: list[str] | None) -> Iterator[Any]:
@@ -394,14 +423,21 @@ class _CsvSource(InputSource):
 
 def _find_bad_utf8(path: Path) -> tuple[int, int] | None:
     """(line, byte offset) of the first byte that is not UTF-8, or None if there is none."""
-    line, base, carry = 1, 0, b""
+    return _scan_csv_bytes(path)[0]
+
+
+def _scan_csv_bytes(path: Path) -> tuple[tuple[int, int] | None, int]:
+    """One pass over ``path`` in 1 MiB chunks: (line, byte offset) of the first byte that is
+    not UTF-8 (or None), and the number of ``"`` characters (odd: a quote may be left open)."""
+    line, base, carry, quotes = 1, 0, b"", 0
     try:
         with open(path, "rb") as f:
             while True:
                 chunk = f.read(_CHUNK)
+                quotes += chunk.count(b'"')
                 buf = carry + chunk
                 if not buf:
-                    return None
+                    return None, quotes
                 try:
                     buf.decode("utf-8")
                 except UnicodeDecodeError as exc:
@@ -411,14 +447,47 @@ def _find_bad_utf8(path: Path) -> tuple[int, int] | None:
                         line += good.count(b"\n")
                         base += len(good)
                         continue
-                    return line + buf[: exc.start].count(b"\n"), base + exc.start
+                    return (line + buf[: exc.start].count(b"\n"), base + exc.start), quotes
                 line += buf.count(b"\n")
                 base += len(buf)
                 carry = b""
                 if not chunk:
-                    return None
+                    return None, quotes
     except OSError:
+        return None, quotes
+
+
+_EOF_SENTINEL: Final = "batchrunner-end-of-file-7f3a9c"
+
+
+def _find_unclosed_quote(path: Path) -> tuple[int, int] | None:
+    """(data row, first line) of a row whose quoted value runs to the end of the file, if any;
+    row 0 is the header.
+
+    Python's reader quotes as pyarrow's does; a sentinel line is read after the file, and if it
+    does not come back as a record of its own, an open quote swallowed it.
+    """
+    old_limit = csv.field_size_limit(sys.maxsize)
+    last: tuple[int, int] | None = None
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            reader = csv.reader(itertools.chain(f, ["\n", _EOF_SENTINEL + "\n"]))
+            row, prev_line, header_seen = 0, 0, False
+            for record in reader:
+                start_line, prev_line = prev_line + 1, reader.line_num
+                if not record:
+                    continue
+                if record == [_EOF_SENTINEL]:
+                    return None
+                if header_seen:
+                    row += 1
+                header_seen = True
+                last = (row, start_line)
+    except (OSError, csv.Error):
         return None
+    finally:
+        csv.field_size_limit(old_limit)
+    return last
 
 
 def _find_ragged_row(path: Path, expected: int) -> tuple[int, int, int] | None:

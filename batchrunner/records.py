@@ -22,6 +22,7 @@ class Outcome:
     status: str  # "ok" | "failed"
     content: str | None = None
     reasoning_content: str | None = None
+    choices: str | None = None  # with n > 1: every choice, as JSON text
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -49,6 +50,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("content", pa.string()),
         ("reasoning_content", pa.string()),
+        ("choices", pa.string()),
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),

@@ -48,11 +48,19 @@ import pyarrow.compute as pc
 
 from batchrunner.pricing import LIBRARY_NAME, SOURCE_UNKNOWN, PriceBook
 
-__all__ = ["REPORT_JSON", "REPORT_MD", "build_report", "render_markdown", "write_reports"]
+__all__ = [
+    "REPORT_HTML",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "build_report",
+    "render_markdown",
+    "write_reports",
+]
 
 REPORT_VERSION = 1
 REPORT_JSON = "cost_report.json"
 REPORT_MD = "cost_report.md"
+REPORT_HTML = "report.html"
 NO_VALUE = "(none)"  # the group name of a missing model, finish_reason or error_type
 _FILE_MODE = 0o600
 _EXAMPLE_CHARS = 200
@@ -515,8 +523,14 @@ def _duration(s: Any) -> str:
 # Files
 
 
-def write_reports(report: Mapping[str, Any], out_dir: Path) -> list[Path]:
+def write_reports(
+    report: Mapping[str, Any], out_dir: Path, *, outcomes: pa.Table | None = None
+) -> list[Path]:
     """Write ``cost_report.json`` and ``cost_report.md`` into ``out_dir``, each atomically.
+
+    Given ``outcomes`` (the table the report was built from), also ``report.html``: the same
+    report with charts, one self-contained page (see ``batchrunner.report_html``). Returns the
+    paths written, in that order.
 
     Each file is written to a temporary name in the same directory, fsynced and renamed over
     the old one, so a reader sees the old report or the new one, never half of one. Mode 0600.
@@ -527,6 +541,12 @@ def write_reports(report: Mapping[str, Any], out_dir: Path) -> list[Path]:
     paths = [out_dir / REPORT_JSON, out_dir / REPORT_MD]
     _write_atomic(paths[0], text)
     _write_atomic(paths[1], render_markdown(report))
+    if outcomes is not None:
+        # Imported here: report_html builds on this module's formatting helpers.
+        from batchrunner.report_html import render_html
+
+        paths.append(out_dir / REPORT_HTML)
+        _write_atomic(paths[2], render_html(report, outcomes))
     _fsync_dir(out_dir)
     return paths
 

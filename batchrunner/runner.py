@@ -155,7 +155,9 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
     if source.kind == "openai_batch":
         key_column: str | None = "custom_id"
     else:
-        builder = RequestBuilder(job.request, source.columns, where)
+        builder = RequestBuilder(job.request, source.columns, where,
+                                 base_dir=source.path if source.path.is_dir()
+                                 else source.path.parent)
         key_column = job.input.id_column
         if key_column is not None and key_column not in source.columns:
             raise ConfigError(
@@ -518,7 +520,8 @@ class _Run:
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
             reasoning_tokens=res.reasoning_tokens, cost_usd=cost, latency_ms=res.latency_ms,
-            ttft_ms=res.ttft_ms, attempts=item.attempts, rate_limited=item.rate_limited,
+            ttft_ms=res.ttft_ms, choices=res.choices, attempts=item.attempts,
+            rate_limited=item.rate_limited,
             model=res.model or requested or None, request_id=res.request_id,
             finished_at=time.time(),
         )
@@ -757,7 +760,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
              "model": job.request.model, "job_file": job.source},
         wall_s=summary.wall_s or None, counters=counters,
     )
-    summary.report_paths = write_reports(report, plan.out_dir)
+    summary.report_paths = write_reports(report, plan.out_dir, outcomes=state)
     summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}
     summary.length_cut = report["rows"]["cut_at_length"]
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None

@@ -8,9 +8,12 @@ before anything is sent.
 
 from __future__ import annotations
 
+import base64
 import math
+import mimetypes
 import string
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from batchrunner.config import RequestConfig
@@ -51,12 +54,13 @@ class Template:
         self.fields = tuple(dict.fromkeys(n for _, n in parts if n is not None))
 
     def check(self, columns: Iterable[str], where: str) -> None:
-        have = set(columns)
+        cols = list(columns)
+        have = set(cols)
         for name in self.fields:
             if name not in have:
                 raise ConfigError(
                     f"prompt template names column {{{name}}}, which {where} does not have "
-                    f"(columns: {', '.join(sorted(have)) or 'none'})"
+                    f"(columns: {', '.join(sorted(have)) or 'none'}){delimiter_hint(cols)}"
                 )
 
     def render(self, row: dict[str, Any]) -> str | None:
@@ -72,6 +76,15 @@ class Template:
         return "".join(out)
 
 
+def delimiter_hint(columns: Sequence[str]) -> str:
+    """A hint for a CSV file read as one column because it is not comma-separated, else ""."""
+    if len(columns) == 1:
+        for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+            if sep in columns[0]:
+                return f" — the file seems to be separated by {name}; save it comma-separated"
+    return ""
+
+
 def _plain(name: str) -> bool:
     return not any(c in name for c in ".[]")
 
@@ -79,8 +92,10 @@ def _plain(name: str) -> bool:
 class RequestBuilder:
     """Turns a row (a dict of column → value) into a chat completion request body."""
 
-    def __init__(self, request: RequestConfig, columns: Sequence[str], where: str) -> None:
+    def __init__(self, request: RequestConfig, columns: Sequence[str], where: str,
+                 base_dir: Path | None = None) -> None:
         self.request = request
+        self.base_dir = base_dir or Path.cwd()
         self.template: Template | None = None
         if request.prompt is not None:
             self.template = Template(request.prompt)
@@ -89,13 +104,18 @@ class RequestBuilder:
             if request.prompt_column not in columns:
                 raise ConfigError(
                     f"prompt_column {request.prompt_column!r} is not a column of {where} "
-                    f"(columns: {', '.join(columns)})"
+                    f"(columns: {', '.join(columns)}){delimiter_hint(columns)}"
                 )
         else:
             raise ConfigError("no prompt: set [request] prompt (a template) or prompt_column")
         if request.model_column is not None and request.model_column not in columns:
             raise ConfigError(
                 f"model_column {request.model_column!r} is not a column of {where} "
+                f"(columns: {', '.join(columns)})"
+            )
+        if request.image_column is not None and request.image_column not in columns:
+            raise ConfigError(
+                f"image_column {request.image_column!r} is not a column of {where} "
                 f"(columns: {', '.join(columns)})"
             )
         if request.model is None and request.model_column is None:
@@ -116,6 +136,7 @@ class RequestBuilder:
                 [
                     *(self.template.fields if self.template else [request.prompt_column or ""]),
                     *([request.model_column] if request.model_column else []),
+                    *([request.image_column] if request.image_column else []),
                 ]
             )
         )
@@ -145,11 +166,35 @@ class RequestBuilder:
                 model = str(m)
         if not model:
             return None, f"column {self.request.model_column!r} has no model for this row"
-        messages = [{"role": "user", "content": prompt}]
+        content: str | list[dict[str, Any]] = prompt
+        if self.request.image_column is not None:
+            ref = row[self.request.image_column]
+            if ref is not None and str(ref).strip():
+                url = image_url(str(ref).strip(), self.base_dir)
+                if url is None:
+                    return None, f"image {str(ref)[:80]!r} cannot be read"
+                content = [{"type": "text", "text": prompt},
+                           {"type": "image_url", "image_url": {"url": url}}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         if self._system:
             messages.insert(0, {"role": "system", "content": self._system})
         body = {"model": model, "messages": messages, **self._base}
         return body, prompt
+
+
+def image_url(ref: str, base_dir: Path) -> str | None:
+    """An ``http(s)``/``data:`` URL as it is; a file path as a base64 ``data:`` URL."""
+    if ref.startswith(("http://", "https://", "data:")):
+        return ref
+    path = Path(ref)
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def body_prompt_text(body: dict[str, Any]) -> str:

@@ -125,3 +125,31 @@ async def test_reasoning_model_stream_fills_reasoning_column(tmp_path: Path,
             df = pd.read_parquet(out / "results.parquet")
             assert df["reasoning_content"].str.len().gt(0).all()
             assert (df["reasoning_tokens"] > 0).all()
+
+
+@pytest.mark.anyio
+async def test_n_choices_and_image_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": ["a", "b", "c", "d"], "text": ["one", "two", "three", "four"],
+                  "img": ["cat.png", "https://example.invalid/x.jpg", "", "missing.png"]}
+                 ).to_csv(inp, index=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "Describe {text}",
+                              "model": "gpt-4o", "base_url": sim.base_url,
+                              "image_column": "img", "output": str(tmp_path / "out")})
+        from dataclasses import replace
+
+        job = replace(job, request=replace(job.request, extra={"n": 3}))
+        s = await run_job(job, FAST)
+        assert sim.stats()["requests"] == 3  # the row with a missing image file is not sent
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("id")
+    assert s.error_types == {"invalid_row": 1} and "missing.png" in df.loc["d", "error_message"]
+    for key in "abc":
+        choices = json.loads(df.loc[key, "choices"])
+        assert [c["index"] for c in choices] == [0, 1, 2]
+        assert choices[0]["content"] == df.loc[key, "content"]
+        assert len({c["content"] for c in choices}) == 3
+    # An image part is billed as prompt tokens by the simulator (85 each).
+    assert df.loc["a", "prompt_tokens"] > df.loc["c", "prompt_tokens"] + 80

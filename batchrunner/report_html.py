@@ -1,0 +1,1024 @@
+"""Cost report + outcome table → one self-contained ``report.html`` with inline SVG charts.
+
+``render_html(report, outcomes)`` returns the whole page as a string. The page loads nothing:
+no scripts, no fonts, no images from anywhere; its CSS is inline, its charts are SVG drawn here,
+and a Content-Security-Policy of ``default-src 'none'`` makes the browser refuse any load that
+might slip in. Every string taken from the data (job name, model names, keys, contents, error
+messages) is HTML-escaped.
+
+What it shows: a header (job, rows ok/failed, cost with its unknown part, tokens, wall time,
+throughput, latency percentiles, retries and 429s, price sources, warnings), then charts of
+
+- rows finished per second over the run, and 429s per second (bucketed by ``finished_at``);
+- the latency histogram of ok rows, with the report's p50 / p95 / p99;
+- tokens and cost by model (from ``report["by_model"]``);
+- rows by status and by finish_reason;
+
+and tables of the 10 slowest and the 10 most expensive rows, the failures by type and the
+per-model prices.
+
+The page stays light whatever the size of the table: per-row work is vectorised (pyarrow and
+numpy), only the two top-10 tables look at single rows, long runs are drawn in wider time
+buckets (at most ``MAX_TIME_BUCKETS``), histograms have at most ``MAX_LATENCY_BINS`` bins, and
+bar charts show at most ``MAX_CATEGORIES`` bars, the rest summed into one.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchrunner.report import NO_VALUE, _duration, _money, _num
+
+__all__ = ["MAX_CATEGORIES", "MAX_LATENCY_BINS", "MAX_TIME_BUCKETS", "render_html"]
+
+MAX_TIME_BUCKETS = 200  # bars per series in the timeline (three series: ok, failed, 429)
+MIN_TIME_SLOTS = 20  # the timeline's x axis spans at least this many buckets
+MAX_LATENCY_BINS = 60
+MAX_CATEGORIES = 15  # bars in a by-model / by-status / by-finish_reason chart
+TOP_ROWS = 10
+_PREVIEW_CHARS = 120
+_KEY_CHARS = 40
+_LABEL_CHARS = 21
+_TITLE_CHARS = 500
+
+_NEEDED = (
+    "key",
+    "status",
+    "content",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost_usd",
+    "latency_ms",
+    "rate_limited",
+    "error_type",
+    "error_message",
+    "model",
+    "finished_at",
+)
+# C0/C1 controls and lone surrogates are not valid in an HTML document; shown as U+FFFD.
+_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# Nice widths, in seconds, for time buckets and time-axis ticks.
+_TIME_STEPS = (
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
+)  # fmt: skip
+
+Num = float | int
+F64 = npt.NDArray[np.float64]
+
+
+def render_html(report: Mapping[str, Any], outcomes: pa.Table) -> str:
+    """The whole ``report.html`` page for ``report`` (from ``build_report``) and its rows.
+
+    ``outcomes`` is the table the report was built from (``OUTCOME_SCHEMA``; extra columns are
+    ignored). Raises ``ValueError`` if it lacks a column the page needs.
+    """
+    missing = [c for c in _NEEDED if c not in outcomes.column_names]
+    if missing:
+        raise ValueError(f"outcome table lacks column(s) {', '.join(missing)}")
+    t = outcomes.select(list(_NEEDED))
+    job: Mapping[str, Any] = report.get("job") or {}
+    name = str(job.get("name") or "")
+    title = f"Batch report: {name}" if name else "Batch report"
+
+    body = [
+        _header(report, title),
+        "<section><h2>Over the run</h2>",
+        _timeline(t),
+        "</section>",
+        "<section><h2>Latency</h2>",
+        _latency(t, report),
+        "</section>",
+        '<section><h2>By model</h2><div class="cols">',
+        *_model_charts(report),
+        "</div>",
+        _model_table(report),
+        "</section>",
+        '<section><h2>Rows</h2><div class="cols">',
+        _category_chart(
+            "Rows by status",
+            "rows by status",
+            _as_counts(report.get("rows", {}).get("by_status")),
+            _STATUS_CLASS,
+        ),
+        _category_chart(
+            "Rows by finish_reason",
+            "rows by finish reason (ok rows, and failed rows that recorded one)",
+            _as_counts(report.get("by_finish_reason")),
+            _FINISH_CLASS,
+        ),
+        "</div>",
+        _errors_table(report),
+        "</section>",
+        _top_table(
+            t,
+            "latency_ms",
+            "The 10 slowest rows",
+            "By latency_ms of the last attempt, over all rows that recorded one.",
+        ),
+        _top_table(
+            t,
+            "cost_usd",
+            "The 10 most expensive rows",
+            "By cost_usd; rows with an unknown cost are not ranked.",
+        ),
+        _footer(report),
+    ]
+    return (
+        "<!doctype html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<meta http-equiv="Content-Security-Policy" '
+        "content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">\n"
+        '<link rel="icon" href="data:,">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        + "\n".join(body)
+        + "\n</main>\n</body>\n</html>\n"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Header, footer and tables
+
+
+def _header(report: Mapping[str, Any], title: str) -> str:
+    job: Mapping[str, Any] = report.get("job") or {}
+    rows: Mapping[str, Any] = report.get("rows") or {}
+    tokens: Mapping[str, Any] = report.get("tokens") or {}
+    req: Mapping[str, Any] = report.get("requests") or {}
+    lat: Mapping[str, Any] = report.get("latency_ms") or {}
+    by_status = _as_counts(rows.get("by_status"))
+    total = _int(rows.get("total"))
+    ok = by_status.get("ok", 0)
+    failed = total - ok
+
+    cost = _money(report.get("cost_usd"))
+    cost_note = "sum of the rows' cost_usd"
+    cost_class = ""
+    if report.get("cost_complete") is False:
+        unpriced = [
+            (m, _int(e.get("unpriced_rows")))
+            for m, e in _by_model(report).items()
+            if _int(e.get("unpriced_rows"))
+        ]
+        n = sum(k for _, k in unpriced)
+        cost += " + unknown"
+        models = ", ".join(m for m, _ in unpriced[:3]) + (" …" if len(unpriced) > 3 else "")
+        cost_note = f"cost unknown for {_rows(n)} with status ok" + (
+            f" ({models})" if models else ""
+        )
+        cost_class = " warn"
+
+    latency = "n/a"
+    if lat.get("p50") is not None:
+        latency = " / ".join(_ms(lat.get(k)) for k in ("p50", "p95", "p99"))
+    throughput = "n/a"
+    if report.get("requests_per_min") is not None:
+        throughput = f"{_num(report['requests_per_min'])} rows/min"
+
+    cards = [
+        _card(
+            "Rows",
+            _num(total),
+            f"{_num(ok)} ok · {_num(failed)} failed",
+            " bad" if failed else "",
+        ),
+        _card("Cost (USD)", cost, cost_note, cost_class),
+        _card(
+            "Tokens",
+            _compact(_int(tokens.get("total"))),
+            f"{_compact(_int(tokens.get('prompt')))} prompt "
+            f"({_compact(_int(tokens.get('cached')))} cached) · "
+            f"{_compact(_int(tokens.get('completion')))} completion",
+        ),
+        _card("Wall time", _duration(report.get("wall_s")), throughput),
+        _card("Latency p50 / p95 / p99", latency, f"over {_num(_int(lat.get('rows')))} ok rows"),
+        _card(
+            "Requests",
+            f"{_num(_int(req.get('attempts')))} attempts",
+            f"{_num(_int(req.get('retries')))} retries · {_num(_int(req.get('http_429')))} × 429",
+        ),
+    ]
+    details = [
+        f"<dt>{_e(k)}</dt><dd>{_e(_short(_one_line(v), 200))}</dd>"
+        for k, v in job.items()
+        if k != "name" and v not in (None, "")
+    ]
+    out = [
+        f"<header><h1>{_e(title)}</h1>",
+        f'<dl class="job">{"".join(details)}</dl>' if details else "",
+        f'<div class="cards">{"".join(cards)}</div>',
+        f'<p class="prices"><b>Prices:</b> {_price_sources(report)}</p>',
+    ]
+    warnings = [str(w) for w in report.get("warnings") or []]
+    if warnings:
+        items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+        out.append(f'<div class="warnings"><b>Warnings</b><ul>{items}</ul></div>')
+    out.append("</header>")
+    return "\n".join(out)
+
+
+def _card(label: str, value: str, note: str, cls: str = "") -> str:
+    return (
+        f'<div class="card{cls}"><div class="label">{_e(label)}</div>'
+        f'<div class="value">{_e(value)}</div><div class="note">{_e(note)}</div></div>'
+    )
+
+
+def _price_sources(report: Mapping[str, Any]) -> str:
+    """Models by price source: ``genai-prices 0.0.35: gpt-4o-mini · job [prices]: mine``."""
+    pricing: Mapping[str, Any] = report.get("pricing") or {}
+    by_source: dict[str, list[str]] = {}
+    for model, entry in _by_model(report).items():
+        if model == NO_VALUE:
+            continue
+        by_source.setdefault(str(entry.get("price_source") or "unknown"), []).append(model)
+    parts = []
+    for source, models in by_source.items():
+        shown = ", ".join(_short(m, 40) for m in models[:4])
+        more = f" and {len(models) - 4} more" if len(models) > 4 else ""
+        parts.append(f"{_e(source)}: {_e(shown + more)}")
+    units = str(pricing.get("units") or "USD per 1M tokens")
+    library = f"{pricing.get('library', '')} {pricing.get('library_version', '')}".strip()
+    tail = f"{units}; price library {library}" if library else units
+    return (" · ".join(parts) or "no model named") + f' <span class="dim">({_e(tail)})</span>'
+
+
+def _model_table(report: Mapping[str, Any]) -> str:
+    by_model = _by_model(report)
+    if not by_model:
+        return ""
+    head = (
+        "<tr><th>Model</th><th class=n>Rows</th><th class=n>Ok</th><th class=n>Failed</th>"
+        "<th class=n>Prompt</th><th class=n>Cached</th><th class=n>Completion</th>"
+        "<th class=n>Cost</th><th class=n>Price in / cached / out</th><th>Source</th></tr>"
+    )
+    body = []
+    for model, m in list(by_model.items())[:50]:
+        p = m.get("price")
+        price = (
+            "unknown"
+            if not isinstance(p, Mapping)
+            else f"{_num(p.get('input'))} / {_num(p.get('cached_input'))} / {_num(p.get('output'))}"
+        )
+        cost = _money(m.get("cost_usd"))
+        unpriced = _int(m.get("unpriced_rows"))
+        if m.get("cost_usd") is None and unpriced:
+            known = _float(m.get("cost_known_usd")) or 0.0
+            cost = f"{_money(known) + ' + ' if known else ''}unknown ({_rows(unpriced)})"
+        body.append(
+            "<tr>"
+            f'<td class="model">{_e(_short(model, 60))}</td>'
+            f"<td class=n>{_num(_int(m.get('rows')))}</td>"
+            f"<td class=n>{_num(_int(m.get('ok')))}</td>"
+            f"<td class=n>{_num(_int(m.get('failed')))}</td>"
+            f"<td class=n>{_num(_int(m.get('prompt_tokens')))}</td>"
+            f"<td class=n>{_num(_int(m.get('cached_tokens')))}</td>"
+            f"<td class=n>{_num(_int(m.get('completion_tokens')))}</td>"
+            f"<td class=n>{_e(cost)}</td>"
+            f"<td class=n>{_e(price)}</td>"
+            f"<td>{_e(m.get('price_source') or '')}</td>"
+            "</tr>"
+        )
+    more = ""
+    if len(by_model) > 50:
+        more = f'<p class="dim">{len(by_model) - 50} more models in cost_report.json.</p>'
+    return (
+        '<div class="scroll"><table><caption>Prices in USD per 1M tokens</caption>'
+        f"<thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>{more}"
+    )
+
+
+def _errors_table(report: Mapping[str, Any]) -> str:
+    errors: Mapping[str, Any] = report.get("by_error_type") or {}
+    if not errors:
+        return ""
+    body = "".join(
+        f"<tr><td>{_e(k)}</td><td class=n>{_num(_int(v.get('rows')))}</td>"
+        f'<td class="preview">{_e(_short(_one_line(v.get("example") or ""), 200))}</td></tr>'
+        for k, v in list(errors.items())[:30]
+        if isinstance(v, Mapping)
+    )
+    return (
+        '<h3>Failures by type</h3><div class="scroll"><table><thead><tr><th>Error type</th>'
+        f"<th class=n>Rows</th><th>Example</th></tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _top_table(t: pa.Table, column: str, title: str, note: str) -> str:
+    """The ``TOP_ROWS`` rows with the largest finite ``column``, largest first (ties by key)."""
+    values = pc.cast(t[column], pa.float64())
+    mask = pc.fill_null(pc.is_finite(values), False)
+    small = pa.table(
+        {"v": values, "key": t["key"], "i": pa.array(np.arange(t.num_rows, dtype=np.int64))}
+    ).filter(mask)
+    head = (
+        "<tr><th class=n>#</th><th>Key</th><th>Status</th><th>Model</th><th class=n>Latency</th>"
+        "<th class=n>Tokens in → out</th><th class=n>Cost</th><th>Finish</th>"
+        "<th>Content</th></tr>"
+    )
+    if small.num_rows == 0:
+        return (
+            f'<section><h2>{_e(title)}</h2><p class="dim">No row has a {_e(column)}.</p></section>'
+        )
+    k = min(TOP_ROWS, small.num_rows)
+    order = pc.select_k_unstable(small, k=k, sort_keys=[("v", "descending"), ("key", "ascending")])
+    rows = t.take(small["i"].take(order)).to_pylist()
+    body = []
+    for n, r in enumerate(rows, 1):
+        status = str(r["status"] or "")
+        if status == "ok":
+            preview = _short(_one_line(r["content"] or ""), _PREVIEW_CHARS)
+            preview_cell = f'<td class="preview">{_e(preview)}</td>'
+        else:
+            err = f"{r['error_type'] or 'error'}: {r['error_message'] or ''}"
+            preview_cell = (
+                f'<td class="preview err">{_e(_short(_one_line(err), _PREVIEW_CHARS))}</td>'
+            )
+        key = str(r["key"] if r["key"] is not None else "")
+        tokens = (
+            f"{_num(_int(r['prompt_tokens']))} → {_num(_int(r['completion_tokens']))}"
+            if r["prompt_tokens"] is not None or r["completion_tokens"] is not None
+            else "–"
+        )
+        cost = "unknown" if r["cost_usd"] is None else _money(r["cost_usd"])
+        body.append(
+            "<tr>"
+            f"<td class=n>{n}</td>"
+            f'<td class="rk" title="{_e(_short(key, _TITLE_CHARS))}">'
+            f"{_e(_short(key, _KEY_CHARS))}</td>"
+            f'<td class="st-{"ok" if status == "ok" else "failed"}">{_e(status)}</td>'
+            f'<td class="model">{_e(_short(r["model"] or "", 40))}</td>'
+            f"<td class=n>{_e(_ms(r['latency_ms']))}</td>"
+            f"<td class=n>{_e(tokens)}</td>"
+            f"<td class=n>{_e(cost)}</td>"
+            f"<td>{_e(r['finish_reason'] or '')}</td>"
+            f"{preview_cell}"
+            "</tr>"
+        )
+    return (
+        f'<section><h2>{_e(title)}</h2><p class="dim">{_e(note)}</p>'
+        f'<div class="scroll"><table class="rows"><thead>{head}</thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div></section>"
+    )
+
+
+def _footer(report: Mapping[str, Any]) -> str:
+    generated = report.get("generated_at") or ""
+    return (
+        f"<footer>Generated by batchrunner {('at ' + _e(generated)) if generated else ''}. "
+        "The same figures are in cost_report.json; every row is in the results file. "
+        "This page loads nothing from the network.</footer>"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Charts
+
+
+def _timeline(t: pa.Table) -> str:
+    """Rows finished per second (ok and failed stacked), and 429s per second, over the run."""
+    label = "Rows finished per second and 429 responses per second over the run"
+    finished = _np_float(t["finished_at"])
+    finite = np.isfinite(finished)
+    positive = finite & (finished > 0)
+    use = positive if positive.any() else finite
+    legend = _legend([("b-ok", "ok rows"), ("b-failed", "failed rows"), ("b-429", "429s")])
+    if not use.any():
+        return _figure("Rows finished and 429s per second", legend, _no_data(label), "No rows.")
+    at = finished[use]
+    is_ok = _np_bool(pc.equal(t["status"], "ok"))[use]
+    limited = _np_float(t["rate_limited"])[use]
+    limited[~np.isfinite(limited)] = 0.0
+    start = float(at.min())
+    rel = at - start
+    seconds = math.floor(float(rel.max())) + 1
+    width = _bucket_width(seconds)
+    nb = max(1, math.ceil(seconds / width))
+    idx = np.minimum((rel // width).astype(np.int64), nb - 1)
+    ok_rate = np.bincount(idx[is_ok], minlength=nb) / width
+    failed_rate = np.bincount(idx[~is_ok], minlength=nb) / width
+    rate_429 = np.bincount(idx, weights=limited, minlength=nb) / width
+
+    w, left, right = 1000, 64, 20
+    top1, h1 = 22, 190
+    top2, h2 = top1 + h1 + 38, 90
+    height = top2 + h2 + 44
+    pw = w - left - right
+    slots = max(nb, MIN_TIME_SLOTS)  # a short run does not fill the width with a few bars
+    bw = pw / slots
+    gap = 1.0 if bw >= 4 else 0.0
+    parts: list[str] = []
+
+    def x_of(i: int) -> float:
+        return left + i * bw
+
+    # Panel 1: rows finished per second.
+    total_rate = ok_rate + failed_rate
+    top_v, step = _nice_scale(float(total_rate.max()), integer=width == 1)
+    parts += _y_axis(left, w - right, top1, top1 + h1, top_v, step, _compact)
+    parts.append(_text(left, top1 - 8, "rows finished / s", "axis-title"))
+    span_name = _span_name(width)
+    for i in np.flatnonzero(total_rate > 0).tolist():
+        y_base: float = top1 + h1
+        when = f"{_clock(i * width)}–{_clock((i + 1) * width)}"
+        for value, cls, what in (
+            (float(ok_rate[i]), "b-ok", "ok"),
+            (float(failed_rate[i]), "b-failed", "failed"),
+        ):
+            if value <= 0:
+                continue
+            bh = h1 * value / top_v
+            y_base -= bh
+            parts.append(
+                _rect(
+                    x_of(i) + gap / 2,
+                    y_base,
+                    bw - gap,
+                    bh,
+                    cls,
+                    f"{when}: {_compact(value)} {what} rows/s{span_name}",
+                )
+            )
+    # Panel 2: 429s per second.
+    top_r, step_r = _nice_scale(float(rate_429.max()), ticks=2, integer=width == 1)
+    parts += _y_axis(left, w - right, top2, top2 + h2, top_r, step_r, _compact)
+    parts.append(
+        _text(left, top2 - 8, "429 responses / s (at the finish of their row)", "axis-title")
+    )
+    for i in np.flatnonzero(rate_429 > 0).tolist():
+        value = float(rate_429[i])
+        bh = h2 * value / top_r
+        when = f"{_clock(i * width)}–{_clock((i + 1) * width)}"
+        parts.append(
+            _rect(
+                x_of(i) + gap / 2,
+                top2 + h2 - bh,
+                bw - gap,
+                bh,
+                "b-429",
+                f"{when}: {_compact(value)} 429s/s{span_name}",
+            )
+        )
+    # Shared time axis, under panel 2.
+    total_s = slots * width
+    tick = _time_tick(total_s)
+    for s in range(0, int(total_s) + 1, tick):
+        x = left + pw * s / total_s
+        parts.append(_line(x, top2 + h2, x, top2 + h2 + 4, "axis"))
+        parts.append(_text(x, top2 + h2 + 17, _clock(s), "tick", "middle"))
+    parts.append(
+        _text(
+            left + pw / 2, height - 6, "time since the first row finished", "axis-title", "middle"
+        )
+    )
+    parts.append(_line(left, top1 + h1, w - right, top1 + h1, "axis"))
+    parts.append(_line(left, top2 + h2, w - right, top2 + h2, "axis"))
+
+    n_left_out = int(len(finished) - int(use.sum()))
+    started = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    caption = (
+        f"Rows finished per second by their finished_at, in {_bucket_name(width)} buckets from the "
+        f"first row finished ({started if start > 0 else 'time not recorded'})"
+        + (", averaged over each bucket" if width > 1 else "")
+        + ". A row's 429s are its rate_limited count, all put at the second the row finished, "
+        "not at the moments the 429s arrived; rows retried over several runs count all their "
+        "429s. A resumed job shows the gaps between its runs."
+        + (f" {_rows(n_left_out)} without a finish time are left out." if n_left_out else "")
+    )
+    svg = _svg(w, height, label, parts)
+    return _figure("Rows finished and 429s per second", legend, svg, caption)
+
+
+def _latency(t: pa.Table, report: Mapping[str, Any]) -> str:
+    """Histogram of ok rows' latency_ms, with the report's p50 / p95 / p99 as markers."""
+    label = "Histogram of the latency of ok rows, with p50, p95 and p99 markers"
+    is_ok = _np_bool(pc.equal(t["status"], "ok"))
+    lat = _np_float(t["latency_ms"])[is_ok]
+    lat = lat[np.isfinite(lat) & (lat >= 0)]
+    title = "Latency of ok rows"
+    if lat.size == 0:
+        return _figure(title, "", _no_data(label, "no ok row with a latency"), "")
+    rep: Mapping[str, Any] = report.get("latency_ms") or {}
+    marks = [(k, _float(rep.get(k))) for k in ("p50", "p95", "p99")]
+    vmin, vmax = float(lat.min()), float(lat.max())
+    p99 = _float(rep.get("p99"))
+    if p99 is None or p99 <= 0:
+        p99 = float(np.percentile(lat, 99))
+    hi = vmax
+    if p99 > 0 and vmax > 2 * p99:  # a long tail: the slowest go into one overflow bar
+        hi = _nice_ceil(p99 * 1.5)
+    lo = 0.0 if vmin <= 0.25 * hi else vmin
+    if hi - lo <= 1e-9 * max(1.0, hi):  # one value: centre it
+        pad = max(abs(hi) * 0.1, 1.0)
+        lo, hi = max(0.0, lo - pad), hi + pad
+    # Round bins (1, 2, 2.5 or 5 × 10^k ms) from a round start, 10 to MAX_LATENCY_BINS of them.
+    target = int(min(MAX_LATENCY_BINS, max(10, round(2 * math.sqrt(lat.size)))))
+    bin_ms = _nice_step((hi - lo) / target)
+    lo = math.floor(lo / bin_ms) * bin_ms
+    nbins = max(1, min(MAX_LATENCY_BINS, math.ceil((hi - lo) / bin_ms - 1e-9)))
+    hi = lo + nbins * bin_ms
+    inside = lat[lat <= hi]
+    counts, _ = np.histogram(inside, bins=nbins, range=(lo, hi))
+    overflow = int(lat.size - inside.size)
+    keys = [("b-lat", "ok rows")] + ([("b-over", "slower than the last bin")] if overflow else [])
+    legend = _legend(keys)
+
+    w, left, right, top, h = 1000, 64, 20, 56, 200
+    height = top + h + 44
+    slots = nbins + (2 if overflow else 0)  # a one-bin gap, then the overflow bar
+    pw = w - left - right
+    bw = pw / slots
+    gap = 1.0 if bw >= 4 else 0.0
+    ymax = max(int(counts.max()) if counts.size else 0, overflow)
+    top_v, step = _nice_scale(float(ymax), integer=True)
+    parts = _y_axis(left, w - right, top, top + h, top_v, step, _compact)
+    parts.append(_text(left, top - 44, "rows", "axis-title"))
+    edges = np.linspace(lo, hi, nbins + 1)
+    for i in np.flatnonzero(counts > 0).tolist():
+        c = int(counts[i])
+        bh = h * c / top_v
+        parts.append(
+            _rect(
+                left + i * bw + gap / 2,
+                top + h - bh,
+                bw - gap,
+                bh,
+                "b-lat",
+                f"{_ms(float(edges[i]))}–{_ms(float(edges[i + 1]))}: {_rows(c)}",
+            )
+        )
+    if overflow:
+        bh = h * overflow / top_v
+        x = left + (slots - 1) * bw
+        parts.append(
+            _rect(
+                x + gap / 2,
+                top + h - bh,
+                bw - gap,
+                bh,
+                "b-over",
+                f"slower than {_ms(hi)}: {_rows(overflow)} (max {_ms(vmax)})",
+            )
+        )
+        parts.append(_text(x + bw / 2, top + h + 17, f"> {_ms(hi)}", "tick", "end"))
+    span = hi - lo
+    scale_w = nbins * bw
+
+    def x_of(v: float) -> float:
+        return left + scale_w * (v - lo) / span
+
+    step_x = _nice_step(span / 6)
+    v = math.ceil(lo / step_x) * step_x
+    while v <= hi + 1e-9 * span:
+        x = x_of(v)
+        parts.append(_line(x, top + h, x, top + h + 4, "axis"))
+        if not overflow or x < left + scale_w - 30:
+            parts.append(_text(x, top + h + 17, _ms(v), "tick", "middle"))
+        v += step_x
+    parts.append(_line(left, top + h, w - right, top + h, "axis"))
+    parts.append(
+        _text(left + pw / 2, height - 6, "latency of the last attempt", "axis-title", "middle")
+    )
+    for n, (name, value) in enumerate(marks):
+        if value is None:
+            continue
+        x = x_of(min(max(value, lo), hi)) if value <= hi else left + (slots - 0.5) * bw
+        y = top - 34 + 13 * n
+        parts.append(_line(x, y + 3, x, top + h, f"mark m-{name}"))
+        anchor = "end" if x > w - right - 140 else "start"
+        dx = -4 if anchor == "end" else 4
+        parts.append(_text(x + dx, y, f"{name} {_ms(value)}", f"mark-label m-{name}", anchor))
+    caption = (
+        f"{_num(int(lat.size))} ok rows in {nbins} bins of {_ms(bin_ms)}"
+        + (
+            f"; {_rows(overflow)} slower than {_ms(hi)} in the last bar (max {_ms(vmax)})"
+            if overflow
+            else ""
+        )
+        + ". Markers: the report's p50, p95 and p99."
+    )
+    return _figure(title, legend, _svg(w, height, label, parts), caption)
+
+
+def _model_charts(report: Mapping[str, Any]) -> list[str]:
+    by_model = _by_model(report)
+    items = list(by_model.items())
+    if len(items) > MAX_CATEGORIES:
+        rest = items[MAX_CATEGORIES - 1 :]
+        merged: dict[str, Any] = {}
+        for _, m in rest:
+            for k in (
+                "prompt_tokens",
+                "cached_tokens",
+                "completion_tokens",
+                "cost_known_usd",
+                "unpriced_rows",
+                "rows",
+            ):
+                merged[k] = merged.get(k, 0) + (_float(m.get(k)) or 0)
+        merged["cost_usd"] = None if merged["unpriced_rows"] else merged["cost_known_usd"]
+        items = [*items[: MAX_CATEGORIES - 1], (f"({len(rest)} other models)", merged)]
+
+    token_rows: list[_Bar] = []
+    cost_rows: list[_Bar] = []
+    for model, m in items:
+        prompt = _float(m.get("prompt_tokens")) or 0.0
+        cached = min(_float(m.get("cached_tokens")) or 0.0, prompt)
+        completion = _float(m.get("completion_tokens")) or 0.0
+        token_rows.append(
+            _Bar(
+                model,
+                [
+                    (prompt - cached, "b-prompt", f"{_num(int(prompt - cached))} uncached prompt"),
+                    (cached, "b-cached", f"{_num(int(cached))} cached prompt"),
+                    (completion, "b-completion", f"{_num(int(completion))} completion"),
+                ],
+                _compact(prompt + completion),
+            )
+        )
+        known = _float(m.get("cost_known_usd"))
+        if known is None:
+            known = _float(m.get("cost_usd")) or 0.0
+        unpriced = int(_float(m.get("unpriced_rows")) or 0)
+        if m.get("cost_usd") is None and unpriced:
+            text = (
+                f"{_money(known)} + ?" if known else "unknown"
+            ) + f" ({_rows(unpriced)} unpriced)"
+            cls = "b-partial"
+        else:
+            text, cls = _money(known), "b-cost"
+        cost_rows.append(_Bar(model, [(known, cls, f"{text}")], text))
+
+    tokens = _figure(
+        "Tokens by model",
+        _legend(
+            [("b-prompt", "prompt"), ("b-cached", "cached prompt"), ("b-completion", "completion")]
+        ),
+        _hbars("Tokens by model: prompt, cached prompt and completion", token_rows),
+        "Reasoning tokens are part of completion tokens.",
+    )
+    cost = _figure(
+        "Cost by model (USD)",
+        _legend(
+            [("b-cost", "cost")]
+            + (
+                [("b-partial", "known part; some rows unpriced")]
+                if any(v > 0 and c == "b-partial" for b in cost_rows for v, c, _ in b.segments)
+                else []
+            )
+        ),
+        _hbars("Cost in USD by model", cost_rows),
+        "Sum of the rows' cost_usd; a model with unpriced rows shows its known part.",
+    )
+    return [tokens, cost]
+
+
+def _category_chart(
+    title: str, label: str, counts: Mapping[str, int], classes: Mapping[str, str]
+) -> str:
+    items = list(counts.items())
+    if len(items) > MAX_CATEGORIES:
+        rest = items[MAX_CATEGORIES - 1 :]
+        items = [*items[: MAX_CATEGORIES - 1], (f"({len(rest)} others)", sum(v for _, v in rest))]
+    total = sum(v for _, v in items) or 1
+    bars = [
+        _Bar(
+            k,
+            [(float(v), classes.get(k, "b-other"), f"{_rows(v)}")],
+            f"{_num(v)} ({100 * v / total:.3g}%)",
+        )
+        for k, v in items
+    ]
+    return _figure(title, "", _hbars(label, bars), "")
+
+
+class _Bar:
+    """One row of a horizontal bar chart: a name, stacked segments, the text after the bar."""
+
+    __slots__ = ("name", "segments", "text")
+
+    def __init__(self, name: str, segments: Sequence[tuple[float, str, str]], text: str) -> None:
+        self.name = name
+        self.segments = segments
+        self.text = text
+
+
+def _hbars(label: str, bars: Sequence[_Bar]) -> str:
+    w, left, row_h, bar_h, top = 520, 168, 26, 16, 8
+    if not bars:
+        return _no_data(label, "no rows", w)
+    # Room on the right for the longest value text (about 6.5 units a character at 11px).
+    right = min(230, max(60, round(6.5 * max(len(b.text) for b in bars)) + 14))
+    height = top + row_h * len(bars) + 8
+    pw = w - left - right
+    vmax = max(sum(max(0.0, v) for v, _, _ in b.segments) for b in bars)
+    scale = pw / vmax if vmax > 0 else 0.0
+    parts: list[str] = [_line(left, top - 2, left, height - 6, "axis")]
+    for n, b in enumerate(bars):
+        y = top + n * row_h
+        parts.append(
+            f'<text class="cat" x="{left - 6}" y="{y + bar_h - 3}" text-anchor="end">'
+            f"<title>{_e(_short(b.name, _TITLE_CHARS))}</title>{_e(_short(b.name, _LABEL_CHARS))}"
+            "</text>"
+        )
+        x = float(left)
+        for v, cls, tip in b.segments:
+            if v <= 0:
+                continue
+            bw = v * scale
+            parts.append(_rect(x, y, max(bw, 1.0), bar_h, cls, f"{b.name}: {tip}"))
+            x += bw
+        parts.append(_text(x + 6, y + bar_h - 3, b.text, "value"))
+    return _svg(w, height, label, parts)
+
+
+# --------------------------------------------------------------------------------------------
+# SVG and HTML pieces
+
+
+def _svg(w: int, h: int, label: str, parts: Sequence[str]) -> str:
+    return (
+        f'<svg class="chart" role="img" aria-label="{_e(label)}" viewBox="0 0 {w} {h}" '
+        f'width="{w}" height="{h}">' + "".join(parts) + "</svg>"
+    )
+
+
+def _no_data(label: str, text: str = "no data", w: int = 1000) -> str:
+    return _svg(w, 60, f"{label}: {text}", [_text(w / 2, 35, text, "empty", "middle")])
+
+
+def _figure(title: str, legend: str, svg: str, caption: str) -> str:
+    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f"<figure><h3>{_e(title)}</h3>{legend}{svg}{cap}</figure>"
+
+
+def _legend(items: Sequence[tuple[str, str]]) -> str:
+    keys = "".join(f'<span class="key"><i class="{cls}"></i>{_e(t)}</span>' for cls, t in items)
+    return f'<div class="legend">{keys}</div>'
+
+
+def _rect(x: float, y: float, w: float, h: float, cls: str, tip: str) -> str:
+    return (
+        f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{max(w, 0.5):.1f}" '
+        f'height="{max(h, 0.5):.1f}"><title>{_e(tip)}</title></rect>'
+    )
+
+
+def _line(x1: float, y1: float, x2: float, y2: float, cls: str) -> str:
+    return f'<line class="{cls}" x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}"/>'
+
+
+def _text(x: float, y: float, s: str, cls: str, anchor: str = "start") -> str:
+    a = "" if anchor == "start" else f' text-anchor="{anchor}"'
+    return f'<text class="{cls}" x="{x:.1f}" y="{y:.1f}"{a}>{_e(s)}</text>'
+
+
+def _y_axis(
+    x0: float,
+    x1: float,
+    y_top: float,
+    y_bottom: float,
+    top_value: float,
+    step: float,
+    fmt: Callable[[float], str],
+) -> list[str]:
+    parts = []
+    n = max(1, round(top_value / step))
+    for i in range(n + 1):
+        v = i * step
+        y = y_bottom - (y_bottom - y_top) * v / top_value
+        parts.append(_line(x0, y, x1, y, "gl"))
+        parts.append(_text(x0 - 6, y + 4, fmt(v), "tick", "end"))
+    return parts
+
+
+# --------------------------------------------------------------------------------------------
+# Scales and formats
+
+
+def _nice_step(raw: float, *, integer: bool = False) -> float:
+    if not math.isfinite(raw) or raw <= 0:
+        return 1.0
+    mag = 10.0 ** math.floor(math.log10(raw))
+    factors = (1.0, 2.0, 5.0, 10.0) if integer and mag < 10 else (1.0, 2.0, 2.5, 5.0, 10.0)
+    step = next(f * mag for f in factors if f * mag >= raw * (1 - 1e-9))
+    return max(1.0, step) if integer else step
+
+
+def _nice_scale(vmax: float, *, ticks: int = 4, integer: bool = False) -> tuple[float, float]:
+    """(axis top, tick step) for values from 0 to ``vmax``."""
+    if not math.isfinite(vmax) or vmax <= 0:
+        return 1.0, 1.0
+    step = _nice_step(vmax / ticks, integer=integer)
+    return step * math.ceil(vmax / step - 1e-9), step
+
+
+def _nice_ceil(v: float) -> float:
+    step = _nice_step(v / 10)
+    return step * math.ceil(v / step)
+
+
+def _bucket_width(seconds: int) -> int:
+    need = seconds / MAX_TIME_BUCKETS
+    for s in _TIME_STEPS:
+        if s >= need:
+            return s
+    return 86400 * math.ceil(need / 86400)
+
+
+def _time_tick(total_s: float) -> int:
+    need = total_s / 8
+    for s in _TIME_STEPS:
+        if s >= need:
+            return s
+    return 86400 * math.ceil(need / 86400)
+
+
+def _bucket_name(width: int) -> str:
+    return f"{width}-second" if width < 60 else _clock(width).replace(" ", "")
+
+
+def _span_name(width: int) -> str:
+    return "" if width == 1 else f" (mean over {_clock(width)})"
+
+
+def _clock(s: float) -> str:
+    """Seconds as a short duration: 45s, 2m05s, 1h30m, 2d04h."""
+    s = round(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        m, sec = divmod(s, 60)
+        return f"{m}m{sec:02d}s" if sec else f"{m}m"
+    if s < 86400:
+        h, rem = divmod(s, 3600)
+        m = rem // 60
+        return f"{h}h{m:02d}m" if m else f"{h}h"
+    d, rem = divmod(s, 86400)
+    h = rem // 3600
+    return f"{d}d{h:02d}h" if h else f"{d}d"
+
+
+def _ms(v: Any) -> str:
+    x = _float(v)
+    if x is None:
+        return "–"
+    if abs(x) < 1000:
+        return f"{x:.3g} ms" if abs(x) < 10 else f"{x:.0f} ms"
+    if abs(x) < 60_000:
+        return f"{x / 1000:.3g} s"
+    return f"{x / 60_000:.3g} min"
+
+
+def _compact(v: float) -> str:
+    a = abs(v)
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if a >= div:
+            return f"{v / div:.3g}{suffix}"
+    if a == 0:
+        return "0"
+    return f"{v:.3g}"
+
+
+def _rows(n: int) -> str:
+    return f"{n:,} row" if n == 1 else f"{n:,} rows"
+
+
+def _one_line(v: Any) -> str:
+    return " ".join(str(v).split())
+
+
+def _short(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _e(v: Any) -> str:
+    """HTML-escape ``v`` for text and attribute values; invalid characters become U+FFFD."""
+    return html.escape(_BAD_CHARS.sub("\ufffd", str(v)), quote=True)
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    x = float(v)
+    return x if math.isfinite(x) else None
+
+
+def _as_counts(v: Any) -> dict[str, int]:
+    return {str(k): _int(n) for k, n in v.items()} if isinstance(v, Mapping) else {}
+
+
+def _by_model(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    v = report.get("by_model")
+    if not isinstance(v, Mapping):
+        return {}
+    return {str(k): m for k, m in v.items() if isinstance(m, Mapping)}
+
+
+def _np_float(col: pa.ChunkedArray | pa.Array) -> F64:
+    arr = pc.fill_null(pc.cast(col, pa.float64()), math.nan)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.float64())
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64).copy()
+
+
+def _np_bool(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.bool_]:
+    arr = pc.fill_null(col, False)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.bool_())
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
+_STATUS_CLASS = {"ok": "b-ok", "failed": "b-failed"}
+_FINISH_CLASS = {
+    "stop": "b-ok",
+    "length": "b-length",
+    "content_filter": "b-filter",
+    "tool_calls": "b-tools",
+    "function_call": "b-tools",
+    NO_VALUE: "b-other",
+}
+
+_CSS = """
+:root{color-scheme:light;--ok:#3b78c4;--failed:#d1495b;--r429:#e8892b;--ink:#1f2933;
+--dim:#667085;--line:#d0d5dd;--bg:#f7f8fa}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--ink);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+main{max-width:1080px;margin:0 auto;padding:24px 20px 40px}
+h1{font-size:24px;margin:0 0 6px;overflow-wrap:anywhere}
+h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid var(--line);padding-bottom:4px}
+h3{font-size:14px;margin:0 0 6px}
+section,header{margin-bottom:12px}
+.dim{color:var(--dim)}
+dl.job{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0 0 14px;
+color:var(--dim);font-size:13px}
+dl.job dt{font-weight:600}dl.job dd{margin:0;overflow-wrap:anywhere}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:10px}
+.card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 12px}
+.card .label{font-size:12px;color:var(--dim);text-transform:uppercase;letter-spacing:.03em}
+.card .value{font-size:18px;font-weight:600;margin:2px 0;overflow-wrap:anywhere}
+.card .note{font-size:12px;color:var(--dim)}
+.card.warn{border-color:#e8a33d;background:#fff8eb}.card.bad .note{color:var(--failed)}
+.prices{font-size:13px;margin:12px 0 0;overflow-wrap:anywhere}
+.warnings{margin-top:12px;background:#fff8eb;border:1px solid #e8a33d;border-radius:8px;
+padding:8px 12px;font-size:13px}.warnings ul{margin:4px 0 0;padding-left:20px}
+figure{margin:0 0 16px;background:#fff;border:1px solid var(--line);border-radius:8px;
+padding:12px;min-width:0}
+figcaption{font-size:12px;color:var(--dim);margin-top:6px}
+.cols{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:16px}
+svg.chart{display:block;width:100%;height:auto}
+svg text{font-size:12px;fill:var(--ink)}
+svg .tick,svg .value{fill:#475467;font-size:11px}
+svg .axis-title{fill:var(--dim);font-size:11px}
+svg .empty{fill:var(--dim);font-size:14px}
+svg .gl{stroke:#eaecf0;stroke-width:1}
+svg .axis{stroke:#98a2b3;stroke-width:1}
+svg .mark{stroke-width:1.5;stroke-dasharray:4 3}
+svg .mark-label{font-size:11px;font-weight:600;stroke:none}
+.m-p50{stroke:#12805c;fill:#12805c}.m-p95{stroke:#b5470b;fill:#b5470b}
+.m-p99{stroke:#9b1c31;fill:#9b1c31}
+.b-ok{fill:var(--ok);background:var(--ok)}.b-failed{fill:var(--failed);background:var(--failed)}
+.b-429{fill:var(--r429);background:var(--r429)}
+.b-lat{fill:#5b8fd1;background:#5b8fd1}.b-over{fill:#98a2b3;background:#98a2b3}
+.b-prompt{fill:#3b78c4;background:#3b78c4}.b-cached{fill:#9cc3ee;background:#9cc3ee}
+.b-completion{fill:#2f9e77;background:#2f9e77}
+.b-cost{fill:#7a5af8;background:#7a5af8}.b-partial{fill:#c4b5fd;background:#c4b5fd}
+.b-length{fill:var(--r429);background:var(--r429)}
+.b-filter{fill:#9b1c31;background:#9b1c31}
+.b-tools{fill:#2f9e77;background:#2f9e77}.b-other{fill:#98a2b3;background:#98a2b3}
+.legend{font-size:12px;color:var(--dim);margin:0 0 6px}
+.legend .key{margin-right:14px;white-space:nowrap}
+.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px;
+vertical-align:-1px}
+.scroll{overflow-x:auto;background:#fff;border:1px solid var(--line);border-radius:8px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+caption{caption-side:bottom;text-align:left;font-size:12px;color:var(--dim);padding:6px 8px}
+th,td{padding:5px 8px;border-bottom:1px solid #eaecf0;text-align:left;vertical-align:top}
+th{background:#f2f4f7;font-weight:600;white-space:nowrap}
+td.n,th.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td.preview{color:#344054;min-width:220px;overflow-wrap:anywhere}
+td.rk{white-space:nowrap}td.model{min-width:110px;overflow-wrap:anywhere}
+td.err,.st-failed{color:var(--failed)}.st-ok{color:#12805c}
+tbody tr:last-child td{border-bottom:0}
+footer{margin-top:28px;color:var(--dim);font-size:12px}
+"""

@@ -1,0 +1,431 @@
+"""report.html: a self-contained page with SVG charts, safe with any content, light at any size."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from batchrunner.pricing import ModelPrice, PriceBook
+from batchrunner.records import OUTCOME_SCHEMA, Outcome
+from batchrunner.report import REPORT_HTML, build_report, write_reports
+from batchrunner.report_html import (
+    MAX_CATEGORIES,
+    MAX_LATENCY_BINS,
+    MAX_TIME_BUCKETS,
+    render_html,
+)
+
+OWN = ModelPrice(input=2.0, output=8.0, cached_input=0.5)
+T0 = 1_767_322_800.0  # 2026-01-02 03:00:00 UTC
+XSS = "<script>alert(1)</script>"
+CHARTS = 6  # timeline, latency, tokens by model, cost by model, by status, by finish_reason
+CHROMIUM = "/usr/bin/chromium"
+
+
+def table(outcomes: list[Outcome]) -> pa.Table:
+    return pa.Table.from_pylist([o.as_dict() for o in outcomes], schema=OUTCOME_SCHEMA)
+
+
+def ok_row(
+    book: PriceBook,
+    key: str,
+    model: str,
+    *,
+    at: float,
+    latency: float = 400.0,
+    prompt: int = 800,
+    completion: int = 120,
+    cached: int = 0,
+    rate_limited: int = 0,
+    finish: str = "stop",
+    content: str = "A red kettle with a wooden handle.",
+) -> Outcome:
+    return Outcome(
+        key=key,
+        status="ok",
+        content=content,
+        finish_reason=finish,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cached_tokens=cached,
+        reasoning_tokens=0,
+        cost_usd=book.cost(
+            model, prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+        ),
+        latency_ms=latency,
+        attempts=1 + rate_limited,
+        rate_limited=rate_limited,
+        model=model,
+        finished_at=at,
+    )
+
+
+def failed_row(key: str, *, at: float, error_type: str = "timeout", **kw: Any) -> Outcome:
+    return Outcome(
+        key=key,
+        status="failed",
+        attempts=6,
+        error_type=error_type,
+        error_message=kw.pop("message", "timed out after 120 s"),
+        finished_at=at,
+        **kw,
+    )
+
+
+@pytest.fixture
+def book() -> PriceBook:
+    return PriceBook({"my-model": OWN})
+
+
+@pytest.fixture
+def mixed(book: PriceBook) -> list[Outcome]:
+    rows = [
+        ok_row(
+            book,
+            f"a{i}",
+            "gpt-4o-mini",
+            at=T0 + i * 0.25,
+            latency=100.0 + 7.0 * i,
+            rate_limited=1 if i % 10 == 0 else 0,
+            finish="length" if i % 17 == 0 else "stop",
+        )
+        for i in range(120)
+    ]
+    rows += [
+        ok_row(book, f"b{i}", "my-model", at=T0 + 3 + i, cached=200, latency=900.0 + i)
+        for i in range(20)
+    ]
+    rows += [ok_row(book, f"u{i}", "no-such-model-xyz", at=T0 + 10 + i) for i in range(5)]
+    rows += [
+        failed_row("f1", at=T0 + 5, latency_ms=120_000.0),
+        failed_row("f2", at=T0 + 6, error_type="rate_limited", message="429", rate_limited=6),
+    ]
+    return rows
+
+
+def page_of(rows: list[Outcome], book: PriceBook, **kw: Any) -> str:
+    t = table(rows)
+    job = {"name": kw.pop("name", "nightly"), "input": "data/products.csv"}
+    report = build_report(t, prices=book, job=job, wall_s=kw.pop("wall_s", 60.0))
+    return render_html(report, t)
+
+
+def svgs(page: str) -> dict[str, str]:
+    """Each chart's SVG markup, by its aria-label."""
+    found = re.findall(r'<svg class="chart" role="img" aria-label="([^"]*)"[^>]*>(.*?)</svg>', page)
+    return dict(found)
+
+
+class _Checker(HTMLParser):
+    """Fails on tags closed out of order or left open (void and self-closed tags aside)."""
+
+    VOID = frozenset({"meta", "link", "br", "hr", "img", "input", "wbr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> with open {self.stack[-3:]}")
+            return
+        self.stack.pop()
+
+
+def assert_well_formed(page: str) -> None:
+    assert page.startswith("<!doctype html>")
+    assert '<meta charset="utf-8">' in page
+    assert re.search(r"<title>[^<]+</title>", page)
+    checker = _Checker()
+    checker.feed(page)
+    checker.close()
+    assert checker.errors == []
+    assert checker.stack == []
+    charts = svgs(page)
+    assert page.count('<svg class="chart"') == CHARTS == len(charts)
+    assert all(label for label in charts)
+
+
+def external_refs(page: str) -> list[str]:
+    """Anything that would make a browser fetch from a network address."""
+    patterns = [
+        r"""(?:src|href|xlink:href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//""",
+        r"""url\(\s*["']?\s*(?:https?:)?//""",
+        r"@import",
+        r"<script[^>]+src",
+    ]
+    return [m.group(0) for p in patterns for m in re.finditer(p, page, re.IGNORECASE)]
+
+
+# --------------------------------------------------------------------------------------------
+# Content
+
+
+def test_page_shows_the_report(book: PriceBook, mixed: list[Outcome]) -> None:
+    page = page_of(mixed, book)
+    assert_well_formed(page)
+    assert "<title>Batch report: nightly</title>" in page
+    assert "147" in page and "145 ok · 2 failed" in page
+    assert "+ unknown" in page  # no-such-model-xyz has no price
+    assert "cost unknown for 5 rows with status ok (no-such-model-xyz)" in page
+    assert "job [prices]: my-model" in page and "unknown: no-such-model-xyz" in page
+    assert "1m 00s" in page or "60.0 s" in page  # wall time
+    charts = svgs(page)
+    timeline = next(s for k, s in charts.items() if k.startswith("Rows finished per second"))
+    assert 'class="b-ok"' in timeline and 'class="b-failed"' in timeline
+    assert 'class="b-429"' in timeline
+    latency = next(s for k, s in charts.items() if k.startswith("Histogram of the latency"))
+    assert latency.count('class="b-lat"') >= 5
+    for q in ("p50", "p95", "p99"):
+        assert f'class="mark m-{q}"' in latency and f">{q} " in latency
+    tokens = next(s for k, s in charts.items() if k.startswith("Tokens by model"))
+    assert all(m in tokens for m in ("gpt-4o-mini", "my-model", "no-such-model-xyz"))
+    cost = next(s for k, s in charts.items() if k.startswith("Cost in USD"))
+    assert "unknown (5 rows unpriced)" in cost  # nothing known: no bar, the text says so
+    assert "429s are its rate_limited count" in page  # the caption says how 429s are placed
+    assert "The 10 slowest rows" in page and "The 10 most expensive rows" in page
+    slowest = page.split("The 10 slowest rows", 1)[1].split("The 10 most expensive rows", 1)[0]
+    assert slowest.index(">f1<") < slowest.index(">b19<")  # 120 s failed row first
+    assert slowest.count("<tr>") == 1 + 10  # head + ten rows
+
+
+def test_timeline_buckets_by_second_from_the_first_row(book: PriceBook) -> None:
+    at = [0.0, 0.2, 0.9, 1.5, 4.0, 4.99]
+    rows = [ok_row(book, f"r{i}", "my-model", at=T0 + a) for i, a in enumerate(at)]
+    rows[4].rate_limited = 3
+    page = page_of(rows, book)
+    timeline = next(s for k, s in svgs(page).items() if k.startswith("Rows finished"))
+    titles = re.findall(r'<rect class="b-ok"[^>]*><title>([^<]*)</title>', timeline)
+    assert titles == ["0s–1s: 3 ok rows/s", "1s–2s: 1 ok rows/s", "4s–5s: 2 ok rows/s"]
+    assert re.findall(r'<rect class="b-429"[^>]*><title>([^<]*)</title>', timeline) == [
+        "4s–5s: 3 429s/s"
+    ]
+    assert "in 1-second buckets" in page and "2026-01-02 03:00:00 UTC" in page
+
+
+def test_long_runs_are_drawn_in_wider_buckets(book: PriceBook) -> None:
+    rows = [ok_row(book, f"r{i}", "my-model", at=T0 + i * 37.0) for i in range(3000)]  # 31 h
+    page = page_of(rows, book)
+    timeline = next(s for k, s in svgs(page).items() if k.startswith("Rows finished"))
+    assert 10 < timeline.count('class="b-ok"') <= MAX_TIME_BUCKETS
+    assert "in 10m buckets" in page and "averaged over each bucket" in page
+
+
+# --------------------------------------------------------------------------------------------
+# Safety
+
+
+def test_data_is_escaped_everywhere(book: PriceBook) -> None:
+    evil_model = '<img src=x onerror="alert(2)">'
+    rows = [
+        ok_row(book, "<b>key</b>", "my-model", at=T0, latency=9_000.0, content=XSS * 3),
+        ok_row(book, "plain", evil_model, at=T0 + 1, content="fine"),
+        failed_row("bad", at=T0 + 2, error_type="<i>x</i>", message=XSS, latency_ms=8_000.0),
+        Outcome(
+            key="ctl", status="ok", content="a\x00b\x1bc", finish_reason=XSS, finished_at=T0 + 3
+        ),
+    ]
+    page = page_of(rows, book, name=f'"><svg onload=alert(3)>{XSS}')
+    assert_well_formed(page)
+    assert XSS not in page and "<script" not in page.lower()
+    assert "<img" not in page and "<svg onload" not in page and 'onerror="' not in page
+    assert "<b>key</b>" not in page and "<i>x</i>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text
+    assert "&lt;b&gt;key&lt;/b&gt;" in page
+    assert "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in page
+    assert "\x00" not in page and "\x1b" not in page
+    assert external_refs(page) == []
+
+
+def test_no_network_resources(book: PriceBook, mixed: list[Outcome]) -> None:
+    mixed[0].content = 'see https://example.com/x.png and <a href="http://evil.test/">here</a>'
+    mixed[0].latency_ms = 50_000.0  # among the slowest: its content is on the page, as text
+    page = page_of(mixed, book)
+    assert "https://example.com/x.png" in page  # text is text
+    assert external_refs(page) == []
+    assert "default-src 'none'" in page  # the browser refuses any load anyway
+    # Without URLs in the data there is no network address on the page at all.
+    clean = page_of(mixed[1:], book)
+    assert "http://" not in clean and "https://" not in clean
+
+
+# --------------------------------------------------------------------------------------------
+# Edge cases
+
+
+def test_edge_cases_render(book: PriceBook) -> None:
+    cases: dict[str, list[Outcome]] = {
+        "no rows": [],
+        "all failed": [failed_row(f"f{i}", at=T0 + i) for i in range(5)],
+        "one row": [ok_row(book, "only", "my-model", at=T0)],
+        "no finish times": [ok_row(book, f"r{i}", "my-model", at=0.0) for i in range(3)],
+        "unknown costs only": [ok_row(book, f"u{i}", "no-such-model-xyz", at=T0) for i in range(3)],
+        "no usage": [Outcome(key="x", status="ok", model="my-model", finished_at=T0)],
+        "no model": [Outcome(key="x", status="ok", content="hi", finished_at=T0, latency_ms=5.0)],
+        "same latency": [ok_row(book, f"s{i}", "my-model", at=T0, latency=250.0) for i in range(9)],
+        "zero latency": [ok_row(book, "z", "my-model", at=T0, latency=0.0)],
+    }
+    for name, rows in cases.items():
+        page = page_of(rows, book, wall_s=None)
+        assert_well_formed(page)
+        assert "nightly" in page, name
+    empty = page_of([], book)
+    assert "No rows." in empty and "no ok row with a latency" in empty
+    assert "No row has a latency_ms" in empty and "No row has a cost_usd" in empty
+    unknown = page_of(cases["unknown costs only"], book)
+    assert "+ unknown" in unknown and "unknown (3 rows unpriced)" in unknown
+    assert "No row has a cost_usd" in unknown
+
+
+def test_many_models_and_finish_reasons_are_capped(book: PriceBook) -> None:
+    rows = [
+        ok_row(book, f"r{i}", f"model-{i % 40}", at=T0 + i, finish=f"reason-{i % 30}")
+        for i in range(400)
+    ]
+    charts = svgs(page_of(rows, book))
+    tokens = next(s for k, s in charts.items() if k.startswith("Tokens by model"))
+    assert tokens.count('<text class="cat"') == MAX_CATEGORIES
+    assert "(26 other models)" in tokens
+    finish = next(s for k, s in charts.items() if k.startswith("rows by finish reason"))
+    assert finish.count('<text class="cat"') == MAX_CATEGORIES and "(16 others)" in finish
+
+
+def test_a_million_rows_stay_fast_and_light() -> None:
+    n = 1_000_000
+    rng = np.random.default_rng(7)
+    ok = rng.random(n) < 0.97
+    latency = rng.lognormal(6.5, 0.7, n)
+    latency[:10] = 600_000.0  # a long tail goes into one overflow bar
+    cols: dict[str, pa.Array] = {
+        "key": pa.array(np.arange(n)).cast(pa.string()),
+        "status": pa.array(np.where(ok, "ok", "failed")),
+        "content": pa.array(np.full(n, "an answer", dtype=object)),
+        "finish_reason": pc.if_else(pa.array(ok), "stop", pa.scalar(None, pa.string())),
+        "prompt_tokens": pa.array(rng.integers(10, 1000, n)),
+        "completion_tokens": pa.array(rng.integers(1, 300, n)),
+        "cost_usd": pa.array(np.where(ok, latency * 1e-7, np.nan), from_pandas=True),
+        "latency_ms": pa.array(latency),
+        "attempts": pa.array(np.ones(n, dtype=np.int64)),
+        "rate_limited": pa.array(rng.poisson(0.05, n)),
+        "model": pa.array(np.where(rng.random(n) < 0.5, "gpt-4o-mini", "my-model")),
+        "finished_at": pa.array(T0 + np.sort(rng.random(n)) * 3 * 86_400),  # three days
+    }
+    t = pa.table(
+        [cols.get(f.name, pa.nulls(n, f.type)) for f in OUTCOME_SCHEMA], schema=OUTCOME_SCHEMA
+    )
+    report = build_report(t, prices=PriceBook({"my-model": OWN}), job={"name": "big"}, wall_s=9.0)
+
+    start = time.perf_counter()
+    page = render_html(report, t)
+    elapsed = time.perf_counter() - start
+
+    assert elapsed < 5.0
+    assert_well_formed(page)
+    assert len(page) < 400_000
+    bound = 3 * MAX_TIME_BUCKETS + MAX_LATENCY_BINS + 1 + 4 * 3 * MAX_CATEGORIES
+    assert page.count("<rect") <= bound
+    assert "in 30m buckets" in page
+    assert re.search(r"[\d,]+ rows slower than [^<]+ in the last bar \(max 10 min\)", page)
+
+
+def test_missing_columns_are_named(book: PriceBook) -> None:
+    t = table([ok_row(book, "a", "my-model", at=T0)])
+    report = build_report(t, prices=book, job={}, wall_s=None)
+    with pytest.raises(ValueError, match="latency_ms"):
+        render_html(report, t.drop_columns(["latency_ms"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def test_write_reports_adds_report_html(
+    book: PriceBook, mixed: list[Outcome], tmp_path: Path
+) -> None:
+    t = table(mixed)
+    report = build_report(t, prices=book, job={"name": "nightly"}, wall_s=60.0)
+
+    paths = write_reports(report, tmp_path / "a")
+    assert [p.name for p in paths] == ["cost_report.json", "cost_report.md"]
+    assert not (tmp_path / "a" / REPORT_HTML).exists()
+
+    paths = write_reports(report, tmp_path / "b", outcomes=t)
+    assert [p.name for p in paths] == ["cost_report.json", "cost_report.md", "report.html"]
+    html_path = paths[2]
+    assert stat.S_IMODE(html_path.stat().st_mode) == 0o600
+    assert html_path.read_text(encoding="utf-8") == render_html(report, t)
+    assert sorted(p.name for p in html_path.parent.iterdir()) == sorted(p.name for p in paths)
+
+
+# --------------------------------------------------------------------------------------------
+# A real browser
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / "profile"
+    profile.mkdir(exist_ok=True)
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"{CHROMIUM} not installed (Debian/Ubuntu: apt-get install -y chromium)",
+)
+def test_chromium_renders_the_page(book: PriceBook, mixed: list[Outcome], tmp_path: Path) -> None:
+    assert shutil.which(CHROMIUM)
+    mixed[0].content = XSS
+    mixed[0].latency_ms = 60_000.0
+    t = table(mixed)
+    report = build_report(t, prices=book, job={"name": "browser"}, wall_s=60.0)
+    (path,) = [
+        p for p in write_reports(report, tmp_path / "out", outcomes=t) if p.suffix == ".html"
+    ]
+    url = path.resolve().as_uri()
+
+    dom = _chromium(tmp_path, "--enable-logging=stderr", "--v=0", "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count('<svg class="chart" role="img"') == CHARTS
+    assert dom.stdout.count("<rect") > 50 and "<line" in dom.stdout
+    assert "Batch report: browser" in dom.stdout
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom.stdout and XSS not in dom.stdout
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert not [c for c in console if "Uncaught" in c], console
+    assert not [c for c in console if "Content Security Policy" in c], console  # no load tried
+
+    png = tmp_path / "page.png"
+    shot = _chromium(tmp_path, f"--screenshot={png}", "--window-size=1200,2000", url)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
