@@ -35,6 +35,31 @@ def _run_parser(sub: Any) -> None:
         "--model gpt-4o-mini --output out/x",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _job_arguments(p)
+    g = p.add_argument_group("rerun")
+    g.add_argument("--retry-failed", action="store_true", help="also resend rows that failed")
+    g.add_argument("--rerun-where", metavar="EXPR",
+                   help="also resend rows whose recorded outcome matches, "
+                   "e.g. \"finish_reason == 'length'\"")
+    g.add_argument("--force", action="store_true",
+                   help="go on although the input or request settings changed since the last run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="estimate rows, tokens, cost and time, and send nothing")
+    p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                   help="progress display (auto: a bar on a terminal, log lines otherwise)")
+    p = sub.add_parser(
+        "estimate",
+        help="estimate a job's rows, tokens, cost and time without sending anything",
+        description="Read the input, render every request a run would send, and print "
+        "estimated tokens and cost per model and the time the rate limits imply.",
+    )
+    _job_arguments(p)
+    p.add_argument("--retry-failed", action="store_true", help="count failed rows as to send")
+    p.add_argument("--rerun-where", metavar="EXPR", help="count matching rows as to send")
+    p.add_argument("--force", action="store_true", help="as for run")
+
+
+def _job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", nargs="?", help="job file (TOML); options below override its fields")
     g = p.add_argument_group("input")
     g.add_argument("--input", metavar="PATH", help=".csv, .parquet, .jsonl, or a Parquet folder")
@@ -71,19 +96,12 @@ def _run_parser(sub: Any) -> None:
     g.add_argument("--timeout", dest="timeout_s", type=float, metavar="S",
                    help="seconds per request (default 120)")
     g.add_argument("--max-attempts", type=int, metavar="N", help="attempts per row (default 6)")
+    g.add_argument("--max-cost", dest="max_cost_usd", type=float, metavar="USD",
+                   help="stop before the job's total spend could pass this")
     g = p.add_argument_group("output")
     g.add_argument("--output", metavar="DIR", help="output directory (journal, results, report)")
     g.add_argument("--format", choices=("parquet", "csv", "jsonl"), help="results format")
     g.add_argument("--name", help="job name shown in progress and reports")
-    g = p.add_argument_group("rerun")
-    g.add_argument("--retry-failed", action="store_true", help="also resend rows that failed")
-    g.add_argument("--rerun-where", metavar="EXPR",
-                   help="also resend rows whose recorded outcome matches, "
-                   "e.g. \"finish_reason == 'length'\"")
-    g.add_argument("--force", action="store_true",
-                   help="go on although the input or request settings changed since the last run")
-    p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
-                   help="progress display (auto: a bar on a terminal, log lines otherwise)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,12 +147,26 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     from batchrunner.config import load_job
     from batchrunner.runner import RunOptions, format_summary, run_job
 
+    if getattr(ns, "dry_run", False) or ns.command == "estimate":
+        return _cmd_estimate(ns)
     job = load_job(ns.job, _overrides(ns))
     options = RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
                          force=ns.force, progress=ns.progress)
     summary = anyio.run(run_job, job, options)
     print(format_summary(summary))
     return summary.exit_code
+
+
+def _cmd_estimate(ns: argparse.Namespace) -> int:
+    from batchrunner.config import load_job
+    from batchrunner.estimate import estimate, format_estimate
+    from batchrunner.runner import RunOptions, prepare
+
+    job = load_job(ns.job, _overrides(ns))
+    plan = prepare(job, RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
+                                   force=ns.force))
+    print(format_estimate(estimate(plan)))
+    return 0
 
 
 def _cmd_report(ns: argparse.Namespace) -> int:
@@ -166,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return 2
-    commands = {"run": _cmd_run, "status": _cmd_status, "report": _cmd_report,
+    commands = {"run": _cmd_run, "estimate": _cmd_estimate, "status": _cmd_status,
+                "report": _cmd_report,
                 "simulate": _cmd_simulate}
     try:
         return commands[ns.command](ns)

@@ -36,6 +36,7 @@ A job file has these tables (every key optional unless marked)::
     concurrency = 64                       # default: sized from the rate limit and latency
     timeout_s = 120
     max_attempts = 6
+    max_cost_usd = 25.0                    # stop before the job's spend could pass this
 
     [output]
     dir = "../out/nightly"                 # required
@@ -109,8 +110,10 @@ class RequestConfig:
     image_column: str | None = None
 
     def settings(self) -> dict[str, Any]:
-        """Everything that shapes the request bodies, for the job's fingerprint."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """What shapes the request bodies, for the job's fingerprint (unset fields left out,
+        so adding a setting to batchrunner does not change the fingerprint of older jobs)."""
+        return {f.name: v for f in fields(self)
+                if (v := getattr(self, f.name)) is not None and v is not False and v != {}}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +130,7 @@ class Limits:
     concurrency: int | None = None  # None: sized from the rate and the latency
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_cost_usd: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +179,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "concurrency": ("limits", "concurrency"),
     "timeout_s": ("limits", "timeout_s"),
     "max_attempts": ("limits", "max_attempts"),
+    "max_cost_usd": ("limits", "max_cost_usd"),
     "output": ("output", "dir"),
     "format": ("output", "format"),
 }
@@ -185,6 +190,7 @@ _OPTION_NAMES = {
     "requests_per_minute": "--rpm",
     "tokens_per_minute": "--tpm",
     "timeout_s": "--timeout",
+    "max_cost_usd": "--max-cost",
 }
 
 
@@ -377,7 +383,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
         req["response_format"] = _schema_format(Path(req["schema_file"]),
                                                  f("request", "schema_file"))
 
-    for key in ("requests_per_minute", "tokens_per_minute", "timeout_s"):
+    for key in ("requests_per_minute", "tokens_per_minute", "timeout_s", "max_cost_usd"):
         _number(lim, key, f, integer=False, positive=True, table="limits")
     for key in ("concurrency", "max_attempts"):
         _number(lim, key, f, integer=True, positive=True, table="limits")

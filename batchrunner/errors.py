@@ -8,6 +8,7 @@
     ├── StopJob                       the whole job must stop now, resumable (exit 4)
     │   ├── AuthError                 401/403: the key is wrong or lacks access
     │   ├── QuotaError                429 insufficient_quota: the account is out of credit
+    │   ├── BudgetExceeded            the next request could pass max_cost_usd
     │   └── Interrupted               Ctrl-C or SIGTERM
     └── RequestError                  one request failed; carries ``error_type`` and retryability
         ├── HTTPStatusError           a non-2xx answer
@@ -24,6 +25,7 @@ __all__ = [
     "AuthError",
     "BadResponseError",
     "BatchrunnerError",
+    "BudgetExceeded",
     "ConfigError",
     "HTTPStatusError",
     "InputError",
@@ -67,6 +69,10 @@ class AuthError(StopJob):
 
 class QuotaError(StopJob):
     """The account has no quota left (429 insufficient_quota)."""
+
+
+class BudgetExceeded(StopJob):
+    """Sending more could pass the job's ``max_cost_usd``."""
 
 
 class Interrupted(StopJob):

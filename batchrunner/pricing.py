@@ -99,6 +99,7 @@ class PriceBook:
         self._prices: dict[str, ModelPrice | None] = {}
         self._sources: dict[str, str] = {}
         self._rates: dict[str, _Rates | None] = {}
+        self._windows: dict[str, int | None] = {}
 
     @property
     def library_version(self) -> str:
@@ -150,6 +151,24 @@ class PriceBook:
         if model not in self._sources:
             self._resolve(model)
         return self._sources[model]
+
+    def context_window(self, model: str) -> int | None:
+        """The model's context window in tokens, from the price library, if it says."""
+        if model not in self._windows:
+            window = None
+            for ref, provider_id in _candidates(model):
+                try:
+                    calc = genai_prices.calc_price(
+                        genai_prices.Usage(input_tokens=1, output_tokens=1), ref,
+                        provider_id=provider_id,
+                    )
+                except Exception:
+                    continue
+                cw = calc.model.context_window
+                window = cw if isinstance(cw, int) and cw > 0 else None
+                break
+            self._windows[model] = window
+        return self._windows[model]
 
     def _resolve(self, model: str) -> None:
         price: ModelPrice | None

@@ -18,6 +18,7 @@ class Counts:
     tokens: int = 0
     cost_usd: float = 0.0
     cost_unknown: int = 0
+    projected_usd: float = 0.0  # the whole job's cost at this run's rate so far
     rate_limited: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -41,6 +42,8 @@ class NullProgress:
 
 def _postfix(c: Counts) -> str:
     cost = f"${c.cost_usd:.4f}" + ("+?" if c.cost_unknown else "")
+    if c.projected_usd:
+        cost += f" (~${c.projected_usd:.2f} job)"
     parts = [f"ok={c.ok}", f"failed={c.failed}", f"retrying={c.retrying}",
              f"tokens={c.tokens:,}", f"cost={cost}"]
     if c.rate_limited:

@@ -13,6 +13,8 @@ Top-level keys, in this order::
     rows              {"total", "by_status": {status: rows}, "cut_at_length"}
     tokens            {"prompt", "completion", "cached", "reasoning", "total"}
     cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
+    cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
+                      that did not match the schema)
     cost_complete     false when some ok row has no cost (unknown price or no usage reported)
     pricing           {"library", "library_version", "units", "job_prices": [model, ...]}
     by_model          {model: {"rows", "ok", "failed", tokens..., "cost_usd" (null when
@@ -129,6 +131,7 @@ def build_report(
         pc.coalesce(t["total_tokens"], pc.add(t["prompt_tokens"], t["completion_tokens"]))
     )
     cost_usd = _usd(pc.sum(t["cost_usd"]).as_py())
+    cost_failed = _usd(pc.sum(pc.if_else(is_failed, t["cost_usd"], None)).as_py())
     n_unpriced = _count(unpriced_ok)
 
     by_model = _by_model(t, is_ok, unpriced_ok, prices)
@@ -196,6 +199,7 @@ def build_report(
             "total": total_tokens,
         },
         "cost_usd": cost_usd,
+        "cost_failed_usd": cost_failed,
         "cost_complete": n_unpriced == 0,
         "pricing": {
             "library": LIBRARY_NAME,
@@ -402,6 +406,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ["Reasoning tokens (in completion)", _num(tokens.get("reasoning", 0))],
         ["Total tokens", _num(tokens.get("total", 0))],
         ["Cost (USD)", cost],
+        ["  of which billed for failed rows", _money(report.get("cost_failed_usd") or 0.0)],
         [
             "Requests",
             f"{_num(req.get('attempts', 0))} attempts, {_num(req.get('retries', 0))} retries, "

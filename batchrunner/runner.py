@@ -33,6 +33,7 @@ from batchrunner import io
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import JobConfig, check_base_url, environment
 from batchrunner.errors import (
+    BudgetExceeded,
     ConfigError,
     InputError,
     Interrupted,
@@ -135,6 +136,7 @@ class Plan:
     prices: PriceBook
     warnings: list[str]
     structured: StructuredOutput | None = None
+    prior_cost: float = 0.0
 
 
 def _fingerprint(obj: Any) -> str:
@@ -203,7 +205,8 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
             f"{out_dir} holds a journal but no job.json — it is not this job's output directory"
         )
     journal.remove_temp_files()
-    state = journal.read(columns=["status"])
+    state = journal.read(columns=["status", "cost_usd"])
+    prior_cost = float(pa.compute.sum(state["cost_usd"]).as_py() or 0.0)
     if state.num_rows:
         statuses = state["status"].to_pylist()
         keys = state["key"].to_pylist()
@@ -215,7 +218,8 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
             done -= rerun
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=done, rerun=rerun, out_dir=out_dir, job_meta=meta, prices=prices,
-                warnings=warnings, structured=_structured(request_settings))
+                warnings=warnings, structured=_structured(request_settings),
+                prior_cost=prior_cost)
 
 
 def _structured(settings: dict[str, Any]) -> StructuredOutput | None:
@@ -315,6 +319,28 @@ def _iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
                 yield str(row[kc]), row
 
 
+def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, str]:
+    """The request for one row, or ``(None, why it cannot be sent)``."""
+    if plan.builder is None:
+        try:
+            body = json.loads(row["body"])
+        except (TypeError, ValueError):
+            body = None
+        if not isinstance(body, dict):
+            return None, "the body is not a JSON object"
+        prompt = body_prompt_text(body)
+    else:
+        body, prompt = plan.builder.build(row)
+        if body is None:
+            return None, prompt
+        prompt = prompt + (plan.job.request.system or "")
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    n = body.get("n")
+    completion = max_tokens if isinstance(max_tokens, int) else 0
+    return _Work(key=key, body=body, prompt_estimate=estimate_tokens(prompt) + 8,
+                 completion_max=completion, n=n if isinstance(n, int) and n > 0 else 1), ""
+
+
 # ----------------------------------------------------------------------------------------------
 # The run
 
@@ -347,6 +373,9 @@ class _Run:
         self.producer_done = False
         self.work_send: MemoryObjectSendStream[_Work] | None = None
         self.retry_group: anyio.abc.TaskGroup | None = None
+        self.budget = plan.job.limits.max_cost_usd
+        self.spent = plan.prior_cost  # the whole job's, earlier runs included
+        self.reserved = 0.0  # estimated cost of the requests in flight
 
     # -- the work queue: rows from the producer and retries share it
 
@@ -375,7 +404,7 @@ class _Run:
                         continue
                     if self.stopping:
                         return
-                    item, reason = self._build(key, row)
+                    item, reason = make_work(plan, key, row)
                     if item is None:
                         await record.send(Outcome(
                             key=key, status="failed", error_type="invalid_row",
@@ -391,27 +420,6 @@ class _Run:
                 if self.outstanding == 0:
                     send.close()
 
-    def _build(self, key: str, row: dict[str, Any]) -> tuple[_Work | None, str]:
-        plan = self.plan
-        if plan.builder is None:
-            try:
-                body = json.loads(row["body"])
-            except (TypeError, ValueError):
-                body = None
-            if not isinstance(body, dict):
-                return None, "the body is not a JSON object"
-            prompt = body_prompt_text(body)
-        else:
-            body, prompt = plan.builder.build(row)
-            if body is None:
-                return None, prompt
-            prompt = prompt + (plan.job.request.system or "")
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        n = body.get("n")
-        completion = max_tokens if isinstance(max_tokens, int) else 0
-        return _Work(key=key, body=body, prompt_estimate=estimate_tokens(prompt) + 8,
-                     completion_max=completion, n=n if isinstance(n, int) and n > 0 else 1), ""
-
     async def work(self, receive: MemoryObjectReceiveStream[_Work],
                    record: MemoryObjectSendStream[Outcome]) -> None:
         async with receive, record:
@@ -419,7 +427,15 @@ class _Run:
                 if self.stopping:
                     continue  # drain what is queued without sending it
                 async with self.slots:
-                    outcome, retry_in = await self.attempt(item)
+                    reserved = self._reserve(item) if self.budget is not None else 0.0
+                    if reserved is None:
+                        continue
+                    try:
+                        outcome, retry_in = await self.attempt(item)
+                    finally:
+                        self.reserved -= reserved
+                    if outcome is not None:
+                        self.spent += outcome.cost_usd or 0.0
                 if outcome is not None:
                     self._finished_one()
                     await record.send(outcome)
@@ -429,6 +445,28 @@ class _Run:
                     self.retry_group.start_soon(self._requeue, item, retry_in)
                 else:
                     self._finished_one()  # abandoned: the job is stopping
+
+    def _reserve(self, item: _Work) -> float | None:
+        """Hold the request's estimated cost against the budget; None (and stop) if it won't fit."""
+        assert self.budget is not None
+        model = str(item.body.get("model") or "")
+        completion = (item.completion_max or int(self.completion_estimate)) * item.n
+        est = self.plan.prices.cost(model, prompt_tokens=int(item.prompt_estimate
+                                                            * self.prompt_ratio),
+                                    completion_tokens=completion)
+        if est is None:
+            self.stop(BudgetExceeded(
+                f"max_cost_usd is set but no price is known for model {model!r}; add "
+                f"[prices.\"{model}\"] to the job so the budget can be kept"))
+        elif self.spent + self.reserved + est > self.budget:
+            self.stop(BudgetExceeded(
+                f"budget reached: ${self.spent:,.4f} spent of max_cost_usd "
+                f"${self.budget:,.2f}; raise it (or --max-cost) and rerun to continue"))
+        else:
+            self.reserved += est
+            return est
+        self._finished_one()
+        return None
 
     async def _requeue(self, item: _Work, delay: float) -> None:
         try:
@@ -543,6 +581,9 @@ class _Run:
                     journal: JournalWriter) -> None:
         counts = self.counts
         next_flush = time.monotonic() + FLUSH_EVERY_S
+        prior = self.plan.prior_cost
+        to_do = max(1, self.plan.total_rows - len(self.plan.done))
+        done = 0
         async with receive:
             while True:
                 finished = 0
@@ -551,17 +592,18 @@ class _Run:
                         o = await receive.receive()
                         journal.add(o)
                         finished = 1
+                        done += 1
+                        counts.tokens += o.total_tokens or 0
+                        counts.cost_usd += o.cost_usd or 0.0
                         if o.status == "ok":
                             counts.ok += 1
-                            counts.tokens += o.total_tokens or 0
                             if o.cost_usd is None:
                                 counts.cost_unknown += 1
-                            else:
-                                counts.cost_usd += o.cost_usd
                             if o.finish_reason == "length":
                                 self.counters["length"] += 1
                         else:
                             counts.failed += 1
+                        counts.projected_usd = prior + counts.cost_usd / done * to_do
                 except anyio.EndOfStream:
                     break
                 if finished:

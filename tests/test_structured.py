@@ -95,3 +95,21 @@ async def test_json_object_reply_that_is_not_json_fails_without_retry(
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert (df["attempts"] == 1).all() and df["cost_usd"].notna().all()
     assert df["content"].str.startswith("Echo").all()
+
+
+def test_report_shows_cost_billed_for_failed_rows(tmp_path: Path) -> None:
+    import json as _json
+
+    from batchrunner.journal import outcomes_table
+    from batchrunner.pricing import PriceBook
+    from batchrunner.records import Outcome
+    from batchrunner.report import build_report
+
+    table = outcomes_table([
+        Outcome(key="a", status="ok", cost_usd=0.25, prompt_tokens=1, completion_tokens=1),
+        Outcome(key="b", status="failed", error_type="schema_mismatch", cost_usd=0.5,
+                prompt_tokens=1, completion_tokens=1),
+    ])
+    report = build_report(table, prices=PriceBook(), job={}, wall_s=1.0)
+    assert report["cost_usd"] == 0.75 and report["cost_failed_usd"] == 0.5
+    assert _json.dumps(report)

@@ -1,0 +1,169 @@
+"""What tonight will cost, before it runs: ``batchrunner estimate JOB`` and ``run --dry-run``.
+
+Reads the input, renders every request that a run would send (rows already done in the output
+directory are left out) and adds up estimated prompt tokens (the same four-characters-a-token
+rule the pacing uses), expected completion tokens and cost per model, and the time the rate
+limits imply. No request is sent.
+
+Expected completion tokens per request: the mean observed in a previous run in the same output
+directory when there is one, else ``max_tokens`` (an upper bound), else a default guess — the
+report says which.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow.compute as pc
+
+from batchrunner.journal import Journal
+from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, _iter_rows, make_work
+
+__all__ = ["Estimate", "estimate", "format_estimate"]
+
+MAX_EXAMPLES = 5
+
+
+@dataclass(kw_only=True)
+class ModelEstimate:
+    rows: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    context_window: int | None = None
+
+
+@dataclass(kw_only=True)
+class Estimate:
+    name: str
+    rows: int = 0
+    already_done: int = 0
+    to_send: int = 0
+    not_sendable: Counter[str] = field(default_factory=Counter)
+    not_sendable_examples: list[str] = field(default_factory=list)
+    over_context: int = 0
+    over_context_examples: list[str] = field(default_factory=list)
+    by_model: dict[str, ModelEstimate] = field(default_factory=dict)
+    completion_basis: str = ""
+    time_s: float | None = None
+    time_basis: str = ""
+    price_library: str = ""
+
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [m.cost_usd for m in self.by_model.values()]
+        return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+
+
+def _observed_completion(plan: Plan) -> tuple[float, int] | None:
+    state = Journal(plan.out_dir).read(columns=["completion_tokens"])
+    ok = state.filter(pc.equal(state["status"], "ok"))
+    n = ok.num_rows - ok["completion_tokens"].null_count
+    if n == 0:
+        return None
+    return float(pc.mean(ok["completion_tokens"]).as_py()), n
+
+
+def estimate(plan: Plan) -> Estimate:
+    job = plan.job
+    est = Estimate(name=job.name, rows=plan.total_rows, already_done=len(plan.done),
+                   price_library=f"genai-prices {plan.prices.library_version}")
+    observed = _observed_completion(plan)
+    if observed is not None:
+        mean, n = observed
+        est.completion_basis = f"mean of {n:,} answers in the previous run ({mean:,.0f} tokens)"
+    elif job.request.max_tokens:
+        est.completion_basis = f"max_tokens ({job.request.max_tokens:,}), an upper bound"
+    else:
+        est.completion_basis = (
+            f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens (set max_tokens for a bound)"
+        )
+    for key, row in _iter_rows(plan):
+        if key in plan.done:
+            continue
+        item, reason = make_work(plan, key, row)
+        if item is None:
+            est.not_sendable[reason] += 1
+            if len(est.not_sendable_examples) < MAX_EXAMPLES:
+                est.not_sendable_examples.append(f"row {key}: {reason}")
+            continue
+        est.to_send += 1
+        model = str(item.body.get("model") or "")
+        m = est.by_model.get(model)
+        if m is None:
+            m = est.by_model[model] = ModelEstimate(
+                context_window=plan.prices.context_window(model))
+        if observed is not None:
+            completion = int(observed[0]) * item.n
+        else:
+            completion = (item.completion_max or DEFAULT_COMPLETION_ESTIMATE) * item.n
+        m.rows += 1
+        m.prompt_tokens += item.prompt_estimate
+        m.completion_tokens += completion
+        if m.context_window and item.prompt_estimate + (item.completion_max or 0) > \
+                m.context_window:
+            est.over_context += 1
+            if len(est.over_context_examples) < MAX_EXAMPLES:
+                est.over_context_examples.append(
+                    f"row {key}: ~{item.prompt_estimate:,} prompt tokens, {model} holds "
+                    f"{m.context_window:,}")
+    for model, m in est.by_model.items():
+        m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
+                                      completion_tokens=m.completion_tokens)
+    lim = job.limits
+    times: list[tuple[float, str]] = []
+    if lim.requests_per_minute:
+        times.append((est.to_send / lim.requests_per_minute * 60.0,
+                      f"{lim.requests_per_minute:,.0f} requests/min"))
+    if lim.tokens_per_minute:
+        tokens = sum(m.prompt_tokens + m.completion_tokens for m in est.by_model.values())
+        times.append((tokens / lim.tokens_per_minute * 60.0,
+                      f"{lim.tokens_per_minute:,.0f} tokens/min"))
+    if times:
+        est.time_s, est.time_basis = max(times)
+    return est
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.0f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+def format_estimate(e: Estimate) -> str:
+    lines = [f"batchrunner: estimate for {e.name} — nothing was sent",
+             f"  rows: {e.rows:,} in the input, {e.already_done:,} already done, "
+             f"{e.to_send:,} to send"]
+    rows: list[tuple[str, ...]] = [("model", "rows", "prompt tokens", "completion tokens",
+                                    "cost (USD)")]
+    for model, m in sorted(e.by_model.items()):
+        cost = "unknown" if m.cost_usd is None else f"${m.cost_usd:,.4f}"
+        rows.append((model or "(none)", f"{m.rows:,}", f"{m.prompt_tokens:,}",
+                     f"{m.completion_tokens:,}", cost))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                      for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    total = e.cost_usd
+    cost_line = ("unknown for some models (add [prices.\"MODEL\"] to the job)" if total is None
+                 else f"${total:,.4f}")
+    lines.append(f"  estimated cost: {cost_line} ({e.price_library})")
+    lines.append(f"  completion tokens from: {e.completion_basis}")
+    if e.time_s is not None:
+        lines.append(f"  time at the job's limits: about {_duration(e.time_s)} "
+                     f"({e.time_basis})")
+    else:
+        lines.append("  time: no rate limit set; the server's limits decide")
+    for reason, n in e.not_sendable.most_common():
+        lines.append(f"  warning: {n:,} rows will not be sent: {reason}")
+    for ex in e.not_sendable_examples:
+        lines.append(f"    {ex}")
+    if e.over_context:
+        lines.append(f"  warning: {e.over_context:,} rows may not fit the model's context window")
+        for ex in e.over_context_examples:
+            lines.append(f"    {ex}")
+    return "\n".join(lines)
+

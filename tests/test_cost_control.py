@@ -1,0 +1,116 @@
+"""Cost control: estimate before (nothing sent), budget during (stop, resume), prices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from batchrunner.cli import main
+from batchrunner.config import load_job
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, run_job
+from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread
+
+FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=3), progress="none",
+                  handle_signals=False)
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def make_input(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "in.csv"
+    texts = [f"describe item {i} " + "detail " * (i % 7) for i in range(n)]
+    texts[3] = ""  # an empty prompt: reported, never sent
+    pd.DataFrame({"id": range(n), "text": texts}).to_csv(path, index=False)
+    return path
+
+
+def test_estimate_sends_nothing_and_reports_per_model(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    inp = make_input(tmp_path, 40)
+    with SimulatorThread(SimulatorConfig()) as sim:
+        args = ["--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+                "--model", "gpt-4o-mini", "--max-tokens", "100", "--rpm", "600",
+                "--base-url", sim.base_url, "--output", str(tmp_path / "out")]
+        assert main(["estimate", *args]) == 0
+        out = capsys.readouterr().out
+        assert main(["run", "--dry-run", *args]) == 0
+        assert capsys.readouterr().out == out
+        assert sim.stats()["requests"] == 0
+    assert "39 " in out and "gpt-4o-mini" in out
+    assert "3,900" in out  # 39 sendable rows × max_tokens 100
+    assert "1 rows will not be sent" in out and "row 3" in out
+    assert "about 4 s (600 requests/min)" in out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.anyio
+async def test_estimate_is_close_to_the_real_cost(tmp_path: Path) -> None:
+    from batchrunner.estimate import estimate
+    from batchrunner.runner import prepare
+
+    inp = make_input(tmp_path, 60)
+    async with Simulator(SimulatorConfig(reply_tokens=50)) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                              "model": "gpt-4o-mini", "max_tokens": 50,
+                              "base_url": sim.base_url, "output": str(tmp_path / "out")})
+        before = estimate(prepare(job, FAST))
+        s = await run_job(job, FAST)
+    assert before.cost_usd is not None and s.cost_usd is not None
+    assert before.cost_usd == pytest.approx(s.cost_usd, rel=0.15)
+
+
+@pytest.mark.anyio
+async def test_budget_stops_before_passing_and_rerun_with_more_continues(tmp_path: Path) -> None:
+    inp = make_input(tmp_path, 200)
+    prices = '[prices."sim-model"]\ninput = 1000.0\noutput = 1000.0\n'
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "sim-model"\n'
+        f'prompt = "{{text}}"\nmax_tokens = 20\n[limits]\nconcurrency = 4\n'
+        f'[output]\ndir = "out"\n{prices}')
+    async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
+        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 1.0})
+        s = await run_job(job, FAST)
+        assert s.exit_code == 4 and s.stopped and "max_cost_usd" in s.stopped
+        assert s.cost_usd is not None and 0 < s.cost_usd <= 1.0
+        sent = sim.stats()["requests"]
+        assert 0 < sent < 199
+        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 100.0})
+        s = await run_job(job, FAST)
+        assert s.exit_code == 3  # the empty-prompt row is the one failure
+        assert s.ok == 199 and sim.stats()["requests"] == 199
+        assert s.cost_usd is not None and s.cost_usd <= 100.0
+
+
+@pytest.mark.anyio
+async def test_budget_with_an_unknown_price_stops_at_once(tmp_path: Path) -> None:
+    inp = make_input(tmp_path, 10)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                              "model": "my-private-model", "base_url": sim.base_url,
+                              "output": str(tmp_path / "out"), "max_cost_usd": 5.0})
+        s = await run_job(job, FAST)
+        assert s.exit_code == 4 and s.stopped and "my-private-model" in s.stopped
+        assert sim.stats()["requests"] == 0
+
+
+@pytest.mark.anyio
+async def test_unknown_model_cost_is_unknown_never_zero(tmp_path: Path) -> None:
+    inp = make_input(tmp_path, 10)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                              "model": "my-private-model", "base_url": sim.base_url,
+                              "output": str(tmp_path / "out")})
+        s = await run_job(job, FAST)
+    assert s.cost_usd is None
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert df["cost_usd"].isna().all()
+    assert "my-private-model" in (tmp_path / "out" / "cost_report.md").read_text()

@@ -1,0 +1,385 @@
+"""The API key is read from the environment or ``.env`` and never written anywhere.
+
+Jobs run with a known fake key through every error path the simulator can produce (and a server
+that echoes the key back in its error bodies); then every file the run left behind, the Parquet
+files decoded as well as their raw bytes, and everything printed on stdout and stderr is searched
+for the key and for ``Bearer <key>``. Output files must be private to their owner (0600).
+Everything binds 127.0.0.1; no request goes anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from batchrunner import progress
+from batchrunner.cli import main
+from batchrunner.runner import endpoint_warnings
+from batchrunner.simulator import SimulatorConfig, SimulatorThread
+
+KEY = "sk-test-SECRET-5f3a9c"
+NEEDLES = (KEY, f"Bearer {KEY}", "SECRET-5f3a9c")
+
+# Every failure the simulator can be asked for with a prompt marker, plus normal rows.
+MARKERS = ["400", "404", "422", "500", "502", "504", "408", "409", "529", "503*1", "429*1",
+           "html", "corrupt", "truncated", "reset", "no_usage", "no_choices", "cut", "no_done",
+           "hang", "slow"]
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def marker_csv(path: Path, markers: list[str], normal: int = 6) -> Path:
+    rows = [{"id": f"ok{i}", "text": f"a normal row {i}"} for i in range(normal)]
+    rows += [{"id": f"m-{m}", "text": f"row with a fault [[sim:{m}]]"} for m in markers]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def base_args(inp: Path, out: Path, base_url: str, *extra: str) -> list[str]:
+    return ["run", "--input", str(inp), "--id-column", "id", "--prompt", "Answer: {text}",
+            "--model", "gpt-4o-mini", "--max-tokens", "40", "--base-url", base_url,
+            "--output", str(out), "--max-attempts", "2", "--timeout", "1", "--concurrency", "8",
+            *extra]
+
+
+def leaks_in_files(root: Path, skip: tuple[str, ...] = (".env",)) -> list[str]:
+    """Where under ``root`` the key shows up: raw bytes of every file, and decoded Parquet."""
+    found: list[str] = []
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            if name in skip:
+                continue
+            path = Path(dirpath, name)
+            data = path.read_bytes()
+            found += [f"{path}: {n!r}" for n in NEEDLES if n.encode() in data]
+            if name.endswith(".parquet"):
+                # Values in Parquet are compressed: a byte search alone would miss them.
+                text = json.dumps(pq.read_table(path).to_pylist(), default=str)
+                found += [f"{path} (decoded): {n!r}" for n in NEEDLES if n in text]
+    return found
+
+
+def leaks_in_text(*texts: str) -> list[str]:
+    return [f"{n!r} in output" for t in texts for n in NEEDLES if n in t]
+
+
+def error_types(out: Path) -> set[str]:
+    df = pd.read_parquet(out / "results.parquet")
+    return {t for t in df["error_type"] if isinstance(t, str)}
+
+
+@pytest.fixture
+def logging_progress_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--progress log`` prints every 30 s; print on every row, so there are lines to search."""
+    monkeypatch.setattr(progress.LogProgress.__init__, "__defaults__", (0.0,))
+
+
+# -- every simulator error path ---------------------------------------------------------------
+
+
+def test_error_paths_in_a_subprocess_leave_no_key(tmp_path: Path) -> None:
+    inp = marker_csv(tmp_path / "in.csv", MARKERS)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
+    env["OPENAI_API_KEY"] = KEY
+    config = SimulatorConfig(fault_retry_after_s=0.0, slow_ms=50, hang_s=30.0)
+    with SimulatorThread(config) as sim:
+        done = subprocess.run(
+            [sys.executable, "-m", "batchrunner",
+             *base_args(inp, out, sim.base_url, "--progress", "log")],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    seen = error_types(out)
+    assert {"http_400", "http_404", "http_500", "invalid_body"} <= seen, seen
+    assert len(seen) >= 8, seen  # the paths really were taken
+    assert leaks_in_text(done.stdout, done.stderr) == []
+    assert leaks_in_files(tmp_path) == []
+
+
+@pytest.mark.usefixtures("logging_progress_every_row")
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_error_paths_in_process_leave_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stream: bool,
+) -> None:
+    inp = marker_csv(tmp_path / "in.csv", MARKERS)
+    out = tmp_path / "out"
+    config = SimulatorConfig(fault_retry_after_s=0.0, slow_ms=50, hang_s=30.0)
+    with SimulatorThread(config) as sim:
+        extra = ["--progress", "log", *(["--stream"] if stream else [])]
+        code = main(base_args(inp, out, sim.base_url, *extra))
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    assert "rows" in captured.err  # progress lines were printed, and searched
+    assert len(error_types(out)) >= 6
+    assert leaks_in_text(captured.out, captured.err) == []
+    assert leaks_in_files(tmp_path) == []
+
+
+def test_rejected_key_stops_with_exit_4_and_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    inp = marker_csv(tmp_path / "in.csv", [], normal=20)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(api_key="sk-the-server-wants-another-key")) as sim:
+        code = main(base_args(inp, out, sim.base_url, "--progress", "log"))
+        assert sim.stats()["responses_by_status"].get("401", 0) >= 1
+    captured = capsys.readouterr()
+    assert code == 4
+    assert "refused the API key" in captured.out + captured.err
+    assert leaks_in_text(captured.out, captured.err) == []
+    assert leaks_in_files(tmp_path) == []
+
+
+def test_quota_stops_with_exit_4_and_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    inp = marker_csv(tmp_path / "in.csv", ["quota"], normal=4)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig()) as sim:
+        code = main(base_args(inp, out, sim.base_url, "--progress", "log", "--concurrency", "1"))
+    captured = capsys.readouterr()
+    assert code == 4
+    assert "quota" in captured.out + captured.err
+    assert leaks_in_text(captured.out, captured.err) == []
+    assert leaks_in_files(tmp_path) == []
+
+
+def test_quota_for_this_key_in_a_subprocess(tmp_path: Path) -> None:
+    inp = marker_csv(tmp_path / "in.csv", [], normal=5)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_BASE_URL"}
+    env["OPENAI_API_KEY"] = KEY
+    with SimulatorThread(SimulatorConfig(quota_exhausted_keys=(KEY,))) as sim:
+        done = subprocess.run(
+            [sys.executable, "-m", "batchrunner",
+             *base_args(inp, tmp_path / "out", sim.base_url, "--progress", "log")],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 4, done.stderr
+    assert leaks_in_text(done.stdout, done.stderr) == []
+    assert leaks_in_files(tmp_path) == []
+
+
+# -- a server that echoes the key back -----------------------------------------------------------
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    """Answers like a careless gateway: error bodies quote the Authorization header."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        prompt = str(body.get("messages", [{}])[-1].get("content", ""))
+        auth = self.headers.get("Authorization", "")
+        if self.server.reject_all:  # type: ignore[attr-defined]
+            err = {"error": {"message": f"Incorrect API key provided: {auth}",
+                             "type": "invalid_request_error", "code": "invalid_api_key"}}
+            self._send(401, json.dumps(err).encode(), "application/json")
+        elif "echo-400" in prompt:
+            err = {"error": {"message": f"Bad request (you sent {auth})", "type": "bad"}}
+            self._send(400, json.dumps(err).encode(), "application/json")
+        elif "echo-422" in prompt:
+            self._send(422, json.dumps({"error": f"unprocessable for {auth}"}).encode(),
+                       "application/json")
+        elif "echo-500" in prompt:
+            self._send(500, f"upstream failed; headers were Authorization: {auth}".encode(),
+                       "text/plain")
+        elif "echo-502" in prompt:
+            page = f"<html><head><title>502 for {auth}</title></head><body>{auth}</body></html>"
+            self._send(502, page.encode(), "text/html")
+        elif "echo-long" in prompt:
+            # The key straddles the 300-character cut the client makes in a plain-text body.
+            filler = "x" * (302 - len(auth))
+            self._send(500, f"{filler}{auth} and more text after it".encode(), "text/plain")
+        elif "echo-200" in prompt:
+            self._send(200, f"not json {auth}".encode(), "application/json")
+        else:
+            reply = {"id": "x", "model": "gpt-4o-mini", "choices": [
+                {"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": "fine"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+            self._send(200, json.dumps(reply).encode(), "application/json")
+
+
+@pytest.fixture
+def echo_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    server.daemon_threads = True
+    server.reject_all = False  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _echo_url(server: ThreadingHTTPServer) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+@pytest.mark.usefixtures("logging_progress_every_row")
+def test_a_server_echoing_the_key_does_not_get_it_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_server: ThreadingHTTPServer,
+) -> None:
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": ["a", "b", "c", "d", "e", "f"],
+                  "text": ["echo-400", "echo-422", "echo-500", "echo-502", "echo-200", "fine"]}
+                 ).to_csv(inp, index=False)
+    out = tmp_path / "out"
+    code = main(base_args(inp, out, _echo_url(echo_server), "--progress", "log"))
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    df = pd.read_parquet(out / "results.parquet").set_index("id")
+    assert df.loc["a", "error_type"] == "http_400"
+    assert "[redacted]" in str(df.loc["a", "error_message"])  # the message is kept, minus the key
+    assert df.loc["f", "status"] == "ok"
+    assert leaks_in_text(captured.out, captured.err) == []
+    assert leaks_in_files(tmp_path) == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "client._status_error cuts a non-JSON error body to _MAX_MESSAGE (300) characters BEFORE "
+    "redacting, so a key that straddles the cut is not matched and all but its last characters "
+    "are recorded in error_message. Fix in client.py: redact the decoded body first, then cut "
+    "(e.g. decode raw[:_MAX_MESSAGE + 4096], redact, collapse, then [:_MAX_MESSAGE])."))
+def test_a_key_cut_by_the_message_limit_is_still_redacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_server: ThreadingHTTPServer,
+) -> None:
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": ["a"], "text": ["echo-long"]}).to_csv(inp, index=False)
+    code = main(base_args(inp, tmp_path / "out", _echo_url(echo_server), "--progress", "none",
+                          "--max-attempts", "1"))
+    assert code == 3, capsys.readouterr().err
+    message = str(pd.read_parquet(tmp_path / "out" / "results.parquet")["error_message"][0])
+    assert KEY[:-2] not in message, message
+
+
+def test_a_401_echoing_the_key_stops_without_printing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_server: ThreadingHTTPServer,
+) -> None:
+    echo_server.reject_all = True  # type: ignore[attr-defined]
+    inp = marker_csv(tmp_path / "in.csv", [], normal=5)
+    code = main(base_args(inp, tmp_path / "out", _echo_url(echo_server), "--progress", "log"))
+    captured = capsys.readouterr()
+    assert code == 4
+    printed = captured.out + captured.err
+    assert "refused the API key" in printed and "[redacted]" in printed
+    assert leaks_in_text(captured.out, captured.err) == []
+    assert leaks_in_files(tmp_path) == []
+
+
+def test_the_search_finds_a_planted_key(tmp_path: Path) -> None:
+    """The checks above pass because the key is absent, not because the search is blind."""
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"m": [f"x {KEY} y"] * 50}), tmp_path / "seg.parquet",
+                   compression="zstd")
+    (tmp_path / "log.txt").write_bytes(b"\x00\xffAuthorization: Bearer " + KEY.encode())
+    found = leaks_in_files(tmp_path)
+    assert any("seg.parquet (decoded)" in f for f in found)
+    assert any("log.txt" in f and "Bearer" in f for f in found)
+    assert leaks_in_text(f"oops {KEY}") != []
+
+
+# -- where the key comes from ---------------------------------------------------------------------
+
+
+def test_key_is_read_from_dotenv_in_the_current_directory(tmp_path: Path) -> None:
+    inp = marker_csv(tmp_path / "in.csv", [], normal=5)
+    (tmp_path / ".env").write_text(f"# the key for this project\nOPENAI_API_KEY={KEY}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
+        done = subprocess.run(
+            [sys.executable, "-m", "batchrunner",
+             *base_args(inp, tmp_path / "out", sim.base_url, "--progress", "log")],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert sim.stats()["responses_by_status"] == {"200": 5}
+    assert leaks_in_text(done.stdout, done.stderr) == []
+    assert leaks_in_files(tmp_path) == []  # .env itself is skipped
+
+
+def test_environment_wins_over_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    inp = marker_csv(tmp_path / "in.csv", [], normal=3)
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-stale-key-from-dotenv\n")
+    with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
+        code = main(base_args(inp, tmp_path / "out", sim.base_url, "--progress", "none"))
+    assert code == 0, capsys.readouterr().err
+
+
+# -- file modes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_output_files_are_private_to_the_owner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str,
+) -> None:
+    inp = marker_csv(tmp_path / "in.csv", ["400"], normal=5)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig()) as sim:
+        code = main(base_args(inp, out, sim.base_url, "--progress", "none", "--format", fmt))
+    assert code == 3, capsys.readouterr().err
+    files = [p for p in out.rglob("*") if p.is_file()]
+    names = {p.name for p in files}
+    assert {"job.json", f"results.{fmt}", "cost_report.json", "cost_report.md"} <= names
+    assert any(p.parent.name == "journal" and p.name.startswith("seg-") for p in files)
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, f"{p} is {p.stat().st_mode:o}"
+    for d in [out, *(p for p in out.rglob("*") if p.is_dir())]:
+        assert stat.S_IMODE(d.stat().st_mode) & 0o077 == 0, f"{d} is {d.stat().st_mode:o}"
+
+
+# -- the plain-http warning -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "warns"),
+    [
+        ("http://10.0.0.1/v1", True),
+        ("http://10.0.0.1:8000/v1", True),
+        ("http://gateway.internal/v1", True),
+        ("http://127.0.0.1:8000/v1", False),
+        ("http://127.0.0.1/v1", False),
+        ("http://localhost:8000/v1", False),
+        ("http://[::1]:8000/v1", False),
+        ("https://api.openai.com/v1", False),
+        ("https://10.0.0.1/v1", False),
+    ],
+)
+def test_plain_http_to_another_host_warns(url: str, warns: bool) -> None:
+    warnings = endpoint_warnings(url)
+    assert bool(warnings) is warns
+    for w in warnings:
+        assert "\n" not in w and "http://" in w and "unencrypted" in w
+        assert all(n not in w for n in NEEDLES)
