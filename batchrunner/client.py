@@ -31,6 +31,7 @@ from batchrunner.retry import is_retryable_status
 __all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
 
 _MAX_MESSAGE = 300
+_SCAN = 16384  # bytes of an error body read for its message
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -266,14 +267,15 @@ class ChatClient:
             elif isinstance(err, str):
                 message = err
             else:
-                message = raw[:_MAX_MESSAGE].decode("utf-8", "replace")
+                message = raw[:_SCAN].decode("utf-8", "replace")
         except (ValueError, AttributeError):
             if b"<html" in raw[:2048].lower() or b"<!doctype" in raw[:2048].lower():
                 m = _TITLE.search(raw[:4096])
                 title = m.group(1).decode("utf-8", "replace").strip() if m else "no title"
                 message = f"HTML error page from the gateway ({title})"
             else:
-                message = raw[:_MAX_MESSAGE].decode("utf-8", "replace")
+                message = raw[:_SCAN].decode("utf-8", "replace")
+        # Redact before cutting, so a key that straddles the cut cannot survive in part.
         message = self.redact(" ".join(message.split()))[:_MAX_MESSAGE] or f"HTTP {status}"
         retry_after = _retry_after(headers)
         if status in (401, 403):

@@ -26,12 +26,16 @@ class Counts:
 class Progress(Protocol):
     def start(self, total: int | None, done: int) -> None: ...
     def update(self, counts: Counts, finished: int) -> None: ...
+    def write(self, line: str) -> None: ...
     def close(self) -> None: ...
 
 
 class NullProgress:
     def start(self, total: int | None, done: int) -> None:
         pass
+
+    def write(self, line: str) -> None:
+        print(line, file=sys.stderr)
 
     def update(self, counts: Counts, finished: int) -> None:
         pass
@@ -77,6 +81,13 @@ class TqdmProgress:
             self._last = now
             bar.set_postfix_str(_postfix(counts), refresh=False)
 
+    def write(self, line: str) -> None:
+        """A message above the bar, without breaking it."""
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
     def close(self) -> None:
         if self._bar is not None:
             if self._counts is not None:
@@ -105,6 +116,9 @@ class LogProgress:
             self._last = now
             total = f"/{self._total}" if self._total is not None else ""
             print(f"{self._desc}: {self._done}{total} rows  {_postfix(counts)}", file=sys.stderr)
+
+    def write(self, line: str) -> None:
+        print(line, file=sys.stderr)
 
     def close(self) -> None:
         pass

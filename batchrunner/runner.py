@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from batchrunner import io
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import JobConfig, check_base_url, environment
 from batchrunner.errors import (
+    BatchrunnerError,
     BudgetExceeded,
     ConfigError,
     InputError,
@@ -63,6 +64,7 @@ EXIT_STOPPED = 4
 FLUSH_EVERY_S = 1.0
 FLUSH_EVERY_ROWS = 2000
 MAX_RATE_LIMIT_RETRIES = 30
+MAX_ROW_WARNINGS = 5
 DEFAULT_COMPLETION_ESTIMATE = 256
 DEFAULT_CONCURRENCY = 64  # in flight when no rate limit is known
 INITIAL_CONCURRENCY = 32  # automatic sizing starts here, then follows Little's law
@@ -167,7 +169,8 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
                 f"(columns: {', '.join(source.columns)})"
             )
 
-    total = _scan_keys(source, key_column, where)
+    total = _scan_keys(source, key_column, where,
+                       builder.needed_columns if builder is not None else ("body",))
     if total == 0:
         raise InputError(f"{where}: has no rows")
 
@@ -190,16 +193,7 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
     rerun: set[str] = set()
     meta_path = out_dir / "job.json"
     if meta_path.exists():
-        try:
-            old = json.loads(meta_path.read_text(encoding="utf-8"))
-            if not isinstance(old, dict):
-                raise ValueError("not an object")
-        except (ValueError, OSError) as e:
-            raise JournalError(
-                f"{meta_path} is damaged ({type(e).__name__}); delete the output directory to "
-                "start over, or restore the file"
-            ) from None
-        _check_same_job(old, meta, meta_path, options, warnings)
+        _check_same_job(read_meta(out_dir), meta, meta_path, options, warnings)
     elif journal.segments():
         raise JournalError(
             f"{out_dir} holds a journal but no job.json — it is not this job's output directory"
@@ -207,6 +201,8 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
     journal.remove_temp_files()
     state = journal.read(columns=["status", "cost_usd"])
     prior_cost = float(pa.compute.sum(state["cost_usd"]).as_py() or 0.0)
+    if options.rerun_where and not state.num_rows:
+        _select(journal, options.rerun_where)  # refuse a bad expression on a first run too
     if state.num_rows:
         statuses = state["status"].to_pylist()
         keys = state["key"].to_pylist()
@@ -259,6 +255,23 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, option
         warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
 
 
+def read_meta(out_dir: Path) -> dict[str, Any]:
+    """``OUT_DIR/job.json``, or one line saying why it cannot be used."""
+    meta_path = out_dir / "job.json"
+    if not meta_path.is_file():
+        raise UsageError(f"{out_dir} is not a batchrunner output directory (no job.json)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            raise ValueError("not a job description")
+    except (ValueError, OSError) as e:
+        raise JournalError(
+            f"{meta_path} is damaged ({type(e).__name__}); restore it, or delete the output "
+            "directory to start over"
+        ) from None
+    return meta
+
+
 def _select(journal: Journal, where: str) -> set[str]:
     table = journal.read()
     df = table.to_pandas()
@@ -277,15 +290,17 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _scan_keys(source: io.InputSource, key_column: str | None, where: str) -> int:
-    """Count rows; with an id column, refuse null or duplicate ids before anything is sent."""
+def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
+               columns: Sequence[str] = ()) -> int:
+    """Count rows and decode every column a request needs, so damage is found before anything
+    is sent; with an id column, refuse null or duplicate ids."""
     total = 0
     if key_column is None:
-        for batch in source.batches(columns=[source.columns[0]]):
+        for batch in source.batches(columns=list(columns) or [source.columns[0]]):
             total += batch.num_rows
         return total
     seen: set[str] = set()
-    for batch in source.batches(columns=[key_column]):
+    for batch in source.batches(columns=list(dict.fromkeys([key_column, *columns]))):
         col = batch.column(0)
         if col.null_count:
             first = col.to_pylist().index(None)
@@ -411,10 +426,14 @@ class _Run:
                             error_message=f"not sent: {reason}", finished_at=time.time(),
                         ))
                         continue
+                    self._check_context(item)
                     self.outstanding += 1
                     await send.send(item)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return  # stopping
+            except BatchrunnerError as e:
+                # The input broke mid-run: finish and save what is in flight, then stop.
+                self.stop(StopJob(f"{e}; the rows finished so far are saved"))
             finally:
                 self.producer_done = True
                 if self.outstanding == 0:
@@ -445,6 +464,19 @@ class _Run:
                     self.retry_group.start_soon(self._requeue, item, retry_in)
                 else:
                     self._finished_one()  # abandoned: the job is stopping
+
+    def _check_context(self, item: _Work) -> None:
+        """Warn (before sending) about a prompt that looks too long for the model."""
+        model = str(item.body.get("model") or "")
+        window = self.plan.prices.context_window(model)
+        need = item.prompt_estimate + item.completion_max
+        if window and need > window:
+            self.counters["over_context"] += 1
+            if self.counters["over_context"] <= MAX_ROW_WARNINGS:
+                self.progress.write(
+                    f"batchrunner: warning: row {item.key}: about {need:,} tokens with "
+                    f"max_tokens, more than {model}'s context window ({window:,}); the "
+                    "server will likely refuse it")
 
     def _reserve(self, item: _Work) -> float | None:
         """Hold the request's estimated cost against the budget; None (and stop) if it won't fit."""
@@ -814,12 +846,7 @@ def plan_from_output(out_dir: Path) -> Plan:
     from batchrunner.config import EndpointConfig, InputConfig, Limits, OutputConfig, RequestConfig
 
     meta_path = out_dir / "job.json"
-    if not meta_path.is_file():
-        raise UsageError(f"{out_dir} is not a batchrunner output directory (no job.json)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise JournalError(f"{meta_path} is damaged; rerun the job to rewrite it") from None
+    meta = read_meta(out_dir)
     job = JobConfig(
         name=meta["name"],
         input=InputConfig(path=Path(meta["input_path"]), id_column=meta.get("id_column")),
@@ -844,10 +871,7 @@ def plan_from_output(out_dir: Path) -> Plan:
 
 def format_status(out_dir: Path) -> str:
     """Progress, failures by type and cost so far, from the journal alone."""
-    meta_path = out_dir / "job.json"
-    if not meta_path.is_file():
-        raise UsageError(f"{out_dir} is not a batchrunner output directory (no job.json)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_meta(out_dir)
     state = Journal(out_dir).read()
     total = int(meta.get("total_rows") or 0)
     statuses = Counter(state["status"].to_pylist())

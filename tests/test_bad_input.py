@@ -652,12 +652,6 @@ def test_an_error_raised_mid_run_is_one_line_not_a_traceback(
     assert_one_line_error(err, ["damaged.parquet"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner: _scan_keys reads only the id column, so a damaged value in the prompt column is "
-    "found by the producer mid-run, after requests were sent; and the producer's error cancels "
-    "the pipeline without draining or flushing the journal, so some paid answers are lost. "
-    "Fix in runner.prepare/_scan_keys (read builder.needed_columns too) and _Run.produce "
-    "(stop like StopJob, then flush)."))
 def test_a_damaged_prompt_column_is_refused_before_sending(
     sim: SimulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -686,10 +680,6 @@ def _parquet_damaged_in_second_row_group(path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner: --rerun-where is parsed only when the journal has rows, so a bad expression on a "
-    "first run is accepted silently (and every row is sent). Fix: check it in runner.prepare "
-    "against an empty frame of OUTCOME_COLUMNS and raise UsageError."))
 def test_a_bad_rerun_where_expression_is_refused_on_the_first_run(
     sim: SimulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -702,10 +692,6 @@ def test_a_bad_rerun_where_expression_is_refused_on_the_first_run(
     assert sim.stats()["requests"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner.format_status reads job.json with a bare json.loads: a damaged file raises "
-    "JSONDecodeError through the CLI as a traceback. Fix: raise JournalError like "
-    "plan_from_output does."))
 def test_status_of_a_damaged_output_directory_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -734,14 +720,11 @@ def test_output_directory_of_another_job_is_refused_and_left_alone(
     assert _snapshot(tmp_path) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not implemented: a prompt longer than the model's context window should be warned about "
-    "(naming the row) before it is sent; needs context-window sizes per model (e.g. from the "
-    "price library) and a check where the runner builds each request."))
 def test_a_prompt_over_the_context_window_is_warned_about_before_sending(
     sim: SimulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Not a refusal: the row is named in a warning on stderr before it is sent."""
     c = Ctx(tmp_path, sim.base_url, monkeypatch)
     huge = "word " * 160_000  # about 200k tokens; gpt-4o-mini holds 128k
     inp = c.write("huge.csv", f"id,text\nsmall,hello\nbig,{huge}\n")
