@@ -1,0 +1,47 @@
+"""The benchmarks run (``--smoke``): every scenario starts, finishes and prints its figures.
+
+Only that they run is checked, never how fast: timings on a shared machine are not a test.
+``bench_simulator.py --smoke`` is run by ``tests/test_simulator.py``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks" / "bench_pacing.py"
+SCENARIOS = (
+    "overhead",
+    "latency-bound",
+    "request-limited",
+    "token-limited",
+    "token-short-replies",
+    "limit-unknown",
+    "limit-too-high",
+    "faults",
+    "memory",
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses os.wait4 and /proc")
+def test_bench_pacing_smoke() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{proc.stderr[-3000:]}"
+    for name in SCENARIOS:
+        assert f"== {name}:" in out, f"scenario {name} did not run\n{out[-3000:]}"
+        assert f"| {name} |" in out, f"scenario {name} has no figure in the summary\n{out[-3000:]}"
+    assert "ERROR" not in out
+
+
+def test_bench_pacing_knows_every_scenario() -> None:
+    from benchmarks import bench_pacing
+
+    assert tuple(bench_pacing.SCENARIOS) == SCENARIOS
