@@ -7,7 +7,9 @@ failed rows; 4 stopped early (auth, quota, interrupted) and resumable.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -192,17 +194,24 @@ def _cmd_simulate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # before the run's own handler is up: stop like Ctrl-C (exit 4)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    if ns.command is None:
-        parser.print_help()
-        return 2
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
     commands = {"run": _cmd_run, "estimate": _cmd_estimate, "status": _cmd_status,
-                "report": _cmd_report,
-                "simulate": _cmd_simulate}
+                "report": _cmd_report, "simulate": _cmd_simulate}
     try:
+        parser = build_parser()
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return 2
         return commands[ns.command](ns)
+    except SystemExit:
+        raise
     except BaseException as e:  # mapped to one line and an exit code, or re-raised
         return _report(e)
 

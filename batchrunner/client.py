@@ -193,7 +193,7 @@ class ChatClient:
         request_id = headers.get("x-request-id")
         if status != 200:
             raise self._status_error(status, raw, headers, request_id)
-        hdrs = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")}
+        hdrs = _ratelimit_headers(headers)
         if stream is not None:
             return self._from_stream(stream, request_id, start, latency_ms, hdrs)
         return self._parse(raw, request_id, latency_ms, hdrs)
@@ -290,7 +290,7 @@ class ChatClient:
         if status == 429:
             return HTTPStatusError(
                 "rate_limited", message, retryable=True, retry_after=retry_after, status=status,
-                request_id=request_id,
+                request_id=request_id, headers=_ratelimit_headers(headers),
             )
         return HTTPStatusError(
             f"http_{status}", message, retryable=is_retryable_status(status),
@@ -319,6 +319,11 @@ class ChatClient:
                 request_id=request_id,
             )
         choice = choices[0]
+        if not isinstance(choice.get("message"), dict) and not choice.get("finish_reason"):
+            raise BadResponseError(
+                "no_choices", "HTTP 200 with a choice that has no message", retryable=True,
+                status=200, request_id=request_id,
+            )
         message = choice.get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
         pt, ct, tt, cached, reasoning = _usage(payload.get("usage"))
@@ -339,6 +344,10 @@ class ChatClient:
             reasoning_content=thought if isinstance(thought, str) and thought else None,
             choices=_all_choices(choices) if len(choices) > 1 else None,
         )
+
+
+def _ratelimit_headers(headers: Any) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")}
 
 
 def _all_choices(choices: list[Any]) -> str:

@@ -5,6 +5,7 @@
     │   ├── ConfigError               the job's settings
     │   └── InputError                the input file or its rows
     ├── JournalError                  the output directory's journal cannot be trusted
+    ├── OutputError                   results, reports or the journal cannot be written (exit 1)
     ├── StopJob                       the whole job must stop now, resumable (exit 4)
     │   ├── AuthError                 401/403: the key is wrong or lacks access
     │   ├── QuotaError                429 insufficient_quota: the account is out of credit
@@ -31,6 +32,7 @@ __all__ = [
     "InputError",
     "Interrupted",
     "JournalError",
+    "OutputError",
     "QuotaError",
     "RequestError",
     "StopJob",
@@ -57,6 +59,10 @@ class InputError(UsageError):
 
 class JournalError(BatchrunnerError):
     """The journal in the output directory is damaged or belongs to another job."""
+
+
+class OutputError(BatchrunnerError):
+    """Writing the journal, results or reports failed (a full disk, say) after the run began."""
 
 
 class StopJob(BatchrunnerError):
@@ -96,6 +102,7 @@ class RequestError(BatchrunnerError):
         retry_after: float | None = None,
         status: int | None = None,
         request_id: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
@@ -104,6 +111,7 @@ class RequestError(BatchrunnerError):
         self.retry_after = retry_after
         self.status = status
         self.request_id = request_id
+        self.headers = headers or {}  # the x-ratelimit-* headers of the answer, if any
 
     def __str__(self) -> str:
         return f"{self.error_type}: {self.message}"

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from .errors import InputError, UsageError
+from .errors import InputError, OutputError, UsageError
 
 __all__ = [
     "CSV_BLOCK_SIZE",
@@ -93,6 +93,10 @@ def _input_error(path: Path, message: str) -> InputError:
 
 def _usage_error(path: Path, message: str) -> UsageError:
     return UsageError(_one_line(f"output {path}: {message}", limit=10_000))
+
+
+def _output_error(path: Path, message: str) -> OutputError:
+    return OutputError(_one_line(f"output {path}: {message}", limit=10_000))
 
 
 def _short(value: object) -> str:
@@ -838,7 +842,7 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         _unlink_quietly(tmp)
-        raise _usage_error(path, f"cannot write it ({_os_reason(exc)})") from None
+        raise _output_error(path, f"cannot write it ({_os_reason(exc)})") from None
     _fsync_dir(path.parent)
 
 
@@ -851,7 +855,8 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     removed: list[Path] = []
-    for candidate in sorted(directory.glob(".*.tmp-*")):
+    # ".name.tmp-PID" from this module; ".name.XXXX.tmp" from earlier report writers.
+    for candidate in sorted({*directory.glob(".*.tmp-*"), *directory.glob(".*.tmp")}):
         if candidate.is_symlink() or candidate.is_file():
             try:
                 candidate.unlink()
@@ -891,7 +896,7 @@ class ResultWriter:
         try:
             fd = _create_private(self._tmp)
         except OSError as exc:
-            raise _usage_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
+            raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
         self._file = os.fdopen(fd, "wb")
         self._writer: Any = None
         try:
@@ -932,7 +937,7 @@ class ResultWriter:
                     )
                 )
         except OSError as exc:
-            raise _usage_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
+            raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
         self.rows_written += batch.num_rows
 
     def close(self) -> None:
@@ -950,7 +955,7 @@ class ResultWriter:
         except BaseException as exc:
             self.abort()
             if isinstance(exc, OSError):
-                raise _usage_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
+                raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
             raise
         self._done = True
         _fsync_dir(self.path.parent)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batchrunner.errors import JournalError
+from batchrunner.errors import JournalError, OutputError
 from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA, Outcome
 
 __all__ = ["Journal", "JournalWriter", "new_run_id"]
@@ -53,13 +53,19 @@ def write_segment(directory: Path, name: str, table: pa.Table) -> Path:
     """Write ``table`` as segment ``name`` atomically (temp file, fsync, rename, dir fsync)."""
     final = directory / name
     tmp = directory / f".{name}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             pq.write_table(table, f, compression="zstd")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"cannot write journal segment {final} ({e.strerror or type(e).__name__}); rows "
+            "finished before are saved — free space and rerun"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -117,6 +123,22 @@ class Journal:
             p.unlink(missing_ok=True)
         return stale
 
+    def check(self) -> None:
+        """Refuse any segment whose footer cannot be read or whose columns are not ours."""
+        for seg in self.segments():
+            try:
+                ok = pq.read_schema(seg).equals(OUTCOME_SCHEMA)
+            except Exception as e:
+                reason = type(e).__name__
+            else:
+                if ok:
+                    continue
+                reason = "its columns are not those of this batchrunner's journal"
+            raise JournalError(
+                f"journal segment {seg} cannot be read ({reason}); move it aside to resend its "
+                "rows, or restore it"
+            )
+
     def read(self, columns: Iterable[str] | None = None) -> pa.Table:
         """The latest outcome of every row (one record a key), as an Arrow table."""
         cols = list(OUTCOME_COLUMNS) if columns is None else list(
@@ -126,6 +148,9 @@ class Journal:
         for seg in self.segments():
             try:
                 t = pq.read_table(seg, columns=cols)
+                expected = pa.schema([OUTCOME_SCHEMA.field(c) for c in cols])
+                if not t.schema.equals(expected):
+                    raise TypeError("its columns are not those of this batchrunner's journal")
             except Exception as e:
                 raise JournalError(
                     f"journal segment {seg} cannot be read ({type(e).__name__}); move it aside "

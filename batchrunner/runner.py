@@ -199,6 +199,8 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
             f"{out_dir} holds a journal but no job.json — it is not this job's output directory"
         )
     journal.remove_temp_files()
+    io.remove_stale_temp_files(out_dir)
+    journal.check()
     state = journal.read(columns=["status", "cost_usd"])
     prior_cost = float(pa.compute.sum(state["cost_usd"]).as_py() or 0.0)
     if options.rerun_where and not state.num_rows:
@@ -538,6 +540,7 @@ class _Run:
                 self.limiter.refund(charge)
                 self.errors_seen[e.error_type] += 1
                 if e.error_type == "rate_limited":
+                    self.limiter.observe(e.headers)
                     item.attempts -= 1  # 429s do not use up the error-retry budget
                     item.rate_limited += 1
                     self.counts.rate_limited += 1
@@ -566,7 +569,11 @@ class _Run:
         self.counters["attempts"] += item.attempts
         limiter = self.limiter
         limiter.observe(res.headers)
-        limiter.settle(charge, res.total_tokens)
+        if item.completion_max and res.prompt_tokens is not None:
+            # Servers charge max_tokens, not what the reply used, against the token limit.
+            limiter.settle(charge, res.prompt_tokens + item.completion_max * item.n)
+        else:
+            limiter.settle(charge, res.total_tokens)
         if res.prompt_tokens:
             self.prompt_ratio += 0.05 * (res.prompt_tokens / item.prompt_estimate
                                          - self.prompt_ratio)
@@ -847,6 +854,7 @@ def plan_from_output(out_dir: Path) -> Plan:
 
     meta_path = out_dir / "job.json"
     meta = read_meta(out_dir)
+    io.remove_stale_temp_files(out_dir)
     job = JobConfig(
         name=meta["name"],
         input=InputConfig(path=Path(meta["input_path"]), id_column=meta.get("id_column")),

@@ -187,18 +187,8 @@ def input_open_by(pid: int, path: Path) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="watches /proc/PID/fd")
 @pytest.mark.parametrize("sig", [
     signal.SIGINT,
-    pytest.param(signal.SIGTERM, marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError, reason=(
-        "SIGTERM before the pipeline starts kills the process with status -15/143, not exit 4 "
-        "as the README promises ('4 stopped early (... Ctrl-C or SIGTERM)'): no SIGTERM "
-        "handler exists until _Run.watch_signals opens anyio's signal receiver, so a SIGTERM "
-        "during the imports, prepare() (which scans the whole input: seconds for a large file) "
-        "or the endpoint set-up takes the default action. SIGINT works there only because "
-        "Python turns it into KeyboardInterrupt, which cli.main maps to 4 (and not even that "
-        "during build_parser(), which runs outside main's try: a Ctrl-C while it imports "
-        "aiohttp prints a traceback, status 130). Fix: at the top of cli.main install "
-        "signal.signal(SIGTERM, <raise KeyboardInterrupt/Interrupted>) and move "
-        "build_parser()/parse_args() inside the try.")))])
+    signal.SIGTERM,
+])
 def test_signal_while_the_input_is_scanned_exits_4(tmp_path: Path, sig: signal.Signals) -> None:
     """A signal that arrives before any request (prepare() is reading a large input) ends the
     run at once with exit 4 and nothing sent."""
@@ -305,14 +295,6 @@ def test_the_damaged_one_of_several_segments_is_named(tmp_path: Path, sim: Simul
     assert sim.stats()["requests"] == sent
 
 
-@pytest.mark.xfail(strict=True, raises=pa.ArrowInvalid, reason=(
-    "A readable Parquet segment whose column types differ from OUTCOME_SCHEMA (another "
-    "version's or tool's file) is not refused with a one-line message: Journal.read reads each "
-    "segment inside its try, but pa.concat_tables(tables) runs outside it and raises "
-    "pyarrow ArrowInvalid ('Schema at index 1 was different'), which cli._report re-raises as "
-    "a traceback (exit 1). Fix: in Journal.read, inside the per-segment try, check "
-    "t.schema against OUTCOME_SCHEMA.select(cols) (or t.cast to it) and raise JournalError "
-    "naming the segment, like an unreadable one."))
 def test_segment_with_another_schema_is_refused(tmp_path: Path, sim: SimulatorThread,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out, args = first_run(tmp_path, sim, capsys)
@@ -352,15 +334,6 @@ def test_leftover_journal_temp_file_is_removed_and_never_trusted(
     assert len(df) == 40 and (df["status"] == "ok").all()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Temp files a killed run leaves in OUT_DIR itself are never removed: prepare() only calls "
-    "Journal.remove_temp_files() for OUT_DIR/journal, so '.results.parquet.tmp-PID' and "
-    "'.job.json.tmp-PID' (io.temp_path_for) and '.cost_report.json.XXXX.tmp' / "
-    "'.report.html.XXXX.tmp' (report._write_atomic, mkstemp) stay forever — each a partial "
-    "copy of the results, growing with every crash (crash_soak shows them). Fix: in prepare() "
-    "(and plan_from_output, for `batchrunner report`) remove them, e.g. "
-    "io.remove_stale_temp_files(out_dir) plus the report's '.<name>.*.tmp' pattern (or make "
-    "report._write_atomic use io.temp_path_for)."))
 def test_leftover_temp_files_in_out_dir_are_removed(tmp_path: Path, sim: SimulatorThread,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out, args = first_run(tmp_path, sim, capsys)
@@ -514,25 +487,11 @@ def test_disk_full_while_writing_results(tmp_path: Path) -> None:
     run_results_disk_full(tmp_path, check_rerun=True)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "A full disk while writing results exits 2, the code the README and cli promise means "
-    "'bad job, option or input (nothing was sent)' — though every request was sent and paid "
-    "for. io.ResultWriter.write/close wrap the OSError in _usage_error() (a UsageError), which "
-    "cli._report maps to 2. Fix: raise a non-usage BatchrunnerError (e.g. a new OutputError, "
-    "exit 1 like the journal's OSError) for I/O failures after the run has started, or "
-    "re-raise UsageError from rebuild_outputs as such."))
 def test_disk_full_while_writing_results_is_not_exit_2(tmp_path: Path) -> None:
     full = run_results_disk_full(tmp_path, check_rerun=False)
     assert full.returncode not in (0, 2), full.stderr
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "A full disk while writing a journal segment prints only 'batchrunner: error: File too "
-    "large' — no file, no word that it is the journal or that the rows finished before are "
-    "saved. pyarrow's OSError from pq.write_table in journal.write_segment has no filename, and "
-    "cli._report prints strerror + filename. Fix: in write_segment catch OSError and raise an "
-    "error naming the segment, e.g. 'cannot write journal segment <path>: File too large — "
-    "rows finished before are saved; free space and rerun' (exit 1, not 2)."))
 def test_disk_full_while_journaling_names_the_journal(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", 300)
     out = tmp_path / "out"

@@ -336,7 +336,9 @@ def test_a_failed_write_leaves_no_temp_file(
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", refuse)
-    with pytest.raises(OSError, match="disk full"):
+    from batchrunner.errors import OutputError
+
+    with pytest.raises(OutputError, match="disk full"):
         write_reports(report, tmp_path)
     assert os.listdir(tmp_path) == []
 
