@@ -106,7 +106,8 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--name", help="job name shown in progress and reports")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(simulate_options: bool = True) -> argparse.ArgumentParser:
+    """The whole CLI; ``simulate_options=False`` skips importing the simulator (start-up)."""
     parser = argparse.ArgumentParser(
         prog="batchrunner",
         description="Run large batches of OpenAI-compatible chat completion requests: "
@@ -123,15 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild results and reports from the journal")
     p.add_argument("out_dir", metavar="OUT_DIR")
 
-    from batchrunner import simulator
-
     p = sub.add_parser(
         "simulate",
         help="serve the built-in OpenAI-compatible simulator",
         description="An OpenAI-compatible chat completions server for rehearsals and tests: "
         "deterministic replies, rate limits, latency and faults. No key, no network.",
     )
-    simulator.add_arguments(p)
+    if simulate_options:
+        from batchrunner import simulator
+
+        simulator.add_arguments(p)
     return parser
 
 
@@ -204,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"run": _cmd_run, "estimate": _cmd_estimate, "status": _cmd_status,
                 "report": _cmd_report, "simulate": _cmd_simulate}
     try:
-        parser = build_parser()
+        args = list(sys.argv[1:] if argv is None else argv)
+        parser = build_parser(simulate_options="simulate" in args)
         ns = parser.parse_args(argv)
         if ns.command is None:
             parser.print_help()
