@@ -10,6 +10,7 @@ At the end the journal is compacted and the results file and cost report are reb
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -69,6 +70,7 @@ DEFAULT_COMPLETION_ESTIMATE = 256
 DEFAULT_CONCURRENCY = 64  # in flight when no rate limit is known
 INITIAL_CONCURRENCY = 32  # automatic sizing starts here, then follows Little's law
 MAX_AUTO_CONCURRENCY = 512
+_NO_LIMIT = contextlib.nullcontext()  # fixed concurrency: the worker count is the limit
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -447,7 +449,7 @@ class _Run:
             async for item in receive:
                 if self.stopping:
                     continue  # drain what is queued without sending it
-                async with self.slots:
+                async with self.slots if not self.fixed_concurrency else _NO_LIMIT:
                     reserved = self._reserve(item) if self.budget is not None else 0.0
                     if reserved is None:
                         continue
@@ -625,28 +627,30 @@ class _Run:
         done = 0
         async with receive:
             while True:
-                finished = 0
+                o: Outcome | None = None
                 try:
-                    with anyio.move_on_after(max(0.0, next_flush - time.monotonic())):
-                        o = await receive.receive()
-                        journal.add(o)
-                        finished = 1
-                        done += 1
-                        counts.tokens += o.total_tokens or 0
-                        counts.cost_usd += o.cost_usd or 0.0
-                        if o.status == "ok":
-                            counts.ok += 1
-                            if o.cost_usd is None:
-                                counts.cost_unknown += 1
-                            if o.finish_reason == "length":
-                                self.counters["length"] += 1
-                        else:
-                            counts.failed += 1
-                        counts.projected_usd = prior + counts.cost_usd / done * to_do
+                    try:
+                        o = receive.receive_nowait()  # no cancel scope while outcomes queue up
+                    except anyio.WouldBlock:
+                        with anyio.move_on_after(max(0.0, next_flush - time.monotonic())):
+                            o = await receive.receive()
                 except anyio.EndOfStream:
                     break
-                if finished:
-                    self.progress.update(counts, finished)
+                if o is not None:
+                    journal.add(o)
+                    done += 1
+                    counts.tokens += o.total_tokens or 0
+                    counts.cost_usd += o.cost_usd or 0.0
+                    if o.status == "ok":
+                        counts.ok += 1
+                        if o.cost_usd is None:
+                            counts.cost_unknown += 1
+                        if o.finish_reason == "length":
+                            self.counters["length"] += 1
+                    else:
+                        counts.failed += 1
+                    counts.projected_usd = prior + counts.cost_usd / done * to_do
+                    self.progress.update(counts, 1)
                 if len(journal) >= FLUSH_EVERY_ROWS or time.monotonic() >= next_flush:
                     await anyio.to_thread.run_sync(journal.flush)
                     next_flush = time.monotonic() + FLUSH_EVERY_S
