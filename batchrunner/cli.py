@@ -23,7 +23,8 @@ __all__ = ["main"]
 
 EPILOG = """\
 exit codes: 0 all rows ok · 2 bad job, option or input (nothing sent) ·
-            3 finished with failed rows · 4 stopped early (auth, quota, Ctrl-C), rerun to resume
+            3 finished with failed rows · 4 stopped early (auth, quota, budget, Ctrl-C),
+            rerun to resume · 1 output could not be written (disk full)
 """
 
 
