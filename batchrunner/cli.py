@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 
 from batchrunner import __version__
+from batchrunner.config import OUTPUT_FORMATS
 from batchrunner.errors import BatchrunnerError, JournalError, StopJob, UsageError
 
 __all__ = ["main"]
@@ -103,7 +104,7 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop before the job's total spend could pass this")
     g = p.add_argument_group("output")
     g.add_argument("--output", metavar="DIR", help="output directory (journal, results, report)")
-    g.add_argument("--format", choices=("parquet", "csv", "jsonl"), help="results format")
+    g.add_argument("--format", choices=OUTPUT_FORMATS, help="results format")
     g.add_argument("--name", help="job name shown in progress and reports")
 
 

@@ -58,7 +58,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -490,7 +490,3 @@ def environment(job: JobConfig) -> dict[str, str]:
         env.update(load_dotenv(d / ".env"))
     env.update(os.environ)
     return env
-
-
-def with_limits(job: JobConfig, **changes: Any) -> JobConfig:
-    return replace(job, limits=replace(job.limits, **changes))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import pyarrow.compute as pc
 
 from batchrunner.journal import Journal
-from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, _iter_rows, make_work
+from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
 __all__ = ["Estimate", "estimate", "format_estimate"]
 
@@ -79,7 +79,7 @@ def estimate(plan: Plan) -> Estimate:
         est.completion_basis = (
             f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens (set max_tokens for a bound)"
         )
-    for key, row in _iter_rows(plan):
+    for key, row in iter_rows(plan):
         if key in plan.done:
             continue
         item, reason = make_work(plan, key, row)

@@ -97,7 +97,6 @@ class Limiter:
         self._tokens: TokenBucket | None = None
         self._paused_until = 0.0
         self._rng = random.Random()
-        self.pauses = 0
         if requests_per_minute:
             self._set_requests(requests_per_minute)
         if tokens_per_minute:
@@ -148,10 +147,7 @@ class Limiter:
         """Hold every new request for ``seconds`` plus a little jitter, e.g. after a 429."""
         now = time.monotonic()
         until = now + seconds + self._rng.uniform(0.0, 0.05 + seconds * 0.1)
-        if until > self._paused_until:
-            if self._paused_until <= now:
-                self.pauses += 1
-            self._paused_until = until
+        self._paused_until = max(self._paused_until, until)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn the server's limits from a response's ``x-ratelimit-*`` headers."""

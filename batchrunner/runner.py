@@ -32,7 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from batchrunner import io
 from batchrunner.client import ChatClient, ChatResult
-from batchrunner.config import JobConfig, check_base_url, environment
+from batchrunner.config import DEFAULT_BASE_URL_ENV, JobConfig, check_base_url, environment
 from batchrunner.errors import (
     BatchrunnerError,
     BudgetExceeded,
@@ -93,7 +93,6 @@ class RunSummary:
     failed: int = 0
     pending: int = 0
     sent: int = 0
-    skipped: int = 0
     length_cut: int = 0
     error_types: dict[str, int] = field(default_factory=dict)
     cost_usd: float | None = 0.0
@@ -134,7 +133,6 @@ class Plan:
     key_column: str | None
     total_rows: int
     done: set[str]
-    rerun: set[str]
     out_dir: Path
     job_meta: dict[str, Any]
     prices: PriceBook
@@ -192,7 +190,6 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
     }
     journal = Journal(out_dir)
     done: set[str] = set()
-    rerun: set[str] = set()
     meta_path = out_dir / "job.json"
     if meta_path.exists():
         _check_same_job(read_meta(out_dir), meta, meta_path, options, warnings)
@@ -214,10 +211,9 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
             if s == "ok" or not options.retry_failed:
                 done.add(k)
         if options.rerun_where:
-            rerun = _select(journal, options.rerun_where)
-            done -= rerun
+            done -= _select(journal, options.rerun_where)
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
-                done=done, rerun=rerun, out_dir=out_dir, job_meta=meta, prices=prices,
+                done=done, out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=_structured(request_settings),
                 prior_cost=prior_cost)
 
@@ -318,7 +314,7 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
     return total
 
 
-def _iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, row) for every input row, in order."""
     position = 0
     if plan.builder is None:
@@ -418,7 +414,7 @@ class _Run:
         plan = self.plan
         async with record:
             try:
-                for key, row in _iter_rows(plan):
+                for key, row in iter_rows(plan):
                     if key in plan.done:
                         continue
                     if self.stopping:
@@ -686,13 +682,13 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
             yield sim.base_url, env.get(job.endpoint.api_key_env) or getattr(
                 config, "api_key", None)
         return
-    base_url = job.endpoint.base_url or env.get("OPENAI_BASE_URL")
+    base_url = job.endpoint.base_url or env.get(DEFAULT_BASE_URL_ENV)
     if not base_url:
         raise ConfigError(
             "no endpoint: set [endpoint] base_url, or OPENAI_BASE_URL in the environment or .env "
             "(or simulator = true to rehearse against the built-in simulator)"
         )
-    base_url = check_base_url(base_url, "OPENAI_BASE_URL" if not job.endpoint.base_url
+    base_url = check_base_url(base_url, DEFAULT_BASE_URL_ENV if not job.endpoint.base_url
                               else "[endpoint] base_url")
     key = env.get(job.endpoint.api_key_env)
     if not key:
@@ -786,6 +782,11 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _result_name(column: str, input_columns: set[str]) -> str:
+    """Result columns never shadow an input column of the same name."""
+    return column if column not in input_columns else f"result_{column}"
+
+
 def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int] | None = None
                     ) -> RunSummary:
     """Write results and reports from the journal; fill the summary's row counts."""
@@ -795,8 +796,6 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
     results_path = plan.out_dir / f"results.{job.output.format}"
     df = state.to_pandas().set_index("key", drop=True)
     outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key"]
-    schema_fields = []
-    out_schema_cols: list[str] | None = None
     writer: io.ResultWriter | None = None
     statuses: Counter[str] = Counter()
     position = 0
@@ -812,22 +811,18 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
             names = set(table.column_names)
             for c in outcome_cols:
                 col = pa.Array.from_pandas(part[c], type=state.schema.field(c).type)
-                table = table.append_column(c if c not in names else f"result_{c}", col)
-            st = table.column("status" if "status" not in names else "result_status")
+                table = table.append_column(_result_name(c, names), col)
+            st = table.column(_result_name("status", names))
             if plan.structured is not None and plan.structured.columns:
-                content = table.column("content" if "content" not in names else "result_content")
-                spread = plan.structured.spread(
-                    content.to_pylist(), [x == "ok" for x in st.to_pylist()])
-                for col, arr in spread.items():
-                    table = table.append_column(col if col not in names else f"result_{col}", arr)
+                content = table.column(_result_name("content", names)).to_pylist()
+                spread = plan.structured.spread(content, [x == "ok" for x in st.to_pylist()])
+                for col_name, arr in spread.items():
+                    table = table.append_column(_result_name(col_name, names), arr)
             for entry in pa.compute.value_counts(st).to_pylist():
                 statuses[entry["values"]] += entry["counts"]
             if writer is None:
-                schema_fields = list(table.schema)
-                out_schema_cols = table.column_names
-                writer = io.ResultWriter(results_path, job.output.format, pa.schema(schema_fields))
-            assert out_schema_cols is not None
-            writer.write(table.select(out_schema_cols))
+                writer = io.ResultWriter(results_path, job.output.format, table.schema)
+            writer.write(table)
         if writer is not None:
             writer.close()
     except BaseException:
@@ -876,7 +871,7 @@ def plan_from_output(out_dir: Path) -> Plan:
         key_column = job.input.id_column
     prices = PriceBook(parse_price_table(job.prices, where=f"{meta_path}: prices"))
     return Plan(job=job, source=source, builder=None, key_column=key_column,
-                total_rows=int(meta.get("total_rows") or 0), done=set(), rerun=set(),
+                total_rows=int(meta.get("total_rows") or 0), done=set(),
                 out_dir=out_dir, job_meta=meta, prices=prices, warnings=[],
                 structured=_structured(meta.get("request") or {}))
 
