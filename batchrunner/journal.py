@@ -74,7 +74,11 @@ def write_segment(directory: Path, name: str, table: pa.Table) -> Path:
 
 
 class JournalWriter:
-    """Buffers outcomes and writes them as segments. Used by the run's single writer task."""
+    """Buffers outcomes and writes them as segments.
+
+    ``add`` is called from the event loop; ``take`` there too, then ``write`` in a worker thread
+    (one at a time), so the loop never waits on the disk.
+    """
 
     def __init__(self, directory: Path, run_id: str, writer_id: str = "w0") -> None:
         self.directory = directory
@@ -89,14 +93,22 @@ class JournalWriter:
     def __len__(self) -> int:
         return len(self._buffer)
 
-    def flush(self) -> None:
-        if not self._buffer:
+    def take(self) -> list[Outcome]:
+        """The buffered outcomes, leaving the buffer empty (hand them to ``write``)."""
+        rows, self._buffer = self._buffer, []
+        return rows
+
+    def write(self, rows: Sequence[Outcome]) -> None:
+        """Write ``rows`` as the next segment. Safe in a worker thread while ``add`` goes on."""
+        if not rows:
             return
-        table = outcomes_table(self._buffer)
-        write_segment(self.directory, f"{self.prefix}{self._seq:06d}.parquet", table)
+        name = f"{self.prefix}{self._seq:06d}.parquet"
         self._seq += 1
-        self.rows_written += len(self._buffer)
-        self._buffer.clear()
+        write_segment(self.directory, name, outcomes_table(rows))
+        self.rows_written += len(rows)
+
+    def flush(self) -> None:
+        self.write(self.take())
 
 
 class Journal:

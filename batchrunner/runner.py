@@ -1,9 +1,13 @@
 """Run a job: the only module that owns task groups; it wires the others together.
 
-One producer reads the input and renders requests, N workers send them through the limiter and
-the client with retries, and one writer task records every outcome in the journal::
+N workers share one queue: rows whose retry backoff is over first, then the next input row,
+read and rendered on demand. They send through the limiter and the client, and record each
+outcome in the journal's buffer, which a flusher task writes out as a segment every second::
 
-    producer ──(bounded stream)──► workers ×N ──(bounded stream)──► writer ──► journal
+    input rows ─┐
+                ├─► workers ×N ──► limiter ──► client ──► journal buffer ──(1 s)──► segment
+    retries ────┘      ▲                           │
+                       └──── backoff (per row) ◄───┘
 
 At the end the journal is compacted and the results file and cost report are rebuilt from it.
 """
@@ -18,7 +22,7 @@ import random
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,7 +32,6 @@ from urllib.parse import urlsplit
 
 import anyio
 import pyarrow as pa
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchrunner import io
 from batchrunner.client import ChatClient, ChatResult
@@ -361,13 +364,18 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
 
 
 class _Run:
+    """One run's state. Workers take rows straight from the input iterator (retries first), and
+    record outcomes straight into the journal buffer; a flusher task writes the buffer out."""
+
     def __init__(self, plan: Plan, options: RunOptions, client: ChatClient, limiter: Limiter,
-                 progress: Progress, *, max_concurrency: int, fixed_concurrency: bool) -> None:
+                 progress: Progress, journal: JournalWriter, *, max_concurrency: int,
+                 fixed_concurrency: bool) -> None:
         self.plan = plan
         self.options = options
         self.client = client
         self.limiter = limiter
         self.progress = progress
+        self.journal = journal
         lim = plan.job.limits
         self.policy = options.retry or RetryPolicy(max_attempts=lim.max_attempts)
         self.counts = Counts()
@@ -384,20 +392,29 @@ class _Run:
         self.fixed_concurrency = fixed_concurrency
         self.slots = anyio.CapacityLimiter(
             max_concurrency if fixed_concurrency else min(max_concurrency, INITIAL_CONCURRENCY))
-        self.outstanding = 0
-        self.producer_done = False
-        self.work_send: MemoryObjectSendStream[_Work] | None = None
+        self.rows: Iterator[tuple[str, dict[str, Any]]] = iter_rows(plan)
+        self.rows_done = False  # the input iterator is exhausted (or broke)
+        self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows
+        self.outstanding = 0  # rows taken from the input and not finished yet
+        self.wake = anyio.Event()  # set when idle workers should look again
+        self.flush_wanted = anyio.Event()
         self.retry_group: anyio.abc.TaskGroup | None = None
         self.budget = plan.job.limits.max_cost_usd
         self.spent = plan.prior_cost  # the whole job's, earlier runs included
         self.reserved = 0.0  # estimated cost of the requests in flight
+        self.recorded = 0
+        self.to_do = max(1, plan.total_rows - len(plan.done))
 
-    # -- the work queue: rows from the producer and retries share it
+    # -- the work queue: retries first, then the next rows of the input
+
+    def _wake_workers(self) -> None:
+        self.wake.set()
+        self.wake = anyio.Event()
 
     def _finished_one(self) -> None:
         self.outstanding -= 1
-        if self.producer_done and self.outstanding == 0 and self.work_send is not None:
-            self.work_send.close()
+        if self.rows_done and self.outstanding == 0:
+            self._wake_workers()  # nothing left: let the idle workers end
 
     def stop(self, error: StopJob) -> None:
         """Stop taking rows; what is in flight may finish, nothing new is sent."""
@@ -405,65 +422,83 @@ class _Run:
             self.stop_error = error
         self.stopping = True
         self.stopped.set()
-        if self.work_send is not None:
-            self.work_send.close()
+        self._wake_workers()
 
-    async def produce(self, record: MemoryObjectSendStream[Outcome]) -> None:
-        assert self.work_send is not None
-        send = self.work_send
+    def _next_item(self) -> _Work | None:
+        """The next request to send, or None when there is none now."""
+        if self.retries:
+            return self.retries.popleft()
         plan = self.plan
-        async with record:
+        while not self.rows_done:
             try:
-                for key, row in iter_rows(plan):
-                    if key in plan.done:
-                        continue
-                    if self.stopping:
-                        return
-                    item, reason = make_work(plan, key, row)
-                    if item is None:
-                        await record.send(Outcome(
-                            key=key, status="failed", error_type="invalid_row",
-                            error_message=f"not sent: {reason}", finished_at=time.time(),
-                        ))
-                        continue
-                    self._check_context(item)
-                    self.outstanding += 1
-                    await send.send(item)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return  # stopping
+                key, row = next(self.rows)
+            except StopIteration:
+                self.rows_done = True
+                break
             except BatchrunnerError as e:
                 # The input broke mid-run: finish and save what is in flight, then stop.
+                self.rows_done = True
                 self.stop(StopJob(f"{e}; the rows finished so far are saved"))
-            finally:
-                self.producer_done = True
-                if self.outstanding == 0:
-                    send.close()
+                break
+            if key in plan.done:
+                continue
+            item, reason = make_work(plan, key, row)
+            if item is None:
+                self.record(Outcome(key=key, status="failed", error_type="invalid_row",
+                                    error_message=f"not sent: {reason}", finished_at=time.time()))
+                continue
+            self._check_context(item)
+            self.outstanding += 1
+            return item
+        return None
 
-    async def work(self, receive: MemoryObjectReceiveStream[_Work],
-                   record: MemoryObjectSendStream[Outcome]) -> None:
-        async with receive, record:
-            async for item in receive:
-                if self.stopping:
-                    continue  # drain what is queued without sending it
-                async with self.slots if not self.fixed_concurrency else _NO_LIMIT:
-                    reserved = self._reserve(item) if self.budget is not None else 0.0
-                    if reserved is None:
-                        continue
-                    try:
-                        outcome, retry_in = await self.attempt(item)
-                    finally:
-                        self.reserved -= reserved
-                    if outcome is not None:
-                        self.spent += outcome.cost_usd or 0.0
-                if outcome is not None:
-                    self._finished_one()
-                    await record.send(outcome)
-                elif retry_in is not None and not self.stopping:
-                    assert self.retry_group is not None
-                    self.counts.retrying += 1
-                    self.retry_group.start_soon(self._requeue, item, retry_in)
-                else:
-                    self._finished_one()  # abandoned: the job is stopping
+    async def work(self) -> None:
+        while not self.stopping:
+            item = self._next_item()
+            if item is None:
+                if self.stopping or (self.rows_done and self.outstanding == 0):
+                    return
+                await self.wake.wait()  # rows are in flight or waiting out a backoff
+                continue
+            async with self.slots if not self.fixed_concurrency else _NO_LIMIT:
+                reserved = self._reserve(item) if self.budget is not None else 0.0
+                if reserved is None:
+                    continue
+                try:
+                    outcome, retry_in = await self.attempt(item)
+                finally:
+                    self.reserved -= reserved
+            if outcome is not None:
+                self.spent += outcome.cost_usd or 0.0
+                self.record(outcome)
+                self._finished_one()
+            elif retry_in is not None and not self.stopping:
+                assert self.retry_group is not None
+                self.counts.retrying += 1
+                self.retry_group.start_soon(self._requeue, item, retry_in)
+            else:
+                self._finished_one()  # abandoned: the job is stopping
+
+    def record(self, o: Outcome) -> None:
+        """Buffer one finished row for the journal and count it."""
+        journal = self.journal
+        journal.add(o)
+        counts = self.counts
+        self.recorded += 1
+        counts.tokens += o.total_tokens or 0
+        counts.cost_usd += o.cost_usd or 0.0
+        if o.status == "ok":
+            counts.ok += 1
+            if o.cost_usd is None:
+                counts.cost_unknown += 1
+            if o.finish_reason == "length":
+                self.counters["length"] += 1
+        else:
+            counts.failed += 1
+        counts.projected_usd = self.plan.prior_cost + counts.cost_usd / self.recorded * self.to_do
+        self.progress.update(counts, 1)
+        if len(journal) >= FLUSH_EVERY_ROWS:
+            self.flush_wanted.set()
 
     def _check_context(self, item: _Work) -> None:
         """Warn (before sending) about a prompt that looks too long for the model."""
@@ -501,17 +536,14 @@ class _Run:
         return None
 
     async def _requeue(self, item: _Work, delay: float) -> None:
-        try:
-            with anyio.move_on_after(delay):
-                await self.stopped.wait()
-            if not self.stopping and self.work_send is not None:
-                await self.work_send.send(item)
-                return
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
-        finally:
-            self.counts.retrying -= 1
-        self._finished_one()
+        with anyio.move_on_after(delay):
+            await self.stopped.wait()
+        self.counts.retrying -= 1
+        if self.stopping:
+            self._finished_one()
+        else:
+            self.retries.append(item)
+            self._wake_workers()
 
     def _charge(self, item: _Work) -> int:
         completion = item.completion_max or int(self.completion_estimate)
@@ -614,44 +646,17 @@ class _Run:
             if target != self.slots.total_tokens:
                 self.slots.total_tokens = target
 
-    async def write(self, receive: MemoryObjectReceiveStream[Outcome],
-                    journal: JournalWriter) -> None:
-        counts = self.counts
-        next_flush = time.monotonic() + FLUSH_EVERY_S
-        prior = self.plan.prior_cost
-        to_do = max(1, self.plan.total_rows - len(self.plan.done))
-        done = 0
-        async with receive:
-            while True:
-                o: Outcome | None = None
-                try:
-                    try:
-                        o = receive.receive_nowait()  # no cancel scope while outcomes queue up
-                    except anyio.WouldBlock:
-                        with anyio.move_on_after(max(0.0, next_flush - time.monotonic())):
-                            o = await receive.receive()
-                except anyio.EndOfStream:
-                    break
-                if o is not None:
-                    journal.add(o)
-                    done += 1
-                    counts.tokens += o.total_tokens or 0
-                    counts.cost_usd += o.cost_usd or 0.0
-                    if o.status == "ok":
-                        counts.ok += 1
-                        if o.cost_usd is None:
-                            counts.cost_unknown += 1
-                        if o.finish_reason == "length":
-                            self.counters["length"] += 1
-                    else:
-                        counts.failed += 1
-                    counts.projected_usd = prior + counts.cost_usd / done * to_do
-                    self.progress.update(counts, 1)
-                if len(journal) >= FLUSH_EVERY_ROWS or time.monotonic() >= next_flush:
-                    await anyio.to_thread.run_sync(journal.flush)
-                    next_flush = time.monotonic() + FLUSH_EVERY_S
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(journal.flush)
+    async def flush_journal(self) -> None:
+        """Write the buffered outcomes every second, or sooner when many are waiting."""
+        journal = self.journal
+        while True:
+            with anyio.move_on_after(FLUSH_EVERY_S):
+                await self.flush_wanted.wait()
+            self.flush_wanted = anyio.Event()
+            rows = journal.take()
+            if rows:
+                with anyio.CancelScope(shield=True):  # once taken, rows are written
+                    await anyio.to_thread.run_sync(journal.write, rows)
 
     async def watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -731,12 +736,12 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
         cap = lim.concurrency or MAX_AUTO_CONCURRENCY
         async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s,
                               connections=cap) as client:
-            run = _Run(plan, options, client, limiter, progress, max_concurrency=cap,
+            run = _Run(plan, options, client, limiter, progress,
+                       JournalWriter(journal.directory, run_id), max_concurrency=cap,
                        fixed_concurrency=fixed)
-            writer = JournalWriter(journal.directory, run_id)
             progress.start(plan.total_rows, plan.total_rows - remaining)
             try:
-                await _pipeline(run, writer)
+                await _pipeline(run)
             finally:
                 progress.close()
         summary.sent = run.counters["attempts"]
@@ -750,30 +755,25 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
     return summary
 
 
-async def _pipeline(run: _Run, writer: JournalWriter) -> None:
-    """Producer → workers (sharing a queue with retries) → writer, until every row is done."""
-    cap = run.max_concurrency
-    work_send, work_recv = anyio.create_memory_object_stream[_Work](cap * 2)
-    out_send, out_recv = anyio.create_memory_object_stream[Outcome](cap * 4)
-    run.work_send = work_send
-    async with anyio.create_task_group() as outer:
-        outer.start_soon(run.write, out_recv, writer)
-        async with out_send:
-            with anyio.CancelScope() as scope:
-                async with anyio.create_task_group() as tg:
-                    if run.options.handle_signals and _main_thread():
-                        tg.start_soon(run.watch_signals, scope)
-                    if not run.fixed_concurrency:
-                        tg.start_soon(run.tune_concurrency)
-                    async with anyio.create_task_group() as workers:
-                        run.retry_group = workers
-                        workers.start_soon(run.produce, out_send.clone())
-                        for _ in range(cap):
-                            workers.start_soon(run.work, work_recv.clone(), out_send.clone())
-                        work_recv.close()
-                    tg.cancel_scope.cancel()  # every row is done: stop the helpers
-            work_send.close()
-        # out_send and all its clones are closed: the writer drains and flushes.
+async def _pipeline(run: _Run) -> None:
+    """Workers (new rows and retries from one queue) and the journal flusher, until every row
+    is done or the run stops; then whatever is still buffered is written."""
+    try:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                if run.options.handle_signals and _main_thread():
+                    tg.start_soon(run.watch_signals, scope)
+                if not run.fixed_concurrency:
+                    tg.start_soon(run.tune_concurrency)
+                tg.start_soon(run.flush_journal)
+                async with anyio.create_task_group() as workers:
+                    run.retry_group = workers
+                    for _ in range(run.max_concurrency):
+                        workers.start_soon(run.work)
+                tg.cancel_scope.cancel()  # every row is done: stop the helpers
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(run.journal.flush)
 
 
 def _main_thread() -> bool:
