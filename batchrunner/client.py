@@ -346,8 +346,13 @@ class ChatClient:
         )
 
 
+_RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
+                           for kind in ("requests", "tokens"))
+
+
 def _ratelimit_headers(headers: Any) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")}
+    """The ``x-ratelimit-*`` headers the limiter learns from (names in lower case)."""
+    return {name: v for name in _RATELIMIT_HEADERS if (v := headers.get(name)) is not None}
 
 
 def _all_choices(choices: list[Any]) -> str:
@@ -382,7 +387,7 @@ def _usage(usage: Any) -> tuple[int | None, int | None, int | None, int | None, 
 
 
 def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+    return v if type(v) is int else None  # not bool, not float
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -13,14 +13,15 @@ In the results file every top-level property of the schema becomes a typed colum
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
 
 from batchrunner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 __all__ = ["COLUMN_PREFIX", "StructuredOutput"]
 
@@ -61,6 +62,9 @@ class StructuredOutput:
                     "[request] response_format: json_schema needs a table "
                     "json_schema = { name = ..., schema = { ... } }"
                 )
+            from jsonschema import Draft202012Validator  # only jobs with a schema pay for it
+            from jsonschema.exceptions import SchemaError
+
             try:
                 Draft202012Validator.check_schema(schema)
             except SchemaError as e:
@@ -85,6 +89,8 @@ class StructuredOutput:
         if not isinstance(value, dict):
             return "invalid_json", "the reply is JSON but not an object"
         if self.validator is not None:
+            from jsonschema.exceptions import best_match
+
             error = best_match(self.validator.iter_errors(value))
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "the reply"
