@@ -35,18 +35,18 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from decimal import Decimal
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any
-
-import genai_prices
 
 from batchrunner.errors import ConfigError
 
-__all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table"]
+__all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table", "preload"]
 
 LIBRARY_NAME = "genai-prices"
 SOURCE_JOB = "job [prices]"
@@ -104,7 +104,7 @@ class PriceBook:
     @property
     def library_version(self) -> str:
         """The installed ``genai-prices`` version."""
-        return str(genai_prices.__version__)
+        return str(_library().__version__)
 
     @property
     def overrides(self) -> Mapping[str, ModelPrice]:
@@ -156,6 +156,7 @@ class PriceBook:
         """The model's context window in tokens, from the price library, if it says."""
         if model not in self._windows:
             window = None
+            genai_prices = _library()
             for ref, provider_id in _candidates(model):
                 try:
                     calc = genai_prices.calc_price(
@@ -229,6 +230,22 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
     return result
 
 
+def _library() -> ModuleType:
+    """The genai-prices module, imported on first use: it costs about 0.2 s of CPU, which a
+    command that prices nothing (``status``, a refused job) should not pay."""
+    import genai_prices
+
+    return genai_prices
+
+
+def preload() -> None:
+    """Import genai-prices in a background thread, while a run's first requests are out.
+
+    Not a daemon thread: interpreter exit waits for the import to finish rather than cut it."""
+    if "genai_prices" not in sys.modules:
+        threading.Thread(target=_library, name="batchrunner-preload-prices").start()
+
+
 def _toml_key(name: object) -> str:
     s = str(name)
     return s if re.fullmatch(r"[A-Za-z0-9_-]+", s) else '"' + s.replace('"', '\\"') + '"'
@@ -265,6 +282,7 @@ def _candidates(model: str) -> list[tuple[str, str | None]]:
 
 
 def _library_lookup(ref: str, provider_id: str | None) -> tuple[ModelPrice, str] | None:
+    genai_prices = _library()
     try:
         calc = genai_prices.calc_price(
             genai_prices.Usage(input_tokens=1, output_tokens=1), ref, provider_id=provider_id

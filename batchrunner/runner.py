@@ -50,6 +50,7 @@ from batchrunner.errors import (
 from batchrunner.journal import Journal, JournalWriter, new_run_id
 from batchrunner.limiter import Limiter
 from batchrunner.pricing import PriceBook, parse_price_table
+from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import OUTCOME_COLUMNS, Outcome
 from batchrunner.report import build_report, write_reports
@@ -73,6 +74,7 @@ DEFAULT_COMPLETION_ESTIMATE = 256
 DEFAULT_CONCURRENCY = 64  # in flight when no rate limit is known
 INITIAL_CONCURRENCY = 32  # automatic sizing starts here, then follows Little's law
 MAX_AUTO_CONCURRENCY = 512
+MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
 _NO_LIMIT = contextlib.nullcontext()  # fixed concurrency: the worker count is the limit
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
@@ -502,9 +504,11 @@ class _Run:
 
     def _check_context(self, item: _Work) -> None:
         """Warn (before sending) about a prompt that looks too long for the model."""
+        need = item.prompt_estimate + item.completion_max
+        if need <= MIN_CONTEXT_WINDOW:
+            return  # fits any chat model: no lookup
         model = str(item.body.get("model") or "")
         window = self.plan.prices.context_window(model)
-        need = item.prompt_estimate + item.completion_max
         if window and need > window:
             self.counters["over_context"] += 1
             if self.counters["over_context"] <= MAX_ROW_WARNINGS:
@@ -740,6 +744,7 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
                        JournalWriter(journal.directory, run_id), max_concurrency=cap,
                        fixed_concurrency=fixed)
             progress.start(plan.total_rows, plan.total_rows - remaining)
+            preload_prices()  # while the first requests are out
             try:
                 await _pipeline(run)
             finally:
