@@ -37,6 +37,7 @@ class TokenBucket:
         self.level = capacity
         self._t = time.monotonic()
         self._lock = anyio.Lock()
+        self._queued = 0
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -49,14 +50,23 @@ class TokenBucket:
         self.level = min(self.level, capacity)
 
     async def acquire(self, n: float) -> None:
-        async with self._lock:  # first come, first served
-            while True:
-                self._refill()
-                need = min(n, self.capacity)
-                if self.level >= need:
-                    self.level -= n
-                    return
-                await anyio.sleep((need - self.level) / self.rate)
+        if not self._queued:  # nobody waiting: take it at once if it is there
+            self._refill()
+            if self.level >= min(n, self.capacity):
+                self.level -= n
+                return
+        self._queued += 1
+        try:
+            async with self._lock:  # first come, first served
+                while True:
+                    self._refill()
+                    need = min(n, self.capacity)
+                    if self.level >= need:
+                        self.level -= n
+                        return
+                    await anyio.sleep((need - self.level) / self.rate)
+        finally:
+            self._queued -= 1
 
     def adjust(self, n: float) -> None:
         """Give back ``n`` units (or take ``-n`` more); the level may go negative (debt)."""

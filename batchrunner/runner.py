@@ -14,7 +14,6 @@ At the end the journal is compacted and the results file and cost report are reb
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -75,7 +74,6 @@ DEFAULT_CONCURRENCY = 64  # in flight when no rate limit is known
 INITIAL_CONCURRENCY = 32  # automatic sizing starts here, then follows Little's law
 MAX_AUTO_CONCURRENCY = 512
 MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
-_NO_LIMIT = contextlib.nullcontext()  # fixed concurrency: the worker count is the limit
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -392,15 +390,18 @@ class _Run:
         self.latency_s = 1.0
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
-        self.slots = anyio.CapacityLimiter(
-            max_concurrency if fixed_concurrency else min(max_concurrency, INITIAL_CONCURRENCY))
+        # The worker count is the concurrency: the tuner adds workers, and makes the surplus
+        # ones end after their current request. No per-request gate.
+        self.target_workers = (max_concurrency if fixed_concurrency
+                               else min(max_concurrency, INITIAL_CONCURRENCY))
+        self.workers = 0
         self.rows: Iterator[tuple[str, dict[str, Any]]] = iter_rows(plan)
         self.rows_done = False  # the input iterator is exhausted (or broke)
         self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows
         self.outstanding = 0  # rows taken from the input and not finished yet
         self.wake = anyio.Event()  # set when idle workers should look again
         self.flush_wanted = anyio.Event()
-        self.retry_group: anyio.abc.TaskGroup | None = None
+        self.tasks: anyio.abc.TaskGroup | None = None  # workers and retry timers
         self.budget = plan.job.limits.max_cost_usd
         self.spent = plan.prior_cost  # the whole job's, earlier runs included
         self.reserved = 0.0  # estimated cost of the requests in flight
@@ -454,30 +455,42 @@ class _Run:
             return item
         return None
 
+    def add_workers(self) -> None:
+        """Start workers up to ``target_workers``."""
+        assert self.tasks is not None
+        while self.workers < self.target_workers:
+            self.workers += 1
+            self.tasks.start_soon(self.work)
+
     async def work(self) -> None:
-        while not self.stopping:
+        try:
+            await self._work()
+        finally:
+            self.workers -= 1
+
+    async def _work(self) -> None:
+        while not self.stopping and self.workers <= self.target_workers:
             item = self._next_item()
             if item is None:
                 if self.stopping or (self.rows_done and self.outstanding == 0):
                     return
                 await self.wake.wait()  # rows are in flight or waiting out a backoff
                 continue
-            async with self.slots if not self.fixed_concurrency else _NO_LIMIT:
-                reserved = self._reserve(item) if self.budget is not None else 0.0
-                if reserved is None:
-                    continue
-                try:
-                    outcome, retry_in = await self.attempt(item)
-                finally:
-                    self.reserved -= reserved
+            reserved = self._reserve(item) if self.budget is not None else 0.0
+            if reserved is None:
+                continue
+            try:
+                outcome, retry_in = await self.attempt(item)
+            finally:
+                self.reserved -= reserved
             if outcome is not None:
                 self.spent += outcome.cost_usd or 0.0
                 self.record(outcome)
                 self._finished_one()
             elif retry_in is not None and not self.stopping:
-                assert self.retry_group is not None
+                assert self.tasks is not None
                 self.counts.retrying += 1
-                self.retry_group.start_soon(self._requeue, item, retry_in)
+                self.tasks.start_soon(self._requeue, item, retry_in)
             else:
                 self._finished_one()  # abandoned: the job is stopping
 
@@ -646,9 +659,8 @@ class _Run:
                 target = min(self.max_concurrency, DEFAULT_CONCURRENCY)
             else:
                 target = math.ceil(rate * self.latency_s * 1.5) + 4
-            target = max(4, min(self.max_concurrency, target))
-            if target != self.slots.total_tokens:
-                self.slots.total_tokens = target
+            self.target_workers = max(4, min(self.max_concurrency, target))
+            self.add_workers()
 
     async def flush_journal(self) -> None:
         """Write the buffered outcomes every second, or sooner when many are waiting."""
@@ -771,10 +783,9 @@ async def _pipeline(run: _Run) -> None:
                 if not run.fixed_concurrency:
                     tg.start_soon(run.tune_concurrency)
                 tg.start_soon(run.flush_journal)
-                async with anyio.create_task_group() as workers:
-                    run.retry_group = workers
-                    for _ in range(run.max_concurrency):
-                        workers.start_soon(run.work)
+                async with anyio.create_task_group() as tasks:
+                    run.tasks = tasks
+                    run.add_workers()
                 tg.cancel_scope.cancel()  # every row is done: stop the helpers
     finally:
         with anyio.CancelScope(shield=True):

@@ -707,3 +707,52 @@ async def test_quota_exhausted_key_stops_at_once(tmp_path: Path) -> None:
         assert sim.stats()["requests"] <= 4 + 1
     assert s.exit_code == 4 and s.stopped and "insufficient_quota" in s.stopped
     assert Journal(tmp_path / "out").read().num_rows == 0
+
+
+def in_flight_counter() -> tuple[Fault, dict[str, int]]:
+    """A fault that answers normally after 50 ms, counting requests in flight and their peak."""
+    seen = {"now": 0, "peak": 0}
+
+    async def slow(srv: FaultServer, request: web.BaseRequest,
+                   body: dict[str, Any]) -> web.StreamResponse | None:
+        seen["now"] += 1
+        seen["peak"] = max(seen["peak"], seen["now"])
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            seen["now"] -= 1
+        return None
+
+    return slow, seen
+
+
+@pytest.mark.anyio
+async def test_concurrency_set_by_the_job_is_exactly_the_number_in_flight(tmp_path: Path) -> None:
+    slow, seen = in_flight_counter()
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(60)])
+    async with FaultServer(slow) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, concurrency=5))
+    assert s.exit_code == 0 and s.ok == 60
+    assert seen["peak"] == 5
+
+
+@pytest.mark.anyio
+async def test_automatic_concurrency_starts_small_and_grows(tmp_path: Path) -> None:
+    """No concurrency and no rate known: 32 in flight at first, 64 once the tuner has run."""
+    slow, seen = in_flight_counter()
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(1500)])
+    async with FaultServer(slow) as srv:
+        peaks = []
+
+        async def watch() -> None:
+            for _ in range(200):  # bounded: 10 s at most
+                peaks.append(seen["now"])
+                await asyncio.sleep(0.05)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            s = await run(job_for(tmp_path, srv.base_url, inp, concurrency=None))
+            tg.cancel_scope.cancel()
+    assert s.exit_code == 0 and s.ok == 1500
+    assert max(peaks[:5]) <= 32  # the first 0.25 s, before the tuner's first look
+    assert seen["peak"] == 64
