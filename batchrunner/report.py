@@ -1,9 +1,23 @@
-"""Outcome table → cost report (a JSON-able dict), its Markdown summary, and the files on disk.
+"""Outcome rows → cost report (a JSON-able dict), its Markdown summary, and the files on disk.
 
-``build_report`` aggregates the journal's latest outcome per row (``OUTCOME_SCHEMA``) with
-vectorised pyarrow compute and group-bys, so a million rows take well under a second and no
-Python code runs per row. The report's figures are sums of the rows as recorded: the cost total is
-the sum of the rows' ``cost_usd`` and never re-derived, so it always matches the results file.
+The rows are the journal's latest outcome per row (``OUTCOME_SCHEMA``). They are read once, in
+chunks of any size, into an ``OutcomeStats``: vectorised pyarrow / numpy work per chunk, no
+Python code per row, and only aggregates plus a few numbers per row kept (see ``OutcomeStats``),
+so a million rows take about a second and a few tens of MB whatever the row count::
+
+    stats = OutcomeStats()
+    for chunk in chunks:            # pa.Table or pa.RecordBatch, REPORT_COLUMNS at least
+        stats.add(chunk)
+    report = build_report(stats, prices=..., job=..., wall_s=..., counters=...)
+    write_reports(report, out_dir, outcomes=stats)   # + report.html
+
+``build_report``, ``render_html`` and ``write_reports`` also take a whole outcome table, read as
+one chunk (``OutcomeStats.of``). The report is the same however the rows are chunked.
+
+The report's figures are sums of the rows as recorded: the cost total is the sum of the rows'
+``cost_usd`` and never re-derived, so it always matches the results file. Sums of costs are
+exact (correctly rounded from the exact sum, then rounded to 1e-10 USD), so they do not depend
+on the order or chunking of the rows.
 
 Top-level keys, in this order::
 
@@ -20,7 +34,8 @@ Top-level keys, in this order::
     by_model          {model: {"rows", "ok", "failed", tokens..., "cost_usd" (null when
                       incomplete), "cost_known_usd", "unpriced_rows", "price_source", "price"}}
     by_finish_reason  {finish_reason: rows}; ok rows without one count as "(none)"
-    by_error_type     {error_type: {"rows", "example"}} over failed rows
+    by_error_type     {error_type: {"rows", "example"}} over failed rows; the example is the
+                      first message in row order
     requests          {"attempts", "rows_attempted", "retries", "http_429", "http_429_in_rows",
                       "http_429_this_run"}; attempts as the rows record them
     latency_ms        {"rows", "p50", "p95", "p99", "mean", "max"} over ok rows (null if none)
@@ -38,20 +53,25 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchrunner.pricing import LIBRARY_NAME, SOURCE_UNKNOWN, PriceBook
 
 __all__ = [
+    "REPORT_COLUMNS",
     "REPORT_HTML",
     "REPORT_JSON",
     "REPORT_MD",
+    "OutcomeStats",
     "build_report",
     "render_markdown",
     "write_reports",
@@ -62,6 +82,7 @@ REPORT_JSON = "cost_report.json"
 REPORT_MD = "cost_report.md"
 REPORT_HTML = "report.html"
 NO_VALUE = "(none)"  # the group name of a missing model, finish_reason or error_type
+TOP_ROWS = 10  # rows in report.html's "slowest" and "most expensive" tables
 _FILE_MODE = 0o600
 _EXAMPLE_CHARS = 200
 _COLUMNS = (
@@ -81,11 +102,342 @@ _COLUMNS = (
     "error_message",
     "model",
 )
+_HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as well
+REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *_HTML_COLUMNS)
+"""Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+# The columns report.html's top-10 tables show, and the columns they are ranked by.
+_TOP_COLUMNS = (
+    "key",
+    "status",
+    "model",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "finish_reason",
+    "content",
+    "error_type",
+    "error_message",
+)
+_RANKED = ("latency_ms", "cost_usd")
+# Largest value first, then by key; a full tie goes to the earlier row.
+_TOP_ORDER = [("_v", "descending"), ("key", "ascending"), ("_i", "ascending")]
+_SLICE = 65_536  # add() works through bigger chunks in slices of this many rows
+# Exact sums of float64: value = m · 2**(e - 53) with m = frexp mantissa · 2**53, an integer of
+# at most 53 bits; e - 53 ≥ -1126, so a sum scaled by 2**1126 is a (big) Python int.
+_SCALE_BITS = 1126
+_HALF_BITS = 26  # m is summed as two halves, so an int64 sum cannot overflow
+
+_GroupKey = tuple[str | None, bool]  # (model, failed): the groups exact cost sums are kept by
+F64 = npt.NDArray[np.float64]
+
+
+class OutcomeStats:
+    """Everything the report and report.html need, gathered in one pass over outcome chunks.
+
+    ``add`` takes the rows chunk by chunk (``pa.Table`` or ``pa.RecordBatch`` of any size, in row
+    order, with at least the columns of ``REPORT_COLUMNS``; ``key`` and ``content`` are only
+    needed for report.html). The work per chunk is vectorised; the chunk itself is not kept.
+
+    Kept, whatever the row count (small: one entry per model, status, finish_reason or error
+    type):
+
+    - counts and integer sums (rows, ok rows, tokens, attempts, 429s, unpriced rows, …);
+    - per model: row, ok and unpriced counts and token sums;
+    - cost sums per (model, failed), exact (as big integers, see ``_exact_parts``);
+    - per status / finish_reason / error type: a count; per error type the first non-null
+      message in row order, already cut to the report's example length;
+    - the newest ``finished_at``;
+    - for report.html, the ``TOP_ROWS`` slowest and most expensive rows so far: only the
+      columns those tables show, at most ``2 × TOP_ROWS`` rows at any time.
+
+    Kept per row, as numpy arrays in blocks of 65,536 rows or more (small chunks are merged;
+    never a Python number per row):
+
+    - ``finished_at`` of every row (float64, NaN when null): 8 bytes;
+    - whether the row is ok (bool) and its ``rate_limited`` (the smallest integer type that
+      holds the chunk's values, 1 byte in practice): 2 bytes;
+    - ``latency_ms`` of ok rows that have one (float64, NaN kept as the report counts it):
+      8 bytes per ok row.
+
+    That is about 18 bytes a row: 18 MB for a million rows. float32 latencies would halve the
+    last part but change the report's mean and, at times, its percentiles. The latencies are
+    concatenated once, for the percentiles (which need them all, as does pyarrow's quantile,
+    which copies them: about 16 bytes per ok row for a moment); everything else reads the
+    per-row arrays in slices of 65,536 rows.
+
+    ``rows`` is the number of rows added so far. Ties in the top-10 tables are broken by key,
+    then by row order (the earlier row first).
+    """
+
+    __slots__ = (
+        "_attempts",
+        "_cost",
+        "_cost_bad",
+        "_errors",
+        "_finish",
+        "_latency",
+        "_missing",
+        "_models",
+        "_n_length",
+        "_n_ok",
+        "_n_unpriced",
+        "_newest",
+        "_per_row",
+        "_rate_limited",
+        "_rows_attempted",
+        "_status",
+        "_tokens",
+        "_top",
+        "_total_tokens",
+        "rows",
+    )
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._n_ok = 0
+        self._n_length = 0
+        self._n_unpriced = 0
+        self._tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
+        self._total_tokens = 0
+        self._attempts = 0
+        self._rows_attempted = 0
+        self._rate_limited = 0
+        self._status: dict[str, int] = {}
+        self._finish: dict[str, int] = {}
+        # model → [rows, ok, unpriced, *token sums, total tokens]
+        self._models: dict[str | None, list[int]] = {}
+        self._cost: dict[_GroupKey, int] = {}
+        self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
+        self._errors: dict[str, list[Any]] = {}  # error type → [rows, example or None]
+        self._newest: float | None = None
+        self._per_row = _PerRow(3)  # finished_at, is ok, rate_limited
+        self._latency = _PerRow(1)  # latency_ms of ok rows
+        self._top: dict[str, pa.Table | None] = dict.fromkeys(_RANKED)
+        self._missing: set[str] = set()
+
+    @classmethod
+    def of(cls, table: pa.Table | pa.RecordBatch) -> OutcomeStats:
+        """The stats of one table, read as one chunk."""
+        stats = cls()
+        stats.add(table)
+        return stats
+
+    def add(self, chunk: pa.Table | pa.RecordBatch) -> None:
+        """Take the next rows. Raises ``ValueError`` if the chunk lacks a column the report needs
+        (a missing ``key`` or ``content`` only fails ``render_html``)."""
+        names = set(chunk.schema.names)
+        missing = [c for c in _COLUMNS if c not in names]
+        if missing:
+            raise ValueError(f"outcome table lacks column(s) {', '.join(missing)}")
+        self._missing.update(c for c in _HTML_COLUMNS if c not in names)
+        if isinstance(chunk, pa.RecordBatch):
+            chunk = pa.Table.from_batches([chunk])
+        for start in range(0, chunk.num_rows, _SLICE):
+            self._add(chunk.slice(start, _SLICE))
+
+    # ---------------------------------------------------------------------------------------
+    # What build_report and render_html read
+
+    @property
+    def missing_columns(self) -> tuple[str, ...]:
+        """Columns report.html needs that some chunk lacked."""
+        return tuple(c for c in _HTML_COLUMNS if c in self._missing)
+
+    def row_slices(self) -> Iterator[tuple[F64, npt.NDArray[np.bool_], F64]]:
+        """Every row, in row order, in slices of at most 65,536 rows: ``finished_at`` (NaN where
+        null), whether the status is ok, and ``rate_limited`` (0 where null) as float64."""
+        for finished_at, is_ok, limited in self._per_row.slices():
+            yield finished_at, is_ok, limited.astype(np.float64)
+
+    def ok_latency_ms(self) -> F64:
+        """``latency_ms`` of the ok rows that have one, in row order (NaN kept), as one array
+        (concatenated on the first call)."""
+        (latency,) = self._latency.whole()
+        return cast(F64, latency)
+
+    def top_rows(self, column: str) -> list[dict[str, Any]]:
+        """The ``TOP_ROWS`` rows with the largest finite ``column`` (``latency_ms`` or
+        ``cost_usd``), largest first, with the columns report.html shows."""
+        top = self._top[column]
+        return [] if top is None else top.select(list(_TOP_COLUMNS)).to_pylist()
+
+    # ---------------------------------------------------------------------------------------
+
+    def _add(self, t: pa.Table) -> None:
+        n = t.num_rows
+        if n == 0:
+            return
+        offset = self.rows
+        self.rows += n
+        status = t["status"]
+        is_ok = pc.fill_null(pc.equal(status, "ok"), False)
+        is_failed = pc.invert(is_ok)
+        cost = t["cost_usd"]
+        unpriced_ok = pc.and_(is_ok, pc.is_null(cost))
+        finish = t["finish_reason"]
+        self._n_ok += _count(is_ok)
+        self._n_length += _count(pc.fill_null(pc.equal(finish, "length"), False))
+        self._n_unpriced += _count(unpriced_ok)
+        _merge_counts(self._status, _counts(status))
+        keep = pc.or_(is_ok, pc.is_valid(finish))
+        _merge_counts(self._finish, _counts(pc.fill_null(pc.filter(finish, keep), NO_VALUE)))
+
+        for c in _TOKEN_COLUMNS:
+            self._tokens[c] += _int_sum(t[c])
+        total = pc.coalesce(t["total_tokens"], pc.add(t["prompt_tokens"], t["completion_tokens"]))
+        self._total_tokens += _int_sum(total)
+        self._attempts += _int_sum(t["attempts"])
+        self._rows_attempted += _count(pc.fill_null(pc.greater(t["attempts"], 0), False))
+        self._rate_limited += _int_sum(t["rate_limited"])
+
+        self._add_models(t, is_ok, unpriced_ok, total)
+        ok_np = _np_bool(is_ok)
+        self._add_costs(t["model"], ~ok_np, cost)
+        self._add_errors(t.select(["error_type", "error_message"]).filter(is_failed))
+
+        finished_at = t["finished_at"]
+        newest = pc.max(finished_at).as_py()
+        self._newest = _max_of(self._newest, None if newest is None else float(newest))
+        self._per_row.append(_np_float(finished_at), ok_np, _np_small_int(t["rate_limited"]))
+        self._latency.append(_np_float(pc.drop_null(pc.filter(t["latency_ms"], is_ok))))
+        if not self._missing:
+            self._add_top(t, offset)
+
+    def _add_models(
+        self,
+        t: pa.Table,
+        is_ok: pa.ChunkedArray,
+        unpriced_ok: pa.ChunkedArray,
+        total: pa.ChunkedArray,
+    ) -> None:
+        g = pa.table(
+            {
+                "model": t["model"],
+                "ok": pc.cast(is_ok, pa.int64()),
+                "unpriced": pc.cast(unpriced_ok, pa.int64()),
+                **{c: t[c] for c in _TOKEN_COLUMNS},
+                "total": total,
+            }
+        )
+        sums = ["ok", "unpriced", *_TOKEN_COLUMNS, "total"]
+        grouped = g.group_by("model").aggregate(
+            [("ok", "count", pc.CountOptions(mode="all"))] + [(c, "sum") for c in sums]
+        )
+        for r in grouped.to_pylist():
+            acc = self._models.setdefault(r["model"], [0] * (1 + len(sums)))
+            acc[0] += int(r["ok_count"])
+            for i, c in enumerate(sums, 1):
+                acc[i] += int(r[f"{c}_sum"] or 0)
+
+    def _add_costs(
+        self, model: pa.ChunkedArray, failed: npt.NDArray[np.bool_], cost: pa.ChunkedArray
+    ) -> None:
+        """Exact cost sums per (model, failed); groups with a NaN or infinite cost are marked."""
+        values = _np_float(cost)
+        finite = np.isfinite(values)
+        bad = _np_bool(pc.is_valid(cost)) & ~finite
+        if bad.any():
+            mask = pa.array(bad)
+            marked = pa.table({"model": model.filter(mask), "failed": pa.array(failed[bad])})
+            for r in marked.group_by(["model", "failed"]).aggregate([]).to_pylist():
+                self._cost_bad.add((r["model"], bool(r["failed"])))
+        if not finite.any():
+            return
+        exp, hi, lo = _exact_parts(values[finite])
+        parts = pa.table(
+            {
+                "model": model.filter(pa.array(finite)),
+                "failed": pa.array(failed[finite]),
+                "exp": pa.array(exp),
+                "hi": pa.array(hi),
+                "lo": pa.array(lo),
+            }
+        )
+        grouped = parts.group_by(["model", "failed", "exp"], use_threads=False).aggregate(
+            [("hi", "sum"), ("lo", "sum")]
+        )
+        for r in grouped.to_pylist():
+            key = (r["model"], bool(r["failed"]))
+            m = (int(r["hi_sum"]) << _HALF_BITS) + int(r["lo_sum"])
+            self._cost[key] = self._cost.get(key, 0) + (m << (int(r["exp"]) - 53 + _SCALE_BITS))
+
+    def _add_errors(self, failed: pa.Table) -> None:
+        if failed.num_rows == 0:
+            return
+        g = pa.table(
+            {
+                "error_type": pc.fill_null(failed["error_type"], NO_VALUE),
+                "error_message": failed["error_message"],
+            }
+        )
+        grouped = g.group_by("error_type", use_threads=False).aggregate(
+            [
+                ("error_type", "count", pc.CountOptions(mode="all")),
+                ("error_message", "first"),
+            ]
+        )
+        for r in grouped.to_pylist():
+            acc = self._errors.setdefault(r["error_type"], [0, None])
+            acc[0] += int(r["error_type_count"])
+            if acc[1] is None:  # the first message in row order wins
+                acc[1] = _example(r["error_message_first"])
+
+    def _add_top(self, t: pa.Table, offset: int) -> None:
+        """Merge this chunk's top rows into the running top-``TOP_ROWS`` tables."""
+        index = pa.array(np.arange(offset, offset + t.num_rows, dtype=np.int64))
+        for column in _RANKED:
+            values = pc.cast(t[column], pa.float64())
+            mask = pc.fill_null(pc.is_finite(values), False)
+            small = pa.table({"_v": values, "key": t["key"], "_i": index}).filter(mask)
+            if small.num_rows == 0:
+                continue
+            order = pc.select_k_unstable(
+                small, k=min(TOP_ROWS, small.num_rows), sort_keys=_TOP_ORDER
+            )
+            best = small.take(order)
+            picked = t.select(list(_TOP_COLUMNS)).take(pc.subtract(best["_i"], offset))
+            picked = picked.append_column("_v", best["_v"]).append_column("_i", best["_i"])
+            previous = self._top[column]
+            if previous is not None:
+                picked = pa.concat_tables([previous, picked], promote_options="permissive")
+                order = pc.select_k_unstable(
+                    picked, k=min(TOP_ROWS, picked.num_rows), sort_keys=_TOP_ORDER
+                )
+                picked = picked.take(order)
+            self._top[column] = picked.combine_chunks()
+
+    # ---------------------------------------------------------------------------------------
+    # Sums for build_report
+
+    def _cost_sum(self, keep: Callable[[_GroupKey], bool]) -> float:
+        """The cost of the (model, failed) groups ``keep`` picks, as the report shows it: rounded
+        to 1e-10, and 0.0 if a NaN or infinite cost is in it (as the float sum, NaN or inf,
+        would be shown)."""
+        keys = {k for k in (*self._cost, *self._cost_bad) if keep(k)}
+        if keys & self._cost_bad:
+            return 0.0
+        total = sum(self._cost[k] for k in keys)
+        try:
+            return _usd(total / (1 << _SCALE_BITS))
+        except OverflowError:
+            return 0.0
+
+
+def _as_stats(
+    outcomes: pa.Table | pa.RecordBatch | OutcomeStats, needed: tuple[str, ...]
+) -> OutcomeStats:
+    if isinstance(outcomes, OutcomeStats):
+        return outcomes
+    missing = [c for c in needed if c not in outcomes.schema.names]
+    if missing:
+        raise ValueError(f"outcome table lacks column(s) {', '.join(missing)}")
+    return OutcomeStats.of(outcomes)
 
 
 def build_report(
-    outcomes: pa.Table,
+    outcomes: pa.Table | OutcomeStats,
     *,
     prices: PriceBook,
     job: Mapping[str, Any],
@@ -93,6 +445,10 @@ def build_report(
     counters: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Aggregate one outcome per row into the cost report (see the module docstring).
+
+    ``outcomes`` is an ``OutcomeStats`` fed with every row, or the whole outcome table
+    (``OUTCOME_SCHEMA``; extra columns are ignored). Raises ``ValueError`` if the table lacks a
+    column the report needs.
 
     ``counters`` are the run's own counts, reported as given. Its ``http_429`` (every 429 this
     run saw) overlaps the rows' ``rate_limited`` sum (every 429 of every finished row, all runs):
@@ -102,37 +458,18 @@ def build_report(
     finished in the last ``wall_s`` seconds before the newest ``finished_at``, so rows finished
     by an earlier run of a resumed job do not inflate it.
     """
-    missing = [c for c in _COLUMNS if c not in outcomes.column_names]
-    if missing:
-        raise ValueError(f"outcome table lacks column(s) {', '.join(missing)}")
+    stats = _as_stats(outcomes, _COLUMNS)
     counters = dict(counters or {})
-    t = outcomes.select(list(_COLUMNS))
-    n_rows = t.num_rows
+    n_rows = stats.rows
     warnings: list[str] = []
 
-    status = t["status"]
-    is_ok = pc.fill_null(pc.equal(status, "ok"), False)
-    is_failed = pc.invert(is_ok)
-    no_cost = pc.is_null(t["cost_usd"])
-    unpriced_ok = pc.and_(is_ok, no_cost)
-    finish = t["finish_reason"]
-    is_length = pc.fill_null(pc.equal(finish, "length"), False)
-
-    by_status = _counts(status)
-    n_ok = _count(is_ok)
+    by_status = _sorted_counts(stats._status)
+    n_ok = stats._n_ok
     n_failed = n_rows - n_ok
-    n_length = _count(is_length)
+    n_length = stats._n_length
+    n_unpriced = stats._n_unpriced
 
-    # Tokens: plain column sums; a row without total_tokens counts prompt + completion.
-    token_sums = {c: _int_sum(t[c]) for c in _TOKEN_COLUMNS}
-    total_tokens = _int_sum(
-        pc.coalesce(t["total_tokens"], pc.add(t["prompt_tokens"], t["completion_tokens"]))
-    )
-    cost_usd = _usd(pc.sum(t["cost_usd"]).as_py())
-    cost_failed = _usd(pc.sum(pc.if_else(is_failed, t["cost_usd"], None)).as_py())
-    n_unpriced = _count(unpriced_ok)
-
-    by_model = _by_model(t, is_ok, unpriced_ok, prices)
+    by_model = _by_model(stats, prices)
     for model, entry in by_model.items():
         k = entry["unpriced_rows"]
         if not k:
@@ -153,8 +490,7 @@ def build_report(
             )
 
     # Finish reasons: every ok row, and any other row that recorded one.
-    keep = pc.or_(is_ok, pc.is_valid(finish))
-    by_finish = _counts(pc.fill_null(pc.filter(finish, keep), NO_VALUE))
+    by_finish = _sorted_counts(stats._finish)
     if n_length:
         warnings.append(
             f"{_rows(n_length)} stopped at the token limit (finish_reason=length): their content "
@@ -164,24 +500,24 @@ def build_report(
     if n_filtered:
         warnings.append(f"{_rows(n_filtered)} stopped by the content filter")
 
-    by_error = _by_error_type(t.filter(is_failed))
+    errors = sorted(stats._errors.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    by_error = {k: {"rows": v[0], "example": v[1]} for k, v in errors}
     if n_failed:
         warnings.append(
             f"{_rows(n_failed)} failed (see failures by type); a rerun can retry failed rows"
         )
 
-    attempts = _int_sum(t["attempts"])
-    rows_attempted = _count(pc.fill_null(pc.greater(t["attempts"], 0), False))
-    in_rows_429 = _int_sum(t["rate_limited"])
+    attempts = stats._attempts
+    rows_attempted = stats._rows_attempted
+    in_rows_429 = stats._rate_limited
     run_429 = int(counters.get("http_429", 0))
 
-    latency = _latency(pc.drop_null(pc.filter(t["latency_ms"], is_ok)))
+    latency = _latency(pa.array(stats.ok_latency_ms(), pa.float64()))
     wall = _finite(wall_s)
     per_min = None
     if wall and n_rows:
-        finished_at = t["finished_at"]
-        newest = pc.max(finished_at).as_py() or 0.0
-        in_run = _count(pc.fill_null(pc.greater_equal(finished_at, newest - wall), False))
+        since = (stats._newest or 0.0) - wall
+        in_run = sum(int(np.count_nonzero(at >= since)) for at, _, _ in stats.row_slices())
         per_min = round(in_run / (wall / 60.0), 1)
 
     return {
@@ -190,14 +526,14 @@ def build_report(
         "job": {str(k): _jsonable(v) for k, v in job.items()},
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length},
         "tokens": {
-            "prompt": token_sums["prompt_tokens"],
-            "completion": token_sums["completion_tokens"],
-            "cached": token_sums["cached_tokens"],
-            "reasoning": token_sums["reasoning_tokens"],
-            "total": total_tokens,
+            "prompt": stats._tokens["prompt_tokens"],
+            "completion": stats._tokens["completion_tokens"],
+            "cached": stats._tokens["cached_tokens"],
+            "reasoning": stats._tokens["reasoning_tokens"],
+            "total": stats._total_tokens,
         },
-        "cost_usd": cost_usd,
-        "cost_failed_usd": cost_failed,
+        "cost_usd": stats._cost_sum(lambda k: True),
+        "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
         "cost_complete": n_unpriced == 0,
         "pricing": {
             "library": LIBRARY_NAME,
@@ -224,44 +560,21 @@ def build_report(
     }
 
 
-def _by_model(
-    t: pa.Table, is_ok: pa.ChunkedArray, unpriced_ok: pa.ChunkedArray, prices: PriceBook
-) -> dict[str, dict[str, Any]]:
-    """Per-model sums, one group-by over the whole table."""
-    g = pa.table(
-        {
-            "model": t["model"],
-            "ok": pc.cast(is_ok, pa.int64()),
-            "unpriced": pc.cast(unpriced_ok, pa.int64()),
-            "total": pc.coalesce(
-                t["total_tokens"], pc.add(t["prompt_tokens"], t["completion_tokens"])
-            ),
-            "cost_usd": t["cost_usd"],
-            **{c: t[c] for c in _TOKEN_COLUMNS},
-        }
-    )
-    sums = ["ok", "unpriced", *_TOKEN_COLUMNS, "total", "cost_usd"]
-    grouped = g.group_by("model").aggregate(
-        [("ok", "count", pc.CountOptions(mode="all"))] + [(c, "sum") for c in sums]
-    )
-    # One dict per model: model, ok_count (every row: mode="all"), ok_sum, …_sum.
-    groups = grouped.to_pylist()
-    groups.sort(key=lambda r: (-r["ok_count"], r["model"] is None, r["model"] or ""))
-
+def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any]]:
+    """Per-model sums, most rows first, then by name, the unnamed model last among equals."""
+    groups = sorted(stats._models.items(), key=lambda kv: (-kv[1][0], kv[0] is None, kv[0] or ""))
     out: dict[str, dict[str, Any]] = {}
-    for r in groups:
-        model: str | None = r["model"]
+    for model, acc in groups:
+        n, ok, unpriced, *tokens, total = acc
         name = NO_VALUE if model is None else model
         price = None if model is None else prices.price(model)
-        known = _usd(r["cost_usd_sum"])
-        unpriced = int(r["unpriced_sum"] or 0)
-        n, ok = int(r["ok_count"]), int(r["ok_sum"] or 0)
+        known = stats._cost_sum(partial(_of_model, model))
         out[name] = {
             "rows": n,
             "ok": ok,
             "failed": n - ok,
-            **{c: int(r[f"{c}_sum"] or 0) for c in _TOKEN_COLUMNS},
-            "total_tokens": int(r["total_sum"] or 0),
+            **dict(zip(_TOKEN_COLUMNS, tokens, strict=True)),
+            "total_tokens": total,
             "cost_usd": None if unpriced else known,
             "cost_known_usd": known,
             "unpriced_rows": unpriced,
@@ -271,33 +584,17 @@ def _by_model(
     return out
 
 
-def _by_error_type(failed: pa.Table) -> dict[str, dict[str, Any]]:
-    """Failed rows per error type, with one example message each."""
-    if failed.num_rows == 0:
-        return {}
-    g = pa.table(
-        {
-            "error_type": pc.fill_null(failed["error_type"], NO_VALUE),
-            "error_message": failed["error_message"],
-        }
-    )
-    grouped = g.group_by("error_type", use_threads=False).aggregate(
-        [
-            ("error_type", "count", pc.CountOptions(mode="all")),
-            ("error_message", "first"),
-        ]
-    )
-    rows = grouped.to_pylist()
-    rows.sort(key=lambda r: (-r["error_type_count"], r["error_type"]))
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        example = r["error_message_first"]
-        if isinstance(example, str):
-            example = " ".join(example.split())
-            if len(example) > _EXAMPLE_CHARS:
-                example = example[: _EXAMPLE_CHARS - 1] + "…"
-        out[r["error_type"]] = {"rows": int(r["error_type_count"]), "example": example}
-    return out
+def _of_model(model: str | None, key: _GroupKey) -> bool:
+    return key[0] == model
+
+
+def _example(message: Any) -> Any:
+    """An error message as the report's example: on one line, at most ``_EXAMPLE_CHARS``."""
+    if isinstance(message, str):
+        message = " ".join(message.split())
+        if len(message) > _EXAMPLE_CHARS:
+            message = message[: _EXAMPLE_CHARS - 1] + "…"
+    return message
 
 
 def _latency(values: pa.ChunkedArray | pa.Array) -> dict[str, Any]:
@@ -315,15 +612,22 @@ def _latency(values: pa.ChunkedArray | pa.Array) -> dict[str, Any]:
 
 
 def _counts(values: pa.ChunkedArray | pa.Array) -> dict[str, int]:
-    """``{value: count}``, most frequent first, then by name; a null value counts as "(none)"."""
-    pairs = [
-        (NO_VALUE if d["values"] is None else str(d["values"]), int(d["counts"]))
-        for d in pc.value_counts(values).to_pylist()
-    ]
+    """``{value: count}``; a null value counts as "(none)"."""
     merged: dict[str, int] = {}
-    for k, v in pairs:
-        merged[k] = merged.get(k, 0) + v
-    return dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0])))
+    for d in pc.value_counts(values).to_pylist():
+        k = NO_VALUE if d["values"] is None else str(d["values"])
+        merged[k] = merged.get(k, 0) + int(d["counts"])
+    return merged
+
+
+def _merge_counts(into: dict[str, int], counts: Mapping[str, int]) -> None:
+    for k, v in counts.items():
+        into[k] = into.get(k, 0) + v
+
+
+def _sorted_counts(counts: Mapping[str, int]) -> dict[str, int]:
+    """Most frequent first, then by name."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _count(mask: pa.ChunkedArray | pa.Array) -> int:
@@ -362,6 +666,102 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
     return str(v)
+
+
+def _max_of(a: float | None, b: float | None) -> float | None:
+    """The larger, as pyarrow's max over both would give: nulls skipped, NaN only if alone."""
+    if a is None or math.isnan(a):
+        return b if b is not None else a
+    if b is None or math.isnan(b):
+        return a
+    return max(a, b)
+
+
+def _exact_parts(
+    values: F64,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Finite float64 values as ``(hi · 2**26 + lo) · 2**(exp - 53)`` with integer parts, so
+    sums of ``hi`` and ``lo`` per ``exp`` are exact in int64 (up to 2**36 values)."""
+    mantissa, exp = np.frexp(values)
+    m = (mantissa * float(1 << 53)).astype(np.int64)
+    return exp.astype(np.int32), m >> _HALF_BITS, m & ((1 << _HALF_BITS) - 1)
+
+
+class _PerRow:
+    """Parallel numpy columns kept per row, appended chunk by chunk. Small pieces are merged
+    into blocks of at least ``_SLICE`` rows, so many tiny chunks cost no more than a few big
+    ones; no Python number is kept per row."""
+
+    __slots__ = ("_blocks", "_columns", "_pending", "_pending_rows")
+
+    def __init__(self, columns: int) -> None:
+        self._columns = columns
+        self._blocks: list[tuple[npt.NDArray[Any], ...]] = []
+        self._pending: list[tuple[npt.NDArray[Any], ...]] = []
+        self._pending_rows = 0
+
+    def append(self, *columns: npt.NDArray[Any]) -> None:
+        self._pending.append(columns)
+        self._pending_rows += len(columns[0])
+        if self._pending_rows >= _SLICE:
+            self._flush()
+
+    def _flush(self) -> None:
+        if len(self._pending) == 1:
+            self._blocks.append(self._pending[0])
+        elif self._pending:
+            self._blocks.append(tuple(np.concatenate(c) for c in zip(*self._pending, strict=True)))
+        self._pending = []
+        self._pending_rows = 0
+
+    def slices(self) -> Iterator[tuple[npt.NDArray[Any], ...]]:
+        """The columns, in row order, as views of at most ``_SLICE`` rows each."""
+        self._flush()
+        for block in self._blocks:
+            for start in range(0, len(block[0]), _SLICE):
+                yield tuple(c[start : start + _SLICE] for c in block)
+
+    def whole(self) -> tuple[npt.NDArray[Any], ...]:
+        """The columns as single arrays; concatenated once, then kept that way."""
+        self._flush()
+        if len(self._blocks) != 1:
+            if not self._blocks:
+                return tuple(np.empty(0) for _ in range(self._columns))
+            self._blocks = [tuple(np.concatenate(c) for c in zip(*self._blocks, strict=True))]
+        return self._blocks[0]
+
+
+def _np_float(col: pa.ChunkedArray | pa.Array) -> F64:
+    """A column as a new float64 array (owning its memory), NaN where null."""
+    arr = pc.fill_null(pc.cast(col, pa.float64()), math.nan)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.float64())
+    return np.array(arr.to_numpy(zero_copy_only=False), dtype=np.float64, copy=True)
+
+
+def _np_bool(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.bool_]:
+    arr = pc.fill_null(col, False)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.bool_())
+    return np.array(arr.to_numpy(zero_copy_only=False), dtype=np.bool_, copy=True)
+
+
+def _np_small_int(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[Any]:
+    """An integer count column in the smallest integer type that holds it, 0 where null;
+    a float column as float64, with NaN and infinities as 0."""
+    if not pa.types.is_integer(col.type):
+        values = _np_float(col)
+        values[~np.isfinite(values)] = 0.0
+        return values
+    arr = pc.fill_null(col, 0)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.int64())
+    values = np.asarray(arr.to_numpy(zero_copy_only=False))
+    if values.size == 0:
+        return np.empty(0, dtype=np.int8)
+    lo, hi = int(values.min()), int(values.max())
+    dtype = np.result_type(np.min_scalar_type(lo), np.min_scalar_type(hi))
+    return values.astype(dtype, copy=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,13 +927,16 @@ def _duration(s: Any) -> str:
 
 
 def write_reports(
-    report: Mapping[str, Any], out_dir: Path, *, outcomes: pa.Table | None = None
+    report: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    outcomes: pa.Table | OutcomeStats | None = None,
 ) -> list[Path]:
     """Write ``cost_report.json`` and ``cost_report.md`` into ``out_dir``, each atomically.
 
-    Given ``outcomes`` (the table the report was built from), also ``report.html``: the same
-    report with charts, one self-contained page (see ``batchrunner.report_html``). Returns the
-    paths written, in that order.
+    Given ``outcomes`` (the ``OutcomeStats`` or the table the report was built from), also
+    ``report.html``: the same report with charts, one self-contained page (see
+    ``batchrunner.report_html``). Returns the paths written, in that order.
 
     Each file is written to a temporary name in the same directory, fsynced and renamed over
     the old one, so a reader sees the old report or the new one, never half of one. Mode 0600.

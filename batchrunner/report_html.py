@@ -1,10 +1,12 @@
-"""Cost report + outcome table → one self-contained ``report.html`` with inline SVG charts.
+"""Cost report + outcome rows → one self-contained ``report.html`` with inline SVG charts.
 
-``render_html(report, outcomes)`` returns the whole page as a string. The page loads nothing:
-no scripts, no fonts, no images from anywhere; its CSS is inline, its charts are SVG drawn here,
-and a Content-Security-Policy of ``default-src 'none'`` makes the browser refuse any load that
-might slip in. Every string taken from the data (job name, model names, keys, contents, error
-messages) is HTML-escaped.
+``render_html(report, outcomes)`` returns the whole page as a string; ``outcomes`` is the
+``OutcomeStats`` the report was built from (or the whole outcome table, read as one chunk).
+
+The page loads nothing: no scripts, no fonts, no images from anywhere; its CSS is inline, its
+charts are SVG drawn here, and a Content-Security-Policy of ``default-src 'none'`` makes the
+browser refuse any load that might slip in. Every string taken from the data (job name, model
+names, keys, contents, error messages) is HTML-escaped.
 
 What it shows: a header (job, rows ok/failed, cost with its unknown part, tokens, wall time,
 throughput, latency percentiles, retries and 429s, price sources, warnings), then charts of
@@ -17,10 +19,11 @@ throughput, latency percentiles, retries and 429s, price sources, warnings), the
 and tables of the 10 slowest and the 10 most expensive rows, the failures by type and the
 per-model prices.
 
-The page stays light whatever the size of the table: per-row work is vectorised (pyarrow and
-numpy), only the two top-10 tables look at single rows, long runs are drawn in wider time
-buckets (at most ``MAX_TIME_BUCKETS``), histograms have at most ``MAX_LATENCY_BINS`` bins, and
-bar charts show at most ``MAX_CATEGORIES`` bars, the rest summed into one.
+The page stays light whatever the number of rows: it reads only what ``OutcomeStats`` keeps
+(aggregates, the running top-10 rows, and finish time, status, 429s and ok latency per row as
+numpy arrays), the per-row work is vectorised numpy, long runs are drawn in wider time buckets
+(at most ``MAX_TIME_BUCKETS``), histograms have at most ``MAX_LATENCY_BINS`` bins, and bar
+charts show at most ``MAX_CATEGORIES`` bars, the rest summed into one.
 """
 
 from __future__ import annotations
@@ -28,16 +31,23 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from batchrunner.report import NO_VALUE, _duration, _money, _num
+from batchrunner.report import (
+    NO_VALUE,
+    REPORT_COLUMNS,
+    OutcomeStats,
+    _as_stats,
+    _duration,
+    _money,
+    _num,
+)
 
 __all__ = ["MAX_CATEGORIES", "MAX_LATENCY_BINS", "MAX_TIME_BUCKETS", "render_html"]
 
@@ -45,12 +55,14 @@ MAX_TIME_BUCKETS = 200  # bars per series in the timeline (three series: ok, fai
 MIN_TIME_SLOTS = 20  # the timeline's x axis spans at least this many buckets
 MAX_LATENCY_BINS = 60
 MAX_CATEGORIES = 15  # bars in a by-model / by-status / by-finish_reason chart
-TOP_ROWS = 10
 _PREVIEW_CHARS = 120
 _KEY_CHARS = 40
 _LABEL_CHARS = 21
 _TITLE_CHARS = 500
+_SLICE = 65_536  # rows per step of the per-row work
 
+# What a table given instead of an OutcomeStats must hold (REPORT_COLUMNS), in this order in
+# the error message.
 _NEEDED = (
     "key",
     "status",
@@ -66,8 +78,12 @@ _NEEDED = (
     "error_message",
     "model",
     "finished_at",
+    "cached_tokens",
+    "reasoning_tokens",
+    "attempts",
 )
 # C0/C1 controls and lone surrogates are not valid in an HTML document; shown as U+FFFD.
+assert sorted(_NEEDED) == sorted(REPORT_COLUMNS)
 _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 # Nice widths, in seconds, for time buckets and time-axis ticks.
 _TIME_STEPS = (
@@ -78,16 +94,16 @@ Num = float | int
 F64 = npt.NDArray[np.float64]
 
 
-def render_html(report: Mapping[str, Any], outcomes: pa.Table) -> str:
+def render_html(report: Mapping[str, Any], outcomes: pa.Table | OutcomeStats) -> str:
     """The whole ``report.html`` page for ``report`` (from ``build_report``) and its rows.
 
-    ``outcomes`` is the table the report was built from (``OUTCOME_SCHEMA``; extra columns are
-    ignored). Raises ``ValueError`` if it lacks a column the page needs.
+    ``outcomes`` is the ``OutcomeStats`` the report was built from, or the whole outcome table
+    (``OUTCOME_SCHEMA``; extra columns are ignored). Raises ``ValueError`` if the rows lack a
+    column the page needs.
     """
-    missing = [c for c in _NEEDED if c not in outcomes.column_names]
-    if missing:
-        raise ValueError(f"outcome table lacks column(s) {', '.join(missing)}")
-    t = outcomes.select(list(_NEEDED))
+    stats = _as_stats(outcomes, _NEEDED)
+    if stats.missing_columns:
+        raise ValueError(f"outcome table lacks column(s) {', '.join(stats.missing_columns)}")
     job: Mapping[str, Any] = report.get("job") or {}
     name = str(job.get("name") or "")
     title = f"Batch report: {name}" if name else "Batch report"
@@ -95,10 +111,10 @@ def render_html(report: Mapping[str, Any], outcomes: pa.Table) -> str:
     body = [
         _header(report, title),
         "<section><h2>Over the run</h2>",
-        _timeline(t),
+        _timeline(stats),
         "</section>",
         "<section><h2>Latency</h2>",
-        _latency(t, report),
+        _latency(stats, report),
         "</section>",
         '<section><h2>By model</h2><div class="cols">',
         *_model_charts(report),
@@ -122,13 +138,13 @@ def render_html(report: Mapping[str, Any], outcomes: pa.Table) -> str:
         _errors_table(report),
         "</section>",
         _top_table(
-            t,
+            stats.top_rows("latency_ms"),
             "latency_ms",
             "The 10 slowest rows",
             "By latency_ms of the last attempt, over all rows that recorded one.",
         ),
         _top_table(
-            t,
+            stats.top_rows("cost_usd"),
             "cost_usd",
             "The 10 most expensive rows",
             "By cost_usd; rows with an unknown cost are not ranked.",
@@ -316,25 +332,18 @@ def _errors_table(report: Mapping[str, Any]) -> str:
     )
 
 
-def _top_table(t: pa.Table, column: str, title: str, note: str) -> str:
-    """The ``TOP_ROWS`` rows with the largest finite ``column``, largest first (ties by key)."""
-    values = pc.cast(t[column], pa.float64())
-    mask = pc.fill_null(pc.is_finite(values), False)
-    small = pa.table(
-        {"v": values, "key": t["key"], "i": pa.array(np.arange(t.num_rows, dtype=np.int64))}
-    ).filter(mask)
+def _top_table(rows: list[dict[str, Any]], column: str, title: str, note: str) -> str:
+    """The ``TOP_ROWS`` rows with the largest finite ``column``, largest first (ties by key),
+    from ``OutcomeStats.top_rows``."""
     head = (
         "<tr><th class=n>#</th><th>Key</th><th>Status</th><th>Model</th><th class=n>Latency</th>"
         "<th class=n>Tokens in → out</th><th class=n>Cost</th><th>Finish</th>"
         "<th>Content</th></tr>"
     )
-    if small.num_rows == 0:
+    if not rows:
         return (
             f'<section><h2>{_e(title)}</h2><p class="dim">No row has a {_e(column)}.</p></section>'
         )
-    k = min(TOP_ROWS, small.num_rows)
-    order = pc.select_k_unstable(small, k=k, sort_keys=[("v", "descending"), ("key", "ascending")])
-    rows = t.take(small["i"].take(order)).to_pylist()
     body = []
     for n, r in enumerate(rows, 1):
         status = str(r["status"] or "")
@@ -387,29 +396,46 @@ def _footer(report: Mapping[str, Any]) -> str:
 # Charts
 
 
-def _timeline(t: pa.Table) -> str:
+def _timeline(stats: OutcomeStats) -> str:
     """Rows finished per second (ok and failed stacked), and 429s per second, over the run."""
     label = "Rows finished per second and 429 responses per second over the run"
-    finished = _np_float(t["finished_at"])
-    finite = np.isfinite(finished)
-    positive = finite & (finished > 0)
-    use = positive if positive.any() else finite
+    # Rows with a positive finish time are drawn; if none has one, rows with any finite time.
+    # Three passes over the rows in slices, so no step holds a copy of every row.
+    n_rows = 0
+    positive = False
+    for at, _, _ in stats.row_slices():
+        n_rows += at.size
+        positive = positive or bool(np.any(np.isfinite(at) & (at > 0)))
+
+    def drawn(at: F64) -> npt.NDArray[np.bool_]:
+        finite = np.isfinite(at)
+        return finite & (at > 0) if positive else finite
+
+    n_drawn, start, last = 0, math.inf, -math.inf
+    for at, _, _ in stats.row_slices():
+        used = at[drawn(at)]
+        if used.size:
+            n_drawn += used.size
+            start, last = min(start, float(used.min())), max(last, float(used.max()))
     legend = _legend([("b-ok", "ok rows"), ("b-failed", "failed rows"), ("b-429", "429s")])
-    if not use.any():
+    if not n_drawn:
         return _figure("Rows finished and 429s per second", legend, _no_data(label), "No rows.")
-    at = finished[use]
-    is_ok = _np_bool(pc.equal(t["status"], "ok"))[use]
-    limited = _np_float(t["rate_limited"])[use]
-    limited[~np.isfinite(limited)] = 0.0
-    start = float(at.min())
-    rel = at - start
-    seconds = math.floor(float(rel.max())) + 1
+    seconds = math.floor(last - start) + 1
     width = _bucket_width(seconds)
     nb = max(1, math.ceil(seconds / width))
-    idx = np.minimum((rel // width).astype(np.int64), nb - 1)
-    ok_rate = np.bincount(idx[is_ok], minlength=nb) / width
-    failed_rate = np.bincount(idx[~is_ok], minlength=nb) / width
-    rate_429 = np.bincount(idx, weights=limited, minlength=nb) / width
+    n_ok = np.zeros(nb, dtype=np.int64)
+    n_failed = np.zeros(nb, dtype=np.int64)
+    n_429 = np.zeros(nb, dtype=np.float64)
+    for at, ok, limited in stats.row_slices():
+        use = drawn(at)
+        is_ok = ok[use]
+        idx = np.minimum(((at[use] - start) // width).astype(np.int64), nb - 1)
+        n_ok += np.bincount(idx[is_ok], minlength=nb)
+        n_failed += np.bincount(idx[~is_ok], minlength=nb)
+        n_429 += np.bincount(idx, weights=limited[use], minlength=nb)
+    ok_rate = n_ok / width
+    failed_rate = n_failed / width
+    rate_429 = n_429 / width
 
     w, left, right = 1000, 64, 20
     top1, h1 = 22, 190
@@ -486,7 +512,7 @@ def _timeline(t: pa.Table) -> str:
     parts.append(_line(left, top1 + h1, w - right, top1 + h1, "axis"))
     parts.append(_line(left, top2 + h2, w - right, top2 + h2, "axis"))
 
-    n_left_out = int(len(finished) - int(use.sum()))
+    n_left_out = n_rows - n_drawn
     started = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     caption = (
         f"Rows finished per second by their finished_at, in {_bucket_name(width)} buckets from the "
@@ -501,21 +527,30 @@ def _timeline(t: pa.Table) -> str:
     return _figure("Rows finished and 429s per second", legend, svg, caption)
 
 
-def _latency(t: pa.Table, report: Mapping[str, Any]) -> str:
+def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
     """Histogram of ok rows' latency_ms, with the report's p50 / p95 / p99 as markers."""
     label = "Histogram of the latency of ok rows, with p50, p95 and p99 markers"
-    is_ok = _np_bool(pc.equal(t["status"], "ok"))
-    lat = _np_float(t["latency_ms"])[is_ok]
-    lat = lat[np.isfinite(lat) & (lat >= 0)]
+    all_ok = stats.ok_latency_ms()
+
+    def valid() -> Iterator[F64]:
+        """The finite, non-negative latencies, in slices (so no step copies them all)."""
+        for start in range(0, all_ok.size, _SLICE):
+            part = all_ok[start : start + _SLICE]
+            yield part[np.isfinite(part) & (part >= 0)]
+
+    n_lat, vmin, vmax = 0, math.inf, -math.inf
+    for part in valid():
+        if part.size:
+            n_lat += part.size
+            vmin, vmax = min(vmin, float(part.min())), max(vmax, float(part.max()))
     title = "Latency of ok rows"
-    if lat.size == 0:
+    if n_lat == 0:
         return _figure(title, "", _no_data(label, "no ok row with a latency"), "")
     rep: Mapping[str, Any] = report.get("latency_ms") or {}
     marks = [(k, _float(rep.get(k))) for k in ("p50", "p95", "p99")]
-    vmin, vmax = float(lat.min()), float(lat.max())
     p99 = _float(rep.get("p99"))
     if p99 is None or p99 <= 0:
-        p99 = float(np.percentile(lat, 99))
+        p99 = float(np.percentile(np.concatenate(list(valid())), 99))
     hi = vmax
     if p99 > 0 and vmax > 2 * p99:  # a long tail: the slowest go into one overflow bar
         hi = _nice_ceil(p99 * 1.5)
@@ -524,14 +559,18 @@ def _latency(t: pa.Table, report: Mapping[str, Any]) -> str:
         pad = max(abs(hi) * 0.1, 1.0)
         lo, hi = max(0.0, lo - pad), hi + pad
     # Round bins (1, 2, 2.5 or 5 × 10^k ms) from a round start, 10 to MAX_LATENCY_BINS of them.
-    target = int(min(MAX_LATENCY_BINS, max(10, round(2 * math.sqrt(lat.size)))))
+    target = int(min(MAX_LATENCY_BINS, max(10, round(2 * math.sqrt(n_lat)))))
     bin_ms = _nice_step((hi - lo) / target)
     lo = math.floor(lo / bin_ms) * bin_ms
     nbins = max(1, min(MAX_LATENCY_BINS, math.ceil((hi - lo) / bin_ms - 1e-9)))
     hi = lo + nbins * bin_ms
-    inside = lat[lat <= hi]
-    counts, _ = np.histogram(inside, bins=nbins, range=(lo, hi))
-    overflow = int(lat.size - inside.size)
+    counts = np.zeros(nbins, dtype=np.int64)
+    n_inside = 0
+    for part in valid():
+        inside = part[part <= hi]
+        counts += np.histogram(inside, bins=nbins, range=(lo, hi))[0]
+        n_inside += inside.size
+    overflow = n_lat - n_inside
     keys = [("b-lat", "ok rows")] + ([("b-over", "slower than the last bin")] if overflow else [])
     legend = _legend(keys)
 
@@ -601,7 +640,7 @@ def _latency(t: pa.Table, report: Mapping[str, Any]) -> str:
         dx = -4 if anchor == "end" else 4
         parts.append(_text(x + dx, y, f"{name} {_ms(value)}", f"mark-label m-{name}", anchor))
     caption = (
-        f"{_num(int(lat.size))} ok rows in {nbins} bins of {_ms(bin_ms)}"
+        f"{_num(n_lat)} ok rows in {nbins} bins of {_ms(bin_ms)}"
         + (
             f"; {_rows(overflow)} slower than {_ms(hi)} in the last bar (max {_ms(vmax)})"
             if overflow
@@ -932,20 +971,6 @@ def _by_model(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     if not isinstance(v, Mapping):
         return {}
     return {str(k): m for k, m in v.items() if isinstance(m, Mapping)}
-
-
-def _np_float(col: pa.ChunkedArray | pa.Array) -> F64:
-    arr = pc.fill_null(pc.cast(col, pa.float64()), math.nan)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.float64())
-    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.float64).copy()
-
-
-def _np_bool(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.bool_]:
-    arr = pc.fill_null(col, False)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.bool_())
-    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.bool_)
 
 
 _STATUS_CLASS = {"ok": "b-ok", "failed": "b-failed"}

@@ -52,7 +52,7 @@ from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import OUTCOME_COLUMNS, Outcome
-from batchrunner.report import build_report, write_reports
+from batchrunner.results import rebuild_outputs
 from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.structured import StructuredOutput
 from batchrunner.template import RequestBuilder, body_prompt_text, estimate_tokens
@@ -765,10 +765,9 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
         summary.stopped = str(run.stop_error) if run.stop_error else None
         counters = dict(run.counters)
         counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
-        await anyio.to_thread.run_sync(journal.compact, run_id)
     summary.wall_s = time.monotonic() - started
     await anyio.to_thread.run_sync(
-        lambda: rebuild_outputs(plan, summary, counters=counters))
+        lambda: rebuild_outputs(plan, summary, counters=counters, run_id=run_id))
     return summary
 
 
@@ -796,71 +795,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _result_name(column: str, input_columns: set[str]) -> str:
-    """Result columns never shadow an input column of the same name."""
-    return column if column not in input_columns else f"result_{column}"
-
-
-def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int] | None = None
-                    ) -> RunSummary:
-    """Write results and reports from the journal; fill the summary's row counts."""
-    journal = Journal(plan.out_dir)
-    state = journal.read()
-    job = plan.job
-    results_path = plan.out_dir / f"results.{job.output.format}"
-    df = state.to_pandas().set_index("key", drop=True)
-    outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key"]
-    writer: io.ResultWriter | None = None
-    statuses: Counter[str] = Counter()
-    position = 0
-    try:
-        for batch in plan.source.batches():
-            if plan.key_column is None:
-                keys = [str(i) for i in range(position, position + batch.num_rows)]
-            else:
-                keys = [str(k) for k in batch.column(plan.key_column).to_pylist()]
-            position += batch.num_rows
-            part = df.reindex(keys)
-            table = pa.Table.from_batches([batch])
-            names = set(table.column_names)
-            for c in outcome_cols:
-                col = pa.Array.from_pandas(part[c], type=state.schema.field(c).type)
-                table = table.append_column(_result_name(c, names), col)
-            st = table.column(_result_name("status", names))
-            if plan.structured is not None and plan.structured.columns:
-                content = table.column(_result_name("content", names)).to_pylist()
-                spread = plan.structured.spread(content, [x == "ok" for x in st.to_pylist()])
-                for col_name, arr in spread.items():
-                    table = table.append_column(_result_name(col_name, names), arr)
-            for entry in pa.compute.value_counts(st).to_pylist():
-                statuses[entry["values"]] += entry["counts"]
-            if writer is None:
-                writer = io.ResultWriter(results_path, job.output.format, table.schema)
-            writer.write(table)
-        if writer is not None:
-            writer.close()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    summary.rows = position
-    summary.ok = statuses.get("ok", 0)
-    summary.failed = statuses.get("failed", 0)
-    summary.pending = statuses.get(None, 0)  # type: ignore[call-overload]
-    summary.results_path = results_path
-    report = build_report(
-        state, prices=plan.prices,
-        job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
-             "model": job.request.model, "job_file": job.source},
-        wall_s=summary.wall_s or None, counters=counters,
-    )
-    summary.report_paths = write_reports(report, plan.out_dir, outcomes=state)
-    summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}
-    summary.length_cut = report["rows"]["cut_at_length"]
-    summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
-    return summary
 
 
 def plan_from_output(out_dir: Path) -> Plan:

@@ -15,7 +15,13 @@ import pytest
 
 from batchrunner.pricing import ModelPrice, PriceBook
 from batchrunner.records import OUTCOME_SCHEMA, Outcome
-from batchrunner.report import build_report, render_markdown, write_reports
+from batchrunner.report import (
+    REPORT_COLUMNS,
+    OutcomeStats,
+    build_report,
+    render_markdown,
+    write_reports,
+)
 
 OWN = ModelPrice(input=2.0, output=8.0, cached_input=0.5)
 JOB = {
@@ -365,3 +371,121 @@ def test_a_200k_row_report_builds(book: PriceBook) -> None:
     assert report["by_model"]["no-such-model-xyz"]["cost_usd"] is None
     assert report["requests_per_min"] == 20_000.0
     render_markdown(report)
+
+
+# --------------------------------------------------------------------------------------------
+# Chunks: the report of rows fed in chunks is the report of the whole table
+
+
+def varied_rows(book: PriceBook) -> list[Outcome]:
+    """Rows with every case a chunk boundary could get wrong, spread over the table."""
+    t0 = 1_767_322_800.0
+    models = ["gpt-4o-mini", "my-model", None, "no-such-model-xyz", "my-model"]
+    rows: list[Outcome] = []
+    for i in range(60):
+        model = models[i % len(models)]
+        if model is None:  # no model: the runner cannot price it
+            row = Outcome(key=f"n{i:02d}", status="ok", content=f"unpriced {i}", model=None)
+            row.prompt_tokens, row.completion_tokens = 10 + i, 5
+        else:
+            row = ok_row(
+                book,
+                f"r{59 - i:02d}",  # keys run backwards: ties must go to the smaller key
+                model,
+                prompt=400 + 7 * (i % 3),  # repeated token counts: ties in cost
+                completion=100,
+                latency=[250.0, 5_000.0, 12.5][i % 3],  # ties in latency, across chunks
+                attempts=1 + i % 2,
+                rate_limited=i % 4,
+                finish="length" if i % 9 == 0 else "stop",
+            )
+            row.content = f"answer {i}\n  with   spaces"
+        if i % 11 == 0:
+            row.latency_ms = None
+        row.finished_at = t0 + (i * 13) % 97 + 0.5 * (i % 2)
+        rows.append(row)
+    errors = [
+        ("http_500", None),  # the first of its type has no message: the next one is the example
+        ("timeout", "timed out after 120 s"),
+        ("http_500", "server error  \n first message of its type"),
+        (None, "no type"),
+        ("http_500", "server error, a later message"),
+        ("timeout", "timed out, a later message"),
+        ("rate_limited", "429 " + "x" * 300),
+        ("http_500", "server error, the last message"),
+    ]
+    for j, (error_type, message) in enumerate(errors):
+        row = failed_row(
+            f"f{j}",
+            error_type,
+            message,  # type: ignore[arg-type]
+            attempts=6,
+            rate_limited=j,
+            model=models[j % len(models)],
+            latency_ms=[5_000.0, None, 90_000.0][j % 3],
+            cost_usd=[None, 0.25][j % 2],  # a failed row billed for its reply
+            finished_at=t0 + 5 * j,
+        )
+        rows.insert(7 * j + 3, row)  # failures in several chunks, whatever the size
+    rows[20].status = "pending"
+    rows[21].finished_at = 0.0
+    return rows
+
+
+def chunked(t: pa.Table, size: int) -> OutcomeStats:
+    """``t`` fed to an ``OutcomeStats`` in chunks of ``size`` rows, with empty chunks between and
+    every other chunk as a record batch."""
+    stats = OutcomeStats()
+    for n, start in enumerate(range(0, t.num_rows, size)):
+        chunk = t.slice(start, size)
+        stats.add(chunk.to_batches()[0] if n % 2 else chunk)
+        stats.add(t.slice(0, 0))
+    return stats
+
+
+CHUNK_SIZES = [1, 3, 7, 65_536]
+
+
+def _masked(report: dict[str, Any]) -> str:
+    """The report without its time, as JSON text: the order of keys counts too."""
+    return json.dumps({**report, "generated_at": "-"}, indent=1)
+
+
+@pytest.mark.parametrize("size", CHUNK_SIZES)
+def test_chunking_does_not_change_the_report(book: PriceBook, size: int) -> None:
+    t = table(varied_rows(book))
+    whole = build_report(t, prices=book, job=JOB, wall_s=60.0, counters={"http_429": 2})
+    stats = chunked(t.select(list(REPORT_COLUMNS)), size)
+    assert stats.rows == t.num_rows
+    report = build_report(stats, prices=book, job=JOB, wall_s=60.0, counters={"http_429": 2})
+
+    assert _masked(report) == _masked(whole)
+    assert render_markdown({**report, "generated_at": ""}) == render_markdown(
+        {**whole, "generated_at": ""}
+    )
+    # Figures that only come out right if every chunk is counted, in row order.
+    assert report["by_error_type"] == {
+        "http_500": {"rows": 4, "example": "server error first message of its type"},
+        "timeout": {"rows": 2, "example": "timed out after 120 s"},
+        "(none)": {"rows": 2, "example": "no type"},  # and the pending row
+        "rate_limited": {"rows": 1, "example": "429 " + "x" * 195 + "…"},
+    }
+    assert list(report["by_model"]) == [
+        "my-model",
+        "gpt-4o-mini",
+        "(none)",
+        "no-such-model-xyz",
+    ]
+    assert report["rows"]["by_status"] == {"ok": 59, "failed": 8, "pending": 1}
+    assert report["cost_failed_usd"] == 1.0
+    assert report["latency_ms"]["rows"] == 43 and report["latency_ms"]["max"] == 5_000.0
+    assert report["requests_per_min"] == 39.0  # rows finished in the last 60 s before the newest
+
+
+def test_chunks_need_the_report_columns(book: PriceBook) -> None:
+    stats = OutcomeStats()
+    with pytest.raises(ValueError, match="cost_usd"):
+        stats.add(table([]).drop_columns(["cost_usd"]))
+    stats.add(table([ok_row(book, "a", "my-model")]).drop_columns(["key", "content"]))
+    assert stats.missing_columns == ("key", "content")  # report.html needs them; the report not
+    assert build_report(stats, prices=book, job={}, wall_s=None)["rows"]["total"] == 1

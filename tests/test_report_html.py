@@ -19,13 +19,20 @@ import pytest
 
 from batchrunner.pricing import ModelPrice, PriceBook
 from batchrunner.records import OUTCOME_SCHEMA, Outcome
-from batchrunner.report import REPORT_HTML, build_report, write_reports
+from batchrunner.report import (
+    REPORT_COLUMNS,
+    REPORT_HTML,
+    OutcomeStats,
+    build_report,
+    write_reports,
+)
 from batchrunner.report_html import (
     MAX_CATEGORIES,
     MAX_LATENCY_BINS,
     MAX_TIME_BUCKETS,
     render_html,
 )
+from tests.test_report import CHUNK_SIZES, chunked, varied_rows
 
 OWN = ModelPrice(input=2.0, output=8.0, cached_input=0.5)
 T0 = 1_767_322_800.0  # 2026-01-02 03:00:00 UTC
@@ -346,6 +353,35 @@ def test_a_million_rows_stay_fast_and_light() -> None:
     assert re.search(r"[\d,]+ rows slower than [^<]+ in the last bar \(max 10 min\)", page)
 
 
+@pytest.mark.parametrize("size", CHUNK_SIZES)
+def test_chunking_does_not_change_the_page(book: PriceBook, size: int) -> None:
+    t = table(varied_rows(book))
+    job = {"name": "chunks"}
+    whole = build_report(t, prices=book, job=job, wall_s=60.0)
+    stats = chunked(t.select(list(REPORT_COLUMNS)), size)
+    report = {**build_report(stats, prices=book, job=job, wall_s=60.0)}
+    report["generated_at"] = whole["generated_at"]
+
+    page = render_html(report, stats)
+    assert page == render_html(whole, t)
+    assert_well_formed(page)
+    assert "43 ok rows in " in page and " 1 row without a finish time " in page
+    slowest, expensive = page.split("The 10 slowest rows", 1)[1].split("The 10 most expensive", 1)
+    # Largest first; ties (90 s twice, 5 s many times, over many chunks) by key.
+    keys = re.findall(r'<td class="rk" title="[^"]*">([^<]*)</td>', slowest)
+    assert keys == ["f2", "f5", "f0", "f3", "f6", "r01", "r10", "r13", "r16", "r19"]
+    keys = re.findall(r'<td class="rk" title="[^"]*">([^<]*)</td>', expensive)
+    assert keys[:4] == ["f1", "f3", "f5", "f7"] and len(keys) == 10
+
+
+def test_page_needs_key_and_content(book: PriceBook) -> None:
+    t = table([ok_row(book, "a", "my-model", at=T0)])
+    stats = OutcomeStats.of(t.drop_columns(["content"]))
+    report = build_report(stats, prices=book, job={}, wall_s=None)
+    with pytest.raises(ValueError, match="content"):
+        render_html(report, stats)
+
+
 def test_missing_columns_are_named(book: PriceBook) -> None:
     t = table([ok_row(book, "a", "my-model", at=T0)])
     report = build_report(t, prices=book, job={}, wall_s=None)
@@ -372,6 +408,10 @@ def test_write_reports_adds_report_html(
     html_path = paths[2]
     assert stat.S_IMODE(html_path.stat().st_mode) == 0o600
     assert html_path.read_text(encoding="utf-8") == render_html(report, t)
+
+    stats = OutcomeStats.of(t)
+    paths = write_reports(report, tmp_path / "c", outcomes=stats)
+    assert paths[2].read_text(encoding="utf-8") == render_html(report, t)
     assert sorted(p.name for p in html_path.parent.iterdir()) == sorted(p.name for p in paths)
 
 

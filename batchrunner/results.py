@@ -1,0 +1,175 @@
+"""Results and reports from the compacted journal, in memory that does not grow with the job.
+
+The journal is compacted sorted by input position (``Journal.compact`` with ``InputOrder``),
+so the results file is a merge of two sorted streams: the input's record batches and the
+compacted journal's row groups. Each input batch takes the journal rows whose positions fall
+in it, scattered to their places (rows not done yet get empty outcome columns). The reports
+are aggregated from the same row groups, one pass (``OutcomeStats``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchrunner import io
+from batchrunner.journal import Journal, int64_array, new_run_id
+from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA
+from batchrunner.report import REPORT_COLUMNS, OutcomeStats, build_report, write_reports
+
+if TYPE_CHECKING:
+    from batchrunner.runner import Plan, RunSummary
+
+__all__ = ["InputOrder", "rebuild_outputs"]
+
+_DIGITS = r"^[0-9]{1,18}$"
+
+
+class InputOrder:
+    """Maps row keys to input positions: the position itself for a job keyed by position,
+    else the row of the id in the input's id column."""
+
+    def __init__(self, source: io.InputSource, key_column: str | None, total_rows: int,
+                 fingerprint: str) -> None:
+        self.source = source
+        self.key_column = key_column
+        self.total_rows = total_rows
+        self.tag = f"{fingerprint}:{key_column or ''}:{total_rows}"
+        self._ids: pa.Array | None = None
+
+    def positions(self, keys: pa.Array) -> pa.Array:
+        """int64 input position of each key; null for a key the input does not have."""
+        if self.key_column is None:
+            digits = pc.match_substring_regex(keys, _DIGITS)
+            pos = pc.cast(pc.if_else(digits, keys, pa.scalar(None, pa.string())), pa.int64())
+            return pc.if_else(pc.less(pos, self.total_rows), pos, pa.scalar(None, pa.int64()))
+        return pc.cast(pc.index_in(keys, value_set=self.ids()), pa.int64())
+
+    def ids(self) -> pa.Array:
+        """The id column as the strings rows are keyed by (read once)."""
+        if self._ids is None:
+            assert self.key_column is not None
+            parts = []
+            for batch in self.source.batches(columns=[self.key_column]):
+                col = batch.column(0)
+                if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                    parts.append(col.cast(pa.string()))
+                else:  # keyed as Python's str() of the value, like the rows sent
+                    parts.append(pa.array([str(v) for v in col.to_pylist()], pa.string()))
+            self._ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+        return self._ids
+
+
+def _result_name(column: str, input_columns: set[str]) -> str:
+    """Result columns never shadow an input column of the same name."""
+    return column if column not in input_columns else f"result_{column}"
+
+
+class _Outcomes:
+    """The compacted journal's rows with a known position, handed out by position range."""
+
+    def __init__(self, journal: Journal, order: InputOrder) -> None:
+        self._groups = journal.iter_compacted()
+        self._order = order
+        self._rows = pa.Table.from_batches([], OUTCOME_SCHEMA)
+        self._pos = np.empty(0, np.int64)
+        self._done = False
+
+    def take_below(self, end: int) -> tuple[pa.Table, np.ndarray]:
+        """The rows with position < ``end`` not handed out yet, and their positions."""
+        while not self._done and (len(self._pos) == 0 or self._pos[-1] < end):
+            group = next(self._groups, None)
+            if group is None:
+                self._done = True
+                break
+            pos = self._order.positions(group["key"].combine_chunks())
+            known = int(len(pos) - pos.null_count)
+            if known < len(pos):  # rows the input does not have sort last: none follow
+                self._done = True
+                group, pos = group.slice(0, known), pos.slice(0, known)
+            self._rows = pa.concat_tables([self._rows, group])
+            self._pos = np.concatenate([self._pos, pos.to_numpy()])
+        cut = int(np.searchsorted(self._pos, end, side="left"))
+        taken, taken_pos = self._rows.slice(0, cut), self._pos[:cut]
+        self._rows, self._pos = self._rows.slice(cut), self._pos[cut:]
+        return taken, taken_pos
+
+
+def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int] | None = None,
+                    run_id: str | None = None) -> RunSummary:
+    """Compact the journal, then write the results and reports from it; fill the summary's
+    row counts."""
+    job = plan.job
+    journal = Journal(plan.out_dir)
+    order = InputOrder(plan.source, plan.key_column, plan.total_rows,
+                       str(plan.job_meta.get("input_fingerprint", "")))
+    journal.compact(run_id or new_run_id(), order.positions, order.tag)
+    results_path = plan.out_dir / f"results.{job.output.format}"
+    statuses = _write_results(plan, journal, order, results_path)
+    summary.rows = sum(statuses.values())
+    summary.ok = statuses.get("ok", 0)
+    summary.failed = statuses.get("failed", 0)
+    summary.pending = statuses.get(None, 0)
+    summary.results_path = results_path
+
+    stats = OutcomeStats()
+    if journal.segments():
+        for group in journal.iter_compacted(REPORT_COLUMNS):
+            stats.add(group)
+    report = build_report(
+        stats, prices=plan.prices,
+        job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
+             "model": job.request.model, "job_file": job.source},
+        wall_s=summary.wall_s or None, counters=counters,
+    )
+    summary.report_paths = write_reports(report, plan.out_dir, outcomes=stats)
+    summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}
+    summary.length_cut = report["rows"]["cut_at_length"]
+    summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
+    return summary
+
+
+def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
+                   ) -> Counter[str | None]:
+    outcomes = _Outcomes(journal, order) if journal.segments() else None
+    outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key"]
+    empty = pa.Table.from_batches([], OUTCOME_SCHEMA)
+    writer: io.ResultWriter | None = None
+    statuses: Counter[str | None] = Counter()
+    start = 0
+    try:
+        for batch in plan.source.batches():
+            n = batch.num_rows
+            rows, pos = outcomes.take_below(start + n) if outcomes else (empty, np.empty(0))
+            index = np.full(n, -1, np.int64)
+            index[pos.astype(np.int64) - start] = np.arange(len(pos))
+            part = rows.take(int64_array(index, index >= 0))
+            start += n
+            table = pa.Table.from_batches([batch])
+            names = set(table.column_names)
+            for c in outcome_cols:
+                table = table.append_column(_result_name(c, names), part[c])
+            st = table.column(_result_name("status", names))
+            if plan.structured is not None and plan.structured.columns:
+                content = table.column(_result_name("content", names)).to_pylist()
+                spread = plan.structured.spread(content, [x == "ok" for x in st.to_pylist()])
+                for col_name, arr in spread.items():
+                    table = table.append_column(_result_name(col_name, names), arr)
+            for entry in pc.value_counts(st).to_pylist():
+                statuses[entry["values"]] += entry["counts"]
+            if writer is None:
+                writer = io.ResultWriter(path, plan.job.output.format, table.schema)
+            writer.write(table)
+            del part, rows
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return statuses

@@ -1,0 +1,259 @@
+"""Journal compaction in input order, and results merged from it, without a server."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from batchrunner import io, journal
+from batchrunner.journal import Journal, JournalWriter, latest, outcomes_table, write_segment
+from batchrunner.records import Outcome
+from batchrunner.results import InputOrder, rebuild_outputs
+from batchrunner.runner import RunSummary, plan_from_output
+
+
+def _o(key: str, status: str, t: float, content: str = "") -> Outcome:
+    return Outcome(key=key, status=status, content=content or f"{key}@{t}", finished_at=t)
+
+
+def _by_position(keys: pa.Array) -> pa.Array:
+    return pc.cast(keys, pa.int64())
+
+
+def _keys(seg: Path) -> list[str]:
+    return pq.read_table(seg, columns=["key"])["key"].to_pylist()
+
+
+def test_compact_sorts_by_position_and_keeps_the_latest_record(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.create()
+    first = JournalWriter(j.directory, "20260101T000000-aaaaaa")
+    for o in [_o("3", "failed", 1), _o("1", "ok", 1, "kept"), _o("2", "failed", 1),
+              _o("0", "ok", 1, "old")]:
+        first.add(o)
+    first.flush()
+    second = JournalWriter(j.directory, "20260102T000000-bbbbbb")
+    for o in [_o("1", "failed", 2), _o("2", "failed", 2, "newer failure"), _o("0", "ok", 2, "new"),
+              _o("3", "ok", 2, "fixed")]:
+        second.add(o)
+    second.flush()
+    expected = latest(j.read())
+
+    seg = j.compact("run3", _by_position, "order-a")
+    assert seg is not None and j.segments() == [seg]
+    table = pq.read_table(seg).replace_schema_metadata(None)
+    assert table["key"].to_pylist() == ["0", "1", "2", "3"]
+    assert table["content"].to_pylist() == ["new", "kept", "newer failure", "fixed"]
+    assert table["status"].to_pylist() == ["ok", "ok", "failed", "ok"]
+    assert table.sort_by("key").equals(expected.sort_by("key"))
+
+
+def test_same_time_goes_to_the_later_segment(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.create()
+    runs = (("20260101T000000-aaaaaa", "earlier"), ("20260102T000000-bbbbbb", "later"))
+    for run, content in runs:
+        w = JournalWriter(j.directory, run)
+        w.add(_o("0", "failed", 5.0, content))
+        w.flush()
+    seg = j.compact("run3", _by_position, "x")
+    assert seg is not None
+    assert pq.read_table(seg)["content"].to_pylist() == ["later"]
+
+
+def test_newer_time_wins_over_a_later_segment(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.create()
+    for run, t in (("20260101T000000-aaaaaa", 9.0), ("20260102T000000-bbbbbb", 4.0)):
+        w = JournalWriter(j.directory, run)  # two writers whose clocks disagree
+        w.add(_o("0", "failed", t, f"at {t}"))
+        w.flush()
+    seg = j.compact("run3", _by_position, "x")
+    assert seg is not None
+    assert pq.read_table(seg)["content"].to_pylist() == ["at 9.0"]
+
+
+def test_keys_the_input_lacks_come_last_by_key(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.create()
+    w = JournalWriter(j.directory, "run1")
+    for o in [_o("zeta", "ok", 1), _o("2", "ok", 1), _o("alpha", "failed", 1),
+              _o("alpha", "ok", 0.5), _o("0", "ok", 1), _o("99", "ok", 1)]:
+        w.add(o)
+    w.flush()
+
+    def positions(keys: pa.Array) -> pa.Array:  # "99" is past the input's end
+        pos = pc.cast(pc.if_else(pc.match_substring_regex(keys, "^[0-9]+$"), keys, None),
+                      pa.int64())
+        return pc.if_else(pc.less(pos, 10), pos, None)
+
+    seg = j.compact("run2", positions, "x")
+    assert seg is not None
+    table = pq.read_table(seg)
+    assert table["key"].to_pylist() == ["0", "2", "99", "alpha", "zeta"]
+    assert table["status"].to_pylist() == ["ok", "ok", "ok", "ok", "ok"]  # ok beats later failure
+
+
+def test_compact_gathers_scattered_records_across_many_row_groups(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal, "_GATHER_ROWS", 7)
+    monkeypatch.setattr(journal, "ROW_GROUP_ROWS", 16)
+    rng = random.Random(4)
+    j = Journal(tmp_path)
+    j.create()
+    n = 300
+    order = list(range(n))
+    rng.shuffle(order)
+    for s in range(0, n, 23):  # segments of 23 rows in random order, some with 2 row groups
+        rows = outcomes_table([_o(str(i), "ok", 1.0) for i in order[s:s + 23]])
+        journal._write_atomic(j.directory, f"seg-run1-w0-{s:06d}.parquet",
+                              lambda f, rows=rows: pq.write_table(rows, f, row_group_size=13))
+    retried = rng.sample(range(n), 40)  # a later run answered some rows again
+    w = JournalWriter(j.directory, "run2")
+    for i in retried:
+        w.add(_o(str(i), "ok", 2.0, f"again {i}"))
+    w.flush()
+
+    seg = j.compact("run3", _by_position, "x")
+    assert seg is not None
+    table = pq.read_table(seg)
+    assert table["key"].to_pylist() == [str(i) for i in range(n)]
+    again = set(retried)
+    assert table["content"].to_pylist() == [
+        f"again {i}" if i in again else f"{i}@1.0" for i in range(n)]
+    assert pq.ParquetFile(seg).num_row_groups == -(-n // 16)
+    assert [t.num_rows for t in j.iter_compacted(["key"])] == [16] * (n // 16) + [n % 16]
+
+
+def test_compacted_journal_is_left_alone_only_in_the_same_order(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.create()
+    w = JournalWriter(j.directory, "run1")
+    for i in (2, 0, 1):
+        w.add(_o(str(i), "ok", 1))
+    w.flush()
+    seg = j.compact("run2", _by_position, "order-a")
+    assert seg is not None
+    assert j.compact("run3", _by_position, "order-a") == seg  # nothing to do
+
+    def reverse(keys: pa.Array) -> pa.Array:
+        return pc.subtract(10, pc.cast(keys, pa.int64()))
+
+    again = j.compact("run3", reverse, "order-b")
+    assert again is not None and again != seg and j.segments() == [again]
+    assert _keys(again) == ["2", "1", "0"]
+
+
+def test_crash_between_compaction_and_cleanup_reads_the_same(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.create()
+    w = JournalWriter(j.directory, "run1")
+    for i in range(5):
+        w.add(_o(str(i), "ok" if i % 2 else "failed", float(i)))
+        w.flush()
+    keep = tmp_path / "keep"
+    shutil.copytree(j.directory, keep)
+    seg = j.compact("run2", _by_position, "x")
+    assert seg is not None
+    for p in keep.iterdir():  # as if the old segments had not been deleted yet
+        shutil.copy(p, j.directory / p.name)
+    assert len(j.segments()) == 6
+    compacted = pq.read_table(seg)
+    assert j.read().sort_by("key").equals(compacted.replace_schema_metadata(None))
+    seg2 = j.compact("run3", _by_position, "x")
+    assert seg2 is not None and j.segments() == [seg2]
+    assert pq.read_table(seg2).equals(compacted)
+
+
+def test_unreadable_segment_stops_compaction(tmp_path: Path) -> None:
+    j = Journal(tmp_path)
+    j.create()
+    write_segment(j.directory, "seg-run1-w0-000000.parquet", outcomes_table([_o("0", "ok", 1)]))
+    (j.directory / "seg-run1-w0-000001.parquet").write_bytes(b"PAR1 garbage")
+    with pytest.raises(journal.JournalError, match=r"seg-run1-w0-000001\.parquet cannot be read"):
+        j.compact("run2", _by_position, "x")
+    assert len(j.segments()) == 2  # nothing deleted
+
+
+def test_input_order_by_position_and_by_id(tmp_path: Path) -> None:
+    csv = tmp_path / "in.csv"
+    csv.write_text("id,text\n7,a\n3,b\n10,c\n")
+    source = io.open_input(csv)
+    by_id = InputOrder(source, "id", 3, "f")
+    keys = pa.array(["10", "7", "x", "3", None])
+    assert by_id.positions(keys).to_pylist() == [2, 0, None, 1, None]
+    by_pos = InputOrder(source, None, 3, "f")
+    assert by_pos.positions(pa.array(["2", "0", "3", "r1", "01"])).to_pylist() == [
+        2, 0, None, None, 1]
+    assert by_id.tag != by_pos.tag
+
+
+def test_outcomes_table_matches_arrow_conversion_and_replaces_lone_surrogates() -> None:
+    rows = [
+        Outcome(key="0", status="ok", content='é "q"\n\t\\ 🙂', finish_reason="stop",
+                prompt_tokens=3, completion_tokens=2**40, total_tokens=None, cost_usd=1.2345e-7,
+                latency_ms=0.1 + 0.2, attempts=2, model="m", finished_at=1_764_000_000.123456),
+        Outcome(key="1", status="failed", error_type="http_500", error_message="x" * 5000),
+    ]
+    cols = {name: [getattr(o, name) for o in rows] for name in journal.OUTCOME_COLUMNS}
+    expected = pa.Table.from_pydict(cols, schema=journal.OUTCOME_SCHEMA)
+    assert journal.outcomes_table(rows).equals(expected)
+    odd = journal.outcomes_table([Outcome(key="2", status="failed",
+                                          error_message="bad \ud800 text")])
+    assert odd["error_message"].to_pylist() == ["bad ? text"]
+    assert journal.outcomes_table([]).num_rows == 0
+
+
+def _write_meta(out: Path, inp: Path, total: int, id_column: str | None) -> None:
+    out.mkdir()
+    (out / "job.json").write_text(json.dumps({
+        "name": "t", "input_path": str(inp), "input_fingerprint": "f", "id_column": id_column,
+        "request": {}, "total_rows": total, "output_format": "parquet", "prices": {}}))
+
+
+@pytest.mark.parametrize("id_column", ["id", None])
+def test_results_merge_the_compacted_journal_into_input_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, id_column: str | None) -> None:
+    monkeypatch.setattr(journal, "_GATHER_ROWS", 3)
+    monkeypatch.setattr(journal, "ROW_GROUP_ROWS", 4)
+    ids = [f"k{(i * 7) % 23:02d}" for i in range(23)]  # not sorted
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"{k},text {k}\n" for k in ids))
+    out = tmp_path / "out"
+    _write_meta(out, inp, len(ids), id_column)
+    keys = ids if id_column else [str(i) for i in range(len(ids))]
+    done = [i for i in range(len(ids)) if i % 4 != 1]  # every 4th row from the 2nd not done
+    rng = random.Random(2)
+    rng.shuffle(done)
+    j = Journal(out)
+    j.create()
+    w = JournalWriter(j.directory, "run1")
+    for n, i in enumerate(done):
+        w.add(Outcome(key=keys[i], status="failed" if i % 5 == 0 else "ok",
+                      content=f"answer {ids[i]}", finished_at=float(n)))
+        if n % 5 == 4:
+            w.flush()
+    w.add(Outcome(key="stale", status="ok", content="from an older input", finished_at=0.0))
+    w.flush()
+
+    plan = plan_from_output(out)
+    plan.source = io.open_input(inp, batch_size=5)
+    summary = rebuild_outputs(plan, RunSummary(name="t"))
+    table = pq.read_table(out / "results.parquet")
+    assert table["id"].to_pylist() == ids
+    want = [None if i % 4 == 1 else ("failed" if i % 5 == 0 else "ok") for i in range(len(ids))]
+    assert table["status"].to_pylist() == want
+    assert table["content"].to_pylist() == [
+        None if i % 4 == 1 else f"answer {ids[i]}" for i in range(len(ids))]
+    assert (summary.rows, summary.pending) == (23, sum(1 for s in want if s is None))
+    assert summary.ok == want.count("ok") and summary.failed == want.count("failed")
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["rows"]["total"] == len(done) + 1  # the journal's rows, the stale one too
+    assert len(j.segments()) == 1
