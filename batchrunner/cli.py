@@ -7,6 +7,9 @@ failed rows; 4 stopped early (auth, quota, interrupted) and resumable.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import os
 import signal
 import sys
 import threading
@@ -21,6 +24,8 @@ from batchrunner.config import OUTPUT_FORMATS
 from batchrunner.errors import BatchrunnerError, JournalError, StopJob, UsageError
 
 __all__ = ["main"]
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 EPILOG = """\
 exit codes: 0 all rows ok · 2 bad job, option or input (nothing sent) ·
@@ -202,9 +207,27 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # before the run's own handler is up: stop like Ctrl-C (exit 4)
 
 
+def _tune_memory() -> None:
+    """Keep the process's memory near what it uses, before pyarrow is imported.
+
+    Arrow buffers come from the C allocator rather than Arrow's own (which keeps freed memory
+    for reuse), and glibc maps blocks of 256 KiB and up on their own and unmaps them when freed,
+    instead of raising that threshold as big blocks come and go and then keeping them in a heap
+    that can only shrink from the top. A 1M-row job's results and reports then need about 50 MB
+    above what sending needed, where they needed about 100 MB. Both are plain settings: the
+    environment can override the first (``ARROW_DEFAULT_MEMORY_POOL``), and a libc without
+    ``mallopt`` is left as it is."""
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
+    if "pyarrow" not in sys.modules:
+        _tune_memory()
     commands = {"run": _cmd_run, "estimate": _cmd_estimate, "status": _cmd_status,
                 "report": _cmd_report, "simulate": _cmd_simulate}
     try:

@@ -25,7 +25,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import orjson
@@ -37,11 +37,12 @@ import pyarrow.parquet as pq
 from batchrunner.errors import JournalError, OutputError
 from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA, Outcome
 
-__all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Positions", "new_run_id"]
+__all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Order", "new_run_id"]
 
 SEGMENT_GLOB = "seg-*.parquet"
-ROW_GROUP_ROWS = 65_536
-_GATHER_ROWS = 16_384  # records copied at a time while compacting
+ROW_GROUP_ROWS = 16_384
+_GATHER_ROWS = 16_384  # records copied at a time while compacting (a row group)
+_INDEX_ROWS = 65_536  # records ranked at a time while compacting
 # Parquet key-value metadata of a compacted segment: the input order it is sorted by.
 ORDER_KEY = b"batchrunner.order"
 # A record's location in the journal, as one int64: segment << 40 | row group << 24 | row.
@@ -50,8 +51,17 @@ _ROW_BITS = 24
 _GROUP_BITS = 16
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
-# Maps a string array of row keys to their int64 input positions (null: not in the input).
-Positions = Callable[[pa.Array], pa.Array]
+
+
+class Order(Protocol):
+    """The input order a journal is compacted in."""
+
+    tag: str  # names the order: a journal already compacted in it is left alone
+    rows: int  # positions run from 0 to rows - 1
+
+    def positions(self, keys: pa.Array) -> pa.Array:
+        """The int64 input position of each key (null: not in the input)."""
+        ...
 
 
 def new_run_id() -> str:
@@ -231,22 +241,22 @@ class Journal:
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         return latest(table)
 
-    def compact(self, run_id: str, positions: Positions | None = None,
-                order: str = "") -> Path | None:
-        """Merge all segments into one: the latest record of every row, sorted by
-        ``positions`` (rows it does not know last, by key). ``order`` names that sort; a journal
-        that is already one segment compacted in that order is left alone. A crash at any point
-        leaves either the old segments or the new one beside some of them (the same records
-        twice, which reading merges)."""
+    def compact(self, run_id: str, order: Order | None = None) -> Path | None:
+        """Merge all segments into one: the latest record of every row, sorted by input
+        position (rows the input does not have last, by key). A journal that is already one
+        segment compacted in the same order is left alone. A crash at any point leaves either
+        the old segments or the new one beside some of them (the same records twice, which
+        reading merges)."""
         segs = self.segments()
         if not segs:
             return None
-        if len(segs) == 1 and "-compact-" in segs[0].name and _order_of(segs[0]) == order:
+        tag = "" if order is None else order.tag
+        if len(segs) == 1 and "-compact-" in segs[0].name and _order_of(segs[0]) == tag:
             return segs[0]
         if len(segs) >= 1 << (63 - _ROW_BITS - _GROUP_BITS):
             raise JournalError(f"{self.directory} holds too many segments to compact")
-        loc = self._winners(segs, positions)
-        schema = OUTCOME_SCHEMA.with_metadata({ORDER_KEY: order.encode()})
+        loc = self._winners(segs, order)
+        schema = OUTCOME_SCHEMA.with_metadata({ORDER_KEY: tag.encode()})
 
         def fill(f: BinaryIO) -> None:
             with pq.ParquetWriter(f, schema, compression="zstd") as writer:
@@ -276,40 +286,43 @@ class Journal:
         for rg in range(pf.num_row_groups):
             yield _read_group(pf, segs[0], rg, columns)
 
-    def _winners(self, segs: Sequence[Path], positions: Positions | None) -> np.ndarray:
-        """The location of every row's latest record: rows the input has by position, then
-        the others by key. Records are ranked with numpy on 25 bytes each; only the keys the
-        input does not have are kept as strings."""
-        total = sum(_open(seg).metadata.num_rows for seg in segs)
-        pos = np.empty(total, np.int64)  # -1: not in the input
-        ok = np.empty(total, np.int8)
-        at = np.empty(total, np.float64)
-        loc = np.empty(total, np.int64)
+    @staticmethod
+    def _winners(segs: Sequence[Path], order: Order | None) -> np.ndarray:
+        """The location of every row's latest record: the input's rows by position, then
+        rows the input does not have, by key. The winners so far are kept per input position
+        (17 bytes a row) and each batch of records is scattered over them, so nothing is sorted
+        but the odd key the input does not have."""
+        rows = 0 if order is None else order.rows
+        best_loc = np.full(rows, -1, np.int64)
+        best_ok = np.full(rows, -1, np.int8)
+        best_at = np.zeros(rows, np.float64)
         unknown: list[pa.Table] = []  # key, ok, at, loc
-        filled = 0
         for batch in _index_batches(segs):
-            n = batch.num_rows
-            if filled + n > total:
-                raise JournalError(f"{self.directory}: a segment changed while it was compacted")
-            p = (positions(batch["key"].combine_chunks()) if positions is not None
-                 else pa.nulls(n, pa.int64()))
-            if p.null_count:
-                unknown.append(batch.filter(pc.is_null(p)))
-            pos[filled:filled + n] = pc.fill_null(pc.cast(p, pa.int64()), -1).to_numpy()
-            for name, out in (("ok", ok), ("at", at), ("loc", loc)):
-                out[filled:filled + n] = batch[name].to_numpy()
-            filled += n
-        if filled != total:
-            raise JournalError(f"{self.directory}: a segment changed while it was compacted")
-        # Ascending by position, then ok, time, location: the last of each position wins.
-        rank = np.lexsort((loc, at, ok, pos))
-        del ok, at
-        pos = pos[rank]
-        last = np.ones(total, dtype=bool)
-        last[:-1] = pos[:-1] != pos[1:]
-        last &= pos >= 0
-        winners: np.ndarray = loc[rank[last]]
-        del rank, pos, loc, last
+            if order is None:
+                unknown.append(batch)
+                continue
+            p = pc.cast(order.positions(batch["key"].combine_chunks()), pa.int64())
+            inside = pc.fill_null(pc.and_(pc.greater_equal(p, 0), pc.less(p, rows)), False)
+            if not pc.all(inside).as_py():
+                unknown.append(batch.filter(pc.invert(inside)))
+            p = pc.if_else(inside, p, -1).to_numpy()
+            ok, at, loc = (batch[c].to_numpy() for c in ("ok", "at", "loc"))
+            # Within the batch: the last of each position by (ok, time, location) ...
+            rank = np.lexsort((loc, at, ok, p))
+            p = p[rank]
+            last = np.ones(len(p), dtype=bool)
+            last[:-1] = p[:-1] != p[1:]
+            last &= p >= 0
+            take = rank[last]
+            p, ok, at, loc = p[last], ok[take], at[take], loc[take]
+            # ... replaces the winner so far if it is ok and that is not, or as ok and no
+            # older (a later location breaks a tie: batches come in location order).
+            better = (ok > best_ok[p]) | ((ok == best_ok[p]) & (at >= best_at[p]))
+            p = p[better]
+            best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
+        del best_ok, best_at
+        winners: np.ndarray = best_loc[best_loc >= 0]
+        del best_loc
         if not unknown:
             return winners
         rest = pa.concat_tables(unknown).combine_chunks()
@@ -350,8 +363,8 @@ class Journal:
 
 
 def _index_batches(segs: Sequence[Path]) -> Iterator[pa.Table]:
-    """key, ok (int8), at (finished_at) and loc of every record, about 4 row groups' worth at
-    a time."""
+    """key, ok (int8), at (finished_at) and loc of every record, ``_INDEX_ROWS`` or so at a
+    time."""
     pending: list[pa.Table] = []
     rows = 0
     for si, seg in enumerate(segs):
@@ -368,7 +381,7 @@ def _index_batches(segs: Sequence[Path]) -> Iterator[pa.Table]:
                 "loc": int64_array(np.arange(base, base + t.num_rows, dtype=np.int64)),
             }))
             rows += t.num_rows
-            if rows >= 4 * ROW_GROUP_ROWS:
+            if rows >= _INDEX_ROWS:
                 yield pa.concat_tables(pending).combine_chunks()
                 pending, rows = [], 0
     if pending:

@@ -38,7 +38,7 @@ class InputOrder:
                  fingerprint: str) -> None:
         self.source = source
         self.key_column = key_column
-        self.total_rows = total_rows
+        self.rows = total_rows
         self.tag = f"{fingerprint}:{key_column or ''}:{total_rows}"
         self._ids: pa.Array | None = None
 
@@ -47,7 +47,7 @@ class InputOrder:
         if self.key_column is None:
             digits = pc.match_substring_regex(keys, _DIGITS)
             pos = pc.cast(pc.if_else(digits, keys, pa.scalar(None, pa.string())), pa.int64())
-            return pc.if_else(pc.less(pos, self.total_rows), pos, pa.scalar(None, pa.int64()))
+            return pc.if_else(pc.less(pos, self.rows), pos, pa.scalar(None, pa.int64()))
         return pc.cast(pc.index_in(keys, value_set=self.ids()), pa.int64())
 
     def ids(self) -> pa.Array:
@@ -108,7 +108,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
     journal = Journal(plan.out_dir)
     order = InputOrder(plan.source, plan.key_column, plan.total_rows,
                        str(plan.job_meta.get("input_fingerprint", "")))
-    journal.compact(run_id or new_run_id(), order.positions, order.tag)
+    journal.compact(run_id or new_run_id(), order)
     results_path = plan.out_dir / f"results.{job.output.format}"
     statuses = _write_results(plan, journal, order, results_path)
     summary.rows = sum(statuses.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,14 +24,36 @@ def _o(key: str, status: str, t: float, content: str = "") -> Outcome:
     return Outcome(key=key, status=status, content=content or f"{key}@{t}", finished_at=t)
 
 
-def _by_position(keys: pa.Array) -> pa.Array:
-    return pc.cast(keys, pa.int64())
+class _Order:
+    """Keys are positions, or what ``positions`` makes of them."""
+
+    def __init__(self, tag: str = "x", rows: int = 1000,
+                 positions: Callable[[pa.Array], pa.Array] | None = None) -> None:
+        self.tag, self.rows = tag, rows
+        self._positions = positions
+
+    def positions(self, keys: pa.Array) -> pa.Array:
+        if self._positions is not None:
+            return self._positions(keys)
+        return pc.cast(keys, pa.int64())
+
+
+BY_POSITION = _Order()
 
 
 def _keys(seg: Path) -> list[str]:
     return pq.read_table(seg, columns=["key"])["key"].to_pylist()
 
 
+@pytest.fixture(params=["one batch", "a batch a record"])
+def batches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records of one row met within one index batch, or across batches."""
+    if request.param != "one batch":
+        monkeypatch.setattr(journal, "_INDEX_ROWS", 1)
+        monkeypatch.setattr(journal, "_GATHER_ROWS", 1)
+
+
+@pytest.mark.usefixtures("batches")
 def test_compact_sorts_by_position_and_keeps_the_latest_record(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.create()
@@ -46,7 +69,7 @@ def test_compact_sorts_by_position_and_keeps_the_latest_record(tmp_path: Path) -
     second.flush()
     expected = latest(j.read())
 
-    seg = j.compact("run3", _by_position, "order-a")
+    seg = j.compact("run3", _Order("order-a"))
     assert seg is not None and j.segments() == [seg]
     table = pq.read_table(seg).replace_schema_metadata(None)
     assert table["key"].to_pylist() == ["0", "1", "2", "3"]
@@ -55,6 +78,7 @@ def test_compact_sorts_by_position_and_keeps_the_latest_record(tmp_path: Path) -
     assert table.sort_by("key").equals(expected.sort_by("key"))
 
 
+@pytest.mark.usefixtures("batches")
 def test_same_time_goes_to_the_later_segment(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.create()
@@ -63,11 +87,12 @@ def test_same_time_goes_to_the_later_segment(tmp_path: Path) -> None:
         w = JournalWriter(j.directory, run)
         w.add(_o("0", "failed", 5.0, content))
         w.flush()
-    seg = j.compact("run3", _by_position, "x")
+    seg = j.compact("run3", BY_POSITION)
     assert seg is not None
     assert pq.read_table(seg)["content"].to_pylist() == ["later"]
 
 
+@pytest.mark.usefixtures("batches")
 def test_newer_time_wins_over_a_later_segment(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.create()
@@ -75,7 +100,7 @@ def test_newer_time_wins_over_a_later_segment(tmp_path: Path) -> None:
         w = JournalWriter(j.directory, run)  # two writers whose clocks disagree
         w.add(_o("0", "failed", t, f"at {t}"))
         w.flush()
-    seg = j.compact("run3", _by_position, "x")
+    seg = j.compact("run3", BY_POSITION)
     assert seg is not None
     assert pq.read_table(seg)["content"].to_pylist() == ["at 9.0"]
 
@@ -89,12 +114,11 @@ def test_keys_the_input_lacks_come_last_by_key(tmp_path: Path) -> None:
         w.add(o)
     w.flush()
 
-    def positions(keys: pa.Array) -> pa.Array:  # "99" is past the input's end
-        pos = pc.cast(pc.if_else(pc.match_substring_regex(keys, "^[0-9]+$"), keys, None),
-                      pa.int64())
-        return pc.if_else(pc.less(pos, 10), pos, None)
+    def positions(keys: pa.Array) -> pa.Array:  # "99" is past the input's end (10 rows)
+        return pc.cast(pc.if_else(pc.match_substring_regex(keys, "^[0-9]+$"), keys, None),
+                       pa.int64())
 
-    seg = j.compact("run2", positions, "x")
+    seg = j.compact("run2", _Order(rows=10, positions=positions))
     assert seg is not None
     table = pq.read_table(seg)
     assert table["key"].to_pylist() == ["0", "2", "99", "alpha", "zeta"]
@@ -121,7 +145,7 @@ def test_compact_gathers_scattered_records_across_many_row_groups(
         w.add(_o(str(i), "ok", 2.0, f"again {i}"))
     w.flush()
 
-    seg = j.compact("run3", _by_position, "x")
+    seg = j.compact("run3", BY_POSITION)
     assert seg is not None
     table = pq.read_table(seg)
     assert table["key"].to_pylist() == [str(i) for i in range(n)]
@@ -139,14 +163,14 @@ def test_compacted_journal_is_left_alone_only_in_the_same_order(tmp_path: Path) 
     for i in (2, 0, 1):
         w.add(_o(str(i), "ok", 1))
     w.flush()
-    seg = j.compact("run2", _by_position, "order-a")
+    seg = j.compact("run2", _Order("order-a"))
     assert seg is not None
-    assert j.compact("run3", _by_position, "order-a") == seg  # nothing to do
+    assert j.compact("run3", _Order("order-a")) == seg  # nothing to do
 
     def reverse(keys: pa.Array) -> pa.Array:
         return pc.subtract(10, pc.cast(keys, pa.int64()))
 
-    again = j.compact("run3", reverse, "order-b")
+    again = j.compact("run3", _Order("order-b", positions=reverse))
     assert again is not None and again != seg and j.segments() == [again]
     assert _keys(again) == ["2", "1", "0"]
 
@@ -160,14 +184,14 @@ def test_crash_between_compaction_and_cleanup_reads_the_same(tmp_path: Path) -> 
         w.flush()
     keep = tmp_path / "keep"
     shutil.copytree(j.directory, keep)
-    seg = j.compact("run2", _by_position, "x")
+    seg = j.compact("run2", BY_POSITION)
     assert seg is not None
     for p in keep.iterdir():  # as if the old segments had not been deleted yet
         shutil.copy(p, j.directory / p.name)
     assert len(j.segments()) == 6
     compacted = pq.read_table(seg)
     assert j.read().sort_by("key").equals(compacted.replace_schema_metadata(None))
-    seg2 = j.compact("run3", _by_position, "x")
+    seg2 = j.compact("run3", BY_POSITION)
     assert seg2 is not None and j.segments() == [seg2]
     assert pq.read_table(seg2).equals(compacted)
 
@@ -178,7 +202,7 @@ def test_unreadable_segment_stops_compaction(tmp_path: Path) -> None:
     write_segment(j.directory, "seg-run1-w0-000000.parquet", outcomes_table([_o("0", "ok", 1)]))
     (j.directory / "seg-run1-w0-000001.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(journal.JournalError, match=r"seg-run1-w0-000001\.parquet cannot be read"):
-        j.compact("run2", _by_position, "x")
+        j.compact("run2", BY_POSITION)
     assert len(j.segments()) == 2  # nothing deleted
 
 
