@@ -80,8 +80,6 @@ def estimate(plan: Plan) -> Estimate:
             f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens (set max_tokens for a bound)"
         )
     for key, row in iter_rows(plan):
-        if key in plan.done:
-            continue
         item, reason = make_work(plan, key, row)
         if item is None:
             est.not_sendable[reason] += 1

@@ -55,7 +55,6 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "InputSource",
     "ResultWriter",
-    "find_duplicate",
     "open_input",
     "remove_stale_temp_files",
     "temp_path_for",
@@ -762,22 +761,6 @@ def _string_batch(columns: list[str], values: list[list[str | None]]) -> pa.Reco
 
 # --------------------------------------------------------------------------------------------
 # Duplicate keys
-
-
-def find_duplicate(values: pa.Array | pa.ChunkedArray, seen: set[str]) -> str | None:
-    """Return the first value (as a string) already in ``seen``, adding the others to ``seen``.
-
-    Nulls are skipped. Used to refuse an input whose row ids repeat.
-    """
-    items = [v if isinstance(v, str) else str(v) for v in values.to_pylist() if v is not None]
-    if seen.isdisjoint(items) and len(set(items)) == len(items):
-        seen.update(items)
-        return None
-    for item in items:
-        if item in seen:
-            return item
-        seen.add(item)
-    return None  # pragma: no cover - the fast check above found a duplicate
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 from batchrunner.errors import JournalError, OutputError
 from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA, Outcome
 
-__all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Order", "new_run_id"]
+__all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
 
 SEGMENT_GLOB = "seg-*.parquet"
 ROW_GROUP_ROWS = 16_384
@@ -255,7 +256,7 @@ class Journal:
             return segs[0]
         if len(segs) >= 1 << (63 - _ROW_BITS - _GROUP_BITS):
             raise JournalError(f"{self.directory} holds too many segments to compact")
-        loc = self._winners(segs, order)
+        loc = _latest(segs, order).locations()
         schema = OUTCOME_SCHEMA.with_metadata({ORDER_KEY: tag.encode()})
 
         def fill(f: BinaryIO) -> None:
@@ -286,54 +287,10 @@ class Journal:
         for rg in range(pf.num_row_groups):
             yield _read_group(pf, segs[0], rg, columns)
 
-    @staticmethod
-    def _winners(segs: Sequence[Path], order: Order | None) -> np.ndarray:
-        """The location of every row's latest record: the input's rows by position, then
-        rows the input does not have, by key. The winners so far are kept per input position
-        (17 bytes a row) and each batch of records is scattered over them, so nothing is sorted
-        but the odd key the input does not have."""
-        rows = 0 if order is None else order.rows
-        best_loc = np.full(rows, -1, np.int64)
-        best_ok = np.full(rows, -1, np.int8)
-        best_at = np.zeros(rows, np.float64)
-        unknown: list[pa.Table] = []  # key, ok, at, loc
-        for batch in _index_batches(segs):
-            if order is None:
-                unknown.append(batch)
-                continue
-            p = pc.cast(order.positions(batch["key"].combine_chunks()), pa.int64())
-            inside = pc.fill_null(pc.and_(pc.greater_equal(p, 0), pc.less(p, rows)), False)
-            if not pc.all(inside).as_py():
-                unknown.append(batch.filter(pc.invert(inside)))
-            p = pc.if_else(inside, p, -1).to_numpy()
-            ok, at, loc = (batch[c].to_numpy() for c in ("ok", "at", "loc"))
-            # Within the batch: the last of each position by (ok, time, location) ...
-            rank = np.lexsort((loc, at, ok, p))
-            p = p[rank]
-            last = np.ones(len(p), dtype=bool)
-            last[:-1] = p[:-1] != p[1:]
-            last &= p >= 0
-            take = rank[last]
-            p, ok, at, loc = p[last], ok[take], at[take], loc[take]
-            # ... replaces the winner so far if it is ok and that is not, or as ok and no
-            # older (a later location breaks a tie: batches come in location order).
-            better = (ok > best_ok[p]) | ((ok == best_ok[p]) & (at >= best_at[p]))
-            p = p[better]
-            best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
-        del best_ok, best_at
-        winners: np.ndarray = best_loc[best_loc >= 0]
-        del best_loc
-        if not unknown:
-            return winners
-        rest = pa.concat_tables(unknown).combine_chunks()
-        rest = rest.sort_by([("key", "ascending"), ("ok", "ascending"), ("at", "ascending"),
-                             ("loc", "ascending")])
-        k, n = rest["key"].combine_chunks(), rest.num_rows
-        flags = np.ones(n, dtype=bool)
-        if n > 1:
-            flags[:-1] = pc.fill_null(pc.not_equal(k.slice(0, n - 1), k.slice(1)),
-                                      True).to_numpy(zero_copy_only=False)
-        return np.concatenate([winners, rest["loc"].to_numpy()[flags]])
+    def latest(self, order: Order | None, *, cost: bool = False) -> Latest:
+        """Which record of every row is the latest, without reading whole records (see
+        ``Latest``); with ``cost``, also each latest record's ``cost_usd``."""
+        return _latest(self.segments(), order, cost=cost)
 
     @staticmethod
     def _gather(segs: Sequence[Path], loc: np.ndarray) -> Iterator[pa.Table]:
@@ -362,7 +319,92 @@ class Journal:
             yield gathered.take(inverse)
 
 
-def _index_batches(segs: Sequence[Path]) -> Iterator[pa.Table]:
+@dataclass
+class Latest:
+    """The latest record of every row, by input position and for keys the input lacks.
+
+    ``loc[p]`` is the location of position ``p``'s latest record (-1: none), ``ok[p]`` 1 if it
+    is ok, 0 if not, -1 if there is none; ``cost[p]`` its ``cost_usd`` (NaN: none), when asked
+    for. ``others`` holds the latest record of each key the input does not have, by key
+    (columns key, ok, at, loc, and cost)."""
+
+    loc: np.ndarray
+    ok: np.ndarray
+    cost: np.ndarray | None
+    others: pa.Table
+
+    def locations(self) -> np.ndarray:
+        """Every latest record's location: by position, then the other keys by key."""
+        at_positions: np.ndarray = self.loc[self.loc >= 0]
+        if not self.others.num_rows:
+            return at_positions
+        return np.concatenate([at_positions, self.others["loc"].to_numpy()])
+
+    def prior_cost(self) -> float:
+        """The sum of the latest records' known costs."""
+        total = 0.0 if self.cost is None else float(np.nansum(self.cost))
+        if self.others.num_rows and "cost" in self.others.column_names:
+            total += float(pc.sum(self.others["cost"]).as_py() or 0.0)
+        return total
+
+
+def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) -> Latest:
+    """The winners are kept per input position (17 bytes a row, 25 with the cost) and each
+    batch of records is scattered over them, so nothing is sorted but the odd key the input
+    does not have."""
+    rows = 0 if order is None else order.rows
+    best_loc = np.full(rows, -1, np.int64)
+    best_ok = np.full(rows, -1, np.int8)
+    best_at = np.zeros(rows, np.float64)
+    best_cost = np.full(rows, np.nan) if cost else None
+    unknown: list[pa.Table] = []  # key, ok, at, loc, cost
+    for batch in _index_batches(segs, cost=cost):
+        if order is None:
+            unknown.append(batch)
+            continue
+        p = pc.cast(order.positions(batch["key"].combine_chunks()), pa.int64())
+        inside = pc.fill_null(pc.and_(pc.greater_equal(p, 0), pc.less(p, rows)), False)
+        if not pc.all(inside).as_py():
+            unknown.append(batch.filter(pc.invert(inside)))
+        p = pc.if_else(inside, p, -1).to_numpy()
+        ok, at, loc = (batch[c].to_numpy() for c in ("ok", "at", "loc"))
+        # Within the batch: the last of each position by (ok, time, location) ...
+        rank = np.lexsort((loc, at, ok, p))
+        p = p[rank]
+        last = np.ones(len(p), dtype=bool)
+        last[:-1] = p[:-1] != p[1:]
+        last &= p >= 0
+        take = rank[last]
+        p, ok, at, loc = p[last], ok[take], at[take], loc[take]
+        # ... replaces the winner so far if it is ok and that is not, or as ok and no older
+        # (a later location breaks a tie: batches come in location order).
+        better = (ok > best_ok[p]) | ((ok == best_ok[p]) & (at >= best_at[p]))
+        p = p[better]
+        best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
+        if best_cost is not None:
+            c = pc.fill_null(batch["cost"], float("nan")).to_numpy()
+            best_cost[p] = c[take][better]
+    del best_at
+    others = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
+    if others.num_rows:
+        others = others.sort_by([("key", "ascending"), ("ok", "ascending"),
+                                 ("at", "ascending"), ("loc", "ascending")])
+        k, n = others["key"].combine_chunks(), others.num_rows
+        flags = np.ones(n, dtype=bool)
+        if n > 1:
+            flags[:-1] = pc.fill_null(pc.not_equal(k.slice(0, n - 1), k.slice(1)),
+                                      True).to_numpy(zero_copy_only=False)
+        others = others.filter(pa.array(flags))
+    return Latest(loc=best_loc, ok=best_ok, cost=best_cost, others=others)
+
+
+def _index_schema(cost: bool) -> pa.Table:
+    fields = [("key", pa.string()), ("ok", pa.int8()), ("at", pa.float64()),
+              ("loc", pa.int64())] + ([("cost", pa.float64())] if cost else [])
+    return pa.Table.from_batches([], pa.schema(fields))
+
+
+def _index_batches(segs: Sequence[Path], *, cost: bool = False) -> Iterator[pa.Table]:
     """key, ok (int8), at (finished_at) and loc of every record, ``_INDEX_ROWS`` or so at a
     time."""
     pending: list[pa.Table] = []
@@ -370,7 +412,8 @@ def _index_batches(segs: Sequence[Path]) -> Iterator[pa.Table]:
     for si, seg in enumerate(segs):
         pf = _open(seg)
         for rg in range(pf.num_row_groups):
-            t = _read_group(pf, seg, rg, ["key", "status", "finished_at"])
+            t = _read_group(pf, seg, rg, ["key", "status", "finished_at",
+                                          *(["cost_usd"] if cost else [])])
             if t.num_rows > _ROW_MASK or rg >= 1 << _GROUP_BITS:
                 raise JournalError(f"journal segment {seg} is too large to compact")
             base = ((si << _GROUP_BITS) | rg) << _ROW_BITS
@@ -379,6 +422,7 @@ def _index_batches(segs: Sequence[Path]) -> Iterator[pa.Table]:
                 "ok": pc.cast(pc.equal(t["status"], "ok"), pa.int8()),
                 "at": pc.fill_null(t["finished_at"], 0.0),
                 "loc": int64_array(np.arange(base, base + t.num_rows, dtype=np.int64)),
+                **({"cost": t["cost_usd"]} if cost else {}),
             }))
             rows += t.num_rows
             if rows >= _INDEX_ROWS:

@@ -25,22 +25,23 @@ from batchrunner.report import REPORT_COLUMNS, OutcomeStats, build_report, write
 if TYPE_CHECKING:
     from batchrunner.runner import Plan, RunSummary
 
-__all__ = ["InputOrder", "rebuild_outputs"]
+__all__ = ["InputOrder", "key_strings", "rebuild_outputs"]
 
 _DIGITS = r"^[0-9]{1,18}$"
 
 
 class InputOrder:
     """Maps row keys to input positions: the position itself for a job keyed by position,
-    else the row of the id in the input's id column."""
+    else the row of the id in the input's id column (``ids``, read from the input when not
+    given)."""
 
     def __init__(self, source: io.InputSource, key_column: str | None, total_rows: int,
-                 fingerprint: str) -> None:
+                 fingerprint: str, ids: pa.Array | None = None) -> None:
         self.source = source
         self.key_column = key_column
         self.rows = total_rows
         self.tag = f"{fingerprint}:{key_column or ''}:{total_rows}"
-        self._ids: pa.Array | None = None
+        self._ids = ids
 
     def positions(self, keys: pa.Array) -> pa.Array:
         """int64 input position of each key; null for a key the input does not have."""
@@ -54,15 +55,17 @@ class InputOrder:
         """The id column as the strings rows are keyed by (read once)."""
         if self._ids is None:
             assert self.key_column is not None
-            parts = []
-            for batch in self.source.batches(columns=[self.key_column]):
-                col = batch.column(0)
-                if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-                    parts.append(col.cast(pa.string()))
-                else:  # keyed as Python's str() of the value, like the rows sent
-                    parts.append(pa.array([str(v) for v in col.to_pylist()], pa.string()))
+            parts = [key_strings(b.column(0))
+                     for b in self.source.batches(columns=[self.key_column])]
             self._ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
         return self._ids
+
+
+def key_strings(values: pa.Array) -> pa.Array:
+    """Id values as the strings rows are keyed by: Python's ``str`` of each value."""
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return values.cast(pa.string())
+    return pa.array([None if v is None else str(v) for v in values.to_pylist()], pa.string())
 
 
 def _result_name(column: str, input_columns: set[str]) -> str:
@@ -106,8 +109,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
     row counts."""
     job = plan.job
     journal = Journal(plan.out_dir)
-    order = InputOrder(plan.source, plan.key_column, plan.total_rows,
-                       str(plan.job_meta.get("input_fingerprint", "")))
+    order = plan.order or InputOrder(plan.source, plan.key_column, plan.total_rows,
+                                     str(plan.job_meta.get("input_fingerprint", "")))
     journal.compact(run_id or new_run_id(), order)
     results_path = plan.out_dir / f"results.{job.output.format}"
     statuses = _write_results(plan, journal, order, results_path)

@@ -30,7 +30,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from batchrunner import io
 from batchrunner.client import ChatClient, ChatResult
@@ -46,13 +49,13 @@ from batchrunner.errors import (
     StopJob,
     UsageError,
 )
-from batchrunner.journal import Journal, JournalWriter, new_run_id
+from batchrunner.journal import Journal, JournalWriter, int64_array, new_run_id
 from batchrunner.limiter import Limiter
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import OUTCOME_COLUMNS, Outcome
-from batchrunner.results import rebuild_outputs
+from batchrunner.results import InputOrder, key_strings, rebuild_outputs
 from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.structured import StructuredOutput
 from batchrunner.template import RequestBuilder, body_prompt_text, estimate_tokens
@@ -128,6 +131,16 @@ class _Work:
 # Planning: everything that can be checked before a request is sent
 
 
+@dataclass
+class DoneRows:
+    """The input positions whose rows are not sent this run (done, or failed and not retried)."""
+
+    mask: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
 @dataclass(kw_only=True)
 class Plan:
     job: JobConfig
@@ -135,13 +148,14 @@ class Plan:
     builder: RequestBuilder | None
     key_column: str | None
     total_rows: int
-    done: set[str]
+    done: DoneRows
     out_dir: Path
     job_meta: dict[str, Any]
     prices: PriceBook
     warnings: list[str]
     structured: StructuredOutput | None = None
     prior_cost: float = 0.0
+    order: InputOrder | None = None  # journal keys → input positions
 
 
 def _fingerprint(obj: Any) -> str:
@@ -172,18 +186,19 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
                 f"(columns: {', '.join(source.columns)})"
             )
 
-    total = _scan_keys(source, key_column, where,
-                       builder.needed_columns if builder is not None else ("body",))
+    total, ids = _scan_keys(source, key_column, where,
+                            builder.needed_columns if builder is not None else ("body",))
     if total == 0:
         raise InputError(f"{where}: has no rows")
 
     request_settings = (
         {"openai_batch": True} if builder is None else job.request.settings()
     )
+    fingerprint = source.fingerprint()
     meta = {
         "name": job.name,
         "input_path": str(source.path),
-        "input_fingerprint": source.fingerprint(),
+        "input_fingerprint": fingerprint,
         "id_column": key_column,
         "request_fingerprint": _fingerprint(request_settings),
         "request": request_settings,
@@ -192,7 +207,6 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
         "prices": job.prices,
     }
     journal = Journal(out_dir)
-    done: set[str] = set()
     meta_path = out_dir / "job.json"
     if meta_path.exists():
         _check_same_job(read_meta(out_dir), meta, meta_path, options, warnings)
@@ -203,22 +217,19 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
     journal.remove_temp_files()
     io.remove_stale_temp_files(out_dir)
     journal.check()
-    state = journal.read(columns=["status", "cost_usd"])
-    prior_cost = float(pa.compute.sum(state["cost_usd"]).as_py() or 0.0)
-    if options.rerun_where and not state.num_rows:
-        _select(journal, options.rerun_where)  # refuse a bad expression on a first run too
-    if state.num_rows:
-        statuses = state["status"].to_pylist()
-        keys = state["key"].to_pylist()
-        for k, s in zip(keys, statuses, strict=True):
-            if s == "ok" or not options.retry_failed:
-                done.add(k)
-        if options.rerun_where:
-            done -= _select(journal, options.rerun_where)
+    order = InputOrder(source, key_column, total, fingerprint, ids)
+    latest = journal.latest(order, cost=True)
+    # Not sent again: ok rows, and failed ones unless retried.
+    done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
+    if options.rerun_where:
+        picked = _select(journal, options.rerun_where)  # refuses a bad expression on a first run
+        if picked:
+            pos = order.positions(pa.array(sorted(picked), pa.string())).drop_null()
+            done[pos.to_numpy()] = False
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
-                done=done, out_dir=out_dir, job_meta=meta, prices=prices,
+                done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=_structured(request_settings),
-                prior_cost=prior_cost)
+                prior_cost=latest.prior_cost(), order=order)
 
 
 def _structured(settings: dict[str, Any]) -> StructuredOutput | None:
@@ -294,47 +305,69 @@ def _first_line(e: BaseException) -> str:
 
 
 def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
-               columns: Sequence[str] = ()) -> int:
+               columns: Sequence[str] = ()) -> tuple[int, pa.Array | None]:
     """Count rows and decode every column a request needs, so damage is found before anything
-    is sent; with an id column, refuse null or duplicate ids."""
+    is sent; with an id column, refuse null or duplicate ids and return the ids as the strings
+    rows are keyed by."""
     total = 0
     if key_column is None:
         for batch in source.batches(columns=list(columns) or [source.columns[0]]):
             total += batch.num_rows
-        return total
-    seen: set[str] = set()
+        return total, None
+    parts: list[pa.Array] = []
     for batch in source.batches(columns=list(dict.fromkeys([key_column, *columns]))):
         col = batch.column(0)
         if col.null_count:
             first = col.to_pylist().index(None)
             raise InputError(f"{where}: row {total + first + 1} has no value in id column "
                              f"{key_column!r}")
-        dup = io.find_duplicate(col.cast(pa.string()), seen)
-        if dup is not None:
-            raise InputError(f"{where}: id {dup!r} appears more than once in column "
-                             f"{key_column!r}; ids must be unique")
+        parts.append(key_strings(col))
         total += batch.num_rows
-    return total
+    ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+    dup = _first_duplicate(ids)
+    if dup is not None:
+        raise InputError(f"{where}: id {dup!r} appears more than once in column "
+                         f"{key_column!r}; ids must be unique")
+    return total, ids
+
+
+def _first_duplicate(ids: pa.Array) -> str | None:
+    """The first id, in row order, that repeats an earlier one."""
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return None
+    counts = pc.value_counts(ids)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    seen: set[str] = set()
+    for v in ids.filter(pc.is_in(ids, value_set=repeated)).to_pylist():
+        if v in seen:
+            return str(v)
+        seen.add(v)
+    return None  # pragma: no cover - count_distinct found a repeat
 
 
 def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, row) for every input row, in order."""
+    """(key, row) for every input row to send this run (``plan.done`` skipped), in order."""
     position = 0
     if plan.builder is None:
         cols: list[str] | None = ["custom_id", "body"]
     else:
         cols = list(dict.fromkeys([*plan.builder.needed_columns,
                                    *([plan.key_column] if plan.key_column else [])]))
+    done = plan.done.mask
     for batch in plan.source.batches(columns=cols):
+        n = batch.num_rows
+        todo = np.flatnonzero(~done[position:position + n])
+        if len(todo) < n:
+            batch = batch.take(int64_array(todo))
         rows = batch.to_pylist()
         if plan.key_column is None:
-            for row in rows:
-                yield str(position), row
-                position += 1
+            for i, row in zip(todo.tolist(), rows, strict=True):
+                yield str(position + i), row
         else:
             kc = plan.key_column
             for row in rows:
                 yield str(row[kc]), row
+        position += n
 
 
 def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, str]:
@@ -443,8 +476,6 @@ class _Run:
                 self.rows_done = True
                 self.stop(StopJob(f"{e}; the rows finished so far are saved"))
                 break
-            if key in plan.done:
-                continue
             item, reason = make_work(plan, key, row)
             if item is None:
                 self.record(Outcome(key=key, status="failed", error_type="invalid_row",
@@ -821,7 +852,8 @@ def plan_from_output(out_dir: Path) -> Plan:
         key_column = job.input.id_column
     prices = PriceBook(parse_price_table(job.prices, where=f"{meta_path}: prices"))
     return Plan(job=job, source=source, builder=None, key_column=key_column,
-                total_rows=int(meta.get("total_rows") or 0), done=set(),
+                total_rows=int(meta.get("total_rows") or 0),
+                done=DoneRows(np.zeros(0, dtype=np.bool_)),
                 out_dir=out_dir, job_meta=meta, prices=prices, warnings=[],
                 structured=_structured(meta.get("request") or {}))
 

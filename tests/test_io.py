@@ -24,7 +24,6 @@ from batchrunner.io import (
     SUPPORTED_SUFFIXES,
     InputSource,
     ResultWriter,
-    find_duplicate,
     open_input,
     remove_stale_temp_files,
     temp_path_for,
@@ -382,15 +381,6 @@ def test_directory_fingerprint_covers_names_and_bytes(tmp_path: Path) -> None:
     assert open_input(directory).fingerprint() == first
     (directory / "b.parquet").rename(directory / "c.parquet")
     assert open_input(directory).fingerprint() != first
-
-
-def test_find_duplicate_across_batches() -> None:
-    seen: set[str] = set()
-    assert find_duplicate(pa.array(["a", "b", None]), seen) is None
-    assert seen == {"a", "b"}
-    assert find_duplicate(pa.chunked_array([["c"], ["d", "b", "e"]]), seen) == "b"
-    assert find_duplicate(pa.array(["x", "y", "x"]), set()) == "x"
-    assert find_duplicate(pa.array([1, 2]), {"2"}) == "2"
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,10 +14,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrunner import io, journal
+from batchrunner.config import load_job
 from batchrunner.journal import Journal, JournalWriter, latest, outcomes_table, write_segment
 from batchrunner.records import Outcome
-from batchrunner.results import InputOrder, rebuild_outputs
-from batchrunner.runner import RunSummary, plan_from_output
+from batchrunner.results import InputOrder, key_strings, rebuild_outputs
+from batchrunner.runner import (
+    RunOptions,
+    RunSummary,
+    _first_duplicate,
+    iter_rows,
+    plan_from_output,
+    prepare,
+)
 
 
 def _o(key: str, status: str, t: float, content: str = "") -> Outcome:
@@ -281,3 +289,40 @@ def test_results_merge_the_compacted_journal_into_input_order(
     report = json.loads((out / "cost_report.json").read_text())
     assert report["rows"]["total"] == len(done) + 1  # the journal's rows, the stale one too
     assert len(j.segments()) == 1
+
+
+@pytest.mark.parametrize("retry_failed", [False, True])
+def test_resume_skips_what_the_journal_has_by_position_mask(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_failed: bool) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    inp = tmp_path / "in.csv"
+    ids = [f"id{(i * 5) % 11}" for i in range(11)]
+    inp.write_text("id,text\n" + "".join(f"{k},t{k}\n" for k in ids))
+    job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                          "model": "gpt-4o-mini", "output": str(tmp_path / "out")})
+    first = prepare(job, RunOptions())
+    assert len(first.done) == 0 and len(list(iter_rows(first))) == 11
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "job.json").write_text(json.dumps(first.job_meta))
+    j = Journal(out)
+    j.create()
+    w = JournalWriter(j.directory, "run1")
+    for k, status, cost in (("id5", "ok", 0.25), ("id0", "failed", 0.5), ("gone", "ok", 1.0),
+                            ("id3", "ok", 2.0)):
+        w.add(Outcome(key=k, status=status, cost_usd=cost, finished_at=1.0))
+    w.flush()
+    plan = prepare(job, RunOptions(retry_failed=retry_failed))
+    skipped = {"id5", "id3"} | (set() if retry_failed else {"id0"})
+    assert [k for k, _ in iter_rows(plan)] == [k for k in ids if k not in skipped]
+    assert len(plan.done) == len(skipped)
+    assert plan.prior_cost == pytest.approx(3.75)  # every latest record's cost, "gone" too
+    again = prepare(job, RunOptions(rerun_where="key == 'id3'"))
+    assert [k for k, _ in iter_rows(again)] == [k for k in ids if k not in {"id5", "id0"}]
+
+
+def test_first_duplicate_is_the_first_repeat_in_row_order() -> None:
+    assert _first_duplicate(pa.array(["a", "b", "c"])) is None
+    assert _first_duplicate(pa.array(["x", "b", "a", "b", "a", "x"])) == "b"
+    assert key_strings(pa.array([1, None, 3])).to_pylist() == ["1", None, "3"]
+    assert key_strings(pa.array([1.0])).to_pylist() == ["1.0"]  # as str() keys the rows
