@@ -53,7 +53,6 @@ _GROUP_BITS = 16
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
 
-
 class Order(Protocol):
     """The input order a journal is compacted in."""
 

@@ -861,7 +861,7 @@ def plan_from_output(out_dir: Path) -> Plan:
 def format_status(out_dir: Path) -> str:
     """Progress, failures by type and cost so far, from the journal alone."""
     meta = read_meta(out_dir)
-    state = Journal(out_dir).read()
+    state = Journal(out_dir).read(columns=["error_type", "cost_usd", "total_tokens"])
     total = int(meta.get("total_rows") or 0)
     statuses = Counter(state["status"].to_pylist())
     ok, failed = statuses.get("ok", 0), statuses.get("failed", 0)
