@@ -33,7 +33,7 @@ _DIGITS = r"^[0-9]{1,18}$"
 class InputOrder:
     """Maps row keys to input positions: the position itself for a job keyed by position,
     else the row of the id in the input's id column (``ids``, read from the input when not
-    given)."""
+    given), found by binary search in the ids sorted once."""
 
     def __init__(self, source: io.InputSource, key_column: str | None, total_rows: int,
                  fingerprint: str, ids: pa.Array | None = None) -> None:
@@ -42,6 +42,7 @@ class InputOrder:
         self.rows = total_rows
         self.tag = f"{fingerprint}:{key_column or ''}:{total_rows}"
         self._ids = ids
+        self._sorted: tuple[pa.Array, pa.Array] | None = None  # ids sorted, their positions
 
     def positions(self, keys: pa.Array) -> pa.Array:
         """int64 input position of each key; null for a key the input does not have."""
@@ -49,16 +50,25 @@ class InputOrder:
             digits = pc.match_substring_regex(keys, _DIGITS)
             pos = pc.cast(pc.if_else(digits, keys, pa.scalar(None, pa.string())), pa.int64())
             return pc.if_else(pc.less(pos, self.rows), pos, pa.scalar(None, pa.int64()))
-        return pc.cast(pc.index_in(keys, value_set=self.ids()), pa.int64())
+        ids, order = self._index()
+        if len(ids) == 0:
+            return pa.nulls(len(keys), pa.int64())
+        at = pc.min_element_wise(pc.search_sorted(ids, keys), len(ids) - 1)
+        found = pc.fill_null(pc.equal(ids.take(at), keys), False)
+        return pc.if_else(found, order.take(at), pa.scalar(None, pa.int64()))
 
-    def ids(self) -> pa.Array:
-        """The id column as the strings rows are keyed by (read once)."""
-        if self._ids is None:
-            assert self.key_column is not None
-            parts = [key_strings(b.column(0))
-                     for b in self.source.batches(columns=[self.key_column])]
-            self._ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
-        return self._ids
+    def _index(self) -> tuple[pa.Array, pa.Array]:
+        if self._sorted is None:
+            ids = self._ids if self._ids is not None else self._read_ids()
+            order = pc.cast(pc.sort_indices(ids), pa.int64())
+            self._sorted = (ids.take(order), order)
+            self._ids = None
+        return self._sorted
+
+    def _read_ids(self) -> pa.Array:
+        assert self.key_column is not None
+        parts = [key_strings(b.column(0)) for b in self.source.batches(columns=[self.key_column])]
+        return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 
 
 def key_strings(values: pa.Array) -> pa.Array:

@@ -356,7 +356,10 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
     done = plan.done.mask
     for batch in plan.source.batches(columns=cols):
         n = batch.num_rows
-        todo = np.flatnonzero(~done[position:position + n])
+        skip = done[position:position + n]
+        if len(skip) < n:  # the input grew since it was checked: the new rows are to do
+            skip = np.concatenate([skip, np.zeros(n - len(skip), dtype=np.bool_)])
+        todo = np.flatnonzero(~skip)
         if len(todo) < n:
             batch = batch.take(int64_array(todo))
         rows = batch.to_pylist()

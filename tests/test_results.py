@@ -219,8 +219,8 @@ def test_input_order_by_position_and_by_id(tmp_path: Path) -> None:
     csv.write_text("id,text\n7,a\n3,b\n10,c\n")
     source = io.open_input(csv)
     by_id = InputOrder(source, "id", 3, "f")
-    keys = pa.array(["10", "7", "x", "3", None])
-    assert by_id.positions(keys).to_pylist() == [2, 0, None, 1, None]
+    keys = pa.array(["10", "7", "x", "3", None, "0", "99"])  # "0" sorts before every id
+    assert by_id.positions(keys).to_pylist() == [2, 0, None, 1, None, None, None]
     by_pos = InputOrder(source, None, 3, "f")
     assert by_pos.positions(pa.array(["2", "0", "3", "r1", "01"])).to_pylist() == [
         2, 0, None, None, 1]
