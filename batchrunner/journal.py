@@ -325,7 +325,7 @@ class Latest:
     ``loc[p]`` is the location of position ``p``'s latest record (-1: none), ``ok[p]`` 1 if it
     is ok, 0 if not, -1 if there is none; ``cost[p]`` its ``cost_usd`` (NaN: none), when asked
     for. ``others`` holds the latest record of each key the input does not have, by key
-    (columns key, ok, at, loc, and cost)."""
+    (columns key, ok, at, loc, and cost when asked for)."""
 
     loc: np.ndarray
     ok: np.ndarray
