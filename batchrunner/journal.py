@@ -226,18 +226,9 @@ class Journal:
         cols = list(OUTCOME_COLUMNS) if columns is None else list(
             dict.fromkeys(["key", "status", "finished_at", *columns])
         )
-        expected = pa.schema([OUTCOME_SCHEMA.field(c) for c in cols])
-        tables = []
-        for seg in self.segments():
-            try:
-                t = pq.read_table(seg, columns=cols).replace_schema_metadata(None)
-                if not t.schema.equals(expected):
-                    raise TypeError("its columns are not those of this batchrunner's journal")
-            except Exception as e:
-                raise _unreadable(seg, e) from None
-            tables.append(t)
+        tables = [_read_group(_open(seg), seg, None, cols) for seg in self.segments()]
         if not tables:
-            return pa.Table.from_batches([], expected)
+            return pa.Table.from_batches([], pa.schema([OUTCOME_SCHEMA.field(c) for c in cols]))
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         return latest(table)
 
@@ -385,15 +376,7 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
             best_cost[p] = c[take][better]
     del best_at
     others = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
-    if others.num_rows:
-        others = others.sort_by([("key", "ascending"), ("ok", "ascending"),
-                                 ("at", "ascending"), ("loc", "ascending")])
-        k, n = others["key"].combine_chunks(), others.num_rows
-        flags = np.ones(n, dtype=bool)
-        if n > 1:
-            flags[:-1] = pc.fill_null(pc.not_equal(k.slice(0, n - 1), k.slice(1)),
-                                      True).to_numpy(zero_copy_only=False)
-        others = others.filter(pa.array(flags))
+    others = _last_per_key(others, ["ok", "at", "loc"])
     return Latest(loc=best_loc, ok=best_ok, cost=best_cost, others=others)
 
 
@@ -438,11 +421,14 @@ def _open(seg: Path) -> pq.ParquetFile:
         raise _unreadable(seg, e) from None
 
 
-def _read_group(pf: pq.ParquetFile, seg: Path, rg: int, columns: Sequence[str] | None
+def _read_group(pf: pq.ParquetFile, seg: Path, rg: int | None, columns: Sequence[str] | None
                 ) -> pa.Table:
+    """Row group ``rg`` of a segment (``None``: all of it), refused unless its columns are
+    ours."""
     cols = list(OUTCOME_COLUMNS) if columns is None else list(columns)
     try:
-        t = pf.read_row_group(rg, columns=cols, use_threads=False)
+        t = (pf.read(columns=cols, use_threads=False) if rg is None
+             else pf.read_row_group(rg, columns=cols, use_threads=False))
         expected = pa.schema([OUTCOME_SCHEMA.field(c) for c in cols])
         if not t.schema.equals(expected):
             raise TypeError("its columns are not those of this batchrunner's journal")
@@ -474,14 +460,20 @@ def latest(table: pa.Table) -> pa.Table:
     ok_rank = pc.cast(pc.equal(table["status"], "ok"), pa.int8())
     idx = pa.array(range(table.num_rows), pa.int64())
     ranked = table.append_column("__ok", ok_rank).append_column("__i", idx)
-    ranked = ranked.sort_by([("key", "ascending"), ("__ok", "ascending"),
-                             ("finished_at", "ascending"), ("__i", "ascending")])
+    return _last_per_key(ranked, ["__ok", "finished_at", "__i"]).drop_columns(["__ok", "__i"])
+
+
+def _last_per_key(table: pa.Table, rank: Sequence[str]) -> pa.Table:
+    """For each key, the row that sorts last by the ``rank`` columns; the result by key."""
+    n = table.num_rows
+    if n == 0:
+        return table
+    ranked = table.sort_by([("key", "ascending"), *((c, "ascending") for c in rank)])
+    if n == 1:
+        return ranked
     keys = ranked["key"]
-    n = ranked.num_rows
-    if n > 1:
-        same_as_next = pc.equal(keys.slice(0, n - 1), keys.slice(1))
-        last = pc.invert(pc.fill_null(same_as_next, False))
-        mask = pa.concat_arrays([last.combine_chunks() if isinstance(last, pa.ChunkedArray)
-                                 else last, pa.array([True])])
-        ranked = ranked.filter(mask)
-    return ranked.drop_columns(["__ok", "__i"])
+    same_as_next = pc.equal(keys.slice(0, n - 1), keys.slice(1))
+    last = pc.invert(pc.fill_null(same_as_next, False))
+    mask = pa.concat_arrays([last.combine_chunks() if isinstance(last, pa.ChunkedArray)
+                             else last, pa.array([True])])
+    return ranked.filter(mask)

@@ -158,9 +158,10 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
     try:
         for batch in plan.source.batches():
             n = batch.num_rows
-            rows, pos = outcomes.take_below(start + n) if outcomes else (empty, np.empty(0))
+            rows, pos = (outcomes.take_below(start + n) if outcomes
+                         else (empty, np.empty(0, np.int64)))
             index = np.full(n, -1, np.int64)
-            index[pos.astype(np.int64) - start] = np.arange(len(pos))
+            index[pos - start] = np.arange(len(pos))
             part = rows.take(int64_array(index, index >= 0))
             start += n
             table = pa.Table.from_batches([batch])
