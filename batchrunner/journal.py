@@ -25,14 +25,13 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from batchrunner.errors import JournalError, OutputError
@@ -77,28 +76,61 @@ def _fsync_dir(path: Path) -> None:
 
 
 def outcomes_table(outcomes: Sequence[Outcome]) -> pa.Table:
-    """``outcomes`` as an Arrow table, through JSON lines: as fast as building it from Python
-    lists, and it keeps pyarrow from importing pandas (40 MB) to convert them."""
+    """``outcomes`` as an Arrow table, one column at a time from Arrow buffers.
+
+    This runs for every row a run records, so it is kept cheap: about 3 µs a row, where a
+    table built through JSON lines took 14 µs. ``pa.array`` on Python lists would be as fast
+    but imports pandas (0.2 s of CPU, 40 MB). Text that is not UTF-8 (a lone surrogate) is
+    stored with "?" for the bad characters; a NaN float is stored as null."""
+    n = len(outcomes)
+    columns = zip(*map(_FIELDS, outcomes), strict=True) if n else ([] for _ in OUTCOME_COLUMNS)
     try:
-        data = b"\n".join(map(orjson.dumps, outcomes))
-    except orjson.JSONEncodeError:  # text that is not UTF-8 (a lone surrogate): "?" for it
-        data = b"\n".join(map(_dumps_replacing, outcomes))
-    if not data:
-        return pa.Table.from_batches([], OUTCOME_SCHEMA)
-    return pa_json.read_json(
-        pa.BufferReader(data),
-        read_options=pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1),
-        parse_options=pa_json.ParseOptions(explicit_schema=OUTCOME_SCHEMA,
-                                           unexpected_field_behavior="error"),
-    )
+        return pa.Table.from_arrays(
+            [_string_array(values, n) if field.type == pa.string()
+             else _number_array(values, n, field.type) for values, field in
+             zip(columns, OUTCOME_SCHEMA, strict=True)],
+            schema=OUTCOME_SCHEMA,
+        )
+    except _TooLong:  # over 2 GiB of text in one column: in two halves
+        if n < 2:
+            raise OutputError("a reply of over 2 GiB cannot be journaled") from None
+        half = n // 2
+        return pa.concat_tables([outcomes_table(outcomes[:half]), outcomes_table(outcomes[half:])])
 
 
-def _dumps_replacing(o: Outcome) -> bytes:
-    try:
-        return orjson.dumps(o)
-    except orjson.JSONEncodeError:
-        return orjson.dumps({k: v.encode("utf-8", "replace").decode() if isinstance(v, str) else v
-                             for k, v in o.as_dict().items()})
+class _TooLong(Exception):
+    pass
+
+
+_FIELDS = attrgetter(*OUTCOME_COLUMNS)
+_NUMPY_TYPES = {pa.int64(): np.int64, pa.float64(): np.float64}
+_MAX_STRING_BYTES = 2**31 - 1  # a string column's offsets are int32
+
+
+def _validity(valid: np.ndarray) -> tuple[pa.Buffer | None, int]:
+    """Arrow's validity bitmap for ``valid`` (None when every value is valid), and the nulls."""
+    nulls = len(valid) - int(np.count_nonzero(valid))
+    return (pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None), nulls
+
+
+def _string_array(values: Sequence[str | None], n: int) -> pa.Array:
+    encoded = [b"" if v is None else v.encode("utf-8", "replace") for v in values]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
+    if offsets[-1] > _MAX_STRING_BYTES:
+        raise _TooLong
+    bitmap, nulls = _validity(np.fromiter((v is not None for v in values), np.bool_, n))
+    data = pa.py_buffer(b"".join(encoded))
+    return pa.Array.from_buffers(
+        pa.string(), n, [bitmap, pa.py_buffer(offsets.astype(np.int32)), data], null_count=nulls)
+
+
+def _number_array(values: Sequence[float | None], n: int, type_: pa.DataType) -> pa.Array:
+    bitmap, nulls = _validity(np.fromiter((v is not None and v == v for v in values),
+                                          np.bool_, n))
+    data = np.fromiter((v if v is not None and v == v else 0 for v in values) if nulls
+                       else values, dtype=_NUMPY_TYPES[type_], count=n)
+    return pa.Array.from_buffers(type_, n, [bitmap, pa.py_buffer(data)], null_count=nulls)
 
 
 def int64_array(values: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
