@@ -192,3 +192,13 @@ async def test_limiter_pause_holds_new_requests() -> None:
     assert time.monotonic() >= t  # returns after the pause; no wall-clock bound asserted
     with anyio.fail_after(5):
         await lim.acquire(1)
+
+
+def test_runs_use_uvloop_unless_asked_for_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchrunner.cli import event_loop_options
+
+    uvloop = pytest.importorskip("uvloop")
+    monkeypatch.delenv("BATCHRUNNER_EVENT_LOOP", raising=False)
+    assert event_loop_options() == {"loop_factory": uvloop.new_event_loop}
+    monkeypatch.setenv("BATCHRUNNER_EVENT_LOOP", "asyncio")
+    assert event_loop_options() == {}
