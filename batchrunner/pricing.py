@@ -29,16 +29,31 @@ Simplifications of the library's richer price model, all resolved once per model
 
 ``PriceBook.cost`` runs once per finished row, so each model's price is resolved on first use and
 kept in a dict; later calls are one dict lookup plus arithmetic and never call into the library.
+
+Importing the library and its first answer cost about 0.2 s of CPU, more than a short run's own
+work, so what it answered is also kept on disk, in ``prices.json`` under ``$BATCHRUNNER_CACHE_DIR``
+(else ``$XDG_CACHE_HOME/batchrunner``, else ``~/.cache/batchrunner``): per model name as asked,
+its price and source or "unknown", and its context window. The file holds one UTC day's answers
+(prices change by date) of one installed library (its version and the size and mtime of its data
+module, read without importing it) and of this module; any other file is ignored and replaced at
+the next answer. A run whose models were all answered before never imports the library. The
+job's prices are never written there and win over it. A missing, corrupt or unwritable file only
+means asking the library, as without a cache; it is written whole to a temporary file and
+renamed, so concurrent runs never see a torn file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import json
 import math
+import os
 import re
 import sys
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from decimal import Decimal
 from types import MappingProxyType, ModuleType
@@ -59,6 +74,9 @@ _PRICE_KEYS = ("input", "output", "cached_input")
 _GATEWAY_SUFFIX = re.compile(r"-(?:no)?thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
 # Sample points (UTC, every 15 minutes) used to find the day's highest time-of-day price.
 _DAY_SAMPLES = tuple(time(hour=m // 60, minute=m % 60) for m in range(0, 24 * 60, 15))
+# The disk cache of the library's answers: its file name, and the version of its layout.
+_CACHE_FILE = "prices.json"
+_CACHE_FORMAT = 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -92,6 +110,7 @@ class PriceBook:
 
     Meant to be shared by the tasks of one run. Two threads looking up a new model at the same
     time both resolve it, to the same result; nothing else changes after construction.
+    The library's answers come from the disk cache when it has them (see the module docstring).
     """
 
     def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
@@ -100,11 +119,21 @@ class PriceBook:
         self._sources: dict[str, str] = {}
         self._rates: dict[str, _Rates | None] = {}
         self._windows: dict[str, int | None] = {}
+        self._answers: _Answers | None = None  # the disk cache, read on the first library question
+        self._answers_lock = threading.Lock()
 
     @property
     def library_version(self) -> str:
         """The installed ``genai-prices`` version."""
-        return str(_library().__version__)
+        with self._answers_lock:
+            answers = self._current_answers()
+            version = answers.version
+        if version is None:
+            version = str(_library().__version__)
+            with self._answers_lock:
+                answers.version = version
+                _write_answers(answers)
+        return version
 
     @property
     def overrides(self) -> Mapping[str, ModelPrice]:
@@ -155,19 +184,16 @@ class PriceBook:
     def context_window(self, model: str) -> int | None:
         """The model's context window in tokens, from the price library, if it says."""
         if model not in self._windows:
-            window = None
-            genai_prices = _library()
-            for ref, provider_id in _candidates(model):
-                try:
-                    calc = genai_prices.calc_price(
-                        genai_prices.Usage(input_tokens=1, output_tokens=1), ref,
-                        provider_id=provider_id,
-                    )
-                except Exception:
-                    continue
-                cw = calc.model.context_window
-                window = cw if isinstance(cw, int) and cw > 0 else None
-                break
+            with self._answers_lock:
+                answers = self._current_answers()
+                known, window = model in answers.windows, answers.windows.get(model)
+            if not known:
+                window = _library_window(model)
+                version = str(_library().__version__)
+                with self._answers_lock:
+                    answers.version = version
+                    answers.windows[model] = window
+                    _write_answers(answers)
             self._windows[model] = window
         return self._windows[model]
 
@@ -176,17 +202,31 @@ class PriceBook:
         if model in self._overrides:
             price, source = self._overrides[model], SOURCE_JOB
         else:
-            found = _library_price(model)
-            if found is None:
-                price, source = None, SOURCE_UNKNOWN
-            else:
-                price, where = found
-                source = f"{LIBRARY_NAME} {self.library_version} ({where})"
+            with self._answers_lock:
+                answers = self._current_answers()
+                known, entry = model in answers.prices, answers.prices.get(model)
+            if not known:
+                found = _library_price(model)
+                version = str(_library().__version__)
+                entry = None
+                if found is not None:
+                    entry = found[0], f"{LIBRARY_NAME} {version} ({found[1]})"
+                with self._answers_lock:
+                    answers.version = version
+                    answers.prices[model] = entry
+                    _write_answers(answers)
+            price, source = entry if entry is not None else (None, SOURCE_UNKNOWN)
         self._prices[model] = price
         self._sources[model] = source
         self._rates[model] = (
             None if price is None else (price.input, price.effective_cached_input, price.output)
         )
+
+    def _current_answers(self) -> _Answers:
+        """The disk cache, read on first use and again once the UTC day changed. Caller locks."""
+        if self._answers is None or self._answers.day != _today():
+            self._answers = _read_answers()
+        return self._answers
 
 
 def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, ModelPrice]:
@@ -239,10 +279,12 @@ def _library() -> ModuleType:
 
 
 def preload() -> None:
-    """Import genai-prices in a background thread, while a run's first requests are out.
+    """Import genai-prices in a background thread, while a run's first requests are out; not
+    when the disk cache holds today's answers of the installed library (a model it lacks is
+    then looked up when first priced).
 
     Not a daemon thread: interpreter exit waits for the import to finish rather than cut it."""
-    if "genai_prices" not in sys.modules:
+    if "genai_prices" not in sys.modules and _read_answers().version is None:
         threading.Thread(target=_library, name="batchrunner-preload-prices").start()
 
 
@@ -279,6 +321,21 @@ def _candidates(model: str) -> list[tuple[str, str | None]]:
         if c[0] and c not in unique:
             unique.append(c)
     return unique
+
+
+def _library_window(model: str) -> int | None:
+    """The context window ``genai-prices`` gives for ``model``, if any."""
+    genai_prices = _library()
+    for ref, provider_id in _candidates(model):
+        try:
+            calc = genai_prices.calc_price(
+                genai_prices.Usage(input_tokens=1, output_tokens=1), ref, provider_id=provider_id
+            )
+        except Exception:
+            continue
+        cw = calc.model.context_window
+        return cw if isinstance(cw, int) and cw > 0 else None
+    return None
 
 
 def _library_lookup(ref: str, provider_id: str | None) -> tuple[ModelPrice, str] | None:
@@ -326,3 +383,163 @@ def _base(value: object) -> float | None:
     if isinstance(base, Decimal | int | float) and not isinstance(base, bool):
         return float(base)
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The disk cache of the library's answers
+
+
+@dataclass(slots=True)
+class _Answers:
+    """What the library answered, for one library stamp and one UTC day. ``prices`` maps a model
+    name as asked to its price and source, ``None`` when unknown; ``windows`` to its context
+    window. ``version`` is the library's, ``None`` until it is known (a file read back always has
+    one). ``stamp=None``: the library was not found, nothing is read or written."""
+
+    stamp: list[Any] | None
+    day: str
+    version: str | None = None
+    prices: dict[str, tuple[ModelPrice, str] | None] = field(default_factory=dict)
+    windows: dict[str, int | None] = field(default_factory=dict)
+
+
+def _cache_path() -> str | None:
+    """``prices.json`` in ``$BATCHRUNNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/batchrunner``, else
+    ``~/.cache/batchrunner``; ``None`` when there is no home directory to put it in."""
+    directory = os.environ.get("BATCHRUNNER_CACHE_DIR")
+    if not directory:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        if xdg and os.path.isabs(xdg):
+            directory = os.path.join(xdg, "batchrunner")
+        else:
+            home = os.path.expanduser("~")
+            if home == "~":
+                return None
+            directory = os.path.join(home, ".cache", "batchrunner")
+    return os.path.join(directory, _CACHE_FILE)
+
+
+def _today() -> str:
+    """The UTC day the library's answers hold for (prices change by date)."""
+    return datetime.now(UTC).date().isoformat()
+
+
+def _library_stamp() -> list[Any] | None:
+    """What the library's answers depend on, found without importing it (0.1-0.2 ms): the
+    installed version (its ``.dist-info`` directory), the size and mtime of its data module, and
+    the size and mtime of this module, which turns answers into prices. ``None`` when the
+    library or its data module is not found."""
+    try:
+        spec = importlib.util.find_spec("genai_prices")
+        if spec is None or spec.origin is None:
+            return None
+        package = os.path.dirname(spec.origin)
+        data = os.stat(os.path.join(package, "data.py"))
+        dists = sorted(
+            name
+            for name in os.listdir(os.path.dirname(package))
+            if name.startswith("genai_prices-") and name.endswith(".dist-info")
+        )
+        own = os.stat(__file__)
+    except (ImportError, ValueError, OSError):
+        return None
+    return [dists, data.st_size, data.st_mtime_ns, own.st_size, own.st_mtime_ns]
+
+
+def _read_answers() -> _Answers:
+    """The disk cache if it holds today's answers of the installed library, else empty answers."""
+    answers = _Answers(_library_stamp(), _today())
+    path = _cache_path()
+    if answers.stamp is None or path is None:
+        return answers
+    return _read_file(path, answers.stamp, answers.day) or answers
+
+
+def _read_file(path: str, stamp: list[Any], day: str) -> _Answers | None:
+    """The answers in ``path`` if it is a well-formed cache for ``stamp`` and ``day``."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError):  # missing, unreadable, not JSON, not UTF-8
+        return None
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != _CACHE_FORMAT
+        or doc.get("stamp") != stamp
+        or doc.get("day") != day
+        or not isinstance(doc.get("version"), str)
+        or not isinstance(doc.get("prices"), dict)
+        or not isinstance(doc.get("windows"), dict)
+    ):
+        return None
+    answers = _Answers(stamp, day, doc["version"])
+    for model, entry in doc["prices"].items():
+        if entry is None:
+            answers.prices[model] = None
+            continue
+        if not isinstance(entry, dict) or set(entry) != {*_PRICE_KEYS, "source"}:
+            return None
+        rates, source = [entry[k] for k in _PRICE_KEYS], entry["source"]
+        if (
+            not all(_is_rate(v) for v in rates[:2])
+            or not (rates[2] is None or _is_rate(rates[2]))
+            or not isinstance(source, str)
+        ):
+            return None
+        price = ModelPrice(input=rates[0], output=rates[1], cached_input=rates[2])
+        answers.prices[model] = price, source
+    for model, window in doc["windows"].items():
+        if window is not None and (type(window) is not int or window <= 0):
+            return None
+        answers.windows[model] = window
+    return answers
+
+
+def _is_rate(value: object) -> bool:
+    """A price as the cache writes it: a finite float >= 0."""
+    return type(value) is float and math.isfinite(value) and value >= 0
+
+
+def _write_answers(answers: _Answers) -> None:
+    """Write ``answers`` to the disk cache, with what another run wrote there meanwhile for the
+    same library and day; atomically (temporary file, then rename). Failures are ignored: the
+    cache only saves time. Nothing is written once the day has changed since ``answers`` were
+    read: the new answer may then be for either day."""
+    path = _cache_path()
+    if answers.stamp is None or path is None or answers.version is None:
+        return
+    if answers.day != _today():
+        return
+    other = _read_file(path, answers.stamp, answers.day)
+    if other is not None:
+        for model, entry in other.prices.items():
+            answers.prices.setdefault(model, entry)
+        for model, window in other.windows.items():
+            answers.windows.setdefault(model, window)
+    doc = {
+        "format": _CACHE_FORMAT,
+        "stamp": answers.stamp,
+        "day": answers.day,
+        "version": answers.version,
+        "prices": {
+            model: None
+            if entry is None
+            else {
+                "input": entry[0].input,
+                "output": entry[0].output,
+                "cached_input": entry[0].cached_input,
+                "source": entry[1],
+            }
+            for model, entry in answers.prices.items()
+        },
+        "windows": answers.windows,
+    }
+    temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(doc, allow_nan=False))
+        os.replace(temp, path)
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError):
+            os.remove(temp)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import genai_prices
@@ -10,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from batchrunner import pricing
 from batchrunner.errors import ConfigError
 from batchrunner.pricing import ModelPrice, PriceBook, parse_price_table
 
@@ -236,3 +242,297 @@ def test_bad_price_tables_name_the_file_model_and_key(table: dict[str, Any], fra
 def test_model_names_with_dots_are_quoted_in_errors() -> None:
     with pytest.raises(ConfigError, match=r'\[prices\."glm-4\.7"\] missing key'):
         parse_price_table({"glm-4.7": {"input": 1}}, where="job.toml")
+
+
+# ---------------------------------------------------------------------------------------------
+# The disk cache of the library's answers (conftest points it at a fresh directory per test)
+
+# A fresh interpreter: what it resolves for argv[1], and whether it had to import the library.
+FRESH_PROCESS = """
+import json, sys, threading
+from batchrunner import pricing
+pricing.preload()
+book = pricing.PriceBook()
+model = sys.argv[1]
+price = book.price(model)
+print(json.dumps({
+    "price": None if price is None else [price.input, price.output, price.cached_input],
+    "source": book.source(model),
+    "window": book.context_window(model),
+    "version": book.library_version,
+    "imported": "genai_prices" in sys.modules,
+    "threads": threading.active_count(),
+}))
+"""
+
+
+def fresh_process(model: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, model], capture_output=True,
+                          text=True, timeout=60, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def cached(directory: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((directory / "prices.json").read_text())
+    return doc
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The models the price library is asked about (prices and context windows)."""
+    calls: list[str] = []
+    real_price, real_window = pricing._library_price, pricing._library_window
+
+    def price(model: str) -> tuple[ModelPrice, str] | None:
+        calls.append(model)
+        return real_price(model)
+
+    def window(model: str) -> int | None:
+        calls.append(model)
+        return real_window(model)
+
+    monkeypatch.setattr(pricing, "_library_price", price)
+    monkeypatch.setattr(pricing, "_library_window", window)
+    return calls
+
+
+def test_a_warm_cache_prices_a_fresh_process_without_the_library() -> None:
+    cold = fresh_process("gpt-4o-mini")
+    assert cold["imported"]
+    assert cold["source"] == f"genai-prices {genai_prices.__version__} (openai/gpt-4o-mini)"
+    assert cold["window"] and cold["version"] == genai_prices.__version__
+    warm = fresh_process("gpt-4o-mini")
+    assert not warm["imported"]
+    assert warm["threads"] == 1  # preload() started no import either
+    for key in ("price", "source", "window", "version"):
+        assert warm[key] == cold[key]
+
+
+def test_a_run_whose_models_are_cached_never_imports_the_library(tmp_path: Path) -> None:
+    (tmp_path / "one.csv").write_text("id,text\n1,hello\n")
+    script = (
+        "import sys\n"
+        "from batchrunner.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('genai_prices' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    reports = []
+    for out in ("cold", "warm"):
+        done = subprocess.run(
+            [sys.executable, "-c", script, "run", "--simulator", "--input",
+             str(tmp_path / "one.csv"), "--prompt", "Classify: {text}", "--model", "gpt-4o-mini",
+             "--output", str(tmp_path / out), "--progress", "none"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == ("True" if out == "cold" else "False")
+        reports.append(json.loads((tmp_path / out / "cost_report.json").read_text()))
+    cold, warm = reports
+    assert warm["pricing"] == cold["pricing"]
+    assert warm["by_model"] == cold["by_model"]
+    assert warm["cost_usd"] == cold["cost_usd"] > 0
+
+
+def test_unknown_models_are_cached_as_unknown(price_cache_dir: Path, asked: list[str]) -> None:
+    assert PriceBook().price("no-such-model-xyz") is None
+    assert cached(price_cache_dir)["prices"] == {"no-such-model-xyz": None}
+    book = PriceBook()
+    assert book.source("no-such-model-xyz") == "unknown"
+    assert book.cost("no-such-model-xyz", prompt_tokens=1, completion_tokens=1) is None
+    assert asked == ["no-such-model-xyz"]
+
+
+def test_cached_prices_are_the_librarys_exactly(price_cache_dir: Path, asked: list[str]) -> None:
+    models = ["gpt-4o-mini", "claude-sonnet-4-5-20250929", "deepseek-r1", "openai/gpt-4o"]
+    first = PriceBook()
+    answers = [(first.price(m), first.source(m)) for m in models]
+    again = PriceBook()
+    assert [(again.price(m), again.source(m)) for m in models] == answers
+    assert asked == models
+    assert cached(price_cache_dir)["version"] == genai_prices.__version__
+
+
+def test_context_windows_are_cached(price_cache_dir: Path, asked: list[str]) -> None:
+    window = PriceBook().context_window("gpt-4o")
+    assert window is not None and window > 0
+    assert PriceBook().context_window("no-such-model-xyz") is None
+    assert cached(price_cache_dir)["windows"] == {"gpt-4o": window, "no-such-model-xyz": None}
+    book = PriceBook()
+    assert book.context_window("gpt-4o") == window
+    assert book.context_window("no-such-model-xyz") is None
+    assert asked == ["gpt-4o", "no-such-model-xyz"]
+
+
+def test_another_day_asks_the_library_again(
+    price_cache_dir: Path, asked: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    price = PriceBook().price("gpt-4o-mini")
+    monkeypatch.setattr(pricing, "_today", lambda: "2031-01-02")
+    assert PriceBook().price("gpt-4o-mini") == price
+    assert asked == ["gpt-4o-mini", "gpt-4o-mini"]
+    assert cached(price_cache_dir)["day"] == "2031-01-02"  # rewritten for the new day
+
+
+def test_a_book_that_outlives_the_day_reads_the_new_days_cache(
+    price_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = PriceBook()
+    book.price("gpt-4o-mini")
+    monkeypatch.setattr(pricing, "_today", lambda: "2031-01-02")
+    book.price("gpt-4o")
+    doc = cached(price_cache_dir)
+    assert doc["day"] == "2031-01-02" and set(doc["prices"]) == {"gpt-4o"}
+
+
+def test_an_answer_is_not_written_once_the_day_changed(
+    price_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = pricing._read_answers()
+    answers.version = genai_prices.__version__
+    answers.prices["no-such-model-xyz"] = None
+    monkeypatch.setattr(pricing, "_today", lambda: "2031-01-02")
+    pricing._write_answers(answers)  # the answer may be of either day
+    assert not (price_cache_dir / "prices.json").exists()
+
+
+def test_another_library_asks_the_library_again(
+    price_cache_dir: Path, asked: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    price = PriceBook().price("gpt-4o-mini")
+    PriceBook().price("gpt-4o-mini")
+    assert asked == ["gpt-4o-mini"]
+    other = [["genai_prices-99.0.dist-info"], 1, 2, 3, 4]
+    monkeypatch.setattr(pricing, "_library_stamp", lambda: other)
+    assert PriceBook().price("gpt-4o-mini") == price
+    assert asked == ["gpt-4o-mini", "gpt-4o-mini"]
+    assert cached(price_cache_dir)["stamp"] == other
+
+
+def test_the_stamp_follows_the_installed_library_without_importing_it(tmp_path: Path) -> None:
+    """A stand-in ``genai_prices`` first on the path: its version and data file make the stamp."""
+    package = tmp_path / "site" / "genai_prices"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (package / "data.py").write_text("DATA = 1\n")
+    (tmp_path / "site" / "genai_prices-1.0.dist-info").mkdir()
+    script = (
+        "import json, os, sys\n"
+        "from batchrunner import pricing\n"
+        "data = os.path.join(sys.argv[1], 'genai_prices', 'data.py')\n"
+        "stamps = [pricing._library_stamp()]\n"
+        "os.utime(data, ns=(1, 1))\n"
+        "stamps.append(pricing._library_stamp())\n"
+        "os.rename(os.path.join(sys.argv[1], 'genai_prices-1.0.dist-info'),\n"
+        "          os.path.join(sys.argv[1], 'genai_prices-1.1.dist-info'))\n"
+        "stamps.append(pricing._library_stamp())\n"
+        "print(json.dumps([stamps, 'genai_prices' in sys.modules]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path / "site"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "site")], env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    stamps, imported = json.loads(done.stdout)
+    assert not imported
+    assert stamps[0][0] == ["genai_prices-1.0.dist-info"] and stamps[0][1] == len("DATA = 1\n")
+    assert stamps[2][0] == ["genai_prices-1.1.dist-info"]
+    assert len({json.dumps(s) for s in stamps}) == 3
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda doc: b"not json",
+        lambda doc: b"\xff\xfe{}",
+        lambda doc: b"[]",
+        lambda doc: json.dumps({**doc, "prices": []}).encode(),
+        lambda doc: json.dumps({**doc, "version": 3}).encode(),
+        lambda doc: json.dumps({**doc, "windows": {"gpt-4o": "big"}}).encode(),
+        lambda doc: json.dumps({**doc, "windows": {"gpt-4o": True}}).encode(),
+        lambda doc: json.dumps({**doc, "prices": {"gpt-4o-mini": {"input": "0.15"}}}).encode(),
+        lambda doc: json.dumps(
+            {**doc, "prices": {"gpt-4o-mini": {**doc["prices"]["gpt-4o-mini"], "output": -1.0}}}
+        ).encode(),
+        lambda doc: json.dumps(
+            {**doc, "prices": {"gpt-4o-mini": {**doc["prices"]["gpt-4o-mini"], "input": "NaN"}}}
+        ).encode().replace(b'"NaN"', b"NaN"),
+        lambda doc: json.dumps(
+            {**doc, "prices": {"gpt-4o-mini": {**doc["prices"]["gpt-4o-mini"], "source": None}}}
+        ).encode(),
+    ],
+    ids=["text", "binary", "list", "prices-list", "version", "window-str", "window-bool",
+         "price-shape", "negative", "nan", "source"],
+)
+def test_a_corrupt_cache_is_ignored_and_rewritten(
+    price_cache_dir: Path, asked: list[str], spoil: Any
+) -> None:
+    book = PriceBook()
+    price, source = book.price("gpt-4o-mini"), book.source("gpt-4o-mini")
+    book.context_window("gpt-4o")
+    good = cached(price_cache_dir)
+    (price_cache_dir / "prices.json").write_bytes(spoil(good))
+    again = PriceBook()
+    assert (again.price("gpt-4o-mini"), again.source("gpt-4o-mini")) == (price, source)
+    assert asked == ["gpt-4o-mini", "gpt-4o", "gpt-4o-mini"]
+    assert cached(price_cache_dir)["prices"] == {"gpt-4o-mini": good["prices"]["gpt-4o-mini"]}
+
+
+def test_an_unreadable_or_unwritable_cache_is_ignored(
+    tmp_path: Path, asked: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = PriceBook().price("gpt-4o-mini")
+    (tmp_path / "a-file").write_text("")
+    # Under a file: nothing can be created there, whoever runs the tests.
+    monkeypatch.setenv("BATCHRUNNER_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    book = PriceBook()
+    assert book.price("gpt-4o-mini") == expected
+    assert book.context_window("gpt-4o") is not None
+    assert book.library_version == genai_prices.__version__
+    # A directory where the file should be: it can be neither read nor replaced.
+    (tmp_path / "cache" / "prices.json").mkdir(parents=True)
+    monkeypatch.setenv("BATCHRUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    assert PriceBook().price("gpt-4o-mini") == expected
+    assert asked == ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o", "gpt-4o-mini"]
+    assert os.listdir(tmp_path / "cache") == ["prices.json"]  # no temporary file left behind
+
+
+def test_job_prices_win_over_the_cache_and_are_not_written(
+    price_cache_dir: Path, asked: list[str]
+) -> None:
+    PriceBook({"my-model": OWN}).price("my-model")
+    assert not (price_cache_dir / "prices.json").exists()
+    library = PriceBook().price("gpt-4o-mini")
+    before = cached(price_cache_dir)
+    book = PriceBook({"gpt-4o-mini": OWN, "my-model": OWN})
+    assert book.price("gpt-4o-mini") == OWN and book.source("gpt-4o-mini") == "job [prices]"
+    assert book.price("my-model") == OWN
+    assert book.cost("gpt-4o-mini", prompt_tokens=1_000_000, completion_tokens=0) == 2.0
+    assert cached(price_cache_dir) == before
+    assert PriceBook().price("gpt-4o-mini") == library
+    assert asked == ["gpt-4o-mini"]
+
+
+def test_answers_written_by_another_run_are_kept(price_cache_dir: Path) -> None:
+    one, two = PriceBook(), PriceBook()
+    one.price("no-such-model-a")
+    two.price("no-such-model-b")  # read after one wrote, written after
+    one.price("gpt-4o-mini")  # one has not seen b: it must not drop it
+    assert set(cached(price_cache_dir)["prices"]) == {
+        "no-such-model-a", "no-such-model-b", "gpt-4o-mini"
+    }
+    assert os.listdir(price_cache_dir) == ["prices.json"]
+
+
+def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BATCHRUNNER_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert pricing._cache_path() == str(tmp_path / "mine" / "prices.json")
+    monkeypatch.delenv("BATCHRUNNER_CACHE_DIR")
+    assert pricing._cache_path() == str(tmp_path / "xdg" / "batchrunner" / "prices.json")
+    home_cache = str(tmp_path / "home" / ".cache" / "batchrunner" / "prices.json")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # ignored, as the XDG spec says
+    assert pricing._cache_path() == home_cache
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert pricing._cache_path() == home_cache
