@@ -133,6 +133,16 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def warm_up(package_dir: Path) -> None:
+    """Make the runners start as they do on any run but the first of a day with an installed
+    package: modules compiled, and the model's price in the price cache (pricing.py)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(package_dir)],
+                   env=child_env(), timeout=120, check=False)
+    subprocess.run([sys.executable, "-c", "from batchrunner.pricing import PriceBook; "
+                    f"b = PriceBook(); b.price({MODEL!r}); b.library_version"],
+                   env=child_env(), timeout=120, check=True)
+
+
 class SimProcess:
     """``python -m batchrunner.simulator`` in a subprocess; stopped on exit, whatever happens."""
 
@@ -878,13 +888,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = pin_cores()
     tmp_obj = tempfile.TemporaryDirectory(prefix="bench-pacing-")
     tmp = Path(tmp_obj.name)
+    os.environ["BATCHRUNNER_CACHE_DIR"] = str(tmp / "cache")  # the runners' price cache
     where = subprocess.run(  # from where the runners will import it (their cwd is under tmp)
         [sys.executable, "-c", "import batchrunner; print(batchrunner.__file__)"],
         capture_output=True, text=True, env=child_env(), timeout=60, cwd=tmp,
     ).stdout
-    # Compile the runner's modules once, as installing it does (see child_env).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(where.strip()).parent)],
-                   env=child_env(), timeout=120, check=False)
+    warm_up(Path(where.strip()).parent)
     say(f"bench_pacing{' --smoke' if args.smoke else ''}: {len(names)} scenario(s); "
         f"{os.cpu_count()} CPU(s), {cores.describe()}; runner: {Path(where.strip()).parent}")
     ctx = Ctx(smoke=args.smoke, rounds=1 if args.smoke else args.rounds, cores=cores, tmp=tmp)
