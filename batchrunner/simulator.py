@@ -242,6 +242,7 @@ SYSTEM_FINGERPRINT: Final = "fp_batchrunner_sim"
 MAX_N: Final = 128
 MAX_STOP: Final = 4
 EXCERPT_CHARS: Final = 40
+LISTEN_BACKLOG: Final = 4096  # connections waiting to be accepted (the kernel may cap it)
 SHUTDOWN_TIMEOUT_S: Final = 0.5
 MAX_BODY: Final = 64 * 1024 * 1024
 MAX_SCHEMA_DEPTH: Final = 12
@@ -1815,7 +1816,10 @@ class Simulator:
             server.server(), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port)
+        # A deep accept queue, as an API's front end has: with the default of 128, a client
+        # opening hundreds of connections at once has some refused, and each refused one is
+        # retried by the kernel a whole second later.
+        site = web.TCPSite(runner, self.host, self._requested_port, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
         except BaseException:
