@@ -140,8 +140,11 @@ class ChatClient:
 
     async def __aenter__(self) -> ChatClient:
         connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
+        # No cookie jar: requests carry no state between them, and a gateway's cookies (a CDN's
+        # bot-management cookie, say) would otherwise be parsed and matched on every request.
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers
+            connector=connector, timeout=self._timeout, headers=self._headers,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 

@@ -756,3 +756,24 @@ async def test_automatic_concurrency_starts_small_and_grows(tmp_path: Path) -> N
     assert s.exit_code == 0 and s.ok == 1500
     assert max(peaks[:5]) <= 32  # the first 0.25 s, before the tuner's first look
     assert seen["peak"] == 64
+
+
+@pytest.mark.anyio
+async def test_cookies_a_gateway_sets_are_not_sent_back(tmp_path: Path) -> None:
+    """Each request stands alone: a CDN's cookie is neither kept nor sent with the next one."""
+    cookies_seen: list[str | None] = []
+
+    async def sets_cookie(srv: FaultServer, request: web.BaseRequest,
+                          body: dict[str, Any]) -> web.StreamResponse:
+        cookies_seen.append(request.headers.get("Cookie"))
+        text = str(body["messages"][-1]["content"])
+        return web.json_response(completion(body, text),
+                                 headers={"Set-Cookie": "__cf_bm=abc123; Path=/; HttpOnly"})
+
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(6)])
+    async with FaultServer(sets_cookie) as srv:
+        # By name: a cookie jar keeps no cookies from a bare IP address.
+        base_url = srv.base_url.replace("127.0.0.1", "localhost")
+        s = await run(job_for(tmp_path, base_url, inp, concurrency=1))
+    assert s.exit_code == 0
+    assert cookies_seen == [None] * 6
