@@ -30,6 +30,7 @@ __all__ = [
     "scalar",
     "string_array",
     "to_numpy",
+    "typed_array",
 ]
 
 # The numpy type of each Arrow type whose values buffer ``to_numpy`` reads as is.
@@ -117,6 +118,36 @@ def string_array(values: Sequence[str | None]) -> pa.Array:
         [bitmap, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))],
         null_count=nulls,
     )
+
+
+# The Python type of the values ``typed_array`` builds each Arrow type from, and its numpy type.
+_NATIVE: dict[pa.DataType, tuple[type, type[np.generic]]] = {
+    pa.int64(): (int, np.int64),
+    pa.float64(): (float, np.float64),
+    pa.bool_(): (bool, np.bool_),
+}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def typed_array(values: Sequence[Any], typ: pa.DataType) -> pa.Array | None:
+    """``pa.array(values, type=typ)`` for a string, int64, float64 or bool column whose values
+    are all ``None`` or of that column's own Python type (str, int, float, bool), made without
+    importing pandas; ``None`` for any other values (ints beyond int64, a float for an int64
+    column, …), which only ``pa.array`` converts, or refuses, as it does."""
+    present = [v for v in values if v is not None]
+    if pa.types.is_string(typ):
+        return string_array(values) if all(type(v) is str for v in present) else None
+    native = _NATIVE.get(typ)
+    if native is None or any(type(v) is not native[0] for v in present):
+        return None
+    if typ == pa.int64() and present and not (min(present) >= _INT64_MIN
+                                               and max(present) <= _INT64_MAX):
+        return None
+    valid = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
+    data = np.array([False if v is None else v for v in values], dtype=native[1])
+    if typ == pa.bool_():
+        return bool_array(data, valid)
+    return _fixed_width(typ, native[1], data, valid)
 
 
 def null_scalar(typ: pa.DataType) -> pa.Scalar:

@@ -155,3 +155,32 @@ for t in (pa.int64(), pa.float64(), pa.bool_()):
 assert "pandas" not in sys.modules, "pandas was imported"
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize(("typ", "values"), [
+    (pa.int64(), [1, None, -(2**63), 2**63 - 1, 0]),
+    (pa.float64(), [1.5, None, math.inf, -0.0]),
+    (pa.bool_(), [True, None, False, True] * 5),
+    (pa.string(), ["a", None, "✓"]),
+    (pa.int64(), []),
+    (pa.bool_(), [None, None]),
+])
+def test_typed_array_matches_pa_array(typ: pa.DataType, values: list[object]) -> None:
+    built = arrow.typed_array(values, typ)
+    assert built is not None
+    built.validate(full=True)
+    assert built.equals(pa.array(values, type=typ))
+
+
+@pytest.mark.parametrize(("typ", "values"), [
+    (pa.int64(), [1, 2**63]),  # beyond int64: pa.array refuses it
+    (pa.int64(), [1, 1.5]),  # pa.array cuts the float to an int
+    (pa.int64(), [True]),
+    (pa.float64(), [1.0, 1]),
+    (pa.bool_(), [True, 1]),
+    (pa.string(), ["a", 1]),
+    (pa.date32(), [None]),
+])
+def test_typed_array_leaves_other_values_to_pa_array(typ: pa.DataType,
+                                                     values: list[object]) -> None:
+    assert arrow.typed_array(values, typ) is None
