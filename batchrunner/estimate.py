@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
+from batchrunner.arrow import is_value
 from batchrunner.journal import Journal
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
@@ -58,7 +59,7 @@ class Estimate:
 
 def _observed_completion(plan: Plan) -> tuple[float, int] | None:
     state = Journal(plan.out_dir).read(columns=["completion_tokens"])
-    ok = state.filter(pc.equal(state["status"], "ok"))
+    ok = state.filter(is_value(state["status"], "ok"))
     n = ok.num_rows - ok["completion_tokens"].null_count
     if n == 0:
         return None

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from .arrow import string_array
 from .errors import InputError, OutputError, UsageError
 
 __all__ = [
@@ -754,9 +755,7 @@ def _as_text(value: object) -> str | None:
 
 
 def _string_batch(columns: list[str], values: list[list[str | None]]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays(
-        [pa.array(v, type=pa.string()) for v in values], names=list(columns)
-    )
+    return pa.RecordBatch.from_arrays([string_array(v) for v in values], names=list(columns))
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,10 +34,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batchrunner.arrow import bool_array, int64_array, is_value, scalar, to_numpy
 from batchrunner.errors import JournalError, OutputError
 from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA, Outcome
 
-__all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
+__all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Latest", "Order", "int64_array",
+           "new_run_id"]
 
 SEGMENT_GLOB = "seg-*.parquet"
 ROW_GROUP_ROWS = 16_384
@@ -131,19 +133,6 @@ def _number_array(values: Sequence[float | None], n: int, type_: pa.DataType) ->
     data = np.fromiter((v if v is not None and v == v else 0 for v in values) if nulls
                        else values, dtype=_NUMPY_TYPES[type_], count=n)
     return pa.Array.from_buffers(type_, n, [bitmap, pa.py_buffer(data)], null_count=nulls)
-
-
-def int64_array(values: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    """An int64 Arrow array over ``values`` (null where ``valid`` is false), built from its
-    buffers: ``pa.array`` on a numpy array would import pandas."""
-    values = np.ascontiguousarray(values, dtype=np.int64)
-    bitmap = None
-    nulls = 0
-    if valid is not None:
-        nulls = int(len(valid) - np.count_nonzero(valid))
-        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
-    return pa.Array.from_buffers(pa.int64(), len(values), [bitmap, pa.py_buffer(values)],
-                                 null_count=nulls)
 
 
 def write_segment(directory: Path, name: str, table: pa.Table) -> Path:
@@ -334,11 +323,11 @@ class Journal:
                         pf_cache = (si, _open(segs[si]))
                     last = (g, _read_group(pf_cache[1], segs[si], rg, None))
                 rows = window[perm[bounds[j]:bounds[j + 1]]] & _ROW_MASK
-                pieces.append(last[1].take(rows))
+                pieces.append(last[1].take(int64_array(rows)))
             gathered = pa.concat_tables(pieces)
             inverse = np.empty_like(perm)
             inverse[perm] = np.arange(len(perm))
-            yield gathered.take(inverse)
+            yield gathered.take(int64_array(inverse))
 
 
 @dataclass
@@ -360,7 +349,7 @@ class Latest:
         at_positions: np.ndarray = self.loc[self.loc >= 0]
         if not self.others.num_rows:
             return at_positions
-        return np.concatenate([at_positions, self.others["loc"].to_numpy()])
+        return np.concatenate([at_positions, to_numpy(self.others["loc"])])
 
     def prior_cost(self) -> float:
         """The sum of the latest records' known costs."""
@@ -380,16 +369,18 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
     best_at = np.zeros(rows, np.float64)
     best_cost = np.full(rows, np.nan) if cost else None
     unknown: list[pa.Table] = []  # key, ok, at, loc, cost
+    zero, none, end = (scalar(v, pa.int64()) for v in (0, -1, rows))
+    no = scalar(False, pa.bool_())
     for batch in _index_batches(segs, cost=cost):
         if order is None:
             unknown.append(batch)
             continue
         p = pc.cast(order.positions(batch["key"].combine_chunks()), pa.int64())
-        inside = pc.fill_null(pc.and_(pc.greater_equal(p, 0), pc.less(p, rows)), False)
+        inside = pc.fill_null(pc.and_(pc.greater_equal(p, zero), pc.less(p, end)), no)
         if not pc.all(inside).as_py():
             unknown.append(batch.filter(pc.invert(inside)))
-        p = pc.if_else(inside, p, -1).to_numpy()
-        ok, at, loc = (batch[c].to_numpy() for c in ("ok", "at", "loc"))
+        p = to_numpy(pc.if_else(inside, p, none))
+        ok, at, loc = (to_numpy(batch[c]) for c in ("ok", "at", "loc"))
         # Within the batch: the last of each position by (ok, time, location) ...
         rank = np.lexsort((loc, at, ok, p))
         p = p[rank]
@@ -404,7 +395,7 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
         p = p[better]
         best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
         if best_cost is not None:
-            c = pc.fill_null(batch["cost"], float("nan")).to_numpy()
+            c = to_numpy(batch["cost"], fill=float("nan"))
             best_cost[p] = c[take][better]
     del best_at
     others = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
@@ -433,8 +424,8 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False) -> Iterator[pa.T
             base = ((si << _GROUP_BITS) | rg) << _ROW_BITS
             pending.append(pa.table({
                 "key": t["key"],
-                "ok": pc.cast(pc.equal(t["status"], "ok"), pa.int8()),
-                "at": pc.fill_null(t["finished_at"], 0.0),
+                "ok": pc.cast(is_value(t["status"], "ok"), pa.int8()),
+                "at": pc.fill_null(t["finished_at"], scalar(0.0, pa.float64())),
                 "loc": int64_array(np.arange(base, base + t.num_rows, dtype=np.int64)),
                 **({"cost": t["cost_usd"]} if cost else {}),
             }))
@@ -489,8 +480,8 @@ def latest(table: pa.Table) -> pa.Table:
     """One record a key: the newest ``ok`` if any, else the newest record."""
     if table.num_rows == 0:
         return table
-    ok_rank = pc.cast(pc.equal(table["status"], "ok"), pa.int8())
-    idx = pa.array(range(table.num_rows), pa.int64())
+    ok_rank = pc.cast(is_value(table["status"], "ok"), pa.int8())
+    idx = int64_array(np.arange(table.num_rows, dtype=np.int64))
     ranked = table.append_column("__ok", ok_rank).append_column("__i", idx)
     return _last_per_key(ranked, ["__ok", "finished_at", "__i"]).drop_columns(["__ok", "__i"])
 
@@ -505,7 +496,7 @@ def _last_per_key(table: pa.Table, rank: Sequence[str]) -> pa.Table:
         return ranked
     keys = ranked["key"]
     same_as_next = pc.equal(keys.slice(0, n - 1), keys.slice(1))
-    last = pc.invert(pc.fill_null(same_as_next, False))
+    last = pc.invert(pc.fill_null(same_as_next, scalar(False, pa.bool_())))
     mask = pa.concat_arrays([last.combine_chunks() if isinstance(last, pa.ChunkedArray)
-                             else last, pa.array([True])])
+                             else last, bool_array(np.ones(1, dtype=np.bool_))])
     return ranked.filter(mask)

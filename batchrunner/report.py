@@ -64,6 +64,14 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batchrunner.arrow import (
+    float64_array,
+    group_codes,
+    int64_array,
+    is_value,
+    scalar,
+    to_numpy,
+)
 from batchrunner.pricing import LIBRARY_NAME, SOURCE_UNKNOWN, PriceBook
 
 __all__ = [
@@ -129,6 +137,8 @@ _SLICE = 65_536  # add() works through bigger chunks in slices of this many rows
 _SCALE_BITS = 1126
 _HALF_BITS = 26  # m is summed as two halves, so an int64 sum cannot overflow
 
+_FALSE = scalar(False, pa.bool_())
+_NO_VALUE = scalar(NO_VALUE, pa.string())
 _GroupKey = tuple[str | None, bool]  # (model, failed): the groups exact cost sums are kept by
 F64 = npt.NDArray[np.float64]
 
@@ -272,24 +282,25 @@ class OutcomeStats:
         offset = self.rows
         self.rows += n
         status = t["status"]
-        is_ok = pc.fill_null(pc.equal(status, "ok"), False)
+        is_ok = pc.fill_null(is_value(status, "ok"), _FALSE)
         is_failed = pc.invert(is_ok)
         cost = t["cost_usd"]
         unpriced_ok = pc.and_(is_ok, pc.is_null(cost))
         finish = t["finish_reason"]
         self._n_ok += _count(is_ok)
-        self._n_length += _count(pc.fill_null(pc.equal(finish, "length"), False))
+        self._n_length += _count(pc.fill_null(is_value(finish, "length"), _FALSE))
         self._n_unpriced += _count(unpriced_ok)
         _merge_counts(self._status, _counts(status))
         keep = pc.or_(is_ok, pc.is_valid(finish))
-        _merge_counts(self._finish, _counts(pc.fill_null(pc.filter(finish, keep), NO_VALUE)))
+        _merge_counts(self._finish, _counts(pc.fill_null(pc.filter(finish, keep), _NO_VALUE)))
 
         for c in _TOKEN_COLUMNS:
             self._tokens[c] += _int_sum(t[c])
         total = pc.coalesce(t["total_tokens"], pc.add(t["prompt_tokens"], t["completion_tokens"]))
         self._total_tokens += _int_sum(total)
         self._attempts += _int_sum(t["attempts"])
-        self._rows_attempted += _count(pc.fill_null(pc.greater(t["attempts"], 0), False))
+        attempted = pc.greater(t["attempts"], scalar(0, pa.int64()))
+        self._rows_attempted += _count(pc.fill_null(attempted, _FALSE))
         self._rate_limited += _int_sum(t["rate_limited"])
 
         self._add_models(t, is_ok, unpriced_ok, total)
@@ -312,24 +323,15 @@ class OutcomeStats:
         unpriced_ok: pa.ChunkedArray,
         total: pa.ChunkedArray,
     ) -> None:
-        g = pa.table(
-            {
-                "model": t["model"],
-                "ok": pc.cast(is_ok, pa.int64()),
-                "unpriced": pc.cast(unpriced_ok, pa.int64()),
-                **{c: t[c] for c in _TOKEN_COLUMNS},
-                "total": total,
-            }
-        )
-        sums = ["ok", "unpriced", *_TOKEN_COLUMNS, "total"]
-        grouped = g.group_by("model").aggregate(
-            [("ok", "count", pc.CountOptions(mode="all"))] + [(c, "sum") for c in sums]
-        )
-        for r in grouped.to_pylist():
-            acc = self._models.setdefault(r["model"], [0] * (1 + len(sums)))
-            acc[0] += int(r["ok_count"])
-            for i, c in enumerate(sums, 1):
-                acc[i] += int(r[f"{c}_sum"] or 0)
+        group, models = group_codes(t["model"])
+        columns = [is_ok, unpriced_ok, *(t[c] for c in _TOKEN_COLUMNS), total]
+        rows = np.bincount(group, minlength=len(models)).tolist()
+        sums = [_group_sums(group, len(models), c) for c in columns]
+        for j, model in enumerate(models):
+            acc = self._models.setdefault(model, [0] * (1 + len(sums)))
+            acc[0] += rows[j]
+            for i, s in enumerate(sums, 1):
+                acc[i] += s[j]
 
     def _add_costs(
         self, model: pa.ChunkedArray, failed: npt.NDArray[np.bool_], cost: pa.ChunkedArray
@@ -338,58 +340,59 @@ class OutcomeStats:
         values = _np_float(cost)
         finite = np.isfinite(values)
         bad = _np_bool(pc.is_valid(cost)) & ~finite
+        if not bad.any() and not finite.any():
+            return
+        group, models = group_codes(model)
         if bad.any():
-            mask = pa.array(bad)
-            marked = pa.table({"model": model.filter(mask), "failed": pa.array(failed[bad])})
-            for r in marked.group_by(["model", "failed"]).aggregate([]).to_pylist():
-                self._cost_bad.add((r["model"], bool(r["failed"])))
+            for g, f in set(zip(group[bad].tolist(), failed[bad].tolist(), strict=True)):
+                self._cost_bad.add((models[g], f))
         if not finite.any():
             return
         exp, hi, lo = _exact_parts(values[finite])
-        parts = pa.table(
-            {
-                "model": model.filter(pa.array(finite)),
-                "failed": pa.array(failed[finite]),
-                "exp": pa.array(exp),
-                "hi": pa.array(hi),
-                "lo": pa.array(lo),
-            }
-        )
-        grouped = parts.group_by(["model", "failed", "exp"], use_threads=False).aggregate(
-            [("hi", "sum"), ("lo", "sum")]
-        )
-        for r in grouped.to_pylist():
-            key = (r["model"], bool(r["failed"]))
-            m = (int(r["hi_sum"]) << _HALF_BITS) + int(r["lo_sum"])
-            self._cost[key] = self._cost.get(key, 0) + (m << (int(r["exp"]) - 53 + _SCALE_BITS))
+        # One group per (model, failed, exp), numbered (model · 2 + failed) · span + exp - low
+        # (span: the exponents' range in this chunk, a few dozen in practice). When those
+        # numbers would be many more than the rows, only the numbers in use are kept.
+        # hi and lo summed per group are exact in int64.
+        low = int(exp.min())
+        span = int(exp.max()) - low + 1
+        slots = ((group[finite] << 1) | failed[finite]) * span + (exp - low)
+        used: npt.NDArray[np.int64] | None = None
+        size = len(models) * 2 * span
+        if size > max(len(slots), 1 << 16):
+            used, slots = np.unique(slots, return_inverse=True)
+            size = len(used)
+        hi_sums = np.zeros(size, dtype=np.int64)
+        lo_sums = np.zeros(size, dtype=np.int64)
+        np.add.at(hi_sums, slots, hi)
+        np.add.at(lo_sums, slots, lo)
+        for i in np.flatnonzero(np.bincount(slots, minlength=size)).tolist():
+            g2, e = divmod(i if used is None else int(used[i]), span)
+            key = (models[g2 >> 1], bool(g2 & 1))
+            m = (int(hi_sums[i]) << _HALF_BITS) + int(lo_sums[i])
+            self._cost[key] = self._cost.get(key, 0) + (m << (e + low - 53 + _SCALE_BITS))
 
     def _add_errors(self, failed: pa.Table) -> None:
         if failed.num_rows == 0:
             return
-        g = pa.table(
-            {
-                "error_type": pc.fill_null(failed["error_type"], NO_VALUE),
-                "error_message": failed["error_message"],
-            }
-        )
-        grouped = g.group_by("error_type", use_threads=False).aggregate(
-            [
-                ("error_type", "count", pc.CountOptions(mode="all")),
-                ("error_message", "first"),
-            ]
-        )
-        for r in grouped.to_pylist():
-            acc = self._errors.setdefault(r["error_type"], [0, None])
-            acc[0] += int(r["error_type_count"])
-            if acc[1] is None:  # the first message in row order wins
-                acc[1] = _example(r["error_message_first"])
+        group, types = group_codes(pc.fill_null(failed["error_type"], _NO_VALUE))
+        rows = np.bincount(group, minlength=len(types)).tolist()
+        # Each type's first row with a message (none: past the last row).
+        messages = failed["error_message"]
+        with_message = np.flatnonzero(to_numpy(pc.is_valid(messages)))
+        first = np.full(len(types), failed.num_rows, dtype=np.int64)
+        np.minimum.at(first, group[with_message], with_message)
+        for j, error_type in enumerate(types):
+            acc = self._errors.setdefault(error_type, [0, None])
+            acc[0] += rows[j]
+            if acc[1] is None and first[j] < failed.num_rows:  # the first in row order wins
+                acc[1] = _example(messages[int(first[j])].as_py())
 
     def _add_top(self, t: pa.Table, offset: int) -> None:
         """Merge this chunk's top rows into the running top-``TOP_ROWS`` tables."""
-        index = pa.array(np.arange(offset, offset + t.num_rows, dtype=np.int64))
+        index = int64_array(np.arange(offset, offset + t.num_rows, dtype=np.int64))
         for column in _RANKED:
             values = pc.cast(t[column], pa.float64())
-            mask = pc.fill_null(pc.is_finite(values), False)
+            mask = pc.fill_null(pc.is_finite(values), _FALSE)
             small = pa.table({"_v": values, "key": t["key"], "_i": index}).filter(mask)
             if small.num_rows == 0:
                 continue
@@ -397,7 +400,8 @@ class OutcomeStats:
                 small, k=min(TOP_ROWS, small.num_rows), sort_keys=_TOP_ORDER
             )
             best = small.take(order)
-            picked = t.select(list(_TOP_COLUMNS)).take(pc.subtract(best["_i"], offset))
+            at = pc.subtract(best["_i"], scalar(offset, pa.int64()))
+            picked = t.select(list(_TOP_COLUMNS)).take(at)
             picked = picked.append_column("_v", best["_v"]).append_column("_i", best["_i"])
             previous = self._top[column]
             if previous is not None:
@@ -512,7 +516,7 @@ def build_report(
     in_rows_429 = stats._rate_limited
     run_429 = int(counters.get("http_429", 0))
 
-    latency = _latency(pa.array(stats.ok_latency_ms(), pa.float64()))
+    latency = _latency(float64_array(stats.ok_latency_ms()))
     wall = _finite(wall_s)
     per_min = None
     if wall and n_rows:
@@ -630,6 +634,25 @@ def _sorted_counts(counts: Mapping[str, int]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def _group_sums(group: npt.NDArray[np.int64], groups: int,
+                values: pa.ChunkedArray | pa.Array) -> list[int]:
+    """The sum of a boolean or numeric column over each group (``group`` holds each row's),
+    nulls skipped, as integers (a float sum cut to one, as the report shows it)."""
+    typ = values.type
+    data: npt.NDArray[Any]
+    if pa.types.is_boolean(typ):
+        data = to_numpy(values, fill=False).astype(np.int64)
+    elif pa.types.is_unsigned_integer(typ):
+        data = to_numpy(pc.cast(values, pa.uint64()), fill=0)
+    elif pa.types.is_integer(typ) or pa.types.is_null(typ):
+        data = to_numpy(pc.cast(values, pa.int64()), fill=0)
+    else:
+        data = to_numpy(pc.cast(values, pa.float64()), fill=0.0)
+    sums = np.zeros(groups, dtype=data.dtype)
+    np.add.at(sums, group, data)
+    return [int(x) for x in sums.tolist()]
+
+
 def _count(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
 
@@ -733,17 +756,12 @@ class _PerRow:
 
 def _np_float(col: pa.ChunkedArray | pa.Array) -> F64:
     """A column as a new float64 array (owning its memory), NaN where null."""
-    arr = pc.fill_null(pc.cast(col, pa.float64()), math.nan)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.float64())
-    return np.array(arr.to_numpy(zero_copy_only=False), dtype=np.float64, copy=True)
+    values = to_numpy(pc.cast(col, pa.float64()), fill=math.nan)
+    return np.array(values, dtype=np.float64, copy=True)
 
 
 def _np_bool(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[np.bool_]:
-    arr = pc.fill_null(col, False)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.bool_())
-    return np.array(arr.to_numpy(zero_copy_only=False), dtype=np.bool_, copy=True)
+    return np.array(to_numpy(col, fill=False), dtype=np.bool_, copy=True)
 
 
 def _np_small_int(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[Any]:
@@ -753,10 +771,7 @@ def _np_small_int(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[Any]:
         values = _np_float(col)
         values[~np.isfinite(values)] = 0.0
         return values
-    arr = pc.fill_null(col, 0)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.int64())
-    values = np.asarray(arr.to_numpy(zero_copy_only=False))
+    values = to_numpy(col, fill=0)
     if values.size == 0:
         return np.empty(0, dtype=np.int8)
     lo, hi = int(values.min()), int(values.max())

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchrunner import io
-from batchrunner.journal import Journal, int64_array, new_run_id
+from batchrunner.arrow import int64_array, null_scalar, scalar, string_array, to_numpy
+from batchrunner.journal import Journal, new_run_id
 from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA
 from batchrunner.report import REPORT_COLUMNS, OutcomeStats, build_report, write_reports
 
@@ -48,14 +49,15 @@ class InputOrder:
         """int64 input position of each key; null for a key the input does not have."""
         if self.key_column is None:
             digits = pc.match_substring_regex(keys, _DIGITS)
-            pos = pc.cast(pc.if_else(digits, keys, pa.scalar(None, pa.string())), pa.int64())
-            return pc.if_else(pc.less(pos, self.rows), pos, pa.scalar(None, pa.int64()))
+            pos = pc.cast(pc.if_else(digits, keys, null_scalar(pa.string())), pa.int64())
+            return pc.if_else(pc.less(pos, scalar(self.rows, pa.int64())), pos,
+                              null_scalar(pa.int64()))
         ids, order = self._index()
         if len(ids) == 0:
             return pa.nulls(len(keys), pa.int64())
-        at = pc.min_element_wise(pc.search_sorted(ids, keys), len(ids) - 1)
-        found = pc.fill_null(pc.equal(ids.take(at), keys), False)
-        return pc.if_else(found, order.take(at), pa.scalar(None, pa.int64()))
+        at = pc.min_element_wise(pc.search_sorted(ids, keys), scalar(len(ids) - 1, pa.int64()))
+        found = pc.fill_null(pc.equal(ids.take(at), keys), scalar(False, pa.bool_()))
+        return pc.if_else(found, order.take(at), null_scalar(pa.int64()))
 
     def _index(self) -> tuple[pa.Array, pa.Array]:
         if self._sorted is None:
@@ -68,14 +70,14 @@ class InputOrder:
     def _read_ids(self) -> pa.Array:
         assert self.key_column is not None
         parts = [key_strings(b.column(0)) for b in self.source.batches(columns=[self.key_column])]
-        return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+        return pa.concat_arrays(parts) if parts else pa.nulls(0, pa.string())
 
 
 def key_strings(values: pa.Array) -> pa.Array:
     """Id values as the strings rows are keyed by: Python's ``str`` of each value."""
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return values.cast(pa.string())
-    return pa.array([None if v is None else str(v) for v in values.to_pylist()], pa.string())
+    return string_array([None if v is None else str(v) for v in values.to_pylist()])
 
 
 def _result_name(column: str, input_columns: set[str]) -> str:
@@ -106,7 +108,7 @@ class _Outcomes:
                 self._done = True
                 group, pos = group.slice(0, known), pos.slice(0, known)
             self._rows = pa.concat_tables([self._rows, group])
-            self._pos = np.concatenate([self._pos, pos.to_numpy()])
+            self._pos = np.concatenate([self._pos, to_numpy(pos)])
         cut = int(np.searchsorted(self._pos, end, side="left"))
         taken, taken_pos = self._rows.slice(0, cut), self._pos[:cut]
         self._rows, self._pos = self._rows.slice(cut), self._pos[cut:]

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchrunner import io
+from batchrunner.arrow import is_value, string_array, to_numpy
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import DEFAULT_BASE_URL_ENV, JobConfig, check_base_url, environment
 from batchrunner.errors import (
@@ -224,8 +225,8 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
     if options.rerun_where:
         picked = _select(journal, options.rerun_where)  # refuses a bad expression on a first run
         if picked:
-            pos = order.positions(pa.array(sorted(picked), pa.string())).drop_null()
-            done[pos.to_numpy()] = False
+            pos = order.positions(string_array(sorted(picked))).drop_null()
+            done[to_numpy(pos)] = False
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=_structured(request_settings),
@@ -323,7 +324,7 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
                              f"{key_column!r}")
         parts.append(key_strings(col))
         total += batch.num_rows
-    ids = pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+    ids = pa.concat_arrays(parts) if parts else pa.nulls(0, pa.string())
     dup = _first_duplicate(ids)
     if dup is not None:
         raise InputError(f"{where}: id {dup!r} appears more than once in column "
@@ -870,10 +871,10 @@ def format_status(out_dir: Path) -> str:
     ok, failed = statuses.get("ok", 0), statuses.get("failed", 0)
     lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
              f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"]
-    failed_t = state.filter(pa.compute.equal(state["status"], "failed"))
+    failed_t = state.filter(is_value(state["status"], "failed"))
     for etype, n in Counter(failed_t["error_type"].to_pylist()).most_common():
         lines.append(f"  failed {etype}: {n:,}")
-    ok_rows = state.filter(pa.compute.equal(state["status"], "ok"))
+    ok_rows = state.filter(is_value(state["status"], "ok"))
     cost = f"${pa.compute.sum(ok_rows['cost_usd']).as_py() or 0.0:,.4f}"
     if ok_rows["cost_usd"].null_count:
         cost += f" (plus {ok_rows['cost_usd'].null_count:,} rows of unknown price)"

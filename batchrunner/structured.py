@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
+from batchrunner.arrow import string_array, typed_array
 from batchrunner.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -116,11 +117,14 @@ class StructuredOutput:
                 values[col].append(v)
         out: dict[str, pa.Array] = {}
         for _, col, typ in self.columns:
+            typed = typed_array(values[col], typ)  # values of the column's type, as a rule
+            if typed is not None:
+                out[col] = typed
+                continue
             try:
                 out[col] = pa.array(values[col], type=typ)
             except (pa.ArrowInvalid, pa.ArrowTypeError):  # a value of another type: keep as text
-                out[col] = pa.array(
-                    [None if v is None else orjson.dumps(v).decode() for v in values[col]],
-                    type=pa.string(),
+                out[col] = string_array(
+                    [None if v is None else orjson.dumps(v).decode() for v in values[col]]
                 )
         return out

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import stat
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -489,3 +490,71 @@ def test_chunks_need_the_report_columns(book: PriceBook) -> None:
     stats.add(table([ok_row(book, "a", "my-model")]).drop_columns(["key", "content"]))
     assert stats.missing_columns == ("key", "content")  # report.html needs them; the report not
     assert build_report(stats, prices=book, job={}, wall_s=None)["rows"]["total"] == 1
+
+
+def test_group_figures_match_pyarrow_group_by(book: PriceBook) -> None:
+    """Per-model sums, exact cost sums per model and error counts and examples, gathered with
+    numpy, equal pyarrow's group_by over random rows: many models (so the cost groups are
+    numbered sparsely), null models and error types, costs from 5e-324 to 1e300, NaN and
+    infinity."""
+    rng = np.random.default_rng(5)
+    n = 3_000
+    models = [f"m{i}" for i in range(60)]
+    costs = np.where(rng.random(n) < 0.5, 10.0 ** rng.integers(-300, 300, n), rng.random(n))
+    costs[rng.random(n) < 0.01] = math.nan
+    costs[rng.random(n) < 0.005] = math.inf
+    costs[:3] = [5e-324, 1e300, 0.0]
+    t = pa.table({
+        "model": pa.array([None if i % 61 == 60 else models[i % 61] for i in
+                           rng.integers(0, 61, n).tolist()], pa.string()),
+        "status": pa.array(np.where(rng.random(n) < 0.7, "ok", "failed")),
+        "cost_usd": pa.array(costs, mask=rng.random(n) < 0.1),
+        "error_type": pa.array(rng.choice(["a", "b", "c"], n), mask=rng.random(n) < 0.2),
+        "error_message": pa.array([f"message {i}" for i in range(n)], mask=rng.random(n) < 0.5),
+        **{c: pa.array(rng.integers(0, 10**6, n), mask=rng.random(n) < 0.1)
+           for c in ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
+                     "reasoning_tokens")},
+    })
+    stats = OutcomeStats()
+    for start in range(0, n, 1_000):
+        stats.add(_complete(t.slice(start, 1_000)))
+
+    by_model = t.group_by("model").aggregate(
+        [("model", "count", pa.compute.CountOptions(mode="all")),
+         *((c, "sum") for c in ("prompt_tokens", "completion_tokens", "cached_tokens",
+                                "reasoning_tokens"))])
+    for r in by_model.to_pylist():
+        acc = stats._models[r["model"]]
+        assert acc[0] == r["model_count"]
+        assert acc[3:7] == [r[f"{c}_sum"] or 0 for c in ("prompt_tokens", "completion_tokens",
+                                                         "cached_tokens", "reasoning_tokens")]
+    assert len(stats._models) == by_model.num_rows
+
+    failed = t.filter(pa.compute.not_equal(t["status"], "ok"))
+    errors = failed.group_by("error_type", use_threads=False).aggregate(
+        [("error_type", "count", pa.compute.CountOptions(mode="all")), ("error_message", "first")])
+    assert {("(none)" if r["error_type"] is None else r["error_type"]):
+            [r["error_type_count"], r["error_message_first"]]
+            for r in errors.to_pylist()} == stats._errors
+
+    # Cost sums are exact: the sum of the rows' costs as fractions, per (model, failed).
+    exact: dict[tuple[str | None, bool], Fraction] = {}
+    bad: set[tuple[str | None, bool]] = set()
+    for model, status, cost in zip(t["model"].to_pylist(), t["status"].to_pylist(),
+                                   t["cost_usd"].to_pylist(), strict=True):
+        key = (model, status != "ok")
+        if cost is None:
+            continue
+        if math.isfinite(cost):
+            exact[key] = exact.get(key, Fraction(0)) + Fraction(cost)
+        else:
+            bad.add(key)
+    assert stats._cost_bad == bad
+    assert {k: Fraction(v, 1 << 1126) for k, v in stats._cost.items()} == exact
+
+
+def _complete(t: pa.Table) -> pa.Table:
+    """``t`` with the report's other columns, null."""
+    return pa.table({c: t[c] if c in t.column_names
+                     else pa.nulls(t.num_rows, OUTCOME_SCHEMA.field(c).type)
+                     for c in REPORT_COLUMNS})

@@ -1,0 +1,227 @@
+"""Arrow ↔ numpy conversions, Arrow scalars and group codes that keep pandas out of the process.
+
+pyarrow imports pandas (about 0.2 s of CPU and 35 MB) the first time it converts a Python or
+numpy value: ``pa.scalar``, ``pa.array`` of a list or a numpy array, ``Array.to_numpy``,
+``np.asarray`` of an array, a ``pyarrow.compute`` function given a plain Python value, and
+``Table.group_by(...).aggregate`` (through ``pyarrow.acero``). A run, ``report`` and ``status``
+use none of pandas, so the conversions they need are made here from the arrays' buffers, which
+never imports it. Every helper is exact: the same values, types and nulls as the pyarrow call it
+stands for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "bool_array",
+    "float64_array",
+    "group_codes",
+    "int8_array",
+    "int64_array",
+    "is_value",
+    "null_scalar",
+    "scalar",
+    "string_array",
+    "to_numpy",
+    "typed_array",
+]
+
+# The numpy type of each Arrow type whose values buffer ``to_numpy`` reads as is.
+_NUMPY_TYPES: dict[pa.DataType, type[np.generic]] = {
+    pa.int8(): np.int8,
+    pa.int16(): np.int16,
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.uint8(): np.uint8,
+    pa.uint16(): np.uint16,
+    pa.uint32(): np.uint32,
+    pa.uint64(): np.uint64,
+    pa.float32(): np.float32,
+    pa.float64(): np.float64,
+}
+
+
+def _validity(valid: npt.NDArray[np.bool_] | None, n: int) -> tuple[pa.Buffer | None, int]:
+    """The validity bitmap of ``valid`` (None when every value is valid) and the null count."""
+    if valid is None:
+        return None, 0
+    valid = np.asarray(valid, dtype=np.bool_)
+    if len(valid) != n:
+        raise ValueError(f"valid has {len(valid)} entries for {n} values")
+    nulls = int(n - np.count_nonzero(valid))
+    if not nulls:
+        return None, 0
+    return pa.py_buffer(np.packbits(valid, bitorder="little")), nulls
+
+
+def _fixed_width(typ: pa.DataType, dtype: type[np.generic], values: npt.ArrayLike,
+                 valid: npt.NDArray[np.bool_] | None) -> pa.Array:
+    data = np.ascontiguousarray(values, dtype=dtype)
+    bitmap, nulls = _validity(valid, len(data))
+    return pa.Array.from_buffers(typ, len(data), [bitmap, pa.py_buffer(data)], null_count=nulls)
+
+
+def int64_array(values: npt.ArrayLike, valid: npt.NDArray[np.bool_] | None = None) -> pa.Array:
+    """An int64 Arrow array over ``values`` (null where ``valid`` is false), built from its
+    buffers: ``pa.array`` on a numpy array would import pandas."""
+    return _fixed_width(pa.int64(), np.int64, values, valid)
+
+
+def int8_array(values: npt.ArrayLike, valid: npt.NDArray[np.bool_] | None = None) -> pa.Array:
+    """An int8 Arrow array over ``values`` (null where ``valid`` is false), without pandas."""
+    return _fixed_width(pa.int8(), np.int8, values, valid)
+
+
+def float64_array(values: npt.ArrayLike, valid: npt.NDArray[np.bool_] | None = None
+                  ) -> pa.Array:
+    """A float64 Arrow array over ``values`` (null where ``valid`` is false; NaN stays a NaN
+    value, as ``pa.array`` of a numpy array keeps it), without pandas."""
+    return _fixed_width(pa.float64(), np.float64, values, valid)
+
+
+def bool_array(values: npt.ArrayLike, valid: npt.NDArray[np.bool_] | None = None) -> pa.Array:
+    """A boolean Arrow array over ``values`` (null where ``valid`` is false), its bits packed
+    here: ``pa.array`` on a numpy array would import pandas."""
+    bits = np.asarray(values, dtype=np.bool_)
+    bitmap, nulls = _validity(valid, len(bits))
+    data = pa.py_buffer(np.packbits(bits, bitorder="little"))
+    return pa.Array.from_buffers(pa.bool_(), len(bits), [bitmap, data], null_count=nulls)
+
+
+def string_array(values: Sequence[str | None]) -> pa.Array:
+    """A string Arrow array of ``values`` (None: null), built from its UTF-8 bytes and offsets:
+    ``pa.array`` of a Python list would import pandas. Anything else than ``str`` or ``None``
+    (or text that is not valid Unicode) is left to ``pa.array``, to convert or refuse as it
+    always did."""
+    try:
+        encoded = [b"" if v is None else v.encode() for v in values]
+    except (AttributeError, UnicodeEncodeError):
+        return pa.array(values, type=pa.string())
+    if any(v is not None and not isinstance(v, str) for v in values):
+        return pa.array(values, type=pa.string())
+    n = len(encoded)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
+    if offsets[-1] > np.iinfo(np.int32).max:
+        return pa.array(values, type=pa.string())  # too long for one array: pyarrow's error
+    valid = np.fromiter((v is not None for v in values), dtype=np.bool_, count=n)
+    bitmap, nulls = _validity(valid, n)
+    return pa.Array.from_buffers(
+        pa.string(), n,
+        [bitmap, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))],
+        null_count=nulls,
+    )
+
+
+# The Python type of the values ``typed_array`` builds each Arrow type from, and its numpy type.
+_NATIVE: dict[pa.DataType, tuple[type, type[np.generic]]] = {
+    pa.int64(): (int, np.int64),
+    pa.float64(): (float, np.float64),
+    pa.bool_(): (bool, np.bool_),
+}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def typed_array(values: Sequence[Any], typ: pa.DataType) -> pa.Array | None:
+    """``pa.array(values, type=typ)`` for a string, int64, float64 or bool column whose values
+    are all ``None`` or of that column's own Python type (str, int, float, bool), made without
+    importing pandas; ``None`` for any other values (ints beyond int64, a float for an int64
+    column, …), which only ``pa.array`` converts, or refuses, as it does."""
+    present = [v for v in values if v is not None]
+    if pa.types.is_string(typ):
+        return string_array(values) if all(type(v) is str for v in present) else None
+    native = _NATIVE.get(typ)
+    if native is None or any(type(v) is not native[0] for v in present):
+        return None
+    if typ == pa.int64() and present and not (min(present) >= _INT64_MIN
+                                               and max(present) <= _INT64_MAX):
+        return None
+    valid = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
+    data = np.array([False if v is None else v for v in values], dtype=native[1])
+    if typ == pa.bool_():
+        return bool_array(data, valid)
+    return _fixed_width(typ, native[1], data, valid)
+
+
+def null_scalar(typ: pa.DataType) -> pa.Scalar:
+    """A null scalar of ``typ``: ``pa.scalar(None, typ)`` would import pandas."""
+    return pa.nulls(1, typ)[0]
+
+
+def scalar(value: bool | int | float | str, typ: pa.DataType) -> pa.Scalar:
+    """``value`` as an Arrow scalar of ``typ`` (bool, a numeric type or string), taken from a
+    one-value array: ``pa.scalar``, or a plain value given to a ``pyarrow.compute`` function,
+    would import pandas."""
+    if pa.types.is_string(typ):
+        if not isinstance(value, str):
+            raise TypeError(f"a string scalar needs a str, not {type(value).__name__}")
+        return string_array([value])[0]
+    if pa.types.is_boolean(typ):
+        return bool_array(np.array([value], dtype=np.bool_))[0]
+    dtype = _NUMPY_TYPES.get(typ)
+    if dtype is None:
+        raise TypeError(f"no scalar of type {typ} is made here")
+    return _fixed_width(typ, dtype, np.array([value], dtype=dtype), None)[0]
+
+
+def is_value(values: pa.Array | pa.ChunkedArray, value: str) -> pa.Array | pa.ChunkedArray:
+    """``values == value`` for a string column (null where ``values`` is null), as
+    ``pc.equal(values, value)`` gives it without importing pandas."""
+    return pc.equal(values, scalar(value, pa.string()))
+
+
+def to_numpy(values: pa.Array | pa.ChunkedArray, fill: bool | int | float | None = None
+             ) -> npt.NDArray[Any]:
+    """A boolean or numeric Arrow column as a numpy array, nulls replaced by ``fill`` (a column
+    with nulls and no ``fill`` is refused): what ``to_numpy(zero_copy_only=False)`` gives
+    without nulls, without importing pandas. Numbers are a read-only view of the column's
+    buffer when it is one chunk without nulls; booleans are unpacked into a new array."""
+    typ = values.type
+    if isinstance(values, pa.ChunkedArray):
+        if values.num_chunks == 0:
+            return np.empty(0, dtype=np.bool_ if pa.types.is_boolean(typ) else _numpy_type(typ))
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    if values.null_count:
+        if fill is None:
+            raise ValueError(f"{values.null_count} null values and no fill value")
+        values = pc.fill_null(values, scalar(fill, typ))
+    n, offset = len(values), values.offset
+    data = values.buffers()[1]
+    if pa.types.is_boolean(typ):
+        if n == 0:
+            return np.empty(0, dtype=np.bool_)
+        first, last = offset // 8, (offset + n + 7) // 8
+        packed = np.frombuffer(data, dtype=np.uint8, count=last - first, offset=first)
+        bits = np.unpackbits(packed, bitorder="little")
+        start = offset % 8
+        return bits[start:start + n].view(np.bool_)
+    dtype = np.dtype(_numpy_type(typ))
+    if n == 0:
+        return np.empty(0, dtype=dtype)
+    return np.frombuffer(data, dtype=dtype, count=n, offset=offset * dtype.itemsize)
+
+
+def _numpy_type(typ: pa.DataType) -> type[np.generic]:
+    dtype = _NUMPY_TYPES.get(typ)
+    if dtype is None:
+        raise TypeError(f"no numpy conversion of type {typ} here")
+    return dtype
+
+
+def group_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int64], list[Any]]:
+    """The group of each value (0, 1, …) and each group's value (None for null), groups in
+    order of first appearance: ``group_by`` would import pandas through ``pyarrow.acero``."""
+    if isinstance(values, pa.ChunkedArray):
+        if values.num_chunks == 0:
+            return np.empty(0, dtype=np.int64), []
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    encoded = pc.dictionary_encode(values, null_encoding="encode")
+    codes = to_numpy(pc.cast(encoded.indices, pa.int64()))
+    return codes, encoded.dictionary.to_pylist()
