@@ -95,13 +95,15 @@ def bool_array(values: npt.ArrayLike, valid: npt.NDArray[np.bool_] | None = None
     return pa.Array.from_buffers(pa.bool_(), len(bits), [bitmap, data], null_count=nulls)
 
 
-def string_array(values: Sequence[str | None]) -> pa.Array:
+def string_array(values: Sequence[str | None], *, replace_invalid: bool = False) -> pa.Array:
     """A string Arrow array of ``values`` (None: null), built from its UTF-8 bytes and offsets:
-    ``pa.array`` of a Python list would import pandas. Anything else than ``str`` or ``None``
-    (or text that is not valid Unicode) is left to ``pa.array``, to convert or refuse as it
-    always did."""
+    ``pa.array`` of a Python list would import pandas. With ``replace_invalid``, text that is
+    not valid Unicode (a lone surrogate) gets "?" for its bad characters. Anything else than
+    ``str`` or ``None`` (or, without ``replace_invalid``, text that is not valid Unicode) is left
+    to ``pa.array``, to convert or refuse as it always did."""
+    errors = "replace" if replace_invalid else "strict"
     try:
-        encoded = [b"" if v is None else v.encode() for v in values]
+        encoded = [b"" if v is None else v.encode("utf-8", errors) for v in values]
     except (AttributeError, UnicodeEncodeError):
         return pa.array(values, type=pa.string())
     if any(v is not None and not isinstance(v, str) for v in values):
@@ -109,8 +111,9 @@ def string_array(values: Sequence[str | None]) -> pa.Array:
     n = len(encoded)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
-    if offsets[-1] > np.iinfo(np.int32).max:
-        return pa.array(values, type=pa.string())  # too long for one array: pyarrow's error
+    if offsets[-1] > np.iinfo(np.int32).max:  # too long for one array: pyarrow splits it
+        return pa.array([None if v is None else v.encode("utf-8", errors).decode()
+                         for v in values], type=pa.string())
     valid = np.fromiter((v is not None for v in values), dtype=np.bool_, count=n)
     bitmap, nulls = _validity(valid, n)
     return pa.Array.from_buffers(
