@@ -777,3 +777,60 @@ async def test_cookies_a_gateway_sets_are_not_sent_back(tmp_path: Path) -> None:
         s = await run(job_for(tmp_path, base_url, inp, concurrency=1))
     assert s.exit_code == 0
     assert cookies_seen == [None] * 6
+
+
+@pytest.mark.anyio
+async def test_timeouts_are_per_request_and_cancellation_is_not_a_timeout() -> None:
+    """The client's watchdog times out a request that outlives timeout_s, and never turns a
+    cancellation from outside into a timeout."""
+    from batchrunner.client import ChatClient
+    from batchrunner.errors import TransportError
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    async with SilentServer() as silent, Simulator(SimulatorConfig(latency_ms=20)) as sim:
+        async with ChatClient(silent.base_url, KEY, timeout_s=0.3, connections=8) as client:
+            started = anyio.current_time()
+            with pytest.raises(TransportError) as caught:
+                await client.complete(body)
+            assert caught.value.error_type == "timeout"
+            assert 0.3 <= anyio.current_time() - started < 5.0
+            with anyio.move_on_after(0.1) as scope:  # cancelled before the deadline
+                await client.complete(body)
+            assert scope.cancelled_caught
+            assert not client._deadlines and not client._expired
+        async with ChatClient(sim.base_url, KEY, timeout_s=0.3, connections=8) as client:
+            for _ in range(3):  # each well within its own deadline
+                assert (await client.complete(body)).finish_reason == "stop"
+                await anyio.sleep(0.15)
+            assert not client._deadlines and not client._expired
+
+
+@pytest.mark.anyio
+async def test_a_cancel_in_the_instant_of_a_timeout_stays_a_cancel() -> None:
+    from batchrunner.client import ChatClient
+    from batchrunner.errors import TransportError
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    seen: list[str] = []
+    async with SilentServer() as silent:
+        client = ChatClient(silent.base_url, KEY, timeout_s=0.2, connections=8)
+        client._watch_every = 3600.0  # the test runs the watchdog itself
+        async with client:
+            async def request(scope: anyio.CancelScope) -> None:
+                with scope:
+                    try:
+                        await client.complete(body)
+                    except TransportError as e:
+                        seen.append(e.error_type)
+                seen.append("cancelled" if scope.cancelled_caught else "finished")
+
+            scope = anyio.CancelScope()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(request, scope)
+                with anyio.fail_after(5):
+                    while not client._deadlines:  # noqa: ASYNC110 - polls the client
+                        await anyio.sleep(0.01)
+                await anyio.sleep(0.3)  # past the deadline
+                scope.cancel()  # in the same step as the watchdog's cancellation
+                client._watch()
+    assert seen == ["cancelled"]
