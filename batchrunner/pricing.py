@@ -52,12 +52,12 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from decimal import Decimal
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from batchrunner.errors import ConfigError
 
@@ -77,6 +77,7 @@ _DAY_SAMPLES = tuple(time(hour=m // 60, minute=m % 60) for m in range(0, 24 * 60
 # The disk cache of the library's answers: its file name, and the version of its layout.
 _CACHE_FILE = "prices.json"
 _CACHE_FORMAT = 1
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -184,17 +185,8 @@ class PriceBook:
     def context_window(self, model: str) -> int | None:
         """The model's context window in tokens, from the price library, if it says."""
         if model not in self._windows:
-            with self._answers_lock:
-                answers = self._current_answers()
-                known, window = model in answers.windows, answers.windows.get(model)
-            if not known:
-                window = _library_window(model)
-                version = str(_library().__version__)
-                with self._answers_lock:
-                    answers.version = version
-                    answers.windows[model] = window
-                    _write_answers(answers)
-            self._windows[model] = window
+            self._windows[model] = self._answer(
+                lambda a: a.windows, model, lambda: _library_window(model))
         return self._windows[model]
 
     def _resolve(self, model: str) -> None:
@@ -202,25 +194,28 @@ class PriceBook:
         if model in self._overrides:
             price, source = self._overrides[model], SOURCE_JOB
         else:
-            with self._answers_lock:
-                answers = self._current_answers()
-                known, entry = model in answers.prices, answers.prices.get(model)
-            if not known:
-                found = _library_price(model)
-                version = str(_library().__version__)
-                entry = None
-                if found is not None:
-                    entry = found[0], f"{LIBRARY_NAME} {version} ({found[1]})"
-                with self._answers_lock:
-                    answers.version = version
-                    answers.prices[model] = entry
-                    _write_answers(answers)
+            entry = self._answer(lambda a: a.prices, model, lambda: _library_entry(model))
             price, source = entry if entry is not None else (None, SOURCE_UNKNOWN)
         self._prices[model] = price
         self._sources[model] = source
         self._rates[model] = (
             None if price is None else (price.input, price.effective_cached_input, price.output)
         )
+
+    def _answer(self, table: Callable[[_Answers], dict[str, _T]], model: str,
+                ask: Callable[[], _T]) -> _T:
+        """The disk cache's answer for ``model`` in ``table``, else ``ask()``'s, then cached."""
+        with self._answers_lock:
+            answers = self._current_answers()
+            if model in table(answers):
+                return table(answers)[model]
+        value = ask()
+        version = str(_library().__version__)
+        with self._answers_lock:
+            answers.version = version
+            table(answers)[model] = value
+            _write_answers(answers)
+        return value
 
     def _current_answers(self) -> _Answers:
         """The disk cache, read on first use and again once the UTC day changed. Caller locks."""
@@ -321,6 +316,14 @@ def _candidates(model: str) -> list[tuple[str, str | None]]:
         if c[0] and c not in unique:
             unique.append(c)
     return unique
+
+
+def _library_entry(model: str) -> tuple[ModelPrice, str] | None:
+    """``genai-prices``' price for ``model`` and its source, as the cache keeps them."""
+    found = _library_price(model)
+    if found is None:
+        return None
+    return found[0], f"{LIBRARY_NAME} {_library().__version__} ({found[1]})"
 
 
 def _library_window(model: str) -> int | None:
