@@ -356,15 +356,17 @@ class ChatClient:
                 request_id=request_id,
             )
         choice = choices[0]
-        if not isinstance(choice.get("message"), dict) and not choice.get("finish_reason"):
-            raise BadResponseError(
-                "no_choices", "HTTP 200 with a choice that has no message", retryable=True,
-                status=200, request_id=request_id,
-            )
-        message = choice.get("message") or {}
-        content = message.get("content") if isinstance(message, dict) else None
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            if not choice.get("finish_reason"):
+                raise BadResponseError(
+                    "no_choices", "HTTP 200 with a choice that has no message", retryable=True,
+                    status=200, request_id=request_id,
+                )
+            message = {}
+        content = message.get("content")
         pt, ct, tt, cached, reasoning = _usage(payload.get("usage"))
-        thought = message.get("reasoning_content") if isinstance(message, dict) else None
+        thought = message.get("reasoning_content")
         model = payload.get("model")
         return ChatResult(
             content=content if isinstance(content, str) else None,
@@ -406,25 +408,23 @@ def _all_choices(choices: list[Any]) -> str:
 
 def _usage(usage: Any) -> tuple[int | None, int | None, int | None, int | None, int | None]:
     """(prompt, completion, total, cached, reasoning) tokens; all None without a usage object."""
-    if not isinstance(usage, dict):
+    if type(usage) is not dict:
         return None, None, None, None, None
-    pt = _int(usage.get("prompt_tokens"))
-    ct = _int(usage.get("completion_tokens"))
-    tt = _int(usage.get("total_tokens"))
+    get = usage.get
+    # Counts are ints, not bools or floats: anything else is not a count.
+    pt = v if type(v := get("prompt_tokens")) is int else None
+    ct = v if type(v := get("completion_tokens")) is int else None
+    tt = v if type(v := get("total_tokens")) is int else None
     if tt is None and pt is not None and ct is not None:
         tt = pt + ct
-    ptd = usage.get("prompt_tokens_details")
-    cached = _int(ptd.get("cached_tokens")) if isinstance(ptd, dict) else None
-    ctd = usage.get("completion_tokens_details")
-    reasoning = _int(ctd.get("reasoning_tokens")) if isinstance(ctd, dict) else None
+    ptd = get("prompt_tokens_details")
+    cached = v if type(ptd) is dict and type(v := ptd.get("cached_tokens")) is int else None
+    ctd = get("completion_tokens_details")
+    reasoning = v if type(ctd) is dict and type(v := ctd.get("reasoning_tokens")) is int else None
     if pt is not None:
         cached = cached or 0
         reasoning = reasoning or 0
     return pt, ct, tt, cached, reasoning
-
-
-def _int(v: Any) -> int | None:
-    return v if type(v) is int else None  # not bool, not float
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -665,7 +665,10 @@ class _Run:
         self.latency_s += 0.05 * (res.latency_ms / 1000.0 - self.latency_s)
         requested = str(item.body.get("model") or "")
         prices = self.plan.prices
-        model = res.model if res.model and prices.price(res.model) is not None else requested
+        # Priced as the model that answered, when its price is known (a gateway may route).
+        answered = res.model
+        model = (requested if not answered or answered == requested
+                 or prices.price(answered) is None else answered)
         cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)
