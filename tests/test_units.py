@@ -196,9 +196,12 @@ async def test_limiter_pause_holds_new_requests() -> None:
 
 def test_runs_use_uvloop_unless_asked_for_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
     from batchrunner.cli import event_loop_options
+    from batchrunner.eventloop import loop_factory
 
     uvloop = pytest.importorskip("uvloop")
     monkeypatch.delenv("BATCHRUNNER_EVENT_LOOP", raising=False)
+    assert loop_factory() is uvloop.new_event_loop
     assert event_loop_options() == {"loop_factory": uvloop.new_event_loop}
     monkeypatch.setenv("BATCHRUNNER_EVENT_LOOP", "asyncio")
+    assert loop_factory() is None
     assert event_loop_options() == {}
