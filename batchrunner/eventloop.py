@@ -1,9 +1,10 @@
-"""The event loop the commands run on: uvloop's where it is installed (Linux and macOS), else
-Python's own. ``BATCHRUNNER_EVENT_LOOP=asyncio`` keeps Python's own loop.
+"""The event loop ``batchrunner run`` runs on: uvloop's where it is installed (Linux and
+macOS), else Python's own. ``BATCHRUNNER_EVENT_LOOP=asyncio`` keeps Python's own loop.
 
 uvloop's loop and transports are written in C: a 20,000-request run at 0 ms latency spends about
-19 µs less CPU a request on it (3.13 → 2.75 s), and the simulator answers a burst of requests
-sooner.
+19 µs less CPU a request on it (3.13 → 2.75 s). The simulator stays on Python's loop: on uvloop
+it served no more requests a second in `bench_simulator.py` (within the noise), and it would
+change the benchmarks' reference server.
 """
 
 from __future__ import annotations

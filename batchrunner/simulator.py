@@ -144,7 +144,6 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from batchrunner.errors import ConfigError, UsageError
-from batchrunner.eventloop import loop_factory
 
 __all__ = [
     "DEFAULT_LISTED_MODELS",
@@ -2137,8 +2136,8 @@ async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
 
 def serve(config: SimulatorConfig, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
     """Run the simulator until Ctrl-C or SIGTERM; prints one line with its URL."""
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=loop_factory()) as r:
-        r.run(_serve(config, host, port))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(config, host, port))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
