@@ -46,8 +46,7 @@ from batchrunner.arrow import (
 from batchrunner.errors import JournalError, OutputError
 from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA, Outcome
 
-__all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Latest", "Order", "int64_array",
-           "new_run_id"]
+__all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
 
 SEGMENT_GLOB = "seg-*.parquet"
 ROW_GROUP_ROWS = 16_384

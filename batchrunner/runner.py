@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchrunner import io
-from batchrunner.arrow import is_value, string_array, to_numpy
+from batchrunner.arrow import int64_array, is_value, string_array, to_numpy
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import DEFAULT_BASE_URL_ENV, JobConfig, check_base_url, environment
 from batchrunner.errors import (
@@ -50,7 +50,7 @@ from batchrunner.errors import (
     StopJob,
     UsageError,
 )
-from batchrunner.journal import Journal, JournalWriter, int64_array, new_run_id
+from batchrunner.journal import Journal, JournalWriter, new_run_id
 from batchrunner.limiter import Limiter
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
