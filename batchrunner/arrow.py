@@ -100,27 +100,52 @@ def string_array(values: Sequence[str | None], *, replace_invalid: bool = False)
     ``pa.array`` of a Python list would import pandas. With ``replace_invalid``, text that is
     not valid Unicode (a lone surrogate) gets "?" for its bad characters. Anything else than
     ``str`` or ``None`` (or, without ``replace_invalid``, text that is not valid Unicode) is left
-    to ``pa.array``, to convert or refuse as it always did."""
-    errors = "replace" if replace_invalid else "strict"
-    try:
-        encoded = [b"" if v is None else v.encode("utf-8", errors) for v in values]
-    except (AttributeError, UnicodeEncodeError):
+    to ``pa.array``, to convert or refuse as it always did.
+
+    The journal builds every string column of every row with this, so the common cases skip
+    the loop over the values in Python: a column of nulls only, and ASCII text, whose UTF-8
+    bytes are the joined text and whose offsets are the running sum of the lengths."""
+    n = len(values)
+    kinds = set(map(type, values))
+    if not kinds <= _TEXT_KINDS:
         return pa.array(values, type=pa.string())
-    if any(v is not None and not isinstance(v, str) for v in values):
-        return pa.array(values, type=pa.string())
-    n = len(encoded)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
-    if offsets[-1] > np.iinfo(np.int32).max:  # too long for one array: pyarrow splits it
-        return pa.array([None if v is None else v.encode("utf-8", errors).decode()
-                         for v in values], type=pa.string())
-    valid = np.fromiter((v is not None for v in values), dtype=np.bool_, count=n)
-    bitmap, nulls = _validity(valid, n)
+    if str not in kinds:
+        return pa.nulls(n, pa.string())
+    present: Sequence[str] = values if type(None) not in kinds else [  # type: ignore[assignment]
+        "" if v is None else v for v in values]
+    text = "".join(present)
+    if text.isascii():
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, present), dtype=np.int64, count=n), out=offsets[1:])
+        data = text.encode("ascii")
+    else:
+        errors = "replace" if replace_invalid else "strict"
+        try:
+            encoded = [v.encode("utf-8", errors) for v in present]
+        except UnicodeEncodeError:
+            return pa.array(values, type=pa.string())
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=offsets[1:])
+        if offsets[-1] > np.iinfo(np.int32).max:  # too long for one array: pyarrow splits it
+            return pa.array([None if v is None else v.encode("utf-8", errors).decode()
+                             for v in values], type=pa.string())
+        data = b"".join(encoded)
+    if present is values:
+        bitmap, nulls = None, 0
+    else:
+        bitmap, nulls = _validity(np.fromiter(map(_is_not_none, values), dtype=np.bool_,
+                                              count=n), n)
     return pa.Array.from_buffers(
-        pa.string(), n,
-        [bitmap, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))],
+        pa.string(), n, [bitmap, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)],
         null_count=nulls,
     )
+
+
+_TEXT_KINDS = frozenset({str, type(None)})
+
+
+def _is_not_none(v: object) -> bool:
+    return v is not None
 
 
 # The Python type of the values ``typed_array`` builds each Arrow type from, and its numpy type.

@@ -107,12 +107,20 @@ _FIELDS = attrgetter(*OUTCOME_COLUMNS)
 def _number_array(values: Sequence[float | None], type_: pa.DataType) -> pa.Array:
     """An int64 or float64 column of ``values``; None and NaN are null."""
     n = len(values)
-    valid = np.fromiter((v is not None and v == v for v in values), np.bool_, n)
-    numbers = values if valid.all() else (
-        v if ok else 0 for v, ok in zip(values, valid.tolist(), strict=True))
-    if type_ == pa.int64():
-        return int64_array(np.fromiter(numbers, np.int64, n), valid)
-    return float64_array(np.fromiter(numbers, np.float64, n), valid)
+    dtype = np.int64 if type_ == pa.int64() else np.float64
+    nones = values.count(None)
+    if nones == n:
+        return pa.nulls(n, type_)
+    if not nones:
+        numbers = np.fromiter(values, dtype, n)
+        valid = None if dtype is np.int64 or not np.isnan(numbers).any() else ~np.isnan(numbers)
+    else:
+        valid = np.fromiter((v is not None and v == v for v in values), np.bool_, n)
+        numbers = np.fromiter((v if ok else 0 for v, ok in zip(values, valid.tolist(),
+                                                                strict=True)), dtype, n)
+    if dtype is np.int64:
+        return int64_array(numbers, valid)
+    return float64_array(numbers, valid)
 
 
 def write_segment(directory: Path, name: str, table: pa.Table) -> Path:

@@ -44,11 +44,21 @@ def test_builders_match_pa_array() -> None:
 
 
 def test_string_array_matches_pa_array() -> None:
-    for values in ([], [None], ["ok", None, "", "naïve ✓", "x" * 1000, None],
-                   ["a"] * 5):
+    class Text(str):
+        pass
+
+    for values in ([], [None], [None, None, None], ["ok", None, "", "naïve ✓", "x" * 1000, None],
+                   ["a"] * 5, ["ascii", "only", ""], ("a tuple", None), ["é", "ü", "✓"],
+                   [None, "ü", None], [Text("sub"), "class", None], [""] * 3):
         built = arrow.string_array(values)
         built.validate(full=True)
-        assert built.equals(pa.array(values, type=pa.string()))
+        assert built.equals(pa.array(values, type=pa.string())), values
+        assert built.to_pylist() == list(values)
+    # A lone surrogate is refused as by pa.array, or replaced when asked.
+    with pytest.raises((pa.ArrowInvalid, UnicodeEncodeError)):
+        arrow.string_array(["ok", "bad \ud800"])
+    assert arrow.string_array(["ok", "bad \ud800", None], replace_invalid=True).to_pylist() == [
+        "ok", "bad ?", None]
     # What is not a str goes to pa.array, which refuses it as before.
     with pytest.raises((pa.ArrowTypeError, pa.ArrowInvalid)):
         arrow.string_array([1, "a"])  # type: ignore[list-item]

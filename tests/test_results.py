@@ -255,6 +255,18 @@ def test_outcomes_table_nulls_empty_text_and_nan() -> None:
     assert table["cost_usd"].to_pylist() == [None, None, 0.5, None, None, 0.5, None, None, 0.5,
                                              None]
     assert table["attempts"].null_count == 0
+    # Columns without a None, and columns of None only, take their own ways.
+    whole = journal.outcomes_table([Outcome(key="a", status="ok", cost_usd=float("nan"),
+                                            latency_ms=1.5, prompt_tokens=2**40),
+                                    Outcome(key="b", status="ok", cost_usd=0.25, latency_ms=2.0,
+                                            prompt_tokens=-1)])
+    whole.validate(full=True)
+    assert whole["cost_usd"].to_pylist() == [None, 0.25]
+    assert whole["latency_ms"].to_pylist() == [1.5, 2.0]
+    assert whole["prompt_tokens"].to_pylist() == [2**40, -1]
+    assert whole["ttft_ms"].to_pylist() == [None, None]
+    assert whole["content"].to_pylist() == [None, None]
+    assert whole["content"].type == pa.string()
 
 
 def _write_meta(out: Path, inp: Path, total: int, id_column: str | None) -> None:
