@@ -21,10 +21,12 @@ import random
 import signal
 import sys
 import time
+import tokenize
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -288,7 +290,8 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
 
 
 def _select(journal: Journal, where: str) -> set[str]:
-    table = journal.read()
+    """The keys of the rows ``where`` (a pandas query over the latest outcomes) picks."""
+    table = journal.read(_where_columns(where))
     df = table.to_pandas()
     try:
         picked = df.query(where, engine="python")
@@ -298,6 +301,17 @@ def _select(journal: Journal, where: str) -> set[str]:
             f"(columns: {', '.join(OUTCOME_COLUMNS)})"
         ) from None
     return set(picked["key"].astype(str))
+
+
+def _where_columns(where: str) -> list[str] | None:
+    """The outcome columns ``where`` names (None: all of them, when it cannot be read), so a
+    filter on ``status`` or ``error_type`` does not load every reply's text."""
+    try:
+        names = {t.string for t in tokenize.generate_tokens(StringIO(where).readline)
+                 if t.type == tokenize.NAME}
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    return [c for c in OUTCOME_COLUMNS if c in names]
 
 
 def _first_line(e: BaseException) -> str:

@@ -352,3 +352,14 @@ def test_first_duplicate_is_the_first_repeat_in_row_order() -> None:
     assert _first_duplicate(pa.array(["x", "b", "a", "b", "a", "x"])) == "b"
     assert key_strings(pa.array([1, None, 3])).to_pylist() == ["1", None, "3"]
     assert key_strings(pa.array([1.0])).to_pylist() == ["1.0"]  # as str() keys the rows
+
+
+def test_rerun_where_reads_only_the_columns_it_names() -> None:
+    from batchrunner.runner import _where_columns
+
+    assert _where_columns("status == 'failed' and latency_ms > 100") == ["status", "latency_ms"]
+    # Names inside a string, and methods, are not columns.
+    assert _where_columns("error_message.str.contains('content')") == ["error_message"]
+    assert _where_columns("`error_type` == 'timeout'") == ["error_type"]
+    assert _where_columns("True") == []
+    assert _where_columns("(status == 'ok'") is None  # unreadable: every column
