@@ -237,17 +237,20 @@ class ChatClient:
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
                      latency_ms: float, headers: dict[str, str]) -> ChatResult:
+        usage = _usage(st.usage)
+        billed = usage if usage[0] is not None else None
         if st.error is not None:
             message = self.redact(" ".join(str(st.error.get("message") or "").split()))
             raise BadResponseError("stream_error", message[:_MAX_MESSAGE] or "error event",
-                                   retryable=True, status=200, request_id=request_id)
+                                   retryable=True, status=200, request_id=request_id,
+                                   usage=billed)
         if not st.done:
             raise TransportError("stream_cut", "the stream ended before [DONE]", retryable=True,
-                                 request_id=request_id)
+                                 request_id=request_id, usage=billed)
         if st.finish_reason is None and not st.content:
             raise BadResponseError("no_choices", "a stream without choices", retryable=True,
-                                   status=200, request_id=request_id)
-        pt, ct, tt, cached, reasoning = _usage(st.usage)
+                                   status=200, request_id=request_id, usage=billed)
+        pt, ct, tt, cached, reasoning = usage
         return ChatResult(
             content="".join(st.content), finish_reason=st.finish_reason, prompt_tokens=pt,
             completion_tokens=ct, total_tokens=tt, cached_tokens=cached,
@@ -353,7 +356,7 @@ class ChatClient:
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
             raise BadResponseError(
                 "no_choices", "HTTP 200 without choices", retryable=True, status=200,
-                request_id=request_id,
+                request_id=request_id, usage=_billed(payload),
             )
         choice = choices[0]
         message = choice.get("message")
@@ -361,7 +364,7 @@ class ChatClient:
             if not choice.get("finish_reason"):
                 raise BadResponseError(
                     "no_choices", "HTTP 200 with a choice that has no message", retryable=True,
-                    status=200, request_id=request_id,
+                    status=200, request_id=request_id, usage=_billed(payload),
                 )
             message = {}
         content = message.get("content")
@@ -425,6 +428,13 @@ def _usage(usage: Any) -> tuple[int | None, int | None, int | None, int | None, 
         cached = cached or 0
         reasoning = reasoning or 0
     return pt, ct, tt, cached, reasoning
+
+
+def _billed(payload: dict[str, Any]
+            ) -> tuple[int | None, int | None, int | None, int | None, int | None] | None:
+    """The usage of an answer that is not a usable completion, if it reported one."""
+    usage = _usage(payload.get("usage"))
+    return usage if usage[0] is not None else None
 
 
 def _retry_after(headers: Any) -> float | None:

@@ -80,7 +80,7 @@ def estimate(plan: Plan) -> Estimate:
         est.completion_basis = (
             f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens (set max_tokens for a bound)"
         )
-    for key, row in iter_rows(plan):
+    for key, row, _ in iter_rows(plan):
         item, reason = make_work(plan, key, row)
         if item is None:
             est.not_sendable[reason] += 1

@@ -44,7 +44,7 @@ from batchrunner.arrow import (
     to_numpy,
 )
 from batchrunner.errors import JournalError, OutputError
-from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA, Outcome
+from batchrunner.records import ADDED_COLUMNS, OUTCOME_COLUMNS, OUTCOME_SCHEMA, Outcome
 
 __all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
 
@@ -218,7 +218,7 @@ class Journal:
         """Refuse any segment whose footer cannot be read or whose columns are not ours."""
         for seg in self.segments():
             try:
-                ok = pq.read_schema(seg).equals(OUTCOME_SCHEMA)
+                ok = _known_schema(pq.read_schema(seg))
             except Exception as e:
                 reason = type(e).__name__
             else:
@@ -323,9 +323,10 @@ class Latest:
     """The latest record of every row, by input position and for keys the input lacks.
 
     ``loc[p]`` is the location of position ``p``'s latest record (-1: none), ``ok[p]`` 1 if it
-    is ok, 0 if not, -1 if there is none; ``cost[p]`` its ``cost_usd`` (NaN: none), when asked
-    for. ``others`` holds the latest record of each key the input does not have, by key
-    (columns key, ok, at, loc, and cost when asked for)."""
+    is ok, 0 if not, -1 if there is none; ``cost[p]`` its ``cost_usd`` plus ``earlier_cost_usd``
+    (what the row has cost so far; NaN: none), when asked for. ``others`` holds the latest
+    record of each key the input does not have, by key (columns key, ok, at, loc, and cost when
+    asked for)."""
 
     loc: np.ndarray
     ok: np.ndarray
@@ -340,7 +341,7 @@ class Latest:
         return np.concatenate([at_positions, to_numpy(self.others["loc"])])
 
     def prior_cost(self) -> float:
-        """The sum of the latest records' known costs."""
+        """The sum of the latest records' known costs, earlier attempts included."""
         total = 0.0 if self.cost is None else float(np.nansum(self.cost))
         if self.others.num_rows and "cost" in self.others.column_names:
             total += float(pc.sum(self.others["cost"]).as_py() or 0.0)
@@ -406,7 +407,7 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False) -> Iterator[pa.T
         pf = _open(seg)
         for rg in range(pf.num_row_groups):
             t = _read_group(pf, seg, rg, ["key", "status", "finished_at",
-                                          *(["cost_usd"] if cost else [])])
+                                          *(["cost_usd", "earlier_cost_usd"] if cost else [])])
             if t.num_rows > _ROW_MASK or rg >= 1 << _GROUP_BITS:
                 raise JournalError(f"journal segment {seg} is too large to compact")
             base = ((si << _GROUP_BITS) | rg) << _ROW_BITS
@@ -415,7 +416,7 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False) -> Iterator[pa.T
                 "ok": pc.cast(is_value(t["status"], "ok"), pa.int8()),
                 "at": pc.fill_null(t["finished_at"], scalar(0.0, pa.float64())),
                 "loc": int64_array(np.arange(base, base + t.num_rows, dtype=np.int64)),
-                **({"cost": t["cost_usd"]} if cost else {}),
+                **({"cost": _spent(t["cost_usd"], t["earlier_cost_usd"])} if cost else {}),
             }))
             rows += t.num_rows
             if rows >= _INDEX_ROWS:
@@ -425,6 +426,16 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False) -> Iterator[pa.T
         yield pa.concat_tables(pending).combine_chunks()
 
 
+def _spent(cost: pa.ChunkedArray, earlier: pa.ChunkedArray) -> pa.ChunkedArray:
+    """What a record's row has cost: ``cost_usd`` plus ``earlier_cost_usd`` (null if both are)."""
+    if earlier.null_count == len(earlier):
+        return cost
+    zero = scalar(0.0, pa.float64())
+    both = pc.add(pc.fill_null(cost, zero), pc.fill_null(earlier, zero))
+    return pc.if_else(pc.and_(pc.is_null(cost), pc.is_null(earlier)),
+                      pa.nulls(len(cost), pa.float64()), both)
+
+
 def _open(seg: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(seg)
@@ -432,14 +443,28 @@ def _open(seg: Path) -> pq.ParquetFile:
         raise _unreadable(seg, e) from None
 
 
+# The columns of a segment written before ``ADDED_COLUMNS`` existed.
+_EARLIER_SCHEMA = pa.schema([f for f in OUTCOME_SCHEMA if f.name not in ADDED_COLUMNS])
+
+
+def _known_schema(schema: pa.Schema) -> bool:
+    return bool(schema.equals(OUTCOME_SCHEMA) or schema.equals(_EARLIER_SCHEMA))
+
+
 def _read_group(pf: pq.ParquetFile, seg: Path, rg: int | None, columns: Sequence[str] | None
                 ) -> pa.Table:
     """Row group ``rg`` of a segment (``None``: all of it), refused unless its columns are
-    ours."""
+    ours; a column added since the segment was written is read as nulls."""
     cols = list(OUTCOME_COLUMNS) if columns is None else list(columns)
     try:
-        t = (pf.read(columns=cols, use_threads=False) if rg is None
-             else pf.read_row_group(rg, columns=cols, use_threads=False))
+        have = set(pf.schema_arrow.names)
+        absent = [c for c in cols if c in ADDED_COLUMNS and c not in have]
+        read = [c for c in cols if c not in absent]
+        t = (pf.read(columns=read, use_threads=False) if rg is None
+             else pf.read_row_group(rg, columns=read, use_threads=False))
+        for c in absent:
+            field = OUTCOME_SCHEMA.field(c)
+            t = t.add_column(cols.index(c), field, pa.nulls(t.num_rows, field.type))
         expected = pa.schema([OUTCOME_SCHEMA.field(c) for c in cols])
         if not t.schema.equals(expected):
             raise TypeError("its columns are not those of this batchrunner's journal")

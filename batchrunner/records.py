@@ -1,7 +1,8 @@
 """The per-row outcome record: what the journal stores and the results file shows.
 
 One ``Outcome`` per finished row. ``OUTCOME_SCHEMA`` is its Arrow schema, shared by the journal
-segments, the results file (after the input columns) and the reports.
+segments, the results file (after the input columns) and the reports. ``ADDED_COLUMNS`` are the
+columns journals written before them lack; reading fills them with nulls.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["OUTCOME_COLUMNS", "OUTCOME_SCHEMA", "Outcome"]
+__all__ = ["ADDED_COLUMNS", "OUTCOME_COLUMNS", "OUTCOME_SCHEMA", "Outcome"]
 
 
 @dataclass(slots=True)
@@ -30,6 +31,10 @@ class Outcome:
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
     cost_usd: float | None = None
+    # What the row's earlier attempts that were paid for cost: a reply billed and then sent
+    # again, in this run (a 200 without a usable answer) or by a later run's --retry-failed or
+    # --rerun-where. Not part of cost_usd; None when there were none.
+    earlier_cost_usd: float | None = None
     latency_ms: float | None = None
     ttft_ms: float | None = None
     attempts: int = 0
@@ -58,6 +63,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("cached_tokens", pa.int64()),
         ("reasoning_tokens", pa.int64()),
         ("cost_usd", pa.float64()),
+        ("earlier_cost_usd", pa.float64()),
         ("latency_ms", pa.float64()),
         ("ttft_ms", pa.float64()),
         ("attempts", pa.int64()),
@@ -72,3 +78,5 @@ OUTCOME_SCHEMA = pa.schema(
 
 OUTCOME_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
 assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
+
+ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd"})

@@ -29,6 +29,10 @@ Top-level keys, in this order::
     cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
     cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
                       that did not match the schema)
+    cost_earlier_attempts_usd
+                      sum of the rows' earlier_cost_usd: replies billed and then sent again
+                      (retried in a run, or resent by --retry-failed / --rerun-where); not
+                      part of cost_usd, so the job's spend is the two added
     cost_complete     false when some ok row has no cost (unknown price or no usage reported)
     pricing           {"library", "library_version", "units", "job_prices": [model, ...]}
     by_model          {model: {"rows", "ok", "failed", tokens..., "cost_usd" (null when
@@ -75,6 +79,7 @@ from batchrunner.arrow import (
 from batchrunner.pricing import LIBRARY_NAME, SOURCE_UNKNOWN, PriceBook
 
 __all__ = [
+    "OPTIONAL_REPORT_COLUMNS",
     "REPORT_COLUMNS",
     "REPORT_HTML",
     "REPORT_JSON",
@@ -111,7 +116,9 @@ _COLUMNS = (
     "model",
 )
 _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as well
-REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *_HTML_COLUMNS)
+# Read when a chunk has it (a journal written before it existed reads it as nulls).
+OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd",)
+REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
 # The columns report.html's top-10 tables show, and the columns they are ranked by.
@@ -185,6 +192,8 @@ class OutcomeStats:
         "_attempts",
         "_cost",
         "_cost_bad",
+        "_earlier",
+        "_earlier_bad",
         "_errors",
         "_finish",
         "_latency",
@@ -220,6 +229,9 @@ class OutcomeStats:
         self._models: dict[str | None, list[int]] = {}
         self._cost: dict[_GroupKey, int] = {}
         self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
+        # The same for earlier_cost_usd: earlier billed attempts of rows sent again.
+        self._earlier: dict[_GroupKey, int] = {}
+        self._earlier_bad: set[_GroupKey] = set()
         self._errors: dict[str, list[Any]] = {}  # error type → [rows, example or None]
         self._newest: float | None = None
         self._per_row = _PerRow(3)  # finished_at, is ok, rate_limited
@@ -305,7 +317,10 @@ class OutcomeStats:
 
         self._add_models(t, is_ok, unpriced_ok, total)
         ok_np = _np_bool(is_ok)
-        self._add_costs(t["model"], ~ok_np, cost)
+        self._add_costs(t["model"], ~ok_np, cost, self._cost, self._cost_bad)
+        if "earlier_cost_usd" in t.column_names:  # a journal written before it has nulls
+            self._add_costs(t["model"], ~ok_np, t["earlier_cost_usd"], self._earlier,
+                            self._earlier_bad)
         self._add_errors(t.select(["error_type", "error_message"]).filter(is_failed))
 
         finished_at = t["finished_at"]
@@ -334,7 +349,8 @@ class OutcomeStats:
                 acc[i] += s[j]
 
     def _add_costs(
-        self, model: pa.ChunkedArray, failed: npt.NDArray[np.bool_], cost: pa.ChunkedArray
+        self, model: pa.ChunkedArray, failed: npt.NDArray[np.bool_], cost: pa.ChunkedArray,
+        sums: dict[_GroupKey, int], bad_groups: set[_GroupKey],
     ) -> None:
         """Exact cost sums per (model, failed); groups with a NaN or infinite cost are marked."""
         values = _np_float(cost)
@@ -345,7 +361,7 @@ class OutcomeStats:
         group, models = group_codes(model)
         if bad.any():
             for g, f in set(zip(group[bad].tolist(), failed[bad].tolist(), strict=True)):
-                self._cost_bad.add((models[g], f))
+                bad_groups.add((models[g], f))
         if not finite.any():
             return
         exp, hi, lo = _exact_parts(values[finite])
@@ -369,7 +385,7 @@ class OutcomeStats:
             g2, e = divmod(i if used is None else int(used[i]), span)
             key = (models[g2 >> 1], bool(g2 & 1))
             m = (int(hi_sums[i]) << _HALF_BITS) + int(lo_sums[i])
-            self._cost[key] = self._cost.get(key, 0) + (m << (e + low - 53 + _SCALE_BITS))
+            sums[key] = sums.get(key, 0) + (m << (e + low - 53 + _SCALE_BITS))
 
     def _add_errors(self, failed: pa.Table) -> None:
         if failed.num_rows == 0:
@@ -415,14 +431,15 @@ class OutcomeStats:
     # ---------------------------------------------------------------------------------------
     # Sums for build_report
 
-    def _cost_sum(self, keep: Callable[[_GroupKey], bool]) -> float:
-        """The cost of the (model, failed) groups ``keep`` picks, as the report shows it: rounded
-        to 1e-10, and 0.0 if a NaN or infinite cost is in it (as the float sum, NaN or inf,
-        would be shown)."""
-        keys = {k for k in (*self._cost, *self._cost_bad) if keep(k)}
-        if keys & self._cost_bad:
+    def _cost_sum(self, keep: Callable[[_GroupKey], bool], *, earlier: bool = False) -> float:
+        """The cost (with ``earlier``: the earlier attempts' cost) of the (model, failed) groups
+        ``keep`` picks, as the report shows it: rounded to 1e-10, and 0.0 if a NaN or infinite
+        cost is in it (as the float sum, NaN or inf, would be shown)."""
+        sums, bad = (self._earlier, self._earlier_bad) if earlier else (self._cost, self._cost_bad)
+        keys = {k for k in (*sums, *bad) if keep(k)}
+        if keys & bad:
             return 0.0
-        total = sum(self._cost[k] for k in keys)
+        total = sum(sums[k] for k in keys)
         try:
             return _usd(total / (1 << _SCALE_BITS))
         except OverflowError:
@@ -538,6 +555,7 @@ def build_report(
         },
         "cost_usd": stats._cost_sum(lambda k: True),
         "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
+        "cost_earlier_attempts_usd": stats._cost_sum(lambda k: True, earlier=True),
         "cost_complete": n_unpriced == 0,
         "pricing": {
             "library": LIBRARY_NAME,
@@ -802,6 +820,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         out.append("")
 
     ok, failed = by_status.get("ok", 0), rows.get("total", 0) - by_status.get("ok", 0)
+    earlier = report.get("cost_earlier_attempts_usd") or 0.0
     cost = _money(report.get("cost_usd"))
     if report.get("cost_complete") is False:
         cost += " (incomplete, see warnings)"
@@ -820,6 +839,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ["Total tokens", _num(tokens.get("total", 0))],
         ["Cost (USD)", cost],
         ["  of which billed for failed rows", _money(report.get("cost_failed_usd") or 0.0)],
+        *([["Earlier attempts, sent again (USD)", _money(earlier)],
+           ["Spent in all (USD)", _money((report.get("cost_usd") or 0.0) + earlier)]]
+          if earlier else []),
         [
             "Requests",
             f"{_num(req.get('attempts', 0))} attempts, {_num(req.get('retries', 0))} retries, "

@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from batchrunner.report import (
     NO_VALUE,
+    OPTIONAL_REPORT_COLUMNS,
     REPORT_COLUMNS,
     OutcomeStats,
     _as_stats,
@@ -83,7 +84,7 @@ _NEEDED = (
     "attempts",
 )
 # C0/C1 controls and lone surrogates are not valid in an HTML document; shown as U+FFFD.
-assert sorted(_NEEDED) == sorted(REPORT_COLUMNS)
+assert sorted(_NEEDED) == sorted(set(REPORT_COLUMNS) - set(OPTIONAL_REPORT_COLUMNS))
 _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 # Nice widths, in seconds, for time buckets and time-axis ticks.
 _TIME_STEPS = (
@@ -195,6 +196,9 @@ def _header(report: Mapping[str, Any], title: str) -> str:
             f" ({models})" if models else ""
         )
         cost_class = " warn"
+    earlier = report.get("cost_earlier_attempts_usd")
+    if isinstance(earlier, int | float) and earlier > 0:
+        cost_note += f"; plus {_money(earlier)} for earlier attempts of rows sent again"
 
     latency = "n/a"
     if lat.get("p50") is not None:

@@ -146,6 +146,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
     summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}
     summary.length_cut = report["rows"]["cut_at_length"]
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
+    summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
     return summary
 
 

@@ -105,6 +105,7 @@ class RunSummary:
     length_cut: int = 0
     error_types: dict[str, int] = field(default_factory=dict)
     cost_usd: float | None = 0.0
+    earlier_cost_usd: float = 0.0  # earlier billed attempts of rows sent again, not in cost_usd
     wall_s: float = 0.0
     results_path: Path | None = None
     report_paths: list[Path] = field(default_factory=list)
@@ -128,6 +129,7 @@ class _Work:
     attempts: int = 0
     rate_limited: int = 0
     started: float = 0.0
+    earlier_usd: float = 0.0  # what earlier billed attempts of the row cost (this run and before)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,6 +161,9 @@ class Plan:
     structured: StructuredOutput | None = None
     prior_cost: float = 0.0
     order: InputOrder | None = None  # journal keys → input positions
+    # What each input row has cost so far (NaN: nothing recorded), carried into the row's next
+    # record when it is sent again.
+    spent: npt.NDArray[np.float64] | None = None
 
 
 def _fingerprint(obj: Any) -> str:
@@ -232,7 +237,7 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=_structured(request_settings),
-                prior_cost=latest.prior_cost(), order=order)
+                prior_cost=latest.prior_cost(), order=order, spent=latest.cost)
 
 
 def _structured(settings: dict[str, Any]) -> StructuredOutput | None:
@@ -360,8 +365,9 @@ def _first_duplicate(ids: pa.Array) -> str | None:
     return None  # pragma: no cover - count_distinct found a repeat
 
 
-def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, row) for every input row to send this run (``plan.done`` skipped), in order."""
+def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
+    """(key, row, what the row has cost so far) for every input row to send this run
+    (``plan.done`` skipped), in order."""
     position = 0
     if plan.builder is None:
         cols: list[str] | None = ["custom_id", "body"]
@@ -378,14 +384,27 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any]]]:
         if len(todo) < n:
             batch = batch.take(int64_array(todo))
         rows = batch.to_pylist()
+        spent = _spent_of(plan.spent, position, todo)
         if plan.key_column is None:
-            for i, row in zip(todo.tolist(), rows, strict=True):
-                yield str(position + i), row
+            for i, row, cost in zip(todo.tolist(), rows, spent, strict=True):
+                yield str(position + i), row, cost
         else:
             kc = plan.key_column
-            for row in rows:
-                yield str(row[kc]), row
+            for row, cost in zip(rows, spent, strict=True):
+                yield str(row[kc]), row, cost
         position += n
+
+
+def _spent_of(spent: npt.NDArray[np.float64] | None, position: int, todo: npt.NDArray[np.int64]
+              ) -> list[float]:
+    """What the rows at ``position + todo`` have cost so far (0.0: nothing recorded)."""
+    if spent is None:
+        return [0.0] * len(todo)
+    at = position + todo
+    known = at < len(spent)  # the input grew since it was checked: the new rows cost nothing
+    out = np.zeros(len(todo), dtype=np.float64)
+    out[known] = np.nan_to_num(spent[at[known]], nan=0.0)
+    return out.tolist()
 
 
 def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, str]:
@@ -446,7 +465,7 @@ class _Run:
         self.target_workers = (max_concurrency if fixed_concurrency
                                else min(max_concurrency, INITIAL_CONCURRENCY))
         self.workers = 0
-        self.rows: Iterator[tuple[str, dict[str, Any]]] = iter_rows(plan)
+        self.rows: Iterator[tuple[str, dict[str, Any], float]] = iter_rows(plan)
         self.rows_done = False  # the input iterator is exhausted (or broke)
         self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows
         self.outstanding = 0  # rows taken from the input and not finished yet
@@ -485,7 +504,7 @@ class _Run:
         plan = self.plan
         while not self.rows_done:
             try:
-                key, row = next(self.rows)
+                key, row, spent = next(self.rows)
             except StopIteration:
                 self.rows_done = True
                 break
@@ -497,8 +516,10 @@ class _Run:
             item, reason = make_work(plan, key, row)
             if item is None:
                 self.record(Outcome(key=key, status="failed", error_type="invalid_row",
-                                    error_message=f"not sent: {reason}", finished_at=time.time()))
+                                    error_message=f"not sent: {reason}",
+                                    earlier_cost_usd=spent or None, finished_at=time.time()))
                 continue
+            item.earlier_usd = spent
             self._check_context(item)
             self.outstanding += 1
             return item
@@ -635,6 +656,7 @@ class _Run:
             except RequestError as e:
                 self.limiter.refund(charge)
                 self.errors_seen[e.error_type] += 1
+                billed = self._billed(item, e)
                 if e.error_type == "rate_limited":
                     self.limiter.observe(e.headers)
                     item.attempts -= 1  # 429s do not use up the error-retry budget
@@ -649,17 +671,35 @@ class _Run:
                     item.attempts += 1
                 elif e.retryable and item.attempts < self.policy.max_attempts:
                     self.counters["retries"] += 1
+                    if billed:  # paid for, and sent again: spent now, and carried
+                        item.earlier_usd += billed
+                        self.spent += billed
+                        self.counts.cost_usd += billed
                     return None, backoff(item.attempts, self.policy, e.retry_after, self.rng)
                 self.counters["attempts"] += item.attempts
+                usage = e.usage or (None, None, None, None, None)
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
                     rate_limited=item.rate_limited, error_type=e.error_type,
-                    error_message=e.message,
+                    error_message=e.message, prompt_tokens=usage[0],
+                    completion_tokens=usage[1], total_tokens=usage[2], cached_tokens=usage[3],
+                    reasoning_tokens=usage[4], cost_usd=billed,
+                    earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - item.started) * 1000.0,
                     model=str(item.body.get("model") or "") or None,
                     request_id=e.request_id, finished_at=time.time(),
                 ), None
             return self._success(item, res, charge), None
+
+    def _billed(self, item: _Work, e: RequestError) -> float | None:
+        """What a failed attempt was billed, when its answer reported usage (a 200 without a
+        usable completion, a stream cut after its usage)."""
+        if e.usage is None:
+            return None
+        pt, ct, _, cached, reasoning = e.usage
+        return self.plan.prices.cost(str(item.body.get("model") or ""), prompt_tokens=pt,
+                                     completion_tokens=ct, cached_tokens=cached,
+                                     reasoning_tokens=reasoning)
 
     def _success(self, item: _Work, res: ChatResult, charge: int) -> Outcome:
         self.counters["attempts"] += item.attempts
@@ -695,7 +735,8 @@ class _Run:
             reasoning_content=res.reasoning_content, finish_reason=res.finish_reason,
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
-            reasoning_tokens=res.reasoning_tokens, cost_usd=cost, latency_ms=res.latency_ms,
+            reasoning_tokens=res.reasoning_tokens, cost_usd=cost,
+            earlier_cost_usd=item.earlier_usd or None, latency_ms=res.latency_ms,
             ttft_ms=res.ttft_ms, choices=res.choices, attempts=item.attempts,
             rate_limited=item.rate_limited,
             model=res.model or requested or None, request_id=res.request_id,
@@ -882,7 +923,8 @@ def plan_from_output(out_dir: Path) -> Plan:
 def format_status(out_dir: Path) -> str:
     """Progress, failures by type and cost so far, from the journal alone."""
     meta = read_meta(out_dir)
-    state = Journal(out_dir).read(columns=["error_type", "cost_usd", "total_tokens"])
+    state = Journal(out_dir).read(columns=["error_type", "cost_usd", "earlier_cost_usd",
+                                           "total_tokens"])
     total = int(meta.get("total_rows") or 0)
     statuses = Counter(state["status"].to_pylist())
     ok, failed = statuses.get("ok", 0), statuses.get("failed", 0)
@@ -895,6 +937,9 @@ def format_status(out_dir: Path) -> str:
     cost = f"${pa.compute.sum(ok_rows['cost_usd']).as_py() or 0.0:,.4f}"
     if ok_rows["cost_usd"].null_count:
         cost += f" (plus {ok_rows['cost_usd'].null_count:,} rows of unknown price)"
+    earlier = pa.compute.sum(state["earlier_cost_usd"]).as_py()
+    if earlier:
+        cost += f" (plus ${earlier:,.4f} for earlier attempts of rows sent again)"
     tokens = pa.compute.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
     return "\n".join(lines)
@@ -919,6 +964,8 @@ def format_summary(s: RunSummary) -> str:
     if s.length_cut:
         lines.append(f"  warning: {s.length_cut:,} rows cut at max_tokens (finish_reason=length)")
     cost = "unknown for some models (see report)" if s.cost_usd is None else f"${s.cost_usd:,.4f}"
+    if s.earlier_cost_usd:
+        cost += f" (plus ${s.earlier_cost_usd:,.4f} for earlier attempts of rows sent again)"
     lines.append(f"  cost: {cost}; wall {s.wall_s:,.1f} s; {s.sent:,} requests sent this run")
     if s.results_path:
         lines.append(f"  results: {_show(s.results_path)}")

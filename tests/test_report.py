@@ -257,6 +257,7 @@ def test_job_fields_are_kept_and_the_key_order_is_stable(book: PriceBook) -> Non
         "tokens",
         "cost_usd",
         "cost_failed_usd",
+        "cost_earlier_attempts_usd",
         "cost_complete",
         "pricing",
         "by_model",

@@ -340,11 +340,11 @@ def test_resume_skips_what_the_journal_has_by_position_mask(
     w.flush()
     plan = prepare(job, RunOptions(retry_failed=retry_failed))
     skipped = {"id5", "id3"} | (set() if retry_failed else {"id0"})
-    assert [k for k, _ in iter_rows(plan)] == [k for k in ids if k not in skipped]
+    assert [k for k, _, _ in iter_rows(plan)] == [k for k in ids if k not in skipped]
     assert len(plan.done) == len(skipped)
     assert plan.prior_cost == pytest.approx(3.75)  # every latest record's cost, "gone" too
     again = prepare(job, RunOptions(rerun_where="key == 'id3'"))
-    assert [k for k, _ in iter_rows(again)] == [k for k in ids if k not in {"id5", "id0"}]
+    assert [k for k, _, _ in iter_rows(again)] == [k for k in ids if k not in {"id5", "id0"}]
 
 
 def test_first_duplicate_is_the_first_repeat_in_row_order() -> None:

@@ -325,3 +325,76 @@ def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(df) == 25 and (df["status"] == "ok").sum() == 24
     assert json.loads((tmp_path / "out" / "cost_report.json").read_text())["rows"]["total"] == 25
     assert main(["status", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.anyio
+async def test_an_answer_billed_and_sent_again_counts_as_earlier_cost(tmp_path: Path) -> None:
+    # Row 2's first answer is a 200 with usage but no choices: paid for, then sent again.
+    inp = make_csv(tmp_path / "in.csv", 6, {2: " [[sim:no_choices*1]]"})
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+    assert s.ok == 6 and s.sent == 7
+    df = results(tmp_path).set_index("id")
+    earlier = df.loc["r0002", "earlier_cost_usd"]
+    assert earlier > 0 and earlier == pytest.approx(df.loc["r0002", "cost_usd"])
+    assert df["earlier_cost_usd"].isna().sum() == 5
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_earlier_attempts_usd"] == pytest.approx(earlier)
+    assert report["cost_usd"] == pytest.approx(df["cost_usd"].sum())
+    assert s.earlier_cost_usd == pytest.approx(earlier)
+    assert "Earlier attempts, sent again" in (tmp_path / "out" / "cost_report.md").read_text()
+    assert "earlier attempts of rows sent again" in (tmp_path / "out" / "report.html").read_text()
+    from batchrunner.runner import format_status, format_summary
+
+    assert "for earlier attempts of rows sent again" in format_summary(s)
+    assert "for earlier attempts of rows sent again" in format_status(tmp_path / "out")
+
+
+@pytest.mark.anyio
+async def test_rows_sent_again_by_a_rerun_carry_what_they_cost(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 12)
+    async with Simulator(SimulatorConfig(reply_tokens_mean=200, reply_tokens_min=150)) as sim:
+        await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=10), FAST)
+        first = results(tmp_path).set_index("id")["cost_usd"]
+        assert (first > 0).all()
+        opts = RunOptions(rerun_where="finish_reason == 'length'", force=True, retry=FAST.retry,
+                          progress="none", handle_signals=False)
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        assert s.ok == 12 and s.length_cut == 0
+        second = results(tmp_path).set_index("id")
+        assert second["earlier_cost_usd"].to_dict() == pytest.approx(first.to_dict())
+        assert s.earlier_cost_usd == pytest.approx(first.sum())
+        # Resent once more: the first two answers are both carried.
+        opts.rerun_where = "key == 'r0000'"
+        await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        third = results(tmp_path).set_index("id")
+        assert third.loc["r0000", "earlier_cost_usd"] == pytest.approx(
+            first["r0000"] + second.loc["r0000", "cost_usd"])
+        # Nothing left to send: the figures stay (they live in the journal, not the run).
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), FAST)
+        assert s.sent == 0
+        assert results(tmp_path)["earlier_cost_usd"].sum() == pytest.approx(
+            third["earlier_cost_usd"].sum())
+
+
+@pytest.mark.anyio
+async def test_a_journal_written_before_earlier_cost_is_read_with_nulls(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 8)
+    async with Simulator(SimulatorConfig()) as sim:
+        await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+        (seg,) = Journal(tmp_path / "out").segments()
+        old = pq.read_table(seg).drop_columns(["earlier_cost_usd"])
+        pq.write_table(old, seg)
+        Journal(tmp_path / "out").check()
+        (tmp_path / "out" / "results.parquet").unlink()
+        s = await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+        assert s.sent == 0 and s.ok == 8
+        df = results(tmp_path)
+        assert df["earlier_cost_usd"].isna().all() and (df["cost_usd"] > 0).all()
+        # A rerun over the old records: new records carry the old costs.
+        opts = RunOptions(rerun_where="key == 'r0001'", force=True, retry=FAST.retry,
+                          progress="none", handle_signals=False)
+        await run_job(job_for(tmp_path, sim.base_url, inp), opts)
+        again = results(tmp_path).set_index("id")
+        assert again.loc["r0001", "earlier_cost_usd"] == pytest.approx(
+            df.set_index("id").loc["r0001", "cost_usd"])
