@@ -234,10 +234,14 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
         if picked:
             pos = order.positions(string_array(sorted(picked))).drop_null()
             done[to_numpy(pos)] = False
+    # Kept for the run only when a row to send has cost something before (8 bytes a row).
+    spent = latest.cost
+    if spent is not None and not np.any(~done & ~np.isnan(spent)):
+        spent = None
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=_structured(request_settings),
-                prior_cost=latest.prior_cost(), order=order, spent=latest.cost)
+                prior_cost=latest.prior_cost(), order=order, spent=spent)
 
 
 def _structured(settings: dict[str, Any]) -> StructuredOutput | None:
