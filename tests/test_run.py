@@ -21,7 +21,7 @@ from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError, InputError
 from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, run_job
+from batchrunner.runner import RunOptions, format_status, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
@@ -344,8 +344,6 @@ async def test_an_answer_billed_and_sent_again_counts_as_earlier_cost(tmp_path: 
     assert s.earlier_cost_usd == pytest.approx(earlier)
     assert "Earlier attempts, sent again" in (tmp_path / "out" / "cost_report.md").read_text()
     assert "earlier attempts of rows sent again" in (tmp_path / "out" / "report.html").read_text()
-    from batchrunner.runner import format_status, format_summary
-
     assert "for earlier attempts of rows sent again" in format_summary(s)
     assert "for earlier attempts of rows sent again" in format_status(tmp_path / "out")
 
