@@ -25,6 +25,7 @@ from batchrunner.errors import (
     QuotaError,
     RequestError,
     TransportError,
+    Usage,
 )
 from batchrunner.retry import is_retryable_status
 
@@ -237,8 +238,7 @@ class ChatClient:
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
                      latency_ms: float, headers: dict[str, str]) -> ChatResult:
-        usage = _usage(st.usage)
-        billed = usage if usage[0] is not None else None
+        billed = _billed_usage(st.usage)
         if st.error is not None:
             message = self.redact(" ".join(str(st.error.get("message") or "").split()))
             raise BadResponseError("stream_error", message[:_MAX_MESSAGE] or "error event",
@@ -250,7 +250,7 @@ class ChatClient:
         if st.finish_reason is None and not st.content:
             raise BadResponseError("no_choices", "a stream without choices", retryable=True,
                                    status=200, request_id=request_id, usage=billed)
-        pt, ct, tt, cached, reasoning = usage
+        pt, ct, tt, cached, reasoning = _usage(st.usage)
         return ChatResult(
             content="".join(st.content), finish_reason=st.finish_reason, prompt_tokens=pt,
             completion_tokens=ct, total_tokens=tt, cached_tokens=cached,
@@ -356,7 +356,7 @@ class ChatClient:
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
             raise BadResponseError(
                 "no_choices", "HTTP 200 without choices", retryable=True, status=200,
-                request_id=request_id, usage=_billed(payload),
+                request_id=request_id, usage=_billed_usage(payload.get("usage")),
             )
         choice = choices[0]
         message = choice.get("message")
@@ -364,7 +364,8 @@ class ChatClient:
             if not choice.get("finish_reason"):
                 raise BadResponseError(
                     "no_choices", "HTTP 200 with a choice that has no message", retryable=True,
-                    status=200, request_id=request_id, usage=_billed(payload),
+                    status=200, request_id=request_id,
+                    usage=_billed_usage(payload.get("usage")),
                 )
             message = {}
         content = message.get("content")
@@ -409,7 +410,7 @@ def _all_choices(choices: list[Any]) -> str:
     return orjson.dumps(out).decode()
 
 
-def _usage(usage: Any) -> tuple[int | None, int | None, int | None, int | None, int | None]:
+def _usage(usage: Any) -> Usage:
     """(prompt, completion, total, cached, reasoning) tokens; all None without a usage object."""
     if type(usage) is not dict:
         return None, None, None, None, None
@@ -430,11 +431,10 @@ def _usage(usage: Any) -> tuple[int | None, int | None, int | None, int | None, 
     return pt, ct, tt, cached, reasoning
 
 
-def _billed(payload: dict[str, Any]
-            ) -> tuple[int | None, int | None, int | None, int | None, int | None] | None:
-    """The usage of an answer that is not a usable completion, if it reported one."""
-    usage = _usage(payload.get("usage"))
-    return usage if usage[0] is not None else None
+def _billed_usage(usage: Any) -> Usage | None:
+    """The usage an answer that is not a usable completion reported, if it reported one."""
+    counts = _usage(usage)
+    return counts if counts[0] is not None else None
 
 
 def _retry_after(headers: Any) -> float | None:

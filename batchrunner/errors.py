@@ -37,8 +37,13 @@ __all__ = [
     "RequestError",
     "StopJob",
     "TransportError",
+    "Usage",
     "UsageError",
 ]
+
+
+# (prompt, completion, total, cached, reasoning) tokens of a reply, as the client reads them.
+Usage = tuple[int | None, int | None, int | None, int | None, int | None]
 
 
 class BatchrunnerError(Exception):
@@ -103,7 +108,7 @@ class RequestError(BatchrunnerError):
         status: int | None = None,
         request_id: str | None = None,
         headers: dict[str, str] | None = None,
-        usage: tuple[int | None, int | None, int | None, int | None, int | None] | None = None,
+        usage: Usage | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
@@ -113,8 +118,8 @@ class RequestError(BatchrunnerError):
         self.status = status
         self.request_id = request_id
         self.headers = headers or {}  # the x-ratelimit-* headers of the answer, if any
-        # (prompt, completion, total, cached, reasoning) tokens of an answer that reported its
-        # usage although it was not a usable completion: what the attempt was billed for.
+        # The usage of an answer that reported one although it was not a usable completion:
+        # what the attempt was billed for.
         self.usage = usage
 
     def __str__(self) -> str:

@@ -941,9 +941,7 @@ def format_status(out_dir: Path) -> str:
     cost = f"${pa.compute.sum(ok_rows['cost_usd']).as_py() or 0.0:,.4f}"
     if ok_rows["cost_usd"].null_count:
         cost += f" (plus {ok_rows['cost_usd'].null_count:,} rows of unknown price)"
-    earlier = pa.compute.sum(state["earlier_cost_usd"]).as_py()
-    if earlier:
-        cost += f" (plus ${earlier:,.4f} for earlier attempts of rows sent again)"
+    cost += _plus_earlier(pa.compute.sum(state["earlier_cost_usd"]).as_py())
     tokens = pa.compute.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
     return "\n".join(lines)
@@ -957,6 +955,11 @@ def _show(path: Path) -> str:
         return str(path)
 
 
+def _plus_earlier(usd: float | None) -> str:
+    """What earlier attempts of rows sent again cost, to follow a cost (empty if nothing)."""
+    return f" (plus ${usd:,.4f} for earlier attempts of rows sent again)" if usd else ""
+
+
 def format_summary(s: RunSummary) -> str:
     lines = []
     head = f"batchrunner: {s.name} — {s.rows:,} rows: {s.ok:,} ok, {s.failed:,} failed"
@@ -968,8 +971,7 @@ def format_summary(s: RunSummary) -> str:
     if s.length_cut:
         lines.append(f"  warning: {s.length_cut:,} rows cut at max_tokens (finish_reason=length)")
     cost = "unknown for some models (see report)" if s.cost_usd is None else f"${s.cost_usd:,.4f}"
-    if s.earlier_cost_usd:
-        cost += f" (plus ${s.earlier_cost_usd:,.4f} for earlier attempts of rows sent again)"
+    cost += _plus_earlier(s.earlier_cost_usd)
     lines.append(f"  cost: {cost}; wall {s.wall_s:,.1f} s; {s.sent:,} requests sent this run")
     if s.results_path:
         lines.append(f"  results: {_show(s.results_path)}")
