@@ -9,15 +9,18 @@ headers, so the API key cannot leak into them.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+from batchrunner.config import Proxy
 from batchrunner.errors import (
     AuthError,
     BadResponseError,
@@ -129,12 +132,15 @@ class ChatClient:
         timeout_s: float,
         connections: int,
         secrets: tuple[str, ...] = (),
+        proxy: Proxy | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._secrets = tuple(s for s in (api_key, *secrets) if s)
+        self._proxy = proxy
+        proxy_secrets = proxy.secrets if proxy else ()
+        self._secrets = tuple(s for s in (api_key, *secrets, *proxy_secrets) if s)
         # The total timeout is kept by a watchdog (``_watch``), not by aiohttp: aiohttp arms and
         # cancels a timer for every request, 6 µs of CPU each (a twentieth of a request's
         # total); the watchdog looks at the requests in flight a few times a second.
@@ -154,7 +160,7 @@ class ChatClient:
         # bot-management cookie, say) would otherwise be parsed and matched on every request.
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, headers=self._headers,
-            cookie_jar=aiohttp.DummyCookieJar(),
+            cookie_jar=aiohttp.DummyCookieJar(), proxy=self._proxy.url if self._proxy else None,
         )
         return self
 
@@ -260,7 +266,7 @@ class ChatClient:
             ttft_ms=(st.first_token_at - start) * 1000.0 if st.first_token_at else None,
         )
 
-    def _translate(self, e: BaseException) -> RequestError:
+    def _translate(self, e: BaseException) -> RequestError | AuthError:
         if isinstance(e, asyncio.TimeoutError | TimeoutError):
             return TransportError("timeout", "no complete answer within timeout_s", retryable=True)
         if isinstance(e, aiohttp.ServerDisconnectedError):
@@ -271,10 +277,25 @@ class ChatClient:
             return TransportError(
                 "truncated_body", "the response body was cut short", retryable=True
             )
+        if isinstance(e, aiohttp.ClientHttpProxyError):  # the proxy refused a CONNECT tunnel
+            if stop := self._proxy_refused(e.status, e.message):
+                return stop
+            return TransportError(
+                "proxy_error", self.redact(f"the proxy {self._proxy_shown()} answered HTTP "
+                                           f"{e.status} {e.message}")[:_MAX_MESSAGE],
+                retryable=True,
+            )
+        if isinstance(e, aiohttp.ClientProxyConnectionError):
+            return TransportError(
+                "connection_error",
+                self.redact(f"cannot connect to the proxy {self._proxy_shown()} "
+                            f"({_reason(e.os_error)})"),
+                retryable=True,
+            )
         if isinstance(e, aiohttp.ClientConnectorError):
             return TransportError(
                 "connection_error",
-                self.redact(f"cannot connect to {e.host}:{e.port} ({e.os_error.strerror or e})"),
+                self.redact(f"cannot connect to {e.host}:{e.port} ({_reason(e.os_error)})"),
                 retryable=True,
             )
         if isinstance(e, aiohttp.ClientOSError | ConnectionError):
@@ -318,6 +339,8 @@ class ChatClient:
         # Redact before cutting, so a key that straddles the cut cannot survive in part.
         message = self.redact(" ".join(message.split()))[:_MAX_MESSAGE] or f"HTTP {status}"
         retry_after = _retry_after(headers)
+        if status == 407 and (stop := self._proxy_refused(status, message)):
+            raise stop
         if status in (401, 403):
             raise AuthError(
                 f"the endpoint refused the API key (HTTP {status}: {message}) — "
@@ -336,6 +359,27 @@ class ChatClient:
             f"http_{status}", message, retryable=is_retryable_status(status),
             retry_after=retry_after, status=status, request_id=request_id,
         )
+
+    def _proxy_shown(self) -> str:
+        p = self._proxy
+        return f"{p.shown} (from {p.variable})" if p else "(none)"
+
+    def _proxy_refused(self, status: int, message: str) -> AuthError | None:
+        """The error that stops the job when the proxy refuses us (every request would meet the
+        same answer), or None."""
+        p = self._proxy
+        if p is None or status not in (403, 407):
+            return None
+        if status == 403:
+            fix = "the proxy does not let requests through to this endpoint; ask its admin, or " \
+                  "add the endpoint's host to NO_PROXY if it can be reached directly"
+        elif urlsplit(p.url).username:
+            fix = f"check the user name and password in {p.variable}"
+        else:
+            fix = f"put them in {p.variable} as http://USER:PASSWORD@host:port"
+        return AuthError(self.redact(
+            f"the proxy {p.shown} (from {p.variable}) refused the request (HTTP {status} "
+            f"{' '.join(message.split())[:_MAX_MESSAGE]}) — {fix}"))
 
     def _parse(
         self, raw: bytes, request_id: str | None, latency_ms: float, headers: dict[str, str]
@@ -391,6 +435,14 @@ class ChatClient:
 
 _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
                            for kind in ("requests", "tokens"))
+
+
+def _reason(e: OSError) -> str:
+    """Why a connection failed, as the OS says it ("Connection refused"); asyncio's own text
+    ("Connect call failed (...)") repeats the address."""
+    if e.errno and e.errno > 0:  # a resolver's error (socket.gaierror) has its own numbers
+        return os.strerror(e.errno)
+    return e.strerror or str(e) or type(e).__name__
 
 
 def _ratelimit_headers(headers: Any) -> dict[str, str]:

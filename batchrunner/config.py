@@ -53,6 +53,7 @@ A job file has these tables (every key optional unless marked)::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -61,7 +62,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from batchrunner.errors import ConfigError
 
@@ -74,9 +75,11 @@ __all__ = [
     "JobConfig",
     "Limits",
     "OutputConfig",
+    "Proxy",
     "RequestConfig",
     "load_dotenv",
     "load_job",
+    "proxy_for",
 ]
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
@@ -455,6 +458,89 @@ def check_base_url(url: str, what: str) -> str:
             f"{what} must be the base URL without /chat/completions ({example}), got {url!r}"
         )
     return url.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """The HTTP proxy requests go through, as the environment names it."""
+
+    url: str  # as aiohttp takes it, credentials included
+    shown: str  # scheme://host:port: what messages show
+    variable: str  # the environment variable it came from
+    secrets: tuple[str, ...]  # its password, as written and decoded: never shown
+
+
+def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
+    """The proxy for requests to ``base_url``, picked as curl and the OpenAI SDK pick it.
+
+    ``https_proxy`` for an https:// endpoint, ``http_proxy`` for http://, else ``all_proxy``;
+    lower case before upper case; none when ``no_proxy`` names the host (``*``, a domain and its
+    subdomains, ``host:port``, an IP address or an IP network) or the host is a loopback
+    address. A proxy written without a scheme is ``http://``. Raises ``ConfigError`` for a
+    proxy batchrunner cannot use (SOCKS, say), before anything is sent.
+    """
+    target = urlsplit(base_url)
+    host = (target.hostname or "").lower()
+    if _loopback(host):
+        return None
+    names = [f"{target.scheme}_proxy", "all_proxy"]
+    variable = next((v for name in names for v in (name, name.upper()) if env.get(v, "").strip()),
+                    None)
+    if variable is None or _no_proxy(host, target.port or _DEFAULT_PORTS.get(target.scheme),
+                                     env.get("no_proxy") or env.get("NO_PROXY") or ""):
+        return None
+    value = env[variable].strip()
+    url = value if "://" in value else f"http://{value}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or not parts.hostname:
+        raise ConfigError(f"{variable} is not a proxy URL like http://proxy.example.com:3128")
+    shown = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ConfigError(
+            f"{variable} is {shown}: batchrunner goes through http:// and https:// proxies "
+            f"only; set one of those, or add {host} to NO_PROXY to connect directly"
+        )
+    password = parts.password
+    secrets = tuple(dict.fromkeys((password, unquote(password)))) if password else ()
+    return Proxy(url=url, shown=shown, variable=variable, secrets=secrets)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether ``no_proxy`` (comma- or space-separated) names ``host`` (and ``port``)."""
+    for entry in no_proxy.replace(",", " ").lower().split():
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.strip("[]").removeprefix("*").removeprefix(".")
+        if "/" in name:
+            try:
+                if ipaddress.ip_address(host.strip("[]")) in ipaddress.ip_network(name,
+                                                                                   strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
 
 
 def load_dotenv(path: Path) -> dict[str, str]:

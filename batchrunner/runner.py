@@ -40,7 +40,13 @@ import pyarrow.compute as pc
 from batchrunner import io
 from batchrunner.arrow import int64_array, is_value, string_array, to_numpy
 from batchrunner.client import ChatClient, ChatResult
-from batchrunner.config import DEFAULT_BASE_URL_ENV, JobConfig, check_base_url, environment
+from batchrunner.config import (
+    DEFAULT_BASE_URL_ENV,
+    JobConfig,
+    check_base_url,
+    environment,
+    proxy_for,
+)
 from batchrunner.errors import (
     BatchrunnerError,
     BudgetExceeded,
@@ -833,6 +839,7 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
     out_dir = plan.out_dir
     run_id = new_run_id()
     async with _endpoint(job, env) as (base_url, api_key):
+        proxy = proxy_for(base_url, env)
         summary.warnings.extend(endpoint_warnings(base_url))
         for w in summary.warnings:
             print(f"batchrunner: warning: {w}", file=sys.stderr)
@@ -848,7 +855,7 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
         fixed = lim.concurrency is not None
         cap = lim.concurrency or MAX_AUTO_CONCURRENCY
         async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s,
-                              connections=cap) as client:
+                              connections=cap, proxy=proxy) as client:
             run = _Run(plan, options, client, limiter, progress,
                        JournalWriter(journal.directory, run_id), max_concurrency=cap,
                        fixed_concurrency=fixed)

@@ -18,3 +18,14 @@ def price_cache_dir(
     directory = tmp_path_factory.mktemp("price-cache")
     monkeypatch.setenv("BATCHRUNNER_CACHE_DIR", str(directory))
     return directory
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests set the proxy they mean: none from the machine's environment (subprocesses too)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)

@@ -1,0 +1,305 @@
+"""Requests go through the proxy the environment names (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY,
+NO_PROXY), as they do with curl and the OpenAI SDK.
+
+``ForwardProxy`` is a small HTTP proxy on 127.0.0.1: it sends every absolute-form request on to
+the simulator, whatever host it names, so a job whose base URL names a host that does not exist
+finishes only if its requests went through the proxy. CONNECT (https:// endpoints) is answered
+with a refusal: the tests check the tunnel is asked for and what a refusal does, not TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import pandas as pd
+import pytest
+
+from batchrunner.client import _reason
+from batchrunner.config import load_job, proxy_for
+from batchrunner.errors import ConfigError
+from batchrunner.journal import Journal
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, RunSummary, run_job
+from batchrunner.simulator import Simulator, SimulatorConfig
+
+KEY = "sk-test-proxy-0123456789"
+PASSWORD = "s3cret-proxy-pass"
+# A host that does not resolve (.test is reserved): only the proxy can reach "it".
+NOWHERE = "api.batchrunner.test"
+RUN_LIMIT_S = 60
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class ForwardProxy:
+    """An HTTP forward proxy on 127.0.0.1. Absolute-form requests go on to ``upstream_port``;
+    CONNECT is answered ``connect_status``; with ``auth``, a request without that
+    Proxy-Authorization is answered 407. ``seen`` holds (method, target, Proxy-Authorization)."""
+
+    def __init__(self, upstream_port: int, *, auth: str | None = None,
+                 connect_status: int = 403) -> None:
+        self.upstream_port = upstream_port
+        self.auth = auth
+        self.connect_status = connect_status
+        self.seen: list[tuple[str, str, str | None]] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ForwardProxy:
+        self._session = aiohttp.ClientSession()
+        self._server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        assert self._server is not None and self._session is not None
+        self._server.close()
+        await self._server.wait_closed()
+        await self._session.close()
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await self._one(reader, writer):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False when the connection is to close."""
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        method, target, _ = head[0].split(" ", 2)
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.seen.append((method, target, headers.get("proxy-authorization")))
+        if self.auth is not None and headers.get("proxy-authorization") != self.auth:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                         b"Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+            await writer.drain()
+            return False
+        if method == "CONNECT":
+            writer.write(f"HTTP/1.1 {self.connect_status} Refused\r\nContent-Length: 0\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            await writer.drain()
+            return False
+        assert self._session is not None
+        forwarded = {k: v for k, v in headers.items() if k in ("authorization", "content-type")}
+        async with self._session.post(
+                f"http://127.0.0.1:{self.upstream_port}{urlsplit(target).path}", data=body,
+                headers=forwarded) as r:
+            data = await r.read()
+            status = r.status
+        writer.write(f"HTTP/1.1 {status} Forwarded\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        await writer.drain()
+        return True
+
+
+def make_input(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i:03d}" for i in range(n)],
+                  "text": [f"row {i}" for i in range(n)]}).to_csv(path, index=False)
+    return path
+
+
+async def run(tmp_path: Path, base_url: str, n: int = 20, max_attempts: int = 3) -> RunSummary:
+    job = load_job(None, {
+        "input": str(make_input(tmp_path, n)), "id_column": "id", "prompt": "Q: {text}",
+        "model": "gpt-4o-mini", "max_tokens": 16, "base_url": base_url,
+        "output": str(tmp_path / "out"), "concurrency": 4,
+    })
+    with anyio.fail_after(RUN_LIMIT_S):
+        return await run_job(job, RunOptions(
+            retry=RetryPolicy(base_s=0.01, max_attempts=max_attempts), progress="none",
+            handle_signals=False))
+
+
+def written(tmp_path: Path) -> str:
+    """Every file of the output directory, as text (bytes decoded leniently)."""
+    return "".join(p.read_bytes().decode("latin-1")
+                   for p in (tmp_path / "out").rglob("*") if p.is_file())
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing the proxy
+
+
+@pytest.mark.parametrize(("url", "env", "expected"), [
+    ("https://api.openai.com/v1", {}, None),
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:3128"}, "http://p:3128"),
+    ("https://api.openai.com/v1", {"https_proxy": "http://low:1", "HTTPS_PROXY": "http://up:2"},
+     "http://low:1"),
+    ("https://api.openai.com/v1", {"HTTP_PROXY": "http://p:3128"}, None),  # http:// only
+    ("http://gw.internal/v1", {"HTTP_PROXY": "http://p:3128"}, "http://p:3128"),
+    ("https://api.openai.com/v1", {"ALL_PROXY": "http://all:8080"}, "http://all:8080"),
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": "proxy.corp:3128"}, "http://proxy.corp:3128"),
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": " "}, None),
+    # NO_PROXY: a domain and its subdomains, *, a port, an address, a network
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "openai.com"}, None),
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:1", "no_proxy": ".openai.com"}, None),
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}, None),
+    ("https://notopenai.com/v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "openai.com"},
+     "http://p:1"),
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "a.b, api.openai.com"},
+     None),
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "api.openai.com:443"},
+     None),
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "api.openai.com:8443"},
+     "http://p:1"),
+    ("http://10.1.2.3:8000/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "10.1.2.3"}, None),
+    ("http://10.1.2.3:8000/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "10.0.0.0/8"}, None),
+    ("http://192.168.1.9/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "10.0.0.0/8"},
+     "http://p:1"),
+    # loopback endpoints (vLLM on this machine, the built-in simulator) never use a proxy
+    ("http://127.0.0.1:8000/v1", {"HTTP_PROXY": "http://p:1"}, None),
+    ("http://localhost:8000/v1", {"HTTP_PROXY": "http://p:1"}, None),
+    ("http://[::1]:8000/v1", {"HTTP_PROXY": "http://p:1"}, None),
+])
+def test_proxy_is_chosen_as_curl_chooses_it(url: str, env: dict[str, str],
+                                            expected: str | None) -> None:
+    proxy = proxy_for(url, env)
+    assert (proxy.url if proxy else None) == expected
+
+
+def test_proxy_credentials_are_kept_for_the_proxy_and_never_shown() -> None:
+    proxy = proxy_for("https://api.openai.com/v1",
+                      {"HTTPS_PROXY": "http://me:pa%40ss@proxy.corp:3128"})
+    assert proxy is not None
+    assert proxy.url == "http://me:pa%40ss@proxy.corp:3128"
+    assert proxy.shown == "http://proxy.corp:3128" and proxy.variable == "HTTPS_PROXY"
+    assert set(proxy.secrets) == {"pa%40ss", "pa@ss"}  # the password; a user name is no secret
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("socks5://me:hunter22@proxy.corp:1080", "ALL_PROXY is socks5://proxy.corp:1080"),
+    ("http://", "ALL_PROXY is not a proxy URL"),
+    ("http://proxy.corp:notaport", "ALL_PROXY is not a proxy URL"),
+])
+def test_a_proxy_that_cannot_be_used_is_refused(value: str, says: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        proxy_for("https://api.openai.com/v1", {"ALL_PROXY": value})
+    assert says in str(e.value) and "hunter22" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Through a real proxy
+
+
+@pytest.mark.anyio
+async def test_requests_go_through_the_proxy_with_its_credentials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with Simulator(SimulatorConfig(api_key=KEY)) as sim, \
+            ForwardProxy(sim.port, auth=basic("me", PASSWORD)) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", f"http://me:{PASSWORD}@127.0.0.1:{proxy.port}")
+        s = await run(tmp_path, f"http://{NOWHERE}/v1", n=20)
+    assert s.exit_code == 0 and s.ok == 20
+    assert len(proxy.seen) == 20
+    assert {(m, t) for m, t, _ in proxy.seen} == {
+        ("POST", f"http://{NOWHERE}/v1/chat/completions")}
+    assert {a for _, _, a in proxy.seen} == {basic("me", PASSWORD)}
+    assert PASSWORD not in written(tmp_path)
+
+
+@pytest.mark.anyio
+async def test_loopback_endpoints_never_go_through_the_proxy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+    async with Simulator(SimulatorConfig(api_key=KEY)) as sim:
+        s = await run(tmp_path, sim.base_url, n=5)
+    assert s.exit_code == 0 and s.ok == 5
+
+
+@pytest.mark.anyio
+async def test_a_proxy_asking_for_credentials_stops_the_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with Simulator(SimulatorConfig(api_key=KEY)) as sim, \
+            ForwardProxy(sim.port, auth=basic("me", PASSWORD)) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        s = await run(tmp_path, f"http://{NOWHERE}/v1", n=20)
+    assert s.exit_code == 4 and s.stopped
+    assert "407" in s.stopped and "put them in HTTP_PROXY" in s.stopped
+    assert len(proxy.seen) <= 4 + 1  # stopped at the first answers, not retried row by row
+    assert Journal(tmp_path / "out").read().num_rows == 0  # nothing recorded as failed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("auth", "status", "says"), [
+    (None, 403, "does not let requests through"),
+    (basic("me", "right-password"), 407, "check the user name and password in HTTPS_PROXY"),
+])
+async def test_https_endpoints_ask_the_proxy_for_a_tunnel_and_a_refusal_stops_the_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth: str | None, status: int,
+        says: str) -> None:
+    async with ForwardProxy(closed_port(), auth=auth, connect_status=status) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://me:{PASSWORD}@127.0.0.1:{proxy.port}")
+        s = await run(tmp_path, f"https://{NOWHERE}/v1", n=10)
+    assert s.exit_code == 4 and s.stopped
+    assert f"HTTP {status}" in s.stopped and says in s.stopped
+    assert PASSWORD not in s.stopped
+    assert proxy.seen[0][:2] == ("CONNECT", f"{NOWHERE}:443")
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_proxy_is_named_in_the_failures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = closed_port()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://me:{PASSWORD}@127.0.0.1:{port}")
+    s = await run(tmp_path, f"https://{NOWHERE}/v1", n=3, max_attempts=2)
+    assert s.exit_code == 3 and s.failed == 3
+    messages = set(pd.read_parquet(tmp_path / "out" / "results.parquet")["error_message"])
+    assert messages == {f"cannot connect to the proxy http://127.0.0.1:{port} (from HTTPS_PROXY) "
+                        "(Connection refused)"}
+    assert PASSWORD not in written(tmp_path)
+
+
+def test_cli_refuses_a_socks_proxy_in_one_line_before_sending(tmp_path: Path) -> None:
+    inp = make_input(tmp_path, 3)
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrunner", "run", "--input", str(inp), "--prompt", "Q: {text}",
+         "--model", "gpt-4o-mini", "--base-url", f"https://{NOWHERE}/v1", "--output",
+         str(tmp_path / "out"), "--progress", "none"],
+        env={**os.environ, "ALL_PROXY": f"socks5h://me:{PASSWORD}@127.0.0.1:1080"},
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ALL_PROXY is socks5h://127.0.0.1:1080" in lines[0], proc.stderr
+    assert "NO_PROXY" in lines[0] and PASSWORD not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (ConnectionRefusedError(111, "Connect call failed ('10.0.0.1', 443)"), "Connection refused"),
+    (socket.gaierror(-2, "Name or service not known"), "Name or service not known"),
+    (OSError("no errno"), "no errno"),
+])
+def test_connection_failures_say_why_as_the_os_says_it(error: OSError, reason: str) -> None:
+    assert _reason(error) == reason
