@@ -249,6 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _sigterm)
     if "pyarrow" not in sys.modules:
         _tune_memory()
+    if "numpy" not in sys.modules:
+        # numpy's BLAS starts a thread per core as it is imported, and each spins for a while:
+        # 0.1 s of CPU on two cores, more on bigger machines. Nothing here multiplies matrices.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     commands = {"run": _cmd_run, "estimate": _cmd_estimate, "status": _cmd_status,
                 "report": _cmd_report, "simulate": _cmd_simulate}
     try:
