@@ -144,6 +144,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
     )
     summary.report_paths = write_reports(report, plan.out_dir, outcomes=stats)
     summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}
+    summary.error_examples = {k: v["example"] for k, v in report["by_error_type"].items()
+                              if v.get("example")}
     summary.length_cut = report["rows"]["cut_at_length"]
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]

@@ -87,6 +87,7 @@ INITIAL_CONCURRENCY = 32  # automatic sizing starts here, then follows Little's 
 MAX_AUTO_CONCURRENCY = 512
 MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 
 
 @dataclass(kw_only=True)
@@ -110,6 +111,7 @@ class RunSummary:
     sent: int = 0
     length_cut: int = 0
     error_types: dict[str, int] = field(default_factory=dict)
+    error_examples: dict[str, str] = field(default_factory=dict)  # a message of each type
     cost_usd: float | None = 0.0
     earlier_cost_usd: float = 0.0  # earlier billed attempts of rows sent again, not in cost_usd
     wall_s: float = 0.0
@@ -975,6 +977,9 @@ def format_summary(s: RunSummary) -> str:
     lines.append(head)
     if s.error_types:
         lines.append("  failures: " + ", ".join(f"{k} {v:,}" for k, v in s.error_types.items()))
+        for etype in list(s.error_types)[:MAX_SUMMARY_EXAMPLES]:
+            if example := s.error_examples.get(etype):
+                lines.append(f"    {etype}: {example}")
     if s.length_cut:
         lines.append(f"  warning: {s.length_cut:,} rows cut at max_tokens (finish_reason=length)")
     cost = "unknown for some models (see report)" if s.cost_usd is None else f"${s.cost_usd:,.4f}"

@@ -29,7 +29,7 @@ from batchrunner.config import load_job, proxy_for
 from batchrunner.errors import ConfigError
 from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, RunSummary, run_job
+from batchrunner.runner import RunOptions, RunSummary, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
 
 KEY = "sk-test-proxy-0123456789"
@@ -277,8 +277,10 @@ async def test_an_unreachable_proxy_is_named_in_the_failures(
     s = await run(tmp_path, f"https://{NOWHERE}/v1", n=3, max_attempts=2)
     assert s.exit_code == 3 and s.failed == 3
     messages = set(pd.read_parquet(tmp_path / "out" / "results.parquet")["error_message"])
-    assert messages == {f"cannot connect to the proxy http://127.0.0.1:{port} (from HTTPS_PROXY) "
-                        "(Connection refused)"}
+    says = (f"cannot connect to the proxy http://127.0.0.1:{port} (from HTTPS_PROXY) "
+            "(Connection refused)")
+    assert messages == {says}
+    assert f"\n    connection_error: {says}\n" in format_summary(s)  # what to fix, at a glance
     assert PASSWORD not in written(tmp_path)
 
 

@@ -21,7 +21,7 @@ from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError, InputError
 from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, format_status, format_summary, run_job
+from batchrunner.runner import RunOptions, RunSummary, format_status, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
@@ -396,3 +396,15 @@ async def test_a_journal_written_before_earlier_cost_is_read_with_nulls(tmp_path
         again = results(tmp_path).set_index("id")
         assert again.loc["r0001", "earlier_cost_usd"] == pytest.approx(
             df.set_index("id").loc["r0001", "cost_usd"])
+
+
+def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
+    s = RunSummary(name="j", rows=10, failed=10, error_types={"http_500": 4, "timeout": 3,
+                                                              "http_400": 2, "no_choices": 1},
+                   error_examples={"http_500": "upstream crashed", "timeout": "no answer",
+                                   "http_400": "bad max_tokens", "no_choices": "empty"})
+    lines = format_summary(s).splitlines()
+    at = lines.index("  failures: http_500 4, timeout 3, http_400 2, no_choices 1")
+    assert lines[at + 1:at + 4] == ["    http_500: upstream crashed", "    timeout: no answer",
+                                    "    http_400: bad max_tokens"]
+    assert "empty" not in format_summary(s)
