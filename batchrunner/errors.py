@@ -10,6 +10,7 @@
     │   ├── AuthError                 401/403: the key is wrong or lacks access
     │   ├── QuotaError                429 insufficient_quota: the account is out of credit
     │   ├── BudgetExceeded            the next request could pass max_cost_usd
+    │   ├── Unreachable               no connection to the endpoint through a row's retries
     │   └── Interrupted               Ctrl-C or SIGTERM
     └── RequestError                  one request failed; carries ``error_type`` and retryability
         ├── HTTPStatusError           a non-2xx answer
@@ -37,6 +38,7 @@ __all__ = [
     "RequestError",
     "StopJob",
     "TransportError",
+    "Unreachable",
     "Usage",
     "UsageError",
 ]
@@ -84,6 +86,11 @@ class QuotaError(StopJob):
 
 class BudgetExceeded(StopJob):
     """Sending more could pass the job's ``max_cost_usd``."""
+
+
+class Unreachable(StopJob):
+    """A row's every attempt failed to connect and nothing answered meanwhile: a wrong URL, no
+    network, a proxy down. Every other row would fail the same way."""
 
 
 class Interrupted(StopJob):

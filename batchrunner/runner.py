@@ -56,6 +56,7 @@ from batchrunner.errors import (
     JournalError,
     RequestError,
     StopJob,
+    Unreachable,
     UsageError,
 )
 from batchrunner.journal import Journal, JournalWriter, new_run_id
@@ -138,6 +139,7 @@ class _Work:
     rate_limited: int = 0
     started: float = 0.0
     earlier_usd: float = 0.0  # what earlier billed attempts of the row cost (this run and before)
+    refused_at: float = 0.0  # when an attempt of the row first failed to connect
 
 
 # ----------------------------------------------------------------------------------------------
@@ -470,6 +472,10 @@ class _Run:
         self.completion_estimate = float(DEFAULT_COMPLETION_ESTIMATE)
         self.prompt_ratio = 1.0
         self.latency_s = 1.0
+        self.last_answer = -math.inf  # perf_counter() of the latest HTTP answer, of any status
+        # When the endpoint started to look down (a connection refused with no answer since its
+        # row started); it is down while this is later than last_answer.
+        self.refused_since = -math.inf
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
         # The worker count is the concurrency: the tuner adds workers, and makes the surplus
@@ -498,8 +504,10 @@ class _Run:
 
     def _finished_one(self) -> None:
         self.outstanding -= 1
-        if self.rows_done and self.outstanding == 0:
-            self._wake_workers()  # nothing left: let the idle workers end
+        if self.outstanding == 0 and (self.rows_done or self.refused_since > self.last_answer):
+            # Nothing left (the idle workers end), or no row left to probe the endpoint that
+            # looks down with (the next row does).
+            self._wake_workers()
 
     def stop(self, error: StopJob) -> None:
         """Stop taking rows; what is in flight may finish, nothing new is sent."""
@@ -513,6 +521,8 @@ class _Run:
         """The next request to send, or None when there is none now."""
         if self.retries:
             return self.retries.popleft()
+        if self.outstanding and self.refused_since > self.last_answer:
+            return None  # the endpoint looks down: the rows started find out when it is back
         plan = self.plan
         while not self.rows_done:
             try:
@@ -574,6 +584,7 @@ class _Run:
                 self.counts.retrying += 1
                 self.tasks.start_soon(self._requeue, item, retry_in)
             else:
+                self.counters["attempts"] += item.attempts
                 self._finished_one()  # abandoned: the job is stopping
 
     def record(self, o: Outcome) -> None:
@@ -639,6 +650,7 @@ class _Run:
             await self.stopped.wait()
         self.counts.retrying -= 1
         if self.stopping:
+            self.counters["attempts"] += item.attempts
             self._finished_one()
         else:
             self.retries.append(item)
@@ -668,6 +680,10 @@ class _Run:
             except RequestError as e:
                 self.limiter.refund(charge)
                 self.errors_seen[e.error_type] += 1
+                if e.status is not None:
+                    self._answered()
+                elif e.error_type == "connection_error":
+                    self._refused(item)
                 billed = self._billed(item, e)
                 if e.error_type == "rate_limited":
                     self.limiter.observe(e.headers)
@@ -688,6 +704,9 @@ class _Run:
                         self.spent += billed
                         self.counts.cost_usd += billed
                     return None, backoff(item.attempts, self.policy, e.retry_after, self.rng)
+                if e.error_type == "connection_error" and self.last_answer < item.refused_at:
+                    self._unreachable(item, e)
+                    return None, None  # not a failure of the row: left to do
                 self.counters["attempts"] += item.attempts
                 usage = e.usage or (None, None, None, None, None)
                 return Outcome(
@@ -701,7 +720,35 @@ class _Run:
                     model=str(item.body.get("model") or "") or None,
                     request_id=e.request_id, finished_at=time.time(),
                 ), None
+            self._answered()
             return self._success(item, res, charge), None
+
+    def _answered(self) -> None:
+        """An HTTP answer (of any status) arrived: the endpoint is reachable."""
+        down = self.refused_since > self.last_answer
+        self.last_answer = time.perf_counter()
+        if down:
+            self._wake_workers()  # new rows may be started again
+
+    def _refused(self, item: _Work) -> None:
+        """An attempt of ``item`` could not connect."""
+        now = time.perf_counter()
+        if not item.refused_at:
+            item.refused_at = now
+        if self.last_answer < item.started and self.refused_since <= self.last_answer:
+            # Nothing answered since the row started: the endpoint looks down. Until it
+            # answers, no new row is started (the rows started retry on their own backoff),
+            # or the workers would run through the input in failed first tries.
+            self.refused_since = now
+
+    def _unreachable(self, item: _Work, e: RequestError) -> None:
+        """Stop the job: ``item``'s attempts failed to connect, and no request got an answer
+        since the first of them, so every other row would fail the same way."""
+        silent_s = time.perf_counter() - item.refused_at
+        self.stop(Unreachable(
+            f"no connection to the endpoint for {silent_s:.1f} s ({item.attempts} attempts at row "
+            f"{item.key}, no answer to any request meanwhile): {e.message} — check the base URL, "
+            "the network and any proxy, then rerun to resume"))
 
     def _billed(self, item: _Work, e: RequestError) -> float | None:
         """What a failed attempt was billed, when its answer reported usage (a 200 without a

@@ -387,16 +387,76 @@ async def test_endless_429s_end_the_row_not_the_job(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_connection_refused(tmp_path: Path) -> None:
-    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(4)])
-    s = await run(job_for(tmp_path, f"http://127.0.0.1:{closed_port()}/v1", inp))
-    assert s.exit_code == 3 and s.failed == 4
-    df = results(tmp_path)
-    assert (df["error_type"] == "connection_error").all() and (df["attempts"] == 3).all()
-    assert KEY not in " ".join(df["error_message"])
-    rep = report(tmp_path)
-    assert failed_by_type(rep) == {"connection_error": 4}
-    assert seen_by_type(rep) == {"connection_error": 12}
+async def test_an_endpoint_refusing_connections_stops_the_job_with_nothing_recorded(
+        tmp_path: Path) -> None:
+    # A wrong port, host or proxy: the first row's retries find out, the rest are left to do.
+    n = 400
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+    port = closed_port()
+    s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp))
+    assert s.exit_code == 4 and s.stopped and s.failed == 0 and s.pending == n
+    assert s.stopped.startswith("no connection to the endpoint for ")
+    assert "3 attempts" in s.stopped
+    assert f"cannot connect to 127.0.0.1:{port} (Connection refused)" in s.stopped
+    assert "check the base URL, the network and any proxy" in s.stopped
+    assert KEY not in s.stopped
+    assert Journal(tmp_path / "out").read().num_rows == 0  # a rerun sends every row
+    # While the endpoint looked down no new row was started: the rows in flight (8, the
+    # concurrency) tried again, not every row of the input once.
+    assert 3 <= s.sent <= 8 * 3 * 2, s.sent
+
+
+@pytest.mark.anyio
+async def test_an_endpoint_that_goes_away_mid_job_stops_it_keeping_what_finished(
+        tmp_path: Path) -> None:
+    n = 400
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+    sim = Simulator(SimulatorConfig(latency_ms=5))
+    await sim.start()
+    try:
+        job = job_for(tmp_path, sim.base_url, inp, concurrency=4)
+
+        async def stop_after_100() -> None:
+            # The simulator has no event for it; run() fails after RUN_LIMIT_S.
+            while sim.stats()["completions"] < 100:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+            await sim.stop()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_after_100)
+            s = await run(job)
+    finally:
+        await sim.stop()
+    assert s.exit_code == 4 and s.stopped and "no connection to the endpoint" in s.stopped
+    state = Journal(tmp_path / "out").read()
+    assert 100 <= state.num_rows < n and set(state["status"].to_pylist()) == {"ok"}
+    assert s.ok == state.num_rows and s.pending == n - state.num_rows
+
+
+@pytest.mark.anyio
+async def test_an_endpoint_down_for_a_moment_at_the_start_costs_no_row(tmp_path: Path) -> None:
+    n = 300
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+    port = closed_port()
+    job = job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, concurrency=8)
+    sim = Simulator(SimulatorConfig(), port=port)
+
+    async def come_up() -> None:
+        await anyio.sleep(0.3)
+        await sim.start()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(come_up)
+            with anyio.fail_after(RUN_LIMIT_S):
+                # Six tries 0.2 s apart and doubling: a row gives up after 3 s on average.
+                s = await run_job(job, RunOptions(retry=RetryPolicy(base_s=0.2, max_attempts=6),
+                                                  progress="none", handle_signals=False))
+    finally:
+        await sim.stop()
+    assert s.exit_code == 0 and s.ok == n
+    # While it was down only the rows already started tried again: not a failed try per row.
+    assert s.sent < n + 8 * 6, s.sent
 
 
 @pytest.mark.anyio
