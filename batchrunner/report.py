@@ -24,7 +24,9 @@ Top-level keys, in this order::
     report_version    1
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
-    rows              {"total", "by_status": {status: rows}, "cut_at_length"}
+    rows              {"total", "by_status": {status: rows}, "cut_at_length", "to_do"}; total
+                      counts the rows with an outcome, to_do the input's rows without one
+                      (null when not given)
     tokens            {"prompt", "completion", "cached", "reasoning", "total"}
     cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
     cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
@@ -46,7 +48,8 @@ Top-level keys, in this order::
     wall_s            the run's wall time in seconds, or null
     requests_per_min  rows finished during the timed run / wall minutes, or null
     counters          the run-level counters, as given, sorted by name
-    warnings          one line each, for a human
+    stopped           why the run stopped before every row was done, or null
+    warnings          one line each, for a human; the stop, if any, first
 
 Counts in dicts are ordered by count (descending) then name, so the same journal always gives
 the same report apart from ``generated_at``.
@@ -464,6 +467,8 @@ def build_report(
     job: Mapping[str, Any],
     wall_s: float | None,
     counters: Mapping[str, int] | None = None,
+    to_do: int | None = None,
+    stopped: str | None = None,
 ) -> dict[str, Any]:
     """Aggregate one outcome per row into the cost report (see the module docstring).
 
@@ -475,6 +480,9 @@ def build_report(
     run saw) overlaps the rows' ``rate_limited`` sum (every 429 of every finished row, all runs):
     ``requests.http_429`` is the larger of the two, so no 429 is counted twice.
 
+    ``to_do`` is how many of the input's rows have no outcome yet; ``stopped`` why the run
+    stopped early.
+
     ``wall_s`` is the wall time of the run that just ended; ``requests_per_min`` counts the rows
     finished in the last ``wall_s`` seconds before the newest ``finished_at``, so rows finished
     by an earlier run of a resumed job do not inflate it.
@@ -483,6 +491,10 @@ def build_report(
     counters = dict(counters or {})
     n_rows = stats.rows
     warnings: list[str] = []
+    if stopped:
+        warnings.append(f"the run stopped early: {stopped}")
+    if to_do:
+        warnings.append(f"{_rows(to_do)} of the input not done yet: rerun the job to send them")
 
     by_status = _sorted_counts(stats._status)
     n_ok = stats._n_ok
@@ -545,7 +557,8 @@ def build_report(
         "report_version": REPORT_VERSION,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "job": {str(k): _jsonable(v) for k, v in job.items()},
-        "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length},
+        "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
+                 "to_do": to_do},
         "tokens": {
             "prompt": stats._tokens["prompt_tokens"],
             "completion": stats._tokens["completion_tokens"],
@@ -578,6 +591,7 @@ def build_report(
         "wall_s": None if wall is None else round(wall, 3),
         "requests_per_min": per_min,
         "counters": {str(k): int(counters[k]) for k in sorted(counters)},
+        "stopped": stopped,
         "warnings": warnings,
     }
 
@@ -831,7 +845,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if report.get("requests_per_min") is not None:
         throughput = f"{_num(report['requests_per_min'])} rows/min"
     totals = [
-        ["Rows", f"{_num(rows.get('total', 0))} ({_num(ok)} ok, {_num(failed)} failed)"],
+        ["Rows", f"{_num(rows.get('total', 0))} ({_num(ok)} ok, {_num(failed)} failed"
+                 + (f", {_num(rows['to_do'])} to do)" if rows.get("to_do") else ")")],
         ["Prompt tokens", _num(tokens.get("prompt", 0))],
         ["Cached prompt tokens", _num(tokens.get("cached", 0))],
         ["Completion tokens", _num(tokens.get("completion", 0))],

@@ -211,7 +211,8 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         _card(
             "Rows",
             _num(total),
-            f"{_num(ok)} ok · {_num(failed)} failed",
+            f"{_num(ok)} ok · {_num(failed)} failed"
+            + (f" · {_num(to_do)} to do" if (to_do := _int(rows.get("to_do"))) else ""),
             " bad" if failed else "",
         ),
         _card("Cost (USD)", cost, cost_note, cost_class),

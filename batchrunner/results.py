@@ -140,7 +140,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
         stats, prices=plan.prices,
         job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
              "model": job.request.model, "job_file": job.source},
-        wall_s=summary.wall_s or None, counters=counters,
+        wall_s=summary.wall_s or None, counters=counters, to_do=summary.pending,
+        stopped=summary.stopped or (plan.job_meta.get("last_run") or {}).get("stopped"),
     )
     summary.report_paths = write_reports(report, plan.out_dir, outcomes=stats)
     summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}

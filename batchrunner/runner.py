@@ -26,6 +26,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -895,8 +896,10 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         journal = Journal(out_dir)
         journal.create()
-        io.write_atomic_bytes(out_dir / "job.json",
-                              json.dumps(plan.job_meta, indent=2, default=str).encode())
+        last_run: dict[str, Any] = {"run_id": run_id, "started_at": _utc_now(),
+                                    "finished_at": None, "stopped": None}
+        plan.job_meta["last_run"] = last_run
+        _write_meta(plan)
         lim = job.limits
         limiter = Limiter(lim.requests_per_minute, lim.tokens_per_minute)
         remaining = plan.total_rows - len(plan.done)
@@ -916,12 +919,24 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
                 progress.close()
         summary.sent = run.counters["attempts"]
         summary.stopped = str(run.stop_error) if run.stop_error else None
+        last_run.update(finished_at=_utc_now(), stopped=summary.stopped, sent=summary.sent)
+        _write_meta(plan)
         counters = dict(run.counters)
         counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
     summary.wall_s = time.monotonic() - started
     await anyio.to_thread.run_sync(
         lambda: rebuild_outputs(plan, summary, counters=counters, run_id=run_id))
     return summary
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _write_meta(plan: Plan) -> None:
+    """``OUT_DIR/job.json``: the job's fingerprints, and its last run (``status`` shows it)."""
+    io.write_atomic_bytes(plan.out_dir / "job.json",
+                          json.dumps(plan.job_meta, indent=2, default=str).encode())
 
 
 async def _pipeline(run: _Run) -> None:
@@ -1000,6 +1015,15 @@ def format_status(out_dir: Path) -> str:
     cost += _plus_earlier(pa.compute.sum(state["earlier_cost_usd"]).as_py())
     tokens = pa.compute.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
+    last = meta.get("last_run")
+    if isinstance(last, dict) and last.get("started_at"):
+        if not last.get("finished_at"):
+            lines.append(f"  last run: started {last['started_at']}, not finished: still running, "
+                         "or it was killed (rerun to resume)")
+        elif last.get("stopped"):
+            lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
+        else:
+            lines.append(f"  last run: {last['started_at']} to {last['finished_at']}")
     return "\n".join(lines)
 
 

@@ -30,7 +30,14 @@ from aiohttp import web
 from batchrunner.config import JobConfig, load_job
 from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, RunSummary, run_job
+from batchrunner.runner import (
+    RunOptions,
+    RunSummary,
+    format_status,
+    plan_from_output,
+    rebuild_outputs,
+    run_job,
+)
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
 
 KEY = "sk-test-faults-0123456789"
@@ -401,6 +408,19 @@ async def test_an_endpoint_refusing_connections_stops_the_job_with_nothing_recor
     assert "check the base URL, the network and any proxy" in s.stopped
     assert KEY not in s.stopped
     assert Journal(tmp_path / "out").read().num_rows == 0  # a rerun sends every row
+    # The morning after: the report and status say why, and what is left.
+    rep = report(tmp_path)
+    assert rep["stopped"] == s.stopped and rep["rows"]["to_do"] == n
+    assert rep["warnings"][:2] == [
+        f"the run stopped early: {s.stopped}",
+        f"{n} rows of the input not done yet: rerun the job to send them"]
+    assert "| 0 (0 ok, 0 failed, 400 to do)" in (tmp_path / "out" / "cost_report.md").read_text()
+    assert "0 failed · 400 to do" in (tmp_path / "out" / "report.html").read_text()
+    assert "  last run: stopped 20" in format_status(tmp_path / "out")
+    assert format_status(tmp_path / "out").endswith(s.stopped)
+    # `batchrunner report` rebuilds the reports from the journal and keeps the stop.
+    rebuild_outputs(plan_from_output(tmp_path / "out"), RunSummary(name="in"))
+    assert report(tmp_path)["stopped"] == s.stopped
     # While the endpoint looked down no new row was started: the rows in flight (8, the
     # concurrency) tried again, not every row of the input once.
     assert 3 <= s.sent <= 8 * 3 * 2, s.sent

@@ -408,3 +408,25 @@ def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
     assert lines[at + 1:at + 4] == ["    http_500: upstream crashed", "    timeout: no answer",
                                     "    http_400: bad max_tokens"]
     assert "empty" not in format_summary(s)
+
+
+@pytest.mark.anyio
+async def test_status_names_the_last_run_and_a_run_that_never_finished(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 5)
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+    assert s.exit_code == 0
+    meta_path = tmp_path / "out" / "job.json"
+    last = json.loads(meta_path.read_text())["last_run"]
+    assert last["stopped"] is None and last["sent"] == 5
+    assert last["started_at"] <= last["finished_at"]
+    status = format_status(tmp_path / "out")
+    assert f"  last run: {last['started_at']} to {last['finished_at']}" in status
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["stopped"] is None and report["rows"]["to_do"] == 0
+    # A run killed while sending leaves its start and no end.
+    meta = json.loads(meta_path.read_text())
+    meta["last_run"].update(finished_at=None)
+    meta_path.write_text(json.dumps(meta))
+    assert "not finished: still running, or it was killed (rerun to resume)" in format_status(
+        tmp_path / "out")
