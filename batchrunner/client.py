@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import ssl
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,7 +28,9 @@ from batchrunner.errors import (
     HTTPStatusError,
     QuotaError,
     RequestError,
+    StopJob,
     TransportError,
+    Unreachable,
     Usage,
 )
 from batchrunner.retry import is_retryable_status
@@ -266,7 +269,7 @@ class ChatClient:
             ttft_ms=(st.first_token_at - start) * 1000.0 if st.first_token_at else None,
         )
 
-    def _translate(self, e: BaseException) -> RequestError | AuthError:
+    def _translate(self, e: BaseException) -> RequestError | StopJob:
         if isinstance(e, asyncio.TimeoutError | TimeoutError):
             return TransportError("timeout", "no complete answer within timeout_s", retryable=True)
         if isinstance(e, aiohttp.ServerDisconnectedError):
@@ -292,6 +295,14 @@ class ChatClient:
                             f"({_reason(e.os_error)})"),
                 retryable=True,
             )
+        if isinstance(e, aiohttp.ClientConnectorCertificateError):
+            # The same certificate meets every request: nothing to retry.
+            why = e.certificate_error
+            detail = getattr(why, "verify_message", None) or str(why)
+            return Unreachable(self.redact(
+                f"cannot connect to {e.host}:{e.port}: its TLS certificate is not trusted "
+                f"({detail}) — if your network re-signs TLS (a company proxy, say), point "
+                "SSL_CERT_FILE at its CA bundle, then rerun to resume"))
         if isinstance(e, aiohttp.ClientConnectorError):
             return TransportError(
                 "connection_error",
@@ -439,7 +450,11 @@ _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "r
 
 def _reason(e: OSError) -> str:
     """Why a connection failed, as the OS says it ("Connection refused"); asyncio's own text
-    ("Connect call failed (...)") repeats the address."""
+    ("Connect call failed (...)") repeats the address. TLS errors say what TLS found."""
+    if isinstance(e, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
+        if e.reason == "WRONG_VERSION_NUMBER":
+            return "it does not answer in TLS: is the endpoint http://, not https://?"
+        return f"TLS: {e.reason or e.strerror or e}"
     if e.errno and e.errno > 0:  # a resolver's error (socket.gaierror) has its own numbers
         return os.strerror(e.errno)
     return e.strerror or str(e) or type(e).__name__

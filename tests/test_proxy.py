@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,8 @@ import aiohttp
 import anyio
 import pandas as pd
 import pytest
+import trustme
+from aiohttp import web
 
 from batchrunner.client import _reason
 from batchrunner.config import load_job, proxy_for
@@ -56,10 +60,11 @@ class ForwardProxy:
     Proxy-Authorization is answered 407. ``seen`` holds (method, target, Proxy-Authorization)."""
 
     def __init__(self, upstream_port: int, *, auth: str | None = None,
-                 connect_status: int = 403) -> None:
+                 connect_status: int = 403, tunnel_to: int | None = None) -> None:
         self.upstream_port = upstream_port
         self.auth = auth
         self.connect_status = connect_status
+        self.tunnel_to = tunnel_to
         self.seen: list[tuple[str, str, str | None]] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -101,6 +106,9 @@ class ForwardProxy:
                          b"Connection: close\r\n\r\n")
             await writer.drain()
             return False
+        if method == "CONNECT" and self.tunnel_to is not None:
+            await self._tunnel(reader, writer)
+            return False
         if method == "CONNECT":
             writer.write(f"HTTP/1.1 {self.connect_status} Refused\r\nContent-Length: 0\r\n"
                          "Connection: close\r\n\r\n".encode())
@@ -117,6 +125,66 @@ class ForwardProxy:
                      f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
         await writer.drain()
         return True
+
+
+    async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Pipe the connection to ``tunnel_to``, both ways, until either side closes."""
+        assert self.tunnel_to is not None
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.tunnel_to)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+class TLSEndpoint:
+    """A chat completions endpoint over TLS on 127.0.0.1, its certificate issued for ``host`` by
+    a test CA (``ca_file``, a PEM file a client can trust through SSL_CERT_FILE)."""
+
+    def __init__(self, host: str, directory: Path) -> None:
+        ca = trustme.CA()
+        self.ca_file = directory / "test-ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(host).configure_cert(self._ssl)
+        self.requests = 0
+        self.port = 0
+        self._runner: web.ServerRunner | None = None
+
+    async def __aenter__(self) -> TLSEndpoint:
+        self._runner = web.ServerRunner(web.Server(self._handle))
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.requests += 1
+        body = json.loads(await request.read())
+        assert request.headers["Authorization"] == f"Bearer {KEY}"
+        return web.json_response({
+            "id": f"chatcmpl-{self.requests}", "object": "chat.completion",
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "fine"}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+        })
 
 
 def make_input(tmp_path: Path, n: int) -> Path:
@@ -279,6 +347,51 @@ async def test_an_unreachable_proxy_stops_the_job_naming_it(
     assert (f"cannot connect to the proxy http://127.0.0.1:{port} (from HTTPS_PROXY) "
             "(Connection refused)") in s.stopped
     assert PASSWORD not in s.stopped + format_summary(s) + written(tmp_path)
+
+
+@pytest.mark.anyio
+async def test_https_endpoints_go_through_the_proxys_tunnel_and_trust_ssl_cert_file(
+        tmp_path: Path) -> None:
+    # The whole path a corporate network takes: CONNECT through the proxy, TLS inside the
+    # tunnel to the endpoint's name, its certificate checked against the CA in SSL_CERT_FILE.
+    n = 12
+    async with TLSEndpoint(NOWHERE, tmp_path) as endpoint, \
+            ForwardProxy(0, tunnel_to=endpoint.port) as proxy:
+        with anyio.fail_after(RUN_LIMIT_S):
+            proc = await anyio.run_process(
+                [sys.executable, "-m", "batchrunner", "run", "--input",
+                 str(make_input(tmp_path, n)), "--prompt", "Q: {text}", "--model", "gpt-4o-mini",
+                 "--base-url", f"https://{NOWHERE}/v1", "--output", str(tmp_path / "out"),
+                 "--progress", "none", "--concurrency", "4"],
+                env={**os.environ, "HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}",
+                     "SSL_CERT_FILE": str(endpoint.ca_file)},
+                check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert endpoint.requests == n
+    assert {(m, t) for m, t, _ in proxy.seen} == {("CONNECT", f"{NOWHERE}:443")}
+    assert len(proxy.seen) <= 4  # one tunnel a connection, kept alive
+
+
+@pytest.mark.anyio
+async def test_an_untrusted_certificate_stops_the_job_at_once_saying_what_to_do(
+        tmp_path: Path) -> None:
+    async with TLSEndpoint("127.0.0.1", tmp_path) as endpoint:
+        s = await run(tmp_path, f"https://127.0.0.1:{endpoint.port}/v1", n=20)
+    assert s.exit_code == 4 and s.stopped and s.pending == 20
+    assert s.stopped == (
+        f"cannot connect to 127.0.0.1:{endpoint.port}: its TLS certificate is not trusted "
+        "(unable to get local issuer certificate) — if your network re-signs TLS (a company "
+        "proxy, say), point SSL_CERT_FILE at its CA bundle, then rerun to resume")
+    assert s.sent <= 4  # the requests in flight: no retries
+
+
+@pytest.mark.anyio
+async def test_https_to_a_plain_http_server_says_so(tmp_path: Path) -> None:
+    async with Simulator(SimulatorConfig(api_key=KEY)) as sim:
+        s = await run(tmp_path, f"https://127.0.0.1:{sim.port}/v1", n=5, max_attempts=2)
+    assert s.exit_code == 4 and s.stopped
+    assert (f"cannot connect to 127.0.0.1:{sim.port} (it does not answer in TLS: is the "
+            "endpoint http://, not https://?)") in s.stopped
 
 
 def test_cli_refuses_a_socks_proxy_in_one_line_before_sending(tmp_path: Path) -> None:
