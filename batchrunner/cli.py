@@ -185,10 +185,19 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
 
 
 def _cmd_report(ns: argparse.Namespace) -> int:
-    from batchrunner.runner import RunSummary, format_summary, plan_from_output, rebuild_outputs
+    from batchrunner.io import RunLock
+    from batchrunner.runner import (
+        RunSummary,
+        format_summary,
+        plan_from_output,
+        rebuild_outputs,
+        run_in_progress,
+    )
 
-    plan = plan_from_output(Path(ns.out_dir))
-    summary = rebuild_outputs(plan, RunSummary(name=plan.job.name))
+    out_dir = Path(ns.out_dir)
+    with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
+        plan = plan_from_output(out_dir)
+        summary = rebuild_outputs(plan, RunSummary(name=plan.job.name))
     print(format_summary(summary))
     return summary.exit_code
 

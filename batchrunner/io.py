@@ -35,7 +35,8 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Generator, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -56,6 +57,8 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "InputSource",
     "ResultWriter",
+    "RunLock",
+    "is_locked",
     "open_input",
     "remove_stale_temp_files",
     "temp_path_for",
@@ -826,6 +829,76 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
         _unlink_quietly(tmp)
         raise _output_error(path, f"cannot write it ({_os_reason(exc)})") from None
     _fsync_dir(path.parent)
+
+
+class RunLock:
+    """An exclusive ``flock`` on the output directory itself, held while a run (or a rebuild of
+    the outputs) uses it, so that two never do at once: two runs of one job would send the same
+    rows twice.
+
+    The OS releases it when the process ends, however it ends, so a killed run leaves no stale
+    lock; and it creates no file. Taken on ``__enter__`` if the directory exists, else by
+    ``acquire`` once the run has created it. ``holder`` names the run holding it, for the
+    message. Not taken on Windows (no ``flock``).
+    """
+
+    def __init__(self, out_dir: Path, holder: Callable[[], str] = lambda: "") -> None:
+        self.out_dir = Path(out_dir)
+        self._holder = holder
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        if self.out_dir.is_dir():
+            self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    def acquire(self) -> None:
+        if self._fd is not None or sys.platform == "win32":
+            return
+        import fcntl
+
+        try:
+            fd = os.open(self.out_dir, os.O_RDONLY)
+        except OSError as exc:
+            raise _output_error(self.out_dir, f"cannot open it ({_os_reason(exc)})") from None
+        for _ in range(3):  # `status` looking at the lock holds it for microseconds
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return
+            except BlockingIOError:
+                time.sleep(0.05)
+        os.close(fd)
+        holder = self._holder()
+        raise UsageError(
+            f"another batchrunner run is using {self.out_dir}{f' ({holder})' if holder else ''}"
+            "; let it finish or stop it, then run again"
+        )
+
+
+def is_locked(out_dir: Path) -> bool:
+    """Whether a run holds ``out_dir``'s ``RunLock`` now."""
+    if sys.platform == "win32":
+        return False
+    import fcntl
+
+    try:
+        fd = os.open(out_dir, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def remove_stale_temp_files(directory: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -881,7 +882,25 @@ def endpoint_warnings(base_url: str) -> list[str]:
 
 async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSummary:
     """Run (or resume) ``job`` to the end, or until it must stop; return what happened."""
-    options = options or RunOptions()
+    out_dir = job.output.dir
+    # One run at a time in an output directory.
+    with io.RunLock(out_dir, holder=lambda: run_in_progress(out_dir)) as lock:
+        return await _run_job(job, options or RunOptions(), lock)
+
+
+def run_in_progress(out_dir: Path) -> str:
+    """The run that holds ``out_dir``'s lock, as its ``job.json`` names it ("pid 123, started
+    ..."), or "" if it does not say."""
+    try:
+        last = json.loads((out_dir / "job.json").read_text(encoding="utf-8")).get("last_run")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(last, dict) or last.get("finished_at") or not last.get("pid"):
+        return ""
+    return f"pid {last['pid']}, started {last.get('started_at')}"
+
+
+async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> RunSummary:
     started = time.monotonic()
     plan = prepare(job, options)
     env = environment(job)
@@ -894,10 +913,12 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
         for w in summary.warnings:
             print(f"batchrunner: warning: {w}", file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock.acquire()  # a new directory: taken now (an existing one was before prepare)
         journal = Journal(out_dir)
         journal.create()
-        last_run: dict[str, Any] = {"run_id": run_id, "started_at": _utc_now(),
-                                    "finished_at": None, "stopped": None}
+        last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
+                                    "started_at": _utc_now(), "finished_at": None,
+                                    "stopped": None}
         plan.job_meta["last_run"] = last_run
         _write_meta(plan)
         lim = job.limits
@@ -1016,10 +1037,13 @@ def format_status(out_dir: Path) -> str:
     tokens = pa.compute.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
     last = meta.get("last_run")
-    if isinstance(last, dict) and last.get("started_at"):
+    if io.is_locked(out_dir):
+        running = run_in_progress(out_dir)
+        lines.append(f"  a run is in progress{f' ({running})' if running else ''}")
+    elif isinstance(last, dict) and last.get("started_at"):
         if not last.get("finished_at"):
-            lines.append(f"  last run: started {last['started_at']}, not finished: still running, "
-                         "or it was killed (rerun to resume)")
+            lines.append(f"  last run: started {last['started_at']}, did not finish (killed, or "
+                         "the machine stopped): run the job again to resume")
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
         else:

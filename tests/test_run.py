@@ -19,6 +19,7 @@ import pytest
 
 from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError, InputError
+from batchrunner.io import is_locked
 from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, format_status, format_summary, run_job
@@ -428,5 +429,43 @@ async def test_status_names_the_last_run_and_a_run_that_never_finished(tmp_path:
     meta = json.loads(meta_path.read_text())
     meta["last_run"].update(finished_at=None)
     meta_path.write_text(json.dumps(meta))
-    assert "not finished: still running, or it was killed (rerun to resume)" in format_status(
-        tmp_path / "out")
+    assert "did not finish (killed, or the machine stopped): run the job again to resume" in (
+        format_status(tmp_path / "out"))
+
+
+def test_a_second_run_of_a_job_in_progress_is_refused_and_status_shows_the_first(
+        tmp_path: Path) -> None:
+    # A nightly job still running when the next night's starts: the second must not send the
+    # same rows again.
+    n = 60
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    env = {**os.environ, "OPENAI_API_KEY": KEY}
+    with SimulatorThread(SimulatorConfig(api_key=KEY, latency_ms=100)) as sim:
+        argv = [sys.executable, "-m", "batchrunner", "run", "--input", str(inp), "--id-column",
+                "id", "--prompt", "Summarise: {text}", "--model", "gpt-4o-mini", "--base-url",
+                sim.base_url, "--output", str(out), "--concurrency", "2", "--progress", "none"]
+        first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not is_locked(out) or "pid" not in (out / "job.json").read_text():
+                assert time.monotonic() < deadline and first.poll() is None, first.stderr
+                time.sleep(0.02)
+            assert f"  a run is in progress (pid {first.pid}, started 20" in format_status(out)
+            second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+            rebuild = subprocess.run([sys.executable, "-m", "batchrunner", "report", str(out)],
+                                     env=env, capture_output=True, text=True, timeout=60)
+            assert first.poll() is None  # the first was running all along
+        finally:
+            first.communicate(timeout=60)
+        completions = sim.stats()["completions"]
+    assert first.returncode == 0
+    for refused in (second, rebuild):
+        assert refused.returncode == 2
+        assert refused.stderr.startswith(
+            f"batchrunner: error: another batchrunner run is using {out} (pid {first.pid}, "
+            "started 20"), refused.stderr
+        assert refused.stderr.rstrip().endswith("let it finish or stop it, then run again")
+    assert completions == n  # no row sent twice
+    assert not is_locked(out) and "a run is in progress" not in format_status(out)
