@@ -97,25 +97,33 @@ class TqdmProgress:
 
 
 class LogProgress:
-    """For logs (no terminal): one line every ``every_s`` seconds."""
+    """For logs (no terminal): one line every ``every_s`` seconds, rows finishing or not (the
+    runner calls ``update`` with ``finished=0`` every second), so a quiet log is a dead run."""
 
     def __init__(self, desc: str, every_s: float = 30.0) -> None:
         self._desc = desc
         self._every = every_s
         self._total: int | None = None
         self._done = 0
-        self._last = time.monotonic()
+        self._last = self._last_finished = time.monotonic()
 
     def start(self, total: int | None, done: int) -> None:
         self._total, self._done = total, done
 
     def update(self, counts: Counts, finished: int) -> None:
-        self._done += finished
         now = time.monotonic()
+        if finished:
+            self._done += finished
+            self._last_finished = now
         if now - self._last >= self._every:
             self._last = now
-            total = f"/{self._total}" if self._total is not None else ""
-            print(f"{self._desc}: {self._done}{total} rows  {_postfix(counts)}", file=sys.stderr)
+            done = f"{self._done:,}"
+            if self._total:
+                done += f"/{self._total:,} ({100 * self._done / self._total:.0f} %)"
+            idle = now - self._last_finished
+            note = (f"  (no row finished for {idle:.0f} s)" if self._every and idle >= self._every
+                    else "")
+            print(f"{self._desc}: {done} rows  {_postfix(counts)}{note}", file=sys.stderr)
 
     def write(self, line: str) -> None:
         print(line, file=sys.stderr)

@@ -205,3 +205,27 @@ def test_runs_use_uvloop_unless_asked_for_asyncio(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("BATCHRUNNER_EVENT_LOOP", "asyncio")
     assert loop_factory() is None
     assert event_loop_options() == {}
+
+
+def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from batchrunner import progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    log = progress.LogProgress("nightly", every_s=30.0)
+    log.start(20_000, 1_000)
+    counts = progress.Counts(ok=1_500, tokens=12_345, cost_usd=0.25)
+    now[0] += 10
+    log.update(counts, 500)  # rows finish; no line before 30 s
+    now[0] += 25
+    log.update(counts, 0)  # the runner's once-a-second call: 35 s since the start
+    now[0] += 31
+    log.update(counts, 0)  # and nothing has finished for 56 s
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "nightly: 1,500/20,000 (8 %) rows  ok=1500 failed=0 retrying=0 tokens=12,345 "
+        "cost=$0.2500",
+        "nightly: 1,500/20,000 (8 %) rows  ok=1500 failed=0 retrying=0 tokens=12,345 "
+        "cost=$0.2500  (no row finished for 56 s)",
+    ]
