@@ -35,6 +35,7 @@ from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
+from tests.test_faults import closed_port
 
 KEY = "sk-test-proxy-0123456789"
 PASSWORD = "s3cret-proxy-pass"
@@ -210,12 +211,6 @@ def written(tmp_path: Path) -> str:
     """Every file of the output directory, as text (bytes decoded leniently)."""
     return "".join(p.read_bytes().decode("latin-1")
                    for p in (tmp_path / "out").rglob("*") if p.is_file())
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ----------------------------------------------------------------------------------------------
