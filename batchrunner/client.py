@@ -148,7 +148,11 @@ class ChatClient:
         # cancels a timer for every request, 6 µs of CPU each (a twentieth of a request's
         # total); the watchdog looks at the requests in flight a few times a second.
         self.timeout_s = timeout_s
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, 30.0))
+        # A connection not made in half the total (30 s at most) is not coming: failing it as
+        # a connection error lets an unreachable endpoint (a firewall dropping packets) stop
+        # the job rather than time out row after row.
+        self._connect_s = min(timeout_s / 2, 30.0)
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_s)
         self._watch_every = min(1.0, max(0.05, timeout_s / 10))
         self._deadlines: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
@@ -270,6 +274,14 @@ class ChatClient:
         )
 
     def _translate(self, e: BaseException) -> RequestError | StopJob:
+        if isinstance(e, aiohttp.ConnectionTimeoutError):  # before the TimeoutError it also is
+            where = urlsplit(self.url)
+            to = (f"the proxy {self._proxy_shown()} or through it" if self._proxy
+                  else f"{where.hostname}:{where.port or _PORTS.get(where.scheme)}")
+            return TransportError(
+                "connection_error",
+                self.redact(f"cannot connect to {to} (no answer within {self._connect_s:g} s)"),
+                retryable=True)
         if isinstance(e, asyncio.TimeoutError | TimeoutError):
             return TransportError("timeout", "no complete answer within timeout_s", retryable=True)
         if isinstance(e, aiohttp.ServerDisconnectedError):
@@ -446,6 +458,9 @@ class ChatClient:
 
 _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
                            for kind in ("requests", "tokens"))
+
+
+_PORTS = {"http": 80, "https": 443}
 
 
 def _reason(e: OSError) -> str:

@@ -427,6 +427,24 @@ async def test_an_endpoint_refusing_connections_stops_the_job_with_nothing_recor
 
 
 @pytest.mark.anyio
+async def test_an_endpoint_whose_connections_hang_stops_the_job(tmp_path: Path) -> None:
+    # A firewall that drops packets: connects neither succeed nor fail. Here a listener whose
+    # one-place accept queue is full, so the kernel drops every further SYN.
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(100)])
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)):  # fills the queue
+            s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, timeout_s=1),
+                          max_attempts=2)
+    assert s.exit_code == 4 and s.stopped and s.pending == 100
+    # Connects are given half of timeout_s, so they fail as connection errors, not timeouts.
+    assert f"cannot connect to 127.0.0.1:{port} (no answer within 0.5 s)" in s.stopped
+    assert s.sent <= 8 * 2
+
+
+@pytest.mark.anyio
 async def test_an_endpoint_that_goes_away_mid_job_stops_it_keeping_what_finished(
         tmp_path: Path) -> None:
     n = 400

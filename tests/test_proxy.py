@@ -389,6 +389,29 @@ async def test_https_to_a_plain_http_server_says_so(tmp_path: Path) -> None:
             "endpoint http://, not https://?)") in s.stopped
 
 
+@pytest.mark.anyio
+async def test_a_proxy_whose_connections_hang_stops_the_job_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # its one place filled below: further connects hang
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)):
+            monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+            job = load_job(None, {
+                "input": str(make_input(tmp_path, 10)), "prompt": "Q: {text}",
+                "model": "gpt-4o-mini", "base_url": f"https://{NOWHERE}/v1",
+                "output": str(tmp_path / "out"), "concurrency": 4, "timeout_s": 1,
+            })
+            with anyio.fail_after(RUN_LIMIT_S):
+                s = await run_job(job, RunOptions(
+                    retry=RetryPolicy(base_s=0.01, max_attempts=2), progress="none",
+                    handle_signals=False))
+    assert s.exit_code == 4 and s.stopped
+    assert (f"cannot connect to the proxy http://127.0.0.1:{port} (from HTTPS_PROXY) or "
+            "through it (no answer within 0.5 s)") in s.stopped
+
+
 def test_cli_refuses_a_socks_proxy_in_one_line_before_sending(tmp_path: Path) -> None:
     inp = make_input(tmp_path, 3)
     proc = subprocess.run(
