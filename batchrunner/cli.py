@@ -1,7 +1,8 @@
 """The ``batchrunner`` command: a thin argparse shell around the runner.
 
 Exit codes: 0 every row ok; 2 bad usage, job file or input (nothing sent); 3 finished with
-failed rows; 4 stopped early (auth, quota, budget, unreachable, interrupted) and resumable.
+failed rows; 4 stopped early (auth, quota, budget, unreachable, all failing, interrupted) and
+resumable.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 EPILOG = """\
 exit codes: 0 all rows ok · 2 bad job, option or input (nothing sent) ·
             3 finished with failed rows · 4 stopped early (auth, quota, budget,
-            endpoint unreachable, Ctrl-C), rerun to resume ·
+            endpoint unreachable, every request failing, Ctrl-C), rerun to resume ·
             1 output could not be written (disk full)
 """
 

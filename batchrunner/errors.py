@@ -11,6 +11,7 @@
     │   ├── QuotaError                429 insufficient_quota: the account is out of credit
     │   ├── BudgetExceeded            the next request could pass max_cost_usd
     │   ├── Unreachable               no connection to the endpoint through a row's retries
+    │   ├── AllFailing                the run's first rows all failed the same way, none ok
     │   └── Interrupted               Ctrl-C or SIGTERM
     └── RequestError                  one request failed; carries ``error_type`` and retryability
         ├── HTTPStatusError           a non-2xx answer
@@ -24,6 +25,7 @@ Messages never contain the API key: the client builds them from the status, the 
 from __future__ import annotations
 
 __all__ = [
+    "AllFailing",
     "AuthError",
     "BadResponseError",
     "BatchrunnerError",
@@ -91,6 +93,11 @@ class BudgetExceeded(StopJob):
 class Unreachable(StopJob):
     """A row's every attempt failed to connect and nothing answered meanwhile: a wrong URL, no
     network, a proxy down. Every other row would fail the same way."""
+
+
+class AllFailing(StopJob):
+    """The run's first rows all failed with one error type and none succeeded: a setting of
+    the job (a parameter the model rejects, a wrong model or path), not the rows."""
 
 
 class Interrupted(StopJob):

@@ -50,6 +50,7 @@ from batchrunner.config import (
     proxy_for,
 )
 from batchrunner.errors import (
+    AllFailing,
     BatchrunnerError,
     BudgetExceeded,
     ConfigError,
@@ -91,6 +92,8 @@ MAX_AUTO_CONCURRENCY = 512
 MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
+# A run whose first rows sent all fail with one error type, none ok, stops after this many.
+FAIL_FAST_ROWS = 20
 
 
 @dataclass(kw_only=True)
@@ -497,6 +500,8 @@ class _Run:
         self.reserved = 0.0  # estimated cost of the requests in flight
         self.recorded = 0
         self.to_do = max(1, plan.total_rows - len(plan.done))
+        # Until a row is ok: how many rows sent have failed, by error type.
+        self.failing: Counter[str] | None = Counter()
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -581,6 +586,8 @@ class _Run:
                 self.spent += outcome.cost_usd or 0.0
                 self.record(outcome)
                 self._finished_one()
+                if self.failing is not None:
+                    self._fail_fast(outcome)
             elif retry_in is not None and not self.stopping:
                 assert self.tasks is not None
                 self.counts.retrying += 1
@@ -609,6 +616,22 @@ class _Run:
         self.progress.update(counts, 1)
         if len(journal) >= FLUSH_EVERY_ROWS:
             self.flush_wanted.set()
+
+    def _fail_fast(self, o: Outcome) -> None:
+        """Stop when the run's first rows sent all fail the same way and none is ok: a setting
+        of the job is wrong, and the rest of the input would fail alike."""
+        assert self.failing is not None
+        if o.status == "ok":
+            self.failing = None  # something works: failures from here on are the rows'
+            return
+        failing = self.failing
+        failing[o.error_type or "failed"] += 1
+        if len(failing) == 1 and failing.total() >= FAIL_FAST_ROWS:
+            self.failing = None
+            self.stop(AllFailing(
+                f"the first {failing.total()} rows sent all failed with {o.error_type} and "
+                f"none succeeded ({o.error_message}); stopped before sending the rest — fix "
+                "the job, then run it again with --retry-failed"))
 
     def _check_context(self, item: _Work) -> None:
         """Warn (before sending) about a prompt that looks too long for the model."""

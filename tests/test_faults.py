@@ -498,6 +498,47 @@ async def test_an_endpoint_down_for_a_moment_at_the_start_costs_no_row(tmp_path:
 
 
 @pytest.mark.anyio
+async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
+        tmp_path: Path) -> None:
+    # A parameter the model rejects, a model the gateway does not have: every row would fail.
+    n = 300
+    inp = make_csv(tmp_path / "in.csv", [f"row {i} [[sim:400]]" for i in range(n)])
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp))
+        sent = sim.stats()["requests"]
+    assert s.exit_code == 4 and s.stopped
+    assert s.stopped.startswith(
+        "the first 20 rows sent all failed with http_400 and none succeeded ")
+    assert s.stopped.endswith("fix the job, then run it again with --retry-failed")
+    assert "Simulated bad request." in s.stopped
+    assert 20 <= s.failed <= 20 + 8 and s.pending == n - s.failed  # 8: the concurrency
+    assert sent == s.failed
+
+
+@pytest.mark.anyio
+async def test_first_rows_failing_do_not_stop_a_job_once_one_is_ok(tmp_path: Path) -> None:
+    n = 60
+    texts = [f"row {i} [[sim:400]]" if i != 10 and i < 40 else f"row {i}" for i in range(n)]
+    inp = make_csv(tmp_path / "in.csv", texts)
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp, concurrency=1))
+    assert s.exit_code == 3 and not s.stopped
+    assert s.failed == 39 and s.ok == 21
+
+
+@pytest.mark.anyio
+async def test_first_rows_failing_in_different_ways_do_not_stop_the_job(tmp_path: Path) -> None:
+    n = 50
+    kinds = ["400", "404"]
+    texts = [f"row {i} [[sim:{kinds[i % 2]}]]" for i in range(40)] + [
+        f"row {i}" for i in range(40, n)]
+    inp = make_csv(tmp_path / "in.csv", texts)
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp, concurrency=1))
+    assert s.exit_code == 3 and not s.stopped and s.failed == 40 and s.ok == 10
+
+
+@pytest.mark.anyio
 async def test_server_that_accepts_and_never_answers(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", ["row a", "row b"])
     async with SilentServer() as srv:
