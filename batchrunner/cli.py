@@ -180,7 +180,7 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
 
     job = load_job(ns.job, _overrides(ns))
     plan = prepare(job, RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
-                                   force=ns.force))
+                                   force=ns.force), tidy=False)  # a run may be writing
     print(format_estimate(estimate(plan)))
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -295,11 +296,13 @@ class ChatClient:
         if isinstance(e, aiohttp.ClientHttpProxyError):  # the proxy refused a CONNECT tunnel
             if stop := self._proxy_refused(e.status, e.message):
                 return stop
-            return TransportError(
-                "proxy_error", self.redact(f"the proxy {self._proxy_shown()} answered HTTP "
-                                           f"{e.status} {e.message}")[:_MAX_MESSAGE],
-                retryable=True,
-            )
+            said = f"the proxy {self._proxy_shown()} answered HTTP {e.status} {e.message}"
+            if e.status in (502, 503, 504):  # it could not reach the endpoint: no answer from it
+                return TransportError(
+                    "connection_error", self.redact(f"cannot connect through the proxy ({said})"
+                                                    )[:_MAX_MESSAGE], retryable=True)
+            return TransportError("proxy_error", self.redact(said)[:_MAX_MESSAGE],
+                                  retryable=True)
         if isinstance(e, aiohttp.ClientProxyConnectionError):
             return TransportError(
                 "connection_error",
@@ -466,6 +469,8 @@ _PORTS = {"http": 80, "https": 443}
 def _reason(e: OSError) -> str:
     """Why a connection failed, as the OS says it ("Connection refused"); asyncio's own text
     ("Connect call failed (...)") repeats the address. TLS errors say what TLS found."""
+    if isinstance(e, socket.gaierror):  # the resolver's own numbers and words
+        return e.strerror or str(e)
     if isinstance(e, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
         if e.reason == "WRONG_VERSION_NUMBER":
             return "it does not answer in TLS: is the endpoint http://, not https://?"

@@ -464,10 +464,10 @@ def check_base_url(url: str, what: str) -> str:
 class Proxy:
     """The HTTP proxy requests go through, as the environment names it."""
 
-    url: str  # as aiohttp takes it, credentials included
+    url: str = field(repr=False)  # as aiohttp takes it, credentials included
     shown: str  # scheme://host:port: what messages show
     variable: str  # the environment variable it came from
-    secrets: tuple[str, ...]  # its password, as written and decoded: never shown
+    secrets: tuple[str, ...] = field(repr=False)  # its password, as written and decoded
 
 
 def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
@@ -480,7 +480,7 @@ def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
     proxy batchrunner cannot use (SOCKS, say), before anything is sent.
     """
     target = urlsplit(base_url)
-    host = (target.hostname or "").lower()
+    host = (target.hostname or "").lower().rstrip(".")
     if _loopback(host):
         return None
     names = [f"{target.scheme}_proxy", "all_proxy"]
@@ -526,14 +526,19 @@ def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
     for entry in no_proxy.replace(",", " ").lower().split():
         if entry == "*":
             return True
-        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry.startswith("["):  # [IPv6] or [IPv6]:port
+            name, _, rest = entry[1:].partition("]")
+            entry_port = rest.removeprefix(":")
+        elif entry.count(":") == 1:  # host:port (more colons: a bare IPv6 address)
+            name, _, entry_port = entry.partition(":")
+        else:
+            name, entry_port = entry, ""
         if entry_port and entry_port != str(port):
             continue
-        name = name.strip("[]").removeprefix("*").removeprefix(".")
+        name = name.removeprefix("*").removeprefix(".").rstrip(".")
         if "/" in name:
             try:
-                if ipaddress.ip_address(host.strip("[]")) in ipaddress.ip_network(name,
-                                                                                   strict=False):
+                if ipaddress.ip_address(host) in ipaddress.ip_network(name, strict=False):
                     return True
             except ValueError:
                 pass

@@ -839,7 +839,8 @@ class RunLock:
     The OS releases it when the process ends, however it ends, so a killed run leaves no stale
     lock; and it creates no file. Taken on ``__enter__`` if the directory exists, else by
     ``acquire`` once the run has created it. ``holder`` names the run holding it, for the
-    message. Not taken on Windows (no ``flock``).
+    message. Not taken on Windows, nor where the file system has no ``flock`` on a directory
+    (NFS): there, as before, nothing stops a second run.
     """
 
     def __init__(self, out_dir: Path, holder: Callable[[], str] = lambda: "") -> None:
@@ -874,6 +875,9 @@ class RunLock:
                 return
             except BlockingIOError:
                 time.sleep(0.05)
+            except OSError:  # a file system without flock (NFS on a directory, some FUSE)
+                os.close(fd)
+                return
         os.close(fd)
         holder = self._holder()
         raise UsageError(
@@ -896,6 +900,8 @@ def is_locked(out_dir: Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
+    except OSError:
+        return False
     finally:
         os.close(fd)
     return False

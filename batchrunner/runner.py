@@ -145,6 +145,8 @@ class _Work:
     started: float = 0.0
     earlier_usd: float = 0.0  # what earlier billed attempts of the row cost (this run and before)
     refused_at: float = 0.0  # when an attempt of the row first failed to connect
+    refusals: int = 0  # its attempts that failed to connect
+    resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,8 +187,11 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def prepare(job: JobConfig, options: RunOptions) -> Plan:
-    """Check the job, input, output directory and journal; raise UsageError on anything wrong."""
+def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
+    """Check the job, input, output directory and journal; raise UsageError on anything wrong.
+
+    With ``tidy``, the temporary files a crashed run left are removed: only for the run that
+    holds the output directory's lock (``estimate`` looks while another run may be writing)."""
     warnings: list[str] = []
     out_dir = job.output.dir
     if out_dir.exists() and not out_dir.is_dir():
@@ -237,8 +242,9 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
         raise JournalError(
             f"{out_dir} holds a journal but no job.json — it is not this job's output directory"
         )
-    journal.remove_temp_files()
-    io.remove_stale_temp_files(out_dir)
+    if tidy:
+        journal.remove_temp_files()
+        io.remove_stale_temp_files(out_dir)
     journal.check()
     order = InputOrder(source, key_column, total, fingerprint, ids)
     latest = journal.latest(order, cost=True)
@@ -249,10 +255,15 @@ def prepare(job: JobConfig, options: RunOptions) -> Plan:
         if picked:
             pos = order.positions(string_array(sorted(picked))).drop_null()
             done[to_numpy(pos)] = False
-    # Kept for the run only when a row to send has cost something before (8 bytes a row).
+    # Kept for the run only when a row to send has a record already (8 bytes a row): what it
+    # has cost so far, NaN where nothing is recorded.
     spent = latest.cost
-    if spent is not None and not np.any(~done & ~np.isnan(spent)):
-        spent = None
+    if spent is not None:
+        recorded = latest.ok >= 0
+        if np.any(~done & recorded):
+            spent[recorded & np.isnan(spent)] = 0.0
+        else:
+            spent = None
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=_structured(request_settings),
@@ -386,7 +397,7 @@ def _first_duplicate(ids: pa.Array) -> str | None:
 
 def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
     """(key, row, what the row has cost so far) for every input row to send this run
-    (``plan.done`` skipped), in order."""
+    (``plan.done`` skipped), in order; the cost is NaN for a row with no record yet."""
     position = 0
     if plan.builder is None:
         cols: list[str] | None = ["custom_id", "body"]
@@ -416,13 +427,13 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
 
 def _spent_of(spent: npt.NDArray[np.float64] | None, position: int, todo: npt.NDArray[np.int64]
               ) -> list[float]:
-    """What the rows at ``position + todo`` have cost so far (0.0: nothing recorded)."""
+    """What the rows at ``position + todo`` have cost so far (NaN: nothing recorded)."""
     if spent is None:
-        return [0.0] * len(todo)
+        return [math.nan] * len(todo)
     at = position + todo
-    known = at < len(spent)  # the input grew since it was checked: the new rows cost nothing
-    out = np.zeros(len(todo), dtype=np.float64)
-    out[known] = np.nan_to_num(spent[at[known]], nan=0.0)
+    known = at < len(spent)  # the input grew since it was checked: the new rows have no record
+    out = np.full(len(todo), np.nan, dtype=np.float64)
+    out[known] = spent[at[known]]
     return out.tolist()
 
 
@@ -542,6 +553,8 @@ class _Run:
                 self.rows_done = True
                 self.stop(StopJob(f"{e}; the rows finished so far are saved"))
                 break
+            resent = not math.isnan(spent)  # the row has a record from an earlier run
+            spent = spent if resent else 0.0
             item, reason = make_work(plan, key, row)
             if item is None:
                 self.record(Outcome(key=key, status="failed", error_type="invalid_row",
@@ -549,6 +562,7 @@ class _Run:
                                     earlier_cost_usd=spent or None, finished_at=time.time()))
                 continue
             item.earlier_usd = spent
+            item.resent = resent
             self._check_context(item)
             self.outstanding += 1
             return item
@@ -587,7 +601,7 @@ class _Run:
                 self.record(outcome)
                 self._finished_one()
                 if self.failing is not None:
-                    self._fail_fast(outcome)
+                    self._fail_fast(outcome, item.resent)
             elif retry_in is not None and not self.stopping:
                 assert self.tasks is not None
                 self.counts.retrying += 1
@@ -617,12 +631,16 @@ class _Run:
         if len(journal) >= FLUSH_EVERY_ROWS:
             self.flush_wanted.set()
 
-    def _fail_fast(self, o: Outcome) -> None:
+    def _fail_fast(self, o: Outcome, resent: bool) -> None:
         """Stop when the run's first rows sent all fail the same way and none is ok: a setting
-        of the job is wrong, and the rest of the input would fail alike."""
+        of the job is wrong, and the rest of the input would fail alike. Rows sent again
+        (``--retry-failed``, ``--rerun-where``) do not count: they may have failed for
+        themselves."""
         assert self.failing is not None
         if o.status == "ok":
             self.failing = None  # something works: failures from here on are the rows'
+            return
+        if resent:
             return
         failing = self.failing
         failing[o.error_type or "failed"] += 1
@@ -631,7 +649,7 @@ class _Run:
             self.stop(AllFailing(
                 f"the first {failing.total()} rows sent all failed with {o.error_type} and "
                 f"none succeeded ({o.error_message}); stopped before sending the rest — fix "
-                "the job, then run it again with --retry-failed"))
+                "what it names, then run the job again with --retry-failed"))
 
     def _check_context(self, item: _Work) -> None:
         """Warn (before sending) about a prompt that looks too long for the model."""
@@ -667,6 +685,7 @@ class _Run:
         else:
             self.reserved += est
             return est
+        self.counters["attempts"] += item.attempts  # a retry not sent: its earlier tries were
         self._finished_one()
         return None
 
@@ -729,7 +748,8 @@ class _Run:
                         self.spent += billed
                         self.counts.cost_usd += billed
                     return None, backoff(item.attempts, self.policy, e.retry_after, self.rng)
-                if e.error_type == "connection_error" and self.last_answer < item.refused_at:
+                if (e.error_type == "connection_error" and item.refusals >= 2
+                        and self.last_answer < item.refused_at):
                     self._unreachable(item, e)
                     return None, None  # not a failure of the row: left to do
                 self.counters["attempts"] += item.attempts
@@ -758,6 +778,7 @@ class _Run:
     def _refused(self, item: _Work) -> None:
         """An attempt of ``item`` could not connect."""
         now = time.perf_counter()
+        item.refusals += 1
         if not item.refused_at:
             item.refused_at = now
         if self.last_answer < item.started and self.refused_since <= self.last_answer:
@@ -767,8 +788,10 @@ class _Run:
             self.refused_since = now
 
     def _unreachable(self, item: _Work, e: RequestError) -> None:
-        """Stop the job: ``item``'s attempts failed to connect, and no request got an answer
-        since the first of them, so every other row would fail the same way."""
+        """Stop the job: two or more of ``item``'s attempts failed to connect, its last among
+        them, and no request got an answer since the first, so every other row would fail the
+        same way. (One refusal proves little: a single one on a row's last attempt while the
+        endpoint answers everyone else is a row that failed.)"""
         silent_s = time.perf_counter() - item.refused_at
         self.stop(Unreachable(
             f"no connection to the endpoint for {silent_s:.1f} s ({item.attempts} attempts at row "
@@ -921,11 +944,18 @@ def run_in_progress(out_dir: Path) -> str:
         return ""
     if not isinstance(last, dict) or last.get("finished_at") or not last.get("pid"):
         return ""
+    try:
+        os.kill(int(last["pid"]), 0)  # the holder may not have written its own yet
+    except ProcessLookupError:
+        return ""  # a run that was killed: not the holder
+    except (PermissionError, ValueError, OverflowError):
+        pass
     return f"pid {last['pid']}, started {last.get('started_at')}"
 
 
 async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> RunSummary:
     started = time.monotonic()
+    existed = job.output.dir.is_dir()
     plan = prepare(job, options)
     env = environment(job)
     summary = RunSummary(name=job.name, warnings=list(plan.warnings))
@@ -938,6 +968,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             print(f"batchrunner: warning: {w}", file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock.acquire()  # a new directory: taken now (an existing one was before prepare)
+        if not existed and (out_dir / "job.json").exists():
+            plan = prepare(job, options)  # another run made it and wrote to it meanwhile
         journal = Journal(out_dir)
         journal.create()
         last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
@@ -962,7 +994,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 await _pipeline(run)
             finally:
                 progress.close()
-        summary.sent = run.counters["attempts"]
+        # Requests of rows that finished, and of rows left waiting for a retry at a stop.
+        summary.sent = run.counters["attempts"] + sum(item.attempts for item in run.retries)
         summary.stopped = str(run.stop_error) if run.stop_error else None
         last_run.update(finished_at=_utc_now(), stopped=summary.stopped, sent=summary.sent)
         _write_meta(plan)

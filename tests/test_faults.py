@@ -27,7 +27,9 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner.client import ChatClient
 from batchrunner.config import JobConfig, load_job
+from batchrunner.errors import TransportError
 from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import (
@@ -509,7 +511,7 @@ async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
     assert s.exit_code == 4 and s.stopped
     assert s.stopped.startswith(
         "the first 20 rows sent all failed with http_400 and none succeeded ")
-    assert s.stopped.endswith("fix the job, then run it again with --retry-failed")
+    assert s.stopped.endswith("fix what it names, then run the job again with --retry-failed")
     assert "Simulated bad request." in s.stopped
     assert 20 <= s.failed <= 20 + 8 and s.pending == n - s.failed  # 8: the concurrency
     assert sent == s.failed
@@ -536,6 +538,50 @@ async def test_first_rows_failing_in_different_ways_do_not_stop_the_job(tmp_path
     async with Simulator(SimulatorConfig()) as sim:
         s = await run(job_for(tmp_path, sim.base_url, inp, concurrency=1))
     assert s.exit_code == 3 and not s.stopped and s.failed == 40 and s.ok == 10
+
+
+@pytest.mark.anyio
+async def test_one_refused_connection_on_a_rows_last_attempt_fails_that_row_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two 500s, then one refused connection, while the endpoint answers every other row: the
+    # row failed, the endpoint is not down.
+    n = 400
+    texts = [f"row {i}" for i in range(n)]
+    texts[5] = "row 5 flaky [[sim:500*2]]"
+    inp = make_csv(tmp_path / "in.csv", texts)
+    tries: Counter[str] = Counter()
+    send = ChatClient.complete
+
+    async def complete(self: ChatClient, body: dict[str, Any]) -> Any:
+        if "flaky" in json.dumps(body):
+            tries["flaky"] += 1
+            if tries["flaky"] == 3:
+                raise TransportError("connection_error", "cannot connect to x:1 (refused)",
+                                     retryable=True)
+        return await send(self, body)
+
+    monkeypatch.setattr(ChatClient, "complete", complete)
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp))
+    assert s.exit_code == 3 and not s.stopped
+    assert (s.ok, s.failed) == (n - 1, 1) and tries["flaky"] == 3
+
+
+@pytest.mark.anyio
+async def test_rows_sent_again_that_fail_for_themselves_do_not_fail_fast(tmp_path: Path) -> None:
+    # A third of the rows are bad (400 every time); --retry-failed sends those 30 again first.
+    n = 90
+    texts = [f"row {i} [[sim:400]]" if i % 3 == 0 else f"row {i}" for i in range(n)]
+    inp = make_csv(tmp_path / "in.csv", texts)
+    async with Simulator(SimulatorConfig()) as sim:
+        first = await run(job_for(tmp_path, sim.base_url, inp, concurrency=1))
+        assert first.exit_code == 3 and first.failed == 30
+        with anyio.fail_after(RUN_LIMIT_S):
+            again = await run_job(job_for(tmp_path, sim.base_url, inp, concurrency=1),
+                                  RunOptions(retry=RetryPolicy(base_s=0.01, max_attempts=3),
+                                             progress="none", handle_signals=False,
+                                             retry_failed=True))
+    assert again.exit_code == 3 and not again.stopped and again.failed == 30
 
 
 @pytest.mark.anyio

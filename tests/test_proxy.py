@@ -247,6 +247,15 @@ def written(tmp_path: Path) -> str:
     ("http://127.0.0.1:8000/v1", {"HTTP_PROXY": "http://p:1"}, None),
     ("http://localhost:8000/v1", {"HTTP_PROXY": "http://p:1"}, None),
     ("http://[::1]:8000/v1", {"HTTP_PROXY": "http://p:1"}, None),
+    ("http://[2001:db8::5]:8443/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "[2001:db8::5]:8443"},
+     None),
+    ("http://[2001:db8::5]:8443/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "2001:db8::5"},
+     None),
+    ("http://[2001:db8::5]:8443/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "[2001:db8::5]:1"},
+     "http://p:1"),
+    ("https://api.openai.com./v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "openai.com"}, None),
+    ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "api.openai.com."},
+     None),
 ])
 def test_proxy_is_chosen_as_curl_chooses_it(url: str, env: dict[str, str],
                                             expected: str | None) -> None:
@@ -261,6 +270,7 @@ def test_proxy_credentials_are_kept_for_the_proxy_and_never_shown() -> None:
     assert proxy.url == "http://me:pa%40ss@proxy.corp:3128"
     assert proxy.shown == "http://proxy.corp:3128" and proxy.variable == "HTTPS_PROXY"
     assert set(proxy.secrets) == {"pa%40ss", "pa@ss"}  # the password; a user name is no secret
+    assert "pa%40ss" not in repr(proxy) and "pa@ss" not in repr(proxy)
 
 
 @pytest.mark.parametrize(("value", "says"), [
@@ -330,6 +340,18 @@ async def test_https_endpoints_ask_the_proxy_for_a_tunnel_and_a_refusal_stops_th
     assert f"HTTP {status}" in s.stopped and says in s.stopped
     assert PASSWORD not in s.stopped
     assert proxy.seen[0][:2] == ("CONNECT", f"{NOWHERE}:443")
+
+
+@pytest.mark.anyio
+async def test_an_endpoint_the_proxy_cannot_reach_stops_the_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The proxy answers CONNECT with 502: the endpoint behind it is down or misnamed.
+    async with ForwardProxy(closed_port(), connect_status=502) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
+        s = await run(tmp_path, f"https://{NOWHERE}/v1", n=30, max_attempts=2)
+    assert s.exit_code == 4 and s.stopped and s.pending == 30
+    assert (f"cannot connect through the proxy (the proxy http://127.0.0.1:{proxy.port} "
+            "(from HTTPS_PROXY) answered HTTP 502") in s.stopped
 
 
 @pytest.mark.anyio
@@ -429,6 +451,8 @@ def test_cli_refuses_a_socks_proxy_in_one_line_before_sending(tmp_path: Path) ->
 @pytest.mark.parametrize(("error", "reason"), [
     (ConnectionRefusedError(111, "Connect call failed ('10.0.0.1', 443)"), "Connection refused"),
     (socket.gaierror(-2, "Name or service not known"), "Name or service not known"),
+    (socket.gaierror(8, "nodename nor servname provided, or not known"),  # macOS numbers
+     "nodename nor servname provided, or not known"),
     (OSError("no errno"), "no errno"),
 ])
 def test_connection_failures_say_why_as_the_os_says_it(error: OSError, reason: str) -> None:

@@ -449,7 +449,8 @@ def test_a_second_run_of_a_job_in_progress_is_refused_and_status_shows_the_first
                                  text=True)
         try:
             deadline = time.monotonic() + 30
-            while not is_locked(out) or "pid" not in (out / "job.json").read_text():
+            meta = out / "job.json"
+            while not (is_locked(out) and meta.exists() and "pid" in meta.read_text()):
                 assert time.monotonic() < deadline and first.poll() is None, first.stderr
                 time.sleep(0.02)
             assert f"  a run is in progress (pid {first.pid}, started 20" in format_status(out)
