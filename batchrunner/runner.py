@@ -25,7 +25,7 @@ import time
 import tokenize
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import StringIO
@@ -347,6 +347,13 @@ def _where_columns(where: str) -> list[str] | None:
     except (tokenize.TokenError, SyntaxError):
         return None
     return [c for c in OUTCOME_COLUMNS if c in names]
+
+
+def _why(e: BaseException) -> str:
+    """What ended a run, in one line: our own errors' message, else the exception's class."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return _first_line(e) if isinstance(e, BatchrunnerError) else type(e).__name__
 
 
 def _first_line(e: BaseException) -> str:
@@ -992,6 +999,11 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             preload_prices()  # while the first requests are out
             try:
                 await _pipeline(run)
+            except BaseException as e:  # a full disk, say: `status` should not call it killed
+                last_run.update(finished_at=_utc_now(), stopped=f"ended by an error: {_why(e)}")
+                with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
+                    _write_meta(plan)
+                raise
             finally:
                 progress.close()
         # Requests of rows that finished, and of rows left waiting for a retry at a stop.
@@ -1096,7 +1108,8 @@ def format_status(out_dir: Path) -> str:
     last = meta.get("last_run")
     if io.is_locked(out_dir):
         running = run_in_progress(out_dir)
-        lines.append(f"  a run is in progress{f' ({running})' if running else ''}")
+        lines.append(f"  a run is in progress ({running})" if running else
+                     "  in use by another batchrunner process (a run starting, or a report)")
     elif isinstance(last, dict) and last.get("started_at"):
         if not last.get("finished_at"):
             lines.append(f"  last run: started {last['started_at']}, did not finish (killed, or "

@@ -29,6 +29,7 @@ import pytest
 
 from batchrunner.cli import main
 from batchrunner.journal import Journal, write_segment
+from batchrunner.runner import format_status
 from batchrunner.simulator import SimulatorConfig, SimulatorThread, prompt_key
 from benchmarks.crash_soak import CrashHarness
 
@@ -441,6 +442,9 @@ def test_disk_full_while_journaling(tmp_path: Path) -> None:
         line = one_error_line(full.stderr)
         assert "too large" in line.lower(), line
         assert not [p for p in (out / "journal").iterdir() if ".tmp" in p.name]
+        # The morning after, status says how the run ended, not that it was killed.
+        assert "  last run: stopped 20" in format_status(out)
+        assert "ended by an error: cannot write journal segment" in format_status(out)
         ok_then = ok_keys(out)  # the journal is readable
         assert 0 < len(ok_then) < n, "the first segment should have held the fast rows"
         counts_then = dict(sim.stats(per_prompt=True)["requests_by_prompt"])
