@@ -523,11 +523,17 @@ def _loopback(host: str) -> bool:
 
 def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
     """Whether ``no_proxy`` (comma- or space-separated) names ``host`` (and ``port``)."""
+    try:
+        host_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        host_ip = None
     for entry in no_proxy.replace(",", " ").lower().split():
         if entry == "*":
             return True
         if entry.startswith("["):  # [IPv6] or [IPv6]:port
             name, _, rest = entry[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                continue
             entry_port = rest.removeprefix(":")
         elif entry.count(":") == 1:  # host:port (more colons: a bare IPv6 address)
             name, _, entry_port = entry.partition(":")
@@ -538,12 +544,20 @@ def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
         name = name.removeprefix("*").removeprefix(".").rstrip(".")
         if "/" in name:
             try:
-                if ipaddress.ip_address(host) in ipaddress.ip_network(name, strict=False):
+                if host_ip is not None and host_ip in ipaddress.ip_network(name, strict=False):
                     return True
             except ValueError:
                 pass
             continue
-        if name and (host == name or host.endswith("." + name)):
+        if not name:
+            continue
+        if host_ip is not None:  # an address matches only itself, or a network, never a suffix
+            try:
+                if host_ip == ipaddress.ip_address(name):
+                    return True
+            except ValueError:
+                pass
+        elif host == name or host.endswith("." + name):
             return True
     return False
 

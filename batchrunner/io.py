@@ -30,6 +30,7 @@ import abc
 import codecs
 import contextlib
 import csv
+import errno
 import hashlib
 import itertools
 import os
@@ -831,6 +832,12 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+# What flock fails with where a file system does not support it on a directory.
+_NO_FLOCK: Final = frozenset(
+    getattr(errno, name) for name in ("ENOLCK", "EBADF", "EINVAL", "EOPNOTSUPP", "ENOTSUP")
+    if hasattr(errno, name))
+
+
 class RunLock:
     """An exclusive ``flock`` on the output directory itself, held while a run (or a rebuild of
     the outputs) uses it, so that two never do at once: two runs of one job would send the same
@@ -847,6 +854,11 @@ class RunLock:
         self.out_dir = Path(out_dir)
         self._holder = holder
         self._fd: int | None = None
+        self.unsupported = sys.platform == "win32"  # no flock here: runs go unguarded
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def __enter__(self) -> RunLock:
         if self.out_dir.is_dir():
@@ -860,7 +872,7 @@ class RunLock:
             self._fd = None
 
     def acquire(self) -> None:
-        if self._fd is not None or sys.platform == "win32":
+        if self._fd is not None or self.unsupported:
             return
         import fcntl
 
@@ -875,9 +887,13 @@ class RunLock:
                 return
             except BlockingIOError:
                 time.sleep(0.05)
-            except OSError:  # a file system without flock (NFS on a directory, some FUSE)
+            except OSError as exc:
                 os.close(fd)
-                return
+                if exc.errno in _NO_FLOCK:  # NFS on a directory, some FUSE mounts
+                    self.unsupported = True
+                    return
+                raise _output_error(self.out_dir, f"cannot lock it ({_os_reason(exc)})"
+                                    ) from None
         os.close(fd)
         holder = self._holder()
         raise UsageError(

@@ -14,6 +14,7 @@ At the end the journal is compacted and the results file and cost report are reb
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -179,8 +180,8 @@ class Plan:
     prior_cost: float = 0.0
     order: InputOrder | None = None  # journal keys → input positions
     # What each input row has cost so far (NaN: nothing recorded), carried into the row's next
-    # record when it is sent again.
-    spent: npt.NDArray[np.float64] | None = None
+    # record when it is sent again; or only which rows have a record, when none sent has a cost.
+    spent: npt.NDArray[np.float64] | npt.NDArray[np.bool_] | None = None
 
 
 def _fingerprint(obj: Any) -> str:
@@ -255,15 +256,19 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         if picked:
             pos = order.positions(string_array(sorted(picked))).drop_null()
             done[to_numpy(pos)] = False
-    # Kept for the run only when a row to send has a record already (8 bytes a row): what it
-    # has cost so far, NaN where nothing is recorded.
+    # Kept for the run only when a row to send has a record already: what each row has cost
+    # so far, NaN where nothing is recorded (8 bytes a row), or, when no row to send has cost
+    # anything, which rows have a record (1 byte a row).
     spent = latest.cost
     if spent is not None:
         recorded = latest.ok >= 0
-        if np.any(~done & recorded):
-            spent[recorded & np.isnan(spent)] = 0.0
-        else:
+        resent = ~done & recorded
+        if not np.any(resent):
             spent = None
+        elif np.any(resent & ~np.isnan(spent)):
+            spent[recorded & np.isnan(spent)] = 0.0
+        else:  # no row sent again has cost anything: which are sent again is enough (1 byte)
+            spent = recorded
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=_structured(request_settings),
@@ -350,10 +355,13 @@ def _where_columns(where: str) -> list[str] | None:
 
 
 def _why(e: BaseException) -> str:
-    """What ended a run, in one line: our own errors' message, else the exception's class."""
+    """What ended a run by raising, in one line, for ``job.json``'s last run."""
     while isinstance(e, BaseExceptionGroup) and e.exceptions:
         e = e.exceptions[0]
-    return _first_line(e) if isinstance(e, BatchrunnerError) else type(e).__name__
+    if isinstance(e, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
+        return "interrupted"
+    return "ended by an error: " + (_first_line(e) if isinstance(e, BatchrunnerError)
+                                    else type(e).__name__)
 
 
 def _first_line(e: BaseException) -> str:
@@ -432,15 +440,17 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
         position += n
 
 
-def _spent_of(spent: npt.NDArray[np.float64] | None, position: int, todo: npt.NDArray[np.int64]
-              ) -> list[float]:
-    """What the rows at ``position + todo`` have cost so far (NaN: nothing recorded)."""
+def _spent_of(spent: npt.NDArray[np.float64] | npt.NDArray[np.bool_] | None, position: int,
+              todo: npt.NDArray[np.int64]) -> list[float]:
+    """What the rows at ``position + todo`` have cost so far (NaN: nothing recorded); ``spent``
+    as ``Plan.spent``."""
     if spent is None:
         return [math.nan] * len(todo)
     at = position + todo
     known = at < len(spent)  # the input grew since it was checked: the new rows have no record
     out = np.full(len(todo), np.nan, dtype=np.float64)
-    out[known] = spent[at[known]]
+    got = spent[at[known]]
+    out[known] = np.where(got, 0.0, np.nan) if got.dtype == np.bool_ else got
     return out.tolist()
 
 
@@ -963,7 +973,9 @@ def run_in_progress(out_dir: Path) -> str:
 async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> RunSummary:
     started = time.monotonic()
     existed = job.output.dir.is_dir()
-    plan = prepare(job, options)
+    # Leftover temporary files are removed only by the lock's holder (where locks work): in a
+    # directory that did not exist, a run that got ahead may be writing them.
+    plan = prepare(job, options, tidy=lock.held or (existed and lock.unsupported))
     env = environment(job)
     summary = RunSummary(name=job.name, warnings=list(plan.warnings))
     out_dir = plan.out_dir
@@ -1000,7 +1012,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             try:
                 await _pipeline(run)
             except BaseException as e:  # a full disk, say: `status` should not call it killed
-                last_run.update(finished_at=_utc_now(), stopped=f"ended by an error: {_why(e)}")
+                last_run.update(finished_at=_utc_now(), stopped=_why(e),
+                                sent=run.counters["attempts"])
                 with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
                     _write_meta(plan)
                 raise

@@ -254,6 +254,11 @@ def written(tmp_path: Path) -> str:
     ("http://[2001:db8::5]:8443/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "[2001:db8::5]:1"},
      "http://p:1"),
     ("https://api.openai.com./v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "openai.com"}, None),
+    # an address matches itself or a network, never as a suffix
+    ("http://10.1.2.3/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "2.3"}, "http://p:1"),
+    ("http://[2001:db8::5]/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "2001:db8:0::5"}, None),
+    ("http://[2001:db8::5]:443/v1", {"HTTP_PROXY": "http://p:1", "NO_PROXY": "[2001:db8::5]443"},
+     "http://p:1"),
     ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "api.openai.com."},
      None),
 ])

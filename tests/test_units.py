@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from pathlib import Path
@@ -229,3 +230,37 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
         "nightly: 1,500/20,000 (8 %) rows  ok=1500 failed=0 retrying=0 tokens=12,345 "
         "cost=$0.2500  (no row finished for 56 s)",
     ]
+
+
+def test_a_run_ended_by_an_exception_says_how_in_job_json() -> None:
+    from batchrunner.errors import OutputError
+    from batchrunner.runner import _why
+
+    assert _why(KeyboardInterrupt()) == "interrupted"
+    assert _why(BaseExceptionGroup("tg", [asyncio.CancelledError()])) == "interrupted"
+    assert _why(ExceptionGroup("tg", [OutputError("cannot write x\nmore")])) == (
+        "ended by an error: cannot write x")
+    assert _why(RuntimeError("internal detail")) == "ended by an error: RuntimeError"
+
+
+def test_run_lock_is_skipped_where_flock_is_not_supported_and_fails_loudly_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    from batchrunner.errors import OutputError
+    from batchrunner.io import RunLock
+
+    def no_flock(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with RunLock(tmp_path) as lock:  # NFS: the run goes on, unguarded
+        assert not lock.held and lock.unsupported
+
+    def denied(fd: int, op: int) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(fcntl, "flock", denied)
+    with pytest.raises(OutputError, match="cannot lock it"), RunLock(tmp_path):
+        pass
