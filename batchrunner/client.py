@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from batchrunner.config import Proxy
+from batchrunner.config import DEFAULT_PORTS, Proxy
 from batchrunner.errors import (
     AuthError,
     BadResponseError,
@@ -278,7 +278,7 @@ class ChatClient:
         if isinstance(e, aiohttp.ConnectionTimeoutError):  # before the TimeoutError it also is
             where = urlsplit(self.url)
             to = (f"the proxy {self._proxy_shown()} or through it" if self._proxy
-                  else f"{where.hostname}:{where.port or _PORTS.get(where.scheme)}")
+                  else f"{where.hostname}:{where.port or DEFAULT_PORTS.get(where.scheme)}")
             return TransportError(
                 "connection_error",
                 self.redact(f"cannot connect to {to} (no answer within {self._connect_s:g} s)"),
@@ -463,9 +463,6 @@ _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "r
                            for kind in ("requests", "tokens"))
 
 
-_PORTS = {"http": 80, "https": 443}
-
-
 def _reason(e: OSError) -> str:
     """Why a connection failed, as the OS says it ("Connection refused"); asyncio's own text
     ("Connect call failed (...)") repeats the address. TLS errors say what TLS found."""
@@ -475,7 +472,7 @@ def _reason(e: OSError) -> str:
         if e.reason == "WRONG_VERSION_NUMBER":
             return "it does not answer in TLS: is the endpoint http://, not https://?"
         return f"TLS: {e.reason or e.strerror or e}"
-    if e.errno and e.errno > 0:  # a resolver's error (socket.gaierror) has its own numbers
+    if e.errno and e.errno > 0:  # the OS's own error number
         return os.strerror(e.errno)
     return e.strerror or str(e) or type(e).__name__
 

@@ -84,6 +84,7 @@ __all__ = [
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_BASE_URL_ENV = "OPENAI_BASE_URL"
+DEFAULT_PORTS = {"http": 80, "https": 443}
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_ATTEMPTS = 6
 OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
@@ -486,7 +487,7 @@ def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
     names = [f"{target.scheme}_proxy", "all_proxy"]
     variable = next((v for name in names for v in (name, name.upper()) if env.get(v, "").strip()),
                     None)
-    if variable is None or _no_proxy(host, target.port or _DEFAULT_PORTS.get(target.scheme),
+    if variable is None or _no_proxy(host, target.port or DEFAULT_PORTS.get(target.scheme),
                                      env.get("no_proxy") or env.get("NO_PROXY") or ""):
         return None
     value = env[variable].strip()
@@ -507,9 +508,6 @@ def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
     password = parts.password
     secrets = tuple(dict.fromkeys((password, unquote(password)))) if password else ()
     return Proxy(url=url, shown=shown, variable=variable, secrets=secrets)
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _loopback(host: str) -> bool:
