@@ -23,7 +23,7 @@ import anyio
 
 from batchrunner import __version__
 from batchrunner.config import OUTPUT_FORMATS
-from batchrunner.errors import BatchrunnerError, JournalError, StopJob, UsageError
+from batchrunner.errors import BatchrunnerError, JournalError, StopJob, UsageError, leaf
 from batchrunner.eventloop import loop_factory
 
 __all__ = ["main"]
@@ -285,16 +285,9 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _leaf(e: BaseException) -> BaseException:
-    """The first error inside an exception group (a task group wraps what its tasks raise)."""
-    while isinstance(e, BaseExceptionGroup) and e.exceptions:
-        e = e.exceptions[0]
-    return e
-
-
 def _report(exc: BaseException) -> int:
     """Print ``exc`` as one line on stderr and return its exit code; re-raise what is not ours."""
-    e = _leaf(exc)
+    e = leaf(exc)
     if isinstance(e, UsageError | JournalError):
         print(f"batchrunner: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -404,7 +404,7 @@ class ChatClient:
         else:
             fix = f"put them in {p.variable} as http://USER:PASSWORD@host:port"
         return AuthError(self.redact(
-            f"the proxy {p.shown} (from {p.variable}) refused the request (HTTP {status} "
+            f"the proxy {self._proxy_shown()} refused the request (HTTP {status} "
             f"{' '.join(message.split())[:_MAX_MESSAGE]}) — {fix}"))
 
     def _parse(

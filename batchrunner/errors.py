@@ -43,6 +43,7 @@ __all__ = [
     "Unreachable",
     "Usage",
     "UsageError",
+    "leaf",
 ]
 
 
@@ -150,3 +151,10 @@ class TransportError(RequestError):
 
 class BadResponseError(RequestError):
     """A 2xx answer whose body is not a usable chat completion."""
+
+
+def leaf(e: BaseException) -> BaseException:
+    """The first error inside an exception group (a task group wraps what its tasks raise)."""
+    while isinstance(e, BaseExceptionGroup) and e.exceptions:
+        e = e.exceptions[0]
+    return e

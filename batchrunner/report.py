@@ -90,6 +90,7 @@ __all__ = [
     "OutcomeStats",
     "build_report",
     "render_markdown",
+    "utc_timestamp",
     "write_reports",
 ]
 
@@ -555,7 +556,7 @@ def build_report(
 
     return {
         "report_version": REPORT_VERSION,
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "generated_at": utc_timestamp(),
         "job": {str(k): _jsonable(v) for k, v in job.items()},
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
                  "to_do": to_do},
@@ -813,6 +814,11 @@ def _np_small_int(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[Any]:
 
 # --------------------------------------------------------------------------------------------
 # Markdown
+
+
+def utc_timestamp() -> str:
+    """Now, as the outputs write times: ISO 8601 UTC to the second, e.g. 2026-11-30T02:00:01Z."""
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:

@@ -28,7 +28,6 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ from batchrunner.errors import (
     StopJob,
     Unreachable,
     UsageError,
+    leaf,
 )
 from batchrunner.journal import Journal, JournalWriter, new_run_id
 from batchrunner.limiter import Limiter
@@ -69,6 +69,7 @@ from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import OUTCOME_COLUMNS, Outcome
+from batchrunner.report import utc_timestamp
 from batchrunner.results import InputOrder, key_strings, rebuild_outputs
 from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.structured import StructuredOutput
@@ -356,8 +357,7 @@ def _where_columns(where: str) -> list[str] | None:
 
 def _why(e: BaseException) -> str:
     """What ended a run by raising, in one line, for ``job.json``'s last run."""
-    while isinstance(e, BaseExceptionGroup) and e.exceptions:
-        e = e.exceptions[0]
+    e = leaf(e)
     if isinstance(e, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
         return "interrupted"
     return "ended by an error: " + (_first_line(e) if isinstance(e, BatchrunnerError)
@@ -537,9 +537,14 @@ class _Run:
         self.wake.set()
         self.wake = anyio.Event()
 
+    @property
+    def _looks_down(self) -> bool:
+        """A connection was refused after the latest answer (see ``_refused``)."""
+        return self.refused_since > self.last_answer
+
     def _finished_one(self) -> None:
         self.outstanding -= 1
-        if self.outstanding == 0 and (self.rows_done or self.refused_since > self.last_answer):
+        if self.outstanding == 0 and (self.rows_done or self._looks_down):
             # Nothing left (the idle workers end), or no row left to probe the endpoint that
             # looks down with (the next row does).
             self._wake_workers()
@@ -556,7 +561,7 @@ class _Run:
         """The next request to send, or None when there is none now."""
         if self.retries:
             return self.retries.popleft()
-        if self.outstanding and self.refused_since > self.last_answer:
+        if self.outstanding and self._looks_down:
             return None  # the endpoint looks down: the rows started find out when it is back
         plan = self.plan
         while not self.rows_done:
@@ -787,7 +792,7 @@ class _Run:
 
     def _answered(self) -> None:
         """An HTTP answer (of any status) arrived: the endpoint is reachable."""
-        down = self.refused_since > self.last_answer
+        down = self._looks_down
         self.last_answer = time.perf_counter()
         if down:
             self._wake_workers()  # new rows may be started again
@@ -992,7 +997,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         journal = Journal(out_dir)
         journal.create()
         last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
-                                    "started_at": _utc_now(), "finished_at": None,
+                                    "started_at": utc_timestamp(), "finished_at": None,
                                     "stopped": None}
         plan.job_meta["last_run"] = last_run
         _write_meta(plan)
@@ -1012,7 +1017,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             try:
                 await _pipeline(run)
             except BaseException as e:  # a full disk, say: `status` should not call it killed
-                last_run.update(finished_at=_utc_now(), stopped=_why(e),
+                last_run.update(finished_at=utc_timestamp(), stopped=_why(e),
                                 sent=run.counters["attempts"])
                 with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
                     _write_meta(plan)
@@ -1022,7 +1027,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         # Requests of rows that finished, and of rows left waiting for a retry at a stop.
         summary.sent = run.counters["attempts"] + sum(item.attempts for item in run.retries)
         summary.stopped = str(run.stop_error) if run.stop_error else None
-        last_run.update(finished_at=_utc_now(), stopped=summary.stopped, sent=summary.sent)
+        last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent)
         _write_meta(plan)
         counters = dict(run.counters)
         counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
@@ -1030,10 +1035,6 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
     await anyio.to_thread.run_sync(
         lambda: rebuild_outputs(plan, summary, counters=counters, run_id=run_id))
     return summary
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _write_meta(plan: Plan) -> None:
