@@ -735,6 +735,7 @@ class _Run:
                 self.limiter.refund(charge)
                 return None, None
             item.attempts += 1
+            self.counters["sent"] += 1  # every request, 429'd or cut off at a stop included
             if not item.started:
                 item.started = time.perf_counter()
             try:
@@ -1018,14 +1019,13 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 await _pipeline(run)
             except BaseException as e:  # a full disk, say: `status` should not call it killed
                 last_run.update(finished_at=utc_timestamp(), stopped=_why(e),
-                                sent=run.counters["attempts"])
+                                sent=run.counters["sent"])
                 with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
                     _write_meta(plan)
                 raise
             finally:
                 progress.close()
-        # Requests of rows that finished, and of rows left waiting for a retry at a stop.
-        summary.sent = run.counters["attempts"] + sum(item.attempts for item in run.retries)
+        summary.sent = run.counters["sent"]
         summary.stopped = str(run.stop_error) if run.stop_error else None
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent)
         _write_meta(plan)

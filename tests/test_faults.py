@@ -324,6 +324,7 @@ async def test_random_fault_rates_reconcile_with_the_counters(tmp_path: Path) ->
     assert sum(expected.values()) > 30  # the rates did inject faults
     assert rep["counters"]["http_429"] == faults["429"]
     assert stats["requests"] == rep["counters"]["attempts"] + rep["counters"]["http_429"]
+    assert s.sent == rep["counters"]["sent"] == stats["requests"]
     assert sum(failed_by_type(rep).values()) == len(failed)
 
 
@@ -337,7 +338,7 @@ async def test_429_with_retry_after_zero_from_the_simulator(tmp_path: Path) -> N
     async with Simulator(SimulatorConfig()) as sim:
         s = await run(job_for(tmp_path, sim.base_url, inp))
         assert sim.stats()["requests"] == 18
-    assert s.exit_code == 0
+    assert s.exit_code == 0 and s.sent == 18  # the 429'd requests were sent too
     df = results(tmp_path)
     assert (df["attempts"] == 1).all() and (df["rate_limited"] == 2).all()  # not attempts
     rep = report(tmp_path)
