@@ -7,7 +7,10 @@ the whole segment or none of it. Writers never share a name, so several processe
 several machines on shared storage) can add segments to one journal with no coordination.
 
 Reading merges all segments: the newest record of a row wins, except that a failure never
-replaces an ``ok`` (a rerun that failed keeps the answer already paid for). Leftover temporary
+replaces an ``ok`` (a rerun that failed keeps the answer already paid for). What a row has cost
+is carried from record to record (``earlier_cost_usd``), so its newest record knows the row's
+whole cost; where an older ``ok`` wins over it, the winner's ``earlier_cost_usd`` is raised to
+match, and the rerun's cost is not lost. Leftover temporary
 files are removed; a segment that cannot be read stops the run with a message naming it, and is
 never silently trusted.
 
@@ -257,13 +260,15 @@ class Journal:
             return segs[0]
         if len(segs) >= 1 << (63 - _ROW_BITS - _GROUP_BITS):
             raise JournalError(f"{self.directory} holds too many segments to compact")
-        loc = _latest(segs, order).locations()
+        index = _latest(segs, order, cost=True)
+        loc = index.locations()
         schema = OUTCOME_SCHEMA.with_metadata({ORDER_KEY: tag.encode()})
 
         def fill(f: BinaryIO) -> None:
             with pq.ParquetWriter(f, schema, compression="zstd") as writer:
                 held = pa.Table.from_batches([], schema)
-                for part in self._gather(segs, loc):
+                for start, part in self._gather(segs, loc):
+                    part = _carry_cost(part, loc[start:start + part.num_rows], index.short)
                     held = pa.concat_tables([held, part.replace_schema_metadata(schema.metadata)])
                     while held.num_rows >= ROW_GROUP_ROWS:
                         writer.write_table(held.slice(0, ROW_GROUP_ROWS))
@@ -294,9 +299,10 @@ class Journal:
         return _latest(self.segments(), order, cost=cost)
 
     @staticmethod
-    def _gather(segs: Sequence[Path], loc: np.ndarray) -> Iterator[pa.Table]:
-        """The records at ``loc``, in that order, ``_GATHER_ROWS`` at a time. Each window
-        reads the row groups it needs one at a time and keeps only the rows it takes."""
+    def _gather(segs: Sequence[Path], loc: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
+        """The records at ``loc``, in that order, ``_GATHER_ROWS`` at a time, each with its
+        offset in ``loc``. Each window reads the row groups it needs one at a time and keeps
+        only the rows it takes."""
         last: tuple[int, pa.Table] | None = None
         pf_cache: tuple[int, pq.ParquetFile] | None = None
         for start in range(0, len(loc), _GATHER_ROWS):
@@ -317,7 +323,7 @@ class Journal:
             gathered = pa.concat_tables(pieces)
             inverse = np.empty_like(perm)
             inverse[perm] = np.arange(len(perm))
-            yield gathered.take(int64_array(inverse))
+            yield start, gathered.take(int64_array(inverse))
 
 
 @dataclass
@@ -325,8 +331,11 @@ class Latest:
     """The latest record of every row, by input position and for keys the input lacks.
 
     ``loc[p]`` is the location of position ``p``'s latest record (-1: none), ``ok[p]`` 1 if it
-    is ok, 0 if not, -1 if there is none; ``cost[p]`` its ``cost_usd`` plus ``earlier_cost_usd``
-    (what the row has cost so far; NaN: none), when asked for. ``others`` holds the latest
+    is ok, 0 if not, -1 if there is none. When asked for, ``cost[p]`` is what the row has cost
+    so far (NaN: none): the most ``cost_usd`` plus ``earlier_cost_usd`` of any of its records,
+    the newest's, as each record carries the ones before it; and ``short`` the rows whose
+    latest record carries less (an ``ok`` that a rerun's billed failure came after): their
+    latest records' locations, sorted, and what those rows cost. ``others`` holds the latest
     record of each key the input does not have, by key (columns key, ok, at, loc, and cost when
     asked for)."""
 
@@ -334,6 +343,7 @@ class Latest:
     ok: np.ndarray
     cost: np.ndarray | None
     others: pa.Table
+    short: tuple[np.ndarray, np.ndarray] | None = None
 
     def locations(self) -> np.ndarray:
         """Every latest record's location: by position, then the other keys by key."""
@@ -358,7 +368,8 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
     best_loc = np.full(rows, -1, np.int64)
     best_ok = np.full(rows, -1, np.int8)
     best_at = np.zeros(rows, np.float64)
-    best_cost = np.full(rows, np.nan) if cost else None
+    best_cost = np.full(rows, np.nan) if cost else None  # the winner's
+    row_cost = np.full(rows, np.nan) if cost else None  # the most of any record of the row
     unknown: list[pa.Table] = []  # key, ok, at, loc, cost
     zero, none, end = (scalar(v, pa.int64()) for v in (0, -1, rows))
     no = scalar(False, pa.bool_())
@@ -371,6 +382,9 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
         if not pc.all(inside).as_py():
             unknown.append(batch.filter(pc.invert(inside)))
         p = to_numpy(pc.if_else(inside, p, none))
+        if row_cost is not None:
+            spent = to_numpy(batch["cost"], fill=float("nan"))
+            np.fmax.at(row_cost, p[p >= 0], spent[p >= 0])
         ok, at, loc = (to_numpy(batch[c]) for c in ("ok", "at", "loc"))
         # Within the batch: the last of each position by (ok, time, location) ...
         rank = np.lexsort((loc, at, ok, p))
@@ -386,12 +400,40 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
         p = p[better]
         best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
         if best_cost is not None:
-            c = to_numpy(batch["cost"], fill=float("nan"))
-            best_cost[p] = c[take][better]
+            best_cost[p] = spent[take][better]
     del best_at
     others = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
     others = _last_per_key(others, ["ok", "at", "loc"])
-    return Latest(loc=best_loc, ok=best_ok, cost=best_cost, others=others)
+    short = None
+    if best_cost is not None and row_cost is not None:
+        behind = np.flatnonzero(row_cost > np.nan_to_num(best_cost))
+        del best_cost
+        order_ = np.argsort(best_loc[behind])
+        short = (best_loc[behind][order_], row_cost[behind][order_])
+    return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others, short=short)
+
+
+def _carry_cost(part: pa.Table, loc: np.ndarray,
+                short: tuple[np.ndarray, np.ndarray] | None) -> pa.Table:
+    """``part`` (the records at ``loc``) with the ``earlier_cost_usd`` of those in ``short``
+    raised so that each record's cost is its row's (see ``Latest``)."""
+    if short is None or not len(short[0]):
+        return part
+    at = np.searchsorted(short[0], loc)
+    hit = short[0][np.minimum(at, len(short[0]) - 1)] == loc
+    if not hit.any():
+        return part
+    return _raise_earlier(part, hit, short[1][at[hit]])
+
+
+def _raise_earlier(part: pa.Table, rows: np.ndarray, totals: np.ndarray) -> pa.Table:
+    """``part`` with ``earlier_cost_usd`` set at ``rows`` (a mask) to ``totals`` less the
+    record's own ``cost_usd``."""
+    earlier = to_numpy(part["earlier_cost_usd"], fill=float("nan")).copy()
+    own = to_numpy(part["cost_usd"], fill=0.0)
+    earlier[rows] = totals - own[rows]
+    i = part.schema.get_field_index("earlier_cost_usd")
+    return part.set_column(i, "earlier_cost_usd", float64_array(earlier, ~np.isnan(earlier)))
 
 
 def _index_schema(cost: bool) -> pa.Table:
@@ -492,13 +534,25 @@ def _order_of(seg: Path) -> str | None:
 
 
 def latest(table: pa.Table) -> pa.Table:
-    """One record a key: the newest ``ok`` if any, else the newest record."""
+    """One record a key: the newest ``ok`` if any, else the newest record; with the cost
+    columns, its ``earlier_cost_usd`` raised to its row's whole cost (see ``Latest``)."""
     if table.num_rows == 0:
         return table
     ok_rank = pc.cast(is_value(table["status"], "ok"), pa.int8())
     idx = int64_array(np.arange(table.num_rows, dtype=np.int64))
     ranked = table.append_column("__ok", ok_rank).append_column("__i", idx)
-    return _last_per_key(ranked, ["__ok", "finished_at", "__i"]).drop_columns(["__ok", "__i"])
+    winners = _last_per_key(ranked, ["__ok", "finished_at", "__i"]).drop_columns(["__ok", "__i"])
+    if not {"cost_usd", "earlier_cost_usd"} <= set(table.column_names):
+        return winners
+    spent = _spent(table["cost_usd"], table["earlier_cost_usd"])
+    if winners.num_rows == table.num_rows or spent.null_count == len(spent):
+        return winners  # one record a key, or no cost: nothing to carry
+    most = (pa.table({"key": table["key"], "spent": spent})
+            .group_by("key").aggregate([("spent", "max")]).sort_by("key"))
+    row_cost = to_numpy(most["spent_max"], fill=float("nan"))  # keys sorted, as the winners'
+    own = to_numpy(_spent(winners["cost_usd"], winners["earlier_cost_usd"]), fill=0.0)
+    behind = row_cost > own
+    return _raise_earlier(winners, behind, row_cost[behind]) if behind.any() else winners
 
 
 def _last_per_key(table: pa.Table, rank: Sequence[str]) -> pa.Table:

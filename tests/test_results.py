@@ -113,6 +113,38 @@ def test_newer_time_wins_over_a_later_segment(tmp_path: Path) -> None:
     assert pq.read_table(seg)["content"].to_pylist() == ["at 9.0"]
 
 
+@pytest.mark.usefixtures("batches")
+def test_a_rerun_that_failed_after_an_ok_keeps_the_answer_and_its_cost(tmp_path: Path) -> None:
+    """Row 0 was ok ($1), rerun and failed billed ($0.5, carrying the $1), rerun and failed
+    unbilled; row 1 was ok then ok again. The ok answers win and the rows' whole costs stay."""
+    j = Journal(tmp_path)
+    j.create()
+
+    def rec(key: str, status: str, t: float, cost: float | None,
+            earlier: float | None) -> Outcome:
+        return Outcome(key=key, status=status, content=f"{key}@{t}", finished_at=t,
+                       cost_usd=cost, earlier_cost_usd=earlier)
+
+    runs = [[rec("0", "ok", 1, 1.0, None), rec("1", "ok", 1, 2.0, None)],
+            [rec("0", "failed", 2, 0.5, 1.0), rec("1", "ok", 2, 3.0, 2.0)],
+            [rec("0", "failed", 3, None, 1.5), rec("2", "failed", 3, None, None)]]
+    for i, records in enumerate(runs):
+        w = JournalWriter(j.directory, f"2026010{i + 1}T000000-aaaaaa")
+        for o in records:
+            w.add(o)
+        w.flush()
+    index = j.latest(_Order(rows=3), cost=True)
+    assert index.cost is not None and index.cost.tolist()[:2] == [1.5, 5.0]
+    assert index.prior_cost() == 6.5
+    read = j.read().sort_by("key")
+    seg = j.compact("run4", _Order(rows=3))
+    assert seg is not None
+    for table in (read, pq.read_table(seg)):
+        assert table["content"].to_pylist() == ["0@1", "1@2", "2@3"]
+        assert table["cost_usd"].to_pylist() == [1.0, 3.0, None]
+        assert table["earlier_cost_usd"].to_pylist() == [0.5, 2.0, None]
+
+
 def test_keys_the_input_lacks_come_last_by_key(tmp_path: Path) -> None:
     j = Journal(tmp_path)
     j.create()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +375,42 @@ async def test_rows_sent_again_by_a_rerun_carry_what_they_cost(tmp_path: Path) -
         assert s.sent == 0
         assert results(tmp_path)["earlier_cost_usd"].sum() == pytest.approx(
             third["earlier_cost_usd"].sum())
+
+
+@pytest.mark.anyio
+async def test_a_rerun_that_fails_billed_keeps_the_answer_and_counts_its_cost(
+        tmp_path: Path) -> None:
+    """An ok row rerun with a prompt whose every answer is a 200 without choices (billed, then
+    failed): the old answer stays, and what the failed rerun cost is in the totals."""
+    inp = make_csv(tmp_path / "in.csv", 4)
+    rerun = RunOptions(rerun_where="key == 'r0002'", force=True, retry=FAST.retry,
+                       progress="none", handle_signals=False)
+    out = tmp_path / "out"
+
+    def total() -> float:
+        report = json.loads((out / "cost_report.json").read_text())
+        return float(report["cost_usd"] + report["cost_earlier_attempts_usd"])
+
+    def job(base_url: str, **over: Any) -> JobConfig:  # $1 a thousand tokens
+        return replace(job_for(tmp_path, base_url, inp, **over),
+                       prices={"gpt-4o-mini": {"input": 1000.0, "output": 1000.0}})
+
+    async with Simulator(SimulatorConfig()) as sim:
+        await run_job(job(sim.base_url), FAST)
+        first, answer = total(), results(tmp_path).set_index("id").loc["r0002"]
+        s = await run_job(job(sim.base_url, prompt="Summarise: {text} [[sim:no_choices]]"),
+                          rerun)
+        assert s.ok == 4 and s.sent == 4  # four billed attempts; the old answer stays
+        row = results(tmp_path).set_index("id").loc["r0002"]
+        assert row["status"] == "ok" and row["content"] == answer["content"]
+        billed = row["earlier_cost_usd"]
+        assert billed > 0 and total() == pytest.approx(first + billed)
+        assert f"(plus ${billed:,.4f} for earlier attempts" in format_status(out)
+        # Rerun again and ok: the new answer carries both earlier answers' cost.
+        await run_job(job(sim.base_url), rerun)
+        row = results(tmp_path).set_index("id").loc["r0002"]
+        assert row["earlier_cost_usd"] == pytest.approx(answer["cost_usd"] + billed)
+        assert total() == pytest.approx(first + billed + row["cost_usd"])
 
 
 @pytest.mark.anyio
