@@ -4,7 +4,7 @@ NO_PROXY), as they do with curl and the OpenAI SDK.
 ``ForwardProxy`` is a small HTTP proxy on 127.0.0.1: it sends every absolute-form request on to
 the simulator, whatever host it names, so a job whose base URL names a host that does not exist
 finishes only if its requests went through the proxy. CONNECT (https:// endpoints) is answered
-with a refusal: the tests check the tunnel is asked for and what a refusal does, not TLS.
+with a refusal, or piped to a TLS endpoint (``tunnel_to``); the proxy itself may speak TLS.
 """
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ class ForwardProxy:
     Proxy-Authorization is answered 407. ``seen`` holds (method, target, Proxy-Authorization)."""
 
     def __init__(self, upstream_port: int, *, auth: str | None = None,
-                 connect_status: int = 403, tunnel_to: int | None = None) -> None:
+                 connect_status: int = 403, tunnel_to: int | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.upstream_port = upstream_port
+        self.tls = tls
         self.auth = auth
         self.connect_status = connect_status
         self.tunnel_to = tunnel_to
@@ -73,7 +75,7 @@ class ForwardProxy:
 
     async def __aenter__(self) -> ForwardProxy:
         self._session = aiohttp.ClientSession()
-        self._server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._connected, "127.0.0.1", 0, ssl=self.tls)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 
@@ -153,14 +155,19 @@ class TLSEndpoint:
     a test CA (``ca_file``, a PEM file a client can trust through SSL_CERT_FILE)."""
 
     def __init__(self, host: str, directory: Path) -> None:
-        ca = trustme.CA()
+        self.ca = trustme.CA()
         self.ca_file = directory / "test-ca.pem"
-        ca.cert_pem.write_to_path(str(self.ca_file))
-        self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert(host).configure_cert(self._ssl)
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        self._ssl = self.server_context(host)
         self.requests = 0
         self.port = 0
         self._runner: web.ServerRunner | None = None
+
+    def server_context(self, host: str) -> ssl.SSLContext:
+        """A server's TLS context, its certificate for ``host`` issued by the test CA."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert(host).configure_cert(context)
+        return context
 
     async def __aenter__(self) -> TLSEndpoint:
         self._runner = web.ServerRunner(web.Server(self._handle))
@@ -392,6 +399,30 @@ async def test_https_endpoints_go_through_the_proxys_tunnel_and_trust_ssl_cert_f
     assert endpoint.requests == n
     assert {(m, t) for m, t, _ in proxy.seen} == {("CONNECT", f"{NOWHERE}:443")}
     assert len(proxy.seen) <= 4  # one tunnel a connection, kept alive
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_an_https_proxy_carries_the_tunnel_inside_its_own_tls(tmp_path: Path,
+                                                                    loop: str) -> None:
+    # HTTPS_PROXY=https://...: TLS to the proxy, and the endpoint's TLS inside that (TLS in
+    # TLS), both certificates checked against SSL_CERT_FILE.
+    n = 8
+    async with TLSEndpoint(NOWHERE, tmp_path) as endpoint, \
+            ForwardProxy(0, tunnel_to=endpoint.port,
+                         tls=endpoint.server_context("127.0.0.1")) as proxy:
+        with anyio.fail_after(RUN_LIMIT_S):
+            proc = await anyio.run_process(
+                [sys.executable, "-m", "batchrunner", "run", "--input",
+                 str(make_input(tmp_path, n)), "--prompt", "Q: {text}", "--model", "gpt-4o-mini",
+                 "--base-url", f"https://{NOWHERE}/v1", "--output", str(tmp_path / "out"),
+                 "--progress", "none", "--concurrency", "2"],
+                env={**os.environ, "HTTPS_PROXY": f"https://127.0.0.1:{proxy.port}",
+                     "SSL_CERT_FILE": str(endpoint.ca_file), "BATCHRUNNER_EVENT_LOOP": loop},
+                check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert endpoint.requests == n
+    assert {(m, t) for m, t, _ in proxy.seen} == {("CONNECT", f"{NOWHERE}:443")}
 
 
 @pytest.mark.anyio
