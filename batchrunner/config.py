@@ -77,6 +77,7 @@ __all__ = [
     "OutputConfig",
     "Proxy",
     "RequestConfig",
+    "is_loopback",
     "load_dotenv",
     "load_job",
     "proxy_for",
@@ -482,7 +483,7 @@ def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
     """
     target = urlsplit(base_url)
     host = (target.hostname or "").lower().rstrip(".")
-    if _loopback(host):
+    if is_loopback(host):
         return None
     names = [f"{target.scheme}_proxy", "all_proxy"]
     variable = next((v for name in names for v in (name, name.upper()) if env.get(v, "").strip()),
@@ -510,7 +511,9 @@ def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
     return Proxy(url=url, shown=shown, variable=variable, secrets=secrets)
 
 
-def _loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (lower case, no trailing dot) is this machine: localhost, a name
+    under .localhost, or a loopback address."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:

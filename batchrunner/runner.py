@@ -47,6 +47,7 @@ from batchrunner.config import (
     JobConfig,
     check_base_url,
     environment,
+    is_loopback,
     proxy_for,
 )
 from batchrunner.errors import (
@@ -92,7 +93,6 @@ DEFAULT_CONCURRENCY = 64  # in flight when no rate limit is known
 INITIAL_CONCURRENCY = 32  # automatic sizing starts here, then follows Little's law
 MAX_AUTO_CONCURRENCY = 512
 MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 # A run whose first rows sent all fail with one error type, none ok, stops after this many.
 FAIL_FAST_ROWS = 20
@@ -945,7 +945,7 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
 
 def endpoint_warnings(base_url: str) -> list[str]:
     parts = urlsplit(base_url)
-    if parts.scheme == "http" and (parts.hostname or "") not in LOCAL_HOSTS:
+    if parts.scheme == "http" and not is_loopback((parts.hostname or "").lower().rstrip(".")):
         return [f"the API key will be sent unencrypted over plain http:// to {parts.hostname}"]
     return []
 

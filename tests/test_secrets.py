@@ -370,6 +370,9 @@ def test_output_files_are_private_to_the_owner(
         ("http://127.0.0.1/v1", False),
         ("http://localhost:8000/v1", False),
         ("http://[::1]:8000/v1", False),
+        ("http://127.0.0.2:8000/v1", False),  # all of 127/8 is this machine
+        ("http://vllm.localhost:8000/v1", False),
+        ("http://LOCALHOST.:8000/v1", False),
         ("https://api.openai.com/v1", False),
         ("https://10.0.0.1/v1", False),
     ],
