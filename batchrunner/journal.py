@@ -261,14 +261,15 @@ class Journal:
         if len(segs) >= 1 << (63 - _ROW_BITS - _GROUP_BITS):
             raise JournalError(f"{self.directory} holds too many segments to compact")
         index = _latest(segs, order, cost=True)
-        loc = index.locations()
+        loc, row_cost = index.locations(), index.located_costs()
+        del index
         schema = OUTCOME_SCHEMA.with_metadata({ORDER_KEY: tag.encode()})
 
         def fill(f: BinaryIO) -> None:
             with pq.ParquetWriter(f, schema, compression="zstd") as writer:
                 held = pa.Table.from_batches([], schema)
                 for start, part in self._gather(segs, loc):
-                    part = _carry_cost(part, loc[start:start + part.num_rows], index.short)
+                    part = _carry_cost(part, row_cost[start:start + part.num_rows])
                     held = pa.concat_tables([held, part.replace_schema_metadata(schema.metadata)])
                     while held.num_rows >= ROW_GROUP_ROWS:
                         writer.write_table(held.slice(0, ROW_GROUP_ROWS))
@@ -333,9 +334,8 @@ class Latest:
     ``loc[p]`` is the location of position ``p``'s latest record (-1: none), ``ok[p]`` 1 if it
     is ok, 0 if not, -1 if there is none. When asked for, ``cost[p]`` is what the row has cost
     so far (NaN: none): the most ``cost_usd`` plus ``earlier_cost_usd`` of any of its records,
-    the newest's, as each record carries the ones before it; and ``short`` the rows whose
-    latest record carries less (an ``ok`` that a rerun's billed failure came after): their
-    latest records' locations, sorted, and what those rows cost. ``others`` holds the latest
+    the newest's, as each record carries the ones before it (more than the latest record's
+    own when a rerun's billed failure came after an ``ok``). ``others`` holds the latest
     record of each key the input does not have, by key (columns key, ok, at, loc, and cost when
     asked for)."""
 
@@ -343,7 +343,6 @@ class Latest:
     ok: np.ndarray
     cost: np.ndarray | None
     others: pa.Table
-    short: tuple[np.ndarray, np.ndarray] | None = None
 
     def locations(self) -> np.ndarray:
         """Every latest record's location: by position, then the other keys by key."""
@@ -351,6 +350,15 @@ class Latest:
         if not self.others.num_rows:
             return at_positions
         return np.concatenate([at_positions, to_numpy(self.others["loc"])])
+
+    def located_costs(self) -> np.ndarray:
+        """What the row of each of ``locations()`` has cost (NaN: not known, and for keys the
+        input does not have); needs ``cost``."""
+        assert self.cost is not None
+        at_positions: np.ndarray = self.cost[self.loc >= 0]
+        if not self.others.num_rows:
+            return at_positions
+        return np.concatenate([at_positions, np.full(self.others.num_rows, np.nan)])
 
     def prior_cost(self) -> float:
         """The sum of the latest records' known costs, earlier attempts included."""
@@ -368,7 +376,6 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
     best_loc = np.full(rows, -1, np.int64)
     best_ok = np.full(rows, -1, np.int8)
     best_at = np.zeros(rows, np.float64)
-    best_cost = np.full(rows, np.nan) if cost else None  # the winner's
     row_cost = np.full(rows, np.nan) if cost else None  # the most of any record of the row
     unknown: list[pa.Table] = []  # key, ok, at, loc, cost
     zero, none, end = (scalar(v, pa.int64()) for v in (0, -1, rows))
@@ -399,31 +406,18 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
         better = (ok > best_ok[p]) | ((ok == best_ok[p]) & (at >= best_at[p]))
         p = p[better]
         best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
-        if best_cost is not None:
-            best_cost[p] = spent[take][better]
     del best_at
     others = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
     others = _last_per_key(others, ["ok", "at", "loc"])
-    short = None
-    if best_cost is not None and row_cost is not None:
-        behind = np.flatnonzero(row_cost > np.nan_to_num(best_cost))
-        del best_cost
-        order_ = np.argsort(best_loc[behind])
-        short = (best_loc[behind][order_], row_cost[behind][order_])
-    return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others, short=short)
+    return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others)
 
 
-def _carry_cost(part: pa.Table, loc: np.ndarray,
-                short: tuple[np.ndarray, np.ndarray] | None) -> pa.Table:
-    """``part`` (the records at ``loc``) with the ``earlier_cost_usd`` of those in ``short``
-    raised so that each record's cost is its row's (see ``Latest``)."""
-    if short is None or not len(short[0]):
-        return part
-    at = np.searchsorted(short[0], loc)
-    hit = short[0][np.minimum(at, len(short[0]) - 1)] == loc
-    if not hit.any():
-        return part
-    return _raise_earlier(part, hit, short[1][at[hit]])
+def _carry_cost(part: pa.Table, row_cost: np.ndarray) -> pa.Table:
+    """``part`` with the ``earlier_cost_usd`` of records that carry less than ``row_cost``,
+    their rows' costs, raised to match (see ``Latest``)."""
+    own = to_numpy(_spent(part["cost_usd"], part["earlier_cost_usd"]), fill=0.0)
+    behind = row_cost > own
+    return _raise_earlier(part, behind, row_cost[behind]) if behind.any() else part
 
 
 def _raise_earlier(part: pa.Table, rows: np.ndarray, totals: np.ndarray) -> pa.Table:
@@ -549,10 +543,7 @@ def latest(table: pa.Table) -> pa.Table:
         return winners  # one record a key, or no cost: nothing to carry
     most = (pa.table({"key": table["key"], "spent": spent})
             .group_by("key").aggregate([("spent", "max")]).sort_by("key"))
-    row_cost = to_numpy(most["spent_max"], fill=float("nan"))  # keys sorted, as the winners'
-    own = to_numpy(_spent(winners["cost_usd"], winners["earlier_cost_usd"]), fill=0.0)
-    behind = row_cost > own
-    return _raise_earlier(winners, behind, row_cost[behind]) if behind.any() else winners
+    return _carry_cost(winners, to_numpy(most["spent_max"], fill=float("nan")))  # keys sorted
 
 
 def _last_per_key(table: pa.Table, rank: Sequence[str]) -> pa.Table:
