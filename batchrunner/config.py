@@ -299,7 +299,7 @@ def _table(raw: Mapping[str, Any], name: str, f: _Fields, cls: type) -> dict[str
 
 
 def _number(t: dict[str, Any], key: str, f: _Fields, *, integer: bool, positive: bool,
-            table: str) -> None:
+            table: str, at_most: float | None = None) -> None:
     if key not in t or t[key] is None:
         return
     v = t[key]
@@ -313,6 +313,8 @@ def _number(t: dict[str, Any], key: str, f: _Fields, *, integer: bool, positive:
         raise ConfigError(f"{f(table, key)} must be greater than 0, got {v!r}")
     if not positive and v < 0:
         raise ConfigError(f"{f(table, key)} must not be negative, got {v!r}")
+    if at_most is not None and v > at_most:
+        raise ConfigError(f"{f(table, key)} must be at most {at_most:g}, got {v!r}")
 
 
 def _string(t: dict[str, Any], key: str, f: _Fields, table: str) -> None:
@@ -366,8 +368,9 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
             f"{f('request', 'prompt')} and {f('request', 'prompt_column')} are both set — "
             "give one of them"
         )
-    _number(req, "temperature", f, integer=False, positive=False, table="request")
-    _number(req, "top_p", f, integer=False, positive=False, table="request")
+    # The Chat Completions API's ranges: beyond them, every row would be answered 400.
+    _number(req, "temperature", f, integer=False, positive=False, table="request", at_most=2)
+    _number(req, "top_p", f, integer=False, positive=False, table="request", at_most=1)
     _number(req, "max_tokens", f, integer=True, positive=True, table="request")
     stop = req.get("stop")
     if stop is not None and not (

@@ -238,9 +238,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     }
     journal = Journal(out_dir)
     meta_path = out_dir / "job.json"
-    if meta_path.exists():
-        _check_same_job(read_meta(out_dir), meta, meta_path, options, warnings)
-    elif journal.segments():
+    old_meta = read_meta(out_dir) if meta_path.exists() else None
+    if old_meta is None and journal.segments():
         raise JournalError(
             f"{out_dir} holds a journal but no job.json — it is not this job's output directory"
         )
@@ -250,6 +249,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     journal.check()
     order = InputOrder(source, key_column, total, fingerprint, ids)
     latest = journal.latest(order, cost=True)
+    if old_meta is not None:
+        any_ok = bool(np.any(latest.ok == 1)) or bool(
+            latest.others.num_rows and pc.any(pc.equal(latest.others["ok"], 1)).as_py())
+        _check_same_job(old_meta, meta, meta_path, options, warnings, any_ok=any_ok)
     # Not sent again: ok rows, and failed ones unless retried.
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
     if options.rerun_where:
@@ -282,7 +285,8 @@ def _structured(settings: dict[str, Any]) -> StructuredOutput | None:
 
 
 def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, options: RunOptions,
-                    warnings: list[str]) -> None:
+                    warnings: list[str], *, any_ok: bool) -> None:
+    """Refuse a rerun that would mix answers made in different ways, unless forced."""
     if old.get("input_path") != new["input_path"] and old.get("name") != new["name"]:
         raise JournalError(
             f"{path.parent} holds the journal of job {old.get('name')!r} over "
@@ -305,12 +309,16 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, option
             k for k in set(old.get("request", {})) | set(new["request"])
             if old.get("request", {}).get(k) != new["request"].get(k)
         )
-        if not options.force:
+        if not any_ok:  # nothing answered yet (a wrong model, say): nothing to mix with
+            warnings.append(f"request settings changed ({', '.join(changed)}); going on, as "
+                            "no row has an answer made with the old ones")
+        elif not options.force:
             raise UsageError(
                 f"the request settings changed since the last run in {path.parent} "
                 f"({', '.join(changed)}); pass --force to send the remaining rows with the new ones"
             )
-        warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
+        else:
+            warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:

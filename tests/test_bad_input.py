@@ -383,7 +383,7 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 for _opt, _value in [("--rpm", "-1"), ("--rpm", "0"), ("--tpm", "0"), ("--concurrency", "0"),
                      ("--concurrency", "-3"), ("--max-attempts", "0"), ("--timeout", "0"),
                      ("--timeout", "-5"), ("--max-tokens", "0"), ("--temperature", "nan"),
-                     ("--top-p", "-1")]:
+                     ("--temperature", "9"), ("--top-p", "-1"), ("--top-p", "5")]:
 
     def _limit(c: Ctx, opt: str = _opt, value: str = _value) -> tuple[list[str], list[str]]:
         return c.args(c.good_csv(), opt, value), [opt, value]

@@ -208,6 +208,26 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_job_that_never_got_an_answer_takes_new_settings_without_force(
+        tmp_path: Path) -> None:
+    # A wrong setting fails every row; the fixed job is rerun as the stop message says, with
+    # --retry-failed and no --force: no answer made with the old settings is mixed in.
+    inp = make_csv(tmp_path / "in.csv", 30)
+    retry = RunOptions(retry_failed=True, retry=FAST.retry, progress="none",
+                       handle_signals=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(job_for(tmp_path, sim.base_url, inp,
+                                  prompt="Summarise: {text} [[sim:400]]"), FAST)
+        assert s.exit_code == 4 and s.stopped and "--retry-failed" in s.stopped
+        s = await run_job(job_for(tmp_path, sim.base_url, inp), retry)
+        assert s.exit_code == 0 and s.ok == 30
+        assert any("going on, as no row has an answer" in w for w in s.warnings)
+        # Once rows are ok, a change of settings needs --force again.
+        with pytest.raises(Exception, match="--force"):
+            await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=20), retry)
+
+
+@pytest.mark.anyio
 async def test_401_stops_the_job_and_rerun_finishes(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     inp = make_csv(tmp_path / "in.csv", 30)
