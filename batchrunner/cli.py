@@ -198,7 +198,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     out_dir = Path(ns.out_dir)
     with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
         plan = plan_from_output(out_dir)
-        summary = rebuild_outputs(plan, RunSummary(name=plan.job.name))
+        summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False))
     print(format_summary(summary))
     return summary.exit_code
 

@@ -109,6 +109,12 @@ class LogProgress:
 
     def start(self, total: int | None, done: int) -> None:
         self._total, self._done = total, done
+        line = f"{self._desc}: started"
+        if total is not None:
+            line += f", {total - done:,} of {total:,} rows to do"
+        if self._every:
+            line += f"; a line every {self._every:g} s"
+        print(line, file=sys.stderr)
 
     def update(self, counts: Counts, finished: int) -> None:
         now = time.monotonic()

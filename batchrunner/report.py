@@ -45,9 +45,9 @@ Top-level keys, in this order::
     requests          {"attempts", "rows_attempted", "retries", "http_429", "http_429_in_rows",
                       "http_429_this_run"}; attempts as the rows record them
     latency_ms        {"rows", "p50", "p95", "p99", "mean", "max"} over ok rows (null if none)
-    wall_s            the run's wall time in seconds, or null
+    wall_s            the wall time of the last run that sent requests, in seconds, or null
     requests_per_min  rows finished during the timed run / wall minutes, or null
-    counters          the run-level counters, as given, sorted by name
+    counters          that run's counters, as given, sorted by name
     stopped           why the run stopped before every row was done, or null
     warnings          one line each, for a human; the stop, if any, first
 
@@ -484,9 +484,9 @@ def build_report(
     ``to_do`` is how many of the input's rows have no outcome yet; ``stopped`` why the run
     stopped early.
 
-    ``wall_s`` is the wall time of the run that just ended; ``requests_per_min`` counts the rows
-    finished in the last ``wall_s`` seconds before the newest ``finished_at``, so rows finished
-    by an earlier run of a resumed job do not inflate it.
+    ``wall_s`` is the wall time of the last run that sent requests; ``requests_per_min`` counts
+    the rows finished in the last ``wall_s`` seconds before the newest ``finished_at``, so rows
+    finished by an earlier run of a resumed job do not inflate it.
     """
     stats = _as_stats(outcomes, _COLUMNS)
     counters = dict(counters or {})

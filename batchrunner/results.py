@@ -115,10 +115,11 @@ class _Outcomes:
         return taken, taken_pos
 
 
-def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int] | None = None,
-                    run_id: str | None = None) -> RunSummary:
+def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = None
+                    ) -> RunSummary:
     """Compact the journal, then write the results and reports from it; fill the summary's
-    row counts."""
+    row counts. The report's wall time and counters are the job's last run's that sent
+    requests, as ``job.json`` records it."""
     job = plan.job
     journal = Journal(plan.out_dir)
     order = plan.order or InputOrder(plan.source, plan.key_column, plan.total_rows,
@@ -136,12 +137,16 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, counters: dict[str, int]
     if journal.segments():
         for group in journal.iter_compacted(REPORT_COLUMNS):
             stats.add(group)
+    last_run = plan.job_meta.get("last_run")
+    last_run = last_run if isinstance(last_run, dict) else {}
+    counters = last_run.get("counters")
     report = build_report(
         stats, prices=plan.prices,
         job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
              "model": job.request.model, "job_file": job.source},
-        wall_s=summary.wall_s or None, counters=counters, to_do=summary.pending,
-        stopped=summary.stopped or (plan.job_meta.get("last_run") or {}).get("stopped"),
+        wall_s=last_run.get("wall_s"), counters=counters if isinstance(counters, dict) else None,
+        to_do=summary.pending,
+        stopped=summary.stopped or last_run.get("stopped"),
     )
     summary.report_paths = write_reports(report, plan.out_dir, outcomes=stats)
     summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}

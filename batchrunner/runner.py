@@ -127,12 +127,13 @@ class RunSummary:
     report_paths: list[Path] = field(default_factory=list)
     stopped: str | None = None
     warnings: list[str] = field(default_factory=list)
+    ran: bool = True  # False: the outputs were rebuilt (`report`), no run happened
 
     @property
     def exit_code(self) -> int:
-        if self.stopped:
+        if self.stopped or self.pending:  # rows left to do: a rerun goes on with them
             return EXIT_STOPPED
-        return EXIT_FAILED_ROWS if self.failed or self.pending else EXIT_OK
+        return EXIT_FAILED_ROWS if self.failed else EXIT_OK
 
 
 @dataclass(slots=True)
@@ -235,10 +236,13 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         "total_rows": total,
         "output_format": job.output.format,
         "prices": job.prices,
+        "job_file": job.source,
     }
     journal = Journal(out_dir)
     meta_path = out_dir / "job.json"
     old_meta = read_meta(out_dir) if meta_path.exists() else None
+    if old_meta is not None and isinstance(old_meta.get("last_run"), dict):
+        meta["last_run"] = old_meta["last_run"]
     if old_meta is None and journal.segments():
         raise JournalError(
             f"{out_dir} holds a journal but no job.json — it is not this job's output directory"
@@ -340,16 +344,23 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
 
 def _select(journal: Journal, where: str) -> set[str]:
     """The keys of the rows ``where`` (a pandas query over the latest outcomes) picks."""
+    import pandas as pd
+
     table = journal.read(_where_columns(where))
     df = table.to_pandas()
     try:
-        picked = df.query(where, engine="python")
+        picked = df.eval(where, engine="python")
     except Exception as e:
         raise UsageError(
             f"--rerun-where {where!r}: {type(e).__name__}: {_first_line(e)} "
             f"(columns: {', '.join(OUTCOME_COLUMNS)})"
         ) from None
-    return set(picked["key"].astype(str))
+    if not (isinstance(picked, pd.Series) and pd.api.types.is_bool_dtype(picked)):
+        raise UsageError(
+            f"--rerun-where {where!r} is not a condition on each row; compare a column, "
+            "e.g. \"finish_reason == 'length'\" or \"status == 'failed' and attempts > 2\""
+        )
+    return set(df["key"][picked.fillna(False).astype(bool)].astype(str))
 
 
 def _where_columns(where: str) -> list[str] | None:
@@ -1005,6 +1016,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             plan = prepare(job, options)  # another run made it and wrote to it meanwhile
         journal = Journal(out_dir)
         journal.create()
+        previous = plan.job_meta.get("last_run")
         last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
                                     "started_at": utc_timestamp(), "finished_at": None,
                                     "stopped": None}
@@ -1035,13 +1047,18 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 progress.close()
         summary.sent = run.counters["sent"]
         summary.stopped = str(run.stop_error) if run.stop_error else None
-        last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent)
+        summary.wall_s = time.monotonic() - started
+        if not summary.sent and not summary.stopped and isinstance(previous, dict) \
+                and previous.get("finished_at"):
+            # Nothing to send: the last run, for the report and status, stays the one that sent.
+            plan.job_meta["last_run"] = previous
+        else:
+            counters = dict(run.counters)
+            counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
+            last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped,
+                            sent=summary.sent, wall_s=round(summary.wall_s, 3), counters=counters)
         _write_meta(plan)
-        counters = dict(run.counters)
-        counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
-    summary.wall_s = time.monotonic() - started
-    await anyio.to_thread.run_sync(
-        lambda: rebuild_outputs(plan, summary, counters=counters, run_id=run_id))
+    await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
     return summary
 
 
@@ -1084,15 +1101,16 @@ def plan_from_output(out_dir: Path) -> Plan:
     meta_path = out_dir / "job.json"
     meta = read_meta(out_dir)
     io.remove_stale_temp_files(out_dir)
+    model = (meta.get("request") or {}).get("model")
     job = JobConfig(
         name=meta["name"],
         input=InputConfig(path=Path(meta["input_path"]), id_column=meta.get("id_column")),
-        request=RequestConfig(),
+        request=RequestConfig(model=model if isinstance(model, str) else None),
         endpoint=EndpointConfig(),
         limits=Limits(),
         output=OutputConfig(dir=out_dir, format=meta.get("output_format", "parquet")),
         prices=meta.get("prices") or {},
-        source=str(meta_path),
+        source=str(meta.get("job_file") or meta_path),
     )
     source = io.open_input(job.input.path)
     if source.kind == "openai_batch":
@@ -1140,6 +1158,8 @@ def format_status(out_dir: Path) -> str:
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
         else:
             lines.append(f"  last run: {last['started_at']} to {last['finished_at']}")
+            if failed:
+                lines.append("  rerun with --retry-failed to send the failed rows again")
     return "\n".join(lines)
 
 
@@ -1171,11 +1191,17 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  warning: {s.length_cut:,} rows cut at max_tokens (finish_reason=length)")
     cost = "unknown for some models (see report)" if s.cost_usd is None else f"${s.cost_usd:,.4f}"
     cost += _plus_earlier(s.earlier_cost_usd)
-    lines.append(f"  cost: {cost}; wall {s.wall_s:,.1f} s; {s.sent:,} requests sent this run")
+    if s.ran:
+        cost += f"; wall {s.wall_s:,.1f} s; {s.sent:,} requests sent this run"
+    lines.append(f"  cost: {cost}")
     if s.results_path:
         lines.append(f"  results: {_show(s.results_path)}")
     if s.report_paths:
         lines.append(f"  report:  {', '.join(_show(p) for p in s.report_paths)}")
     if s.stopped:
         lines.append(f"  stopped: {s.stopped}")
+    elif s.pending:
+        lines.append("  rerun the job to send the rows not done yet")
+    elif s.failed:
+        lines.append("  rerun with --retry-failed to send the failed rows again")
     return "\n".join(lines)

@@ -680,15 +680,20 @@ def _parquet_damaged_in_second_row_group(path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize(("where", "says"), [
+    ("finish_reason ===", "SyntaxError"),
+    ("finish_reason", "is not a condition on each row"),  # a column, not a test of it
+    ("attempts + 1", "is not a condition on each row"),
+])
 def test_a_bad_rerun_where_expression_is_refused_on_the_first_run(
     sim: SimulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], where: str, says: str,
 ) -> None:
     c = Ctx(tmp_path, sim.base_url, monkeypatch)
     sim.reset_stats()
-    code, _, err = run_cli(c.args(c.good_csv(), "--rerun-where", "finish_reason ==="), capsys)
+    code, _, err = run_cli(c.args(c.good_csv(), "--rerun-where", where), capsys)
     assert code == 2
-    assert_one_line_error(err, ["--rerun-where"])
+    assert_one_line_error(err, ["--rerun-where", says])
     assert sim.stats()["requests"] == 0
 
 

@@ -184,9 +184,17 @@ async def test_rerun_resumes_and_sends_nothing_twice(tmp_path: Path) -> None:
         first = await run_job(job, FAST)
         assert (first.ok, first.failed) == (39, 1)
         n = sim.stats()["requests"]
+        report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+        last_run = json.loads((tmp_path / "out" / "job.json").read_text())["last_run"]
         again = await run_job(job, FAST)
         assert sim.stats()["requests"] == n  # nothing resent, failed rows left alone
-        assert again.exit_code == 3
+        assert again.exit_code == 3 and again.sent == 0
+        # A run that sent nothing leaves the last run, and the report's figures, as they were.
+        assert json.loads((tmp_path / "out" / "job.json").read_text())["last_run"] == last_run
+        rebuilt = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+        assert report["wall_s"] == last_run["wall_s"] > 0
+        for key in ("wall_s", "requests_per_min", "counters", "requests"):
+            assert rebuilt[key] == report[key], key
         retry = await run_job(job, RunOptions(retry_failed=True, retry=FAST.retry,
                                               progress="none", handle_signals=False))
         assert sim.stats()["requests"] == n + 1  # only the failed row
@@ -285,6 +293,12 @@ def test_killed_run_resumes_with_every_row_once(tmp_path: Path) -> None:
                                           strict=True) if st == "ok"}
             snapshots.append((ok_then, dict(sim.stats(per_prompt=True)["requests_by_prompt"])))
         assert snapshots[-1][0], "the kills came too late or too early to test a resume"
+        # `report` on the killed run: rows are left to do, so not "finished" (exit 4).
+        report = subprocess.run([sys.executable, "-m", "batchrunner", "report",
+                                 str(tmp_path / "out")], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert report.returncode == 4, report.stdout + report.stderr
+        assert "to do" in report.stdout or "not done" in report.stdout, report.stdout
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         df = pd.read_parquet(tmp_path / "out" / "results.parquet")
@@ -340,12 +354,19 @@ def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "25 of 25 rows finished (24 ok, 1 failed, 0 to do)" in out
     assert "http_404: 1" in out
+    assert out.rstrip().endswith("rerun with --retry-failed to send the failed rows again")
+    first = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     (tmp_path / "out" / "results.parquet").unlink()
     (tmp_path / "out" / "cost_report.json").unlink()
     assert main(["report", str(tmp_path / "out")]) == 3
     df = results(tmp_path)
     assert len(df) == 25 and (df["status"] == "ok").sum() == 24
-    assert json.loads((tmp_path / "out" / "cost_report.json").read_text())["rows"]["total"] == 25
+    rebuilt = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert rebuilt["rows"]["total"] == 25
+    # The rebuilt report keeps the run's figures: wall time, throughput, counters, job file.
+    assert rebuilt["wall_s"] == first["wall_s"] > 0
+    for key in ("requests_per_min", "counters", "requests", "job"):
+        assert rebuilt[key] == first[key], key
     assert main(["status", str(tmp_path / "nowhere")]) == 2
 
 
@@ -466,6 +487,13 @@ def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
     assert lines[at + 1:at + 4] == ["    http_500: upstream crashed", "    timeout: no answer",
                                     "    http_400: bad max_tokens"]
     assert "empty" not in format_summary(s)
+    assert lines[-1] == "  rerun with --retry-failed to send the failed rows again"
+    assert "requests sent this run" in format_summary(s)
+    # Rebuilt outputs (`report`): no run line, and rows left to do say how to go on.
+    rebuilt = RunSummary(name="j", rows=10, ok=4, pending=6, ran=False)
+    assert "requests sent this run" not in format_summary(rebuilt)
+    assert format_summary(rebuilt).splitlines()[-1] == (
+        "  rerun the job to send the rows not done yet")
 
 
 @pytest.mark.anyio

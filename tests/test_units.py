@@ -225,6 +225,7 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
     log.update(counts, 0)  # and nothing has finished for 56 s
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
+        "nightly: started, 19,000 of 20,000 rows to do; a line every 30 s",
         "nightly: 1,500/20,000 (8 %) rows  ok=1500 failed=0 retrying=0 tokens=12,345 "
         "cost=$0.2500",
         "nightly: 1,500/20,000 (8 %) rows  ok=1500 failed=0 retrying=0 tokens=12,345 "
