@@ -74,7 +74,12 @@ from batchrunner.report import utc_timestamp
 from batchrunner.results import InputOrder, key_strings, rebuild_outputs
 from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.structured import StructuredOutput
-from batchrunner.template import RequestBuilder, body_prompt_text, estimate_tokens
+from batchrunner.template import (
+    RequestBuilder,
+    body_prompt_text,
+    estimate_tokens,
+    request_warnings,
+)
 
 __all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "EXIT_STOPPED", "EXIT_USAGE", "RunOptions",
            "RunSummary", "prepare", "rebuild_outputs", "run_job"]
@@ -216,6 +221,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 f"id_column {key_column!r} is not a column of {where} "
                 f"(columns: {', '.join(source.columns)})"
             )
+        warnings.extend(request_warnings(job.request))
 
     total, ids = _scan_keys(source, key_column, where,
                             builder.needed_columns if builder is not None else ("body",))

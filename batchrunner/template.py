@@ -19,7 +19,7 @@ from typing import Any
 from batchrunner.config import RequestConfig
 from batchrunner.errors import ConfigError
 
-__all__ = ["RequestBuilder", "Template", "estimate_tokens"]
+__all__ = ["RequestBuilder", "Template", "estimate_tokens", "request_warnings"]
 
 _FORMATTER = string.Formatter()
 
@@ -74,6 +74,22 @@ class Template:
                     return None
                 out.append(v if isinstance(v, str) else str(v))
         return "".join(out)
+
+
+def request_warnings(req: RequestConfig) -> list[str]:
+    """Settings in ``[request.extra]`` that a gateway ignores without ``stream = true``."""
+    if req.stream:
+        return []
+    extra = req.extra
+    google = extra.get("extra_body", {}).get("google", {}) \
+        if isinstance(extra.get("extra_body"), dict) else {}
+    needs = []
+    if extra.get("enable_thinking") is True:  # Qwen: turned off, not refused, without stream
+        needs.append("enable_thinking")
+    if isinstance(google, dict) and "thinking_config" in google:  # Gemini through a gateway
+        needs.append("extra_body.google.thinking_config")
+    return [f"[request.extra] {name} works only with streaming (gateways drop it otherwise, "
+            "with no error): set [request] stream = true or pass --stream" for name in needs]
 
 
 def delimiter_hint(columns: Sequence[str]) -> str:

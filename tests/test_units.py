@@ -265,3 +265,22 @@ def test_run_lock_is_skipped_where_flock_is_not_supported_and_fails_loudly_other
     monkeypatch.setattr(fcntl, "flock", denied)
     with pytest.raises(OutputError, match="cannot lock it"), RunLock(tmp_path):
         pass
+
+
+@pytest.mark.parametrize(("extra", "stream", "named"), [
+    ({"enable_thinking": True}, False, ["enable_thinking"]),
+    ({"enable_thinking": True}, True, []),
+    ({"enable_thinking": False}, False, []),
+    ({"extra_body": {"google": {"thinking_config": {"thinking_budget": 6000}}}}, False,
+     ["extra_body.google.thinking_config"]),
+    ({"extra_body": "not a table"}, False, []),
+    ({"thinking": {"type": "enabled"}}, False, []),  # Claude's works either way
+])
+def test_thinking_settings_that_need_streaming_are_warned_about(
+        extra: dict[str, object], stream: bool, named: list[str]) -> None:
+    from batchrunner.config import RequestConfig
+    from batchrunner.template import request_warnings
+
+    warnings = request_warnings(RequestConfig(extra=extra, stream=stream))
+    assert [w.split()[1] for w in warnings] == named
+    assert all("stream = true" in w for w in warnings)
