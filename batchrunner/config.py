@@ -215,8 +215,8 @@ class _Fields:
 
     @property
     def prefix(self) -> str:
-        """``job FILE: `` for a job file; nothing for a job given by options alone."""
-        return "" if self.where == "command line" else f"job {self.where}: "
+        """``job file FILE: `` for a job file; nothing for a job given by options alone."""
+        return "" if self.where == "command line" else f"job file {self.where}: "
 
     def __call__(self, table: str, key: str) -> str:
         option = self.from_cli.get((table, key))

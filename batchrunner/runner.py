@@ -206,7 +206,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         raise ConfigError(f"output {out_dir} is a file, not a directory — choose another --output")
     source = io.open_input(job.input.path)
     where = f"input {source.path.name}"
-    prices = PriceBook(parse_price_table(job.prices, where=f"job {job.source}: [prices]"))
+    prices = PriceBook(parse_price_table(job.prices, where=f"job file {job.source}: [prices]"))
 
     builder: RequestBuilder | None = None
     if source.kind == "openai_batch":
@@ -947,7 +947,10 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
     if job.endpoint.simulator:
         from batchrunner.simulator import Simulator, SimulatorConfig
 
-        config = SimulatorConfig.from_mapping(job.simulator)
+        try:
+            config = SimulatorConfig.from_mapping(job.simulator)
+        except ConfigError as e:
+            raise ConfigError(f"job file {job.source}: [simulator]: {e}") from None
         async with Simulator(config, host="127.0.0.1", port=0) as sim:
             yield sim.base_url, env.get(job.endpoint.api_key_env) or getattr(
                 config, "api_key", None)

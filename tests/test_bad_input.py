@@ -371,6 +371,13 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.job(GOOD_JOB + '[endpoint]\nsimulator = "yes"\n'), ["[endpoint] simulator"]
 
 
+@case("a misspelt [simulator] setting")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.good_csv()
+    body = GOOD_JOB + "[endpoint]\nsimulator = true\n[simulator]\nlatnecy_ms = 5\n"
+    return c.job(body), ["job file", "job.toml", "[simulator]", "'latnecy_ms'"]
+
+
 @case("a price that is not a number")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.good_csv()
