@@ -1019,7 +1019,12 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         summary.warnings.extend(endpoint_warnings(base_url))
         for w in summary.warnings:
             print(f"batchrunner: warning: {w}", file=sys.stderr)
-        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise ConfigError(f"cannot create the output directory {out_dir} "
+                              f"({e.strerror or type(e).__name__}) — choose another --output"
+                              ) from None
         lock.acquire()  # a new directory: taken now (an existing one was before prepare)
         if not existed and (out_dir / "job.json").exists():
             plan = prepare(job, options)  # another run made it and wrote to it meanwhile

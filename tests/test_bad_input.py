@@ -378,6 +378,12 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.job(body), ["job file", "job.toml", "[simulator]", "'latnecy_ms'"]
 
 
+@case("an output directory that cannot be made")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return c.args(c.good_csv(), "--output", "/proc/batchrunner-out"), [
+        "cannot create the output directory /proc/batchrunner-out", "--output"]
+
+
 @case("a price that is not a number")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.good_csv()
