@@ -14,6 +14,7 @@ import gc
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -174,13 +175,23 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(ns: argparse.Namespace) -> int:
-    from batchrunner.config import load_job
+    from batchrunner.config import NoOutputDir, load_job
     from batchrunner.estimate import estimate, format_estimate
     from batchrunner.runner import RunOptions, prepare
 
-    job = load_job(ns.job, _overrides(ns))
-    plan = prepare(job, RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
-                                   force=ns.force), tidy=False)  # a run may be writing
+    options = RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
+                         force=ns.force)
+    overrides = _overrides(ns)
+    try:
+        job = load_job(ns.job, overrides)
+    except NoOutputDir:
+        # No output directory: a job that never ran, every row to do. The one named here is
+        # never made.
+        with tempfile.TemporaryDirectory() as tmp:
+            job = load_job(ns.job, {**overrides, "output": os.path.join(tmp, "never-made")})
+            plan = prepare(job, options, tidy=False)
+    else:
+        plan = prepare(job, options, tidy=False)  # tidy=False: a run may be writing
     print(format_estimate(estimate(plan)))
     return 0
 

@@ -74,6 +74,7 @@ __all__ = [
     "InputConfig",
     "JobConfig",
     "Limits",
+    "NoOutputDir",
     "OutputConfig",
     "Proxy",
     "RequestConfig",
@@ -82,6 +83,10 @@ __all__ = [
     "load_job",
     "proxy_for",
 ]
+
+class NoOutputDir(ConfigError):
+    """The job names no output directory (``estimate`` can do without one)."""
+
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -350,7 +355,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
     _string(inp, "path", f, "input")
     _string(inp, "id_column", f, "input")
     if out.get("dir") is None:
-        raise ConfigError(
+        raise NoOutputDir(
             f"{f.prefix}no output directory: set [output] dir or pass --output DIR"
         )
     _string(out, "dir", f, "output")

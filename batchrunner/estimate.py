@@ -157,7 +157,7 @@ def format_estimate(e: Estimate) -> str:
     else:
         lines.append("  time: no rate limit set; the server's limits decide")
     for reason, n in e.not_sendable.most_common():
-        lines.append(f"  warning: {n:,} rows will not be sent: {reason}")
+        lines.append(f"  warning: {n:,} {'row' if n == 1 else 'rows'} will not be sent: {reason}")
     for ex in e.not_sendable_examples:
         lines.append(f"    {ex}")
     if e.over_context:

@@ -47,9 +47,22 @@ def test_estimate_sends_nothing_and_reports_per_model(tmp_path: Path,
         assert sim.stats()["requests"] == 0
     assert "39 " in out and "gpt-4o-mini" in out
     assert "3,900" in out  # 39 sendable rows × max_tokens 100
-    assert "1 rows will not be sent" in out and "row 3" in out
+    assert "1 row will not be sent" in out and "row 3" in out
     assert "about 4 s (600 requests/min)" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_estimate_needs_no_output_directory(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    inp = make_input(tmp_path, 40)
+    args = ["--input", str(inp), "--prompt", "{text}", "--model", "gpt-4o-mini",
+            "--max-tokens", "100"]
+    assert main(["estimate", *args]) == 0
+    assert "0 already done, 39 to send" in capsys.readouterr().out  # row 3 is empty
+    assert main(["run", "--dry-run", *args]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # nothing made
+    assert main(["run", *args]) == 2  # a run does need one
+    assert "no output directory" in capsys.readouterr().err
 
 
 @pytest.mark.anyio
