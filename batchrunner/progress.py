@@ -61,7 +61,6 @@ class TqdmProgress:
     def __init__(self, desc: str) -> None:
         self._desc = desc
         self._bar: Any = None
-        self._last = 0.0
         self._counts: Counts | None = None
 
     def start(self, total: int | None, done: int) -> None:
@@ -74,12 +73,12 @@ class TqdmProgress:
         bar = self._bar
         if bar is None:
             return
-        bar.update(finished)
         self._counts = counts
-        now = time.monotonic()
-        if now - self._last > 0.25:
-            self._last = now
+        if time.time() - bar.last_print_t >= bar.mininterval:
+            # tqdm may redraw in this update: the counts beside the bar are made current first,
+            # or they would lag the bar's own count.
             bar.set_postfix_str(_postfix(counts), refresh=False)
+        bar.update(finished)
 
     def write(self, line: str) -> None:
         """A message above the bar, without breaking it."""

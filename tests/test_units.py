@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from pathlib import Path
 
@@ -284,3 +285,20 @@ def test_thinking_settings_that_need_streaming_are_warned_about(
     warnings = request_warnings(RequestConfig(extra=extra, stream=stream))
     assert [w.split()[1] for w in warnings] == named
     assert all("stream = true" in w for w in warnings)
+
+
+def test_the_bar_and_its_counts_agree_on_every_redraw(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from batchrunner import progress
+
+    bar = progress.TqdmProgress("job")
+    bar.start(300, 0)
+    counts = progress.Counts()
+    for _ in range(300):  # every row ok: the bar's count and ok= must match
+        counts.ok += 1
+        bar.update(counts, 1)
+        time.sleep(0.001)
+    bar.close()
+    drawn = re.findall(r"(\d+)/300 .*?ok=(\d+)", capsys.readouterr().err.replace("\r", "\n"))
+    assert len(drawn) >= 2
+    assert [done for done, ok in drawn if done != ok] == []
