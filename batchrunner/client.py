@@ -41,6 +41,8 @@ __all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
 _MAX_MESSAGE = 300
 _SCAN = 16384  # bytes of an error body read for its message
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+# An error body that blames the account's money rather than the key.
+_BALANCE = re.compile(r"balance|quota|credit|billing|payment|余额|额度", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -329,7 +331,10 @@ class ChatClient:
             async with self._session.post(self.url, data=data) as resp:
                 status = resp.status
                 headers = resp.headers
-                if status == 200 and streaming:
+                # A gateway may answer a stream request with a plain JSON body (an error, as a
+                # rule): read it as a non-stream reply.
+                if status == 200 and streaming and not headers.get(
+                        "Content-Type", "").startswith("application/json"):
                     stream = StreamAssembler()
                     try:
                         async for line in resp.content:
@@ -489,15 +494,8 @@ class ChatClient:
         retry_after = _retry_after(headers)
         if status == 407 and (stop := self._proxy_refused(status, message)):
             raise stop
-        if status in (401, 403):
-            raise AuthError(
-                f"the endpoint refused the API key (HTTP {status}: {message}) — "
-                "check the key and its access to this model"
-            )
-        if status == 429 and (code == "insufficient_quota" or etype == "insufficient_quota"):
-            raise QuotaError(
-                f"the account is out of quota (HTTP 429 insufficient_quota: {message})"
-            )
+        if halt := _stop_job(status, f"HTTP {status}", code, etype, message):
+            raise halt
         if status == 429:
             return HTTPStatusError(
                 "rate_limited", message, retryable=True, retry_after=retry_after, status=status,
@@ -506,6 +504,36 @@ class ChatClient:
         return HTTPStatusError(
             f"http_{status}", message, retryable=is_retryable_status(status),
             retry_after=retry_after, status=status, request_id=request_id,
+        )
+
+    def _error_in_200(self, payload: dict[str, Any], request_id: str | None) -> RequestError:
+        """A 200 whose body is ``{"error": {...}}``: a gateway passing on its upstream's
+        failure. Retried like the failure it names: a numeric ``code`` is read as that HTTP
+        status (a 400 is not retried, a 401 stops the job); without one it is a server-side
+        failure, retried."""
+        err = payload["error"]
+        code: Any = None
+        etype: Any = None
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+            code, etype = err.get("code"), err.get("type")
+        else:
+            message = str(err)
+        message = self.redact(" ".join(message.split()))[:_MAX_MESSAGE] or "no message"
+        status = code if type(code) is int else (
+            int(code) if isinstance(code, str) and code.isdigit() else None)
+        if status is not None and not 400 <= status < 600:
+            status = None
+        if stop := _stop_job(status or 200, f"HTTP 200 with error {code or etype}",
+                             code if isinstance(code, str) else None,
+                             etype if isinstance(etype, str) else None, message):
+            raise stop
+        if code is not None and str(code) not in message:
+            message = f"{message} (code {code})"[:_MAX_MESSAGE]
+        return BadResponseError(
+            "error_body", message,
+            retryable=status is None or is_retryable_status(status),
+            status=200, request_id=request_id, usage=_billed_usage(payload.get("usage")),
         )
 
     def _proxy_shown(self) -> str:
@@ -546,6 +574,8 @@ class ChatClient:
             )
         choices = payload.get("choices")
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            if payload.get("error"):
+                raise self._error_in_200(payload, request_id)
             raise BadResponseError(
                 "no_choices", "HTTP 200 without choices", retryable=True, status=200,
                 request_id=request_id, usage=_billed_usage(payload.get("usage")),
@@ -588,6 +618,26 @@ class ChatClient:
 
 _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
                            for kind in ("requests", "tokens"))
+
+
+def _stop_job(status: int, said: str, code: str | None, etype: str | None, message: str
+              ) -> StopJob | None:
+    """The error that stops the job for an answer every other request would get too: a
+    refused key (401/403), no money left (402, 429 ``insufficient_quota``); else None."""
+    if status in (401, 403):
+        if _BALANCE.search(message):
+            fix = ("the account's balance or quota looks used up: top up the balance (or raise "
+                   "the key's quota), then rerun to resume")
+        else:
+            fix = "check the key and its access to this model"
+        return AuthError(f"the endpoint refused the API key ({said}: {message}) — {fix}")
+    if status == 402:
+        return QuotaError(f"the account is out of balance ({said} Payment Required: {message}) "
+                          "— top up the balance, then rerun to resume")
+    if "insufficient_quota" in (code, etype):
+        return QuotaError(f"the account is out of quota ({said} insufficient_quota: {message})"
+                          " — top up the balance or raise the quota, then rerun to resume")
+    return None
 
 
 def _reason(e: OSError) -> str:

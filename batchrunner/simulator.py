@@ -111,6 +111,9 @@ Faults
     ``no_done``    streamed: the stream ends cleanly without a finish chunk or ``[DONE]``;
                    not streamed: like ``no_choices``
     ``slow``       ``slow_ms`` (default 2000) more latency, then a normal reply
+    ``402``        402 ``insufficient_balance`` (payment required: the balance is used up)
+    ``error_200``  200 whose body is ``{"error": {...}}`` (type ``upstream_error``), as a gateway
+                   answers when its upstream failed (streamed too: a JSON body, not events)
 
     Reply shapes: these markers are not failures (the reply is counted as a completion); they
     change what a reply holds, streamed or not, as the APIs that have them send it:
@@ -205,6 +208,8 @@ FAULT_KINDS: Final[tuple[str, ...]] = (
     "cut",
     "no_done",
     "slow",
+    "402",
+    "error_200",
     "tool_calls",
     "citations",
     "annotations",
@@ -905,6 +910,7 @@ _ERROR_KINDS: Final[dict[str, tuple[int, str, str | None, str]]] = {
         "The engine is currently overloaded, please try again later.",
     ),
     "504": (504, "server_error", None, "Gateway timeout."),
+    "402": (402, "invalid_request_error", "insufficient_balance", "Insufficient Balance."),
     "quota": (
         429,
         "insufficient_quota",
@@ -927,6 +933,11 @@ _LINGER_RST: Final = struct.pack("ii", 1, 0)
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
     error = {"message": message, "type": type_, "param": param, "code": code}
     return orjson.dumps({"error": error})
+
+
+_UPSTREAM_ERROR_BODY: Final = _error_body(
+    "The upstream provider did not answer (simulated gateway error).", "upstream_error", None
+)
 
 
 def _reset_connection(request: web.BaseRequest) -> None:
@@ -1500,6 +1511,8 @@ class _Server:
             return self.error(status, message, type_, code, headers)
         if kind == "529":
             return self.respond(529, _OVERLOADED_BODY, headers)
+        if kind == "error_200":
+            return self.respond(200, _UPSTREAM_ERROR_BODY, headers)
         if kind == "html":
             return self.respond(502, _HTML_BODY, headers, "text/html")
         if kind == "reset":

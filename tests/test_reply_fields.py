@@ -1,5 +1,5 @@
 """What a reply holds beyond its content: tool calls, search citations, every choice of a
-stream, reasoning under either name."""
+stream, an error inside a 200, reasoning under either name, and a 402 that stops the job."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 from batchrunner.client import ChatClient, StreamAssembler
 from batchrunner.config import JobConfig, load_job
+from batchrunner.errors import AuthError, BadResponseError, QuotaError
 from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, run_job
@@ -171,6 +172,42 @@ def test_citations_from_annotations_and_from_grok_share_one_shape() -> None:
     assert plain.citations is None and plain.tool_calls is None
 
 
+@pytest.mark.parametrize(("error", "retryable"), [
+    ({"message": "upstream timed out", "type": "upstream_error"}, True),
+    ({"message": "bad upstream status", "code": 502}, True),
+    ({"message": "max_tokens is too large", "code": "400"}, False),
+    ("upstream failed", True),
+])
+def test_an_error_inside_a_200_keeps_its_message(error: Any, retryable: bool) -> None:
+    with pytest.raises(BadResponseError) as info:
+        parse({"error": error})
+    e = info.value
+    assert e.error_type == "error_body" and e.retryable is retryable and e.status == 200
+    text = error["message"] if isinstance(error, dict) else error
+    assert text in e.message
+
+
+def test_an_error_inside_a_200_that_names_a_stop_stops() -> None:
+    with pytest.raises(QuotaError, match="top up"):
+        parse({"error": {"message": "You exceeded your current quota",
+                         "code": "insufficient_quota"}})
+    with pytest.raises(AuthError):
+        parse({"error": {"message": "invalid key", "code": 401}})
+
+
+def test_401_and_403_advice_names_the_balance_when_the_body_does() -> None:
+    c = client()
+    body = orjson.dumps({"error": {"message": "Insufficient account balance", "code": None}})
+    with pytest.raises(AuthError, match="top up the balance"):
+        c._status_error(403, body, {}, None)
+    body = orjson.dumps({"error": {"message": "Incorrect API key provided"}})
+    with pytest.raises(AuthError, match="check the key") as info:
+        c._status_error(401, body, {}, None)
+    assert "balance" not in str(info.value)
+    with pytest.raises(QuotaError, match="top up the balance"):
+        c._status_error(402, orjson.dumps({"error": {"message": "Insufficient Balance"}}), {},
+                        None)
+
 
 # ----------------------------------------------------------------------------------------------
 # Jobs against the simulator
@@ -251,6 +288,39 @@ async def test_n_choices_streamed_match_non_stream(tmp_path: Path) -> None:
         assert [c["index"] for c in streamed] == [0, 1, 2]
         assert streamed[0]["content"] == frames[True].loc[key, "content"]
         assert len({c["content"] for c in streamed}) == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_200_carrying_an_error_is_retried_and_named(tmp_path: Path,
+                                                            stream: bool) -> None:
+    inp = make_csv(tmp_path / "in.csv", ["fine", "flaky [[sim:error_200*1]]",
+                                         "broken [[sim:error_200]]"])
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp, stream=stream or None))
+    df = results(tmp_path)
+    assert s.exit_code == 3
+    assert (df.loc["r1", "status"], df.loc["r1", "attempts"]) == ("ok", 2)
+    row = df.loc["r2"]
+    assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "error_body", 3)
+    assert "upstream provider did not answer" in row["error_message"]
+
+
+@pytest.mark.anyio
+async def test_402_stops_the_job_saying_to_top_up(tmp_path: Path) -> None:
+    texts = [f"row {i}" for i in range(30)]
+    texts[5] = "out of money [[sim:402*1]]"
+    inp = make_csv(tmp_path / "in.csv", texts)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp, concurrency=2)
+        s = await run(job)
+        assert s.exit_code == 4 and s.stopped and "top up the balance" in s.stopped
+        assert "402" in s.stopped
+        state = Journal(tmp_path / "out").read()
+        assert set(state["status"].to_pylist()) == {"ok"}  # the 402 row is left to do
+        assert "r5" not in state["key"].to_pylist()
+        again = await run(job)
+    assert again.exit_code == 0 and again.ok == 30
 
 
 @pytest.mark.anyio
