@@ -41,6 +41,8 @@ __all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
 _MAX_MESSAGE = 300
 _SCAN = 16384  # bytes of an error body read for its message
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+# An error body that blames the account's money rather than the key.
+_BALANCE = re.compile(r"balance|quota|credit|billing|payment|余额|额度", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -59,30 +61,110 @@ class ChatResult:
     reasoning_content: str | None = None
     ttft_ms: float | None = None
     choices: str | None = None
+    tool_calls: str | None = None
+    citations: str | None = None
 
 
-class StreamAssembler:
-    """Builds one completion from the ``data:`` lines of a chat completion SSE stream.
+class _Call:
+    """One tool call of a stream, as its deltas arrive: id, type and name once, the arguments
+    in pieces."""
 
-    Content and ``reasoning_content`` deltas of choice 0 are joined; ``finish_reason`` is the
-    last one a choice chunk carried; ``usage`` comes from whichever chunk has it (the final
-    ``choices: []`` chunk with ``stream_options.include_usage``, or a last choice chunk, as some
-    providers send). ``done`` is set by ``data: [DONE]``.
-    """
+    __slots__ = ("args", "id", "name", "type")
 
-    __slots__ = ("content", "done", "error", "finish_reason", "first_token_at", "id", "model",
-                 "reasoning", "usage")
+    def __init__(self) -> None:
+        self.id: Any = None
+        self.type: Any = None
+        self.name: Any = None
+        self.args: list[str] = []
+
+
+class _Parts:
+    """What the deltas of one choice of a stream carried."""
+
+    __slots__ = ("annotations", "calls", "content", "finish_reason", "reasoning")
 
     def __init__(self) -> None:
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.finish_reason: str | None = None
+        self.calls: dict[int, _Call] | None = None
+        self.annotations: list[Any] | None = None
+
+    def add_calls(self, deltas: list[Any]) -> None:
+        calls = self.calls
+        if calls is None:
+            calls = self.calls = {}
+        for d in deltas:
+            if type(d) is not dict:
+                continue
+            i = d.get("index")
+            if type(i) is not int:  # a provider that sends whole calls without an index
+                i = len(calls) if d.get("id") or not calls else max(calls)
+            call = calls.get(i)
+            if call is None:
+                call = calls[i] = _Call()
+            if d.get("id"):
+                call.id = d["id"]
+            if d.get("type"):
+                call.type = d["type"]
+            fn = d.get("function")
+            if type(fn) is dict:
+                if call.name is None and fn.get("name"):
+                    call.name = fn["name"]
+                args = fn.get("arguments")
+                if type(args) is str and args:
+                    call.args.append(args)
+
+    def tool_calls(self) -> list[dict[str, Any]] | None:
+        """The calls in the shape of a non-stream reply's ``message.tool_calls``."""
+        if not self.calls:
+            return None
+        return [{"id": c.id, "type": c.type or "function",
+                 "function": {"name": c.name, "arguments": "".join(c.args)}}
+                for _, c in sorted(self.calls.items())]
+
+    def text(self) -> str | None:
+        """The content: None for a reply that only calls tools, as a non-stream reply has."""
+        return "".join(self.content) if self.content or not self.calls else None
+
+
+class StreamAssembler:
+    """Builds one completion from the ``data:`` lines of a chat completion SSE stream.
+
+    The deltas of each choice (by ``index``) are gathered apart: content and reasoning
+    (``reasoning_content`` or ``reasoning``) joined, tool calls assembled by their index (id,
+    type and name once, arguments in pieces), ``annotations`` collected; ``finish_reason`` is
+    the last one a choice chunk carried. ``content``, ``reasoning`` and ``finish_reason`` are
+    choice 0's. ``usage`` comes from whichever chunk has it (the final ``choices: []`` chunk
+    with ``stream_options.include_usage``, or a last choice chunk, as some providers send), and
+    top-level ``citations`` (Grok) likewise. ``done`` is set by ``data: [DONE]``.
+    """
+
+    __slots__ = ("cited", "done", "error", "first", "first_token_at", "id", "model", "others",
+                 "usage")
+
+    def __init__(self) -> None:
+        self.first = _Parts()  # choice 0
+        self.others: dict[int, _Parts] | None = None  # with n > 1
+        self.cited: Any = None
         self.usage: dict[str, Any] | None = None
         self.model: str | None = None
         self.id: str | None = None
         self.done = False
         self.error: dict[str, Any] | None = None
         self.first_token_at: float | None = None
+
+    @property
+    def content(self) -> list[str]:
+        return self.first.content
+
+    @property
+    def reasoning(self) -> list[str]:
+        return self.first.reasoning
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.first.finish_reason
 
     def feed(self, line: bytes) -> None:
         """One line of the stream; raises ValueError on an event that is not JSON."""
@@ -106,23 +188,59 @@ class StreamAssembler:
         usage = event.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
+        cited = event.get("citations")
+        if cited:
+            self.cited = cited  # sent once, in a late chunk
         for choice in event.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            if not isinstance(choice, dict):
                 continue
-            delta = choice.get("delta") or {}
-            if isinstance(delta, dict):
+            index = choice.get("index", 0)
+            if index == 0:
+                parts = self.first
+            elif type(index) is int:
+                others = self.others
+                if others is None:
+                    others = self.others = {}
+                parts = others.get(index) or others.setdefault(index, _Parts())
+            else:
+                continue
+            delta = choice.get("delta")
+            if type(delta) is dict:
                 text = delta.get("content")
-                if isinstance(text, str) and text:
-                    self.content.append(text)
+                if type(text) is str and text:
+                    parts.content.append(text)
                     if self.first_token_at is None:
                         self.first_token_at = time.perf_counter()
-                thought = delta.get("reasoning_content") or delta.get("reasoning")
-                if isinstance(thought, str) and thought:
-                    self.reasoning.append(thought)
-                    if self.first_token_at is None:
-                        self.first_token_at = time.perf_counter()
+                if text is None or len(delta) > 1:  # not the common content-only delta
+                    self._more(parts, delta)
             if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+                parts.finish_reason = choice["finish_reason"]
+
+    def _more(self, parts: _Parts, delta: dict[str, Any]) -> None:
+        """The rarer parts of a delta: reasoning, tool calls, annotations."""
+        thought = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(thought, str) and thought:
+            parts.reasoning.append(thought)
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+        calls = delta.get("tool_calls")
+        if calls and type(calls) is list:
+            parts.add_calls(calls)
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+        notes = delta.get("annotations")
+        if notes and type(notes) is list:
+            if parts.annotations is None:
+                parts.annotations = []
+            parts.annotations.extend(notes)
+
+    def all_choices(self) -> str | None:
+        """Every choice as JSON text, as ``choices`` of a non-stream reply; None with one."""
+        if not self.others:
+            return None
+        parts = sorted([(0, self.first), *self.others.items()], key=lambda ip: ip[0])
+        return orjson.dumps([_choice_entry(i, p.text(), p.finish_reason, p.tool_calls())
+                             for i, p in parts]).decode()
 
 
 class ChatClient:
@@ -213,7 +331,10 @@ class ChatClient:
             async with self._session.post(self.url, data=data) as resp:
                 status = resp.status
                 headers = resp.headers
-                if status == 200 and streaming:
+                # A gateway may answer a stream request with a plain JSON body (an error, as a
+                # rule): read it as a non-stream reply.
+                if status == 200 and streaming and not headers.get(
+                        "Content-Type", "").startswith("application/json"):
                     stream = StreamAssembler()
                     try:
                         async for line in resp.content:
@@ -261,17 +382,23 @@ class ChatClient:
         if not st.done:
             raise TransportError("stream_cut", "the stream ended before [DONE]", retryable=True,
                                  request_id=request_id, usage=billed)
-        if st.finish_reason is None and not st.content:
+        first = st.first
+        calls = first.tool_calls()
+        if first.finish_reason is None and not first.content and calls is None:
             raise BadResponseError("no_choices", "a stream without choices", retryable=True,
                                    status=200, request_id=request_id, usage=billed)
         pt, ct, tt, cached, reasoning = _usage(st.usage)
         return ChatResult(
-            content="".join(st.content), finish_reason=st.finish_reason, prompt_tokens=pt,
+            content=first.text(), finish_reason=first.finish_reason, prompt_tokens=pt,
             completion_tokens=ct, total_tokens=tt, cached_tokens=cached,
             reasoning_tokens=reasoning, model=st.model, request_id=request_id or st.id,
             latency_ms=latency_ms, headers=headers,
-            reasoning_content="".join(st.reasoning) or None,
+            reasoning_content="".join(first.reasoning) or None,
             ttft_ms=(st.first_token_at - start) * 1000.0 if st.first_token_at else None,
+            choices=st.all_choices() if st.others else None,
+            tool_calls=orjson.dumps(calls).decode() if calls else None,
+            citations=_citations(first.annotations, st.cited)
+            if first.annotations or st.cited else None,
         )
 
     def _translate(self, e: BaseException) -> RequestError | StopJob:
@@ -367,15 +494,8 @@ class ChatClient:
         retry_after = _retry_after(headers)
         if status == 407 and (stop := self._proxy_refused(status, message)):
             raise stop
-        if status in (401, 403):
-            raise AuthError(
-                f"the endpoint refused the API key (HTTP {status}: {message}) — "
-                "check the key and its access to this model"
-            )
-        if status == 429 and (code == "insufficient_quota" or etype == "insufficient_quota"):
-            raise QuotaError(
-                f"the account is out of quota (HTTP 429 insufficient_quota: {message})"
-            )
+        if halt := _stop_job(status, f"HTTP {status}", code, etype, message):
+            raise halt
         if status == 429:
             return HTTPStatusError(
                 "rate_limited", message, retryable=True, retry_after=retry_after, status=status,
@@ -384,6 +504,36 @@ class ChatClient:
         return HTTPStatusError(
             f"http_{status}", message, retryable=is_retryable_status(status),
             retry_after=retry_after, status=status, request_id=request_id,
+        )
+
+    def _error_in_200(self, payload: dict[str, Any], request_id: str | None) -> RequestError:
+        """A 200 whose body is ``{"error": {...}}``: a gateway passing on its upstream's
+        failure. Retried like the failure it names: a numeric ``code`` is read as that HTTP
+        status (a 400 is not retried, a 401 stops the job); without one it is a server-side
+        failure, retried."""
+        err = payload["error"]
+        code: Any = None
+        etype: Any = None
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+            code, etype = err.get("code"), err.get("type")
+        else:
+            message = str(err)
+        message = self.redact(" ".join(message.split()))[:_MAX_MESSAGE] or "no message"
+        status = code if type(code) is int else (
+            int(code) if isinstance(code, str) and code.isdigit() else None)
+        if status is not None and not 400 <= status < 600:
+            status = None
+        if stop := _stop_job(status or 200, f"HTTP 200 with error {code or etype}",
+                             code if isinstance(code, str) else None,
+                             etype if isinstance(etype, str) else None, message):
+            raise stop
+        if code is not None and str(code) not in message:
+            message = f"{message} (code {code})"[:_MAX_MESSAGE]
+        return BadResponseError(
+            "error_body", message,
+            retryable=status is None or is_retryable_status(status),
+            status=200, request_id=request_id, usage=_billed_usage(payload.get("usage")),
         )
 
     def _proxy_shown(self) -> str:
@@ -424,6 +574,8 @@ class ChatClient:
             )
         choices = payload.get("choices")
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            if payload.get("error"):
+                raise self._error_in_200(payload, request_id)
             raise BadResponseError(
                 "no_choices", "HTTP 200 without choices", retryable=True, status=200,
                 request_id=request_id, usage=_billed_usage(payload.get("usage")),
@@ -440,7 +592,10 @@ class ChatClient:
             message = {}
         content = message.get("content")
         pt, ct, tt, cached, reasoning = _usage(payload.get("usage"))
-        thought = message.get("reasoning_content")
+        thought = message.get("reasoning_content") or message.get("reasoning")
+        calls = message.get("tool_calls")
+        notes = message.get("annotations")  # OpenAI's web search: url_citation
+        cited = payload.get("citations")  # Grok's live search, Perplexity: URLs
         model = payload.get("model")
         return ChatResult(
             content=content if isinstance(content, str) else None,
@@ -456,11 +611,33 @@ class ChatClient:
             headers=headers,
             reasoning_content=thought if isinstance(thought, str) and thought else None,
             choices=_all_choices(choices) if len(choices) > 1 else None,
+            tool_calls=orjson.dumps(calls).decode() if calls and type(calls) is list else None,
+            citations=_citations(notes, cited) if notes or cited else None,
         )
 
 
 _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
                            for kind in ("requests", "tokens"))
+
+
+def _stop_job(status: int, said: str, code: str | None, etype: str | None, message: str
+              ) -> StopJob | None:
+    """The error that stops the job for an answer every other request would get too: a
+    refused key (401/403), no money left (402, 429 ``insufficient_quota``); else None."""
+    if status in (401, 403):
+        if _BALANCE.search(message):
+            fix = ("the account's balance or quota looks used up: top up the balance (or raise "
+                   "the key's quota), then rerun to resume")
+        else:
+            fix = "check the key and its access to this model"
+        return AuthError(f"the endpoint refused the API key ({said}: {message}) — {fix}")
+    if status == 402:
+        return QuotaError(f"the account is out of balance ({said} Payment Required: {message}) "
+                          "— top up the balance, then rerun to resume")
+    if "insufficient_quota" in (code, etype):
+        return QuotaError(f"the account is out of quota ({said} insufficient_quota: {message})"
+                          " — top up the balance or raise the quota, then rerun to resume")
+    return None
 
 
 def _reason(e: OSError) -> str:
@@ -482,16 +659,57 @@ def _ratelimit_headers(headers: Any) -> dict[str, str]:
     return {name: v for name in _RATELIMIT_HEADERS if (v := headers.get(name)) is not None}
 
 
+def _choice_entry(index: Any, content: Any, finish_reason: Any, tool_calls: Any
+                  ) -> dict[str, Any]:
+    entry = {"index": index, "content": content, "finish_reason": finish_reason}
+    if tool_calls:
+        entry["tool_calls"] = tool_calls
+    return entry
+
+
 def _all_choices(choices: list[Any]) -> str:
-    """Every choice of an ``n > 1`` reply as JSON text: index, content, finish_reason."""
+    """Every choice of an ``n > 1`` reply as JSON text: index, content, finish_reason, and
+    tool_calls when the choice made any."""
     out = []
     for c in choices:
         if isinstance(c, dict):
             m = c.get("message")
-            out.append({"index": c.get("index"),
-                        "content": m.get("content") if isinstance(m, dict) else None,
-                        "finish_reason": c.get("finish_reason")})
+            if not isinstance(m, dict):
+                m = {}
+            out.append(_choice_entry(c.get("index"), m.get("content"), c.get("finish_reason"),
+                                     m.get("tool_calls")))
     return orjson.dumps(out).decode()
+
+
+def _citations(annotations: Any, citations: Any) -> str | None:
+    """Search citations as JSON text: a list of ``{"url", "title", "start_index",
+    "end_index"}`` (null where the API does not say), from a message's ``url_citation``
+    annotations (OpenAI) and then a reply's top-level ``citations`` (Grok, Perplexity: URLs,
+    or objects with a ``url``). None when there are none."""
+    out: list[dict[str, Any]] = []
+    if type(annotations) is list:
+        for a in annotations:
+            if type(a) is dict and a.get("type") == "url_citation":
+                c = a.get("url_citation")
+                out.extend(_citation(c if type(c) is dict else a))
+    if type(citations) is list:
+        for c in citations:
+            if isinstance(c, str):
+                out.append({"url": c, "title": None, "start_index": None, "end_index": None})
+            elif type(c) is dict:
+                out.extend(_citation(c))
+    return orjson.dumps(out).decode() if out else None
+
+
+def _citation(c: dict[str, Any]) -> list[dict[str, Any]]:
+    url = c.get("url")
+    if not isinstance(url, str):
+        return []
+    title = c.get("title")
+    start, end = c.get("start_index"), c.get("end_index")
+    return [{"url": url, "title": title if isinstance(title, str) else None,
+             "start_index": start if type(start) is int else None,
+             "end_index": end if type(end) is int else None}]
 
 
 def _usage(usage: Any) -> Usage:

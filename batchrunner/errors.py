@@ -8,7 +8,7 @@
     ├── OutputError                   results, reports or the journal cannot be written (exit 1)
     ├── StopJob                       the whole job must stop now, resumable (exit 4)
     │   ├── AuthError                 401/403: the key is wrong or lacks access
-    │   ├── QuotaError                429 insufficient_quota: the account is out of credit
+    │   ├── QuotaError                402, 429 insufficient_quota: the account is out of credit
     │   ├── BudgetExceeded            the next request could pass max_cost_usd
     │   ├── Unreachable               no connection to the endpoint through a row's retries
     │   ├── AllFailing                the run's first rows all failed the same way, none ok
@@ -16,7 +16,7 @@
     └── RequestError                  one request failed; carries ``error_type`` and retryability
         ├── HTTPStatusError           a non-2xx answer
         ├── TransportError            connection refused/reset, timeout, a cut stream
-        └── BadResponseError          a 2xx whose body is not a usable completion
+        └── BadResponseError          a 2xx whose body is not a usable completion (or an error)
 
 Messages never contain the API key: the client builds them from the status, the error body's
 ``message`` and the exception class, and ``redact`` scrubs anything that slips through.
@@ -84,7 +84,7 @@ class AuthError(StopJob):
 
 
 class QuotaError(StopJob):
-    """The account has no quota left (429 insufficient_quota)."""
+    """The account has no quota or balance left (402, 429 insufficient_quota)."""
 
 
 class BudgetExceeded(StopJob):

@@ -481,12 +481,15 @@ def _open(seg: Path) -> pq.ParquetFile:
         raise _unreadable(seg, e) from None
 
 
-# The columns of a segment written before ``ADDED_COLUMNS`` existed.
-_EARLIER_SCHEMA = pa.schema([f for f in OUTCOME_SCHEMA if f.name not in ADDED_COLUMNS])
-
-
 def _known_schema(schema: pa.Schema) -> bool:
-    return bool(schema.equals(OUTCOME_SCHEMA) or schema.equals(_EARLIER_SCHEMA))
+    """The schema of a segment this version wrote, or an earlier one: ``OUTCOME_SCHEMA``
+    without some of ``ADDED_COLUMNS`` (each was added in its own version)."""
+    if schema.equals(OUTCOME_SCHEMA):
+        return True
+    names = set(schema.names)
+    if not names <= set(OUTCOME_COLUMNS) or not set(OUTCOME_COLUMNS) - names <= ADDED_COLUMNS:
+        return False
+    return bool(schema.equals(pa.schema([f for f in OUTCOME_SCHEMA if f.name in names])))
 
 
 def _read_group(pf: pq.ParquetFile, seg: Path, rg: int | None, columns: Sequence[str] | None

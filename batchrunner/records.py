@@ -24,6 +24,12 @@ class Outcome:
     content: str | None = None
     reasoning_content: str | None = None
     choices: str | None = None  # with n > 1: every choice, as JSON text
+    # The reply's tool calls as JSON text, in the API's shape ([{"id", "type", "function":
+    # {"name", "arguments"}}]); None when it made none.
+    tool_calls: str | None = None
+    # Search citations as JSON text ([{"url", "title", "start_index", "end_index"}]); None
+    # when the reply cited nothing.
+    citations: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -56,6 +62,8 @@ OUTCOME_SCHEMA = pa.schema(
         ("content", pa.string()),
         ("reasoning_content", pa.string()),
         ("choices", pa.string()),
+        ("tool_calls", pa.string()),
+        ("citations", pa.string()),
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
@@ -79,4 +87,4 @@ OUTCOME_SCHEMA = pa.schema(
 OUTCOME_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
 assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 
-ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd"})
+ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations"})

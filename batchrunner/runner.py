@@ -882,7 +882,9 @@ class _Run:
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)
         error = None
-        if self.plan.structured is not None:
+        # response_format shapes the content; a reply that only calls tools has none to check.
+        if self.plan.structured is not None and (res.content is not None
+                                                 or res.tool_calls is None):
             error = self.plan.structured.check(res.content)
         return Outcome(
             key=item.key, status="ok" if error is None else "failed", content=res.content,
@@ -892,7 +894,8 @@ class _Run:
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
             reasoning_tokens=res.reasoning_tokens, cost_usd=cost,
             earlier_cost_usd=item.earlier_usd or None, latency_ms=res.latency_ms,
-            ttft_ms=res.ttft_ms, choices=res.choices, attempts=item.attempts,
+            ttft_ms=res.ttft_ms, choices=res.choices, tool_calls=res.tool_calls,
+            citations=res.citations, attempts=item.attempts,
             rate_limited=item.rate_limited,
             model=res.model or requested or None, request_id=res.request_id,
             finished_at=time.time(),

@@ -111,6 +111,22 @@ Faults
     ``no_done``    streamed: the stream ends cleanly without a finish chunk or ``[DONE]``;
                    not streamed: like ``no_choices``
     ``slow``       ``slow_ms`` (default 2000) more latency, then a normal reply
+    ``402``        402 ``insufficient_balance`` (payment required: the balance is used up)
+    ``error_200``  200 whose body is ``{"error": {...}}`` (type ``upstream_error``), as a gateway
+                   answers when its upstream failed (streamed too: a JSON body, not events)
+
+    Reply shapes: these markers are not failures (the reply is counted as a completion); they
+    change what a reply holds, streamed or not, as the APIs that have them send it:
+
+    ``tool_calls``   every choice calls a tool: ``content`` null, ``finish_reason`` ``tool_calls``,
+                     ``message.tool_calls`` one call of the request's first tool (``extract``
+                     without ``tools``) whose ``arguments`` are JSON valid against its
+                     ``parameters`` schema (streamed: id, type and name once, then the arguments
+                     in pieces, per index)
+    ``citations``    a top-level ``citations`` list of URLs, as Grok's live search sends it
+                     (streamed: in a last chunk without choices)
+    ``annotations``  ``message.annotations`` of type ``url_citation`` (url, title, start and end
+                     index), as OpenAI's web search sends them (streamed: a delta of their own)
 
 Every response carries ``x-request-id``.
 """
@@ -192,7 +208,14 @@ FAULT_KINDS: Final[tuple[str, ...]] = (
     "cut",
     "no_done",
     "slow",
+    "402",
+    "error_200",
+    "tool_calls",
+    "citations",
+    "annotations",
 )
+# Marker kinds that shape a reply rather than fail it.
+_SHAPES: Final = frozenset({"tool_calls", "citations", "annotations"})
 
 DEFAULT_REASONING_MODELS: Final[tuple[str, ...]] = (
     "o1",
@@ -657,6 +680,7 @@ class _Choice:
     content_tokens: int
     reasoning_tokens: int
     finish_reason: str
+    tool_call: tuple[str, str, str] | None = None  # (id, name, arguments)
 
 
 @dataclass(slots=True)
@@ -675,6 +699,7 @@ class _Request:
     digest: int
     last_user: str
     markers: tuple[tuple[str, int | None], ...]
+    tools: Any = None
 
 
 class _SchemaFaker:
@@ -885,6 +910,7 @@ _ERROR_KINDS: Final[dict[str, tuple[int, str, str | None, str]]] = {
         "The engine is currently overloaded, please try again later.",
     ),
     "504": (504, "server_error", None, "Gateway timeout."),
+    "402": (402, "invalid_request_error", "insufficient_balance", "Insufficient Balance."),
     "quota": (
         429,
         "insufficient_quota",
@@ -907,6 +933,11 @@ _LINGER_RST: Final = struct.pack("ii", 1, 0)
 def _error_body(message: str, type_: str, code: str | None, param: str | None = None) -> bytes:
     error = {"message": message, "type": type_, "param": param, "code": code}
     return orjson.dumps({"error": error})
+
+
+_UPSTREAM_ERROR_BODY: Final = _error_body(
+    "The upstream provider did not answer (simulated gateway error).", "upstream_error", None
+)
 
 
 def _reset_connection(request: web.BaseRequest) -> None:
@@ -1165,6 +1196,7 @@ class _Server:
             digest=int.from_bytes(digest.digest(), "little"),
             last_user=last_user,
             markers=markers,
+            tools=body.get("tools"),
         )
 
     # ---------------------------------------------------------------- reply content
@@ -1247,6 +1279,40 @@ class _Server:
             excerpt = " ".join(text[: EXCERPT_CHARS * 4].split())[:EXCERPT_CHARS]
         head = f"Echo: [{key}] {excerpt}" if excerpt else f"Echo: [{key}]"
         return [self.make_choice(req, i, head) for i in range(req.n)]
+
+    def tool_call_choices(self, req: _Request, key: str) -> list[_Choice]:
+        """The ``tool_calls`` shape: each choice calls the request's first tool."""
+        name, params = "extract", None
+        tools = req.tools
+        if isinstance(tools, list) and tools and isinstance(tools[0], dict):
+            fn = tools[0].get("function")
+            if isinstance(fn, dict):
+                if isinstance(fn.get("name"), str) and fn["name"]:
+                    name = fn["name"]
+                if isinstance(fn.get("parameters"), dict):
+                    params = fn["parameters"]
+        head = f"Echo: [{key}]"
+        out = []
+        for i in range(req.n):
+            seed = self.choice_seed(req, i)
+            value: Any = {"echo": head}
+            if params is not None:
+                with contextlib.suppress(RecursionError, TypeError, ValueError):
+                    value = _SchemaFaker(params, seed, head, self.filler).value(params)
+            args = orjson.dumps(value).decode()
+            call = (f"call_{key}_{i}", name, args)
+            out.append(_Choice("", "", count_tokens(args), 0, "tool_calls", call))
+        return out
+
+    @staticmethod
+    def citation_urls(key: str) -> list[str]:
+        return [f"https://example.com/sim/{key}/{i}" for i in (1, 2)]
+
+    def annotations(self, key: str, content: str) -> list[dict[str, Any]]:
+        return [{"type": "url_citation",
+                 "url_citation": {"url": url, "title": f"Source {i} for {key}",
+                                  "start_index": 0, "end_index": min(len(content), 10 * i)}}
+                for i, url in enumerate(self.citation_urls(key), 1)]
 
     def charge(self, req: _Request) -> int:
         if req.max_tokens is not None:
@@ -1337,6 +1403,9 @@ class _Server:
             failure = self.random_fault()
             if failure == "slow":
                 failure, slow = None, True
+        shape: str | None = None
+        if failure is not None and failure in _SHAPES:
+            shape, failure = failure, None
         delay = self.base_latency
         if self.jitter:
             delay += self.rng.random() * self.jitter
@@ -1350,10 +1419,13 @@ class _Server:
             early = await self.early_fault(request, failure, req, headers)
             if early is not None:
                 return early
-        choices = self.make_choices(req, pk)
+        if shape == "tool_calls":
+            choices = self.tool_call_choices(req, pk)
+        else:
+            choices = self.make_choices(req, pk)
         if req.stream:
-            return await self.stream(request, req, choices, headers, failure, pk)
-        return self.complete(req, choices, headers, failure, pk)
+            return await self.stream(request, req, choices, headers, failure, pk, shape)
+        return self.complete(req, choices, headers, failure, pk, shape)
 
     def admit(self, key: str, req: _Request, headers: dict[str, str]) -> web.Response | None:
         now = self.clock()
@@ -1439,6 +1511,8 @@ class _Server:
             return self.error(status, message, type_, code, headers)
         if kind == "529":
             return self.respond(529, _OVERLOADED_BODY, headers)
+        if kind == "error_200":
+            return self.respond(200, _UPSTREAM_ERROR_BODY, headers)
         if kind == "html":
             return self.respond(502, _HTML_BODY, headers, "text/html")
         if kind == "reset":
@@ -1493,6 +1567,7 @@ class _Server:
         headers: dict[str, str],
         fault: str | None,
         pk: str,
+        shape: str | None = None,
     ) -> web.Response:
         messages: list[dict[str, Any]] = []
         for i, c in enumerate(choices):
@@ -1504,6 +1579,13 @@ class _Server:
             }
             if c.reasoning:
                 message["reasoning_content"] = c.reasoning
+            if c.tool_call is not None:
+                call_id, name, args = c.tool_call
+                message["content"] = None
+                message["tool_calls"] = [{"id": call_id, "type": "function",
+                                          "function": {"name": name, "arguments": args}}]
+            elif shape == "annotations":
+                message["annotations"] = self.annotations(pk, c.content)
             messages.append(
                 {"index": i, "message": message, "logprobs": None, "finish_reason": c.finish_reason}
             )
@@ -1519,6 +1601,8 @@ class _Server:
         }
         usage = self.usage(req, choices)
         body["usage"] = usage
+        if shape == "citations":
+            body["citations"] = self.citation_urls(pk)
         if fault is None:
             self.record(req, usage, pk)
             return self.respond(200, orjson.dumps(body), headers)
@@ -1541,6 +1625,7 @@ class _Server:
         headers: dict[str, str],
         fault: str | None,
         pk: str,
+        shape: str | None = None,
     ) -> web.StreamResponse:
         rid = headers["x-request-id"]
         created = int(time.time())
@@ -1562,7 +1647,7 @@ class _Server:
             post = b',"logprobs":null,"finish_reason":null}]}\n\n'
         dumps = orjson.dumps
         headers["Cache-Control"] = "no-cache"
-        if fault is None and not self.token_delay:
+        if fault is None and not self.token_delay and shape is None:
             # The hot path: the whole stream as one body, built with few allocations.
             usage = self.usage(req, choices)
             self.record(req, usage, pk)
@@ -1600,6 +1685,7 @@ class _Server:
                 pre + idx + b',"delta":{"role":"assistant","content":"","refusal":null}' + post
             )
             delays.append(0)
+            opening = len(events) - 1
             if fault == "no_choices":
                 events[-1] = b"data: {" + top + b"}\n\n"
                 continue
@@ -1613,6 +1699,21 @@ class _Server:
             for j in range(0, len(text), 4):
                 events.append(part + dumps(text[j : j + 4]) + b"}" + post)
                 delays.append(1)
+            if c.tool_call is not None:
+                call_id, name, args = c.tool_call
+                head = {"index": 0, "id": call_id, "type": "function",
+                        "function": {"name": name, "arguments": ""}}
+                events[opening] = (pre + idx + b',"delta":{"role":"assistant","content":null,'
+                              b'"tool_calls":[' + dumps(head) + b"]}" + post)
+                for j in range(0, len(args), 8):
+                    piece = {"index": 0, "function": {"arguments": args[j : j + 8]}}
+                    events.append(pre + idx + b',"delta":{"tool_calls":[' + dumps(piece)
+                                  + b"]}" + post)
+                    delays.append(2)
+            elif shape == "annotations":
+                events.append(pre + idx + b',"delta":{"annotations":'
+                              + dumps(self.annotations(pk, c.content)) + b"}" + post)
+                delays.append(0)
             if fault == "no_done":
                 continue
             events.append(
@@ -1626,6 +1727,10 @@ class _Server:
         usage = self.usage(req, choices)
         if fault is None:
             self.record(req, usage, pk)
+        if shape == "citations":
+            events.append(b"data: {" + top + b',"choices":[],"citations":'
+                          + dumps(self.citation_urls(pk)) + b"}\n\n")
+            delays.append(0)
         if req.include_usage and fault not in ("no_usage", "no_done", "no_choices"):
             events.append(b"data: {" + top + b',"choices":[],"usage":' + dumps(usage) + b"}\n\n")
             delays.append(0)

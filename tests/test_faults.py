@@ -226,6 +226,7 @@ MARKER_FAULTS: dict[str, tuple[str, str, bool]] = {
     "no_choices": ("no_choices", "no_choices", True),
     "cut": ("invalid_body", "truncated_body", True),  # streamed: dropped before [DONE]
     "no_done": ("no_choices", "stream_cut", True),  # streamed: ends cleanly, no [DONE]
+    "error_200": ("error_body", "error_body", True),  # a gateway's error in a 200 body
     "400": ("http_400", "http_400", False),
     "404": ("http_404", "http_404", False),
     "422": ("http_422", "http_422", False),

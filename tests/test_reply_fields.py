@@ -1,0 +1,347 @@
+"""What a reply holds beyond its content: tool calls, search citations, every choice of a
+stream, an error inside a 200, reasoning under either name, and a 402 that stops the job."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from batchrunner.client import ChatClient, StreamAssembler
+from batchrunner.config import JobConfig, load_job
+from batchrunner.errors import AuthError, BadResponseError, QuotaError
+from batchrunner.journal import Journal
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, RunSummary, run_job
+from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
+
+KEY = "sk-test-fields-0123456789"
+FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=3), progress="none",
+                  handle_signals=False)
+TEMPLATE = "Q: {text}"
+PRODUCT = {"type": "object",
+           "properties": {"name": {"type": "string"}, "price": {"type": "number"}},
+           "required": ["name", "price"], "additionalProperties": False}
+TOOLS = [{"type": "function",
+          "function": {"name": "record_product", "parameters": PRODUCT}}]
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def make_csv(path: Path, texts: list[str]) -> Path:
+    pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts}).to_csv(
+        path, index=False)
+    return path
+
+
+def job_for(tmp_path: Path, base_url: str, inp: Path, out: str = "out", *,
+            extra: dict[str, Any] | None = None, **over: Any) -> JobConfig:
+    overrides: dict[str, Any] = {
+        "input": str(inp), "id_column": "id", "prompt": TEMPLATE, "model": "gpt-4o-mini",
+        "max_tokens": 64, "base_url": base_url, "output": str(tmp_path / out),
+        "concurrency": 4}
+    overrides.update(over)
+    job = load_job(None, overrides)
+    if extra:
+        job = replace(job, request=replace(job.request, extra=extra))
+    return job
+
+
+async def run(job: JobConfig) -> RunSummary:
+    with anyio.fail_after(60):
+        return await run_job(job, FAST)
+
+
+def results(tmp_path: Path, out: str = "out") -> pd.DataFrame:
+    return pd.read_parquet(tmp_path / out / "results.parquet").set_index("id")
+
+
+def feed(events: list[dict[str, Any]]) -> StreamAssembler:
+    st = StreamAssembler()
+    for e in events:
+        st.feed(b"data: " + orjson.dumps(e) + b"\n")
+    st.feed(b"data: [DONE]\n")
+    return st
+
+
+def delta(index: int, d: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"id": "c", "model": "m", "choices": [{"index": index, "delta": d,
+                                                  "finish_reason": finish}]}
+
+
+def client() -> ChatClient:
+    return ChatClient("http://127.0.0.1:9/v1", KEY, timeout_s=5, connections=1)
+
+
+def parse(body: dict[str, Any]) -> Any:
+    return client()._parse(orjson.dumps(body), "req-1", 1.0, {})
+
+
+# ----------------------------------------------------------------------------------------------
+# The stream parser on recorded shapes
+
+
+def test_stream_tool_call_deltas_are_assembled_per_index() -> None:
+    """OpenAI's shape: id, type and name once per call, the arguments in pieces, two calls
+    side by side."""
+    st = feed([
+        delta(0, {"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": "call_a", "type": "function",
+             "function": {"name": "get_weather", "arguments": ""}}]}),
+        delta(0, {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+        delta(0, {"tool_calls": [{"index": 1, "id": "call_b", "type": "function",
+                                  "function": {"name": "get_time", "arguments": '{"tz"'}}]}),
+        delta(0, {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        delta(0, {"tool_calls": [{"index": 1, "function": {"arguments": ': "CET"}'}}]}),
+        delta(0, {}, "tool_calls"),
+    ])
+    assert st.first.tool_calls() == [
+        {"id": "call_a", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_b", "type": "function",
+         "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}},
+    ]
+    assert st.finish_reason == "tool_calls" and st.first.text() is None
+    assert st.first_token_at is not None
+
+
+def test_stream_keeps_every_choice_apart() -> None:
+    st = feed([delta(0, {"content": "a"}), delta(1, {"content": "x"}), delta(0, {"content": "b"}),
+               delta(1, {"content": "y"}, "length"), delta(0, {}, "stop")])
+    assert "".join(st.content) == "ab" and st.finish_reason == "stop"
+    assert json.loads(st.all_choices() or "") == [
+        {"index": 0, "content": "ab", "finish_reason": "stop"},
+        {"index": 1, "content": "xy", "finish_reason": "length"}]
+
+
+def test_stream_annotations_and_top_level_citations_are_kept() -> None:
+    note = {"type": "url_citation", "url_citation": {"url": "https://a.example/x", "title": "A",
+                                                     "start_index": 0, "end_index": 4}}
+    st = feed([delta(0, {"content": "text"}), delta(0, {"annotations": [note]}),
+               delta(0, {}, "stop"),
+               {"id": "c", "choices": [], "citations": ["https://b.example/y"]}])
+    assert st.first.annotations == [note] and st.cited == ["https://b.example/y"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Non-stream parsing
+
+
+def reply(message: dict[str, Any], finish: str = "stop", **top: Any) -> dict[str, Any]:
+    return {"id": "x", "model": "m", "choices": [{"index": 0, "message": message,
+                                                 "finish_reason": finish}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}, **top}
+
+
+def test_reasoning_is_read_under_either_name() -> None:
+    for name in ("reasoning_content", "reasoning"):
+        res = parse(reply({"role": "assistant", "content": "4", name: "2+2 is 4"}))
+        assert res.reasoning_content == "2+2 is 4", name
+
+
+def test_tool_calls_are_recorded_as_the_api_gives_them() -> None:
+    calls = [{"id": "call_1", "type": "function",
+              "function": {"name": "f", "arguments": '{"a": 1}'}}]
+    res = parse(reply({"role": "assistant", "content": None, "tool_calls": calls},
+                      "tool_calls"))
+    assert res.content is None and res.finish_reason == "tool_calls"
+    assert json.loads(res.tool_calls) == calls and res.citations is None
+
+
+def test_citations_from_annotations_and_from_grok_share_one_shape() -> None:
+    note = {"type": "url_citation", "url_citation": {"url": "https://a.example/x", "title": "A",
+                                                     "start_index": 3, "end_index": 9}}
+    res = parse(reply({"role": "assistant", "content": "see [1]", "annotations": [note]},
+                      citations=["https://b.example/y"]))
+    assert json.loads(res.citations) == [
+        {"url": "https://a.example/x", "title": "A", "start_index": 3, "end_index": 9},
+        {"url": "https://b.example/y", "title": None, "start_index": None, "end_index": None}]
+    plain = parse(reply({"role": "assistant", "content": "hi", "annotations": []}))
+    assert plain.citations is None and plain.tool_calls is None
+
+
+@pytest.mark.parametrize(("error", "retryable"), [
+    ({"message": "upstream timed out", "type": "upstream_error"}, True),
+    ({"message": "bad upstream status", "code": 502}, True),
+    ({"message": "max_tokens is too large", "code": "400"}, False),
+    ("upstream failed", True),
+])
+def test_an_error_inside_a_200_keeps_its_message(error: Any, retryable: bool) -> None:
+    with pytest.raises(BadResponseError) as info:
+        parse({"error": error})
+    e = info.value
+    assert e.error_type == "error_body" and e.retryable is retryable and e.status == 200
+    text = error["message"] if isinstance(error, dict) else error
+    assert text in e.message
+
+
+def test_an_error_inside_a_200_that_names_a_stop_stops() -> None:
+    with pytest.raises(QuotaError, match="top up"):
+        parse({"error": {"message": "You exceeded your current quota",
+                         "code": "insufficient_quota"}})
+    with pytest.raises(AuthError):
+        parse({"error": {"message": "invalid key", "code": 401}})
+
+
+def test_401_and_403_advice_names_the_balance_when_the_body_does() -> None:
+    c = client()
+    body = orjson.dumps({"error": {"message": "Insufficient account balance", "code": None}})
+    with pytest.raises(AuthError, match="top up the balance"):
+        c._status_error(403, body, {}, None)
+    body = orjson.dumps({"error": {"message": "Incorrect API key provided"}})
+    with pytest.raises(AuthError, match="check the key") as info:
+        c._status_error(401, body, {}, None)
+    assert "balance" not in str(info.value)
+    with pytest.raises(QuotaError, match="top up the balance"):
+        c._status_error(402, orjson.dumps({"error": {"message": "Insufficient Balance"}}), {},
+                        None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Jobs against the simulator
+
+
+@pytest.mark.anyio
+async def test_tool_call_rows_are_ok_with_their_calls_streamed_or_not(tmp_path: Path) -> None:
+    texts = ["a red kettle [[sim:tool_calls]]", "plain row", "a blue mug [[sim:tool_calls]]"]
+    inp = make_csv(tmp_path / "in.csv", texts)
+    (tmp_path / "product.json").write_text(json.dumps(PRODUCT))
+    frames = {}
+    async with Simulator(SimulatorConfig()) as sim:
+        for stream in (False, True):
+            out = f"out-{stream}"
+            # response_format is set too: a reply that only calls a tool has no content to check
+            job = job_for(tmp_path, sim.base_url, inp, out, extra={"tools": TOOLS},
+                          stream=stream or None, schema_file=str(tmp_path / "product.json"))
+            s = await run(job)
+            assert s.exit_code == 0 and s.ok == 3, s
+            frames[stream] = results(tmp_path, out)
+    plain, streamed = frames[False], frames[True]
+    for df in (plain, streamed):
+        for key in ("r0", "r2"):
+            row = df.loc[key]
+            assert row["status"] == "ok" and row["finish_reason"] == "tool_calls"
+            assert pd.isna(row["content"])
+            (call,) = json.loads(row["tool_calls"])
+            pk = prompt_key(TEMPLATE.format(text=texts[int(key[1:])]))
+            assert call["id"] == f"call_{pk}_0" and call["type"] == "function"
+            assert call["function"]["name"] == "record_product"
+            args = json.loads(call["function"]["arguments"])
+            assert set(args) == {"name", "price"} and isinstance(args["price"], float)
+            assert pd.isna(row["json_name"])  # content-only columns stay empty
+        assert pd.isna(df.loc["r1", "tool_calls"]) and df.loc["r1", "status"] == "ok"
+        assert isinstance(df.loc["r1", "json_price"], float)
+    assert list(streamed["tool_calls"]) == list(plain["tool_calls"])
+
+
+@pytest.mark.anyio
+async def test_citations_are_recorded_streamed_or_not(tmp_path: Path) -> None:
+    texts = ["news today [[sim:citations]]", "web search [[sim:annotations]]", "no search"]
+    inp = make_csv(tmp_path / "in.csv", texts)
+    frames = {}
+    async with Simulator(SimulatorConfig()) as sim:
+        for stream in (False, True):
+            out = f"out-{stream}"
+            s = await run(job_for(tmp_path, sim.base_url, inp, out, stream=stream or None))
+            assert s.exit_code == 0
+            frames[stream] = results(tmp_path, out)
+    for df in frames.values():
+        grok = json.loads(df.loc["r0", "citations"])
+        pk = prompt_key(TEMPLATE.format(text=texts[0]))
+        assert [c["url"] for c in grok] == [f"https://example.com/sim/{pk}/{i}" for i in (1, 2)]
+        assert all(c["title"] is None and c["start_index"] is None for c in grok)
+        openai = json.loads(df.loc["r1", "citations"])
+        assert [c["title"] for c in openai] == [f"Source {i} for "
+                                                f"{prompt_key(TEMPLATE.format(text=texts[1]))}"
+                                                for i in (1, 2)]
+        assert openai[0]["start_index"] == 0 and openai[1]["end_index"] == 20
+        assert pd.isna(df.loc["r2", "citations"])
+    assert list(frames[True]["citations"]) == list(frames[False]["citations"])
+
+
+@pytest.mark.anyio
+async def test_n_choices_streamed_match_non_stream(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", ["one", "two", "three"])
+    frames = {}
+    async with Simulator(SimulatorConfig()) as sim:
+        for stream in (False, True):
+            out = f"out-{stream}"
+            s = await run(job_for(tmp_path, sim.base_url, inp, out, extra={"n": 3},
+                                  stream=stream or None))
+            assert s.exit_code == 0
+            frames[stream] = results(tmp_path, out)
+    for key in ("r0", "r1", "r2"):
+        streamed = json.loads(frames[True].loc[key, "choices"])
+        assert streamed == json.loads(frames[False].loc[key, "choices"])
+        assert [c["index"] for c in streamed] == [0, 1, 2]
+        assert streamed[0]["content"] == frames[True].loc[key, "content"]
+        assert len({c["content"] for c in streamed}) == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_200_carrying_an_error_is_retried_and_named(tmp_path: Path,
+                                                            stream: bool) -> None:
+    inp = make_csv(tmp_path / "in.csv", ["fine", "flaky [[sim:error_200*1]]",
+                                         "broken [[sim:error_200]]"])
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp, stream=stream or None))
+    df = results(tmp_path)
+    assert s.exit_code == 3
+    assert (df.loc["r1", "status"], df.loc["r1", "attempts"]) == ("ok", 2)
+    row = df.loc["r2"]
+    assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "error_body", 3)
+    assert "upstream provider did not answer" in row["error_message"]
+
+
+@pytest.mark.anyio
+async def test_402_stops_the_job_saying_to_top_up(tmp_path: Path) -> None:
+    texts = [f"row {i}" for i in range(30)]
+    texts[5] = "out of money [[sim:402*1]]"
+    inp = make_csv(tmp_path / "in.csv", texts)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp, concurrency=2)
+        s = await run(job)
+        assert s.exit_code == 4 and s.stopped and "top up the balance" in s.stopped
+        assert "402" in s.stopped
+        state = Journal(tmp_path / "out").read()
+        assert set(state["status"].to_pylist()) == {"ok"}  # the 402 row is left to do
+        assert "r5" not in state["key"].to_pylist()
+        again = await run(job)
+    assert again.exit_code == 0 and again.ok == 30
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("dropped", [["tool_calls", "citations"],
+                                     ["earlier_cost_usd", "tool_calls", "citations"]])
+async def test_a_journal_written_before_tool_calls_is_read_with_nulls(
+        tmp_path: Path, dropped: list[str]) -> None:
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(6)])
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp)
+        await run(job)
+        (seg,) = Journal(tmp_path / "out").segments()
+        pq.write_table(pq.read_table(seg).drop_columns(dropped), seg)
+        Journal(tmp_path / "out").check()
+        (tmp_path / "out" / "results.parquet").unlink()
+        s = await run(job)
+        assert s.sent == 0 and s.ok == 6
+        df = results(tmp_path)
+        assert df["tool_calls"].isna().all() and df["citations"].isna().all()
+        # A rerun over the old records writes new ones beside them: both are read.
+        opts = RunOptions(rerun_where="key == 'r1'", force=True, retry=FAST.retry,
+                          progress="none", handle_signals=False)
+        assert (await run_job(job, opts)).ok == 6
+        assert results(tmp_path)["status"].eq("ok").all()
