@@ -317,7 +317,8 @@ class ChatClient:
             text = text.replace(s, "[redacted]")
         return text
 
-    async def complete(self, body: dict[str, Any]) -> ChatResult:
+    async def complete(self, body: dict[str, Any], timeout_s: float | None = None) -> ChatResult:
+        """Send ``body``; ``timeout_s`` (default: the client's) bounds the whole answer."""
         assert self._session is not None, "use ChatClient as an async context manager"
         data = orjson.dumps(body)
         streaming = body.get("stream") is True
@@ -325,7 +326,7 @@ class ChatClient:
         assert task is not None
         cancelling = task.cancelling()
         start = time.perf_counter()
-        self._deadlines[task] = time.monotonic() + self.timeout_s
+        self._deadlines[task] = time.monotonic() + (timeout_s or self.timeout_s)
         stream: StreamAssembler | None = None
         try:
             async with self._session.post(self.url, data=data) as resp:
@@ -354,8 +355,9 @@ class ChatClient:
         except asyncio.CancelledError:
             # The watchdog's cancellation, and nobody else's: a timeout, not a stop.
             if task in self._expired and task.uncancel() <= cancelling:
-                raise TransportError("timeout", "no complete answer within timeout_s",
-                                     retryable=True) from None
+                raise TransportError(
+                    "timeout", f"no complete answer within {timeout_s or self.timeout_s:g} s",
+                    retryable=True) from None
             raise
         except Exception as e:
             raise self._translate(e) from None

@@ -101,6 +101,11 @@ MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
 MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 # A run whose first rows sent all fail with one error type, none ok, stops after this many.
 FAIL_FAST_ROWS = 20
+# A row whose request timed out is given timeout_s × 1.5 on its next attempt, × 2.25 on the one
+# after, and so on up to × 3: a long answer (a thinking model's) gets the time it needs, where
+# the same timeout would cut it off, and bill it, on every attempt.
+TIMEOUT_GROWTH = 1.5
+MAX_TIMEOUT_X = 3.0
 
 
 @dataclass(kw_only=True)
@@ -154,6 +159,7 @@ class _Work:
     earlier_usd: float = 0.0  # what earlier billed attempts of the row cost (this run and before)
     refused_at: float = 0.0  # when an attempt of the row first failed to connect
     refusals: int = 0  # its attempts that failed to connect
+    timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
 
 
@@ -764,7 +770,8 @@ class _Run:
             if not item.started:
                 item.started = time.perf_counter()
             try:
-                res = await self.client.complete(item.body)
+                res = await self.client.complete(item.body, None if not item.timeouts else (
+                    self.client.timeout_s * min(TIMEOUT_GROWTH ** item.timeouts, MAX_TIMEOUT_X)))
             except StopJob as e:
                 self.limiter.refund(charge)
                 self.stop(e)
@@ -776,6 +783,8 @@ class _Run:
                     self._answered()
                 elif e.error_type == "connection_error":
                     self._refused(item)
+                elif e.error_type == "timeout":
+                    item.timeouts += 1
                 billed = self._billed(item, e)
                 if e.error_type == "rate_limited":
                     self.limiter.observe(e.headers)

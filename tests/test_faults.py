@@ -616,6 +616,19 @@ async def test_hung_request_times_out_and_the_rest_finish(tmp_path: Path) -> Non
     assert seen_by_type(report(tmp_path)) == {"timeout": 4}
 
 
+@pytest.mark.anyio
+async def test_a_row_that_timed_out_gets_longer_on_its_next_attempt(tmp_path: Path) -> None:
+    # Its answer takes 1.3 s, past timeout_s = 1: the retry is given 1.5 s, and finishes.
+    inp = make_csv(tmp_path / "in.csv", ["a long answer [[sim:slow]]", "row b"])
+    async with Simulator(SimulatorConfig(slow_ms=1300)) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp, timeout_s=1))
+        assert sim.stats()["requests"] == 3
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert (df.loc["r0000", "status"], df.loc["r0000", "attempts"]) == ("ok", 2)
+    assert seen_by_type(report(tmp_path)) == {"timeout": 1}
+
+
 async def cut_body(srv: FaultServer, request: web.BaseRequest,
                    body: dict[str, Any]) -> web.StreamResponse:
     """200 with a Content-Length, half the body, then the connection closes."""
