@@ -554,13 +554,14 @@ async def test_one_refused_connection_on_a_rows_last_attempt_fails_that_row_only
     tries: Counter[str] = Counter()
     send = ChatClient.complete
 
-    async def complete(self: ChatClient, body: dict[str, Any]) -> Any:
+    async def complete(self: ChatClient, body: dict[str, Any],
+                       timeout_s: float | None = None) -> Any:
         if "flaky" in json.dumps(body):
             tries["flaky"] += 1
             if tries["flaky"] == 3:
                 raise TransportError("connection_error", "cannot connect to x:1 (refused)",
                                      retryable=True)
-        return await send(self, body)
+        return await send(self, body, timeout_s)
 
     monkeypatch.setattr(ChatClient, "complete", complete)
     async with Simulator(SimulatorConfig()) as sim:
