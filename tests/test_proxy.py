@@ -378,25 +378,30 @@ async def test_an_unreachable_proxy_stops_the_job_naming_it(
     assert PASSWORD not in s.stopped + format_summary(s) + written(tmp_path)
 
 
+async def cli_run_through(tmp_path: Path, n: int, proxy_url: str, ca_file: Path,
+                          **env: str) -> None:
+    """``batchrunner run`` of ``n`` rows to https://NOWHERE through ``proxy_url``, trusting
+    ``ca_file``; it must finish ok."""
+    with anyio.fail_after(RUN_LIMIT_S):
+        proc = await anyio.run_process(
+            [sys.executable, "-m", "batchrunner", "run", "--input",
+             str(make_input(tmp_path, n)), "--prompt", "Q: {text}", "--model", "gpt-4o-mini",
+             "--base-url", f"https://{NOWHERE}/v1", "--output", str(tmp_path / "out"),
+             "--progress", "none", "--concurrency", "4"],
+            env={**os.environ, "HTTPS_PROXY": proxy_url, "SSL_CERT_FILE": str(ca_file), **env},
+            check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
 @pytest.mark.anyio
 async def test_https_endpoints_go_through_the_proxys_tunnel_and_trust_ssl_cert_file(
         tmp_path: Path) -> None:
     # The whole path a corporate network takes: CONNECT through the proxy, TLS inside the
     # tunnel to the endpoint's name, its certificate checked against the CA in SSL_CERT_FILE.
-    n = 12
     async with TLSEndpoint(NOWHERE, tmp_path) as endpoint, \
             ForwardProxy(0, tunnel_to=endpoint.port) as proxy:
-        with anyio.fail_after(RUN_LIMIT_S):
-            proc = await anyio.run_process(
-                [sys.executable, "-m", "batchrunner", "run", "--input",
-                 str(make_input(tmp_path, n)), "--prompt", "Q: {text}", "--model", "gpt-4o-mini",
-                 "--base-url", f"https://{NOWHERE}/v1", "--output", str(tmp_path / "out"),
-                 "--progress", "none", "--concurrency", "4"],
-                env={**os.environ, "HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}",
-                     "SSL_CERT_FILE": str(endpoint.ca_file)},
-                check=False)
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert endpoint.requests == n
+        await cli_run_through(tmp_path, 12, f"http://127.0.0.1:{proxy.port}", endpoint.ca_file)
+    assert endpoint.requests == 12
     assert {(m, t) for m, t, _ in proxy.seen} == {("CONNECT", f"{NOWHERE}:443")}
     assert len(proxy.seen) <= 4  # one tunnel a connection, kept alive
 
@@ -407,21 +412,12 @@ async def test_an_https_proxy_carries_the_tunnel_inside_its_own_tls(tmp_path: Pa
                                                                     loop: str) -> None:
     # HTTPS_PROXY=https://...: TLS to the proxy, and the endpoint's TLS inside that (TLS in
     # TLS), both certificates checked against SSL_CERT_FILE.
-    n = 8
     async with TLSEndpoint(NOWHERE, tmp_path) as endpoint, \
             ForwardProxy(0, tunnel_to=endpoint.port,
                          tls=endpoint.server_context("127.0.0.1")) as proxy:
-        with anyio.fail_after(RUN_LIMIT_S):
-            proc = await anyio.run_process(
-                [sys.executable, "-m", "batchrunner", "run", "--input",
-                 str(make_input(tmp_path, n)), "--prompt", "Q: {text}", "--model", "gpt-4o-mini",
-                 "--base-url", f"https://{NOWHERE}/v1", "--output", str(tmp_path / "out"),
-                 "--progress", "none", "--concurrency", "2"],
-                env={**os.environ, "HTTPS_PROXY": f"https://127.0.0.1:{proxy.port}",
-                     "SSL_CERT_FILE": str(endpoint.ca_file), "BATCHRUNNER_EVENT_LOOP": loop},
-                check=False)
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert endpoint.requests == n
+        await cli_run_through(tmp_path, 8, f"https://127.0.0.1:{proxy.port}", endpoint.ca_file,
+                              BATCHRUNNER_EVENT_LOOP=loop)
+    assert endpoint.requests == 8
     assert {(m, t) for m, t, _ in proxy.seen} == {("CONNECT", f"{NOWHERE}:443")}
 
 
