@@ -517,21 +517,24 @@ class ChatClient:
         code: Any = None
         etype: Any = None
         if isinstance(err, dict):
-            message = str(err.get("message") or "")
+            text = str(err.get("message") or "")
             code, etype = err.get("code"), err.get("type")
         else:
-            message = str(err)
-        message = self.redact(" ".join(message.split()))[:_MAX_MESSAGE] or "no message"
+            text = str(err)
+        text = " ".join(text.split())
+        # Everything from the body is redacted before it is cut, the code and type included.
+        named = " ".join(str(code if code is not None else etype or "").split())[:80]
+        message = self.redact(text)[:_MAX_MESSAGE] or "no message"
         status = code if type(code) is int else (
-            int(code) if isinstance(code, str) and code.isdigit() else None)
+            int(code) if isinstance(code, str) and code.isascii() and code.isdigit() else None)
         if status is not None and not 400 <= status < 600:
             status = None
-        if stop := _stop_job(status or 200, f"HTTP 200 with error {code or etype}",
+        if stop := _stop_job(status or 200, self.redact(f"HTTP 200 with error {named}".strip()),
                              code if isinstance(code, str) else None,
                              etype if isinstance(etype, str) else None, message):
             raise stop
-        if code is not None and str(code) not in message:
-            message = f"{message} (code {code})"[:_MAX_MESSAGE]
+        if code is not None and named not in text:
+            message = self.redact(f"{text or 'no message'} (code {named})")[:_MAX_MESSAGE]
         return BadResponseError(
             "error_body", message,
             retryable=status is None or is_retryable_status(status),

@@ -336,8 +336,8 @@ class Latest:
     so far (NaN: none): the most ``cost_usd`` plus ``earlier_cost_usd`` of any of its records,
     the newest's, as each record carries the ones before it (more than the latest record's
     own when a rerun's billed failure came after an ``ok``). ``others`` holds the latest
-    record of each key the input does not have, by key (columns key, ok, at, loc, and cost when
-    asked for)."""
+    record of each key the input does not have, by key (columns key, ok, at, loc, and cost,
+    the key's row's as above, when asked for)."""
 
     loc: np.ndarray
     ok: np.ndarray
@@ -352,13 +352,14 @@ class Latest:
         return np.concatenate([at_positions, to_numpy(self.others["loc"])])
 
     def located_costs(self) -> np.ndarray:
-        """What the row of each of ``locations()`` has cost (NaN: not known, and for keys the
-        input does not have); needs ``cost``."""
+        """What the row of each of ``locations()`` has cost (NaN: not known); needs
+        ``cost``."""
         assert self.cost is not None
         at_positions: np.ndarray = self.cost[self.loc >= 0]
         if not self.others.num_rows:
             return at_positions
-        return np.concatenate([at_positions, np.full(self.others.num_rows, np.nan)])
+        return np.concatenate([at_positions,
+                               to_numpy(self.others["cost"], fill=float("nan"))])
 
     def prior_cost(self) -> float:
         """The sum of the latest records' known costs, earlier attempts included."""
@@ -408,7 +409,12 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
         best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
     del best_at
     others = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
-    others = _last_per_key(others, ["ok", "at", "loc"])
+    most = (others.group_by("key").aggregate([("cost", "max")]).sort_by("key")
+            if cost and others.num_rows else None)
+    others = _last_per_key(others, ["ok", "at", "loc"])  # by key, as ``most``
+    if most is not None:  # what each key's row has cost, as for positions
+        others = others.set_column(others.schema.get_field_index("cost"), "cost",
+                                   most["cost_max"])
     return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others)
 
 

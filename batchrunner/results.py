@@ -9,9 +9,10 @@ are aggregated from the same row groups, one pass (``OutcomeStats``).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -118,8 +119,8 @@ class _Outcomes:
 def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = None
                     ) -> RunSummary:
     """Compact the journal, then write the results and reports from it; fill the summary's
-    row counts. The report's wall time and counters are the job's last run's that sent
-    requests, as ``job.json`` records it."""
+    row counts. The report's wall time and counters are those of the job's last run that sent
+    requests, as ``job.json`` records them."""
     job = plan.job
     journal = Journal(plan.out_dir)
     order = plan.order or InputOrder(plan.source, plan.key_column, plan.total_rows,
@@ -137,15 +138,12 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     if journal.segments():
         for group in journal.iter_compacted(REPORT_COLUMNS):
             stats.add(group)
-    last_run = plan.job_meta.get("last_run")
-    last_run = last_run if isinstance(last_run, dict) else {}
-    counters = last_run.get("counters")
+    last_run, wall_s, counters = _last_runs(plan.job_meta)
     report = build_report(
         stats, prices=plan.prices,
         job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
              "model": job.request.model, "job_file": job.source},
-        wall_s=last_run.get("wall_s"), counters=counters if isinstance(counters, dict) else None,
-        to_do=summary.pending,
+        wall_s=wall_s, counters=counters, to_do=summary.pending,
         stopped=summary.stopped or last_run.get("stopped"),
     )
     summary.report_paths = write_reports(report, plan.out_dir, outcomes=stats)
@@ -156,6 +154,23 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
     return summary
+
+
+def _last_runs(meta: dict[str, Any]) -> tuple[dict[str, Any], float | None, dict[str, int]]:
+    """From ``job.json``: the last run, and the wall time and counters of the last run that
+    sent requests (what a hand-edited or damaged file holds that is not a number is left out)."""
+    last_run = meta.get("last_run")
+    timed = meta.get("timed_run")
+    timed = timed if isinstance(timed, dict) else {}
+    wall_s = timed.get("wall_s")
+    counters = timed.get("counters")
+    return (
+        last_run if isinstance(last_run, dict) else {},
+        float(wall_s) if isinstance(wall_s, int | float) and not isinstance(wall_s, bool)
+        and math.isfinite(wall_s) else None,
+        {str(k): v for k, v in counters.items() if type(v) is int}
+        if isinstance(counters, dict) else {},
+    )
 
 
 def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path

@@ -253,9 +253,12 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     journal = Journal(out_dir)
     meta_path = out_dir / "job.json"
     old_meta = read_meta(out_dir) if meta_path.exists() else None
-    if old_meta is not None and isinstance(old_meta.get("last_run"), dict):
-        meta["last_run"] = old_meta["last_run"]
-    if old_meta is None and journal.segments():
+    if old_meta is not None:
+        _check_same_job(old_meta, meta, meta_path, options, warnings)  # before tidying
+        for key in ("last_run", "timed_run"):
+            if isinstance(old_meta.get(key), dict):
+                meta[key] = old_meta[key]
+    elif journal.segments():
         raise JournalError(
             f"{out_dir} holds a journal but no job.json — it is not this job's output directory"
         )
@@ -268,7 +271,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     if old_meta is not None:
         any_ok = bool(np.any(latest.ok == 1)) or bool(
             latest.others.num_rows and pc.any(pc.equal(latest.others["ok"], 1)).as_py())
-        _check_same_job(old_meta, meta, meta_path, options, warnings, any_ok=any_ok)
+        _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok)
     # Not sent again: ok rows, and failed ones unless retried.
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
     if options.rerun_where:
@@ -301,8 +304,8 @@ def _structured(settings: dict[str, Any]) -> StructuredOutput | None:
 
 
 def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, options: RunOptions,
-                    warnings: list[str], *, any_ok: bool) -> None:
-    """Refuse a rerun that would mix answers made in different ways, unless forced."""
+                    warnings: list[str]) -> None:
+    """Refuse another job's output directory, and a rerun whose rows would not match."""
     if old.get("input_path") != new["input_path"] and old.get("name") != new["name"]:
         raise JournalError(
             f"{path.parent} holds the journal of job {old.get('name')!r} over "
@@ -320,6 +323,12 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, option
                 "by position — set [input] id_column, or pass --force to go on anyway"
             )
         warnings.append("the input file changed since the last run; rows are matched by id")
+
+
+def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
+                        options: RunOptions, warnings: list[str], *, any_ok: bool) -> None:
+    """Refuse a rerun that would mix answers made with different request settings, unless
+    forced or no row has an answer yet."""
     if old.get("request_fingerprint") != new["request_fingerprint"]:
         changed = sorted(
             k for k in set(old.get("request", {})) | set(new["request"])
@@ -732,9 +741,10 @@ class _Run:
                 f"max_cost_usd is set but no price is known for model {model!r}; add "
                 f"[prices.\"{model}\"] to the job so the budget can be kept"))
         elif self.spent + self.reserved + est > self.budget:
+            budget = f"{self.budget:,.2f}" if self.budget >= 1 else f"{self.budget:g}"
             self.stop(BudgetExceeded(
-                f"budget reached: ${self.spent:,.4f} spent of max_cost_usd "
-                f"${self.budget:,.2f}; raise it (or --max-cost) and rerun to continue"))
+                f"budget reached: ${self.spent:,.4f} spent of max_cost_usd ${budget}; raise it "
+                "(or --max-cost) and rerun to continue"))
         else:
             self.reserved += est
             return est
@@ -1042,7 +1052,6 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             plan = prepare(job, options)  # another run made it and wrote to it meanwhile
         journal = Journal(out_dir)
         journal.create()
-        previous = plan.job_meta.get("last_run")
         last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
                                     "started_at": utc_timestamp(), "finished_at": None,
                                     "stopped": None}
@@ -1074,15 +1083,12 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         summary.sent = run.counters["sent"]
         summary.stopped = str(run.stop_error) if run.stop_error else None
         summary.wall_s = time.monotonic() - started
-        if not summary.sent and not summary.stopped and isinstance(previous, dict) \
-                and previous.get("finished_at"):
-            # Nothing to send: the last run, for the report and status, stays the one that sent.
-            plan.job_meta["last_run"] = previous
-        else:
+        last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent)
+        if summary.sent:  # the report's wall time and counters: of the last run that sent
             counters = dict(run.counters)
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
-            last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped,
-                            sent=summary.sent, wall_s=round(summary.wall_s, 3), counters=counters)
+            plan.job_meta["timed_run"] = {"run_id": run_id, "wall_s": round(summary.wall_s, 3),
+                                          "counters": counters}
         _write_meta(plan)
     await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
     return summary

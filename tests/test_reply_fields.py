@@ -187,6 +187,19 @@ def test_an_error_inside_a_200_keeps_its_message(error: Any, retryable: bool) ->
     assert text in e.message
 
 
+@pytest.mark.parametrize("error", [
+    {"message": "x", "code": f"bad_key_{KEY}"},
+    {"message": "x", "type": f"invalid_{KEY}", "code": 401},
+    {"message": f"key {KEY} is wrong", "code": "\u00b2"},  # a digit, but not one int() reads
+])
+def test_an_error_inside_a_200_never_shows_the_key(error: dict[str, Any]) -> None:
+    with pytest.raises((BadResponseError, AuthError)) as info:
+        parse({"error": error})
+    assert KEY not in str(info.value)
+    if isinstance(info.value, BadResponseError):
+        assert KEY not in info.value.message and info.value.retryable
+
+
 def test_an_error_inside_a_200_that_names_a_stop_stops() -> None:
     with pytest.raises(QuotaError, match="top up"):
         parse({"error": {"message": "You exceeded your current quota",

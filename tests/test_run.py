@@ -184,17 +184,29 @@ async def test_rerun_resumes_and_sends_nothing_twice(tmp_path: Path) -> None:
         first = await run_job(job, FAST)
         assert (first.ok, first.failed) == (39, 1)
         n = sim.stats()["requests"]
-        report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
-        last_run = json.loads((tmp_path / "out" / "job.json").read_text())["last_run"]
+
+        def figures() -> dict[str, Any]:
+            report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+            return {k: report[k] for k in ("wall_s", "requests_per_min", "counters", "requests")}
+
+        def meta() -> dict[str, Any]:
+            return dict(json.loads((tmp_path / "out" / "job.json").read_text()))
+
+        before, timed = figures(), meta()["timed_run"]
+        assert before["wall_s"] == timed["wall_s"] > 0 and before["counters"]["sent"] == n
         again = await run_job(job, FAST)
         assert sim.stats()["requests"] == n  # nothing resent, failed rows left alone
         assert again.exit_code == 3 and again.sent == 0
-        # A run that sent nothing leaves the last run, and the report's figures, as they were.
-        assert json.loads((tmp_path / "out" / "job.json").read_text())["last_run"] == last_run
-        rebuilt = json.loads((tmp_path / "out" / "cost_report.json").read_text())
-        assert report["wall_s"] == last_run["wall_s"] > 0
-        for key in ("wall_s", "requests_per_min", "counters", "requests"):
-            assert rebuilt[key] == report[key], key
+        # A run that sent nothing is the last run, but the report's figures stay the last
+        # sending run's; so for one stopped before sending (a budget already spent).
+        assert meta()["last_run"]["sent"] == 0 and meta()["timed_run"] == timed
+        assert figures() == before
+        spent = await run_job(replace(job, limits=replace(job.limits, max_cost_usd=1e-9)),
+                              RunOptions(retry_failed=True, retry=FAST.retry, progress="none",
+                                         handle_signals=False))
+        assert spent.stopped and "budget" in spent.stopped and spent.sent == 0
+        assert meta()["last_run"]["stopped"] == spent.stopped and meta()["timed_run"] == timed
+        assert figures() == before
         retry = await run_job(job, RunOptions(retry_failed=True, retry=FAST.retry,
                                               progress="none", handle_signals=False))
         assert sim.stats()["requests"] == n + 1  # only the failed row
@@ -367,6 +379,14 @@ def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert rebuilt["wall_s"] == first["wall_s"] > 0
     for key in ("requests_per_min", "counters", "requests", "job"):
         assert rebuilt[key] == first[key], key
+    # A hand-edited job.json: what is not a number is left out, not a crash.
+    meta_path = tmp_path / "out" / "job.json"
+    meta = json.loads(meta_path.read_text())
+    meta["timed_run"].update(wall_s="4.0s", counters={"http_429": None, "sent": 3})
+    meta_path.write_text(json.dumps(meta))
+    assert main(["report", str(tmp_path / "out")]) == 3
+    rebuilt = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert rebuilt["wall_s"] is None and rebuilt["counters"] == {"sent": 3}
     assert main(["status", str(tmp_path / "nowhere")]) == 2
 
 
