@@ -408,14 +408,25 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
         p = p[better]
         best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
     del best_at
-    others = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
-    most = (others.group_by("key").aggregate([("cost", "max")]).sort_by("key")
-            if cost and others.num_rows else None)
-    others = _last_per_key(others, ["ok", "at", "loc"])  # by key, as ``most``
-    if most is not None:  # what each key's row has cost, as for positions
+    records = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
+    others = _last_per_key(records, ["ok", "at", "loc"])
+    if cost and others.num_rows:  # what each key's row has cost, as for positions
+        most = _most_per_key(records["key"], to_numpy(records["cost"], fill=float("nan")),
+                             others["key"])
         others = others.set_column(others.schema.get_field_index("cost"), "cost",
-                                   most["cost_max"])
+                                   float64_array(most, ~np.isnan(most)))
     return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others)
+
+
+def _most_per_key(keys: pa.ChunkedArray, values: np.ndarray, of: pa.ChunkedArray) -> np.ndarray:
+    """For each key of ``of``, the largest of ``values`` at that key in ``keys`` (NaN
+    ignored; NaN if none). Not ``group_by``: it would import pandas."""
+    encoded = pc.dictionary_encode(keys.combine_chunks())
+    most = np.full(len(encoded.dictionary), np.nan)
+    np.fmax.at(most, to_numpy(pc.cast(encoded.indices, pa.int64())), values)
+    at = to_numpy(pc.cast(pc.index_in(of, value_set=encoded.dictionary), pa.int64()))
+    found: np.ndarray = most[at]
+    return found
 
 
 def _carry_cost(part: pa.Table, row_cost: np.ndarray) -> pa.Table:
@@ -550,9 +561,8 @@ def latest(table: pa.Table) -> pa.Table:
     spent = _spent(table["cost_usd"], table["earlier_cost_usd"])
     if winners.num_rows == table.num_rows or spent.null_count == len(spent):
         return winners  # one record a key, or no cost: nothing to carry
-    most = (pa.table({"key": table["key"], "spent": spent})
-            .group_by("key").aggregate([("spent", "max")]).sort_by("key"))
-    return _carry_cost(winners, to_numpy(most["spent_max"], fill=float("nan")))  # keys sorted
+    return _carry_cost(winners, _most_per_key(table["key"], to_numpy(spent, fill=float("nan")),
+                                              winners["key"]))
 
 
 def _last_per_key(table: pa.Table, rank: Sequence[str]) -> pa.Table:

@@ -84,3 +84,40 @@ def test_run_report_and_status_never_import_pandas(tmp_path: Path) -> None:
         assert (tmp_path / name / f"results.{fmt}").is_file()
         report = json.loads((tmp_path / name / "cost_report.json").read_text())
         assert report["rows"]["by_status"] == {"ok": 10, "failed": 2}
+
+
+_JOURNAL = """
+import sys, tempfile
+from pathlib import Path
+import pyarrow as pa
+from batchrunner.journal import Journal, JournalWriter
+from batchrunner.records import Outcome
+
+class NoPositions:  # every key is one the input lacks
+    tag, rows = "none", 0
+    def positions(self, keys):
+        return pa.nulls(len(keys), pa.int64())
+
+j = Journal(Path(tempfile.mkdtemp()))
+j.create()
+runs = [[Outcome(key="a", status="ok", cost_usd=1.0, finished_at=1)],
+        [Outcome(key="a", status="failed", cost_usd=0.5, earlier_cost_usd=1.0, finished_at=2)]]
+for i, records in enumerate(runs):
+    w = JournalWriter(j.directory, f"2026010{i + 1}T000000-aaaaaa")
+    for o in records:
+        w.add(o)
+    w.flush()
+assert j.read()["earlier_cost_usd"].to_pylist() == [0.5]  # status reads this way
+assert j.latest(NoPositions(), cost=True).prior_cost() == 1.5
+j.compact("run3", NoPositions())
+print("pandas" in sys.modules)
+"""
+
+
+def test_carrying_a_rows_cost_over_its_records_needs_no_pandas() -> None:
+    # The in-memory merge (status) and the index of keys the input lacks (compaction) each
+    # find a row's largest carried cost; Table.group_by would import pandas.
+    done = subprocess.run([sys.executable, "-c", _JOURNAL], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
