@@ -1189,7 +1189,9 @@ def format_status(out_dir: Path) -> str:
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
         else:
-            lines.append(f"  last run: {last['started_at']} to {last['finished_at']}")
+            sent = last.get("sent")
+            lines.append(f"  last run: {last['started_at']} to {last['finished_at']}"
+                         + (f", {sent:,} requests sent" if type(sent) is int else ""))
             if failed:
                 lines.append("  rerun with --retry-failed to send the failed rows again")
     return "\n".join(lines)

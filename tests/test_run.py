@@ -527,7 +527,8 @@ async def test_status_names_the_last_run_and_a_run_that_never_finished(tmp_path:
     assert last["stopped"] is None and last["sent"] == 5
     assert last["started_at"] <= last["finished_at"]
     status = format_status(tmp_path / "out")
-    assert f"  last run: {last['started_at']} to {last['finished_at']}" in status
+    assert (f"  last run: {last['started_at']} to {last['finished_at']}, "
+            f"{last['sent']} requests sent") in status
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     assert report["stopped"] is None and report["rows"]["to_do"] == 0
     # A run killed while sending leaves its start and no end.
