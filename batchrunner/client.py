@@ -535,6 +535,9 @@ class ChatClient:
             raise stop
         if code is not None and named not in text:
             message = self.redact(f"{text or 'no message'} (code {named})")[:_MAX_MESSAGE]
+        if status == 429:  # the upstream's rate limit: paced like a 429, not a failure
+            return BadResponseError("rate_limited", message, retryable=True, status=200,
+                                    request_id=request_id)
         return BadResponseError(
             "error_body", message,
             retryable=status is None or is_retryable_status(status),

@@ -200,6 +200,12 @@ def test_an_error_inside_a_200_never_shows_the_key(error: dict[str, Any]) -> Non
         assert KEY not in info.value.message and info.value.retryable
 
 
+def test_an_error_inside_a_200_that_names_a_429_is_paced_like_one() -> None:
+    with pytest.raises(BadResponseError) as info:
+        parse({"error": {"message": "upstream rate limit", "code": 429}})
+    assert info.value.error_type == "rate_limited" and info.value.retryable
+
+
 def test_an_error_inside_a_200_that_names_a_stop_stops() -> None:
     with pytest.raises(QuotaError, match="top up"):
         parse({"error": {"message": "You exceeded your current quota",
