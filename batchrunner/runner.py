@@ -269,8 +269,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     order = InputOrder(source, key_column, total, fingerprint, ids)
     latest = journal.latest(order, cost=True)
     if old_meta is not None:
-        any_ok = bool(np.any(latest.ok == 1)) or bool(
-            latest.others.num_rows and pc.any(pc.equal(latest.others["ok"], 1)).as_py())
+        any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok)
     # Not sent again: ok rows, and failed ones unless retried.
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
