@@ -84,6 +84,7 @@ __all__ = [
     "proxy_for",
 ]
 
+
 class NoOutputDir(ConfigError):
     """The job names no output directory (``estimate`` can do without one)."""
 
