@@ -96,6 +96,8 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
                    help="read replies as SSE streams (records time to first token)")
     g = p.add_argument_group("endpoint")
     g.add_argument("--base-url", metavar="URL", help="default: $OPENAI_BASE_URL")
+    g.add_argument("--base-url-env", metavar="VAR", help="variable holding the URL when "
+                   "--base-url is not given (default OPENAI_BASE_URL; .env is read)")
     g.add_argument("--api-key-env", metavar="VAR", help="variable holding the key "
                    "(default OPENAI_API_KEY; .env is read)")
     g.add_argument("--simulator", action="store_const", const=True, default=None,

@@ -27,6 +27,7 @@ A job file has these tables (every key optional unless marked)::
 
     [endpoint]
     base_url = "https://api.openai.com/v1" # else $OPENAI_BASE_URL; or simulator = true
+    base_url_env = "OPENAI_BASE_URL"       # which variable holds the URL when base_url is unset
     api_key_env = "OPENAI_API_KEY"
     simulator = false                      # run against the built-in simulator
 
@@ -130,6 +131,7 @@ class RequestConfig:
 @dataclass(frozen=True, kw_only=True)
 class EndpointConfig:
     base_url: str | None = None
+    base_url_env: str = DEFAULT_BASE_URL_ENV
     api_key_env: str = DEFAULT_API_KEY_ENV
     simulator: bool = False
 
@@ -183,6 +185,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "schema_file": ("request", "schema_file"),
     "image_column": ("request", "image_column"),
     "base_url": ("endpoint", "base_url"),
+    "base_url_env": ("endpoint", "base_url_env"),
     "api_key_env": ("endpoint", "api_key_env"),
     "simulator": ("endpoint", "simulator"),
     "requests_per_minute": ("limits", "requests_per_minute"),
@@ -404,6 +407,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
 
     _string(end, "base_url", f, "endpoint")
     _string(end, "api_key_env", f, "endpoint")
+    _string(end, "base_url_env", f, "endpoint")
     if "simulator" in end and not isinstance(end["simulator"], bool):
         raise ConfigError(f"{f('endpoint', 'simulator')} must be true or false")
     if end.get("base_url"):

@@ -43,7 +43,6 @@ from batchrunner import io
 from batchrunner.arrow import int64_array, is_value, string_array, to_numpy
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import (
-    DEFAULT_BASE_URL_ENV,
     JobConfig,
     check_base_url,
     environment,
@@ -976,13 +975,14 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
             yield sim.base_url, env.get(job.endpoint.api_key_env) or getattr(
                 config, "api_key", None)
         return
-    base_url = job.endpoint.base_url or env.get(DEFAULT_BASE_URL_ENV)
+    variable = job.endpoint.base_url_env
+    base_url = job.endpoint.base_url or env.get(variable)
     if not base_url:
         raise ConfigError(
-            "no endpoint: set [endpoint] base_url, or OPENAI_BASE_URL in the environment or .env "
+            f"no endpoint: set [endpoint] base_url, or {variable} in the environment or .env "
             "(or simulator = true to rehearse against the built-in simulator)"
         )
-    base_url = check_base_url(base_url, DEFAULT_BASE_URL_ENV if not job.endpoint.base_url
+    base_url = check_base_url(base_url, variable if not job.endpoint.base_url
                               else "[endpoint] base_url")
     key = env.get(job.endpoint.api_key_env)
     if not key:

@@ -415,6 +415,20 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv(), base_url=""), ["OPENAI_BASE_URL", "'ftp://files.example.com/v1'"]
 
 
+@case("--base-url-env names a variable holding no URL")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.monkeypatch.setenv("NBILITY_BASE_URL", "files.example.com/v1")
+    return (c.args(c.good_csv(), "--base-url-env", "NBILITY_BASE_URL", base_url=""),
+            ["NBILITY_BASE_URL", "'files.example.com/v1'"])
+
+
+@case("--base-url-env names a variable that is not set")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.monkeypatch.delenv("NBILITY_BASE_URL", raising=False)
+    return (c.args(c.good_csv(), "--base-url-env", "NBILITY_BASE_URL", base_url=""),
+            ["no endpoint", "NBILITY_BASE_URL"])
+
+
 @case("base_url with /chat/completions")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # The client appends /chat/completions itself: every request would be a 404.

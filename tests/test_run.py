@@ -248,6 +248,18 @@ async def test_a_job_that_never_got_an_answer_takes_new_settings_without_force(
 
 
 @pytest.mark.anyio
+async def test_the_endpoint_can_come_from_a_variable_the_job_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = make_csv(tmp_path / "in.csv", 3)
+    async with Simulator(SimulatorConfig()) as sim:
+        monkeypatch.setenv("NBILITY_BASE_URL", sim.base_url)  # a gateway's own name for it
+        job = job_for(tmp_path, sim.base_url, inp, base_url_env="NBILITY_BASE_URL")
+        job = replace(job, endpoint=replace(job.endpoint, base_url=None))
+        s = await run_job(job, FAST)
+        assert s.exit_code == 0 and s.ok == 3 and sim.stats()["requests"] == 3
+
+
+@pytest.mark.anyio
 async def test_401_stops_the_job_and_rerun_finishes(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     inp = make_csv(tmp_path / "in.csv", 30)
