@@ -28,6 +28,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -1181,6 +1182,9 @@ def format_status(out_dir: Path) -> str:
         running = run_in_progress(out_dir)
         lines.append(f"  a run is in progress ({running})" if running else
                      "  in use by another batchrunner process (a run starting, or a report)")
+        if running:
+            lines.append(_pace(to_numpy(state["finished_at"], fill=0.0),
+                               max(0, total - ok - failed), time.time(), _epoch(last)))
     elif isinstance(last, dict) and last.get("started_at"):
         if not last.get("finished_at"):
             lines.append(f"  last run: started {last['started_at']}, did not finish (killed, or "
@@ -1194,6 +1198,38 @@ def format_status(out_dir: Path) -> str:
             if failed:
                 lines.append("  rerun with --retry-failed to send the failed rows again")
     return "\n".join(lines)
+
+
+PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in progress
+
+
+def _epoch(last_run: Any) -> float | None:
+    """When ``last_run`` started, as a Unix time (None if job.json does not say)."""
+    started = last_run.get("started_at") if isinstance(last_run, dict) else None
+    try:
+        return datetime.fromisoformat(started).timestamp() if isinstance(started, str) else None
+    except ValueError:
+        return None
+
+
+def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
+          started: float | None) -> str:
+    """How fast a run in progress is finishing rows, over the last ``PACE_WINDOW_S`` seconds
+    or since it started, from the journal (up to a second behind), and when it would be done at
+    that pace."""
+    window = PACE_WINDOW_S if started is None else min(PACE_WINDOW_S, now - started)
+    if window < 5.0:
+        return "  pace: not known yet (the run started seconds ago)"
+    recent = int(np.count_nonzero(finished_at >= now - window))
+    if not recent:
+        return f"  no row finished in the last {window:.0f} s"
+    per_min = recent * 60.0 / window
+    line = f"  pace: {per_min:,.0f} rows/min over the last {window:.0f} s"
+    if to_do:
+        left_min = to_do / per_min
+        left = f"{left_min:.0f} min" if left_min < 120 else f"{left_min / 60:.1f} h"
+        line += f"; the {to_do:,} rows to do would take about {left}"
+    return line
 
 
 def _show(path: Path) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -528,6 +529,21 @@ def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
         "  rerun the job to send the rows not done yet")
 
 
+def test_status_gives_the_pace_of_a_run_in_progress_and_when_it_would_end() -> None:
+    from batchrunner.runner import _pace
+
+    now = 10_000.0
+    finished = np.array([0.0, now - 500, *(now - 60 + np.arange(300) * 0.2)])  # 300 in 1 min
+    assert _pace(finished, 6_000, now, None) == (
+        "  pace: 150 rows/min over the last 120 s; the 6,000 rows to do would take about 40 min")
+    assert _pace(finished, 60_000, now, now - 3600).endswith("about 6.7 h")
+    assert _pace(finished, 0, now, None) == "  pace: 150 rows/min over the last 120 s"
+    assert _pace(finished[:2], 10, now, None) == "  no row finished in the last 120 s"
+    # A run that started 60 s ago: its pace is over those 60 s, not diluted over 120.
+    assert _pace(finished, 0, now, now - 60) == "  pace: 300 rows/min over the last 60 s"
+    assert "not known yet" in _pace(finished, 0, now, now - 2)
+
+
 @pytest.mark.anyio
 async def test_status_names_the_last_run_and_a_run_that_never_finished(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", 5)
@@ -571,7 +587,9 @@ def test_a_second_run_of_a_job_in_progress_is_refused_and_status_shows_the_first
             while not (is_locked(out) and meta.exists() and "pid" in meta.read_text()):
                 assert time.monotonic() < deadline and first.poll() is None, first.stderr
                 time.sleep(0.02)
-            assert f"  a run is in progress (pid {first.pid}, started 20" in format_status(out)
+            status = format_status(out)
+            assert f"  a run is in progress (pid {first.pid}, started 20" in status
+            assert "  pace: " in status or "  no row finished in the last" in status
             second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
             rebuild = subprocess.run([sys.executable, "-m", "batchrunner", "report", str(out)],
                                      env=env, capture_output=True, text=True, timeout=60)
