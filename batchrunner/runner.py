@@ -44,6 +44,7 @@ from batchrunner import io
 from batchrunner.arrow import int64_array, is_value, string_array, to_numpy
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import (
+    OUTPUT_FORMATS,
     JobConfig,
     check_base_url,
     environment,
@@ -1257,7 +1258,8 @@ def format_summary(s: RunSummary) -> str:
             if example := s.error_examples.get(etype):
                 lines.append(f"    {etype}: {example}")
     if s.length_cut:
-        lines.append(f"  warning: {s.length_cut:,} rows cut at max_tokens (finish_reason=length)")
+        lines.append(f"  warning: {s.length_cut:,} {'row' if s.length_cut == 1 else 'rows'} "
+                     "cut at max_tokens (finish_reason=length)")
     cost = "unknown for some models (see report)" if s.cost_usd is None else f"${s.cost_usd:,.4f}"
     cost += _plus_earlier(s.earlier_cost_usd)
     if s.ran:
@@ -1265,6 +1267,11 @@ def format_summary(s: RunSummary) -> str:
     lines.append(f"  cost: {cost}")
     if s.results_path:
         lines.append(f"  results: {_show(s.results_path)}")
+        for fmt in OUTPUT_FORMATS:  # a results file of another format is an earlier run's
+            other = s.results_path.with_suffix(f".{fmt}")
+            if other != s.results_path and other.exists():
+                lines.append(f"  note: {_show(other)} is from an earlier run with --format "
+                             f"{fmt} and is not updated")
     if s.report_paths:
         lines.append(f"  report:  {', '.join(_show(p) for p in s.report_paths)}")
     if s.stopped:

@@ -510,6 +510,17 @@ async def test_a_journal_written_before_earlier_cost_is_read_with_nulls(tmp_path
             df.set_index("id").loc["r0001", "cost_usd"])
 
 
+@pytest.mark.anyio
+async def test_a_new_format_writes_its_results_and_names_the_earlier_file(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 4)
+    async with Simulator(SimulatorConfig()) as sim:
+        await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, format="csv"), FAST)
+    assert s.sent == 0 and len(results(tmp_path, "csv")) == 4
+    assert ("  note: out/results.parquet is from an earlier run with --format parquet and is "
+            "not updated") in format_summary(s)
+
+
 def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
     s = RunSummary(name="j", rows=10, failed=10, error_types={"http_500": 4, "timeout": 3,
                                                               "http_400": 2, "no_choices": 1},
