@@ -41,6 +41,13 @@ __all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
 _MAX_MESSAGE = 300
 _SCAN = 16384  # bytes of an error body read for its message
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+# OpenAI's error codes and types, as a gateway may pass them on in a 200: the status each
+# stands for (an error a retry cannot fix is not retried).
+_ERROR_WORDS = {
+    "invalid_request_error": 400, "context_length_exceeded": 400, "invalid_api_key": 401,
+    "authentication_error": 401, "permission_error": 403, "model_not_found": 404,
+    "not_found_error": 404, "rate_limit_exceeded": 429, "rate_limit_error": 429,
+}
 # An error body that blames the account's money rather than the key.
 _BALANCE = re.compile(r"balance|quota|credit|billing|payment|余额|额度", re.IGNORECASE)
 
@@ -510,9 +517,9 @@ class ChatClient:
 
     def _error_in_200(self, payload: dict[str, Any], request_id: str | None) -> RequestError:
         """A 200 whose body is ``{"error": {...}}``: a gateway passing on its upstream's
-        failure. Retried like the failure it names: a numeric ``code`` is read as that HTTP
-        status (a 400 is not retried, a 401 stops the job); without one it is a server-side
-        failure, retried."""
+        failure. Retried like the failure it names: a numeric ``code``, or one of OpenAI's
+        error codes or types (``_ERROR_WORDS``), is read as that HTTP status (a 400 is not
+        retried, a 401 stops the job); anything else is a server-side failure, retried."""
         err = payload["error"]
         code: Any = None
         etype: Any = None
@@ -529,6 +536,9 @@ class ChatClient:
             int(code) if isinstance(code, str) and code.isascii() and code.isdigit() else None)
         if status is not None and not 400 <= status < 600:
             status = None
+        if status is None:
+            status = _ERROR_WORDS.get(code if isinstance(code, str) else "") or _ERROR_WORDS.get(
+                etype if isinstance(etype, str) else "")
         if stop := _stop_job(status or 200, self.redact(f"HTTP 200 with error {named}".strip()),
                              code if isinstance(code, str) else None,
                              etype if isinstance(etype, str) else None, message):

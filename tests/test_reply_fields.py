@@ -176,6 +176,9 @@ def test_citations_from_annotations_and_from_grok_share_one_shape() -> None:
     ({"message": "upstream timed out", "type": "upstream_error"}, True),
     ({"message": "bad upstream status", "code": 502}, True),
     ({"message": "max_tokens is too large", "code": "400"}, False),
+    ({"message": "prompt too long", "code": "context_length_exceeded"}, False),
+    ({"message": "unknown parameter", "type": "invalid_request_error"}, False),
+    ({"message": "upstream gave 502", "code": "bad_response_status_code"}, True),
     ("upstream failed", True),
 ])
 def test_an_error_inside_a_200_keeps_its_message(error: Any, retryable: bool) -> None:
@@ -200,9 +203,11 @@ def test_an_error_inside_a_200_never_shows_the_key(error: dict[str, Any]) -> Non
         assert KEY not in info.value.message and info.value.retryable
 
 
-def test_an_error_inside_a_200_that_names_a_429_is_paced_like_one() -> None:
+@pytest.mark.parametrize("error", [{"message": "upstream rate limit", "code": 429},
+                                   {"message": "slow down", "code": "rate_limit_exceeded"}])
+def test_an_error_inside_a_200_that_names_a_429_is_paced_like_one(error: dict[str, Any]) -> None:
     with pytest.raises(BadResponseError) as info:
-        parse({"error": {"message": "upstream rate limit", "code": 429}})
+        parse({"error": error})
     assert info.value.error_type == "rate_limited" and info.value.retryable
 
 
