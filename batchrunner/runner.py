@@ -815,6 +815,14 @@ class _Run:
                         self.spent += billed
                         self.counts.cost_usd += billed
                     return None, backoff(item.attempts, self.policy, e.retry_after, self.rng)
+                if (e.error_type == "connection_error" and item.refusals == 1
+                        and self.last_answer < item.started):
+                    # Its one refusal came on its last attempt (max_attempts = 1, say) and
+                    # nothing has answered since it started: the request never reached a
+                    # server, so it is tried once more, and a second refusal with nothing
+                    # answering meanwhile tells an endpoint that is down from a failed row.
+                    self.counters["retries"] += 1
+                    return None, backoff(item.attempts, self.policy, None, self.rng)
                 if (e.error_type == "connection_error" and item.refusals >= 2
                         and self.last_answer < item.refused_at):
                     self._unreachable(item, e)

@@ -502,6 +502,21 @@ async def test_an_endpoint_down_for_a_moment_at_the_start_costs_no_row(tmp_path:
 
 
 @pytest.mark.anyio
+async def test_with_one_attempt_a_row_an_endpoint_that_refuses_still_stops_the_job(
+        tmp_path: Path) -> None:
+    # max_attempts = 1: a refused request never reached a server, so it is tried once more
+    # while nothing answers; the second refusal stops the job with every row left to do.
+    n = 100
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+    s = await run(job_for(tmp_path, f"http://127.0.0.1:{closed_port()}/v1", inp,
+                          max_attempts=1), max_attempts=1)
+    assert s.exit_code == 4 and s.stopped and s.failed == 0 and s.pending == n
+    assert s.stopped.startswith("no connection to the endpoint for ")
+    assert "2 attempts" in s.stopped
+    assert s.sent <= 8 * 2, s.sent  # the rows in flight, twice each at most
+
+
+@pytest.mark.anyio
 async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
         tmp_path: Path) -> None:
     # A parameter the model rejects, a model the gateway does not have: every row would fail.
