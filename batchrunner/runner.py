@@ -28,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -987,6 +987,9 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
         return
     variable = job.endpoint.base_url_env
     base_url = job.endpoint.base_url or env.get(variable)
+    if not job.endpoint.base_url and base_url and base_url == env.get(job.endpoint.api_key_env):
+        raise ConfigError(f"{variable} holds the API key, not the endpoint's URL — set it to a "
+                          "URL like https://api.openai.com/v1, or name another --base-url-env")
     if not base_url:
         raise ConfigError(
             f"no endpoint: set [endpoint] base_url, or {variable} in the environment or .env "
@@ -1061,14 +1064,14 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             plan = prepare(job, options)  # another run made it and wrote to it meanwhile
         journal = Journal(out_dir)
         journal.create()
+        remaining = plan.total_rows - len(plan.done)
         last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
                                     "started_at": utc_timestamp(), "finished_at": None,
-                                    "stopped": None}
+                                    "stopped": None, "to_send": remaining}
         plan.job_meta["last_run"] = last_run
         _write_meta(plan)
         lim = job.limits
         limiter = Limiter(lim.requests_per_minute, lim.tokens_per_minute)
-        remaining = plan.total_rows - len(plan.done)
         progress = make_progress(job.name, options.progress)
         fixed = lim.concurrency is not None
         cap = lim.concurrency or MAX_AUTO_CONCURRENCY
@@ -1192,8 +1195,14 @@ def format_status(out_dir: Path) -> str:
         lines.append(f"  a run is in progress ({running})" if running else
                      "  in use by another batchrunner process (a run starting, or a report)")
         if running:
-            lines.append(_pace(to_numpy(state["finished_at"], fill=0.0),
-                               max(0, total - ok - failed), time.time(), _epoch(last)))
+            finished_at = to_numpy(state["finished_at"], fill=0.0)
+            started = _epoch(last)
+            to_send = last.get("to_send") if isinstance(last, dict) else None
+            if type(to_send) is int and started is not None:  # retried rows included
+                to_do = max(0, to_send - int(np.count_nonzero(finished_at >= started)))
+            else:
+                to_do = max(0, total - ok - failed)
+            lines.append(_pace(finished_at, to_do, time.time(), started))
     elif isinstance(last, dict) and last.get("started_at"):
         if not last.get("finished_at"):
             lines.append(f"  last run: started {last['started_at']}, did not finish (killed, or "
@@ -1215,9 +1224,12 @@ PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in pr
 def _epoch(last_run: Any) -> float | None:
     """When ``last_run`` started, as a Unix time (None if job.json does not say)."""
     started = last_run.get("started_at") if isinstance(last_run, dict) else None
+    if not isinstance(started, str):
+        return None
     try:
-        return datetime.fromisoformat(started).timestamp() if isinstance(started, str) else None
-    except ValueError:
+        at = datetime.fromisoformat(started)
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError, OSError):
         return None
 
 
@@ -1226,18 +1238,21 @@ def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
     """How fast a run in progress is finishing rows, over the last ``PACE_WINDOW_S`` seconds
     or since it started, from the journal (up to a second behind), and when it would be done at
     that pace."""
-    window = PACE_WINDOW_S if started is None else min(PACE_WINDOW_S, now - started)
+    since = PACE_WINDOW_S if started is None or started > now else now - started
+    window = min(PACE_WINDOW_S, since)  # a start in the future (a clock set back): the default
     if window < 5.0:
         return "  pace: not known yet (the run started seconds ago)"
     recent = int(np.count_nonzero(finished_at >= now - window))
     if not recent:
         return f"  no row finished in the last {window:.0f} s"
     per_min = recent * 60.0 / window
-    line = f"  pace: {per_min:,.0f} rows/min over the last {window:.0f} s"
+    pace = f"{per_min:,.0f}" if per_min >= 10 else f"{per_min:.1f}"
+    line = f"  pace: {pace} rows/min over the last {window:.0f} s"
     if to_do:
         left_min = to_do / per_min
-        left = f"{left_min:.0f} min" if left_min < 120 else f"{left_min / 60:.1f} h"
-        line += f"; the {to_do:,} rows to do would take about {left}"
+        left = ("under a minute" if left_min < 1 else f"about {left_min:.0f} min"
+                if left_min < 120 else f"about {left_min / 60:.1f} h")
+        line += f"; the {to_do:,} rows to do would take {left}"
     return line
 
 

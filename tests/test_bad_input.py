@@ -422,6 +422,13 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["NBILITY_BASE_URL", "'files.example.com/v1'"])
 
 
+@case("--base-url-env names the key's variable")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.monkeypatch.setenv("OPENAI_API_KEY", "sk-proj-secret-0123456789")
+    return (c.args(c.good_csv(), "--base-url-env", "OPENAI_API_KEY", base_url=""),
+            ["OPENAI_API_KEY holds the API key, not the endpoint's URL"])
+
+
 @case("--base-url-env names a variable that is not set")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.monkeypatch.delenv("NBILITY_BASE_URL", raising=False)

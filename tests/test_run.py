@@ -541,13 +541,22 @@ def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
 
 
 def test_status_gives_the_pace_of_a_run_in_progress_and_when_it_would_end() -> None:
-    from batchrunner.runner import _pace
+    from batchrunner.runner import _epoch, _pace
+
+    # job.json's times are UTC; one written without a zone is read as UTC too.
+    assert _epoch({"started_at": "2026-11-30T11:00:00"}) == _epoch(
+        {"started_at": "2026-11-30T11:00:00Z"}) == 1_796_036_400.0
+    assert _epoch({"started_at": "not a time"}) is None and _epoch(None) is None
 
     now = 10_000.0
     finished = np.array([0.0, now - 500, *(now - 60 + np.arange(300) * 0.2)])  # 300 in 1 min
     assert _pace(finished, 6_000, now, None) == (
         "  pace: 150 rows/min over the last 120 s; the 6,000 rows to do would take about 40 min")
     assert _pace(finished, 60_000, now, now - 3600).endswith("about 6.7 h")
+    assert _pace(finished, 100, now, None).endswith("would take under a minute")
+    assert _pace(finished[:3], 0, now, None) == "  pace: 0.5 rows/min over the last 120 s"
+    # A start in the future (a clock set back) falls back to the whole window.
+    assert _pace(finished, 0, now, now + 30) == "  pace: 150 rows/min over the last 120 s"
     assert _pace(finished, 0, now, None) == "  pace: 150 rows/min over the last 120 s"
     assert _pace(finished[:2], 10, now, None) == "  no row finished in the last 120 s"
     # A run that started 60 s ago: its pace is over those 60 s, not diluted over 120.
