@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from batchrunner.arrow import is_value
 from batchrunner.journal import Journal
+from batchrunner.report import count_rows
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
 __all__ = ["Estimate", "estimate", "format_estimate"]
@@ -157,7 +158,7 @@ def format_estimate(e: Estimate) -> str:
     else:
         lines.append("  time: no rate limit set; the server's limits decide")
     for reason, n in e.not_sendable.most_common():
-        lines.append(f"  warning: {n:,} {'row' if n == 1 else 'rows'} will not be sent: {reason}")
+        lines.append(f"  warning: {count_rows(n)} will not be sent: {reason}")
     for ex in e.not_sendable_examples:
         lines.append(f"    {ex}")
     if e.over_context:

@@ -89,6 +89,7 @@ __all__ = [
     "REPORT_MD",
     "OutcomeStats",
     "build_report",
+    "count_rows",
     "render_markdown",
     "utc_timestamp",
     "write_reports",
@@ -495,7 +496,8 @@ def build_report(
     if stopped:
         warnings.append(f"the run stopped early: {stopped}")
     if to_do:
-        warnings.append(f"{_rows(to_do)} of the input not done yet: rerun the job to send them")
+        warnings.append(f"{count_rows(to_do)} of the input not done yet: rerun the job to send "
+                        "them")
 
     by_status = _sorted_counts(stats._status)
     n_ok = stats._n_ok
@@ -510,16 +512,16 @@ def build_report(
             continue
         if model == NO_VALUE:
             warnings.append(
-                f"{_rows(k)} with status ok do not name their model; their cost is not counted"
+                f"{count_rows(k)} with status ok do not name their model; their cost is not counted"
             )
         elif entry["price"] is None:
             warnings.append(
-                f"model {model!r}: no price known, cost of {_rows(k)} not counted; "
+                f"model {model!r}: no price known, cost of {count_rows(k)} not counted; "
                 f'set it in the job file under [prices."{model}"] (USD per 1M tokens)'
             )
         else:
             warnings.append(
-                f"model {model!r}: {_rows(k)} with status ok reported no token usage; "
+                f"model {model!r}: {count_rows(k)} with status ok reported no token usage; "
                 "their cost is not counted"
             )
 
@@ -527,18 +529,18 @@ def build_report(
     by_finish = _sorted_counts(stats._finish)
     if n_length:
         warnings.append(
-            f"{_rows(n_length)} stopped at the token limit (finish_reason=length): their content "
-            "is cut off; raise max_tokens to get whole answers"
+            f"{count_rows(n_length)} stopped at the token limit (finish_reason=length): their "
+            "content is cut off; raise max_tokens to get whole answers"
         )
     n_filtered = by_finish.get("content_filter", 0)
     if n_filtered:
-        warnings.append(f"{_rows(n_filtered)} stopped by the content filter")
+        warnings.append(f"{count_rows(n_filtered)} stopped by the content filter")
 
     errors = sorted(stats._errors.items(), key=lambda kv: (-kv[1][0], kv[0]))
     by_error = {k: {"rows": v[0], "example": v[1]} for k, v in errors}
     if n_failed:
         warnings.append(
-            f"{_rows(n_failed)} failed (see failures by type); a rerun can retry failed rows"
+            f"{count_rows(n_failed)} failed (see failures by type); a rerun can retry failed rows"
         )
 
     attempts = stats._attempts
@@ -950,7 +952,8 @@ def _cell(v: Any) -> str:
     return _one_line(v).replace("|", "\\|")
 
 
-def _rows(n: int) -> str:
+def count_rows(n: int) -> str:
+    """``1 row``, ``2,000 rows``."""
     return f"{n:,} row" if n == 1 else f"{n:,} rows"
 
 

@@ -71,7 +71,7 @@ from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import OUTCOME_COLUMNS, Outcome
-from batchrunner.report import utc_timestamp
+from batchrunner.report import count_rows, utc_timestamp
 from batchrunner.results import InputOrder, key_strings, rebuild_outputs
 from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.structured import StructuredOutput
@@ -1281,8 +1281,8 @@ def format_summary(s: RunSummary) -> str:
             if example := s.error_examples.get(etype):
                 lines.append(f"    {etype}: {example}")
     if s.length_cut:
-        lines.append(f"  warning: {s.length_cut:,} {'row' if s.length_cut == 1 else 'rows'} "
-                     "cut at max_tokens (finish_reason=length)")
+        lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
+                     "(finish_reason=length)")
     cost = "unknown for some models (see report)" if s.cost_usd is None else f"${s.cost_usd:,.4f}"
     cost += _plus_earlier(s.earlier_cost_usd)
     if s.ran:
