@@ -10,6 +10,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture
+def job_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+            tmp_path: Path) -> str:
+    """What a job run in a test meets: the test module's ``KEY`` as the API key, no endpoint
+    from the machine's environment, and the test's own directory as the current one (so no
+    ``.env`` of the machine is read). A module asks for it with ``pytestmark``."""
+    key: str = request.module.KEY
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return key
+
+
 @pytest.fixture(autouse=True)
 def price_cache_dir(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

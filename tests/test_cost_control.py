@@ -17,11 +17,8 @@ FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=3), progress="none"
                   handle_signals=False)
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
+KEY = "sk-test"
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
 
 
 def make_input(tmp_path: Path, n: int) -> Path:

@@ -37,11 +37,7 @@ KEY = "sk-test-crash-0123456789"
 TEMPLATE = "Summarise: {text}"
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
 
 
 def make_csv(path: Path, n: int, marker: dict[int, str] | None = None,

@@ -44,11 +44,7 @@ NOWHERE = "api.batchrunner.test"
 RUN_LIMIT_S = 60
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
 
 
 def basic(user: str, password: str) -> str:

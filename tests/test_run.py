@@ -32,11 +32,7 @@ FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none"
 KEY = "sk-test-0123456789abcdef"
 
 
-@pytest.fixture(autouse=True)
-def _key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
 
 
 def make_csv(path: Path, n: int, marker: dict[int, str] | None = None) -> Path:

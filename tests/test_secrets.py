@@ -38,11 +38,7 @@ MARKERS = ["400", "404", "422", "500", "502", "504", "408", "409", "529", "503*1
            "hang", "slow"]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
 
 
 def marker_csv(path: Path, markers: list[str], normal: int = 6) -> Path:
