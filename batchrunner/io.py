@@ -958,7 +958,9 @@ class ResultWriter:
     it closes on success and aborts on an exception.
     """
 
-    def __init__(self, path: Path, fmt: str, schema: pa.Schema) -> None:
+    def __init__(self, path: Path, fmt: str, schema: pa.Schema,
+                 dictionary: Sequence[str] | None = None) -> None:
+        """``dictionary``: the columns a Parquet file dictionary-encodes (default: all)."""
         if fmt not in RESULT_FORMATS:
             raise UsageError(
                 f"results format {fmt!r} is not supported — use one of {', '.join(RESULT_FORMATS)}"
@@ -978,7 +980,9 @@ class ResultWriter:
         self._writer: Any = None
         try:
             if fmt == "parquet":
-                self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+                self._writer = pq.ParquetWriter(
+                    self._file, schema, compression="zstd",
+                    use_dictionary=True if dictionary is None else list(dictionary))
             elif fmt == "csv":
                 self._writer = pa_csv.CSVWriter(self._file, schema)
         except BaseException:

@@ -47,7 +47,13 @@ from batchrunner.arrow import (
     to_numpy,
 )
 from batchrunner.errors import JournalError, OutputError
-from batchrunner.records import ADDED_COLUMNS, OUTCOME_COLUMNS, OUTCOME_SCHEMA, Outcome
+from batchrunner.records import (
+    ADDED_COLUMNS,
+    OUTCOME_COLUMNS,
+    OUTCOME_SCHEMA,
+    REPEATED_COLUMNS,
+    Outcome,
+)
 
 __all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
 
@@ -130,8 +136,8 @@ def _number_array(values: Sequence[float | None], type_: pa.DataType) -> pa.Arra
 
 def write_segment(directory: Path, name: str, table: pa.Table) -> Path:
     """Write ``table`` as segment ``name`` atomically (temp file, fsync, rename, dir fsync)."""
-    return _write_atomic(directory, name,
-                         lambda f: pq.write_table(table, f, compression="zstd"))
+    return _write_atomic(directory, name, lambda f: pq.write_table(
+        table, f, compression="zstd", use_dictionary=list(REPEATED_COLUMNS)))
 
 
 def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) -> Path:
@@ -266,7 +272,8 @@ class Journal:
         schema = OUTCOME_SCHEMA.with_metadata({ORDER_KEY: tag.encode()})
 
         def fill(f: BinaryIO) -> None:
-            with pq.ParquetWriter(f, schema, compression="zstd") as writer:
+            with pq.ParquetWriter(f, schema, compression="zstd",
+                                  use_dictionary=list(REPEATED_COLUMNS)) as writer:
                 held = pa.Table.from_batches([], schema)
                 for start, part in self._gather(segs, loc):
                     part = _carry_cost(part, row_cost[start:start + part.num_rows])

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from batchrunner import io
 from batchrunner.arrow import int64_array, null_scalar, scalar, string_array, to_numpy
 from batchrunner.journal import Journal, new_run_id
-from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA
+from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA, REPEATED_COLUMNS
 from batchrunner.report import REPORT_COLUMNS, OutcomeStats, build_report, write_reports
 
 if TYPE_CHECKING:
@@ -186,9 +186,12 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
             n = batch.num_rows
             rows, pos = (outcomes.take_below(start + n) if outcomes
                          else (empty, np.empty(0, np.int64)))
-            index = np.full(n, -1, np.int64)
-            index[pos - start] = np.arange(len(pos))
-            part = rows.take(int64_array(index, index >= 0))
+            if len(pos) == n:  # every row has a record: ``rows`` are in input order
+                part = rows
+            else:
+                index = np.full(n, -1, np.int64)
+                index[pos - start] = np.arange(len(pos))
+                part = rows.take(int64_array(index, index >= 0))
             start += n
             table = pa.Table.from_batches([batch])
             names = set(table.column_names)
@@ -203,7 +206,12 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
             for entry in pc.value_counts(st).to_pylist():
                 statuses[entry["values"]] += entry["counts"]
             if writer is None:
-                writer = io.ResultWriter(path, plan.job.output.format, table.schema)
+                # Dictionaries for the input's columns, the structured fields and the outcome
+                # columns whose values repeat; not for answers, keys and ids.
+                unique = {_result_name(c, names) for c in outcome_cols
+                          if c not in REPEATED_COLUMNS}
+                writer = io.ResultWriter(path, plan.job.output.format, table.schema, dictionary=[
+                    c for c in table.column_names if c not in unique])
             writer.write(table)
             del part, rows
         if writer is not None:

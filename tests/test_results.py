@@ -350,6 +350,18 @@ def test_results_merge_the_compacted_journal_into_input_order(
     report = json.loads((out / "cost_report.json").read_text())
     assert report["rows"]["total"] == len(done) + 1  # the journal's rows, the stale one too
     assert len(j.segments()) == 1
+    # Dictionaries only for what repeats: the input's columns and status, not answers or keys.
+    assert _dictionary_columns(out / "results.parquet") >= {"id", "text", "status"}
+    assert not _dictionary_columns(out / "results.parquet") & {"content", "key", "request_id"}
+    assert _dictionary_columns(j.segments()[0]) == {"status", "finish_reason", "error_type",
+                                                   "model"}
+
+
+def _dictionary_columns(path: Path) -> set[str]:
+    meta = pq.ParquetFile(path).metadata
+    group = meta.row_group(0)
+    return {group.column(i).path_in_schema for i in range(meta.num_columns)
+            if group.column(i).has_dictionary_page}
 
 
 @pytest.mark.parametrize("retry_failed", [False, True])
