@@ -186,12 +186,9 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
             n = batch.num_rows
             rows, pos = (outcomes.take_below(start + n) if outcomes
                          else (empty, np.empty(0, np.int64)))
-            if len(pos) == n:  # every row has a record: ``rows`` are in input order
-                part = rows
-            else:
-                index = np.full(n, -1, np.int64)
-                index[pos - start] = np.arange(len(pos))
-                part = rows.take(int64_array(index, index >= 0))
+            index = np.full(n, -1, np.int64)
+            index[pos - start] = np.arange(len(pos))
+            part = rows.take(int64_array(index, index >= 0))
             start += n
             table = pa.Table.from_batches([batch])
             names = set(table.column_names)
