@@ -41,12 +41,21 @@ __all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
 _MAX_MESSAGE = 300
 _SCAN = 16384  # bytes of an error body read for its message
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
-# OpenAI's error codes and types, as a gateway may pass them on in a 200: the status each
-# stands for (an error a retry cannot fix is not retried).
+# The error words a gateway may pass on in a 200 instead of its upstream's status, and the
+# status each stands for (an error a retry cannot fix is not retried; 401, 402 and 403 stop the
+# job): OpenAI's error codes and types, Anthropic's error types, Google's canonical statuses
+# (Gemini's ``error.status``).
 _ERROR_WORDS = {
-    "invalid_request_error": 400, "context_length_exceeded": 400, "invalid_api_key": 401,
-    "authentication_error": 401, "permission_error": 403, "model_not_found": 404,
-    "not_found_error": 404, "rate_limit_exceeded": 429, "rate_limit_error": 429,
+    "invalid_request_error": 400, "context_length_exceeded": 400, "unsupported_parameter": 400,
+    "unsupported_value": 400, "invalid_value": 400, "invalid_type": 400,
+    "missing_required_parameter": 400, "invalid_api_key": 401, "model_not_found": 404,
+    "rate_limit_exceeded": 429, "server_error": 500,
+    "authentication_error": 401, "billing_error": 402, "permission_error": 403,
+    "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+    "overloaded_error": 529,
+    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
 }
 # An error body that blames the account's money rather than the key.
 _BALANCE = re.compile(r"balance|quota|credit|billing|payment|余额|额度", re.IGNORECASE)
@@ -517,28 +526,32 @@ class ChatClient:
 
     def _error_in_200(self, payload: dict[str, Any], request_id: str | None) -> RequestError:
         """A 200 whose body is ``{"error": {...}}``: a gateway passing on its upstream's
-        failure. Retried like the failure it names: a numeric ``code``, or one of OpenAI's
-        error codes or types (``_ERROR_WORDS``), is read as that HTTP status (a 400 is not
-        retried, a 401 stops the job); anything else is a server-side failure, retried."""
+        failure. Retried like the failure it names: a numeric ``code``, or a known error word
+        in ``code``, ``type`` or ``status`` (``_ERROR_WORDS``), is read as that HTTP status (a
+        400 is not retried, a 401 stops the job); anything else is a server-side failure,
+        retried."""
         err = payload["error"]
         code: Any = None
         etype: Any = None
+        words: tuple[Any, ...] = ()
         if isinstance(err, dict):
             text = str(err.get("message") or "")
             code, etype = err.get("code"), err.get("type")
+            words = (code, etype, err.get("status"))
         else:
             text = str(err)
         text = " ".join(text.split())
         # Everything from the body is redacted before it is cut, the code and type included.
-        named = " ".join(str(code if code is not None else etype or "").split())[:80]
+        named = " ".join(str(next((w for w in words if w is not None and w != ""), "")
+                             ).split())[:80]
         message = self.redact(text)[:_MAX_MESSAGE] or "no message"
         status = code if type(code) is int else (
             int(code) if isinstance(code, str) and code.isascii() and code.isdigit() else None)
         if status is not None and not 400 <= status < 600:
             status = None
         if status is None:
-            status = _ERROR_WORDS.get(code if isinstance(code, str) else "") or _ERROR_WORDS.get(
-                etype if isinstance(etype, str) else "")
+            status = next((_ERROR_WORDS[w] for w in words
+                           if isinstance(w, str) and w in _ERROR_WORDS), None)
         if stop := _stop_job(status or 200, self.redact(f"HTTP 200 with error {named}".strip()),
                              code if isinstance(code, str) else None,
                              etype if isinstance(etype, str) else None, message):

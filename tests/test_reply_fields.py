@@ -176,6 +176,14 @@ def test_citations_from_annotations_and_from_grok_share_one_shape() -> None:
     ({"message": "unknown parameter", "type": "invalid_request_error"}, False),
     ({"message": "upstream gave 502", "code": "bad_response_status_code"}, True),
     ("upstream failed", True),
+    # Anthropic's error types and Google's canonical statuses, as gateways pass them on
+    ({"message": "Overloaded", "type": "overloaded_error"}, True),
+    ({"message": "prompt is too long", "type": "request_too_large"}, False),
+    ({"message": "temperature is not supported", "code": "unsupported_value"}, False),
+    ({"message": "Request contains an invalid argument.", "code": 0,
+      "status": "INVALID_ARGUMENT"}, False),
+    ({"message": "The service is currently unavailable.", "status": "UNAVAILABLE"}, True),
+    ({"message": "no such status word", "status": "invalid_argument"}, True),
 ])
 def test_an_error_inside_a_200_keeps_its_message(error: Any, retryable: bool) -> None:
     with pytest.raises(BadResponseError) as info:
@@ -200,7 +208,8 @@ def test_an_error_inside_a_200_never_shows_the_key(error: dict[str, Any]) -> Non
 
 
 @pytest.mark.parametrize("error", [{"message": "upstream rate limit", "code": 429},
-                                   {"message": "slow down", "code": "rate_limit_exceeded"}])
+                                   {"message": "slow down", "code": "rate_limit_exceeded"},
+                                   {"message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}])
 def test_an_error_inside_a_200_that_names_a_429_is_paced_like_one(error: dict[str, Any]) -> None:
     with pytest.raises(BadResponseError) as info:
         parse({"error": error})
@@ -213,6 +222,10 @@ def test_an_error_inside_a_200_that_names_a_stop_stops() -> None:
                          "code": "insufficient_quota"}})
     with pytest.raises(AuthError):
         parse({"error": {"message": "invalid key", "code": 401}})
+    with pytest.raises(AuthError, match="UNAUTHENTICATED"):
+        parse({"error": {"message": "API key not valid", "status": "UNAUTHENTICATED"}})
+    with pytest.raises(QuotaError, match="top up"):
+        parse({"error": {"message": "Your credit balance is too low", "type": "billing_error"}})
 
 
 def test_401_and_403_advice_names_the_balance_when_the_body_does() -> None:
