@@ -196,8 +196,8 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
                 table = table.append_column(_result_name(c, names), part[c])
             st = table.column(_result_name("status", names))
             if plan.structured is not None and plan.structured.columns:
-                content = table.column(_result_name("content", names)).to_pylist()
-                spread = plan.structured.spread(content, [x == "ok" for x in st.to_pylist()])
+                checked = table.column(_result_name(plan.structured.column, names)).to_pylist()
+                spread = plan.structured.spread(checked, [x == "ok" for x in st.to_pylist()])
                 for col_name, arr in spread.items():
                     table = table.append_column(_result_name(col_name, names), arr)
             for entry in pc.value_counts(st).to_pylist():

@@ -74,7 +74,7 @@ from batchrunner.records import OUTCOME_COLUMNS, Outcome
 from batchrunner.report import count_rows, utc_timestamp
 from batchrunner.results import InputOrder, key_strings, rebuild_outputs
 from batchrunner.retry import RetryPolicy, backoff
-from batchrunner.structured import StructuredOutput
+from batchrunner.structured import StructuredOutput, structured_output
 from batchrunner.template import (
     RequestBuilder,
     body_prompt_text,
@@ -294,13 +294,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             spent = recorded
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
-                warnings=warnings, structured=_structured(request_settings),
+                warnings=warnings, structured=structured_output(request_settings),
                 prior_cost=latest.prior_cost(), order=order, spent=spent)
-
-
-def _structured(settings: dict[str, Any]) -> StructuredOutput | None:
-    fmt = settings.get("response_format")
-    return StructuredOutput(fmt) if isinstance(fmt, dict) else None
 
 
 def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, options: RunOptions,
@@ -908,11 +903,9 @@ class _Run:
         cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)
-        error = None
-        # response_format shapes the content; a reply that only calls tools has none to check.
-        if self.plan.structured is not None and (res.content is not None
-                                                 or res.tool_calls is None):
-            error = self.plan.structured.check(res.content)
+        structured = self.plan.structured
+        error = None if structured is None else structured.check_reply(res.content,
+                                                                       res.tool_calls)
         return Outcome(
             key=item.key, status="ok" if error is None else "failed", content=res.content,
             error_type=error[0] if error else None, error_message=error[1] if error else None,
@@ -1166,7 +1159,7 @@ def plan_from_output(out_dir: Path) -> Plan:
                 total_rows=int(meta.get("total_rows") or 0),
                 done=DoneRows(np.zeros(0, dtype=np.bool_)),
                 out_dir=out_dir, job_meta=meta, prices=prices, warnings=[],
-                structured=_structured(meta.get("request") or {}))
+                structured=structured_output(meta.get("request") or {}))
 
 
 def format_status(out_dir: Path) -> str:

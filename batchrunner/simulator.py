@@ -122,7 +122,9 @@ Faults
                      ``message.tool_calls`` one call of the request's first tool (``extract``
                      without ``tools``) whose ``arguments`` are JSON valid against its
                      ``parameters`` schema (streamed: id, type and name once, then the arguments
-                     in pieces, per index)
+                     in pieces, per index). A request whose ``tool_choice`` forces a call
+                     (``"required"``, or a function by name: that one) gets this shape without
+                     the marker, as the APIs answer it.
     ``citations``    a top-level ``citations`` list of URLs, as Grok's live search sends it
                      (streamed: in a last chunk without choices)
     ``annotations``  ``message.annotations`` of type ``url_citation`` (url, title, start and end
@@ -700,6 +702,23 @@ class _Request:
     last_user: str
     markers: tuple[tuple[str, int | None], ...]
     tools: Any = None
+    forced_tool: str | None = None  # the function tool_choice makes every reply call
+
+
+def _forced_tool(tools: Any, choice: Any) -> str | None:
+    """The function a request's ``tool_choice`` makes the reply call: the one it names, or with
+    ``"required"`` the first tool (``extract`` when there are none); None when the reply may
+    answer in text."""
+    if choice == "required":
+        first = tools[0] if isinstance(tools, list) and tools else None
+        fn = first.get("function") if isinstance(first, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        return name if isinstance(name, str) and name else "extract"
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        return name if isinstance(name, str) and name else None
+    return None
 
 
 class _SchemaFaker:
@@ -1197,6 +1216,7 @@ class _Server:
             last_user=last_user,
             markers=markers,
             tools=body.get("tools"),
+            forced_tool=_forced_tool(body.get("tools"), body.get("tool_choice")),
         )
 
     # ---------------------------------------------------------------- reply content
@@ -1281,11 +1301,16 @@ class _Server:
         return [self.make_choice(req, i, head) for i in range(req.n)]
 
     def tool_call_choices(self, req: _Request, key: str) -> list[_Choice]:
-        """The ``tool_calls`` shape: each choice calls the request's first tool."""
+        """The ``tool_calls`` shape: each choice calls the function ``tool_choice`` forces, or
+        else the request's first tool."""
         name, params = "extract", None
         tools = req.tools
         if isinstance(tools, list) and tools and isinstance(tools[0], dict):
             fn = tools[0].get("function")
+            for tool in tools if req.forced_tool is not None else ():
+                called = tool.get("function") if isinstance(tool, dict) else None
+                if isinstance(called, dict) and called.get("name") == req.forced_tool:
+                    fn = called
             if isinstance(fn, dict):
                 if isinstance(fn.get("name"), str) and fn["name"]:
                     name = fn["name"]
@@ -1406,6 +1431,8 @@ class _Server:
         shape: str | None = None
         if failure is not None and failure in _SHAPES:
             shape, failure = failure, None
+        elif req.forced_tool is not None:
+            shape = "tool_calls"
         delay = self.base_latency
         if self.jitter:
             delay += self.rng.random() * self.jitter

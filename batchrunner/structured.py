@@ -6,6 +6,12 @@ the schema (jsonschema, Draft 2020-12). A reply that fails is recorded as a fail
 ``invalid_json`` or ``schema_mismatch`` — with its content, usage and cost, since it was billed —
 and is not retried on its own: ``--retry-failed`` redoes it when the user chooses to pay again.
 
+Without a ``response_format``, a job whose ``tool_choice`` forces one function (names it, or is
+``"required"`` with one function among the ``tools``) asks for that function's arguments: the
+reply's call to it is checked against its ``parameters`` schema the same way, and a reply that
+does not call it is a failed row of type ``no_tool_call``. This is how structured output is
+had from models and gateways without ``json_schema``.
+
 In the results file every top-level property of the schema becomes a typed column
 ``json_<property>`` (string, int64, float64 or bool; anything else as JSON text).
 """
@@ -24,7 +30,7 @@ from batchrunner.errors import ConfigError
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
-__all__ = ["COLUMN_PREFIX", "StructuredOutput"]
+__all__ = ["COLUMN_PREFIX", "StructuredOutput", "structured_output"]
 
 COLUMN_PREFIX = "json_"
 _TYPES: dict[str, pa.DataType] = {
@@ -48,20 +54,66 @@ def _column_type(schema: Any) -> pa.DataType:
     return pa.string()  # objects, arrays, unions: JSON text
 
 
-class StructuredOutput:
-    """The checks and columns one job's ``response_format`` asks for."""
+def structured_output(settings: Mapping[str, Any]) -> StructuredOutput | None:
+    """What a job's request settings ask its replies to hold, or None: the JSON
+    ``response_format`` asks for, else the arguments of the function ``tool_choice`` forces."""
+    fmt = settings.get("response_format")
+    if isinstance(fmt, Mapping):
+        return StructuredOutput(fmt)
+    extra = settings.get("extra")
+    if not isinstance(extra, Mapping):
+        return None
+    function = _forced_function(extra.get("tools"), extra.get("tool_choice"))
+    if function is None:
+        return None
+    name = str(function["name"])
+    params = function.get("parameters")
+    fmt = ({"type": "json_schema", "json_schema": {"name": name, "schema": params}}
+           if params is not None else {"type": "json_object"})
+    return StructuredOutput(fmt, tool=name)
 
-    def __init__(self, response_format: Mapping[str, Any]) -> None:
+
+def _forced_function(tools: Any, choice: Any) -> Mapping[str, Any] | None:
+    """The function (its ``function`` table) that ``tool_choice`` makes every reply call."""
+    functions: list[Mapping[str, Any]] = [
+        t["function"] for t in tools if isinstance(t, Mapping)
+        and t.get("type", "function") == "function" and isinstance(t.get("function"), Mapping)
+        and isinstance(t["function"].get("name"), str)] if isinstance(tools, list) else []
+    if choice == "required":
+        return functions[0] if len(functions) == 1 else None
+    if not isinstance(choice, Mapping) or choice.get("type") != "function":
+        return None
+    wanted = choice.get("function")
+    name = wanted.get("name") if isinstance(wanted, Mapping) else None
+    for fn in functions:
+        if fn["name"] == name:
+            return fn
+    raise ConfigError(
+        f"[request.extra] tool_choice names the function {name!r}, which is not among the tools "
+        f"({', '.join(repr(f['name']) for f in functions) or 'none'})"
+    )
+
+
+class StructuredOutput:
+    """The checks and columns one job's ``response_format`` asks for; with ``tool``, the same
+    for the arguments of the reply's call to that function."""
+
+    def __init__(self, response_format: Mapping[str, Any], *, tool: str | None = None) -> None:
         kind = response_format.get("type")
+        self.tool = tool
         self.validator: Draft202012Validator | None = None
         self.columns: list[tuple[str, str, pa.DataType]] = []  # (property, column, type)
+        self._what, self._is = ("the reply", "is") if tool is None else (
+            f"the arguments of {tool}", "are")
+        where = ("[request] response_format" if tool is None
+                 else f"[request.extra] tools: function {tool!r}: parameters")
         if kind == "json_schema":
             spec = response_format.get("json_schema")
             schema = spec.get("schema") if isinstance(spec, Mapping) else None
             if not isinstance(schema, Mapping):
                 raise ConfigError(
-                    "[request] response_format: json_schema needs a table "
-                    "json_schema = { name = ..., schema = { ... } }"
+                    f"{where}: json_schema needs a table json_schema = {{ name = ..., schema = "
+                    "{ ... } }" if tool is None else f"{where} must be a JSON schema (a table)"
                 )
             from jsonschema import Draft202012Validator  # only jobs with a schema pay for it
             from jsonschema.exceptions import SchemaError
@@ -69,43 +121,73 @@ class StructuredOutput:
             try:
                 Draft202012Validator.check_schema(schema)
             except SchemaError as e:
-                raise ConfigError(
-                    f"[request] response_format: the JSON schema is not valid: {e.message}"
-                ) from None
+                raise ConfigError(f"{where}: the JSON schema is not valid: {e.message}") from None
             self.validator = Draft202012Validator(schema)
             props = schema.get("properties")
             if isinstance(props, Mapping):
                 self.columns = [(p, COLUMN_PREFIX + p, _column_type(s)) for p, s in props.items()]
         elif kind != "json_object":
             raise ConfigError(
-                f"[request] response_format type must be json_object or json_schema, got {kind!r}"
+                f"{where} type must be json_object or json_schema, got {kind!r}"
             )
 
-    def check(self, content: str | None) -> tuple[str, str] | None:
-        """``(error_type, message)`` when the reply is not what was asked for, else None."""
+    @property
+    def column(self) -> str:
+        """The outcome column that holds what is checked: ``content``, or ``tool_calls``."""
+        return "content" if self.tool is None else "tool_calls"
+
+    def check_reply(self, content: str | None, tool_calls: str | None) -> tuple[str, str] | None:
+        """``(error_type, message)`` when a reply (its content, its tool calls as JSON text) is
+        not what was asked for, else None. A reply that only calls tools has no content to
+        check against a ``response_format``."""
+        if self.tool is None:
+            return None if content is None and tool_calls is not None else self.check(content)
+        args = self.arguments(tool_calls)
+        if args is None:
+            return "no_tool_call", f"the reply did not call {self.tool}"
+        return self.check(args)
+
+    def arguments(self, tool_calls: str | None) -> str | None:
+        """The arguments (JSON text) of the first call to ``tool`` in ``tool_calls``."""
         try:
-            value = orjson.loads(content or "")
+            calls = orjson.loads(tool_calls or "[]")
+        except orjson.JSONDecodeError:
+            return None
+        for call in calls if isinstance(calls, list) else ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and fn.get("name") == self.tool:
+                args = fn.get("arguments")
+                return args if isinstance(args, str) else orjson.dumps(args).decode()
+        return None
+
+    def check(self, text: str | None) -> tuple[str, str] | None:
+        """``(error_type, message)`` when ``text`` is not the JSON asked for, else None."""
+        try:
+            value = orjson.loads(text or "")
         except orjson.JSONDecodeError as e:
-            return "invalid_json", f"the reply is not JSON ({e})"[:300]
+            return "invalid_json", f"{self._what} {self._is} not JSON ({e})"[:300]
         if not isinstance(value, dict):
-            return "invalid_json", "the reply is JSON but not an object"
+            return "invalid_json", f"{self._what} {self._is} JSON but not an object"
         if self.validator is not None:
             from jsonschema.exceptions import best_match
 
             error = best_match(self.validator.iter_errors(value))
             if error is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "the reply"
+                where = "/".join(str(p) for p in error.absolute_path) or self._what
                 return "schema_mismatch", f"{where}: {error.message}"[:300]
         return None
 
-    def spread(self, contents: Sequence[str | None], ok: Sequence[bool]) -> dict[str, pa.Array]:
-        """One typed column per schema property, filled from the ``ok`` rows' JSON replies."""
-        values: dict[str, list[Any]] = {col: [] for _, col, _ in self.columns}
-        for content, good in zip(contents, ok, strict=True):
+    def spread(self, values: Sequence[str | None], ok: Sequence[bool]) -> dict[str, pa.Array]:
+        """One typed column per schema property, filled from the ``ok`` rows' JSON (``values``:
+        the rows' ``column``)."""
+        out_values: dict[str, list[Any]] = {col: [] for _, col, _ in self.columns}
+        for text, good in zip(values, ok, strict=True):
             obj = None
-            if good and content:
+            if good and text and self.tool is not None:
+                text = self.arguments(text)
+            if good and text:
                 try:
-                    obj = orjson.loads(content)
+                    obj = orjson.loads(text)
                 except orjson.JSONDecodeError:
                     obj = None
             for prop, col, typ in self.columns:
@@ -114,17 +196,17 @@ class StructuredOutput:
                     v = orjson.dumps(v).decode()
                 elif typ == pa.float64() and isinstance(v, int | float):
                     v = float(v)
-                values[col].append(v)
+                out_values[col].append(v)
         out: dict[str, pa.Array] = {}
         for _, col, typ in self.columns:
-            typed = typed_array(values[col], typ)  # values of the column's type, as a rule
+            typed = typed_array(out_values[col], typ)  # values of the column's type, as a rule
             if typed is not None:
                 out[col] = typed
                 continue
             try:
-                out[col] = pa.array(values[col], type=typ)
+                out[col] = pa.array(out_values[col], type=typ)
             except (pa.ArrowInvalid, pa.ArrowTypeError):  # a value of another type: keep as text
                 out[col] = string_array(
-                    [None if v is None else orjson.dumps(v).decode() for v in values[col]]
+                    [None if v is None else orjson.dumps(v).decode() for v in out_values[col]]
                 )
         return out

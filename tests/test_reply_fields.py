@@ -280,6 +280,45 @@ async def test_tool_call_rows_are_ok_with_their_calls_streamed_or_not(tmp_path: 
 
 
 @pytest.mark.anyio
+async def test_a_forced_function_fills_the_json_columns_from_its_arguments(
+        tmp_path: Path) -> None:
+    """Structured output through function calling: tool_choice forces record_product, and its
+    arguments are checked against its parameters and spread into json_ columns."""
+    texts = ["a red kettle", "a blue mug", "a green lamp"]
+    inp = make_csv(tmp_path / "in.csv", texts)
+    lookup = {"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string"}}}}}
+    # the simulator's arguments follow the schema's types but not a pattern: every row mismatches
+    strict = {**PRODUCT, "properties": {**PRODUCT["properties"],
+                                        "name": {"type": "string", "pattern": "^SKU-[0-9]+$"}}}
+    frames = {}
+    async with Simulator(SimulatorConfig()) as sim:
+        for stream in (False, True):
+            out = f"out-{stream}"
+            forced = {"type": "function", "function": {"name": "record_product"}}
+            s = await run(job_for(tmp_path, sim.base_url, inp, out, stream=stream or None,
+                                  extra={"tools": [lookup, *TOOLS], "tool_choice": forced}))
+            assert s.exit_code == 0 and s.ok == 3, s
+            frames[stream] = results(tmp_path, out)
+        bad = await run(job_for(tmp_path, sim.base_url, inp, "out-strict", extra={
+            "tools": [{"type": "function", "function": {"name": "record_product",
+                                                        "parameters": strict}}],
+            "tool_choice": "required"}))
+    for df in frames.values():
+        assert list(df["status"]) == ["ok"] * 3 and df["content"].isna().all()
+        assert [json.loads(c)[0]["function"]["name"] for c in df["tool_calls"]] == [
+            "record_product"] * 3
+        assert df["json_name"].map(type).eq(str).all()
+        assert df["json_price"].map(type).eq(float).all()
+        args = [json.loads(json.loads(c)[0]["function"]["arguments"]) for c in df["tool_calls"]]
+        assert list(df["json_name"]) == [a["name"] for a in args]
+    assert list(frames[True]["json_name"]) == list(frames[False]["json_name"])
+    assert bad.failed == 3 and bad.error_types == {"schema_mismatch": 3}
+    assert bad.error_examples["schema_mismatch"].startswith("name: ")
+    assert "does not match '^SKU-[0-9]+$'" in bad.error_examples["schema_mismatch"]
+
+
+@pytest.mark.anyio
 async def test_citations_are_recorded_streamed_or_not(tmp_path: Path) -> None:
     texts = ["news today [[sim:citations]]", "web search [[sim:annotations]]", "no search"]
     inp = make_csv(tmp_path / "in.csv", texts)

@@ -13,7 +13,7 @@ from batchrunner.errors import ConfigError
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
-from batchrunner.structured import StructuredOutput
+from batchrunner.structured import StructuredOutput, structured_output
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
                   handle_signals=False)
@@ -41,9 +41,81 @@ def test_check_names_the_failure() -> None:
                                "label": "bug", "tags": []}))
     assert bad is not None and bad[0] == "schema_mismatch" and "score" in bad[1]
     assert StructuredOutput({"type": "json_object"}).check('{"a": 1}') is None
+    assert so.check('{"summary": "x"}')[1].startswith("the reply: ")  # type: ignore[index]
     with pytest.raises(ConfigError, match="not valid"):
         StructuredOutput({"type": "json_schema",
                           "json_schema": {"name": "x", "schema": {"type": 5}}})
+
+
+def _tools(*names: str, parameters: object = SCHEMA) -> list[dict[str, object]]:
+    return [{"type": "function", "function": {"name": n, "parameters": parameters}}
+            for n in names]
+
+
+def _calls(name: str, arguments: str) -> str:
+    return json.dumps([{"id": "call_1", "type": "function",
+                        "function": {"name": name, "arguments": arguments}}])
+
+
+GOOD = json.dumps({"summary": "x", "score": 3, "confidence": 0.5, "spam": False,
+                   "label": "bug", "tags": ["a"]})
+
+
+def test_a_forced_function_has_its_arguments_checked() -> None:
+    forced = {"type": "function", "function": {"name": "file_ticket"}}
+    so = structured_output({"extra": {"tools": _tools("lookup", "file_ticket"),
+                                      "tool_choice": forced}})
+    assert so is not None and so.tool == "file_ticket" and so.column == "tool_calls"
+    assert [c for _, c, _ in so.columns][:2] == ["json_summary", "json_score"]
+    assert so.check_reply(None, _calls("file_ticket", GOOD)) is None
+    bad = so.check_reply(None, _calls("file_ticket", GOOD.replace('"score": 3', '"score": 9')))
+    assert bad is not None and bad[0] == "schema_mismatch" and bad[1].startswith("score:")
+    error, message = so.check_reply(None, _calls("file_ticket", "{not json"))  # type: ignore[misc]
+    assert error == "invalid_json"
+    assert message.startswith("the arguments of file_ticket are not JSON (unexpected character")
+    assert so.check_reply(None, _calls("file_ticket", "[]")) == (
+        "invalid_json", "the arguments of file_ticket are JSON but not an object")
+    assert so.check_reply(None, _calls("file_ticket", '{"summary": 1}'))[1].startswith(  # type: ignore[index]
+        "the arguments of file_ticket: ")
+    assert so.check_reply("plain text", None) == (
+        "no_tool_call", "the reply did not call file_ticket")
+    assert so.check_reply(None, _calls("lookup", GOOD))[0] == "no_tool_call"  # type: ignore[index]
+    # spread into columns from the call's arguments, only for ok rows
+    cols = so.spread([_calls("file_ticket", GOOD), _calls("file_ticket", GOOD), None],
+                     [True, False, True])
+    assert cols["json_score"].to_pylist() == [3, None, None]
+    assert cols["json_tags"].to_pylist() == ['["a"]', None, None]
+
+
+def test_which_tool_choices_force_a_function() -> None:
+    one = {"tools": _tools("f")}
+    assert structured_output({"extra": {**one, "tool_choice": "required"}}).tool == "f"  # type: ignore[union-attr]
+    for choice in (None, "auto", "none"):
+        assert structured_output({"extra": {**one, "tool_choice": choice}}) is None
+    assert structured_output({"extra": {"tools": _tools("f", "g"),
+                                        "tool_choice": "required"}}) is None
+    # response_format wins: the content is checked, the calls are not
+    fmt = structured_output({"response_format": FORMAT, "extra": {**one,
+                                                                  "tool_choice": "required"}})
+    assert fmt is not None and fmt.tool is None and fmt.column == "content"
+    assert fmt.check_reply(None, _calls("f", "{}")) is None  # only a tool call: nothing to check
+    # a function without parameters takes a JSON object
+    bare = structured_output({"extra": {"tools": [{"type": "function",
+                                                   "function": {"name": "ping"}}],
+                                        "tool_choice": "required"}})
+    assert bare is not None and bare.columns == []
+    assert bare.check_reply(None, _calls("ping", "{}")) is None
+    assert bare.check_reply(None, _calls("ping", "[]"))[0] == "invalid_json"  # type: ignore[index]
+
+
+def test_a_tool_choice_that_cannot_be_met_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"tool_choice names the function 'nope', which is "
+                                          r"not among the tools \('f'\)"):
+        structured_output({"extra": {"tools": _tools("f"), "tool_choice": {
+            "type": "function", "function": {"name": "nope"}}}})
+    with pytest.raises(ConfigError, match=r"function 'f': parameters: the JSON schema is not"):
+        structured_output({"extra": {"tools": _tools("f", parameters={"type": 5}),
+                                     "tool_choice": "required"}})
 
 
 @pytest.mark.anyio
