@@ -128,8 +128,11 @@ class _Parts:
                 if call.name is None and fn.get("name"):
                     call.name = fn["name"]
                 args = fn.get("arguments")
-                if type(args) is str and args:
-                    call.args.append(args)
+                if type(args) is str:
+                    if args:
+                        call.args.append(args)
+                elif args is not None:  # a gateway that sends the arguments as an object
+                    call.args.append(orjson.dumps(args).decode())
 
     def tool_calls(self) -> list[dict[str, Any]] | None:
         """The calls in the shape of a non-stream reply's ``message.tool_calls``."""
@@ -392,11 +395,9 @@ class ChatClient:
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
                      latency_ms: float, headers: dict[str, str]) -> ChatResult:
         billed = _billed_usage(st.usage)
-        if st.error is not None:
-            message = self.redact(" ".join(str(st.error.get("message") or "").split()))
-            raise BadResponseError("stream_error", message[:_MAX_MESSAGE] or "error event",
-                                   retryable=True, status=200, request_id=request_id,
-                                   usage=billed)
+        if st.error is not None:  # read like an error body: its words may stop the job
+            raise self._error_in_200({"error": st.error, "usage": st.usage}, request_id,
+                                     kind="stream_error")
         if not st.done:
             raise TransportError("stream_cut", "the stream ended before [DONE]", retryable=True,
                                  request_id=request_id, usage=billed)
@@ -524,45 +525,47 @@ class ChatClient:
             retry_after=retry_after, status=status, request_id=request_id,
         )
 
-    def _error_in_200(self, payload: dict[str, Any], request_id: str | None) -> RequestError:
-        """A 200 whose body is ``{"error": {...}}``: a gateway passing on its upstream's
-        failure. Retried like the failure it names: a numeric ``code``, or a known error word
-        in ``code``, ``type`` or ``status`` (``_ERROR_WORDS``), is read as that HTTP status (a
-        400 is not retried, a 401 stops the job); anything else is a server-side failure,
-        retried."""
+    def _error_in_200(self, payload: dict[str, Any], request_id: str | None,
+                      kind: str = "error_body") -> RequestError:
+        """A 200 whose body is ``{"error": {...}}`` (or a stream's error event, ``kind``
+        ``stream_error``): a gateway passing on its upstream's failure. Retried like the failure
+        it names: a numeric ``code``, or a known error word in ``code``, ``type`` or ``status``
+        (``_ERROR_WORDS``), is read as that HTTP status (a 400 is not retried, a 401 stops the
+        job); anything else is a server-side failure, retried."""
         err = payload["error"]
-        code: Any = None
-        etype: Any = None
-        words: tuple[Any, ...] = ()
+        fields: list[tuple[str, Any]] = []
         if isinstance(err, dict):
             text = str(err.get("message") or "")
-            code, etype = err.get("code"), err.get("type")
-            words = (code, etype, err.get("status"))
+            fields = [(f, err.get(f)) for f in ("code", "type", "status")]
         else:
             text = str(err)
+        code, etype = (fields[0][1], fields[1][1]) if fields else (None, None)
         text = " ".join(text.split())
-        # Everything from the body is redacted before it is cut, the code and type included.
-        named = " ".join(str(next((w for w in words if w is not None and w != ""), "")
-                             ).split())[:80]
         message = self.redact(text)[:_MAX_MESSAGE] or "no message"
         status = code if type(code) is int else (
             int(code) if isinstance(code, str) and code.isascii() and code.isdigit() else None)
         if status is not None and not 400 <= status < 600:
             status = None
+        # The field the message names: the word that decided the status, else the first given.
+        shown = next(((f, v) for f, v in fields if v is not None and v != ""), None)
         if status is None:
-            status = next((_ERROR_WORDS[w] for w in words
-                           if isinstance(w, str) and w in _ERROR_WORDS), None)
+            for f, v in fields:
+                if isinstance(v, str) and v in _ERROR_WORDS:
+                    status, shown = _ERROR_WORDS[v], (f, v)
+                    break
+        # Everything from the body is redacted before it is cut, the code and type included.
+        named = " ".join(str(shown[1]).split())[:80] if shown else ""
         if stop := _stop_job(status or 200, self.redact(f"HTTP 200 with error {named}".strip()),
                              code if isinstance(code, str) else None,
                              etype if isinstance(etype, str) else None, message):
             raise stop
-        if code is not None and named not in text:
-            message = self.redact(f"{text or 'no message'} (code {named})")[:_MAX_MESSAGE]
+        if shown is not None and named not in text:
+            message = self.redact(f"{text or 'no message'} ({shown[0]} {named})")[:_MAX_MESSAGE]
         if status == 429:  # the upstream's rate limit: paced like a 429, not a failure
             return BadResponseError("rate_limited", message, retryable=True, status=200,
                                     request_id=request_id)
         return BadResponseError(
-            "error_body", message,
+            kind, message,
             retryable=status is None or is_retryable_status(status),
             status=200, request_id=request_id, usage=_billed_usage(payload.get("usage")),
         )

@@ -238,6 +238,9 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     request_settings = (
         {"openai_batch": True} if builder is None else job.request.settings()
     )
+    structured = structured_output(request_settings)
+    if structured is not None and structured.warning:
+        warnings.append(structured.warning)
     fingerprint = source.fingerprint()
     meta = {
         "name": job.name,
@@ -294,7 +297,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             spent = recorded
     return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
-                warnings=warnings, structured=structured_output(request_settings),
+                warnings=warnings, structured=structured,
                 prior_cost=latest.prior_cost(), order=order, spent=spent)
 
 
@@ -1159,7 +1162,16 @@ def plan_from_output(out_dir: Path) -> Plan:
                 total_rows=int(meta.get("total_rows") or 0),
                 done=DoneRows(np.zeros(0, dtype=np.bool_)),
                 out_dir=out_dir, job_meta=meta, prices=prices, warnings=[],
-                structured=structured_output(meta.get("request") or {}))
+                structured=_structured_or_none(meta.get("request") or {}))
+
+
+def _structured_or_none(settings: dict[str, Any]) -> StructuredOutput | None:
+    """The structured output of a job's recorded settings; None (no ``json_`` columns) when
+    this version refuses them, so that the results can still be rebuilt."""
+    try:
+        return structured_output(settings)
+    except ConfigError:
+        return None
 
 
 def format_status(out_dir: Path) -> str:

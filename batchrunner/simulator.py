@@ -125,6 +125,9 @@ Faults
                      in pieces, per index). A request whose ``tool_choice`` forces a call
                      (``"required"``, or a function by name: that one) gets this shape without
                      the marker, as the APIs answer it.
+    ``bad_arguments`` like ``tool_calls``, with the arguments' JSON cut off half-way
+    ``no_call``      a text reply even when ``tool_choice`` forces a call, as from a gateway
+                     that drops ``tool_choice``
     ``citations``    a top-level ``citations`` list of URLs, as Grok's live search sends it
                      (streamed: in a last chunk without choices)
     ``annotations``  ``message.annotations`` of type ``url_citation`` (url, title, start and end
@@ -213,11 +216,14 @@ FAULT_KINDS: Final[tuple[str, ...]] = (
     "402",
     "error_200",
     "tool_calls",
+    "bad_arguments",
+    "no_call",
     "citations",
     "annotations",
 )
 # Marker kinds that shape a reply rather than fail it.
-_SHAPES: Final = frozenset({"tool_calls", "citations", "annotations"})
+_SHAPES: Final = frozenset({"tool_calls", "bad_arguments", "no_call", "citations",
+                            "annotations"})
 
 DEFAULT_REASONING_MODELS: Final[tuple[str, ...]] = (
     "o1",
@@ -1300,7 +1306,7 @@ class _Server:
         head = f"Echo: [{key}] {excerpt}" if excerpt else f"Echo: [{key}]"
         return [self.make_choice(req, i, head) for i in range(req.n)]
 
-    def tool_call_choices(self, req: _Request, key: str) -> list[_Choice]:
+    def tool_call_choices(self, req: _Request, key: str, *, cut: bool = False) -> list[_Choice]:
         """The ``tool_calls`` shape: each choice calls the function ``tool_choice`` forces, or
         else the request's first tool."""
         name, params = "extract", None
@@ -1325,6 +1331,8 @@ class _Server:
                 with contextlib.suppress(RecursionError, TypeError, ValueError):
                     value = _SchemaFaker(params, seed, head, self.filler).value(params)
             args = orjson.dumps(value).decode()
+            if cut:  # the bad_arguments shape: JSON cut off half-way
+                args = args[: len(args) // 2]
             call = (f"call_{key}_{i}", name, args)
             out.append(_Choice("", "", count_tokens(args), 0, "tool_calls", call))
         return out
@@ -1431,8 +1439,8 @@ class _Server:
         shape: str | None = None
         if failure is not None and failure in _SHAPES:
             shape, failure = failure, None
-        elif req.forced_tool is not None:
-            shape = "tool_calls"
+        if req.forced_tool is not None and shape not in ("bad_arguments", "no_call"):
+            shape = "tool_calls"  # a forced call is made, whatever else the prompt asks
         delay = self.base_latency
         if self.jitter:
             delay += self.rng.random() * self.jitter
@@ -1446,8 +1454,8 @@ class _Server:
             early = await self.early_fault(request, failure, req, headers)
             if early is not None:
                 return early
-        if shape == "tool_calls":
-            choices = self.tool_call_choices(req, pk)
+        if shape in ("tool_calls", "bad_arguments"):
+            choices = self.tool_call_choices(req, pk, cut=shape == "bad_arguments")
         else:
             choices = self.make_choices(req, pk)
         if req.stream:

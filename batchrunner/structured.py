@@ -66,31 +66,43 @@ def structured_output(settings: Mapping[str, Any]) -> StructuredOutput | None:
     function = _forced_function(extra.get("tools"), extra.get("tool_choice"))
     if function is None:
         return None
-    name = str(function["name"])
-    params = function.get("parameters")
-    fmt = ({"type": "json_schema", "json_schema": {"name": name, "schema": params}}
-           if params is not None else {"type": "json_object"})
-    return StructuredOutput(fmt, tool=name)
+    return StructuredOutput.for_function(str(function["name"]), function.get("parameters"))
+
+
+def _functions(tools: Any) -> list[Mapping[str, Any]]:
+    """The function tools (name, parameters), in Chat Completions' shape (``{"type":
+    "function", "function": {...}}``) or the flat one (``{"type": "function", "name": ...}``)."""
+    out: list[Mapping[str, Any]] = []
+    for t in tools if isinstance(tools, list) else ():
+        if not isinstance(t, Mapping) or t.get("type", "function") != "function":
+            continue
+        fn = t.get("function", t)
+        if isinstance(fn, Mapping) and isinstance(fn.get("name"), str) and fn["name"]:
+            out.append(fn)
+    return out
 
 
 def _forced_function(tools: Any, choice: Any) -> Mapping[str, Any] | None:
-    """The function (its ``function`` table) that ``tool_choice`` makes every reply call."""
-    functions: list[Mapping[str, Any]] = [
-        t["function"] for t in tools if isinstance(t, Mapping)
-        and t.get("type", "function") == "function" and isinstance(t.get("function"), Mapping)
-        and isinstance(t["function"].get("name"), str)] if isinstance(tools, list) else []
+    """The function that ``tool_choice`` makes every reply call: the one it names (``{"type":
+    "function", "function": {"name": ...}}``, or flat), or with ``"required"`` the only one."""
+    functions = _functions(tools)
     if choice == "required":
         return functions[0] if len(functions) == 1 else None
     if not isinstance(choice, Mapping) or choice.get("type") != "function":
         return None
-    wanted = choice.get("function")
+    wanted = choice.get("function", choice)
     name = wanted.get("name") if isinstance(wanted, Mapping) else None
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            '[request.extra] tool_choice names no function: write tool_choice = { type = '
+            '"function", function = { name = "..." } }'
+        )
     for fn in functions:
         if fn["name"] == name:
             return fn
     raise ConfigError(
-        f"[request.extra] tool_choice names the function {name!r}, which is not among the tools "
-        f"({', '.join(repr(f['name']) for f in functions) or 'none'})"
+        f"[request.extra] tool_choice names the function {name!r}, which is not among the "
+        f"tools ({', '.join(repr(f['name']) for f in functions) or 'no function tools'})"
     )
 
 
@@ -101,19 +113,18 @@ class StructuredOutput:
     def __init__(self, response_format: Mapping[str, Any], *, tool: str | None = None) -> None:
         kind = response_format.get("type")
         self.tool = tool
+        self.warning: str | None = None  # said before the run, when a check is left out
         self.validator: Draft202012Validator | None = None
         self.columns: list[tuple[str, str, pa.DataType]] = []  # (property, column, type)
         self._what, self._is = ("the reply", "is") if tool is None else (
             f"the arguments of {tool}", "are")
-        where = ("[request] response_format" if tool is None
-                 else f"[request.extra] tools: function {tool!r}: parameters")
         if kind == "json_schema":
             spec = response_format.get("json_schema")
             schema = spec.get("schema") if isinstance(spec, Mapping) else None
             if not isinstance(schema, Mapping):
                 raise ConfigError(
-                    f"{where}: json_schema needs a table json_schema = {{ name = ..., schema = "
-                    "{ ... } }" if tool is None else f"{where} must be a JSON schema (a table)"
+                    "[request] response_format: json_schema needs a table json_schema = "
+                    "{ name = ..., schema = { ... } }"
                 )
             from jsonschema import Draft202012Validator  # only jobs with a schema pay for it
             from jsonschema.exceptions import SchemaError
@@ -121,15 +132,34 @@ class StructuredOutput:
             try:
                 Draft202012Validator.check_schema(schema)
             except SchemaError as e:
-                raise ConfigError(f"{where}: the JSON schema is not valid: {e.message}") from None
+                if tool is None:
+                    raise ConfigError("[request] response_format: the JSON schema is not "
+                                      f"valid: {e.message}") from None
+                # The schema is the model's to read: a provider may take what JSON Schema
+                # does not (Gemini's upper-case types). Only "a JSON object" is checked.
+                self.warning = (f"the parameters of the function {tool!r} are not a JSON schema "
+                                f"batchrunner can check ({e.message}); its arguments are only "
+                                "checked to be a JSON object")
+                return
             self.validator = Draft202012Validator(schema)
             props = schema.get("properties")
             if isinstance(props, Mapping):
                 self.columns = [(p, COLUMN_PREFIX + p, _column_type(s)) for p, s in props.items()]
         elif kind != "json_object":
             raise ConfigError(
-                f"{where} type must be json_object or json_schema, got {kind!r}"
+                f"[request] response_format type must be json_object or json_schema, got {kind!r}"
             )
+
+    @classmethod
+    def for_function(cls, name: str, parameters: Any) -> StructuredOutput:
+        """The checks for the arguments of calls to the function ``name``."""
+        if parameters is None or parameters == {}:
+            return cls({"type": "json_object"}, tool=name)
+        if not isinstance(parameters, Mapping):
+            raise ConfigError(f"[request.extra] tools: the parameters of the function {name!r} "
+                              "must be a JSON schema (a table)")
+        return cls({"type": "json_schema", "json_schema": {"name": name, "schema": parameters}},
+                   tool=name)
 
     @property
     def column(self) -> str:
@@ -145,10 +175,15 @@ class StructuredOutput:
         args = self.arguments(tool_calls)
         if args is None:
             return "no_tool_call", f"the reply did not call {self.tool}"
+        if not args.strip():
+            if self.validator is None:
+                return None  # a call without arguments, as some gateways send a function's
+            return "invalid_json", f"the call to {self.tool} has no arguments"
         return self.check(args)
 
     def arguments(self, tool_calls: str | None) -> str | None:
-        """The arguments (JSON text) of the first call to ``tool`` in ``tool_calls``."""
+        """The arguments (JSON text; empty when the call has none) of the reply's first call
+        to ``tool`` in ``tool_calls``; None when it does not call it."""
         try:
             calls = orjson.loads(tool_calls or "[]")
         except orjson.JSONDecodeError:
@@ -157,6 +192,8 @@ class StructuredOutput:
             fn = call.get("function") if isinstance(call, dict) else None
             if isinstance(fn, dict) and fn.get("name") == self.tool:
                 args = fn.get("arguments")
+                if args is None:
+                    return ""
                 return args if isinstance(args, str) else orjson.dumps(args).decode()
         return None
 

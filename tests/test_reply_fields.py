@@ -19,7 +19,7 @@ from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import AuthError, BadResponseError, QuotaError
 from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, RunSummary, run_job
+from batchrunner.runner import RunOptions, RunSummary, prepare, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
 
 KEY = "sk-test-fields-0123456789"
@@ -113,6 +113,32 @@ def test_stream_tool_call_deltas_are_assembled_per_index() -> None:
     assert st.first_token_at is not None
 
 
+def test_stream_tool_call_arguments_sent_as_an_object_are_kept_as_json() -> None:
+    st = feed([delta(0, {"tool_calls": [{"index": 0, "id": "call_a", "type": "function",
+                                         "function": {"name": "f", "arguments": {"a": 1}}}]}),
+               delta(0, {}, "tool_calls")])
+    assert st.first.tool_calls() == [
+        {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
+
+
+def test_a_stream_error_event_is_read_like_an_error_body() -> None:
+    c = client()
+
+    def fail(error: dict[str, Any]) -> None:
+        st = feed([delta(0, {"content": "a"}), {"error": error}])
+        c._from_stream(st, "req-1", 0.0, 1.0, {})
+
+    with pytest.raises(AuthError, match="UNAUTHENTICATED"):
+        fail({"message": "API key not valid", "status": "UNAUTHENTICATED"})
+    with pytest.raises(BadResponseError) as info:
+        fail({"message": "prompt is too long", "type": "request_too_large"})
+    assert info.value.error_type == "stream_error" and not info.value.retryable
+    assert info.value.message == "prompt is too long (type request_too_large)"
+    with pytest.raises(BadResponseError) as info:
+        fail({"message": "upstream broke"})
+    assert info.value.error_type == "stream_error" and info.value.retryable
+
+
 def test_stream_keeps_every_choice_apart() -> None:
     st = feed([delta(0, {"content": "a"}), delta(1, {"content": "x"}), delta(0, {"content": "b"}),
                delta(1, {"content": "y"}, "length"), delta(0, {}, "stop")])
@@ -177,12 +203,11 @@ def test_citations_from_annotations_and_from_grok_share_one_shape() -> None:
     ({"message": "upstream gave 502", "code": "bad_response_status_code"}, True),
     ("upstream failed", True),
     # Anthropic's error types and Google's canonical statuses, as gateways pass them on
-    ({"message": "Overloaded", "type": "overloaded_error"}, True),
     ({"message": "prompt is too long", "type": "request_too_large"}, False),
     ({"message": "temperature is not supported", "code": "unsupported_value"}, False),
     ({"message": "Request contains an invalid argument.", "code": 0,
       "status": "INVALID_ARGUMENT"}, False),
-    ({"message": "The service is currently unavailable.", "status": "UNAVAILABLE"}, True),
+    ({"message": "Model not found.", "status": "NOT_FOUND"}, False),
     ({"message": "no such status word", "status": "invalid_argument"}, True),
 ])
 def test_an_error_inside_a_200_keeps_its_message(error: Any, retryable: bool) -> None:
@@ -192,6 +217,15 @@ def test_an_error_inside_a_200_keeps_its_message(error: Any, retryable: bool) ->
     assert e.error_type == "error_body" and e.retryable is retryable and e.status == 200
     text = error["message"] if isinstance(error, dict) else error
     assert text in e.message
+
+
+def test_an_error_inside_a_200_names_the_word_that_decided() -> None:
+    with pytest.raises(BadResponseError) as info:
+        parse({"error": {"message": "Bad argument.", "code": 0, "status": "INVALID_ARGUMENT"}})
+    assert info.value.message == "Bad argument. (status INVALID_ARGUMENT)"
+    with pytest.raises(BadResponseError) as info:
+        parse({"error": {"message": "upstream failed", "code": 0}})
+    assert info.value.message == "upstream failed (code 0)" and info.value.retryable
 
 
 @pytest.mark.parametrize("error", [
@@ -224,6 +258,8 @@ def test_an_error_inside_a_200_that_names_a_stop_stops() -> None:
         parse({"error": {"message": "invalid key", "code": 401}})
     with pytest.raises(AuthError, match="UNAUTHENTICATED"):
         parse({"error": {"message": "API key not valid", "status": "UNAUTHENTICATED"}})
+    with pytest.raises(AuthError, match="PERMISSION_DENIED"):
+        parse({"error": {"message": "no access", "code": 0, "status": "PERMISSION_DENIED"}})
     with pytest.raises(QuotaError, match="top up"):
         parse({"error": {"message": "Your credit balance is too low", "type": "billing_error"}})
 
@@ -316,6 +352,38 @@ async def test_a_forced_function_fills_the_json_columns_from_its_arguments(
     assert bad.failed == 3 and bad.error_types == {"schema_mismatch": 3}
     assert bad.error_examples["schema_mismatch"].startswith("name: ")
     assert "does not match '^SKU-[0-9]+$'" in bad.error_examples["schema_mismatch"]
+
+
+@pytest.mark.anyio
+async def test_a_forced_function_not_called_or_called_with_broken_json_fails_the_row(
+        tmp_path: Path) -> None:
+    texts = ["a red kettle [[sim:citations]]", "a blue mug [[sim:no_call]]",
+             "a green lamp [[sim:bad_arguments]]"]
+    inp = make_csv(tmp_path / "in.csv", texts)
+    async with Simulator(SimulatorConfig()) as sim:
+        for stream in (False, True):
+            out = f"out-{stream}"
+            s = await run(job_for(tmp_path, sim.base_url, inp, out, stream=stream or None,
+                                  extra={"tools": TOOLS, "tool_choice": "required"}))
+            assert s.exit_code == 3 and s.ok == 1, s
+            assert s.error_types == {"no_tool_call": 1, "invalid_json": 1}
+            df = results(tmp_path, out)
+            assert list(df["status"]) == ["ok", "failed", "failed"]
+            assert list(df["error_type"].fillna("")) == ["", "no_tool_call", "invalid_json"]
+            assert df.loc["r1", "error_message"] == "the reply did not call record_product"
+            assert df.loc["r1", "content"].startswith("Echo")  # the billed reply is kept
+            assert df.loc["r2", "error_message"].startswith(
+                "the arguments of record_product are not JSON")
+            assert df["cost_usd"].notna().all() and df["json_name"].notna().tolist() == [
+                True, False, False]
+
+
+def test_parameters_batchrunner_cannot_check_are_warned_before_the_run(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", ["a red kettle"])
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "OBJECT"}}}]
+    plan = prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp,
+                           extra={"tools": tools, "tool_choice": "required"}), FAST)
+    assert any("'f' are not a JSON schema batchrunner can check" in w for w in plan.warnings)
 
 
 @pytest.mark.anyio

@@ -113,9 +113,44 @@ def test_a_tool_choice_that_cannot_be_met_is_a_config_error() -> None:
                                           r"not among the tools \('f'\)"):
         structured_output({"extra": {"tools": _tools("f"), "tool_choice": {
             "type": "function", "function": {"name": "nope"}}}})
-    with pytest.raises(ConfigError, match=r"function 'f': parameters: the JSON schema is not"):
-        structured_output({"extra": {"tools": _tools("f", parameters={"type": 5}),
+    with pytest.raises(ConfigError, match="tool_choice names no function"):
+        structured_output({"extra": {"tools": _tools("f"), "tool_choice": {"type": "function"}}})
+    with pytest.raises(ConfigError, match="the parameters of the function 'f' must be a JSON"):
+        structured_output({"extra": {"tools": _tools("f", parameters="x"),
                                      "tool_choice": "required"}})
+
+
+def test_parameters_json_schema_cannot_check_are_a_warning_and_an_object_check() -> None:
+    """A provider may take a schema JSON Schema does not (Gemini's upper-case types): the run
+    goes on, checking only that the arguments are an object."""
+    so = structured_output({"extra": {"tools": _tools("f", parameters={"type": "OBJECT"}),
+                                      "tool_choice": "required"}})
+    assert so is not None and so.warning is not None and so.columns == []
+    assert "'f' are not a JSON schema batchrunner can check" in so.warning
+    assert so.check_reply(None, _calls("f", '{"a": 1}')) is None
+    assert so.check_reply(None, _calls("f", "[1]"))[0] == "invalid_json"  # type: ignore[index]
+
+
+def test_flat_tools_and_a_flat_tool_choice_are_read_too() -> None:
+    flat = [{"type": "function", "name": "file_ticket", "parameters": SCHEMA}]
+    for choice in ({"type": "function", "name": "file_ticket"}, "required",
+                   {"type": "function", "function": {"name": "file_ticket"}}):
+        so = structured_output({"extra": {"tools": flat, "tool_choice": choice}})
+        assert so is not None and so.tool == "file_ticket" and len(so.columns) == 6
+
+
+def test_a_call_without_arguments() -> None:
+    bare = StructuredOutput.for_function("ping", None)
+    calls = json.dumps([{"type": "function", "function": {"name": "ping"}}])
+    assert bare.check_reply(None, calls) is None
+    assert bare.check_reply(None, _calls("ping", "")) is None
+    with_params = StructuredOutput.for_function("file_ticket", SCHEMA)
+    assert with_params.check_reply(None, _calls("file_ticket", "")) == (
+        "invalid_json", "the call to file_ticket has no arguments")
+    # arguments sent as an object are read as its JSON
+    obj = json.dumps([{"type": "function", "function": {"name": "file_ticket",
+                                                        "arguments": json.loads(GOOD)}}])
+    assert with_params.check_reply(None, obj) is None
 
 
 @pytest.mark.anyio
