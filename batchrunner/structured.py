@@ -177,7 +177,7 @@ class StructuredOutput:
             return "no_tool_call", f"the reply did not call {self.tool}"
         if not args.strip():
             if self.validator is None:
-                return None  # a call without arguments, as some gateways send a function's
+                return None  # no parameters, none given ("" or no field, as some send it)
             return "invalid_json", f"the call to {self.tool} has no arguments"
         return self.check(args)
 
