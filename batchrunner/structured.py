@@ -10,7 +10,8 @@ Without a ``response_format``, a job whose ``tool_choice`` forces one function (
 ``"required"`` with one function among the ``tools``) asks for that function's arguments: the
 reply's call to it is checked against its ``parameters`` schema the same way, and a reply that
 does not call it is a failed row of type ``no_tool_call``. This is how structured output is
-had from models and gateways without ``json_schema``.
+had from models and gateways without ``json_schema``. ``response_format = {"type": "text"}``
+(the API's default) turns every check off.
 
 In the results file every top-level property of the schema becomes a typed column
 ``json_<property>`` (string, int64, float64 or bool; anything else as JSON text).
@@ -59,7 +60,8 @@ def structured_output(settings: Mapping[str, Any]) -> StructuredOutput | None:
     ``response_format`` asks for, else the arguments of the function ``tool_choice`` forces."""
     fmt = settings.get("response_format")
     if isinstance(fmt, Mapping):
-        return StructuredOutput(fmt)
+        # "text", the API's default, asks for no check: a forced function's calls go unchecked
+        return None if fmt.get("type") == "text" else StructuredOutput(fmt)
     extra = settings.get("extra")
     if not isinstance(extra, Mapping):
         return None
@@ -147,7 +149,8 @@ class StructuredOutput:
                 self.columns = [(p, COLUMN_PREFIX + p, _column_type(s)) for p, s in props.items()]
         elif kind != "json_object":
             raise ConfigError(
-                f"[request] response_format type must be json_object or json_schema, got {kind!r}"
+                "[request] response_format type must be text, json_object or json_schema, got "
+                f"{kind!r}"
             )
 
     @classmethod

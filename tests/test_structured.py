@@ -99,6 +99,11 @@ def test_which_tool_choices_force_a_function() -> None:
                                                                   "tool_choice": "required"}})
     assert fmt is not None and fmt.tool is None and fmt.column == "content"
     assert fmt.check_reply(None, _calls("f", "{}")) is None  # only a tool call: nothing to check
+    # response_format text (the API's default) checks nothing, a forced function's calls included
+    assert structured_output({"response_format": {"type": "text"},
+                              "extra": {**one, "tool_choice": "required"}}) is None
+    with pytest.raises(ConfigError, match="must be text, json_object or json_schema, got 'xml'"):
+        structured_output({"response_format": {"type": "xml"}})
     # a function without parameters takes a JSON object
     bare = structured_output({"extra": {"tools": [{"type": "function",
                                                    "function": {"name": "ping"}}],
