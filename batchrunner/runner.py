@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import anyio
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -162,6 +163,7 @@ class _Work:
     refusals: int = 0  # its attempts that failed to connect
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
+    checks: StructuredOutput | None = None  # what its reply must hold (structured output)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,6 +198,9 @@ class Plan:
     # What each input row has cost so far (NaN: nothing recorded), carried into the row's next
     # record when it is sent again; or only which rows have a record, when none sent has a cost.
     spent: npt.NDArray[np.float64] | npt.NDArray[np.bool_] | None = None
+    # Batch input: the checks each distinct response_format / tools / tool_choice of the rows'
+    # bodies asks for, or why they cannot be had (a few entries, see _row_checks).
+    row_checks: dict[bytes, tuple[StructuredOutput | None, str]] = field(default_factory=dict)
 
 
 def _fingerprint(obj: Any) -> str:
@@ -501,17 +506,46 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
             body = None
         if not isinstance(body, dict):
             return None, "the body is not a JSON object"
+        checks, why = _row_checks(plan, body)
+        if why:
+            return None, why
         prompt = body_prompt_text(body)
     else:
         body, prompt = plan.builder.build(row)
         if body is None:
             return None, prompt
         prompt = prompt + (plan.job.request.system or "")
+        checks = plan.structured
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     n = body.get("n")
     completion = max_tokens if isinstance(max_tokens, int) else 0
     return _Work(key=key, body=body, prompt_estimate=estimate_tokens(prompt) + 8,
-                 completion_max=completion, n=n if isinstance(n, int) and n > 0 else 1), ""
+                 completion_max=completion, n=n if isinstance(n, int) and n > 0 else 1,
+                 checks=checks), ""
+
+
+_ROW_CHECKS_KEPT = 64  # distinct structured-output settings remembered from batch rows
+
+
+def _row_checks(plan: Plan, body: dict[str, Any]) -> tuple[StructuredOutput | None, str]:
+    """The structured output a batch row's body asks for (its ``response_format``, or the
+    function its ``tool_choice`` forces), or ``(None, why it cannot be checked)``. Rows
+    share their settings as a rule: each distinct one is built once."""
+    fmt, choice = body.get("response_format"), body.get("tool_choice")
+    if fmt is None and choice is None:
+        return None, ""
+    settings = {"response_format": fmt, "tools": body.get("tools"), "tool_choice": choice}
+    key = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
+    known = plan.row_checks.get(key)
+    if known is None:
+        try:
+            known = structured_output(settings, body=True), ""
+        except ConfigError as e:
+            known = None, str(e)
+        if len(plan.row_checks) >= _ROW_CHECKS_KEPT:
+            del plan.row_checks[next(iter(plan.row_checks))]  # the oldest
+        plan.row_checks[key] = known
+    return known
 
 
 # ----------------------------------------------------------------------------------------------
@@ -568,6 +602,7 @@ class _Run:
         self.to_do = max(1, plan.total_rows - len(plan.done))
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
+        self.warned: set[str] = set()  # the warnings about batch rows' checks said so far
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -624,6 +659,8 @@ class _Run:
             item.earlier_usd = spent
             item.resent = resent
             self._check_context(item)
+            if item.checks is not None and plan.builder is None and item.checks.warning:
+                self._warn_row_checks(key, item.checks.warning)
             self.outstanding += 1
             return item
         return None
@@ -725,6 +762,13 @@ class _Run:
                     f"batchrunner: warning: row {item.key}: about {need:,} tokens with "
                     f"max_tokens, more than {model}'s context window ({window:,}); the "
                     "server will likely refuse it")
+
+    def _warn_row_checks(self, key: str, warning: str) -> None:
+        """Say once (before sending) what a batch row's checks leave out."""
+        if warning in self.warned or len(self.warned) >= MAX_ROW_WARNINGS:
+            return
+        self.warned.add(warning)
+        self.progress.write(f"batchrunner: warning: row {key}: {warning}")
 
     def _reserve(self, item: _Work) -> float | None:
         """Hold the request's estimated cost against the budget; None (and stop) if it won't fit."""
@@ -906,9 +950,8 @@ class _Run:
         cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)
-        structured = self.plan.structured
-        error = None if structured is None else structured.check_reply(res.content,
-                                                                       res.tool_calls)
+        checks = item.checks
+        error = None if checks is None else checks.check_reply(res.content, res.tool_calls)
         return Outcome(
             key=item.key, status="ok" if error is None else "failed", content=res.content,
             error_type=error[0] if error else None, error_message=error[1] if error else None,

@@ -13,6 +13,9 @@ does not call it is a failed row of type ``no_tool_call``. This is how structure
 had from models and gateways without ``json_schema``. ``response_format = {"type": "text"}``
 (the API's default) turns every check off.
 
+A row of an OpenAI batch file carries its own settings in its body: ``structured_output(body,
+body=True)`` reads them there, and its errors name the body's fields.
+
 In the results file every top-level property of the schema becomes a typed column
 ``json_<property>`` (string, int64, float64 or bool; anything else as JSON text).
 """
@@ -55,20 +58,31 @@ def _column_type(schema: Any) -> pa.DataType:
     return pa.string()  # objects, arrays, unions: JSON text
 
 
-def structured_output(settings: Mapping[str, Any]) -> StructuredOutput | None:
+def structured_output(settings: Mapping[str, Any], *, body: bool = False
+                      ) -> StructuredOutput | None:
     """What a job's request settings ask its replies to hold, or None: the JSON
-    ``response_format`` asks for, else the arguments of the function ``tool_choice`` forces."""
+    ``response_format`` asks for, else the arguments of the function ``tool_choice`` forces.
+    With ``body``, the settings are a request body's own (a row of a batch file): errors name
+    its fields rather than the job's."""
     fmt = settings.get("response_format")
     if isinstance(fmt, Mapping):
         # "text", the API's default, asks for no check: a forced function's calls go unchecked
-        return None if fmt.get("type") == "text" else StructuredOutput(fmt)
-    extra = settings.get("extra")
+        return None if fmt.get("type") == "text" else StructuredOutput(fmt, body=body)
+    extra = settings if body else settings.get("extra")
     if not isinstance(extra, Mapping):
         return None
-    function = _forced_function(extra.get("tools"), extra.get("tool_choice"))
+    function = _forced_function(extra.get("tools"), extra.get("tool_choice"), body=body)
     if function is None:
         return None
-    return StructuredOutput.for_function(str(function["name"]), function.get("parameters"))
+    return StructuredOutput.for_function(str(function["name"]), function.get("parameters"),
+                                         body=body)
+
+
+def _where(body: bool, field: str) -> str:
+    """How an error names a request field: the job's ``[request]`` table, or a row's body."""
+    if body:
+        return f"the body's {field}"
+    return f"[request.extra] {field}" if field in ("tools", "tool_choice") else f"[request] {field}"
 
 
 def _functions(tools: Any) -> list[Mapping[str, Any]]:
@@ -84,7 +98,8 @@ def _functions(tools: Any) -> list[Mapping[str, Any]]:
     return out
 
 
-def _forced_function(tools: Any, choice: Any) -> Mapping[str, Any] | None:
+def _forced_function(tools: Any, choice: Any, *, body: bool = False
+                     ) -> Mapping[str, Any] | None:
     """The function that ``tool_choice`` makes every reply call: the one it names (``{"type":
     "function", "function": {"name": ...}}``, or flat), or with ``"required"`` the only one."""
     functions = _functions(tools)
@@ -95,15 +110,14 @@ def _forced_function(tools: Any, choice: Any) -> Mapping[str, Any] | None:
     wanted = choice.get("function", choice)
     name = wanted.get("name") if isinstance(wanted, Mapping) else None
     if not isinstance(name, str) or not name:
-        raise ConfigError(
-            '[request.extra] tool_choice names no function: write tool_choice = { type = '
-            '"function", function = { name = "..." } }'
-        )
+        shape = ('"tool_choice": {"type": "function", "function": {"name": "..."}}' if body
+                 else 'tool_choice = { type = "function", function = { name = "..." } }')
+        raise ConfigError(f"{_where(body, 'tool_choice')} names no function: write {shape}")
     for fn in functions:
         if fn["name"] == name:
             return fn
     raise ConfigError(
-        f"[request.extra] tool_choice names the function {name!r}, which is not among the "
+        f"{_where(body, 'tool_choice')} names the function {name!r}, which is not among the "
         f"tools ({', '.join(repr(f['name']) for f in functions) or 'no function tools'})"
     )
 
@@ -112,7 +126,8 @@ class StructuredOutput:
     """The checks and columns one job's ``response_format`` asks for; with ``tool``, the same
     for the arguments of the reply's call to that function."""
 
-    def __init__(self, response_format: Mapping[str, Any], *, tool: str | None = None) -> None:
+    def __init__(self, response_format: Mapping[str, Any], *, tool: str | None = None,
+                 body: bool = False) -> None:
         kind = response_format.get("type")
         self.tool = tool
         self.warning: str | None = None  # said before the run, when a check is left out
@@ -124,10 +139,9 @@ class StructuredOutput:
             spec = response_format.get("json_schema")
             schema = spec.get("schema") if isinstance(spec, Mapping) else None
             if not isinstance(schema, Mapping):
-                raise ConfigError(
-                    "[request] response_format: json_schema needs a table json_schema = "
-                    "{ name = ..., schema = { ... } }"
-                )
+                shape = ('"json_schema": {"name": ..., "schema": {...}}' if body
+                         else "a table json_schema = { name = ..., schema = { ... } }")
+                raise ConfigError(f"{_where(body, 'response_format')}: json_schema needs {shape}")
             from jsonschema import Draft202012Validator  # only jobs with a schema pay for it
             from jsonschema.exceptions import SchemaError
 
@@ -135,8 +149,8 @@ class StructuredOutput:
                 Draft202012Validator.check_schema(schema)
             except SchemaError as e:
                 if tool is None:
-                    raise ConfigError("[request] response_format: the JSON schema is not "
-                                      f"valid: {e.message}") from None
+                    raise ConfigError(f"{_where(body, 'response_format')}: the JSON schema is "
+                                      f"not valid: {e.message}") from None
                 # The schema is the model's to read: a provider may take what JSON Schema
                 # does not (Gemini's upper-case types). Only "a JSON object" is checked.
                 self.warning = (f"the parameters of the function {tool!r} are not a JSON schema "
@@ -149,20 +163,22 @@ class StructuredOutput:
                 self.columns = [(p, COLUMN_PREFIX + p, _column_type(s)) for p, s in props.items()]
         elif kind != "json_object":
             raise ConfigError(
-                "[request] response_format type must be text, json_object or json_schema, got "
-                f"{kind!r}"
+                f"{_where(body, 'response_format')} type must be text, json_object or "
+                f"json_schema, got {kind!r}"
             )
 
     @classmethod
-    def for_function(cls, name: str, parameters: Any) -> StructuredOutput:
+    def for_function(cls, name: str, parameters: Any, *, body: bool = False
+                     ) -> StructuredOutput:
         """The checks for the arguments of calls to the function ``name``."""
         if parameters is None or parameters == {}:
-            return cls({"type": "json_object"}, tool=name)
+            return cls({"type": "json_object"}, tool=name, body=body)
         if not isinstance(parameters, Mapping):
-            raise ConfigError(f"[request.extra] tools: the parameters of the function {name!r} "
-                              "must be a JSON schema (a table)")
+            kind = "an object" if body else "a table"
+            raise ConfigError(f"{_where(body, 'tools')}: the parameters of the function "
+                              f"{name!r} must be a JSON schema ({kind})")
         return cls({"type": "json_schema", "json_schema": {"name": name, "schema": parameters}},
-                   tool=name)
+                   tool=name, body=body)
 
     @property
     def column(self) -> str:

@@ -378,6 +378,62 @@ async def test_a_forced_function_not_called_or_called_with_broken_json_fails_the
                 True, False, False]
 
 
+@pytest.mark.anyio
+async def test_batch_rows_are_checked_against_their_own_structured_output(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An OpenAI batch file's rows each carry their response_format or forced function: each
+    reply is checked against its own row's; a row whose settings cannot be checked is not
+    sent."""
+    strict = {**PRODUCT, "properties": {**PRODUCT["properties"],
+                                        "name": {"type": "string", "pattern": "^SKU-[0-9]+$"}}}
+    schema = {"type": "json_schema", "json_schema": {"name": "product", "schema": PRODUCT}}
+    forced = {"tools": TOOLS, "tool_choice": "required"}
+    loose = [{"type": "function", "function": {"name": "f", "parameters": {"type": "OBJECT"}}}]
+    rows: list[tuple[str, dict[str, Any]]] = [
+        ("a red kettle", {"response_format": schema}),
+        ("a blue mug", {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "product", "schema": strict}}}),
+        ("a green lamp", forced),
+        ("a grey sofa [[sim:no_call]]", forced),
+        ("a tall vase", {"tools": TOOLS, "tool_choice": {"type": "function",
+                                                         "function": {"name": "lookup"}}}),
+        ("a plain question", {}),
+        ("a white desk [[sim:no_call]]", {**forced, "response_format": {"type": "text"}}),
+        ("a black chair", {"tools": loose, "tool_choice": "required"}),
+        ("a brown stool", {"tools": loose, "tool_choice": "required"}),
+    ]
+    inp = tmp_path / "batch.jsonl"
+    inp.write_text("".join(json.dumps({
+        "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "max_tokens": 64,
+                 "messages": [{"role": "user", "content": text}], **more}}) + "\n"
+        for i, (text, more) in enumerate(rows)))
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "base_url": sim.base_url,
+                              "output": str(tmp_path / "out"), "concurrency": 4})
+        s = await run(job)
+    assert s.exit_code == 3 and s.ok == 4, s
+    # the simulator reads the upper-case OBJECT as no type it knows, and calls f with a string
+    assert s.error_types == {"schema_mismatch": 1, "no_tool_call": 1, "invalid_row": 1,
+                             "invalid_json": 2}
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("custom_id")
+    assert list(df["status"]) == ["ok", "failed", "ok", "failed", "failed", "ok", "ok",
+                                  "failed", "failed"]
+    assert df.loc["r7", "error_message"] == "the arguments of f are JSON but not an object"
+    assert json.loads(df.loc["r0", "content"]).keys() == {"name", "price"}
+    assert "does not match '^SKU-[0-9]+$'" in df.loc["r1", "error_message"]
+    assert json.loads(df.loc["r2", "tool_calls"])[0]["function"]["name"] == "record_product"
+    assert df.loc["r3", "error_message"] == "the reply did not call record_product"
+    assert df.loc["r4", "error_message"] == (
+        "not sent: the body's tool_choice names the function 'lookup', which is not among the "
+        "tools ('record_product')")
+    assert pd.isna(df.loc["r4", "request_id"]) and pd.isna(df.loc["r4", "cost_usd"])
+    assert pd.isna(df.loc["r6", "tool_calls"])  # response_format text: no check
+    warned = [line for line in capsys.readouterr().err.splitlines()
+              if "are not a JSON schema batchrunner can check" in line]
+    assert len(warned) == 1 and warned[0].startswith("batchrunner: warning: row r")
+
+
 def test_parameters_batchrunner_cannot_check_are_warned_before_the_run(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", ["a red kettle"])
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "OBJECT"}}}]

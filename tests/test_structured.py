@@ -125,6 +125,29 @@ def test_a_tool_choice_that_cannot_be_met_is_a_config_error() -> None:
                                      "tool_choice": "required"}})
 
 
+def test_a_batch_rows_settings_are_named_as_its_bodys_fields() -> None:
+    """A batch row's body carries its own settings: an error names the body's field, in JSON,
+    where a job's names its [request] table, in TOML."""
+    body = {"tools": _tools("f"), "tool_choice": {"type": "function"}}
+    with pytest.raises(ConfigError) as job_error:
+        structured_output({"extra": body})
+    with pytest.raises(ConfigError) as row_error:
+        structured_output(body, body=True)
+    assert str(job_error.value).startswith("[request.extra] tool_choice names no function")
+    assert str(row_error.value) == (
+        "the body's tool_choice names no function: write \"tool_choice\": {\"type\": "
+        "\"function\", \"function\": {\"name\": \"...\"}}")
+    with pytest.raises(ConfigError, match=r"^the body's response_format type must be text"):
+        structured_output({"response_format": {"type": "xml"}}, body=True)
+    with pytest.raises(ConfigError, match=r"^the body's response_format: the JSON schema is"):
+        structured_output({"response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": 5}}}}, body=True)
+    so = structured_output({"tools": _tools("f"), "tool_choice": "required"}, body=True)
+    assert so is not None and so.tool == "f"
+    assert structured_output({"extra": {"tools": _tools("f"), "tool_choice": "required"}},
+                             body=True) is None  # a body's tools are at its top level
+
+
 def test_parameters_json_schema_cannot_check_are_a_warning_and_an_object_check() -> None:
     """A provider may take a schema JSON Schema does not (Gemini's upper-case types): the run
     goes on, checking only that the arguments are an object."""
