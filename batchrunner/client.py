@@ -24,6 +24,7 @@ import orjson
 
 from batchrunner.config import DEFAULT_PORTS, Proxy
 from batchrunner.errors import (
+    AccountError,
     AuthError,
     BadResponseError,
     HTTPStatusError,
@@ -490,13 +491,17 @@ class ChatClient:
         code: str | None = None
         etype: str | None = None
         message: str
+        gstatus: str | None = None
         try:
             payload = orjson.loads(raw)
+            if isinstance(payload, list) and payload:  # Gemini's OpenAI endpoint: [{"error"}]
+                payload = payload[0]
             err = payload.get("error") if isinstance(payload, dict) else None
             if isinstance(err, dict):
                 message = str(err.get("message") or "")
                 code = err.get("code") if isinstance(err.get("code"), str) else None
                 etype = err.get("type") if isinstance(err.get("type"), str) else None
+                gstatus = err.get("status") if isinstance(err.get("status"), str) else None
             elif isinstance(err, str):
                 message = err
             else:
@@ -513,7 +518,7 @@ class ChatClient:
         retry_after = _retry_after(headers)
         if status == 407 and (stop := self._proxy_refused(status, message)):
             raise stop
-        if halt := _stop_job(status, f"HTTP {status}", code, etype, message):
+        if halt := _stop_job(status, f"HTTP {status}", code, etype, message, gstatus):
             raise halt
         if status == 429:
             return HTTPStatusError(
@@ -555,9 +560,11 @@ class ChatClient:
                     break
         # Everything from the body is redacted before it is cut, the code and type included.
         named = " ".join(str(shown[1]).split())[:80] if shown else ""
+        gstatus = fields[2][1] if fields else None
         if stop := _stop_job(status or 200, self.redact(f"HTTP 200 with error {named}".strip()),
                              code if isinstance(code, str) else None,
-                             etype if isinstance(etype, str) else None, message):
+                             etype if isinstance(etype, str) else None, message,
+                             gstatus if isinstance(gstatus, str) else None):
             raise stop
         if shown is not None and named not in text:
             message = self.redact(f"{text or 'no message'} ({shown[0]} {named})")[:_MAX_MESSAGE]
@@ -654,10 +661,17 @@ _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "r
                            for kind in ("requests", "tokens"))
 
 
-def _stop_job(status: int, said: str, code: str | None, etype: str | None, message: str
-              ) -> StopJob | None:
+def _stop_job(status: int, said: str, code: str | None, etype: str | None, message: str,
+              gstatus: str | None = None) -> StopJob | None:
     """The error that stops the job for an answer every other request would get too: a
-    refused key (401/403), no money left (402, 429 ``insufficient_quota``); else None."""
+    refused key (401/403), no money left (402, 429 ``insufficient_quota``), an account that
+    cannot use the API (Google's ``FAILED_PRECONDITION``, ``gstatus``); else None."""
+    if gstatus == "FAILED_PRECONDITION" and status < 500:
+        return AccountError(
+            f"the endpoint refused the request for the account, not the row ({said} "
+            f"FAILED_PRECONDITION: {message}) — Gemini answers this when billing is not enabled "
+            "for the project or the API is not offered in the caller's region: enable billing "
+            "(or call from a region it serves), then rerun to resume")
     if status in (401, 403):
         if _BALANCE.search(message):
             fix = ("the account's balance or quota looks used up: top up the balance (or raise "

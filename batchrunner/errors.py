@@ -9,6 +9,7 @@
     ├── StopJob                       the whole job must stop now, resumable (exit 4)
     │   ├── AuthError                 401/403: the key is wrong or lacks access
     │   ├── QuotaError                402, 429 insufficient_quota: the account is out of credit
+    │   ├── AccountError              the account cannot use the API: billing off, region not served
     │   ├── BudgetExceeded            the next request could pass max_cost_usd
     │   ├── Unreachable               no connection to the endpoint through a row's retries
     │   ├── AllFailing                the run's first rows all failed the same way, none ok
@@ -25,6 +26,7 @@ Messages never contain the API key: the client builds them from the status, the 
 from __future__ import annotations
 
 __all__ = [
+    "AccountError",
     "AllFailing",
     "AuthError",
     "BadResponseError",
@@ -85,6 +87,11 @@ class AuthError(StopJob):
 
 class QuotaError(StopJob):
     """The account has no quota or balance left (402, 429 insufficient_quota)."""
+
+
+class AccountError(StopJob):
+    """The account or project cannot use the API as it stands: billing not enabled, a region
+    the API does not serve (Google's ``FAILED_PRECONDITION``)."""
 
 
 class BudgetExceeded(StopJob):

@@ -16,7 +16,7 @@ import pytest
 
 from batchrunner.client import ChatClient, StreamAssembler
 from batchrunner.config import JobConfig, load_job
-from batchrunner.errors import AuthError, BadResponseError, QuotaError
+from batchrunner.errors import AccountError, AuthError, BadResponseError, QuotaError
 from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, prepare, run_job
@@ -276,6 +276,27 @@ def test_401_and_403_advice_names_the_balance_when_the_body_does() -> None:
     with pytest.raises(QuotaError, match="top up the balance"):
         c._status_error(402, orjson.dumps({"error": {"message": "Insufficient Balance"}}), {},
                         None)
+
+
+def test_failed_precondition_stops_the_job_in_any_shape() -> None:
+    """Gemini's FAILED_PRECONDITION (billing off, a region not served) is the account's, not
+    the row's: a 400 with it, the list Gemini's OpenAI endpoint sends, or a 200 passing it on
+    stops the job; a plain 400 fails only its row."""
+    c = client()
+    error = {"code": 400, "message": "User location is not supported for the API use.",
+             "status": "FAILED_PRECONDITION"}
+    for body in ({"error": error}, [{"error": error}]):
+        with pytest.raises(AccountError, match=r"^the endpoint refused the request for the "
+                           r"account, not the row \(HTTP 400 FAILED_PRECONDITION: User location"
+                           ) as info:
+            c._status_error(400, orjson.dumps(body), {}, None)
+        assert "enable billing" in str(info.value)
+    with pytest.raises(AccountError, match="HTTP 200 with error 400 FAILED_PRECONDITION"):
+        parse({"error": error})
+    plain = c._status_error(400, orjson.dumps(
+        [{"error": {**error, "status": "INVALID_ARGUMENT"}}]), {}, None)
+    assert plain.error_type == "http_400" and not plain.retryable
+    assert plain.message == "User location is not supported for the API use."
 
 
 # ----------------------------------------------------------------------------------------------
