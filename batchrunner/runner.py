@@ -201,6 +201,12 @@ class Plan:
     # Batch input: the checks each distinct response_format / tools / tool_choice of the rows'
     # bodies asks for, or why they cannot be had (a few entries, see _row_checks).
     row_checks: dict[bytes, tuple[StructuredOutput | None, str]] = field(default_factory=dict)
+    # Batch input: the checks every row sent asked for, this run and before (``batch_key``:
+    # their ``key``, b"" for none; None before the first row), unless they differ (``mixed``).
+    # When all rows asked for the same ones, the results get their json_ columns.
+    batch_key: bytes | None = None
+    batch_checks: StructuredOutput | None = None
+    batch_mixed: bool = False
 
 
 def _fingerprint(obj: Any) -> str:
@@ -243,7 +249,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     request_settings = (
         {"openai_batch": True} if builder is None else job.request.settings()
     )
-    structured = structured_output(request_settings)
+    structured = structured_output(request_settings)  # None for batch input: see batch_checks
     if structured is not None and structured.warning:
         warnings.append(structured.warning)
     fingerprint = source.fingerprint()
@@ -300,10 +306,41 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             spent[recorded & np.isnan(spent)] = 0.0
         else:  # no row sent again has cost anything: which are sent again is enough (1 byte)
             spent = recorded
-    return Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
+    plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=structured,
                 prior_cost=latest.prior_cost(), order=order, spent=spent)
+    if old_meta is not None and source.kind == "openai_batch":
+        _restore_batch_checks(plan, old_meta.get("batch_checks"))
+    return plan
+
+
+def _restore_batch_checks(plan: Plan, recorded: Any) -> None:
+    """Start from the checks the earlier runs' batch rows asked for (``job.json``)."""
+    if not isinstance(recorded, dict):
+        return  # none recorded (no row sent yet, or by a batchrunner that did not check them)
+    settings = recorded.get("settings")
+    checks = None
+    if isinstance(settings, dict):
+        try:
+            checks = structured_output(settings, body=True)
+        except ConfigError:  # refused by this version: what they asked for is not known
+            plan.batch_mixed = True
+    plan.batch_key = b"" if checks is None else checks.key
+    plan.batch_checks = checks
+    plan.batch_mixed = plan.batch_mixed or recorded.get("mixed") is not False
+    _settle_batch_checks(plan)
+
+
+def _settle_batch_checks(plan: Plan) -> None:
+    """Record in ``job.json`` the checks the batch rows sent asked for; when all asked for the
+    same, the results get their json_ columns."""
+    if plan.source.kind != "openai_batch" or plan.batch_key is None:
+        return
+    checks = plan.batch_checks
+    plan.job_meta["batch_checks"] = {"settings": None if checks is None else checks.settings,
+                                     "mixed": plan.batch_mixed}
+    plan.structured = None if plan.batch_mixed else checks
 
 
 def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, options: RunOptions,
@@ -509,6 +546,11 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
         checks, why = _row_checks(plan, body)
         if why:
             return None, why
+        seen = b"" if checks is None else checks.key
+        if plan.batch_key is None:
+            plan.batch_key, plan.batch_checks = seen, checks
+        elif seen != plan.batch_key:
+            plan.batch_mixed = True
         prompt = body_prompt_text(body)
     else:
         body, prompt = plan.builder.build(row)
@@ -1126,6 +1168,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             except BaseException as e:  # a full disk, say: `status` should not call it killed
                 last_run.update(finished_at=utc_timestamp(), stopped=_why(e),
                                 sent=run.counters["sent"])
+                _settle_batch_checks(plan)
                 with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
                     _write_meta(plan)
                 raise
@@ -1140,6 +1183,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
             plan.job_meta["timed_run"] = {"run_id": run_id, "wall_s": round(summary.wall_s, 3),
                                           "counters": counters}
+        _settle_batch_checks(plan)
         _write_meta(plan)
     await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
     return summary
@@ -1201,11 +1245,14 @@ def plan_from_output(out_dir: Path) -> Plan:
     else:
         key_column = job.input.id_column
     prices = PriceBook(parse_price_table(job.prices, where=f"{meta_path}: prices"))
-    return Plan(job=job, source=source, builder=None, key_column=key_column,
+    plan = Plan(job=job, source=source, builder=None, key_column=key_column,
                 total_rows=int(meta.get("total_rows") or 0),
                 done=DoneRows(np.zeros(0, dtype=np.bool_)),
                 out_dir=out_dir, job_meta=meta, prices=prices, warnings=[],
                 structured=_structured_or_none(meta.get("request") or {}))
+    if source.kind == "openai_batch":
+        _restore_batch_checks(plan, meta.get("batch_checks"))
+    return plan
 
 
 def _structured_or_none(settings: dict[str, Any]) -> StructuredOutput | None:

@@ -23,6 +23,7 @@ In the results file every top-level property of the schema becomes a typed colum
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -130,6 +131,9 @@ class StructuredOutput:
                  body: bool = False) -> None:
         kind = response_format.get("type")
         self.tool = tool
+        # Request settings that ask for these checks, as ``structured_output(settings,
+        # body=True)`` reads them (``for_function`` gives its own).
+        self.settings: dict[str, Any] = {"response_format": dict(response_format)}
         self.warning: str | None = None  # said before the run, when a check is left out
         self.validator: Draft202012Validator | None = None
         self.columns: list[tuple[str, str, pa.DataType]] = []  # (property, column, type)
@@ -172,13 +176,24 @@ class StructuredOutput:
                      ) -> StructuredOutput:
         """The checks for the arguments of calls to the function ``name``."""
         if parameters is None or parameters == {}:
-            return cls({"type": "json_object"}, tool=name, body=body)
-        if not isinstance(parameters, Mapping):
+            so = cls({"type": "json_object"}, tool=name, body=body)
+        elif not isinstance(parameters, Mapping):
             kind = "an object" if body else "a table"
             raise ConfigError(f"{_where(body, 'tools')}: the parameters of the function "
                               f"{name!r} must be a JSON schema ({kind})")
-        return cls({"type": "json_schema", "json_schema": {"name": name, "schema": parameters}},
-                   tool=name, body=body)
+        else:
+            so = cls({"type": "json_schema",
+                      "json_schema": {"name": name, "schema": parameters}}, tool=name, body=body)
+        function = {"name": name} if parameters is None else {"name": name,
+                                                              "parameters": parameters}
+        so.settings = {"tools": [{"type": "function", "function": function}],
+                       "tool_choice": "required"}
+        return so
+
+    @cached_property
+    def key(self) -> bytes:
+        """Equal for checks asked for alike (the same format, or function and parameters)."""
+        return orjson.dumps(self.settings, option=orjson.OPT_SORT_KEYS)
 
     @property
     def column(self) -> str:

@@ -18,8 +18,9 @@ from batchrunner.client import ChatClient, StreamAssembler
 from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import AccountError, AuthError, BadResponseError, QuotaError
 from batchrunner.journal import Journal
+from batchrunner.results import rebuild_outputs
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, RunSummary, prepare, run_job
+from batchrunner.runner import RunOptions, RunSummary, plan_from_output, prepare, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
 
 KEY = "sk-test-fields-0123456789"
@@ -450,9 +451,67 @@ async def test_batch_rows_are_checked_against_their_own_structured_output(
         "tools ('record_product')")
     assert pd.isna(df.loc["r4", "request_id"]) and pd.isna(df.loc["r4", "cost_usd"])
     assert pd.isna(df.loc["r6", "tool_calls"])  # response_format text: no check
+    assert not [c for c in df.columns if c.startswith("json_")]  # rows ask for different ones
     warned = [line for line in capsys.readouterr().err.splitlines()
               if "are not a JSON schema batchrunner can check" in line]
     assert len(warned) == 1 and warned[0].startswith("batchrunner: warning: row r")
+
+
+def write_batch(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> Path:
+    path.write_text("".join(json.dumps({
+        "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "max_tokens": 64,
+                 "messages": [{"role": "user", "content": text}], **more}}) + "\n"
+        for i, (text, more) in enumerate(rows)))
+    return path
+
+
+@pytest.mark.anyio
+async def test_batch_rows_that_all_ask_for_one_schema_get_its_json_columns(
+        tmp_path: Path) -> None:
+    """Across runs too: a resume that sends rows asking for another schema takes them away,
+    and `batchrunner report` rebuilds the same results."""
+    schema = {"type": "json_schema", "json_schema": {"name": "product", "schema": PRODUCT}}
+    forced = {"tools": [{"type": "function", "function": {"name": "lookup"}}, *TOOLS],
+              "tool_choice": {"type": "function", "function": {"name": "record_product"}}}
+    async with Simulator(SimulatorConfig()) as sim:
+        frames = {}
+        for name, more in (("format", {"response_format": schema}), ("function", forced)):
+            inp = write_batch(tmp_path / f"{name}.jsonl", [
+                ("a red kettle", more), ("a blue mug [[sim:400]]", more),
+                ("a green lamp [[sim:no_call]]", more)])
+            job = load_job(None, {"input": str(inp), "base_url": sim.base_url,
+                                  "output": str(tmp_path / name), "concurrency": 2})
+            first = await run(job)
+            assert first.ok == 2 - (name == "function"), first
+            meta = json.loads((tmp_path / name / "job.json").read_text())
+            assert meta["batch_checks"]["mixed"] is False
+            frames[name] = pd.read_parquet(tmp_path / name / "results.parquet")
+        # A rerun of the 400 row asking for another schema: the rows no longer agree.
+        inp = write_batch(tmp_path / "format.jsonl", [
+            ("a red kettle", {"response_format": schema}), ("a blue mug", {}),
+            ("a green lamp [[sim:no_call]]", {"response_format": schema})])
+        job = load_job(None, {"input": str(inp), "base_url": sim.base_url,
+                              "output": str(tmp_path / "format"), "concurrency": 2})
+        again = await run_job(job, RunOptions(retry=FAST.retry, progress="none",
+                                              handle_signals=False, retry_failed=True,
+                                              force=True))
+        assert again.sent == 1 and again.ok == 3, again
+    for df in frames.values():
+        assert df["json_name"].notna().tolist() == df["status"].eq("ok").tolist()
+        ok = df[df["status"] == "ok"]
+        assert ok["json_price"].map(type).eq(float).all()
+    assert frames["format"]["status"].tolist() == ["ok", "failed", "ok"]
+    assert frames["function"]["status"].tolist() == ["ok", "failed", "failed"]
+    assert frames["function"]["error_type"].tolist()[2] == "no_tool_call"
+    mixed = pd.read_parquet(tmp_path / "format" / "results.parquet")
+    assert not [c for c in mixed.columns if c.startswith("json_")]
+    assert json.loads((tmp_path / "format" / "job.json").read_text())["batch_checks"][
+        "mixed"] is True
+    rebuild_outputs(plan_from_output(tmp_path / "function"), RunSummary(name="function"))
+    rebuilt = pd.read_parquet(tmp_path / "function" / "results.parquet")
+    assert rebuilt["json_name"].tolist()[:1] == frames["function"]["json_name"].tolist()[:1]
+    assert rebuilt.columns.tolist() == frames["function"].columns.tolist()
 
 
 def test_parameters_batchrunner_cannot_check_are_warned_before_the_run(tmp_path: Path) -> None:
