@@ -60,6 +60,9 @@ _ERROR_WORDS = {
 }
 # An error body that blames the account's money rather than the key.
 _BALANCE = re.compile(r"balance|quota|credit|billing|payment|余额|额度", re.IGNORECASE)
+# A FAILED_PRECONDITION that is the account's (billing off, a region not served), not the row's
+# (a file that is not ready, say).
+_ACCOUNT = re.compile(r"billing|location|region|country|territor|free tier", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -340,7 +343,11 @@ class ChatClient:
     async def complete(self, body: dict[str, Any], timeout_s: float | None = None) -> ChatResult:
         """Send ``body``; ``timeout_s`` (default: the client's) bounds the whole answer."""
         assert self._session is not None, "use ChatClient as an async context manager"
-        data = orjson.dumps(body)
+        try:
+            data = orjson.dumps(body)
+        except TypeError as e:  # a batch row's integer past 64 bits, say
+            raise RequestError("invalid_request", f"the request body cannot be sent as JSON "
+                               f"({e})", retryable=False) from None
         streaming = body.get("stream") is True
         task = asyncio.current_task()
         assert task is not None
@@ -666,12 +673,14 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
     """The error that stops the job for an answer every other request would get too: a
     refused key (401/403), no money left (402, 429 ``insufficient_quota``), an account that
     cannot use the API (Google's ``FAILED_PRECONDITION``, ``gstatus``); else None."""
-    if gstatus == "FAILED_PRECONDITION" and status < 500:
+    if ("FAILED_PRECONDITION" in (code, etype, gstatus) and status < 500
+            and _ACCOUNT.search(message)):
+        said = said if said.endswith("FAILED_PRECONDITION") else f"{said} FAILED_PRECONDITION"
         return AccountError(
-            f"the endpoint refused the request for the account, not the row ({said} "
-            f"FAILED_PRECONDITION: {message}) — Gemini answers this when billing is not enabled "
-            "for the project or the API is not offered in the caller's region: enable billing "
-            "(or call from a region it serves), then rerun to resume")
+            f"the endpoint refused the request for the account, not the row ({said}: "
+            f"{message}) — Gemini answers this when billing is not enabled for the project or "
+            "the API is not offered in the caller's region: enable billing (or call from a "
+            "region it serves), then rerun to resume")
     if status in (401, 403):
         if _BALANCE.search(message):
             fix = ("the account's balance or quota looks used up: top up the balance (or raise "

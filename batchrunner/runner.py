@@ -311,7 +311,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 warnings=warnings, structured=structured,
                 prior_cost=latest.prior_cost(), order=order, spent=spent)
     if old_meta is not None and source.kind == "openai_batch":
-        _restore_batch_checks(plan, old_meta.get("batch_checks"))
+        checks_seen = old_meta.get("batch_checks")
+        if checks_seen is None and (np.any(latest.ok >= 0) or latest.others.num_rows):
+            checks_seen = {"settings": None, "mixed": True}  # rows sent by an older batchrunner
+        _restore_batch_checks(plan, checks_seen)
     return plan
 
 
@@ -566,18 +569,22 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
                  checks=checks), ""
 
 
-_ROW_CHECKS_KEPT = 64  # distinct structured-output settings remembered from batch rows
+_ROW_CHECKS_KEPT = 256  # distinct structured-output settings remembered from batch rows
 
 
 def _row_checks(plan: Plan, body: dict[str, Any]) -> tuple[StructuredOutput | None, str]:
     """The structured output a batch row's body asks for (its ``response_format``, or the
     function its ``tool_choice`` forces), or ``(None, why it cannot be checked)``. Rows
-    share their settings as a rule: each distinct one is built once."""
+    share their settings as a rule: each distinct one is built once (checking a schema takes
+    a few ms; a file with a schema of its own on every row pays that for each)."""
     fmt, choice = body.get("response_format"), body.get("tool_choice")
     if fmt is None and choice is None:
         return None, ""
     settings = {"response_format": fmt, "tools": body.get("tools"), "tool_choice": choice}
-    key = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
+    try:
+        key = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
+    except TypeError as e:  # an integer past 64 bits, say
+        return None, f"the body cannot be sent as JSON ({e})"
     known = plan.row_checks.get(key)
     if known is None:
         try:
@@ -645,6 +652,7 @@ class _Run:
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
         self.warned: set[str] = set()  # the warnings about batch rows' checks said so far
+        self.batch_key, self.batch_mixed = plan.batch_key, plan.batch_mixed  # as in job.json
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -693,6 +701,8 @@ class _Run:
             resent = not math.isnan(spent)  # the row has a record from an earlier run
             spent = spent if resent else 0.0
             item, reason = make_work(plan, key, row)
+            if plan.batch_key is not self.batch_key or plan.batch_mixed is not self.batch_mixed:
+                self._batch_checks_changed()
             if item is None:
                 self.record(Outcome(key=key, status="failed", error_type="invalid_row",
                                     error_message=f"not sent: {reason}",
@@ -804,6 +814,14 @@ class _Run:
                     f"batchrunner: warning: row {item.key}: about {need:,} tokens with "
                     f"max_tokens, more than {model}'s context window ({window:,}); the "
                     "server will likely refuse it")
+
+    def _batch_checks_changed(self) -> None:
+        """The first batch row taken, or the first that asks for other checks: recorded in
+        ``job.json`` before it is sent, so a run killed later leaves the record true."""
+        plan = self.plan
+        self.batch_key, self.batch_mixed = plan.batch_key, plan.batch_mixed
+        _settle_batch_checks(plan)
+        _write_meta(plan)
 
     def _warn_row_checks(self, key: str, warning: str) -> None:
         """Say once (before sending) what a batch row's checks leave out."""

@@ -137,6 +137,7 @@ class StructuredOutput:
         self.warning: str | None = None  # said before the run, when a check is left out
         self.validator: Draft202012Validator | None = None
         self.columns: list[tuple[str, str, pa.DataType]] = []  # (property, column, type)
+        self._schema: Mapping[str, Any] | None = None  # the one checked against, if any
         self._what, self._is = ("the reply", "is") if tool is None else (
             f"the arguments of {tool}", "are")
         if kind == "json_schema":
@@ -162,6 +163,7 @@ class StructuredOutput:
                                 "checked to be a JSON object")
                 return
             self.validator = Draft202012Validator(schema)
+            self._schema = schema
             props = schema.get("properties")
             if isinstance(props, Mapping):
                 self.columns = [(p, COLUMN_PREFIX + p, _column_type(s)) for p, s in props.items()]
@@ -192,8 +194,9 @@ class StructuredOutput:
 
     @cached_property
     def key(self) -> bytes:
-        """Equal for checks asked for alike (the same format, or function and parameters)."""
-        return orjson.dumps(self.settings, option=orjson.OPT_SORT_KEYS)
+        """Equal for the same checks and columns: the same function (or none) and schema (or
+        none), whatever else the settings say (a json_schema's name, strict, ...)."""
+        return orjson.dumps([self.tool, self._schema], option=orjson.OPT_SORT_KEYS)
 
     @property
     def column(self) -> str:
@@ -241,8 +244,13 @@ class StructuredOutput:
             return "invalid_json", f"{self._what} {self._is} JSON but not an object"
         if self.validator is not None:
             from jsonschema.exceptions import best_match
+            from referencing.exceptions import Unresolvable
 
-            error = best_match(self.validator.iter_errors(value))
+            try:
+                error = best_match(self.validator.iter_errors(value))
+            except Unresolvable as e:  # a $ref that points nowhere, found when reached
+                return "schema_error", (f"the schema cannot be checked: its $ref "
+                                        f"{getattr(e, 'ref', '?')!r} points nowhere")[:300]
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or self._what
                 return "schema_mismatch", f"{where}: {error.message}"[:300]

@@ -16,11 +16,25 @@ import pytest
 
 from batchrunner.client import ChatClient, StreamAssembler
 from batchrunner.config import JobConfig, load_job
-from batchrunner.errors import AccountError, AuthError, BadResponseError, QuotaError
+from batchrunner.errors import (
+    AccountError,
+    AuthError,
+    BadResponseError,
+    QuotaError,
+    RequestError,
+)
 from batchrunner.journal import Journal
 from batchrunner.results import rebuild_outputs
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, RunSummary, plan_from_output, prepare, run_job
+from batchrunner.runner import (
+    RunOptions,
+    RunSummary,
+    iter_rows,
+    make_work,
+    plan_from_output,
+    prepare,
+    run_job,
+)
 from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
 
 KEY = "sk-test-fields-0123456789"
@@ -294,10 +308,19 @@ def test_failed_precondition_stops_the_job_in_any_shape() -> None:
         assert "enable billing" in str(info.value)
     with pytest.raises(AccountError, match="HTTP 200 with error 400 FAILED_PRECONDITION"):
         parse({"error": error})
+    with pytest.raises(AccountError, match=r"\(HTTP 200 with error FAILED_PRECONDITION: "):
+        parse({"error": {"message": "Please enable billing", "status": "FAILED_PRECONDITION"}})
     plain = c._status_error(400, orjson.dumps(
         [{"error": {**error, "status": "INVALID_ARGUMENT"}}]), {}, None)
     assert plain.error_type == "http_400" and not plain.retryable
     assert plain.message == "User location is not supported for the API use."
+    # About the row (a file not ready), or a 5xx: not the account's.
+    row = c._status_error(400, orjson.dumps({"error": {
+        "code": 400, "message": "The File abc is not in an ACTIVE state",
+        "status": "FAILED_PRECONDITION"}}), {}, None)
+    assert row.error_type == "http_400" and not row.retryable
+    server = c._status_error(503, orjson.dumps({"error": {**error, "code": 503}}), {}, None)
+    assert server.error_type == "http_503" and server.retryable
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,8 +533,57 @@ async def test_batch_rows_that_all_ask_for_one_schema_get_its_json_columns(
         "mixed"] is True
     rebuild_outputs(plan_from_output(tmp_path / "function"), RunSummary(name="function"))
     rebuilt = pd.read_parquet(tmp_path / "function" / "results.parquet")
-    assert rebuilt["json_name"].tolist()[:1] == frames["function"]["json_name"].tolist()[:1]
-    assert rebuilt.columns.tolist() == frames["function"].columns.tolist()
+    assert rebuilt.drop(columns="finished_at").equals(
+        frames["function"].drop(columns="finished_at"))
+    # Rows sent by a batchrunner that did not record their checks (or killed before it could):
+    # what they asked for is not known, so no row gets json_ columns.
+    meta_path = tmp_path / "function" / "job.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["batch_checks"]
+    meta_path.write_text(json.dumps(meta))
+    rebuild_outputs(plan_from_output(tmp_path / "function"), RunSummary(name="function"))
+    assert "json_name" not in pd.read_parquet(tmp_path / "function" / "results.parquet").columns
+    job = load_job(None, {"input": str(tmp_path / "function.jsonl"), "output": str(
+        tmp_path / "function"), "base_url": "http://127.0.0.1:9/v1"})
+    plan = prepare(job, FAST)
+    assert plan.structured is None and plan.batch_mixed
+
+
+@pytest.mark.anyio
+async def test_a_body_json_cannot_carry_is_refused_not_raised(tmp_path: Path) -> None:
+    """An integer past 64 bits (the input readers make it a float, but a body may come from
+    elsewhere) cannot be sent as JSON: a request error that is not retried, and a batch row
+    whose checks would be read from one is not sent."""
+    big = 2 ** 70
+    async with Simulator(SimulatorConfig()) as sim, ChatClient(
+            sim.base_url, KEY, timeout_s=10, connections=1) as c:
+        with pytest.raises(RequestError) as info:
+            await c.complete({"model": "gpt-4o-mini", "seed": big,
+                              "messages": [{"role": "user", "content": "hi"}]})
+    assert info.value.error_type == "invalid_request" and not info.value.retryable
+    assert str(info.value).startswith("invalid_request: the request body cannot be sent as JSON")
+    inp = write_batch(tmp_path / "b.jsonl", [("a red kettle", {})])
+    plan = prepare(load_job(None, {"input": str(inp), "base_url": "http://127.0.0.1:9/v1",
+                                   "output": str(tmp_path / "out")}), FAST)
+    work, why = make_work(plan, "r0", {"custom_id": "r0", "body": json.dumps({
+        "model": "m", "messages": [], "response_format": {"type": "json_schema", "json_schema": {
+            "name": "p", "schema": {"type": "object", "maximum": big}}}})})
+    assert work is None and why.startswith("the body cannot be sent as JSON")
+
+
+def test_batch_rows_checks_are_built_once_each_and_only_so_many_kept(tmp_path: Path) -> None:
+    order = [*range(300), *range(290, 300), 0]  # 300 settings; the latest 10 again; the first
+    rows = [(f"q{i}", {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "p", "schema": {"type": "object", "properties": {f"f{i}": {}}}}}})
+        for i in order]
+    inp = write_batch(tmp_path / "b.jsonl", rows)
+    plan = prepare(load_job(None, {"input": str(inp), "base_url": "http://127.0.0.1:9/v1",
+                                   "output": str(tmp_path / "out")}), FAST)
+    built = [make_work(plan, key, row)[0] for key, row, _ in iter_rows(plan)]
+    checks = [w.checks for w in built if w is not None]
+    assert len(checks) == 311 and len(plan.row_checks) == 256 and plan.batch_mixed
+    assert all(checks[300 + k] is checks[290 + k] for k in range(10))  # kept: built once
+    assert checks[310] is not checks[0] and checks[310].key == checks[0].key  # dropped: again
 
 
 def test_parameters_batchrunner_cannot_check_are_warned_before_the_run(tmp_path: Path) -> None:

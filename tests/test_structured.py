@@ -125,6 +125,23 @@ def test_a_tool_choice_that_cannot_be_met_is_a_config_error() -> None:
                                      "tool_choice": "required"}})
 
 
+def test_a_ref_that_points_nowhere_fails_the_row_not_the_run() -> None:
+    so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}})
+    assert so.check('{"a": 1}') == (
+        "schema_error", "the schema cannot be checked: its $ref '/$defs/missing' points nowhere")
+    assert so.check('{"b": 1}') is None  # not reached
+
+
+def test_checks_asked_for_alike_have_one_key() -> None:
+    named = {**FORMAT, "json_schema": {**FORMAT["json_schema"], "name": "other", "strict": True}}
+    assert StructuredOutput(FORMAT).key == StructuredOutput(named).key
+    assert StructuredOutput(FORMAT).key != StructuredOutput.for_function("f", SCHEMA).key
+    assert (StructuredOutput.for_function("f", None).key
+            == StructuredOutput.for_function("f", {}).key
+            != StructuredOutput({"type": "json_object"}).key)
+
+
 def test_a_batch_rows_settings_are_named_as_its_bodys_fields() -> None:
     """A batch row's body carries its own settings: an error names the body's field, in JSON,
     where a job's names its [request] table, in TOML."""
