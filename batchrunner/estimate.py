@@ -67,20 +67,30 @@ def _observed_completion(plan: Plan) -> tuple[float, int] | None:
     return float(pc.mean(ok["completion_tokens"]).as_py()), n
 
 
+def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None,
+                      unbounded: int, to_send: int) -> str:
+    """What the completion tokens were estimated from."""
+    guess = f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens"
+    if observed is not None:
+        mean, n = observed
+        return f"mean of {n:,} answers in the previous run ({mean:,.0f} tokens)"
+    if unbounded == 0 and (to_send or max_tokens):
+        if max_tokens:
+            return f"max_tokens ({max_tokens:,}), an upper bound"
+        return "each row's max_tokens, an upper bound"  # a batch file's rows set their own
+    if unbounded < to_send:
+        rows = f"{unbounded:,} row" + ("s" if unbounded != 1 else "")
+        return (f"each row's max_tokens where it sets one (an upper bound); {guess} for the "
+                f"{rows} without")
+    return f"{guess} (set max_tokens for a bound)"
+
+
 def estimate(plan: Plan) -> Estimate:
     job = plan.job
     est = Estimate(name=job.name, rows=plan.total_rows, already_done=len(plan.done),
                    price_library=f"genai-prices {plan.prices.library_version}")
     observed = _observed_completion(plan)
-    if observed is not None:
-        mean, n = observed
-        est.completion_basis = f"mean of {n:,} answers in the previous run ({mean:,.0f} tokens)"
-    elif job.request.max_tokens:
-        est.completion_basis = f"max_tokens ({job.request.max_tokens:,}), an upper bound"
-    else:
-        est.completion_basis = (
-            f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens (set max_tokens for a bound)"
-        )
+    unbounded = 0  # rows to send with no max_tokens of their own
     for key, row, _ in iter_rows(plan):
         item, reason = make_work(plan, key, row)
         if item is None:
@@ -98,6 +108,7 @@ def estimate(plan: Plan) -> Estimate:
             completion = int(observed[0]) * item.n
         else:
             completion = (item.completion_max or DEFAULT_COMPLETION_ESTIMATE) * item.n
+        unbounded += not item.completion_max
         m.rows += 1
         m.prompt_tokens += item.prompt_estimate
         m.completion_tokens += completion
@@ -108,6 +119,8 @@ def estimate(plan: Plan) -> Estimate:
                 est.over_context_examples.append(
                     f"row {key}: ~{item.prompt_estimate:,} prompt tokens, {model} holds "
                     f"{m.context_window:,}")
+    est.completion_basis = _completion_basis(job.request.max_tokens, observed, unbounded,
+                                             est.to_send)
     for model, m in est.by_model.items():
         m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
                                       completion_tokens=m.completion_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -60,6 +61,28 @@ def test_estimate_needs_no_output_directory(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # nothing made
     assert main(["run", *args]) == 2  # a run does need one
     assert "no output directory" in capsys.readouterr().err
+
+
+def test_estimate_says_where_a_batch_files_completion_tokens_come_from(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Batch rows carry their own max_tokens: the estimate says it used them (and a guess for
+    rows without), not that it guessed them all."""
+    inp = tmp_path / "b.jsonl"
+    inp.write_text("".join(json.dumps({
+        "custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                 **({"max_tokens": 50} if i else {})}}) + "\n" for i in range(4)))
+    assert main(["estimate", "--input", str(inp)]) == 0
+    out = capsys.readouterr().out
+    assert ("completion tokens from: each row's max_tokens where it sets one (an upper bound);"
+            " a guess of 256 tokens for the 1 row without") in out
+    assert "406" in out  # 3 × 50 + 256
+    inp.write_text("".join(line.replace('"messages"', '"max_tokens": 50, "messages"', 1)
+                           if '"max_tokens"' not in line else line
+                           for line in inp.read_text().splitlines(keepends=True)))
+    assert main(["estimate", "--input", str(inp)]) == 0
+    assert "completion tokens from: each row's max_tokens, an upper bound" in (
+        capsys.readouterr().out)
 
 
 @pytest.mark.anyio
