@@ -245,6 +245,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                             builder.needed_columns if builder is not None else ("body",))
     if total == 0:
         raise InputError(f"{where}: has no rows")
+    if builder is None:
+        _check_no_request_settings(job, where)
 
     request_settings = (
         {"openai_batch": True} if builder is None else job.request.settings()
@@ -316,6 +318,19 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             checks_seen = {"settings": None, "mixed": True}  # rows sent by an older batchrunner
         _restore_batch_checks(plan, checks_seen)
     return plan
+
+
+def _check_no_request_settings(job: JobConfig, where: str) -> None:
+    """A batch file's rows carry their whole requests: settings that would shape the requests
+    (or pick the rows' ids) are refused, not silently left unused."""
+    request = [*job.request.settings()]
+    unused = request + (["id_column"] if job.input.id_column not in (None, "custom_id") else [])
+    if unused:
+        raise ConfigError(
+            f"{where} is an OpenAI batch file: each row carries its whole request (body) and "
+            f"its id (custom_id), so {', '.join(unused)} would not be used — leave "
+            f"{'it' if len(unused) == 1 else 'them'} out of the job"
+            + (", and set what the requests need in the bodies" if request else ""))
 
 
 def _restore_batch_checks(plan: Plan, recorded: Any) -> None:

@@ -229,6 +229,16 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(inp, prompt=None), ["batch.jsonl", "line 2", "'body'"]
 
 
+@case("OpenAI batch file with request settings it would not use")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    line = {"custom_id": "t1", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": "hi"}]}}
+    inp = c.write("batch.jsonl", json.dumps(line) + "\n")
+    return c.args(inp, "--max-tokens", "5"), [
+        "batch.jsonl is an OpenAI batch file", "model, prompt, max_tokens would not be used",
+        "set what the requests need in the bodies"]
+
+
 # -- the prompt and the columns ---------------------------------------------------------------
 
 
