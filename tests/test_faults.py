@@ -41,6 +41,7 @@ from batchrunner.runner import (
     run_job,
 )
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
+from tests.servers import serve_on_loopback
 
 KEY = "sk-test-faults-0123456789"
 TEMPLATE = "Q: {text}"
@@ -137,11 +138,7 @@ class FaultServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def __aenter__(self) -> FaultServer:
-        self._runner = web.ServerRunner(web.Server(self._handle))
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await serve_on_loopback(self._handle)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -35,6 +35,7 @@ from batchrunner.journal import Journal
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
+from tests.servers import serve_on_loopback
 from tests.test_faults import closed_port
 
 KEY = "sk-test-proxy-0123456789"
@@ -166,11 +167,7 @@ class TLSEndpoint:
         return context
 
     async def __aenter__(self) -> TLSEndpoint:
-        self._runner = web.ServerRunner(web.Server(self._handle))
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._runner, self.port = await serve_on_loopback(self._handle, ssl_context=self._ssl)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
