@@ -10,6 +10,7 @@ apart. ::
 
     python benchmarks/crash_soak.py                 # 50 kills, 2,000 rows an epoch (~3 min)
     python benchmarks/crash_soak.py --kills 10 --rows 300 --seed 7
+    python benchmarks/crash_soak.py --batch         # an OpenAI batch file, rows with a schema
 
 Kill moments (``POINTS``):
 
@@ -81,6 +82,10 @@ POINTS: dict[str, float] = {  # moment → weight in the soak's random choice
     "results-tmp": 0.08,
     "report-tmp": 0.06,
 }
+# With --batch: what every row of the batch file asks for (checked, spread into json_ columns).
+BATCH_FORMAT = {"type": "json_schema", "json_schema": {"name": "topic", "schema": {
+    "type": "object", "properties": {"topic": {"type": "string"}, "score": {"type": "integer"}},
+    "required": ["topic", "score"], "additionalProperties": False}}}
 SLOW_DISK_POINTS = frozenset({"job-json-tmp", "segment-tmp", "compaction", "results-tmp",
                               "report-tmp"})
 SENDING_POINTS = frozenset({"first-request", "mid-batch", "segment-renamed", "segment-tmp",
@@ -125,28 +130,37 @@ class CrashHarness:
     """Runs one job as a subprocess against ``sim``; kills it at chosen moments; checks it."""
 
     def __init__(self, workdir: Path, sim: SimulatorThread, rows: int, *, concurrency: int = 8,
-                 epoch: int = 0) -> None:
+                 epoch: int = 0, batch: bool = False) -> None:
         self.workdir = workdir
         self.sim = sim
         self.rows = rows
+        self.batch = batch
         self.epoch = Epoch(number=epoch, rows=rows)
         self.out_dir = workdir / f"out-{epoch}"
         self.journal_dir = self.out_dir / "journal"
         self.template = f"Epoch {epoch}. Summarise: {{text}}"
-        self.input = workdir / "in.csv"
-        if not self.input.exists():
-            frame = pd.DataFrame({"id": [f"r{i:05d}" for i in range(rows)],
-                                  "text": [f"row {i} about topic {i * 7 % 13}" for i in
-                                           range(rows)]})
-            frame.to_csv(self.input, index=False)
-        texts = pd.read_csv(self.input, dtype=str)
-        self.ids: list[str] = list(texts["id"])
+        self.id_column = "custom_id" if batch else "id"
+        self.ids: list[str] = [f"r{i:05d}" for i in range(rows)]
+        texts = [f"row {i} about topic {i * 7 % 13}" for i in range(rows)]
         self.prompt_of = {k: prompt_key(self.template.format(text=t))
-                          for k, t in zip(texts["id"], texts["text"], strict=True)}
-        self.args = ["run", "--input", str(self.input), "--id-column", "id",
-                     "--prompt", self.template, "--model", MODEL, "--max-tokens", "48",
-                     "--base-url", sim.base_url, "--output", str(self.out_dir),
-                     "--concurrency", str(concurrency), "--progress", "none"]
+                          for k, t in zip(self.ids, texts, strict=True)}
+        endpoint = ["--base-url", sim.base_url, "--output", str(self.out_dir),
+                    "--concurrency", str(concurrency), "--progress", "none"]
+        if batch:  # an OpenAI batch file, every row asking for BATCH_SCHEMA
+            self.input = workdir / f"in-{epoch}.jsonl"
+            self.input.write_text("".join(json.dumps({
+                "custom_id": k, "method": "POST", "url": "/v1/chat/completions",
+                "body": {"model": MODEL, "max_tokens": 200, "response_format": BATCH_FORMAT,
+                         "messages": [{"role": "user", "content": self.template.format(text=t)}]},
+            }) + "\n" for k, t in zip(self.ids, texts, strict=True)))
+            self.args = ["run", "--input", str(self.input), *endpoint]
+        else:
+            self.input = workdir / "in.csv"
+            if not self.input.exists():
+                pd.DataFrame({"id": self.ids, "text": texts}).to_csv(self.input, index=False)
+            self.args = ["run", "--input", str(self.input), "--id-column", "id",
+                         "--prompt", self.template, "--model", MODEL, "--max-tokens", "48",
+                         *endpoint]
         self.env = {**os.environ, "OPENAI_API_KEY": KEY, "PYTHONUNBUFFERED": "1",
                     "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
                                                                 str(ROOT)]))}
@@ -275,7 +289,7 @@ class CrashHarness:
         except Exception as e:
             v.append(f"{results} unreadable: {type(e).__name__}: {e}")
             return v
-        ids = list(df["id"])
+        ids = list(df[self.id_column])
         if len(ids) != len(set(ids)):
             dup = [k for k, c in Counter(ids).items() if c > 1][:5]
             v.append(f"rows appear more than once in results: {dup}")
@@ -285,7 +299,14 @@ class CrashHarness:
                      f"(missing e.g. {missing})")
         not_ok = df[df["status"] != "ok"]
         if len(not_ok):
-            v.append(f"{len(not_ok)} rows are not ok: {list(not_ok['id'][:5])}")
+            v.append(f"{len(not_ok)} rows are not ok: {list(not_ok[self.id_column][:5])}")
+        if self.batch:  # every row asked for one schema: its columns, filled, and recorded
+            meta = json.loads((self.out_dir / "job.json").read_text())
+            if (meta.get("batch_checks") or {}).get("mixed") is not False:
+                v.append(f"job.json records the rows' checks as {meta.get('batch_checks')}")
+            for column in ("json_topic", "json_score"):
+                if column not in df.columns or df[column].isna().any():
+                    v.append(f"results lack {column} for some rows")
         final_counts = self.sim.stats(per_prompt=True)["requests_by_prompt"]
         resent: set[str] = set()
         for ok_then, counts_then in self.epoch.snapshots:
@@ -340,7 +361,7 @@ def _wait(proc: subprocess.Popen[bytes], cond: Callable[[], bool]) -> bool:
 # The soak
 
 
-def soak(kills: int, rows: int, seed: int, workdir: Path) -> int:
+def soak(kills: int, rows: int, seed: int, workdir: Path, *, batch: bool = False) -> int:
     rng = random.Random(seed)
     points, weights = list(POINTS), list(POINTS.values())
     config = SimulatorConfig(latency_ms=40, jitter_ms=60, reply_tokens_mean=30, seed=seed)
@@ -348,7 +369,7 @@ def soak(kills: int, rows: int, seed: int, workdir: Path) -> int:
     epochs: list[CrashHarness] = []
     violations: list[str] = []
     with SimulatorThread(config) as sim:
-        harness = CrashHarness(workdir, sim, rows, concurrency=8, epoch=0)
+        harness = CrashHarness(workdir, sim, rows, concurrency=8, epoch=0, batch=batch)
         epochs.append(harness)
         idle = 0  # kills in a row with every row already journaled
         for i in range(kills):
@@ -361,7 +382,7 @@ def soak(kills: int, rows: int, seed: int, workdir: Path) -> int:
                 print(f"          epoch {harness.epoch.number}  finished by an unkilled run "
                       f"(exit {final.returncode})", flush=True)
                 harness = CrashHarness(workdir, sim, rows, concurrency=8,
-                                       epoch=harness.epoch.number + 1)
+                                       epoch=harness.epoch.number + 1, batch=batch)
                 epochs.append(harness)
                 idle = 0
             point = rng.choices(points, weights)[0]
@@ -383,7 +404,7 @@ def soak(kills: int, rows: int, seed: int, workdir: Path) -> int:
             if harness.epoch.finished:
                 violations += [f"epoch {harness.epoch.number}: {x}" for x in harness.check()]
                 harness = CrashHarness(workdir, sim, rows, concurrency=8,
-                                       epoch=harness.epoch.number + 1)
+                                       epoch=harness.epoch.number + 1, batch=batch)
                 epochs.append(harness)
                 idle = 0
         final = harness.finish()
@@ -425,15 +446,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=2000, help="rows an epoch (default 2,000)")
     parser.add_argument("--seed", type=int, default=20240605, help="seeds the kill moments")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it")
+    parser.add_argument("--batch", action="store_true",
+                        help="an OpenAI batch file whose rows ask for a JSON schema, not a CSV")
     ns = parser.parse_args(argv)
     if ns.kills < 0 or ns.rows < 2:
         parser.error("--kills must be >= 0 and --rows >= 2")
     if ns.keep:
         workdir = Path(ns.keep)
         workdir.mkdir(parents=True, exist_ok=True)
-        return soak(ns.kills, ns.rows, ns.seed, workdir)
+        return soak(ns.kills, ns.rows, ns.seed, workdir, batch=ns.batch)
     with tempfile.TemporaryDirectory(prefix="crash-soak-") as tmp:
-        return soak(ns.kills, ns.rows, ns.seed, Path(tmp))
+        return soak(ns.kills, ns.rows, ns.seed, Path(tmp), batch=ns.batch)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,29 @@ def test_sigkill_at_many_moments_then_every_row_once(tmp_path: Path) -> None:
         assert harness.sim.stats()["completions"] >= 300
 
 
+def test_sigkill_of_a_batch_file_run_keeps_its_rows_checks(tmp_path: Path) -> None:
+    """A batch file whose rows ask for one schema: killed mid-run, job.json already records
+    their checks; the rerun's results hold every row once, checked, with the schema's
+    json_ columns filled."""
+    rng = random.Random(11)
+    config = SimulatorConfig(latency_ms=40, jitter_ms=60, reply_tokens_mean=30, seed=4)
+    with SimulatorThread(config) as sim:
+        harness = CrashHarness(tmp_path, sim, 200, concurrency=8, batch=True)
+        for point in ("job-json-tmp", "mid-batch", "segment-tmp", "results-tmp"):
+            kill = harness.kill_at(point, rng)
+            if point == "mid-batch":
+                assert kill.hit and 0 < kill.ok_rows < 200, kill
+                meta = json.loads((harness.out_dir / "job.json").read_text())
+                assert meta["batch_checks"]["mixed"] is False
+                assert meta["batch_checks"]["settings"]["response_format"]["type"] == (
+                    "json_schema")
+        assert not harness.epoch.violations, harness.epoch.violations
+        final = harness.finish()
+        assert harness.check(final) == []
+    df = pd.read_parquet(harness.out_dir / "results.parquet")
+    assert df["json_topic"].notna().all() and df["json_score"].notna().all()
+
+
 # ----------------------------------------------------------------------------------------------
 # Ctrl-C twice
 
