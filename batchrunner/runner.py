@@ -79,6 +79,7 @@ from batchrunner.structured import StructuredOutput, structured_output
 from batchrunner.template import (
     RequestBuilder,
     body_prompt_text,
+    body_warnings,
     estimate_tokens,
     request_warnings,
 )
@@ -666,7 +667,7 @@ class _Run:
         self.to_do = max(1, plan.total_rows - len(plan.done))
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
-        self.warned: set[str] = set()  # the warnings about batch rows' checks said so far
+        self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.batch_key, self.batch_mixed = plan.batch_key, plan.batch_mixed  # as in job.json
 
     # -- the work queue: retries first, then the next rows of the input
@@ -726,8 +727,11 @@ class _Run:
             item.earlier_usd = spent
             item.resent = resent
             self._check_context(item)
-            if item.checks is not None and plan.builder is None and item.checks.warning:
-                self._warn_row_checks(key, item.checks.warning)
+            if plan.builder is None:  # a batch row: its body's own settings
+                if item.checks is not None and item.checks.warning:
+                    self._warn_row(key, item.checks.warning)
+                for warning in body_warnings(item.body):
+                    self._warn_row(key, warning)
             self.outstanding += 1
             return item
         return None
@@ -838,8 +842,8 @@ class _Run:
         _settle_batch_checks(plan)
         _write_meta(plan)
 
-    def _warn_row_checks(self, key: str, warning: str) -> None:
-        """Say once (before sending) what a batch row's checks leave out."""
+    def _warn_row(self, key: str, warning: str) -> None:
+        """Say once (before sending) what a batch row's settings leave out."""
         if warning in self.warned or len(self.warned) >= MAX_ROW_WARNINGS:
             return
         self.warned.add(warning)

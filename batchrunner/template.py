@@ -80,16 +80,29 @@ def request_warnings(req: RequestConfig) -> list[str]:
     """Settings in ``[request.extra]`` that a gateway ignores without ``stream = true``."""
     if req.stream:
         return []
-    extra = req.extra
-    google = extra.get("extra_body", {}).get("google", {}) \
-        if isinstance(extra.get("extra_body"), dict) else {}
+    return [f"[request.extra] {name} works only with streaming (gateways drop it otherwise, "
+            "with no error): set [request] stream = true or pass --stream"
+            for name in _needs_stream(req.extra)]
+
+
+def body_warnings(body: dict[str, Any]) -> list[str]:
+    """The same for a batch row's body."""
+    if body.get("stream") is True:
+        return []
+    return [f"the body's {name} works only with streaming (gateways drop it otherwise, with "
+            'no error): set "stream": true in the body' for name in _needs_stream(body)]
+
+
+def _needs_stream(fields: dict[str, Any]) -> list[str]:
+    """Which of a request's fields work only with streaming."""
+    extra_body = fields.get("extra_body")
+    google = extra_body.get("google") if isinstance(extra_body, dict) else None
     needs = []
-    if extra.get("enable_thinking") is True:  # Qwen: turned off, not refused, without stream
+    if fields.get("enable_thinking") is True:  # Qwen: turned off, not refused, without stream
         needs.append("enable_thinking")
     if isinstance(google, dict) and "thinking_config" in google:  # Gemini through a gateway
         needs.append("extra_body.google.thinking_config")
-    return [f"[request.extra] {name} works only with streaming (gateways drop it otherwise, "
-            "with no error): set [request] stream = true or pass --stream" for name in needs]
+    return needs
 
 
 def delimiter_hint(columns: Sequence[str]) -> str:

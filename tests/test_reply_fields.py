@@ -445,7 +445,7 @@ async def test_batch_rows_are_checked_against_their_own_structured_output(
         ("a plain question", {}),
         ("a white desk [[sim:no_call]]", {**forced, "response_format": {"type": "text"}}),
         ("a black chair", {"tools": loose, "tool_choice": "required"}),
-        ("a brown stool", {"tools": loose, "tool_choice": "required"}),
+        ("a brown stool", {"tools": loose, "tool_choice": "required", "enable_thinking": True}),
     ]
     inp = tmp_path / "batch.jsonl"
     inp.write_text("".join(json.dumps({
@@ -475,9 +475,12 @@ async def test_batch_rows_are_checked_against_their_own_structured_output(
     assert pd.isna(df.loc["r4", "request_id"]) and pd.isna(df.loc["r4", "cost_usd"])
     assert pd.isna(df.loc["r6", "tool_calls"])  # response_format text: no check
     assert not [c for c in df.columns if c.startswith("json_")]  # rows ask for different ones
-    warned = [line for line in capsys.readouterr().err.splitlines()
-              if "are not a JSON schema batchrunner can check" in line]
+    err = capsys.readouterr().err.splitlines()
+    warned = [line for line in err if "are not a JSON schema batchrunner can check" in line]
     assert len(warned) == 1 and warned[0].startswith("batchrunner: warning: row r")
+    assert [line for line in err if "enable_thinking" in line] == [
+        "batchrunner: warning: row r8: the body's enable_thinking works only with streaming "
+        '(gateways drop it otherwise, with no error): set "stream": true in the body']
 
 
 def write_batch(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> Path:

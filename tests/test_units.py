@@ -285,6 +285,12 @@ def test_thinking_settings_that_need_streaming_are_warned_about(
     warnings = request_warnings(RequestConfig(extra=extra, stream=stream))
     assert [w.split()[1] for w in warnings] == named
     assert all("stream = true" in w for w in warnings)
+    # A batch row's body: the same fields, at its top level.
+    from batchrunner.template import body_warnings
+
+    in_body = body_warnings({**extra, **({"stream": True} if stream else {})})
+    assert [w.split()[2] for w in in_body] == named
+    assert all(w.endswith('set "stream": true in the body') for w in in_body)
 
 
 def test_the_bar_and_its_counts_agree_on_every_redraw(
