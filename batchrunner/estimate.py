@@ -68,8 +68,9 @@ def _observed_completion(plan: Plan) -> tuple[float, int] | None:
 
 
 def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None,
-                      unbounded: int, to_send: int) -> str:
-    """What the completion tokens were estimated from."""
+                      unbounded: int, to_send: int, *, batch: bool) -> str:
+    """What the completion tokens were estimated from (``batch``: rows that carry their own
+    requests)."""
     guess = f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens"
     if observed is not None:
         mean, n = observed
@@ -82,7 +83,7 @@ def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None
         rows = f"{unbounded:,} row" + ("s" if unbounded != 1 else "")
         return (f"each row's max_tokens where it sets one (an upper bound); {guess} for the "
                 f"{rows} without")
-    return f"{guess} (set max_tokens for a bound)"
+    return f"{guess} (set max_tokens{' in the bodies' if batch else ''} for a bound)"
 
 
 def estimate(plan: Plan) -> Estimate:
@@ -120,7 +121,7 @@ def estimate(plan: Plan) -> Estimate:
                     f"row {key}: ~{item.prompt_estimate:,} prompt tokens, {model} holds "
                     f"{m.context_window:,}")
     est.completion_basis = _completion_basis(job.request.max_tokens, observed, unbounded,
-                                             est.to_send)
+                                             est.to_send, batch=plan.builder is None)
     for model, m in est.by_model.items():
         m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
                                       completion_tokens=m.completion_tokens)

@@ -46,10 +46,12 @@ from batchrunner.arrow import int64_array, is_value, string_array, to_numpy
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import (
     OUTPUT_FORMATS,
+    OVERRIDES,
     JobConfig,
     check_base_url,
     environment,
     is_loopback,
+    option_name,
     proxy_for,
 )
 from batchrunner.errors import (
@@ -230,6 +232,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     builder: RequestBuilder | None = None
     if source.kind == "openai_batch":
         key_column: str | None = "custom_id"
+        _check_no_request_settings(job, where)  # before the file is read through
     else:
         builder = RequestBuilder(job.request, source.columns, where,
                                  base_dir=source.path if source.path.is_dir()
@@ -246,8 +249,6 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                             builder.needed_columns if builder is not None else ("body",))
     if total == 0:
         raise InputError(f"{where}: has no rows")
-    if builder is None:
-        _check_no_request_settings(job, where)
 
     request_settings = (
         {"openai_batch": True} if builder is None else job.request.settings()
@@ -324,14 +325,18 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
 def _check_no_request_settings(job: JobConfig, where: str) -> None:
     """A batch file's rows carry their whole requests: settings that would shape the requests
     (or pick the rows' ids) are refused, not silently left unused."""
-    request = [*job.request.settings()]
+    settings = job.request.settings()
+    if "schema_file" in settings:
+        settings.pop("response_format", None)  # read from the schema file
+    request = [k for k, v in settings.items() if v not in ([], "")]
     unused = request + (["id_column"] if job.input.id_column not in (None, "custom_id") else [])
     if unused:
+        named = [f"{k} ({option_name(k)})" if k in OVERRIDES else k for k in unused]
         raise ConfigError(
             f"{where} is an OpenAI batch file: each row carries its whole request (body) and "
-            f"its id (custom_id), so {', '.join(unused)} would not be used — leave "
-            f"{'it' if len(unused) == 1 else 'them'} out of the job"
-            + (", and set what the requests need in the bodies" if request else ""))
+            f"its id (custom_id), so {', '.join(named)} would not be used — leave "
+            f"{'it' if len(unused) == 1 else 'them'} out (of the options, or of the job file)"
+            + (" and set what the requests need in the bodies" if request else ""))
 
 
 def _restore_batch_checks(plan: Plan, recorded: Any) -> None:
@@ -565,6 +570,10 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
         checks, why = _row_checks(plan, body)
         if why:
             return None, why
+        if body.get("stream") is True:  # usage comes in a last chunk only when asked for
+            options = body.get("stream_options")
+            if options is None or (isinstance(options, dict) and "include_usage" not in options):
+                body["stream_options"] = {**(options or {}), "include_usage": True}
         seen = b"" if checks is None else checks.key
         if plan.batch_key is None:
             plan.batch_key, plan.batch_checks = seen, checks

@@ -142,12 +142,15 @@ class CrashHarness:
         self.id_column = "custom_id" if batch else "id"
         self.ids: list[str] = [f"r{i:05d}" for i in range(rows)]
         texts = [f"row {i} about topic {i * 7 % 13}" for i in range(rows)]
+        self.input = workdir / (f"in-{epoch}.jsonl" if batch else "in.csv")
+        if not batch and self.input.exists():  # --keep: the rows of the run kept
+            kept = pd.read_csv(self.input, dtype=str)
+            self.ids, texts = list(kept["id"]), list(kept["text"])
         self.prompt_of = {k: prompt_key(self.template.format(text=t))
                           for k, t in zip(self.ids, texts, strict=True)}
         endpoint = ["--base-url", sim.base_url, "--output", str(self.out_dir),
                     "--concurrency", str(concurrency), "--progress", "none"]
-        if batch:  # an OpenAI batch file, every row asking for BATCH_SCHEMA
-            self.input = workdir / f"in-{epoch}.jsonl"
+        if batch:  # an OpenAI batch file, every row asking for BATCH_FORMAT's schema
             self.input.write_text("".join(json.dumps({
                 "custom_id": k, "method": "POST", "url": "/v1/chat/completions",
                 "body": {"model": MODEL, "max_tokens": 200, "response_format": BATCH_FORMAT,
@@ -155,7 +158,6 @@ class CrashHarness:
             }) + "\n" for k, t in zip(self.ids, texts, strict=True)))
             self.args = ["run", "--input", str(self.input), *endpoint]
         else:
-            self.input = workdir / "in.csv"
             if not self.input.exists():
                 pd.DataFrame({"id": self.ids, "text": texts}).to_csv(self.input, index=False)
             self.args = ["run", "--input", str(self.input), "--id-column", "id",

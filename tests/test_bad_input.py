@@ -62,8 +62,9 @@ class Ctx:
         return self.write("good.csv", "id,text\na,hello\nb,world\n")
 
     def args(self, inp: Path | str, *extra: str, prompt: str | None = "Say {text}",
-             out: Path | None = None, base_url: str | None = None) -> list[str]:
-        argv = ["run", "--input", str(inp), "--model", "gpt-4o-mini",
+             out: Path | None = None, base_url: str | None = None,
+             model: str | None = "gpt-4o-mini") -> list[str]:
+        argv = ["run", "--input", str(inp), *(["--model", model] if model else []),
                 "--output", str(out or self.out), "--progress", "none"]
         if prompt is not None:
             argv += ["--prompt", prompt]
@@ -226,7 +227,7 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}
     bad = {k: v for k, v in line.items() if k != "body"} | {"custom_id": "t2"}
     inp = c.write("batch.jsonl", json.dumps(line) + "\n" + json.dumps(bad) + "\n")
-    return c.args(inp, prompt=None), ["batch.jsonl", "line 2", "'body'"]
+    return c.args(inp, prompt=None, model=None), ["batch.jsonl", "line 2", "'body'"]
 
 
 @case("OpenAI batch file with request settings it would not use")
@@ -235,8 +236,9 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             "body": {"messages": [{"role": "user", "content": "hi"}]}}
     inp = c.write("batch.jsonl", json.dumps(line) + "\n")
     return c.args(inp, "--max-tokens", "5"), [
-        "batch.jsonl is an OpenAI batch file", "model, prompt, max_tokens would not be used",
-        "set what the requests need in the bodies"]
+        "batch.jsonl is an OpenAI batch file",
+        "model (--model), prompt (--prompt), max_tokens (--max-tokens) would not be used",
+        "leave them out (of the options, or of the job file) and set what the requests need"]
 
 
 # -- the prompt and the columns ---------------------------------------------------------------

@@ -83,6 +83,13 @@ def test_estimate_says_where_a_batch_files_completion_tokens_come_from(
     assert main(["estimate", "--input", str(inp)]) == 0
     assert "completion tokens from: each row's max_tokens, an upper bound" in (
         capsys.readouterr().out)
+    inp.write_text("".join(json.dumps({
+        "custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}})
+        + "\n" for i in range(4)))
+    assert main(["estimate", "--input", str(inp)]) == 0
+    assert ("completion tokens from: a guess of 256 tokens (set max_tokens in the bodies for a "
+            "bound)") in capsys.readouterr().out
 
 
 @pytest.mark.anyio

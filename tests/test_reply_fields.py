@@ -574,6 +574,24 @@ async def test_a_body_json_cannot_carry_is_refused_not_raised(tmp_path: Path) ->
     assert work is None and why.startswith("the body cannot be sent as JSON")
 
 
+@pytest.mark.anyio
+async def test_a_streamed_batch_row_asks_for_its_usage(tmp_path: Path) -> None:
+    """A body that streams is sent asking for the usage chunk, as a job's stream is, so its
+    tokens and cost are recorded; one that says include_usage false is left as it says."""
+    inp = write_batch(tmp_path / "b.jsonl", [
+        ("a red kettle", {"stream": True}),
+        ("a blue mug", {"stream": True, "stream_options": {"include_usage": False}}),
+        ("a green lamp", {"stream": True, "stream_options": {}})])
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(load_job(None, {"input": str(inp), "base_url": sim.base_url,
+                                      "output": str(tmp_path / "out")}))
+    assert s.ok == 3, s
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("custom_id")
+    assert df["ttft_ms"].notna().all()
+    assert df["prompt_tokens"].notna().tolist() == [True, False, True]
+    assert df["cost_usd"].notna().tolist() == [True, False, True]
+
+
 def test_batch_rows_checks_are_built_once_each_and_only_so_many_kept(tmp_path: Path) -> None:
     order = [*range(300), *range(290, 300), 0]  # 300 settings; the latest 10 again; the first
     rows = [(f"q{i}", {"response_format": {"type": "json_schema", "json_schema": {
