@@ -31,7 +31,7 @@ from batchrunner.cli import main
 from batchrunner.journal import Journal, write_segment
 from batchrunner.runner import format_status
 from batchrunner.simulator import SimulatorConfig, SimulatorThread, prompt_key
-from benchmarks.crash_soak import CrashHarness
+from benchmarks.crash_soak import CrashHarness, Kill
 
 KEY = "sk-test-crash-0123456789"
 TEMPLATE = "Summarise: {text}"
@@ -96,6 +96,18 @@ CRASH_PLAN = ("startup", "job-json-tmp", "segment-tmp", "mid-batch", "last-compl
               "compaction", "results-tmp", "report-tmp")
 
 
+def kill_in(harness: CrashHarness, point: str, rng: random.Random) -> Kill:
+    """Kill the job's run at ``point``; a moment a run ended before is tried again, a few
+    times."""
+    for _ in range(3):
+        kill = harness.kill_at(point, rng)
+        if kill.hit or harness.epoch.finished:
+            break
+    assert kill.hit, (f"never killed at {point}: the run exited {kill.exit_code} first "
+                      f"({[(k.point, k.hit, k.exit_code) for k in harness.epoch.kills]})")
+    return kill
+
+
 def test_sigkill_at_many_moments_then_every_row_once(tmp_path: Path) -> None:
     """Eight kills: while importing, writing job.json, writing a journal segment, mid-batch,
     right after the last completion, compacting, writing results and writing the report.
@@ -106,12 +118,7 @@ def test_sigkill_at_many_moments_then_every_row_once(tmp_path: Path) -> None:
     with SimulatorThread(config) as sim:
         harness = CrashHarness(tmp_path, sim, 300, concurrency=8)
         for point in CRASH_PLAN:
-            for _ in range(3):  # a moment a run ended before is tried again, a few times
-                kill = harness.kill_at(point, rng)
-                if kill.hit or harness.epoch.finished:
-                    break
-            assert kill.hit, (f"never killed at {point}: the run exited {kill.exit_code} first "
-                              f"({[(k.point, k.hit, k.exit_code) for k in harness.epoch.kills]})")
+            kill_in(harness, point, rng)
         assert not harness.epoch.violations, harness.epoch.violations
         assert harness.epoch.kills[0].ok_rows == 0
         assert any(0 < k.ok_rows < 300 for k in harness.epoch.kills), \
@@ -130,12 +137,7 @@ def test_sigkill_of_a_batch_file_run_keeps_its_rows_checks(tmp_path: Path) -> No
     with SimulatorThread(config) as sim:
         harness = CrashHarness(tmp_path, sim, 200, concurrency=8, batch=True)
         for point in ("job-json-tmp", "mid-batch", "segment-tmp", "results-tmp"):
-            for _ in range(3):  # a moment a run ended before is tried again, a few times
-                kill = harness.kill_at(point, rng)
-                if kill.hit or harness.epoch.finished:
-                    break
-            assert kill.hit, (f"never killed at {point}: the run exited {kill.exit_code} first "
-                              f"({[(k.point, k.hit, k.exit_code) for k in harness.epoch.kills]})")
+            kill = kill_in(harness, point, rng)
             if point == "mid-batch":
                 assert 0 < kill.ok_rows < 200, kill
                 meta = json.loads((harness.out_dir / "job.json").read_text())
