@@ -123,8 +123,9 @@ Faults
                      without ``tools``) whose ``arguments`` are JSON valid against its
                      ``parameters`` schema (streamed: id, type and name once, then the arguments
                      in pieces, per index). A request whose ``tool_choice`` forces a call
-                     (``"required"``, or a function by name: that one) gets this shape without
-                     the marker, as the APIs answer it.
+                     (``"required"``, a function by name: that one, or ``allowed_tools`` in
+                     mode ``"required"``: the first listed) gets this shape without the
+                     marker, as the APIs answer it.
     ``bad_arguments`` like ``tool_calls``, with the arguments' JSON cut off half-way
     ``no_call``      a text reply even when ``tool_choice`` forces a call, as from a gateway
                      that drops ``tool_choice``
@@ -712,9 +713,14 @@ class _Request:
 
 
 def _forced_tool(tools: Any, choice: Any) -> str | None:
-    """The function a request's ``tool_choice`` makes the reply call: the one it names, or with
-    ``"required"`` the first tool (``extract`` when there are none); None when the reply may
-    answer in text."""
+    """The function a request's ``tool_choice`` makes the reply call: the one it names, with
+    ``"required"`` the first tool (``extract`` when there are none), or with ``allowed_tools``
+    in mode ``"required"`` the first it lists; None when the reply may answer in text."""
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools")
+        if not isinstance(allowed, dict) or allowed.get("mode") != "required":
+            return None
+        return _forced_tool(allowed.get("tools"), "required")
     if choice == "required":
         first = tools[0] if isinstance(tools, list) and tools else None
         fn = first.get("function") if isinstance(first, dict) else None

@@ -102,14 +102,24 @@ def _functions(tools: Any) -> list[Mapping[str, Any]]:
 def _forced_function(tools: Any, choice: Any, *, body: bool = False
                      ) -> Mapping[str, Any] | None:
     """The function that ``tool_choice`` makes every reply call: the one it names (``{"type":
-    "function", "function": {"name": ...}}``, or flat), or with ``"required"`` the only one."""
+    "function", "function": {"name": ...}}``, or flat), with ``"required"`` the only one, or
+    the only one ``allowed_tools`` lists with mode ``"required"``."""
     functions = _functions(tools)
     if choice == "required":
         return functions[0] if len(functions) == 1 else None
-    if not isinstance(choice, Mapping) or choice.get("type") != "function":
+    if isinstance(choice, Mapping) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools")
+        if not isinstance(allowed, Mapping) or allowed.get("mode") != "required":
+            return None
+        listed = _functions(allowed.get("tools"))
+        if len(listed) != 1:
+            return None  # one of several: not one function's arguments
+        name = listed[0]["name"]
+    elif not isinstance(choice, Mapping) or choice.get("type") != "function":
         return None
-    wanted = choice.get("function", choice)
-    name = wanted.get("name") if isinstance(wanted, Mapping) else None
+    else:
+        wanted = choice.get("function", choice)
+        name = wanted.get("name") if isinstance(wanted, Mapping) else None
     if not isinstance(name, str) or not name:
         shape = ('"tool_choice": {"type": "function", "function": {"name": "..."}}' if body
                  else 'tool_choice = { type = "function", function = { name = "..." } }')

@@ -385,6 +385,12 @@ async def test_a_forced_function_fills_the_json_columns_from_its_arguments(
             "tools": [{"type": "function", "function": {"name": "record_product",
                                                         "parameters": strict}}],
             "tool_choice": "required"}))
+        allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+            {"type": "function", "function": {"name": "record_product"}}]}}
+        s = await run(job_for(tmp_path, sim.base_url, inp, "out-allowed",
+                              extra={"tools": [lookup, *TOOLS], "tool_choice": allowed}))
+        assert s.ok == 3, s
+        assert results(tmp_path, "out-allowed")["json_price"].map(type).eq(float).all()
     for df in frames.values():
         assert list(df["status"]) == ["ok"] * 3 and df["content"].isna().all()
         assert [json.loads(c)[0]["function"]["name"] for c in df["tool_calls"]] == [

@@ -184,6 +184,24 @@ def test_flat_tools_and_a_flat_tool_choice_are_read_too() -> None:
         assert so is not None and so.tool == "file_ticket" and len(so.columns) == 6
 
 
+def test_allowed_tools_required_with_one_function_forces_it() -> None:
+    """OpenAI's allowed_tools: mode required over one listed function forces that function
+    (its parameters come from tools); over several, or mode auto, none is forced."""
+    def choice(mode: str, *names: str) -> dict[str, object]:
+        return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": [
+            {"type": "function", "function": {"name": n}} for n in names]}}
+
+    tools = _tools("lookup", "file_ticket")
+    so = structured_output({"extra": {"tools": tools, "tool_choice": choice("required",
+                                                                             "file_ticket")}})
+    assert so is not None and so.tool == "file_ticket" and len(so.columns) == 6
+    for other in (choice("required", "lookup", "file_ticket"), choice("auto", "file_ticket"),
+                  {"type": "allowed_tools"}):
+        assert structured_output({"extra": {"tools": tools, "tool_choice": other}}) is None
+    with pytest.raises(ConfigError, match="names the function 'nope', which is not among"):
+        structured_output({"extra": {"tools": tools, "tool_choice": choice("required", "nope")}})
+
+
 def test_a_call_without_arguments() -> None:
     bare = StructuredOutput.for_function("ping", None)
     calls = json.dumps([{"type": "function", "function": {"name": "ping"}}])
