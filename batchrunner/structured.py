@@ -111,9 +111,10 @@ def _forced_function(tools: Any, choice: Any, *, body: bool = False
         allowed = choice.get("allowed_tools")
         if not isinstance(allowed, Mapping) or allowed.get("mode") != "required":
             return None
-        listed = _functions(allowed.get("tools"))
-        if len(listed) != 1:
-            return None  # one of several: not one function's arguments
+        entries = allowed.get("tools")
+        listed = _functions(entries)
+        if not isinstance(entries, list) or len(entries) != 1 or not listed:
+            return None  # one of several tools, or not a function: no one function's arguments
         name = listed[0]["name"]
     elif not isinstance(choice, Mapping) or choice.get("type") != "function":
         return None

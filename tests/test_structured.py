@@ -195,8 +195,10 @@ def test_allowed_tools_required_with_one_function_forces_it() -> None:
     so = structured_output({"extra": {"tools": tools, "tool_choice": choice("required",
                                                                              "file_ticket")}})
     assert so is not None and so.tool == "file_ticket" and len(so.columns) == 6
+    with_search = choice("required", "file_ticket")
+    with_search["allowed_tools"]["tools"].append({"type": "web_search"})  # type: ignore[index]
     for other in (choice("required", "lookup", "file_ticket"), choice("auto", "file_ticket"),
-                  {"type": "allowed_tools"}):
+                  {"type": "allowed_tools"}, with_search):
         assert structured_output({"extra": {"tools": tools, "tool_choice": other}}) is None
     with pytest.raises(ConfigError, match="names the function 'nope', which is not among"):
         structured_output({"extra": {"tools": tools, "tool_choice": choice("required", "nope")}})
