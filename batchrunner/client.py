@@ -545,13 +545,14 @@ class ChatClient:
         (``_ERROR_WORDS``), is read as that HTTP status (a 400 is not retried, a 401 stops the
         job); anything else is a server-side failure, retried."""
         err = payload["error"]
-        fields: list[tuple[str, Any]] = []
+        names = ("code", "type", "status")
         if isinstance(err, dict):
             text = str(err.get("message") or "")
-            fields = [(f, err.get(f)) for f in ("code", "type", "status")]
+            code, etype, gstatus = (err.get(f) for f in names)
         else:
             text = str(err)
-        code, etype = (fields[0][1], fields[1][1]) if fields else (None, None)
+            code = etype = gstatus = None
+        fields = list(zip(names, (code, etype, gstatus), strict=True))
         text = " ".join(text.split())
         message = self.redact(text)[:_MAX_MESSAGE] or "no message"
         status = code if type(code) is int else (
@@ -567,7 +568,6 @@ class ChatClient:
                     break
         # Everything from the body is redacted before it is cut, the code and type included.
         named = " ".join(str(shown[1]).split())[:80] if shown else ""
-        gstatus = fields[2][1] if fields else None
         if stop := _stop_job(status or 200, self.redact(f"HTTP 200 with error {named}".strip()),
                              code if isinstance(code, str) else None,
                              etype if isinstance(etype, str) else None, message,
