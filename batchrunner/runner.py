@@ -210,6 +210,7 @@ class Plan:
     batch_key: bytes | None = None
     batch_checks: StructuredOutput | None = None
     batch_mixed: bool = False
+    batch_unrecorded: bool = False  # they changed since job_meta last recorded them
 
 
 def _fingerprint(obj: Any) -> str:
@@ -364,6 +365,7 @@ def _settle_batch_checks(plan: Plan) -> None:
     checks = plan.batch_checks
     plan.job_meta["batch_checks"] = {"settings": None if checks is None else checks.settings,
                                      "mixed": plan.batch_mixed}
+    plan.batch_unrecorded = False
     plan.structured = None if plan.batch_mixed else checks
 
 
@@ -576,9 +578,9 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
                 body["stream_options"] = {**(options or {}), "include_usage": True}
         seen = b"" if checks is None else checks.key
         if plan.batch_key is None:
-            plan.batch_key, plan.batch_checks = seen, checks
-        elif seen != plan.batch_key:
-            plan.batch_mixed = True
+            plan.batch_key, plan.batch_checks, plan.batch_unrecorded = seen, checks, True
+        elif seen != plan.batch_key and not plan.batch_mixed:
+            plan.batch_mixed = plan.batch_unrecorded = True
         prompt = body_prompt_text(body)
     else:
         body, prompt = plan.builder.build(row)
@@ -677,7 +679,6 @@ class _Run:
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
         self.warned: set[str] = set()  # the warnings about batch rows said so far
-        self.batch_key, self.batch_mixed = plan.batch_key, plan.batch_mixed  # as in job.json
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -726,7 +727,7 @@ class _Run:
             resent = not math.isnan(spent)  # the row has a record from an earlier run
             spent = spent if resent else 0.0
             item, reason = make_work(plan, key, row)
-            if plan.batch_key is not self.batch_key or plan.batch_mixed is not self.batch_mixed:
+            if plan.batch_unrecorded:
                 self._batch_checks_changed()
             if item is None:
                 self.record(Outcome(key=key, status="failed", error_type="invalid_row",
@@ -846,10 +847,8 @@ class _Run:
     def _batch_checks_changed(self) -> None:
         """The first batch row taken, or the first that asks for other checks: recorded in
         ``job.json`` before it is sent, so a run killed later leaves the record true."""
-        plan = self.plan
-        self.batch_key, self.batch_mixed = plan.batch_key, plan.batch_mixed
-        _settle_batch_checks(plan)
-        _write_meta(plan)
+        _settle_batch_checks(self.plan)
+        _write_meta(self.plan)
 
     def _warn_row(self, key: str, warning: str) -> None:
         """Say once (before sending) what a batch row's settings leave out."""
