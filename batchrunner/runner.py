@@ -80,6 +80,7 @@ from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.structured import StructuredOutput, structured_output
 from batchrunner.template import (
     RequestBuilder,
+    ask_for_usage,
     body_prompt_text,
     body_warnings,
     estimate_tokens,
@@ -572,10 +573,8 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
         checks, why = _row_checks(plan, body)
         if why:
             return None, why
-        if body.get("stream") is True:  # usage comes in a last chunk only when asked for
-            options = body.get("stream_options")
-            if options is None or (isinstance(options, dict) and "include_usage" not in options):
-                body["stream_options"] = {**(options or {}), "include_usage": True}
+        if body.get("stream") is True:
+            ask_for_usage(body)
         seen = b"" if checks is None else checks.key
         if plan.batch_key is None:
             plan.batch_key, plan.batch_checks, plan.batch_unrecorded = seen, checks, True

@@ -93,6 +93,15 @@ def body_warnings(body: dict[str, Any]) -> list[str]:
             'no error): set "stream": true in the body' for name in _needs_stream(body)]
 
 
+def ask_for_usage(body: dict[str, Any]) -> None:
+    """Make a streaming request ask for the usage chunk (``stream_options.include_usage``),
+    unless its ``stream_options`` say otherwise: a stream reports no tokens without it, and
+    the cost is then unknown."""
+    options = body.get("stream_options")
+    if options is None or (isinstance(options, dict) and "include_usage" not in options):
+        body["stream_options"] = {**(options or {}), "include_usage": True}
+
+
 def _needs_stream(fields: dict[str, Any]) -> list[str]:
     """Which of a request's fields work only with streaming."""
     extra_body = fields.get("extra_body")
@@ -156,8 +165,9 @@ class RequestBuilder:
                 base[key] = value
         if request.stream:
             base["stream"] = True
-            base["stream_options"] = {"include_usage": True}
         base.update(request.extra)
+        if request.stream:
+            ask_for_usage(base)
         self._base = base
         self._system = request.system
         self.needed_columns: tuple[str, ...] = tuple(

@@ -115,6 +115,21 @@ def test_request_builder_body() -> None:
     assert "empty" in b.build({"q": "  ", "mc": None})[1]
 
 
+def test_a_streaming_job_asks_for_the_usage_chunk_unless_it_says_otherwise() -> None:
+    from batchrunner.config import RequestConfig
+
+    def options(extra: dict[str, object]) -> object:
+        req = RequestConfig(model="m", prompt="{q}", stream=True, extra=extra)
+        body = RequestBuilder(req, ["q"], "input").build({"q": "why"})[0]
+        assert body is not None and body["stream"] is True
+        return body["stream_options"]
+
+    assert options({}) == {"include_usage": True}
+    assert options({"stream_options": {"include_obfuscation": False}}) == {
+        "include_obfuscation": False, "include_usage": True}
+    assert options({"stream_options": {"include_usage": False}}) == {"include_usage": False}
+
+
 def test_retryable_statuses() -> None:
     for s in (408, 409, 429, 500, 502, 503, 504, 529):
         assert is_retryable_status(s)
