@@ -33,8 +33,9 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 EPILOG = """\
 exit codes: 0 all rows ok · 2 bad job, option or input (nothing sent) ·
-            3 finished with failed rows · 4 stopped early (auth, quota, budget,
-            endpoint unreachable, every request failing, Ctrl-C), rerun to resume ·
+            3 finished with failed rows · 4 stopped early (auth, quota, billing or
+            region, budget, endpoint unreachable, every request failing, Ctrl-C),
+            rerun to resume ·
             1 output could not be written (disk full)
 """
 
