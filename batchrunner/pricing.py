@@ -2,7 +2,9 @@
 
 Prices come from two places, looked up in this order:
 
-1. the job's ``[prices]`` table (exact model name), parsed by :func:`parse_price_table`;
+1. the job's ``[prices]`` table, parsed by :func:`parse_price_table`: the exact model name, or
+   a dated snapshot of it, the name an API answers with (``gpt-4o-mini-2024-07-18`` is priced
+   as ``gpt-4o-mini``, ``claude-sonnet-4-5-20250929`` as ``claude-sonnet-4-5``);
 2. the ``genai-prices`` library, a maintained offline price table that matches dated and
    suffixed model names (``gpt-4o-2024-08-06``, ``claude-sonnet-4-5-20250929``,
    ``gemini-3-pro-preview-thinking``) and, as a fallback here, gateway spellings such as
@@ -66,6 +68,9 @@ __all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table", "prel
 LIBRARY_NAME = "genai-prices"
 SOURCE_JOB = "job [prices]"
 SOURCE_UNKNOWN = "unknown"
+# A dated snapshot of a model, as an API names the model that answered: a date (2024-07-18,
+# 20250929) or a version number (0125, 001) after the name asked for.
+_SNAPSHOT = re.compile(r"(.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{3,4})")
 
 _PER_TOKENS = 1_000_000
 _PRICE_KEYS = ("input", "output", "cached_input")
@@ -176,8 +181,8 @@ class PriceBook:
         return self._prices[model]
 
     def source(self, model: str) -> str:
-        """Where the price comes from: ``job [prices]``, ``genai-prices X (provider/id)``, or
-        ``unknown``."""
+        """Where the price comes from: ``job [prices]`` (``job [prices] (name)`` for a dated
+        snapshot of a name the job prices), ``genai-prices X (provider/id)``, or ``unknown``."""
         if model not in self._sources:
             self._resolve(model)
         return self._sources[model]
@@ -193,6 +198,8 @@ class PriceBook:
         price: ModelPrice | None
         if model in self._overrides:
             price, source = self._overrides[model], SOURCE_JOB
+        elif (snapshot := _SNAPSHOT.fullmatch(model)) and snapshot[1] in self._overrides:
+            price, source = self._overrides[snapshot[1]], f"{SOURCE_JOB} ({snapshot[1]})"
         else:
             entry = self._answer(lambda a: a.prices, model, lambda: _library_entry(model))
             price, source = entry if entry is not None else (None, SOURCE_UNKNOWN)

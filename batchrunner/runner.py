@@ -678,6 +678,7 @@ class _Run:
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
         self.warned: set[str] = set()  # the warnings about batch rows said so far
+        self.warned_unpriced = False  # about a reply without usage, under a budget
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -856,14 +857,18 @@ class _Run:
         self.warned.add(warning)
         self.progress.write(f"batchrunner: warning: row {key}: {warning}")
 
+    def _estimated_cost(self, item: _Work) -> float | None:
+        """What the request will cost at most, as far as it can be told before the reply."""
+        completion = (item.completion_max or int(self.completion_estimate)) * item.n
+        return self.plan.prices.cost(str(item.body.get("model") or ""),
+                                     prompt_tokens=int(item.prompt_estimate * self.prompt_ratio),
+                                     completion_tokens=completion)
+
     def _reserve(self, item: _Work) -> float | None:
         """Hold the request's estimated cost against the budget; None (and stop) if it won't fit."""
         assert self.budget is not None
         model = str(item.body.get("model") or "")
-        completion = (item.completion_max or int(self.completion_estimate)) * item.n
-        est = self.plan.prices.cost(model, prompt_tokens=int(item.prompt_estimate
-                                                            * self.prompt_ratio),
-                                    completion_tokens=completion)
+        est = self._estimated_cost(item)
         if est is None:
             self.stop(BudgetExceeded(
                 f"max_cost_usd is set but no price is known for model {model!r}; add "
@@ -1029,13 +1034,17 @@ class _Run:
         self.latency_s += 0.05 * (res.latency_ms / 1000.0 - self.latency_s)
         requested = str(item.body.get("model") or "")
         prices = self.plan.prices
-        # Priced as the model that answered, when its price is known (a gateway may route).
+        # Priced as the model that answered, when its price is known (a gateway may route),
+        # unless the job prices the model asked for: the job's prices win.
         answered = res.model
         model = (requested if not answered or answered == requested
-                 or prices.price(answered) is None else answered)
+                 or requested in prices.overrides or prices.price(answered) is None
+                 else answered)
         cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)
+        if cost is None and self.budget is not None:
+            self._unpriced_reply(item)
         checks = item.checks
         error = None if checks is None else checks.check_reply(res.content, res.tool_calls)
         return Outcome(
@@ -1052,6 +1061,17 @@ class _Run:
             model=res.model or requested or None, request_id=res.request_id,
             finished_at=time.time(),
         )
+
+    def _unpriced_reply(self, item: _Work) -> None:
+        """A reply with no usage to price (a gateway that leaves it out): it was paid for all
+        the same, so the budget counts it at its estimate and still holds."""
+        self.spent += self._estimated_cost(item) or 0.0
+        if not self.warned_unpriced:
+            self.warned_unpriced = True
+            self.progress.write(
+                f"batchrunner: warning: row {item.key}: the reply has no usage (token counts), "
+                "so its cost is unknown; max_cost_usd counts such replies at their estimated "
+                "cost (the prompt and max_tokens)")
 
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap."""

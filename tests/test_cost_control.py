@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from aiohttp import web
 
 from batchrunner.cli import main
 from batchrunner.config import load_job
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread
+from tests.servers import serve_on_loopback
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=3), progress="none",
                   handle_signals=False)
@@ -154,3 +156,72 @@ async def test_unknown_model_cost_is_unknown_never_zero(tmp_path: Path) -> None:
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert df["cost_usd"].isna().all()
     assert "my-private-model" in (tmp_path / "out" / "cost_report.md").read_text()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("asked", "answered"), [
+    ("gpt-4o-mini", "gpt-4o-mini-2024-07-18"),  # OpenAI names the dated snapshot
+    ("my-alias", "gpt-4o"),  # a gateway routed the request to a model the library prices
+])
+async def test_the_jobs_price_for_the_model_asked_for_wins(tmp_path: Path, asked: str,
+                                                           answered: str) -> None:
+    """A reply is priced at the job's [prices] for the model asked for, whatever name the
+    server answers with; the report says where the price came from."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        await request.read()
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": answered,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000,
+                      "total_tokens": 2_000_000}})
+
+    inp = make_input(tmp_path, 5)
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "{asked}"\n'
+        'prompt = "{text}"\n[output]\ndir = "out"\n'
+        f'[prices."{asked}"]\ninput = 1.0\noutput = 2.0\n')
+    runner, port = await serve_on_loopback(handler)
+    try:
+        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1",
+                                               "max_cost_usd": 100.0})
+        s = await run_job(job, FAST)
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 3 and s.ok == 4  # row 3 is the empty prompt
+    assert s.cost_usd == pytest.approx(4 * 3.0)
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    ok = df[df["status"] == "ok"]
+    assert ok["model"].tolist() == [answered] * 4
+    assert ok["cost_usd"].tolist() == [pytest.approx(3.0)] * 4
+    by_model = json.loads((tmp_path / "out" / "cost_report.json").read_text())["by_model"]
+    if asked == "gpt-4o-mini":  # the snapshot is the model asked for: its price is the job's
+        assert by_model[answered]["price_source"] == "job [prices] (gpt-4o-mini)"
+
+
+@pytest.mark.anyio
+async def test_the_budget_holds_when_replies_carry_no_usage(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    """A gateway that leaves usage out still bills: each such reply counts against
+    max_cost_usd at its estimate, so the job stops near the cap instead of running through."""
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": range(30), "text": [f"item {i} [[sim:no_usage]]" for i in range(30)]}
+                 ).to_csv(inp, index=False)
+    prices = '[prices."sim-model"]\ninput = 1000.0\noutput = 1000.0\n'
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "sim-model"\n'
+        f'prompt = "{{text}}"\nmax_tokens = 100\n[limits]\nconcurrency = 1\n'
+        f'[output]\ndir = "out"\n{prices}')
+    async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
+        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 1.0})
+        s = await run_job(job, FAST)
+        sent = sim.stats()["requests"]
+    # Each reply is estimated at ~0.1 USD (100 completion tokens at 1000 USD per 1M, plus the
+    # prompt): about ten fit under 1 USD.
+    assert s.exit_code == 4 and s.stopped and "max_cost_usd" in s.stopped
+    assert 5 <= sent <= 10
+    assert s.cost_usd is None  # unknown, never 0
+    err = capsys.readouterr().err
+    assert err.count("the reply has no usage") == 1

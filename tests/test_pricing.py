@@ -125,8 +125,14 @@ def test_job_prices_win_over_the_library() -> None:
     assert book.price("gpt-4o-mini") == OWN
     assert book.source("gpt-4o-mini") == "job [prices]"
     assert book.cost("gpt-4o-mini", prompt_tokens=1_000_000, completion_tokens=0) == 2.0
-    # Overrides match the exact name only; a dated name still goes to the library.
-    assert book.source("gpt-4o-mini-2024-07-18").startswith("genai-prices")
+    # A dated snapshot of the name, as the API names the model that answered, is the same
+    # model: the job's price holds for it too.
+    for snapshot in ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-20240718", "gpt-4o-mini-0718"):
+        assert book.price(snapshot) == OWN
+        assert book.source(snapshot) == "job [prices] (gpt-4o-mini)"
+    # Another model whose name starts the same is not.
+    assert book.source("gpt-4o-mini-search-preview").startswith("genai-prices")
+    assert PriceBook({"gpt-4o": OWN}).source("gpt-4o-mini").startswith("genai-prices")
 
 
 def test_library_knows_gpt_4o_mini() -> None:
