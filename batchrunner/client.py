@@ -40,6 +40,10 @@ from batchrunner.retry import is_retryable_status
 __all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
 
 _MAX_MESSAGE = 300
+# The longest stream event line read (an image model's base64 answer can be megabytes); aiohttp
+# stops at 128 KiB unless told.
+_MAX_EVENT = 64 << 20
+_MAX_STRAY = 65536  # bytes of a stream's lines that are not SSE fields kept (an error body)
 _SCAN = 16384  # bytes of an error body read for its message
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 # The error words a gateway may pass on in a 200 instead of its upstream's status, and the
@@ -163,8 +167,8 @@ class StreamAssembler:
     top-level ``citations`` (Grok) likewise. ``done`` is set by ``data: [DONE]``.
     """
 
-    __slots__ = ("cited", "done", "error", "first", "first_token_at", "id", "model", "others",
-                 "usage")
+    __slots__ = ("cited", "done", "error", "event", "first", "first_token_at", "id", "model",
+                 "others", "stray", "usage")
 
     def __init__(self) -> None:
         self.first = _Parts()  # choice 0
@@ -176,6 +180,10 @@ class StreamAssembler:
         self.done = False
         self.error: dict[str, Any] | None = None
         self.first_token_at: float | None = None
+        self.event: bytes | None = None  # the current event's ``event:`` field
+        # Lines that are not SSE fields (a JSON error body sent as a stream, say), kept up to
+        # _MAX_STRAY bytes to read once the stream ends.
+        self.stray: list[bytes] | None = None
 
     @property
     def content(self) -> list[str]:
@@ -193,10 +201,14 @@ class StreamAssembler:
         """One line of the stream; raises ValueError on an event that is not JSON."""
         line = line.strip()
         if not line.startswith(b"data:"):
-            return  # blank separators, comments (": keep-alive"), event:/id: fields
+            self._field(line)  # blank separators, comments (": keep-alive"), event:/id: fields
+            return
         data = line[5:].strip()
         if data == b"[DONE]":
             self.done = True
+            return
+        if self.event == b"error":  # ``event: error``: the data is the error, in any shape
+            self._error_event(data)
             return
         event = orjson.loads(data)
         if not isinstance(event, dict):
@@ -238,6 +250,51 @@ class StreamAssembler:
                     self._more(parts, delta)
             if choice.get("finish_reason"):
                 parts.finish_reason = choice["finish_reason"]
+
+    def _field(self, line: bytes) -> None:
+        """A line that is not ``data:``: an event's name, the blank line that ends an event, a
+        field or comment of no use here, or a stray line (kept: see ``stray_error``)."""
+        if line.startswith(b"event:"):
+            self.event = line[6:].strip()
+        elif not line:
+            self.event = None
+        elif not line.startswith((b":", b"id:", b"retry:")):
+            stray = self.stray if self.stray is not None else []
+            if sum(map(len, stray)) + len(line) <= _MAX_STRAY:
+                stray.append(line)
+                self.stray = stray
+
+    def _error_event(self, data: bytes) -> None:
+        """The data of an ``event: error``: ``{"error": {...}}``, a bare error object
+        (``{"message", "code"}``), or plain text."""
+        try:
+            value = orjson.loads(data)
+        except ValueError:
+            value = data.decode("utf-8", "replace")
+        if isinstance(value, dict) and isinstance(value.get("error"), dict):
+            self.error = value["error"]
+        elif isinstance(value, dict):
+            self.error = value
+        else:
+            self.error = {"message": str(value)}
+
+    def stray_error(self) -> dict[str, Any] | None:
+        """The ``{"error": ...}`` body a server sent with a stream's content type but not as
+        events (the stray lines, read as one JSON document), if it did."""
+        if not self.stray:
+            return None
+        try:
+            value = orjson.loads(b"\n".join(self.stray))
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) and value.get("error") else None
+
+    @property
+    def finished(self) -> bool:
+        """Every choice has its ``finish_reason``: the answer is whole, with or without the
+        ``[DONE]`` that should follow it."""
+        return self.first.finish_reason is not None and all(
+            p.finish_reason is not None for p in (self.others or {}).values())
 
     def _more(self, parts: _Parts, delta: dict[str, Any]) -> None:
         """The rarer parts of a delta: reasoning, tool calls, annotations."""
@@ -364,11 +421,17 @@ class ChatClient:
                 if status == 200 and streaming and not headers.get(
                         "Content-Type", "").startswith("application/json"):
                     stream = StreamAssembler()
+                    content = resp.content
                     try:
-                        async for line in resp.content:
+                        while line := await content.readline(max_line_length=_MAX_EVENT):
                             stream.feed(line)
                             if stream.done:
                                 break
+                    except aiohttp.http_exceptions.LineTooLong:
+                        raise BadResponseError(
+                            "invalid_body", f"a stream event longer than {_MAX_EVENT >> 20} MiB",
+                            retryable=False, status=200, request_id=headers.get("x-request-id"),
+                        ) from None
                     except ValueError:
                         raise BadResponseError(
                             "invalid_body", "a stream event that is not JSON", retryable=True,
@@ -406,7 +469,11 @@ class ChatClient:
         if st.error is not None:  # read like an error body: its words may stop the job
             raise self._error_in_200({"error": st.error, "usage": st.usage}, request_id,
                                      kind="stream_error")
-        if not st.done:
+        if not st.done and not st.finished:
+            if (body := st.stray_error()) is not None:  # an error body, not a stream
+                raise self._error_in_200(body, request_id)
+            # A stream whose every choice finished is whole without its [DONE] (a server or
+            # proxy that leaves it out): taken, not paid for twice.
             raise TransportError("stream_cut", "the stream ended before [DONE]", retryable=True,
                                  request_id=request_id, usage=billed)
         first = st.first

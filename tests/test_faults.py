@@ -765,11 +765,10 @@ async def stream_stalls(srv: FaultServer, request: web.BaseRequest,
     return response
 
 
-async def stream_no_done(srv: FaultServer, request: web.BaseRequest,
-                         body: dict[str, Any]) -> web.StreamResponse:
-    """A whole reply with its finish chunk, but the stream ends without ``data: [DONE]``."""
+async def stream_ends_unfinished(srv: FaultServer, request: web.BaseRequest,
+                                 body: dict[str, Any]) -> web.StreamResponse:
+    """Two chunks, then the stream ends cleanly: no finish chunk, no ``data: [DONE]``."""
     response = await stream_head(request)
-    await response.write(sse(chunk(" reply", "stop")))
     await response.write_eof()
     return response
 
@@ -790,8 +789,8 @@ async def healthy_stream(srv: FaultServer, request: web.BaseRequest,
     (stream_error_event, "stream_error"),
     (stream_dropped, "truncated_body"),
     (stream_stalls, "timeout"),
-    (stream_no_done, "stream_cut"),
-], ids=["error-event", "dropped", "stalls", "no-done"])
+    (stream_ends_unfinished, "stream_cut"),
+], ids=["error-event", "dropped", "stalls", "unfinished"])
 async def test_streams_that_break(tmp_path: Path, fault: Fault, etype: str) -> None:
     """Row 0 breaks once (the retry's stream is whole), row 1 every time."""
     inp = make_csv(tmp_path / "in.csv", ["breaks once", "breaks always"])
@@ -816,6 +815,85 @@ async def test_streams_that_break(tmp_path: Path, fault: Fault, etype: str) -> N
     rep = report(tmp_path)
     assert failed_by_type(rep) == {etype: 1}
     assert seen_by_type(rep) == {etype: 1 + 3}
+
+
+async def stream_finished_no_done(request: web.BaseRequest) -> web.StreamResponse:
+    """A whole reply with its finish chunk and usage, but no ``data: [DONE]``."""
+    response = await stream_head(request)
+    await response.write(sse(chunk(" reply", "stop")) + sse(
+        {"id": "chatcmpl-s", "object": "chat.completion.chunk", "choices": [],
+         "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}))
+    await response.write_eof()
+    return response
+
+
+async def stream_long_event(request: web.BaseRequest) -> web.StreamResponse:
+    """One event of 600 KB (an image model's base64 answer), whole."""
+    response = await stream_head(request)
+    await response.write(sse(chunk(" " + "A" * 600_000, "stop")) + b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def stream_named_error(request: web.BaseRequest) -> web.StreamResponse:
+    """``event: error`` with a bare error object, as some gateways send a refusal."""
+    response = await stream_head(request)
+    await response.write(b"event: error\ndata: " + json.dumps(
+        {"message": "context too long for this model", "code": 400}).encode() + b"\n\n")
+    await response.write_eof()
+    return response
+
+
+async def stream_named_error_text(request: web.BaseRequest) -> web.StreamResponse:
+    response = await stream_head(request)
+    await response.write(b"event: error\ndata: upstream timed out\n\n")
+    await response.write_eof()
+    return response
+
+
+async def error_body_as_stream(request: web.BaseRequest) -> web.StreamResponse:
+    """A JSON error body, pretty-printed, sent with a stream's content type."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(json.dumps({"error": {
+        "message": "The model `gpt-9` does not exist", "type": "invalid_request_error",
+        "code": "model_not_found"}}, indent=2).encode())
+    await response.write_eof()
+    return response
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("answer", "status", "error_type", "attempts", "said"), [
+    (stream_finished_no_done, "ok", None, 1, None),
+    (stream_long_event, "ok", None, 1, None),
+    (stream_named_error, "failed", "stream_error", 1, "context too long for this model"),
+    (stream_named_error_text, "failed", "stream_error", 3, "upstream timed out"),
+    (error_body_as_stream, "failed", "error_body", 1, "The model `gpt-9` does not exist"),
+], ids=["finished-no-done", "long-event", "error-event-bare", "error-event-text",
+        "error-body-as-stream"])
+async def test_streams_in_less_common_shapes(tmp_path: Path, answer: Any, status: str,
+                                            error_type: str | None, attempts: int,
+                                            said: str | None) -> None:
+    """A whole stream without its [DONE] is taken, not paid for twice; an event of any size is
+    read; an error event in any shape, or an error body sent as a stream, is read as the error
+    it names (a 400 or a missing model is not retried)."""
+    inp = make_csv(tmp_path / "in.csv", ["one row"])
+
+    async def fault(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse:
+        return await answer(request)
+
+    async with FaultServer(fault) as srv:
+        await run(job_for(tmp_path, srv.base_url, inp, stream=True))
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["attempts"]) == (status, attempts)
+    assert (None if pd.isna(row["error_type"]) else row["error_type"]) == error_type
+    if status == "ok":
+        assert row["content"].startswith("Echo: half a ") and row["finish_reason"] == "stop"
+    else:
+        assert said in row["error_message"]
+    if answer is stream_finished_no_done:
+        assert row["total_tokens"] == 13
 
 
 # ----------------------------------------------------------------------------------------------
