@@ -58,7 +58,8 @@ Token counting (exported, the runner uses the same estimate)
 Reasoning
     Models listed in ``reasoning_models`` (an entry matches the name itself or the name followed
     by ``-...``), any model whose name contains ``-thinking``, and any request with
-    ``"thinking": {"type": "enabled"}`` or ``"enable_thinking": true`` reason first:
+    ``"thinking": {"type": "enabled"}`` or (streamed: gateways turn it off otherwise)
+    ``"enable_thinking": true`` reason first:
     ``ceil(reply tokens × reasoning_ratio)`` reasoning tokens, counted inside
     ``completion_tokens`` (and the max_tokens budget) and reported in
     ``usage.completion_tokens_details.reasoning_tokens``; the text is returned as
@@ -1156,7 +1157,8 @@ class _Server:
         reasoning = self.is_reasoning(model)
         if not reasoning:
             thinking = body.get("thinking")
-            reasoning = body.get("enable_thinking") is True or (
+            # Qwen's enable_thinking is turned off, not refused, without a stream.
+            reasoning = (body.get("enable_thinking") is True and stream) or (
                 isinstance(thinking, dict) and thinking.get("type") == "enabled"
             )
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import math
 import mimetypes
+import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,20 +78,57 @@ class Template:
 
 
 def request_warnings(req: RequestConfig) -> list[str]:
-    """Settings in ``[request.extra]`` that a gateway ignores without ``stream = true``."""
-    if req.stream:
-        return []
-    return [f"[request.extra] {name} works only with streaming (gateways drop it otherwise, "
-            "with no error): set [request] stream = true or pass --stream"
-            for name in _needs_stream(req.extra)]
+    """Settings of a job that a gateway drops or ignores with no error, said before the run."""
+    fields = {**req.extra, "model": req.model, "max_tokens": req.max_tokens,
+              "temperature": req.temperature, "top_p": req.top_p}
+
+    def where(name: str) -> str:
+        return f"[request] {name}" if name in _REQUEST_FIELDS else f"[request.extra] {name}"
+
+    return _warnings(fields, req.stream, where, "set [request] stream = true or pass --stream")
 
 
 def body_warnings(body: dict[str, Any]) -> list[str]:
     """The same for a batch row's body."""
-    if body.get("stream") is True:
-        return []
-    return [f"the body's {name} works only with streaming (gateways drop it otherwise, with "
-            'no error): set "stream": true in the body' for name in _needs_stream(body)]
+    return _warnings(body, body.get("stream") is True, lambda name: f"the body's {name}",
+                     'set "stream": true in the body')
+
+
+_REQUEST_FIELDS = frozenset({"model", "max_tokens", "temperature", "top_p"})
+# Gemini through a gateway that names its thinking variants by suffix (-thinking, -thinking-8192,
+# -thinking-low).
+_GEMINI_THINKING = re.compile(r"gemini.*-thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
+# Qwen's settings that gateways taking a ``parameters`` object read only there.
+_QWEN_PARAMETERS = ("temperature", "top_p", "enable_search", "search_options")
+
+
+def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
+              set_stream: str) -> list[str]:
+    """What a request's ``fields`` (a body, or a job's settings in its shape) ask for that a
+    gateway leaves out without an error. ``where`` names a field as the user set it."""
+    out: list[str] = []
+    model = fields.get("model")
+    model = model if isinstance(model, str) else ""
+    if not stream:
+        out.extend(f"{where(name)} works only with streaming (gateways drop it otherwise, with "
+                   f"no error): {set_stream}" for name in _needs_stream(fields))
+    gemini_thinking = _GEMINI_THINKING.search(model) is not None
+    if gemini_thinking and not stream:
+        out.append(f"{where('model')} {model} gives its reasoning (reasoning_content) only in a "
+                   f"stream, though its thinking is billed: {set_stream} to record it")
+    if gemini_thinking and fields.get("reasoning_effort") is not None and fields.get(
+            "max_tokens") is not None:
+        out.append(f"{where('reasoning_effort')} works with a -thinking model only without "
+                   f"max_tokens (gateways ignore it otherwise): leave {where('max_tokens')} out "
+                   "to use it")
+    if model.lower().startswith("qwen") and isinstance(fields.get("parameters"), dict):
+        top = [name for name in _QWEN_PARAMETERS if fields.get(name) is not None]
+        if top:
+            it = "it" if len(top) == 1 else "them"
+            out.append(f"{', '.join(map(where, top))} {'is' if len(top) == 1 else 'are'} sent "
+                       "at the body's top level, where gateways that take Qwen's settings in a "
+                       f"parameters object ignore {it}: move {it} into {where('parameters')}")
+    return out
 
 
 def ask_for_usage(body: dict[str, Any]) -> None:
@@ -104,13 +142,17 @@ def ask_for_usage(body: dict[str, Any]) -> None:
 
 def _needs_stream(fields: dict[str, Any]) -> list[str]:
     """Which of a request's fields work only with streaming."""
-    extra_body = fields.get("extra_body")
-    google = extra_body.get("google") if isinstance(extra_body, dict) else None
     needs = []
     if fields.get("enable_thinking") is True:  # Qwen: turned off, not refused, without stream
         needs.append("enable_thinking")
-    if isinstance(google, dict) and "thinking_config" in google:  # Gemini through a gateway
-        needs.append("extra_body.google.thinking_config")
+    # Gemini through a gateway: in the body's extra_body, or at its top level (where the
+    # OpenAI SDK's extra_body={"google": ...} puts it).
+    extra_body = fields.get("extra_body")
+    for name, google in (("extra_body.google", extra_body.get("google")
+                          if isinstance(extra_body, dict) else None),
+                         ("google", fields.get("google"))):
+        if isinstance(google, dict) and "thinking_config" in google:
+            needs.append(f"{name}.thinking_config")
     return needs
 
 

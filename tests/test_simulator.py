@@ -404,6 +404,18 @@ async def test_reasoning_models_report_and_stream_reasoning() -> None:
         )
         assert thinking.usage is not None and thinking.usage.completion_tokens_details is not None
         assert thinking.usage.completion_tokens_details.reasoning_tokens == 20
+        # Qwen's enable_thinking reasons only in a stream: without one, gateways turn it off.
+        qwen = await client.chat.completions.create(
+            model="qwen3-omni-flash", messages=user("think"),
+            extra_body={"enable_thinking": True})
+        assert qwen.usage is not None and qwen.usage.completion_tokens_details is not None
+        assert qwen.usage.completion_tokens_details.reasoning_tokens == 0
+        streamed = await client.chat.completions.create(
+            model="qwen3-omni-flash", messages=user("think"), stream=True,
+            stream_options={"include_usage": True}, extra_body={"enable_thinking": True})
+        usage = [c.usage async for c in streamed if c.usage is not None]
+        assert usage and usage[-1].completion_tokens_details is not None
+        assert usage[-1].completion_tokens_details.reasoning_tokens == 20
 
 
 @pytest.mark.anyio

@@ -291,6 +291,9 @@ def test_run_lock_is_skipped_where_flock_is_not_supported_and_fails_loudly_other
      ["extra_body.google.thinking_config"]),
     ({"extra_body": "not a table"}, False, []),
     ({"thinking": {"type": "enabled"}}, False, []),  # Claude's works either way
+    # The OpenAI SDK's extra_body={"google": ...} puts it at the body's top level.
+    ({"google": {"thinking_config": {"include_thoughts": True}}}, False,
+     ["google.thinking_config"]),
 ])
 def test_thinking_settings_that_need_streaming_are_warned_about(
         extra: dict[str, object], stream: bool, named: list[str]) -> None:
@@ -306,6 +309,42 @@ def test_thinking_settings_that_need_streaming_are_warned_about(
     in_body = body_warnings({**extra, **({"stream": True} if stream else {})})
     assert [w.split()[2] for w in in_body] == named
     assert all(w.endswith('set "stream": true in the body') for w in in_body)
+
+
+@pytest.mark.parametrize(("settings", "said"), [
+    # A -thinking Gemini variant gives its reasoning only in a stream.
+    ({"model": "gemini-2.5-flash-thinking"}, ["gives its reasoning (reasoning_content) only"]),
+    ({"model": "gemini-2.5-flash-thinking-8192", "stream": True}, []),
+    ({"model": "gemini-3-pro-preview-thinking-low"}, ["gives its reasoning"]),
+    ({"model": "gemini-2.5-flash-nothinking"}, []),
+    ({"model": "gemini-2.5-flash"}, []),
+    # reasoning_effort is ignored on a -thinking model with max_tokens set.
+    ({"model": "gemini-2.5-flash-thinking", "stream": True, "max_tokens": 500,
+      "reasoning_effort": "low"}, ["reasoning_effort works with a -thinking model only"]),
+    ({"model": "gemini-2.5-flash-thinking", "stream": True, "reasoning_effort": "low"}, []),
+    # Qwen's settings beside a parameters object go inside it on gateways that take one.
+    ({"model": "qwen3-omni-flash", "temperature": 0, "parameters": {"enable_search": True}},
+     ["temperature is sent at the body's top level"]),
+    ({"model": "qwen3-omni-flash", "temperature": 0, "top_p": 0.5, "parameters": {}},
+     ["temperature, ", "top_p are sent at the body's top level"]),
+    ({"model": "qwen3-omni-flash", "temperature": 0}, []),  # no parameters: the usual shape
+    ({"model": "gpt-4o", "temperature": 0, "parameters": {}}, []),
+])
+def test_settings_a_gateway_would_ignore_are_warned_about(settings: dict[str, object],
+                                                          said: list[str]) -> None:
+    from batchrunner.config import RequestConfig
+    from batchrunner.template import body_warnings, request_warnings
+
+    in_body = " | ".join(body_warnings(settings))
+    assert all(part in in_body for part in said) and bool(in_body) == bool(said), in_body
+    fields = {k: v for k, v in settings.items() if k not in ("reasoning_effort", "parameters")}
+    extra = {k: v for k, v in settings.items() if k in ("reasoning_effort", "parameters")}
+    job = " | ".join(request_warnings(RequestConfig(**fields, extra=extra)))
+    assert all(part in job for part in said) and bool(job) == bool(said), job
+    if "reasoning_effort" in job:
+        assert "[request.extra] reasoning_effort" in job and "[request] max_tokens" in job
+    if "parameters" in extra and said:
+        assert "move it into [request.extra] parameters" in job or "move them" in job
 
 
 def test_the_bar_and_its_counts_agree_on_every_redraw(
