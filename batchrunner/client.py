@@ -851,10 +851,7 @@ def _usage(usage: Any) -> Usage:
     cached = v if type(ptd) is dict and type(v := ptd.get("cached_tokens")) is int else None
     ctd = get("completion_tokens_details")
     reasoning = v if type(ctd) is dict and type(v := ctd.get("reasoning_tokens")) is int else None
-    if pt is not None:
-        cached = cached or 0
-        reasoning = reasoning or 0
-    return pt, ct, tt, cached, reasoning
+    return pt, ct, tt, cached, reasoning  # a count the server did not give is None, not 0
 
 
 def _billed_usage(usage: Any) -> Usage | None:
