@@ -319,11 +319,11 @@ def _number(t: dict[str, Any], key: str, f: _Fields, *, integer: bool, positive:
     if not math.isfinite(v):
         raise ConfigError(f"{f(table, key)} must be a finite number, got {v!r}")
     if positive and v <= 0:
-        raise ConfigError(f"{f(table, key)} must be greater than 0, got {v!r}")
+        raise ConfigError(f"{f(table, key)} must be greater than 0, got {v:g}")
     if not positive and v < 0:
-        raise ConfigError(f"{f(table, key)} must not be negative, got {v!r}")
+        raise ConfigError(f"{f(table, key)} must not be negative, got {v:g}")
     if at_most is not None and v > at_most:
-        raise ConfigError(f"{f(table, key)} must be at most {at_most:g}, got {v!r}")
+        raise ConfigError(f"{f(table, key)} must be at most {at_most:g}, got {v:g}")
 
 
 def _string(t: dict[str, Any], key: str, f: _Fields, table: str) -> None:
@@ -410,6 +410,16 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
     _string(end, "base_url_env", f, "endpoint")
     if "simulator" in end and not isinstance(end["simulator"], bool):
         raise ConfigError(f"{f('endpoint', 'simulator')} must be true or false")
+    if end.get("simulator") and end.get("base_url"):
+        by_cli = [("endpoint", k) in f.from_cli for k in ("simulator", "base_url")]
+        if by_cli == [False, True]:  # the command line's --base-url overrides the file
+            end["simulator"] = False
+        elif by_cli == [True, False]:  # and its --simulator does too
+            del end["base_url"]
+        else:
+            raise ConfigError(
+                f"{f('endpoint', 'simulator')} and {f('endpoint', 'base_url')} are both set — "
+                "keep one: the simulator rehearses the job, base_url sends real requests")
     if end.get("base_url"):
         end["base_url"] = check_base_url(end["base_url"], f("endpoint", "base_url"))
 

@@ -162,7 +162,7 @@ def format_estimate(e: Estimate) -> str:
         lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     total = e.cost_usd
-    cost_line = ("unknown for some models (add [prices.\"MODEL\"] to the job)" if total is None
+    cost_line = ("unknown for some models (add [prices.\"MODEL\"] to a job file)" if total is None
                  else f"${total:,.4f}")
     lines.append(f"  estimated cost: {cost_line} ({e.price_library})")
     lines.append(f"  completion tokens from: {e.completion_basis}")

@@ -836,7 +836,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     title = f"# Cost report: {job['name']}" if job.get("name") else "# Cost report"
     out: list[str] = [title, ""]
-    details = [(k, v) for k, v in job.items() if k != "name" and v not in (None, "")]
+    details = [(k, v) for k, v in job.items() if k != "name" and v not in (None, "", False)]
     if details:
         out += [f"- {k}: {_one_line(v)}" for k, v in details]
         out.append("")

@@ -234,7 +234,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
     details = [
         f"<dt>{_e(k)}</dt><dd>{_e(_short(_one_line(v), 200))}</dd>"
         for k, v in job.items()
-        if k != "name" and v not in (None, "")
+        if k != "name" and v not in (None, "", False)
     ]
     out = [
         f"<header><h1>{_e(title)}</h1>",

@@ -142,7 +142,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     report = build_report(
         stats, prices=plan.prices,
         job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
-             "model": job.request.model, "job_file": job.source},
+             "model": job.request.model, "job_file": job.source,
+             "simulator": plan.job_meta.get("simulator") is True},
         wall_s=wall_s, counters=counters, to_do=summary.pending,
         stopped=summary.stopped or last_run.get("stopped"),
     )

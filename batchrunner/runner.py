@@ -144,6 +144,7 @@ class RunSummary:
     stopped: str | None = None
     warnings: list[str] = field(default_factory=list)
     ran: bool = True  # False: the outputs were rebuilt (`report`), no run happened
+    simulated: bool = False  # the answers came from the built-in simulator
 
     @property
     def exit_code(self) -> int:
@@ -270,6 +271,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         "output_format": job.output.format,
         "prices": job.prices,
         "job_file": job.source,
+        "simulator": job.endpoint.simulator,  # the answers are the built-in simulator's
     }
     journal = Journal(out_dir)
     meta_path = out_dir / "job.json"
@@ -292,6 +294,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     if old_meta is not None:
         any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok)
+        _check_same_endpoint(old_meta, meta, meta_path, options, any_ok=any_ok)
     # Not sent again: ok rows, and failed ones unless retried.
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
     if options.rerun_where:
@@ -411,6 +414,21 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
             )
         else:
             warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
+
+
+def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
+                         options: RunOptions, *, any_ok: bool) -> None:
+    """Refuse a rerun that would mix the built-in simulator's answers with real ones, unless
+    forced or no row has an answer yet (``simulator`` is unknown in a job.json from before it
+    was recorded)."""
+    was = old.get("simulator")
+    if not isinstance(was, bool) or was == new["simulator"] or not any_ok or options.force:
+        return
+    answers = {True: "the built-in simulator", False: "a real endpoint"}
+    raise UsageError(
+        f"the rows done in {path.parent} were answered by {answers[was]}, and this run would "
+        f"use {answers[new['simulator']]}: their answers would mix — use another --output "
+        "directory, or pass --force to mix them")
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -872,7 +890,8 @@ class _Run:
         if est is None:
             self.stop(BudgetExceeded(
                 f"max_cost_usd is set but no price is known for model {model!r}; add "
-                f"[prices.\"{model}\"] to the job so the budget can be kept"))
+                f"[prices.\"{model}\"] to the job file (prices are set only there) so the "
+                "budget can be kept"))
         elif self.spent + self.reserved + est > self.budget:
             budget = f"{self.budget:,.2f}" if self.budget >= 1 else f"{self.budget:g}"
             self.stop(BudgetExceeded(
@@ -1136,9 +1155,10 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
         raise ConfigError(f"{variable} holds the API key, not the endpoint's URL — set it to a "
                           "URL like https://api.openai.com/v1, or name another --base-url-env")
     if not base_url:
+        in_file = "" if job.source == "command line" else " ([endpoint] base_url)"
         raise ConfigError(
-            f"no endpoint: set [endpoint] base_url, or {variable} in the environment or .env "
-            "(or simulator = true to rehearse against the built-in simulator)"
+            f"no endpoint: pass --base-url URL{in_file}, or set {variable} in the environment "
+            "or .env (or pass --simulator to rehearse against the built-in simulator)"
         )
     base_url = check_base_url(base_url, variable if not job.endpoint.base_url
                               else "[endpoint] base_url")
@@ -1190,7 +1210,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
     # directory that did not exist, a run that got ahead may be writing them.
     plan = prepare(job, options, tidy=lock.held or (existed and lock.unsupported))
     env = environment(job)
-    summary = RunSummary(name=job.name, warnings=list(plan.warnings))
+    summary = RunSummary(name=job.name, warnings=list(plan.warnings),
+                         simulated=job.endpoint.simulator)
     out_dir = plan.out_dir
     run_id = new_run_id()
     async with _endpoint(job, env) as (base_url, api_key):
@@ -1430,7 +1451,7 @@ def _plus_earlier(usd: float | None) -> str:
 
 def format_summary(s: RunSummary) -> str:
     lines = []
-    head = f"batchrunner: {s.name} — {s.rows:,} rows: {s.ok:,} ok, {s.failed:,} failed"
+    head = f"batchrunner: {s.name} — {count_rows(s.rows)}: {s.ok:,} ok, {s.failed:,} failed"
     if s.pending:
         head += f", {s.pending:,} not done yet"
     lines.append(head)
@@ -1445,7 +1466,10 @@ def format_summary(s: RunSummary) -> str:
     cost = "unknown for some models (see report)" if s.cost_usd is None else f"${s.cost_usd:,.4f}"
     cost += _plus_earlier(s.earlier_cost_usd)
     if s.ran:
-        cost += f"; wall {s.wall_s:,.1f} s; {s.sent:,} requests sent this run"
+        sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")
+        cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"
+        if s.simulated:
+            cost += " (to the built-in simulator: the answers are not real)"
     lines.append(f"  cost: {cost}")
     if s.results_path:
         lines.append(f"  results: {_show(s.results_path)}")

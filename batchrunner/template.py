@@ -187,7 +187,8 @@ class RequestBuilder:
                     f"(columns: {', '.join(columns)}){delimiter_hint(columns)}"
                 )
         else:
-            raise ConfigError("no prompt: set [request] prompt (a template) or prompt_column")
+            raise ConfigError("no prompt: pass --prompt TEMPLATE or --prompt-column COL (or "
+                              "set [request] prompt or prompt_column in the job file)")
         if request.model_column is not None and request.model_column not in columns:
             raise ConfigError(
                 f"model_column {request.model_column!r} is not a column of {where} "
@@ -199,7 +200,8 @@ class RequestBuilder:
                 f"(columns: {', '.join(columns)})"
             )
         if request.model is None and request.model_column is None:
-            raise ConfigError("no model: set [request] model or pass --model NAME")
+            raise ConfigError("no model: pass --model NAME (or set [request] model in the job "
+                              "file)")
         base: dict[str, Any] = {}
         for key in ("temperature", "max_tokens", "top_p", "stop", "response_format"):
             value = getattr(request, key)

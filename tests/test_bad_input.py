@@ -444,6 +444,19 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["no endpoint", "NBILITY_BASE_URL"])
 
 
+@case("the simulator and a base_url both in the job file")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # The demo's "simulator = true  # replace with base_url = ..." with the line added, not
+    # replaced: the run would quietly go to the simulator.
+    body = GOOD_JOB + f'[endpoint]\nsimulator = true\nbase_url = {json.dumps(c.url)}\n'
+    return c.job(body), ["[endpoint] simulator and", "[endpoint] base_url are both set"]
+
+
+@case("--simulator and --base-url both given")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return c.args(c.good_csv(), "--simulator"), ["--simulator and --base-url are both set"]
+
+
 @case("base_url with /chat/completions")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # The client appends /chat/completions itself: every request would be a 404.

@@ -622,3 +622,44 @@ def test_a_second_run_of_a_job_in_progress_is_refused_and_status_shows_the_first
         assert refused.stderr.rstrip().endswith("let it finish or stop it, then run again")
     assert completions == n  # no row sent twice
     assert not is_locked(out) and "a run is in progress" not in format_status(out)
+
+
+def test_the_simulators_answers_never_mix_with_real_ones_unasked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run against the built-in simulator says so; a rerun of its output against a real
+    endpoint (a simulator thread stands in for one), or the other way round, is refused unless
+    forced; a job file's simulator = true gives way to --base-url on the command line."""
+    from batchrunner.cli import main
+
+    inp = make_csv(tmp_path / "in.csv", 5)
+    common = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+              "--model", "gpt-4o-mini", "--progress", "none"]
+    assert main([*common, "--simulator", "--output", "sim-out"]) == 0
+    out = capsys.readouterr().out
+    assert "(to the built-in simulator: the answers are not real)" in out
+    report = json.loads((tmp_path / "sim-out" / "cost_report.json").read_text())
+    assert report["job"]["simulator"] is True
+    assert "- simulator: True" in (tmp_path / "sim-out" / "cost_report.md").read_text()
+
+    with SimulatorThread(SimulatorConfig()) as real:
+        again = [*common, "--base-url", real.base_url, "--output", "sim-out"]
+        assert main(again) == 2
+        err = capsys.readouterr().err
+        assert ("were answered by the built-in simulator, and this run would use a real "
+                "endpoint") in err and "--force" in err
+        assert real.stats()["requests"] == 0
+        assert main([*again, "--force"]) == 0
+        capsys.readouterr()
+
+        assert main([*common, "--base-url", real.base_url, "--output", "real-out"]) == 0
+        assert main([*common, "--simulator", "--output", "real-out"]) == 2
+        assert "answered by a real endpoint" in capsys.readouterr().err
+
+        job = tmp_path / "job.toml"
+        job.write_text(f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\n'
+                       'model = "gpt-4o-mini"\nprompt = "{text}"\n[endpoint]\nsimulator = true\n'
+                       '[output]\ndir = "file-out"\n')
+        sent = real.stats()["requests"]
+        assert main(["run", str(job), "--base-url", real.base_url, "--progress", "none"]) == 0
+        assert real.stats()["requests"] == sent + 5
+        assert "built-in simulator" not in capsys.readouterr().out

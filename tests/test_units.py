@@ -362,3 +362,13 @@ def test_the_bar_and_its_counts_agree_on_every_redraw(
     drawn = re.findall(r"(\d+)/300 .*?ok=(\d+)", capsys.readouterr().err.replace("\r", "\n"))
     assert len(drawn) >= 2
     assert [done for done, ok in drawn if done != ok] == []
+
+
+def test_a_number_refused_is_shown_as_given() -> None:
+    """--rpm 0 is read as a float: the message says 0, not 0.0."""
+    from batchrunner.config import load_job
+    from batchrunner.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_job(None, {"input": "x.csv", "output": "out", "requests_per_minute": 0.0})
+    assert str(e.value).endswith("--rpm must be greater than 0, got 0")
