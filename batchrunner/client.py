@@ -335,8 +335,10 @@ class ChatClient:
         connections: int,
         secrets: tuple[str, ...] = (),
         proxy: Proxy | None = None,
+        key_origin: str | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self._key_origin = key_origin  # where the key was read, for a refused key's message
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -592,7 +594,8 @@ class ChatClient:
         retry_after = _retry_after(headers)
         if status == 407 and (stop := self._proxy_refused(status, message)):
             raise stop
-        if halt := _stop_job(status, f"HTTP {status}", code, etype, message, gstatus):
+        if halt := _stop_job(status, f"HTTP {status}", code, etype, message, gstatus,
+                             key_origin=self._key_origin):
             raise halt
         if status == 429:
             return HTTPStatusError(
@@ -638,7 +641,8 @@ class ChatClient:
         if stop := _stop_job(status or 200, self.redact(f"HTTP 200 with error {named}".strip()),
                              code if isinstance(code, str) else None,
                              etype if isinstance(etype, str) else None, message,
-                             gstatus if isinstance(gstatus, str) else None):
+                             gstatus if isinstance(gstatus, str) else None,
+                             key_origin=self._key_origin):
             raise stop
         if shown is not None and named not in text:
             message = self.redact(f"{text or 'no message'} ({shown[0]} {named})")[:_MAX_MESSAGE]
@@ -736,10 +740,11 @@ _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "r
 
 
 def _stop_job(status: int, said: str, code: str | None, etype: str | None, message: str,
-              gstatus: str | None = None) -> StopJob | None:
+              gstatus: str | None = None, *, key_origin: str | None = None) -> StopJob | None:
     """The error that stops the job for an answer every other request would get too: a
-    refused key (401/403), no money left (402, 429 ``insufficient_quota``), an account that
-    cannot use the API (Google's ``FAILED_PRECONDITION``, ``gstatus``); else None."""
+    refused key (401/403: ``key_origin`` says where it was read), no money left (402, 429
+    ``insufficient_quota``), an account that cannot use the API (Google's
+    ``FAILED_PRECONDITION``, ``gstatus``); else None."""
     if ("FAILED_PRECONDITION" in (code, etype, gstatus) and status < 500
             and _ACCOUNT.search(message)):
         said = said if said.endswith("FAILED_PRECONDITION") else f"{said} FAILED_PRECONDITION"
@@ -753,7 +758,8 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
             fix = ("the account's balance or quota looks used up: top up the balance (or raise "
                    "the key's quota), then rerun to resume")
         else:
-            fix = "check the key and its access to this model"
+            key = f"the key ({key_origin})" if key_origin else "the key"
+            fix = f"check {key} and its access to this model"
         return AuthError(f"the endpoint refused the API key ({said}: {message}) — {fix}")
     if status == 402:
         return QuotaError(f"the account is out of balance ({said} Payment Required: {message}) "

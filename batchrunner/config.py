@@ -587,7 +587,10 @@ def _no_proxy(host: str, port: int | None, no_proxy: str) -> bool:
 
 
 def load_dotenv(path: Path) -> dict[str, str]:
-    """Parse a ``.env`` file: ``KEY=value`` lines, ``#`` comments, ``export``, quotes."""
+    """Parse a ``.env`` file as docker compose and python-dotenv do: ``KEY=value`` lines,
+    ``#`` comments (a whole line, or after a value and a space), ``export``, values in single
+    quotes (as written) or double quotes (``\\n``, ``\\t``, ``\\"`` and ``\\\\`` read as
+    escapes), with a comment allowed after the closing quote."""
     values: dict[str, str] = {}
     try:
         text = path.read_text(encoding="utf-8")
@@ -600,22 +603,58 @@ def load_dotenv(path: Path) -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key.strip()] = value
+        values[key.strip()] = _dotenv_value(value.strip())
     return values
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
+
+
+def _dotenv_value(raw: str) -> str:
+    quote = raw[:1]
+    if quote in ("'", '"'):
+        out: list[str] = []
+        i = 1
+        while i < len(raw):
+            c = raw[i]
+            if c == quote:
+                return "".join(out)  # what follows the closing quote is a comment, or nothing
+            if c == "\\" and quote == '"' and raw[i + 1:i + 2] in _ESCAPES:
+                out.append(_ESCAPES[raw[i + 1]])
+                i += 2
+                continue
+            out.append(c)
+            i += 1
+        return raw  # no closing quote: the value as written
+    for mark in (" #", "\t#"):
+        raw = raw.split(mark, 1)[0]
+    return raw.rstrip()
+
+
+def _dotenv_dirs(job: JobConfig) -> list[Path]:
+    """Where ``.env`` files are read, the one that wins first: the current directory, then
+    the job file's."""
+    dirs = [Path.cwd()]
+    if job.source != "command line":
+        dirs.append(Path(job.source).resolve().parent)
+    return dirs
 
 
 def environment(job: JobConfig) -> dict[str, str]:
     """``os.environ`` over the ``.env`` files (current directory, then the job file's directory)."""
     env: dict[str, str] = {}
-    dirs = [Path.cwd()]
-    if job.source != "command line":
-        dirs.append(Path(job.source).resolve().parent)
-    for d in reversed(dirs):
+    for d in reversed(_dotenv_dirs(job)):
         env.update(load_dotenv(d / ".env"))
     env.update(os.environ)
     return env
+
+
+def origin(job: JobConfig, variable: str) -> str:
+    """Where ``environment(job)`` took ``variable`` from, for messages: ``OPENAI_API_KEY from
+    the environment``, or ``from /path/.env`` (an environment variable wins over ``.env``)."""
+    if variable in os.environ:
+        return f"{variable} from the environment"
+    for d in _dotenv_dirs(job):
+        if variable in load_dotenv(d / ".env"):
+            return f"{variable} from {d / '.env'}"
+    return variable

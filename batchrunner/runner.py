@@ -52,6 +52,7 @@ from batchrunner.config import (
     environment,
     is_loopback,
     option_name,
+    origin,
     proxy_for,
 )
 from batchrunner.errors import (
@@ -1241,8 +1242,9 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         progress = make_progress(job.name, options.progress)
         fixed = lim.concurrency is not None
         cap = lim.concurrency or MAX_AUTO_CONCURRENCY
+        key_origin = None if job.endpoint.simulator else origin(job, job.endpoint.api_key_env)
         async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s,
-                              connections=cap, proxy=proxy) as client:
+                              connections=cap, proxy=proxy, key_origin=key_origin) as client:
             run = _Run(plan, options, client, limiter, progress,
                        JournalWriter(journal.directory, run_id), max_concurrency=cap,
                        fixed_concurrency=fixed)

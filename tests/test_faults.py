@@ -900,6 +900,25 @@ async def test_streams_in_less_common_shapes(tmp_path: Path, answer: Any, status
 # Errors that stop the job: 401/403, insufficient_quota
 
 
+def test_a_refused_key_says_where_it_was_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A 401 names the variable and the .env file the key came from (not the key), so a
+    stale .env line is found at once."""
+    from batchrunner.cli import main
+
+    monkeypatch.delenv("OPENAI_API_KEY")
+    (tmp_path / ".env").write_text('OPENAI_API_KEY="sk-stale-0123456789"  # old key\n')
+    inp = make_csv(tmp_path / "in.csv", ["one"])
+    with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
+        code = main(["run", "--input", str(inp), "--prompt", TEMPLATE, "--model", "gpt-4o-mini",
+                     "--base-url", sim.base_url, "--output", str(tmp_path / "out"),
+                     "--progress", "none"])
+    out = capsys.readouterr()
+    assert code == 4
+    assert f"check the key (OPENAI_API_KEY from {tmp_path / '.env'})" in out.out + out.err
+    assert "sk-stale-0123456789" not in out.out + out.err
+
+
 def test_401_on_the_first_request_exits_4_having_sent_little(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(50)])
     with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:

@@ -85,6 +85,22 @@ def test_dotenv(tmp_path: Path) -> None:
     assert env == {"A": "1", "B": "two words", "C": "x"}
 
 
+def test_dotenv_reads_quoted_values_as_docker_compose_and_python_dotenv_do(
+        tmp_path: Path) -> None:
+    lines = {
+        'OPENAI_API_KEY="sk-right" # my key': "sk-right",  # a comment after the quotes
+        "SINGLE='sk-right'   # c": "sk-right",
+        "TAB=x\t# c": "x",
+        "HASH=a#b": "a#b",  # no space before it: part of the value
+        'ESCAPES="a\\"b\\nc"': 'a"b\nc',
+        "LITERAL='a\\nb'": "a\\nb",  # single quotes keep what is written
+        'EMPTY=""': "",
+        'OPEN="no closing quote': '"no closing quote',
+    }
+    env = load_dotenv(write(tmp_path / ".env", "\n".join(lines) + "\n"))
+    assert env == {line.split("=", 1)[0]: want for line, want in lines.items()}
+
+
 def test_template_renders_and_checks_columns() -> None:
     t = Template("Hi {name}, {{literal}} {n}")
     assert t.fields == ("name", "n")
