@@ -25,7 +25,7 @@ import sys
 import time
 import tokenize
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -1362,7 +1362,8 @@ def format_status(out_dir: Path) -> str:
     lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
              f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"]
     failed_t = state.filter(is_value(state["status"], "failed"))
-    for etype, n in Counter(failed_t["error_type"].to_pylist()).most_common():
+    failed_by_type = Counter(str(t) for t in failed_t["error_type"].to_pylist())
+    for etype, n in failed_by_type.most_common():
         lines.append(f"  failed {etype}: {n:,}")
     ok_rows = state.filter(is_value(state["status"], "ok"))
     cost = f"${pa.compute.sum(ok_rows['cost_usd']).as_py() or 0.0:,.4f}"
@@ -1396,8 +1397,21 @@ def format_status(out_dir: Path) -> str:
             lines.append(f"  last run: {last['started_at']} to {last['finished_at']}"
                          + (f", {sent:,} requests sent" if type(sent) is int else ""))
             if failed:
-                lines.append("  rerun with --retry-failed to send the failed rows again")
+                lines.append(f"  {retry_advice(failed_by_type)}")
     return "\n".join(lines)
+
+
+def retry_advice(failed_by_type: Mapping[str, int]) -> str:
+    """What to do about the failed rows: resend them, and first fix the input rows that could
+    not be sent (``invalid_row``), which a resend alone fails again."""
+    unsendable = failed_by_type.get("invalid_row", 0)
+    if not unsendable:
+        return "rerun with --retry-failed to send the failed rows again"
+    fix = (f"fix the input of the {count_rows(unsendable)} that could not be sent "
+           "(invalid_row: the error_message of each says why)")
+    if unsendable == sum(failed_by_type.values()):
+        return f"{fix}, then rerun with --retry-failed to send them"
+    return f"rerun with --retry-failed to send the failed rows again; first {fix}"
 
 
 PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in progress
@@ -1487,5 +1501,5 @@ def format_summary(s: RunSummary) -> str:
     elif s.pending:
         lines.append("  rerun the job to send the rows not done yet")
     elif s.failed:
-        lines.append("  rerun with --retry-failed to send the failed rows again")
+        lines.append(f"  {retry_advice(s.error_types)}")
     return "\n".join(lines)

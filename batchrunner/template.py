@@ -232,11 +232,18 @@ class RequestBuilder:
             return None
         return v if isinstance(v, str) else str(v)
 
+    def _null_column(self, row: dict[str, Any]) -> str:
+        """The first column the prompt needs whose value in ``row`` is null."""
+        names = self.template.fields if self.template is not None else (
+            self.request.prompt_column or "",)
+        return next((n for n in names if row[n] is None
+                     or (isinstance(row[n], float) and math.isnan(row[n]))), names[0])
+
     def build(self, row: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         """The body for ``row`` and its prompt, or ``(None, reason)`` if the row cannot be sent."""
         prompt = self.prompt(row)
         if prompt is None:
-            return None, "a prompt field is null"
+            return None, f"column {self._null_column(row)!r} is null, and the prompt needs it"
         if not prompt.strip():
             return None, "the prompt is empty"
         t = self.template

@@ -663,3 +663,29 @@ def test_the_simulators_answers_never_mix_with_real_ones_unasked(
         assert main(["run", str(job), "--base-url", real.base_url, "--progress", "none"]) == 0
         assert real.stats()["requests"] == sent + 5
         assert "built-in simulator" not in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_a_row_that_cannot_be_sent_names_its_column_and_the_advice_says_fix_it_first(
+        tmp_path: Path) -> None:
+    """A null prompt field fails its row as invalid_row naming the column; the advice is to fix
+    the input before --retry-failed, which alone would fail the row again."""
+    inp = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "question": ["why?", None, "how?"],
+                             "topic": ["x", "y", None]}), inp)
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(job_for(tmp_path, sim.base_url, inp,
+                                  prompt="Q: {question} ({topic})"), FAST)
+    df = results(tmp_path).set_index("id")
+    assert df.loc["b", "error_message"] == ("not sent: column 'question' is null, and the "
+                                            "prompt needs it")
+    assert df.loc["c", "error_message"].startswith("not sent: column 'topic' is null")
+    assert format_summary(s).splitlines()[-1] == (
+        "  fix the input of the 2 rows that could not be sent (invalid_row: the error_message "
+        "of each says why), then rerun with --retry-failed to send them")
+    status = format_status(tmp_path / "out")
+    assert status.splitlines()[-1] == format_summary(s).splitlines()[-1]
+    mixed = RunSummary(name="j", rows=3, failed=3, error_types={"http_500": 2, "invalid_row": 1})
+    assert format_summary(mixed).splitlines()[-1] == (
+        "  rerun with --retry-failed to send the failed rows again; first fix the input of the "
+        "1 row that could not be sent (invalid_row: the error_message of each says why)")
