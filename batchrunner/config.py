@@ -251,6 +251,9 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
             raise ConfigError(f"job file {p}: not found — check the path")
         if not p.is_file():
             raise ConfigError(f"job file {p}: is not a file — give a .toml job file")
+        if p.suffix.lower() in (".csv", ".parquet", ".jsonl", ".json", ".tsv"):
+            raise ConfigError(f"{p} looks like an input file, not a job file — pass it as "
+                              f"--input {p} (the job argument is a .toml file)")
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:

@@ -292,10 +292,6 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     journal.check()
     order = InputOrder(source, key_column, total, fingerprint, ids)
     latest = journal.latest(order, cost=True)
-    if old_meta is not None:
-        any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
-        _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok)
-        _check_same_endpoint(old_meta, meta, meta_path, options, any_ok=any_ok)
     # Not sent again: ok rows, and failed ones unless retried.
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
     if options.rerun_where:
@@ -303,6 +299,11 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         if picked:
             pos = order.positions(string_array(sorted(picked))).drop_null()
             done[to_numpy(pos)] = False
+    if old_meta is not None:
+        any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
+        _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok,
+                            to_send=total - int(np.count_nonzero(done)))
+        _check_same_endpoint(old_meta, meta, meta_path, options, any_ok=any_ok)
     # Kept for the run only when a row to send has a record already: what each row has cost
     # so far, NaN where nothing is recorded (8 bytes a row), or, when no row to send has cost
     # anything, which rows have a record (1 byte a row).
@@ -383,23 +384,30 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, option
             f"{old.get('input_path')}; use another --output directory"
         )
     if old.get("id_column") != new["id_column"] and not options.force:
+        def keys(column: Any) -> str:
+            return "by position" if column is None else f"by column {column!r}"
+
         raise UsageError(
-            f"id_column changed from {old.get('id_column')!r} to {new['id_column']!r} since the "
-            f"last run in {path.parent}; rows would not match — pass --force to start the keys over"
+            f"rows were keyed {keys(old.get('id_column'))} in {path.parent}, and this run keys "
+            f"them {keys(new['id_column'])}: no row done would match, and every row would be "
+            "sent again — use another --output directory (or pass --force to do that here)"
         )
     if old.get("input_fingerprint") != new["input_fingerprint"]:
         if new["id_column"] is None and not options.force:
             raise UsageError(
                 f"the input file changed since the last run in {path.parent}, and rows are keyed "
-                "by position — set [input] id_column, or pass --force to go on anyway"
+                "by position: if rows were only added at its end, pass --force (the rows done "
+                "keep their positions); else the rows done would match the wrong rows — use "
+                "another --output directory with an id column (--id-column)"
             )
         warnings.append("the input file changed since the last run; rows are matched by id")
 
 
 def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
-                        options: RunOptions, warnings: list[str], *, any_ok: bool) -> None:
+                        options: RunOptions, warnings: list[str], *, any_ok: bool,
+                        to_send: int) -> None:
     """Refuse a rerun that would mix answers made with different request settings, unless
-    forced or no row has an answer yet."""
+    forced or no row has an answer yet. ``to_send``: the rows this run would send."""
     if old.get("request_fingerprint") != new["request_fingerprint"]:
         changed = sorted(
             k for k in set(old.get("request", {})) | set(new["request"])
@@ -409,10 +417,17 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
             warnings.append(f"request settings changed ({', '.join(changed)}); going on, as "
                             "no row has an answer made with the old ones")
         elif not options.force:
+            said = (f"the request settings changed since the last run in {path.parent} "
+                    f"({', '.join(changed)})")
+            if to_send:
+                raise UsageError(
+                    f"{said}; pass --force to send the {count_rows(to_send)} left to send "
+                    "with the new ones (the rows done keep their answers), or use another "
+                    "--output directory to answer every row with them")
             raise UsageError(
-                f"the request settings changed since the last run in {path.parent} "
-                f"({', '.join(changed)}); pass --force to send the remaining rows with the new ones"
-            )
+                f"{said}, and every row is done: to answer rows again with the new ones, pass "
+                "--force with --rerun-where (\"status == 'ok'\" picks every ok row), or use "
+                "another --output directory")
         else:
             warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
 

@@ -444,6 +444,13 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["no endpoint", "NBILITY_BASE_URL"])
 
 
+@case("an input file given as the job")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    inp = c.good_csv()
+    return (["run", str(inp), "--prompt", "Say {text}", "--model", "gpt-4o-mini"],
+            ["looks like an input file", f"--input {inp}"])
+
+
 @case("the simulator and a base_url both in the job file")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # The demo's "simulator = true  # replace with base_url = ..." with the line added, not

@@ -216,8 +216,11 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
     async with Simulator(SimulatorConfig(reply_tokens_mean=200, reply_tokens_min=150)) as sim:
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=10), FAST)
         assert s.length_cut == 20
-        with pytest.raises(Exception, match="--force"):
+        with pytest.raises(Exception, match="--force") as e:
             await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), FAST)
+        # Every row is done: --force alone would send nothing, and the message says so.
+        assert "(max_tokens), and every row is done" in str(e.value)
+        assert "--rerun-where" in str(e.value) and "another --output" in str(e.value)
         opts = RunOptions(rerun_where="finish_reason == 'length'", force=True, retry=FAST.retry,
                           progress="none", handle_signals=False)
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
@@ -240,8 +243,36 @@ async def test_a_job_that_never_got_an_answer_takes_new_settings_without_force(
         assert s.exit_code == 0 and s.ok == 30
         assert any("going on, as no row has an answer" in w for w in s.warnings)
         # Once rows are ok, a change of settings needs --force again.
-        with pytest.raises(Exception, match="--force"):
+        with pytest.raises(Exception, match="--force") as e:
             await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=20), retry)
+        assert "(max_tokens), and every row is done" in str(e.value)
+        make_csv(inp, 32)  # two more rows: a run would send them
+        with pytest.raises(Exception) as e:
+            await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=20), retry)
+        assert "pass --force to send the 2 rows left to send with the new ones" in str(e.value)
+
+
+@pytest.mark.anyio
+async def test_a_rerun_whose_keys_would_not_match_says_what_force_would_do(
+        tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", 6)
+    async with Simulator(SimulatorConfig()) as sim:
+        by_position = job_for(tmp_path, sim.base_url, inp, id_column=None, max_tokens=8)
+        await run_job(by_position, FAST)
+        with pytest.raises(Exception) as e:  # now keyed by id: nothing done would match
+            await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=8), FAST)
+        assert str(e.value).startswith(
+            f"rows were keyed by position in {tmp_path / 'out'}, and this run keys them by "
+            "column 'id': no row done would match, and every row would be sent again — use "
+            "another --output directory")
+        make_csv(inp, 7)  # a row added at the end, still keyed by position
+        with pytest.raises(Exception) as e:
+            await run_job(by_position, FAST)
+        assert "if rows were only added at its end, pass --force" in str(e.value)
+        sent = sim.stats()["requests"]
+        s = await run_job(by_position, RunOptions(force=True, retry=FAST.retry,
+                                                  progress="none", handle_signals=False))
+        assert s.ok == 7 and sim.stats()["requests"] == sent + 1  # only the new row
 
 
 @pytest.mark.anyio
