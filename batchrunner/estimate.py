@@ -51,6 +51,8 @@ class Estimate:
     time_s: float | None = None
     time_basis: str = ""
     price_library: str = ""
+    budget_usd: float | None = None  # max_cost_usd: the job's whole spend, earlier runs' too
+    spent_usd: float = 0.0  # what earlier runs spent
 
     @property
     def cost_usd(self) -> float | None:
@@ -89,7 +91,8 @@ def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None
 def estimate(plan: Plan) -> Estimate:
     job = plan.job
     est = Estimate(name=job.name, rows=plan.total_rows, already_done=len(plan.done),
-                   price_library=f"genai-prices {plan.prices.library_version}")
+                   price_library=f"genai-prices {plan.prices.library_version}",
+                   budget_usd=job.limits.max_cost_usd, spent_usd=plan.prior_cost)
     observed = _observed_completion(plan)
     unbounded = 0  # rows to send with no max_tokens of their own
     for key, row, _ in iter_rows(plan):
@@ -158,13 +161,19 @@ def format_estimate(e: Estimate) -> str:
         rows.append((model or "(none)", f"{m.rows:,}", f"{m.prompt_tokens:,}",
                      f"{m.completion_tokens:,}", cost))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
+    for r in rows if len(rows) > 1 else ():  # nothing to send: no table
         lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     total = e.cost_usd
     cost_line = ("unknown for some models (add [prices.\"MODEL\"] to a job file)" if total is None
                  else f"${total:,.4f}")
     lines.append(f"  estimated cost: {cost_line} ({e.price_library})")
+    if total and e.budget_usd is not None and e.spent_usd + total > e.budget_usd:
+        left = max(0.0, e.budget_usd - e.spent_usd)
+        earlier = f", ${e.spent_usd:,.4f} spent before" if e.spent_usd else ""
+        lines.append(f"  warning: more than max_cost_usd ${e.budget_usd:g}{earlier}: the run "
+                     f"will stop at the budget, after about {int(e.to_send * left / total):,} "
+                     f"of the {e.to_send:,} rows")
     lines.append(f"  completion tokens from: {e.completion_basis}")
     if e.time_s is not None:
         lines.append(f"  time at the job's limits: about {_duration(e.time_s)} "

@@ -910,9 +910,12 @@ class _Run:
                 "budget can be kept"))
         elif self.spent + self.reserved + est > self.budget:
             budget = f"{self.budget:,.2f}" if self.budget >= 1 else f"{self.budget:g}"
+            held = (f" and ${self.reserved:,.4f} held for the requests in flight"
+                    if self.reserved else "")
             self.stop(BudgetExceeded(
-                f"budget reached: ${self.spent:,.4f} spent of max_cost_usd ${budget}; raise it "
-                "(or --max-cost) and rerun to continue"))
+                f"budget reached: the next request could pass max_cost_usd ${budget} "
+                f"(${self.spent:,.4f} spent{held} when it stopped); raise it (or --max-cost) "
+                "and rerun to continue"))
         else:
             self.reserved += est
             return est
@@ -945,8 +948,9 @@ class _Run:
                 return None, None
             item.attempts += 1
             self.counters["sent"] += 1  # every request, 429'd or cut off at a stop included
+            sent_at = time.perf_counter()
             if not item.started:
-                item.started = time.perf_counter()
+                item.started = sent_at
             try:
                 res = await self.client.complete(item.body, None if not item.timeouts else (
                     self.client.timeout_s * min(TIMEOUT_GROWTH ** item.timeouts, MAX_TIMEOUT_X)))
@@ -1004,7 +1008,7 @@ class _Run:
                     completion_tokens=usage[1], total_tokens=usage[2], cached_tokens=usage[3],
                     reasoning_tokens=usage[4], cost_usd=billed,
                     earlier_cost_usd=item.earlier_usd or None,
-                    latency_ms=(time.perf_counter() - item.started) * 1000.0,
+                    latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
                     model=str(item.body.get("model") or "") or None,
                     request_id=e.request_id, finished_at=time.time(),
                 ), None

@@ -52,6 +52,19 @@ def test_estimate_sends_nothing_and_reports_per_model(tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
+def test_estimate_warns_when_the_budget_will_stop_the_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp = make_input(tmp_path, 40)
+    args = ["--input", str(inp), "--prompt", "{text}", "--model", "gpt-4o-mini",
+            "--max-tokens", "100"]
+    assert main(["estimate", *args, "--max-cost", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "  warning: more than max_cost_usd $0.001: the run will stop at the budget, after " \
+           "about " in out and " of the 39 rows" in out
+    assert main(["estimate", *args, "--max-cost", "100"]) == 0
+    assert "max_cost_usd" not in capsys.readouterr().out
+
+
 def test_estimate_needs_no_output_directory(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     inp = make_input(tmp_path, 40)
@@ -122,6 +135,9 @@ async def test_budget_stops_before_passing_and_rerun_with_more_continues(tmp_pat
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 1.0})
         s = await run_job(job, FAST)
         assert s.exit_code == 4 and s.stopped and "max_cost_usd" in s.stopped
+        assert s.stopped.startswith("budget reached: the next request could pass max_cost_usd "
+                                    "$1.00 (")
+        assert "spent" in s.stopped and "when it stopped" in s.stopped
         assert s.cost_usd is not None and 0 < s.cost_usd <= 1.0
         sent = sim.stats()["requests"]
         assert 0 < sent < 199

@@ -706,6 +706,26 @@ async def test_bad_200s_and_gateway_pages(tmp_path: Path, fault: Fault, etype: s
 
 
 @pytest.mark.anyio
+async def test_a_failed_rows_latency_is_its_last_attempts(tmp_path: Path) -> None:
+    """latency_ms is the last attempt's, for a failed row as for an ok one: the first attempt
+    here takes a second, the last fails at once."""
+    inp = make_csv(tmp_path / "in.csv", ["fails"])
+
+    async def slow_then_fast_500(srv: FaultServer, request: web.BaseRequest,
+                                 body: dict[str, Any]) -> web.StreamResponse:
+        if srv.requests == 1:
+            await asyncio.sleep(1.0)
+        return web.json_response(error_body("upstream failed", "server_error", None),
+                                 status=500)
+
+    async with FaultServer(slow_then_fast_500) as srv:
+        await run(job_for(tmp_path, srv.base_url, inp), max_attempts=2)
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["attempts"]) == ("failed", 2)
+    assert row["latency_ms"] < 1000.0  # not the row's whole time, the first attempt included
+
+
+@pytest.mark.anyio
 async def test_choice_without_message_is_not_ok(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", ["empty choice"])
 
