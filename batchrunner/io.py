@@ -9,11 +9,14 @@ in file order, never holding the whole file in memory.
     kind           path                        columns and types
     csv            ``*.csv``                   the header's names; every value a string, as written
     parquet        ``*.parquet`` or a dir      the file's schema (a dir: ``*.parquet`` by name)
-    jsonl          ``*.jsonl``                 the first record's keys; values as text (see below)
+    jsonl          ``*.jsonl``                 every key any record has; types as below
     openai_batch   ``*.jsonl`` (Batch API)     custom_id, method, url, body (the body as JSON text)
 
-JSONL values are kept as text, like CSV, so every batch has the same schema: a JSON string as is,
-null as null, anything else (numbers, booleans, objects, arrays) as its JSON text.
+A JSONL file is read through once when it is opened: every line must be a JSON object (a bad one
+is named before any request is sent), its columns are every key any record has, in the order
+first seen (a record without one has null there), and a column's type is what its values share:
+int64 (integers), float64 (numbers), bool, or string; a column whose values are of several kinds,
+objects or arrays holds text: a JSON string as is, anything else as its JSON text.
 
 Writers are atomic: ``ResultWriter`` and ``write_atomic_bytes`` write a temporary file
 ``.<name>.tmp-<pid>`` (mode 0600) next to the target, fsync it, rename it onto the target and fsync
@@ -47,7 +50,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from .arrow import string_array
+from .arrow import typed_array
 from .errors import InputError, OutputError, UsageError
 
 __all__ = [
@@ -618,11 +621,26 @@ class _JsonlSource(InputSource):
         if all(key in first for key in OPENAI_BATCH_COLUMNS):
             self.kind = "openai_batch"
             self.columns = list(OPENAI_BATCH_COLUMNS)
+            self.schema = pa.schema([(n, pa.string()) for n in self.columns])
         else:
             self.kind = "jsonl"
-            self.columns = [str(k) for k in first]
-        self.schema = pa.schema([(n, pa.string()) for n in self.columns])
+            self._scan()
         self._require_rows("has no JSON records — write one JSON object per line")
+
+    def _scan(self) -> None:
+        """Every record, read once before any row is used: the columns (every key, in the order
+        first seen), their types, and the row count; a line that is not a JSON object is named
+        now, not half-way through the run."""
+        kinds: dict[str, int] = {}
+        n = 0
+        for lineno, offset, line in self._lines():
+            for key, value in self._parse(lineno, offset, line).items():
+                kinds[key] = kinds.get(key, 0) | _kind(value)
+            n += 1
+        self.num_rows = n
+        self.columns = list(kinds)
+        self.schema = pa.schema([(k, _JSONL_TYPES.get(bits, pa.string()))
+                                 for k, bits in kinds.items()])
 
     def _lines(self) -> Generator[tuple[int, int, bytes], None, None]:
         """(line number, byte offset, stripped text) of each non-blank line."""
@@ -677,8 +695,10 @@ class _JsonlSource(InputSource):
     def _raw_batches(self, columns: list[str]) -> Generator[pa.RecordBatch, None, None]:
         batch_size = self.batch_size
         openai = self.kind == "openai_batch"
-        known = frozenset(self.columns)
-        values: list[list[str | None]] = [[] for _ in columns]
+        types = [self.schema.field(name).type for name in columns]
+        convert = [_as_text if t == pa.string() else _as_float if t == pa.float64() else None
+                   for t in types]
+        values: list[list[Any]] = [[] for _ in columns]
         n = 0
         lines = self._lines()
         try:
@@ -690,24 +710,30 @@ class _JsonlSource(InputSource):
                     for out, name in zip(values, columns, strict=True):
                         out.append(body if name == "body" else obj[name])
                 else:
-                    if not known.issuperset(obj):
-                        extra = next(k for k in obj if k not in known)
-                        raise _input_error(
-                            self.path,
-                            f"line {lineno} has the key {_short(extra)}, which the first record "
-                            "does not have — give every line the same keys",
-                        )
-                    for out, name in zip(values, columns, strict=True):
-                        out.append(_as_text(obj.get(name)))
+                    for out, name, conv in zip(values, columns, convert, strict=True):
+                        value = obj.get(name)
+                        out.append(value if conv is None else conv(value))
                 n += 1
                 if n == batch_size:
-                    yield _string_batch(columns, values)
+                    yield self._batch(columns, types, values, lineno)
                     values = [[] for _ in columns]
                     n = 0
         finally:
             lines.close()
         if n:
-            yield _string_batch(columns, values)
+            yield self._batch(columns, types, values, None)
+
+    def _batch(self, columns: list[str], types: list[pa.DataType], values: list[list[Any]],
+               lineno: int | None) -> pa.RecordBatch:
+        arrays = []
+        for name, typ, column in zip(columns, types, values, strict=True):
+            array = typed_array(column, typ)
+            if array is None:  # the file changed since it was opened: a value of another kind
+                where = f"by line {lineno}" if lineno else "at its end"
+                raise _input_error(self.path, f"changed while it was read: column {_short(name)} "
+                                   f"holds a value that is not {typ} {where} — run again")
+            arrays.append(array)
+        return pa.RecordBatch.from_arrays(arrays, names=list(columns))
 
     def _check_openai(self, lineno: int, obj: dict[str, Any]) -> None:
         missing = [k for k in OPENAI_BATCH_COLUMNS if k not in obj]
@@ -758,8 +784,28 @@ def _as_text(value: object) -> str | None:
     return orjson.dumps(value).decode()
 
 
-def _string_batch(columns: list[str], values: list[list[str | None]]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([string_array(v) for v in values], names=list(columns))
+def _as_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# The kinds of JSON value a JSONL column holds (bits), and the column type each mix makes;
+# any other mix (objects, arrays, text beside numbers) is text.
+_INT, _FLOAT, _BOOL, _STR, _OTHER = 1, 2, 4, 8, 16
+_JSONL_TYPES = {_INT: pa.int64(), _FLOAT: pa.float64(), _INT | _FLOAT: pa.float64(),
+                _BOOL: pa.bool_(), _STR: pa.string()}
+
+
+def _kind(value: Any) -> int:
+    if value is None:
+        return 0
+    kind = type(value)
+    if kind is str:
+        return _STR
+    if kind is bool:
+        return _BOOL
+    if kind is int:
+        return _INT if -(2**63) <= value < 2**63 else _OTHER
+    return _FLOAT if kind is float else _OTHER
 
 
 # --------------------------------------------------------------------------------------------

@@ -215,10 +215,12 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(inp), ["bad.jsonl", "line 2", "not valid JSON"]
 
 
-@case("JSONL line with a key the first line lacks")
+@case("JSONL line that is not JSON, far into the file")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
-    inp = c.write("keys.jsonl", '{"text": "a"}\n{"text": "b", "extra": 1}\n')
-    return c.args(inp), ["keys.jsonl", "line 2", "'extra'"]
+    # Found when the file is opened: before, the rows above it were sent first.
+    rows = "".join(f'{{"text": "row {i}"}}\n' for i in range(3000))
+    inp = c.write("late.jsonl", rows + '{"text": "cut\n')
+    return c.args(inp), ["late.jsonl", "line 3001 is not valid JSON"]
 
 
 @case("OpenAI batch line missing body")
