@@ -12,7 +12,7 @@ __all__ = ["Counts", "LogProgress", "NullProgress", "Progress", "TqdmProgress", 
 
 @dataclass(slots=True)
 class Counts:
-    ok: int = 0
+    ok: int = 0  # the whole job's rows, earlier runs' included
     failed: int = 0
     retrying: int = 0
     tokens: int = 0
@@ -44,15 +44,31 @@ class NullProgress:
         pass
 
 
-def _postfix(c: Counts) -> str:
+def _postfix(c: Counts, *, compact: bool = False) -> str:
+    """The counts, for a log line; ``compact``, beside the bar, short enough to leave the bar
+    room on an 80-column terminal: counts that are 0 are left out, tokens shortened."""
     cost = f"${c.cost_usd:.4f}" + ("+?" if c.cost_unknown else "")
     if c.projected_usd:
         cost += f" (~${c.projected_usd:.2f} job)"
-    parts = [f"ok={c.ok}", f"failed={c.failed}", f"retrying={c.retrying}",
-             f"tokens={c.tokens:,}", f"cost={cost}"]
+    counts = (("ok", c.ok), ("failed", c.failed), ("retrying", c.retrying))
+    if compact:
+        parts = [f"{name}={n:,}" for name, n in (*counts, ("429s", c.rate_limited))
+                 if n or name == "ok"]
+        return " ".join([*parts, f"tokens={_compact(c.tokens)}", f"cost={cost}"])
+    parts = [f"{name}={n:,}" for name, n in counts]
+    parts += [f"tokens={c.tokens:,}", f"cost={cost}"]
     if c.rate_limited:
-        parts.append(f"429s={c.rate_limited}")
+        parts.append(f"429s={c.rate_limited:,}")
     return " ".join(parts)
+
+
+def _compact(n: int) -> str:
+    """``950``, ``35.9k``, ``1.2M``."""
+    if n < 1000:
+        return str(n)
+    if n < 1_000_000:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1_000_000:.1f}M"
 
 
 class TqdmProgress:
@@ -77,7 +93,7 @@ class TqdmProgress:
         if time.time() - bar.last_print_t >= bar.mininterval:
             # tqdm may redraw in this update: the counts beside the bar are made current first,
             # or they would lag the bar's own count.
-            bar.set_postfix_str(_postfix(counts), refresh=False)
+            bar.set_postfix_str(_postfix(counts, compact=True), refresh=False)
         bar.update(finished)
 
     def write(self, line: str) -> None:
@@ -90,7 +106,7 @@ class TqdmProgress:
     def close(self) -> None:
         if self._bar is not None:
             if self._counts is not None:
-                self._bar.set_postfix_str(_postfix(self._counts), refresh=True)
+                self._bar.set_postfix_str(_postfix(self._counts, compact=True), refresh=True)
             self._bar.close()
             self._bar = None
 

@@ -200,6 +200,8 @@ class Plan:
     warnings: list[str]
     structured: StructuredOutput | None = None
     prior_cost: float = 0.0
+    prior_ok: int = 0  # rows done before this run, ok and failed (not sent again): the
+    prior_failed: int = 0  # progress display counts the whole job's
     order: InputOrder | None = None  # journal keys → input positions
     # What each input row has cost so far (NaN: nothing recorded), carried into the row's next
     # record when it is sent again; or only which rows have a record, when none sent has a cost.
@@ -320,7 +322,9 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=structured,
-                prior_cost=latest.prior_cost(), order=order, spent=spent)
+                prior_cost=latest.prior_cost(), order=order, spent=spent,
+                prior_ok=int(np.count_nonzero(done & (latest.ok == 1))),
+                prior_failed=int(np.count_nonzero(done & (latest.ok == 0))))
     if old_meta is not None and source.kind == "openai_batch":
         checks_seen = old_meta.get("batch_checks")
         if checks_seen is None and (np.any(latest.ok >= 0) or latest.others.num_rows):
@@ -676,7 +680,7 @@ class _Run:
         self.journal = journal
         lim = plan.job.limits
         self.policy = options.retry or RetryPolicy(max_attempts=lim.max_attempts)
-        self.counts = Counts()
+        self.counts = Counts(ok=plan.prior_ok, failed=plan.prior_failed)  # the job's, shown
         self.counters: Counter[str] = Counter()
         self.errors_seen: Counter[str] = Counter()
         self.stop_error: StopJob | None = None

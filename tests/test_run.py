@@ -720,3 +720,19 @@ async def test_a_row_that_cannot_be_sent_names_its_column_and_the_advice_says_fi
     assert format_summary(mixed).splitlines()[-1] == (
         "  rerun with --retry-failed to send the failed rows again; first fix the input of the "
         "1 row that could not be sent (invalid_row: the error_message of each says why)")
+
+
+@pytest.mark.anyio
+async def test_the_bar_counts_the_whole_jobs_rows_on_a_rerun(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bar starts at the rows done before; its ok= and failed= count them too, so
+    '10/10 ok=10' rather than '10/10 ok=5'."""
+    inp = make_csv(tmp_path / "in.csv", 5, marker={1: " [[sim:400]]"})
+    bar = RunOptions(retry=FAST.retry, progress="bar", handle_signals=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+        make_csv(inp, 10, marker={1: " [[sim:400]]"})
+        capsys.readouterr()
+        await run_job(job_for(tmp_path, sim.base_url, inp), bar)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "10/10" in last and "ok=9 failed=1 " in last, last

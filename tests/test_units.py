@@ -258,9 +258,9 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
         "nightly: started, 19,000 of 20,000 rows to do; a line every 30 s",
-        "nightly: 1,500/20,000 (8 %) rows  ok=1500 failed=0 retrying=0 tokens=12,345 "
+        "nightly: 1,500/20,000 (8 %) rows  ok=1,500 failed=0 retrying=0 tokens=12,345 "
         "cost=$0.2500",
-        "nightly: 1,500/20,000 (8 %) rows  ok=1500 failed=0 retrying=0 tokens=12,345 "
+        "nightly: 1,500/20,000 (8 %) rows  ok=1,500 failed=0 retrying=0 tokens=12,345 "
         "cost=$0.2500  (no row finished for 56 s)",
     ]
 
@@ -388,3 +388,13 @@ def test_a_number_refused_is_shown_as_given() -> None:
     with pytest.raises(ConfigError) as e:
         load_job(None, {"input": "x.csv", "output": "out", "requests_per_minute": 0.0})
     assert str(e.value).endswith("--rpm must be greater than 0, got 0")
+
+
+def test_the_bar_counts_are_short_and_leave_out_zeros() -> None:
+    from batchrunner.progress import Counts, _postfix
+
+    c = Counts(ok=1_065, tokens=35_944, cost_usd=0.0123, projected_usd=0.05)
+    assert _postfix(c, compact=True) == "ok=1,065 tokens=35.9k cost=$0.0123 (~$0.05 job)"
+    c.failed, c.retrying, c.rate_limited, c.tokens = 3, 2, 7, 2_500_000
+    assert _postfix(c, compact=True) == ("ok=1,065 failed=3 retrying=2 429s=7 tokens=2.5M "
+                                         "cost=$0.0123 (~$0.05 job)")
