@@ -55,7 +55,7 @@ def _run_parser(sub: Any) -> None:
     g.add_argument("--retry-failed", action="store_true", help="also resend rows that failed")
     g.add_argument("--rerun-where", metavar="EXPR",
                    help="also resend rows whose recorded outcome matches, "
-                   "e.g. \"finish_reason == 'length'\"")
+                   "e.g. \"finish_reason == 'length'\" (\"True\": every row)")
     g.add_argument("--force", action="store_true",
                    help="go on although the input or request settings changed since the last run")
     p.add_argument("--dry-run", action="store_true",

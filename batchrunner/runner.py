@@ -430,8 +430,8 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
                     "--output directory to answer every row with them")
             raise UsageError(
                 f"{said}, and every row is done: to answer rows again with the new ones, pass "
-                "--force with --rerun-where (\"status == 'ok'\" picks every ok row), or use "
-                "another --output directory")
+                "--force with --rerun-where (\"True\" picks every row), or use another "
+                "--output directory")
         else:
             warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
 
@@ -472,15 +472,23 @@ def _select(journal: Journal, where: str) -> set[str]:
     """The keys of the rows ``where`` (a pandas query over the latest outcomes) picks."""
     import pandas as pd
 
+    columns = (f"the recorded outcome's columns: {', '.join(OUTCOME_COLUMNS)}, where key is the "
+               "row's id")
+    unknown = sorted(_names(where) - set(OUTCOME_COLUMNS) - _QUERY_WORDS)
+    if unknown:
+        raise UsageError(f"--rerun-where {where!r}: no column {unknown[0]!r}; it filters on "
+                         f"{columns} (the input's columns are not among them)")
     table = journal.read(_where_columns(where))
     df = table.to_pandas()
     try:
         picked = df.eval(where, engine="python")
     except Exception as e:
+        kind = f"{type(e).__name__}: " if type(e).__module__ == "builtins" else ""
         raise UsageError(
-            f"--rerun-where {where!r}: {type(e).__name__}: {_first_line(e)} "
-            f"(columns: {', '.join(OUTCOME_COLUMNS)})"
+            f"--rerun-where {where!r}: {kind}{_first_line(e)} ({columns})"
         ) from None
+    if isinstance(picked, bool | np.bool_):  # "True": every row recorded; "False": none
+        return set(df["key"].astype(str)) if picked else set()
     if not (isinstance(picked, pd.Series) and pd.api.types.is_bool_dtype(picked)):
         raise UsageError(
             f"--rerun-where {where!r} is not a condition on each row; compare a column, "
@@ -492,12 +500,26 @@ def _select(journal: Journal, where: str) -> set[str]:
 def _where_columns(where: str) -> list[str] | None:
     """The outcome columns ``where`` names (None: all of them, when it cannot be read), so a
     filter on ``status`` or ``error_type`` does not load every reply's text."""
+    names = _names(where)
+    return [c for c in OUTCOME_COLUMNS if c in names] if names else None
+
+
+# Names a --rerun-where expression may hold besides columns: pandas.eval's words and literals,
+# and the methods of its string accessor (``content.str.contains('x')``).
+_QUERY_WORDS = frozenset({"and", "or", "not", "in", "True", "False", "None", "str", "isna",
+                          "notna", "isnull", "notnull", "contains", "startswith", "endswith",
+                          "len", "lower", "upper", "strip", "match", "na", "case", "abs"})
+
+
+def _names(where: str) -> set[str]:
+    """The names in ``where`` that are not inside a string or after a dot (empty when it
+    cannot be read: pandas then says what is wrong)."""
     try:
-        names = {t.string for t in tokenize.generate_tokens(StringIO(where).readline)
-                 if t.type == tokenize.NAME}
+        tokens = list(tokenize.generate_tokens(StringIO(where).readline))
     except (tokenize.TokenError, SyntaxError):
-        return None
-    return [c for c in OUTCOME_COLUMNS if c in names]
+        return set()
+    return {t.string for i, t in enumerate(tokens) if t.type == tokenize.NAME
+            and not (i and tokens[i - 1].string == ".")}
 
 
 def _why(e: BaseException) -> str:

@@ -748,6 +748,8 @@ def _parquet_damaged_in_second_row_group(path: Path) -> Path:
     ("finish_reason ===", "SyntaxError"),
     ("finish_reason", "is not a condition on each row"),  # a column, not a test of it
     ("attempts + 1", "is not a condition on each row"),
+    # An input column, or a misspelt one: named, with the columns it can filter on.
+    ("priority == 'high'", "no column 'priority'; it filters on the recorded outcome's columns"),
 ])
 def test_a_bad_rerun_where_expression_is_refused_on_the_first_run(
     sim: SimulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

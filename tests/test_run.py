@@ -225,6 +225,11 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
                           progress="none", handle_signals=False)
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
         assert s.length_cut == 0 and s.ok == 20
+        # "True" picks every row recorded: all are sent again.
+        sent = sim.stats()["requests"]
+        opts.rerun_where = "True"
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        assert s.sent == 20 and sim.stats()["requests"] == sent + 20
 
 
 @pytest.mark.anyio
