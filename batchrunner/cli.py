@@ -136,10 +136,17 @@ def build_parser(simulate_options: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _run_parser(sub)
 
-    p = sub.add_parser("status", help="progress, failures and cost of an output directory")
-    p.add_argument("out_dir", metavar="OUT_DIR")
-    p = sub.add_parser("report", help="rebuild results and reports from the journal")
-    p.add_argument("out_dir", metavar="OUT_DIR")
+    where = "a run's output directory (its --output), or its job file"
+    p = sub.add_parser(
+        "status", help="progress, failures and cost of an output directory",
+        description="Rows done, failures by type and cost so far, from the journal; for a run "
+        "in progress, its pace and time left; else how the last run ended. Safe during a run.")
+    p.add_argument("out_dir", metavar="OUT_DIR", help=where)
+    p = sub.add_parser(
+        "report", help="rebuild results and reports from the journal",
+        description="Write the results file and the cost reports again from the journal: "
+        "after a run was killed, or to see a stopped run's rows so far. Not during a run.")
+    p.add_argument("out_dir", metavar="OUT_DIR", help=where)
 
     p = sub.add_parser(
         "simulate",
@@ -211,7 +218,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         run_in_progress,
     )
 
-    out_dir = Path(ns.out_dir)
+    out_dir = _out_dir(ns.out_dir)
     with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
         plan = plan_from_output(out_dir)
         summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False))
@@ -222,8 +229,21 @@ def _cmd_report(ns: argparse.Namespace) -> int:
 def _cmd_status(ns: argparse.Namespace) -> int:
     from batchrunner.runner import format_status
 
-    print(format_status(Path(ns.out_dir)))
+    print(format_status(_out_dir(ns.out_dir)))
     return 0
+
+
+def _out_dir(given: str) -> Path:
+    """The output directory named, or the one a job file names."""
+    path = Path(given)
+    if path.suffix.lower() == ".toml" and path.is_file():
+        from batchrunner.config import load_job
+
+        return load_job(path, {}).output.dir
+    if not path.exists():
+        raise UsageError(f"{path}: no such directory — give a run's output directory (its "
+                         "--output), or its job file")
+    return path
 
 
 def _cmd_simulate(ns: argparse.Namespace) -> int:

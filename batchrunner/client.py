@@ -549,7 +549,8 @@ class ChatClient:
             )
         if isinstance(e, aiohttp.ClientOSError | ConnectionError):
             return TransportError(
-                "connection_reset", self.redact(f"connection error: {type(e).__name__}"),
+                "connection_reset",
+                self.redact(f"the connection broke mid-request ({_reason(e)})"),
                 retryable=True,
             )
         if isinstance(e, aiohttp.ClientError):

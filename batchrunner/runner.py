@@ -557,6 +557,9 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
         total += batch.num_rows
     ids = pa.concat_arrays(parts) if parts else pa.nulls(0, pa.string())
     dup = _first_duplicate(ids)
+    if dup == "":
+        raise InputError(f"{where}: column {key_column!r} is empty in more than one row; give "
+                         "every row an id of its own")
     if dup is not None:
         raise InputError(f"{where}: id {dup!r} appears more than once in column "
                          f"{key_column!r}; ids must be unique")

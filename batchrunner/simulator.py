@@ -2258,6 +2258,12 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
                 sep = ""
             if not sep:
                 raise ConfigError(f"--fault must look like KIND=RATE (e.g. 503=0.01), got {spec!r}")
+            if kind.strip() not in FAULT_KINDS:
+                raise ConfigError(f"--fault {spec}: unknown kind {kind.strip()!r} (kinds: "
+                                  f"{', '.join(FAULT_KINDS)})")
+            if not 0.0 <= faults[kind.strip()] <= 1.0:
+                raise ConfigError(f"--fault {spec}: the rate must be between 0 and 1 (a share "
+                                  "of requests: 0.01 is 1 %)")
         data["faults"] = faults
     return SimulatorConfig.from_mapping(data)
 

@@ -446,6 +446,12 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["no endpoint", "NBILITY_BASE_URL"])
 
 
+@case("two rows without an id")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    inp = c.write("noid.csv", "id,text\na,x\n,y\nc,z\n,w\n")
+    return c.args(inp, "--id-column", "id"), ["noid.csv", "column 'id' is empty in more than"]
+
+
 @case("an input file given as the job")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.good_csv()

@@ -412,6 +412,12 @@ def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "25 of 25 rows finished (24 ok, 1 failed, 0 to do)" in out
     assert "http_404: 1" in out
     assert out.rstrip().endswith("rerun with --retry-failed to send the failed rows again")
+    # A job file naming the directory does as well; a directory that is not there is named.
+    (tmp_path / "job.toml").write_text(f'[input]\npath = "{inp}"\n[output]\ndir = "out"\n')
+    assert main(["status", str(tmp_path / "job.toml")]) == 0
+    assert capsys.readouterr().out == out
+    assert main(["status", str(tmp_path / "outt")]) == 2
+    assert "outt: no such directory" in capsys.readouterr().err
     first = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     (tmp_path / "out" / "results.parquet").unlink()
     (tmp_path / "out" / "cost_report.json").unlink()
