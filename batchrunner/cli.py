@@ -57,7 +57,8 @@ def _run_parser(sub: Any) -> None:
                    help="also resend rows whose recorded outcome matches, "
                    "e.g. \"finish_reason == 'length'\" (\"True\": every row)")
     g.add_argument("--force", action="store_true",
-                   help="go on although the input or request settings changed since the last run")
+                   help="go on although the input, its id column, the request settings or "
+                   "the endpoint (the simulator or a real one) changed since the last run")
     p.add_argument("--dry-run", action="store_true",
                    help="estimate rows, tokens, cost and time, and send nothing")
     p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",

@@ -40,10 +40,14 @@ from batchrunner.retry import is_retryable_status
 __all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
 
 _MAX_MESSAGE = 300
-# The longest stream event line read (an image model's base64 answer can be megabytes); aiohttp
-# stops at 128 KiB unless told.
+# The longest stream line read (an image model's base64 answer can be megabytes; aiohttp's own
+# readline stops at 128 KiB).
 _MAX_EVENT = 64 << 20
 _MAX_STRAY = 65536  # bytes of a stream's lines that are not SSE fields kept (an error body)
+
+
+class _EventTooLong(Exception):
+    """A stream line longer than ``_MAX_EVENT``."""
 _SCAN = 16384  # bytes of an error body read for its message
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 # The error words a gateway may pass on in a 200 instead of its upstream's status, and the
@@ -167,8 +171,8 @@ class StreamAssembler:
     top-level ``citations`` (Grok) likewise. ``done`` is set by ``data: [DONE]``.
     """
 
-    __slots__ = ("cited", "done", "error", "event", "first", "first_token_at", "id", "model",
-                 "others", "stray", "usage")
+    __slots__ = ("_partial", "_partial_size", "_stray_size", "cited", "done", "error", "event",
+                 "first", "first_token_at", "id", "model", "others", "stray", "usage")
 
     def __init__(self) -> None:
         self.first = _Parts()  # choice 0
@@ -184,6 +188,43 @@ class StreamAssembler:
         # Lines that are not SSE fields (a JSON error body sent as a stream, say), kept up to
         # _MAX_STRAY bytes to read once the stream ends.
         self.stray: list[bytes] | None = None
+        self._stray_size = 0
+        self._partial: list[bytes] = []  # the start of a line not ended yet (feed_bytes)
+        self._partial_size = 0
+
+    def feed_bytes(self, chunk: bytes) -> None:
+        """A piece of the stream as it arrived: its whole lines are fed (up to ``[DONE]``), and
+        the start of a line not ended yet is kept for the next piece (``end`` feeds it). Raises
+        ``_EventTooLong`` for a line longer than ``_MAX_EVENT``, ValueError as ``feed``."""
+        start = 0
+        if self._partial:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                self._keep(chunk)
+                return
+            self._partial.append(chunk[:nl + 1])
+            line = b"".join(self._partial)
+            self._partial, self._partial_size = [], 0
+            self.feed(line)
+            start = nl + 1
+        while not self.done and (nl := chunk.find(b"\n", start)) >= 0:
+            self.feed(chunk[start:nl + 1])
+            start = nl + 1
+        if start < len(chunk) and not self.done:
+            self._keep(chunk[start:])
+
+    def _keep(self, part: bytes) -> None:
+        self._partial.append(part)
+        self._partial_size += len(part)
+        if self._partial_size > _MAX_EVENT:
+            raise _EventTooLong
+
+    def end(self) -> None:
+        """The stream ended: feed a last line that had no line break."""
+        if self._partial:
+            line = b"".join(self._partial)
+            self._partial, self._partial_size = [], 0
+            self.feed(line)
 
     @property
     def content(self) -> list[str]:
@@ -201,7 +242,10 @@ class StreamAssembler:
         """One line of the stream; raises ValueError on an event that is not JSON."""
         line = line.strip()
         if not line.startswith(b"data:"):
-            self._field(line)  # blank separators, comments (": keep-alive"), event:/id: fields
+            if line:
+                self._field(line)  # comments (": keep-alive"), event:/id: fields, stray lines
+            else:
+                self.event = None  # the blank line that ends an event
             return
         data = line[5:].strip()
         if data == b"[DONE]":
@@ -252,17 +296,16 @@ class StreamAssembler:
                 parts.finish_reason = choice["finish_reason"]
 
     def _field(self, line: bytes) -> None:
-        """A line that is not ``data:``: an event's name, the blank line that ends an event, a
-        field or comment of no use here, or a stray line (kept: see ``stray_error``)."""
+        """A line that is neither ``data:`` nor blank: an event's name, a field or comment of
+        no use here, or a stray line (kept: see ``stray_error``)."""
         if line.startswith(b"event:"):
             self.event = line[6:].strip()
-        elif not line:
-            self.event = None
-        elif not line.startswith((b":", b"id:", b"retry:")):
-            stray = self.stray if self.stray is not None else []
-            if sum(map(len, stray)) + len(line) <= _MAX_STRAY:
-                stray.append(line)
-                self.stray = stray
+        elif (not line.startswith((b":", b"id:", b"retry:"))
+              and self._stray_size + len(line) <= _MAX_STRAY):
+            if self.stray is None:
+                self.stray = []
+            self.stray.append(line)
+            self._stray_size += len(line)
 
     def _error_event(self, data: bytes) -> None:
         """The data of an ``event: error``: ``{"error": {...}}``, a bare error object
@@ -289,12 +332,12 @@ class StreamAssembler:
             return None
         return value if isinstance(value, dict) and value.get("error") else None
 
-    @property
-    def finished(self) -> bool:
-        """Every choice has its ``finish_reason``: the answer is whole, with or without the
-        ``[DONE]`` that should follow it."""
-        return self.first.finish_reason is not None and all(
-            p.finish_reason is not None for p in (self.others or {}).values())
+    def finished(self, choices: int) -> bool:
+        """Each of the ``choices`` asked for (``n``) has its ``finish_reason``: the answer is
+        whole, with or without the ``[DONE]`` that should follow it."""
+        others = self.others or {}
+        return (self.first.finish_reason is not None and len(others) + 1 >= choices
+                and all(p.finish_reason is not None for p in others.values()))
 
     def _more(self, parts: _Parts, delta: dict[str, Any]) -> None:
         """The rarer parts of a delta: reasoning, tool calls, annotations."""
@@ -425,11 +468,13 @@ class ChatClient:
                     stream = StreamAssembler()
                     content = resp.content
                     try:
-                        while line := await content.readline(max_line_length=_MAX_EVENT):
-                            stream.feed(line)
+                        while chunk := await content.readany():
+                            stream.feed_bytes(chunk)
                             if stream.done:
                                 break
-                    except aiohttp.http_exceptions.LineTooLong:
+                        else:
+                            stream.end()
+                    except _EventTooLong:
                         raise BadResponseError(
                             "invalid_body", f"a stream event longer than {_MAX_EVENT >> 20} MiB",
                             retryable=False, status=200, request_id=headers.get("x-request-id"),
@@ -462,21 +507,24 @@ class ChatClient:
             raise self._status_error(status, raw, headers, request_id)
         hdrs = _ratelimit_headers(headers)
         if stream is not None:
-            return self._from_stream(stream, request_id, start, latency_ms, hdrs)
+            n = body.get("n")
+            return self._from_stream(stream, request_id, start, latency_ms, hdrs,
+                                     n if type(n) is int and n > 1 else 1)
         return self._parse(raw, request_id, latency_ms, hdrs)
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
-                     latency_ms: float, headers: dict[str, str]) -> ChatResult:
+                     latency_ms: float, headers: dict[str, str], choices: int) -> ChatResult:
         billed = _billed_usage(st.usage)
         if st.error is not None:  # read like an error body: its words may stop the job
             raise self._error_in_200({"error": st.error, "usage": st.usage}, request_id,
                                      kind="stream_error")
-        if not st.done and not st.finished:
+        if not st.done and not st.finished(choices):
             if (body := st.stray_error()) is not None:  # an error body, not a stream
                 raise self._error_in_200(body, request_id)
             # A stream whose every choice finished is whole without its [DONE] (a server or
             # proxy that leaves it out): taken, not paid for twice.
-            raise TransportError("stream_cut", "the stream ended before [DONE]", retryable=True,
+            raise TransportError("stream_cut", "the stream ended before its answer did (no "
+                                 "finish_reason, no [DONE])", retryable=True,
                                  request_id=request_id, usage=billed)
         first = st.first
         calls = first.tool_calls()

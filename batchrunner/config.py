@@ -321,12 +321,13 @@ def _number(t: dict[str, Any], key: str, f: _Fields, *, integer: bool, positive:
         raise ConfigError(f"{f(table, key)} must be {kind}, got {v!r}")
     if not math.isfinite(v):
         raise ConfigError(f"{f(table, key)} must be a finite number, got {v!r}")
+    shown = repr(int(v)) if v == int(v) else repr(v)  # --rpm 0 is read as 0.0: shown as 0
     if positive and v <= 0:
-        raise ConfigError(f"{f(table, key)} must be greater than 0, got {v:g}")
+        raise ConfigError(f"{f(table, key)} must be greater than 0, got {shown}")
     if not positive and v < 0:
-        raise ConfigError(f"{f(table, key)} must not be negative, got {v:g}")
+        raise ConfigError(f"{f(table, key)} must not be negative, got {shown}")
     if at_most is not None and v > at_most:
-        raise ConfigError(f"{f(table, key)} must be at most {at_most:g}, got {v:g}")
+        raise ConfigError(f"{f(table, key)} must be at most {at_most:g}, got {shown}")
 
 
 def _string(t: dict[str, Any], key: str, f: _Fields, table: str) -> None:

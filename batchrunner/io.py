@@ -15,8 +15,9 @@ in file order, never holding the whole file in memory.
 A JSONL file is read through once when it is opened: every line must be a JSON object (a bad one
 is named before any request is sent), its columns are every key any record has, in the order
 first seen (a record without one has null there), and a column's type is what its values share:
-int64 (integers), float64 (numbers), bool, or string; a column whose values are of several kinds,
-objects or arrays holds text: a JSON string as is, anything else as its JSON text.
+int64 (integers), float64 (decimals), bool, or string; a column whose values are of several kinds
+(integers beside decimals too), objects or arrays holds text: a JSON string as is, anything else
+as its JSON text.
 
 Writers are atomic: ``ResultWriter`` and ``write_atomic_bytes`` write a temporary file
 ``.<name>.tmp-<pid>`` (mode 0600) next to the target, fsync it, rename it onto the target and fsync
@@ -622,10 +623,10 @@ class _JsonlSource(InputSource):
             self.kind = "openai_batch"
             self.columns = list(OPENAI_BATCH_COLUMNS)
             self.schema = pa.schema([(n, pa.string()) for n in self.columns])
+            self._require_rows("has no JSON records — write one JSON object per line")
         else:
             self.kind = "jsonl"
-            self._scan()
-        self._require_rows("has no JSON records — write one JSON object per line")
+            self._scan()  # reads every record: at least the first, found above
 
     def _scan(self) -> None:
         """Every record, read once before any row is used: the columns (every key, in the order
@@ -788,11 +789,11 @@ def _as_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-# The kinds of JSON value a JSONL column holds (bits), and the column type each mix makes;
-# any other mix (objects, arrays, text beside numbers) is text.
+# The kinds of JSON value a JSONL column holds (bits), and the column type each makes when it
+# is the only kind; any mix (integers beside decimals too, so that 10 stays "10" in a prompt, as
+# written), objects and arrays are text.
 _INT, _FLOAT, _BOOL, _STR, _OTHER = 1, 2, 4, 8, 16
-_JSONL_TYPES = {_INT: pa.int64(), _FLOAT: pa.float64(), _INT | _FLOAT: pa.float64(),
-                _BOOL: pa.bool_(), _STR: pa.string()}
+_JSONL_TYPES = {_INT: pa.int64(), _FLOAT: pa.float64(), _BOOL: pa.bool_(), _STR: pa.string()}
 
 
 def _kind(value: Any) -> int:

@@ -54,7 +54,7 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     if compact:
         parts = [f"{name}={n:,}" for name, n in (*counts, ("429s", c.rate_limited))
                  if n or name == "ok"]
-        return " ".join([*parts, f"tokens={_compact(c.tokens)}", f"cost={cost}"])
+        return " ".join([*parts, f"tokens={short_number(c.tokens)}", f"cost={cost}"])
     parts = [f"{name}={n:,}" for name, n in counts]
     parts += [f"tokens={c.tokens:,}", f"cost={cost}"]
     if c.rate_limited:
@@ -62,13 +62,13 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     return " ".join(parts)
 
 
-def _compact(n: int) -> str:
-    """``950``, ``35.9k``, ``1.2M``."""
-    if n < 1000:
-        return str(n)
-    if n < 1_000_000:
-        return f"{n / 1000:.1f}k"
-    return f"{n / 1_000_000:.1f}M"
+def short_number(v: float) -> str:
+    """Three significant digits and a unit: ``950``, ``35.9k``, ``1M`` (for 999,950), ``3.4B``."""
+    for div, suffix in ((1.0, ""), (1e3, "k"), (1e6, "M"), (1e9, "B")):
+        shown = float(f"{v / div:.3g}")
+        if abs(shown) < 1000 or suffix == "B":
+            return f"{shown:g}{suffix}"
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class TqdmProgress:

@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from batchrunner.progress import short_number
 from batchrunner.report import (
     NO_VALUE,
     OPTIONAL_REPORT_COLUMNS,
@@ -218,10 +219,10 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         _card("Cost (USD)", cost, cost_note, cost_class),
         _card(
             "Tokens",
-            _compact(_int(tokens.get("total"))),
-            f"{_compact(_int(tokens.get('prompt')))} prompt "
-            f"({_compact(_int(tokens.get('cached')))} cached) · "
-            f"{_compact(_int(tokens.get('completion')))} completion",
+            short_number(_int(tokens.get("total"))),
+            f"{short_number(_int(tokens.get('prompt')))} prompt "
+            f"({short_number(_int(tokens.get('cached')))} cached) · "
+            f"{short_number(_int(tokens.get('completion')))} completion",
         ),
         _card("Wall time", _duration(report.get("wall_s")), throughput),
         _card("Latency p50 / p95 / p99", latency, f"over {_num(_int(lat.get('rows')))} ok rows"),
@@ -458,7 +459,7 @@ def _timeline(stats: OutcomeStats) -> str:
     # Panel 1: rows finished per second.
     total_rate = ok_rate + failed_rate
     top_v, step = _nice_scale(float(total_rate.max()), integer=width == 1)
-    parts += _y_axis(left, w - right, top1, top1 + h1, top_v, step, _compact)
+    parts += _y_axis(left, w - right, top1, top1 + h1, top_v, step, short_number)
     parts.append(_text(left, top1 - 8, "rows finished / s", "axis-title"))
     span_name = _span_name(width)
     for i in np.flatnonzero(total_rate > 0).tolist():
@@ -479,12 +480,12 @@ def _timeline(stats: OutcomeStats) -> str:
                     bw - gap,
                     bh,
                     cls,
-                    f"{when}: {_compact(value)} {what} rows/s{span_name}",
+                    f"{when}: {short_number(value)} {what} rows/s{span_name}",
                 )
             )
     # Panel 2: 429s per second.
     top_r, step_r = _nice_scale(float(rate_429.max()), ticks=2, integer=width == 1)
-    parts += _y_axis(left, w - right, top2, top2 + h2, top_r, step_r, _compact)
+    parts += _y_axis(left, w - right, top2, top2 + h2, top_r, step_r, short_number)
     parts.append(
         _text(left, top2 - 8, "429 responses / s (at the finish of their row)", "axis-title")
     )
@@ -499,7 +500,7 @@ def _timeline(stats: OutcomeStats) -> str:
                 bw - gap,
                 bh,
                 "b-429",
-                f"{when}: {_compact(value)} 429s/s{span_name}",
+                f"{when}: {short_number(value)} 429s/s{span_name}",
             )
         )
     # Shared time axis, under panel 2.
@@ -587,7 +588,7 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
     gap = 1.0 if bw >= 4 else 0.0
     ymax = max(int(counts.max()) if counts.size else 0, overflow)
     top_v, step = _nice_scale(float(ymax), integer=True)
-    parts = _y_axis(left, w - right, top, top + h, top_v, step, _compact)
+    parts = _y_axis(left, w - right, top, top + h, top_v, step, short_number)
     parts.append(_text(left, top - 44, "rows", "axis-title"))
     edges = np.linspace(lo, hi, nbins + 1)
     for i in np.flatnonzero(counts > 0).tolist():
@@ -689,7 +690,7 @@ def _model_charts(report: Mapping[str, Any]) -> list[str]:
                     (cached, "b-cached", f"{_num(int(cached))} cached prompt"),
                     (completion, "b-completion", f"{_num(int(completion))} completion"),
                 ],
-                _compact(prompt + completion),
+                short_number(prompt + completion),
             )
         )
         known = _float(m.get("cost_known_usd"))
@@ -924,16 +925,6 @@ def _ms(v: Any) -> str:
     if abs(x) < 60_000:
         return f"{x / 1000:.3g} s"
     return f"{x / 60_000:.3g} min"
-
-
-def _compact(v: float) -> str:
-    a = abs(v)
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if a >= div:
-            return f"{v / div:.3g}{suffix}"
-    if a == 0:
-        return "0"
-    return f"{v:.3g}"
 
 
 def _rows(n: int) -> str:

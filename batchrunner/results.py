@@ -143,7 +143,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
         stats, prices=plan.prices,
         job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
              "model": job.request.model, "job_file": job.source,
-             "simulator": plan.job_meta.get("simulator") is True},
+             "simulator": _simulated(plan.job_meta.get("simulator"))},
         wall_s=wall_s, counters=counters, to_do=summary.pending,
         stopped=summary.stopped or last_run.get("stopped"),
     )
@@ -155,6 +155,12 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
     return summary
+
+
+def _simulated(recorded: Any) -> bool | str:
+    """Whether the built-in simulator answered: ``True``, ``False``, or ``"some rows"`` (a
+    rerun forced to mix its answers with a real endpoint's)."""
+    return "some rows" if recorded == "mixed" else recorded is True
 
 
 def _last_runs(meta: dict[str, Any]) -> tuple[dict[str, Any], float | None, dict[str, int]]:

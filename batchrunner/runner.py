@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -305,7 +306,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok,
                             to_send=total - int(np.count_nonzero(done)))
-        _check_same_endpoint(old_meta, meta, meta_path, options, any_ok=any_ok)
+        _check_same_endpoint(old_meta, meta, meta_path, options, warnings, any_ok=any_ok)
     # Kept for the run only when a row to send has a record already: what each row has cost
     # so far, NaN where nothing is recorded (8 bytes a row), or, when no row to send has cost
     # anything, which rows have a record (1 byte a row).
@@ -437,18 +438,23 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
 
 
 def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
-                         options: RunOptions, *, any_ok: bool) -> None:
+                         options: RunOptions, warnings: list[str], *, any_ok: bool) -> None:
     """Refuse a rerun that would mix the built-in simulator's answers with real ones, unless
-    forced or no row has an answer yet (``simulator`` is unknown in a job.json from before it
-    was recorded)."""
+    forced (``simulator`` is then "mixed" for good) or no row has an answer yet. A job.json
+    from before it was recorded has none: nothing is known to mix."""
     was = old.get("simulator")
-    if not isinstance(was, bool) or was == new["simulator"] or not any_ok or options.force:
+    if was == "mixed":
+        new["simulator"] = "mixed"
+    if not isinstance(was, bool) or was == new["simulator"] or not any_ok:
         return
     answers = {True: "the built-in simulator", False: "a real endpoint"}
-    raise UsageError(
-        f"the rows done in {path.parent} were answered by {answers[was]}, and this run would "
-        f"use {answers[new['simulator']]}: their answers would mix — use another --output "
-        "directory, or pass --force to mix them")
+    said = (f"the rows done in {path.parent} were answered by {answers[was]}, and this run "
+            f"would use {answers[new['simulator']]}")
+    if not options.force:
+        raise UsageError(f"{said}: their answers would mix — use another --output directory, "
+                         "or pass --force to mix them")
+    warnings.append(f"{said}; their answers mix (--force)")
+    new["simulator"] = "mixed"
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -474,15 +480,15 @@ def _select(journal: Journal, where: str) -> set[str]:
 
     columns = (f"the recorded outcome's columns: {', '.join(OUTCOME_COLUMNS)}, where key is the "
                "row's id")
-    unknown = sorted(_names(where) - set(OUTCOME_COLUMNS) - _QUERY_WORDS)
-    if unknown:
-        raise UsageError(f"--rerun-where {where!r}: no column {unknown[0]!r}; it filters on "
-                         f"{columns} (the input's columns are not among them)")
     table = journal.read(_where_columns(where))
     df = table.to_pandas()
     try:
         picked = df.eval(where, engine="python")
     except Exception as e:
+        if type(e).__name__ == "UndefinedVariableError":  # pandas: "name 'x' is not defined"
+            name = m[1] if (m := re.search(r"'([^']*)'", str(e))) else "?"
+            raise UsageError(f"--rerun-where {where!r}: no column {name!r}; it filters on "
+                             f"{columns} (the input's columns are not among them)") from None
         kind = f"{type(e).__name__}: " if type(e).__module__ == "builtins" else ""
         raise UsageError(
             f"--rerun-where {where!r}: {kind}{_first_line(e)} ({columns})"
@@ -504,22 +510,18 @@ def _where_columns(where: str) -> list[str] | None:
     return [c for c in OUTCOME_COLUMNS if c in names] if names else None
 
 
-# Names a --rerun-where expression may hold besides columns: pandas.eval's words and literals,
-# and the methods of its string accessor (``content.str.contains('x')``).
-_QUERY_WORDS = frozenset({"and", "or", "not", "in", "True", "False", "None", "str", "isna",
-                          "notna", "isnull", "notnull", "contains", "startswith", "endswith",
-                          "len", "lower", "upper", "strip", "match", "na", "case", "abs"})
-
 
 def _names(where: str) -> set[str]:
-    """The names in ``where`` that are not inside a string or after a dot (empty when it
-    cannot be read: pandas then says what is wrong)."""
+    """The names in ``where`` that are not inside a string, after a dot (a method) or before
+    a lone ``=`` (a keyword argument); empty when it cannot be read (pandas then says what is
+    wrong)."""
     try:
         tokens = list(tokenize.generate_tokens(StringIO(where).readline))
     except (tokenize.TokenError, SyntaxError):
         return set()
     return {t.string for i, t in enumerate(tokens) if t.type == tokenize.NAME
-            and not (i and tokens[i - 1].string == ".")}
+            and not (i and tokens[i - 1].string == ".")
+            and not (i + 1 < len(tokens) and tokens[i + 1].string == "=")}
 
 
 def _why(e: BaseException) -> str:
@@ -922,9 +924,8 @@ class _Run:
 
     def _estimated_cost(self, item: _Work) -> float | None:
         """What the request will cost at most, as far as it can be told before the reply."""
-        completion = (item.completion_max or int(self.completion_estimate)) * item.n
-        return self.plan.prices.cost(str(item.body.get("model") or ""),
-                                     prompt_tokens=int(item.prompt_estimate * self.prompt_ratio),
+        prompt, completion = self._tokens(item)
+        return self.plan.prices.cost(str(item.body.get("model") or ""), prompt_tokens=prompt,
                                      completion_tokens=completion)
 
     def _reserve(self, item: _Work) -> float | None:
@@ -935,7 +936,7 @@ class _Run:
         if est is None:
             self.stop(BudgetExceeded(
                 f"max_cost_usd is set but no price is known for model {model!r}; add "
-                f"[prices.\"{model}\"] to the job file (prices are set only there) so the "
+                f"[prices.\"{model}\"] to a job file (prices are set only there) so the "
                 "budget can be kept"))
         elif self.spent + self.reserved + est > self.budget:
             budget = f"{self.budget:,.2f}" if self.budget >= 1 else f"{self.budget:g}"
@@ -963,9 +964,15 @@ class _Run:
             self.retries.append(item)
             self._wake_workers()
 
-    def _charge(self, item: _Work) -> int:
+    def _tokens(self, item: _Work) -> tuple[int, int]:
+        """The request's estimated prompt tokens, and its completion tokens at most (its
+        max_tokens, else the replies' running mean), ``n`` choices' worth."""
         completion = item.completion_max or int(self.completion_estimate)
-        return int(item.prompt_estimate * self.prompt_ratio) + completion * item.n
+        return int(item.prompt_estimate * self.prompt_ratio), completion * item.n
+
+    def _charge(self, item: _Work) -> int:
+        prompt, completion = self._tokens(item)
+        return prompt + completion
 
     async def attempt(self, item: _Work) -> tuple[Outcome | None, float | None]:
         """One try at ``item``: its outcome, or the delay before the next try."""
@@ -1102,12 +1109,11 @@ class _Run:
         self.latency_s += 0.05 * (res.latency_ms / 1000.0 - self.latency_s)
         requested = str(item.body.get("model") or "")
         prices = self.plan.prices
-        # Priced as the model that answered, when its price is known (a gateway may route),
-        # unless the job prices the model asked for: the job's prices win.
+        # Priced as the model that answered, when its price is known (a gateway may route; a
+        # dated snapshot of a model the job prices has the job's price), as the report shows it.
         answered = res.model
         model = (requested if not answered or answered == requested
-                 or requested in prices.overrides or prices.price(answered) is None
-                 else answered)
+                 or prices.price(answered) is None else answered)
         cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)

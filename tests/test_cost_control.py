@@ -175,14 +175,15 @@ async def test_unknown_model_cost_is_unknown_never_zero(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("asked", "answered"), [
-    ("gpt-4o-mini", "gpt-4o-mini-2024-07-18"),  # OpenAI names the dated snapshot
-    ("my-alias", "gpt-4o"),  # a gateway routed the request to a model the library prices
+@pytest.mark.parametrize(("asked", "answered", "cost", "source"), [
+    # OpenAI names the dated snapshot: the job's price for the model asked for holds.
+    ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", 3.0, "job [prices] (gpt-4o-mini)"),
+    # A gateway routed an alias to a model the library prices: priced, and reported, as it.
+    ("my-alias", "gpt-4o", 12.5, "genai-prices"),
 ])
-async def test_the_jobs_price_for_the_model_asked_for_wins(tmp_path: Path, asked: str,
-                                                           answered: str) -> None:
-    """A reply is priced at the job's [prices] for the model asked for, whatever name the
-    server answers with; the report says where the price came from."""
+async def test_a_reply_is_priced_as_the_model_that_answered_as_the_report_shows(
+        tmp_path: Path, asked: str, answered: str, cost: float, source: str) -> None:
+    """The row's cost and the report's price for the model that answered agree."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         await request.read()
@@ -206,14 +207,15 @@ async def test_the_jobs_price_for_the_model_asked_for_wins(tmp_path: Path, asked
     finally:
         await runner.cleanup()
     assert s.exit_code == 3 and s.ok == 4  # row 3 is the empty prompt
-    assert s.cost_usd == pytest.approx(4 * 3.0)
+    assert s.cost_usd == pytest.approx(4 * cost)
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     ok = df[df["status"] == "ok"]
     assert ok["model"].tolist() == [answered] * 4
-    assert ok["cost_usd"].tolist() == [pytest.approx(3.0)] * 4
+    assert ok["cost_usd"].tolist() == [pytest.approx(cost)] * 4
     by_model = json.loads((tmp_path / "out" / "cost_report.json").read_text())["by_model"]
-    if asked == "gpt-4o-mini":  # the snapshot is the model asked for: its price is the job's
-        assert by_model[answered]["price_source"] == "job [prices] (gpt-4o-mini)"
+    assert by_model[answered]["price_source"].startswith(source)
+    price = by_model[answered]["price"]
+    assert price["input"] + price["output"] == pytest.approx(cost)  # 1M tokens of each
 
 
 @pytest.mark.anyio

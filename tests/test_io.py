@@ -276,21 +276,22 @@ def test_jsonl_columns_are_every_key_typed_by_what_their_values_share(write: Wri
         "in.jsonl",
         b'\xef\xbb\xbf{"id": "007", "n": 3, "x": 2.5, "ok": true, "tags": ["a"], "none": null}\n'
         b"\n"
-        b'{"id": "008", "x": 1, "mixed": 1, "late": "only here"}\r\n'
-        b'{"id": "009", "mixed": "one"}\n',
+        b'{"id": "008", "x": 1, "mixed": 1, "late": "only here", "price": 9.5}\r\n'
+        b'{"id": "009", "mixed": "one", "price": 0.25}\n',
     )
     source = open_input(path)
     assert source.kind == "jsonl" and source.num_rows == 3
     assert [(f.name, str(f.type)) for f in source.schema] == [
-        ("id", "string"), ("n", "int64"), ("x", "double"), ("ok", "bool"), ("tags", "string"),
-        ("none", "string"), ("mixed", "string"), ("late", "string")]
+        ("id", "string"), ("n", "int64"), ("x", "string"), ("ok", "bool"), ("tags", "string"),
+        ("none", "string"), ("mixed", "string"), ("late", "string"), ("price", "double")]
     assert rows_of(source) == [
-        {"id": "007", "n": 3, "x": 2.5, "ok": True, "tags": '["a"]', "none": None,
-         "mixed": None, "late": None},
-        {"id": "008", "n": None, "x": 1.0, "ok": None, "tags": None, "none": None,
-         "mixed": "1", "late": "only here"},  # several kinds: text, as CSV would have it
+        {"id": "007", "n": 3, "x": "2.5", "ok": True, "tags": '["a"]', "none": None,
+         "mixed": None, "late": None, "price": None},
+        # Several kinds, integers beside decimals too: text, as written (1 stays "1").
+        {"id": "008", "n": None, "x": "1", "ok": None, "tags": None, "none": None,
+         "mixed": "1", "late": "only here", "price": 9.5},
         {"id": "009", "n": None, "x": None, "ok": None, "tags": None, "none": None,
-         "mixed": "one", "late": None},
+         "mixed": "one", "late": None, "price": 0.25},
     ]
 
 

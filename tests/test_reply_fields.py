@@ -104,6 +104,36 @@ def parse(body: dict[str, Any]) -> Any:
 # The stream parser on recorded shapes
 
 
+def test_a_stream_cut_anywhere_into_pieces_reads_the_same() -> None:
+    """Network pieces split lines anywhere (a 600 KB event arrives in many): every split of a
+    stream gives the same answer as its lines fed one by one, the last line without a break."""
+    events = [delta(0, {"content": "Hel"}), delta(0, {"content": "lo " + "x" * 3000}),
+              delta(0, {}, "stop"),
+              {"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}]
+    raw = b"".join(b"event: message\n: keep-alive\ndata: " + orjson.dumps(e) + b"\r\n\n"
+                   for e in events) + b"data: [DONE]"
+    whole = StreamAssembler()
+    for line in raw.split(b"\n"):
+        whole.feed(line)
+    for size in (1, 7, 100, 4096, len(raw)):
+        st = StreamAssembler()
+        for at in range(0, len(raw), size):
+            st.feed_bytes(raw[at:at + size])
+        st.end()
+        assert st.done and st.first.text() == whole.first.text() == "Hello " + "x" * 3000
+        assert st.usage == whole.usage and st.finish_reason == "stop"
+
+
+def test_a_stream_is_whole_once_every_choice_asked_for_finished() -> None:
+    st = StreamAssembler()
+    st.feed(b"data: " + orjson.dumps(delta(0, {"content": "a"}, "stop")) + b"\n")
+    assert st.finished(1) and not st.finished(2)  # n = 2: the second choice never came
+    st.feed(b"data: " + orjson.dumps(delta(1, {"content": "b"})) + b"\n")
+    assert not st.finished(2)
+    st.feed(b"data: " + orjson.dumps(delta(1, {}, "length")) + b"\n")
+    assert st.finished(2)
+
+
 def test_stream_tool_call_deltas_are_assembled_per_index() -> None:
     """OpenAI's shape: id, type and name once per call, the arguments in pieces, two calls
     side by side."""
@@ -141,7 +171,7 @@ def test_a_stream_error_event_is_read_like_an_error_body() -> None:
 
     def fail(error: dict[str, Any]) -> None:
         st = feed([delta(0, {"content": "a"}), {"error": error}])
-        c._from_stream(st, "req-1", 0.0, 1.0, {})
+        c._from_stream(st, "req-1", 0.0, 1.0, {}, 1)
 
     with pytest.raises(AuthError, match="UNAUTHENTICATED"):
         fail({"message": "API key not valid", "status": "UNAUTHENTICATED"})

@@ -411,3 +411,4 @@ def test_rerun_where_reads_only_the_columns_it_names() -> None:
     assert _where_columns("True") == []
     assert _where_columns("(status == 'ok'") is None  # unreadable: every column
     assert _where_columns("content.str.lower().str.contains('sorry')") == ["content"]
+    assert _where_columns("content.str.contains('x', regex=False)") == ["content"]

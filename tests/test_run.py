@@ -691,6 +691,12 @@ def test_the_simulators_answers_never_mix_with_real_ones_unasked(
                 "endpoint") in err and "--force" in err
         assert real.stats()["requests"] == 0
         assert main([*again, "--force"]) == 0
+        assert "their answers mix (--force)" in capsys.readouterr().err
+        # From then on the directory holds some of each, whichever answers next.
+        assert json.loads((tmp_path / "sim-out" / "job.json").read_text())["simulator"] == "mixed"
+        assert main([*common, "--simulator", "--output", "sim-out"]) == 0
+        report = json.loads((tmp_path / "sim-out" / "cost_report.json").read_text())
+        assert report["job"]["simulator"] == "some rows"
         capsys.readouterr()
 
         assert main([*common, "--base-url", real.base_url, "--output", "real-out"]) == 0

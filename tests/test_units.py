@@ -388,6 +388,9 @@ def test_a_number_refused_is_shown_as_given() -> None:
     with pytest.raises(ConfigError) as e:
         load_job(None, {"input": "x.csv", "output": "out", "requests_per_minute": 0.0})
     assert str(e.value).endswith("--rpm must be greater than 0, got 0")
+    with pytest.raises(ConfigError) as e:
+        load_job(None, {"input": "x.csv", "output": "out", "temperature": 2.0000001})
+    assert str(e.value).endswith("--temperature must be at most 2, got 2.0000001")
 
 
 def test_the_bar_counts_are_short_and_leave_out_zeros() -> None:
@@ -398,3 +401,13 @@ def test_the_bar_counts_are_short_and_leave_out_zeros() -> None:
     c.failed, c.retrying, c.rate_limited, c.tokens = 3, 2, 7, 2_500_000
     assert _postfix(c, compact=True) == ("ok=1,065 failed=3 retrying=2 429s=7 tokens=2.5M "
                                          "cost=$0.0123 (~$0.05 job)")
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (0, "0"), (950, "950"), (35_944, "35.9k"), (999_499, "999k"), (999_950, "1M"),
+    (2_500_000, "2.5M"), (0.25, "0.25"), (12.0, "12"), (-1_500, "-1.5k"), (4.2e12, "4200B"),
+])
+def test_compact_numbers_carry_into_the_next_unit(value: float, shown: str) -> None:
+    from batchrunner.progress import short_number
+
+    assert short_number(value) == shown
