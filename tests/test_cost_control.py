@@ -123,14 +123,20 @@ async def test_estimate_is_close_to_the_real_cost(tmp_path: Path) -> None:
     assert before.cost_usd == pytest.approx(s.cost_usd, rel=0.15)
 
 
+def costly_job(tmp_path: Path, inp: Path, *, max_tokens: int, concurrency: int) -> Path:
+    """``job.toml`` over ``inp`` for "sim-model", priced at 1,000 USD per 1M tokens."""
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "sim-model"\n'
+        f'prompt = "{{text}}"\nmax_tokens = {max_tokens}\n[limits]\n'
+        f'concurrency = {concurrency}\n[output]\ndir = "out"\n'
+        '[prices."sim-model"]\ninput = 1000.0\noutput = 1000.0\n')
+    return job
+
+
 @pytest.mark.anyio
 async def test_budget_stops_before_passing_and_rerun_with_more_continues(tmp_path: Path) -> None:
-    inp = make_input(tmp_path, 200)
-    prices = '[prices."sim-model"]\ninput = 1000.0\noutput = 1000.0\n'
-    (tmp_path / "job.toml").write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "sim-model"\n'
-        f'prompt = "{{text}}"\nmax_tokens = 20\n[limits]\nconcurrency = 4\n'
-        f'[output]\ndir = "out"\n{prices}')
+    costly_job(tmp_path, make_input(tmp_path, 200), max_tokens=20, concurrency=4)
     async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 1.0})
         s = await run_job(job, FAST)
@@ -227,11 +233,7 @@ async def test_the_budget_holds_when_replies_carry_no_usage(tmp_path: Path,
     inp = tmp_path / "in.csv"
     pd.DataFrame({"id": range(30), "text": [f"item {i} [[sim:no_usage]]" for i in range(30)]}
                  ).to_csv(inp, index=False)
-    prices = '[prices."sim-model"]\ninput = 1000.0\noutput = 1000.0\n'
-    (tmp_path / "job.toml").write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "sim-model"\n'
-        f'prompt = "{{text}}"\nmax_tokens = 100\n[limits]\nconcurrency = 1\n'
-        f'[output]\ndir = "out"\n{prices}')
+    costly_job(tmp_path, inp, max_tokens=100, concurrency=1)
     async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 1.0})
         s = await run_job(job, FAST)
