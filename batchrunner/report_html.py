@@ -367,7 +367,10 @@ def _top_table(rows: list[dict[str, Any]], column: str, title: str, note: str) -
             if r["prompt_tokens"] is not None or r["completion_tokens"] is not None
             else "–"
         )
-        cost = "unknown" if r["cost_usd"] is None else _money(r["cost_usd"])
+        if r["cost_usd"] is not None:
+            cost = _money(r["cost_usd"])
+        else:  # an answer whose price or usage is unknown; a failure with none was not billed
+            cost = "unknown" if status == "ok" or tokens != "–" else "–"
         body.append(
             "<tr>"
             f"<td class=n>{n}</td>"

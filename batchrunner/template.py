@@ -48,7 +48,8 @@ class Template:
             if name is not None and (not name or spec or conversion or not _plain(name)):
                 raise ConfigError(
                     f"prompt template: field {{{name}{'!' + conversion if conversion else ''}"
-                    f"{':' + spec if spec else ''}}} must be a plain column name like {{text}}"
+                    f"{':' + spec if spec else ''}}} must be a plain column name like {{text}} "
+                    "(write {{ and }} for literal braces, as around JSON in a prompt)"
                 )
             parts.append((literal, name))
         self.parts = parts

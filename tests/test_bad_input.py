@@ -446,6 +446,12 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["no endpoint", "NBILITY_BASE_URL"])
 
 
+@case("JSON braces in a prompt, not doubled")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return (c.args(c.good_csv(), prompt='Reply as {"label": "bug"}: {text}'),
+            ["plain column name", "write {{ and }} for literal braces"])
+
+
 @case("two rows without an id")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("noid.csv", "id,text\na,x\n,y\nc,z\n,w\n")

@@ -469,3 +469,13 @@ def test_chromium_renders_the_page(book: PriceBook, mixed: list[Outcome], tmp_pa
     assert shot.returncode == 0, shot.stderr[-2000:]
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+
+
+def test_a_failed_row_never_billed_has_no_cost_not_an_unknown_one(book: PriceBook) -> None:
+    rows = [failed_row("f1", at=T0, latency_ms=9_000.0),  # an HTTP error: no answer, no bill
+            ok_row(book, "u1", "no-such-model-xyz", at=T0 + 1, latency=5_000.0)]
+    page = page_of(rows, book)
+    slowest = page[page.index("The 10 slowest rows"):]
+    cells = dict(re.findall(r'title="(f1|u1)">.*?</td>(?:<td[^>]*>.*?</td>){4}'
+                            r'<td class=n>([^<]*)</td>', slowest))
+    assert cells == {"f1": "–", "u1": "unknown"}
