@@ -171,8 +171,9 @@ class StreamAssembler:
     top-level ``citations`` (Grok) likewise. ``done`` is set by ``data: [DONE]``.
     """
 
-    __slots__ = ("_partial", "_partial_size", "_stray_size", "cited", "done", "error", "event",
-                 "first", "first_token_at", "id", "model", "others", "stray", "usage")
+    __slots__ = ("_partial", "_partial_size", "_pending", "_stray_size", "cited", "done",
+                 "error", "event", "first", "first_token_at", "id", "model", "others", "stray",
+                 "usage")
 
     def __init__(self) -> None:
         self.first = _Parts()  # choice 0
@@ -190,6 +191,7 @@ class StreamAssembler:
         self.stray: list[bytes] | None = None
         self._stray_size = 0
         self._partial: list[bytes] = []  # the start of a line not ended yet (feed_bytes)
+        self._pending: list[bytes] | None = None  # an event's data lines, not whole JSON yet
         self._partial_size = 0
 
     def feed_bytes(self, chunk: bytes) -> None:
@@ -244,8 +246,10 @@ class StreamAssembler:
         if not line.startswith(b"data:"):
             if line:
                 self._field(line)  # comments (": keep-alive"), event:/id: fields, stray lines
-            else:
-                self.event = None  # the blank line that ends an event
+            else:  # the blank line that ends an event
+                self.event = None
+                if self._pending is not None:
+                    raise ValueError("a stream event whose data lines are not JSON")
             return
         data = line[5:].strip()
         if data == b"[DONE]":
@@ -254,7 +258,22 @@ class StreamAssembler:
         if self.event == b"error":  # ``event: error``: the data is the error, in any shape
             self._error_event(data)
             return
-        event = orjson.loads(data)
+        pending = self._pending
+        if pending is None:
+            try:
+                event = orjson.loads(data)
+            except ValueError:  # one event's JSON over several data: lines, as SSE allows
+                self._pending = [data]
+                return
+        else:
+            pending.append(data)
+            if sum(map(len, pending)) > _MAX_EVENT:
+                raise _EventTooLong
+            try:
+                event = orjson.loads(b"\n".join(pending))  # SSE joins them with line breaks
+            except ValueError:
+                return  # more to come; the blank line that ends the event refuses it
+            self._pending = None
         if not isinstance(event, dict):
             raise ValueError("stream event is not a JSON object")
         if isinstance(event.get("error"), dict):

@@ -124,6 +124,21 @@ def test_a_stream_cut_anywhere_into_pieces_reads_the_same() -> None:
         assert st.usage == whole.usage and st.finish_reason == "stop"
 
 
+def test_an_event_whose_json_spans_several_data_lines_is_read() -> None:
+    """SSE joins an event's data: lines with line breaks: pretty-printed JSON is one event."""
+    st = StreamAssembler()
+    pretty = json.dumps(delta(0, {"content": "hi"}, "stop"), indent=2).encode()
+    for line in pretty.split(b"\n"):
+        st.feed(b"data: " + line + b"\n")
+    st.feed(b"\n")
+    assert st.first.text() == "hi" and st.finish_reason == "stop"
+    broken = StreamAssembler()
+    broken.feed(b"data: {not json\n")
+    broken.feed(b"data: still not}\n")
+    with pytest.raises(ValueError):
+        broken.feed(b"\n")  # the event ends and its data is not JSON
+
+
 def test_a_stream_is_whole_once_every_choice_asked_for_finished() -> None:
     st = StreamAssembler()
     st.feed(b"data: " + orjson.dumps(delta(0, {"content": "a"}, "stop")) + b"\n")

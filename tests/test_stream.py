@@ -66,8 +66,8 @@ def test_reasoning_deltas_are_collected_apart() -> None:
 def test_error_event_and_bad_json() -> None:
     st = feed(['data: {"error": {"message": "overloaded", "type": "server_error"}}'])
     assert st.error == {"message": "overloaded", "type": "server_error"}
-    with pytest.raises(ValueError):
-        feed(["data: {not json"])
+    with pytest.raises(ValueError):  # at the blank line that ends the event
+        feed(["data: {not json", ""])
 
 
 def make_input(tmp_path: Path, texts: list[str]) -> Path:
