@@ -866,13 +866,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
            ["Spent in all (USD)", _money((report.get("cost_usd") or 0.0) + earlier)]]
           if earlier else []),
         [
-            "Requests",
+            "Requests (the rows' latest attempts)",
             f"{_num(req.get('attempts', 0))} attempts, {_num(req.get('retries', 0))} retries, "
             f"{_num(req.get('http_429', 0))} × 429",
         ],
         ["Latency p50 / p95 / p99", latency],
-        ["Wall time", _duration(report.get("wall_s"))],
-        ["Throughput", throughput],
+        ["Wall time (the last run that sent)", _duration(report.get("wall_s"))],
+        ["Throughput (the last run that sent)", throughput],
     ]
     out += ["## Totals", "", *_table(["", "Value"], totals, right=set()), ""]
 

@@ -147,6 +147,7 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     ran: bool = True  # False: the outputs were rebuilt (`report`), no run happened
     simulated: bool = False  # the answers came from the built-in simulator
+    not_connected: int = 0  # of ``sent``, the requests that found no connection
 
     @property
     def exit_code(self) -> int:
@@ -1000,6 +1001,7 @@ class _Run:
                 if e.status is not None:
                     self._answered()
                 elif e.error_type == "connection_error":
+                    self.counters["not_connected"] += 1  # counted as sent: it was tried
                     self._refused(item)
                 elif e.error_type == "timeout":
                     item.timeouts += 1
@@ -1316,6 +1318,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             finally:
                 progress.close()
         summary.sent = run.counters["sent"]
+        summary.not_connected = run.counters["not_connected"]
         summary.stopped = str(run.stop_error) if run.stop_error else None
         summary.wall_s = time.monotonic() - started
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent)
@@ -1538,6 +1541,9 @@ def format_summary(s: RunSummary) -> str:
     if s.ran:
         sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")
         cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"
+        if s.not_connected:
+            cost += (" (none could connect)" if s.not_connected == s.sent
+                     else f" ({s.not_connected:,} could not connect)")
         if s.simulated:
             cost += " (to the built-in simulator: the answers are not real)"
     lines.append(f"  cost: {cost}")

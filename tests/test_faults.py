@@ -36,6 +36,7 @@ from batchrunner.runner import (
     RunOptions,
     RunSummary,
     format_status,
+    format_summary,
     plan_from_output,
     rebuild_outputs,
     run_job,
@@ -507,6 +508,7 @@ async def test_with_one_attempt_a_row_an_endpoint_that_refuses_still_stops_the_j
     assert s.stopped.startswith("no connection to the endpoint for ")
     assert "2 attempts" in s.stopped
     assert s.sent <= 8 * 2, s.sent  # the rows in flight, twice each at most
+    assert s.not_connected == s.sent and "sent this run (none could connect)" in format_summary(s)
 
 
 @pytest.mark.anyio
