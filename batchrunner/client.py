@@ -44,10 +44,6 @@ _MAX_MESSAGE = 300
 # readline stops at 128 KiB).
 _MAX_EVENT = 64 << 20
 _MAX_STRAY = 65536  # bytes of a stream's lines that are not SSE fields kept (an error body)
-
-
-class _EventTooLong(Exception):
-    """A stream line longer than ``_MAX_EVENT``."""
 _SCAN = 16384  # bytes of an error body read for its message
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 # The error words a gateway may pass on in a 200 instead of its upstream's status, and the
@@ -159,6 +155,10 @@ class _Parts:
         return "".join(self.content) if self.content or not self.calls else None
 
 
+class _EventTooLong(Exception):
+    """A stream line, or event, longer than ``_MAX_EVENT``."""
+
+
 class StreamAssembler:
     """Builds one completion from the ``data:`` lines of a chat completion SSE stream.
 
@@ -171,9 +171,9 @@ class StreamAssembler:
     top-level ``citations`` (Grok) likewise. ``done`` is set by ``data: [DONE]``.
     """
 
-    __slots__ = ("_partial", "_partial_size", "_pending", "_stray_size", "cited", "done",
-                 "error", "event", "first", "first_token_at", "id", "model", "others", "stray",
-                 "usage")
+    __slots__ = ("_partial", "_partial_size", "_pending", "_pending_size", "_stray_size", "cited",
+                 "done", "error", "event", "first", "first_token_at", "id", "model", "others",
+                 "stray", "usage")
 
     def __init__(self) -> None:
         self.first = _Parts()  # choice 0
@@ -191,7 +191,8 @@ class StreamAssembler:
         self.stray: list[bytes] | None = None
         self._stray_size = 0
         self._partial: list[bytes] = []  # the start of a line not ended yet (feed_bytes)
-        self._pending: list[bytes] | None = None  # an event's data lines, not whole JSON yet
+        self._pending: list[bytes] | None = None  # an event's data lines, read when it ends
+        self._pending_size = 0
         self._partial_size = 0
 
     def feed_bytes(self, chunk: bytes) -> None:
@@ -222,11 +223,34 @@ class StreamAssembler:
             raise _EventTooLong
 
     def end(self) -> None:
-        """The stream ended: feed a last line that had no line break."""
+        """The stream ended: feed a last line that had no line break, and end its event."""
         if self._partial:
             line = b"".join(self._partial)
             self._partial, self._partial_size = [], 0
             self.feed(line)
+        self._event_end()
+
+    def _hold(self, data: bytes) -> None:
+        """Keep a data line of an event read when it ends (``_event_end``)."""
+        if self._pending is None:
+            self._pending = []
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > _MAX_EVENT:
+            raise _EventTooLong
+
+    def _event_end(self) -> None:
+        """The end of an event (its blank line, [DONE] or the end of the stream): an error
+        event's data is read now; JSON spread over data lines that never parsed is refused."""
+        pending, name = self._pending, self.event
+        self.event = None
+        if pending is None:
+            return
+        self._pending, self._pending_size = None, 0
+        if name == b"error":
+            self._error_event(b"\n".join(pending))
+        else:
+            raise ValueError("a stream event whose data lines are not JSON")
 
     @property
     def content(self) -> list[str]:
@@ -246,34 +270,34 @@ class StreamAssembler:
         if not line.startswith(b"data:"):
             if line:
                 self._field(line)  # comments (": keep-alive"), event:/id: fields, stray lines
-            else:  # the blank line that ends an event
-                self.event = None
-                if self._pending is not None:
-                    raise ValueError("a stream event whose data lines are not JSON")
+            else:
+                self._event_end()
             return
         data = line[5:].strip()
         if data == b"[DONE]":
+            self._event_end()
             self.done = True
             return
-        if self.event == b"error":  # ``event: error``: the data is the error, in any shape
-            self._error_event(data)
+        if self.event == b"error":  # ``event: error``: read when it ends, in any shape
+            self._hold(data)
             return
-        pending = self._pending
-        if pending is None:
+        if self._pending is None:
             try:
                 event = orjson.loads(data)
-            except ValueError:  # one event's JSON over several data: lines, as SSE allows
-                self._pending = [data]
+            except ValueError:
+                if data[:1] != b"{":
+                    raise
+                self._hold(data)  # one event's JSON over several data: lines, as SSE allows
                 return
         else:
-            pending.append(data)
-            if sum(map(len, pending)) > _MAX_EVENT:
-                raise _EventTooLong
+            self._hold(data)
+            if not data.endswith(b"}"):
+                return  # more to come
             try:
-                event = orjson.loads(b"\n".join(pending))  # SSE joins them with line breaks
+                event = orjson.loads(b"\n".join(self._pending))  # SSE joins them so
             except ValueError:
-                return  # more to come; the blank line that ends the event refuses it
-            self._pending = None
+                return  # more to come; the end of the event refuses it
+            self._pending, self._pending_size = None, 0
         if not isinstance(event, dict):
             raise ValueError("stream event is not a JSON object")
         if isinstance(event.get("error"), dict):

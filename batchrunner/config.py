@@ -321,7 +321,8 @@ def _number(t: dict[str, Any], key: str, f: _Fields, *, integer: bool, positive:
         raise ConfigError(f"{f(table, key)} must be {kind}, got {v!r}")
     if not math.isfinite(v):
         raise ConfigError(f"{f(table, key)} must be a finite number, got {v!r}")
-    shown = repr(int(v)) if v == int(v) else repr(v)  # --rpm 0 is read as 0.0: shown as 0
+    # --rpm 0 is read as 0.0: shown as 0
+    shown = repr(int(v)) if v == int(v) and abs(v) < 1e15 else repr(v)
     if positive and v <= 0:
         raise ConfigError(f"{f(table, key)} must be greater than 0, got {shown}")
     if not positive and v < 0:

@@ -224,7 +224,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
             f"({short_number(_int(tokens.get('cached')))} cached) · "
             f"{short_number(_int(tokens.get('completion')))} completion",
         ),
-        _card("Wall time, last run", _duration(report.get("wall_s")), throughput),
+        _card("Wall time, last run that sent", _duration(report.get("wall_s")), throughput),
         _card("Latency p50 / p95 / p99", latency, f"over {_num(_int(lat.get('rows')))} ok rows"),
         _card(
             "Requests",

@@ -745,6 +745,7 @@ class _Run:
         self.failing: Counter[str] | None = Counter()
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
+        self.routed: dict[str, str] = {}  # model asked for → the priced one that answered
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -924,9 +925,11 @@ class _Run:
         self.progress.write(f"batchrunner: warning: row {key}: {warning}")
 
     def _estimated_cost(self, item: _Work) -> float | None:
-        """What the request will cost at most, as far as it can be told before the reply."""
+        """What the request will cost at most, as far as it can be told before the reply: at
+        the price of the model asked for, or of the one a gateway answered it with so far."""
         prompt, completion = self._tokens(item)
-        return self.plan.prices.cost(str(item.body.get("model") or ""), prompt_tokens=prompt,
+        model = str(item.body.get("model") or "")
+        return self.plan.prices.cost(self.routed.get(model, model), prompt_tokens=prompt,
                                      completion_tokens=completion)
 
     def _reserve(self, item: _Work) -> float | None:
@@ -1116,6 +1119,8 @@ class _Run:
         answered = res.model
         model = (requested if not answered or answered == requested
                  or prices.price(answered) is None else answered)
+        if model != requested and self.budget is not None:
+            self.routed[requested] = model  # the budget holds the next ones at its price
         cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)

@@ -113,7 +113,7 @@ def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
     if not stream:
         out.extend(f"{where(name)} works only with streaming (gateways drop it otherwise, with "
                    f"no error): {set_stream}" for name in _needs_stream(fields))
-    gemini_thinking = "-thinking" in model and _GEMINI_THINKING.search(model) is not None
+    gemini_thinking = "-thinking" in model.lower() and _GEMINI_THINKING.search(model) is not None
     if gemini_thinking and not stream:
         out.append(f"{where('model')} {model} gives its reasoning (reasoning_content) only in a "
                    f"stream, though its thinking is billed: {set_stream} to record it")

@@ -245,3 +245,25 @@ async def test_the_budget_holds_when_replies_carry_no_usage(tmp_path: Path,
     assert s.cost_usd is None  # unknown, never 0
     err = capsys.readouterr().err
     assert err.count("the reply has no usage") == 1
+
+
+def test_the_budget_holds_a_routed_model_at_the_price_of_the_one_that_answered(
+        tmp_path: Path) -> None:
+    from batchrunner.limiter import Limiter
+    from batchrunner.progress import NullProgress
+    from batchrunner.runner import _Run, _Work, prepare
+
+    inp = make_input(tmp_path, 5)
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "my-alias"\n'
+        'prompt = "{text}"\n[output]\ndir = "out"\n'
+        '[prices."my-alias"]\ninput = 0.1\noutput = 0.1\n')
+    job = load_job(tmp_path / "job.toml", {"base_url": "http://127.0.0.1:9/v1",
+                                           "max_cost_usd": 10.0})
+    run = _Run(prepare(job, FAST), FAST, None, Limiter(None, None),  # no client: not sent
+               NullProgress(), None, max_concurrency=1, fixed_concurrency=True)
+    item = _Work(key="0", body={"model": "my-alias"}, prompt_estimate=1_000_000,
+                 completion_max=1_000_000)
+    assert run._estimated_cost(item) == pytest.approx(0.2)  # the job's price for the alias
+    run.routed["my-alias"] = "gpt-4o"  # as _success records a reply priced as gpt-4o
+    assert run._estimated_cost(item) == pytest.approx(12.5)  # the library's gpt-4o price

@@ -105,8 +105,9 @@ def parse(body: dict[str, Any]) -> Any:
 
 
 def test_a_stream_cut_anywhere_into_pieces_reads_the_same() -> None:
-    """Network pieces split lines anywhere (a 600 KB event arrives in many): every split of a
-    stream gives the same answer as its lines fed one by one, the last line without a break."""
+    """Network pieces split lines anywhere (a 600 KB event arrives in many): the stream cut
+    into pieces of 1 byte (every boundary), 7, 100, 4,096 bytes or whole gives the same answer
+    as its lines fed one by one, the last line without a break."""
     events = [delta(0, {"content": "Hel"}), delta(0, {"content": "lo " + "x" * 3000}),
               delta(0, {}, "stop"),
               {"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}]
@@ -137,6 +138,47 @@ def test_an_event_whose_json_spans_several_data_lines_is_read() -> None:
     broken.feed(b"data: still not}\n")
     with pytest.raises(ValueError):
         broken.feed(b"\n")  # the event ends and its data is not JSON
+    # Data lines that cannot start a JSON object are refused at once, as before.
+    with pytest.raises(ValueError):
+        StreamAssembler().feed(b"data: some plain text\n")
+    # An event cut short is refused at [DONE], or at the end of the stream, not dropped.
+    for last in (b"data: [DONE]\n", None):
+        cut = StreamAssembler()
+        cut.feed_bytes(b"data: " + orjson.dumps(delta(0, {"content": "a"}, "stop")) + b"\n\n"
+                       + b'data: {"id": "c", "choices": [],\ndata:  "usage": {"prompt_')
+        with pytest.raises(ValueError):
+            cut.feed_bytes(b'tokens": 3}\n' + last) if last else cut.end()
+
+
+def test_an_error_event_is_read_whole_whatever_its_shape() -> None:
+    st = StreamAssembler()
+    pretty = json.dumps({"error": {"message": "bad key", "code": 401}}, indent=2).encode()
+    st.feed_bytes(b"event: error\n" + b"".join(b"data: " + line + b"\n"
+                                                for line in pretty.split(b"\n")) + b"\n")
+    assert st.error == {"message": "bad key", "code": 401}
+    at_end = StreamAssembler()
+    at_end.feed_bytes(b"event: error\ndata: upstream timed out")  # no line break, then EOF
+    at_end.end()
+    assert at_end.error == {"message": "upstream timed out"}
+
+
+def test_what_follows_done_is_not_read_and_a_line_too_long_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchrunner import client as client_module
+
+    st = StreamAssembler()
+    st.feed_bytes(b"data: " + orjson.dumps(delta(0, {"content": "a"}, "stop")) + b"\n\n"
+                  + b"data: [DONE]\n\ndata: {junk after the end")
+    assert st.done and st.first.text() == "a"
+    monkeypatch.setattr(client_module, "_MAX_EVENT", 100)
+    long = StreamAssembler()
+    long.feed_bytes(b"data: " + b"x" * 60)
+    with pytest.raises(client_module._EventTooLong):  # across pieces
+        long.feed_bytes(b"x" * 60)
+    spread = StreamAssembler()
+    with pytest.raises(client_module._EventTooLong):  # an event over many data lines
+        for _ in range(20):
+            spread.feed(b'data: {"a": "' + b"y" * 10 + b'",\n')
 
 
 def test_a_stream_is_whole_once_every_choice_asked_for_finished() -> None:
