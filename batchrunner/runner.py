@@ -511,7 +511,6 @@ def _where_columns(where: str) -> list[str] | None:
     return [c for c in OUTCOME_COLUMNS if c in names] if names else None
 
 
-
 def _names(where: str) -> set[str]:
     """The names in ``where`` that are not inside a string, after a dot (a method) or before
     a lone ``=`` (a keyword argument); empty when it cannot be read (pandas then says what is
