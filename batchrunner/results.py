@@ -157,6 +157,13 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     return summary
 
 
+def _utc_time(seconds: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Seconds since the epoch (the journal's ``finished_at``) as a UTC timestamp to the
+    millisecond, as a results file shows it (pandas reads a datetime; CSV, ISO 8601 text)."""
+    millis = pc.cast(pc.round(pc.multiply(seconds, 1000.0)), pa.int64())
+    return pc.cast(millis, pa.timestamp("ms", tz="UTC"))
+
+
 def _simulated(recorded: Any) -> bool | str:
     """Whether the built-in simulator answered: ``True``, ``False``, or ``"some rows"`` (a
     rerun forced to mix its answers with a real endpoint's)."""
@@ -200,7 +207,8 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
             table = pa.Table.from_batches([batch])
             names = set(table.column_names)
             for c in outcome_cols:
-                table = table.append_column(_result_name(c, names), part[c])
+                column = part[c] if c != "finished_at" else _utc_time(part[c])
+                table = table.append_column(_result_name(c, names), column)
             st = table.column(_result_name("status", names))
             if plan.structured is not None and plan.structured.columns:
                 checked = table.column(_result_name(plan.structured.column, names)).to_pylist()

@@ -753,3 +753,17 @@ async def test_the_bar_counts_the_whole_jobs_rows_on_a_rerun(
         await run_job(job_for(tmp_path, sim.base_url, inp), bar)
     last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert "10/10" in last and "ok=9 failed=1 " in last, last
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+async def test_finished_at_is_a_utc_time_in_the_results(tmp_path: Path, fmt: str) -> None:
+    inp = make_csv(tmp_path / "in.csv", 3)
+    before = pd.Timestamp.now(tz="UTC").floor("ms")
+    async with Simulator(SimulatorConfig()) as sim:
+        await run_job(job_for(tmp_path, sim.base_url, inp, format=fmt), FAST)
+    after = pd.Timestamp.now(tz="UTC")
+    at = pd.to_datetime(results(tmp_path, fmt)["finished_at"], utc=True)
+    assert ((before <= at) & (at <= after)).all(), at.tolist()
+    if fmt == "parquet":
+        assert str(results(tmp_path)["finished_at"].dtype) == "datetime64[ms, UTC]"
