@@ -547,7 +547,7 @@ class ChatClient:
         latency_ms = (time.perf_counter() - start) * 1000.0
         request_id = headers.get("x-request-id")
         if status != 200:
-            raise self._status_error(status, raw, headers, request_id)
+            raise self._status_error(status, raw, headers, request_id, body.get("model"))
         hdrs = _ratelimit_headers(headers)
         if stream is not None:
             n = body.get("n")
@@ -654,7 +654,8 @@ class ChatClient:
         )
 
     def _status_error(
-        self, status: int, raw: bytes, headers: Any, request_id: str | None
+        self, status: int, raw: bytes, headers: Any, request_id: str | None,
+        model: Any = None,
     ) -> RequestError:
         code: str | None = None
         etype: str | None = None
@@ -687,7 +688,8 @@ class ChatClient:
         if status == 407 and (stop := self._proxy_refused(status, message)):
             raise stop
         if halt := _stop_job(status, f"HTTP {status}", code, etype, message, gstatus,
-                             key_origin=self._key_origin):
+                             key_origin=self._key_origin,
+                             model=self.redact(model) if isinstance(model, str) else None):
             raise halt
         if status == 429:
             return HTTPStatusError(
@@ -832,11 +834,12 @@ _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "r
 
 
 def _stop_job(status: int, said: str, code: str | None, etype: str | None, message: str,
-              gstatus: str | None = None, *, key_origin: str | None = None) -> StopJob | None:
+              gstatus: str | None = None, *, key_origin: str | None = None,
+              model: str | None = None) -> StopJob | None:
     """The error that stops the job for an answer every other request would get too: a
-    refused key (401/403: ``key_origin`` says where it was read), no money left (402, 429
-    ``insufficient_quota``), an account that cannot use the API (Google's
-    ``FAILED_PRECONDITION``, ``gstatus``); else None."""
+    refused key (401/403: ``key_origin`` says where it was read, ``model`` what was asked
+    for), no money left (402, 429 ``insufficient_quota``), an account that cannot use the API
+    (Google's ``FAILED_PRECONDITION``, ``gstatus``); else None."""
     if ("FAILED_PRECONDITION" in (code, etype, gstatus) and status < 500
             and _ACCOUNT.search(message)):
         said = said if said.endswith("FAILED_PRECONDITION") else f"{said} FAILED_PRECONDITION"
@@ -851,8 +854,9 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
                    "the key's quota), then rerun to resume")
         else:
             key = f"the key ({key_origin})" if key_origin else "the key"
-            fix = f"check {key} and its access to this model"
-        return AuthError(f"the endpoint refused the API key ({said}: {message}) — {fix}")
+            fix = f"check {key} and its access to {model or 'this model'}"
+        return AuthError(f"the endpoint refused the API key ({said}: {message}) — {fix}",
+                         status=status)
     if status == 402:
         return QuotaError(f"the account is out of balance ({said} Payment Required: {message}) "
                           "— top up the balance, then rerun to resume")

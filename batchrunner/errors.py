@@ -82,7 +82,11 @@ class StopJob(BatchrunnerError):
 
 
 class AuthError(StopJob):
-    """The endpoint refused the key (401/403)."""
+    """The endpoint refused the key (401/403; ``status``, when an HTTP status said so)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class QuotaError(StopJob):

@@ -58,6 +58,7 @@ from batchrunner.config import (
 )
 from batchrunner.errors import (
     AllFailing,
+    AuthError,
     BatchrunnerError,
     BudgetExceeded,
     ConfigError,
@@ -745,6 +746,10 @@ class _Run:
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
         self.routed: dict[str, str] = {}  # model asked for → the priced one that answered
+        # Rows ask for models of their own (a model column, a batch file): the models a reply
+        # came from so far, to tell a key that lacks one model from a key refused outright.
+        self.models_vary = plan.builder is None or bool(plan.job.request.model_column)
+        self.answered_models: set[str] = set()
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -995,6 +1000,17 @@ class _Run:
                     self.client.timeout_s * min(TIMEOUT_GROWTH ** item.timeouts, MAX_TIMEOUT_X)))
             except StopJob as e:
                 self.limiter.refund(charge)
+                if self._refused_for_its_model(item, e):
+                    self.counters["attempts"] += item.attempts
+                    model = str(item.body.get("model") or "")
+                    return Outcome(
+                        key=item.key, status="failed", attempts=item.attempts,
+                        rate_limited=item.rate_limited, error_type="model_refused",
+                        error_message=f"the key is refused for {model}, while other models "
+                        f"answered it: {e}", earlier_cost_usd=item.earlier_usd or None,
+                        latency_ms=(time.perf_counter() - sent_at) * 1000.0, model=model or None,
+                        finished_at=time.time(),
+                    ), None
                 self.stop(e)
                 return None, None
             except RequestError as e:
@@ -1055,6 +1071,14 @@ class _Run:
             self._answered()
             return self._success(item, res, charge), None
 
+    def _refused_for_its_model(self, item: _Work, e: StopJob) -> bool:
+        """A 403 in a job whose rows ask for several models, for a model no reply has come
+        from while another's have: the key lacks that model, and the rows asking for the
+        others go on (each of its rows fails as ``model_refused``). Any other refusal of the
+        key stops the job."""
+        return (isinstance(e, AuthError) and e.status == 403 and bool(self.answered_models)
+                and str(item.body.get("model") or "") not in self.answered_models)
+
     def _answered(self) -> None:
         """An HTTP answer (of any status) arrived: the endpoint is reachable."""
         down = self._looks_down
@@ -1112,6 +1136,8 @@ class _Run:
             self.completion_estimate += 0.05 * delta
         self.latency_s += 0.05 * (res.latency_ms / 1000.0 - self.latency_s)
         requested = str(item.body.get("model") or "")
+        if self.models_vary:
+            self.answered_models.add(requested)
         prices = self.plan.prices
         # Priced as the model that answered, when its price is known (a gateway may route; a
         # dated snapshot of a model the job prices has the job's price), as the report shows it.

@@ -941,6 +941,44 @@ def test_a_refused_key_says_where_it_was_read(tmp_path: Path, monkeypatch: pytes
     assert "sk-stale-0123456789" not in out.out + out.err
 
 
+async def refuse_one_model(srv: FaultServer, request: web.BaseRequest,
+                           body: dict[str, Any]) -> web.StreamResponse | None:
+    """A key with no access to the model "claude-x": 403 for it, answers for the others."""
+    if body.get("model") != "claude-x":
+        return None
+    return web.json_response(error_body("You do not have access to model claude-x",
+                                        "permission_error", "model_not_allowed"), status=403)
+
+
+@pytest.mark.anyio
+async def test_a_key_refused_for_one_of_the_rows_models_fails_those_rows_only(
+        tmp_path: Path) -> None:
+    """In a job whose rows ask for several models, a 403 for a model none of whose rows got an
+    answer, while other models' did, fails that model's rows (model_refused) and the others go
+    on; the job is not stopped for it."""
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i:04d}" for i in range(12)], "text": [f"row {i}" for i in range(12)],
+                  "model": ["claude-x" if i % 3 == 2 else "gpt-4o-mini" for i in range(12)]}
+                 ).to_csv(inp, index=False)
+    inp_first = tmp_path / "first.csv"  # the refused model's row first: nothing answered yet
+    pd.read_csv(inp).iloc[[2, 0, 1]].to_csv(inp_first, index=False)
+    async with FaultServer(refuse_one_model) as srv:
+        # One at a time, so the first row (claude-x) is refused before any model answered.
+        s = await run(job_for(tmp_path, srv.base_url, inp_first, model_column="model",
+                              concurrency=1, output=str(tmp_path / "first")))
+        assert s.exit_code == 4 and s.stopped and "its access to claude-x" in s.stopped
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=1))
+    assert s.exit_code == 3 and not s.stopped, s.stopped
+    df = results(tmp_path)
+    assert (df["status"] == "ok").sum() == 8
+    refused = df[df["status"] == "failed"]
+    assert refused.index.tolist() == ["r0002", "r0005", "r0008", "r0011"]
+    assert set(refused["error_type"]) == {"model_refused"}
+    assert refused["error_message"].str.startswith(
+        "the key is refused for claude-x, while other models answered it").all()
+
+
 def test_401_on_the_first_request_exits_4_having_sent_little(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(50)])
     with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
