@@ -990,6 +990,19 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return removed
 
 
+def _zoned_times_as_text(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+    """Timestamps with a time zone as ISO 8601 text with the offset, as
+    ``2026-11-30T16:49:23.602+00:00``: turned into Python datetimes, pyarrow would import
+    pandas for the zone."""
+    for i, field in enumerate(batch.schema):
+        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+            import pyarrow.compute as pc
+
+            text = pc.strftime(batch.column(i), format="%Y-%m-%dT%H:%M:%S%Ez")
+            batch = batch.set_column(i, field.name, text)
+    return batch
+
+
 def _json_default(value: object) -> object:
     """orjson fallback for Arrow values it cannot serialise itself (Decimal, bytes, timedelta)."""
     if isinstance(value, bytes | bytearray | memoryview):
@@ -1061,7 +1074,7 @@ class ResultWriter:
                 self._file.write(
                     b"".join(
                         orjson.dumps(row, default=_json_default, option=orjson.OPT_APPEND_NEWLINE)
-                        for row in batch.to_pylist()
+                        for row in _zoned_times_as_text(batch).to_pylist()
                     )
                 )
         except OSError as exc:

@@ -160,7 +160,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
 def _utc_time(seconds: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     """Seconds since the epoch (the journal's ``finished_at``) as a UTC timestamp to the
     millisecond, as a results file shows it (pandas reads a datetime; CSV, ISO 8601 text)."""
-    millis = pc.cast(pc.round(pc.multiply(seconds, 1000.0)), pa.int64())
+    # A Python number given to pyarrow.compute would import pandas (pa.scalar): ours does not.
+    millis = pc.cast(pc.round(pc.multiply(seconds, scalar(1000.0, pa.float64()))), pa.int64())
     return pc.cast(millis, pa.timestamp("ms", tz="UTC"))
 
 
