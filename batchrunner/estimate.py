@@ -82,9 +82,8 @@ def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None
             return f"max_tokens ({max_tokens:,}), an upper bound"
         return "each row's max_tokens, an upper bound"  # a batch file's rows set their own
     if unbounded < to_send:
-        rows = f"{unbounded:,} row" + ("s" if unbounded != 1 else "")
         return (f"each row's max_tokens where it sets one (an upper bound); {guess} for the "
-                f"{rows} without")
+                f"{count_rows(unbounded)} without")
     return f"{guess} (set max_tokens{' in the bodies' if batch else ''} for a bound)"
 
 

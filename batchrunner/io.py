@@ -697,8 +697,7 @@ class _JsonlSource(InputSource):
         batch_size = self.batch_size
         openai = self.kind == "openai_batch"
         types = [self.schema.field(name).type for name in columns]
-        convert = [_as_text if t == pa.string() else _as_float if t == pa.float64() else None
-                   for t in types]
+        convert = [_as_text if t == pa.string() else None for t in types]
         values: list[list[Any]] = [[] for _ in columns]
         n = 0
         lines = self._lines()
@@ -783,10 +782,6 @@ def _as_text(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return orjson.dumps(value).decode()
-
-
-def _as_float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 # The kinds of JSON value a JSONL column holds (bits), and the column type each makes when it

@@ -72,7 +72,7 @@ class Template:
             out.append(literal)
             if name is not None:
                 v = row[name]
-                if v is None or (isinstance(v, float) and math.isnan(v)):
+                if v is None or (isinstance(v, float) and math.isnan(v)):  # _is_null, inlined
                     return None
                 out.append(v if isinstance(v, str) else str(v))
         return "".join(out)
@@ -157,6 +157,11 @@ def _needs_stream(fields: dict[str, Any]) -> list[str]:
     return needs
 
 
+def _is_null(v: Any) -> bool:
+    """A value a prompt cannot be made from: null, or NaN (a null number read by pandas)."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
 def delimiter_hint(columns: Sequence[str]) -> str:
     """A hint for a CSV file read as one column because it is not comma-separated, else ""."""
     if len(columns) == 1:
@@ -229,7 +234,7 @@ class RequestBuilder:
         if self.template is not None:
             return self.template.render(row)
         v = row[self.request.prompt_column or ""]
-        if v is None or (isinstance(v, float) and math.isnan(v)):
+        if _is_null(v):
             return None
         return v if isinstance(v, str) else str(v)
 
@@ -237,8 +242,7 @@ class RequestBuilder:
         """The first column the prompt needs whose value in ``row`` is null."""
         names = self.template.fields if self.template is not None else (
             self.request.prompt_column or "",)
-        return next((n for n in names if row[n] is None
-                     or (isinstance(row[n], float) and math.isnan(row[n]))), names[0])
+        return next((n for n in names if _is_null(row[n])), names[0])
 
     def build(self, row: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         """The body for ``row`` and its prompt, or ``(None, reason)`` if the row cannot be sent."""
