@@ -200,7 +200,8 @@ class InputSource(abc.ABC):
 
     ``kind`` is ``"csv"``, ``"parquet"``, ``"jsonl"`` or ``"openai_batch"``; ``columns`` are the
     column names in order; ``schema`` is the Arrow schema ``batches`` yields; ``num_rows`` is
-    known for Parquet (from the metadata) and ``None`` otherwise.
+    known for Parquet (from the metadata) and JSONL (read through at open, ``rows_checked``),
+    and ``None`` otherwise.
     """
 
     path: Path
@@ -208,12 +209,14 @@ class InputSource(abc.ABC):
     columns: list[str]
     schema: pa.Schema
     num_rows: int | None
+    rows_checked: bool
     batch_size: int
 
     def __init__(self, path: Path, batch_size: int) -> None:
         self.path = path
         self.batch_size = batch_size
         self.num_rows = None
+        self.rows_checked = False  # every row was parsed, and counted, when it was opened
 
     def __repr__(self) -> str:
         return (
@@ -639,6 +642,7 @@ class _JsonlSource(InputSource):
                 kinds[key] = kinds.get(key, 0) | _kind(value)
             n += 1
         self.num_rows = n
+        self.rows_checked = True
         self.columns = list(kinds)
         self.schema = pa.schema([(k, _JSONL_TYPES.get(bits, pa.string()))
                                  for k, bits in kinds.items()])

@@ -545,6 +545,8 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
     is sent; with an id column, refuse null or duplicate ids and return the ids as the strings
     rows are keyed by."""
     total = 0
+    if key_column is None and source.rows_checked and source.num_rows is not None:
+        return source.num_rows, None  # every row was parsed and counted when it was opened
     if key_column is None:
         for batch in source.batches(columns=list(columns) or [source.columns[0]]):
             total += batch.num_rows
