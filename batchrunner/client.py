@@ -849,14 +849,15 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
             "the API is not offered in the caller's region: enable billing (or call from a "
             "region it serves), then rerun to resume")
     if status in (401, 403):
-        if _BALANCE.search(message):
+        balance = bool(_BALANCE.search(message))
+        if balance:
             fix = ("the account's balance or quota looks used up: top up the balance (or raise "
                    "the key's quota), then rerun to resume")
         else:
             key = f"the key ({key_origin})" if key_origin else "the key"
             fix = f"check {key} and its access to {model or 'this model'}"
         return AuthError(f"the endpoint refused the API key ({said}: {message}) — {fix}",
-                         status=status)
+                         status=status, model_access=status == 403 and not balance)
     if status == 402:
         return QuotaError(f"the account is out of balance ({said} Payment Required: {message}) "
                           "— top up the balance, then rerun to resume")

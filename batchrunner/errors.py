@@ -82,11 +82,15 @@ class StopJob(BatchrunnerError):
 
 
 class AuthError(StopJob):
-    """The endpoint refused the key (401/403; ``status``, when an HTTP status said so)."""
+    """The endpoint refused the key (401/403; ``status``, when an HTTP status said so).
+    ``model_access``: a 403 that may be about the model asked for only (the key lacks access
+    to it), not about the key or the account as a whole."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None,
+                 model_access: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.model_access = model_access
 
 
 class QuotaError(StopJob):

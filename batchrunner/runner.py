@@ -110,6 +110,9 @@ MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
 MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 # A run whose first rows sent all fail with one error type, none ok, stops after this many.
 FAIL_FAST_ROWS = 20
+# Rows of models the key was refused for (403) held, before any model answered, until one does
+# (see _Run.held): past this many the job stops as for a key refused outright.
+HOLD_MAX_ROWS = 10_000
 # A row whose request timed out is given timeout_s × 1.5 on its next attempt, × 2.25 on the one
 # after, and so on up to × 3: a long answer (a thinking model's) gets the time it needs, where
 # the same timeout would cut it off, and bill it, on every attempt.
@@ -173,6 +176,7 @@ class _Work:
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
+    held: bool = False  # in _Run.held: its model was refused before any model answered
 
 
 # ----------------------------------------------------------------------------------------------
@@ -752,6 +756,13 @@ class _Run:
         # came from so far, to tell a key that lacks one model from a key refused outright.
         self.models_vary = plan.builder is None or bool(plan.job.request.model_column)
         self.answered_models: set[str] = set()
+        # Before any model answered, a 403 for one cannot tell a key that lacks that model from
+        # a key refused outright (and a refusal comes back sooner than an answer). Its rows are
+        # held (each with its model_refused outcome, or None: not sent yet) while the rows asking
+        # for other models go on: an answer to one of those fails the refused rows and sends the
+        # held ones (see _release_held); no answer, and the job stops (_refused_outright).
+        self.held_models: dict[str, AuthError] = {}  # model → its first refusal
+        self.held: list[tuple[_Work, Outcome | None]] = []  # outstanding, not sent meanwhile
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -770,6 +781,8 @@ class _Run:
             # Nothing left (the idle workers end), or no row left to probe the endpoint that
             # looks down with (the next row does).
             self._wake_workers()
+        elif self.held:
+            self._check_held()
 
     def stop(self, error: StopJob) -> None:
         """Stop taking rows; what is in flight may finish, nothing new is sent."""
@@ -791,6 +804,8 @@ class _Run:
                 key, row, spent = next(self.rows)
             except StopIteration:
                 self.rows_done = True
+                if self.held:
+                    self._check_held()
                 break
             except BatchrunnerError as e:
                 # The input broke mid-run: finish and save what is in flight, then stop.
@@ -840,6 +855,9 @@ class _Run:
                     return
                 await self.wake.wait()  # rows are in flight or waiting out a backoff
                 continue
+            if self.held_models and str(item.body.get("model") or "") in self.held_models:
+                self._hold(item, None)  # its model was refused: not sent until it is known why
+                continue
             reserved = self._reserve(item) if self.budget is not None else 0.0
             if reserved is None:
                 continue
@@ -857,7 +875,7 @@ class _Run:
                 assert self.tasks is not None
                 self.counts.retrying += 1
                 self.tasks.start_soon(self._requeue, item, retry_in)
-            else:
+            elif not item.held:
                 self.counters["attempts"] += item.attempts
                 self._finished_one()  # abandoned: the job is stopping
 
@@ -1002,19 +1020,26 @@ class _Run:
                     self.client.timeout_s * min(TIMEOUT_GROWTH ** item.timeouts, MAX_TIMEOUT_X)))
             except StopJob as e:
                 self.limiter.refund(charge)
-                if self._refused_for_its_model(item, e):
-                    self.counters["attempts"] += item.attempts
-                    model = str(item.body.get("model") or "")
-                    return Outcome(
-                        key=item.key, status="failed", attempts=item.attempts,
-                        rate_limited=item.rate_limited, error_type="model_refused",
-                        error_message=f"the key is refused for {model}, while other models "
-                        f"answered it: {e}", earlier_cost_usd=item.earlier_usd or None,
-                        latency_ms=(time.perf_counter() - sent_at) * 1000.0, model=model or None,
-                        finished_at=time.time(),
-                    ), None
-                self.stop(e)
-                return None, None
+                model = str(item.body.get("model") or "")
+                if not (self.models_vary and isinstance(e, AuthError) and e.model_access
+                        and model and model not in self.answered_models):
+                    self.stop(e)
+                    return None, None
+                # A 403 for a model no reply has come from: the key may lack that model only.
+                refused = Outcome(
+                    key=item.key, status="failed", attempts=item.attempts,
+                    rate_limited=item.rate_limited, error_type="model_refused",
+                    error_message=f"the key is refused for {model}, while other models "
+                    f"answered it: {e}", earlier_cost_usd=item.earlier_usd or None,
+                    latency_ms=(time.perf_counter() - sent_at) * 1000.0, model=model,
+                    finished_at=time.time(),
+                )
+                self.counters["attempts"] += item.attempts
+                if not self.answered_models:
+                    self.held_models.setdefault(model, e)
+                    self._hold(item, refused)
+                    return None, None
+                return refused, None
             except RequestError as e:
                 self.limiter.refund(charge)
                 self.errors_seen[e.error_type] += 1
@@ -1073,13 +1098,46 @@ class _Run:
             self._answered()
             return self._success(item, res, charge), None
 
-    def _refused_for_its_model(self, item: _Work, e: StopJob) -> bool:
-        """A 403 in a job whose rows ask for several models, for a model no reply has come
-        from while another's have: the key lacks that model, and the rows asking for the
-        others go on (each of its rows fails as ``model_refused``). Any other refusal of the
-        key stops the job."""
-        return (isinstance(e, AuthError) and e.status == 403 and bool(self.answered_models)
-                and str(item.body.get("model") or "") not in self.answered_models)
+    def _hold(self, item: _Work, refused: Outcome | None) -> None:
+        """Keep ``item`` (refused: its outcome; None: not sent) until a model answers."""
+        item.held = True
+        self.held.append((item, refused))
+        self._check_held()
+
+    def _check_held(self) -> None:
+        """Stop when no answer can come any more to tell why the held rows' models were
+        refused: nothing else is in flight or waiting and the input is read through, or too
+        many rows are held."""
+        held = len(self.held)
+        if not self.stopping and (held >= HOLD_MAX_ROWS
+                                  or (self.rows_done and self.outstanding == held)):
+            self._refused_outright()
+
+    def _refused_outright(self) -> None:
+        models = list(self.held_models)
+        first = self.held_models[models[0]]
+        why = str(first)
+        if len(models) > 1:
+            why += f" (the key was refused for {', '.join(models)}, and no model answered it)"
+        elif len(self.held) >= HOLD_MAX_ROWS:
+            why += (f" (no other model answered before {len(self.held):,} rows asking for "
+                    f"{models[0]} were held; if the key lacks that model only, leave its rows "
+                    "out of the input or move them after the others, then rerun)")
+        self.stop(AuthError(why, status=first.status))
+
+    def _release_held(self) -> None:
+        """A model answered: the key lacks the held rows' models only. The rows refused fail
+        as ``model_refused``; the others are sent now (each gets its own answer)."""
+        held, self.held = self.held, []
+        self.held_models.clear()
+        for item, refused in held:
+            item.held = False
+            if refused is None:
+                self.retries.append(item)
+            else:
+                self.record(refused)
+                self._finished_one()
+        self._wake_workers()
 
     def _answered(self) -> None:
         """An HTTP answer (of any status) arrived: the endpoint is reachable."""
@@ -1140,6 +1198,8 @@ class _Run:
         requested = str(item.body.get("model") or "")
         if self.models_vary:
             self.answered_models.add(requested)
+            if self.held:
+                self._release_held()
         prices = self.plan.prices
         # Priced as the model that answered, when its price is known (a gateway may route; a
         # dated snapshot of a model the job prices has the job's price), as the report shows it.

@@ -950,33 +950,127 @@ async def refuse_one_model(srv: FaultServer, request: web.BaseRequest,
                                         "permission_error", "model_not_allowed"), status=403)
 
 
+def models_csv(path: Path, models: list[str]) -> Path:
+    """An input whose row i asks for ``models[i]`` (id r0000…, a text of its own)."""
+    pd.DataFrame({"id": [f"r{i:04d}" for i in range(len(models))],
+                  "text": [f"row {i}" for i in range(len(models))], "model": models}
+                 ).to_csv(path, index=False)
+    return path
+
+
 @pytest.mark.anyio
 async def test_a_key_refused_for_one_of_the_rows_models_fails_those_rows_only(
         tmp_path: Path) -> None:
-    """In a job whose rows ask for several models, a 403 for a model none of whose rows got an
-    answer, while other models' did, fails that model's rows (model_refused) and the others go
-    on; the job is not stopped for it."""
-    inp = tmp_path / "in.csv"
-    pd.DataFrame({"id": [f"r{i:04d}" for i in range(12)], "text": [f"row {i}" for i in range(12)],
-                  "model": ["claude-x" if i % 3 == 2 else "gpt-4o-mini" for i in range(12)]}
-                 ).to_csv(inp, index=False)
-    inp_first = tmp_path / "first.csv"  # the refused model's row first: nothing answered yet
-    pd.read_csv(inp).iloc[[2, 0, 1]].to_csv(inp_first, index=False)
+    """In a job whose rows ask for several models, a 403 for a model no reply has come from
+    fails that model's rows (model_refused) once another model answers, and the others go on;
+    the job is not stopped for it, even when the refused model's row comes first."""
+    models = ["claude-x" if i % 3 == 0 else "gpt-4o-mini" for i in range(12)]
+    inp = models_csv(tmp_path / "in.csv", models)
     async with FaultServer(refuse_one_model) as srv:
-        # One at a time, so the first row (claude-x) is refused before any model answered.
-        s = await run(job_for(tmp_path, srv.base_url, inp_first, model_column="model",
-                              concurrency=1, output=str(tmp_path / "first")))
-        assert s.exit_code == 4 and s.stopped and "its access to claude-x" in s.stopped
         s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
-                              concurrency=1))
+                              concurrency=1))  # one at a time: row 0 is refused first
+        sent = srv.requests
     assert s.exit_code == 3 and not s.stopped, s.stopped
+    assert sent == 12  # each row sent once: the rows held meanwhile too
     df = results(tmp_path)
     assert (df["status"] == "ok").sum() == 8
     refused = df[df["status"] == "failed"]
-    assert refused.index.tolist() == ["r0002", "r0005", "r0008", "r0011"]
+    assert refused.index.tolist() == ["r0000", "r0003", "r0006", "r0009"]
     assert set(refused["error_type"]) == {"model_refused"}
     assert refused["error_message"].str.startswith(
         "the key is refused for claude-x, while other models answered it").all()
+    assert (refused["attempts"] == 1).all() and (refused["model"] == "claude-x").all()
+
+
+@pytest.mark.anyio
+async def test_a_refusal_that_comes_back_before_any_answer_does_not_stop_the_job(
+        tmp_path: Path) -> None:
+    """A 403 comes back sooner than an answer: with many rows in flight, the refused model's
+    first refusals arrive while no model has answered yet. Its rows are held, not failed nor
+    sent again, until the other model's answers show the key works for it."""
+    async def slow_answers(srv: FaultServer, request: web.BaseRequest,
+                           body: dict[str, Any]) -> web.StreamResponse | None:
+        if body.get("model") == "claude-x":
+            return await refuse_one_model(srv, request, body)
+        await asyncio.sleep(0.3)
+        return None
+
+    models = ["claude-x" if i % 2 else "gpt-4o-mini" for i in range(40)]
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(slow_answers) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=16))
+        assert s.exit_code == 3 and not s.stopped, s.stopped
+        assert srv.requests == 40  # every row once, held or not
+        assert max(srv.by_prompt.values()) == 1
+    df = results(tmp_path)
+    assert df.loc[df["model"] == "gpt-4o-mini", "status"].eq("ok").all()
+    refused = df[df["status"] == "failed"]
+    assert len(refused) == 20 and set(refused["error_type"]) == {"model_refused"}
+    assert failed_by_type(report(tmp_path)) == {"model_refused": 20}
+
+
+@pytest.mark.anyio
+async def test_a_key_refused_for_every_model_stops_the_job_having_sent_little(
+        tmp_path: Path) -> None:
+    """A 403 for each model the rows ask for, and no answer: the key is refused outright.
+    The job stops naming the models; nothing is recorded, so a rerun sends every row."""
+    async def refuse_all(srv: FaultServer, request: web.BaseRequest,
+                         body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response(error_body(f"You do not have access to model {body['model']}",
+                                            "permission_error", "model_not_allowed"), status=403)
+
+    models = [("claude-x", "gemini-y", "grok-z")[i % 3] for i in range(300)]
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(refuse_all) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=4))
+        sent = srv.requests
+    assert s.exit_code == 4 and s.stopped
+    assert "the key was refused for claude-x, gemini-y, grok-z, and no model answered it" \
+        in s.stopped
+    assert 3 <= sent <= 3 + 4  # a request or so for each model, not one for each row
+    assert Journal(tmp_path / "out").read().num_rows == 0
+
+
+@pytest.mark.anyio
+async def test_too_many_rows_held_for_a_refused_model_stop_the_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of a refused model are held only so many at a time: an input whose first
+    thousands of rows ask for it stops (as for a refused key), saying what to do."""
+    import batchrunner.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "HOLD_MAX_ROWS", 5)
+    models = ["claude-x"] * 10 + ["gpt-4o-mini"] * 5
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(refuse_one_model) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=1))
+        assert srv.requests == 1
+    assert s.exit_code == 4 and s.stopped
+    assert "its access to claude-x" in s.stopped
+    assert "no other model answered before 5 rows asking for claude-x were held" in s.stopped
+    assert Journal(tmp_path / "out").read().num_rows == 0
+
+
+@pytest.mark.anyio
+async def test_a_403_about_the_balance_stops_a_job_of_several_models(tmp_path: Path) -> None:
+    """A 403 that says the balance is used up is the account's, not one model's: the job
+    stops even though another model has answered."""
+    async def broke(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse | None:
+        if body.get("model") != "claude-x":
+            return None
+        return web.json_response(error_body("Your account balance is insufficient",
+                                            "permission_error", None), status=403)
+
+    inp = models_csv(tmp_path / "in.csv", ["gpt-4o-mini", "claude-x", "gpt-4o-mini"])
+    async with FaultServer(broke) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=1))
+    assert s.exit_code == 4 and s.stopped and "balance" in s.stopped
+    state = Journal(tmp_path / "out").read()
+    assert state["key"].to_pylist() == ["r0000"]
 
 
 def test_401_on_the_first_request_exits_4_having_sent_little(tmp_path: Path) -> None:
