@@ -94,6 +94,9 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-column", metavar="COL", help="column with a per-row model")
     g.add_argument("--image-column", metavar="COL",
                    help="column with an image URL or file path, for vision models")
+    g.add_argument("--from-column", dest="from_columns", action="append", type=_field_column,
+                   metavar="FIELD=COL", help="set a body field from a column, e.g. "
+                   "user=customer_id (repeatable; replaces the job file's from_columns)")
     g.add_argument("--schema-file", metavar="FILE",
                    help="JSON Schema the replies must match (spread into json_* columns)")
     g.add_argument("--stream", action="store_const", const=True, default=None,
@@ -162,6 +165,13 @@ def build_parser(simulate_options: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def _field_column(text: str) -> tuple[str, str]:
+    name, eq, column = text.partition("=")
+    if not (eq and name.strip() and column.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r}: give FIELD=COLUMN, e.g. user=customer_id")
+    return name.strip(), column.strip()
+
+
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     from batchrunner.config import OVERRIDES
 
@@ -169,6 +179,9 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     stop = out.get("stop")
     if isinstance(stop, list) and len(stop) == 1:
         out["stop"] = stop[0]
+    pairs = out.get("from_columns")
+    if pairs is not None:
+        out["from_columns"] = dict(pairs)
     return out
 
 

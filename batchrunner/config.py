@@ -24,6 +24,8 @@ A job file has these tables (every key optional unless marked)::
                                            # file), sent as an image_url part for vision models
     stream = false                         # read the reply as an SSE stream (records ttft_ms)
     [request.extra]                        # passed into the body unchanged (thinking, ...)
+    [request.from_columns]                 # body fields set from each row's columns
+    user = "customer_id"                   # (a null value leaves the field to the settings)
 
     [endpoint]
     base_url = "https://api.openai.com/v1" # else $OPENAI_BASE_URL; or simulator = true
@@ -120,6 +122,7 @@ class RequestConfig:
     stream: bool = False
     schema_file: str | None = None
     image_column: str | None = None
+    from_columns: dict[str, str] = field(default_factory=dict)  # body field → input column
 
     def settings(self) -> dict[str, Any]:
         """What shapes the request bodies, for the job's fingerprint (unset fields left out,
@@ -184,6 +187,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "stream": ("request", "stream"),
     "schema_file": ("request", "schema_file"),
     "image_column": ("request", "image_column"),
+    "from_columns": ("request", "from_columns"),
     "base_url": ("endpoint", "base_url"),
     "base_url_env": ("endpoint", "base_url_env"),
     "api_key_env": ("endpoint", "api_key_env"),
@@ -205,6 +209,7 @@ _OPTION_NAMES = {
     "tokens_per_minute": "--tpm",
     "timeout_s": "--timeout",
     "max_cost_usd": "--max-cost",
+    "from_columns": "--from-column",
 }
 
 
@@ -396,6 +401,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
     for key in ("response_format", "extra"):
         if key in req and not isinstance(req[key], dict):
             raise ConfigError(f"{f('request', key)} must be a table")
+    _from_columns(req.get("from_columns"), f("request", "from_columns"))
     if req.get("schema_file"):
         if req.get("response_format"):
             raise ConfigError(
@@ -446,6 +452,29 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
         simulator=dict(raw.get("simulator", {})),
         source=f.where,
     )
+
+
+# Body fields a column cannot set, and what sets them instead.
+_NOT_FROM_COLUMNS = {
+    "model": "use model_column (--model-column) for a model per row",
+    "messages": "the prompt makes them",
+    "stream": "streaming is set for the whole job ([request] stream, --stream)",
+    "stream_options": "streaming is set for the whole job ([request] stream, --stream)",
+}
+
+
+def _from_columns(value: Any, what: str) -> None:
+    """Refuse a ``from_columns`` that is not body field → column name pairs."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()):
+        raise ConfigError(f'{what} must be a table of body field = "column" pairs, e.g. '
+                          'user = "customer_id"')
+    for name in value:
+        if name in _NOT_FROM_COLUMNS:
+            raise ConfigError(f"{what}: {name!r} cannot come from a column: "
+                              f"{_NOT_FROM_COLUMNS[name]}")
 
 
 def _schema_format(path: Path, what: str) -> dict[str, Any]:

@@ -122,8 +122,10 @@ def estimate(plan: Plan) -> Estimate:
                 est.over_context_examples.append(
                     f"row {key}: ~{item.prompt_estimate:,} prompt tokens, {model} holds "
                     f"{m.context_window:,}")
-    est.completion_basis = _completion_basis(job.request.max_tokens, observed, unbounded,
-                                             est.to_send, batch=plan.builder is None)
+    per_row = not {"max_tokens", "max_completion_tokens"}.isdisjoint(job.request.from_columns)
+    est.completion_basis = _completion_basis(None if per_row else job.request.max_tokens,
+                                             observed, unbounded, est.to_send,
+                                             batch=plan.builder is None)
     for model, m in est.by_model.items():
         m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
                                       completion_tokens=m.completion_tokens)

@@ -171,6 +171,55 @@ def delimiter_hint(columns: Sequence[str]) -> str:
     return ""
 
 
+# Body fields of the Chat Completions API that take numbers or true/false: a column's text
+# (every CSV value is text) is read as one for them. Other fields take the value as it is.
+_INTEGER_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs"})
+_NUMBER_FIELDS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
+_BOOLEAN_FIELDS = frozenset({"logprobs", "parallel_tool_calls", "store", "enable_thinking",
+                             "enable_search"})
+_BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False}
+
+
+class _NotA(ValueError):
+    """A column's value that is not what its body field takes (``kind``: "an integer", ...)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def field_value(name: str, v: Any) -> Any:
+    """``v`` (a row's value, not null) as body field ``name`` takes it; _NotA if it cannot."""
+    if name in _INTEGER_FIELDS:
+        if isinstance(v, str):
+            try:
+                v = float(v.strip()) if "." in v or "e" in v.lower() else int(v.strip())
+            except ValueError:
+                raise _NotA("an integer") from None
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _NotA("an integer")
+        return v
+    if name in _NUMBER_FIELDS:
+        if isinstance(v, str):
+            try:
+                v = float(v.strip())
+            except ValueError:
+                raise _NotA("a number") from None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise _NotA("a number")
+        return v
+    if name in _BOOLEAN_FIELDS:
+        if isinstance(v, str):
+            v = _BOOLEAN_WORDS.get(v.strip().lower(), v)
+        elif isinstance(v, int) and v in (0, 1):
+            v = bool(v)
+        if not isinstance(v, bool):
+            raise _NotA("true or false")
+    return v
+
+
 def _plain(name: str) -> bool:
     return not any(c in name for c in ".[]")
 
@@ -205,6 +254,13 @@ class RequestBuilder:
                 f"image_column {request.image_column!r} is not a column of {where} "
                 f"(columns: {', '.join(columns)})"
             )
+        for name, column in request.from_columns.items():
+            if column not in columns:
+                raise ConfigError(
+                    f"from_columns {name} = {column!r}: not a column of {where} "
+                    f"(columns: {', '.join(columns)})"
+                )
+        self._from_columns = tuple(request.from_columns.items())
         if request.model is None and request.model_column is None:
             raise ConfigError("no model: pass --model NAME (or set [request] model in the job "
                               "file)")
@@ -226,6 +282,7 @@ class RequestBuilder:
                     *(self.template.fields if self.template else [request.prompt_column or ""]),
                     *([request.model_column] if request.model_column else []),
                     *([request.image_column] if request.image_column else []),
+                    *request.from_columns.values(),
                 ]
             )
         )
@@ -274,6 +331,14 @@ class RequestBuilder:
         if self._system:
             messages.insert(0, {"role": "system", "content": self._system})
         body = {"model": model, "messages": messages, **self._base}
+        for name, column in self._from_columns:
+            v = row[column]
+            if _is_null(v) or (isinstance(v, str) and not v.strip()):
+                continue  # the job's own setting, if any
+            try:
+                body[name] = field_value(name, v)
+            except _NotA as e:
+                return None, f"column {column!r} holds {str(v)[:40]!r}, not {e.kind} for {name}"
         return body, prompt
 
 

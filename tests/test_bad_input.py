@@ -618,6 +618,7 @@ def test_messages_name_options_that_exist() -> None:
         (["--temperature", "hot"], "--temperature"),
         (["--max-tokens", "1.5"], "--max-tokens"),
         (["--concurrency", "many"], "--concurrency"),
+        (["--from-column", "user"], "--from-column"),
     ],
 )
 def test_argparse_errors_exit_2_naming_the_option(

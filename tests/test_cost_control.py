@@ -78,6 +78,20 @@ def test_estimate_needs_no_output_directory(tmp_path: Path,
     assert "no output directory" in capsys.readouterr().err
 
 
+def test_estimate_counts_a_max_tokens_column_of_the_rows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """max_tokens from a column (from_columns): each row's own bound, the job's for a row
+    without, and the estimate says so."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text,budget\na,kettle,100\nb,tent,\nc,lamp,50\n")
+    args = ["--input", str(inp), "--prompt", "{text}", "--model", "gpt-4o-mini",
+            "--from-column", "max_tokens=budget"]
+    assert main(["estimate", *args, "--max-tokens", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "completion tokens from: each row's max_tokens, an upper bound" in out
+    assert "   170 " in out  # 100 + 20 + 50
+
+
 def test_estimate_says_where_a_batch_files_completion_tokens_come_from(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Batch rows carry their own max_tokens: the estimate says it used them (and a guess for

@@ -1073,6 +1073,33 @@ async def test_a_403_about_the_balance_stops_a_job_of_several_models(tmp_path: P
     assert state["key"].to_pylist() == ["r0000"]
 
 
+@pytest.mark.anyio
+async def test_body_fields_from_the_rows_columns_reach_the_server(tmp_path: Path) -> None:
+    """from_columns: each request carries its row's user and max_tokens (CSV text read as
+    the integer max_tokens takes); a row whose value cannot be one is not sent, and says
+    why; a row with no value keeps the job's max_tokens."""
+    seen: dict[str, dict[str, Any]] = {}
+
+    async def capture(srv: FaultServer, request: web.BaseRequest,
+                      body: dict[str, Any]) -> web.StreamResponse | None:
+        seen[body["messages"][-1]["content"]] = body
+        return None
+
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text,customer,budget\nr1,one,c-001,10\nr2,two,c-002,\nr3,three,,lots\n")
+    async with FaultServer(capture) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp,
+                              from_columns={"user": "customer", "max_tokens": "budget"}))
+    assert (s.ok, s.failed) == (2, 1)
+    one, two = (seen[TEMPLATE.format(text=t)] for t in ("one", "two"))
+    assert (one["user"], one["max_tokens"]) == ("c-001", 10)
+    assert (two["user"], two["max_tokens"]) == ("c-002", 64)  # the job's max_tokens
+    df = results(tmp_path)
+    assert df.loc["r3", "error_type"] == "invalid_row"
+    assert df.loc["r3", "error_message"] == ("not sent: column 'budget' holds 'lots', not an "
+                                             "integer for max_tokens")
+
+
 def test_401_on_the_first_request_exits_4_having_sent_little(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(50)])
     with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:

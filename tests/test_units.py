@@ -131,6 +131,55 @@ def test_request_builder_body() -> None:
     assert "empty" in b.build({"q": "  ", "mc": None})[1]
 
 
+def test_body_fields_from_columns() -> None:
+    """from_columns sets body fields from each row: text read as the number or true/false a
+    field takes (every CSV value is text), a null or blank value leaving the job's setting."""
+    from batchrunner.config import RequestConfig
+
+    req = RequestConfig(model="m", prompt="{q}", max_tokens=50, from_columns={
+        "user": "who", "max_tokens": "budget", "temperature": "t", "logprobs": "lp"})
+    b = RequestBuilder(req, ["q", "who", "budget", "t", "lp"], "input")
+    assert set(b.needed_columns) == {"q", "who", "budget", "t", "lp"}
+    body, _ = b.build({"q": "x", "who": "00123", "budget": "200", "t": "0.5", "lp": "TRUE"})
+    assert body is not None
+    assert (body["user"], body["max_tokens"], body["temperature"], body["logprobs"]) == (
+        "00123", 200, 0.5, True)
+    body, _ = b.build({"q": "x", "who": " ", "budget": None, "t": 1, "lp": False})
+    assert body is not None and "user" not in body and body["max_tokens"] == 50
+    assert body["temperature"] == 1 and body["logprobs"] is False
+    body, _ = b.build({"q": "x", "who": 7, "budget": 300.0, "t": None, "lp": None})
+    assert body is not None and body["user"] == 7 and body["max_tokens"] == 300
+    assert type(body["max_tokens"]) is int
+    for row, said in (({"budget": "lots"}, "column 'budget' holds 'lots', not an integer for "
+                       "max_tokens"),
+                      ({"budget": 2.5}, "not an integer"), ({"budget": True}, "not an integer"),
+                      ({"t": "warm"}, "not a number for temperature"),
+                      ({"t": "nan"}, "not a number"), ({"lp": "maybe"}, "not true or false")):
+        got = b.build({"q": "x", "who": None, "budget": None, "t": None, "lp": None, **row})
+        assert got[0] is None and said in got[1]
+    with pytest.raises(ConfigError, match=r"from_columns user = 'nope': not a column of input"):
+        RequestBuilder(RequestConfig(model="m", prompt="{q}", from_columns={"user": "nope"}),
+                       ["q"], "input")
+
+
+def test_from_columns_is_checked_before_anything_is_sent(tmp_path: Path) -> None:
+    base = {"input": str(tmp_path / "in.csv"), "prompt": "{q}", "model": "m",
+            "output": str(tmp_path / "out")}
+    job = load_job(None, {**base, "from_columns": {"user": "who"}})
+    assert job.request.from_columns == {"user": "who"}
+    assert job.request.settings()["from_columns"] == {"user": "who"}
+    assert "from_columns" not in load_job(None, base).request.settings()  # fingerprints kept
+    with pytest.raises(ConfigError, match=r"^--from-column: 'model' cannot come from a column: "
+                                          r"use model_column"):
+        load_job(None, {**base, "from_columns": {"model": "m"}})
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\n[output]\ndir = "out"\n[request]\nmodel = "m"\n'
+        'prompt = "{q}"\n[request.from_columns]\nseed = 3\n')
+    with pytest.raises(ConfigError, match=r"\[request\] from_columns must be a table of body "
+                                          r'field = "column" pairs'):
+        load_job(tmp_path / "job.toml", {})
+
+
 def test_a_streaming_job_asks_for_the_usage_chunk_unless_it_says_otherwise() -> None:
     from batchrunner.config import RequestConfig
 
