@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 import numpy.typing as npt
 import orjson
@@ -43,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchrunner import io
-from batchrunner.arrow import int64_array, is_value, string_array, to_numpy
+from batchrunner.arrow import int64_array, is_value, scalar, string_array, to_numpy
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import (
     OUTPUT_FORMATS,
@@ -73,7 +74,7 @@ from batchrunner.errors import (
 )
 from batchrunner.journal import Journal, JournalWriter, new_run_id
 from batchrunner.limiter import Limiter
-from batchrunner.pricing import PriceBook, parse_price_table
+from batchrunner.pricing import SNAPSHOT, PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import OUTCOME_COLUMNS, Outcome
@@ -209,6 +210,9 @@ class Plan:
     prior_cost: float = 0.0
     prior_ok: int = 0  # rows done before this run, ok and failed (not sent again): the
     prior_failed: int = 0  # progress display counts the whole job's
+    # Rows asking for models of their own: the models earlier runs' ok rows were answered by
+    # (and, for a dated snapshot, the model it is one of), to tell a key that lacks one model.
+    answered_models: frozenset[str] = frozenset()
     order: InputOrder | None = None  # journal keys → input positions
     # What each input row has cost so far (NaN: nothing recorded), carried into the row's next
     # record when it is sent again; or only which rows have a record, when none sent has a cost.
@@ -332,6 +336,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_ok=int(np.count_nonzero(done & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & (latest.ok == 0))))
+    if plan.prior_ok and (builder is None or job.request.model_column):
+        plan.answered_models = _answered_models(journal)
     if old_meta is not None and source.kind == "openai_batch":
         checks_seen = old_meta.get("batch_checks")
         if checks_seen is None and (np.any(latest.ok >= 0) or latest.others.num_rows):
@@ -461,6 +467,14 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
                          "or pass --force to mix them")
     warnings.append(f"{said}; their answers mix (--force)")
     new["simulator"] = "mixed"
+
+
+def _answered_models(journal: Journal) -> frozenset[str]:
+    """The models the journal's ok rows were answered by, each dated snapshot's model too."""
+    table = journal.read(["model"])
+    models = pc.unique(table["model"].filter(pc.equal(table["status"], scalar("ok", pa.string()))))
+    names = {m for m in models.to_pylist() if m}
+    return frozenset(names | {s[1] for m in names if (s := SNAPSHOT.fullmatch(m))})
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -755,7 +769,7 @@ class _Run:
         # Rows ask for models of their own (a model column, a batch file): the models a reply
         # came from so far, to tell a key that lacks one model from a key refused outright.
         self.models_vary = plan.builder is None or bool(plan.job.request.model_column)
-        self.answered_models: set[str] = set()
+        self.answered_models: set[str] = set(plan.answered_models)
         # Before any model answered, a 403 for one cannot tell a key that lacks that model from
         # a key refused outright (and a refusal comes back sooner than an answer). Its rows are
         # held (each with its model_refused outcome, or None: not sent yet) while the rows asking
@@ -777,12 +791,13 @@ class _Run:
 
     def _finished_one(self) -> None:
         self.outstanding -= 1
-        if self.outstanding == 0 and (self.rows_done or self._looks_down):
-            # Nothing left (the idle workers end), or no row left to probe the endpoint that
-            # looks down with (the next row does).
-            self._wake_workers()
-        elif self.held:
+        held = len(self.held)
+        if held:
             self._check_held()
+        if self.outstanding == held and (self.rows_done or self._looks_down):
+            # Nothing left but rows held (the idle workers end), or no row in flight to probe
+            # the endpoint that looks down with (the next row does).
+            self._wake_workers()
 
     def stop(self, error: StopJob) -> None:
         """Stop taking rows; what is in flight may finish, nothing new is sent."""
@@ -796,7 +811,7 @@ class _Run:
         """The next request to send, or None when there is none now."""
         if self.retries:
             return self.retries.popleft()
-        if self.outstanding and self._looks_down:
+        if self.outstanding > len(self.held) and self._looks_down:
             return None  # the endpoint looks down: the rows started find out when it is back
         plan = self.plan
         while not self.rows_done:
@@ -857,6 +872,8 @@ class _Run:
                 continue
             if self.held_models and str(item.body.get("model") or "") in self.held_models:
                 self._hold(item, None)  # its model was refused: not sent until it is known why
+                if len(self.held) % 256 == 0:
+                    await anyio.lowlevel.checkpoint()  # the rows in flight are answered meanwhile
                 continue
             reserved = self._reserve(item) if self.budget is not None else 0.0
             if reserved is None:
@@ -1034,11 +1051,12 @@ class _Run:
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0, model=model,
                     finished_at=time.time(),
                 )
-                self.counters["attempts"] += item.attempts
+                self._answered()  # an HTTP answer: the endpoint is reachable
                 if not self.answered_models:
                     self.held_models.setdefault(model, e)
                     self._hold(item, refused)
                     return None, None
+                self.counters["attempts"] += item.attempts
                 return refused, None
             except RequestError as e:
                 self.limiter.refund(charge)
@@ -1116,28 +1134,36 @@ class _Run:
     def _refused_outright(self) -> None:
         models = list(self.held_models)
         first = self.held_models[models[0]]
+        names = ", ".join(models)
         why = str(first)
-        if len(models) > 1:
-            why += f" (the key was refused for {', '.join(models)}, and no model answered it)"
-        elif len(self.held) >= HOLD_MAX_ROWS:
-            why += (f" (no other model answered before {len(self.held):,} rows asking for "
-                    f"{models[0]} were held; if the key lacks that model only, leave its rows "
-                    "out of the input or move them after the others, then rerun)")
+        if len(self.held) >= HOLD_MAX_ROWS:
+            why += (f" ({len(self.held):,} rows asking for {names} were held, and no other "
+                    f"model answered: if the key lacks {'it' if len(models) == 1 else 'them'} "
+                    "only, leave those rows out of the input, then rerun)")
+        elif len(models) > 1:
+            why += f" (the key was refused for {names}, and no model answered it)"
         self.stop(AuthError(why, status=first.status))
 
     def _release_held(self) -> None:
         """A model answered: the key lacks the held rows' models only. The rows refused fail
-        as ``model_refused``; the others are sent now (each gets its own answer)."""
+        as ``model_refused``; the others are sent now (each gets its own answer), and so are
+        the refused ones of a model that has answered since (their 403 was not the model's)."""
         held, self.held = self.held, []
         self.held_models.clear()
         for item, refused in held:
             item.held = False
-            if refused is None:
+            if refused is None or str(item.body.get("model") or "") in self.answered_models:
                 self.retries.append(item)
             else:
+                self.counters["attempts"] += item.attempts
                 self.record(refused)
                 self._finished_one()
         self._wake_workers()
+
+    def count_held(self) -> None:
+        """The end of a run: the attempts of rows still held (the job stopped) are counted."""
+        for item, _ in self.held:
+            self.counters["attempts"] += item.attempts
 
     def _answered(self) -> None:
         """An HTTP answer (of any status) arrived: the endpoint is reachable."""
@@ -1198,7 +1224,7 @@ class _Run:
         requested = str(item.body.get("model") or "")
         if self.models_vary:
             self.answered_models.add(requested)
-            if self.held:
+            if self.held and not self.stopping:  # after a stop, held rows are left to do
                 self._release_held()
         prices = self.plan.prices
         # Priced as the model that answered, when its price is known (a gateway may route; a
@@ -1409,6 +1435,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 raise
             finally:
                 progress.close()
+        run.count_held()
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
         summary.stopped = str(run.stop_error) if run.stop_error else None

@@ -1049,7 +1049,8 @@ async def test_too_many_rows_held_for_a_refused_model_stop_the_job(
         assert srv.requests == 1
     assert s.exit_code == 4 and s.stopped
     assert "its access to claude-x" in s.stopped
-    assert "no other model answered before 5 rows asking for claude-x were held" in s.stopped
+    assert ("(5 rows asking for claude-x were held, and no other model answered: if the key "
+            "lacks it only, leave those rows out of the input, then rerun)") in s.stopped
     assert Journal(tmp_path / "out").read().num_rows == 0
 
 
@@ -1071,6 +1072,95 @@ async def test_a_403_about_the_balance_stops_a_job_of_several_models(tmp_path: P
     assert s.exit_code == 4 and s.stopped and "balance" in s.stopped
     state = Journal(tmp_path / "out").read()
     assert state["key"].to_pylist() == ["r0000"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("concurrency", "models"), [
+    (1, ["claude-x", "gpt-4o-mini", "gpt-4o-mini"]),
+    (4, ["claude-x"] * 4 + ["gpt-4o-mini"] * 6),
+])
+async def test_rows_held_for_a_refused_model_while_the_endpoint_came_up_finish(
+        tmp_path: Path, concurrency: int, models: list[str]) -> None:
+    """The endpoint is down for a moment at the start, and the rows in flight then are the
+    refused model's: held rows are not in flight, so a next row is started to find out whether
+    the endpoint is back, and the job finishes (it used to wait for ever)."""
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        response = await refuse_one_model(None, request, body)  # type: ignore[arg-type]
+        return response or web.json_response(completion(body, body["messages"][-1]["content"]))
+
+    inp = models_csv(tmp_path / "in.csv", models)
+    port = closed_port()
+    server = web.ServerRunner(web.Server(handle))
+    await server.setup()
+
+    async def come_up() -> None:
+        await anyio.sleep(0.3)
+        await web.TCPSite(server, "127.0.0.1", port).start()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(come_up)
+            with anyio.fail_after(RUN_LIMIT_S):
+                s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
+                                          model_column="model", concurrency=concurrency),
+                                  RunOptions(retry=RetryPolicy(base_s=0.2, max_attempts=6),
+                                             progress="none", handle_signals=False))
+    finally:
+        await server.cleanup()
+    assert s.exit_code == 3 and not s.stopped, s.stopped
+    df = results(tmp_path)
+    assert set(df.loc[df["model"] == "claude-x", "error_type"]) == {"model_refused"}
+    assert df.loc[df["model"] == "gpt-4o-mini", "status"].eq("ok").all()
+
+
+@pytest.mark.anyio
+async def test_a_held_row_refused_for_a_model_that_then_answers_is_sent_again(
+        tmp_path: Path) -> None:
+    """A 403 for one row of a model (a refusal of that request, not of the model), then an
+    answer from the same model: the refused row is not failed as model_refused, it is sent
+    again."""
+    async def once_refused(srv: FaultServer, request: web.BaseRequest,
+                           body: dict[str, Any]) -> web.StreamResponse | None:
+        if body["messages"][-1]["content"].endswith("row 0"):
+            return web.json_response(error_body("Request refused", "permission_error", None),
+                                     status=403)
+        await asyncio.sleep(0.2)  # answers come after the refusal
+        return None
+
+    inp = models_csv(tmp_path / "in.csv", ["claude-x"] * 4)
+    async with FaultServer(once_refused, times=1) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=2))
+        assert srv.requests == 5
+    assert s.exit_code == 0 and s.ok == 4, s.stopped
+    assert results(tmp_path).loc["r0000", "attempts"] == 2
+
+
+@pytest.mark.anyio
+async def test_a_rerun_knows_the_models_earlier_runs_were_answered_by(tmp_path: Path) -> None:
+    """A rerun left with the rows of a model the key lacks only (the others done before):
+    the earlier answers show the key works, so those rows fail as model_refused instead of
+    stopping every rerun."""
+    async def claude_down(srv: FaultServer, request: web.BaseRequest,
+                          body: dict[str, Any]) -> web.StreamResponse | None:
+        if body.get("model") != "claude-x":
+            return None
+        return web.json_response(error_body("overloaded", "server_error", None), status=500)
+
+    inp = models_csv(tmp_path / "in.csv", ["gpt-4o-mini"] * 3 + ["claude-x"] * 3)
+    async with FaultServer(claude_down) as srv:
+        job = job_for(tmp_path, srv.base_url, inp, model_column="model", concurrency=1)
+        first = await run(job, max_attempts=1)
+    assert (first.ok, first.failed) == (3, 3)
+    async with FaultServer(refuse_one_model) as srv:
+        job = job_for(tmp_path, srv.base_url, inp, model_column="model", concurrency=1)
+        with anyio.fail_after(RUN_LIMIT_S):
+            again = await run_job(job, RunOptions(retry_failed=True, progress="none",
+                                                  handle_signals=False))
+        assert srv.requests == 3
+    assert again.exit_code == 3 and not again.stopped, again.stopped
+    assert failed_by_type(report(tmp_path)) == {"model_refused": 3}
 
 
 @pytest.mark.anyio
