@@ -25,7 +25,7 @@ A job file has these tables (every key optional unless marked)::
     stream = false                         # read the reply as an SSE stream (records ttft_ms)
     [request.extra]                        # passed into the body unchanged (thinking, ...)
     [request.from_columns]                 # body fields set from each row's columns
-    user = "customer_id"                   # (a null value leaves the field to the settings)
+    user = "customer_id"                   # (a blank value leaves the job's own setting)
 
     [endpoint]
     base_url = "https://api.openai.com/v1" # else $OPENAI_BASE_URL; or simulator = true

@@ -188,7 +188,7 @@ class _NotA(ValueError):
         self.kind = kind
 
 
-def field_value(name: str, v: Any) -> Any:
+def _field_value(name: str, v: Any) -> Any:
     """``v`` (a row's value, not null) as body field ``name`` takes it; _NotA if it cannot."""
     if name in _INTEGER_FIELDS:
         if isinstance(v, str):
@@ -336,7 +336,7 @@ class RequestBuilder:
             if _is_null(v) or (isinstance(v, str) and not v.strip()):
                 continue  # the job's own setting, if any
             try:
-                body[name] = field_value(name, v)
+                body[name] = _field_value(name, v)
             except _NotA as e:
                 return None, f"column {column!r} holds {str(v)[:40]!r}, not {e.kind} for {name}"
         return body, prompt
