@@ -82,8 +82,16 @@ def key_strings(values: pa.Array) -> pa.Array:
 
 
 def _result_name(column: str, input_columns: set[str]) -> str:
-    """Result columns never shadow an input column of the same name."""
-    return column if column not in input_columns else f"result_{column}"
+    """Result columns never shadow an input column: ``status`` is ``result_status`` beside an
+    input's ``status``, ``result2_status`` beside ``result_status`` too (an earlier job's
+    results as the input), and so on."""
+    if column not in input_columns:
+        return column
+    name, n = f"result_{column}", 1
+    while name in input_columns:
+        n += 1
+        name = f"result{n}_{column}"
+    return name
 
 
 class _Outcomes:

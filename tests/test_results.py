@@ -412,3 +412,28 @@ def test_rerun_where_reads_only_the_columns_it_names() -> None:
     assert _where_columns("(status == 'ok'") is None  # unreadable: every column
     assert _where_columns("content.str.lower().str.contains('sorry')") == ["content"]
     assert _where_columns("content.str.contains('x', regex=False)") == ["content"]
+
+
+def test_a_jobs_results_as_the_next_jobs_input_keep_every_column(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One job's results fed to the next: its outcome columns are input columns now, so the
+    new ones are named result2_status and so on, never a second column of the same name."""
+    from batchrunner.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text,status,cost_usd\na,hi,open,1.5\nb,yo,closed,2\n")
+    args = ["--id-column", "id", "--model", "gpt-4o-mini", "--simulator", "--progress", "none"]
+    assert main(["run", "--input", "in.csv", "--prompt", "X {text}", "--output", "p1",
+                 *args]) == 0
+    assert main(["run", "--input", "p1/results.parquet", "--prompt", "Y {content}",
+                 "--output", "p2", *args]) == 0
+    table = pq.read_table(tmp_path / "p2" / "results.parquet")
+    names = table.column_names
+    assert len(names) == len(set(names))
+    assert table["status"].to_pylist() == ["open", "closed"]  # the first input's
+    assert table["result_status"].to_pylist() == ["ok", "ok"]  # the first job's
+    assert table["result2_status"].to_pylist() == ["ok", "ok"]  # this job's
+    assert table["cost_usd"].to_pylist() == ["1.5", "2"]  # a CSV's text, as it was
+    assert all(v > 0 for v in table["result2_cost_usd"].to_pylist())
+    assert " Y Echo: " in table["result_content"].to_pylist()[0]  # this job's answer
+    assert main(["report", "p2"]) == 0
