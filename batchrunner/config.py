@@ -495,28 +495,59 @@ def check_base_url(url: str, what: str) -> str:
     """Return ``url`` without a trailing slash, or raise ConfigError naming ``what``.
 
     The base URL is the part before ``/chat/completions``; the client appends that path, so a
-    query string, a fragment or the path itself would make every request miss.
+    query string, a fragment or the path itself would make every request miss. Messages show
+    the URL without what could be a secret in it (a password, a query string's values).
     """
     example = "like https://api.openai.com/v1"
+    shown = shown_url(url)
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         raise ConfigError(f"{what} must be a URL without spaces or control characters, "
-                          f"got {url!r}")
+                          f"got {shown!r}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{what} must be an http(s) URL {example}, got {url!r}")
+        raise ConfigError(f"{what} must be an http(s) URL {example}, got {shown!r}")
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
-        raise ConfigError(f"{what} has an invalid port: {url!r}") from None
+        raise ConfigError(f"{what} has an invalid port: {shown!r}") from None
     if parts.query or parts.fragment:
         raise ConfigError(
-            f"{what} must not have a query string or fragment ({example}), got {url!r}"
+            f"{what} must not have a query string or fragment ({example}), got {shown!r}"
+        )
+    if "@" in parts.netloc:
+        raise ConfigError(
+            f"{what} must not hold a user name or password ({example}, got {shown!r}): "
+            "requests carry the API key as a Bearer token"
         )
     if parts.path.rstrip("/").endswith("/chat/completions"):
         raise ConfigError(
-            f"{what} must be the base URL without /chat/completions ({example}), got {url!r}"
+            f"{what} must be the base URL without /chat/completions ({example}), got {shown!r}"
         )
     return url.rstrip("/")
+
+
+def shown_url(url: str) -> str:
+    """``url`` for a message: user name and password, query and fragment hidden."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url if "@" not in url and "?" not in url else "(a URL that cannot be read)"
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return (f"{parts.scheme}://{'***@' if '@' in parts.netloc else ''}{host}{parts.path}"
+            f"{'?***' if parts.query else ''}{'#***' if parts.fragment else ''}")
+
+
+def check_api_key(key: str, variable: str) -> str:
+    """The key without surrounding whitespace (a trailing newline from a secret file, say),
+    or ConfigError when it holds a character no key has (never showing the key)."""
+    key = key.strip()
+    bad = next((i for i, c in enumerate(key) if not ("!" <= c <= "~")), None)
+    if bad is not None:
+        raise ConfigError(f"{variable} holds a space, a line break or another character no API "
+                          f"key has (character {bad + 1} of {len(key)}); check its value")
+    return key
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from batchrunner.config import (
     OUTPUT_FORMATS,
     OVERRIDES,
     JobConfig,
+    check_api_key,
     check_base_url,
     environment,
     is_loopback,
@@ -1321,8 +1322,9 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
         except ConfigError as e:
             raise ConfigError(f"job file {job.source}: [simulator]: {e}") from None
         async with Simulator(config, host="127.0.0.1", port=0) as sim:
-            yield sim.base_url, env.get(job.endpoint.api_key_env) or getattr(
-                config, "api_key", None)
+            key = env.get(job.endpoint.api_key_env, "").strip()
+            yield sim.base_url, (check_api_key(key, job.endpoint.api_key_env) if key
+                                 else getattr(config, "api_key", None))
         return
     variable = job.endpoint.base_url_env
     base_url = job.endpoint.base_url or env.get(variable)
@@ -1337,12 +1339,12 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
         )
     base_url = check_base_url(base_url, variable if not job.endpoint.base_url
                               else "[endpoint] base_url")
-    key = env.get(job.endpoint.api_key_env)
+    key = env.get(job.endpoint.api_key_env, "").strip()
     if not key:
         raise ConfigError(
             f"no API key: set {job.endpoint.api_key_env} in the environment or in a .env file"
         )
-    yield base_url, key
+    yield base_url, check_api_key(key, job.endpoint.api_key_env)
 
 
 def endpoint_warnings(base_url: str) -> list[str]:

@@ -379,3 +379,43 @@ def test_plain_http_to_another_host_warns(url: str, warns: bool) -> None:
     for w in warnings:
         assert "\n" not in w and "http://" in w and "unencrypted" in w
         assert all(n not in w for n in NEEDLES)
+
+
+@pytest.mark.parametrize("url", [
+    "http://user:PASSWORD-77@127.0.0.1:{port}/v1",
+    "http://sk-SECRET-in-url@127.0.0.1:{port}/v1",
+    "http://127.0.0.1:{port}/v1?key=QUERY-SECRET",
+])
+def test_a_base_url_holding_a_secret_is_refused_without_showing_it(
+        tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Credentials in the base URL are never sent (requests carry a Bearer key): refused
+    before anything is sent, and the message hides what could be a secret."""
+    inp = marker_csv(tmp_path / "in.csv", [], normal=2)
+    with SimulatorThread(SimulatorConfig()) as sim:
+        url = url.format(port=sim.base_url.split(":")[-1].split("/")[0])
+        code = main(base_args(inp, tmp_path / "out", url))
+        assert sim.stats()["requests"] == 0
+    said = capsys.readouterr()
+    assert code == 2
+    assert "--base-url must not" in said.err and "127.0.0.1" in said.err
+    for secret in ("PASSWORD-77", "SECRET-in-url", "QUERY-SECRET"):
+        assert secret not in said.out + said.err
+
+
+def test_a_key_is_read_without_surrounding_whitespace_and_refused_with_a_space_inside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A key read with a trailing newline (a secret file's) works; a key with a space or a
+    line break inside is refused before anything is sent, naming the variable, not the key."""
+    inp = marker_csv(tmp_path / "in.csv", [], normal=2)
+    with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
+        monkeypatch.setenv("OPENAI_API_KEY", f"  {KEY}\n")
+        assert main(base_args(inp, tmp_path / "out", sim.base_url)) == 0
+        monkeypatch.setenv("OPENAI_API_KEY", KEY.replace("-", "\n", 1))
+        code = main(base_args(inp, tmp_path / "out2", sim.base_url))
+        assert sim.stats()["requests"] == 2
+    said = capsys.readouterr()
+    assert code == 2
+    assert ("OPENAI_API_KEY holds a space, a line break or another character no API key has "
+            "(character 3 of 21); check its value") in said.err
+    assert not any(n in said.out + said.err for n in (*NEEDLES, "SECRET"))
