@@ -88,6 +88,7 @@ from batchrunner.template import (
     ask_for_usage,
     body_prompt_text,
     body_warnings,
+    column_list,
     estimate_tokens,
     request_warnings,
 )
@@ -259,7 +260,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         if key_column is not None and key_column not in source.columns:
             raise ConfigError(
                 f"id_column {key_column!r} is not a column of {where} "
-                f"(columns: {', '.join(source.columns)})"
+                f"({column_list(source.columns, key_column)})"
             )
         warnings.extend(request_warnings(job.request))
 

@@ -20,7 +20,7 @@ from typing import Any
 from batchrunner.config import RequestConfig
 from batchrunner.errors import ConfigError
 
-__all__ = ["RequestBuilder", "Template", "estimate_tokens", "request_warnings"]
+__all__ = ["RequestBuilder", "Template", "column_list", "estimate_tokens", "request_warnings"]
 
 _FORMATTER = string.Formatter()
 
@@ -58,11 +58,19 @@ class Template:
     def check(self, columns: Iterable[str], where: str) -> None:
         cols = list(columns)
         have = set(cols)
+        if not self.fields:
+            raise ConfigError(
+                f"the prompt template {self.source!r} names no column, so every row would be "
+                "sent the same prompt: put a column in braces, e.g. 'Classify: {text}' (in "
+                "single quotes on a command line, which leave $ and braces alone), or use "
+                "--prompt-column (prompt_column) for a column holding whole prompts "
+                f"({column_list(cols, '')})"
+            )
         for name in self.fields:
             if name not in have:
                 raise ConfigError(
                     f"prompt template names column {{{name}}}, which {where} does not have "
-                    f"(columns: {', '.join(sorted(have)) or 'none'}){delimiter_hint(cols)}"
+                    f"({column_list(cols, name)}){delimiter_hint(cols)}"
                 )
 
     def render(self, row: dict[str, Any]) -> str | None:
@@ -162,6 +170,17 @@ def _is_null(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def column_list(columns: Sequence[str], wanted: str) -> str:
+    """``columns: a, b, c`` for a message about a missing column ``wanted``: names with
+    surrounding spaces quoted, and the one ``wanted`` misses only by them pointed out."""
+    if not columns:
+        return "columns: none"
+    shown = ", ".join(repr(c) if c != c.strip() or not c else c for c in columns)
+    near = next((c for c in columns if c != wanted and c.strip() == wanted.strip()), None)
+    hint = f"; {near!r} has spaces around its name" if near is not None else ""
+    return f"columns: {shown}{hint}"
+
+
 def delimiter_hint(columns: Sequence[str]) -> str:
     """A hint for a CSV file read as one column because it is not comma-separated, else ""."""
     if len(columns) == 1:
@@ -239,7 +258,7 @@ class RequestBuilder:
             if request.prompt_column not in columns:
                 raise ConfigError(
                     f"prompt_column {request.prompt_column!r} is not a column of {where} "
-                    f"(columns: {', '.join(columns)}){delimiter_hint(columns)}"
+                    f"({column_list(columns, request.prompt_column)}){delimiter_hint(columns)}"
                 )
         else:
             raise ConfigError("no prompt: pass --prompt TEMPLATE or --prompt-column COL (or "
@@ -247,18 +266,18 @@ class RequestBuilder:
         if request.model_column is not None and request.model_column not in columns:
             raise ConfigError(
                 f"model_column {request.model_column!r} is not a column of {where} "
-                f"(columns: {', '.join(columns)})"
+                f"({column_list(columns, request.model_column)})"
             )
         if request.image_column is not None and request.image_column not in columns:
             raise ConfigError(
                 f"image_column {request.image_column!r} is not a column of {where} "
-                f"(columns: {', '.join(columns)})"
+                f"({column_list(columns, request.image_column)})"
             )
         for name, column in request.from_columns.items():
             if column not in columns:
                 raise ConfigError(
                     f"from_columns {name} = {column!r}: not a column of {where} "
-                    f"(columns: {', '.join(columns)})"
+                    f"({column_list(columns, column)})"
                 )
         self._from_columns = tuple(request.from_columns.items())
         if request.model is None and request.model_column is None:

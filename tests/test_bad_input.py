@@ -414,6 +414,19 @@ for _opt, _value in [("--rpm", "-1"), ("--rpm", "0"), ("--tpm", "0"), ("--concur
     case(f"{_opt} {_value}")(_limit)
 
 
+@case("prompt that names no column (the shell ate $text)")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return (c.args(c.good_csv(), prompt="Classify: "),
+            ["'Classify: ' names no column", "every row would be sent the same prompt"])
+
+
+@case("a column name with a space around it")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    inp = c.write("spaced.csv", "id, text\na,hello\n")
+    return c.args(inp, prompt="Say {text}"), [
+        "(columns: id, ' text'; ' text' has spaces around its name)"]
+
+
 @case("--base-url not a URL")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv(), base_url="api.example.com/v1"), ["--base-url", "http(s) URL"]
