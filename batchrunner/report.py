@@ -471,6 +471,7 @@ def build_report(
     counters: Mapping[str, int] | None = None,
     to_do: int | None = None,
     stopped: str | None = None,
+    not_in_input: int = 0,
 ) -> dict[str, Any]:
     """Aggregate one outcome per row into the cost report (see the module docstring).
 
@@ -483,7 +484,8 @@ def build_report(
     ``requests.http_429`` is the larger of the two, so no 429 is counted twice.
 
     ``to_do`` is how many of the input's rows have no outcome yet; ``stopped`` why the run
-    stopped early.
+    stopped early; ``not_in_input`` how many rows the journal holds that the input no longer
+    has (left out of ``outcomes``).
 
     ``wall_s`` is the wall time of the last run that sent requests; ``requests_per_min`` counts
     the rows finished in the last ``wall_s`` seconds before the newest ``finished_at``, so rows
@@ -498,6 +500,9 @@ def build_report(
     if to_do:
         warnings.append(f"{count_rows(to_do)} of the input not done yet: rerun the job to send "
                         "them")
+    if not_in_input:
+        warnings.append(f"{count_rows(not_in_input)} recorded by earlier runs not in the input "
+                        "any more (matched by id): left out of these figures and the results")
 
     by_status = _sorted_counts(stats._status)
     n_ok = stats._n_ok

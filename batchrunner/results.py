@@ -142,10 +142,16 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.pending = statuses.get(None, 0)
     summary.results_path = results_path
 
+    # The compacted journal holds the input's rows first, in its order, then rows the input
+    # no longer has (an id-keyed input that lost rows): the figures are the input's.
+    in_input = summary.ok + summary.failed
     stats = OutcomeStats()
+    recorded = 0
     if journal.segments():
         for group in journal.iter_compacted(REPORT_COLUMNS):
-            stats.add(group)
+            if recorded < in_input:
+                stats.add(group.slice(0, in_input - recorded))
+            recorded += group.num_rows
     last_run, wall_s, counters = _last_runs(plan.job_meta)
     report = build_report(
         stats, prices=plan.prices,
@@ -154,6 +160,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
              "simulator": _simulated(plan.job_meta.get("simulator"))},
         wall_s=wall_s, counters=counters, to_do=summary.pending,
         stopped=summary.stopped or last_run.get("stopped"),
+        not_in_input=max(0, recorded - in_input),
     )
     summary.report_paths = write_reports(report, plan.out_dir, outcomes=stats)
     summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}

@@ -419,7 +419,9 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, option
                 "keep their positions); else the rows done would match the wrong rows — use "
                 "another --output directory with an id column (--id-column)"
             )
-        warnings.append("the input file changed since the last run; rows are matched by id")
+        warnings.append("the input file changed since the last run; rows are matched by id: "
+                        "a row done before keeps its answer even if its text changed (send "
+                        "such rows again with --rerun-where, e.g. \"key in ['a1', 'b7']\")")
 
 
 def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
@@ -1540,6 +1542,10 @@ def format_status(out_dir: Path) -> str:
     ok, failed = statuses.get("ok", 0), statuses.get("failed", 0)
     lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
              f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"]
+    if total and ok + failed > total:  # an id-keyed input that lost rows since they were done
+        lines.append(f"  the journal holds {count_rows(ok + failed - total)} more than the "
+                     "input has (rows removed from it since; the results and reports leave "
+                     "them out), counted here")
     failed_t = state.filter(is_value(state["status"], "failed"))
     failed_by_type = Counter(str(t) for t in failed_t["error_type"].to_pylist())
     for etype, n in failed_by_type.most_common():

@@ -348,7 +348,9 @@ def test_results_merge_the_compacted_journal_into_input_order(
     assert (summary.rows, summary.pending) == (23, sum(1 for s in want if s is None))
     assert summary.ok == want.count("ok") and summary.failed == want.count("failed")
     report = json.loads((out / "cost_report.json").read_text())
-    assert report["rows"]["total"] == len(done) + 1  # the journal's rows, the stale one too
+    assert report["rows"]["total"] == len(done)  # the input's rows: not the stale one
+    assert ("1 row recorded by earlier runs not in the input any more (matched by id): left out "
+            "of these figures and the results") in report["warnings"]
     assert len(j.segments()) == 1
     # Dictionaries only for what repeats: the input's columns and status, not answers or keys.
     assert _dictionary_columns(out / "results.parquet") >= {"id", "text", "status"}
@@ -437,3 +439,35 @@ def test_a_jobs_results_as_the_next_jobs_input_keep_every_column(
     assert all(v > 0 for v in table["result2_cost_usd"].to_pylist())
     assert " Y Echo: " in table["result_content"].to_pylist()[0]  # this job's answer
     assert main(["report", "p2"]) == 0
+
+
+def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows done, then removed from an input keyed by id: the results, the summary, the
+    report and status count the input's rows, and say the journal holds more."""
+    from batchrunner.cli import main
+    from batchrunner.runner import format_status
+
+    monkeypatch.chdir(tmp_path)
+    rows = [f"r{i},text {i},{1 if i < 3 else ''}" for i in range(6)]  # r0-r2 cut at 1 token
+    (tmp_path / "in.csv").write_text("id,text,budget\n" + "\n".join(rows) + "\n")
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "X {text}", "--model",
+            "gpt-4o-mini", "--simulator", "--progress", "none", "--output", "out",
+            "--from-column", "max_tokens=budget"]
+    assert main(args) == 0
+    (tmp_path / "in.csv").write_text("id,text,budget\n" + "\n".join(rows[2:]) + "\n")
+    capsys.readouterr()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    said = out + err
+    assert "4 rows: 4 ok, 0 failed" in said and "1 row cut at max_tokens" in said
+    assert "a row done before keeps its answer even if its text changed" in said
+    assert pq.read_table(tmp_path / "out" / "results.parquet").num_rows == 4
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["rows"]["total"] == 4 and report["rows"]["cut_at_length"] == 1
+    assert ("2 rows recorded by earlier runs not in the input any more (matched by id): left "
+            "out of these figures and the results") in report["warnings"]
+    status = format_status(tmp_path / "out")
+    assert "6 of 4 rows finished" in status
+    assert "the journal holds 2 rows more than the input has" in status
