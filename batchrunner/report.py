@@ -24,9 +24,10 @@ Top-level keys, in this order::
     report_version    1
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
-    rows              {"total", "by_status": {status: rows}, "cut_at_length", "to_do"}; total
-                      counts the rows with an outcome, to_do the input's rows without one
-                      (null when not given)
+    rows              {"total", "by_status": {status: rows}, "cut_at_length", "to_do",
+                      "cost_unknown"}; total counts the rows with an outcome, to_do the
+                      input's rows without one (null when not given), cost_unknown the ok rows
+                      without a cost (unknown price, or no usage reported)
     tokens            {"prompt", "completion", "cached", "reasoning", "total"}
     cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
     cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
@@ -566,7 +567,7 @@ def build_report(
         "generated_at": utc_timestamp(),
         "job": {str(k): _jsonable(v) for k, v in job.items()},
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
-                 "to_do": to_do},
+                 "to_do": to_do, "cost_unknown": n_unpriced},
         "tokens": {
             "prompt": stats._tokens["prompt_tokens"],
             "completion": stats._tokens["completion_tokens"],
@@ -897,7 +898,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     _num(m.get("rows", 0)),
                     _num(m.get("prompt_tokens", 0)),
                     _num(m.get("completion_tokens", 0)),
-                    _money(m.get("cost_usd")),
+                    _model_cost(m),
                     price,
                     str(m.get("price_source", "")),
                 ]
@@ -925,6 +926,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if warnings:
         out += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _model_cost(m: Mapping[str, Any]) -> str:
+    """A model's cost for the table: the known part and how many rows have none."""
+    unpriced = m.get("unpriced_rows")
+    if m.get("cost_usd") is not None or not isinstance(unpriced, int) or not unpriced:
+        return _money(m.get("cost_usd"))
+    known = m.get("cost_known_usd")
+    known_part = f"{_money(known)} + " if isinstance(known, int | float) and known else ""
+    return f"{known_part}unknown ({count_rows(unpriced)})"
 
 
 def _table(head: list[str], body: list[list[str]], *, right: set[int]) -> list[str]:

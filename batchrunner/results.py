@@ -168,6 +168,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
                               if v.get("example")}
     summary.length_cut = report["rows"]["cut_at_length"]
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
+    summary.cost_known_usd = report["cost_usd"]
+    summary.cost_unknown = report["rows"]["cost_unknown"]
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
     return summary
 

@@ -155,6 +155,8 @@ class RunSummary:
     ran: bool = True  # False: the outputs were rebuilt (`report`), no run happened
     simulated: bool = False  # the answers came from the built-in simulator
     not_connected: int = 0  # of ``sent``, the requests that found no connection
+    cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
+    cost_unknown: int = 0  # ok rows without a cost: no price known, or no usage reported
 
     @property
     def exit_code(self) -> int:
@@ -1553,7 +1555,8 @@ def format_status(out_dir: Path) -> str:
     ok_rows = state.filter(is_value(state["status"], "ok"))
     cost = f"${pa.compute.sum(ok_rows['cost_usd']).as_py() or 0.0:,.4f}"
     if ok_rows["cost_usd"].null_count:
-        cost += f" (plus {ok_rows['cost_usd'].null_count:,} rows of unknown price)"
+        cost += (f" (plus {count_rows(ok_rows['cost_usd'].null_count)} without a cost: no price "
+                 "known, or no usage reported)")
     cost += _plus_earlier(pa.compute.sum(state["earlier_cost_usd"]).as_py())
     tokens = pa.compute.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
@@ -1664,7 +1667,9 @@ def format_summary(s: RunSummary) -> str:
     if s.length_cut:
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      "(finish_reason=length)")
-    cost = "unknown for some models (see report)" if s.cost_usd is None else f"${s.cost_usd:,.4f}"
+    cost = f"${s.cost_known_usd if s.cost_usd is None else s.cost_usd:,.4f}"
+    if s.cost_usd is None and s.cost_unknown:
+        cost += f", and {count_rows(s.cost_unknown)} without a cost (see report)"
     cost += _plus_earlier(s.earlier_cost_usd)
     if s.ran:
         sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")

@@ -282,6 +282,12 @@ async def test_reply_without_usage_is_ok_with_tokens_and_cost_unknown(tmp_path: 
         s = await run(job_for(tmp_path, sim.base_url, inp, stream=True if stream else None))
     assert s.exit_code == 0
     assert s.cost_usd is None  # unknown, not zero
+    assert s.cost_unknown == 1 and s.cost_known_usd > 0
+    said = format_summary(s)  # the known part is shown, with the rows it leaves out
+    assert f"cost: ${s.cost_known_usd:,.4f}, and 1 row without a cost (see report)" in said
+    assert ("(plus 1 row without a cost: no price known, or no usage reported)"
+            in format_status(tmp_path / "out"))
+    assert " + unknown (1 row) |" in (tmp_path / "out" / "cost_report.md").read_text()
     row = results(tmp_path).loc["r0001"]
     assert row["status"] == "ok" and row["content"].startswith("Echo:")
     for col in ("prompt_tokens", "completion_tokens", "total_tokens", "cost_usd"):
