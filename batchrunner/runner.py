@@ -313,9 +313,11 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
     if options.rerun_where:
         picked = _select(journal, options.rerun_where)  # refuses a bad expression on a first run
-        if picked:
-            pos = order.positions(string_array(sorted(picked))).drop_null()
-            done[to_numpy(pos)] = False
+        pos = order.positions(string_array(sorted(picked))).drop_null()
+        done[to_numpy(pos)] = False
+        if not len(pos) and np.any(latest.ok >= 0):
+            warnings.append(f"--rerun-where {options.rerun_where!r} matched no row of the "
+                            "input: none is sent again")
     if old_meta is not None:
         any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok,
@@ -769,6 +771,7 @@ class _Run:
         self.to_do = max(1, plan.total_rows - len(plan.done))
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
+        self.transient: set[str] = set()  # error types rows failed with after every retry
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
         self.routed: dict[str, str] = {}  # model asked for → the priced one that answered
@@ -938,10 +941,13 @@ class _Run:
         failing[o.error_type or "failed"] += 1
         if len(failing) == 1 and failing.total() >= FAIL_FAST_ROWS:
             self.failing = None
+            fix = ("wait for the endpoint to recover (a server error or timeout on every try: "
+                   "nothing in the job to fix)" if o.error_type in self.transient
+                   else "fix what it names")
             self.stop(AllFailing(
                 f"the first {failing.total()} rows sent all failed with {o.error_type} and "
-                f"none succeeded ({o.error_message}); stopped before sending the rest — fix "
-                "what it names, then run the job again with --retry-failed"))
+                f"none succeeded ({o.error_message}); stopped before sending the rest — {fix}, "
+                "then run the job again with --retry-failed"))
 
     def _check_context(self, item: _Work) -> None:
         """Warn (before sending) about a prompt that looks too long for the model."""
@@ -1107,6 +1113,8 @@ class _Run:
                     self._unreachable(item, e)
                     return None, None  # not a failure of the row: left to do
                 self.counters["attempts"] += item.attempts
+                if e.retryable:
+                    self.transient.add(e.error_type)
                 usage = e.usage or (None, None, None, None, None)
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
@@ -1590,16 +1598,32 @@ def format_status(out_dir: Path) -> str:
 
 
 def retry_advice(failed_by_type: Mapping[str, int]) -> str:
-    """What to do about the failed rows: resend them, and first fix the input rows that could
-    not be sent (``invalid_row``), which a resend alone fails again."""
+    """What to do about the failed rows: resend them, and first fix what a resend alone would
+    fail on again: the input rows that could not be sent (``invalid_row``), and what the
+    endpoint refused (a model it does not have, a setting it rejects: a 4xx)."""
     unsendable = failed_by_type.get("invalid_row", 0)
-    if not unsendable:
+    refused = {t: n for t, n in failed_by_type.items() if t != "invalid_row" and fails_again(t)}
+    steps = []
+    if unsendable:
+        steps.append(f"fix the input of the {count_rows(unsendable)} that could not be sent "
+                     "(invalid_row: the error_message of each says why)")
+    if refused:
+        steps.append(f"fix what the endpoint refused in the {count_rows(sum(refused.values()))}"
+                     f" that failed with {', '.join(refused)} (a model name, a request setting: "
+                     "the error_message says), or they fail again")
+    if not steps:
         return "rerun with --retry-failed to send the failed rows again"
-    fix = (f"fix the input of the {count_rows(unsendable)} that could not be sent "
-           "(invalid_row: the error_message of each says why)")
-    if unsendable == sum(failed_by_type.values()):
-        return f"{fix}, then rerun with --retry-failed to send them"
-    return f"rerun with --retry-failed to send the failed rows again; first {fix}"
+    if unsendable + sum(refused.values()) == sum(failed_by_type.values()):
+        return f"{'; and '.join(steps)}, then rerun with --retry-failed to send them"
+    return f"rerun with --retry-failed to send the failed rows again; first {'; and '.join(steps)}"
+
+
+def fails_again(error_type: str) -> bool:
+    """Whether rows that failed with ``error_type`` fail the same way when sent as they are: the
+    endpoint refused the request itself (a 4xx other than a timeout, conflict or rate limit),
+    or its key lacks the model."""
+    return error_type in ("invalid_request", "model_refused", "client_error") or (
+        error_type.startswith("http_4") and error_type not in ("http_408", "http_409", "http_429"))
 
 
 PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in progress

@@ -518,6 +518,21 @@ async def test_with_one_attempt_a_row_an_endpoint_that_refuses_still_stops_the_j
 
 
 @pytest.mark.anyio
+async def test_a_job_whose_endpoint_fails_every_try_is_told_to_wait_not_to_fix(
+        tmp_path: Path) -> None:
+    """The first rows all failing with a server error after every retry is the endpoint's
+    trouble, not the job's: the stop message says to wait, not to fix something."""
+    inp = make_csv(tmp_path / "in.csv", [f"row {i} [[sim:503]]" for i in range(60)])
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp), max_attempts=2)
+    assert s.exit_code == 4 and s.stopped
+    assert s.stopped.startswith("the first 20 rows sent all failed with http_503")
+    assert s.stopped.endswith(
+        "wait for the endpoint to recover (a server error or timeout on every try: nothing in "
+        "the job to fix), then run the job again with --retry-failed")
+
+
+@pytest.mark.anyio
 async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
         tmp_path: Path) -> None:
     # A parameter the model rejects, a model the gateway does not have: every row would fail.

@@ -230,6 +230,11 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
         opts.rerun_where = "True"
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
         assert s.sent == 20 and sim.stats()["requests"] == sent + 20
+        # A condition no row meets (a typo in a value, say) is said so, not passed over.
+        opts.rerun_where = "finish_reason == 'lenght'"
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        assert s.sent == 0 and ("--rerun-where \"finish_reason == 'lenght'\" matched no row of "
+                                "the input: none is sent again") in s.warnings
 
 
 @pytest.mark.anyio
@@ -411,7 +416,10 @@ def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "25 of 25 rows finished (24 ok, 1 failed, 0 to do)" in out
     assert "http_404: 1" in out
-    assert out.rstrip().endswith("rerun with --retry-failed to send the failed rows again")
+    assert out.rstrip().endswith(  # a resend alone fails again: fix first
+        "fix what the endpoint refused in the 1 row that failed with http_404 (a model name, a "
+        "request setting: the error_message says), or they fail again, then rerun with "
+        "--retry-failed to send them")
     # A job file naming the directory does as well; a directory that is not there is named.
     (tmp_path / "job.toml").write_text(f'[input]\npath = "{inp}"\n[output]\ndir = "out"\n')
     assert main(["status", str(tmp_path / "job.toml")]) == 0
@@ -569,8 +577,14 @@ def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
     assert lines[at + 1:at + 4] == ["    http_500: upstream crashed", "    timeout: no answer",
                                     "    http_400: bad max_tokens"]
     assert "empty" not in format_summary(s)
-    assert lines[-1] == "  rerun with --retry-failed to send the failed rows again"
+    assert lines[-1] == (
+        "  rerun with --retry-failed to send the failed rows again; first fix what the "
+        "endpoint refused in the 2 rows that failed with http_400 (a model name, a request "
+        "setting: the error_message says), or they fail again")
     assert "requests sent this run" in format_summary(s)
+    s.error_types = {"http_500": 4, "timeout": 3}
+    assert format_summary(s).splitlines()[-1] == (
+        "  rerun with --retry-failed to send the failed rows again")
     # Rebuilt outputs (`report`): no run line, and rows left to do say how to go on.
     rebuilt = RunSummary(name="j", rows=10, ok=4, pending=6, ran=False)
     assert "requests sent this run" not in format_summary(rebuilt)
