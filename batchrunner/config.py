@@ -56,6 +56,7 @@ A job file has these tables (every key optional unless marked)::
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import math
@@ -463,8 +464,21 @@ _NOT_FROM_COLUMNS = {
 }
 
 
+# Request body fields of the Chat Completions API and of the gateways the project serves: a
+# from_columns name close to one of these, and not one itself, is taken for a typo.
+_BODY_FIELDS = frozenset({
+    "audio", "enable_search", "enable_thinking", "extra_body", "frequency_penalty",
+    "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities",
+    "n", "parallel_tool_calls", "parameters", "prediction", "presence_penalty",
+    "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier",
+    "search_parameters", "seed", "service_tier", "stop", "store", "temperature", "thinking",
+    "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+})
+
+
 def _from_columns(value: Any, what: str) -> None:
-    """Refuse a ``from_columns`` that is not body field → column name pairs."""
+    """Refuse a ``from_columns`` that is not body field → column name pairs, or that names
+    a field the job cannot mean (one set otherwise, a near miss of a known one)."""
     if value is None:
         return
     if not isinstance(value, dict) or not all(
@@ -475,6 +489,11 @@ def _from_columns(value: Any, what: str) -> None:
         if name in _NOT_FROM_COLUMNS:
             raise ConfigError(f"{what}: {name!r} cannot come from a column: "
                               f"{_NOT_FROM_COLUMNS[name]}")
+        if name not in _BODY_FIELDS:
+            near = difflib.get_close_matches(name, _BODY_FIELDS, n=1, cutoff=0.8)
+            if near:
+                raise ConfigError(f"{what}: {name!r} is not a request field; did you mean "
+                                  f"{near[0]!r}?")
 
 
 def _schema_format(path: Path, what: str) -> dict[str, Any]:

@@ -186,7 +186,8 @@ def format_estimate(e: Estimate) -> str:
     for ex in e.not_sendable_examples:
         lines.append(f"    {ex}")
     if e.over_context:
-        lines.append(f"  warning: {e.over_context:,} rows may not fit the model's context window")
+        lines.append(f"  warning: {count_rows(e.over_context)} may not fit the model's context "
+                     "window")
         for ex in e.over_context_examples:
             lines.append(f"    {ex}")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ class Counts:
     cost_unknown: int = 0
     projected_usd: float = 0.0  # the whole job's cost at this run's rate so far
     rate_limited: int = 0
+    in_flight: int = 0  # requests sent and not answered yet
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -142,8 +143,8 @@ class LogProgress:
             if self._total:
                 done += f"/{self._total:,} ({100 * self._done / self._total:.0f} %)"
             idle = now - self._last_finished
-            note = (f"  (no row finished for {idle:.0f} s)" if self._every and idle >= self._every
-                    else "")
+            note = (f"  (no row finished for {idle:.0f} s; {counts.in_flight:,} requests in "
+                    "flight)" if self._every and idle >= self._every else "")
             print(f"{self._desc}: {done} rows  {_postfix(counts)}{note}", file=sys.stderr)
 
     def write(self, line: str) -> None:

@@ -157,6 +157,7 @@ class RunSummary:
     not_connected: int = 0  # of ``sent``, the requests that found no connection
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     cost_unknown: int = 0  # ok rows without a cost: no price known, or no usage reported
+    cut_off: int = 0  # requests in flight when the run ended (a stop's drain ran out)
 
     @property
     def exit_code(self) -> int:
@@ -1044,10 +1045,13 @@ class _Run:
             sent_at = time.perf_counter()
             if not item.started:
                 item.started = sent_at
+            counts = self.counts
+            counts.in_flight += 1  # what is left of it when the run ends was cut off
             try:
                 res = await self.client.complete(item.body, None if not item.timeouts else (
                     self.client.timeout_s * min(TIMEOUT_GROWTH ** item.timeouts, MAX_TIMEOUT_X)))
             except StopJob as e:
+                counts.in_flight -= 1
                 self.limiter.refund(charge)
                 model = str(item.body.get("model") or "")
                 if not (self.models_vary and isinstance(e, AuthError) and e.model_access
@@ -1071,6 +1075,7 @@ class _Run:
                 self.counters["attempts"] += item.attempts
                 return refused, None
             except RequestError as e:
+                counts.in_flight -= 1
                 self.limiter.refund(charge)
                 self.errors_seen[e.error_type] += 1
                 if e.status is not None:
@@ -1127,6 +1132,7 @@ class _Run:
                     model=str(item.body.get("model") or "") or None,
                     request_id=e.request_id, finished_at=time.time(),
                 ), None
+            counts.in_flight -= 1
             self._answered()
             return self._success(item, res, charge), None
 
@@ -1451,6 +1457,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             finally:
                 progress.close()
         run.count_held()
+        summary.cut_off = run.counts.in_flight
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
         summary.stopped = str(run.stop_error) if run.stop_error else None
@@ -1715,6 +1722,10 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  report:  {', '.join(_show(p) for p in s.report_paths)}")
     if s.stopped:
         lines.append(f"  stopped: {s.stopped}")
+        if s.cut_off:
+            lines.append(f"  {s.cut_off:,} request{'s were' if s.cut_off > 1 else ' was'} still "
+                         "in flight and cut off: the server may bill them, and their rows are "
+                         "sent again on the next run")
     elif s.pending:
         lines.append("  rerun the job to send the rows not done yet")
     elif s.failed:

@@ -333,8 +333,8 @@ class RequestBuilder:
         model = self.request.model
         if self.request.model_column is not None:
             m = row[self.request.model_column]
-            if m:
-                model = str(m)
+            if m is not None and str(m).strip():
+                model = str(m).strip()  # a cell's stray spaces are not the model's name
         if not model:
             return None, f"column {self.request.model_column!r} has no model for this row"
         content: str | list[dict[str, Any]] = prompt

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -781,3 +782,28 @@ async def test_finished_at_is_a_utc_time_in_the_results(tmp_path: Path, fmt: str
     assert ((before <= at) & (at <= after)).all(), at.tolist()
     if fmt == "parquet":
         assert str(results(tmp_path)["finished_at"].dtype) == "datetime64[ms, UTC]"
+
+
+@pytest.mark.anyio
+async def test_requests_cut_off_by_a_stop_are_said(tmp_path: Path) -> None:
+    """Ctrl-C, and requests still unanswered when the drain runs out: the summary says they
+    were cut off (the server may bill them) and that their rows are sent again."""
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(6)],
+                  "text": [f"row {i} [[sim:hang]]" for i in range(6)]}).to_csv(inp, index=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        async def interrupt() -> None:
+            for _ in range(2000):  # 20 s at most
+                if sim.stats()["requests"] >= 4:
+                    break
+                await anyio.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(interrupt)
+            with anyio.fail_after(30):
+                s = await run_job(job_for(tmp_path, sim.base_url, inp, concurrency=4),
+                                  RunOptions(drain_s=0.3, progress="none", retry=FAST.retry))
+    assert s.exit_code == 4 and s.pending == 6 and s.cut_off == 4
+    assert ("  4 requests were still in flight and cut off: the server may bill them, and their "
+            "rows are sent again on the next run") in format_summary(s)

@@ -124,8 +124,8 @@ def test_request_builder_body() -> None:
     assert body == {"model": "m", "max_tokens": 7, "thinking": {"type": "enabled"},
                     "messages": [{"role": "system", "content": "sys"},
                                  {"role": "user", "content": "Q: why"}]}
-    body, _ = b.build({"q": "why", "mc": "other"})
-    assert body is not None and body["model"] == "other"
+    body, _ = b.build({"q": "why", "mc": " other "})
+    assert body is not None and body["model"] == "other"  # a cell's stray spaces dropped
     assert b.build({"q": None, "mc": None})[0] is None
     assert b.build({"q": "  ", "mc": None})[0] is None
     assert "empty" in b.build({"q": "  ", "mc": None})[1]
@@ -172,6 +172,11 @@ def test_from_columns_is_checked_before_anything_is_sent(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=r"^--from-column: 'model' cannot come from a column: "
                                           r"use model_column"):
         load_job(None, {**base, "from_columns": {"model": "m"}})
+    with pytest.raises(ConfigError, match=r"^--from-column: 'max_token' is not a request field; "
+                                          r"did you mean 'max_tokens'\?"):
+        load_job(None, {**base, "from_columns": {"max_token": "m"}})
+    # A gateway's own field is taken as it is.
+    assert load_job(None, {**base, "from_columns": {"x_tag": "t"}}).request.from_columns
     (tmp_path / "job.toml").write_text(
         '[input]\npath = "in.csv"\n[output]\ndir = "out"\n[request]\nmodel = "m"\n'
         'prompt = "{q}"\n[request.from_columns]\nseed = 3\n')
@@ -303,6 +308,7 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
     now[0] += 25
     log.update(counts, 0)  # the runner's once-a-second call: 35 s since the start
     now[0] += 31
+    counts.in_flight = 64
     log.update(counts, 0)  # and nothing has finished for 56 s
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
@@ -310,7 +316,7 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
         "nightly: 1,500/20,000 (8 %) rows  ok=1,500 failed=0 retrying=0 tokens=12,345 "
         "cost=$0.2500",
         "nightly: 1,500/20,000 (8 %) rows  ok=1,500 failed=0 retrying=0 tokens=12,345 "
-        "cost=$0.2500  (no row finished for 56 s)",
+        "cost=$0.2500  (no row finished for 56 s; 64 requests in flight)",
     ]
 
 
