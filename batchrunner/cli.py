@@ -253,7 +253,11 @@ def _out_dir(given: str) -> Path:
     if path.suffix.lower() == ".toml" and path.is_file():
         from batchrunner.config import load_job
 
-        return load_job(path, {}).output.dir
+        out = load_job(path, {}).output.dir
+        if not (out / "job.json").is_file():
+            raise UsageError(f"job file {path} has not run yet ({out} holds no job.json): "
+                             f"run it with: batchrunner run {path}")
+        return out
     if not path.exists():
         raise UsageError(f"{path}: no such directory — give a run's output directory (its "
                          "--output), or its job file")

@@ -21,6 +21,7 @@ class Counts:
     projected_usd: float = 0.0  # the whole job's cost at this run's rate so far
     rate_limited: int = 0
     in_flight: int = 0  # requests sent and not answered yet
+    resumed: bool = False  # earlier runs finished rows: ok/failed are the job's, the rest not
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -57,7 +58,7 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
                  if n or name == "ok"]
         return " ".join([*parts, f"tokens={short_number(c.tokens)}", f"cost={cost}"])
     parts = [f"{name}={n:,}" for name, n in counts]
-    parts += [f"tokens={c.tokens:,}", f"cost={cost}"]
+    parts += [f"{'this run: ' if c.resumed else ''}tokens={c.tokens:,}", f"cost={cost}"]
     if c.rate_limited:
         parts.append(f"429s={c.rate_limited:,}")
     return " ".join(parts)

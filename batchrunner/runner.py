@@ -511,6 +511,9 @@ def _select(journal: Journal, where: str) -> set[str]:
                "row's id")
     table = journal.read(_where_columns(where))
     df = table.to_pandas()
+    # As the results show it: a UTC time (naive, so that "finished_at > '2026-11-30 18:00'"
+    # compares), not the journal's seconds.
+    df["finished_at"] = pd.to_datetime(df["finished_at"], unit="s")
     try:
         picked = df.eval(where, engine="python")
     except Exception as e:
@@ -737,7 +740,8 @@ class _Run:
         self.journal = journal
         lim = plan.job.limits
         self.policy = options.retry or RetryPolicy(max_attempts=lim.max_attempts)
-        self.counts = Counts(ok=plan.prior_ok, failed=plan.prior_failed)  # the job's, shown
+        self.counts = Counts(ok=plan.prior_ok, failed=plan.prior_failed,  # the job's, shown
+                             resumed=bool(plan.prior_ok or plan.prior_failed))
         self.counters: Counter[str] = Counter()
         self.errors_seen: Counter[str] = Counter()
         self.stop_error: StopJob | None = None

@@ -231,6 +231,13 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
         opts.rerun_where = "True"
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
         assert s.sent == 20 and sim.stats()["requests"] == sent + 20
+        # finished_at is a UTC time, as the results show it.
+        opts.rerun_where = "finished_at < '2000-01-01'"
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        assert s.sent == 0
+        opts.rerun_where = "finished_at > '2000-01-01 00:00'"
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        assert s.sent == 20
         # A condition no row meets (a typo in a value, say) is said so, not passed over.
         opts.rerun_where = "finish_reason == 'lenght'"
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
@@ -807,3 +814,16 @@ async def test_requests_cut_off_by_a_stop_are_said(tmp_path: Path) -> None:
     assert s.exit_code == 4 and s.pending == 6 and s.cut_off == 4
     assert ("  4 requests were still in flight and cut off: the server may bill them, and their "
             "rows are sent again on the next run") in format_summary(s)
+
+
+def test_status_of_a_job_file_that_has_not_run_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from batchrunner.cli import main
+
+    inp = make_csv(tmp_path / "in.csv", 3)
+    job = tmp_path / "job.toml"
+    job.write_text(f'[input]\npath = "{inp.name}"\n[request]\nmodel = "gpt-4o-mini"\n'
+                   'prompt = "Q: {text}"\n[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+    assert main(["status", str(job)]) == 2
+    assert (f"job file {job} has not run yet ({tmp_path / 'out'} holds no job.json): run it "
+            f"with: batchrunner run {job}") in capsys.readouterr().err

@@ -318,6 +318,9 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
         "nightly: 1,500/20,000 (8 %) rows  ok=1,500 failed=0 retrying=0 tokens=12,345 "
         "cost=$0.2500  (no row finished for 56 s; 64 requests in flight)",
     ]
+    counts.resumed = True  # earlier runs' rows in ok=, this run's tokens and cost
+    assert progress._postfix(counts).endswith(
+        "retrying=0 this run: tokens=12,345 cost=$0.2500")
 
 
 def test_a_run_ended_by_an_exception_says_how_in_job_json() -> None:
