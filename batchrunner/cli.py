@@ -235,6 +235,10 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     out_dir = _out_dir(ns.out_dir)
     with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
         plan = plan_from_output(out_dir)
+        if plan.source.fingerprint() != plan.job_meta.get("input_fingerprint"):
+            raise UsageError(f"{plan.source.path} changed since the job's last run: its rows "
+                             "may no longer match the journal's — run the job again instead "
+                             "(it resumes, and rebuilds the results and reports)")
         summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False))
     print(format_summary(summary))
     return summary.exit_code

@@ -519,6 +519,11 @@ def check_base_url(url: str, what: str) -> str:
     """
     example = "like https://api.openai.com/v1"
     shown = shown_url(url)
+    if "@" in url.partition("://")[2]:  # before parsing: a password may hold / # or ?
+        raise ConfigError(
+            f"{what} must not hold a user name or password ({example}, got {shown!r}): "
+            "requests carry the API key as a Bearer token"
+        )
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         raise ConfigError(f"{what} must be a URL without spaces or control characters, "
                           f"got {shown!r}")
@@ -533,11 +538,6 @@ def check_base_url(url: str, what: str) -> str:
         raise ConfigError(
             f"{what} must not have a query string or fragment ({example}), got {shown!r}"
         )
-    if "@" in parts.netloc:
-        raise ConfigError(
-            f"{what} must not hold a user name or password ({example}, got {shown!r}): "
-            "requests carry the API key as a Bearer token"
-        )
     if parts.path.rstrip("/").endswith("/chat/completions"):
         raise ConfigError(
             f"{what} must be the base URL without /chat/completions ({example}), got {shown!r}"
@@ -546,16 +546,17 @@ def check_base_url(url: str, what: str) -> str:
 
 
 def shown_url(url: str) -> str:
-    """``url`` for a message: user name and password, query and fragment hidden."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url if "@" not in url and "?" not in url else "(a URL that cannot be read)"
-    if "@" not in parts.netloc and not parts.query and not parts.fragment:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return (f"{parts.scheme}://{'***@' if '@' in parts.netloc else ''}{host}{parts.path}"
-            f"{'?***' if parts.query else ''}{'#***' if parts.fragment else ''}")
+    """``url`` for a message: what comes before its last ``@`` after the scheme (a user name
+    and a password, which may hold / # or ?), its query and its fragment hidden."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    masked = "@" in rest
+    rest = rest.rpartition("@")[2]
+    for mark in ("?", "#"):
+        if mark in rest:
+            rest = rest.partition(mark)[0] + f"{mark}***"
+    return f"{scheme}{sep}{'***@' if masked else ''}{rest}"
 
 
 def check_api_key(key: str, variable: str) -> str:

@@ -63,14 +63,14 @@ from typing import Any, TypeVar
 
 from batchrunner.errors import ConfigError
 
-__all__ = ["LIBRARY_NAME", "SNAPSHOT", "ModelPrice", "PriceBook", "parse_price_table", "preload"]
+__all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table", "preload"]
 
 LIBRARY_NAME = "genai-prices"
 SOURCE_JOB = "job [prices]"
 SOURCE_UNKNOWN = "unknown"
 # A dated snapshot of a model, as an API names the model that answered: a date (2024-07-18,
 # 20250929) or a version number (0125, 001) after the name asked for.
-SNAPSHOT = re.compile(r"(.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{3,4})")
+_SNAPSHOT = re.compile(r"(.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{3,4})")
 
 _PER_TOKENS = 1_000_000
 _PRICE_KEYS = ("input", "output", "cached_input")
@@ -198,7 +198,7 @@ class PriceBook:
         price: ModelPrice | None
         if model in self._overrides:
             price, source = self._overrides[model], SOURCE_JOB
-        elif (snapshot := SNAPSHOT.fullmatch(model)) and snapshot[1] in self._overrides:
+        elif (snapshot := _SNAPSHOT.fullmatch(model)) and snapshot[1] in self._overrides:
             price, source = self._overrides[snapshot[1]], f"{SOURCE_JOB} ({snapshot[1]})"
         else:
             entry = self._answer(lambda a: a.prices, model, lambda: _library_entry(model))

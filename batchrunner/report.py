@@ -503,7 +503,7 @@ def build_report(
                         "them")
     if not_in_input:
         warnings.append(f"{count_rows(not_in_input)} recorded by earlier runs not in the input "
-                        "any more (matched by id): left out of these figures and the results")
+                        "any more: left out of these figures and the results")
 
     by_status = _sorted_counts(stats._status)
     n_ok = stats._n_ok

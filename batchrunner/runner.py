@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchrunner import io
-from batchrunner.arrow import int64_array, is_value, scalar, string_array, to_numpy
+from batchrunner.arrow import int64_array, is_value, string_array, to_numpy
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import (
     OUTPUT_FORMATS,
@@ -75,7 +75,7 @@ from batchrunner.errors import (
 )
 from batchrunner.journal import Journal, JournalWriter, new_run_id
 from batchrunner.limiter import Limiter
-from batchrunner.pricing import SNAPSHOT, PriceBook, parse_price_table
+from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import OUTCOME_COLUMNS, Outcome
@@ -113,6 +113,7 @@ MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
 MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 # A run whose first rows sent all fail with one error type, none ok, stops after this many.
 FAIL_FAST_ROWS = 20
+MAX_MODELS_KEPT = 1000  # models answered, recorded in job.json for the next run
 # Rows of models the key was refused for (403) held, before any model answered, until one does
 # (see _Run.held): past this many the job stops as for a key refused outright.
 HOLD_MAX_ROWS = 10_000
@@ -215,8 +216,8 @@ class Plan:
     prior_cost: float = 0.0
     prior_ok: int = 0  # rows done before this run, ok and failed (not sent again): the
     prior_failed: int = 0  # progress display counts the whole job's
-    # Rows asking for models of their own: the models earlier runs' ok rows were answered by
-    # (and, for a dated snapshot, the model it is one of), to tell a key that lacks one model.
+    # Rows asking for models of their own: the models asked for that earlier runs got answers
+    # from (job.json's answered_models), to tell a key that lacks one model.
     answered_models: frozenset[str] = frozenset()
     order: InputOrder | None = None  # journal keys → input positions
     # What each input row has cost so far (NaN: nothing recorded), carried into the row's next
@@ -343,8 +344,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_ok=int(np.count_nonzero(done & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & (latest.ok == 0))))
-    if plan.prior_ok and (builder is None or job.request.model_column):
-        plan.answered_models = _answered_models(journal)
+    if old_meta is not None and (builder is None or job.request.model_column):
+        known = old_meta.get("answered_models")
+        if isinstance(known, list):
+            plan.answered_models = frozenset(m for m in known if isinstance(m, str))
     if old_meta is not None and source.kind == "openai_batch":
         checks_seen = old_meta.get("batch_checks")
         if checks_seen is None and (np.any(latest.ok >= 0) or latest.others.num_rows):
@@ -424,7 +427,8 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, option
                 "keep their positions); else the rows done would match the wrong rows — use "
                 "another --output directory with an id column (--id-column)"
             )
-        warnings.append("the input file changed since the last run; rows are matched by id: "
+        by = "by id" if new["id_column"] is not None else "by position (--force)"
+        warnings.append(f"the input file changed since the last run; rows are matched {by}: "
                         "a row done before keeps its answer even if its text changed (send "
                         "such rows again with --rerun-where, e.g. \"key in ['a1', 'b7']\")")
 
@@ -478,14 +482,6 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
     new["simulator"] = "mixed"
 
 
-def _answered_models(journal: Journal) -> frozenset[str]:
-    """The models the journal's ok rows were answered by, each dated snapshot's model too."""
-    table = journal.read(["model"])
-    models = pc.unique(table["model"].filter(pc.equal(table["status"], scalar("ok", pa.string()))))
-    names = {m for m in models.to_pylist() if m}
-    return frozenset(names | {s[1] for m in names if (s := SNAPSHOT.fullmatch(m))})
-
-
 def read_meta(out_dir: Path) -> dict[str, Any]:
     """``OUT_DIR/job.json``, or one line saying why it cannot be used."""
     meta_path = out_dir / "job.json"
@@ -517,6 +513,10 @@ def _select(journal: Journal, where: str) -> set[str]:
     try:
         picked = df.eval(where, engine="python")
     except Exception as e:
+        if "Invalid comparison between dtype=datetime64" in str(e):
+            raise UsageError(f"--rerun-where {where!r}: finished_at is a UTC time without a "
+                             "zone: compare it with one, as in \"finished_at > '2026-11-30 "
+                             "18:00'\" (no Z or +00:00)") from None
         if type(e).__name__ == "UndefinedVariableError":  # pandas: "name 'x' is not defined"
             name = m[1] if (m := re.search(r"'([^']*)'", str(e))) else "?"
             raise UsageError(f"--rerun-where {where!r}: no column {name!r}; it filters on "
@@ -946,9 +946,16 @@ class _Run:
         failing[o.error_type or "failed"] += 1
         if len(failing) == 1 and failing.total() >= FAIL_FAST_ROWS:
             self.failing = None
-            fix = ("wait for the endpoint to recover (a server error or timeout on every try: "
-                   "nothing in the job to fix)" if o.error_type in self.transient
-                   else "fix what it names")
+            if o.error_type == "timeout":
+                fix = ("raise --timeout (timeout_s) if answers take longer than it allows, or "
+                       "wait for the endpoint to recover")
+            elif o.error_type == "rate_limited":
+                fix = "lower the rate (--rpm, --concurrency), or wait for the limit to reset"
+            elif o.error_type in self.transient:
+                fix = ("wait for the endpoint to recover (a server error on every try: nothing "
+                       "in the job to fix)")
+            else:
+                fix = "fix what it names"
             self.stop(AllFailing(
                 f"the first {failing.total()} rows sent all failed with {o.error_type} and "
                 f"none succeeded ({o.error_message}); stopped before sending the rest — {fix}, "
@@ -1472,6 +1479,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
             plan.job_meta["timed_run"] = {"run_id": run_id, "wall_s": round(summary.wall_s, 3),
                                           "counters": counters}
+        if run.answered_models:  # as the rows asked for them, for the next run (see Plan)
+            plan.job_meta["answered_models"] = sorted(run.answered_models)[:MAX_MODELS_KEPT]
         _settle_batch_checks(plan)
         _write_meta(plan)
     await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))

@@ -55,10 +55,12 @@ class Template:
         self.parts = parts
         self.fields = tuple(dict.fromkeys(n for _, n in parts if n is not None))
 
-    def check(self, columns: Iterable[str], where: str) -> None:
+    def check(self, columns: Iterable[str], where: str, *, rows_vary: bool = False) -> None:
+        """Refuse fields the input lacks, and (unless the rows vary otherwise, ``rows_vary``:
+        an image, a model or body fields of their own) a template that names none."""
         cols = list(columns)
         have = set(cols)
-        if not self.fields:
+        if not self.fields and not rows_vary:
             raise ConfigError(
                 f"the prompt template {self.source!r} names no column, so every row would be "
                 "sent the same prompt: put a column in braces, e.g. 'Classify: {text}' (in "
@@ -197,6 +199,9 @@ _NUMBER_FIELDS = frozenset({"temperature", "top_p", "frequency_penalty", "presen
 _BOOLEAN_FIELDS = frozenset({"logprobs", "parallel_tool_calls", "store", "enable_thinking",
                              "enable_search"})
 _BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False}
+# And fields that take text: a number from a Parquet or JSONL column (an id) is sent as text.
+_TEXT_FIELDS = frozenset({"user", "safety_identifier", "prompt_cache_key", "service_tier",
+                          "reasoning_effort", "verbosity"})
 
 
 class _NotA(ValueError):
@@ -229,6 +234,10 @@ def _field_value(name: str, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise _NotA("a number")
         return v
+    if name in _TEXT_FIELDS:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)  # 123.0: an integer id read as a decimal
+        return v if isinstance(v, str) else str(v)
     if name in _BOOLEAN_FIELDS:
         if isinstance(v, str):
             v = _BOOLEAN_WORDS.get(v.strip().lower(), v)
@@ -253,7 +262,8 @@ class RequestBuilder:
         self.template: Template | None = None
         if request.prompt is not None:
             self.template = Template(request.prompt)
-            self.template.check(columns, where)
+            self.template.check(columns, where, rows_vary=bool(
+                request.image_column or request.model_column or request.from_columns))
         elif request.prompt_column is not None:
             if request.prompt_column not in columns:
                 raise ConfigError(

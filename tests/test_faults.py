@@ -528,8 +528,8 @@ async def test_a_job_whose_endpoint_fails_every_try_is_told_to_wait_not_to_fix(
     assert s.exit_code == 4 and s.stopped
     assert s.stopped.startswith("the first 20 rows sent all failed with http_503")
     assert s.stopped.endswith(
-        "wait for the endpoint to recover (a server error or timeout on every try: nothing in "
-        "the job to fix), then run the job again with --retry-failed")
+        "wait for the endpoint to recover (a server error on every try: nothing in the job to "
+        "fix), then run the job again with --retry-failed")
 
 
 @pytest.mark.anyio

@@ -349,8 +349,8 @@ def test_results_merge_the_compacted_journal_into_input_order(
     assert summary.ok == want.count("ok") and summary.failed == want.count("failed")
     report = json.loads((out / "cost_report.json").read_text())
     assert report["rows"]["total"] == len(done)  # the input's rows: not the stale one
-    assert ("1 row recorded by earlier runs not in the input any more (matched by id): left out "
-            "of these figures and the results") in report["warnings"]
+    assert ("1 row recorded by earlier runs not in the input any more: left out of these "
+            "figures and the results") in report["warnings"]
     assert len(j.segments()) == 1
     # Dictionaries only for what repeats: the input's columns and status, not answers or keys.
     assert _dictionary_columns(out / "results.parquet") >= {"id", "text", "status"}
@@ -466,8 +466,8 @@ def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
     assert pq.read_table(tmp_path / "out" / "results.parquet").num_rows == 4
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     assert report["rows"]["total"] == 4 and report["rows"]["cut_at_length"] == 1
-    assert ("2 rows recorded by earlier runs not in the input any more (matched by id): left "
-            "out of these figures and the results") in report["warnings"]
+    assert ("2 rows recorded by earlier runs not in the input any more: left out of these "
+            "figures and the results") in report["warnings"]
     status = format_status(tmp_path / "out")
     assert "6 of 4 rows finished" in status
     assert "the journal holds 2 rows more than the input has" in status

@@ -238,6 +238,9 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
         opts.rerun_where = "finished_at > '2000-01-01 00:00'"
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
         assert s.sent == 20
+        opts.rerun_where = "finished_at > '2000-01-01T00:00Z'"
+        with pytest.raises(Exception, match="finished_at is a UTC time without a zone"):
+            await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
         # A condition no row meets (a typo in a value, say) is said so, not passed over.
         opts.rerun_where = "finish_reason == 'lenght'"
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
@@ -827,3 +830,21 @@ def test_status_of_a_job_file_that_has_not_run_says_so(
     assert main(["status", str(job)]) == 2
     assert (f"job file {job} has not run yet ({tmp_path / 'out'} holds no job.json): run it "
             f"with: batchrunner run {job}") in capsys.readouterr().err
+
+
+def test_report_after_the_input_changed_says_to_run_the_job(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`report` rebuilds from the journal and the input as the last run saw it: an input
+    changed since cannot be matched that way (it used to crash), so it says to rerun."""
+    from batchrunner.cli import main
+
+    inp = make_csv(tmp_path / "in.csv", 8)
+    args = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "Q: {text}", "--model",
+            "gpt-4o-mini", "--simulator", "--output", str(tmp_path / "out"), "--progress", "none"]
+    assert main(args) == 0
+    lines = inp.read_text().splitlines()
+    inp.write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # a row removed
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "out")]) == 2
+    assert "in.csv changed since the job's last run" in capsys.readouterr().err
+    assert main(args) == 0 and main(["report", str(tmp_path / "out")]) == 0

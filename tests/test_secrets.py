@@ -385,6 +385,9 @@ def test_plain_http_to_another_host_warns(url: str, warns: bool) -> None:
     "http://user:PASSWORD-77@127.0.0.1:{port}/v1",
     "http://sk-SECRET-in-url@127.0.0.1:{port}/v1",
     "http://127.0.0.1:{port}/v1?key=QUERY-SECRET",
+    "http://alice:pa/SLASH-SECRET@127.0.0.1:{port}/v1",  # not a URL's user info to a parser
+    "http://alice:s3cr#HASH-SECRET@127.0.0.1:{port}/v1",
+    "http://alice:1234/PORT-SECRET@127.0.0.1:{port}/v1",
 ])
 def test_a_base_url_holding_a_secret_is_refused_without_showing_it(
         tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -398,7 +401,8 @@ def test_a_base_url_holding_a_secret_is_refused_without_showing_it(
     said = capsys.readouterr()
     assert code == 2
     assert "--base-url must not" in said.err and "127.0.0.1" in said.err
-    for secret in ("PASSWORD-77", "SECRET-in-url", "QUERY-SECRET"):
+    for secret in ("PASSWORD-77", "SECRET-in-url", "QUERY-SECRET", "SLASH-SECRET",
+                   "HASH-SECRET", "PORT-SECRET", "s3cr"):
         assert secret not in said.out + said.err
 
 

@@ -131,6 +131,20 @@ def test_request_builder_body() -> None:
     assert "empty" in b.build({"q": "  ", "mc": None})[1]
 
 
+def test_a_prompt_naming_no_column_is_refused_unless_the_rows_vary_otherwise() -> None:
+    """The same prompt for every row is a mistake (a shell ate $text) unless each row sends
+    something of its own: an image, a model, a body field."""
+    from batchrunner.config import RequestConfig
+
+    with pytest.raises(ConfigError, match="names no column"):
+        RequestBuilder(RequestConfig(model="m", prompt="Describe it."), ["photo"], "input")
+    for vary in ({"image_column": "photo"}, {"model_column": "photo"},
+                 {"from_columns": {"seed": "n"}}):
+        b = RequestBuilder(RequestConfig(model="m", prompt="Describe it.", **vary),
+                           ["photo", "n"], "input")
+        assert b.build({"photo": "https://example.com/1.png", "n": "3"})[0] is not None
+
+
 def test_body_fields_from_columns() -> None:
     """from_columns sets body fields from each row: text read as the number or true/false a
     field takes (every CSV value is text), a null or blank value leaving the job's setting."""
@@ -148,7 +162,9 @@ def test_body_fields_from_columns() -> None:
     assert body is not None and "user" not in body and body["max_tokens"] == 50
     assert body["temperature"] == 1 and body["logprobs"] is False
     body, _ = b.build({"q": "x", "who": 7, "budget": 300.0, "t": None, "lp": None})
-    assert body is not None and body["user"] == 7 and body["max_tokens"] == 300
+    assert body is not None and body["user"] == "7" and body["max_tokens"] == 300  # as text
+    body, _ = b.build({"q": "x", "who": 12.0, "budget": None, "t": None, "lp": None})
+    assert body is not None and body["user"] == "12"
     assert type(body["max_tokens"]) is int
     for row, said in (({"budget": "lots"}, "column 'budget' holds 'lots', not an integer for "
                        "max_tokens"),
