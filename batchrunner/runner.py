@@ -301,6 +301,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         for key in ("last_run", "timed_run"):
             if isinstance(old_meta.get(key), dict):
                 meta[key] = old_meta[key]
+        if isinstance(old_meta.get("answered_models"), list):  # kept if this run is killed
+            meta["answered_models"] = old_meta["answered_models"]
     elif journal.segments():
         raise JournalError(
             f"{out_dir} holds a journal but no job.json — it is not this job's output directory"

@@ -38,6 +38,7 @@ from batchrunner.runner import (
     format_status,
     format_summary,
     plan_from_output,
+    prepare,
     rebuild_outputs,
     run_job,
 )
@@ -1174,6 +1175,11 @@ async def test_a_rerun_knows_the_models_earlier_runs_were_answered_by(tmp_path: 
         job = job_for(tmp_path, srv.base_url, inp, model_column="model", concurrency=1)
         first = await run(job, max_attempts=1)
     assert (first.ok, first.failed) == (3, 3)
+    meta = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert meta["answered_models"] == ["gpt-4o-mini"]
+    # Carried into the job.json a run writes as it starts, so a run killed keeps it.
+    assert prepare(job, RunOptions(retry_failed=True)).job_meta["answered_models"] == [
+        "gpt-4o-mini"]
     async with FaultServer(refuse_one_model) as srv:
         job = job_for(tmp_path, srv.base_url, inp, model_column="model", concurrency=1)
         with anyio.fail_after(RUN_LIMIT_S):
