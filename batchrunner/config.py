@@ -464,15 +464,20 @@ _NOT_FROM_COLUMNS = {
 }
 
 
-# Request body fields of the Chat Completions API and of the gateways the project serves: a
-# from_columns name close to one of these, and not one itself, is taken for a typo.
-_BODY_FIELDS = frozenset({
-    "audio", "enable_search", "enable_thinking", "extra_body", "frequency_penalty",
-    "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities",
-    "n", "parallel_tool_calls", "parameters", "prediction", "presence_penalty",
-    "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier",
-    "search_parameters", "seed", "service_tier", "stop", "store", "temperature", "thinking",
-    "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+# Request body fields of the Chat Completions API and of the gateways the project serves, by
+# the value they take: a column's text (every CSV value is text) is read as the number or
+# true/false a field takes, and a number is sent as text to a text field (see from_columns).
+INTEGER_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs"})
+NUMBER_FIELDS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
+BOOLEAN_FIELDS = frozenset({"logprobs", "parallel_tool_calls", "store", "enable_thinking",
+                            "enable_search"})
+TEXT_FIELDS = frozenset({"user", "safety_identifier", "prompt_cache_key", "service_tier",
+                         "reasoning_effort", "verbosity"})
+# All of them: a from_columns name close to one of these, and not one itself, is a typo.
+_BODY_FIELDS = INTEGER_FIELDS | NUMBER_FIELDS | BOOLEAN_FIELDS | TEXT_FIELDS | frozenset({
+    "audio", "extra_body", "logit_bias", "metadata", "modalities", "parameters", "prediction",
+    "response_format", "search_parameters", "stop", "thinking", "tool_choice", "tools",
+    "web_search_options",
 })
 
 

@@ -47,8 +47,10 @@ from batchrunner.report import (
     OutcomeStats,
     _as_stats,
     _duration,
+    _model_cost,
     _money,
     _num,
+    count_rows,
 )
 
 __all__ = ["MAX_CATEGORIES", "MAX_LATENCY_BINS", "MAX_TIME_BUCKETS", "render_html"]
@@ -193,7 +195,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         n = sum(k for _, k in unpriced)
         cost += " + unknown"
         models = ", ".join(m for m, _ in unpriced[:3]) + (" …" if len(unpriced) > 3 else "")
-        cost_note = f"cost unknown for {_rows(n)} with status ok" + (
+        cost_note = f"cost unknown for {count_rows(n)} with status ok" + (
             f" ({models})" if models else ""
         )
         cost_class = " warn"
@@ -294,11 +296,7 @@ def _model_table(report: Mapping[str, Any]) -> str:
             if not isinstance(p, Mapping)
             else f"{_num(p.get('input'))} / {_num(p.get('cached_input'))} / {_num(p.get('output'))}"
         )
-        cost = _money(m.get("cost_usd"))
-        unpriced = _int(m.get("unpriced_rows"))
-        if m.get("cost_usd") is None and unpriced:
-            known = _float(m.get("cost_known_usd")) or 0.0
-            cost = f"{_money(known) + ' + ' if known else ''}unknown ({_rows(unpriced)})"
+        cost = _model_cost(m)
         body.append(
             "<tr>"
             f'<td class="model">{_e(_short(model, 60))}</td>'
@@ -530,7 +528,7 @@ def _timeline(stats: OutcomeStats) -> str:
         + ". A row's 429s are its rate_limited count, all put at the second the row finished, "
         "not at the moments the 429s arrived; rows retried over several runs count all their "
         "429s. A resumed job shows the gaps between its runs."
-        + (f" {_rows(n_left_out)} without a finish time are left out." if n_left_out else "")
+        + (f" {count_rows(n_left_out)} without a finish time are left out." if n_left_out else "")
     )
     svg = _svg(w, height, label, parts)
     return _figure("Rows finished and 429s per second", legend, svg, caption)
@@ -604,7 +602,7 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
                 bw - gap,
                 bh,
                 "b-lat",
-                f"{_ms(float(edges[i]))}–{_ms(float(edges[i + 1]))}: {_rows(c)}",
+                f"{_ms(float(edges[i]))}–{_ms(float(edges[i + 1]))}: {count_rows(c)}",
             )
         )
     if overflow:
@@ -617,7 +615,7 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
                 bw - gap,
                 bh,
                 "b-over",
-                f"slower than {_ms(hi)}: {_rows(overflow)} (max {_ms(vmax)})",
+                f"slower than {_ms(hi)}: {count_rows(overflow)} (max {_ms(vmax)})",
             )
         )
         parts.append(_text(x + bw / 2, top + h + 17, f"> {_ms(hi)}", "tick", "end"))
@@ -651,7 +649,7 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
     caption = (
         f"{_num(n_lat)} ok rows in {nbins} bins of {_ms(bin_ms)}"
         + (
-            f"; {_rows(overflow)} slower than {_ms(hi)} in the last bar (max {_ms(vmax)})"
+            f"; {count_rows(overflow)} slower than {_ms(hi)} in the last bar (max {_ms(vmax)})"
             if overflow
             else ""
         )
@@ -703,7 +701,7 @@ def _model_charts(report: Mapping[str, Any]) -> list[str]:
         if m.get("cost_usd") is None and unpriced:
             text = (
                 f"{_money(known)} + ?" if known else "unknown"
-            ) + f" ({_rows(unpriced)} unpriced)"
+            ) + f" ({count_rows(unpriced)} unpriced)"
             cls = "b-partial"
         else:
             text, cls = _money(known), "b-cost"
@@ -744,7 +742,7 @@ def _category_chart(
     bars = [
         _Bar(
             k,
-            [(float(v), classes.get(k, "b-other"), f"{_rows(v)}")],
+            [(float(v), classes.get(k, "b-other"), f"{count_rows(v)}")],
             f"{_num(v)} ({100 * v / total:.3g}%)",
         )
         for k, v in items
@@ -928,10 +926,6 @@ def _ms(v: Any) -> str:
     if abs(x) < 60_000:
         return f"{x / 1000:.3g} s"
     return f"{x / 60_000:.3g} min"
-
-
-def _rows(n: int) -> str:
-    return f"{n:,} row" if n == 1 else f"{n:,} rows"
 
 
 def _one_line(v: Any) -> str:

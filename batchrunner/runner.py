@@ -346,10 +346,9 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_ok=int(np.count_nonzero(done & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & (latest.ok == 0))))
-    if old_meta is not None and (builder is None or job.request.model_column):
-        known = old_meta.get("answered_models")
-        if isinstance(known, list):
-            plan.answered_models = frozenset(m for m in known if isinstance(m, str))
+    known: Any = meta.get("answered_models")  # carried over from old_meta
+    if isinstance(known, list):
+        plan.answered_models = frozenset(m for m in known if isinstance(m, str))
     if old_meta is not None and source.kind == "openai_batch":
         checks_seen = old_meta.get("batch_checks")
         if checks_seen is None and (np.any(latest.ok >= 0) or latest.others.num_rows):
@@ -1354,9 +1353,8 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
         except ConfigError as e:
             raise ConfigError(f"job file {job.source}: [simulator]: {e}") from None
         async with Simulator(config, host="127.0.0.1", port=0) as sim:
-            key = env.get(job.endpoint.api_key_env, "").strip()
-            yield sim.base_url, (check_api_key(key, job.endpoint.api_key_env) if key
-                                 else getattr(config, "api_key", None))
+            key = check_api_key(env.get(job.endpoint.api_key_env, ""), job.endpoint.api_key_env)
+            yield sim.base_url, key or getattr(config, "api_key", None)
         return
     variable = job.endpoint.base_url_env
     base_url = job.endpoint.base_url or env.get(variable)
@@ -1371,12 +1369,12 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
         )
     base_url = check_base_url(base_url, variable if not job.endpoint.base_url
                               else "[endpoint] base_url")
-    key = env.get(job.endpoint.api_key_env, "").strip()
+    key = check_api_key(env.get(job.endpoint.api_key_env, ""), job.endpoint.api_key_env)
     if not key:
         raise ConfigError(
             f"no API key: set {job.endpoint.api_key_env} in the environment or in a .env file"
         )
-    yield base_url, check_api_key(key, job.endpoint.api_key_env)
+    yield base_url, key
 
 
 def endpoint_warnings(base_url: str) -> list[str]:

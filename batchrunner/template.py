@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from batchrunner.config import RequestConfig
+from batchrunner.config import (
+    BOOLEAN_FIELDS,
+    INTEGER_FIELDS,
+    NUMBER_FIELDS,
+    TEXT_FIELDS,
+    RequestConfig,
+)
 from batchrunner.errors import ConfigError
 
 __all__ = ["RequestBuilder", "Template", "column_list", "estimate_tokens", "request_warnings"]
@@ -192,16 +198,7 @@ def delimiter_hint(columns: Sequence[str]) -> str:
     return ""
 
 
-# Body fields of the Chat Completions API that take numbers or true/false: a column's text
-# (every CSV value is text) is read as one for them. Other fields take the value as it is.
-_INTEGER_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs"})
-_NUMBER_FIELDS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
-_BOOLEAN_FIELDS = frozenset({"logprobs", "parallel_tool_calls", "store", "enable_thinking",
-                             "enable_search"})
 _BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False}
-# And fields that take text: a number from a Parquet or JSONL column (an id) is sent as text.
-_TEXT_FIELDS = frozenset({"user", "safety_identifier", "prompt_cache_key", "service_tier",
-                          "reasoning_effort", "verbosity"})
 
 
 class _NotA(ValueError):
@@ -214,7 +211,7 @@ class _NotA(ValueError):
 
 def _field_value(name: str, v: Any) -> Any:
     """``v`` (a row's value, not null) as body field ``name`` takes it; _NotA if it cannot."""
-    if name in _INTEGER_FIELDS:
+    if name in INTEGER_FIELDS:
         if isinstance(v, str):
             try:
                 v = float(v.strip()) if "." in v or "e" in v.lower() else int(v.strip())
@@ -225,7 +222,7 @@ def _field_value(name: str, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int):
             raise _NotA("an integer")
         return v
-    if name in _NUMBER_FIELDS:
+    if name in NUMBER_FIELDS:
         if isinstance(v, str):
             try:
                 v = float(v.strip())
@@ -234,11 +231,11 @@ def _field_value(name: str, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise _NotA("a number")
         return v
-    if name in _TEXT_FIELDS:
+    if name in TEXT_FIELDS:
         if isinstance(v, float) and v.is_integer():
             v = int(v)  # 123.0: an integer id read as a decimal
         return v if isinstance(v, str) else str(v)
-    if name in _BOOLEAN_FIELDS:
+    if name in BOOLEAN_FIELDS:
         if isinstance(v, str):
             v = _BOOLEAN_WORDS.get(v.strip().lower(), v)
         elif isinstance(v, int) and v in (0, 1):
