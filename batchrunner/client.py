@@ -171,9 +171,9 @@ class StreamAssembler:
     top-level ``citations`` (Grok) likewise. ``done`` is set by ``data: [DONE]``.
     """
 
-    __slots__ = ("_partial", "_partial_size", "_pending", "_pending_size", "_stray_size", "cited",
-                 "done", "error", "event", "first", "first_token_at", "id", "model", "others",
-                 "stray", "usage")
+    __slots__ = ("_after_cr", "_cr_only", "_partial", "_partial_size", "_pending",
+                 "_pending_size", "_stray_size", "cited", "done", "error", "event", "first",
+                 "first_token_at", "id", "model", "others", "stray", "usage")
 
     def __init__(self) -> None:
         self.first = _Parts()  # choice 0
@@ -194,11 +194,24 @@ class StreamAssembler:
         self._pending: list[bytes] | None = None  # an event's data lines, read when it ends
         self._pending_size = 0
         self._partial_size = 0
+        self._cr_only = False  # a lone CR ended a line: line ends are made LF (feed_bytes)
+        self._after_cr = False  # the last piece ended with a CR (its LF may start the next)
 
     def feed_bytes(self, chunk: bytes) -> None:
         """A piece of the stream as it arrived: its whole lines are fed (up to ``[DONE]``), and
         the start of a line not ended yet is kept for the next piece (``end`` feeds it). Raises
-        ``_EventTooLong`` for a line longer than ``_MAX_EVENT``, ValueError as ``feed``."""
+        ``_EventTooLong`` for a line longer than ``_MAX_EVENT``, ValueError as ``feed``.
+
+        Lines end with LF, CRLF or a lone CR, as SSE allows: a stream holding a CR not followed
+        by LF has its line ends made LF (a CRLF split between two pieces counted once)."""
+        if self._cr_only:
+            chunk = self._lf_ends(chunk)
+        elif (b"\r" in chunk or self._partial) and self._lone_cr(chunk):
+            self._cr_only = True
+            if self._partial:  # kept as it came, before a lone CR was seen: made LF with it
+                chunk = b"".join(self._partial) + chunk
+                self._partial, self._partial_size = [], 0
+            chunk = self._lf_ends(chunk)
         start = 0
         if self._partial:
             nl = chunk.find(b"\n")
@@ -215,6 +228,26 @@ class StreamAssembler:
             start = nl + 1
         if start < len(chunk) and not self.done:
             self._keep(chunk[start:])
+
+    def _lone_cr(self, chunk: bytes) -> bool:
+        """Whether a CR ends a line on its own: one in ``chunk`` not followed by LF (its last
+        byte aside: the next piece tells), or one that ended the line kept from the last piece
+        when ``chunk`` does not start with LF."""
+        if self._partial and self._partial[-1].endswith(b"\r") and chunk[:1] != b"\n":
+            return True
+        at = chunk.find(b"\r")
+        while 0 <= at < len(chunk) - 1:
+            if chunk[at + 1] != 0x0A:
+                return True
+            at = chunk.find(b"\r", at + 2)
+        return False
+
+    def _lf_ends(self, chunk: bytes) -> bytes:
+        """``chunk`` with its line ends (CR, CRLF) made LF."""
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]  # the LF of a CRLF whose CR ended the last piece
+        self._after_cr = chunk[-1:] == b"\r"
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def _keep(self, part: bytes) -> None:
         self._partial.append(part)
@@ -377,9 +410,12 @@ class StreamAssembler:
 
     def finished(self, choices: int) -> bool:
         """Each of the ``choices`` asked for (``n``) has its ``finish_reason``: the answer is
-        whole, with or without the ``[DONE]`` that should follow it."""
+        whole, with or without the ``[DONE]`` that should follow it. Once ``usage`` came (in
+        the last chunk a server sends), every choice sent is enough: a server that ignores
+        ``n`` sends one."""
         others = self.others or {}
-        return (self.first.finish_reason is not None and len(others) + 1 >= choices
+        return (self.first.finish_reason is not None
+                and (len(others) + 1 >= choices or self.usage is not None)
                 and all(p.finish_reason is not None for p in others.values()))
 
     def _more(self, parts: _Parts, delta: dict[str, Any]) -> None:

@@ -318,6 +318,15 @@ class InputSource(abc.ABC):
 _RAGGED = re.compile(r"Expected (\d+) columns?, got (\d+)")
 
 
+def delimiter_hint(columns: Sequence[str]) -> str:
+    """A hint for a CSV file read as one column because it is not comma-separated, else ""."""
+    if len(columns) == 1:
+        for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+            if sep in columns[0]:
+                return f" — the file seems to be separated by {name}; save it comma-separated"
+    return ""
+
+
 class _CsvSource(InputSource):
     kind = "csv"
 
@@ -412,11 +421,10 @@ class _CsvSource(InputSource):
                 row_text = f"row {row} (line {line})"
             else:
                 row_text = f"a row after row {rows_done}"
+            fix = (delimiter_hint(self.columns or _header(self.path))
+                   or " — fix the quoting or the delimiter")
             return _input_error(
-                self.path,
-                f"{row_text} has {got} fields, the header has {expected} — "
-                "fix the quoting or the delimiter",
-            )
+                self.path, f"{row_text} has {got} fields, the header has {expected}{fix}")
         if isinstance(exc, UnicodeDecodeError) or "invalid UTF8" in text:
             where = _find_bad_utf8(self.path)
             at = f" at line {where[0]} (byte offset {where[1]})" if where else ""
@@ -434,6 +442,12 @@ class _CsvSource(InputSource):
         return _input_error(
             self.path, f"cannot be read as CSV after row {rows_done} ({_one_line(text)})"
         )
+
+
+def _header(path: Path) -> list[str]:
+    """The names on a CSV file's first line (read while its schema is not known yet)."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        return next(csv.reader([f.readline(1 << 16)]), [])
 
 
 def _find_bad_utf8(path: Path) -> tuple[int, int] | None:

@@ -25,6 +25,7 @@ from batchrunner.config import (
     RequestConfig,
 )
 from batchrunner.errors import ConfigError
+from batchrunner.io import delimiter_hint
 
 __all__ = ["RequestBuilder", "Template", "column_list", "estimate_tokens", "request_warnings"]
 
@@ -187,15 +188,6 @@ def column_list(columns: Sequence[str], wanted: str) -> str:
     near = next((c for c in columns if c != wanted and c.strip() == wanted.strip()), None)
     hint = f"; {near!r} has spaces around its name" if near is not None else ""
     return f"columns: {shown}{hint}"
-
-
-def delimiter_hint(columns: Sequence[str]) -> str:
-    """A hint for a CSV file read as one column because it is not comma-separated, else ""."""
-    if len(columns) == 1:
-        for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
-            if sep in columns[0]:
-                return f" — the file seems to be separated by {name}; save it comma-separated"
-    return ""
 
 
 _BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False}

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -938,6 +939,40 @@ async def test_streams_in_less_common_shapes(tmp_path: Path, answer: Any, status
         assert said in row["error_message"]
     if answer is stream_finished_no_done:
         assert row["total_tokens"] == 13
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("usage", "status", "attempts"), [(True, "ok", 1),
+                                                          (False, "failed", 3)],
+                         ids=["usage-ends-it", "no-usage"])
+async def test_a_stream_that_ignores_n_and_leaves_out_done(tmp_path: Path, usage: bool,
+                                                          status: str, attempts: int) -> None:
+    """A server that ignores ``n`` sends one choice; without its [DONE], the usage chunk (the
+    last one sent) tells the answer is whole: taken, not paid for again. Without usage either,
+    one finished choice of the three asked for may be a cut stream: tried again."""
+    inp = make_csv(tmp_path / "in.csv", ["one row"])
+
+    async def one_choice(srv: FaultServer, request: web.BaseRequest,
+                         body: dict[str, Any]) -> web.StreamResponse:
+        assert body["n"] == 3
+        response = await stream_head(request)
+        await response.write(sse(chunk(" reply", "stop")))
+        if usage:
+            await response.write(sse({"id": "chatcmpl-s", "choices": [], "usage": {
+                "prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}))
+        await response.write_eof()
+        return response
+
+    async with FaultServer(one_choice) as srv:
+        job = job_for(tmp_path, srv.base_url, inp, stream=True)
+        await run(replace(job, request=replace(job.request, extra={"n": 3})))
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["attempts"]) == (status, attempts)
+    if usage:
+        assert row["content"] == "Echo: half a reply" and row["total_tokens"] == 13
+        assert pd.isna(row["choices"])
+    else:
+        assert row["error_type"] == "stream_cut"
 
 
 # ----------------------------------------------------------------------------------------------

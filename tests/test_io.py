@@ -139,6 +139,12 @@ def test_unknown_column_names_the_file_and_the_columns(write: Writer) -> None:
             "row 3 (line 5) has 3 fields, the header has 2 — fix the quoting or the delimiter",
         ),
         ("short.csv", b"id,text\n1,a\n2\n", "row 2 (line 3) has 1 fields, the header has 2"),
+        (
+            "semicolons.csv",
+            b"id;text\n1;plain\n2;hello, world\n",
+            "row 2 (line 3) has 2 fields, the header has 1 — the file seems to be separated by "
+            "semicolons; save it comma-separated",
+        ),
         ("latin1.csv", "id,text\n1,ok\n2,café\n".encode("latin-1"), "line 3"),
         ("latin1_header.csv", "idé,text\n1,ok\n".encode("latin-1"), "line 1"),
         ("notes.txt", b"a,b\n1,2\n", "use one of .csv, .parquet, .jsonl"),

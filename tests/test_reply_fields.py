@@ -125,6 +125,26 @@ def test_a_stream_cut_anywhere_into_pieces_reads_the_same() -> None:
         assert st.usage == whole.usage and st.finish_reason == "stop"
 
 
+@pytest.mark.parametrize("eol", [b"\r", b"\r\n", b"\n"], ids=["cr", "crlf", "lf"])
+def test_lines_ended_by_a_lone_cr_read_as_by_lf(eol: bytes) -> None:
+    """SSE lets lines end with CR, CRLF or LF: a stream of each, pretty-printed events over
+    several data lines among them, cut into pieces anywhere, reads the same."""
+    pretty = json.dumps(delta(0, {"content": "lo"}), indent=2).splitlines()
+    lines = [b": keep-alive", b"data: " + orjson.dumps(delta(0, {"content": "Hel"})), b"",
+             *(b"data: " + line.encode() for line in pretty), b"",
+             b"data: " + orjson.dumps(delta(0, {}, "stop")), b"",
+             b"data: " + orjson.dumps({"id": "c", "choices": [], "usage": {"prompt_tokens": 3}}),
+             b"", b"data: [DONE]", b""]
+    raw = eol.join(lines)
+    for size in (1, 2, 3, 7, 100, len(raw)):
+        st = StreamAssembler()
+        for at in range(0, len(raw), size):
+            st.feed_bytes(raw[at:at + size])
+        st.end()
+        assert st.done and st.first.text() == "Hello" and st.finish_reason == "stop", size
+        assert st.usage == {"prompt_tokens": 3}
+
+
 def test_an_event_whose_json_spans_several_data_lines_is_read() -> None:
     """SSE joins an event's data: lines with line breaks: pretty-printed JSON is one event."""
     st = StreamAssembler()
