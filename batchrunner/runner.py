@@ -322,6 +322,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         if not len(pos) and np.any(latest.ok >= 0):
             warnings.append(f"--rerun-where {options.rerun_where!r} matched no row of the "
                             "input: none is sent again")
+    if latest.others.num_rows:  # an id-keyed input that lost rows: ``status`` leaves them out
+        others_ok = to_numpy(latest.others["ok"])
+        meta["not_in_input"] = {"ok": int(np.count_nonzero(others_ok == 1)),
+                                "failed": int(np.count_nonzero(others_ok == 0))}
     if old_meta is not None:
         any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok,
@@ -1570,12 +1574,21 @@ def format_status(out_dir: Path) -> str:
     total = int(meta.get("total_rows") or 0)
     statuses = Counter(state["status"].to_pylist())
     ok, failed = statuses.get("ok", 0), statuses.get("failed", 0)
+    # The journal's rows the input no longer has (an id-keyed input that lost rows since they
+    # were done), as the last run found them: not the input's, so not counted as its.
+    gone = meta.get("not_in_input")
+    gone_ok, gone_failed = ((gone.get("ok"), gone.get("failed")) if isinstance(gone, dict)
+                            else (None, None))
+    if type(gone_ok) is int and type(gone_failed) is int:
+        ok, failed = max(0, ok - gone_ok), max(0, failed - gone_failed)
+    else:  # recorded by an older batchrunner: the excess is what can be told
+        gone_ok, gone_failed = max(0, ok + failed - total) if total else 0, 0
     lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
              f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"]
-    if total and ok + failed > total:  # an id-keyed input that lost rows since they were done
-        lines.append(f"  the journal holds {count_rows(ok + failed - total)} more than the "
-                     "input has (rows removed from it since; the results and reports leave "
-                     "them out), counted here")
+    if gone_ok or gone_failed:
+        lines.append(f"  the journal also holds {count_rows(gone_ok + gone_failed)} the input "
+                     "no longer has (removed from it since they were done; the results and "
+                     "reports leave them out, the failures and cost below count them)")
     failed_t = state.filter(is_value(state["status"], "failed"))
     failed_by_type = Counter(str(t) for t in failed_t["error_type"].to_pylist())
     for etype, n in failed_by_type.most_common():

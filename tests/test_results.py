@@ -469,5 +469,13 @@ def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
     assert ("2 rows recorded by earlier runs not in the input any more: left out of these "
             "figures and the results") in report["warnings"]
     status = format_status(tmp_path / "out")
-    assert "6 of 4 rows finished" in status
-    assert "the journal holds 2 rows more than the input has" in status
+    assert "4 of 4 rows finished (4 ok, 0 failed, 0 to do)" in status
+    assert "the journal also holds 2 rows the input no longer has" in status
+    # Rows both removed and added, the run killed before it sent the new ones: status counts
+    # the input's rows, the new ones to do.
+    (tmp_path / "in.csv").write_text("id,text,budget\n" + "\n".join(rows[4:]) + "\nn1,new,\n"
+                                     "n2,new,\n")
+    assert main([*args, "--max-cost", "0.0000001"]) != 0  # stops before sending a row
+    status = format_status(tmp_path / "out")
+    assert "2 of 4 rows finished (2 ok, 0 failed, 2 to do)" in status
+    assert "the journal also holds 4 rows the input no longer has" in status
