@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,7 +27,9 @@ __all__ = [
     "int8_array",
     "int64_array",
     "is_value",
+    "json_default",
     "null_scalar",
+    "prompt_text",
     "scalar",
     "string_array",
     "to_numpy",
@@ -253,3 +256,41 @@ def group_codes(values: pa.Array | pa.ChunkedArray) -> tuple[npt.NDArray[np.int6
     encoded = pc.dictionary_encode(values, null_encoding="encode")
     codes = to_numpy(pc.cast(encoded.indices, pa.int64()))
     return codes, encoded.dictionary.to_pylist()
+
+
+def json_default(value: object) -> object:
+    """orjson fallback for Arrow values it cannot serialise itself (Decimal, bytes, timedelta):
+    bytes as UTF-8 text, those that are not UTF-8 as ``\\x`` escapes; the rest by ``str``."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A column as the text a prompt shows of its values, when its values' ``str`` would read
+    badly: numbers and booleans as JSON writes them (floats in their shortest form, so a
+    float32 0.7 is ``0.7`` and 2021.0, an integer column with a gap saved as floats, is
+    ``2021``; NaN stays null), binary as UTF-8 (``\\x`` escapes where it is not), lists,
+    structs and maps as compact JSON. Text, times and other types are left as they are."""
+    typ = column.type
+    if pa.types.is_dictionary(typ):
+        column = column.dictionary_decode() if isinstance(column, pa.Array) else pa.chunked_array(
+            [c.dictionary_decode() for c in column.chunks], typ.value_type)
+        typ = column.type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return column
+    if pa.types.is_floating(typ):
+        text = pc.cast(column, pa.string())
+        return pc.if_else(pc.is_nan(column), null_scalar(pa.string()), text)
+    if pa.types.is_integer(typ) or pa.types.is_boolean(typ) or pa.types.is_decimal(typ):
+        return pc.cast(column, pa.string())
+    if (pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
+            or pa.types.is_fixed_size_binary(typ)):
+        return string_array([None if v is None else v.decode("utf-8", "backslashreplace")
+                             for v in column.to_pylist()])
+    if pa.types.is_nested(typ):
+        return string_array([
+            None if v is None else orjson.dumps(
+                v, default=json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+            for v in column.to_pylist(maps_as_pydicts="lossy")])
+    return column

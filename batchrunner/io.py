@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from .arrow import typed_array
+from .arrow import json_default, prompt_text, string_array, typed_array
 from .errors import InputError, OutputError, UsageError
 
 __all__ = [
@@ -1016,11 +1016,20 @@ def _zoned_times_as_text(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | p
     return batch
 
 
-def _json_default(value: object) -> object:
-    """orjson fallback for Arrow values it cannot serialise itself (Decimal, bytes, timedelta)."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
+def _not_csv(typ: pa.DataType) -> bool:
+    """Whether Arrow's CSV writer cannot write a column of ``typ`` (or not every value of it:
+    binary that is not UTF-8)."""
+    return (pa.types.is_nested(typ) or isinstance(typ, pa.BaseExtensionType)
+            or pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
+            or pa.types.is_fixed_size_binary(typ))
+
+
+def _csv_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A column ``_not_csv`` as text: lists, structs and maps as JSON, binary as UTF-8 (``\\x``
+    escapes where it is not), an extension type's values (a UUID, say) as ``str`` writes them."""
+    if isinstance(column.type, pa.BaseExtensionType):
+        return string_array([None if v is None else str(v) for v in column.to_pylist()])
+    return prompt_text(column)
 
 
 class ResultWriter:
@@ -1051,13 +1060,17 @@ class ResultWriter:
             raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
         self._file = os.fdopen(fd, "wb")
         self._writer: Any = None
+        self._as_text: list[str] = []  # columns a CSV file holds as text (``_csv_text``)
         try:
             if fmt == "parquet":
                 self._writer = pq.ParquetWriter(
                     self._file, schema, compression="zstd",
                     use_dictionary=True if dictionary is None else list(dictionary))
             elif fmt == "csv":
-                self._writer = pa_csv.CSVWriter(self._file, schema)
+                self._as_text = [f.name for f in schema if _not_csv(f.type)]
+                self._writer = pa_csv.CSVWriter(self._file, pa.schema(
+                    [f.with_type(pa.string()) if f.name in self._as_text else f
+                     for f in schema]))
         except BaseException:
             self.abort()
             raise
@@ -1080,14 +1093,18 @@ class ResultWriter:
                 ) from exc
         if batch.num_rows == 0:
             return
+        for name in self._as_text:
+            i = batch.schema.get_field_index(name)
+            batch = batch.set_column(i, name, _csv_text(batch.column(i)))
         try:
             if self._writer is not None:
                 self._writer.write(batch)
             else:
                 self._file.write(
                     b"".join(
-                        orjson.dumps(row, default=_json_default, option=orjson.OPT_APPEND_NEWLINE)
-                        for row in _zoned_times_as_text(batch).to_pylist()
+                        orjson.dumps(row, default=json_default,
+                                     option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+                        for row in _zoned_times_as_text(batch).to_pylist(maps_as_pydicts="lossy")
                     )
                 )
         except OSError as exc:

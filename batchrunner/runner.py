@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchrunner import io
-from batchrunner.arrow import int64_array, is_value, string_array, to_numpy
+from batchrunner.arrow import int64_array, is_value, prompt_text, string_array, to_numpy
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import (
     OUTPUT_FORMATS,
@@ -624,13 +624,21 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
     """(key, row, what the row has cost so far) for every input row to send this run
     (``plan.done`` skipped), in order; the cost is NaN for a row with no record yet."""
     position = 0
+    text: list[str] = []  # the prompt's columns (not the key: it keys the row as it is)
     if plan.builder is None:
         cols: list[str] | None = ["custom_id", "body"]
     else:
         cols = list(dict.fromkeys([*plan.builder.needed_columns,
                                    *([plan.key_column] if plan.key_column else [])]))
+        text = [c for c in plan.builder.text_columns if c != plan.key_column]
     done = plan.done.mask
     for batch in plan.source.batches(columns=cols):
+        for name in text:
+            i = batch.schema.get_field_index(name)
+            values = batch.column(i)
+            shown = prompt_text(values)
+            if shown is not values:
+                batch = batch.set_column(i, name, shown)
         n = batch.num_rows
         skip = done[position:position + n]
         if len(skip) < n:  # the input grew since it was checked: the new rows are to do

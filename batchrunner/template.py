@@ -294,10 +294,13 @@ class RequestBuilder:
             ask_for_usage(base)
         self._base = base
         self._system = request.system
+        # The columns whose values are the prompt's text (see ``arrow.prompt_text``).
+        self.text_columns: tuple[str, ...] = tuple(
+            dict.fromkeys(self.template.fields if self.template else [request.prompt_column or ""]))
         self.needed_columns: tuple[str, ...] = tuple(
             dict.fromkeys(
                 [
-                    *(self.template.fields if self.template else [request.prompt_column or ""]),
+                    *self.text_columns,
                     *([request.model_column] if request.model_column else []),
                     *([request.image_column] if request.image_column else []),
                     *request.from_columns.values(),

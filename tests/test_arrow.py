@@ -162,6 +162,11 @@ arrow.is_value(s, "ok"); arrow.group_codes(s)
 pc.if_else(arrow.is_value(s, "ok"), arrow.int64_array([1, 2, 3]), arrow.null_scalar(pa.int64()))
 for t in (pa.int64(), pa.float64(), pa.bool_()):
     arrow.scalar(1, t)
+import io, pyarrow.json as pj
+t = pj.read_json(io.BytesIO(b'{"f": 0.5, "l": [1], "m": {"k": 1}, "i": 1, "d": "a"}'))
+for column in [*t.columns, pc.cast(t["d"], pa.binary())]:
+    arrow.prompt_text(column.combine_chunks())
+arrow.prompt_text(arrow.string_array(["a", "a"]).dictionary_encode())
 assert "pandas" not in sys.modules, "pandas was imported"
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -544,3 +544,62 @@ def test_written_results_read_back_as_input_unchanged(
     with ResultWriter(path, fmt, schema) as writer:
         writer.write(pa.RecordBatch.from_pylist(rows, schema=schema))
     assert rows_of(open_input(path)) == rows
+
+
+def test_parquet_values_read_in_a_prompt_as_text_not_python(tmp_path: Path) -> None:
+    """A Parquet file's numbers, booleans, binary text, lists, structs and maps reach the
+    prompt as JSON writes them (a float32 0.7 as 0.7, a year saved as a float as 2021), not as
+    Python's repr of them; a NaN is a null (the row is not sent), and the id keeps its own text."""
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, iter_rows, make_work, prepare
+
+    table = pa.table({
+        "id": pa.array([1.0, 2.0], pa.float64()),
+        "text": pa.array(["héllo".encode(), b"\xff\xfebad"], pa.binary()),
+        "tags": pa.array([["a", "b"], []], pa.list_(pa.string())),
+        "meta": pa.array([{"lang": "en", "n": None}, {"lang": "de", "n": 2}]),
+        "attrs": pa.array([[("k", "v")], []], pa.map_(pa.string(), pa.string())),
+        "score": pa.array([0.7, 0.25], pa.float32()),
+        "year": pa.array([2021.0, float("nan")], pa.float64()),
+        "ok": pa.array([True, False]),
+        "kind": pa.array(["x", "y"]).dictionary_encode(),
+    })
+    pq.write_table(table, tmp_path / "in.parquet")
+    job = load_job(None, {
+        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
+        "prompt": "{id}|{text}|{tags}|{meta}|{attrs}|{score}|{year}|{ok}|{kind}",
+        "base_url": "http://127.0.0.1:9/v1", "output": str(tmp_path / "out")})
+    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    sent: dict[str, str] = {}
+    for key, row, _ in iter_rows(plan):
+        work, why = make_work(plan, key, row)
+        sent[key] = work.body["messages"][-1]["content"] if work is not None else why
+    assert sent["1.0"] == ('1.0|héllo|["a","b"]|{"lang":"en","n":null}|{"k":"v"}|0.7|2021|'
+                           'true|x')
+    assert sent["2.0"] == "column 'year' is null, and the prompt needs it"  # its NaN
+
+
+def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path: Path) -> None:
+    """Columns a CSV file has no type for (lists, structs, maps, binary that is not UTF-8, a
+    UUID extension column) are written as text: JSON, UTF-8 with ``\\x`` escapes, the UUID's
+    own form; a JSONL file has maps as objects. Nothing refuses them after the run."""
+    uuid = pa.array([b"\x00" * 15 + b"\x01", None], pa.binary(16)).cast(pa.uuid())
+    table = pa.table({
+        "lst": pa.array([[1, 2], None], pa.list_(pa.int64())),
+        "st": pa.array([{"x": 1, "y": "q"}, None]),
+        "mp": pa.array([[("k", "v")], []], pa.map_(pa.string(), pa.string())),
+        "bin": pa.array([b"ok", b"\xff"], pa.binary()),
+        "u": uuid,
+    })
+    with ResultWriter(tmp_path / "r.csv", "csv", table.schema) as writer:
+        writer.write(table)
+    with open(tmp_path / "r.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0] == {"lst": "[1,2]", "st": '{"x":1,"y":"q"}', "mp": '{"k":"v"}', "bin": "ok",
+                       "u": "00000000-0000-0000-0000-000000000001"}
+    assert rows[1] == {"lst": "", "st": "", "mp": "{}", "bin": "\\xff", "u": ""}
+    with ResultWriter(tmp_path / "r.jsonl", "jsonl", table.schema) as writer:
+        writer.write(table)
+    first = orjson.loads((tmp_path / "r.jsonl").read_bytes().splitlines()[0])
+    assert first["mp"] == {"k": "v"} and first["st"] == {"x": 1, "y": "q"}
+    assert first["u"] == "00000000-0000-0000-0000-000000000001"
