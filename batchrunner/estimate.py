@@ -99,7 +99,7 @@ def estimate(plan: Plan) -> Estimate:
         if item is None:
             est.not_sendable[reason] += 1
             if len(est.not_sendable_examples) < MAX_EXAMPLES:
-                est.not_sendable_examples.append(f"row {key}: {reason}")
+                est.not_sendable_examples.append(f"{plan.row(key)}: {reason}")
             continue
         est.to_send += 1
         model = str(item.body.get("model") or "")
@@ -120,7 +120,7 @@ def estimate(plan: Plan) -> Estimate:
             est.over_context += 1
             if len(est.over_context_examples) < MAX_EXAMPLES:
                 est.over_context_examples.append(
-                    f"row {key}: ~{item.prompt_estimate:,} prompt tokens, {model} holds "
+                    f"{plan.row(key)}: ~{item.prompt_estimate:,} prompt tokens, {model} holds "
                     f"{m.context_window:,}")
     per_row = not {"max_tokens", "max_completion_tokens"}.isdisjoint(job.request.from_columns)
     est.completion_basis = _completion_basis(None if per_row else job.request.max_tokens,

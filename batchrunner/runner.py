@@ -234,6 +234,11 @@ class Plan:
     batch_mixed: bool = False
     batch_unrecorded: bool = False  # they changed since job_meta last recorded them
 
+    def row(self, key: str) -> str:
+        """A row as messages name it: by its id, or (no id column) its number from 1, as the
+        input's own errors count rows."""
+        return f"row {key}" if self.key_column is not None else f"row {int(key) + 1:,}"
+
 
 def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -985,7 +990,7 @@ class _Run:
             self.counters["over_context"] += 1
             if self.counters["over_context"] <= MAX_ROW_WARNINGS:
                 self.progress.write(
-                    f"batchrunner: warning: row {item.key}: about {need:,} tokens with "
+                    f"batchrunner: warning: {self.plan.row(item.key)}: about {need:,} tokens with "
                     f"max_tokens, more than {model}'s context window ({window:,}); the "
                     "server will likely refuse it")
 
@@ -1000,7 +1005,7 @@ class _Run:
         if warning in self.warned or len(self.warned) >= MAX_ROW_WARNINGS:
             return
         self.warned.add(warning)
-        self.progress.write(f"batchrunner: warning: row {key}: {warning}")
+        self.progress.write(f"batchrunner: warning: {self.plan.row(key)}: {warning}")
 
     def _estimated_cost(self, item: _Work) -> float | None:
         """What the request will cost at most, as far as it can be told before the reply: at
@@ -1307,9 +1312,9 @@ class _Run:
         if not self.warned_unpriced:
             self.warned_unpriced = True
             self.progress.write(
-                f"batchrunner: warning: row {item.key}: the reply has no usage (token counts), "
-                "so its cost is unknown; max_cost_usd counts such replies at their estimated "
-                "cost (the prompt and max_tokens)")
+                f"batchrunner: warning: {self.plan.row(item.key)}: the reply has no usage (token "
+                "counts), so its cost is unknown; max_cost_usd counts such replies at their "
+                "estimated cost (the prompt and max_tokens)")
 
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap."""

@@ -52,7 +52,7 @@ class Template:
                 f"prompt template {source[:60]!r}: {e} (write {{{{ for a literal brace)"
             ) from None
         for literal, name, spec, conversion in parsed:
-            if name is not None and (not name or spec or conversion or not _plain(name)):
+            if name is not None and (not name or spec or conversion):
                 raise ConfigError(
                     f"prompt template: field {{{name}{'!' + conversion if conversion else ''}"
                     f"{':' + spec if spec else ''}}} must be a plain column name like {{text}} "
@@ -76,10 +76,17 @@ class Template:
                 f"({column_list(cols, '')})"
             )
         for name in self.fields:
+            if name not in have and not _plain(name):  # not a column's own name: {meta.lang}
+                raise ConfigError(
+                    f"prompt template: field {{{name}}} must be a column name like {{text}}; "
+                    "parts of a value ({a.b}, {a[0]}) cannot be picked "
+                    f"({column_list(cols, name)})")
             if name not in have:
+                braces = (" — write {{ and }} for literal braces" if any(c in name for c in "\"' ")
+                          else "")
                 raise ConfigError(
                     f"prompt template names column {{{name}}}, which {where} does not have "
-                    f"({column_list(cols, name)}){delimiter_hint(cols)}"
+                    f"({column_list(cols, name)}){delimiter_hint(cols) or braces}"
                 )
 
     def render(self, row: dict[str, Any]) -> str | None:

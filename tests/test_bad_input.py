@@ -261,6 +261,18 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv(), prompt="Say {text:>5}"), ["{text:>5}", "plain column name"]
 
 
+@case("template picking a part of a value")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return c.args(c.good_csv(), prompt="Say {text.lang}"), [
+        "{text.lang} must be a column name", "cannot be picked", "columns: id, text"]
+
+
+@case("JSON braces in a prompt, not doubled, with no colon")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return (c.args(c.good_csv(), prompt='Reply with {"bug"} or {text}'),
+            ["names column {\"bug\"}", "write {{ and }} for literal braces"])
+
+
 @case("template with a conversion")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv(), prompt="Say {text!r}"), ["{text!r}", "plain column name"]

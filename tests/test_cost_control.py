@@ -71,7 +71,9 @@ def test_estimate_needs_no_output_directory(tmp_path: Path,
     args = ["--input", str(inp), "--prompt", "{text}", "--model", "gpt-4o-mini",
             "--max-tokens", "100"]
     assert main(["estimate", *args]) == 0
-    assert "0 already done, 39 to send" in capsys.readouterr().out  # row 3 is empty
+    out = capsys.readouterr().out
+    assert "0 already done, 39 to send" in out  # position 3 is empty: the 4th row
+    assert "row 4: the prompt is empty" in out  # counted from 1, as input errors count
     assert main(["run", "--dry-run", *args]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]  # nothing made
     assert main(["run", *args]) == 2  # a run does need one

@@ -603,3 +603,20 @@ def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path
     first = orjson.loads((tmp_path / "r.jsonl").read_bytes().splitlines()[0])
     assert first["mp"] == {"k": "v"} and first["st"] == {"x": 1, "y": "q"}
     assert first["u"] == "00000000-0000-0000-0000-000000000001"
+
+
+def test_a_column_named_with_dots_or_brackets_is_used_in_a_template(tmp_path: Path) -> None:
+    """Flattened JSON and Spark name columns ``user.name``: the template takes such a name as
+    the column's own."""
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, iter_rows, make_work, prepare
+
+    (tmp_path / "in.jsonl").write_text('{"user.name": "Ann", "tags[0]": "x"}\n')
+    job = load_job(None, {
+        "input": str(tmp_path / "in.jsonl"), "model": "gpt-4o-mini",
+        "prompt": "Hi {user.name} ({tags[0]})", "base_url": "http://127.0.0.1:9/v1",
+        "output": str(tmp_path / "out")})
+    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    [(key, row, _)] = list(iter_rows(plan))
+    work, _why = make_work(plan, key, row)
+    assert work is not None and work.body["messages"][-1]["content"] == "Hi Ann (x)"
