@@ -727,6 +727,12 @@ class ChatClient:
                              key_origin=self._key_origin,
                              model=self.redact(model) if isinstance(model, str) else None):
             raise halt
+        if status == 429 and message.lower().startswith("request too large"):
+            # OpenAI's 429 for one request larger than the tokens-per-minute limit: no wait
+            # lets it through; the row's prompt or max_tokens must be made smaller.
+            return HTTPStatusError(
+                "request_too_large", message, retryable=False, status=status,
+                request_id=request_id)
         if status == 429:
             return HTTPStatusError(
                 "rate_limited", message, retryable=True, retry_after=retry_after, status=status,

@@ -369,11 +369,10 @@ class Latest:
                                to_numpy(self.others["cost"], fill=float("nan"))])
 
     def prior_cost(self) -> float:
-        """The sum of the latest records' known costs, earlier attempts included."""
-        total = 0.0 if self.cost is None else float(np.nansum(self.cost))
-        if self.others.num_rows and "cost" in self.others.column_names:
-            total += float(pc.sum(self.others["cost"]).as_py() or 0.0)
-        return total
+        """What the input's rows have cost so far (their latest records' known costs, earlier
+        attempts included): the keys the input no longer has are left out, as the reports
+        leave them out."""
+        return 0.0 if self.cost is None else float(np.nansum(self.cost))
 
 
 def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) -> Latest:

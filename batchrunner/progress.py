@@ -113,9 +113,15 @@ class TqdmProgress:
             self._bar = None
 
 
+def utc_now() -> str:
+    """Now in UTC to the second, as a log line starts: ``2026-11-30T02:00:01Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 class LogProgress:
     """For logs (no terminal): one line every ``every_s`` seconds, rows finishing or not (the
-    runner calls ``update`` with ``finished=0`` every second), so a quiet log is a dead run."""
+    runner calls ``update`` with ``finished=0`` every second), so a quiet log is a dead run.
+    Each line starts with the UTC time, so that nights appended to one log tell apart."""
 
     def __init__(self, desc: str, every_s: float = 30.0) -> None:
         self._desc = desc
@@ -131,7 +137,7 @@ class LogProgress:
             line += f", {total - done:,} of {total:,} rows to do"
         if self._every:
             line += f"; a line every {self._every:g} s"
-        print(line, file=sys.stderr)
+        self.write(line)
 
     def update(self, counts: Counts, finished: int) -> None:
         now = time.monotonic()
@@ -146,10 +152,10 @@ class LogProgress:
             idle = now - self._last_finished
             note = (f"  (no row finished for {idle:.0f} s; {counts.in_flight:,} requests in "
                     "flight)" if self._every and idle >= self._every else "")
-            print(f"{self._desc}: {done} rows  {_postfix(counts)}{note}", file=sys.stderr)
+            self.write(f"{self._desc}: {done} rows  {_postfix(counts)}{note}")
 
     def write(self, line: str) -> None:
-        print(line, file=sys.stderr)
+        print(f"{utc_now()} {line}", file=sys.stderr)
 
     def close(self) -> None:
         pass

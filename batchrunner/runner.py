@@ -122,6 +122,10 @@ HOLD_MAX_ROWS = 10_000
 # the same timeout would cut it off, and bill it, on every attempt.
 TIMEOUT_GROWTH = 1.5
 MAX_TIMEOUT_X = 3.0
+# An endpoint that answered in this run, then refuses connections, is waited for this long
+# before the job stops (the rows in flight try again, up to 30 s apart, and find it back): a
+# restart or a deploy is ridden out; an endpoint gone for good stops the job by morning.
+OUTAGE_S = 300.0
 
 
 @dataclass(kw_only=True)
@@ -133,6 +137,9 @@ class RunOptions:
     retry: RetryPolicy | None = None
     drain_s: float = 5.0
     handle_signals: bool = True
+    # An endpoint that answered in this run and then refuses connections (a restart, a network
+    # blip) is waited for this long before the job stops, its rows left to do.
+    outage_s: float = OUTAGE_S
 
 
 @dataclass(kw_only=True)
@@ -159,6 +166,7 @@ class RunSummary:
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     cost_unknown: int = 0  # ok rows without a cost: no price known, or no usage reported
     cut_off: int = 0  # requests in flight when the run ended (a stop's drain ran out)
+    run_cost_usd: float = 0.0  # what this run's requests cost (cost_usd is the job's)
 
     @property
     def exit_code(self) -> int:
@@ -180,6 +188,8 @@ class _Work:
     earlier_usd: float = 0.0  # what earlier billed attempts of the row cost (this run and before)
     refused_at: float = 0.0  # when an attempt of the row first failed to connect
     refusals: int = 0  # its attempts that failed to connect
+    last_refusal: float = 0.0  # when its latest attempt failed to connect
+    lonely: int = 0  # its refusals with other requests answered since its previous one
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
@@ -331,6 +341,11 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         others_ok = to_numpy(latest.others["ok"])
         meta["not_in_input"] = {"ok": int(np.count_nonzero(others_ok == 1)),
                                 "failed": int(np.count_nonzero(others_ok == 0))}
+        warnings.append(
+            f"{count_rows(latest.others.num_rows)} recorded in {_show(out_dir)} by earlier runs "
+            f"{'is' if latest.others.num_rows == 1 else 'are'} not in this input: the results "
+            "and reports hold this input's rows only (the journal keeps the others); to keep "
+            "each input's results, give each its own --output (out/2026-11-30, say)")
     if old_meta is not None:
         any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok,
@@ -773,6 +788,9 @@ class _Run:
         # When the endpoint started to look down (a connection refused with no answer since its
         # row started); it is down while this is later than last_answer.
         self.refused_since = -math.inf
+        # The first connection refused after the latest answer: an outage began (see attempt).
+        self.outage_from = -math.inf
+        self.outage_s = options.outage_s
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
         # The worker count is the concurrency: the tuner adds workers, and makes the surplus
@@ -1115,17 +1133,37 @@ class _Run:
                 elif e.error_type == "timeout":
                     item.timeouts += 1
                 billed = self._billed(item, e)
-                if e.error_type == "rate_limited":
+                if e.error_type == "connection_error" and self.last_answer > -math.inf:
+                    # The endpoint answered in this run, so it is there: a restart or a network
+                    # blip is ridden out, and the request, which reached no server, is not a
+                    # try of the row. Only a row refused again and again while others are
+                    # answered fails (one server of several down, say).
+                    item.attempts -= 1
+                    if (self.outage_from > self.last_answer
+                            and item.last_refusal - self.outage_from >= self.outage_s):
+                        self._unreachable(item, e, self.outage_from)
+                        return None, None  # not a failure of the row: left to do
+                    if item.lonely < self.policy.max_attempts:
+                        self.counters["retries"] += 1
+                        return None, backoff(item.refusals, self.policy, None, self.rng)
+                    item.attempts += 1
+                elif e.error_type == "rate_limited":
                     self.limiter.observe(e.headers)
                     item.attempts -= 1  # 429s do not use up the error-retry budget
                     item.rate_limited += 1
                     self.counts.rate_limited += 1
                     self.counters["http_429"] += 1
                     wait = e.retry_after if e.retry_after is not None else backoff(
-                        item.rate_limited, self.policy, None, self.rng)
-                    self.limiter.pause(wait)
-                    if item.rate_limited <= MAX_RATE_LIMIT_RETRIES:
+                        1, self.policy, None, self.rng)
+                    self.limiter.pause(wait)  # every request waits out the server's advice
+                    if item.rate_limited == 1:
                         continue
+                    if item.rate_limited <= MAX_RATE_LIMIT_RETRIES:
+                        # 429'd again: the advice did not do (a storm that says "retry-after:
+                        # 0"). The row backs off on its own, more each time, so its retries
+                        # span minutes, not the instant "0" in a loop takes; the others go on.
+                        return None, backoff(item.rate_limited - 1, self.policy, e.retry_after,
+                                             self.rng)
                     item.attempts += 1
                 elif e.retryable and item.attempts < self.policy.max_attempts:
                     self.counters["retries"] += 1
@@ -1144,7 +1182,7 @@ class _Run:
                     return None, backoff(item.attempts, self.policy, None, self.rng)
                 if (e.error_type == "connection_error" and item.refusals >= 2
                         and self.last_answer < item.refused_at):
-                    self._unreachable(item, e)
+                    self._unreachable(item, e, item.refused_at)
                     return None, None  # not a failure of the row: left to do
                 self.counters["attempts"] += item.attempts
                 if e.retryable:
@@ -1224,25 +1262,36 @@ class _Run:
     def _refused(self, item: _Work) -> None:
         """An attempt of ``item`` could not connect."""
         now = time.perf_counter()
+        if self.last_answer > (item.last_refusal or item.started):
+            item.lonely += 1  # others were answered since its previous refusal (or its start)
         item.refusals += 1
+        item.last_refusal = now
         if not item.refused_at:
             item.refused_at = now
+        if self.outage_from <= self.last_answer:
+            self.outage_from = now
         if self.last_answer < item.started and self.refused_since <= self.last_answer:
             # Nothing answered since the row started: the endpoint looks down. Until it
             # answers, no new row is started (the rows started retry on their own backoff),
             # or the workers would run through the input in failed first tries.
             self.refused_since = now
 
-    def _unreachable(self, item: _Work, e: RequestError) -> None:
-        """Stop the job: two or more of ``item``'s attempts failed to connect, its last among
-        them, and no request got an answer since the first, so every other row would fail the
-        same way. (One refusal proves little: a single one on a row's last attempt while the
-        endpoint answers everyone else is a row that failed.)"""
-        silent_s = time.perf_counter() - item.refused_at
+    def _unreachable(self, item: _Work, e: RequestError, since: float) -> None:
+        """Stop the job: no request got an answer since ``since``, while ``item``'s attempts
+        failed to connect, so every other row would fail the same way. Before anything has
+        answered in this run, that is two or more of the row's attempts, its last among them
+        (one refusal proves little: a single one on a row's last attempt while the endpoint
+        answers everyone else is a row that failed); after, ``outage_s`` of refusals."""
+        silent_s = time.perf_counter() - since
+        if self.last_answer > -math.inf:
+            what = (f"{item.refusals} attempts at {self.plan.row(item.key)}, no answer to any "
+                    "request since it last answered")
+        else:
+            what = (f"{item.attempts} attempts at {self.plan.row(item.key)}, no answer to any "
+                    "request meanwhile")
         self.stop(Unreachable(
-            f"no connection to the endpoint for {silent_s:.1f} s ({item.attempts} attempts at row "
-            f"{item.key}, no answer to any request meanwhile): {e.message} — check the base URL, "
-            "the network and any proxy, then rerun to resume"))
+            f"no connection to the endpoint for {silent_s:.1f} s ({what}): {e.message} — check "
+            "the base URL, the network and any proxy, then rerun to resume"))
 
     def _billed(self, item: _Work, e: RequestError) -> float | None:
         """What a failed attempt was billed, when its answer reported usage (a 200 without a
@@ -1388,9 +1437,13 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
                               else "[endpoint] base_url")
     key = check_api_key(env.get(job.endpoint.api_key_env, ""), job.endpoint.api_key_env)
     if not key:
-        raise ConfigError(
-            f"no API key: set {job.endpoint.api_key_env} in the environment or in a .env file"
-        )
+        variable = job.endpoint.api_key_env
+        if variable in env:  # set, but to nothing (an environment variable wins over .env)
+            wins = (" (set in the environment, even empty, it wins over a .env file)"
+                    if variable in os.environ else "")
+            raise ConfigError(f"no API key: {origin(job, variable)} is empty — set it to the "
+                              f"key{wins}")
+        raise ConfigError(f"no API key: set {variable} in the environment or in a .env file")
     yield base_url, key
 
 
@@ -1488,6 +1541,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         summary.cut_off = run.counts.in_flight
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
+        summary.run_cost_usd = run.counts.cost_usd
         summary.stopped = str(run.stop_error) if run.stop_error else None
         summary.wall_s = time.monotonic() - started
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent)
@@ -1668,7 +1722,8 @@ def fails_again(error_type: str) -> bool:
     """Whether rows that failed with ``error_type`` fail the same way when sent as they are: the
     endpoint refused the request itself (a 4xx other than a timeout, conflict or rate limit),
     or its key lacks the model."""
-    return error_type in ("invalid_request", "model_refused", "client_error") or (
+    return error_type in ("invalid_request", "model_refused", "client_error",
+                          "request_too_large") or (
         error_type.startswith("http_4") and error_type not in ("http_408", "http_409", "http_429"))
 
 
@@ -1738,6 +1793,8 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      "(finish_reason=length)")
     cost = f"${s.cost_known_usd if s.cost_usd is None else s.cost_usd:,.4f}"
+    if s.ran and f"{s.run_cost_usd:,.4f}" != f"{s.cost_known_usd:,.4f}":  # earlier runs' too
+        cost += f" for the job (${s.run_cost_usd:,.4f} this run)"
     if s.cost_usd is None and s.cost_unknown:
         cost += f", and {count_rows(s.cost_unknown)} without a cost (see report)"
     cost += _plus_earlier(s.earlier_cost_usd)

@@ -528,6 +528,14 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv()), ["no API key", "OPENAI_API_KEY", ".env"]
 
 
+@case("an API key set to nothing")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.monkeypatch.setenv("OPENAI_API_KEY", " ")
+    return c.args(c.good_csv()), [
+        "no API key: OPENAI_API_KEY from the environment is empty — set it to the key (set in "
+        "the environment, even empty, it wins over a .env file)"]
+
+
 @case("api_key_env naming an unset variable")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv(), "--api-key-env", "NO_SUCH_KEY_VAR"), ["NO_SUCH_KEY_VAR"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -283,3 +284,24 @@ def test_the_budget_holds_a_routed_model_at_the_price_of_the_one_that_answered(
     assert run._estimated_cost(item) == pytest.approx(0.2)  # the job's price for the alias
     run.routed["my-alias"] = "gpt-4o"  # as _success records a reply priced as gpt-4o
     assert run._estimated_cost(item) == pytest.approx(12.5)  # the library's gpt-4o price
+
+
+@pytest.mark.anyio
+async def test_the_budget_counts_the_input_rows_not_an_earlier_inputs(tmp_path: Path) -> None:
+    """A nightly job keyed by id, its output directory kept: last night's rows, not in
+    tonight's input, are left out of the budget as the reports leave them out (they used to
+    count, so a nightly budget was reached before a request was sent)."""
+    inp = tmp_path / "in.csv"
+
+    def job(night: str, budget: float | None) -> Any:
+        pd.DataFrame({"id": [f"{night}{i}" for i in range(20)],
+                      "text": [f"describe item {i}" for i in range(20)]}).to_csv(inp, index=False)
+        return load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                               "model": "gpt-4o-mini", "max_tokens": 50, "simulator": True,
+                               "output": str(tmp_path / "out"), "max_cost_usd": budget})
+
+    first = await run_job(job("a", None), FAST)
+    assert first.exit_code == 0 and first.cost_usd
+    second = await run_job(job("b", first.cost_usd * 1.5), FAST)
+    assert second.exit_code == 0 and not second.stopped and second.ok == 20
+    assert second.cost_usd == pytest.approx(first.cost_usd, rel=0.5)  # tonight's rows only

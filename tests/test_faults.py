@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -349,6 +351,32 @@ async def test_429_with_retry_after_zero_from_the_simulator(tmp_path: Path) -> N
     assert rep["requests"]["http_429"] == 12
 
 
+@pytest.mark.anyio
+async def test_a_storm_of_429s_saying_retry_after_zero_is_waited_out(tmp_path: Path) -> None:
+    """429s with "retry-after: 0" for 2.5 s: taken at its word on every 429, a row's 30
+    rate-limit retries went by in under a second and it failed. A row 429'd again backs off
+    more each time, so the storm passes and every row is ok."""
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(8)])
+    ends = time.monotonic() + 2.5
+
+    async def storm(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse | None:
+        if time.monotonic() > ends:
+            return None
+        return web.json_response(
+            error_body("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
+            status=429, headers={"retry-after": "0"})
+
+    async with FaultServer(storm) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp),
+                              RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3),
+                                         progress="none", handle_signals=False))
+        assert srv.requests < 8 * 30  # not every row's 30 retries at once
+    assert s.exit_code == 0 and (s.ok, s.failed) == (8, 0)
+    assert (results(tmp_path)["rate_limited"] > 1).all()
+
+
 def too_many_requests(headers: dict[str, str]) -> Fault:
     async def fault(srv: FaultServer, request: web.BaseRequest,
                     body: dict[str, Any]) -> web.StreamResponse:
@@ -387,12 +415,43 @@ async def test_endless_429s_end_the_row_not_the_job(tmp_path: Path) -> None:
         return None
 
     async with FaultServer(first_row_limited) as srv:
-        s = await run(job_for(tmp_path, srv.base_url, inp))
+        # A row 429'd again backs off more each time: capped short here.
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp), RunOptions(
+                retry=RetryPolicy(base_s=0.001, cap_s=0.005, max_attempts=3), progress="none",
+                handle_signals=False))
     assert s.exit_code == 3
     row = results(tmp_path).loc["r0000"]
     assert (row["status"], row["error_type"]) == ("failed", "rate_limited")
     assert row["rate_limited"] > 1
     assert failed_by_type(report(tmp_path)) == {"rate_limited": 1}
+
+
+@pytest.mark.anyio
+async def test_a_request_larger_than_the_token_limit_fails_at_once(tmp_path: Path) -> None:
+    """OpenAI answers a request larger than the tokens-per-minute limit with a 429 that no
+    wait cures: the row fails on its first try (request_too_large), told to shrink it."""
+    inp = make_csv(tmp_path / "in.csv", ["huge prompt", "fine"])
+    said = ("Request too large for gpt-4o-mini in organization org-x on tokens per min (TPM): "
+            "Limit 30000, Requested 50000. The input or output tokens must be reduced in order "
+            "to run successfully.")
+
+    async def too_large(srv: FaultServer, request: web.BaseRequest,
+                        body: dict[str, Any]) -> web.StreamResponse | None:
+        if "huge" not in json.dumps(body):
+            return None
+        return web.json_response(error_body(said, "tokens", "rate_limit_exceeded"), status=429)
+
+    async with FaultServer(too_large) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp))
+        assert srv.requests == 2
+    assert s.exit_code == 3 and (s.ok, s.failed) == (1, 1)
+    row = results(tmp_path).loc["r0000"]
+    assert (row["error_type"], row["attempts"], row["rate_limited"]) == (
+        "request_too_large", 1, 0)
+    assert row["error_message"] == said
+    assert "fix what the endpoint refused in the 1 row that failed with request_too_large" \
+        in format_summary(s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -450,31 +509,66 @@ async def test_an_endpoint_whose_connections_hang_stops_the_job(tmp_path: Path) 
     assert s.sent <= 8 * 2
 
 
-@pytest.mark.anyio
-async def test_an_endpoint_that_goes_away_mid_job_stops_it_keeping_what_finished(
-        tmp_path: Path) -> None:
-    n = 400
+async def outage(tmp_path: Path, n: int, down_s: float | None, outage_s: float
+                 ) -> tuple[RunSummary, float]:
+    """A job whose endpoint goes away after 100 answers, and comes back on the same port
+    ``down_s`` later (``None``: never); the run's summary and how long it was down."""
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
-    sim = Simulator(SimulatorConfig(latency_ms=5))
+    port = closed_port()
+    sim = Simulator(SimulatorConfig(latency_ms=5), port=port)
     await sim.start()
+    gone = math.inf
     try:
         job = job_for(tmp_path, sim.base_url, inp, concurrency=4)
 
-        async def stop_after_100() -> None:
+        async def go_away() -> None:
+            nonlocal gone
             # The simulator has no event for it; run() fails after RUN_LIMIT_S.
             while sim.stats()["completions"] < 100:  # noqa: ASYNC110
                 await anyio.sleep(0.005)
             await sim.stop()
+            gone = time.monotonic()
+            if down_s is not None:
+                await anyio.sleep(down_s)
+                await sim.start()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_after_100)
-            s = await run(job)
+            tg.start_soon(go_away)
+            with anyio.fail_after(RUN_LIMIT_S):
+                s = await run_job(job, RunOptions(
+                    retry=RetryPolicy(base_s=0.05, max_attempts=3), progress="none",
+                    handle_signals=False, outage_s=outage_s))
+        return s, time.monotonic() - gone
     finally:
         await sim.stop()
-    assert s.exit_code == 4 and s.stopped and "no connection to the endpoint" in s.stopped
+
+
+@pytest.mark.anyio
+async def test_an_endpoint_that_goes_away_mid_job_stops_it_keeping_what_finished(
+        tmp_path: Path) -> None:
+    """Gone for longer than outage_s: the job stops once that much time has passed, the rows
+    not answered left to do (none failed)."""
+    n = 400
+    s, waited = await outage(tmp_path, n, None, outage_s=1.0)
+    assert s.exit_code == 4 and s.stopped and s.failed == 0
+    assert s.stopped.startswith("no connection to the endpoint for 1.")
+    assert "no answer to any request since it last answered" in s.stopped
+    assert waited >= 1.0
     state = Journal(tmp_path / "out").read()
     assert 100 <= state.num_rows < n and set(state["status"].to_pylist()) == {"ok"}
     assert s.ok == state.num_rows and s.pending == n - state.num_rows
+
+
+@pytest.mark.anyio
+async def test_an_endpoint_restarted_mid_job_is_waited_for(tmp_path: Path) -> None:
+    """Down for a moment mid-job (a restart, a deploy): the rows in flight try again, beyond
+    their max_attempts, and the job finishes with every row ok; no row fails for it."""
+    n = 300
+    s, _ = await outage(tmp_path, n, 1.5, outage_s=60.0)
+    assert s.exit_code == 0 and not s.stopped and (s.ok, s.failed) == (n, 0)
+    assert s.not_connected >= 4  # the rows in flight were refused while it was down
+    # While it was down, new rows were not started: only the rows in flight tried again.
+    assert s.sent < n + 4 * 40, s.sent
 
 
 @pytest.mark.anyio
@@ -576,10 +670,13 @@ async def test_first_rows_failing_in_different_ways_do_not_stop_the_job(tmp_path
 
 
 @pytest.mark.anyio
-async def test_one_refused_connection_on_a_rows_last_attempt_fails_that_row_only(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Two 500s, then one refused connection, while the endpoint answers every other row: the
-    # row failed, the endpoint is not down.
+@pytest.mark.parametrize("always", [False, True], ids=["once", "every-time"])
+async def test_a_refused_connection_is_not_a_try_of_the_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, always: bool) -> None:
+    """Two 500s, then a refused connection on the row's last attempt, while the endpoint
+    answers every other row: the request reached no server, so the row is tried again (ok).
+    A row refused on every try while others are answered (one server of several down) fails
+    after max_attempts refusals, the endpoint not taken for down."""
     n = 400
     texts = [f"row {i}" for i in range(n)]
     texts[5] = "row 5 flaky [[sim:500*2]]"
@@ -591,7 +688,7 @@ async def test_one_refused_connection_on_a_rows_last_attempt_fails_that_row_only
                        timeout_s: float | None = None) -> Any:
         if "flaky" in json.dumps(body):
             tries["flaky"] += 1
-            if tries["flaky"] == 3:
+            if tries["flaky"] == 3 or (always and tries["flaky"] > 3):
                 raise TransportError("connection_error", "cannot connect to x:1 (refused)",
                                      retryable=True)
         return await send(self, body, timeout_s)
@@ -599,8 +696,13 @@ async def test_one_refused_connection_on_a_rows_last_attempt_fails_that_row_only
     monkeypatch.setattr(ChatClient, "complete", complete)
     async with Simulator(SimulatorConfig()) as sim:
         s = await run(job_for(tmp_path, sim.base_url, inp))
-    assert s.exit_code == 3 and not s.stopped
-    assert (s.ok, s.failed) == (n - 1, 1) and tries["flaky"] == 3
+    assert not s.stopped
+    if always:
+        assert s.exit_code == 3 and (s.ok, s.failed) == (n - 1, 1)
+        assert results(tmp_path).loc["r0005", "error_type"] == "connection_error"
+        assert tries["flaky"] == 2 + 3  # two 500s, then refusals up to max_attempts (3)
+    else:
+        assert s.exit_code == 0 and (s.ok, s.failed) == (n, 0) and tries["flaky"] == 4
 
 
 @pytest.mark.anyio

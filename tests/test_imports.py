@@ -108,7 +108,9 @@ for i, records in enumerate(runs):
         w.add(o)
     w.flush()
 assert j.read()["earlier_cost_usd"].to_pylist() == [0.5]  # status reads this way
-assert j.latest(NoPositions(), cost=True).prior_cost() == 1.5
+latest = j.latest(NoPositions(), cost=True)
+assert latest.others["cost"].to_pylist() == [1.5]
+assert latest.prior_cost() == 0.0  # the input's rows only: it has none
 j.compact("run3", NoPositions())
 print("pandas" in sys.modules)
 """

@@ -138,7 +138,10 @@ def test_a_rerun_that_failed_after_an_ok_keeps_the_answer_and_its_cost(tmp_path:
     index = j.latest(_Order(rows=rows), cost=True)
     if rows:
         assert index.cost is not None and index.cost.tolist()[:2] == [1.5, 5.0]
-    assert index.prior_cost() == 6.5
+    costs = [*(index.cost.tolist() if index.cost is not None else []),
+             *index.others["cost"].to_pylist()]
+    assert sum(c for c in costs if c == c and c is not None) == 6.5
+    assert index.prior_cost() == (6.5 if rows else 0.0)  # the input's rows only
     read = j.read().sort_by("key")
     seg = j.compact("run4", _Order(rows=rows))
     assert seg is not None
@@ -391,7 +394,7 @@ def test_resume_skips_what_the_journal_has_by_position_mask(
     skipped = {"id5", "id3"} | (set() if retry_failed else {"id0"})
     assert [k for k, _, _ in iter_rows(plan)] == [k for k in ids if k not in skipped]
     assert len(plan.done) == len(skipped)
-    assert plan.prior_cost == pytest.approx(3.75)  # every latest record's cost, "gone" too
+    assert plan.prior_cost == pytest.approx(2.75)  # the input's rows' cost: not "gone"
     again = prepare(job, RunOptions(rerun_where="key == 'id3'"))
     assert [k for k, _, _ in iter_rows(again)] == [k for k in ids if k not in {"id5", "id0"}]
 
@@ -463,6 +466,8 @@ def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
     said = out + err
     assert "4 rows: 4 ok, 0 failed" in said and "1 row cut at max_tokens" in said
     assert "a row done before keeps its answer even if its text changed" in said
+    assert ("2 rows recorded in out by earlier runs are not in this input: the results and "
+            "reports hold this input's rows only") in said
     assert pq.read_table(tmp_path / "out" / "results.parquet").num_rows == 4
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     assert report["rows"]["total"] == 4 and report["rows"]["cut_at_length"] == 1
