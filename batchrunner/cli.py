@@ -79,8 +79,8 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", nargs="?", help="job file (TOML); options below override its fields")
     g = p.add_argument_group("input")
     g.add_argument("--input", metavar="PATH",
-                   help=".csv, .parquet, .jsonl, or a Parquet folder; an OpenAI batch .jsonl "
-                        "(custom_id, body) is sent as it is, with no request options")
+                   help=".csv, .tsv, .parquet, .jsonl, or a Parquet folder; an OpenAI batch "
+                        ".jsonl (custom_id, body) is sent as it is, with no request options")
     g.add_argument("--id-column", metavar="COL", help="column with a unique id for each row")
     g = p.add_argument_group("request")
     g.add_argument("--model", help="model name, e.g. gpt-4o-mini")
@@ -265,6 +265,8 @@ def _out_dir(given: str) -> Path:
     if not path.exists():
         raise UsageError(f"{path}: no such directory — give a run's output directory (its "
                          "--output), or its job file")
+    if path.name == "job.json" and path.is_file():  # the output directory's own record
+        return path.parent
     return path
 
 

@@ -7,7 +7,8 @@ for bytes that are not UTF-8 and for a quote left open to the end) and returns a
 in file order, never holding the whole file in memory.
 
     kind           path                        columns and types
-    csv            ``*.csv``                   the header's names; every value a string, as written
+    csv            ``*.csv``, ``*.tsv``        the header's names; every value a string, as written
+                                               (``.tsv``: tab-separated, quoted as Excel writes it)
     parquet        ``*.parquet`` or a dir      the file's schema (a dir: ``*.parquet`` by name)
     jsonl          ``*.jsonl``                 every key any record has; types as below
     openai_batch   ``*.jsonl`` (Batch API)     custom_id, method, url, body (the body as JSON text)
@@ -70,7 +71,7 @@ __all__ = [
     "write_atomic_bytes",
 ]
 
-SUPPORTED_SUFFIXES: Final = (".csv", ".parquet", ".jsonl")
+SUPPORTED_SUFFIXES: Final = (".csv", ".tsv", ".parquet", ".jsonl")
 RESULT_FORMATS: Final = ("parquet", "csv", "jsonl")
 
 DEFAULT_BATCH_SIZE: Final = 8192
@@ -161,8 +162,8 @@ def open_input(
     except OSError as exc:
         raise _input_error(p, f"cannot read it ({_os_reason(exc)})") from None
 
-    if suffix == ".csv":
-        return _CsvSource(p, batch_size)
+    if suffix in (".csv", ".tsv"):
+        return _CsvSource(p, batch_size, "\t" if suffix == ".tsv" else ",")
     if suffix == ".parquet":
         return _ParquetSource(p, batch_size, [p])
     return _JsonlSource(p, batch_size)
@@ -330,9 +331,10 @@ def delimiter_hint(columns: Sequence[str]) -> str:
 class _CsvSource(InputSource):
     kind = "csv"
 
-    def __init__(self, path: Path, batch_size: int) -> None:
+    def __init__(self, path: Path, batch_size: int, delimiter: str = ",") -> None:
         super().__init__(path, batch_size)
         self.columns = []
+        self._delimiter = delimiter
         self._check_bytes()
         with self._translate_errors(rows_done=0), self._reader(None) as reader:
             names = [str(n) for n in reader.schema.names]
@@ -357,7 +359,7 @@ class _CsvSource(InputSource):
                 f"is not valid UTF-8 at line {bad[0]} (byte offset {bad[1]}) — save it as UTF-8",
             )
         if quotes % 2:
-            found = _find_unclosed_quote(self.path)
+            found = _find_unclosed_quote(self.path, self._delimiter)
             if found is not None:
                 row, line = found
                 what = f"row {row} (line {line})" if row else f"the header (line {line})"
@@ -382,7 +384,8 @@ class _CsvSource(InputSource):
             reader = pa_csv.open_csv(
                 stream,
                 read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_SIZE),
-                parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                parse_options=pa_csv.ParseOptions(newlines_in_values=True,
+                                                  delimiter=self._delimiter),
                 convert_options=convert,
             )
             try:
@@ -415,13 +418,13 @@ class _CsvSource(InputSource):
         ragged = _RAGGED.search(text)
         if ragged:
             expected, got = int(ragged.group(1)), int(ragged.group(2))
-            found = _find_ragged_row(self.path, expected)
+            found = _find_ragged_row(self.path, expected, self._delimiter)
             if found is not None:
                 row, line, got = found
                 row_text = f"row {row} (line {line})"
             else:
                 row_text = f"a row after row {rows_done}"
-            fix = (delimiter_hint(self.columns or _header(self.path))
+            fix = (delimiter_hint(self.columns or _header(self.path, self._delimiter))
                    or " — fix the quoting or the delimiter")
             return _input_error(
                 self.path, f"{row_text} has {got} fields, the header has {expected}{fix}")
@@ -444,10 +447,10 @@ class _CsvSource(InputSource):
         )
 
 
-def _header(path: Path) -> list[str]:
+def _header(path: Path, delimiter: str) -> list[str]:
     """The names on a CSV file's first line (read while its schema is not known yet)."""
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        return next(csv.reader([f.readline(1 << 16)]), [])
+        return next(csv.reader([f.readline(1 << 16)], delimiter=delimiter), [])
 
 
 def _find_bad_utf8(path: Path) -> tuple[int, int] | None:
@@ -489,7 +492,7 @@ def _scan_csv_bytes(path: Path) -> tuple[tuple[int, int] | None, int]:
 _EOF_SENTINEL: Final = "batchrunner-end-of-file-7f3a9c"
 
 
-def _find_unclosed_quote(path: Path) -> tuple[int, int] | None:
+def _find_unclosed_quote(path: Path, delimiter: str) -> tuple[int, int] | None:
     """(data row, first line) of a row whose quoted value runs to the end of the file, if any;
     row 0 is the header.
 
@@ -500,7 +503,8 @@ def _find_unclosed_quote(path: Path) -> tuple[int, int] | None:
     last: tuple[int, int] | None = None
     try:
         with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-            reader = csv.reader(itertools.chain(f, ["\n", _EOF_SENTINEL + "\n"]))
+            reader = csv.reader(itertools.chain(f, ["\n", _EOF_SENTINEL + "\n"]),
+                                delimiter=delimiter)
             row, prev_line, header_seen = 0, 0, False
             for record in reader:
                 start_line, prev_line = prev_line + 1, reader.line_num
@@ -519,12 +523,13 @@ def _find_unclosed_quote(path: Path) -> tuple[int, int] | None:
     return last
 
 
-def _find_ragged_row(path: Path, expected: int) -> tuple[int, int, int] | None:
+def _find_ragged_row(path: Path, expected: int, delimiter: str
+                     ) -> tuple[int, int, int] | None:
     """(data row, first line, fields) of the first row without ``expected`` fields, if any."""
     old_limit = csv.field_size_limit(sys.maxsize)
     try:
         with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, delimiter=delimiter)
             header: list[str] = []
             while not header:
                 header = next(reader, ["<eof>"])

@@ -335,8 +335,11 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         pos = order.positions(string_array(sorted(picked))).drop_null()
         done[to_numpy(pos)] = False
         if not len(pos) and np.any(latest.ok >= 0):
+            numeric = re.search(r"\bkey\s*(==|!=|<|>|in\b)\s*\[?\s*-?\d", options.rerun_where)
+            hint = ("; key is text: quote the ids, as in \"key in ['1', '2']\"" if numeric
+                    else "")
             warnings.append(f"--rerun-where {options.rerun_where!r} matched no row of the "
-                            "input: none is sent again")
+                            f"input: none is sent again{hint}")
     if latest.others.num_rows:  # an id-keyed input that lost rows: ``status`` leaves them out
         others_ok = to_numpy(latest.others["ok"])
         meta["not_in_input"] = {"ok": int(np.count_nonzero(others_ok == 1)),

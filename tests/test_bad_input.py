@@ -192,7 +192,7 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 @case("unsupported suffix .xlsx")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("sheet.xlsx", b"PK\x03\x04 not really a workbook")
-    return c.args(inp), ["sheet.xlsx", "'.xlsx'", ".csv, .parquet, .jsonl"]
+    return c.args(inp), ["sheet.xlsx", "'.xlsx'", ".csv, .tsv, .parquet, .jsonl"]
 
 
 @case("directory with no parquet files")

@@ -84,6 +84,23 @@ def test_csv_reads_every_column_as_text_in_order(write: Writer) -> None:
     ]
 
 
+def test_tsv_is_read_as_tab_separated_csv(write: Writer) -> None:
+    """A .tsv file: tabs between values, commas and semicolons inside them kept; a quoted
+    value may hold a tab or a line break, as Excel writes it."""
+    path = write("products.tsv", b'id\tname\tnote\n007\tWidget, large; blue\t"a\tb"\n'
+                                 b'010\t"two\nlines"\t\n')
+    source = open_input(path)
+    assert source.kind == "csv" and source.columns == ["id", "name", "note"]
+    assert rows_of(source) == [
+        {"id": "007", "name": "Widget, large; blue", "note": "a\tb"},
+        {"id": "010", "name": "two\nlines", "note": ""},
+    ]
+    for data, said in ((b"id\ttext\n1\ta\n2\tb\tc\n",
+                        "row 2 (line 3) has 3 fields, the header has 2"),
+                       (b'id\ttext\n1\t"open\n2\tb\n', "row 1 (line 2) opens a quote")):
+        assert said in input_error(write("bad.tsv", data))
+
+
 def test_csv_utf8_bom_is_not_part_of_the_first_column_name(write: Writer) -> None:
     path = write("bom.csv", "\ufeffid,text\n1,héllo\n".encode())
     source = open_input(path)
@@ -147,8 +164,8 @@ def test_unknown_column_names_the_file_and_the_columns(write: Writer) -> None:
         ),
         ("latin1.csv", "id,text\n1,ok\n2,café\n".encode("latin-1"), "line 3"),
         ("latin1_header.csv", "idé,text\n1,ok\n".encode("latin-1"), "line 1"),
-        ("notes.txt", b"a,b\n1,2\n", "use one of .csv, .parquet, .jsonl"),
-        ("data.json", b'[{"a": 1}]', "use one of .csv, .parquet, .jsonl"),
+        ("notes.txt", b"a,b\n1,2\n", "use one of .csv, .tsv, .parquet, .jsonl"),
+        ("data.json", b'[{"a": 1}]', "use one of .csv, .tsv, .parquet, .jsonl"),
     ],
 )
 def test_bad_csv_and_paths_give_one_line_input_errors(
@@ -190,8 +207,9 @@ def test_missing_file_and_directory_without_parquet(tmp_path: Path) -> None:
 
 
 def test_supported_suffixes_are_case_insensitive(write: Writer) -> None:
-    assert SUPPORTED_SUFFIXES == (".csv", ".parquet", ".jsonl")
+    assert SUPPORTED_SUFFIXES == (".csv", ".tsv", ".parquet", ".jsonl")
     assert open_input(write("UPPER.CSV", b"a\n1\n")).kind == "csv"
+    assert open_input(write("UPPER.TSV", b"a\tb\n1\t2\n")).columns == ["a", "b"]
 
 
 # --------------------------------------------------------------------------------------------

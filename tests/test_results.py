@@ -475,6 +475,8 @@ def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
             "figures and the results") in report["warnings"]
     status = format_status(tmp_path / "out")
     assert "4 of 4 rows finished (4 ok, 0 failed, 0 to do)" in status
+    assert main(["status", "out/job.json"]) == 0  # the directory's record names it too
+    assert "4 of 4 rows finished" in capsys.readouterr().out
     assert "the journal also holds 2 rows the input no longer has" in status
     # Rows both removed and added, the run killed before it sent the new ones: status counts
     # the input's rows, the new ones to do.

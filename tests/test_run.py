@@ -246,6 +246,10 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
         assert s.sent == 0 and ("--rerun-where \"finish_reason == 'lenght'\" matched no row of "
                                 "the input: none is sent again") in s.warnings
+        opts.rerun_where = "key in [1, 2]"  # numeric ids: a key is text
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        assert s.sent == 0 and any(w.endswith("key is text: quote the ids, as in \"key in ['1', "
+                                              "'2']\"") for w in s.warnings)
 
 
 @pytest.mark.anyio
