@@ -1402,9 +1402,10 @@ class _Run:
                         f"stopped by {name}; finished rows are saved — run the same command to "
                         "resume"
                     ))
-                    print(f"\nbatchrunner: {name}: finishing requests in flight "
-                          f"(up to {self.options.drain_s:.0f} s; again to stop now)",
-                          file=sys.stderr)
+                    lead = "\n" if sys.stderr.isatty() else ""  # off the line ^C was echoed on
+                    self.progress.write(f"{lead}batchrunner: {name}: finishing requests in "
+                                        f"flight (up to {self.options.drain_s:.0f} s; again to "
+                                        "stop now)")
                     scope.deadline = min(scope.deadline,
                                          anyio.current_time() + self.options.drain_s)
                 else:

@@ -194,6 +194,9 @@ def test_second_ctrl_c_while_draining_stops_at_once(tmp_path: Path) -> None:
         assert code == 4, err
         assert "Traceback" not in err
         assert "resume" in out_path.read_text() + err
+        lines = err.splitlines()  # not a terminal: no blank line before the signal's
+        said = next(i for i, line in enumerate(lines) if "SIGINT: finishing requests" in line)
+        assert said == 0 or lines[said - 1].strip(), err
         state = Journal(out).read()
         assert set(state["status"].to_pylist()) == {"ok"}  # the hung rows are not failures
         assert state.num_rows == sim.stats()["completions"] == n - hangs
