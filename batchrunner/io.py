@@ -1008,16 +1008,21 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return removed
 
 
-def _zoned_times_as_text(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
-    """Timestamps with a time zone as ISO 8601 text with the offset, as
-    ``2026-11-30T16:49:23.602+00:00``: turned into Python datetimes, pyarrow would import
-    pandas for the zone."""
-    for i, field in enumerate(batch.schema):
-        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
-            import pyarrow.compute as pc
+def _for_json(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+    """Columns whose Python values would not read as the data does, made so: timestamps with a
+    time zone as ISO 8601 text with the offset, as ``2026-11-30T16:49:23.602+00:00`` (turned
+    into Python datetimes, pyarrow would import pandas for the zone); float32 as the float64
+    nearest its shortest text (0.7, not 0.699999988079071)."""
+    import pyarrow.compute as pc
 
+    for i, field in enumerate(batch.schema):
+        typ = field.type
+        if pa.types.is_timestamp(typ) and typ.tz is not None:
             text = pc.strftime(batch.column(i), format="%Y-%m-%dT%H:%M:%S%Ez")
             batch = batch.set_column(i, field.name, text)
+        elif pa.types.is_float32(typ) or pa.types.is_float16(typ):
+            shortest = pc.cast(pc.cast(batch.column(i), pa.string()), pa.float64())
+            batch = batch.set_column(i, field.name, shortest)
     return batch
 
 
@@ -1109,7 +1114,7 @@ class ResultWriter:
                     b"".join(
                         orjson.dumps(row, default=json_default,
                                      option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
-                        for row in _zoned_times_as_text(batch).to_pylist(maps_as_pydicts="lossy")
+                        for row in _for_json(batch).to_pylist(maps_as_pydicts="lossy")
                     )
                 )
         except OSError as exc:

@@ -600,7 +600,8 @@ def test_parquet_values_read_in_a_prompt_as_text_not_python(tmp_path: Path) -> N
 def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path: Path) -> None:
     """Columns a CSV file has no type for (lists, structs, maps, binary that is not UTF-8, a
     UUID extension column) are written as text: JSON, UTF-8 with ``\\x`` escapes, the UUID's
-    own form; a JSONL file has maps as objects. Nothing refuses them after the run."""
+    own form; a JSONL file has maps as objects, float32 in its shortest form. Nothing refuses
+    them after the run."""
     uuid = pa.array([b"\x00" * 15 + b"\x01", None], pa.binary(16)).cast(pa.uuid())
     table = pa.table({
         "lst": pa.array([[1, 2], None], pa.list_(pa.int64())),
@@ -608,19 +609,21 @@ def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path
         "mp": pa.array([[("k", "v")], []], pa.map_(pa.string(), pa.string())),
         "bin": pa.array([b"ok", b"\xff"], pa.binary()),
         "u": uuid,
+        "f32": pa.array([0.7, None], pa.float32()),
     })
     with ResultWriter(tmp_path / "r.csv", "csv", table.schema) as writer:
         writer.write(table)
     with open(tmp_path / "r.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[0] == {"lst": "[1,2]", "st": '{"x":1,"y":"q"}', "mp": '{"k":"v"}', "bin": "ok",
-                       "u": "00000000-0000-0000-0000-000000000001"}
-    assert rows[1] == {"lst": "", "st": "", "mp": "{}", "bin": "\\xff", "u": ""}
+                       "u": "00000000-0000-0000-0000-000000000001", "f32": "0.7"}
+    assert rows[1] == {"lst": "", "st": "", "mp": "{}", "bin": "\\xff", "u": "", "f32": ""}
     with ResultWriter(tmp_path / "r.jsonl", "jsonl", table.schema) as writer:
         writer.write(table)
     first = orjson.loads((tmp_path / "r.jsonl").read_bytes().splitlines()[0])
     assert first["mp"] == {"k": "v"} and first["st"] == {"x": 1, "y": "q"}
     assert first["u"] == "00000000-0000-0000-0000-000000000001"
+    assert first["f32"] == 0.7  # not 0.699999988079071
 
 
 def test_a_column_named_with_dots_or_brackets_is_used_in_a_template(tmp_path: Path) -> None:
