@@ -720,6 +720,10 @@ class ChatClient:
                 message = raw[:_SCAN].decode("utf-8", "replace")
         # Redact before cutting, so a key that straddles the cut cannot survive in part.
         message = self.redact(" ".join(message.split()))[:_MAX_MESSAGE] or f"HTTP {status}"
+        if status == 404 and code is None and etype is None and "model" not in message.lower():
+            # Not an API's error (no code or type, no model named): a wrong path.
+            message += (f" — nothing at {self.redact(self.url)}: check the base URL (most "
+                        "end in /v1)")
         retry_after = _retry_after(headers)
         if status == 407 and (stop := self._proxy_refused(status, message)):
             raise stop

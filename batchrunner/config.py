@@ -473,12 +473,16 @@ BOOLEAN_FIELDS = frozenset({"logprobs", "parallel_tool_calls", "store", "enable_
                             "enable_search"})
 TEXT_FIELDS = frozenset({"user", "safety_identifier", "prompt_cache_key", "service_tier",
                          "reasoning_effort", "verbosity"})
-# All of them: a from_columns name close to one of these, and not one itself, is a typo.
-_BODY_FIELDS = INTEGER_FIELDS | NUMBER_FIELDS | BOOLEAN_FIELDS | TEXT_FIELDS | frozenset({
+# Fields that take a JSON object or array: a column's text is read as JSON (a CSV cell holding
+# {"type": "enabled"}, a JSONL object made text); ``stop`` and ``tool_choice`` also take text.
+JSON_FIELDS = frozenset({
     "audio", "extra_body", "logit_bias", "metadata", "modalities", "parameters", "prediction",
-    "response_format", "search_parameters", "stop", "thinking", "tool_choice", "tools",
-    "web_search_options",
+    "response_format", "search_parameters", "thinking", "tools", "web_search_options",
 })
+JSON_OR_TEXT_FIELDS = frozenset({"stop", "tool_choice"})
+# All of them: a from_columns name close to one of these, and not one itself, is a typo.
+_BODY_FIELDS = (INTEGER_FIELDS | NUMBER_FIELDS | BOOLEAN_FIELDS | TEXT_FIELDS | JSON_FIELDS
+                | JSON_OR_TEXT_FIELDS)
 
 
 def _from_columns(value: Any, what: str) -> None:
@@ -546,6 +550,11 @@ def check_base_url(url: str, what: str) -> str:
     if parts.path.rstrip("/").endswith("/chat/completions"):
         raise ConfigError(
             f"{what} must be the base URL without /chat/completions ({example}), got {shown!r}"
+        )
+    if parts.path.rstrip("/").endswith(("/responses", "/completions", "/embeddings")):
+        raise ConfigError(
+            f"{what} must be the base URL, not another endpoint's: requests go to its "
+            f"/chat/completions ({example}), got {shown!r}"
         )
     return url.rstrip("/")
 

@@ -53,6 +53,7 @@ class Estimate:
     price_library: str = ""
     budget_usd: float | None = None  # max_cost_usd: the job's whole spend, earlier runs' too
     spent_usd: float = 0.0  # what earlier runs spent
+    warnings: list[str] = field(default_factory=list)  # the job's, as a run would say them
 
     @property
     def cost_usd(self) -> float | None:
@@ -91,7 +92,8 @@ def estimate(plan: Plan) -> Estimate:
     job = plan.job
     est = Estimate(name=job.name, rows=plan.total_rows, already_done=len(plan.done),
                    price_library=f"genai-prices {plan.prices.library_version}",
-                   budget_usd=job.limits.max_cost_usd, spent_usd=plan.prior_cost)
+                   budget_usd=job.limits.max_cost_usd, spent_usd=plan.prior_cost,
+                   warnings=list(plan.warnings))
     observed = _observed_completion(plan)
     unbounded = 0  # rows to send with no max_tokens of their own
     for key, row, _ in iter_rows(plan):
@@ -181,6 +183,7 @@ def format_estimate(e: Estimate) -> str:
                      f"({e.time_basis})")
     else:
         lines.append("  time: no rate limit set; the server's limits decide")
+    lines.extend(f"  warning: {w}" for w in e.warnings)
     for reason, n in e.not_sendable.most_common():
         lines.append(f"  warning: {count_rows(n)} will not be sent: {reason}")
     for ex in e.not_sendable_examples:

@@ -282,6 +282,15 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 f"({column_list(source.columns, key_column)})"
             )
         warnings.extend(request_warnings(job.request))
+        bounded = {"max_tokens", "max_completion_tokens"}
+        if job.limits.max_cost_usd is not None and job.request.max_tokens is None and not (
+                bounded & (job.request.extra.keys() | job.request.from_columns.keys())):
+            warnings.append(
+                "max_cost_usd is set but max_tokens is not: with no bound on a reply's length, "
+                "each request is held against the budget at the replies' mean length so far "
+                f"({DEFAULT_COMPLETION_ESTIMATE} tokens to start), so the spend may pass the "
+                "budget by a few requests' worth (more with a thinking model, whose reasoning "
+                "is output) — set max_tokens to make the budget a bound")
 
     total, ids = _scan_keys(source, key_column, where,
                             builder.needed_columns if builder is not None else ("body",))
@@ -1706,20 +1715,28 @@ def retry_advice(failed_by_type: Mapping[str, int]) -> str:
     fail on again: the input rows that could not be sent (``invalid_row``), and what the
     endpoint refused (a model it does not have, a setting it rejects: a 4xx)."""
     unsendable = failed_by_type.get("invalid_row", 0)
-    refused = {t: n for t, n in failed_by_type.items() if t != "invalid_row" and fails_again(t)}
+    too_large = failed_by_type.get("request_too_large", 0)
+    refused = {t: n for t, n in failed_by_type.items()
+               if t not in ("invalid_row", "request_too_large") and fails_again(t)}
     steps = []
     if unsendable:
         steps.append(f"fix the input of the {count_rows(unsendable)} that could not be sent "
                      "(invalid_row: the error_message of each says why)")
+    if too_large:
+        steps.append(f"shrink the prompt or max_tokens of the {count_rows(too_large)} larger "
+                     "than the tokens-per-minute limit (request_too_large)")
     if refused:
         steps.append(f"fix what the endpoint refused in the {count_rows(sum(refused.values()))}"
                      f" that failed with {', '.join(refused)} (a model name, a request setting: "
                      "the error_message says), or they fail again")
+    timeouts = (" (rows that timed out may need a longer --timeout)"
+                if failed_by_type.get("timeout") else "")
     if not steps:
-        return "rerun with --retry-failed to send the failed rows again"
-    if unsendable + sum(refused.values()) == sum(failed_by_type.values()):
+        return f"rerun with --retry-failed to send the failed rows again{timeouts}"
+    if unsendable + too_large + sum(refused.values()) == sum(failed_by_type.values()):
         return f"{'; and '.join(steps)}, then rerun with --retry-failed to send them"
-    return f"rerun with --retry-failed to send the failed rows again; first {'; and '.join(steps)}"
+    return (f"rerun with --retry-failed to send the failed rows again{timeouts}; first "
+            f"{'; and '.join(steps)}")
 
 
 def fails_again(error_type: str) -> bool:

@@ -17,9 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from batchrunner.config import (
     BOOLEAN_FIELDS,
     INTEGER_FIELDS,
+    JSON_FIELDS,
+    JSON_OR_TEXT_FIELDS,
     NUMBER_FIELDS,
     TEXT_FIELDS,
     RequestConfig,
@@ -241,6 +245,14 @@ def _field_value(name: str, v: Any) -> Any:
             v = bool(v)
         if not isinstance(v, bool):
             raise _NotA("true or false")
+    if isinstance(v, str) and (name in JSON_FIELDS or (
+            name in JSON_OR_TEXT_FIELDS and v.lstrip()[:1] in ("{", "["))):
+        try:
+            v = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            raise _NotA("a JSON object or array") from None
+    if name in JSON_FIELDS and not isinstance(v, dict | list):
+        raise _NotA("a JSON object or array")
     return v
 
 

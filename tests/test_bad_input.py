@@ -510,6 +510,12 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv(), base_url=url), ["--base-url", "without /chat/completions"]
 
 
+@case("base_url of the Responses endpoint")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return c.args(c.good_csv(), base_url=c.url + "/responses"), [
+        "--base-url must be the base URL, not another endpoint's", "/chat/completions"]
+
+
 @case("base_url with a line break")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # urlsplit silently drops the line break; the run then failed every row as connection errors.

@@ -64,6 +64,11 @@ def test_estimate_warns_when_the_budget_will_stop_the_run(
            "about " in out and " of the 39 rows" in out
     assert main(["estimate", *args, "--max-cost", "100"]) == 0
     assert "max_cost_usd" not in capsys.readouterr().out
+    # Without max_tokens, a reply's length has no bound: the budget is not one either.
+    assert main(["estimate", *args[:-2], "--max-cost", "100"]) == 0
+    said = capsys.readouterr()
+    assert ("max_cost_usd is set but max_tokens is not: with no bound on a reply's length"
+            in said.out + said.err)
 
 
 def test_estimate_needs_no_output_directory(tmp_path: Path,

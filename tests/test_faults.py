@@ -450,8 +450,8 @@ async def test_a_request_larger_than_the_token_limit_fails_at_once(tmp_path: Pat
     assert (row["error_type"], row["attempts"], row["rate_limited"]) == (
         "request_too_large", 1, 0)
     assert row["error_message"] == said
-    assert "fix what the endpoint refused in the 1 row that failed with request_too_large" \
-        in format_summary(s)
+    assert ("shrink the prompt or max_tokens of the 1 row larger than the tokens-per-minute "
+            "limit (request_too_large), then rerun with --retry-failed") in format_summary(s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -647,6 +647,29 @@ async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
 
 
 @pytest.mark.anyio
+async def test_a_base_url_without_its_v1_says_to_check_it(tmp_path: Path) -> None:
+    """A base URL that misses /v1 gets the server's plain 404 for every row: the stop says
+    where the requests went and to check the base URL, not to fix a model or a setting."""
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(40)])
+
+    async def only_v1(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/v1/chat/completions":
+            return web.json_response(completion(await request.json(), "hi"))
+        return web.Response(status=404, text="404: Not Found")  # as aiohttp and others say
+
+    runner, port = await serve_on_loopback(only_v1)
+    try:
+        root = f"http://127.0.0.1:{port}"
+        s = await run(job_for(tmp_path, root, inp))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped
+    assert s.stopped.startswith("the first 20 rows sent all failed with http_404")
+    assert f"nothing at {root}/chat/completions: check the base URL (most end in /v1)" \
+        in s.stopped
+
+
+@pytest.mark.anyio
 async def test_first_rows_failing_do_not_stop_a_job_once_one_is_ok(tmp_path: Path) -> None:
     n = 60
     texts = [f"row {i} [[sim:400]]" if i != 10 and i < 40 else f"row {i}" for i in range(n)]
@@ -734,6 +757,8 @@ async def test_server_that_accepts_and_never_answers(tmp_path: Path) -> None:
     rep = report(tmp_path)
     assert failed_by_type(rep) == {"timeout": 2}
     assert seen_by_type(rep) == {"timeout": 6}
+    assert format_summary(s).endswith("rerun with --retry-failed to send the failed rows again "
+                                      "(rows that timed out may need a longer --timeout)")
 
 
 @pytest.mark.anyio

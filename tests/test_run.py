@@ -593,11 +593,16 @@ def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
                                     "    http_400: bad max_tokens"]
     assert "empty" not in format_summary(s)
     assert lines[-1] == (
-        "  rerun with --retry-failed to send the failed rows again; first fix what the "
-        "endpoint refused in the 2 rows that failed with http_400 (a model name, a request "
-        "setting: the error_message says), or they fail again")
+        "  rerun with --retry-failed to send the failed rows again (rows that timed out may "
+        "need a longer --timeout); first fix what the endpoint refused in the 2 rows that "
+        "failed with http_400 (a model name, a request setting: the error_message says), or "
+        "they fail again")
     assert "requests sent this run" in format_summary(s)
     s.error_types = {"http_500": 4, "timeout": 3}
+    assert format_summary(s).splitlines()[-1] == (
+        "  rerun with --retry-failed to send the failed rows again (rows that timed out may "
+        "need a longer --timeout)")
+    s.error_types = {"http_500": 4}
     assert format_summary(s).splitlines()[-1] == (
         "  rerun with --retry-failed to send the failed rows again")
     # Rebuilt outputs (`report`): no run line, and rows left to do say how to go on.

@@ -181,6 +181,29 @@ def test_body_fields_from_columns() -> None:
                        ["q"], "input")
 
 
+def test_body_fields_taking_objects_read_a_columns_json() -> None:
+    """A CSV cell holding {"type": "enabled"} for ``thinking`` (or search_parameters, tools,
+    ...) is sent as the object it writes, not as a string; ``stop`` and ``tool_choice`` take
+    text as it is, JSON when it is an array or object; a struct value is sent as it is."""
+    from batchrunner.config import RequestConfig
+
+    req = RequestConfig(model="m", prompt="{q}", from_columns={
+        "thinking": "th", "search_parameters": "sp", "stop": "st", "tool_choice": "tc"})
+    b = RequestBuilder(req, ["q", "th", "sp", "st", "tc"], "input")
+    body, _ = b.build({"q": "x", "th": '{"type": "enabled"}', "sp": {"mode": "on"},
+                       "st": '["\\n\\n", "END"]', "tc": "auto"})
+    assert body is not None
+    assert (body["thinking"], body["search_parameters"], body["stop"], body["tool_choice"]) == (
+        {"type": "enabled"}, {"mode": "on"}, ["\n\n", "END"], "auto")
+    body, _ = b.build({"q": "x", "th": None, "sp": None, "st": "END", "tc": '{"type": "none"}'})
+    assert body is not None and body["stop"] == "END" and body["tool_choice"] == {"type": "none"}
+    for row, said in (({"th": "enabled"}, "column 'th' holds 'enabled', not a JSON object or "
+                       "array for thinking"), ({"th": "7"}, "not a JSON object or array"),
+                      ({"tc": "{oops"}, "not a JSON object or array for tool_choice")):
+        got = b.build({"q": "x", "th": None, "sp": None, "st": None, "tc": None, **row})
+        assert got[0] is None and said in got[1]
+
+
 def test_from_columns_is_checked_before_anything_is_sent(tmp_path: Path) -> None:
     base = {"input": str(tmp_path / "in.csv"), "prompt": "{q}", "model": "m",
             "output": str(tmp_path / "out")}
