@@ -907,6 +907,9 @@ class _Run:
                     self._warn_row(key, item.checks.warning)
                 for warning in body_warnings(item.body):
                     self._warn_row(key, warning)
+            elif plan.builder.rows_vary:  # a model, body fields of the row's own
+                for warning in plan.builder.row_warnings(item.body):
+                    self._warn_row(key, warning)
             self.outstanding += 1
             return item
         return None

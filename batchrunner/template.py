@@ -111,10 +111,17 @@ def request_warnings(req: RequestConfig) -> list[str]:
     fields = {**req.extra, "model": req.model, "max_tokens": req.max_tokens,
               "temperature": req.temperature, "top_p": req.top_p}
 
-    def where(name: str) -> str:
-        return f"[request] {name}" if name in _REQUEST_FIELDS else f"[request.extra] {name}"
+    return _warnings(fields, req.stream, lambda name: _job_field(req, name),
+                     "set [request] stream = true or pass --stream")
 
-    return _warnings(fields, req.stream, where, "set [request] stream = true or pass --stream")
+
+def _job_field(req: RequestConfig, name: str) -> str:
+    """A body field as a job sets it, for messages."""
+    if name in req.from_columns:
+        return f"from_columns {name} = {req.from_columns[name]!r}"
+    if name == "model" and req.model_column:
+        return f"model (column {req.model_column!r})"
+    return f"[request] {name}" if name in _REQUEST_FIELDS else f"[request.extra] {name}"
 
 
 def body_warnings(body: dict[str, Any]) -> list[str]:
@@ -313,6 +320,7 @@ class RequestBuilder:
             ask_for_usage(base)
         self._base = base
         self._system = request.system
+        self._job_warnings: frozenset[str] | None = None  # request_warnings, for row_warnings
         # The columns whose values are the prompt's text (see ``arrow.prompt_text``).
         self.text_columns: tuple[str, ...] = tuple(
             dict.fromkeys(self.template.fields if self.template else [request.prompt_column or ""]))
@@ -326,6 +334,22 @@ class RequestBuilder:
                 ]
             )
         )
+
+    @property
+    def rows_vary(self) -> bool:
+        """Whether rows have settings of their own (a model, body fields from columns)."""
+        return bool(self.request.model_column or self.request.from_columns)
+
+    def row_warnings(self, body: dict[str, Any]) -> list[str]:
+        """``request_warnings`` for one row's body, when the rows' own settings (``rows_vary``)
+        ask for what a gateway drops: those the job's settings alone do not already."""
+        req = self.request
+        if self._job_warnings is None:
+            self._job_warnings = frozenset(request_warnings(req))
+        return [w for w in _warnings(body, body.get("stream") is True,
+                                     lambda name: _job_field(req, name),
+                                     "set [request] stream = true or pass --stream")
+                if w not in self._job_warnings]
 
     def prompt(self, row: dict[str, Any]) -> str | None:
         if self.template is not None:

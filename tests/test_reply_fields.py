@@ -596,6 +596,32 @@ async def test_batch_rows_are_checked_against_their_own_structured_output(
         '(gateways drop it otherwise, with no error): set "stream": true in the body']
 
 
+@pytest.mark.anyio
+async def test_rows_own_settings_that_a_gateway_drops_are_warned_about(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model from a column, body fields from columns: a row asking for what a gateway drops
+    without streaming (a -thinking Gemini's reasoning, Qwen's enable_thinking) is warned
+    about once, naming the column, as the job's own settings are."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text,model,flag\na,x,gpt-4o-mini,\nb,y,gemini-2.5-flash-thinking,\n"
+                   "c,z,gpt-4o-mini,true\nd,w,gemini-2.5-flash-thinking,true\n")
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                              "model_column": "model", "base_url": sim.base_url,
+                              "from_columns": {"enable_thinking": "flag"},
+                              "output": str(tmp_path / "out"), "concurrency": 1})
+        s = await run(job)
+    assert s.exit_code == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert err == [
+        "batchrunner: warning: row b: model (column 'model') gemini-2.5-flash-thinking gives "
+        "its reasoning (reasoning_content) only in a stream, though its thinking is billed: "
+        "set [request] stream = true or pass --stream to record it",
+        "batchrunner: warning: row c: from_columns enable_thinking = 'flag' works only with "
+        "streaming (gateways drop it otherwise, with no error): set [request] stream = true or "
+        "pass --stream"]
+
+
 def write_batch(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> Path:
     path.write_text("".join(json.dumps({
         "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
