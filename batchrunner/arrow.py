@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 __all__ = [
     "bool_array",
+    "dumps_json",
     "float64_array",
     "group_codes",
     "int8_array",
@@ -266,6 +267,25 @@ def json_default(value: object) -> object:
     return str(value)
 
 
+def dumps_json(value: Any, option: int = 0) -> bytes:
+    """``orjson.dumps`` of Arrow's Python values: the rest of ``json_default``'s, and map keys
+    orjson takes only as text (bytes, decimals: a map column keyed by them) made text."""
+    option |= orjson.OPT_NON_STR_KEYS
+    try:
+        return orjson.dumps(value, default=json_default, option=option)
+    except TypeError:
+        return orjson.dumps(_keys_as_text(value), default=json_default, option=option)
+
+
+def _keys_as_text(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(json_default(k)): _keys_as_text(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_keys_as_text(v) for v in value]
+    return value
+
+
 def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """A column as the text a prompt shows of its values, when its values' ``str`` would read
     badly: numbers and booleans as JSON writes them (floats in their shortest form, so a
@@ -289,8 +309,6 @@ def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
         return string_array([None if v is None else v.decode("utf-8", "backslashreplace")
                              for v in column.to_pylist()])
     if pa.types.is_nested(typ):
-        return string_array([
-            None if v is None else orjson.dumps(
-                v, default=json_default, option=orjson.OPT_NON_STR_KEYS).decode()
-            for v in column.to_pylist(maps_as_pydicts="lossy")])
+        return string_array([None if v is None else dumps_json(v).decode()
+                             for v in column.to_pylist(maps_as_pydicts="lossy")])
     return column

@@ -731,7 +731,7 @@ class ChatClient:
                              key_origin=self._key_origin,
                              model=self.redact(model) if isinstance(model, str) else None):
             raise halt
-        if status == 429 and message.lower().startswith("request too large"):
+        if status == 429 and "request too large for" in message.lower():
             # OpenAI's 429 for one request larger than the tokens-per-minute limit: no wait
             # lets it through; the row's prompt or max_tokens must be made smaller.
             return HTTPStatusError(

@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from .arrow import json_default, prompt_text, string_array, typed_array
+from .arrow import dumps_json, prompt_text, string_array, typed_array
 from .errors import InputError, OutputError, UsageError
 
 __all__ = [
@@ -1112,8 +1112,7 @@ class ResultWriter:
             else:
                 self._file.write(
                     b"".join(
-                        orjson.dumps(row, default=json_default,
-                                     option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+                        dumps_json(row, orjson.OPT_APPEND_NEWLINE)
                         for row in _for_json(batch).to_pylist(maps_as_pydicts="lossy")
                     )
                 )

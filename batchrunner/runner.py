@@ -166,7 +166,9 @@ class RunSummary:
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     cost_unknown: int = 0  # ok rows without a cost: no price known, or no usage reported
     cut_off: int = 0  # requests in flight when the run ended (a stop's drain ran out)
-    run_cost_usd: float = 0.0  # what this run's requests cost (cost_usd is the job's)
+    # What this run's requests cost, billed retries included, on a rerun (cost_usd is the
+    # job's, earlier runs' rows included); None on a first run.
+    run_cost_usd: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -189,7 +191,7 @@ class _Work:
     refused_at: float = 0.0  # when an attempt of the row first failed to connect
     refusals: int = 0  # its attempts that failed to connect
     last_refusal: float = 0.0  # when its latest attempt failed to connect
-    lonely: int = 0  # its refusals with other requests answered since its previous one
+    lonely: int = 0  # its later refusals with a request sent since the one before answered
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
@@ -344,7 +346,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         pos = order.positions(string_array(sorted(picked))).drop_null()
         done[to_numpy(pos)] = False
         if not len(pos) and np.any(latest.ok >= 0):
-            numeric = re.search(r"\bkey\s*(==|!=|<|>|in\b)\s*\[?\s*-?\d", options.rerun_where)
+            numeric = re.search(r"\bkey\s*(==|!=|<=?|>=?|in\b)\s*[\[(]?\s*-?\d",
+                                options.rerun_where)
             hint = ("; key is text: quote the ids, as in \"key in ['1', '2']\"" if numeric
                     else "")
             warnings.append(f"--rerun-where {options.rerun_where!r} matched no row of the "
@@ -797,10 +800,13 @@ class _Run:
         self.prompt_ratio = 1.0
         self.latency_s = 1.0
         self.last_answer = -math.inf  # perf_counter() of the latest HTTP answer, of any status
-        # When the endpoint started to look down (a connection refused with no answer since its
-        # row started); it is down while this is later than last_answer.
+        # When the latest request that got an answer was sent: answers to requests sent before
+        # an outage began (a server draining them as it restarts) do not end it.
+        self.answered_sent = -math.inf
+        # When the endpoint started to look down (a connection refused, no request sent since
+        # its row started answered); it is down while this is later than answered_sent.
         self.refused_since = -math.inf
-        # The first connection refused after the latest answer: an outage began (see attempt).
+        # A refusal after which no request sent has been answered: an outage began (attempt).
         self.outage_from = -math.inf
         self.outage_s = options.outage_s
         self.max_concurrency = max_concurrency
@@ -849,7 +855,7 @@ class _Run:
     @property
     def _looks_down(self) -> bool:
         """A connection was refused after the latest answer (see ``_refused``)."""
-        return self.refused_since > self.last_answer
+        return self.refused_since > self.answered_sent
 
     def _finished_one(self) -> None:
         self.outstanding -= 1
@@ -1129,7 +1135,7 @@ class _Run:
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0, model=model,
                     finished_at=time.time(),
                 )
-                self._answered()  # an HTTP answer: the endpoint is reachable
+                self._answered(sent_at)  # an HTTP answer: the endpoint is reachable
                 if not self.answered_models:
                     self.held_models.setdefault(model, e)
                     self._hold(item, refused)
@@ -1141,7 +1147,7 @@ class _Run:
                 self.limiter.refund(charge)
                 self.errors_seen[e.error_type] += 1
                 if e.status is not None:
-                    self._answered()
+                    self._answered(sent_at)
                 elif e.error_type == "connection_error":
                     self.counters["not_connected"] += 1  # counted as sent: it was tried
                     self._refused(item)
@@ -1154,7 +1160,7 @@ class _Run:
                     # try of the row. Only a row refused again and again while others are
                     # answered fails (one server of several down, say).
                     item.attempts -= 1
-                    if (self.outage_from > self.last_answer
+                    if (self.outage_from > self.answered_sent
                             and item.last_refusal - self.outage_from >= self.outage_s):
                         self._unreachable(item, e, self.outage_from)
                         return None, None  # not a failure of the row: left to do
@@ -1215,7 +1221,7 @@ class _Run:
                     request_id=e.request_id, finished_at=time.time(),
                 ), None
             counts.in_flight -= 1
-            self._answered()
+            self._answered(sent_at)
             return self._success(item, res, charge), None
 
     def _hold(self, item: _Work, refused: Outcome | None) -> None:
@@ -1267,28 +1273,30 @@ class _Run:
         for item, _ in self.held:
             self.counters["attempts"] += item.attempts
 
-    def _answered(self) -> None:
-        """An HTTP answer (of any status) arrived: the endpoint is reachable."""
+    def _answered(self, sent_at: float) -> None:
+        """An HTTP answer (of any status) arrived to a request sent at ``sent_at``: the
+        endpoint is reachable, or was when it was sent."""
         down = self._looks_down
         self.last_answer = time.perf_counter()
-        if down:
+        self.answered_sent = max(self.answered_sent, sent_at)
+        if down and not self._looks_down:
             self._wake_workers()  # new rows may be started again
 
     def _refused(self, item: _Work) -> None:
         """An attempt of ``item`` could not connect."""
         now = time.perf_counter()
-        if self.last_answer > (item.last_refusal or item.started):
-            item.lonely += 1  # others were answered since its previous refusal (or its start)
+        if item.last_refusal and self.answered_sent > item.last_refusal:
+            item.lonely += 1  # a request sent since its previous refusal was answered
         item.refusals += 1
         item.last_refusal = now
         if not item.refused_at:
             item.refused_at = now
-        if self.outage_from <= self.last_answer:
+        if self.outage_from <= self.answered_sent:
             self.outage_from = now
-        if self.last_answer < item.started and self.refused_since <= self.last_answer:
-            # Nothing answered since the row started: the endpoint looks down. Until it
-            # answers, no new row is started (the rows started retry on their own backoff),
-            # or the workers would run through the input in failed first tries.
+        if self.answered_sent < item.started and self.refused_since <= self.answered_sent:
+            # No request sent since the row started was answered: the endpoint looks down.
+            # Until it answers, no new row is started (the rows started retry on their own
+            # backoff), or the workers would run through the input in failed first tries.
             self.refused_since = now
 
     def _unreachable(self, item: _Work, e: RequestError, since: float) -> None:
@@ -1557,7 +1565,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         summary.cut_off = run.counts.in_flight
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
-        summary.run_cost_usd = run.counts.cost_usd
+        if run.counts.resumed:  # the job's cost holds earlier runs' rows: this run's apart
+            summary.run_cost_usd = run.counts.cost_usd
         summary.stopped = str(run.stop_error) if run.stop_error else None
         summary.wall_s = time.monotonic() - started
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent)
@@ -1817,7 +1826,7 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      "(finish_reason=length)")
     cost = f"${s.cost_known_usd if s.cost_usd is None else s.cost_usd:,.4f}"
-    if s.ran and f"{s.run_cost_usd:,.4f}" != f"{s.cost_known_usd:,.4f}":  # earlier runs' too
+    if s.ran and s.run_cost_usd is not None:
         cost += f" for the job (${s.run_cost_usd:,.4f} this run)"
     if s.cost_usd is None and s.cost_unknown:
         cost += f", and {count_rows(s.cost_unknown)} without a cost (see report)"

@@ -610,20 +610,24 @@ def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path
         "bin": pa.array([b"ok", b"\xff"], pa.binary()),
         "u": uuid,
         "f32": pa.array([0.7, None], pa.float32()),
+        "mb": pa.array([[(b"k", 1)], None], pa.map_(pa.binary(), pa.int64())),
     })
     with ResultWriter(tmp_path / "r.csv", "csv", table.schema) as writer:
         writer.write(table)
     with open(tmp_path / "r.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[0] == {"lst": "[1,2]", "st": '{"x":1,"y":"q"}', "mp": '{"k":"v"}', "bin": "ok",
-                       "u": "00000000-0000-0000-0000-000000000001", "f32": "0.7"}
-    assert rows[1] == {"lst": "", "st": "", "mp": "{}", "bin": "\\xff", "u": "", "f32": ""}
+                       "u": "00000000-0000-0000-0000-000000000001", "f32": "0.7",
+                       "mb": '{"k":1}'}
+    assert rows[1] == {"lst": "", "st": "", "mp": "{}", "bin": "\\xff", "u": "", "f32": "",
+                       "mb": ""}
     with ResultWriter(tmp_path / "r.jsonl", "jsonl", table.schema) as writer:
         writer.write(table)
     first = orjson.loads((tmp_path / "r.jsonl").read_bytes().splitlines()[0])
     assert first["mp"] == {"k": "v"} and first["st"] == {"x": 1, "y": "q"}
     assert first["u"] == "00000000-0000-0000-0000-000000000001"
     assert first["f32"] == 0.7  # not 0.699999988079071
+    assert first["mb"] == {"k": 1}  # a map keyed by bytes: the keys as text
 
 
 def test_a_column_named_with_dots_or_brackets_is_used_in_a_template(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -460,10 +461,11 @@ def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
             "--from-column", "max_tokens=budget"]
     assert main(args) == 0
     (tmp_path / "in.csv").write_text("id,text,budget\n" + "\n".join(rows[2:]) + "\n")
-    capsys.readouterr()
+    assert "for the job" not in capsys.readouterr().out  # a first run: its cost is the job's
     assert main(args) == 0
     out, err = capsys.readouterr()
     said = out + err
+    assert re.search(r"cost: \$\d\.\d{4} for the job \(\$0\.0000 this run\)", out), out
     assert "4 rows: 4 ok, 0 failed" in said and "1 row cut at max_tokens" in said
     assert "a row done before keeps its answer even if its text changed" in said
     assert ("2 rows recorded in out by earlier runs are not in this input: the results and "
