@@ -801,10 +801,11 @@ class _Run:
         self.latency_s = 1.0
         self.last_answer = -math.inf  # perf_counter() of the latest HTTP answer, of any status
         # When the latest request that got an answer was sent: answers to requests sent before
-        # an outage began (a server draining them as it restarts) do not end it.
+        # an outage began (a server draining them as it restarts) do not make the refusals
+        # meanwhile the rows' own, nor end the outage.
         self.answered_sent = -math.inf
-        # When the endpoint started to look down (a connection refused, no request sent since
-        # its row started answered); it is down while this is later than answered_sent.
+        # When the endpoint started to look down (a connection refused with no answer since its
+        # row started); it is down while this is later than last_answer.
         self.refused_since = -math.inf
         # A refusal after which no request sent has been answered: an outage began (attempt).
         self.outage_from = -math.inf
@@ -855,7 +856,7 @@ class _Run:
     @property
     def _looks_down(self) -> bool:
         """A connection was refused after the latest answer (see ``_refused``)."""
-        return self.refused_since > self.answered_sent
+        return self.refused_since > self.last_answer
 
     def _finished_one(self) -> None:
         self.outstanding -= 1
@@ -1161,7 +1162,8 @@ class _Run:
                     # answered fails (one server of several down, say).
                     item.attempts -= 1
                     if (self.outage_from > self.answered_sent
-                            and item.last_refusal - self.outage_from >= self.outage_s):
+                            and item.last_refusal - self.outage_from >= self.outage_s
+                            and item.last_refusal - self.last_answer >= self.outage_s):
                         self._unreachable(item, e, self.outage_from)
                         return None, None  # not a failure of the row: left to do
                     if item.lonely < self.policy.max_attempts:
@@ -1279,7 +1281,7 @@ class _Run:
         down = self._looks_down
         self.last_answer = time.perf_counter()
         self.answered_sent = max(self.answered_sent, sent_at)
-        if down and not self._looks_down:
+        if down:
             self._wake_workers()  # new rows may be started again
 
     def _refused(self, item: _Work) -> None:
@@ -1293,10 +1295,10 @@ class _Run:
             item.refused_at = now
         if self.outage_from <= self.answered_sent:
             self.outage_from = now
-        if self.answered_sent < item.started and self.refused_since <= self.answered_sent:
-            # No request sent since the row started was answered: the endpoint looks down.
-            # Until it answers, no new row is started (the rows started retry on their own
-            # backoff), or the workers would run through the input in failed first tries.
+        if self.last_answer < item.started and self.refused_since <= self.last_answer:
+            # Nothing answered since the row started: the endpoint looks down. Until it
+            # answers, no new row is started (the rows started retry on their own backoff),
+            # or the workers would run through the input in failed first tries.
             self.refused_since = now
 
     def _unreachable(self, item: _Work, e: RequestError, since: float) -> None:

@@ -252,14 +252,24 @@ def _field_value(name: str, v: Any) -> Any:
             v = bool(v)
         if not isinstance(v, bool):
             raise _NotA("true or false")
-    if isinstance(v, str) and (name in JSON_FIELDS or (
-            name in JSON_OR_TEXT_FIELDS and v.lstrip()[:1] in ("{", "["))):
+    if isinstance(v, str) and name in JSON_FIELDS:
         try:
             v = orjson.loads(v)
         except orjson.JSONDecodeError:
             raise _NotA("a JSON object or array") from None
     if name in JSON_FIELDS and not isinstance(v, dict | list):
         raise _NotA("a JSON object or array")
+    if isinstance(v, str) and name in JSON_OR_TEXT_FIELDS and v.lstrip()[:1] in ("{", "["):
+        # JSON when it reads as what the field takes (a list of stop strings, a tool_choice
+        # object), else the text as it is: "[END]" is a stop string.
+        try:
+            parsed = orjson.loads(v)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if (isinstance(parsed, list) and name == "stop"
+                and all(isinstance(x, str) for x in parsed)) or (
+                isinstance(parsed, dict) and name == "tool_choice"):
+            v = parsed
     return v
 
 

@@ -184,7 +184,8 @@ def test_body_fields_from_columns() -> None:
 def test_body_fields_taking_objects_read_a_columns_json() -> None:
     """A CSV cell holding {"type": "enabled"} for ``thinking`` (or search_parameters, tools,
     ...) is sent as the object it writes, not as a string; ``stop`` and ``tool_choice`` take
-    text as it is, JSON when it is an array or object; a struct value is sent as it is."""
+    text as it is, JSON when it reads as what they take (a list of stop strings, a
+    tool_choice object); a struct value is sent as it is."""
     from batchrunner.config import RequestConfig
 
     req = RequestConfig(model="m", prompt="{q}", from_columns={
@@ -197,9 +198,11 @@ def test_body_fields_taking_objects_read_a_columns_json() -> None:
         {"type": "enabled"}, {"mode": "on"}, ["\n\n", "END"], "auto")
     body, _ = b.build({"q": "x", "th": None, "sp": None, "st": "END", "tc": '{"type": "none"}'})
     assert body is not None and body["stop"] == "END" and body["tool_choice"] == {"type": "none"}
+    for stop in ("[END]", "[/INST]", "{", "[1, 2]", '{"a": 1}'):  # stop strings, as they are
+        body, _ = b.build({"q": "x", "th": None, "sp": None, "st": stop, "tc": None})
+        assert body is not None and body["stop"] == stop
     for row, said in (({"th": "enabled"}, "column 'th' holds 'enabled', not a JSON object or "
-                       "array for thinking"), ({"th": "7"}, "not a JSON object or array"),
-                      ({"tc": "{oops"}, "not a JSON object or array for tool_choice")):
+                       "array for thinking"), ({"th": "7"}, "not a JSON object or array")):
         got = b.build({"q": "x", "th": None, "sp": None, "st": None, "tc": None, **row})
         assert got[0] is None and said in got[1]
 
