@@ -113,8 +113,9 @@ class TqdmProgress:
             self._bar = None
 
 
-def utc_now() -> str:
-    """Now in UTC to the second, as a log line starts: ``2026-11-30T02:00:01Z``."""
+def utc_timestamp() -> str:
+    """Now, as the outputs and log lines write times: ISO 8601 UTC to the second, e.g.
+    ``2026-11-30T02:00:01Z``."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
@@ -155,7 +156,7 @@ class LogProgress:
             self.write(f"{self._desc}: {done} rows  {_postfix(counts)}{note}")
 
     def write(self, line: str) -> None:
-        print(f"{utc_now()} {line}", file=sys.stderr)
+        print(f"{utc_timestamp()} {line}", file=sys.stderr)
 
     def close(self) -> None:
         pass

@@ -62,7 +62,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -81,6 +81,7 @@ from batchrunner.arrow import (
     to_numpy,
 )
 from batchrunner.pricing import LIBRARY_NAME, SOURCE_UNKNOWN, PriceBook
+from batchrunner.progress import utc_timestamp
 
 __all__ = [
     "OPTIONAL_REPORT_COLUMNS",
@@ -822,11 +823,6 @@ def _np_small_int(col: pa.ChunkedArray | pa.Array) -> npt.NDArray[Any]:
 
 # --------------------------------------------------------------------------------------------
 # Markdown
-
-
-def utc_timestamp() -> str:
-    """Now, as the outputs write times: ISO 8601 UTC to the second, e.g. 2026-11-30T02:00:01Z."""
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:

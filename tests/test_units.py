@@ -345,7 +345,7 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
 
     now = [1000.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(progress, "utc_now", lambda: "2026-11-30T02:00:01Z")
+    monkeypatch.setattr(progress, "utc_timestamp", lambda: "2026-11-30T02:00:01Z")
     log = progress.LogProgress("nightly", every_s=30.0)
     log.start(20_000, 1_000)
     counts = progress.Counts(ok=1_500, tokens=12_345, cost_usd=0.25)
@@ -365,7 +365,7 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
         "tokens=12,345 cost=$0.2500  (no row finished for 56 s; 64 requests in flight)",
     ]
     monkeypatch.undo()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", progress.utc_now())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", progress.utc_timestamp())
     counts.resumed = True  # earlier runs' rows in ok=, this run's tokens and cost
     assert progress._postfix(counts).endswith(
         "retrying=0 this run: tokens=12,345 cost=$0.2500")
