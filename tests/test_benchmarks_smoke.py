@@ -45,3 +45,22 @@ def test_bench_pacing_knows_every_scenario() -> None:
     from benchmarks import bench_pacing
 
     assert tuple(bench_pacing.SCENARIOS) == SCENARIOS
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pins cores, as bench_pacing")
+def test_count_instructions_smoke() -> None:
+    """The commands it counts run (without valgrind in smoke mode), and when valgrind is
+    installed its count of a trivial process is read from valgrind's output."""
+    import shutil
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "count_instructions.py"), "--smoke"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{proc.stderr[-3000:]}"
+    for name in ("bare", "runner"):
+        for n in (5, 15):
+            assert f"  {name} {n} requests, run 1: ran (not counted)" in out, out
+    if shutil.which("valgrind"):
+        assert "python -c pass under callgrind: " in out, out

@@ -1,0 +1,169 @@
+"""The overhead scenario counted in instructions, not seconds: repeatable on a noisy machine.
+
+Wall and CPU times on a shared VM move by 10–30 % from run to run, more than most changes to the
+per-request path are worth, so an A/B of such a change by time needs many interleaved rounds and
+can still mislead. ``valgrind --tool=callgrind`` counts the instructions a process executes, which
+does not depend on what else the machine is doing. This script counts them for the bare aiohttp
+loop (``bench_pacing.py``'s baseline, the same bodies) and for ``batchrunner run`` over the same
+rows, each at two sizes, and splits each count into a fixed part (start-up and finish) and a part
+per request::
+
+    python benchmarks/count_instructions.py                    # 500 and 1,500 requests, ~4 min
+    python benchmarks/count_instructions.py --runs 3           # median of 3 runs at each size
+    python benchmarks/count_instructions.py --only runner      # the runner only (A/B a change)
+    PYTHONPATH=/path/to/other/checkout python benchmarks/count_instructions.py --only runner
+    python benchmarks/count_instructions.py --smoke            # checks it runs: no valgrind
+
+The simulator runs at full speed in its own process (pinned to the first core, as in
+``bench_pacing.py``); only the measured process runs under valgrind, about 50 times slower than
+usual, so every reply is waiting when it reads: the event loop batches more than in a real run.
+The counts are for comparing versions of the same code on the same machine: instructions are not
+time (a cache miss costs more than an add), and the runner's count varies by about 1–2 % from run
+to run (its journal is flushed by time as well as by rows), the bare loop's by 0.1 %.
+
+``--smoke`` runs the same commands at a few rows without valgrind, and counts the instructions of
+``python -c pass`` under valgrind when it is installed, so the tests check the plumbing and the
+parsing in seconds (a Python process that imports aiohttp and pyarrow takes half a minute to
+start under callgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_pacing import (
+    MODEL,
+    BenchError,
+    SimProcess,
+    child_env,
+    pin_cores,
+    runner_argv,
+    warm_up,
+    write_bodies,
+    write_input,
+)
+
+BENCH = Path(__file__).resolve().parent / "bench_pacing.py"
+COLLECTED_RE = re.compile(r"Collected : (\d+)")
+CONCURRENCY = 64
+MAX_TOKENS = 256
+AT_20K = 20_000  # the overhead scenario's size, for the projected ratio
+
+
+def count(argv: Sequence[str], *, valgrind: bool, workdir: Path, timeout_s: float) -> int | None:
+    """Run ``argv`` (under callgrind when ``valgrind``); the instructions it executed, or None
+    when not counted. A failed run raises BenchError."""
+    cmd = list(argv)
+    if valgrind:
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), cwd=workdir,
+                          timeout=timeout_s, check=False)
+    if proc.returncode not in (0, 3):
+        raise BenchError(f"{' '.join(argv[:3])}… exited {proc.returncode}: "
+                         f"{proc.stderr.strip()[-800:]}")
+    if not valgrind:
+        return None
+    found = COLLECTED_RE.findall(proc.stderr)
+    if not found:
+        raise BenchError(f"no instruction count in valgrind's output: {proc.stderr[-800:]}")
+    return int(found[-1])
+
+
+def split(small: int, large: int, n_small: int, n_large: int) -> tuple[float, float]:
+    """(fixed, per request) from the counts at two sizes."""
+    per = (large - small) / (n_large - n_small)
+    return small - per * n_small, per
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", default="500,1500", metavar="A,B",
+                        help="the two sizes, in requests (default 500,1500)")
+    parser.add_argument("--runs", type=int, default=1, help="runs at each size; the median counts")
+    parser.add_argument("--only", choices=("bare", "runner"), action="append",
+                        help="measure only this (repeatable; default both)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run everything at a few rows without valgrind (checks it runs)")
+    args = parser.parse_args(argv)
+    try:
+        sizes = sorted({int(x) for x in args.rows.split(",")})
+    except ValueError:
+        parser.error(f"--rows takes two numbers of requests, like 500,1500 (got {args.rows!r})")
+    if len(sizes) != 2 or sizes[0] < 1:
+        parser.error(f"--rows takes two different positive numbers, like 500,1500 "
+                     f"(got {args.rows!r})")
+    if args.runs < 1:
+        parser.error("--runs takes a positive number")
+    valgrind = shutil.which("valgrind") is not None
+    if args.smoke:
+        sizes, args.runs = [5, 15], 1
+    elif not valgrind:
+        print("count_instructions: valgrind is not installed (Debian: apt-get install valgrind)",
+              file=sys.stderr)
+        return 2
+    what = args.only or ["bare", "runner"]
+    cores = pin_cores()
+    with tempfile.TemporaryDirectory(prefix="count-instr-") as tmp_name:
+        tmp = Path(tmp_name)
+        warm_up(Path(__file__).resolve().parent.parent / "batchrunner")
+        if args.smoke and valgrind:
+            n = count([sys.executable, "-c", "pass"], valgrind=True, workdir=tmp, timeout_s=120)
+            print(f"python -c pass under callgrind: {n:,} instructions")
+        print(f"{MODEL}, concurrency {CONCURRENCY}, max_tokens {MAX_TOKENS}, 64-token replies; "
+              f"{sizes[0]:,} and {sizes[1]:,} requests, {args.runs} run(s) each; "
+              f"{cores.describe()}")
+        counts: dict[str, list[int | None]] = {}
+        with SimProcess(["--reply-tokens", "64"], cores.simulator, tmp / "sim") as sim:
+            for n in sizes:
+                bodies = write_bodies(tmp / f"bodies{n}.jsonl", n, max_tokens=MAX_TOKENS)
+                rows = write_input(tmp / f"input{n}.csv", n)
+                for name in what:
+                    runs = []
+                    for r in range(args.runs):
+                        if name == "bare":
+                            cmd = [sys.executable, str(BENCH), "--baseline-client", str(bodies),
+                                   "--url", sim.base_url, "--concurrency", str(CONCURRENCY)]
+                        else:
+                            out = tmp / f"out{n}-{r}"
+                            cmd = runner_argv(sim.base_url, rows, out, extra=[
+                                "--max-tokens", str(MAX_TOKENS),
+                                "--concurrency", str(CONCURRENCY)])
+                        got = count(cmd, valgrind=valgrind and not args.smoke, workdir=tmp,
+                                    timeout_s=60 if args.smoke else 1800)
+                        runs.append(got)
+                        shown = "ran (not counted)" if got is None else f"{got:,} instructions"
+                        print(f"  {name} {n:,} requests, run {r + 1}: {shown}", flush=True)
+                    counts.setdefault(name, []).append(
+                        None if None in runs else int(statistics.median(
+                            x for x in runs if x is not None)))
+    figures: dict[str, tuple[float, float]] = {}
+    for name, (small, large) in counts.items():
+        if small is None or large is None:
+            continue
+        fixed, per = split(small, large, sizes[0], sizes[1])
+        figures[name] = (fixed, per)
+        print(f"{name:6s}: {per:,.0f} instructions a request, fixed {fixed / 1e6:,.0f} M")
+    if "bare" in figures and "runner" in figures:
+        (fb, pb), (fr, pr) = figures["bare"], figures["runner"]
+        total = (fr + AT_20K * pr) / (fb + AT_20K * pb)
+        print(f"runner / bare: {pr / pb:.2f}× a request; {total:.2f}× for {AT_20K:,} requests "
+              "with the fixed parts")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"count_instructions: {e}", file=sys.stderr)
+        sys.exit(1)
