@@ -128,6 +128,7 @@ OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd",)
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
+_DETAIL_COLUMNS = ("cached_tokens", "reasoning_tokens")  # counts a reply may leave out
 # The columns report.html's top-10 tables show, and the columns they are ranked by.
 _TOP_COLUMNS = (
     "key",
@@ -212,6 +213,7 @@ class OutcomeStats:
         "_newest",
         "_per_row",
         "_rate_limited",
+        "_reported",
         "_rows_attempted",
         "_status",
         "_tokens",
@@ -226,6 +228,9 @@ class OutcomeStats:
         self._n_length = 0
         self._n_unpriced = 0
         self._tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
+        # Rows whose reply gave the count at all: many servers leave out cached and reasoning
+        # tokens, and a sum of 0 would read as "none" where it is "not said".
+        self._reported: dict[str, int] = dict.fromkeys(_DETAIL_COLUMNS, 0)
         self._total_tokens = 0
         self._attempts = 0
         self._rows_attempted = 0
@@ -315,6 +320,8 @@ class OutcomeStats:
 
         for c in _TOKEN_COLUMNS:
             self._tokens[c] += _int_sum(t[c])
+        for c in _DETAIL_COLUMNS:
+            self._reported[c] += len(t[c]) - t[c].null_count
         total = pc.coalesce(t["total_tokens"], pc.add(t["prompt_tokens"], t["completion_tokens"]))
         self._total_tokens += _int_sum(total)
         self._attempts += _int_sum(t["attempts"])
@@ -576,6 +583,10 @@ def build_report(
             "reasoning": stats._tokens["reasoning_tokens"],
             "total": stats._total_tokens,
         },
+        # How many rows' replies gave these counts (0: the server never said; the sums above
+        # are then 0 for want of a figure, not a measured 0).
+        "tokens_reported_by_rows": {"cached": stats._reported["cached_tokens"],
+                                    "reasoning": stats._reported["reasoning_tokens"]},
         "cost_usd": stats._cost_sum(lambda k: True),
         "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
         "cost_earlier_attempts_usd": stats._cost_sum(lambda k: True, earlier=True),
@@ -858,9 +869,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ["Rows", f"{_num(rows.get('total', 0))} ({_num(ok)} ok, {_num(failed)} failed"
                  + (f", {_num(rows['to_do'])} to do)" if rows.get("to_do") else ")")],
         ["Prompt tokens", _num(tokens.get("prompt", 0))],
-        ["Cached prompt tokens", _num(tokens.get("cached", 0))],
+        ["Cached prompt tokens", _detail(report, "cached")],
         ["Completion tokens", _num(tokens.get("completion", 0))],
-        ["Reasoning tokens (in completion)", _num(tokens.get("reasoning", 0))],
+        ["Reasoning tokens (in completion)", _detail(report, "reasoning")],
         ["Total tokens", _num(tokens.get("total", 0))],
         ["Cost (USD)", cost],
         ["  of which billed for failed rows", _money(report.get("cost_failed_usd") or 0.0)],
@@ -975,6 +986,15 @@ def _num(v: Any) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     return f"{v:,.0f}" if abs(v) >= 100_000 else f"{v:,.6g}"
+
+
+def _detail(report: Mapping[str, Any], name: str) -> str:
+    """A cached or reasoning token total, or "not reported" when no reply gave the count (a
+    report from before ``tokens_reported_by_rows`` shows the total)."""
+    reported = (report.get("tokens_reported_by_rows") or {}).get(name)
+    if reported == 0 and (report.get("rows") or {}).get("total"):
+        return "not reported by the server"
+    return _num((report.get("tokens") or {}).get(name, 0))
 
 
 def _money(v: Any) -> str:

@@ -255,6 +255,7 @@ def test_job_fields_are_kept_and_the_key_order_is_stable(book: PriceBook) -> Non
         "job",
         "rows",
         "tokens",
+        "tokens_reported_by_rows",
         "cost_usd",
         "cost_failed_usd",
         "cost_earlier_attempts_usd",
@@ -561,3 +562,29 @@ def _complete(t: pa.Table) -> pa.Table:
     return pa.table({c: t[c] if c in t.column_names
                      else pa.nulls(t.num_rows, OUTCOME_SCHEMA.field(c).type)
                      for c in REPORT_COLUMNS})
+
+
+def test_cached_and_reasoning_tokens_not_reported_are_not_shown_as_zero(book: PriceBook) -> None:
+    silent = [ok_row(book, k, "gpt-4o-mini") for k in "ab"]
+    for o in silent:  # a server that gives prompt and completion tokens only
+        o.cached_tokens = o.reasoning_tokens = None
+    report = build_report(table(silent), prices=book, job=JOB, wall_s=1.0)
+    assert report["tokens_reported_by_rows"] == {"cached": 0, "reasoning": 0}
+    assert cell(render_markdown(report), "Reasoning tokens (in completion)") == (
+        "not reported by the server")
+    assert cell(render_markdown(report), "Cached prompt tokens") == "not reported by the server"
+
+    said = [ok_row(book, "c", "gpt-4o-mini", cached=0, reasoning=0), *silent]
+    report = build_report(table(said), prices=book, job=JOB, wall_s=1.0)
+    assert report["tokens_reported_by_rows"] == {"cached": 1, "reasoning": 1}
+    assert cell(render_markdown(report), "Reasoning tokens (in completion)") == "0"
+    assert cell(render_markdown(report), "Cached prompt tokens") == "0"
+    # A report written before the count existed shows the totals as it did.
+    del report["tokens_reported_by_rows"]
+    assert cell(render_markdown(report), "Reasoning tokens (in completion)") == "0"
+
+
+def cell(md: str, label: str) -> str:
+    """The value beside ``label`` in the markdown report's tables."""
+    (line,) = [x for x in md.splitlines() if x.startswith(f"| {label} ")]
+    return line.split("|")[2].strip()
