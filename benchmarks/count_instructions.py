@@ -18,8 +18,9 @@ The simulator runs at full speed in its own process (pinned to the first core, a
 ``bench_pacing.py``); only the measured process runs under valgrind, about 50 times slower than
 usual, so every reply is waiting when it reads: the event loop batches more than in a real run.
 The counts are for comparing versions of the same code on the same machine: instructions are not
-time (a cache miss costs more than an add), and the runner's count varies by about 1–2 % from run
-to run (its journal is flushed by time as well as by rows), the bare loop's by 0.1 %.
+time (a cache miss costs more than an add). Three runs of each were within 0.4 % of each other,
+but a single run of the runner has been 2 % off a request (its journal is flushed by time as well
+as by rows, and valgrind's pace varies): take the median of ``--runs 3``.
 
 ``--smoke`` runs the same commands at a few rows without valgrind, and counts the instructions of
 ``python -c pass`` under valgrind when it is installed, so the tests check the plumbing and the
