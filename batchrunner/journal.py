@@ -135,9 +135,13 @@ def _number_array(values: Sequence[float | None], type_: pa.DataType) -> pa.Arra
 
 
 def write_segment(directory: Path, name: str, table: pa.Table) -> Path:
-    """Write ``table`` as segment ``name`` atomically (temp file, fsync, rename, dir fsync)."""
+    """Write ``table`` as segment ``name`` atomically (temp file, fsync, rename, dir fsync).
+
+    Uncompressed: a run's segments live only until its end compacts them (with zstd), and
+    zstd here cost 4.3–5.1 µs a row of CPU to write and read back, against 1.6–1.7 µs
+    uncompressed (2,000 outcomes with 300-character replies), for files 4.5 times smaller."""
     return _write_atomic(directory, name, lambda f: pq.write_table(
-        table, f, compression="zstd", use_dictionary=list(REPEATED_COLUMNS)))
+        table, f, compression="none", use_dictionary=list(REPEATED_COLUMNS)))
 
 
 def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) -> Path:
