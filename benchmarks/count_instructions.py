@@ -18,9 +18,9 @@ The simulator runs at full speed in its own process (pinned to the first core, a
 ``bench_pacing.py``); only the measured process runs under valgrind, about 50 times slower than
 usual, so every reply is waiting when it reads: the event loop batches more than in a real run.
 The counts are for comparing versions of the same code on the same machine: instructions are not
-time (a cache miss costs more than an add). Three runs of each were within 0.4 % of each other,
-but a single run of the runner has been 2 % off a request (its journal is flushed by time as well
-as by rows, and valgrind's pace varies): take the median of ``--runs 3``.
+time (a cache miss costs more than an add). The runner's journal is flushed every 50 s instead
+of every second (``RUNNER_FLUSHED_BY_ROWS``), so that it writes its segments by rows, as a real
+run does. Three runs of each were within 0.4 % of each other; take the median of ``--runs 3``.
 
 ``--smoke`` runs the same commands at a few rows without valgrind, and counts the instructions of
 ``python -c pass`` under valgrind when it is installed, so the tests check the plumbing and the
@@ -31,6 +31,7 @@ start under callgrind).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -59,6 +60,20 @@ COLLECTED_RE = re.compile(r"Collected : (\d+)")
 CONCURRENCY = 64
 MAX_TOKENS = 256
 AT_20K = 20_000  # the overhead scenario's size, for the projected ratio
+# ``batchrunner run`` with its journal flushed every 50 s rather than every second: under
+# valgrind a run is about 50 times slower, and flushed each second it would write a segment every
+# few dozen rows, where a real run writes one every 2,000 (FLUSH_EVERY_ROWS), and what a segment
+# costs would count some 50 times over. The rest is ``cli.main``'s own start, in its order: the
+# allocator settings and the BLAS thread count are set before pyarrow and numpy are imported.
+RUNNER_FLUSHED_BY_ROWS = """
+import os, sys
+from batchrunner import cli
+cli._tune_memory()
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import batchrunner.runner
+batchrunner.runner.FLUSH_EVERY_S = 50.0
+sys.exit(cli.main())
+"""
 
 
 def count(argv: Sequence[str], *, valgrind: bool, workdir: Path, timeout_s: float) -> int | None:
@@ -116,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cores = pin_cores()
     with tempfile.TemporaryDirectory(prefix="count-instr-") as tmp_name:
         tmp = Path(tmp_name)
+        # A price cache of its own, warmed once: a run that finds none from today imports
+        # genai-prices (about 560 M instructions), as the first run after midnight UTC would.
+        os.environ["BATCHRUNNER_CACHE_DIR"] = str(tmp / "cache")
         warm_up(Path(__file__).resolve().parent.parent / "batchrunner")
         if args.smoke and valgrind:
             n = count([sys.executable, "-c", "pass"], valgrind=True, workdir=tmp, timeout_s=120)
@@ -139,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             cmd = runner_argv(sim.base_url, rows, out, extra=[
                                 "--max-tokens", str(MAX_TOKENS),
                                 "--concurrency", str(CONCURRENCY)])
+                            assert cmd[1:3] == ["-m", "batchrunner"]
+                            cmd[1:3] = ["-c", RUNNER_FLUSHED_BY_ROWS]
                         got = count(cmd, valgrind=valgrind and not args.smoke, workdir=tmp,
                                     timeout_s=60 if args.smoke else 1800)
                         runs.append(got)
