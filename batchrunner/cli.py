@@ -27,7 +27,7 @@ from batchrunner.config import OUTPUT_FORMATS
 from batchrunner.errors import BatchrunnerError, JournalError, StopJob, UsageError, leaf
 from batchrunner.eventloop import loop_factory
 
-__all__ = ["main"]
+__all__ = ["before_imports", "main"]
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -315,15 +315,20 @@ def _tune_gc() -> None:
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _sigterm)
+def before_imports() -> None:
+    """What must be set before pyarrow and numpy are imported (``main`` does it first)."""
     if "pyarrow" not in sys.modules:
         _tune_memory()
     if "numpy" not in sys.modules:
         # numpy's BLAS starts a thread per core as it is imported, and each spins for a while:
         # 0.1 s of CPU on two cores, more on bigger machines. Nothing here multiplies matrices.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)
+    before_imports()
     commands = {"run": _cmd_run, "estimate": _cmd_estimate, "status": _cmd_status,
                 "report": _cmd_report, "simulate": _cmd_simulate}
     try:

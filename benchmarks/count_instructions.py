@@ -63,13 +63,12 @@ AT_20K = 20_000  # the overhead scenario's size, for the projected ratio
 # ``batchrunner run`` with its journal flushed every 50 s rather than every second: under
 # valgrind a run is about 50 times slower, and flushed each second it would write a segment every
 # few dozen rows, where a real run writes one every 2,000 (FLUSH_EVERY_ROWS), and what a segment
-# costs would count some 50 times over. The rest is ``cli.main``'s own start, in its order: the
-# allocator settings and the BLAS thread count are set before pyarrow and numpy are imported.
+# costs would count some 50 times over. ``cli.before_imports`` is done first, as ``cli.main``
+# does it, before pyarrow and numpy are imported.
 RUNNER_FLUSHED_BY_ROWS = """
-import os, sys
+import sys
 from batchrunner import cli
-cli._tune_memory()
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+cli.before_imports()
 import batchrunner.runner
 batchrunner.runner.FLUSH_EVERY_S = 50.0
 sys.exit(cli.main())

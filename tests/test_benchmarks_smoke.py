@@ -6,6 +6,7 @@ Only that they run is checked, never how fast: timings on a shared machine are n
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +52,6 @@ def test_bench_pacing_knows_every_scenario() -> None:
 def test_count_instructions_smoke() -> None:
     """The commands it counts run (without valgrind in smoke mode), and when valgrind is
     installed its count of a trivial process is read from valgrind's output."""
-    import shutil
-
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "count_instructions.py"), "--smoke"],
         capture_output=True, text=True, timeout=180, cwd=ROOT,
