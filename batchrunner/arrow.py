@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from batchrunner import compute as pc
 
 __all__ = [
     "bool_array",
@@ -293,9 +294,12 @@ def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
     ``2021``; NaN stays null), binary as UTF-8 (``\\x`` escapes where it is not), lists,
     structs and maps as compact JSON. Text, times and other types are left as they are."""
     typ = column.type
-    if pa.types.is_dictionary(typ):
-        column = column.dictionary_decode() if isinstance(column, pa.Array) else pa.chunked_array(
-            [c.dictionary_decode() for c in column.chunks], typ.value_type)
+    if pa.types.is_dictionary(typ):  # decoded as DictionaryArray.dictionary_decode does
+        if isinstance(column, pa.Array):
+            column = pc.take(column.dictionary, column.indices)
+        else:
+            column = pa.chunked_array([pc.take(c.dictionary, c.indices) for c in column.chunks],
+                                      typ.value_type)
         typ = column.type
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         return column

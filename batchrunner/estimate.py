@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import pyarrow.compute as pc
-
+from batchrunner import compute as pc
 from batchrunner.arrow import is_value
 from batchrunner.journal import Journal
 from batchrunner.report import count_rows
@@ -63,7 +62,7 @@ class Estimate:
 
 def _observed_completion(plan: Plan) -> tuple[float, int] | None:
     state = Journal(plan.out_dir).read(columns=["completion_tokens"])
-    ok = state.filter(is_value(state["status"], "ok"))
+    ok = pc.filter(state, is_value(state["status"], "ok"))
     n = ok.num_rows - ok["completion_tokens"].null_count
     if n == 0:
         return None

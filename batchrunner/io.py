@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from . import compute as pc
 from .arrow import dumps_json, prompt_text, string_array, typed_array
 from .errors import InputError, OutputError, UsageError
 
@@ -1013,8 +1014,6 @@ def _for_json(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
     time zone as ISO 8601 text with the offset, as ``2026-11-30T16:49:23.602+00:00`` (turned
     into Python datetimes, pyarrow would import pandas for the zone); float32 as the float64
     nearest its shortest text (0.7, not 0.699999988079071)."""
-    import pyarrow.compute as pc
-
     for i, field in enumerate(batch.schema):
         typ = field.type
         if pa.types.is_timestamp(typ) and typ.tz is not None:
@@ -1096,7 +1095,7 @@ class ResultWriter:
         if not batch.schema.equals(self.schema, check_metadata=False):
             table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
             try:
-                batch = table.cast(self.schema)
+                batch = pc.cast_table(table, self.schema)
             except (pa.ArrowException, ValueError) as exc:
                 raise ValueError(
                     f"batch schema does not match the writer's schema: {_one_line(str(exc))}"

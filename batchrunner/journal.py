@@ -34,9 +34,9 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batchrunner import compute as pc
 from batchrunner.arrow import (
     bool_array,
     float64_array,
@@ -331,11 +331,11 @@ class Journal:
                         pf_cache = (si, _open(segs[si]))
                     last = (g, _read_group(pf_cache[1], segs[si], rg, None))
                 rows = window[perm[bounds[j]:bounds[j + 1]]] & _ROW_MASK
-                pieces.append(last[1].take(int64_array(rows)))
+                pieces.append(pc.take(last[1], int64_array(rows)))
             gathered = pa.concat_tables(pieces)
             inverse = np.empty_like(perm)
             inverse[perm] = np.arange(len(perm))
-            yield start, gathered.take(int64_array(inverse))
+            yield start, pc.take(gathered, int64_array(inverse))
 
 
 @dataclass
@@ -398,7 +398,7 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
         p = pc.cast(order.positions(batch["key"].combine_chunks()), pa.int64())
         inside = pc.fill_null(pc.and_(pc.greater_equal(p, zero), pc.less(p, end)), no)
         if not pc.all(inside).as_py():
-            unknown.append(batch.filter(pc.invert(inside)))
+            unknown.append(pc.filter(batch, pc.invert(inside)))
         p = to_numpy(pc.if_else(inside, p, none))
         if row_cost is not None:
             spent = to_numpy(batch["cost"], fill=float("nan"))
@@ -580,7 +580,7 @@ def _last_per_key(table: pa.Table, rank: Sequence[str]) -> pa.Table:
     n = table.num_rows
     if n == 0:
         return table
-    ranked = table.sort_by([("key", "ascending"), *((c, "ascending") for c in rank)])
+    ranked = pc.sort_by(table, [("key", "ascending"), *((c, "ascending") for c in rank)])
     if n == 1:
         return ranked
     keys = ranked["key"]
@@ -588,4 +588,4 @@ def _last_per_key(table: pa.Table, rank: Sequence[str]) -> pa.Table:
     last = pc.invert(pc.fill_null(same_as_next, scalar(False, pa.bool_())))
     mask = pa.concat_arrays([last.combine_chunks() if isinstance(last, pa.ChunkedArray)
                              else last, bool_array(np.ones(1, dtype=np.bool_))])
-    return ranked.filter(mask)
+    return pc.filter(ranked, mask)

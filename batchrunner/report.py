@@ -70,8 +70,8 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from batchrunner import compute as pc
 from batchrunner.arrow import (
     float64_array,
     group_codes,
@@ -335,7 +335,7 @@ class OutcomeStats:
         if "earlier_cost_usd" in t.column_names:  # a journal written before it has nulls
             self._add_costs(t["model"], ~ok_np, t["earlier_cost_usd"], self._earlier,
                             self._earlier_bad)
-        self._add_errors(t.select(["error_type", "error_message"]).filter(is_failed))
+        self._add_errors(pc.filter(t.select(["error_type", "error_message"]), is_failed))
 
         finished_at = t["finished_at"]
         newest = pc.max(finished_at).as_py()
@@ -423,15 +423,15 @@ class OutcomeStats:
         for column in _RANKED:
             values = pc.cast(t[column], pa.float64())
             mask = pc.fill_null(pc.is_finite(values), _FALSE)
-            small = pa.table({"_v": values, "key": t["key"], "_i": index}).filter(mask)
+            small = pc.filter(pa.table({"_v": values, "key": t["key"], "_i": index}), mask)
             if small.num_rows == 0:
                 continue
             order = pc.select_k_unstable(
                 small, k=min(TOP_ROWS, small.num_rows), sort_keys=_TOP_ORDER
             )
-            best = small.take(order)
+            best = pc.take(small, order)
             at = pc.subtract(best["_i"], scalar(offset, pa.int64()))
-            picked = t.select(list(_TOP_COLUMNS)).take(at)
+            picked = pc.take(t.select(list(_TOP_COLUMNS)), at)
             picked = picked.append_column("_v", best["_v"]).append_column("_i", best["_i"])
             previous = self._top[column]
             if previous is not None:
@@ -439,7 +439,7 @@ class OutcomeStats:
                 order = pc.select_k_unstable(
                     picked, k=min(TOP_ROWS, picked.num_rows), sort_keys=_TOP_ORDER
                 )
-                picked = picked.take(order)
+                picked = pc.take(picked, order)
             self._top[column] = picked.combine_chunks()
 
     # ---------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from batchrunner import compute as pc
 from batchrunner import io
 from batchrunner.arrow import int64_array, null_scalar, scalar, string_array, to_numpy
 from batchrunner.journal import Journal, new_run_id
@@ -57,14 +57,14 @@ class InputOrder:
         if len(ids) == 0:
             return pa.nulls(len(keys), pa.int64())
         at = pc.min_element_wise(pc.search_sorted(ids, keys), scalar(len(ids) - 1, pa.int64()))
-        found = pc.fill_null(pc.equal(ids.take(at), keys), scalar(False, pa.bool_()))
-        return pc.if_else(found, order.take(at), null_scalar(pa.int64()))
+        found = pc.fill_null(pc.equal(pc.take(ids, at), keys), scalar(False, pa.bool_()))
+        return pc.if_else(found, pc.take(order, at), null_scalar(pa.int64()))
 
     def _index(self) -> tuple[pa.Array, pa.Array]:
         if self._sorted is None:
             ids = self._ids if self._ids is not None else self._read_ids()
             order = pc.cast(pc.sort_indices(ids), pa.int64())
-            self._sorted = (ids.take(order), order)
+            self._sorted = (pc.take(ids, order), order)
             self._ids = None
         return self._sorted
 
@@ -77,7 +77,7 @@ class InputOrder:
 def key_strings(values: pa.Array) -> pa.Array:
     """Id values as the strings rows are keyed by: Python's ``str`` of each value."""
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
-        return values.cast(pa.string())
+        return pc.cast(values, pa.string())
     return string_array([None if v is None else str(v) for v in values.to_pylist()])
 
 
@@ -220,7 +220,7 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
                          else (empty, np.empty(0, np.int64)))
             index = np.full(n, -1, np.int64)
             index[pos - start] = np.arange(len(pos))
-            part = rows.take(int64_array(index, index >= 0))
+            part = pc.take(rows, int64_array(index, index >= 0))
             start += n
             table = pa.Table.from_batches([batch])
             names = set(table.column_names)

@@ -41,10 +41,17 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from batchrunner import compute as pc
 from batchrunner import io
-from batchrunner.arrow import int64_array, is_value, prompt_text, string_array, to_numpy
+from batchrunner.arrow import (
+    int64_array,
+    is_value,
+    prompt_text,
+    scalar,
+    string_array,
+    to_numpy,
+)
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import (
     OUTPUT_FORMATS,
@@ -343,7 +350,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
     if options.rerun_where:
         picked = _select(journal, options.rerun_where)  # refuses a bad expression on a first run
-        pos = order.positions(string_array(sorted(picked))).drop_null()
+        pos = pc.drop_null(order.positions(string_array(sorted(picked))))
         done[to_numpy(pos)] = False
         if not len(pos) and np.any(latest.ok >= 0):
             numeric = re.search(r"\bkey\s*(==|!=|<=?|>=?|in\b)\s*[\[(]?\s*-?\d",
@@ -646,9 +653,10 @@ def _first_duplicate(ids: pa.Array) -> str | None:
     if pc.count_distinct(ids).as_py() == len(ids):
         return None
     counts = pc.value_counts(ids)
-    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    repeated = pc.filter(counts.field("values"),
+                         pc.greater(counts.field("counts"), scalar(1, pa.int64())))
     seen: set[str] = set()
-    for v in ids.filter(pc.is_in(ids, value_set=repeated)).to_pylist():
+    for v in pc.filter(ids, pc.is_in(ids, value_set=repeated)).to_pylist():
         if v in seen:
             return str(v)
         seen.add(v)
@@ -680,7 +688,7 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
             skip = np.concatenate([skip, np.zeros(n - len(skip), dtype=np.bool_)])
         todo = np.flatnonzero(~skip)
         if len(todo) < n:
-            batch = batch.take(int64_array(todo))
+            batch = pc.take(batch, int64_array(todo))
         rows = batch.to_pylist()
         spent = _spent_of(plan.spent, position, todo)
         if plan.key_column is None:
@@ -1683,17 +1691,17 @@ def format_status(out_dir: Path) -> str:
         lines.append(f"  the journal also holds {count_rows(gone_ok + gone_failed)} the input "
                      "no longer has (removed from it since they were done; the results and "
                      "reports leave them out, the failures and cost below count them)")
-    failed_t = state.filter(is_value(state["status"], "failed"))
+    failed_t = pc.filter(state, is_value(state["status"], "failed"))
     failed_by_type = Counter(str(t) for t in failed_t["error_type"].to_pylist())
     for etype, n in failed_by_type.most_common():
         lines.append(f"  failed {etype}: {n:,}")
-    ok_rows = state.filter(is_value(state["status"], "ok"))
-    cost = f"${pa.compute.sum(ok_rows['cost_usd']).as_py() or 0.0:,.4f}"
+    ok_rows = pc.filter(state, is_value(state["status"], "ok"))
+    cost = f"${pc.sum(ok_rows['cost_usd']).as_py() or 0.0:,.4f}"
     if ok_rows["cost_usd"].null_count:
         cost += (f" (plus {count_rows(ok_rows['cost_usd'].null_count)} without a cost: no price "
                  "known, or no usage reported)")
-    cost += _plus_earlier(pa.compute.sum(state["earlier_cost_usd"]).as_py())
-    tokens = pa.compute.sum(state["total_tokens"]).as_py() or 0
+    cost += _plus_earlier(pc.sum(state["earlier_cost_usd"]).as_py())
+    tokens = pc.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
     last = meta.get("last_run")
     if io.is_locked(out_dir):
