@@ -26,10 +26,12 @@ __all__ = [
     "dumps_json",
     "float64_array",
     "group_codes",
+    "has_narrow_floats",
     "int8_array",
     "int64_array",
     "is_value",
     "json_default",
+    "nested_values",
     "null_scalar",
     "prompt_text",
     "scalar",
@@ -264,8 +266,13 @@ def json_default(value: object) -> object:
     """orjson fallback for Arrow values it cannot serialise itself (Decimal, bytes, timedelta):
     bytes as UTF-8 text, those that are not UTF-8 as ``\\x`` escapes; the rest by ``str``."""
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "backslashreplace")
+        return _bytes_text(value)
     return str(value)
+
+
+def _bytes_text(value: bytes | bytearray | memoryview) -> str:
+    """Bytes as UTF-8 text, with ``\\x`` escapes where they are not UTF-8."""
+    return bytes(value).decode("utf-8", "backslashreplace")
 
 
 def dumps_json(value: Any, option: int = 0) -> bytes:
@@ -310,9 +317,60 @@ def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
         return pc.cast(column, pa.string())
     if (pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
             or pa.types.is_fixed_size_binary(typ)):
-        return string_array([None if v is None else v.decode("utf-8", "backslashreplace")
-                             for v in column.to_pylist()])
+        return string_array([None if v is None else _bytes_text(v) for v in column.to_pylist()])
     if pa.types.is_nested(typ):
         return string_array([None if v is None else dumps_json(v).decode()
-                             for v in column.to_pylist(maps_as_pydicts="lossy")])
+                             for v in nested_values(column)])
     return column
+
+
+def nested_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """A list, struct or map column's Python values (maps as dicts), float32 and float16 in
+    them as the float64 nearest their shortest text: 0.7, not 0.699999988079071."""
+    values: list[Any] = column.to_pylist(maps_as_pydicts="lossy")
+    if has_narrow_floats(column.type):
+        values = [_shortest_floats(v, column.type) for v in values]
+    return values
+
+
+def has_narrow_floats(typ: pa.DataType) -> bool:
+    """Whether ``typ`` is, or holds, float32 or float16 values."""
+    if pa.types.is_float32(typ) or pa.types.is_float16(typ):
+        return True
+    if pa.types.is_map(typ):
+        return has_narrow_floats(typ.key_type) or has_narrow_floats(typ.item_type)
+    if pa.types.is_dictionary(typ):
+        return has_narrow_floats(typ.value_type)
+    if pa.types.is_struct(typ):
+        return any(has_narrow_floats(typ.field(i).type) for i in range(typ.num_fields))
+    if _is_list(typ):
+        return has_narrow_floats(typ.value_type)
+    return False
+
+
+def _is_list(typ: pa.DataType) -> bool:
+    return bool(pa.types.is_list(typ) or pa.types.is_large_list(typ)
+                or pa.types.is_fixed_size_list(typ))
+
+
+def _shortest_floats(value: Any, typ: pa.DataType) -> Any:
+    """``value`` (a Python value of ``typ``) with its float32 and float16 values shortened."""
+    if value is None:
+        return None
+    if pa.types.is_float32(typ):
+        return float(str(np.float32(value)))  # numpy writes a float32's shortest text
+    if pa.types.is_float16(typ):
+        return float(str(np.float16(value)))
+    if pa.types.is_map(typ):
+        pairs = value.items() if isinstance(value, dict) else value
+        shortened = [(_shortest_floats(k, typ.key_type), _shortest_floats(v, typ.item_type))
+                     for k, v in pairs]
+        return dict(shortened) if isinstance(value, dict) else shortened
+    if pa.types.is_dictionary(typ):
+        return _shortest_floats(value, typ.value_type)
+    if pa.types.is_struct(typ):
+        types = {typ.field(i).name: typ.field(i).type for i in range(typ.num_fields)}
+        return {k: _shortest_floats(v, types[k]) for k, v in value.items()}
+    if _is_list(typ):
+        return [_shortest_floats(v, typ.value_type) for v in value]
+    return value

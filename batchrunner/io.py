@@ -53,7 +53,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from . import compute as pc
-from .arrow import dumps_json, prompt_text, string_array, typed_array
+from .arrow import (
+    dumps_json,
+    has_narrow_floats,
+    nested_values,
+    prompt_text,
+    string_array,
+    typed_array,
+)
 from .errors import InputError, OutputError, UsageError
 
 __all__ = [
@@ -1025,6 +1032,18 @@ def _for_json(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
     return batch
 
 
+def _json_rows(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
+    """The rows of ``batch`` as a JSONL file holds them (see ``_for_json``), float32 and
+    float16 inside lists, structs and maps shortened too."""
+    batch = _for_json(batch)
+    rows: list[dict[str, Any]] = batch.to_pylist(maps_as_pydicts="lossy")
+    for i, field in enumerate(batch.schema):
+        if pa.types.is_nested(field.type) and has_narrow_floats(field.type):
+            for row, value in zip(rows, nested_values(batch.column(i)), strict=True):
+                row[field.name] = value
+    return rows
+
+
 def _not_csv(typ: pa.DataType) -> bool:
     """Whether Arrow's CSV writer cannot write a column of ``typ`` (or not every value of it:
     binary that is not UTF-8)."""
@@ -1111,8 +1130,7 @@ class ResultWriter:
             else:
                 self._file.write(
                     b"".join(
-                        dumps_json(row, orjson.OPT_APPEND_NEWLINE)
-                        for row in _for_json(batch).to_pylist(maps_as_pydicts="lossy")
+                        dumps_json(row, orjson.OPT_APPEND_NEWLINE) for row in _json_rows(batch)
                     )
                 )
         except OSError as exc:

@@ -581,11 +581,15 @@ def test_parquet_values_read_in_a_prompt_as_text_not_python(tmp_path: Path) -> N
         "year": pa.array([2021.0, float("nan")], pa.float64()),
         "ok": pa.array([True, False]),
         "kind": pa.array(["x", "y"]).dictionary_encode(),
+        "emb": pa.array([[0.7, None, 0.1], []], pa.list_(pa.float32())),
+        "pt": pa.array([{"x": 0.3, "w": [0.2]}, None],
+                       pa.struct([("x", pa.float16()), ("w", pa.list_(pa.float32()))])),
+        "fm": pa.array([[("a", 0.9)], []], pa.map_(pa.string(), pa.float32())),
     })
     pq.write_table(table, tmp_path / "in.parquet")
     job = load_job(None, {
         "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
-        "prompt": "{id}|{text}|{tags}|{meta}|{attrs}|{score}|{year}|{ok}|{kind}",
+        "prompt": "{id}|{text}|{tags}|{meta}|{attrs}|{score}|{year}|{ok}|{kind}|{emb}|{pt}|{fm}",
         "base_url": "http://127.0.0.1:9/v1", "output": str(tmp_path / "out")})
     plan = prepare(job, RunOptions(progress="none", handle_signals=False))
     sent: dict[str, str] = {}
@@ -593,14 +597,15 @@ def test_parquet_values_read_in_a_prompt_as_text_not_python(tmp_path: Path) -> N
         work, why = make_work(plan, key, row)
         sent[key] = work.body["messages"][-1]["content"] if work is not None else why
     assert sent["1.0"] == ('1.0|héllo|["a","b"]|{"lang":"en","n":null}|{"k":"v"}|0.7|2021|'
-                           'true|x')
+                           'true|x|[0.7,null,0.1]|{"x":0.3,"w":[0.2]}|{"a":0.9}')
     assert sent["2.0"] == "column 'year' is null, and the prompt needs it"  # its NaN
 
 
 def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path: Path) -> None:
     """Columns a CSV file has no type for (lists, structs, maps, binary that is not UTF-8, a
     UUID extension column) are written as text: JSON, UTF-8 with ``\\x`` escapes, the UUID's
-    own form; a JSONL file has maps as objects, float32 in its shortest form. Nothing refuses
+    own form; a JSONL file has maps as objects, float32 in its shortest form (in a list too).
+    Nothing refuses
     them after the run."""
     uuid = pa.array([b"\x00" * 15 + b"\x01", None], pa.binary(16)).cast(pa.uuid())
     table = pa.table({
@@ -611,6 +616,7 @@ def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path
         "u": uuid,
         "f32": pa.array([0.7, None], pa.float32()),
         "mb": pa.array([[(b"k", 1)], None], pa.map_(pa.binary(), pa.int64())),
+        "emb": pa.array([[0.7, 0.1], None], pa.list_(pa.float32(), 2)),
     })
     with ResultWriter(tmp_path / "r.csv", "csv", table.schema) as writer:
         writer.write(table)
@@ -618,9 +624,9 @@ def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path
         rows = list(csv.DictReader(f))
     assert rows[0] == {"lst": "[1,2]", "st": '{"x":1,"y":"q"}', "mp": '{"k":"v"}', "bin": "ok",
                        "u": "00000000-0000-0000-0000-000000000001", "f32": "0.7",
-                       "mb": '{"k":1}'}
+                       "mb": '{"k":1}', "emb": "[0.7,0.1]"}
     assert rows[1] == {"lst": "", "st": "", "mp": "{}", "bin": "\\xff", "u": "", "f32": "",
-                       "mb": ""}
+                       "mb": "", "emb": ""}
     with ResultWriter(tmp_path / "r.jsonl", "jsonl", table.schema) as writer:
         writer.write(table)
     first = orjson.loads((tmp_path / "r.jsonl").read_bytes().splitlines()[0])
@@ -628,6 +634,7 @@ def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path
     assert first["u"] == "00000000-0000-0000-0000-000000000001"
     assert first["f32"] == 0.7  # not 0.699999988079071
     assert first["mb"] == {"k": 1}  # a map keyed by bytes: the keys as text
+    assert first["emb"] == [0.7, 0.1]  # inside a list too
 
 
 def test_a_column_named_with_dots_or_brackets_is_used_in_a_template(tmp_path: Path) -> None:
