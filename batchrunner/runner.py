@@ -199,6 +199,7 @@ class _Work:
     refusals: int = 0  # its attempts that failed to connect
     last_refusal: float = 0.0  # when its latest attempt failed to connect
     lonely: int = 0  # its later refusals with a request sent since the one before answered
+    streak: int = 0  # its refusals since the endpoint answered a request sent after one
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
@@ -1297,7 +1298,9 @@ class _Run:
         now = time.perf_counter()
         if item.last_refusal and self.answered_sent > item.last_refusal:
             item.lonely += 1  # a request sent since its previous refusal was answered
+            item.streak = 0
         item.refusals += 1
+        item.streak += 1
         item.last_refusal = now
         if not item.refused_at:
             item.refused_at = now
@@ -1317,7 +1320,7 @@ class _Run:
         answers everyone else is a row that failed); after, ``outage_s`` of refusals."""
         silent_s = time.perf_counter() - since
         if self.last_answer > -math.inf:
-            what = (f"{item.refusals} attempts at {self.plan.row(item.key)}, no answer to any "
+            what = (f"{item.streak} attempts at {self.plan.row(item.key)}, no answer to any "
                     "request since it last answered")
         else:
             what = (f"{item.attempts} attempts at {self.plan.row(item.key)}, no answer to any "

@@ -562,6 +562,32 @@ async def test_an_endpoint_that_goes_away_mid_job_stops_it_keeping_what_finished
 
 
 @pytest.mark.anyio
+async def test_the_outage_stop_counts_the_rows_refusals_since_the_endpoint_last_answered(
+        tmp_path: Path) -> None:
+    """A row refused three times, then (the endpoint back) others answered, then refused twice
+    more: the stop message counts the two of the outage, not all five."""
+    from batchrunner.limiter import Limiter
+    from batchrunner.progress import NullProgress
+    from batchrunner.runner import _Run, _Work
+
+    inp = make_csv(tmp_path / "in.csv", ["row 0"])
+    run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
+               None, Limiter(None, None), NullProgress(), None,  # no client: not sent
+               max_concurrency=1, fixed_concurrency=True)
+    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
+    for _ in range(3):
+        run._refused(item)
+    run._answered(time.perf_counter())  # another row's request, sent after those, answered
+    for _ in range(2):
+        run._refused(item)
+    error = TransportError("connection_error", "cannot connect", retryable=True)
+    run._unreachable(item, error, run.outage_from)
+    assert item.refusals == 5 and run.stop_error is not None
+    assert "(2 attempts at row 0, no answer to any request since it last answered)" in str(
+        run.stop_error)
+
+
+@pytest.mark.anyio
 async def test_an_endpoint_restarted_mid_job_is_waited_for(tmp_path: Path) -> None:
     """Down for a moment mid-job (a restart, a deploy): the rows in flight try again, beyond
     their max_attempts, and the job finishes with every row ok; no row fails for it."""
