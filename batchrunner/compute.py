@@ -1,8 +1,8 @@
 """The Arrow compute functions batchrunner calls, without importing ``pyarrow.compute``.
 
-Importing ``pyarrow.compute`` costs every run 35–40 ms of CPU (about 175 M instructions, an eighth
-of a 20,000-row run's fixed cost): it builds a Python wrapper, with parsed docs, for each of
-Arrow's ~290 functions. Each function here calls Arrow's function of the same name through
+Importing ``pyarrow.compute`` costs every run 35–40 ms of CPU (about 175 M instructions, a ninth
+of what a run costs besides its requests): it builds a Python wrapper, with parsed docs, for each
+of Arrow's ~290 functions. Each function here calls Arrow's function of the same name through
 ``pyarrow._compute.call_function``, with the options ``pyarrow.compute``'s wrapper would build, so
 it returns the same values and raises the same errors. ``Array.take``, ``Table.filter``,
 ``ChunkedArray.cast``, ``Table.sort_by`` and the like import ``pyarrow.compute`` themselves, so

@@ -199,7 +199,7 @@ class _Work:
     refusals: int = 0  # its attempts that failed to connect
     last_refusal: float = 0.0  # when its latest attempt failed to connect
     lonely: int = 0  # its later refusals with a request sent since the one before answered
-    streak: int = 0  # its refusals since the endpoint answered a request sent after one
+    streak: int = 0  # its latest refusals: since a request sent after one was answered
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
