@@ -605,8 +605,7 @@ def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path
     """Columns a CSV file has no type for (lists, structs, maps, binary that is not UTF-8, a
     UUID extension column) are written as text: JSON, UTF-8 with ``\\x`` escapes, the UUID's
     own form; a JSONL file has maps as objects, float32 in its shortest form (in a list too).
-    Nothing refuses
-    them after the run."""
+    Nothing refuses them after the run."""
     uuid = pa.array([b"\x00" * 15 + b"\x01", None], pa.binary(16)).cast(pa.uuid())
     table = pa.table({
         "lst": pa.array([[1, 2], None], pa.list_(pa.int64())),
