@@ -22,9 +22,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import anyio
-from aiolimiter import AsyncLimiter
+
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
 
 __all__ = ["Limiter", "TokenBucket"]
 
@@ -115,6 +118,11 @@ class Limiter:
     # -- rates
 
     def _set_requests(self, per_minute: float) -> None:
+        # Imported when a request rate is first known: aiolimiter reads its own package
+        # metadata as it is imported (importlib.metadata), 10-20 ms of start-up that a run
+        # which sets no rate and learns none need not pay.
+        from aiolimiter import AsyncLimiter
+
         self.requests_per_minute = per_minute
         per_s = per_minute * self.headroom / 60.0
         burst = max(1.0, per_s)
