@@ -56,12 +56,10 @@ A job file has these tables (every key optional unless marked)::
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -260,6 +258,8 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
         if p.suffix.lower() in (".csv", ".parquet", ".jsonl", ".json", ".tsv"):
             raise ConfigError(f"{p} looks like an input file, not a job file — pass it as "
                               f"--input {p} (the job argument is a .toml file)")
+        import tomllib  # a job file's only: a run given on the command line need not pay for it
+
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
@@ -499,6 +499,8 @@ def _from_columns(value: Any, what: str) -> None:
             raise ConfigError(f"{what}: {name!r} cannot come from a column: "
                               f"{_NOT_FROM_COLUMNS[name]}")
         if name not in _BODY_FIELDS:
+            import difflib
+
             near = difflib.get_close_matches(name, _BODY_FIELDS, n=1, cutoff=0.8)
             if near:
                 raise ConfigError(f"{what}: {name!r} is not a request field; did you mean "
