@@ -19,19 +19,35 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-from pyarrow._compute import (
-    CastOptions,
-    DictionaryEncodeOptions,
-    FilterOptions,
-    MatchSubstringOptions,
-    QuantileOptions,
-    SelectKOptions,
-    SetLookupOptions,
-    SortOptions,
-    StrftimeOptions,
-    TakeOptions,
-    call_function,
-)
+
+try:
+    from pyarrow._compute import (
+        CastOptions,
+        DictionaryEncodeOptions,
+        FilterOptions,
+        MatchSubstringOptions,
+        QuantileOptions,
+        SelectKOptions,
+        SetLookupOptions,
+        SortOptions,
+        StrftimeOptions,
+        TakeOptions,
+        call_function,
+    )
+except ImportError:  # a pyarrow that moved its private module: the public one has them all
+    from pyarrow.compute import (
+        CastOptions,
+        DictionaryEncodeOptions,
+        FilterOptions,
+        MatchSubstringOptions,
+        QuantileOptions,
+        SelectKOptions,
+        SetLookupOptions,
+        SortOptions,
+        StrftimeOptions,
+        TakeOptions,
+        call_function,
+    )
 
 __all__ = [
     "add", "all", "and_", "cast", "cast_table", "coalesce", "count_distinct", "dictionary_encode",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -112,3 +114,15 @@ def test_errors_are_pyarrow_computes() -> None:
         compute.take(N, pa.array([99]))
     with pytest.raises(ValueError, match="not the schema's"):
         compute.cast_table(T, pa.schema([("v", pa.float64()), ("k", pa.string())]))
+
+
+def test_works_from_the_public_module_where_the_private_one_is_gone() -> None:
+    code = ("import sys\n"
+            "import pyarrow as pa, pyarrow.compute\n"
+            "sys.modules['pyarrow._compute'] = None  # from now on, importing it fails\n"
+            "from batchrunner import compute\n"
+            "print(compute.cast(compute.take(pa.array([3, 1]), pa.array([1])), pa.string()))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert '"1"' in done.stdout
