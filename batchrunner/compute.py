@@ -4,10 +4,11 @@ Importing ``pyarrow.compute`` costs every run 35–40 ms of CPU (about 175 M ins
 of what a run costs besides its requests): it builds a Python wrapper, with parsed docs, for each
 of Arrow's ~290 functions. Each function here calls Arrow's function of the same name through
 ``pyarrow._compute.call_function``, with the options ``pyarrow.compute``'s wrapper would build, so
-it returns the same values and raises the same errors. ``Array.take``, ``Table.filter``,
-``ChunkedArray.cast``, ``Table.sort_by`` and the like import ``pyarrow.compute`` themselves, so
-batchrunner's modules call ``take``, ``filter``, ``cast`` and ``sort_by`` from here instead
-(``tests/test_imports.py`` checks that a run, ``report`` and ``status`` never import it).
+it returns the same values (``tests/test_compute.py`` compares them). ``Array.take``,
+``Table.filter``, ``ChunkedArray.cast``, ``Table.sort_by`` and the like import
+``pyarrow.compute`` themselves, so batchrunner's modules call ``take``, ``filter``, ``cast`` and
+``sort_by`` from here instead (``tests/test_imports.py`` checks that a run, ``report`` and
+``status`` never import it).
 
 Arguments are Arrow values (arrays, chunked arrays, scalars, tables): a plain Python value would
 go through ``pa.scalar``, which imports pandas (see ``batchrunner.arrow``).
@@ -15,7 +16,7 @@ go through ``pa.scalar``, which imports pandas (see ``batchrunner.arrow``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -63,79 +64,45 @@ Datum = Any
 SortKeys = Sequence[tuple[str, str]]
 
 
-# Element-wise, no options.
+# With Arrow's default options, the arguments in order: element-wise (``round`` to the nearest
+# integer, ties to even; ``coalesce`` and ``min_element_wise`` take any number), selections,
+# and aggregates (nulls skipped; null when nothing is left). ``search_sorted`` gives, for each
+# needle, the first index of the sorted values not less than it.
 
-def equal(x: Datum, y: Datum) -> Datum:
-    return call_function("equal", [x, y])
-
-
-def less(x: Datum, y: Datum) -> Datum:
-    return call_function("less", [x, y])
-
-
-def greater(x: Datum, y: Datum) -> Datum:
-    return call_function("greater", [x, y])
-
-
-def greater_equal(x: Datum, y: Datum) -> Datum:
-    return call_function("greater_equal", [x, y])
+def _with_defaults(name: str) -> Callable[..., Datum]:
+    """Arrow's function ``name``, called with its default options."""
+    def call(*args: Datum) -> Datum:
+        return call_function(name, list(args))
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
-def and_(x: Datum, y: Datum) -> Datum:
-    return call_function("and", [x, y])
-
-
-def or_(x: Datum, y: Datum) -> Datum:
-    return call_function("or", [x, y])
-
-
-def invert(x: Datum) -> Datum:
-    return call_function("invert", [x])
-
-
-def is_null(x: Datum) -> Datum:
-    return call_function("is_null", [x])
-
-
-def is_valid(x: Datum) -> Datum:
-    return call_function("is_valid", [x])
-
-
-def is_nan(x: Datum) -> Datum:
-    return call_function("is_nan", [x])
-
-
-def is_finite(x: Datum) -> Datum:
-    return call_function("is_finite", [x])
-
-
-def add(x: Datum, y: Datum) -> Datum:
-    return call_function("add", [x, y])
-
-
-def subtract(x: Datum, y: Datum) -> Datum:
-    return call_function("subtract", [x, y])
-
-
-def multiply(x: Datum, y: Datum) -> Datum:
-    return call_function("multiply", [x, y])
-
-
-def round(x: Datum) -> Datum:
-    """To the nearest integer, ties to even."""
-    return call_function("round", [x])
-
-
-def if_else(cond: Datum, left: Datum, right: Datum) -> Datum:
-    return call_function("if_else", [cond, left, right])
-
-
-def coalesce(*values: Datum) -> Datum:
-    return call_function("coalesce", list(values))
-
-
-def min_element_wise(*values: Datum) -> Datum:
-    return call_function("min_element_wise", list(values))
+equal = _with_defaults("equal")
+less = _with_defaults("less")
+greater = _with_defaults("greater")
+greater_equal = _with_defaults("greater_equal")
+and_ = _with_defaults("and")
+or_ = _with_defaults("or")
+invert = _with_defaults("invert")
+is_null = _with_defaults("is_null")
+is_valid = _with_defaults("is_valid")
+is_nan = _with_defaults("is_nan")
+is_finite = _with_defaults("is_finite")
+add = _with_defaults("add")
+subtract = _with_defaults("subtract")
+multiply = _with_defaults("multiply")
+round = _with_defaults("round")
+if_else = _with_defaults("if_else")
+coalesce = _with_defaults("coalesce")
+min_element_wise = _with_defaults("min_element_wise")
+search_sorted = _with_defaults("search_sorted")
+drop_null = _with_defaults("drop_null")
+value_counts = _with_defaults("value_counts")
+sum = _with_defaults("sum")
+mean = _with_defaults("mean")
+max = _with_defaults("max")
+all = _with_defaults("all")
+count_distinct = _with_defaults("count_distinct")
 
 
 def fill_null(values: Datum, fill_value: Datum) -> Datum:
@@ -145,7 +112,7 @@ def fill_null(values: Datum, fill_value: Datum) -> Datum:
     return call_function("coalesce", [values, fill_value])
 
 
-# With options.
+# With options of their own.
 
 def cast(values: Datum, target_type: pa.DataType) -> Datum:
     """``values`` as ``target_type``, raising where a value would change (a safe cast)."""
@@ -197,11 +164,6 @@ def sort_indices(data: Datum, sort_keys: SortKeys | None = None) -> Datum:
     return call_function("sort_indices", [data], options)
 
 
-def search_sorted(sorted_values: Datum, needles: Datum) -> Datum:
-    """For each needle, the first index of ``sorted_values`` not less than it."""
-    return call_function("search_sorted", [sorted_values, needles])
-
-
 # Selections: what Array.take, Table.filter, Table.sort_by and the like do.
 
 def take(data: Datum, indices: Datum) -> Datum:
@@ -213,36 +175,6 @@ def filter(data: Datum, mask: Datum) -> Datum:
     return call_function("filter", [data, mask], FilterOptions("drop"))
 
 
-def drop_null(data: Datum) -> Datum:
-    return call_function("drop_null", [data])
-
-
 def sort_by(table: pa.Table, sort_keys: SortKeys) -> pa.Table:
     """``table``'s rows sorted by ``sort_keys`` ((column, "ascending" or "descending") pairs)."""
     return take(table, sort_indices(table, sort_keys))
-
-
-def value_counts(values: Datum) -> Datum:
-    return call_function("value_counts", [values])
-
-
-# Aggregates (nulls skipped; null when nothing is left).
-
-def sum(values: Datum) -> pa.Scalar:
-    return call_function("sum", [values])
-
-
-def mean(values: Datum) -> pa.Scalar:
-    return call_function("mean", [values])
-
-
-def max(values: Datum) -> pa.Scalar:
-    return call_function("max", [values])
-
-
-def all(values: Datum) -> pa.Scalar:
-    return call_function("all", [values])
-
-
-def count_distinct(values: Datum) -> pa.Scalar:
-    return call_function("count_distinct", [values])
