@@ -305,10 +305,12 @@ class Journal:
         for rg in range(pf.num_row_groups):
             yield _read_group(pf, segs[0], rg, columns)
 
-    def latest(self, order: Order | None, *, cost: bool = False) -> Latest:
+    def latest(self, order: Order | None, *, cost: bool = False,
+               hashes: bool = False) -> Latest:
         """Which record of every row is the latest, without reading whole records (see
-        ``Latest``); with ``cost``, also each latest record's ``cost_usd``."""
-        return _latest(self.segments(), order, cost=cost)
+        ``Latest``); with ``cost``, also what each row has cost, and with ``hashes``, each
+        latest record's ``row_hash``."""
+        return _latest(self.segments(), order, cost=cost, hashes=hashes)
 
     @staticmethod
     def _gather(segs: Sequence[Path], loc: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
@@ -348,12 +350,14 @@ class Latest:
     the newest's, as each record carries the ones before it (more than the latest record's
     own when a rerun's billed failure came after an ``ok``). ``others`` holds the latest
     record of each key the input does not have, by key (columns key, ok, at, loc, and cost,
-    the key's row's as above, when asked for)."""
+    the key's row's as above, when asked for). When asked for, ``row_hash[p]`` is the latest
+    record's ``row_hash`` (-1: none, or not recorded)."""
 
     loc: np.ndarray
     ok: np.ndarray
     cost: np.ndarray | None
     others: pa.Table
+    row_hash: np.ndarray | None = None
 
     def locations(self) -> np.ndarray:
         """Every latest record's location: by position, then the other keys by key."""
@@ -379,19 +383,21 @@ class Latest:
         return 0.0 if self.cost is None else float(np.nansum(self.cost))
 
 
-def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) -> Latest:
-    """The winners are kept per input position (17 bytes a row, 25 with the cost) and each
-    batch of records is scattered over them, so nothing is sorted but the odd key the input
-    does not have."""
+def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
+            hashes: bool = False) -> Latest:
+    """The winners are kept per input position (17 bytes a row, 8 more with the cost and 8
+    with the hashes) and each batch of records is scattered over them, so nothing is sorted
+    but the odd key the input does not have."""
     rows = 0 if order is None else order.rows
     best_loc = np.full(rows, -1, np.int64)
     best_ok = np.full(rows, -1, np.int8)
     best_at = np.zeros(rows, np.float64)
     row_cost = np.full(rows, np.nan) if cost else None  # the most of any record of the row
+    best_hash = np.full(rows, -1, np.int64) if hashes else None
     unknown: list[pa.Table] = []  # key, ok, at, loc, cost
     zero, none, end = (scalar(v, pa.int64()) for v in (0, -1, rows))
     no = scalar(False, pa.bool_())
-    for batch in _index_batches(segs, cost=cost):
+    for batch in _index_batches(segs, cost=cost, hashes=hashes):
         if order is None:
             unknown.append(batch)
             continue
@@ -417,6 +423,8 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
         better = (ok > best_ok[p]) | ((ok == best_ok[p]) & (at >= best_at[p]))
         p = p[better]
         best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
+        if best_hash is not None:
+            best_hash[p] = to_numpy(batch["hash"], fill=-1)[take][better]
     del best_at
     records = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
     others = _last_per_key(records, ["ok", "at", "loc"])
@@ -425,7 +433,7 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False) ->
                              others["key"])
         others = others.set_column(others.schema.get_field_index("cost"), "cost",
                                    float64_array(most, ~np.isnan(most)))
-    return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others)
+    return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others, row_hash=best_hash)
 
 
 def _most_per_key(keys: pa.ChunkedArray, values: np.ndarray, of: pa.ChunkedArray) -> np.ndarray:
@@ -463,16 +471,18 @@ def _index_schema(cost: bool) -> pa.Table:
     return pa.Table.from_batches([], pa.schema(fields))
 
 
-def _index_batches(segs: Sequence[Path], *, cost: bool = False) -> Iterator[pa.Table]:
+def _index_batches(segs: Sequence[Path], *, cost: bool = False,
+                   hashes: bool = False) -> Iterator[pa.Table]:
     """key, ok (int8), at (finished_at) and loc of every record, ``_INDEX_ROWS`` or so at a
-    time."""
+    time; with ``cost``, what its row has cost, and with ``hashes``, its ``row_hash``."""
     pending: list[pa.Table] = []
     rows = 0
     for si, seg in enumerate(segs):
         pf = _open(seg)
         for rg in range(pf.num_row_groups):
             t = _read_group(pf, seg, rg, ["key", "status", "finished_at",
-                                          *(["cost_usd", "earlier_cost_usd"] if cost else [])])
+                                          *(["cost_usd", "earlier_cost_usd"] if cost else []),
+                                          *(["row_hash"] if hashes else [])])
             if t.num_rows > _ROW_MASK or rg >= 1 << _GROUP_BITS:
                 raise JournalError(f"journal segment {seg} is too large to compact")
             base = ((si << _GROUP_BITS) | rg) << _ROW_BITS
@@ -482,6 +492,7 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False) -> Iterator[pa.T
                 "at": pc.fill_null(t["finished_at"], scalar(0.0, pa.float64())),
                 "loc": int64_array(np.arange(base, base + t.num_rows, dtype=np.int64)),
                 **({"cost": _spent(t["cost_usd"], t["earlier_cost_usd"])} if cost else {}),
+                **({"hash": t["row_hash"]} if hashes else {}),
             }))
             rows += t.num_rows
             if rows >= _INDEX_ROWS:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["ADDED_COLUMNS", "OUTCOME_COLUMNS", "OUTCOME_SCHEMA", "REPEATED_COLUMNS", "Outcome"]
+__all__ = ["ADDED_COLUMNS", "JOURNAL_ONLY", "OUTCOME_COLUMNS", "OUTCOME_SCHEMA", "REPEATED_COLUMNS",
+           "Outcome"]
 
 
 @dataclass(slots=True)
@@ -50,6 +51,9 @@ class Outcome:
     model: str | None = None
     request_id: str | None = None
     finished_at: float = 0.0
+    # A CRC-32 of the row's values that make its request (``runner.row_hash``), to tell at a
+    # rerun a row whose text changed since it was answered. In the journal only.
+    row_hash: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,13 +85,18 @@ OUTCOME_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("request_id", pa.string()),
         ("finished_at", pa.float64()),
+        ("row_hash", pa.int64()),
     ]
 )
 
 OUTCOME_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
 assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 
-ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations"})
+ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
+                                           "row_hash"})
+
+# The outcome columns the journal keeps for itself: not shown in the results.
+JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash"})
 
 # The outcome columns whose values repeat from row to row, the ones Parquet files
 # dictionary-encode. For text that is unique a row (answers, keys, request ids) a dictionary is

@@ -21,7 +21,7 @@ from batchrunner import compute as pc
 from batchrunner import io
 from batchrunner.arrow import int64_array, null_scalar, scalar, string_array, to_numpy
 from batchrunner.journal import Journal, new_run_id
-from batchrunner.records import OUTCOME_COLUMNS, OUTCOME_SCHEMA, REPEATED_COLUMNS
+from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, OUTCOME_SCHEMA, REPEATED_COLUMNS
 from batchrunner.report import REPORT_COLUMNS, OutcomeStats, build_report, write_reports
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ def _last_runs(meta: dict[str, Any]) -> tuple[dict[str, Any], float | None, dict
 def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
                    ) -> Counter[str | None]:
     outcomes = _Outcomes(journal, order) if journal.segments() else None
-    outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key"]
+    outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key" and c not in JOURNAL_ONLY]
     empty = pa.Table.from_batches([], OUTCOME_SCHEMA)
     writer: io.ResultWriter | None = None
     statuses: Counter[str | None] = Counter()

@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 import tokenize
+import zlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -204,6 +205,7 @@ class _Work:
     resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
+    row_hash: int | None = None  # of the row's values (row_hash), recorded with its outcome
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,7 +333,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     meta_path = out_dir / "job.json"
     old_meta = read_meta(out_dir) if meta_path.exists() else None
     if old_meta is not None:
-        _check_same_job(old_meta, meta, meta_path, options, warnings)  # before tidying
+        _check_same_job(old_meta, meta, meta_path, options)  # before tidying
         for key in ("last_run", "timed_run"):
             if isinstance(old_meta.get(key), dict):
                 meta[key] = old_meta[key]
@@ -346,9 +348,12 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         io.remove_stale_temp_files(out_dir)
     journal.check()
     order = InputOrder(source, key_column, total, fingerprint, ids)
-    latest = journal.latest(order, cost=True)
-    # Not sent again: ok rows, and failed ones unless retried.
+    input_changed = old_meta is not None and old_meta.get("input_fingerprint") != fingerprint
+    latest = journal.latest(order, cost=True, hashes=input_changed)
+    # Not sent again: ok rows, and failed ones unless retried, unless their values changed.
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
+    if latest.row_hash is not None:
+        warnings.extend(_resend_changed(source, builder, key_column, latest.row_hash, done))
     if options.rerun_where:
         picked = _select(journal, options.rerun_where)  # refuses a bad expression on a first run
         pos = pc.drop_null(order.positions(string_array(sorted(picked))))
@@ -450,9 +455,10 @@ def _settle_batch_checks(plan: Plan) -> None:
     plan.structured = None if plan.batch_mixed else checks
 
 
-def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, options: RunOptions,
-                    warnings: list[str]) -> None:
-    """Refuse another job's output directory, and a rerun whose rows would not match."""
+def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path,
+                    options: RunOptions) -> None:
+    """Refuse another job's output directory, and a rerun whose rows would not match (rows
+    whose values changed are sent again: see ``_resend_changed``)."""
     if old.get("input_path") != new["input_path"] and old.get("name") != new["name"]:
         raise JournalError(
             f"{path.parent} holds the journal of job {old.get('name')!r} over "
@@ -467,18 +473,41 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path, option
             f"them {keys(new['id_column'])}: no row done would match, and every row would be "
             "sent again — use another --output directory (or pass --force to do that here)"
         )
-    if old.get("input_fingerprint") != new["input_fingerprint"]:
-        if new["id_column"] is None and not options.force:
-            raise UsageError(
-                f"the input file changed since the last run in {path.parent}, and rows are keyed "
-                "by position: if rows were only added at its end, pass --force (the rows done "
-                "keep their positions); else the rows done would match the wrong rows — use "
-                "another --output directory with an id column (--id-column)"
-            )
-        by = "by id" if new["id_column"] is not None else "by position (--force)"
-        warnings.append(f"the input file changed since the last run; rows are matched {by}: "
-                        "a row done before keeps its answer even if its text changed (send "
-                        "such rows again with --rerun-where, e.g. \"key in ['a1', 'b7']\")")
+    if (old.get("input_fingerprint") != new["input_fingerprint"] and new["id_column"] is None
+            and not options.force):
+        raise UsageError(
+            f"the input file changed since the last run in {path.parent}, and rows are keyed "
+            "by position: if rows were only added at its end, pass --force (the rows done keep "
+            "their positions; any whose text changed is sent again); else every row after a "
+            "row added or removed would be sent again — use another --output directory with an "
+            "id column (--id-column)"
+        )
+
+
+def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
+                    key_column: str | None, recorded: npt.NDArray[np.int64],
+                    done: npt.NDArray[np.bool_]) -> list[str]:
+    """The input changed since the last run: the rows done whose values (``row_hash``) changed
+    since are sent again (cleared in ``done``). What to say about it."""
+    changed = changed_rows(source, builder, key_column, np.where(done, recorded, -1))
+    done &= ~changed
+    n = int(np.count_nonzero(changed))
+    unknown = int(np.count_nonzero(done & (recorded < 0)))
+    said = []
+    by = "by id" if key_column is not None else "by position (--force)"
+    if n:
+        said.append(f"the input file changed since the last run; rows are matched {by}, and "
+                    f"{count_rows(n)} done before {'has' if n == 1 else 'have'} changed: "
+                    f"{'it is' if n == 1 else 'they are'} sent again")
+    elif key_column is None:
+        said.append(f"the input file changed since the last run; rows are matched {by}")
+    if unknown:
+        said.append(
+            f"{count_rows(unknown)} done by an earlier batchrunner, which kept no record of "
+            f"{'its' if unknown == 1 else 'their'} text, keep{'s' if unknown == 1 else ''} "
+            f"{'its answer' if unknown == 1 else 'their answers'} even if it changed (send such "
+            "rows again with --rerun-where, e.g. \"key in ['a1', 'b7']\")")
+    return said
 
 
 def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
@@ -667,16 +696,31 @@ def _first_duplicate(ids: pa.Array) -> str | None:
 def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
     """(key, row, what the row has cost so far) for every input row to send this run
     (``plan.done`` skipped), in order; the cost is NaN for a row with no record yet."""
+    kc = plan.key_column
+    for at, rows in _input_rows(plan.source, plan.builder, kc, plan.done.mask):
+        spent = _spent_of(plan.spent, at)
+        if kc is None:
+            for i, row, cost in zip(at.tolist(), rows, spent, strict=True):
+                yield str(i), row, cost
+        else:
+            for row, cost in zip(rows, spent, strict=True):
+                yield str(row[kc]), row, cost
+
+
+def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_column: str | None,
+                skip: npt.NDArray[np.bool_]
+                ) -> Iterator[tuple[npt.NDArray[np.int64], list[dict[str, Any]]]]:
+    """The input's rows but those ``skip`` marks (rows past its end are not skipped: the input
+    grew since it was checked), a batch at a time: their positions, and the columns their
+    requests are made of and the key column, the prompt's columns as the prompt shows them."""
     position = 0
     text: list[str] = []  # the prompt's columns (not the key: it keys the row as it is)
-    if plan.builder is None:
+    if builder is None:
         cols: list[str] | None = ["custom_id", "body"]
     else:
-        cols = list(dict.fromkeys([*plan.builder.needed_columns,
-                                   *([plan.key_column] if plan.key_column else [])]))
-        text = [c for c in plan.builder.text_columns if c != plan.key_column]
-    done = plan.done.mask
-    for batch in plan.source.batches(columns=cols):
+        cols = list(dict.fromkeys([*builder.needed_columns, *([key_column] if key_column else [])]))
+        text = [c for c in builder.text_columns if c != key_column]
+    for batch in source.batches(columns=cols):
         for name in text:
             i = batch.schema.get_field_index(name)
             values = batch.column(i)
@@ -684,33 +728,57 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
             if shown is not values:
                 batch = batch.set_column(i, name, shown)
         n = batch.num_rows
-        skip = done[position:position + n]
-        if len(skip) < n:  # the input grew since it was checked: the new rows are to do
-            skip = np.concatenate([skip, np.zeros(n - len(skip), dtype=np.bool_)])
-        todo = np.flatnonzero(~skip)
-        if len(todo) < n:
-            batch = pc.take(batch, int64_array(todo))
-        rows = batch.to_pylist()
-        spent = _spent_of(plan.spent, position, todo)
-        if plan.key_column is None:
-            for i, row, cost in zip(todo.tolist(), rows, spent, strict=True):
-                yield str(position + i), row, cost
-        else:
-            kc = plan.key_column
-            for row, cost in zip(rows, spent, strict=True):
-                yield str(row[kc]), row, cost
+        skipped = skip[position:position + n]
+        if len(skipped) < n:
+            skipped = np.concatenate([skipped, np.zeros(n - len(skipped), dtype=np.bool_)])
+        todo = np.flatnonzero(~skipped)
+        if len(todo):
+            if len(todo) < n:
+                batch = pc.take(batch, int64_array(todo))
+            yield position + todo, batch.to_pylist()
         position += n
 
 
-def _spent_of(spent: npt.NDArray[np.float64] | npt.NDArray[np.bool_] | None, position: int,
-              todo: npt.NDArray[np.int64]) -> list[float]:
-    """What the rows at ``position + todo`` have cost so far (NaN: nothing recorded); ``spent``
-    as ``Plan.spent``."""
+def hash_columns(builder: RequestBuilder | None) -> tuple[str, ...]:
+    """The columns a row's request is made of (``row_hash`` hashes their values)."""
+    return ("body",) if builder is None else builder.needed_columns
+
+
+def row_hash(row: dict[str, Any], columns: tuple[str, ...]) -> int:
+    """A CRC-32 of ``row``'s values in ``columns``, as ``_input_rows`` gives them: recorded with
+    the row's outcome, so that a rerun over a changed input can tell the rows whose request
+    would differ from the one answered. Stable across runs and versions (a value orjson cannot
+    write is hashed as its text)."""
+    values = [row[c] for c in columns]
+    try:
+        data = orjson.dumps(values, default=str)
+    except TypeError:  # an integer past 64 bits, say
+        data = repr(values).encode("utf-8", "surrogatepass")
+    return zlib.crc32(data)
+
+
+def changed_rows(source: io.InputSource, builder: RequestBuilder | None,
+                 key_column: str | None, recorded: npt.NDArray[np.int64]
+                 ) -> npt.NDArray[np.bool_]:
+    """By input position: the rows whose recorded ``row_hash`` (-1: none) differs from their
+    values' now."""
+    changed = np.zeros(len(recorded), dtype=np.bool_)
+    columns = hash_columns(builder)
+    for at, rows in _input_rows(source, builder, key_column, recorded < 0):
+        at = at[at < len(recorded)]
+        now = np.fromiter((row_hash(row, columns) for row in rows[:len(at)]), np.int64, len(at))
+        changed[at] = now != recorded[at]
+    return changed
+
+
+def _spent_of(spent: npt.NDArray[np.float64] | npt.NDArray[np.bool_] | None,
+              at: npt.NDArray[np.int64]) -> list[float]:
+    """What the rows at input positions ``at`` have cost so far (NaN: nothing recorded);
+    ``spent`` as ``Plan.spent``."""
     if spent is None:
-        return [math.nan] * len(todo)
-    at = position + todo
+        return [math.nan] * len(at)
     known = at < len(spent)  # the input grew since it was checked: the new rows have no record
-    out = np.full(len(todo), np.nan, dtype=np.float64)
+    out = np.full(len(at), np.nan, dtype=np.float64)
     got = spent[at[known]]
     out[known] = np.where(got, 0.0, np.nan) if got.dtype == np.bool_ else got
     return out.tolist()
@@ -827,6 +895,7 @@ class _Run:
                                else min(max_concurrency, INITIAL_CONCURRENCY))
         self.workers = 0
         self.rows: Iterator[tuple[str, dict[str, Any], float]] = iter_rows(plan)
+        self.hash_columns = hash_columns(plan.builder)
         self.rows_done = False  # the input iterator is exhausted (or broke)
         self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows
         self.outstanding = 0  # rows taken from the input and not finished yet
@@ -907,16 +976,19 @@ class _Run:
                 break
             resent = not math.isnan(spent)  # the row has a record from an earlier run
             spent = spent if resent else 0.0
+            digest = row_hash(row, self.hash_columns)
             item, reason = make_work(plan, key, row)
             if plan.batch_unrecorded:
                 self._batch_checks_changed()
             if item is None:
                 self.record(Outcome(key=key, status="failed", error_type="invalid_row",
                                     error_message=f"not sent: {reason}",
-                                    earlier_cost_usd=spent or None, finished_at=time.time()))
+                                    earlier_cost_usd=spent or None, finished_at=time.time(),
+                                    row_hash=digest))
                 continue
             item.earlier_usd = spent
             item.resent = resent
+            item.row_hash = digest
             self._check_context(item)
             if plan.builder is None:  # a batch row: its body's own settings
                 if item.checks is not None and item.checks.warning:
@@ -1143,7 +1215,7 @@ class _Run:
                     error_message=f"the key is refused for {model}, while other models "
                     f"answered it: {e}", earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0, model=model,
-                    finished_at=time.time(),
+                    finished_at=time.time(), row_hash=item.row_hash,
                 )
                 self._answered(sent_at)  # an HTTP answer: the endpoint is reachable
                 if not self.answered_models:
@@ -1229,7 +1301,7 @@ class _Run:
                     earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
                     model=str(item.body.get("model") or "") or None,
-                    request_id=e.request_id, finished_at=time.time(),
+                    request_id=e.request_id, finished_at=time.time(), row_hash=item.row_hash,
                 ), None
             counts.in_flight -= 1
             self._answered(sent_at)
@@ -1387,7 +1459,7 @@ class _Run:
             citations=res.citations, attempts=item.attempts,
             rate_limited=item.rate_limited,
             model=res.model or requested or None, request_id=res.request_id,
-            finished_at=time.time(),
+            finished_at=time.time(), row_hash=item.row_hash,
         )
 
     def _unpriced_reply(self, item: _Work) -> None:

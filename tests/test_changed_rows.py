@@ -1,0 +1,170 @@
+"""A rerun over an input that changed: rows done whose values changed since are sent again;
+the others keep their answers."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from batchrunner.cli import main
+from batchrunner.runner import row_hash
+
+RUN = ["--model", "gpt-4o-mini", "--simulator", "--progress", "none", "--output", "out"]
+
+
+def _sent(out: Path) -> int:
+    return int(json.loads((out / "job.json").read_text())["last_run"]["sent"])
+
+
+def _answers(out: Path, key: str) -> dict[str, tuple[str, str]]:
+    """key → (the prompt's text, the answer's request id) in the results file."""
+    t = pq.read_table(out / "results.parquet")
+    return {str(k): (str(text), str(rid)) for k, text, rid in
+            zip(t[key].to_pylist(), t["text"].to_pylist(), t["request_id"].to_pylist(),
+                strict=True)}
+
+
+def test_rows_whose_text_changed_are_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,alpha\nb,beta\nc,gamma\nd,delta\n")
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}", *RUN]
+    assert main(args) == 0
+    before = _answers(tmp_path / "out", "id")
+    # Two rows edited, one moved, one added: the moved one is matched by its id.
+    inp.write_text("id,text\nc,gamma\na,alpha\nb,BETA\nd,delta edited\ne,epsilon\n")
+    capsys.readouterr()
+    assert main(args) == 0
+    said = capsys.readouterr().err
+    assert ("the input file changed since the last run; rows are matched by id, and 2 rows "
+            "done before have changed: they are sent again") in said
+    assert _sent(tmp_path / "out") == 3
+    after = _answers(tmp_path / "out", "id")
+    assert after["a"] == before["a"] and after["c"] == before["c"]  # the same answers
+    assert after["b"][0] == "BETA" and after["b"][1] != before["b"][1]
+    assert after["d"][0] == "delta edited" and after["d"][1] != before["d"][1]
+    content = pq.read_table(tmp_path / "out" / "results.parquet")["content"].to_pylist()
+    assert "Say BETA" in content[2] and "Say delta edited" in content[3]
+    # Nothing changed since: nothing is sent, nothing said about it.
+    assert main(args) == 0
+    assert _sent(tmp_path / "out") == 0
+    assert "changed" not in capsys.readouterr().err
+
+
+def test_the_hash_is_kept_in_the_journal_not_in_the_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text\na,alpha\n")
+    assert main(["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}",
+                 *RUN, "--format", "csv"]) == 0
+    assert "row_hash" not in (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
+    [seg] = (tmp_path / "out" / "journal").glob("seg-*.parquet")
+    assert pq.read_table(seg)["row_hash"].to_pylist() == [row_hash({"text": "alpha"},
+                                                                   ("text",))]
+
+
+def test_a_failed_row_fixed_in_the_input_is_sent_without_retry_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,alpha\nb,\n")
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}", *RUN]
+    assert main(args) == 3  # b: its prompt's column is null, not sent
+    inp.write_text("id,text\na,alpha\nb,beta\n")
+    assert main(args) == 0
+    assert _sent(tmp_path / "out") == 1
+    t = pq.read_table(tmp_path / "out" / "results.parquet")
+    assert t["status"].to_pylist() == ["ok", "ok"]
+
+
+def test_position_keys_with_force_send_the_changed_rows_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("text\nalpha\nbeta\ngamma\n")
+    args = ["run", "--input", "in.csv", "--prompt", "Say {text}", *RUN]
+    assert main(args) == 0
+    inp.write_text("text\nalpha\nBETA\ngamma\ndelta\n")
+    capsys.readouterr()
+    assert main(args) == 2  # refused: rows keyed by position
+    err = capsys.readouterr().err
+    assert "pass --force (the rows done keep their positions; any whose text changed is sent " \
+           "again)" in err
+    assert main([*args, "--force"]) == 0
+    assert ("rows are matched by position (--force), and 1 row done before has changed: it is "
+            "sent again") in capsys.readouterr().err
+    assert _sent(tmp_path / "out") == 2  # BETA, and delta added
+    content = pq.read_table(tmp_path / "out" / "results.parquet")["content"].to_pylist()
+    assert "Say BETA" in content[1]
+
+
+def test_a_batch_rows_changed_body_is_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    def write(second: str) -> None:
+        lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": "gpt-4o-mini", "messages": [
+                      {"role": "user", "content": second if i == 2 else f"hello {i}"}]}}
+                 for i in (1, 2, 3)]
+        (tmp_path / "b.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    write("hello 2")
+    args = ["run", "--input", "b.jsonl", "--simulator", "--progress", "none", "--output", "out"]
+    assert main(args) == 0
+    write("hello two")
+    assert main(args) == 0
+    assert _sent(tmp_path / "out") == 1
+    content = pq.read_table(tmp_path / "out" / "results.parquet")["content"].to_pylist()
+    assert "hello two" in content[1]
+
+
+def test_rows_done_by_an_earlier_version_keep_their_answers_and_it_is_said(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A journal from before ``row_hash``: its rows cannot be compared, so they are kept, and
+    the run says how many and how to send them again."""
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,alpha\nb,beta\n")
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}", *RUN]
+    assert main(args) == 0
+    [seg] = (tmp_path / "out" / "journal").glob("seg-*.parquet")
+    table = pq.read_table(seg)
+    pq.write_table(table.drop_columns(["row_hash"]), seg)  # as an earlier version wrote it
+    inp.write_text("id,text\na,alpha\nb,BETA\nc,gamma\n")
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert ("2 rows done by an earlier batchrunner, which kept no record of their text, keep "
+            "their answers even if it changed") in err
+    assert _sent(tmp_path / "out") == 1  # c only
+    # Rows sent from now on are recorded with their hash: a change to c is seen, a and b
+    # are still kept as they were.
+    inp.write_text("id,text\na,alpha\nb,BETA\nc,GAMMA\n")
+    assert main(args) == 0
+    assert _sent(tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "1 row done before has changed: it is sent again" in err
+    assert "2 rows done by an earlier batchrunner" in err
+
+
+def test_row_hash_is_stable_and_takes_any_value() -> None:
+    # Stable across runs and versions: pinned to the bytes it hashes.
+    assert row_hash({"text": "hi", "n": 1, "id": "x"}, ("text", "n")) == zlib.crc32(b'["hi",1]')
+    assert row_hash({"text": "hi"}, ("text",)) != row_hash({"text": "hi "}, ("text",))
+    assert row_hash({"a": None, "b": 1}, ("a", "b")) != row_hash({"a": 1, "b": None}, ("a", "b"))
+    odd = {"d": Decimal("1.10"), "t": datetime(2026, 12, 1, tzinfo=UTC), "b": b"\x00\xff",
+           "big": 2**70, "nested": {"k": [1.5, None, {"x": "y"}]}}
+    first = row_hash(odd, tuple(odd))
+    assert first == row_hash(dict(odd), tuple(odd))
+    assert row_hash({**odd, "d": Decimal("1.1")}, tuple(odd)) != first
