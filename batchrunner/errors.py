@@ -108,7 +108,8 @@ class BudgetExceeded(StopJob):
 
 class Unreachable(StopJob):
     """A row's every attempt failed to connect and nothing answered meanwhile: a wrong URL, no
-    network, a proxy down. Every other row would fail the same way."""
+    network, a proxy down; or, after the endpoint answered, nothing but refusals and a
+    gateway's 502/503/504 for ``outage_s``. Every other row would fail the same way."""
 
 
 class AllFailing(StopJob):

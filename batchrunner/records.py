@@ -51,7 +51,7 @@ class Outcome:
     model: str | None = None
     request_id: str | None = None
     finished_at: float = 0.0
-    # A CRC-32 of the row's values that make its request (``runner.row_hash``), to tell at a
+    # A CRC-32 of the row's values that make its request (``runner.row_hasher``), to tell at a
     # rerun a row whose text changed since it was answered. In the journal only.
     row_hash: int | None = None
 

@@ -27,11 +27,12 @@ import time
 import tokenize
 import zlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import StringIO
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -130,10 +131,13 @@ HOLD_MAX_ROWS = 10_000
 # the same timeout would cut it off, and bill it, on every attempt.
 TIMEOUT_GROWTH = 1.5
 MAX_TIMEOUT_X = 3.0
-# An endpoint that answered in this run, then refuses connections, is waited for this long
+# An endpoint that answered in this run, then refuses connections (or answers only through a
+# gateway's 502/503/504), is waited for this long
 # before the job stops (the rows in flight try again, up to 30 s apart, and find it back): a
 # restart or a deploy is ridden out; an endpoint gone for good stops the job by morning.
 OUTAGE_S = 300.0
+# A gateway's answers for a server behind it that is away: ridden out like a refused connection.
+GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
 @dataclass(kw_only=True)
@@ -205,7 +209,7 @@ class _Work:
     resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
-    row_hash: int | None = None  # of the row's values (row_hash), recorded with its outcome
+    row_hash: int | None = None  # of the row's values (row_hasher), recorded with its outcome
 
 
 # ----------------------------------------------------------------------------------------------
@@ -739,22 +743,30 @@ def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_colu
         position += n
 
 
-def hash_columns(builder: RequestBuilder | None) -> tuple[str, ...]:
-    """The columns a row's request is made of (``row_hash`` hashes their values)."""
-    return ("body",) if builder is None else builder.needed_columns
+def row_hasher(builder: RequestBuilder | None) -> Callable[[dict[str, Any]], int]:
+    """A row's ``row_hash``: a CRC-32 of the JSON array of its values in the columns its
+    request is made of (see ``hash_values``)."""
+    columns = ("body",) if builder is None else builder.needed_columns
+    if not columns:  # none (a builder refuses a prompt naming none): rows cannot differ
+        return lambda row: _EMPTY_HASH
+    get = itemgetter(*columns)
+    if len(columns) == 1:
+        return lambda row: hash_values((get(row),))
+    return lambda row: hash_values(get(row))
 
 
-def row_hash(row: dict[str, Any], columns: tuple[str, ...]) -> int:
-    """A CRC-32 of ``row``'s values in ``columns``, as ``_input_rows`` gives them: recorded with
-    the row's outcome, so that a rerun over a changed input can tell the rows whose request
-    would differ from the one answered. Stable across runs and versions (a value orjson cannot
-    write is hashed as its text)."""
-    values = [row[c] for c in columns]
+def hash_values(values: tuple[Any, ...]) -> int:
+    """A CRC-32 of ``values`` (a row's, as ``_input_rows`` gives them) as a JSON array:
+    recorded with the row's outcome, so that a rerun over a changed input can tell the rows
+    whose request would differ from the one answered. Stable across runs and versions (a value
+    orjson cannot write is hashed as its text)."""
     try:
-        data = orjson.dumps(values, default=str)
+        return zlib.crc32(orjson.dumps(values, default=str))
     except TypeError:  # an integer past 64 bits, say
-        data = repr(values).encode("utf-8", "surrogatepass")
-    return zlib.crc32(data)
+        return zlib.crc32(repr(list(values)).encode("utf-8", "surrogatepass"))
+
+
+_EMPTY_HASH = hash_values(())
 
 
 def changed_rows(source: io.InputSource, builder: RequestBuilder | None,
@@ -763,10 +775,10 @@ def changed_rows(source: io.InputSource, builder: RequestBuilder | None,
     """By input position: the rows whose recorded ``row_hash`` (-1: none) differs from their
     values' now."""
     changed = np.zeros(len(recorded), dtype=np.bool_)
-    columns = hash_columns(builder)
+    digest = row_hasher(builder)
     for at, rows in _input_rows(source, builder, key_column, recorded < 0):
         at = at[at < len(recorded)]
-        now = np.fromiter((row_hash(row, columns) for row in rows[:len(at)]), np.int64, len(at))
+        now = np.fromiter(map(digest, rows[:len(at)]), np.int64, len(at))
         changed[at] = now != recorded[at]
     return changed
 
@@ -895,7 +907,7 @@ class _Run:
                                else min(max_concurrency, INITIAL_CONCURRENCY))
         self.workers = 0
         self.rows: Iterator[tuple[str, dict[str, Any], float]] = iter_rows(plan)
-        self.hash_columns = hash_columns(plan.builder)
+        self.row_hash = row_hasher(plan.builder)
         self.rows_done = False  # the input iterator is exhausted (or broke)
         self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows
         self.outstanding = 0  # rows taken from the input and not finished yet
@@ -976,7 +988,7 @@ class _Run:
                 break
             resent = not math.isnan(spent)  # the row has a record from an earlier run
             spent = spent if resent else 0.0
-            digest = row_hash(row, self.hash_columns)
+            digest = self.row_hash(row)
             item, reason = make_work(plan, key, row)
             if plan.batch_unrecorded:
                 self._batch_checks_changed()
@@ -1228,7 +1240,19 @@ class _Run:
                 counts.in_flight -= 1
                 self.limiter.refund(charge)
                 self.errors_seen[e.error_type] += 1
-                if e.status is not None:
+                # A gateway's 502/503/504 once the endpoint has answered in this run, while
+                # rows are left to start: the server behind it may be away (restarting), as
+                # when a connection is refused. Before any answer it is a 5xx like any other,
+                # so that an endpoint failing every request fails the first rows fast; and
+                # once the input is read through, the rows left are all there is to tell
+                # a server away from rows it fails, so they are counted as ever.
+                gateway = (e.status in GATEWAY_STATUSES and self.last_answer > -math.inf
+                           and not self.rows_done)
+                if gateway:
+                    self._refused(item)
+                elif e.status in GATEWAY_STATUSES:
+                    pass  # not an answer of the endpoint's: it does not end an outage
+                elif e.status is not None:
                     self._answered(sent_at)
                 elif e.error_type == "connection_error":
                     self.counters["not_connected"] += 1  # counted as sent: it was tried
@@ -1236,15 +1260,24 @@ class _Run:
                 elif e.error_type == "timeout":
                     item.timeouts += 1
                 billed = self._billed(item, e)
-                if e.error_type == "connection_error" and self.last_answer > -math.inf:
+                if gateway:
+                    # A try of the row (the gateway answered), but only those made while other
+                    # requests were answered count against max_attempts: a row the server
+                    # fails for itself fails as ever, while rows waiting out a restart do not.
+                    if self._outage_over(item):
+                        self._unreachable(item, e, self.outage_from)
+                        return None, None  # not a failure of the row: left to do
+                    if item.lonely < self.policy.max_attempts - 1:
+                        self.counters["retries"] += 1
+                        return None, backoff(item.refusals, self.policy, e.retry_after,
+                                             self.rng)
+                elif e.error_type == "connection_error" and self.last_answer > -math.inf:
                     # The endpoint answered in this run, so it is there: a restart or a network
                     # blip is ridden out, and the request, which reached no server, is not a
                     # try of the row. Only a row refused again and again while others are
                     # answered fails (one server of several down, say).
                     item.attempts -= 1
-                    if (self.outage_from > self.answered_sent
-                            and item.last_refusal - self.outage_from >= self.outage_s
-                            and item.last_refusal - self.last_answer >= self.outage_s):
+                    if self._outage_over(item):
                         self._unreachable(item, e, self.outage_from)
                         return None, None  # not a failure of the row: left to do
                     if item.lonely < self.policy.max_attempts:
@@ -1384,9 +1417,17 @@ class _Run:
             # or the workers would run through the input in failed first tries.
             self.refused_since = now
 
+    def _outage_over(self, item: _Work) -> bool:
+        """``item``'s latest refusal came ``outage_s`` into an outage (refusals, and nothing
+        sent since it began answered) and as long after the latest answer."""
+        return (self.outage_from > self.answered_sent
+                and item.last_refusal - self.outage_from >= self.outage_s
+                and item.last_refusal - self.last_answer >= self.outage_s)
+
     def _unreachable(self, item: _Work, e: RequestError, since: float) -> None:
         """Stop the job: no request got an answer since ``since``, while ``item``'s attempts
-        failed to connect, so every other row would fail the same way. Before anything has
+        failed to connect (or, after an answer, got only a gateway's 502/503/504), so every
+        other row would fail the same way. Before anything has
         answered in this run, that is two or more of the row's attempts, its last among them
         (one refusal proves little: a single one on a row's last attempt while the endpoint
         answers everyone else is a row that failed); after, ``outage_s`` of refusals."""
@@ -1397,6 +1438,12 @@ class _Run:
         else:
             what = (f"{item.attempts} attempts at {self.plan.row(item.key)}, no answer to any "
                     "request meanwhile")
+        if e.status is not None:  # a gateway's 502/503/504
+            self.stop(Unreachable(
+                f"no answer from the endpoint for {silent_s:.1f} s, only {e.error_type} from "
+                f"what stands in front of it ({what}): {e.message} — wait for the endpoint (or "
+                "its gateway or proxy) to be back, then rerun to resume"))
+            return
         self.stop(Unreachable(
             f"no connection to the endpoint for {silent_s:.1f} s ({what}): {e.message} — check "
             "the base URL, the network and any proxy, then rerun to resume"))

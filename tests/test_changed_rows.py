@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchrunner.cli import main
-from batchrunner.runner import row_hash
+from batchrunner.config import RequestConfig
+from batchrunner.runner import hash_values, row_hasher
+from batchrunner.template import RequestBuilder
 
 RUN = ["--model", "gpt-4o-mini", "--simulator", "--progress", "none", "--output", "out"]
 
@@ -67,8 +69,7 @@ def test_the_hash_is_kept_in_the_journal_not_in_the_results(
                  *RUN, "--format", "csv"]) == 0
     assert "row_hash" not in (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
     [seg] = (tmp_path / "out" / "journal").glob("seg-*.parquet")
-    assert pq.read_table(seg)["row_hash"].to_pylist() == [row_hash({"text": "alpha"},
-                                                                   ("text",))]
+    assert pq.read_table(seg)["row_hash"].to_pylist() == [zlib.crc32(b'["alpha"]')]
 
 
 def test_a_failed_row_fixed_in_the_input_is_sent_without_retry_failed(
@@ -160,11 +161,22 @@ def test_rows_done_by_an_earlier_version_keep_their_answers_and_it_is_said(
 
 def test_row_hash_is_stable_and_takes_any_value() -> None:
     # Stable across runs and versions: pinned to the bytes it hashes.
-    assert row_hash({"text": "hi", "n": 1, "id": "x"}, ("text", "n")) == zlib.crc32(b'["hi",1]')
-    assert row_hash({"text": "hi"}, ("text",)) != row_hash({"text": "hi "}, ("text",))
-    assert row_hash({"a": None, "b": 1}, ("a", "b")) != row_hash({"a": 1, "b": None}, ("a", "b"))
-    odd = {"d": Decimal("1.10"), "t": datetime(2026, 12, 1, tzinfo=UTC), "b": b"\x00\xff",
-           "big": 2**70, "nested": {"k": [1.5, None, {"x": "y"}]}}
-    first = row_hash(odd, tuple(odd))
-    assert first == row_hash(dict(odd), tuple(odd))
-    assert row_hash({**odd, "d": Decimal("1.1")}, tuple(odd)) != first
+    assert hash_values(("hi", 1)) == zlib.crc32(b'["hi",1]')
+    assert hash_values(("hi",)) != hash_values(("hi ",))
+    assert hash_values((None, 1)) != hash_values((1, None))
+    odd = (Decimal("1.10"), datetime(2026, 12, 1, tzinfo=UTC), b"\x00\xff", 2**70,
+           {"k": [1.5, None, {"x": "y"}]})
+    assert hash_values(odd) == hash_values(tuple(odd))
+    assert hash_values((Decimal("1.1"), *odd[1:])) != hash_values(odd)
+
+
+def test_row_hasher_hashes_the_columns_the_request_is_made_of() -> None:
+    row = {"id": "a1", "text": "hi", "m": "gpt-4o", "t": "0.5", "other": "x"}
+    one = RequestBuilder(RequestConfig(model="m", prompt="Say {text}"), list(row), "input")
+    assert row_hasher(one)(row) == zlib.crc32(b'["hi"]')
+    assert row_hasher(one)({**row, "other": "y", "id": "b"}) == row_hasher(one)(row)
+    several = RequestBuilder(RequestConfig(prompt="Say {text}", model_column="m",
+                                           from_columns={"temperature": "t"}),
+                             list(row), "input")
+    assert row_hasher(several)(row) == zlib.crc32(b'["hi","gpt-4o","0.5"]')
+    assert row_hasher(None)({"custom_id": "r1", "body": "{}"}) == zlib.crc32(b'["{}"]')

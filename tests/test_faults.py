@@ -599,6 +599,81 @@ async def test_an_endpoint_restarted_mid_job_is_waited_for(tmp_path: Path) -> No
     assert s.sent < n + 4 * 40, s.sent
 
 
+async def gateway_outage(tmp_path: Path, n: int, down_s: float, outage_s: float,
+                         texts: list[str] | None = None) -> tuple[RunSummary, FaultServer]:
+    """A job behind a gateway whose server goes away after 100 requests: for ``down_s`` every
+    request gets the gateway's 502 page (as nginx answers while vLLM restarts)."""
+    inp = make_csv(tmp_path / "in.csv", texts or [f"row {i}" for i in range(n)])
+    since: list[float] = []
+
+    async def bad_gateway(srv: FaultServer, request: web.BaseRequest,
+                          body: dict[str, Any]) -> web.StreamResponse | None:
+        if "always" in json.dumps(body):  # a row the server fails for itself
+            return web.Response(status=502, text="<html>502 Bad Gateway</html>",
+                                content_type="text/html")
+        if srv.requests <= 100:
+            return None
+        since.append(since[0] if since else time.monotonic())
+        if time.monotonic() - since[0] < down_s:
+            return web.Response(status=502, text="<html>502 Bad Gateway</html>",
+                                content_type="text/html")
+        return None
+
+    async with FaultServer(bad_gateway) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, concurrency=8),
+                              RunOptions(retry=RetryPolicy(base_s=0.05, cap_s=0.4,
+                                                           max_attempts=2),
+                                         progress="none", handle_signals=False,
+                                         outage_s=outage_s))
+    return s, srv
+
+
+@pytest.mark.anyio
+async def test_a_server_restarting_behind_a_gateway_mid_job_fails_no_row(
+        tmp_path: Path) -> None:
+    """502s from a gateway for 1.5 s mid-job, longer than the rows' two attempts last: the
+    rows in flight try again until the server is back, new rows wait, and no row fails."""
+    n = 300
+    s, srv = await gateway_outage(tmp_path, n, 1.5, outage_s=60.0)
+    assert s.exit_code == 0 and not s.stopped and (s.ok, s.failed) == (n, 0), s.error_examples
+    assert srv.requests > n + 8  # the rows in flight were answered 502, more than once
+    # Only those and the next row of each worker: once a row started after the last answer is
+    # refused, no new row is started until the server is back.
+    waited = sum(1 for c in srv.by_prompt.values() if c > 1)
+    assert 8 <= waited <= 2 * 8, waited
+    rep = report(tmp_path)
+    assert rep["counters"]["attempts"] == srv.requests  # each 502 is a try of its row
+    assert seen_by_type(rep)["http_502"] == srv.requests - n
+
+
+@pytest.mark.anyio
+async def test_a_gateway_answering_502_for_longer_than_outage_s_stops_the_job(
+        tmp_path: Path) -> None:
+    n = 300
+    s, _ = await gateway_outage(tmp_path, n, math.inf, outage_s=1.0)
+    assert s.exit_code == 4 and s.stopped and s.failed == 0, s.stopped
+    assert s.stopped.startswith("no answer from the endpoint for 1."), s.stopped
+    assert "only http_502 from what stands in front of it" in s.stopped
+    assert s.stopped.endswith("wait for the endpoint (or its gateway or proxy) to be back, then "
+                              "rerun to resume")
+    assert 100 - 8 <= s.ok <= 100 and s.pending == n - s.ok
+
+
+@pytest.mark.anyio
+async def test_a_row_a_gateway_always_fails_still_fails_after_max_attempts(
+        tmp_path: Path) -> None:
+    """Others answered between its tries: the 502s are the row's own, not a server away."""
+    n = 200
+    texts = [f"row {i}" for i in range(n)]
+    texts[120] = "row 120 always"
+    s, srv = await gateway_outage(tmp_path, n, 0.0, outage_s=60.0, texts=texts)
+    assert s.exit_code == 3 and not s.stopped and (s.ok, s.failed) == (n - 1, 1)
+    row = results(tmp_path).loc["r0120"]
+    assert (row["error_type"], row["attempts"]) == ("http_502", 2)
+    assert srv.requests == n + 1
+
+
 @pytest.mark.anyio
 async def test_an_endpoint_down_for_a_moment_at_the_start_costs_no_row(tmp_path: Path) -> None:
     n = 300
