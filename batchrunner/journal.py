@@ -55,7 +55,7 @@ from batchrunner.records import (
     Outcome,
 )
 
-__all__ = ["ROW_GROUP_ROWS", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
+__all__ = ["ROW_GROUP_ROWS", "Fresh", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
 
 SEGMENT_GLOB = "seg-*.parquet"
 ROW_GROUP_ROWS = 16_384
@@ -68,6 +68,11 @@ ORDER_KEY = b"batchrunner.order"
 _ROW_BITS = 24
 _GROUP_BITS = 16
 _ROW_MASK = (1 << _ROW_BITS) - 1
+
+
+# Rows whose values changed since their records were made: input positions (ascending) and each
+# row's ``row_hash`` now. Of such a row's records, one made with that hash wins over the others.
+Fresh = tuple[np.ndarray, np.ndarray]
 
 
 class Order(Protocol):
@@ -256,12 +261,14 @@ class Journal:
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         return latest(table)
 
-    def compact(self, run_id: str, order: Order | None = None) -> Path | None:
+    def compact(self, run_id: str, order: Order | None = None, *,
+                fresh: Fresh | None = None) -> Path | None:
         """Merge all segments into one: the latest record of every row, sorted by input
         position (rows the input does not have last, by key). A journal that is already one
         segment compacted in the same order is left alone. A crash at any point leaves either
         the old segments or the new one beside some of them (the same records twice, which
-        reading merges)."""
+        reading merges). With ``fresh``, a changed row's record made with its values now wins
+        over its older ones, even a failure over an ok: the old answer is to other text."""
         segs = self.segments()
         if not segs:
             return None
@@ -270,7 +277,7 @@ class Journal:
             return segs[0]
         if len(segs) >= 1 << (63 - _ROW_BITS - _GROUP_BITS):
             raise JournalError(f"{self.directory} holds too many segments to compact")
-        index = _latest(segs, order, cost=True)
+        index = _latest(segs, order, cost=True, fresh=fresh)
         loc, row_cost = index.locations(), index.located_costs()
         del index
         schema = OUTCOME_SCHEMA.with_metadata({ORDER_KEY: tag.encode()})
@@ -384,20 +391,22 @@ class Latest:
 
 
 def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
-            hashes: bool = False) -> Latest:
-    """The winners are kept per input position (17 bytes a row, 8 more with the cost and 8
-    with the hashes) and each batch of records is scattered over them, so nothing is sorted
-    but the odd key the input does not have."""
+            hashes: bool = False, fresh: Fresh | None = None) -> Latest:
+    """The winners are kept per input position (17 bytes a row, 8 more with the cost, 8 with
+    the hashes and 1 with ``fresh``) and each batch of records is scattered over them, so
+    nothing is sorted but the odd key the input does not have."""
     rows = 0 if order is None else order.rows
     best_loc = np.full(rows, -1, np.int64)
     best_ok = np.full(rows, -1, np.int8)
     best_at = np.zeros(rows, np.float64)
     row_cost = np.full(rows, np.nan) if cost else None  # the most of any record of the row
     best_hash = np.full(rows, -1, np.int64) if hashes else None
+    # With ``fresh``: 1 where the winner so far is a changed row's record made with its hash now.
+    best_new = np.zeros(rows, np.int8) if fresh is not None else None
     unknown: list[pa.Table] = []  # key, ok, at, loc, cost
     zero, none, end = (scalar(v, pa.int64()) for v in (0, -1, rows))
     no = scalar(False, pa.bool_())
-    for batch in _index_batches(segs, cost=cost, hashes=hashes):
+    for batch in _index_batches(segs, cost=cost, hashes=hashes or fresh is not None):
         if order is None:
             unknown.append(batch)
             continue
@@ -410,8 +419,10 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
             spent = to_numpy(batch["cost"], fill=float("nan"))
             np.fmax.at(row_cost, p[p >= 0], spent[p >= 0])
         ok, at, loc = (to_numpy(batch[c]) for c in ("ok", "at", "loc"))
-        # Within the batch: the last of each position by (ok, time, location) ...
-        rank = np.lexsort((loc, at, ok, p))
+        new = (None if fresh is None
+               else _made_fresh(p, to_numpy(batch["hash"], fill=-1), fresh))
+        # Within the batch: the last of each position by ([fresh,] ok, time, location) ...
+        rank = np.lexsort((loc, at, ok, p) if new is None else (loc, at, ok, new, p))
         p = p[rank]
         last = np.ones(len(p), dtype=bool)
         last[:-1] = p[:-1] != p[1:]
@@ -419,8 +430,13 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
         take = rank[last]
         p, ok, at, loc = p[last], ok[take], at[take], loc[take]
         # ... replaces the winner so far if it is ok and that is not, or as ok and no older
-        # (a later location breaks a tie: batches come in location order).
+        # (a later location breaks a tie: batches come in location order); with ``fresh``, a
+        # record made with a changed row's values now first.
         better = (ok > best_ok[p]) | ((ok == best_ok[p]) & (at >= best_at[p]))
+        if new is not None and best_new is not None:
+            new = new[take]
+            better = (new > best_new[p]) | ((new == best_new[p]) & better)
+            best_new[p[better]] = new[better]
         p = p[better]
         best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
         if best_hash is not None:
@@ -434,6 +450,17 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
         others = others.set_column(others.schema.get_field_index("cost"), "cost",
                                    float64_array(most, ~np.isnan(most)))
     return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others, row_hash=best_hash)
+
+
+def _made_fresh(p: np.ndarray, hashes: np.ndarray, fresh: Fresh) -> np.ndarray:
+    """1 for each record (at input position ``p``, with ``row_hash`` ``hashes``) of a row in
+    ``fresh`` made with its hash there; else 0."""
+    positions, now = fresh
+    if not len(positions):
+        return np.zeros(len(p), np.int8)
+    i = np.minimum(np.searchsorted(positions, p), len(positions) - 1)
+    made: np.ndarray = ((positions[i] == p) & (now[i] == hashes)).astype(np.int8)
+    return made
 
 
 def _most_per_key(keys: pa.ChunkedArray, values: np.ndarray, of: pa.ChunkedArray) -> np.ndarray:

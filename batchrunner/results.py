@@ -133,7 +133,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     journal = Journal(plan.out_dir)
     order = plan.order or InputOrder(plan.source, plan.key_column, plan.total_rows,
                                      str(plan.job_meta.get("input_fingerprint", "")))
-    journal.compact(run_id or new_run_id(), order)
+    journal.compact(run_id or new_run_id(), order, fresh=plan.fresh)
     results_path = plan.out_dir / f"results.{job.output.format}"
     statuses = _write_results(plan, journal, order, results_path)
     summary.rows = sum(statuses.values())

@@ -82,7 +82,7 @@ from batchrunner.errors import (
     UsageError,
     leaf,
 )
-from batchrunner.journal import Journal, JournalWriter, new_run_id
+from batchrunner.journal import Fresh, Journal, JournalWriter, new_run_id
 from batchrunner.limiter import Limiter
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
@@ -234,6 +234,9 @@ class Plan:
     key_column: str | None
     total_rows: int
     done: DoneRows
+    # The rows done before whose values changed since (sent again): their positions and
+    # row_hash now. Compaction at the end of the run prefers their records made with these.
+    fresh: Fresh | None = None
     out_dir: Path
     job_meta: dict[str, Any]
     prices: PriceBook
@@ -352,12 +355,21 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         io.remove_stale_temp_files(out_dir)
     journal.check()
     order = InputOrder(source, key_column, total, fingerprint, ids)
-    input_changed = old_meta is not None and old_meta.get("input_fingerprint") != fingerprint
-    latest = journal.latest(order, cost=True, hashes=input_changed)
+    # The rows done are compared with the input's (row_hash) unless the last run left them
+    # all matching this very input (job.json's rows_checked): after the input changed, and
+    # after a run that did not finish sending the rows that had changed (a crash, a stop).
+    checked = old_meta is None or old_meta.get("rows_checked") == fingerprint
+    latest = journal.latest(order, cost=True, hashes=not checked)
     # Not sent again: ok rows, and failed ones unless retried, unless their values changed.
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
+    fresh = None
     if latest.row_hash is not None:
-        warnings.extend(_resend_changed(source, builder, key_column, latest.row_hash, done))
+        assert old_meta is not None
+        fresh, said = _resend_changed(
+            source, builder, key_column, latest.row_hash, done,
+            input_changed=old_meta.get("input_fingerprint") != fingerprint)
+        warnings.extend(said)
+    meta["rows_checked"] = fingerprint if fresh is None else None
     if options.rerun_where:
         picked = _select(journal, options.rerun_where)  # refuses a bad expression on a first run
         pos = pc.drop_null(order.positions(string_array(sorted(picked))))
@@ -397,7 +409,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         else:  # no row sent again has cost anything: which are sent again is enough (1 byte)
             spent = recorded
     plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
-                done=DoneRows(done), out_dir=out_dir, job_meta=meta, prices=prices,
+                done=DoneRows(done), fresh=fresh, out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=structured,
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_ok=int(np.count_nonzero(done & (latest.ok == 1))),
@@ -490,13 +502,15 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path,
 
 def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
                     key_column: str | None, recorded: npt.NDArray[np.int64],
-                    done: npt.NDArray[np.bool_]) -> list[str]:
-    """The input changed since the last run: the rows done whose values (``row_hash``) changed
-    since are sent again (cleared in ``done``). What to say about it."""
-    changed = changed_rows(source, builder, key_column, np.where(done, recorded, -1))
-    done &= ~changed
-    n = int(np.count_nonzero(changed))
-    unknown = int(np.count_nonzero(done & (recorded < 0)))
+                    done: npt.NDArray[np.bool_], *, input_changed: bool
+                    ) -> tuple[Fresh | None, list[str]]:
+    """The rows done whose values (``row_hash``) changed since they were recorded are sent
+    again (cleared in ``done``): their positions and hashes now (None: no row changed), and
+    what to say about it."""
+    fresh = changed_rows(source, builder, key_column, np.where(done, recorded, -1))
+    n = len(fresh[0])
+    done[fresh[0]] = False
+    unknown = int(np.count_nonzero(done & (recorded < 0))) if input_changed else 0
     said = []
     by = "by id" if key_column is not None else "by position (--force)"
     if n:
@@ -511,7 +525,7 @@ def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
             f"{'its' if unknown == 1 else 'their'} text, keep{'s' if unknown == 1 else ''} "
             f"{'its answer' if unknown == 1 else 'their answers'} even if it changed (send such "
             "rows again with --rerun-where, e.g. \"key in ['a1', 'b7']\")")
-    return said
+    return (fresh if n else None), said
 
 
 def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
@@ -770,17 +784,20 @@ _EMPTY_HASH = hash_values(())
 
 
 def changed_rows(source: io.InputSource, builder: RequestBuilder | None,
-                 key_column: str | None, recorded: npt.NDArray[np.int64]
-                 ) -> npt.NDArray[np.bool_]:
-    """By input position: the rows whose recorded ``row_hash`` (-1: none) differs from their
-    values' now."""
-    changed = np.zeros(len(recorded), dtype=np.bool_)
+                 key_column: str | None, recorded: npt.NDArray[np.int64]) -> Fresh:
+    """The rows whose recorded ``row_hash`` (by input position; -1: none, not compared)
+    differs from their values' now: their positions, in order, and their hashes now."""
+    positions, hashes = [], []
     digest = row_hasher(builder)
     for at, rows in _input_rows(source, builder, key_column, recorded < 0):
         at = at[at < len(recorded)]
         now = np.fromiter(map(digest, rows[:len(at)]), np.int64, len(at))
-        changed[at] = now != recorded[at]
-    return changed
+        differ = now != recorded[at]
+        positions.append(at[differ])
+        hashes.append(now[differ])
+    if not positions:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(positions), np.concatenate(hashes)
 
 
 def _spent_of(spent: npt.NDArray[np.float64] | npt.NDArray[np.bool_] | None,
@@ -1712,6 +1729,11 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         _settle_batch_checks(plan)
         _write_meta(plan)
     await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
+    if plan.fresh is not None and summary.stopped is None:
+        # Every row that had changed was sent again, and the compaction kept its new record:
+        # the journal matches this input (a crash before this line leaves it to be checked).
+        plan.job_meta["rows_checked"] = plan.job_meta["input_fingerprint"]
+        _write_meta(plan)
     return summary
 
 

@@ -9,11 +9,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrunner import compute as pc
 from batchrunner.cli import main
 from batchrunner.config import RequestConfig
+from batchrunner.journal import Journal, JournalWriter
+from batchrunner.records import Outcome
 from batchrunner.runner import hash_values, row_hasher
 from batchrunner.template import RequestBuilder
 
@@ -59,6 +64,48 @@ def test_rows_whose_text_changed_are_sent_again(
     assert main(args) == 0
     assert _sent(tmp_path / "out") == 0
     assert "changed" not in capsys.readouterr().err
+
+
+def test_a_changed_row_that_fails_shows_its_failure_not_the_old_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure never replaces an ok, but an ok to a row's old text is no answer to its new
+    text: the results show the new text's failure, with the old answer's cost carried."""
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,alpha\nb,beta\n")
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}", *RUN]
+    assert main(args) == 0
+    old = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()[1]
+    inp.write_text("id,text\na,alpha\nb,beta [[sim:400]]\n")  # the server refuses it now
+    assert main(args) == 3
+    row = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()[1]
+    assert (row["text"], row["status"], row["error_type"]) == ("beta [[sim:400]]", "failed",
+                                                               "http_400")
+    assert row["earlier_cost_usd"] == pytest.approx(old["cost_usd"])
+    # Done, as a failed row: not sent again but with --retry-failed.
+    assert main(args) == 3
+    assert _sent(tmp_path / "out") == 0
+
+
+def test_changed_rows_not_sent_before_a_stop_are_sent_by_the_next_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run that found them stopped before sending them (its budget): the input is the
+    same for the next run, which still compares the rows and sends them."""
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,alpha\nb,beta\nc,gamma\n")
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}", *RUN]
+    assert main(args) == 0
+    inp.write_text("id,text\na,alpha\nb,BETA\nc,GAMMA\n")
+    assert main([*args, "--max-cost", "0.0000001"]) == 4  # stopped before sending
+    assert _sent(tmp_path / "out") == 0
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["rows_checked"] is None
+    assert main(args) == 0
+    assert _sent(tmp_path / "out") == 2
+    texts = [r["content"] for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()]
+    assert "Say BETA" in texts[1] and "Say GAMMA" in texts[2]
+    meta = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert meta["rows_checked"] == meta["input_fingerprint"]  # the next run compares nothing
 
 
 def test_the_hash_is_kept_in_the_journal_not_in_the_results(
@@ -180,3 +227,43 @@ def test_row_hasher_hashes_the_columns_the_request_is_made_of() -> None:
                              list(row), "input")
     assert row_hasher(several)(row) == zlib.crc32(b'["hi","gpt-4o","0.5"]')
     assert row_hasher(None)({"custom_id": "r1", "body": "{}"}) == zlib.crc32(b'["{}"]')
+
+
+class _ByPosition:
+    """Keys are input positions (as a job without an id column keys its rows)."""
+
+    tag = "by-position"
+    rows = 3
+
+    def positions(self, keys: pa.Array) -> pa.Array:
+        return pc.cast(keys, pa.int64())
+
+
+@pytest.mark.parametrize("index_rows", [65_536, 1], ids=["one-batch", "a-batch-a-record"])
+def test_compaction_prefers_a_changed_rows_record_made_with_its_values_now(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, index_rows: int) -> None:
+    import batchrunner.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "_INDEX_ROWS", index_rows)
+    j = Journal(tmp_path)
+    j.create()
+    w = JournalWriter(j.directory, "run1")
+    for key, status, at, digest in [
+            ("0", "ok", 1.0, 10), ("0", "failed", 2.0, 20),  # changed, sent again: failed
+            ("1", "ok", 1.0, 10), ("1", "failed", 2.0, 10),  # the same text: the ok stays
+            ("2", "failed", 1.0, 20), ("2", "ok", 2.0, 10)]:  # an ok to the old text, later
+        w.add(Outcome(key=key, status=status, finished_at=at, row_hash=digest))
+        w.flush()
+    fresh = (np.array([0, 2]), np.array([20, 20]))
+    j.compact("run2", _ByPosition(), fresh=fresh)
+    got = j.read().to_pylist()
+    assert [(r["key"], r["status"], r["row_hash"]) for r in got] == [
+        ("0", "failed", 20), ("1", "ok", 10), ("2", "failed", 20)]
+    # Without it, as ever: an ok is never replaced by a failure.
+    for seg in j.segments():
+        seg.unlink()
+    for key, status, at, digest in [("0", "ok", 1.0, 10), ("0", "failed", 2.0, 20)]:
+        w.add(Outcome(key=key, status=status, finished_at=at, row_hash=digest))
+        w.flush()
+    j.compact("run3", _ByPosition())
+    assert [(r["key"], r["status"]) for r in j.read().to_pylist()] == [("0", "ok")]
