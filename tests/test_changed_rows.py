@@ -37,14 +37,23 @@ def _answers(out: Path, key: str) -> dict[str, tuple[str, str]]:
                 strict=True)}
 
 
+def _first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, csv: str, *,
+               id_column: bool = True, code: int = 0) -> tuple[Path, list[str]]:
+    """Run a job over ``csv`` (its id column ``id``, or keyed by position) once; the input
+    file and the command, to run again."""
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text(csv)
+    args = ["run", "--input", "in.csv", *(["--id-column", "id"] if id_column else []),
+            "--prompt", "Say {text}", *RUN]
+    assert main(args) == code
+    return inp, args
+
+
 def test_rows_whose_text_changed_are_sent_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.chdir(tmp_path)
-    inp = tmp_path / "in.csv"
-    inp.write_text("id,text\na,alpha\nb,beta\nc,gamma\nd,delta\n")
-    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}", *RUN]
-    assert main(args) == 0
+    inp, args = _first_run(tmp_path, monkeypatch, "id,text\na,alpha\nb,beta\nc,gamma\nd,delta\n")
     before = _answers(tmp_path / "out", "id")
     # Two rows edited, one moved, one added: the moved one is matched by its id.
     inp.write_text("id,text\nc,gamma\na,alpha\nb,BETA\nd,delta edited\ne,epsilon\n")
@@ -70,11 +79,7 @@ def test_a_changed_row_that_fails_shows_its_failure_not_the_old_answer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure never replaces an ok, but an ok to a row's old text is no answer to its new
     text: the results show the new text's failure, with the old answer's cost carried."""
-    monkeypatch.chdir(tmp_path)
-    inp = tmp_path / "in.csv"
-    inp.write_text("id,text\na,alpha\nb,beta\n")
-    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}", *RUN]
-    assert main(args) == 0
+    inp, args = _first_run(tmp_path, monkeypatch, "id,text\na,alpha\nb,beta\n")
     old = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()[1]
     inp.write_text("id,text\na,alpha\nb,beta [[sim:400]]\n")  # the server refuses it now
     assert main(args) == 3
@@ -91,11 +96,7 @@ def test_changed_rows_not_sent_before_a_stop_are_sent_by_the_next_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run that found them stopped before sending them (its budget): the input is the
     same for the next run, which still compares the rows and sends them."""
-    monkeypatch.chdir(tmp_path)
-    inp = tmp_path / "in.csv"
-    inp.write_text("id,text\na,alpha\nb,beta\nc,gamma\n")
-    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}", *RUN]
-    assert main(args) == 0
+    inp, args = _first_run(tmp_path, monkeypatch, "id,text\na,alpha\nb,beta\nc,gamma\n")
     inp.write_text("id,text\na,alpha\nb,BETA\nc,GAMMA\n")
     assert main([*args, "--max-cost", "0.0000001"]) == 4  # stopped before sending
     assert _sent(tmp_path / "out") == 0
@@ -136,11 +137,7 @@ def test_a_failed_row_fixed_in_the_input_is_sent_without_retry_failed(
 def test_position_keys_with_force_send_the_changed_rows_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.chdir(tmp_path)
-    inp = tmp_path / "in.csv"
-    inp.write_text("text\nalpha\nbeta\ngamma\n")
-    args = ["run", "--input", "in.csv", "--prompt", "Say {text}", *RUN]
-    assert main(args) == 0
+    inp, args = _first_run(tmp_path, monkeypatch, "text\nalpha\nbeta\ngamma\n", id_column=False)
     inp.write_text("text\nalpha\nBETA\ngamma\ndelta\n")
     capsys.readouterr()
     assert main(args) == 2  # refused: rows keyed by position
@@ -181,16 +178,19 @@ def test_rows_done_by_an_earlier_version_keep_their_answers_and_it_is_said(
         capsys: pytest.CaptureFixture[str]) -> None:
     """A journal from before ``row_hash``: its rows cannot be compared, so they are kept, and
     the run says how many and how to send them again."""
-    monkeypatch.chdir(tmp_path)
-    inp = tmp_path / "in.csv"
-    inp.write_text("id,text\na,alpha\nb,beta\n")
-    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}", *RUN]
-    assert main(args) == 0
+    inp, args = _first_run(tmp_path, monkeypatch, "id,text\na,alpha\nb,beta\n")
     [seg] = (tmp_path / "out" / "journal").glob("seg-*.parquet")
     table = pq.read_table(seg)
     pq.write_table(table.drop_columns(["row_hash"]), seg)  # as an earlier version wrote it
-    inp.write_text("id,text\na,alpha\nb,BETA\nc,gamma\n")
+    meta_path = tmp_path / "out" / "job.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["rows_checked"]
+    meta_path.write_text(json.dumps(meta))
     capsys.readouterr()
+    assert main(args) == 0  # the same input: compared once, nothing to say
+    assert _sent(tmp_path / "out") == 0 and "earlier batchrunner" not in capsys.readouterr().err
+    assert json.loads(meta_path.read_text())["rows_checked"] == meta["input_fingerprint"]
+    inp.write_text("id,text\na,alpha\nb,BETA\nc,gamma\n")
     assert main(args) == 0
     err = capsys.readouterr().err
     assert ("2 rows done by an earlier batchrunner, which kept no record of their text, keep "
