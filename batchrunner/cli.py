@@ -2,7 +2,7 @@
 
 Exit codes: 0 every row ok; 2 bad usage, job file or input (nothing sent); 3 finished with
 failed rows; 4 stopped early (auth, quota, budget, unreachable, all failing, interrupted) and
-resumable.
+resumable; 5 another run holds the output directory (nothing done); 1 output not written.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ import anyio
 
 from batchrunner import __version__
 from batchrunner.config import OUTPUT_FORMATS
-from batchrunner.errors import BatchrunnerError, JournalError, StopJob, UsageError, leaf
+from batchrunner.errors import (
+    BatchrunnerError,
+    JournalError,
+    OutputBusy,
+    StopJob,
+    UsageError,
+    leaf,
+)
 from batchrunner.eventloop import loop_factory
 
 __all__ = ["before_imports", "main"]
@@ -35,7 +42,8 @@ EPILOG = """\
 exit codes: 0 all rows ok · 2 bad job, option or input (nothing sent) ·
             3 finished with failed rows · 4 stopped early (auth, quota, billing or
             region, budget, endpoint unreachable, every request failing, Ctrl-C),
-            rerun to resume ·
+            rerun to resume · 5 another run is using the output directory
+            (nothing done): run again once it ends ·
             1 output could not be written (disk full)
 """
 
@@ -359,6 +367,9 @@ def _report(exc: BaseException) -> int:
     if isinstance(e, StopJob):
         print(f"batchrunner: stopped: {_one_line(e)}", file=sys.stderr)
         return 4
+    if isinstance(e, OutputBusy):
+        print(f"batchrunner: error: {_one_line(e)}", file=sys.stderr)
+        return 5
     if isinstance(e, KeyboardInterrupt):
         print("batchrunner: interrupted; finished rows are saved — rerun to resume",
               file=sys.stderr)

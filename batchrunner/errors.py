@@ -37,6 +37,7 @@ __all__ = [
     "InputError",
     "Interrupted",
     "JournalError",
+    "OutputBusy",
     "OutputError",
     "QuotaError",
     "RequestError",
@@ -71,6 +72,11 @@ class InputError(UsageError):
 
 class JournalError(BatchrunnerError):
     """The journal in the output directory is damaged or belongs to another job."""
+
+
+class OutputBusy(BatchrunnerError):
+    """Another run holds the output directory: nothing was done; run again once it ends
+    (exit 5)."""
 
 
 class OutputError(BatchrunnerError):

@@ -26,7 +26,8 @@ the directory, so a reader sees the old file or the new one, never half of one.
 ``remove_stale_temp_files`` deletes what a crashed run left behind.
 
 Every problem a user can cause is an ``InputError`` (input) or a ``UsageError`` (output) whose
-message is one line naming the file, the row or line when known, and what to fix.
+message is one line naming the file, the row or line when known, and what to fix; an output
+directory another run holds is an ``OutputBusy``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ from .arrow import (
     string_array,
     typed_array,
 )
-from .errors import InputError, OutputError, UsageError
+from .errors import InputError, OutputBusy, OutputError, UsageError
 
 __all__ = [
     "CSV_BLOCK_SIZE",
@@ -969,7 +970,7 @@ class RunLock:
                                     ) from None
         os.close(fd)
         holder = self._holder()
-        raise UsageError(
+        raise OutputBusy(
             f"another batchrunner run is using {self.out_dir}{f' ({holder})' if holder else ''}"
             "; let it finish or stop it, then run again"
         )

@@ -691,7 +691,7 @@ def test_a_second_run_of_a_job_in_progress_is_refused_and_status_shows_the_first
         completions = sim.stats()["completions"]
     assert first.returncode == 0
     for refused in (second, rebuild):
-        assert refused.returncode == 2
+        assert refused.returncode == 5  # not a bad job: a scheduler may try again later
         assert refused.stderr.startswith(
             f"batchrunner: error: another batchrunner run is using {out} (pid {first.pid}, "
             "started 20"), refused.stderr
