@@ -242,6 +242,9 @@ class Plan:
     prices: PriceBook
     warnings: list[str]
     structured: StructuredOutput | None = None
+    # Forced to send to the other kind of endpoint (the simulator or a real one) than the
+    # rows done were answered by: job.json says "mixed" from this run's first answer on.
+    mixes: bool = False
     prior_cost: float = 0.0
     prior_ok: int = 0  # rows done before this run, ok and failed (not sent again): the
     prior_failed: int = 0  # progress display counts the whole job's
@@ -390,11 +393,13 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             f"{'is' if latest.others.num_rows == 1 else 'are'} not in this input: the results "
             "and reports hold this input's rows only (the journal keeps the others); to keep "
             "each input's results, give each its own --output (out/2026-11-30, say)")
+    mixes = False
     if old_meta is not None:
         any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok,
                             to_send=total - int(np.count_nonzero(done)))
-        _check_same_endpoint(old_meta, meta, meta_path, options, warnings, any_ok=any_ok)
+        mixes = _check_same_endpoint(old_meta, meta, meta_path, options, warnings,
+                                     any_ok=any_ok)
     # Kept for the run only when a row to send has a record already: what each row has cost
     # so far, NaN where nothing is recorded (8 bytes a row), or, when no row to send has cost
     # anything, which rows have a record (1 byte a row).
@@ -410,7 +415,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             spent = recorded
     plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), fresh=fresh, out_dir=out_dir, job_meta=meta, prices=prices,
-                warnings=warnings, structured=structured,
+                warnings=warnings, structured=structured, mixes=mixes,
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_ok=int(np.count_nonzero(done & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & (latest.ok == 0))))
@@ -558,15 +563,16 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
 
 
 def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
-                         options: RunOptions, warnings: list[str], *, any_ok: bool) -> None:
+                         options: RunOptions, warnings: list[str], *, any_ok: bool) -> bool:
     """Refuse a rerun that would mix the built-in simulator's answers with real ones, unless
-    forced (``simulator`` is then "mixed" for good) or no row has an answer yet. A job.json
-    from before it was recorded has none: nothing is known to mix."""
+    forced or no row has an answer yet. A job.json from before it was recorded has none:
+    nothing is known to mix. True when forced: ``simulator`` keeps its old value until the
+    run's first answer makes it "mixed" for good (``_Run._mixed``)."""
     was = old.get("simulator")
     if was == "mixed":
         new["simulator"] = "mixed"
     if not isinstance(was, bool) or was == new["simulator"] or not any_ok:
-        return
+        return False
     answers = {True: "the built-in simulator", False: "a real endpoint"}
     said = (f"the rows done in {path.parent} were answered by {answers[was]}, and this run "
             f"would use {answers[new['simulator']]}")
@@ -574,7 +580,8 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
         raise UsageError(f"{said}: their answers would mix — use another --output directory, "
                          "or pass --force to mix them")
     warnings.append(f"{said}; their answers mix (--force)")
-    new["simulator"] = "mixed"
+    new["simulator"] = was
+    return True
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -953,6 +960,7 @@ class _Run:
         # held ones (see _release_held); no answer, and the job stops (_refused_outright).
         self.held_models: dict[str, AuthError] = {}  # model → its first refusal
         self.held: list[tuple[_Work, Outcome | None]] = []  # outstanding, not sent meanwhile
+        self.mixes = plan.mixes  # job.json is to say "mixed" at the first answer
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -1414,6 +1422,15 @@ class _Run:
         self.answered_sent = max(self.answered_sent, sent_at)
         if down:
             self._wake_workers()  # new rows may be started again
+        if self.mixes:
+            self._mixed()
+
+    def _mixed(self) -> None:
+        """The first answer of a run forced to the other kind of endpoint: recorded before the
+        answer is (journaled later), so job.json never says less than the journal holds."""
+        self.mixes = False
+        self.plan.job_meta["simulator"] = "mixed"
+        _write_meta(self.plan)
 
     def _refused(self, item: _Work) -> None:
         """An attempt of ``item`` could not connect."""

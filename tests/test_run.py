@@ -724,9 +724,16 @@ def test_the_simulators_answers_never_mix_with_real_ones_unasked(
         assert ("were answered by the built-in simulator, and this run would use a real "
                 "endpoint") in err and "--force" in err
         assert real.stats()["requests"] == 0
+        # Forced, but every row is done: nothing is sent, nothing mixes, and the record says
+        # so (the simulator answered every row).
         assert main([*again, "--force"]) == 0
         assert "their answers mix (--force)" in capsys.readouterr().err
-        # From then on the directory holds some of each, whichever answers next.
+        assert real.stats()["requests"] == 0
+        assert json.loads((tmp_path / "sim-out" / "job.json").read_text())["simulator"] is True
+        # Forced with a row to send: from its answer on, the directory holds some of each,
+        # whichever answers next.
+        assert main([*again, "--force", "--rerun-where", "key == 'r0000'"]) == 0
+        assert real.stats()["requests"] == 1
         assert json.loads((tmp_path / "sim-out" / "job.json").read_text())["simulator"] == "mixed"
         assert main([*common, "--simulator", "--output", "sim-out"]) == 0
         report = json.loads((tmp_path / "sim-out" / "cost_report.json").read_text())
