@@ -519,10 +519,10 @@ def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
     said = []
     by = "by id" if key_column is not None else "by position (--force)"
     if n:
-        said.append(f"the input file changed since the last run; rows are matched {by}, and "
-                    f"{count_rows(n)} done before {'has' if n == 1 else 'have'} changed: "
-                    f"{'it is' if n == 1 else 'they are'} sent again")
-    elif key_column is None:
+        said.append(f"{count_rows(n)} done before {'has' if n == 1 else 'have'} changed in the "
+                    f"input since {'it was' if n == 1 else 'they were'} sent (rows are matched "
+                    f"{by}): {'it is' if n == 1 else 'they are'} sent again")
+    elif key_column is None and input_changed:
         said.append(f"the input file changed since the last run; rows are matched {by}")
     if unknown:
         said.append(

@@ -60,8 +60,8 @@ def test_rows_whose_text_changed_are_sent_again(
     capsys.readouterr()
     assert main(args) == 0
     said = capsys.readouterr().err
-    assert ("the input file changed since the last run; rows are matched by id, and 2 rows "
-            "done before have changed: they are sent again") in said
+    assert ("2 rows done before have changed in the input since they were sent (rows are "
+            "matched by id): they are sent again") in said
     assert _sent(tmp_path / "out") == 3
     after = _answers(tmp_path / "out", "id")
     assert after["a"] == before["a"] and after["c"] == before["c"]  # the same answers
@@ -145,8 +145,8 @@ def test_position_keys_with_force_send_the_changed_rows_again(
     assert "pass --force (the rows done keep their positions; any whose text changed is sent " \
            "again)" in err
     assert main([*args, "--force"]) == 0
-    assert ("rows are matched by position (--force), and 1 row done before has changed: it is "
-            "sent again") in capsys.readouterr().err
+    assert ("1 row done before has changed in the input since it was sent (rows are matched by "
+            "position (--force)): it is sent again") in capsys.readouterr().err
     assert _sent(tmp_path / "out") == 2  # BETA, and delta added
     content = pq.read_table(tmp_path / "out" / "results.parquet")["content"].to_pylist()
     assert "Say BETA" in content[1]
@@ -202,7 +202,7 @@ def test_rows_done_by_an_earlier_version_keep_their_answers_and_it_is_said(
     assert main(args) == 0
     assert _sent(tmp_path / "out") == 1
     err = capsys.readouterr().err
-    assert "1 row done before has changed: it is sent again" in err
+    assert "1 row done before has changed in the input since it was sent" in err
     assert "2 rows done by an earlier batchrunner" in err
 
 
