@@ -87,7 +87,7 @@ from batchrunner.limiter import Limiter
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
-from batchrunner.records import OUTCOME_COLUMNS, Outcome
+from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, Outcome
 from batchrunner.report import count_rows, utc_timestamp
 from batchrunner.results import InputOrder, key_strings, rebuild_outputs
 from batchrunner.retry import RetryPolicy, backoff
@@ -605,8 +605,8 @@ def _select(journal: Journal, where: str) -> set[str]:
     """The keys of the rows ``where`` (a pandas query over the latest outcomes) picks."""
     import pandas as pd
 
-    columns = (f"the recorded outcome's columns: {', '.join(OUTCOME_COLUMNS)}, where key is the "
-               "row's id")
+    shown = ", ".join(c for c in OUTCOME_COLUMNS if c not in JOURNAL_ONLY)
+    columns = f"the recorded outcome's columns: {shown}, where key is the row's id"
     table = journal.read(_where_columns(where))
     df = table.to_pandas()
     # As the results show it: a UTC time (naive, so that "finished_at > '2026-11-30 18:00'"
