@@ -206,8 +206,29 @@ class JournalWriter:
         write_segment(self.directory, name, outcomes_table(rows))
         self.rows_written += len(rows)
 
+    def put_back(self, rows: list[Outcome]) -> None:
+        """Rows ``write`` could not write: first in the buffer again, for the next write."""
+        self._buffer[:0] = rows
+
     def flush(self) -> None:
-        self.write(self.take())
+        """Write what is buffered. A segment that cannot be written (a disk nearly full) is
+        tried in halves, so that as many rows as fit are saved; then the error is raised."""
+        error = self._write_fitting(self.take())
+        if error is not None:
+            raise error
+
+    def _write_fitting(self, rows: list[Outcome]) -> OutputError | None:
+        try:
+            self.write(rows)
+            return None
+        except OutputError as e:
+            if len(rows) <= 1:
+                return e
+            half = len(rows) // 2
+            first = self._write_fitting(rows[:half])
+            if first is not None:  # not even half fits: the rest would not either
+                return first
+            return self._write_fitting(rows[half:])
 
 
 class Journal:

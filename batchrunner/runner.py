@@ -76,6 +76,7 @@ from batchrunner.errors import (
     InputError,
     Interrupted,
     JournalError,
+    OutputError,
     RequestError,
     StopJob,
     Unreachable,
@@ -961,6 +962,7 @@ class _Run:
         self.held_models: dict[str, AuthError] = {}  # model → its first refusal
         self.held: list[tuple[_Work, Outcome | None]] = []  # outstanding, not sent meanwhile
         self.mixes = plan.mixes  # job.json is to say "mixed" at the first answer
+        self.write_error: OutputError | None = None  # a journal segment could not be written
 
     # -- the work queue: retries first, then the next rows of the input
 
@@ -1577,7 +1579,16 @@ class _Run:
             rows = journal.take()
             if rows:
                 with anyio.CancelScope(shield=True):  # once taken, rows are written
-                    await anyio.to_thread.run_sync(journal.write, rows)
+                    try:
+                        await anyio.to_thread.run_sync(journal.write, rows)
+                    except OutputError as e:
+                        # A disk full, say. The rows are kept, and so are the answers to the
+                        # requests in flight (paid for): no new row is sent, and the end of
+                        # the run writes what fits of them all, then fails with this error.
+                        journal.put_back(rows)
+                        self.write_error = e
+                        self.stop(StopJob(str(e)))
+                        return
 
     async def watch_signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -1778,6 +1789,8 @@ async def _pipeline(run: _Run) -> None:
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(run.journal.flush)
+    if run.write_error is not None:  # everything buffered was written since: the run fails
+        raise run.write_error
 
 
 def _main_thread() -> bool:
