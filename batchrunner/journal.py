@@ -440,8 +440,8 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
             spent = to_numpy(batch["cost"], fill=float("nan"))
             np.fmax.at(row_cost, p[p >= 0], spent[p >= 0])
         ok, at, loc = (to_numpy(batch[c]) for c in ("ok", "at", "loc"))
-        new = (None if fresh is None
-               else _made_fresh(p, to_numpy(batch["hash"], fill=-1), fresh))
+        digest = to_numpy(batch["hash"], fill=-1) if "hash" in batch.column_names else None
+        new = None if fresh is None or digest is None else _made_fresh(p, digest, fresh)
         # Within the batch: the last of each position by ([fresh,] ok, time, location) ...
         rank = np.lexsort((loc, at, ok, p) if new is None else (loc, at, ok, new, p))
         p = p[rank]
@@ -460,8 +460,8 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
             best_new[p[better]] = new[better]
         p = p[better]
         best_loc[p], best_ok[p], best_at[p] = loc[better], ok[better], at[better]
-        if best_hash is not None:
-            best_hash[p] = to_numpy(batch["hash"], fill=-1)[take][better]
+        if best_hash is not None and digest is not None:
+            best_hash[p] = digest[take][better]
     del best_at
     records = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
     others = _last_per_key(records, ["ok", "at", "loc"])

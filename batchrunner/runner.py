@@ -768,9 +768,9 @@ def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_colu
 def row_hasher(builder: RequestBuilder | None) -> Callable[[dict[str, Any]], int]:
     """A row's ``row_hash``: a CRC-32 of the JSON array of its values in the columns its
     request is made of (see ``hash_values``)."""
+    # Never empty: a builder refuses a prompt that names no column unless rows have a model or
+    # body fields of their own, which are columns too.
     columns = ("body",) if builder is None else builder.needed_columns
-    if not columns:  # none (a builder refuses a prompt naming none): rows cannot differ
-        return lambda row: _EMPTY_HASH
     get = itemgetter(*columns)
     if len(columns) == 1:
         return lambda row: hash_values((get(row),))
@@ -786,9 +786,6 @@ def hash_values(values: tuple[Any, ...]) -> int:
         return zlib.crc32(orjson.dumps(values, default=str))
     except TypeError:  # an integer past 64 bits, say
         return zlib.crc32(repr(list(values)).encode("utf-8", "surrogatepass"))
-
-
-_EMPTY_HASH = hash_values(())
 
 
 def changed_rows(source: io.InputSource, builder: RequestBuilder | None,
@@ -1275,10 +1272,9 @@ class _Run:
                 # a server away from rows it fails, so they are counted as ever.
                 gateway = (e.status in GATEWAY_STATUSES and self.last_answer > -math.inf
                            and not self.rows_done)
-                if gateway:
-                    self._refused(item)
-                elif e.status in GATEWAY_STATUSES:
-                    pass  # not an answer of the endpoint's: it does not end an outage
+                if e.status in GATEWAY_STATUSES:  # not the endpoint's answer: no end of an outage
+                    if gateway:
+                        self._refused(item)
                 elif e.status is not None:
                     self._answered(sent_at)
                 elif e.error_type == "connection_error":
