@@ -25,9 +25,12 @@ Top-level keys, in this order::
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
     rows              {"total", "by_status": {status: rows}, "cut_at_length", "to_do",
-                      "cost_unknown"}; total counts the rows with an outcome, to_do the
-                      input's rows without one (null when not given), cost_unknown the ok rows
-                      without a cost (unknown price, or no usage reported)
+                      "changed_to_send", "cost_unknown"}; total counts the rows with an
+                      outcome, to_do the input's rows without one (null when not given),
+                      changed_to_send the rows whose text changed since they were sent and
+                      that are not sent again yet (their outcomes are to the earlier text),
+                      cost_unknown the ok rows without a cost (unknown price, or no usage
+                      reported)
     tokens            {"prompt", "completion", "cached", "reasoning", "total"}
     cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
     cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
@@ -91,6 +94,7 @@ __all__ = [
     "REPORT_MD",
     "OutcomeStats",
     "build_report",
+    "changed_warning",
     "count_rows",
     "render_markdown",
     "utc_timestamp",
@@ -481,6 +485,8 @@ def build_report(
     to_do: int | None = None,
     stopped: str | None = None,
     not_in_input: int = 0,
+    changed_left: int = 0,
+    changed_exact: bool = True,
 ) -> dict[str, Any]:
     """Aggregate one outcome per row into the cost report (see the module docstring).
 
@@ -494,7 +500,9 @@ def build_report(
 
     ``to_do`` is how many of the input's rows have no outcome yet; ``stopped`` why the run
     stopped early; ``not_in_input`` how many rows the journal holds that the input no longer
-    has (left out of ``outcomes``).
+    has (left out of ``outcomes``); ``changed_left`` how many rows changed in the input since
+    they were sent and are not sent again yet (``changed_exact`` false: at most that many, as
+    a run that did not end found them), whose outcomes are their earlier text's.
 
     ``wall_s`` is the wall time of the last run that sent requests; ``requests_per_min`` counts
     the rows finished in the last ``wall_s`` seconds before the newest ``finished_at``, so rows
@@ -509,6 +517,8 @@ def build_report(
     if to_do:
         warnings.append(f"{count_rows(to_do)} of the input not done yet: rerun the job to send "
                         "them")
+    if changed_left:
+        warnings.append(changed_warning(changed_left, exact=changed_exact))
     if not_in_input:
         warnings.append(f"{count_rows(not_in_input)} recorded by earlier runs not in the input "
                         "any more: left out of these figures and the results")
@@ -575,7 +585,7 @@ def build_report(
         "generated_at": utc_timestamp(),
         "job": {str(k): _jsonable(v) for k, v in job.items()},
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
-                 "to_do": to_do, "cost_unknown": n_unpriced},
+                 "to_do": to_do, "changed_to_send": changed_left, "cost_unknown": n_unpriced},
         "tokens": {
             "prompt": stats._tokens["prompt_tokens"],
             "completion": stats._tokens["completion_tokens"],
@@ -978,6 +988,20 @@ def _cell(v: Any) -> str:
 def count_rows(n: int) -> str:
     """``1 row``, ``2,000 rows``."""
     return f"{n:,} row" if n == 1 else f"{n:,} rows"
+
+
+def changed_warning(n: int, *, exact: bool = True) -> str:
+    """What to say of ``n`` rows whose text changed since they were sent and that are not sent
+    again yet (not ``exact``: at most ``n``, as a run that did not end found them)."""
+    one = n == 1
+    if exact:
+        return (f"{count_rows(n)} changed in the input since {'it was' if one else 'they were'} "
+                f"sent {'is' if one else 'are'} not sent again yet: the results show "
+                f"{'its answer' if one else 'their answers'} to the earlier text — rerun the "
+                f"job to send {'it' if one else 'them'}")
+    return (f"the job's last run did not end (a crash?) while sending again {count_rows(n)} "
+            "changed in the input: some results may show answers to the earlier text — rerun "
+            "the job to send them")
 
 
 def _num(v: Any) -> str:

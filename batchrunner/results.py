@@ -20,14 +20,14 @@ import pyarrow as pa
 from batchrunner import compute as pc
 from batchrunner import io
 from batchrunner.arrow import int64_array, null_scalar, scalar, string_array, to_numpy
-from batchrunner.journal import Journal, new_run_id
+from batchrunner.journal import Fresh, Journal, new_run_id
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, OUTCOME_SCHEMA, REPEATED_COLUMNS
 from batchrunner.report import REPORT_COLUMNS, OutcomeStats, build_report, write_reports
 
 if TYPE_CHECKING:
     from batchrunner.runner import Plan, RunSummary
 
-__all__ = ["InputOrder", "key_strings", "rebuild_outputs"]
+__all__ = ["InputOrder", "key_strings", "rebuild_outputs", "recorded_changed_left"]
 
 _DIGITS = r"^[0-9]{1,18}$"
 
@@ -134,6 +134,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     order = plan.order or InputOrder(plan.source, plan.key_column, plan.total_rows,
                                      str(plan.job_meta.get("input_fingerprint", "")))
     journal.compact(run_id or new_run_id(), order, fresh=plan.fresh)
+    summary.changed_left = (_changed_left(journal, order, plan.fresh) if plan.fresh is not None
+                            else recorded_changed_left(plan.job_meta))
     results_path = plan.out_dir / f"results.{job.output.format}"
     statuses = _write_results(plan, journal, order, results_path)
     summary.rows = sum(statuses.values())
@@ -159,6 +161,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
              "model": job.request.model, "job_file": job.source,
              "simulator": _simulated(plan.job_meta.get("simulator"))},
         wall_s=wall_s, counters=counters, to_do=summary.pending,
+        changed_left=summary.changed_left, changed_exact=plan.fresh is not None
+        or last_run.get("finished_at") is not None,
         stopped=summary.stopped or last_run.get("stopped"),
         not_in_input=max(0, recorded - in_input),
     )
@@ -172,6 +176,23 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.cost_unknown = report["rows"]["cost_unknown"]
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
     return summary
+
+
+def _changed_left(journal: Journal, order: InputOrder, fresh: Fresh) -> int:
+    """How many of the rows whose values changed (``fresh``) are not sent again yet: their
+    latest record, in the compacted journal, was made with other values."""
+    positions, now = fresh
+    recorded = journal.latest(order, hashes=True).row_hash
+    if recorded is None:
+        return len(positions)
+    return int(np.count_nonzero(recorded[positions] != now))
+
+
+def recorded_changed_left(meta: dict[str, Any]) -> int:
+    """What the job's last run recorded of its rows that changed and are not sent again yet
+    (``job.json``'s ``rows_changed``: those it found at its start if it did not end)."""
+    left = meta.get("rows_changed")
+    return left if type(left) is int and left > 0 else 0
 
 
 def _utc_time(seconds: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:

@@ -89,8 +89,8 @@ from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, Outcome
-from batchrunner.report import count_rows, utc_timestamp
-from batchrunner.results import InputOrder, key_strings, rebuild_outputs
+from batchrunner.report import changed_warning, count_rows, utc_timestamp
+from batchrunner.results import InputOrder, key_strings, rebuild_outputs, recorded_changed_left
 from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.structured import StructuredOutput, structured_output
 from batchrunner.template import (
@@ -162,6 +162,9 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     pending: int = 0
+    # Rows whose text changed since they were sent, not sent again yet (counted in ok and
+    # failed: their outcomes are the earlier text's).
+    changed_left: int = 0
     sent: int = 0
     length_cut: int = 0
     error_types: dict[str, int] = field(default_factory=dict)
@@ -185,7 +188,8 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        if self.stopped or self.pending:  # rows left to do: a rerun goes on with them
+        if self.stopped or self.pending or self.changed_left:  # rows left to do: a rerun
+            # goes on with them
             return EXIT_STOPPED
         return EXIT_FAILED_ROWS if self.failed else EXIT_OK
 
@@ -374,6 +378,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             input_changed=old_meta.get("input_fingerprint") != fingerprint)
         warnings.extend(said)
     meta["rows_checked"] = fingerprint if fresh is None else None
+    if fresh is not None:  # how many are to be sent again; at the run's end, how many are left
+        meta["rows_changed"] = len(fresh[0])
     if options.rerun_where:
         picked = _select(journal, options.rerun_where)  # refuses a bad expression on a first run
         pos = pc.drop_null(order.positions(string_array(sorted(picked))))
@@ -1183,7 +1189,8 @@ class _Run:
                 f"[prices.\"{model}\"] to a job file (prices are set only there) so the "
                 "budget can be kept"))
         elif self.spent + self.reserved + est > self.budget:
-            budget = f"{self.budget:,.2f}" if self.budget >= 1 else f"{self.budget:g}"
+            budget = (f"{self.budget:,.2f}" if self.budget >= 1
+                      else np.format_float_positional(self.budget, trim="-"))  # not 1e-07
             held = (f" and ${self.reserved:,.4f} held for the requests in flight"
                     if self.reserved else "")
             self.stop(BudgetExceeded(
@@ -1753,10 +1760,13 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         _settle_batch_checks(plan)
         _write_meta(plan)
     await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
-    if plan.fresh is not None and summary.stopped is None:
-        # Every row that had changed was sent again, and the compaction kept its new record:
-        # the journal matches this input (a crash before this line leaves it to be checked).
-        plan.job_meta["rows_checked"] = plan.job_meta["input_fingerprint"]
+    if plan.fresh is not None:
+        plan.job_meta["rows_changed"] = summary.changed_left
+        if not summary.changed_left:
+            # Every row that had changed was sent again, and the compaction kept its new
+            # record: the journal matches this input (a crash before this line leaves it to
+            # be checked).
+            plan.job_meta["rows_checked"] = plan.job_meta["input_fingerprint"]
         _write_meta(plan)
     return summary
 
@@ -1874,7 +1884,11 @@ def format_status(out_dir: Path) -> str:
     tokens = pc.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
     last = meta.get("last_run")
-    if io.is_locked(out_dir):
+    locked = io.is_locked(out_dir)
+    if not locked and (changed := recorded_changed_left(meta)):
+        lines.append("  " + changed_warning(changed, exact=isinstance(last, dict)
+                                            and bool(last.get("finished_at"))))
+    if locked:
         running = run_in_progress(out_dir)
         lines.append(f"  a run is in progress ({running})" if running else
                      "  in use by another batchrunner process (a run starting, or a report)")
@@ -2002,6 +2016,8 @@ def format_summary(s: RunSummary) -> str:
         for etype in list(s.error_types)[:MAX_SUMMARY_EXAMPLES]:
             if example := s.error_examples.get(etype):
                 lines.append(f"    {etype}: {example}")
+    if s.changed_left:
+        lines.append(f"  warning: {changed_warning(s.changed_left)}")
     if s.length_cut:
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      "(finish_reason=length)")

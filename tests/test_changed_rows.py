@@ -19,6 +19,7 @@ from batchrunner.cli import main
 from batchrunner.config import RequestConfig
 from batchrunner.journal import Journal, JournalWriter
 from batchrunner.records import Outcome
+from batchrunner.results import _changed_left
 from batchrunner.runner import hash_values, row_hasher
 from batchrunner.template import RequestBuilder
 
@@ -93,20 +94,44 @@ def test_a_changed_row_that_fails_shows_its_failure_not_the_old_answer(
 
 
 def test_changed_rows_not_sent_before_a_stop_are_sent_by_the_next_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """The run that found them stopped before sending them (its budget): the input is the
-    same for the next run, which still compares the rows and sends them."""
+    same for the next run, which still compares the rows and sends them. Until then the
+    summary, the report, ``report`` and ``status`` say that their results are the old text's."""
     inp, args = _first_run(tmp_path, monkeypatch, "id,text\na,alpha\nb,beta\nc,gamma\n")
+    out = tmp_path / "out"
     inp.write_text("id,text\na,alpha\nb,BETA\nc,GAMMA\n")
+    capsys.readouterr()
     assert main([*args, "--max-cost", "0.0000001"]) == 4  # stopped before sending
-    assert _sent(tmp_path / "out") == 0
-    assert json.loads((tmp_path / "out" / "job.json").read_text())["rows_checked"] is None
+    assert _sent(out) == 0
+    meta = json.loads((out / "job.json").read_text())
+    assert (meta["rows_checked"], meta["rows_changed"]) == (None, 2)
+    left = ("2 rows changed in the input since they were sent are not sent again yet: the "
+            "results show their answers to the earlier text — rerun the job to send them")
+    assert f"warning: {left}" in capsys.readouterr().out
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["rows"]["changed_to_send"] == 2 and left in report["warnings"]
+    assert main(["report", "out"]) == 4  # rows left to do
+    assert left in capsys.readouterr().out
+    assert main(["status", "out"]) == 0
+    assert left in capsys.readouterr().out
+    # A run killed while sending them leaves job.json so (finished_at null): at most that many.
+    meta["last_run"]["finished_at"] = None
+    (out / "job.json").write_text(json.dumps(meta))
+    assert main(["status", "out"]) == 0
+    assert ("the job's last run did not end (a crash?) while sending again 2 rows changed in "
+            "the input: some results may show answers to the earlier text — rerun the job to "
+            "send them") in capsys.readouterr().out
     assert main(args) == 0
+    assert "changed" not in capsys.readouterr().out
     assert _sent(tmp_path / "out") == 2
     texts = [r["content"] for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()]
     assert "Say BETA" in texts[1] and "Say GAMMA" in texts[2]
     meta = json.loads((tmp_path / "out" / "job.json").read_text())
     assert meta["rows_checked"] == meta["input_fingerprint"]  # the next run compares nothing
+    assert meta["rows_changed"] == 0
+    assert json.loads((out / "cost_report.json").read_text())["rows"]["changed_to_send"] == 0
 
 
 def test_the_hash_is_kept_in_the_journal_not_in_the_results(
@@ -259,6 +284,10 @@ def test_compaction_prefers_a_changed_rows_record_made_with_its_values_now(
     got = j.read().to_pylist()
     assert [(r["key"], r["status"], r["row_hash"]) for r in got] == [
         ("0", "failed", 20), ("1", "ok", 10), ("2", "failed", 20)]
+    # Both changed rows have a record made with their values now; a third, changed to a
+    # hash no record has, is not sent again yet.
+    assert _changed_left(j, _ByPosition(), fresh) == 0
+    assert _changed_left(j, _ByPosition(), (np.array([0, 1, 2]), np.array([20, 30, 20]))) == 1
     # Without it, as ever: an ok is never replaced by a failure.
     for seg in j.segments():
         seg.unlink()
