@@ -502,7 +502,8 @@ def build_report(
     stopped early; ``not_in_input`` how many rows the journal holds that the input no longer
     has (left out of ``outcomes``); ``changed_left`` how many rows changed in the input since
     they were sent and are not sent again yet (``changed_exact`` false: at most that many, as
-    a run that did not end found them), whose outcomes are their earlier text's.
+    found by a run that ended before it could count them), whose outcomes are their earlier
+    text's.
 
     ``wall_s`` is the wall time of the last run that sent requests; ``requests_per_min`` counts
     the rows finished in the last ``wall_s`` seconds before the newest ``finished_at``, so rows
@@ -992,14 +993,19 @@ def count_rows(n: int) -> str:
 
 def changed_warning(n: int, *, exact: bool = True) -> str:
     """What to say of ``n`` rows whose text changed since they were sent and that are not sent
-    again yet (not ``exact``: at most ``n``, as a run that did not end found them)."""
+    again yet (not ``exact``: at most ``n``, as found by a run that ended before it could
+    count them)."""
     one = n == 1
     if exact:
         return (f"{count_rows(n)} changed in the input since {'it was' if one else 'they were'} "
                 f"sent {'is' if one else 'are'} not sent again yet: the results show "
                 f"{'its answer' if one else 'their answers'} to the earlier text — rerun the "
                 f"job to send {'it' if one else 'them'}")
-    return (f"the job's last run did not end (a crash?) while sending again {count_rows(n)} "
+    if one:
+        return ("the job's last run ended before it could send again the row changed in the "
+                "input: its result may show the answer to the earlier text — rerun the job to "
+                "send it")
+    return (f"the job's last run ended before it could send again all of the {n:,} rows "
             "changed in the input: some results may show answers to the earlier text — rerun "
             "the job to send them")
 

@@ -134,8 +134,9 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     order = plan.order or InputOrder(plan.source, plan.key_column, plan.total_rows,
                                      str(plan.job_meta.get("input_fingerprint", "")))
     journal.compact(run_id or new_run_id(), order, fresh=plan.fresh)
-    summary.changed_left = (_changed_left(journal, order, plan.fresh) if plan.fresh is not None
-                            else recorded_changed_left(plan.job_meta))
+    summary.changed_left, summary.changed_exact = (
+        (_changed_left(journal, order, plan.fresh), True) if plan.fresh is not None
+        else recorded_changed_left(plan.job_meta))
     results_path = plan.out_dir / f"results.{job.output.format}"
     statuses = _write_results(plan, journal, order, results_path)
     summary.rows = sum(statuses.values())
@@ -161,8 +162,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
              "model": job.request.model, "job_file": job.source,
              "simulator": _simulated(plan.job_meta.get("simulator"))},
         wall_s=wall_s, counters=counters, to_do=summary.pending,
-        changed_left=summary.changed_left, changed_exact=plan.fresh is not None
-        or last_run.get("finished_at") is not None,
+        changed_left=summary.changed_left, changed_exact=summary.changed_exact,
         stopped=summary.stopped or last_run.get("stopped"),
         not_in_input=max(0, recorded - in_input),
     )
@@ -188,11 +188,17 @@ def _changed_left(journal: Journal, order: InputOrder, fresh: Fresh) -> int:
     return int(np.count_nonzero(recorded[positions] != now))
 
 
-def recorded_changed_left(meta: dict[str, Any]) -> int:
-    """What the job's last run recorded of its rows that changed and are not sent again yet
-    (``job.json``'s ``rows_changed``: those it found at its start if it did not end)."""
-    left = meta.get("rows_changed")
-    return left if type(left) is int and left > 0 else 0
+def recorded_changed_left(meta: dict[str, Any]) -> tuple[int, bool]:
+    """How many rows that changed the job's last run left unsent, as ``job.json``'s
+    ``rows_changed`` records it, and whether that is exact: a run that ended before it could
+    count them (a crash, an error) left the number it found at its start, at most that many."""
+    changed = meta.get("rows_changed")
+    if not isinstance(changed, dict):
+        return 0, True
+    left, found = changed.get("left"), changed.get("found")
+    if type(left) is int:
+        return max(left, 0), True
+    return (found, False) if type(found) is int and found > 0 else (0, True)
 
 
 def _utc_time(seconds: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:

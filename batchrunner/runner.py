@@ -165,6 +165,7 @@ class RunSummary:
     # Rows whose text changed since they were sent, not sent again yet (counted in ok and
     # failed: their outcomes are the earlier text's).
     changed_left: int = 0
+    changed_exact: bool = True  # False: at most changed_left (found by a run that then crashed)
     sent: int = 0
     length_cut: int = 0
     error_types: dict[str, int] = field(default_factory=dict)
@@ -379,7 +380,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         warnings.extend(said)
     meta["rows_checked"] = fingerprint if fresh is None else None
     if fresh is not None:  # how many are to be sent again; at the run's end, how many are left
-        meta["rows_changed"] = len(fresh[0])
+        meta["rows_changed"] = {"found": len(fresh[0]), "left": None}
     if options.rerun_where:
         picked = _select(journal, options.rerun_where)  # refuses a bad expression on a first run
         pos = pc.drop_null(order.positions(string_array(sorted(picked))))
@@ -1761,7 +1762,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         _write_meta(plan)
     await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
     if plan.fresh is not None:
-        plan.job_meta["rows_changed"] = summary.changed_left
+        plan.job_meta["rows_changed"] = {"found": len(plan.fresh[0]),
+                                          "left": summary.changed_left}
         if not summary.changed_left:
             # Every row that had changed was sent again, and the compaction kept its new
             # record: the journal matches this input (a crash before this line leaves it to
@@ -1885,9 +1887,9 @@ def format_status(out_dir: Path) -> str:
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
     last = meta.get("last_run")
     locked = io.is_locked(out_dir)
-    if not locked and (changed := recorded_changed_left(meta)):
-        lines.append("  " + changed_warning(changed, exact=isinstance(last, dict)
-                                            and bool(last.get("finished_at"))))
+    changed, exact = recorded_changed_left(meta)
+    if changed and not locked:
+        lines.append(f"  {changed_warning(changed, exact=exact)}")
     if locked:
         running = run_in_progress(out_dir)
         lines.append(f"  a run is in progress ({running})" if running else
@@ -2017,7 +2019,7 @@ def format_summary(s: RunSummary) -> str:
             if example := s.error_examples.get(etype):
                 lines.append(f"    {etype}: {example}")
     if s.changed_left:
-        lines.append(f"  warning: {changed_warning(s.changed_left)}")
+        lines.append(f"  warning: {changed_warning(s.changed_left, exact=s.changed_exact)}")
     if s.length_cut:
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      "(finish_reason=length)")

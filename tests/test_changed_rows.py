@@ -4,6 +4,10 @@ the others keep their answers."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import zlib
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,6 +25,7 @@ from batchrunner.journal import Journal, JournalWriter
 from batchrunner.records import Outcome
 from batchrunner.results import _changed_left
 from batchrunner.runner import hash_values, row_hasher
+from batchrunner.simulator import SimulatorConfig, SimulatorThread
 from batchrunner.template import RequestBuilder
 
 RUN = ["--model", "gpt-4o-mini", "--simulator", "--progress", "none", "--output", "out"]
@@ -106,7 +111,7 @@ def test_changed_rows_not_sent_before_a_stop_are_sent_by_the_next_run(
     assert main([*args, "--max-cost", "0.0000001"]) == 4  # stopped before sending
     assert _sent(out) == 0
     meta = json.loads((out / "job.json").read_text())
-    assert (meta["rows_checked"], meta["rows_changed"]) == (None, 2)
+    assert (meta["rows_checked"], meta["rows_changed"]) == (None, {"found": 2, "left": 2})
     left = ("2 rows changed in the input since they were sent are not sent again yet: the "
             "results show their answers to the earlier text — rerun the job to send them")
     assert f"warning: {left}" in capsys.readouterr().out
@@ -116,13 +121,6 @@ def test_changed_rows_not_sent_before_a_stop_are_sent_by_the_next_run(
     assert left in capsys.readouterr().out
     assert main(["status", "out"]) == 0
     assert left in capsys.readouterr().out
-    # A run killed while sending them leaves job.json so (finished_at null): at most that many.
-    meta["last_run"]["finished_at"] = None
-    (out / "job.json").write_text(json.dumps(meta))
-    assert main(["status", "out"]) == 0
-    assert ("the job's last run did not end (a crash?) while sending again 2 rows changed in "
-            "the input: some results may show answers to the earlier text — rerun the job to "
-            "send them") in capsys.readouterr().out
     assert main(args) == 0
     assert "changed" not in capsys.readouterr().out
     assert _sent(tmp_path / "out") == 2
@@ -130,8 +128,61 @@ def test_changed_rows_not_sent_before_a_stop_are_sent_by_the_next_run(
     assert "Say BETA" in texts[1] and "Say GAMMA" in texts[2]
     meta = json.loads((tmp_path / "out" / "job.json").read_text())
     assert meta["rows_checked"] == meta["input_fingerprint"]  # the next run compares nothing
-    assert meta["rows_changed"] == 0
+    assert meta["rows_changed"] == {"found": 2, "left": 0}
     assert json.loads((out / "cost_report.json").read_text())["rows"]["changed_to_send"] == 0
+
+
+def test_a_run_killed_while_sending_changed_rows_is_told_and_finished_by_the_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGKILL while the changed rows are being sent: ``status`` and ``report`` say at most how
+    many still show answers to their earlier text; the next run sends the rest."""
+    n = 40
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"r{i},row {i}\n" for i in range(n)))
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=200)) as sim:
+        args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Say {text}",
+                "--model", "gpt-4o-mini", "--base-url", sim.base_url, "--progress", "none",
+                "--output", "out"]
+        env = {**os.environ, "OPENAI_API_KEY": "sk-test-changed-rows"}
+        monkeypatch.setenv("OPENAI_API_KEY", env["OPENAI_API_KEY"])
+        assert main([*args, "--concurrency", "20"]) == 0
+        inp.write_text("id,text\n" + "".join(f"r{i},row {i} edited\n" for i in range(n)))
+        # Killed once its first segment (written after a second) holds some of them.
+        proc = subprocess.Popen([sys.executable, "-m", "batchrunner", *args,
+                                 "--concurrency", "2"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60
+            while not [p for p in (out / "journal").glob("seg-*.parquet")
+                       if "-compact-" not in p.name] and proc.poll() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert proc.poll() is None, proc.communicate()[1]
+        finally:
+            proc.kill()
+            proc.wait()
+        segs = Journal(out).segments()
+        keys = pa.concat_tables([pq.read_table(p, columns=["key"]) for p in segs])
+        counts = pc.value_counts(keys["key"].combine_chunks()).field("counts").to_pylist()
+        assert sorted(set(counts)) == [1, 2]  # some rows sent again before the kill, not all
+        at_most = (f"the job's last run ended before it could send again all of the {n} rows "
+                   "changed in the input: some results may show answers to the earlier text — "
+                   "rerun the job to send them")
+        capsys.readouterr()
+        assert main(["status", "out"]) == 0
+        assert at_most in capsys.readouterr().out
+        assert main(["report", "out"]) == 4
+        assert at_most in capsys.readouterr().out
+        assert at_most in json.loads((out / "cost_report.json").read_text())["warnings"]
+        assert main([*args, "--concurrency", "20"]) == 0
+    # The others are sent again, once; those sent before the kill are not sent a third time.
+    assert _sent(out) == counts.count(1)
+    assert all(text.endswith("edited") for text, _ in _answers(out, "id").values())
+    assert json.loads((out / "job.json").read_text())["rows_changed"]["left"] == 0
+    assert "changed" not in capsys.readouterr().out
 
 
 def test_the_hash_is_kept_in_the_journal_not_in_the_results(
