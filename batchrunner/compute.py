@@ -51,12 +51,12 @@ except ImportError:  # a pyarrow that moved its private module: the public one h
     )
 
 __all__ = [
-    "add", "all", "and_", "cast", "cast_table", "coalesce", "count_distinct", "dictionary_encode",
-    "drop_null", "equal", "fill_null", "filter", "greater", "greater_equal", "if_else",
-    "index_in", "invert", "is_finite", "is_in", "is_nan", "is_null", "is_valid", "less",
-    "match_substring_regex", "max", "mean", "min_element_wise", "multiply", "or_", "quantile",
-    "round", "search_sorted", "select_k_unstable", "sort_by", "sort_indices", "strftime",
-    "subtract", "sum", "take", "value_counts",
+    "add", "all", "and_", "any", "cast", "cast_table", "coalesce", "count_distinct",
+    "dictionary_encode", "drop_null", "equal", "fill_null", "filter", "greater", "greater_equal",
+    "if_else", "index_in", "invert", "is_finite", "is_in", "is_nan", "is_null", "is_valid",
+    "less", "match_substring_regex", "max", "mean", "min_element_wise", "multiply", "or_",
+    "quantile", "round", "search_sorted", "select_k_unstable", "sort_by", "sort_indices",
+    "strftime", "subtract", "sum", "take", "value_counts",
 ]
 
 # An Arrow array, chunked array, scalar, record batch or table (pyarrow ships no type hints).
@@ -102,6 +102,7 @@ sum = _with_defaults("sum")
 mean = _with_defaults("mean")
 max = _with_defaults("max")
 all = _with_defaults("all")
+any = _with_defaults("any")
 count_distinct = _with_defaults("count_distinct")
 
 

@@ -40,6 +40,7 @@ class Estimate:
     name: str
     rows: int = 0
     already_done: int = 0
+    resent: int = 0  # of the rows to send, those done before (retried, rerun or changed)
     to_send: int = 0
     not_sendable: Counter[str] = field(default_factory=Counter)
     not_sendable_examples: list[str] = field(default_factory=list)
@@ -90,6 +91,7 @@ def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None
 def estimate(plan: Plan) -> Estimate:
     job = plan.job
     est = Estimate(name=job.name, rows=plan.total_rows, already_done=len(plan.done),
+                   resent=plan.resent,
                    price_library=f"genai-prices {plan.prices.library_version}",
                    budget_usd=job.limits.max_cost_usd, spent_usd=plan.prior_cost,
                    warnings=list(plan.warnings))
@@ -154,8 +156,9 @@ def _duration(seconds: float) -> str:
 
 def format_estimate(e: Estimate) -> str:
     lines = [f"batchrunner: estimate for {e.name} — nothing was sent",
-             f"  rows: {e.rows:,} in the input, {e.already_done:,} already done, "
-             f"{e.to_send:,} to send"]
+             f"  rows: {e.rows:,} in the input, {e.already_done:,} already done"
+             f"{' and kept' if e.resent else ''}, {e.to_send:,} to send"
+             + (f" ({e.resent:,} of them done before, sent again)" if e.resent else "")]
     rows: list[tuple[str, ...]] = [("model", "rows", "prompt tokens", "completion tokens",
                                     "cost (USD)")]
     for model, m in sorted(e.by_model.items()):

@@ -172,7 +172,9 @@ class PriceBook:
         cached = min(max(cached_tokens or 0, 0), max(prompt_tokens, 0))
         uncached = max(prompt_tokens, 0) - cached
         output = max(completion_tokens, 0)
-        return (uncached * rates[0] + cached * rates[1] + output * rates[2]) / _PER_TOKENS
+        # To a trillionth of a dollar: 0.0000144, not 0.000014400000000000001, in the results.
+        return round((uncached * rates[0] + cached * rates[1] + output * rates[2]) / _PER_TOKENS,
+                     12)
 
     def price(self, model: str) -> ModelPrice | None:
         """The price used for ``model``, or ``None`` when the model is unknown."""

@@ -27,7 +27,8 @@ from batchrunner.report import REPORT_COLUMNS, OutcomeStats, build_report, write
 if TYPE_CHECKING:
     from batchrunner.runner import Plan, RunSummary
 
-__all__ = ["InputOrder", "key_strings", "rebuild_outputs", "recorded_changed_left"]
+__all__ = ["InputOrder", "key_strings", "rebuild_outputs", "recorded_changed_left",
+           "result_name"]
 
 _DIGITS = r"^[0-9]{1,18}$"
 
@@ -81,7 +82,7 @@ def key_strings(values: pa.Array) -> pa.Array:
     return string_array([None if v is None else str(v) for v in values.to_pylist()])
 
 
-def _result_name(column: str, input_columns: set[str]) -> str:
+def result_name(column: str, input_columns: set[str]) -> str:
     """Result columns never shadow an input column: ``status`` is ``result_status`` beside an
     input's ``status``, ``result2_status`` beside ``result_status`` too (an earlier job's
     results as the input), and so on."""
@@ -159,7 +160,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     report = build_report(
         stats, prices=plan.prices,
         job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
-             "model": job.request.model, "job_file": job.source,
+             "model": job.request.model, "job_file": plan.job_meta.get("job_file") or job.source,
              "simulator": _simulated(plan.job_meta.get("simulator"))},
         wall_s=wall_s, counters=counters, to_do=summary.pending,
         changed_left=summary.changed_left, changed_exact=summary.changed_exact,
@@ -253,19 +254,19 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
             names = set(table.column_names)
             for c in outcome_cols:
                 column = part[c] if c != "finished_at" else _utc_time(part[c])
-                table = table.append_column(_result_name(c, names), column)
-            st = table.column(_result_name("status", names))
+                table = table.append_column(result_name(c, names), column)
+            st = table.column(result_name("status", names))
             if plan.structured is not None and plan.structured.columns:
-                checked = table.column(_result_name(plan.structured.column, names)).to_pylist()
+                checked = table.column(result_name(plan.structured.column, names)).to_pylist()
                 spread = plan.structured.spread(checked, [x == "ok" for x in st.to_pylist()])
                 for col_name, arr in spread.items():
-                    table = table.append_column(_result_name(col_name, names), arr)
+                    table = table.append_column(result_name(col_name, names), arr)
             for entry in pc.value_counts(st).to_pylist():
                 statuses[entry["values"]] += entry["counts"]
             if writer is None:
                 # Dictionaries for the input's columns, the structured fields and the outcome
                 # columns whose values repeat; not for answers, keys and ids.
-                unique = {_result_name(c, names) for c in outcome_cols
+                unique = {result_name(c, names) for c in outcome_cols
                           if c not in REPEATED_COLUMNS}
                 writer = io.ResultWriter(path, plan.job.output.format, table.schema, dictionary=[
                     c for c in table.column_names if c not in unique])

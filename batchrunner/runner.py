@@ -27,7 +27,7 @@ import time
 import tokenize
 import zlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -90,7 +90,13 @@ from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, Outcome
 from batchrunner.report import changed_warning, count_rows, utc_timestamp
-from batchrunner.results import InputOrder, key_strings, rebuild_outputs, recorded_changed_left
+from batchrunner.results import (
+    InputOrder,
+    key_strings,
+    rebuild_outputs,
+    recorded_changed_left,
+    result_name,
+)
 from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.structured import StructuredOutput, structured_output
 from batchrunner.template import (
@@ -254,6 +260,7 @@ class Plan:
     prior_cost: float = 0.0
     prior_ok: int = 0  # rows done before this run, ok and failed (not sent again): the
     prior_failed: int = 0  # progress display counts the whole job's
+    resent: int = 0  # rows with a recorded outcome sent again (retried, rerun, or changed)
     # Rows asking for models of their own: the models asked for that earlier runs got answers
     # from (job.json's answered_models), to tell a key that lacks one model.
     answered_models: frozenset[str] = frozenset()
@@ -342,7 +349,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         "total_rows": total,
         "output_format": job.output.format,
         "prices": job.prices,
-        "job_file": job.source,
+        "job_file": (job.source if job.source == "command line"
+                     else str(Path(job.source).resolve())),  # as the reports show it
         "simulator": job.endpoint.simulator,  # the answers are the built-in simulator's
     }
     journal = Journal(out_dir)
@@ -382,7 +390,17 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     if fresh is not None:  # how many are to be sent again; at the run's end, how many are left
         meta["rows_changed"] = {"found": len(fresh[0]), "left": None}
     if options.rerun_where:
-        picked = _select(journal, options.rerun_where)  # refuses a bad expression on a first run
+        # Refuses a bad expression on a first run.
+        picked = _select(journal, options.rerun_where, source.columns)
+        both = sorted(_names(options.rerun_where) & set(source.columns)
+                      & (set(OUTCOME_COLUMNS) - {"key", *JOURNAL_ONLY}))
+        if both:
+            named = ", ".join(both)
+            warnings.append(
+                f"--rerun-where names {named}, which the input has too: it filters on the "
+                f"recorded outcome's {named} (the results' "
+                f"{', '.join(result_name(c, set(source.columns)) for c in both)}), not the "
+                "input's")
         pos = pc.drop_null(order.positions(string_array(sorted(picked))))
         done[to_numpy(pos)] = False
         if not len(pos) and np.any(latest.ok >= 0):
@@ -426,7 +444,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 warnings=warnings, structured=structured, mixes=mixes,
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_ok=int(np.count_nonzero(done & (latest.ok == 1))),
-                prior_failed=int(np.count_nonzero(done & (latest.ok == 0))))
+                prior_failed=int(np.count_nonzero(done & (latest.ok == 0))),
+                resent=int(np.count_nonzero(~done & (latest.ok >= 0))))
     known: Any = meta.get("answered_models")  # carried over from old_meta
     if isinstance(known, list):
         plan.answered_models = frozenset(m for m in known if isinstance(m, str))
@@ -525,7 +544,7 @@ def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
     done[fresh[0]] = False
     unknown = int(np.count_nonzero(done & (recorded < 0))) if input_changed else 0
     said = []
-    by = "by id" if key_column is not None else "by position (--force)"
+    by = "by id" if key_column is not None else "by position, as --force allows"
     if n:
         said.append(f"{count_rows(n)} done before {'has' if n == 1 else 'have'} changed in the "
                     f"input since {'it was' if n == 1 else 'they were'} sent (rows are matched "
@@ -609,17 +628,24 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def _select(journal: Journal, where: str) -> set[str]:
-    """The keys of the rows ``where`` (a pandas query over the latest outcomes) picks."""
+def _select(journal: Journal, where: str, input_columns: Sequence[str] = ()) -> set[str]:
+    """The keys of the rows ``where`` (a pandas query over the latest outcomes) picks. An
+    outcome column is also known by its name in the results beside an input column of the
+    same name (``result_status``, say)."""
     import pandas as pd
 
     shown = ", ".join(c for c in OUTCOME_COLUMNS if c not in JOURNAL_ONLY)
     columns = f"the recorded outcome's columns: {shown}, where key is the row's id"
-    table = journal.read(_where_columns(where))
+    names = _names(where)
+    aliases = {name: c for c in OUTCOME_COLUMNS if c not in JOURNAL_ONLY and c != "key"
+               and (name := result_name(c, set(input_columns))) != c and name in names}
+    table = journal.read(_where_columns(where, set(aliases.values())))
     df = table.to_pandas()
     # As the results show it: a UTC time (naive, so that "finished_at > '2026-11-30 18:00'"
     # compares), not the journal's seconds.
     df["finished_at"] = pd.to_datetime(df["finished_at"], unit="s")
+    for name, column in aliases.items():
+        df[name] = df[column]
     try:
         picked = df.eval(where, engine="python")
     except Exception as e:
@@ -645,11 +671,11 @@ def _select(journal: Journal, where: str) -> set[str]:
     return set(df["key"][picked.fillna(False).astype(bool)].astype(str))
 
 
-def _where_columns(where: str) -> list[str] | None:
-    """The outcome columns ``where`` names (None: all of them, when it cannot be read), so a
-    filter on ``status`` or ``error_type`` does not load every reply's text."""
+def _where_columns(where: str, also: Collection[str] = ()) -> list[str] | None:
+    """The outcome columns ``where`` names, and ``also`` (None: all of them, when it cannot be
+    read), so a filter on ``status`` or ``error_type`` does not load every reply's text."""
     names = _names(where)
-    return [c for c in OUTCOME_COLUMNS if c in names] if names else None
+    return [c for c in OUTCOME_COLUMNS if c in names or c in also] if names else None
 
 
 def _names(where: str) -> set[str]:
@@ -692,19 +718,18 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
             total += batch.num_rows
         return total, None
     parts: list[pa.Array] = []
+    blank = scalar("", pa.string())
     for batch in source.batches(columns=list(dict.fromkeys([key_column, *columns]))):
         col = batch.column(0)
-        if col.null_count:
-            first = col.to_pylist().index(None)
+        keys = key_strings(col) if not col.null_count else None
+        if keys is None or pc.any(pc.equal(keys, blank)).as_py():  # null, or "" in a CSV
+            first = next(i for i, v in enumerate(col.to_pylist()) if v is None or v == "")
             raise InputError(f"{where}: row {total + first + 1} has no value in id column "
-                             f"{key_column!r}")
-        parts.append(key_strings(col))
+                             f"{key_column!r}; give every row an id of its own")
+        parts.append(keys)
         total += batch.num_rows
     ids = pa.concat_arrays(parts) if parts else pa.nulls(0, pa.string())
     dup = _first_duplicate(ids)
-    if dup == "":
-        raise InputError(f"{where}: column {key_column!r} is empty in more than one row; give "
-                         "every row an id of its own")
     if dup is not None:
         raise InputError(f"{where}: id {dup!r} appears more than once in column "
                          f"{key_column!r}; ids must be unique")
@@ -1139,9 +1164,9 @@ class _Run:
             else:
                 fix = "fix what it names"
             self.stop(AllFailing(
-                f"the first {failing.total()} rows sent all failed with {o.error_type} and "
-                f"none succeeded ({o.error_message}); stopped before sending the rest — {fix}, "
-                "then run the job again with --retry-failed"))
+                f"the first {failing.total()} rows to finish all failed with {o.error_type} and "
+                f"none succeeded ({o.error_message}); no more rows were sent (those already in "
+                f"flight were let finish) — {fix}, then run the job again with --retry-failed"))
 
     def _check_context(self, item: _Work) -> None:
         """Warn (before sending) about a prompt that looks too long for the model."""
@@ -1811,6 +1836,7 @@ def plan_from_output(out_dir: Path) -> Plan:
     """Rebuild enough of a run's plan from ``OUT_DIR/job.json`` to rebuild its outputs."""
     from batchrunner.config import EndpointConfig, InputConfig, Limits, OutputConfig, RequestConfig
 
+    out_dir = out_dir.absolute()  # as a run shows it in the reports
     meta_path = out_dir / "job.json"
     meta = read_meta(out_dir)
     io.remove_stale_temp_files(out_dir)
@@ -1870,9 +1896,11 @@ def format_status(out_dir: Path) -> str:
     lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
              f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"]
     if gone_ok or gone_failed:
-        lines.append(f"  the journal also holds {count_rows(gone_ok + gone_failed)} the input "
-                     "no longer has (removed from it since they were done; the results and "
-                     "reports leave them out, the failures and cost below count them)")
+        gone = gone_ok + gone_failed
+        lines.append(f"  the journal also holds {count_rows(gone)} the input no longer has "
+                     f"(removed from it since {'it was' if gone == 1 else 'they were'} done; "
+                     "the results and reports leave them out, the failures and cost below "
+                     "count them)")
     failed_t = pc.filter(state, is_value(state["status"], "failed"))
     failed_by_type = Counter(str(t) for t in failed_t["error_type"].to_pylist())
     for etype, n in failed_by_type.most_common():

@@ -477,10 +477,16 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["plain column name", "write {{ and }} for literal braces"])
 
 
-@case("two rows without an id")
+@case("a row without an id")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
-    inp = c.write("noid.csv", "id,text\na,x\n,y\nc,z\n,w\n")
-    return c.args(inp, "--id-column", "id"), ["noid.csv", "column 'id' is empty in more than"]
+    inp = c.write("noid.csv", "id,text\na,x\n,y\nc,z\n")
+    return c.args(inp, "--id-column", "id"), ["noid.csv", "row 2 has no value in id column 'id'"]
+
+
+@case("a JSONL row without an id")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    inp = c.write("noid.jsonl", '{"id": 1, "text": "x"}\n{"text": "y"}\n')
+    return c.args(inp, "--id-column", "id"), ["noid.jsonl", "row 2 has no value in id column"]
 
 
 @case("an input file given as the job")

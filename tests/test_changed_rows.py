@@ -222,7 +222,7 @@ def test_position_keys_with_force_send_the_changed_rows_again(
            "again)" in err
     assert main([*args, "--force"]) == 0
     assert ("1 row done before has changed in the input since it was sent (rows are matched by "
-            "position (--force)): it is sent again") in capsys.readouterr().err
+            "position, as --force allows): it is sent again") in capsys.readouterr().err
     assert _sent(tmp_path / "out") == 2  # BETA, and delta added
     content = pq.read_table(tmp_path / "out" / "results.parquet")["content"].to_pylist()
     assert "Say BETA" in content[1]

@@ -78,6 +78,7 @@ CASES: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
     "mean": (lambda: compute.mean(F), lambda: apc.mean(F)),
     "max": (lambda: compute.max(N), lambda: apc.max(N)),
     "all": (lambda: compute.all(B), lambda: apc.all(B)),
+    "any": (lambda: compute.any(B), lambda: apc.any(B)),
     "count_distinct": (lambda: compute.count_distinct(S), lambda: apc.count_distinct(S)),
 }
 

@@ -53,6 +53,23 @@ def test_estimate_sends_nothing_and_reports_per_model(tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
+def test_estimate_of_a_rerun_counts_the_rows_sent_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,kettle\nb,tent\nc,lamp\n")
+    with SimulatorThread(SimulatorConfig()) as sim:
+        args = ["--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+                "--model", "gpt-4o-mini", "--max-tokens", "10", "--base-url", sim.base_url,
+                "--output", str(tmp_path / "out")]
+        assert main(["run", *args, "--progress", "none"]) == 0
+        capsys.readouterr()
+        assert main(["estimate", *args]) == 0
+        assert "rows: 3 in the input, 3 already done, 0 to send\n" in capsys.readouterr().out
+        assert main(["estimate", *args, "--rerun-where", "key != 'b'"]) == 0
+        assert ("rows: 3 in the input, 1 already done and kept, 2 to send (2 of them done "
+                "before, sent again)") in capsys.readouterr().out
+
+
 def test_estimate_warns_when_the_budget_will_stop_the_run(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = make_input(tmp_path, 40)

@@ -725,7 +725,7 @@ async def test_a_job_whose_endpoint_fails_every_try_is_told_to_wait_not_to_fix(
     async with Simulator(SimulatorConfig()) as sim:
         s = await run(job_for(tmp_path, sim.base_url, inp), max_attempts=2)
     assert s.exit_code == 4 and s.stopped
-    assert s.stopped.startswith("the first 20 rows sent all failed with http_503")
+    assert s.stopped.startswith("the first 20 rows to finish all failed with http_503")
     assert s.stopped.endswith(
         "wait for the endpoint to recover (a server error on every try: nothing in the job to "
         "fix), then run the job again with --retry-failed")
@@ -742,7 +742,7 @@ async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
         sent = sim.stats()["requests"]
     assert s.exit_code == 4 and s.stopped
     assert s.stopped.startswith(
-        "the first 20 rows sent all failed with http_400 and none succeeded ")
+        "the first 20 rows to finish all failed with http_400 and none succeeded ")
     assert s.stopped.endswith("fix what it names, then run the job again with --retry-failed")
     assert "Simulated bad request." in s.stopped
     assert 20 <= s.failed <= 20 + 8 and s.pending == n - s.failed  # 8: the concurrency
@@ -767,7 +767,7 @@ async def test_a_base_url_without_its_v1_says_to_check_it(tmp_path: Path) -> Non
     finally:
         await runner.cleanup()
     assert s.exit_code == 4 and s.stopped
-    assert s.stopped.startswith("the first 20 rows sent all failed with http_404")
+    assert s.stopped.startswith("the first 20 rows to finish all failed with http_404")
     assert f"nothing at {root}/chat/completions: check the base URL (most end in /v1)" \
         in s.stopped
 

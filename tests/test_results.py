@@ -421,7 +421,8 @@ def test_rerun_where_reads_only_the_columns_it_names() -> None:
 
 
 def test_a_jobs_results_as_the_next_jobs_input_keep_every_column(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """One job's results fed to the next: its outcome columns are input columns now, so the
     new ones are named result2_status and so on, never a second column of the same name."""
     from batchrunner.cli import main
@@ -443,6 +444,18 @@ def test_a_jobs_results_as_the_next_jobs_input_keep_every_column(
     assert all(v > 0 for v in table["result2_cost_usd"].to_pylist())
     assert " Y Echo: " in table["result_content"].to_pylist()[0]  # this job's answer
     assert main(["report", "p2"]) == 0
+    # --rerun-where takes the names the results show; an outcome column's own name beside an
+    # input column of that name filters on the outcome, and the run says so.
+    p2 = ["run", "--input", "p1/results.parquet", "--prompt", "Y {content}", "--output", "p2",
+          *args]
+    capsys.readouterr()
+    assert main([*p2, "--rerun-where", "result2_status == 'ok' and key == 'a'"]) == 0
+    assert json.loads((tmp_path / "p2" / "job.json").read_text())["last_run"]["sent"] == 1
+    assert main([*p2, "--rerun-where", "status == 'ok' and result2_cost_usd > 0"]) == 0
+    assert json.loads((tmp_path / "p2" / "job.json").read_text())["last_run"]["sent"] == 2
+    assert ("--rerun-where names status, which the input has too: it filters on the recorded "
+            "outcome's status (the results' result2_status), not the input's"
+            ) in capsys.readouterr().err
 
 
 def test_rows_removed_from_an_id_keyed_input_leave_the_figures(

@@ -417,14 +417,16 @@ def test_sigterm_and_ctrl_c_drain_and_exit_4(tmp_path: Path, sig: signal.Signals
         assert sim.stats()["requests"] == n
 
 
-def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from batchrunner.cli import main
 
     inp = make_csv(tmp_path / "in.csv", 25, {4: " [[sim:404]]"})
+    monkeypatch.chdir(tmp_path)
     with SimulatorThread(SimulatorConfig()) as sim:
-        code = main(["run", "--input", str(inp), "--id-column", "id", "--prompt", "Q: {text}",
+        code = main(["run", "--input", "in.csv", "--id-column", "id", "--prompt", "Q: {text}",
                      "--model", "gpt-4o-mini", "--base-url", sim.base_url,
-                     "--output", str(tmp_path / "out"), "--progress", "none"])
+                     "--output", "out", "--progress", "none"])
     assert code == 3
     capsys.readouterr()
     assert main(["status", str(tmp_path / "out")]) == 0
@@ -444,12 +446,14 @@ def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     first = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     (tmp_path / "out" / "results.parquet").unlink()
     (tmp_path / "out" / "cost_report.json").unlink()
-    assert main(["report", str(tmp_path / "out")]) == 3
+    assert main(["report", "out"]) == 3
     df = results(tmp_path)
     assert len(df) == 25 and (df["status"] == "ok").sum() == 24
     rebuilt = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     assert rebuilt["rows"]["total"] == 25
-    # The rebuilt report keeps the run's figures: wall time, throughput, counters, job file.
+    assert (first["job"]["input"], first["job"]["output"]) == (str(inp), str(tmp_path / "out"))
+    # The rebuilt report keeps the run's figures: wall time, throughput, counters, job file,
+    # and its paths, whole whatever the current directory.
     assert rebuilt["wall_s"] == first["wall_s"] > 0
     for key in ("requests_per_min", "counters", "requests", "job"):
         assert rebuilt[key] == first[key], key
