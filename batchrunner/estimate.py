@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value
 from batchrunner.journal import Journal
-from batchrunner.report import count_rows
+from batchrunner.report import count_rows, format_usd
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
 __all__ = ["Estimate", "estimate", "format_estimate"]
@@ -162,7 +162,7 @@ def format_estimate(e: Estimate) -> str:
     rows: list[tuple[str, ...]] = [("model", "rows", "prompt tokens", "completion tokens",
                                     "cost (USD)")]
     for model, m in sorted(e.by_model.items()):
-        cost = "unknown" if m.cost_usd is None else f"${m.cost_usd:,.4f}"
+        cost = "unknown" if m.cost_usd is None else format_usd(m.cost_usd)
         rows.append((model or "(none)", f"{m.rows:,}", f"{m.prompt_tokens:,}",
                      f"{m.completion_tokens:,}", cost))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -171,11 +171,11 @@ def format_estimate(e: Estimate) -> str:
                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     total = e.cost_usd
     cost_line = ("unknown for some models (add [prices.\"MODEL\"] to a job file)" if total is None
-                 else f"${total:,.4f}")
+                 else format_usd(total))
     lines.append(f"  estimated cost: {cost_line} ({e.price_library})")
     if total and e.budget_usd is not None and e.spent_usd + total > e.budget_usd:
         left = max(0.0, e.budget_usd - e.spent_usd)
-        earlier = f", ${e.spent_usd:,.4f} spent before" if e.spent_usd else ""
+        earlier = f", {format_usd(e.spent_usd)} spent before" if e.spent_usd else ""
         lines.append(f"  warning: more than max_cost_usd ${e.budget_usd:g}{earlier}: the run "
                      f"will stop at the budget, after about {int(e.to_send * left / total):,} "
                      f"of the {e.to_send:,} rows")

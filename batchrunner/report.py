@@ -96,7 +96,12 @@ __all__ = [
     "build_report",
     "changed_warning",
     "count_rows",
+    "fails_again",
+    "format_ms",
+    "format_usd",
+    "job_details",
     "render_markdown",
+    "retry_advice",
     "utc_timestamp",
     "write_reports",
 ]
@@ -564,9 +569,8 @@ def build_report(
     errors = sorted(stats._errors.items(), key=lambda kv: (-kv[1][0], kv[0]))
     by_error = {k: {"rows": v[0], "example": v[1]} for k, v in errors}
     if n_failed:
-        warnings.append(
-            f"{count_rows(n_failed)} failed (see failures by type); a rerun can retry failed rows"
-        )
+        advice = retry_advice({k: v["rows"] for k, v in by_error.items()})
+        warnings.append(f"{count_rows(n_failed)} failed (see failures by type): {advice}")
 
     attempts = stats._attempts
     rows_attempted = stats._rows_attempted
@@ -860,19 +864,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     title = f"# Cost report: {job['name']}" if job.get("name") else "# Cost report"
     out: list[str] = [title, ""]
-    details = [(k, v) for k, v in job.items() if k != "name" and v not in (None, "", False)]
+    details = job_details(job)
     if details:
-        out += [f"- {k}: {_one_line(v)}" for k, v in details]
+        out += [f"- {k}: {v}" for k, v in details]
         out.append("")
 
     ok, failed = by_status.get("ok", 0), rows.get("total", 0) - by_status.get("ok", 0)
     earlier = report.get("cost_earlier_attempts_usd") or 0.0
-    cost = _money(report.get("cost_usd"))
+    cost = format_usd(report.get("cost_usd"))
     if report.get("cost_complete") is False:
         cost += " (incomplete, see warnings)"
     latency = "n/a"
     if lat.get("p50") is not None:
-        latency = f"{_num(lat.get('p50'))} / {_num(lat.get('p95'))} / {_num(lat.get('p99'))} ms"
+        latency = " / ".join(format_ms(lat.get(k)) for k in ("p50", "p95", "p99"))
     throughput = "n/a"
     if report.get("requests_per_min") is not None:
         throughput = f"{_num(report['requests_per_min'])} rows/min"
@@ -885,9 +889,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ["Reasoning tokens (in completion)", _detail(report, "reasoning")],
         ["Total tokens", _num(tokens.get("total", 0))],
         ["Cost (USD)", cost],
-        ["  of which billed for failed rows", _money(report.get("cost_failed_usd") or 0.0)],
-        *([["Earlier attempts, sent again (USD)", _money(earlier)],
-           ["Spent in all (USD)", _money((report.get("cost_usd") or 0.0) + earlier)]]
+        ["  of which billed for failed rows", format_usd(report.get("cost_failed_usd") or 0.0)],
+        *([["Earlier attempts, sent again (USD)", format_usd(earlier)],
+           ["Spent in all (USD)", format_usd((report.get("cost_usd") or 0.0) + earlier)]]
           if earlier else []),
         [
             "Requests (the rows' latest attempts)",
@@ -918,7 +922,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     _num(m.get("completion_tokens", 0)),
                     _model_cost(m),
                     price,
-                    str(m.get("price_source", "")),
+                    str(m.get("price_source") or ""),
                 ]
             )
         head = ["Model", "Rows", "Prompt", "Completion", "Cost", "Price in/cached/out", "Source"]
@@ -950,9 +954,9 @@ def _model_cost(m: Mapping[str, Any]) -> str:
     """A model's cost for the table: the known part and how many rows have none."""
     unpriced = m.get("unpriced_rows")
     if m.get("cost_usd") is not None or not isinstance(unpriced, int) or not unpriced:
-        return _money(m.get("cost_usd"))
+        return format_usd(m.get("cost_usd"))
     known = m.get("cost_known_usd")
-    known_part = f"{_money(known)} + " if isinstance(known, int | float) and known else ""
+    known_part = f"{format_usd(known)} + " if isinstance(known, int | float) and known else ""
     return f"{known_part}unknown ({count_rows(unpriced)})"
 
 
@@ -1010,7 +1014,51 @@ def changed_warning(n: int, *, exact: bool = True) -> str:
             "the job to send them")
 
 
+def retry_advice(failed_by_type: Mapping[str, int]) -> str:
+    """What to do about the failed rows: resend them, and first fix what a resend alone would
+    fail on again: the input rows that could not be sent (``invalid_row``), and what the
+    endpoint refused (a model it does not have, a setting it rejects: a 4xx)."""
+    unsendable = failed_by_type.get("invalid_row", 0)
+    too_large = failed_by_type.get("request_too_large", 0)
+    refused = {t: n for t, n in failed_by_type.items()
+               if t not in ("invalid_row", "request_too_large") and fails_again(t)}
+    steps = []
+    if unsendable:
+        steps.append(f"fix the input of the {count_rows(unsendable)} that could not be sent "
+                     f"(invalid_row: {'its' if unsendable == 1 else 'the'} error_message"
+                     f"{'' if unsendable == 1 else ' of each'} says why)")
+    if too_large:
+        steps.append(f"shrink the prompt or max_tokens of the {count_rows(too_large)} larger "
+                     "than the tokens-per-minute limit (request_too_large)")
+    if refused:
+        n = sum(refused.values())
+        steps.append(f"fix what the endpoint refused in the {count_rows(n)} that failed with "
+                     f"{', '.join(refused)} (a model name, a request setting: the error_message "
+                     f"says), or {'it fails' if n == 1 else 'they fail'} again")
+    timeouts = (" (rows that timed out may need a longer --timeout)"
+                if failed_by_type.get("timeout") else "")
+    if not steps:
+        return f"rerun with --retry-failed to send the failed rows again{timeouts}"
+    fixable = unsendable + too_large + sum(refused.values())
+    if fixable == sum(failed_by_type.values()):
+        return (f"{'; and '.join(steps)}, then rerun with --retry-failed to send "
+                f"{'it' if fixable == 1 else 'them'}")
+    return (f"rerun with --retry-failed to send the failed rows again{timeouts}; first "
+            f"{'; and '.join(steps)}")
+
+
+def fails_again(error_type: str) -> bool:
+    """Whether rows that failed with ``error_type`` fail the same way when sent as they are: the
+    endpoint refused the request itself (a 4xx other than a timeout, conflict or rate limit),
+    or its key lacks the model."""
+    return error_type in ("invalid_request", "model_refused", "client_error",
+                          "request_too_large") or (
+        error_type.startswith("http_4") and error_type not in ("http_408", "http_409", "http_429"))
+
+
 def _num(v: Any) -> str:
+    if v is None:
+        return "n/a"
     if isinstance(v, bool) or not isinstance(v, int | float):
         return str(v)
     if isinstance(v, int):
@@ -1027,22 +1075,86 @@ def _detail(report: Mapping[str, Any], name: str) -> str:
     return _num((report.get("tokens") or {}).get(name, 0))
 
 
-def _money(v: Any) -> str:
-    if v is None:
+def format_usd(v: Any) -> str:
+    """A cost for people: ``$1,234.57`` from $100 up, ``$12.3456`` from a cent up, and below a
+    cent three significant digits without an exponent (``$0.0000144``, ``$0.005``), so a cost
+    that is not zero never shows as zero; zero is ``$0.0000``, no cost ``unknown``."""
+    x = _float_or_none(v)
+    if x is None:
         return "unknown"
-    x = float(v)
-    return f"${x:,.2f}" if abs(x) >= 100 else f"${x:,.4f}" if abs(x) >= 1 else f"${x:.6f}"
+    sign, x = ("-" if x < 0 else ""), abs(x)
+    # Each form goes by the value as it would show: $99.99999 is $100.00, $0.0099996 $0.0100.
+    if round(x, 4) >= 100:
+        return f"{sign}${x:,.2f}"
+    if x == 0 or float(f"{x:.3g}") >= 0.01:
+        return f"{sign}${x:,.4f}"
+    return f"{sign}${x:.{2 - math.floor(math.log10(x))}f}".rstrip("0")
+
+
+def _sig3(x: float) -> str:
+    """``x`` to three significant digits, without an exponent (``0.0312``, ``12.3``, ``512``)."""
+    if x == 0:
+        return "0"
+    decimals = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{x:,.0f}"
+
+
+def format_ms(v: Any) -> str:
+    """A latency in milliseconds for people, to three significant digits, in ms below a second,
+    then in s, min and h: ``8.4 ms``, ``12.3 ms``, ``512 ms``, ``1.23 s``, ``2.5 min``;
+    ``–`` when there is none. The Markdown report and report.html both show latencies so."""
+    x = _float_or_none(v)
+    if x is None:
+        return "–"
+    # The unit goes by the value as shown: 999.7 ms is 1 s, not 1000 ms.
+    for unit, size, limit in (("ms", 1.0, 1000.0), ("s", 1e3, 60.0), ("min", 6e4, 60.0)):
+        if abs(float(f"{x / size:.3g}")) < limit:
+            return f"{_sig3(x / size)} {unit}"
+    return f"{_sig3(x / 3.6e6)} h"
 
 
 def _duration(s: Any) -> str:
-    if s is None:
+    """A wall time for people: three significant digits in seconds below a minute (``0.031 s``,
+    ``5.43 s``, ``42.1 s``; ``< 0.001 s`` below a millisecond, which the report's rounding to
+    the millisecond may leave as 0), then ``12m 34s`` and ``1h 02m 03s``."""
+    secs = _float_or_none(s)
+    if secs is None:
         return "n/a"
-    secs = float(s)
-    if secs < 60:
-        return f"{secs:.1f} s"
+    if secs < 0.001:
+        return "< 0.001 s"
+    if float(f"{secs:.3g}") < 60:
+        return f"{_sig3(secs)} s"
     m, sec = divmod(round(secs), 60)
     h, m = divmod(m, 60)
     return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
+
+
+def _float_or_none(v: Any) -> float | None:
+    """``v`` as a finite float, or None (missing, not a number, NaN or infinite)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    x = float(v)
+    return x if math.isfinite(x) else None
+
+
+def job_details(job: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The job's fields for people, its name left out (the title shows it) and so are fields
+    with no value: ``True`` / ``False`` as ``yes`` / ``no`` (the ``simulator`` field is
+    ``yes``, ``no`` or ``some rows``), lists as ``a, b``, mappings as ``k: v, …``."""
+    return [(str(k), _field_text(v)) for k, v in job.items()
+            if k != "name" and v is not None and v != "" and v != [] and v != {}]
+
+
+def _field_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if v is None:
+        return "n/a"
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k}: {_field_text(x)}" for k, x in v.items())
+    if isinstance(v, list | tuple):
+        return ", ".join(_field_text(x) for x in v)
+    return _one_line(v)
 
 
 # --------------------------------------------------------------------------------------------

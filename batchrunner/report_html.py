@@ -48,9 +48,11 @@ from batchrunner.report import (
     _as_stats,
     _duration,
     _model_cost,
-    _money,
     _num,
     count_rows,
+    format_ms,
+    format_usd,
+    job_details,
 )
 
 __all__ = ["MAX_CATEGORIES", "MAX_LATENCY_BINS", "MAX_TIME_BUCKETS", "render_html"]
@@ -183,7 +185,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
     ok = by_status.get("ok", 0)
     failed = total - ok
 
-    cost = _money(report.get("cost_usd"))
+    cost = format_usd(report.get("cost_usd"))
     cost_note = "sum of the rows' cost_usd"
     cost_class = ""
     if report.get("cost_complete") is False:
@@ -201,11 +203,11 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         cost_class = " warn"
     earlier = report.get("cost_earlier_attempts_usd")
     if isinstance(earlier, int | float) and earlier > 0:
-        cost_note += f"; plus {_money(earlier)} for earlier attempts of rows sent again"
+        cost_note += f"; plus {format_usd(earlier)} for earlier attempts of rows sent again"
 
     latency = "n/a"
     if lat.get("p50") is not None:
-        latency = " / ".join(_ms(lat.get(k)) for k in ("p50", "p95", "p99"))
+        latency = " / ".join(format_ms(lat.get(k)) for k in ("p50", "p95", "p99"))
     throughput = "n/a"
     if report.get("requests_per_min") is not None:
         throughput = f"{_num(report['requests_per_min'])} rows/min"
@@ -235,9 +237,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         ),
     ]
     details = [
-        f"<dt>{_e(k)}</dt><dd>{_e(_short(_one_line(v), 200))}</dd>"
-        for k, v in job.items()
-        if k != "name" and v not in (None, "", False)
+        f"<dt>{_e(k)}</dt><dd>{_e(_short(v, 200))}</dd>" for k, v in job_details(job)
     ]
     out = [
         f"<header><h1>{_e(title)}</h1>",
@@ -366,7 +366,7 @@ def _top_table(rows: list[dict[str, Any]], column: str, title: str, note: str) -
             else "–"
         )
         if r["cost_usd"] is not None:
-            cost = _money(r["cost_usd"])
+            cost = format_usd(r["cost_usd"])
         else:  # an answer whose price or usage is unknown; a failure with none was not billed
             cost = "unknown" if status == "ok" or tokens != "–" else "–"
         body.append(
@@ -376,7 +376,7 @@ def _top_table(rows: list[dict[str, Any]], column: str, title: str, note: str) -
             f"{_e(_short(key, _KEY_CHARS))}</td>"
             f'<td class="st-{"ok" if status == "ok" else "failed"}">{_e(status)}</td>'
             f'<td class="model">{_e(_short(r["model"] or "", 40))}</td>'
-            f"<td class=n>{_e(_ms(r['latency_ms']))}</td>"
+            f"<td class=n>{_e(format_ms(r['latency_ms']))}</td>"
             f"<td class=n>{_e(tokens)}</td>"
             f"<td class=n>{_e(cost)}</td>"
             f"<td>{_e(r['finish_reason'] or '')}</td>"
@@ -602,7 +602,7 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
                 bw - gap,
                 bh,
                 "b-lat",
-                f"{_ms(float(edges[i]))}–{_ms(float(edges[i + 1]))}: {count_rows(c)}",
+                f"{format_ms(float(edges[i]))}–{format_ms(float(edges[i + 1]))}: {count_rows(c)}",
             )
         )
     if overflow:
@@ -615,10 +615,10 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
                 bw - gap,
                 bh,
                 "b-over",
-                f"slower than {_ms(hi)}: {count_rows(overflow)} (max {_ms(vmax)})",
+                f"slower than {format_ms(hi)}: {count_rows(overflow)} (max {format_ms(vmax)})",
             )
         )
-        parts.append(_text(x + bw / 2, top + h + 17, f"> {_ms(hi)}", "tick", "end"))
+        parts.append(_text(x + bw / 2, top + h + 17, f"> {format_ms(hi)}", "tick", "end"))
     span = hi - lo
     scale_w = nbins * bw
 
@@ -631,7 +631,7 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
         x = x_of(v)
         parts.append(_line(x, top + h, x, top + h + 4, "axis"))
         if not overflow or x < left + scale_w - 30:
-            parts.append(_text(x, top + h + 17, _ms(v), "tick", "middle"))
+            parts.append(_text(x, top + h + 17, format_ms(v), "tick", "middle"))
         v += step_x
     parts.append(_line(left, top + h, w - right, top + h, "axis"))
     parts.append(
@@ -645,11 +645,12 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
         parts.append(_line(x, y + 3, x, top + h, f"mark m-{name}"))
         anchor = "end" if x > w - right - 140 else "start"
         dx = -4 if anchor == "end" else 4
-        parts.append(_text(x + dx, y, f"{name} {_ms(value)}", f"mark-label m-{name}", anchor))
+        parts.append(_text(x + dx, y, f"{name} {format_ms(value)}", f"mark-label m-{name}", anchor))
     caption = (
-        f"{_num(n_lat)} ok rows in {nbins} bins of {_ms(bin_ms)}"
+        f"{_num(n_lat)} ok rows in {nbins} bins of {format_ms(bin_ms)}"
         + (
-            f"; {count_rows(overflow)} slower than {_ms(hi)} in the last bar (max {_ms(vmax)})"
+            f"; {count_rows(overflow)} slower than {format_ms(hi)} in the last bar "
+            f"(max {format_ms(vmax)})"
             if overflow
             else ""
         )
@@ -700,11 +701,11 @@ def _model_charts(report: Mapping[str, Any]) -> list[str]:
         unpriced = int(_float(m.get("unpriced_rows")) or 0)
         if m.get("cost_usd") is None and unpriced:
             text = (
-                f"{_money(known)} + ?" if known else "unknown"
+                f"{format_usd(known)} + ?" if known else "unknown"
             ) + f" ({count_rows(unpriced)} unpriced)"
             cls = "b-partial"
         else:
-            text, cls = _money(known), "b-cost"
+            text, cls = format_usd(known), "b-cost"
         cost_rows.append(_Bar(model, [(known, cls, f"{text}")], text))
 
     tokens = _figure(
@@ -915,17 +916,6 @@ def _clock(s: float) -> str:
     d, rem = divmod(s, 86400)
     h = rem // 3600
     return f"{d}d{h:02d}h" if h else f"{d}d"
-
-
-def _ms(v: Any) -> str:
-    x = _float(v)
-    if x is None:
-        return "–"
-    if abs(x) < 1000:
-        return f"{x:.3g} ms" if abs(x) < 10 else f"{x:.0f} ms"
-    if abs(x) < 60_000:
-        return f"{x / 1000:.3g} s"
-    return f"{x / 60_000:.3g} min"
 
 
 def _one_line(v: Any) -> str:

@@ -27,7 +27,7 @@ import time
 import tokenize
 import zlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,7 +89,13 @@ from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, Outcome
-from batchrunner.report import changed_warning, count_rows, utc_timestamp
+from batchrunner.report import (
+    changed_warning,
+    count_rows,
+    format_usd,
+    retry_advice,
+    utc_timestamp,
+)
 from batchrunner.results import (
     InputOrder,
     key_strings,
@@ -1217,11 +1223,11 @@ class _Run:
         elif self.spent + self.reserved + est > self.budget:
             budget = (f"{self.budget:,.2f}" if self.budget >= 1
                       else np.format_float_positional(self.budget, trim="-"))  # not 1e-07
-            held = (f" and ${self.reserved:,.4f} held for the requests in flight"
+            held = (f" and {format_usd(self.reserved)} held for the requests in flight"
                     if self.reserved else "")
             self.stop(BudgetExceeded(
                 f"budget reached: the next request could pass max_cost_usd ${budget} "
-                f"(${self.spent:,.4f} spent{held} when it stopped); raise it (or --max-cost) "
+                f"({format_usd(self.spent)} spent{held} when it stopped); raise it (or --max-cost) "
                 "and rerun to continue"))
         else:
             self.reserved += est
@@ -1906,7 +1912,7 @@ def format_status(out_dir: Path) -> str:
     for etype, n in failed_by_type.most_common():
         lines.append(f"  failed {etype}: {n:,}")
     ok_rows = pc.filter(state, is_value(state["status"], "ok"))
-    cost = f"${pc.sum(ok_rows['cost_usd']).as_py() or 0.0:,.4f}"
+    cost = format_usd(pc.sum(ok_rows['cost_usd']).as_py() or 0.0)
     if ok_rows["cost_usd"].null_count:
         cost += (f" (plus {count_rows(ok_rows['cost_usd'].null_count)} without a cost: no price "
                  "known, or no usage reported)")
@@ -1944,44 +1950,6 @@ def format_status(out_dir: Path) -> str:
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
     return "\n".join(lines)
-
-
-def retry_advice(failed_by_type: Mapping[str, int]) -> str:
-    """What to do about the failed rows: resend them, and first fix what a resend alone would
-    fail on again: the input rows that could not be sent (``invalid_row``), and what the
-    endpoint refused (a model it does not have, a setting it rejects: a 4xx)."""
-    unsendable = failed_by_type.get("invalid_row", 0)
-    too_large = failed_by_type.get("request_too_large", 0)
-    refused = {t: n for t, n in failed_by_type.items()
-               if t not in ("invalid_row", "request_too_large") and fails_again(t)}
-    steps = []
-    if unsendable:
-        steps.append(f"fix the input of the {count_rows(unsendable)} that could not be sent "
-                     "(invalid_row: the error_message of each says why)")
-    if too_large:
-        steps.append(f"shrink the prompt or max_tokens of the {count_rows(too_large)} larger "
-                     "than the tokens-per-minute limit (request_too_large)")
-    if refused:
-        steps.append(f"fix what the endpoint refused in the {count_rows(sum(refused.values()))}"
-                     f" that failed with {', '.join(refused)} (a model name, a request setting: "
-                     "the error_message says), or they fail again")
-    timeouts = (" (rows that timed out may need a longer --timeout)"
-                if failed_by_type.get("timeout") else "")
-    if not steps:
-        return f"rerun with --retry-failed to send the failed rows again{timeouts}"
-    if unsendable + too_large + sum(refused.values()) == sum(failed_by_type.values()):
-        return f"{'; and '.join(steps)}, then rerun with --retry-failed to send them"
-    return (f"rerun with --retry-failed to send the failed rows again{timeouts}; first "
-            f"{'; and '.join(steps)}")
-
-
-def fails_again(error_type: str) -> bool:
-    """Whether rows that failed with ``error_type`` fail the same way when sent as they are: the
-    endpoint refused the request itself (a 4xx other than a timeout, conflict or rate limit),
-    or its key lacks the model."""
-    return error_type in ("invalid_request", "model_refused", "client_error",
-                          "request_too_large") or (
-        error_type.startswith("http_4") and error_type not in ("http_408", "http_409", "http_429"))
 
 
 PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in progress
@@ -2032,7 +2000,7 @@ def _show(path: Path) -> str:
 
 def _plus_earlier(usd: float | None) -> str:
     """What earlier attempts of rows sent again cost, to follow a cost (empty if nothing)."""
-    return f" (plus ${usd:,.4f} for earlier attempts of rows sent again)" if usd else ""
+    return f" (plus {format_usd(usd)} for earlier attempts of rows sent again)" if usd else ""
 
 
 def format_summary(s: RunSummary) -> str:
@@ -2051,9 +2019,9 @@ def format_summary(s: RunSummary) -> str:
     if s.length_cut:
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      "(finish_reason=length)")
-    cost = f"${s.cost_known_usd if s.cost_usd is None else s.cost_usd:,.4f}"
+    cost = format_usd(s.cost_known_usd if s.cost_usd is None else s.cost_usd)
     if s.ran and s.run_cost_usd is not None:
-        cost += f" for the job (${s.run_cost_usd:,.4f} this run)"
+        cost += f" for the job ({format_usd(s.run_cost_usd)} this run)"
     if s.cost_usd is None and s.cost_unknown:
         cost += f", and {count_rows(s.cost_unknown)} without a cost (see report)"
     cost += _plus_earlier(s.earlier_cost_usd)

@@ -20,7 +20,10 @@ from batchrunner.report import (
     REPORT_COLUMNS,
     OutcomeStats,
     build_report,
+    format_ms,
+    format_usd,
     render_markdown,
+    retry_advice,
     write_reports,
 )
 
@@ -588,3 +591,102 @@ def cell(md: str, label: str) -> str:
     """The value beside ``label`` in the markdown report's tables."""
     (line,) = [x for x in md.splitlines() if x.startswith(f"| {label} ")]
     return line.split("|")[2].strip()
+
+
+# --------------------------------------------------------------------------------------------
+# What the Markdown shows people: no Python values, the summary's advice, alike figures
+
+
+def test_job_fields_are_shown_for_people_and_kept_as_given_in_the_json(book: PriceBook) -> None:
+    rows = table([ok_row(book, "a", "my-model")])
+    for value, shown in ((True, "yes"), (False, "no"), ("some rows", "some rows")):
+        job = {**JOB, "simulator": value, "tags": ["a", "b"], "limits": {"rpm": 60},
+               "note": None, "empty": ""}
+        report = build_report(rows, prices=book, job=job, wall_s=1.0)
+        assert report["job"]["simulator"] == value  # the JSON keeps the value
+        md = render_markdown(report)
+        details = md.split("## Totals", 1)[0]
+        assert f"- simulator: {shown}\n" in details
+        assert "- tags: a, b\n" in details and "- limits: rpm: 60\n" in details
+        assert "note" not in details and "empty" not in details  # fields with no value
+        for python in ("True", "False", "None", "[", "{", "'"):
+            assert python not in details, (python, details)
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [
+        {"invalid_row": 2},
+        {"http_400": 1, "invalid_row": 1},
+        {"timeout": 2, "invalid_row": 1},
+        {"timeout": 3},
+        {"request_too_large": 1, "model_refused": 1},
+    ],
+)
+def test_failed_rows_advice_is_the_summarys(book: PriceBook, failures: dict[str, int]) -> None:
+    from batchrunner.runner import RunSummary, format_summary
+
+    rows = [ok_row(book, "a", "my-model")]
+    rows += [failed_row(f"{t}{i}", t, f"{t} message") for t, n in failures.items()
+             for i in range(n)]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=1.0)
+    error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}
+    n = sum(failures.values())
+    summary = format_summary(RunSummary(name="nightly", rows=n + 1, ok=1, failed=n,
+                                        error_types=error_types))
+    advice = summary.splitlines()[-1].strip()  # the summary's last line: what to do
+    assert advice == retry_advice(error_types)
+    (warning,) = [w for w in report["warnings"] if " failed (see failures by type)" in w]
+    assert warning.endswith(f": {advice}")
+    md = render_markdown(report)
+    assert f"- {warning}\n" in md and "a rerun can retry" not in md
+    if "invalid_row" in failures:
+        assert "fix the input of the" in warning and "--retry-failed" in warning
+
+
+def test_the_summarys_advice_is_the_reports_function() -> None:
+    from batchrunner import runner
+
+    assert runner.retry_advice is retry_advice
+    assert retry_advice({"invalid_row": 2}) == (
+        "fix the input of the 2 rows that could not be sent (invalid_row: the error_message of "
+        "each says why), then rerun with --retry-failed to send them")
+
+
+def test_latency_and_wall_time_read_alike_in_markdown(book: PriceBook) -> None:
+    report = build_report(table([ok_row(book, "a", "my-model")]), prices=book, job=JOB,
+                          wall_s=0.032)
+    report["latency_ms"].update(p50=8.4, p95=12.3, p99=22.7)
+    md = render_markdown(report)
+    assert cell(md, "Latency p50 / p95 / p99") == "8.4 ms / 12.3 ms / 22.7 ms"
+    assert cell(md, "Wall time (the last run that sent)") == "0.032 s"  # not 0.0 s
+    for wall, shown in ((0.0, "< 0.001 s"), (0.05, "0.05 s"), (5.432, "5.43 s"), (42.14, "42.1 s"),
+                        (59.96, "1m 00s"), (754.0, "12m 34s"), (None, "n/a")):
+        report["wall_s"] = wall
+        assert cell(render_markdown(report), "Wall time (the last run that sent)") == shown
+
+
+def test_latencies_have_three_significant_digits() -> None:
+    cases = {None: "–", 0.0: "0 ms", 0.25: "0.25 ms", 8.4: "8.4 ms", 12.3: "12.3 ms",
+             512.3: "512 ms", 999.4: "999 ms", 999.7: "1 s", 1234.0: "1.23 s",
+             60_000.0: "1 min", 75_000.0: "1.25 min", 3_600_000.0: "1 h"}
+    assert {v: format_ms(v) for v in cases} == cases
+
+
+def test_costs_below_a_cent_are_never_shown_as_zero(book: PriceBook) -> None:
+    cases = {None: "unknown", 0.0: "$0.0000", 1.44e-5: "$0.0000144", 1e-7: "$0.0000001",
+             0.005: "$0.005", 0.00999: "$0.00999", 0.0099996: "$0.0100", 0.5: "$0.5000",
+             12.3456: "$12.3456", 99.99999: "$100.00", 1234.567: "$1,234.57"}
+    assert {v: format_usd(v) for v in cases} == cases
+
+    row = ok_row(book, "a", "my-model")
+    row.cost_usd, row.earlier_cost_usd = 1.44e-5, 2.5e-6
+    report = build_report(table([row]), prices=book, job=JOB, wall_s=1.0)
+    assert report["cost_usd"] == 1.44e-5 and report["cost_earlier_attempts_usd"] == 2.5e-6
+    md = render_markdown(report)
+    assert cell(md, "Cost (USD)") == "$0.0000144"
+    assert cell(md, "Earlier attempts, sent again (USD)") == "$0.0000025"
+    assert cell(md, "Spent in all (USD)") == "$0.0000169"
+    (model_line,) = [x for x in md.splitlines() if x.startswith("| my-model ")]
+    assert "$0.0000144" in model_line
+    assert cell(md, "of which billed for failed rows") == "$0.0000"  # zero, and only zero

@@ -24,6 +24,7 @@ from batchrunner.report import (
     REPORT_HTML,
     OutcomeStats,
     build_report,
+    render_markdown,
     write_reports,
 )
 from batchrunner.report_html import (
@@ -32,7 +33,7 @@ from batchrunner.report_html import (
     MAX_TIME_BUCKETS,
     render_html,
 )
-from tests.test_report import CHUNK_SIZES, chunked, varied_rows
+from tests.test_report import CHUNK_SIZES, cell, chunked, varied_rows
 
 OWN = ModelPrice(input=2.0, output=8.0, cached_input=0.5)
 T0 = 1_767_322_800.0  # 2026-01-02 03:00:00 UTC
@@ -479,3 +480,64 @@ def test_a_failed_row_never_billed_has_no_cost_not_an_unknown_one(book: PriceBoo
     cells = dict(re.findall(r'title="(f1|u1)">.*?</td>(?:<td[^>]*>.*?</td>){4}'
                             r'<td class=n>([^<]*)</td>', slowest))
     assert cells == {"f1": "–", "u1": "unknown"}
+
+
+# --------------------------------------------------------------------------------------------
+# The same figures as cost_report.md, read the same way
+
+
+def card(page: str, label: str) -> tuple[str, str]:
+    """The value and note of the header card labelled ``label``."""
+    found = re.search(rf'<div class="label">{re.escape(label)}</div><div class="value">([^<]*)'
+                      r'</div><div class="note">([^<]*)</div>', page)
+    assert found, label
+    return found[1], found[2]
+
+
+def test_job_fields_are_shown_for_people(book: PriceBook) -> None:
+    rows = [ok_row(book, "a", "my-model", at=T0)]
+    for value, shown in ((True, "yes"), (False, "no"), ("some rows", "some rows")):
+        job = {"name": "nightly", "input": "in.csv", "simulator": value, "tags": ["a", "b"],
+               "note": None}
+        report = build_report(table(rows), prices=book, job=job, wall_s=1.0)
+        page = render_html(report, table(rows))
+        (details,) = re.findall(r'<dl class="job">(.*?)</dl>', page)
+        assert f"<dt>simulator</dt><dd>{shown}</dd>" in details
+        assert "<dt>tags</dt><dd>a, b</dd>" in details and "note" not in details
+        assert "True" not in details and "False" not in details and "None" not in details
+        md = render_markdown(report)
+        assert f"- simulator: {shown}\n" in md
+
+
+def test_latency_wall_time_and_costs_read_as_in_the_markdown(book: PriceBook) -> None:
+    rows = [ok_row(book, f"r{i}", "my-model", at=T0 + i, latency=8.0 + i) for i in range(3)]
+    for r in rows:
+        r.cost_usd = 1.44e-5
+    rows[0].earlier_cost_usd = 2.5e-6
+    t = table(rows)
+    report = build_report(t, prices=book, job={"name": "nightly"}, wall_s=0.032)
+    report["latency_ms"].update(p50=8.4, p95=12.3, p99=22.7)
+    page, md = render_html(report, t), render_markdown(report)
+
+    latency, _ = card(page, "Latency p50 / p95 / p99")
+    assert latency == "8.4 ms / 12.3 ms / 22.7 ms" == cell(md, "Latency p50 / p95 / p99")
+    wall, _ = card(page, "Wall time, last run that sent")
+    assert wall == "0.032 s" == cell(md, "Wall time (the last run that sent)")
+    cost, note = card(page, "Cost (USD)")
+    assert cost == "$0.0000432" == cell(md, "Cost (USD)")
+    assert "plus $0.0000025 for earlier attempts" in note
+    priciest = page[page.index("The 10 most expensive rows"):]
+    assert priciest.count("<td class=n>$0.0000144</td>") == 3  # each row's own cost
+    models = page[page.index("<caption>Prices in USD per 1M tokens"):]
+    assert "<td class=n>$0.0000432</td>" in models
+    assert "$0.0000<" not in page and "$0.000000" not in page
+
+
+def test_failed_rows_advice_is_on_the_page(book: PriceBook) -> None:
+    rows = [ok_row(book, "a", "my-model", at=T0),
+            failed_row("bad", at=T0 + 1, error_type="invalid_row", message="no text")]
+    page = page_of(rows, book)
+    assert ("1 row failed (see failures by type): fix the input of the 1 row that could not be "
+            "sent (invalid_row: its error_message says why), then rerun with "
+            "--retry-failed to send it") in page
+    assert "a rerun can retry" not in page

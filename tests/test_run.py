@@ -435,8 +435,8 @@ def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "http_404: 1" in out
     assert out.rstrip().endswith(  # a resend alone fails again: fix first
         "fix what the endpoint refused in the 1 row that failed with http_404 (a model name, a "
-        "request setting: the error_message says), or they fail again, then rerun with "
-        "--retry-failed to send them")
+        "request setting: the error_message says), or it fails again, then rerun with "
+        "--retry-failed to send it")
     # A job file naming the directory does as well; a directory that is not there is named.
     (tmp_path / "job.toml").write_text(f'[input]\npath = "{inp}"\n[output]\ndir = "out"\n')
     assert main(["status", str(tmp_path / "job.toml")]) == 0
@@ -719,7 +719,7 @@ def test_the_simulators_answers_never_mix_with_real_ones_unasked(
     assert "(to the built-in simulator: the answers are not real)" in out
     report = json.loads((tmp_path / "sim-out" / "cost_report.json").read_text())
     assert report["job"]["simulator"] is True
-    assert "- simulator: True" in (tmp_path / "sim-out" / "cost_report.md").read_text()
+    assert "- simulator: yes" in (tmp_path / "sim-out" / "cost_report.md").read_text()
 
     with SimulatorThread(SimulatorConfig()) as real:
         again = [*common, "--base-url", real.base_url, "--output", "sim-out"]
@@ -742,6 +742,7 @@ def test_the_simulators_answers_never_mix_with_real_ones_unasked(
         assert main([*common, "--simulator", "--output", "sim-out"]) == 0
         report = json.loads((tmp_path / "sim-out" / "cost_report.json").read_text())
         assert report["job"]["simulator"] == "some rows"
+        assert "- simulator: some rows" in (tmp_path / "sim-out" / "cost_report.md").read_text()
         capsys.readouterr()
 
         assert main([*common, "--base-url", real.base_url, "--output", "real-out"]) == 0
@@ -781,7 +782,7 @@ async def test_a_row_that_cannot_be_sent_names_its_column_and_the_advice_says_fi
     mixed = RunSummary(name="j", rows=3, failed=3, error_types={"http_500": 2, "invalid_row": 1})
     assert format_summary(mixed).splitlines()[-1] == (
         "  rerun with --retry-failed to send the failed rows again; first fix the input of the "
-        "1 row that could not be sent (invalid_row: the error_message of each says why)")
+        "1 row that could not be sent (invalid_row: its error_message says why)")
 
 
 @pytest.mark.anyio
