@@ -3,6 +3,8 @@
 Exit codes: 0 every row ok; 2 bad usage, job file or input (nothing sent); 3 finished with
 failed rows; 4 stopped early (auth, quota, budget, unreachable, all failing, interrupted) and
 resumable; 5 another run holds the output directory (nothing done); 1 output not written.
+``report`` exits 0, 3 or 4 (rows left to do) as the journal stands; ``status`` and ``estimate``
+exit 0, or 2.
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import difflib
 import gc
 import os
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 
@@ -26,6 +29,7 @@ from batchrunner import __version__
 from batchrunner.config import OUTPUT_FORMATS
 from batchrunner.errors import (
     BatchrunnerError,
+    InputError,
     JournalError,
     OutputBusy,
     StopJob,
@@ -42,9 +46,9 @@ EPILOG = """\
 exit codes: 0 all rows ok · 2 bad job, option or input (nothing sent) ·
             3 finished with failed rows · 4 stopped early (auth, quota, billing or
             region, budget, endpoint unreachable, every request failing, Ctrl-C),
-            rerun to resume · 5 another run is using the output directory
-            (nothing done): run again once it ends ·
-            1 output could not be written (disk full)
+            rerun to resume; from report: rows are left to do · 5 another run is
+            using the output directory (nothing done): run again once it ends ·
+            1 output could not be written (disk full) · status, estimate: 0 or 2
 """
 
 
@@ -95,9 +99,13 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt", metavar="TEMPLATE", help="prompt template, e.g. 'Summarise: {text}'")
     g.add_argument("--prompt-column", metavar="COL", help="column holding the whole prompt")
     g.add_argument("--system", metavar="TEXT", help="system message")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--max-tokens", type=int, metavar="N")
-    g.add_argument("--top-p", type=float)
+    _typed(g, "--temperature", float, "a number from 0 to 2", metavar="X",
+           help="sampling temperature, 0 to 2 (default: the model's)")
+    _typed(g, "--max-tokens", int, "a whole number of tokens", metavar="N",
+           help="most tokens per reply (default: the model's)")
+    _typed(g, "--top-p", float, "a number from 0 to 1", metavar="P",
+           help="nucleus sampling: the top probability mass to draw from, 0 to 1 "
+           "(default: the model's)")
     g.add_argument("--stop", action="append", metavar="SEQ", help="stop sequence (repeatable)")
     g.add_argument("--model-column", metavar="COL", help="column with a per-row model")
     g.add_argument("--image-column", metavar="COL",
@@ -118,26 +126,56 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--simulator", action="store_const", const=True, default=None,
                    help="run against the built-in simulator (no key, no network)")
     g = p.add_argument_group("limits")
-    g.add_argument("--rpm", dest="requests_per_minute", type=float, metavar="N",
-                   help="requests per minute")
-    g.add_argument("--tpm", dest="tokens_per_minute", type=float, metavar="N",
-                   help="tokens per minute")
-    g.add_argument("--concurrency", type=int, metavar="N",
-                   help="requests in flight (default: sized from the rate limit and latency)")
-    g.add_argument("--timeout", dest="timeout_s", type=float, metavar="S",
-                   help="seconds per request (default 120)")
-    g.add_argument("--max-attempts", type=int, metavar="N", help="attempts per row (default 6)")
-    g.add_argument("--max-cost", dest="max_cost_usd", type=float, metavar="USD",
-                   help="stop before the job's total spend could pass this")
+    _typed(g, "--rpm", float, "a number of requests per minute", dest="requests_per_minute",
+           metavar="N", help="requests per minute")
+    _typed(g, "--tpm", float, "a number of tokens per minute", dest="tokens_per_minute",
+           metavar="N", help="tokens per minute")
+    _typed(g, "--concurrency", int, "a whole number of requests", metavar="N",
+           help="requests in flight (default: sized from the rate limit and latency)")
+    _typed(g, "--timeout", float, "a number of seconds", dest="timeout_s", metavar="S",
+           help="seconds per request (default 120)")
+    _typed(g, "--max-attempts", int, "a whole number of attempts", metavar="N",
+           help="attempts per row (default 6)")
+    _typed(g, "--max-cost", float, "an amount in US dollars (e.g. 2.50)", dest="max_cost_usd",
+           metavar="USD", help="stop before the job's total spend could pass this")
     g = p.add_argument_group("output")
     g.add_argument("--output", metavar="DIR", help="output directory (journal, results, report)")
-    g.add_argument("--format", choices=OUTPUT_FORMATS, help="results format")
+    g.add_argument("--format", choices=OUTPUT_FORMATS, help="results format (default parquet)")
     g.add_argument("--name", help="job name shown in progress and reports")
 
 
-def build_parser(simulate_options: bool = True) -> argparse.ArgumentParser:
+_T = TypeVar("_T")
+
+
+def _typed(g: Any, option: str, kind: Callable[[str], _T], takes: str, **kwargs: Any) -> None:
+    """Add ``option``, read with ``kind``: a value it cannot read is refused in one line naming
+    the option and what it ``takes`` (its range is checked with the job's other settings)."""
+
+    def read(text: str) -> _T:
+        try:
+            return kind(text)
+        except ValueError:
+            raise UsageError(f"{option} takes {takes}, got {text!r}") from None
+
+    g.add_argument(option, type=read, **kwargs)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Refuses a bad command line in one line, as every other usage error is (exit 2), instead
+    of argparse's usage block. ``commands``: the subcommands' parsers, on the top-level one."""
+
+    commands: Mapping[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        message = message.removeprefix("argument ")
+        if "invalid choice" not in message:  # a choice's message lists what it takes
+            message += f" — see {self.prog} --help"
+        raise UsageError(message)
+
+
+def build_parser(simulate_options: bool = True) -> _Parser:
     """The whole CLI; ``simulate_options=False`` skips importing the simulator (start-up)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="batchrunner",
         description="Run large batches of OpenAI-compatible chat completion requests: "
         "rate-limited, retried, resumable, with a cost report.",
@@ -145,7 +183,9 @@ def build_parser(simulate_options: bool = True) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"batchrunner {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="what to do (batchrunner COMMAND --help: its options)")
+    parser.commands = sub.choices
     _run_parser(sub)
 
     where = "a run's output directory (its --output), or its job file"
@@ -176,8 +216,46 @@ def build_parser(simulate_options: bool = True) -> argparse.ArgumentParser:
 def _field_column(text: str) -> tuple[str, str]:
     name, eq, column = text.partition("=")
     if not (eq and name.strip() and column.strip()):
-        raise argparse.ArgumentTypeError(f"{text!r}: give FIELD=COLUMN, e.g. user=customer_id")
+        raise UsageError(f"--from-column takes FIELD=COLUMN, e.g. user=customer_id, got {text!r}")
     return name.strip(), column.strip()
+
+
+def _parse(parser: _Parser, args: list[str]) -> argparse.Namespace:
+    """``args`` parsed; an argument nothing takes is refused by the (sub)command given it."""
+    ns, extras = parser.parse_known_args(args)
+    if extras:
+        # The top level's only options are -h and --version: its first other argument is the
+        # command, and what comes before it is the top level's.
+        command = next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))
+        if ns.command is None or args.index(extras[0]) < command:
+            raise _unknown(parser, extras, parser.commands)
+        raise _unknown(parser.commands[ns.command], extras, parser.commands)
+    return ns
+
+
+def _unknown(parser: argparse.ArgumentParser, extras: list[str],
+             commands: Mapping[str, argparse.ArgumentParser]) -> UsageError:
+    """One line for the arguments ``parser`` does not take: an option like one it has is
+    suggested; one that another command has is said to be that command's."""
+    name = parser.prog.split()[-1]
+    options = [e.partition("=")[0] for e in extras if e.startswith("-") and e != "-"]
+    if not options:
+        shown = ", ".join(repr(e) for e in extras)
+        return UsageError(f"{name} takes no argument {shown} — see {parser.prog} --help")
+    own = [o for a in parser._actions for o in a.option_strings if o not in ("-h", "--help")]
+    notes = []
+    for option in options:
+        elsewhere = [c for c, p in commands.items() if p is not parser
+                     and any(option in a.option_strings for a in p._actions)]
+        close = difflib.get_close_matches(option, own, n=1)
+        if elsewhere:
+            notes.append(f"{option} (an option of {' and '.join(elsewhere)})")
+        elif close:
+            notes.append(f"{option} (did you mean {close[0]}?)")
+        else:
+            notes.append(option)
+    shown = f"option {notes[0]}" if len(notes) == 1 else f"options {', '.join(notes)}"
+    return UsageError(f"{name} has no {shown} — see {parser.prog} --help")
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -242,7 +320,10 @@ def _cmd_report(ns: argparse.Namespace) -> int:
 
     out_dir = _out_dir(ns.out_dir)
     with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
-        plan = plan_from_output(out_dir)
+        try:
+            plan = plan_from_output(out_dir)
+        except InputError as e:
+            raise _input_gone(out_dir, e) from None
         if plan.source.fingerprint() != plan.job_meta.get("input_fingerprint"):
             raise UsageError(f"{plan.source.path} changed since the job's last run: its rows "
                              "may no longer match the journal's — run the job again instead "
@@ -250,6 +331,19 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False))
     print(format_summary(summary))
     return summary.exit_code
+
+
+def _input_gone(out_dir: Path, error: InputError) -> UsageError:
+    """``error`` (the job's input cannot be opened) as report meets it: when the input is no
+    longer where the job read it, say that report needs it there."""
+    from batchrunner.runner import read_meta
+
+    path = Path(str(read_meta(out_dir).get("input_path")))
+    if path.exists():
+        return error  # there, but unreadable: its own message says why
+    return UsageError(f"the job's input {path} is gone: report rebuilds the results from it — "
+                      "put it back at that path, or run the job again with --input naming "
+                      "where it is now (it resumes, and rebuilds the results and reports)")
 
 
 def _cmd_status(ns: argparse.Namespace) -> int:
@@ -342,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         parser = build_parser(simulate_options="simulate" in args)
-        ns = parser.parse_args(argv)
+        ns = _parse(parser, args)
         if ns.command is None:
             parser.print_help()
             return 2

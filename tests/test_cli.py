@@ -1,0 +1,199 @@
+"""The command line itself: how it refuses a bad command line, its help, and its exit codes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import batchrunner.cli
+from batchrunner.cli import EPILOG, build_parser
+
+KEY = "sk-test-cli-0123456789"
+
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    try:
+        code = batchrunner.cli.main(list(argv))
+    except SystemExit as e:  # argparse's own exit (--help): never for a bad command line
+        code = e.code if isinstance(e.code, int) else 2
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    assert err.count("\n") == 1 and err.endswith("\n"), f"not exactly one line: {err!r}"
+    assert err.startswith("batchrunner: error: "), err
+    return err.removeprefix("batchrunner: error: ").rstrip("\n")
+
+
+def job_args(tmp_path: Path, *extra: str, inp: str = "in.csv") -> list[str]:
+    """A job of three rows against the built-in simulator; its input is written if missing."""
+    if not (tmp_path / inp).exists():
+        pd.DataFrame({"id": ["a", "b", "c"], "text": ["one", "two", "three"]}).to_csv(
+            tmp_path / inp, index=False)
+    return ["run", "--input", str(tmp_path / inp), "--id-column", "id",
+            "--prompt", "Say {text}", "--model", "gpt-4o-mini", "--simulator",
+            "--output", str(tmp_path / "out"), "--progress", "none", *extra]
+
+
+# -- an option a command does not have: that command's error, in one line ---------------------
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["estimate", "job.toml", "--progress", "none"],
+     "estimate has no option --progress (an option of run) — see batchrunner estimate --help"),
+    (["run", "job.toml", "--bogus"], "run has no option --bogus — see batchrunner run --help"),
+    (["run", "job.toml", "--max-tokns", "5"],
+     "run has no option --max-tokns (did you mean --max-tokens?) — see batchrunner run --help"),
+    (["run", "job.toml", "--bogus=1", "--dry-rn"],
+     "run has no options --bogus, --dry-rn (did you mean --dry-run?) — see batchrunner run "
+     "--help"),
+    (["status", "out", "--model", "m"],
+     "status has no option --model (an option of run and estimate) — see batchrunner status "
+     "--help"),
+    (["report", "out", "more"], "report takes no argument 'more' — see batchrunner report --help"),
+    (["--bogus", "status", "out"], "batchrunner has no option --bogus — see batchrunner --help"),
+    (["status"], "the following arguments are required: OUT_DIR — see batchrunner status --help"),
+])
+def test_an_unknown_argument_is_refused_by_its_command_in_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = cli(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == message
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- a value an option cannot read: one line naming the option and what it takes ----------------
+
+
+@pytest.mark.parametrize(("option", "value", "takes"), [
+    ("--rpm", "fast", "a number of requests per minute"),
+    ("--tpm", "lots", "a number of tokens per minute"),
+    ("--concurrency", "many", "a whole number of requests"),
+    ("--concurrency", "4.5", "a whole number of requests"),
+    ("--max-tokens", "1.5", "a whole number of tokens"),
+    ("--timeout", "2m", "a number of seconds"),
+    ("--max-attempts", "six", "a whole number of attempts"),
+    ("--max-cost", "$5", "an amount in US dollars (e.g. 2.50)"),
+    ("--temperature", "hot", "a number from 0 to 2"),
+    ("--top-p", "high", "a number from 0 to 1"),
+])
+@pytest.mark.parametrize("command", ["run", "estimate"])
+def test_a_number_option_given_no_number_is_one_line_naming_it(
+    command: str, option: str, value: str, takes: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = cli(capsys, command, "job.toml", option, value)
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == f"{option} takes {takes}, got {value!r}"
+
+
+def test_other_argument_errors_are_one_line_too(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in [
+        (["run", "--from-column", "user"],
+         "--from-column takes FIELD=COLUMN, e.g. user=customer_id, got 'user'"),
+        (["run", "--format", "xlsx"],
+         "--format: invalid choice: 'xlsx' (choose from 'parquet', 'csv', 'jsonl')"),
+        (["run", "--input"], "--input: expected one argument — see batchrunner run --help"),
+        (["simulate", "--port", "x"],
+         "--port: invalid int value: 'x' — see batchrunner simulate --help"),
+    ]:
+        code, out, err = cli(capsys, *argv)
+        assert (code, out) == (2, ""), argv
+        assert one_error_line(err) == message
+
+
+def test_numbers_still_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, *job_args(tmp_path, "--rpm", "600", "--tpm", "1e5",
+                                           "--concurrency", "4", "--max-tokens", "20",
+                                           "--timeout", "30", "--max-attempts", "2",
+                                           "--max-cost", "1", "--temperature", "0.5",
+                                           "--top-p", "1"))
+    assert code == 0, err
+    assert "3 ok" in out
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    return {"batchrunner": parser, **parser.commands}
+
+
+@pytest.mark.parametrize("command", list(_parsers()))
+def test_every_option_has_help(command: str) -> None:
+    parser = _parsers()[command]
+    missing = [a.option_strings or a.dest for a in parser._actions
+               if not a.help or a.help == argparse.SUPPRESS]
+    assert missing == []
+
+
+def test_help_says_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "run", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    assert "--format {parquet,csv,jsonl} results format (default parquet)" in flat
+    for option in ("--temperature X sampling temperature", "--max-tokens N most tokens",
+                   "--top-p P nucleus sampling"):
+        assert option in flat
+
+
+# -- exit codes: what the footer says of report and status is what they do ---------------------
+
+
+def test_report_exits_4_with_rows_left_to_do_and_status_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    flat = " ".join(EPILOG.split())
+    assert "from report: rows are left to do" in flat and "status, estimate: 0 or 2" in flat
+    # A budget below one request's cost stops the run with every row left to do.
+    code, _, err = cli(capsys, *job_args(tmp_path, "--max-cost", "0.0000001"))
+    assert code == 4, err
+    assert cli(capsys, "report", "out")[0] == 4
+    assert cli(capsys, "status", "out")[0] == 0
+    assert cli(capsys, *job_args(tmp_path))[0] == 0
+    assert cli(capsys, "report", "out")[0] == 0
+
+
+# -- report needs the job's input where the job read it ------------------------------------------
+
+
+def test_report_with_the_input_moved_says_to_put_it_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli(capsys, *job_args(tmp_path))[0] == 0
+    inp = tmp_path / "in.csv"
+    inp.rename(tmp_path / "moved.csv")
+    code, out, err = cli(capsys, "report", "out")
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == (
+        f"the job's input {inp} is gone: report rebuilds the results from it — put it back "
+        "at that path, or run the job again with --input naming where it is now (it resumes, "
+        "and rebuilds the results and reports)")
+    # Both ways out work: put it back, or run the job again naming where it is now.
+    (tmp_path / "moved.csv").rename(inp)
+    assert cli(capsys, "report", "out")[0] == 0
+    (tmp_path / "moved").mkdir()
+    inp.rename(tmp_path / "moved" / "in.csv")
+    code, out, err = cli(capsys, *job_args(tmp_path, inp="moved/in.csv"))
+    assert code == 0, err
+    assert "0 requests sent this run" in out
+    assert cli(capsys, "report", "out")[0] == 0
+
+
+def test_report_with_the_input_unreadable_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli(capsys, *job_args(tmp_path))[0] == 0
+    (tmp_path / "in.csv").write_bytes(b"")
+    code, _, err = cli(capsys, "report", "out")
+    assert code == 2
+    assert "the file is empty" in one_error_line(err)
