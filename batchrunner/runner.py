@@ -393,6 +393,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             input_changed=old_meta.get("input_fingerprint") != fingerprint)
         warnings.extend(said)
     meta["rows_checked"] = fingerprint if fresh is None else None
+    if options.retry_failed and np.any(latest.ok == 1) and not np.any(latest.ok == 0):
+        warnings.append("--retry-failed: no row of the input has failed: none is sent again")
     if fresh is not None:  # how many are to be sent again; at the run's end, how many are left
         meta["rows_changed"] = {"found": len(fresh[0]), "left": None}
     if options.rerun_where:

@@ -68,6 +68,10 @@ def test_estimate_of_a_rerun_counts_the_rows_sent_again(
         assert main(["estimate", *args, "--rerun-where", "key != 'b'"]) == 0
         assert ("rows: 3 in the input, 1 already done and kept, 2 to send (2 of them done "
                 "before, sent again)") in capsys.readouterr().out
+        assert main(["estimate", *args, "--retry-failed"]) == 0
+        said = capsys.readouterr()
+        assert ("--retry-failed: no row of the input has failed: none is sent again"
+                in said.out + said.err)
 
 
 def test_estimate_warns_when_the_budget_will_stop_the_run(
