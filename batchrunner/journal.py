@@ -172,6 +172,12 @@ def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) 
     return final
 
 
+# The disk a run holds for its last journal write (``JournalWriter.reserve``): some 2,000 rows
+# of long answers, more than a second's buffer and the requests in flight at a stop.
+RESERVE_BYTES = 16 << 20
+RESERVE_NAME = ".reserve"
+
+
 class JournalWriter:
     """Buffers outcomes and writes them as segments.
 
@@ -185,6 +191,33 @@ class JournalWriter:
         self._seq = 0
         self._buffer: list[Outcome] = []
         self.rows_written = 0
+        self._reserve: Path | None = None
+
+    def reserve(self, nbytes: int = RESERVE_BYTES) -> bool:
+        """Hold ``nbytes`` of disk (a file of that size), freed for the last write if the disk
+        fills up meanwhile, so that what is buffered then, answers paid for, still fits (see
+        ``flush``). Best effort: False when it cannot be had (no room, a file size limit, no
+        ``posix_fallocate``)."""
+        path = self.directory / RESERVE_NAME
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, nbytes)
+            finally:
+                os.close(fd)
+        except (OSError, AttributeError):
+            path.unlink(missing_ok=True)
+            return False
+        self._reserve = path
+        return True
+
+    def release(self) -> bool:
+        """Free the disk ``reserve`` holds; False if it holds none."""
+        if self._reserve is None:
+            return False
+        self._reserve.unlink(missing_ok=True)
+        self._reserve = None
+        return True
 
     def add(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
@@ -211,23 +244,29 @@ class JournalWriter:
         self._buffer[:0] = rows
 
     def flush(self) -> None:
-        """Write what is buffered. A segment that cannot be written (a disk nearly full) is
-        tried in halves, so that as many rows as fit are saved; then the error is raised."""
-        error = self._write_fitting(self.take())
+        """Write what is buffered, the last write of a run: the disk ``reserve`` held is freed
+        after it, or for it when the disk is full. A segment that cannot be written is tried in
+        halves, so that as many rows as fit are saved; then the error is raised."""
+        left, error = self._write_fitting(self.take())
+        if left and self.release():  # the disk filled up: the reserve makes room for them
+            left, error = self._write_fitting(left)
+        self.release()
         if error is not None:
             raise error
 
-    def _write_fitting(self, rows: list[Outcome]) -> OutputError | None:
+    def _write_fitting(self, rows: list[Outcome]) -> tuple[list[Outcome], OutputError | None]:
+        """Write ``rows``, in halves if they do not fit at once: the rows not written, and
+        why."""
         try:
             self.write(rows)
-            return None
+            return [], None
         except OutputError as e:
             if len(rows) <= 1:
-                return e
+                return rows, e
             half = len(rows) // 2
-            first = self._write_fitting(rows[:half])
-            if first is not None:  # not even half fits: the rest would not either
-                return first
+            left, error = self._write_fitting(rows[:half])
+            if error is not None:  # not even half fits: the rest would not either
+                return left + rows[half:], error
             return self._write_fitting(rows[half:])
 
 

@@ -1814,7 +1814,9 @@ def _write_meta(plan: Plan) -> None:
 
 async def _pipeline(run: _Run) -> None:
     """Workers (new rows and retries from one queue) and the journal flusher, until every row
-    is done or the run stops; then whatever is still buffered is written."""
+    is done or the run stops; then whatever is still buffered is written (into the disk held
+    for it if the disk filled up meanwhile)."""
+    run.journal.reserve()
     try:
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:

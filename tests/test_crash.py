@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -511,6 +512,70 @@ def test_disk_full_mid_run_keeps_the_answers_in_flight_and_stops(tmp_path: Path)
         assert sim.stats()["requests"] == n  # the rows saved were not sent again
     df = pd.read_parquet(out / "results.parquet")
     assert len(df) == n and (df["status"] == "ok").all()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MB file system of its own (tmpfs), to be filled up; skipped where one cannot be
+    mounted (not root, or no CAP_SYS_ADMIN)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, timeout=30)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
+
+
+def fill_up(disk: Path) -> Path:
+    """Write a file until ``disk`` has not a byte left."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as f:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(bytes(size))
+    return filler
+
+
+def test_a_disk_filled_up_mid_run_still_takes_the_last_answers(
+        tmp_path: Path, small_disk: Path) -> None:
+    """Another program fills the disk while the job runs: the next segment cannot be written,
+    nor any smaller one. The disk the run held for its last write (JournalWriter.reserve) is
+    freed, and every answer the server gave, paid for, is in the journal when the run fails."""
+    n = 3000
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = small_disk / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
+        args = run_args(inp, sim.base_url, out, "--concurrency", "4")
+        proc = subprocess.Popen(plain_cmd(args), env=child_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not list((out / "journal").glob("seg-*.parquet")):
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+                time.sleep(0.01)
+            filler = fill_up(small_disk)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 1, err
+        line = one_error_line(err)
+        assert "cannot write journal segment" in line, line
+        answered = sim.stats()["requests"]
+        assert len(ok_keys(out)) == answered < n  # every answer saved, and it stopped early
+        assert not (out / "journal" / ".reserve").exists()
+        filler.unlink()
+        done = subprocess.run(plain_cmd([*args[:-1], "32"]), env=child_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert sim.stats()["requests"] == n  # the rows saved were not sent again
+        assert not (out / "journal" / ".reserve").exists()
 
 
 RESULTS_LIMIT = 96 * 1024  # the journal (~30 KB) fits, results with a 1 KB pad a row do not
