@@ -3,8 +3,8 @@
 Exit codes: 0 every row ok; 2 bad usage, job file or input (nothing sent); 3 finished with
 failed rows; 4 stopped early (auth, quota, budget, unreachable, all failing, interrupted) and
 resumable; 5 another run holds the output directory (nothing done); 1 output not written.
-``report`` exits 0, 3 or 4 (rows left to do) as the journal stands; ``status`` and ``estimate``
-exit 0, or 2.
+``report`` exits 0, 3 or 4 (rows left to do) as the journal stands, or 1, 2 or 5 as a run
+would; ``status`` and ``estimate`` exit 0, or 2.
 """
 
 from __future__ import annotations
@@ -227,9 +227,10 @@ def _parse(parser: _Parser, args: list[str]) -> argparse.Namespace:
         # The top level's only options are -h and --version: its first other argument is the
         # command, and what comes before it is the top level's.
         command = next((i for i, a in enumerate(args) if not a.startswith("-")), len(args))
+        full = build_parser()  # simulate's options too, to tell an option of simulate's
         if ns.command is None or args.index(extras[0]) < command:
-            raise _unknown(parser, extras, parser.commands)
-        raise _unknown(parser.commands[ns.command], extras, parser.commands)
+            raise _unknown(full, extras, full.commands)
+        raise _unknown(full.commands[ns.command], extras, full.commands)
     return ns
 
 
@@ -247,7 +248,7 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str],
     for option in options:
         elsewhere = [c for c, p in commands.items() if p is not parser
                      and any(option in a.option_strings for a in p._actions)]
-        close = difflib.get_close_matches(option, own, n=1)
+        close = difflib.get_close_matches(option, own, n=1, cutoff=0.75)
         if elsewhere:
             notes.append(f"{option} (an option of {' and '.join(elsewhere)})")
         elif close:

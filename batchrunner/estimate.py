@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value
 from batchrunner.journal import Journal
-from batchrunner.report import count_rows, format_usd
+from batchrunner.report import count_rows, format_budget, format_usd
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
 __all__ = ["Estimate", "estimate", "format_estimate"]
@@ -176,9 +176,9 @@ def format_estimate(e: Estimate) -> str:
     if total and e.budget_usd is not None and e.spent_usd + total > e.budget_usd:
         left = max(0.0, e.budget_usd - e.spent_usd)
         earlier = f", {format_usd(e.spent_usd)} spent before" if e.spent_usd else ""
-        lines.append(f"  warning: more than max_cost_usd ${e.budget_usd:g}{earlier}: the run "
-                     f"will stop at the budget, after about {int(e.to_send * left / total):,} "
-                     f"of the {e.to_send:,} rows")
+        lines.append(f"  warning: more than max_cost_usd {format_budget(e.budget_usd)}"
+                     f"{earlier}: the run will stop at the budget, after about "
+                     f"{int(e.to_send * left / total):,} of the {e.to_send:,} rows")
     lines.append(f"  completion tokens from: {e.completion_basis}")
     if e.time_s is not None:
         lines.append(f"  time at the job's limits: about {_duration(e.time_s)} "

@@ -175,7 +175,8 @@ def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) 
 # The disk a run holds for its last journal write (``JournalWriter.reserve``): some 2,000 rows
 # of long answers, more than a second's buffer and the requests in flight at a stop.
 RESERVE_BYTES = 16 << 20
-RESERVE_NAME = ".reserve"
+RESERVE_FREE_TIMES = 16  # held only on a disk with 16 times that free (256 MB)
+RESERVE_PREFIX = ".reserve-"  # and the writer's run and id: a killed run's is removed by the next
 
 
 class JournalWriter:
@@ -196,10 +197,14 @@ class JournalWriter:
     def reserve(self, nbytes: int = RESERVE_BYTES) -> bool:
         """Hold ``nbytes`` of disk (a file of that size), freed for the last write if the disk
         fills up meanwhile, so that what is buffered then, answers paid for, still fits (see
-        ``flush``). Best effort: False when it cannot be had (no room, a file size limit, no
-        ``posix_fallocate``)."""
-        path = self.directory / RESERVE_NAME
+        ``flush``). Only on a disk with many times that free, so that a run that fits without
+        it is not stopped by it. Best effort: False when it is not held (a disk short of room,
+        a file size limit, no ``posix_fallocate`` or ``statvfs``: not on Windows or macOS)."""
+        path = self.directory / f"{RESERVE_PREFIX}{self.prefix.removeprefix('seg-').rstrip('-')}"
         try:
+            disk = os.statvfs(self.directory)
+            if disk.f_bavail * disk.f_frsize < RESERVE_FREE_TIMES * nbytes:
+                return False
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.posix_fallocate(fd, 0, nbytes)
@@ -287,8 +292,9 @@ class Journal:
     def remove_temp_files(self) -> list[Path]:
         if not self.directory.is_dir():
             return []
-        stale = [
-            p for p in self.directory.iterdir() if p.name.startswith(".") and ".tmp-" in p.name
+        stale = [  # temporary files, and the disk a killed run held (JournalWriter.reserve)
+            p for p in self.directory.iterdir()
+            if p.name.startswith(".") and (".tmp-" in p.name or p.name.startswith(RESERVE_PREFIX))
         ]
         for p in stale:
             p.unlink(missing_ok=True)

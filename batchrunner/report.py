@@ -97,6 +97,7 @@ __all__ = [
     "changed_warning",
     "count_rows",
     "fails_again",
+    "format_budget",
     "format_ms",
     "format_usd",
     "job_details",
@@ -1001,8 +1002,9 @@ def changed_warning(n: int, *, exact: bool = True) -> str:
     count them)."""
     one = n == 1
     if exact:
-        return (f"{count_rows(n)} changed in the input since {'it was' if one else 'they were'} "
-                f"sent {'is' if one else 'are'} not sent again yet: the results show "
+        return (f"{count_rows(n)} that changed in the input since "
+                f"{'it was' if one else 'they were'} sent {'has' if one else 'have'} not been "
+                "sent again yet: the results show "
                 f"{'its answer' if one else 'their answers'} to the earlier text — rerun the "
                 f"job to send {'it' if one else 'them'}")
     if one:
@@ -1089,6 +1091,11 @@ def format_usd(v: Any) -> str:
     if x == 0 or float(f"{x:.3g}") >= 0.01:
         return f"{sign}${x:,.4f}"
     return f"{sign}${x:.{2 - math.floor(math.log10(x))}f}".rstrip("0")
+
+
+def format_budget(usd: float) -> str:
+    """A budget as its owner wrote it: ``$25.00``, ``$0.0000001`` (not ``$1e-07``)."""
+    return f"${usd:,.2f}" if usd >= 1 else format_usd(usd)
 
 
 def _sig3(x: float) -> str:

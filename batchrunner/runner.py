@@ -92,6 +92,7 @@ from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, Outcome
 from batchrunner.report import (
     changed_warning,
     count_rows,
+    format_budget,
     format_usd,
     retry_advice,
     utc_timestamp,
@@ -394,7 +395,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         warnings.extend(said)
     meta["rows_checked"] = fingerprint if fresh is None else None
     if options.retry_failed and np.any(latest.ok == 1) and not np.any(latest.ok == 0):
-        warnings.append("--retry-failed: no row of the input has failed: none is sent again")
+        warnings.append("--retry-failed: no row of the input has failed: it has nothing to "
+                        "resend")
     if fresh is not None:  # how many are to be sent again; at the run's end, how many are left
         meta["rows_changed"] = {"found": len(fresh[0]), "left": None}
     if options.rerun_where:
@@ -1223,14 +1225,12 @@ class _Run:
                 f"[prices.\"{model}\"] to a job file (prices are set only there) so the "
                 "budget can be kept"))
         elif self.spent + self.reserved + est > self.budget:
-            budget = (f"{self.budget:,.2f}" if self.budget >= 1
-                      else np.format_float_positional(self.budget, trim="-"))  # not 1e-07
             held = (f" and {format_usd(self.reserved)} held for the requests in flight"
                     if self.reserved else "")
             self.stop(BudgetExceeded(
-                f"budget reached: the next request could pass max_cost_usd ${budget} "
-                f"({format_usd(self.spent)} spent{held} when it stopped); raise it (or --max-cost) "
-                "and rerun to continue"))
+                "budget reached: the next request could pass max_cost_usd "
+                f"{format_budget(self.budget)} ({format_usd(self.spent)} spent{held} when it "
+                "stopped); raise it (or --max-cost) and rerun to continue"))
         else:
             self.reserved += est
             return est
@@ -1849,7 +1849,8 @@ def plan_from_output(out_dir: Path) -> Plan:
     out_dir = out_dir.absolute()  # as a run shows it in the reports
     meta_path = out_dir / "job.json"
     meta = read_meta(out_dir)
-    io.remove_stale_temp_files(out_dir)
+    io.remove_stale_temp_files(out_dir)  # the caller holds the output directory's lock
+    Journal(out_dir).remove_temp_files()
     model = (meta.get("request") or {}).get("model")
     job = JobConfig(
         name=meta["name"],

@@ -112,8 +112,9 @@ def test_changed_rows_not_sent_before_a_stop_are_sent_by_the_next_run(
     assert _sent(out) == 0
     meta = json.loads((out / "job.json").read_text())
     assert (meta["rows_checked"], meta["rows_changed"]) == (None, {"found": 2, "left": 2})
-    left = ("2 rows changed in the input since they were sent are not sent again yet: the "
-            "results show their answers to the earlier text — rerun the job to send them")
+    left = ("2 rows that changed in the input since they were sent have not been sent again "
+            "yet: the results show their answers to the earlier text — rerun the job to send "
+            "them")
     assert f"warning: {left}" in capsys.readouterr().out
     report = json.loads((out / "cost_report.json").read_text())
     assert report["rows"]["changed_to_send"] == 2 and left in report["warnings"]

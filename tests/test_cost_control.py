@@ -70,7 +70,7 @@ def test_estimate_of_a_rerun_counts_the_rows_sent_again(
                 "before, sent again)") in capsys.readouterr().out
         assert main(["estimate", *args, "--retry-failed"]) == 0
         said = capsys.readouterr()
-        assert ("--retry-failed: no row of the input has failed: none is sent again"
+        assert ("--retry-failed: no row of the input has failed: it has nothing to resend"
                 in said.out + said.err)
 
 

@@ -516,11 +516,12 @@ def test_disk_full_mid_run_keeps_the_answers_in_flight_and_stops(tmp_path: Path)
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MB file system of its own (tmpfs), to be filled up; skipped where one cannot be
-    mounted (not root, or no CAP_SYS_ADMIN)."""
+    """A 300 MB file system of its own (tmpfs: in memory), to be filled up; skipped where one
+    cannot be mounted (not root, or no CAP_SYS_ADMIN). A run holds its reserve on a disk with
+    256 MB free."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(mount)],
                           capture_output=True, text=True, timeout=30)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
@@ -569,13 +570,13 @@ def test_a_disk_filled_up_mid_run_still_takes_the_last_answers(
         assert "cannot write journal segment" in line, line
         answered = sim.stats()["requests"]
         assert len(ok_keys(out)) == answered < n  # every answer saved, and it stopped early
-        assert not (out / "journal" / ".reserve").exists()
+        assert not list((out / "journal").glob(".reserve-*"))
         filler.unlink()
         done = subprocess.run(plain_cmd([*args[:-1], "32"]), env=child_env(),
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert sim.stats()["requests"] == n  # the rows saved were not sent again
-        assert not (out / "journal" / ".reserve").exists()
+        assert not list((out / "journal").glob(".reserve-*"))
 
 
 RESULTS_LIMIT = 96 * 1024  # the journal (~30 KB) fits, results with a 1 KB pad a row do not

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -296,6 +297,31 @@ def test_journal_segments_round_trip_and_compact(tmp_path: Path) -> None:
     assert sorted(j.read()["key"].to_pylist()) == ["0", "1", "2", "3", "4"]
     mode = j.segments()[0].stat().st_mode & 0o777
     assert mode == 0o600
+
+
+def test_the_journal_reserve_is_held_freed_and_tidied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchrunner.journal as journal_module
+
+    if not hasattr(os, "posix_fallocate"):
+        pytest.skip("no posix_fallocate here: no reserve is held")
+    j = Journal(tmp_path)
+    j.create()
+    w = JournalWriter(j.directory, "run1")
+    assert w.reserve(1 << 20)
+    [held] = j.directory.glob(".reserve-*")
+    assert held.stat().st_size == 1 << 20 and held.name == ".reserve-run1-w0"
+    w.add(Outcome(key="a", status="ok", finished_at=1.0))
+    w.flush()  # the last write frees it
+    assert not held.exists() and len(j.read()) == 1
+    # A disk without many times its size free holds none.
+    monkeypatch.setattr(journal_module, "RESERVE_FREE_TIMES", 10**12)
+    assert not JournalWriter(j.directory, "run2").reserve(1 << 20)
+    assert not list(j.directory.glob(".reserve-*"))
+    # A killed run's is removed by the next run's (or report's) tidying.
+    (j.directory / ".reserve-run3-w0").write_bytes(b"x")
+    j.remove_temp_files()
+    assert not list(j.directory.glob(".reserve-*")) and len(j.segments()) == 1
 
 
 def test_unreadable_segment_is_refused(tmp_path: Path) -> None:
