@@ -125,6 +125,7 @@ EXIT_FAILED_ROWS = 3
 EXIT_STOPPED = 4
 
 FLUSH_EVERY_S = 1.0
+TUNE_EVERY_S = 0.5  # the concurrency is sized again this often
 FLUSH_EVERY_ROWS = 2000
 MAX_RATE_LIMIT_RETRIES = 30
 MAX_ROW_WARNINGS = 5
@@ -1081,8 +1082,10 @@ class _Run:
         return None
 
     def add_workers(self) -> None:
-        """Start workers up to ``target_workers``."""
-        assert self.tasks is not None
+        """Start workers up to ``target_workers``; none once the run is over for them (what
+        ends a worker: see ``_work``), or their group has ended."""
+        if self.tasks is None or self.stopping or (self.rows_done and self.outstanding == 0):
+            return
         while self.workers < self.target_workers:
             self.workers += 1
             self.tasks.start_soon(self.work)
@@ -1596,7 +1599,7 @@ class _Run:
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap."""
         while True:
-            await anyio.sleep(0.5)
+            await anyio.sleep(TUNE_EVERY_S)
             rate = self.limiter.requests_per_second
             if rate is None:
                 target = min(self.max_concurrency, DEFAULT_CONCURRENCY)
@@ -1828,7 +1831,10 @@ async def _pipeline(run: _Run) -> None:
                 async with anyio.create_task_group() as tasks:
                     run.tasks = tasks
                     run.add_workers()
-                tg.cancel_scope.cancel()  # every row is done: stop the helpers
+                # Every row is done: stop the helpers. One whose sleep ended just now still
+                # runs a step before its cancellation is delivered: it starts no worker.
+                run.tasks = None
+                tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(run.journal.flush)

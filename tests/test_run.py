@@ -159,6 +159,23 @@ def report_rows(report: dict[str, Any]) -> int:
 
 
 @pytest.mark.anyio
+async def test_the_concurrency_tuner_starts_no_worker_once_every_row_is_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tuner wakes on every loop turn here, so its wake often falls in the moment after
+    the last worker ended and before it is cancelled: it must not start a worker then."""
+    import batchrunner.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "TUNE_EVERY_S", 0.0)
+    inp = make_csv(tmp_path / "in.csv", 20)
+    async with Simulator(SimulatorConfig()) as sim:
+        for i in range(15):
+            job = job_for(tmp_path, sim.base_url, inp, output=str(tmp_path / f"out{i}"))
+            job = replace(job, limits=replace(job.limits, concurrency=None))
+            s = await run_job(job, FAST)
+            assert (s.exit_code, s.ok) == (0, 20)
+
+
+@pytest.mark.anyio
 async def test_cost_report_totals_equal_the_rows(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", 60)
     async with Simulator(SimulatorConfig(reply_tokens_mean=30)) as sim:
