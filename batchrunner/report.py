@@ -1090,7 +1090,7 @@ def format_usd(v: Any) -> str:
         return f"{sign}${x:,.2f}"
     if x == 0 or float(f"{x:.3g}") >= 0.01:
         return f"{sign}${x:,.4f}"
-    return f"{sign}${x:.{2 - math.floor(math.log10(x))}f}".rstrip("0")
+    return f"{sign}${_sig3(x)}"
 
 
 def format_budget(usd: float) -> str:

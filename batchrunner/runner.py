@@ -440,10 +440,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     # Kept for the run only when a row to send has a record already: what each row has cost
     # so far, NaN where nothing is recorded (8 bytes a row), or, when no row to send has cost
     # anything, which rows have a record (1 byte a row).
+    recorded = latest.ok >= 0
+    resent = ~done & recorded  # rows with a record that are sent again
     spent = latest.cost
     if spent is not None:
-        recorded = latest.ok >= 0
-        resent = ~done & recorded
         if not np.any(resent):
             spent = None
         elif np.any(resent & ~np.isnan(spent)):
@@ -456,7 +456,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_ok=int(np.count_nonzero(done & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & (latest.ok == 0))),
-                resent=int(np.count_nonzero(~done & (latest.ok >= 0))))
+                resent=int(np.count_nonzero(resent)))
     known: Any = meta.get("answered_models")  # carried over from old_meta
     if isinstance(known, list):
         plan.answered_models = frozenset(m for m in known if isinstance(m, str))
