@@ -1,8 +1,9 @@
 """The ``batchrunner`` command: a thin argparse shell around the runner.
 
-Exit codes: 0 every row ok; 2 bad usage, job file or input (nothing sent); 3 finished with
-failed rows; 4 stopped early (auth, quota, budget, unreachable, all failing, interrupted) and
-resumable; 5 another run holds the output directory (nothing done); 1 output not written.
+Exit codes: 0 every row ok (every row --limit sent); 2 bad usage, job file or input (nothing
+sent); 3 finished with failed rows; 4 stopped early (auth, quota, budget, unreachable, all
+failing, interrupted) and resumable; 5 another run holds the output directory (nothing done);
+1 output not written.
 ``report`` exits 0, 3 or 4 (rows left to do) as the journal stands, or 1, 2 or 5 as a run
 would; ``status`` and ``estimate`` exit 0, or 2.
 """
@@ -43,12 +44,13 @@ __all__ = ["before_imports", "main"]
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 EPILOG = """\
-exit codes: 0 all rows ok · 2 bad job, option or input (nothing sent) ·
-            3 finished with failed rows · 4 stopped early (auth, quota, billing or
-            region, budget, endpoint unreachable, every request failing, Ctrl-C),
-            rerun to resume; from report: rows are left to do · 5 another run is
-            using the output directory (nothing done): run again once it ends ·
-            1 output could not be written (disk full) · status, estimate: 0 or 2
+exit codes: 0 all rows ok (all that --limit sent) · 2 bad job, option or
+            input (nothing sent) · 3 finished with failed rows · 4 stopped early
+            (auth, quota, billing or region, budget, endpoint unreachable, every
+            request failing, Ctrl-C), rerun to resume; from report: rows are left
+            to do · 5 another run is using the output directory (nothing done):
+            run again once it ends · 1 output could not be written (disk full) ·
+            status, estimate: 0 or 2
 """
 
 
@@ -71,6 +73,8 @@ def _run_parser(sub: Any) -> None:
     g.add_argument("--force", action="store_true",
                    help="go on although the input, its id column, the request settings or "
                    "the endpoint (the simulator or a real one) changed since the last run")
+    _limit_argument(p, "send at most N rows this run, the first to do in input order (try a "
+                    "prompt on a few rows: a rerun without it sends the rest)")
     p.add_argument("--dry-run", action="store_true",
                    help="estimate rows, tokens, cost and time, and send nothing")
     p.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
@@ -85,6 +89,20 @@ def _run_parser(sub: Any) -> None:
     p.add_argument("--retry-failed", action="store_true", help="count failed rows as to send")
     p.add_argument("--rerun-where", metavar="EXPR", help="count matching rows as to send")
     p.add_argument("--force", action="store_true", help="as for run")
+    _limit_argument(p, "count at most N rows to send, as run --limit sends")
+
+
+def _limit_argument(p: argparse.ArgumentParser, help: str) -> None:
+    def rows(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise UsageError(f"--limit takes a whole number of rows, 1 or more, got {text!r}")
+        return n
+
+    p.add_argument("--limit", type=rows, metavar="N", help=help)
 
 
 def _job_arguments(p: argparse.ArgumentParser) -> None:
@@ -248,7 +266,9 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str],
     for option in options:
         elsewhere = [c for c, p in commands.items() if p is not parser
                      and any(option in a.option_strings for a in p._actions)]
-        close = difflib.get_close_matches(option, own, n=1, cutoff=0.75)
+        # A near miss (--max_tokens), or one of ours with a word before it (--results-format).
+        close = difflib.get_close_matches(option, own, n=1, cutoff=0.75) or [
+            o for o in own if o.startswith("--") and option.endswith(f"-{o[2:]}")][:1]
         if elsewhere:
             notes.append(f"{option} (an option of {' and '.join(elsewhere)})")
         elif close:
@@ -280,7 +300,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         return _cmd_estimate(ns)
     job = load_job(ns.job, _overrides(ns))
     options = RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
-                         force=ns.force, progress=ns.progress)
+                         force=ns.force, progress=ns.progress, limit=ns.limit)
     _tune_gc()
     summary = anyio.run(run_job, job, options, backend_options=event_loop_options())
     print(format_summary(summary))
@@ -293,7 +313,7 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     from batchrunner.runner import RunOptions, prepare
 
     options = RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
-                         force=ns.force)
+                         force=ns.force, limit=ns.limit)
     overrides = _overrides(ns)
     try:
         job = load_job(ns.job, overrides)

@@ -42,6 +42,7 @@ class Estimate:
     already_done: int = 0
     resent: int = 0  # of the rows to send, those done before (retried, rerun or changed)
     to_send: int = 0
+    limited: int = 0  # rows to do that --limit leaves for later runs
     not_sendable: Counter[str] = field(default_factory=Counter)
     not_sendable_examples: list[str] = field(default_factory=list)
     over_context: int = 0
@@ -90,7 +91,8 @@ def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None
 
 def estimate(plan: Plan) -> Estimate:
     job = plan.job
-    est = Estimate(name=job.name, rows=plan.total_rows, already_done=len(plan.done),
+    est = Estimate(name=job.name, rows=plan.total_rows,
+                   already_done=len(plan.done) - plan.limited, limited=plan.limited,
                    resent=plan.resent,
                    price_library=f"genai-prices {plan.prices.library_version}",
                    budget_usd=job.limits.max_cost_usd, spent_usd=plan.prior_cost,
@@ -158,7 +160,8 @@ def format_estimate(e: Estimate) -> str:
     lines = [f"batchrunner: estimate for {e.name} — nothing was sent",
              f"  rows: {e.rows:,} in the input, {e.already_done:,} already done"
              f"{' and kept' if e.resent else ''}, {e.to_send:,} to send"
-             + (f" ({e.resent:,} of them done before, sent again)" if e.resent else "")]
+             + (f" ({e.resent:,} of them done before, sent again)" if e.resent else "")
+             + (f"; {e.limited:,} more left for later runs by --limit" if e.limited else "")]
     rows: list[tuple[str, ...]] = [("model", "rows", "prompt tokens", "completion tokens",
                                     "cost (USD)")]
     for model, m in sorted(e.by_model.items()):

@@ -1017,16 +1017,26 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return removed
 
 
+def _has_zone(typ: pa.DataType) -> bool:
+    return pa.types.is_timestamp(typ) and typ.tz is not None
+
+
+def _utc_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Timestamps with a time zone as RFC 3339 text in UTC, as ``2026-11-30T16:49:23.602Z``:
+    the CSV and JSONL results write a time alike (Arrow's CSV writer would write
+    ``2026-11-30 16:49:23.602Z``), and Python, pandas and JavaScript all read it."""
+    utc = pc.cast(column, pa.timestamp(column.type.unit, tz="UTC"))
+    return pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ")
+
+
 def _for_json(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
     """Columns whose Python values would not read as the data does, made so: timestamps with a
-    time zone as ISO 8601 text with the offset, as ``2026-11-30T16:49:23.602+00:00`` (turned
-    into Python datetimes, pyarrow would import pandas for the zone); float32 as the float64
-    nearest its shortest text (0.7, not 0.699999988079071)."""
+    time zone as ``_utc_text`` (turned into Python datetimes, pyarrow would import pandas for
+    the zone); float32 as the float64 nearest its shortest text (0.7, not 0.699999988079071)."""
     for i, field in enumerate(batch.schema):
         typ = field.type
-        if pa.types.is_timestamp(typ) and typ.tz is not None:
-            text = pc.strftime(batch.column(i), format="%Y-%m-%dT%H:%M:%S%Ez")
-            batch = batch.set_column(i, field.name, text)
+        if _has_zone(typ):
+            batch = batch.set_column(i, field.name, _utc_text(batch.column(i)))
         elif pa.types.is_float32(typ) or pa.types.is_float16(typ):
             shortest = pc.cast(pc.cast(batch.column(i), pa.string()), pa.float64())
             batch = batch.set_column(i, field.name, shortest)
@@ -1047,15 +1057,18 @@ def _json_rows(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
 
 def _not_csv(typ: pa.DataType) -> bool:
     """Whether Arrow's CSV writer cannot write a column of ``typ`` (or not every value of it:
-    binary that is not UTF-8)."""
-    return (pa.types.is_nested(typ) or isinstance(typ, pa.BaseExtensionType)
+    binary that is not UTF-8), or not as ours do (a time with a zone, see ``_utc_text``)."""
+    return (pa.types.is_nested(typ) or isinstance(typ, pa.BaseExtensionType) or _has_zone(typ)
             or pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
             or pa.types.is_fixed_size_binary(typ))
 
 
 def _csv_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """A column ``_not_csv`` as text: lists, structs and maps as JSON, binary as UTF-8 (``\\x``
-    escapes where it is not), an extension type's values (a UUID, say) as ``str`` writes them."""
+    escapes where it is not), an extension type's values (a UUID, say) as ``str`` writes them,
+    a time with a zone as ``_utc_text``."""
+    if _has_zone(column.type):
+        return _utc_text(column)
     if isinstance(column.type, pa.BaseExtensionType):
         return string_array([None if v is None else str(v) for v in column.to_pylist()])
     return prompt_text(column)

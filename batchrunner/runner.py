@@ -159,6 +159,7 @@ GATEWAY_STATUSES = frozenset({502, 503, 504})
 class RunOptions:
     retry_failed: bool = False
     rerun_where: str | None = None
+    limit: int | None = None  # send at most this many rows (the first to do, in input order)
     force: bool = False
     progress: str = "auto"
     retry: RetryPolicy | None = None
@@ -197,14 +198,16 @@ class RunSummary:
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     cost_unknown: int = 0  # ok rows without a cost: no price known, or no usage reported
     cut_off: int = 0  # requests in flight when the run ended (a stop's drain ran out)
+    limit: int | None = None  # --limit, when it held rows back
+    limited: int = 0  # rows to do that --limit left for a later run
     # What this run's requests cost, billed retries included, on a rerun (cost_usd is the
     # job's, earlier runs' rows included); None on a first run.
     run_cost_usd: float | None = None
 
     @property
     def exit_code(self) -> int:
-        if self.stopped or self.pending or self.changed_left:  # rows left to do: a rerun
-            # goes on with them
+        # Rows left to do: a rerun goes on with them. Rows --limit left are what was asked.
+        if self.stopped or ((self.pending or self.changed_left) and not self.limited):
             return EXIT_STOPPED
         return EXIT_FAILED_ROWS if self.failed else EXIT_OK
 
@@ -269,6 +272,7 @@ class Plan:
     prior_ok: int = 0  # rows done before this run, ok and failed (not sent again): the
     prior_failed: int = 0  # progress display counts the whole job's
     resent: int = 0  # rows with a recorded outcome sent again (retried, rerun, or changed)
+    limited: int = 0  # rows to do that --limit holds back (in ``done``: not sent this run)
     # Rows asking for models of their own: the models asked for that earlier runs got answers
     # from (job.json's answered_models), to tell a key that lacks one model.
     answered_models: frozenset[str] = frozenset()
@@ -421,6 +425,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                     else "")
             warnings.append(f"--rerun-where {options.rerun_where!r} matched no row of the "
                             f"input: none is sent again{hint}")
+    held = np.zeros_like(done)
+    if options.limit is not None:  # the first rows to do, in input order, are sent
+        held[np.flatnonzero(~done)[options.limit:]] = True
+        done |= held
     if latest.others.num_rows:  # an id-keyed input that lost rows: ``status`` leaves them out
         others_ok = to_numpy(latest.others["ok"])
         meta["not_in_input"] = {"ok": int(np.count_nonzero(others_ok == 1)),
@@ -454,9 +462,9 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 done=DoneRows(done), fresh=fresh, out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=structured, mixes=mixes,
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
-                prior_ok=int(np.count_nonzero(done & (latest.ok == 1))),
-                prior_failed=int(np.count_nonzero(done & (latest.ok == 0))),
-                resent=int(np.count_nonzero(resent)))
+                prior_ok=int(np.count_nonzero(done & ~held & (latest.ok == 1))),
+                prior_failed=int(np.count_nonzero(done & ~held & (latest.ok == 0))),
+                resent=int(np.count_nonzero(resent)), limited=int(np.count_nonzero(held)))
     known: Any = meta.get("answered_models")  # carried over from old_meta
     if isinstance(known, list):
         plan.answered_models = frozenset(m for m in known if isinstance(m, str))
@@ -1729,7 +1737,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
     plan = prepare(job, options, tidy=lock.held or (existed and lock.unsupported))
     env = environment(job)
     summary = RunSummary(name=job.name, warnings=list(plan.warnings),
-                         simulated=job.endpoint.simulator)
+                         simulated=job.endpoint.simulator, limited=plan.limited,
+                         limit=options.limit if plan.limited else None)
     out_dir = plan.out_dir
     run_id = new_run_id()
     async with _endpoint(job, env) as (base_url, api_key):
@@ -1752,6 +1761,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
                                     "started_at": utc_timestamp(), "finished_at": None,
                                     "stopped": None, "to_send": remaining}
+        if plan.limited:
+            last_run["limit"] = options.limit
         plan.job_meta["last_run"] = last_run
         _write_meta(plan)
         lim = job.limits
@@ -1765,7 +1776,12 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             run = _Run(plan, options, client, limiter, progress,
                        JournalWriter(journal.directory, run_id), max_concurrency=cap,
                        fixed_concurrency=fixed)
-            progress.start(plan.total_rows, plan.total_rows - remaining)
+            # --limit: the bar runs to the rows this run sends, not to the input's.
+            progress.start(plan.total_rows - plan.limited,
+                           plan.total_rows - plan.limited - remaining)
+            if plan.limited:
+                progress.write(f"{job.name}: --limit {options.limit:,}: "
+                               f"{count_rows(plan.limited)} to do left for a later run")
             preload_prices()  # while the first requests are out
             try:
                 await _pipeline(run)
@@ -1956,8 +1972,11 @@ def format_status(out_dir: Path) -> str:
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
         else:
             sent = last.get("sent")
+            limit = last.get("limit")
             lines.append(f"  last run: {last['started_at']} to {last['finished_at']}"
-                         + (f", {sent:,} requests sent" if type(sent) is int else ""))
+                         + (f", {sent:,} request{'' if sent == 1 else 's'} sent"
+                            if type(sent) is int else "")
+                         + (f" (--limit {limit:,})" if type(limit) is int else ""))
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
     return "\n".join(lines)
@@ -2060,8 +2079,12 @@ def format_summary(s: RunSummary) -> str:
             lines.append(f"  {s.cut_off:,} request{'s were' if s.cut_off > 1 else ' was'} still "
                          "in flight and cut off: the server may bill them, and their rows are "
                          "sent again on the next run")
-    elif s.pending:
+    elif s.pending and not s.limited:
         lines.append("  rerun the job to send the rows not done yet")
     elif s.failed:
         lines.append(f"  {retry_advice(s.error_types)}")
+    if s.limited and s.limit and not s.stopped:
+        rows = "row" if s.limit == 1 else f"{s.limit:,} rows"
+        lines.append(f"  --limit {s.limit:,} left {count_rows(s.limited)} to do: run again to "
+                     f"send the next {rows}, or without --limit to send them all")
     return "\n".join(lines)

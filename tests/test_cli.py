@@ -51,6 +51,9 @@ def job_args(tmp_path: Path, *extra: str, inp: str = "in.csv") -> list[str]:
     (["run", "job.toml", "--bogus"], "run has no option --bogus — see batchrunner run --help"),
     (["run", "job.toml", "--max-tokns", "5"],
      "run has no option --max-tokns (did you mean --max-tokens?) — see batchrunner run --help"),
+    (["run", "job.toml", "--results-format", "csv"],
+     "run has no option --results-format (did you mean --format?) — see batchrunner run "
+     "--help"),
     (["run", "job.toml", "--bogus=1", "--dry-rn"],
      "run has no options --bogus, --dry-rn (did you mean --dry-run?) — see batchrunner run "
      "--help"),

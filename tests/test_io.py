@@ -485,6 +485,34 @@ def test_csv_results_have_one_header(tmp_path: Path) -> None:
     assert len(records) == 1 + len(RESULT_ROWS)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_times_with_a_zone_are_written_alike_in_csv_and_jsonl(tmp_path: Path, fmt: str) -> None:
+    """``finished_at`` (and an input's zoned times) as RFC 3339 text in UTC in both text formats:
+    Arrow's CSV writer alone would write ``2026-11-30 16:49:23.602Z``, JSONL used ``+00:00``."""
+    from datetime import UTC, datetime
+
+    at = 1_796_057_363.602  # 2026-11-30T16:49:23.602Z
+    schema = pa.schema([("finished_at", pa.timestamp("ms", tz="UTC")),
+                        ("local", pa.timestamp("s", tz="Europe/Paris")),
+                        ("naive", pa.timestamp("s"))])
+    table = pa.table({"finished_at": pa.array([int(at * 1000), None], pa.int64()),
+                      "local": pa.array([int(at), int(at)], pa.int64()),
+                      "naive": pa.array([int(at), None], pa.int64())})
+    path = tmp_path / f"r.{fmt}"
+    with ResultWriter(path, fmt, schema) as writer:
+        writer.write(table.cast(schema))
+    if fmt == "csv":
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[0]["finished_at"] == "2026-11-30T16:49:23.602Z"
+    assert rows[0]["local"] == "2026-11-30T16:49:23Z"  # the same instant, in UTC
+    assert rows[1]["finished_at"] in ("", None)
+    assert datetime.fromisoformat(rows[0]["finished_at"]) == datetime.fromtimestamp(
+        at, UTC)
+
+
 def test_jsonl_results_keep_nulls_and_floats(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     with ResultWriter(path, "jsonl", RESULT_SCHEMA) as writer:

@@ -886,3 +886,59 @@ def test_report_after_the_input_changed_says_to_run_the_job(
     assert main(["report", str(tmp_path / "out")]) == 2
     assert "in.csv changed since the job's last run" in capsys.readouterr().err
     assert main(args) == 0 and main(["report", str(tmp_path / "out")]) == 0
+
+
+@pytest.mark.anyio
+async def test_limit_sends_the_first_rows_to_do_and_a_rerun_goes_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--limit N sends the first N rows to do, in input order, and exits 0 (what was asked);
+    each rerun with it sends the next N; retried failed rows count among the N."""
+    from batchrunner.estimate import estimate, format_estimate
+    from batchrunner.runner import prepare
+
+    inp = make_csv(tmp_path / "in.csv", 12, marker={1: " [[sim:400]]"})
+
+    def limit(n: int, **kw: Any) -> RunOptions:
+        return replace(FAST, limit=n, **kw)
+
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp)
+        est = estimate(prepare(job, limit(5)))
+        assert (est.to_send, est.already_done, est.limited) == (5, 0, 7)
+        assert "5 to send; 7 more left for later runs by --limit" in format_estimate(est)
+        first = await run_job(job, limit(5))
+        assert (first.ok, first.failed, first.pending, first.limited) == (4, 1, 7, 7)
+        assert first.exit_code == 3  # row 1 failed; no rows left "stopped"
+        assert sim.stats()["requests"] == 5
+        text = format_summary(first)
+        assert "--limit 5 left 7 rows to do: run again to send the next 5 rows" in text
+        assert "--retry-failed" in text
+        done = set(results(tmp_path).dropna(subset=["status"])["id"])
+        assert done == {f"r{i:04d}" for i in range(5)}
+
+        second = await run_job(job, limit(5))
+        assert (second.ok, second.failed, second.pending, second.sent) == (9, 1, 2, 5)
+        # The failed row comes first among the rows to do when retried.
+        third = await run_job(job, limit(2, retry_failed=True))
+        assert third.sent == 2 and (third.ok, third.failed, third.pending) == (10, 1, 1)
+        assert json.loads((tmp_path / "out" / "job.json").read_text())["last_run"]["limit"] == 2
+        assert "(--limit 2)" in format_status(tmp_path / "out")
+
+        last = await run_job(job, limit(50))  # more than is left: as without it
+        assert (last.ok, last.pending, last.limited, last.sent) == (11, 0, 0, 1)
+        assert last.exit_code == 3 and "--limit" not in format_summary(last)
+        assert "limit" not in json.loads((tmp_path / "out" / "job.json").read_text())["last_run"]
+
+
+def test_limit_must_be_a_whole_number_of_rows(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from batchrunner.cli import main
+
+    inp = make_csv(tmp_path / "in.csv", 3)
+    for bad in ("0", "-2", "2.5", "ten"):
+        assert main(["run", "--input", str(inp), "--prompt", "{text}", "--model", "m",
+                     "--simulator", "--output", str(tmp_path / "o"), "--limit", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"batchrunner: error: --limit takes a whole number of rows, 1 or more, " \
+                      f"got {bad!r}"
+    assert not (tmp_path / "o").exists()
