@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -445,6 +446,20 @@ class StreamAssembler:
                              for i, p in parts]).decode()
 
 
+# A secret this long is taken out wherever it stands; a shorter one (a placeholder key such as
+# "x" for a local server, a proxy password) only where it stands alone, not inside a longer
+# word: redacting "x" everywhere would turn "proxy" into "pro[redacted]y".
+_LONG_SECRET = 16
+
+
+def _secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """The short secrets, each where no letter, digit, "_" or "-" touches it."""
+    alternatives = sorted({re.escape(s) for s in secrets}, key=len, reverse=True)
+    if not alternatives:
+        return None
+    return re.compile(rf"(?<![\w-])(?:{'|'.join(alternatives)})(?![\w-])")
+
+
 class ChatClient:
     """Posts chat completion bodies to ``base_url`` over one aiohttp session."""
 
@@ -467,6 +482,7 @@ class ChatClient:
         self._proxy = proxy
         proxy_secrets = proxy.secrets if proxy else ()
         self._secrets = tuple(s for s in (api_key, *secrets, *proxy_secrets) if s)
+        self._short_secrets = _secrets_pattern(s for s in self._secrets if len(s) < _LONG_SECRET)
         # The total timeout is kept by a watchdog (``_watch``), not by aiohttp: aiohttp arms and
         # cancels a timer for every request, 6 µs of CPU each (a twentieth of a request's
         # total); the watchdog looks at the requests in flight a few times a second.
@@ -518,7 +534,10 @@ class ChatClient:
 
     def redact(self, text: str) -> str:
         for s in self._secrets:
-            text = text.replace(s, "[redacted]")
+            if len(s) >= _LONG_SECRET:
+                text = text.replace(s, "[redacted]")
+        if self._short_secrets is not None:
+            text = self._short_secrets.sub("[redacted]", text)
         return text
 
     async def complete(self, body: dict[str, Any], timeout_s: float | None = None) -> ChatResult:

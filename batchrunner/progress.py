@@ -26,14 +26,16 @@ class Counts:
 
 
 class Progress(Protocol):
-    def start(self, total: int | None, done: int) -> None: ...
+    def start(self, total: int | None, done: int, limited: int = 0) -> None:
+        """``total`` rows, ``done`` of them before this run; ``limited``: rows to do that
+        --limit leaves for a later run (not in ``total``: the bar runs to this run's end)."""
     def update(self, counts: Counts, finished: int) -> None: ...
     def write(self, line: str) -> None: ...
     def close(self) -> None: ...
 
 
 class NullProgress:
-    def start(self, total: int | None, done: int) -> None:
+    def start(self, total: int | None, done: int, limited: int = 0) -> None:
         pass
 
     def write(self, line: str) -> None:
@@ -81,9 +83,11 @@ class TqdmProgress:
         self._bar: Any = None
         self._counts: Counts | None = None
 
-    def start(self, total: int | None, done: int) -> None:
+    def start(self, total: int | None, done: int, limited: int = 0) -> None:
         from tqdm import tqdm
 
+        if limited and total is not None:
+            self.write(f"{self._desc}: {_limited(total - done, limited)}")
         self._bar = tqdm(total=total, initial=done, desc=self._desc, unit="row",
                          dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
 
@@ -113,6 +117,11 @@ class TqdmProgress:
             self._bar = None
 
 
+def _limited(sending: int, limited: int) -> str:
+    """What a run under --limit sends: ``sending 20 of the 240 rows to do (--limit)``."""
+    return f"sending {sending:,} of the {sending + limited:,} rows to do (--limit)"
+
+
 def utc_timestamp() -> str:
     """Now, as the outputs and log lines write times: ISO 8601 UTC to the second, e.g.
     ``2026-11-30T02:00:01Z``."""
@@ -131,10 +140,12 @@ class LogProgress:
         self._done = 0
         self._last = self._last_finished = time.monotonic()
 
-    def start(self, total: int | None, done: int) -> None:
+    def start(self, total: int | None, done: int, limited: int = 0) -> None:
         self._total, self._done = total, done
         line = f"{self._desc}: started"
-        if total is not None:
+        if total is not None and limited:
+            line += f", {_limited(total - done, limited)}"
+        elif total is not None:
             line += f", {total - done:,} of {total:,} rows to do"
         if self._every:
             line += f"; a line every {self._every:g} s"

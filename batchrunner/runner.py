@@ -1778,10 +1778,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                        fixed_concurrency=fixed)
             # --limit: the bar runs to the rows this run sends, not to the input's.
             progress.start(plan.total_rows - plan.limited,
-                           plan.total_rows - plan.limited - remaining)
-            if plan.limited:
-                progress.write(f"{job.name}: --limit {options.limit:,}: "
-                               f"{count_rows(plan.limited)} to do left for a later run")
+                           plan.total_rows - plan.limited - remaining, plan.limited)
             preload_prices()  # while the first requests are out
             try:
                 await _pipeline(run)

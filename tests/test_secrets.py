@@ -423,3 +423,23 @@ def test_a_key_is_read_without_surrounding_whitespace_and_refused_with_a_space_i
     assert ("OPENAI_API_KEY holds a space, a line break or another character no API key has "
             "(character 3 of 21); check its value") in said.err
     assert not any(n in said.out + said.err for n in (*NEEDLES, "SECRET"))
+
+
+@pytest.mark.parametrize(("key", "text", "redacted"), [
+    # A placeholder key (a local server's) is taken out where it stands alone, not from words.
+    ("x", "through a company proxy (x) with key x", "through a company proxy ([redacted]) with "
+     "key [redacted]"),
+    ("x", "Incorrect API key provided: x.", "Incorrect API key provided: [redacted]."),
+    ("abc", "Bearer abc, abcd, xabc, abc-1, abc_2, key=abc&x", "Bearer [redacted], abcd, xabc, "
+     "abc-1, abc_2, key=[redacted]&x"),
+    # A real key is taken out wherever it stands, inside a longer string too.
+    (KEY, f"echo:{KEY}x and {KEY[:-1]}", f"echo:[redacted]x and {KEY[:-1]}"),
+])
+def test_redact_takes_a_short_key_out_only_where_it_stands_alone(
+        key: str, text: str, redacted: str) -> None:
+    from batchrunner.client import ChatClient
+
+    client = ChatClient("http://127.0.0.1:9/v1", key, timeout_s=1, connections=1,
+                        secrets=("p4ss",))
+    assert client.redact(text) == redacted
+    assert client.redact("user:p4ss@proxy, p4ssword") == "user:[redacted]@proxy, p4ssword"
