@@ -370,7 +370,7 @@ class StreamAssembler:
                 if text is None or len(delta) > 1:  # not the common content-only delta
                     self._more(parts, delta)
             if choice.get("finish_reason"):
-                parts.finish_reason = choice["finish_reason"]
+                parts.finish_reason = _finish_reason(choice["finish_reason"])
 
     def _field(self, line: bytes) -> None:
         """A line that is neither ``data:`` nor blank: an event's name, a field or comment of
@@ -877,7 +877,7 @@ class ChatClient:
         model = payload.get("model")
         return ChatResult(
             content=content if isinstance(content, str) else None,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=_finish_reason(choice.get("finish_reason")),
             prompt_tokens=pt,
             completion_tokens=ct,
             total_tokens=tt,
@@ -949,6 +949,18 @@ def _reason(e: OSError) -> str:
 def _ratelimit_headers(headers: Any) -> dict[str, str]:
     """The ``x-ratelimit-*`` headers the limiter learns from (names in lower case)."""
     return {name: v for name in _RATELIMIT_HEADERS if (v := headers.get(name)) is not None}
+
+
+def _finish_reason(value: Any) -> str | None:
+    """A choice's ``finish_reason`` as text: a server's odd value (a list, an object, a number)
+    is kept as its JSON text, as the journal's column holds text only (one such reply would
+    otherwise fail the journal's write, and the run with it)."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # not JSON (cannot come from a parsed body): its text
+        return str(value)
 
 
 def _choice_entry(index: Any, content: Any, finish_reason: Any, tool_calls: Any

@@ -1,0 +1,74 @@
+"""Real servers answering in odd ways: gateways, proxies and self-hosted servers that bend the
+Chat Completions format. Each test runs a job over a few rows against a server written here
+(``FaultServer``, on 127.0.0.1 at a random port) and checks that the run ends, that every row
+has an outcome a user can act on, that a rerun finishes what failed, the exit code, and that
+the key is nowhere in what the run left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.test_faults import FaultServer, completion, job_for, make_csv, results, run, sse
+from tests.test_secrets import leaks_in_files
+
+KEY = "sk-test-SECRET-5f3a9c"  # the needle test_secrets.leaks_in_files looks for
+
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
+
+
+def reply(body: dict[str, Any], **choice: Any) -> dict[str, Any]:
+    """A completion whose choice 0 is ``choice`` (merged over a normal one)."""
+    data = completion(body, "x")
+    data["choices"] = [{**data["choices"][0], **choice}]
+    return data
+
+
+def stream_of(*events: dict[str, Any], done: bool = True) -> bytes:
+    return b"".join(sse(e) for e in events) + (b"data: [DONE]\n\n" if done else b"")
+
+
+def delta(content: Any = None, finish: Any = None, **more: Any) -> dict[str, Any]:
+    d = {"content": content, **more} if content is not None else dict(more)
+    return {"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": d, "finish_reason": finish}]}
+
+
+async def sse_response(request: web.BaseRequest, data: bytes) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(data)
+    await response.write_eof()
+    return response
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_finish_reason_that_is_not_text_is_kept_as_json(tmp_path: Path,
+                                                                stream: bool) -> None:
+    """A gateway's ``finish_reason`` as a list or an object was handed to the journal as it
+    came: its write failed (ArrowTypeError), the run crashed with exit 1 and lost the answers
+    it had paid for. It is kept as its JSON text."""
+    inp = make_csv(tmp_path / "in.csv", ["as a list", "as an object", "as text"])
+    odd: dict[str, Any] = {"as a list": ["stop"], "as an object": {"type": "stop"},
+                           "as text": "stop"}
+
+    async def fault(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse:
+        finish = next(v for k, v in odd.items() if k in json.dumps(body))
+        if stream:
+            return await sse_response(request, stream_of(delta("Echo"), delta(None, finish)))
+        return web.json_response(reply(body, finish_reason=finish))
+
+    async with FaultServer(fault) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["status"]) == ["ok"] * 3
+    assert list(df["finish_reason"]) == ['["stop"]', '{"type":"stop"}', "stop"]
+    assert not leaks_in_files(tmp_path / "out")
