@@ -367,7 +367,7 @@ class StreamAssembler:
                     parts.content.append(text)
                     if self.first_token_at is None:
                         self.first_token_at = time.perf_counter()
-                if text is None or len(delta) > 1:  # not the common content-only delta
+                if type(text) is not str or len(delta) > 1:  # not the common content-only delta
                     self._more(parts, delta)
             if choice.get("finish_reason"):
                 parts.finish_reason = _finish_reason(choice["finish_reason"])
@@ -420,8 +420,17 @@ class StreamAssembler:
                 and all(p.finish_reason is not None for p in others.values()))
 
     def _more(self, parts: _Parts, delta: dict[str, Any]) -> None:
-        """The rarer parts of a delta: reasoning, tool calls, annotations."""
+        """The rarer parts of a delta: content as a list of parts, reasoning, tool calls,
+        annotations."""
         thought = delta.get("reasoning_content") or delta.get("reasoning")
+        content = delta.get("content")
+        if type(content) is list:  # Mistral's Magistral: text and thinking parts
+            text, thinking = _content_parts(content)
+            if text:
+                parts.content.append(text)
+            thought = thought or thinking
+            if text and self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
         if isinstance(thought, str) and thought:
             parts.reasoning.append(thought)
             if self.first_token_at is None:
@@ -871,6 +880,9 @@ class ChatClient:
         content = message.get("content")
         pt, ct, tt, cached, reasoning = _usage(payload.get("usage"))
         thought = message.get("reasoning_content") or message.get("reasoning")
+        if type(content) is list:  # Mistral's Magistral: text and thinking parts
+            content, thinking = _content_parts(content)
+            thought = thought or thinking
         calls = message.get("tool_calls")
         notes = message.get("annotations")  # OpenAI's web search: url_citation
         cited = payload.get("citations")  # Grok's live search, Perplexity: URLs
@@ -951,6 +963,30 @@ def _ratelimit_headers(headers: Any) -> dict[str, str]:
     return {name: v for name in _RATELIMIT_HEADERS if (v := headers.get(name)) is not None}
 
 
+def _content_parts(content: list[Any]) -> tuple[str | None, str | None]:
+    """The text and the thinking of a message's (or a delta's) content given as a list of parts,
+    as Mistral's reasoning models (Magistral) send it: ``{"type": "text", "text"}`` parts are
+    the content, ``{"type": "thinking", "thinking": [{"type": "text", "text"}]}`` parts the
+    reasoning; each joined, None where there is none. Read as a string only, such an answer was
+    an ok row with no content."""
+    text: list[str] = []
+    thought: list[str] = []
+    for part in content:
+        if type(part) is not dict:
+            continue
+        kind = part.get("type")
+        if kind == "text" and isinstance(t := part.get("text"), str):
+            text.append(t)
+        elif kind == "thinking":
+            inner = part.get("thinking")
+            if isinstance(inner, str):
+                thought.append(inner)
+            elif type(inner) is list:
+                thought.extend(t for p in inner
+                               if type(p) is dict and isinstance(t := p.get("text"), str))
+    return "".join(text) if text else None, "".join(thought) if thought else None
+
+
 def _finish_reason(value: Any) -> str | None:
     """A choice's ``finish_reason`` as text: a server's odd value (a list, an object, a number)
     is kept as its JSON text, as the journal's column holds text only (one such reply would
@@ -980,7 +1016,10 @@ def _all_choices(choices: list[Any]) -> str:
             m = c.get("message")
             if not isinstance(m, dict):
                 m = {}
-            out.append(_choice_entry(c.get("index"), m.get("content"), c.get("finish_reason"),
+            content = m.get("content")
+            if type(content) is list:
+                content = _content_parts(content)[0]
+            out.append(_choice_entry(c.get("index"), content, c.get("finish_reason"),
                                      m.get("tool_calls")))
     return orjson.dumps(out).decode()
 

@@ -72,3 +72,33 @@ async def test_a_finish_reason_that_is_not_text_is_kept_as_json(tmp_path: Path,
     assert list(df["status"]) == ["ok"] * 3
     assert list(df["finish_reason"]) == ['["stop"]', '{"type":"stop"}', "stop"]
     assert not leaks_in_files(tmp_path / "out")
+
+
+MAGISTRAL_PARTS = [{"type": "thinking", "thinking": [{"type": "text", "text": "Let me see. "},
+                                                     {"type": "text", "text": "Yes."}]},
+                   {"type": "text", "text": "Echo: "}, {"type": "text", "text": "parts"}]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_content_sent_as_a_list_of_parts_is_read(tmp_path: Path, stream: bool) -> None:
+    """Mistral's reasoning models (Magistral) send ``content`` as a list of text and thinking
+    parts, whole or in a stream's deltas. Read as a string only, every row was ok with no
+    content: the answers paid for were lost without a word."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+
+    async def fault(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse:
+        if stream:
+            return await sse_response(request, stream_of(
+                *(delta([part]) for part in MAGISTRAL_PARTS), delta(None, "stop")))
+        return web.json_response(reply(body, message={"role": "assistant",
+                                                      "content": MAGISTRAL_PARTS}))
+
+    async with FaultServer(fault) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: parts"] * 2
+    assert list(df["reasoning_content"]) == ["Let me see. Yes."] * 2
+    assert not leaks_in_files(tmp_path / "out")
