@@ -9,6 +9,7 @@ headers, so the API key cannot leak into them.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import socket
@@ -16,6 +17,8 @@ import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -1080,17 +1083,29 @@ def _billed_usage(usage: Any) -> Usage | None:
 
 
 def _retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds; an HTTP date is ignored)."""
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds, or an HTTP date). A value
+    that is not a finite number of seconds (``inf``, garbage) is no advice: ``inf`` held every
+    request of the job for good."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            wait = float(ms) / 1000.0
         except ValueError:
             pass
+        else:
+            if math.isfinite(wait):
+                return max(0.0, wait)
     s = headers.get("retry-after")
-    if s is not None:
-        try:
-            return max(0.0, float(s))
-        except ValueError:
+    if s is None:
+        return None
+    try:
+        wait = float(s)
+    except ValueError:
+        try:  # RFC 9110 allows an HTTP date ("Wed, 21 Oct 2026 07:28:00 GMT")
+            when = parsedate_to_datetime(s)
+        except (TypeError, ValueError):
             return None
-    return None
+        if when.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+            when = when.replace(tzinfo=UTC)
+        wait = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, wait) if math.isfinite(wait) else None

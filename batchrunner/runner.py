@@ -1365,9 +1365,11 @@ class _Run:
                     item.rate_limited += 1
                     self.counts.rate_limited += 1
                     self.counters["http_429"] += 1
-                    wait = e.retry_after if e.retry_after is not None else backoff(
-                        1, self.policy, None, self.rng)
-                    self.limiter.pause(wait)  # every request waits out the server's advice
+                    # Every request waits out the server's advice, up to the longest wait a
+                    # row's retry takes (an hour's "retry-after: 3600" held the whole job).
+                    wait = min(e.retry_after, self.policy.max_retry_after_s) \
+                        if e.retry_after is not None else backoff(1, self.policy, None, self.rng)
+                    self.limiter.pause(wait)
                     if item.rate_limited == 1:
                         continue
                     if item.rate_limited <= MAX_RATE_LIMIT_RETRIES:

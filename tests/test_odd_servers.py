@@ -8,13 +8,28 @@ the key is nowhere in what the run left behind.
 from __future__ import annotations
 
 import json
+import time
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 
-from tests.test_faults import FaultServer, completion, job_for, make_csv, results, run, sse
+from batchrunner.client import _retry_after
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, run_job
+from tests.test_faults import (
+    FaultServer,
+    completion,
+    error_body,
+    job_for,
+    make_csv,
+    results,
+    run,
+    sse,
+)
 from tests.test_secrets import leaks_in_files
 
 KEY = "sk-test-SECRET-5f3a9c"  # the needle test_secrets.leaks_in_files looks for
@@ -102,3 +117,38 @@ async def test_content_sent_as_a_list_of_parts_is_read(tmp_path: Path, stream: b
     assert list(df["content"]) == ["Echo: parts"] * 2
     assert list(df["reasoning_content"]) == ["Let me see. Yes."] * 2
     assert not leaks_in_files(tmp_path / "out")
+
+
+def test_retry_after_is_read_in_seconds_or_as_a_date_and_infinity_is_no_advice() -> None:
+    soon = formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= (_retry_after({"retry-after": soon}) or 0) <= 30
+    assert _retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # past
+    assert _retry_after({"retry-after": "1.5"}) == 1.5
+    assert _retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    for garbage in ("inf", "1e999", "nan", "soon", ""):
+        assert _retry_after({"retry-after": garbage}) is None, garbage
+        assert _retry_after({"retry-after-ms": garbage}) is None, garbage
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("retry_after", ["3600", "inf"])
+async def test_a_429_asking_for_an_hour_or_for_ever_does_not_hold_the_job(
+        tmp_path: Path, retry_after: str) -> None:
+    """The first 429 of a row paused every request of the job for its ``retry-after`` as
+    given: an hour's, or for good with ``inf`` (the run never ended). The pause is held to the
+    longest wait a row's retry takes (``max_retry_after_s``), ``inf`` ignored."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two", "three"])
+
+    async def limited(srv: FaultServer, request: web.BaseRequest,
+                      body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response(error_body("Rate limit reached", "requests", "rate_limit_"
+                                            "exceeded"), status=429,
+                                 headers={"retry-after": retry_after})
+
+    policy = RetryPolicy(base_s=0.01, max_attempts=3, max_retry_after_s=0.2)
+    async with FaultServer(limited, times=1) as srv:
+        with anyio.fail_after(10):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp),
+                              RunOptions(retry=policy, progress="none", handle_signals=False))
+    assert s.exit_code == 0 and s.ok == 3
+    assert (results(tmp_path)["rate_limited"] == 1).all()
