@@ -569,6 +569,8 @@ class ChatClient:
         stream: StreamAssembler | None = None
         try:
             async with self._session.post(self.url, data=data) as resp:
+                if resp.history and (stop := self._redirected(resp)):
+                    raise stop
                 status = resp.status
                 headers = resp.headers
                 # A gateway may answer a stream request with a plain JSON body (an error, as a
@@ -597,7 +599,7 @@ class ChatClient:
                     raw = b""
                 else:
                     raw = await resp.read()
-        except RequestError:
+        except (RequestError, StopJob):
             raise
         except asyncio.CancelledError:
             # The watchdog's cancellation, and nobody else's: a timeout, not a stop.
@@ -655,7 +657,31 @@ class ChatClient:
             if first.annotations or st.cited else None,
         )
 
+    def _redirected(self, resp: aiohttp.ClientResponse) -> StopJob | None:
+        """The error that stops the job when the endpoint redirected the request where it
+        cannot be answered (every request would go the same way): a 301, 302 or 303 turns the
+        POST into a GET without its body (the server's answer to it, a 405 or a 404, failed
+        every row as if the rows were wrong), and a redirect to another host (``http://`` to
+        ``https://``, say) is not sent the API key (a 401 then blamed the key). None for a
+        307 or 308 on the same host, followed as it should be."""
+        first = resp.history[0]
+        if resp.method == first.method and resp.url.origin() == first.url.origin():
+            return None
+        why = ("another host is not sent the API key" if resp.url.origin() != first.url.origin()
+               else f"the redirect turns the POST into a {resp.method} without its body")
+        to = str(resp.url.with_query(None).with_fragment(None))
+        base = to.removesuffix("/chat/completions") if to.endswith("/chat/completions") \
+            else None
+        fix = f"set the base URL to {base}" if base else "check the base URL"
+        return Unreachable(self.redact(
+            f"the endpoint redirected the request (HTTP {first.status} to {to}): {why} — "
+            f"{fix}, then rerun to resume"))
+
     def _translate(self, e: BaseException) -> RequestError | StopJob:
+        if isinstance(e, aiohttp.TooManyRedirects):  # a loop: every request would go round it
+            return Unreachable(self.redact(
+                f"the endpoint redirected the request {len(e.history)} times without answering "
+                f"(from {self.url}) — check the base URL, then rerun to resume"))
         if isinstance(e, aiohttp.ConnectionTimeoutError):  # before the TimeoutError it also is
             where = urlsplit(self.url)
             to = (f"the proxy {self._proxy_shown()} or through it" if self._proxy

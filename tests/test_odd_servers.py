@@ -152,3 +152,70 @@ async def test_a_429_asking_for_an_hour_or_for_ever_does_not_hold_the_job(
                               RunOptions(retry=policy, progress="none", handle_signals=False))
     assert s.exit_code == 0 and s.ok == 3
     assert (results(tmp_path)["rate_limited"] == 1).all()
+
+
+def redirecting(status: int, to: str) -> Any:
+    """A server whose /v1 redirects (``status``) to ``to`` (``{port}`` filled in) and whose
+    /v2 answers; a GET (what a 301 makes of a POST) is refused with 405, and a request without
+    the key with 401, as real servers do."""
+    async def handle(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse | None:
+        if request.path.startswith("/v1/"):
+            return web.Response(status=status, headers={"Location": to.format(port=srv.port)})
+        return None
+    return handle
+
+
+class RedirectServer(FaultServer):
+    """``FaultServer`` that also answers what a followed redirect sends: a GET (405) and a
+    request without the key (401)."""
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.Response(status=405, text="405: Method Not Allowed")
+        if request.headers.get("Authorization") != f"Bearer {KEY}":
+            return web.json_response(error_body("Missing bearer authentication in header",
+                                                "invalid_request_error", None), status=401)
+        return await super()._handle(request)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("status", "to", "says"), [
+    (301, "/v2/chat/completions", "turns the POST into a GET"),
+    (302, "/v2/chat/completions", "turns the POST into a GET"),
+    (307, "http://localhost:{port}/v2/chat/completions", "another host is not sent the API key"),
+], ids=["301", "302", "307-other-host"])
+async def test_a_redirect_the_request_cannot_follow_stops_the_job_naming_the_url(
+        tmp_path: Path, status: int, to: str, says: str) -> None:
+    """A 301/302 turned the POST into a GET (the server's 405 failed every row, "fix what the
+    endpoint refused", the redirect unsaid), and a redirect to another host (``http://`` to
+    ``https://``, say) dropped the key (a 401: "check the key"). The job stops at once naming
+    the URL to use; rows are left to do, and a run with that base URL finishes them."""
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(6)])
+    async with RedirectServer(redirecting(status, to)) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, concurrency=2))
+        assert s.exit_code == 4 and s.stopped
+        target = to.format(port=srv.port).removesuffix("/chat/completions")
+        if target.startswith("/"):
+            target = f"http://127.0.0.1:{srv.port}{target}"
+        assert says in s.stopped and f"set the base URL to {target}," in s.stopped
+        assert srv.requests <= 2 + 2  # stopped at once: the redirected request and its twin
+        again = await run(job_for(tmp_path, target, inp, concurrency=2))
+    assert again.exit_code == 0 and again.ok == 6
+    assert not leaks_in_files(tmp_path / "out")
+
+
+@pytest.mark.anyio
+async def test_a_307_to_another_path_of_the_same_server_is_followed(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+    async with RedirectServer(redirecting(307, "/v2/chat/completions")) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp))
+    assert s.exit_code == 0 and list(results(tmp_path)["status"]) == ["ok", "ok"]
+
+
+@pytest.mark.anyio
+async def test_a_redirect_loop_stops_the_job(tmp_path: Path) -> None:
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+    async with RedirectServer(redirecting(307, "/v1/chat/completions")) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp))
+    assert s.exit_code == 4 and s.stopped and "redirected the request 10 times" in s.stopped
