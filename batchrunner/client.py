@@ -49,6 +49,10 @@ _MAX_MESSAGE = 300
 _MAX_EVENT = 64 << 20
 _MAX_STRAY = 65536  # bytes of a stream's lines that are not SSE fields kept (an error body)
 _SCAN = 16384  # bytes of an error body read for its message
+# Seconds a stream whose every choice finished is read on for what may follow (its usage chunk,
+# its [DONE]) before it is taken as whole: a server sends them at once (a quarter of the
+# request's timeout at most, so that it ends first).
+_AFTER_FINISH_S = 2.0
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 # The error words a gateway may pass on in a 200 instead of its upstream's status, and the
 # status each stands for (an error a retry cannot fix is not retried; 401, 402 and 403 stop the
@@ -561,6 +565,8 @@ class ChatClient:
             raise RequestError("invalid_request", f"the request body cannot be sent as JSON "
                                f"({e})", retryable=False) from None
         streaming = body.get("stream") is True
+        n = body.get("n")
+        choices = n if type(n) is int and n > 1 else 1
         task = asyncio.current_task()
         assert task is not None
         cancelling = task.cancelling()
@@ -579,13 +585,27 @@ class ChatClient:
                         "Content-Type", "").startswith("application/json"):
                     stream = StreamAssembler()
                     content = resp.content
+                    after_finish = min(_AFTER_FINISH_S, (timeout_s or self.timeout_s) / 4)
                     try:
-                        while chunk := await content.readany():
+                        while True:
+                            if stream.finished(choices):
+                                # The answer is whole: what may follow ([DONE], a late usage
+                                # chunk) comes at once. A server that holds the stream open
+                                # without its [DONE] is not waited for until the timeout (and
+                                # the answer paid for again).
+                                try:
+                                    async with asyncio.timeout(after_finish):
+                                        chunk = await content.readany()
+                                except TimeoutError:
+                                    break
+                            else:
+                                chunk = await content.readany()
+                            if not chunk:
+                                stream.end()
+                                break
                             stream.feed_bytes(chunk)
                             if stream.done:
                                 break
-                        else:
-                            stream.end()
                     except _EventTooLong:
                         raise BadResponseError(
                             "invalid_body", f"a stream event longer than {_MAX_EVENT >> 20} MiB",
@@ -619,9 +639,7 @@ class ChatClient:
             raise self._status_error(status, raw, headers, request_id, body.get("model"))
         hdrs = _ratelimit_headers(headers)
         if stream is not None:
-            n = body.get("n")
-            return self._from_stream(stream, request_id, start, latency_ms, hdrs,
-                                     n if type(n) is int and n > 1 else 1)
+            return self._from_stream(stream, request_id, start, latency_ms, hdrs, choices)
         return self._parse(raw, request_id, latency_ms, hdrs)
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,

@@ -219,3 +219,34 @@ async def test_a_redirect_loop_stops_the_job(tmp_path: Path) -> None:
     async with RedirectServer(redirecting(307, "/v1/chat/completions")) as srv:
         s = await run(job_for(tmp_path, srv.base_url, inp))
     assert s.exit_code == 4 and s.stopped and "redirected the request 10 times" in s.stopped
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("usage", [True, False], ids=["with-usage", "no-usage"])
+async def test_a_stream_held_open_after_its_answer_without_done_is_taken(
+        tmp_path: Path, usage: bool) -> None:
+    """A server that sends the whole answer (and its usage, or none, as vLLM without
+    ``stream_options``) and then holds the connection open with no ``[DONE]``: each attempt
+    waited until the timeout and was sent again (and paid for again), and the row failed as
+    ``timeout``. The answer is taken once nothing more comes."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+    usage_chunk = {"id": "chatcmpl-s", "object": "chat.completion.chunk", "choices": [],
+                   "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}}
+
+    async def held_open(srv: FaultServer, request: web.BaseRequest,
+                        body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        events = [delta("Echo: "), delta("held"), delta(None, "stop")]
+        await response.write(stream_of(*events, *([usage_chunk] if usage else []), done=False))
+        with anyio.move_on_after(30):
+            await srv.closing.wait()
+        return response
+
+    async with FaultServer(held_open) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=2))
+        assert srv.requests == 2  # each row sent once
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: held"] * 2 and (df["attempts"] == 1).all()
+    assert list(df["total_tokens"].fillna(-1)) == [13 if usage else -1] * 2
