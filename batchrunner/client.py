@@ -53,6 +53,9 @@ _SCAN = 16384  # bytes of an error body read for its message
 # its [DONE]) before it is taken as whole: a server sends them at once (a quarter of the
 # request's timeout at most, so that it ends first).
 _AFTER_FINISH_S = 2.0
+# A UTF-8 byte order mark, which some gateways put before a JSON body or a stream (orjson
+# refuses it: every reply was an invalid_body, sent again and paid for again).
+_BOM = b"\xef\xbb\xbf"
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 # The error words a gateway may pass on in a 200 instead of its upstream's status, and the
 # status each stands for (an error a retry cannot fix is not retried; 401, 402 and 403 stop the
@@ -179,7 +182,7 @@ class StreamAssembler:
     top-level ``citations`` (Grok) likewise. ``done`` is set by ``data: [DONE]``.
     """
 
-    __slots__ = ("_after_cr", "_cr_only", "_partial", "_partial_size", "_pending",
+    __slots__ = ("_after_cr", "_begun", "_cr_only", "_partial", "_partial_size", "_pending",
                  "_pending_size", "_stray_size", "cited", "done", "error", "event", "first",
                  "first_token_at", "id", "model", "others", "stray", "usage")
 
@@ -204,6 +207,7 @@ class StreamAssembler:
         self._partial_size = 0
         self._cr_only = False  # a lone CR ended a line: line ends are made LF (feed_bytes)
         self._after_cr = False  # the last piece ended with a CR (its LF may start the next)
+        self._begun = False  # a piece was fed (a BOM is read only before the first)
 
     def feed_bytes(self, chunk: bytes) -> None:
         """A piece of the stream as it arrived: its whole lines are fed (up to ``[DONE]``), and
@@ -211,7 +215,12 @@ class StreamAssembler:
         ``_EventTooLong`` for a line longer than ``_MAX_EVENT``, ValueError as ``feed``.
 
         Lines end with LF, CRLF or a lone CR, as SSE allows: a stream holding a CR not followed
-        by LF has its line ends made LF (a CRLF split between two pieces counted once)."""
+        by LF has its line ends made LF (a CRLF split between two pieces counted once). A
+        UTF-8 byte order mark that starts the stream is dropped, as SSE says."""
+        if not self._begun:
+            self._begun = True
+            if chunk.startswith(_BOM):
+                chunk = chunk[3:]
         if self._cr_only:
             chunk = self._lf_ends(chunk)
         elif (b"\r" in chunk or self._partial) and self._lone_cr(chunk):
@@ -773,7 +782,7 @@ class ChatClient:
         message: str
         gstatus: str | None = None
         try:
-            payload = orjson.loads(raw)
+            payload = orjson.loads(raw[3:] if raw.startswith(_BOM) else raw)
             if isinstance(payload, list) and payload:  # Gemini's OpenAI endpoint: [{"error"}]
                 payload = payload[0]
             err = payload.get("error") if isinstance(payload, dict) else None
@@ -895,7 +904,7 @@ class ChatClient:
         self, raw: bytes, request_id: str | None, latency_ms: float, headers: dict[str, str]
     ) -> ChatResult:
         try:
-            payload = orjson.loads(raw)
+            payload = orjson.loads(raw[3:] if raw.startswith(_BOM) else raw)
         except ValueError:
             raise BadResponseError(
                 "invalid_body", "HTTP 200 with a body that is not JSON", retryable=True,

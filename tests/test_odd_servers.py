@@ -250,3 +250,33 @@ async def test_a_stream_held_open_after_its_answer_without_done_is_taken(
     df = results(tmp_path)
     assert list(df["content"]) == ["Echo: held"] * 2 and (df["attempts"] == 1).all()
     assert list(df["total_tokens"].fillna(-1)) == [13 if usage else -1] * 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_body_that_starts_with_a_byte_order_mark_is_read(tmp_path: Path,
+                                                                 stream: bool) -> None:
+    """A gateway that puts a UTF-8 BOM before its JSON (or its stream): every reply was an
+    ``invalid_body`` ("not JSON"), sent again and paid for again, and every row failed; its
+    error bodies lost their message. The BOM is dropped, as JSON and SSE readers do."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two", "refused"])
+    bom = b"\xef\xbb\xbf"
+
+    async def with_bom(srv: FaultServer, request: web.BaseRequest,
+                       body: dict[str, Any]) -> web.StreamResponse:
+        if "refused" in json.dumps(body):
+            return web.Response(status=400, content_type="application/json", body=bom + json.dumps(
+                error_body("max_tokens is too large", "invalid_request_error", None)).encode())
+        if stream:
+            return await sse_response(request, bom + stream_of(delta("Echo: bom", "stop")))
+        return web.Response(body=bom + json.dumps(completion(body, "bom")).encode(),
+                            content_type="application/json")
+
+    async with FaultServer(with_bom) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+        assert srv.requests == 3
+    assert s.exit_code == 3
+    df = results(tmp_path)
+    assert list(df["status"]) == ["ok", "ok", "failed"]
+    assert list(df["content"][:2]) == ["Echo: bom"] * 2
+    assert df["error_message"].iloc[2] == "max_tokens is too large"
