@@ -793,6 +793,11 @@ class ChatClient:
                 gstatus = err.get("status") if isinstance(err.get("status"), str) else None
             elif isinstance(err, str):
                 message = err
+            elif isinstance(payload, dict) and isinstance(
+                    said := payload.get("message") or payload.get("detail"), str):
+                # vLLM's {"object": "error", "message"}, FastAPI's {"detail"}: not the body's
+                # JSON text, cut at _MAX_MESSAGE, but what it says
+                message = said
             else:
                 message = raw[:_SCAN].decode("utf-8", "replace")
         except (ValueError, AttributeError):

@@ -280,3 +280,35 @@ async def test_a_body_that_starts_with_a_byte_order_mark_is_read(tmp_path: Path,
     assert list(df["status"]) == ["ok", "ok", "failed"]
     assert list(df["content"][:2]) == ["Echo: bom"] * 2
     assert df["error_message"].iloc[2] == "max_tokens is too large"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("refusal", [
+    {"object": "error", "type": "BadRequestError", "param": None, "code": 400,
+     "message": "This model's maximum context length is 4096 tokens. However, you requested "
+                "5000 tokens (4000 in the messages, 1000 in the completion). Please reduce the "
+                "length of the messages or completion."},
+    {"detail": "This model's maximum context length is 4096 tokens. However, you requested "
+               "5000 tokens (4000 in the messages, 1000 in the completion). Please reduce the "
+               "length of the messages or completion."},
+], ids=["vllm", "fastapi"])
+async def test_a_400_without_an_error_object_fails_its_row_with_what_it_says(
+        tmp_path: Path, refusal: dict[str, Any]) -> None:
+    """vLLM (before it took OpenAI's shape) and FastAPI servers put the message at the top of
+    their error body: the row's error_message was the body's JSON text, cut at 300
+    characters. It is the message; the other rows are done."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "too long", "three"])
+
+    async def refuse(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse | None:
+        return web.json_response(refusal, status=400) if "too long" in json.dumps(body) else None
+
+    async with FaultServer(refuse) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp))
+    assert s.exit_code == 3
+    df = results(tmp_path)
+    assert list(df["status"]) == ["ok", "failed", "ok"]
+    assert df["error_type"].iloc[1] == "http_400"
+    assert df["error_message"].iloc[1].startswith("This model's maximum context length is 4096 "
+                                                  "tokens. However,")
+    assert df["error_message"].iloc[1].endswith("of the messages or completion.")
