@@ -500,10 +500,13 @@ class ChatClient:
         key_origin: str | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self._key_origin = key_origin  # where the key was read, for a refused key's message
+        # Where the key was read, for a refused key's message; with no key, the variable that
+        # would hold it.
+        self._key_origin = key_origin
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        self._keyless = not api_key
         self._proxy = proxy
         proxy_secrets = proxy.secrets if proxy else ()
         self._secrets = tuple(s for s in (api_key, *secrets, *proxy_secrets) if s)
@@ -817,7 +820,7 @@ class ChatClient:
         if status == 407 and (stop := self._proxy_refused(status, message)):
             raise stop
         if halt := _stop_job(status, f"HTTP {status}", code, etype, message, gstatus,
-                             key_origin=self._key_origin,
+                             key_origin=self._key_origin, keyless=self._keyless,
                              model=self.redact(model) if isinstance(model, str) else None):
             raise halt
         if status == 429 and "request too large for" in message.lower():
@@ -871,7 +874,7 @@ class ChatClient:
                              code if isinstance(code, str) else None,
                              etype if isinstance(etype, str) else None, message,
                              gstatus if isinstance(gstatus, str) else None,
-                             key_origin=self._key_origin):
+                             key_origin=self._key_origin, keyless=self._keyless):
             raise stop
         if shown is not None and named not in text:
             message = self.redact(f"{text or 'no message'} ({shown[0]} {named})")[:_MAX_MESSAGE]
@@ -973,11 +976,12 @@ _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "r
 
 def _stop_job(status: int, said: str, code: str | None, etype: str | None, message: str,
               gstatus: str | None = None, *, key_origin: str | None = None,
-              model: str | None = None) -> StopJob | None:
+              keyless: bool = False, model: str | None = None) -> StopJob | None:
     """The error that stops the job for an answer every other request would get too: a
     refused key (401/403: ``key_origin`` says where it was read, ``model`` what was asked
-    for), no money left (402, 429 ``insufficient_quota``), an account that cannot use the API
-    (Google's ``FAILED_PRECONDITION``, ``gstatus``); else None."""
+    for; ``keyless``: none was sent, ``key_origin`` names the variable), no money left (402,
+    429 ``insufficient_quota``), an account that cannot use the API (Google's
+    ``FAILED_PRECONDITION``, ``gstatus``); else None."""
     if ("FAILED_PRECONDITION" in (code, etype, gstatus) and status < 500
             and _ACCOUNT.search(message)):
         said = said if said.endswith("FAILED_PRECONDITION") else f"{said} FAILED_PRECONDITION"
@@ -988,6 +992,10 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
             "region it serves), then rerun to resume")
     if status in (401, 403):
         balance = bool(_BALANCE.search(message))
+        if keyless and status == 401:
+            return AuthError(f"the endpoint wants an API key ({said}: {message}) — none was "
+                             f"sent: set {key_origin or 'OPENAI_API_KEY'} in the environment "
+                             "or a .env file, then rerun to resume", status=status)
         if balance:
             fix = ("the account's balance or quota looks used up: top up the balance (or raise "
                    "the key's quota), then rerun to resume")

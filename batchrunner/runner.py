@@ -56,6 +56,7 @@ from batchrunner.arrow import (
 )
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import (
+    DEFAULT_API_KEY_ENV,
     OUTPUT_FORMATS,
     OVERRIDES,
     JobConfig,
@@ -1686,9 +1687,17 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
         )
     base_url = check_base_url(base_url, variable if not job.endpoint.base_url
                               else "[endpoint] base_url")
-    key = check_api_key(env.get(job.endpoint.api_key_env, ""), job.endpoint.api_key_env)
+    variable = job.endpoint.api_key_env
+    key = check_api_key(env.get(variable, ""), variable)
+    if variable == DEFAULT_API_KEY_ENV and variable not in env and is_loopback(
+            (urlsplit(base_url).hostname or "").lower().rstrip(".")):
+        # A server on this machine (vLLM started without --api-key, `batchrunner simulate`)
+        # may want no key: with none set, none is sent, and a 401 says to set one. (A variable
+        # set to nothing, or one the job names that is not set, is refused below, as anywhere:
+        # it looks like a mistake.)
+        yield base_url, None
+        return
     if not key:
-        variable = job.endpoint.api_key_env
         if variable in env:  # set, but to nothing (an environment variable wins over .env)
             wins = (" (set in the environment, even empty, it wins over a .env file)"
                     if variable in os.environ else "")
@@ -1772,7 +1781,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         progress = make_progress(job.name, options.progress)
         fixed = lim.concurrency is not None
         cap = lim.concurrency or MAX_AUTO_CONCURRENCY
-        key_origin = None if job.endpoint.simulator else origin(job, job.endpoint.api_key_env)
+        key_origin = (None if job.endpoint.simulator else origin(job, job.endpoint.api_key_env)
+                      if api_key else job.endpoint.api_key_env)
         async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s,
                               connections=cap, proxy=proxy, key_origin=key_origin) as client:
             run = _Run(plan, options, client, limiter, progress,

@@ -537,6 +537,8 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 @case("no API key")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.monkeypatch.delenv("OPENAI_API_KEY")
+    # The simulator as a remote endpoint: one on this machine is sent no key when none is set.
+    c.monkeypatch.setattr("batchrunner.runner.is_loopback", lambda host: False)
     return c.args(c.good_csv()), ["no API key", "OPENAI_API_KEY", ".env"]
 
 

@@ -942,3 +942,25 @@ def test_limit_must_be_a_whole_number_of_rows(tmp_path: Path,
         assert err == f"batchrunner: error: --limit takes a whole number of rows, 1 or more, " \
                       f"got {bad!r}"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.anyio
+async def test_a_server_on_this_machine_is_sent_no_key_when_none_is_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM started without --api-key, or `batchrunner simulate`, on 127.0.0.1: with
+    OPENAI_API_KEY unset the run sends no Authorization header; a server that wants one stops
+    the job saying to set it, and a rerun with it finishes."""
+    monkeypatch.delenv("OPENAI_API_KEY")
+    inp = make_csv(tmp_path / "in.csv", 6)
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+        assert (s.exit_code, s.ok) == (0, 6)
+    out = tmp_path / "other"
+    async with Simulator(SimulatorConfig(api_key=KEY)) as sim:
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, output=str(out)), FAST)
+        assert s.exit_code == 4 and s.stopped is not None
+        assert "the endpoint wants an API key (HTTP 401" in s.stopped
+        assert "none was sent: set OPENAI_API_KEY in the environment or a .env file" in s.stopped
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, output=str(out)), FAST)
+        assert (s.exit_code, s.ok) == (0, 6)
