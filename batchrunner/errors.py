@@ -9,6 +9,7 @@
     ├── StopJob                       the whole job must stop now, resumable (exit 4)
     │   ├── AuthError                 401/403: the key is wrong or lacks access
     │   ├── QuotaError                402, 429 insufficient_quota: the account is out of credit
+    │   │                             (or 429s asking to wait past what the job waits)
     │   ├── AccountError              the account cannot use the API: billing off, region not served
     │   ├── BudgetExceeded            the next request could pass max_cost_usd
     │   ├── Unreachable               no connection to the endpoint through a row's retries
@@ -100,7 +101,8 @@ class AuthError(StopJob):
 
 
 class QuotaError(StopJob):
-    """The account has no quota or balance left (402, 429 insufficient_quota)."""
+    """The account has no quota or balance left (402, 429 insufficient_quota), or 429s ask for
+    a longer wait than the job waits (a daily limit)."""
 
 
 class AccountError(StopJob):

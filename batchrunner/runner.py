@@ -78,6 +78,7 @@ from batchrunner.errors import (
     Interrupted,
     JournalError,
     OutputError,
+    QuotaError,
     RequestError,
     StopJob,
     Unreachable,
@@ -129,6 +130,10 @@ FLUSH_EVERY_S = 1.0
 TUNE_EVERY_S = 0.5  # the concurrency is sized again this often
 FLUSH_EVERY_ROWS = 2000
 MAX_RATE_LIMIT_RETRIES = 30
+# 429s in a row (no answer between) whose retry-after asks for a longer wait than the job
+# waits (RetryPolicy.max_retry_after_s): a daily limit, say. The job stops; one such 429 alone
+# (a server's fluke) only pauses it.
+LONG_WAITS_TO_STOP = 2
 MAX_ROW_WARNINGS = 5
 DEFAULT_COMPLETION_ESTIMATE = 256
 DEFAULT_CONCURRENCY = 64  # in flight when no rate limit is known
@@ -995,6 +1000,7 @@ class _Run:
         self.to_do = max(1, plan.total_rows - len(plan.done))
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
+        self.long_waits = 0  # 429s in a row asking to wait longer than the job waits
         self.transient: set[str] = set()  # error types rows failed with after every retry
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
@@ -1366,6 +1372,11 @@ class _Run:
                     item.rate_limited += 1
                     self.counts.rate_limited += 1
                     self.counters["http_429"] += 1
+                    if e.retry_after is not None and e.retry_after > self.policy.max_retry_after_s:
+                        self.long_waits += 1
+                        if self.long_waits >= LONG_WAITS_TO_STOP:
+                            self._wait_too_long(e, e.retry_after)
+                            return None, None  # not a failure of the row: left to do
                     # Every request waits out the server's advice, up to the longest wait a
                     # row's retry takes (an hour's "retry-after: 3600" held the whole job).
                     wait = min(e.retry_after, self.policy.max_retry_after_s) \
@@ -1416,6 +1427,7 @@ class _Run:
                 ), None
             counts.in_flight -= 1
             self._answered(sent_at)
+            self.long_waits = 0
             return self._success(item, res, charge), None
 
     def _hold(self, item: _Work, refused: Outcome | None) -> None:
@@ -1534,6 +1546,16 @@ class _Run:
         self.stop(Unreachable(
             f"no connection to the endpoint for {silent_s:.1f} s ({what}): {e.message} — check "
             "the base URL, the network and any proxy, then rerun to resume"))
+
+    def _wait_too_long(self, e: RequestError, wait_s: float) -> None:
+        """Stop the job: 429s in a row ask for a longer wait than the job waits (a daily
+        limit, say), so every row would be refused until then."""
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + wait_s))
+        shown = f"{wait_s / 3600:,.1f} h" if wait_s >= 7200 else f"{wait_s / 60:,.0f} min"
+        self.stop(QuotaError(
+            f"the endpoint asks to wait {shown} before the next request (retry-after "
+            f"{wait_s:,.0f} s, until {until}; {e.message}), longer than the job waits "
+            f"({self.policy.max_retry_after_s:g} s): rerun then to resume"))
 
     def _billed(self, item: _Work, e: RequestError) -> float | None:
         """What a failed attempt was billed, when its answer reported usage (a 200 without a

@@ -130,26 +130,65 @@ def test_retry_after_is_read_in_seconds_or_as_a_date_and_infinity_is_no_advice()
         assert _retry_after({"retry-after-ms": garbage}) is None, garbage
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("retry_after", ["3600", "inf"])
-async def test_a_429_asking_for_an_hour_or_for_ever_does_not_hold_the_job(
-        tmp_path: Path, retry_after: str) -> None:
-    """The first 429 of a row paused every request of the job for its ``retry-after`` as
-    given: an hour's, or for good with ``inf`` (the run never ended). The pause is held to the
-    longest wait a row's retry takes (``max_retry_after_s``), ``inf`` ignored."""
-    inp = make_csv(tmp_path / "in.csv", ["one", "two", "three"])
-
+def too_many(retry_after: str, only: tuple[str, ...] = ()) -> Any:
+    """A fault: 429 with ``retry-after`` (for the rows whose prompt holds one of ``only``, or
+    all)."""
     async def limited(srv: FaultServer, request: web.BaseRequest,
-                      body: dict[str, Any]) -> web.StreamResponse:
+                      body: dict[str, Any]) -> web.StreamResponse | None:
+        if only and not any(word in json.dumps(body) for word in only):
+            return None
         return web.json_response(error_body("Rate limit reached", "requests", "rate_limit_"
                                             "exceeded"), status=429,
                                  headers={"retry-after": retry_after})
+    return limited
 
-    policy = RetryPolicy(base_s=0.01, max_attempts=3, max_retry_after_s=0.2)
-    async with FaultServer(limited, times=1) as srv:
+
+LONG_WAITS = RunOptions(retry=RetryPolicy(base_s=0.01, max_attempts=3, max_retry_after_s=0.2),
+                        progress="none", handle_signals=False)
+
+
+@pytest.mark.anyio
+async def test_one_429_asking_for_an_hour_pauses_the_job_no_longer_than_it_waits(
+        tmp_path: Path) -> None:
+    """The first 429 of a row paused every request of the job for its ``retry-after`` as
+    given: an hour's. The pause is held to the longest wait a row's retry takes
+    (``max_retry_after_s``), and such a 429 with an answer after it does not stop the job."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two", "three"])
+    async with FaultServer(too_many("3600", only=("one", "three")), times=1) as srv:
         with anyio.fail_after(10):
-            s = await run_job(job_for(tmp_path, srv.base_url, inp),
-                              RunOptions(retry=policy, progress="none", handle_signals=False))
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, concurrency=1), LONG_WAITS)
+    assert s.exit_code == 0 and s.ok == 3
+    assert results(tmp_path)["rate_limited"].tolist() == [1, 0, 1]
+
+
+@pytest.mark.anyio
+async def test_429s_in_a_row_asking_for_longer_than_the_job_waits_stop_it(
+        tmp_path: Path) -> None:
+    """A daily limit: every request is answered "come back in an hour". The job stops at the
+    second such 429 (exit 4) saying until when, rather than send every row 30 times and fail
+    it; the rows are left to do, and a rerun finishes them."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two", "three"])
+    async with FaultServer(too_many("3600")) as srv:
+        with anyio.fail_after(10):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp), LONG_WAITS)
+        assert s.exit_code == 4 and s.stopped is not None and s.pending == 3
+        assert s.stopped.startswith("the endpoint asks to wait 60 min before the next request "
+                                    "(retry-after 3,600 s, until ")
+        assert "Rate limit reached" in s.stopped and "rerun then to resume" in s.stopped
+        assert srv.requests <= 3
+        srv.healthy = True
+        s = await run_job(job_for(tmp_path, srv.base_url, inp), LONG_WAITS)
+    assert s.exit_code == 0 and s.ok == 3
+
+
+@pytest.mark.anyio
+async def test_a_429_asking_to_wait_for_ever_is_no_advice(tmp_path: Path) -> None:
+    """``retry-after: inf`` paused every request of the job for good (the run never ended):
+    it is ignored, the row backs off as without it."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two", "three"])
+    async with FaultServer(too_many("inf"), times=1) as srv:
+        with anyio.fail_after(10):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp), LONG_WAITS)
     assert s.exit_code == 0 and s.ok == 3
     assert (results(tmp_path)["rate_limited"] == 1).all()
 
