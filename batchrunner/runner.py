@@ -1803,8 +1803,12 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         progress = make_progress(job.name, options.progress)
         fixed = lim.concurrency is not None
         cap = lim.concurrency or MAX_AUTO_CONCURRENCY
-        key_origin = (None if job.endpoint.simulator else origin(job, job.endpoint.api_key_env)
-                      if api_key else job.endpoint.api_key_env)
+        # Where the key was read, for a refused key's message; with none sent, its variable.
+        key_origin: str | None = job.endpoint.api_key_env
+        if job.endpoint.simulator:
+            key_origin = None
+        elif api_key:
+            key_origin = origin(job, job.endpoint.api_key_env)
         async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s,
                               connections=cap, proxy=proxy, key_origin=key_origin) as client:
             run = _Run(plan, options, client, limiter, progress,
