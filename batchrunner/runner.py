@@ -1001,6 +1001,9 @@ class _Run:
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
         self.long_waits = 0  # 429s in a row asking to wait longer than the job waits
+        # When the last of them came: one to a request sent before it (in flight at the time,
+        # its twin) is not another in a row.
+        self.long_wait_at = -math.inf
         self.transient: set[str] = set()  # error types rows failed with after every retry
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
@@ -1372,8 +1375,10 @@ class _Run:
                     item.rate_limited += 1
                     self.counts.rate_limited += 1
                     self.counters["http_429"] += 1
-                    if e.retry_after is not None and e.retry_after > self.policy.max_retry_after_s:
+                    if (e.retry_after is not None and e.retry_after > self.policy.max_retry_after_s
+                            and sent_at > self.long_wait_at):
                         self.long_waits += 1
+                        self.long_wait_at = time.perf_counter()
                         if self.long_waits >= LONG_WAITS_TO_STOP:
                             self._wait_too_long(e, e.retry_after)
                             return None, None  # not a failure of the row: left to do

@@ -162,6 +162,22 @@ async def test_one_429_asking_for_an_hour_pauses_the_job_no_longer_than_it_waits
 
 
 @pytest.mark.anyio
+async def test_429s_asking_for_an_hour_to_requests_in_flight_together_pause_the_job(
+        tmp_path: Path) -> None:
+    """Requests in flight together that all meet the one 429 asking for an hour (a gateway
+    turning away everything for a moment) are answered by one pause, not two 429s in a row:
+    they were sent before the first said to wait. The job stopped (exit 4) where a job sending
+    one request at a time went on."""
+    words = [f"w{i}" for i in range(12)]
+    inp = make_csv(tmp_path / "in.csv", words)
+    async with FaultServer(too_many("3600", only=("w3", "w4", "w5", "w6")), times=1) as srv:
+        with anyio.fail_after(10):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, concurrency=8), LONG_WAITS)
+    assert s.stopped is None and s.exit_code == 0 and s.ok == 12
+    assert results(tmp_path)["rate_limited"].tolist() == [0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.anyio
 async def test_429s_in_a_row_asking_for_longer_than_the_job_waits_stop_it(
         tmp_path: Path) -> None:
     """A daily limit: every request is answered "come back in an hour". The job stops at the
@@ -175,7 +191,7 @@ async def test_429s_in_a_row_asking_for_longer_than_the_job_waits_stop_it(
         assert s.stopped.startswith("the endpoint asks to wait 60 min before the next request "
                                     "(retry-after 3,600 s, until ")
         assert "Rate limit reached" in s.stopped and "rerun then to resume" in s.stopped
-        assert srv.requests <= 3
+        assert srv.requests <= 3 * 2  # each row once, and once more after the pause
         srv.healthy = True
         s = await run_job(job_for(tmp_path, srv.base_url, inp), LONG_WAITS)
     assert s.exit_code == 0 and s.ok == 3
