@@ -635,11 +635,15 @@ class ChatClient:
             raise
         except asyncio.CancelledError:
             # The watchdog's cancellation, and nobody else's: a timeout, not a stop.
-            if task in self._expired and task.uncancel() <= cancelling:
+            if not (task in self._expired and task.uncancel() <= cancelling):
+                raise
+            if stream is None or not stream.finished(choices):
                 raise TransportError(
                     "timeout", f"no complete answer within {timeout_s or self.timeout_s:g} s",
                     retryable=True) from None
-            raise
+            # Its every choice finished before the deadline, which came while what may follow
+            # was waited for (an answer that finished late, held open): whole, taken.
+            raw = b""
         except Exception as e:
             raise self._translate(e) from None
         finally:

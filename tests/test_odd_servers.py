@@ -308,6 +308,33 @@ async def test_a_stream_held_open_after_its_answer_without_done_is_taken(
 
 
 @pytest.mark.anyio
+async def test_a_stream_that_finishes_near_its_timeout_and_is_held_open_is_taken(
+        tmp_path: Path) -> None:
+    """The answer finished in the last quarter of the timeout, then the server held the
+    stream open without ``[DONE]``: the timeout came while what may follow was waited for,
+    and the whole answer was thrown away, sent again and paid for again."""
+    inp = make_csv(tmp_path / "in.csv", ["one"])
+
+    async def late(srv: FaultServer, request: web.BaseRequest,
+                   body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(stream_of(delta("Echo: "), done=False))
+        await anyio.sleep(1.7)  # of the 2 s the request has: after_finish is 0.5 s
+        await response.write(stream_of(delta("late"), delta(None, "stop"), done=False))
+        with anyio.move_on_after(30):
+            await srv.closing.wait()
+        return response
+
+    async with FaultServer(late) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=2))
+        assert srv.requests == 1
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: late"] and list(df["attempts"]) == [1]
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 async def test_a_body_that_starts_with_a_byte_order_mark_is_read(tmp_path: Path,
                                                                  stream: bool) -> None:
