@@ -478,11 +478,14 @@ _LONG_SECRET = 16
 
 
 def _secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
-    """The short secrets, each where no letter, digit, "_" or "-" touches it."""
+    """The short secrets, each where no letter, digit, "_" or "-" touches it; the letter or
+    digit that ends an escape before it (``%20``, ``%3D`` URL-encoded, ``\\n``, ``\\u0020`` in
+    JSON text) does not count: it stands alone there."""
     alternatives = sorted({re.escape(s) for s in secrets}, key=len, reverse=True)
     if not alternatives:
         return None
-    return re.compile(rf"(?<![\w-])(?:{'|'.join(alternatives)})(?![\w-])")
+    return re.compile(rf"(?:(?<![\w-])|(?<=%[0-9A-Fa-f]{{2}})|(?<=\\[bfnrt])"
+                      rf"|(?<=\\u[0-9A-Fa-f]{{4}}))(?:{'|'.join(alternatives)})(?![\w-])")
 
 
 class ChatClient:

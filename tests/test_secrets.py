@@ -432,6 +432,11 @@ def test_a_key_is_read_without_surrounding_whitespace_and_refused_with_a_space_i
     ("x", "Incorrect API key provided: x.", "Incorrect API key provided: [redacted]."),
     ("abc", "Bearer abc, abcd, xabc, abc-1, abc_2, key=abc&x", "Bearer [redacted], abcd, xabc, "
      "abc-1, abc_2, key=[redacted]&x"),
+    # After an escape (URL-encoded, or in a JSON body's text) it stands alone too: vLLM's
+    # example key was left in these.
+    ("token-abc123", "Bearer%20token-abc123, key%3Dtoken-abc123&x, \\ntoken-abc123, "
+     "\\u0020token-abc123, ntoken-abc123", "Bearer%20[redacted], key%3D[redacted]&x, "
+     "\\n[redacted], \\u0020[redacted], ntoken-abc123"),
     # A real key is taken out wherever it stands, inside a longer string too.
     (KEY, f"echo:{KEY}x and {KEY[:-1]}", f"echo:[redacted]x and {KEY[:-1]}"),
 ])
