@@ -999,7 +999,8 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
             "region it serves), then rerun to resume")
     if status in (401, 403):
         balance = bool(_BALANCE.search(message))
-        if keyless and status == 401:
+        # (FastAPI's HTTPBearer answers a request without a key with 403 Not authenticated.)
+        if keyless and (status == 401 or not balance):
             return AuthError(f"the endpoint wants an API key ({said}: {message}) — none was "
                              f"sent: set {key_origin or 'OPENAI_API_KEY'} in the environment "
                              "or a .env file, then rerun to resume", status=status)

@@ -964,3 +964,29 @@ async def test_a_server_on_this_machine_is_sent_no_key_when_none_is_set(
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
         s = await run_job(job_for(tmp_path, sim.base_url, inp, output=str(out)), FAST)
         assert (s.exit_code, s.ok) == (0, 6)
+
+
+@pytest.mark.anyio
+async def test_a_server_on_this_machine_that_answers_no_key_with_403_says_none_was_sent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FastAPI's HTTPBearer (before 0.121), which many local servers use, answers a request
+    without a key with 403 {"detail": "Not authenticated"}: the job stopped saying the endpoint
+    refused the API key and to check OPENAI_API_KEY, which was not set."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    monkeypatch.delenv("OPENAI_API_KEY")
+    inp = make_csv(tmp_path / "in.csv", 3)
+
+    async def bearer_required(request: web.BaseRequest) -> web.StreamResponse:
+        return web.json_response({"detail": "Not authenticated"}, status=403)
+
+    runner, port = await serve_on_loopback(bearer_required)
+    try:
+        s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp), FAST)
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped is not None and s.pending == 3
+    assert s.stopped.startswith("the endpoint wants an API key (HTTP 403: Not authenticated) — "
+                                "none was sent: set OPENAI_API_KEY")
