@@ -1555,11 +1555,15 @@ class _Run:
     def _wait_too_long(self, e: RequestError, wait_s: float) -> None:
         """Stop the job: 429s in a row ask for a longer wait than the job waits (a daily
         limit, say), so every row would be refused until then."""
-        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + wait_s))
+        try:
+            until = time.strftime(", until %Y-%m-%d %H:%M UTC",
+                                  time.gmtime(time.time() + wait_s))
+        except (OverflowError, OSError, ValueError):  # past any date (retry-after: 1e20)
+            until = ""
         shown = f"{wait_s / 3600:,.1f} h" if wait_s >= 7200 else f"{wait_s / 60:,.0f} min"
         self.stop(QuotaError(
             f"the endpoint asks to wait {shown} before the next request (retry-after "
-            f"{wait_s:,.0f} s, until {until}; {e.message}), longer than the job waits "
+            f"{wait_s:,.0f} s{until}; {e.message}), longer than the job waits "
             f"({self.policy.max_retry_after_s:g} s): rerun then to resume"))
 
     def _billed(self, item: _Work, e: RequestError) -> float | None:

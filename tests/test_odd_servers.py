@@ -198,6 +198,18 @@ async def test_429s_in_a_row_asking_for_longer_than_the_job_waits_stop_it(
 
 
 @pytest.mark.anyio
+async def test_429s_asking_to_wait_past_any_date_stop_the_job(tmp_path: Path) -> None:
+    """A retry-after too large for the clock to tell when it ends (1e20 s) crashed the run
+    (OverflowError, exit 1) where it should stop it."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two", "three"])
+    async with FaultServer(too_many("99999999999999999999")) as srv:
+        with anyio.fail_after(10):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp), LONG_WAITS)
+    assert s.exit_code == 4 and s.stopped is not None and s.pending == 3
+    assert "(retry-after 100,000,000,000,000,000,000 s; Rate limit reached)" in s.stopped
+
+
+@pytest.mark.anyio
 async def test_a_429_asking_to_wait_for_ever_is_no_advice(tmp_path: Path) -> None:
     """``retry-after: inf`` paused every request of the job for good (the run never ended):
     it is ignored, the row backs off as without it."""
