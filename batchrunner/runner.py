@@ -2129,6 +2129,6 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  {retry_advice(s.error_types)}")
     if s.limited and s.limit and not s.stopped:
         rows = "row" if s.limit == 1 else f"{s.limit:,} rows"
-        lines.append(f"  --limit {s.limit:,} left {count_rows(s.limited)} to do: run again to "
-                     f"send the next {rows}, or without --limit to send them all")
+        lines.append(f"  --limit {s.limit:,} left {count_rows(s.limited)} to do: the same command "
+                     f"sends the next {rows}, without --limit all of them")
     return "\n".join(lines)

@@ -911,7 +911,7 @@ async def test_limit_sends_the_first_rows_to_do_and_a_rerun_goes_on(
         assert first.exit_code == 3  # row 1 failed; no rows left "stopped"
         assert sim.stats()["requests"] == 5
         text = format_summary(first)
-        assert "--limit 5 left 7 rows to do: run again to send the next 5 rows" in text
+        assert "--limit 5 left 7 rows to do: the same command sends the next 5 rows" in text
         assert "--retry-failed" in text
         done = set(results(tmp_path).dropna(subset=["status"])["id"])
         assert done == {f"r{i:04d}" for i in range(5)}
