@@ -700,9 +700,11 @@ class ChatClient:
         POST into a GET without its body (the server's answer to it, a 405 or a 404, failed
         every row as if the rows were wrong), and a redirect to another host (``http://`` to
         ``https://``, say) is not sent the API key (a 401 then blamed the key). None for a
-        307 or 308 on the same host, followed as it should be."""
+        307 or 308 on the same host, or to another when no key is sent (a server on this
+        machine that wants none), followed as it should be."""
         first = resp.history[0]
-        if resp.method == first.method and resp.url.origin() == first.url.origin():
+        if resp.method == first.method and (self._keyless
+                                            or resp.url.origin() == first.url.origin()):
             return None
         why = ("another host is not sent the API key" if resp.url.origin() != first.url.origin()
                else f"the redirect turns the POST into a {resp.method} without its body")

@@ -281,6 +281,25 @@ async def test_a_307_to_another_path_of_the_same_server_is_followed(tmp_path: Pa
 
 
 @pytest.mark.anyio
+async def test_a_307_to_another_host_is_followed_when_no_key_is_sent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no key to lose (a server on this machine, OPENAI_API_KEY unset), a 307 to another
+    host (here another port) carries the whole request: followed, not a stop."""
+    monkeypatch.delenv("OPENAI_API_KEY")
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+    async with FaultServer() as there:
+        async def moved(srv: FaultServer, request: web.BaseRequest,
+                        body: dict[str, Any]) -> web.StreamResponse:
+            return web.Response(status=307, headers={
+                "Location": f"{there.base_url}/chat/completions"})
+
+        async with FaultServer(moved) as here:
+            s = await run(job_for(tmp_path, here.base_url, inp))
+        assert (here.requests, there.requests) == (2, 2)
+    assert s.exit_code == 0 and list(results(tmp_path)["status"]) == ["ok", "ok"]
+
+
+@pytest.mark.anyio
 async def test_a_redirect_loop_stops_the_job(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", ["one", "two"])
     async with RedirectServer(redirecting(307, "/v1/chat/completions")) as srv:
