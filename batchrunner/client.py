@@ -390,7 +390,7 @@ class StreamAssembler:
 
     def _field(self, line: bytes) -> None:
         """A line that is neither ``data:`` nor blank: an event's name, a field or comment of
-        no use here, or a stray line (kept: see ``stray_error``)."""
+        no use here, or a stray line (kept: see ``stray_body``)."""
         if line.startswith(b"event:"):
             self.event = line[6:].strip()
         elif (not line.startswith((b":", b"id:", b"retry:"))
@@ -414,16 +414,17 @@ class StreamAssembler:
         else:
             self.error = {"message": str(value)}
 
-    def stray_error(self) -> dict[str, Any] | None:
-        """The ``{"error": ...}`` body a server sent with a stream's content type but not as
-        events (the stray lines, read as one JSON document), if it did."""
+    def stray_body(self) -> dict[str, Any] | None:
+        """The JSON object a server sent with a stream's content type but not as events (the
+        stray lines, read as one document): an ``{"error": ...}`` body, or a whole completion
+        from a proxy that gave it a type of its own; None if there is none."""
         if not self.stray:
             return None
         try:
             value = orjson.loads(b"\n".join(self.stray))
         except ValueError:
             return None
-        return value if isinstance(value, dict) and value.get("error") else None
+        return value if isinstance(value, dict) else None
 
     def finished(self, choices: int) -> bool:
         """Each of the ``choices`` asked for (``n``) has its ``finish_reason``: the answer is
@@ -668,8 +669,13 @@ class ChatClient:
             raise self._error_in_200({"error": st.error, "usage": st.usage}, request_id,
                                      kind="stream_error")
         if not st.done and not st.finished(choices):
-            if (body := st.stray_error()) is not None:  # an error body, not a stream
+            body = st.stray_body()
+            if body is not None and body.get("error"):  # an error body, not a stream
                 raise self._error_in_200(body, request_id)
+            if body is not None and body.get("choices") and st.stray:
+                # A whole completion, not a stream (a proxy that sent it as text/plain, say):
+                # read as one, not retried as a cut stream and paid for again.
+                return self._parse(b"\n".join(st.stray), request_id, latency_ms, headers)
             # A stream whose every choice finished is whole without its [DONE] (a server or
             # proxy that leaves it out): taken, not paid for twice.
             raise TransportError("stream_cut", "the stream ended before its answer did (no "

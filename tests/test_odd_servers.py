@@ -300,6 +300,30 @@ async def test_a_307_to_another_host_is_followed_when_no_key_is_sent(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream"])
+async def test_a_stream_request_answered_with_a_whole_completion_is_read(
+        tmp_path: Path, content_type: str) -> None:
+    """A proxy that answers a stream request with the whole completion as one JSON body under
+    a type of its own: every attempt was a cut stream, sent again and paid for again, and the
+    row failed. The completion is read as one."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+
+    async def whole(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse:
+        reply = completion(body, body["messages"][-1]["content"])
+        return web.Response(body=json.dumps(reply, indent=2),  # on many lines, as some send it
+                            headers={"Content-Type": content_type})
+
+    async with FaultServer(whole) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert srv.requests == 2  # each row sent once
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert (df["attempts"] == 1).all() and df["content"].str.contains("one|two").all()
+    assert df["total_tokens"].notna().all()
+
+
+@pytest.mark.anyio
 async def test_a_redirect_loop_stops_the_job(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", ["one", "two"])
     async with RedirectServer(redirecting(307, "/v1/chat/completions")) as srv:
