@@ -137,6 +137,11 @@ class Limiter:
             self._tokens.set_rate(per_s, max(1.0, per_s))
 
     @property
+    def paused_s(self) -> float:
+        """How much longer a 429's pause holds new requests (0: none)."""
+        return max(0.0, self._paused_until - time.monotonic())
+
+    @property
     def requests_per_second(self) -> float | None:
         """The pace requests are let out at, if known (for sizing concurrency)."""
         return self.requests_per_minute / 60.0 if self.requests_per_minute else None

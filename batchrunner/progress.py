@@ -21,6 +21,7 @@ class Counts:
     projected_usd: float = 0.0  # the whole job's cost at this run's rate so far
     rate_limited: int = 0
     in_flight: int = 0  # requests sent and not answered yet
+    paused_s: float = 0.0  # how much longer a 429's retry-after holds new requests
     resumed: bool = False  # earlier runs finished rows: ok/failed are the job's, the rest not
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -55,14 +56,18 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     if c.projected_usd:
         cost += f" (~${c.projected_usd:.2f} job)"
     counts = (("ok", c.ok), ("failed", c.failed), ("retrying", c.retrying))
+    # A 429's pause of a second or more: a run that looks stuck is waiting, and says so.
+    paused = [f"paused={c.paused_s:.0f}s"] if c.paused_s >= 1 else []
     if compact:
         parts = [f"{name}={n:,}" for name, n in (*counts, ("429s", c.rate_limited))
                  if n or name == "ok"]
-        return " ".join([*parts, f"tokens={short_number(c.tokens)}", f"cost={cost}"])
+        return " ".join([*parts, *paused, f"tokens={short_number(c.tokens)}", f"cost={cost}"])
     parts = [f"{name}={n:,}" for name, n in counts]
     parts += [f"{'this run: ' if c.resumed else ''}tokens={c.tokens:,}", f"cost={cost}"]
     if c.rate_limited:
         parts.append(f"429s={c.rate_limited:,}")
+    if paused:
+        parts.append(f"(new requests held {c.paused_s:.0f} s more by a 429's retry-after)")
     return " ".join(parts)
 
 

@@ -1657,6 +1657,7 @@ class _Run:
             with anyio.move_on_after(FLUSH_EVERY_S):
                 await self.flush_wanted.wait()
             self.flush_wanted = anyio.Event()
+            self.counts.paused_s = self.limiter.paused_s
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes
             rows = journal.take()
             if rows:

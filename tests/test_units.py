@@ -535,6 +535,23 @@ def test_the_bar_counts_are_short_and_leave_out_zeros() -> None:
                                          "cost=$0.0123 (~$0.05 job)")
 
 
+
+def test_a_pause_by_a_429_is_shown_so_a_quiet_run_does_not_look_stuck() -> None:
+    from batchrunner.limiter import Limiter
+    from batchrunner.progress import Counts, _postfix
+
+    limiter = Limiter(None, None)
+    assert limiter.paused_s == 0.0
+    limiter.pause(90.0)
+    c = Counts(ok=5, rate_limited=4, paused_s=limiter.paused_s)
+    assert 89.0 < c.paused_s < 100.0  # the pause, and a little jitter
+    c.paused_s = 90.4
+    assert _postfix(c, compact=True) == "ok=5 429s=4 paused=90s tokens=0 cost=$0.0000"
+    assert _postfix(c).endswith("429s=4 (new requests held 90 s more by a 429's retry-after)")
+    c.paused_s = 0.5  # under a second: not worth a word
+    assert "paused" not in _postfix(c, compact=True) and "held" not in _postfix(c)
+
+
 @pytest.mark.parametrize(("value", "shown"), [
     (0, "0"), (950, "950"), (35_944, "35.9k"), (999_499, "999k"), (999_950, "1M"),
     (2_500_000, "2.5M"), (0.25, "0.25"), (12.0, "12"), (-1_500, "-1.5k"), (4.2e12, "4200B"),
