@@ -109,6 +109,7 @@ class Limiter:
         self._requests: AsyncLimiter | None = None
         self._tokens: TokenBucket | None = None
         self._paused_until = 0.0
+        self._unpaused: anyio.Event | None = None  # set when a pause is lifted (lift_pause)
         self._rng = random.Random()
         if requests_per_minute:
             self._set_requests(requests_per_minute)
@@ -149,8 +150,11 @@ class Limiter:
     # -- the interface
 
     async def acquire(self, tokens: int) -> None:
-        while (wait := self._paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
-            await anyio.sleep(wait)
+        while (wait := self._paused_until - time.monotonic()) > 0:
+            if self._unpaused is None or self._unpaused.is_set():
+                self._unpaused = anyio.Event()
+            with anyio.move_on_after(wait):
+                await self._unpaused.wait()
         if self._requests is not None:
             await self._requests.acquire()
         if self._tokens is not None:
@@ -165,6 +169,13 @@ class Limiter:
         """A request that was refused or failed before the server counted it."""
         if self._tokens is not None:
             self._tokens.adjust(charged)
+
+    def lift_pause(self) -> None:
+        """End a pause now: the run stops, and what waits on the pause is let go (to find
+        that nothing more is sent) instead of holding the run's end up to its length."""
+        self._paused_until = 0.0
+        if self._unpaused is not None:
+            self._unpaused.set()
 
     def pause(self, seconds: float) -> None:
         """Hold every new request for ``seconds`` plus a little jitter, e.g. after a 429."""

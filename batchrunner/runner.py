@@ -1049,6 +1049,7 @@ class _Run:
             self.stop_error = error
         self.stopping = True
         self.stopped.set()
+        self.limiter.lift_pause()  # the rows waiting out a 429 are left to do, now
         self._wake_workers()
 
     def _next_item(self) -> _Work | None:
@@ -1283,6 +1284,8 @@ class _Run:
     async def attempt(self, item: _Work) -> tuple[Outcome | None, float | None]:
         """One try at ``item``: its outcome, or the delay before the next try."""
         while True:  # loops only on 429s, which wait on the limiter, not on a backoff
+            if self.stopping:  # a 429 in flight at a stop: its row is left to do, unpaused
+                return None, None
             charge = self._charge(item)
             await self.limiter.acquire(charge)
             if self.stopping:

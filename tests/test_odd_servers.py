@@ -210,6 +210,31 @@ async def test_429s_asking_to_wait_past_any_date_stop_the_job(tmp_path: Path) ->
 
 
 @pytest.mark.anyio
+async def test_a_stop_lets_go_of_the_rows_waiting_out_a_429(tmp_path: Path) -> None:
+    """A row waits out an hour's retry-after (the job allows it) when another row's 401 stops
+    the job: the run ends now, not an hour later, the waiting row left to do."""
+    inp = make_csv(tmp_path / "in.csv", ["wait", "refuse"])
+
+    async def fault(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse:
+        if "refuse" in json.dumps(body):
+            await anyio.sleep(0.3)  # after the other row's 429 has paused the job
+            return web.json_response(error_body("Incorrect API key provided", "invalid_request_"
+                                                "error", "invalid_api_key"), status=401)
+        return web.json_response(error_body("Rate limit reached", "requests", "rate_limit_"
+                                            "exceeded"), status=429,
+                                 headers={"retry-after": "3600"})
+
+    hour = RunOptions(retry=RetryPolicy(base_s=0.01, max_attempts=3, max_retry_after_s=7200),
+                      progress="none", handle_signals=False)
+    async with FaultServer(fault) as srv:
+        with anyio.fail_after(20):  # an hour without the fix
+            s = await run_job(job_for(tmp_path, srv.base_url, inp), hour)
+    assert s.exit_code == 4 and s.stopped is not None and "refused the API key" in s.stopped
+    assert s.pending == 2 and srv.requests == 2
+
+
+@pytest.mark.anyio
 async def test_a_429_asking_to_wait_for_ever_is_no_advice(tmp_path: Path) -> None:
     """``retry-after: inf`` paused every request of the job for good (the run never ended):
     it is ignored, the row backs off as without it."""

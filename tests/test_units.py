@@ -536,6 +536,28 @@ def test_the_bar_counts_are_short_and_leave_out_zeros() -> None:
 
 
 
+@pytest.mark.anyio
+async def test_lifting_a_pause_lets_its_waiters_go_at_once() -> None:
+    from batchrunner.limiter import Limiter
+
+    limiter = Limiter(None, None)
+    limiter.pause(3600.0)
+    let_go: list[int] = []
+
+    async def wait(i: int) -> None:
+        await limiter.acquire(1)
+        let_go.append(i)
+
+    with anyio.fail_after(5):  # an hour without lift_pause
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(wait, i)
+            await anyio.sleep(0.05)
+            assert let_go == [] and limiter.paused_s > 3000
+            limiter.lift_pause()
+    assert sorted(let_go) == [0, 1, 2] and limiter.paused_s == 0.0
+
+
 def test_a_pause_by_a_429_is_shown_so_a_quiet_run_does_not_look_stuck() -> None:
     from batchrunner.limiter import Limiter
     from batchrunner.progress import Counts, _postfix
