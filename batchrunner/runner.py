@@ -1284,7 +1284,7 @@ class _Run:
     async def attempt(self, item: _Work) -> tuple[Outcome | None, float | None]:
         """One try at ``item``: its outcome, or the delay before the next try."""
         while True:  # loops only on 429s, which wait on the limiter, not on a backoff
-            if self.stopping:  # a 429 in flight at a stop: its row is left to do, unpaused
+            if self.stopped.is_set():  # a 429'd row after a stop: left to do, not paused
                 return None, None
             charge = self._charge(item)
             await self.limiter.acquire(charge)
