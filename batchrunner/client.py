@@ -219,8 +219,7 @@ class StreamAssembler:
         UTF-8 byte order mark that starts the stream is dropped, as SSE says."""
         if not self._begun:
             self._begun = True
-            if chunk.startswith(_BOM):
-                chunk = chunk[3:]
+            chunk = chunk.removeprefix(_BOM)
         if self._cr_only:
             chunk = self._lf_ends(chunk)
         elif (b"\r" in chunk or self._partial) and self._lone_cr(chunk):
@@ -800,7 +799,7 @@ class ChatClient:
         message: str
         gstatus: str | None = None
         try:
-            payload = orjson.loads(raw[3:] if raw.startswith(_BOM) else raw)
+            payload = orjson.loads(raw.removeprefix(_BOM))
             if isinstance(payload, list) and payload:  # Gemini's OpenAI endpoint: [{"error"}]
                 payload = payload[0]
             err = payload.get("error") if isinstance(payload, dict) else None
@@ -927,7 +926,7 @@ class ChatClient:
         self, raw: bytes, request_id: str | None, latency_ms: float, headers: dict[str, str]
     ) -> ChatResult:
         try:
-            payload = orjson.loads(raw[3:] if raw.startswith(_BOM) else raw)
+            payload = orjson.loads(raw.removeprefix(_BOM))
         except ValueError:
             raise BadResponseError(
                 "invalid_body", "HTTP 200 with a body that is not JSON", retryable=True,

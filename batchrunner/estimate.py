@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value
 from batchrunner.journal import Journal
-from batchrunner.report import count_rows, format_budget, format_usd
+from batchrunner.report import count_rows, format_budget, format_span, format_usd
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
 __all__ = ["Estimate", "estimate", "format_estimate"]
@@ -148,14 +148,6 @@ def estimate(plan: Plan) -> Estimate:
     return est
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:,.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:,.0f} min"
-    return f"{seconds / 3600:,.1f} h"
-
-
 def format_estimate(e: Estimate) -> str:
     lines = [f"batchrunner: estimate for {e.name} — nothing was sent",
              f"  rows: {e.rows:,} in the input, {e.already_done:,} already done"
@@ -184,7 +176,7 @@ def format_estimate(e: Estimate) -> str:
                      f"{int(e.to_send * left / total):,} of the {e.to_send:,} rows")
     lines.append(f"  completion tokens from: {e.completion_basis}")
     if e.time_s is not None:
-        lines.append(f"  time at the job's limits: about {_duration(e.time_s)} "
+        lines.append(f"  time at the job's limits: about {format_span(e.time_s)} "
                      f"({e.time_basis})")
     else:
         lines.append("  time: no rate limit set; the server's limits decide")

@@ -99,6 +99,7 @@ __all__ = [
     "fails_again",
     "format_budget",
     "format_ms",
+    "format_span",
     "format_usd",
     "job_details",
     "render_markdown",
@@ -1104,6 +1105,16 @@ def _sig3(x: float) -> str:
         return "0"
     decimals = max(0, 2 - math.floor(math.log10(abs(x))))
     return f"{x:,.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{x:,.0f}"
+
+
+def format_span(seconds: float) -> str:
+    """A stretch of time ahead, roughly, for people: ``45 s``, ``12 min``, ``5.6 h`` (a job's
+    time at its limits, a wait a server asks for)."""
+    if seconds < 120:
+        return f"{seconds:,.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.0f} min"
+    return f"{seconds / 3600:,.1f} h"
 
 
 def format_ms(v: Any) -> str:

@@ -95,6 +95,7 @@ from batchrunner.report import (
     changed_warning,
     count_rows,
     format_budget,
+    format_span,
     format_usd,
     retry_advice,
     utc_timestamp,
@@ -1563,9 +1564,8 @@ class _Run:
                                   time.gmtime(time.time() + wait_s))
         except (OverflowError, OSError, ValueError):  # past any date (retry-after: 1e20)
             until = ""
-        shown = f"{wait_s / 3600:,.1f} h" if wait_s >= 7200 else f"{wait_s / 60:,.0f} min"
         self.stop(QuotaError(
-            f"the endpoint asks to wait {shown} before the next request (retry-after "
+            f"the endpoint asks to wait {format_span(wait_s)} before the next request (retry-after "
             f"{wait_s:,.0f} s{until}; {e.message}), longer than the job waits "
             f"({self.policy.max_retry_after_s:g} s): rerun then to resume"))
 
