@@ -1148,12 +1148,18 @@ def _usage(usage: Any) -> Usage:
     pt = v if type(v := get("prompt_tokens")) is int else None
     ct = v if type(v := get("completion_tokens")) is int else None
     tt = v if type(v := get("total_tokens")) is int else None
-    if tt is None and pt is not None and ct is not None:
-        tt = pt + ct
     ptd = get("prompt_tokens_details")
     cached = v if type(ptd) is dict and type(v := ptd.get("cached_tokens")) is int else None
     ctd = get("completion_tokens_details")
     reasoning = v if type(ctd) is dict and type(v := ctd.get("reasoning_tokens")) is int else None
+    if reasoning and pt is not None and ct is not None and (
+            ct < reasoning or tt == pt + ct + reasoning):
+        # A gateway that counts the thinking apart from the completion (Gemini's thoughts
+        # mapped beside the answer's tokens): billed as output, so counted in the completion,
+        # as OpenAI's usage (and the pricing) has it.
+        ct += reasoning
+    if tt is None and pt is not None and ct is not None:
+        tt = pt + ct
     return pt, ct, tt, cached, reasoning  # a count the server did not give is None, not 0
 
 

@@ -474,3 +474,50 @@ async def test_a_400_without_an_error_object_fails_its_row_with_what_it_says(
     assert df["error_message"].iloc[1].startswith("This model's maximum context length is 4096 "
                                                   "tokens. However,")
     assert df["error_message"].iloc[1].endswith("of the messages or completion.")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_thinking_reported_beside_the_completion_is_billed_as_output(
+        tmp_path: Path, stream: bool) -> None:
+    """A gateway translating Gemini's usage may count its thinking apart from
+    ``completion_tokens`` (which then holds the visible answer only, or 0) while
+    ``total_tokens`` and ``reasoning_tokens`` count it. The thinking is billed as output, but
+    was priced at nothing: a cost too low by the whole thinking budget. Where the reasoning
+    tokens are what the total has beyond prompt and completion (or more than the completion
+    itself), they are counted in the completion, as OpenAI's usage counts them."""
+    inp = make_csv(tmp_path / "in.csv", ["apart", "nothing visible", "openai", "grok"])
+    usages: dict[str, dict[str, Any]] = {
+        "apart": {"prompt_tokens": 20, "completion_tokens": 40, "total_tokens": 120,
+                  "completion_tokens_details": {"reasoning_tokens": 60}},
+        "nothing visible": {"prompt_tokens": 21, "completion_tokens": 0,
+                            "completion_tokens_details": {"reasoning_tokens": 60}},
+        # OpenAI's (and Grok's) convention: the completion already holds the reasoning
+        "openai": {"prompt_tokens": 20, "completion_tokens": 100, "total_tokens": 120,
+                   "completion_tokens_details": {"reasoning_tokens": 60}},
+        "grok": {"prompt_tokens": 100, "completion_tokens": 500, "total_tokens": 600,
+                 "completion_tokens_details": {"reasoning_tokens": 300}},
+    }
+
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        usage = next(v for k, v in usages.items() if f"Q: {k}" in json.dumps(body))
+        if stream:
+            return await sse_response(request, stream_of(
+                delta("Echo"), delta(None, "stop"),
+                {"id": "chatcmpl-s", "model": "gpt-4o-mini", "choices": [], "usage": usage}))
+        data = reply(body)
+        data["usage"] = usage
+        return web.json_response(data)
+
+    async with FaultServer(answer) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["completion_tokens"]) == [100, 60, 100, 500]
+    assert list(df["reasoning_tokens"]) == [60, 60, 60, 300]
+    assert list(df["total_tokens"]) == [120, 81, 120, 600]
+    # gpt-4o-mini: $0.15 in, $0.60 out per 1M tokens
+    assert list(df["cost_usd"]) == pytest.approx(
+        [(20 * 0.15 + 100 * 0.6) / 1e6, (21 * 0.15 + 60 * 0.6) / 1e6,
+         (20 * 0.15 + 100 * 0.6) / 1e6, (100 * 0.15 + 500 * 0.6) / 1e6])
