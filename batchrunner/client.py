@@ -595,9 +595,11 @@ class ChatClient:
                 status = resp.status
                 headers = resp.headers
                 # A gateway may answer a stream request with a plain JSON body (an error, as a
-                # rule): read it as a non-stream reply.
-                if status == 200 and streaming and not headers.get(
-                        "Content-Type", "").startswith("application/json"):
+                # rule): read it as a non-stream reply; and a request that did not ask for a
+                # stream with one (a model it only streams): read as the stream it is.
+                kind = headers.get("Content-Type", "")
+                if status == 200 and (kind.startswith("text/event-stream") or (
+                        streaming and not kind.startswith("application/json"))):
                     stream = StreamAssembler()
                     content = resp.content
                     after_finish = min(_AFTER_FINISH_S, (timeout_s or self.timeout_s) / 4)
@@ -657,6 +659,8 @@ class ChatClient:
         if status != 200:
             raise self._status_error(status, raw, headers, request_id, body.get("model"))
         hdrs = _ratelimit_headers(headers)
+        if stream is None and raw.removeprefix(_BOM).lstrip()[:5] == b"data:":
+            stream = _read_stream(raw)  # a stream under another content type, read whole
         if stream is not None:
             return self._from_stream(stream, request_id, start, latency_ms, hdrs, choices)
         return self._parse(raw, request_id, latency_ms, hdrs)
@@ -982,6 +986,17 @@ class ChatClient:
             tool_calls=orjson.dumps(calls).decode() if calls and type(calls) is list else None,
             citations=_citations(notes, cited) if notes or cited else None,
         )
+
+
+def _read_stream(raw: bytes) -> StreamAssembler | None:
+    """``raw`` read as a whole SSE stream; None if it is not one (``_parse`` then says so)."""
+    st = StreamAssembler()
+    try:
+        st.feed_bytes(raw)
+        st.end()
+    except (ValueError, _EventTooLong):
+        return None
+    return st
 
 
 _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")

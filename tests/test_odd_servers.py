@@ -521,3 +521,33 @@ async def test_thinking_reported_beside_the_completion_is_billed_as_output(
     assert list(df["cost_usd"]) == pytest.approx(
         [(20 * 0.15 + 100 * 0.6) / 1e6, (21 * 0.15 + 60 * 0.6) / 1e6,
          (20 * 0.15 + 100 * 0.6) / 1e6, (100 * 0.15 + 500 * 0.6) / 1e6])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("content_type", ["text/event-stream", "text/plain", "application/json"])
+async def test_a_stream_sent_to_a_request_that_asked_for_none_is_read(
+        tmp_path: Path, content_type: str) -> None:
+    """A gateway that only streams some models (thinking models it serves as streams) may
+    answer a request without ``stream`` with an SSE stream. Read as JSON, the whole answer
+    was an invalid_body, retried and paid for on every attempt, and the row failed. It is read
+    as the stream it is: content, usage and cost as for a streamed job."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        assert "stream" not in body
+        return web.Response(status=200, content_type=content_type, body=stream_of(
+            delta("Echo"), delta(": x", "stop"),
+            {"id": "chatcmpl-s", "model": "gpt-4o-mini", "choices": [],
+             "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}}))
+
+    async with FaultServer(answer) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp))
+        assert srv.requests == 2
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: x"] * 2
+    assert list(df["finish_reason"]) == ["stop"] * 2
+    assert list(df["attempts"]) == [1, 1]
+    assert list(df["completion_tokens"]) == [7, 7]
+    assert df["cost_usd"].notna().all()
