@@ -966,6 +966,8 @@ class ChatClient:
             content, thinking = _content_parts(content)
             thought = thought or thinking
         calls = message.get("tool_calls")
+        if content == "" and calls:
+            content = None  # a reply that only calls tools, as a stream's (and OpenAI's) is
         notes = message.get("annotations")  # OpenAI's web search: url_citation
         cited = payload.get("citations")  # Grok's live search, Perplexity: URLs
         model = payload.get("model")
@@ -1118,8 +1120,9 @@ def _all_choices(choices: list[Any]) -> str:
             content = m.get("content")
             if type(content) is list:
                 content = _content_parts(content)[0]
-            out.append(_choice_entry(c.get("index"), content, c.get("finish_reason"),
-                                     m.get("tool_calls")))
+            calls = m.get("tool_calls")
+            out.append(_choice_entry(c.get("index"), None if content == "" and calls else
+                                     content, c.get("finish_reason"), calls))
     return orjson.dumps(out).decode()
 
 

@@ -216,10 +216,11 @@ class StructuredOutput:
 
     def check_reply(self, content: str | None, tool_calls: str | None) -> tuple[str, str] | None:
         """``(error_type, message)`` when a reply (its content, its tool calls as JSON text) is
-        not what was asked for, else None. A reply that only calls tools has no content to
-        check against a ``response_format``."""
+        not what was asked for, else None. A reply that calls tools is not the answer a
+        ``response_format`` asks for: its content, if any, is what it said before the calls
+        (``""``, or "I'll search for that."), not checked."""
         if self.tool is None:
-            return None if content is None and tool_calls is not None else self.check(content)
+            return None if tool_calls is not None else self.check(content)
         args = self.arguments(tool_calls)
         if args is None:
             return "no_tool_call", f"the reply did not call {self.tool}"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pandas as pd
 import pytest
 from aiohttp import web
 
@@ -551,3 +553,51 @@ async def test_a_stream_sent_to_a_request_that_asked_for_none_is_read(
     assert list(df["attempts"]) == [1, 1]
     assert list(df["completion_tokens"]) == [7, 7]
     assert df["cost_usd"].notna().all()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_reply_that_calls_tools_is_ok_whatever_its_content_says(
+        tmp_path: Path, stream: bool) -> None:
+    """Models behind gateways (Claude's, as a rule) call a tool with ``content: ""``, or with
+    a sentence before the call ("I'll search for that."). Under a ``response_format`` that
+    content was checked as the JSON answer: the row failed as invalid_json (and a
+    --retry-failed paid for the same again), where a reply whose content was null was ok.
+    A reply that calls tools is not the answer the format asks for: ok, its calls recorded,
+    an empty content null as a stream gives it, a sentence kept."""
+    inp = make_csv(tmp_path / "in.csv", ["empty", "preamble", "answer"])
+    (tmp_path / "answer.json").write_text(json.dumps(
+        {"type": "object", "properties": {"summary": {"type": "string"}},
+         "required": ["summary"]}))
+    call = {"id": "toolu_1", "type": "function",
+            "function": {"name": "WebSearch", "arguments": '{"query": "x"}'}}
+    said = {"empty": "", "preamble": "I'll search for that.", "answer": '{"summary": "s"}'}
+
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        key = next(k for k in said if f"Q: {k}" in json.dumps(body))
+        calls = [] if key == "answer" else [call]
+        if stream:
+            return await sse_response(request, stream_of(
+                delta(said[key], **({"tool_calls": [{"index": 0, **call}]} if calls else {})),
+                delta(None, "tool_calls" if calls else "stop")))
+        return web.json_response(reply(body, finish_reason="tool_calls" if calls else "stop",
+                                       message={"role": "assistant", "content": said[key],
+                                                **({"tool_calls": calls} if calls else {})}))
+
+    tools = [{"type": "function", "function": {
+        "name": "WebSearch", "parameters": {"type": "object",
+                                            "properties": {"query": {"type": "string"}}}}}]
+    async with FaultServer(answer) as srv:
+        job = job_for(tmp_path, srv.base_url, inp, stream=stream or None,
+                      schema_file=str(tmp_path / "answer.json"))
+        job = replace(job, request=replace(job.request, extra={"tools": tools}))
+        s = await run(job)
+    assert s.exit_code == 0, s.error_examples
+    df = results(tmp_path)
+    assert list(df["status"]) == ["ok"] * 3
+    assert pd.isna(df["content"].iloc[0])
+    assert df["content"].iloc[1] == "I'll search for that."
+    assert [json.loads(c)[0]["id"] for c in df["tool_calls"].iloc[:2]] == ["toolu_1"] * 2
+    assert pd.isna(df["json_summary"].iloc[0]) and pd.isna(df["json_summary"].iloc[1])
+    assert df["json_summary"].iloc[2] == "s"
