@@ -69,8 +69,12 @@ LIBRARY_NAME = "genai-prices"
 SOURCE_JOB = "job [prices]"
 SOURCE_UNKNOWN = "unknown"
 # A dated snapshot of a model, as an API names the model that answered: a date (2024-07-18,
-# 20250929) or a version number (0125, 001) after the name asked for.
-_SNAPSHOT = re.compile(r"(.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{3,4})")
+# 20250929, or 250324 as some gateways write it) or a version number (0125, 001) after the name
+# asked for.
+_SNAPSHOT = re.compile(r"(.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{6}|\d{3,4})")
+# The source of a model's costs in a report when the model has no price of its own: a gateway
+# answered with its name, and the reply was priced as the model asked for.
+SOURCE_ASKED = "priced as the model asked for"
 
 _PER_TOKENS = 1_000_000
 _PRICE_KEYS = ("input", "output", "cached_input")

@@ -83,7 +83,7 @@ from batchrunner.arrow import (
     scalar,
     to_numpy,
 )
-from batchrunner.pricing import LIBRARY_NAME, SOURCE_UNKNOWN, PriceBook
+from batchrunner.pricing import LIBRARY_NAME, SOURCE_ASKED, SOURCE_UNKNOWN, PriceBook
 from batchrunner.progress import utc_timestamp
 
 __all__ = [
@@ -652,7 +652,8 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "cost_usd": None if unpriced else known,
             "cost_known_usd": known,
             "unpriced_rows": unpriced,
-            "price_source": SOURCE_UNKNOWN if model is None else prices.source(model),
+            "price_source": SOURCE_UNKNOWN if model is None
+            else SOURCE_ASKED if price is None and ok > unpriced else prices.source(model),
             "price": None if price is None else price.as_dict(),
         }
     return out

@@ -127,7 +127,8 @@ def test_job_prices_win_over_the_library() -> None:
     assert book.cost("gpt-4o-mini", prompt_tokens=1_000_000, completion_tokens=0) == 2.0
     # A dated snapshot of the name, as the API names the model that answered, is the same
     # model: the job's price holds for it too.
-    for snapshot in ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-20240718", "gpt-4o-mini-0718"):
+    for snapshot in ("gpt-4o-mini-2024-07-18", "gpt-4o-mini-20240718", "gpt-4o-mini-240718",
+                     "gpt-4o-mini-0718"):
         assert book.price(snapshot) == OWN
         assert book.source(snapshot) == "job [prices] (gpt-4o-mini)"
     # Another model whose name starts the same is not.

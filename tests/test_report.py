@@ -173,6 +173,23 @@ def test_unknown_model_gives_null_cost_and_a_warning_never_zero(book: PriceBook)
     assert "incomplete" in md and "no-such-model-xyz" in md
 
 
+def test_a_model_a_gateway_answered_with_is_shown_priced_as_the_one_asked_for(
+        book: PriceBook) -> None:
+    # The job asked for my-model; the gateway answered as a name with no price of its own, and
+    # the runner priced the replies as my-model: the report says so, not "unknown" beside a cost.
+    rows = [ok_row(book, f"k{i}", "my-model") for i in range(2)]
+    for o in rows:
+        o.model = "gw-routed-xyz"
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    entry = report["by_model"]["gw-routed-xyz"]
+    assert entry["price"] is None and entry["unpriced_rows"] == 0
+    assert entry["price_source"] == "priced as the model asked for"
+    assert entry["cost_usd"] == pytest.approx(sum(o.cost_usd or 0 for o in rows), abs=1e-12)
+    assert report["cost_complete"] is True
+    assert not [w for w in report["warnings"] if "gw-routed-xyz" in w]
+    assert "priced as the model asked for" in render_markdown(report)
+
+
 def test_ok_rows_without_usage_make_the_cost_incomplete(book: PriceBook) -> None:
     rows = [ok_row(book, "a", "my-model"), Outcome(key="b", status="ok", model="my-model")]
     report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
