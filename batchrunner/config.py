@@ -381,7 +381,8 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
             f"{f('output', 'format')} must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}"
         )
 
-    for key in ("model", "system", "prompt", "prompt_column", "model_column"):
+    for key in ("model", "system", "prompt", "prompt_column", "model_column", "image_column",
+                "schema_file"):
         _string(req, key, f, "request")
     if req.get("prompt") and req.get("prompt_column"):
         raise ConfigError(

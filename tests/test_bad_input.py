@@ -375,6 +375,22 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.job(body), ["job.toml", "[request] stop"]
 
 
+@case("image_column not a string in TOML")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was an AttributeError traceback ('int' object has no attribute 'strip').
+    c.good_csv()
+    body = GOOD_JOB.replace("[request]\n", "[request]\nimage_column = 5\n")
+    return c.job(body), ["job.toml", "[request] image_column", "string", "5"]
+
+
+@case("schema_file not a string in TOML")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was a TypeError traceback (expected str, bytes or os.PathLike object, not list).
+    c.good_csv()
+    body = GOOD_JOB.replace("[request]\n", '[request]\nschema_file = ["a.json"]\n')
+    return c.job(body), ["job.toml", "[request] schema_file", "string", "['a.json']"]
+
+
 @case("zero max_attempts in TOML")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.good_csv()
