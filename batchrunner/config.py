@@ -343,6 +343,25 @@ def _string(t: dict[str, Any], key: str, f: _Fields, table: str) -> None:
         raise ConfigError(f"{f(table, key)} must be a non-empty string, got {v!r}")
 
 
+def _variable_name(t: dict[str, Any], key: str, f: _Fields) -> None:
+    """Refuse an ``api_key_env`` or ``base_url_env`` that is not an environment variable's
+    name: most likely the key (or the URL) itself, written where its variable's name goes. It
+    is not shown: a key would end up in the log."""
+    v = t.get(key)
+    if v is None or (v.isascii() and v.isidentifier()):
+        return
+    if key == "base_url_env" and "://" in v:
+        raise ConfigError(f"{f('endpoint', key)} holds a URL, not the name of the environment "
+                          "variable that holds it — set the URL as --base-url ([endpoint] "
+                          "base_url in a job file)")
+    raise ConfigError(
+        f"{f('endpoint', key)} must be the name of the environment variable that holds the "
+        f"{'key' if key == 'api_key_env' else 'URL'}, like "
+        f"{DEFAULT_API_KEY_ENV if key == 'api_key_env' else DEFAULT_BASE_URL_ENV}; its value "
+        f"({len(v)} characters, not shown) is not a variable name — is it the "
+        f"{'key' if key == 'api_key_env' else 'URL'} itself?")
+
+
 def _check_output_dir(out: Path, what: str) -> None:
     """Refuse an output directory that is a file, or below one (it could never be created)."""
     if out.exists():
@@ -419,8 +438,9 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
         _number(lim, key, f, integer=True, positive=True, table="limits")
 
     _string(end, "base_url", f, "endpoint")
-    _string(end, "api_key_env", f, "endpoint")
-    _string(end, "base_url_env", f, "endpoint")
+    for key in ("api_key_env", "base_url_env"):
+        _string(end, key, f, "endpoint")
+        _variable_name(end, key, f)
     if "simulator" in end and not isinstance(end["simulator"], bool):
         raise ConfigError(f"{f('endpoint', 'simulator')} must be true or false")
     if end.get("simulator") and end.get("base_url"):

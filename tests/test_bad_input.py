@@ -480,6 +480,13 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["OPENAI_API_KEY holds the API key, not the endpoint's URL"])
 
 
+@case("--base-url-env given the URL itself")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return (c.args(c.good_csv(), "--base-url-env", c.url, base_url=""),
+            ["--base-url-env holds a URL, not the name of the environment variable",
+             "set the URL as --base-url"])
+
+
 @case("--base-url-env names a variable that is not set")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.monkeypatch.delenv("NBILITY_BASE_URL", raising=False)

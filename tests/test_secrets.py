@@ -448,3 +448,43 @@ def test_redact_takes_a_short_key_out_only_where_it_stands_alone(
                         secrets=("p4ss",))
     assert client.redact(text) == redacted
     assert client.redact("user:p4ss@proxy, p4ssword") == "user:[redacted]@proxy, p4ssword"
+
+
+@pytest.mark.parametrize("where", ["option", "job file"])
+def test_a_key_written_where_its_variable_name_goes_is_refused_without_showing_it(
+        tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``api_key_env = "sk-..."``: the key pasted in place of the variable's name. The message
+    was "no API key: set sk-... in the environment", the key in the night's log."""
+    inp = marker_csv(tmp_path / "in.csv", [], normal=2)
+    with SimulatorThread(SimulatorConfig()) as sim:
+        if where == "option":
+            argv = base_args(inp, tmp_path / "out", sim.base_url, "--api-key-env", KEY)
+        else:
+            job = tmp_path / "job.toml"
+            job.write_text(f'[input]\npath = "in.csv"\n[request]\nmodel = "gpt-4o-mini"\n'
+                           f'prompt = "Say {{text}}"\n[endpoint]\nbase_url = "{sim.base_url}"\n'
+                           f'api_key_env = "{KEY}"\n[output]\ndir = "out"\n')
+            argv = ["run", str(job)]
+        code = main(argv)
+        assert sim.stats()["requests"] == 0
+        assert main(["estimate", *argv[1:]]) == 2  # refused there too, before any estimate
+    said = capsys.readouterr()
+    assert code == 2
+    assert "api_key_env" in said.err or "--api-key-env" in said.err
+    assert "is not a variable name — is it the key itself?" in said.err
+    assert leaks_in_text(said.out, said.err) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_variable_name_for_the_key_or_the_url_is_still_any_identifier(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inp = marker_csv(tmp_path / "in.csv", [], normal=2)
+    with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
+        monkeypatch.setenv("my_gateway_key_2", KEY)
+        monkeypatch.setenv("_GW_URL", sim.base_url)
+        argv = base_args(inp, tmp_path / "out", "", "--api-key-env", "my_gateway_key_2",
+                         "--base-url-env", "_GW_URL")
+        argv.remove("--base-url")
+        argv.remove("")
+        assert main(argv) == 0
+        assert sim.stats()["requests"] == 2
