@@ -561,6 +561,10 @@ def check_base_url(url: str, what: str) -> str:
                           f"got {shown!r}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
+        # Long, with no scheme, domain or path: a key written where the URL goes, most likely.
+        if len(url) >= 16 and not any(c in url for c in ":./"):
+            raise ConfigError(f"{what} must be an http(s) URL {example}; its value ({len(url)} "
+                              "characters, not shown) is not a URL — is it the API key?")
         raise ConfigError(f"{what} must be an http(s) URL {example}, got {shown!r}")
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number

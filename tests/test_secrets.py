@@ -488,3 +488,27 @@ def test_a_variable_name_for_the_key_or_the_url_is_still_any_identifier(
         argv.remove("")
         assert main(argv) == 0
         assert sim.stats()["requests"] == 2
+
+
+@pytest.mark.parametrize("variable", ["--base-url", "OPENAI_BASE_URL"])
+def test_a_key_written_where_the_url_goes_is_refused_without_showing_it(
+        tmp_path: Path, variable: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """It was shown: "--base-url must be an http(s) URL ..., got 'sk-...'". (The key of
+    another account, say: the one OPENAI_API_KEY holds is refused as such.)"""
+    inp = marker_csv(tmp_path / "in.csv", [], normal=2)
+    other = KEY + "-2"
+    if variable == "OPENAI_BASE_URL":
+        monkeypatch.setenv("OPENAI_BASE_URL", other)
+        argv = base_args(inp, tmp_path / "out", "")
+        argv.remove("--base-url")
+        argv.remove("")
+    else:
+        argv = base_args(inp, tmp_path / "out", other)
+    assert main(argv) == 2
+    said = capsys.readouterr()
+    assert f"{variable} must be an http(s) URL" in said.err
+    assert "(23 characters, not shown) is not a URL — is it the API key?" in said.err
+    assert leaks_in_text(said.out, said.err) == []
+    assert main(base_args(inp, tmp_path / "out", "localhost")) == 2  # not a key: shown
+    assert "got 'localhost'" in capsys.readouterr().err
