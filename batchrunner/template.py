@@ -2,7 +2,8 @@
 
 A prompt template is ``str.format`` syntax over the row's columns: ``"Summarise: {text}"``.
 ``{{`` and ``}}`` are literal braces. Only plain column names are allowed in fields (no
-attributes, indexes or format specs), so a template is checked against the input's columns
+attributes, indexes or format specs; a column whose own name holds ``.``, ``[``, ``:`` or ``!``
+is named as it is: ``{Price: USD}``), so a template is checked against the input's columns
 before anything is sent.
 """
 
@@ -44,11 +45,12 @@ def estimate_tokens(text: str) -> int:
 class Template:
     """A parsed prompt template: literal text and the column names between it."""
 
-    __slots__ = ("fields", "parts", "source")
+    __slots__ = ("_specs", "fields", "parts", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
         parts: list[tuple[str, str | None]] = []
+        specs: list[str] = []  # fields read with a format spec or conversion: {Price: USD}
         try:
             parsed = list(_FORMATTER.parse(source))
         except ValueError as e:
@@ -56,15 +58,17 @@ class Template:
                 f"prompt template {source[:60]!r}: {e} (write {{{{ for a literal brace)"
             ) from None
         for literal, name, spec, conversion in parsed:
-            if name is not None and (not name or spec or conversion):
-                raise ConfigError(
-                    f"prompt template: field {{{name}{'!' + conversion if conversion else ''}"
-                    f"{':' + spec if spec else ''}}} must be a plain column name like {{text}} "
-                    "(write {{ and }} for literal braces, as around JSON in a prompt)"
-                )
+            if name is not None and (spec or conversion):
+                # A column's own name may hold ':' or '!' (a spreadsheet's "Price: USD"):
+                # ``check`` takes the field whole when the input has such a column.
+                name = f"{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}"
+                specs.append(name)
+            if name is not None and not name:
+                raise _not_plain(name)
             parts.append((literal, name))
         self.parts = parts
         self.fields = tuple(dict.fromkeys(n for _, n in parts if n is not None))
+        self._specs = frozenset(specs)
 
     def check(self, columns: Iterable[str], where: str, *, rows_vary: bool = False) -> None:
         """Refuse fields the input lacks, and (unless the rows vary otherwise, ``rows_vary``:
@@ -80,6 +84,8 @@ class Template:
                 f"({column_list(cols, '')})"
             )
         for name in self.fields:
+            if name not in have and name in self._specs:
+                raise _not_plain(name)
             if name not in have and not _plain(name):  # not a column's own name: {meta.lang}
                 raise ConfigError(
                     f"prompt template: field {{{name}}} must be a column name like {{text}}; "
@@ -104,6 +110,12 @@ class Template:
                     return None
                 out.append(v if isinstance(v, str) else str(v))
         return "".join(out)
+
+
+def _not_plain(field: str) -> ConfigError:
+    return ConfigError(
+        f"prompt template: field {{{field}}} must be a plain column name like {{text}} "
+        "(write {{ and }} for literal braces, as around JSON in a prompt)")
 
 
 def request_warnings(req: RequestConfig) -> list[str]:

@@ -679,3 +679,29 @@ def test_a_column_named_with_dots_or_brackets_is_used_in_a_template(tmp_path: Pa
     [(key, row, _)] = list(iter_rows(plan))
     work, _why = make_work(plan, key, row)
     assert work is not None and work.body["messages"][-1]["content"] == "Hi Ann (x)"
+
+
+def test_a_column_named_with_a_colon_or_an_exclamation_mark_is_used_in_a_template(
+        tmp_path: Path) -> None:
+    """A spreadsheet's ``Price: USD`` or ``Done!`` header: ``{Price: USD}`` was refused as a
+    format spec ("must be a plain column name"), and no template could name the column. A
+    field like it that is not a column's name is still refused."""
+    from batchrunner.config import JobConfig, load_job
+    from batchrunner.errors import ConfigError
+    from batchrunner.runner import RunOptions, iter_rows, make_work, prepare
+
+    (tmp_path / "in.csv").write_text("id,Price: USD,Done!x,text\n1,5,yes,hi\n")
+
+    def job(prompt: str) -> JobConfig:
+        return load_job(None, {
+            "input": str(tmp_path / "in.csv"), "model": "gpt-4o-mini", "prompt": prompt,
+            "base_url": "http://127.0.0.1:9/v1", "output": str(tmp_path / "out")})
+
+    plan = prepare(job("Cost {Price: USD}, done {Done!x}: {text}"),
+                   RunOptions(progress="none", handle_signals=False))
+    [(key, row, _)] = list(iter_rows(plan))
+    work, _why = make_work(plan, key, row)
+    assert work is not None and work.body["messages"][-1]["content"] == "Cost 5, done yes: hi"
+    for prompt in ("Say {text:>5}", "Say {text!r}", 'Say {"a": 1} to {text}'):
+        with pytest.raises(ConfigError, match="must be a plain column name"):
+            prepare(job(prompt), RunOptions(progress="none", handle_signals=False))

@@ -109,9 +109,12 @@ def test_template_renders_and_checks_columns() -> None:
     assert t.render({"name": None, "n": 3}) is None
     with pytest.raises(ConfigError, match=r"\{missing\}"):
         Template("{missing}").check(["a"], "input x.csv")
-    for bad in ("{a", "{a:>5}", "{}"):
+    for bad in ("{a", "{}"):
         with pytest.raises(ConfigError):
             Template(bad)
+    with pytest.raises(ConfigError, match="plain column name"):
+        Template("{a:>5}").check(["a"], "input x.csv")  # a format spec
+    Template("{a:>5}").check(["a:>5"], "input x.csv")  # a column named so
     Template("{a.b}").check(["a.b"], "input x.csv")  # a column named so
     with pytest.raises(ConfigError, match="cannot be picked"):
         Template("{a.b}").check(["a"], "input x.csv")
