@@ -39,6 +39,7 @@ import csv
 import errno
 import hashlib
 import itertools
+import json
 import os
 import re
 import sys
@@ -92,6 +93,8 @@ _CHUNK: Final = 1 << 20
 OPENAI_BATCH_COLUMNS: Final = ("custom_id", "method", "url", "body")
 
 _BOM: Final = codecs.BOM_UTF8
+#: A number of 20 digits or more: an integer past 64 bits, which orjson reads as a float.
+_LONG_NUMBER: Final = re.compile(rb"\d{20}")
 _MAX_DETAIL: Final = 160
 
 
@@ -645,6 +648,7 @@ def _schema_difference(a: Any, b: Any) -> str:
 class _JsonlSource(InputSource):
     def __init__(self, path: Path, batch_size: int) -> None:
         super().__init__(path, batch_size)
+        self.kind = "jsonl"
         first = self._first_record()
         if first is None:
             raise _input_error(
@@ -708,6 +712,10 @@ class _JsonlSource(InputSource):
                 f"line {lineno} is not valid JSON ({_one_line(exc.msg, 80)}) — "
                 "write one JSON object per line",
             ) from None
+        if self.kind == "jsonl" and _LONG_NUMBER.search(line):
+            # An id like 123456789012345678901234567890 is kept as written, not rounded to
+            # 1.2345678901234568e+29 (orjson reads integers past 64 bits as floats).
+            obj = json.loads(line)
         if not isinstance(obj, dict):
             what = _json_kind(obj)
             raise _input_error(
@@ -813,7 +821,10 @@ def _json_kind(value: object) -> str:
 def _as_text(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer past 64 bits, which orjson does not write
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 # The kinds of JSON value a JSONL column holds (bits), and the column type each makes when it

@@ -319,6 +319,25 @@ def test_jsonl_columns_are_every_key_typed_by_what_their_values_share(write: Wri
     ]
 
 
+def test_jsonl_integers_past_64_bits_are_kept_as_written(write: Writer) -> None:
+    """They were read as floats: ids 123456789012345678901234567890 and ...891 both became
+    "1.2345678901234568e+29", and the file was refused for a repeated id it does not have."""
+    path = write(
+        "big.jsonl",
+        b'{"id": 123456789012345678901234567890, "meta": {"n": 123456789012345678901234567891}}\n'
+        b'{"id": 123456789012345678901234567891, "meta": {"n": 1, "x": 0.5}}\n'
+        b'{"id": 18446744073709551615, "meta": null}\n',
+    )
+    source = open_input(path)
+    assert [(f.name, str(f.type)) for f in source.schema] == [("id", "string"),
+                                                             ("meta", "string")]
+    assert rows_of(source) == [
+        {"id": "123456789012345678901234567890", "meta": '{"n":123456789012345678901234567891}'},
+        {"id": "123456789012345678901234567891", "meta": '{"n":1,"x":0.5}'},
+        {"id": "18446744073709551615", "meta": None},
+    ]
+
+
 def test_jsonl_streams_in_batches(write: Writer) -> None:
     data = b"".join(orjson.dumps({"id": i, "text": f"t{i}"}) + b"\n" for i in range(250))
     source = open_input(write("many.jsonl", data), batch_size=100)
