@@ -242,8 +242,9 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
     """Read a job file (if given), apply command-line ``overrides`` and validate everything.
 
     Paths in the file are relative to the file's directory; paths on the command line are
-    relative to the current directory. Every problem is a one-line ``ConfigError`` naming the
-    option (when the value came from the command line) or the job file and its table and key.
+    relative to the current directory; ``~`` is the home directory in both. Every problem is a
+    one-line ``ConfigError`` naming the option (when the value came from the command line) or
+    the job file and its table and key.
     """
     raw: dict[str, Any] = {}
     where = "command line"
@@ -274,7 +275,7 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
         for table, key in (("input", "path"), ("output", "dir"), ("request", "schema_file")):
             t = raw.get(table)
             if isinstance(t, dict) and isinstance(t.get(key), str) and t[key]:
-                t[key] = str((base / t[key]).resolve())
+                t[key] = str((base / _home(t[key])).resolve())
     unknown = sorted(set(raw) - set(_TABLES) - {"name"})
     if unknown:
         raise ConfigError(
@@ -287,7 +288,7 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
             continue
         table, key = OVERRIDES[name]
         if (table == "input" and key == "path") or (table == "output" and key == "dir"):
-            value = str(Path(value).resolve()) if value else value
+            value = str(_home(value).resolve()) if value else value
         from_cli[(table, key)] = option_name(name)
         if table:
             t = raw.setdefault(table, {})
@@ -301,6 +302,16 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _home(path: str) -> Path:
+    """``path`` with a leading ``~`` (or ``~user``) made the home directory, as a shell would:
+    in a job file it was a directory named ``~`` beside the file."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise ConfigError(f"{path}: cannot tell which home directory {path.split('/')[0]} "
+                          "stands for — write the whole path") from None
 
 
 def _table(raw: Mapping[str, Any], name: str, f: _Fields, cls: type) -> dict[str, Any]:
@@ -429,7 +440,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
                 f"{f('request', 'response_format')} and {f('request', 'schema_file')} are both "
                 "set — give one of them"
             )
-        req["response_format"] = _schema_format(Path(req["schema_file"]),
+        req["response_format"] = _schema_format(_home(req["schema_file"]),
                                                  f("request", "schema_file"))
 
     for key in ("requests_per_minute", "tokens_per_minute", "timeout_s", "max_cost_usd"):

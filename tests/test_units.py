@@ -46,6 +46,26 @@ def test_job_paths_are_relative_to_the_job_file(tmp_path: Path) -> None:
     assert job.name == "j"
 
 
+def test_a_tilde_in_job_paths_is_the_home_directory(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``path = "~/data/in.csv"`` was read as a directory named ``~`` beside the job file (and
+    ``dir = "~/out"`` made one there); a shell, and every other tool, reads it as home."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    (home / "data").mkdir(parents=True)
+    write(home / "data" / "ticket.schema.json", '{"type": "object"}')
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    text = BASE_JOB.replace('"in.csv"', '"~/data/in.csv"').replace('"out"', '"~/out"')
+    text = text.replace("[output]", 'schema_file = "~/data/ticket.schema.json"\n[output]')
+    job = load_job(write(jobs / "j.toml", text), {})
+    assert job.input.path == home / "data" / "in.csv"
+    assert job.output.dir == home / "out"
+    assert job.request.response_format is not None
+    job = load_job(None, {"input": "~/a.csv", "output": "~/o", "prompt": "{t}", "model": "m"})
+    assert (job.input.path, job.output.dir) == (home / "a.csv", home / "o")
+
+
 def test_command_line_overrides_win(tmp_path: Path) -> None:
     job = load_job(write(tmp_path / "j.toml", BASE_JOB),
                    {"model": "gpt-4o", "max_tokens": 5, "requests_per_minute": 60.0})
