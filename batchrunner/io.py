@@ -332,7 +332,12 @@ _RAGGED = re.compile(r"Expected (\d+) columns?, got (\d+)")
 
 
 def delimiter_hint(columns: Sequence[str]) -> str:
-    """A hint for a CSV file read as one column because it is not comma-separated, else ""."""
+    """A hint for a CSV file read as one column because it is not comma-separated, or whose
+    first line is Excel's ``sep=`` line rather than the header, else ""."""
+    if 1 <= len(columns) <= 2 and columns[0].startswith("sep=") and not any(columns[1:]):
+        comma = "" if columns[0] in ("sep=", "sep=,") else " and save it comma-separated"
+        return (" — its first line (sep=...) is Excel's separator line, not the header: delete "
+                f"that line{comma}")
     if len(columns) == 1:
         for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
             if sep in columns[0]:

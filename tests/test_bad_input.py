@@ -171,6 +171,21 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(inp), ["{text}", "semi.csv", "semicolons"]
 
 
+@case("Excel's sep= line above the header")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Read as the header (columns "sep=" and ""): the message named only the columns.
+    inp = c.write("excel.csv", "sep=,\nid,text\na,hello\n")
+    return c.args(inp), ["{text}", "excel.csv", "(sep=...) is Excel's separator line",
+                         "delete that line"]
+
+
+@case("Excel's sep=; line above a semicolon-separated header")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    inp = c.write("excel.csv", "sep=;\nid;text\na;hello\n")
+    return c.args(inp), ["(sep=...) is Excel's separator line",
+                         "delete that line and save it comma-separated"]
+
+
 @case("duplicate ids")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("dup.csv", "id,text\na,1\nb,2\na,3\n")
