@@ -155,6 +155,13 @@ def open_input(
     if p.is_dir():
         files = _parquet_files_in(p)
         if not files:
+            nested = _nested_parquet_file(p)
+            if nested is not None:  # a partitioned dataset: year=2024/part-0.parquet
+                raise _input_error(
+                    p,
+                    f"has its .parquet files in subdirectories ({nested}), which are not read "
+                    "— give the directory that holds them (one partition's, say)",
+                )
             raise _input_error(
                 p,
                 "is a directory with no .parquet files — give a file "
@@ -195,6 +202,17 @@ def _parquet_files_in(directory: Path) -> list[Path]:
         ),
         key=lambda e: e.name,
     )
+
+
+def _nested_parquet_file(directory: Path) -> str | None:
+    """A ``*.parquet`` file one or two levels below ``directory`` (a partitioned dataset's:
+    ``year=2024/month=1/part-0.parquet``), as a path relative to it, or None."""
+    with contextlib.suppress(OSError):
+        for pattern in ("*/*.parquet", "*/*/*.parquet"):
+            for found in directory.glob(pattern):
+                if found.is_file() and not found.name.startswith((".", "_")):
+                    return str(found.relative_to(directory))
+    return None
 
 
 def _check_unique_names(path: Path, names: Sequence[str], what: str = "column") -> None:

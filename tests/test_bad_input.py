@@ -216,6 +216,17 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.tmp / "exports"), ["exports", "no .parquet files"]
 
 
+@case("partitioned Parquet directory")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # It was "a directory with no .parquet files", though it holds them a level down.
+    (c.tmp / "sales" / "year=2024").mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["a", "b"]}), c.tmp / "sales" / "year=2024" / "p.parquet")
+    c.write("sales/_SUCCESS", b"")
+    return c.args(c.tmp / "sales"), [
+        "sales: has its .parquet files in subdirectories (year=2024/p.parquet), which are not "
+        "read — give the directory that holds them"]
+
+
 @case("Parquet directory with mismatched schemas")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     (c.tmp / "parts").mkdir()
