@@ -278,10 +278,9 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
                 t[key] = str((base / _home(t[key])).resolve())
     unknown = sorted(set(raw) - set(_TABLES) - {"name"})
     if unknown:
-        raise ConfigError(
-            f"job file {where}: unknown key {unknown[0]!r} "
-            f"(known: name, {', '.join('[' + t + ']' for t in _TABLES)})"
-        )
+        tables = ", ".join(f"[{t}]" for t in _TABLES)
+        raise ConfigError(f"job file {where}: unknown key {unknown[0]!r} (known: name, {tables})"
+                          f"{_misplaced(unknown[0], '')}")
     from_cli: dict[tuple[str, str], str] = {}
     for name, value in overrides.items():
         if value is None:
@@ -323,8 +322,23 @@ def _table(raw: Mapping[str, Any], name: str, f: _Fields, cls: type) -> dict[str
         if key not in known:
             raise ConfigError(
                 f"{f.prefix}unknown key {key!r} in [{name}] (known: {', '.join(sorted(known))})"
+                f"{_misplaced(key, name)}"
             )
     return dict(t)
+
+
+def _misplaced(key: str, table: str) -> str:
+    """Where a key the job file has in the wrong table goes (in TOML, every key below a table's
+    header is in that table), for the message; else ""."""
+    if key == "name" and table:
+        return "; name goes at the top of the file, above the first [table]"
+    for home, cls in (("input", InputConfig), ("request", RequestConfig),
+                      ("endpoint", EndpointConfig), ("limits", Limits), ("output", OutputConfig)):
+        if home != table and key in {fl.name for fl in fields(cls)}:
+            return f"; it belongs in [{home}]: move it below that header"
+    if table == "request" and key in _BODY_FIELDS:
+        return "; other request body fields go in [request.extra]"
+    return ""
 
 
 def _number(t: dict[str, Any], key: str, f: _Fields, *, integer: bool, positive: bool,

@@ -66,6 +66,17 @@ def test_a_tilde_in_job_paths_is_the_home_directory(tmp_path: Path,
     assert (job.input.path, job.output.dir) == (home / "a.csv", home / "o")
 
 
+def test_a_key_above_every_table_or_a_body_field_in_request_is_pointed_to_its_place(
+        tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'model' \(known: name, \[input\], .*"
+                       r"\); it belongs in \[request\]: move it below that header$"):
+        load_job(write(tmp_path / "j.toml", 'model = "gpt-4o"\n' + BASE_JOB), {})
+    with pytest.raises(ConfigError, match=r"unknown key 'seed' in \[request\] \(known: extra, .*"
+                       r"\); other request body fields go in \[request.extra\]$"):
+        load_job(write(tmp_path / "j.toml", BASE_JOB.replace("[output]", "seed = 1\n[output]")),
+                 {})
+
+
 def test_command_line_overrides_win(tmp_path: Path) -> None:
     job = load_job(write(tmp_path / "j.toml", BASE_JOB),
                    {"model": "gpt-4o", "max_tokens": 5, "requests_per_minute": 60.0})
@@ -85,6 +96,11 @@ def test_command_line_overrides_win(tmp_path: Path) -> None:
         ("[endpoint]\nbase_url = \"api.openai.com\"", "must be an http(s) URL"),
         ("[request.extra]\nthinking = 1\n[output]\nformat = \"xlsx\"", None),
         ("[wat]\nx = 1", "unknown key 'wat'"),
+        # A key below the wrong header (in TOML, every key below one is in its table): where
+        # it goes is said, not only what the table it landed in knows.
+        ("requests_per_minute = 5", "unknown key 'requests_per_minute' in [output] (known: "
+         "dir, format); it belongs in [limits]: move it below that header"),
+        ("[endpoint]\nname = 'x'", "name goes at the top of the file, above the first [table]"),
     ],
 )
 def test_bad_job_settings_name_the_field(tmp_path: Path, extra: str, needle: str | None) -> None:
