@@ -447,6 +447,13 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
     for key in ("response_format", "extra"):
         if key in req and not isinstance(req[key], dict):
             raise ConfigError(f"{f('request', key)} must be a table")
+    if "messages" in req.get("extra", {}):
+        # It would replace the messages the prompt makes: every row sent the same conversation.
+        raise ConfigError(
+            f"{f.prefix}[request.extra] messages would replace every row's prompt, so every row "
+            "would be sent the same messages — leave it out: the prompt makes the user message "
+            "and [request] system the system message; for a conversation of its own per row "
+            "(examples, earlier turns), give an OpenAI batch JSONL file")
     _from_columns(req.get("from_columns"), f("request", "from_columns"))
     if req.get("schema_file"):
         if req.get("response_format"):

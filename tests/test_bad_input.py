@@ -417,6 +417,17 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.job(body), ["job.toml", "[request] schema_file", "string", "['a.json']"]
 
 
+@case("messages in [request.extra]")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Few-shot turns put here replaced the prompt's message: every row was sent the same
+    # conversation, and every row came back ok with the same answer.
+    c.good_csv()
+    body = GOOD_JOB.replace("[output]", "[request.extra]\nmessages = [{role = 'user', "
+                            "content = 'Example: hi'}]\n[output]")
+    return c.job(body), ["job.toml: [request.extra] messages would replace every row's prompt",
+                         "OpenAI batch JSONL file"]
+
+
 @case("zero max_attempts in TOML")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.good_csv()
