@@ -751,7 +751,7 @@ def load_dotenv(path: Path) -> dict[str, str]:
     escapes), with a comment allowed after the closing quote."""
     values: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Notepad starts it with a BOM
     except (FileNotFoundError, IsADirectoryError):
         return values
     except (OSError, UnicodeDecodeError) as e:

@@ -122,6 +122,13 @@ def test_dotenv(tmp_path: Path) -> None:
     assert env == {"A": "1", "B": "two words", "C": "x"}
 
 
+def test_dotenv_saved_by_notepad_with_a_bom_and_crlf(tmp_path: Path) -> None:
+    """The BOM was read as part of the first name: "no API key: set OPENAI_API_KEY in the
+    environment or in a .env file", with the key on the file's first line."""
+    (tmp_path / ".env").write_bytes(b"\xef\xbb\xbfOPENAI_API_KEY=sk-x\r\nOTHER=y\r\n")
+    assert load_dotenv(tmp_path / ".env") == {"OPENAI_API_KEY": "sk-x", "OTHER": "y"}
+
+
 def test_dotenv_reads_quoted_values_as_docker_compose_and_python_dotenv_do(
         tmp_path: Path) -> None:
     lines = {
