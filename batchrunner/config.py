@@ -262,7 +262,7 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
         import tomllib  # a job file's only: a run given on the command line need not pay for it
 
         try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+            raw = tomllib.loads(p.read_text(encoding="utf-8-sig"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"job file {p}: not valid TOML: {_one_line(str(e))}") from None
         except UnicodeDecodeError:
@@ -563,7 +563,7 @@ def _from_columns(value: Any, what: str) -> None:
 def _schema_format(path: Path, what: str) -> dict[str, Any]:
     """A ``json_schema`` response_format from a JSON Schema file."""
     try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
+        schema = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"{what} {path}: not found") from None
     except (ValueError, OSError) as e:

@@ -122,6 +122,19 @@ def test_dotenv(tmp_path: Path) -> None:
     assert env == {"A": "1", "B": "two words", "C": "x"}
 
 
+def test_a_job_file_and_its_schema_file_saved_with_a_bom(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM: the job file was 'not valid TOML: Invalid
+    statement (at line 1, column 1)', the schema file 'not a JSON file (Unexpected UTF-8
+    BOM ...)'."""
+    (tmp_path / "answer.schema.json").write_bytes(b'\xef\xbb\xbf{"type": "object"}\r\n')
+    text = BASE_JOB.replace("[output]", 'schema_file = "answer.schema.json"\n[output]')
+    (tmp_path / "j.toml").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    job = load_job(tmp_path / "j.toml", {})
+    assert job.request.prompt == "Say {text}"
+    assert job.request.response_format is not None
+    assert job.request.response_format["json_schema"]["schema"] == {"type": "object"}
+
+
 def test_dotenv_saved_by_notepad_with_a_bom_and_crlf(tmp_path: Path) -> None:
     """The BOM was read as part of the first name: "no API key: set OPENAI_API_KEY in the
     environment or in a .env file", with the key on the file's first line."""
