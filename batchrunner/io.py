@@ -172,7 +172,8 @@ def open_input(
     suffix = p.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         shown = f"{suffix!r} files are" if suffix else "files without a suffix are"
-        raise _input_error(p, f"{shown} not supported — use one of {supported}")
+        raise _input_error(p, f"{shown} not supported — use one of {supported}"
+                           f"{_SUFFIX_HINTS.get(suffix, '')}")
     if st.st_size == 0:
         raise _input_error(p, "the file is empty (0 bytes) — give a file with rows")
     try:
@@ -186,6 +187,17 @@ def open_input(
     if suffix == ".parquet":
         return _ParquetSource(p, batch_size, [p])
     return _JsonlSource(p, batch_size)
+
+
+# What to do with a file of a kind users often have instead.
+_SUFFIX_HINTS: Final = {
+    ".ndjson": " (an .ndjson file is JSON Lines: rename it .jsonl)",
+    ".json": " (for JSON, write one object per line in a .jsonl file)",
+    ".xlsx": " (in Excel: Save As, CSV UTF-8)",
+    ".xls": " (in Excel: Save As, CSV UTF-8)",
+    ".gz": " (decompress it first)",
+    ".zip": " (unzip it first)",
+}
 
 
 def _parquet_files_in(directory: Path) -> list[Path]:

@@ -207,7 +207,15 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 @case("unsupported suffix .xlsx")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("sheet.xlsx", b"PK\x03\x04 not really a workbook")
-    return c.args(inp), ["sheet.xlsx", "'.xlsx'", ".csv, .tsv, .parquet, .jsonl"]
+    return c.args(inp), ["sheet.xlsx", "'.xlsx'", ".csv, .tsv, .parquet, .jsonl",
+                         "(in Excel: Save As, CSV UTF-8)"]
+
+
+@case("an .ndjson file")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    inp = c.write("rows.ndjson", '{"text": "a"}\n')
+    return c.args(inp), ["rows.ndjson", "'.ndjson' files are not supported",
+                         "(an .ndjson file is JSON Lines: rename it .jsonl)"]
 
 
 @case("directory with no parquet files")
