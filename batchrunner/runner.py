@@ -336,6 +336,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 f"({column_list(source.columns, key_column)})"
             )
         warnings.extend(request_warnings(job.request))
+        if builder.template is not None:
+            warnings.extend(builder.template.warnings(source.columns))
         bounded = {"max_tokens", "max_completion_tokens"}
         if job.limits.max_cost_usd is not None and job.request.max_tokens is None and not (
                 bounded & (job.request.extra.keys() | job.request.from_columns.keys())):

@@ -35,6 +35,8 @@ from batchrunner.io import delimiter_hint
 __all__ = ["RequestBuilder", "Template", "column_list", "estimate_tokens", "request_warnings"]
 
 _FORMATTER = string.Formatter()
+# "{name}" in a template's literal text: what "{{name}}" or "{{ name }}" renders as.
+_LITERAL_FIELD = re.compile(r"\{([^{}]+)\}")
 
 
 def estimate_tokens(text: str) -> int:
@@ -98,6 +100,24 @@ class Template:
                     f"prompt template names column {{{name}}}, which {where} does not have "
                     f"({column_list(cols, name)}){delimiter_hint(cols) or braces}"
                 )
+
+    def warnings(self, columns: Iterable[str]) -> list[str]:
+        """Literal text that looks like a column meant to be filled in: ``{{text}}`` (a Jinja
+        or Mustache habit) sends ``{text}`` as it is, beside other columns' values."""
+        have = set(columns)
+        out: list[str] = []
+        text = ""  # the literal text up to the next field ("{{" splits it in parts)
+        for literal, name in [*self.parts, ("", None)]:
+            text += literal
+            if name is None and literal:
+                continue
+            for found in _LITERAL_FIELD.findall(text):
+                if found.strip() in have:
+                    out.append(f"the prompt template sends {{{found}}} as it is, not the value of "
+                               f"column {found.strip()!r}: write {{{found.strip()}}} for that "
+                               "({{ and }} are literal braces)")
+            text = ""
+        return list(dict.fromkeys(out))
 
     def render(self, row: dict[str, Any]) -> str | None:
         """The prompt for one row, or ``None`` when a field's value is null."""

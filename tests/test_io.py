@@ -724,3 +724,24 @@ def test_a_column_named_with_a_colon_or_an_exclamation_mark_is_used_in_a_templat
     for prompt in ("Say {text:>5}", "Say {text!r}", 'Say {"a": 1} to {text}'):
         with pytest.raises(ConfigError, match="must be a plain column name"):
             prepare(job(prompt), RunOptions(progress="none", handle_signals=False))
+
+
+def test_a_column_in_double_braces_beside_a_real_field_is_warned_about(tmp_path: Path) -> None:
+    """``{{ text }}`` (Jinja's way) beside ``{id}`` sent the literal ``{ text }`` for every row,
+    with no word said; a literal brace that names no column (JSON in the prompt) says nothing."""
+    from batchrunner.config import JobConfig, load_job
+    from batchrunner.runner import RunOptions, prepare
+
+    (tmp_path / "in.csv").write_text("id,text\n1,hi\n")
+
+    def job(prompt: str) -> JobConfig:
+        return load_job(None, {
+            "input": str(tmp_path / "in.csv"), "model": "gpt-4o-mini", "prompt": prompt,
+            "base_url": "http://127.0.0.1:9/v1", "output": str(tmp_path / "out")})
+
+    options = RunOptions(progress="none", handle_signals=False)
+    plan = prepare(job("Ticket {id}: {{ text }}"), options)
+    assert ("the prompt template sends { text } as it is, not the value of column 'text': "
+            "write {text} for that ({{ and }} are literal braces)") in plan.warnings
+    plan = prepare(job('Reply {{"label": "..."}} about {text}, a {{note}}'), options)
+    assert not any("as it is" in w for w in plan.warnings), plan.warnings
