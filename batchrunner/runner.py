@@ -117,6 +117,7 @@ from batchrunner.template import (
     column_list,
     estimate_tokens,
     request_warnings,
+    system_warnings,
 )
 
 __all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "EXIT_STOPPED", "EXIT_USAGE", "RunOptions",
@@ -338,6 +339,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         warnings.extend(request_warnings(job.request))
         if builder.template is not None:
             warnings.extend(builder.template.warnings(source.columns))
+        warnings.extend(system_warnings(job.request.system, source.columns))
         bounded = {"max_tokens", "max_completion_tokens"}
         if job.limits.max_cost_usd is not None and job.request.max_tokens is None and not (
                 bounded & (job.request.extra.keys() | job.request.from_columns.keys())):

@@ -32,7 +32,8 @@ from batchrunner.config import (
 from batchrunner.errors import ConfigError
 from batchrunner.io import delimiter_hint
 
-__all__ = ["RequestBuilder", "Template", "column_list", "estimate_tokens", "request_warnings"]
+__all__ = ["RequestBuilder", "Template", "column_list", "estimate_tokens", "request_warnings",
+           "system_warnings"]
 
 _FORMATTER = string.Formatter()
 # "{name}" in a template's literal text: what "{{name}}" or "{{ name }}" renders as.
@@ -136,6 +137,15 @@ def _not_plain(field: str) -> ConfigError:
     return ConfigError(
         f"prompt template: field {{{field}}} must be a plain column name like {{text}} "
         "(write {{ and }} for literal braces, as around JSON in a prompt)")
+
+
+def system_warnings(system: str | None, columns: Iterable[str]) -> list[str]:
+    """The system message is sent as it is, not filled in: a column named in it in braces is
+    most likely meant to be."""
+    have = set(columns)
+    named = [n for n in dict.fromkeys(_LITERAL_FIELD.findall(system or "")) if n.strip() in have]
+    return [f"the system message is sent as it is, not as a template: {{{n}}} in it is not the "
+            f"value of column {n.strip()!r} (put the column in the prompt)" for n in named]
 
 
 def request_warnings(req: RequestConfig) -> list[str]:

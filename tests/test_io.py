@@ -745,3 +745,23 @@ def test_a_column_in_double_braces_beside_a_real_field_is_warned_about(tmp_path:
             "write {text} for that ({{ and }} are literal braces)") in plan.warnings
     plan = prepare(job('Reply {{"label": "..."}} about {text}, a {{note}}'), options)
     assert not any("as it is" in w for w in plan.warnings), plan.warnings
+
+
+def test_a_column_named_in_the_system_message_is_warned_about(tmp_path: Path) -> None:
+    """``system = "You write for the {brand} shop"`` sent "{brand}" as it is in every request:
+    the system message is not a template. Said before the run; JSON in it says nothing."""
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, prepare
+
+    (tmp_path / "in.csv").write_text("brand,text\nAcme,hi\n")
+    options = RunOptions(progress="none", handle_signals=False)
+    for system, warned in [("You write for the {brand} shop", True),
+                           ('Reply as {"brand": "..."}, never {{other}}', False)]:
+        plan = prepare(load_job(None, {
+            "input": str(tmp_path / "in.csv"), "model": "gpt-4o-mini", "prompt": "Say {text}",
+            "system": system, "base_url": "http://127.0.0.1:9/v1",
+            "output": str(tmp_path / "out")}), options)
+        said = [w for w in plan.warnings if "system message" in w]
+        assert said == ([
+            "the system message is sent as it is, not as a template: {brand} in it is not the "
+            "value of column 'brand' (put the column in the prompt)"] if warned else []), said
