@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     room on an 80-column terminal: counts that are 0 are left out, tokens shortened."""
     cost = f"${c.cost_usd:.4f}" + ("+?" if c.cost_unknown else "")
     if c.projected_usd:
-        cost += f" (~${c.projected_usd:.2f} job)"
+        cost += f" (~{_about_usd(c.projected_usd)} job)"
     counts = (("ok", c.ok), ("failed", c.failed), ("retrying", c.retrying))
     # A 429's pause of a second or more: a run that looks stuck is waiting, and says so.
     paused = [f"paused={c.paused_s:.0f}s"] if c.paused_s >= 1 else []
@@ -69,6 +70,15 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     if paused:
         parts.append(f"(new requests held {c.paused_s:.0f} s more by a 429's retry-after)")
     return " ".join(parts)
+
+
+def _about_usd(usd: float) -> str:
+    """An estimate in dollars: to the cent from $1 up, else to two significant digits
+    (``$0.0084``, where cents would read ``$0.00`` beside a cost already spent above it)."""
+    if usd >= 0.995:
+        return f"${usd:,.2f}"
+    whole, _, cents = f"{usd:.{max(2, 1 - math.floor(math.log10(usd)))}f}".partition(".")
+    return f"${whole}.{cents[:2]}{cents[2:].rstrip('0')}"
 
 
 def short_number(v: float) -> str:
@@ -165,10 +175,12 @@ class LogProgress:
             self._last = now
             done = f"{self._done:,}"
             if self._total:
-                done += f"/{self._total:,} ({100 * self._done / self._total:.0f} %)"
+                # Rounded down: 239 of 240 rows is 99 %, not 100 %.
+                done += f"/{self._total:,} ({100 * self._done // self._total} %)"
             idle = now - self._last_finished
-            note = (f"  (no row finished for {idle:.0f} s; {counts.in_flight:,} requests in "
-                    "flight)" if self._every and idle >= self._every else "")
+            flying = f"{counts.in_flight:,} request{'' if counts.in_flight == 1 else 's'}"
+            note = (f"  (no row finished for {idle:.0f} s; {flying} in flight)"
+                    if self._every and idle >= self._every else "")
             self.write(f"{self._desc}: {done} rows  {_postfix(counts)}{note}")
 
     def write(self, line: str) -> None:

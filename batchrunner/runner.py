@@ -1002,7 +1002,9 @@ class _Run:
         self.spent = plan.prior_cost  # the whole job's, earlier runs included
         self.reserved = 0.0  # estimated cost of the requests in flight
         self.recorded = 0
-        self.to_do = max(1, plan.total_rows - len(plan.done))
+        # The job's rows to do, those --limit leaves for later runs too: what the progress's
+        # projection of the job's cost spreads this run's cost per row over.
+        self.to_do = max(1, plan.total_rows - len(plan.done) + plan.limited)
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
         self.long_waits = 0  # 429s in a row asking to wait longer than the job waits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -200,3 +201,56 @@ def test_report_with_the_input_unreadable_says_why(
     code, _, err = cli(capsys, "report", "out")
     assert code == 2
     assert "the file is empty" in one_error_line(err)
+
+
+# -- progress: what the log lines say is true --------------------------------------------------
+
+
+def test_a_log_line_never_rounds_up_to_100_percent_nor_says_1_requests(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from batchrunner import progress
+
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    log = progress.LogProgress("nightly", every_s=30.0)
+    log.start(240, 0)
+    now[0] += 31
+    log.update(progress.Counts(ok=239, retrying=1, in_flight=1), 239)
+    now[0] += 31  # the last row is still out: one request in flight
+    log.update(progress.Counts(ok=239, retrying=1, in_flight=1), 0)
+    lines = capsys.readouterr().err.splitlines()
+    assert "239/240 (99 %) rows" in lines[1], lines[1]
+    assert lines[2].endswith("(no row finished for 31 s; 1 request in flight)"), lines[2]
+
+
+def test_the_projected_cost_of_a_cheap_job_is_not_shown_below_the_cost_so_far() -> None:
+    from batchrunner.progress import Counts, _postfix
+
+    c = Counts(ok=77, tokens=5_142, cost_usd=0.0027, projected_usd=0.0042)  # was ~$0.00
+    assert _postfix(c).endswith("cost=$0.0027 (~$0.0042 job)")
+    assert _postfix(c, compact=True).endswith("cost=$0.0027 (~$0.0042 job)")
+    c.projected_usd = 1234.567
+    assert _postfix(c).endswith("(~$1,234.57 job)")
+
+
+def test_under_limit_the_projected_cost_is_the_whole_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """10 rows alike (one reply length), 2 sent under --limit: the job is 5 times the run."""
+    from batchrunner import progress
+
+    monkeypatch.setattr(progress.LogProgress.__init__, "__defaults__", (0.0,))  # every row
+    pd.DataFrame({"id": [f"r{i}" for i in range(10)], "text": ["same"] * 10}).to_csv(
+        tmp_path / "in.csv", index=False)
+    (tmp_path / "job.toml").write_text(
+        'name = "ten"\n[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {text}"\n'
+        '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n'
+        '[simulator]\nreply_tokens = 1000\n')
+    code, _, err = cli(capsys, "run", "job.toml", "--limit", "2", "--progress", "log")
+    assert code == 0, err
+    last = [line for line in err.splitlines() if "cost=$" in line][-1]
+    cost, projected = (float(v) for v in
+                       re.search(r"cost=\$([\d.]+) \(~\$([\d.]+) job\)", last).groups())
+    assert 4.5 * cost < projected < 5.5 * cost, last

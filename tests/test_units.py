@@ -444,9 +444,9 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
         "2026-11-30T02:00:01Z nightly: started, 19,000 of 20,000 rows to do; a line every 30 s",
-        "2026-11-30T02:00:01Z nightly: 1,500/20,000 (8 %) rows  ok=1,500 failed=0 retrying=0 "
+        "2026-11-30T02:00:01Z nightly: 1,500/20,000 (7 %) rows  ok=1,500 failed=0 retrying=0 "
         "tokens=12,345 cost=$0.2500",
-        "2026-11-30T02:00:01Z nightly: 1,500/20,000 (8 %) rows  ok=1,500 failed=0 retrying=0 "
+        "2026-11-30T02:00:01Z nightly: 1,500/20,000 (7 %) rows  ok=1,500 failed=0 retrying=0 "
         "tokens=12,345 cost=$0.2500  (no row finished for 56 s; 64 requests in flight)",
     ]
     monkeypatch.undo()
