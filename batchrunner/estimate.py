@@ -5,9 +5,9 @@ directory are left out) and adds up estimated prompt tokens (the same four-chara
 rule the pacing uses), expected completion tokens and cost per model, and the time the rate
 limits imply. No request is sent.
 
-Expected completion tokens per request: the mean observed in a previous run in the same output
-directory when there is one, else ``max_tokens`` (an upper bound), else a default guess — the
-report says which.
+Expected completion tokens per request: the mean of the answers the output directory's journal
+holds so far (every earlier run's, and a run's in progress) when there are any, else
+``max_tokens`` (an upper bound), else a default guess — the report says which.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None
     guess = f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens"
     if observed is not None:
         mean, n = observed
-        return f"mean of {n:,} answers in the previous run ({mean:,.0f} tokens)"
+        # The journal's answers: every earlier run's (and one in progress), not the last run's.
+        return f"mean of {n:,} {'answer' if n == 1 else 'answers'} so far ({mean:,.0f} tokens)"
     if unbounded == 0 and (to_send or max_tokens):
         if max_tokens:
             return f"max_tokens ({max_tokens:,}), an upper bound"

@@ -254,3 +254,16 @@ def test_under_limit_the_projected_cost_is_the_whole_jobs(
     cost, projected = (float(v) for v in
                        re.search(r"cost=\$([\d.]+) \(~\$([\d.]+) job\)", last).groups())
     assert 4.5 * cost < projected < 5.5 * cost, last
+
+
+def test_estimate_says_its_completion_tokens_are_the_mean_of_every_answer_so_far(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two runs of one row each: the mean is of both answers, not of 'the previous run'."""
+    assert cli(capsys, *job_args(tmp_path, "--limit", "1"))[0] == 0
+    code, out, _ = cli(capsys, "estimate", *job_args(tmp_path)[1:-2])
+    assert code == 0
+    assert re.search(r"completion tokens from: mean of 1 answer so far \(\d+ tokens\)", out), out
+    assert cli(capsys, *job_args(tmp_path, "--limit", "1"))[0] == 0
+    code, out, _ = cli(capsys, "estimate", *job_args(tmp_path)[1:-2])
+    assert re.search(r"completion tokens from: mean of 2 answers so far \(\d+ tokens\)", out), out
