@@ -143,9 +143,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import hashlib
 import itertools
 import math
+import os
 import random
 import re
 import socket
@@ -2130,11 +2132,24 @@ class SimulatorThread:
 # Command line
 
 
+def _port(text: str) -> int:
+    """``--port``'s value: a TCP port, or 0 for any free one."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535 (0: any free one), "
+                                         f"got {text!r}")
+    return port
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``batchrunner simulate``."""
     add = parser.add_argument
     add("--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)")
-    add("--port", type=int, default=DEFAULT_PORT, help="port, 0 for any (default: %(default)s)")
+    add("--port", type=_port, default=DEFAULT_PORT,
+        help="port, 0 for any (default: %(default)s)")
     add(
         "--config",
         metavar="TOML",
@@ -2280,7 +2295,13 @@ async def _serve(config: SimulatorConfig, host: str, port: int) -> None:
         sim = Simulator(config, host=host, port=port)
         await sim.start()
     except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        # asyncio's message repeats the address as a tuple: the errno's own text is enough (a
+        # host name not found has a negative one, and its own text).
+        why = (os.strerror(exc.errno) if exc.errno and exc.errno > 0
+               else exc.strerror or str(exc))
+        if exc.errno == errno.EADDRINUSE:
+            why += " (another server is on it: stop that one, or give another --port)"
+        raise UsageError(f"cannot listen on {host}:{port}: {why}") from None
     try:
         print(f"batchrunner simulator listening on {sim.base_url} (Ctrl-C to stop)", flush=True)
         await stop.wait()

@@ -106,8 +106,10 @@ def test_other_argument_errors_are_one_line_too(capsys: pytest.CaptureFixture[st
         (["run", "--format", "xlsx"],
          "--format: invalid choice: 'xlsx' (choose from 'parquet', 'csv', 'jsonl')"),
         (["run", "--input"], "--input: expected one argument — see batchrunner run --help"),
-        (["simulate", "--port", "x"],
-         "--port: invalid int value: 'x' — see batchrunner simulate --help"),
+        (["simulate", "--port", "x"], "--port: must be a port from 0 to 65535 (0: any free "
+         "one), got 'x' — see batchrunner simulate --help"),
+        (["simulate", "--port", "99999"], "--port: must be a port from 0 to 65535 (0: any free "
+         "one), got '99999' — see batchrunner simulate --help"),
     ]:
         code, out, err = cli(capsys, *argv)
         assert (code, out) == (2, ""), argv
@@ -267,3 +269,19 @@ def test_estimate_says_its_completion_tokens_are_the_mean_of_every_answer_so_far
     assert cli(capsys, *job_args(tmp_path, "--limit", "1"))[0] == 0
     code, out, _ = cli(capsys, "estimate", *job_args(tmp_path)[1:-2])
     assert re.search(r"completion tokens from: mean of 2 answers so far \(\d+ tokens\)", out), out
+
+
+def test_simulate_on_a_port_in_use_says_so_in_plain_words(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = cli(capsys, "simulate", "--port", str(port))
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == (
+        f"cannot listen on 127.0.0.1:{port}: Address already in use (another server is on it: "
+        "stop that one, or give another --port)")
