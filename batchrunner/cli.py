@@ -386,6 +386,8 @@ def _out_dir(given: str) -> Path:
                              f"run it with: batchrunner run {path}")
         return out
     if not path.exists():
+        if path.suffix.lower() == ".toml":  # a job file, as load_job says of one not found
+            raise UsageError(f"job file {path}: not found — check the path")
         raise UsageError(f"{path}: no such directory — give a run's output directory (its "
                          "--output), or its job file")
     if path.name == "job.json" and path.is_file():  # the output directory's own record

@@ -285,3 +285,15 @@ def test_simulate_on_a_port_in_use_says_so_in_plain_words(
     assert one_error_line(err) == (
         f"cannot listen on 127.0.0.1:{port}: Address already in use (another server is on it: "
         "stop that one, or give another --port)")
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_status_or_report_of_a_job_file_not_found_says_job_file_not_directory(
+    command: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = cli(capsys, command, "jobs/nightly.toml")
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == "job file jobs/nightly.toml: not found — check the path"
+    code, out, err = cli(capsys, command, "out/nightly")
+    assert one_error_line(err) == ("out/nightly: no such directory — give a run's output "
+                                   "directory (its --output), or its job file")
