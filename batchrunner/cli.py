@@ -145,9 +145,10 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
                    help="run against the built-in simulator (no key, no network)")
     g = p.add_argument_group("limits")
     _typed(g, "--rpm", float, "a number of requests per minute", dest="requests_per_minute",
-           metavar="N", help="requests per minute")
+           metavar="N", help="requests per minute (default: none, the server's "
+           "x-ratelimit-* headers pace the run)")
     _typed(g, "--tpm", float, "a number of tokens per minute", dest="tokens_per_minute",
-           metavar="N", help="tokens per minute")
+           metavar="N", help="tokens per minute (default: none, as for --rpm)")
     _typed(g, "--concurrency", int, "a whole number of requests", metavar="N",
            help="requests in flight (default: sized from the rate limit and latency)")
     _typed(g, "--timeout", float, "a number of seconds", dest="timeout_s", metavar="S",
@@ -155,11 +156,13 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
     _typed(g, "--max-attempts", int, "a whole number of attempts", metavar="N",
            help="attempts per row (default 6)")
     _typed(g, "--max-cost", float, "an amount in US dollars (e.g. 2.50)", dest="max_cost_usd",
-           metavar="USD", help="stop before the job's total spend could pass this")
+           metavar="USD", help="stop before the job's total spend could pass this many US "
+           "dollars (default: no budget)")
     g = p.add_argument_group("output")
     g.add_argument("--output", metavar="DIR", help="output directory (journal, results, report)")
     g.add_argument("--format", choices=OUTPUT_FORMATS, help="results format (default parquet)")
-    g.add_argument("--name", help="job name shown in progress and reports")
+    g.add_argument("--name", help="job name shown in progress and reports (default: the job "
+                   "file's name, else the input's)")
 
 
 _T = TypeVar("_T")

@@ -2156,11 +2156,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="read settings from a TOML file's [simulator] table (or its top level); "
         "options given here override them",
     )
-    add("--api-key", dest="api_key", help="require this key (default: accept any key)")
-    add("--models", help="comma-separated model names to accept (default: any)")
-    add("--reasoning-models", dest="reasoning_models", help="comma-separated reasoning models")
-    add("--rpm", type=int, help="requests per minute per key (default: unlimited)")
-    add("--tpm", type=int, help="tokens per minute per key (default: unlimited)")
+    add("--api-key", dest="api_key", metavar="KEY",
+        help="require this key (default: accept any key, or none)")
+    add("--models", metavar="NAMES",
+        help="comma-separated model names to accept (default: any)")
+    add("--reasoning-models", dest="reasoning_models", metavar="NAMES",
+        help="comma-separated models that answer with reasoning tokens (default: o1, o3, "
+        "gpt-5, deepseek-r1 and the like)")
+    add("--rpm", type=int, metavar="N", help="requests per minute per key (default: unlimited)")
+    add("--tpm", type=int, metavar="N", help="tokens per minute per key (default: unlimited)")
     add(
         "--default-max-tokens",
         dest="default_max_tokens",
@@ -2168,7 +2172,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="max_tokens assumed when a request sets none (default: none)",
     )
-    add("--reply-tokens", dest="reply_tokens", type=int, metavar="N", help="fixed reply length")
+    add("--reply-tokens", dest="reply_tokens", type=int, metavar="N",
+        help="every reply this many tokens (default: drawn, below)")
     add(
         "--reply-tokens-min",
         dest="reply_tokens_min",
@@ -2197,31 +2202,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="X",
         help="reasoning tokens per reply token for reasoning models (default: 1)",
     )
-    add("--latency-ms", dest="latency_ms", type=float, metavar="MS", help="base latency")
-    add("--jitter-ms", dest="jitter_ms", type=float, metavar="MS", help="uniform extra latency")
-    add("--ms-per-token", dest="ms_per_token", type=float, metavar="MS", help="stream pacing")
+    add("--latency-ms", dest="latency_ms", type=float, metavar="MS",
+        help="milliseconds before each request is answered (default: 0)")
+    add("--jitter-ms", dest="jitter_ms", type=float, metavar="MS",
+        help="up to this many milliseconds more, drawn uniformly (default: 0)")
+    add("--ms-per-token", dest="ms_per_token", type=float, metavar="MS",
+        help="milliseconds between a stream's tokens (default: 0)")
     add(
         "--slow-ms",
         dest="slow_ms",
         type=float,
         metavar="MS",
-        help=f"extra latency of the slow fault (default: {DEFAULT_SLOW_MS:g})",
+        help=f"milliseconds the slow fault adds (default: {DEFAULT_SLOW_MS:g})",
     )
     add(
         "--hang-s",
         dest="hang_s",
         type=float,
         metavar="S",
-        help=f"how long the hang fault holds a request (default: {DEFAULT_HANG_S:g})",
+        help=f"seconds the hang fault holds a request (default: {DEFAULT_HANG_S:g})",
     )
     add(
         "--fault",
         dest="fault",
         action="append",
         metavar="KIND=RATE",
-        help=f"random fault rate, repeatable; KIND is one of {', '.join(FAULT_KINDS)}",
+        help="the share of requests, 0 to 1, given fault KIND at random (503=0.02: 2 %%; "
+        f"repeatable; default: none); KIND is one of {', '.join(FAULT_KINDS)}",
     )
-    add("--seed", type=int, help="seeds random faults and jitter (default: 0)")
+    add("--seed", type=int, metavar="N", help="seeds random faults and jitter (default: 0)")
     add(
         "--quota-exhausted",
         dest="quota_exhausted",

@@ -150,6 +150,21 @@ def test_help_says_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     for option in ("--temperature X sampling temperature", "--max-tokens N most tokens",
                    "--top-p P nucleus sampling"):
         assert option in flat
+    # Every limit says what it is without the option: none, no budget; the name its source.
+    for option in ("--rpm N requests per minute (default: none, the server's x-ratelimit-* "
+                   "headers pace the run)", "--tpm N tokens per minute (default: none",
+                   "--max-cost USD stop before the job's total spend could pass this many US "
+                   "dollars (default: no budget)", "--name NAME job name shown in progress and "
+                   "reports (default: the job file's name, else the input's)"):
+        assert option in flat
+    code, out, _ = cli(capsys, "simulate", "--help")
+    flat = " ".join(out.split())
+    for option in ("--latency-ms MS milliseconds before each request is answered (default: 0)",
+                   "--jitter-ms MS up to this many milliseconds more, drawn uniformly "
+                   "(default: 0)", "--ms-per-token MS milliseconds between a stream's tokens "
+                   "(default: 0)", "--fault KIND=RATE the share of requests, 0 to 1,",
+                   "--rpm N requests per minute per key (default: unlimited)"):
+        assert option in flat
 
 
 # -- exit codes: what the footer says of report and status is what they do ---------------------
