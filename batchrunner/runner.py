@@ -688,9 +688,9 @@ def _select(journal: Journal, where: str, input_columns: Sequence[str] = ()) -> 
             raise UsageError(f"--rerun-where {where!r}: no column {name!r}; it filters on "
                              f"{columns} (the input's columns are not among them)") from None
         kind = f"{type(e).__name__}: " if type(e).__module__ == "builtins" else ""
-        raise UsageError(
-            f"--rerun-where {where!r}: {kind}{_first_line(e)} ({columns})"
-        ) from None
+        # A syntax error's text ends with where Python met it: "(<unknown>, line 1)".
+        detail = e.msg if isinstance(e, SyntaxError) and e.msg else _first_line(e)
+        raise UsageError(f"--rerun-where {where!r}: {kind}{detail} ({columns})") from None
     if isinstance(picked, bool | np.bool_):  # "True": every row recorded; "False": none
         return set(df["key"].astype(str)) if picked else set()
     if not (isinstance(picked, pd.Series) and pd.api.types.is_bool_dtype(picked)):

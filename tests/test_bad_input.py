@@ -872,7 +872,7 @@ def _parquet_damaged_in_second_row_group(path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("where", "says"), [
-    ("finish_reason ===", "SyntaxError"),
+    ("finish_reason ===", "SyntaxError: invalid syntax (the recorded outcome's columns"),
     ("finish_reason", "is not a condition on each row"),  # a column, not a test of it
     ("attempts + 1", "is not a condition on each row"),
     # An input column, or a misspelt one: named, with the columns it can filter on.
