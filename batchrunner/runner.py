@@ -203,6 +203,7 @@ class RunSummary:
     ran: bool = True  # False: the outputs were rebuilt (`report`), no run happened
     simulated: bool = False  # the answers came from the built-in simulator
     not_connected: int = 0  # of ``sent``, the requests that found no connection
+    rate_limited: int = 0  # of ``sent``, the requests answered 429 (rate limited)
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     cost_unknown: int = 0  # ok rows without a cost: no price known, or no usage reported
     cut_off: int = 0  # requests in flight when the run ended (a stop's drain ran out)
@@ -1852,6 +1853,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         summary.cut_off = run.counts.in_flight
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
+        summary.rate_limited = run.counters["http_429"]
         if run.counts.resumed:  # the job's cost holds earlier runs' rows: this run's apart
             summary.run_cost_usd = run.counts.cost_usd
         summary.stopped = str(run.stop_error) if run.stop_error else None
@@ -2112,11 +2114,16 @@ def format_summary(s: RunSummary) -> str:
     if s.ran:
         sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")
         cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"
+        notes = []
         if s.not_connected:
-            cost += (" (none could connect)" if s.not_connected == s.sent
-                     else f" ({s.not_connected:,} could not connect)")
+            notes.append("none could connect" if s.not_connected == s.sent
+                         else f"{s.not_connected:,} could not connect")
+        if s.rate_limited:  # a slow run says why: a storm of 429s, waited out
+            notes.append(f"{s.rate_limited:,} answered 429, rate limited")
         if s.simulated:
-            cost += " (to the built-in simulator: the answers are not real)"
+            notes.append("to the built-in simulator: the answers are not real")
+        if notes:
+            cost += f" ({'; '.join(notes)})"
     lines.append(f"  cost: {cost}")
     if s.results_path:
         lines.append(f"  results: {_show(s.results_path)}")

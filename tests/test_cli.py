@@ -312,3 +312,17 @@ def test_status_or_report_of_a_job_file_not_found_says_job_file_not_directory(
     code, out, err = cli(capsys, command, "out/nightly")
     assert one_error_line(err) == ("out/nightly: no such directory — give a run's output "
                                    "directory (its --output), or its job file")
+
+
+def test_the_summary_says_how_many_requests_met_a_429(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run slowed by 429s says so at its end, not only in the cost report."""
+    pd.DataFrame({"id": ["a", "b"], "text": ["one [[sim:429*2]]", "two"]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    code, out, err = cli(capsys, *job_args(tmp_path))
+    assert code == 0, err
+    assert ("; 4 requests sent this run (2 answered 429, rate limited; to the built-in "
+            "simulator: the answers are not real)\n") in out
+    code, out, err = cli(capsys, *job_args(tmp_path))  # nothing sent: nothing to say of 429s
+    assert "0 requests sent this run (to the built-in simulator" in out
