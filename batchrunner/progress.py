@@ -51,18 +51,16 @@ class NullProgress:
 
 
 def _postfix(c: Counts, *, compact: bool = False) -> str:
-    """The counts, for a log line; ``compact``, beside the bar, short enough to leave the bar
-    room on an 80-column terminal: counts that are 0 are left out, tokens shortened."""
+    """The counts, for a log line; ``compact``, beside the bar: counts that are 0 are left
+    out, tokens shortened (``TqdmProgress`` leaves out more where the terminal is narrow)."""
+    if compact:
+        return " ".join(text for _, text in _compact_parts(c))
     cost = f"${c.cost_usd:.4f}" + ("+?" if c.cost_unknown else "")
     if c.projected_usd:
         cost += f" (~{_about_usd(c.projected_usd)} job)"
     counts = (("ok", c.ok), ("failed", c.failed), ("retrying", c.retrying))
     # A 429's pause of a second or more: a run that looks stuck is waiting, and says so.
     paused = [f"paused={c.paused_s:.0f}s"] if c.paused_s >= 1 else []
-    if compact:
-        parts = [f"{name}={n:,}" for name, n in (*counts, ("429s", c.rate_limited))
-                 if n or name == "ok"]
-        return " ".join([*parts, *paused, f"tokens={short_number(c.tokens)}", f"cost={cost}"])
     parts = [f"{name}={n:,}" for name, n in counts]
     parts += [f"{'this run: ' if c.resumed else ''}tokens={c.tokens:,}", f"cost={cost}"]
     if c.rate_limited:
@@ -70,6 +68,22 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     if paused:
         parts.append(f"(new requests held {c.paused_s:.0f} s more by a 429's retry-after)")
     return " ".join(parts)
+
+
+def _compact_parts(c: Counts) -> list[tuple[int, str]]:
+    """The counts beside the bar, in the order shown, each with its rank: where the terminal
+    is too narrow for all of them, those ranked last are left out first (the cost stays, then
+    rows ok: the bar counts the rows done)."""
+    parts = [(1, f"ok={c.ok:,}")]
+    parts += [(rank, f"{name}={n:,}") for rank, name, n in (
+        (2, "failed", c.failed), (5, "retrying", c.retrying), (3, "429s", c.rate_limited)) if n]
+    if c.paused_s >= 1:  # a 429's pause: a run that looks stuck is waiting, and says so
+        parts.append((3, f"paused={c.paused_s:.0f}s"))
+    parts.append((6, f"tokens={short_number(c.tokens)}"))
+    parts.append((0, f"cost=${c.cost_usd:.4f}" + ("+?" if c.cost_unknown else "")))
+    if c.projected_usd:
+        parts.append((4, f"(~{_about_usd(c.projected_usd)} job)"))
+    return parts
 
 
 def _about_usd(usd: float) -> str:
@@ -114,8 +128,28 @@ class TqdmProgress:
         if time.time() - bar.last_print_t >= bar.mininterval:
             # tqdm may redraw in this update: the counts beside the bar are made current first,
             # or they would lag the bar's own count.
-            bar.set_postfix_str(_postfix(counts, compact=True), refresh=False)
+            bar.set_postfix_str(self._fit(counts, finished), refresh=False)
         bar.update(finished)
+
+    def _fit(self, counts: Counts, finished: int = 0) -> str:
+        """The counts beside the bar, as many as the terminal's width leaves room for with a
+        bar of about 10 characters (``finished`` rows are about to be added to its count):
+        tqdm cuts a line too long at its end, where the cost is, and shrinks the bar to one
+        character."""
+        parts = _compact_parts(counts)
+        shown = " ".join(text for _, text in parts)
+        bar = self._bar
+        meter = bar.format_dict
+        width = meter.get("ncols")
+        if not width:
+            return shown
+        # The line at its natural length, a bar of 10 (the rate and times are the last
+        # drawn: a character or two off, which the bar takes up).
+        meter = {**meter, "ncols": None, "n": meter["n"] + finished}
+        while len(parts) > 1 and len(bar.format_meter(**{**meter, "postfix": shown})) > width:
+            parts.remove(max(parts, key=lambda p: p[0]))
+            shown = " ".join(text for _, text in parts)
+        return shown
 
     def write(self, line: str) -> None:
         """A message above the bar, without breaking it."""
@@ -127,7 +161,7 @@ class TqdmProgress:
     def close(self) -> None:
         if self._bar is not None:
             if self._counts is not None:
-                self._bar.set_postfix_str(_postfix(self._counts, compact=True), refresh=True)
+                self._bar.set_postfix_str(self._fit(self._counts), refresh=True)
             self._bar.close()
             self._bar = None
 

@@ -326,3 +326,38 @@ def test_the_summary_says_how_many_requests_met_a_429(
             "simulator: the answers are not real)\n") in out
     code, out, err = cli(capsys, *job_args(tmp_path))  # nothing sent: nothing to say of 429s
     assert "0 requests sent this run (to the built-in simulator" in out
+
+
+def test_the_bar_on_an_80_column_terminal_keeps_room_for_itself_and_the_cost(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """tqdm cuts a line longer than the terminal at its end, where the cost is, and shrinks
+    the bar to one character: the counts beside it are fitted to the width instead, the cost
+    kept first."""
+    import time
+
+    from batchrunner import progress
+
+    def drawn(width: int) -> list[str]:
+        bar = progress.TqdmProgress("job")
+        bar.start(20_000, 0)
+        tq = bar._bar
+        tq.dynamic_ncols = lambda fp: (width - 1, 24)  # as tqdm reads a terminal's width
+        tq.start_t -= 60.0  # a minute into the run
+        counts = progress.Counts(failed=45, retrying=12, rate_limited=345, tokens=1_234_567,
+                                 cost_usd=12.3456, projected_usd=99.87)
+        for _ in range(3):
+            counts.ok += 1_000
+            tq.last_print_t = time.time() - 1.0  # a redraw is due: 1,000 rows a second
+            bar.update(counts, 1_000)
+        bar.close()
+        return [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+                if "/20000" in line]
+
+    for width, shown in [(80, "cost=$12.3456]"),
+                         (120, "ok=3,000 failed=45 429s=345 cost=$12.3456 (~$99.87 job)]")]:
+        lines = drawn(width)
+        assert lines
+        for line in lines:
+            assert len(line) < width and re.search(r"\|[^|]{8,}\| ", line), line  # a bar
+        assert lines[-1].endswith(shown), lines[-1]
