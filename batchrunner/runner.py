@@ -2103,8 +2103,10 @@ def format_summary(s: RunSummary) -> str:
     if s.changed_left:
         lines.append(f"  warning: {changed_warning(s.changed_left, exact=s.changed_exact)}")
     if s.length_cut:
+        them = "it" if s.length_cut == 1 else "them"
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
-                     "(finish_reason=length)")
+                     f"(finish_reason=length): to answer {them} again with a larger one, rerun "
+                     "with --max-tokens N --force --rerun-where \"finish_reason == 'length'\"")
     cost = format_usd(s.cost_known_usd if s.cost_usd is None else s.cost_usd)
     if s.ran and s.run_cost_usd is not None:
         cost += f" for the job ({format_usd(s.run_cost_usd)} this run)"

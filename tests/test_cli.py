@@ -361,3 +361,18 @@ def test_the_bar_on_an_80_column_terminal_keeps_room_for_itself_and_the_cost(
         for line in lines:
             assert len(line) < width and re.search(r"\|[^|]{8,}\| ", line), line  # a bar
         assert lines[-1].endswith(shown), lines[-1]
+
+
+def test_the_summary_of_rows_cut_at_max_tokens_says_how_to_answer_them_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "1"))
+    assert code == 0, err
+    rerun = "--max-tokens N --force --rerun-where \"finish_reason == 'length'\""
+    assert (f"  warning: 3 rows cut at max_tokens (finish_reason=length): to answer them again "
+            f"with a larger one, rerun with {rerun}\n") in out
+    # What it says works: the rows are sent again, with the larger max_tokens.
+    code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "4000", "--force",
+                                           "--rerun-where", "finish_reason == 'length'"))
+    assert code == 0, err
+    assert "3 requests sent this run" in out and "cut at max_tokens" not in out
