@@ -1,9 +1,9 @@
 """The ``batchrunner`` command: a thin argparse shell around the runner.
 
-Exit codes: 0 every row ok (with --limit, every row done so far); 2 bad usage, job file or
-input (nothing sent); 3 finished with failed rows; 4 stopped early (auth, quota, budget,
-unreachable, all failing, interrupted) and resumable; 5 another run holds the output directory
-(nothing done); 1 output not written.
+Exit codes: 0 every row ok (with --limit, every row done so far); 2 bad usage, job file, input
+or output directory (nothing sent); 3 finished with failed rows; 4 stopped early (auth, quota,
+budget, unreachable, all failing, interrupted) and resumable; 5 another run holds the output
+directory (nothing done); 1 output not written.
 ``report`` exits 0, 3 or 4 (rows left to do) as the journal stands, or 1, 2 or 5 as a run
 would; ``status`` and ``estimate`` exit 0, or 2.
 """
@@ -45,12 +45,12 @@ _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 EPILOG = """\
 exit codes: 0 all rows ok (with --limit, all done so far) · 2 bad job,
-            option or input (nothing sent) · 3 finished with failed rows ·
-            4 stopped early (auth, quota, billing or region, budget, endpoint
-            unreachable, every request failing, Ctrl-C), rerun to resume; from
-            report: rows are left to do · 5 another run is using the output
-            directory (nothing done): run again once it ends · 1 output could not
-            be written (disk full) · status, estimate: 0 or 2
+            option, input or output directory (nothing sent) · 3 finished with
+            failed rows · 4 stopped early (auth, quota, billing or region,
+            budget, endpoint unreachable, every request failing, Ctrl-C), rerun
+            to resume; from report: rows are left to do · 5 another run is using
+            the output directory (nothing done): run again once it ends · 1
+            output could not be written (disk full) · status, estimate: 0 or 2
 """
 
 

@@ -175,6 +175,10 @@ def test_report_exits_4_with_rows_left_to_do_and_status_0(
 ) -> None:
     flat = " ".join(EPILOG.split())
     assert "from report: rows are left to do" in flat and "status, estimate: 0 or 2" in flat
+    # An output directory that is a file, or another job's, is refused (exit 2), as README says.
+    assert "2 bad job, option, input or output directory (nothing sent)" in flat
+    (tmp_path / "file").write_text("")
+    assert cli(capsys, *job_args(tmp_path, "--output", str(tmp_path / "file")))[0] == 2
     # A budget below one request's cost stops the run with every row left to do.
     code, _, err = cli(capsys, *job_args(tmp_path, "--max-cost", "0.0000001"))
     assert code == 4, err
