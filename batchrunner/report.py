@@ -898,7 +898,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
           if earlier else []),
         [
             "Requests (the rows' latest attempts)",
-            f"{_num(req.get('attempts', 0))} attempts, {_num(req.get('retries', 0))} retries, "
+            f"{_counted(req.get('attempts', 0), 'attempt', 'attempts')}, "
+            f"{_counted(req.get('retries', 0), 'retry', 'retries')}, "
             f"{_num(req.get('http_429', 0))} × 429",
         ],
         ["Latency p50 / p95 / p99", latency],
@@ -996,6 +997,11 @@ def _cell(v: Any) -> str:
 def count_rows(n: int) -> str:
     """``1 row``, ``2,000 rows``."""
     return f"{n:,} row" if n == 1 else f"{n:,} rows"
+
+
+def _counted(n: Any, one: str, many: str) -> str:
+    """``1 attempt``, ``7 retries``: a report's count (``n/a`` when unknown) and its noun."""
+    return f"{_num(n)} {one if n == 1 else many}"
 
 
 def changed_warning(n: int, *, exact: bool = True) -> str:

@@ -46,6 +46,7 @@ from batchrunner.report import (
     REPORT_COLUMNS,
     OutcomeStats,
     _as_stats,
+    _counted,
     _duration,
     _model_cost,
     _num,
@@ -229,11 +230,13 @@ def _header(report: Mapping[str, Any], title: str) -> str:
             f"{short_number(_int(tokens.get('completion')))} completion",
         ),
         _card("Wall time, last run that sent", _duration(report.get("wall_s")), throughput),
-        _card("Latency p50 / p95 / p99", latency, f"over {_num(_int(lat.get('rows')))} ok rows"),
+        _card("Latency p50 / p95 / p99", latency,
+              f"over {_counted(_int(lat.get('rows')), 'ok row', 'ok rows')}"),
         _card(
             "Requests",
-            f"{_num(_int(req.get('attempts')))} attempts",
-            f"{_num(_int(req.get('retries')))} retries · {_num(_int(req.get('http_429')))} × 429",
+            _counted(_int(req.get("attempts")), "attempt", "attempts"),
+            f"{_counted(_int(req.get('retries')), 'retry', 'retries')} · "
+            f"{_num(_int(req.get('http_429')))} × 429",
         ),
     ]
     details = [
@@ -647,7 +650,7 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
         dx = -4 if anchor == "end" else 4
         parts.append(_text(x + dx, y, f"{name} {format_ms(value)}", f"mark-label m-{name}", anchor))
     caption = (
-        f"{_num(n_lat)} ok rows in {nbins} bins of {format_ms(bin_ms)}"
+        f"{_counted(n_lat, 'ok row', 'ok rows')} in {nbins} bins of {format_ms(bin_ms)}"
         + (
             f"; {count_rows(overflow)} slower than {format_ms(hi)} in the last bar "
             f"(max {format_ms(vmax)})"

@@ -2072,7 +2072,7 @@ def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
         left_min = to_do / per_min
         left = ("under a minute" if left_min < 1 else f"about {left_min:.0f} min"
                 if left_min < 120 else f"about {left_min / 60:.1f} h")
-        line += f"; the {to_do:,} rows to do would take {left}"
+        line += f"; the {count_rows(to_do)} to do would take {left}"
     return line
 
 

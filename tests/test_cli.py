@@ -380,3 +380,26 @@ def test_the_summary_of_rows_cut_at_max_tokens_says_how_to_answer_them_again(
                                            "--rerun-where", "finish_reason == 'length'"))
     assert code == 0, err
     assert "3 requests sent this run" in out and "cut at max_tokens" not in out
+
+
+def test_a_one_row_job_reads_in_the_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    pd.DataFrame({"id": ["a"], "text": ["one"]}).to_csv(tmp_path / "in.csv", index=False)
+    code, _, err = cli(capsys, *job_args(tmp_path))
+    assert code == 0, err
+    md = (tmp_path / "out" / "cost_report.md").read_text()
+    assert "| 1 attempt, 0 retries, 0 × 429 |" in re.sub(" +", " ", md)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert ">1 attempt<" in html and "over 1 ok row<" in html and "1 ok row in " in html
+
+
+def test_status_pace_of_one_row_left() -> None:
+    import numpy as np
+
+    from batchrunner.runner import _pace
+
+    now = 1_000_000.0
+    line = _pace(np.array([now - 30.0, now - 20.0, now - 10.0]), 1, now, now - 60.0)
+    assert line == ("  pace: 3.0 rows/min over the last 60 s; the 1 row to do would take under a "
+                    "minute")
