@@ -23,6 +23,7 @@ class Counts:
     rate_limited: int = 0
     in_flight: int = 0  # requests sent and not answered yet
     paused_s: float = 0.0  # how much longer a 429's retry-after holds new requests
+    unreachable_s: float = 0.0  # how long no request could connect (none answered since)
     resumed: bool = False  # earlier runs finished rows: ok/failed are the job's, the rest not
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -67,6 +68,8 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
         parts.append(f"429s={c.rate_limited:,}")
     if paused:
         parts.append(f"(new requests held {c.paused_s:.0f} s more by a 429's retry-after)")
+    if c.unreachable_s >= 1:  # a run that looks stuck is waiting for the endpoint
+        parts.append(f"(no connection to the endpoint for {c.unreachable_s:.0f} s)")
     return " ".join(parts)
 
 
@@ -79,6 +82,8 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
         (2, "failed", c.failed), (5, "retrying", c.retrying), (3, "429s", c.rate_limited)) if n]
     if c.paused_s >= 1:  # a 429's pause: a run that looks stuck is waiting, and says so
         parts.append((3, f"paused={c.paused_s:.0f}s"))
+    if c.unreachable_s >= 1:  # as it is while the endpoint cannot be reached
+        parts.append((3, f"unreachable={c.unreachable_s:.0f}s"))
     parts.append((6, f"tokens={short_number(c.tokens)}"))
     parts.append((0, f"cost=${c.cost_usd:.4f}" + ("+?" if c.cost_unknown else "")))
     if c.projected_usd:

@@ -1668,6 +1668,9 @@ class _Run:
                 await self.flush_wanted.wait()
             self.flush_wanted = anyio.Event()
             self.counts.paused_s = self.limiter.paused_s
+            # An outage: a connection failed, and no request sent since has been answered.
+            self.counts.unreachable_s = (time.perf_counter() - self.outage_from
+                                         if self.outage_from > self.answered_sent else 0.0)
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes
             rows = journal.take()
             if rows:

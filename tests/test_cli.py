@@ -403,3 +403,13 @@ def test_status_pace_of_one_row_left() -> None:
     line = _pace(np.array([now - 30.0, now - 20.0, now - 10.0]), 1, now, now - 60.0)
     assert line == ("  pace: 3.0 rows/min over the last 60 s; the 1 row to do would take under a "
                     "minute")
+
+
+def test_progress_says_how_long_the_endpoint_has_been_unreachable() -> None:
+    from batchrunner.progress import Counts, _postfix
+
+    c = Counts(ok=5, unreachable_s=42.4)
+    assert _postfix(c, compact=True) == "ok=5 unreachable=42s tokens=0 cost=$0.0000"
+    assert _postfix(c).endswith("cost=$0.0000 (no connection to the endpoint for 42 s)")
+    c.unreachable_s = 0.4  # under a second: not worth a word
+    assert "unreachable" not in _postfix(c, compact=True) and "connection" not in _postfix(c)

@@ -512,8 +512,8 @@ async def test_an_endpoint_whose_connections_hang_stops_the_job(tmp_path: Path) 
     assert s.sent <= 8 * 2
 
 
-async def outage(tmp_path: Path, n: int, down_s: float | None, outage_s: float
-                 ) -> tuple[RunSummary, float]:
+async def outage(tmp_path: Path, n: int, down_s: float | None, outage_s: float,
+                 progress: str = "none") -> tuple[RunSummary, float]:
     """A job whose endpoint goes away after 100 answers, and comes back on the same port
     ``down_s`` later (``None``: never); the run's summary and how long it was down."""
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
@@ -539,7 +539,7 @@ async def outage(tmp_path: Path, n: int, down_s: float | None, outage_s: float
             tg.start_soon(go_away)
             with anyio.fail_after(RUN_LIMIT_S):
                 s = await run_job(job, RunOptions(
-                    retry=RetryPolicy(base_s=0.05, max_attempts=3), progress="none",
+                    retry=RetryPolicy(base_s=0.05, max_attempts=3), progress=progress,
                     handle_signals=False, outage_s=outage_s))
         return s, time.monotonic() - gone
     finally:
@@ -560,6 +560,25 @@ async def test_an_endpoint_that_goes_away_mid_job_stops_it_keeping_what_finished
     state = Journal(tmp_path / "out").read()
     assert 100 <= state.num_rows < n and set(state["status"].to_pylist()) == {"ok"}
     assert s.ok == state.num_rows and s.pending == n - state.num_rows
+
+
+@pytest.mark.anyio
+async def test_while_the_endpoint_is_away_the_log_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A run waiting out an outage said only 'no row finished for 60 s; 0 requests in
+    flight', as a hung one would."""
+    from batchrunner import progress
+
+    monkeypatch.setattr(progress.LogProgress.__init__, "__defaults__", (0.0,))  # every second
+    s, _ = await outage(tmp_path, 400, None, outage_s=2.5, progress="log")
+    assert s.stopped and s.stopped.startswith("no connection to the endpoint for ")
+    lines = [line for line in capsys.readouterr().err.splitlines() if " rows  ok=" in line]
+    away = [line for line in lines if line.endswith(" s)") and
+            "(no connection to the endpoint for " in line]
+    assert away, lines
+    assert "(no connection to the endpoint for" not in lines[0]  # before it went away
+    assert max(int(line.rsplit(" for ", 1)[1].split()[0]) for line in away) >= 1
 
 
 @pytest.mark.anyio
