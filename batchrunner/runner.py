@@ -2042,6 +2042,9 @@ def format_status(out_dir: Path) -> str:
 
 
 PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in progress
+# No row finished for this long (and three times the window's mean gap between rows): `status`
+# says so, not when the run would end.
+STALLED_S = 30.0
 
 
 def _epoch(last_run: Any) -> float | None:
@@ -2071,6 +2074,10 @@ def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
     per_min = recent * 60.0 / window
     pace = f"{per_min:,.0f}" if per_min >= 10 else f"{per_min:.1f}"
     line = f"  pace: {pace} rows/min over the last {window:.0f} s"
+    idle = now - float(finished_at.max())
+    if idle >= max(STALLED_S, 3 * window / recent):  # far longer than rows have taken apart
+        # The window's rows came before it stopped finishing them: no time left to tell.
+        return f"{line}, but no row has finished for {idle:.0f} s"
     if to_do:
         left_min = to_do / per_min
         left = ("under a minute" if left_min < 1 else f"about {left_min:.0f} min"

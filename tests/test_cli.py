@@ -413,3 +413,22 @@ def test_progress_says_how_long_the_endpoint_has_been_unreachable() -> None:
     assert _postfix(c).endswith("cost=$0.0000 (no connection to the endpoint for 42 s)")
     c.unreachable_s = 0.4  # under a second: not worth a word
     assert "unreachable" not in _postfix(c, compact=True) and "connection" not in _postfix(c)
+
+
+def test_status_of_a_run_that_stopped_finishing_rows_says_so_rather_than_when_it_ends() -> None:
+    """74 rows in the first 5 s, then none for 40 s (the endpoint away): the pace over the
+    window read '98 rows/min; the 166 rows to do would take about 2 min'."""
+    import numpy as np
+
+    from batchrunner.runner import _pace
+
+    now = 1_000_000.0
+    finished = np.linspace(now - 45.0, now - 40.0, 74)
+    assert _pace(finished, 166, now, now - 45.0) == (
+        "  pace: 99 rows/min over the last 45 s, but no row has finished for 40 s")
+    finished = np.linspace(now - 45.0, now - 1.0, 74)  # finishing still: when it would end
+    assert _pace(finished, 166, now, now - 45.0).endswith(
+        "; the 166 rows to do would take about 2 min")
+    # A slow job (a row every 2 min) 60 s after its last row is not stalled.
+    assert _pace(np.array([now - 180.0, now - 60.0]), 10, now, None) == (
+        "  pace: 0.5 rows/min over the last 120 s; the 10 rows to do would take about 20 min")
