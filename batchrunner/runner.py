@@ -1691,9 +1691,10 @@ class _Run:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if not self.stopping:
+                    by = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
                     self.stop(Interrupted(
-                        f"stopped by {name}; finished rows are saved — run the same command to "
-                        "resume"
+                        f"interrupted by {by}; finished rows are saved — run the same command "
+                        "to resume"
                     ))
                     lead = "\n" if sys.stderr.isatty() else ""  # off the line ^C was echoed on
                     self.progress.write(f"{lead}batchrunner: {name}: finishing requests in "

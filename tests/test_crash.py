@@ -194,7 +194,8 @@ def test_second_ctrl_c_while_draining_stops_at_once(tmp_path: Path) -> None:
         err = err_path.read_text()
         assert code == 4, err
         assert "Traceback" not in err
-        assert "resume" in out_path.read_text() + err
+        assert "stopped: interrupted by Ctrl-C (SIGINT); finished rows are saved — run the " \
+            "same command to resume" in out_path.read_text() + err
         lines = err.splitlines()  # not a terminal: no blank line before the signal's
         said = next(i for i, line in enumerate(lines) if "SIGINT: finishing requests" in line)
         assert said == 0 or lines[said - 1].strip(), err
