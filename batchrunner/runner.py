@@ -60,6 +60,7 @@ from batchrunner.config import (
     OUTPUT_FORMATS,
     OVERRIDES,
     JobConfig,
+    RequestConfig,
     check_api_key,
     check_base_url,
     environment,
@@ -146,6 +147,8 @@ MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 # A run whose first rows sent all fail with one error type, none ok, stops after this many.
 FAIL_FAST_ROWS = 20
 MAX_MODELS_KEPT = 1000  # models answered, recorded in job.json for the next run
+# Sets of columns rows' hashes were made of (earlier request settings'), kept in job.json.
+HASHED_COLUMNS_KEPT = 8
 # Rows of models the key was refused for (403) held, before any model answered, until one does
 # (see _Run.held): past this many the job stops as for a key refused outright.
 HOLD_MAX_ROWS = 10_000
@@ -363,7 +366,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     if structured is not None and structured.warning:
         warnings.append(structured.warning)
     fingerprint = source.fingerprint()
-    meta = {
+    meta: dict[str, Any] = {
         "name": job.name,
         "input_path": str(source.path),
         "input_fingerprint": fingerprint,
@@ -404,11 +407,14 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     # Not sent again: ok rows, and failed ones unless retried, unless their values changed.
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
     fresh = None
+    hashed = _hashed_columns(builder, old_meta, source.columns, where)
+    meta["row_hash_columns"] = hashed
     if latest.row_hash is not None:
         assert old_meta is not None
         fresh, said = _resend_changed(
             source, builder, key_column, latest.row_hash, done,
-            input_changed=old_meta.get("input_fingerprint") != fingerprint)
+            input_changed=old_meta.get("input_fingerprint") != fingerprint,
+            earlier=[cols for cols in hashed[1:] if set(cols) <= set(source.columns)])
         warnings.extend(said)
     meta["rows_checked"] = fingerprint if fresh is None else None
     if options.retry_failed and np.any(latest.ok == 1) and not np.any(latest.ok == 0):
@@ -563,14 +569,40 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path,
         )
 
 
+def _hashed_columns(builder: RequestBuilder | None, old_meta: dict[str, Any] | None,
+                    columns: Sequence[str], where: str) -> list[list[str]]:
+    """The sets of columns the journal's ``row_hash`` values are made of (``row_hasher``):
+    the requests' now first, then those of earlier request settings (a forced change of the
+    prompt's columns, say), whose rows keep their answers, most recent first (job.json's
+    ``row_hash_columns``; a job.json from before it was recorded: its request's)."""
+    sets = [list(("body",) if builder is None else builder.needed_columns)]
+    if old_meta is None:
+        return sets
+    recorded = old_meta.get("row_hash_columns")
+    if not isinstance(recorded, list):
+        recorded = []
+        settings = old_meta.get("request")
+        if builder is not None and isinstance(settings, dict):
+            with suppress(TypeError, ValueError, BatchrunnerError):  # their columns are gone
+                recorded.append(list(RequestBuilder(RequestConfig(**settings), columns,
+                                                    where).needed_columns))
+    for cols in recorded:
+        if (isinstance(cols, list) and cols and all(isinstance(c, str) for c in cols)
+                and cols not in sets):
+            sets.append(cols)
+    return sets[:HASHED_COLUMNS_KEPT]
+
+
 def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
                     key_column: str | None, recorded: npt.NDArray[np.int64],
-                    done: npt.NDArray[np.bool_], *, input_changed: bool
+                    done: npt.NDArray[np.bool_], *, input_changed: bool,
+                    earlier: Sequence[Sequence[str]] = ()
                     ) -> tuple[Fresh | None, list[str]]:
     """The rows done whose values (``row_hash``) changed since they were recorded are sent
     again (cleared in ``done``): their positions and hashes now (None: no row changed), and
-    what to say about it."""
-    fresh = changed_rows(source, builder, key_column, np.where(done, recorded, -1))
+    what to say about it. ``earlier``: as in ``changed_rows``."""
+    fresh = changed_rows(source, builder, key_column, np.where(done, recorded, -1),
+                         earlier=earlier)
     n = len(fresh[0])
     done[fresh[0]] = False
     unknown = int(np.count_nonzero(done & (recorded < 0))) if input_changed else 0
@@ -797,18 +829,22 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
 
 
 def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_column: str | None,
-                skip: npt.NDArray[np.bool_]
+                skip: npt.NDArray[np.bool_], extra: Sequence[str] = ()
                 ) -> Iterator[tuple[npt.NDArray[np.int64], list[dict[str, Any]]]]:
     """The input's rows but those ``skip`` marks (rows past its end are not skipped: the input
     grew since it was checked), a batch at a time: their positions, and the columns their
-    requests are made of and the key column, the prompt's columns as the prompt shows them."""
+    requests are made of and the key column, the prompt's columns as the prompt shows them
+    (and the ``extra`` columns, as a prompt would show them)."""
     position = 0
     text: list[str] = []  # the prompt's columns (not the key: it keys the row as it is)
     if builder is None:
         cols: list[str] | None = ["custom_id", "body"]
     else:
-        cols = list(dict.fromkeys([*builder.needed_columns, *([key_column] if key_column else [])]))
-        text = [c for c in builder.text_columns if c != key_column]
+        cols = list(dict.fromkeys([*builder.needed_columns, *([key_column] if key_column else []),
+                                   *extra]))
+        text = [c for c in dict.fromkeys([
+            *builder.text_columns, *(c for c in extra if c not in builder.needed_columns)])
+            if c != key_column]
     for batch in source.batches(columns=cols):
         for name in text:
             i = batch.schema.get_field_index(name)
@@ -833,7 +869,11 @@ def row_hasher(builder: RequestBuilder | None) -> Callable[[dict[str, Any]], int
     request is made of (see ``hash_values``)."""
     # Never empty: a builder refuses a prompt that names no column unless rows have a model or
     # body fields of their own, which are columns too.
-    columns = ("body",) if builder is None else builder.needed_columns
+    return _columns_hasher(("body",) if builder is None else builder.needed_columns)
+
+
+def _columns_hasher(columns: Sequence[str]) -> Callable[[dict[str, Any]], int]:
+    """``row_hasher`` over ``columns`` (not empty)."""
     get = itemgetter(*columns)
     if len(columns) == 1:
         return lambda row: hash_values((get(row),))
@@ -852,15 +892,30 @@ def hash_values(values: tuple[Any, ...]) -> int:
 
 
 def changed_rows(source: io.InputSource, builder: RequestBuilder | None,
-                 key_column: str | None, recorded: npt.NDArray[np.int64]) -> Fresh:
+                 key_column: str | None, recorded: npt.NDArray[np.int64],
+                 earlier: Sequence[Sequence[str]] = ()) -> Fresh:
     """The rows whose recorded ``row_hash`` (by input position; -1: none, not compared)
-    differs from their values' now: their positions, in order, and their hashes now."""
+    differs from their values' now: their positions, in order, and their hashes now. A row
+    whose recorded hash is that of its values in one of the ``earlier`` sets of columns (the
+    columns of request settings since changed with --force, whose rows kept their answers:
+    the input's columns all) has not changed either."""
     positions, hashes = [], []
     digest = row_hasher(builder)
-    for at, rows in _input_rows(source, builder, key_column, recorded < 0):
+    olds = [_columns_hasher(cols) for cols in earlier]
+    extra = list(dict.fromkeys(c for cols in earlier for c in cols))
+    for at, rows in _input_rows(source, builder, key_column, recorded < 0, extra):
         at = at[at < len(recorded)]
-        now = np.fromiter(map(digest, rows[:len(at)]), np.int64, len(at))
-        differ = now != recorded[at]
+        rows = rows[:len(at)]
+        now = np.fromiter(map(digest, rows), np.int64, len(at))
+        was = recorded[at]
+        differ = now != was
+        for old in olds:
+            which = np.flatnonzero(differ)
+            if not len(which):
+                break
+            same = np.fromiter((old(rows[i]) for i in which.tolist()), np.int64,
+                               len(which)) == was[which]
+            differ[which[same]] = False
         positions.append(at[differ])
         hashes.append(now[differ])
     if not positions:

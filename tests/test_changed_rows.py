@@ -283,6 +283,41 @@ def test_rows_done_by_an_earlier_version_keep_their_answers_and_it_is_said(
     assert "2 rows done by an earlier batchrunner" in err
 
 
+def test_rows_kept_through_a_forced_change_of_the_prompts_columns_are_not_all_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--force keeps the rows done when the prompt's columns change; their hashes are of the
+    old columns. A later change to the input sent every one of them again (each said to have
+    changed); now only the rows whose values changed, as the old or the new prompt reads
+    them, are."""
+    inp, args = _first_run(tmp_path, monkeypatch,
+                           "id,text,lang\na,alpha,en\nb,beta,en\nc,gamma,en\n")
+    out = tmp_path / "out"
+    args = [*args, "--prompt", "Say {text} in {lang}"]  # the last --prompt wins
+    assert main(args) == 2  # the settings changed
+    assert main([*args, "--force"]) == 0  # the rows done keep their answers
+    assert _sent(out) == 0
+    before = _answers(out, "id")
+    capsys.readouterr()
+    inp.write_text("id,text,lang\na,alpha,en\nb,BETA,en\nc,gamma,en\nd,delta,en\n")
+    assert main(args) == 0
+    assert "1 row done before has changed in the input since it was sent" in (
+        capsys.readouterr().err)
+    assert _sent(out) == 2  # b and d
+    after = _answers(out, "id")
+    assert after["a"] == before["a"] and after["c"] == before["c"]
+    # Rows answered since are recorded with the new columns: a change to one is seen too.
+    inp.write_text("id,text,lang\na,alpha,en\nb,BETA,fr\nc,gamma,en\nd,delta,en\ne,eps,en\n")
+    assert main(args) == 0
+    assert _sent(out) == 2  # b and e
+    # And after the prompt is changed back (forced), each row is compared as answered.
+    assert main([*args, "--prompt", "Say {text}", "--force"]) == 0
+    inp.write_text("id,text,lang\na,ALPHA,en\nb,BETA,de\nc,gamma,de\nd,delta,en\n"
+                   "e,eps,en\n")
+    assert main([*args, "--prompt", "Say {text}"]) == 0
+    assert _sent(out) == 2  # a (its text) and b (its language, in the prompt it was sent with)
+
+
 def test_row_hash_is_stable_and_takes_any_value() -> None:
     # Stable across runs and versions: pinned to the bytes it hashes.
     assert hash_values(("hi", 1)) == zlib.crc32(b'["hi",1]')
