@@ -688,6 +688,15 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
             f"{meta_path} is damaged ({type(e).__name__}); restore it, or delete the output "
             "directory to start over"
         ) from None
+    total = meta.get("total_rows", 0)
+    for field_name, ok in (("input_path", isinstance(meta.get("input_path"), str)),
+                           ("id_column", isinstance(meta.get("id_column"), str | None)),
+                           ("request", isinstance(meta.get("request", {}), dict)),
+                           ("total_rows", type(total) is int and 0 <= total < 1 << 48)):
+        if not ok:  # edited by hand, say: every command reads these
+            raise JournalError(
+                f"{meta_path} is damaged (its {field_name} is not what batchrunner wrote); "
+                "restore it, or delete the output directory to start over")
     return meta
 
 

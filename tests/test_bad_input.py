@@ -900,6 +900,32 @@ def test_status_of_a_damaged_output_directory_is_one_line(
     assert_one_line_error(err, ["job.json"])
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("input_path", None), ("id_column", ["id"]), ("request", "gpt-4o-mini"),
+    ("total_rows", "two"), ("total_rows", -1),
+])
+def test_a_hand_edited_job_json_is_one_line_for_every_command(
+    sim: SimulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], field: str, value: object,
+) -> None:
+    """A field of job.json edited into another type ended status, report or a run with a
+    traceback (TypeError, ValueError, AttributeError): now each says job.json is damaged."""
+    c = Ctx(tmp_path, sim.base_url, monkeypatch)
+    argv = c.args(c.good_csv(), "--id-column", "id")
+    assert run_cli(argv, capsys)[0] == 0
+    meta_path = c.out / "job.json"
+    meta = json.loads(meta_path.read_text())
+    meta[field] = value
+    meta["request_fingerprint"] = "edited"  # the run compares the request settings
+    meta_path.write_text(json.dumps(meta))
+    sim.reset_stats()
+    for command in (["status", str(c.out)], ["report", str(c.out)], argv):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2, (command, err)
+        assert_one_line_error(err, ["job.json", "damaged", field])
+    assert sim.stats()["requests"] == 0
+
+
 def test_output_directory_of_another_job_is_refused_and_left_alone(
     sim: SimulatorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
