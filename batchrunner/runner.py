@@ -392,7 +392,9 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             meta["answered_models"] = old_meta["answered_models"]
     elif journal.segments():
         raise JournalError(
-            f"{out_dir} holds a journal but no job.json — it is not this job's output directory"
+            f"{out_dir} holds a journal but no job.json (deleted, or not a batchrunner output "
+            "directory) — restore its job.json to resume there, or use another --output "
+            "directory"
         )
     if tidy:
         journal.remove_temp_files()

@@ -431,7 +431,11 @@ def test_missing_job_json_next_to_a_journal_is_refused(tmp_path: Path, sim: Simu
     sent = sim.stats()["requests"]
     code, _, err = cli(capsys, *args)
     assert code == 2
-    assert "no job.json" in one_error_line(err)
+    line = one_error_line(err)
+    assert "no job.json" in line
+    # What to do, not that it is another job's (it is this one's, its job.json deleted).
+    assert "restore its job.json" in line and "another --output" in line
+    assert "not this job's" not in line
     assert sim.stats()["requests"] == sent
 
 
