@@ -27,10 +27,11 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +69,7 @@ ORDER_KEY = b"batchrunner.order"
 _ROW_BITS = 24
 _GROUP_BITS = 16
 _ROW_MASK = (1 << _ROW_BITS) - 1
+_T = TypeVar("_T")
 
 
 # Rows whose values changed since their records were made: input positions (ascending) and each
@@ -305,6 +307,8 @@ class Journal:
         for seg in self.segments():
             try:
                 ok = _known_schema(pq.read_schema(seg))
+            except FileNotFoundError:  # compacted meanwhile (see ``_SegmentGone``)
+                continue
             except Exception as e:
                 reason = type(e).__name__
             else:
@@ -321,7 +325,8 @@ class Journal:
         cols = list(OUTCOME_COLUMNS) if columns is None else list(
             dict.fromkeys(["key", "status", "finished_at", *columns])
         )
-        tables = [_read_group(_open(seg), seg, None, cols) for seg in self.segments()]
+        tables = _listed_again(lambda: [_read_group(_open(seg), seg, None, cols)
+                                        for seg in self.segments()])
         if not tables:
             return pa.Table.from_batches([], pa.schema([OUTCOME_SCHEMA.field(c) for c in cols]))
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
@@ -383,7 +388,7 @@ class Journal:
         """Which record of every row is the latest, without reading whole records (see
         ``Latest``); with ``cost``, also what each row has cost, and with ``hashes``, each
         latest record's ``row_hash``."""
-        return _latest(self.segments(), order, cost=cost, hashes=hashes)
+        return _listed_again(lambda: _latest(self.segments(), order, cost=cost, hashes=hashes))
 
     @staticmethod
     def _gather(segs: Sequence[Path], loc: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
@@ -605,9 +610,31 @@ def _spent(cost: pa.ChunkedArray, earlier: pa.ChunkedArray) -> pa.ChunkedArray:
                       pa.nulls(len(cost), pa.float64()), both)
 
 
+class _SegmentGone(JournalError):
+    """A segment listed was gone when it was opened: a run that holds the output directory
+    compacted the journal meanwhile (``status`` and ``estimate`` read it while a run writes).
+    Its records are in the compacted segment, written before the segments it merged were
+    removed: the journal is listed and read again."""
+
+
+_LISTINGS = 5  # times a journal read by another process than its writer is listed
+
+
+def _listed_again(read: Callable[[], _T]) -> _T:
+    """``read()`` (which lists the segments), again while a segment it listed is gone."""
+    for _ in range(_LISTINGS - 1):
+        with suppress(_SegmentGone):
+            return read()
+    return read()
+
+
 def _open(seg: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(seg)
+    except FileNotFoundError:
+        raise _SegmentGone(
+            f"journal segment {seg} was removed while it was read (the run using the output "
+            "directory compacting the journal, again and again) — try again") from None
     except Exception as e:
         raise _unreadable(seg, e) from None
 

@@ -327,6 +327,30 @@ def test_the_damaged_one_of_several_segments_is_named(tmp_path: Path, sim: Simul
     assert sim.stats()["requests"] == sent
 
 
+def test_status_while_a_run_compacts_the_journal_reads_it_again(
+        tmp_path: Path, sim: SimulatorThread, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``status`` (or ``estimate``) lists the segments while a run ends: the run's compaction
+    may remove one listed before it is opened. That read as a damaged journal ('cannot be
+    read (FileNotFoundError); move it aside to resend its rows', exit 2); now the journal is
+    listed again, its records being in the compacted segment."""
+    out, args = first_run(tmp_path, sim, capsys)
+    gone = out / "journal" / "seg-20261201T000000-abcdef-w0-000000.parquet"  # compacted away
+    listed = Journal.segments
+    listings = []
+
+    def segments(self: Journal) -> list[Path]:
+        listings.append(1)
+        return listed(self) + ([gone] if len(listings) == 1 else [])
+
+    monkeypatch.setattr(Journal, "segments", segments)
+    assert format_status(out).startswith("in: 40 of 40 rows finished (30 ok, 10 failed")
+    listings.clear()
+    code, _, err = cli(capsys, *args, "--dry-run")
+    assert code == 0, err
+    assert len(listings) > 1
+
+
 def test_segment_with_another_schema_is_refused(tmp_path: Path, sim: SimulatorThread,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out, args = first_run(tmp_path, sim, capsys)
