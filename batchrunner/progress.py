@@ -218,7 +218,11 @@ class LogProgress:
                 done += f"/{self._total:,} ({100 * self._done // self._total} %)"
             idle = now - self._last_finished
             flying = f"{counts.in_flight:,} request{'' if counts.in_flight == 1 else 's'}"
-            note = (f"  (no row finished for {idle:.0f} s; {flying} in flight)"
+            # Rows waiting out their backoff are not in flight: a run with none in flight is
+            # not hung while some are.
+            waiting = (f", {counts.retrying:,} row{'' if counts.retrying == 1 else 's'} waiting "
+                       "to retry" if counts.retrying else "")
+            note = (f"  (no row finished for {idle:.0f} s; {flying} in flight{waiting})"
                     if self._every and idle >= self._every else "")
             self.write(f"{self._desc}: {done} rows  {_postfix(counts)}{note}")
 

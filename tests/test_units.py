@@ -449,6 +449,12 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
         "2026-11-30T02:00:01Z nightly: 1,500/20,000 (7 %) rows  ok=1,500 failed=0 retrying=0 "
         "tokens=12,345 cost=$0.2500  (no row finished for 56 s; 64 requests in flight)",
     ]
+    now[0] += 30
+    counts.in_flight, counts.retrying = 0, 3  # rows waiting out their backoff: not hung
+    log.update(counts, 0)
+    assert capsys.readouterr().err.endswith(
+        "(no row finished for 86 s; 0 requests in flight, 3 rows waiting to retry)\n")
+    counts.retrying = 0
     monkeypatch.undo()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", progress.utc_timestamp())
     counts.resumed = True  # earlier runs' rows in ok=, this run's tokens and cost
