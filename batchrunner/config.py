@@ -305,12 +305,18 @@ def _one_line(text: str) -> str:
 
 def _home(path: str) -> Path:
     """``path`` with a leading ``~`` (or ``~user``) made the home directory, as a shell would:
-    in a job file it was a directory named ``~`` beside the file."""
-    try:
-        return Path(path).expanduser()
-    except RuntimeError:
-        raise ConfigError(f"{path}: cannot tell which home directory {path.split('/')[0]} "
-                          "stands for — write the whole path") from None
+    in a job file it was a directory named ``~`` beside the file. As in a shell, ``~name``
+    where no user is called name is a file's name (``~data.csv``), left as it is."""
+    if not path.startswith("~"):
+        return Path(path)
+    expanded = os.path.expanduser(path)
+    if not expanded.startswith("~"):
+        return Path(expanded)
+    first = path.split("/")[0]
+    if first == "~":  # no HOME, and no home for this user: not a directory named "~"
+        raise ConfigError(f"{path}: cannot tell which home directory ~ stands for — write "
+                          "the whole path")
+    return Path(path)
 
 
 def _table(raw: Mapping[str, Any], name: str, f: _Fields, cls: type) -> dict[str, Any]:

@@ -66,6 +66,20 @@ def test_a_tilde_in_job_paths_is_the_home_directory(tmp_path: Path,
     assert (job.input.path, job.output.dir) == (home / "a.csv", home / "o")
 
 
+def test_a_file_named_with_a_leading_tilde_is_a_file_as_in_a_shell(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``~data.csv``, where no user is called data.csv, is a file's name: a shell leaves it as
+    it is. It was refused ('cannot tell which home directory ~data.csv stands for'), and so
+    was ``./~data.csv`` ('which home directory . stands for')."""
+    monkeypatch.chdir(tmp_path)
+    text = BASE_JOB.replace('"in.csv"', '"~data.csv"').replace('"out"', '"~out"')
+    job = load_job(write(tmp_path / "j.toml", text), {})
+    assert (job.input.path, job.output.dir) == (tmp_path / "~data.csv", tmp_path / "~out")
+    for typed in ("~data.csv", "./~data.csv"):
+        job = load_job(None, {"input": typed, "output": "o", "prompt": "{t}", "model": "m"})
+        assert job.input.path == tmp_path / "~data.csv"
+
+
 def test_a_key_above_every_table_or_a_body_field_in_request_is_pointed_to_its_place(
         tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'model' \(known: name, \[input\], .*"
