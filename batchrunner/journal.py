@@ -307,8 +307,10 @@ class Journal:
         for seg in self.segments():
             try:
                 ok = _known_schema(pq.read_schema(seg))
-            except FileNotFoundError:  # compacted meanwhile (see ``_SegmentGone``)
-                continue
+            except FileNotFoundError as e:
+                if not os.path.lexists(seg):  # compacted meanwhile (see ``_SegmentGone``)
+                    continue
+                reason = type(e).__name__  # there, and not to be read: a dangling link
             except Exception as e:
                 reason = type(e).__name__
             else:
@@ -631,7 +633,9 @@ def _listed_again(read: Callable[[], _T]) -> _T:
 def _open(seg: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(seg)
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if os.path.lexists(seg):  # there, and not to be read (a dangling link): damaged
+            raise _unreadable(seg, e) from None
         raise _SegmentGone(
             f"journal segment {seg} was removed while it was read (the run using the output "
             "directory compacting the journal, again and again) — try again") from None

@@ -351,6 +351,23 @@ def test_status_while_a_run_compacts_the_journal_reads_it_again(
     assert len(listings) > 1
 
 
+def test_a_segment_there_that_cannot_be_opened_is_named_not_read_as_compacted(
+        tmp_path: Path, sim: SimulatorThread, capsys: pytest.CaptureFixture[str]) -> None:
+    """A segment that is a dangling link is listed and cannot be opened (FileNotFoundError),
+    as one a compaction removed is: it is damage, to move aside, not 'removed while it was
+    read ... try again', which no try mends (the journal was read five times to say so)."""
+    out, args = first_run(tmp_path, sim, capsys)
+    seg = out / "journal" / "seg-20261201T000000-abcdef-w0-000000.parquet"
+    seg.symlink_to(tmp_path / "elsewhere.parquet")
+    sent = sim.stats()["requests"]
+    for code, err in (cli(capsys, "status", str(out))[::2], cli(capsys, *args)[::2]):
+        assert code == 2
+        line = one_error_line(err)
+        assert f"{seg.name} cannot be read (FileNotFoundError); move it aside" in line, line
+        assert "try again" not in line
+    assert sim.stats()["requests"] == sent
+
+
 def test_segment_with_another_schema_is_refused(tmp_path: Path, sim: SimulatorThread,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out, args = first_run(tmp_path, sim, capsys)
