@@ -27,7 +27,7 @@ import time
 import tokenize
 import zlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -416,7 +416,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         fresh, said = _resend_changed(
             source, builder, key_column, latest.row_hash, done,
             input_changed=old_meta.get("input_fingerprint") != fingerprint,
-            earlier=[cols for cols in hashed[1:] if set(cols) <= set(source.columns)])
+            earlier=[(h["columns"], h["text"]) for h in hashed[1:]
+                     if set(h["columns"]) <= set(source.columns)])
         warnings.extend(said)
     meta["rows_checked"] = fingerprint if fresh is None else None
     if options.retry_failed and np.any(latest.ok == 1) and not np.any(latest.ok == 0):
@@ -572,12 +573,15 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path,
 
 
 def _hashed_columns(builder: RequestBuilder | None, old_meta: dict[str, Any] | None,
-                    columns: Sequence[str], where: str) -> list[list[str]]:
+                    columns: Sequence[str], where: str) -> list[dict[str, list[str]]]:
     """The sets of columns the journal's ``row_hash`` values are made of (``row_hasher``):
     the requests' now first, then those of earlier request settings (a forced change of the
     prompt's columns, say), whose rows keep their answers, most recent first (job.json's
-    ``row_hash_columns``; a job.json from before it was recorded: its request's)."""
-    sets = [list(("body",) if builder is None else builder.needed_columns)]
+    ``row_hash_columns``; a job.json from before it was recorded: its request's). Each is
+    ``{"columns": [...], "text": [...]}``: the columns in the hash's order, and those of them
+    hashed as the prompt shows them (the prompt's columns; not a model, image or
+    ``from_columns`` column, hashed as it is)."""
+    sets = [_hash_set(builder)]
     if old_meta is None:
         return sets
     recorded = old_meta.get("row_hash_columns")
@@ -586,19 +590,33 @@ def _hashed_columns(builder: RequestBuilder | None, old_meta: dict[str, Any] | N
         settings = old_meta.get("request")
         if builder is not None and isinstance(settings, dict):
             with suppress(TypeError, ValueError, BatchrunnerError):  # their columns are gone
-                recorded.append(list(RequestBuilder(RequestConfig(**settings), columns,
-                                                    where).needed_columns))
-    for cols in recorded:
+                recorded.append(_hash_set(RequestBuilder(RequestConfig(**settings), columns,
+                                                         where)))
+    for entry in recorded:
+        if isinstance(entry, list):  # the columns alone, as first recorded: the prompt's
+            entry = {"columns": entry, "text": entry}
+        if not isinstance(entry, dict):
+            continue
+        cols, text = entry.get("columns"), entry.get("text")
         if (isinstance(cols, list) and cols and all(isinstance(c, str) for c in cols)
-                and cols not in sets):
-            sets.append(cols)
+                and isinstance(text, list) and all(isinstance(c, str) for c in text)):
+            kept = {"columns": cols, "text": [c for c in cols if c in text]}
+            if kept not in sets:
+                sets.append(kept)
     return sets[:HASHED_COLUMNS_KEPT]
+
+
+def _hash_set(builder: RequestBuilder | None) -> dict[str, list[str]]:
+    """The columns ``row_hasher(builder)`` hashes, and those of them shown as text."""
+    if builder is None:
+        return {"columns": ["body"], "text": []}
+    return {"columns": list(builder.needed_columns), "text": list(builder.text_columns)}
 
 
 def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
                     key_column: str | None, recorded: npt.NDArray[np.int64],
                     done: npt.NDArray[np.bool_], *, input_changed: bool,
-                    earlier: Sequence[Sequence[str]] = ()
+                    earlier: Sequence[tuple[Sequence[str], Collection[str]]] = ()
                     ) -> tuple[Fresh | None, list[str]]:
     """The rows done whose values (``row_hash``) changed since they were recorded are sent
     again (cleared in ``done``): their positions and hashes now (None: no row changed), and
@@ -840,29 +858,33 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
 
 
 def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_column: str | None,
-                skip: npt.NDArray[np.bool_], extra: Sequence[str] = ()
+                skip: npt.NDArray[np.bool_], extra: Mapping[str, tuple[str, bool]] | None = None
                 ) -> Iterator[tuple[npt.NDArray[np.int64], list[dict[str, Any]]]]:
     """The input's rows but those ``skip`` marks (rows past its end are not skipped: the input
     grew since it was checked), a batch at a time: their positions, and the columns their
     requests are made of and the key column, the prompt's columns as the prompt shows them
-    (and the ``extra`` columns, as a prompt would show them)."""
+    (and each of ``extra``, field name → (column, shown as a prompt shows it), besides)."""
     position = 0
     text: list[str] = []  # the prompt's columns (not the key: it keys the row as it is)
+    extra = extra or {}
     if builder is None:
         cols: list[str] | None = ["custom_id", "body"]
     else:
         cols = list(dict.fromkeys([*builder.needed_columns, *([key_column] if key_column else []),
-                                   *extra]))
-        text = [c for c in dict.fromkeys([
-            *builder.text_columns, *(c for c in extra if c not in builder.needed_columns)])
-            if c != key_column]
+                                   *(name for name, _ in extra.values())]))
+        text = [c for c in builder.text_columns if c != key_column]
     for batch in source.batches(columns=cols):
+        besides = [(field_name, prompt_text(values) if shown else values)
+                   for field_name, (name, shown) in extra.items()
+                   for values in [batch.column(batch.schema.get_field_index(name))]]
         for name in text:
             i = batch.schema.get_field_index(name)
             values = batch.column(i)
             shown = prompt_text(values)
             if shown is not values:
                 batch = batch.set_column(i, name, shown)
+        for field_name, values in besides:
+            batch = batch.append_column(field_name, values)
         n = batch.num_rows
         skipped = skip[position:position + n]
         if len(skipped) < n:
@@ -904,16 +926,24 @@ def hash_values(values: tuple[Any, ...]) -> int:
 
 def changed_rows(source: io.InputSource, builder: RequestBuilder | None,
                  key_column: str | None, recorded: npt.NDArray[np.int64],
-                 earlier: Sequence[Sequence[str]] = ()) -> Fresh:
+                 earlier: Sequence[tuple[Sequence[str], Collection[str]]] = ()) -> Fresh:
     """The rows whose recorded ``row_hash`` (by input position; -1: none, not compared)
     differs from their values' now: their positions, in order, and their hashes now. A row
     whose recorded hash is that of its values in one of the ``earlier`` sets of columns (the
     columns of request settings since changed with --force, whose rows kept their answers:
-    the input's columns all) has not changed either."""
+    the input's columns all, each with those of them hashed as the prompt shows them) has not
+    changed either."""
     positions, hashes = [], []
     digest = row_hasher(builder)
-    olds = [_columns_hasher(cols) for cols in earlier]
-    extra = list(dict.fromkeys(c for cols in earlier for c in cols))
+    olds = []
+    extra: dict[str, tuple[str, bool]] = {}  # a row's field → (column, shown as text)
+    for cols, text in earlier:
+        names = []
+        for c in cols:
+            shown = c in text and c != key_column  # as ``_input_rows`` shows the prompt's
+            names.append(field_name := f"{c}\0{'text' if shown else 'value'}")
+            extra[field_name] = (c, shown)
+        olds.append(_columns_hasher(names))
     for at, rows in _input_rows(source, builder, key_column, recorded < 0, extra):
         at = at[at < len(recorded)]
         rows = rows[:len(at)]

@@ -318,6 +318,32 @@ def test_rows_kept_through_a_forced_change_of_the_prompts_columns_are_not_all_se
     assert _sent(out) == 2  # a (its text) and b (its language, in the prompt it was sent with)
 
 
+@pytest.mark.parametrize(("first", "then"), [
+    (["--prompt", "Say {text}", "--from-column", "seed=seed"], ["--prompt", "Say {text}"]),
+    (["--prompt", "Say {text} {seed}"], ["--prompt", "Say {text}", "--from-column", "seed=seed"]),
+], ids=["a body field's column dropped", "a prompt's column made a body field's"])
+def test_rows_kept_through_a_forced_change_of_a_numeric_columns_use_are_not_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: list[str],
+        then: list[str]) -> None:
+    """A number is hashed as it is in a body field's column (--from-column), as its text in
+    the prompt's: the rows kept through a forced change from one to the other (or of a body
+    field's column dropped) are compared with their values as they were hashed. They were all
+    taken for changed, and sent again, at the next change to the input."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"id": k, "text": t, "seed": i} for i, (k, t) in enumerate(
+        [("a", "alpha"), ("b", "beta"), ("c", "gamma")])]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["run", "--input", "in.jsonl", "--id-column", "id", *RUN]
+    assert main([*args, *first]) == 0
+    assert main([*args, *then, "--force"]) == 0
+    assert _sent(tmp_path / "out") == 0
+    inp.write_text("".join(json.dumps(r) + "\n" for r in [
+        *rows[:2], {**rows[2], "text": "GAMMA"}, {"id": "d", "text": "delta", "seed": 7}]))
+    assert main([*args, *then]) == 0
+    assert _sent(tmp_path / "out") == 2  # c (its text) and d
+
+
 def test_row_hash_is_stable_and_takes_any_value() -> None:
     # Stable across runs and versions: pinned to the bytes it hashes.
     assert hash_values(("hi", 1)) == zlib.crc32(b'["hi",1]')
