@@ -594,15 +594,14 @@ def check_base_url(url: str, what: str) -> str:
             f"{what} must not hold a user name or password ({example}, got {shown!r}): "
             "requests carry the API key as a Bearer token"
         )
+    if _key_like(url):  # before the checks below, which show the value
+        raise ConfigError(f"{what} must be an http(s) URL {example}; its value ({len(url)} "
+                          "characters, not shown) is not a URL — is it the API key?")
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         raise ConfigError(f"{what} must be a URL without spaces or control characters, "
                           f"got {shown!r}")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        # Long, with no scheme, domain or path: a key written where the URL goes, most likely.
-        if len(url) >= 16 and not any(c in url for c in ":./"):
-            raise ConfigError(f"{what} must be an http(s) URL {example}; its value ({len(url)} "
-                              "characters, not shown) is not a URL — is it the API key?")
         raise ConfigError(f"{what} must be an http(s) URL {example}, got {shown!r}")
     try:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -622,6 +621,15 @@ def check_base_url(url: str, what: str) -> str:
             f"/chat/completions ({example}), got {shown!r}"
         )
     return url.rstrip("/")
+
+
+def _key_like(url: str) -> bool:
+    """Long, with no scheme, port or path, and no domain (a dot only beside a part longer than
+    a host name's: ``<id>.<secret>`` keys, tokens): a key written where the URL goes, most
+    likely, pasted with the space or line break around it, say."""
+    value = url.strip()
+    return (len(value) >= 16 and not any(c in value for c in ":/")
+            and ("." not in value or max(map(len, value.split("."))) >= 32))
 
 
 def shown_url(url: str) -> str:

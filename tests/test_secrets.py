@@ -512,3 +512,22 @@ def test_a_key_written_where_the_url_goes_is_refused_without_showing_it(
     assert leaks_in_text(said.out, said.err) == []
     assert main(base_args(inp, tmp_path / "out", "localhost")) == 2  # not a key: shown
     assert "got 'localhost'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [
+    KEY + " ", "\t" + KEY + "\n",  # pasted with what was around it
+    "5f3a9c" * 6 + ".SECRET5f3a9cAbCd",  # an <id>.<secret> key
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJTRUNSRVQtNWYzYTljIn0.SECRET-5f3a9c",
+])
+def test_a_key_of_another_shape_where_the_url_goes_is_not_shown_either(
+        tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key pasted with a space or a line break was shown by the refusal of a URL with
+    spaces ('got 'sk-... ''), and one with a dot in it (an id and a secret, a token) as an
+    attempt at a URL; a host name is still shown."""
+    inp = marker_csv(tmp_path / "in.csv", [], normal=2)
+    assert main(base_args(inp, tmp_path / "out", value)) == 2
+    said = capsys.readouterr()
+    assert "characters, not shown) is not a URL — is it the API key?" in said.err
+    assert value.strip() not in said.err and "SECRET" not in said.err
+    assert main(base_args(inp, tmp_path / "out", "api.example-gateway.com")) == 2
+    assert "got 'api.example-gateway.com'" in capsys.readouterr().err
