@@ -379,7 +379,7 @@ def _variable_name(t: dict[str, Any], key: str, f: _Fields) -> None:
     name: most likely the key (or the URL) itself, written where its variable's name goes. It
     is not shown: a key would end up in the log."""
     v = t.get(key)
-    if v is None or (v.isascii() and v.isidentifier()):
+    if v is None or (v.isascii() and v.isidentifier() and not _secret_like(v)):
         return
     if key == "base_url_env" and "://" in v:
         raise ConfigError(f"{f('endpoint', key)} holds a URL, not the name of the environment "
@@ -621,6 +621,13 @@ def check_base_url(url: str, what: str) -> str:
             f"/chat/completions ({example}), got {shown!r}"
         )
     return url.rstrip("/")
+
+
+def _secret_like(name: str) -> bool:
+    """A name that is an identifier but reads as a key (``gsk_`` and 52 letters and digits,
+    32 of them): long, with upper and lower case letters and digits, as no variable's name."""
+    return (len(name) >= 32 and any(c.islower() for c in name)
+            and any(c.isupper() for c in name) and any(c.isdigit() for c in name))
 
 
 def _key_like(url: str) -> bool:

@@ -476,6 +476,20 @@ def test_a_key_written_where_its_variable_name_goes_is_refused_without_showing_i
     assert not (tmp_path / "out").exists()
 
 
+def test_a_key_that_is_an_identifier_where_its_variable_name_goes_is_not_shown(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Keys of letters, digits and underscores (gsk_ and 52 of them, 32 alone) are Python
+    identifiers: taken for a variable's name, such a key was shown, 'no API key: set gsk_...
+    in the environment'."""
+    inp = marker_csv(tmp_path / "in.csv", [], normal=2)
+    for key in ("gsk_" + "SECRET5f3a9cAbCd" * 3 + "x1y2", "SECRET5f3a9c" + "Ab9Zq8" * 4):
+        assert main(base_args(inp, tmp_path / "out", "http://127.0.0.1:9/v1",
+                              "--api-key-env", key)) == 2
+        said = capsys.readouterr()
+        assert "is not a variable name — is it the key itself?" in said.err
+        assert key not in said.err and "SECRET" not in said.err
+
+
 def test_a_variable_name_for_the_key_or_the_url_is_still_any_identifier(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inp = marker_csv(tmp_path / "in.csv", [], normal=2)
