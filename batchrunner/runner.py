@@ -1079,6 +1079,7 @@ class _Run:
         self.refused_since = -math.inf
         # A refusal after which no request sent has been answered: an outage began (attempt).
         self.outage_from = -math.inf
+        self.last_refusal = -math.inf  # the latest refused connection, any row's
         self.outage_s = options.outage_s
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
@@ -1617,7 +1618,7 @@ class _Run:
             item.streak = 0
         item.refusals += 1
         item.streak += 1
-        item.last_refusal = now
+        item.last_refusal = self.last_refusal = now
         if not item.refused_at:
             item.refused_at = now
         if self.outage_from <= self.answered_sent:
@@ -1627,6 +1628,15 @@ class _Run:
             # answers, no new row is started (the rows started retry on their own backoff),
             # or the workers would run through the input in failed first tries.
             self.refused_since = now
+
+    def _unreachable_s(self) -> float:
+        """How long the endpoint has been out of reach, for the progress: in an outage (see
+        ``outage_from``) and refused since the latest answer, since that answer or the outage's
+        start (0: not). Answers to requests sent before the outage count here: a connection
+        dropped among long requests that go on being answered is no outage to show."""
+        if self.outage_from > self.answered_sent and self.last_refusal > self.last_answer:
+            return time.perf_counter() - max(self.outage_from, self.last_answer)
+        return 0.0
 
     def _outage_over(self, item: _Work) -> bool:
         """``item``'s latest refusal came ``outage_s`` into an outage (refusals, and nothing
@@ -1764,9 +1774,7 @@ class _Run:
                 await self.flush_wanted.wait()
             self.flush_wanted = anyio.Event()
             self.counts.paused_s = self.limiter.paused_s
-            # An outage: a connection failed, and no request sent since has been answered.
-            self.counts.unreachable_s = (time.perf_counter() - self.outage_from
-                                         if self.outage_from > self.answered_sent else 0.0)
+            self.counts.unreachable_s = self._unreachable_s()
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes
             rows = journal.take()
             if rows:

@@ -608,6 +608,29 @@ async def test_the_outage_stop_counts_the_rows_refusals_since_the_endpoint_last_
 
 
 @pytest.mark.anyio
+async def test_the_progress_shows_an_outage_only_while_nothing_answers(tmp_path: Path) -> None:
+    """unreachable=Ns beside the bar: a refused connection with no answer since is shown; one
+    among long requests that go on being answered (sent before it) is not."""
+    from batchrunner.limiter import Limiter
+    from batchrunner.progress import NullProgress
+    from batchrunner.runner import _Run, _Work
+
+    inp = make_csv(tmp_path / "in.csv", ["row 0"])
+    run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
+               None, Limiter(None, None), NullProgress(), None,  # no client: not sent
+               max_concurrency=1, fixed_concurrency=True)
+    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
+    assert run._unreachable_s() == 0.0
+    sent_before = time.perf_counter()
+    run._refused(item)
+    assert run._unreachable_s() > 0.0  # refused, nothing answered since
+    run._answered(sent_before)  # a long request sent before the refusal, answered after it
+    assert run._unreachable_s() == 0.0
+    run._refused(item)  # refused again, after that answer: out of reach again
+    assert run._unreachable_s() > 0.0
+
+
+@pytest.mark.anyio
 async def test_an_endpoint_restarted_mid_job_is_waited_for(tmp_path: Path) -> None:
     """Down for a moment mid-job (a restart, a deploy): the rows in flight try again, beyond
     their max_attempts, and the job finishes with every row ok; no row fails for it."""
