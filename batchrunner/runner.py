@@ -2103,7 +2103,9 @@ def format_status(out_dir: Path) -> str:
     for etype, n in failed_by_type.most_common():
         lines.append(f"  failed {etype}: {n:,}")
     ok_rows = pc.filter(state, is_value(state["status"], "ok"))
-    cost = format_usd(pc.sum(ok_rows['cost_usd']).as_py() or 0.0)
+    # Every row's cost, as the reports sum it: a failed row's billed reply (a schema mismatch,
+    # an error body with usage) was paid for too.
+    cost = format_usd(pc.sum(state["cost_usd"]).as_py() or 0.0)
     if ok_rows["cost_usd"].null_count:
         cost += (f" (plus {count_rows(ok_rows['cost_usd'].null_count)} without a cost: no price "
                  "known, or no usage reported)")

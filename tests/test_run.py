@@ -507,6 +507,42 @@ async def test_an_answer_billed_and_sent_again_counts_as_earlier_cost(tmp_path: 
 
 
 @pytest.mark.anyio
+async def test_status_counts_the_cost_billed_for_failed_rows(tmp_path: Path) -> None:
+    """A failed row's billed reply (here a 200 error body with usage, not retried) is in the
+    job's cost: `status` said $0.0022 (the ok rows only) where the summary and the reports
+    said $0.0033."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    inp = make_csv(tmp_path / "in.csv", 3)
+    usage = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050}
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        if "row 1 " in body["messages"][-1]["content"]:
+            return web.json_response({"error": {"message": "too long",
+                                                "code": "context_length_exceeded"},
+                                      "usage": usage})
+        return web.json_response({"model": "m", "usage": usage, "choices": [{
+            "index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "fine"}}]})
+
+    runner, port = await serve_on_loopback(handler)
+    try:
+        job = replace(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model="m"),
+                      prices={"m": {"input": 1.0, "output": 2.0}})
+        s = await run_job(job, FAST)
+    finally:
+        await runner.cleanup()
+    assert (s.ok, s.failed, s.cost_usd) == (2, 1, pytest.approx(0.0033))  # 3 × $0.0011
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_failed_usd"] == pytest.approx(0.0011)
+    assert "cost: $0.0033;" in format_summary(s)
+    assert "; cost so far $0.0033\n" in format_status(tmp_path / "out") + "\n"
+
+
+@pytest.mark.anyio
 async def test_rows_sent_again_by_a_rerun_carry_what_they_cost(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", 12)
     async with Simulator(SimulatorConfig(reply_tokens_mean=200, reply_tokens_min=150)) as sim:
