@@ -56,7 +56,7 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     out, tokens shortened (``TqdmProgress`` leaves out more where the terminal is narrow)."""
     if compact:
         return " ".join(text for _, text in _compact_parts(c))
-    cost = f"${c.cost_usd:.4f}" + ("+?" if c.cost_unknown else "")
+    cost = _cost(c)
     if c.projected_usd:
         cost += f" (~{_about_usd(c.projected_usd)} job)"
     counts = (("ok", c.ok), ("failed", c.failed), ("retrying", c.retrying))
@@ -85,10 +85,17 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
     if c.unreachable_s >= 1:  # as it is while the endpoint cannot be reached
         parts.append((3, f"unreachable={c.unreachable_s:.0f}s"))
     parts.append((6, f"tokens={short_number(c.tokens)}"))
-    parts.append((0, f"cost=${c.cost_usd:.4f}" + ("+?" if c.cost_unknown else "")))
+    parts.append((0, f"cost={_cost(c)}"))
     if c.projected_usd:
         parts.append((4, f"(~{_about_usd(c.projected_usd)} job)"))
     return parts
+
+
+def _cost(c: Counts) -> str:
+    """The run's cost as the reports show it: a cost under $0.00005 is not ``$0.0000``."""
+    from batchrunner.report import format_usd  # report imports this module
+
+    return format_usd(c.cost_usd) + ("+?" if c.cost_unknown else "")
 
 
 def _about_usd(usd: float) -> str:

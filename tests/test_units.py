@@ -615,6 +615,20 @@ def test_the_bar_counts_are_short_and_leave_out_zeros() -> None:
 
 
 
+def test_the_progress_shows_a_cost_under_a_cent_as_the_reports_do() -> None:
+    """Ten gpt-4o-mini rows cost $0.000144: the progress said cost=$0.0001, and $0.0000 for
+    the first three, where the summary and the reports say $0.000144."""
+    from batchrunner.progress import Counts, _postfix
+
+    c = Counts(ok=10, tokens=240, cost_usd=0.000144)
+    assert _postfix(c).endswith("cost=$0.000144")
+    assert _postfix(c, compact=True).endswith("cost=$0.000144")
+    c.cost_usd, c.cost_unknown = 0.0000432, 1
+    assert _postfix(c, compact=True).endswith("cost=$0.0000432+?")
+    c.cost_usd = 1234.56789
+    assert _postfix(c).endswith("cost=$1,234.57+?")
+
+
 @pytest.mark.anyio
 async def test_lifting_a_pause_lets_its_waiters_go_at_once() -> None:
     from batchrunner.limiter import Limiter
