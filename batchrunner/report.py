@@ -29,8 +29,9 @@ Top-level keys, in this order::
                       outcome, to_do the input's rows without one (null when not given),
                       changed_to_send the rows whose text changed since they were sent and
                       that are not sent again yet (their outcomes are to the earlier text),
-                      cost_unknown the ok rows without a cost (unknown price, or no usage
-                      reported)
+                      cost_unknown the rows paid for without a cost: ok rows (unknown price,
+                      or no usage reported) and failed rows whose reply reported usage at a
+                      price not known
     tokens            {"prompt", "completion", "cached", "reasoning", "total"}
     cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
     cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
@@ -39,7 +40,7 @@ Top-level keys, in this order::
                       sum of the rows' earlier_cost_usd: replies billed and then sent again
                       (retried in a run, or resent by --retry-failed / --rerun-where); not
                       part of cost_usd, so the job's spend is the two added
-    cost_complete     false when some ok row has no cost (unknown price or no usage reported)
+    cost_complete     false when some row paid for has no cost (cost_unknown is not 0)
     pricing           {"library", "library_version", "units", "job_prices": [model, ...]}
     by_model          {model: {"rows", "ok", "failed", tokens..., "cost_usd" (null when
                       incomplete), "cost_known_usd", "unpriced_rows", "price_source", "price"}}
@@ -320,11 +321,14 @@ class OutcomeStats:
         is_ok = pc.fill_null(is_value(status, "ok"), _FALSE)
         is_failed = pc.invert(is_ok)
         cost = t["cost_usd"]
-        unpriced_ok = pc.and_(is_ok, pc.is_null(cost))
+        # Rows paid for whose cost is not known: ok rows without one, and failed rows whose
+        # reply reported usage (billed) that could not be priced (a model with no price).
+        billed = pc.or_(is_ok, pc.is_valid(t["prompt_tokens"]))
+        unpriced = pc.and_(billed, pc.is_null(cost))
         finish = t["finish_reason"]
         self._n_ok += _count(is_ok)
         self._n_length += _count(pc.fill_null(is_value(finish, "length"), _FALSE))
-        self._n_unpriced += _count(unpriced_ok)
+        self._n_unpriced += _count(unpriced)
         _merge_counts(self._status, _counts(status))
         keep = pc.or_(is_ok, pc.is_valid(finish))
         _merge_counts(self._finish, _counts(pc.fill_null(pc.filter(finish, keep), _NO_VALUE)))
@@ -340,7 +344,7 @@ class OutcomeStats:
         self._rows_attempted += _count(pc.fill_null(attempted, _FALSE))
         self._rate_limited += _int_sum(t["rate_limited"])
 
-        self._add_models(t, is_ok, unpriced_ok, total)
+        self._add_models(t, is_ok, unpriced, total)
         ok_np = _np_bool(is_ok)
         self._add_costs(t["model"], ~ok_np, cost, self._cost, self._cost_bad)
         if "earlier_cost_usd" in t.column_names:  # a journal written before it has nulls
@@ -360,11 +364,11 @@ class OutcomeStats:
         self,
         t: pa.Table,
         is_ok: pa.ChunkedArray,
-        unpriced_ok: pa.ChunkedArray,
+        unpriced: pa.ChunkedArray,
         total: pa.ChunkedArray,
     ) -> None:
         group, models = group_codes(t["model"])
-        columns = [is_ok, unpriced_ok, *(t[c] for c in _TOKEN_COLUMNS), total]
+        columns = [is_ok, unpriced, *(t[c] for c in _TOKEN_COLUMNS), total]
         rows = np.bincount(group, minlength=len(models)).tolist()
         sums = [_group_sums(group, len(models), c) for c in columns]
         for j, model in enumerate(models):
@@ -544,7 +548,7 @@ def build_report(
             continue
         if model == NO_VALUE:
             warnings.append(
-                f"{count_rows(k)} with status ok do not name their model; their cost is not counted"
+                f"{count_rows(k)} paid for do not name their model; their cost is not counted"
             )
         elif entry["price"] is None:
             warnings.append(

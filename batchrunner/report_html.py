@@ -198,7 +198,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         n = sum(k for _, k in unpriced)
         cost += " + unknown"
         models = ", ".join(m for m, _ in unpriced[:3]) + (" …" if len(unpriced) > 3 else "")
-        cost_note = f"cost unknown for {count_rows(n)} with status ok" + (
+        cost_note = f"cost unknown for {count_rows(n)} paid for" + (
             f" ({models})" if models else ""
         )
         cost_class = " warn"

@@ -208,7 +208,9 @@ class RunSummary:
     not_connected: int = 0  # of ``sent``, the requests that found no connection
     rate_limited: int = 0  # of ``sent``, the requests answered 429 (rate limited)
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
-    cost_unknown: int = 0  # ok rows without a cost: no price known, or no usage reported
+    # Rows paid for without a cost: ok with no price known or no usage reported, or failed
+    # with usage reported (billed) and no price known.
+    cost_unknown: int = 0
     cut_off: int = 0  # requests in flight when the run ended (a stop's drain ran out)
     limit: int | None = None  # --limit, when it held rows back
     limited: int = 0  # rows to do that --limit left for a later run
@@ -1262,10 +1264,10 @@ class _Run:
         self.recorded += 1
         counts.tokens += o.total_tokens or 0
         counts.cost_usd += o.cost_usd or 0.0
+        if o.cost_usd is None and (o.status == "ok" or o.prompt_tokens is not None):
+            counts.cost_unknown += 1  # paid for (ok, or billed: its reply reported usage)
         if o.status == "ok":
             counts.ok += 1
-            if o.cost_usd is None:
-                counts.cost_unknown += 1
             if o.finish_reason == "length":
                 self.counters["length"] += 1
         else:
@@ -2077,7 +2079,7 @@ def format_status(out_dir: Path) -> str:
     """Progress, failures by type and cost so far, from the journal alone."""
     meta = read_meta(out_dir)
     state = Journal(out_dir).read(columns=["error_type", "cost_usd", "earlier_cost_usd",
-                                           "total_tokens"])
+                                           "total_tokens", "prompt_tokens"])
     total = int(meta.get("total_rows") or 0)
     statuses = Counter(state["status"].to_pylist())
     ok, failed = statuses.get("ok", 0), statuses.get("failed", 0)
@@ -2102,13 +2104,16 @@ def format_status(out_dir: Path) -> str:
     failed_by_type = Counter(str(t) for t in failed_t["error_type"].to_pylist())
     for etype, n in failed_by_type.most_common():
         lines.append(f"  failed {etype}: {n:,}")
-    ok_rows = pc.filter(state, is_value(state["status"], "ok"))
     # Every row's cost, as the reports sum it: a failed row's billed reply (a schema mismatch,
     # an error body with usage) was paid for too.
     cost = format_usd(pc.sum(state["cost_usd"]).as_py() or 0.0)
-    if ok_rows["cost_usd"].null_count:
-        cost += (f" (plus {count_rows(ok_rows['cost_usd'].null_count)} without a cost: no price "
-                 "known, or no usage reported)")
+    # Rows paid for without a cost, as the reports count them: ok, or billed (usage reported).
+    paid = pc.or_(pc.fill_null(is_value(state["status"], "ok"), scalar(False, pa.bool_())),
+                  pc.is_valid(state["prompt_tokens"]))
+    unpriced = pc.filter(state["cost_usd"], paid).null_count
+    if unpriced:
+        cost += (f" (plus {count_rows(unpriced)} without a cost: no price known, or no usage "
+                 "reported)")
     cost += _plus_earlier(pc.sum(state["earlier_cost_usd"]).as_py())
     tokens = pc.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")

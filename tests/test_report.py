@@ -173,6 +173,26 @@ def test_unknown_model_gives_null_cost_and_a_warning_never_zero(book: PriceBook)
     assert "incomplete" in md and "no-such-model-xyz" in md
 
 
+def test_a_failed_row_billed_at_an_unknown_price_is_unknown_never_zero(
+        book: PriceBook) -> None:
+    """Replies that failed (a 200 error body, a schema mismatch) but reported usage were paid
+    for: at a model with no price, their cost is unknown. The report said $0.0000 for the
+    model, beside its tokens, and called the job's cost complete."""
+    rows = [ok_row(book, "k", "my-model")]
+    rows += [failed_row(f"u{i}", "schema_mismatch", "no", model="no-such-model-xyz",
+                        prompt_tokens=1000, completion_tokens=50, total_tokens=1050)
+             for i in range(2)]
+    rows += [failed_row("n", "http_400", "bad", model="no-such-model-xyz")]  # not billed
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    unknown = report["by_model"]["no-such-model-xyz"]
+    assert unknown["cost_usd"] is None and unknown["unpriced_rows"] == 2
+    assert report["cost_complete"] is False and report["rows"]["cost_unknown"] == 2
+    assert report["cost_usd"] == rows[0].cost_usd
+    assert any("no price known, cost of 2 rows not counted" in w for w in report["warnings"])
+    md = render_markdown(report)
+    assert "(incomplete, see warnings)" in md and "unknown (2 rows)" in md
+
+
 def test_a_model_a_gateway_answered_with_is_shown_priced_as_the_one_asked_for(
         book: PriceBook) -> None:
     # The job asked for my-model; the gateway answered as a name with no price of its own, and

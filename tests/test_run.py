@@ -506,11 +506,10 @@ async def test_an_answer_billed_and_sent_again_counts_as_earlier_cost(tmp_path: 
     assert "for earlier attempts of rows sent again" in format_status(tmp_path / "out")
 
 
-@pytest.mark.anyio
-async def test_status_counts_the_cost_billed_for_failed_rows(tmp_path: Path) -> None:
-    """A failed row's billed reply (here a 200 error body with usage, not retried) is in the
-    job's cost: `status` said $0.0022 (the ok rows only) where the summary and the reports
-    said $0.0033."""
+async def run_with_a_billed_failure(tmp_path: Path, prices: dict[str, Any]) -> RunSummary:
+    """Three rows for model "m" at a server that answers each with 1,000 prompt and 50
+    completion tokens: row 1's reply is a 200 error body with that usage (billed, not
+    retried)."""
     from aiohttp import web
 
     from tests.servers import serve_on_loopback
@@ -531,15 +530,32 @@ async def test_status_counts_the_cost_billed_for_failed_rows(tmp_path: Path) -> 
     runner, port = await serve_on_loopback(handler)
     try:
         job = replace(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model="m"),
-                      prices={"m": {"input": 1.0, "output": 2.0}})
-        s = await run_job(job, FAST)
+                      prices=prices)
+        return await run_job(job, FAST)
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_status_counts_the_cost_billed_for_failed_rows(tmp_path: Path) -> None:
+    """A failed row's billed reply is in the job's cost: `status` said $0.0022 (the ok rows
+    only) where the summary and the reports said $0.0033."""
+    s = await run_with_a_billed_failure(tmp_path, {"m": {"input": 1.0, "output": 2.0}})
     assert (s.ok, s.failed, s.cost_usd) == (2, 1, pytest.approx(0.0033))  # 3 × $0.0011
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     assert report["cost_failed_usd"] == pytest.approx(0.0011)
     assert "cost: $0.0033;" in format_summary(s)
     assert "; cost so far $0.0033\n" in format_status(tmp_path / "out") + "\n"
+
+
+@pytest.mark.anyio
+async def test_a_failed_row_billed_at_no_known_price_is_a_cost_unknown(tmp_path: Path) -> None:
+    """The billed failure of a model with no price is a cost not known, as the ok rows' are:
+    the summary and `status` said 2 rows were without a cost, not 3."""
+    s = await run_with_a_billed_failure(tmp_path, {})
+    assert (s.ok, s.failed, s.cost_usd, s.cost_unknown) == (2, 1, None, 3)
+    assert "and 3 rows without a cost (see report)" in format_summary(s)
+    assert "(plus 3 rows without a cost: no price known" in format_status(tmp_path / "out")
 
 
 @pytest.mark.anyio
