@@ -105,6 +105,7 @@ __all__ = [
     "job_details",
     "render_markdown",
     "retry_advice",
+    "sum_usd",
     "utc_timestamp",
     "write_reports",
 ]
@@ -738,6 +739,14 @@ def _int_sum(values: pa.ChunkedArray | pa.Array) -> int:
 
 def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(x) and x > 0 else None
+
+
+def sum_usd(values: pa.ChunkedArray | pa.Array) -> float:
+    """The sum of a cost column (nulls skipped) as the report shows its sums: exact, then
+    rounded to 1e-10 USD, so another place that shows it (``status``) shows the same figure
+    (a float sum can differ in the last digit shown: $0.00939 against $0.00938)."""
+    values = _np_float(values)
+    return _usd(math.fsum(values[np.isfinite(values)].tolist()))
 
 
 def _usd(x: float | None) -> float:

@@ -99,6 +99,7 @@ from batchrunner.report import (
     format_span,
     format_usd,
     retry_advice,
+    sum_usd,
     utc_timestamp,
 )
 from batchrunner.results import (
@@ -2106,7 +2107,7 @@ def format_status(out_dir: Path) -> str:
         lines.append(f"  failed {etype}: {n:,}")
     # Every row's cost, as the reports sum it: a failed row's billed reply (a schema mismatch,
     # an error body with usage) was paid for too.
-    cost = format_usd(pc.sum(state["cost_usd"]).as_py() or 0.0)
+    cost = format_usd(sum_usd(state["cost_usd"]))
     # Rows paid for without a cost, as the reports count them: ok, or billed (usage reported).
     paid = pc.or_(pc.fill_null(is_value(state["status"], "ok"), scalar(False, pa.bool_())),
                   pc.is_valid(state["prompt_tokens"]))
@@ -2114,7 +2115,7 @@ def format_status(out_dir: Path) -> str:
     if unpriced:
         cost += (f" (plus {count_rows(unpriced)} without a cost: no price known, or no usage "
                  "reported)")
-    cost += _plus_earlier(pc.sum(state["earlier_cost_usd"]).as_py())
+    cost += _plus_earlier(sum_usd(state["earlier_cost_usd"]))
     tokens = pc.sum(state["total_tokens"]).as_py() or 0
     lines.append(f"  tokens {tokens:,}; cost so far {cost}")
     last = meta.get("last_run")

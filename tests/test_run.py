@@ -559,6 +559,37 @@ async def test_a_failed_row_billed_at_no_known_price_is_a_cost_unknown(tmp_path:
 
 
 @pytest.mark.anyio
+async def test_status_shows_the_cost_the_reports_show(tmp_path: Path) -> None:
+    """Six rows whose costs add up to $0.009385: the reports sum them exactly ($0.00938, as
+    the float nearest 0.009385 shows), `status` summed them as floats in journal order
+    (0.009385000000000001) and said $0.00939."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    inp = make_csv(tmp_path / "in.csv", 6)
+    prompt_tokens = [1100, 3816, 998, 1178, 1217, 1076]  # at $1 per 1M: $0.0011, ...
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        text = (await request.json())["messages"][-1]["content"]
+        pt = prompt_tokens[int(text.split()[2])]  # "Summarise: row I about ..."
+        return web.json_response({"model": "m", "choices": [{
+            "index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": pt, "completion_tokens": 0, "total_tokens": pt}})
+
+    runner, port = await serve_on_loopback(handler)
+    try:
+        job = replace(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model="m",
+                              concurrency=1), prices={"m": {"input": 1.0, "output": 0.0}})
+        s = await run_job(job, FAST)
+    finally:
+        await runner.cleanup()
+    assert s.cost_usd == 0.009385 and "cost: $0.00938;" in format_summary(s)
+    assert "; cost so far $0.00938\n" in format_status(tmp_path / "out") + "\n"
+
+
+@pytest.mark.anyio
 async def test_rows_sent_again_by_a_rerun_carry_what_they_cost(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", 12)
     async with Simulator(SimulatorConfig(reply_tokens_mean=200, reply_tokens_min=150)) as sim:
