@@ -237,9 +237,9 @@ def test_a_log_line_never_rounds_up_to_100_percent_nor_says_1_requests(
     log = progress.LogProgress("nightly", every_s=30.0)
     log.start(240, 0)
     now[0] += 31
-    log.update(progress.Counts(ok=239, retrying=1, in_flight=1), 239)
+    log.update(progress.Counts(ok=239, in_flight=1), 239)
     now[0] += 31  # the last row is still out: one request in flight
-    log.update(progress.Counts(ok=239, retrying=1, in_flight=1), 0)
+    log.update(progress.Counts(ok=239, in_flight=1), 0)
     lines = capsys.readouterr().err.splitlines()
     assert "239/240 (99 %) rows" in lines[1], lines[1]
     assert lines[2].endswith("(no row finished for 31 s; 1 request in flight)"), lines[2]
