@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
-from batchrunner.arrow import string_array, typed_array
+from batchrunner.arrow import typed_array
 from batchrunner.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,6 +57,25 @@ def _column_type(schema: Any) -> pa.DataType:
         if "enum" in schema and all(isinstance(v, str) for v in schema["enum"]):
             return pa.string()
     return pa.string()  # objects, arrays, unions: JSON text
+
+
+def _cell(value: Any, typ: pa.DataType) -> Any:
+    """A property's value as its column holds it: JSON text in a string column when it is not
+    text; None when a typed column cannot hold it (an integer beyond 64 bits, which the check
+    fails, in a row recorded before it did)."""
+    if typ == pa.string():
+        return value if isinstance(value, str) else orjson.dumps(value).decode()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value if typ == pa.bool_() and isinstance(value, bool) else None
+    if typ == pa.float64():
+        return float(value)
+    if typ == pa.int64() and (isinstance(value, int) or value.is_integer()):
+        whole = int(value)
+        return whole if _INT64_MIN <= whole <= _INT64_MAX else None
+    return None
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def structured_output(settings: Mapping[str, Any], *, body: bool = False
@@ -266,6 +285,12 @@ class StructuredOutput:
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or self._what
                 return "schema_mismatch", f"{where}: {error.message}"[:300]
+        for prop, col, typ in self.columns:
+            v = value.get(prop)
+            if typ == pa.int64() and isinstance(v, int | float) and _cell(v, typ) is None:
+                # JSON Schema's integer has no bounds; the column's has
+                return "schema_mismatch", (f"{prop}: an integer beyond 64 bits, which {col}, "
+                                           "a 64-bit integer column, cannot hold")[:300]
         return None
 
     def spread(self, values: Sequence[str | None], ok: Sequence[bool]) -> dict[str, pa.Array]:
@@ -283,21 +308,10 @@ class StructuredOutput:
                     obj = None
             for prop, col, typ in self.columns:
                 v = obj.get(prop) if isinstance(obj, dict) else None
-                if v is not None and typ == pa.string() and not isinstance(v, str):
-                    v = orjson.dumps(v).decode()
-                elif typ == pa.float64() and isinstance(v, int | float):
-                    v = float(v)
-                out_values[col].append(v)
+                out_values[col].append(None if v is None else _cell(v, typ))
         out: dict[str, pa.Array] = {}
         for _, col, typ in self.columns:
-            typed = typed_array(out_values[col], typ)  # values of the column's type, as a rule
-            if typed is not None:
-                out[col] = typed
-                continue
-            try:
-                out[col] = pa.array(out_values[col], type=typ)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):  # a value of another type: keep as text
-                out[col] = string_array(
-                    [None if v is None else orjson.dumps(v).decode() for v in out_values[col]]
-                )
+            # Every value is of the column's type: its type is the same in every batch of rows
+            typed = typed_array(out_values[col], typ)
+            out[col] = pa.array(out_values[col], type=typ) if typed is None else typed
         return out

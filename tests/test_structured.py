@@ -6,14 +6,18 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from aiohttp import web
 
 from batchrunner.config import load_job
 from batchrunner.errors import ConfigError
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, run_job
+from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
 from batchrunner.structured import StructuredOutput, structured_output
+from tests.servers import serve_on_loopback
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
                   handle_signals=False)
@@ -285,3 +289,72 @@ def test_report_shows_cost_billed_for_failed_rows(tmp_path: Path) -> None:
     report = build_report(table, prices=PriceBook(), job={}, wall_s=1.0)
     assert report["cost_usd"] == 0.75 and report["cost_failed_usd"] == 0.5
     assert _json.dumps(report)
+
+
+async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
+                messages: list[dict[str, object]] | None = None, fmt: str = "parquet",
+                output: str = "out") -> tuple[RunSummary, pd.DataFrame]:
+    """Run a job whose rows' prompts are the replies a server answers with, as its content (a
+    prompt of JSON with a "message" key: that message, and its "finish_reason")."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        said = body["messages"][-1]["content"]
+        message: object = {"role": "assistant", "content": said}
+        finish = "stop"
+        if said.startswith("{\"message\""):
+            spec = json.loads(said)
+            message, finish = spec["message"], spec.get("finish_reason", "stop")
+        return web.json_response({
+            "id": "chatcmpl-1", "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "reply": r}) + "\n"
+                           for i, r in enumerate(replies)))
+    (tmp_path / "s.schema.json").write_text(json.dumps(schema))
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.jsonl"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "{reply}"\nschema_file = "s.schema.json"\n'
+        f'[output]\ndir = "{output}"\nformat = "{fmt}"\n')
+    runner, port = await serve_on_loopback(handler)
+    try:
+        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1"})
+        s = await run_job(job, FAST)
+    finally:
+        await runner.cleanup()
+    out = tmp_path / output / f"results.{fmt}"
+    df = (pd.read_parquet(out) if fmt == "parquet" else pd.read_json(out, lines=True)
+          if fmt == "jsonl" else pd.read_csv(out))
+    return s, df.set_index("id")
+
+
+@pytest.mark.anyio
+async def test_an_integer_beyond_64_bits_fails_its_row_and_leaves_the_column_typed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # JSON Schema's integer has no bounds, an int64 column has: such a reply once ended the
+    # run's results with an OverflowError (or made the column text, then failed its write)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    s, df = await _echo(tmp_path, ['{"n": 1}', '{"n": 18446744073709551615}',
+                                   '{"n": 99999999999999999999999}', '{"n": 3.0}'],
+                        schema=schema)
+    assert (s.ok, s.failed) == (2, 2)
+    assert pq.read_schema(tmp_path / "out" / "results.parquet").field("json_n").type == "int64"
+    assert df["json_n"].tolist()[::3] == [1, 3]
+    assert df["error_type"].tolist()[1:3] == ["schema_mismatch"] * 2
+    assert df["error_message"][1] == ("n: an integer beyond 64 bits, which json_n, a 64-bit "
+                                      "integer column, cannot hold")
+    assert df["cost_usd"].notna().all()
+
+
+def test_a_recorded_integer_beyond_64_bits_is_a_null_of_its_column() -> None:
+    # rows recorded ok before the check above: the column keeps its type in every batch
+    so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"n": {"type": "integer"}, "x": {"type": "number"}}}}})
+    for big in ("18446744073709551615", "99999999999999999999999"):
+        cols = so.spread(['{"n": 2, "x": 1}', f'{{"n": {big}, "x": {big}}}'], [True, True])
+        assert cols["json_n"].type == pa.int64() and cols["json_n"].to_pylist() == [2, None]
+        assert cols["json_x"].type == pa.float64()
+        assert cols["json_x"].to_pylist() == [1.0, float(big)]
