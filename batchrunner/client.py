@@ -98,6 +98,7 @@ class ChatResult:
     choices: str | None = None
     tool_calls: str | None = None
     citations: str | None = None
+    refusal: str | None = None  # why the model would not answer (``message.refusal``)
 
 
 class _Call:
@@ -116,11 +117,12 @@ class _Call:
 class _Parts:
     """What the deltas of one choice of a stream carried."""
 
-    __slots__ = ("annotations", "calls", "content", "finish_reason", "reasoning")
+    __slots__ = ("annotations", "calls", "content", "finish_reason", "reasoning", "refusal")
 
     def __init__(self) -> None:
         self.content: list[str] = []
         self.reasoning: list[str] = []
+        self.refusal: list[str] = []
         self.finish_reason: str | None = None
         self.calls: dict[int, _Call] | None = None
         self.annotations: list[Any] | None = None
@@ -437,8 +439,11 @@ class StreamAssembler:
 
     def _more(self, parts: _Parts, delta: dict[str, Any]) -> None:
         """The rarer parts of a delta: content as a list of parts, reasoning, tool calls,
-        annotations."""
+        annotations, a refusal."""
         thought = delta.get("reasoning_content") or delta.get("reasoning")
+        refusal = delta.get("refusal")
+        if type(refusal) is str and refusal:
+            parts.refusal.append(refusal)
         content = delta.get("content")
         if type(content) is list:  # Mistral's Magistral: text and thinking parts
             text, thinking = _content_parts(content)
@@ -701,6 +706,7 @@ class ChatClient:
             tool_calls=orjson.dumps(calls).decode() if calls else None,
             citations=_citations(first.annotations, st.cited)
             if first.annotations or st.cited else None,
+            refusal="".join(first.refusal) or None,
         )
 
     def _redirected(self, resp: aiohttp.ClientResponse) -> StopJob | None:
@@ -968,6 +974,7 @@ class ChatClient:
         calls = message.get("tool_calls")
         if content == "" and calls:
             content = None  # a reply that only calls tools, as a stream's (and OpenAI's) is
+        refusal = message.get("refusal")  # structured output the model would not give
         notes = message.get("annotations")  # OpenAI's web search: url_citation
         cited = payload.get("citations")  # Grok's live search, Perplexity: URLs
         model = payload.get("model")
@@ -987,6 +994,7 @@ class ChatClient:
             choices=_all_choices(choices) if len(choices) > 1 else None,
             tool_calls=orjson.dumps(calls).decode() if calls and type(calls) is list else None,
             citations=_citations(notes, cited) if notes or cited else None,
+            refusal=refusal if isinstance(refusal, str) and refusal else None,
         )
 
 

@@ -1731,6 +1731,9 @@ class _Run:
             self._unpriced_reply(item)
         checks = item.checks
         error = None if checks is None else checks.check_reply(res.content, res.tool_calls)
+        if res.refusal is not None and not res.content and res.tool_calls is None:
+            # No answer, but why: not a reply that is not JSON, nor an ok row with no content
+            error = "refusal", f"the model refused: {res.refusal}"[:300]
         return Outcome(
             key=item.key, status="ok" if error is None else "failed", content=res.content,
             error_type=error[0] if error else None, error_message=error[1] if error else None,

@@ -292,23 +292,43 @@ def test_report_shows_cost_billed_for_failed_rows(tmp_path: Path) -> None:
 
 
 async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
-                messages: list[dict[str, object]] | None = None, fmt: str = "parquet",
-                output: str = "out") -> tuple[RunSummary, pd.DataFrame]:
+                fmt: str = "parquet", output: str = "out", stream: bool = False
+                ) -> tuple[RunSummary, pd.DataFrame]:
     """Run a job whose rows' prompts are the replies a server answers with, as its content (a
-    prompt of JSON with a "message" key: that message, and its "finish_reason")."""
+    prompt of JSON with a "message" key: that message, and its "finish_reason"); streamed,
+    the content comes in pieces of 4 characters, then the refusal, if any."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         body = await request.json()
         said = body["messages"][-1]["content"]
-        message: object = {"role": "assistant", "content": said}
+        message: dict[str, object] = {"role": "assistant", "content": said}
         finish = "stop"
         if said.startswith("{\"message\""):
             spec = json.loads(said)
             message, finish = spec["message"], spec.get("finish_reason", "stop")
-        return web.json_response({
-            "id": "chatcmpl-1", "model": body["model"],
-            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "chatcmpl-1", "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": usage})
+        text = str(message.get("content") or "")
+        deltas: list[dict[str, object]] = [{"role": "assistant", "content": None,
+                                            "refusal": None}]
+        deltas += [{"content": text[i:i + 4]} for i in range(0, len(text), 4)]
+        if message.get("refusal"):
+            deltas.append({"content": None, "refusal": message["refusal"]})
+        chunks = [{"id": "c", "model": body["model"], "choices": [
+            {"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        chunks.append({"id": "c", "model": body["model"], "choices": [
+            {"index": 0, "delta": {}, "finish_reason": finish}]})
+        chunks.append({"id": "c", "model": body["model"], "choices": [], "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for c in chunks:
+            await resp.write(b"data: " + json.dumps(c).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
 
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"id": i, "reply": r}) + "\n"
@@ -317,7 +337,7 @@ async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
     (tmp_path / "job.toml").write_text(
         '[input]\npath = "in.jsonl"\nid_column = "id"\n'
         '[request]\nmodel = "gpt-4o-mini"\nprompt = "{reply}"\nschema_file = "s.schema.json"\n'
-        f'[output]\ndir = "{output}"\nformat = "{fmt}"\n')
+        f'stream = {str(stream).lower()}\n[output]\ndir = "{output}"\nformat = "{fmt}"\n')
     runner, port = await serve_on_loopback(handler)
     try:
         job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1"})
@@ -358,3 +378,20 @@ def test_a_recorded_integer_beyond_64_bits_is_a_null_of_its_column() -> None:
         assert cols["json_n"].type == pa.int64() and cols["json_n"].to_pylist() == [2, None]
         assert cols["json_x"].type == pa.float64()
         assert cols["json_x"].to_pylist() == [1.0, float(big)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_a_refusal_is_a_failed_row_that_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    # A model that will not give the structured output answers message.refusal, content null:
+    # that was an invalid_json row ("not JSON (Input is a zero-length ...)"), the why lost
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    refused = json.dumps({"message": {"role": "assistant", "content": None,
+                                      "refusal": "I'm sorry, I can't help with that."}})
+    s, df = await _echo(tmp_path, ['{"n": 1}', refused], stream=stream, schema={
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    assert (s.ok, s.failed) == (1, 1) and s.error_types == {"refusal": 1}
+    assert df["error_message"][1] == "the model refused: I'm sorry, I can't help with that."
+    assert df["cost_usd"][1] > 0 and df["attempts"][1] == 1 and pd.isna(df["json_n"][1])
+    assert df["json_n"][0] == 1
