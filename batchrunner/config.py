@@ -577,7 +577,21 @@ def _schema_format(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise ConfigError(f"{what} {path}: must hold a JSON object")
     name = "".join(c if c.isalnum() or c in "_-" else "_" for c in path.name.split(".")[0])
+    # The shapes OpenAI's documents show around a schema, copied as they are: the whole
+    # response_format, or its json_schema ({"name", "strict": true, "schema": {...}}). Read as
+    # a schema, either would take any reply and give no json_ columns.
+    if schema.get("type") == "json_schema" and set(schema) <= {"type", "json_schema"}:
+        spec = schema.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise ConfigError(f'{what} {path}: a response_format needs "json_schema": '
+                              '{"name": ..., "schema": {...}}')
+        schema = spec
+    if isinstance(schema.get("schema"), dict) and set(schema) <= _JSON_SCHEMA_FIELDS:
+        return {"type": "json_schema", "json_schema": {"name": name or "answer", **schema}}
     return {"type": "json_schema", "json_schema": {"name": name or "answer", "schema": schema}}
+
+
+_JSON_SCHEMA_FIELDS = frozenset({"name", "description", "schema", "strict"})  # json_schema's
 
 
 def check_base_url(url: str, what: str) -> str:

@@ -395,3 +395,26 @@ async def test_a_refusal_is_a_failed_row_that_says_why(
     assert df["error_message"][1] == "the model refused: I'm sorry, I can't help with that."
     assert df["cost_usd"][1] > 0 and df["attempts"][1] == 1 and pd.isna(df["json_n"][1])
     assert df["json_n"][0] == 1
+
+
+@pytest.mark.parametrize("shape", ["json_schema", "response_format"])
+def test_a_schema_file_in_openais_wrapper_is_read_as_the_schema_it_wraps(
+        tmp_path: Path, shape: str) -> None:
+    # Copied from OpenAI's documents, {"name", "strict": true, "schema"} (or the whole
+    # response_format) was taken as the schema itself: every reply passed, no json_ columns
+    # came, and the server was sent the wrapper as the schema
+    spec = {"name": "ticket", "strict": True, "schema": SCHEMA}
+    wrapped = spec if shape == "json_schema" else {"type": "json_schema", "json_schema": spec}
+    (tmp_path / "t.schema.json").write_text(json.dumps(wrapped))
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\n[request]\nmodel = "gpt-4o-mini"\nprompt = "{text}"\n'
+        'schema_file = "t.schema.json"\n[output]\ndir = "out"\n')
+    job = load_job(tmp_path / "job.toml", {})
+    assert job.request.response_format == {"type": "json_schema", "json_schema": spec}
+    so = structured_output({"response_format": job.request.response_format})
+    assert so is not None and [c for _, c, _ in so.columns][:2] == ["json_summary", "json_score"]
+    assert so.check('{"summary": "x"}')[0] == "schema_mismatch"  # type: ignore[index]
+    (tmp_path / "t.schema.json").write_text(json.dumps({"type": "json_schema",
+                                                        "json_schema": SCHEMA}))
+    with pytest.raises(ConfigError, match=r"t\.schema\.json: a response_format needs"):
+        load_job(tmp_path / "job.toml", {})
