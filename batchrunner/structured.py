@@ -2,7 +2,8 @@
 
 With ``{"type": "json_object"}`` a reply must parse as a JSON object. With ``{"type":
 "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` it must also validate against
-the schema (jsonschema, Draft 2020-12). A reply that fails is recorded as a failed row of type
+the schema (jsonschema, Draft 2020-12); a schema whose top-level ``type`` allows other JSON than
+an object (an array) takes that too. A reply that fails is recorded as a failed row of type
 ``invalid_json`` or ``schema_mismatch`` — with its content, usage and cost, since it was billed —
 and is not retried on its own: ``--retry-failed`` redoes it when the user chooses to pay again.
 
@@ -223,6 +224,15 @@ class StructuredOutput:
         return so
 
     @cached_property
+    def _wants_object(self) -> bool:
+        """Whether only a JSON object will do: with ``json_object``, for a function's
+        arguments, and with a schema unless its top-level ``type`` allows another (an array,
+        as servers that constrain their output to any schema give): then the schema decides."""
+        kind = None if self._schema is None or self.tool is not None else self._schema.get("type")
+        kinds = [kind] if isinstance(kind, str) else kind
+        return not isinstance(kinds, list) or set(kinds) <= {"object"}
+
+    @cached_property
     def key(self) -> bytes:
         """Equal for the same checks and columns: the same function (or none) and schema (or
         none), whatever else the settings say (a json_schema's name, strict, ...)."""
@@ -271,7 +281,7 @@ class StructuredOutput:
             value = orjson.loads(text or "")
         except orjson.JSONDecodeError as e:
             return "invalid_json", f"{self._what} {self._is} not JSON ({e})"[:300]
-        if not isinstance(value, dict):
+        if not isinstance(value, dict) and self._wants_object:
             return "invalid_json", f"{self._what} {self._is} JSON but not an object"
         if self.validator is not None:
             from jsonschema.exceptions import best_match

@@ -418,3 +418,26 @@ def test_a_schema_file_in_openais_wrapper_is_read_as_the_schema_it_wraps(
                                                         "json_schema": SCHEMA}))
     with pytest.raises(ConfigError, match=r"t\.schema\.json: a response_format needs"):
         load_job(tmp_path / "job.toml", {})
+
+
+def test_a_schema_whose_top_level_is_an_array_takes_an_array() -> None:
+    # vLLM, Ollama, llama.cpp constrain their output to any schema: every reply to one whose
+    # top level is an array failed as "the reply is JSON but not an object", billed
+    items = {"type": "array", "items": {"type": "object", "properties": {
+        "name": {"type": "string"}}, "required": ["name"]}}
+    so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": items}})
+    assert so.check('[{"name": "a"}, {"name": "b"}]') is None
+    assert so.check('[{"nom": "a"}]')[0] == "schema_mismatch"  # type: ignore[index]
+    assert so.check('{"name": "a"}')[0] == "schema_mismatch"  # type: ignore[index]
+    assert so.columns == [] and so.spread(['[{"name": "a"}]'], [True]) == {}
+    nullable = {**items, "type": ["array", "null"]}
+    so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": nullable}})
+    assert so.check("null") is None and so.check("[]") is None
+    either = {"type": ["object", "array"]}
+    so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": either}})
+    assert so.check("[1]") is None and so.check("{}") is None
+    assert so.check('"a"')[0] == "schema_mismatch"  # type: ignore[index]
+    # a schema that leaves the type out still wants an object, as one of type object does
+    loose = {"properties": {"a": {"type": "string"}}}
+    so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": loose}})
+    assert so.check("[1]") == ("invalid_json", "the reply is JSON but not an object")
