@@ -18,7 +18,9 @@ A row of an OpenAI batch file carries its own settings in its body: ``structured
 body=True)`` reads them there, and its errors name the body's fields.
 
 In the results file every top-level property of the schema becomes a typed column
-``json_<property>`` (string, int64, float64 or bool; anything else as JSON text).
+``json_<property>`` (string, int64, float64 or bool; anything else as JSON text). A type may be
+nullable (``["integer", "null"]``, or an ``anyOf``/``oneOf`` of it and ``{"type": "null"}``) or
+be a local ``$ref`` (``#/$defs/...``), as Pydantic writes its schemas.
 """
 
 from __future__ import annotations
@@ -47,8 +49,11 @@ _TYPES: dict[str, pa.DataType] = {
 }
 
 
-def _column_type(schema: Any) -> pa.DataType:
-    if isinstance(schema, Mapping):
+def _column_type(schema: Any, root: Mapping[str, Any], depth: int = 0) -> pa.DataType:
+    if isinstance(schema, Mapping) and depth < 8:
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and schema.keys() <= _NOTES:  # Pydantic's nested types
+            return _column_type(_local(ref, root), root, depth + 1)
         t = schema.get("type")
         if isinstance(t, list):  # ["string", "null"]
             rest = [x for x in t if x != "null"]
@@ -57,7 +62,29 @@ def _column_type(schema: Any) -> pa.DataType:
             return _TYPES[t]
         if "enum" in schema and all(isinstance(v, str) for v in schema["enum"]):
             return pa.string()
+        for union in ("anyOf", "oneOf"):  # Pydantic's Optional[int]: anyOf int, null
+            branches = schema.get(union)
+            if t is None and isinstance(branches, list):
+                rest = [b for b in branches if not (isinstance(b, Mapping) and b.get("type")
+                                                    == "null" and len(b) == 1)]
+                if len(rest) == 1 and len(rest) < len(branches):
+                    return _column_type(rest[0], root, depth + 1)
     return pa.string()  # objects, arrays, unions: JSON text
+
+
+_NOTES = frozenset({"$ref", "title", "description", "default", "examples"})  # beside a $ref
+
+
+def _local(ref: str, root: Mapping[str, Any]) -> Any:
+    """The part of the schema ``root`` a local ``$ref`` (``#/$defs/Name``) points to; None when
+    it points elsewhere, or nowhere."""
+    if not ref.startswith("#/"):
+        return None
+    node: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
 
 
 def _cell(value: Any, typ: pa.DataType) -> Any:
@@ -197,7 +224,8 @@ class StructuredOutput:
             self._schema = schema
             props = schema.get("properties")
             if isinstance(props, Mapping):
-                self.columns = [(p, COLUMN_PREFIX + p, _column_type(s)) for p, s in props.items()]
+                self.columns = [(p, COLUMN_PREFIX + p, _column_type(s, schema))
+                                for p, s in props.items()]
         elif kind != "json_object":
             raise ConfigError(
                 f"{_where(body, 'response_format')} type must be text, json_object or "

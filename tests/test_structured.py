@@ -441,3 +441,31 @@ def test_a_schema_whose_top_level_is_an_array_takes_an_array() -> None:
     loose = {"properties": {"a": {"type": "string"}}}
     so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": loose}})
     assert so.check("[1]") == ("invalid_json", "the reply is JSON but not an object")
+
+
+def test_pydantic_optional_and_nested_types_have_their_columns_type() -> None:
+    # What Pydantic's model_json_schema() writes for Optional[int], a Literal or Enum in $defs
+    # and a constrained float gave JSON text columns ("3", "null"-less text), not int64 etc.
+    schema = {
+        "type": "object", "title": "Ticket",
+        "$defs": {"Level": {"enum": ["low", "high"], "title": "Level", "type": "string"},
+                  "Price": {"type": "number", "minimum": 0}},
+        "properties": {
+            "count": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None,
+                      "title": "Count"},
+            "level": {"$ref": "#/$defs/Level", "description": "how urgent"},
+            "price": {"anyOf": [{"$ref": "#/$defs/Price"}, {"type": "null"}]},
+            "urgent": {"oneOf": [{"type": "boolean"}, {"type": "null"}]},
+            "either": {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+        },
+    }
+    so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
+    assert [(c, t) for _, c, t in so.columns] == [
+        ("json_count", pa.int64()), ("json_level", pa.string()), ("json_price", pa.float64()),
+        ("json_urgent", pa.bool_()), ("json_either", pa.string())]
+    replies = ['{"count": 3, "level": "low", "price": 2, "urgent": true, "either": 1}',
+               '{"count": null, "price": null, "urgent": null, "either": "x"}']
+    assert [so.check(r) for r in replies] == [None, None]
+    assert {c: a.to_pylist() for c, a in so.spread(replies, [True, True]).items()} == {
+        "json_count": [3, None], "json_level": ["low", None], "json_price": [2.0, None],
+        "json_urgent": [True, None], "json_either": ["1", "x"]}
