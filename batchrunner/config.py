@@ -587,8 +587,18 @@ def _schema_format(path: Path, what: str) -> dict[str, Any]:
                               '{"name": ..., "schema": {...}}')
         schema = spec
     if isinstance(schema.get("schema"), dict) and set(schema) <= _JSON_SCHEMA_FIELDS:
-        return {"type": "json_schema", "json_schema": {"name": name or "answer", **schema}}
-    return {"type": "json_schema", "json_schema": {"name": name or "answer", "schema": schema}}
+        spec = {"name": name or "answer", **schema}
+    else:
+        spec = {"name": name or "answer", "schema": schema}
+    from jsonschema import Draft202012Validator  # only jobs with a schema pay for it
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(spec["schema"])
+    except SchemaError as e:  # named here as the file it is, not as [request] response_format
+        raise ConfigError(f"{what} {path}: not a valid JSON Schema: "
+                          f"{_one_line(e.message)}") from None
+    return {"type": "json_schema", "json_schema": spec}
 
 
 _JSON_SCHEMA_FIELDS = frozenset({"name", "description", "schema", "strict"})  # json_schema's

@@ -425,6 +425,17 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.job(body), ["job.toml", "[request] schema_file", "string", "['a.json']"]
 
 
+@case("schema_file that is not a JSON Schema")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was named as "[request] response_format: the JSON schema is not valid", a field the
+    # job file does not have, and not the file
+    c.good_csv()
+    c.write("ticket.schema.json", '{"type": "object", "required": "name"}')
+    body = GOOD_JOB.replace("[request]\n", '[request]\nschema_file = "ticket.schema.json"\n')
+    return c.job(body), ["job.toml", "[request] schema_file", "ticket.schema.json",
+                         "not a valid JSON Schema: 'name' is not of type 'array'"]
+
+
 @case("messages in [request.extra]")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Few-shot turns put here replaced the prompt's message: every row was sent the same
