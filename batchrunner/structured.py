@@ -323,7 +323,7 @@ class StructuredOutput:
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or self._what
                 return "schema_mismatch", f"{where}: {error.message}"[:300]
-        for prop, col, typ in self.columns:
+        for prop, col, typ in self.columns if isinstance(value, dict) else ():
             v = value.get(prop)
             if typ == pa.int64() and isinstance(v, int | float) and _cell(v, typ) is None:
                 # JSON Schema's integer has no bounds; the column's has

@@ -433,9 +433,10 @@ def test_a_schema_whose_top_level_is_an_array_takes_an_array() -> None:
     nullable = {**items, "type": ["array", "null"]}
     so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": nullable}})
     assert so.check("null") is None and so.check("[]") is None
-    either = {"type": ["object", "array"]}
+    either = {"type": ["object", "array"], "properties": {"n": {"type": "integer"}}}
     so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": either}})
     assert so.check("[1]") is None and so.check("{}") is None
+    assert so.spread(["[1]", '{"n": 2}'], [True, True])["json_n"].to_pylist() == [None, 2]
     assert so.check('"a"')[0] == "schema_mismatch"  # type: ignore[index]
     # a schema that leaves the type out still wants an object, as one of type object does
     loose = {"properties": {"a": {"type": "string"}}}
