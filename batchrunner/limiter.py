@@ -19,6 +19,7 @@ long-run rate is exact whatever the request sizes.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -189,7 +190,9 @@ class Limiter:
             return
         for kind in ("requests", "tokens"):
             limit = _header_float(headers, f"x-ratelimit-limit-{kind}")
-            if not limit or limit <= 0:
+            if limit is None or not 1.0 <= limit < math.inf:
+                # No limit a pace can be made of: 0, a fraction (a pace of one request an age),
+                # "inf" or "nan" (a concurrency of infinity crashed the run).
                 continue
             current = self.requests_per_minute if kind == "requests" else self.tokens_per_minute
             if current is None or limit < current:
