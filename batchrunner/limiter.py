@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import anyio
@@ -30,7 +32,16 @@ import anyio
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
 
-__all__ = ["Limiter", "TokenBucket"]
+__all__ = ["Limiter", "TokenBucket", "reset_seconds"]
+
+# The longest an empty budget holds new requests when no rate is known: a reset said to be
+# further off (a daily limit's) is left to the 429s' retry-after, which stop the job if it is.
+MAX_RESET_WAIT_S = 60.0
+
+_NAMES = tuple((kind, f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
+                f"x-ratelimit-reset-{kind}") for kind in ("requests", "tokens"))
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
 class TokenBucket:
     """Continuously refilled bucket of ``rate`` units a second, holding at most ``capacity``."""
@@ -86,6 +97,40 @@ def _header_float(headers: Mapping[str, str], name: str) -> float | None:
         return float(v)
     except ValueError:
         return None
+
+
+def reset_seconds(value: str | None) -> float | None:
+    """Seconds until a ``x-ratelimit-reset-*`` time, as servers write it: a duration (OpenAI's
+    ``6m0s``, ``20ms``, ``1h2m3.5s``), a number of seconds, a Unix time in seconds or
+    milliseconds, or an RFC 3339 timestamp (Anthropic's); None if it is none of these."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        n = float(text)
+    except ValueError:
+        pos, total = 0, 0.0
+        for m in _DURATION.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNIT_S[m.group(2)]
+            pos = m.end()
+        if pos and pos == len(text):
+            return total
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    if not math.isfinite(n) or n < 0:
+        return None
+    if n >= 1e12:  # a Unix time in milliseconds
+        n /= 1000.0
+    if n >= 1e9:  # a Unix time (2001 on): seconds from now
+        return max(0.0, n - time.time())
+    return n
 
 
 class Limiter:
@@ -188,17 +233,24 @@ class Limiter:
         """Learn the server's limits from a response's ``x-ratelimit-*`` headers."""
         if not self.adaptive or not headers:
             return
-        for kind in ("requests", "tokens"):
-            limit = _header_float(headers, f"x-ratelimit-limit-{kind}")
-            if limit is None or not 1.0 <= limit < math.inf:
+        for kind, limit_h, remaining_h, reset_h in _NAMES:
+            limit = _header_float(headers, limit_h)
+            if limit is not None and not 1.0 <= limit < math.inf:
                 # No limit a pace can be made of: 0, a fraction (a pace of one request an age),
                 # "inf" or "nan" (a concurrency of infinity crashed the run).
-                continue
+                limit = None
             current = self.requests_per_minute if kind == "requests" else self.tokens_per_minute
-            if current is None or limit < current:
+            if limit is not None and (current is None or limit < current):
                 (self._set_requests if kind == "requests" else self._set_tokens)(limit)
-            remaining = _header_float(headers, f"x-ratelimit-remaining-{kind}")
-            if remaining is not None and remaining < 1:
+            remaining = _header_float(headers, remaining_h)
+            if remaining is None or remaining >= 1:
+                continue
+            if rate := limit or current:
                 # The bucket is empty: wait for one request's worth of refill (the reset
                 # header says when it is full again, far longer than needed).
-                self.pause(60.0 / limit * (1 if kind == "requests" else 100))
+                self.pause(60.0 / rate * (1 if kind == "requests" else 100))
+            else:
+                # Empty, and no rate known to tell when a request's worth is back (Azure sends
+                # the remaining count alone): until the reset, if it is said, else a second.
+                reset = reset_seconds(headers.get(reset_h))
+                self.pause(1.0 if reset is None else min(reset, MAX_RESET_WAIT_S))

@@ -8,6 +8,8 @@ bounded by ``anyio.fail_after``, and what is counted is requests and 429s.
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from batchrunner.config import load_job
-from batchrunner.limiter import Limiter
+from batchrunner.limiter import Limiter, reset_seconds
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, run_job
 from tests.servers import serve_on_loopback
@@ -105,3 +107,77 @@ async def test_an_infinite_limit_header_does_not_crash_the_run(tmp_path: Path) -
     summary, counted = await run_against(tmp_path, unlimited, 300)
     assert summary.exit_code == 0
     assert counted.requests == 300
+
+
+# ----------------------------------------------------------------------------------------------
+# An empty budget with no limit said
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("0s", 0.0),
+    ("8.64s", 8.64), ("30", 30.0), ("1.5", 1.5), (" 2s ", 2.0),
+])
+def test_reset_durations_are_read(value: str, seconds: float) -> None:
+    assert reset_seconds(value) == pytest.approx(seconds)
+
+
+def test_reset_times_are_read_as_seconds_from_now() -> None:
+    now = time.time()
+    for value in (f"{now + 30:.0f}", f"{(now + 30) * 1000:.0f}",  # Unix time: s, ms
+                  (datetime.now(UTC) + timedelta(seconds=30)).isoformat(),
+                  (datetime.now(UTC) + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")):
+        assert 25 <= (reset_seconds(value) or 0) <= 31, value
+    assert reset_seconds("2020-01-01T00:00:00Z") == 0.0  # past: now
+    for garbage in ("", "soon", "1s2", "s", "-3", "inf", "nan", "12 minutes"):
+        assert reset_seconds(garbage) is None, garbage
+
+
+def test_an_empty_budget_pauses_when_the_server_says_no_limit() -> None:
+    """Azure sends x-ratelimit-remaining-* without the limit: a remaining of 0 was ignored, the
+    requests sent on into 429s. It pauses until the reset when one is said, else a second;
+    with a rate known (the job's), for a request's worth of it."""
+    lim = Limiter(None, None)
+    lim.observe({"x-ratelimit-remaining-requests": "0"})
+    assert 1.0 <= lim.paused_s <= 1.5
+    lim = Limiter(None, None)
+    lim.observe({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "20s"})
+    assert 19.0 <= lim.paused_s <= 23.0
+    lim = Limiter(None, None)
+    lim.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1d"})
+    assert 0.5 <= lim.paused_s <= 1.5  # no reset read: a second
+    lim = Limiter(6.0, None)  # the job's 6 a minute: one comes back in 10 s
+    lim.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "50s"})
+    assert 9.0 <= lim.paused_s <= 12.0
+    lim = Limiter(None, None)
+    lim.observe({"x-ratelimit-remaining-requests": "3", "x-ratelimit-remaining-tokens": "900"})
+    assert lim.paused_s == 0.0
+
+
+@pytest.mark.anyio
+async def test_requests_wait_when_the_remaining_count_alone_says_none_are_left(
+        tmp_path: Path) -> None:
+    """A server that says how many requests are left but not its limit (Azure's headers), and
+    answers 429 without retry-after once none are: the requests went on at once into 429s,
+    each row backing off on its own (7 or more 429s here). Now a remaining of 0 holds new
+    requests a second."""
+    budget = 10
+    refused_until: list[float] = []
+
+    async def counted_down(counted: Counted, body: dict[str, Any]) -> web.Response:
+        now = time.monotonic()
+        if not refused_until:  # the 10th request takes the last one, for 1.5 s
+            left = budget - counted.requests
+            if left == 0:
+                refused_until.append(now + 1.5)
+        elif now < refused_until[0]:
+            return web.json_response(
+                {"error": {"message": "Rate limit is exceeded.", "type": "rate_limit_error"}},
+                status=429, headers={"x-ratelimit-remaining-requests": "0"})
+        else:
+            left = 100
+        return web.json_response(completion(body),
+                                 headers={"x-ratelimit-remaining-requests": str(left)})
+
+    summary, counted = await run_against(tmp_path, counted_down, 20, concurrency=1)
+    assert summary.exit_code == 0
+    assert counted.too_many <= 3
