@@ -1011,6 +1011,20 @@ def _read_stream(raw: bytes) -> StreamAssembler | None:
 
 _RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
                            for kind in ("requests", "tokens"))
+# The same limits under other names, looked for when a reply has none of the above: Anthropic's
+# (its OpenAI-compatible endpoint, and gateways that pass them through), whose token budget the
+# limiter takes from its input tokens' (its one budget is charged mostly with input), else its
+# tokens' (the tighter of input and output); and limits named with their period (Cerebras's
+# x-ratelimit-limit-tokens-minute; a -day limit is a quota, no pace).
+_OTHER_RATELIMIT_HEADERS = tuple(
+    (f"{prefix}{what}{suffix}", f"x-ratelimit-{what}-{kind}")
+    for prefix, kind, suffix in (
+        ("anthropic-ratelimit-requests-", "requests", ""),
+        ("anthropic-ratelimit-tokens-", "tokens", ""),
+        ("anthropic-ratelimit-input-tokens-", "tokens", ""),  # later: taken over tokens-
+        ("x-ratelimit-", "requests", "-requests-minute"),
+        ("x-ratelimit-", "tokens", "-tokens-minute"))
+    for what in ("limit", "remaining", "reset"))
 
 
 def _stop_job(status: int, said: str, code: str | None, etype: str | None, message: str,
@@ -1068,8 +1082,14 @@ def _reason(e: OSError) -> str:
 
 
 def _ratelimit_headers(headers: Any) -> dict[str, str]:
-    """The ``x-ratelimit-*`` headers the limiter learns from (names in lower case)."""
-    return {name: v for name in _RATELIMIT_HEADERS if (v := headers.get(name)) is not None}
+    """The ``x-ratelimit-*`` headers the limiter learns from (names in lower case), or their
+    like under another name (Anthropic's ...), given the ``x-ratelimit-*`` name."""
+    found = {name: v for name in _RATELIMIT_HEADERS if (v := headers.get(name)) is not None}
+    if found or ("anthropic-ratelimit-requests-remaining" not in headers
+                 and "x-ratelimit-remaining-tokens-minute" not in headers):
+        return found
+    return {name: v for other, name in _OTHER_RATELIMIT_HEADERS
+            if (v := headers.get(other)) is not None}
 
 
 def _content_parts(content: list[Any]) -> tuple[str | None, str | None]:

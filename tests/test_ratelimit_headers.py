@@ -17,7 +17,9 @@ import anyio
 import pandas as pd
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from batchrunner.client import _ratelimit_headers
 from batchrunner.config import load_job
 from batchrunner.limiter import Limiter, reset_seconds
 from batchrunner.retry import RetryPolicy
@@ -181,3 +183,97 @@ async def test_requests_wait_when_the_remaining_count_alone_says_none_are_left(
     summary, counted = await run_against(tmp_path, counted_down, 20, concurrency=1)
     assert summary.exit_code == 0
     assert counted.too_many <= 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Limits under other names
+
+
+def learnt(headers: list[tuple[str, str]], rpm: float | None = None) -> Limiter:
+    """A limiter that has seen a reply with ``headers``, read as the client reads them."""
+    lim = Limiter(rpm, None)
+    lim.observe(_ratelimit_headers(CIMultiDictProxy(CIMultiDict(headers))))
+    return lim
+
+
+def test_anthropic_limits_are_learnt() -> None:
+    """Anthropic's OpenAI-compatible endpoint (and gateways passing its headers through) says
+    its limits as anthropic-ratelimit-*: a job that set none ran unpaced into 429s. The token
+    budget is the input tokens' limit, if said, else the tokens' (the tighter of the two)."""
+    reset = (datetime.now(UTC) + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lim = learnt([
+        ("anthropic-ratelimit-requests-limit", "50"),
+        ("anthropic-ratelimit-requests-remaining", "49"),
+        ("anthropic-ratelimit-requests-reset", reset),
+        ("anthropic-ratelimit-tokens-limit", "8000"),
+        ("anthropic-ratelimit-tokens-remaining", "8000"),
+        ("anthropic-ratelimit-tokens-reset", reset),
+        ("anthropic-ratelimit-input-tokens-limit", "30000"),
+        ("anthropic-ratelimit-input-tokens-remaining", "29000"),
+        ("anthropic-ratelimit-input-tokens-reset", reset),
+        ("anthropic-ratelimit-output-tokens-limit", "8000"),
+        ("anthropic-ratelimit-output-tokens-remaining", "8000"),
+        ("anthropic-ratelimit-output-tokens-reset", reset),
+        ("request-id", "req_1")])
+    assert (lim.requests_per_minute, lim.tokens_per_minute) == (50.0, 30000.0)
+    assert lim.paused_s == 0.0
+    lim = learnt([("Anthropic-RateLimit-Requests-Limit", "50"),
+                  ("Anthropic-RateLimit-Requests-Remaining", "0"),
+                  ("Anthropic-RateLimit-Tokens-Limit", "8000"),
+                  ("Anthropic-RateLimit-Tokens-Remaining", "5000")])
+    assert (lim.requests_per_minute, lim.tokens_per_minute) == (50.0, 8000.0)
+    assert lim.paused_s >= 1.0  # none left: a request's worth of 50 a minute
+    lim = learnt([("anthropic-ratelimit-requests-limit", "50"),
+                  ("anthropic-ratelimit-requests-remaining", "49")], rpm=500)  # lowered
+    assert lim.requests_per_minute == 50.0
+
+
+def test_limits_named_with_their_period_are_learnt_per_minute_only() -> None:
+    """Cerebras names its limits with their period: the per-minute one is the pace, the daily
+    one a quota that is not."""
+    lim = learnt([("x-ratelimit-limit-requests-day", "14400"),
+                  ("x-ratelimit-limit-tokens-minute", "60000"),
+                  ("x-ratelimit-remaining-requests-day", "14399"),
+                  ("x-ratelimit-remaining-tokens-minute", "59000"),
+                  ("x-ratelimit-reset-requests-day", "33011.38"),
+                  ("x-ratelimit-reset-tokens-minute", "11.38")])
+    assert (lim.requests_per_minute, lim.tokens_per_minute) == (None, 60000.0)
+
+
+def test_openai_names_are_read_in_any_case_and_first() -> None:
+    lim = learnt([("X-RateLimit-Limit-Requests", "500"), ("X-RATELIMIT-LIMIT-TOKENS", "9000"),
+                  ("anthropic-ratelimit-requests-limit", "5"),
+                  ("anthropic-ratelimit-requests-remaining", "5")])
+    assert (lim.requests_per_minute, lim.tokens_per_minute) == (500.0, 9000.0)
+    assert learnt([("server", "vllm"), ("content-type", "application/json")]
+                  ).requests_per_minute is None
+
+
+@pytest.mark.anyio
+async def test_a_job_with_no_limits_is_paced_to_anthropics(tmp_path: Path) -> None:
+    """A server that allows 600 requests a minute (10 a second, from a bucket of 20) and says so
+    in Anthropic's headers, answering 429 with retry-after past it: the job, which set no limit,
+    never learnt it and sent at its concurrency, into 429 after 429. Paced now."""
+    bucket = {"level": 20.0, "t": time.monotonic()}
+
+    async def anthropic(counted: Counted, body: dict[str, Any]) -> web.Response:
+        now = time.monotonic()
+        bucket["level"] = min(20.0, bucket["level"] + (now - bucket["t"]) * 10.0)
+        bucket["t"] = now
+        ok = bucket["level"] >= 1.0
+        if ok:
+            bucket["level"] -= 1.0
+        headers = {"anthropic-ratelimit-requests-limit": "600",
+                   "anthropic-ratelimit-requests-remaining": str(int(bucket["level"])),
+                   "anthropic-ratelimit-requests-reset": datetime.now(UTC).isoformat()}
+        if not ok:
+            headers["retry-after"] = "1"
+            return web.json_response({"type": "error", "error": {
+                "type": "rate_limit_error", "message": "Number of requests has exceeded your "
+                "per-minute rate limit"}}, status=429, headers=headers)
+        await asyncio.sleep(0.02)
+        return web.json_response(completion(body), headers=headers)
+
+    summary, counted = await run_against(tmp_path, anthropic, 60, concurrency=8)
+    assert summary.exit_code == 0
+    assert counted.too_many <= 2
