@@ -9,6 +9,7 @@ headers, so the API key cannot leak into them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import os
 import re
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
@@ -482,6 +483,39 @@ class StreamAssembler:
 _LONG_SECRET = 16
 
 
+def _written_forms(secret: str) -> set[str]:
+    """``secret`` as a server may echo it in its text: as it is, URL-encoded (a query string's)
+    and JSON-escaped (a body's JSON quoted in its message; twice, in a tool call's arguments)."""
+    escaped = orjson.dumps(secret).decode()[1:-1]
+    twice = orjson.dumps(escaped).decode()[1:-1]
+    return {secret, quote(secret, safe=""), quote(secret), escaped, escaped.replace("/", "\\/"),
+            twice}
+
+
+def _encoded_forms(secret: str) -> set[str]:
+    """``secret`` base64-encoded (standard and URL-safe), as in an echoed ``Basic`` header or
+    a gateway's encoded copy of the request: whole, and, wherever it starts in the bytes
+    encoded (``Bearer <key>``, say), the characters that it alone decides (a few at either end
+    also depend on the bytes around it)."""
+    data = secret.encode()
+    forms = {base64.b64encode(data).decode()}
+    for lead in range(3):
+        encoded = base64.b64encode(b"\0" * lead + data).decode()
+        forms.add(encoded[4 if lead else 0:(lead + len(data)) // 3 * 4])
+    return forms | {f.replace("+", "-").replace("/", "_") for f in forms}
+
+
+def _long_secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+    """The long secrets in every form a server may echo them in (written as they are or
+    escaped, base64-encoded), in upper or lower case too."""
+    forms = {f for s in secrets for f in (*_written_forms(s), *_encoded_forms(s))
+             if len(f) >= _LONG_SECRET}
+    if not forms:
+        return None
+    alternatives = sorted({re.escape(f) for f in forms}, key=len, reverse=True)
+    return re.compile("|".join(alternatives), re.IGNORECASE)
+
+
 def _secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
     """The short secrets, each where no letter, digit, "_" or "-" touches it; the letter or
     digit that ends an escape before it (``%20``, ``%3D`` URL-encoded, ``\\n``, ``\\u0020`` in
@@ -519,6 +553,11 @@ class ChatClient:
         proxy_secrets = proxy.secrets if proxy else ()
         self._secrets = tuple(s for s in (api_key, *secrets, *proxy_secrets) if s)
         self._short_secrets = _secrets_pattern(s for s in self._secrets if len(s) < _LONG_SECRET)
+        long = [s for s in self._secrets if len(s) >= _LONG_SECRET]
+        self._long_secrets = _long_secrets_pattern(long)
+        # What a reply's text is searched for (a plain search, a fraction of a microsecond a
+        # field; the pattern above costs tens of them): a long secret as it is written.
+        self._written = tuple({f for s in long for f in _written_forms(s)})
         # The total timeout is kept by a watchdog (``_watch``), not by aiohttp: aiohttp arms and
         # cancels a timer for every request, 6 µs of CPU each (a twentieth of a request's
         # total); the watchdog looks at the requests in flight a few times a second.
@@ -569,12 +608,47 @@ class ChatClient:
         self._watchdog = asyncio.get_running_loop().call_later(self._watch_every, self._watch)
 
     def redact(self, text: str) -> str:
-        for s in self._secrets:
-            if len(s) >= _LONG_SECRET:
-                text = text.replace(s, "[redacted]")
+        if self._long_secrets is not None:
+            text = self._long_secrets.sub("[redacted]", text)
         if self._short_secrets is not None:
             text = self._short_secrets.sub("[redacted]", text)
         return text
+
+    def _scrub(self, text: str | None, *, answer: bool = False) -> str | None:
+        """A reply's field, redacted: its id, model or finish_reason wholly (short secrets
+        too); an answer's text (``answer``) of the long secrets written in it, as a model told
+        the request's headers may repeat them (a short one, a local server's placeholder key
+        such as "x", is a word of the answer)."""
+        if not text:
+            return text
+        if self._long_secrets is not None and any(f in text for f in self._written):
+            text = self._long_secrets.sub("[redacted]", text)
+        if not answer and self._short_secrets is not None:
+            text = self._short_secrets.sub("[redacted]", text)
+        return text
+
+    def _in_reply(self, res: ChatResult) -> bool:
+        """Whether a long secret is written in one of ``res``'s fields (loops, not ``any``: a
+        microsecond less a reply)."""
+        for f in self._written:
+            for v in (res.content, res.request_id, res.model, res.finish_reason,
+                      res.reasoning_content, res.choices, res.tool_calls, res.citations):
+                if v and f in v:
+                    return True
+        return False
+
+    def _scrubbed(self, res: ChatResult) -> ChatResult:
+        """``res`` with its fields scrubbed (``_scrub``); at once when no secret is in them."""
+        if not self._secrets:
+            return res
+        if self._short_secrets is None and not self._in_reply(res):
+            return res
+        res.request_id = self._scrub(res.request_id)
+        res.model = self._scrub(res.model)
+        res.finish_reason = self._scrub(res.finish_reason)
+        for name in ("content", "reasoning_content", "choices", "tool_calls", "citations"):
+            setattr(res, name, self._scrub(getattr(res, name), answer=True))
+        return res
 
     async def complete(self, body: dict[str, Any], timeout_s: float | None = None) -> ChatResult:
         """Send ``body``; ``timeout_s`` (default: the client's) bounds the whole answer."""
@@ -631,12 +705,13 @@ class ChatClient:
                     except _EventTooLong:
                         raise BadResponseError(
                             "invalid_body", f"a stream event longer than {_MAX_EVENT >> 20} MiB",
-                            retryable=False, status=200, request_id=headers.get("x-request-id"),
+                            retryable=False, status=200,
+                            request_id=self._scrub(headers.get("x-request-id")),
                         ) from None
                     except ValueError:
                         raise BadResponseError(
                             "invalid_body", "a stream event that is not JSON", retryable=True,
-                            status=200, request_id=headers.get("x-request-id"),
+                            status=200, request_id=self._scrub(headers.get("x-request-id")),
                         ) from None
                     raw = b""
                 else:
@@ -660,15 +735,16 @@ class ChatClient:
             del self._deadlines[task]
             self._expired.discard(task)
         latency_ms = (time.perf_counter() - start) * 1000.0
-        request_id = headers.get("x-request-id")
+        request_id = self._scrub(headers.get("x-request-id"))
         if status != 200:
             raise self._status_error(status, raw, headers, request_id, body.get("model"))
         hdrs = _ratelimit_headers(headers)
         if stream is None and raw.removeprefix(_BOM).lstrip()[:5] == b"data:":
             stream = _read_stream(raw)  # a stream under another content type, read whole
         if stream is not None:
-            return self._from_stream(stream, request_id, start, latency_ms, hdrs, choices)
-        return self._parse(raw, request_id, latency_ms, hdrs)
+            return self._scrubbed(
+                self._from_stream(stream, request_id, start, latency_ms, hdrs, choices))
+        return self._scrubbed(self._parse(raw, request_id, latency_ms, hdrs))
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
                      latency_ms: float, headers: dict[str, str], choices: int) -> ChatResult:
@@ -893,7 +969,7 @@ class ChatClient:
                     status, shown = _ERROR_WORDS[v], (f, v)
                     break
         # Everything from the body is redacted before it is cut, the code and type included.
-        named = " ".join(str(shown[1]).split())[:80] if shown else ""
+        named = self.redact(" ".join(str(shown[1]).split()))[:80] if shown else ""
         if stop := _stop_job(status or 200, self.redact(f"HTTP 200 with error {named}".strip()),
                              code if isinstance(code, str) else None,
                              etype if isinstance(etype, str) else None, message,

@@ -9,6 +9,7 @@ Everything binds 127.0.0.1; no request goes anywhere else.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -187,11 +189,41 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _reply_with_key(self, auth: str, key: str) -> None:
+        """A 200 whose every field a server or a model fills quotes the key: the request id
+        (header and body), the model, the finish_reason, the answer and its reasoning, tool
+        calls and citations."""
+        reply = {"id": auth, "model": auth, "choices": [
+            {"index": 0, "finish_reason": key,
+             "message": {"role": "assistant", "content": f"Your header was {auth}",
+                         "reasoning_content": f"They sent {auth}",
+                         "tool_calls": [{"id": key, "type": "function", "function": {
+                             "name": "f", "arguments": json.dumps({"key": key})}}]}}],
+            "citations": [f"https://example.com/?key={key}"],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-request-id", auth)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream_with_key(self, key: str) -> None:
+        """An answer that is the key, cut in two across the stream's events."""
+        half = len(key) // 2
+        events = [{"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+                   "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": end}]}
+                  for piece, end in ((key[:half], None), (key[half:], "stop"))]
+        data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+        self._send(200, data + b"data: [DONE]\n\n", "text/event-stream")
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
         prompt = str(body.get("messages", [{}])[-1].get("content", ""))
         auth = self.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ")
         if self.server.reject_all:  # type: ignore[attr-defined]
             err = {"error": {"message": f"Incorrect API key provided: {auth}",
                              "type": "invalid_request_error", "code": "invalid_api_key"}}
@@ -214,6 +246,21 @@ class _EchoHandler(BaseHTTPRequestHandler):
             self._send(500, f"{filler}{auth} and more text after it".encode(), "text/plain")
         elif "echo-200" in prompt:
             self._send(200, f"not json {auth}".encode(), "application/json")
+        elif "echo-fields" in prompt:
+            self._reply_with_key(auth, key)
+        elif "echo-stream" in prompt:
+            self._stream_with_key(key)
+        elif "echo-code" in prompt:
+            # The key straddles the 80 characters of the code the message names.
+            err = {"error": {"message": "upstream failed", "code": "x" * 70 + key}}
+            self._send(200, json.dumps(err).encode(), "application/json")
+        elif "echo-encoded" in prompt:
+            forms = [auth.upper(), quote(auth, safe=""), base64.b64encode(auth.encode()).decode(),
+                     base64.b64encode(key.encode()).decode(),
+                     json.dumps(auth)[1:-1].replace("/", "\\/")]
+            # Not JSON (its end is cut off): read as text, escapes and all.
+            text = '{"error": {"message": "you sent ' + ", ".join(forms)
+            self._send(400, text.encode(), "application/json")
         else:
             reply = {"id": "x", "model": "gpt-4o-mini", "choices": [
                 {"index": 0, "finish_reason": "stop",
@@ -260,6 +307,68 @@ def test_a_server_echoing_the_key_does_not_get_it_written(
     assert df.loc["f", "status"] == "ok"
     assert leaks_in_text(captured.out, captured.err) == []
     assert leaks_in_files(tmp_path) == []
+
+
+def key_forms(key: str) -> dict[str, str]:
+    """``key`` as a server may echo it: as it is, in upper case, URL-encoded, JSON-escaped,
+    base64-encoded alone or in its header (the characters only it decides), and its halves."""
+    header = base64.b64encode(f"Bearer {key}".encode()).decode()
+    return {"as it is": key, "upper case": key.upper(), "URL-encoded": quote(key, safe=""),
+            "JSON-escaped": json.dumps(key)[1:-1].replace("/", "\\/"),
+            "base64": base64.b64encode(key.encode()).decode()[:-4],
+            "base64 header": header[12:-4], "first half": key[:len(key) // 2],
+            "second half": key[len(key) // 2:]}
+
+
+def forms_in_files(root: Path, key: str) -> list[str]:
+    """Where under ``root`` a form of ``key`` shows up, in raw bytes or decoded Parquet."""
+    found: list[str] = []
+    for path in (p for p in root.rglob("*") if p.is_file() and p.name != "in.csv"):
+        texts = [path.read_bytes().decode("utf-8", "replace")]
+        if path.suffix == ".parquet":
+            texts.append(json.dumps(pq.read_table(path).to_pylist(), default=str))
+        found += [f"{path}: {name}" for name, form in key_forms(key).items()
+                  if any(form in t for t in texts)]
+    return found
+
+
+# Odd characters an API key may hold: "+", "/" and "=" (base64), "%", quotes, a backslash.
+ODD_KEY = 'sk-odd+/=Key%41"quoted\\back~end'
+
+
+@pytest.mark.usefixtures("logging_progress_every_row")
+@pytest.mark.parametrize("key", [KEY, ODD_KEY], ids=["key", "odd-key"])
+def test_a_key_echoed_in_any_field_or_form_is_written_nowhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_server: ThreadingHTTPServer,
+    monkeypatch: pytest.MonkeyPatch, key: str,
+) -> None:
+    """A server that puts the key in a reply's id, x-request-id, model or finish_reason, an
+    answer that repeats it (whole, in tool calls and citations, or cut across stream events),
+    an error code longer than the part of it shown, and an error text that has it encoded: the
+    results, reports, journal and output have none of it."""
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    texts = ["echo-fields", "echo-stream", "echo-code", "echo-encoded", "fine"]
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": list("abcde"), "text": texts}).to_csv(inp, index=False)
+    out = tmp_path / "out"
+    code = main(base_args(inp, out, _echo_url(echo_server), "--progress", "log",
+                          "--max-attempts", "1"))
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    df = pd.read_parquet(out / "results.parquet").set_index("id")
+    assert list(df["status"]) == ["ok", "ok", "failed", "failed", "ok"]
+    a = df.loc["a"]
+    assert (a["request_id"], a["model"], a["finish_reason"]) == (
+        "Bearer [redacted]", "Bearer [redacted]", "[redacted]")
+    assert a["content"] == "Your header was Bearer [redacted]"  # the answer kept, minus the key
+    assert "[redacted]" in a["reasoning_content"] and "[redacted]" in a["tool_calls"]
+    assert "[redacted]" in a["citations"]
+    assert df.loc["b", "content"] == "[redacted]"
+    assert str(df.loc["c", "error_message"]).endswith("x[redacted])")
+    assert str(df.loc["d", "error_message"]).count("[redacted]") == 5
+    printed = captured.out + captured.err
+    assert [name for name, form in key_forms(key).items() if form in printed] == []
+    assert forms_in_files(tmp_path, key) == []
 
 
 def test_a_key_cut_by_the_message_limit_is_still_redacted(
