@@ -56,6 +56,7 @@ A job file has these tables (every key optional unless marked)::
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import math
@@ -695,7 +696,9 @@ class Proxy:
     url: str = field(repr=False)  # as aiohttp takes it, credentials included
     shown: str  # scheme://host:port: what messages show
     variable: str  # the environment variable it came from
-    secrets: tuple[str, ...] = field(repr=False)  # its password, as written and decoded
+    # Its password, as written and decoded, and the Proxy-Authorization header's base64 of it
+    # (a proxy's error page may quote the header back)
+    secrets: tuple[str, ...] = field(repr=False)
 
 
 def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
@@ -733,7 +736,11 @@ def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
             f"only; set one of those, or add {host} to NO_PROXY to connect directly"
         )
     password = parts.password
-    secrets = tuple(dict.fromkeys((password, unquote(password)))) if password else ()
+    secrets: tuple[str, ...] = ()
+    if password:
+        sent = f"{unquote(parts.username or '')}:{unquote(password)}"  # as aiohttp sends it
+        secrets = tuple(dict.fromkeys((password, unquote(password),
+                                       base64.b64encode(sent.encode()).decode())))
     return Proxy(url=url, shown=shown, variable=variable, secrets=secrets)
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import anyio
@@ -55,12 +55,14 @@ def basic(user: str, password: str) -> str:
 class ForwardProxy:
     """An HTTP forward proxy on 127.0.0.1. Absolute-form requests go on to ``upstream_port``;
     CONNECT is answered ``connect_status``; with ``auth``, a request without that
-    Proxy-Authorization is answered 407. ``seen`` holds (method, target, Proxy-Authorization)."""
+    Proxy-Authorization is answered 407 (with ``echo``, a page that quotes the header it had).
+    ``seen`` holds (method, target, Proxy-Authorization)."""
 
     def __init__(self, upstream_port: int, *, auth: str | None = None,
                  connect_status: int = 403, tunnel_to: int | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, echo: bool = False) -> None:
         self.upstream_port = upstream_port
+        self.echo = echo
         self.tls = tls
         self.auth = auth
         self.connect_status = connect_status
@@ -101,9 +103,10 @@ class ForwardProxy:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         self.seen.append((method, target, headers.get("proxy-authorization")))
         if self.auth is not None and headers.get("proxy-authorization") != self.auth:
+            page = f"not {headers.get('proxy-authorization')}".encode() if self.echo else b""
             writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                         b"Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n"
-                         b"Connection: close\r\n\r\n")
+                         b"Proxy-Authenticate: Basic realm=\"test\"\r\n"
+                         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(page), page))
             await writer.drain()
             return False
         if method == "CONNECT" and self.tunnel_to is not None:
@@ -274,7 +277,8 @@ def test_proxy_credentials_are_kept_for_the_proxy_and_never_shown() -> None:
     assert proxy is not None
     assert proxy.url == "http://me:pa%40ss@proxy.corp:3128"
     assert proxy.shown == "http://proxy.corp:3128" and proxy.variable == "HTTPS_PROXY"
-    assert set(proxy.secrets) == {"pa%40ss", "pa@ss"}  # the password; a user name is no secret
+    # the password, and the header that carries it; a user name is no secret
+    assert set(proxy.secrets) == {"pa%40ss", "pa@ss", basic("me", "pa@ss").removeprefix("Basic ")}
     assert "pa%40ss" not in repr(proxy) and "pa@ss" not in repr(proxy)
 
 
@@ -328,6 +332,23 @@ async def test_a_proxy_asking_for_credentials_stops_the_job(
     assert "407" in s.stopped and "put them in HTTP_PROXY" in s.stopped
     assert len(proxy.seen) <= 4 + 1  # stopped at the first answers, not retried row by row
     assert Journal(tmp_path / "out").read().num_rows == 0  # nothing recorded as failed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("password", ["hunter2", "p%40ss%2Fw%23rd-longer-than-16"])
+async def test_a_proxy_quoting_its_authorization_header_does_not_get_it_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, password: str) -> None:
+    """The header is the user name and password in base64: a 407 page that quotes it showed
+    the password to anyone who decodes it."""
+    async with Simulator(SimulatorConfig(api_key=KEY)) as sim, \
+            ForwardProxy(sim.port, auth=basic("me", "another"), echo=True) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", f"http://me:{password}@127.0.0.1:{proxy.port}")
+        s = await run(tmp_path, f"http://{NOWHERE}/v1", n=4)
+    sent = basic("me", unquote(password))
+    assert {a for _, _, a in proxy.seen} == {sent}
+    assert s.exit_code == 4 and s.stopped and "407 not Basic [redacted]" in s.stopped
+    shown = format_summary(s) + written(tmp_path)
+    assert sent.removeprefix("Basic ") not in shown and unquote(password) not in shown
 
 
 @pytest.mark.anyio
