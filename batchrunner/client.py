@@ -477,6 +477,9 @@ class StreamAssembler:
                              for i, p in parts]).decode()
 
 
+# The shortest part of a long secret taken out of a library's message (its first characters,
+# "sk-proj-", say, are no secret).
+_FRAGMENT = 8
 # A secret this long is taken out wherever it stands; a shorter one (a placeholder key such as
 # "x" for a local server, a proxy password) only where it stands alone, not inside a longer
 # word: redacting "x" everywhere would turn "proxy" into "pro[redacted]y".
@@ -505,11 +508,16 @@ def _encoded_forms(secret: str) -> set[str]:
     return forms | {f.replace("+", "-").replace("/", "_") for f in forms}
 
 
-def _long_secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
+def _long_secrets_pattern(secrets: Iterable[str], header: str | None = None
+                          ) -> re.Pattern[str] | None:
     """The long secrets in every form a server may echo them in (written as they are or
-    escaped, base64-encoded), in upper or lower case too."""
+    escaped, base64-encoded), in upper or lower case too; and the ``header`` that carries one
+    base64-encoded whole (else its first characters, "Bearer s", would stay)."""
     forms = {f for s in secrets for f in (*_written_forms(s), *_encoded_forms(s))
              if len(f) >= _LONG_SECRET}
+    if header is not None:
+        whole = base64.b64encode(header.encode()).decode()
+        forms |= {whole, whole.replace("+", "-").replace("/", "_")}
     if not forms:
         return None
     alternatives = sorted({re.escape(f) for f in forms}, key=len, reverse=True)
@@ -554,7 +562,12 @@ class ChatClient:
         self._secrets = tuple(s for s in (api_key, *secrets, *proxy_secrets) if s)
         self._short_secrets = _secrets_pattern(s for s in self._secrets if len(s) < _LONG_SECRET)
         long = [s for s in self._secrets if len(s) >= _LONG_SECRET]
-        self._long_secrets = _long_secrets_pattern(long)
+        self._long_secrets = _long_secrets_pattern(
+            long, f"Bearer {api_key}" if api_key and len(api_key) >= _LONG_SECRET else None)
+        # A long secret's every run of _FRAGMENT characters, for a library's message that cut
+        # the line it quotes (see ``_library_message``).
+        self._fragments = frozenset(s[i:i + _FRAGMENT] for s in long
+                                    for i in range(len(s) - _FRAGMENT + 1))
         # What a reply's text is searched for (a plain search, a fraction of a microsecond a
         # field; the pattern above costs tens of them): a long secret as it is written.
         self._written = tuple({f for s in long for f in _written_forms(s)})
@@ -613,6 +626,25 @@ class ChatClient:
         if self._short_secrets is not None:
             text = self._short_secrets.sub("[redacted]", text)
         return text
+
+    def _library_message(self, e: BaseException) -> str:
+        """``e``'s text, redacted: aiohttp's own messages quote what the server sent, cut (the
+        first 100 bytes of a line too long), so a secret may be in it only in part. Any run of
+        _FRAGMENT characters or more of a long secret is taken out too."""
+        text = self.redact(f"{type(e).__name__}: {e}")
+        cut = [False] * len(text)
+        for i in range(len(text) - _FRAGMENT + 1):
+            if text[i:i + _FRAGMENT] in self._fragments:
+                cut[i:i + _FRAGMENT] = [True] * _FRAGMENT
+        if not any(cut):
+            return text
+        out: list[str] = []
+        for i, c in enumerate(text):
+            if not cut[i]:
+                out.append(c)
+            elif i == 0 or not cut[i - 1]:
+                out.append("[redacted]")
+        return "".join(out)
 
     def _scrub(self, text: str | None, *, answer: bool = False) -> str | None:
         """A reply's field, redacted: its id, model or finish_reason wholly (short secrets
@@ -869,11 +901,11 @@ class ChatClient:
             )
         if isinstance(e, aiohttp.ClientError):
             return TransportError(
-                "client_error", self.redact(f"{type(e).__name__}: {e}")[:_MAX_MESSAGE],
+                "client_error", self._library_message(e)[:_MAX_MESSAGE],
                 retryable=True,
             )
         return TransportError(
-            "client_error", self.redact(f"{type(e).__name__}: {e}")[:_MAX_MESSAGE], retryable=False
+            "client_error", self._library_message(e)[:_MAX_MESSAGE], retryable=False
         )
 
     def _status_error(

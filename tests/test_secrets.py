@@ -9,6 +9,7 @@ Everything binds 127.0.0.1; no request goes anywhere else.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -654,3 +655,31 @@ def test_a_key_of_another_shape_where_the_url_goes_is_not_shown_either(
     assert value.strip() not in said.err and "SECRET" not in said.err
     assert main(base_args(inp, tmp_path / "out", "api.example-gateway.com")) == 2
     assert "got 'api.example-gateway.com'" in capsys.readouterr().err
+
+
+@pytest.mark.anyio
+async def test_a_key_in_a_line_aiohttp_quotes_cut_is_taken_out_in_part() -> None:
+    """A header line too long is quoted by aiohttp's error to its first 100 bytes and "...":
+    a key that straddles the cut was left there in part ("yyy...sk-test-SECRET-5f3...")."""
+    from batchrunner.client import ChatClient
+    from batchrunner.errors import TransportError
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        line = b"x-echo: " + b"y" * 82 + KEY.encode() + b"y" * 9000
+        writer.write(b"HTTP/1.1 200 OK\r\n" + line + b"\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with ChatClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=5,
+                              connections=1) as client:
+            with pytest.raises(TransportError) as caught:
+                await client.complete({"model": "gpt-4o-mini", "messages": []})
+    finally:
+        server.close()
+    message = caught.value.message
+    assert "Got more than" in message and "y[redacted]..." in message
+    assert KEY[:10] not in message and "SECRET" not in message
