@@ -369,10 +369,16 @@ def _number(t: dict[str, Any], key: str, f: _Fields, *, integer: bool, positive:
         raise ConfigError(f"{f(table, key)} must be at most {at_most:g}, got {shown}")
 
 
-def _string(t: dict[str, Any], key: str, f: _Fields, table: str) -> None:
+def _string(t: dict[str, Any], key: str, f: _Fields, table: str, *,
+            secret: bool = False) -> None:
+    """Refuse a value of ``key`` that is not a non-empty string; with ``secret`` (an endpoint's
+    setting: a key or a URL holding one may be written there, in a list, say), without
+    showing it."""
     v = t.get(key)
     if v is not None and (not isinstance(v, str) or not v):
-        raise ConfigError(f"{f(table, key)} must be a non-empty string, got {v!r}")
+        got = (f"a {type(v).__name__} (not shown: it may hold the key)"
+               if secret and v != "" else repr(v))
+        raise ConfigError(f"{f(table, key)} must be a non-empty string, got {got}")
 
 
 def _variable_name(t: dict[str, Any], key: str, f: _Fields) -> None:
@@ -476,9 +482,9 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
     for key in ("concurrency", "max_attempts"):
         _number(lim, key, f, integer=True, positive=True, table="limits")
 
-    _string(end, "base_url", f, "endpoint")
+    _string(end, "base_url", f, "endpoint", secret=True)
     for key in ("api_key_env", "base_url_env"):
-        _string(end, key, f, "endpoint")
+        _string(end, key, f, "endpoint", secret=True)
         _variable_name(end, key, f)
     if "simulator" in end and not isinstance(end["simulator"], bool):
         raise ConfigError(f"{f('endpoint', 'simulator')} must be true or false")

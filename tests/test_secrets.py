@@ -683,3 +683,23 @@ async def test_a_key_in_a_line_aiohttp_quotes_cut_is_taken_out_in_part() -> None
     message = caught.value.message
     assert "Got more than" in message and "y[redacted]..." in message
     assert KEY[:10] not in message and "SECRET" not in message
+
+
+@pytest.mark.parametrize("setting", [
+    f'api_key_env = ["{KEY}"]',
+    f'base_url = ["https://gateway.example.com/v1?api-key={KEY}"]',
+    f'base_url_env = {{ key = "{KEY}" }}',
+])
+def test_an_endpoint_setting_of_another_type_is_refused_without_showing_it(
+        tmp_path: Path, setting: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key written in a list where its variable's name goes was shown: "[endpoint]
+    api_key_env must be a non-empty string, got ['sk-...']"."""
+    marker_csv(tmp_path / "in.csv", [], normal=2)
+    job = tmp_path / "job.toml"
+    job.write_text(f'[input]\npath = "in.csv"\n[request]\nmodel = "gpt-4o-mini"\n'
+                   f'prompt = "Say {{text}}"\n[endpoint]\n{setting}\n[output]\ndir = "out"\n')
+    assert main(["run", str(job)]) == 2
+    said = capsys.readouterr()
+    assert "must be a non-empty string, got a " in said.err and "(not shown" in said.err
+    assert leaks_in_text(said.out, said.err) == []
+    assert not (tmp_path / "out").exists()
