@@ -1036,9 +1036,10 @@ class ChatClient:
             fix = f"check the user name and password in {p.variable}"
         else:
             fix = f"put them in {p.variable} as http://USER:PASSWORD@host:port"
+        # Redacted before it is cut: a proxy's reason phrase comes here whole.
+        said = " ".join(self.redact(message).split())[:_MAX_MESSAGE]
         return AuthError(self.redact(
-            f"the proxy {self._proxy_shown()} refused the request (HTTP {status} "
-            f"{' '.join(message.split())[:_MAX_MESSAGE]}) — {fix}"))
+            f"the proxy {self._proxy_shown()} refused the request (HTTP {status} {said}) — {fix}"))
 
     def _parse(
         self, raw: bytes, request_id: str | None, latency_ms: float, headers: dict[str, str]

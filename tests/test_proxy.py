@@ -503,3 +503,18 @@ def test_cli_refuses_a_socks_proxy_in_one_line_before_sending(tmp_path: Path) ->
 ])
 def test_connection_failures_say_why_as_the_os_says_it(error: OSError, reason: str) -> None:
     assert _reason(error) == reason
+
+
+def test_a_proxy_refusal_is_redacted_before_it_is_cut() -> None:
+    """A CONNECT refusal's reason phrase was cut to 300 characters before it was redacted: a
+    header quoted across the cut left the start of its base64 in the message."""
+    from batchrunner.client import ChatClient
+
+    proxy = proxy_for("https://api.openai.com/v1",
+                      {"HTTPS_PROXY": f"http://me:{PASSWORD}@proxy.corp:3128"})
+    client = ChatClient("https://api.openai.com/v1", KEY, timeout_s=1, connections=1,
+                        proxy=proxy)
+    header = basic("me", PASSWORD)
+    refused = client._proxy_refused(407, "x" * 280 + f" not {header}")
+    assert refused is not None
+    assert header[6:14] not in str(refused) and "not Basic [redacted" in str(refused)
