@@ -3,8 +3,9 @@
 Readers stream. ``open_input`` checks the input before any request is sent (it exists, has a
 supported kind, has rows, its header and first batch parse; a CSV file is also read through once
 for bytes that are not UTF-8 and for a quote left open to the end) and returns an ``InputSource``;
-``InputSource.batches`` then yields ``pyarrow.RecordBatch`` objects of at most ``batch_size`` rows,
-in file order, never holding the whole file in memory.
+``InputSource.batches`` then yields ``pyarrow.RecordBatch`` objects of at most ``batch_size`` rows
+(fewer of wide rows: about ``BATCH_BYTES`` at most), in file order, never holding the whole file
+in memory.
 
     kind           path                        columns and types
     csv            ``*.csv``, ``*.tsv``        the header's names; every value a string, as written
@@ -66,6 +67,7 @@ from .arrow import (
 from .errors import InputError, OutputBusy, OutputError, UsageError
 
 __all__ = [
+    "BATCH_BYTES",
     "CSV_BLOCK_SIZE",
     "DEFAULT_BATCH_SIZE",
     "OPENAI_BATCH_COLUMNS",
@@ -85,6 +87,10 @@ SUPPORTED_SUFFIXES: Final = (".csv", ".tsv", ".parquet", ".jsonl")
 RESULT_FORMATS: Final = ("parquet", "csv", "jsonl")
 
 DEFAULT_BATCH_SIZE: Final = 8192
+#: Bytes of Arrow data a batch holds at most, whatever ``batch_size`` allows: a run holds a few
+#: copies of a batch (its rows as Python values, the results' columns beside them), so 8,192
+#: rows of 50 kB prompts (400 MB a batch) made a 20,000-row run peak at 2.2 GB.
+BATCH_BYTES: Final = 16 << 20
 #: Bytes pyarrow's CSV reader parses at a time; one value (a quoted cell) must fit in a block.
 CSV_BLOCK_SIZE: Final = 16 << 20
 #: Chunk size for hashing and scanning files.
@@ -254,6 +260,7 @@ class InputSource(abc.ABC):
     num_rows: int | None
     rows_checked: bool
     batch_size: int
+    batch_bytes: int = BATCH_BYTES
 
     def __init__(self, path: Path, batch_size: int) -> None:
         self.path = path
@@ -323,13 +330,15 @@ class InputSource(abc.ABC):
         return self._stream(wanted if wanted else self.columns[:1], counts_only=not wanted)
 
     def _stream(self, read: list[str], *, counts_only: bool) -> Iterator[pa.RecordBatch]:
-        size = self.batch_size
         raw = self._raw_batches(read)
         try:
             for batch in raw:
                 if counts_only:
                     batch = batch.select([])
                 n = batch.num_rows
+                size = self.batch_size
+                if n > 1 and batch.nbytes > self.batch_bytes:  # wide rows: fewer at a time
+                    size = min(size, max(1, n * self.batch_bytes // batch.nbytes))
                 if n <= size:
                     if n:
                         yield batch
@@ -654,7 +663,8 @@ class _ParquetSource(InputSource):
             rows_done = 0
             try:
                 with pq.ParquetFile(str(file)) as pf:
-                    for batch in pf.iter_batches(batch_size=self.batch_size, columns=columns):
+                    for batch in pf.iter_batches(batch_size=self._rows_at_a_time(pf, columns),
+                                                 columns=columns):
                         rows_done += batch.num_rows
                         yield batch
             except (pa.ArrowException, OSError, ValueError) as exc:
@@ -663,6 +673,22 @@ class _ParquetSource(InputSource):
                     f"cannot read the rows after row {rows_done} ({_one_line(str(exc))}) — "
                     "the file may be damaged; re-export it",
                 ) from None
+
+
+    def _rows_at_a_time(self, pf: pq.ParquetFile, columns: list[str]) -> int:
+        """``batch_size``, or fewer rows when ``columns`` are wide: as many as their size in the
+        file, before compression, puts in ``batch_bytes`` (so that a batch of wide rows is never
+        decoded whole only to be sliced)."""
+        meta = pf.metadata
+        wanted = set(columns)
+        read = [j for j in range(meta.num_columns)
+                if meta.schema.column(j).path.split(".")[0] in wanted]
+        nbytes = sum(int(meta.row_group(g).column(j).total_uncompressed_size)
+                     for g in range(meta.num_row_groups) for j in read)
+        rows = int(meta.num_rows)
+        if not rows or nbytes <= self.batch_bytes:
+            return self.batch_size
+        return min(self.batch_size, max(1, rows * self.batch_bytes // nbytes))
 
 
 def _schema_difference(a: Any, b: Any) -> str:
@@ -774,7 +800,7 @@ class _JsonlSource(InputSource):
         types = [self.schema.field(name).type for name in columns]
         convert = [_as_text if t == pa.string() else None for t in types]
         values: list[list[Any]] = [[] for _ in columns]
-        n = 0
+        n = nbytes = 0
         lines = self._lines()
         try:
             for lineno, offset, line in lines:
@@ -784,15 +810,19 @@ class _JsonlSource(InputSource):
                     body = orjson.dumps(obj["body"]).decode()
                     for out, name in zip(values, columns, strict=True):
                         out.append(body if name == "body" else obj[name])
+                    nbytes += len(body) if "body" in columns else 0
                 else:
                     for out, name, conv in zip(values, columns, convert, strict=True):
                         value = obj.get(name)
-                        out.append(value if conv is None else conv(value))
+                        if conv is not None:
+                            value = conv(value)
+                            nbytes += len(value) if value else 0  # the batch's text
+                        out.append(value)
                 n += 1
-                if n == batch_size:
+                if n == batch_size or nbytes >= self.batch_bytes:
                     yield self._batch(columns, types, values, lineno)
                     values = [[] for _ in columns]
-                    n = 0
+                    n = nbytes = 0
         finally:
             lines.close()
         if n:

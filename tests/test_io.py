@@ -129,6 +129,32 @@ def test_csv_reader_never_reads_the_whole_file_at_once(
     assert len(sizes) > 5 and sum(sizes) == 2000
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_wide_rows_come_in_batches_of_at_most_batch_bytes(tmp_path: Path, suffix: str) -> None:
+    # Rows of 20 kB prompts: a batch of batch_size rows would be 20 MB; one of batch_bytes
+    # (64 KiB here) holds 3. The id column alone still comes batch_size rows at a time.
+    n, wide = 300, 20_000
+    table = pa.table({"id": [f"r{i}" for i in range(n)],
+                      "text": [f"{i} " + "x" * wide for i in range(n)]})
+    path = tmp_path / f"wide{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(table, path, row_group_size=100)
+    elif suffix == ".csv":
+        pa_csv.write_csv(table, path)
+    else:
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in table.to_pylist()))
+    source = open_input(path, batch_size=1000)
+    source.batch_bytes = 64 << 10
+    batches = list(source.batches())
+    assert sum(b.num_rows for b in batches) == n
+    assert [v for b in batches for v in b.column(0).to_pylist()] == table["id"].to_pylist()
+    assert max(b.nbytes for b in batches) <= source.batch_bytes
+    if suffix != ".csv":  # a CSV block is read whole (CSV_BLOCK_SIZE bounds it)
+        raw = list(source._raw_batches(["id", "text"]))
+        assert max(b.nbytes for b in raw) <= source.batch_bytes + wide + 100
+    assert [b.num_rows for b in source.batches(["id"])] == [n]
+
+
 def test_columns_empty_list_gives_row_counts_only(write: Writer) -> None:
     path = write("a.csv", b"a,b\n1,2\n3,4\n")
     batches = list(open_input(path).batches([]))
