@@ -334,6 +334,23 @@ class Journal:
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         return latest(table)
 
+    def iter_latest(self, columns: Iterable[str] | None = None) -> Iterator[pa.Table]:
+        """What ``read`` gives, a table at a time: a row group at a time when the journal is one
+        compacted segment (one record a row, as a finished run leaves it), so that its reader
+        does not hold it whole; else all of it at once."""
+        segs = self.segments()
+        pf = None
+        if len(segs) == 1 and "-compact-" in segs[0].name:
+            with suppress(_SegmentGone):  # compacted again meanwhile: read it as it is now
+                pf = _open(segs[0])
+        if pf is None:
+            yield self.read(columns)
+            return
+        cols = list(OUTCOME_COLUMNS) if columns is None else list(
+            dict.fromkeys(["key", "status", "finished_at", *columns]))
+        for rg in range(pf.num_row_groups):
+            yield _read_group(pf, segs[0], rg, cols)
+
     def compact(self, run_id: str, order: Order | None = None, *,
                 fresh: Fresh | None = None) -> Path | None:
         """Merge all segments into one: the latest record of every row, sorted by input

@@ -2082,11 +2082,13 @@ def _structured_or_none(settings: dict[str, Any]) -> StructuredOutput | None:
 def format_status(out_dir: Path) -> str:
     """Progress, failures by type and cost so far, from the journal alone."""
     meta = read_meta(out_dir)
-    state = Journal(out_dir).read(columns=["error_type", "cost_usd", "earlier_cost_usd",
-                                           "total_tokens", "prompt_tokens"])
+    locked = io.is_locked(out_dir)
+    state = _Tally(times=locked)
+    for part in Journal(out_dir).iter_latest(["error_type", "cost_usd", "earlier_cost_usd",
+                                              "total_tokens", "prompt_tokens"]):
+        state.add(part)
     total = int(meta.get("total_rows") or 0)
-    statuses = Counter(state["status"].to_pylist())
-    ok, failed = statuses.get("ok", 0), statuses.get("failed", 0)
+    ok, failed = state.ok, state.failed
     # The journal's rows the input no longer has (an id-keyed input that lost rows since they
     # were done), as the last run found them: not the input's, so not counted as its.
     gone = meta.get("not_in_input")
@@ -2104,25 +2106,18 @@ def format_status(out_dir: Path) -> str:
                      f"(removed from it since {'it was' if gone == 1 else 'they were'} done; "
                      "the results and reports leave them out, the failures and cost below "
                      "count them)")
-    failed_t = pc.filter(state, is_value(state["status"], "failed"))
-    failed_by_type = Counter(str(t) for t in failed_t["error_type"].to_pylist())
+    failed_by_type = state.failed_by_type
     for etype, n in failed_by_type.most_common():
         lines.append(f"  failed {etype}: {n:,}")
     # Every row's cost, as the reports sum it: a failed row's billed reply (a schema mismatch,
     # an error body with usage) was paid for too.
-    cost = format_usd(sum_usd(state["cost_usd"]))
-    # Rows paid for without a cost, as the reports count them: ok, or billed (usage reported).
-    paid = pc.or_(pc.fill_null(is_value(state["status"], "ok"), scalar(False, pa.bool_())),
-                  pc.is_valid(state["prompt_tokens"]))
-    unpriced = pc.filter(state["cost_usd"], paid).null_count
-    if unpriced:
-        cost += (f" (plus {count_rows(unpriced)} without a cost: no price known, or no usage "
-                 "reported)")
-    cost += _plus_earlier(sum_usd(state["earlier_cost_usd"]))
-    tokens = pc.sum(state["total_tokens"]).as_py() or 0
-    lines.append(f"  tokens {tokens:,}; cost so far {cost}")
+    cost = format_usd(sum_usd(pa.chunked_array(state.costs, pa.float64())))
+    if state.unpriced:  # rows paid for without a cost, as the reports count them
+        cost += (f" (plus {count_rows(state.unpriced)} without a cost: no price known, or no "
+                 "usage reported)")
+    cost += _plus_earlier(sum_usd(pa.chunked_array(state.earlier, pa.float64())))
+    lines.append(f"  tokens {state.tokens:,}; cost so far {cost}")
     last = meta.get("last_run")
-    locked = io.is_locked(out_dir)
     changed, exact = recorded_changed_left(meta)
     if changed and not locked:
         lines.append(f"  {changed_warning(changed, exact=exact)}")
@@ -2131,7 +2126,8 @@ def format_status(out_dir: Path) -> str:
         lines.append(f"  a run is in progress ({running})" if running else
                      "  in use by another batchrunner process (a run starting, or a report)")
         if running:
-            finished_at = to_numpy(state["finished_at"], fill=0.0)
+            finished_at = (np.concatenate(state.finished_at) if state.finished_at
+                           else np.empty(0, np.float64))
             started = _epoch(last)
             to_send = last.get("to_send") if isinstance(last, dict) else None
             if type(to_send) is int and started is not None:  # retried rows included
@@ -2155,6 +2151,40 @@ def format_status(out_dir: Path) -> str:
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
     return "\n".join(lines)
+
+
+class _Tally:
+    """What ``status`` shows of the journal's latest records, added a table of them at a
+    time; with ``times``, their ``finished_at`` too (the pace of a run in progress)."""
+
+    def __init__(self, *, times: bool) -> None:
+        self.ok = self.failed = self.unpriced = self.tokens = 0
+        # The cost columns (8 bytes a row), summed at the end as the reports sum them: exactly.
+        self.costs: list[pa.Array] = []
+        self.earlier: list[pa.Array] = []
+        self.failed_by_type: Counter[str] = Counter()
+        self.finished_at: list[npt.NDArray[np.float64]] | None = [] if times else None
+
+    def add(self, part: pa.Table) -> None:
+        for entry in pc.value_counts(part["status"]).to_pylist():
+            if entry["values"] == "ok":
+                self.ok += entry["counts"]
+            elif entry["values"] == "failed":
+                self.failed += entry["counts"]
+        if self.failed:
+            failed = pc.filter(part, is_value(part["status"], "failed"))
+            for entry in pc.value_counts(failed["error_type"]).to_pylist():
+                self.failed_by_type[str(entry["values"])] += entry["counts"]
+        cost = part["cost_usd"]
+        self.costs.extend(cost.chunks)
+        self.earlier.extend(part["earlier_cost_usd"].chunks)
+        # Paid for: ok, or a failed row whose reply reported usage (billed).
+        paid = pc.or_(pc.fill_null(is_value(part["status"], "ok"), scalar(False, pa.bool_())),
+                      pc.is_valid(part["prompt_tokens"]))
+        self.unpriced += pc.filter(cost, paid).null_count
+        self.tokens += pc.sum(part["total_tokens"]).as_py() or 0
+        if self.finished_at is not None:
+            self.finished_at.append(to_numpy(part["finished_at"], fill=0.0))
 
 
 PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in progress

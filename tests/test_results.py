@@ -458,6 +458,42 @@ def test_a_jobs_results_as_the_next_jobs_input_keep_every_column(
             ) in capsys.readouterr().err
 
 
+def test_status_reads_a_compacted_journal_a_row_group_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``status`` on a finished job (its journal one compacted segment, one record a row)
+    holds a row group of it at a time, not the whole journal, and says what reading it whole
+    says."""
+    from batchrunner.cli import main
+    from batchrunner.runner import format_status
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(journal, "ROW_GROUP_ROWS", 8)
+    rows = [f"r{i},text {i}{' [[sim:400]]' if i in (3, 17) else ''}" for i in range(40)]
+    (tmp_path / "in.csv").write_text("id,text\n" + "\n".join(rows) + "\n")
+    assert main(["run", "--input", "in.csv", "--id-column", "id", "--prompt", "X {text}",
+                 "--model", "gpt-4o-mini", "--simulator", "--progress", "none", "--output",
+                 "out"]) == 3
+    out = tmp_path / "out"
+    assert len(Journal(out).segments()) == 1
+    read: list[int] = []
+    real = journal._read_group
+
+    def counted(pf: pq.ParquetFile, seg: Path, rg: int | None,
+                columns: list[str] | None) -> pa.Table:
+        t = real(pf, seg, rg, columns)
+        read.append(t.num_rows)
+        return t
+
+    monkeypatch.setattr(journal, "_read_group", counted)
+    status = format_status(out)
+    assert "40 of 40 rows finished (38 ok, 2 failed, 0 to do)" in status
+    assert re.search(r"\n  failed \w+: 2\n", status), status
+    assert sum(read) == 40 and max(read) == 8
+    monkeypatch.setattr(Journal, "iter_latest",
+                        lambda self, columns=None: iter([self.read(columns)]))
+    assert format_status(out) == status
+
+
 def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
