@@ -63,12 +63,14 @@ class Estimate:
 
 
 def _observed_completion(plan: Plan) -> tuple[float, int] | None:
-    state = Journal(plan.out_dir).read(columns=["completion_tokens"])
-    ok = pc.filter(state, is_value(state["status"], "ok"))
-    n = ok.num_rows - ok["completion_tokens"].null_count
+    total = n = 0
+    for part in Journal(plan.out_dir).iter_latest(["completion_tokens"]):
+        ok = pc.filter(part["completion_tokens"], is_value(part["status"], "ok"))
+        n += len(ok) - ok.null_count
+        total += pc.sum(ok).as_py() or 0
     if n == 0:
         return None
-    return float(pc.mean(ok["completion_tokens"]).as_py()), n
+    return total / n, n
 
 
 def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None,

@@ -458,12 +458,13 @@ def test_a_jobs_results_as_the_next_jobs_input_keep_every_column(
             ) in capsys.readouterr().err
 
 
-def test_status_reads_a_compacted_journal_a_row_group_at_a_time(
+def test_status_and_estimate_read_a_compacted_journal_a_row_group_at_a_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``status`` on a finished job (its journal one compacted segment, one record a row)
-    holds a row group of it at a time, not the whole journal, and says what reading it whole
-    says."""
+    """``status`` and ``estimate`` on a finished job (its journal one compacted segment, one
+    record a row) hold a row group of it at a time, not the whole journal, and say what
+    reading it whole says."""
     from batchrunner.cli import main
+    from batchrunner.estimate import _observed_completion
     from batchrunner.runner import format_status
 
     monkeypatch.chdir(tmp_path)
@@ -489,9 +490,14 @@ def test_status_reads_a_compacted_journal_a_row_group_at_a_time(
     assert "40 of 40 rows finished (38 ok, 2 failed, 0 to do)" in status
     assert re.search(r"\n  failed \w+: 2\n", status), status
     assert sum(read) == 40 and max(read) == 8
+    read.clear()  # estimate's mean of the answers so far, likewise
+    mean, answers = _observed_completion(plan_from_output(out))
+    assert answers == 38 and sum(read) == 40 and max(read) == 8
     monkeypatch.setattr(Journal, "iter_latest",
                         lambda self, columns=None: iter([self.read(columns)]))
     assert format_status(out) == status
+    ok = pq.read_table(out / "results.parquet").filter(pc.field("status") == "ok")
+    assert mean == pytest.approx(pc.mean(ok["completion_tokens"]).as_py())
 
 
 def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
