@@ -277,6 +277,36 @@ def test_under_limit_the_projected_cost_is_the_whole_jobs(
     assert 4.5 * cost < projected < 5.5 * cost, last
 
 
+@pytest.mark.parametrize("table", ["", "[simulator]\ntrack_prompts = true\n"])
+def test_the_simulator_a_run_starts_keeps_no_count_per_prompt_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    table: str,
+) -> None:
+    """Its counts by prompt are a map of every row's prompt (150 MB a million rows) that
+    nothing in a run reads."""
+    from batchrunner import simulator
+
+    seen: list[simulator.Simulator] = []
+    real = simulator.Simulator.__aenter__
+
+    async def entered(self: simulator.Simulator) -> simulator.Simulator:
+        seen.append(self)
+        return await real(self)
+
+    monkeypatch.setattr(simulator.Simulator, "__aenter__", entered)
+    pd.DataFrame({"id": ["a", "b", "c"], "text": ["x", "y", "z"]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    (tmp_path / "job.toml").write_text(
+        'name = "three"\n[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {text}"\n'
+        '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n' + table)
+    code, _, err = cli(capsys, "run", "job.toml", "--progress", "none")
+    assert code == 0, err
+    (sim,) = seen
+    assert sim.stats()["completions"] == 3
+    assert len(sim.stats(per_prompt=True)["completions_by_prompt"]) == (3 if table else 0)
+
+
 def test_estimate_says_its_completion_tokens_are_the_mean_of_every_answer_so_far(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
