@@ -28,24 +28,29 @@ if TYPE_CHECKING:
     from batchrunner.runner import Plan, RunSummary
 
 __all__ = ["InputOrder", "key_strings", "rebuild_outputs", "recorded_changed_left",
-           "result_name"]
+           "result_name", "sorted_ids"]
 
 _DIGITS = r"^[0-9]{1,18}$"
 
 
+def sorted_ids(ids: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """``ids`` sorted, and the input position (int64) of each."""
+    order = pc.cast(pc.sort_indices(ids), pa.int64())
+    return pc.take(ids, order), order
+
+
 class InputOrder:
     """Maps row keys to input positions: the position itself for a job keyed by position,
-    else the row of the id in the input's id column (``ids``, read from the input when not
-    given), found by binary search in the ids sorted once."""
+    else the row of the id in the input's id column, found by binary search in the ids sorted
+    once (``index``, as ``sorted_ids`` gives it: from the input when not given)."""
 
     def __init__(self, source: io.InputSource, key_column: str | None, total_rows: int,
-                 fingerprint: str, ids: pa.Array | None = None) -> None:
+                 fingerprint: str, index: tuple[pa.Array, pa.Array] | None = None) -> None:
         self.source = source
         self.key_column = key_column
         self.rows = total_rows
         self.tag = f"{fingerprint}:{key_column or ''}:{total_rows}"
-        self._ids = ids
-        self._sorted: tuple[pa.Array, pa.Array] | None = None  # ids sorted, their positions
+        self._sorted = index  # ids sorted, their positions
 
     def positions(self, keys: pa.Array) -> pa.Array:
         """int64 input position of each key; null for a key the input does not have."""
@@ -63,10 +68,7 @@ class InputOrder:
 
     def _index(self) -> tuple[pa.Array, pa.Array]:
         if self._sorted is None:
-            ids = self._ids if self._ids is not None else self._read_ids()
-            order = pc.cast(pc.sort_indices(ids), pa.int64())
-            self._sorted = (pc.take(ids, order), order)
-            self._ids = None
+            self._sorted = sorted_ids(self._read_ids())
         return self._sorted
 
     def _read_ids(self) -> pa.Array:

@@ -108,6 +108,7 @@ from batchrunner.results import (
     rebuild_outputs,
     recorded_changed_left,
     result_name,
+    sorted_ids,
 )
 from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.structured import StructuredOutput, structured_output
@@ -357,7 +358,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 "budget by a few requests' worth (more with a thinking model, whose reasoning "
                 "is output) — set max_tokens to make the budget a bound")
 
-    total, ids = _scan_keys(source, key_column, where,
+    total, index = _scan_keys(source, key_column, where,
                             builder.needed_columns if builder is not None else ("body",))
     if total == 0:
         raise InputError(f"{where}: has no rows")
@@ -403,7 +404,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         journal.remove_temp_files()
         io.remove_stale_temp_files(out_dir)
     journal.check()
-    order = InputOrder(source, key_column, total, fingerprint, ids)
+    order = InputOrder(source, key_column, total, fingerprint, index)
     # The rows done are compared with the input's (row_hash) unless the last run left them
     # all matching this very input (job.json's rows_checked): after the input changed, and
     # after a run that did not finish sending the rows that had changed (a crash, a stop).
@@ -801,10 +802,11 @@ def _first_line(e: BaseException) -> str:
 
 
 def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
-               columns: Sequence[str] = ()) -> tuple[int, pa.Array | None]:
+               columns: Sequence[str] = ()) -> tuple[int, tuple[pa.Array, pa.Array] | None]:
     """Count rows and decode every column a request needs, so damage is found before anything
-    is sent; with an id column, refuse null or duplicate ids and return the ids as the strings
-    rows are keyed by."""
+    is sent; with an id column, refuse null or duplicate ids and return the ids, as the strings
+    rows are keyed by, sorted (``sorted_ids``: sorting them finds a repeated id, and keys rows
+    to input positions)."""
     total = 0
     if key_column is None and source.rows_checked and source.num_rows is not None:
         return source.num_rows, None  # every row was parsed and counted when it was opened
@@ -824,16 +826,21 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
         parts.append(keys)
         total += batch.num_rows
     ids = pa.concat_arrays(parts) if parts else pa.nulls(0, pa.string())
-    dup = _first_duplicate(ids)
+    index = sorted_ids(ids)
+    dup = _first_duplicate(ids, index[0])
     if dup is not None:
         raise InputError(f"{where}: id {dup!r} appears more than once in column "
                          f"{key_column!r}; ids must be unique")
-    return total, ids
+    return total, index
 
 
-def _first_duplicate(ids: pa.Array) -> str | None:
-    """The first id, in row order, that repeats an earlier one."""
-    if pc.count_distinct(ids).as_py() == len(ids):
+def _first_duplicate(ids: pa.Array, in_order: pa.Array | None = None) -> str | None:
+    """The first id, in row order, that repeats an earlier one (``in_order``: ``ids``
+    sorted, if they are at hand)."""
+    if in_order is None:
+        in_order = sorted_ids(ids)[0]
+    n = len(in_order)
+    if n < 2 or not pc.any(pc.equal(in_order.slice(0, n - 1), in_order.slice(1))).as_py():
         return None
     counts = pc.value_counts(ids)
     repeated = pc.filter(counts.field("values"),
@@ -843,7 +850,7 @@ def _first_duplicate(ids: pa.Array) -> str | None:
         if v in seen:
             return str(v)
         seen.add(v)
-    return None  # pragma: no cover - count_distinct found a repeat
+    return None  # pragma: no cover - the sorted ids hold a repeat
 
 
 def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:

@@ -391,7 +391,19 @@ def test_resume_skips_what_the_journal_has_by_position_mask(
                             ("id3", "ok", 2.0)):
         w.add(Outcome(key=k, status=status, cost_usd=cost, finished_at=1.0))
     w.flush()
+    from batchrunner import compute
+
+    sorts: list[int] = []
+    real_sort = compute.sort_indices
+
+    def counted(data: pa.Array, sort_keys: list[tuple[str, str]] | None = None) -> pa.Array:
+        sorts.append(len(data))
+        return real_sort(data, sort_keys)
+
+    monkeypatch.setattr(compute, "sort_indices", counted)
+    monkeypatch.delattr(compute, "count_distinct")
     plan = prepare(job, RunOptions(retry_failed=retry_failed))
+    assert sorts.count(len(ids)) == 1  # the ids are sorted once: for repeats, and for keys
     skipped = {"id5", "id3"} | (set() if retry_failed else {"id0"})
     assert [k for k, _, _ in iter_rows(plan)] == [k for k in ids if k not in skipped]
     assert len(plan.done) == len(skipped)
