@@ -653,8 +653,11 @@ class ChatClient:
         such as "x", is a word of the answer)."""
         if not text:
             return text
-        if self._long_secrets is not None and any(f in text for f in self._written):
-            text = self._long_secrets.sub("[redacted]", text)
+        if self._long_secrets is not None:
+            for f in self._written:  # a loop, not any(): a generator costs more than the search
+                if f in text:
+                    text = self._long_secrets.sub("[redacted]", text)
+                    break
         if not answer and self._short_secrets is not None:
             text = self._short_secrets.sub("[redacted]", text)
         return text
