@@ -324,9 +324,7 @@ class Journal:
 
     def read(self, columns: Iterable[str] | None = None) -> pa.Table:
         """The latest outcome of every row (one record a key), as an Arrow table."""
-        cols = list(OUTCOME_COLUMNS) if columns is None else list(
-            dict.fromkeys(["key", "status", "finished_at", *columns])
-        )
+        cols = _read_columns(columns)
         tables = _listed_again(lambda: [_read_group(_open(seg), seg, None, cols)
                                         for seg in self.segments()])
         if not tables:
@@ -340,14 +338,13 @@ class Journal:
         does not hold it whole; else all of it at once."""
         segs = self.segments()
         pf = None
-        if len(segs) == 1 and "-compact-" in segs[0].name:
+        if _compacted(segs):
             with suppress(_SegmentGone):  # compacted again meanwhile: read it as it is now
                 pf = _open(segs[0])
         if pf is None:
             yield self.read(columns)
             return
-        cols = list(OUTCOME_COLUMNS) if columns is None else list(
-            dict.fromkeys(["key", "status", "finished_at", *columns]))
+        cols = _read_columns(columns)
         for rg in range(pf.num_row_groups):
             yield _read_group(pf, segs[0], rg, cols)
 
@@ -363,7 +360,7 @@ class Journal:
         if not segs:
             return None
         tag = "" if order is None else order.tag
-        if len(segs) == 1 and "-compact-" in segs[0].name and _order_of(segs[0]) == tag:
+        if _compacted(segs) and _order_of(segs[0]) == tag:
             return segs[0]
         if len(segs) >= 1 << (63 - _ROW_BITS - _GROUP_BITS):
             raise JournalError(f"{self.directory} holds too many segments to compact")
@@ -385,7 +382,7 @@ class Journal:
                 if held.num_rows:
                     writer.write_table(held)
 
-        name = f"seg-{run_id}-compact-000000.parquet"
+        name = f"seg-{run_id}{_COMPACT}000000.parquet"
         final = _write_atomic(self.directory, name, fill)
         for seg in segs:
             if seg != final:
@@ -645,6 +642,21 @@ def _listed_again(read: Callable[[], _T]) -> _T:
         with suppress(_SegmentGone):
             return read()
     return read()
+
+
+_COMPACT = "-compact-"  # in the name of the segment ``Journal.compact`` writes
+
+
+def _compacted(segs: Sequence[Path]) -> bool:
+    """Whether the journal is one compacted segment: one record a row."""
+    return len(segs) == 1 and _COMPACT in segs[0].name
+
+
+def _read_columns(columns: Iterable[str] | None) -> list[str]:
+    """The columns a read gives: ``columns`` and those a record needs to be told latest."""
+    if columns is None:
+        return list(OUTCOME_COLUMNS)
+    return list(dict.fromkeys(["key", "status", "finished_at", *columns]))
 
 
 def _open(seg: Path) -> pq.ParquetFile:
