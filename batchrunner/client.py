@@ -40,6 +40,7 @@ from batchrunner.errors import (
     Unreachable,
     Usage,
 )
+from batchrunner.limiter import RATELIMIT_HEADERS
 from batchrunner.retry import is_retryable_status
 
 __all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
@@ -1121,13 +1122,11 @@ def _read_stream(raw: bytes) -> StreamAssembler | None:
     return st
 
 
-_RATELIMIT_HEADERS = tuple(f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
-                           for kind in ("requests", "tokens"))
-# The same limits under other names, looked for when a reply has none of the above: Anthropic's
-# (its OpenAI-compatible endpoint, and gateways that pass them through), whose token budget the
-# limiter takes from its input tokens' (its one budget is charged mostly with input), else its
-# tokens' (the tighter of input and output); and limits named with their period (Cerebras's
-# x-ratelimit-limit-tokens-minute; a -day limit is a quota, no pace).
+# RATELIMIT_HEADERS's limits under other names, looked for when a reply has none of those:
+# Anthropic's (its OpenAI-compatible endpoint, and gateways that pass them through), whose token
+# budget the limiter takes from its input tokens' (its one budget is charged mostly with input),
+# else its tokens' (the tighter of input and output); and limits named with their period
+# (Cerebras's x-ratelimit-limit-tokens-minute; a -day limit is a quota, no pace).
 _OTHER_RATELIMIT_HEADERS = tuple(
     (f"{prefix}{what}{suffix}", f"x-ratelimit-{what}-{kind}")
     for prefix, kind, suffix in (
@@ -1196,7 +1195,7 @@ def _reason(e: OSError) -> str:
 def _ratelimit_headers(headers: Any) -> dict[str, str]:
     """The ``x-ratelimit-*`` headers the limiter learns from (names in lower case), or their
     like under another name (Anthropic's ...), given the ``x-ratelimit-*`` name."""
-    found = {name: v for name in _RATELIMIT_HEADERS if (v := headers.get(name)) is not None}
+    found = {name: v for name in RATELIMIT_HEADERS if (v := headers.get(name)) is not None}
     if found or ("anthropic-ratelimit-requests-remaining" not in headers
                  and "x-ratelimit-remaining-tokens-minute" not in headers):
         return found

@@ -32,7 +32,7 @@ import anyio
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
 
-__all__ = ["Limiter", "TokenBucket", "reset_seconds"]
+__all__ = ["RATELIMIT_HEADERS", "Limiter", "TokenBucket", "reset_seconds"]
 
 # The longest an empty budget holds new requests when no rate is known: a reset said to be
 # further off (a daily limit's) is left to the 429s' retry-after, which stop the job if it is.
@@ -40,6 +40,8 @@ MAX_RESET_WAIT_S = 60.0
 
 _NAMES = tuple((kind, f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
                 f"x-ratelimit-reset-{kind}") for kind in ("requests", "tokens"))
+#: The headers ``Limiter.observe`` reads, for the client to keep of each reply.
+RATELIMIT_HEADERS = tuple(name for _, *names in _NAMES for name in names)
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
