@@ -1090,6 +1090,12 @@ class _Run:
         # A refusal after which no request sent has been answered: an outage began (attempt).
         self.outage_from = -math.inf
         self.last_refusal = -math.inf  # the latest refused connection, any row's
+        # Shut while a gateway's 502/503/504 with a retry-after says the server is away: no
+        # request is sent but one at a time (the probe), each after the wait asked for, until
+        # a request sent since ``gate_from`` (the first such answer's) is answered (_answered).
+        self.gate: anyio.Event | None = None
+        self.gate_from = -math.inf
+        self.probing = False  # a probe is out (or waiting out the pause to be sent)
         self.outage_s = options.outage_s
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
@@ -1165,7 +1171,45 @@ class _Run:
         self.stopping = True
         self.stopped.set()
         self.limiter.lift_pause()  # the rows waiting out a 429 are left to do, now
+        self._open_gate()  # and those waiting on a probe
         self._wake_workers()
+
+    # -- a server away behind its gateway: one probe at a time
+
+    async def _through_gate(self) -> bool:
+        """Wait while the gate is shut and another request probes; True if this one is the
+        probe (the caller then calls ``_probe_back`` when it is done, whatever its end)."""
+        while (gate := self.gate) is not None and not self.stopping:
+            if not self.probing:
+                self.probing = True
+                return True
+            await gate.wait()
+        return False
+
+    def _shut_gate(self, status: int, retry_after: float, sent_at: float) -> None:
+        """A gateway's 502/503/504 asked for ``retry_after`` s, and nothing sent since the
+        request at ``sent_at`` was answered: the server is away. Every new send waits that
+        long, and then one request goes at a time until one is answered, rather than every
+        row in flight and every new one asking again each time (a 4 s outage at concurrency
+        64 drew 500 503s for 300 rows)."""
+        self.limiter.pause(min(retry_after, self.policy.max_retry_after_s))
+        self.counts.paused_by = status
+        if self.gate is None:
+            self.gate = anyio.Event()
+            self.gate_from = sent_at
+
+    def _probe_back(self) -> None:
+        """The probe is done. Unless it was answered (which opened the gate), the next
+        request in line probes, after the pause its answer may have renewed."""
+        self.probing = False
+        if (gate := self.gate) is not None:
+            self.gate = anyio.Event()
+            gate.set()
+
+    def _open_gate(self) -> None:
+        if (gate := self.gate) is not None:
+            self.gate = None
+            gate.set()
 
     def _next_item(self) -> _Work | None:
         """The next request to send, or None when there is none now."""
@@ -1246,10 +1290,13 @@ class _Run:
             reserved = self._reserve(item) if self.budget is not None else 0.0
             if reserved is None:
                 continue
+            probe = await self._through_gate() if self.gate is not None else False
             try:
                 outcome, retry_in = await self.attempt(item)
             finally:
                 self.reserved -= reserved
+                if probe:
+                    self._probe_back()
             if outcome is not None:
                 self.spent += outcome.cost_usd or 0.0
                 self.record(outcome)
@@ -1464,6 +1511,8 @@ class _Run:
                     item.timeouts += 1
                 billed = self._billed(item, e)
                 if gateway:
+                    if e.retry_after is not None and e.status and self.last_answer < sent_at:
+                        self._shut_gate(e.status, e.retry_after, sent_at)
                     # A try of the row (the gateway answered), but only those made while other
                     # requests were answered count against max_attempts: a row the server
                     # fails for itself fails as ever, while rows waiting out a restart do not.
@@ -1505,6 +1554,7 @@ class _Run:
                     wait = min(e.retry_after, self.policy.max_retry_after_s) \
                         if e.retry_after is not None else backoff(1, self.policy, None, self.rng)
                     self.limiter.pause(wait)
+                    self.counts.paused_by = 429
                     if item.rate_limited == 1:
                         continue
                     if item.rate_limited <= MAX_RATE_LIMIT_RETRIES:
@@ -1608,6 +1658,8 @@ class _Run:
         down = self._looks_down
         self.last_answer = time.perf_counter()
         self.answered_sent = max(self.answered_sent, sent_at)
+        if self.gate is not None and sent_at >= self.gate_from:
+            self._open_gate()  # the server is back
         if down:
             self._wake_workers()  # new rows may be started again
         if self.mixes:

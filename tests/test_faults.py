@@ -691,6 +691,38 @@ async def test_a_server_restarting_behind_a_gateway_mid_job_fails_no_row(
 
 
 @pytest.mark.anyio
+async def test_a_server_away_whose_gateway_asks_for_a_wait_is_asked_one_request_at_a_time(
+        tmp_path: Path) -> None:
+    """503s with "retry-after: 1" from a gateway for 2.5 s mid-job, at concurrency 32: new
+    sends wait as asked, and then one request at a time asks again until one is answered. The
+    outage costs the requests in flight as it began and a probe a second, not every row in flight
+    asking again each second (each on its own backoff: about 190 503s here); no row fails."""
+    n, conc = 300, 32
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+    since: list[float] = []
+    away: list[int] = []
+
+    async def unavailable(srv: FaultServer, request: web.BaseRequest,
+                          body: dict[str, Any]) -> web.StreamResponse | None:
+        if srv.requests <= 100:
+            return None
+        since.append(since[0] if since else time.monotonic())
+        if time.monotonic() - since[0] < 2.5:
+            away.append(srv.requests)
+            return web.Response(status=503, text="upstream unavailable",
+                                headers={"retry-after": "1"})
+        return None
+
+    async with FaultServer(unavailable) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, concurrency=conc),
+                              RunOptions(progress="none", handle_signals=False))
+    assert s.exit_code == 0 and (s.ok, s.failed) == (n, 0), s.error_examples
+    assert away and len(away) <= 3 * conc, len(away)
+    assert seen_by_type(report(tmp_path))["http_503"] == len(away)
+
+
+@pytest.mark.anyio
 async def test_a_gateway_answering_502_for_longer_than_outage_s_stops_the_job(
         tmp_path: Path) -> None:
     n = 300
