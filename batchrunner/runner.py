@@ -166,6 +166,9 @@ MAX_TIMEOUT_X = 3.0
 OUTAGE_S = 300.0
 # A gateway's answers for a server behind it that is away: ridden out like a refused connection.
 GATEWAY_STATUSES = frozenset({502, 503, 504})
+# While a gateway's retry-after holds the job (_shut_gate), probes are sent as far apart as the
+# answers ask, and this far at least when one asks for nothing.
+PROBE_EVERY_S = 1.0
 
 
 @dataclass(kw_only=True)
@@ -1200,9 +1203,13 @@ class _Run:
 
     def _probe_back(self) -> None:
         """The probe is done. Unless it was answered (which opened the gate), the next
-        request in line probes, after the pause its answer may have renewed."""
+        request in line probes, after the pause its answer renewed, or a second when it
+        renewed none (a 502 without a retry-after, a refused connection, a timeout): never
+        one right after another."""
         self.probing = False
         if (gate := self.gate) is not None:
+            if self.limiter.paused_s <= 0.0:
+                self.limiter.pause(PROBE_EVERY_S)
             self.gate = anyio.Event()
             gate.set()
 
