@@ -3,9 +3,11 @@
 With ``{"type": "json_object"}`` a reply must parse as a JSON object. With ``{"type":
 "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` it must also validate against
 the schema (jsonschema, Draft 2020-12); a schema whose top-level ``type`` allows other JSON than
-an object (an array) takes that too. A reply that fails is recorded as a failed row of type
-``invalid_json`` or ``schema_mismatch`` — with its content, usage and cost, since it was billed —
-and is not retried on its own: ``--retry-failed`` redoes it when the user chooses to pay again.
+an object (an array) takes that too. A reply that is one Markdown code block holding the JSON and
+nothing else is read as that JSON (``loads_reply``); its content is kept as it came. A reply that
+fails is recorded as a failed row of type ``invalid_json`` or ``schema_mismatch`` — with its
+content, usage and cost, since it was billed — and is not retried on its own: ``--retry-failed``
+redoes it when the user chooses to pay again.
 
 Without a ``response_format``, a job whose ``tool_choice`` forces one function (names it, or is
 ``"required"`` with one function among the ``tools``) asks for that function's arguments: the
@@ -38,7 +40,7 @@ from batchrunner.errors import ConfigError
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
-__all__ = ["COLUMN_PREFIX", "StructuredOutput", "structured_output"]
+__all__ = ["COLUMN_PREFIX", "StructuredOutput", "loads_reply", "structured_output"]
 
 COLUMN_PREFIX = "json_"
 _TYPES: dict[str, pa.DataType] = {
@@ -47,6 +49,31 @@ _TYPES: dict[str, pa.DataType] = {
     "number": pa.float64(),
     "boolean": pa.bool_(),
 }
+
+
+def loads_reply(text: str) -> Any:
+    """The JSON value of a reply: its text, or, when that is one Markdown code block and
+    nothing else (```json ... ```, as models asked for JSON through gateways that do not
+    pass ``response_format`` on often answer), what the block holds. Raises
+    ``orjson.JSONDecodeError`` when it is not JSON (the block's error, when it is one)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        inner = _fenced(text)
+        if inner is None:
+            raise
+        return orjson.loads(inner)
+
+
+def _fenced(text: str) -> str | None:
+    """What a reply that is one fenced code block (its info string ``json`` or none) holds."""
+    block = text.strip()
+    if not (block.startswith("```") and block.endswith("```") and len(block) >= 6):
+        return None
+    first, newline, rest = block[3:-3].partition("\n")
+    if not newline or first.strip().lower() not in ("", "json") or "```" in rest:
+        return None
+    return rest
 
 
 def _column_type(schema: Any, root: Mapping[str, Any], depth: int = 0) -> pa.DataType:
@@ -306,7 +333,7 @@ class StructuredOutput:
     def check(self, text: str | None) -> tuple[str, str] | None:
         """``(error_type, message)`` when ``text`` is not the JSON asked for, else None."""
         try:
-            value = orjson.loads(text or "")
+            value = loads_reply(text or "")
         except orjson.JSONDecodeError as e:
             return "invalid_json", f"{self._what} {self._is} not JSON ({e})"[:300]
         if not isinstance(value, dict) and self._wants_object:
@@ -341,7 +368,7 @@ class StructuredOutput:
                 text = self.arguments(text)
             if good and text:
                 try:
-                    obj = orjson.loads(text)
+                    obj = loads_reply(text)
                 except orjson.JSONDecodeError:
                     obj = None
             for prop, col, typ in self.columns:

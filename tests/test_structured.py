@@ -51,6 +51,58 @@ def test_check_names_the_failure() -> None:
                           "json_schema": {"name": "x", "schema": {"type": 5}}})
 
 
+def test_a_reply_that_is_one_json_code_block_is_read_as_its_json() -> None:
+    """Claude, Gemini and others asked for JSON through a gateway that drops response_format
+    answer in a Markdown block: that is the JSON asked for (it was failed and paid for again)."""
+    so = StructuredOutput(FORMAT)
+    good = json.loads(GOOD)
+    for reply in (f"```json\n{GOOD}\n```", f"\n  ```JSON\n{GOOD}```\n", f"```\n{GOOD}\n```",
+                  f"```json\r\n{json.dumps(good, indent=2)}\r\n```"):
+        assert so.check(reply) is None, reply
+        assert so.spread([reply], [True])["json_score"].to_pylist() == [3], reply
+    # Not one block of JSON: words around it, another language, two blocks, no block's end.
+    for reply in (f"Here it is:\n```json\n{GOOD}\n```", f"```python\n{GOOD}\n```",
+                  f"```json\n{GOOD}\n```\n```json\n{GOOD}\n```", f"```json\n{GOOD}",
+                  f"```json {GOOD}```", "```json\n{\"summary\": \n```"):
+        assert so.check(reply)[0] == "invalid_json", reply  # type: ignore[index]
+    # A block of JSON that breaks the schema is still checked against it.
+    bad = so.check("```json\n" + GOOD.replace('"score": 3', '"score": 9') + "\n```")
+    assert bad is not None and bad[0] == "schema_mismatch"
+    assert StructuredOutput({"type": "json_object"}).check('```json\n{"a": 1}\n```') is None
+
+
+@pytest.mark.anyio
+async def test_a_json_code_block_reply_is_an_ok_row_with_its_columns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    fenced = f"```json\n{GOOD}\n```"
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        await request.read()
+        return web.json_response({
+            "id": "c1", "object": "chat.completion", "model": "claude-sonnet-4",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": fenced}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50}})
+
+    runner, port = await serve_on_loopback(handler)
+    try:
+        (tmp_path / "ticket.schema.json").write_text(json.dumps(SCHEMA))
+        pd.DataFrame({"id": [1, 2], "text": ["a", "b"]}).to_csv(tmp_path / "in.csv", index=False)
+        (tmp_path / "job.toml").write_text(
+            '[input]\npath = "in.csv"\nid_column = "id"\n'
+            '[request]\nmodel = "claude-sonnet-4"\nprompt = "Classify: {text}"\n'
+            'schema_file = "ticket.schema.json"\n[output]\ndir = "out"\n')
+        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1"})
+        s = await run_job(job, FAST)
+    finally:
+        await runner.cleanup()
+    assert (s.ok, s.failed) == (2, 0), s.error_examples
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert df["json_score"].tolist() == [3, 3] and df["json_label"].tolist() == ["bug", "bug"]
+    assert df["content"].tolist() == [fenced, fenced]  # as it came
+
+
 def _tools(*names: str, parameters: object = SCHEMA) -> list[dict[str, object]]:
     return [{"type": "function", "function": {"name": n, "parameters": parameters}}
             for n in names]
