@@ -766,7 +766,13 @@ class ChatClient:
             # was waited for (an answer that finished late, held open): whole, taken.
             raw = b""
         except Exception as e:
-            raise self._translate(e) from None
+            if not (stream is not None and stream.finished(choices)
+                    and isinstance(e, aiohttp.ClientError | OSError)):
+                raise self._translate(e) from None
+            # Its every choice finished before the connection broke (a proxy that closed it
+            # without the body's last chunk): whole, taken, as a stream that ends cleanly
+            # without its [DONE] is, not paid for again.
+            raw = b""
         finally:
             del self._deadlines[task]
             self._expired.discard(task)

@@ -8,12 +8,16 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from aiohttp import web
 
 from batchrunner.client import StreamAssembler
 from batchrunner.config import load_job
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
+from tests.test_faults import FaultServer, job_for, make_csv, results, sse
+from tests.test_faults import chunk as stream_chunk
+from tests.test_faults import run as fault_run
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
                   handle_signals=False)
@@ -153,3 +157,62 @@ async def test_n_choices_and_image_rows(tmp_path: Path, monkeypatch: pytest.Monk
         assert len({c["content"] for c in choices}) == 3
     # An image part is billed as prompt tokens by the simulator (85 each).
     assert df.loc["a", "prompt_tokens"] > df.loc["c", "prompt_tokens"] + 80
+
+
+# ----------------------------------------------------------------------------------------------
+# Streams that break in the ways real servers and networks break them, run as jobs against a
+# server that answers what each test says (``FaultServer``, on 127.0.0.1).
+
+KEY = "sk-test-stream-7c41d2e9b0"  # for ``job_env``
+
+
+def cut_here(request: web.BaseRequest) -> None:
+    """Drop the connection mid-response: the chunked body never gets its last chunk."""
+    assert request.transport is not None
+    request.transport.close()
+
+
+async def stream_reply(request: web.BaseRequest, *parts: bytes, drop: bool = False
+                       ) -> web.StreamResponse:
+    """An SSE response of ``parts``, ended cleanly, or cut off after them (``drop``)."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for part in parts:
+        await response.write(part)
+    if drop:
+        cut_here(request)
+    else:
+        await response.write_eof()
+    return response
+
+
+FINISHED = (sse(stream_chunk("Echo: ")), sse(stream_chunk("whole", "stop")))
+USAGE_CHUNK = sse({"id": "chatcmpl-s", "object": "chat.completion.chunk", "choices": [],
+                   "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}})
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+@pytest.mark.parametrize("usage", [True, False], ids=["after-usage", "after-finish"])
+async def test_a_finished_stream_whose_connection_drops_before_done_is_taken(
+        tmp_path: Path, usage: bool) -> None:
+    """A stream whose answer finished, then lost its connection before its ``[DONE]`` (a proxy
+    closing it without the last chunk) was a ``truncated_body``: the whole answer was thrown
+    away, sent again and paid for again, and the row failed if every try ended so. It is
+    whole, as one that ends cleanly without its ``[DONE]`` is: taken, once."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+
+    async def finish_then_drop(srv: FaultServer, request: web.BaseRequest,
+                               body: dict[str, Any]) -> web.StreamResponse:
+        return await stream_reply(request, *FINISHED, *([USAGE_CHUNK] if usage else []),
+                                  drop=True)
+
+    async with FaultServer(finish_then_drop) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert srv.requests == 2  # none sent again
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["status"]) == ["ok", "ok"] and list(df["attempts"]) == [1, 1]
+    assert list(df["content"]) == ["Echo: whole"] * 2 and list(df["finish_reason"]) == ["stop"] * 2
+    if usage:
+        assert list(df["total_tokens"]) == [13, 13] and df["cost_usd"].gt(0).all()
