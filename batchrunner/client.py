@@ -353,8 +353,12 @@ class StreamAssembler:
             self._pending, self._pending_size = None, 0
         if not isinstance(event, dict):
             raise ValueError("stream event is not a JSON object")
-        if isinstance(event.get("error"), dict):
-            self.error = event["error"]
+        error = event.get("error")
+        if isinstance(error, dict):
+            self.error = error
+            return
+        if isinstance(error, str) and error:  # a gateway's upstream failure, as text
+            self.error = {"message": error}
             return
         if self.model is None and isinstance(event.get("model"), str):
             self.model = event["model"]

@@ -14,7 +14,7 @@ from batchrunner.client import StreamAssembler
 from batchrunner.config import load_job
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
-from batchrunner.simulator import Simulator, SimulatorConfig
+from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
 from tests.test_faults import FaultServer, job_for, make_csv, results, sse
 from tests.test_faults import chunk as stream_chunk
 from tests.test_faults import run as fault_run
@@ -216,3 +216,33 @@ async def test_a_finished_stream_whose_connection_drops_before_done_is_taken(
     assert list(df["content"]) == ["Echo: whole"] * 2 and list(df["finish_reason"]) == ["stop"] * 2
     if usage:
         assert list(df["total_tokens"]) == [13, 13] and df["cost_usd"].gt(0).all()
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_an_error_chunk_given_as_text_fails_the_try_not_records_half_an_answer(
+        tmp_path: Path) -> None:
+    """A gateway whose upstream failed mid-answer may say so in a chunk whose ``error`` is
+    text, not an object, then end the stream with its ``[DONE]``. That chunk was passed over:
+    the row was ok with half an answer and no finish_reason, and never sent again. It is a
+    ``stream_error`` with the gateway's words, retried as an error event is."""
+    inp = make_csv(tmp_path / "in.csv", ["breaks once", "breaks always"])
+
+    async def error_as_text(srv: FaultServer, request: web.BaseRequest,
+                            body: dict[str, Any]) -> web.StreamResponse | None:
+        text = str(body["messages"][-1]["content"])
+        if "always" in text or srv.by_prompt[prompt_key(text)] == 1:
+            return await stream_reply(request, sse(stream_chunk("Echo: half")),
+                                      sse({"error": "upstream timed out"}), b"data: [DONE]\n\n")
+        return await stream_reply(request, *FINISHED, USAGE_CHUNK, b"data: [DONE]\n\n")
+
+    async with FaultServer(error_as_text) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert srv.requests == 2 + 3
+    assert s.exit_code == 3
+    df = results(tmp_path)
+    once, always = df.loc["r0000"], df.loc["r0001"]
+    assert (once["status"], once["attempts"], once["content"]) == ("ok", 2, "Echo: whole")
+    assert (always["status"], always["error_type"], always["attempts"]) == (
+        "failed", "stream_error", 3)
+    assert "upstream timed out" in always["error_message"]
