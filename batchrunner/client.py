@@ -338,6 +338,10 @@ class StreamAssembler:
             try:
                 event = orjson.loads(data)
             except ValueError:
+                if not data or self.event not in (None, b"message"):
+                    # An event with no data (SSE dispatches none), or one of another kind (a
+                    # ping whose data is the time, as sse-starlette before 2.0 sends): no chunk.
+                    return
                 if data[:1] != b"{":
                     raise
                 self._hold(data)  # one event's JSON over several data: lines, as SSE allows

@@ -246,3 +246,31 @@ async def test_an_error_chunk_given_as_text_fails_the_try_not_records_half_an_an
     assert (always["status"], always["error_type"], always["attempts"]) == (
         "failed", "stream_error", 3)
     assert "upstream timed out" in always["error_message"]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+@pytest.mark.parametrize("between", [
+    b"event: ping\r\ndata: 2026-12-01 02:00:15.007252\r\n\r\n",
+    b"data:\n\n",
+    b"data: \r\n\r\n",
+], ids=["ping-event", "empty-data", "empty-data-crlf"])
+async def test_events_that_carry_no_chunk_are_passed_over(tmp_path: Path, between: bytes) -> None:
+    """Events that are no chunk of the answer: a ping under its own event name whose data is a
+    time, not JSON (a server built on sse-starlette before 2.0 sends one every 15 s of a long
+    answer), and an event whose data is empty (which SSE does not dispatch). Each failed its
+    try as an invalid_body: every long answer from such a server was paid for on every try and
+    its row failed."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+
+    async def pinging(srv: FaultServer, request: web.BaseRequest,
+                      body: dict[str, Any]) -> web.StreamResponse:
+        return await stream_reply(request, between, FINISHED[0], between, FINISHED[1],
+                                  USAGE_CHUNK, b"data: [DONE]\n\n")
+
+    async with FaultServer(pinging) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert srv.requests == 2
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: whole"] * 2 and list(df["total_tokens"]) == [13, 13]
