@@ -447,6 +447,13 @@ class StreamAssembler:
                 and (len(others) + 1 >= choices or self.usage is not None)
                 and all(p.finish_reason is not None for p in others.values()))
 
+    def ended(self, choices: int) -> bool:
+        """Nothing more is needed of the stream: every choice finished (``finished``), or an
+        error came (what follows it, a usage chunk at most, is read while it comes at once;
+        a gateway that holds the stream open after its error is not waited for until the
+        timeout, which would lose the error)."""
+        return self.error is not None or self.finished(choices)
+
     def _more(self, parts: _Parts, delta: dict[str, Any]) -> None:
         """The rarer parts of a delta: content as a list of parts, reasoning, tool calls,
         annotations, a refusal."""
@@ -728,11 +735,11 @@ class ChatClient:
                     after_finish = min(_AFTER_FINISH_S, (timeout_s or self.timeout_s) / 4)
                     try:
                         while True:
-                            if stream.finished(choices):
-                                # The answer is whole: what may follow ([DONE], a late usage
-                                # chunk) comes at once. A server that holds the stream open
-                                # without its [DONE] is not waited for until the timeout (and
-                                # the answer paid for again).
+                            if stream.ended(choices):
+                                # The answer is whole (or an error came): what may follow
+                                # ([DONE], a late usage chunk) comes at once. A server that
+                                # holds the stream open without its [DONE] is not waited for
+                                # until the timeout (and the answer paid for again).
                                 try:
                                     async with asyncio.timeout(after_finish):
                                         chunk = await content.readany()
@@ -766,20 +773,21 @@ class ChatClient:
             # The watchdog's cancellation, and nobody else's: a timeout, not a stop.
             if not (task in self._expired and task.uncancel() <= cancelling):
                 raise
-            if stream is None or not stream.finished(choices):
+            if stream is None or not stream.ended(choices):
                 raise TransportError(
                     "timeout", f"no complete answer within {timeout_s or self.timeout_s:g} s",
                     retryable=True) from None
-            # Its every choice finished before the deadline, which came while what may follow
-            # was waited for (an answer that finished late, held open): whole, taken.
+            # Its every choice finished (or an error came) before the deadline, which came
+            # while what may follow was waited for (an answer that finished late, held open):
+            # whole, taken (the error read).
             raw = b""
         except Exception as e:
-            if not (stream is not None and stream.finished(choices)
+            if not (stream is not None and stream.ended(choices)
                     and isinstance(e, aiohttp.ClientError | OSError)):
                 raise self._translate(e) from None
-            # Its every choice finished before the connection broke (a proxy that closed it
-            # without the body's last chunk): whole, taken, as a stream that ends cleanly
-            # without its [DONE] is, not paid for again.
+            # Its every choice finished (or an error came) before the connection broke (a
+            # proxy that closed it without the body's last chunk): whole, taken, as a stream
+            # that ends cleanly without its [DONE] is, not paid for again (the error read).
             raw = b""
         finally:
             del self._deadlines[task]

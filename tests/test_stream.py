@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pandas as pd
 import pytest
 from aiohttp import web
@@ -274,3 +275,35 @@ async def test_events_that_carry_no_chunk_are_passed_over(tmp_path: Path, betwee
     assert s.exit_code == 0
     df = results(tmp_path)
     assert list(df["content"]) == ["Echo: whole"] * 2 and list(df["total_tokens"]) == [13, 13]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_an_error_event_in_a_stream_held_open_is_read_not_timed_out(
+        tmp_path: Path) -> None:
+    """A gateway that sends an error event and then holds the stream open (neither [DONE] nor
+    a close) was waited on until the timeout: the row failed as a ``timeout``, with the error's
+    words lost, and one a retry cannot fix (a prompt past the context window) was sent again
+    and again, each try given longer. The error is read once what may follow it has had its
+    moment."""
+    inp = make_csv(tmp_path / "in.csv", ["too long a prompt"])
+
+    async def error_then_hold(srv: FaultServer, request: web.BaseRequest,
+                              body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(status=200,
+                                      headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(stream_chunk("Echo: ")) + sse({"error": {
+            "message": "This model's maximum context length is 8192 tokens",
+            "type": "invalid_request_error", "code": "context_length_exceeded"}}))
+        with anyio.move_on_after(30):
+            await srv.closing.wait()
+        return response
+
+    async with FaultServer(error_then_hold) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=2))
+        assert srv.requests == 1
+    assert s.exit_code == 3
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "stream_error", 1)
+    assert "maximum context length" in row["error_message"]
