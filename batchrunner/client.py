@@ -776,7 +776,8 @@ class ChatClient:
             if stream is None or not stream.ended(choices):
                 raise TransportError(
                     "timeout", f"no complete answer within {timeout_s or self.timeout_s:g} s",
-                    retryable=True) from None
+                    retryable=True, usage=_billed_usage(stream.usage) if stream else None,
+                ) from None
             # Its every choice finished (or an error came) before the deadline, which came
             # while what may follow was waited for (an answer that finished late, held open):
             # whole, taken (the error read).
@@ -784,7 +785,12 @@ class ChatClient:
         except Exception as e:
             if not (stream is not None and stream.ended(choices)
                     and isinstance(e, aiohttp.ClientError | OSError)):
-                raise self._translate(e) from None
+                error = self._translate(e)
+                if stream is not None and isinstance(error, RequestError):
+                    # A stream cut after it reported usage (a gateway that sends the usage so
+                    # far in every chunk) was billed that much, as one that ended cleanly is.
+                    error.usage = _billed_usage(stream.usage)
+                raise error from None
             # Its every choice finished (or an error came) before the connection broke (a
             # proxy that closed it without the body's last chunk): whole, taken, as a stream
             # that ends cleanly without its [DONE] is, not paid for again (the error read).

@@ -16,7 +16,7 @@ from batchrunner.config import load_job
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
-from tests.test_faults import FaultServer, job_for, make_csv, results, sse
+from tests.test_faults import FaultServer, job_for, make_csv, report, results, sse
 from tests.test_faults import chunk as stream_chunk
 from tests.test_faults import run as fault_run
 
@@ -173,16 +173,17 @@ def cut_here(request: web.BaseRequest) -> None:
     request.transport.close()
 
 
-async def stream_reply(request: web.BaseRequest, *parts: bytes, drop: bool = False
-                       ) -> web.StreamResponse:
-    """An SSE response of ``parts``, ended cleanly, or cut off after them (``drop``)."""
+async def stream_reply(request: web.BaseRequest, *parts: bytes, drop: bool = False,
+                       hold: bool = False) -> web.StreamResponse:
+    """An SSE response of ``parts``, ended cleanly, cut off after them (``drop``) or left open
+    (``hold``: the caller ends it)."""
     response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     for part in parts:
         await response.write(part)
     if drop:
         cut_here(request)
-    else:
+    elif not hold:
         await response.write_eof()
     return response
 
@@ -307,3 +308,36 @@ async def test_an_error_event_in_a_stream_held_open_is_read_not_timed_out(
     row = results(tmp_path).loc["r0000"]
     assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "stream_error", 1)
     assert "maximum context length" in row["error_message"]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+@pytest.mark.parametrize("cut", ["dropped", "stalls"])
+async def test_a_stream_cut_after_reporting_its_usage_keeps_what_that_try_was_billed(
+        tmp_path: Path, cut: str) -> None:
+    """A gateway that reports the usage so far in every chunk bills a stream cut midway for
+    what it reported. Cut by a dropped connection or a stall past the timeout, that usage was
+    lost: the row's earlier tries cost nothing in its results and reports, though a stream
+    that ended cleanly at the same point kept its usage. It is kept the same way now."""
+    inp = make_csv(tmp_path / "in.csv", ["cut once"])
+    so_far = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+
+    async def cut_after_usage(srv: FaultServer, request: web.BaseRequest,
+                              body: dict[str, Any]) -> web.StreamResponse:
+        if cut == "dropped":
+            return await stream_reply(request, sse({**stream_chunk("Echo: "), "usage": so_far}),
+                                      drop=True)
+        response = await stream_reply(request, sse({**stream_chunk("Echo: "), "usage": so_far}),
+                                      hold=True)
+        with anyio.move_on_after(30):
+            await srv.closing.wait()
+        return response
+
+    async with FaultServer(cut_after_usage, times=1) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=1))
+        assert srv.requests == 2
+    assert s.exit_code == 0
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["attempts"]) == ("ok", 2)
+    assert row["earlier_cost_usd"] > 0  # the cut try's 9 + 2 tokens
+    assert report(tmp_path)["cost_earlier_attempts_usd"] > 0
