@@ -137,8 +137,12 @@ class _Parts:
             if type(d) is not dict:
                 continue
             i = d.get("index")
-            if type(i) is not int:  # a provider that sends whole calls without an index
-                i = len(calls) if d.get("id") or not calls else max(calls)
+            if type(i) is not int:  # a provider that sends calls without an index
+                call_id = d.get("id")
+                if call_id:  # a new call, or a piece of one that repeats its id
+                    i = next((k for k, c in calls.items() if c.id == call_id), len(calls))
+                else:  # a piece of the last call
+                    i = max(calls) if calls else 0
             call = calls.get(i)
             if call is None:
                 call = calls[i] = _Call()

@@ -341,3 +341,23 @@ async def test_a_stream_cut_after_reporting_its_usage_keeps_what_that_try_was_bi
     assert (row["status"], row["attempts"]) == ("ok", 2)
     assert row["earlier_cost_usd"] > 0  # the cut try's 9 + 2 tokens
     assert report(tmp_path)["cost_earlier_attempts_usd"] > 0
+
+
+def test_tool_call_deltas_without_an_index_that_repeat_their_id_are_one_call_each() -> None:
+    """A server that leaves out the tool calls' ``index`` and repeats each call's id on every
+    piece of its arguments: each piece was taken for a call of its own, so a row had calls
+    with no name and arguments cut in two (a forced function's arguments, broken JSON, failed
+    the row). The id tells the calls apart, as the index would."""
+    def call(call_id: str, args: str, name: str | None = None) -> dict[str, Any]:
+        fn = {"arguments": args, **({"name": name} if name else {})}
+        return {"tool_calls": [{"id": call_id, "type": "function", "function": fn}]}
+
+    st = feed([chunk(call("call_a", '{"city": ', "get_weather")), chunk(call("call_a", '"Paris"}')),
+               chunk(call("call_b", '{"tz": ', "get_time")), chunk(call("call_b", '"CET"}')),
+               chunk({}, "tool_calls"), "data: [DONE]\n"])
+    assert st.first.tool_calls() == [
+        {"id": "call_a", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_b", "type": "function",
+         "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}},
+    ]
