@@ -124,6 +124,12 @@ class RequestConfig:
     image_column: str | None = None
     from_columns: dict[str, str] = field(default_factory=dict)  # body field → input column
 
+    @property
+    def streams(self) -> bool:
+        """Whether the requests stream: ``stream``, or ``"stream": true`` among the body fields
+        of ``extra`` (as a gateway's guide writes it)."""
+        return self.stream or self.extra.get("stream") is True
+
     def settings(self) -> dict[str, Any]:
         """What shapes the request bodies, for the job's fingerprint (unset fields left out,
         so adding a setting to batchrunner does not change the fingerprint of older jobs)."""

@@ -153,7 +153,7 @@ def request_warnings(req: RequestConfig) -> list[str]:
     fields = {**req.extra, "model": req.model, "max_tokens": req.max_tokens,
               "temperature": req.temperature, "top_p": req.top_p}
 
-    return _warnings(fields, req.stream, lambda name: _job_field(req, name),
+    return _warnings(fields, req.streams, lambda name: _job_field(req, name),
                      "set [request] stream = true or pass --stream")
 
 
@@ -368,7 +368,7 @@ class RequestBuilder:
         if request.stream:
             base["stream"] = True
         base.update(request.extra)
-        if request.stream:
+        if request.streams:
             ask_for_usage(base)
         self._base = base
         self._system = request.system

@@ -731,6 +731,26 @@ async def test_a_streamed_batch_row_asks_for_its_usage(tmp_path: Path) -> None:
     assert df["cost_usd"].notna().tolist() == [True, False, True]
 
 
+@pytest.mark.anyio
+async def test_a_stream_asked_for_in_request_extra_is_a_streaming_job(tmp_path: Path) -> None:
+    """A gateway's guide writes ``"stream": true`` among the body fields (Qwen's
+    enable_thinking beside it), and its reader puts it in [request.extra]: the job streams,
+    so it asks for the usage chunk (without it, every row's tokens and cost were unknown) and
+    is not told that its streaming settings need a stream."""
+    make_csv(tmp_path / "in.csv", ["a red kettle", "a blue mug"])
+    async with Simulator(SimulatorConfig()) as sim:
+        (tmp_path / "job.toml").write_text(
+            '[input]\npath = "in.csv"\nid_column = "id"\n[request]\nmodel = "gpt-4o-mini"\n'
+            'prompt = "Q: {text}"\n[request.extra]\nstream = true\nenable_thinking = true\n'
+            f'[endpoint]\nbase_url = "{sim.base_url}"\n[output]\ndir = "out"\n')
+        s = await run(load_job(tmp_path / "job.toml", {}))
+    assert s.ok == 2, s
+    assert not [w for w in s.warnings if "works only with streaming" in w], s.warnings
+    df = results(tmp_path)
+    assert df["ttft_ms"].notna().all()
+    assert df["prompt_tokens"].notna().all() and df["cost_usd"].notna().all()
+
+
 def test_batch_rows_checks_are_built_once_each_and_only_so_many_kept(tmp_path: Path) -> None:
     order = [*range(300), *range(290, 300), 0]  # 300 settings; the latest 10 again; the first
     rows = [(f"q{i}", {"response_format": {"type": "json_schema", "json_schema": {
