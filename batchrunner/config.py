@@ -474,6 +474,12 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
             "and [request] system the system message; for a conversation of its own per row "
             "(examples, earlier turns), give an OpenAI batch JSONL file")
     _from_columns(req.get("from_columns"), f("request", "from_columns"))
+    if "response_format" in req.get("extra", {}) and (req.get("response_format")
+                                                      or req.get("schema_file")):
+        # The body would carry the one in [request.extra], the replies be checked against the other.
+        mine = "schema_file" if req.get("schema_file") else "response_format"
+        raise ConfigError(f"{f('request', mine)} and [request.extra] response_format "
+                          "are both set — give one of them")
     if req.get("schema_file"):
         if req.get("response_format"):
             raise ConfigError(

@@ -138,12 +138,15 @@ def structured_output(settings: Mapping[str, Any], *, body: bool = False
     """What a job's request settings ask its replies to hold, or None: the JSON
     ``response_format`` asks for, else the arguments of the function ``tool_choice`` forces.
     With ``body``, the settings are a request body's own (a row of a batch file): errors name
-    its fields rather than the job's."""
+    its fields rather than the job's. A job's ``response_format`` may be among the body fields
+    of its ``extra`` (sent as it is there)."""
+    extra = settings if body else settings.get("extra")
     fmt = settings.get("response_format")
+    if fmt is None and isinstance(extra, Mapping):
+        fmt = extra.get("response_format")
     if isinstance(fmt, Mapping):
         # "text", the API's default, asks for no check: a forced function's calls go unchecked
         return None if fmt.get("type") == "text" else StructuredOutput(fmt, body=body)
-    extra = settings if body else settings.get("extra")
     if not isinstance(extra, Mapping):
         return None
     function = _forced_function(extra.get("tools"), extra.get("tool_choice"), body=body)

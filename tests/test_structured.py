@@ -522,3 +522,36 @@ def test_pydantic_optional_and_nested_types_have_their_columns_type() -> None:
     assert {c: a.to_pylist() for c, a in so.spread(replies, [True, True]).items()} == {
         "json_count": [3, None], "json_level": ["low", None], "json_price": [2.0, None],
         "json_urgent": [True, None], "json_either": ["1", "x"]}
+
+
+@pytest.mark.anyio
+async def test_a_response_format_in_request_extra_is_checked_as_the_jobs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's guide shows response_format among the body fields, and its reader puts it
+    in [request.extra], where it is sent as written: the replies are checked against it and
+    spread into json_ columns as they are for [request] response_format (they were taken
+    unchecked, with no json_ columns). Set in both places, it is refused before anything is
+    sent: the body would carry one and the replies be checked against the other."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": range(3), "text": ["a", "b", "c"]}).to_csv(inp, index=False)
+    (tmp_path / "ticket.schema.json").write_text(json.dumps(SCHEMA))
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\nid_column = "id"\n[request]\nmodel = "gpt-4o-mini"\n'
+        'prompt = "Classify: {text}"\nschema_file = "ticket.schema.json"\n'
+        '[request.extra]\nresponse_format = { type = "json_object" }\n[output]\ndir = "out"\n')
+    with pytest.raises(ConfigError, match=r"\[request\] schema_file and \[request\.extra\] "
+                                          r"response_format are both set"):
+        load_job(tmp_path / "job.toml", {})
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                              "model": "gpt-4o-mini", "base_url": sim.base_url,
+                              "output": str(tmp_path / "out")})
+        from dataclasses import replace
+
+        job = replace(job, request=replace(job.request, extra={"response_format": FORMAT}))
+        s = await run_job(job, FAST)
+    assert s.ok == 3, s
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert str(df["json_score"].dtype) == "int64" and df["json_score"].between(1, 5).all()
+    assert df["json_label"].isin(["billing", "bug", "other"]).all()
