@@ -150,8 +150,10 @@ def system_warnings(system: str | None, columns: Iterable[str]) -> list[str]:
 
 def request_warnings(req: RequestConfig) -> list[str]:
     """Settings of a job that a gateway drops or ignores with no error, said before the run."""
-    fields = {**req.extra, "model": req.model, "max_tokens": req.max_tokens,
-              "temperature": req.temperature, "top_p": req.top_p}
+    # As the body has them: [request.extra] is sent over the job's own fields.
+    own = {"model": req.model, "max_tokens": req.max_tokens, "temperature": req.temperature,
+           "top_p": req.top_p}
+    fields = {**{k: v for k, v in own.items() if v is not None}, **req.extra}
 
     return _warnings(fields, req.streams, lambda name: _job_field(req, name),
                      "set [request] stream = true or pass --stream")
@@ -163,7 +165,8 @@ def _job_field(req: RequestConfig, name: str) -> str:
         return f"from_columns {name} = {req.from_columns[name]!r}"
     if name == "model" and req.model_column:
         return f"model (column {req.model_column!r})"
-    return f"[request] {name}" if name in _REQUEST_FIELDS else f"[request.extra] {name}"
+    return (f"[request] {name}" if name in _REQUEST_FIELDS and name not in req.extra
+            else f"[request.extra] {name}")
 
 
 def body_warnings(body: dict[str, Any]) -> list[str]:

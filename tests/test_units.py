@@ -677,3 +677,24 @@ def test_compact_numbers_carry_into_the_next_unit(value: float, shown: str) -> N
     from batchrunner.progress import short_number
 
     assert short_number(value) == shown
+
+
+def test_body_fields_in_request_extra_are_warned_about_as_sent() -> None:
+    """[request.extra] is sent over the job's own fields, so a temperature or max_tokens
+    written there (as a gateway's guide lists them among the body's fields) is what the
+    gateway ignores, and is named where it was written; it was left out of the checks."""
+    from batchrunner.config import RequestConfig
+    from batchrunner.template import request_warnings
+
+    qwen = request_warnings(RequestConfig(model="qwen3-omni-flash", extra={
+        "temperature": 0.7, "parameters": {"enable_search": True}}))
+    assert len(qwen) == 1 and qwen[0].startswith(
+        "[request.extra] temperature is sent at the body's top level"), qwen
+    gemini = request_warnings(RequestConfig(model="gemini-2.5-flash-thinking", stream=True,
+                                            extra={"max_tokens": 500,
+                                                   "reasoning_effort": "low"}))
+    assert len(gemini) == 1 and "leave [request.extra] max_tokens out" in gemini[0], gemini
+    # and the job's own field, where [request.extra] has none
+    assert request_warnings(RequestConfig(model="qwen3-omni-flash", temperature=0.7,
+                                          extra={"parameters": {}}))[0].startswith(
+        "[request] temperature is sent")
