@@ -466,6 +466,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
     for key in ("response_format", "extra"):
         if key in req and not isinstance(req[key], dict):
             raise ConfigError(f"{f('request', key)} must be a table")
+    _request_fields_in_extra(req, f)
     if "messages" in req.get("extra", {}):
         # It would replace the messages the prompt makes: every row sent the same conversation.
         raise ConfigError(
@@ -531,6 +532,35 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
         simulator=dict(raw.get("simulator", {})),
         source=f.where,
     )
+
+
+# Body fields a job sets in [request] that [request.extra], sent over them, may hold too (as a
+# gateway's guide lists them among a body's fields).
+_REQUEST_BODY_FIELDS = ("model", "temperature", "max_tokens", "top_p", "stop", "stream")
+
+
+def _request_fields_in_extra(req: dict[str, Any], f: _Fields) -> None:
+    """A body field set both in [request] and in [request.extra]: the command line's option
+    wins (its copy in [request.extra] is dropped: it went over the option); both in the job
+    file, with different values, is refused, as is a model there beside model_column (it
+    replaced every row's model)."""
+    extra = req.get("extra")
+    if not isinstance(extra, dict):
+        return
+    for key in _REQUEST_BODY_FIELDS:
+        if key not in extra:
+            continue
+        if key == "model" and req.get("model_column") is not None:
+            raise ConfigError(f"{f('request', 'model_column')} and [request.extra] model are both "
+                              "set — [request.extra] model would replace every row's model: "
+                              "leave it out")
+        if req.get(key) is None or req[key] == extra[key]:
+            continue
+        if ("request", key) in f.from_cli:
+            del extra[key]  # the option overrides the job file, its [request.extra] too
+        else:
+            raise ConfigError(f"{f('request', key)} and [request.extra] {key} are both set — "
+                              "give one of them")
 
 
 # Body fields a column cannot set, and what sets them instead.

@@ -99,6 +99,37 @@ def test_command_line_overrides_win(tmp_path: Path) -> None:
     assert job.limits.requests_per_minute == 60.0
 
 
+def test_a_request_field_also_in_request_extra_is_sent_as_the_command_line_says(
+        tmp_path: Path) -> None:
+    """A body field written in [request.extra] (as a gateway's guide lists it among the
+    body's) went over the job's own: --max-tokens 800, to rerun the rows cut at
+    max_tokens, sent them again with the 300 in [request.extra], cut again and paid for
+    twice. The option now wins; both in the job file is refused (which is meant?), as is a
+    model there beside model_column, which it replaced for every row."""
+    job_file = write(tmp_path / "j.toml", BASE_JOB.replace(
+        "[output]", "[request.extra]\nmax_tokens = 300\nseed = 7\nmodel = \"gpt-4o-mini\"\n"
+        "[output]"))
+    job = load_job(job_file, {"max_tokens": 800, "model": "gpt-4o"})
+    assert job.request.max_tokens == 800 and job.request.model == "gpt-4o"
+    assert job.request.extra == {"seed": 7}
+    body = RequestBuilder(job.request, ["text"], "input").build({"text": "hi"})[0]
+    assert body is not None and body["max_tokens"] == 800 and body["model"] == "gpt-4o"
+    # --stream over a [request.extra] stream = false: the body streams (asking for its usage)
+    job = load_job(write(tmp_path / "j.toml", BASE_JOB.replace(
+        "[output]", "[request.extra]\nstream = false\n[output]")), {"stream": True})
+    body = RequestBuilder(job.request, ["text"], "input").build({"text": "hi"})[0]
+    assert body is not None and body["stream"] is True and body["stream_options"]
+    with pytest.raises(ConfigError, match=r"j\.toml: \[request\] max_tokens and "
+                                          r"\[request\.extra\] max_tokens are both set"):
+        load_job(write(tmp_path / "j.toml", BASE_JOB.replace(
+            "[output]", "max_tokens = 20\n[request.extra]\nmax_tokens = 300\n[output]")), {})
+    with pytest.raises(ConfigError, match=r"\[request\] model_column and \[request\.extra\] "
+                                          r"model are both set"):
+        load_job(write(tmp_path / "j.toml", BASE_JOB.replace('model = "gpt-4o-mini"', (
+            'model_column = "m"')).replace("[output]", '[request.extra]\nmodel = "x"\n[output]')),
+                 {})
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
