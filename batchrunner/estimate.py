@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value
 from batchrunner.journal import Journal
+from batchrunner.pricing import SOURCE_JOB
 from batchrunner.report import count_rows, format_budget, format_span, format_usd
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
@@ -51,7 +52,7 @@ class Estimate:
     completion_basis: str = ""
     time_s: float | None = None
     time_basis: str = ""
-    price_library: str = ""
+    price_library: str = ""  # where the prices come from: the job's [prices], the library
     budget_usd: float | None = None  # max_cost_usd: the job's whole spend, earlier runs' too
     spent_usd: float = 0.0  # what earlier runs spent
     warnings: list[str] = field(default_factory=list)  # the job's, as a run would say them
@@ -97,7 +98,6 @@ def estimate(plan: Plan) -> Estimate:
     est = Estimate(name=job.name, rows=plan.total_rows,
                    already_done=len(plan.done) - plan.limited, limited=plan.limited,
                    resent=plan.resent,
-                   price_library=f"genai-prices {plan.prices.library_version}",
                    budget_usd=job.limits.max_cost_usd, spent_usd=plan.prior_cost,
                    warnings=list(plan.warnings))
     observed = _observed_completion(plan)
@@ -134,9 +134,15 @@ def estimate(plan: Plan) -> Estimate:
     est.completion_basis = _completion_basis(None if per_row else job.request.max_tokens,
                                              observed, unbounded, est.to_send,
                                              batch=plan.builder is None)
+    sources = []
     for model, m in est.by_model.items():
         m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
                                       completion_tokens=m.completion_tokens)
+        # The job's own prices, or the library's (looked in, too, for a model it lacks)
+        sources.append(SOURCE_JOB if plan.prices.source(model).startswith(SOURCE_JOB)
+                       else f"genai-prices {plan.prices.library_version}")
+    est.price_library = " and ".join(sorted(set(sources), reverse=True)) or (
+        f"genai-prices {plan.prices.library_version}")
     lim = job.limits
     times: list[tuple[float, str]] = []
     if lim.requests_per_minute:

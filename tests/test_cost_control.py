@@ -53,6 +53,18 @@ def test_estimate_sends_nothing_and_reports_per_model(tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
+def test_estimate_names_where_its_prices_come_from(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A job that prices its models itself, at its gateway's prices (the price library knows
+    none for a gateway's own model names), was told its estimate came from the library."""
+    costly_job(tmp_path, make_input(tmp_path, 5), max_tokens=10, concurrency=1)
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "estimated cost: $0.1010 (job [prices])" in out and "genai-prices" not in out
+    assert main(["estimate", str(tmp_path / "job.toml"), "--model", "gpt-4o-mini"]) == 0
+    assert "(genai-prices " in capsys.readouterr().out
+
+
 def test_estimate_of_a_rerun_counts_the_rows_sent_again(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = tmp_path / "in.csv"
