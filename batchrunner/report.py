@@ -33,6 +33,9 @@ Top-level keys, in this order::
                       or no usage reported) and failed rows whose reply reported usage at a
                       price not known
     tokens            {"prompt", "completion", "cached", "reasoning", "total"}
+    tokens_reported_by_rows
+                      {"cached", "reasoning"}: the rows whose replies gave the count (0: no
+                      server said, and the sum above is 0 for want of a figure)
     cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
     cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
                       that did not match the schema)
@@ -42,7 +45,8 @@ Top-level keys, in this order::
                       part of cost_usd, so the job's spend is the two added
     cost_complete     false when some row paid for has no cost (cost_unknown is not 0)
     pricing           {"library", "library_version", "units", "job_prices": [model, ...]}
-    by_model          {model: {"rows", "ok", "failed", tokens..., "cost_usd" (null when
+    by_model          {model: {"rows", "ok", "failed", tokens..., "tokens_reported_by_rows"
+                      (as the top-level one, for the model's rows), "cost_usd" (null when
                       incomplete), "cost_known_usd", "unpriced_rows", "price_source", "price"}}
     by_finish_reason  {finish_reason: rows}; ok rows without one count as "(none)"
     by_error_type     {error_type: {"rows", "example"}} over failed rows; the example is the
@@ -250,7 +254,8 @@ class OutcomeStats:
         self._rate_limited = 0
         self._status: dict[str, int] = {}
         self._finish: dict[str, int] = {}
-        # model → [rows, ok, unpriced, *token sums, total tokens]
+        # model → [rows, ok, unpriced, *token sums, total tokens, *rows that reported the
+        # _DETAIL_COLUMNS]
         self._models: dict[str | None, list[int]] = {}
         self._cost: dict[_GroupKey, int] = {}
         self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
@@ -369,7 +374,8 @@ class OutcomeStats:
         total: pa.ChunkedArray,
     ) -> None:
         group, models = group_codes(t["model"])
-        columns = [is_ok, unpriced, *(t[c] for c in _TOKEN_COLUMNS), total]
+        columns = [is_ok, unpriced, *(t[c] for c in _TOKEN_COLUMNS), total,
+                   *(pc.is_valid(t[c]) for c in _DETAIL_COLUMNS)]
         rows = np.bincount(group, minlength=len(models)).tolist()
         sums = [_group_sums(group, len(models), c) for c in columns]
         for j, model in enumerate(models):
@@ -644,7 +650,7 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
     groups = sorted(stats._models.items(), key=lambda kv: (-kv[1][0], kv[0] is None, kv[0] or ""))
     out: dict[str, dict[str, Any]] = {}
     for model, acc in groups:
-        n, ok, unpriced, *tokens, total = acc
+        n, ok, unpriced, *tokens, total, cached_said, reasoning_said = acc
         name = NO_VALUE if model is None else model
         price = None if model is None else prices.price(model)
         known = stats._cost_sum(partial(_of_model, model))
@@ -654,6 +660,7 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "failed": n - ok,
             **dict(zip(_TOKEN_COLUMNS, tokens, strict=True)),
             "total_tokens": total,
+            "tokens_reported_by_rows": {"cached": cached_said, "reasoning": reasoning_said},
             "cost_usd": None if unpriced else known,
             "cost_known_usd": known,
             "unpriced_rows": unpriced,

@@ -213,6 +213,9 @@ def _header(report: Mapping[str, Any], title: str) -> str:
     if report.get("requests_per_min") is not None:
         throughput = f"{_num(report['requests_per_min'])} rows/min"
 
+    cached = f"{short_number(_int(tokens.get('cached')))} cached"
+    if not _said(report, "cached") and total:
+        cached = "cached not reported"
     cards = [
         _card(
             "Rows",
@@ -225,8 +228,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         _card(
             "Tokens",
             short_number(_int(tokens.get("total"))),
-            f"{short_number(_int(tokens.get('prompt')))} prompt "
-            f"({short_number(_int(tokens.get('cached')))} cached) · "
+            f"{short_number(_int(tokens.get('prompt')))} prompt ({cached}) · "
             f"{short_number(_int(tokens.get('completion')))} completion",
         ),
         _card("Wall time, last run that sent", _duration(report.get("wall_s")), throughput),
@@ -254,6 +256,14 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         out.append(f'<div class="warnings"><b>Warnings</b><ul>{items}</ul></div>')
     out.append("</header>")
     return "\n".join(out)
+
+
+def _said(entry: Mapping[str, Any], name: str) -> bool:
+    """Whether some reply of the report's (or a model's) rows gave its ``name`` token count
+    (``cached``, ``reasoning``): with none, a sum of 0 is "not reported", as cost_report.md
+    says, not a measured 0 (a report from before the count existed: its figure is shown)."""
+    reported = entry.get("tokens_reported_by_rows")
+    return not isinstance(reported, Mapping) or reported.get(name) != 0
 
 
 def _card(label: str, value: str, note: str, cls: str = "") -> str:
@@ -300,6 +310,7 @@ def _model_table(report: Mapping[str, Any]) -> str:
             else f"{_num(p.get('input'))} / {_num(p.get('cached_input'))} / {_num(p.get('output'))}"
         )
         cost = _model_cost(m)
+        cached = _num(_int(m.get("cached_tokens"))) if _said(m, "cached") else "not reported"
         body.append(
             "<tr>"
             f'<td class="model">{_e(_short(model, 60))}</td>'
@@ -307,7 +318,7 @@ def _model_table(report: Mapping[str, Any]) -> str:
             f"<td class=n>{_num(_int(m.get('ok')))}</td>"
             f"<td class=n>{_num(_int(m.get('failed')))}</td>"
             f"<td class=n>{_num(_int(m.get('prompt_tokens')))}</td>"
-            f"<td class=n>{_num(_int(m.get('cached_tokens')))}</td>"
+            f"<td class=n>{cached}</td>"
             f"<td class=n>{_num(_int(m.get('completion_tokens')))}</td>"
             f"<td class=n>{_e(cost)}</td>"
             f"<td class=n>{_e(price)}</td>"

@@ -541,3 +541,30 @@ def test_failed_rows_advice_is_on_the_page(book: PriceBook) -> None:
             "sent (invalid_row: its error_message says why), then rerun with "
             "--retry-failed to send it") in page
     assert "a rerun can retry" not in page
+
+
+def test_cached_tokens_no_reply_gave_are_not_reported_not_zero(book: PriceBook) -> None:
+    """As in cost_report.md: a server that never says how many prompt tokens were cached has
+    not said none were, so the page does not show 0 cached, for the job or for that model."""
+    silent = [ok_row(book, f"s{i}", "my-model", at=T0 + i) for i in range(3)]
+    for r in silent:
+        r.cached_tokens = r.reasoning_tokens = None
+    said = [ok_row(book, "c", "gpt-4o-mini", at=T0 + 5, cached=0)]
+    t = table(silent)
+    report = build_report(t, prices=book, job={"name": "nightly"}, wall_s=1.0)
+    assert report["by_model"]["my-model"]["tokens_reported_by_rows"] == {
+        "cached": 0, "reasoning": 0}
+    page = render_html(report, t)
+    _, note = card(page, "Tokens")
+    assert note == "2.4k prompt (cached not reported) · 360 completion"
+    models = page[page.index("<caption>Prices in USD per 1M tokens"):]
+    assert "<td class=n>2,400</td><td class=n>not reported</td>" in models
+
+    t = table([*silent, *said])
+    report = build_report(t, prices=book, job={"name": "nightly"}, wall_s=1.0)
+    page = render_html(report, t)
+    _, note = card(page, "Tokens")
+    assert note == "3.2k prompt (0 cached) · 480 completion"  # one reply said: none
+    models = page[page.index("<caption>Prices in USD per 1M tokens"):]
+    assert "<td class=n>2,400</td><td class=n>not reported</td>" in models
+    assert "<td class=n>800</td><td class=n>0</td>" in models
