@@ -69,6 +69,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from functools import partial
@@ -168,6 +169,14 @@ _SLICE = 65_536  # add() works through bigger chunks in slices of this many rows
 # at most 53 bits; e - 53 ≥ -1126, so a sum scaled by 2**1126 is a (big) Python int.
 _SCALE_BITS = 1126
 _HALF_BITS = 26  # m is summed as two halves, so an int64 sum cannot overflow
+
+# C0/C1 controls and lone surrogates are not text: a terminal reads ESC or CSI as a command, and
+# a document cannot hold them. Shown as U+FFFD in the Markdown, as in report.html.
+_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# What a Markdown viewer would act on in a line of the data's text: a tag (raw HTML, a comment,
+# an autolink), an image (loaded when the file is viewed), a table cell's end; and the
+# backslashes before them, which would escape the escape. ("< 0.001 s" is no tag.)
+_MD_ACTIVE = re.compile(r"(\\*)(<(?=[A-Za-z/!?])|!\[|\|)")
 
 _FALSE = scalar(False, pa.bool_())
 _NO_VALUE = scalar(NO_VALUE, pa.string())
@@ -885,11 +894,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     by_status: Mapping[str, int] = rows.get("by_status") or {}
     warnings: list[str] = list(report.get("warnings") or [])
 
-    title = f"# Cost report: {job['name']}" if job.get("name") else "# Cost report"
+    title = f"# Cost report: {_md(job['name'])}" if job.get("name") else "# Cost report"
     out: list[str] = [title, ""]
     details = job_details(job)
     if details:
-        out += [f"- {k}: {v}" for k, v in details]
+        out += [f"- {_md(k)}: {_md(v)}" for k, v in details]
         out.append("")
 
     ok, failed = by_status.get("ok", 0), rows.get("total", 0) - by_status.get("ok", 0)
@@ -970,7 +979,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         head = ["Error type", "Rows", "Example"]
         out += ["## Failures by type", "", *_table(head, body, right={1}), ""]
     if warnings:
-        out += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
+        out += ["## Warnings", "", *(f"- {_md(w)}" for w in warnings), ""]
     return "\n".join(out).rstrip("\n") + "\n"
 
 
@@ -1011,7 +1020,15 @@ def _one_line(v: Any) -> str:
 
 
 def _cell(v: Any) -> str:
-    return _one_line(v).replace("|", "\\|")
+    return _md(v)
+
+
+def _md(v: Any) -> str:
+    """``v`` (the data's text: a model name, an error message) on one line of Markdown that
+    reads as that text, in a viewer and on a terminal: controls as U+FFFD, and ``<``, ``![``
+    and ``|`` escaped, so no tag, image or table cell comes of it."""
+    text = _BAD_CHARS.sub("\ufffd", _one_line(v))
+    return _MD_ACTIVE.sub(lambda m: m[1] * 2 + ("!\\[" if m[2] == "![" else "\\" + m[2]), text)
 
 
 def count_rows(n: int) -> str:

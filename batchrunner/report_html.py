@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import html
 import math
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +40,7 @@ import pyarrow as pa
 
 from batchrunner.progress import short_number
 from batchrunner.report import (
+    _BAD_CHARS,
     NO_VALUE,
     OPTIONAL_REPORT_COLUMNS,
     REPORT_COLUMNS,
@@ -89,9 +89,7 @@ _NEEDED = (
     "reasoning_tokens",
     "attempts",
 )
-# C0/C1 controls and lone surrogates are not valid in an HTML document; shown as U+FFFD.
 assert sorted(_NEEDED) == sorted(set(REPORT_COLUMNS) - set(OPTIONAL_REPORT_COLUMNS))
-_BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 # Nice widths, in seconds, for time buckets and time-axis ticks.
 _TIME_STEPS = (
     1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from fractions import Fraction
 from pathlib import Path
@@ -356,6 +357,23 @@ def test_markdown_summary(book: PriceBook, mixed: list[Outcome]) -> None:
     for block in md.split("\n\n"):
         lines = [ln for ln in block.splitlines() if ln.startswith("|")]
         assert len({len(ln) for ln in lines}) <= 1, block
+
+
+def test_server_text_in_the_markdown_is_text(book: PriceBook) -> None:
+    """An error message, model name or finish_reason is the server's text: in cost_report.md it
+    reads as that text, on a terminal (``cat``: no escape sequence clears the screen or sets
+    the title) and in a Markdown viewer (no tag or image is rendered, nothing is loaded)."""
+    tricks = "\x1b[2J\x1b]0;owned\x07 <img src=https://x.test/t.png> ![t](https://x.test/i.png)"
+    model = f"<b>m</b>\x9b31m{tricks}"
+    rows = [ok_row(book, "a", model, finish=f"stop{tricks}"),
+            failed_row("b", "http_400", f"bad {tricks}", model=model)]
+    job = {**JOB, "name": f"nightly {tricks}", "note": tricks}
+    md = render_markdown(build_report(table(rows), prices=book, job=job, wall_s=1.0))
+    assert not any(c in md for c in "\x1b\x07\x9b")
+    assert not re.search(r"(?<!\\)<", md) and "![" not in md  # each escaped: \<, !\[
+    assert "\\<img src=https://x.test/t.png> !\\[t](https://x.test/i.png)" in md
+    example = md[md.index("| http_400 "):].splitlines()[0]
+    assert "bad \ufffd[2J\ufffd]0;owned\ufffd \\<img" in example
 
 
 def test_write_reports_atomically_with_mode_0600(
