@@ -903,9 +903,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     ok, failed = by_status.get("ok", 0), rows.get("total", 0) - by_status.get("ok", 0)
     earlier = report.get("cost_earlier_attempts_usd") or 0.0
-    cost = format_usd(report.get("cost_usd"))
-    if report.get("cost_complete") is False:
-        cost += " (incomplete, see warnings)"
+    incomplete = " (incomplete, see warnings)" if report.get("cost_complete") is False else ""
+    cost = format_usd(report.get("cost_usd")) + incomplete
     latency = "n/a"
     if lat.get("p50") is not None:
         latency = " / ".join(format_ms(lat.get(k)) for k in ("p50", "p95", "p99"))
@@ -923,7 +922,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ["Cost (USD)", cost],
         ["  of which billed for failed rows", format_usd(report.get("cost_failed_usd") or 0.0)],
         *([["Earlier attempts, sent again (USD)", format_usd(earlier)],
-           ["Spent in all (USD)", format_usd((report.get("cost_usd") or 0.0) + earlier)]]
+           ["Spent in all (USD)",
+            format_usd((report.get("cost_usd") or 0.0) + earlier) + incomplete]]
           if earlier else []),
         [
             "Requests (the rows' latest attempts)",

@@ -745,3 +745,14 @@ def test_costs_below_a_cent_are_never_shown_as_zero(book: PriceBook) -> None:
     (model_line,) = [x for x in md.splitlines() if x.startswith("| my-model ")]
     assert "$0.0000144" in model_line
     assert cell(md, "of which billed for failed rows") == "$0.0000"  # zero, and only zero
+
+
+def test_spent_in_all_says_when_a_cost_is_not_known(book: PriceBook) -> None:
+    """The job's spend, earlier attempts added, leaves out what rows at an unknown price cost
+    as the cost does, and says so as the cost does: not a whole figure."""
+    row = ok_row(book, "a", "my-model")
+    row.cost_usd, row.earlier_cost_usd = 1.44e-5, 2.5e-6
+    rows = [row, ok_row(book, "u", "no-such-model-xyz")]
+    md = render_markdown(build_report(table(rows), prices=book, job=JOB, wall_s=1.0))
+    assert cell(md, "Cost (USD)") == "$0.0000144 (incomplete, see warnings)"
+    assert cell(md, "Spent in all (USD)") == "$0.0000169 (incomplete, see warnings)"
