@@ -1339,6 +1339,8 @@ def _usage(usage: Any) -> Usage:
     tt = v if type(v := get("total_tokens")) is int else None
     ptd = get("prompt_tokens_details")
     cached = v if type(ptd) is dict and type(v := ptd.get("cached_tokens")) is int else None
+    if cached is None and type(v := get("prompt_cache_hit_tokens")) is int:
+        cached = v  # DeepSeek's name for them (its prompt_tokens counts them, as OpenAI's does)
     ctd = get("completion_tokens_details")
     reasoning = v if type(ctd) is dict and type(v := ctd.get("reasoning_tokens")) is int else None
     if reasoning and pt is not None and ct is not None and (

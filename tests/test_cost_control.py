@@ -280,6 +280,41 @@ async def test_a_reply_is_priced_as_the_model_that_answered_as_the_report_shows(
 
 
 @pytest.mark.anyio
+async def test_deepseek_cache_hits_are_priced_as_cached_tokens(tmp_path: Path) -> None:
+    """DeepSeek's API gives its cache hits as usage.prompt_cache_hit_tokens (beside
+    prompt_cache_miss_tokens), not OpenAI's prompt_tokens_details.cached_tokens: they are
+    cached tokens all the same, billed at the cached price, and the report counts them so."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        await request.read()
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "deepseek-chat",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100,
+                      "prompt_cache_hit_tokens": 800, "prompt_cache_miss_tokens": 200}})
+
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,kettle\nb,tent\n")
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "deepseek-chat"\n'
+        'prompt = "{text}"\n[output]\ndir = "out"\n'
+        '[prices."deepseek-chat"]\ninput = 0.27\noutput = 1.10\ncached_input = 0.07\n')
+    runner, port = await serve_on_loopback(handler)
+    try:
+        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1"})
+        s = await run_job(job, FAST)
+    finally:
+        await runner.cleanup()
+    # A row: 200 × 0.27 + 800 × 0.07 + 100 × 1.10 = 220 USD per 1M rows, not 380.
+    assert s.exit_code == 0 and s.cost_usd == pytest.approx(2 * 220e-6)
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert df["cached_tokens"].tolist() == [800, 800]
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["tokens"]["cached"] == 1600 and report["cost_usd"] == pytest.approx(440e-6)
+
+
+@pytest.mark.anyio
 async def test_the_budget_holds_when_replies_carry_no_usage(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]
                                                              ) -> None:
