@@ -75,6 +75,11 @@ _ERROR_WORDS = {
     "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429,
     "INTERNAL": 500, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
 }
+# The finish_reason of an answer the server gave up on before it ended: vLLM's and SGLang's
+# "abort" (the engine dropped the request: a restart, a preemption, an input too long; SGLang's
+# an object with a ``message``), "error" as gateways say it. Its text stops wherever the
+# server stopped.
+_GAVE_UP = frozenset({"abort", "error"})
 # An error body that blames the account's money rather than the key.
 _BALANCE = re.compile(r"balance|quota|credit|billing|payment|余额|额度", re.IGNORECASE)
 # A FAILED_PRECONDITION that is the account's (billing off, a region not served), not the row's
@@ -834,6 +839,8 @@ class ChatClient:
                                  "finish_reason, no [DONE])", retryable=True,
                                  request_id=request_id, usage=billed)
         first = st.first
+        if (why := _gave_up(first.finish_reason)) is not None:
+            raise self._aborted(why, request_id, billed)
         calls = first.tool_calls()
         if first.finish_reason is None and not first.content and calls is None:
             raise BadResponseError("no_choices", "a stream without choices", retryable=True,
@@ -852,6 +859,16 @@ class ChatClient:
             if first.annotations or st.cited else None,
             refusal="".join(first.refusal) or None,
         )
+
+    def _aborted(self, why: str, request_id: str | None, usage: Usage | None
+                 ) -> BadResponseError:
+        """The error for an answer the server gave up on (``_gave_up``): retried, as another
+        try may be answered whole, its billed ``usage`` kept."""
+        return BadResponseError(
+            "answer_aborted",
+            self.redact(" ".join(f"the server gave up on the answer before it ended "
+                                 f"(finish_reason {why})".split()))[:_MAX_MESSAGE],
+            retryable=True, status=200, request_id=request_id, usage=usage)
 
     def _redirected(self, resp: aiohttp.ClientResponse) -> StopJob | None:
         """The error that stops the job when the endpoint redirected the request where it
@@ -1101,6 +1118,8 @@ class ChatClient:
                 request_id=request_id, usage=_billed_usage(payload.get("usage")),
             )
         choice = choices[0]
+        if (why := _gave_up(choice.get("finish_reason"))) is not None:
+            raise self._aborted(why, request_id, _billed_usage(payload.get("usage")))
         message = choice.get("message")
         if not isinstance(message, dict):
             if not choice.get("finish_reason"):
@@ -1269,6 +1288,28 @@ def _finish_reason(value: Any) -> str | None:
         return orjson.dumps(value).decode()
     except TypeError:  # not JSON (cannot come from a parsed body): its text
         return str(value)
+
+
+def _gave_up(value: Any) -> str | None:
+    """What a choice's ``finish_reason`` says when the server gave up on its answer
+    (``_GAVE_UP``; an object's ``type`` and ``message``, as SGLang sends them, as the object or
+    its JSON text), else None."""
+    if isinstance(value, str):
+        if value.lower() in _GAVE_UP:
+            return value
+        if not value.startswith("{"):
+            return None
+        try:  # an object kept as its JSON text (a stream's, ``_finish_reason``)
+            value = orjson.loads(value)
+        except ValueError:
+            return None
+    if type(value) is not dict:
+        return None
+    kind = value.get("type")
+    if not (isinstance(kind, str) and kind.lower() in _GAVE_UP):
+        return None
+    said = value.get("message")
+    return f"{kind}: {said}" if isinstance(said, str) and said else kind
 
 
 def _choice_entry(index: Any, content: Any, finish_reason: Any, tool_calls: Any

@@ -22,6 +22,7 @@ from aiohttp import web
 from batchrunner.client import _retry_after
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
+from batchrunner.simulator import prompt_key
 from tests.test_faults import (
     FaultServer,
     completion,
@@ -601,3 +602,50 @@ async def test_a_reply_that_calls_tools_is_ok_whatever_its_content_says(
     assert [json.loads(c)[0]["id"] for c in df["tool_calls"].iloc[:2]] == ["toolu_1"] * 2
     assert pd.isna(df["json_summary"].iloc[0]) and pd.isna(df["json_summary"].iloc[1])
     assert df["json_summary"].iloc[2] == "s"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_an_answer_the_server_gave_up_on_is_retried_not_ok(tmp_path: Path,
+                                                                 stream: bool) -> None:
+    """vLLM and SGLang end an answer they gave up on (the engine aborted the request: a
+    restart, a preemption, an input too long) with ``finish_reason: "abort"`` (SGLang's an
+    object with a message), a gateway with ``"error"``: the text stops wherever the server
+    stopped. Such a row was ok with its cut answer (or none) and exit 0. It is retried, its
+    billed usage kept, and fails as ``answer_aborted`` with the server's words if it never
+    gets a whole answer."""
+    inp = make_csv(tmp_path / "in.csv", ["aborted once", "error always", "sglang always"])
+    usage = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    gave_up: dict[str, Any] = {
+        "aborted once": "abort", "error always": "error",
+        "sglang always": {"type": "abort", "message": "Input length 9000 exceeds 8192"}}
+
+    async def fault(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse | None:
+        key = next(k for k in gave_up if f"Q: {k}" in json.dumps(body))
+        if key == "aborted once" and srv.by_prompt[prompt_key(f"Q: {key}")] > 1:
+            return None  # answered whole
+        if stream:
+            return await sse_response(request, stream_of(
+                delta("Echo: par"), delta(None, gave_up[key]),
+                {"id": "chatcmpl-s", "model": "gpt-4o-mini", "choices": [], "usage": usage}))
+        data = reply(body, finish_reason=gave_up[key],
+                     message={"role": "assistant", "content": "Echo: par"})
+        data["usage"] = usage
+        return web.json_response(data)
+
+    async with FaultServer(fault) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+        assert srv.requests == 2 + 3 + 3
+    assert s.exit_code == 3
+    df = results(tmp_path)
+    once = df.loc["r0000"]
+    assert (once["status"], once["attempts"], once["finish_reason"]) == ("ok", 2, "stop")
+    assert once["content"] == "Echo: Q: aborted once"
+    assert once["earlier_cost_usd"] == pytest.approx((12 * 0.15 + 3 * 0.6) / 1e6)
+    for row, said in (("r0001", "finish_reason error"), ("r0002", "Input length 9000")):
+        failed = df.loc[row]
+        assert (failed["status"], failed["error_type"], failed["attempts"]) == (
+            "failed", "answer_aborted", 3)
+        assert said in failed["error_message"]
+    assert not leaks_in_files(tmp_path / "out")
