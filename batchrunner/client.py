@@ -1374,16 +1374,18 @@ def _usage(usage: Any) -> Usage:
     if type(usage) is not dict:
         return None, None, None, None, None
     get = usage.get
-    # Counts are ints, not bools or floats: anything else is not a count.
-    pt = v if type(v := get("prompt_tokens")) is int else None
-    ct = v if type(v := get("completion_tokens")) is int else None
-    tt = v if type(v := get("total_tokens")) is int else None
+    pt = v if type(v := get("prompt_tokens")) is int else _count(v)
+    ct = v if type(v := get("completion_tokens")) is int else _count(v)
+    tt = v if type(v := get("total_tokens")) is int else _count(v)
     ptd = get("prompt_tokens_details")
-    cached = v if type(ptd) is dict and type(v := ptd.get("cached_tokens")) is int else None
-    if cached is None and type(v := get("prompt_cache_hit_tokens")) is int:
-        cached = v  # DeepSeek's name for them (its prompt_tokens counts them, as OpenAI's does)
+    cached = (v if type(v := ptd.get("cached_tokens")) is int else _count(v)
+              ) if type(ptd) is dict else None
+    if cached is None and (v := get("prompt_cache_hit_tokens")) is not None:
+        cached = v if type(v) is int else _count(v)  # DeepSeek's name for them (its
+        # prompt_tokens counts them, as OpenAI's does)
     ctd = get("completion_tokens_details")
-    reasoning = v if type(ctd) is dict and type(v := ctd.get("reasoning_tokens")) is int else None
+    reasoning = (v if type(v := ctd.get("reasoning_tokens")) is int else _count(v)
+                 ) if type(ctd) is dict else None
     if reasoning and pt is not None and ct is not None and (
             ct < reasoning or tt == pt + ct + reasoning):
         # A gateway that counts the thinking apart from the completion (Gemini's thoughts
@@ -1393,6 +1395,18 @@ def _usage(usage: Any) -> Usage:
     if tt is None and pt is not None and ct is not None:
         tt = pt + ct
     return pt, ct, tt, cached, reasoning  # a count the server did not give is None, not 0
+
+
+def _count(value: Any) -> int | None:
+    """A token count that is not an int: a whole number a gateway sent as a float (12.0) or as
+    text ("12"), as JSON from another language's numbers may have it; None for anything else
+    (a bool, 12.5, "many", a number too large for a count)."""
+    if type(value) is float:
+        return int(value) if value.is_integer() and 0 <= value < 2.0 ** 63 else None
+    if type(value) is str:
+        value = value.strip()
+        return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
+    return None
 
 
 def _billed_usage(usage: Any) -> Usage | None:

@@ -649,3 +649,48 @@ async def test_an_answer_the_server_gave_up_on_is_retried_not_ok(tmp_path: Path,
             "failed", "answer_aborted", 3)
         assert said in failed["error_message"]
     assert not leaks_in_files(tmp_path / "out")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_token_counts_sent_as_text_or_as_whole_floats_are_counted(
+        tmp_path: Path, stream: bool) -> None:
+    """Gateways that pass usage through another language's JSON may send its counts as
+    strings ("12") or as floats (12.0). They were taken as no count at all: the rows had no
+    tokens, their cost was unknown and the budget held them at an estimate. A whole number,
+    as text or as a float, is counted; what is not one (12.5, "many", true) is still not."""
+    inp = make_csv(tmp_path / "in.csv", ["text", "floats", "not counts"])
+    usages: dict[str, dict[str, Any]] = {
+        "text": {"prompt_tokens": "12", "completion_tokens": "7", "total_tokens": "19",
+                 "prompt_tokens_details": {"cached_tokens": "4"}},
+        "floats": {"prompt_tokens": 12.0, "completion_tokens": 7.0,
+                   "completion_tokens_details": {"reasoning_tokens": 2.0}},
+        "not counts": {"prompt_tokens": 12.5, "completion_tokens": "many",
+                       "total_tokens": True},
+    }
+
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        usage = next(v for k, v in usages.items() if f"Q: {k}" in json.dumps(body))
+        if stream:
+            return await sse_response(request, stream_of(
+                delta("Echo"), delta(None, "stop"),
+                {"id": "chatcmpl-s", "model": "gpt-4o-mini", "choices": [], "usage": usage}))
+        data = reply(body)
+        data["usage"] = usage
+        return web.json_response(data)
+
+    async with FaultServer(answer) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["prompt_tokens"].iloc[:2]) == [12, 12]
+    assert list(df["completion_tokens"].iloc[:2]) == [7, 7]
+    assert list(df["total_tokens"].iloc[:2]) == [19, 19]
+    assert df["cached_tokens"].iloc[0] == 4 and df["reasoning_tokens"].iloc[1] == 2
+    # gpt-4o-mini: $0.15 in ($0.075 cached), $0.60 out per 1M tokens
+    assert list(df["cost_usd"].iloc[:2]) == pytest.approx(
+        [(8 * 0.15 + 4 * 0.075 + 7 * 0.6) / 1e6, (12 * 0.15 + 7 * 0.6) / 1e6])
+    odd = df.loc["r0002"]
+    assert pd.isna(odd["prompt_tokens"]) and pd.isna(odd["completion_tokens"])
+    assert pd.isna(odd["total_tokens"]) and pd.isna(odd["cost_usd"])
