@@ -315,6 +315,11 @@ class StreamAssembler:
             raise ValueError("a stream event whose data lines are not JSON")
 
     @property
+    def begun(self) -> bool:
+        """Whether a byte of the stream came."""
+        return self._begun
+
+    @property
     def content(self) -> list[str]:
         return self.first.content
 
@@ -738,7 +743,7 @@ class ChatClient:
                 # stream with one (a model it only streams): read as the stream it is.
                 kind = headers.get("Content-Type", "")
                 if status == 200 and (kind.startswith("text/event-stream") or (
-                        streaming and not kind.startswith("application/json"))):
+                        streaming and not kind.startswith(("application/json", "text/html")))):
                     stream = StreamAssembler()
                     content = resp.content
                     after_finish = min(_AFTER_FINISH_S, (timeout_s or self.timeout_s) / 4)
@@ -826,6 +831,9 @@ class ChatClient:
             raise self._error_in_200({"error": st.error, "usage": st.usage}, request_id,
                                      kind="stream_error")
         if not st.done and not st.finished(choices):
+            if not st.begun:  # not a byte came
+                raise BadResponseError("invalid_body", "HTTP 200 with an empty body",
+                                       retryable=True, status=200, request_id=request_id)
             body = st.stray_body()
             if body is not None and body.get("error"):  # an error body, not a stream
                 raise self._error_in_200(body, request_id)
@@ -989,9 +997,7 @@ class ChatClient:
             else:
                 message = raw[:_SCAN].decode("utf-8", "replace")
         except (ValueError, AttributeError):
-            if b"<html" in raw[:2048].lower() or b"<!doctype" in raw[:2048].lower():
-                m = _TITLE.search(raw[:4096])
-                title = m.group(1).decode("utf-8", "replace").strip() if m else "no title"
+            if (title := _html_title(raw)) is not None:
                 message = f"HTML error page from the gateway ({title})"
             else:
                 message = raw[:_SCAN].decode("utf-8", "replace")
@@ -1100,10 +1106,18 @@ class ChatClient:
         try:
             payload = orjson.loads(raw.removeprefix(_BOM))
         except ValueError:
-            raise BadResponseError(
-                "invalid_body", "HTTP 200 with a body that is not JSON", retryable=True,
-                status=200, request_id=request_id,
-            ) from None
+            if not raw.strip():
+                said = "HTTP 200 with an empty body"
+            elif (title := _html_title(raw)) is not None:
+                # Every request meets it: a network's or a proxy's sign-in page, or a web
+                # page where the base URL points.
+                said = self.redact(
+                    f"HTTP 200 with an HTML page, not JSON ({title}): a sign-in page of the "
+                    "network or a proxy, or a web page at the base URL?")[:_MAX_MESSAGE]
+            else:
+                said = "HTTP 200 with a body that is not JSON"
+            raise BadResponseError("invalid_body", said, retryable=True, status=200,
+                                   request_id=request_id) from None
         if not isinstance(payload, dict):
             raise BadResponseError(
                 "invalid_body", "HTTP 200 with a JSON body that is not an object", retryable=True,
@@ -1160,6 +1174,16 @@ class ChatClient:
             citations=_citations(notes, cited) if notes or cited else None,
             refusal=refusal if isinstance(refusal, str) and refusal else None,
         )
+
+
+def _html_title(raw: bytes) -> str | None:
+    """The title of the HTML page ``raw`` is ("no title" if it has none), on one line; None
+    if it is not one."""
+    head = raw[:2048].lower()
+    if b"<html" not in head and b"<!doctype" not in head:
+        return None
+    m = _TITLE.search(raw[:4096])
+    return " ".join(m.group(1).decode("utf-8", "replace").split()) if m else "no title"
 
 
 def _read_stream(raw: bytes) -> StreamAssembler | None:

@@ -694,3 +694,32 @@ async def test_token_counts_sent_as_text_or_as_whole_floats_are_counted(
     odd = df.loc["r0002"]
     assert pd.isna(odd["prompt_tokens"]) and pd.isna(odd["completion_tokens"])
     assert pd.isna(odd["total_tokens"]) and pd.isna(odd["cost_usd"])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_200_with_a_web_page_or_nothing_says_what_came(tmp_path: Path,
+                                                               stream: bool) -> None:
+    """A network's or a proxy's sign-in page (a captive portal), or a web page at a wrong base
+    URL, comes as a 200 with HTML; a broken gateway may answer 200 with no body at all. The
+    rows failed saying "a body that is not JSON" (a stream request: "the stream ended before
+    its answer did"), which gave no clue. They say what came: an HTML page and its title, or
+    an empty body."""
+    inp = make_csv(tmp_path / "in.csv", ["sign in", "nothing"])
+
+    async def odd(srv: FaultServer, request: web.BaseRequest,
+                  body: dict[str, Any]) -> web.StreamResponse:
+        if "Q: sign in" in json.dumps(body):
+            return web.Response(status=200, content_type="text/html", text=(
+                "<!DOCTYPE html>\n<html><head><title>Guest Wi-Fi - Sign in</title></head>"
+                "<body><form>...</form></body></html>"))
+        return web.Response(status=200, body=b"")
+
+    async with FaultServer(odd) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+    assert s.exit_code == 3
+    df = results(tmp_path)
+    assert list(df["error_type"]) == ["invalid_body"] * 2
+    page, nothing = df["error_message"]
+    assert "HTML page" in page and "(Guest Wi-Fi - Sign in)" in page
+    assert nothing == "HTTP 200 with an empty body"
