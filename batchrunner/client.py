@@ -414,10 +414,14 @@ class StreamAssembler:
                 parts.finish_reason = _finish_reason(choice["finish_reason"])
 
     def _field(self, line: bytes) -> None:
-        """A line that is neither ``data:`` nor blank: an event's name, a field or comment of
-        no use here, or a stray line (kept: see ``stray_body``)."""
+        """A line that is neither ``data:`` nor blank: an event's name, an ``error:`` field
+        (llama.cpp's server sends an error that comes once its stream has begun so, the
+        error object on the line itself), a field or comment of no use here, or a stray line
+        (kept: see ``stray_body``)."""
         if line.startswith(b"event:"):
             self.event = line[6:].strip()
+        elif line.startswith(b"error:"):
+            self._error_event(line[6:].strip())
         elif (not line.startswith((b":", b"id:", b"retry:"))
               and self._stray_size + len(line) <= _MAX_STRAY):
             if self.stray is None:

@@ -723,3 +723,36 @@ async def test_a_200_with_a_web_page_or_nothing_says_what_came(tmp_path: Path,
     page, nothing = df["error_message"]
     assert "HTML page" in page and "(Guest Wi-Fi - Sign in)" in page
     assert nothing == "HTTP 200 with an empty body"
+
+
+@pytest.mark.anyio
+async def test_an_error_field_in_a_stream_is_read_as_the_error_it_is(tmp_path: Path) -> None:
+    """llama.cpp's server sends an error that comes once its stream has begun (a prompt longer
+    than its context, the most common) as an SSE line of its own, ``error: {"code", "message",
+    "type"}``. Taken for a stray line, it was a stream_cut, "the stream ended before its answer
+    did", retried to max_attempts though no retry could fix it, and the server's words were
+    lost. It is read as a stream_error: a 400 fails its row at once with what the server said,
+    a 500 is retried."""
+    inp = make_csv(tmp_path / "in.csv", ["too long", "fails once"])
+    too_long = {"code": 400, "message": "the request exceeds the available context size, try "
+                "increasing it", "type": "exceed_context_size_error", "n_prompt_tokens": 9000,
+                "n_ctx": 8192}
+    failed = {"code": 500, "message": "slot unavailable", "type": "server_error"}
+
+    async def llama_cpp(srv: FaultServer, request: web.BaseRequest,
+                        body: dict[str, Any]) -> web.StreamResponse | None:
+        if "Q: fails once" in json.dumps(body) and srv.by_prompt[
+                prompt_key("Q: fails once")] > 1:
+            return await sse_response(request, stream_of(delta("Echo"), delta(None, "stop")))
+        error = too_long if "Q: too long" in json.dumps(body) else failed
+        return await sse_response(request, b"error: " + json.dumps(error).encode() + b"\n\n")
+
+    async with FaultServer(llama_cpp) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert srv.requests == 1 + 2
+    assert s.exit_code == 3
+    df = results(tmp_path)
+    row = df.loc["r0000"]
+    assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "stream_error", 1)
+    assert "exceeds the available context size" in row["error_message"]
+    assert (df.loc["r0001", "status"], df.loc["r0001", "attempts"]) == ("ok", 2)
