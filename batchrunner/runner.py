@@ -1927,7 +1927,9 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
                     if variable in os.environ else "")
             raise ConfigError(f"no API key: {origin(job, variable)} is empty — set it to the "
                               f"key{wins}")
-        raise ConfigError(f"no API key: set {variable} in the environment or in a .env file")
+        raise ConfigError(f"no API key: set {variable} in the environment or in a .env file "
+                          f"(for a server that checks none, a vLLM or Ollama started without "
+                          f"one, any value: {variable}=none)")
     yield base_url, key
 
 
