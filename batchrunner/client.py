@@ -80,6 +80,11 @@ _ERROR_WORDS = {
 # an object with a ``message``), "error" as gateways say it. Its text stops wherever the
 # server stopped.
 _GAVE_UP = frozenset({"abort", "error"})
+# aiohttp's refusal of a Content-Encoding it reads only with a package that is not installed
+# ("Can not decode content-encoding: brotli (br). Please install `Brotli`").
+_UNREADABLE_ENCODING = re.compile(
+    r"content-encoding: [^(]*\((?P<encoding>[\w-]+)\)\. Please install `(?P<package>[\w.-]+)`",
+    re.IGNORECASE)
 # An error body that blames the account's money rather than the key.
 _BALANCE = re.compile(r"balance|quota|credit|billing|payment|余额|额度", re.IGNORECASE)
 # A FAILED_PRECONDITION that is the account's (billing off, a region not served), not the row's
@@ -964,6 +969,16 @@ class ChatClient:
                 self.redact(f"the connection broke mid-request ({_reason(e)})"),
                 retryable=True,
             )
+        if isinstance(e, aiohttp.ClientResponseError) and (
+                m := _UNREADABLE_ENCODING.search(str(e.message))):
+            # An encoding the request did not offer, which aiohttp reads only with a package
+            # not installed: every answer would be billed and thrown away.
+            return Unreachable(self.redact(
+                f"the endpoint sent its answer compressed as {m['encoding']} (Content-Encoding), "
+                f"which the request did not offer and this installation cannot read — install "
+                f"the {m['package']} package where batchrunner runs (pip install "
+                f"{m['package']}), or have the proxy or server send it uncompressed, then "
+                "rerun to resume"))
         if isinstance(e, aiohttp.ClientError):
             return TransportError(
                 "client_error", self._library_message(e)[:_MAX_MESSAGE],

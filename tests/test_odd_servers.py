@@ -756,3 +756,31 @@ async def test_an_error_field_in_a_stream_is_read_as_the_error_it_is(tmp_path: P
     assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "stream_error", 1)
     assert "exceeds the available context size" in row["error_message"]
     assert (df.loc["r0001", "status"], df.loc["r0001", "attempts"]) == ("ok", 2)
+
+
+@pytest.mark.anyio
+async def test_an_answer_compressed_in_a_way_that_cannot_be_read_stops_the_job(
+        tmp_path: Path) -> None:
+    """A proxy that compresses answers as br (or zstd) though the request did not offer it
+    (this installation reads neither without its package) made every reply a client_error
+    quoting the library: each row was answered, billed and thrown away on every one of its
+    attempts, and then failed. Every reply would be the same: the job stops at once, rows
+    left to do, saying what to install."""
+    from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+    if HAS_BROTLI and HAS_ZSTD:
+        pytest.skip("this installation reads every encoding a server may send")
+    encoding = "zstd" if HAS_BROTLI else "br"
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(6)])
+
+    async def compressing(srv: FaultServer, request: web.BaseRequest,
+                          body: dict[str, Any]) -> web.StreamResponse:
+        return web.Response(body=json.dumps(reply(body)).encode(), headers={
+            "Content-Type": "application/json", "Content-Encoding": encoding})
+
+    async with FaultServer(compressing) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, concurrency=2))
+        assert srv.requests <= 2 + 2  # stopped at once
+    assert s.exit_code == 4 and s.stopped
+    assert f"compressed as {encoding}" in s.stopped and "install" in s.stopped, s.stopped
+    assert s.ok == 0 and s.failed == 0
+    assert not leaks_in_files(tmp_path / "out")
