@@ -62,7 +62,7 @@ _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 # The error words a gateway may pass on in a 200 instead of its upstream's status, and the
 # status each stands for (an error a retry cannot fix is not retried; 401, 402 and 403 stop the
 # job): OpenAI's error codes and types, Anthropic's error types, Google's canonical statuses
-# (Gemini's ``error.status``).
+# (Gemini's ``error.status``), text-generation-inference's input ``validation``.
 _ERROR_WORDS = {
     "invalid_request_error": 400, "context_length_exceeded": 400, "unsupported_parameter": 400,
     "unsupported_value": 400, "invalid_value": 400, "invalid_type": 400,
@@ -70,7 +70,7 @@ _ERROR_WORDS = {
     "rate_limit_exceeded": 429, "server_error": 500,
     "authentication_error": 401, "billing_error": 402, "permission_error": 403,
     "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
-    "overloaded_error": 529,
+    "overloaded_error": 529, "validation": 422,
     "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400,
     "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429,
     "INTERNAL": 500, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
@@ -380,8 +380,10 @@ class StreamAssembler:
         if isinstance(error, dict):
             self.error = error
             return
-        if isinstance(error, str) and error:  # a gateway's upstream failure, as text
-            self.error = {"message": error}
+        if isinstance(error, str) and error:
+            # A gateway's upstream failure as text; text-generation-inference's, its kind
+            # (error_type) beside it.
+            self.error = {"message": error, "type": event.get("error_type")}
             return
         if self.model is None and isinstance(event.get("model"), str):
             self.model = event["model"]

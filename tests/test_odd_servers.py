@@ -784,3 +784,38 @@ async def test_an_answer_compressed_in_a_way_that_cannot_be_read_stops_the_job(
     assert f"compressed as {encoding}" in s.stopped and "install" in s.stopped, s.stopped
     assert s.ok == 0 and s.failed == 0
     assert not leaks_in_files(tmp_path / "out")
+
+
+@pytest.mark.anyio
+async def test_a_stream_event_whose_error_is_text_is_read_as_the_error_it_is(
+        tmp_path: Path) -> None:
+    """Hugging Face's text-generation-inference sends an error met once its stream has begun
+    (an input longer than the model takes, checked as generation starts) as an event
+    ``{"error": "<message>", "error_type": "validation"}``: the error as text, not an object.
+    The event was passed over: the row was a stream_cut, retried to max_attempts although no
+    retry could fix it, the server's words lost. It is a stream_error: a validation error
+    fails its row at once with what the server said, another is retried."""
+    inp = make_csv(tmp_path / "in.csv", ["too long", "fails once"])
+
+    async def tgi(srv: FaultServer, request: web.BaseRequest,
+                  body: dict[str, Any]) -> web.StreamResponse | None:
+        if "Q: fails once" in json.dumps(body):
+            if srv.by_prompt[prompt_key("Q: fails once")] > 1:
+                return await sse_response(request, stream_of(delta("Echo"), delta(None, "stop")))
+            error = {"error": "Request failed during generation: Server error: CUDA out of "
+                     "memory", "error_type": "generation"}
+        else:
+            error = {"error": "Input validation error: `inputs` tokens + `max_new_tokens` must "
+                     "be <= 4096. Given: 5000 `inputs` tokens and 64 `max_new_tokens`",
+                     "error_type": "validation"}
+        return await sse_response(request, sse(error))
+
+    async with FaultServer(tgi) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert srv.requests == 1 + 2
+    assert s.exit_code == 3
+    df = results(tmp_path)
+    row = df.loc["r0000"]
+    assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "stream_error", 1)
+    assert "must be <= 4096" in row["error_message"]
+    assert (df.loc["r0001", "status"], df.loc["r0001", "attempts"]) == ("ok", 2)
