@@ -81,6 +81,10 @@ _PRICE_KEYS = ("input", "output", "cached_input")
 # A gateway's thinking-mode suffix the library may not match by itself:
 # "-thinking", "-nothinking", "-thinking-8192", "-thinking-high".
 _GATEWAY_SUFFIX = re.compile(r"-(?:no)?thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
+# A local model's tag, as Ollama names them ("deepseek-r1:7b", "qwen2.5:7b-instruct-q4_K_M",
+# "llama3.1:latest"): run on the user's own hardware, never at an API's price (the library
+# matches "deepseek-r1:7b" to DeepSeek's deepseek-reasoner).
+_LOCAL_TAG = re.compile(r"^[^:/\s]+:(?:latest|\d+(?:\.\d+)?[bmk](?:[-_.][\w.-]*)?)$", re.IGNORECASE)
 # Sample points (UTC, every 15 minutes) used to find the day's highest time-of-day price.
 _DAY_SAMPLES = tuple(time(hour=m // 60, minute=m % 60) for m in range(0, 24 * 60, 15))
 # The disk cache of the library's answers: its file name, and the version of its layout.
@@ -315,9 +319,12 @@ def _candidates(model: str) -> list[tuple[str, str | None]]:
 
     ``provider/model`` names are tried as OpenRouter ids (that is their namespace), then as
     ``model`` at ``provider``, then as ``model`` at whichever provider the library picks.
-    A thinking-mode suffix is dropped only after the full name failed.
+    A thinking-mode suffix is dropped only after the full name failed. A local model's tag
+    (``_LOCAL_TAG``) has none: it has no API's price.
     """
     name = model.strip()
+    if _LOCAL_TAG.match(name):
+        return []
     out: list[tuple[str, str | None]] = []
     for n in (name, _GATEWAY_SUFFIX.sub("", name)):
         out.append((n, None))

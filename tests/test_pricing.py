@@ -191,6 +191,22 @@ def test_gateway_spellings_reach_the_library(alias: str) -> None:
     assert book.price(alias) == book.price("gpt-4o-mini")
 
 
+@pytest.mark.parametrize("local", ["deepseek-r1:7b", "deepseek-r1:latest", "deepseek-r1:671b",
+                                   "DeepSeek-R1:1.5B", "deepseek-r1:8b-llama-distill-q4_K_M"])
+def test_a_local_models_tag_has_no_api_price(local: str) -> None:
+    """Ollama's deepseek-r1:7b (a distilled model on the user's own hardware) was priced as
+    DeepSeek's API deepseek-reasoner; its cost is unknown unless the job prices it."""
+    book = PriceBook()
+    assert book.price("deepseek-r1") is not None  # the API's model keeps its price
+    assert book.price(local) is None and book.cost(local, prompt_tokens=10,
+                                                   completion_tokens=10) is None
+    mine = ModelPrice(input=0.0, output=0.0)
+    assert PriceBook({local: mine}).price(local) == mine
+    # Not a local tag: a fine-tune's name, a gateway spelling.
+    for name in ("ft:gpt-4o-mini-2024-07-18:org:name:abc123", "openai/gpt-4o-mini:free"):
+        assert not pricing._LOCAL_TAG.match(name), name
+
+
 def test_library_version() -> None:
     assert PriceBook().library_version == genai_prices.__version__
 
