@@ -166,9 +166,11 @@ MAX_TIMEOUT_X = 3.0
 OUTAGE_S = 300.0
 # A gateway's answers for a server behind it that is away: ridden out like a refused connection.
 GATEWAY_STATUSES = frozenset({502, 503, 504})
-# While a gateway's retry-after holds the job (_shut_gate), probes are sent as far apart as the
-# answers ask, and this far at least when one asks for nothing.
-PROBE_EVERY_S = 1.0
+# While a gateway's 502/503/504 holds the job (_shut_gate), probes are sent as far apart as the
+# answers ask (retry-after), and this far at least when one asks for nothing: under a second,
+# so the progress, which shows a pause of a second or more as a server's asked-for wait, does
+# not show it as one (it shows the outage).
+PROBE_EVERY_S = 0.8
 
 
 @dataclass(kw_only=True)
@@ -1189,14 +1191,15 @@ class _Run:
             await gate.wait()
         return False
 
-    def _shut_gate(self, status: int, retry_after: float, sent_at: float) -> None:
-        """A gateway's 502/503/504 asked for ``retry_after`` s, and nothing sent since the
-        request at ``sent_at`` was answered: the server is away. Every new send waits that
-        long, and then one request goes at a time until one is answered, rather than every
-        row in flight and every new one asking again each time (a 4 s outage at concurrency
-        64 drew 500 503s for 300 rows)."""
-        self.limiter.pause(min(retry_after, self.policy.max_retry_after_s))
-        self.counts.paused_by = status
+    def _shut_gate(self, status: int, retry_after: float | None, sent_at: float) -> None:
+        """A gateway's 502/503/504 (asking for ``retry_after`` s, or not), and nothing sent
+        since the request at ``sent_at`` was answered: the server is away. Every new send
+        waits as asked, and then one request goes at a time until one is answered
+        (``_probe_back`` spaces them), rather than every row in flight and every new one
+        asking again each time (a 4 s outage at concurrency 64 drew 500 503s for 300 rows)."""
+        if retry_after is not None:
+            self.limiter.pause(min(retry_after, self.policy.max_retry_after_s))
+            self.counts.paused_by = status
         if self.gate is None:
             self.gate = anyio.Event()
             self.gate_from = sent_at
@@ -1498,14 +1501,13 @@ class _Run:
                 counts.in_flight -= 1
                 self.limiter.refund(charge)
                 self.errors_seen[e.error_type] += 1
-                # A gateway's 502/503/504 once the endpoint has answered in this run, while
-                # rows are left to start: the server behind it may be away (restarting), as
-                # when a connection is refused. Before any answer it is a 5xx like any other,
-                # so that an endpoint failing every request fails the first rows fast; and
-                # once the input is read through, the rows left are all there is to tell
-                # a server away from rows it fails, so they are counted as ever.
-                gateway = (e.status in GATEWAY_STATUSES and self.last_answer > -math.inf
-                           and not self.rows_done)
+                # A gateway's 502/503/504 while rows are left to start, or before any answer:
+                # the server behind it may be away (restarting, still loading its model), as
+                # when a connection is refused. Once the endpoint has answered and the input
+                # is read through, the rows left are all there is to tell a server away from
+                # rows it fails, so they are counted as ever.
+                gateway = e.status in GATEWAY_STATUSES and (
+                    self.last_answer == -math.inf or not self.rows_done)
                 if e.status in GATEWAY_STATUSES:  # not the endpoint's answer: no end of an outage
                     if gateway:
                         self._refused(item)
@@ -1518,7 +1520,7 @@ class _Run:
                     item.timeouts += 1
                 billed = self._billed(item, e)
                 if gateway:
-                    if e.retry_after is not None and e.status and self.last_answer < sent_at:
+                    if e.status and self.last_answer < sent_at:
                         self._shut_gate(e.status, e.retry_after, sent_at)
                     # A try of the row (the gateway answered), but only those made while other
                     # requests were answered count against max_attempts: a row the server

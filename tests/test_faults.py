@@ -803,14 +803,58 @@ async def test_a_job_whose_endpoint_fails_every_try_is_told_to_wait_not_to_fix(
         tmp_path: Path) -> None:
     """The first rows all failing with a server error after every retry is the endpoint's
     trouble, not the job's: the stop message says to wait, not to fix something."""
-    inp = make_csv(tmp_path / "in.csv", [f"row {i} [[sim:503]]" for i in range(60)])
+    inp = make_csv(tmp_path / "in.csv", [f"row {i} [[sim:500]]" for i in range(60)])
     async with Simulator(SimulatorConfig()) as sim:
         s = await run(job_for(tmp_path, sim.base_url, inp), max_attempts=2)
     assert s.exit_code == 4 and s.stopped
-    assert s.stopped.startswith("the first 20 rows to finish all failed with http_503")
+    assert s.stopped.startswith("the first 20 rows to finish all failed with http_500")
     assert s.stopped.endswith(
         "wait for the endpoint to recover (a server error on every try: nothing in the job to "
         "fix), then run the job again with --retry-failed")
+
+
+@pytest.mark.anyio
+async def test_a_gateway_that_never_answered_but_503_is_waited_out_then_stops_no_row_failed(
+        tmp_path: Path) -> None:
+    """Every request 503'd from the start (a gateway whose upstream is away, with
+    "retry-after: 1"): no row is failed by it. One request at a time asks, as the answers ask,
+    and after outage_s of that the job stops with every row left to do (a rerun resumes)."""
+    n = 60
+    inp = make_csv(tmp_path / "in.csv", [f"row {i} [[sim:503]]" for i in range(n)])
+    async with Simulator(SimulatorConfig()) as sim:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, sim.base_url, inp),
+                              replace(options(2), outage_s=2.0))
+        sent = sim.stats()["requests"]
+    assert s.exit_code == 4 and s.failed == 0 and s.pending == n, s
+    assert s.stopped.startswith("no answer from the endpoint for 2."), s.stopped
+    assert "only http_503 from what stands in front of it" in s.stopped
+    assert sent <= 8 + 5, sent  # the concurrency's first tries, then a probe a second
+
+
+@pytest.mark.anyio
+async def test_a_server_still_loading_its_model_is_waited_for(tmp_path: Path) -> None:
+    """llama.cpp's server answers 503 "Loading model" (no retry-after) until its model is
+    loaded: a job started with it (a nightly script starting both) waits, one request at a
+    time, instead of failing its first rows and stopping (20 rows failed in 8 s before)."""
+    n = 40
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+    started: list[float] = []
+    loading: list[int] = []
+
+    async def still_loading(srv: FaultServer, request: web.BaseRequest,
+                            body: dict[str, Any]) -> web.StreamResponse | None:
+        started.append(started[0] if started else time.monotonic())
+        if time.monotonic() - started[0] < 2.0:
+            loading.append(srv.requests)
+            return web.json_response({"error": {"code": 503, "message": "Loading model",
+                                                "type": "unavailable_error"}}, status=503)
+        return None
+
+    async with FaultServer(still_loading) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp), max_attempts=2)
+    assert s.exit_code == 0 and (s.ok, s.failed) == (n, 0), s.error_examples
+    assert loading and len(loading) <= 8 + 2.0 / 0.8 + 3, len(loading)
 
 
 @pytest.mark.anyio
