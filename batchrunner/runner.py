@@ -1573,6 +1573,10 @@ class _Run:
                         return None, backoff(item.rate_limited - 1, self.policy, e.retry_after,
                                              self.rng)
                     item.attempts += 1
+                elif (e.error_type == "timeout" and item.timeouts >= 2
+                        and self.last_answer == -math.inf):
+                    self._silent(item, e)
+                    return None, None  # not a failure of the row: left to do
                 elif e.retryable and item.attempts < self.policy.max_attempts:
                     self.counters["retries"] += 1
                     if billed:  # paid for, and sent again: spent now, and carried
@@ -1739,6 +1743,17 @@ class _Run:
         self.stop(Unreachable(
             f"no connection to the endpoint for {silent_s:.1f} s ({what}): {e.message} — check "
             "the base URL, the network and any proxy, then rerun to resume"))
+
+    def _silent(self, item: _Work, e: RequestError) -> None:
+        """Stop the job: ``item`` timed out twice (the second time given longer) and no request
+        has been answered in this run: the endpoint takes connections and answers nothing, or
+        its answers all take longer than the timeout. Every other row would wait out its every
+        attempt the same way (half an hour a row, at the defaults)."""
+        self.stop(Unreachable(
+            f"no answer to any request since the run began: {item.attempts} attempts at "
+            f"{self.plan.row(item.key)} timed out ({e.message}) — the endpoint takes "
+            "connections but answers nothing; check it, or raise timeout_s (--timeout) if its "
+            "answers take longer, then rerun to resume"))
 
     def _wait_too_long(self, e: RequestError, wait_s: float) -> None:
         """Stop the job: 429s in a row ask for a longer wait than the job waits (a daily

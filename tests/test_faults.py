@@ -1057,18 +1057,15 @@ async def test_rows_sent_again_that_fail_for_themselves_do_not_fail_fast(tmp_pat
 
 @pytest.mark.anyio
 async def test_server_that_accepts_and_never_answers(tmp_path: Path) -> None:
+    """Not a byte back on any connection: a row's second timeout, nothing answered in the
+    run, stops the job with its rows left to do (as a wedged server's does, below)."""
     inp = make_csv(tmp_path / "in.csv", ["row a", "row b"])
     async with SilentServer() as srv:
         s = await run(job_for(tmp_path, srv.base_url, inp, timeout_s=1))
         assert srv.accepted >= 2
-    assert s.exit_code == 3
-    df = results(tmp_path)
-    assert (df["error_type"] == "timeout").all() and (df["attempts"] == 3).all()
-    rep = report(tmp_path)
-    assert failed_by_type(rep) == {"timeout": 2}
-    assert seen_by_type(rep) == {"timeout": 6}
-    assert format_summary(s).endswith("rerun with --retry-failed to send the failed rows again "
-                                      "(rows that timed out may need a longer --timeout)")
+    assert s.exit_code == 4 and (s.failed, s.pending) == (0, 2)
+    assert s.stopped.startswith("no answer to any request since the run began: 2 attempts at ")
+    assert seen_by_type(report(tmp_path)) == {"timeout": 4}
 
 
 @pytest.mark.anyio
@@ -1079,12 +1076,38 @@ async def test_hung_request_times_out_and_the_rest_finish(tmp_path: Path) -> Non
         s = await run(job_for(tmp_path, sim.base_url, inp, timeout_s=1))
         assert sim.stats()["hangs"] == 3 + 1
     assert s.exit_code == 3
+    assert format_summary(s).endswith("rerun with --retry-failed to send the failed rows again "
+                                      "(rows that timed out may need a longer --timeout)")
     df = results(tmp_path)
     assert (df.loc["r0000", "status"], df.loc["r0000", "error_type"],
             df.loc["r0000", "attempts"]) == ("failed", "timeout", 3)
     assert (df.loc["r0001", "status"], df.loc["r0001", "attempts"]) == ("ok", 2)
     assert (df.iloc[2:]["status"] == "ok").all()
     assert seen_by_type(report(tmp_path)) == {"timeout": 4}
+
+
+@pytest.mark.anyio
+async def test_an_endpoint_that_takes_connections_and_never_answers_stops_the_job(
+        tmp_path: Path) -> None:
+    """A server wedged after accepting: each row's attempts time out (half an hour a row at
+    the defaults, and the job stopped only once 20 rows had failed so). Two timeouts of a row
+    (the second given longer) with nothing answered in the run stop it, no row failed."""
+    n = 40
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+
+    async def wedged(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse | None:
+        await srv.closing.wait()
+        return None
+
+    async with FaultServer(wedged) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, timeout_s=0.5), max_attempts=6)
+    assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (0, 0, n), s
+    assert s.stopped.startswith("no answer to any request since the run began: 2 attempts at "
+                                "row "), s.stopped
+    assert s.stopped.endswith("check it, or raise timeout_s (--timeout) if its answers take "
+                              "longer, then rerun to resume")
+    assert srv.requests <= 8 * 4, srv.requests  # the first rows' two tries, and the next rows
 
 
 @pytest.mark.anyio
