@@ -14,6 +14,17 @@ match, and the rerun's cost is not lost. Leftover temporary
 files are removed; a segment that cannot be read stops the run with a message naming it, and is
 never silently trusted.
 
+Besides outcomes (``ok``, ``failed``) the journal holds ``retrying`` records (``RETRYING``): an
+attempt of a row was billed (a reply with usage but no usable answer) and the row is to be sent
+again. Such a record is written when that happens, carrying everything the row's billed attempts
+cost so far in ``earlier_cost_usd``, so that the money is in the journal should the job stop (or
+be killed) before the row's outcome comes. It is no outcome: it ranks below any ``ok`` or
+``failed`` record of its row whatever their times (``ok`` 1, ``failed`` 0, ``retrying`` -1 in
+the index), so a row whose records are all ``retrying`` is a row to do (``Latest.ok`` -1) whose
+cost counts (``Latest.cost``); compaction keeps its latest ``retrying`` record when no outcome
+wins, else it raises the winner's ``earlier_cost_usd`` as for any record. Journals without such
+records read as before.
+
 At the end of a run ``compact`` merges the segments into one, one record a row, sorted by input
 position, in row groups of ``ROW_GROUP_ROWS``: the results file is then a merge of two sorted
 streams (see ``batchrunner.results``). Compaction keeps only a narrow index of every record
@@ -53,6 +64,7 @@ from batchrunner.records import (
     OUTCOME_COLUMNS,
     OUTCOME_SCHEMA,
     REPEATED_COLUMNS,
+    RETRYING,
     Outcome,
 )
 
@@ -439,13 +451,15 @@ class Latest:
     """The latest record of every row, by input position and for keys the input lacks.
 
     ``loc[p]`` is the location of position ``p``'s latest record (-1: none), ``ok[p]`` 1 if it
-    is ok, 0 if not, -1 if there is none. When asked for, ``cost[p]`` is what the row has cost
-    so far (NaN: none): the most ``cost_usd`` plus ``earlier_cost_usd`` of any of its records,
-    the newest's, as each record carries the ones before it (more than the latest record's
-    own when a rerun's billed failure came after an ``ok``). ``others`` holds the latest
-    record of each key the input does not have, by key (columns key, ok, at, loc, and cost,
-    the key's row's as above, when asked for). When asked for, ``row_hash[p]`` is the latest
-    record's ``row_hash`` (-1: none, or not recorded)."""
+    is ok, 0 if failed, -1 if the row has no outcome: no record, or only ``retrying`` ones
+    (then ``loc[p]`` is the latest of those, and the row is to do). When asked for,
+    ``cost[p]`` is what the row has cost so far (NaN: none): the most ``cost_usd`` plus
+    ``earlier_cost_usd`` of any of its records, the newest's, as each record carries the ones
+    before it (more than the latest record's own when a rerun's billed failure came after an
+    ``ok``, or when the row has only ``retrying`` records: its billed attempts). ``others``
+    holds the latest record of each key the input does not have, by key (columns key, ok, at,
+    loc, and cost, the key's row's as above, when asked for). When asked for, ``row_hash[p]``
+    is the latest record's ``row_hash`` (-1: none, or not recorded)."""
 
     loc: np.ndarray
     ok: np.ndarray
@@ -508,6 +522,8 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
         ok, at, loc = (to_numpy(batch[c]) for c in ("ok", "at", "loc"))
         digest = to_numpy(batch["hash"], fill=-1) if "hash" in batch.column_names else None
         new = None if fresh is None or digest is None else _made_fresh(p, digest, fresh)
+        if new is not None:
+            new[ok < 0] = 0  # a ``retrying`` record is no outcome: never above one
         # Within the batch: the last of each position by ([fresh,] ok, time, location) ...
         rank = np.lexsort((loc, at, ok, p) if new is None else (loc, at, ok, new, p))
         p = p[rank]
@@ -602,7 +618,7 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False,
             base = ((si << _GROUP_BITS) | rg) << _ROW_BITS
             pending.append(pa.table({
                 "key": t["key"],
-                "ok": pc.cast(is_value(t["status"], "ok"), pa.int8()),
+                "ok": _rank(t["status"]),
                 "at": pc.fill_null(t["finished_at"], scalar(0.0, pa.float64())),
                 "loc": int64_array(np.arange(base, base + t.num_rows, dtype=np.int64)),
                 **({"cost": _spent(t["cost_usd"], t["earlier_cost_usd"])} if cost else {}),
@@ -614,6 +630,16 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False,
                 pending, rows = [], 0
     if pending:
         yield pa.concat_tables(pending).combine_chunks()
+
+
+def _rank(status: pa.ChunkedArray) -> pa.ChunkedArray:
+    """How each record ranks among its row's by status (int8): ``ok`` 1, ``failed`` 0,
+    ``retrying`` -1 (no outcome: below any, above no record)."""
+    ok = pc.cast(is_value(status, "ok"), pa.int8())
+    retrying = is_value(status, RETRYING)
+    if not pc.any(retrying).as_py():
+        return ok
+    return pc.subtract(ok, pc.cast(retrying, pa.int8()))
 
 
 def _spent(cost: pa.ChunkedArray, earlier: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -722,11 +748,12 @@ def _order_of(seg: Path) -> str | None:
 
 
 def latest(table: pa.Table) -> pa.Table:
-    """One record a key: the newest ``ok`` if any, else the newest record; with the cost
-    columns, its ``earlier_cost_usd`` raised to its row's whole cost (see ``Latest``)."""
+    """One record a key: the newest ``ok`` if any, else the newest ``failed``, else the newest
+    ``retrying``; with the cost columns, its ``earlier_cost_usd`` raised to its row's whole
+    cost (see ``Latest``)."""
     if table.num_rows == 0:
         return table
-    ok_rank = pc.cast(is_value(table["status"], "ok"), pa.int8())
+    ok_rank = _rank(table["status"])
     idx = int64_array(np.arange(table.num_rows, dtype=np.int64))
     ranked = table.append_column("__ok", ok_rank).append_column("__i", idx)
     winners = _last_per_key(ranked, ["__ok", "finished_at", "__i"]).drop_columns(["__ok", "__i"])

@@ -13,7 +13,14 @@ from typing import Any
 import pyarrow as pa
 
 __all__ = ["ADDED_COLUMNS", "JOURNAL_ONLY", "OUTCOME_COLUMNS", "OUTCOME_SCHEMA", "REPEATED_COLUMNS",
-           "Outcome"]
+           "RETRYING", "Outcome"]
+
+# The status of a journal record that is no outcome: an attempt of a row still to do was billed
+# (a reply with usage but no usable answer) and the row is to be sent again. It keeps what the
+# row's billed attempts cost (``earlier_cost_usd``) should the job stop before the row's
+# outcome comes; it ranks below any ``ok`` or ``failed`` record of its row, and a row whose
+# latest record is one is a row to do (its results ``status`` null).
+RETRYING = "retrying"
 
 
 @dataclass(slots=True)
@@ -21,7 +28,10 @@ class Outcome:
     """What happened to one row. Token counts are ``None`` when the server did not say."""
 
     key: str
-    status: str  # "ok" | "failed"
+    # "ok" | "failed"; in the journal also RETRYING: no outcome, what billed attempts of a row
+    # still to do cost (earlier_cost_usd, with attempts, rate_limited, model, finished_at and
+    # row_hash; the other fields None).
+    status: str
     content: str | None = None
     reasoning_content: str | None = None
     choices: str | None = None  # with n > 1: every choice, as JSON text

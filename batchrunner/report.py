@@ -41,8 +41,10 @@ Top-level keys, in this order::
                       that did not match the schema)
     cost_earlier_attempts_usd
                       sum of the rows' earlier_cost_usd: replies billed and then sent again
-                      (retried in a run, or resent by --retry-failed / --rerun-where); not
-                      part of cost_usd, so the job's spend is the two added
+                      (retried in a run, or resent by --retry-failed / --rerun-where), those
+                      of rows still to do included (``retrying`` records: not rows with an
+                      outcome, not in total); not part of cost_usd, so the job's spend is the
+                      two added
     cost_complete     false when some row paid for has no cost (cost_unknown is not 0)
     pricing           {"library", "library_version", "units", "job_prices": [model, ...]}
     by_model          {model: {"rows", "ok", "failed", tokens..., "tokens_reported_by_rows"
@@ -91,6 +93,7 @@ from batchrunner.arrow import (
 )
 from batchrunner.pricing import LIBRARY_NAME, SOURCE_ASKED, SOURCE_UNKNOWN, PriceBook
 from batchrunner.progress import utc_timestamp
+from batchrunner.records import RETRYING
 
 __all__ = [
     "OPTIONAL_REPORT_COLUMNS",
@@ -327,6 +330,10 @@ class OutcomeStats:
     # ---------------------------------------------------------------------------------------
 
     def _add(self, t: pa.Table) -> None:
+        retrying = pc.fill_null(is_value(t["status"], RETRYING), _FALSE)
+        if pc.any(retrying).as_py():
+            self._add_to_do(pc.filter(t, retrying))
+            t = pc.filter(t, pc.invert(retrying))
         n = t.num_rows
         if n == 0:
             return
@@ -374,6 +381,18 @@ class OutcomeStats:
         self._latency.append(_np_float(pc.drop_null(pc.filter(t["latency_ms"], is_ok))))
         if not self._missing:
             self._add_top(t, offset)
+
+    def _add_to_do(self, t: pa.Table) -> None:
+        """Rows to do whose attempts were billed (``retrying`` records): no outcome, so not
+        among the rows; what those attempts cost is earlier attempts' cost, and the requests
+        they record count."""
+        if "earlier_cost_usd" in t.column_names:
+            self._add_costs(t["model"], np.zeros(t.num_rows, dtype=np.bool_),
+                            t["earlier_cost_usd"], self._earlier, self._earlier_bad)
+        self._attempts += _int_sum(t["attempts"])
+        attempted = pc.greater(t["attempts"], scalar(0, pa.int64()))
+        self._rows_attempted += _count(pc.fill_null(attempted, _FALSE))
+        self._rate_limited += _int_sum(t["rate_limited"])
 
     def _add_models(
         self,

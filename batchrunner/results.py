@@ -3,8 +3,9 @@
 The journal is compacted sorted by input position (``Journal.compact`` with ``InputOrder``),
 so the results file is a merge of two sorted streams: the input's record batches and the
 compacted journal's row groups. Each input batch takes the journal rows whose positions fall
-in it, scattered to their places (rows not done yet get empty outcome columns). The reports
-are aggregated from the same row groups, one pass (``OutcomeStats``).
+in it, scattered to their places (rows not done yet get empty outcome columns; a row to do
+whose attempts were billed, its record ``retrying``, gets a null status beside their cost).
+The reports are aggregated from the same row groups, one pass (``OutcomeStats``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,22 @@ import pyarrow as pa
 
 from batchrunner import compute as pc
 from batchrunner import io
-from batchrunner.arrow import int64_array, null_scalar, scalar, string_array, to_numpy
+from batchrunner.arrow import (
+    int64_array,
+    is_value,
+    null_scalar,
+    scalar,
+    string_array,
+    to_numpy,
+)
 from batchrunner.journal import Fresh, Journal, new_run_id
-from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, OUTCOME_SCHEMA, REPEATED_COLUMNS
+from batchrunner.records import (
+    JOURNAL_ONLY,
+    OUTCOME_COLUMNS,
+    OUTCOME_SCHEMA,
+    REPEATED_COLUMNS,
+    RETRYING,
+)
 from batchrunner.report import REPORT_COLUMNS, OutcomeStats, build_report, write_reports
 
 if TYPE_CHECKING:
@@ -31,6 +45,7 @@ __all__ = ["InputOrder", "key_strings", "rebuild_outputs", "recorded_changed_lef
            "result_name", "sorted_ids"]
 
 _DIGITS = r"^[0-9]{1,18}$"
+_NO = scalar(False, pa.bool_())
 
 
 def sorted_ids(ids: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -145,12 +160,13 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.rows = sum(statuses.values())
     summary.ok = statuses.get("ok", 0)
     summary.failed = statuses.get("failed", 0)
-    summary.pending = statuses.get(None, 0)
+    # Rows to do: without a record, or whose latest is ``retrying`` (billed, not answered).
+    summary.pending = statuses.get(None, 0) + statuses.get(RETRYING, 0)
     summary.results_path = results_path
 
     # The compacted journal holds the input's rows first, in its order, then rows the input
     # no longer has (an id-keyed input that lost rows): the figures are the input's.
-    in_input = summary.ok + summary.failed
+    in_input = summary.ok + summary.failed + statuses.get(RETRYING, 0)
     stats = OutcomeStats()
     recorded = 0
     if journal.segments():
@@ -237,6 +253,8 @@ def _last_runs(meta: dict[str, Any]) -> tuple[dict[str, Any], float | None, dict
 
 def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
                    ) -> Counter[str | None]:
+    """Write the results file; the rows by their journal status (None: no record). A row whose
+    record is ``retrying`` (counted as such) is a row to do: its ``status`` is null."""
     outcomes = _Outcomes(journal, order) if journal.segments() else None
     outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key" and c not in JOURNAL_ONLY]
     empty = pa.Table.from_batches([], OUTCOME_SCHEMA)
@@ -251,6 +269,12 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
             index = np.full(n, -1, np.int64)
             index[pos - start] = np.arange(len(pos))
             part = pc.take(rows, int64_array(index, index >= 0))
+            retrying = pc.fill_null(is_value(part["status"], RETRYING), _NO)
+            billed = int(pc.sum(retrying).as_py() or 0)
+            if billed:  # billed attempts of rows to do: no outcome to show
+                part = part.set_column(part.schema.get_field_index("status"), "status",
+                                       pc.if_else(retrying, null_scalar(pa.string()),
+                                                  part["status"]))
             start += n
             table = pa.Table.from_batches([batch])
             names = set(table.column_names)
@@ -265,6 +289,9 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
                     table = table.append_column(result_name(col_name, names), arr)
             for entry in pc.value_counts(st).to_pylist():
                 statuses[entry["values"]] += entry["counts"]
+            if billed:  # counted apart from the rows with no record
+                statuses[None] -= billed
+                statuses[RETRYING] += billed
             if writer is None:
                 # Dictionaries for the input's columns, the structured fields and the outcome
                 # columns whose values repeat; not for answers, keys and ids.

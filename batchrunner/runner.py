@@ -91,7 +91,7 @@ from batchrunner.limiter import Limiter
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, make_progress
-from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, Outcome
+from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
     changed_warning,
     count_rows,
@@ -477,17 +477,19 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                                      any_ok=any_ok)
     # Kept for the run only when a row to send has a record already: what each row has cost
     # so far, NaN where nothing is recorded (8 bytes a row), or, when no row to send has cost
-    # anything, which rows have a record (1 byte a row).
+    # anything, which rows have a record (1 byte a row). A row to do whose attempts were
+    # billed (only ``retrying`` records) has a cost to carry, though no outcome to resend.
     recorded = latest.ok >= 0
     resent = ~done & recorded  # rows with a record that are sent again
+    carried = latest.loc >= 0  # rows with a record, an outcome or not
     spent = latest.cost
     if spent is not None:
-        if not np.any(resent):
+        if not np.any(~done & carried):
             spent = None
-        elif np.any(resent & ~np.isnan(spent)):
-            spent[recorded & np.isnan(spent)] = 0.0
+        elif np.any(~done & carried & ~np.isnan(spent)):
+            spent[carried & np.isnan(spent)] = 0.0
         else:  # no row sent again has cost anything: which are sent again is enough (1 byte)
-            spent = recorded
+            spent = carried
     plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), fresh=fresh, out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=structured, mixes=mixes,
@@ -1580,9 +1582,7 @@ class _Run:
                 elif e.retryable and item.attempts < self.policy.max_attempts:
                     self.counters["retries"] += 1
                     if billed:  # paid for, and sent again: spent now, and carried
-                        item.earlier_usd += billed
-                        self.spent += billed
-                        self.counts.cost_usd += billed
+                        self._billed_retry(item, billed)
                     return None, backoff(item.attempts, self.policy, e.retry_after, self.rng)
                 if (e.error_type == "connection_error" and item.refusals == 1
                         and self.last_answer < item.started):
@@ -1767,6 +1767,23 @@ class _Run:
             f"the endpoint asks to wait {format_span(wait_s)} before the next request (retry-after "
             f"{wait_s:,.0f} s{until}; {e.message}), longer than the job waits "
             f"({self.policy.max_retry_after_s:g} s): rerun then to resume"))
+
+    def _billed_retry(self, item: _Work, billed: float) -> None:
+        """An attempt of ``item`` was billed and the row is to be sent again: the cost is spent
+        now, carried into the row's outcome, and journaled at once in a ``retrying`` record
+        (every billed attempt of the row so far), so that a job stopped or killed before the
+        outcome still counts it."""
+        item.earlier_usd += billed
+        self.spent += billed
+        self.counts.cost_usd += billed
+        journal = self.journal
+        journal.add(Outcome(
+            key=item.key, status=RETRYING, earlier_cost_usd=item.earlier_usd,
+            attempts=item.attempts, rate_limited=item.rate_limited,
+            model=str(item.body.get("model") or "") or None, finished_at=time.time(),
+            row_hash=item.row_hash))
+        if len(journal) >= FLUSH_EVERY_ROWS:
+            self.flush_wanted.set()
 
     def _billed(self, item: _Work, e: RequestError) -> float | None:
         """What a failed attempt was billed, when its answer reported usage (a 200 without a
@@ -2242,7 +2259,9 @@ def format_status(out_dir: Path) -> str:
 
 class _Tally:
     """What ``status`` shows of the journal's latest records, added a table of them at a
-    time; with ``times``, their ``finished_at`` too (the pace of a run in progress)."""
+    time; with ``times``, their ``finished_at`` too (the pace of a run in progress). A row
+    whose latest record is ``retrying`` is a row to do: counted neither ok nor failed, its
+    billed attempts' cost among the earlier attempts'."""
 
     def __init__(self, *, times: bool) -> None:
         self.ok = self.failed = self.unpriced = self.tokens = 0
@@ -2270,8 +2289,10 @@ class _Tally:
                       pc.is_valid(part["prompt_tokens"]))
         self.unpriced += pc.filter(cost, paid).null_count
         self.tokens += pc.sum(part["total_tokens"]).as_py() or 0
-        if self.finished_at is not None:
-            self.finished_at.append(to_numpy(part["finished_at"], fill=0.0))
+        if self.finished_at is not None:  # of rows finished: not of ``retrying`` records
+            finished = pc.filter(part["finished_at"], pc.invert(is_value(part["status"],
+                                                                         RETRYING)))
+            self.finished_at.append(to_numpy(finished, fill=0.0))
 
 
 PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in progress

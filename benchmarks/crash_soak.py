@@ -59,6 +59,7 @@ from pathlib import Path
 import pandas as pd
 
 from batchrunner.journal import Journal
+from batchrunner.records import RETRYING
 from batchrunner.simulator import SimulatorConfig, SimulatorThread, prompt_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,8 +213,9 @@ class CrashHarness:
                                   strict=True) if s == "ok"}
 
     def journaled(self) -> int:
-        rows: int = Journal(self.out_dir).read(columns=["status"]).num_rows
-        return rows
+        """Rows with an outcome in the journal (``retrying`` records are rows to do)."""
+        status = Journal(self.out_dir).read(columns=["status"])["status"]
+        return sum(s != RETRYING for s in status.to_pylist())
 
     # -- kills
 

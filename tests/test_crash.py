@@ -30,9 +30,11 @@ import pytest
 
 from batchrunner.cli import main
 from batchrunner.journal import Journal, write_segment
+from batchrunner.records import RETRYING
+from batchrunner.report import format_usd
 from batchrunner.runner import format_status
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
-from benchmarks.crash_soak import CrashHarness, Kill
+from benchmarks.crash_soak import CrashHarness, Kill, _wait
 
 KEY = "sk-test-crash-0123456789"
 TEMPLATE = "Summarise: {text}"
@@ -150,6 +152,63 @@ def test_sigkill_of_a_batch_file_run_keeps_its_rows_checks(tmp_path: Path) -> No
         assert harness.check(final) == []
     df = pd.read_parquet(harness.out_dir / "results.parquet")
     assert df["json_topic"].notna().all() and df["json_score"].notna().all()
+
+
+def test_sigkill_after_a_billed_attempt_keeps_its_cost(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Row 3's first reply is a 200 with usage and no choices (billed, no answer) and its
+    retry hangs: the run is killed (SIGKILL) once the billed attempt is journaled. Before,
+    that cost was in no record: `status`, `report` and the next run's budget never counted it.
+    Now `status` and the report count it as earlier attempts' cost, the row is to do, and the
+    rerun sends it: the row's cost is both attempts', counted once."""
+    n, billed_row = 30, "r0003"
+    make_csv(tmp_path / "in.csv", n, {3: " [[sim:no_choices*1]][[sim:hang*1]]"})
+    seen: list[int] = [0]
+
+    def billed_journaled(out: Path) -> bool:
+        segs = len(Journal(out).segments())  # the journal read only once a segment is added
+        if segs == seen[0]:
+            return False
+        seen[0] = segs
+        state = Journal(out).read(columns=["status"])
+        return RETRYING in state["status"].to_pylist()
+
+    with SimulatorThread(SimulatorConfig(latency_ms=20, seed=3)) as sim:
+        harness = CrashHarness(tmp_path, sim, n, concurrency=4)  # runs over the in.csv above
+        out = harness.out_dir
+        proc = harness.spawn()
+        try:
+            hit = _wait(proc, lambda: billed_journaled(out))
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        assert hit and proc.returncode == -signal.SIGKILL
+        state = Journal(out).read().to_pylist()
+        (billed,) = [r for r in state if r["key"] == billed_row]
+        assert billed["status"] == RETRYING and billed["attempts"] == 1
+        earlier = billed["earlier_cost_usd"]
+        assert earlier > 0 and billed["cost_usd"] is None and billed["content"] is None
+        finished = sum(r["status"] != RETRYING for r in state)
+        status = format_status(out)
+        assert f"{finished} of {n} rows finished" in status
+        assert f"(plus {format_usd(earlier)} for earlier attempts" in status
+        code, _, _ = cli(capsys, "report", str(out))
+        assert code == 4  # rows to do, the billed one among them
+        report = json.loads((out / "cost_report.json").read_text())
+        assert report["cost_earlier_attempts_usd"] == pytest.approx(earlier)
+        assert report["rows"]["total"] == finished and report["rows"]["to_do"] == n - finished
+        row = pd.read_parquet(out / "results.parquet").set_index("id").loc[billed_row]
+        assert pd.isna(row["status"]) and row["earlier_cost_usd"] == pytest.approx(earlier)
+        final = harness.finish()
+        assert harness.check(final) == []
+    df = pd.read_parquet(out / "results.parquet").set_index("id")
+    # The same reply twice: the billed attempt's cost is the answer's, counted once.
+    assert df.loc[billed_row, "earlier_cost_usd"] == pytest.approx(earlier)
+    assert df.loc[billed_row, "cost_usd"] == pytest.approx(earlier)
+    assert df["earlier_cost_usd"].notna().sum() == 1
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["cost_earlier_attempts_usd"] == pytest.approx(earlier)
 
 
 # ----------------------------------------------------------------------------------------------

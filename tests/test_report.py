@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from batchrunner.pricing import ModelPrice, PriceBook
-from batchrunner.records import OUTCOME_SCHEMA, Outcome
+from batchrunner.records import OUTCOME_SCHEMA, RETRYING, Outcome
 from batchrunner.report import (
     REPORT_COLUMNS,
     OutcomeStats,
@@ -756,3 +756,26 @@ def test_spent_in_all_says_when_a_cost_is_not_known(book: PriceBook) -> None:
     md = render_markdown(build_report(table(rows), prices=book, job=JOB, wall_s=1.0))
     assert cell(md, "Cost (USD)") == "$0.0000144 (incomplete, see warnings)"
     assert cell(md, "Spent in all (USD)") == "$0.0000169 (incomplete, see warnings)"
+
+
+def test_a_row_to_do_whose_attempts_were_billed_counts_only_their_cost(book: PriceBook) -> None:
+    """A ``retrying`` record (billed attempts of a row still to do) is no row of the report:
+    not in the rows, statuses, models or latencies; its cost is earlier attempts' cost, and
+    its attempts are requests sent. The same in one chunk or row by row."""
+    rows = [ok_row(book, "a", "my-model", attempts=2),
+            Outcome(key="b", status=RETRYING, earlier_cost_usd=0.25, attempts=3,
+                    rate_limited=1, model="my-model", finished_at=5.0)]
+    one = build_report(table(rows), prices=book, job=JOB, wall_s=1.0, to_do=1)
+    stats = OutcomeStats()
+    for row in rows:
+        stats.add(table([row]))
+    chunked = build_report(stats, prices=book, job=JOB, wall_s=1.0, to_do=1)
+    alone = build_report(table(rows[:1]), prices=book, job=JOB, wall_s=1.0, to_do=1)
+    for report in (one, chunked):
+        assert report["rows"]["total"] == 1 and report["rows"]["by_status"] == {"ok": 1}
+        assert report["by_model"]["my-model"]["rows"] == 1
+        assert report["cost_usd"] == alone["cost_usd"]
+        assert report["cost_earlier_attempts_usd"] == 0.25
+        assert report["requests"]["attempts"] == 5 and report["requests"]["retries"] == 3
+        assert report["requests"]["http_429_in_rows"] == 1
+        assert report["latency_ms"] == alone["latency_ms"]

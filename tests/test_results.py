@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -17,7 +18,7 @@ import pytest
 from batchrunner import io, journal
 from batchrunner.config import load_job
 from batchrunner.journal import Journal, JournalWriter, latest, outcomes_table, write_segment
-from batchrunner.records import Outcome
+from batchrunner.records import RETRYING, Outcome
 from batchrunner.results import InputOrder, key_strings, rebuild_outputs
 from batchrunner.runner import (
     RunOptions,
@@ -150,6 +151,66 @@ def test_a_rerun_that_failed_after_an_ok_keeps_the_answer_and_its_cost(tmp_path:
         assert table["content"].to_pylist() == ["0@1", "1@2", "2@3"]
         assert table["cost_usd"].to_pylist() == [1.0, 3.0, None]
         assert table["earlier_cost_usd"].to_pylist() == [0.5, 2.0, None]
+
+
+@pytest.mark.usefixtures("batches")
+@pytest.mark.parametrize("rows", [7, 0], ids=["rows in the input", "keys the input lacks"])
+def test_a_retrying_record_ranks_below_any_outcome_and_above_none(tmp_path: Path,
+                                                                  rows: int) -> None:
+    """``retrying`` records (a billed attempt of a row to be sent again) lose to any ``ok`` or
+    ``failed`` record of their row whatever their times, win over no record, and carry what
+    the billed attempts cost: in ``_latest`` (``ok`` -1: no outcome), ``latest()`` and
+    compaction."""
+    j = Journal(tmp_path)
+    j.create()
+
+    def rec(key: str, status: str, t: float, cost: float | None, earlier: float | None,
+            row_hash: int | None = None) -> Outcome:
+        return Outcome(key=key, status=status, finished_at=t, cost_usd=cost,
+                       earlier_cost_usd=earlier, row_hash=row_hash,
+                       content=None if status == RETRYING else f"{key}@{t}")
+
+    runs = [[rec("0", "ok", 1, 1.0, None, 10), rec("1", "failed", 1, 0.2, None),
+             rec("2", RETRYING, 1, None, 0.4), rec("3", RETRYING, 3, None, 0.1),
+             rec("5", RETRYING, 4, None, 0.25), rec("6", RETRYING, 1, None, 0.5)],
+            [rec("0", RETRYING, 5, None, 1.5, 20), rec("1", RETRYING, 9, None, 0.5),
+             rec("2", RETRYING, 2, None, 0.7), rec("3", "ok", 2, 1.0, 0.1),
+             rec("5", "failed", 1, None, 0.25), rec("6", RETRYING, 0.5, None, 0.5)]]
+    for i, records in enumerate(runs):
+        w = JournalWriter(j.directory, f"2026010{i + 1}T000000-aaaaaa")
+        for o in records:
+            w.add(o)
+        w.flush()
+    winners = {"0": ("ok", 1.0, 0.5), "1": ("failed", 0.2, 0.3), "2": (RETRYING, None, 0.7),
+               "3": ("ok", 1.0, 0.1), "5": ("failed", None, 0.25), "6": (RETRYING, None, 0.5)}
+    costs = {"0": 1.5, "1": 0.5, "2": 0.7, "3": 1.1, "5": 0.25, "6": 0.5}
+    index = j.latest(_Order(rows=rows), cost=True)
+    if rows:
+        assert index.ok.tolist() == [1, 0, -1, 1, -1, 0, -1]  # 4: no record; 2, 6: retrying
+        assert [loc >= 0 for loc in index.loc.tolist()] == [True] * 4 + [False] + [True] * 2
+        assert index.cost is not None
+        assert [c if c == c else None for c in index.cost.tolist()] == [
+            costs.get(str(p)) for p in range(rows)]
+        assert index.prior_cost() == pytest.approx(sum(costs.values()))
+    else:
+        assert index.others["ok"].to_pylist() == [1, 0, -1, 1, 0, -1]
+        assert index.others["cost"].to_pylist() == pytest.approx(list(costs.values()))
+    # A retrying record made with a changed row's values now is still no outcome: the old
+    # answer wins over it (the row is compared again by the next run).
+    fresh = journal._latest(j.segments(), _Order(rows=7), cost=True,
+                            fresh=(np.array([0]), np.array([20])))
+    assert fresh.ok[0] == 1
+    read = j.read().sort_by("key")
+    seg = j.compact("run3", _Order(rows=rows))
+    assert seg is not None
+    for table in (read, pq.read_table(seg)):
+        got = {r["key"]: (r["status"], r["cost_usd"], r["earlier_cost_usd"])
+               for r in table.to_pylist()}
+        assert got.keys() == winners.keys()
+        for key, (status, cost, earlier) in winners.items():
+            assert got[key][0] == status, key
+            assert got[key][1] == cost, key
+            assert got[key][2] == pytest.approx(earlier), key
 
 
 def test_keys_the_input_lacks_come_last_by_key(tmp_path: Path) -> None:

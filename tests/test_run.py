@@ -24,6 +24,7 @@ from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError, InputError
 from batchrunner.io import is_locked
 from batchrunner.journal import Journal
+from batchrunner.report import format_usd
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, format_status, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
@@ -650,6 +651,120 @@ async def test_a_rerun_that_fails_billed_keeps_the_answer_and_counts_its_cost(
         row = results(tmp_path).set_index("id").loc["r0002"]
         assert row["earlier_cost_usd"] == pytest.approx(answer["cost_usd"] + billed)
         assert total() == pytest.approx(first + billed + row["cost_usd"])
+
+
+NORMAL_USD, BILLED_USD = 2e-5, 0.0011  # the handler's usage below, at BILLED_PRICES
+BILLED_PRICES = {"m": {"input": 1.0, "output": 2.0}}  # USD per 1M tokens
+
+
+async def serve_billing(bill: set[str]) -> tuple[Any, str]:
+    """A server (its runner, and base URL) that answers every row with 10 prompt and 5
+    completion tokens ($0.00002 at ``BILLED_PRICES``), but the next request of a row named in
+    ``bill`` ("row 1 ") with a 200 that reports 1,000 and 50 tokens ($0.0011) and has no
+    choices: billed, no answer, sent again."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        text = (await request.json())["messages"][-1]["content"]
+        row = next((r for r in bill if r in text), None)
+        if row is not None:
+            bill.discard(row)
+            return web.json_response({"model": "m", "usage": {
+                "prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050}})
+        return web.json_response({"model": "m", "choices": [{
+            "index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": f"answer to {text}"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
+
+    runner, port = await serve_on_loopback(handler)
+    return runner, f"http://127.0.0.1:{port}/v1"
+
+
+def report_costs(out: Path) -> tuple[float, float]:
+    report = json.loads((out / "cost_report.json").read_text())
+    return report["cost_usd"], report["cost_earlier_attempts_usd"]
+
+
+@pytest.mark.anyio
+async def test_a_billed_attempt_of_a_row_stopped_before_its_retry_is_counted(
+        tmp_path: Path) -> None:
+    """Row 1's first reply is billed ($0.0011) with no answer; the budget stops the job before
+    its retry. The cost lived only in the run: the report, `status` and the next run's budget
+    never counted it. It is journaled now: counted as earlier attempts' cost, the row to do;
+    a plain rerun sends it and its cost is both attempts', counted once."""
+    from batchrunner.cli import main
+    from batchrunner.runner import prepare
+
+    inp = make_csv(tmp_path / "in.csv", 3)
+    out = tmp_path / "out"
+    runner, base_url = await serve_billing({"row 1 "})
+    try:
+        job = replace(job_for(tmp_path, base_url, inp, model="m", concurrency=1,
+                              max_cost_usd=0.0005), prices=BILLED_PRICES)
+        s = await run_job(job, FAST)
+        assert s.stopped and "budget reached" in s.stopped and s.sent == 2
+        assert (s.ok, s.failed, s.pending) == (1, 0, 2)
+        assert s.earlier_cost_usd == pytest.approx(BILLED_USD)
+        assert report_costs(out) == pytest.approx((NORMAL_USD, BILLED_USD))
+        df = results(tmp_path).set_index("id")
+        row = df.loc["r0001"]
+        assert pd.isna(row["status"]) and pd.isna(row["content"]) and row["attempts"] == 1
+        assert row["earlier_cost_usd"] == pytest.approx(BILLED_USD)
+        assert pd.isna(row["cost_usd"]) and df["status"].isna().sum() == 2
+        report = json.loads((out / "cost_report.json").read_text())
+        assert report["rows"]["total"] == 1 and report["rows"]["to_do"] == 2
+        assert report["rows"]["by_status"] == {"ok": 1}
+        status = format_status(out)
+        assert "1 of 3 rows finished (1 ok, 0 failed, 2 to do)" in status
+        assert f"(plus {format_usd(BILLED_USD)} for earlier attempts" in status
+        unlimited = replace(job, limits=replace(job.limits, max_cost_usd=None))
+        assert prepare(unlimited, FAST).prior_cost == pytest.approx(NORMAL_USD + BILLED_USD)
+        assert main(["report", str(out)]) == 4  # rows left to do
+        assert report_costs(out) == pytest.approx((NORMAL_USD, BILLED_USD))
+        s = await run_job(unlimited, FAST)
+        assert (s.ok, s.pending, s.sent) == (3, 0, 2)
+    finally:
+        await runner.cleanup()
+    row = results(tmp_path).set_index("id").loc["r0001"]
+    assert row["status"] == "ok" and row["attempts"] == 1
+    assert row["earlier_cost_usd"] == pytest.approx(BILLED_USD)
+    assert report_costs(out) == pytest.approx((3 * NORMAL_USD, BILLED_USD))
+    assert s.earlier_cost_usd == pytest.approx(BILLED_USD)
+    assert len(Journal(out).read()) == 3  # compacted: the retrying record is gone
+
+
+@pytest.mark.anyio
+async def test_a_rerun_billed_then_stopped_keeps_the_answer_and_counts_the_billed_attempt(
+        tmp_path: Path) -> None:
+    """Row 1 is ok; rerun with --rerun-where, its first reply is billed ($0.0011) and the
+    budget stops the job before its retry. It keeps its answer, and its cost is raised by the
+    billed attempt (before, the attempt was in no record)."""
+    inp = make_csv(tmp_path / "in.csv", 3)
+    out = tmp_path / "out"
+    bill: set[str] = set()
+    runner, base_url = await serve_billing(bill)
+    try:
+        job = replace(job_for(tmp_path, base_url, inp, model="m", concurrency=1),
+                      prices=BILLED_PRICES)
+        await run_job(job, FAST)
+        answer = results(tmp_path).set_index("id").loc["r0001", "content"]
+        bill.add("row 1 ")
+        rerun = RunOptions(rerun_where="key == 'r0001'", retry=FAST.retry, progress="none",
+                           handle_signals=False)
+        s = await run_job(replace(job, limits=replace(job.limits, max_cost_usd=0.0005)), rerun)
+        assert s.stopped and "budget reached" in s.stopped and s.sent == 1
+    finally:
+        await runner.cleanup()
+    assert (s.ok, s.failed, s.pending) == (3, 0, 0)
+    row = results(tmp_path).set_index("id").loc["r0001"]
+    assert row["status"] == "ok" and row["content"] == answer
+    assert row["cost_usd"] == pytest.approx(NORMAL_USD)
+    assert row["earlier_cost_usd"] == pytest.approx(BILLED_USD)
+    assert report_costs(out) == pytest.approx((3 * NORMAL_USD, BILLED_USD))
+    assert f"(plus {format_usd(BILLED_USD)} for earlier attempts" in format_status(out)
+    assert "3 of 3 rows finished (3 ok, 0 failed, 0 to do)" in format_status(out)
 
 
 @pytest.mark.anyio
