@@ -280,6 +280,16 @@ class InputSource(abc.ABC):
         """The files this input reads, in order (one, or a directory's Parquet files)."""
         return [self.path]
 
+    def stamp(self) -> tuple[tuple[int, int, int, int], ...] | None:
+        """Each file's device, inode, size and modification time: cheap to take, and changed
+        when a file is replaced or rewritten (``fingerprint`` tells whether its bytes did).
+        None when a file cannot be looked at (removed, say)."""
+        try:
+            return tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                         for st in (os.stat(f) for f in self.files()))
+        except OSError:
+            return None
+
     def fingerprint(self) -> str:
         """SHA-256 (hex) over the input's size and bytes; for a directory, each file's name too.
 

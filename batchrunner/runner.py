@@ -298,6 +298,9 @@ class Plan:
     # from (job.json's answered_models), to tell a key that lacks one model.
     answered_models: frozenset[str] = frozenset()
     order: InputOrder | None = None  # journal keys → input positions
+    # The input's files as prepare found them (InputSource.stamp): the end of a run checks
+    # that the rows it merges with the journal are still those it read.
+    input_stamp: tuple[tuple[int, int, int, int], ...] | None = None
     # What each input row has cost so far (NaN: nothing recorded), carried into the row's next
     # record when it is sent again; or only which rows have a record, when none sent has a cost.
     spent: npt.NDArray[np.float64] | npt.NDArray[np.bool_] | None = None
@@ -332,6 +335,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output {out_dir} is a file, not a directory — choose another --output")
     source = io.open_input(job.input.path)
+    stamp = source.stamp()  # before the input is read: a change from here on is seen
     where = f"input {source.path.name}"
     prices = PriceBook(parse_price_table(job.prices, where=f"job file {job.source}: [prices]"))
 
@@ -496,7 +500,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_ok=int(np.count_nonzero(done & ~held & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & ~held & (latest.ok == 0))),
-                resent=int(np.count_nonzero(resent)), limited=int(np.count_nonzero(held)))
+                resent=int(np.count_nonzero(resent)), limited=int(np.count_nonzero(held)),
+                input_stamp=stamp)
     known: Any = meta.get("answered_models")  # carried over from old_meta
     if isinstance(known, list):
         plan.answered_models = frozenset(m for m in known if isinstance(m, str))
@@ -2076,6 +2081,9 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             summary.run_cost_usd = run.counts.cost_usd
         summary.stopped = str(run.stop_error) if run.stop_error else None
         summary.wall_s = time.monotonic() - started
+        moved = await anyio.to_thread.run_sync(_input_moved, plan)
+        if moved:
+            summary.stopped = moved
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent)
         if summary.sent:  # the report's wall time and counters: of the last run that sent
             counters = dict(run.counters)
@@ -2086,6 +2094,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             plan.job_meta["answered_models"] = sorted(run.answered_models)[:MAX_MODELS_KEPT]
         _settle_batch_checks(plan)
         _write_meta(plan)
+    if moved:
+        raise StopJob(moved)
     await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
     if plan.fresh is not None:
         plan.job_meta["rows_changed"] = {"found": len(plan.fresh[0]),
@@ -2097,6 +2107,24 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             plan.job_meta["rows_checked"] = plan.job_meta["input_fingerprint"]
         _write_meta(plan)
     return summary
+
+
+def _input_moved(plan: Plan) -> str:
+    """Why the results cannot be written from the input now, or "": it was replaced or
+    rewritten since the run read it (tonight's export over last night's), so its rows may not
+    be where the journal's answers were sent from. Its bytes are read again only when its
+    files' stamp changed."""
+    if plan.input_stamp is not None and plan.source.stamp() == plan.input_stamp:
+        return ""
+    try:
+        if plan.source.fingerprint() == plan.job_meta.get("input_fingerprint"):
+            return ""
+    except InputError:
+        pass  # removed, or no longer readable
+    return (f"input {plan.source.path} changed while the job ran (replaced, rewritten or "
+            "removed): the results and reports were not written from it, as its rows may no "
+            "longer be those sent; finished rows are saved — run the same command again to "
+            "send the rows that changed and write the results")
 
 
 def _write_meta(plan: Plan) -> None:

@@ -1188,3 +1188,63 @@ async def test_a_server_on_this_machine_that_answers_no_key_with_403_says_none_w
     assert s.exit_code == 4 and s.stopped is not None and s.pending == 3
     assert s.stopped.startswith("the endpoint wants an API key (HTTP 403: Not authenticated) — "
                                 "none was sent: set OPENAI_API_KEY")
+
+
+@pytest.mark.anyio
+async def test_an_input_touched_while_the_job_runs_is_still_its_input(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its modification time changed, not its bytes (a backup tool, a re-export of the same
+    rows): the run ends as it would have, its results written."""
+    import batchrunner.runner as runner
+
+    inp = make_csv(tmp_path / "in.csv", 12)
+    pipeline = runner._pipeline
+
+    async def touched_meanwhile(run: Any) -> None:
+        await pipeline(run)
+        staged = tmp_path / "export.csv"
+        staged.write_bytes(inp.read_bytes())
+        os.replace(staged, inp)
+
+    monkeypatch.setattr(runner, "_pipeline", touched_meanwhile)
+    async with Simulator(SimulatorConfig()) as sim:
+        summary = await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+    assert summary.exit_code == 0 and len(results(tmp_path)) == 12
+
+
+@pytest.mark.anyio
+async def test_an_input_replaced_while_the_job_runs_never_gets_the_answers_of_other_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tonight's export replaces the input while the job still sends last night's: the results
+    are not merged with rows in another order (each answer would land on another row); the run
+    stops, exit 4, its rows saved, and the next run writes every answer beside its own row."""
+    import batchrunner.runner as runner
+    from batchrunner.errors import StopJob
+
+    inp = make_csv(tmp_path / "in.csv", 30)
+    rows = pd.read_csv(inp)
+    pipeline = runner._pipeline
+
+    async def replaced_meanwhile(run: Any) -> None:
+        await pipeline(run)
+        staged = tmp_path / "export.csv"
+        rows.iloc[::-1].to_csv(staged, index=False)  # the same rows, in another order
+        os.replace(staged, inp)
+
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp)
+        with monkeypatch.context() as m:
+            m.setattr(runner, "_pipeline", replaced_meanwhile)
+            with pytest.raises(StopJob, match=r"in\.csv changed while the job ran") as e:
+                await run_job(job, FAST)
+        assert "run the same command" in str(e.value)
+        assert not (tmp_path / "out" / "results.parquet").exists()
+        status = format_status(tmp_path / "out")
+        assert "changed while the job ran" in status and "30 ok" in status
+        sent = sim.stats()["requests"]
+        again = await run_job(job, FAST)
+        assert again.exit_code == 0 and sim.stats()["requests"] == sent  # nothing sent twice
+    df = results(tmp_path)
+    assert list(df["id"]) == list(rows["id"][::-1])
+    for text, content in zip(df["text"], df["content"], strict=True):
+        assert content.startswith(f"Echo: [{prompt_key(f'Summarise: {text}')}]")
