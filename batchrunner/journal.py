@@ -34,6 +34,7 @@ its memory does not grow with the width of the answers.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import time
@@ -174,16 +175,32 @@ def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) 
             os.fsync(f.fileno())
         os.replace(tmp, final)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
+        # A disk full wants room; one gone read-only (a disk error, a remount) wants fixing.
+        hint = ("free space and rerun" if e.errno in _NO_ROOM
+                else "rerun once it can be written")
         raise OutputError(
             f"cannot write journal segment {final} ({e.strerror or type(e).__name__}); rows "
-            "finished before are saved — free space and rerun"
+            f"finished before are saved — {hint}"
         ) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     _fsync_dir(directory)
     return final
+
+
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _remove(path: Path) -> bool:
+    """Delete ``path`` if it is there; False where it cannot be (a file system gone read-only,
+    whose error is the one to tell: the next run removes what is left)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
 
 
 # The disk a run holds for its last journal write (``JournalWriter.reserve``): some 2,000 rows
@@ -234,9 +251,8 @@ class JournalWriter:
         """Free the disk ``reserve`` holds; False if it holds none."""
         if self._reserve is None:
             return False
-        self._reserve.unlink(missing_ok=True)
-        self._reserve = None
-        return True
+        path, self._reserve = self._reserve, None
+        return _remove(path)
 
     def add(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)

@@ -684,6 +684,47 @@ def test_a_disk_filled_up_mid_run_still_takes_the_last_answers(
         assert not list((out / "journal").glob(".reserve-*"))
 
 
+def test_a_disk_gone_read_only_mid_run_names_the_journal_and_a_rerun_finishes(
+        tmp_path: Path, small_disk: Path) -> None:
+    """The file system under the output directory turns read-only while the job runs (a disk
+    error, a remount): the run stops with exit 1 and one line naming the journal segment it
+    could not write and why, not the disk it held for its last write, nor "free space"; once
+    the disk is writable again, a rerun finishes."""
+    n = 3000
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = small_disk / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
+        args = run_args(inp, sim.base_url, out, "--concurrency", "4")
+        proc = subprocess.Popen(plain_cmd(args), env=child_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not list((out / "journal").glob("seg-*.parquet")):
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+                time.sleep(0.01)
+            subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True,
+                           capture_output=True, timeout=30)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 1, err
+        line = one_error_line(err)
+        assert "cannot write journal segment" in line and "read-only" in line.lower(), line
+        assert ".reserve" not in line and "free space" not in line, line
+        saved = ok_keys(out)
+        assert 0 < len(saved) < n
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True,
+                       capture_output=True, timeout=30)
+        done = subprocess.run(plain_cmd([*args[:-1], "32"]), env=child_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert not list((out / "journal").glob(".reserve-*"))
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == n and (df["status"] == "ok").all()
+
+
 RESULTS_LIMIT = 96 * 1024  # the journal (~30 KB) fits, results with a 1 KB pad a row do not
 
 
