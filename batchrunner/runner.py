@@ -1902,23 +1902,37 @@ class _Run:
                         return
 
     async def watch_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if not self.stopping:
-                    by = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
-                    self.stop(Interrupted(
-                        f"interrupted by {by}; finished rows are saved — run the same command "
-                        "to resume"
-                    ))
-                    lead = "\n" if sys.stderr.isatty() else ""  # off the line ^C was echoed on
-                    self.progress.write(f"{lead}batchrunner: {name}: finishing requests in "
-                                        f"flight (up to {self.options.drain_s:.0f} s; again to "
-                                        "stop now)")
-                    scope.deadline = min(scope.deadline,
-                                         anyio.current_time() + self.options.drain_s)
-                else:
-                    scope.cancel()
+        watched = (signal.SIGINT, signal.SIGTERM)
+        before = {sig: signal.getsignal(sig) for sig in watched}
+        try:
+            with anyio.open_signal_receiver(*watched) as signals:
+                await self._on_signals(signals, scope)
+        finally:
+            # The event loop leaves a signal it stops watching to the system's default (a
+            # SIGTERM would kill the process on the spot): the handlers from before are put
+            # back, so that one while the last rows are journaled and the results written
+            # stops the run as the command line says (exit 4), those rows saved.
+            for sig, handler in before.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+    async def _on_signals(self, signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not self.stopping:
+                by = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
+                self.stop(Interrupted(
+                    f"interrupted by {by}; finished rows are saved — run the same command "
+                    "to resume"
+                ))
+                lead = "\n" if sys.stderr.isatty() else ""  # off the line ^C was echoed on
+                self.progress.write(f"{lead}batchrunner: {name}: finishing requests in "
+                                    f"flight (up to {self.options.drain_s:.0f} s; again to "
+                                    "stop now)")
+                scope.deadline = min(scope.deadline,
+                                     anyio.current_time() + self.options.drain_s)
+            else:
+                scope.cancel()
 
 
 @asynccontextmanager

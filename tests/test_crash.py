@@ -267,6 +267,59 @@ def test_second_ctrl_c_while_draining_stops_at_once(tmp_path: Path) -> None:
         assert len(df) == n and (df["status"] == "ok").sum() == n - hangs
 
 
+def held_at_last_flush_cmd(marker: Path, args: list[str]) -> list[str]:
+    """The CLI in a child whose last journal write (every row answered, the signal watcher
+    gone) touches ``marker``, then waits until it is removed: the moment a scheduler's SIGTERM
+    meets at the end of a long job."""
+    code = ("import os, sys, time\n"
+            "from batchrunner.journal import JournalWriter\n"
+            "flush = JournalWriter.flush\n"
+            "def held(self):\n"
+            f"    open({str(marker)!r}, 'w').close()\n"
+            "    for _ in range(6000):\n"
+            f"        if not os.path.exists({str(marker)!r}):\n"
+            "            break\n"
+            "        time.sleep(0.01)\n"
+            "    flush(self)\n"
+            "JournalWriter.flush = held\n"
+            "from batchrunner.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    return [sys.executable, "-c", code, *args]
+
+
+def test_sigterm_while_the_last_rows_are_journaled_saves_them_and_exits_4(
+        tmp_path: Path) -> None:
+    """The pipeline is over (every row answered) and its last rows are being written when the
+    scheduler's SIGTERM comes: the run is not killed on the spot, losing them; it ends with
+    exit 4 and its message, every answer in the journal."""
+    n = 40
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    marker = tmp_path / "flushing"
+    with SimulatorThread(SimulatorConfig(reply_tokens=20)) as sim:
+        proc = subprocess.Popen(held_at_last_flush_cmd(marker, run_args(inp, sim.base_url, out)),
+                                env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not marker.exists():
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.stderr is not None
+            said = proc.stderr.readline()  # the run's word on it, or nothing: killed
+            marker.unlink()
+            _, err = proc.communicate(timeout=60)
+            err = said + err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 4, (proc.returncode, err)
+        assert "Traceback" not in err and "interrupted" in err and "rerun" in err, err
+        assert len(ok_keys(out)) == sim.stats()["requests"] == n
+
+
 def input_open_by(pid: int, path: Path) -> bool:
     fds = Path(f"/proc/{pid}/fd")
     try:
