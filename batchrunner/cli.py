@@ -406,6 +406,10 @@ def _cmd_simulate(ns: argparse.Namespace) -> int:
 
 
 def _sigterm(signum: int, frame: object) -> None:
+    if signum == signal.SIGHUP:  # its terminal closed, most likely
+        from batchrunner.progress import leave_terminal
+
+        leave_terminal()
     raise KeyboardInterrupt  # before the run's own handler is up: stop like Ctrl-C (exit 4)
 
 
@@ -456,6 +460,8 @@ def before_imports() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # ignored: under nohup
+            signal.signal(signal.SIGHUP, _sigterm)
     before_imports()
     commands = {"run": _cmd_run, "estimate": _cmd_estimate, "status": _cmd_status,
                 "report": _cmd_report, "simulate": _cmd_simulate}

@@ -14,7 +14,7 @@
     │   ├── BudgetExceeded            the next request could pass max_cost_usd
     │   ├── Unreachable               no connection to the endpoint through a row's retries
     │   ├── AllFailing                the run's first rows all failed the same way, none ok
-    │   └── Interrupted               Ctrl-C or SIGTERM
+    │   └── Interrupted               Ctrl-C, SIGTERM or SIGHUP
     └── RequestError                  one request failed; carries ``error_type`` and retryability
         ├── HTTPStatusError           a non-2xx answer
         ├── TransportError            connection refused/reset, timeout, a cut stream

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import math
+import os
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Counts", "LogProgress", "NullProgress", "Progress", "TqdmProgress", "make_progress"]
+__all__ = [
+    "Counts",
+    "LogProgress",
+    "NullProgress",
+    "Progress",
+    "TqdmProgress",
+    "leave_terminal",
+    "make_progress",
+]
 
 
 @dataclass(slots=True)
@@ -240,6 +250,28 @@ class LogProgress:
 
     def close(self) -> None:
         pass
+
+
+def leave_terminal() -> None:
+    """Point stdout and stderr that go to a terminal at /dev/null: after a SIGHUP the terminal
+    is most likely gone (an ssh session closed), and writing to it fails (EIO), which would end
+    the run with a traceback instead of its own stop. Files and pipes (a log) are kept."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        null_device = os.fstat(null).st_rdev
+        for fd in (1, 2):
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            # A hung-up terminal is no longer a tty to isatty(), but still a character device.
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev != null_device:
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 def make_progress(desc: str, mode: str = "auto") -> Progress:

@@ -90,7 +90,7 @@ from batchrunner.journal import Fresh, Journal, JournalWriter, new_run_id
 from batchrunner.limiter import Limiter
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
-from batchrunner.progress import Counts, Progress, make_progress
+from batchrunner.progress import Counts, Progress, leave_terminal, make_progress
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
     changed_warning,
@@ -1902,7 +1902,9 @@ class _Run:
                         return
 
     async def watch_signals(self, scope: anyio.CancelScope) -> None:
-        watched = (signal.SIGINT, signal.SIGTERM)
+        watched: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # ignored: under nohup
+            watched += (signal.SIGHUP,)
         before = {sig: signal.getsignal(sig) for sig in watched}
         try:
             with anyio.open_signal_receiver(*watched) as signals:
@@ -1919,6 +1921,8 @@ class _Run:
     async def _on_signals(self, signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:  # its terminal closed, most likely: write no more to it
+                leave_terminal()
             if not self.stopping:
                 by = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
                 self.stop(Interrupted(

@@ -19,6 +19,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -318,6 +319,84 @@ def test_sigterm_while_the_last_rows_are_journaled_saves_them_and_exits_4(
         assert proc.returncode == 4, (proc.returncode, err)
         assert "Traceback" not in err and "interrupted" in err and "rerun" in err, err
         assert len(ok_keys(out)) == sim.stats()["requests"] == n
+
+
+def test_sighup_of_a_closed_terminal_stops_the_run_as_sigterm_does(tmp_path: Path) -> None:
+    """The job was started in an ssh session that closed: SIGHUP, and the terminal its bar was
+    drawn on gone. The run lets go of the terminal at once (writing its last lines there
+    would fail) and stops as for SIGTERM: the answers in flight saved, exit 4, and `status`
+    says how it ended."""
+    n, hangs = 40, 4
+    inp = make_csv(tmp_path / "in.csv", n, {i: " [[sim:hang]]" for i in range(hangs)})
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=30)) as sim:
+        args = run_args(inp, sim.base_url, out, "--concurrency", "8", "--progress", "bar")
+        terminal, side = os.openpty()
+        try:
+            proc = subprocess.Popen(plain_cmd(args), env=child_env(), stdin=subprocess.DEVNULL,
+                                    stdout=side, stderr=side)
+        finally:
+            os.close(side)
+
+        def show() -> None:  # the terminal, until no process has it open
+            with contextlib.suppress(OSError):
+                while os.read(terminal, 4096):
+                    pass
+
+        shown = threading.Thread(target=show, daemon=True)
+        shown.start()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                st = sim.stats()
+                if st["hangs"] >= hangs and st["completions"] >= n - hangs:
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGHUP)
+            shown.join(timeout=30)
+            assert not shown.is_alive()
+            assert proc.poll() is None  # it let go of the terminal, and drains its requests
+            os.close(terminal)  # the terminal is gone
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert code == 4
+        state = Journal(out).read()
+        assert set(state["status"].to_pylist()) == {"ok"}
+        assert state.num_rows == sim.stats()["completions"] == n - hangs
+    assert "stopped" in format_status(out) and "interrupted by SIGHUP" in format_status(out)
+
+
+def test_a_run_under_nohup_goes_on_through_sighup(tmp_path: Path) -> None:
+    """Started with nohup (SIGHUP ignored), a run is not stopped by its session closing."""
+    n = 60
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    code = ("import signal, sys\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+            "from batchrunner.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    with SimulatorThread(SimulatorConfig(latency_ms=50)) as sim:
+        proc = subprocess.Popen([sys.executable, "-c", code,
+                                 *run_args(inp, sim.base_url, out, "--concurrency", "2")],
+                                env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not (out / "journal").is_dir() or not list((out / "journal").glob("seg-*")):
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGHUP)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    assert len(ok_keys(out)) == n
 
 
 def input_open_by(pid: int, path: Path) -> bool:
