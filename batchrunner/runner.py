@@ -2114,7 +2114,13 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         _write_meta(plan)
     if moved:
         raise StopJob(moved)
-    await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
+    try:
+        await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
+    except BaseException as e:  # a full disk, say: `status` should not say the run went well
+        last_run.update(stopped=_why(e))
+        with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
+            _write_meta(plan)
+        raise
     if plan.fresh is not None:
         plan.job_meta["rows_changed"] = {"found": len(plan.fresh[0]),
                                           "left": summary.changed_left}

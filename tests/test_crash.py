@@ -894,6 +894,17 @@ def test_disk_full_while_writing_results_is_not_exit_2(tmp_path: Path) -> None:
     assert full.returncode not in (0, 2), full.stderr
 
 
+def test_status_after_the_results_could_not_be_written_says_so(tmp_path: Path) -> None:
+    """Every row was answered and journaled, then the results file did not fit: the morning's
+    `status` says the run ended by that error, not that it ran through (last night's results
+    file, if any, would still be there, looking current)."""
+    full = run_results_disk_full(tmp_path, check_rerun=False)
+    assert full.returncode == 1, full.stderr
+    status = format_status(tmp_path / "out")
+    assert "  last run: stopped 20" in status, status
+    assert "ended by an error: " in status and "results.parquet" in status, status
+
+
 def test_disk_full_while_journaling_names_the_journal(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", 300)
     out = tmp_path / "out"
