@@ -2050,6 +2050,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         if not existed and (out_dir / "job.json").exists():
             plan = prepare(job, options)  # another run made it and wrote to it meanwhile
         journal = Journal(out_dir)
+        _check_writable(out_dir, journal.directory)
         journal.create()
         remaining = plan.total_rows - len(plan.done)
         last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
@@ -2149,6 +2150,25 @@ def _input_moved(plan: Plan) -> str:
             "removed): the results and reports were not written from it, as its rows may no "
             "longer be those sent; finished rows are saved — run the same command again to "
             "send the rows that changed and write the results")
+
+
+def _check_writable(*directories: Path) -> None:
+    """Refuse (exit 2, nothing sent) an output directory that cannot be written at all: on a
+    read-only file system, or not the user's to write. Found later, it would be a write that
+    failed mid-run (exit 1: rows finished, the disk full)."""
+    effective = os.access in os.supports_effective_ids  # the user the run writes as
+    for directory in directories:
+        if not directory.is_dir() or os.access(directory, os.W_OK | os.X_OK,
+                                               effective_ids=effective):
+            continue
+        try:
+            read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+        except (OSError, AttributeError):  # no statvfs: not on Windows
+            read_only = False
+        why = ("on a read-only file system" if read_only
+               else "no permission to write in it")
+        raise ConfigError(f"cannot write in the output directory {directory} ({why}) — "
+                          "choose another --output, or make it writable")
 
 
 def _write_meta(plan: Plan) -> None:

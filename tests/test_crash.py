@@ -857,6 +857,35 @@ def test_a_disk_gone_read_only_mid_run_names_the_journal_and_a_rerun_finishes(
     assert len(df) == n and (df["status"] == "ok").all()
 
 
+@pytest.mark.parametrize("resumed", [False, True])
+def test_an_output_directory_that_cannot_be_written_is_a_bad_output_exit_2(
+        tmp_path: Path, small_disk: Path, resumed: bool) -> None:
+    """The output directory is there but cannot be written (its file system read-only, or not
+    the user's to write): a bad --output, refused in one line with exit 2 before anything is
+    sent, as README's exit codes say, not exit 1, which tells a scheduler that rows were
+    finished and the disk is full."""
+    inp = make_csv(tmp_path / "in.csv", 20)
+    out = small_disk / "out"
+    with SimulatorThread(SimulatorConfig()) as sim:
+        args = run_args(inp, sim.base_url, out)
+        if resumed:
+            done = subprocess.run(plain_cmd([*args, "--limit", "5"]), env=child_env(),
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        else:
+            out.mkdir()
+        sent = sim.stats()["requests"]
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True,
+                       capture_output=True, timeout=30)
+        refused = subprocess.run(plain_cmd(args), env=child_env(), capture_output=True,
+                                 text=True, timeout=60)
+        assert refused.returncode == 2, refused.stderr
+        line = one_error_line(refused.stderr)
+        assert f"cannot write in the output directory {out}" in line, line
+        assert "read-only" in line and "--output" in line, line
+        assert sim.stats()["requests"] == sent
+
+
 RESULTS_LIMIT = 96 * 1024  # the journal (~30 KB) fits, results with a 1 KB pad a row do not
 
 
