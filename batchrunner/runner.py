@@ -1919,10 +1919,16 @@ class _Run:
                     signal.signal(sig, handler)
 
     async def _on_signals(self, signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
+        hung_up = False
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:  # its terminal closed, most likely: write no more to it
                 leave_terminal()
+            if self.stopping and (hung_up or signum == signal.SIGHUP):
+                # A SIGHUP sent with a SIGTERM (systemd's SendSIGHUP), in either order, is not
+                # a second request to stop now: the requests in flight still finish.
+                continue
+            hung_up = hung_up or signum == signal.SIGHUP
             if not self.stopping:
                 by = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
                 self.stop(Interrupted(

@@ -370,6 +370,37 @@ def test_sighup_of_a_closed_terminal_stops_the_run_as_sigterm_does(tmp_path: Pat
     assert "stopped" in format_status(out) and "interrupted by SIGHUP" in format_status(out)
 
 
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGHUP])
+def test_sighup_with_sigterm_still_lets_the_requests_in_flight_finish(
+        tmp_path: Path, first: signal.Signals) -> None:
+    """A service manager that sends SIGHUP with its SIGTERM (systemd's SendSIGHUP=yes; the
+    two may be handled in either order): the second is not a request to stop now, which would
+    cut off the requests in flight (paid for); they finish and are journaled, exit 4."""
+    n = 300
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=200, jitter_ms=50)) as sim:
+        proc = subprocess.Popen(plain_cmd(run_args(inp, sim.base_url, out, "--concurrency", "8")),
+                                env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while sim.stats()["completions"] < 20:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+            proc.send_signal(first)
+            proc.send_signal(signal.SIGHUP if first == signal.SIGTERM else signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 4, err
+        journaled = Journal(out).read()
+        assert set(journaled["status"].to_pylist()) == {"ok"}
+        assert journaled.num_rows == sim.stats()["requests"] < n  # none cut off
+
+
 def test_a_run_under_nohup_goes_on_through_sighup(tmp_path: Path) -> None:
     """Started with nohup (SIGHUP ignored), a run is not stopped by its session closing."""
     n = 60
