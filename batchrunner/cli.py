@@ -47,7 +47,8 @@ EPILOG = """\
 exit codes: 0 all rows ok (with --limit, all done so far) · 2 bad job,
             option, input or output directory (nothing sent) · 3 finished with
             failed rows · 4 stopped early (auth, quota, billing or region,
-            budget, endpoint unreachable, every request failing, Ctrl-C), rerun
+            budget, endpoint unreachable or silent, every request failing,
+            Ctrl-C, SIGTERM or SIGHUP, the input replaced while it ran), rerun
             to resume; from report: rows are left to do · 5 another run is using
             the output directory (nothing done): run again once it ends · 1
             output could not be written (disk full) · status, estimate: 0 or 2
