@@ -55,6 +55,10 @@ _SCAN = 16384  # bytes of an error body read for its message
 # its [DONE]) before it is taken as whole: a server sends them at once (a quarter of the
 # request's timeout at most, so that it ends first).
 _AFTER_FINISH_S = 2.0
+# A stream's timeout bounds the wait for its first byte and each gap between its chunks, not the
+# whole answer (a thinking model streams for minutes); the whole is given this many times the
+# timeout at most, so a stream that never ends (keep-alive comments forever) is still cut off.
+STREAM_CAP_X = 10.0
 # A UTF-8 byte order mark, which some gateways put before a JSON body or a stream (orjson
 # refuses it: every reply was an invalid_body, sent again and paid for again).
 _BOM = b"\xef\xbb\xbf"
@@ -612,9 +616,11 @@ class ChatClient:
         # What a reply's text is searched for (a plain search, a fraction of a microsecond a
         # field; the pattern above costs tens of them): a long secret as it is written.
         self._written = tuple({f for s in long for f in _written_forms(s)})
-        # The total timeout is kept by a watchdog (``_watch``), not by aiohttp: aiohttp arms and
+        # The timeout is kept by a watchdog (``_watch``), not by aiohttp: aiohttp arms and
         # cancels a timer for every request, 6 µs of CPU each (a twentieth of a request's
-        # total); the watchdog looks at the requests in flight a few times a second.
+        # total); the watchdog looks at the requests in flight a few times a second. Each has a
+        # deadline: its whole answer's, or a stream's, pushed on by every chunk (see
+        # ``complete``).
         self.timeout_s = timeout_s
         # A connection not made in half the total (30 s at most) is not coming: failing it as
         # a connection error lets an unreachable endpoint (a firewall dropping packets) stop
@@ -727,7 +733,9 @@ class ChatClient:
         return res
 
     async def complete(self, body: dict[str, Any], timeout_s: float | None = None) -> ChatResult:
-        """Send ``body``; ``timeout_s`` (default: the client's) bounds the whole answer."""
+        """Send ``body``. ``timeout_s`` (default: the client's) bounds the whole answer, or,
+        when the answer is a stream, the wait for its first byte and each gap between its
+        chunks, the whole stream given ``STREAM_CAP_X`` times as long at most."""
         assert self._session is not None, "use ChatClient as an async context manager"
         try:
             data = orjson.dumps(body)
@@ -741,7 +749,12 @@ class ChatClient:
         assert task is not None
         cancelling = task.cancelling()
         start = time.perf_counter()
-        self._deadlines[task] = time.monotonic() + (timeout_s or self.timeout_s)
+        limit = timeout_s or self.timeout_s
+        deadlines = self._deadlines
+        sent = time.monotonic()
+        deadlines[task] = sent + limit
+        cap = math.inf  # the whole stream's deadline, once the answer is a stream
+        status = 0  # no answer yet
         stream: StreamAssembler | None = None
         try:
             async with self._session.post(self.url, data=data) as resp:
@@ -757,7 +770,13 @@ class ChatClient:
                         streaming and not kind.startswith(("application/json", "text/html")))):
                     stream = StreamAssembler()
                     content = resp.content
-                    after_finish = min(_AFTER_FINISH_S, (timeout_s or self.timeout_s) / 4)
+                    after_finish = min(_AFTER_FINISH_S, limit / 4)
+                    # Progress tells: the timeout now bounds each wait for the next bytes
+                    # (keep-alive comments count), its deadline pushed on by every chunk and
+                    # kept by the watchdog, up to the cap on the whole.
+                    now = time.monotonic()
+                    cap = sent + limit * STREAM_CAP_X
+                    deadlines[task] = now + limit if now + limit < cap else cap
                     try:
                         while True:
                             if stream.ended(choices):
@@ -775,6 +794,8 @@ class ChatClient:
                             if not chunk:
                                 stream.end()
                                 break
+                            now = time.monotonic()
+                            deadlines[task] = now + limit if now + limit < cap else cap
                             stream.feed_bytes(chunk)
                             if stream.done:
                                 break
@@ -800,7 +821,8 @@ class ChatClient:
                 raise
             if stream is None or not stream.ended(choices):
                 raise TransportError(
-                    "timeout", f"no complete answer within {timeout_s or self.timeout_s:g} s",
+                    "timeout", self._timed_out(limit, streaming and not status, stream,
+                                               deadlines[task] >= cap),
                     retryable=True, usage=_billed_usage(stream.usage) if stream else None,
                 ) from None
             # Its every choice finished (or an error came) before the deadline, which came
@@ -821,7 +843,7 @@ class ChatClient:
             # that ends cleanly without its [DONE] is, not paid for again (the error read).
             raw = b""
         finally:
-            del self._deadlines[task]
+            del deadlines[task]
             self._expired.discard(task)
         latency_ms = (time.perf_counter() - start) * 1000.0
         request_id = self._scrub(headers.get("x-request-id"))
@@ -834,6 +856,22 @@ class ChatClient:
             return self._scrubbed(
                 self._from_stream(stream, request_id, start, latency_ms, hdrs, choices))
         return self._scrubbed(self._parse(raw, request_id, latency_ms, hdrs))
+
+    @staticmethod
+    def _timed_out(limit: float, unanswered: bool, stream: StreamAssembler | None,
+                   capped: bool) -> str:
+        """What a request that timed out after ``limit`` seconds waited for: the first byte
+        of an answer to a stream request (``unanswered``), a whole answer that is no stream,
+        the next bytes of a stream, or its end past the cap."""
+        if stream is None:
+            return (f"no byte of the answer within {limit:g} s" if unanswered
+                    else f"no complete answer within {limit:g} s")
+        if capped:
+            return (f"the stream was still sending at {limit * STREAM_CAP_X:g} s, the most a "
+                    f"streamed answer is given ({STREAM_CAP_X:g} × timeout_s)")
+        if not stream.begun:
+            return f"the stream sent nothing within {limit:g} s (timeout_s) of its headers"
+        return f"the stream stalled: nothing came for {limit:g} s (timeout_s) mid-answer"
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
                      latency_ms: float, headers: dict[str, str], choices: int) -> ChatResult:

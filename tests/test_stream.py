@@ -11,12 +11,22 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
-from batchrunner.client import StreamAssembler
+from batchrunner.client import ChatClient, StreamAssembler
 from batchrunner.config import load_job
+from batchrunner.errors import TransportError
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
-from tests.test_faults import FaultServer, job_for, make_csv, report, results, sse
+from tests.test_faults import (
+    FaultServer,
+    SilentServer,
+    job_for,
+    make_csv,
+    report,
+    results,
+    seen_by_type,
+    sse,
+)
 from tests.test_faults import chunk as stream_chunk
 from tests.test_faults import run as fault_run
 
@@ -361,3 +371,134 @@ def test_tool_call_deltas_without_an_index_that_repeat_their_id_are_one_call_eac
         {"id": "call_b", "type": "function",
          "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}},
     ]
+
+
+# ----------------------------------------------------------------------------------------------
+# What timeout_s bounds for a stream: the wait for its first byte and the gaps between its
+# chunks, not the whole answer (10 × timeout_s at most).
+
+STREAM_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+               "stream": True}
+
+
+async def keep_alive_then_finish(srv: FaultServer, request: web.BaseRequest,
+                                 body: dict[str, Any]) -> web.StreamResponse:
+    """A first chunk, SSE comments alone (a gateway's keep-alive while the model thinks) for
+    longer than the job's timeout_s of 1 s, then the rest of the answer."""
+    response = await stream_reply(request, sse(stream_chunk("Echo: ")), hold=True)
+    for _ in range(8):
+        await anyio.sleep(0.2)
+        await response.write(b": keep-alive\n\n")
+    await response.write(FINISHED[1] + USAGE_CHUNK + b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+@pytest.mark.parametrize("sends", ["tokens", "keep-alive"])
+async def test_a_stream_still_sending_past_timeout_s_finishes_in_one_try(
+        tmp_path: Path, sends: str) -> None:
+    """A reasoning model streaming a long answer, its chunks (or a gateway's keep-alive
+    comments) still coming, was cut off at timeout_s however alive the stream was, and each
+    try was paid for (longer tries too, 2.25 × at most, all cut off again if the answer took
+    longer). A stream is timed out when it stalls, not while it sends."""
+    inp = make_csv(tmp_path / "in.csv", ["think long", "think long too"])
+    if sends == "tokens":  # 20 reasoning and 20 answer chunks, 60 ms apart: some 2.4 s each
+        async with Simulator(SimulatorConfig(reply_tokens=20, ms_per_token=60)) as sim:
+            s = await fault_run(job_for(tmp_path, sim.base_url, inp, stream=True, timeout_s=1,
+                                        model="deepseek-r1"))
+            assert sim.stats()["requests"] == 2
+    else:
+        async with FaultServer(keep_alive_then_finish) as srv:
+            s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=1))
+            assert srv.requests == 2
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["status"]) == ["ok", "ok"] and list(df["attempts"]) == [1, 1]
+    if sends == "tokens":
+        assert (df["reasoning_tokens"] == 20).all() and df["content"].str.len().gt(0).all()
+    else:
+        assert list(df["content"]) == ["Echo: whole"] * 2 and (df["total_tokens"] == 13).all()
+    assert seen_by_type(report(tmp_path)) == {}
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_a_stream_that_stalls_after_sending_past_timeout_s_times_out_its_usage_kept(
+        tmp_path: Path) -> None:
+    """Chunks for longer than timeout_s, each with the usage so far, then nothing: the try
+    times out once the stall passes timeout_s, billed for what it reported; the retry is
+    whole."""
+    inp = make_csv(tmp_path / "in.csv", ["stalls once"])
+    so_far = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+
+    async def sends_then_stalls(srv: FaultServer, request: web.BaseRequest,
+                                body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, hold=True)
+        for _ in range(7):  # 1.4 s of chunks
+            await response.write(sse({**stream_chunk("Echo: "), "usage": so_far}))
+            await anyio.sleep(0.2)
+        with anyio.move_on_after(30):
+            await srv.closing.wait()
+        return response
+
+    async def first_stalls(srv: FaultServer, request: web.BaseRequest,
+                           body: dict[str, Any]) -> web.StreamResponse:
+        if srv.requests == 1:
+            return await sends_then_stalls(srv, request, body)
+        return await stream_reply(request, *FINISHED, USAGE_CHUNK, b"data: [DONE]\n\n")
+
+    async with FaultServer(first_stalls) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=1))
+        assert srv.requests == 2
+    assert s.exit_code == 0
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["attempts"], row["content"]) == ("ok", 2, "Echo: whole")
+    assert row["earlier_cost_usd"] > 0  # the stalled try's 9 + 2 tokens
+    assert seen_by_type(report(tmp_path)) == {"timeout": 1}
+
+
+@pytest.mark.anyio
+async def test_what_a_stream_s_timeout_bounds(job_env: str) -> None:
+    """A streamed request times out when no byte of its answer comes within timeout_s, when
+    it stalls mid-answer for timeout_s, and when it is still sending at 10 × timeout_s; each
+    says which."""
+    async def stalls(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, sse(stream_chunk("Echo: ")), hold=True)
+        with anyio.move_on_after(30):
+            await srv.closing.wait()
+        return response
+
+    async def never_ends(srv: FaultServer, request: web.BaseRequest,
+                         body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, sse(stream_chunk("Echo: ")), hold=True)
+        with anyio.move_on_after(30):
+            while not srv.closing.is_set():
+                await anyio.sleep(0.02)
+                await response.write(b": keep-alive\n\n")
+        return response
+
+    said: dict[str, TransportError] = {}
+    with anyio.fail_after(25):
+        async with SilentServer() as silent, ChatClient(silent.base_url, job_env,
+                                                        timeout_s=0.3, connections=4) as client:
+            with pytest.raises(TransportError) as caught:
+                await client.complete(STREAM_BODY)
+            said["silent"] = caught.value
+        for name, fault in (("stalls", stalls), ("never_ends", never_ends)):
+            async with FaultServer(fault) as srv, ChatClient(srv.base_url, job_env,
+                                                             timeout_s=0.3,
+                                                             connections=4) as client:
+                with pytest.raises(TransportError) as caught:
+                    await client.complete(STREAM_BODY)
+                assert not client._deadlines and not client._expired
+            said[name] = caught.value
+    assert {e.error_type for e in said.values()} == {"timeout"}
+    assert all(e.retryable for e in said.values())
+    assert said["silent"].message == "no byte of the answer within 0.3 s"
+    assert said["stalls"].message == ("the stream stalled: nothing came for 0.3 s "
+                                      "(timeout_s) mid-answer")
+    assert said["never_ends"].message == ("the stream was still sending at 3 s, the most a "
+                                          "streamed answer is given (10 × timeout_s)")
