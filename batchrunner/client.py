@@ -777,15 +777,20 @@ class ChatClient:
                     now = time.monotonic()
                     cap = sent + limit * STREAM_CAP_X
                     deadlines[task] = now + limit if now + limit < cap else cap
+                    finished_by = math.inf  # when what may follow the answer is read until
                     try:
                         while True:
                             if stream.ended(choices):
                                 # The answer is whole (or an error came): what may follow
                                 # ([DONE], a late usage chunk) comes at once. A server that
                                 # holds the stream open without its [DONE] is not waited for
-                                # until the timeout (and the answer paid for again).
+                                # until the timeout (and the answer paid for again), nor is
+                                # one that sends keep-alive comments on: after_finish in all.
+                                if finished_by == math.inf:
+                                    finished_by = asyncio.get_running_loop().time() \
+                                        + after_finish
                                 try:
-                                    async with asyncio.timeout(after_finish):
+                                    async with asyncio.timeout_at(finished_by):
                                         chunk = await content.readany()
                                 except TimeoutError:
                                     break

@@ -502,3 +502,34 @@ async def test_what_a_stream_s_timeout_bounds(job_env: str) -> None:
                                       "(timeout_s) mid-answer")
     assert said["never_ends"].message == ("the stream was still sending at 3 s, the most a "
                                           "streamed answer is given (10 × timeout_s)")
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_a_finished_stream_held_open_with_pings_is_taken_without_waiting_out_its_cap(
+        tmp_path: Path) -> None:
+    """A server that finishes the answer, leaves out its [DONE] and holds the stream open,
+    sending a keep-alive comment every fraction of a second (a gateway's pings): each comment
+    came within the moment what may follow a finished answer is read for, so the row waited
+    until the stream's timeout ran out — now 10 × timeout_s, 20 minutes at the defaults —
+    for an answer it had. What follows the finish is read for that moment in all."""
+    inp = make_csv(tmp_path / "in.csv", ["one row"])
+
+    async def finished_then_pings(srv: FaultServer, request: web.BaseRequest,
+                                  body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, *FINISHED, USAGE_CHUNK, hold=True)
+        with anyio.move_on_after(90):
+            while not srv.closing.is_set():
+                await anyio.sleep(0.1)
+                await response.write(b": ping\n\n")
+        return response
+
+    async with FaultServer(finished_then_pings) as srv:
+        with anyio.fail_after(30):  # far less than the stream's cap of 600 s
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=60),
+                              FAST)
+        assert srv.requests == 1
+    assert s.exit_code == 0
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["attempts"], row["content"]) == ("ok", 1, "Echo: whole")
+    assert row["total_tokens"] == 13
