@@ -873,10 +873,10 @@ class ChatClient:
                     else f"no complete answer within {limit:g} s")
         if capped:
             return (f"the stream was still sending at {limit * STREAM_CAP_X:g} s, the most a "
-                    f"streamed answer is given ({STREAM_CAP_X:g} × timeout_s)")
+                    f"streamed answer is given ({STREAM_CAP_X:g} × its {limit:g} s timeout)")
         if not stream.begun:
-            return f"the stream sent nothing within {limit:g} s (timeout_s) of its headers"
-        return f"the stream stalled: nothing came for {limit:g} s (timeout_s) mid-answer"
+            return f"the stream sent nothing within {limit:g} s of its headers"
+        return f"the stream stalled: nothing came for {limit:g} s mid-answer"
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
                      latency_ms: float, headers: dict[str, str], choices: int) -> ChatResult:
