@@ -1757,8 +1757,8 @@ class _Run:
         self.stop(Unreachable(
             f"no answer to any request since the run began: {item.attempts} attempts at "
             f"{self.plan.row(item.key)} timed out ({e.message}) — the endpoint takes "
-            "connections but answers nothing; check it, or raise timeout_s (--timeout) if its "
-            "answers take longer, then rerun to resume"))
+            "connections but answers nothing in time; check it, or raise timeout_s (--timeout) "
+            "if its answers take longer, then rerun to resume"))
 
     def _wait_too_long(self, e: RequestError, wait_s: float) -> None:
         """Stop the job: 429s in a row ask for a longer wait than the job waits (a daily

@@ -1105,8 +1105,8 @@ async def test_an_endpoint_that_takes_connections_and_never_answers_stops_the_jo
     assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (0, 0, n), s
     assert s.stopped.startswith("no answer to any request since the run began: 2 attempts at "
                                 "row "), s.stopped
-    assert s.stopped.endswith("check it, or raise timeout_s (--timeout) if its answers take "
-                              "longer, then rerun to resume")
+    assert s.stopped.endswith("answers nothing in time; check it, or raise timeout_s "
+                              "(--timeout) if its answers take longer, then rerun to resume")
     assert srv.requests <= 8 * 4, srv.requests  # the first rows' two tries, and the next rows
 
 
