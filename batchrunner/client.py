@@ -115,6 +115,10 @@ class ChatResult:
     tool_calls: str | None = None
     citations: str | None = None
     refusal: str | None = None  # why the model would not answer (``message.refusal``)
+    # Search billed apart from tokens, as the usage reports it: web searches (Anthropic's
+    # ``server_tool_use.web_search_requests``), sources (Grok's ``num_sources_used``).
+    web_searches: int | None = None
+    sources_used: int | None = None
 
 
 class _Call:
@@ -907,7 +911,7 @@ class ChatClient:
         if first.finish_reason is None and not first.content and calls is None:
             raise BadResponseError("no_choices", "a stream without choices", retryable=True,
                                    status=200, request_id=request_id, usage=billed)
-        pt, ct, tt, cached, reasoning = _usage(st.usage)
+        pt, ct, tt, cached, reasoning, searches, sources = _usage(st.usage)
         return ChatResult(
             content=first.text(), finish_reason=first.finish_reason, prompt_tokens=pt,
             completion_tokens=ct, total_tokens=tt, cached_tokens=cached,
@@ -920,6 +924,7 @@ class ChatClient:
             citations=_citations(first.annotations, st.cited)
             if first.annotations or st.cited else None,
             refusal="".join(first.refusal) or None,
+            web_searches=searches, sources_used=sources,
         )
 
     def _aborted(self, why: str, request_id: str | None, usage: Usage | None
@@ -1208,7 +1213,7 @@ class ChatClient:
                 )
             message = {}
         content = message.get("content")
-        pt, ct, tt, cached, reasoning = _usage(payload.get("usage"))
+        pt, ct, tt, cached, reasoning, searches, sources = _usage(payload.get("usage"))
         thought = message.get("reasoning_content") or message.get("reasoning")
         if type(content) is list:  # Mistral's Magistral: text and thinking parts
             content, thinking = _content_parts(content)
@@ -1237,6 +1242,7 @@ class ChatClient:
             tool_calls=orjson.dumps(calls).decode() if calls and type(calls) is list else None,
             citations=_citations(notes, cited) if notes or cited else None,
             refusal=refusal if isinstance(refusal, str) and refusal else None,
+            web_searches=searches, sources_used=sources,
         )
 
 
@@ -1458,9 +1464,10 @@ def _citation(c: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _usage(usage: Any) -> Usage:
-    """(prompt, completion, total, cached, reasoning) tokens; all None without a usage object."""
+    """(prompt, completion, total, cached, reasoning) tokens, then web searches and sources
+    (search billed apart from tokens); all None without a usage object."""
     if type(usage) is not dict:
-        return None, None, None, None, None
+        return None, None, None, None, None, None, None
     get = usage.get
     pt = v if type(v := get("prompt_tokens")) is int else _count(v)
     ct = v if type(v := get("completion_tokens")) is int else _count(v)
@@ -1482,7 +1489,20 @@ def _usage(usage: Any) -> Usage:
         ct += reasoning
     if tt is None and pt is not None and ct is not None:
         tt = pt + ct
-    return pt, ct, tt, cached, reasoning  # a count the server did not give is None, not 0
+    # Search billed per unit: Anthropic's web searches (through a gateway, as its own API puts
+    # them), Grok's live search sources.
+    stu = get("server_tool_use")
+    searches = _units(stu.get("web_search_requests")) if type(stu) is dict else None
+    sources = None if (v := get("num_sources_used")) is None else _units(v)
+    # A count the server did not give is None, not 0.
+    return pt, ct, tt, cached, reasoning, searches, sources
+
+
+def _units(value: Any) -> int | None:
+    """A count of search units: a whole number >= 0 (as ``_count`` reads one), else None."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    return None if value is None else _count(value)
 
 
 def _count(value: Any) -> int | None:

@@ -51,8 +51,10 @@ __all__ = [
 ]
 
 
-# (prompt, completion, total, cached, reasoning) tokens of a reply, as the client reads them.
-Usage = tuple[int | None, int | None, int | None, int | None, int | None]
+# (prompt, completion, total, cached, reasoning) tokens of a reply, as the client reads them,
+# then its search units: web searches (Anthropic's ``server_tool_use.web_search_requests``) and
+# sources (Grok's live search, ``num_sources_used``), each None when the reply did not say.
+Usage = tuple[int | None, int | None, int | None, int | None, int | None, int | None, int | None]
 
 
 class BatchrunnerError(Exception):

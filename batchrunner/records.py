@@ -47,6 +47,10 @@ class Outcome:
     total_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    # Search billed apart from tokens, as the reply's usage counted it: Grok's live search
+    # sources (``num_sources_used``) or Anthropic's web searches
+    # (``server_tool_use.web_search_requests``); None when the reply did not say.
+    search_units: int | None = None
     cost_usd: float | None = None
     # What the row's earlier attempts that were paid for cost: a reply billed and then sent
     # again, in this run (a 200 without a usable answer) or by a later run's --retry-failed or
@@ -84,6 +88,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("total_tokens", pa.int64()),
         ("cached_tokens", pa.int64()),
         ("reasoning_tokens", pa.int64()),
+        ("search_units", pa.int64()),
         ("cost_usd", pa.float64()),
         ("earlier_cost_usd", pa.float64()),
         ("latency_ms", pa.float64()),
@@ -103,7 +108,7 @@ OUTCOME_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
 assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 
 ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
-                                           "row_hash"})
+                                           "row_hash", "search_units"})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
 JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash"})

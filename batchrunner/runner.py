@@ -1604,13 +1604,14 @@ class _Run:
                 self.counters["attempts"] += item.attempts
                 if e.retryable:
                     self.transient.add(e.error_type)
-                usage = e.usage or (None, None, None, None, None)
+                usage = e.usage or (None, None, None, None, None, None, None)
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
                     rate_limited=item.rate_limited, error_type=e.error_type,
                     error_message=e.message, prompt_tokens=usage[0],
                     completion_tokens=usage[1], total_tokens=usage[2], cached_tokens=usage[3],
-                    reasoning_tokens=usage[4], cost_usd=billed,
+                    reasoning_tokens=usage[4], search_units=_search_units(usage[5], usage[6]),
+                    cost_usd=billed,
                     earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
                     model=str(item.body.get("model") or "") or None,
@@ -1795,7 +1796,7 @@ class _Run:
         usable completion, a stream cut after its usage)."""
         if e.usage is None:
             return None
-        pt, ct, _, cached, reasoning = e.usage
+        pt, ct, _, cached, reasoning, _, _ = e.usage
         return self.plan.prices.cost(str(item.body.get("model") or ""), prompt_tokens=pt,
                                      completion_tokens=ct, cached_tokens=cached,
                                      reasoning_tokens=reasoning)
@@ -1845,7 +1846,8 @@ class _Run:
             reasoning_content=res.reasoning_content, finish_reason=res.finish_reason,
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
-            reasoning_tokens=res.reasoning_tokens, cost_usd=cost,
+            reasoning_tokens=res.reasoning_tokens,
+            search_units=_search_units(res.web_searches, res.sources_used), cost_usd=cost,
             earlier_cost_usd=item.earlier_usd or None, latency_ms=res.latency_ms,
             ttft_ms=res.ttft_ms, choices=res.choices, tool_calls=res.tool_calls,
             citations=res.citations, attempts=item.attempts,
@@ -2424,6 +2426,11 @@ def _show(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _search_units(web_searches: int | None, sources: int | None) -> int | None:
+    """A reply's search units as the row records them: its web searches, else its sources."""
+    return web_searches if web_searches is not None else sources
 
 
 def _plus_earlier(usd: float | None) -> str:

@@ -131,7 +131,10 @@ Faults
     ``no_call``      a text reply even when ``tool_choice`` forces a call, as from a gateway
                      that drops ``tool_choice``
     ``citations``    a top-level ``citations`` list of URLs, as Grok's live search sends it
-                     (streamed: in a last chunk without choices)
+                     (streamed: in a last chunk without choices), and the sources it used
+                     (one a URL) in ``usage.num_sources_used``, as Grok bills them
+    ``web_search``   ``usage.server_tool_use.web_search_requests`` of 1, as a gateway passes on
+                     Anthropic's web search (billed per search)
     ``annotations``  ``message.annotations`` of type ``url_citation`` (url, title, start and end
                      index), as OpenAI's web search sends them (streamed: a delta of their own)
 
@@ -224,10 +227,11 @@ FAULT_KINDS: Final[tuple[str, ...]] = (
     "no_call",
     "citations",
     "annotations",
+    "web_search",
 )
 # Marker kinds that shape a reply rather than fail it.
 _SHAPES: Final = frozenset({"tool_calls", "bad_arguments", "no_call", "citations",
-                            "annotations"})
+                            "annotations", "web_search"})
 
 DEFAULT_REASONING_MODELS: Final[tuple[str, ...]] = (
     "o1",
@@ -974,6 +978,15 @@ _UPSTREAM_ERROR_BODY: Final = _error_body(
 )
 
 
+def _search_usage(usage: dict[str, Any], shape: str | None) -> None:
+    """Add to ``usage`` the search units a search shape's reply is billed: Grok's sources (one
+    a cited URL), or Anthropic's web searches."""
+    if shape == "citations":
+        usage["num_sources_used"] = len(_Server.citation_urls(""))
+    elif shape == "web_search":
+        usage["server_tool_use"] = {"web_search_requests": 1}
+
+
 def _reset_connection(request: web.BaseRequest) -> None:
     """Drop the connection with a TCP reset, sending nothing."""
     transport = request.transport
@@ -1645,6 +1658,7 @@ class _Server:
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
         usage = self.usage(req, choices)
+        _search_usage(usage, shape)
         body["usage"] = usage
         if shape == "citations":
             body["citations"] = self.citation_urls(pk)
@@ -1770,6 +1784,7 @@ class _Server:
             )
             delays.append(0)
         usage = self.usage(req, choices)
+        _search_usage(usage, shape)
         if fault is None:
             self.record(req, usage, pk)
         if shape == "citations":
