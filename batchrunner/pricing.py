@@ -19,7 +19,15 @@ Billing rules, for one OpenAI-style ``usage`` object:
   price (the input price when the model has none);
 * ``completion_tokens`` at the output price. Reasoning tokens are billed as output, and OpenAI's
   ``completion_tokens`` already *includes* ``completion_tokens_details.reasoning_tokens``, so
-  ``reasoning_tokens`` is accepted but never added a second time.
+  ``reasoning_tokens`` is accepted but never added a second time;
+* search billed apart from tokens, per unit the usage reports: Anthropic's web searches
+  (``server_tool_use.web_search_requests``) at the job's ``search_unit`` price, else, for a
+  model the library finds at Anthropic, at its web search price (``web_searches_kcount``, per
+  1,000 searches; the library's prices per search of other providers are for units of their
+  own: OpenAI's Responses tool calls, Gemini's grounded prompts); Grok's live search sources
+  (``num_sources_used``) at the job's ``search_unit`` price only (the library has no price per
+  source, and its price per search is not one). A reply that reports search units with no
+  price for them has an unknown cost (``None``), as an unknown model's has.
 
 Simplifications of the library's richer price model, all resolved once per model:
 
@@ -77,7 +85,9 @@ _SNAPSHOT = re.compile(r"(.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{6}|\d{3,4})")
 SOURCE_ASKED = "priced as the model asked for"
 
 _PER_TOKENS = 1_000_000
-_PRICE_KEYS = ("input", "output", "cached_input")
+_PRICE_KEYS = ("input", "output", "cached_input")  # USD per 1M tokens
+_SEARCH_KEY = "search_unit"  # USD per search unit a reply's usage reports
+_TABLE_KEYS = (*_PRICE_KEYS, _SEARCH_KEY)
 # A gateway's thinking-mode suffix the library may not match by itself:
 # "-thinking", "-nothinking", "-thinking-8192", "-thinking-high".
 _GATEWAY_SUFFIX = re.compile(r"-(?:no)?thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
@@ -89,17 +99,28 @@ _LOCAL_TAG = re.compile(r"^[^:/\s]+:(?:latest|\d+(?:\.\d+)?[bmk](?:[-_.][\w.-]*)
 _DAY_SAMPLES = tuple(time(hour=m // 60, minute=m % 60) for m in range(0, 24 * 60, 15))
 # The disk cache of the library's answers: its file name, and the version of its layout.
 _CACHE_FILE = "prices.json"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+# The provider whose price per web search the library lists for the searches a reply's usage
+# counts (``server_tool_use.web_search_requests`` is Anthropic's own field).
+_WEB_SEARCH_PROVIDER = "anthropic"
+# The prices a library answer holds, as the cache keeps them.
+_CACHED_KEYS = (*_PRICE_KEYS, "web_search")
 _T = TypeVar("_T")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelPrice:
-    """A model's price in USD per 1M tokens. ``cached_input=None`` means the input price."""
+    """A model's price in USD per 1M tokens. ``cached_input=None`` means the input price.
+
+    Search billed apart from tokens, in USD per unit: ``search_unit`` (the job's) prices every
+    unit a reply's usage reports, a web search or a source; ``web_search`` (the library's)
+    prices web searches only. ``None``: no price for them."""
 
     input: float
     output: float
     cached_input: float | None = None
+    search_unit: float | None = None
+    web_search: float | None = None
 
     @property
     def effective_cached_input(self) -> float:
@@ -107,16 +128,23 @@ class ModelPrice:
         return self.input if self.cached_input is None else self.cached_input
 
     def as_dict(self) -> dict[str, float]:
-        """``{"input", "output", "cached_input"}`` with the cached price resolved."""
-        return {
+        """``{"input", "output", "cached_input"}`` with the cached price resolved, and
+        ``search_unit`` and ``web_search`` (USD per unit) where the price has them."""
+        out = {
             "input": self.input,
             "output": self.output,
             "cached_input": self.effective_cached_input,
         }
+        if self.search_unit is not None:
+            out["search_unit"] = self.search_unit
+        if self.web_search is not None:
+            out["web_search"] = self.web_search
+        return out
 
 
-# Per-token rates of one model: (input, cached input, output), USD per 1M tokens.
-_Rates = tuple[float, float, float]
+# The rates of one model: input, cached input and output in USD per 1M tokens; then a source
+# and a web search in USD each (None: no price for them).
+_Rates = tuple[float, float, float, float | None, float | None]
 
 
 class PriceBook:
@@ -162,8 +190,12 @@ class PriceBook:
         completion_tokens: int | None,
         cached_tokens: int | None = 0,
         reasoning_tokens: int | None = 0,
+        web_searches: int | None = None,
+        sources: int | None = None,
     ) -> float | None:
-        """The cost of one request in USD; ``None`` if the model or the token counts are unknown.
+        """The cost of one request in USD; ``None`` if the model or the token counts are unknown,
+        or if the reply reports search units (``web_searches``, Grok's ``sources``) that have no
+        price.
 
         ``reasoning_tokens`` is part of ``completion_tokens`` (OpenAI's convention) and is not
         added again; it is accepted so callers can pass a usage record through unchanged.
@@ -180,9 +212,17 @@ class PriceBook:
         cached = min(max(cached_tokens or 0, 0), max(prompt_tokens, 0))
         uncached = max(prompt_tokens, 0) - cached
         output = max(completion_tokens, 0)
+        usd = (uncached * rates[0] + cached * rates[1] + output * rates[2]) / _PER_TOKENS
+        if web_searches:
+            if rates[4] is None:
+                return None
+            usd += web_searches * rates[4]
+        if sources:
+            if rates[3] is None:
+                return None
+            usd += sources * rates[3]
         # To a trillionth of a dollar: 0.0000144, not 0.000014400000000000001, in the results.
-        return round((uncached * rates[0] + cached * rates[1] + output * rates[2]) / _PER_TOKENS,
-                     12)
+        return round(usd, 12)
 
     def price(self, model: str) -> ModelPrice | None:
         """The price used for ``model``, or ``None`` when the model is unknown."""
@@ -216,7 +256,9 @@ class PriceBook:
         self._prices[model] = price
         self._sources[model] = source
         self._rates[model] = (
-            None if price is None else (price.input, price.effective_cached_input, price.output)
+            None if price is None else (
+                price.input, price.effective_cached_input, price.output, price.search_unit,
+                price.web_search if price.search_unit is None else price.search_unit)
         )
 
     def _answer(self, table: Callable[[_Answers], dict[str, _T]], model: str,
@@ -245,8 +287,9 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
     """Check the job's ``[prices]`` table and turn it into ``{model: ModelPrice}``.
 
     ``{"my-model": {"input": 0.15, "output": 0.6, "cached_input": 0.075}}``, USD per 1M tokens;
-    ``input`` and ``output`` are required, ``cached_input`` is optional. Raises ``ConfigError``
-    with one line naming ``where``, the model and the key at fault.
+    ``input`` and ``output`` are required, ``cached_input`` is optional, as is ``search_unit``
+    (USD per search unit a reply reports: a source of Grok's live search, a web search). Raises
+    ``ConfigError`` with one line naming ``where``, the model and the key at fault.
     """
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: [prices] must be a table of models, got {table!r}")
@@ -260,17 +303,18 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
                 f"{head} must be a table like {{ input = 0.15, output = 0.6 }}, got {entry!r}"
             )
         for key in entry:
-            if key not in _PRICE_KEYS:
-                raise ConfigError(f"{head} unknown key {key!r} (expected {', '.join(_PRICE_KEYS)})")
+            if key not in _TABLE_KEYS:
+                raise ConfigError(f"{head} unknown key {key!r} (expected {', '.join(_TABLE_KEYS)})")
         values: dict[str, float] = {}
-        for key in _PRICE_KEYS:
+        for key in _TABLE_KEYS:
+            unit = "USD per search unit" if key == _SEARCH_KEY else "USD per 1M tokens"
             if key not in entry:
-                if key == "cached_input":
+                if key in ("cached_input", _SEARCH_KEY):
                     continue
-                raise ConfigError(f"{head} missing key {key!r} (USD per 1M tokens)")
+                raise ConfigError(f"{head} missing key {key!r} ({unit})")
             v = entry[key]
             if isinstance(v, bool) or not isinstance(v, int | float):
-                raise ConfigError(f"{head} {key} must be a number (USD per 1M tokens), got {v!r}")
+                raise ConfigError(f"{head} {key} must be a number ({unit}), got {v!r}")
             if not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{head} {key} must be a finite number >= 0, got {v!r}")
             values[key] = float(v)
@@ -278,6 +322,7 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
             input=values["input"],
             output=values["output"],
             cached_input=values.get("cached_input"),
+            search_unit=values.get(_SEARCH_KEY),
         )
     return result
 
@@ -373,7 +418,7 @@ def _library_lookup(ref: str, provider_id: str | None) -> tuple[ModelPrice, str]
     # Find the highest price listed for today (time-of-day windows), with the date-dependent
     # price in force today.
     today = datetime.now(UTC).date()
-    best: tuple[float, float, float | None] | None = None
+    best: tuple[float, float, float | None, float | None] | None = None
     for t in _DAY_SAMPLES:
         ts = datetime.combine(today, t, tzinfo=UTC)
         try:
@@ -385,17 +430,22 @@ def _library_lookup(ref: str, provider_id: str | None) -> tuple[ModelPrice, str]
             best = rates
     if best is None:
         return None
-    price = ModelPrice(input=best[0], output=best[1], cached_input=best[2])
+    # Anthropic's web search is the one whose searches the usage counts (its own field)
+    web_search = best[3] if calc.provider.id == _WEB_SEARCH_PROVIDER else None
+    price = ModelPrice(input=best[0], output=best[1], cached_input=best[2], web_search=web_search)
     return price, f"{calc.provider.id}/{model_info.id}"
 
 
-def _rates_of(mp: object) -> tuple[float, float, float | None] | None:
-    """(input, output, cached input) of a library price object; ``None`` if not token-priced."""
+def _rates_of(mp: object) -> tuple[float, float, float | None, float | None] | None:
+    """(input, output, cached input, web search) of a library price object, the last in USD
+    a search; ``None`` if not token-priced."""
     inp = _base(getattr(mp, "input_mtok", None))
     out = _base(getattr(mp, "output_mtok", None))
     if inp is None or out is None:
         return None
-    return inp, out, _base(getattr(mp, "cache_read_mtok", None))
+    per_k = _base(getattr(mp, "web_searches_kcount", None))
+    return (inp, out, _base(getattr(mp, "cache_read_mtok", None)),
+            None if per_k is None else per_k / 1000)
 
 
 def _base(value: object) -> float | None:
@@ -500,16 +550,17 @@ def _read_file(path: str, stamp: list[Any], day: str) -> _Answers | None:
         if entry is None:
             answers.prices[model] = None
             continue
-        if not isinstance(entry, dict) or set(entry) != {*_PRICE_KEYS, "source"}:
+        if not isinstance(entry, dict) or set(entry) != {*_CACHED_KEYS, "source"}:
             return None
-        rates, source = [entry[k] for k in _PRICE_KEYS], entry["source"]
+        rates, source = [entry[k] for k in _CACHED_KEYS], entry["source"]
         if (
             not all(_is_rate(v) for v in rates[:2])
-            or not (rates[2] is None or _is_rate(rates[2]))
+            or not all(v is None or _is_rate(v) for v in rates[2:])
             or not isinstance(source, str)
         ):
             return None
-        price = ModelPrice(input=rates[0], output=rates[1], cached_input=rates[2])
+        price = ModelPrice(input=rates[0], output=rates[1], cached_input=rates[2],
+                           web_search=rates[3])
         answers.prices[model] = price, source
     for model, window in doc["windows"].items():
         if window is not None and (type(window) is not int or window <= 0):
@@ -551,6 +602,7 @@ def _write_answers(answers: _Answers) -> None:
                 "input": entry[0].input,
                 "output": entry[0].output,
                 "cached_input": entry[0].cached_input,
+                "web_search": entry[0].web_search,
                 "source": entry[1],
             }
             for model, entry in answers.prices.items()

@@ -33,6 +33,10 @@ Top-level keys, in this order::
                       or no usage reported) and failed rows whose reply reported usage at a
                       price not known
     tokens            {"prompt", "completion", "cached", "reasoning", "total"}
+    search_units      {"total", "rows", "unpriced_rows"}: search billed apart from tokens, as
+                      the replies' usage counted it (Grok's sources, web searches), the rows
+                      that reported any, and the rows paid for whose cost is unknown for want
+                      of a price for them (among cost_unknown)
     tokens_reported_by_rows
                       {"cached", "reasoning"}: the rows whose replies gave the count (0: no
                       server said, and the sum above is 0 for want of a figure)
@@ -49,7 +53,8 @@ Top-level keys, in this order::
     pricing           {"library", "library_version", "units", "job_prices": [model, ...]}
     by_model          {model: {"rows", "ok", "failed", tokens..., "tokens_reported_by_rows"
                       (as the top-level one, for the model's rows), "cost_usd" (null when
-                      incomplete), "cost_known_usd", "unpriced_rows", "price_source", "price"}}
+                      incomplete), "cost_known_usd", "unpriced_rows", "search_units",
+                      "search_unpriced_rows", "price_source", "price"}}
     by_finish_reason  {finish_reason: rows}; ok rows without one count as "(none)"
     by_error_type     {error_type: {"rows", "example"}} over failed rows; the example is the
                       first message in row order
@@ -145,7 +150,7 @@ _COLUMNS = (
 )
 _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as well
 # Read when a chunk has it (a journal written before it existed reads it as nulls).
-OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd",)
+OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units")
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -267,7 +272,7 @@ class OutcomeStats:
         self._status: dict[str, int] = {}
         self._finish: dict[str, int] = {}
         # model → [rows, ok, unpriced, *token sums, total tokens, *rows that reported the
-        # _DETAIL_COLUMNS]
+        # _DETAIL_COLUMNS, search units, rows that reported any, unpriced rows among them]
         self._models: dict[str | None, list[int]] = {}
         self._cost: dict[_GroupKey, int] = {}
         self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
@@ -351,6 +356,11 @@ class OutcomeStats:
         self._n_ok += _count(is_ok)
         self._n_length += _count(pc.fill_null(is_value(finish, "length"), _FALSE))
         self._n_unpriced += _count(unpriced)
+        if "search_units" in t.column_names:  # a journal written before it has nulls
+            units = t["search_units"]
+        else:
+            units = pa.chunked_array([pa.nulls(n, pa.int64())])
+        searched = pc.fill_null(pc.greater(units, scalar(0, pa.int64())), _FALSE)
         _merge_counts(self._status, _counts(status))
         keep = pc.or_(is_ok, pc.is_valid(finish))
         _merge_counts(self._finish, _counts(pc.fill_null(pc.filter(finish, keep), _NO_VALUE)))
@@ -366,7 +376,7 @@ class OutcomeStats:
         self._rows_attempted += _count(pc.fill_null(attempted, _FALSE))
         self._rate_limited += _int_sum(t["rate_limited"])
 
-        self._add_models(t, is_ok, unpriced, total)
+        self._add_models(t, is_ok, unpriced, total, units, pc.and_(unpriced, searched))
         ok_np = _np_bool(is_ok)
         self._add_costs(t["model"], ~ok_np, cost, self._cost, self._cost_bad)
         if "earlier_cost_usd" in t.column_names:  # a journal written before it has nulls
@@ -400,10 +410,13 @@ class OutcomeStats:
         is_ok: pa.ChunkedArray,
         unpriced: pa.ChunkedArray,
         total: pa.ChunkedArray,
+        units: pa.ChunkedArray,
+        unpriced_search: pa.ChunkedArray,
     ) -> None:
         group, models = group_codes(t["model"])
         columns = [is_ok, unpriced, *(t[c] for c in _TOKEN_COLUMNS), total,
-                   *(pc.is_valid(t[c]) for c in _DETAIL_COLUMNS)]
+                   *(pc.is_valid(t[c]) for c in _DETAIL_COLUMNS), units,
+                   pc.greater(units, scalar(0, pa.int64())), unpriced_search]
         rows = np.bincount(group, minlength=len(models)).tolist()
         sums = [_group_sums(group, len(models), c) for c in columns]
         for j, model in enumerate(models):
@@ -581,6 +594,17 @@ def build_report(
         k = entry["unpriced_rows"]
         if not k:
             continue
+        searched = entry["search_unpriced_rows"]
+        if searched and entry["price"] is not None:
+            warnings.append(
+                f"model {model!r}: {count_rows(searched)} used search billed apart from tokens "
+                f"({_num(entry['search_units'])} search units in all: sources or web searches) "
+                "with no price known for it, cost not counted; set search_unit (USD per unit) "
+                f'in the job file under [prices."{model}"]'
+            )
+            k -= searched
+            if not k:
+                continue
         if model == NO_VALUE:
             warnings.append(
                 f"{count_rows(k)} paid for do not name their model; their cost is not counted"
@@ -643,6 +667,11 @@ def build_report(
         # are then 0 for want of a figure, not a measured 0).
         "tokens_reported_by_rows": {"cached": stats._reported["cached_tokens"],
                                     "reasoning": stats._reported["reasoning_tokens"]},
+        "search_units": {
+            "total": sum(acc[-3] for acc in stats._models.values()),
+            "rows": sum(acc[-2] for acc in stats._models.values()),
+            "unpriced_rows": sum(acc[-1] for acc in stats._models.values()),
+        },
         "cost_usd": stats._cost_sum(lambda k: True),
         "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
         "cost_earlier_attempts_usd": stats._cost_sum(lambda k: True, earlier=True),
@@ -678,7 +707,8 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
     groups = sorted(stats._models.items(), key=lambda kv: (-kv[1][0], kv[0] is None, kv[0] or ""))
     out: dict[str, dict[str, Any]] = {}
     for model, acc in groups:
-        n, ok, unpriced, *tokens, total, cached_said, reasoning_said = acc
+        (n, ok, unpriced, *tokens, total, cached_said, reasoning_said, units, _,
+         unpriced_search) = acc
         name = NO_VALUE if model is None else model
         price = None if model is None else prices.price(model)
         known = stats._cost_sum(partial(_of_model, model))
@@ -692,6 +722,8 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "cost_usd": None if unpriced else known,
             "cost_known_usd": known,
             "unpriced_rows": unpriced,
+            "search_units": units,
+            "search_unpriced_rows": unpriced_search,
             "price_source": SOURCE_UNKNOWN if model is None
             else SOURCE_ASKED if price is None and ok > unpriced else prices.source(model),
             "price": None if price is None else price.as_dict(),
@@ -908,6 +940,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     rows: Mapping[str, Any] = report.get("rows") or {}
     tokens: Mapping[str, Any] = report.get("tokens") or {}
     req: Mapping[str, Any] = report.get("requests") or {}
+    search: Mapping[str, Any] = report.get("search_units") or {}
     lat: Mapping[str, Any] = report.get("latency_ms") or {}
     pricing: Mapping[str, Any] = report.get("pricing") or {}
     by_status: Mapping[str, int] = rows.get("by_status") or {}
@@ -938,6 +971,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ["Completion tokens", _num(tokens.get("completion", 0))],
         ["Reasoning tokens (in completion)", _detail(report, "reasoning")],
         ["Total tokens", _num(tokens.get("total", 0))],
+        *([["Search units (sources, web searches)", _num(search["total"])]]
+          if isinstance(search.get("total"), int) and search["total"] else []),
         ["Cost (USD)", cost],
         ["  of which billed for failed rows", format_usd(report.get("cost_failed_usd") or 0.0)],
         *([["Earlier attempts, sent again (USD)", format_usd(earlier)],
@@ -966,6 +1001,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 if not p
                 else f"{_num(p['input'])} / {_num(p['cached_input'])} / {_num(p['output'])}"
             )
+            per_unit = (p or {}).get("search_unit", (p or {}).get("web_search"))
+            if per_unit is not None:
+                price += f" + {_num(per_unit)} a search unit"
             body.append(
                 [
                     model,

@@ -1796,10 +1796,11 @@ class _Run:
         usable completion, a stream cut after its usage)."""
         if e.usage is None:
             return None
-        pt, ct, _, cached, reasoning, _, _ = e.usage
+        pt, ct, _, cached, reasoning, searches, sources = e.usage
         return self.plan.prices.cost(str(item.body.get("model") or ""), prompt_tokens=pt,
                                      completion_tokens=ct, cached_tokens=cached,
-                                     reasoning_tokens=reasoning)
+                                     reasoning_tokens=reasoning, web_searches=searches,
+                                     sources=sources)
 
     def _success(self, item: _Work, res: ChatResult, charge: int) -> Outcome:
         self.counters["attempts"] += item.attempts
@@ -1832,9 +1833,16 @@ class _Run:
             self.routed[requested] = model  # the budget holds the next ones at its price
         cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
                            completion_tokens=res.completion_tokens,
-                           cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens)
+                           cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens,
+                           web_searches=res.web_searches, sources=res.sources_used)
         if cost is None and self.budget is not None:
-            self._unpriced_reply(item)
+            tokens = prices.cost(model, prompt_tokens=res.prompt_tokens,
+                                 completion_tokens=res.completion_tokens,
+                                 cached_tokens=res.cached_tokens)
+            if tokens is not None:  # its search has no price
+                self._unpriced_search(model, tokens)
+            else:
+                self._unpriced_reply(item)
         checks = item.checks
         error = None if checks is None else checks.check_reply(res.content, res.tool_calls)
         if res.refusal is not None and not res.content and res.tool_calls is None:
@@ -1855,6 +1863,16 @@ class _Run:
             model=res.model or requested or None, request_id=res.request_id,
             finished_at=time.time(), row_hash=item.row_hash,
         )
+
+    def _unpriced_search(self, model: str, tokens_usd: float) -> None:
+        """A reply whose search (sources, web searches) has no price: what it cost beyond its
+        tokens cannot be counted, so the budget cannot be kept. Its tokens count, and the job
+        stops (the requests in flight finish) until the job prices the search."""
+        self.spent += tokens_usd
+        self.stop(BudgetExceeded(
+            f"max_cost_usd is set but model {model!r} answers with search billed apart from "
+            "tokens (sources or web searches) and no price is known for it; add search_unit "
+            f"(USD per unit) to [prices.\"{model}\"] in a job file so the budget can be kept"))
 
     def _unpriced_reply(self, item: _Work) -> None:
         """A reply with no usage to price (a gateway that leaves it out): it was paid for all
@@ -2269,7 +2287,7 @@ def format_status(out_dir: Path) -> str:
     locked = io.is_locked(out_dir)
     state = _Tally(times=locked)
     for part in Journal(out_dir).iter_latest(["error_type", "cost_usd", "earlier_cost_usd",
-                                              "total_tokens", "prompt_tokens"]):
+                                              "total_tokens", "prompt_tokens", "search_units"]):
         state.add(part)
     total = int(meta.get("total_rows") or 0)
     ok, failed = state.ok, state.failed
@@ -2297,8 +2315,12 @@ def format_status(out_dir: Path) -> str:
     # an error body with usage) was paid for too.
     cost = format_usd(sum_usd(pa.chunked_array(state.costs, pa.float64())))
     if state.unpriced:  # rows paid for without a cost, as the reports count them
-        cost += (f" (plus {count_rows(state.unpriced)} without a cost: no price known, or no "
-                 "usage reported)")
+        searched = state.unpriced_search
+        why = ("no price known, or no usage reported" if not searched
+               else "search with no price (set search_unit in [prices])" if searched
+               == state.unpriced else "no price known for the model or its search, or no "
+               "usage reported")
+        cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
     cost += _plus_earlier(sum_usd(pa.chunked_array(state.earlier, pa.float64())))
     lines.append(f"  tokens {state.tokens:,}; cost so far {cost}")
     last = meta.get("last_run")
@@ -2344,7 +2366,7 @@ class _Tally:
     billed attempts' cost among the earlier attempts'."""
 
     def __init__(self, *, times: bool) -> None:
-        self.ok = self.failed = self.unpriced = self.tokens = 0
+        self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
         # The cost columns (8 bytes a row), summed at the end as the reports sum them: exactly.
         self.costs: list[pa.Array] = []
         self.earlier: list[pa.Array] = []
@@ -2368,6 +2390,9 @@ class _Tally:
         paid = pc.or_(pc.fill_null(is_value(part["status"], "ok"), scalar(False, pa.bool_())),
                       pc.is_valid(part["prompt_tokens"]))
         self.unpriced += pc.filter(cost, paid).null_count
+        searched = pc.fill_null(pc.greater(part["search_units"], scalar(0, pa.int64())),
+                                scalar(False, pa.bool_()))
+        self.unpriced_search += pc.filter(cost, pc.and_(paid, searched)).null_count
         self.tokens += pc.sum(part["total_tokens"]).as_py() or 0
         if self.finished_at is not None:  # of rows finished: not of ``retrying`` records
             finished = pc.filter(part["finished_at"], pc.invert(is_value(part["status"],

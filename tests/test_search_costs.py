@@ -4,13 +4,19 @@ priced, and never left out of the cost silently."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from batchrunner.cli import main
+from batchrunner.config import JobConfig, load_job
+from batchrunner.errors import ConfigError
 from batchrunner.journal import Journal
+from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.simulator import Simulator, SimulatorConfig
 from tests.test_reply_fields import KEY, job_for, make_csv, parse, reply, results, run
 
@@ -68,3 +74,136 @@ async def test_a_journal_written_before_search_units_reads_them_as_null(tmp_path
         s = await run(job)
     assert s.sent == 0 and s.ok == 3
     assert results(tmp_path)["search_units"].isna().all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Priced: the job's search_unit, else the library's price per web search; never a silent 0
+
+
+def test_search_units_are_priced_by_the_job_or_the_library_or_not_at_all() -> None:
+    own = parse_price_table({"grok-4": {"input": 3, "output": 15, "search_unit": 0.025}},
+                            where="jobs/x.toml")
+    book = PriceBook(own)
+    tokens = (12 * 3 + 30 * 15) / 1_000_000
+    assert book.cost("grok-4", prompt_tokens=12, completion_tokens=30) == pytest.approx(tokens)
+    assert book.cost("grok-4", prompt_tokens=12, completion_tokens=30,
+                     sources=7) == pytest.approx(tokens + 7 * 0.025)
+    assert book.cost("grok-4", prompt_tokens=12, completion_tokens=30,
+                     web_searches=3) == pytest.approx(tokens + 3 * 0.025)
+    # The library lists a price per web search for Anthropic's models, and none per source
+    lib = PriceBook()
+    price = lib.price("claude-sonnet-4-5")
+    assert price is not None and price.web_search is not None and price.search_unit is None
+    plain = lib.cost("claude-sonnet-4-5", prompt_tokens=12, completion_tokens=30)
+    assert plain is not None
+    assert lib.cost("claude-sonnet-4-5", prompt_tokens=12, completion_tokens=30,
+                    web_searches=3) == pytest.approx(plain + 3 * price.web_search)
+    assert lib.cost("claude-sonnet-4-5", prompt_tokens=12, completion_tokens=30,
+                    sources=3) is None
+    assert lib.cost("grok-4", prompt_tokens=12, completion_tokens=30, sources=7) is None
+    assert lib.cost("grok-4", prompt_tokens=12, completion_tokens=30, sources=0) is not None
+    # ...answered again from the disk cache, as a later run reads it
+    again = PriceBook().price("claude-sonnet-4-5")
+    assert again is not None and again.web_search == price.web_search
+
+
+@pytest.mark.parametrize(("entry", "fragment"), [
+    ({"input": 1, "output": 2, "search_unit": "cheap"},
+     "search_unit must be a number (USD per search unit)"),
+    ({"input": 1, "output": 2, "search_unit": -0.01}, "search_unit must be a finite number >= 0"),
+    ({"input": 1, "output": 2, "search": 0.01},
+     "unknown key 'search' (expected input, output, cached_input, search_unit)"),
+])
+def test_a_bad_search_unit_price_is_refused_naming_it(entry: dict[str, Any],
+                                                      fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_price_table({"grok-4": entry}, where="jobs/x.toml")
+    assert "jobs/x.toml: [prices.grok-4]" in str(info.value) and fragment in str(info.value)
+
+
+def search_job(tmp_path: Path, base_url: str, model: str, price: str = "",
+               texts: list[str] = SEARCH_TEXTS, **over: Any) -> JobConfig:
+    """A job over ``texts`` for ``model``, with ``price`` as its [prices] entry if any."""
+    inp = make_csv(tmp_path / "in.csv", texts)
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "{model}"\n'
+        f'prompt = "Q: {{text}}"\nmax_tokens = 64\n[output]\ndir = "out"\n'
+        + (f'[prices."{model}"]\n{price}\n' if price else ""))
+    return load_job(job, {"base_url": base_url, **over})
+
+
+@pytest.mark.anyio
+async def test_a_jobs_search_price_is_in_each_rows_cost(tmp_path: Path) -> None:
+    price = "input = 3.0\noutput = 15.0\nsearch_unit = 0.025"
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(search_job(tmp_path, sim.base_url, "grok-4", price))
+    assert s.exit_code == 0 and s.cost_usd is not None
+    df = results(tmp_path)
+    tokens = (df["prompt_tokens"] * 3.0 + df["completion_tokens"] * 15.0) / 1_000_000
+    assert df["search_units"].fillna(0).tolist() == [2, 1, 0]
+    assert (df["cost_usd"] - tokens).round(9).tolist() == [0.05, 0.025, 0.0]
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_complete"] is True
+    assert report["search_units"] == {"total": 3, "rows": 2, "unpriced_rows": 0}
+    assert report["cost_usd"] == pytest.approx(df["cost_usd"].sum())
+
+
+@pytest.mark.anyio
+async def test_claudes_web_searches_are_priced_at_the_librarys_price(tmp_path: Path) -> None:
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(search_job(tmp_path, sim.base_url, "claude-sonnet-4-5"))
+    df = results(tmp_path)
+    price = PriceBook().price("claude-sonnet-4-5")
+    assert price is not None and price.web_search
+    assert df.loc["r1", "search_units"] == 1
+    tokens = PriceBook().cost("claude-sonnet-4-5", prompt_tokens=int(df.loc["r1", "prompt_tokens"]),
+                              completion_tokens=int(df.loc["r1", "completion_tokens"]))
+    assert tokens is not None
+    assert df.loc["r1", "cost_usd"] == pytest.approx(tokens + price.web_search)
+    # Grok-shaped sources under a Claude model: no price per source, so no cost, not a silent 0
+    assert pd.isna(df.loc["r0", "cost_usd"]) and df.loc["r0", "search_units"] == 2
+    assert s.cost_usd is None and s.cost_unknown == 1
+
+
+@pytest.mark.anyio
+async def test_search_with_no_price_leaves_the_cost_incomplete_and_says_what_to_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with Simulator(SimulatorConfig()) as sim:
+        job = search_job(tmp_path, sim.base_url, "grok-4")
+        s = await run(job)
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    # Neither its sources nor its web search has a price: unknown, not the tokens' alone
+    assert df["cost_usd"].isna().tolist() == [True, True, False]
+    assert s.cost_usd is None and s.cost_unknown == 2
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_complete"] is False and report["rows"]["cost_unknown"] == 2
+    assert report["search_units"] == {"total": 3, "rows": 2, "unpriced_rows": 2}
+    assert report["by_model"]["grok-4"]["search_unpriced_rows"] == 2
+    warning = next(w for w in report["warnings"] if "search" in w)
+    assert ("model 'grok-4': 2 rows used search billed apart from tokens (3 search units in "
+            "all: sources or web searches)") in warning
+    assert 'set search_unit (USD per unit) in the job file under [prices."grok-4"]' in warning
+    md = (tmp_path / "out" / "cost_report.md").read_text()
+    assert "(incomplete, see warnings)" in md and "Search units (sources, web searches) | 3" in md
+    assert main(["status", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "(plus 2 rows without a cost: search with no price (set search_unit in [prices]))" \
+        in out
+
+
+@pytest.mark.anyio
+async def test_the_budget_stops_at_search_it_cannot_price(tmp_path: Path) -> None:
+    """A budget cannot be kept over search it cannot count: the first reply that reports
+    search units with no price stops the job (resumable) rather than spend past max_cost_usd
+    unseen."""
+    price = "input = 3.0\noutput = 15.0"  # tokens priced, search not
+    texts = [f"news {i} [[sim:citations]]" for i in range(40)]
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(search_job(tmp_path, sim.base_url, "grok-4", price, texts,
+                                 max_cost_usd=50.0, concurrency=1))
+        assert sim.stats()["requests"] < 40
+    assert s.exit_code == 4 and s.stopped
+    assert "max_cost_usd is set but model 'grok-4' answers with search" in s.stopped
+    assert 'add search_unit (USD per unit) to [prices."grok-4"]' in s.stopped
