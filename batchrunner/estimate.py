@@ -8,12 +8,17 @@ limits imply. No request is sent.
 Expected completion tokens per request: the mean of the answers the output directory's journal
 holds so far (every earlier run's, and a run's in progress) when there are any, else
 ``max_tokens`` (an upper bound), else a default guess — the report says which.
+
+Search is billed apart from tokens, by what each reply reports (sources, web searches): no
+estimate can count it, so the estimate warns when the requests ask for it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value
@@ -55,6 +60,8 @@ class Estimate:
     price_library: str = ""  # where the prices come from: the job's [prices], the library
     budget_usd: float | None = None  # max_cost_usd: the job's whole spend, earlier runs' too
     spent_usd: float = 0.0  # what earlier runs spent
+    search_rows: int = 0  # rows to send that ask for search (billed apart, not estimated)
+    search_asked: str = ""  # what the first of them asks for it with
     warnings: list[str] = field(default_factory=list)  # the job's, as a run would say them
 
     @property
@@ -110,6 +117,9 @@ def estimate(plan: Plan) -> Estimate:
                 est.not_sendable_examples.append(f"{plan.row(key)}: {reason}")
             continue
         est.to_send += 1
+        if (asked := _search_asked(item.body)) is not None:
+            est.search_rows += 1
+            est.search_asked = est.search_asked or asked
         model = str(item.body.get("model") or "")
         m = est.by_model.get(model)
         if m is None:
@@ -157,6 +167,52 @@ def estimate(plan: Plan) -> Estimate:
     return est
 
 
+# Search as the request bodies ask for it: Grok's live search, OpenAI's (and, through gateways,
+# Claude's) web search options, Qwen's, and a search tool by any of the names the APIs give it.
+_SEARCH_TOOLS = frozenset({"googlesearch", "google_search", "google_search_retrieval",
+                           "websearch", "web_search", "web_search_preview"})
+
+
+def _search_asked(body: Mapping[str, Any]) -> str | None:
+    """What in a request ``body`` asks for search billed apart from tokens, named as the body
+    has it; None when nothing does."""
+    params = body.get("search_parameters")
+    if isinstance(params, Mapping) and params.get("mode") != "off":
+        return "search_parameters"
+    if body.get("web_search_options") is not None:
+        return "web_search_options"
+    for where, holder in (("enable_search", body), ("parameters.enable_search",
+                                                     body.get("parameters"))):
+        if isinstance(holder, Mapping) and holder.get("enable_search") is True:
+            return where
+    extra = body.get("extra_body")
+    google = extra.get("google") if isinstance(extra, Mapping) else None
+    for where, tools in (("tools", body.get("tools")),
+                         ("extra_body.google.tools",
+                          google.get("tools") if isinstance(google, Mapping) else None)):
+        for tool in tools if isinstance(tools, list) else ():
+            if isinstance(tool, Mapping) and (name := _tool_name(tool)) is not None:
+                return f"{where}: {name}"
+    model = body.get("model")
+    if isinstance(model, str) and "-search" in model.lower():
+        return f"model {model}"
+    return None
+
+
+def _tool_name(tool: Mapping[str, Any]) -> str | None:
+    """The search tool ``tool`` is, if it is one: a function so named (as gateways take
+    Gemini's), a tool of that type (Anthropic's ``web_search_20250305``, OpenAI's), or a
+    ``{"googleSearch": {}}`` entry."""
+    function = tool.get("function")
+    names = [function.get("name") if isinstance(function, Mapping) else None, tool.get("type"),
+             *tool.keys()]
+    for name in names:
+        if isinstance(name, str) and (
+                name.lower() in _SEARCH_TOOLS or name.lower().startswith("web_search_")):
+            return name
+    return None
+
+
 def format_estimate(e: Estimate) -> str:
     lines = [f"batchrunner: estimate for {e.name} — nothing was sent",
              f"  rows: {e.rows:,} in the input, {e.already_done:,} already done"
@@ -183,6 +239,10 @@ def format_estimate(e: Estimate) -> str:
         lines.append(f"  warning: more than max_cost_usd {format_budget(e.budget_usd)}"
                      f"{earlier}: the run will stop at the budget, after about "
                      f"{int(e.to_send * left / total):,} of the {e.to_send:,} rows")
+    if e.search_rows:
+        lines.append(f"  warning: {count_rows(e.search_rows)} ask for search "
+                     f"({e.search_asked}): it is billed apart from tokens, by the sources or "
+                     "searches each reply uses, and is not in this estimate")
     lines.append(f"  completion tokens from: {e.completion_basis}")
     if e.time_s is not None:
         lines.append(f"  time at the job's limits: about {format_span(e.time_s)} "

@@ -18,7 +18,16 @@ from batchrunner.errors import ConfigError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.simulator import Simulator, SimulatorConfig
-from tests.test_reply_fields import KEY, job_for, make_csv, parse, reply, results, run
+from tests.test_reply_fields import (
+    KEY,
+    job_for,
+    make_csv,
+    parse,
+    reply,
+    results,
+    run,
+    write_batch,
+)
 
 __all__ = ["KEY"]  # the key the job_env fixture sets
 
@@ -207,3 +216,44 @@ async def test_the_budget_stops_at_search_it_cannot_price(tmp_path: Path) -> Non
     assert s.exit_code == 4 and s.stopped
     assert "max_cost_usd is set but model 'grok-4' answers with search" in s.stopped
     assert 'add search_unit (USD per unit) to [prices."grok-4"]' in s.stopped
+
+
+# ----------------------------------------------------------------------------------------------
+# The estimate cannot count search: it says so
+
+
+@pytest.mark.parametrize(("extra", "said"), [
+    ('search_parameters = { mode = "auto" }', "(search_parameters)"),
+    ('web_search_options = { search_context_size = "medium" }', "(web_search_options)"),
+    ('tools = [{ type = "function", function = { name = "googleSearch" } }]',
+     "(tools: googleSearch)"),
+    ('parameters = { enable_search = true }', "(parameters.enable_search)"),
+    ('search_parameters = { mode = "off" }', None),
+    ('temperature = 0.2', None),
+])
+def test_the_estimate_warns_that_search_is_not_in_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, said: str | None) -> None:
+    inp = make_csv(tmp_path / "in.csv", ["latest AI news", "weather in Guangzhou"])
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
+        'prompt = "{text}"\nmax_tokens = 64\n[request.extra]\n' + extra + '\n'
+        '[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n[output]\ndir = "out"\n')
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    out = capsys.readouterr().out
+    warning = ("  warning: 2 rows ask for search " + (said or "") + ": it is billed apart from "
+               "tokens, by the sources or searches each reply uses, and is not in this estimate")
+    assert (warning in out) is (said is not None), out
+    assert said is not None or "search" not in out
+
+
+def test_the_estimate_of_a_batch_file_warns_of_its_rows_search(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [("what happened today", {"model": "gpt-4o-mini-search-preview"}),
+            ("news about AI", {"model": "claude-sonnet-4-5",
+                   "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+            ("a haiku", {"model": "gpt-4o-mini"})]
+    path = write_batch(tmp_path / "batch.jsonl", rows)
+    assert main(["estimate", "--input", str(path), "--base-url", "http://127.0.0.1:9/v1",
+                 "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 2 rows ask for search (model gpt-4o-mini-search-preview): it is billed" in out
