@@ -595,13 +595,21 @@ def build_report(
         if not k:
             continue
         searched = entry["search_unpriced_rows"]
-        if searched and entry["price"] is not None:
-            warnings.append(
-                f"model {model!r}: {count_rows(searched)} used search billed apart from tokens "
-                f"({_num(entry['search_units'])} search units in all: sources or web searches) "
-                "with no price known for it, cost not counted; set search_unit (USD per unit) "
-                f'in the job file under [prices."{model}"]'
-            )
+        price = entry["price"]
+        if searched and price is not None:
+            used = (f"model {model!r}: {count_rows(searched)} used search billed apart from "
+                    f"tokens ({_num(entry['search_units'])} search units in all: sources or web "
+                    "searches)")
+            if "search_unit" in price or "web_search" in price:
+                # Priced since: a row's cost is what it was priced at when it was answered.
+                warnings.append(
+                    f"{used} when it had no price, cost not counted (the search price set "
+                    "since prices the rows answered after it)")
+            else:
+                warnings.append(
+                    f"{used} with no price known for it, cost not counted; set search_unit "
+                    f'(USD per unit) in the job file under [prices."{model}"]'
+                )
             k -= searched
             if not k:
                 continue

@@ -2316,10 +2316,12 @@ def format_status(out_dir: Path) -> str:
     cost = format_usd(sum_usd(pa.chunked_array(state.costs, pa.float64())))
     if state.unpriced:  # rows paid for without a cost, as the reports count them
         searched = state.unpriced_search
-        why = ("no price known, or no usage reported" if not searched
-               else "search with no price (set search_unit in [prices])" if searched
-               == state.unpriced else "no price known for the model or its search, or no "
-               "usage reported")
+        if not searched:
+            why = "no price known, or no usage reported"
+        elif searched == state.unpriced:
+            why = "search with no price when answered (search_unit in [prices])"
+        else:
+            why = "no price known for the model or its search, or no usage reported"
         cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
     cost += _plus_earlier(sum_usd(pa.chunked_array(state.earlier, pa.float64())))
     lines.append(f"  tokens {state.tokens:,}; cost so far {cost}")

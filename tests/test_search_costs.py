@@ -198,8 +198,8 @@ async def test_search_with_no_price_leaves_the_cost_incomplete_and_says_what_to_
     assert "(incomplete, see warnings)" in md and "Search units (sources, web searches) | 3" in md
     assert main(["status", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "(plus 2 rows without a cost: search with no price (set search_unit in [prices]))" \
-        in out
+    assert ("(plus 2 rows without a cost: search with no price when answered (search_unit in "
+            "[prices]))") in out
 
 
 @pytest.mark.anyio
@@ -257,3 +257,21 @@ def test_the_estimate_of_a_batch_file_warns_of_its_rows_search(
                  "--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "warning: 2 rows ask for search (model gpt-4o-mini-search-preview): it is billed" in out
+
+
+@pytest.mark.anyio
+async def test_once_search_is_priced_the_report_no_longer_asks_to_price_it(
+        tmp_path: Path) -> None:
+    """The budget stop says to set search_unit; once set, the rows answered before it keep no
+    cost, and the report says why rather than ask for the price the job now has."""
+    tokens = "input = 3.0\noutput = 15.0"
+    async with Simulator(SimulatorConfig()) as sim:
+        await run(search_job(tmp_path, sim.base_url, "grok-4", tokens))
+        again = await run(search_job(tmp_path, sim.base_url, "grok-4",
+                                     tokens + "\nsearch_unit = 0.025"))
+    assert again.sent == 0 and again.cost_unknown == 2
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_complete"] is False  # still unknown: never re-derived
+    (warning,) = [w for w in report["warnings"] if "search" in w]
+    assert "when it had no price, cost not counted (the search price set since" in warning
+    assert "set search_unit" not in warning
