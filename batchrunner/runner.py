@@ -1141,6 +1141,9 @@ class _Run:
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
         self.routed: dict[str, str] = {}  # model asked for → the priced one that answered
+        # Model asked for → the most a reply's search (sources, web searches) has cost in this
+        # run: billed apart from tokens, so a request's estimate holds it too, under a budget.
+        self.search_usd: dict[str, float] = {}
         # Rows ask for models of their own (a model column, a batch file): the models a reply
         # came from so far, to tell a key that lacks one model from a key refused outright.
         self.models_vary = plan.builder is None or bool(plan.job.request.model_column)
@@ -1412,8 +1415,10 @@ class _Run:
         the price of the model asked for, or of the one a gateway answered it with so far."""
         prompt, completion = self._tokens(item)
         model = str(item.body.get("model") or "")
-        return self.plan.prices.cost(self.routed.get(model, model), prompt_tokens=prompt,
+        cost = self.plan.prices.cost(self.routed.get(model, model), prompt_tokens=prompt,
                                      completion_tokens=completion)
+        search = self.search_usd.get(model) if self.search_usd else None
+        return cost if cost is None or search is None else cost + search
 
     def _reserve(self, item: _Work) -> float | None:
         """Hold the request's estimated cost against the budget; None (and stop) if it won't fit."""
@@ -1835,13 +1840,17 @@ class _Run:
                            completion_tokens=res.completion_tokens,
                            cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens,
                            web_searches=res.web_searches, sources=res.sources_used)
-        if cost is None and self.budget is not None:
+        if self.budget is not None and (cost is None or res.web_searches or res.sources_used):
             tokens = prices.cost(model, prompt_tokens=res.prompt_tokens,
                                  completion_tokens=res.completion_tokens,
                                  cached_tokens=res.cached_tokens)
-            if tokens is not None:  # its search has no price
+            if cost is not None and tokens is not None:  # what its search cost: held for the
+                # next requests of the model, as the largest so far
+                if cost - tokens > self.search_usd.get(requested, 0.0):
+                    self.search_usd[requested] = cost - tokens
+            elif tokens is not None:  # its search has no price
                 self._unpriced_search(model, tokens)
-            else:
+            elif cost is None:
                 self._unpriced_reply(item)
         checks = item.checks
         error = None if checks is None else checks.check_reply(res.content, res.tool_calls)

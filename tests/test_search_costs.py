@@ -275,3 +275,18 @@ async def test_once_search_is_priced_the_report_no_longer_asks_to_price_it(
     (warning,) = [w for w in report["warnings"] if "search" in w]
     assert "when it had no price, cost not counted (the search price set since" in warning
     assert "set search_unit" not in warning
+
+
+@pytest.mark.anyio
+async def test_the_budget_holds_the_search_of_the_requests_in_flight(tmp_path: Path) -> None:
+    """Each reply's sources cost $2 and its tokens next to nothing: once a reply has shown what
+    search costs, each request sent holds that much of the budget too, so the replies of the
+    requests in flight do not carry the spend past max_cost_usd."""
+    price = "input = 0.001\noutput = 0.001\nsearch_unit = 1.0"  # 2 sources a reply: $2
+    texts = [f"news {i} [[sim:citations]]" for i in range(40)]
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(search_job(tmp_path, sim.base_url, "grok-4", price, texts,
+                                 max_cost_usd=20.0, concurrency=4))
+    assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached")
+    assert s.cost_usd is not None and 8.0 <= s.cost_usd <= 20.0
+    assert results(tmp_path)["cost_usd"].sum() == pytest.approx(s.cost_usd)
