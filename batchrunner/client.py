@@ -333,6 +333,13 @@ class StreamAssembler:
         return self._begun
 
     @property
+    def answering(self) -> bool:
+        """Whether a chunk of the answer came (its id, model, usage or text), not only
+        comments, pings or nothing."""
+        return (self.id is not None or self.model is not None or self.usage is not None
+                or self.first_token_at is not None)
+
+    @property
     def content(self) -> list[str]:
         return self.first.content
 
@@ -829,11 +836,12 @@ class ChatClient:
             if not (task in self._expired and task.uncancel() <= cancelling):
                 raise
             if stream is None or not stream.ended(choices):
-                raise TransportError(
+                timeout = TransportError(
                     "timeout", self._timed_out(limit, streaming and not status, stream,
                                                deadlines[task] >= cap),
-                    retryable=True, usage=_billed_usage(stream.usage) if stream else None,
-                ) from None
+                    retryable=True, usage=_billed_usage(stream.usage) if stream else None)
+                timeout.answer_begun = stream is not None and stream.answering
+                raise timeout from None
             # Its every choice finished (or an error came) before the deadline, which came
             # while what may follow was waited for (an answer that finished late, held open):
             # whole, taken (the error read).

@@ -162,6 +162,9 @@ class RequestError(BatchrunnerError):
         # The usage of an answer that reported one although it was not a usable completion:
         # what the attempt was billed for.
         self.usage = usage
+        # A timeout that came once the answer had begun (a chunk of its stream came): the
+        # endpoint answers, only not within the time given.
+        self.answer_begun = False
 
     def __str__(self) -> str:
         return f"{self.error_type}: {self.message}"

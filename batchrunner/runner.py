@@ -1530,6 +1530,8 @@ class _Run:
                     self._refused(item)
                 elif e.error_type == "timeout":
                     item.timeouts += 1
+                    if e.answer_begun:  # its stream had begun: the endpoint answers, slowly
+                        self._answered(sent_at)
                 billed = self._billed(item, e)
                 if gateway:
                     if e.status and self.last_answer < sent_at:

@@ -538,3 +538,36 @@ async def test_a_finished_stream_held_open_with_pings_is_taken_without_waiting_o
     row = results(tmp_path).loc["r0000"]
     assert (row["status"], row["attempts"], row["content"]) == ("ok", 1, "Echo: whole")
     assert row["total_tokens"] == 13
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_a_stream_begun_that_outlasts_the_timeout_twice_does_not_stop_the_job(
+        tmp_path: Path) -> None:
+    """A long answer streamed past timeout_s twice, first thing in the run (a thinking model's
+    stream that takes longer than the timeout): the endpoint answered, its stream began and
+    reported usage, so its row is tried again with a longer timeout, as a row's own timeouts
+    are, and each cut try's billed usage is kept; the job is not stopped as one whose endpoint
+    takes connections and answers nothing."""
+    inp = make_csv(tmp_path / "in.csv", ["slow answer"])
+    so_far = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
+
+    async def outlasts(srv: FaultServer, request: web.BaseRequest,
+                       body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, sse({**stream_chunk("Echo: "), "usage": so_far}),
+                                      hold=True)
+        with anyio.move_on_after(30):
+            await srv.closing.wait()
+        return response
+
+    async with FaultServer(outlasts, times=2) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=0.5),
+                            max_attempts=6)
+        assert srv.requests == 3
+    assert s.exit_code == 0, s.stopped
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["attempts"]) == ("ok", 3)
+    rep = report(tmp_path)
+    assert rep["cost_earlier_attempts_usd"] == pytest.approx(row["earlier_cost_usd"])
+    one_try = float(row["earlier_cost_usd"]) / 2  # the two cut tries' 9 + 2 tokens each
+    assert one_try > 0
