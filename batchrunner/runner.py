@@ -2183,10 +2183,16 @@ def _input_moved(plan: Plan) -> str:
             return ""
     except InputError:
         pass  # removed, or no longer readable
+    if plan.key_column is None:  # the next run refuses a changed input until told (--force)
+        rerun = ("rows are keyed by position: if rows were only added at its end or changed "
+                 "in place, run the same command again with --force to send the rows that "
+                 "changed and write the results, else use another --output directory with an "
+                 "id column (--id-column)")
+    else:
+        rerun = "run the same command again to send the rows that changed and write the results"
     return (f"input {plan.source.path} changed while the job ran (replaced, rewritten or "
             "removed): the results and reports were not written from it, as its rows may no "
-            "longer be those sent; finished rows are saved — run the same command again to "
-            "send the rows that changed and write the results")
+            f"longer be those sent; finished rows are saved — {rerun}")
 
 
 def _check_writable(*directories: Path) -> None:

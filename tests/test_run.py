@@ -1248,3 +1248,42 @@ async def test_an_input_replaced_while_the_job_runs_never_gets_the_answers_of_ot
     assert list(df["id"]) == list(rows["id"][::-1])
     for text, content in zip(df["text"], df["content"], strict=True):
         assert content.startswith(f"Echo: [{prompt_key(f'Summarise: {text}')}]")
+
+
+@pytest.mark.anyio
+async def test_an_input_replaced_while_a_job_keyed_by_position_runs_says_how_to_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows keyed by position (no id column): the same command again is refused, as for any
+    input changed since the last run, until --force says the rows kept their places. The stop
+    says so, and with --force the row whose text changed is sent again, the others not."""
+    import dataclasses
+
+    import batchrunner.runner as runner
+    from batchrunner.errors import StopJob, UsageError
+
+    inp = make_csv(tmp_path / "in.csv", 20)
+    pipeline = runner._pipeline
+
+    async def replaced_meanwhile(run: Any) -> None:
+        await pipeline(run)
+        staged = tmp_path / "export.csv"
+        make_csv(staged, 20, marker={7: " (edited)"})
+        os.replace(staged, inp)
+
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp, id_column=None)
+        with monkeypatch.context() as m:
+            m.setattr(runner, "_pipeline", replaced_meanwhile)
+            with pytest.raises(StopJob, match=r"in\.csv changed while the job ran") as e:
+                await run_job(job, FAST)
+        said = str(e.value)
+        assert "--force" in said, said
+        with pytest.raises(UsageError, match="--force"):
+            await run_job(job, FAST)  # as the stop said: not without --force
+        sent = sim.stats()["requests"]
+        again = await run_job(job, dataclasses.replace(FAST, force=True))
+        assert again.exit_code == 0 and sim.stats()["requests"] == sent + 1
+    df = results(tmp_path)
+    assert df["text"][7].endswith("(edited)")
+    for text, content in zip(df["text"], df["content"], strict=True):
+        assert content.startswith(f"Echo: [{prompt_key(f'Summarise: {text}')}]")
