@@ -1108,6 +1108,7 @@ class _Run:
         self.gate: anyio.Event | None = None
         self.gate_from = -math.inf
         self.probing = False  # a probe is out (or waiting out the pause to be sent)
+        self.turned_away_at = -math.inf  # the latest such answer (_turned_away)
         self.outage_s = options.outage_s
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
@@ -1200,6 +1201,17 @@ class _Run:
                 return True
             await gate.wait()
         return False
+
+    def _turned_away(self, status: int, retry_after: float | None, sent_at: float) -> None:
+        """A gateway's 502/503/504, nothing answered since its request was sent at
+        ``sent_at``. The server is away (``_shut_gate``) when nothing has answered in the run
+        yet, or when another such answer came since the latest answer. One alone, turned away
+        at once while the others are answered (a gateway's "overloaded"), is its row's own:
+        the row waits its retry-after, not the job."""
+        if (self.gate is not None or self.last_answer == -math.inf
+                or self.last_answer < self.turned_away_at):
+            self._shut_gate(status, retry_after, sent_at)
+        self.turned_away_at = time.perf_counter()
 
     def _shut_gate(self, status: int, retry_after: float | None, sent_at: float) -> None:
         """A gateway's 502/503/504 (asking for ``retry_after`` s, or not), and nothing sent
@@ -1535,7 +1547,7 @@ class _Run:
                 billed = self._billed(item, e)
                 if gateway:
                     if e.status and self.last_answer < sent_at:
-                        self._shut_gate(e.status, e.retry_after, sent_at)
+                        self._turned_away(e.status, e.retry_after, sent_at)
                     # A try of the row (the gateway answered), but only those made while other
                     # requests were answered count against max_attempts: a row the server
                     # fails for itself fails as ever, while rows waiting out a restart do not.
