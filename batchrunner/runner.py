@@ -1963,18 +1963,20 @@ class _Run:
 
     async def _on_signals(self, signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
         hung_up = False
+        asked = False  # a signal asked the run to stop: another one stops it now
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:  # its terminal closed, most likely: write no more to it
                 leave_terminal()
-            if self.stopping and (hung_up or signum == signal.SIGHUP):
+            if asked and (hung_up or signum == signal.SIGHUP):
                 # A SIGHUP sent with a SIGTERM (systemd's SendSIGHUP), in either order, is not
                 # a second request to stop now: the requests in flight still finish.
                 continue
             hung_up = hung_up or signum == signal.SIGHUP
-            if not self.stopping:
+            if not asked:  # the first, though the run may be stopping already (its budget)
+                asked = True
                 by = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
-                self.stop(Interrupted(
+                self.stop(Interrupted(  # the run's own reason, if it had one, is kept
                     f"interrupted by {by}; finished rows are saved — run the same command "
                     "to resume"
                 ))

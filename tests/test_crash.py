@@ -268,6 +268,48 @@ def test_second_ctrl_c_while_draining_stops_at_once(tmp_path: Path) -> None:
         assert len(df) == n and (df["status"] == "ok").sum() == n - hangs
 
 
+def test_a_signal_while_a_stopped_job_finishes_its_requests_in_flight_lets_them_finish(
+        tmp_path: Path) -> None:
+    """The job stopped by itself (its first 20 rows all failed the same way) and waits for the
+    requests it had in flight, answers that take 3 s; a scheduler's SIGTERM comes meanwhile.
+    It is the first signal, not the second that stops at once: those requests still finish
+    within the drain (5 s) and are journaled, as when a first signal stops a job."""
+    failing = 20
+    inp = make_csv(tmp_path / "in.csv", 40, {i: " [[sim:400]]" if i < failing else " [[sim:slow]]"
+                                             for i in range(40)})
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(slow_ms=3000)) as sim:
+        err_path, out_path = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
+        with err_path.open("w") as err_file, out_path.open("w") as out_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "batchrunner",
+                 *run_args(inp, sim.base_url, out, "--concurrency", "8")],
+                env=child_env(), stdout=out_file, stderr=err_file)
+            try:
+                deadline = time.monotonic() + 60
+                seen, still = 0, 0
+                while still < 10:  # the stop: no request sent for 0.2 s, slow ones in flight
+                    assert time.monotonic() < deadline and proc.poll() is None, \
+                        err_path.read_text()
+                    now = sim.stats()["requests"]
+                    still = still + 1 if now == seen and now > failing else 0
+                    seen = now
+                    time.sleep(0.02)
+                assert sim.stats()["completions"] == 0  # the slow answers are still to come
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        err = err_path.read_text() + out_path.read_text()
+        assert code == 4, err
+        assert "Traceback" not in err and "all failed with http_400" in err, err
+        in_flight = seen - failing
+        assert in_flight > 0
+        assert len(ok_keys(out)) == sim.stats()["completions"] == in_flight, err
+
+
 def held_at_last_flush_cmd(marker: Path, args: list[str]) -> list[str]:
     """The CLI in a child whose last journal write (every row answered, the signal watcher
     gone) touches ``marker``, then waits until it is removed: the moment a scheduler's SIGTERM
