@@ -37,6 +37,8 @@ __all__ = ["RATELIMIT_HEADERS", "Limiter", "TokenBucket", "reset_seconds"]
 # The longest an empty budget holds new requests when no rate is known: a reset said to be
 # further off (a daily limit's) is left to the 429s' retry-after, which stop the job if it is.
 MAX_RESET_WAIT_S = 60.0
+# What a pause the rate-limit headers ask for is said to be (the progress line shows it).
+_NONE_LEFT = "an x-ratelimit-remaining-* header of 0"
 
 _NAMES = tuple((kind, f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
                 f"x-ratelimit-reset-{kind}") for kind in ("requests", "tokens"))
@@ -157,6 +159,7 @@ class Limiter:
         self._requests: AsyncLimiter | None = None
         self._tokens: TokenBucket | None = None
         self._paused_until = 0.0
+        self.paused_by = "a 429's retry-after"  # what asked for the pause (see ``pause``)
         self._unpaused: anyio.Event | None = None  # set when a pause is lifted (lift_pause)
         self._rng = random.Random()
         if requests_per_minute:
@@ -225,11 +228,14 @@ class Limiter:
         if self._unpaused is not None:
             self._unpaused.set()
 
-    def pause(self, seconds: float) -> None:
-        """Hold every new request for ``seconds`` plus a little jitter, e.g. after a 429."""
+    def pause(self, seconds: float, by: str = "a 429's retry-after") -> None:
+        """Hold every new request for ``seconds`` plus a little jitter, e.g. after a 429;
+        ``by`` says what asked for it (``paused_by``: the pause that ends last)."""
         now = time.monotonic()
         until = now + seconds + self._rng.uniform(0.0, 0.05 + seconds * 0.1)
-        self._paused_until = max(self._paused_until, until)
+        if until > self._paused_until:
+            self._paused_until = until
+            self.paused_by = by
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn the server's limits from a response's ``x-ratelimit-*`` headers."""
@@ -250,9 +256,9 @@ class Limiter:
             if rate := limit or current:
                 # The bucket is empty: wait for one request's worth of refill (the reset
                 # header says when it is full again, far longer than needed).
-                self.pause(60.0 / rate * (1 if kind == "requests" else 100))
+                self.pause(60.0 / rate * (1 if kind == "requests" else 100), _NONE_LEFT)
             else:
                 # Empty, and no rate known to tell when a request's worth is back (Azure sends
                 # the remaining count alone): until the reset, if it is said, else a second.
                 reset = reset_seconds(headers.get(reset_h))
-                self.pause(1.0 if reset is None else min(reset, MAX_RESET_WAIT_S))
+                self.pause(1.0 if reset is None else min(reset, MAX_RESET_WAIT_S), _NONE_LEFT)

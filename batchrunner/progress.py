@@ -33,7 +33,7 @@ class Counts:
     rate_limited: int = 0
     in_flight: int = 0  # requests sent and not answered yet
     paused_s: float = 0.0  # how much longer a 429's retry-after holds new requests
-    paused_by: int = 429  # the status whose retry-after it is (a gateway's 503, say)
+    paused_by: str = "a 429's retry-after"  # what asked for it (a gateway's 503, say)
     unreachable_s: float = 0.0  # how long no request could connect (none answered since)
     resumed: bool = False  # earlier runs finished rows: ok/failed are the job's, the rest not
     extra: dict[str, int] = field(default_factory=dict)
@@ -78,8 +78,7 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     if c.rate_limited:
         parts.append(f"429s={c.rate_limited:,}")
     if paused:
-        parts.append(f"(new requests held {c.paused_s:.0f} s more by a {c.paused_by}'s "
-                     "retry-after)")
+        parts.append(f"(new requests held {c.paused_s:.0f} s more by {c.paused_by})")
     if c.unreachable_s >= 1:  # a run that looks stuck is waiting for the endpoint
         parts.append(f"(no connection to the endpoint for {c.unreachable_s:.0f} s)")
     return " ".join(parts)

@@ -1220,8 +1220,8 @@ class _Run:
         (``_probe_back`` spaces them), rather than every row in flight and every new one
         asking again each time (a 4 s outage at concurrency 64 drew 500 503s for 300 rows)."""
         if retry_after is not None:
-            self.limiter.pause(min(retry_after, self.policy.max_retry_after_s))
-            self.counts.paused_by = status
+            self.limiter.pause(min(retry_after, self.policy.max_retry_after_s),
+                               f"a {status}'s retry-after")
         if self.gate is None:
             self.gate = anyio.Event()
             self.gate_from = sent_at
@@ -1589,7 +1589,6 @@ class _Run:
                     wait = min(e.retry_after, self.policy.max_retry_after_s) \
                         if e.retry_after is not None else backoff(1, self.policy, None, self.rng)
                     self.limiter.pause(wait)
-                    self.counts.paused_by = 429
                     if item.rate_limited == 1:
                         continue
                     if item.rate_limited <= MAX_RATE_LIMIT_RETRIES:
@@ -1928,6 +1927,7 @@ class _Run:
                 await self.flush_wanted.wait()
             self.flush_wanted = anyio.Event()
             self.counts.paused_s = self.limiter.paused_s
+            self.counts.paused_by = self.limiter.paused_by
             self.counts.unreachable_s = self._unreachable_s()
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes
             rows = journal.take()

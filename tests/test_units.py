@@ -694,8 +694,14 @@ def test_a_pause_by_a_429_is_shown_so_a_quiet_run_does_not_look_stuck() -> None:
     c.paused_s = 90.4
     assert _postfix(c, compact=True) == "ok=5 429s=4 paused=90s tokens=0 cost=$0.0000"
     assert _postfix(c).endswith("429s=4 (new requests held 90 s more by a 429's retry-after)")
-    c.paused_by = 503  # a gateway's, the server behind it away
+    limiter.pause(1.0, "a 503's retry-after")  # ends before the 429's: the 429's it stays
+    assert limiter.paused_by == "a 429's retry-after"
+    limiter.pause(200.0, "a 503's retry-after")  # a gateway's, the server behind it away
+    c.paused_by = limiter.paused_by
     assert _postfix(c).endswith("429s=4 (new requests held 90 s more by a 503's retry-after)")
+    limiter.lift_pause()
+    limiter.observe({"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0"})
+    assert limiter.paused_s > 0.5 and limiter.paused_by == "an x-ratelimit-remaining-* header of 0"
     c.paused_s = 0.5  # under a second: not worth a word
     assert "paused" not in _postfix(c, compact=True) and "held" not in _postfix(c)
 
