@@ -111,7 +111,7 @@ from batchrunner.results import (
     sorted_ids,
 )
 from batchrunner.retry import RetryPolicy, backoff
-from batchrunner.structured import StructuredOutput, structured_output
+from batchrunner.structured import StructuredOutput, structured_output, unfenced
 from batchrunner.template import (
     RequestBuilder,
     ask_for_usage,
@@ -1866,12 +1866,17 @@ class _Run:
             elif cost is None:
                 self._unpriced_reply(item)
         checks = item.checks
-        error = None if checks is None else checks.check_reply(res.content, res.tool_calls)
+        content = res.content
+        error = None
+        if checks is not None:
+            error = checks.check_reply(content, res.tool_calls)
+            if error is None and content and checks.tool is None and res.tool_calls is None:
+                content = unfenced(content) or content  # the JSON, without its Markdown block
         if res.refusal is not None and not res.content and res.tool_calls is None:
             # No answer, but why: not a reply that is not JSON, nor an ok row with no content
             error = "refusal", f"the model refused: {res.refusal}"[:300]
         return Outcome(
-            key=item.key, status="ok" if error is None else "failed", content=res.content,
+            key=item.key, status="ok" if error is None else "failed", content=content,
             error_type=error[0] if error else None, error_message=error[1] if error else None,
             reasoning_content=res.reasoning_content, finish_reason=res.finish_reason,
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,

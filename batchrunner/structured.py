@@ -4,10 +4,10 @@ With ``{"type": "json_object"}`` a reply must parse as a JSON object. With ``{"t
 "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` it must also validate against
 the schema (jsonschema, Draft 2020-12); a schema whose top-level ``type`` allows other JSON than
 an object (an array) takes that too. A reply that is one Markdown code block holding the JSON and
-nothing else is read as that JSON (``loads_reply``); its content is kept as it came. A reply that
-fails is recorded as a failed row of type ``invalid_json`` or ``schema_mismatch`` — with its
-content, usage and cost, since it was billed — and is not retried on its own: ``--retry-failed``
-redoes it when the user chooses to pay again.
+nothing else is read as that JSON (``loads_reply``), and an ok row's content is that JSON, the
+block's fence dropped (``unfenced``). A reply that fails is recorded as a failed row of type
+``invalid_json`` or ``schema_mismatch`` — with its content, usage and cost, since it was billed —
+and is not retried on its own: ``--retry-failed`` redoes it when the user chooses to pay again.
 
 Without a ``response_format``, a job whose ``tool_choice`` forces one function (names it, or is
 ``"required"`` with one function among the ``tools``) asks for that function's arguments: the
@@ -40,7 +40,8 @@ from batchrunner.errors import ConfigError
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
-__all__ = ["COLUMN_PREFIX", "StructuredOutput", "loads_reply", "structured_output"]
+__all__ = ["COLUMN_PREFIX", "StructuredOutput", "loads_reply", "structured_output",
+           "unfenced"]
 
 COLUMN_PREFIX = "json_"
 _TYPES: dict[str, pa.DataType] = {
@@ -63,6 +64,16 @@ def loads_reply(text: str) -> Any:
         if inner is None:
             raise
         return orjson.loads(inner)
+
+
+def unfenced(text: str) -> str | None:
+    """The text a reply that is one Markdown code block (see ``loads_reply``) holds, trimmed;
+    None when it is not one. Cheap when it is not: nothing is copied unless the reply starts
+    with a fence."""
+    if not text.lstrip().startswith("```"):
+        return None
+    inner = _fenced(text)
+    return None if inner is None else inner.strip()
 
 
 def _fenced(text: str) -> str | None:

@@ -16,7 +16,7 @@ from batchrunner.errors import ConfigError
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
-from batchrunner.structured import StructuredOutput, structured_output
+from batchrunner.structured import StructuredOutput, structured_output, unfenced
 from tests.servers import serve_on_loopback
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
@@ -100,7 +100,9 @@ async def test_a_json_code_block_reply_is_an_ok_row_with_its_columns(
     assert (s.ok, s.failed) == (2, 0), s.error_examples
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert df["json_score"].tolist() == [3, 3] and df["json_label"].tolist() == ["bug", "bug"]
-    assert df["content"].tolist() == [fenced, fenced]  # as it came
+    assert df["content"].tolist() == [GOOD, GOOD]  # the JSON, the fence dropped
+    assert unfenced("  ```json\n {\"a\": 1}\n```\n") == '{"a": 1}'
+    assert unfenced('{"a": 1}') is None and unfenced("```python\n1\n```") is None
 
 
 def _tools(*names: str, parameters: object = SCHEMA) -> list[dict[str, object]]:
