@@ -1473,22 +1473,25 @@ def _citation(c: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _usage(usage: Any) -> Usage:
     """(prompt, completion, total, cached, reasoning) tokens, then web searches and sources
-    (search billed apart from tokens); all None without a usage object."""
+    (search billed apart from tokens); all None without a usage object. A count as large as
+    ``_MAX_COUNT`` either way (a -1 a gateway sent as an unsigned 64-bit number) is no count:
+    the journal's int64 columns hold none past 2**63, and no reply uses that many."""
     if type(usage) is not dict:
         return None, None, None, None, None, None, None
     get = usage.get
-    pt = v if type(v := get("prompt_tokens")) is int else _count(v)
-    ct = v if type(v := get("completion_tokens")) is int else _count(v)
-    tt = v if type(v := get("total_tokens")) is int else _count(v)
+    big = _MAX_COUNT
+    pt = v if type(v := get("prompt_tokens")) is int and -big < v < big else _count(v)
+    ct = v if type(v := get("completion_tokens")) is int and -big < v < big else _count(v)
+    tt = v if type(v := get("total_tokens")) is int and -big < v < big else _count(v)
     ptd = get("prompt_tokens_details")
-    cached = (v if type(v := ptd.get("cached_tokens")) is int else _count(v)
+    cached = (v if type(v := ptd.get("cached_tokens")) is int and -big < v < big else _count(v)
               ) if type(ptd) is dict else None
     if cached is None and (v := get("prompt_cache_hit_tokens")) is not None:
-        cached = v if type(v) is int else _count(v)  # DeepSeek's name for them (its
-        # prompt_tokens counts them, as OpenAI's does)
+        # DeepSeek's name for them (its prompt_tokens counts them, as OpenAI's does)
+        cached = v if type(v) is int and -big < v < big else _count(v)
     ctd = get("completion_tokens_details")
-    reasoning = (v if type(v := ctd.get("reasoning_tokens")) is int else _count(v)
-                 ) if type(ctd) is dict else None
+    reasoning = (v if type(v := ctd.get("reasoning_tokens")) is int and -big < v < big
+                 else _count(v)) if type(ctd) is dict else None
     if reasoning and pt is not None and ct is not None and (
             ct < reasoning or tt == pt + ct + reasoning):
         # A gateway that counts the thinking apart from the completion (Gemini's thoughts
@@ -1509,8 +1512,13 @@ def _usage(usage: Any) -> Usage:
 def _units(value: Any) -> int | None:
     """A count of search units: a whole number >= 0 (as ``_count`` reads one), else None."""
     if type(value) is int:
-        return value if value >= 0 else None
+        return value if 0 <= value < _MAX_COUNT else None
     return None if value is None else _count(value)
+
+
+# The bound of a count a reply's usage may give: what 18 digits hold. Sums of three such
+# counts (a completion's reasoning added to it, a total made of both) still fit an int64.
+_MAX_COUNT = 10 ** 18
 
 
 def _count(value: Any) -> int | None:
@@ -1518,7 +1526,7 @@ def _count(value: Any) -> int | None:
     text ("12"), as JSON from another language's numbers may have it; None for anything else
     (a bool, 12.5, "many", a number too large for a count)."""
     if type(value) is float:
-        return int(value) if value.is_integer() and 0 <= value < 2.0 ** 63 else None
+        return int(value) if value.is_integer() and 0 <= value < _MAX_COUNT else None
     if type(value) is str:
         value = value.strip()
         return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None

@@ -290,3 +290,51 @@ async def test_the_budget_holds_the_search_of_the_requests_in_flight(tmp_path: P
     assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached")
     assert s.cost_usd is not None and 8.0 <= s.cost_usd <= 20.0
     assert results(tmp_path)["cost_usd"].sum() == pytest.approx(s.cost_usd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Odd usage: counts no journal column can hold, search units reported twice over
+
+
+async def _serve_usage(tmp_path: Path, usages: dict[str, dict[str, Any]], price: str,
+                       **over: Any) -> Any:
+    """Run a job over ``usages``' rows (their text) against a server whose reply to each
+    carries that usage; the run's summary."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        text = body["messages"][-1]["content"].removeprefix("Q: ")
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "grok-4",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": usages[text]})
+
+    runner, port = await serve_on_loopback(handler)
+    try:
+        return await run(search_job(tmp_path, f"http://127.0.0.1:{port}/v1", "grok-4", price,
+                                    list(usages), **over))
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_a_count_past_64_bits_is_no_count_and_the_rows_are_kept(tmp_path: Path) -> None:
+    """A gateway that reports -1 as an unsigned 64-bit number (18446744073709551615) sent a
+    count no int64 column holds: the journal's write raised, and the run ended in a traceback
+    with the answers of its last second unsaved. Such a count is no count (null), as text or
+    a float too large for one is."""
+    u64 = 2 ** 64 - 1
+    usages = {"a": {**GROK_USAGE, "num_sources_used": u64},
+              "b": {**CLAUDE_USAGE, "server_tool_use": {"web_search_requests": u64}},
+              "c": {**GROK_USAGE, "completion_tokens": u64, "total_tokens": u64},
+              "d": GROK_USAGE}
+    s = await _serve_usage(tmp_path, usages, "input = 3.0\noutput = 15.0\nsearch_unit = 0.025")
+    assert s.exit_code == 0 and s.ok == 4
+    df = results(tmp_path)
+    assert df["search_units"].isna().tolist() == [True, True, False, False]
+    assert pd.isna(df.loc["r2", "completion_tokens"]) and pd.isna(df.loc["r2", "cost_usd"])
+    assert df.loc["r3", "search_units"] == 7
