@@ -1505,6 +1505,13 @@ def _usage(usage: Any) -> Usage:
     stu = get("server_tool_use")
     searches = _units(stu.get("web_search_requests")) if type(stu) is dict else None
     sources = None if (v := get("num_sources_used")) is None else _units(v)
+    if searches is not None and sources is not None:
+        # Both said (a gateway passing on both fields): the units billed are one kind, the web
+        # searches when it made any, else the sources, as the row records them and is priced.
+        if searches:
+            sources = None
+        else:
+            searches = None
     # A count the server did not give is None, not 0.
     return pt, ct, tt, cached, reasoning, searches, sources
 

@@ -338,3 +338,25 @@ async def test_a_count_past_64_bits_is_no_count_and_the_rows_are_kept(tmp_path: 
     assert df["search_units"].isna().tolist() == [True, True, False, False]
     assert pd.isna(df.loc["r2", "completion_tokens"]) and pd.isna(df.loc["r2", "cost_usd"])
     assert df.loc["r3", "search_units"] == 7
+
+
+@pytest.mark.anyio
+async def test_a_reply_reporting_both_kinds_of_search_is_priced_as_its_row_records_it(
+        tmp_path: Path) -> None:
+    """A gateway that passes on both fields (Anthropic's web searches, 0 when none, beside
+    Grok's sources) had its row record one count and its cost price the two: a cost the row's
+    search_units and the report's total did not explain, the sources counted as 0 searches.
+    The row's search units are its web searches when it made any, else its sources; its cost
+    prices those."""
+    usages = {"a": {**GROK_USAGE, "server_tool_use": {"web_search_requests": 3}},
+              "b": {**GROK_USAGE, "server_tool_use": {"web_search_requests": 0}},
+              "c": {**GROK_USAGE, "num_sources_used": 0,
+                    "server_tool_use": {"web_search_requests": 0}}}
+    s = await _serve_usage(tmp_path, usages, "input = 3.0\noutput = 15.0\nsearch_unit = 0.025")
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert df["search_units"].tolist() == [3, 7, 0]
+    tokens = (df["prompt_tokens"] * 3.0 + df["completion_tokens"] * 15.0) / 1_000_000
+    assert ((df["cost_usd"] - tokens) / 0.025).round(6).tolist() == [3, 7, 0]
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["search_units"] == {"total": 10, "rows": 2, "unpriced_rows": 0}
