@@ -1815,10 +1815,15 @@ class _Run:
         if e.usage is None:
             return None
         pt, ct, _, cached, reasoning, searches, sources = e.usage
-        return self.plan.prices.cost(str(item.body.get("model") or ""), prompt_tokens=pt,
-                                     completion_tokens=ct, cached_tokens=cached,
-                                     reasoning_tokens=reasoning, web_searches=searches,
-                                     sources=sources)
+        prices, model = self.plan.prices, str(item.body.get("model") or "")
+        cost = prices.cost(model, prompt_tokens=pt, completion_tokens=ct, cached_tokens=cached,
+                           reasoning_tokens=reasoning, web_searches=searches, sources=sources)
+        if cost is None and (searches or sources) and self.budget is not None:
+            tokens = prices.cost(model, prompt_tokens=pt, completion_tokens=ct,
+                                 cached_tokens=cached)
+            if tokens is not None:  # its search has no price: as an answer's, it stops the job
+                self._unpriced_search(model, tokens)
+        return cost
 
     def _success(self, item: _Work, res: ChatResult, charge: int) -> Outcome:
         self.counters["attempts"] += item.attempts

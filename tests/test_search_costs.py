@@ -360,3 +360,39 @@ async def test_a_reply_reporting_both_kinds_of_search_is_priced_as_its_row_recor
     assert ((df["cost_usd"] - tokens) / 0.025).round(6).tolist() == [3, 7, 0]
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     assert report["search_units"] == {"total": 10, "rows": 2, "unpriced_rows": 0}
+
+
+@pytest.mark.anyio
+async def test_the_budget_stops_at_a_billed_try_whose_search_it_cannot_price(
+        tmp_path: Path) -> None:
+    """A try billed without a usable answer (the server gave up on it: finish_reason error)
+    that reported sources with no price for them cost what the budget cannot count, as an
+    answer's does; it went uncounted (its cost unknown, so not carried), and the job ran on
+    under max_cost_usd. It now stops the job as such an answer does, its tokens counted."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    tries: dict[str, int] = {}
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        text = body["messages"][-1]["content"]
+        tries[text] = tries.get(text, 0) + 1
+        gave_up = tries[text] == 1
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "grok-4",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "error" if gave_up else "stop"}],
+            "usage": GROK_USAGE if gave_up else {**GROK_USAGE, "num_sources_used": 0}})
+
+    runner, port = await serve_on_loopback(handler)
+    try:
+        s = await run(search_job(tmp_path, f"http://127.0.0.1:{port}/v1", "grok-4",
+                                 "input = 3.0\noutput = 15.0", [f"q{i}" for i in range(20)],
+                                 max_cost_usd=50.0, concurrency=1))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped
+    assert "max_cost_usd is set but model 'grok-4' answers with search" in s.stopped
+    assert len(tries) < 20
