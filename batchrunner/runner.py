@@ -1588,7 +1588,8 @@ class _Run:
                     # row's retry takes (an hour's "retry-after: 3600" held the whole job).
                     wait = min(e.retry_after, self.policy.max_retry_after_s) \
                         if e.retry_after is not None else backoff(1, self.policy, None, self.rng)
-                    self.limiter.pause(wait)
+                    self.limiter.pause(wait, "a 429's retry-after" if e.retry_after is not None
+                                       else "a 429 (no retry-after: a backoff)")
                     if item.rate_limited == 1:
                         continue
                     if item.rate_limited <= MAX_RATE_LIMIT_RETRIES:
