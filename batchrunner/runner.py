@@ -1888,7 +1888,8 @@ class _Run:
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
             reasoning_tokens=res.reasoning_tokens,
-            search_units=_search_units(res.web_searches, res.sources_used), cost_usd=cost,
+            search_units=res.sources_used if res.web_searches is None else res.web_searches,
+            cost_usd=cost,  # search_units as _search_units has them, inline: every reply's
             earlier_cost_usd=item.earlier_usd or None, latency_ms=res.latency_ms,
             ttft_ms=res.ttft_ms, choices=res.choices, tool_calls=res.tool_calls,
             citations=res.citations, attempts=item.attempts,
