@@ -852,6 +852,26 @@ def fill_up(disk: Path) -> Path:
     return filler
 
 
+def run_until_a_segment_then(args: list[str], out: Path, act: Callable[[], object]
+                              ) -> tuple[int, str]:
+    """Run the job (``args``) in a process, ``act`` once its first journal segment is there,
+    and wait for it to end: its exit code and stderr."""
+    proc = subprocess.Popen(plain_cmd(args), env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((out / "journal").glob("seg-*.parquet")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+            time.sleep(0.01)
+        act()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
 def test_a_disk_filled_up_mid_run_still_takes_the_last_answers(
         tmp_path: Path, small_disk: Path) -> None:
     """Another program fills the disk while the job runs: the next segment cannot be written,
@@ -862,20 +882,9 @@ def test_a_disk_filled_up_mid_run_still_takes_the_last_answers(
     out = small_disk / "out"
     with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
         args = run_args(inp, sim.base_url, out, "--concurrency", "4")
-        proc = subprocess.Popen(plain_cmd(args), env=child_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while not list((out / "journal").glob("seg-*.parquet")):
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
-                time.sleep(0.01)
-            filler = fill_up(small_disk)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == 1, err
+        filler = small_disk / "filler"
+        returncode, err = run_until_a_segment_then(args, out, lambda: fill_up(small_disk))
+        assert returncode == 1, err
         line = one_error_line(err)
         assert "cannot write journal segment" in line, line
         answered = sim.stats()["requests"]
@@ -900,21 +909,10 @@ def test_a_disk_gone_read_only_mid_run_names_the_journal_and_a_rerun_finishes(
     out = small_disk / "out"
     with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
         args = run_args(inp, sim.base_url, out, "--concurrency", "4")
-        proc = subprocess.Popen(plain_cmd(args), env=child_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while not list((out / "journal").glob("seg-*.parquet")):
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
-                time.sleep(0.01)
-            subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True,
-                           capture_output=True, timeout=30)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == 1, err
+        returncode, err = run_until_a_segment_then(args, out, lambda: subprocess.run(
+            ["mount", "-o", "remount,ro", str(small_disk)], check=True, capture_output=True,
+            timeout=30))
+        assert returncode == 1, err
         line = one_error_line(err)
         assert "cannot write journal segment" in line and "read-only" in line.lower(), line
         assert ".reserve" not in line and "free space" not in line, line
