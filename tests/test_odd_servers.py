@@ -21,7 +21,7 @@ from aiohttp import web
 
 from batchrunner.client import _retry_after
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, run_job
+from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import prompt_key
 from tests.test_faults import (
     FaultServer,
@@ -479,6 +479,26 @@ async def test_a_400_without_an_error_object_fails_its_row_with_what_it_says(
     assert df["error_message"].iloc[1].endswith("of the messages or completion.")
 
 
+async def run_with_usages(tmp_path: Path, inp: Path, usages: dict[str, dict[str, Any]],
+                          stream: bool) -> RunSummary:
+    """Run the job over ``inp`` against a server whose reply to the row ``Q: <name>`` carries
+    ``usages[name]`` as its usage (in a stream's last chunk, with ``stream``)."""
+
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        usage = next(v for k, v in usages.items() if f"Q: {k}" in json.dumps(body))
+        if stream:
+            return await sse_response(request, stream_of(
+                delta("Echo"), delta(None, "stop"),
+                {"id": "chatcmpl-s", "model": "gpt-4o-mini", "choices": [], "usage": usage}))
+        data = reply(body)
+        data["usage"] = usage
+        return web.json_response(data)
+
+    async with FaultServer(answer) as srv:
+        return await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 async def test_thinking_reported_beside_the_completion_is_billed_as_output(
@@ -501,20 +521,7 @@ async def test_thinking_reported_beside_the_completion_is_billed_as_output(
         "grok": {"prompt_tokens": 100, "completion_tokens": 500, "total_tokens": 600,
                  "completion_tokens_details": {"reasoning_tokens": 300}},
     }
-
-    async def answer(srv: FaultServer, request: web.BaseRequest,
-                     body: dict[str, Any]) -> web.StreamResponse:
-        usage = next(v for k, v in usages.items() if f"Q: {k}" in json.dumps(body))
-        if stream:
-            return await sse_response(request, stream_of(
-                delta("Echo"), delta(None, "stop"),
-                {"id": "chatcmpl-s", "model": "gpt-4o-mini", "choices": [], "usage": usage}))
-        data = reply(body)
-        data["usage"] = usage
-        return web.json_response(data)
-
-    async with FaultServer(answer) as srv:
-        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+    s = await run_with_usages(tmp_path, inp, usages, stream)
     assert s.exit_code == 0
     df = results(tmp_path)
     assert list(df["completion_tokens"]) == [100, 60, 100, 500]
@@ -668,20 +675,7 @@ async def test_token_counts_sent_as_text_or_as_whole_floats_are_counted(
         "not counts": {"prompt_tokens": 12.5, "completion_tokens": "many",
                        "total_tokens": True},
     }
-
-    async def answer(srv: FaultServer, request: web.BaseRequest,
-                     body: dict[str, Any]) -> web.StreamResponse:
-        usage = next(v for k, v in usages.items() if f"Q: {k}" in json.dumps(body))
-        if stream:
-            return await sse_response(request, stream_of(
-                delta("Echo"), delta(None, "stop"),
-                {"id": "chatcmpl-s", "model": "gpt-4o-mini", "choices": [], "usage": usage}))
-        data = reply(body)
-        data["usage"] = usage
-        return web.json_response(data)
-
-    async with FaultServer(answer) as srv:
-        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+    s = await run_with_usages(tmp_path, inp, usages, stream)
     assert s.exit_code == 0
     df = results(tmp_path)
     assert list(df["prompt_tokens"].iloc[:2]) == [12, 12]
