@@ -1087,6 +1087,9 @@ class _Run:
         self.stop_error: StopJob | None = None
         self.stopping = False
         self.stopped = anyio.Event()
+        # Requests waiting for the limiter's permit: a stop cancels their wait (stop), or a
+        # low rate would hold the run's end until each had its turn, with nothing to send.
+        self.pacing: set[anyio.CancelScope] = set()
         self.rng = random.Random()
         self.completion_estimate = float(DEFAULT_COMPLETION_ESTIMATE)
         self.prompt_ratio = 1.0
@@ -1187,6 +1190,8 @@ class _Run:
         self.stopping = True
         self.stopped.set()
         self.limiter.lift_pause()  # the rows waiting out a 429 are left to do, now
+        for scope in self.pacing:  # and those waiting for the rate's next permit
+            scope.cancel()
         self._open_gate()  # and those waiting on a probe
         self._wake_workers()
 
@@ -1483,7 +1488,12 @@ class _Run:
             if self.stopped.is_set():  # a 429'd row after a stop: left to do, not paused
                 return None, None
             charge = self._charge(item)
-            await self.limiter.acquire(charge)
+            with anyio.CancelScope() as pacing:
+                self.pacing.add(pacing)
+                try:
+                    await self.limiter.acquire(charge)
+                finally:
+                    self.pacing.discard(pacing)
             if self.stopping:
                 self.limiter.refund(charge)
                 return None, None

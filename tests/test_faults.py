@@ -1778,6 +1778,21 @@ async def test_403_mid_job_stops_it(tmp_path: Path) -> None:
     assert set(state["status"].to_pylist()) == {"ok"} and "r0005" not in state["key"].to_pylist()
 
 
+@pytest.mark.anyio
+async def test_a_stop_lets_go_of_the_rows_waiting_for_the_rate_limit(tmp_path: Path) -> None:
+    """A job paced to a low rate (a free tier's 2 requests a minute) whose first request is
+    refused stops then, not once every worker queued for a request permit has had its turn
+    (a minute and more each, nothing to send once it comes)."""
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(20)])
+    async with Simulator(SimulatorConfig(api_key="sk-the-right-key-0123456789")) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp, requests_per_minute=2,
+                              concurrency=8))
+        sent = sim.stats()["requests"]
+    assert s.exit_code == 4 and s.stopped and "refused the API key" in s.stopped
+    assert sent == 1  # the one the rate let out; those waiting for their turn were not sent
+    assert s.ok == s.failed == 0
+
+
 async def unauthorized_after_1000(srv: FaultServer, request: web.BaseRequest,
                                   body: dict[str, Any]) -> web.StreamResponse | None:
     if srv.requests <= 1000:
