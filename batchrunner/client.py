@@ -604,11 +604,13 @@ class ChatClient:
         secrets: tuple[str, ...] = (),
         proxy: Proxy | None = None,
         key_origin: str | None = None,
+        key_hint: str = "",
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         # Where the key was read, for a refused key's message; with no key, the variable that
-        # would hold it.
+        # would hold it, and (``key_hint``) another that holds one, for the message to name.
         self._key_origin = key_origin
+        self._key_hint = key_hint
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -1089,6 +1091,7 @@ class ChatClient:
             raise stop
         if halt := _stop_job(status, f"HTTP {status}", code, etype, message, gstatus,
                              key_origin=self._key_origin, keyless=self._keyless,
+                             key_hint=self._key_hint,
                              model=self.redact(model) if isinstance(model, str) else None):
             raise halt
         if status == 429 and "request too large for" in message.lower():
@@ -1142,7 +1145,8 @@ class ChatClient:
                              code if isinstance(code, str) else None,
                              etype if isinstance(etype, str) else None, message,
                              gstatus if isinstance(gstatus, str) else None,
-                             key_origin=self._key_origin, keyless=self._keyless):
+                             key_origin=self._key_origin, keyless=self._keyless,
+                             key_hint=self._key_hint):
             raise stop
         if shown is not None and named not in text:
             message = self.redact(f"{text or 'no message'} ({shown[0]} {named})")[:_MAX_MESSAGE]
@@ -1293,12 +1297,13 @@ _OTHER_RATELIMIT_HEADERS = tuple(
 
 def _stop_job(status: int, said: str, code: str | None, etype: str | None, message: str,
               gstatus: str | None = None, *, key_origin: str | None = None,
-              keyless: bool = False, model: str | None = None) -> StopJob | None:
+              keyless: bool = False, key_hint: str = "",
+              model: str | None = None) -> StopJob | None:
     """The error that stops the job for an answer every other request would get too: a
     refused key (401/403: ``key_origin`` says where it was read, ``model`` what was asked
-    for; ``keyless``: none was sent, ``key_origin`` names the variable), no money left (402,
-    429 ``insufficient_quota``), an account that cannot use the API (Google's
-    ``FAILED_PRECONDITION``, ``gstatus``); else None."""
+    for; ``keyless``: none was sent, ``key_origin`` names the variable, ``key_hint`` another
+    that holds one), no money left (402, 429 ``insufficient_quota``), an account that cannot
+    use the API (Google's ``FAILED_PRECONDITION``, ``gstatus``); else None."""
     if ("FAILED_PRECONDITION" in (code, etype, gstatus) and status < 500
             and _ACCOUNT.search(message)):
         said = said if said.endswith("FAILED_PRECONDITION") else f"{said} FAILED_PRECONDITION"
@@ -1313,7 +1318,7 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
         if keyless and (status == 401 or not balance):
             return AuthError(f"the endpoint wants an API key ({said}: {message}) — none was "
                              f"sent: set {key_origin or 'OPENAI_API_KEY'} in the environment "
-                             "or a .env file, then rerun to resume", status=status)
+                             f"or a .env file{key_hint}, then rerun to resume", status=status)
         if balance:
             fix = ("the account's balance or quota looks used up: top up the balance (or raise "
                    "the key's quota), then rerun to resume")

@@ -907,6 +907,35 @@ def environment(job: JobConfig) -> dict[str, str]:
     return env
 
 
+# How the variables that hold an endpoint's URL or key are named in gateways' and servers' guides
+# (NBILITY_BASE_URL, DEEPSEEK_API_KEY; OPENAI_API_BASE, as the openai library before 1.0 read it).
+URL_VARIABLE_ENDINGS = ("_BASE_URL", "_API_BASE")
+KEY_VARIABLE_ENDINGS = ("_API_KEY",)
+
+
+def set_instead(job: JobConfig, variable: str, endings: tuple[str, ...]) -> list[str]:
+    """Variables other than ``variable`` (which is unset) that are set to something, in a
+    ``.env`` file read for ``job`` (those first, in file order) or the environment, and whose
+    names end in one of ``endings``: what a guide's reader most likely meant, for a message to
+    name (with where each was read: ``origin``)."""
+    names: list[str] = []
+    for d in _dotenv_dirs(job):
+        names += load_dotenv(d / ".env")
+    names += sorted(os.environ)
+    env = environment(job)
+    return [name for name in dict.fromkeys(names)
+            if name != variable and name.upper().endswith(endings) and name.isidentifier()
+            and not _secret_like(name) and env.get(name, "").strip()][:3]
+
+
+def set_instead_hint(job: JobConfig, names: list[str], option: str) -> str:
+    """``--api-key-env NBILITY_API_KEY (NBILITY_API_KEY from /srv/.env is set)`` for the first
+    of ``names`` (``set_instead``), the others named after it."""
+    first, *others = names
+    also = f"; also set: {', '.join(origin(job, n) for n in others)}" if others else ""
+    return f"{option} {first} ({origin(job, first)} is set{also})"
+
+
 def origin(job: JobConfig, variable: str) -> str:
     """Where ``environment(job)`` took ``variable`` from, for messages: ``OPENAI_API_KEY from
     the environment``, or ``from /path/.env`` (an environment variable wins over ``.env``)."""

@@ -57,8 +57,10 @@ from batchrunner.arrow import (
 from batchrunner.client import ChatClient, ChatResult
 from batchrunner.config import (
     DEFAULT_API_KEY_ENV,
+    KEY_VARIABLE_ENDINGS,
     OUTPUT_FORMATS,
     OVERRIDES,
+    URL_VARIABLE_ENDINGS,
     JobConfig,
     RequestConfig,
     check_api_key,
@@ -68,6 +70,8 @@ from batchrunner.config import (
     option_name,
     origin,
     proxy_for,
+    set_instead,
+    set_instead_hint,
 )
 from batchrunner.errors import (
     AllFailing,
@@ -2035,6 +2039,11 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
                           "URL like https://api.openai.com/v1, or name another --base-url-env")
     if not base_url:
         in_file = "" if job.source == "command line" else " ([endpoint] base_url)"
+        if others := set_instead(job, variable, URL_VARIABLE_ENDINGS):
+            raise ConfigError(
+                f"no endpoint: {variable} is not set; to read the URL from another variable, "
+                f"pass {set_instead_hint(job, others, '--base-url-env')}, or pass --base-url "
+                f"URL{in_file} (or --simulator to rehearse against the built-in simulator)")
         raise ConfigError(
             f"no endpoint: pass --base-url URL{in_file}, or set {variable} in the environment "
             "or .env (or pass --simulator to rehearse against the built-in simulator)"
@@ -2057,6 +2066,12 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
                     if variable in os.environ else "")
             raise ConfigError(f"no API key: {origin(job, variable)} is empty — set it to the "
                               f"key{wins}")
+        if others := set_instead(job, variable, KEY_VARIABLE_ENDINGS):
+            raise ConfigError(
+                f"no API key: {variable} is not set; to read the key from another variable, "
+                f"pass {set_instead_hint(job, others, '--api-key-env')}, or set {variable} in "
+                "the environment or in a .env file (for a server that checks none, a vLLM or "
+                f"Ollama started without one, any value: {variable}=none)")
         raise ConfigError(f"no API key: set {variable} in the environment or in a .env file "
                           f"(for a server that checks none, a vLLM or Ollama started without "
                           f"one, any value: {variable}=none)")
@@ -2140,12 +2155,15 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         cap = lim.concurrency or MAX_AUTO_CONCURRENCY
         # Where the key was read, for a refused key's message; with none sent, its variable.
         key_origin: str | None = job.endpoint.api_key_env
+        key_hint = ""  # with none sent: a variable of another name that holds one
         if job.endpoint.simulator:
             key_origin = None
         elif api_key:
             key_origin = origin(job, job.endpoint.api_key_env)
-        async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s,
-                              connections=cap, proxy=proxy, key_origin=key_origin) as client:
+        elif others := set_instead(job, job.endpoint.api_key_env, KEY_VARIABLE_ENDINGS):
+            key_hint = f", or pass {set_instead_hint(job, others, '--api-key-env')}"
+        async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s, connections=cap,
+                              proxy=proxy, key_origin=key_origin, key_hint=key_hint) as client:
             run = _Run(plan, options, client, limiter, progress,
                        JournalWriter(journal.directory, run_id), max_concurrency=cap,
                        fixed_concurrency=fixed)

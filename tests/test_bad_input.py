@@ -550,6 +550,36 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["no endpoint", "NBILITY_BASE_URL"])
 
 
+def without_other_endpoint_variables(c: Ctx) -> None:
+    """No variable of the machine's that a message would name beside the test's own."""
+    for name in list(os.environ):
+        if name.upper().endswith(("_BASE_URL", "_API_BASE", "_API_KEY")):
+            c.monkeypatch.delenv(name)
+
+
+@case("the URL in .env under a gateway guide's name")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # The guide's .env: NBILITY_API_KEY, NBILITY_BASE_URL. The message said to set
+    # OPENAI_BASE_URL, as if none were set.
+    without_other_endpoint_variables(c)
+    c.write(".env", f"NBILITY_API_KEY={KEY}\nNBILITY_BASE_URL={c.url}\n")
+    return (c.args(c.good_csv(), base_url=""),
+            ["no endpoint: OPENAI_BASE_URL is not set; to read the URL from another variable, "
+             "pass --base-url-env NBILITY_BASE_URL (NBILITY_BASE_URL from "
+             f"{c.tmp / '.env'} is set), or pass --base-url URL"])
+
+
+@case("the key in .env under a gateway guide's name")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    without_other_endpoint_variables(c)
+    c.write(".env", f"NBILITY_API_KEY={KEY}\n")
+    c.monkeypatch.setattr("batchrunner.runner.is_loopback", lambda host: False)
+    return (c.args(c.good_csv()),
+            ["no API key: OPENAI_API_KEY is not set; to read the key from another variable, "
+             f"pass --api-key-env NBILITY_API_KEY (NBILITY_API_KEY from {c.tmp / '.env'} is "
+             "set), or set OPENAI_API_KEY", "any value: OPENAI_API_KEY=none"])
+
+
 @case("JSON braces in a prompt, not doubled")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     return (c.args(c.good_csv(), prompt='Reply as {"label": "bug"}: {text}'),

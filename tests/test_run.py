@@ -1165,6 +1165,30 @@ async def test_a_server_on_this_machine_is_sent_no_key_when_none_is_set(
 
 
 @pytest.mark.anyio
+async def test_a_key_under_a_guides_name_is_named_when_a_server_here_wants_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway guide's .env (NBILITY_API_KEY) against a server on this machine that checks
+    keys: none was sent, and the message said to set OPENAI_API_KEY alone, the reader left to
+    find --api-key-env. It names the variable that holds one; with it, the job finishes."""
+    for name in list(os.environ):  # none of the machine's: the message names the .env's
+        if name.upper().endswith("_API_KEY"):
+            monkeypatch.delenv(name)
+    (tmp_path / ".env").write_text(f"NBILITY_API_KEY={KEY}\n")
+    inp = make_csv(tmp_path / "in.csv", 4)
+    async with Simulator(SimulatorConfig(api_key=KEY)) as sim:
+        s = await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+        assert s.exit_code == 4 and s.stopped is not None and s.pending == 4
+        assert s.stopped.endswith(
+            "none was sent: set OPENAI_API_KEY in the environment or a .env file, or pass "
+            f"--api-key-env NBILITY_API_KEY (NBILITY_API_KEY from {tmp_path / '.env'} is set), "
+            "then rerun to resume")
+        assert KEY not in s.stopped
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, api_key_env="NBILITY_API_KEY"),
+                          FAST)
+        assert (s.exit_code, s.ok) == (0, 4)
+
+
+@pytest.mark.anyio
 async def test_a_server_on_this_machine_that_answers_no_key_with_403_says_none_was_sent(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """FastAPI's HTTPBearer (before 0.121), which many local servers use, answers a request
