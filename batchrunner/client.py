@@ -43,8 +43,11 @@ from batchrunner.errors import (
 from batchrunner.limiter import RATELIMIT_HEADERS
 from batchrunner.retry import is_retryable_status
 
-__all__ = ["ChatClient", "ChatResult", "StreamAssembler"]
+__all__ = ["SIMULATOR_HEADER", "ChatClient", "ChatResult", "StreamAssembler"]
 
+# Set on its answers by batchrunner's simulator served on its own (batchrunner simulate;
+# batchrunner.simulator.ANNOUNCE_HEADER): they are not real.
+SIMULATOR_HEADER = "x-batchrunner-simulator"
 _MAX_MESSAGE = 300
 # The longest stream line read (an image model's base64 answer can be megabytes; aiohttp's own
 # readline stops at 128 KiB).
@@ -611,6 +614,9 @@ class ChatClient:
         # would hold it, and (``key_hint``) another that holds one, for the message to name.
         self._key_origin = key_origin
         self._key_hint = key_hint
+        # An answer came from batchrunner's own simulator served on its own (batchrunner
+        # simulate), which says so in a header: the run's answers are not real.
+        self.simulator_answered = False
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -775,6 +781,8 @@ class ChatClient:
                     raise stop
                 status = resp.status
                 headers = resp.headers
+                if SIMULATOR_HEADER in headers:
+                    self.simulator_answered = True
                 # A gateway may answer a stream request with a plain JSON body (an error, as a
                 # rule): read it as a non-stream reply; and a request that did not ask for a
                 # stream with one (a model it only streams): read as the stream it is.

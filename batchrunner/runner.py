@@ -293,6 +293,9 @@ class Plan:
     # Forced to send to the other kind of endpoint (the simulator or a real one) than the
     # rows done were answered by: job.json says "mixed" from this run's first answer on.
     mixes: bool = False
+    # The rows done were answered by a real endpoint (job.json says so): answers from
+    # batchrunner's simulator served on its own would mix with them (_Run._served_by_simulator).
+    real_answers: bool = False
     prior_cost: float = 0.0
     prior_ok: int = 0  # rows done before this run, ok and failed (not sent again): the
     prior_failed: int = 0  # progress display counts the whole job's
@@ -476,13 +479,14 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             f"{'is' if latest.others.num_rows == 1 else 'are'} not in this input: the results "
             "and reports hold this input's rows only (the journal keeps the others); to keep "
             "each input's results, give each its own --output (out/2026-11-30, say)")
-    mixes = False
+    mixes = real_answers = False
     if old_meta is not None:
         any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok,
                             to_send=total - int(np.count_nonzero(done)))
         mixes = _check_same_endpoint(old_meta, meta, meta_path, options, warnings,
                                      any_ok=any_ok)
+        real_answers = any_ok and old_meta.get("simulator") is False
     # Kept for the run only when a row to send has a record already: what each row has cost
     # so far, NaN where nothing is recorded (8 bytes a row), or, when no row to send has cost
     # anything, which rows have a record (1 byte a row). A row to do whose attempts were
@@ -501,6 +505,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), fresh=fresh, out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=structured, mixes=mixes,
+                real_answers=real_answers,
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_ok=int(np.count_nonzero(done & ~held & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & ~held & (latest.ok == 0))),
@@ -1164,6 +1169,11 @@ class _Run:
         self.held_models: dict[str, AuthError] = {}  # model → its first refusal
         self.held: list[tuple[_Work, Outcome | None]] = []  # outstanding, not sent meanwhile
         self.mixes = plan.mixes  # job.json is to say "mixed" at the first answer
+        # The endpoint said it is batchrunner's simulator (batchrunner simulate): its answers
+        # are not real (``simulated``), and are dropped (``drop_simulated``) where they would
+        # mix with real ones unasked.
+        self.simulated = plan.job.endpoint.simulator
+        self.drop_simulated = False
         self.write_error: OutputError | None = None  # a journal segment could not be written
 
     # -- the work queue: retries first, then the next rows of the input
@@ -1509,11 +1519,18 @@ class _Run:
             counts = self.counts
             counts.in_flight += 1  # what is left of it when the run ends was cut off
             try:
-                res = await self.client.complete(item.body, None if not item.timeouts else (
-                    self.client.timeout_s * min(TIMEOUT_GROWTH ** item.timeouts, MAX_TIMEOUT_X)))
+                try:
+                    res = await self.client.complete(item.body, None if not item.timeouts else (
+                        self.client.timeout_s * min(TIMEOUT_GROWTH ** item.timeouts,
+                                                    MAX_TIMEOUT_X)))
+                finally:
+                    if self.client.simulator_answered and not self.simulated:
+                        self._served_by_simulator()
             except StopJob as e:
                 counts.in_flight -= 1
                 self.limiter.refund(charge)
+                if self.drop_simulated:
+                    return None, None  # left to do
                 model = str(item.body.get("model") or "")
                 if not (self.models_vary and isinstance(e, AuthError) and e.model_access
                         and model and model not in self.answered_models):
@@ -1538,6 +1555,8 @@ class _Run:
             except RequestError as e:
                 counts.in_flight -= 1
                 self.limiter.refund(charge)
+                if self.drop_simulated:
+                    return None, None  # left to do
                 self.errors_seen[e.error_type] += 1
                 # A gateway's 502/503/504 while rows are left to start, or before any answer:
                 # the server behind it may be away (restarting, still loading its model), as
@@ -1651,6 +1670,8 @@ class _Run:
                     request_id=e.request_id, finished_at=time.time(), row_hash=item.row_hash,
                 ), None
             counts.in_flight -= 1
+            if self.drop_simulated:
+                return None, None  # left to do
             self._answered(sent_at)
             self.long_waits = 0
             return self._success(item, res, charge), None
@@ -1716,6 +1737,31 @@ class _Run:
             self._wake_workers()  # new rows may be started again
         if self.mixes:
             self._mixed()
+
+    def _served_by_simulator(self) -> None:
+        """The first answer that says it comes from batchrunner's simulator served on its own,
+        to a job sent to a URL: recorded in job.json before any answer of it is journaled, as
+        for --simulator; a job whose rows done are a real endpoint's stops instead (their
+        answers would mix), unless forced."""
+        self.simulated = True
+        plan = self.plan
+        meta = plan.job_meta
+        if self.mixes:  # forced from the simulator's answers to a URL: the simulator's too
+            self.mixes = False
+        elif meta["simulator"] is False:
+            if plan.real_answers and not self.options.force:
+                self.drop_simulated = True
+                self.stop(StopJob(
+                    f"the endpoint at {self.client.url.removesuffix('/chat/completions')} is "
+                    "batchrunner's simulator (batchrunner simulate), and the rows done in "
+                    f"{_show(plan.out_dir)} were answered by a real endpoint: their answers "
+                    "would mix, and none of its was kept — use another --output directory, "
+                    "or pass --force to mix them"))
+                return
+            meta["simulator"] = "mixed" if plan.real_answers else True
+        else:
+            return
+        _write_meta(plan)
 
     def _mixed(self) -> None:
         """The first answer of a run forced to the other kind of endpoint: recorded before the
@@ -2190,6 +2236,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         if run.counts.resumed:  # the job's cost holds earlier runs' rows: this run's apart
             summary.run_cost_usd = run.counts.cost_usd
         summary.stopped = str(run.stop_error) if run.stop_error else None
+        summary.simulated = run.simulated
         summary.wall_s = time.monotonic() - started
         moved = await anyio.to_thread.run_sync(_input_moved, plan)
         if moved:

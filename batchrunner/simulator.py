@@ -138,7 +138,9 @@ Faults
     ``annotations``  ``message.annotations`` of type ``url_citation`` (url, title, start and end
                      index), as OpenAI's web search sends them (streamed: a delta of their own)
 
-Every response carries ``x-request-id``.
+Every response carries ``x-request-id``; with ``announce`` (on for ``batchrunner simulate``),
+every chat answer ``x-batchrunner-simulator: 1`` too, so that a run knows its answers are not
+real, as with ``--simulator``.
 """
 
 from __future__ import annotations
@@ -194,6 +196,10 @@ __all__ = [
     "prompt_key",
     "serve",
 ]
+
+# The header a simulator that announces itself sets on its chat answers (the client reads it
+# by the same name, batchrunner.client.SIMULATOR_HEADER).
+ANNOUNCE_HEADER: Final = "x-batchrunner-simulator"
 
 FAULT_KINDS: Final[tuple[str, ...]] = (
     "400",
@@ -450,6 +456,10 @@ class SimulatorConfig:
     """Report cached tokens for long system prompts (see the module docstring)."""
     track_prompts: bool = True
     """Count requests and completions per prompt key (``stats(per_prompt=True)``)."""
+    announce: bool = False
+    """Mark every chat answer with the header ``x-batchrunner-simulator: 1``, so that a run
+    sent to it knows its answers are not real (``batchrunner simulate`` turns it on; a test's
+    simulator standing in for a real endpoint leaves it off)."""
     stats_seconds: int = DEFAULT_STATS_SECONDS
     """How many seconds the per-second histogram keeps."""
 
@@ -496,7 +506,7 @@ class SimulatorConfig:
                 f"reply_tokens_max, got {self.reply_tokens_min}, {self.reply_tokens_mean}, "
                 f"{self.reply_tokens_max}"
             )
-        for name in ("quota_exhausted", "prompt_caching", "track_prompts"):
+        for name in ("quota_exhausted", "prompt_caching", "track_prompts", "announce"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, "true or false", getattr(self, name))
         if not isinstance(self.faults, Mapping):
@@ -1416,6 +1426,8 @@ class _Server:
         stats = self.stats
         stats.requests += 1
         headers = {"x-request-id": self.new_id()}
+        if self.config.announce:
+            headers[ANNOUNCE_HEADER] = "1"
         key = self.check_key(request, headers)
         if not isinstance(key, str):
             return key
@@ -2263,8 +2275,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
-    """The config the options in ``ns`` describe (a ``--config`` file first, options on top)."""
-    data: dict[str, Any] = {}
+    """The config the options in ``ns`` describe (a ``--config`` file first, options on top).
+    A simulator served on its own announces itself, unless the file says ``announce = false``
+    (to stand in for a real endpoint)."""
+    data: dict[str, Any] = {"announce": True}
     path = getattr(ns, "config", None)
     if path:
         try:

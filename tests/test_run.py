@@ -919,6 +919,54 @@ def test_a_second_run_of_a_job_in_progress_is_refused_and_status_shows_the_first
     assert not is_locked(out) and "a run is in progress" not in format_status(out)
 
 
+def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README: `batchrunner simulate` serves the simulator to rehearse a job. A run sent to it
+    by URL was recorded as real answers: the same command against the real endpoint then sent
+    nothing and exited 0, the results the simulator's "Echo: ..." text, reported as real. Its
+    answers now say where they come from: the run says they are not real, job.json records
+    them as the simulator's (so the real run is refused unless forced), and a job whose rows
+    done are real stops at the simulator's first answer, keeping none of them."""
+    import argparse
+
+    from batchrunner.cli import main
+    from batchrunner.simulator import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    served = config_from_args(parser.parse_args([]))  # what `batchrunner simulate` serves
+    assert served.announce
+    inp = make_csv(tmp_path / "in.csv", 6)
+    common = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+              "--model", "gpt-4o-mini", "--progress", "none"]
+    with SimulatorThread(served) as sim, SimulatorThread(SimulatorConfig()) as real:
+        rehearse = [*common, "--base-url", sim.base_url, "--output", "out"]
+        assert main(rehearse) == 0
+        assert "(to the built-in simulator: the answers are not real)" in capsys.readouterr().out
+        assert json.loads((tmp_path / "out" / "job.json").read_text())["simulator"] is True
+        assert "- simulator: yes" in (tmp_path / "out" / "cost_report.md").read_text()
+
+        assert main([*common, "--base-url", real.base_url, "--output", "out"]) == 2
+        assert ("were answered by the built-in simulator, and this run would use a real "
+                "endpoint") in capsys.readouterr().err
+        assert real.stats()["requests"] == 0
+
+        # The other way round: real answers first, then the simulator by URL.
+        assert main([*common, "--base-url", real.base_url, "--output", "real", "--limit",
+                     "2"]) == 0
+        capsys.readouterr()
+        assert main([*common, "--base-url", sim.base_url, "--output", "real"]) == 4
+        out = capsys.readouterr().out
+        assert ("is batchrunner's simulator (batchrunner simulate), and the rows done in "
+                "real were answered by a real endpoint") in out
+        state = Journal(tmp_path / "real").read()
+        assert state.num_rows == 2  # none of the simulator's answers kept
+        assert json.loads((tmp_path / "real" / "job.json").read_text())["simulator"] is False
+        assert main([*common, "--base-url", sim.base_url, "--output", "real", "--force"]) == 0
+        assert json.loads((tmp_path / "real" / "job.json").read_text())["simulator"] == "mixed"
+        assert Journal(tmp_path / "real").read().num_rows == 6
+
+
 def test_the_simulators_answers_never_mix_with_real_ones_unasked(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A run against the built-in simulator says so; a rerun of its output against a real
