@@ -61,6 +61,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -848,7 +849,10 @@ def load_dotenv(path: Path) -> dict[str, str]:
     """Parse a ``.env`` file as docker compose and python-dotenv do: ``KEY=value`` lines,
     ``#`` comments (a whole line, or after a value and a space), ``export``, values in single
     quotes (as written) or double quotes (``\\n``, ``\\t``, ``\\"`` and ``\\\\`` read as
-    escapes), with a comment allowed after the closing quote."""
+    escapes), with a comment allowed after the closing quote. ``${NAME}`` (``${NAME:-default}``)
+    in a value not in single quotes is the variable's value, from the environment, else from
+    a line above (``OPENAI_API_KEY=${NBILITY_API_KEY}``); an unset one is the default, or
+    nothing."""
     values: dict[str, str] = {}
     try:
         text = path.read_text(encoding="utf-8-sig")  # Notepad starts it with a BOM
@@ -861,8 +865,27 @@ def load_dotenv(path: Path) -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.removeprefix("export ").partition("=")
-        values[key.strip()] = _dotenv_value(value.strip())
+        raw = value.strip()
+        value = _dotenv_value(raw)
+        if "${" in value and not raw.startswith("'"):
+            value = _expand(value, values)
+        values[key.strip()] = value
     return values
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: str, above: Mapping[str, str]) -> str:
+    """``value`` with each ``${NAME}`` replaced as python-dotenv replaces it: the environment's
+    value, else the value of a line above, else the default after ``:-``, else nothing."""
+    def resolve(m: re.Match[str]) -> str:
+        name = m[1]
+        if name in os.environ:
+            return os.environ[name]
+        return above.get(name, m[2] or "")
+
+    return _REFERENCE.sub(resolve, value)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}

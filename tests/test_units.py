@@ -203,6 +203,28 @@ def test_dotenv_reads_quoted_values_as_docker_compose_and_python_dotenv_do(
     assert env == {line.split("=", 1)[0]: want for line, want in lines.items()}
 
 
+def test_dotenv_expands_variables_as_python_dotenv_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway guide's .env keeps the key under its own name; a line giving batchrunner's
+    names its value (OPENAI_API_KEY=${NBILITY_API_KEY}), as python-dotenv and docker compose
+    read it, was read as the text '${NBILITY_API_KEY}': sent as the key (a 401 naming the
+    .env that looked right), or refused as a base URL that 'is not a URL — is it the API
+    key?'."""
+    monkeypatch.setenv("GATEWAY_HOST", "gw.example.com")
+    monkeypatch.delenv("UNSET_VARIABLE", raising=False)
+    lines = {
+        "NBILITY_API_KEY=sk-nb-0123456789": "sk-nb-0123456789",
+        "OPENAI_API_KEY=${NBILITY_API_KEY}": "sk-nb-0123456789",  # a line above
+        'OPENAI_BASE_URL="https://${GATEWAY_HOST}/v1"': "https://gw.example.com/v1",  # environ
+        "WITH_DEFAULT=${UNSET_VARIABLE:-fallback}": "fallback",
+        "UNSET=${UNSET_VARIABLE}": "",
+        "LITERAL='${NBILITY_API_KEY}'": "${NBILITY_API_KEY}",  # single quotes: as written
+        "PRICE=$5": "$5",  # no braces: as written
+    }
+    env = load_dotenv(write(tmp_path / ".env", "\n".join(lines) + "\n"))
+    assert env == {line.split("=", 1)[0]: want for line, want in lines.items()}
+
+
 def test_template_renders_and_checks_columns() -> None:
     t = Template("Hi {name}, {{literal}} {n}")
     assert t.fields == ("name", "n")
