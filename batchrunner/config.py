@@ -395,6 +395,9 @@ def _variable_name(t: dict[str, Any], key: str, f: _Fields) -> None:
     v = t.get(key)
     if v is None or (v.isascii() and v.isidentifier() and not _secret_like(v)):
         return
+    if (name := _variable_reference(v)) is not None:
+        raise ConfigError(f"{f('endpoint', key)} takes the variable's name, without $ or "
+                          f"braces: {name}")
     if key == "base_url_env" and "://" in v:
         raise ConfigError(f"{f('endpoint', key)} holds a URL, not the name of the environment "
                           "variable that holds it — set the URL as --base-url ([endpoint] "
@@ -405,6 +408,17 @@ def _variable_name(t: dict[str, Any], key: str, f: _Fields) -> None:
         f"{DEFAULT_API_KEY_ENV if key == 'api_key_env' else DEFAULT_BASE_URL_ENV}; its value "
         f"({len(v)} characters, not shown) is not a variable name — is it the "
         f"{'key' if key == 'api_key_env' else 'URL'} itself?")
+
+
+_WRITTEN_REFERENCE = re.compile(r"\$(\{)?([A-Za-z_][A-Za-z0-9_]*)(?(1)\})")
+
+
+def _variable_reference(value: str) -> str | None:
+    """The name in a ``$NAME`` or ``${NAME}`` written as a whole setting (a shell's or docker
+    compose's way to name a variable, which a job file or an option does not expand), if it is
+    one and reads as a name, not as a key."""
+    m = _WRITTEN_REFERENCE.fullmatch(value.strip())
+    return m[2] if m and not _secret_like(m[2]) else None
 
 
 def _check_output_dir(out: Path, what: str) -> None:
@@ -662,6 +676,10 @@ def check_base_url(url: str, what: str) -> str:
     the URL without what could be a secret in it (a password, a query string's values).
     """
     example = "like https://api.openai.com/v1"
+    if (name := _variable_reference(url)) is not None:  # before _key_like: a name, not a key
+        raise ConfigError(f"{what} is ${name}, which is not expanded: to read the URL from "
+                          f"{name}, set base_url_env = \"{name}\" in [endpoint] instead (on the "
+                          f"command line, --base-url-env {name})")
     shown = shown_url(url)
     if "@" in url.partition("://")[2]:  # before parsing: a password may hold / # or ?
         raise ConfigError(

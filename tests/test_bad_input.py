@@ -580,6 +580,30 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
              "set), or set OPENAI_API_KEY", "any value: OPENAI_API_KEY=none"])
 
 
+@case("a job file's base_url written as ${VARIABLE}")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # As docker compose writes it: not expanded, it was refused as 'not a URL — is it the
+    # API key?'.
+    return (c.job(GOOD_JOB + '[endpoint]\nbase_url = "${NBILITY_BASE_URL}"\n'),
+            ["[endpoint] base_url is $NBILITY_BASE_URL, which is not expanded: to read the URL "
+             'from NBILITY_BASE_URL, set base_url_env = "NBILITY_BASE_URL" in [endpoint] instead'])
+
+
+@case("a job file's api_key_env written as ${VARIABLE}")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # It was 'not a variable name — is it the key itself?'.
+    return (c.job(GOOD_JOB + '[endpoint]\napi_key_env = "${NBILITY_API_KEY}"\n'
+                  f"base_url = {json.dumps(c.url)}\n"),
+            ["[endpoint] api_key_env takes the variable's name, without $ or braces: "
+             "NBILITY_API_KEY"])
+
+
+@case("--base-url-env written as $VARIABLE")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return (c.args(c.good_csv(), "--base-url-env", "$NBILITY_BASE_URL", base_url=""),
+            ["--base-url-env takes the variable's name, without $ or braces: NBILITY_BASE_URL"])
+
+
 @case("JSON braces in a prompt, not doubled")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     return (c.args(c.good_csv(), prompt='Reply as {"label": "bug"}: {text}'),
