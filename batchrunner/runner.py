@@ -712,8 +712,12 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
     said = (f"the rows done in {path.parent} were answered by {answers[was]}, and this run "
             f"would use {answers[new['simulator']]}")
     if not options.force:
+        # An endpoint given by URL may be the simulator served on its own, which only its
+        # answers tell: forced, they are recorded as the simulator's (_served_by_simulator).
+        served = (" (if the URL is batchrunner simulate's, --force keeps every answer the "
+                  "simulator's)" if was else "")
         raise UsageError(f"{said}: their answers would mix — use another --output directory, "
-                         "or pass --force to mix them")
+                         f"or pass --force to mix them{served}")
     warnings.append(f"{said}; their answers mix (--force)")
     new["simulator"] = was
     return True

@@ -951,6 +951,18 @@ def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
                 "endpoint") in capsys.readouterr().err
         assert real.stats()["requests"] == 0
 
+        # The README's order: --simulator's answers, then batchrunner simulate by URL, which
+        # only its answers tell from a real endpoint: the refusal says --force keeps them the
+        # simulator's, and it does.
+        assert main([*common, "--simulator", "--output", "first", "--limit", "2"]) == 0
+        served_url = [*common, "--base-url", sim.base_url, "--output", "first"]
+        assert main(served_url) == 2
+        assert ("or pass --force to mix them (if the URL is batchrunner simulate's, --force "
+                "keeps every answer the simulator's)") in capsys.readouterr().err
+        assert main([*served_url, "--force"]) == 0
+        assert json.loads((tmp_path / "first" / "job.json").read_text())["simulator"] is True
+        capsys.readouterr()
+
         # The other way round: real answers first, then the simulator by URL.
         assert main([*common, "--base-url", real.base_url, "--output", "real", "--limit",
                      "2"]) == 0
