@@ -617,6 +617,7 @@ class ChatClient:
         # An answer came from batchrunner's own simulator served on its own (batchrunner
         # simulate), which says so in a header: the run's answers are not real.
         self.simulator_answered = False
+        self._ask_simulator = True  # until the first answer: one endpoint a run, one answer
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -781,8 +782,9 @@ class ChatClient:
                     raise stop
                 status = resp.status
                 headers = resp.headers
-                if SIMULATOR_HEADER in headers:
-                    self.simulator_answered = True
+                if self._ask_simulator:  # its first answer says it, or none will
+                    self._ask_simulator = False
+                    self.simulator_answered = SIMULATOR_HEADER in headers
                 # A gateway may answer a stream request with a plain JSON body (an error, as a
                 # rule): read it as a non-stream reply; and a request that did not ask for a
                 # stream with one (a model it only streams): read as the stream it is.

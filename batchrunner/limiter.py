@@ -194,6 +194,11 @@ class Limiter:
         return max(0.0, self._paused_until - time.monotonic())
 
     @property
+    def paces(self) -> bool:
+        """Whether ``acquire`` may wait for a rate's permit (a rate is set or learnt)."""
+        return self._requests is not None or self._tokens is not None
+
+    @property
     def requests_per_second(self) -> float | None:
         """The pace requests are let out at, if known (for sizing concurrency)."""
         return self.requests_per_minute / 60.0 if self.requests_per_minute else None

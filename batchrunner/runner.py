@@ -1506,12 +1506,15 @@ class _Run:
             if self.stopped.is_set():  # a 429'd row after a stop: left to do, not paused
                 return None, None
             charge = self._charge(item)
-            with anyio.CancelScope() as pacing:
-                self.pacing.add(pacing)
-                try:
-                    await self.limiter.acquire(charge)
-                finally:
-                    self.pacing.discard(pacing)
+            if self.limiter.paces:  # a wait for a permit that a stop cancels
+                with anyio.CancelScope() as pacing:
+                    self.pacing.add(pacing)
+                    try:
+                        await self.limiter.acquire(charge)
+                    finally:
+                        self.pacing.discard(pacing)
+            else:  # no rate: a pause at most, which a stop lifts (no scope a request)
+                await self.limiter.acquire(charge)
             if self.stopping:
                 self.limiter.refund(charge)
                 return None, None
