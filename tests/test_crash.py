@@ -216,6 +216,23 @@ def test_sigkill_after_a_billed_attempt_keeps_its_cost(tmp_path: Path,
 # Ctrl-C twice
 
 
+@contextlib.contextmanager
+def cli_process(tmp_path: Path, args: list[str]
+                ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """``batchrunner`` run with ``args`` in a process, its stderr and stdout written to files
+    (the process, and the two files' paths); killed if it is still running at the end."""
+    err_path, out_path = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
+    with err_path.open("w") as err_file, out_path.open("w") as out_file:
+        proc = subprocess.Popen([sys.executable, "-m", "batchrunner", *args], env=child_env(),
+                                stdout=out_file, stderr=err_file)
+        try:
+            yield proc, err_path, out_path
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_second_ctrl_c_while_draining_stops_at_once(tmp_path: Path) -> None:
     """Hanging requests keep the drain busy; a second SIGINT ends the run within seconds, exit
     4, with every answered row in the journal and nothing recorded as failed."""
@@ -223,34 +240,25 @@ def test_second_ctrl_c_while_draining_stops_at_once(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", n, {i: " [[sim:hang]]" for i in range(hangs)})
     out = tmp_path / "out"
     with SimulatorThread(SimulatorConfig(latency_ms=30)) as sim:
-        err_path, out_path = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
-        with err_path.open("w") as err_file, out_path.open("w") as out_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "batchrunner",
-                 *run_args(inp, sim.base_url, out, "--concurrency", "8")],
-                env=child_env(), stdout=out_file, stderr=err_file)
-            try:
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and proc.poll() is None:
-                    st = sim.stats()
-                    if st["hangs"] >= hangs and st["completions"] >= n - hangs:
-                        break
-                    time.sleep(0.02)
+        args = run_args(inp, sim.base_url, out, "--concurrency", "8")
+        with cli_process(tmp_path, args) as (proc, err_path, out_path):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                st = sim.stats()
+                if st["hangs"] >= hangs and st["completions"] >= n - hangs:
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, err_path.read_text()
+            proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 20
+            while "again to stop now" not in err_path.read_text():
+                assert time.monotonic() < deadline, err_path.read_text()
                 assert proc.poll() is None, err_path.read_text()
-                proc.send_signal(signal.SIGINT)
-                deadline = time.monotonic() + 20
-                while "again to stop now" not in err_path.read_text():
-                    assert time.monotonic() < deadline, err_path.read_text()
-                    assert proc.poll() is None, err_path.read_text()
-                    time.sleep(0.02)
-                proc.send_signal(signal.SIGINT)
-                # The drain would wait drain_s (5 s) for the hung requests; the second SIGINT
-                # must end it well before.
-                code = proc.wait(timeout=3)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            # The drain would wait drain_s (5 s) for the hung requests; the second SIGINT
+            # must end it well before.
+            code = proc.wait(timeout=3)
         err = err_path.read_text()
         assert code == 4, err
         assert "Traceback" not in err
@@ -279,29 +287,20 @@ def test_a_signal_while_a_stopped_job_finishes_its_requests_in_flight_lets_them_
                                              for i in range(40)})
     out = tmp_path / "out"
     with SimulatorThread(SimulatorConfig(slow_ms=3000)) as sim:
-        err_path, out_path = tmp_path / "stderr.txt", tmp_path / "stdout.txt"
-        with err_path.open("w") as err_file, out_path.open("w") as out_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "batchrunner",
-                 *run_args(inp, sim.base_url, out, "--concurrency", "8")],
-                env=child_env(), stdout=out_file, stderr=err_file)
-            try:
-                deadline = time.monotonic() + 60
-                seen, still = 0, 0
-                while still < 10:  # the stop: no request sent for 0.2 s, slow ones in flight
-                    assert time.monotonic() < deadline and proc.poll() is None, \
-                        err_path.read_text()
-                    now = sim.stats()["requests"]
-                    still = still + 1 if now == seen and now > failing else 0
-                    seen = now
-                    time.sleep(0.02)
-                assert sim.stats()["completions"] == 0  # the slow answers are still to come
-                proc.send_signal(signal.SIGTERM)
-                code = proc.wait(timeout=30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        args = run_args(inp, sim.base_url, out, "--concurrency", "8")
+        with cli_process(tmp_path, args) as (proc, err_path, out_path):
+            deadline = time.monotonic() + 60
+            seen, still = 0, 0
+            while still < 10:  # the stop: no request sent for 0.2 s, slow ones in flight
+                assert time.monotonic() < deadline and proc.poll() is None, \
+                    err_path.read_text()
+                now = sim.stats()["requests"]
+                still = still + 1 if now == seen and now > failing else 0
+                seen = now
+                time.sleep(0.02)
+            assert sim.stats()["completions"] == 0  # the slow answers are still to come
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
         err = err_path.read_text() + out_path.read_text()
         assert code == 4, err
         assert "Traceback" not in err and "all failed with http_400" in err, err
