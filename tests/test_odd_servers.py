@@ -24,6 +24,7 @@ from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import prompt_key
 from tests.test_faults import (
+    Fault,
     FaultServer,
     completion,
     error_body,
@@ -479,6 +480,22 @@ async def test_a_400_without_an_error_object_fails_its_row_with_what_it_says(
     assert df["error_message"].iloc[1].endswith("of the messages or completion.")
 
 
+async def first_row_fails_its_stream_at_once(tmp_path: Path, inp: Path, fault: Fault,
+                                             said: str) -> None:
+    """Stream the job's two rows from a server answering with ``fault``: its first row fails
+    at its first try as ``stream_error`` whose message holds ``said``, the second is retried
+    once and ok."""
+    async with FaultServer(fault) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert srv.requests == 1 + 2
+    assert s.exit_code == 3
+    df = results(tmp_path)
+    row = df.loc["r0000"]
+    assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "stream_error", 1)
+    assert said in row["error_message"]
+    assert (df.loc["r0001", "status"], df.loc["r0001", "attempts"]) == ("ok", 2)
+
+
 async def run_with_usages(tmp_path: Path, inp: Path, usages: dict[str, dict[str, Any]],
                           stream: bool) -> RunSummary:
     """Run the job over ``inp`` against a server whose reply to the row ``Q: <name>`` carries
@@ -741,15 +758,8 @@ async def test_an_error_field_in_a_stream_is_read_as_the_error_it_is(tmp_path: P
         error = too_long if "Q: too long" in json.dumps(body) else failed
         return await sse_response(request, b"error: " + json.dumps(error).encode() + b"\n\n")
 
-    async with FaultServer(llama_cpp) as srv:
-        s = await run(job_for(tmp_path, srv.base_url, inp, stream=True))
-        assert srv.requests == 1 + 2
-    assert s.exit_code == 3
-    df = results(tmp_path)
-    row = df.loc["r0000"]
-    assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "stream_error", 1)
-    assert "exceeds the available context size" in row["error_message"]
-    assert (df.loc["r0001", "status"], df.loc["r0001", "attempts"]) == ("ok", 2)
+    await first_row_fails_its_stream_at_once(tmp_path, inp, llama_cpp,
+                                             "exceeds the available context size")
 
 
 @pytest.mark.anyio
@@ -804,12 +814,4 @@ async def test_a_stream_event_whose_error_is_text_is_read_as_the_error_it_is(
                      "error_type": "validation"}
         return await sse_response(request, sse(error))
 
-    async with FaultServer(tgi) as srv:
-        s = await run(job_for(tmp_path, srv.base_url, inp, stream=True))
-        assert srv.requests == 1 + 2
-    assert s.exit_code == 3
-    df = results(tmp_path)
-    row = df.loc["r0000"]
-    assert (row["status"], row["error_type"], row["attempts"]) == ("failed", "stream_error", 1)
-    assert "must be <= 4096" in row["error_message"]
-    assert (df.loc["r0001", "status"], df.loc["r0001", "attempts"]) == ("ok", 2)
+    await first_row_fails_its_stream_at_once(tmp_path, inp, tgi, "must be <= 4096")
