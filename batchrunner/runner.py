@@ -1251,13 +1251,13 @@ class _Run:
 
     def _probe_back(self) -> None:
         """The probe is done. Unless it was answered (which opened the gate), the next
-        request in line probes, after the pause its answer renewed, or a second when it
-        renewed none (a 502 without a retry-after, a refused connection, a timeout): never
+        request in line probes, after the pause its answer renewed, or ``PROBE_EVERY_S`` when
+        it renewed none (a 502 without a retry-after, a refused connection, a timeout): never
         one right after another."""
         self.probing = False
         if (gate := self.gate) is not None:
             if self.limiter.paused_s <= 0.0:
-                self.limiter.pause(PROBE_EVERY_S)
+                self.limiter.pause(PROBE_EVERY_S, "the wait between probes of a server away")
             self.gate = anyio.Event()
             gate.set()
 
