@@ -341,6 +341,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         format_summary,
         plan_from_output,
         rebuild_outputs,
+        record_rebuilt,
         run_in_progress,
     )
 
@@ -355,6 +356,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
                              "may no longer match the journal's — run the job again instead "
                              "(it resumes, and rebuilds the results and reports)")
         summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False))
+        record_rebuilt(plan)
     print(format_summary(summary))
     return summary.exit_code
 

@@ -2322,6 +2322,15 @@ def _check_writable(*directories: Path) -> None:
                           "choose another --output, or make it writable")
 
 
+def record_rebuilt(plan: Plan) -> None:
+    """``batchrunner report`` wrote the results and reports from the journal: ``job.json``
+    says when, so that ``status`` does not leave a last run that could not write them (a full
+    disk) as the last word. Best effort: the outputs are written already."""
+    plan.job_meta["rebuilt_at"] = utc_timestamp()
+    with suppress(BatchrunnerError, OSError):
+        _write_meta(plan)
+
+
 def _write_meta(plan: Plan) -> None:
     """``OUT_DIR/job.json``: the job's fingerprints, and its last run (``status`` shows it)."""
     io.write_atomic_bytes(plan.out_dir / "job.json",
@@ -2474,6 +2483,10 @@ def format_status(out_dir: Path) -> str:
                          "the machine stopped): run the job again to resume")
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
+            rebuilt = meta.get("rebuilt_at")
+            if isinstance(rebuilt, str) and rebuilt >= str(last["finished_at"]):
+                # The results and reports it could not write (a full disk) were written since.
+                lines.append(f"  results and reports rebuilt by batchrunner report at {rebuilt}")
         else:
             sent = last.get("sent")
             limit = last.get("limit")

@@ -1002,6 +1002,14 @@ def test_status_after_the_results_could_not_be_written_says_so(tmp_path: Path) -
     status = format_status(tmp_path / "out")
     assert "  last run: stopped 20" in status, status
     assert "ended by an error: " in status and "results.parquet" in status, status
+    assert "rebuilt" not in status
+    # Space freed, `batchrunner report` writes them: status says so, not only the error.
+    assert main(["report", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "results.parquet").exists()
+    rebuilt = format_status(tmp_path / "out").splitlines()
+    said = next(i for i, line in enumerate(rebuilt) if line.startswith("  last run: stopped"))
+    assert rebuilt[said + 1].startswith("  results and reports rebuilt by batchrunner report "
+                                        "at 20"), rebuilt
 
 
 def test_disk_full_while_journaling_names_the_journal(tmp_path: Path) -> None:
