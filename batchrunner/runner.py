@@ -1118,9 +1118,9 @@ class _Run:
         # A refusal after which no request sent has been answered: an outage began (attempt).
         self.outage_from = -math.inf
         self.last_refusal = -math.inf  # the latest refused connection, any row's
-        # Shut while a gateway's 502/503/504 with a retry-after says the server is away: no
-        # request is sent but one at a time (the probe), each after the wait asked for, until
-        # a request sent since ``gate_from`` (the first such answer's) is answered (_answered).
+        # Shut while a gateway's 502/503/504 says the server is away (_turned_away): no
+        # request is sent but one at a time (the probe), each after the wait asked for (or
+        # PROBE_EVERY_S), until a request sent since ``gate_from`` is answered (_answered).
         self.gate: anyio.Event | None = None
         self.gate_from = -math.inf
         self.probing = False  # a probe is out (or waiting out the pause to be sent)
@@ -1955,8 +1955,7 @@ class _Run:
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
             reasoning_tokens=res.reasoning_tokens,
-            search_units=res.sources_used if res.web_searches is None else res.web_searches,
-            cost_usd=cost,  # search_units as _search_units has them, inline: every reply's
+            search_units=_search_units(res.web_searches, res.sources_used), cost_usd=cost,
             earlier_cost_usd=item.earlier_usd or None, latency_ms=res.latency_ms,
             ttft_ms=res.ttft_ms, choices=res.choices, tool_calls=res.tool_calls,
             citations=res.citations, attempts=item.attempts,
