@@ -15,7 +15,7 @@ from batchrunner.config import load_job
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread
-from tests.servers import serve_on_loopback
+from tests.servers import run_job_file, serve_on_loopback
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=3), progress="none",
                   handle_signals=False)
@@ -300,12 +300,7 @@ async def test_deepseek_cache_hits_are_priced_as_cached_tokens(tmp_path: Path) -
         f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "deepseek-chat"\n'
         'prompt = "{text}"\n[output]\ndir = "out"\n'
         '[prices."deepseek-chat"]\ninput = 0.27\noutput = 1.10\ncached_input = 0.07\n')
-    runner, port = await serve_on_loopback(handler)
-    try:
-        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1"})
-        s = await run_job(job, FAST)
-    finally:
-        await runner.cleanup()
+    s = await run_job_file(handler, tmp_path / "job.toml", FAST)
     # A row: 200 × 0.27 + 800 × 0.07 + 100 × 1.10 = 220 USD per 1M rows, not 380.
     assert s.exit_code == 0 and s.cost_usd == pytest.approx(2 * 220e-6)
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")

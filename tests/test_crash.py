@@ -216,6 +216,18 @@ def test_sigkill_after_a_billed_attempt_keeps_its_cost(tmp_path: Path,
 # Ctrl-C twice
 
 
+def wait_for_hangs(sim: SimulatorThread, proc: subprocess.Popen[bytes], n: int,
+                   hangs: int) -> None:
+    """Wait (60 s at most) until the simulator holds ``hangs`` hung requests and has answered
+    the other ``n - hangs``, or the process ended."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        st = sim.stats()
+        if st["hangs"] >= hangs and st["completions"] >= n - hangs:
+            return
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def cli_process(tmp_path: Path, args: list[str]
                 ) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
@@ -242,12 +254,7 @@ def test_second_ctrl_c_while_draining_stops_at_once(tmp_path: Path) -> None:
     with SimulatorThread(SimulatorConfig(latency_ms=30)) as sim:
         args = run_args(inp, sim.base_url, out, "--concurrency", "8")
         with cli_process(tmp_path, args) as (proc, err_path, out_path):
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                st = sim.stats()
-                if st["hangs"] >= hangs and st["completions"] >= n - hangs:
-                    break
-                time.sleep(0.02)
+            wait_for_hangs(sim, proc, n, hangs)
             assert proc.poll() is None, err_path.read_text()
             proc.send_signal(signal.SIGINT)
             deadline = time.monotonic() + 20
@@ -387,12 +394,7 @@ def test_sighup_of_a_closed_terminal_stops_the_run_as_sigterm_does(tmp_path: Pat
         shown = threading.Thread(target=show, daemon=True)
         shown.start()
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                st = sim.stats()
-                if st["hangs"] >= hangs and st["completions"] >= n - hangs:
-                    break
-                time.sleep(0.02)
+            wait_for_hangs(sim, proc, n, hangs)
             assert proc.poll() is None
             proc.send_signal(signal.SIGHUP)
             shown.join(timeout=30)

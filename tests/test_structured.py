@@ -17,7 +17,7 @@ from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
 from batchrunner.structured import StructuredOutput, structured_output, unfenced
-from tests.servers import serve_on_loopback
+from tests.servers import run_job_file
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
                   handle_signals=False)
@@ -85,18 +85,13 @@ async def test_a_json_code_block_reply_is_an_ok_row_with_its_columns(
                          "message": {"role": "assistant", "content": fenced}}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50}})
 
-    runner, port = await serve_on_loopback(handler)
-    try:
-        (tmp_path / "ticket.schema.json").write_text(json.dumps(SCHEMA))
-        pd.DataFrame({"id": [1, 2], "text": ["a", "b"]}).to_csv(tmp_path / "in.csv", index=False)
-        (tmp_path / "job.toml").write_text(
-            '[input]\npath = "in.csv"\nid_column = "id"\n'
-            '[request]\nmodel = "claude-sonnet-4"\nprompt = "Classify: {text}"\n'
-            'schema_file = "ticket.schema.json"\n[output]\ndir = "out"\n')
-        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1"})
-        s = await run_job(job, FAST)
-    finally:
-        await runner.cleanup()
+    (tmp_path / "ticket.schema.json").write_text(json.dumps(SCHEMA))
+    pd.DataFrame({"id": [1, 2], "text": ["a", "b"]}).to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "claude-sonnet-4"\nprompt = "Classify: {text}"\n'
+        'schema_file = "ticket.schema.json"\n[output]\ndir = "out"\n')
+    s = await run_job_file(handler, tmp_path / "job.toml", FAST)
     assert (s.ok, s.failed) == (2, 0), s.error_examples
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert df["json_score"].tolist() == [3, 3] and df["json_label"].tolist() == ["bug", "bug"]
@@ -392,12 +387,7 @@ async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
         '[input]\npath = "in.jsonl"\nid_column = "id"\n'
         '[request]\nmodel = "gpt-4o-mini"\nprompt = "{reply}"\nschema_file = "s.schema.json"\n'
         f'stream = {str(stream).lower()}\n[output]\ndir = "{output}"\nformat = "{fmt}"\n')
-    runner, port = await serve_on_loopback(handler)
-    try:
-        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1"})
-        s = await run_job(job, FAST)
-    finally:
-        await runner.cleanup()
+    s = await run_job_file(handler, tmp_path / "job.toml", FAST)
     out = tmp_path / output / f"results.{fmt}"
     df = (pd.read_parquet(out) if fmt == "parquet" else pd.read_json(out, lines=True)
           if fmt == "jsonl" else pd.read_csv(out))
