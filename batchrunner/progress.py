@@ -35,6 +35,8 @@ class Counts:
     paused_s: float = 0.0  # how much longer a 429's retry-after holds new requests
     paused_by: str = "a 429's retry-after"  # what asked for it (a gateway's 503, say)
     unreachable_s: float = 0.0  # how long no request could connect (none answered since)
+    unreachable_by: str = ""  # a gateway's latest answer meanwhile ("HTTP 503: ..."), if any
+    outage_s: float = 0.0  # how long the job waits out such answers before it stops
     resumed: bool = False  # earlier runs finished rows: ok/failed are the job's, the rest not
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -80,7 +82,13 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     if paused:
         parts.append(f"(new requests held {c.paused_s:.0f} s more by {c.paused_by})")
     if c.unreachable_s >= 1:  # a run that looks stuck is waiting for the endpoint
-        parts.append(f"(no connection to the endpoint for {c.unreachable_s:.0f} s)")
+        if c.unreachable_by:  # its gateway answers for it: say what, not "no connection"
+            limit = f"; the job stops after {_duration(c.outage_s)} of these" \
+                if c.outage_s else ""
+            parts.append(f"(no answer from the endpoint for {c.unreachable_s:.0f} s, only "
+                         f"its gateway's {_printable(c.unreachable_by, 120)}{limit})")
+        else:
+            parts.append(f"(no connection to the endpoint for {c.unreachable_s:.0f} s)")
     return " ".join(parts)
 
 
@@ -94,12 +102,28 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
     if c.paused_s >= 1:  # a 429's pause: a run that looks stuck is waiting, and says so
         parts.append((3, f"paused={c.paused_s:.0f}s"))
     if c.unreachable_s >= 1:  # as it is while the endpoint cannot be reached
-        parts.append((3, f"unreachable={c.unreachable_s:.0f}s"))
+        status = c.unreachable_by.split(":", 1)[0].removeprefix("HTTP ")
+        parts.append((3, f"unreachable={c.unreachable_s:.0f}s" + (f" ({status})" if status
+                                                                   else "")))
     parts.append((6, f"tokens={short_number(c.tokens)}"))
     parts.append((0, f"cost={_cost(c)}"))
     if c.projected_usd:
         parts.append((4, f"(~{_about_usd(c.projected_usd)} job)"))
     return parts
+
+
+def _printable(text: str, width: int) -> str:
+    """A server's text for a terminal line: control characters (an escape sequence in a
+    gateway's error page) as ``?``, cut at ``width`` characters with an ellipsis."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _duration(seconds: float) -> str:
+    """``5 min``, ``90 s``, ``1.5 s``."""
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:g} s"
 
 
 def _cost(c: Counts) -> str:

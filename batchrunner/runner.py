@@ -1094,7 +1094,8 @@ class _Run:
         lim = plan.job.limits
         self.policy = options.retry or RetryPolicy(max_attempts=lim.max_attempts)
         self.counts = Counts(ok=plan.prior_ok, failed=plan.prior_failed,  # the job's, shown
-                             resumed=bool(plan.prior_ok or plan.prior_failed))
+                             resumed=bool(plan.prior_ok or plan.prior_failed),
+                             outage_s=options.outage_s)
         self.counters: Counter[str] = Counter()
         self.errors_seen: Counter[str] = Counter()
         self.stop_error: StopJob | None = None
@@ -1118,6 +1119,9 @@ class _Run:
         # A refusal after which no request sent has been answered: an outage began (attempt).
         self.outage_from = -math.inf
         self.last_refusal = -math.inf  # the latest refused connection, any row's
+        # What the latest refusal was, for the progress: "" a connection that failed, else
+        # the gateway's answer ("HTTP 503: no available channel for ...").
+        self.refused_by = ""
         # Shut while a gateway's 502/503/504 says the server is away (_turned_away): no
         # request is sent but one at a time (the probe), each after the wait asked for (or
         # PROBE_EVERY_S), until a request sent since ``gate_from`` is answered (_answered).
@@ -1575,11 +1579,13 @@ class _Run:
                 if e.status in GATEWAY_STATUSES:  # not the endpoint's answer: no end of an outage
                     if gateway:
                         self._refused(item)
+                        self.refused_by = f"HTTP {e.status}: {e.message}"
                 elif e.status is not None:
                     self._answered(sent_at)
                 elif e.error_type == "connection_error":
                     self.counters["not_connected"] += 1  # counted as sent: it was tried
                     self._refused(item)
+                    self.refused_by = ""
                 elif e.error_type == "timeout":
                     item.timeouts += 1
                     if e.answer_begun:  # its stream had begun: the endpoint answers, slowly
@@ -2007,6 +2013,7 @@ class _Run:
             self.counts.paused_s = self.limiter.paused_s
             self.counts.paused_by = self.limiter.paused_by
             self.counts.unreachable_s = self._unreachable_s()
+            self.counts.unreachable_by = self.refused_by
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes
             rows = journal.take()
             if rows:

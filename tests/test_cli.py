@@ -441,6 +441,15 @@ def test_progress_says_how_long_the_endpoint_has_been_unreachable() -> None:
     c = Counts(ok=5, unreachable_s=42.4)
     assert _postfix(c, compact=True) == "ok=5 unreachable=42s tokens=0 cost=$0.0000"
     assert _postfix(c).endswith("cost=$0.0000 (no connection to the endpoint for 42 s)")
+    # A gateway answers for the endpoint: what it says, not "no connection" (the URL is
+    # right; the model or the server behind it is not), cut and with no terminal escapes.
+    c.unreachable_by = "HTTP 503: No available channel\x1b[2J for model x" + "!" * 200
+    c.outage_s = 300.0
+    assert _postfix(c, compact=True) == "ok=5 unreachable=42s (503) tokens=0 cost=$0.0000"
+    line = _postfix(c)
+    assert "(no answer from the endpoint for 42 s, only its gateway's HTTP 503: No available " \
+        "channel?[2J for model x!!!" in line and "\x1b" not in line
+    assert line.endswith("!…; the job stops after 5 min of these)")
     c.unreachable_s = 0.4  # under a second: not worth a word
     assert "unreachable" not in _postfix(c, compact=True) and "connection" not in _postfix(c)
 

@@ -582,6 +582,37 @@ async def test_while_the_endpoint_is_away_the_log_says_so(
 
 
 @pytest.mark.anyio
+async def test_while_a_gateway_answers_for_a_server_away_the_log_says_what_it_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A gateway with no server for the job's model (a model name mistyped) answers 503 with
+    the reason: the job waits it out as an outage, and its log said "no connection to the
+    endpoint" all the while, sending the user to check a network that was fine."""
+    from batchrunner import progress
+
+    monkeypatch.setattr(progress.LogProgress.__init__, "__defaults__", (0.0,))  # every second
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(20)])
+    said = "No available channel for model gpt-4o-mni under group default"
+
+    async def no_channel(srv: FaultServer, request: web.BaseRequest,
+                         body: dict[str, Any]) -> web.StreamResponse | None:
+        return web.json_response({"error": {"message": said, "type": "new_api_error"}},
+                                 status=503)
+
+    async with FaultServer(no_channel) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp), RunOptions(
+                retry=RetryPolicy(base_s=0.05, max_attempts=3), progress="log",
+                handle_signals=False, outage_s=2.5))
+    assert s.exit_code == 4 and s.failed == 0 and s.stopped, s
+    lines = [line for line in capsys.readouterr().err.splitlines() if " rows  ok=" in line]
+    away = [line for line in lines if "(no answer from the endpoint for " in line]
+    assert away and not any("no connection" in line for line in lines), lines
+    assert f"only its gateway's HTTP 503: {said}; the job stops after 2.5 s of these)" \
+        in away[-1]
+
+
+@pytest.mark.anyio
 async def test_the_outage_stop_counts_the_rows_refusals_since_the_endpoint_last_answered(
         tmp_path: Path) -> None:
     """A row refused three times, then (the endpoint back) others answered, then refused twice
