@@ -934,10 +934,26 @@ def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_colu
 
 def row_hasher(builder: RequestBuilder | None) -> Callable[[dict[str, Any]], int]:
     """A row's ``row_hash``: a CRC-32 of the JSON array of its values in the columns its
-    request is made of (see ``hash_values``)."""
+    request is made of (see ``hash_values``); a batch row's, of its body with its keys in
+    order (``_body_hash``)."""
+    if builder is None:
+        return _body_hash
     # Never empty: a builder refuses a prompt that names no column unless rows have a model or
     # body fields of their own, which are columns too.
-    return _columns_hasher(("body",) if builder is None else builder.needed_columns)
+    return _columns_hasher(builder.needed_columns)
+
+
+def _body_hash(row: dict[str, Any]) -> int:
+    """A batch row's ``row_hash``: a CRC-32 of ``[body]`` with the body's keys sorted, at every
+    depth, so that a batch file written again with its keys in another order (another
+    script's dict, a tool that sorts them) has the same rows, not every row changed and paid
+    for again. Journals from before hashed the body's text as written (``_columns_hasher``
+    over ``body``): ``changed_rows`` takes either."""
+    body = row["body"]
+    try:
+        return zlib.crc32(orjson.dumps((orjson.loads(body),), option=orjson.OPT_SORT_KEYS))
+    except (orjson.JSONDecodeError, TypeError):  # not JSON orjson reads (an integer past 64
+        return hash_values((body,))              # bits): its text, as written
 
 
 def _columns_hasher(columns: Sequence[str]) -> Callable[[dict[str, Any]], int]:
@@ -979,6 +995,8 @@ def changed_rows(source: io.InputSource, builder: RequestBuilder | None,
             names.append(field_name := f"{c}\0{'text' if shown else 'value'}")
             extra[field_name] = (c, shown)
         olds.append(_columns_hasher(names))
+    if builder is None:  # a batch row's body hashed as written, as journals from before did
+        olds.append(_columns_hasher(("body",)))
     for at, rows in _input_rows(source, builder, key_column, recorded < 0, extra):
         at = at[at < len(recorded)]
         rows = rows[:len(at)]

@@ -12,6 +12,7 @@ import zlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -250,6 +251,51 @@ def test_a_batch_rows_changed_body_is_sent_again(
     assert "hello two" in content[1]
 
 
+def _batch_file(path: Path, rows: range, *, reordered: bool = False) -> None:
+    """An OpenAI batch file of ``rows``; ``reordered``: every object's keys in reverse order,
+    as another script (or a tool that sorts keys) writes the same requests."""
+    def order(value: Any) -> Any:
+        if isinstance(value, dict):
+            items = [(k, order(v)) for k, v in value.items()]
+            return dict(reversed(items) if reordered else items)
+        return [order(v) for v in value] if isinstance(value, list) else value
+
+    lines = [order({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [
+                        {"role": "user", "content": f"hello {i}"}]}}) for i in rows]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_a_batch_file_written_again_with_its_keys_in_another_order_is_not_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same requests with their keys in another order (tonight's export by another
+    script) were every row "changed": all sent and paid for again."""
+    monkeypatch.chdir(tmp_path)
+    _batch_file(tmp_path / "b.jsonl", range(4))
+    args = ["run", "--input", "b.jsonl", "--simulator", "--progress", "none", "--output", "out"]
+    assert main(args) == 0
+    _batch_file(tmp_path / "b.jsonl", range(5), reordered=True)  # and a row added
+    assert main(args) == 0
+    assert _sent(tmp_path / "out") == 1  # the new row only
+
+
+def test_a_batch_journal_from_before_bodies_were_hashed_in_key_order_keeps_its_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows done when a batch row's hash was its body's text as written: a rerun over the
+    same rows, the file grown, sends the new row only."""
+    import batchrunner.runner as runner_module
+
+    monkeypatch.chdir(tmp_path)
+    _batch_file(tmp_path / "b.jsonl", range(4))
+    args = ["run", "--input", "b.jsonl", "--simulator", "--progress", "none", "--output", "out"]
+    with monkeypatch.context() as m:
+        m.setattr(runner_module, "_body_hash", lambda row: hash_values((row["body"],)))
+        assert main(args) == 0
+    _batch_file(tmp_path / "b.jsonl", range(5))
+    assert main(args) == 0
+    assert _sent(tmp_path / "out") == 1
+
+
 def test_rows_done_by_an_earlier_version_keep_their_answers_and_it_is_said(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -364,7 +410,10 @@ def test_row_hasher_hashes_the_columns_the_request_is_made_of() -> None:
                                            from_columns={"temperature": "t"}),
                              list(row), "input")
     assert row_hasher(several)(row) == zlib.crc32(b'["hi","gpt-4o","0.5"]')
-    assert row_hasher(None)({"custom_id": "r1", "body": "{}"}) == zlib.crc32(b'["{}"]')
+    # A batch row's: its body with the keys sorted at every depth, whatever order it came in.
+    body = '{"b": 1, "a": {"d": [{"y": 2, "x": 1}], "c": 3}}'
+    assert row_hasher(None)({"custom_id": "r1", "body": body}) == zlib.crc32(
+        b'[{"a":{"c":3,"d":[{"x":1,"y":2}]},"b":1}]')
 
 
 class _ByPosition:
