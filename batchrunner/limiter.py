@@ -11,6 +11,9 @@
 * ``pause(seconds)`` after a 429: new sends wait until then (plus a little jitter), and are then
   let out at the limiter's rate, not all at once.
 
+The runner paces a job with one; a job whose models report limits of their own (OpenAI's are
+per model) with one more for each model (``reported_limits`` tells them apart).
+
 Requests are paced by aiolimiter's leaky bucket with a burst of one second's worth, so a run
 starts at a burst a server accepts rather than a minute's worth at once; tokens by
 ``TokenBucket``, which lets a request bigger than the bucket through by going into debt, so the
@@ -32,7 +35,7 @@ import anyio
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
 
-__all__ = ["RATELIMIT_HEADERS", "Limiter", "TokenBucket", "reset_seconds"]
+__all__ = ["RATELIMIT_HEADERS", "Limiter", "TokenBucket", "reported_limits", "reset_seconds"]
 
 # The longest an empty budget holds new requests when no rate is known: a reset said to be
 # further off (a daily limit's) is left to the 429s' retry-after, which stop the job if it is.
@@ -103,6 +106,22 @@ def _header_float(headers: Mapping[str, str], name: str) -> float | None:
         return None
 
 
+def _limit(headers: Mapping[str, str], name: str) -> float | None:
+    """A ``x-ratelimit-limit-*`` a pace can be made of, else None: not 0, a fraction (a pace
+    of one request an age), "inf" or "nan" (a concurrency of infinity crashed the run)."""
+    limit = _header_float(headers, name)
+    return limit if limit is not None and 1.0 <= limit < math.inf else None
+
+
+def reported_limits(headers: Mapping[str, str]) -> tuple[float | None, float | None] | None:
+    """The requests and tokens a minute an answer's ``x-ratelimit-limit-*`` headers give (None
+    for one not given), or None when they give neither."""
+    if not headers:
+        return None
+    limits = (_limit(headers, _NAMES[0][1]), _limit(headers, _NAMES[1][1]))
+    return None if limits == (None, None) else limits
+
+
 def reset_seconds(value: str | None) -> float | None:
     """Seconds until a ``x-ratelimit-reset-*`` time, as servers write it: a duration (OpenAI's
     ``6m0s``, ``20ms``, ``1h2m3.5s``), a number of seconds, a Unix time in seconds or
@@ -151,6 +170,7 @@ class Limiter:
         *,
         adaptive: bool = True,
         headroom: float = 1.0,
+        burst: bool = True,
     ) -> None:
         self.adaptive = adaptive
         self.headroom = headroom
@@ -162,6 +182,11 @@ class Limiter:
         self.paused_by = "a 429's retry-after"  # what asked for the pause (see ``pause``)
         self._unpaused: anyio.Event | None = None  # set when a pause is lifted (lift_pause)
         self._rng = random.Random()
+        self._configured = (requests_per_minute, tokens_per_minute)
+        # Without ``burst``, the rates' first second's worth is taken as spent: a limiter made
+        # for requests already going out at the server's pace (the runner's ``_split``), whose
+        # server-side buckets are not full.
+        self._spent = not burst
         if requests_per_minute:
             self._set_requests(requests_per_minute)
         if tokens_per_minute:
@@ -185,6 +210,8 @@ class Limiter:
         per_s = per_minute * self.headroom / 60.0
         if self._tokens is None:
             self._tokens = TokenBucket(per_s, max(1.0, per_s))
+            if self._spent:
+                self._tokens.level = 0.0
         else:
             self._tokens.set_rate(per_s, max(1.0, per_s))
 
@@ -203,6 +230,20 @@ class Limiter:
         """The pace requests are let out at, if known (for sizing concurrency)."""
         return self.requests_per_minute / 60.0 if self.requests_per_minute else None
 
+    def unlearn(self) -> None:
+        """Back to the rates the job set, and learn no more from headers: the limits the
+        server reports are each model's own, paced by limiters of their own (the runner's
+        ``_split``)."""
+        self.adaptive = False
+        requests, tokens = self._configured
+        self.requests_per_minute, self._requests = None, None
+        if requests:
+            self._set_requests(requests)
+        if tokens:
+            self._set_tokens(tokens)
+        else:
+            self.tokens_per_minute, self._tokens = None, None
+
     # -- the interface
 
     async def acquire(self, tokens: int) -> None:
@@ -212,6 +253,9 @@ class Limiter:
             with anyio.move_on_after(wait):
                 await self._unpaused.wait()
         if self._requests is not None:
+            if self._spent:
+                self._spent = False
+                await self._requests.acquire(self._requests.max_rate)  # at once: it is full
             await self._requests.acquire()
         if self._tokens is not None:
             await self._tokens.acquire(tokens)
@@ -247,11 +291,7 @@ class Limiter:
         if not self.adaptive or not headers:
             return
         for kind, limit_h, remaining_h, reset_h in _NAMES:
-            limit = _header_float(headers, limit_h)
-            if limit is not None and not 1.0 <= limit < math.inf:
-                # No limit a pace can be made of: 0, a fraction (a pace of one request an age),
-                # "inf" or "nan" (a concurrency of infinity crashed the run).
-                limit = None
+            limit = _limit(headers, limit_h)
             current = self.requests_per_minute if kind == "requests" else self.tokens_per_minute
             if limit is not None and (current is None or limit < current):
                 (self._set_requests if kind == "requests" else self._set_tokens)(limit)

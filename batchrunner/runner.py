@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import StringIO
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ from batchrunner.errors import (
     leaf,
 )
 from batchrunner.journal import Fresh, Journal, JournalWriter, new_run_id
-from batchrunner.limiter import Limiter
+from batchrunner.limiter import Limiter, reported_limits
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, leave_terminal, make_progress
@@ -932,6 +933,11 @@ def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_colu
         position += n
 
 
+def _differ(a: tuple[float | None, ...], b: tuple[float | None, ...]) -> bool:
+    """Two models' reported limits differ: in a kind both report."""
+    return any(x is not None and y is not None and x != y for x, y in zip(a, b, strict=True))
+
+
 def row_hasher(builder: RequestBuilder | None) -> Callable[[dict[str, Any]], int]:
     """A row's ``row_hash``: a CRC-32 of the JSON array of its values in the columns its
     request is made of (see ``hash_values``); a batch row's, of its body with its keys in
@@ -1187,6 +1193,11 @@ class _Run:
         # came from so far, to tell a key that lacks one model from a key refused outright.
         self.models_vary = plan.builder is None or bool(plan.job.request.model_column)
         self.answered_models: set[str] = set(plan.answered_models)
+        # The limits each model's answers report (x-ratelimit-limit-requests and -tokens):
+        # while they are the same for all, one limiter paces them all; once two differ, the
+        # limits are each model's own, and ``split`` holds a limiter for each (``_observe``).
+        self.model_limits: dict[str, tuple[float | None, float | None]] = {}
+        self.split: dict[str, Limiter] | None = None
         # Before any model answered, a 403 for one cannot tell a key that lacks that model from
         # a key refused outright (and a refusal comes back sooner than an answer). Its rows are
         # held (each with its model_refused outcome, or None: not sent yet) while the rows asking
@@ -1230,6 +1241,8 @@ class _Run:
         self.stopping = True
         self.stopped.set()
         self.limiter.lift_pause()  # the rows waiting out a 429 are left to do, now
+        for limiter in (self.split or {}).values():
+            limiter.lift_pause()
         for scope in self.pacing:  # and those waiting for the rate's next permit
             scope.cancel()
         self._open_gate()  # and those waiting on a probe
@@ -1528,7 +1541,15 @@ class _Run:
             if self.stopped.is_set():  # a 429'd row after a stop: left to do, not paused
                 return None, None
             charge = self._charge(item)
-            if self.limiter.paces:  # a wait for a permit that a stop cancels
+            if self.split is not None:  # the model's own limiter too
+                with anyio.CancelScope() as pacing:
+                    self.pacing.add(pacing)
+                    try:
+                        await self.limiter.acquire(charge)
+                        await self._model_limiter(item).acquire(charge)
+                    finally:
+                        self.pacing.discard(pacing)
+            elif self.limiter.paces:  # a wait for a permit that a stop cancels
                 with anyio.CancelScope() as pacing:
                     self.pacing.add(pacing)
                     try:
@@ -1538,7 +1559,7 @@ class _Run:
             else:  # no rate: a pause at most, which a stop lifts (no scope a request)
                 await self.limiter.acquire(charge)
             if self.stopping:
-                self.limiter.refund(charge)
+                self._refund(item, charge)
                 return None, None
             item.attempts += 1
             self.counters["sent"] += 1  # every request, 429'd or cut off at a stop included
@@ -1557,7 +1578,7 @@ class _Run:
                         self._served_by_simulator()
             except StopJob as e:
                 counts.in_flight -= 1
-                self.limiter.refund(charge)
+                self._refund(item, charge)
                 if self.drop_simulated:
                     return None, None  # left to do
                 model = str(item.body.get("model") or "")
@@ -1583,7 +1604,7 @@ class _Run:
                 return refused, None
             except RequestError as e:
                 counts.in_flight -= 1
-                self.limiter.refund(charge)
+                self._refund(item, charge)
                 if self.drop_simulated:
                     return None, None  # left to do
                 self.errors_seen[e.error_type] += 1
@@ -1636,7 +1657,7 @@ class _Run:
                         return None, backoff(item.refusals, self.policy, None, self.rng)
                     item.attempts += 1
                 elif e.error_type == "rate_limited":
-                    self.limiter.observe(e.headers)
+                    self._observe(item, e.headers)
                     item.attempts -= 1  # 429s do not use up the error-retry budget
                     item.rate_limited += 1
                     self.counts.rate_limited += 1
@@ -1652,8 +1673,9 @@ class _Run:
                     # row's retry takes (an hour's "retry-after: 3600" held the whole job).
                     wait = min(e.retry_after, self.policy.max_retry_after_s) \
                         if e.retry_after is not None else backoff(1, self.policy, None, self.rng)
-                    self.limiter.pause(wait, "a 429's retry-after" if e.retry_after is not None
-                                       else "a 429 (no retry-after: a backoff)")
+                    (self.limiter if self.split is None else self._model_limiter(item)).pause(
+                        wait, "a 429's retry-after" if e.retry_after is not None
+                        else "a 429 (no retry-after: a backoff)")
                     if item.rate_limited == 1:
                         continue
                     if item.rate_limited <= MAX_RATE_LIMIT_RETRIES:
@@ -1901,6 +1923,69 @@ class _Run:
         if len(journal) >= FLUSH_EVERY_ROWS:
             self.flush_wanted.set()
 
+    # -- pacing: one limiter for the job, and one for each model once their limits differ
+
+    def _observe(self, item: _Work, headers: Mapping[str, str]) -> None:
+        """Learn the server's limits from an answer's ``x-ratelimit-*`` headers. While every
+        model's answers report the same limits (one limit for the key, as a gateway's, or the
+        same for each model: one pace for all is safe either way), the job's limiter learns
+        them; once two models report different ones (OpenAI's are each model's own), each
+        model is paced by a limiter of its own, and the job's keeps the rates the job set: a
+        job asking gpt-4o-mini and gpt-4o was paced at the lower model's rate for both."""
+        if self.split is not None:
+            self._model_limiter(item).observe(headers)
+            return
+        self.limiter.observe(headers)
+        if self.models_vary and (limits := reported_limits(headers)) is not None:
+            self.model_limits[str(item.body.get("model") or "")] = limits
+            if any(map(_differ, repeat(limits), self.model_limits.values())):
+                self._split()
+
+    def _split(self) -> None:
+        """Each model's own limiter from here on, at the limits its answers reported, with no
+        burst (requests have been going out); the job's back to the rates the job set (a
+        pause it holds runs out)."""
+        self.split = {model: Limiter(requests, tokens, burst=False)
+                      for model, (requests, tokens) in self.model_limits.items()}
+        self.limiter.unlearn()
+
+    def _model_limiter(self, item: _Work) -> Limiter:
+        """The limiter of ``item``'s model (``split``; one that reported no limits yet runs
+        free, as a job's does, until its answers say)."""
+        assert self.split is not None
+        model = str(item.body.get("model") or "")
+        if (limiter := self.split.get(model)) is None:
+            limiter = self.split[model] = Limiter(None, None)
+        return limiter
+
+    def _refund(self, item: _Work, charge: int) -> None:
+        """A request refused or failed before the server counted it: its tokens back."""
+        self.limiter.refund(charge)
+        if self.split is not None:
+            self._model_limiter(item).refund(charge)
+
+    def _requests_per_second(self) -> float | None:
+        """The pace requests go out at, if known, for sizing the concurrency: split, the
+        models' together (unknown while one's is), within the job's own rate."""
+        job = self.limiter.requests_per_second
+        if self.split is None:
+            return job
+        rates = [limiter.requests_per_second for limiter in self.split.values()]
+        if None in rates:
+            return job
+        together = sum(r for r in rates if r is not None)
+        return together if job is None else min(job, together)
+
+    def _show_pause(self) -> None:
+        """The pause that holds new requests longest, for the progress: the job's, or a
+        model's (named)."""
+        counts, limiter = self.counts, self.limiter
+        counts.paused_s, counts.paused_by = limiter.paused_s, limiter.paused_by
+        for model, limiter in (self.split or {}).items():
+            if limiter.paused_s > counts.paused_s:
+                counts.paused_s = limiter.paused_s
+                counts.paused_by = f"{limiter.paused_by}, for {model}"
+
     def _billed(self, item: _Work, e: RequestError) -> float | None:
         """What a failed attempt was billed, when its answer reported usage (a 200 without a
         usable completion, a stream cut after its usage)."""
@@ -1919,13 +2004,13 @@ class _Run:
 
     def _success(self, item: _Work, res: ChatResult, charge: int) -> Outcome:
         self.counters["attempts"] += item.attempts
-        limiter = self.limiter
-        limiter.observe(res.headers)
-        if item.completion_max and res.prompt_tokens is not None:
-            # Servers charge max_tokens, not what the reply used, against the token limit.
-            limiter.settle(charge, res.prompt_tokens + item.completion_max * item.n)
-        else:
-            limiter.settle(charge, res.total_tokens)
+        self._observe(item, res.headers)
+        # Servers charge max_tokens, not what the reply used, against the token limit.
+        used = res.prompt_tokens + item.completion_max * item.n \
+            if item.completion_max and res.prompt_tokens is not None else res.total_tokens
+        self.limiter.settle(charge, used)
+        if self.split is not None:
+            self._model_limiter(item).settle(charge, used)
         if res.prompt_tokens:
             self.prompt_ratio += 0.05 * (res.prompt_tokens / item.prompt_estimate
                                          - self.prompt_ratio)
@@ -2013,7 +2098,7 @@ class _Run:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap."""
         while True:
             await anyio.sleep(TUNE_EVERY_S)
-            rate = self.limiter.requests_per_second
+            rate = self._requests_per_second()
             if rate is None:
                 target = min(self.max_concurrency, DEFAULT_CONCURRENCY)
             else:
@@ -2028,8 +2113,7 @@ class _Run:
             with anyio.move_on_after(FLUSH_EVERY_S):
                 await self.flush_wanted.wait()
             self.flush_wanted = anyio.Event()
-            self.counts.paused_s = self.limiter.paused_s
-            self.counts.paused_by = self.limiter.paused_by
+            self._show_pause()
             self.counts.unreachable_s = self._unreachable_s()
             self.counts.unreachable_by = self.refused_by
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes

@@ -277,3 +277,134 @@ async def test_a_job_with_no_limits_is_paced_to_anthropics(tmp_path: Path) -> No
     summary, counted = await run_against(tmp_path, anthropic, 60, concurrency=8)
     assert summary.exit_code == 0
     assert counted.too_many <= 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Limits of each model's own
+
+
+def per_model_limits(limits: dict[str, float], answered: list[float]) -> Any:
+    """Replies from a server that allows each model ``limits[model]`` requests a minute (from a
+    bucket of a second's worth), says so in OpenAI's headers, and answers 429 past it; the
+    time of each reply that is not a 429 is appended to ``answered`` (the server's clock)."""
+    buckets: dict[str, tuple[float, float]] = {}
+
+    async def answer(counted: Counted, body: dict[str, Any]) -> web.Response:
+        model, now = body["model"], time.monotonic()
+        per_s = limits[model] / 60.0
+        level, then = buckets.get(model, (per_s, now))
+        level = min(per_s, level + (now - then) * per_s)
+        headers = {"x-ratelimit-limit-requests": f"{limits[model]:.0f}"}
+        if level < 1.0:
+            buckets[model] = (level, now)
+            headers["retry-after-ms"] = f"{(1.0 - level) / per_s * 1000:.0f}"
+            return web.json_response({"error": {"message": "Rate limit reached"}}, status=429,
+                                     headers=headers)
+        buckets[model] = (level - 1.0, now)
+        answered.append(now)
+        return web.json_response(completion(body), headers=headers)
+
+    return answer
+
+
+@pytest.mark.anyio
+async def test_models_whose_limits_differ_are_each_paced_at_their_own(tmp_path: Path) -> None:
+    """A job asking two models whose limits are their own (OpenAI's are: 300 and 6,000 a
+    minute here) was paced at the lower for both: 500 rows of which 100 asked the slow model
+    took 93 s where 19 s would do. Each model is paced at its own now: the server answers the
+    job's rows far faster than the slow model's limit would let them all go, and 429s stay
+    few."""
+    answered: list[float] = []
+    rows = 150  # every 5th asks the slow model
+    inp = tmp_path / "models.csv"  # the input, in place of run_against's
+    pd.DataFrame({"id": [f"r{i:04d}" for i in range(rows)],
+                  "model": ["slow" if i % 5 == 0 else "fast" for i in range(rows)],
+                  "text": [f"row {i}" for i in range(rows)]}).to_csv(inp, index=False)
+    summary, counted = await run_against(
+        tmp_path, per_model_limits({"slow": 300.0, "fast": 6000.0}, answered), rows,
+        input=str(inp), model=None, model_column="model")
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert counted.too_many <= 8, counted.too_many  # the first burst's, before any limit known
+    # At the slow model's pace, 5 a second after a burst of 5: 150 rows in 29 s. Its own 30
+    # rows take 5 s at it; the fast model's 120 go meanwhile.
+    pace = (rows - 5) / (answered[-1] - answered[0])
+    assert pace > 2 * 300.0 / 60.0, pace
+
+
+def models_run(**limits: Any) -> Any:
+    """A run of a job whose rows ask models of their own (a model column), nothing sent."""
+    from batchrunner.progress import NullProgress
+    from batchrunner.runner import _Run, prepare
+
+    inp = Path("in.csv")
+    pd.DataFrame({"id": ["r1"], "model": ["a"], "text": ["hi"]}).to_csv(inp, index=False)
+    job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                          "model_column": "model", "base_url": "http://127.0.0.1:9/v1",
+                          "output": "out", **limits})
+    options = RunOptions(progress="none", handle_signals=False)
+    lim = job.limits
+    return _Run(prepare(job, options), options, None,  # type: ignore[arg-type]
+                Limiter(lim.requests_per_minute, lim.tokens_per_minute), NullProgress(),
+                None, max_concurrency=8, fixed_concurrency=True)  # type: ignore[arg-type]
+
+
+def said(rpm: str, tpm: str | None = None) -> dict[str, str]:
+    headers = {"x-ratelimit-limit-requests": rpm, "x-ratelimit-remaining-requests": "100"}
+    if tpm is not None:
+        headers["x-ratelimit-limit-tokens"] = tpm
+    return headers
+
+
+def test_one_limit_that_every_model_reports_paces_them_all_together() -> None:
+    """A gateway's limit for the key, the same in every model's answers: one pace for all
+    (a limiter for each would send each model at the key's whole rate)."""
+    from batchrunner.runner import _Work
+
+    run = models_run()
+    for model in ("a", "b", "c"):
+        run._observe(_Work(key=model, body={"model": model}, prompt_estimate=1,
+                           completion_max=1), said("600", "90000"))
+    run._observe(_Work(key="d", body={"model": "d"}, prompt_estimate=1, completion_max=1),
+                 said("600"))  # no token limit said: nothing differs
+    assert run.split is None
+    assert (run.limiter.requests_per_minute, run.limiter.tokens_per_minute) == (600.0, 90000.0)
+
+
+def test_limits_that_differ_between_models_give_each_its_own_limiter() -> None:
+    """Within the job's own limits: the job's limiter keeps the rate the job set (and learns
+    no more); each model's learns its own; a 429's pause holds the model's requests only, and
+    the progress names the model."""
+    from batchrunner.runner import _Work
+
+    run = models_run(requests_per_minute=5000)
+
+    def item(model: str) -> _Work:
+        return _Work(key=model, body={"model": model}, prompt_estimate=1, completion_max=1)
+
+    run._observe(item("a"), said("300", "30000"))
+    assert run.split is None and run.limiter.requests_per_minute == 300.0
+    run._observe(item("b"), said("10000", "30000"))
+    assert run.split is not None and set(run.split) == {"a", "b"}
+    assert run.limiter.requests_per_minute == 5000.0  # the job's, no longer lowered
+    assert run.limiter.tokens_per_minute is None
+    assert (run.split["a"].requests_per_minute, run.split["b"].requests_per_minute) == (
+        300.0, 10000.0)
+    run._observe(item("c"), said("60"))  # a model first heard from after the split
+    assert run.split["c"].requests_per_minute == 60.0
+    assert run.limiter.requests_per_minute == 5000.0
+    assert run._requests_per_second() == 5000.0 / 60.0  # within the job's: 10,360 together
+    run.split["a"].pause(3.0)
+    run._show_pause()
+    assert run.counts.paused_s >= 2.9 and run.counts.paused_by == "a 429's retry-after, for a"
+    assert run.limiter.paused_s == 0.0 and run.split["b"].paused_s == 0.0
+
+
+@pytest.mark.anyio
+async def test_a_limiter_made_for_requests_already_going_out_starts_with_no_burst() -> None:
+    lim = Limiter(600, 6000, burst=False)
+    assert lim._tokens is not None and lim._tokens.level == 0.0
+    await lim.acquire(0)
+    assert lim._requests is not None and not lim._requests.has_capacity()
+    lim = Limiter(600, 6000)  # a job's own: its first second's worth at once
+    await lim.acquire(0)
+    assert lim._requests is not None and lim._requests.has_capacity(9)
