@@ -1992,14 +1992,32 @@ class _Run:
         if e.usage is None:
             return None
         pt, ct, _, cached, reasoning, searches, sources = e.usage
-        prices, model = self.plan.prices, str(item.body.get("model") or "")
-        cost = prices.cost(model, prompt_tokens=pt, completion_tokens=ct, cached_tokens=cached,
-                           reasoning_tokens=reasoning, web_searches=searches, sources=sources)
-        if cost is None and (searches or sources) and self.budget is not None:
-            tokens = prices.cost(model, prompt_tokens=pt, completion_tokens=ct,
+        return self._cost(item, str(item.body.get("model") or ""), pt, ct, cached, reasoning,
+                          searches, sources)
+
+    def _cost(self, item: _Work, model: str, prompt: int | None, completion: int | None,
+              cached: int | None, reasoning: int | None, searches: int | None,
+              sources: int | None) -> float | None:
+        """What a billed reply of ``item`` cost (an answer, or a try billed without a usable
+        one), priced as ``model``. Under a budget, what its search cost beyond its tokens is
+        held for the next requests of the model asked for (the largest so far), and one that
+        cannot be priced still counts: its tokens, stopping the job, when its search has no
+        price; its estimate when its tokens have none."""
+        prices = self.plan.prices
+        cost = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
+                           cached_tokens=cached, reasoning_tokens=reasoning,
+                           web_searches=searches, sources=sources)
+        if self.budget is not None and (cost is None or searches or sources):
+            tokens = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
                                  cached_tokens=cached)
-            if tokens is not None:  # its search has no price: as an answer's, it stops the job
+            if cost is not None and tokens is not None:
+                requested = str(item.body.get("model") or "")
+                if cost - tokens > self.search_usd.get(requested, 0.0):
+                    self.search_usd[requested] = cost - tokens
+            elif tokens is not None:  # its search has no price
                 self._unpriced_search(model, tokens)
+            else:
+                self._unpriced_reply(item)
         return cost
 
     def _success(self, item: _Work, res: ChatResult, charge: int) -> Outcome:
@@ -2031,22 +2049,9 @@ class _Run:
                  or prices.price(answered) is None else answered)
         if model != requested and self.budget is not None:
             self.routed[requested] = model  # the budget holds the next ones at its price
-        cost = prices.cost(model, prompt_tokens=res.prompt_tokens,
-                           completion_tokens=res.completion_tokens,
-                           cached_tokens=res.cached_tokens, reasoning_tokens=res.reasoning_tokens,
-                           web_searches=res.web_searches, sources=res.sources_used)
-        if self.budget is not None and (cost is None or res.web_searches or res.sources_used):
-            tokens = prices.cost(model, prompt_tokens=res.prompt_tokens,
-                                 completion_tokens=res.completion_tokens,
-                                 cached_tokens=res.cached_tokens)
-            if cost is not None and tokens is not None:  # what its search cost: held for the
-                # next requests of the model, as the largest so far
-                if cost - tokens > self.search_usd.get(requested, 0.0):
-                    self.search_usd[requested] = cost - tokens
-            elif tokens is not None:  # its search has no price
-                self._unpriced_search(model, tokens)
-            elif cost is None:
-                self._unpriced_reply(item)
+        cost = self._cost(item, model, res.prompt_tokens, res.completion_tokens,
+                          res.cached_tokens, res.reasoning_tokens, res.web_searches,
+                          res.sources_used)
         checks = item.checks
         content = res.content
         error = None

@@ -396,3 +396,40 @@ async def test_the_budget_stops_at_a_billed_try_whose_search_it_cannot_price(
     assert s.exit_code == 4 and s.stopped
     assert "max_cost_usd is set but model 'grok-4' answers with search" in s.stopped
     assert len(tries) < 20
+
+
+@pytest.mark.anyio
+async def test_a_billed_try_teaches_the_budget_what_search_costs(tmp_path: Path) -> None:
+    """Each row's first try is billed without a usable answer (the server gave up on it) for
+    2 sources at $1 each; its second is answered, using none. The budget's hold learnt what
+    search costs from answers only, so the requests in flight were held next to nothing and
+    their billed tries carried the spend past max_cost_usd. A billed try teaches the hold as
+    an answer does: the job stops with the spend within the budget."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    tries: dict[str, int] = {}
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        text = body["messages"][-1]["content"]
+        tries[text] = tries.get(text, 0) + 1
+        gave_up = tries[text] == 1
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "grok-4",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "error" if gave_up else "stop"}],
+            "usage": {**GROK_USAGE, "num_sources_used": 2 if gave_up else 0}})
+
+    runner, port = await serve_on_loopback(handler)
+    try:
+        s = await run(search_job(tmp_path, f"http://127.0.0.1:{port}/v1", "grok-4",
+                                 "input = 0.001\noutput = 0.001\nsearch_unit = 1.0",
+                                 [f"q{i}" for i in range(40)], max_cost_usd=20.0, concurrency=4))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached")
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    spent = report["cost_usd"] + report["cost_earlier_attempts_usd"]
+    assert 8.0 <= spent <= 20.0
