@@ -9,8 +9,11 @@ Expected completion tokens per request: the mean of the answers the output direc
 holds so far (every earlier run's, and a run's in progress) when there are any, else
 ``max_tokens`` (an upper bound), else a default guess — the report says which.
 
-Search is billed apart from tokens, by what each reply reports (sources, web searches): no
-estimate can count it, so the estimate warns when the requests ask for it.
+Search billed per request that asks for it (a search model, ``web_search_options``, a Google
+Search tool, ``enable_search``: ``pricing.search_requested``) is in the estimate, at the job's
+``search_request`` price (a model without one has an unknown cost, and the estimate says what to
+set). Search billed by what each reply reports (Grok's sources, Anthropic's web searches) no
+estimate can count, so the estimate warns when the requests ask for it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value
 from batchrunner.journal import Journal
-from batchrunner.pricing import SOURCE_JOB
+from batchrunner.pricing import SOURCE_JOB, search_requested
 from batchrunner.report import count_rows, format_budget, format_span, format_usd
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
@@ -39,6 +42,7 @@ class ModelEstimate:
     completion_tokens: int = 0
     cost_usd: float | None = 0.0
     context_window: int | None = None
+    search_requests: int = 0  # rows asking for search billed per request (search_requested)
 
 
 @dataclass(kw_only=True)
@@ -62,6 +66,8 @@ class Estimate:
     spent_usd: float = 0.0  # what earlier runs spent
     search_rows: int = 0  # rows to send that ask for search (billed apart, not estimated)
     search_asked: str = ""  # what the first of them asks for it with
+    search_requests: int = 0  # rows to send that ask for search billed per request (estimated)
+    search_requested: str = ""  # what the first of them asks for it with
     warnings: list[str] = field(default_factory=list)  # the job's, as a run would say them
 
     @property
@@ -117,14 +123,18 @@ def estimate(plan: Plan) -> Estimate:
                 est.not_sendable_examples.append(f"{plan.row(key)}: {reason}")
             continue
         est.to_send += 1
-        if (asked := _search_asked(item.body)) is not None:
-            est.search_rows += 1
-            est.search_asked = est.search_asked or asked
         model = str(item.body.get("model") or "")
         m = est.by_model.get(model)
         if m is None:
             m = est.by_model[model] = ModelEstimate(
                 context_window=plan.prices.context_window(model))
+        if (asked := search_requested(item.body)) is not None:
+            m.search_requests += 1
+            est.search_requests += 1
+            est.search_requested = est.search_requested or asked
+        elif (asked := _search_asked(item.body)) is not None:
+            est.search_rows += 1
+            est.search_asked = est.search_asked or asked
         if observed is not None:
             completion = int(observed[0]) * item.n
         else:
@@ -147,7 +157,8 @@ def estimate(plan: Plan) -> Estimate:
     sources = []
     for model, m in est.by_model.items():
         m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
-                                      completion_tokens=m.completion_tokens)
+                                      completion_tokens=m.completion_tokens,
+                                      search_requests=m.search_requests)
         # The job's own prices, or the library's (looked in, too, for a model it lacks)
         sources.append(SOURCE_JOB if plan.prices.source(model).startswith(SOURCE_JOB)
                        else f"genai-prices {plan.prices.library_version}")
@@ -213,6 +224,10 @@ def _tool_name(tool: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _ask(rows: int) -> str:
+    return "asks" if rows == 1 else "ask"
+
+
 def format_estimate(e: Estimate) -> str:
     lines = [f"batchrunner: estimate for {e.name} — nothing was sent",
              f"  rows: {e.rows:,} in the input, {e.already_done:,} already done"
@@ -239,8 +254,21 @@ def format_estimate(e: Estimate) -> str:
         lines.append(f"  warning: more than max_cost_usd {format_budget(e.budget_usd)}"
                      f"{earlier}: the run will stop at the budget, after about "
                      f"{int(e.to_send * left / total):,} of the {e.to_send:,} rows")
+    if e.search_requests:
+        unpriced = sorted(model for model, m in e.by_model.items()
+                          if m.search_requests and m.cost_usd is None)
+        if unpriced:
+            lines.append(f"  warning: {count_rows(e.search_requests)} {_ask(e.search_requests)} "
+                         "for search billed per "
+                         f"request ({e.search_requested}); set search_request (USD per request) "
+                         + " and ".join(f'under [prices."{model}"]' for model in unpriced)
+                         + " in a job file for its cost to be known")
+        else:
+            lines.append(f"  search: {count_rows(e.search_requests)} {_ask(e.search_requests)} "
+                         "for search billed per "
+                         f"request ({e.search_requested}), in the estimate at search_request")
     if e.search_rows:
-        lines.append(f"  warning: {count_rows(e.search_rows)} ask for search "
+        lines.append(f"  warning: {count_rows(e.search_rows)} {_ask(e.search_rows)} for search "
                      f"({e.search_asked}): it is billed apart from tokens, by the sources or "
                      "searches each reply uses, and is not in this estimate")
     lines.append(f"  completion tokens from: {e.completion_basis}")

@@ -27,7 +27,13 @@ Billing rules, for one OpenAI-style ``usage`` object:
   own: OpenAI's Responses tool calls, Gemini's grounded prompts); Grok's live search sources
   (``num_sources_used``) at the job's ``search_unit`` price only (the library has no price per
   source, and its price per search is not one). A reply that reports search units with no
-  price for them has an unknown cost (``None``), as an unknown model's has.
+  price for them has an unknown cost (``None``), as an unknown model's has;
+* search the usage does not report (:func:`search_requested`: OpenAI's search models and
+  ``web_search_options``, Gemini's ``googleSearch`` tool, Qwen's ``enable_search``), per request
+  that asked for it, at the job's ``search_request`` price only (the library's prices per search
+  are per tool call or grounded prompt of other APIs, and it lists none for the search models):
+  a request whose reply's usage reports no search units is one. With no such price its cost is
+  unknown (``None``).
 
 Simplifications of the library's richer price model, all resolved once per model:
 
@@ -71,7 +77,8 @@ from typing import Any, TypeVar
 
 from batchrunner.errors import ConfigError
 
-__all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table", "preload"]
+__all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table", "preload",
+           "search_requested"]
 
 LIBRARY_NAME = "genai-prices"
 SOURCE_JOB = "job [prices]"
@@ -87,7 +94,8 @@ SOURCE_ASKED = "priced as the model asked for"
 _PER_TOKENS = 1_000_000
 _PRICE_KEYS = ("input", "output", "cached_input")  # USD per 1M tokens
 _SEARCH_KEY = "search_unit"  # USD per search unit a reply's usage reports
-_TABLE_KEYS = (*_PRICE_KEYS, _SEARCH_KEY)
+_REQUEST_KEY = "search_request"  # USD per request asking for search its usage does not report
+_TABLE_KEYS = (*_PRICE_KEYS, _SEARCH_KEY, _REQUEST_KEY)
 # A gateway's thinking-mode suffix the library may not match by itself:
 # "-thinking", "-nothinking", "-thinking-8192", "-thinking-high".
 _GATEWAY_SUFFIX = re.compile(r"-(?:no)?thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
@@ -114,13 +122,15 @@ class ModelPrice:
 
     Search billed apart from tokens, in USD per unit: ``search_unit`` (the job's) prices every
     unit a reply's usage reports, a web search or a source; ``web_search`` (the library's)
-    prices web searches only. ``None``: no price for them."""
+    prices web searches only; ``search_request`` (the job's) each request that asked for search
+    its usage does not report. ``None``: no price for them."""
 
     input: float
     output: float
     cached_input: float | None = None
     search_unit: float | None = None
     web_search: float | None = None
+    search_request: float | None = None
 
     @property
     def effective_cached_input(self) -> float:
@@ -129,7 +139,8 @@ class ModelPrice:
 
     def as_dict(self) -> dict[str, float]:
         """``{"input", "output", "cached_input"}`` with the cached price resolved, and
-        ``search_unit`` and ``web_search`` (USD per unit) where the price has them."""
+        ``search_unit``, ``web_search`` and ``search_request`` (USD each) where the price has
+        them."""
         out = {
             "input": self.input,
             "output": self.output,
@@ -139,12 +150,14 @@ class ModelPrice:
             out["search_unit"] = self.search_unit
         if self.web_search is not None:
             out["web_search"] = self.web_search
+        if self.search_request is not None:
+            out["search_request"] = self.search_request
         return out
 
 
-# The rates of one model: input, cached input and output in USD per 1M tokens; then a source
-# and a web search in USD each (None: no price for them).
-_Rates = tuple[float, float, float, float | None, float | None]
+# The rates of one model: input, cached input and output in USD per 1M tokens; then a source,
+# a web search and a request that asked for search in USD each (None: no price for them).
+_Rates = tuple[float, float, float, float | None, float | None, float | None]
 
 
 class PriceBook:
@@ -192,10 +205,12 @@ class PriceBook:
         reasoning_tokens: int | None = 0,
         web_searches: int | None = None,
         sources: int | None = None,
+        search_requests: int | None = None,
     ) -> float | None:
         """The cost of one request in USD; ``None`` if the model or the token counts are unknown,
         or if the reply reports search units (``web_searches``, Grok's ``sources``) that have no
-        price.
+        price, or if ``search_requests`` (requests that asked for search the usage does not
+        report, :func:`search_requested`) have none.
 
         ``reasoning_tokens`` is part of ``completion_tokens`` (OpenAI's convention) and is not
         added again; it is accepted so callers can pass a usage record through unchanged.
@@ -221,6 +236,10 @@ class PriceBook:
             if rates[3] is None:
                 return None
             usd += sources * rates[3]
+        if search_requests:
+            if rates[5] is None:
+                return None
+            usd += search_requests * rates[5]
         # To a trillionth of a dollar: 0.0000144, not 0.000014400000000000001, in the results.
         return round(usd, 12)
 
@@ -258,7 +277,8 @@ class PriceBook:
         self._rates[model] = (
             None if price is None else (
                 price.input, price.effective_cached_input, price.output, price.search_unit,
-                price.web_search if price.search_unit is None else price.search_unit)
+                price.web_search if price.search_unit is None else price.search_unit,
+                price.search_request)
         )
 
     def _answer(self, table: Callable[[_Answers], dict[str, _T]], model: str,
@@ -287,8 +307,9 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
     """Check the job's ``[prices]`` table and turn it into ``{model: ModelPrice}``.
 
     ``{"my-model": {"input": 0.15, "output": 0.6, "cached_input": 0.075}}``, USD per 1M tokens;
-    ``input`` and ``output`` are required, ``cached_input`` is optional, as is ``search_unit``
-    (USD per search unit a reply reports: a source of Grok's live search, a web search). Raises
+    ``input`` and ``output`` are required, ``cached_input`` is optional, as are ``search_unit``
+    (USD per search unit a reply reports: a source of Grok's live search, a web search) and
+    ``search_request`` (USD per request that asks for search its reply does not report). Raises
     ``ConfigError`` with one line naming ``where``, the model and the key at fault.
     """
     if not isinstance(table, Mapping):
@@ -307,9 +328,10 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
                 raise ConfigError(f"{head} unknown key {key!r} (expected {', '.join(_TABLE_KEYS)})")
         values: dict[str, float] = {}
         for key in _TABLE_KEYS:
-            unit = "USD per search unit" if key == _SEARCH_KEY else "USD per 1M tokens"
+            unit = ("USD per search unit" if key == _SEARCH_KEY else "USD per search request"
+                    if key == _REQUEST_KEY else "USD per 1M tokens")
             if key not in entry:
-                if key in ("cached_input", _SEARCH_KEY):
+                if key in ("cached_input", _SEARCH_KEY, _REQUEST_KEY):
                     continue
                 raise ConfigError(f"{head} missing key {key!r} ({unit})")
             v = entry[key]
@@ -323,8 +345,63 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
             output=values["output"],
             cached_input=values.get("cached_input"),
             search_unit=values.get(_SEARCH_KEY),
+            search_request=values.get(_REQUEST_KEY),
         )
     return result
+
+
+# Gemini's Google Search tool, by the names gateways take it under (lower case).
+_GOOGLE_SEARCH = frozenset({"googlesearch", "google_search", "google_search_retrieval"})
+# The body fields that can ask for search billed per request, besides the model's name.
+_SEARCH_FIELDS = frozenset({"web_search_options", "enable_search", "parameters", "tools",
+                            "extra_body"})
+
+
+def search_requested(body: Mapping[str, Any]) -> str | None:
+    """What in a request ``body`` asks for search that is billed per request and that the
+    reply's usage does not count, named as the body has it: OpenAI's ``web_search_options``
+    and search models (``gpt-4o-search-preview``), Qwen's ``enable_search`` (at the top level or
+    in ``parameters``), Gemini's Google Search tool (in ``tools`` or
+    ``extra_body.google.tools``); ``None`` when nothing does. Grok's ``search_parameters`` and
+    Anthropic's web search tool are not: their replies count the sources and searches.
+
+    One set test and the model's name for a body that asks for none: it runs once per billed
+    reply."""
+    model = body.get("model")
+    if isinstance(model, str) and "-search" in model.lower():
+        return f"model {model}"
+    if _SEARCH_FIELDS.isdisjoint(body):
+        return None
+    if body.get("web_search_options") is not None:
+        return "web_search_options"
+    if body.get("enable_search") is True:
+        return "enable_search"
+    params = body.get("parameters")
+    if isinstance(params, Mapping) and params.get("enable_search") is True:
+        return "parameters.enable_search"
+    tools = body.get("tools")
+    if tools and (name := _google_search(tools)) is not None:
+        return f"tools: {name}"
+    extra = body.get("extra_body")
+    if extra and isinstance(extra, Mapping):
+        google = extra.get("google")
+        if isinstance(google, Mapping) and (name := _google_search(google.get("tools"))):
+            return f"extra_body.google.tools: {name}"
+    return None
+
+
+def _google_search(tools: object) -> str | None:
+    """The Google Search tool among ``tools``, as named there: a function so named (as gateways
+    take it), a tool of that type, or a ``{"googleSearch": {}}`` entry."""
+    for tool in tools if isinstance(tools, list) else ():
+        if not isinstance(tool, Mapping):
+            continue
+        function = tool.get("function")
+        for name in (function.get("name") if isinstance(function, Mapping) else None,
+                     tool.get("type"), *tool.keys()):
+            if isinstance(name, str) and name.lower() in _GOOGLE_SEARCH:
+                return name
+    return None
 
 
 def _library() -> ModuleType:

@@ -51,6 +51,10 @@ class Outcome:
     # sources (``num_sources_used``) or Anthropic's web searches
     # (``server_tool_use.web_search_requests``); None when the reply did not say.
     search_units: int | None = None
+    # Search billed per request that the reply's usage does not count (OpenAI's search models and
+    # web_search_options, Gemini's Google Search tool, Qwen's enable_search:
+    # ``pricing.search_requested``): 1 when the row's billed request asked for it, else None.
+    search_requests: int | None = None
     cost_usd: float | None = None
     # What the row's earlier attempts that were paid for cost: a reply billed and then sent
     # again, in this run (a 200 without a usable answer) or by a later run's --retry-failed or
@@ -89,6 +93,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("cached_tokens", pa.int64()),
         ("reasoning_tokens", pa.int64()),
         ("search_units", pa.int64()),
+        ("search_requests", pa.int64()),
         ("cost_usd", pa.float64()),
         ("earlier_cost_usd", pa.float64()),
         ("latency_ms", pa.float64()),
@@ -108,7 +113,7 @@ OUTCOME_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
 assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 
 ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
-                                           "row_hash", "search_units"})
+                                           "row_hash", "search_units", "search_requests"})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
 JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash"})

@@ -37,6 +37,11 @@ Top-level keys, in this order::
                       the replies' usage counted it (Grok's sources, web searches), the rows
                       that reported any, and the rows paid for whose cost is unknown for want
                       of a price for them (among cost_unknown)
+    search_requests   {"rows", "unpriced_rows"}: search billed per request that the usage does
+                      not count (search models, web_search_options, a Google Search tool,
+                      enable_search): the rows whose billed request asked for it, and those
+                      whose cost is unknown for want of a search_request price (among
+                      cost_unknown)
     tokens_reported_by_rows
                       {"cached", "reasoning"}: the rows whose replies gave the count (0: no
                       server said, and the sum above is 0 for want of a figure)
@@ -54,7 +59,8 @@ Top-level keys, in this order::
     by_model          {model: {"rows", "ok", "failed", tokens..., "tokens_reported_by_rows"
                       (as the top-level one, for the model's rows), "cost_usd" (null when
                       incomplete), "cost_known_usd", "unpriced_rows", "search_units",
-                      "search_unpriced_rows", "price_source", "price"}}
+                      "search_unpriced_rows", "search_requests", "search_request_unpriced_rows",
+                      "price_source", "price"}}
     by_finish_reason  {finish_reason: rows}; ok rows without one count as "(none)"
     by_error_type     {error_type: {"rows", "example"}} over failed rows; the example is the
                       first message in row order
@@ -150,7 +156,7 @@ _COLUMNS = (
 )
 _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as well
 # Read when a chunk has it (a journal written before it existed reads it as nulls).
-OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units")
+OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units", "search_requests")
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -272,7 +278,8 @@ class OutcomeStats:
         self._status: dict[str, int] = {}
         self._finish: dict[str, int] = {}
         # model → [rows, ok, unpriced, *token sums, total tokens, *rows that reported the
-        # _DETAIL_COLUMNS, search units, rows that reported any, unpriced rows among them]
+        # _DETAIL_COLUMNS, search units, rows that reported any, unpriced rows among them,
+        # search requests (rows), unpriced rows among them]
         self._models: dict[str | None, list[int]] = {}
         self._cost: dict[_GroupKey, int] = {}
         self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
@@ -361,6 +368,11 @@ class OutcomeStats:
         else:
             units = pa.chunked_array([pa.nulls(n, pa.int64())])
         searched = pc.fill_null(pc.greater(units, scalar(0, pa.int64())), _FALSE)
+        if "search_requests" in t.column_names:  # a journal written before it has nulls
+            requests = t["search_requests"]
+        else:
+            requests = pa.chunked_array([pa.nulls(n, pa.int64())])
+        asked = pc.fill_null(pc.greater(requests, scalar(0, pa.int64())), _FALSE)
         _merge_counts(self._status, _counts(status))
         keep = pc.or_(is_ok, pc.is_valid(finish))
         _merge_counts(self._finish, _counts(pc.fill_null(pc.filter(finish, keep), _NO_VALUE)))
@@ -376,7 +388,8 @@ class OutcomeStats:
         self._rows_attempted += _count(pc.fill_null(attempted, _FALSE))
         self._rate_limited += _int_sum(t["rate_limited"])
 
-        self._add_models(t, is_ok, unpriced, total, units, pc.and_(unpriced, searched))
+        self._add_models(t, is_ok, unpriced, total, units, pc.and_(unpriced, searched),
+                         requests, pc.and_(unpriced, asked))
         ok_np = _np_bool(is_ok)
         self._add_costs(t["model"], ~ok_np, cost, self._cost, self._cost_bad)
         if "earlier_cost_usd" in t.column_names:  # a journal written before it has nulls
@@ -412,11 +425,14 @@ class OutcomeStats:
         total: pa.ChunkedArray,
         units: pa.ChunkedArray,
         unpriced_search: pa.ChunkedArray,
+        requests: pa.ChunkedArray,
+        unpriced_requests: pa.ChunkedArray,
     ) -> None:
         group, models = group_codes(t["model"])
         columns = [is_ok, unpriced, *(t[c] for c in _TOKEN_COLUMNS), total,
                    *(pc.is_valid(t[c]) for c in _DETAIL_COLUMNS), units,
-                   pc.greater(units, scalar(0, pa.int64())), unpriced_search]
+                   pc.greater(units, scalar(0, pa.int64())), unpriced_search, requests,
+                   unpriced_requests]
         rows = np.bincount(group, minlength=len(models)).tolist()
         sums = [_group_sums(group, len(models), c) for c in columns]
         for j, model in enumerate(models):
@@ -613,6 +629,22 @@ def build_report(
             k -= searched
             if not k:
                 continue
+        asked = entry["search_request_unpriced_rows"]
+        if asked and price is not None:
+            used = (f"model {model!r}: {count_rows(asked)} asked for search billed per request "
+                    "(a search model, web_search_options, a Google Search tool, enable_search)")
+            if "search_request" in price:
+                warnings.append(
+                    f"{used} when it had no price, cost not counted (the search price set "
+                    "since prices the rows answered after it)")
+            else:
+                warnings.append(
+                    f"{used} with no price known for it, cost not counted; set search_request "
+                    f'(USD per request) in the job file under [prices."{model}"]'
+                )
+            k -= asked
+            if not k:
+                continue
         if model == NO_VALUE:
             warnings.append(
                 f"{count_rows(k)} paid for do not name their model; their cost is not counted"
@@ -676,7 +708,11 @@ def build_report(
         "tokens_reported_by_rows": {"cached": stats._reported["cached_tokens"],
                                     "reasoning": stats._reported["reasoning_tokens"]},
         "search_units": {
-            "total": sum(acc[-3] for acc in stats._models.values()),
+            "total": sum(acc[-5] for acc in stats._models.values()),
+            "rows": sum(acc[-4] for acc in stats._models.values()),
+            "unpriced_rows": sum(acc[-3] for acc in stats._models.values()),
+        },
+        "search_requests": {
             "rows": sum(acc[-2] for acc in stats._models.values()),
             "unpriced_rows": sum(acc[-1] for acc in stats._models.values()),
         },
@@ -716,7 +752,7 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
     out: dict[str, dict[str, Any]] = {}
     for model, acc in groups:
         (n, ok, unpriced, *tokens, total, cached_said, reasoning_said, units, _,
-         unpriced_search) = acc
+         unpriced_search, requests, unpriced_requests) = acc
         name = NO_VALUE if model is None else model
         price = None if model is None else prices.price(model)
         known = stats._cost_sum(partial(_of_model, model))
@@ -732,6 +768,8 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "unpriced_rows": unpriced,
             "search_units": units,
             "search_unpriced_rows": unpriced_search,
+            "search_requests": requests,
+            "search_request_unpriced_rows": unpriced_requests,
             "price_source": SOURCE_UNKNOWN if model is None
             else SOURCE_ASKED if price is None and ok > unpriced else prices.source(model),
             "price": None if price is None else price.as_dict(),
@@ -949,6 +987,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     tokens: Mapping[str, Any] = report.get("tokens") or {}
     req: Mapping[str, Any] = report.get("requests") or {}
     search: Mapping[str, Any] = report.get("search_units") or {}
+    asked: Mapping[str, Any] = report.get("search_requests") or {}
     lat: Mapping[str, Any] = report.get("latency_ms") or {}
     pricing: Mapping[str, Any] = report.get("pricing") or {}
     by_status: Mapping[str, int] = rows.get("by_status") or {}
@@ -981,6 +1020,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ["Total tokens", _num(tokens.get("total", 0))],
         *([["Search units (sources, web searches)", _num(search["total"])]]
           if isinstance(search.get("total"), int) and search["total"] else []),
+        *([["Search requests (billed per request)", _num(asked["rows"])]]
+          if isinstance(asked.get("rows"), int) and asked["rows"] else []),
         ["Cost (USD)", cost],
         ["  of which billed for failed rows", format_usd(report.get("cost_failed_usd") or 0.0)],
         *([["Earlier attempts, sent again (USD)", format_usd(earlier)],
@@ -1012,6 +1053,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             per_unit = (p or {}).get("search_unit", (p or {}).get("web_search"))
             if per_unit is not None:
                 price += f" + {_num(per_unit)} a search unit"
+            if (per_request := (p or {}).get("search_request")) is not None:
+                price += f" + {_num(per_request)} a search request"
             body.append(
                 [
                     model,

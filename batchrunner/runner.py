@@ -93,7 +93,7 @@ from batchrunner.errors import (
 )
 from batchrunner.journal import Fresh, Journal, JournalWriter, new_run_id
 from batchrunner.limiter import Limiter, reported_limits
-from batchrunner.pricing import PriceBook, parse_price_table
+from batchrunner.pricing import PriceBook, parse_price_table, search_requested
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, leave_terminal, make_progress
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
@@ -1629,7 +1629,7 @@ class _Run:
                     item.timeouts += 1
                     if e.answer_begun:  # its stream had begun: the endpoint answers, slowly
                         self._answered(sent_at)
-                billed = self._billed(item, e)
+                billed, searched = self._billed(item, e)
                 if gateway:
                     if e.status and self.last_answer < sent_at:
                         self._turned_away(e.status, e.retry_after, sent_at)
@@ -1716,7 +1716,7 @@ class _Run:
                     error_message=e.message, prompt_tokens=usage[0],
                     completion_tokens=usage[1], total_tokens=usage[2], cached_tokens=usage[3],
                     reasoning_tokens=usage[4], search_units=_search_units(usage[5], usage[6]),
-                    cost_usd=billed,
+                    search_requests=searched, cost_usd=billed,
                     earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
                     model=str(item.body.get("model") or "") or None,
@@ -1986,28 +1986,32 @@ class _Run:
                 counts.paused_s = limiter.paused_s
                 counts.paused_by = f"{limiter.paused_by}, for {model}"
 
-    def _billed(self, item: _Work, e: RequestError) -> float | None:
+    def _billed(self, item: _Work, e: RequestError) -> tuple[float | None, int | None]:
         """What a failed attempt was billed, when its answer reported usage (a 200 without a
-        usable completion, a stream cut after its usage)."""
+        usable completion, a stream cut after its usage), and its search requests (``_cost``)."""
         if e.usage is None:
-            return None
+            return None, None
         pt, ct, _, cached, reasoning, searches, sources = e.usage
         return self._cost(item, str(item.body.get("model") or ""), pt, ct, cached, reasoning,
                           searches, sources)
 
     def _cost(self, item: _Work, model: str, prompt: int | None, completion: int | None,
               cached: int | None, reasoning: int | None, searches: int | None,
-              sources: int | None) -> float | None:
+              sources: int | None) -> tuple[float | None, int | None]:
         """What a billed reply of ``item`` cost (an answer, or a try billed without a usable
-        one), priced as ``model``. Under a budget, what its search cost beyond its tokens is
+        one), priced as ``model``, and its search requests: 1 when its request asked for search
+        billed per request and its usage counts no search units (``search_requested``), else
+        None. Under a budget, what its search cost beyond its tokens is
         held for the next requests of the model asked for (the largest so far), and one that
         cannot be priced still counts: its tokens, stopping the job, when its search has no
         price; its estimate when its tokens have none."""
         prices = self.plan.prices
+        requests = (1 if searches is None and sources is None
+                    and search_requested(item.body) is not None else None)
         cost = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
                            cached_tokens=cached, reasoning_tokens=reasoning,
-                           web_searches=searches, sources=sources)
-        if self.budget is not None and (cost is None or searches or sources):
+                           web_searches=searches, sources=sources, search_requests=requests)
+        if self.budget is not None and (cost is None or searches or sources or requests):
             tokens = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
                                  cached_tokens=cached)
             if cost is not None and tokens is not None:
@@ -2015,10 +2019,10 @@ class _Run:
                 if cost - tokens > self.search_usd.get(requested, 0.0):
                     self.search_usd[requested] = cost - tokens
             elif tokens is not None:  # its search has no price
-                self._unpriced_search(model, tokens)
+                self._unpriced_search(model, tokens, per_request=requests is not None)
             else:
                 self._unpriced_reply(item)
-        return cost
+        return cost, requests
 
     def _success(self, item: _Work, res: ChatResult, charge: int) -> Outcome:
         self.counters["attempts"] += item.attempts
@@ -2049,7 +2053,7 @@ class _Run:
                  or prices.price(answered) is None else answered)
         if model != requested and self.budget is not None:
             self.routed[requested] = model  # the budget holds the next ones at its price
-        cost = self._cost(item, model, res.prompt_tokens, res.completion_tokens,
+        cost, searched = self._cost(item, model, res.prompt_tokens, res.completion_tokens,
                           res.cached_tokens, res.reasoning_tokens, res.web_searches,
                           res.sources_used)
         checks = item.checks
@@ -2069,7 +2073,8 @@ class _Run:
             prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
             reasoning_tokens=res.reasoning_tokens,
-            search_units=_search_units(res.web_searches, res.sources_used), cost_usd=cost,
+            search_units=_search_units(res.web_searches, res.sources_used),
+            search_requests=searched, cost_usd=cost,
             earlier_cost_usd=item.earlier_usd or None, latency_ms=res.latency_ms,
             ttft_ms=res.ttft_ms, choices=res.choices, tool_calls=res.tool_calls,
             citations=res.citations, attempts=item.attempts,
@@ -2078,15 +2083,22 @@ class _Run:
             finished_at=time.time(), row_hash=item.row_hash,
         )
 
-    def _unpriced_search(self, model: str, tokens_usd: float) -> None:
-        """A reply whose search (sources, web searches) has no price: what it cost beyond its
-        tokens cannot be counted, so the budget cannot be kept. Its tokens count, and the job
-        stops (the requests in flight finish) until the job prices the search."""
+    def _unpriced_search(self, model: str, tokens_usd: float, *, per_request: bool) -> None:
+        """A reply whose search (sources, web searches; ``per_request``: search billed per
+        request that asked for it) has no price: what it cost beyond its tokens cannot be
+        counted, so the budget cannot be kept. Its tokens count, and the job stops (the
+        requests in flight finish) until the job prices the search."""
         self.spent += tokens_usd
+        if per_request:
+            what = ("is asked for search billed per request (a search model, "
+                    "web_search_options, a Google Search tool, enable_search)")
+            price = "search_request (USD per request)"
+        else:
+            what = "answers with search billed apart from tokens (sources or web searches)"
+            price = "search_unit (USD per unit)"
         self.stop(BudgetExceeded(
-            f"max_cost_usd is set but model {model!r} answers with search billed apart from "
-            "tokens (sources or web searches) and no price is known for it; add search_unit "
-            f"(USD per unit) to [prices.\"{model}\"] in a job file so the budget can be kept"))
+            f"max_cost_usd is set but model {model!r} {what} and no price is known for it; "
+            f"add {price} to [prices.\"{model}\"] in a job file so the budget can be kept"))
 
     def _unpriced_reply(self, item: _Work) -> None:
         """A reply with no usage to price (a gateway that leaves it out): it was paid for all
@@ -2534,7 +2546,8 @@ def format_status(out_dir: Path) -> str:
     locked = io.is_locked(out_dir)
     state = _Tally(times=locked)
     for part in Journal(out_dir).iter_latest(["error_type", "cost_usd", "earlier_cost_usd",
-                                              "total_tokens", "prompt_tokens", "search_units"]):
+                                              "total_tokens", "prompt_tokens", "search_units",
+                                              "search_requests"]):
         state.add(part)
     total = int(meta.get("total_rows") or 0)
     ok, failed = state.ok, state.failed
@@ -2562,11 +2575,13 @@ def format_status(out_dir: Path) -> str:
     # an error body with usage) was paid for too.
     cost = format_usd(sum_usd(pa.chunked_array(state.costs, pa.float64())))
     if state.unpriced:  # rows paid for without a cost, as the reports count them
-        searched = state.unpriced_search
+        searched = state.unpriced_search + state.unpriced_requests
+        keys = " or ".join(k for k, n in (("search_unit", state.unpriced_search),
+                                          ("search_request", state.unpriced_requests)) if n)
         if not searched:
             why = "no price known, or no usage reported"
         elif searched == state.unpriced:
-            why = "search with no price when answered (search_unit in [prices])"
+            why = f"search with no price when answered ({keys} in [prices])"
         else:
             why = "no price known for the model or its search, or no usage reported"
         cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
@@ -2620,6 +2635,7 @@ class _Tally:
 
     def __init__(self, *, times: bool) -> None:
         self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
+        self.unpriced_requests = 0  # of search billed per request (search_requests)
         # The cost columns (8 bytes a row), summed at the end as the reports sum them: exactly.
         self.costs: list[pa.Array] = []
         self.earlier: list[pa.Array] = []
@@ -2646,6 +2662,9 @@ class _Tally:
         searched = pc.fill_null(pc.greater(part["search_units"], scalar(0, pa.int64())),
                                 scalar(False, pa.bool_()))
         self.unpriced_search += pc.filter(cost, pc.and_(paid, searched)).null_count
+        asked = pc.fill_null(pc.greater(part["search_requests"], scalar(0, pa.int64())),
+                             scalar(False, pa.bool_()))
+        self.unpriced_requests += pc.filter(cost, pc.and_(paid, asked)).null_count
         self.tokens += pc.sum(part["total_tokens"]).as_py() or 0
         if self.finished_at is not None:  # of rows finished: not of ``retrying`` records
             finished = pc.filter(part["finished_at"], pc.invert(is_value(part["status"],

@@ -298,6 +298,7 @@ def test_job_fields_are_kept_and_the_key_order_is_stable(book: PriceBook) -> Non
         "tokens",
         "tokens_reported_by_rows",
         "search_units",
+        "search_requests",
         "cost_usd",
         "cost_failed_usd",
         "cost_earlier_attempts_usd",

@@ -5,6 +5,7 @@ priced, and never left out of the cost silently."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,10 @@ def test_search_units_are_priced_by_the_job_or_the_library_or_not_at_all() -> No
      "search_unit must be a number (USD per search unit)"),
     ({"input": 1, "output": 2, "search_unit": -0.01}, "search_unit must be a finite number >= 0"),
     ({"input": 1, "output": 2, "search": 0.01},
-     "unknown key 'search' (expected input, output, cached_input, search_unit)"),
+     "unknown key 'search' (expected input, output, cached_input, search_unit, "
+     "search_request)"),
+    ({"input": 1, "output": 2, "search_request": "2.5c"},
+     "search_request must be a number (USD per search request)"),
 ])
 def test_a_bad_search_unit_price_is_refused_naming_it(entry: dict[str, Any],
                                                       fragment: str) -> None:
@@ -219,20 +223,22 @@ async def test_the_budget_stops_at_search_it_cannot_price(tmp_path: Path) -> Non
 
 
 # ----------------------------------------------------------------------------------------------
-# The estimate cannot count search: it says so
+# The estimate cannot count search the replies count: it says so. Search billed per request
+# it counts, at the job's search_request price, or says what to set.
 
 
-@pytest.mark.parametrize(("extra", "said"), [
-    ('search_parameters = { mode = "auto" }', "(search_parameters)"),
-    ('web_search_options = { search_context_size = "medium" }', "(web_search_options)"),
+@pytest.mark.parametrize(("extra", "said", "per_request"), [
+    ('search_parameters = { mode = "auto" }', "(search_parameters)", False),
+    ('web_search_options = { search_context_size = "medium" }', "(web_search_options)", True),
     ('tools = [{ type = "function", function = { name = "googleSearch" } }]',
-     "(tools: googleSearch)"),
-    ('parameters = { enable_search = true }', "(parameters.enable_search)"),
-    ('search_parameters = { mode = "off" }', None),
-    ('temperature = 0.2', None),
+     "(tools: googleSearch)", True),
+    ('parameters = { enable_search = true }', "(parameters.enable_search)", True),
+    ('search_parameters = { mode = "off" }', None, False),
+    ('temperature = 0.2', None, False),
 ])
 def test_the_estimate_warns_that_search_is_not_in_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, said: str | None) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, said: str | None,
+        per_request: bool) -> None:
     inp = make_csv(tmp_path / "in.csv", ["latest AI news", "weather in Guangzhou"])
     (tmp_path / "job.toml").write_text(
         f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
@@ -242,7 +248,12 @@ def test_the_estimate_warns_that_search_is_not_in_it(
     out = capsys.readouterr().out
     warning = ("  warning: 2 rows ask for search " + (said or "") + ": it is billed apart from "
                "tokens, by the sources or searches each reply uses, and is not in this estimate")
-    assert (warning in out) is (said is not None), out
+    assert (warning in out) is (said is not None and not per_request), out
+    priced = ("  warning: 2 rows ask for search billed per request " + (said or "")
+              + '; set search_request (USD per request) under [prices."grok-4"] in a job file '
+              "for its cost to be known")
+    assert (priced in out) is per_request, out
+    assert ("estimated cost: unknown" in out) is per_request
     assert said is not None or "search" not in out
 
 
@@ -256,7 +267,10 @@ def test_the_estimate_of_a_batch_file_warns_of_its_rows_search(
     assert main(["estimate", "--input", str(path), "--base-url", "http://127.0.0.1:9/v1",
                  "--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "warning: 2 rows ask for search (model gpt-4o-mini-search-preview): it is billed" in out
+    assert "warning: 1 row asks for search (tools: web_search_20250305): it is billed" in out
+    assert ("warning: 1 row asks for search billed per request (model "
+            "gpt-4o-mini-search-preview); set search_request (USD per request) under "
+            '[prices."gpt-4o-mini-search-preview"]') in out
 
 
 @pytest.mark.anyio
@@ -433,3 +447,173 @@ async def test_a_billed_try_teaches_the_budget_what_search_costs(tmp_path: Path)
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     spent = report["cost_usd"] + report["cost_earlier_attempts_usd"]
     assert 8.0 <= spent <= 20.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Search billed per request that the usage does not count: OpenAI's search models and
+# web_search_options, Gemini's Google Search tool, Qwen's enable_search
+
+
+def test_the_search_a_request_asks_for_per_request_is_told_from_its_body() -> None:
+    from batchrunner.pricing import search_requested
+
+    assert search_requested({"model": "gpt-4o-search-preview"}) == "model gpt-4o-search-preview"
+    assert search_requested({"model": "x", "web_search_options": {}}) == "web_search_options"
+    assert search_requested({"model": "x", "enable_search": True}) == "enable_search"
+    assert search_requested({"model": "qwen3-omni-flash", "parameters": {
+        "enable_search": True}}) == "parameters.enable_search"
+    assert search_requested({"model": "gemini-3-pro-preview", "tools": [
+        {"type": "function", "function": {"name": "googleSearch"}}]}) == "tools: googleSearch"
+    assert search_requested({"model": "x", "extra_body": {"google": {"tools": [
+        {"googleSearch": {}}]}}}) == "extra_body.google.tools: googleSearch"
+    # Search whose replies count it (search units), or none at all
+    assert search_requested({"model": "grok-4", "search_parameters": {"mode": "on"}}) is None
+    assert search_requested({"model": "claude-sonnet-4-5", "tools": [
+        {"type": "web_search_20250305", "name": "web_search"}]}) is None
+    assert search_requested({"model": "x", "parameters": {"enable_search": False},
+                             "tools": [{"type": "function", "function": {"name": "f"}}]}) is None
+    book = PriceBook(parse_price_table(
+        {"gpt-4o-search-preview": {"input": 2.5, "output": 10, "search_request": 0.03}},
+        where="jobs/x.toml"))
+    tokens = (12 * 2.5 + 30 * 10) / 1_000_000
+    assert book.cost("gpt-4o-search-preview", prompt_tokens=12, completion_tokens=30,
+                     search_requests=1) == pytest.approx(tokens + 0.03)
+    # The library has no such price: unknown, never the tokens' alone
+    assert PriceBook().cost("gpt-4o", prompt_tokens=12, completion_tokens=30,
+                            search_requests=1) is None
+
+
+def _report(tmp_path: Path) -> dict[str, Any]:
+    return dict(json.loads((tmp_path / "out" / "cost_report.json").read_text()))
+
+
+@pytest.mark.anyio
+async def test_a_search_models_requests_are_priced_per_request_in_rows_and_reports(
+        tmp_path: Path) -> None:
+    model = "gpt-4o-mini-search-preview"
+    price = "input = 0.15\noutput = 0.6\nsearch_request = 0.0275"
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(search_job(tmp_path, sim.base_url, model, price, ["news", "weather"]))
+    assert s.exit_code == 0 and s.cost_usd is not None
+    df = results(tmp_path)
+    tokens = (df["prompt_tokens"] * 0.15 + df["completion_tokens"] * 0.6) / 1_000_000
+    assert df["search_requests"].tolist() == [1, 1]
+    assert (df["cost_usd"] - tokens).round(9).tolist() == [0.0275, 0.0275]
+    report = _report(tmp_path)
+    assert report["cost_complete"] is True
+    assert report["search_requests"] == {"rows": 2, "unpriced_rows": 0}
+    assert report["cost_usd"] == pytest.approx(df["cost_usd"].sum()) == s.cost_usd
+    md = (tmp_path / "out" / "cost_report.md").read_text()
+    assert "Search requests (billed per request) | 2" in md
+    assert "0.15 / 0.15 / 0.6 + 0.0275 a search request" in md
+
+
+@pytest.mark.anyio
+async def test_search_per_request_with_no_price_leaves_the_cost_unknown_and_says_what_to_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job through a gateway asking Gemini for its Google Search tool, Qwen for
+    enable_search or OpenAI for web_search_options paid a fee a request that no cost showed:
+    the rows' costs were their tokens' alone, the report's total complete. Without a price
+    for it, each such row's cost is unknown, and the reports say what to set."""
+    inp = make_csv(tmp_path / "in.csv", ["weather in Guangzhou", "news"])
+    extra = {"tools": [{"type": "function", "function": {"name": "googleSearch"}}]}
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp, extra=extra))
+    assert s.exit_code == 0 and s.cost_usd is None and s.cost_unknown == 2
+    df = results(tmp_path)
+    assert df["cost_usd"].isna().all() and df["search_requests"].tolist() == [1, 1]
+    report = _report(tmp_path)
+    assert report["cost_complete"] is False and report["rows"]["cost_unknown"] == 2
+    assert report["search_requests"] == {"rows": 2, "unpriced_rows": 2}
+    assert report["by_model"]["gpt-4o-mini"]["search_request_unpriced_rows"] == 2
+    (warning,) = [w for w in report["warnings"] if "search" in w]
+    assert warning == (
+        "model 'gpt-4o-mini': 2 rows asked for search billed per request (a search model, "
+        "web_search_options, a Google Search tool, enable_search) with no price known for it, "
+        'cost not counted; set search_request (USD per request) in the job file under '
+        '[prices."gpt-4o-mini"]')
+    assert "(incomplete, see warnings)" in (tmp_path / "out" / "cost_report.md").read_text()
+    assert main(["status", str(tmp_path / "out")]) == 0
+    assert ("(plus 2 rows without a cost: search with no price when answered (search_request "
+            "in [prices]))") in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_search_the_reply_counts_is_priced_per_unit_not_per_request(
+        tmp_path: Path) -> None:
+    """web_search_options to Claude through a gateway: its reply counts the searches it made
+    (search units), priced per unit; the request is not charged a second time per request,
+    nor one whose reply says it made none."""
+    inp = make_csv(tmp_path / "in.csv", ["weather [[sim:web_search]]", "no search"])
+    prices = {"gpt-4o-mini": {"input": 0.15, "output": 0.6, "search_unit": 0.01,
+                              "search_request": 5.0}}
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp, extra={"web_search_options": {}})
+        s = await run(replace(job, prices=prices))
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert df.loc["r0", "search_units"] == 1 and pd.isna(df.loc["r0", "search_requests"])
+    assert pd.isna(df.loc["r1", "search_units"]) and df.loc["r1", "search_requests"] == 1
+    tokens = (df["prompt_tokens"] * 0.15 + df["completion_tokens"] * 0.6) / 1_000_000
+    assert (df["cost_usd"] - tokens).round(9).tolist() == [0.01, 5.0]
+
+
+@pytest.mark.anyio
+async def test_the_budget_stops_at_search_per_request_it_cannot_price(tmp_path: Path) -> None:
+    texts = [f"news {i}" for i in range(40)]
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(search_job(tmp_path, sim.base_url, "gpt-4o-mini-search-preview",
+                                 "input = 0.15\noutput = 0.6", texts, max_cost_usd=50.0,
+                                 concurrency=1))
+        assert sim.stats()["requests"] < 40
+    assert s.exit_code == 4 and s.stopped
+    assert ("max_cost_usd is set but model 'gpt-4o-mini-search-preview' is asked for search "
+            "billed per request") in s.stopped
+    assert 'add search_request (USD per request) to [prices."gpt-4o-mini-search-preview"]' \
+        in s.stopped
+
+
+@pytest.mark.anyio
+async def test_the_budget_holds_the_search_fee_of_the_requests_in_flight(tmp_path: Path) -> None:
+    price = "input = 0.001\noutput = 0.001\nsearch_request = 2.0"
+    texts = [f"news {i}" for i in range(40)]
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(search_job(tmp_path, sim.base_url, "gpt-4o-mini-search-preview", price,
+                                 texts, max_cost_usd=20.0, concurrency=4))
+    assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached")
+    assert s.cost_usd is not None and 8.0 <= s.cost_usd <= 20.0
+
+
+@pytest.mark.anyio
+async def test_the_estimate_counts_search_per_request_at_its_price(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp = make_csv(tmp_path / "in.csv", ["news", "weather"])
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "qwen-plus"\n'
+        'prompt = "{text}"\nmax_tokens = 10\n[request.extra]\n'
+        'parameters = { enable_search = true }\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
+        '[output]\ndir = "out"\n[prices."qwen-plus"]\ninput = 0\noutput = 0\n'
+        'search_request = 0.004\n')
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "estimated cost: $0.008 (job [prices])" in out
+    assert ("search: 2 rows ask for search billed per request (parameters.enable_search), in "
+            "the estimate at search_request") in out
+
+
+@pytest.mark.anyio
+async def test_a_journal_written_before_search_requests_reads_them_as_null(
+        tmp_path: Path) -> None:
+    async with Simulator(SimulatorConfig()) as sim:
+        job = search_job(tmp_path, sim.base_url, "gpt-4o-mini-search-preview",
+                         "input = 0.15\noutput = 0.6\nsearch_request = 0.0275", ["a", "b"])
+        await run(job)
+        (seg,) = Journal(tmp_path / "out").segments()
+        pq.write_table(pq.read_table(seg).drop_columns(["search_requests"]), seg)
+        Journal(tmp_path / "out").check()
+        (tmp_path / "out" / "results.parquet").unlink()
+        s = await run(job)
+    assert s.sent == 0 and s.ok == 2
+    df = results(tmp_path)
+    assert df["search_requests"].isna().all() and df["cost_usd"].notna().all()
+    assert _report(tmp_path)["search_requests"] == {"rows": 0, "unpriced_rows": 0}
