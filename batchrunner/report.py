@@ -60,7 +60,8 @@ Top-level keys, in this order::
                       (as the top-level one, for the model's rows), "cost_usd" (null when
                       incomplete), "cost_known_usd", "unpriced_rows", "search_units",
                       "search_unpriced_rows", "search_requests", "search_request_unpriced_rows",
-                      "price_source", "price"}}
+                      "earlier_unpriced_rows" (rows whose cost is unknown for an earlier try
+                      billed at a cost not known), "price_source", "price"}}
     by_finish_reason  {finish_reason: rows}; ok rows without one count as "(none)"
     by_error_type     {error_type: {"rows", "example"}} over failed rows; the example is the
                       first message in row order
@@ -279,7 +280,8 @@ class OutcomeStats:
         self._finish: dict[str, int] = {}
         # model → [rows, ok, unpriced, *token sums, total tokens, *rows that reported the
         # _DETAIL_COLUMNS, search units, rows that reported any, unpriced rows among them,
-        # search requests (rows), unpriced rows among them]
+        # search requests (rows), unpriced rows among them, unpriced rows whose reply reported
+        # its tokens and no search: an earlier billed try's cost was not known]
         self._models: dict[str | None, list[int]] = {}
         self._cost: dict[_GroupKey, int] = {}
         self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
@@ -388,8 +390,10 @@ class OutcomeStats:
         self._rows_attempted += _count(pc.fill_null(attempted, _FALSE))
         self._rate_limited += _int_sum(t["rate_limited"])
 
+        reported = pc.and_(pc.is_valid(t["prompt_tokens"]), pc.is_valid(t["completion_tokens"]))
+        earlier = pc.and_(pc.and_(unpriced, reported), pc.invert(pc.or_(searched, asked)))
         self._add_models(t, is_ok, unpriced, total, units, pc.and_(unpriced, searched),
-                         requests, pc.and_(unpriced, asked))
+                         requests, pc.and_(unpriced, asked), earlier)
         ok_np = _np_bool(is_ok)
         self._add_costs(t["model"], ~ok_np, cost, self._cost, self._cost_bad)
         if "earlier_cost_usd" in t.column_names:  # a journal written before it has nulls
@@ -427,12 +431,13 @@ class OutcomeStats:
         unpriced_search: pa.ChunkedArray,
         requests: pa.ChunkedArray,
         unpriced_requests: pa.ChunkedArray,
+        unpriced_earlier: pa.ChunkedArray,
     ) -> None:
         group, models = group_codes(t["model"])
         columns = [is_ok, unpriced, *(t[c] for c in _TOKEN_COLUMNS), total,
                    *(pc.is_valid(t[c]) for c in _DETAIL_COLUMNS), units,
                    pc.greater(units, scalar(0, pa.int64())), unpriced_search, requests,
-                   unpriced_requests]
+                   unpriced_requests, unpriced_earlier]
         rows = np.bincount(group, minlength=len(models)).tolist()
         sums = [_group_sums(group, len(models), c) for c in columns]
         for j, model in enumerate(models):
@@ -655,10 +660,18 @@ def build_report(
                 f'set it in the job file under [prices."{model}"] (USD per 1M tokens)'
             )
         else:
-            warnings.append(
-                f"model {model!r}: {count_rows(k)} with status ok reported no token usage; "
-                "their cost is not counted"
-            )
+            earlier = entry["earlier_unpriced_rows"]
+            if earlier:  # priced, its tokens reported, no search of its own: an earlier try's
+                warnings.append(
+                    f"model {model!r}: {count_rows(earlier)} had a try billed at a cost not "
+                    f"known (search with no price) before {'its' if earlier == 1 else 'their'} "
+                    "last, cost not counted")
+                k -= earlier
+            if k:
+                warnings.append(
+                    f"model {model!r}: {count_rows(k)} with status ok reported no token usage; "
+                    "their cost is not counted"
+                )
 
     # Finish reasons: every ok row, and any other row that recorded one.
     by_finish = _sorted_counts(stats._finish)
@@ -708,13 +721,13 @@ def build_report(
         "tokens_reported_by_rows": {"cached": stats._reported["cached_tokens"],
                                     "reasoning": stats._reported["reasoning_tokens"]},
         "search_units": {
-            "total": sum(acc[-5] for acc in stats._models.values()),
-            "rows": sum(acc[-4] for acc in stats._models.values()),
-            "unpriced_rows": sum(acc[-3] for acc in stats._models.values()),
+            "total": sum(acc[-6] for acc in stats._models.values()),
+            "rows": sum(acc[-5] for acc in stats._models.values()),
+            "unpriced_rows": sum(acc[-4] for acc in stats._models.values()),
         },
         "search_requests": {
-            "rows": sum(acc[-2] for acc in stats._models.values()),
-            "unpriced_rows": sum(acc[-1] for acc in stats._models.values()),
+            "rows": sum(acc[-3] for acc in stats._models.values()),
+            "unpriced_rows": sum(acc[-2] for acc in stats._models.values()),
         },
         "cost_usd": stats._cost_sum(lambda k: True),
         "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
@@ -752,7 +765,7 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
     out: dict[str, dict[str, Any]] = {}
     for model, acc in groups:
         (n, ok, unpriced, *tokens, total, cached_said, reasoning_said, units, _,
-         unpriced_search, requests, unpriced_requests) = acc
+         unpriced_search, requests, unpriced_requests, unpriced_earlier) = acc
         name = NO_VALUE if model is None else model
         price = None if model is None else prices.price(model)
         known = stats._cost_sum(partial(_of_model, model))
@@ -770,6 +783,7 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "search_unpriced_rows": unpriced_search,
             "search_requests": requests,
             "search_request_unpriced_rows": unpriced_requests,
+            "earlier_unpriced_rows": unpriced_earlier,
             "price_source": SOURCE_UNKNOWN if model is None
             else SOURCE_ASKED if price is None and ok > unpriced else prices.source(model),
             "price": None if price is None else price.as_dict(),

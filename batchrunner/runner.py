@@ -249,6 +249,9 @@ class _Work:
     rate_limited: int = 0
     started: float = 0.0
     earlier_usd: float = 0.0  # what earlier billed attempts of the row cost (this run and before)
+    # An earlier billed attempt of the row in this run had no cost (search with no price): the
+    # row's cost is unknown, which earlier_usd cannot carry.
+    earlier_unknown: bool = False
     refused_at: float = 0.0  # when an attempt of the row first failed to connect
     refusals: int = 0  # its attempts that failed to connect
     last_refusal: float = 0.0  # when its latest attempt failed to connect
@@ -1693,6 +1696,8 @@ class _Run:
                     self.counters["retries"] += 1
                     if billed:  # paid for, and sent again: spent now, and carried
                         self._billed_retry(item, billed)
+                    elif billed is None and e.usage is not None:  # paid for, at a cost unknown
+                        item.earlier_unknown = True
                     return None, backoff(item.attempts, self.policy, e.retry_after, self.rng)
                 if (e.error_type == "connection_error" and item.refusals == 1
                         and self.last_answer < item.started):
@@ -1716,7 +1721,8 @@ class _Run:
                     error_message=e.message, prompt_tokens=usage[0],
                     completion_tokens=usage[1], total_tokens=usage[2], cached_tokens=usage[3],
                     reasoning_tokens=usage[4], search_units=_search_units(usage[5], usage[6]),
-                    search_requests=searched, cost_usd=billed,
+                    search_requests=searched,
+                    cost_usd=None if item.earlier_unknown else billed,
                     earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
                     model=str(item.body.get("model") or "") or None,
@@ -2074,7 +2080,7 @@ class _Run:
             total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
             reasoning_tokens=res.reasoning_tokens,
             search_units=_search_units(res.web_searches, res.sources_used),
-            search_requests=searched, cost_usd=cost,
+            search_requests=searched, cost_usd=None if item.earlier_unknown else cost,
             earlier_cost_usd=item.earlier_usd or None, latency_ms=res.latency_ms,
             ttft_ms=res.ttft_ms, choices=res.choices, tool_calls=res.tool_calls,
             citations=res.citations, attempts=item.attempts,

@@ -617,3 +617,46 @@ async def test_a_journal_written_before_search_requests_reads_them_as_null(
     df = results(tmp_path)
     assert df["search_requests"].isna().all() and df["cost_usd"].notna().all()
     assert _report(tmp_path)["search_requests"] == {"rows": 0, "unpriced_rows": 0}
+
+
+@pytest.mark.anyio
+async def test_a_billed_try_whose_search_has_no_price_leaves_its_rows_cost_unknown(
+        tmp_path: Path) -> None:
+    """Without a budget, each row's first try was billed without a usable answer for sources
+    with no price (its cost unknown, so not carried in earlier_cost_usd); the answer that
+    followed used none, and the row's cost was that answer's tokens: complete, to the row and
+    the report. The row's cost is now unknown, and the report's total incomplete, saying
+    why."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    tries: dict[str, int] = {}
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        text = body["messages"][-1]["content"]
+        tries[text] = tries.get(text, 0) + 1
+        gave_up = tries[text] == 1 and text.endswith("a")
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "grok-4",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "error" if gave_up else "stop"}],
+            "usage": {**GROK_USAGE, "num_sources_used": 2 if gave_up else 0}})
+
+    runner, port = await serve_on_loopback(handler)
+    try:
+        s = await run(search_job(tmp_path, f"http://127.0.0.1:{port}/v1", "grok-4",
+                                 "input = 3.0\noutput = 15.0", ["a", "b"]))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 0 and s.ok == 2
+    df = results(tmp_path)
+    assert df["attempts"].tolist() == [2, 1]
+    assert pd.isna(df.loc["r0", "cost_usd"]) and df.loc["r1", "cost_usd"] > 0
+    assert s.cost_usd is None and s.cost_unknown == 1
+    report = _report(tmp_path)
+    assert report["cost_complete"] is False and report["rows"]["cost_unknown"] == 1
+    (warning,) = [w for w in report["warnings"] if "grok-4" in w]
+    assert warning == ("model 'grok-4': 1 row had a try billed at a cost not known (search with "
+                       "no price) before its last, cost not counted")
