@@ -337,10 +337,13 @@ class StreamAssembler:
 
     @property
     def answering(self) -> bool:
-        """Whether a chunk of the answer came (its id, model, usage or text), not only
-        comments, pings or nothing."""
-        return (self.id is not None or self.model is not None or self.usage is not None
-                or self.first_token_at is not None)
+        """Whether some of the answer came: text, reasoning or a tool call (which set
+        ``first_token_at``), a refusal or a finish. Comments, pings and chunks that carry none
+        of it (a proxy's role-only first chunk, sent before its upstream answers) do not
+        count."""
+        if self.first_token_at is not None or self.first.finish_reason or self.first.refusal:
+            return True
+        return any(p.finish_reason or p.refusal for p in (self.others or {}).values())
 
     @property
     def content(self) -> list[str]:
@@ -900,6 +903,8 @@ class ChatClient:
                     f"streamed answer is given ({STREAM_CAP_X:g} × its {limit:g} s timeout)")
         if not stream.begun:
             return f"the stream sent nothing within {limit:g} s of its headers"
+        if not stream.answering:
+            return f"the stream stalled before its answer began: nothing came for {limit:g} s"
         return f"the stream stalled: nothing came for {limit:g} s mid-answer"
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,

@@ -162,8 +162,8 @@ class RequestError(BatchrunnerError):
         # The usage of an answer that reported one although it was not a usable completion:
         # what the attempt was billed for.
         self.usage = usage
-        # A timeout that came once the answer had begun (a chunk of its stream came): the
-        # endpoint answers, only not within the time given.
+        # A timeout that came once the answer had begun (its stream carried some of the
+        # answer: text, reasoning, a tool call): the endpoint answers, only not in the time given.
         self.answer_begun = False
 
     def __str__(self) -> str:

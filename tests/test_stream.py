@@ -571,3 +571,47 @@ async def test_a_stream_begun_that_outlasts_the_timeout_twice_does_not_stop_the_
     assert rep["cost_earlier_attempts_usd"] == pytest.approx(row["earlier_cost_usd"])
     one_try = float(row["earlier_cost_usd"]) / 2  # the two cut tries' 9 + 2 tokens each
     assert one_try > 0
+
+
+ROLE_ONLY = sse({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                              "finish_reason": None}]})
+THINKING = sse({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": "deepseek-r1",
+                "choices": [{"index": 0, "delta": {"reasoning_content": "Let me think"},
+                             "finish_reason": None}]})
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+@pytest.mark.parametrize("first", [ROLE_ONLY, b": PROCESSING\n\n", THINKING],
+                         ids=["role-only", "comment", "reasoning"])
+async def test_a_stream_answers_once_it_carries_some_of_the_answer(
+        tmp_path: Path, first: bytes) -> None:
+    """A proxy that sends a first chunk at once (a role-only delta, with the id and model, or
+    an SSE comment) and then nothing: a role-only chunk counted as an answer begun, so the job
+    was not stopped as one whose endpoint answers nothing, and every row failed through six
+    ever longer timeouts instead. A stream answers once it carries some of the answer (text,
+    reasoning, a tool call, a finish): a thinking model's reasoning chunks do, and its rows
+    are tried again with longer timeouts; the others stop the job at a row's second
+    timeout."""
+    inp = make_csv(tmp_path / "in.csv", ["row a", "row b"])
+
+    async def first_then_hangs(srv: FaultServer, request: web.BaseRequest,
+                               body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, first, hold=True)
+        with anyio.move_on_after(30):
+            await srv.closing.wait()
+        return response
+
+    async with FaultServer(first_then_hangs, times=None if first != THINKING else 2) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=0.5),
+                            max_attempts=6)
+    if first == THINKING:
+        assert s.exit_code == 0, s.stopped
+        df = results(tmp_path)
+        assert list(df["status"]) == ["ok", "ok"] and list(df["attempts"]) == [3, 3]
+        return
+    assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (0, 0, 2), s
+    assert s.stopped.startswith("no answer to any request since the run began: 2 attempts at ")
+    assert "(the stream stalled before its answer began: nothing came for 0.75 s)" in s.stopped
+    assert srv.requests <= 4
