@@ -54,9 +54,10 @@ _MAX_MESSAGE = 300
 _MAX_EVENT = 64 << 20
 _MAX_STRAY = 65536  # bytes of a stream's lines that are not SSE fields kept (an error body)
 _SCAN = 16384  # bytes of an error body read for its message
-# Seconds a stream whose every choice finished is read on for what may follow (its usage chunk,
-# its [DONE]) before it is taken as whole: a server sends them at once (a quarter of the
-# request's timeout at most, so that it ends first).
+# Seconds a stream whose every choice finished is read on for what may follow (its [DONE], and
+# its usage chunk when not asked for) before it is taken as whole: a server sends them at once
+# (a quarter of the request's timeout at most, so that it ends first). A usage chunk asked for
+# is waited for as the next chunk of an answer is (see ``ChatClient.complete``).
 _AFTER_FINISH_S = 2.0
 # A stream's timeout bounds the wait for its first byte and each gap between its chunks, not the
 # whole answer (a thinking model streams for minutes); the whole is given this many times the
@@ -656,6 +657,10 @@ class ChatClient:
         self._watchdog: asyncio.TimerHandle | None = None
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        # A finished stream was held open for the whole wait for its usage chunk, which never
+        # came: the server sends none (it ignores stream_options), so later streams are not
+        # waited on for one.
+        self._usage_held = False
 
     async def __aenter__(self) -> ChatClient:
         self._watchdog = asyncio.get_running_loop().call_later(self._watch_every, self._watch)
@@ -779,6 +784,7 @@ class ChatClient:
         cap = math.inf  # the whole stream's deadline, once the answer is a stream
         status = 0  # no answer yet
         stream: StreamAssembler | None = None
+        usage_due = False  # a finished stream's usage chunk is waited for
         try:
             async with self._session.post(self.url, data=data) as resp:
                 if resp.history and (stop := self._redirected(resp)):
@@ -797,6 +803,10 @@ class ChatClient:
                     stream = StreamAssembler()
                     content = resp.content
                     after_finish = min(_AFTER_FINISH_S, limit / 4)
+                    options = body.get("stream_options")
+                    usage_asked = (streaming and not self._usage_held
+                                   and isinstance(options, dict)
+                                   and options.get("include_usage") is True)
                     # Progress tells: the timeout now bounds each wait for the next bytes
                     # (keep-alive comments count), its deadline pushed on by every chunk and
                     # kept by the watchdog, up to the cap on the whole.
@@ -807,18 +817,29 @@ class ChatClient:
                     try:
                         while True:
                             if stream.ended(choices):
-                                # The answer is whole (or an error came): what may follow
-                                # ([DONE], a late usage chunk) comes at once. A server that
-                                # holds the stream open without its [DONE] is not waited for
-                                # until the timeout (and the answer paid for again), nor is
-                                # one that sends keep-alive comments on: after_finish in all.
+                                # The answer is whole (or an error came). The usage chunk
+                                # asked for may come late (a gateway in front of a slow
+                                # upstream): it is waited for as the next chunk of an answer
+                                # is, for the timeout from the finish, pings not counting.
+                                # The rest ([DONE]) comes at once: a server that holds the
+                                # stream open without it is not waited for until the timeout
+                                # (and the answer paid for again), nor is one that sends
+                                # keep-alive comments on: after_finish in all.
                                 if finished_by == math.inf:
-                                    finished_by = asyncio.get_running_loop().time() \
-                                        + after_finish
+                                    usage_due = (usage_asked and stream.usage is None
+                                                 and stream.error is None)
+                                    finished_by = asyncio.get_running_loop().time() + (
+                                        limit if usage_due else after_finish)
+                                elif usage_due and stream.usage is not None:
+                                    usage_due = False
+                                    finished_by = min(finished_by, after_finish
+                                                      + asyncio.get_running_loop().time())
                                 try:
                                     async with asyncio.timeout_at(finished_by):
                                         chunk = await content.readany()
                                 except TimeoutError:
+                                    if usage_due:
+                                        self._usage_held = True
                                     break
                             else:
                                 chunk = await content.readany()
@@ -860,6 +881,8 @@ class ChatClient:
             # Its every choice finished (or an error came) before the deadline, which came
             # while what may follow was waited for (an answer that finished late, held open):
             # whole, taken (the error read).
+            if usage_due:
+                self._usage_held = True
             raw = b""
         except Exception as e:
             if not (stream is not None and stream.ended(choices)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -615,3 +616,45 @@ async def test_a_stream_answers_once_it_carries_some_of_the_answer(
     assert s.stopped.startswith("no answer to any request since the run began: 2 attempts at ")
     assert "(the stream stalled before its answer began: nothing came for 0.75 s)" in s.stopped
     assert srv.requests <= 4
+
+
+@pytest.mark.anyio
+async def test_a_usage_chunk_that_comes_late_is_waited_for_as_a_chunk_is(job_env: str) -> None:
+    """OpenAI sends the usage chunk after the one with the finish_reason; a gateway in front of
+    a slow upstream may send it seconds later. What followed a finished answer was read for
+    2 s at most, so a later usage chunk was lost and the row's cost unknown. The usage chunk
+    is waited for as the next chunk of an answer is, for timeout_s (pings not counting); then
+    the [DONE] only for a moment. A server that holds a finished stream open without ever
+    sending its usage costs that wait once: the client's later streams are read on for the
+    moment only, losing a usage that would come later."""
+    body = {**STREAM_BODY, "stream_options": {"include_usage": True}}
+
+    async def usage_late(srv: FaultServer, request: web.BaseRequest,
+                         body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, *FINISHED, hold=True)
+        if srv.requests in (2, 3):  # held open with pings, no usage ever
+            with anyio.move_on_after(30):
+                while not srv.closing.is_set():
+                    await response.write(b": ping\n\n")
+                    await anyio.sleep(0.1)
+            return response
+        await anyio.sleep(1.25)  # past the 0.5 s a finished stream was read on for
+        with contextlib.suppress(ConnectionResetError):  # the client may have gone
+            await response.write(USAGE_CHUNK + b"data: [DONE]\n\n")
+            await response.write_eof()
+        return response
+
+    with anyio.fail_after(25):
+        async with FaultServer(usage_late) as srv, ChatClient(srv.base_url, job_env,
+                                                              timeout_s=2,
+                                                              connections=4) as client:
+            late = await client.complete(body)
+            held = await client.complete(body)
+            assert (held.content, held.finish_reason, held.total_tokens) == (
+                "Echo: whole", "stop", None)
+            held_again = await client.complete(body)
+            lost = await client.complete(body)
+            unasked = await client.complete(STREAM_BODY)
+    assert (late.content, late.finish_reason, late.total_tokens) == ("Echo: whole", "stop", 13)
+    assert held_again.total_tokens is None and lost.total_tokens is None
+    assert unasked.total_tokens is None  # not asked for: not waited for
