@@ -661,6 +661,9 @@ class ChatClient:
         # came: the server sends none (it ignores stream_options), so later streams are not
         # waited on for one.
         self._usage_held = False
+        # The models (as asked for) whose streams came with a finish_reason: a [DONE] without
+        # one is then a cut (a gateway closing a broken upstream so), not a server's way.
+        self._finishing: set[str | None] = set()
 
     async def __aenter__(self) -> ChatClient:
         self._watchdog = asyncio.get_running_loop().call_later(self._watch_every, self._watch)
@@ -908,8 +911,9 @@ class ChatClient:
         if stream is None and raw.removeprefix(_BOM).lstrip()[:5] == b"data:":
             stream = _read_stream(raw)  # a stream under another content type, read whole
         if stream is not None:
-            return self._scrubbed(
-                self._from_stream(stream, request_id, start, latency_ms, hdrs, choices))
+            model = body.get("model")
+            return self._scrubbed(self._from_stream(stream, request_id, start, latency_ms, hdrs,
+                                                    choices, model if type(model) is str else None))
         return self._scrubbed(self._parse(raw, request_id, latency_ms, hdrs))
 
     @staticmethod
@@ -931,7 +935,8 @@ class ChatClient:
         return f"the stream stalled: nothing came for {limit:g} s mid-answer"
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
-                     latency_ms: float, headers: dict[str, str], choices: int) -> ChatResult:
+                     latency_ms: float, headers: dict[str, str], choices: int,
+                     model: str | None = None) -> ChatResult:
         billed = _billed_usage(st.usage)
         if st.error is not None:  # read like an error body: its words may stop the job
             raise self._error_in_200({"error": st.error, "usage": st.usage}, request_id,
@@ -953,12 +958,24 @@ class ChatClient:
                                  "finish_reason, no [DONE])", retryable=True,
                                  request_id=request_id, usage=billed)
         first = st.first
+        if first.finish_reason is not None:
+            self._finishing.add(model)
         if (why := _gave_up(first.finish_reason)) is not None:
             raise self._aborted(why, request_id, billed)
         calls = first.tool_calls()
         if first.finish_reason is None and not first.content and calls is None:
             raise BadResponseError("no_choices", "a stream without choices", retryable=True,
                                    status=200, request_id=request_id, usage=billed)
+        if model in self._finishing and (first.finish_reason is None or (
+                st.others is not None
+                and any(p.finish_reason is None for p in st.others.values()))):
+            # Its [DONE] came before its answer finished, where the endpoint's other answers
+            # for the model had their finish_reason: a gateway that closed a broken upstream
+            # so (its answer cut). A server that never sends one has its answers taken whole.
+            raise TransportError("stream_cut", "the stream ended ([DONE]) before its answer "
+                                 "did: no finish_reason, which the endpoint's other answers "
+                                 "for the model had", retryable=True, request_id=request_id,
+                                 usage=billed)
         pt, ct, tt, cached, reasoning, searches, sources = _usage(st.usage)
         return ChatResult(
             content=first.text(), finish_reason=first.finish_reason, prompt_tokens=pt,

@@ -658,3 +658,41 @@ async def test_a_usage_chunk_that_comes_late_is_waited_for_as_a_chunk_is(job_env
     assert (late.content, late.finish_reason, late.total_tokens) == ("Echo: whole", "stop", 13)
     assert held_again.total_tokens is None and lost.total_tokens is None
     assert unasked.total_tokens is None  # not asked for: not waited for
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+@pytest.mark.parametrize("gateway", ["finishes", "never-finishes"])
+async def test_a_done_without_a_finish_reason_is_a_cut_where_answers_have_one(
+        tmp_path: Path, gateway: str) -> None:
+    """A gateway whose upstream breaks mid-answer may close the stream with its usage so far
+    and a ``[DONE]``, no finish_reason: the row was ok with half an answer, never sent again.
+    Where the endpoint's other answers for the model came with a finish_reason, such a stream
+    is cut: retried, its billed usage kept. A gateway that never sends one (its reference's
+    example stream has none before its ``[DONE]``) has its answers taken whole, their
+    finish_reason null."""
+    inp = make_csv(tmp_path / "in.csv", ["whole", "cut once", "whole too"])
+    texts = (stream_chunk("Echo: "), stream_chunk("half"))
+
+    async def upstream_breaks(srv: FaultServer, request: web.BaseRequest,
+                              body: dict[str, Any]) -> web.StreamResponse:
+        text = str(body["messages"][-1]["content"])
+        if gateway == "never-finishes":
+            return await stream_reply(request, *map(sse, texts), USAGE_CHUNK, b"data: [DONE]\n\n")
+        if "cut" in text and srv.by_prompt[prompt_key(text)] == 1:
+            return await stream_reply(request, *map(sse, texts), USAGE_CHUNK, b"data: [DONE]\n\n")
+        return await stream_reply(request, *FINISHED, USAGE_CHUNK, b"data: [DONE]\n\n")
+
+    async with FaultServer(upstream_breaks) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, concurrency=1))
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    if gateway == "never-finishes":
+        assert srv.requests == 3 and list(df["content"]) == ["Echo: half"] * 3
+        assert df["finish_reason"].isna().all() and list(df["attempts"]) == [1, 1, 1]
+        return
+    assert srv.requests == 4
+    assert list(df["content"]) == ["Echo: whole"] * 3
+    assert list(df["finish_reason"]) == ["stop"] * 3 and list(df["attempts"]) == [1, 2, 1]
+    assert df.loc["r0001", "earlier_cost_usd"] > 0  # the cut try's 9 + 4 tokens
+    assert seen_by_type(report(tmp_path)) == {"stream_cut": 1}
