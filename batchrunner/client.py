@@ -868,7 +868,11 @@ class ChatClient:
                     raw = b""
                 else:
                     raw = await resp.read()
-        except (RequestError, StopJob):
+        except RequestError as e:  # a stream event that cannot be read
+            if stream is not None:
+                e.answer_begun = stream.answering
+            raise
+        except StopJob:
             raise
         except asyncio.CancelledError:
             # The watchdog's cancellation, and nobody else's: a timeout, not a stop.
@@ -895,6 +899,7 @@ class ChatClient:
                     # A stream cut after it reported usage (a gateway that sends the usage so
                     # far in every chunk) was billed that much, as one that ended cleanly is.
                     error.usage = _billed_usage(stream.usage)
+                    error.answer_begun = stream.answering
                 raise error from None
             # Its every choice finished (or an error came) before the connection broke (a
             # proxy that closed it without the body's last chunk): whole, taken, as a stream
@@ -912,8 +917,13 @@ class ChatClient:
             stream = _read_stream(raw)  # a stream under another content type, read whole
         if stream is not None:
             model = body.get("model")
-            return self._scrubbed(self._from_stream(stream, request_id, start, latency_ms, hdrs,
-                                                    choices, model if type(model) is str else None))
+            try:
+                res = self._from_stream(stream, request_id, start, latency_ms, hdrs, choices,
+                                        model if type(model) is str else None)
+            except RequestError as e:
+                e.answer_begun = stream.answering
+                raise
+            return self._scrubbed(res)
         return self._scrubbed(self._parse(raw, request_id, latency_ms, hdrs))
 
     @staticmethod

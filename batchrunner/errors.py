@@ -162,8 +162,9 @@ class RequestError(BatchrunnerError):
         # The usage of an answer that reported one although it was not a usable completion:
         # what the attempt was billed for.
         self.usage = usage
-        # A timeout that came once the answer had begun (its stream carried some of the
-        # answer: text, reasoning, a tool call): the endpoint answers, only not in the time given.
+        # A stream that failed once its answer had begun (it carried some of the answer: text,
+        # reasoning, a tool call): the endpoint answers (a timeout's only not in the time
+        # given), and the try was billed, for what its usage says or, without one, unknown.
         self.answer_begun = False
 
     def __str__(self) -> str:

@@ -1188,6 +1188,7 @@ class _Run:
         self.transient: set[str] = set()  # error types rows failed with after every retry
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
+        self.warned_cut = False  # about a stream cut without usage, under a budget
         self.routed: dict[str, str] = {}  # model asked for → the priced one that answered
         # Model asked for → the most a reply's search (sources, web searches) has cost in this
         # run: billed apart from tokens, so a request's estimate holds it too, under a budget.
@@ -1633,6 +1634,8 @@ class _Run:
                     if e.answer_begun:  # its stream had begun: the endpoint answers, slowly
                         self._answered(sent_at)
                 billed, searched = self._billed(item, e)
+                if e.usage is None and e.answer_begun and self.budget is not None:
+                    self._unbilled_cut(item)
                 if gateway:
                     if e.status and self.last_answer < sent_at:
                         self._turned_away(e.status, e.retry_after, sent_at)
@@ -2116,6 +2119,18 @@ class _Run:
                 f"batchrunner: warning: {self.plan.row(item.key)}: the reply has no usage (token "
                 "counts), so its cost is unknown; max_cost_usd counts such replies at their "
                 "estimated cost (the prompt and max_tokens)")
+
+    def _unbilled_cut(self, item: _Work) -> None:
+        """A try whose stream was cut after some of its answer came, with no usage reported:
+        it was billed all the same, so the budget counts it at its estimate (in the run that
+        sent it; the reports show reported usage only)."""
+        self.spent += self._estimated_cost(item) or 0.0
+        if not self.warned_cut:
+            self.warned_cut = True
+            self.progress.write(
+                f"batchrunner: warning: {self.plan.row(item.key)}: a streamed answer was cut "
+                "with no usage reported, so what that try cost is unknown; max_cost_usd counts "
+                "such tries at their estimated cost (the prompt and max_tokens)")
 
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap."""

@@ -696,3 +696,33 @@ async def test_a_done_without_a_finish_reason_is_a_cut_where_answers_have_one(
     assert list(df["finish_reason"]) == ["stop"] * 3 and list(df["attempts"]) == [1, 2, 1]
     assert df.loc["r0001", "earlier_cost_usd"] > 0  # the cut try's 9 + 4 tokens
     assert seen_by_type(report(tmp_path)) == {"stream_cut": 1}
+
+
+@pytest.mark.anyio
+async def test_the_budget_holds_when_streams_are_cut_without_usage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A stream cut midway (a dropped connection) after some of its answer came, with no
+    usage reported, was billed all the same, but its try counted for nothing against
+    max_cost_usd: a job whose every row was cut once sent all 30 rows twice under a budget of
+    1 USD, its cut tries' prompts and half answers (some 0.6 USD) besides the 0.9 reported.
+    Such a try counts at its estimate (the prompt and max_tokens), as a reply without usage
+    does, with a warning, and the reports still show only the usage servers reported."""
+    from tests.test_cost_control import costly_job
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    inp = make_input(tmp_path, [f"item {i} [[sim:cut*1]]" for i in range(30)])
+    costly_job(tmp_path, inp, max_tokens=100, concurrency=1)
+    async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
+        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 1.0,
+                                               "stream": True})
+        s = await run_job(job, FAST)
+        sent = sim.stats()["requests"]
+    # A cut try is estimated at ~0.1 USD (100 completion tokens at 1000 USD per 1M, plus the
+    # prompt), a whole one costs ~0.03: some eight rows fit under 1 USD, not all 30.
+    assert s.exit_code == 4 and s.stopped and "max_cost_usd" in s.stopped
+    assert sent <= 20 and s.ok < 10
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert df["earlier_cost_usd"].isna().all()  # no usage reported for the cut tries
+    err = capsys.readouterr().err
+    assert err.count("streamed answer was cut") == 1
