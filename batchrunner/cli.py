@@ -38,6 +38,7 @@ from batchrunner.errors import (
     leaf,
 )
 from batchrunner.eventloop import loop_factory
+from batchrunner.progress import say
 
 __all__ = ["before_imports", "main"]
 
@@ -308,7 +309,7 @@ def _cmd_run(ns: argparse.Namespace) -> int:
                          force=ns.force, progress=ns.progress, limit=ns.limit)
     _tune_gc()
     summary = anyio.run(run_job, job, options, backend_options=event_loop_options())
-    print(format_summary(summary))
+    say(format_summary(summary), sys.stdout)
     return summary.exit_code
 
 
@@ -330,7 +331,7 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
             plan = prepare(job, options, tidy=False)
     else:
         plan = prepare(job, options, tidy=False)  # tidy=False: a run may be writing
-    print(format_estimate(estimate(plan)))
+    say(format_estimate(estimate(plan)), sys.stdout)
     return 0
 
 
@@ -357,7 +358,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
                              "(it resumes, and rebuilds the results and reports)")
         summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False))
         record_rebuilt(plan)
-    print(format_summary(summary))
+    say(format_summary(summary), sys.stdout)
     return summary.exit_code
 
 
@@ -377,7 +378,7 @@ def _input_gone(out_dir: Path, error: InputError) -> UsageError:
 def _cmd_status(ns: argparse.Namespace) -> int:
     from batchrunner.runner import format_status
 
-    print(format_status(_out_dir(ns.out_dir)))
+    say(format_status(_out_dir(ns.out_dir)), sys.stdout)
     return 0
 
 
@@ -492,23 +493,22 @@ def _report(exc: BaseException) -> int:
     """Print ``exc`` as one line on stderr and return its exit code; re-raise what is not ours."""
     e = leaf(exc)
     if isinstance(e, UsageError | JournalError):
-        print(f"batchrunner: error: {_one_line(e)}", file=sys.stderr)
+        say(f"batchrunner: error: {_one_line(e)}")
         return 2
     if isinstance(e, StopJob):
-        print(f"batchrunner: stopped: {_one_line(e)}", file=sys.stderr)
+        say(f"batchrunner: stopped: {_one_line(e)}")
         return 4
     if isinstance(e, OutputBusy):
-        print(f"batchrunner: error: {_one_line(e)}", file=sys.stderr)
+        say(f"batchrunner: error: {_one_line(e)}")
         return 5
     if isinstance(e, KeyboardInterrupt):
-        print("batchrunner: interrupted; finished rows are saved — rerun to resume",
-              file=sys.stderr)
+        say("batchrunner: interrupted; finished rows are saved — rerun to resume")
         return 4
     if isinstance(e, BatchrunnerError):
-        print(f"batchrunner: error: {_one_line(e)}", file=sys.stderr)
+        say(f"batchrunner: error: {_one_line(e)}")
         return 1
     if isinstance(e, OSError):
         text = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
-        print(f"batchrunner: error: {_one_line(text)}", file=sys.stderr)
+        say(f"batchrunner: error: {_one_line(text)}")
         return 1
     raise exc

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import select
 import stat
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 __all__ = [
     "Counts",
@@ -18,6 +21,8 @@ __all__ = [
     "TqdmProgress",
     "leave_terminal",
     "make_progress",
+    "output_lost",
+    "say",
 ]
 
 
@@ -55,7 +60,7 @@ class NullProgress:
         pass
 
     def write(self, line: str) -> None:
-        print(line, file=sys.stderr)
+        say(line)
 
     def update(self, counts: Counts, finished: int) -> None:
         pass
@@ -164,8 +169,13 @@ class TqdmProgress:
 
         if limited and total is not None:
             self.write(f"{self._desc}: {_limited(total - done, limited)}")
-        self._bar = tqdm(total=total, initial=done, desc=self._desc, unit="row",
-                         dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+        for _ in range(2):  # a second time, drawn nowhere, if its reader is gone
+            try:
+                self._bar = tqdm(total=total, initial=done, desc=self._desc, unit="row",
+                                 dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+                return
+            except OSError as e:
+                output_lost(e)
 
     def update(self, counts: Counts, finished: int) -> None:
         bar = self._bar
@@ -176,7 +186,10 @@ class TqdmProgress:
             # tqdm may redraw in this update: the counts beside the bar are made current first,
             # or they would lag the bar's own count.
             bar.set_postfix_str(self._fit(counts, finished), refresh=False)
-        bar.update(finished)
+        try:
+            bar.update(finished)
+        except OSError as e:  # its reader gone: the bar goes on, drawn nowhere
+            output_lost(e)
 
     def _fit(self, counts: Counts, finished: int = 0) -> str:
         """The counts beside the bar, as many as the terminal's width leaves room for with a
@@ -200,16 +213,28 @@ class TqdmProgress:
 
     def write(self, line: str) -> None:
         """A message above the bar, without breaking it."""
-        if self._bar is not None:
+        if self._bar is None:
+            say(line)
+            return
+        try:
             self._bar.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr)
+        except OSError as e:
+            output_lost(e)
 
     def close(self) -> None:
-        if self._bar is not None:
+        bar = self._bar
+        if bar is None:
+            return
+        try:
             if self._counts is not None:
-                self._bar.set_postfix_str(self._fit(self._counts), refresh=True)
-            self._bar.close()
+                bar.set_postfix_str(self._fit(self._counts), refresh=True)
+        except OSError as e:
+            output_lost(e)
+        try:
+            bar.close()
+        except OSError as e:
+            output_lost(e)
+        finally:
             self._bar = None
 
 
@@ -269,7 +294,7 @@ class LogProgress:
             self.write(f"{self._desc}: {done} rows  {_postfix(counts)}{note}")
 
     def write(self, line: str) -> None:
-        print(f"{utc_timestamp()} {line}", file=sys.stderr)
+        say(f"{utc_timestamp()} {line}")
 
     def close(self) -> None:
         pass
@@ -279,6 +304,20 @@ def leave_terminal() -> None:
     """Point stdout and stderr that go to a terminal at /dev/null: after a SIGHUP the terminal
     is most likely gone (an ssh session closed), and writing to it fails (EIO), which would end
     the run with a traceback instead of its own stop. Files and pipes (a log) are kept."""
+    # A hung-up terminal is no longer a tty to isatty(), but still a character device.
+    _to_null(lambda fd, st: stat.S_ISCHR(st.st_mode))
+
+
+def _gone(fd: int, st: os.stat_result) -> bool:
+    """Whether ``fd``'s reader is gone: a pipe or socket whose other end is closed (a ``tee``
+    killed, ``| head -1`` done reading), a terminal hung up."""
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+
+
+def _to_null(leave: Callable[[int, os.stat_result], bool]) -> None:
+    """Point stdout and stderr, where ``leave`` says so, at /dev/null."""
     try:
         null = os.open(os.devnull, os.O_WRONLY)
     except OSError:
@@ -290,11 +329,29 @@ def leave_terminal() -> None:
                 st = os.fstat(fd)
             except OSError:
                 continue
-            # A hung-up terminal is no longer a tty to isatty(), but still a character device.
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev != null_device:
+            if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == null_device) and leave(fd, st):
                 os.dup2(null, fd)
     finally:
         os.close(null)
+
+
+def output_lost(error: OSError) -> None:
+    """After ``error`` writing to stdout or stderr: where it is a reader gone (EPIPE, or EIO
+    from a terminal hung up), the outputs gone are pointed at /dev/null, so that the run goes
+    on writing nowhere (what was to be read there is lost; the run's work is not); any other
+    error is raised again."""
+    if error.errno not in (errno.EPIPE, errno.EIO, errno.ECONNRESET):
+        raise error
+    _to_null(_gone)
+
+
+def say(line: str, file: TextIO | None = None) -> None:
+    """Print ``line`` on ``file`` (stderr), or nowhere if its reader is gone."""
+    out = sys.stderr if file is None else file
+    try:
+        print(line, file=out, flush=True)
+    except OSError as e:
+        output_lost(e)
 
 
 def make_progress(desc: str, mode: str = "auto") -> Progress:

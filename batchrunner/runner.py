@@ -95,7 +95,7 @@ from batchrunner.journal import Fresh, Journal, JournalWriter, new_run_id
 from batchrunner.limiter import Limiter, reported_limits
 from batchrunner.pricing import PriceBook, parse_price_table, search_requested
 from batchrunner.pricing import preload as preload_prices
-from batchrunner.progress import Counts, Progress, leave_terminal, make_progress
+from batchrunner.progress import Counts, Progress, leave_terminal, make_progress, say
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
     changed_warning,
@@ -2326,7 +2326,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         proxy = proxy_for(base_url, env)
         summary.warnings.extend(endpoint_warnings(base_url))
         for w in summary.warnings:
-            print(f"batchrunner: warning: {w}", file=sys.stderr)
+            say(f"batchrunner: warning: {w}")
         try:
             out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +13,7 @@ import pytest
 
 import batchrunner.cli
 from batchrunner.cli import EPILOG, build_parser
+from batchrunner.simulator import SimulatorConfig, SimulatorThread
 
 KEY = "sk-test-cli-0123456789"
 
@@ -471,3 +474,68 @@ def test_status_of_a_run_that_stopped_finishing_rows_says_so_rather_than_when_it
     # A slow job (a row every 2 min) 60 s after its last row is not stalled.
     assert _pace(np.array([now - 180.0, now - 60.0]), 10, now, None) == (
         "  pace: 0.5 rows/min over the last 120 s; the 10 rows to do would take about 20 min")
+
+
+# -- output that nobody reads any more: `| head -1`, a `tee` killed ------------------------------
+
+
+def _batchrunner(*args: str) -> list[str]:
+    return [sys.executable, "-m", "batchrunner", *args]
+
+
+@pytest.mark.parametrize("closed", ["stderr", "stdout"])
+def test_a_run_whose_output_pipe_closes_goes_on_to_the_end(tmp_path: Path, closed: str) -> None:
+    """`batchrunner run job.toml 2>&1 | tee run.log` and the tee killed (or `| head -1`): the
+    bar's next line, or the summary, goes into a pipe nobody reads. The output is lost, the
+    run's work is not: every row is sent and journaled, the results written, and the exit code
+    is the run's own, with no error for the pipe."""
+    n = 300
+    pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"row {i}" for i in range(n)]}
+                 ).to_csv(tmp_path / "in.csv", index=False)
+    kept = tmp_path / "kept.txt"
+    with SimulatorThread(SimulatorConfig(latency_ms=20)) as sim, kept.open("w") as kept_file:
+        args = ["run", "--input", str(tmp_path / "in.csv"), "--id-column", "id",
+                "--prompt", "Say {text}", "--model", "gpt-4o-mini", "--base-url", sim.base_url,
+                "--concurrency", "4", "--output", str(tmp_path / "out"), "--progress", "bar"]
+        pipes = {"stdout": kept_file, "stderr": kept_file, closed: subprocess.PIPE}
+        proc = subprocess.Popen(_batchrunner(*args), cwd=tmp_path, **pipes)
+        try:
+            pipe = proc.stderr if closed == "stderr" else proc.stdout
+            assert pipe is not None
+            if closed == "stderr":
+                assert pipe.read(1)  # the bar is drawn: the run is under way
+            pipe.close()
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert code == 0, kept.read_text()
+        assert sim.stats()["completions"] == n
+    results = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert (results["status"] == "ok").sum() == n
+    text = kept.read_text()
+    if closed == "stderr":  # the summary still reaches stdout
+        assert f"{n} ok" in text, text
+    else:  # and nothing is said of the pipe
+        assert "Traceback" not in text and "error" not in text.lower(), text
+
+
+def test_status_report_and_estimate_into_a_closed_pipe_exit_quietly(tmp_path: Path) -> None:
+    """`batchrunner status out | head -1`: what head did not read is dropped, without a word
+    on stderr, and each command exits as it would have."""
+    assert subprocess.run(_batchrunner(*job_args(tmp_path)), cwd=tmp_path, timeout=120,
+                          capture_output=True).returncode == 0
+    estimate = ["estimate", *job_args(tmp_path)[1:-2]]  # run's options but --progress
+    for args, expected in ((["status", "out"], 0), (["report", "out"], 0), (estimate, 0)):
+        proc = subprocess.Popen(_batchrunner(*args), cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        proc.stdout.close()
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert (proc.returncode, err) == (expected, b""), args
