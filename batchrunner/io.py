@@ -76,9 +76,11 @@ __all__ = [
     "InputSource",
     "ResultWriter",
     "RunLock",
+    "check_utf8_path",
     "is_locked",
     "open_input",
     "remove_stale_temp_files",
+    "shown_path",
     "temp_path_for",
     "write_atomic_bytes",
 ]
@@ -126,6 +128,26 @@ def _output_error(path: Path, message: str) -> OutputError:
     return OutputError(_one_line(f"output {path}: {message}", limit=10_000))
 
 
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text to show or write: UTF-8 as it is, other bytes (a name in Latin-1, which
+    Python holds as lone surrogates) as ``\\x`` escapes, which UTF-8 text can hold."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_utf8_path(path: Path, what: str) -> None:
+    """Refuse ``path`` (``what``: ``input``, say) when it is not UTF-8: a name in Latin-1 bytes,
+    say. Arrow opens files by UTF-8 names only, so such an input could not be read, and such an
+    output directory's journal not read back, after its rows were sent (paid for)."""
+    text = os.path.abspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} {shown_path(text)}: the path is not UTF-8 (its other bytes "
+                         "shown as \\x escapes), and batchrunner reads and writes files by "
+                         "UTF-8 paths only — rename it, or the directory that is not, in UTF-8"
+                         ) from None
+
+
 def _short(value: object) -> str:
     """A user value quoted for a message: ``repr`` keeps it on one line."""
     return _one_line(repr(value), limit=60)
@@ -150,6 +172,7 @@ def open_input(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     p = Path(path)
+    check_utf8_path(p, "input")
     supported = ", ".join(SUPPORTED_SUFFIXES)
     try:
         st = p.stat()
@@ -212,7 +235,7 @@ def _parquet_files_in(directory: Path) -> list[Path]:
         entries = list(directory.iterdir())
     except OSError as exc:
         raise _input_error(directory, f"cannot list the directory ({_os_reason(exc)})") from None
-    return sorted(
+    files = sorted(
         (
             e
             for e in entries
@@ -220,6 +243,9 @@ def _parquet_files_in(directory: Path) -> list[Path]:
         ),
         key=lambda e: e.name,
     )
+    for file in files:
+        check_utf8_path(file, "input")
+    return files
 
 
 def _nested_parquet_file(directory: Path) -> str | None:

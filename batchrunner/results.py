@@ -178,7 +178,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     report = build_report(
         stats, prices=plan.prices,
         job={"name": job.name, "input": str(plan.source.path), "output": str(plan.out_dir),
-             "model": job.request.model, "job_file": plan.job_meta.get("job_file") or job.source,
+             "model": job.request.model,
+             "job_file": io.shown_path(str(plan.job_meta.get("job_file") or job.source)),
              "simulator": _simulated(plan.job_meta.get("simulator"))},
         wall_s=wall_s, counters=counters, to_do=summary.pending,
         changed_left=summary.changed_left, changed_exact=summary.changed_exact,

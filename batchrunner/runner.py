@@ -345,6 +345,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     out_dir = job.output.dir
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output {out_dir} is a file, not a directory — choose another --output")
+    io.check_utf8_path(out_dir, "output")
     source = io.open_input(job.input.path)
     stamp = source.stamp()  # before the input is read: a change from here on is seen
     where = f"input {source.path.name}"
@@ -401,7 +402,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         "output_format": job.output.format,
         "prices": job.prices,
         "job_file": (job.source if job.source == "command line"
-                     else str(Path(job.source).resolve())),  # as the reports show it
+                     else io.shown_path(Path(job.source).resolve())),  # as reports show it
         "simulator": job.endpoint.simulator,  # the answers are the built-in simulator's
     }
     journal = Journal(out_dir)

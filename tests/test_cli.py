@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import subprocess
 import sys
@@ -539,3 +541,71 @@ def test_status_report_and_estimate_into_a_closed_pipe_exit_quietly(tmp_path: Pa
                 proc.kill()
                 proc.wait()
         assert (proc.returncode, err) == (expected, b""), args
+
+
+# -- a path whose name is not UTF-8 (Latin-1 bytes, say) -----------------------------------------
+
+
+LATIN1 = os.fsdecode(b"caf\xe9")  # how Python names the bytes c a f 0xE9 on Linux
+
+
+@pytest.mark.parametrize("where", ["input", "folder", "output", "output parent"])
+def test_a_path_whose_name_is_not_utf8_is_refused_in_one_line_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str,
+) -> None:
+    """The Arrow and Parquet files are opened by UTF-8 names: an input, a Parquet folder's
+    file or an output directory named in Latin-1 was sent (and paid for) and then failed
+    reading its own journal, or crashed with a traceback. It is refused up front, naming it
+    with its odd bytes shown as \\x escapes."""
+    rows = pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]})
+    inp, out = tmp_path / "in.csv", tmp_path / "out"
+    if where == "input":
+        inp = tmp_path / f"{LATIN1}.csv"
+    elif where == "folder":
+        inp = tmp_path / "parts"
+        inp.mkdir()
+        rows.to_parquet(inp / "part.parquet")  # Arrow writes no other name
+        (inp / "part.parquet").rename(inp / f"{LATIN1}.parquet")
+    elif where == "output":
+        out = tmp_path / LATIN1
+    else:
+        out = tmp_path / LATIN1 / "out"
+    if where != "folder":
+        rows.to_csv(inp, index=False)
+    with SimulatorThread(SimulatorConfig()) as sim:
+        code, out_text, err = cli(
+            capsys, "run", "--input", str(inp), "--id-column", "id", "--prompt", "Say {text}",
+            "--model", "gpt-4o-mini", "--base-url", sim.base_url, "--output", str(out),
+            "--progress", "none")
+        assert sim.stats()["requests"] == 0
+    assert (code, out_text) == (2, ""), err
+    line = one_error_line(err)
+    assert "caf\\xe9" in line and "UTF-8" in line, line
+    assert not out.exists()
+    code, _, err = cli(capsys, "estimate", "--input", str(inp), "--id-column", "id",
+                       "--prompt", "Say {text}", "--model", "gpt-4o-mini", "--output", str(out))
+    assert code == 2 and "caf\\xe9" in one_error_line(err)
+
+
+def test_a_job_file_whose_path_is_not_utf8_runs_and_is_shown_with_escapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A job file is read by Python, which takes any name: only where it is shown (job.json,
+    the reports, status) does a Latin-1 name need writing as UTF-8 text. The run's reports
+    crashed on it, after every row was sent; they show it with \\x escapes."""
+    pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    jobs = tmp_path / LATIN1
+    jobs.mkdir()
+    (jobs / "job.toml").write_text(
+        f'name = "two"\n[input]\npath = "{tmp_path / "in.csv"}"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {text}"\n'
+        f'[endpoint]\nsimulator = true\n[output]\ndir = "{tmp_path / "out"}"\n')
+    code, out, err = cli(capsys, "run", str(jobs / "job.toml"), "--progress", "none")
+    assert code == 0, err
+    assert "2 ok" in out
+    shown = str(tmp_path / "caf\\xe9" / "job.toml")
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_bytes().decode("utf-8"))
+    assert report["job"]["job_file"] == shown
+    assert cli(capsys, "report", str(jobs / "job.toml"))[0] == 0
+    assert cli(capsys, "status", "out")[0] == 0
