@@ -4,8 +4,9 @@ Exit codes: 0 every row ok (with --limit, every row done so far); 2 bad usage, j
 or output directory (nothing sent); 3 finished with failed rows; 4 stopped early (auth, quota,
 budget, unreachable, all failing, interrupted) and resumable; 5 another run holds the output
 directory (nothing done); 1 output not written.
-``report`` exits 0, 3 or 4 (rows left to do) as the journal stands, or 1, 2 or 5 as a run
-would; ``status`` and ``estimate`` exit 0, or 2.
+``report`` exits 0, 3 or 4 (rows left to do) as the journal stands (after a run that ended as
+--limit asked, as that run did), or 1, 2 or 5 as a run would; ``status`` and ``estimate`` exit 0,
+or 2.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ exit codes: 0 all rows ok (with --limit, all done so far) · 2 bad job,
             failed rows · 4 stopped early (auth, quota, billing or region,
             budget, endpoint unreachable or silent, every request failing,
             Ctrl-C, SIGTERM or SIGHUP, the input replaced while it ran), rerun
-            to resume; from report: rows are left to do · 5 another run is using
-            the output directory (nothing done): run again once it ends · 1
-            output could not be written (disk full) · status, estimate: 0 or 2
+            to resume; from report: rows are left to do (after a --limit
+            run, as that run exited) · 5 another run is using the output
+            directory (nothing done): run again once it ends · 1 output could
+            not be written (disk full) · status, estimate: 0 or 2
 """
 
 
@@ -358,6 +360,12 @@ def _cmd_report(ns: argparse.Namespace) -> int:
                              "(it resumes, and rebuilds the results and reports)")
         summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False))
         record_rebuilt(plan)
+    last = plan.job_meta.get("last_run")
+    if isinstance(last, dict) and last.get("limit") and last.get("finished_at") and not (
+            last.get("stopped")):
+        # The last run ended as --limit asked: the rows it left are what was asked, not rows
+        # a stop or a crash left (their exit, 4), and report exits as that run did.
+        summary.limit, summary.limited = int(last["limit"]), summary.pending
     say(format_summary(summary), sys.stdout)
     return summary.exit_code
 

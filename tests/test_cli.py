@@ -193,6 +193,33 @@ def test_report_exits_4_with_rows_left_to_do_and_status_0(
     assert cli(capsys, "report", "out")[0] == 0
 
 
+def test_report_after_a_limit_run_exits_as_that_run_did_and_names_the_rows_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--limit 2` to try a job, then `report`: the rows --limit left are what was asked, not
+    a run cut short, so report exits as the run did (0, or 3 with a failed row) and says how
+    to send the rest; once a run stops with rows left to do, it exits 4 again."""
+    pd.DataFrame({"id": ["a", "b", "c", "d"],
+                  "text": ["one", "two", "three", "four"]}).to_csv(tmp_path / "in.csv",
+                                                                   index=False)
+    assert cli(capsys, *job_args(tmp_path, "--limit", "2"))[0] == 0
+    code, out, err = cli(capsys, "report", "out")
+    assert code == 0, err
+    assert "--limit 2 left 2 rows to do: the same command sends the next 2 rows" in out, out
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert (report["rows"]["by_status"], report["rows"]["to_do"]) == ({"ok": 2}, 2)
+    pd.DataFrame({"id": ["a", "b", "c", "d", "e"],
+                  "text": ["one", "two", "three [[sim:400]]", "four", "five"]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    assert cli(capsys, *job_args(tmp_path, "--limit", "1"))[0] == 3  # row c is refused
+    code, out, _ = cli(capsys, "report", "out")
+    assert code == 3 and "--limit 1 left 2 rows to do" in out, out
+    # A run that stops with rows left to do (its budget): report says to rerun, exit 4.
+    assert cli(capsys, *job_args(tmp_path, "--max-cost", "0.0000001"))[0] == 4
+    code, out, _ = cli(capsys, "report", "out")
+    assert code == 4 and "--limit" not in out, out
+
+
 # -- report needs the job's input where the job read it ------------------------------------------
 
 
