@@ -25,8 +25,10 @@ Top-level keys, in this order::
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
     rows              {"total", "by_status": {status: rows}, "cut_at_length", "to_do",
-                      "changed_to_send", "cost_unknown"}; total counts the rows with an
-                      outcome, to_do the input's rows without one (null when not given),
+                      "billed_to_do", "changed_to_send", "cost_unknown"}; total counts the
+                      rows with an outcome, to_do the input's rows without one (null when not
+                      given), billed_to_do those of them whose attempts so far were billed
+                      without an answer (``retrying`` records),
                       changed_to_send the rows whose text changed since they were sent and
                       that are not sent again yet (their outcomes are to the earlier text),
                       cost_unknown the rows paid for without a cost: ok rows (unknown price,
@@ -54,6 +56,8 @@ Top-level keys, in this order::
                       of rows still to do included (``retrying`` records: not rows with an
                       outcome, not in total); not part of cost_usd, so the job's spend is the
                       two added
+    cost_to_do_attempts_usd
+                      the part of cost_earlier_attempts_usd billed for rows still to do
     cost_complete     false when some row paid for has no cost (cost_unknown is not 0)
     pricing           {"library", "library_version", "units", "job_prices": [model, ...]}
     by_model          {model: {"rows", "ok", "failed", tokens..., "tokens_reported_by_rows"
@@ -257,6 +261,9 @@ class OutcomeStats:
         "_reported",
         "_rows_attempted",
         "_status",
+        "_to_do",
+        "_to_do_bad",
+        "_to_do_billed",
         "_tokens",
         "_top",
         "_total_tokens",
@@ -288,6 +295,10 @@ class OutcomeStats:
         # The same for earlier_cost_usd: earlier billed attempts of rows sent again.
         self._earlier: dict[_GroupKey, int] = {}
         self._earlier_bad: set[_GroupKey] = set()
+        # Of those, the rows still to do (``retrying`` records): how many, and their cost.
+        self._to_do_billed = 0
+        self._to_do: dict[_GroupKey, int] = {}
+        self._to_do_bad: set[_GroupKey] = set()
         self._errors: dict[str, list[Any]] = {}  # error type → [rows, example or None]
         self._newest: float | None = None
         self._per_row = _PerRow(3)  # finished_at, is ok, rate_limited
@@ -413,9 +424,11 @@ class OutcomeStats:
         """Rows to do whose attempts were billed (``retrying`` records): no outcome, so not
         among the rows; what those attempts cost is earlier attempts' cost, and the requests
         they record count."""
+        self._to_do_billed += t.num_rows
         if "earlier_cost_usd" in t.column_names:
-            self._add_costs(t["model"], np.zeros(t.num_rows, dtype=np.bool_),
-                            t["earlier_cost_usd"], self._earlier, self._earlier_bad)
+            for sums, bad in ((self._earlier, self._earlier_bad), (self._to_do, self._to_do_bad)):
+                self._add_costs(t["model"], np.zeros(t.num_rows, dtype=np.bool_),
+                                t["earlier_cost_usd"], sums, bad)
         self._attempts += _int_sum(t["attempts"])
         attempted = pc.greater(t["attempts"], scalar(0, pa.int64()))
         self._rows_attempted += _count(pc.fill_null(attempted, _FALSE))
@@ -529,11 +542,15 @@ class OutcomeStats:
     # ---------------------------------------------------------------------------------------
     # Sums for build_report
 
-    def _cost_sum(self, keep: Callable[[_GroupKey], bool], *, earlier: bool = False) -> float:
-        """The cost (with ``earlier``: the earlier attempts' cost) of the (model, failed) groups
-        ``keep`` picks, as the report shows it: rounded to 1e-10, and 0.0 if a NaN or infinite
-        cost is in it (as the float sum, NaN or inf, would be shown)."""
-        sums, bad = (self._earlier, self._earlier_bad) if earlier else (self._cost, self._cost_bad)
+    def _cost_sum(self, keep: Callable[[_GroupKey], bool], *, earlier: bool = False,
+                  to_do: bool = False) -> float:
+        """The cost (with ``earlier``: the earlier attempts' cost; ``to_do``: those of rows
+        still to do) of the (model, failed) groups ``keep`` picks, as the report shows it:
+        rounded to 1e-10, and 0.0 if a NaN or infinite cost is in it (as the float sum, NaN or
+        inf, would be shown)."""
+        sums, bad = ((self._to_do, self._to_do_bad) if to_do
+                     else (self._earlier, self._earlier_bad) if earlier
+                     else (self._cost, self._cost_bad))
         keys = {k for k in (*sums, *bad) if keep(k)}
         if keys & bad:
             return 0.0
@@ -708,7 +725,8 @@ def build_report(
         "generated_at": utc_timestamp(),
         "job": {str(k): _jsonable(v) for k, v in job.items()},
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
-                 "to_do": to_do, "changed_to_send": changed_left, "cost_unknown": n_unpriced},
+                 "to_do": to_do, "billed_to_do": stats._to_do_billed,
+                 "changed_to_send": changed_left, "cost_unknown": n_unpriced},
         "tokens": {
             "prompt": stats._tokens["prompt_tokens"],
             "completion": stats._tokens["completion_tokens"],
@@ -732,6 +750,7 @@ def build_report(
         "cost_usd": stats._cost_sum(lambda k: True),
         "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
         "cost_earlier_attempts_usd": stats._cost_sum(lambda k: True, earlier=True),
+        "cost_to_do_attempts_usd": stats._cost_sum(lambda k: True, to_do=True),
         "cost_complete": n_unpriced == 0,
         "pricing": {
             "library": LIBRARY_NAME,
@@ -1016,6 +1035,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     ok, failed = by_status.get("ok", 0), rows.get("total", 0) - by_status.get("ok", 0)
     earlier = report.get("cost_earlier_attempts_usd") or 0.0
+    to_do_usd = report.get("cost_to_do_attempts_usd") or 0.0
+    billed_to_do = rows.get("billed_to_do") or 0
     incomplete = " (incomplete, see warnings)" if report.get("cost_complete") is False else ""
     cost = format_usd(report.get("cost_usd")) + incomplete
     latency = "n/a"
@@ -1038,8 +1059,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
           if isinstance(asked.get("rows"), int) and asked["rows"] else []),
         ["Cost (USD)", cost],
         ["  of which billed for failed rows", format_usd(report.get("cost_failed_usd") or 0.0)],
-        *([["Earlier attempts, sent again (USD)", format_usd(earlier)],
-           ["Spent in all (USD)",
+        *([["Earlier attempts, sent again (USD)", format_usd(earlier - to_do_usd)]]
+          if round(earlier - to_do_usd, 10) > 0 else []),
+        *([[f"Earlier attempts, {_counted(billed_to_do, 'row', 'rows')} still to do (USD)",
+            format_usd(to_do_usd)]] if billed_to_do else []),
+        *([["Spent in all (USD)",
             format_usd((report.get("cost_usd") or 0.0) + earlier) + incomplete]]
           if earlier else []),
         [

@@ -202,7 +202,15 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         cost_class = " warn"
     earlier = report.get("cost_earlier_attempts_usd")
     if isinstance(earlier, int | float) and earlier > 0:
-        cost_note += f"; plus {format_usd(earlier)} for earlier attempts of rows sent again"
+        to_do_usd = report.get("cost_to_do_attempts_usd")
+        to_do_usd = to_do_usd if isinstance(to_do_usd, int | float) else 0.0
+        billed_to_do = report.get("rows", {}).get("billed_to_do") or 0
+        if not billed_to_do or round(earlier - to_do_usd, 10) > 0:
+            cost_note += (f"; plus {format_usd(earlier - to_do_usd)} for earlier attempts of "
+                          "rows sent again")
+        if billed_to_do:
+            cost_note += (f"; plus {format_usd(to_do_usd)} for earlier attempts of "
+                          f"{count_rows(billed_to_do)} still to do")
 
     latency = "n/a"
     if lat.get("p50") is not None:

@@ -36,7 +36,13 @@ from batchrunner.records import (
     REPEATED_COLUMNS,
     RETRYING,
 )
-from batchrunner.report import REPORT_COLUMNS, OutcomeStats, build_report, write_reports
+from batchrunner.report import (
+    REPORT_COLUMNS,
+    OutcomeStats,
+    build_report,
+    sum_usd,
+    write_reports,
+)
 
 if TYPE_CHECKING:
     from batchrunner.runner import Plan, RunSummary
@@ -156,12 +162,14 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
         (_changed_left(journal, order, plan.fresh), True) if plan.fresh is not None
         else recorded_changed_left(plan.job_meta))
     results_path = plan.out_dir / f"results.{job.output.format}"
-    statuses = _write_results(plan, journal, order, results_path)
+    statuses, billed_usd = _write_results(plan, journal, order, results_path)
     summary.rows = sum(statuses.values())
     summary.ok = statuses.get("ok", 0)
     summary.failed = statuses.get("failed", 0)
     # Rows to do: without a record, or whose latest is ``retrying`` (billed, not answered).
     summary.pending = statuses.get(None, 0) + statuses.get(RETRYING, 0)
+    summary.billed_to_do = statuses.get(RETRYING, 0)
+    summary.billed_to_do_usd = sum_usd(pa.chunked_array(billed_usd, pa.float64()))
     summary.results_path = results_path
 
     # The compacted journal holds the input's rows first, in its order, then rows the input
@@ -253,14 +261,17 @@ def _last_runs(meta: dict[str, Any]) -> tuple[dict[str, Any], float | None, dict
 
 
 def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
-                   ) -> Counter[str | None]:
-    """Write the results file; the rows by their journal status (None: no record). A row whose
-    record is ``retrying`` (counted as such) is a row to do: its ``status`` is null."""
+                   ) -> tuple[Counter[str | None], list[pa.Array]]:
+    """Write the results file; return the rows by their journal status (None: no record), and
+    the ``earlier_cost_usd`` of those whose record is ``retrying``. Such a row (counted as
+    such) is a row to do: its ``status`` and ``finished_at`` are null, as for a row never sent,
+    and its ``attempts`` and ``earlier_cost_usd`` say what its billed attempts cost."""
     outcomes = _Outcomes(journal, order) if journal.segments() else None
     outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key" and c not in JOURNAL_ONLY]
     empty = pa.Table.from_batches([], OUTCOME_SCHEMA)
     writer: io.ResultWriter | None = None
     statuses: Counter[str | None] = Counter()
+    billed_usd: list[pa.Array] = []
     start = 0
     try:
         for batch in plan.source.batches():
@@ -272,10 +283,11 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
             part = pc.take(rows, int64_array(index, index >= 0))
             retrying = pc.fill_null(is_value(part["status"], RETRYING), _NO)
             billed = int(pc.sum(retrying).as_py() or 0)
-            if billed:  # billed attempts of rows to do: no outcome to show
-                part = part.set_column(part.schema.get_field_index("status"), "status",
-                                       pc.if_else(retrying, null_scalar(pa.string()),
-                                                  part["status"]))
+            if billed:  # billed attempts of rows to do: no outcome, nor a time it came
+                for c, kind in (("status", pa.string()), ("finished_at", pa.float64())):
+                    part = part.set_column(part.schema.get_field_index(c), c, pc.if_else(
+                        retrying, null_scalar(kind), part[c]))
+                billed_usd.extend(pc.filter(part["earlier_cost_usd"], retrying).chunks)
             start += n
             table = pa.Table.from_batches([batch])
             names = set(table.column_names)
@@ -308,4 +320,4 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
         if writer is not None:
             writer.abort()
         raise
-    return statuses
+    return statuses, billed_usd

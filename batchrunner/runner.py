@@ -210,6 +210,8 @@ class RunSummary:
     error_examples: dict[str, str] = field(default_factory=dict)  # a message of each type
     cost_usd: float | None = 0.0
     earlier_cost_usd: float = 0.0  # earlier billed attempts of rows sent again, not in cost_usd
+    billed_to_do: int = 0  # rows to do whose attempts were billed (``retrying`` records)
+    billed_to_do_usd: float = 0.0  # what they cost: part of earlier_cost_usd
     wall_s: float = 0.0
     results_path: Path | None = None
     report_paths: list[Path] = field(default_factory=list)
@@ -2607,7 +2609,9 @@ def format_status(out_dir: Path) -> str:
         else:
             why = "no price known for the model or its search, or no usage reported"
         cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
-    cost += _plus_earlier(sum_usd(pa.chunked_array(state.earlier, pa.float64())))
+    cost += _plus_earlier(sum_usd(pa.chunked_array(state.earlier, pa.float64())),
+                          state.billed_to_do,
+                          sum_usd(pa.chunked_array(state.to_do_earlier, pa.float64())))
     lines.append(f"  tokens {state.tokens:,}; cost so far {cost}")
     last = meta.get("last_run")
     changed, exact = recorded_changed_left(meta)
@@ -2661,6 +2665,8 @@ class _Tally:
         # The cost columns (8 bytes a row), summed at the end as the reports sum them: exactly.
         self.costs: list[pa.Array] = []
         self.earlier: list[pa.Array] = []
+        self.billed_to_do = 0  # rows whose latest record is ``retrying``
+        self.to_do_earlier: list[pa.Array] = []  # their earlier_cost_usd
         self.failed_by_type: Counter[str] = Counter()
         self.finished_at: list[npt.NDArray[np.float64]] | None = [] if times else None
 
@@ -2670,6 +2676,10 @@ class _Tally:
                 self.ok += entry["counts"]
             elif entry["values"] == "failed":
                 self.failed += entry["counts"]
+            elif entry["values"] == RETRYING:
+                self.billed_to_do += entry["counts"]
+                to_do = pc.filter(part["earlier_cost_usd"], is_value(part["status"], RETRYING))
+                self.to_do_earlier.extend(to_do.chunks)
         if self.failed:
             failed = pc.filter(part, is_value(part["status"], "failed"))
             for entry in pc.value_counts(failed["error_type"]).to_pylist():
@@ -2752,9 +2762,20 @@ def _search_units(web_searches: int | None, sources: int | None) -> int | None:
     return web_searches if web_searches is not None else sources
 
 
-def _plus_earlier(usd: float | None) -> str:
-    """What earlier attempts of rows sent again cost, to follow a cost (empty if nothing)."""
-    return f" (plus {format_usd(usd)} for earlier attempts of rows sent again)" if usd else ""
+def _plus_earlier(usd: float | None, to_do: int = 0, to_do_usd: float = 0.0) -> str:
+    """What earlier attempts cost, to follow a cost (empty if nothing): of rows sent again,
+    and (``to_do_usd`` of ``usd``) of ``to_do`` rows still to do, billed without an answer
+    and not sent again yet."""
+    if not usd:
+        return ""
+    resent = round(usd - to_do_usd, 10)  # the sums are to 1e-10 USD: no float noise
+    parts = []
+    if not to_do or resent > 0:
+        parts.append(f"{format_usd(resent)} for earlier attempts of rows sent again")
+    if to_do:
+        parts.append(f"{format_usd(to_do_usd)}{'' if parts else ' for earlier attempts'} of "
+                     f"{count_rows(to_do)} still to do")
+    return f" (plus {' and '.join(parts)})"
 
 
 def format_summary(s: RunSummary) -> str:
@@ -2780,7 +2801,7 @@ def format_summary(s: RunSummary) -> str:
         cost += f" for the job ({format_usd(s.run_cost_usd)} this run)"
     if s.cost_usd is None and s.cost_unknown:
         cost += f", and {count_rows(s.cost_unknown)} without a cost (see report)"
-    cost += _plus_earlier(s.earlier_cost_usd)
+    cost += _plus_earlier(s.earlier_cost_usd, s.billed_to_do, s.billed_to_do_usd)
     if s.ran:
         sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")
         cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"

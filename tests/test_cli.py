@@ -636,3 +636,62 @@ def test_a_job_file_whose_path_is_not_utf8_runs_and_is_shown_with_escapes(
     assert report["job"]["job_file"] == shown
     assert cli(capsys, "report", str(jobs / "job.toml"))[0] == 0
     assert cli(capsys, "status", "out")[0] == 0
+
+
+# -- a row whose attempt was billed, stopped before its retry: still to do -------------------------
+
+
+def test_a_row_billed_then_stopped_before_its_retry_reads_as_still_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Row r0's first reply is billed ($0.01 here) with no answer, and the budget stops the job
+    before its retry. Its results row showed the billed attempt's time as `finished_at`, and
+    the summary and `status` counted the $0.01 as 'earlier attempts of rows sent again', though
+    nothing was sent again: the row is to do, its billed attempt said as such."""
+    pd.DataFrame({"id": ["r0", "r1", "r2"],
+                  "text": ["zero [[sim:no_choices*1]]", "one", "two"]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    (tmp_path / "job.toml").write_text(
+        'name = "billed"\n[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {text}"\nmax_tokens = 10\n'
+        '[endpoint]\nsimulator = true\n[limits]\nconcurrency = 1\nmax_cost_usd = 0.015\n'
+        '[output]\ndir = "out"\nformat = "csv"\n'
+        '[prices."gpt-4o-mini"]\ninput = 0\noutput = 1000\n'  # $0.001 a reply token
+        '[simulator]\nreply_tokens = 10\n')
+    code, out, err = cli(capsys, "run", "job.toml", "--progress", "none")
+    assert code == 4 and "budget reached" in out, (out, err)
+    row = pd.read_csv(tmp_path / "out" / "results.csv").set_index("id").loc["r0"]
+    assert pd.isna(row["status"]) and pd.isna(row["finished_at"]), row
+    assert (row["attempts"], row["earlier_cost_usd"]) == (1, 0.01)
+    said = "(plus $0.0100 for earlier attempts of 1 row still to do)"
+    assert said in out and "sent again" not in out, out
+    code, out, _ = cli(capsys, "status", "out")
+    assert said in out and "sent again" not in out, out
+    assert cli(capsys, "report", "out")[0] == 4
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["rows"]["billed_to_do"] == 1
+    assert report["cost_to_do_attempts_usd"] == report["cost_earlier_attempts_usd"] == 0.01
+    md = (tmp_path / "out" / "cost_report.md").read_text()
+    assert "| Earlier attempts, 1 row still to do (USD) | $0.0100" in md
+    assert "sent again" not in md
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "plus $0.0100 for earlier attempts of 1 row still to do" in html
+    assert "sent again" not in html
+    assert pd.isna(pd.read_csv(tmp_path / "out" / "results.csv").loc[0, "finished_at"])
+    # Answered by the rerun (a new simulator: billed once more first), the row's billed
+    # attempts are earlier attempts of a row sent again.
+    code, out, _ = cli(capsys, "run", "job.toml", "--progress", "none", "--max-cost", "1")
+    assert code == 0 and "(plus $0.0200 for earlier attempts of rows sent again)" in out, out
+    assert "still to do" not in out
+
+
+def test_earlier_attempts_of_rows_sent_again_and_of_rows_to_do_are_told_apart() -> None:
+    from batchrunner.runner import _plus_earlier
+
+    assert _plus_earlier(0.0) == ""
+    assert _plus_earlier(0.03) == " (plus $0.0300 for earlier attempts of rows sent again)"
+    assert _plus_earlier(0.03, 2, 0.03) == (
+        " (plus $0.0300 for earlier attempts of 2 rows still to do)")
+    assert _plus_earlier(0.03, 1, 0.01) == (
+        " (plus $0.0200 for earlier attempts of rows sent again and $0.0100 of 1 row still to "
+        "do)")
