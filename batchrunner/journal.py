@@ -765,21 +765,46 @@ def _order_of(seg: Path) -> str | None:
 
 def latest(table: pa.Table) -> pa.Table:
     """One record a key: the newest ``ok`` if any, else the newest ``failed``, else the newest
-    ``retrying``; with the cost columns, its ``earlier_cost_usd`` raised to its row's whole
-    cost (see ``Latest``)."""
-    if table.num_rows == 0:
+    ``retrying`` (newest: by ``finished_at``, null read as 0, then by place in ``table``, as
+    ``Journal.latest`` ranks them); with the cost columns, its ``earlier_cost_usd`` raised to
+    its row's whole cost (see ``Latest``). The records kept stay in ``table``'s order.
+
+    Keys are told apart by hashing, and only the records of keys recorded more than once are
+    ranked: a journal of a run in progress is mostly one record a key, and ``status`` reads it
+    every few minutes beside the run (a sort of a million keys, and a copy of every column in
+    that order, cost it more CPU and memory than the rest of its work)."""
+    n = table.num_rows
+    if n == 0:
         return table
-    ok_rank = _rank(table["status"])
-    idx = int64_array(np.arange(table.num_rows, dtype=np.int64))
-    ranked = table.append_column("__ok", ok_rank).append_column("__i", idx)
-    winners = _last_per_key(ranked, ["__ok", "finished_at", "__i"]).drop_columns(["__ok", "__i"])
+    codes = _key_codes(table["key"])
+    counts = np.bincount(codes)
+    if len(counts) == n:  # one record a key
+        return table
+    repeated = np.flatnonzero(counts[codes] > 1)
+    rank = to_numpy(_rank(table["status"]), fill=-2)[repeated]
+    at = to_numpy(table["finished_at"], fill=0.0)[repeated]
+    order = np.lexsort((repeated, at, rank, codes[repeated]))
+    ranked = codes[repeated][order]
+    last = np.ones(len(ranked), dtype=bool)
+    last[:-1] = ranked[:-1] != ranked[1:]
+    keep = counts[codes] == 1
+    keep[repeated[order][last]] = True
+    winners = pc.filter(table, bool_array(keep))
     if not {"cost_usd", "earlier_cost_usd"} <= set(table.column_names):
         return winners
     spent = _spent(table["cost_usd"], table["earlier_cost_usd"])
-    if winners.num_rows == table.num_rows or spent.null_count == len(spent):
-        return winners  # one record a key, or no cost: nothing to carry
-    return _carry_cost(winners, _most_per_key(table["key"], to_numpy(spent, fill=float("nan")),
-                                              winners["key"]))
+    if spent.null_count == len(spent):
+        return winners  # no cost: nothing to carry
+    most = np.full(len(counts), np.nan)
+    np.fmax.at(most, codes[repeated], to_numpy(spent, fill=float("nan"))[repeated])
+    return _carry_cost(winners, most[codes[keep]])
+
+
+def _key_codes(keys: pa.ChunkedArray) -> np.ndarray:
+    """Each key's number (0, 1, ... in order of first appearance), by hashing."""
+    encoded = pc.dictionary_encode(keys.combine_chunks(), null_encoding="encode")
+    codes: np.ndarray = to_numpy(pc.cast(encoded.indices, pa.int64()))
+    return codes
 
 
 def _last_per_key(table: pa.Table, rank: Sequence[str]) -> pa.Table:
