@@ -118,6 +118,7 @@ __all__ = [
     "REPORT_JSON",
     "REPORT_MD",
     "OutcomeStats",
+    "UsdSum",
     "build_report",
     "changed_warning",
     "count_rows",
@@ -406,10 +407,10 @@ class OutcomeStats:
         self._add_models(t, is_ok, unpriced, total, units, pc.and_(unpriced, searched),
                          requests, pc.and_(unpriced, asked), earlier)
         ok_np = _np_bool(is_ok)
-        self._add_costs(t["model"], ~ok_np, cost, self._cost, self._cost_bad)
+        models = group_codes(t["model"])
+        _add_exact(self._cost, self._cost_bad, models, ~ok_np, cost)
         if "earlier_cost_usd" in t.column_names:  # a journal written before it has nulls
-            self._add_costs(t["model"], ~ok_np, t["earlier_cost_usd"], self._earlier,
-                            self._earlier_bad)
+            _add_exact(self._earlier, self._earlier_bad, models, ~ok_np, t["earlier_cost_usd"])
         self._add_errors(pc.filter(t.select(["error_type", "error_message"]), is_failed))
 
         finished_at = t["finished_at"]
@@ -426,9 +427,10 @@ class OutcomeStats:
         they record count."""
         self._to_do_billed += t.num_rows
         if "earlier_cost_usd" in t.column_names:
+            models = group_codes(t["model"])
+            none_failed = np.zeros(t.num_rows, dtype=np.bool_)
             for sums, bad in ((self._earlier, self._earlier_bad), (self._to_do, self._to_do_bad)):
-                self._add_costs(t["model"], np.zeros(t.num_rows, dtype=np.bool_),
-                                t["earlier_cost_usd"], sums, bad)
+                _add_exact(sums, bad, models, none_failed, t["earlier_cost_usd"])
         self._attempts += _int_sum(t["attempts"])
         attempted = pc.greater(t["attempts"], scalar(0, pa.int64()))
         self._rows_attempted += _count(pc.fill_null(attempted, _FALSE))
@@ -458,45 +460,6 @@ class OutcomeStats:
             acc[0] += rows[j]
             for i, s in enumerate(sums, 1):
                 acc[i] += s[j]
-
-    def _add_costs(
-        self, model: pa.ChunkedArray, failed: npt.NDArray[np.bool_], cost: pa.ChunkedArray,
-        sums: dict[_GroupKey, int], bad_groups: set[_GroupKey],
-    ) -> None:
-        """Exact cost sums per (model, failed); groups with a NaN or infinite cost are marked."""
-        values = _np_float(cost)
-        finite = np.isfinite(values)
-        bad = _np_bool(pc.is_valid(cost)) & ~finite
-        if not bad.any() and not finite.any():
-            return
-        group, models = group_codes(model)
-        if bad.any():
-            for g, f in set(zip(group[bad].tolist(), failed[bad].tolist(), strict=True)):
-                bad_groups.add((models[g], f))
-        if not finite.any():
-            return
-        exp, hi, lo = _exact_parts(values[finite])
-        # One group per (model, failed, exp), numbered (model · 2 + failed) · span + exp - low
-        # (span: the exponents' range in this chunk, a few dozen in practice). When those
-        # numbers would be many more than the rows, only the numbers in use are kept.
-        # hi and lo summed per group are exact in int64.
-        low = int(exp.min())
-        span = int(exp.max()) - low + 1
-        slots = ((group[finite] << 1) | failed[finite]) * span + (exp - low)
-        used: npt.NDArray[np.int64] | None = None
-        size = len(models) * 2 * span
-        if size > max(len(slots), 1 << 16):
-            used, slots = np.unique(slots, return_inverse=True)
-            size = len(used)
-        hi_sums = np.zeros(size, dtype=np.int64)
-        lo_sums = np.zeros(size, dtype=np.int64)
-        np.add.at(hi_sums, slots, hi)
-        np.add.at(lo_sums, slots, lo)
-        for i in np.flatnonzero(np.bincount(slots, minlength=size)).tolist():
-            g2, e = divmod(i if used is None else int(used[i]), span)
-            key = (models[g2 >> 1], bool(g2 & 1))
-            m = (int(hi_sums[i]) << _HALF_BITS) + int(lo_sums[i])
-            sums[key] = sums.get(key, 0) + (m << (e + low - 53 + _SCALE_BITS))
 
     def _add_errors(self, failed: pa.Table) -> None:
         if failed.num_rows == 0:
@@ -551,14 +514,88 @@ class OutcomeStats:
         sums, bad = ((self._to_do, self._to_do_bad) if to_do
                      else (self._earlier, self._earlier_bad) if earlier
                      else (self._cost, self._cost_bad))
-        keys = {k for k in (*sums, *bad) if keep(k)}
-        if keys & bad:
-            return 0.0
-        total = sum(sums[k] for k in keys)
-        try:
-            return _usd(total / (1 << _SCALE_BITS))
-        except OverflowError:
-            return 0.0
+        return _shown_sum(sums, bad, keep)
+
+
+def _add_exact(
+    sums: dict[_GroupKey, int], bad_groups: set[_GroupKey],
+    groups: tuple[npt.NDArray[np.int64], list[Any]], failed: npt.NDArray[np.bool_],
+    cost: pa.ChunkedArray | pa.Array,
+) -> None:
+    """Add ``cost`` to exact sums per (model, failed) (``groups``: each row's model, as
+    ``group_codes`` gives them); groups with a NaN or infinite cost are marked."""
+    values = _np_float(cost)
+    finite = np.isfinite(values)
+    bad = _np_bool(pc.is_valid(cost)) & ~finite
+    if not bad.any() and not finite.any():
+        return
+    group, models = groups
+    if bad.any():
+        for g, f in set(zip(group[bad].tolist(), failed[bad].tolist(), strict=True)):
+            bad_groups.add((models[g], f))
+    if not finite.any():
+        return
+    exp, hi, lo = _exact_parts(values[finite])
+    # One group per (model, failed, exp), numbered (model · 2 + failed) · span + exp - low
+    # (span: the exponents' range in this chunk, a few dozen in practice). When those
+    # numbers would be many more than the rows, only the numbers in use are kept.
+    # hi and lo summed per group are exact in int64.
+    low = int(exp.min())
+    span = int(exp.max()) - low + 1
+    slots = ((group[finite] << 1) | failed[finite]) * span + (exp - low)
+    used: npt.NDArray[np.int64] | None = None
+    size = len(models) * 2 * span
+    if size > max(len(slots), 1 << 16):
+        used, slots = np.unique(slots, return_inverse=True)
+        size = len(used)
+    hi_sums = np.zeros(size, dtype=np.int64)
+    lo_sums = np.zeros(size, dtype=np.int64)
+    np.add.at(hi_sums, slots, hi)
+    np.add.at(lo_sums, slots, lo)
+    for i in np.flatnonzero(np.bincount(slots, minlength=size)).tolist():
+        g2, e = divmod(i if used is None else int(used[i]), span)
+        key = (models[g2 >> 1], bool(g2 & 1))
+        m = (int(hi_sums[i]) << _HALF_BITS) + int(lo_sums[i])
+        sums[key] = sums.get(key, 0) + (m << (e + low - 53 + _SCALE_BITS))
+
+
+def _shown_sum(sums: Mapping[_GroupKey, int], bad: set[_GroupKey],
+               keep: Callable[[_GroupKey], bool]) -> float:
+    """The exact sum of the groups ``keep`` picks, as the reports show it (``_cost_sum``)."""
+    keys = {k for k in (*sums, *bad) if keep(k)}
+    if keys & bad:
+        return 0.0
+    total = sum(sums[k] for k in keys)
+    try:
+        return _usd(total / (1 << _SCALE_BITS))
+    except OverflowError:
+        return 0.0
+
+
+class UsdSum:
+    """A cost column's sum, added a chunk at a time, as the reports sum costs (``OutcomeStats``:
+    exact, then rounded to 1e-10 USD; 0.0 with a NaN or infinite cost in it, or past what a
+    float holds), so that another place showing it (``status``) shows the same figure. Keeps
+    a few integers, whatever the row count."""
+
+    __slots__ = ("_bad", "_sums")
+
+    def __init__(self) -> None:
+        self._sums: dict[_GroupKey, int] = {}
+        self._bad: set[_GroupKey] = set()
+
+    def add(self, cost: pa.ChunkedArray | pa.Array) -> None:
+        n = len(cost)
+        _add_exact(self._sums, self._bad, (np.zeros(n, dtype=np.int64), [None]),
+                   np.zeros(n, dtype=np.bool_), cost)
+
+    @property
+    def usd(self) -> float:
+        return _shown_sum(self._sums, self._bad, _every)
+
+
+def _every(key: _GroupKey) -> bool:
+    return True
 
 
 def _as_stats(
@@ -888,11 +925,10 @@ def _finite(x: float | None) -> float | None:
 
 
 def sum_usd(values: pa.ChunkedArray | pa.Array) -> float:
-    """The sum of a cost column (nulls skipped) as the report shows its sums: exact, then
-    rounded to 1e-10 USD, so another place that shows it (``status``) shows the same figure
-    (a float sum can differ in the last digit shown: $0.00939 against $0.00938)."""
-    values = _np_float(values)
-    return _usd(math.fsum(values[np.isfinite(values)].tolist()))
+    """The sum of a cost column (nulls skipped) as the reports show their sums (``UsdSum``)."""
+    total = UsdSum()
+    total.add(values)
+    return total.usd
 
 
 def _usd(x: float | None) -> float:

@@ -98,13 +98,13 @@ from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, leave_terminal, make_progress, say
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
+    UsdSum,
     changed_warning,
     count_rows,
     format_budget,
     format_span,
     format_usd,
     retry_advice,
-    sum_usd,
     utc_timestamp,
 )
 from batchrunner.results import (
@@ -2569,9 +2569,7 @@ def format_status(out_dir: Path) -> str:
     meta = read_meta(out_dir)
     locked = io.is_locked(out_dir)
     state = _Tally(times=locked)
-    for part in Journal(out_dir).iter_latest(["error_type", "cost_usd", "earlier_cost_usd",
-                                              "total_tokens", "prompt_tokens", "search_units",
-                                              "search_requests"]):
+    for part in Journal(out_dir).iter_latest(_Tally.COLUMNS):
         state.add(part)
     total = int(meta.get("total_rows") or 0)
     ok, failed = state.ok, state.failed
@@ -2597,7 +2595,7 @@ def format_status(out_dir: Path) -> str:
         lines.append(f"  failed {etype}: {n:,}")
     # Every row's cost, as the reports sum it: a failed row's billed reply (a schema mismatch,
     # an error body with usage) was paid for too.
-    cost = format_usd(sum_usd(pa.chunked_array(state.costs, pa.float64())))
+    cost = format_usd(state.cost.usd)
     if state.unpriced:  # rows paid for without a cost, as the reports count them
         searched = state.unpriced_search + state.unpriced_requests
         keys = " or ".join(k for k, n in (("search_unit", state.unpriced_search),
@@ -2609,9 +2607,7 @@ def format_status(out_dir: Path) -> str:
         else:
             why = "no price known for the model or its search, or no usage reported"
         cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
-    cost += _plus_earlier(sum_usd(pa.chunked_array(state.earlier, pa.float64())),
-                          state.billed_to_do,
-                          sum_usd(pa.chunked_array(state.to_do_earlier, pa.float64())))
+    cost += _plus_earlier(state.earlier.usd, state.billed_to_do, state.to_do_earlier.usd)
     lines.append(f"  tokens {state.tokens:,}; cost so far {cost}")
     last = meta.get("last_run")
     changed, exact = recorded_changed_left(meta)
@@ -2655,38 +2651,44 @@ def format_status(out_dir: Path) -> str:
 
 class _Tally:
     """What ``status`` shows of the journal's latest records, added a table of them at a
-    time; with ``times``, their ``finished_at`` too (the pace of a run in progress). A row
-    whose latest record is ``retrying`` is a row to do: counted neither ok nor failed, its
-    billed attempts' cost among the earlier attempts'."""
+    time, as the reports count them (``OutcomeStats``): the costs summed exactly
+    (``UsdSum``), the tokens a row's total (else its prompt and completion tokens); with
+    ``times``, their ``finished_at`` too (the pace of a run in progress). A row whose latest
+    record is ``retrying`` is a row to do: counted neither ok nor failed, its billed attempts'
+    cost among the earlier attempts'."""
+
+    COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
+               "completion_tokens", "search_units", "search_requests")
 
     def __init__(self, *, times: bool) -> None:
         self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
         self.unpriced_requests = 0  # of search billed per request (search_requests)
-        # The cost columns (8 bytes a row), summed at the end as the reports sum them: exactly.
-        self.costs: list[pa.Array] = []
-        self.earlier: list[pa.Array] = []
+        self.cost = UsdSum()
+        self.earlier = UsdSum()
         self.billed_to_do = 0  # rows whose latest record is ``retrying``
-        self.to_do_earlier: list[pa.Array] = []  # their earlier_cost_usd
+        self.to_do_earlier = UsdSum()  # their earlier_cost_usd
         self.failed_by_type: Counter[str] = Counter()
         self.finished_at: list[npt.NDArray[np.float64]] | None = [] if times else None
 
     def add(self, part: pa.Table) -> None:
+        failed = 0
         for entry in pc.value_counts(part["status"]).to_pylist():
             if entry["values"] == "ok":
                 self.ok += entry["counts"]
             elif entry["values"] == "failed":
-                self.failed += entry["counts"]
+                failed = entry["counts"]
             elif entry["values"] == RETRYING:
                 self.billed_to_do += entry["counts"]
-                to_do = pc.filter(part["earlier_cost_usd"], is_value(part["status"], RETRYING))
-                self.to_do_earlier.extend(to_do.chunks)
-        if self.failed:
-            failed = pc.filter(part, is_value(part["status"], "failed"))
-            for entry in pc.value_counts(failed["error_type"]).to_pylist():
+                self.to_do_earlier.add(pc.filter(part["earlier_cost_usd"],
+                                                 is_value(part["status"], RETRYING)))
+        if failed:
+            self.failed += failed
+            errors = pc.filter(part["error_type"], is_value(part["status"], "failed"))
+            for entry in pc.value_counts(errors).to_pylist():
                 self.failed_by_type[str(entry["values"])] += entry["counts"]
         cost = part["cost_usd"]
-        self.costs.extend(cost.chunks)
-        self.earlier.extend(part["earlier_cost_usd"].chunks)
+        self.cost.add(cost)
+        self.earlier.add(part["earlier_cost_usd"])
         # Paid for: ok, or a failed row whose reply reported usage (billed).
         paid = pc.or_(pc.fill_null(is_value(part["status"], "ok"), scalar(False, pa.bool_())),
                       pc.is_valid(part["prompt_tokens"]))
@@ -2697,7 +2699,9 @@ class _Tally:
         asked = pc.fill_null(pc.greater(part["search_requests"], scalar(0, pa.int64())),
                              scalar(False, pa.bool_()))
         self.unpriced_requests += pc.filter(cost, pc.and_(paid, asked)).null_count
-        self.tokens += pc.sum(part["total_tokens"]).as_py() or 0
+        total = pc.coalesce(part["total_tokens"],
+                            pc.add(part["prompt_tokens"], part["completion_tokens"]))
+        self.tokens += pc.sum(total).as_py() or 0
         if self.finished_at is not None:  # of rows finished: not of ``retrying`` records
             finished = pc.filter(part["finished_at"], pc.invert(is_value(part["status"],
                                                                          RETRYING)))
