@@ -63,3 +63,17 @@ def test_count_instructions_smoke() -> None:
             assert f"  {name} {n} requests, run 1: ran (not counted)" in out, out
     if shutil.which("valgrind"):
         assert "python -c pass under callgrind: " in out, out
+
+
+def test_bench_status_smoke() -> None:
+    """``status`` on each journal it builds (a run in progress, one retrying failed rows, a
+    finished one) answers, and the figures are printed."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_status.py"), "--smoke"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{proc.stderr[-3000:]}"
+    for name in ("mid-run", "after", "mid-run, retrying"):
+        assert f"== {name}: wall " in out, out
+    assert out.count("20,000 of 20,000 rows finished (20,000 ok, 0 failed, 0 to do)") == 3, out
