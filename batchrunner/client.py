@@ -1262,8 +1262,12 @@ class ChatClient:
                     "network or a proxy, or a web page at the base URL?")[:_MAX_MESSAGE]
             else:
                 said = "HTTP 200 with a body that is not JSON"
-            raise BadResponseError("invalid_body", said, retryable=True, status=200,
-                                   request_id=request_id) from None
+            error = BadResponseError("invalid_body", said, retryable=True, status=200,
+                                     request_id=request_id)
+            # A JSON object begun, cut or garbled on its way (a proxy): an answer, generated
+            # and billed, which a sign-in page or an empty body is not.
+            error.answer_begun = raw.lstrip()[:1] == b"{"
+            raise error from None
         if not isinstance(payload, dict):
             raise BadResponseError(
                 "invalid_body", "HTTP 200 with a JSON body that is not an object", retryable=True,

@@ -176,6 +176,15 @@ GATEWAY_STATUSES = frozenset({502, 503, 504})
 # so the progress, which shows a pause of a second or more as a server's asked-for wait, does
 # not show it as one (it shows the outage).
 PROBE_EVERY_S = 0.8
+# The failures of a try that reached the server and got no whole answer from it, which may
+# have been billed although no usage says so: a provider goes on with a request whose client
+# has gone (a timeout, a connection broken once the request was sent), and one whose body was
+# cut, or that gave up on its answer, had generated it. Under a budget each counts at its
+# estimate (``_unbilled_try``), as does any try whose answer had begun (``answer_begun``). A
+# refused connection, a proxy's refusal and an error answer (a status, a 429, an error body)
+# were not billed, and count nothing.
+MAYBE_BILLED = frozenset({"timeout", "connection_reset", "truncated_body", "stream_cut",
+                          "answer_aborted"})
 
 
 @dataclass(kw_only=True)
@@ -1191,7 +1200,7 @@ class _Run:
         self.transient: set[str] = set()  # error types rows failed with after every retry
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
-        self.warned_cut = False  # about a stream cut without usage, under a budget
+        self.warned_cut = False  # about a try that may be billed without usage (budget)
         self.routed: dict[str, str] = {}  # model asked for → the priced one that answered
         # Model asked for → the most a reply's search (sources, web searches) has cost in this
         # run: billed apart from tokens, so a request's estimate holds it too, under a budget.
@@ -1637,8 +1646,9 @@ class _Run:
                     if e.answer_begun:  # its stream had begun: the endpoint answers, slowly
                         self._answered(sent_at)
                 billed, searched = self._billed(item, e)
-                if e.usage is None and e.answer_begun and self.budget is not None:
-                    self._unbilled_cut(item)
+                if e.usage is None and self.budget is not None and (
+                        e.answer_begun or e.error_type in MAYBE_BILLED):
+                    self._unbilled_try(item, e)
                 if gateway:
                     if e.status and self.last_answer < sent_at:
                         self._turned_away(e.status, e.retry_after, sent_at)
@@ -2123,17 +2133,19 @@ class _Run:
                 "counts), so its cost is unknown; max_cost_usd counts such replies at their "
                 "estimated cost (the prompt and max_tokens)")
 
-    def _unbilled_cut(self, item: _Work) -> None:
-        """A try whose stream was cut after some of its answer came, with no usage reported:
-        it was billed all the same, so the budget counts it at its estimate (in the run that
-        sent it; the reports show reported usage only)."""
+    def _unbilled_try(self, item: _Work, e: RequestError) -> None:
+        """A try that may have been billed with no usage reported (``MAYBE_BILLED``, or its
+        answer had begun): the budget counts it at its estimate (in the run that sent it; the
+        reports show reported usage only)."""
         self.spent += self._estimated_cost(item) or 0.0
         if not self.warned_cut:
             self.warned_cut = True
+            what = ("a streamed answer was cut" if e.answer_begun and item.body.get("stream")
+                    else f"a try sent got no whole answer ({e.error_type}: {e.message})")
             self.progress.write(
-                f"batchrunner: warning: {self.plan.row(item.key)}: a streamed answer was cut "
-                "with no usage reported, so what that try cost is unknown; max_cost_usd counts "
-                "such tries at their estimated cost (the prompt and max_tokens)")
+                f"batchrunner: warning: {self.plan.row(item.key)}: {what} with no usage "
+                "reported, so what that try cost is unknown; max_cost_usd counts such tries, "
+                "which the server may bill, at their estimated cost (the prompt and max_tokens)")
 
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap."""

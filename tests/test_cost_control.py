@@ -373,3 +373,43 @@ async def test_the_budget_counts_the_input_rows_not_an_earlier_inputs(tmp_path: 
     second = await run_job(job("b", first.cost_usd * 1.5), FAST)
     assert second.exit_code == 0 and not second.stopped and second.ok == 20
     assert second.cost_usd == pytest.approx(first.cost_usd, rel=0.5)  # tonight's rows only
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("fault", "billed"), [
+    ("reset", True),  # the connection dropped once the request was sent
+    ("truncated", True),  # a body cut mid-way: half a completion
+    ("slow", True),  # timed out at the client: the server went on with it
+    ("500", False),  # an error answer: not billed
+    ("429", False),
+])
+async def test_the_budget_counts_a_try_that_may_have_been_billed_without_usage(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str, billed: bool) -> None:
+    """A try sent and never answered whole (a timeout, a connection dropped after the request
+    went out, a body cut short) reports no usage but may well have been billed: a provider goes
+    on with a request whose client has gone. Such tries counted for nothing against
+    max_cost_usd, so a job whose every row failed so once spent, unseen, up to twice what the
+    budget allowed. Each now counts at its estimate (the prompt and max_tokens), warned once; a
+    try the server answered with an error counts nothing. The results show reported usage
+    only."""
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": range(20), "text": [f"item {i} [[sim:{fault}*1]]" for i in range(20)]}
+                 ).to_csv(inp, index=False)
+    costly_job(tmp_path, inp, max_tokens=100, concurrency=1)
+    async with Simulator(SimulatorConfig(reply_tokens=20, slow_ms=2000)) as sim:
+        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 1.0,
+                                               "timeout_s": 0.5})
+        s = await run_job(job, FAST)
+        sent = sim.stats()["requests"]
+    err = capsys.readouterr().err
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert df["earlier_cost_usd"].isna().all()  # no usage reported for the failed tries
+    if billed:
+        # A failed try is estimated at ~0.11 USD (100 completion tokens at 1000 USD per 1M,
+        # plus the prompt), a whole one costs ~0.03: some seven rows fit under 1 USD, not 20.
+        assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached")
+        assert s.ok < 10 and sent < 20
+        assert err.count("with no usage reported") == 1
+    else:
+        assert s.exit_code == 0 and s.ok == 20 and sent == 40
+        assert "with no usage reported" not in err
