@@ -1498,13 +1498,24 @@ class _Run:
 
     def _estimated_cost(self, item: _Work) -> float | None:
         """What the request will cost at most, as far as it can be told before the reply: at
-        the price of the model asked for, or of the one a gateway answered it with so far."""
+        the price of the model asked for, or of the one a gateway answered it with so far, with
+        the fee of a request that asks for search billed per request (``search_requested``)
+        where the job prices it, and the most a reply's search units have cost so far."""
         prompt, completion = self._tokens(item)
         model = str(item.body.get("model") or "")
-        cost = self.plan.prices.cost(self.routed.get(model, model), prompt_tokens=prompt,
-                                     completion_tokens=completion)
+        priced = self.routed.get(model, model)
+        prices = self.plan.prices
+        cost = prices.cost(priced, prompt_tokens=prompt, completion_tokens=completion)
+        if cost is None:
+            return None
+        if search_requested(item.body) is not None:
+            # Unpriced, the first reply that needs the fee stops the job (_unpriced_search);
+            # one whose usage counts search units instead is priced per unit.
+            price = prices.price(priced)
+            if price is not None and price.search_request is not None:
+                cost += price.search_request
         search = self.search_usd.get(model) if self.search_usd else None
-        return cost if cost is None or search is None else cost + search
+        return cost if search is None else cost + search
 
     def _reserve(self, item: _Work) -> float | None:
         """Hold the request's estimated cost against the budget; None (and stop) if it won't fit."""
@@ -2023,7 +2034,7 @@ class _Run:
         """What a billed reply of ``item`` cost (an answer, or a try billed without a usable
         one), priced as ``model``, and its search requests: 1 when its request asked for search
         billed per request and its usage counts no search units (``search_requested``), else
-        None. Under a budget, what its search cost beyond its tokens is
+        None. Under a budget, what its search units cost beyond its tokens is
         held for the next requests of the model asked for (the largest so far), and one that
         cannot be priced still counts: its tokens, stopping the job, when its search has no
         price; its estimate when its tokens have none."""
@@ -2038,7 +2049,8 @@ class _Run:
                                  cached_tokens=cached)
             if cost is not None and tokens is not None:
                 requested = str(item.body.get("model") or "")
-                if cost - tokens > self.search_usd.get(requested, 0.0):
+                # A fee per request is held in each request's estimate from the first send.
+                if not requests and cost - tokens > self.search_usd.get(requested, 0.0):
                     self.search_usd[requested] = cost - tokens
             elif tokens is not None:  # its search has no price
                 self._unpriced_search(model, tokens, per_request=requests is not None)

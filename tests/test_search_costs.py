@@ -660,3 +660,21 @@ async def test_a_billed_try_whose_search_has_no_price_leaves_its_rows_cost_unkno
     (warning,) = [w for w in report["warnings"] if "grok-4" in w]
     assert warning == ("model 'grok-4': 1 row had a try billed at a cost not known (search with "
                        "no price) before its last, cost not counted")
+
+
+@pytest.mark.anyio
+async def test_the_first_requests_in_flight_hold_their_search_fee(tmp_path: Path) -> None:
+    """The fee per request that asks for search (search_request) is the job's own price,
+    known before anything is sent, but the budget learnt it from the first reply: the first 16
+    requests in flight were each held at their tokens only (next to nothing), and their $2
+    fees carried the spend to $32 under a budget of $10.50. Each request now holds its fee from
+    the first send."""
+    price = "input = 0.001\noutput = 0.001\nsearch_request = 2.0"
+    texts = [f"news {i}" for i in range(40)]
+    async with Simulator(SimulatorConfig(latency_ms=50)) as sim:
+        s = await run(search_job(tmp_path, sim.base_url, "gpt-4o-mini-search-preview", price,
+                                 texts, max_cost_usd=10.5, concurrency=16))
+        sent = sim.stats()["requests"]
+    assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached")
+    assert sent == 5  # $2 each, held from the first send: five fit in $10.50
+    assert s.cost_usd is not None and 10.0 <= s.cost_usd <= 10.5
