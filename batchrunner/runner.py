@@ -326,6 +326,9 @@ class Plan:
     # What each input row has cost so far (NaN: nothing recorded), carried into the row's next
     # record when it is sent again; or only which rows have a record, when none sent has a cost.
     spent: npt.NDArray[np.float64] | npt.NDArray[np.bool_] | None = None
+    # The rows to send whose only records are ``retrying`` ones (billed, then stopped before
+    # their retry), when there are any: they have a cost, but no outcome is sent again.
+    unfinished: npt.NDArray[np.bool_] | None = None
     # Batch input: the checks each distinct response_format / tools / tool_choice of the rows'
     # bodies asks for, or why they cannot be had (a few entries, see _row_checks).
     row_checks: dict[bytes, tuple[StructuredOutput | None, str]] = field(default_factory=dict)
@@ -518,11 +521,13 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             spent[carried & np.isnan(spent)] = 0.0
         else:  # no row sent again has cost anything: which are sent again is enough (1 byte)
             spent = carried
+    unfinished = ~done & carried & ~recorded
     plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), fresh=fresh, out_dir=out_dir, job_meta=meta, prices=prices,
                 warnings=warnings, structured=structured, mixes=mixes,
                 real_answers=real_answers,
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
+                unfinished=unfinished if np.any(unfinished) else None,
                 prior_ok=int(np.count_nonzero(done & ~held & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & ~held & (latest.ok == 0))),
                 resent=int(np.count_nonzero(resent)), limited=int(np.count_nonzero(held)),
@@ -897,15 +902,24 @@ def _first_duplicate(ids: pa.Array, in_order: pa.Array | None = None) -> str | N
 def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
     """(key, row, what the row has cost so far) for every input row to send this run
     (``plan.done`` skipped), in order; the cost is NaN for a row with no record yet."""
+    for key, row, cost, _ in _rows_to_send(plan):
+        yield key, row, cost
+
+
+def _rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float, bool]]:
+    """``iter_rows``'s rows, each with whether it is sent again: it has an outcome (ok or
+    failed) from an earlier run, not only billed tries (``Plan.unfinished``)."""
     kc = plan.key_column
+    unfinished = plan.unfinished
     for at, rows in _input_rows(plan.source, plan.builder, kc, plan.done.mask):
         spent = _spent_of(plan.spent, at)
-        if kc is None:
-            for i, row, cost in zip(at.tolist(), rows, spent, strict=True):
-                yield str(i), row, cost
-        else:
-            for row, cost in zip(rows, spent, strict=True):
-                yield str(row[kc]), row, cost
+        resent = [not math.isnan(cost) for cost in spent]
+        if unfinished is not None:
+            known = at[at < len(unfinished)]  # the input grew: the new rows have no record
+            for i in np.flatnonzero(unfinished[known]).tolist():
+                resent[i] = False
+        keys = (str(i) for i in at.tolist()) if kc is None else (str(row[kc]) for row in rows)
+        yield from zip(keys, rows, spent, resent, strict=True)
 
 
 def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_column: str | None,
@@ -1176,7 +1190,7 @@ class _Run:
         self.target_workers = (max_concurrency if fixed_concurrency
                                else min(max_concurrency, INITIAL_CONCURRENCY))
         self.workers = 0
-        self.rows: Iterator[tuple[str, dict[str, Any], float]] = iter_rows(plan)
+        self.rows: Iterator[tuple[str, dict[str, Any], float, bool]] = _rows_to_send(plan)
         self.row_hash = row_hasher(plan.builder)
         self.rows_done = False  # the input iterator is exhausted (or broke)
         self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows
@@ -1326,7 +1340,7 @@ class _Run:
         plan = self.plan
         while not self.rows_done:
             try:
-                key, row, spent = next(self.rows)
+                key, row, spent, resent = next(self.rows)
             except StopIteration:
                 self.rows_done = True
                 if self.held:
@@ -1337,8 +1351,8 @@ class _Run:
                 self.rows_done = True
                 self.stop(StopJob(f"{e}; the rows finished so far are saved"))
                 break
-            resent = not math.isnan(spent)  # the row has a record from an earlier run
-            spent = spent if resent else 0.0
+            if math.isnan(spent):  # no record from an earlier run
+                spent = 0.0
             digest = self.row_hash(row)
             item, reason = make_work(plan, key, row)
             if plan.batch_unrecorded:

@@ -413,3 +413,44 @@ async def test_the_budget_counts_a_try_that_may_have_been_billed_without_usage(
     else:
         assert s.exit_code == 0 and s.ok == 20 and sent == 40
         assert "with no usage reported" not in err
+
+
+@pytest.mark.anyio
+async def test_rows_billed_then_stopped_before_their_retry_count_for_fail_fast(
+        tmp_path: Path) -> None:
+    """A budget stopped the job with most of its rows billed once and waiting to be sent
+    again (their only record a `retrying` one); the endpoint then refused every request. The
+    rerun's first 20 rows all failed alike, but the rule that stops such a job left those rows
+    out as if --retry-failed had resent them: all 40 rows were sent and failed (exit 3) rather
+    than the job stopping after 20, naming what to fix. Only rows with an outcome (resent by
+    --retry-failed or --rerun-where) are left out now."""
+    refuse = False
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        await request.read()
+        if refuse:
+            return web.json_response({"error": {
+                "message": "Unsupported parameter: 'max_tokens'", "type": "invalid_request_error",
+                "code": "unsupported_parameter"}}, status=400)
+        return web.json_response({  # billed, no usable answer: sent again
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "sim-model",
+            "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}})
+
+    costly_job(tmp_path, make_input(tmp_path, 41), max_tokens=20, concurrency=1)
+    # Backoffs longer than any run: a billed row waits for its retry until the budget stops.
+    slow = RunOptions(retry=RetryPolicy(base_s=1e6, cap_s=1e6, max_attempts=3),
+                      progress="none", handle_signals=False)
+    runner, port = await serve_on_loopback(handler)
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        job = load_job(tmp_path / "job.toml", {"base_url": base, "max_cost_usd": 1.0})
+        first = await run_job(job, slow)
+        assert first.exit_code == 4 and first.ok == first.failed - 1 == 0  # the empty row
+        assert first.pending == 40 and 20 <= first.sent < 40
+        refuse = True
+        s = await run_job(load_job(tmp_path / "job.toml", {"base_url": base}), FAST)
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.sent == 20 and s.failed == 21 and s.pending == 20
+    assert s.stopped and s.stopped.startswith(
+        "the first 20 rows to finish all failed with http_400 and none succeeded")
