@@ -43,6 +43,8 @@ class ModelEstimate:
     cost_usd: float | None = 0.0
     context_window: int | None = None
     search_requests: int = 0  # rows asking for search billed per request (search_requested)
+    # What the tokens cost when the model is priced but that search is not (cost_usd None).
+    tokens_usd: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -159,6 +161,9 @@ def estimate(plan: Plan) -> Estimate:
         m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
                                       completion_tokens=m.completion_tokens,
                                       search_requests=m.search_requests)
+        if m.cost_usd is None and m.search_requests:  # its tokens may have a price
+            m.tokens_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
+                                            completion_tokens=m.completion_tokens)
         # The job's own prices, or the library's (looked in, too, for a model it lacks)
         sources.append(SOURCE_JOB if plan.prices.source(model).startswith(SOURCE_JOB)
                        else f"genai-prices {plan.prices.library_version}")
@@ -237,7 +242,8 @@ def format_estimate(e: Estimate) -> str:
     rows: list[tuple[str, ...]] = [("model", "rows", "prompt tokens", "completion tokens",
                                     "cost (USD)")]
     for model, m in sorted(e.by_model.items()):
-        cost = "unknown" if m.cost_usd is None else format_usd(m.cost_usd)
+        cost = (format_usd(m.cost_usd) if m.cost_usd is not None
+                else "unknown" if m.tokens_usd is None else f"{format_usd(m.tokens_usd)} + search")
         rows.append((model or "(none)", f"{m.rows:,}", f"{m.prompt_tokens:,}",
                      f"{m.completion_tokens:,}", cost))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -245,8 +251,14 @@ def format_estimate(e: Estimate) -> str:
         lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     total = e.cost_usd
-    cost_line = ("unknown for some models (add [prices.\"MODEL\"] to a job file)" if total is None
-                 else format_usd(total))
+    known = [m.cost_usd if m.cost_usd is not None else m.tokens_usd for m in e.by_model.values()]
+    if total is not None:
+        cost_line = format_usd(total)
+    elif None in known:
+        cost_line = "unknown for some models (add [prices.\"MODEL\"] to a job file)"
+    else:  # priced but for the search billed per request that some rows ask for
+        cost_line = (f"{format_usd(sum(c for c in known if c is not None))} and the search each "
+                     "row asks for, which has no price: set search_request (below)")
     lines.append(f"  estimated cost: {cost_line} ({e.price_library})")
     if total and e.budget_usd is not None and e.spent_usd + total > e.budget_usd:
         left = max(0.0, e.budget_usd - e.spent_usd)

@@ -253,8 +253,31 @@ def test_the_estimate_warns_that_search_is_not_in_it(
               + '; set search_request (USD per request) under [prices."grok-4"] in a job file '
               "for its cost to be known")
     assert (priced in out) is per_request, out
-    assert ("estimated cost: unknown" in out) is per_request
+    # grok-4's tokens have the library's price: the estimate gives it, the search apart
+    assert ("and the search each row asks for, which has no price: set search_request (below)"
+            in out) is per_request, out
+    assert "estimated cost: unknown" not in out, out
     assert said is not None or "search" not in out
+
+
+def test_the_estimate_of_a_priced_model_whose_search_has_no_price_says_what_to_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model the job prices, asked for search billed per request without a search_request
+    price: the estimate's cost line said to add [prices."MODEL"], which the job has, and hid
+    what its tokens cost; it now gives that, and names what is missing."""
+    inp = make_csv(tmp_path / "in.csv", ["latest AI news", "weather in Guangzhou"])
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "gpt-4o-mini"\n'
+        'prompt = "{text}"\nmax_tokens = 100\n[request.extra]\n'
+        'web_search_options = { search_context_size = "low" }\n'
+        '[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n[output]\ndir = "out"\n'
+        '[prices."gpt-4o-mini"]\ninput = 0\noutput = 10\n')
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "add [prices" not in out, out
+    assert ("estimated cost: $0.002 and the search each row asks for, which has no price: set "
+            'search_request (below)') in out, out
+    assert 'set search_request (USD per request) under [prices."gpt-4o-mini"]' in out, out
 
 
 def test_the_estimate_of_a_batch_file_warns_of_its_rows_search(
