@@ -203,25 +203,28 @@ def _search_asked(body: Mapping[str, Any]) -> str | None:
             return where
     extra = body.get("extra_body")
     google = extra.get("google") if isinstance(extra, Mapping) else None
-    for where, tools in (("tools", body.get("tools")),
-                         ("extra_body.google.tools",
-                          google.get("tools") if isinstance(google, Mapping) else None)):
-        for tool in tools if isinstance(tools, list) else ():
-            if isinstance(tool, Mapping) and (name := _tool_name(tool)) is not None:
-                return f"{where}: {name}"
     model = body.get("model")
+    gemini = isinstance(model, str) and "gemini" in model.lower()
+    for where, tools, named in (("tools", body.get("tools"), gemini),
+                                ("extra_body.google.tools",
+                                 google.get("tools") if isinstance(google, Mapping) else None,
+                                 True)):
+        for tool in tools if isinstance(tools, list) else ():
+            if isinstance(tool, Mapping) and (name := _tool_name(tool, named)) is not None:
+                return f"{where}: {name}"
     if isinstance(model, str) and "-search" in model.lower():
         return f"model {model}"
     return None
 
 
-def _tool_name(tool: Mapping[str, Any]) -> str | None:
-    """The search tool ``tool`` is, if it is one: a function so named (as gateways take
-    Gemini's), a tool of that type (Anthropic's ``web_search_20250305``, OpenAI's), or a
-    ``{"googleSearch": {}}`` entry."""
+def _tool_name(tool: Mapping[str, Any], named: bool) -> str | None:
+    """The search tool ``tool`` is, if it is one: a tool of that type (Anthropic's
+    ``web_search_20250305``, OpenAI's), a ``{"googleSearch": {}}`` entry, or, with ``named``
+    (a Gemini model's), a function so named, as gateways take Gemini's (another model's
+    function of that name is the job's own: it runs the search)."""
     function = tool.get("function")
-    names = [function.get("name") if isinstance(function, Mapping) else None, tool.get("type"),
-             *tool.keys()]
+    names = [function.get("name") if named and isinstance(function, Mapping) else None,
+             tool.get("type"), *tool.keys()]
     for name in names:
         if isinstance(name, str) and (
                 name.lower() in _SEARCH_TOOLS or name.lower().startswith("web_search_")):

@@ -366,9 +366,10 @@ def search_requested(body: Mapping[str, Any]) -> str | None:
     Anthropic's web search tool are not: their replies count the sources and searches.
 
     One set test and the model's name for a body that asks for none: it runs once per billed
-    reply."""
+    reply (a body with a forced function's ``tools``: about 0.5 µs)."""
     model = body.get("model")
-    if isinstance(model, str) and "-search" in model.lower():
+    name = model.lower() if isinstance(model, str) else ""
+    if "-search" in name:
         return f"model {model}"
     if _SEARCH_FIELDS.isdisjoint(body):
         return None
@@ -377,30 +378,43 @@ def search_requested(body: Mapping[str, Any]) -> str | None:
     if body.get("enable_search") is True:
         return "enable_search"
     params = body.get("parameters")
-    if isinstance(params, Mapping) and params.get("enable_search") is True:
+    if isinstance(params, dict) and params.get("enable_search") is True:
         return "parameters.enable_search"
+    gemini = "gemini" in name
     tools = body.get("tools")
-    if tools and (name := _google_search(tools)) is not None:
-        return f"tools: {name}"
+    if tools and (found := _google_search(tools, gemini)) is not None:
+        return f"tools: {found}"
     extra = body.get("extra_body")
-    if extra and isinstance(extra, Mapping):
+    if extra and isinstance(extra, dict):
         google = extra.get("google")
-        if isinstance(google, Mapping) and (name := _google_search(google.get("tools"))):
-            return f"extra_body.google.tools: {name}"
+        if isinstance(google, dict) and (found := _google_search(google.get("tools"), True)):
+            return f"extra_body.google.tools: {found}"
     return None
 
 
-def _google_search(tools: object) -> str | None:
-    """The Google Search tool among ``tools``, as named there: a function so named (as gateways
-    take it), a tool of that type, or a ``{"googleSearch": {}}`` entry."""
-    for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, Mapping):
+def _google_search(tools: object, gemini: bool) -> str | None:
+    """The Google Search tool among ``tools``, as named there: a tool of that type, a
+    ``{"googleSearch": {}}`` entry, or, for a Gemini model (``gemini``), a function so named,
+    as gateways take it. For another model such a function is the job's own (a tool the
+    model calls and the job runs), no search anyone bills."""
+    if not isinstance(tools, list):
+        return None
+    for tool in tools:
+        if not isinstance(tool, dict):
             continue
-        function = tool.get("function")
-        for name in (function.get("name") if isinstance(function, Mapping) else None,
-                     tool.get("type"), *tool.keys()):
-            if isinstance(name, str) and name.lower() in _GOOGLE_SEARCH:
-                return name
+        kind = tool.get("type")
+        if isinstance(kind, str) and kind.lower() in _GOOGLE_SEARCH:
+            return kind
+        if kind == "function":
+            function = tool.get("function")
+            if gemini and isinstance(function, dict):
+                name = function.get("name")
+                if isinstance(name, str) and name.lower() in _GOOGLE_SEARCH:
+                    return name
+            continue
+        for key in tool:
+            if isinstance(key, str) and key.lower() in _GOOGLE_SEARCH:
+                return key
     return None
 
 

@@ -230,8 +230,9 @@ async def test_the_budget_stops_at_search_it_cannot_price(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("extra", "said", "per_request"), [
     ('search_parameters = { mode = "auto" }', "(search_parameters)", False),
     ('web_search_options = { search_context_size = "medium" }', "(web_search_options)", True),
-    ('tools = [{ type = "function", function = { name = "googleSearch" } }]',
-     "(tools: googleSearch)", True),
+    ('tools = [{ googleSearch = {} }]', "(tools: googleSearch)", True),
+    # grok-4's function of that name is the job's own: it runs the search
+    ('tools = [{ type = "function", function = { name = "googleSearch" } }]', None, False),
     ('parameters = { enable_search = true }', "(parameters.enable_search)", True),
     ('search_parameters = { mode = "off" }', None, False),
     ('temperature = 0.2', None, False),
@@ -495,6 +496,13 @@ def test_the_search_a_request_asks_for_per_request_is_told_from_its_body() -> No
         {"type": "web_search_20250305", "name": "web_search"}]}) is None
     assert search_requested({"model": "x", "parameters": {"enable_search": False},
                              "tools": [{"type": "function", "function": {"name": "f"}}]}) is None
+    # A function of the job's own named so, for a model that is not Gemini: the job runs it
+    # (every row's cost was unknown, and a budget job stopped at its first reply)
+    own = [{"type": "function", "function": {"name": "google_search", "parameters": {}}}]
+    assert search_requested({"model": "gpt-4o-mini", "tools": own}) is None
+    assert search_requested({"model": "gemini-2.5-flash", "tools": own}) == "tools: google_search"
+    assert search_requested({"model": "x", "tools": [{"type": "google_search"}]}) == \
+        "tools: google_search"
     book = PriceBook(parse_price_table(
         {"gpt-4o-search-preview": {"input": 2.5, "output": 10, "search_request": 0.03}},
         where="jobs/x.toml"))
@@ -539,7 +547,7 @@ async def test_search_per_request_with_no_price_leaves_the_cost_unknown_and_says
     the rows' costs were their tokens' alone, the report's total complete. Without a price
     for it, each such row's cost is unknown, and the reports say what to set."""
     inp = make_csv(tmp_path / "in.csv", ["weather in Guangzhou", "news"])
-    extra = {"tools": [{"type": "function", "function": {"name": "googleSearch"}}]}
+    extra = {"tools": [{"googleSearch": {}}]}  # as Gemini's API takes it, whatever the model
     async with Simulator(SimulatorConfig()) as sim:
         s = await run(job_for(tmp_path, sim.base_url, inp, extra=extra))
     assert s.exit_code == 0 and s.cost_usd is None and s.cost_unknown == 2
