@@ -361,8 +361,8 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False))
         record_rebuilt(plan)
     last = plan.job_meta.get("last_run")
-    if isinstance(last, dict) and last.get("limit") and last.get("finished_at") and not (
-            last.get("stopped")):
+    if isinstance(last, dict) and type(last.get("limit")) is int and last.get("finished_at") \
+            and not last.get("stopped"):
         # The last run ended as --limit asked: the rows it left are what was asked, not rows
         # a stop or a crash left (their exit, 4), and report exits as that run did.
         summary.limit, summary.limited = int(last["limit"]), summary.pending

@@ -214,6 +214,13 @@ def test_report_after_a_limit_run_exits_as_that_run_did_and_names_the_rows_left(
     assert cli(capsys, *job_args(tmp_path, "--limit", "1"))[0] == 3  # row c is refused
     code, out, _ = cli(capsys, "report", "out")
     assert code == 3 and "--limit 1 left 2 rows to do" in out, out
+    # A job.json edited by hand, its limit not a number: read as no limit, no traceback.
+    meta_path = tmp_path / "out" / "job.json"
+    meta = json.loads(meta_path.read_text())
+    meta["last_run"]["limit"] = "all"
+    meta_path.write_text(json.dumps(meta))
+    code, out, _ = cli(capsys, "report", "out")
+    assert code == 4 and "--limit" not in out, out
     # A run that stops with rows left to do (its budget): report says to rerun, exit 4.
     assert cli(capsys, *job_args(tmp_path, "--max-cost", "0.0000001"))[0] == 4
     code, out, _ = cli(capsys, "report", "out")
