@@ -80,7 +80,9 @@ Rate limits (per API key, like OpenAI's)
     in OpenAI's format: ``17ms``, ``1s``, ``8.64s``, ``6m0s``) for each configured limit. Over a
     limit: 429 ``rate_limit_exceeded`` with type ``requests`` or ``tokens``, ``retry-after``
     (whole seconds, rounded up) and ``retry-after-ms``. Keys in ``quota_exhausted_keys`` (or every
-    key with ``quota_exhausted``) get 429 ``insufficient_quota``.
+    key with ``quota_exhausted``) get 429 ``insufficient_quota``. A model in ``model_rpm`` has
+    buckets of its own, its requests limited to its rate (as OpenAI limits each model), its
+    tokens to ``tpm``.
 
 Faults
     Random faults: ``faults = {"503": 0.01, "reset": 0.001, ...}``, each a fraction of requests,
@@ -427,6 +429,8 @@ class SimulatorConfig:
     """Requests per minute per key; ``None`` means no request limit."""
     tpm: int | None = None
     """Tokens per minute per key; ``None`` means no token limit."""
+    model_rpm: Mapping[str, int] = field(default_factory=dict)
+    """Requests per minute per key for each of these models, in buckets of the model's own."""
     default_max_tokens: int | None = None
     """The max_tokens assumed when a request sets none (cut and rate-limit charge)."""
     reply_tokens: int | None = None
@@ -509,6 +513,12 @@ class SimulatorConfig:
         for name in ("quota_exhausted", "prompt_caching", "track_prompts", "announce"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, "true or false", getattr(self, name))
+        if not isinstance(self.model_rpm, Mapping):
+            raise _bad("model_rpm", "a table of MODEL = N", self.model_rpm)
+        for model, rpm in self.model_rpm.items():
+            if not _is_int(rpm) or rpm < 1:
+                raise _bad(f"model_rpm.{model}", "a positive integer", rpm)
+        object.__setattr__(self, "model_rpm", MappingProxyType(dict(self.model_rpm)))
         if not isinstance(self.faults, Mapping):
             raise _bad("faults", "a table of KIND = RATE", self.faults)
         faults: dict[str, float] = {}
@@ -1017,7 +1027,8 @@ class _Server:
         self.clock = clock
         self.stats = _Stats(clock(), config.stats_seconds)
         self.rng = random.Random(config.seed)
-        self.buckets: dict[str, tuple[_Bucket | None, _Bucket | None]] = {}
+        # By key, or by key and model for a model with a limit of its own (model_rpm).
+        self.buckets: dict[str | tuple[str, str], tuple[_Bucket | None, _Bucket | None]] = {}
         self.marker_counts: dict[int, int] = {}
         self.stopping = asyncio.Event()
         self.ids = itertools.count(1)
@@ -1459,7 +1470,7 @@ class _Server:
         if config.track_prompts:
             by_prompt = stats.requests_by_prompt
             by_prompt[pk] = by_prompt.get(pk, 0) + 1
-        if config.rpm is not None or config.tpm is not None:
+        if config.rpm is not None or config.tpm is not None or config.model_rpm:
             refused = self.admit(key, req, headers)
             if refused is not None:
                 return refused
@@ -1499,14 +1510,17 @@ class _Server:
 
     def admit(self, key: str, req: _Request, headers: dict[str, str]) -> web.Response | None:
         now = self.clock()
-        buckets = self.buckets.get(key)
+        config = self.config
+        rpm = config.model_rpm.get(req.model)
+        held = key if rpm is None else (key, req.model)  # a model limited on its own
+        buckets = self.buckets.get(held)
         if buckets is None:
-            config = self.config
+            rpm = config.rpm if rpm is None else rpm
             buckets = (
-                _Bucket(config.rpm, now) if config.rpm is not None else None,
+                _Bucket(rpm, now) if rpm is not None else None,
                 _Bucket(config.tpm, now) if config.tpm is not None else None,
             )
-            self.buckets[key] = buckets
+            self.buckets[held] = buckets
         requests, tokens = buckets
         cost = self.charge(req) if tokens is not None else 0
         refused: str | None = None
@@ -2192,6 +2206,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "gpt-5, deepseek-r1 and the like)")
     add("--rpm", type=int, metavar="N", help="requests per minute per key (default: unlimited)")
     add("--tpm", type=int, metavar="N", help="tokens per minute per key (default: unlimited)")
+    add("--model-rpm", dest="model_rpm_spec", action="append", metavar="MODEL=N",
+        help="requests per minute per key for MODEL, limited on its own as OpenAI limits each "
+        "model (repeatable; default: none)")
     add(
         "--default-max-tokens",
         dest="default_max_tokens",
@@ -2318,6 +2335,11 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
                 raise ConfigError(f"--fault {spec}: the rate must be between 0 and 1 (a share "
                                   "of requests: 0.01 is 1 %)")
         data["faults"] = faults
+    for spec in getattr(ns, "model_rpm_spec", None) or []:
+        model, sep, rpm = spec.rpartition("=")
+        if not sep or not model.strip() or not rpm.strip().isdigit() or int(rpm) < 1:
+            raise ConfigError(f"--model-rpm must look like MODEL=N (e.g. gpt-4o=500), got {spec!r}")
+        data["model_rpm"] = {**(data.get("model_rpm") or {}), model.strip(): int(rpm)}
     return SimulatorConfig.from_mapping(data)
 
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import itertools
 import json
 import os
@@ -83,6 +84,7 @@ SCENARIOS = (
     "token-short-replies",
     "limit-unknown",
     "limit-too-high",
+    "models-own-limits",
     "faults",
     "memory",
 )
@@ -763,6 +765,48 @@ def scenario_limit_too_high(ctx: Ctx) -> None:
     _unknown_or_high(ctx, "limit-too-high", 6_000)
 
 
+SLOW_MODEL = "gpt-4o"  # limited on its own, as OpenAI limits each model
+
+
+def scenario_models_own_limits(ctx: Ctx) -> None:
+    """A fifth of the rows ask a model limited to a tenth of the others' rate, each limit its
+    own and said in its answers' headers; the job sets none. At one pace for both (the lower)
+    the job would take five times the slow model's own time."""
+    name = "models-own-limits"
+    n = scale(ctx, 1_000, 200)
+    slow_rpm, fast_rpm = (4_800, 48_000) if ctx.smoke else (600, 6_000)
+    slow = n // 5
+    ideal = max(slow / (slow_rpm / 60), (n - slow) / (fast_rpm / 60))
+    work = _mk(ctx.tmp / name)
+    inp = work / "input.csv"
+    with inp.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["id", "model", "text"])
+        out.writerows([i, SLOW_MODEL if i % 5 == 0 else MODEL, text]
+                      for i, text in enumerate(make_texts(n)))
+    say(f"== {name}: {n:,} rows, a fifth asking {SLOW_MODEL} (simulator --model-rpm "
+        f"{slow_rpm:,}), the rest {MODEL} (--rpm {fast_rpm:,}), 200 ms mean latency, no limit "
+        f"set; ideal max(rows/rate) = {ideal:.1f} s (one pace for both: "
+        f"{n / (slow_rpm / 60):.0f} s)")
+    with ctx.sim(name, ["--rpm", str(fast_rpm), "--model-rpm", f"{SLOW_MODEL}={slow_rpm}",
+                        *LIMITED_LATENCY]) as sim:
+        run = run_runner(sim, inp, work / "out", name="runner", timeout_s=ctx.timeout(ideal),
+                         extra=["--model-column", "model"])
+        stats = sim.stats()
+    ok = ok_rows(work / "out")
+    describe_run("batchrunner run", run, n, f"; {ok:,} ok rows")
+    ratio = run.wall_s / ideal
+    s429 = share_429(stats)
+    ctx.figures[name] = {"rows": n, "ideal_s": ideal, "wall_s": run.wall_s, "ratio": ratio,
+                         "share_429": s429, "ok_rows": ok, "requests": stats["requests"]}
+    ctx.check(name, "wall vs ideal", f"{run.wall_s:.2f} s / {ideal:.1f} s = {ratio:.3f}×",
+              "≤ 1.10×", ratio <= 1.10)
+    ctx.check(name, "requests 429'd",
+              f"{stats['rate_limited_total']:,} of {stats['requests']:,} = {100 * s429:.2f} %",
+              "≤ 2 %", s429 <= 0.02)
+    ctx.check(name, "ok rows", f"{ok:,} of {n:,}", f"{n:,}", ok == n)
+
+
 FAULTS = ["--fault", "500=0.04", "--fault", "502=0.02", "--fault", "503=0.02",
           "--fault", "504=0.02", "--fault", "429=0.02"]
 
@@ -851,6 +895,7 @@ RUNNERS: dict[str, Callable[[Ctx], None]] = {
     "token-short-replies": scenario_token_short_replies,
     "limit-unknown": scenario_limit_unknown,
     "limit-too-high": scenario_limit_too_high,
+    "models-own-limits": scenario_models_own_limits,
     "faults": scenario_faults,
     "memory": scenario_memory,
 }

@@ -23,6 +23,7 @@ SCENARIOS = (
     "token-short-replies",
     "limit-unknown",
     "limit-too-high",
+    "models-own-limits",
     "faults",
     "memory",
 )

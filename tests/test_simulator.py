@@ -827,6 +827,39 @@ async def test_request_bucket_bursts_then_refills_with_a_fake_clock() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_model_with_a_limit_of_its_own_has_buckets_of_its_own() -> None:
+    """model_rpm: the model's requests are limited at its rate, and say so in their headers,
+    apart from the key's other models (as OpenAI limits each model)."""
+    clock = FakeClock()
+    async with running(SimulatorConfig(rpm=600, model_rpm={"slow": 2}), clock=clock) as (
+            _, client):
+        for _ in range(2):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="slow", messages=user("x"))
+            assert raw.headers["x-ratelimit-limit-requests"] == "2"
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model="slow", messages=user("x"))
+        assert "Rate limit reached for slow on requests per min (RPM): Limit 2" in str(info.value)
+        for _ in range(5):  # the key's other models: the key's bucket
+            raw = await client.chat.completions.with_raw_response.create(
+                model="fast", messages=user("x"))
+            assert raw.headers["x-ratelimit-limit-requests"] == "600"
+
+
+def test_model_rpm_is_read_from_the_command_line_and_checked() -> None:
+    from batchrunner.simulator import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    ns = parser.parse_args(["--model-rpm", "gpt-4o=500", "--model-rpm", "o3=20"])
+    assert dict(config_from_args(ns).model_rpm) == {"gpt-4o": 500, "o3": 20}
+    with pytest.raises(ConfigError, match="--model-rpm must look like MODEL=N"):
+        config_from_args(parser.parse_args(["--model-rpm", "gpt-4o"]))
+    with pytest.raises(ConfigError, match=r"model_rpm\.o3"):
+        SimulatorConfig.from_mapping({"model_rpm": {"o3": 0}})
+
+
+@pytest.mark.anyio
 async def test_token_bucket_charges_prompt_plus_max_tokens_times_n() -> None:
     clock = FakeClock()
     messages = user("abcd" * 25)  # 3 + 3 + 25 = 31 prompt tokens
