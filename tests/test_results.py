@@ -7,6 +7,7 @@ import random
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -341,6 +342,26 @@ def test_outcomes_table_matches_arrow_conversion_and_replaces_lone_surrogates() 
                                           error_message="bad \ud800 text")])
     assert odd["error_message"].to_pylist() == ["bad ? text"]
     assert journal.outcomes_table([]).num_rows == 0
+
+
+def test_a_segment_keeps_every_field_of_every_outcome_in_its_own_column(tmp_path: Path) -> None:
+    """Each of an outcome's fields, given a value no other field has, is read back from a
+    written segment under its own name, row by row."""
+    def distinct(i: int) -> Outcome:
+        values = {}
+        for j, f in enumerate(fields(Outcome)):
+            n = 1000 * i + j
+            values[f.name] = (f"{f.name}-{i}" if f.type.startswith("str")
+                              else float(n) + 0.5 if "float" in f.type else n)
+        return Outcome(**values)
+
+    rows = [distinct(i) for i in range(3)]
+    w = JournalWriter(tmp_path, "20260101T000000-aaaaaa")
+    for o in rows:
+        w.add(o)
+    w.flush()
+    (seg,) = tmp_path.glob("seg-*.parquet")
+    assert pq.read_table(seg).to_pylist() == [o.as_dict() for o in rows]
 
 
 def test_outcomes_table_nulls_empty_text_and_nan() -> None:
