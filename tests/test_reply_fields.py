@@ -873,3 +873,33 @@ async def test_a_journal_written_before_tool_calls_is_read_with_nulls(
                           progress="none", handle_signals=False)
         assert (await run_job(job, opts)).ok == 6
         assert results(tmp_path)["status"].eq("ok").all()
+
+
+@pytest.mark.parametrize("search", [{"server_tool_use": {"web_search_requests": 6}},
+                                    {"num_sources_used": 7}], ids=["web_searches", "sources"])
+def test_a_reply_s_every_field_lands_in_its_own(search: dict[str, Any]) -> None:
+    """A reply whose every field has a value no other has: each is read into its own field of
+    the result (the counts too, which are all numbers)."""
+    notes = [{"type": "url_citation", "url_citation": {"url": "https://e.x/a", "title": "A"}}]
+    calls = [{"id": "call_1", "type": "function",
+              "function": {"name": "f", "arguments": "{}"}}]
+    message = {"role": "assistant", "content": "the answer", "reasoning_content": "thought",
+               "refusal": "no thanks", "annotations": notes, "tool_calls": calls}
+    body = {"id": "chatcmpl-9", "model": "gpt-x", "choices": [
+        {"index": 0, "message": message, "finish_reason": "length"},
+        {"index": 1, "message": {"content": "other"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 22, "total_tokens": 34,
+                  "prompt_tokens_details": {"cached_tokens": 4},
+                  "completion_tokens_details": {"reasoning_tokens": 5}, **search}}
+    res = client()._parse(orjson.dumps(body), None, 12.5, {"x-ratelimit-limit-requests": "9"})
+    assert (res.content, res.finish_reason, res.model, res.request_id) == (
+        "the answer", "length", "gpt-x", "chatcmpl-9")
+    assert (res.prompt_tokens, res.completion_tokens, res.total_tokens, res.cached_tokens,
+            res.reasoning_tokens) == (11, 22, 34, 4, 5)
+    assert res.latency_ms == 12.5 and res.headers == {"x-ratelimit-limit-requests": "9"}
+    assert (res.reasoning_content, res.refusal, res.ttft_ms) == ("thought", "no thanks", None)
+    assert json.loads(res.tool_calls or "") == calls
+    assert [c["url"] for c in json.loads(res.citations or "")] == ["https://e.x/a"]
+    assert [c["content"] for c in json.loads(res.choices or "")] == ["the answer", "other"]
+    assert (res.web_searches, res.sources_used) == (
+        (6, None) if "server_tool_use" in search else (None, 7))
