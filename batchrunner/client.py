@@ -1282,11 +1282,13 @@ class ChatClient:
                 request_id=request_id, usage=_billed_usage(payload.get("usage")),
             )
         choice = choices[0]
-        if (why := _gave_up(choice.get("finish_reason"))) is not None:
+        finish = choice.get("finish_reason")
+        usual = finish in _USUAL_FINISH  # read as they are, without a call
+        if not usual and (why := _gave_up(finish)) is not None:
             raise self._aborted(why, request_id, _billed_usage(payload.get("usage")))
         message = choice.get("message")
         if not isinstance(message, dict):
-            if not choice.get("finish_reason"):
+            if not finish:
                 raise BadResponseError(
                     "no_choices", "HTTP 200 with a choice that has no message", retryable=True,
                     status=200, request_id=request_id,
@@ -1310,7 +1312,7 @@ class ChatClient:
         # some 8,700 instructions more a reply (matching the names), a seventieth of a request.
         return ChatResult(
             content if isinstance(content, str) else None,  # content
-            _finish_reason(choice.get("finish_reason")),  # finish_reason
+            finish if usual else _finish_reason(finish),  # finish_reason
             pt, ct, tt, cached, reasoning,  # prompt, completion, total, cached, reasoning tokens
             model if isinstance(model, str) else None,  # model
             request_id or (rid if isinstance(rid := payload.get("id"), str) else None),
@@ -1452,6 +1454,12 @@ def _content_parts(content: list[Any]) -> tuple[str | None, str | None]:
                 thought.extend(t for p in inner
                                if type(p) is dict and isinstance(t := p.get("text"), str))
     return "".join(text) if text else None, "".join(thought) if thought else None
+
+
+# The finish_reasons of nearly every reply, which neither ``_gave_up`` nor ``_finish_reason``
+# changes: compared first, they save the two calls (some 2,800 instructions a reply). A tuple,
+# as a reason may be a value that cannot be hashed (an object).
+_USUAL_FINISH = ("stop", "length", "tool_calls", None)
 
 
 def _finish_reason(value: Any) -> str | None:

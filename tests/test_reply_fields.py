@@ -903,3 +903,21 @@ def test_a_reply_s_every_field_lands_in_its_own(search: dict[str, Any]) -> None:
     assert [c["content"] for c in json.loads(res.choices or "")] == ["the answer", "other"]
     assert (res.web_searches, res.sources_used) == (
         (6, None) if "server_tool_use" in search else (None, 7))
+
+
+@pytest.mark.parametrize(("finish", "read"), [
+    ("stop", "stop"), ("length", "length"), ("tool_calls", "tool_calls"), (None, None),
+    ("content_filter", "content_filter"), ("Stop", "Stop"), (["stop"], '["stop"]'),
+    ({"type": "stop", "matched": 7}, '{"type":"stop","matched":7}'), (3, "3"),
+    ("abort", None), ("ERROR", None), ({"type": "abort", "message": "preempted"}, None)])
+def test_a_reply_s_finish_reason_is_read_as_text_or_gives_up(finish: Any, read: str | None
+                                                             ) -> None:
+    """The usual finish_reasons are kept as they are, any other value as its text or JSON, and
+    an engine's abort or error is no answer, whatever its case or shape."""
+    body = {"model": "m", "choices": [{"message": {"content": "hi"}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+    if read is None and finish is not None:
+        with pytest.raises(RequestError):
+            parse(body)
+    else:
+        assert parse(body).finish_reason == read
