@@ -2102,8 +2102,8 @@ class _Run:
         if model != requested and self.budget is not None:
             self.routed[requested] = model  # the budget holds the next ones at its price
         cost, searched = self._cost(item, model, res.prompt_tokens, res.completion_tokens,
-                          res.cached_tokens, res.reasoning_tokens, res.web_searches,
-                          res.sources_used)
+                                    res.cached_tokens, res.reasoning_tokens, res.web_searches,
+                                    res.sources_used)
         checks = item.checks
         content = res.content
         error = None
@@ -2114,21 +2114,30 @@ class _Run:
         if res.refusal is not None and not res.content and res.tool_calls is None:
             # No answer, but why: not a reply that is not JSON, nor an ok row with no content
             error = "refusal", f"the model refused: {res.refusal}"[:300]
+        # Every field by position, in Outcome's order: a call naming its 27 arguments cost
+        # some 14,000 instructions more a reply (matching the names), 2 % of a request.
         return Outcome(
-            key=item.key, status="ok" if error is None else "failed", content=content,
-            error_type=error[0] if error else None, error_message=error[1] if error else None,
-            reasoning_content=res.reasoning_content, finish_reason=res.finish_reason,
-            prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens,
-            total_tokens=res.total_tokens, cached_tokens=res.cached_tokens,
-            reasoning_tokens=res.reasoning_tokens,
-            search_units=_search_units(res.web_searches, res.sources_used),
-            search_requests=searched, cost_usd=None if item.earlier_unknown else cost,
-            earlier_cost_usd=item.earlier_usd or None, latency_ms=res.latency_ms,
-            ttft_ms=res.ttft_ms, choices=res.choices, tool_calls=res.tool_calls,
-            citations=res.citations, attempts=item.attempts,
-            rate_limited=item.rate_limited,
-            model=res.model or requested or None, request_id=res.request_id,
-            finished_at=time.time(), row_hash=item.row_hash,
+            item.key,  # key
+            "ok" if error is None else "failed",  # status
+            content,
+            res.reasoning_content,
+            res.choices,
+            res.tool_calls,
+            res.citations,
+            res.finish_reason,
+            res.prompt_tokens, res.completion_tokens, res.total_tokens, res.cached_tokens,
+            res.reasoning_tokens,
+            _search_units(res.web_searches, res.sources_used),  # search_units
+            searched,  # search_requests
+            None if item.earlier_unknown else cost,  # cost_usd
+            item.earlier_usd or None,  # earlier_cost_usd
+            res.latency_ms, res.ttft_ms,
+            item.attempts, item.rate_limited,
+            error[0] if error else None, error[1] if error else None,  # error_type, _message
+            res.model or requested or None,  # model
+            res.request_id,
+            time.time(),  # finished_at
+            item.row_hash,
         )
 
     def _unpriced_search(self, model: str, tokens_usd: float, *, per_request: bool) -> None:

@@ -435,6 +435,60 @@ def test_failed_precondition_stops_the_job_in_any_shape() -> None:
 
 
 @pytest.mark.anyio
+async def test_every_field_of_an_answer_lands_in_its_own_column(tmp_path: Path) -> None:
+    """A reply whose every field has a value of its own, through the run to the results: the
+    runner builds each row's Outcome by position (a call naming its 27 fields cost 2 % of a
+    request), so two fields swapped would show here."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    async def answer(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        message = {"role": "assistant", "content": "the answer", "reasoning_content": "a thought",
+                   "tool_calls": [{"id": "c1", "type": "function", "function": {
+                       "name": "f", "arguments": "{}"}}],
+                   "annotations": [{"type": "url_citation", "url_citation": {
+                       "url": "https://example.org/a", "title": "A"}}]}
+        return web.json_response({
+            "id": "chatcmpl-every", "object": "chat.completion", "created": 0,
+            "model": "answered-model",
+            "choices": [{"index": 0, "finish_reason": "length", "message": message},
+                        {"index": 1, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "the second"}}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 13, "total_tokens": 29,
+                      "prompt_tokens_details": {"cached_tokens": 5},
+                      "completion_tokens_details": {"reasoning_tokens": 7},
+                      "num_sources_used": 3},
+        }, headers={"x-request-id": "req-every", "openai-model": str(body.get("model"))})
+
+    runner, port = await serve_on_loopback(answer)
+    try:
+        inp = make_csv(tmp_path / "in.csv", ["one"])
+        s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, extra={"n": 2}))
+    finally:
+        await runner.cleanup()
+    assert (s.ok, s.failed) == (1, 0), s.error_examples
+    row = results(tmp_path).loc["r0"]
+    assert (row["status"], row["content"], row["reasoning_content"]) == (
+        "ok", "the answer", "a thought")
+    assert json.loads(row["tool_calls"])[0]["id"] == "c1"
+    assert "https://example.org/a" in row["citations"]
+    assert [c["content"] for c in json.loads(row["choices"])] == ["the answer", "the second"]
+    assert row["finish_reason"] == "length"
+    assert [row[c] for c in ("prompt_tokens", "completion_tokens", "total_tokens",
+                             "cached_tokens", "reasoning_tokens", "search_units")] == [
+        11, 13, 29, 5, 7, 3]
+    assert pd.isna(row["search_requests"]) and pd.isna(row["earlier_cost_usd"])
+    assert pd.isna(row["cost_usd"])  # the answering model has no price, nor its sources
+    assert row["latency_ms"] > 0 and pd.isna(row["ttft_ms"])
+    assert (row["attempts"], row["rate_limited"]) == (1, 0)
+    assert pd.isna(row["error_type"]) and pd.isna(row["error_message"])
+    assert (row["model"], row["request_id"]) == ("answered-model", "req-every")
+    assert row["finished_at"] is not None and not pd.isna(row["finished_at"])
+
+
+@pytest.mark.anyio
 async def test_tool_call_rows_are_ok_with_their_calls_streamed_or_not(tmp_path: Path) -> None:
     texts = ["a red kettle [[sim:tool_calls]]", "plain row", "a blue mug [[sim:tool_calls]]"]
     inp = make_csv(tmp_path / "in.csv", texts)
