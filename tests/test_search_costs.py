@@ -5,6 +5,7 @@ priced, and never left out of the cost silently."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
+from batchrunner.runner import RunSummary
 from batchrunner.simulator import Simulator, SimulatorConfig
 from tests.test_reply_fields import (
     KEY,
@@ -400,13 +402,14 @@ async def test_a_reply_reporting_both_kinds_of_search_is_priced_as_its_row_recor
     assert report["search_units"] == {"total": 10, "rows": 2, "unpriced_rows": 0}
 
 
-@pytest.mark.anyio
-async def test_the_budget_stops_at_a_billed_try_whose_search_it_cannot_price(
-        tmp_path: Path) -> None:
-    """A try billed without a usable answer (the server gave up on it: finish_reason error)
-    that reported sources with no price for them cost what the budget cannot count, as an
-    answer's does; it went uncounted (its cost unknown, so not carried), and the job ran on
-    under max_cost_usd. It now stops the job as such an answer does, its tokens counted."""
+
+async def gives_up_first(tmp_path: Path, usage: dict[str, Any], price: str, texts: list[str],
+                         *, when: Callable[[str], bool] = bool, **over: Any
+                         ) -> tuple[RunSummary, dict[str, int]]:
+    """Run a grok-4 job over ``texts`` priced by ``price`` against a server that gives up on
+    the first try of each row whose text is ``when`` (finish_reason error) with ``usage``
+    (billed, no usable answer), and otherwise answers, using no sources: the run's summary,
+    and the tries by prompt."""
     from aiohttp import web
 
     from tests.servers import serve_on_loopback
@@ -417,20 +420,32 @@ async def test_the_budget_stops_at_a_billed_try_whose_search_it_cannot_price(
         body = await request.json()
         text = body["messages"][-1]["content"]
         tries[text] = tries.get(text, 0) + 1
-        gave_up = tries[text] == 1
+        gave_up = tries[text] == 1 and when(text)
         return web.json_response({
             "id": "chatcmpl-1", "object": "chat.completion", "model": "grok-4",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
                          "finish_reason": "error" if gave_up else "stop"}],
-            "usage": GROK_USAGE if gave_up else {**GROK_USAGE, "num_sources_used": 0}})
+            "usage": usage if gave_up else {**GROK_USAGE, "num_sources_used": 0}})
 
     runner, port = await serve_on_loopback(handler)
     try:
-        s = await run(search_job(tmp_path, f"http://127.0.0.1:{port}/v1", "grok-4",
-                                 "input = 3.0\noutput = 15.0", [f"q{i}" for i in range(20)],
-                                 max_cost_usd=50.0, concurrency=1))
+        s = await run(search_job(tmp_path, f"http://127.0.0.1:{port}/v1", "grok-4", price,
+                                 texts, **over))
     finally:
         await runner.cleanup()
+    return s, tries
+
+
+@pytest.mark.anyio
+async def test_the_budget_stops_at_a_billed_try_whose_search_it_cannot_price(
+        tmp_path: Path) -> None:
+    """A try billed without a usable answer (the server gave up on it: finish_reason error)
+    that reported sources with no price for them cost what the budget cannot count, as an
+    answer's does; it went uncounted (its cost unknown, so not carried), and the job ran on
+    under max_cost_usd. It now stops the job as such an answer does, its tokens counted."""
+    s, tries = await gives_up_first(tmp_path, GROK_USAGE, "input = 3.0\noutput = 15.0",
+                                    [f"q{i}" for i in range(20)], max_cost_usd=50.0,
+                                    concurrency=1)
     assert s.exit_code == 4 and s.stopped
     assert "max_cost_usd is set but model 'grok-4' answers with search" in s.stopped
     assert len(tries) < 20
@@ -443,30 +458,9 @@ async def test_a_billed_try_teaches_the_budget_what_search_costs(tmp_path: Path)
     search costs from answers only, so the requests in flight were held next to nothing and
     their billed tries carried the spend past max_cost_usd. A billed try teaches the hold as
     an answer does: the job stops with the spend within the budget."""
-    from aiohttp import web
-
-    from tests.servers import serve_on_loopback
-
-    tries: dict[str, int] = {}
-
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        body = await request.json()
-        text = body["messages"][-1]["content"]
-        tries[text] = tries.get(text, 0) + 1
-        gave_up = tries[text] == 1
-        return web.json_response({
-            "id": "chatcmpl-1", "object": "chat.completion", "model": "grok-4",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                         "finish_reason": "error" if gave_up else "stop"}],
-            "usage": {**GROK_USAGE, "num_sources_used": 2 if gave_up else 0}})
-
-    runner, port = await serve_on_loopback(handler)
-    try:
-        s = await run(search_job(tmp_path, f"http://127.0.0.1:{port}/v1", "grok-4",
-                                 "input = 0.001\noutput = 0.001\nsearch_unit = 1.0",
-                                 [f"q{i}" for i in range(40)], max_cost_usd=20.0, concurrency=4))
-    finally:
-        await runner.cleanup()
+    s, _ = await gives_up_first(tmp_path, {**GROK_USAGE, "num_sources_used": 2},
+                                "input = 0.001\noutput = 0.001\nsearch_unit = 1.0",
+                                [f"q{i}" for i in range(40)], max_cost_usd=20.0, concurrency=4)
     assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached")
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     spent = report["cost_usd"] + report["cost_earlier_attempts_usd"]
@@ -658,29 +652,9 @@ async def test_a_billed_try_whose_search_has_no_price_leaves_its_rows_cost_unkno
     followed used none, and the row's cost was that answer's tokens: complete, to the row and
     the report. The row's cost is now unknown, and the report's total incomplete, saying
     why."""
-    from aiohttp import web
-
-    from tests.servers import serve_on_loopback
-
-    tries: dict[str, int] = {}
-
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        body = await request.json()
-        text = body["messages"][-1]["content"]
-        tries[text] = tries.get(text, 0) + 1
-        gave_up = tries[text] == 1 and text.endswith("a")
-        return web.json_response({
-            "id": "chatcmpl-1", "object": "chat.completion", "model": "grok-4",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                         "finish_reason": "error" if gave_up else "stop"}],
-            "usage": {**GROK_USAGE, "num_sources_used": 2 if gave_up else 0}})
-
-    runner, port = await serve_on_loopback(handler)
-    try:
-        s = await run(search_job(tmp_path, f"http://127.0.0.1:{port}/v1", "grok-4",
-                                 "input = 3.0\noutput = 15.0", ["a", "b"]))
-    finally:
-        await runner.cleanup()
+    s, _ = await gives_up_first(tmp_path, {**GROK_USAGE, "num_sources_used": 2},
+                                "input = 3.0\noutput = 15.0", ["a", "b"],
+                                when=lambda text: text.endswith("a"))
     assert s.exit_code == 0 and s.ok == 2
     df = results(tmp_path)
     assert df["attempts"].tolist() == [2, 1]
