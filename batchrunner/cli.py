@@ -345,8 +345,8 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         plan_from_output,
         rebuild_outputs,
         record_rebuilt,
-        run_in_progress,
     )
+    from batchrunner.status import run_in_progress
 
     out_dir = _out_dir(ns.out_dir)
     with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
@@ -373,7 +373,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
 def _input_gone(out_dir: Path, error: InputError) -> UsageError:
     """``error`` (the job's input cannot be opened) as report meets it: when the input is no
     longer where the job read it, say that report needs it there."""
-    from batchrunner.runner import read_meta
+    from batchrunner.status import read_meta
 
     path = Path(str(read_meta(out_dir).get("input_path")))
     if path.exists():
@@ -384,7 +384,7 @@ def _input_gone(out_dir: Path, error: InputError) -> UsageError:
 
 
 def _cmd_status(ns: argparse.Namespace) -> int:
-    from batchrunner.runner import format_status
+    from batchrunner.status import format_status
 
     say(format_status(_out_dir(ns.out_dir)), sys.stdout)
     return 0

@@ -30,7 +30,6 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from io import StringIO
 from itertools import repeat
 from operator import itemgetter
@@ -49,7 +48,6 @@ from batchrunner import compute as pc
 from batchrunner import io
 from batchrunner.arrow import (
     int64_array,
-    is_value,
     prompt_text,
     scalar,
     string_array,
@@ -98,7 +96,6 @@ from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import Counts, Progress, leave_terminal, make_progress, say
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
-    UsdSum,
     changed_warning,
     count_rows,
     format_budget,
@@ -111,11 +108,11 @@ from batchrunner.results import (
     InputOrder,
     key_strings,
     rebuild_outputs,
-    recorded_changed_left,
     result_name,
     sorted_ids,
 )
 from batchrunner.retry import RetryPolicy, backoff
+from batchrunner.status import plus_earlier, read_meta, run_in_progress
 from batchrunner.structured import StructuredOutput, structured_output, unfenced
 from batchrunner.template import (
     RequestBuilder,
@@ -742,32 +739,6 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
     warnings.append(f"{said}; their answers mix (--force)")
     new["simulator"] = was
     return True
-
-
-def read_meta(out_dir: Path) -> dict[str, Any]:
-    """``OUT_DIR/job.json``, or one line saying why it cannot be used."""
-    meta_path = out_dir / "job.json"
-    if not meta_path.is_file():
-        raise UsageError(f"{out_dir} is not a batchrunner output directory (no job.json)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
-            raise ValueError("not a job description")
-    except (ValueError, OSError) as e:
-        raise JournalError(
-            f"{meta_path} is damaged ({type(e).__name__}); restore it, or delete the output "
-            "directory to start over"
-        ) from None
-    total = meta.get("total_rows", 0)
-    for field_name, ok in (("input_path", isinstance(meta.get("input_path"), str)),
-                           ("id_column", isinstance(meta.get("id_column"), str | None)),
-                           ("request", isinstance(meta.get("request", {}), dict)),
-                           ("total_rows", type(total) is int and 0 <= total < 1 << 48)):
-        if not ok:  # edited by hand, say: every command reads these
-            raise JournalError(
-                f"{meta_path} is damaged (its {field_name} is not what batchrunner wrote); "
-                "restore it, or delete the output directory to start over")
-    return meta
 
 
 def _select(journal: Journal, where: str, input_columns: Sequence[str] = ()) -> set[str]:
@@ -2342,24 +2313,6 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
         return await _run_job(job, options or RunOptions(), lock)
 
 
-def run_in_progress(out_dir: Path) -> str:
-    """The run that holds ``out_dir``'s lock, as its ``job.json`` names it ("pid 123, started
-    ..."), or "" if it does not say."""
-    try:
-        last = json.loads((out_dir / "job.json").read_text(encoding="utf-8")).get("last_run")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    if not isinstance(last, dict) or last.get("finished_at") or not last.get("pid"):
-        return ""
-    try:
-        os.kill(int(last["pid"]), 0)  # the holder may not have written its own yet
-    except ProcessLookupError:
-        return ""  # a run that was killed: not the holder
-    except (PermissionError, ValueError, OverflowError):
-        pass
-    return f"pid {last['pid']}, started {last.get('started_at')}"
-
-
 async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> RunSummary:
     started = time.monotonic()
     existed = job.output.dir.is_dir()
@@ -2611,195 +2564,6 @@ def _structured_or_none(settings: dict[str, Any]) -> StructuredOutput | None:
         return None
 
 
-def format_status(out_dir: Path) -> str:
-    """Progress, failures by type and cost so far, from the journal alone."""
-    meta = read_meta(out_dir)
-    locked = io.is_locked(out_dir)
-    state = _Tally(times=locked)
-    for part in Journal(out_dir).iter_latest(_Tally.COLUMNS):
-        state.add(part)
-    total = int(meta.get("total_rows") or 0)
-    ok, failed = state.ok, state.failed
-    # The journal's rows the input no longer has (an id-keyed input that lost rows since they
-    # were done), as the last run found them: not the input's, so not counted as its.
-    gone = meta.get("not_in_input")
-    gone_ok, gone_failed = ((gone.get("ok"), gone.get("failed")) if isinstance(gone, dict)
-                            else (None, None))
-    if type(gone_ok) is int and type(gone_failed) is int:
-        ok, failed = max(0, ok - gone_ok), max(0, failed - gone_failed)
-    else:  # recorded by an older batchrunner: the excess is what can be told
-        gone_ok, gone_failed = max(0, ok + failed - total) if total else 0, 0
-    lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
-             f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"]
-    if gone_ok or gone_failed:
-        gone = gone_ok + gone_failed
-        lines.append(f"  the journal also holds {count_rows(gone)} the input no longer has "
-                     f"(removed from it since {'it was' if gone == 1 else 'they were'} done; "
-                     "the results and reports leave them out, the failures and cost below "
-                     "count them)")
-    failed_by_type = state.failed_by_type
-    for etype, n in failed_by_type.most_common():
-        lines.append(f"  failed {etype}: {n:,}")
-    # Every row's cost, as the reports sum it: a failed row's billed reply (a schema mismatch,
-    # an error body with usage) was paid for too.
-    cost = format_usd(state.cost.usd)
-    if state.unpriced:  # rows paid for without a cost, as the reports count them
-        searched = state.unpriced_search + state.unpriced_requests
-        keys = " or ".join(k for k, n in (("search_unit", state.unpriced_search),
-                                          ("search_request", state.unpriced_requests)) if n)
-        if not searched:
-            why = "no price known, or no usage reported"
-        elif searched == state.unpriced:
-            why = f"search with no price when answered ({keys} in [prices])"
-        else:
-            why = "no price known for the model or its search, or no usage reported"
-        cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
-    cost += _plus_earlier(state.earlier.usd, state.billed_to_do, state.to_do_earlier.usd)
-    lines.append(f"  tokens {state.tokens:,}; cost so far {cost}")
-    last = meta.get("last_run")
-    changed, exact = recorded_changed_left(meta)
-    if changed and not locked:
-        lines.append(f"  {changed_warning(changed, exact=exact)}")
-    if locked:
-        running = run_in_progress(out_dir)
-        lines.append(f"  a run is in progress ({running})" if running else
-                     "  in use by another batchrunner process (a run starting, or a report)")
-        if running:
-            finished_at = (np.concatenate(state.finished_at) if state.finished_at
-                           else np.empty(0, np.float64))
-            started = _epoch(last)
-            to_send = last.get("to_send") if isinstance(last, dict) else None
-            if type(to_send) is int and started is not None:  # retried rows included
-                to_do = max(0, to_send - int(np.count_nonzero(finished_at >= started)))
-            else:
-                to_do = max(0, total - ok - failed)
-            lines.append(_pace(finished_at, to_do, time.time(), started))
-    elif isinstance(last, dict) and last.get("started_at"):
-        if not last.get("finished_at"):
-            lines.append(f"  last run: started {last['started_at']}, did not finish (killed, or "
-                         "the machine stopped): run the job again to resume")
-        elif last.get("stopped"):
-            lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
-            rebuilt = meta.get("rebuilt_at")
-            if isinstance(rebuilt, str) and rebuilt >= str(last["finished_at"]):
-                # The results and reports it could not write (a full disk) were written since.
-                lines.append(f"  results and reports rebuilt by batchrunner report at {rebuilt}")
-        else:
-            sent = last.get("sent")
-            limit = last.get("limit")
-            lines.append(f"  last run: {last['started_at']} to {last['finished_at']}"
-                         + (f", {sent:,} request{'' if sent == 1 else 's'} sent"
-                            if type(sent) is int else "")
-                         + (f" (--limit {limit:,})" if type(limit) is int else ""))
-            if failed:
-                lines.append(f"  {retry_advice(failed_by_type)}")
-    return "\n".join(lines)
-
-
-class _Tally:
-    """What ``status`` shows of the journal's latest records, added a table of them at a
-    time, as the reports count them (``OutcomeStats``): the costs summed exactly
-    (``UsdSum``), the tokens a row's total (else its prompt and completion tokens); with
-    ``times``, their ``finished_at`` too (the pace of a run in progress). A row whose latest
-    record is ``retrying`` is a row to do: counted neither ok nor failed, its billed attempts'
-    cost among the earlier attempts'."""
-
-    COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
-               "completion_tokens", "search_units", "search_requests")
-
-    def __init__(self, *, times: bool) -> None:
-        self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
-        self.unpriced_requests = 0  # of search billed per request (search_requests)
-        self.cost = UsdSum()
-        self.earlier = UsdSum()
-        self.billed_to_do = 0  # rows whose latest record is ``retrying``
-        self.to_do_earlier = UsdSum()  # their earlier_cost_usd
-        self.failed_by_type: Counter[str] = Counter()
-        self.finished_at: list[npt.NDArray[np.float64]] | None = [] if times else None
-
-    def add(self, part: pa.Table) -> None:
-        failed = 0
-        for entry in pc.value_counts(part["status"]).to_pylist():
-            if entry["values"] == "ok":
-                self.ok += entry["counts"]
-            elif entry["values"] == "failed":
-                failed = entry["counts"]
-            elif entry["values"] == RETRYING:
-                self.billed_to_do += entry["counts"]
-                self.to_do_earlier.add(pc.filter(part["earlier_cost_usd"],
-                                                 is_value(part["status"], RETRYING)))
-        if failed:
-            self.failed += failed
-            errors = pc.filter(part["error_type"], is_value(part["status"], "failed"))
-            for entry in pc.value_counts(errors).to_pylist():
-                self.failed_by_type[str(entry["values"])] += entry["counts"]
-        cost = part["cost_usd"]
-        self.cost.add(cost)
-        self.earlier.add(part["earlier_cost_usd"])
-        # Paid for: ok, or a failed row whose reply reported usage (billed).
-        paid = pc.or_(pc.fill_null(is_value(part["status"], "ok"), scalar(False, pa.bool_())),
-                      pc.is_valid(part["prompt_tokens"]))
-        self.unpriced += pc.filter(cost, paid).null_count
-        searched = pc.fill_null(pc.greater(part["search_units"], scalar(0, pa.int64())),
-                                scalar(False, pa.bool_()))
-        self.unpriced_search += pc.filter(cost, pc.and_(paid, searched)).null_count
-        asked = pc.fill_null(pc.greater(part["search_requests"], scalar(0, pa.int64())),
-                             scalar(False, pa.bool_()))
-        self.unpriced_requests += pc.filter(cost, pc.and_(paid, asked)).null_count
-        total = pc.coalesce(part["total_tokens"],
-                            pc.add(part["prompt_tokens"], part["completion_tokens"]))
-        self.tokens += pc.sum(total).as_py() or 0
-        if self.finished_at is not None:  # of rows finished: not of ``retrying`` records
-            finished = pc.filter(part["finished_at"], pc.invert(is_value(part["status"],
-                                                                         RETRYING)))
-            self.finished_at.append(to_numpy(finished, fill=0.0))
-
-
-PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in progress
-# No row finished for this long (and three times the window's mean gap between rows): `status`
-# says so, not when the run would end.
-STALLED_S = 30.0
-
-
-def _epoch(last_run: Any) -> float | None:
-    """When ``last_run`` started, as a Unix time (None if job.json does not say)."""
-    started = last_run.get("started_at") if isinstance(last_run, dict) else None
-    if not isinstance(started, str):
-        return None
-    try:
-        at = datetime.fromisoformat(started)
-        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
-def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
-          started: float | None) -> str:
-    """How fast a run in progress is finishing rows, over the last ``PACE_WINDOW_S`` seconds
-    or since it started, from the journal (up to a second behind), and when it would be done at
-    that pace."""
-    since = PACE_WINDOW_S if started is None or started > now else now - started
-    window = min(PACE_WINDOW_S, since)  # a start in the future (a clock set back): the default
-    if window < 5.0:
-        return "  pace: not known yet (the run started seconds ago)"
-    recent = int(np.count_nonzero(finished_at >= now - window))
-    if not recent:
-        return f"  no row finished in the last {window:.0f} s"
-    per_min = recent * 60.0 / window
-    pace = f"{per_min:,.0f}" if per_min >= 10 else f"{per_min:.1f}"
-    line = f"  pace: {pace} rows/min over the last {window:.0f} s"
-    idle = now - float(finished_at.max())
-    if idle >= max(STALLED_S, 3 * window / recent):  # far longer than rows have taken apart
-        # The window's rows came before it stopped finishing them: no time left to tell.
-        return f"{line}, but no row has finished for {idle:.0f} s"
-    if to_do:
-        left_min = to_do / per_min
-        left = ("under a minute" if left_min < 1 else f"about {left_min:.0f} min"
-                if left_min < 120 else f"about {left_min / 60:.1f} h")
-        line += f"; the {count_rows(to_do)} to do would take {left}"
-    return line
-
-
 def _show(path: Path) -> str:
     """``path`` relative to the current directory when it is below it."""
     try:
@@ -2811,22 +2575,6 @@ def _show(path: Path) -> str:
 def _search_units(web_searches: int | None, sources: int | None) -> int | None:
     """A reply's search units as the row records them: its web searches, else its sources."""
     return web_searches if web_searches is not None else sources
-
-
-def _plus_earlier(usd: float | None, to_do: int = 0, to_do_usd: float = 0.0) -> str:
-    """What earlier attempts cost, to follow a cost (empty if nothing): of rows sent again,
-    and (``to_do_usd`` of ``usd``) of ``to_do`` rows still to do, billed without an answer
-    and not sent again yet."""
-    if not usd:
-        return ""
-    resent = round(usd - to_do_usd, 10)  # the sums are to 1e-10 USD: no float noise
-    parts = []
-    if not to_do or resent > 0:
-        parts.append(f"{format_usd(resent)} for earlier attempts of rows sent again")
-    if to_do:
-        parts.append(f"{format_usd(to_do_usd)}{'' if parts else ' for earlier attempts'} of "
-                     f"{count_rows(to_do)} still to do")
-    return f" (plus {' and '.join(parts)})"
 
 
 def format_summary(s: RunSummary) -> str:
@@ -2852,7 +2600,7 @@ def format_summary(s: RunSummary) -> str:
         cost += f" for the job ({format_usd(s.run_cost_usd)} this run)"
     if s.cost_usd is None and s.cost_unknown:
         cost += f", and {count_rows(s.cost_unknown)} without a cost (see report)"
-    cost += _plus_earlier(s.earlier_cost_usd, s.billed_to_do, s.billed_to_do_usd)
+    cost += plus_earlier(s.earlier_cost_usd, s.billed_to_do, s.billed_to_do_usd)
     if s.ran:
         sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")
         cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"

@@ -466,7 +466,7 @@ def test_a_one_row_job_reads_in_the_singular(
 def test_status_pace_of_one_row_left() -> None:
     import numpy as np
 
-    from batchrunner.runner import _pace
+    from batchrunner.status import _pace
 
     now = 1_000_000.0
     line = _pace(np.array([now - 30.0, now - 20.0, now - 10.0]), 1, now, now - 60.0)
@@ -498,7 +498,7 @@ def test_status_of_a_run_that_stopped_finishing_rows_says_so_rather_than_when_it
     window read '98 rows/min; the 166 rows to do would take about 2 min'."""
     import numpy as np
 
-    from batchrunner.runner import _pace
+    from batchrunner.status import _pace
 
     now = 1_000_000.0
     finished = np.linspace(now - 45.0, now - 40.0, 74)
@@ -693,12 +693,12 @@ def test_a_row_billed_then_stopped_before_its_retry_reads_as_still_to_do(
 
 
 def test_earlier_attempts_of_rows_sent_again_and_of_rows_to_do_are_told_apart() -> None:
-    from batchrunner.runner import _plus_earlier
+    from batchrunner.status import plus_earlier
 
-    assert _plus_earlier(0.0) == ""
-    assert _plus_earlier(0.03) == " (plus $0.0300 for earlier attempts of rows sent again)"
-    assert _plus_earlier(0.03, 2, 0.03) == (
+    assert plus_earlier(0.0) == ""
+    assert plus_earlier(0.03) == " (plus $0.0300 for earlier attempts of rows sent again)"
+    assert plus_earlier(0.03, 2, 0.03) == (
         " (plus $0.0300 for earlier attempts of 2 rows still to do)")
-    assert _plus_earlier(0.03, 1, 0.01) == (
+    assert plus_earlier(0.03, 1, 0.01) == (
         " (plus $0.0200 for earlier attempts of rows sent again and $0.0100 of 1 row still to "
         "do)")

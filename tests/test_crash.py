@@ -33,8 +33,8 @@ from batchrunner.cli import main
 from batchrunner.journal import Journal, write_segment
 from batchrunner.records import RETRYING
 from batchrunner.report import format_usd
-from batchrunner.runner import format_status
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
+from batchrunner.status import format_status
 from benchmarks.crash_soak import CrashHarness, Kill, _wait
 
 KEY = "sk-test-crash-0123456789"

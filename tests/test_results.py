@@ -559,7 +559,7 @@ def test_status_and_estimate_read_a_compacted_journal_a_row_group_at_a_time(
     reading it whole says."""
     from batchrunner.cli import main
     from batchrunner.estimate import _observed_completion
-    from batchrunner.runner import format_status
+    from batchrunner.status import format_status
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(journal, "ROW_GROUP_ROWS", 8)
@@ -600,7 +600,7 @@ def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
     """Rows done, then removed from an input keyed by id: the results, the summary, the
     report and status count the input's rows, and say the journal holds more."""
     from batchrunner.cli import main
-    from batchrunner.runner import format_status
+    from batchrunner.status import format_status
 
     monkeypatch.chdir(tmp_path)
     rows = [f"r{i},text {i},{1 if i < 3 else ''}" for i in range(6)]  # r0-r2 cut at 1 token

@@ -26,8 +26,9 @@ from batchrunner.io import is_locked
 from batchrunner.journal import Journal
 from batchrunner.report import format_usd
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, RunSummary, format_status, format_summary, run_job
+from batchrunner.runner import RunOptions, RunSummary, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
+from batchrunner.status import format_status
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
                   handle_signals=False)
@@ -832,7 +833,7 @@ def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
 
 
 def test_status_gives_the_pace_of_a_run_in_progress_and_when_it_would_end() -> None:
-    from batchrunner.runner import _epoch, _pace
+    from batchrunner.status import _epoch, _pace
 
     # job.json's times are UTC; one written without a zone is read as UTC too.
     assert _epoch({"started_at": "2026-11-30T11:00:00"}) == _epoch(

@@ -13,7 +13,7 @@ from batchrunner.cli import main
 from batchrunner.journal import Journal, outcomes_table, write_segment
 from batchrunner.records import RETRYING, Outcome
 from batchrunner.report import format_usd
-from batchrunner.runner import format_status
+from batchrunner.status import format_status
 
 
 def simulated_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int) -> Path:
