@@ -41,7 +41,6 @@ from batchrunner.retry import RetryPolicy
 from batchrunner.runner import (
     RunOptions,
     RunSummary,
-    format_status,
     format_summary,
     plan_from_output,
     prepare,
@@ -49,6 +48,7 @@ from batchrunner.runner import (
     run_job,
 )
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
+from batchrunner.status import format_status
 from tests.servers import serve_on_loopback
 
 KEY = "sk-test-faults-0123456789"
@@ -1243,17 +1243,21 @@ async def test_bad_200s_and_gateway_pages(tmp_path: Path, fault: Fault, etype: s
 
     async with FaultServer(faulty) as srv:
         s = await run(job_for(tmp_path, srv.base_url, inp))
-        assert srv.requests == 3 * 2 + 3
+        # A gateway's 503 before any answer is waited out as an outage, not a try of its row:
+        # row 3 gets one try more when its first 503 came before any other row's answer,
+        # which the machine's speed decides (a busy one: 10 requests).
+        extra = srv.requests - (3 * 2 + 3)
+        assert extra in ((0, 1) if fault is gateway_html_503 else (0,)), srv.requests
     assert s.exit_code == 3
     df = results(tmp_path)
     assert (df.iloc[:3]["status"] == "ok").all() and (df.iloc[:3]["attempts"] == 2).all()
     last = df.loc["r0003"]
-    assert (last["status"], last["error_type"], last["attempts"]) == ("failed", etype, 3)
+    assert (last["status"], last["error_type"], last["attempts"]) == ("failed", etype, 3 + extra)
     if fault is gateway_html_503:
         assert "HTML error page" in last["error_message"] and "503" in last["error_message"]
     rep = report(tmp_path)
     assert failed_by_type(rep) == {etype: 1}
-    assert seen_by_type(rep) == {etype: 3 + 3}
+    assert seen_by_type(rep) == {etype: 3 + 3 + extra}
 
 
 @pytest.mark.anyio
