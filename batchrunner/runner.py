@@ -1143,6 +1143,7 @@ class _Run:
         # A refusal after which no request sent has been answered: an outage began (attempt).
         self.outage_from = -math.inf
         self.last_refusal = -math.inf  # the latest refused connection, any row's
+        self.refused_item: _Work | None = None  # the row it was (_fresh_probe)
         # What the latest refusal was, for the progress: "" a connection that failed, else
         # the gateway's answer ("HTTP 503: no available channel for ...").
         self.refused_by = ""
@@ -1306,7 +1307,7 @@ class _Run:
         """The next request to send, or None when there is none now."""
         if self.retries:
             return self.retries.popleft()
-        if self.outstanding > len(self.held) and self._looks_down:
+        if self.outstanding > len(self.held) and self._looks_down and not self._fresh_probe():
             return None  # the endpoint looks down: the rows started find out when it is back
         plan = self.plan
         while not self.rows_done:
@@ -1841,9 +1842,21 @@ class _Run:
         self.plan.job_meta["simulator"] = "mixed"
         _write_meta(self.plan)
 
+    def _fresh_probe(self) -> bool:
+        """One row alone is out, refused twice or more with nothing answered since (a job at
+        concurrency 1, say): a new row starts, to tell a server away from a row its gateway
+        turns away. Answered, the server is there, and the row's refusals count against its
+        attempts; without it, a row the gateway always refused held the job for the outage's
+        5 minutes, then stopped it with every later row unsent (and the rerun met that row
+        first again)."""
+        item = self.refused_item
+        return (item is not None and item.streak >= 2
+                and self.outstanding - len(self.held) == 1)
+
     def _refused(self, item: _Work) -> None:
         """An attempt of ``item`` could not connect."""
         now = time.perf_counter()
+        self.refused_item = item
         if item.last_refusal and self.answered_sent > item.last_refusal:
             item.lonely += 1  # a request sent since its previous refusal was answered
             item.streak = 0

@@ -899,6 +899,32 @@ async def test_a_gateway_that_never_answered_but_503_is_waited_out_then_stops_no
 
 
 @pytest.mark.anyio
+async def test_a_row_a_gateway_always_turns_away_fails_at_concurrency_1(tmp_path: Path) -> None:
+    """At concurrency 1 a row whose every try nginx answers 503 (the server behind it fails
+    on that row, say) was waited out as an outage, no other request out to show the server
+    there: the job stopped after outage_s with the rows after it unsent, and a rerun met that
+    row first again. A new row now starts beside it; answered, the row fails as any row the
+    server fails for itself, after max_attempts, and the job goes on."""
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(5)])
+
+    async def turned_away(srv: FaultServer, request: web.BaseRequest,
+                          body: dict[str, Any]) -> web.StreamResponse | None:
+        if "row 1" in json.dumps(body):
+            return await gateway_html_503(srv, request, body)
+        return None
+
+    async with FaultServer(turned_away) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, concurrency=1),
+                              replace(options(3), outage_s=30.0))
+        sent = srv.requests
+    assert s.exit_code == 3 and not s.stopped, s.stopped
+    assert (s.ok, s.failed, s.pending) == (4, 1, 0)
+    assert sent == 4 + 3  # row 1's max_attempts, each after another row's answer but the first
+    assert results(tmp_path).loc["r0001", "error_type"] == "http_503"
+
+
+@pytest.mark.anyio
 async def test_a_server_still_loading_its_model_is_waited_for(tmp_path: Path) -> None:
     """llama.cpp's server answers 503 "Loading model" (no retry-after) until its model is
     loaded: a job started with it (a nightly script starting both) waits, one request at a
