@@ -229,6 +229,20 @@ async def test_the_budget_stops_at_search_it_cannot_price(tmp_path: Path) -> Non
 # it counts, at the job's search_request price, or says what to set.
 
 
+def estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, extra: str, *,
+             max_tokens: int, prices: str = "") -> str:
+    """What ``batchrunner estimate`` prints for a job of two rows asking ``model`` with
+    ``extra`` in its [request.extra] and ``prices`` as the model's [prices] entry, if any."""
+    inp = make_csv(tmp_path / "in.csv", ["latest AI news", "weather in Guangzhou"])
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "{model}"\n'
+        f'prompt = "{{text}}"\nmax_tokens = {max_tokens}\n[request.extra]\n{extra}\n'
+        '[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n[output]\ndir = "out"\n'
+        + (f'[prices."{model}"]\n{prices}\n' if prices else ""))
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    return str(capsys.readouterr().out)
+
+
 @pytest.mark.parametrize(("extra", "said", "per_request"), [
     ('search_parameters = { mode = "auto" }', "(search_parameters)", False),
     ('web_search_options = { search_context_size = "medium" }', "(web_search_options)", True),
@@ -242,13 +256,7 @@ async def test_the_budget_stops_at_search_it_cannot_price(tmp_path: Path) -> Non
 def test_the_estimate_warns_that_search_is_not_in_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, said: str | None,
         per_request: bool) -> None:
-    inp = make_csv(tmp_path / "in.csv", ["latest AI news", "weather in Guangzhou"])
-    (tmp_path / "job.toml").write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
-        'prompt = "{text}"\nmax_tokens = 64\n[request.extra]\n' + extra + '\n'
-        '[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n[output]\ndir = "out"\n')
-    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
-    out = capsys.readouterr().out
+    out = estimate(tmp_path, capsys, "grok-4", extra, max_tokens=64)
     warning = ("  warning: 2 rows ask for search " + (said or "") + ": it is billed apart from "
                "tokens, by the sources or searches each reply uses, and is not in this estimate")
     assert (warning in out) is (said is not None and not per_request), out
@@ -268,15 +276,9 @@ def test_the_estimate_of_a_priced_model_whose_search_has_no_price_says_what_to_s
     """A model the job prices, asked for search billed per request without a search_request
     price: the estimate's cost line said to add [prices."MODEL"], which the job has, and hid
     what its tokens cost; it now gives that, and names what is missing."""
-    inp = make_csv(tmp_path / "in.csv", ["latest AI news", "weather in Guangzhou"])
-    (tmp_path / "job.toml").write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "gpt-4o-mini"\n'
-        'prompt = "{text}"\nmax_tokens = 100\n[request.extra]\n'
-        'web_search_options = { search_context_size = "low" }\n'
-        '[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n[output]\ndir = "out"\n'
-        '[prices."gpt-4o-mini"]\ninput = 0\noutput = 10\n')
-    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
-    out = capsys.readouterr().out
+    out = estimate(tmp_path, capsys, "gpt-4o-mini",
+                   'web_search_options = { search_context_size = "low" }', max_tokens=100,
+                   prices="input = 0\noutput = 10")
     assert "add [prices" not in out, out
     assert ("estimated cost: $0.002 and the search each row asks for, which has no price: set "
             'search_request (below)') in out, out
@@ -612,15 +614,8 @@ async def test_the_budget_holds_the_search_fee_of_the_requests_in_flight(tmp_pat
 @pytest.mark.anyio
 async def test_the_estimate_counts_search_per_request_at_its_price(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    inp = make_csv(tmp_path / "in.csv", ["news", "weather"])
-    (tmp_path / "job.toml").write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "qwen-plus"\n'
-        'prompt = "{text}"\nmax_tokens = 10\n[request.extra]\n'
-        'parameters = { enable_search = true }\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
-        '[output]\ndir = "out"\n[prices."qwen-plus"]\ninput = 0\noutput = 0\n'
-        'search_request = 0.004\n')
-    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
-    out = capsys.readouterr().out
+    out = estimate(tmp_path, capsys, "qwen-plus", "parameters = { enable_search = true }",
+                   max_tokens=10, prices="input = 0\noutput = 0\nsearch_request = 0.004")
     assert "estimated cost: $0.008 (job [prices])" in out
     assert ("search: 2 rows ask for search billed per request (parameters.enable_search), in "
             "the estimate at search_request") in out
