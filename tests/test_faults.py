@@ -149,6 +149,13 @@ class FaultServer:
         self._runner, self.port = await serve_on_loopback(self._handle)
         return self
 
+    async def held(self, response: web.StreamResponse) -> web.StreamResponse:
+        """``response``, left open until the server stops (30 s at most): an answer that
+        stalls."""
+        with anyio.move_on_after(30):
+            await self.closing.wait()
+        return response
+
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         assert self._runner is not None
@@ -1361,9 +1368,7 @@ async def stream_stalls(srv: FaultServer, request: web.BaseRequest,
                         body: dict[str, Any]) -> web.StreamResponse:
     """Two chunks, then nothing more until the server closes."""
     response = await stream_head(request)
-    with anyio.move_on_after(30):
-        await srv.closing.wait()
-    return response
+    return await srv.held(response)
 
 
 async def stream_ends_unfinished(srv: FaultServer, request: web.BaseRequest,

@@ -378,9 +378,7 @@ async def test_a_stream_held_open_after_its_answer_without_done_is_taken(
         await response.prepare(request)
         events = [delta("Echo: "), delta("held"), delta(None, "stop")]
         await response.write(stream_of(*events, *([usage_chunk] if usage else []), done=False))
-        with anyio.move_on_after(30):
-            await srv.closing.wait()
-        return response
+        return await srv.held(response)
 
     async with FaultServer(held_open) as srv:
         s = await run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=2))
@@ -406,9 +404,7 @@ async def test_a_stream_that_finishes_near_its_timeout_and_is_held_open_is_taken
         await response.write(stream_of(delta("Echo: "), done=False))
         await anyio.sleep(1.7)  # of the 2 s the request has: after_finish is 0.5 s
         await response.write(stream_of(delta("late"), delta(None, "stop"), done=False))
-        with anyio.move_on_after(30):
-            await srv.closing.wait()
-        return response
+        return await srv.held(response)
 
     async with FaultServer(late) as srv:
         s = await run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=2))

@@ -308,9 +308,7 @@ async def test_an_error_event_in_a_stream_held_open_is_read_not_timed_out(
         await response.write(sse(stream_chunk("Echo: ")) + sse({"error": {
             "message": "This model's maximum context length is 8192 tokens",
             "type": "invalid_request_error", "code": "context_length_exceeded"}}))
-        with anyio.move_on_after(30):
-            await srv.closing.wait()
-        return response
+        return await srv.held(response)
 
     async with FaultServer(error_then_hold) as srv:
         s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=2))
@@ -340,9 +338,7 @@ async def test_a_stream_cut_after_reporting_its_usage_keeps_what_that_try_was_bi
                                       drop=True)
         response = await stream_reply(request, sse({**stream_chunk("Echo: "), "usage": so_far}),
                                       hold=True)
-        with anyio.move_on_after(30):
-            await srv.closing.wait()
-        return response
+        return await srv.held(response)
 
     async with FaultServer(cut_after_usage, times=1) as srv:
         s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=1))
@@ -440,9 +436,7 @@ async def test_a_stream_that_stalls_after_sending_past_timeout_s_times_out_its_u
         for _ in range(7):  # 1.4 s of chunks
             await response.write(sse({**stream_chunk("Echo: "), "usage": so_far}))
             await anyio.sleep(0.2)
-        with anyio.move_on_after(30):
-            await srv.closing.wait()
-        return response
+        return await srv.held(response)
 
     async def first_stalls(srv: FaultServer, request: web.BaseRequest,
                            body: dict[str, Any]) -> web.StreamResponse:
@@ -468,9 +462,7 @@ async def test_what_a_stream_s_timeout_bounds(job_env: str) -> None:
     async def stalls(srv: FaultServer, request: web.BaseRequest,
                      body: dict[str, Any]) -> web.StreamResponse:
         response = await stream_reply(request, sse(stream_chunk("Echo: ")), hold=True)
-        with anyio.move_on_after(30):
-            await srv.closing.wait()
-        return response
+        return await srv.held(response)
 
     async def never_ends(srv: FaultServer, request: web.BaseRequest,
                          body: dict[str, Any]) -> web.StreamResponse:
@@ -557,9 +549,7 @@ async def test_a_stream_begun_that_outlasts_the_timeout_twice_does_not_stop_the_
                        body: dict[str, Any]) -> web.StreamResponse:
         response = await stream_reply(request, sse({**stream_chunk("Echo: "), "usage": so_far}),
                                       hold=True)
-        with anyio.move_on_after(30):
-            await srv.closing.wait()
-        return response
+        return await srv.held(response)
 
     async with FaultServer(outlasts, times=2) as srv:
         s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=0.5),
@@ -600,9 +590,7 @@ async def test_a_stream_answers_once_it_carries_some_of_the_answer(
     async def first_then_hangs(srv: FaultServer, request: web.BaseRequest,
                                body: dict[str, Any]) -> web.StreamResponse:
         response = await stream_reply(request, first, hold=True)
-        with anyio.move_on_after(30):
-            await srv.closing.wait()
-        return response
+        return await srv.held(response)
 
     async with FaultServer(first_then_hangs, times=None if first != THINKING else 2) as srv:
         s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=0.5),
