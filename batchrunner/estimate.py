@@ -183,24 +183,20 @@ def estimate(plan: Plan) -> Estimate:
     return est
 
 
-# Search as the request bodies ask for it: Grok's live search, OpenAI's (and, through gateways,
-# Claude's) web search options, Qwen's, and a search tool by any of the names the APIs give it.
+# A search tool by any of the names the APIs give it (Anthropic's and OpenAI's web search,
+# Gemini's Google Search as a gateway takes it in extra_body or a Gemini model's tools).
 _SEARCH_TOOLS = frozenset({"googlesearch", "google_search", "google_search_retrieval",
                            "websearch", "web_search", "web_search_preview"})
 
 
 def _search_asked(body: Mapping[str, Any]) -> str | None:
-    """What in a request ``body`` asks for search billed apart from tokens, named as the body
-    has it; None when nothing does."""
+    """What in a request ``body`` asks for search its replies count (search units, billed
+    apart from tokens), named as the body has it; None when nothing does. Asked of the bodies
+    ``search_requested`` finds none in: the search models, ``web_search_options`` and
+    ``enable_search`` are billed per request, and it names them."""
     params = body.get("search_parameters")
     if isinstance(params, Mapping) and params.get("mode") != "off":
         return "search_parameters"
-    if body.get("web_search_options") is not None:
-        return "web_search_options"
-    for where, holder in (("enable_search", body), ("parameters.enable_search",
-                                                     body.get("parameters"))):
-        if isinstance(holder, Mapping) and holder.get("enable_search") is True:
-            return where
     extra = body.get("extra_body")
     google = extra.get("google") if isinstance(extra, Mapping) else None
     model = body.get("model")
@@ -212,8 +208,6 @@ def _search_asked(body: Mapping[str, Any]) -> str | None:
         for tool in tools if isinstance(tools, list) else ():
             if isinstance(tool, Mapping) and (name := _tool_name(tool, named)) is not None:
                 return f"{where}: {name}"
-    if isinstance(model, str) and "-search" in model.lower():
-        return f"model {model}"
     return None
 
 
