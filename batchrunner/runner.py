@@ -1554,19 +1554,13 @@ class _Run:
             if self.stopped.is_set():  # a 429'd row after a stop: left to do, not paused
                 return None, None
             charge = self._charge(item)
-            if self.split is not None:  # the model's own limiter too
+            if self.split is not None or self.limiter.paces:  # a wait a stop cancels
                 with anyio.CancelScope() as pacing:
                     self.pacing.add(pacing)
                     try:
                         await self.limiter.acquire(charge)
-                        await self._model_limiter(item).acquire(charge)
-                    finally:
-                        self.pacing.discard(pacing)
-            elif self.limiter.paces:  # a wait for a permit that a stop cancels
-                with anyio.CancelScope() as pacing:
-                    self.pacing.add(pacing)
-                    try:
-                        await self.limiter.acquire(charge)
+                        if self.split is not None:  # and the model's own limiter's
+                            await self._model_limiter(item).acquire(charge)
                     finally:
                         self.pacing.discard(pacing)
             else:  # no rate: a pause at most, which a stop lifts (no scope a request)
