@@ -241,6 +241,9 @@ MARKER_FAULTS: dict[str, tuple[str, str, bool]] = {
 }
 
 
+GATEWAY_TYPES = frozenset({"http_502", "http_503", "http_504"})
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 async def test_every_fault_is_named_retried_and_counted(tmp_path: Path, stream: bool) -> None:
@@ -266,10 +269,15 @@ async def test_every_fault_is_named_retried_and_counted(tmp_path: Path, stream: 
         once, always = df.iloc[10 + 2 * i], df.iloc[11 + 2 * i]
         if retried:
             assert (once["status"], once["attempts"]) == ("ok", 2), (kind, once.to_dict())
-            assert (always["status"], always["error_type"], always["attempts"]) == (
-                "failed", etype, 3), (kind, always.to_dict())
+            # A gateway's 502/503/504 while rows are left to start is a try of its row only
+            # when a request sent since its last one was answered (it may be a server away):
+            # on a busy machine a retry can go before any such answer, and is not counted.
+            extra = int(always["attempts"]) - 3
+            assert extra in ((0, 1, 2) if etype in GATEWAY_TYPES else (0,)), (kind, extra)
+            assert (always["status"], always["error_type"]) == ("failed", etype), (
+                kind, always.to_dict())
             failed_rows[etype] += 1
-            seen[etype] += 1 + 3
+            seen[etype] += 1 + 3 + extra
         else:  # not retried: the one-time fault fails its row too
             for row in (once, always):
                 assert (row["status"], row["error_type"], row["attempts"]) == (
@@ -1277,10 +1285,10 @@ async def test_bad_200s_and_gateway_pages(tmp_path: Path, fault: Fault, etype: s
     async with FaultServer(faulty) as srv:
         s = await run(job_for(tmp_path, srv.base_url, inp))
         # A gateway's 503 before any answer is waited out as an outage, not a try of its row:
-        # row 3 gets one try more when its first 503 came before any other row's answer,
-        # which the machine's speed decides (a busy one: 10 requests).
+        # row 3 gets a try more for each of its 503s that came before any other row's
+        # answer, which the machine's speed decides (a busy one: 10 requests).
         extra = srv.requests - (3 * 2 + 3)
-        assert extra in ((0, 1) if fault is gateway_html_503 else (0,)), srv.requests
+        assert extra in ((0, 1, 2) if fault is gateway_html_503 else (0,)), srv.requests
     assert s.exit_code == 3
     df = results(tmp_path)
     assert (df.iloc[:3]["status"] == "ok").all() and (df.iloc[:3]["attempts"] == 2).all()
