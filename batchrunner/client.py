@@ -196,6 +196,24 @@ class _Parts:
         return "".join(self.content) if self.content or not self.calls else None
 
 
+def _so_far(pieces: list[str], text: str) -> None:
+    """Take ``text``, a stream's chunk that carries the whole text so far (Qwen's
+    ``incremental_output`` false), into ``pieces``: it replaces them when it starts with them;
+    one that does not (a server that sends only what is new all the same) is added."""
+    if text.startswith("".join(pieces)):
+        pieces[:] = (text,)
+    else:
+        pieces.append(text)
+
+
+def _whole_so_far(body: dict[str, Any]) -> bool:
+    """Whether a stream request asked for Qwen's ``incremental_output`` false (at the top level
+    or in ``parameters``, where gateways take Qwen's options)."""
+    params = body.get("parameters")
+    return body.get("incremental_output") is False or (
+        type(params) is dict and params.get("incremental_output") is False)
+
+
 class _EventTooLong(Exception):
     """A stream line, or event, longer than ``_MAX_EVENT``."""
 
@@ -210,13 +228,18 @@ class StreamAssembler:
     choice 0's. ``usage`` comes from whichever chunk has it (the final ``choices: []`` chunk
     with ``stream_options.include_usage``, or a last choice chunk, as some providers send), and
     top-level ``citations`` (Grok) likewise. ``done`` is set by ``data: [DONE]``.
+
+    ``whole_so_far``: the request asked for Qwen's ``incremental_output`` false, whose chunks
+    each carry the whole content (or reasoning) so far: one replaces the text before it that
+    it starts with, rather than being added to it.
     """
 
     __slots__ = ("_after_cr", "_begun", "_cr_only", "_partial", "_partial_size", "_pending",
                  "_pending_size", "_stray_size", "cited", "done", "error", "event", "first",
-                 "first_token_at", "id", "model", "others", "stray", "usage")
+                 "first_token_at", "id", "model", "others", "stray", "usage", "whole_so_far")
 
-    def __init__(self) -> None:
+    def __init__(self, *, whole_so_far: bool = False) -> None:
+        self.whole_so_far = whole_so_far
         self.first = _Parts()  # choice 0
         self.others: dict[int, _Parts] | None = None  # with n > 1
         self.cited: Any = None
@@ -434,7 +457,10 @@ class StreamAssembler:
             if type(delta) is dict:
                 text = delta.get("content")
                 if type(text) is str and text:
-                    parts.content.append(text)
+                    if self.whole_so_far:
+                        _so_far(parts.content, text)
+                    else:
+                        parts.content.append(text)
                     if self.first_token_at is None:
                         self.first_token_at = time.perf_counter()
                 if type(text) is not str or len(delta) > 1:  # not the common content-only delta
@@ -512,12 +538,18 @@ class StreamAssembler:
         if type(content) is list:  # Mistral's Magistral: text and thinking parts
             text, thinking = _content_parts(content)
             if text:
-                parts.content.append(text)
+                if self.whole_so_far:
+                    _so_far(parts.content, text)
+                else:
+                    parts.content.append(text)
             thought = thought or thinking
             if text and self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
         if isinstance(thought, str) and thought:
-            parts.reasoning.append(thought)
+            if self.whole_so_far:
+                _so_far(parts.reasoning, thought)
+            else:
+                parts.reasoning.append(thought)
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
         calls = delta.get("tool_calls")
@@ -803,7 +835,7 @@ class ChatClient:
                 kind = headers.get("Content-Type", "")
                 if status == 200 and (kind.startswith("text/event-stream") or (
                         streaming and not kind.startswith(("application/json", "text/html")))):
-                    stream = StreamAssembler()
+                    stream = StreamAssembler(whole_so_far=_whole_so_far(body))
                     content = resp.content
                     after_finish = min(_AFTER_FINISH_S, limit / 4)
                     options = body.get("stream_options")
@@ -914,7 +946,8 @@ class ChatClient:
             raise self._status_error(status, raw, headers, request_id, body.get("model"))
         hdrs = _ratelimit_headers(headers)
         if stream is None and raw.removeprefix(_BOM).lstrip()[:5] == b"data:":
-            stream = _read_stream(raw)  # a stream under another content type, read whole
+            # a stream under another content type, read whole
+            stream = _read_stream(raw, _whole_so_far(body))
         if stream is not None:
             model = body.get("model")
             try:
@@ -1339,9 +1372,9 @@ def _html_title(raw: bytes) -> str | None:
     return " ".join(m.group(1).decode("utf-8", "replace").split()) if m else "no title"
 
 
-def _read_stream(raw: bytes) -> StreamAssembler | None:
+def _read_stream(raw: bytes, whole_so_far: bool) -> StreamAssembler | None:
     """``raw`` read as a whole SSE stream; None if it is not one (``_parse`` then says so)."""
-    st = StreamAssembler()
+    st = StreamAssembler(whole_so_far=whole_so_far)
     try:
         st.feed_bytes(raw)
         st.end()

@@ -64,6 +64,9 @@ Reasoning
     ``completion_tokens`` (and the max_tokens budget) and reported in
     ``usage.completion_tokens_details.reasoning_tokens``; the text is returned as
     ``message.reasoning_content`` and streamed as ``reasoning_content`` deltas before the content.
+    A stream asked for with Qwen's ``"incremental_output": false`` (at the top level or in
+    ``parameters``) carries in each chunk the whole reasoning or content so far, not its new
+    characters, as Qwen streams it so.
 
 Cached tokens
     Deterministic: when the leading system/developer messages come to at least 1024 prompt
@@ -737,6 +740,16 @@ class _Request:
     markers: tuple[tuple[str, int | None], ...]
     tools: Any = None
     forced_tool: str | None = None  # the function tool_choice makes every reply call
+    whole_so_far: bool = False  # streamed with Qwen's incremental_output false
+
+
+def _not_incremental(body: dict[str, Any]) -> bool:
+    """Whether a request asks for Qwen's ``incremental_output`` false (at the top level or in
+    ``parameters``, as gateways take Qwen's options): each chunk of its stream then carries
+    the whole text so far, not what is new."""
+    params = body.get("parameters")
+    return body.get("incremental_output") is False or (
+        isinstance(params, dict) and params.get("incremental_output") is False)
 
 
 def _forced_tool(tools: Any, choice: Any) -> str | None:
@@ -1267,6 +1280,7 @@ class _Server:
             markers=markers,
             tools=body.get("tools"),
             forced_tool=_forced_tool(body.get("tools"), body.get("tool_choice")),
+            whole_so_far=stream and _not_incremental(body),
         )
 
     # ---------------------------------------------------------------- reply content
@@ -1732,7 +1746,7 @@ class _Server:
             post = b',"logprobs":null,"finish_reason":null}]}\n\n'
         dumps = orjson.dumps
         headers["Cache-Control"] = "no-cache"
-        if fault is None and not self.token_delay and shape is None:
+        if fault is None and not self.token_delay and shape is None and not req.whole_so_far:
             # The hot path: the whole stream as one body, built with few allocations.
             usage = self.usage(req, choices)
             self.record(req, usage, pk)
@@ -1774,16 +1788,13 @@ class _Server:
             if fault == "no_choices":
                 events[-1] = b"data: {" + top + b"}\n\n"
                 continue
-            part = pre + idx + b',"delta":{"reasoning_content":'
-            text = c.reasoning
-            for j in range(0, len(text), 4):
-                events.append(part + dumps(text[j : j + 4]) + b"}" + post)
-                delays.append(1)
-            part = pre + idx + b',"delta":{"content":'
-            text = c.content
-            for j in range(0, len(text), 4):
-                events.append(part + dumps(text[j : j + 4]) + b"}" + post)
-                delays.append(1)
+            # Each piece: the next 4 characters, or with incremental_output false the text so far.
+            since = 0 if req.whole_so_far else 1
+            for key, text in ((b"reasoning_content", c.reasoning), (b"content", c.content)):
+                part = pre + idx + b',"delta":{"' + key + b'":'
+                for j in range(0, len(text), 4):
+                    events.append(part + dumps(text[j * since : j + 4]) + b"}" + post)
+                    delays.append(1)
             if c.tool_call is not None:
                 call_id, name, args = c.tool_call
                 head = {"index": 0, "id": call_id, "type": "function",

@@ -144,6 +144,36 @@ async def test_reasoning_model_stream_fills_reasoning_column(tmp_path: Path,
 
 
 @pytest.mark.anyio
+async def test_a_qwen_stream_whose_chunks_repeat_the_text_so_far_is_read_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Qwen asked for ``incremental_output: false`` (in ``parameters``, as a gateway's guide
+    shows it) sends in each chunk the whole text so far, reasoning and content apart. The
+    pieces were joined: every row's content and reasoning repeated themselves ("HelHello
+    woHello world"). Each chunk now replaces what came before it."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    inp = make_input(tmp_path, ["why is the sky blue", "what is rain", "name three rivers"])
+    got = {}
+    async with Simulator(SimulatorConfig()) as sim:
+        for incremental in ("true", "false"):
+            out = tmp_path / f"out-{incremental}"
+            job_file = tmp_path / f"job-{incremental}.toml"
+            job_file.write_text(
+                f'[request]\nmodel = "qwen3-omni-flash"\nprompt = "{{text}}"\nstream = true\n'
+                f"[request.extra]\nenable_thinking = true\n"
+                f"parameters = {{ incremental_output = {incremental} }}\n")
+            job = load_job(job_file, {"input": str(inp), "id_column": "id",
+                                      "base_url": sim.base_url, "output": str(out)})
+            s = await run_job(job, FAST)
+            assert s.failed == 0
+            got[incremental] = pd.read_parquet(out / "results.parquet").set_index("id")
+    whole, pieces = got["false"], got["true"]
+    assert whole["content"].str.startswith("Echo: [").all()
+    assert whole["reasoning_content"].str.len().gt(0).all()
+    for column in ("content", "reasoning_content", "completion_tokens", "finish_reason"):
+        assert list(whole[column]) == list(pieces[column]), column
+
+
+@pytest.mark.anyio
 async def test_n_choices_and_image_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     (tmp_path / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
