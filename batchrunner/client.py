@@ -141,7 +141,8 @@ class _Call:
 class _Parts:
     """What the deltas of one choice of a stream carried."""
 
-    __slots__ = ("annotations", "calls", "content", "finish_reason", "reasoning", "refusal")
+    __slots__ = ("annotations", "calls", "content", "finish_reason", "moved", "reasoning",
+                 "refusal")
 
     def __init__(self) -> None:
         self.content: list[str] = []
@@ -149,6 +150,9 @@ class _Parts:
         self.refusal: list[str] = []
         self.finish_reason: str | None = None
         self.calls: dict[int, _Call] | None = None
+        # The key of the call a stream's tool-call index now stands for, where another call
+        # took the index over (see add_calls).
+        self.moved: dict[int, int] | None = None
         self.annotations: list[Any] | None = None
 
     def add_calls(self, deltas: list[Any]) -> None:
@@ -159,20 +163,34 @@ class _Parts:
             if type(d) is not dict:
                 continue
             i = d.get("index")
+            call_id = d.get("id")
+            fn = d.get("function")
             if type(i) is not int:  # a provider that sends calls without an index
-                call_id = d.get("id")
                 if call_id:  # a new call, or a piece of one that repeats its id
                     i = next((k for k, c in calls.items() if c.id == call_id), len(calls))
                 else:  # a piece of the last call
                     i = max(calls) if calls else 0
+            else:
+                index = i
+                if self.moved is not None:
+                    i = self.moved.get(index, index)
+                call = calls.get(i)
+                if (call is not None and call_id and call.id and call_id != call.id
+                        and type(fn) is dict and fn.get("name")):
+                    # Another call, its id and name its own, under the index of one begun: a
+                    # gateway passing on Gemini's parallel calls gives each index 0. A call of
+                    # its own (not one call of them all, its arguments run together), and the
+                    # pieces that follow under that index its.
+                    if self.moved is None:
+                        self.moved = {}
+                    self.moved[index] = i = max(calls) + 1
             call = calls.get(i)
             if call is None:
                 call = calls[i] = _Call()
-            if d.get("id"):
-                call.id = d["id"]
+            if call_id:
+                call.id = call_id
             if d.get("type"):
                 call.type = d["type"]
-            fn = d.get("function")
             if type(fn) is dict:
                 if call.name is None and fn.get("name"):
                     call.name = fn["name"]

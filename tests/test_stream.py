@@ -400,6 +400,47 @@ def test_tool_call_deltas_without_an_index_that_repeat_their_id_are_one_call_eac
     ]
 
 
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_parallel_tool_calls_a_gateway_streams_all_at_index_0_are_calls_each(
+        tmp_path: Path) -> None:
+    """A gateway that passes on Gemini's parallel function calls gives each of them
+    ``index: 0`` (with an id and a name of its own). They were taken for pieces of one call:
+    the row had a single call with the last call's id, the first call's name and the
+    arguments of all of them run together (``{"city": "Paris"}{"tz": "CET"}``: broken JSON).
+    A call that comes with an id and a name of its own under an index another call has is a
+    call of its own; the pieces that follow under that index are its."""
+    inp = make_csv(tmp_path / "in.csv", ["two calls"])
+
+    def call(args: str, call_id: str | None = None, name: str | None = None) -> bytes:
+        head = {"id": call_id, "type": "function"} if call_id else {}
+        fn = {"arguments": args, **({"name": name} if name else {})}
+        return sse({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": "gemini",
+                    "choices": [{"index": 0, "finish_reason": None, "delta": {
+                        "tool_calls": [{"index": 0, **head, "function": fn}]}}]})
+
+    async def gemini_calls(srv: FaultServer, request: web.BaseRequest,
+                           body: dict[str, Any]) -> web.StreamResponse:
+        return await stream_reply(
+            request, call('{"city": ', "call_a", "get_weather"), call('"Paris"}'),
+            call('{"tz": "CET"}', "call_b", "get_time"),
+            sse({"id": "chatcmpl-s", "object": "chat.completion.chunk", "choices": [
+                {"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+            USAGE_CHUNK, b"data: [DONE]\n\n")
+
+    async with FaultServer(gemini_calls) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True))
+    assert s.exit_code == 0
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["finish_reason"]) == ("ok", "tool_calls")
+    assert json.loads(row["tool_calls"]) == [
+        {"id": "call_a", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_b", "type": "function",
+         "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}},
+    ]
+
+
 # ----------------------------------------------------------------------------------------------
 # What timeout_s bounds for a stream: the wait for its first byte and the gaps between its
 # chunks, not the whole answer (10 × timeout_s at most).
