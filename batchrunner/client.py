@@ -453,7 +453,7 @@ class StreamAssembler:
         if self.id is None and isinstance(event.get("id"), str):
             self.id = event["id"]
         usage = event.get("usage")
-        if isinstance(usage, dict):
+        if usage and isinstance(usage, dict):  # an empty one (a gateway's in every chunk): none
             self.usage = usage
         cited = event.get("citations")
         if cited:

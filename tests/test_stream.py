@@ -720,6 +720,42 @@ async def test_a_usage_chunk_that_comes_late_is_waited_for_as_a_chunk_is(job_env
 
 
 @pytest.mark.anyio
+async def test_an_empty_usage_object_in_every_chunk_is_no_usage(job_env: str) -> None:
+    """A gateway that sends ``"usage": {}`` in every chunk until the last (as Higress passes on
+    Claude's stream) had its empty object taken for the usage: a usage chunk asked for and sent
+    late was not waited for, so the row's tokens and cost were lost; and with ``n`` = 2 the
+    answer was taken as whole once choice 0 finished, before choice 1 began, dropping it. An
+    empty usage object is no usage."""
+    body = {**STREAM_BODY, "stream_options": {"include_usage": True}}
+
+    def part(text: str, finish: str | None = None, index: int = 0) -> bytes:
+        return sse({"id": "chatcmpl-s", "object": "chat.completion.chunk", "usage": {},
+                    "choices": [{"index": index, "delta": {"content": text},
+                                 "finish_reason": finish}]})
+
+    async def empty_usage(srv: FaultServer, request: web.BaseRequest,
+                          body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, part("Echo: "), part("whole", "stop"), hold=True)
+        await anyio.sleep(1.25)  # past the 0.5 s a finished stream is read on for
+        rest = [part("Echo: other", "stop", 1)] if body.get("n") == 2 else []
+        with contextlib.suppress(ConnectionResetError):  # the client may have gone
+            await response.write(b"".join([*rest, USAGE_CHUNK, b"data: [DONE]\n\n"]))
+            await response.write_eof()
+        return response
+
+    with anyio.fail_after(25):
+        async with FaultServer(empty_usage) as srv, ChatClient(srv.base_url, job_env,
+                                                               timeout_s=2,
+                                                               connections=4) as client:
+            one = await client.complete(body)
+            two = await client.complete({**body, "n": 2})
+    assert (one.content, one.finish_reason, one.total_tokens) == ("Echo: whole", "stop", 13)
+    assert two.total_tokens == 13
+    assert two.choices is not None
+    assert [c["content"] for c in json.loads(two.choices)] == ["Echo: whole", "Echo: other"]
+
+
+@pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
 @pytest.mark.parametrize("gateway", ["finishes", "never-finishes"])
 async def test_a_done_without_a_finish_reason_is_a_cut_where_answers_have_one(
