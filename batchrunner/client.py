@@ -224,6 +224,16 @@ def _so_far(pieces: list[str], text: str) -> None:
         pieces.append(text)
 
 
+def _thought_apart(text: str | None, reasoning: str | None) -> tuple[str | None, str | None]:
+    """A stream's content and reasoning, with reasoning a gateway put inside the content
+    (``nebula_thinking_to_content``), in ``<think>`` tags before the answer, taken out of it:
+    the answer is the content (empty when the answer was cut inside its thinking)."""
+    if reasoning or not text or not text.lstrip().startswith("<think>"):
+        return text, reasoning
+    thought, _, answer = text.lstrip()[7:].partition("</think>")
+    return answer.lstrip(), thought.strip() or None
+
+
 def _whole_so_far(body: dict[str, Any]) -> bool:
     """Whether a stream request asked for Qwen's ``incremental_output`` false (at the top level
     or in ``parameters``, where gateways take Qwen's options)."""
@@ -586,8 +596,10 @@ class StreamAssembler:
         if not self.others:
             return None
         parts = sorted([(0, self.first), *self.others.items()], key=lambda ip: ip[0])
-        return orjson.dumps([_choice_entry(i, p.text(), p.finish_reason, p.tool_calls())
-                             for i, p in parts]).decode()
+        return orjson.dumps([
+            _choice_entry(i, _thought_apart(p.text(), "".join(p.reasoning) or None)[0],
+                          p.finish_reason, p.tool_calls())
+            for i, p in parts]).decode()
 
 
 # The shortest part of a long secret taken out of a library's message (its first characters,
@@ -1038,12 +1050,13 @@ class ChatClient:
                                  "for the model had", retryable=True, request_id=request_id,
                                  usage=billed)
         pt, ct, tt, cached, reasoning, searches, sources = _usage(st.usage)
+        text, thought = _thought_apart(first.text(), "".join(first.reasoning) or None)
         return ChatResult(
-            content=first.text(), finish_reason=first.finish_reason, prompt_tokens=pt,
+            content=text, finish_reason=first.finish_reason, prompt_tokens=pt,
             completion_tokens=ct, total_tokens=tt, cached_tokens=cached,
             reasoning_tokens=reasoning, model=st.model, request_id=request_id or st.id,
             latency_ms=latency_ms, headers=headers,
-            reasoning_content="".join(first.reasoning) or None,
+            reasoning_content=thought,
             ttft_ms=(st.first_token_at - start) * 1000.0 if st.first_token_at else None,
             choices=st.all_choices() if st.others else None,
             tool_calls=orjson.dumps(calls).decode() if calls else None,

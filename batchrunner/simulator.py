@@ -66,7 +66,9 @@ Reasoning
     ``message.reasoning_content`` and streamed as ``reasoning_content`` deltas before the content.
     A stream asked for with Qwen's ``"incremental_output": false`` (at the top level or in
     ``parameters``) carries in each chunk the whole reasoning or content so far, not its new
-    characters, as Qwen streams it so.
+    characters, as Qwen streams it so; one asked for with ``"nebula_thinking_to_content":
+    true`` streams the reasoning inside the content, in ``<think>`` tags before the answer,
+    as that gateway does.
 
 Cached tokens
     Deterministic: when the leading system/developer messages come to at least 1024 prompt
@@ -741,6 +743,7 @@ class _Request:
     tools: Any = None
     forced_tool: str | None = None  # the function tool_choice makes every reply call
     whole_so_far: bool = False  # streamed with Qwen's incremental_output false
+    think_inline: bool = False  # streamed with nebula_thinking_to_content: reasoning in content
 
 
 def _not_incremental(body: dict[str, Any]) -> bool:
@@ -1281,6 +1284,7 @@ class _Server:
             tools=body.get("tools"),
             forced_tool=_forced_tool(body.get("tools"), body.get("tool_choice")),
             whole_so_far=stream and _not_incremental(body),
+            think_inline=stream and body.get("nebula_thinking_to_content") is True,
         )
 
     # ---------------------------------------------------------------- reply content
@@ -1740,6 +1744,11 @@ class _Server:
             + SYSTEM_FINGERPRINT.encode()
             + b'"'
         )
+        if req.think_inline:  # the gateway's inlining of the reasoning into the content
+            for c in choices:
+                if c.reasoning:
+                    c.content = f"<think>\n{c.reasoning}\n</think>\n\n{c.content}"
+                    c.reasoning = ""
         pre = b"data: {" + top + b',"choices":[{"index":'
         post = b',"logprobs":null,"finish_reason":null}],"usage":null}\n\n'
         if not req.include_usage:

@@ -174,6 +174,37 @@ async def test_a_qwen_stream_whose_chunks_repeat_the_text_so_far_is_read_once(
 
 
 @pytest.mark.anyio
+async def test_reasoning_a_gateway_streams_inside_the_content_is_recorded_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway asked for ``nebula_thinking_to_content`` (its guide's way to see Qwen's
+    thinking in clients that show only the content) streams the reasoning inside the content,
+    in ``<think>`` tags before the answer. It was recorded so: every row's content began with
+    the model's thinking, and a schema's check of it failed. The thinking is now recorded as
+    ``reasoning_content`` and the answer as the content, as without the option."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    inp = make_input(tmp_path, ["why is the sky blue", "what is rain", "name three rivers"])
+    got = {}
+    async with Simulator(SimulatorConfig()) as sim:
+        for inline in ("false", "true"):
+            out = tmp_path / f"out-{inline}"
+            job_file = tmp_path / f"job-{inline}.toml"
+            job_file.write_text(
+                f'[request]\nmodel = "qwen3-omni-flash"\nprompt = "{{text}}"\nstream = true\n'
+                f"[request.extra]\nenable_thinking = true\n"
+                f"nebula_thinking_to_content = {inline}\n")
+            job = load_job(job_file, {"input": str(inp), "id_column": "id",
+                                      "base_url": sim.base_url, "output": str(out)})
+            s = await run_job(job, FAST)
+            assert s.failed == 0
+            got[inline] = pd.read_parquet(out / "results.parquet").set_index("id")
+    inlined, apart = got["true"], got["false"]
+    assert inlined["content"].str.startswith("Echo: [").all()
+    assert inlined["reasoning_content"].str.len().gt(0).all()
+    for column in ("content", "reasoning_content", "completion_tokens", "finish_reason"):
+        assert list(inlined[column]) == list(apart[column]), column
+
+
+@pytest.mark.anyio
 async def test_n_choices_and_image_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     (tmp_path / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
