@@ -458,10 +458,11 @@ class StreamAssembler:
             # (error_type) beside it.
             self.error = {"message": error, "type": event.get("error_type")}
             return
-        if self.model is None and isinstance(event.get("model"), str):
-            self.model = event["model"]
-        if self.id is None and isinstance(event.get("id"), str):
-            self.id = event["id"]
+        # The first not empty: Azure's first chunk (its prompt filter's) has both empty.
+        if self.model is None and (model := event.get("model")) and isinstance(model, str):
+            self.model = model
+        if self.id is None and (rid := event.get("id")) and isinstance(rid, str):
+            self.id = rid
         usage = event.get("usage")
         if usage and isinstance(usage, dict):  # an empty one (a gateway's in every chunk): none
             self.usage = usage

@@ -433,6 +433,42 @@ def test_tool_call_deltas_without_an_index_that_repeat_their_id_are_one_call_eac
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
+async def test_a_first_chunk_with_an_empty_model_and_id_does_not_hide_the_answers(
+        tmp_path: Path) -> None:
+    """Azure OpenAI's stream begins with a chunk of its prompt filter's results whose ``model``
+    and ``id`` are empty; the chunks of the answer name the model that answered. The empty ones
+    were taken: the row showed the model asked for (``gpt-4o``), not the snapshot that answered
+    and whose price it pays (``gpt-4o-2024-05-13``), and an empty request id. The first model
+    and id that are not empty are taken."""
+    inp = make_csv(tmp_path / "in.csv", ["one"])
+    snapshot = "gpt-4o-2024-05-13"
+
+    def answered(event: dict[str, Any]) -> bytes:
+        return sse({**event, "id": "chatcmpl-az", "object": "chat.completion.chunk",
+                    "model": snapshot})
+
+    async def azure(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse:
+        return await stream_reply(
+            request,
+            sse({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                 "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}),
+            answered(stream_chunk("Echo: ")), answered(stream_chunk("whole", "stop")),
+            answered({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4,
+                                               "total_tokens": 13}}),
+            b"data: [DONE]\n\n")
+
+    async with FaultServer(azure) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, model="gpt-4o"))
+    assert s.exit_code == 0
+    row = results(tmp_path).loc["r0000"]
+    assert (row["content"], row["model"], row["request_id"]) == (
+        "Echo: whole", snapshot, "chatcmpl-az")
+    assert list(report(tmp_path)["by_model"]) == [snapshot]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
 async def test_parallel_tool_calls_a_gateway_streams_all_at_index_0_are_calls_each(
         tmp_path: Path) -> None:
     """A gateway that passes on Gemini's parallel function calls gives each of them
