@@ -224,6 +224,18 @@ def _so_far(pieces: list[str], text: str) -> None:
         pieces.append(text)
 
 
+def _error_of(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The error object of a stream's chunk, ``{"error": {...}}``; or of one whose error is
+    text (a gateway's upstream failure; text-generation-inference's, its kind in
+    ``error_type`` beside it); None when it has none."""
+    error = event.get("error")
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str) and error:
+        return {"message": error, "type": event.get("error_type")}
+    return None
+
+
 def _thought_apart(text: str | None, reasoning: str | None) -> tuple[str | None, str | None]:
     """A stream's content and reasoning, with reasoning a gateway put inside the content
     (``nebula_thinking_to_content``), in ``<think>`` tags before the answer, taken out of it:
@@ -449,14 +461,8 @@ class StreamAssembler:
             self._pending, self._pending_size = None, 0
         if not isinstance(event, dict):
             raise ValueError("stream event is not a JSON object")
-        error = event.get("error")
-        if isinstance(error, dict):
+        if "error" in event and (error := _error_of(event)) is not None:
             self.error = error
-            return
-        if isinstance(error, str) and error:
-            # A gateway's upstream failure as text; text-generation-inference's, its kind
-            # (error_type) beside it.
-            self.error = {"message": error, "type": event.get("error_type")}
             return
         # The first not empty: Azure's first chunk (its prompt filter's) has both empty.
         if self.model is None and (model := event.get("model")) and isinstance(model, str):
@@ -520,10 +526,8 @@ class StreamAssembler:
             value = orjson.loads(data)
         except ValueError:
             value = data.decode("utf-8", "replace")
-        if isinstance(value, dict) and isinstance(value.get("error"), dict):
-            self.error = value["error"]
-        elif isinstance(value, dict):
-            self.error = value
+        if isinstance(value, dict):
+            self.error = _error_of(value) or value
         else:
             self.error = {"message": str(value)}
 

@@ -324,6 +324,32 @@ async def test_an_error_chunk_given_as_text_fails_the_try_not_records_half_an_an
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
+async def test_an_error_event_whose_error_is_text_says_the_gateway_s_words(
+        tmp_path: Path) -> None:
+    """An ``event: error`` whose data is ``{"error": "<text>"}`` (an upstream's failure as
+    text, as an error chunk may give it) was read as an error object of no message: the row
+    failed as ``stream_error`` saying only "no message". Its words are the message now, as in
+    an error chunk without the event name."""
+    inp = make_csv(tmp_path / "in.csv", ["one"])
+
+    async def error_event_as_text(srv: FaultServer, request: web.BaseRequest,
+                                  body: dict[str, Any]) -> web.StreamResponse:
+        return await stream_reply(
+            request, sse(stream_chunk("Echo: half")),
+            b'event: error\ndata: {"error": "upstream timed out", "error_type": "overloaded"}'
+            b"\n\n")
+
+    async with FaultServer(error_event_as_text) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert srv.requests == 3
+    assert s.exit_code == 3
+    row = results(tmp_path).loc["r0000"]
+    assert (row["status"], row["error_type"]) == ("failed", "stream_error")
+    assert row["error_message"] == "upstream timed out (type overloaded)"
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
 @pytest.mark.parametrize("between", [
     b"event: ping\r\ndata: 2026-12-01 02:00:15.007252\r\n\r\n",
     b"data:\n\n",
