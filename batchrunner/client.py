@@ -978,7 +978,15 @@ class ChatClient:
         latency_ms = (time.perf_counter() - start) * 1000.0
         request_id = self._scrub(headers.get("x-request-id"))
         if status != 200:
-            raise self._status_error(status, raw, headers, request_id, body.get("model"))
+            error = self._status_error(status, raw, headers, request_id, body.get("model"))
+            if status == 400 and "stream_options" in body and "stream_options" in error.message:
+                # An endpoint that does not know the field (Azure's older API versions): the
+                # user never set it, and can leave it out.
+                error.message += (" — stream_options asks for the stream's usage; to send none "
+                                  "(tokens and cost then unknown), set stream_options = { "
+                                  "include_usage = false } in [request.extra]")
+                error.args = (error.message,)
+            raise error
         hdrs = _ratelimit_headers(headers)
         if stream is None and raw.removeprefix(_BOM).lstrip()[:5] == b"data:":
             # a stream under another content type, read whole

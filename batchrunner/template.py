@@ -215,10 +215,13 @@ def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
 def ask_for_usage(body: dict[str, Any]) -> None:
     """Make a streaming request ask for the usage chunk (``stream_options.include_usage``),
     unless its ``stream_options`` say otherwise: a stream reports no tokens without it, and
-    the cost is then unknown."""
+    the cost is then unknown. ``stream_options`` that only say ``include_usage: false`` are
+    left out, which says the same to the API, for endpoints that refuse the field."""
     options = body.get("stream_options")
     if options is None or (isinstance(options, dict) and "include_usage" not in options):
         body["stream_options"] = {**(options or {}), "include_usage": True}
+    elif options == {"include_usage": False}:
+        del body["stream_options"]
 
 
 def _needs_stream(fields: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
 from tests.test_faults import (
     FaultServer,
     SilentServer,
+    error_body,
     job_for,
     make_csv,
     report,
@@ -455,6 +456,46 @@ def test_tool_call_deltas_without_an_index_that_repeat_their_id_are_one_call_eac
         {"id": "call_b", "type": "function",
          "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}},
     ]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_an_endpoint_that_refuses_stream_options_is_told_how_to_send_none(
+        tmp_path: Path) -> None:
+    """A stream job asks for the usage chunk with ``stream_options``; an endpoint that does not
+    know the field (Azure OpenAI before its 2024-09 API versions) refuses every request with a
+    400 naming it. The job stopped telling its user to fix what it names, a field they never
+    set, and ``stream_options = { include_usage = false }`` in ``[request.extra]`` still sent
+    it: no setting let the job run. That setting now sends no ``stream_options``, and the 400
+    says so."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+    sent: list[dict[str, Any]] = []
+
+    async def refuses_stream_options(srv: FaultServer, request: web.BaseRequest,
+                                     body: dict[str, Any]) -> web.StreamResponse:
+        sent.append(body)
+        if "stream_options" in body:
+            return web.json_response(error_body(
+                "Unrecognized request argument supplied: stream_options",
+                "invalid_request_error", None), status=400)
+        return await stream_reply(request, *FINISHED, b"data: [DONE]\n\n")
+
+    async with FaultServer(refuses_stream_options) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert s.exit_code == 3
+        message = results(tmp_path)["error_message"].iloc[0]
+        assert message.startswith("Unrecognized request argument supplied: stream_options")
+        assert "stream_options = { include_usage = false } in [request.extra]" in message
+        job_file = tmp_path / "job.toml"
+        job_file.write_text("[request.extra]\nstream_options = { include_usage = false }\n")
+        job = load_job(job_file, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                                  "model": "gpt-4o-mini", "stream": True,
+                                  "base_url": srv.base_url, "output": str(tmp_path / "out2")})
+        s = await fault_run(job)
+    assert s.exit_code == 0
+    assert "stream_options" not in sent[-1] and sent[-1]["stream"] is True
+    df = pd.read_parquet(tmp_path / "out2" / "results.parquet")
+    assert list(df["content"]) == ["Echo: whole"] * 2
 
 
 @pytest.mark.anyio

@@ -364,12 +364,15 @@ def test_a_streaming_job_asks_for_the_usage_chunk_unless_it_says_otherwise() -> 
         req = RequestConfig(model="m", prompt="{q}", stream=True, extra=extra)
         body = RequestBuilder(req, ["q"], "input").build({"q": "why"})[0]
         assert body is not None and body["stream"] is True
-        return body["stream_options"]
+        return body.get("stream_options")
 
     assert options({}) == {"include_usage": True}
     assert options({"stream_options": {"include_obfuscation": False}}) == {
         "include_obfuscation": False, "include_usage": True}
-    assert options({"stream_options": {"include_usage": False}}) == {"include_usage": False}
+    assert options({"stream_options": {"include_obfuscation": False, "include_usage": False}}
+                   ) == {"include_obfuscation": False, "include_usage": False}
+    # Saying only that no usage is wanted sends none, for endpoints that refuse the field.
+    assert options({"stream_options": {"include_usage": False}}) is None
 
 
 def test_retryable_statuses() -> None:
