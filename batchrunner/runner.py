@@ -234,8 +234,8 @@ class RunSummary:
     cut_off: int = 0  # requests in flight when the run ended (a stop's drain ran out)
     limit: int | None = None  # --limit, when it held rows back
     limited: int = 0  # rows to do that --limit left for a later run
-    # What this run's requests cost, billed retries included, on a rerun (cost_usd is the
-    # job's, earlier runs' rows included); None on a first run.
+    # What this run's requests were billed, retries billed without an answer included, on a
+    # rerun (cost_usd is the job's answers, earlier runs' included); None on a first run.
     run_cost_usd: float | None = None
 
     @property
@@ -2602,12 +2602,19 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      f"(finish_reason=length): to answer {them} again with a larger one, rerun "
                      "with --max-tokens N --force --rerun-where \"finish_reason == 'length'\"")
-    cost = format_usd(s.cost_known_usd if s.cost_usd is None else s.cost_usd)
-    if s.ran and s.run_cost_usd is not None:
-        cost += f" for the job ({format_usd(s.run_cost_usd)} this run)"
+    answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd
+    cost = format_usd(answers)
+    # A rerun's own spend: what its requests were billed, retries included. Beside it, the
+    # job's counted alike: its rows' answers plus their earlier billed attempts.
+    this_run = s.run_cost_usd if s.ran else None
+    if this_run is not None and not s.earlier_cost_usd:
+        cost += f" for the job, {format_usd(this_run)} of it this run"
     if s.cost_usd is None and s.cost_unknown:
         cost += f", and {count_rows(s.cost_unknown)} without a cost (see report)"
     cost += plus_earlier(s.earlier_cost_usd, s.billed_to_do, s.billed_to_do_usd)
+    if this_run is not None and s.earlier_cost_usd:
+        cost += (f"; {format_usd(answers + s.earlier_cost_usd)} spent in all, "
+                 f"{format_usd(this_run)} of it this run")
     if s.ran:
         sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")
         cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"

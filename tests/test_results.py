@@ -20,6 +20,7 @@ from batchrunner import io, journal
 from batchrunner.config import load_job
 from batchrunner.journal import Journal, JournalWriter, latest, outcomes_table, write_segment
 from batchrunner.records import RETRYING, Outcome
+from batchrunner.report import format_usd
 from batchrunner.results import InputOrder, key_strings, rebuild_outputs
 from batchrunner.runner import (
     RunOptions,
@@ -614,7 +615,7 @@ def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
     assert main(args) == 0
     out, err = capsys.readouterr()
     said = out + err
-    assert re.search(r"cost: \$0\.\d+ for the job \(\$0\.0000 this run\)", out), out
+    assert re.search(r"cost: \$0\.\d+ for the job, \$0\.0000 of it this run;", out), out
     assert "4 rows: 4 ok, 0 failed" in said and "1 row cut at max_tokens" in said
     assert "changed in the input since" not in said  # rows removed, none changed
     assert ("2 rows recorded in out by earlier runs are not in this input: the results and "
@@ -637,3 +638,34 @@ def test_rows_removed_from_an_id_keyed_input_leave_the_figures(
     status = format_status(tmp_path / "out")
     assert "2 of 4 rows finished (2 ok, 0 failed, 2 to do)" in status
     assert "the journal also holds 4 rows the input no longer has" in status
+
+
+def test_a_reruns_cost_for_the_job_and_this_run_count_alike(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A rerun whose row was billed once without an answer, then answered: the summary's
+    figure for the job and its figure for this run both count what was billed, that retry
+    included, so this run's is part of the job's and each equals the sum it names."""
+    from batchrunner.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rows = [f"r{i},text {i}" for i in range(8)]
+    rows[6] = "r6,text 6 [[sim:no_choices*1]]"  # billed (usage), no answer: sent again
+    (tmp_path / "in.csv").write_text("id,text\n" + "\n".join(rows) + "\n")
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "X {text}", "--model",
+            "gpt-4o-mini", "--simulator", "--progress", "none", "--output", "out"]
+    assert main([*args, "--limit", "4"]) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    results = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
+    answers = float(results["cost_usd"].sum())
+    earlier = float(results["earlier_cost_usd"].sum())
+    this_run = float(results["cost_usd"][4:].sum()) + earlier
+    assert earlier > 0 and results["attempts"][6] == 2
+    found = re.search(r"cost: (\$[\d.]+) \(plus (\$[\d.]+) for earlier attempts of rows sent "
+                      r"again\); (\$[\d.]+) spent in all, (\$[\d.]+) of it this "
+                      r"run;", out)
+    assert found, out
+    assert found.groups() == tuple(format_usd(v) for v in
+                                   (answers, earlier, answers + earlier, this_run)), out
