@@ -266,7 +266,7 @@ class _Work:
     lonely: int = 0  # its later refusals with a request sent since the one before answered
     streak: int = 0  # its latest refusals: since a request sent after one was answered
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
-    resent: bool = False  # the row has a record from an earlier run (--retry-failed, ...)
+    resent: bool = False  # sent again for its record (--retry-failed, ...), not changed text
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
     row_hash: int | None = None  # of the row's values (row_hasher), recorded with its outcome
@@ -878,16 +878,23 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
 
 
 def _rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float, bool]]:
-    """``iter_rows``'s rows, each with whether it is sent again: it has an outcome (ok or
-    failed) from an earlier run, not only billed tries (``Plan.unfinished``)."""
+    """``iter_rows``'s rows, each with whether it is sent again for its own sake: it has an
+    outcome (ok or failed) from an earlier run, not only billed tries (``Plan.unfinished``),
+    and its text has not changed since (``Plan.fresh``)."""
     kc = plan.key_column
     unfinished = plan.unfinished
+    # Rows whose text changed are sent for their new text, as new rows are (positions sorted).
+    changed = plan.fresh[0] if plan.fresh is not None and len(plan.fresh[0]) else None
     for at, rows in _input_rows(plan.source, plan.builder, kc, plan.done.mask):
         spent = _spent_of(plan.spent, at)
         resent = [not math.isnan(cost) for cost in spent]
         if unfinished is not None:
             known = at[at < len(unfinished)]  # the input grew: the new rows have no record
             for i in np.flatnonzero(unfinished[known]).tolist():
+                resent[i] = False
+        if changed is not None:
+            found = np.minimum(np.searchsorted(changed, at), len(changed) - 1)
+            for i in np.flatnonzero(changed[found] == at).tolist():
                 resent[i] = False
         keys = (str(i) for i in at.tolist()) if kc is None else (str(row[kc]) for row in rows)
         yield from zip(keys, rows, spent, resent, strict=True)
@@ -1428,7 +1435,8 @@ class _Run:
         """Stop when the run's first rows sent all fail the same way and none is ok: a setting
         of the job is wrong, and the rest of the input would fail alike. Rows sent again
         (``--retry-failed``, ``--rerun-where``) do not count: they may have failed for
-        themselves."""
+        themselves. Rows sent again as their text changed count, as new rows do: their
+        requests are new, made as the job's settings make them."""
         assert self.failing is not None
         if o.status == "ok":
             self.failing = None  # something works: failures from here on are the rows'

@@ -669,3 +669,33 @@ def test_a_reruns_cost_for_the_job_and_this_run_count_alike(
     assert found, out
     assert found.groups() == tuple(format_usd(v) for v in
                                    (answers, earlier, answers + earlier, this_run)), out
+
+
+def test_rows_sent_again_as_their_text_changed_count_for_fail_fast(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Tonight's input edits every row done, and every edited row is refused alike: they are
+    sent for their new text as new rows are, so the first ones failing stop the job (exit 4)
+    as new rows would, not the whole input failing; --retry-failed rows still do not count."""
+    from batchrunner.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"r{i},text {i}\n" for i in range(60)))
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "X {text}", "--model",
+            "gpt-4o-mini", "--simulator", "--progress", "none", "--output", "out",
+            "--concurrency", "2"]
+    assert main(args) == 0
+    inp.write_text("id,text\n" + "".join(f"r{i},text {i} [[sim:404]]\n" for i in range(60)))
+    capsys.readouterr()
+    assert main(args) == 4
+    said = capsys.readouterr()
+    assert "rows to finish all failed with http_404" in said.out + said.err
+    sent = json.loads((tmp_path / "out" / "job.json").read_text())["last_run"]["sent"]
+    assert 20 <= sent < 60
+    # Sent again for their own failures, they do not count: every one is sent.
+    assert main([*args, "--retry-failed"]) == 4  # the rows changed but not sent: left to do
+    capsys.readouterr()
+    assert main([*args, "--retry-failed"]) == 3
+    out = capsys.readouterr().out
+    assert "60 rows: 0 ok, 60 failed" in out
