@@ -444,6 +444,21 @@ class Journal:
         latest record's ``row_hash``."""
         return _listed_again(lambda: _latest(self.segments(), order, cost=cost, hashes=hashes))
 
+    def sent_again(self, order: Order, fresh: Fresh, latest: Latest) -> np.ndarray:
+        """The positions of ``fresh`` (rows whose values changed since their ``latest``
+        record) that have an outcome made with their values now all the same, ``latest`` set
+        to it: a run killed before its compaction sent them again and recorded a failure,
+        which their older ``ok`` wins over but for ``fresh`` (as compaction will rank them).
+        A compacted journal, one record a row, has none."""
+        segs = self.segments()
+        if not len(fresh[0]) or _compacted(segs):
+            return np.empty(0, np.int64)
+        now = _listed_again(lambda: _latest(self.segments(), order, fresh=fresh))
+        positions = fresh[0]
+        moved: np.ndarray = positions[now.loc[positions] != latest.loc[positions]]
+        latest.loc[moved], latest.ok[moved] = now.loc[moved], now.ok[moved]
+        return moved
+
     @staticmethod
     def _gather(segs: Sequence[Path], loc: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
         """The records at ``loc``, in that order, ``_GATHER_ROWS`` at a time, each with its

@@ -89,7 +89,7 @@ from batchrunner.errors import (
     UsageError,
     leaf,
 )
-from batchrunner.journal import Fresh, Journal, JournalWriter, new_run_id
+from batchrunner.journal import Fresh, Journal, JournalWriter, Latest, new_run_id
 from batchrunner.limiter import Limiter, reported_limits
 from batchrunner.pricing import PriceBook, parse_price_table, search_requested
 from batchrunner.pricing import preload as preload_prices
@@ -452,6 +452,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         fresh, said = _resend_changed(
             source, builder, key_column, latest.row_hash, done,
             input_changed=old_meta.get("input_fingerprint") != fingerprint,
+            sent=lambda f: _sent_again(journal, order, f, latest, options.retry_failed),
             earlier=[(h["columns"], h["text"]) for h in hashed[1:]
                      if set(h["columns"]) <= set(source.columns)])
         warnings.extend(said)
@@ -659,15 +660,19 @@ def _hash_set(builder: RequestBuilder | None) -> dict[str, list[str]]:
 def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
                     key_column: str | None, recorded: npt.NDArray[np.int64],
                     done: npt.NDArray[np.bool_], *, input_changed: bool,
-                    earlier: Sequence[tuple[Sequence[str], Collection[str]]] = ()
+                    earlier: Sequence[tuple[Sequence[str], Collection[str]]] = (),
+                    sent: Callable[[Fresh], npt.NDArray[np.int64]] | None = None
                     ) -> tuple[Fresh | None, list[str]]:
     """The rows done whose values (``row_hash``) changed since they were recorded are sent
     again (cleared in ``done``): their positions and hashes now (None: no row changed), and
-    what to say about it. ``earlier``: as in ``changed_rows``."""
+    what to say about it. ``earlier``: as in ``changed_rows``. ``sent``: of those, the rows
+    not to send, as ``_sent_again`` finds them."""
     fresh = changed_rows(source, builder, key_column, np.where(done, recorded, -1),
                          earlier=earlier)
-    n = len(fresh[0])
     done[fresh[0]] = False
+    if sent is not None and len(fresh[0]):
+        done[sent(fresh)] = True
+    n = len(fresh[0]) - int(np.count_nonzero(done[fresh[0]]))
     unknown = int(np.count_nonzero(done & (recorded < 0))) if input_changed else 0
     said = []
     by = "by id" if key_column is not None else "by position, as --force allows"
@@ -683,7 +688,16 @@ def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
             f"{'its' if unknown == 1 else 'their'} text, keep{'s' if unknown == 1 else ''} "
             f"{'its answer' if unknown == 1 else 'their answers'} even if it changed (send such "
             "rows again with --rerun-where, e.g. \"key in ['a1', 'b7']\")")
-    return (fresh if n else None), said
+    return (fresh if len(fresh[0]) else None), said
+
+
+def _sent_again(journal: Journal, order: InputOrder, fresh: Fresh, latest: Latest,
+                retry_failed: bool) -> npt.NDArray[np.int64]:
+    """Of the rows whose values changed (``fresh``), those a killed run sent again already
+    and that are done as their outcome stands (a failure is resent by --retry-failed only):
+    ``latest`` then holds that outcome, which the run's compaction keeps."""
+    again = journal.sent_again(order, fresh, latest)
+    return again[latest.ok[again] == 1] if retry_failed else again
 
 
 def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,

@@ -1023,3 +1023,42 @@ def test_disk_full_while_journaling_names_the_journal(tmp_path: Path) -> None:
                               text=True, timeout=60)
     line = one_error_line(full.stderr)
     assert "journal" in line, line
+
+
+def test_changed_rows_a_killed_run_sent_again_are_not_sent_once_more(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows done, then edited so that the endpoint refuses them: the rerun that sends them
+    again is killed once their failures are journaled, before its compaction (the old ok
+    records beside them would win but for their text). The next run does not send them a
+    third time (a failed row is resent by --retry-failed only), and its results show their
+    failures, not the answers to their old text."""
+    n, changed, hangs = 30, 5, 4
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    refused = {i: " [[sim:400]]" for i in range(changed)}
+    with SimulatorThread(SimulatorConfig(latency_ms=30)) as sim:
+        args = run_args(inp, sim.base_url, out, "--concurrency", str(hangs))
+        code, _, err = cli(capsys, *args)
+        assert code == 0, err
+        make_csv(inp, n + hangs, {**refused, **{n + i: " [[sim:hang]]" for i in range(hangs)}})
+        with cli_process(tmp_path, args) as (proc, err_path, _):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                records = [pq.read_table(seg, columns=["status"])["status"].to_pylist()
+                           for seg in Journal(out).segments()]  # ok wins over them: not read()
+                if sum(r.count("failed") for r in records) == changed:
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, err_path.read_text()
+            proc.kill()
+            proc.wait()
+        make_csv(inp, n + hangs, refused)  # tonight's new rows answer now
+        sent = sim.stats()["requests"]
+        code, _, err = cli(capsys, *args)
+        assert sim.stats()["requests"] - sent == hangs, err  # the new rows only
+    assert code == 3, err
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == n + hangs
+    assert df["status"][:changed].eq("failed").all() and df["status"][changed:].eq("ok").all()
+    assert df["error_type"][:changed].eq("http_400").all()
+    assert Journal(out).latest(None, hashes=True).row_hash is not None
