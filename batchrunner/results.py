@@ -28,6 +28,7 @@ from batchrunner.arrow import (
     string_array,
     to_numpy,
 )
+from batchrunner.errors import OutputError
 from batchrunner.journal import Fresh, Journal, new_run_id
 from batchrunner.records import (
     JOURNAL_ONLY,
@@ -162,7 +163,10 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
         (_changed_left(journal, order, plan.fresh), True) if plan.fresh is not None
         else recorded_changed_left(plan.job_meta))
     results_path = plan.out_dir / f"results.{job.output.format}"
-    statuses, billed_usd = _write_results(plan, journal, order, results_path)
+    try:
+        statuses, billed_usd = _write_results(plan, journal, order, results_path)
+    except OutputError as e:
+        raise _saved(e) from None
     summary.rows = sum(statuses.values())
     summary.ok = statuses.get("ok", 0)
     summary.failed = statuses.get("failed", 0)
@@ -194,7 +198,10 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
         stopped=summary.stopped or last_run.get("stopped"),
         not_in_input=max(0, recorded - in_input),
     )
-    summary.report_paths = write_reports(report, plan.out_dir, outcomes=stats)
+    try:
+        summary.report_paths = write_reports(report, plan.out_dir, outcomes=stats)
+    except OutputError as e:
+        raise _saved(e) from None
     summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}
     summary.error_examples = {k: v["example"] for k, v in report["by_error_type"].items()
                               if v.get("example")}
@@ -204,6 +211,12 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.cost_unknown = report["rows"]["cost_unknown"]
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
     return summary
+
+
+def _saved(e: OutputError) -> OutputError:
+    """``e`` (a results file or report not written) saying what is kept and what to do."""
+    return OutputError(f"{e}; the rows finished are saved in the journal: rerun once it can be "
+                       "written (a full disk: free space), or run batchrunner report")
 
 
 def _changed_left(journal: Journal, order: InputOrder, fresh: Fresh) -> int:

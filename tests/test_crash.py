@@ -974,6 +974,10 @@ def run_results_disk_full(tmp_path: Path, check_rerun: bool) -> subprocess.Compl
         assert full.returncode not in (0, 3, 4), full.stderr
         line = one_error_line(full.stderr)
         assert "results.parquet" in line and "too large" in line.lower(), line
+        # As the journal's message does: the finished rows are saved, and what to do.
+        assert line.endswith("; the rows finished are saved in the journal: rerun once it "
+                             "can be written (a full disk: free space), or run batchrunner "
+                             "report"), line
         assert len(ok_keys(out)) == n  # every row is in the journal
         assert not (out / "results.parquet").exists()
         sent = sim.stats()["requests"]
