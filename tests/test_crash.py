@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -98,6 +99,18 @@ def child_env() -> dict[str, str]:
 
 CRASH_PLAN = ("startup", "job-json-tmp", "segment-tmp", "mid-batch", "last-completion",
               "compaction", "results-tmp", "report-tmp")
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """``proc``, killed (SIGKILL) and waited for on the way out if it still runs: a test that
+    failed, or one that kills it once what it waits for is seen."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
 
 
 def kill_in(harness: CrashHarness, point: str, rng: random.Random) -> Kill:
@@ -178,12 +191,8 @@ def test_sigkill_after_a_billed_attempt_keeps_its_cost(tmp_path: Path,
         harness = CrashHarness(tmp_path, sim, n, concurrency=4)  # runs over the in.csv above
         out = harness.out_dir
         proc = harness.spawn()
-        try:
+        with reaped(proc):
             hit = _wait(proc, lambda: billed_journaled(out))
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
         assert hit and proc.returncode == -signal.SIGKILL
         state = Journal(out).read().to_pylist()
         (billed,) = [r for r in state if r["key"] == billed_row]
@@ -237,12 +246,8 @@ def cli_process(tmp_path: Path, args: list[str]
     with err_path.open("w") as err_file, out_path.open("w") as out_file:
         proc = subprocess.Popen([sys.executable, "-m", "batchrunner", *args], env=child_env(),
                                 stdout=out_file, stderr=err_file)
-        try:
+        with reaped(proc):
             yield proc, err_path, out_path
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 def test_second_ctrl_c_while_draining_stops_at_once(tmp_path: Path) -> None:
@@ -349,7 +354,7 @@ def test_sigterm_while_the_last_rows_are_journaled_saves_them_and_exits_4(
         proc = subprocess.Popen(held_at_last_flush_cmd(marker, run_args(inp, sim.base_url, out)),
                                 env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        try:
+        with reaped(proc):
             deadline = time.monotonic() + 60
             while not marker.exists():
                 assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
@@ -360,10 +365,6 @@ def test_sigterm_while_the_last_rows_are_journaled_saves_them_and_exits_4(
             marker.unlink()
             _, err = proc.communicate(timeout=60)
             err = said + err
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert proc.returncode == 4, (proc.returncode, err)
         assert "Traceback" not in err and "interrupted" in err and "rerun" in err, err
         assert len(ok_keys(out)) == sim.stats()["requests"] == n
@@ -393,7 +394,7 @@ def test_sighup_of_a_closed_terminal_stops_the_run_as_sigterm_does(tmp_path: Pat
 
         shown = threading.Thread(target=show, daemon=True)
         shown.start()
-        try:
+        with reaped(proc):
             wait_for_hangs(sim, proc, n, hangs)
             assert proc.poll() is None
             proc.send_signal(signal.SIGHUP)
@@ -402,10 +403,6 @@ def test_sighup_of_a_closed_terminal_stops_the_run_as_sigterm_does(tmp_path: Pat
             assert proc.poll() is None  # it let go of the terminal, and drains its requests
             os.close(terminal)  # the terminal is gone
             code = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert code == 4
         state = Journal(out).read()
         assert set(state["status"].to_pylist()) == {"ok"}
@@ -426,7 +423,7 @@ def test_sighup_with_sigterm_still_lets_the_requests_in_flight_finish(
         proc = subprocess.Popen(plain_cmd(run_args(inp, sim.base_url, out, "--concurrency", "8")),
                                 env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        try:
+        with reaped(proc):
             deadline = time.monotonic() + 60
             while sim.stats()["completions"] < 20:
                 assert time.monotonic() < deadline and proc.poll() is None
@@ -434,10 +431,6 @@ def test_sighup_with_sigterm_still_lets_the_requests_in_flight_finish(
             proc.send_signal(first)
             proc.send_signal(signal.SIGHUP if first == signal.SIGTERM else signal.SIGTERM)
             _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert proc.returncode == 4, err
         journaled = Journal(out).read()
         assert set(journaled["status"].to_pylist()) == {"ok"}
@@ -458,17 +451,13 @@ def test_a_run_under_nohup_goes_on_through_sighup(tmp_path: Path) -> None:
                                  *run_args(inp, sim.base_url, out, "--concurrency", "2")],
                                 env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        try:
+        with reaped(proc):
             deadline = time.monotonic() + 60
             while not (out / "journal").is_dir() or not list((out / "journal").glob("seg-*")):
                 assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
                 time.sleep(0.01)
             proc.send_signal(signal.SIGHUP)
             _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     assert proc.returncode == 0, err
     assert len(ok_keys(out)) == n
 
@@ -500,17 +489,13 @@ def test_signal_while_the_input_is_scanned_exits_4(tmp_path: Path, sig: signal.S
                                  *run_args(inp, sim.base_url, out)],
                                 env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        try:
+        with reaped(proc):
             deadline = time.monotonic() + 30
             while not input_open_by(proc.pid, inp):
                 assert time.monotonic() < deadline and proc.poll() is None, "never read input"
                 time.sleep(0.001)
             proc.send_signal(sig)
             out_text, err = proc.communicate(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert sim.stats()["requests"] == 0
     assert proc.returncode == 4, (proc.returncode, err)
     assert "Traceback" not in err
@@ -859,17 +844,13 @@ def run_until_a_segment_then(args: list[str], out: Path, act: Callable[[], objec
     and wait for it to end: its exit code and stderr."""
     proc = subprocess.Popen(plain_cmd(args), env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(proc):
         deadline = time.monotonic() + 60
         while not list((out / "journal").glob("seg-*.parquet")):
             assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
             time.sleep(0.01)
         act()
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     return proc.returncode, err
 
 
