@@ -753,6 +753,13 @@ def check_api_key(key: str, variable: str) -> str:
     key = key.strip()
     bad = next((i for i, c in enumerate(key) if not ("!" <= c <= "~")), None)
     if bad is not None:
+        # The header's words pasted with the key, as a gateway's docs show it
+        # ("Authorization: Bearer sk-..."): shown up to the key, which is not.
+        head = key.split()[:-1]
+        if [w.lower() for w in head] in (["bearer"], ["authorization:", "bearer"]):
+            raise ConfigError(f"{variable} holds '{' '.join(head)} ' before the key: set it to "
+                              "the key alone (batchrunner sends the Authorization: Bearer "
+                              "header itself)")
         raise ConfigError(f"{variable} holds a space, a line break or another character no API "
                           f"key has (character {bad + 1} of {len(key)}); check its value")
     return key

@@ -702,3 +702,24 @@ def test_earlier_attempts_of_rows_sent_again_and_of_rows_to_do_are_told_apart() 
     assert plus_earlier(0.03, 1, 0.01) == (
         " (plus $0.0200 for earlier attempts of rows sent again and $0.0100 of 1 row still to "
         "do)")
+
+
+@pytest.mark.parametrize("written", [
+    f"Bearer {KEY}", f"bearer  {KEY}", f"Authorization: Bearer {KEY}"])
+def test_a_key_written_with_its_bearer_prefix_is_refused_saying_to_drop_it(
+        tmp_path: Path, written: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A gateway's docs show the header (``Authorization: Bearer sk-...``), and the key is
+    pasted with it: one line saying to set the key alone, nothing sent, the key not shown."""
+    monkeypatch.setenv("OPENAI_API_KEY", written)
+    with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
+        args = job_args(tmp_path)
+        args.remove("--simulator")
+        code, out, err = cli(capsys, *args, "--base-url", sim.base_url)
+        assert sim.stats()["requests"] == 0
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == (
+        f"OPENAI_API_KEY holds '{written.rpartition(' ')[0].rstrip()} ' before the key: set it "
+        "to the key alone (batchrunner sends the Authorization: Bearer header itself)")
+    assert KEY not in err
+    assert not (tmp_path / "out").exists()
