@@ -285,7 +285,9 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
         for table, key in (("input", "path"), ("output", "dir"), ("request", "schema_file")):
             t = raw.get(table)
             if isinstance(t, dict) and isinstance(t.get(key), str) and t[key]:
-                t[key] = str((base / _home(t[key])).resolve())
+                written, t[key] = t[key], str((base / _home(t[key])).resolve())
+                if key != "dir":
+                    _beside_the_file(p, f"[{table}] {key}", written, Path(t[key]), base)
     unknown = sorted(set(raw) - set(_TABLES) - {"name"})
     if unknown:
         tables = ", ".join(f"[{t}]" for t in _TABLES)
@@ -307,6 +309,22 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
         else:
             raw[key] = value
     return _build(raw, _Fields(where, from_cli), Path(path).stem if path is not None else None)
+
+
+def _beside_the_file(job_file: Path, setting: str, written: str, resolved: Path,
+                     base: Path) -> None:
+    """Refuse a path the job file names that is not there, when the same words name a file
+    from the current directory: written as a path on the command line is, not from the file,
+    which is what the user must be told (its error, else, names a file they never meant)."""
+    if resolved.exists() or written.startswith("~") or Path(written).is_absolute():
+        return
+    meant = Path.cwd() / written
+    if meant.exists():
+        key = setting.rpartition(" ")[2]
+        raise ConfigError(
+            f"job file {job_file}: {setting} {written!r} is not found beside the job file "
+            f"(paths in a job file are relative to it); for {meant} write {key} = "
+            f"\"{Path(os.path.relpath(meant, base)).as_posix()}\"")
 
 
 def _one_line(text: str) -> str:

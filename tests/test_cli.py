@@ -723,3 +723,35 @@ def test_a_key_written_with_its_bearer_prefix_is_refused_saying_to_drop_it(
         "to the key alone (batchrunner sends the Authorization: Bearer header itself)")
     assert KEY not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("key", "written"), [("path", "data/in.csv"),
+                                              ("schema_file", "data/reply.schema.json")])
+def test_a_job_file_path_written_from_the_current_directory_says_how_to_write_it(
+        tmp_path: Path, key: str, written: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Paths in a job file are relative to the file: jobs/tickets.toml run from the project's
+    directory with path = "data/in.csv" (the path from where the command is typed) named
+    jobs/data/in.csv, not found. The one line says so and how to write it from the file."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "jobs").mkdir()
+    pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]}).to_csv(
+        tmp_path / "data" / "in.csv", index=False)
+    (tmp_path / "data" / "reply.schema.json").write_text('{"type": "object"}')
+    inp = written if key == "path" else "../data/in.csv"
+    schema = f'schema_file = "{written}"\n' if key == "schema_file" else ""
+    (tmp_path / "jobs" / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n'
+        f'[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {{text}}"\n{schema}'
+        '[endpoint]\nsimulator = true\n[output]\ndir = "../out"\n')
+    table = "input" if key == "path" else "request"
+    for command in ("run", "estimate"):
+        code, out, err = cli(capsys, command, "jobs/job.toml")
+        assert (code, out) == (2, "")
+        assert one_error_line(err) == (
+            f"job file jobs/job.toml: [{table}] {key} {written!r} is not found beside the job "
+            f"file (paths in a job file are relative to it); for {tmp_path / written} write "
+            f"{key} = \"../{written}\"")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "jobs" / "job.toml").write_text(
+        (tmp_path / "jobs" / "job.toml").read_text().replace(written, f"../{written}", 1))
+    assert cli(capsys, "run", "jobs/job.toml", "--progress", "none")[0] == 0
