@@ -732,6 +732,11 @@ def check_base_url(url: str, what: str) -> str:
             f"{what} must be the base URL, not another endpoint's: requests go to its "
             f"/chat/completions ({example}), got {shown!r}"
         )
+    if (parts.hostname.rstrip(".") == "api.openai.com"
+            and (parts.scheme, parts.path.rstrip("/")) != ("https", "/v1")):
+        # Without /v1 every row is answered 404 "Invalid URL"; over http:// the key goes out
+        # unencrypted before a redirect to https:// stops the job.
+        raise ConfigError(f"{what} for OpenAI's API is https://api.openai.com/v1, got {shown!r}")
     return url.rstrip("/")
 
 

@@ -755,3 +755,23 @@ def test_a_job_file_path_written_from_the_current_directory_says_how_to_write_it
     (tmp_path / "jobs" / "job.toml").write_text(
         (tmp_path / "jobs" / "job.toml").read_text().replace(written, f"../{written}", 1))
     assert cli(capsys, "run", "jobs/job.toml", "--progress", "none")[0] == 0
+
+
+@pytest.mark.parametrize("url", ["https://api.openai.com", "https://api.openai.com/",
+                                 "http://api.openai.com/v1", "https://API.openai.com/v2"])
+def test_openais_url_without_v1_or_https_is_refused_naming_the_right_one(
+        url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """OPENAI_BASE_URL=https://api.openai.com (no /v1) had every row answered 404 'Invalid URL
+    (POST /chat/completions)', 20 and more sent before the job stopped; over http:// the key
+    went out unencrypted before OpenAI's redirect stopped the job. Refused up front (checked
+    here without sending: estimate, and the check the run makes of OPENAI_BASE_URL)."""
+    from batchrunner.config import ConfigError, check_base_url
+
+    message = f"--base-url for OpenAI's API is https://api.openai.com/v1, got {url!r}"
+    pd.DataFrame({"text": ["one"]}).to_csv("in.csv", index=False)
+    code, out, err = cli(capsys, "estimate", "--input", "in.csv", "--prompt", "Say {text}",
+                         "--model", "gpt-4o-mini", "--base-url", url)
+    assert (code, out, one_error_line(err)) == (2, "", message)
+    with pytest.raises(ConfigError, match=re.escape(message.replace("--base-url", "X"))):
+        check_base_url(url, "X")
+    assert check_base_url("https://api.openai.com/v1/", "X") == "https://api.openai.com/v1"
