@@ -483,10 +483,15 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
                 "schema_file"):
         _string(req, key, f, "request")
     if req.get("prompt") and req.get("prompt_column"):
+        by_cli = [("request", k) in f.from_cli for k in ("prompt", "prompt_column")]
+        if by_cli == [True, False]:  # the command line's --prompt overrides the file's column
+            del req["prompt_column"]
+        elif by_cli == [False, True]:  # and its --prompt-column the file's template
+            del req["prompt"]
+    if req.get("prompt") and req.get("prompt_column"):
+        column = f.from_cli.get(("request", "prompt_column"), "[request] prompt_column")
         raise ConfigError(
-            f"{f('request', 'prompt')} and {f('request', 'prompt_column')} are both set — "
-            "give one of them"
-        )
+            f"{f('request', 'prompt')} and {column} are both set — give one of them")
     # The Chat Completions API's ranges: beyond them, every row would be answered 400.
     _number(req, "temperature", f, integer=False, positive=False, table="request", at_most=2)
     _number(req, "top_p", f, integer=False, positive=False, table="request", at_most=1)

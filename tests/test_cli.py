@@ -775,3 +775,36 @@ def test_openais_url_without_v1_or_https_is_refused_naming_the_right_one(
     with pytest.raises(ConfigError, match=re.escape(message.replace("--base-url", "X"))):
         check_base_url(url, "X")
     assert check_base_url("https://api.openai.com/v1/", "X") == "https://api.openai.com/v1"
+
+
+@pytest.mark.parametrize(("in_file", "option"), [
+    ('prompt = "Say {text}"', ["--prompt-column", "text"]),
+    ('prompt_column = "text"', ["--prompt", "Say {text}"])])
+def test_prompt_or_prompt_column_on_the_command_line_overrides_the_other_in_the_file(
+        tmp_path: Path, in_file: str, option: list[str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The README: a job file's common fields can be overridden on the command line. A file's
+    prompt and --prompt-column (or its prompt_column and --prompt) were refused as both set;
+    the option wins, as --base-url does over the file's simulator = true. Both in the file,
+    or both on the command line, are still refused."""
+    pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]}).to_csv("in.csv", index=False)
+    Path("job.toml").write_text(
+        f'[input]\npath = "in.csv"\nid_column = "id"\n[request]\nmodel = "gpt-4o-mini"\n'
+        f'{in_file}\n[endpoint]\nsimulator = true\n[output]\ndir = "out"\nformat = "csv"\n')
+    code, out, err = cli(capsys, "run", "job.toml", *option, "--progress", "none")
+    assert code == 0, err
+    sent = pd.read_csv("out/results.csv")["content"]
+    said = ["Say one", "Say two"] if option[0] == "--prompt" else ["one", "two"]
+    assert [s.split("] ", 1)[1].startswith(w) for s, w in zip(sent, said, strict=True)] == [
+        True, True], list(sent)
+    code, out, err = cli(capsys, "run", "job.toml", "--prompt", "Say {text}",
+                         "--prompt-column", "text", "--output", "out2")
+    assert (code, out, one_error_line(err)) == (
+        2, "", "--prompt and --prompt-column are both set — give one of them")
+    Path("both.toml").write_text(Path("job.toml").read_text().replace(
+        "[endpoint]", 'prompt = "Say {text}"\nprompt_column = "text"\n[endpoint]').replace(
+        f"{in_file}\n", "", 1))
+    code, out, err = cli(capsys, "run", "both.toml", "--output", "out3")
+    assert (code, out, one_error_line(err)) == (
+        2, "", "job file both.toml: [request] prompt and [request] prompt_column are both set — "
+        "give one of them")
