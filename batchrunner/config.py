@@ -790,6 +790,10 @@ def check_api_key(key: str, variable: str) -> str:
                               "header itself)")
         raise ConfigError(f"{variable} holds a space, a line break or another character no API "
                           f"key has (character {bad + 1} of {len(key)}); check its value")
+    if key[:1] in ("'", '"') or key[-1:] in ("'", '"'):
+        raise ConfigError(f"{variable} starts or ends with a quote, which no API key has: set it "
+                          "without quotes (a .env file batchrunner reads has them taken off; "
+                          "docker's --env-file keeps them)")
     return key
 
 

@@ -808,3 +808,24 @@ def test_prompt_or_prompt_column_on_the_command_line_overrides_the_other_in_the_
     assert (code, out, one_error_line(err)) == (
         2, "", "job file both.toml: [request] prompt and [request] prompt_column are both set — "
         "give one of them")
+
+
+@pytest.mark.parametrize("written", [f'"{KEY}"', f"'{KEY}'", f'"{KEY}'])
+def test_a_key_read_with_its_quotes_is_refused_saying_to_drop_them(
+        tmp_path: Path, written: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """OPENAI_API_KEY="sk-..." read as it is written (docker's --env-file keeps the quotes)
+    was sent with them, and the server's 401 said to check a key that looks right. No key
+    has quotes: one line says to drop them, nothing sent, the key not shown."""
+    monkeypatch.setenv("OPENAI_API_KEY", written)
+    with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
+        args = job_args(tmp_path)
+        args.remove("--simulator")
+        code, out, err = cli(capsys, *args, "--base-url", sim.base_url)
+        assert sim.stats()["requests"] == 0
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == (
+        "OPENAI_API_KEY starts or ends with a quote, which no API key has: set it without "
+        "quotes (a .env file batchrunner reads has them taken off; docker's --env-file keeps "
+        "them)")
+    assert KEY not in err
