@@ -441,6 +441,17 @@ def _variable_reference(value: str) -> str | None:
     return m[2] if m and not _secret_like(m[2]) else None
 
 
+def _dotted_key(key: str, value: Any) -> str | None:
+    """``gpt-4.1-mini`` for ``key`` ``gpt-4`` whose ``value`` is ``{"1-mini": {...}}``: a model's
+    price table written with a bare dotted name, which TOML reads as tables in tables (a price
+    table holds numbers only); else None."""
+    if isinstance(value, dict):
+        for inner, more in value.items():
+            if isinstance(more, dict):
+                return _dotted_key(f"{key}.{inner}", more) or f"{key}.{inner}"
+    return None
+
+
 def _check_output_dir(out: Path, what: str) -> None:
     """Refuse an output directory that is a file, or below one (it could never be created)."""
     if out.exists():
@@ -557,6 +568,11 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
     for table in ("prices", "simulator"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{f.prefix}[{table}] must be a table")
+    for model, entry in raw.get("prices", {}).items():
+        if dotted := _dotted_key(model, entry):
+            raise ConfigError(
+                f"{f.prefix}[prices.{dotted}] is read as tables nested at each dot (TOML splits "
+                f"a bare key there): quote the model's name, [prices.\"{dotted}\"]")
 
     name = raw.get("name") or default_name or Path(inp["path"]).stem
     if not isinstance(name, str):

@@ -829,3 +829,27 @@ def test_a_key_read_with_its_quotes_is_refused_saying_to_drop_them(
         "quotes (a .env file batchrunner reads has them taken off; docker's --env-file keeps "
         "them)")
     assert KEY not in err
+
+
+@pytest.mark.parametrize("header", ["[prices.gpt-4.1-mini]", "[prices.qwen2.5-72b-instruct]"])
+def test_a_model_price_with_dots_in_a_bare_key_says_to_quote_it(
+        tmp_path: Path, header: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """TOML splits a bare key at its dots: [prices.gpt-4.1-mini] is a table gpt-4 holding one
+    named 1-mini, and the job was refused as "[prices.gpt-4] unknown key '1-mini'", a model
+    nobody wrote. The one line names the model as written and how to quote it."""
+    model = header.removeprefix("[prices.").removesuffix("]")
+    pd.DataFrame({"id": ["a"], "text": ["one"]}).to_csv("in.csv", index=False)
+    job = (f'[input]\npath = "in.csv"\nid_column = "id"\n[request]\nmodel = "{model}"\n'
+           'prompt = "Say {text}"\n[endpoint]\nsimulator = true\n[output]\ndir = "out"\n'
+           f'{header}\ninput = 0.4\noutput = 1.6\n[prices."other.model"]\ninput = 1\noutput = 2\n')
+    Path("job.toml").write_text(job)
+    for command in ("run", "estimate"):
+        code, out, err = cli(capsys, command, "job.toml")
+        assert (code, out, one_error_line(err)) == (
+            2, "", f"job file job.toml: {header} is read as tables nested at each dot (TOML "
+            f"splits a bare key there): quote the model's name, [prices.\"{model}\"]")
+    assert not Path("out").exists()
+    Path("job.toml").write_text(job.replace(header, f'[prices."{model}"]'))
+    code, out, err = cli(capsys, "run", "job.toml", "--progress", "none")
+    assert code == 0, err
+    assert json.loads(Path("out/cost_report.json").read_text())["cost_usd"] > 0
