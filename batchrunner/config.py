@@ -489,6 +489,11 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
         raise ConfigError(
             f"{f('output', 'format')} must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}"
         )
+    # Both paths are resolved (load_job): the results would be renamed over an input named as
+    # they are, or land among a Parquet folder's parts as one more of them.
+    if inp["path"] in (os.path.join(out["dir"], f"results.{fmt}"), out["dir"]):
+        raise ConfigError(f"{f('output', 'dir')} {out['dir']} would have the results written "
+                          f"over the input ({inp['path']}): choose another output directory")
 
     for key in ("model", "system", "prompt", "prompt_column", "model_column", "image_column",
                 "schema_file"):

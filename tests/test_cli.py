@@ -853,3 +853,32 @@ def test_a_model_price_with_dots_in_a_bare_key_says_to_quote_it(
     code, out, err = cli(capsys, "run", "job.toml", "--progress", "none")
     assert code == 0, err
     assert json.loads(Path("out/cost_report.json").read_text())["cost_usd"] > 0
+
+
+@pytest.mark.parametrize("layout", ["results.csv", "results.parquet", "folder"])
+def test_an_output_directory_whose_results_would_replace_the_input_is_refused(
+        tmp_path: Path, layout: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An input named as the results are, in the output directory (one job's results made the
+    next one's input there), was read, sent and then replaced by the results file: the input
+    gone, and the rerun refused as its input had changed. A Parquet folder given as its own
+    output directory got results.parquet among its parts. Refused before anything is sent."""
+    rows = pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]})
+    data = tmp_path / "data"
+    data.mkdir()
+    inp = data if layout == "folder" else data / layout
+    if layout == "results.csv":
+        rows.to_csv(inp, index=False)
+    else:
+        rows.to_parquet(data / ("part-0.parquet" if layout == "folder" else layout))
+    before = sorted((p.name, p.read_bytes()) for p in data.iterdir())
+    fmt = layout.rpartition(".")[2] if layout != "folder" else "parquet"
+    with SimulatorThread(SimulatorConfig()) as sim:
+        code, out, err = cli(
+            capsys, "run", "--input", str(inp), "--id-column", "id", "--prompt", "Say {text}",
+            "--model", "gpt-4o-mini", "--base-url", sim.base_url, "--output", "data",
+            "--format", fmt, "--progress", "none")
+        assert sim.stats()["requests"] == 0
+    assert (code, out, one_error_line(err)) == (
+        2, "", f"--output {data} would have the results written over the input ({inp}): "
+        "choose another output directory")
+    assert sorted((p.name, p.read_bytes()) for p in data.iterdir()) == before
