@@ -248,6 +248,17 @@ def _field_column(text: str) -> tuple[str, str]:
 
 def _parse(parser: _Parser, args: list[str]) -> argparse.Namespace:
     """``args`` parsed; an argument nothing takes is refused by the (sub)command given it."""
+    # The top level takes no option with a value: its first other argument is the command.
+    given = next((a for a in args if not a.startswith("-")), None)
+    if given is not None and given not in parser.commands:
+        if given.lower().endswith(".toml"):  # the job file, "run" left out (the options
+            more = " ..." if len(args) > 1 else ""  # after it not shown: one may be a key)
+            raise UsageError(f"{given!r} is not a command: to run that job file, "
+                             f"{parser.prog} run {given}{more}")
+        close = difflib.get_close_matches(given, list(parser.commands), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"no command {given!r}{hint} — the commands: "
+                         f"{', '.join(parser.commands)} ({parser.prog} --help)")
     ns, extras = parser.parse_known_args(args)
     if extras:
         # The top level's only options are -h and --version: its first other argument is the

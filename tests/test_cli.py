@@ -882,3 +882,21 @@ def test_an_output_directory_whose_results_would_replace_the_input_is_refused(
         2, "", f"--output {data} would have the results written over the input ({inp}): "
         "choose another output directory")
     assert sorted((p.name, p.read_bytes()) for p in data.iterdir()) == before
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["jobs/tickets.toml"], "'jobs/tickets.toml' is not a command: to run that job file, "
+     "batchrunner run jobs/tickets.toml"),
+    (["jobs/tickets.toml", "--limit", "5"], "'jobs/tickets.toml' is not a command: to run that "
+     "job file, batchrunner run jobs/tickets.toml ..."),
+    (["runn", "job.toml"], "no command 'runn' (did you mean run?) — the commands: run, "
+     "estimate, status, report, simulate (batchrunner --help)"),
+    (["go"], "no command 'go' — the commands: run, estimate, status, report, simulate "
+     "(batchrunner --help)"),
+])
+def test_a_job_file_or_a_typo_where_the_command_goes_says_what_to_type(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``batchrunner jobs/tickets.toml`` (the command left out) said "COMMAND: invalid choice:
+    'jobs/tickets.toml' (choose from 'run', ...)": the line now gives the command to type."""
+    code, out, err = cli(capsys, *argv)
+    assert (code, out, one_error_line(err)) == (2, "", message)
