@@ -252,8 +252,16 @@ def column_list(columns: Sequence[str], wanted: str) -> str:
         return "columns: none"
     shown = ", ".join(repr(c) if c != c.strip() or not c else c for c in columns)
     near = next((c for c in columns if c != wanted and c.strip() == wanted.strip()), None)
-    hint = f"; {near!r} has spaces around its name" if near is not None else ""
-    return f"columns: {shown}{hint}"
+    if near is not None:
+        return f"columns: {shown}; {near!r} has spaces around its name"
+    if not wanted:
+        return f"columns: {shown}"
+    import difflib  # a message's only
+
+    # The one meant: the same name in another case (SKU for sku), else a near miss.
+    meant = next((c for c in columns if c.lower() == wanted.lower()), None) or next(
+        iter(difflib.get_close_matches(wanted, columns, n=1, cutoff=0.75)), None)
+    return f"columns: {shown}" + (f"; did you mean {meant!r}?" if meant is not None else "")
 
 
 _BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False}

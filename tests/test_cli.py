@@ -900,3 +900,27 @@ def test_a_job_file_or_a_typo_where_the_command_goes_says_what_to_type(
     'jobs/tickets.toml' (choose from 'run', ...)": the line now gives the command to type."""
     code, out, err = cli(capsys, *argv)
     assert (code, out, one_error_line(err)) == (2, "", message)
+
+
+@pytest.mark.parametrize(("option", "wanted", "meant"), [
+    ("--prompt", "Describe {Product_Name}", "product_name"),
+    ("--prompt", "Describe {product_nme}", "product_name"),
+    ("--id-column", "SKU", "sku"),
+    ("--model-column", "modle", "model"),
+])
+def test_a_column_named_almost_right_is_pointed_out_among_many(
+        tmp_path: Path, option: str, wanted: str, meant: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A table exported with dozens of columns: a name mistyped, or in another case, was
+    refused with the whole list of columns to search by eye. The line says which was meant."""
+    columns = {f"attr_{i:02}": ["x"] for i in range(30)}
+    pd.DataFrame({"sku": ["a"], "product_name": ["mug"], "model": ["gpt-4o-mini"], **columns}
+                 ).to_csv("in.csv", index=False)
+    args = {"--prompt": "Describe {product_name}", "--id-column": "sku",
+            "--model-column": "model", option: wanted}
+    code, out, err = cli(capsys, "run", "--input", "in.csv", "--model", "gpt-4o-mini",
+                         "--simulator", "--output", "out", *(x for kv in args.items() for x in kv))
+    assert (code, out) == (2, "")
+    line = one_error_line(err)
+    assert line.endswith(f"attr_29; did you mean {meant!r}?)"), line
+    assert not Path("out").exists()
