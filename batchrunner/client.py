@@ -1224,8 +1224,10 @@ class ChatClient:
                 message = raw[:_SCAN].decode("utf-8", "replace")
         # Redact before cutting, so a key that straddles the cut cannot survive in part.
         message = self.redact(" ".join(message.split()))[:_MAX_MESSAGE] or f"HTTP {status}"
-        if status == 404 and code is None and etype is None and "model" not in message.lower():
-            # Not an API's error (no code or type, no model named): a wrong path.
+        if status == 404 and "model" not in message.lower() and (
+                (code is None and etype is None) or message.startswith("Invalid URL")):
+            # Not an API's error (no code or type, no model named), or OpenAI's own for a path
+            # it has not ("Invalid URL (POST /chat/completions)", gateways' alike): a wrong path.
             message += (f" — nothing at {self.redact(self.url)}: check the base URL (most "
                         "end in /v1)")
         retry_after = _retry_after(headers)

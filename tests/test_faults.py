@@ -983,15 +983,22 @@ async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
 
 
 @pytest.mark.anyio
-async def test_a_base_url_without_its_v1_says_to_check_it(tmp_path: Path) -> None:
-    """A base URL that misses /v1 gets the server's plain 404 for every row: the stop says
-    where the requests went and to check the base URL, not to fix a model or a setting."""
+@pytest.mark.parametrize("says", ["plain", "api"])
+async def test_a_base_url_without_its_v1_says_to_check_it(tmp_path: Path, says: str) -> None:
+    """A base URL that misses /v1 gets the server's 404 for every row, plain (as aiohttp and
+    others say it) or as an API error of its own type (OpenAI's, and gateways' that copy it:
+    "Invalid URL (POST /chat/completions)"): the stop says where the requests went and to check
+    the base URL, not to fix a model or a setting."""
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(40)])
 
     async def only_v1(request: web.BaseRequest) -> web.StreamResponse:
         if request.path == "/v1/chat/completions":
             return web.json_response(completion(await request.json(), "hi"))
-        return web.Response(status=404, text="404: Not Found")  # as aiohttp and others say
+        if says == "api":
+            return web.json_response({"error": {
+                "message": f"Invalid URL (POST {request.path})", "type": "invalid_request_error",
+                "param": None, "code": None}}, status=404)
+        return web.Response(status=404, text="404: Not Found")
 
     runner, port = await serve_on_loopback(only_v1)
     try:
