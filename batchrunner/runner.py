@@ -464,7 +464,9 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         meta["rows_changed"] = {"found": len(fresh[0]), "left": None}
     if options.rerun_where:
         # Refuses a bad expression on a first run.
-        picked = _select(journal, options.rerun_where, source.columns)
+        checks = structured if builder is not None else _batch_columns(
+            old_meta.get("batch_checks") if old_meta is not None else None)
+        picked = _select(journal, options.rerun_where, source.columns, checks)
         both = sorted(_names(options.rerun_where) & set(source.columns)
                       & (set(OUTCOME_COLUMNS) - {"key", *JOURNAL_ONLY}))
         if both:
@@ -556,6 +558,20 @@ def _check_no_request_settings(job: JobConfig, where: str) -> None:
             f"its id (custom_id), so {', '.join(named)} would not be used — leave "
             f"{'it' if len(unused) == 1 else 'them'} out (of the options, or of the job file)"
             + (" and set what the requests need in the bodies" if request else ""))
+
+
+def _batch_columns(recorded: Any) -> StructuredOutput | None:
+    """The checks every batch row sent so far asked for, as ``job.json`` records them (their
+    json_ columns); None when they differ, ask for none or cannot be read."""
+    if not isinstance(recorded, dict) or recorded.get("mixed") is not False:
+        return None
+    settings = recorded.get("settings")
+    if not isinstance(settings, dict):
+        return None
+    try:
+        return structured_output(settings, body=True)
+    except ConfigError:
+        return None
 
 
 def _restore_batch_checks(plan: Plan, recorded: Any) -> None:
@@ -755,19 +771,34 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
     return True
 
 
-def _select(journal: Journal, where: str, input_columns: Sequence[str] = ()) -> set[str]:
+def _select(journal: Journal, where: str, input_columns: Sequence[str] = (),
+            structured: StructuredOutput | None = None) -> set[str]:
     """The keys of the rows ``where`` (a pandas query over the latest outcomes) picks. An
     outcome column is also known by its name in the results beside an input column of the
-    same name (``result_status``, say)."""
+    same name (``result_status``, say); with ``structured``, its ``json_`` columns are known
+    as the results name them, spread from the outcomes only when ``where`` names one."""
     import pandas as pd
 
     shown = ", ".join(c for c in OUTCOME_COLUMNS if c not in JOURNAL_ONLY)
-    columns = f"the recorded outcome's columns: {shown}, where key is the row's id"
     names = _names(where)
+    inputs = set(input_columns)
     aliases = {name: c for c in OUTCOME_COLUMNS if c not in JOURNAL_ONLY and c != "key"
-               and (name := result_name(c, set(input_columns))) != c and name in names}
-    table = journal.read(_where_columns(where, set(aliases.values())))
+               and (name := result_name(c, inputs)) != c and name in names}
+    spread = {result_name(col, inputs): col for _, col, _ in
+              (structured.columns if structured is not None else ())}
+    if spread:
+        shown += f" and {', '.join(spread)}"
+    columns = f"the recorded outcome's columns: {shown}, where key is the row's id"
+    named = {name: col for name, col in spread.items() if name in where}  # `json_a b` too
+    also = set(aliases.values()) | ({"status", structured.column}
+                                    if named and structured is not None else set())
+    table = journal.read(_where_columns(where, also))
     df = table.to_pandas()
+    if named and structured is not None:
+        values = structured.spread(table[structured.column].to_pylist(),
+                                   [s == "ok" for s in table["status"].to_pylist()])
+        for name, col in named.items():
+            df[name] = values[col].to_pandas()
     # As the results show it: a UTC time (naive, so that "finished_at > '2026-11-30 18:00'"
     # compares), not the journal's seconds.
     df["finished_at"] = pd.to_datetime(df["finished_at"], unit="s")

@@ -547,3 +547,32 @@ async def test_a_response_format_in_request_extra_is_checked_as_the_jobs(
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert str(df["json_score"].dtype) == "int64" and df["json_score"].between(1, 5).all()
     assert df["json_label"].isin(["billing", "bug", "other"]).all()
+
+
+@pytest.mark.anyio
+async def test_rerun_where_filters_on_the_json_columns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The morning after, a data team sends again the rows whose structured answer it doubts
+    (a low score, a label of "other"): --rerun-where on a json_ column was refused as naming
+    no column, though the results show it beside the outcome columns."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    (tmp_path / "ticket.schema.json").write_text(json.dumps(SCHEMA))
+    pd.DataFrame({"id": range(12), "text": [f"ticket {i}" for i in range(12)]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Classify: {text}"\n'
+        'schema_file = "ticket.schema.json"\n[output]\ndir = "out"\n')
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url})
+        assert (await run_job(job, FAST)).ok == 12
+        df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+        low = df["id"][(df["json_score"] < 3) | (df["json_label"] == "other")].tolist()
+        assert 0 < len(low) < 12, df[["json_score", "json_label"]]
+        sent = sim.stats()["requests"]
+        where = "json_score < 3 or `json_label` == 'other'"
+        s = await run_job(job, RunOptions(rerun_where=where, retry=FAST.retry,
+                                          progress="none", handle_signals=False))
+        assert sim.stats()["requests"] - sent == len(low) and s.ok == 12
+    again = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert again["id"][again["earlier_cost_usd"].notna()].tolist() == low
