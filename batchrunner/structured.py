@@ -22,7 +22,8 @@ body=True)`` reads them there, and its errors name the body's fields.
 In the results file every top-level property of the schema becomes a typed column
 ``json_<property>`` (string, int64, float64 or bool; anything else as JSON text). A type may be
 nullable (``["integer", "null"]``, or an ``anyOf``/``oneOf`` of it and ``{"type": "null"}``) or
-be a local ``$ref`` (``#/$defs/...``), as Pydantic writes its schemas.
+be a local ``$ref`` (``#/$defs/...``), as Pydantic writes its schemas; so may the top level
+(``#/definitions/...``, as zod-to-json-schema writes a named one).
 """
 
 from __future__ import annotations
@@ -122,6 +123,21 @@ def _local(ref: str, root: Mapping[str, Any]) -> Any:
     for part in ref[2:].split("/"):
         part = part.replace("~1", "/").replace("~0", "~")
         node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _referred(root: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The schema ``root``'s top level: the definition a top-level local ``$ref`` points to
+    (``{"$ref": "#/definitions/Ticket", "definitions": {...}}``, as zod-to-json-schema writes
+    a named schema), and so on; ``root`` itself when it has no such ``$ref``."""
+    node = root
+    for _ in range(8):
+        ref = node.get("$ref")
+        target = _local(ref, root) if isinstance(ref, str) and "type" not in node \
+            and "properties" not in node else None
+        if not isinstance(target, Mapping):
+            break
+        node = target
     return node
 
 
@@ -237,6 +253,7 @@ class StructuredOutput:
         self.validator: Draft202012Validator | None = None
         self.columns: list[tuple[str, str, pa.DataType]] = []  # (property, column, type)
         self._schema: Mapping[str, Any] | None = None  # the one checked against, if any
+        self._top: Mapping[str, Any] = {}  # its top level, past a $ref there
         self._what, self._is = ("the reply", "is") if tool is None else (
             f"the arguments of {tool}", "are")
         if kind == "json_schema":
@@ -263,7 +280,8 @@ class StructuredOutput:
                 return
             self.validator = Draft202012Validator(schema)
             self._schema = schema
-            props = schema.get("properties")
+            self._top = _referred(schema)
+            props = self._top.get("properties")
             if isinstance(props, Mapping):
                 self.columns = [(p, COLUMN_PREFIX + p, _column_type(s, schema))
                                 for p, s in props.items()]
@@ -297,7 +315,7 @@ class StructuredOutput:
         """Whether only a JSON object will do: with ``json_object``, for a function's
         arguments, and with a schema unless its top-level ``type`` allows another (an array,
         as servers that constrain their output to any schema give): then the schema decides."""
-        kind = None if self._schema is None or self.tool is not None else self._schema.get("type")
+        kind = None if self._schema is None or self.tool is not None else self._top.get("type")
         kinds = [kind] if isinstance(kind, str) else kind
         return not isinstance(kinds, list) or set(kinds) <= {"object"}
 

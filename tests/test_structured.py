@@ -576,3 +576,35 @@ async def test_rerun_where_filters_on_the_json_columns(
         assert sim.stats()["requests"] - sent == len(low) and s.ok == 12
     again = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert again["id"][again["earlier_cost_usd"].notna()].tolist() == low
+
+
+@pytest.mark.anyio
+async def test_a_schema_whose_top_level_is_a_ref_has_its_objects_columns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """zod-to-json-schema given a name, and other generators, write the object as a
+    definition the top level points to: its replies were checked, but no json_ column came,
+    and nothing said why."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    schema = {"$ref": "#/definitions/Ticket", "definitions": {"Ticket": SCHEMA},
+              "$schema": "http://json-schema.org/draft-07/schema#"}
+    (tmp_path / "ticket.schema.json").write_text(json.dumps(schema))
+    pd.DataFrame({"id": range(3), "text": ["a", "b", "c"]}).to_csv(tmp_path / "in.csv",
+                                                                   index=False)
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Classify: {text}"\n'
+        'schema_file = "ticket.schema.json"\n[output]\ndir = "out"\n')
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(load_job(tmp_path / "job.toml", {"base_url": sim.base_url}), FAST)
+    assert s.ok == 3, s.error_examples
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert str(df["json_score"].dtype) == "int64" and df["json_score"].between(1, 5).all()
+    assert str(df["json_spam"].dtype) == "bool"
+    assert df["json_label"].isin(["billing", "bug", "other"]).all()
+    so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "t", "schema": {
+        "$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/B"}, "B": {
+            "type": "object", "properties": {"n": {"$ref": "#/$defs/N"}}}, "N": {
+                "type": ["integer", "null"]}}}}})
+    assert so.columns == [("n", "json_n", pa.int64())]
+    assert so.check('{"n": "x"}')[0] == "schema_mismatch"  # type: ignore[index]
+    assert so.check("[1]")[0] == "invalid_json"  # type: ignore[index]
