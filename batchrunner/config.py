@@ -700,11 +700,12 @@ def _schema_format(path: Path, what: str) -> dict[str, Any]:
         spec = {"name": name or "answer", **schema}
     else:
         spec = {"name": name or "answer", "schema": schema}
-    from jsonschema import Draft202012Validator  # only jobs with a schema pay for it
     from jsonschema.exceptions import SchemaError
 
+    from batchrunner.structured import validator_class  # only jobs with a schema pay for it
+
     try:
-        Draft202012Validator.check_schema(spec["schema"])
+        validator_class(spec["schema"]).check_schema(spec["schema"])
     except SchemaError as e:  # named here as the file it is, not as [request] response_format
         raise ConfigError(f"{what} {path}: not a valid JSON Schema: "
                           f"{_one_line(e.message)}") from None

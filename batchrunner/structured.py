@@ -2,12 +2,13 @@
 
 With ``{"type": "json_object"}`` a reply must parse as a JSON object. With ``{"type":
 "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` it must also validate against
-the schema (jsonschema, Draft 2020-12); a schema whose top-level ``type`` allows other JSON than
-an object (an array) takes that too. A reply that is one Markdown code block holding the JSON and
-nothing else is read as that JSON (``loads_reply``), and an ok row's content is that JSON, the
-block's fence dropped (``unfenced``). A reply that fails is recorded as a failed row of type
-``invalid_json`` or ``schema_mismatch`` — with its content, usage and cost, since it was billed —
-and is not retried on its own: ``--retry-failed`` redoes it when the user chooses to pay again.
+the schema (jsonschema: Draft 2020-12, or the draft its ``$schema`` names); a schema whose
+top-level ``type`` allows other JSON than an object (an array) takes that too. A reply that is
+one Markdown code block holding the JSON and nothing else is read as that JSON (``loads_reply``),
+and an ok row's content is that JSON, the block's fence dropped (``unfenced``). A reply that
+fails is recorded as a failed row of type ``invalid_json`` or ``schema_mismatch`` — with its
+content, usage and cost, since it was billed — and is not retried on its own:
+``--retry-failed`` redoes it when the user chooses to pay again.
 
 Without a ``response_format``, a job whose ``tool_choice`` forces one function (names it, or is
 ``"required"`` with one function among the ``tools``) asks for that function's arguments: the
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import pyarrow as pa
@@ -39,10 +40,10 @@ from batchrunner.arrow import typed_array
 from batchrunner.errors import ConfigError
 
 if TYPE_CHECKING:
-    from jsonschema import Draft202012Validator
+    from jsonschema.protocols import Validator
 
 __all__ = ["COLUMN_PREFIX", "StructuredOutput", "loads_reply", "structured_output",
-           "unfenced"]
+           "unfenced", "validator_class"]
 
 COLUMN_PREFIX = "json_"
 _TYPES: dict[str, pa.DataType] = {
@@ -51,6 +52,18 @@ _TYPES: dict[str, pa.DataType] = {
     "number": pa.float64(),
     "boolean": pa.bool_(),
 }
+
+
+def validator_class(schema: Mapping[str, Any]) -> type[Validator]:
+    """The validator of the JSON Schema draft ``schema``'s ``$schema`` names (draft-04, -06,
+    -07, 2019-09: a tuple's ``items`` list and draft-04's boolean ``exclusiveMinimum`` are
+    theirs); Draft 2020-12 when it names none, or one not known."""
+    from jsonschema import Draft202012Validator  # only jobs with a schema pay for it
+    from jsonschema.validators import validator_for
+
+    if not isinstance(schema.get("$schema"), str):  # validator_for fails on a number
+        return cast("type[Validator]", Draft202012Validator)
+    return cast("type[Validator]", validator_for(schema, default=Draft202012Validator))
 
 
 def loads_reply(text: str) -> Any:
@@ -250,7 +263,7 @@ class StructuredOutput:
         # body=True)`` reads them (``for_function`` gives its own).
         self.settings: dict[str, Any] = {"response_format": dict(response_format)}
         self.warning: str | None = None  # said before the run, when a check is left out
-        self.validator: Draft202012Validator | None = None
+        self.validator: Validator | None = None
         self.columns: list[tuple[str, str, pa.DataType]] = []  # (property, column, type)
         self._schema: Mapping[str, Any] | None = None  # the one checked against, if any
         self._top: Mapping[str, Any] = {}  # its top level, past a $ref there
@@ -263,11 +276,11 @@ class StructuredOutput:
                 shape = ('"json_schema": {"name": ..., "schema": {...}}' if body
                          else "a table json_schema = { name = ..., schema = { ... } }")
                 raise ConfigError(f"{_where(body, 'response_format')}: json_schema needs {shape}")
-            from jsonschema import Draft202012Validator  # only jobs with a schema pay for it
             from jsonschema.exceptions import SchemaError
 
+            validator = validator_class(schema)
             try:
-                Draft202012Validator.check_schema(schema)
+                validator.check_schema(schema)
             except SchemaError as e:
                 if tool is None:
                     raise ConfigError(f"{_where(body, 'response_format')}: the JSON schema is "
@@ -278,7 +291,7 @@ class StructuredOutput:
                                 f"batchrunner can check ({e.message}); its arguments are only "
                                 "checked to be a JSON object")
                 return
-            self.validator = Draft202012Validator(schema)
+            self.validator = validator(schema)
             self._schema = schema
             self._top = _referred(schema)
             props = self._top.get("properties")

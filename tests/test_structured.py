@@ -608,3 +608,27 @@ async def test_a_schema_whose_top_level_is_a_ref_has_its_objects_columns(
     assert so.columns == [("n", "json_n", pa.int64())]
     assert so.check('{"n": "x"}')[0] == "schema_mismatch"  # type: ignore[index]
     assert so.check("[1]")[0] == "invalid_json"  # type: ignore[index]
+
+
+@pytest.mark.anyio
+async def test_a_schema_is_checked_by_the_draft_its_schema_keyword_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """zod-to-json-schema writes draft-07 (its "$schema" says so), where a tuple is "items": [...];
+    older generators draft-04, where "exclusiveMinimum" is a boolean. Checked as 2020-12, such a
+    schema was refused as not valid, and the night's job never ran."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    schema = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+              "properties": {"size": {"type": "array", "minItems": 2, "maxItems": 2,
+                                      "items": [{"type": "number"}, {"type": "string"}]}},
+              "required": ["size"]}
+    s, df = await _echo(tmp_path, ['{"size": [2.5, "cm"]}', '{"size": [2.5, 3]}'],
+                        schema=schema)
+    assert (s.ok, s.failed) == (1, 1), s.error_examples
+    assert df["error_message"][1] == "size/1: 3 is not of type 'string'"
+    assert json.loads(df["json_size"][0]) == [2.5, "cm"]
+    old = {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object", "properties": {
+        "price": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}}
+    so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "p", "schema": old}})
+    assert so.check('{"price": 0}')[0] == "schema_mismatch"  # type: ignore[index]
+    assert so.check('{"price": 1}') is None
+    assert so.columns == [("price", "json_price", pa.float64())]
