@@ -43,7 +43,7 @@ distribution between ``reply_tokens_min`` and ``reply_tokens_max`` with mean abo
 reply is never shorter than its echo header. ``n`` > 1 gives n distinct replies (``#i`` is
 added to the header). A ``response_format`` of ``json_object`` gives a JSON object;
 ``json_schema`` gives JSON that validates against the schema (objects, strings, numbers,
-integers, booleans, enums, consts, arrays, ``$ref``/``$defs``, ``anyOf``, nullable types,
+integers, booleans, enums, consts, arrays, tuples, ``$ref``/``$defs``, ``anyOf``, nullable types,
 common string formats, numeric bounds); its first string field holds the echo header, and its
 length is that of the JSON.
 
@@ -863,9 +863,16 @@ class _SchemaFaker:
             hi = schema.get("maxItems", 3)
             lo = lo if _is_int(lo) else 0
             hi = hi if _is_int(hi) and hi >= lo else lo + 3
-            count = max(lo, min(hi, 1 + self.next() % 3 if depth < _SHALLOW_DEPTH else 0))
             items = schema.get("items", {})
-            return [self.value(items, depth + 1) for _ in range(count)]
+            # A tuple: a type for each position (prefixItems; draft-07's "items": [...]),
+            # the rest of "items" (or draft-07's additionalItems)
+            prefix = schema.get("prefixItems", items if isinstance(items, list) else [])
+            prefix = prefix if isinstance(prefix, list) else []
+            rest = schema.get("additionalItems", {}) if isinstance(items, list) else items
+            count = max(lo, min(hi, len(prefix) if prefix else
+                                1 + self.next() % 3 if depth < _SHALLOW_DEPTH else 0))
+            return [self.value(prefix[i] if i < len(prefix) else rest, depth + 1)
+                    for i in range(count)]
         if kind == "string":
             return self.string(schema)
         return self.scalar(kind, schema)

@@ -517,6 +517,32 @@ async def test_json_schema_bounds_enums_and_arrays_by_hand() -> None:
             assert len(data["short"]) <= 5
 
 
+class Parcel(BaseModel):
+    size: tuple[float, float, Literal["cm", "in"]]
+    codes: tuple[int, ...]
+
+
+@pytest.mark.anyio
+async def test_json_schema_reply_fills_tuples_position_by_position() -> None:
+    """A tuple is prefixItems in Pydantic's schema, "items": [...] in draft-07's: each
+    position has its own type. Filled from "items" alone, every reply broke the schema."""
+    draft7 = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+              "properties": {"pair": {"type": "array", "minItems": 2, "maxItems": 2,
+                                      "items": [{"type": "integer"}, {"type": "boolean"}]}},
+              "required": ["pair"]}
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "p", "schema": draft7}}
+    async with running() as (_, client):
+        for i in range(5):
+            parsed = await client.chat.completions.parse(
+                model="gpt-4o", messages=user(f"parcel {i}"), response_format=Parcel)
+            parcel = parsed.choices[0].message.parsed
+            assert isinstance(parcel, Parcel) and parcel.size[2] in ("cm", "in")
+            done = await client.chat.completions.create(
+                model="gpt-4o", messages=user(f"pair {i}"), response_format=fmt)
+            pair = json.loads(done.choices[0].message.content or "")["pair"]
+            assert isinstance(pair[0], int) and isinstance(pair[1], bool), pair
+
+
 # ---------------------------------------------------------------------------- protocol errors
 
 
