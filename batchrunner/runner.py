@@ -2142,6 +2142,9 @@ class _Run:
             error = checks.check_reply(content, res.tool_calls)
             if error is None and content and checks.tool is None and res.tool_calls is None:
                 content = unfenced(content) or content  # the JSON, without its Markdown block
+            elif error is not None and res.finish_reason == "length":  # why: not the model's
+                error = error[0], f"the reply was cut at max_tokens (finish_reason=length): " \
+                    f"{error[1]}"
         if res.refusal is not None and not res.content and res.tool_calls is None:
             # No answer, but why: not a reply that is not JSON, nor an ok row with no content
             error = "refusal", f"the model refused: {res.refusal}"[:300]

@@ -441,6 +441,30 @@ async def test_a_refusal_is_a_failed_row_that_says_why(
     assert df["json_n"][0] == 1
 
 
+@pytest.mark.anyio
+async def test_a_reply_cut_at_max_tokens_says_so_in_its_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # JSON cut off by max_tokens failed as "the reply is not JSON (unexpected end of data
+    # ...)": the row did not say why, and --retry-failed, which the summary offers, would cut
+    # it again at the same limit
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cut = json.dumps({"message": {"role": "assistant", "content": '{"n": 1, "note": "a lo'},
+                      "finish_reason": "length"})
+    wrong = json.dumps({"message": {"role": "assistant", "content": '{"n": "x"}'},
+                        "finish_reason": "length"})
+    s, df = await _echo(tmp_path, ['{"n": 1}', cut, wrong, '{"n": "y"}'], schema={
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    assert (s.ok, s.failed) == (1, 3)
+    assert df["error_type"].tolist()[1:] == ["invalid_json", "schema_mismatch",
+                                             "schema_mismatch"]
+    for row in (1, 2):
+        assert df["error_message"][row].startswith("the reply was cut at max_tokens "
+                                                   "(finish_reason=length): "), df["error_message"]
+        assert df["finish_reason"][row] == "length"
+    assert df["error_message"][1].endswith(")") and "not JSON" in df["error_message"][1]
+    assert not df["error_message"][3].startswith("the reply was cut")
+
+
 @pytest.mark.parametrize("shape", ["json_schema", "response_format"])
 def test_a_schema_file_in_openais_wrapper_is_read_as_the_schema_it_wraps(
         tmp_path: Path, shape: str) -> None:
