@@ -1672,9 +1672,13 @@ class _Run:
                 # the server behind it may be away (restarting, still loading its model), as
                 # when a connection is refused. Once the endpoint has answered and the input
                 # is read through, the rows left are all there is to tell a server away from
-                # rows it fails, so they are counted as ever.
+                # rows it fails, so they are counted as ever. Nor is it one for a model no
+                # reply has come from while the run's answers show other models served: the
+                # gateway has none for it (no channel), and its rows' tries are their own.
                 gateway = e.status in GATEWAY_STATUSES and (
-                    self.last_answer == -math.inf or not self.rows_done)
+                    self.last_answer == -math.inf or not self.rows_done) and not (
+                    self.models_vary and self.answered_models and self.last_answer > -math.inf
+                    and str(item.body.get("model") or "") not in self.answered_models)
                 if e.status in GATEWAY_STATUSES:  # not the endpoint's answer: no end of an outage
                     if gateway:
                         self._refused(item)
