@@ -226,6 +226,11 @@ def _tool_name(tool: Mapping[str, Any], named: bool) -> str | None:
     return None
 
 
+def _and(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def _ask(rows: int) -> str:
     return "asks" if rows == 1 else "ask"
 
@@ -248,15 +253,24 @@ def format_estimate(e: Estimate) -> str:
         lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                       for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     total = e.cost_usd
+    source = f" ({e.price_library})"
     known = [m.cost_usd if m.cost_usd is not None else m.tokens_usd for m in e.by_model.values()]
     if total is not None:
-        cost_line = format_usd(total)
+        cost_line = format_usd(total) + source
     elif None in known:
-        cost_line = "unknown for some models (add [prices.\"MODEL\"] to a job file)"
+        unpriced = sorted(model for model, m in e.by_model.items()
+                          if m.cost_usd is None and m.tokens_usd is None)
+        priced = [c for c in known if c is not None]
+        cost_line = ((f"{format_usd(sum(priced))} for the models priced{source}; " if priced
+                      else "")
+                     + f"unknown for {_and(unpriced)}: add "
+                     + _and([f'[prices."{model}"]' for model in unpriced])
+                     + f"{', each' if len(unpriced) > 1 else ''} with input and output (USD per "
+                     "1M tokens), to a job file" + ("" if priced else source))
     else:  # priced but for the search billed per request that some rows ask for
         cost_line = (f"{format_usd(sum(c for c in known if c is not None))} and the search each "
-                     "row asks for, which has no price: set search_request (below)")
-    lines.append(f"  estimated cost: {cost_line} ({e.price_library})")
+                     "row asks for, which has no price: set search_request (below)" + source)
+    lines.append(f"  estimated cost: {cost_line}")
     if total and e.budget_usd is not None and e.spent_usd + total > e.budget_usd:
         left = max(0.0, e.budget_usd - e.spent_usd)
         earlier = f", {format_usd(e.spent_usd)} spent before" if e.spent_usd else ""

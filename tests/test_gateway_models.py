@@ -4,12 +4,14 @@ model column mixing providers, one of which the gateway cannot serve."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from batchrunner.cli import main
 from tests.test_faults import (
     KEY,  # noqa: F401  (the job_env fixture reads the module's KEY)
     FaultServer,
@@ -64,3 +66,27 @@ async def test_a_model_the_gateway_has_no_channel_for_holds_back_no_other_models
     others = df[df["model"] != MISSING]
     assert (others["status"] == "ok").all() and (others["attempts"] == 1).all()
     assert sent == 180 + 20 * 3
+
+
+def test_the_estimate_names_each_model_it_has_no_price_for_and_what_to_add(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job over the gateway's models, two of which no price is known for under the names the
+    gateway uses: the estimate's cost line gave "unknown for some models (add
+    [prices."MODEL"] ...)", naming none of them, nor what an entry holds, nor what the priced
+    ones come to. It now gives the priced models' cost and names each model to price."""
+    models = ["gpt-4o", "deepseek-v3-1-250821", "claude-opus-4-6", MISSING] * 2
+    inp = models_csv(tmp_path / "in.csv", models)
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel_column = "model"\n'
+        'prompt = "{text}"\nmax_tokens = 100\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
+        '[output]\ndir = "out"\n')
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("  estimated cost: "))
+    # gpt-4o: 2 rows × (10 prompt tokens at $2.50 + 100 completion at $10) per 1M tokens;
+    # claude-opus-4-6: 2 × (10 at $5 + 100 at $25)
+    version = importlib.metadata.version("genai-prices")
+    assert line == (f"  estimated cost: $0.00715 for the models priced (genai-prices {version}); "
+                    "unknown for deepseek-v3-1-250821 and qwen3-coder-plus: add "
+                    '[prices."deepseek-v3-1-250821"] and [prices."qwen3-coder-plus"], each with '
+                    "input and output (USD per 1M tokens), to a job file"), out
