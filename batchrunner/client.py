@@ -1650,6 +1650,16 @@ def _usage(usage: Any) -> Usage:
     if cached is None and (v := get("prompt_cache_hit_tokens")) is not None:
         # DeepSeek's name for them (its prompt_tokens counts them, as OpenAI's does)
         cached = v if type(v) is int and -big < v < big else _count(v)
+    if cached is None and (v := get("cache_read_input_tokens")) is not None:
+        # Anthropic's name for them, passed on by a gateway beside OpenAI's counts
+        cached = v if type(v) is int and -big < v < big else _count(v)
+    if cached is not None and pt is not None and cached > pt:
+        # More read from the cache than the prompt holds: a gateway that counts the prompt's
+        # new tokens apart from them (Anthropic's input_tokens, as it maps Claude's usage).
+        # The prompt is both, as OpenAI's usage (and the pricing) has it.
+        if ct is not None and tt == pt + ct:
+            tt += cached
+        pt += cached
     ctd = get("completion_tokens_details")
     reasoning = (v if type(v := ctd.get("reasoning_tokens")) is int and -big < v < big
                  else _count(v)) if type(ctd) is dict else None

@@ -14,7 +14,9 @@ from aiohttp import web
 from batchrunner.cli import main
 from tests.test_faults import (
     KEY,  # noqa: F401  (the job_env fixture reads the module's KEY)
+    Fault,
     FaultServer,
+    completion,
     error_body,
     job_for,
     models_csv,
@@ -90,3 +92,56 @@ def test_the_estimate_names_each_model_it_has_no_price_for_and_what_to_add(
                     "unknown for deepseek-v3-1-250821 and qwen3-coder-plus: add "
                     '[prices."deepseek-v3-1-250821"] and [prices."qwen3-coder-plus"], each with '
                     "input and output (USD per 1M tokens), to a job file"), out
+
+
+def claude_usage(usage: dict[str, Any]) -> Fault:
+    """A gateway answering every request with ``usage``, as it maps Claude's."""
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        reply = completion(body, "ok")
+        reply["usage"] = usage
+        return web.json_response(reply)
+    return answer
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("usage", [
+    # The prompt's new tokens and the cache read apart (more of it than of them), as
+    # Anthropic's input_tokens and cache_read_input_tokens are: the total is the three's...
+    {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 1150,
+     "prompt_tokens_details": {"cached_tokens": 1000}},
+    # ... or the prompt's new tokens and the completion's only
+    {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150,
+     "prompt_tokens_details": {"cached_tokens": 1000}},
+    # Anthropic's own fields passed through beside OpenAI's counts, the prompt's whole
+    {"prompt_tokens": 1100, "completion_tokens": 50, "total_tokens": 1150,
+     "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 0},
+    # and the same, the prompt's new tokens apart from the cache read, as Anthropic counts them
+    {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150,
+     "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 0},
+    # OpenAI's own shape, for reference
+    {"prompt_tokens": 1100, "completion_tokens": 50, "total_tokens": 1150,
+     "prompt_tokens_details": {"cached_tokens": 1000}},
+])
+async def test_claude_cache_reads_through_a_gateway_are_priced_as_cached(
+        tmp_path: Path, usage: dict[str, Any]) -> None:
+    """A Claude reply through a gateway whose prompt read 1,000 tokens from the cache and 100
+    new ones: whether the gateway counts the cache read in prompt_tokens (OpenAI's way) or
+    apart from it (Anthropic's input_tokens, as gateways map it: told by the cache read
+    outnumbering the prompt), and names it cached_tokens or
+    passes on Anthropic's cache_read_input_tokens, the row has 1,100 prompt tokens, 1,000 of
+    them cached, and costs 100 at the input price, 1,000 at the cached one and 50 at the output
+    one. The cache read apart from prompt_tokens was clamped to it (100 tokens, all cached:
+    $0.00130 where $0.00225 was billed), and Anthropic's field was not read (every prompt token
+    at the input price: $0.00675)."""
+    inp = models_csv(tmp_path / "in.csv", ["claude-opus-4-6"] * 2)
+    async with FaultServer(claude_usage(usage)) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
+    assert s.exit_code == 0, s.stopped
+    df = results(tmp_path)
+    assert df["prompt_tokens"].tolist() == [1100, 1100]
+    assert df["cached_tokens"].tolist() == [1000, 1000]
+    assert df["completion_tokens"].tolist() == [50, 50]
+    assert df["total_tokens"].tolist() == [1150, 1150]
+    # claude-opus-4-6: $5 input, $0.50 cached input, $25 output per 1M tokens
+    assert df["cost_usd"].tolist() == pytest.approx([0.00225, 0.00225])
