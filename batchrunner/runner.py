@@ -1231,6 +1231,7 @@ class _Run:
         self.to_do = max(1, plan.total_rows - len(plan.done) + plan.limited)
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
+        self.failing_models: set[str] = set()  # the models they asked for (models_vary)
         self.long_waits = 0  # 429s in a row asking to wait longer than the job waits
         # When the last of them came: one to a request sent before it (in flight at the time,
         # its twin) is not another in a row.
@@ -1256,8 +1257,10 @@ class _Run:
         # a key refused outright (and a refusal comes back sooner than an answer). Its rows are
         # held (each with its model_refused outcome, or None: not sent yet) while the rows asking
         # for other models go on: an answer to one of those fails the refused rows and sends the
-        # held ones (see _release_held); no answer, and the job stops (_refused_outright).
-        self.held_models: dict[str, AuthError] = {}  # model → its first refusal
+        # held ones (see _release_held); no answer, and the job stops (_refused_outright). So
+        # are a model's rows when its first rows to finish all failed alike (_fail_fast) before
+        # any model answered: the job's setting or that model (one the gateway lacks)?
+        self.held_models: dict[str, AuthError | AllFailing] = {}  # model → its first refusal
         self.held: list[tuple[_Work, Outcome | None]] = []  # outstanding, not sent meanwhile
         self.mixes = plan.mixes  # job.json is to say "mixed" at the first answer
         # The endpoint said it is batchrunner's simulator (batchrunner simulate): its answers
@@ -1446,7 +1449,7 @@ class _Run:
                 self.record(outcome)
                 self._finished_one()
                 if self.failing is not None:
-                    self._fail_fast(outcome, item.resent)
+                    self._fail_fast(outcome, item)
             elif retry_in is not None and not self.stopping:
                 assert self.tasks is not None
                 self.counts.retrying += 1
@@ -1476,20 +1479,26 @@ class _Run:
         if len(journal) >= FLUSH_EVERY_ROWS:
             self.flush_wanted.set()
 
-    def _fail_fast(self, o: Outcome, resent: bool) -> None:
+    def _fail_fast(self, o: Outcome, item: _Work) -> None:
         """Stop when the run's first rows sent all fail the same way and none is ok: a setting
         of the job is wrong, and the rest of the input would fail alike. Rows sent again
         (``--retry-failed``, ``--rerun-where``) do not count: they may have failed for
         themselves. Rows sent again as their text changed count, as new rows do: their
-        requests are new, made as the job's settings make them."""
+        requests are new, made as the job's settings make them. In a job whose rows ask models
+        of their own, failures of one model may be that model's (one the gateway does not
+        have): its rows are held until another model answers, as a refused model's are, and
+        the job stops only if none does, or if another model's first rows fail alike too."""
         assert self.failing is not None
         if o.status == "ok":
             self.failing = None  # something works: failures from here on are the rows'
             return
-        if resent:
+        model = str(item.body.get("model") or "")
+        if item.resent or model in self.held_models:
             return
         failing = self.failing
         failing[o.error_type or "failed"] += 1
+        if self.models_vary:
+            self.failing_models.add(model)
         if len(failing) == 1 and failing.total() >= FAIL_FAST_ROWS:
             self.failing = None
             if o.error_type == "timeout":
@@ -1502,10 +1511,18 @@ class _Run:
                        "in the job to fix)")
             else:
                 fix = "fix what it names"
-            self.stop(AllFailing(
+            stop = AllFailing(
                 f"the first {failing.total()} rows to finish all failed with {o.error_type} and "
                 f"none succeeded ({o.error_message}); no more rows were sent (those already in "
-                f"flight were let finish) — {fix}, then run the job again with --retry-failed"))
+                f"flight were let finish) — {fix}, then run the job again with --retry-failed")
+            if len(self.failing_models) == 1 and not self.held_models:
+                if self.answered_models:
+                    return  # other models answer: the failures are this model's rows' own
+                self.held_models[model] = stop  # until a model answers (_release_held)
+                self.failing, self.failing_models = Counter(), set()
+                self._check_held()
+                return
+            self.stop(stop)
 
     def _check_context(self, item: _Work) -> None:
         """Warn (before sending) about a prompt that looks too long for the model."""
@@ -1817,6 +1834,9 @@ class _Run:
     def _refused_outright(self) -> None:
         models = list(self.held_models)
         first = self.held_models[models[0]]
+        if isinstance(first, AllFailing):  # its first rows failed alike, and nothing answered
+            self.stop(first)
+            return
         names = ", ".join(models)
         why = str(first)
         if len(self.held) >= HOLD_MAX_ROWS:

@@ -145,3 +145,74 @@ async def test_claude_cache_reads_through_a_gateway_are_priced_as_cached(
     assert df["total_tokens"].tolist() == [1150, 1150]
     # claude-opus-4-6: $5 input, $0.50 cached input, $25 output per 1M tokens
     assert df["cost_usd"].tolist() == pytest.approx([0.00225, 0.00225])
+
+
+async def no_such_model(srv: FaultServer, request: web.BaseRequest,
+                        body: dict[str, Any]) -> web.StreamResponse | None:
+    """A gateway that does not have one model: 404 for it, naming it; answers for the others."""
+    if body.get("model") != MISSING:
+        return None
+    return web.json_response(error_body(
+        f"Model {MISSING} does not exist or is not supported", "invalid_request_error",
+        "model_not_found"), status=404)
+
+
+@pytest.mark.anyio
+async def test_a_model_the_gateway_does_not_have_first_in_the_input_stops_no_other_model(
+        tmp_path: Path) -> None:
+    """A mixed job's input that lists the rows of a model the gateway does not have first (an
+    export sorted by model): its first 20 rows to finish all failed, none ok, and the whole job
+    stopped (exit 4), every other model's rows left unsent, night after night. Now that model's
+    rows are held, unsent, until another model answers, then sent: each fails once, naming its
+    model, and the others go on."""
+    models = [MISSING] * 30 + ["gpt-4o", "claude-opus-4-6"] * 40
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(no_such_model) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=4))
+        sent = srv.requests
+    assert s.exit_code == 3 and not s.stopped, s.stopped
+    df = results(tmp_path)
+    missing = df[df["model"] == MISSING]
+    assert len(missing) == 30 and (missing["status"] == "failed").all()
+    assert set(missing["error_type"]) == {"http_404"} and (missing["attempts"] == 1).all()
+    assert missing["error_message"].str.contains(f"Model {MISSING} does not exist").all()
+    assert (df.loc[df["model"] != MISSING, "status"] == "ok").all()
+    assert sent == 110  # each row once
+
+
+@pytest.mark.anyio
+async def test_a_mixed_job_whose_every_model_fails_alike_still_stops_early(
+        tmp_path: Path) -> None:
+    """Every model of a mixed job refused the same way (a setting every model rejects): the
+    first rows' failures still stop the job early, having sent few of its rows."""
+    async def reject_all(srv: FaultServer, request: web.BaseRequest,
+                         body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response(error_body("Unrecognized request argument supplied: thinking",
+                                            "invalid_request_error", None), status=400)
+
+    models = [MISSING] * 30 + ["gpt-4o", "claude-opus-4-6"] * 100
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(reject_all) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=4))
+        sent = srv.requests
+    assert s.exit_code == 4 and s.stopped
+    assert "rows to finish all failed with http_400 and none succeeded" in s.stopped
+    assert sent < 100
+
+
+@pytest.mark.anyio
+async def test_a_mixed_job_whose_only_model_is_missing_stops_early(tmp_path: Path) -> None:
+    """Rows that ask, through a model column, for one model only, which the gateway does not
+    have: the job stops early, as a job of that model does, its rows held or unsent."""
+    inp = models_csv(tmp_path / "in.csv", [MISSING] * 300)
+    async with FaultServer(no_such_model) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=4))
+        sent = srv.requests
+    assert s.exit_code == 4 and s.stopped
+    assert s.stopped.startswith("the first 20 rows to finish all failed with http_404 and none "
+                                f"succeeded (Model {MISSING} does not exist"), s.stopped
+    assert sent < 30
+    assert s.pending >= 270
