@@ -1689,13 +1689,11 @@ class _Run:
                 # the server behind it may be away (restarting, still loading its model), as
                 # when a connection is refused. Once the endpoint has answered and the input
                 # is read through, the rows left are all there is to tell a server away from
-                # rows it fails, so they are counted as ever. Nor is it one for a model no
-                # reply has come from while the run's answers show other models served: the
-                # gateway has none for it (no channel), and its rows' tries are their own.
+                # rows it fails, so they are counted as ever. Nor is one that is the row's
+                # model's own, in a job of many (_models_own).
                 gateway = e.status in GATEWAY_STATUSES and (
                     self.last_answer == -math.inf or not self.rows_done) and not (
-                    self.models_vary and self.answered_models and self.last_answer > -math.inf
-                    and str(item.body.get("model") or "") not in self.answered_models)
+                    self.models_vary and self._models_own(str(item.body.get("model") or ""), e))
                 if e.status in GATEWAY_STATUSES:  # not the endpoint's answer: no end of an outage
                     if gateway:
                         self._refused(item)
@@ -1912,6 +1910,18 @@ class _Run:
         self.mixes = False
         self.plan.job_meta["simulator"] = "mixed"
         _write_meta(self.plan)
+
+    def _models_own(self, model: str, e: RequestError) -> bool:
+        """Whether a gateway's 502/503/504 to a row asking ``model``, in a job whose rows ask
+        models of their own, is that model's, not a server away behind the gateway: its message
+        names the model (no channel for it), or no reply has come from the model while the
+        run's answers show other models served. Its rows' tries are then their own, and the
+        other models' rows go on."""
+        if model not in self.answered_models and self.answered_models \
+                and self.last_answer > -math.inf:
+            return True
+        return bool(model) and re.search(
+            rf"(?<![\w.:/-]){re.escape(model)}(?![\w.:/-])", e.message) is not None
 
     def _fresh_probe(self) -> bool:
         """One row alone is out, refused twice or more with nothing answered since (a job at

@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 
 from batchrunner.cli import main
+from batchrunner.runner import run_job
 from tests.test_faults import (
     KEY,  # noqa: F401  (the job_env fixture reads the module's KEY)
+    RUN_LIMIT_S,
     Fault,
     FaultServer,
     completion,
     error_body,
     job_for,
     models_csv,
+    options,
     results,
     run,
 )
@@ -216,3 +221,28 @@ async def test_a_mixed_job_whose_only_model_is_missing_stops_early(tmp_path: Pat
                                 f"succeeded (Model {MISSING} does not exist"), s.stopped
     assert sent < 30
     assert s.pending >= 270
+
+
+@pytest.mark.anyio
+async def test_a_model_with_no_channel_first_in_the_input_is_not_waited_out_as_an_outage(
+        tmp_path: Path) -> None:
+    """A mixed job's input that lists first the rows of a model the gateway has no channel
+    for: its 503s, naming the model, came before any answer and were waited out as a server
+    away, one probe at a time, the rows of the other models never started; after outage_s
+    (5 minutes) the job stopped, every row left to do, and the rerun met the same rows first.
+    A 503 that names the row's model is that model's: its rows fail after max_attempts tries
+    and the others go on."""
+    models = [MISSING] * 40 + ["gpt-4o", "claude-opus-4-6"] * 40
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(no_channel_for_one_model) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                                      concurrency=8), replace(options(3), outage_s=5.0))
+        sent = srv.requests
+    assert s.exit_code == 3 and not s.stopped, s.stopped
+    df = results(tmp_path)
+    missing = df[df["model"] == MISSING]
+    assert (missing["status"] == "failed").all() and set(missing["error_type"]) == {"http_503"}
+    assert (missing["attempts"] == 3).all(), missing["attempts"].value_counts()
+    assert (df.loc[df["model"] != MISSING, "status"] == "ok").all()
+    assert sent == 80 + 40 * 3
