@@ -1474,7 +1474,10 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
                    "the key's quota), then rerun to resume")
         else:
             key = f"the key ({key_origin})" if key_origin else "the key"
-            fix = f"check {key} and its access to {model or 'this model'}"
+            # A 401 is the key's own (unknown, revoked, expired); a 403 may be its access to
+            # the model asked for only.
+            fix = (f"check {key}, then rerun to resume" if status == 401
+                   else f"check {key} and its access to {model or 'this model'}")
         return AuthError(f"the endpoint refused the API key ({said}: {message}) — {fix}",
                          status=status, model_access=status == 403 and not balance)
     if status == 402:

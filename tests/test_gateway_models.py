@@ -16,7 +16,7 @@ from aiohttp import web
 from batchrunner.cli import main
 from batchrunner.runner import run_job
 from tests.test_faults import (
-    KEY,  # noqa: F401  (the job_env fixture reads the module's KEY)
+    KEY,  # the job_env fixture reads the module's KEY
     RUN_LIMIT_S,
     Fault,
     FaultServer,
@@ -246,3 +246,25 @@ async def test_a_model_with_no_channel_first_in_the_input_is_not_waited_out_as_a
     assert (missing["attempts"] == 3).all(), missing["attempts"].value_counts()
     assert (df.loc[df["model"] != MISSING, "status"] == "ok").all()
     assert sent == 80 + 40 * 3
+
+
+@pytest.mark.anyio
+async def test_a_key_the_gateway_does_not_know_is_told_as_the_keys_fault_not_a_models(
+        tmp_path: Path) -> None:
+    """A 401 (the gateway knows no such key: mistyped, revoked) in a job of many models: the
+    stop said to "check the key ... and its access to gpt-4o", the model of whichever row was
+    answered first, as if the key lacked that model. It names the key alone, and never shows
+    the key."""
+    async def bad_key(srv: FaultServer, request: web.BaseRequest,
+                      body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response(error_body("Invalid token (request id: 20251201)",
+                                            "new_api_error", "invalid_api_key"), status=401)
+
+    inp = models_csv(tmp_path / "in.csv", ["gpt-4o", "claude-opus-4-6", MISSING] * 10)
+    async with FaultServer(bad_key) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
+    assert s.exit_code == 4 and s.stopped
+    assert s.stopped == ("the endpoint refused the API key (HTTP 401: Invalid token (request "
+                         "id: 20251201)) — check the key (OPENAI_API_KEY from the environment), "
+                         "then rerun to resume"), s.stopped
+    assert KEY not in s.stopped
