@@ -7,7 +7,10 @@ limits imply. No request is sent.
 
 Expected completion tokens per request: the mean of the answers the output directory's journal
 holds so far (every earlier run's, and a run's in progress) when there are any, else
-``max_tokens`` (an upper bound), else a default guess — the report says which.
+``max_tokens`` (an upper bound), else a default guess — the report says which — with, on top,
+the thinking budget a request gives (a ``-thinking-8192`` model, ``thinking.budget_tokens``,
+Gemini's ``thinking_budget``): thinking is billed as output. Rows that ask for thinking with no
+budget nor ``max_tokens`` are warned about.
 
 Search billed per request that asks for it (a search model, ``web_search_options``, a Google
 Search tool, ``enable_search``: ``pricing.search_requested``) is in the estimate, at the job's
@@ -18,6 +21,7 @@ estimate can count, so the estimate warns when the requests ask for it.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,6 +74,9 @@ class Estimate:
     search_asked: str = ""  # what the first of them asks for it with
     search_requests: int = 0  # rows to send that ask for search billed per request (estimated)
     search_requested: str = ""  # what the first of them asks for it with
+    thinking_rows: int = 0  # rows to send that ask for thinking with no max_tokens nor budget
+    thinking_asked: str = ""  # what the first of them asks for it with
+    budgeted: int = 0  # rows to send with no max_tokens whose thinking budget is counted
     warnings: list[str] = field(default_factory=list)  # the job's, as a run would say them
 
     @property
@@ -139,8 +146,16 @@ def estimate(plan: Plan) -> Estimate:
             est.search_asked = est.search_asked or asked
         if observed is not None:
             completion = int(observed[0]) * item.n
-        else:
-            completion = (item.completion_max or DEFAULT_COMPLETION_ESTIMATE) * item.n
+        elif item.completion_max:
+            completion = item.completion_max * item.n
+        else:  # its thinking, billed as output, comes on top of the answer
+            asked, budget = _thinking(item.body)
+            if budget:
+                est.budgeted += 1
+            elif asked is not None:
+                est.thinking_rows += 1
+                est.thinking_asked = est.thinking_asked or asked
+            completion = (DEFAULT_COMPLETION_ESTIMATE + budget) * item.n
         unbounded += not item.completion_max
         m.rows += 1
         m.prompt_tokens += item.prompt_estimate
@@ -156,6 +171,9 @@ def estimate(plan: Plan) -> Estimate:
     est.completion_basis = _completion_basis(None if per_row else job.request.max_tokens,
                                              observed, unbounded, est.to_send,
                                              batch=plan.builder is None)
+    if est.budgeted:
+        est.completion_basis += (f"; and the thinking budget of the {count_rows(est.budgeted)} "
+                                 "that set one, on top")
     sources = []
     for model, m in est.by_model.items():
         m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
@@ -224,6 +242,46 @@ def _tool_name(tool: Mapping[str, Any], named: bool) -> str | None:
                 name.lower() in _SEARCH_TOOLS or name.lower().startswith("web_search_")):
             return name
     return None
+
+
+# A thinking budget a gateway reads from a model's name ("gemini-2.5-flash-thinking-8192").
+_BUDGET_SUFFIX = re.compile(r"-thinking-(\d+)$", re.IGNORECASE)
+# Models that think before they answer whatever the request says (their names as the APIs and
+# gateways give them): DeepSeek's R1, OpenAI's o-series, xAI's reasoning models, Grok 4, QwQ,
+# and any model a gateway names -thinking.
+_THINKS = re.compile(r"(?:^|/)(?:o\d(?:-|$)|qwq|grok-4(?!.*non-reasoning))|deepseek-r1|reasoner|"
+                     r"-reasoning|(?<!no)thinking", re.IGNORECASE)
+
+
+def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
+    """What in a request ``body`` asks for thinking (reasoning tokens, billed as output), named
+    as the body has it, and the most tokens it may think for when the body says (0: no budget
+    given): a thinking model, DeepSeek's and Anthropic's ``thinking`` (``budget_tokens``),
+    Qwen's ``enable_thinking``, ``reasoning_effort``, Gemini's ``thinking_config`` through a
+    gateway (``thinking_budget``) or a ``-thinking-<budget>`` model."""
+    model = body.get("model")
+    model = model if isinstance(model, str) else ""
+    if (m := _BUDGET_SUFFIX.search(model)) is not None:
+        return f"model {model}", int(m[1])
+    thinking = body.get("thinking")
+    if isinstance(thinking, Mapping) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        return "thinking", budget if type(budget) is int and budget > 0 else 0
+    extra = body.get("extra_body")
+    google = extra.get("google") if isinstance(extra, Mapping) else None
+    config = google.get("thinking_config") if isinstance(google, Mapping) else None
+    if isinstance(config, Mapping) and config.get("thinking_budget") not in (None, 0):
+        budget = config.get("thinking_budget")
+        return ("extra_body.google.thinking_config",
+                budget if type(budget) is int and budget > 0 else 0)
+    if body.get("enable_thinking") is True:
+        return "enable_thinking", 0
+    effort = body.get("reasoning_effort")
+    if isinstance(effort, str) and effort not in ("none", "minimal"):
+        return "reasoning_effort", 0
+    if _THINKS.search(model):
+        return f"model {model}", 0
+    return None, 0
 
 
 def _and(names: list[str]) -> str:
@@ -295,6 +353,12 @@ def format_estimate(e: Estimate) -> str:
                      f"({e.search_asked}): it is billed apart from tokens, by the sources or "
                      "searches each reply uses, and is not in this estimate")
     lines.append(f"  completion tokens from: {e.completion_basis}")
+    if e.thinking_rows:
+        lines.append(f"  warning: {count_rows(e.thinking_rows)} {_ask(e.thinking_rows)} for "
+                     f"thinking ({e.thinking_asked}) with no max_tokens: the reasoning, billed "
+                     f"as output, can run to thousands of tokens a reply, past the guess of "
+                     f"{DEFAULT_COMPLETION_ESTIMATE}; set max_tokens for a bound, or send a few "
+                     "rows first (--limit 20): the estimate then takes their answers' mean")
     if e.time_s is not None:
         lines.append(f"  time at the job's limits: about {format_span(e.time_s)} "
                      f"({e.time_basis})")

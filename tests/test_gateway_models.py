@@ -268,3 +268,29 @@ async def test_a_key_the_gateway_does_not_know_is_told_as_the_keys_fault_not_a_m
                          "id: 20251201)) — check the key (OPENAI_API_KEY from the environment), "
                          "then rerun to resume"), s.stopped
     assert KEY not in s.stopped
+
+
+def test_the_estimate_counts_a_thinking_budget_and_warns_of_thinking_it_cannot_bound(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows with no max_tokens asking the gateway's thinking models: each was estimated at the
+    guess of 256 completion tokens, though a -thinking-8192 model may think for 8,192 more,
+    billed as output, and the estimate said nothing of deepseek-r1's thinking. A budget the
+    request gives is now added to the guess, and thinking with none is warned about."""
+    models = ["gemini-2.5-flash-thinking-8192", "deepseek-r1", "gpt-4o"]
+    inp = models_csv(tmp_path / "in.csv", models * 2)
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel_column = "model"\n'
+        'prompt = "{text}"\nstream = true\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
+        '[output]\ndir = "out"\n')
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    out = capsys.readouterr().out
+    table = {line.split()[0]: line.split()[1:4] for line in out.splitlines()
+             if line.startswith("  ") and line.split()[0] in models}
+    assert table == {"gemini-2.5-flash-thinking-8192": ["2", "20", "16,896"],
+                     "deepseek-r1": ["2", "20", "512"], "gpt-4o": ["2", "20", "512"]}, out
+    assert ("  completion tokens from: a guess of 256 tokens (set max_tokens for a bound); and "
+            "the thinking budget of the 2 rows that set one, on top") in out, out
+    assert ("  warning: 2 rows ask for thinking (model deepseek-r1) with no max_tokens: the "
+            "reasoning, billed as output, can run to thousands of tokens a reply, past the guess "
+            "of 256; set max_tokens for a bound, or send a few rows first (--limit 20): the "
+            "estimate then takes their answers' mean") in out, out
