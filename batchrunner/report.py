@@ -711,7 +711,8 @@ def build_report(
         elif entry["price"] is None:
             warnings.append(
                 f"model {model!r}: no price known, cost of {count_rows(k)} not counted; "
-                f'set it in the job file under [prices."{model}"] (USD per 1M tokens)'
+                f'add [prices."{model}"] with input and output (USD per 1M tokens) to the job '
+                "file"
             )
         else:
             earlier = entry["earlier_unpriced_rows"]

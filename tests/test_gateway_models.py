@@ -294,3 +294,18 @@ def test_the_estimate_counts_a_thinking_budget_and_warns_of_thinking_it_cannot_b
             "reasoning, billed as output, can run to thousands of tokens a reply, past the guess "
             "of 256; set max_tokens for a bound, or send a few rows first (--limit 20): the "
             "estimate then takes their answers' mean") in out, out
+
+
+@pytest.mark.anyio
+async def test_the_cost_report_says_what_to_add_for_a_model_with_no_price(
+        tmp_path: Path) -> None:
+    """A gateway's model the price library does not know under the gateway's name: the cost
+    report said to "set it" under [prices."deepseek-v3-1-250821"], not what the entry holds."""
+    inp = models_csv(tmp_path / "in.csv", ["deepseek-v3-1-250821", "gpt-4o"])
+    async with FaultServer() as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
+    assert s.exit_code == 0
+    md = (tmp_path / "out" / "cost_report.md").read_text()
+    assert ("- model 'deepseek-v3-1-250821': no price known, cost of 1 row not counted; add "
+            '[prices."deepseek-v3-1-250821"] with input and output (USD per 1M tokens) to the '
+            "job file\n") in md, md
