@@ -1693,7 +1693,8 @@ class _Run:
                 # model's own, in a job of many (_models_own).
                 gateway = e.status in GATEWAY_STATUSES and (
                     self.last_answer == -math.inf or not self.rows_done) and not (
-                    self.models_vary and self._models_own(str(item.body.get("model") or ""), e))
+                    self.models_vary and self._models_own(str(item.body.get("model") or ""), e,
+                                                          sent_at))
                 if e.status in GATEWAY_STATUSES:  # not the endpoint's answer: no end of an outage
                     if gateway:
                         self._refused(item)
@@ -1911,17 +1912,20 @@ class _Run:
         self.plan.job_meta["simulator"] = "mixed"
         _write_meta(self.plan)
 
-    def _models_own(self, model: str, e: RequestError) -> bool:
-        """Whether a gateway's 502/503/504 to a row asking ``model``, in a job whose rows ask
-        models of their own, is that model's, not a server away behind the gateway: its message
-        names the model (no channel for it), or no reply has come from the model while the
-        run's answers show other models served. Its rows' tries are then their own, and the
-        other models' rows go on."""
-        if model not in self.answered_models and self.answered_models \
-                and self.last_answer > -math.inf:
+    def _models_own(self, model: str, e: RequestError, sent_at: float) -> bool:
+        """Whether a gateway's 502/503/504 to a row asking ``model`` (sent at ``sent_at``), in
+        a job whose rows ask models of their own, is that model's, not a server away behind
+        the gateway: when no reply has come from the model while the run's answers show other
+        models served; or when its message names the model (no channel for it), unless
+        nothing has answered since it was sent after earlier answers: an outage's, then,
+        whatever it says (a gateway whose upstreams are all away for a while says "no
+        channel" for every model, and the models that answered before are waited for). Its
+        rows' tries are then their own, and the other models' rows go on."""
+        if self.last_answer == -math.inf:
+            return bool(model) and _names_model(model, e.message)
+        if model not in self.answered_models and self.answered_models:
             return True
-        return bool(model) and re.search(
-            rf"(?<![\w.:/-]){re.escape(model)}(?![\w.:/-])", e.message) is not None
+        return self.last_answer > sent_at and bool(model) and _names_model(model, e.message)
 
     def _fresh_probe(self) -> bool:
         """One row alone is out, refused twice or more with nothing answered since (a job at
@@ -2667,6 +2671,11 @@ def _show(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _names_model(model: str, message: str) -> bool:
+    """Whether ``message`` names ``model``, as a word of its own."""
+    return re.search(rf"(?<![\w.:/-]){re.escape(model)}(?![\w.:/-])", message) is not None
 
 
 def _search_units(web_searches: int | None, sources: int | None) -> int | None:

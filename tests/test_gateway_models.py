@@ -75,6 +75,36 @@ async def test_a_model_the_gateway_has_no_channel_for_holds_back_no_other_models
     assert sent == 180 + 20 * 3
 
 
+@pytest.mark.anyio
+async def test_a_gateways_outage_that_names_every_model_is_waited_out_in_a_mixed_job(
+        tmp_path: Path) -> None:
+    """A gateway whose upstreams are all away for a while answers "no channel for model X" for
+    every model, the ones that answered before included: an outage, not each model's own (its
+    message names the row's model, as a missing model's does). Nothing is answered meanwhile, so
+    it is waited out as a gateway's 503 is, and every row is ok once the upstreams are back;
+    taken for the models' own, their rows failed after max_attempts within the outage."""
+    models = [("gpt-4o", "claude-opus-4-6")[i % 2] for i in range(120)]
+    inp = models_csv(tmp_path / "in.csv", models)
+    away: dict[str, float] = {}
+
+    async def away_for_a_while(srv: FaultServer, request: web.BaseRequest,
+                               body: dict[str, Any]) -> web.StreamResponse | None:
+        if srv.requests <= 20:
+            return None  # both models answered
+        now = asyncio.get_running_loop().time()
+        if now - away.setdefault("from", now) > 1.5:
+            return None  # back
+        return web.json_response(error_body(
+            f"No available channel for model {body.get('model')} under group default",
+            "new_api_error", "model_not_found"), status=503)
+
+    async with FaultServer(away_for_a_while) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
+    assert s.exit_code == 0 and not s.stopped, s.stopped
+    df = results(tmp_path)
+    assert (df["status"] == "ok").all(), df["error_message"].value_counts()
+
+
 def test_the_estimate_names_each_model_it_has_no_price_for_and_what_to_add(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A job over the gateway's models, two of which no price is known for under the names the
