@@ -6,8 +6,9 @@
   for ``tokens`` from the token budget. Both budgets queue requests rather than reject them.
 * ``settle(charged, used)`` when the usage is known: the token charge is corrected (refunded
   when the request used less, charged more when it used more).
-* ``observe(headers)`` on every response: ``x-ratelimit-limit-*`` lower the rates (or set them
-  when the job set none); ``x-ratelimit-remaining-*`` at zero pause new sends for a moment.
+* ``observe(headers)`` on every response: ``x-ratelimit-limit-*`` set the rates, within the
+  job's own (a limit raised mid-run is followed up to them); ``x-ratelimit-remaining-*`` at
+  zero pause new sends for a moment.
 * ``pause(seconds)`` after a 429: new sends wait until then (plus a little jitter), and are then
   let out at the limiter's rate, not all at once.
 
@@ -286,15 +287,35 @@ class Limiter:
             self._paused_until = until
             self.paused_by = by
 
+    def learn(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
+        """Pace at the limits a server reports (None: not reported), within the job's own."""
+        if requests_per_minute is not None:
+            self._learn("requests", requests_per_minute)
+        if tokens_per_minute is not None:
+            self._learn("tokens", tokens_per_minute)
+
+    def _learn(self, kind: str, limit: float) -> None:
+        # The server's limit as it is now, up or down (a key's tier raised, a gateway's limits
+        # reloaded): a pace that only ever went down kept a raised limit's job at the old one.
+        if kind == "requests":
+            cap, current, set_rate = self._configured[0], self.requests_per_minute, \
+                self._set_requests
+        else:
+            cap, current, set_rate = self._configured[1], self.tokens_per_minute, \
+                self._set_tokens
+        rate = limit if not cap else min(limit, cap)
+        if rate != current:
+            set_rate(rate)
+
     def observe(self, headers: Mapping[str, str]) -> None:
         """Learn the server's limits from a response's ``x-ratelimit-*`` headers."""
         if not self.adaptive or not headers:
             return
         for kind, limit_h, remaining_h, reset_h in _NAMES:
             limit = _limit(headers, limit_h)
+            if limit is not None:
+                self._learn(kind, limit)
             current = self.requests_per_minute if kind == "requests" else self.tokens_per_minute
-            if limit is not None and (current is None or limit < current):
-                (self._set_requests if kind == "requests" else self._set_tokens)(limit)
             remaining = _header_float(headers, remaining_h)
             if remaining is None or remaining >= 1:
                 continue

@@ -2053,7 +2053,14 @@ class _Run:
             return
         self.limiter.observe(headers)
         if self.models_vary and (limits := reported_limits(headers)) is not None:
-            self.model_limits[str(item.body.get("model") or "")] = limits
+            model = str(item.body.get("model") or "")
+            before = self.model_limits.get(model)
+            if before is not None and _differ(limits, before):
+                # The model's own limits changed (a gateway's reloaded, the key's tier raised):
+                # the others' reports are from before, to be compared again as they answer.
+                self.model_limits = {model: limits}
+                return
+            self.model_limits[model] = limits
             if any(map(_differ, repeat(limits), self.model_limits.values())):
                 self._split()
 
@@ -2061,8 +2068,11 @@ class _Run:
         """Each model's own limiter from here on, at the limits its answers reported, with no
         burst (requests have been going out); the job's back to the rates the job set (a
         pause it holds runs out)."""
-        self.split = {model: Limiter(requests, tokens, burst=False)
-                      for model, (requests, tokens) in self.model_limits.items()}
+        self.split = {}
+        for model, limits in self.model_limits.items():
+            # Learnt, not set: a limit its answers raise later is followed.
+            limiter = self.split[model] = Limiter(None, None, burst=False)
+            limiter.learn(*limits)
         self.limiter.unlearn()
 
     def _model_limiter(self, item: _Work) -> Limiter:

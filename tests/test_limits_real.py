@@ -1,0 +1,98 @@
+"""Rate limits as real servers change and refuse them mid-run: a limit raised (a key's tier, a
+gateway's reloaded limits) and 429s that are no rate limit. Runs against small servers on
+127.0.0.1; what is asserted is counted by the server (requests, 429s, its own clock's pace),
+never the run's wall time."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from batchrunner.limiter import Limiter
+from batchrunner.runner import _Work
+from tests.test_ratelimit_headers import Counted, completion, models_run, run_against, said
+
+pytestmark = pytest.mark.usefixtures("job_env")  # a key in the environment, tmp_path as cwd
+
+KEY = "sk-test-limits-real-0123456789"
+
+
+# ----------------------------------------------------------------------------------------------
+# A limit raised mid-run
+
+
+def test_a_raised_limit_is_followed_within_the_jobs_own() -> None:
+    lim = Limiter(None, None)
+    lim.observe(said("120", "30000"))
+    lim.observe(said("1200", "450000"))  # the key's tier raised
+    assert (lim.requests_per_minute, lim.tokens_per_minute) == (1200.0, 450000.0)
+    lim.observe(said("600"))  # and lowered again
+    assert lim.requests_per_minute == 600.0
+    lim = Limiter(500, None)  # the job's --rpm bounds what is learnt
+    lim.observe(said("300"))
+    assert lim.requests_per_minute == 300.0
+    lim.observe(said("5000"))
+    assert lim.requests_per_minute == 500.0
+
+
+def test_a_gateways_limit_reloaded_for_every_model_keeps_one_pace() -> None:
+    """One limit for the key, raised while a job of several models runs: the first model to
+    report the new limit differed from the others' old reports, and split the job into a
+    limiter for each model, each at the key's whole limit once its answers said so."""
+    run = models_run()
+
+    def item(model: str) -> _Work:
+        return _Work(key=model, body={"model": model}, prompt_estimate=1, completion_max=1)
+
+    for model in ("a", "b"):
+        run._observe(item(model), said("600", "90000"))
+    run._observe(item("a"), said("1200", "90000"))  # reloaded: a answers first
+    run._observe(item("b"), said("1200", "90000"))
+    assert run.split is None
+    assert run.limiter.requests_per_minute == 1200.0
+    run._observe(item("c"), said("300"))  # a model whose limit is its own: split, as ever
+    assert run.split is not None
+    assert run.split["a"].requests_per_minute == 1200.0
+    assert run.split["c"].requests_per_minute == 300.0
+    run._observe(item("c"), said("3000"))  # and each model's limiter follows its own
+    assert run.split["c"].requests_per_minute == 3000.0
+
+
+@pytest.mark.anyio
+async def test_a_limit_raised_mid_run_is_followed(tmp_path: Path) -> None:
+    """A server that allows 60 requests a minute (from a bucket of a second's worth) for its
+    first 4 answers, then 6,000 (the key's tier raised), saying so in OpenAI's headers: the
+    job, which set no limit, learnt 60 and kept it to the end, one request a second where a
+    hundred were allowed. It follows the raise now."""
+    answered: list[float] = []
+    state = {"limit": 60.0, "level": 1.0, "t": time.monotonic()}
+
+    async def raised(counted: Counted, body: dict[str, Any]) -> web.Response:
+        now = time.monotonic()
+        per_s = state["limit"] / 60.0
+        state["level"] = min(max(per_s, 1.0), state["level"] + (now - state["t"]) * per_s)
+        state["t"] = now
+        headers = {"x-ratelimit-limit-requests": f"{state['limit']:.0f}",
+                   "x-ratelimit-remaining-requests": f"{state['level']:.0f}"}
+        if state["level"] < 1.0:
+            headers["retry-after-ms"] = f"{(1.0 - state['level']) / per_s * 1000:.0f}"
+            return web.json_response({"error": {"message": "Rate limit reached",
+                                                 "code": "rate_limit_exceeded"}},
+                                     status=429, headers=headers)
+        state["level"] -= 1.0
+        answered.append(now)
+        if len(answered) == 4:
+            state["limit"] = 6000.0
+        return web.json_response(completion(body), headers=headers)
+
+    rows = 30
+    summary, counted = await run_against(tmp_path, raised, rows, concurrency=4)
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert counted.too_many <= 6, counted.too_many  # the first burst's, before any limit known
+    # At the old limit, a request a second: 26 rows in 26 s.
+    pace = (len(answered) - 5) / (answered[-1] - answered[4])
+    assert pace > 3.0, pace
