@@ -95,6 +95,14 @@ _UNREADABLE_ENCODING = re.compile(
     re.IGNORECASE)
 # An error body that blames the account's money rather than the key.
 _BALANCE = re.compile(r"balance|quota|credit|billing|payment|余额|额度", re.IGNORECASE)
+# A 429 that is the account's money, not a rate: codes that say so (OpenAI's insufficient_quota,
+# Moonshot's exceeded_current_quota_error, one-api gateways' insufficient_user_quota), or a
+# message about a balance or credit (Zhipu's 1113, "欠费": in arrears). Not "quota", "billing" or
+# "payment" alone: Gemini's per-minute 429 says "You exceeded your current quota", OpenAI's
+# free tier's "add a payment method ... billing", and those are rate limits.
+_NO_MONEY = frozenset({"insufficient_quota", "exceeded_current_quota_error",
+                       "insufficient_user_quota"})
+_NO_BALANCE = re.compile(r"\b(?:balance|credits?)\b|余额|欠费", re.IGNORECASE)
 # A FAILED_PRECONDITION that is the account's (billing off, a region not served), not the row's
 # (a file that is not ready, say).
 _ACCOUNT = re.compile(r"billing|location|region|country|territor|free tier", re.IGNORECASE)
@@ -1483,9 +1491,11 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
     if status == 402:
         return QuotaError(f"the account is out of balance ({said} Payment Required: {message}) "
                           "— top up the balance, then rerun to resume")
-    if "insufficient_quota" in (code, etype):
-        return QuotaError(f"the account is out of quota ({said} insufficient_quota: {message})"
-                          " — top up the balance or raise the quota, then rerun to resume")
+    if (named := code if code in _NO_MONEY else etype if etype in _NO_MONEY else None) or (
+            status == 429 and _NO_BALANCE.search(message)):
+        said = f"{said} {named}" if named and not said.endswith(named) else said
+        return QuotaError(f"the account is out of quota or balance ({said}: {message}) — top "
+                          "up the balance or raise the quota, then rerun to resume")
     return None
 
 

@@ -96,3 +96,61 @@ async def test_a_limit_raised_mid_run_is_followed(tmp_path: Path) -> None:
     # At the old limit, a request a second: 26 rows in 26 s.
     pace = (len(answered) - 5) / (answered[-1] - answered[4])
     assert pace > 3.0, pace
+
+
+# ----------------------------------------------------------------------------------------------
+# 429s that are no rate limit
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("error", [
+    # Moonshot's: its own type for a balance used up
+    {"message": "Your account org-abc <ak-xyz> is suspended, please check your plan and billing "
+                "details", "type": "exceeded_current_quota_error"},
+    # Zhipu's 1113: "your account is in arrears, top it up and try again"
+    {"code": "1113", "message": "您的账户已欠费，请充值后重试。"},
+    # a gateway's own
+    {"message": "Insufficient balance: your credits are exhausted", "type": "upstream_error"},
+    {"message": "user quota is not enough", "type": "new_api_error",
+     "code": "insufficient_user_quota"},
+])
+async def test_a_429_for_the_accounts_money_stops_the_job(tmp_path: Path,
+                                                          error: dict[str, str]) -> None:
+    """A 429 that says the balance is used up is no rate limit: it was retried as one, each
+    row 30 times, until the first 20 rows had failed as rate_limited (Moonshot's: 5,405
+    requests over 316 s, then a stop that said to lower the rate), where a rerun after a
+    top-up is what it needs."""
+
+    async def broke(counted: Counted, body: dict[str, Any]) -> web.Response:
+        return web.json_response({"error": error}, status=429)
+
+    summary, counted = await run_against(tmp_path, broke, 40, concurrency=4)
+    assert summary.exit_code == 4 and summary.stopped, summary.stopped
+    assert "top up the balance" in summary.stopped
+    assert counted.requests <= 4 + 1, counted.requests
+    assert summary.ok == summary.failed == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("error", [
+    # OpenAI's free tier's rate limit, which names billing and a payment method
+    {"message": "Rate limit reached for gpt-3.5-turbo in organization org-abc on requests per "
+                "min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Please add "
+                "a payment method to your account to increase your rate limit. Visit "
+                "https://platform.openai.com/account/billing to add a payment method.",
+     "type": "requests", "code": "rate_limit_exceeded"},
+    # Gemini's per-minute limit, which says "quota"
+    {"code": 429, "message": "You exceeded your current quota, please check your plan and "
+                             "billing details.", "status": "RESOURCE_EXHAUSTED"},
+])
+async def test_a_rate_limit_that_names_billing_is_waited_out(tmp_path: Path,
+                                                             error: dict[str, Any]) -> None:
+    async def limited_once(counted: Counted, body: dict[str, Any]) -> web.Response:
+        if counted.requests == 1:
+            return web.json_response({"error": error}, status=429,
+                                     headers={"retry-after-ms": "50"})
+        return web.json_response(completion(body))
+
+    summary, counted = await run_against(tmp_path, limited_once, 10, concurrency=1)
+    assert summary.exit_code == 0 and summary.ok == 10, summary.stopped
+    assert counted.too_many == 1
