@@ -9,12 +9,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner.config import load_job
 from batchrunner.limiter import Limiter
-from batchrunner.runner import _Work
-from tests.test_ratelimit_headers import Counted, completion, models_run, run_against, said
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, _Work, run_job
+from batchrunner.simulator import Simulator, SimulatorConfig
+from tests.test_ratelimit_headers import (
+    RUN_LIMIT_S,
+    Counted,
+    completion,
+    models_run,
+    run_against,
+    said,
+)
 
 pytestmark = pytest.mark.usefixtures("job_env")  # a key in the environment, tmp_path as cwd
 
@@ -177,3 +189,31 @@ def test_azures_minus_one_counts_hold_nothing() -> None:
     lim = Limiter(None, None)
     lim.observe({"x-ratelimit-limit-tokens": "30000", "x-ratelimit-remaining-tokens": "-200"})
     assert lim.paused_s > 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# A request larger than a minute's tokens
+
+
+@pytest.mark.anyio
+async def test_requests_larger_than_a_minutes_tokens_fail_without_waiting_a_minute_each(
+        tmp_path: Path) -> None:
+    """OpenAI's tier 1 (30,000 tokens a minute for gpt-4o) and max_tokens 32,000: each request
+    is refused at once (429, "Request too large"), its charge given back, but the next request,
+    asleep for the whole charge's refill, went a minute later: 64 s a row, 21 minutes to the
+    stop after the first 20 rows. The refund now wakes it."""
+    rows = 12
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i:02d}" for i in range(rows)],
+                  "text": [f"row {i}" for i in range(rows)]}).to_csv(inp, index=False)
+    async with Simulator(SimulatorConfig(rpm=500, tpm=30000)) as sim:
+        job = load_job(None, {
+            "input": str(inp), "id_column": "id", "prompt": "Q: {text}", "model": "gpt-4o",
+            "max_tokens": 32000, "base_url": sim.base_url, "output": str(tmp_path / "out"),
+            "requests_per_minute": 500, "tokens_per_minute": 30000})
+        with anyio.fail_after(RUN_LIMIT_S):
+            summary = await run_job(job, RunOptions(retry=RetryPolicy(base_s=0.01),
+                                                    progress="none", handle_signals=False))
+        assert sim.stats()["requests"] == rows
+    assert (summary.ok, summary.failed) == (0, rows)
+    assert summary.error_types == {"request_too_large": rows}
