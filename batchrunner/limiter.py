@@ -41,6 +41,12 @@ __all__ = ["RATELIMIT_HEADERS", "Limiter", "TokenBucket", "reported_limits", "re
 # The longest an empty budget holds new requests when no rate is known: a reset said to be
 # further off (a daily limit's) is left to the 429s' retry-after, which stop the job if it is.
 MAX_RESET_WAIT_S = 60.0
+# A limit higher than the pace is followed once the answers have said it, and nothing else, this
+# long: a key's tier raised is taken within seconds, while answers that differ among themselves
+# (servers behind one address, each reporting its own) keep the lower, as they did before a
+# raise was followed at all (a new rate is a new bucket, with a burst of its own: following
+# each answer's drew 510 429s for 200 rows from a server whose answers said 600 and 590 in turn).
+RAISE_AFTER_S = 5.0
 # What a pause the rate-limit headers ask for is said to be (the progress line shows it).
 _NONE_LEFT = "an x-ratelimit-remaining-* header of 0"
 
@@ -189,6 +195,7 @@ class Limiter:
         self._requests: AsyncLimiter | None = None
         self._tokens: TokenBucket | None = None
         self._paused_until = 0.0
+        self._raising: dict[str, tuple[float, float]] = {}  # kind: a higher limit said, since
         self.paused_by = "a 429's retry-after"  # what asked for the pause (see ``pause``)
         self._unpaused: anyio.Event | None = None  # set when a pause is lifted (lift_pause)
         self._rng = random.Random()
@@ -313,6 +320,16 @@ class Limiter:
             cap, current, set_rate = self._configured[1], self.tokens_per_minute, \
                 self._set_tokens
         rate = limit if not cap else min(limit, cap)
+        if current is not None and rate > current:
+            said, since = self._raising.get(kind, (None, 0.0))
+            now = time.monotonic()
+            if said != rate:
+                self._raising[kind] = (rate, now)
+                return
+            if now - since < RAISE_AFTER_S:
+                return
+        if self._raising:
+            self._raising.pop(kind, None)
         if rate != current:
             set_rate(rate)
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner import limiter
 from batchrunner.config import load_job
 from batchrunner.limiter import Limiter
 from batchrunner.retry import RetryPolicy
@@ -37,24 +38,46 @@ KEY = "sk-test-limits-real-0123456789"
 # A limit raised mid-run
 
 
-def test_a_raised_limit_is_followed_within_the_jobs_own() -> None:
+def test_a_raised_limit_is_followed_within_the_jobs_own(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    monkeypatch.setattr(limiter, "RAISE_AFTER_S", 0.0)  # followed at its second saying
     lim = Limiter(None, None)
     lim.observe(said("120", "30000"))
     lim.observe(said("1200", "450000"))  # the key's tier raised
+    assert (lim.requests_per_minute, lim.tokens_per_minute) == (120.0, 30000.0)
+    lim.observe(said("1200", "450000"))
     assert (lim.requests_per_minute, lim.tokens_per_minute) == (1200.0, 450000.0)
-    lim.observe(said("600"))  # and lowered again
+    lim.observe(said("600"))  # and lowered again: at once
     assert lim.requests_per_minute == 600.0
     lim = Limiter(500, None)  # the job's --rpm bounds what is learnt
     lim.observe(said("300"))
     assert lim.requests_per_minute == 300.0
     lim.observe(said("5000"))
+    lim.observe(said("5000"))
     assert lim.requests_per_minute == 500.0
 
 
-def test_a_gateways_limit_reloaded_for_every_model_keeps_one_pace() -> None:
+def test_answers_that_say_different_limits_in_turn_keep_the_lower() -> None:
+    """Servers behind one address, each saying its own limit: following each answer's made a
+    new bucket, with a burst of its own, at every answer (510 429s for 200 rows from a server
+    whose answers said 600 and 590 in turn, where keeping the lower drew 27)."""
+    lim = Limiter(None, None)
+    lim.observe(said("600"))
+    lim.observe(said("590"))
+    bucket = lim._requests
+    for _ in range(20):
+        lim.observe(said("600"))
+        lim.observe(said("590"))
+    assert lim.requests_per_minute == 590.0
+    assert lim._requests is bucket  # the same bucket, no burst of a new one at each answer
+
+
+def test_a_gateways_limit_reloaded_for_every_model_keeps_one_pace(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """One limit for the key, raised while a job of several models runs: the first model to
     report the new limit differed from the others' old reports, and split the job into a
     limiter for each model, each at the key's whole limit once its answers said so."""
+    monkeypatch.setattr(limiter, "RAISE_AFTER_S", 0.0)
     run = models_run()
 
     def item(model: str) -> _Work:
@@ -70,7 +93,8 @@ def test_a_gateways_limit_reloaded_for_every_model_keeps_one_pace() -> None:
     assert run.split is not None
     assert run.split["a"].requests_per_minute == 1200.0
     assert run.split["c"].requests_per_minute == 300.0
-    run._observe(item("c"), said("3000"))  # and each model's limiter follows its own
+    for _ in range(2):  # and each model's limiter follows its own
+        run._observe(item("c"), said("3000"))
     assert run.split["c"].requests_per_minute == 3000.0
 
 
@@ -79,7 +103,8 @@ async def test_a_limit_raised_mid_run_is_followed(tmp_path: Path) -> None:
     """A server that allows 60 requests a minute (from a bucket of a second's worth) for its
     first 4 answers, then 6,000 (the key's tier raised), saying so in OpenAI's headers: the
     job, which set no limit, learnt 60 and kept it to the end, one request a second where a
-    hundred were allowed. It follows the raise now."""
+    hundred were allowed. It follows the raise now, once the answers have said it for
+    RAISE_AFTER_S (5 s)."""
     answered: list[float] = []
     state = {"limit": 60.0, "level": 1.0, "t": time.monotonic()}
 
@@ -101,11 +126,11 @@ async def test_a_limit_raised_mid_run_is_followed(tmp_path: Path) -> None:
             state["limit"] = 6000.0
         return web.json_response(completion(body), headers=headers)
 
-    rows = 30
+    rows = 50
     summary, counted = await run_against(tmp_path, raised, rows, concurrency=4)
     assert (summary.ok, summary.failed) == (rows, 0)
     assert counted.too_many <= 6, counted.too_many  # the first burst's, before any limit known
-    # At the old limit, a request a second: 26 rows in 26 s.
+    # At the old limit, a request a second: 45 rows in 45 s; some 6 s now.
     pace = (len(answered) - 5) / (answered[-1] - answered[4])
     assert pace > 3.0, pace
 
