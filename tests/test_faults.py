@@ -935,8 +935,12 @@ async def test_a_row_a_gateway_always_turns_away_fails_at_concurrency_1(tmp_path
         sent = srv.requests
     assert s.exit_code == 3 and not s.stopped, s.stopped
     assert (s.ok, s.failed, s.pending) == (4, 1, 0)
-    assert sent == 4 + 3  # row 1's max_attempts, each after another row's answer but the first
-    assert results(tmp_path).loc["r0001", "error_type"] == "http_503"
+    # Row 1's max_attempts, each after another row's answer but the first: a try counts when a
+    # request sent since the row's previous one was answered, so under load one that came back
+    # before the row beside it was answered is not counted (as in the gateway tests above).
+    assert 4 + 3 <= sent <= 4 + 3 + 2
+    row = results(tmp_path).loc["r0001"]
+    assert row["error_type"] == "http_503" and row["attempts"] == sent - 4
 
 
 @pytest.mark.anyio
