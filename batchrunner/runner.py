@@ -735,8 +735,8 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
             if to_send:
                 raise UsageError(
                     f"{said}; pass --force to send the {count_rows(to_send)} left to send "
-                    "with the new ones (the rows done keep their answers), or use another "
-                    "--output directory to answer every row with them")
+                    "with the new ones (the rows it does not send keep their answers), or use "
+                    "another --output directory to answer every row with them")
             raise UsageError(
                 f"{said}, and every row is done: to answer rows again with the new ones, pass "
                 "--force with --rerun-where (\"True\" picks every row), or use another "

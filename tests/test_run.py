@@ -293,7 +293,8 @@ async def test_a_job_that_never_got_an_answer_takes_new_settings_without_force(
         make_csv(inp, 32)  # two more rows: a run would send them
         with pytest.raises(Exception) as e:
             await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=20), retry)
-        assert "pass --force to send the 2 rows left to send with the new ones" in str(e.value)
+        assert "pass --force to send the 2 rows left to send with the new ones (the rows it " \
+            "does not send keep their answers)" in str(e.value)
 
 
 @pytest.mark.anyio
