@@ -245,12 +245,21 @@ def _error_of(event: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _thought_apart(text: str | None, reasoning: str | None) -> tuple[str | None, str | None]:
-    """A stream's content and reasoning, with reasoning a gateway put inside the content
-    (``nebula_thinking_to_content``), in ``<think>`` tags before the answer, taken out of it:
-    the answer is the content (empty when the answer was cut inside its thinking)."""
-    if reasoning or not text or not text.lstrip().startswith("<think>"):
+    """A reply's content and reasoning, with reasoning put inside the content before the answer
+    taken out of it: in ``<think>`` tags (a gateway's ``nebula_thinking_to_content``, a
+    reasoning model served by vLLM or SGLang without a reasoning parser), or ended by
+    ``</think>`` alone (DeepSeek-R1's and Qwen3 -Thinking models' chat templates put the
+    opening tag in the prompt). The answer is the content (empty when it was cut inside its
+    thinking)."""
+    if reasoning or not text:
         return text, reasoning
-    thought, _, answer = text.lstrip()[7:].partition("</think>")
+    head = text.lstrip()
+    if head.startswith("<think>"):
+        thought, _, answer = head[7:].partition("</think>")
+    elif (end := text.find("</think>")) >= 0 and "<think>" not in text[:end]:
+        thought, answer = text[:end], text[end + 8:]
+    else:
+        return text, reasoning
     return answer.lstrip(), thought.strip() or None
 
 
@@ -1388,6 +1397,8 @@ class ChatClient:
         if type(content) is list:  # Mistral's Magistral: text and thinking parts
             content, thinking = _content_parts(content)
             thought = thought or thinking
+        elif not thought and type(content) is str and "think>" in content:
+            content, thought = _thought_apart(content, None)  # no reasoning parser (vLLM's)
         calls = message.get("tool_calls")
         if content == "" and calls:
             content = None  # a reply that only calls tools, as a stream's (and OpenAI's) is
@@ -1608,6 +1619,8 @@ def _all_choices(choices: list[Any]) -> str:
             content = m.get("content")
             if type(content) is list:
                 content = _content_parts(content)[0]
+            elif type(content) is str and not (m.get("reasoning_content") or m.get("reasoning")):
+                content = _thought_apart(content, None)[0]
             calls = m.get("tool_calls")
             out.append(_choice_entry(c.get("index"), None if content == "" and calls else
                                      content, c.get("finish_reason"), calls))

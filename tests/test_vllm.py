@@ -1,0 +1,99 @@
+"""A nightly job against a self-hosted vLLM (or SGLang, llama.cpp's server, Ollama): replies,
+errors and settings as such a server gives them, each test run as a job against a server
+written here (``FaultServer``, on 127.0.0.1 at a random port)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.test_faults import FaultServer, job_for, make_csv, results, run, sse
+from tests.test_secrets import leaks_in_files
+
+KEY = "sk-test-vllm-SECRET-a81c3e"  # the needle test_secrets.leaks_in_files looks for
+
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
+
+MODEL = "Qwen/Qwen3-8B"  # served under its Hugging Face path, as vLLM serves by default
+ANSWER = '{"label": "billing"}'
+SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}},
+          "required": ["label"]}
+
+
+def vllm_reply(body: dict[str, Any], content: str, finish: str = "stop") -> dict[str, Any]:
+    """A non-stream completion as vLLM sends it: its own fields beside OpenAI's, the model
+    under the name it serves, ``reasoning_content`` null (no reasoning parser) and
+    ``prompt_tokens_details`` null."""
+    return {"id": "chatcmpl-5f0e", "object": "chat.completion", "created": 1764614400,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content,
+                                                 "refusal": None, "annotations": None,
+                                                 "audio": None, "function_call": None,
+                                                 "tool_calls": [], "reasoning_content": None},
+                         "logprobs": None, "finish_reason": finish, "stop_reason": None}],
+            "service_tier": None, "system_fingerprint": None,
+            "usage": {"prompt_tokens": 17, "total_tokens": 57, "completion_tokens": 40,
+                      "prompt_tokens_details": None},
+            "prompt_logprobs": None, "kv_transfer_params": None}
+
+
+def vllm_stream(body: dict[str, Any], pieces: list[str]) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"id": "chatcmpl-5f0e", "object": "chat.completion.chunk",
+                "created": 1764614400, "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                             "finish_reason": finish}]}
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": p}) for p in pieces]
+    events.append(chunk({"content": ""}, "stop"))
+    usage = {"id": "chatcmpl-5f0e", "object": "chat.completion.chunk", "created": 1764614400,
+             "model": body["model"], "choices": [],
+             "usage": {"prompt_tokens": 17, "total_tokens": 57, "completion_tokens": 40}}
+    return b"".join(sse(e) for e in [*events, usage]) + b"data: [DONE]\n\n"
+
+
+# A reasoning model served without --reasoning-parser: its thinking comes inside the content.
+# Qwen3 writes both tags; DeepSeek-R1's distills (and Qwen3's -Thinking models) have the
+# opening tag put in the prompt by their chat template, so the content has only the closing one.
+THOUGHT = "The ticket is about a charge.\nSo: billing."
+IN_TAGS = f"<think>\n{THOUGHT}\n</think>\n\n{ANSWER}"
+OPENED_BY_TEMPLATE = f"{THOUGHT}\n</think>\n\n{ANSWER}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("content", [IN_TAGS, OPENED_BY_TEMPLATE], ids=["tags", "template"])
+async def test_thinking_in_the_content_is_kept_apart_from_the_answer(
+        tmp_path: Path, stream: bool, content: str) -> None:
+    """A reasoning model (Qwen3, DeepSeek-R1-Distill) served by vLLM without a reasoning
+    parser answers with its thinking before the answer, in the content. A non-stream reply
+    kept it there: the content began with the thinking, and the schema's check of it failed
+    every row (paid for) as invalid_json; a thinking whose opening tag the chat template had
+    put in the prompt was not taken out of a stream either. The thinking is now the row's
+    reasoning_content and the answer its content, checked and spread into json_ columns."""
+    inp = make_csv(tmp_path / "in.csv", ["refund please", "charged twice"])
+    (tmp_path / "label.schema.json").write_text(json.dumps(SCHEMA))
+
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        if stream:
+            cut = len(content) // 3  # the tags split across chunks, as tokens come
+            data = vllm_stream(body, [content[:cut], content[cut:2 * cut], content[2 * cut:]])
+            return web.Response(body=data, content_type="text/event-stream")
+        return web.json_response(vllm_reply(body, content))
+
+    async with FaultServer(answer) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model=MODEL,
+                              schema_file=str(tmp_path / "label.schema.json"),
+                              stream=stream or None))
+    df = results(tmp_path)
+    assert s.exit_code == 0, df["error_message"].tolist()
+    assert list(df["content"]) == [ANSWER] * 2
+    assert list(df["reasoning_content"]) == [THOUGHT] * 2
+    assert list(df["json_label"]) == ["billing"] * 2
+    assert list(df["model"]) == [MODEL] * 2
+    assert not leaks_in_files(tmp_path / "out")
