@@ -442,10 +442,13 @@ def _toml_key(name: object) -> str:
 
 
 def _library_price(model: str) -> tuple[ModelPrice, str] | None:
-    """Ask ``genai-prices`` for ``model``; try the gateway spellings it does not match itself."""
+    """Ask ``genai-prices`` for ``model``; try the gateway spellings it does not match itself.
+    A distilled model (DeepSeek-R1-Distill-Qwen-7B) takes only a distill's price, never that of
+    the model it was distilled from (the library matches it to deepseek-reasoner)."""
+    distilled = "distill" in model.lower()
     for ref, provider_id in _candidates(model):
         found = _library_lookup(ref, provider_id)
-        if found is not None:
+        if found is not None and (not distilled or "distill" in found[1].lower()):
             return found
     return None
 

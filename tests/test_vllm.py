@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner.config import load_job
 from tests.test_faults import FaultServer, job_for, make_csv, results, run, sse
 from tests.test_secrets import leaks_in_files
 
@@ -97,3 +99,40 @@ async def test_thinking_in_the_content_is_kept_apart_from_the_answer(
     assert list(df["json_label"]) == ["billing"] * 2
     assert list(df["model"]) == [MODEL] * 2
     assert not leaks_in_files(tmp_path / "out")
+
+
+DISTILL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("model", [DISTILL, "DeepSeek-R1-Distill-Llama-8B"])
+async def test_a_distilled_model_is_not_priced_as_the_api_model_it_was_distilled_from(
+        tmp_path: Path, model: str) -> None:
+    """A DeepSeek-R1 distill (a 7B Qwen or an 8B Llama) served on the user's own GPU, under its
+    Hugging Face path or a name of its own, was priced as DeepSeek's API model
+    deepseek-reasoner (the 671B R1): the report claimed a cost of $0.55 / $2.19 per 1M tokens
+    for a box that bills none, and a budget stopped the job on it. Its price is now unknown (the
+    report says to set it), and a job that prices it at 0 has a cost of 0."""
+    inp = make_csv(tmp_path / "in.csv", ["refund please", "charged twice"])
+
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response(vllm_reply(body, ANSWER))
+
+    async with FaultServer(answer) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model=model))
+        assert s.exit_code == 0
+        df = results(tmp_path)
+        assert df["cost_usd"].isna().all()
+        md = (tmp_path / "out" / "cost_report.md").read_text()
+        assert "deepseek-reasoner" not in md and f'[prices."{model}"]' in md
+
+        job_file = tmp_path / "priced.toml"
+        job_file.write_text(f'[prices."{model}"]\ninput = 0\noutput = 0\n')
+        job = load_job(job_file, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                                  "model": model, "base_url": srv.base_url,
+                                  "output": str(tmp_path / "priced")})
+        s = await run(job)
+    assert s.exit_code == 0
+    priced = pd.read_parquet(tmp_path / "priced" / "results.parquet")
+    assert list(priced["cost_usd"]) == [0.0, 0.0]
