@@ -624,6 +624,11 @@ class StreamAssembler:
             for i, p in parts]).decode()
 
 
+# A 404 for a model the server does not serve names this many of those it does, and waits
+# this long for its list.
+_SERVED_SHOWN = 5
+_SERVED_WAIT_S = 10.0
+
 # The shortest part of a long secret taken out of a library's message (its first characters,
 # "sk-proj-", say, are no secret).
 _FRAGMENT = 8
@@ -748,6 +753,8 @@ class ChatClient:
         # The models (as asked for) whose streams came with a finish_reason: a [DONE] without
         # one is then a cut (a gateway closing a broken upstream so), not a server's way.
         self._finishing: set[str | None] = set()
+        # The models the endpoint lists, asked for on the first 404 that names the model.
+        self._served: asyncio.Future[list[str] | None] | None = None
 
     async def __aenter__(self) -> ChatClient:
         self._watchdog = asyncio.get_running_loop().call_later(self._watch_every, self._watch)
@@ -769,6 +776,8 @@ class ChatClient:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._served is not None:
+            self._served.cancel()  # a list still being asked for when the run stopped
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -1003,6 +1012,19 @@ class ChatClient:
                                   "(tokens and cost then unknown), set stream_options = { "
                                   "include_usage = false } in [request.extra]")
                 error.args = (error.message,)
+            elif status == 404 and type(model := body.get("model")) is str and model and (
+                    model in error.message):
+                # A model name the server does not serve (vLLM serves its --served-model-name,
+                # else the Hugging Face path it loaded): the names it does serve, asked once.
+                served = await self._served_models()
+                if served and model not in served:
+                    # Redacted before it is cut, on one line, as the server's own words are.
+                    shown = " ".join(self.redact(", ".join(served[:_SERVED_SHOWN])).split())[
+                        :_MAX_MESSAGE] + (f" and {len(served) - _SERVED_SHOWN} more"
+                                          if len(served) > _SERVED_SHOWN else "")
+                    error.message += (f" — the endpoint serves {shown}: set the job's model to "
+                                      "one of them")
+                    error.args = (error.message,)
             raise error
         hdrs = _ratelimit_headers(headers)
         if stream is None and raw.removeprefix(_BOM).lstrip()[:5] == b"data:":
@@ -1095,6 +1117,29 @@ class ChatClient:
             refusal="".join(first.refusal) or None,
             web_searches=searches, sources_used=sources,
         )
+
+    async def _served_models(self) -> list[str] | None:
+        """The models the endpoint lists (``GET /models``), asked once a run however many
+        requests want them; None when it lists none or cannot be asked."""
+        if self._served is None:
+            self._served = asyncio.ensure_future(self._list_models())
+        return await asyncio.shield(self._served)
+
+    async def _list_models(self) -> list[str] | None:
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(min(_SERVED_WAIT_S, self.timeout_s)):
+                async with self._session.get(
+                        self.url.removesuffix("/chat/completions") + "/models") as resp:
+                    if resp.status != 200:
+                        return None
+                    listed = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return None
+        data = listed.get("data") if type(listed) is dict else None
+        if type(data) is not list:
+            return None
+        return [m["id"] for m in data if type(m) is dict and type(m.get("id")) is str] or None
 
     def _aborted(self, why: str, request_id: str | None, usage: Usage | None
                  ) -> BadResponseError:

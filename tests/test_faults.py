@@ -163,6 +163,9 @@ class FaultServer:
         await self._runner.cleanup()
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method != "POST":  # a chat endpoint only: no model list (GET /models)
+            return web.json_response(error_body("Not found", "invalid_request_error", None),
+                                     status=404)
         self.requests += 1
         body = json.loads(await request.read())
         text = str([m for m in body["messages"] if m["role"] == "user"][-1]["content"])

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from batchrunner.config import load_job
+from tests.servers import serve_on_loopback
 from tests.test_faults import FaultServer, job_for, make_csv, results, run, sse
 from tests.test_secrets import leaks_in_files
 
@@ -136,3 +137,44 @@ async def test_a_distilled_model_is_not_priced_as_the_api_model_it_was_distilled
     assert s.exit_code == 0
     priced = pd.read_parquet(tmp_path / "priced" / "results.parquet")
     assert list(priced["cost_usd"]) == [0.0, 0.0]
+
+
+def vllm_error(status: int, message: str, kind: str) -> web.Response:
+    """An error as vLLM (and SGLang) send it: at the top level, its code the HTTP status."""
+    return web.json_response({"object": "error", "message": message, "type": kind,
+                              "param": None, "code": status}, status=status)
+
+
+@pytest.mark.anyio
+async def test_a_model_name_the_server_does_not_serve_names_the_ones_it_does(
+        tmp_path: Path) -> None:
+    """vLLM serves its model under --served-model-name, else the Hugging Face path it loaded:
+    a job asking for another name (qwen3 for Qwen/Qwen3-8B) was told "The model `qwen3` does
+    not exist." by every row and stopped saying only that, the name to set left to be found.
+    The stop now says what the endpoint serves (asked once, from its /v1/models)."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(60)])
+    asked = {"chat": 0, "models": 0}
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/v1/models":
+            asked["models"] += 1
+            return web.json_response({"object": "list", "data": [
+                {"id": MODEL, "object": "model", "owned_by": "vllm", "root": MODEL,
+                 "max_model_len": 8192}]})
+        asked["chat"] += 1
+        body = json.loads(await request.read())
+        if body["model"] != MODEL:
+            return vllm_error(404, f"The model `{body['model']}` does not exist.",
+                              "NotFoundError")
+        return web.json_response(vllm_reply(body, ANSWER))
+
+    runner, port = await serve_on_loopback(handle)
+    try:
+        s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model="qwen3"))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.ok == 0
+    assert s.stopped is not None and "The model `qwen3` does not exist." in s.stopped
+    assert f"the endpoint serves {MODEL}" in s.stopped
+    assert asked["models"] == 1
+    assert not leaks_in_files(tmp_path / "out")
