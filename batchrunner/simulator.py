@@ -28,7 +28,8 @@ Statistics (``GET /v1/simulator/stats``, ``Simulator.stats()``, ``SimulatorThrea
     whole reply; faulty 200s are not counted), ``rate_limited`` (429s by type: ``requests``,
     ``tokens``, ``insufficient_quota``) and ``rate_limited_total``, ``prompt_tokens``,
     ``completion_tokens``, ``cached_tokens``, ``reasoning_tokens`` (summed over completions),
-    ``faults`` (by kind), ``connections_reset``, ``hangs``, ``completions_per_second`` (overall),
+    ``faults`` (by kind), ``connections_reset``, ``hangs``, ``queued`` and ``running_peak``
+    (with ``max_running``), ``completions_per_second`` (overall),
     and ``per_second``: ``{"first_second": s, "completions": [...], "rate_limited": [...]}``,
     counts for each second since the start (the last ``stats_seconds`` of them). With
     ``per_prompt`` also ``requests_by_prompt`` (every parsed request) and
@@ -88,6 +89,12 @@ Rate limits (per API key, like OpenAI's)
     key with ``quota_exhausted``) get 429 ``insufficient_quota``. A model in ``model_rpm`` has
     buckets of its own, its requests limited to its rate (as OpenAI limits each model), its
     tokens to ``tpm``.
+
+A server of one's own (``max_running``)
+    A GPU server answers one batch of requests at a time (vLLM's ``--max-num-seqs``) and
+    queues the rest: with ``max_running = N`` at most N requests are answered at once, each
+    after its latency, and the others wait their turn, the wait counted in their latency (a
+    request whose client went away leaves the queue, as vLLM aborts it).
 
 Faults
     Random faults: ``faults = {"503": 0.01, "reset": 0.001, ...}``, each a fraction of requests,
@@ -451,6 +458,10 @@ class SimulatorConfig:
     """Uniform random extra latency, 0..jitter_ms."""
     ms_per_token: float = 0.0
     """Time per streamed token."""
+    max_running: int | None = None
+    """At most this many requests are answered at once, as a GPU server runs one batch of
+    them (vLLM's ``--max-num-seqs``); the others wait their turn, the wait counted in their
+    latency. None: no bound."""
     slow_ms: float = DEFAULT_SLOW_MS
     """Extra latency of the ``slow`` fault."""
     hang_s: float = DEFAULT_HANG_S
@@ -485,7 +496,7 @@ class SimulatorConfig:
             object.__setattr__(self, "models", models)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise _bad("api_key", "a non-empty string", self.api_key)
-        for name in ("rpm", "tpm", "default_max_tokens", "reply_tokens"):
+        for name in ("rpm", "tpm", "default_max_tokens", "reply_tokens", "max_running"):
             value = getattr(self, name)
             if value is not None and (not _is_int(value) or value < 1):
                 raise _bad(name, "a positive integer", value)
@@ -634,6 +645,9 @@ class _Stats:
         self.faults: dict[str, int] = {}
         self.connections_reset = 0
         self.hangs = 0
+        self.queued = 0  # requests that waited for one of the max_running places
+        self.running = 0
+        self.running_peak = 0
         self.requests_by_prompt: dict[str, int] = {}
         self.completions_by_prompt: dict[str, int] = {}
         self.hist_base = 0
@@ -684,6 +698,8 @@ class _Stats:
             "faults": dict(self.faults),
             "connections_reset": self.connections_reset,
             "hangs": self.hangs,
+            "queued": self.queued,
+            "running_peak": self.running_peak,
             "completions_per_second": self.completions / uptime,
             "per_second": {
                 "first_second": self.hist_base,
@@ -1077,6 +1093,8 @@ class _Server:
         self.base_latency = config.latency_ms / 1000.0
         self.jitter = config.jitter_ms / 1000.0
         self.token_delay = config.ms_per_token / 1000.0
+        self.places = (asyncio.Semaphore(config.max_running)
+                       if config.max_running is not None else None)
         self.routes: dict[
             tuple[str, str], Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
         ] = {}
@@ -1512,6 +1530,24 @@ class _Server:
             shape, failure = failure, None
         if req.forced_tool is not None and shape not in ("bad_arguments", "no_call"):
             shape = "tool_calls"  # a forced call is made, whatever else the prompt asks
+        if self.places is None:
+            return await self.answer(request, req, headers, pk, failure, slow, shape)
+        if self.places.locked():
+            stats.queued += 1
+        async with self.places:  # a place in the batch, or a wait in the queue for one
+            stats.running += 1
+            stats.running_peak = max(stats.running_peak, stats.running)
+            try:
+                return await self.answer(request, req, headers, pk, failure, slow, shape)
+            finally:
+                stats.running -= 1
+
+    async def answer(self, request: web.BaseRequest, req: _Request, headers: dict[str, str],
+                     pk: str, failure: str | None, slow: bool, shape: str | None
+                     ) -> web.StreamResponse:
+        """The answer to an admitted request, after its latency: a fault, or its reply."""
+        config = self.config
+        stats = self.stats
         delay = self.base_latency
         if self.jitter:
             delay += self.rng.random() * self.jitter
@@ -2279,6 +2315,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="up to this many milliseconds more, drawn uniformly (default: 0)")
     add("--ms-per-token", dest="ms_per_token", type=float, metavar="MS",
         help="milliseconds between a stream's tokens (default: 0)")
+    add("--max-running", dest="max_running", type=int, metavar="N",
+        help="answer at most N requests at once, the others queued, as a GPU server's batch "
+        "(vLLM's --max-num-seqs; default: no bound)")
     add(
         "--slow-ms",
         dest="slow_ms",

@@ -4,6 +4,7 @@ written here (``FaultServer``, on 127.0.0.1 at a random port)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 from aiohttp import web
 
 from batchrunner.config import load_job
+from batchrunner.errors import ConfigError
+from batchrunner.simulator import Simulator, SimulatorConfig, add_arguments, config_from_args
 from tests.servers import serve_on_loopback
 from tests.test_faults import FaultServer, job_for, make_csv, results, run, sse
 from tests.test_secrets import leaks_in_files
@@ -178,3 +181,23 @@ async def test_a_model_name_the_server_does_not_serve_names_the_ones_it_does(
     assert f"the endpoint serves {MODEL}" in s.stopped
     assert asked["models"] == 1
     assert not leaks_in_files(tmp_path / "out")
+
+
+@pytest.mark.anyio
+async def test_the_simulator_answers_one_batch_at_a_time_as_a_gpu_server_does(
+        tmp_path: Path) -> None:
+    """A server of one's own answers at most one batch of requests at once (vLLM's
+    --max-num-seqs) and queues the rest, the wait counted in their latency and so in
+    timeout_s: ``max_running`` (``batchrunner simulate --max-running``) rehearses it. The
+    simulator answered every request at once, however many."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--max-running", "32"])).max_running == 32
+    with pytest.raises(ConfigError, match="max_running"):
+        SimulatorConfig(max_running=0)
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(30)])
+    async with Simulator(SimulatorConfig(max_running=3, latency_ms=20)) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp, model=MODEL, concurrency=10))
+        stats = sim.stats()
+    assert s.exit_code == 0 and s.ok == 30
+    assert stats["running_peak"] == 3 and stats["queued"] > 0
