@@ -256,7 +256,10 @@ def _thought_apart(text: str | None, reasoning: str | None) -> tuple[str | None,
     head = text.lstrip()
     if head.startswith("<think>"):
         thought, _, answer = head[7:].partition("</think>")
-    elif (end := text.find("</think>")) >= 0 and "<think>" not in text[:end]:
+    elif ((end := text.find("</think>")) >= 0 and "<think>" not in text[:end]
+          and text.startswith(("\n", "\r"), end + 8)):
+        # the template's form ends the thinking on a line of its own: a "</think>" within a
+        # sentence (an answer about such models) is the answer's
         thought, answer = text[:end], text[end + 8:]
     else:
         return text, reasoning

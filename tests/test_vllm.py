@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner.client import _thought_apart
 from batchrunner.config import load_job
 from batchrunner.errors import ConfigError
 from batchrunner.simulator import Simulator, SimulatorConfig, add_arguments, config_from_args
@@ -103,6 +104,15 @@ async def test_thinking_in_the_content_is_kept_apart_from_the_answer(
     assert list(df["json_label"]) == ["billing"] * 2
     assert list(df["model"]) == [MODEL] * 2
     assert not leaks_in_files(tmp_path / "out")
+
+
+def test_a_closing_think_tag_within_a_sentence_is_the_answers() -> None:
+    """Only a "</think>" that ends the thinking on a line of its own, as the chat template's
+    form does, parts it from the answer: an answer that mentions the tag keeps all its words."""
+    prose = "R1 ends its thinking with </think> and then answers."
+    assert _thought_apart(prose, None) == (prose, None)
+    assert _thought_apart(f"{THOUGHT}\n</think>\n\n{ANSWER}", None) == (ANSWER, THOUGHT)
+    assert _thought_apart(f"{THOUGHT}</think>\r\n{ANSWER}", None) == (ANSWER, THOUGHT)
 
 
 DISTILL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
