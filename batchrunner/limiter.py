@@ -11,6 +11,10 @@
   zero pause new sends for a moment.
 * ``pause(seconds)`` after a 429: new sends wait until then (plus a little jitter), and are then
   let out at the limiter's rate, not all at once.
+* ``sample(now, sent, refused)`` a few times a second, the run's counts of requests sent and
+  answered 429: while no request rate is known, a storm of 429s (a limit no header reports)
+  sets a pace a little under the rate requests were accepted at, raised slowly while no 429
+  comes (``guessed``).
 
 The runner paces a job with one; a job whose models report limits of their own (OpenAI's are
 per model) with one more for each model (``reported_limits`` tells them apart).
@@ -27,6 +31,7 @@ import math
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -47,6 +52,29 @@ MAX_RESET_WAIT_S = 60.0
 # raise was followed at all (a new rate is a new bucket, with a burst of its own: following
 # each answer's drew 510 429s for 200 rows from a server whose answers said 600 and 590 in turn).
 RAISE_AFTER_S = 5.0
+# A pace learnt from 429s, when no request rate is known (``Limiter.sample``). The rate requests
+# were accepted at is measured over the last STORM_WINDOW_S, and over PACE_MIN_SPAN_S at least:
+# a second or more holds a burst and the pause that follows it (measured over the half second
+# of the burst alone, a 600-a-minute limit looked like 1,200), several seconds average out
+# the bursts and pauses that come after.
+STORM_WINDOW_S = 5.0
+PACE_MIN_SPAN_S = 1.0
+# A storm: over the window, at least STORM_SHARE of the requests sent were answered 429, and
+# STORM_COUNT at least. A server's random 429s are a few percent of its answers (2 % in the
+# benchmark's faults), where a limit overrun refuses most of each burst (64 requests sent at
+# a limit of 10 a second: 54); and a handful (one 429 and its twins in flight) makes no pace.
+STORM_SHARE = 0.2
+STORM_COUNT = 10
+# The pace is set this far under the rate measured, and raised by PACE_RAISE at each sample
+# (every 0.5 s: some 2 % a second) while no 429 has come for a window and requests go out at
+# the pace (PACE_BINDS of it at least: it holds them back): a passing overload does not slow
+# the rest of the night. A 429 at a pace so raised takes it back by PACE_BACK (about a
+# window's raises), not below the storm's: kept just over the limit, every pause ended in a
+# burst that drew one more 429.
+PACE_UNDER = 0.9
+PACE_RAISE = 1.01
+PACE_BINDS = 0.8
+PACE_BACK = 1.1
 # What a pause the rate-limit headers ask for is said to be (the progress line shows it).
 _NONE_LEFT = "an x-ratelimit-remaining-* header of 0"
 
@@ -199,6 +227,12 @@ class Limiter:
         self.paused_by = "a 429's retry-after"  # what asked for the pause (see ``pause``)
         self._unpaused: anyio.Event | None = None  # set when a pause is lifted (lift_pause)
         self._rng = random.Random()
+        # A request pace learnt from 429s (``sample``): its bucket, and the samples measured.
+        self.guessed = False
+        self._guess: TokenBucket | None = None
+        self._samples: deque[tuple[float, int, int]] = deque()
+        self._storm_pace = 0.0  # the pace the latest storm set
+        self._refused = 0  # 429s counted at the latest sample
         self._configured = (requests_per_minute, tokens_per_minute)
         # Without ``burst``, the rates' first second's worth is taken as spent: a limiter made
         # for requests already going out at the server's pace (the runner's ``_split``), whose
@@ -217,6 +251,7 @@ class Limiter:
         # which sets no rate and learns none need not pay.
         from aiolimiter import AsyncLimiter
 
+        self.guessed, self._guess = False, None  # a rate said wins over one learnt from 429s
         self.requests_per_minute = per_minute
         per_s = per_minute * self.headroom / 60.0
         burst = max(1.0, per_s)
@@ -240,7 +275,7 @@ class Limiter:
     @property
     def paces(self) -> bool:
         """Whether ``acquire`` may wait for a rate's permit (a rate is set or learnt)."""
-        return self._requests is not None or self._tokens is not None
+        return self._requests is not None or self._tokens is not None or self._guess is not None
 
     @property
     def requests_per_second(self) -> float | None:
@@ -254,6 +289,7 @@ class Limiter:
         self.adaptive = False
         requests, tokens = self._configured
         self.requests_per_minute, self._requests = None, None
+        self.guessed, self._guess = False, None
         if requests:
             self._set_requests(requests)
         if tokens:
@@ -274,6 +310,8 @@ class Limiter:
                 self._spent = False
                 await self._requests.acquire(self._requests.max_rate)  # at once: it is full
             await self._requests.acquire()
+        elif self._guess is not None:
+            await self._guess.acquire(1)
         if self._tokens is not None:
             await self._tokens.acquire(tokens)
 
@@ -320,6 +358,8 @@ class Limiter:
             cap, current, set_rate = self._configured[1], self.tokens_per_minute, \
                 self._set_tokens
         rate = limit if not cap else min(limit, cap)
+        if kind == "requests" and self.guessed:
+            current = None  # a limit said replaces one learnt from 429s at once
         if current is not None and rate > current:
             said, since = self._raising.get(kind, (None, 0.0))
             now = time.monotonic()
@@ -357,3 +397,49 @@ class Limiter:
                 # the remaining count alone): until the reset, if it is said, else a second.
                 reset = reset_seconds(headers.get(reset_h))
                 self.pause(1.0 if reset is None else min(reset, MAX_RESET_WAIT_S), _NONE_LEFT)
+
+    def sample(self, now: float, sent: int, refused: int) -> None:
+        """The run's requests ``sent`` so far and those of them ``refused`` (answered 429), at
+        ``now``: while no request rate is known (none set, none reported), a storm of 429s
+        paces requests a little under the rate they were accepted at over the last few
+        seconds (or lower a pace so learnt), where each 429's pause ended with every request
+        waiting sent at once; the pace is raised slowly while no 429 comes. Counts taken a
+        few times a second, not a time for each answer: nothing on a request's way."""
+        if not self.adaptive or self._requests is not None:
+            return
+        samples = self._samples
+        samples.append((now, sent, refused))
+        while len(samples) > 2 and now - samples[1][0] >= STORM_WINDOW_S:
+            samples.popleft()
+        new_refusals, self._refused = refused - self._refused, refused  # since the last
+        then, sent_then, refused_then = samples[0]
+        span = now - then
+        if span < PACE_MIN_SPAN_S:
+            return
+        refusals = refused - refused_then
+        accepted = (sent - sent_then - refusals) / span * 60.0  # a minute
+        current = self.requests_per_minute if self.guessed else None
+        if refusals >= STORM_COUNT and refusals >= STORM_SHARE * (sent - sent_then):
+            if accepted >= 1.0 and (current is None or accepted * PACE_UNDER < current):
+                self._storm_pace = accepted * PACE_UNDER
+                self._set_guess(self._storm_pace)
+                # The next storm is one at this pace: measured from here on, not lowered
+                # again for the 429s that taught it.
+                samples.clear()
+                samples.append((now, sent, refused))
+        elif current is None:
+            return
+        elif new_refusals and current > self._storm_pace:
+            self._set_guess(max(self._storm_pace, current / PACE_BACK))
+        elif not refusals and span >= STORM_WINDOW_S and accepted >= current * PACE_BINDS:
+            self._set_guess(current * PACE_RAISE)
+
+    def _set_guess(self, per_minute: float) -> None:
+        self.requests_per_minute, self.guessed = per_minute, True
+        per_s = per_minute * self.headroom / 60.0
+        if self._guess is None:
+            # Empty: the server's bucket is too, and refills during the pause a 429 asked.
+            self._guess = TokenBucket(per_s, max(1.0, per_s))
+            self._guess.level = 0.0
+        else:
+            self._guess.set_rate(per_s, max(1.0, per_s))

@@ -39,6 +39,7 @@ class Counts:
     in_flight: int = 0  # requests sent and not answered yet
     paused_s: float = 0.0  # how much longer a 429's retry-after holds new requests
     paused_by: str = "a 429's retry-after"  # what asked for it (a gateway's 503, say)
+    learnt_rpm: float = 0.0  # a pace learnt from a storm of 429s (no limit said), a minute
     unreachable_s: float = 0.0  # how long no request could connect (none answered since)
     unreachable_by: str = ""  # a gateway's latest answer meanwhile ("HTTP 503: ..."), if any
     outage_s: float = 0.0  # how long the job waits out such answers before it stops
@@ -86,6 +87,9 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
         parts.append(f"429s={c.rate_limited:,}")
     if paused:
         parts.append(f"(new requests held {c.paused_s:.0f} s more by {c.paused_by})")
+    if c.learnt_rpm:  # a run slower than it could be says why
+        parts.append(f"(paced at {c.learnt_rpm:,.0f} requests a minute, learnt from a storm of "
+                     "429s: the server reports no limit)")
     if c.unreachable_s >= 1:  # a run that looks stuck is waiting for the endpoint
         if c.unreachable_by:  # its gateway answers for it: say what, not "no connection"
             limit = f"; the job stops after {_duration(c.outage_s)} of these" \
@@ -106,6 +110,8 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
         (2, "failed", c.failed), (5, "retrying", c.retrying), (3, "429s", c.rate_limited)) if n]
     if c.paused_s >= 1:  # a 429's pause: a run that looks stuck is waiting, and says so
         parts.append((3, f"paused={c.paused_s:.0f}s"))
+    if c.learnt_rpm:
+        parts.append((4, f"pace={c.learnt_rpm:,.0f}/min"))
     if c.unreachable_s >= 1:  # as it is while the endpoint cannot be reached
         status = c.unreachable_by.split(":", 1)[0].removeprefix("HTTP ")
         parts.append((3, f"unreachable={c.unreachable_s:.0f}s" + (f" ({status})" if status

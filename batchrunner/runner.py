@@ -2104,9 +2104,10 @@ class _Run:
 
     def _show_pause(self) -> None:
         """The pause that holds new requests longest, for the progress: the job's, or a
-        model's (named)."""
+        model's (named); and the pace learnt from 429s, if any."""
         counts, limiter = self.counts, self.limiter
         counts.paused_s, counts.paused_by = limiter.paused_s, limiter.paused_by
+        counts.learnt_rpm = (limiter.requests_per_minute or 0.0) if limiter.guessed else 0.0
         for model, limiter in (self.split or {}).items():
             if limiter.paused_s > counts.paused_s:
                 counts.paused_s = limiter.paused_s
@@ -2264,10 +2265,23 @@ class _Run:
                 "reported, so what that try cost is unknown; max_cost_usd counts such tries, "
                 "which the server may bill, at their estimated cost (the prompt and max_tokens)")
 
+    def _sample_pace(self) -> None:
+        """The counts of requests sent and answered 429 so far, for the job's limiter to learn
+        a pace from a storm of 429s when no rate is known (``Limiter.sample``); a model's own
+        limiter paces at the limits its answers report."""
+        if self.split is None:
+            counters = self.counters
+            self.limiter.sample(time.monotonic(), counters["sent"], counters["http_429"])
+
     async def tune_concurrency(self) -> None:
-        """Little's law: in flight = rate × latency; sized with headroom, within the cap."""
+        """Little's law: in flight = rate × latency; sized with headroom, within the cap (a
+        concurrency the job set is kept). And the pace learnt from 429s is sampled."""
+        self._sample_pace()
         while True:
             await anyio.sleep(TUNE_EVERY_S)
+            self._sample_pace()
+            if self.fixed_concurrency:
+                continue
             rate = self._requests_per_second()
             if rate is None:
                 target = min(self.max_concurrency, DEFAULT_CONCURRENCY)
@@ -2607,8 +2621,7 @@ async def _pipeline(run: _Run) -> None:
             async with anyio.create_task_group() as tg:
                 if run.options.handle_signals and _main_thread():
                     tg.start_soon(run.watch_signals, scope)
-                if not run.fixed_concurrency:
-                    tg.start_soon(run.tune_concurrency)
+                tg.start_soon(run.tune_concurrency)
                 tg.start_soon(run.flush_journal)
                 async with anyio.create_task_group() as tasks:
                     run.tasks = tasks

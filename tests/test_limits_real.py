@@ -5,6 +5,9 @@ never the run's wall time."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from aiohttp import web
 from batchrunner import limiter
 from batchrunner.config import load_job
 from batchrunner.limiter import Limiter
+from batchrunner.progress import Counts, _postfix
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, _Work, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
@@ -133,6 +137,115 @@ async def test_a_limit_raised_mid_run_is_followed(tmp_path: Path) -> None:
     # At the old limit, a request a second: 45 rows in 45 s; some 6 s now.
     pace = (len(answered) - 5) / (answered[-1] - answered[4])
     assert pace > 3.0, pace
+
+
+# ----------------------------------------------------------------------------------------------
+# A limit no header reports: its 429s alone say it
+
+
+def learnt_paces(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The paces limiters learn from 429s in a run, in turn."""
+    paces: list[float] = []
+    learn = Limiter._set_guess
+
+    def recorded(self: Limiter, per_minute: float) -> None:
+        paces.append(per_minute)
+        learn(self, per_minute)
+
+    monkeypatch.setattr(Limiter, "_set_guess", recorded)
+    return paces
+
+
+@pytest.mark.anyio
+async def test_a_storm_behind_a_limit_no_header_reports_teaches_a_pace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway allowing 600 requests a minute (from a bucket of a second's worth) in front of
+    a server, saying so only with 429s and their retry-after (many one-api gateways, a proxy in
+    front of vLLM). With no rate known, every pause ended with every request waiting sent at
+    once: 1,030 429s for 300 rows (78 % of the requests). The storm now sets a pace a little
+    under the rate answers were accepted at: some 25 429s (8 %)."""
+    paces = learnt_paces(monkeypatch)
+    per_s = 10.0
+    bucket = {"level": per_s, "t": time.monotonic()}
+
+    async def hidden(counted: Counted, body: dict[str, Any]) -> web.Response:
+        now = time.monotonic()
+        bucket["level"] = min(per_s, bucket["level"] + (now - bucket["t"]) * per_s)
+        bucket["t"] = now
+        if bucket["level"] < 1.0:
+            wait = math.ceil((1.0 - bucket["level"]) / per_s)
+            return web.json_response({"error": {"message": "Rate limit exceeded",
+                                                "type": "rate_limit_error"}},
+                                     status=429, headers={"retry-after": str(wait)})
+        bucket["level"] -= 1.0
+        await asyncio.sleep(0.2)
+        return web.json_response(completion(body))
+
+    rows = 300
+    summary, counted = await run_against(tmp_path, hidden, rows)
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert counted.too_many <= 0.15 * counted.requests, (counted.too_many, counted.requests)
+    assert paces and min(paces) <= 600.0, paces  # learnt, and at the limit or under it
+    # The progress names it.
+    assert "paced at 540 requests a minute, learnt from a storm of 429s" in _postfix(
+        Counts(learnt_rpm=540.0))
+    assert "pace=540/min" in _postfix(Counts(learnt_rpm=540.0), compact=True)
+
+
+def test_a_pace_learnt_from_429s_is_raised_slowly_and_gives_way_to_a_rate_said() -> None:
+    """Samples of a run's counts, as the runner takes them every half second: a storm (30 of 40
+    requests 429'd over a second) paces at 0.9 × the 10 a second accepted; quiet windows raise
+    it; a 429 takes it back a step, not below the storm's; a limit a header says replaces it at
+    once, and a job's own rate is never replaced."""
+    lim = Limiter(None, None)
+    lim.sample(0.0, 0, 0)
+    lim.sample(0.5, 20, 15)
+    assert not lim.guessed and not lim.paces
+    lim.sample(1.0, 40, 30)
+    assert lim.guessed and lim.paces and lim.requests_per_minute == pytest.approx(540.0)
+    t, sent = 1.0, 40
+    for _ in range(9):  # under a window at the pace, no 429: not raised yet
+        t, sent = t + 0.5, sent + 5
+        lim.sample(t, sent, 30)
+    assert lim.requests_per_minute == pytest.approx(540.0)
+    for _ in range(4):  # from a whole window on, a step at each sample
+        t, sent = t + 0.5, sent + 5
+        lim.sample(t, sent, 30)
+    assert lim.requests_per_minute == pytest.approx(540.0 * limiter.PACE_RAISE ** 4)
+    lim.sample(t + 0.5, sent + 5, 31)  # one 429: a step back, not below the storm's pace
+    assert lim.requests_per_minute == pytest.approx(540.0)
+    lim.observe(said("1200"))  # a limit said wins, at once
+    assert lim.requests_per_minute == 1200.0 and not lim.guessed
+    lim.sample(t + 1.0, sent + 45, 71)  # and a storm then teaches nothing
+    assert lim.requests_per_minute == 1200.0 and not lim.guessed
+    lim = Limiter(300, None)
+    for i in range(4):
+        lim.sample(i * 0.5, i * 20, i * 15)
+    assert lim.requests_per_minute == 300.0 and not lim.guessed
+
+
+@pytest.mark.anyio
+async def test_random_429s_teach_no_pace(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 % of the answers 429 with a retry-after of 0, at random, from a server with no limit
+    (the benchmark's faults): no storm, no pace learnt; the run sends as it did."""
+    paces = learnt_paces(monkeypatch)
+    rng = random.Random(7)
+
+    async def flaky(counted: Counted, body: dict[str, Any]) -> web.Response:
+        if rng.random() < 0.02:
+            return web.json_response({"error": {"message": "Rate limit exceeded",
+                                                "type": "rate_limit_error"}},
+                                     status=429, headers={"retry-after": "0"})
+        await asyncio.sleep(0.02)
+        return web.json_response(completion(body))
+
+    rows = 2000
+    summary, counted = await run_against(tmp_path, flaky, rows)
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert counted.too_many >= 20, counted.too_many  # enough to make a storm of, were it one
+    assert counted.requests <= rows * 1.05, counted.requests
+    assert paces == []
 
 
 # ----------------------------------------------------------------------------------------------
