@@ -83,7 +83,8 @@ Rate limits (per API key, like OpenAI's)
     ``prompt_tokens + (max_completion_tokens or max_tokens or default_max_tokens or the reply's
     own length) × n`` tokens when it is admitted; a refused request is not charged. Responses
     past the limiter carry ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (durations
-    in OpenAI's format: ``17ms``, ``1s``, ``8.64s``, ``6m0s``) for each configured limit. Over a
+    in OpenAI's format: ``17ms``, ``1s``, ``8.64s``, ``6m0s``) for each configured limit, unless
+    ``limit_headers`` is off (a gateway whose 429s are the only sign of its limits). Over a
     limit: 429 ``rate_limit_exceeded`` with type ``requests`` or ``tokens``, ``retry-after``
     (whole seconds, rounded up) and ``retry-after-ms``. Keys in ``quota_exhausted_keys`` (or every
     key with ``quota_exhausted``) get 429 ``insufficient_quota``. A model in ``model_rpm`` has
@@ -441,6 +442,8 @@ class SimulatorConfig:
     """Requests per minute per key; ``None`` means no request limit."""
     tpm: int | None = None
     """Tokens per minute per key; ``None`` means no token limit."""
+    limit_headers: bool = True
+    """Send the ``x-ratelimit-*`` headers; off, the limits are hidden (429s alone say them)."""
     model_rpm: Mapping[str, int] = field(default_factory=dict)
     """Requests per minute per key for each of these models, in buckets of the model's own."""
     default_max_tokens: int | None = None
@@ -526,7 +529,8 @@ class SimulatorConfig:
                 f"reply_tokens_max, got {self.reply_tokens_min}, {self.reply_tokens_mean}, "
                 f"{self.reply_tokens_max}"
             )
-        for name in ("quota_exhausted", "prompt_caching", "track_prompts", "announce"):
+        for name in ("quota_exhausted", "prompt_caching", "track_prompts", "announce",
+                     "limit_headers"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, "true or false", getattr(self, name))
         if not isinstance(self.model_rpm, Mapping):
@@ -1601,10 +1605,11 @@ class _Server:
                 requests.level -= 1.0
             if tokens is not None:
                 tokens.level -= cost
-        if requests is not None:
-            requests.headers("requests", headers)
-        if tokens is not None:
-            tokens.headers("tokens", headers)
+        if self.config.limit_headers:
+            if requests is not None:
+                requests.headers("requests", headers)
+            if tokens is not None:
+                tokens.headers("tokens", headers)
         if refused is None:
             return None
         self.stats.limited(refused, now)
@@ -2269,6 +2274,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "gpt-5, deepseek-r1 and the like)")
     add("--rpm", type=int, metavar="N", help="requests per minute per key (default: unlimited)")
     add("--tpm", type=int, metavar="N", help="tokens per minute per key (default: unlimited)")
+    add("--no-limit-headers", dest="limit_headers", action="store_const", const=False,
+        default=None, help="send no x-ratelimit-* headers: the limits are hidden, 429s alone "
+        "say them (a gateway's)")
     add("--model-rpm", dest="model_rpm_spec", action="append", metavar="MODEL=N",
         help="requests per minute per key for MODEL, limited on its own as OpenAI limits each "
         "model (repeatable; default: none)")

@@ -886,6 +886,28 @@ def test_model_rpm_is_read_from_the_command_line_and_checked() -> None:
 
 
 @pytest.mark.anyio
+async def test_limits_can_be_hidden_behind_429s_alone() -> None:
+    """--no-limit-headers: a gateway whose limit its answers do not say, only its 429s."""
+    from batchrunner.simulator import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--no-limit-headers"])).limit_headers is False
+    assert config_from_args(parser.parse_args([])).limit_headers is True
+    clock = FakeClock()
+    async with running(SimulatorConfig(rpm=1, tpm=100_000, limit_headers=False),
+                       clock=clock) as (_, client):
+        raw = await client.chat.completions.with_raw_response.create(
+            model="m", messages=user("x"))
+        assert not [h for h in raw.headers if h.lower().startswith("x-ratelimit-")]
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model="m", messages=user("x"))
+        headers = info.value.response.headers
+        assert headers["retry-after"] == "60"
+        assert not [h for h in headers if h.lower().startswith("x-ratelimit-")]
+
+
+@pytest.mark.anyio
 async def test_token_bucket_charges_prompt_plus_max_tokens_times_n() -> None:
     clock = FakeClock()
     messages = user("abcd" * 25)  # 3 + 3 + 25 = 31 prompt tokens
