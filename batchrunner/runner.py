@@ -1232,6 +1232,8 @@ class _Run:
         # Until a row is ok: how many rows sent have failed, by error type.
         self.failing: Counter[str] | None = Counter()
         self.failing_models: set[str] = set()  # the models they asked for (models_vary)
+        # Models whose rows' failures are their own, other models having answered: not counted.
+        self.own_failures: set[str] = set()
         self.long_waits = 0  # 429s in a row asking to wait longer than the job waits
         # When the last of them came: one to a request sent before it (in flight at the time,
         # its twin) is not another in a row.
@@ -1493,7 +1495,7 @@ class _Run:
             self.failing = None  # something works: failures from here on are the rows'
             return
         model = str(item.body.get("model") or "")
-        if item.resent or model in self.held_models:
+        if item.resent or model in self.held_models or model in self.own_failures:
             return
         failing = self.failing
         failing[o.error_type or "failed"] += 1
@@ -1511,15 +1513,22 @@ class _Run:
                        "in the job to fix)")
             else:
                 fix = "fix what it names"
+            first = f"the first {failing.total()} rows to finish"
+            if self.own_failures:  # the rows counted are the other models'
+                first = (f"the rows of {', '.join(sorted(self.own_failures))} failed as that "
+                         f"model's own, then the first {failing.total()} other rows to finish")
             stop = AllFailing(
-                f"the first {failing.total()} rows to finish all failed with {o.error_type} and "
+                f"{first} all failed with {o.error_type} and "
                 f"none succeeded ({o.error_message}); no more rows were sent (those already in "
                 f"flight were let finish) — {fix}, then run the job again with --retry-failed")
-            if len(self.failing_models) == 1 and not self.held_models:
-                if self.answered_models:
-                    return  # other models answer: the failures are this model's rows' own
-                self.held_models[model] = stop  # until a model answers (_release_held)
+            if len(self.failing_models) == 1 and not self.held_models and not self.own_failures:
+                # Counted afresh for the other models: their first rows failing alike too is
+                # the job's setting, not a model's.
                 self.failing, self.failing_models = Counter(), set()
+                if self.answered_models - {model}:  # this run's or an earlier one's
+                    self.own_failures.add(model)  # other models answer: its rows' own failures
+                    return
+                self.held_models[model] = stop  # until a model answers (_release_held)
                 self._check_held()
                 return
             self.stop(stop)

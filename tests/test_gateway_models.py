@@ -339,3 +339,43 @@ async def test_the_cost_report_says_what_to_add_for_a_model_with_no_price(
     assert ("- model 'deepseek-v3-1-250821': no price known, cost of 1 row not counted; add "
             '[prices."deepseek-v3-1-250821"] with input and output (USD per 1M tokens) to the '
             "job file\n") in md, md
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tonight", [["gpt-4o"] * 100,
+                                     ["gpt-4o"] * 100 + ["claude-opus-4-6"] * 100])
+async def test_a_mixed_jobs_rerun_whose_new_rows_all_fail_alike_stops_early(
+        tmp_path: Path, tonight: list[str]) -> None:
+    """A nightly mixed job whose models answered last night, tonight refused the same way (a
+    setting the gateway now rejects): the models that answered last night are no sign that the
+    failures are one model's own. Its new rows, all of one model (the model that answered
+    itself), or sorted by model, stop the job early as a first run's would, not fail one by
+    one."""
+    refuse = False
+
+    async def refuse_tonight(srv: FaultServer, request: web.BaseRequest,
+                             body: dict[str, Any]) -> web.StreamResponse | None:
+        if not refuse:
+            return None
+        return web.json_response(error_body("Unrecognized request argument supplied: thinking",
+                                            "invalid_request_error", None), status=400)
+
+    last_night = sorted(set(tonight)) * 5
+    inp = models_csv(tmp_path / "in.csv", last_night)
+    async with FaultServer(refuse_tonight) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=4))
+        assert s.exit_code == 0, s.stopped
+        refuse = True
+        models_csv(inp, last_night + tonight)  # the same rows, and tonight's new ones
+        before = srv.requests
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=4))
+        sent = srv.requests - before
+    assert s.exit_code == 4 and s.stopped
+    assert "rows to finish all failed with http_400 and none succeeded" in s.stopped
+    assert sent < len(tonight) - 50, sent  # the second model's first rows stop it
+    if len(set(tonight)) > 1:  # the message counts the rows it names
+        assert s.stopped.startswith("the rows of gpt-4o failed as that model's own, then the "
+                                    "first 20 other rows to finish all failed"), s.stopped
+    assert s.pending >= 50
