@@ -1013,7 +1013,9 @@ class ChatClient:
                 # user never set it, and can leave it out.
                 error.message += (" — stream_options asks for the stream's usage; to send none "
                                   "(tokens and cost then unknown), set stream_options = { "
-                                  "include_usage = false } in [request.extra]")
+                                  "include_usage = false } in [request.extra] (in a batch "
+                                  "file, \"stream_options\": {\"include_usage\": false} in "
+                                  "each body)")
                 error.args = (error.message,)
             elif status == 404 and type(model := body.get("model")) is str and model and (
                     model in error.message):

@@ -500,6 +500,54 @@ async def test_an_endpoint_that_refuses_stream_options_is_told_how_to_send_none(
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
+async def test_a_batch_file_refused_its_stream_options_is_told_how_to_send_none(
+        tmp_path: Path) -> None:
+    """A batch file whose bodies stream is sent asking for the usage chunk, and an endpoint
+    that does not know ``stream_options`` refuses every row. Its 400 told the user to set
+    ``[request.extra]``, which a batch file's job cannot have (request options are refused
+    with one): it now also says what to put in each body, which is then sent without the
+    field."""
+    sent: list[dict[str, Any]] = []
+
+    async def refuses_stream_options(srv: FaultServer, request: web.BaseRequest,
+                                     body: dict[str, Any]) -> web.StreamResponse:
+        sent.append(body)
+        if "stream_options" in body:
+            return web.json_response(error_body(
+                "Unrecognized request argument supplied: stream_options",
+                "invalid_request_error", None), status=400)
+        return await stream_reply(request, *FINISHED, b"data: [DONE]\n\n")
+
+    def batch(path: Path, options: dict[str, Any] | None) -> Path:
+        extra = {} if options is None else {"stream_options": options}
+        path.write_text("".join(json.dumps({
+            "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "stream": True, **extra,
+                     "messages": [{"role": "user", "content": f"hello {i}"}]}}) + "\n"
+            for i in range(2)))
+        return path
+
+    async with FaultServer(refuses_stream_options) as srv:
+        inp = batch(tmp_path / "in.jsonl", None)
+        job = load_job(None, {"input": str(inp), "base_url": srv.base_url,
+                              "output": str(tmp_path / "out")})
+        s = await fault_run(job)
+        assert s.exit_code == 3
+        df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+        message = df["error_message"].iloc[0]
+        assert message.startswith("Unrecognized request argument supplied: stream_options")
+        advice = '"stream_options": {"include_usage": false} in each body'
+        assert advice in message, message
+        inp = batch(tmp_path / "in2.jsonl", {"include_usage": False})
+        job = load_job(None, {"input": str(inp), "base_url": srv.base_url,
+                              "output": str(tmp_path / "out2")})
+        s = await fault_run(job)
+    assert s.exit_code == 0
+    assert "stream_options" not in sent[-1] and sent[-1]["stream"] is True
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
 async def test_a_first_chunk_with_an_empty_model_and_id_does_not_hide_the_answers(
         tmp_path: Path) -> None:
     """Azure OpenAI's stream begins with a chunk of its prompt filter's results whose ``model``
