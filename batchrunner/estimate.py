@@ -248,9 +248,10 @@ def _tool_name(tool: Mapping[str, Any], named: bool) -> str | None:
 _BUDGET_SUFFIX = re.compile(r"-thinking-(\d+)$", re.IGNORECASE)
 # Models that think before they answer whatever the request says (their names as the APIs and
 # gateways give them): DeepSeek's R1, OpenAI's o-series, xAI's reasoning models, Grok 4, QwQ,
-# and any model a gateway names -thinking.
+# and any model a gateway names -thinking; not one named as not thinking (-nothinking,
+# -non-thinking, xAI's -non-reasoning).
 _THINKS = re.compile(r"(?:^|/)(?:o\d(?:-|$)|qwq|grok-4(?!.*non-reasoning))|deepseek-r1|reasoner|"
-                     r"-reasoning|(?<!no)thinking", re.IGNORECASE)
+                     r"(?<!non)-reasoning|(?<!no)(?<!non-)thinking", re.IGNORECASE)
 
 
 def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:

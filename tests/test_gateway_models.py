@@ -326,6 +326,25 @@ def test_the_estimate_counts_a_thinking_budget_and_warns_of_thinking_it_cannot_b
             "estimate then takes their answers' mean") in out, out
 
 
+def test_the_estimate_warns_of_no_thinking_for_models_named_as_not_thinking(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """xAI's grok-4-fast-non-reasoning and a gateway's -non-thinking variant do not think; the
+    estimate warned that their rows, with no max_tokens, ask for thinking that can run to
+    thousands of tokens, as it does for grok-4-fast-reasoning's (its -reasoning read into the
+    name that says non-reasoning). Only the model that thinks is warned about."""
+    models = ["grok-4-fast-non-reasoning", "qwen3-32b-non-thinking", "grok-4-fast-reasoning"]
+    inp = models_csv(tmp_path / "in.csv", models)
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel_column = "model"\n'
+        'prompt = "{text}"\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
+        '[output]\ndir = "out"\n')
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    out = capsys.readouterr().out
+    warned = [line for line in out.splitlines() if "for thinking" in line]
+    assert len(warned) == 1 and warned[0].startswith(
+        "  warning: 1 row asks for thinking (model grok-4-fast-reasoning) with no max_tokens"), out
+
+
 @pytest.mark.anyio
 async def test_the_cost_report_says_what_to_add_for_a_model_with_no_price(
         tmp_path: Path) -> None:
