@@ -259,6 +259,7 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
     raw: dict[str, Any] = {}
     where = "command line"
     base = Path.cwd()
+    files: list[tuple[str, str, str, Path]] = []  # the job file's paths: table, key, as written
     if path is not None:
         p = Path(path)
         where = str(p)
@@ -287,7 +288,7 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
             if isinstance(t, dict) and isinstance(t.get(key), str) and t[key]:
                 written, t[key] = t[key], str((base / _home(t[key])).resolve())
                 if key != "dir":
-                    _beside_the_file(p, f"[{table}] {key}", written, Path(t[key]), base)
+                    files.append((table, key, written, Path(t[key])))
     unknown = sorted(set(raw) - set(_TABLES) - {"name"})
     if unknown:
         tables = ", ".join(f"[{t}]" for t in _TABLES)
@@ -308,6 +309,9 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
             t[key] = value
         else:
             raw[key] = value
+    for table, key, written, resolved in files:
+        if (table, key) not in from_cli:  # one the command line overrides is never read
+            _beside_the_file(Path(where), f"[{table}] {key}", written, resolved, base)
     return _build(raw, _Fields(where, from_cli), Path(path).stem if path is not None else None)
 
 

@@ -924,3 +924,30 @@ def test_a_column_named_almost_right_is_pointed_out_among_many(
     line = one_error_line(err)
     assert line.endswith(f"attr_29; did you mean {meant!r}?)"), line
     assert not Path("out").exists()
+
+
+@pytest.mark.parametrize(("key", "option"), [("path", "--input"),
+                                             ("schema_file", "--schema-file")])
+def test_a_job_file_path_the_command_line_overrides_is_not_checked(
+        tmp_path: Path, key: str, option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A nightly job file whose path (or schema_file) is written from the current directory,
+    run with --input tonight.csv (or --schema-file) in its place, as the README lets the
+    command line override the file: the file's own path is never read, yet the run was
+    refused saying to write that path from the file. The path given is the one used."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "jobs").mkdir()
+    for name in ("in.csv", "tonight.csv"):
+        pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]}).to_csv(
+            tmp_path / "data" / name, index=False)
+    (tmp_path / "data" / "reply.schema.json").write_text('{"type": "object"}')
+    written = "data/in.csv" if key == "path" else "data/reply.schema.json"
+    inp = written if key == "path" else "../data/in.csv"
+    schema = f'schema_file = "{written}"\n' if key == "schema_file" else ""
+    (tmp_path / "jobs" / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n'
+        f'[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {{text}}"\n{schema}'
+        '[endpoint]\nsimulator = true\n[output]\ndir = "../out"\n')
+    given = "data/tonight.csv" if key == "path" else "data/reply.schema.json"
+    code, out, err = cli(capsys, "run", "jobs/job.toml", option, given, "--progress", "none")
+    assert code == 0, err
+    assert "2 rows: 2 ok" in out
