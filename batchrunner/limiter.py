@@ -379,9 +379,13 @@ class Limiter:
             return
         for kind, limit_h, remaining_h, reset_h in _NAMES:
             limit = _limit(headers, limit_h)
-            if limit is not None:
-                self._learn(kind, limit)
             current = self.requests_per_minute if kind == "requests" else self.tokens_per_minute
+            # The usual answer says the limit paced at already: nothing to learn (_learn is a
+            # call and a dozen reads more, on every answer).
+            if limit is not None and (limit != current or self._raising or self.guessed):
+                self._learn(kind, limit)
+                current = self.requests_per_minute if kind == "requests" \
+                    else self.tokens_per_minute
             remaining = _header_float(headers, remaining_h)
             if remaining is None or remaining >= 1 or (remaining < 0 and limit is None):
                 # A negative count beside no limit is none: Azure OpenAI's "-1"s on every answer
