@@ -152,26 +152,9 @@ async def test_a_qwen_stream_whose_chunks_repeat_the_text_so_far_is_read_once(
     pieces were joined: every row's content and reasoning repeated themselves ("HelHello
     woHello world"). Each chunk now replaces what came before it."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    inp = make_input(tmp_path, ["why is the sky blue", "what is rain", "name three rivers"])
-    got = {}
-    async with Simulator(SimulatorConfig()) as sim:
-        for incremental in ("true", "false"):
-            out = tmp_path / f"out-{incremental}"
-            job_file = tmp_path / f"job-{incremental}.toml"
-            job_file.write_text(
-                f'[request]\nmodel = "qwen3-omni-flash"\nprompt = "{{text}}"\nstream = true\n'
-                f"[request.extra]\nenable_thinking = true\n"
-                f"parameters = {{ incremental_output = {incremental} }}\n")
-            job = load_job(job_file, {"input": str(inp), "id_column": "id",
-                                      "base_url": sim.base_url, "output": str(out)})
-            s = await run_job(job, FAST)
-            assert s.failed == 0
-            got[incremental] = pd.read_parquet(out / "results.parquet").set_index("id")
-    whole, pieces = got["false"], got["true"]
-    assert whole["content"].str.startswith("Echo: [").all()
-    assert whole["reasoning_content"].str.len().gt(0).all()
-    for column in ("content", "reasoning_content", "completion_tokens", "finish_reason"):
-        assert list(whole[column]) == list(pieces[column]), column
+    pieces, whole = await _thinking_streams(tmp_path, "parameters = { incremental_output = true }",
+                                            "parameters = { incremental_output = false }")
+    _same_answers(whole, pieces)
 
 
 @pytest.mark.anyio
@@ -183,26 +166,37 @@ async def test_reasoning_a_gateway_streams_inside_the_content_is_recorded_apart(
     the model's thinking, and a schema's check of it failed. The thinking is now recorded as
     ``reasoning_content`` and the answer as the content, as without the option."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    apart, inlined = await _thinking_streams(tmp_path, "nebula_thinking_to_content = false",
+                                             "nebula_thinking_to_content = true")
+    _same_answers(inlined, apart)
+
+
+async def _thinking_streams(tmp_path: Path, *extras: str) -> list[pd.DataFrame]:
+    """The results of one streamed job of a thinking Qwen model over three rows against the
+    simulator, run once with each of ``extras`` (a line of its ``[request.extra]``)."""
     inp = make_input(tmp_path, ["why is the sky blue", "what is rain", "name three rivers"])
-    got = {}
+    got = []
     async with Simulator(SimulatorConfig()) as sim:
-        for inline in ("false", "true"):
-            out = tmp_path / f"out-{inline}"
-            job_file = tmp_path / f"job-{inline}.toml"
+        for i, extra in enumerate(extras):
+            out = tmp_path / f"out-{i}"
+            job_file = tmp_path / f"job-{i}.toml"
             job_file.write_text(
-                f'[request]\nmodel = "qwen3-omni-flash"\nprompt = "{{text}}"\nstream = true\n'
-                f"[request.extra]\nenable_thinking = true\n"
-                f"nebula_thinking_to_content = {inline}\n")
+                '[request]\nmodel = "qwen3-omni-flash"\nprompt = "{text}"\nstream = true\n'
+                f"[request.extra]\nenable_thinking = true\n{extra}\n")
             job = load_job(job_file, {"input": str(inp), "id_column": "id",
                                       "base_url": sim.base_url, "output": str(out)})
             s = await run_job(job, FAST)
             assert s.failed == 0
-            got[inline] = pd.read_parquet(out / "results.parquet").set_index("id")
-    inlined, apart = got["true"], got["false"]
-    assert inlined["content"].str.startswith("Echo: [").all()
-    assert inlined["reasoning_content"].str.len().gt(0).all()
+            got.append(pd.read_parquet(out / "results.parquet").set_index("id"))
+    return got
+
+
+def _same_answers(odd: pd.DataFrame, usual: pd.DataFrame) -> None:
+    """The rows of a stream sent the odd way (``odd``) hold what the usual way's do."""
+    assert odd["content"].str.startswith("Echo: [").all()
+    assert odd["reasoning_content"].str.len().gt(0).all()
     for column in ("content", "reasoning_content", "completion_tokens", "finish_reason"):
-        assert list(inlined[column]) == list(apart[column]), column
+        assert list(odd[column]) == list(usual[column]), column
 
 
 @pytest.mark.anyio
