@@ -34,6 +34,19 @@ pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as c
 MISSING = "qwen3-coder-plus"
 
 
+def estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str], models: list[str],
+             setting: str = "") -> str:
+    """What ``batchrunner estimate`` prints for a job over ``models`` (a row each, a model
+    column) through a gateway, with one more [request] ``setting`` line if given."""
+    inp = models_csv(tmp_path / "in.csv", models)
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel_column = "model"\n'
+        f'prompt = "{{text}}"\n{setting}\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
+        '[output]\ndir = "out"\n')
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    return capsys.readouterr().out
+
+
 async def no_channel_for_one_model(srv: FaultServer, request: web.BaseRequest,
                                    body: dict[str, Any]) -> web.StreamResponse | None:
     """A gateway with no channel for one model: its 503 ``model_not_found`` (as a gateway
@@ -112,13 +125,7 @@ def test_the_estimate_names_each_model_it_has_no_price_for_and_what_to_add(
     [prices."MODEL"] ...)", naming none of them, nor what an entry holds, nor what the priced
     ones come to. It now gives the priced models' cost and names each model to price."""
     models = ["gpt-4o", "deepseek-v3-1-250821", "claude-opus-4-6", MISSING] * 2
-    inp = models_csv(tmp_path / "in.csv", models)
-    (tmp_path / "job.toml").write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel_column = "model"\n'
-        'prompt = "{text}"\nmax_tokens = 100\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
-        '[output]\ndir = "out"\n')
-    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
-    out = capsys.readouterr().out
+    out = estimate(tmp_path, capsys, models, "max_tokens = 100")
     line = next(x for x in out.splitlines() if x.startswith("  estimated cost: "))
     # gpt-4o: 2 rows × (10 prompt tokens at $2.50 + 100 completion at $10) per 1M tokens;
     # claude-opus-4-6: 2 × (10 at $5 + 100 at $25)
@@ -307,13 +314,7 @@ def test_the_estimate_counts_a_thinking_budget_and_warns_of_thinking_it_cannot_b
     billed as output, and the estimate said nothing of deepseek-r1's thinking. A budget the
     request gives is now added to the guess, and thinking with none is warned about."""
     models = ["gemini-2.5-flash-thinking-8192", "deepseek-r1", "gpt-4o"]
-    inp = models_csv(tmp_path / "in.csv", models * 2)
-    (tmp_path / "job.toml").write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel_column = "model"\n'
-        'prompt = "{text}"\nstream = true\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
-        '[output]\ndir = "out"\n')
-    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
-    out = capsys.readouterr().out
+    out = estimate(tmp_path, capsys, models * 2, "stream = true")
     table = {line.split()[0]: line.split()[1:4] for line in out.splitlines()
              if line.startswith("  ") and line.split()[0] in models}
     assert table == {"gemini-2.5-flash-thinking-8192": ["2", "20", "16,896"],
@@ -333,13 +334,7 @@ def test_the_estimate_warns_of_no_thinking_for_models_named_as_not_thinking(
     thousands of tokens, as it does for grok-4-fast-reasoning's (its -reasoning read into the
     name that says non-reasoning). Only the model that thinks is warned about."""
     models = ["grok-4-fast-non-reasoning", "qwen3-32b-non-thinking", "grok-4-fast-reasoning"]
-    inp = models_csv(tmp_path / "in.csv", models)
-    (tmp_path / "job.toml").write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel_column = "model"\n'
-        'prompt = "{text}"\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
-        '[output]\ndir = "out"\n')
-    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
-    out = capsys.readouterr().out
+    out = estimate(tmp_path, capsys, models)
     warned = [line for line in out.splitlines() if "for thinking" in line]
     assert len(warned) == 1 and warned[0].startswith(
         "  warning: 1 row asks for thinking (model grok-4-fast-reasoning) with no max_tokens"), out
