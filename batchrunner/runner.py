@@ -1508,6 +1508,12 @@ class _Run:
                        "wait for the endpoint to recover")
             elif o.error_type == "rate_limited":
                 fix = "lower the rate (--rpm, --concurrency), or wait for the limit to reset"
+            elif (o.error_type == "connection_reset" and self.last_answer == -math.inf
+                  and self.client.url.startswith("http://")):
+                # Nothing ever answered, every connection closed: a server of TLS's only.
+                fix = ("if the endpoint serves HTTPS, its base URL must start with https:// (a "
+                       "server that speaks TLS closes a plain-HTTP connection so); else wait "
+                       "for it to recover")
             elif o.error_type in self.transient:
                 fix = ("wait for the endpoint to recover (a server error on every try: nothing "
                        "in the job to fix)")

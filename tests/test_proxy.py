@@ -458,6 +458,21 @@ async def test_https_to_a_plain_http_server_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_http_to_a_tls_server_says_to_check_the_scheme(tmp_path: Path) -> None:
+    """A server that speaks TLS only (vLLM started with --ssl-keyfile, say) closes a plain-HTTP
+    connection without a word: every row failed as connection_reset, and the stop said to wait
+    for the endpoint to recover, as for a server error. It now says to check the scheme."""
+    async with TLSEndpoint("127.0.0.1", tmp_path) as endpoint:
+        s = await run(tmp_path, f"http://127.0.0.1:{endpoint.port}/v1", n=30, max_attempts=2)
+    assert s.exit_code == 4 and s.stopped, s.stopped
+    assert "failed with connection_reset" in s.stopped
+    assert s.stopped.endswith(
+        "— if the endpoint serves HTTPS, its base URL must start with https:// (a server that "
+        "speaks TLS closes a plain-HTTP connection so); else wait for it to recover, then run "
+        "the job again with --retry-failed"), s.stopped
+
+
+@pytest.mark.anyio
 async def test_a_proxy_whose_connections_hang_stops_the_job_naming_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as listener:
