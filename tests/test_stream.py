@@ -19,6 +19,7 @@ from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
 from tests.test_faults import (
+    Fault,
     FaultServer,
     SilentServer,
     error_body,
@@ -452,6 +453,20 @@ def test_tool_call_deltas_without_an_index_that_repeat_their_id_are_one_call_eac
     ]
 
 
+def refusing_stream_options(sent: list[dict[str, Any]]) -> Fault:
+    """An endpoint that does not know ``stream_options`` (Azure OpenAI before its 2024-09 API
+    versions): a 400 naming it, else a whole stream; every body it gets is put in ``sent``."""
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        sent.append(body)
+        if "stream_options" in body:
+            return web.json_response(error_body(
+                "Unrecognized request argument supplied: stream_options",
+                "invalid_request_error", None), status=400)
+        return await stream_reply(request, *FINISHED, b"data: [DONE]\n\n")
+    return answer
+
+
 @pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
 async def test_an_endpoint_that_refuses_stream_options_is_told_how_to_send_none(
@@ -465,16 +480,7 @@ async def test_an_endpoint_that_refuses_stream_options_is_told_how_to_send_none(
     inp = make_csv(tmp_path / "in.csv", ["one", "two"])
     sent: list[dict[str, Any]] = []
 
-    async def refuses_stream_options(srv: FaultServer, request: web.BaseRequest,
-                                     body: dict[str, Any]) -> web.StreamResponse:
-        sent.append(body)
-        if "stream_options" in body:
-            return web.json_response(error_body(
-                "Unrecognized request argument supplied: stream_options",
-                "invalid_request_error", None), status=400)
-        return await stream_reply(request, *FINISHED, b"data: [DONE]\n\n")
-
-    async with FaultServer(refuses_stream_options) as srv:
+    async with FaultServer(refusing_stream_options(sent)) as srv:
         s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True))
         assert s.exit_code == 3
         message = results(tmp_path)["error_message"].iloc[0]
@@ -503,15 +509,6 @@ async def test_a_batch_file_refused_its_stream_options_is_told_how_to_send_none(
     field."""
     sent: list[dict[str, Any]] = []
 
-    async def refuses_stream_options(srv: FaultServer, request: web.BaseRequest,
-                                     body: dict[str, Any]) -> web.StreamResponse:
-        sent.append(body)
-        if "stream_options" in body:
-            return web.json_response(error_body(
-                "Unrecognized request argument supplied: stream_options",
-                "invalid_request_error", None), status=400)
-        return await stream_reply(request, *FINISHED, b"data: [DONE]\n\n")
-
     def batch(path: Path, options: dict[str, Any] | None) -> Path:
         extra = {} if options is None else {"stream_options": options}
         path.write_text("".join(json.dumps({
@@ -521,7 +518,7 @@ async def test_a_batch_file_refused_its_stream_options_is_told_how_to_send_none(
             for i in range(2)))
         return path
 
-    async with FaultServer(refuses_stream_options) as srv:
+    async with FaultServer(refusing_stream_options(sent)) as srv:
         inp = batch(tmp_path / "in.jsonl", None)
         job = load_job(None, {"input": str(inp), "base_url": srv.base_url,
                               "output": str(tmp_path / "out")})
