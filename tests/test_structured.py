@@ -271,19 +271,26 @@ def test_a_call_without_arguments() -> None:
     assert with_params.check_reply(None, obj) is None
 
 
-@pytest.mark.anyio
-async def test_schema_job_spreads_typed_columns(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    (tmp_path / "ticket.schema.json").write_text(json.dumps(SCHEMA))
-    texts = [f"ticket {i}: the app crashes" for i in range(12)]
-    texts[4] += " [[sim:corrupt*1]]"
-    inp = tmp_path / "in.csv"
-    pd.DataFrame({"id": range(12), "text": texts}).to_csv(inp, index=False)
+def ticket_job(tmp_path: Path, texts: list[str], schema: object = SCHEMA) -> Path:
+    """A job file classifying ``texts`` (ids 0, 1, ...) with ``schema`` as its schema_file,
+    its results in out/."""
+    (tmp_path / "ticket.schema.json").write_text(json.dumps(schema))
+    pd.DataFrame({"id": range(len(texts)), "text": texts}).to_csv(tmp_path / "in.csv",
+                                                                  index=False)
     (tmp_path / "job.toml").write_text(
         '[input]\npath = "in.csv"\nid_column = "id"\n'
         '[request]\nmodel = "gpt-4o-mini"\nprompt = "Classify: {text}"\n'
         'schema_file = "ticket.schema.json"\n[output]\ndir = "out"\n')
+    return tmp_path / "job.toml"
+
+
+@pytest.mark.anyio
+async def test_schema_job_spreads_typed_columns(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    texts = [f"ticket {i}: the app crashes" for i in range(12)]
+    texts[4] += " [[sim:corrupt*1]]"
+    ticket_job(tmp_path, texts)
     async with Simulator(SimulatorConfig()) as sim:
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url})
         s = await run_job(job, FAST)
@@ -580,13 +587,7 @@ async def test_rerun_where_filters_on_the_json_columns(
     (a low score, a label of "other"): --rerun-where on a json_ column was refused as naming
     no column, though the results show it beside the outcome columns."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    (tmp_path / "ticket.schema.json").write_text(json.dumps(SCHEMA))
-    pd.DataFrame({"id": range(12), "text": [f"ticket {i}" for i in range(12)]}).to_csv(
-        tmp_path / "in.csv", index=False)
-    (tmp_path / "job.toml").write_text(
-        '[input]\npath = "in.csv"\nid_column = "id"\n'
-        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Classify: {text}"\n'
-        'schema_file = "ticket.schema.json"\n[output]\ndir = "out"\n')
+    ticket_job(tmp_path, [f"ticket {i}" for i in range(12)])
     async with Simulator(SimulatorConfig()) as sim:
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url})
         assert (await run_job(job, FAST)).ok == 12
@@ -611,13 +612,7 @@ async def test_a_schema_whose_top_level_is_a_ref_has_its_objects_columns(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     schema = {"$ref": "#/definitions/Ticket", "definitions": {"Ticket": SCHEMA},
               "$schema": "http://json-schema.org/draft-07/schema#"}
-    (tmp_path / "ticket.schema.json").write_text(json.dumps(schema))
-    pd.DataFrame({"id": range(3), "text": ["a", "b", "c"]}).to_csv(tmp_path / "in.csv",
-                                                                   index=False)
-    (tmp_path / "job.toml").write_text(
-        '[input]\npath = "in.csv"\nid_column = "id"\n'
-        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Classify: {text}"\n'
-        'schema_file = "ticket.schema.json"\n[output]\ndir = "out"\n')
+    ticket_job(tmp_path, ["a", "b", "c"], schema)
     async with Simulator(SimulatorConfig()) as sim:
         s = await run_job(load_job(tmp_path / "job.toml", {"base_url": sim.base_url}), FAST)
     assert s.ok == 3, s.error_examples
