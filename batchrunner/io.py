@@ -796,6 +796,13 @@ class _JsonlSource(InputSource):
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
+            if self._cut_short(offset):
+                raise _input_error(
+                    self.path,
+                    f"line {lineno}, the file's last, is cut short: it has no line end and is not "
+                    "whole JSON (copied while it was still being written?) — wait for the file "
+                    "to be complete, or remove that line",
+                ) from None
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as bad:
@@ -820,6 +827,19 @@ class _JsonlSource(InputSource):
                 f"line {lineno} is {what}, not a JSON object — write one JSON object per line",
             )
         return obj
+
+    def _cut_short(self, offset: int) -> bool:
+        """Whether the line at byte ``offset`` is the file's last and has no line end: a log
+        file copied or read while its writer was still appending to it."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                while chunk := f.read(_CHUNK):
+                    if b"\n" in chunk:
+                        return False
+        except OSError:
+            return False
+        return True
 
     def _first_record(self) -> dict[str, Any] | None:
         lines = self._lines()

@@ -390,6 +390,21 @@ def test_bad_jsonl_names_the_line(write: Writer, data: bytes, expected: str) -> 
     assert expected in input_error(write("bad.jsonl", data))
 
 
+@pytest.mark.parametrize("cut", [b'{"id": 2, "text": "half a rec', b'{"id": 2, "text": "caf\xc3'])
+def test_a_jsonl_file_whose_last_line_is_cut_short_says_so(write: Writer, cut: bytes) -> None:
+    """An app's log copied while the app was writing it ends in part of a record, with no line
+    end (cut in a word, or in a character's bytes): the message said to write one JSON object
+    per line, or to save the file as UTF-8. It now says the last line is cut short, and what to
+    do; a line that is whole but bad, or a last line whole without its line end, read as before."""
+    message = input_error(write("app.jsonl", b'{"id": 1, "text": "caf\xc3\xa9"}\n' + cut))
+    assert "line 2, the file's last, is cut short" in message
+    assert "remove that line" in message
+    whole_but_bad = input_error(write("bad.jsonl", cut + b"\n{}\n"))
+    assert "line 1 is not valid" in whole_but_bad and "cut short" not in whole_but_bad
+    whole = write("whole.jsonl", b'{"id": 1}\n{"id": 2}')
+    assert [r["id"] for r in rows_of(open_input(whole))] == [1, 2]
+
+
 def openai_line(custom_id: str, content: str, override: dict[str, object] | None = None) -> bytes:
     record: dict[str, object] = {
         "custom_id": custom_id,
