@@ -891,8 +891,9 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
     index = sorted_ids(ids)
     dup = _first_duplicate(ids, index[0])
     if dup is not None:
+        first, second = np.flatnonzero(to_numpy(pc.equal(ids, scalar(dup, pa.string()))))[:2]
         raise InputError(f"{where}: id {dup!r} appears more than once in column "
-                         f"{key_column!r}; ids must be unique")
+                         f"{key_column!r} (rows {first + 1} and {second + 1}); ids must be unique")
     return total, index
 
 

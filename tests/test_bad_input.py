@@ -192,6 +192,17 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(inp, "--id-column", "id"), ["dup.csv", "'a'", "more than once", "'id'"]
 
 
+@case("duplicate ids far apart, named by their rows")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # A 20,000-row export that repeats id 7 at its row 15001: the message named the id only,
+    # leaving the rows to hunt for; it names both rows now.
+    ids = list(range(20_000))
+    ids[15_000] = 7
+    pq.write_table(pa.table({"id": ids, "text": ["t"] * 20_000}), c.tmp / "dup.parquet")
+    return c.args(c.tmp / "dup.parquet", "--id-column", "id"), [
+        "dup.parquet", "id '7' appears more than once in column 'id' (rows 8 and 15001)"]
+
+
 @case("null id")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("nullid.jsonl", '{"id": "a", "text": "x"}\n{"id": null, "text": "y"}\n')
