@@ -698,7 +698,10 @@ class _ParquetSource(InputSource):
         for file in self._files:
             rows_done = 0
             try:
-                with pq.ParquetFile(str(file)) as pf:
+                # Column chunks read as a stream, _CHUNK at a time: by default a row group's
+                # chunks are read whole, and an export written as one row group of a million
+                # rows of text held all of its text at once, however few rows a batch takes.
+                with pq.ParquetFile(str(file), buffer_size=_CHUNK, pre_buffer=False) as pf:
                     for batch in pf.iter_batches(batch_size=self._rows_at_a_time(pf, columns),
                                                  columns=columns):
                         rows_done += batch.num_rows

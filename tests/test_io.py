@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -252,6 +254,38 @@ def test_parquet_file_keeps_types_and_knows_its_row_count(tmp_path: Path) -> Non
     assert [b.num_rows for b in source.batches()] == [2, 1]
     assert rows_of(source) == table.to_pylist()
     assert rows_of(source, ["x"]) == [{"x": 0.5}, {"x": 1.5}, {"x": 2.5}]
+
+
+# Reads a Parquet file's rows in 1 MiB batches in a process of its own, and prints the most
+# memory Arrow held at once (the pool's peak: the rest of a test session's would mix in).
+_PARQUET_PEAK = """
+import sys
+import pyarrow as pa
+from batchrunner.io import open_input
+source = open_input(sys.argv[1])
+source.batch_bytes = 1 << 20
+rows = sum(batch.num_rows for batch in source.batches())
+print(rows, pa.default_memory_pool().max_memory())
+"""
+
+
+def test_a_parquet_row_group_is_not_read_whole(tmp_path: Path) -> None:
+    """An export written in one row group (pandas and pyarrow write up to 1,048,576 rows in
+    one) has each column in one chunk: its rows were read by loading the whole chunk, so a
+    table of 900,000 rows of 1.8 kB of text peaked at 815 MB, and one of 2,000,000 rows would
+    have taken twice that, however few rows a batch holds. The chunks are now read as a
+    stream: here, 40 MB of text in one row group is read in 1 MiB batches holding a few MB."""
+    n = 20_000
+    text = pa.array([os.urandom(1000).hex() for _ in range(n)])  # 2 kB a row: 40 MB
+    path = tmp_path / "export.parquet"
+    pq.write_table(pa.table({"id": list(range(n)), "text": text}), path, row_group_size=n,
+                   compression="none")
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    done = subprocess.run([sys.executable, "-c", _PARQUET_PEAK, str(path)], capture_output=True,
+                          text=True, check=True, timeout=120)
+    rows, peak = map(int, done.stdout.split())
+    assert rows == n
+    assert peak < 20 << 20, f"reading the rows held {peak >> 20} MB at once"
 
 
 def test_parquet_directory_reads_files_in_name_order(tmp_path: Path) -> None:
