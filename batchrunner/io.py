@@ -260,6 +260,13 @@ def _nested_parquet_file(directory: Path) -> str | None:
 
 
 def _check_unique_names(path: Path, names: Sequence[str], what: str = "column") -> None:
+    blank = names.count("")
+    if blank > 1:
+        raise _input_error(
+            path,
+            f"{blank} {what}s have no name (empty header cells, as Excel saves columns past the "
+            f"data) — delete those {what}s, or give each a name",
+        )
     seen: set[str] = set()
     for name in names:
         if name in seen:

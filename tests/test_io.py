@@ -178,6 +178,12 @@ def test_unknown_column_names_the_file_and_the_columns(write: Writer) -> None:
         ("header_only.csv", b"id,text\n", "no data rows"),
         ("header_no_newline.csv", b"id,text", "no data rows"),
         ("dup.csv", b"id,text,id\n1,2,3\n", "'id' appears twice"),
+        (  # Excel saves a column past the data that was ever formatted as one with no name
+            "excel.csv",
+            b"id,text,,\r\n1,a,,\r\n",
+            "2 columns have no name (empty header cells, as Excel saves columns past the data) "
+            "— delete those columns, or give each a name",
+        ),
         (
             "ragged.csv",
             b'id,text\n1,a\n2,"multi\nline"\n3,b,extra\n4,c\n',
