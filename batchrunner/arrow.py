@@ -299,7 +299,8 @@ def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
     badly: numbers and booleans as JSON writes them (floats in their shortest form, so a
     float32 0.7 is ``0.7`` and 2021.0, an integer column with a gap saved as floats, is
     ``2021``; NaN stays null), binary as UTF-8 (``\\x`` escapes where it is not), lists,
-    structs and maps as compact JSON. Text, times and other types are left as they are."""
+    structs and maps as compact JSON, timestamps to the nanosecond (pandas' datetimes) as pandas
+    writes them. Text, other times and other types are left as they are."""
     typ = column.type
     if pa.types.is_dictionary(typ):  # decoded as DictionaryArray.dictionary_decode does
         if isinstance(column, pa.Array):
@@ -321,7 +322,20 @@ def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
     if pa.types.is_nested(typ):
         return string_array([None if v is None else dumps_json(v).decode()
                              for v in nested_values(column)])
+    if pa.types.is_timestamp(typ) and typ.unit == "ns" and typ.tz is None:
+        # pandas' datetimes: pyarrow makes them pandas Timestamps (importing pandas), whose
+        # text the prompt showed; Arrow writes their nanoseconds, trimmed here as pandas does.
+        texts = pc.strftime(column, format="%Y-%m-%d %H:%M:%S").to_pylist()
+        return string_array([None if v is None else _timestamp_text(v) for v in texts])
     return column
+
+
+def _timestamp_text(text: str) -> str:
+    """``YYYY-MM-DD HH:MM:SS.fffffffff`` as pandas writes a Timestamp: nanoseconds when there
+    are some, else microseconds when there are some, else whole seconds."""
+    if text.endswith("000"):
+        return text[:-10] if text.endswith("000000000") else text[:-3]
+    return text
 
 
 def nested_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:

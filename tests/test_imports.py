@@ -149,3 +149,25 @@ def test_status_imports_neither_the_runner_nor_the_http_client(tmp_path: Path) -
     done = subprocess.run([sys.executable, "-c", check, str(out)], capture_output=True,
                           text=True, timeout=60)
     assert done.stdout.splitlines()[-1] == "0 False False False", done.stdout + done.stderr
+
+
+def test_a_pandas_datetime_column_in_a_prompt_needs_no_pandas(tmp_path: Path) -> None:
+    """pandas writes its datetimes to Parquet as timestamp[ns], which pyarrow turns into pandas
+    Timestamps: a prompt naming such a column (``Ordered on {ordered_at}``) imported pandas
+    for every run. Their text is made without it (the same text: see test_io's
+    test_pandas_datetimes_read_in_a_prompt_as_before)."""
+    ns = [1704110400123456789, 1706745600000000000, -500_000_000, None]
+    table = pa.table({"id": ["a", "b", "c", "d"],
+                      "ordered_at": pa.array(ns, pa.int64()).cast(pa.timestamp("ns"))})
+    pq.write_table(table, tmp_path / "in.parquet")
+    with SimulatorThread(SimulatorConfig()) as sim:
+        commands = [["run", "--input", str(tmp_path / "in.parquet"), "--id-column", "id",
+                     "--prompt", "Ordered on {ordered_at}", "--model", "gpt-4o-mini",
+                     "--base-url", sim.base_url, "--output", str(tmp_path / "out"),
+                     "--progress", "none"]]
+        done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(commands)],
+                              env={**os.environ, "OPENAI_API_KEY": "sk-test"},
+                              capture_output=True, text=True, timeout=120)
+        sent = sim.stats()["requests"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "exit 3 run" in done.stdout and sent == 3  # the row without a time is not sent

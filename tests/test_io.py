@@ -729,6 +729,33 @@ def test_parquet_values_read_in_a_prompt_as_text_not_python(tmp_path: Path) -> N
     assert sent["2.0"] == "column 'year' is null, and the prompt needs it"  # its NaN
 
 
+def test_pandas_datetimes_read_in_a_prompt_as_before(tmp_path: Path) -> None:
+    """A timestamp[ns] column (pandas' datetimes) reads in a prompt as pandas writes a Timestamp,
+    as it did when pyarrow made them pandas Timestamps: nanoseconds when there are some, else
+    microseconds when there are some, else whole seconds. Rows answered before keep their
+    hashes (a changed text would send them again)."""
+    import pandas as pd
+
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, hash_values, iter_rows, make_work, prepare
+
+    ns = [1704110400123456789, 1706745600000000000, -500_000_000, 1704110400123456000,
+          -8_000_000_000_000_000_500]
+    when = pa.array(ns, pa.int64()).cast(pa.timestamp("ns"))
+    pq.write_table(pa.table({"id": list(range(len(ns))), "when": when}), tmp_path / "in.parquet")
+    job = load_job(None, {
+        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
+        "prompt": "At {when}", "base_url": "http://127.0.0.1:9/v1",
+        "output": str(tmp_path / "out")})
+    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    shown = [pd.Timestamp(v) for v in ns]
+    for (_, row, _), was in zip(iter_rows(plan), shown, strict=True):
+        work, _ = make_work(plan, str(row["id"]), row)
+        assert work is not None and work.body["messages"][-1]["content"] == f"At {was}"
+        assert hash_values((row["when"],)) == hash_values((was,))
+    assert [str(t)[19:] for t in shown] == [".123456789", "", ".500000", ".123456", ".999999500"]
+
+
 def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path: Path) -> None:
     """Columns a CSV file has no type for (lists, structs, maps, binary that is not UTF-8, a
     UUID extension column) are written as text: JSON, UTF-8 with ``\\x`` escapes, the UUID's
