@@ -2484,8 +2484,11 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         _check_writable(out_dir, journal.directory)
         journal.create()
         remaining = plan.total_rows - len(plan.done)
+        # started_s: the start to the millisecond (started_at is to the second), so that
+        # `status` tells this run's rows from those a run just before finished in its second.
         last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
-                                    "started_at": utc_timestamp(), "finished_at": None,
+                                    "started_at": utc_timestamp(),
+                                    "started_s": round(time.time(), 3), "finished_at": None,
                                     "stopped": None, "to_send": remaining}
         if plan.limited:
             last_run["limit"] = options.limit

@@ -5,6 +5,7 @@ HTTP client nor anything else a run needs (0.3 s of a call on a small job)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -239,8 +240,15 @@ STALLED_S = 30.0
 
 
 def _epoch(last_run: Any) -> float | None:
-    """When ``last_run`` started, as a Unix time (None if job.json does not say)."""
-    started = last_run.get("started_at") if isinstance(last_run, dict) else None
+    """When ``last_run`` started, as a Unix time (None if job.json does not say): its
+    ``started_s``, to the millisecond, else (written by an older batchrunner) its
+    ``started_at``, to the second."""
+    if not isinstance(last_run, dict):
+        return None
+    exact = last_run.get("started_s")
+    if isinstance(exact, int | float) and not isinstance(exact, bool) and math.isfinite(exact):
+        return float(exact)
+    started = last_run.get("started_at")
     if not isinstance(started, str):
         return None
     try:

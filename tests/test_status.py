@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,46 @@ def test_status_shows_the_cost_the_report_shows_whatever_the_costs(
     assert status_cost(out) == shown  # the compacted journal says the same
     tokens = re.search(r"tokens ([\d,]+);", format_status(out))
     assert tokens and int(tokens[1].replace(",", "")) == report["tokens"]["total"]
+
+
+def test_pace_of_a_run_restarted_within_the_second_leaves_out_the_last_runs_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed (or stopped) and run again within the same second: ``started_at`` is to
+    the second, so ``status`` counted the rows the earlier run finished in that second as the
+    new run's, saying fewer rows to do (and a faster pace) than there were. Here the first
+    20 rows are done (``--limit``) at the second the second run starts; that run, in
+    progress, answers 10 more and hangs on the last 10: 10 to do, not none."""
+    from batchrunner.simulator import SimulatorConfig, SimulatorThread
+    from tests.test_crash import cli_process, make_csv, reaped, run_args
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-status-0123456789")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    n, hangs = 40, 10
+    inp = make_csv(tmp_path / "in.csv", n, {i: " [[sim:hang]]" for i in range(n - hangs, n)})
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=5)) as sim:
+        args = run_args(inp, sim.base_url, out, "--concurrency", "4")
+        assert main([*args, "--limit", "20"]) == 0
+        before = Journal(out).read(["status"])
+        assert before.num_rows == 20
+        with cli_process(tmp_path, args) as (proc, err_path, _), reaped(proc):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if sim.stats()["hangs"] == 4 and "30 of 40 rows" in format_status(out):
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, err_path.read_text()
+            last = json.loads((out / "job.json").read_text())["last_run"]
+            assert last["finished_at"] is None and last["to_send"] == 20
+            # The first run's rows, as if it had finished them in the second this one started.
+            second = datetime.fromisoformat(last["started_at"]).timestamp()
+            while time.time() < second + 6 and proc.poll() is None:  # a pace to show
+                time.sleep(0.1)
+            write_segment(Journal(out).directory, "seg-20000101T000000-aaaaaa-w0-000000.parquet",
+                          outcomes_table([Outcome(key=k, status="ok", content="x",
+                                                  finished_at=second)
+                                          for k in before["key"].to_pylist()]))
+            status = format_status(out)
+            proc.kill()
+    assert "30 of 40 rows finished" in status, status
+    assert "the 10 rows to do would take" in status, status
