@@ -210,6 +210,14 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.cost_known_usd = report["cost_usd"]
     summary.cost_unknown = report["rows"]["cost_unknown"]
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
+    if plan.fresh is not None:  # for job.json (the caller writes it): how many are left
+        plan.job_meta["rows_changed"] = {"found": len(plan.fresh[0]),
+                                          "left": summary.changed_left}
+        if not summary.changed_left:
+            # Every row that had changed was sent again, and the compaction kept its new
+            # record: the journal matches this input (a crash before job.json is written
+            # leaves it to be checked).
+            plan.job_meta["rows_checked"] = plan.job_meta["input_fingerprint"]
     return summary
 
 

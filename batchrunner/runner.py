@@ -716,6 +716,38 @@ def _sent_again(journal: Journal, order: InputOrder, fresh: Fresh, latest: Lates
     return again[latest.ok[again] == 1] if retry_failed else again
 
 
+def _changed_for_report(plan: Plan) -> None:
+    """``report`` after a run that did not leave the journal checked against its input (one
+    killed or stopped while sending the rows whose values changed): the rows whose latest
+    record was made with other values than theirs now (``plan.fresh``, as ``prepare`` finds
+    them), so that the compaction ranks a record made with their values now first, as the next
+    run would, and the report counts those still to send again."""
+    meta = plan.job_meta
+    where = f"input {plan.source.path.name}"
+    builder = None
+    if plan.source.kind != "openai_batch":
+        settings = meta.get("request")
+        if not isinstance(settings, dict):
+            return
+        try:
+            builder = RequestBuilder(RequestConfig(**settings), plan.source.columns, where,
+                                     base_dir=plan.source.path.parent)
+        except (TypeError, ValueError, BatchrunnerError):  # the columns are gone: not compared
+            return
+    order = InputOrder(plan.source, plan.key_column, plan.total_rows,
+                       str(meta.get("input_fingerprint", "")))
+    latest = Journal(plan.out_dir).latest(order, hashes=True)
+    if latest.row_hash is None:
+        return
+    hashed = _hashed_columns(builder, meta, plan.source.columns, where)
+    fresh = changed_rows(plan.source, builder, plan.key_column,
+                         np.where(latest.ok >= 0, latest.row_hash, -1),
+                         earlier=[(h["columns"], h["text"]) for h in hashed[1:]
+                                  if set(h["columns"]) <= set(plan.source.columns)])
+    plan.order = order
+    plan.fresh = fresh if len(fresh[0]) else None
+
+
 def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
                         options: RunOptions, warnings: list[str], *, any_ok: bool,
                         to_send: int) -> None:
@@ -2560,14 +2592,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
             _write_meta(plan)
         raise
-    if plan.fresh is not None:
-        plan.job_meta["rows_changed"] = {"found": len(plan.fresh[0]),
-                                          "left": summary.changed_left}
-        if not summary.changed_left:
-            # Every row that had changed was sent again, and the compaction kept its new
-            # record: the journal matches this input (a crash before this line leaves it to
-            # be checked).
-            plan.job_meta["rows_checked"] = plan.job_meta["input_fingerprint"]
+    if plan.fresh is not None:  # rows_changed and rows_checked, as rebuild_outputs set them
         _write_meta(plan)
     return summary
 
@@ -2695,6 +2720,8 @@ def plan_from_output(out_dir: Path) -> Plan:
                 structured=_structured_or_none(meta.get("request") or {}))
     if source.kind == "openai_batch":
         _restore_batch_checks(plan, meta.get("batch_checks"))
+    if meta.get("rows_checked") != meta.get("input_fingerprint"):
+        _changed_for_report(plan)
     return plan
 
 

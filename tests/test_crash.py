@@ -1047,3 +1047,50 @@ def test_changed_rows_a_killed_run_sent_again_are_not_sent_once_more(
     assert df["status"][:changed].eq("failed").all() and df["status"][changed:].eq("ok").all()
     assert df["error_type"][:changed].eq("http_400").all()
     assert Journal(out).latest(None, hashes=True).row_hash is not None
+
+
+def test_report_after_a_killed_changed_rows_rerun_shows_what_it_journaled(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows done, then edited: the rerun sends them again, journals their new outcomes (five
+    refused, five answered) and is killed before its compaction. `report` then kept the
+    refused rows' answers to their old text (an ok wins over a failure, but for the rows'
+    text now, which only a run compared), and said no row was left to send again. It now
+    shows the outcomes journaled for the text now, as the next run would."""
+    n, refused, edited, hangs = 30, 5, 5, 4
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    changes = {**{i: " [[sim:400]]" for i in range(refused)},
+               **{i: " edited" for i in range(refused, refused + edited)}}
+    with SimulatorThread(SimulatorConfig(latency_ms=30)) as sim:
+        args = run_args(inp, sim.base_url, out, "--concurrency", str(hangs))
+        code, _, err = cli(capsys, *args)
+        assert code == 0, err
+        before = pd.read_parquet(out / "results.parquet").set_index("id")["content"]
+        make_csv(inp, n + hangs, {**changes, **{n + i: " [[sim:hang]]" for i in range(hangs)}})
+        with cli_process(tmp_path, args) as (proc, err_path, _):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                records = [pq.read_table(seg, columns=["status"])["status"].to_pylist()
+                           for seg in Journal(out).segments()[1:]]  # the rerun's
+                if sum(len(r) for r in records) == refused + edited:
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, err_path.read_text()
+            proc.kill()
+            proc.wait()
+    code, _, err = cli(capsys, "report", str(out))
+    assert code == 4, err  # the new rows are to do
+    df = pd.read_parquet(out / "results.parquet").set_index("id")
+    assert len(df) == n + hangs and df["status"].iloc[n:].isna().all()
+    assert df["error_type"].iloc[:refused].eq("http_400").all()
+    assert df["content"].iloc[:refused].isna().all()
+    again = df.iloc[refused:refused + edited]
+    assert again["status"].eq("ok").all()
+    assert (again["content"] != before.iloc[refused:refused + edited]).all()
+    assert df["status"].iloc[refused + edited:n].eq("ok").all()
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["rows"]["by_status"] == {"ok": n - refused, "failed": refused}
+    assert report["rows"]["changed_to_send"] == 0
+    status = format_status(out)
+    assert f"{n - refused} ok, {refused} failed" in status
+    assert "earlier text" not in status, status  # report found none left to send again
