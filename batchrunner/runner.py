@@ -297,6 +297,9 @@ class Plan:
     # The rows done before whose values changed since (sent again): their positions and
     # row_hash now. Compaction at the end of the run prefers their records made with these.
     fresh: Fresh | None = None
+    # Of those, the rows no run has sent with their values now (positions, sorted): sent as
+    # new rows are. The others a killed run sent again already: resent for their record.
+    untried: npt.NDArray[np.int64] | None = None
     out_dir: Path
     job_meta: dict[str, Any]
     prices: PriceBook
@@ -444,18 +447,21 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     latest = journal.latest(order, cost=True, hashes=not checked)
     # Not sent again: ok rows, and failed ones unless retried, unless their values changed.
     done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
-    fresh = None
+    fresh = untried = None
     hashed = _hashed_columns(builder, old_meta, source.columns, where)
     meta["row_hash_columns"] = hashed
     if latest.row_hash is not None:
         assert old_meta is not None
+        tried: list[npt.NDArray[np.int64]] = []
         fresh, said = _resend_changed(
             source, builder, key_column, latest.row_hash, done,
             input_changed=old_meta.get("input_fingerprint") != fingerprint,
-            sent=lambda f: _sent_again(journal, order, f, latest, options.retry_failed),
+            sent=lambda f: _sent_again(journal, order, f, latest, options.retry_failed, tried),
             earlier=[(h["columns"], h["text"]) for h in hashed[1:]
                      if set(h["columns"]) <= set(source.columns)])
         warnings.extend(said)
+        if fresh is not None:
+            untried = np.setdiff1d(fresh[0], tried[0]) if tried else fresh[0]
     meta["rows_checked"] = fingerprint if fresh is None else None
     if options.retry_failed and np.any(latest.ok == 1) and not np.any(latest.ok == 0):
         warnings.append("--retry-failed: no row of the input has failed: it has nothing to "
@@ -523,8 +529,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             spent = carried
     unfinished = ~done & carried & ~recorded
     plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
-                done=DoneRows(done), fresh=fresh, out_dir=out_dir, job_meta=meta, prices=prices,
-                warnings=warnings, structured=structured, mixes=mixes,
+                done=DoneRows(done), fresh=fresh, untried=untried, out_dir=out_dir,
+                job_meta=meta, prices=prices, warnings=warnings, structured=structured, mixes=mixes,
                 real_answers=real_answers,
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 unfinished=unfinished if np.any(unfinished) else None,
@@ -677,18 +683,22 @@ def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
                     key_column: str | None, recorded: npt.NDArray[np.int64],
                     done: npt.NDArray[np.bool_], *, input_changed: bool,
                     earlier: Sequence[tuple[Sequence[str], Collection[str]]] = (),
-                    sent: Callable[[Fresh], npt.NDArray[np.int64]] | None = None
+                    sent: Callable[[Fresh], tuple[npt.NDArray[np.int64],
+                                                  npt.NDArray[np.int64]]] | None = None
                     ) -> tuple[Fresh | None, list[str]]:
     """The rows done whose values (``row_hash``) changed since they were recorded are sent
     again (cleared in ``done``): their positions and hashes now (None: no row changed), and
     what to say about it. ``earlier``: as in ``changed_rows``. ``sent``: of those, the rows
-    not to send, as ``_sent_again`` finds them."""
+    not to send, and the rows sent again already with their values now (not said to be sent
+    again as changed), as ``_sent_again`` finds them."""
     fresh = changed_rows(source, builder, key_column, np.where(done, recorded, -1),
                          earlier=earlier)
     done[fresh[0]] = False
-    if sent is not None and len(fresh[0]):
-        done[sent(fresh)] = True
-    n = len(fresh[0]) - int(np.count_nonzero(done[fresh[0]]))
+    n = len(fresh[0])
+    if sent is not None and n:
+        again = sent(fresh)
+        done[again[0]] = True
+        n -= len(again[1])
     unknown = int(np.count_nonzero(done & (recorded < 0))) if input_changed else 0
     said = []
     by = "by id" if key_column is not None else "by position, as --force allows"
@@ -708,12 +718,16 @@ def _resend_changed(source: io.InputSource, builder: RequestBuilder | None,
 
 
 def _sent_again(journal: Journal, order: InputOrder, fresh: Fresh, latest: Latest,
-                retry_failed: bool) -> npt.NDArray[np.int64]:
+                retry_failed: bool, tried: list[npt.NDArray[np.int64]]
+                ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Of the rows whose values changed (``fresh``), those a killed run sent again already
-    and that are done as their outcome stands (a failure is resent by --retry-failed only):
-    ``latest`` then holds that outcome, which the run's compaction keeps."""
+    and that are done as their outcome stands (a failure is resent by --retry-failed only),
+    and all it sent again (appended to ``tried`` too: a failure resent by --retry-failed is
+    resent for its record, not as a new row): ``latest`` then holds their outcomes, which the
+    run's compaction keeps."""
     again = journal.sent_again(order, fresh, latest)
-    return again[latest.ok[again] == 1] if retry_failed else again
+    tried.append(again)
+    return (again[latest.ok[again] == 1] if retry_failed else again), again
 
 
 def _changed_for_report(plan: Plan) -> None:
@@ -961,8 +975,9 @@ def _rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float, bool
     and its text has not changed since (``Plan.fresh``)."""
     kc = plan.key_column
     unfinished = plan.unfinished
-    # Rows whose text changed are sent for their new text, as new rows are (positions sorted).
-    changed = plan.fresh[0] if plan.fresh is not None and len(plan.fresh[0]) else None
+    # Rows whose text changed are sent for their new text, as new rows are (positions sorted),
+    # unless a killed run sent them with it already.
+    changed = plan.untried if plan.untried is not None and len(plan.untried) else None
     for at, rows in _input_rows(plan.source, plan.builder, kc, plan.done.mask):
         spent = _spent_of(plan.spent, at)
         resent = [not math.isnan(cost) for cost in spent]

@@ -1094,3 +1094,39 @@ def test_report_after_a_killed_changed_rows_rerun_shows_what_it_journaled(
     status = format_status(out)
     assert f"{n - refused} ok, {refused} failed" in status
     assert "earlier text" not in status, status  # report found none left to send again
+
+
+def test_retry_failed_after_a_killed_changed_rows_rerun_is_not_stopped_by_its_retries(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows done, then edited so that the endpoint refuses them: the rerun sends them again
+    (after an edited row answered, so it goes on), journals their failures and is killed.
+    The next night's run with --retry-failed sends those failures again; they were counted as
+    rows never tried, so their failing again stopped the job (exit 4) before the new rows were
+    sent, where rows sent again by --retry-failed are not to stop it. It now finishes (exit 3),
+    the new rows answered."""
+    n, refused, new = 40, 30, 4
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    changes = {0: " edited", **{i: " [[sim:400]]" for i in range(1, refused + 1)}}
+    with SimulatorThread(SimulatorConfig(latency_ms=20)) as sim:
+        args = run_args(inp, sim.base_url, out)
+        code, _, err = cli(capsys, *args, "--concurrency", "4")
+        assert code == 0, err
+        make_csv(inp, n + new, {**changes, **{n + i: " [[sim:hang]]" for i in range(new)}})
+        with cli_process(tmp_path, [*args, "--concurrency", "1"]) as (proc, err_path, _):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                records = [pq.read_table(seg, columns=["status"])["status"].to_pylist()
+                           for seg in Journal(out).segments()[1:]]  # the rerun's
+                if sum(r.count("failed") for r in records) == refused:
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, err_path.read_text()
+            proc.kill()
+            proc.wait()
+        make_csv(inp, n + new, changes)  # the new rows answer now
+        code, stdout, err = cli(capsys, *args, "--concurrency", "4", "--retry-failed")
+    assert code == 3, stdout + err
+    df = pd.read_parquet(out / "results.parquet")
+    assert df["status"].iloc[1:refused + 1].eq("failed").all()
+    assert df["status"].drop(index=range(1, refused + 1)).eq("ok").all()
