@@ -370,6 +370,20 @@ class Journal:
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         return latest(table)
 
+    def answered_models(self) -> frozenset[str]:
+        """The models of the journal's ``ok`` records (the models that answered, as their
+        replies named them), reading those two columns only."""
+        def read() -> set[str]:
+            models: set[str] = set()
+            for seg in self.segments():
+                t = _read_group(_open(seg), seg, None, ["status", "model"])
+                answered = pc.filter(t["model"], pc.fill_null(is_value(t["status"], "ok"),
+                                                             scalar(False, pa.bool_())))
+                models.update(m for m in pc.value_counts(answered).field("values").to_pylist()
+                              if m)
+            return models
+        return frozenset(_listed_again(read))
+
     def iter_latest(self, columns: Iterable[str] | None = None) -> Iterator[pa.Table]:
         """What ``read`` gives, a table at a time: a row group at a time when the journal is one
         compacted segment (one record a row, as a finished run leaves it), so that its reader

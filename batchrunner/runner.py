@@ -541,6 +541,9 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     known: Any = meta.get("answered_models")  # carried over from old_meta
     if isinstance(known, list):
         plan.answered_models = frozenset(m for m in known if isinstance(m, str))
+    elif (builder is None or job.request.model_column) and np.any(latest.ok == 1):
+        # Not recorded (a first run killed before its end): the journal's answers tell.
+        plan.answered_models = journal.answered_models()
     if old_meta is not None and source.kind == "openai_batch":
         checks_seen = old_meta.get("batch_checks")
         if checks_seen is None and (np.any(latest.ok >= 0) or latest.others.num_rows):

@@ -1130,3 +1130,37 @@ def test_retry_failed_after_a_killed_changed_rows_rerun_is_not_stopped_by_its_re
     df = pd.read_parquet(out / "results.parquet")
     assert df["status"].iloc[1:refused + 1].eq("failed").all()
     assert df["status"].drop(index=range(1, refused + 1)).eq("ok").all()
+
+
+def test_a_rerun_after_a_killed_first_run_knows_the_models_it_was_answered_by(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job of two models, the key refused for one: the first run is killed once the other
+    model's rows are answered, before it recorded in job.json which models answered (at its
+    end). The rerun, left with the refused model's rows, held them as if no model had ever
+    answered the key and stopped (exit 4, "check the key"), as every rerun would; the answers
+    in the journal show the key works. Those rows now fail as model_refused (exit 3)."""
+    n = 10
+
+    def write_input(marker: str) -> Path:
+        pd.DataFrame({"id": [f"r{i:04d}" for i in range(2 * n)],
+                      "text": [f"row {i}" + (marker if i >= n else "") for i in range(2 * n)],
+                      "model": ["gpt-4o-mini"] * n + ["claude-x"] * n}
+                     ).to_csv(tmp_path / "in.csv", index=False)
+        return tmp_path / "in.csv"
+
+    inp, out = write_input(" [[sim:hang]]"), tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=20)) as sim:
+        args = ["run", "--input", str(inp), "--id-column", "id", "--prompt", TEMPLATE,
+                "--model-column", "model", "--base-url", sim.base_url, "--output", str(out),
+                "--progress", "none", "--concurrency", "2"]
+        with cli_process(tmp_path, args) as (proc, err_path, _):
+            assert _wait(proc, lambda: len(ok_keys(out)) == n), err_path.read_text()
+            proc.kill()
+            proc.wait()
+        assert "answered_models" not in json.loads((out / "job.json").read_text())
+        write_input(" [[sim:403]]")
+        code, stdout, err = cli(capsys, *args)
+    assert code == 3, stdout + err
+    df = pd.read_parquet(out / "results.parquet")
+    assert df["status"].iloc[:n].eq("ok").all()
+    assert df["error_type"].iloc[n:].eq("model_refused").all()
