@@ -84,6 +84,13 @@ _ROW_MASK = (1 << _ROW_BITS) - 1
 _T = TypeVar("_T")
 
 
+class _Adder(Protocol):
+    def add(self, part: pa.Table) -> None: ...
+
+
+_F = TypeVar("_F", bound=_Adder)
+
+
 # Rows whose values changed since their records were made: input positions (ascending) and each
 # row's ``row_hash`` now. Of such a row's records, one made with that hash wins over the others.
 Fresh = tuple[np.ndarray, np.ndarray]
@@ -399,6 +406,62 @@ class Journal:
         cols = _read_columns(columns)
         for rg in range(pf.num_row_groups):
             yield _read_group(pf, segs[0], rg, cols)
+
+    def fold_latest(self, columns: Iterable[str], start: Callable[[], _F]) -> _F:
+        """What ``read`` gives, added to ``start()`` (its ``add``) a table of some
+        ``_INDEX_ROWS`` records at a time, read a segment at a time: the key, status, time
+        (and cost) of every record first, to tell the latest ones, then the other columns of
+        those. ``status`` reads so beside a run in progress, whose journal is many segments:
+        its memory is that of the records' keys, not of every column of every record. A
+        segment gone meanwhile (the run compacted the journal) has it read again, from
+        ``start()``."""
+        cols = _read_columns(columns)
+
+        def fold() -> _F:
+            total = start()
+            for part in self._stream_latest(cols):
+                total.add(part)
+            return total
+
+        return _listed_again(fold)
+
+    def _stream_latest(self, cols: list[str]) -> Iterator[pa.Table]:
+        """``fold_latest``'s tables (``cols``, which name key, status and finished_at)."""
+        segs = self.segments()
+        if _compacted(segs):
+            pf = _open(segs[0])
+            for rg in range(pf.num_row_groups):
+                yield _read_group(pf, segs[0], rg, cols)
+            return
+        first = ["key", "status", "finished_at",
+                 *([c for c in ("cost_usd", "earlier_cost_usd") if c in cols]
+                   if {"cost_usd", "earlier_cost_usd"} <= set(cols) else [])]
+        rest = [c for c in cols if c not in first]
+        index = [_read_group(_open(seg), seg, None, first) for seg in segs]
+        keep, most = _winners(pa.concat_tables(index)) if index else (None, None)
+        at = kept = rows = 0
+        pending: list[pa.Table] = []
+        for i, seg in enumerate(segs):
+            part, index[i] = index[i], pa.table({})  # each segment's index freed once read
+            n = part.num_rows
+            if rest:
+                more = _read_group(_open(seg), seg, None, rest)
+                for c in rest:
+                    part = part.append_column(more.schema.field(c), more[c])
+            part = part.select(cols)
+            if keep is not None and not keep[at:at + n].all():
+                part = pc.filter(part, bool_array(keep[at:at + n]))
+            at += n
+            if most is not None:
+                part = _carry_cost(part, most[kept:kept + part.num_rows])
+                kept += part.num_rows
+            pending.append(part)
+            rows += part.num_rows
+            if rows >= _INDEX_ROWS:
+                yield pa.concat_tables(pending)
+                pending, rows = [], 0
+        if pending:
+            yield pa.concat_tables(pending)
 
     def compact(self, run_id: str, order: Order | None = None, *,
                 fresh: Fresh | None = None) -> Path | None:
@@ -812,13 +875,24 @@ def latest(table: pa.Table) -> pa.Table:
     ranked: a journal of a run in progress is mostly one record a key, and ``status`` reads it
     every few minutes beside the run (a sort of a million keys, and a copy of every column in
     that order, cost it more CPU and memory than the rest of its work)."""
+    keep, most = _winners(table)
+    if keep is None:  # one record a key
+        return table
+    winners = pc.filter(table, bool_array(keep))
+    return winners if most is None else _carry_cost(winners, most)
+
+
+def _winners(table: pa.Table) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Which records of ``table`` ``latest`` keeps (a mask; None: all, one record a key),
+    and, when it has the cost columns and a cost to carry, what the row of each record kept
+    has cost (see ``latest``)."""
     n = table.num_rows
     if n == 0:
-        return table
+        return None, None
     codes = _key_codes(table["key"])
     counts = np.bincount(codes)
     if len(counts) == n:  # one record a key
-        return table
+        return None, None
     repeated = np.flatnonzero(counts[codes] > 1)
     rank = to_numpy(_rank(table["status"]), fill=-2)[repeated]
     at = to_numpy(table["finished_at"], fill=0.0)[repeated]
@@ -828,15 +902,15 @@ def latest(table: pa.Table) -> pa.Table:
     last[:-1] = ranked[:-1] != ranked[1:]
     keep = counts[codes] == 1
     keep[repeated[order][last]] = True
-    winners = pc.filter(table, bool_array(keep))
     if not {"cost_usd", "earlier_cost_usd"} <= set(table.column_names):
-        return winners
+        return keep, None
     spent = _spent(table["cost_usd"], table["earlier_cost_usd"])
     if spent.null_count == len(spent):
-        return winners  # no cost: nothing to carry
+        return keep, None  # no cost: nothing to carry
     most = np.full(len(counts), np.nan)
     np.fmax.at(most, codes[repeated], to_numpy(spent, fill=float("nan"))[repeated])
-    return _carry_cost(winners, most[codes[keep]])
+    kept: np.ndarray = most[codes[keep]]
+    return keep, kept
 
 
 def _key_codes(keys: pa.ChunkedArray) -> np.ndarray:

@@ -93,9 +93,7 @@ def format_status(out_dir: Path) -> str:
     """Progress, failures by type and cost so far, from the journal alone."""
     meta = read_meta(out_dir)
     locked = io.is_locked(out_dir)
-    state = _Tally(times=locked)
-    for part in Journal(out_dir).iter_latest(_Tally.COLUMNS):
-        state.add(part)
+    state = Journal(out_dir).fold_latest(_Tally.COLUMNS, lambda: _Tally(times=locked))
     total = int(meta.get("total_rows") or 0)
     ok, failed = state.ok, state.failed
     # The journal's rows the input no longer has (an id-keyed input that lost rows since they
