@@ -433,9 +433,8 @@ class Journal:
             for rg in range(pf.num_row_groups):
                 yield _read_group(pf, segs[0], rg, cols)
             return
-        first = ["key", "status", "finished_at",
-                 *([c for c in ("cost_usd", "earlier_cost_usd") if c in cols]
-                   if {"cost_usd", "earlier_cost_usd"} <= set(cols) else [])]
+        costs = ("cost_usd", "earlier_cost_usd")  # a row's cost is carried when both are read
+        first = ["key", "status", "finished_at", *(costs if set(costs) <= set(cols) else ())]
         rest = [c for c in cols if c not in first]
         index = [_read_group(_open(seg), seg, None, first) for seg in segs]
         keep, most = _winners(pa.concat_tables(index)) if index else (None, None)

@@ -975,7 +975,8 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
 def _rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float, bool]]:
     """``iter_rows``'s rows, each with whether it is sent again for its own sake: it has an
     outcome (ok or failed) from an earlier run, not only billed tries (``Plan.unfinished``),
-    and its text has not changed since (``Plan.fresh``)."""
+    and it is not a row whose text changed that no run has sent with its text now
+    (``Plan.untried``)."""
     kc = plan.key_column
     unfinished = plan.unfinished
     # Rows whose text changed are sent for their new text, as new rows are (positions sorted),

@@ -73,7 +73,7 @@ def test_pace_of_a_run_restarted_within_the_second_leaves_out_the_last_runs_rows
     20 rows are done (``--limit``) at the second the second run starts; that run, in
     progress, answers 10 more and hangs on the last 10: 10 to do, not none."""
     from batchrunner.simulator import SimulatorConfig, SimulatorThread
-    from tests.test_crash import cli_process, make_csv, reaped, run_args
+    from tests.test_crash import cli_process, make_csv, run_args
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-status-0123456789")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -85,7 +85,7 @@ def test_pace_of_a_run_restarted_within_the_second_leaves_out_the_last_runs_rows
         assert main([*args, "--limit", "20"]) == 0
         before = Journal(out).read(["status"])
         assert before.num_rows == 20
-        with cli_process(tmp_path, args) as (proc, err_path, _), reaped(proc):
+        with cli_process(tmp_path, args) as (proc, err_path, _):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and proc.poll() is None:
                 if sim.stats()["hangs"] == 4 and "30 of 40 rows" in format_status(out):
