@@ -43,6 +43,9 @@ class Counts:
     unreachable_s: float = 0.0  # how long no request could connect (none answered since)
     unreachable_by: str = ""  # a gateway's latest answer meanwhile ("HTTP 503: ..."), if any
     outage_s: float = 0.0  # how long the job waits out such answers before it stops
+    concurrency: int = 0  # lowered to this many in flight (0: not lowered), from ...
+    concurrency_from: int = 0  # ... this many, because ...
+    concurrency_why: str = ""  # ... of this ("3 requests timed out while 29 were answered")
     resumed: bool = False  # earlier runs finished rows: ok/failed are the job's, the rest not
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -90,6 +93,9 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     if c.learnt_rpm:  # a run slower than it could be says why
         parts.append(f"(paced at {c.learnt_rpm:,.0f} requests a minute, learnt from a storm of "
                      "429s: the server reports no limit)")
+    if c.concurrency:  # a run slower than it could be says why
+        parts.append(f"(concurrency lowered to {c.concurrency:,} from {c.concurrency_from:,}: "
+                     f"{c.concurrency_why})")
     if c.unreachable_s >= 1:  # a run that looks stuck is waiting for the endpoint
         if c.unreachable_by:  # its gateway answers for it: say what, not "no connection"
             limit = f"; the job stops after {_duration(c.outage_s)} of these" \
@@ -112,6 +118,8 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
         parts.append((3, f"paused={c.paused_s:.0f}s"))
     if c.learnt_rpm:
         parts.append((4, f"pace={c.learnt_rpm:,.0f}/min"))
+    if c.concurrency:
+        parts.append((4, f"concurrency={c.concurrency:,}"))
     if c.unreachable_s >= 1:  # as it is while the endpoint cannot be reached
         status = c.unreachable_by.split(":", 1)[0].removeprefix("HTTP ")
         parts.append((3, f"unreachable={c.unreachable_s:.0f}s" + (f" ({status})" if status

@@ -1261,6 +1261,14 @@ class _Run:
         self.outage_s = options.outage_s
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
+        # Too many in flight for the server (``_queued_too_long``): the concurrency at most,
+        # inf when not lowered. ``late`` counts the timeouts that lowered it since the latest
+        # tune tick, which sets ``cut_at``: requests sent before a cut time out for the
+        # concurrency before it, and lower it no more. ``ok_seen``: the rows ok at that tick.
+        self.ceiling = math.inf
+        self.late = 0
+        self.cut_at = -math.inf
+        self.ok_seen = self.counts.ok
         # The worker count is the concurrency: the tuner adds workers, and makes the surplus
         # ones end after their current request. No per-request gate.
         self.target_workers = (max_concurrency if fixed_concurrency
@@ -1776,6 +1784,8 @@ class _Run:
                     item.timeouts += 1
                     if e.answer_begun:  # its stream had begun: the endpoint answers, slowly
                         self._answered(sent_at)
+                    elif sent_at > self.cut_at and self.last_answer > sent_at:
+                        self._queued_too_long()
                 billed, searched = self._billed(item, e)
                 if e.usage is None and self.budget is not None and (
                         e.answer_begun or e.error_type in MAYBE_BILLED):
@@ -2342,20 +2352,60 @@ class _Run:
 
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap (a
-        concurrency the job set is kept). And the pace learnt from 429s is sampled."""
+        concurrency the job set is kept), and within the ceiling requests timing out set
+        (``_overloaded``). And the pace learnt from 429s is sampled."""
         self._sample_pace()
         while True:
             await anyio.sleep(TUNE_EVERY_S)
             self._sample_pace()
             if self.fixed_concurrency:
-                continue
-            rate = self._requests_per_second()
-            if rate is None:
-                target = min(self.max_concurrency, DEFAULT_CONCURRENCY)
+                target = self.max_concurrency
+            elif (rate := self._requests_per_second()) is None:
+                target = max(4, min(self.max_concurrency, DEFAULT_CONCURRENCY))
             else:
-                target = math.ceil(rate * self.latency_s * 1.5) + 4
-            self.target_workers = max(4, min(self.max_concurrency, target))
+                target = max(4, min(self.max_concurrency,
+                                    math.ceil(rate * self.latency_s * 1.5) + 4))
+            self._overloaded(target)
+            if self.ceiling < target:
+                target = int(self.ceiling)
+            self.target_workers = target
             self.add_workers()
+
+    def _queued_too_long(self) -> None:
+        """A request timed out while others sent to the same server were answered: it was
+        queued behind more than the server runs at once (a GPU server's batch), where the
+        requests answered in time were not. Its worker ends: of the requests in flight, as
+        many as were answered in time go on (the concurrency falls by the share that timed
+        out), never fewer than one."""
+        self.late += 1
+        if self.target_workers > 1:
+            self.target_workers -= 1
+            self.ceiling = self.target_workers
+
+    def _overloaded(self, target: int) -> None:
+        """The ceiling requests that queued too long set (``_queued_too_long``), shown in
+        the progress; requests sent from now on lower it again if they time out too. While
+        answers come in time and none times out, it rises by one a latency (an answer's
+        time), and is lifted when it reaches ``target``, the concurrency sized otherwise."""
+        ok = self.counts.ok
+        answered, self.ok_seen = ok - self.ok_seen, ok
+        counts = self.counts
+        if late := self.late:
+            self.late = 0
+            self.cut_at = time.perf_counter()
+            counts.concurrency = int(self.ceiling)
+            counts.concurrency_from = target
+            counts.concurrency_why = (
+                f"{late:,} request{' was' if late == 1 else 's were'} queued past the "
+                "timeout while others were answered: the server queues what it cannot run "
+                "at once")
+        elif answered and self.ceiling < math.inf:
+            self.ceiling += TUNE_EVERY_S / max(self.latency_s, TUNE_EVERY_S)
+            if self.ceiling >= target:
+                self.ceiling = math.inf
+                counts.concurrency = counts.concurrency_from = 0
+            else:
+                counts.concurrency = int(self.ceiling)
 
     async def flush_journal(self) -> None:
         """Write the buffered outcomes every second, or sooner when many are waiting."""
