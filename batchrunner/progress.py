@@ -46,6 +46,8 @@ class Counts:
     concurrency: int = 0  # lowered to this many in flight (0: not lowered), from ...
     concurrency_from: int = 0  # ... this many, because ...
     concurrency_why: str = ""  # ... of this ("3 requests timed out while 29 were answered")
+    rows_out: int = 0  # the rows started may be out, no more: the server fails everything
+    server_errors: int = 0  # the server errors in a row, none ok since, that said so
     resumed: bool = False  # earlier runs finished rows: ok/failed are the job's, the rest not
     extra: dict[str, int] = field(default_factory=dict)
 
@@ -96,6 +98,9 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
     if c.concurrency:  # a run slower than it could be says why
         parts.append(f"(concurrency lowered to {c.concurrency:,} from {c.concurrency_from:,}: "
                      f"{c.concurrency_why})")
+    if c.rows_out:
+        parts.append(f"({c.server_errors:,} server errors in a row, no row ok since: a new row "
+                     f"starts only as one of the {c.rows_out:,} started finishes)")
     if c.unreachable_s >= 1:  # a run that looks stuck is waiting for the endpoint
         if c.unreachable_by:  # its gateway answers for it: say what, not "no connection"
             limit = f"; the job stops after {_duration(c.outage_s)} of these" \
@@ -120,6 +125,8 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
         parts.append((4, f"pace={c.learnt_rpm:,.0f}/min"))
     if c.concurrency:
         parts.append((4, f"concurrency={c.concurrency:,}"))
+    if c.rows_out:
+        parts.append((3, f"failing={c.server_errors:,}"))
     if c.unreachable_s >= 1:  # as it is while the endpoint cannot be reached
         status = c.unreachable_by.split(":", 1)[0].removeprefix("HTTP ")
         parts.append((3, f"unreachable={c.unreachable_s:.0f}s" + (f" ({status})" if status

@@ -173,6 +173,11 @@ GATEWAY_STATUSES = frozenset({502, 503, 504})
 # so the progress, which shows a pause of a second or more as a server's asked-for wait, does
 # not show it as one (it shows the outage).
 PROBE_EVERY_S = 0.8
+# Server errors (HTTP 500 and the like, not a gateway's for a server away) answered in a row,
+# with no row ok since: the server fails whatever it is sent (an engine that died, a proxy
+# whose upstream is gone), and new rows start only as the rows started finish (_server_failing).
+# Fewer in a row are rows the server fails for themselves, or a random few.
+SERVER_ERRORS_IN_A_ROW = 8
 # The failures of a try that reached the server and got no whole answer from it, which may
 # have been billed although no usage says so: a provider goes on with a request whose client
 # has gone (a timeout, a connection broken once the request was sent), and one whose body was
@@ -1269,6 +1274,12 @@ class _Run:
         self.late = 0
         self.cut_at = -math.inf
         self.ok_seen = self.counts.ok
+        # Server errors since the latest row ok (``_server_error``), and while there are
+        # SERVER_ERRORS_IN_A_ROW of them, the rows that may be out (started, not finished):
+        # a new row only as one finishes; sys.maxsize when any number may.
+        self.server_errors = 0
+        self.ok_at_error = self.counts.ok
+        self.rows_out = sys.maxsize
         # The worker count is the concurrency: the tuner adds workers, and makes the surplus
         # ones end after their current request. No per-request gate.
         self.target_workers = (max_concurrency if fixed_concurrency
@@ -1348,9 +1359,11 @@ class _Run:
         held = len(self.held)
         if held:
             self._check_held()
-        if self.outstanding == held and (self.rows_done or self._looks_down):
+        if ((self.outstanding == held and (self.rows_done or self._looks_down))
+                or self.rows_out < sys.maxsize):
             # Nothing left but rows held (the idle workers end), or no row in flight to probe
-            # the endpoint that looks down with (the next row does).
+            # the endpoint that looks down with (the next row does), or a row out fewer while
+            # the server fails everything (the next row may start).
             self._wake_workers()
 
     def stop(self, error: StopJob) -> None:
@@ -1426,6 +1439,8 @@ class _Run:
             return self.retries.popleft()
         if self.outstanding > len(self.held) and self._looks_down and not self._fresh_probe():
             return None  # the endpoint looks down: the rows started find out when it is back
+        if self.outstanding - len(self.held) >= self.rows_out:
+            return None  # the server fails everything: the rows started go on (_server_error)
         plan = self.plan
         while not self.rows_done:
             try:
@@ -1776,6 +1791,8 @@ class _Run:
                         self.refused_by = f"HTTP {e.status}: {e.message}"
                 elif e.status is not None:
                     self._answered(sent_at)
+                    if e.status >= 500:
+                        self._server_error()
                 elif e.error_type == "connection_error":
                     self.counters["not_connected"] += 1  # counted as sent: it was tried
                     self._refused(item)
@@ -2382,14 +2399,34 @@ class _Run:
             self.target_workers -= 1
             self.ceiling = self.target_workers
 
+    def _server_error(self) -> None:
+        """A server error answered (HTTP 500, say). Once SERVER_ERRORS_IN_A_ROW came with no
+        row ok since, the server fails whatever it is sent (an engine that died): no new row
+        starts but as one of the rows out finishes (each fails after its attempts, or is ok),
+        rather than every worker starting new rows while those started back off, each to be
+        tried max_attempts times; the fail-fast stop (``_fail_fast``) comes after few requests.
+        A row ok lifts it (``_overloaded``)."""
+        if self.counts.ok != self.ok_at_error:
+            self.ok_at_error = self.counts.ok
+            self.server_errors = 0
+        self.server_errors += 1
+        if self.server_errors == SERVER_ERRORS_IN_A_ROW:
+            self.rows_out = max(1, self.outstanding - len(self.held))
+
     def _overloaded(self, target: int) -> None:
-        """The ceiling requests that queued too long set (``_queued_too_long``), shown in
-        the progress; requests sent from now on lower it again if they time out too. While
-        answers come in time and none times out, it rises by one a latency (an answer's
-        time), and is lifted when it reaches ``target``, the concurrency sized otherwise."""
-        ok = self.counts.ok
-        answered, self.ok_seen = ok - self.ok_seen, ok
+        """The rows out while the server fails everything (``_server_error``), until a row is
+        ok; and the ceiling requests that queued too long set (``_queued_too_long``): requests
+        sent from now on lower it again if they time out too; while answers come in time and
+        none times out, it rises by one a latency (an answer's time), and is lifted when it
+        reaches ``target``, the concurrency sized otherwise. Both are shown in the progress."""
         counts = self.counts
+        ok = counts.ok
+        answered, self.ok_seen = ok - self.ok_seen, ok
+        if self.rows_out < sys.maxsize and ok != self.ok_at_error:
+            self.rows_out = sys.maxsize  # a row ok: the server works
+            self._wake_workers()
+        counts.rows_out = self.rows_out if self.rows_out < sys.maxsize else 0
+        counts.server_errors = self.server_errors
         if late := self.late:
             self.late = 0
             self.cut_at = time.perf_counter()

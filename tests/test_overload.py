@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from batchrunner import runner
 from batchrunner.progress import Counts, LogProgress, Progress, _postfix
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
-from tests.test_faults import job_for, make_csv, results, run
+from tests.test_faults import RUN_LIMIT_S, job_for, make_csv, results, run
 
 KEY = "sk-test-overload-5e7a91"
 
@@ -53,3 +56,54 @@ def test_the_progress_says_why_the_concurrency_was_lowered() -> None:
                            concurrency_why="33 requests were queued past the timeout"))
     assert "(concurrency lowered to 31 from 64: 33 requests were queued past the timeout)" in line
     assert "concurrency" not in _postfix(Counts())
+    line = _postfix(Counts(rows_out=40, server_errors=8))
+    assert ("(8 server errors in a row, no row ok since: a new row starts only as one of the 40 "
+            "started finishes)") in line
+
+
+def backoff_of(base_s: float, max_attempts: int) -> RunOptions:
+    return RunOptions(retry=RetryPolicy(base_s=base_s, max_attempts=max_attempts),
+                      progress="none", handle_signals=False)
+
+
+@pytest.mark.anyio
+async def test_a_server_failing_every_request_is_not_sent_new_rows_faster_than_rows_fail(
+        tmp_path: Path) -> None:
+    """A server that answers 500 to everything (vLLM's engine dead, a proxy whose upstream is
+    gone): every worker started new rows while those started backed off, so that some 300 of
+    1,000 rows were touched, each to be tried up to max_attempts times, in some 1,100 to 1,600
+    requests before the first 20 rows had failed and the job stopped. Once the server errors
+    come in a row with no row ok, a new row starts only as one of those started finishes:
+    the stop, saying what it said, comes after few rows and requests."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(1000)])
+    async with Simulator(SimulatorConfig(faults={"500": 1.0})) as sim:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, sim.base_url, inp, concurrency=64),
+                              backoff_of(0.05, 6))
+        stats = sim.stats(per_prompt=True)
+    assert s.exit_code == 4 and s.stopped and s.ok == 0
+    assert s.stopped.startswith("the first 20 rows to finish all failed with http_500 and none "
+                                "succeeded")
+    assert "wait for the endpoint to recover" in s.stopped
+    assert len(stats["requests_by_prompt"]) < 120  # rows touched
+    assert stats["requests"] == s.sent < 600
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("concurrency", [1, 8])
+async def test_rows_a_server_fails_for_themselves_fail_after_their_attempts_the_rest_go_on(
+        tmp_path: Path, concurrency: int) -> None:
+    """Two rows side by side that the server answers 500 every time (twice as many errors in
+    a row as the rule above counts, at concurrency 1) fail after max_attempts as ever; every
+    other row is answered."""
+    texts = [f"ticket {i}" for i in range(40)]
+    texts[3] = texts[4] = "crashes the model [[sim:500]]"
+    inp = make_csv(tmp_path / "in.csv", texts)
+    async with Simulator(SimulatorConfig()) as sim:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, sim.base_url, inp, concurrency=concurrency),
+                              backoff_of(0.001, 6))
+    df = results(tmp_path)
+    assert s.exit_code == 3 and s.ok == 38 and s.failed == 2
+    assert list(df.loc[["r0003", "r0004"], "attempts"]) == [6, 6]
+    assert set(df.loc[["r0003", "r0004"], "error_type"]) == {"http_500"}
