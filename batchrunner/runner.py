@@ -175,7 +175,7 @@ GATEWAY_STATUSES = frozenset({502, 503, 504})
 PROBE_EVERY_S = 0.8
 # Server errors (HTTP 500 and the like, not a gateway's for a server away) answered in a row,
 # with no row ok since: the server fails whatever it is sent (an engine that died, a proxy
-# whose upstream is gone), and new rows start only as the rows started finish (_server_failing).
+# whose upstream is gone), and new rows start only as the rows started finish (_server_error).
 # Fewer in a row are rows the server fails for themselves, or a random few.
 SERVER_ERRORS_IN_A_ROW = 8
 # The failures of a try that reached the server and got no whole answer from it, which may
