@@ -4,7 +4,8 @@ Prices come from two places, looked up in this order:
 
 1. the job's ``[prices]`` table, parsed by :func:`parse_price_table`: the exact model name, or
    a dated snapshot of it, the name an API answers with (``gpt-4o-mini-2024-07-18`` is priced
-   as ``gpt-4o-mini``, ``claude-sonnet-4-5-20250929`` as ``claude-sonnet-4-5``);
+   as ``gpt-4o-mini``, ``claude-sonnet-4-5-20250929`` as ``claude-sonnet-4-5``), or a gateway's
+   name of either, in another case or behind a provider (``openai/gpt-4o``);
 2. the ``genai-prices`` library, a maintained offline price table that matches dated and
    suffixed model names (``gpt-4o-2024-08-06``, ``claude-sonnet-4-5-20250929``,
    ``gemini-3-pro-preview-thinking``) and, as a fallback here, gateway spellings such as
@@ -170,6 +171,13 @@ class PriceBook:
 
     def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
         self._overrides: dict[str, ModelPrice] = dict(overrides or {})
+        # The job's names as a gateway may answer with them (``_plain``): plain name → the
+        # name priced, for names one name of the job's only comes to.
+        plain: dict[str, str | None] = {}
+        for name in self._overrides:
+            key = _plain(name)
+            plain[key] = None if key in plain else name
+        self._plain = {key: name for key, name in plain.items() if name is not None}
         self._prices: dict[str, ModelPrice | None] = {}
         self._sources: dict[str, str] = {}
         self._rates: dict[str, _Rates | None] = {}
@@ -269,6 +277,8 @@ class PriceBook:
             price, source = self._overrides[model], SOURCE_JOB
         elif (snapshot := _SNAPSHOT.fullmatch(model)) and snapshot[1] in self._overrides:
             price, source = self._overrides[snapshot[1]], f"{SOURCE_JOB} ({snapshot[1]})"
+        elif self._plain and (named := self._another_name(model)) is not None:
+            price, source = self._overrides[named], f"{SOURCE_JOB} ({named})"
         else:
             entry = self._answer(lambda a: a.prices, model, lambda: _library_entry(model))
             price, source = entry if entry is not None else (None, SOURCE_UNKNOWN)
@@ -280,6 +290,16 @@ class PriceBook:
                 price.web_search if price.search_unit is None else price.search_unit,
                 price.search_request)
         )
+
+    def _another_name(self, model: str) -> str | None:
+        """The name the job prices that ``model`` is a gateway's name of: the same name, or a
+        dated snapshot of it, in another case or behind a provider (``openai/gpt-4o``,
+        ``GPT-4o-2024-08-06`` for ``gpt-4o``); ``None`` when there is none."""
+        plain = _plain(model)
+        if (named := self._plain.get(plain)) is not None:
+            return named
+        snapshot = _SNAPSHOT.fullmatch(plain)
+        return None if snapshot is None else self._plain.get(snapshot[1])
 
     def _answer(self, table: Callable[[_Answers], dict[str, _T]], model: str,
                 ask: Callable[[], _T]) -> _T:
@@ -301,6 +321,12 @@ class PriceBook:
         if self._answers is None or self._answers.day != _today():
             self._answers = _read_answers()
         return self._answers
+
+
+def _plain(model: str) -> str:
+    """A model's name without the provider a gateway puts before it, in lower case:
+    ``openai/GPT-4o`` → ``gpt-4o``."""
+    return model.rpartition("/")[2].strip().lower()
 
 
 def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, ModelPrice]:

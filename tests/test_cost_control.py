@@ -239,6 +239,8 @@ async def test_unknown_model_cost_is_unknown_never_zero(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("asked", "answered", "cost", "source"), [
     # OpenAI names the dated snapshot: the job's price for the model asked for holds.
     ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", 3.0, "job [prices] (gpt-4o-mini)"),
+    # A gateway names the model asked for its own way: the job's price for it holds.
+    ("gpt-4o", "openai/gpt-4o", 3.0, "job [prices] (gpt-4o)"),
     # A gateway routed an alias to a model the library prices: priced, and reported, as it.
     ("my-alias", "gpt-4o", 12.5, "genai-prices"),
 ])

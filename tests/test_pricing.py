@@ -136,6 +136,23 @@ def test_job_prices_win_over_the_library() -> None:
     assert PriceBook({"gpt-4o": OWN}).source("gpt-4o-mini").startswith("genai-prices")
 
 
+def test_a_gateways_name_of_a_model_the_job_prices_has_the_jobs_price() -> None:
+    """A gateway answers with its own name of the model asked for (its provider before it,
+    another case, a snapshot of it): the job's price for the model holds, not the library's
+    price for that name."""
+    book = PriceBook({"gpt-4o": OWN, "anthropic/claude-sonnet-4-5": OWN})
+    for name in ("openai/gpt-4o", "GPT-4o", "azure/gpt-4o-2024-08-06",
+                 "claude-sonnet-4-5", "claude-sonnet-4-5-20250929"):
+        assert book.price(name) == OWN, name
+    assert book.source("openai/gpt-4o") == "job [prices] (gpt-4o)"
+    assert book.source("claude-sonnet-4-5") == "job [prices] (anthropic/claude-sonnet-4-5)"
+    # Another model is not: a gateway that routed an alias to it.
+    assert book.source("openai/gpt-4o-mini").startswith("genai-prices")
+    # Two names the job prices that a gateway's name could be: neither is guessed.
+    both = PriceBook({"openai/gpt-4o": OWN, "azure/gpt-4o": OWN})
+    assert both.source("gpt-4o").startswith("genai-prices")
+
+
 def test_library_knows_gpt_4o_mini() -> None:
     book = PriceBook()
     price = book.price("gpt-4o-mini")
