@@ -104,6 +104,9 @@ _GATEWAY_SUFFIX = re.compile(r"-(?:no)?thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
 # "llama3.1:latest"): run on the user's own hardware, never at an API's price (the library
 # matches "deepseek-r1:7b" to DeepSeek's deepseek-reasoner).
 _LOCAL_TAG = re.compile(r"^[^:/\s]+:(?:latest|\d+(?:\.\d+)?[bmk](?:[-_.][\w.-]*)?)$", re.IGNORECASE)
+# DeepSeek's R1 distilled into another family's model without "distill" in its name
+# (DeepSeek-R1-0528-Qwen3-8B): the family, which a price found for it must name too.
+_DISTILLED = re.compile(r"\br1\b.*?\b(qwen|llama)")
 # Sample points (UTC, every 15 minutes) used to find the day's highest time-of-day price.
 _DAY_SAMPLES = tuple(time(hour=m // 60, minute=m % 60) for m in range(0, 24 * 60, 15))
 # The disk cache of the library's answers: its file name, and the version of its layout.
@@ -469,12 +472,15 @@ def _toml_key(name: object) -> str:
 
 def _library_price(model: str) -> tuple[ModelPrice, str] | None:
     """Ask ``genai-prices`` for ``model``; try the gateway spellings it does not match itself.
-    A distilled model (DeepSeek-R1-Distill-Qwen-7B) takes only a distill's price, never that of
-    the model it was distilled from (the library matches it to deepseek-reasoner)."""
-    distilled = "distill" in model.lower()
+    A distilled model (DeepSeek-R1-Distill-Qwen-7B, or DeepSeek-R1-0528-Qwen3-8B, which does not
+    say so) takes only a distill's price, never that of the model it was distilled from (the
+    library matches both to deepseek-reasoner)."""
+    lower = model.lower()
+    distill = ("distill" if "distill" in lower
+               else None if (base := _DISTILLED.search(lower)) is None else base[1])
     for ref, provider_id in _candidates(model):
         found = _library_lookup(ref, provider_id)
-        if found is not None and (not distilled or "distill" in found[1].lower()):
+        if found is not None and (distill is None or distill in found[1].lower()):
             return found
     return None
 

@@ -224,6 +224,19 @@ def test_a_local_models_tag_has_no_api_price(local: str) -> None:
         assert not pricing._LOCAL_TAG.match(name), name
 
 
+@pytest.mark.parametrize("distill", [
+    "deepseek-r1-0528-qwen3-8b", "DeepSeek-R1-0528-Qwen3-8B",
+    "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B", "deepseek-r1-distill-qwen-32b",
+    "DeepSeek-R1-Distill-Llama-8B"])
+def test_a_distill_is_never_priced_as_the_api_model_it_was_distilled_from(distill: str) -> None:
+    """DeepSeek's R1-0528 distilled into Qwen3-8B has no "distill" in its name: the library
+    matched it to deepseek-reasoner (the 671B R1, 0.55 / 2.19 USD per 1M tokens)."""
+    book = PriceBook()
+    assert "deepseek-reasoner" not in book.source(distill)
+    price = book.price(distill)
+    assert price is None or price.input < 0.2, book.source(distill)
+
+
 def test_library_version() -> None:
     assert PriceBook().library_version == genai_prices.__version__
 
