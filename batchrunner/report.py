@@ -848,6 +848,55 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
     return out
 
 
+def unpriced_causes(by_model: Mapping[str, Mapping[str, Any]]) -> str:
+    """Why the rows paid for without a cost have none, per model, and what to set, in one line
+    for the run's summary (the report's warnings say it at length): the models with no price,
+    the search with none, the models whose replies reported no usage."""
+    no_price: list[str] = []
+    search: list[str] = []
+    no_usage: list[str] = []
+    unnamed = 0
+    for model, entry in by_model.items():
+        left = entry["unpriced_rows"]
+        if not left:
+            continue
+        if model == NO_VALUE:
+            unnamed += left
+            continue
+        price = entry["price"]
+        if price is None:
+            no_price.append(model)
+            continue
+        for rows, key, priced in (
+                (entry["search_unpriced_rows"], "search_unit", ("search_unit", "web_search")),
+                (entry["search_request_unpriced_rows"], "search_request", ("search_request",))):
+            if rows:
+                left -= rows
+                if not any(k in price for k in priced):
+                    search.append(f'{key} under [prices."{model}"]')
+        left -= entry["earlier_unpriced_rows"]
+        if left > 0:
+            no_usage.append(model)
+    parts = []
+    if no_price:
+        each = ", each" if len(no_price) > 1 else ""
+        tables = _and([f'[prices."{model}"]' for model in no_price])
+        parts.append(f"no price for {_and(no_price)}: add {tables}{each} with input and output "
+                     "(USD per 1M tokens), to a job file")
+    if search:
+        parts.append(f"search with no price: set {_and(search)} in a job file")
+    if no_usage:
+        parts.append(f"no usage reported by {_and(no_usage)}")
+    if unnamed:
+        parts.append(f"{count_rows(unnamed)} name no model")
+    return "; ".join(parts) or "see report"
+
+
+def _and(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def _of_model(model: str | None, key: _GroupKey) -> bool:
     return key[0] == model
 

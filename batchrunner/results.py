@@ -42,6 +42,7 @@ from batchrunner.report import (
     OutcomeStats,
     build_report,
     sum_usd,
+    unpriced_causes,
     write_reports,
 )
 
@@ -209,6 +210,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
     summary.cost_known_usd = report["cost_usd"]
     summary.cost_unknown = report["rows"]["cost_unknown"]
+    if summary.cost_unknown:
+        summary.unpriced = unpriced_causes(report["by_model"])
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
     if plan.fresh is not None:  # for job.json (the caller writes it): how many are left
         plan.job_meta["rows_changed"] = {"found": len(plan.fresh[0]),

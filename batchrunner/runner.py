@@ -236,6 +236,7 @@ class RunSummary:
     # Rows paid for without a cost: ok with no price known or no usage reported, or failed
     # with usage reported (billed) and no price known.
     cost_unknown: int = 0
+    unpriced: str = "see report"  # why they have none and what to set (``unpriced_causes``)
     cut_off: int = 0  # requests in flight when the run ended (a stop's drain ran out)
     limit: int | None = None  # --limit, when it held rows back
     limited: int = 0  # rows to do that --limit left for a later run
@@ -2884,7 +2885,7 @@ def format_summary(s: RunSummary) -> str:
     if this_run is not None and not s.earlier_cost_usd:
         cost += f" for the job, {format_usd(this_run)} of it this run"
     if s.cost_usd is None and s.cost_unknown:
-        cost += f", and {count_rows(s.cost_unknown)} without a cost (see report)"
+        cost += f", and {count_rows(s.cost_unknown)} without a cost ({s.unpriced})"
     cost += plus_earlier(s.earlier_cost_usd, s.billed_to_do, s.billed_to_do_usd)
     if this_run is not None and s.earlier_cost_usd:
         cost += (f"; {format_usd(answers + s.earlier_cost_usd)} spent in all, "

@@ -13,7 +13,7 @@ from aiohttp import web
 from batchrunner.cli import main
 from batchrunner.config import load_job
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, run_job
+from batchrunner.runner import RunOptions, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread
 from tests.servers import run_job_file, serve_on_loopback
 
@@ -456,3 +456,25 @@ async def test_rows_billed_then_stopped_before_their_retry_count_for_fail_fast(
     assert s.exit_code == 4 and s.sent == 20 and s.failed == 21 and s.pending == 20
     assert s.stopped and s.stopped.startswith(
         "the first 20 rows to finish all failed with http_400 and none succeeded")
+
+
+@pytest.mark.anyio
+async def test_the_summary_names_the_models_without_a_cost_and_what_to_add(
+        tmp_path: Path) -> None:
+    """The run's summary counted "N rows without a cost (see report)": which model, and what
+    to set, only the report said. It now names them in the line, as the estimate does."""
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": range(6), "text": ["kettle", "tent", "lamp [[sim:no_usage]]"] * 2,
+                  "model": ["my-private-model", "other-private", "gpt-4o-mini"] * 2}
+                 ).to_csv(inp, index=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                              "model_column": "model", "base_url": sim.base_url,
+                              "output": str(tmp_path / "out")})
+        s = await run_job(job, FAST)
+    assert s.exit_code == 0 and s.cost_unknown == 6
+    cost = next(line for line in format_summary(s).splitlines() if line.startswith("  cost: "))
+    assert ("6 rows without a cost (no price for my-private-model and other-private: add "
+            '[prices."my-private-model"] and [prices."other-private"], each with input and '
+            "output (USD per 1M tokens), to a job file; no usage reported by gpt-4o-mini)"
+            ) in cost, cost
