@@ -2878,14 +2878,19 @@ def format_summary(s: RunSummary) -> str:
                      f"(finish_reason=length): to answer {them} again with a larger one, rerun "
                      "with --max-tokens N --force --rerun-where \"finish_reason == 'length'\"")
     answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd
-    cost = format_usd(answers)
     # A rerun's own spend: what its requests were billed, retries included. Beside it, the
     # job's counted alike: its rows' answers plus their earlier billed attempts.
     this_run = s.run_cost_usd if s.ran else None
-    if this_run is not None and not s.earlier_cost_usd:
-        cost += f" for the job, {format_usd(this_run)} of it this run"
-    if s.cost_usd is None and s.cost_unknown:
-        cost += f", and {count_rows(s.cost_unknown)} without a cost ({s.unpriced})"
+    unpriced = (f"{count_rows(s.cost_unknown)} without a cost ({s.unpriced})"
+                if s.cost_usd is None and s.cost_unknown else "")
+    if unpriced and not answers:  # no row's cost is known: no sum of them to show
+        cost = f"unknown: {unpriced}"
+    else:
+        cost = format_usd(answers)
+        if this_run is not None and not s.earlier_cost_usd:
+            cost += f" for the job, {format_usd(this_run)} of it this run"
+        if unpriced:
+            cost += f", and {unpriced}"
     cost += plus_earlier(s.earlier_cost_usd, s.billed_to_do, s.billed_to_do_usd)
     if this_run is not None and s.earlier_cost_usd:
         cost += (f"; {format_usd(answers + s.earlier_cost_usd)} spent in all, "

@@ -478,3 +478,21 @@ async def test_the_summary_names_the_models_without_a_cost_and_what_to_add(
             '[prices."my-private-model"] and [prices."other-private"], each with input and '
             "output (USD per 1M tokens), to a job file; no usage reported by gpt-4o-mini)"
             ) in cost, cost
+
+
+@pytest.mark.anyio
+async def test_the_summary_states_no_cost_it_does_not_know(tmp_path: Path) -> None:
+    """No reply reported usage: the summary said "cost: $0.0000, and 2 rows without a cost", a
+    cost it did not know. It now says the cost is unknown, and why."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,kettle [[sim:no_usage]]\nb,tent [[sim:no_usage]]\n")
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
+                              "model": "gpt-4o-mini", "base_url": sim.base_url,
+                              "output": str(tmp_path / "out")})
+        s = await run_job(job, FAST)
+    assert s.exit_code == 0 and s.cost_usd is None and s.cost_unknown == 2
+    cost = next(line for line in format_summary(s).splitlines() if line.startswith("  cost: "))
+    assert cost.startswith("  cost: unknown: 2 rows without a cost (no usage reported by "
+                           "gpt-4o-mini); wall "), cost
+    assert "$" not in cost
