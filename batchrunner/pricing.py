@@ -62,6 +62,8 @@ renamed, so concurrent runs never see a torn file.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import importlib
 import importlib.util
 import json
 import math
@@ -273,6 +275,19 @@ class PriceBook:
             self._windows[model] = self._answer(
                 lambda a: a.windows, model, lambda: _library_window(model))
         return self._windows[model]
+
+    def close_names(self, model: str) -> list[str]:
+        """The model names, the job's and the price library's, closest to ``model`` (a typo of
+        one of them), best first; none close enough: ``[]``. A local model's tag has none: it
+        is no API's model misspelt. Loads the library."""
+        if _LOCAL_TAG.match(model.strip()):
+            return []
+        names = {name.lower(): name for name in self._overrides}
+        for provider in importlib.import_module("genai_prices.data").providers:
+            for info in provider.models:
+                names.setdefault(info.id.lower(), info.id)
+        close = difflib.get_close_matches(model.strip().lower(), names, n=3, cutoff=0.9)
+        return [names[name] for name in close]
 
     def _resolve(self, model: str) -> None:
         price: ModelPrice | None

@@ -2578,6 +2578,26 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
     yield base_url, key
 
 
+def _check_budget_priced(plan: Plan) -> None:
+    """Under a budget, the job's model must have a price, or the budget cannot be kept: the
+    first request would stop the job. Refused before any is sent, saying what to set (and the
+    name meant, for a typo of one the price library knows). A job whose rows name their models
+    (``model_column``, batch input) is held at each model's first request instead."""
+    job = plan.job
+    model = job.request.model
+    if (job.limits.max_cost_usd is None or plan.builder is None or job.request.model_column
+            or not model or plan.total_rows == len(plan.done)
+            or plan.prices.price(model) is not None):
+        return
+    close = plan.prices.close_names(model)
+    meant = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(
+        f"max_cost_usd is set but no price is known for model {model!r}{meant}, so the budget "
+        f"cannot be kept: {'fix the model name, or ' if close else ''}add "
+        f'[prices."{model}"] with input and output (USD per 1M tokens) to a job file (a model '
+        "on a server of your own, which bills no tokens, takes input = 0 and output = 0)")
+
+
 def endpoint_warnings(base_url: str) -> list[str]:
     parts = urlsplit(base_url)
     if parts.scheme == "http" and not is_loopback((parts.hostname or "").lower().rstrip(".")):
@@ -2599,6 +2619,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
     # Leftover temporary files are removed only by the lock's holder (where locks work): in a
     # directory that did not exist, a run that got ahead may be writing them.
     plan = prepare(job, options, tidy=lock.held or (existed and lock.unsupported))
+    _check_budget_priced(plan)
     env = environment(job)
     summary = RunSummary(name=job.name, warnings=list(plan.warnings),
                          simulated=job.endpoint.simulator, limited=plan.limited,

@@ -211,10 +211,13 @@ async def test_budget_stops_before_passing_and_rerun_with_more_continues(tmp_pat
 
 @pytest.mark.anyio
 async def test_budget_with_an_unknown_price_stops_at_once(tmp_path: Path) -> None:
+    """The rows name their model (a job of one model is refused before it starts: see
+    test_a_budget_with_a_model_of_no_price_is_refused_before_any_request)."""
     inp = make_input(tmp_path, 10)
+    pd.read_csv(inp).assign(model="my-private-model").to_csv(inp, index=False)
     async with Simulator(SimulatorConfig()) as sim:
         job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
-                              "model": "my-private-model", "base_url": sim.base_url,
+                              "model_column": "model", "base_url": sim.base_url,
                               "output": str(tmp_path / "out"), "max_cost_usd": 5.0})
         s = await run_job(job, FAST)
         assert s.exit_code == 4 and s.stopped and "my-private-model" in s.stopped
@@ -496,3 +499,29 @@ async def test_the_summary_states_no_cost_it_does_not_know(tmp_path: Path) -> No
     assert cost.startswith("  cost: unknown: 2 rows without a cost (no usage reported by "
                            "gpt-4o-mini); wall "), cost
     assert "$" not in cost
+
+
+@pytest.mark.parametrize(("model", "said"), [
+    # A typo of a model the price library knows: named, and nothing sent.
+    ("gpt-4o-mni", "no price is known for model 'gpt-4o-mni' (did you mean 'gpt-4o-mini'?)"),
+    # A model of the user's own server: told how to price it at 0.
+    ("my-finetune-local", "a model on a server of your own, which bills no tokens, takes "
+                          "input = 0 and output = 0"),
+])
+def test_a_budget_with_a_model_of_no_price_is_refused_before_any_request(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, said: str) -> None:
+    """A budget whose model has no price cannot be kept: the job ran, stopped at its first
+    request (exit 4, results and reports of nothing written), and a typo had no hint. It is
+    bad input: one line naming the fix, exit 2, nothing sent."""
+    inp = make_input(tmp_path, 5)
+    with SimulatorThread(SimulatorConfig()) as sim:
+        code = main(["run", "--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+                     "--model", model, "--max-tokens", "10", "--max-cost", "1",
+                     "--base-url", sim.base_url, "--output", str(tmp_path / "out"),
+                     "--progress", "none"])
+        assert sim.stats()["requests"] == 0
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert said in err and f'[prices."{model}"]' in err and "max_cost_usd" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
