@@ -1726,13 +1726,18 @@ def _usage(usage: Any) -> Usage:
     if cached is None and (v := get("prompt_cache_hit_tokens")) is not None:
         # DeepSeek's name for them (its prompt_tokens counts them, as OpenAI's does)
         cached = v if type(v) is int and -big < v < big else _count(v)
+    apart = False  # Anthropic's count of the cache read, which its input_tokens leave out
     if cached is None and (v := get("cache_read_input_tokens")) is not None:
         # Anthropic's name for them, passed on by a gateway beside OpenAI's counts
         cached = v if type(v) is int and -big < v < big else _count(v)
-    if cached is not None and pt is not None and cached > pt:
-        # More read from the cache than the prompt holds: a gateway that counts the prompt's
-        # new tokens apart from them (Anthropic's input_tokens, as it maps Claude's usage).
-        # The prompt is both, as OpenAI's usage (and the pricing) has it.
+        apart = True
+    if cached and pt is not None and (cached > pt or (apart and (
+            (ct is not None and tt == pt + ct + cached) or get("input_tokens") == pt))):
+        # A gateway that counts the prompt's new tokens apart from those read from the cache
+        # (Anthropic's input_tokens, as it maps Claude's usage): told by more read than the
+        # prompt holds, or, for Anthropic's field, a total that adds the three or Anthropic's
+        # input_tokens passed on as the prompt. The prompt is both, as OpenAI's usage (and the
+        # pricing) has it.
         if ct is not None and tt == pt + ct:
             tt += cached
         pt += cached

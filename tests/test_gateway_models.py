@@ -189,6 +189,40 @@ async def test_claude_cache_reads_through_a_gateway_are_priced_as_cached(
     assert df["cost_usd"].tolist() == pytest.approx([0.00225, 0.00225])
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("usage", [
+    # The cache read apart from the prompt's new tokens, as Anthropic counts them, told by the
+    # total that adds the three...
+    {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1650,
+     "cache_read_input_tokens": 600, "cache_creation_input_tokens": 0},
+    # ... or by Anthropic's own input_tokens passed on beside, which prompt_tokens copies
+    {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050, "input_tokens": 1000,
+     "output_tokens": 50, "cache_read_input_tokens": 600, "cache_creation_input_tokens": 0},
+    # The prompt's whole, as OpenAI counts it: the same row
+    {"prompt_tokens": 1600, "completion_tokens": 50, "total_tokens": 1650,
+     "cache_read_input_tokens": 600, "cache_creation_input_tokens": 0},
+    {"prompt_tokens": 1600, "completion_tokens": 50, "total_tokens": 1650, "input_tokens": 1000,
+     "output_tokens": 50, "cache_read_input_tokens": 600},
+])
+async def test_a_cache_read_smaller_than_the_prompt_counted_apart_is_added_to_it(
+        tmp_path: Path, usage: dict[str, Any]) -> None:
+    """1,000 new prompt tokens and 600 read from the cache, counted apart as Anthropic does: a
+    cache read that did not outnumber the prompt was taken as part of it, OpenAI's way, so the
+    row had 1,000 prompt tokens, 600 of them cached, and cost $0.00455 where $0.00655 was
+    billed. The total that adds the three, or Anthropic's input_tokens equal to prompt_tokens,
+    says the read is apart."""
+    inp = models_csv(tmp_path / "in.csv", ["claude-opus-4-6"] * 2)
+    async with FaultServer(claude_usage(usage)) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
+    assert s.exit_code == 0, s.stopped
+    df = results(tmp_path)
+    assert df["prompt_tokens"].tolist() == [1600, 1600]
+    assert df["cached_tokens"].tolist() == [600, 600]
+    assert df["total_tokens"].tolist() == [1650, 1650]
+    # claude-opus-4-6: $5 input, $0.50 cached input, $25 output per 1M tokens
+    assert df["cost_usd"].tolist() == pytest.approx([0.00655, 0.00655])
+
+
 async def no_such_model(srv: FaultServer, request: web.BaseRequest,
                         body: dict[str, Any]) -> web.StreamResponse | None:
     """A gateway that does not have one model: 404 for it, naming it; answers for the others."""
