@@ -131,6 +131,10 @@ class ChatResult:
     # ``server_tool_use.web_search_requests``), sources (Grok's ``num_sources_used``).
     web_searches: int | None = None
     sources_used: int | None = None
+    # Tokens written to the prompt cache (Anthropic's ``cache_creation_input_tokens``: part of
+    # prompt_tokens, billed above the input price), and those of them kept an hour.
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
 
 
 class _Call:
@@ -1106,7 +1110,7 @@ class ChatClient:
                                  "did: no finish_reason, which the endpoint's other answers "
                                  "for the model had", retryable=True, request_id=request_id,
                                  usage=billed)
-        pt, ct, tt, cached, reasoning, searches, sources = _usage(st.usage)
+        pt, ct, tt, cached, reasoning, searches, sources, written, written_1h = _usage(st.usage)
         text, thought = _thought_apart(first.text(), "".join(first.reasoning) or None)
         return ChatResult(
             content=text, finish_reason=first.finish_reason, prompt_tokens=pt,
@@ -1121,6 +1125,7 @@ class ChatClient:
             if first.annotations or st.cited else None,
             refusal="".join(first.refusal) or None,
             web_searches=searches, sources_used=sources,
+            cache_write_tokens=written, cache_write_1h_tokens=written_1h,
         )
 
     async def _served_models(self) -> list[str] | None:
@@ -1442,7 +1447,8 @@ class ChatClient:
                 )
             message = {}
         content = message.get("content")
-        pt, ct, tt, cached, reasoning, searches, sources = _usage(payload.get("usage"))
+        pt, ct, tt, cached, reasoning, searches, sources, written, written_1h = _usage(
+            payload.get("usage"))
         thought = message.get("reasoning_content") or message.get("reasoning")
         if type(content) is list:  # Mistral's Magistral: text and thinking parts
             content, thinking = _content_parts(content)
@@ -1474,6 +1480,8 @@ class ChatClient:
             refusal if isinstance(refusal, str) and refusal else None,  # refusal
             searches,  # web_searches
             sources,  # sources_used
+            written,  # cache_write_tokens
+            written_1h,  # cache_write_1h_tokens
         )
 
 
@@ -1710,11 +1718,12 @@ def _citation(c: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _usage(usage: Any) -> Usage:
     """(prompt, completion, total, cached, reasoning) tokens, then web searches and sources
-    (search billed apart from tokens); all None without a usage object. A count as large as
+    (search billed apart from tokens), then the tokens written to the cache and those of them
+    kept an hour (Anthropic's); all None without a usage object. A count as large as
     ``_MAX_COUNT`` either way (a -1 a gateway sent as an unsigned 64-bit number) is no count:
     the journal's int64 columns hold none past 2**63, and no reply uses that many."""
     if type(usage) is not dict:
-        return None, None, None, None, None, None, None
+        return None, None, None, None, None, None, None, None, None
     get = usage.get
     big = _MAX_COUNT
     pt = v if type(v := get("prompt_tokens")) is int and -big < v < big else _count(v)
@@ -1731,16 +1740,24 @@ def _usage(usage: Any) -> Usage:
         # Anthropic's name for them, passed on by a gateway beside OpenAI's counts
         cached = v if type(v) is int and -big < v < big else _count(v)
         apart = True
-    if cached and pt is not None and (cached > pt or (apart and (
-            (ct is not None and tt == pt + ct + cached) or get("input_tokens") == pt))):
-        # A gateway that counts the prompt's new tokens apart from those read from the cache
-        # (Anthropic's input_tokens, as it maps Claude's usage): told by more read than the
-        # prompt holds, or, for Anthropic's field, a total that adds the three or Anthropic's
-        # input_tokens passed on as the prompt. The prompt is both, as OpenAI's usage (and the
-        # pricing) has it.
-        if ct is not None and tt == pt + ct:
-            tt += cached
-        pt += cached
+    # Cache writes, Anthropic's (billed above the input price): all of them, and those kept
+    # an hour (``cache_creation.ephemeral_1h_input_tokens``, billed higher still).
+    written = written_1h = None
+    if (v := get("cache_creation_input_tokens")) is not None:
+        written, written_1h = _cache_writes(v, get("cache_creation"))
+        apart = True
+    if (cached or written) and pt is not None:
+        new = (cached or 0) + (written or 0)
+        if new > pt or (apart and (
+                (ct is not None and tt == pt + ct + new) or get("input_tokens") == pt)):
+            # A gateway that counts the prompt's new tokens apart from those read from and
+            # written to the cache (Anthropic's input_tokens, as it maps Claude's usage): told
+            # by more of them than the prompt holds, or, for Anthropic's fields, a total that
+            # adds them all or Anthropic's input_tokens passed on as the prompt. The prompt is
+            # all of them, as OpenAI's usage (and the pricing) has it.
+            if ct is not None and tt == pt + ct:
+                tt += new
+            pt += new
     ctd = get("completion_tokens_details")
     reasoning = (v if type(v := ctd.get("reasoning_tokens")) is int and -big < v < big
                  else _count(v)) if type(ctd) is dict else None
@@ -1765,7 +1782,17 @@ def _usage(usage: Any) -> Usage:
         else:
             searches = None
     # A count the server did not give is None, not 0.
-    return pt, ct, tt, cached, reasoning, searches, sources
+    return pt, ct, tt, cached, reasoning, searches, sources, written, written_1h
+
+
+def _cache_writes(total: Any, detail: Any) -> tuple[int | None, int | None]:
+    """Anthropic's cache writes: all of them (``cache_creation_input_tokens``), and those kept
+    an hour (``cache_creation.ephemeral_1h_input_tokens``)."""
+    written = _units(total)
+    if type(detail) is not dict or written is None:
+        return written, None
+    hour = _units(detail.get("ephemeral_1h_input_tokens"))
+    return written, None if hour is None else min(hour, written)
 
 
 def _units(value: Any) -> int | None:

@@ -49,6 +49,8 @@ A job file has these tables (every key optional unless marked)::
     input = 0.15
     output = 0.60
     cached_input = 0.075
+    # cache_write = 0.1875                 # a prompt token written to the cache (Anthropic's)
+    # cache_write_1h = 0.30                # one written to it for an hour
     # search_unit = 0.025                  # USD per search unit a reply's usage reports
     # search_request = 0.0275              # USD per request asking for search its usage omits
 

@@ -53,8 +53,10 @@ __all__ = [
 
 # (prompt, completion, total, cached, reasoning) tokens of a reply, as the client reads them,
 # then its search units: web searches (Anthropic's ``server_tool_use.web_search_requests``) and
-# sources (Grok's live search, ``num_sources_used``), each None when the reply did not say.
-Usage = tuple[int | None, int | None, int | None, int | None, int | None, int | None, int | None]
+# sources (Grok's live search, ``num_sources_used``), then the tokens written to the prompt
+# cache and those of them kept an hour (Anthropic's), each None when the reply did not say.
+Usage = tuple[int | None, int | None, int | None, int | None, int | None, int | None, int | None,
+              int | None, int | None]
 
 
 class BatchrunnerError(Exception):

@@ -16,8 +16,11 @@ total is incomplete instead of silently under-counting.
 
 Billing rules, for one OpenAI-style ``usage`` object:
 
-* ``prompt_tokens - cached_tokens`` at the input price, ``cached_tokens`` at the cached-input
-  price (the input price when the model has none);
+* ``prompt_tokens - cached_tokens - cache_write_tokens`` at the input price, ``cached_tokens``
+  at the cached-input price (the input price when the model has none), ``cache_write_tokens``
+  (Anthropic's cache writes, part of the prompt) at the cache-write price, those of them kept an
+  hour at the 1-hour one (the input price when the model has none: OpenAI's cache writes are
+  not billed apart);
 * ``completion_tokens`` at the output price. Reasoning tokens are billed as output, and OpenAI's
   ``completion_tokens`` already *includes* ``completion_tokens_details.reasoning_tokens``, so
   ``reasoning_tokens`` is accepted but never added a second time;
@@ -42,7 +45,6 @@ Simplifications of the library's richer price model, all resolved once per model
 * Prices that change by date use the price in force on the day of the lookup.
 * Daily time-of-day windows (off-peak discounts) are not followed request by request: the highest
   price listed for the day is used, so a report errs high rather than low.
-* Cache *writes* (priced by some providers) are not reported in OpenAI's usage and are not billed.
 
 ``PriceBook.cost`` runs once per finished row, so each model's price is resolved on first use and
 kept in a dict; later calls are one dict lookup plus arithmetic and never call into the library.
@@ -95,7 +97,7 @@ _SNAPSHOT = re.compile(r"(.+)-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{6}|\d{3,4})")
 SOURCE_ASKED = "priced as the model asked for"
 
 _PER_TOKENS = 1_000_000
-_PRICE_KEYS = ("input", "output", "cached_input")  # USD per 1M tokens
+_PRICE_KEYS = ("input", "output", "cached_input", "cache_write", "cache_write_1h")  # per 1M tokens
 _SEARCH_KEY = "search_unit"  # USD per search unit a reply's usage reports
 _REQUEST_KEY = "search_request"  # USD per request asking for search its usage does not report
 _TABLE_KEYS = (*_PRICE_KEYS, _SEARCH_KEY, _REQUEST_KEY)
@@ -113,7 +115,7 @@ _DISTILLED = re.compile(r"\br1\b.*?\b(qwen|llama)")
 _DAY_SAMPLES = tuple(time(hour=m // 60, minute=m % 60) for m in range(0, 24 * 60, 15))
 # The disk cache of the library's answers: its file name, and the version of its layout.
 _CACHE_FILE = "prices.json"
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 # The provider whose price per web search the library lists for the searches a reply's usage
 # counts (``server_tool_use.web_search_requests`` is Anthropic's own field).
 _WEB_SEARCH_PROVIDER = "anthropic"
@@ -124,7 +126,9 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelPrice:
-    """A model's price in USD per 1M tokens. ``cached_input=None`` means the input price.
+    """A model's price in USD per 1M tokens. ``cached_input=None`` means the input price;
+    ``cache_write=None`` (a prompt's tokens written to the cache) the input price, and
+    ``cache_write_1h=None`` (those kept an hour) the cache-write price.
 
     Search billed apart from tokens, in USD per unit: ``search_unit`` (the job's) prices every
     unit a reply's usage reports, a web search or a source; ``web_search`` (the library's)
@@ -134,6 +138,8 @@ class ModelPrice:
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None
+    cache_write_1h: float | None = None
     search_unit: float | None = None
     web_search: float | None = None
     search_request: float | None = None
@@ -145,13 +151,17 @@ class ModelPrice:
 
     def as_dict(self) -> dict[str, float]:
         """``{"input", "output", "cached_input"}`` with the cached price resolved, and
-        ``search_unit``, ``web_search`` and ``search_request`` (USD each) where the price has
-        them."""
+        ``cache_write``, ``cache_write_1h`` (USD per 1M tokens), ``search_unit``, ``web_search``
+        and ``search_request`` (USD each) where the price has them."""
         out = {
             "input": self.input,
             "output": self.output,
             "cached_input": self.effective_cached_input,
         }
+        if self.cache_write is not None:
+            out["cache_write"] = self.cache_write
+        if self.cache_write_1h is not None:
+            out["cache_write_1h"] = self.cache_write_1h
         if self.search_unit is not None:
             out["search_unit"] = self.search_unit
         if self.web_search is not None:
@@ -162,8 +172,9 @@ class ModelPrice:
 
 
 # The rates of one model: input, cached input and output in USD per 1M tokens; then a source,
-# a web search and a request that asked for search in USD each (None: no price for them).
-_Rates = tuple[float, float, float, float | None, float | None, float | None]
+# a web search and a request that asked for search in USD each (None: no price for them); then
+# a token written to the cache, and one kept there an hour, in USD per 1M tokens.
+_Rates = tuple[float, float, float, float | None, float | None, float | None, float, float]
 
 
 class PriceBook:
@@ -219,6 +230,8 @@ class PriceBook:
         web_searches: int | None = None,
         sources: int | None = None,
         search_requests: int | None = None,
+        cache_write_tokens: int | None = None,
+        cache_write_1h_tokens: int | None = None,
     ) -> float | None:
         """The cost of one request in USD; ``None`` if the model or the token counts are unknown,
         or if the reply reports search units (``web_searches``, Grok's ``sources``) that have no
@@ -226,7 +239,9 @@ class PriceBook:
         report, :func:`search_requested`) have none.
 
         ``reasoning_tokens`` is part of ``completion_tokens`` (OpenAI's convention) and is not
-        added again; it is accepted so callers can pass a usage record through unchanged.
+        added again; it is accepted so callers can pass a usage record through unchanged. So
+        are ``cached_tokens`` and ``cache_write_tokens`` (of which ``cache_write_1h_tokens`` were
+        kept an hour) part of ``prompt_tokens``.
         """
         if model is None or prompt_tokens is None or completion_tokens is None:
             return None
@@ -241,6 +256,11 @@ class PriceBook:
         uncached = max(prompt_tokens, 0) - cached
         output = max(completion_tokens, 0)
         usd = (uncached * rates[0] + cached * rates[1] + output * rates[2]) / _PER_TOKENS
+        if cache_write_tokens:  # at their price, not the input's
+            written = min(max(cache_write_tokens, 0), uncached)
+            hour = min(max(cache_write_1h_tokens or 0, 0), written)
+            usd += ((written - hour) * (rates[6] - rates[0])
+                    + hour * (rates[7] - rates[0])) / _PER_TOKENS
         if web_searches:
             if rates[4] is None:
                 return None
@@ -306,7 +326,9 @@ class PriceBook:
             None if price is None else (
                 price.input, price.effective_cached_input, price.output, price.search_unit,
                 price.web_search if price.search_unit is None else price.search_unit,
-                price.search_request)
+                price.search_request, write := (
+                    price.input if price.cache_write is None else price.cache_write),
+                write if price.cache_write_1h is None else price.cache_write_1h)
         )
 
     def _another_name(self, model: str) -> str | None:
@@ -351,7 +373,9 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
     """Check the job's ``[prices]`` table and turn it into ``{model: ModelPrice}``.
 
     ``{"my-model": {"input": 0.15, "output": 0.6, "cached_input": 0.075}}``, USD per 1M tokens;
-    ``input`` and ``output`` are required, ``cached_input`` is optional, as are ``search_unit``
+    ``input`` and ``output`` are required, ``cached_input`` is optional, as are ``cache_write``
+    and ``cache_write_1h`` (a prompt's tokens written to the cache, and kept an hour: Anthropic
+    bills them at 1.25 and 2 times the input price), ``search_unit``
     (USD per search unit a reply reports: a source of Grok's live search, a web search) and
     ``search_request`` (USD per request that asks for search its reply does not report). Raises
     ``ConfigError`` with one line naming ``where``, the model and the key at fault.
@@ -375,7 +399,7 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
             unit = ("USD per search unit" if key == _SEARCH_KEY else "USD per search request"
                     if key == _REQUEST_KEY else "USD per 1M tokens")
             if key not in entry:
-                if key in ("cached_input", _SEARCH_KEY, _REQUEST_KEY):
+                if key not in ("input", "output"):
                     continue
                 raise ConfigError(f"{head} missing key {key!r} ({unit})")
             v = entry[key]
@@ -388,6 +412,8 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
             input=values["input"],
             output=values["output"],
             cached_input=values.get("cached_input"),
+            cache_write=values.get("cache_write"),
+            cache_write_1h=values.get("cache_write_1h"),
             search_unit=values.get(_SEARCH_KEY),
             search_request=values.get(_REQUEST_KEY),
         )
@@ -559,7 +585,7 @@ def _library_lookup(ref: str, provider_id: str | None) -> tuple[ModelPrice, str]
     # Find the highest price listed for today (time-of-day windows), with the date-dependent
     # price in force today.
     today = datetime.now(UTC).date()
-    best: tuple[float, float, float | None, float | None] | None = None
+    best: _LibraryRates | None = None
     for t in _DAY_SAMPLES:
         ts = datetime.combine(today, t, tzinfo=UTC)
         try:
@@ -573,20 +599,28 @@ def _library_lookup(ref: str, provider_id: str | None) -> tuple[ModelPrice, str]
         return None
     # Anthropic's web search is the one whose searches the usage counts (its own field)
     web_search = best[3] if calc.provider.id == _WEB_SEARCH_PROVIDER else None
-    price = ModelPrice(input=best[0], output=best[1], cached_input=best[2], web_search=web_search)
+    price = ModelPrice(input=best[0], output=best[1], cached_input=best[2], web_search=web_search,
+                       cache_write=best[4], cache_write_1h=best[5])
     return price, f"{calc.provider.id}/{model_info.id}"
 
 
-def _rates_of(mp: object) -> tuple[float, float, float | None, float | None] | None:
-    """(input, output, cached input, web search) of a library price object, the last in USD
-    a search; ``None`` if not token-priced."""
+# (input, output, cached input, web search, cache write, 1-hour cache write) of a library price:
+# USD per 1M tokens, a web search's in USD a search.
+_LibraryRates = tuple[float, float, float | None, float | None, float | None, float | None]
+
+
+def _rates_of(mp: object) -> _LibraryRates | None:
+    """The rates of a library price object (``_LibraryRates``); ``None`` if not
+    token-priced."""
     inp = _base(getattr(mp, "input_mtok", None))
     out = _base(getattr(mp, "output_mtok", None))
     if inp is None or out is None:
         return None
     per_k = _base(getattr(mp, "web_searches_kcount", None))
     return (inp, out, _base(getattr(mp, "cache_read_mtok", None)),
-            None if per_k is None else per_k / 1000)
+            None if per_k is None else per_k / 1000,
+            _base(getattr(mp, "cache_write_mtok", None)),
+            _base(getattr(mp, "cache_write_1h_mtok", None)))
 
 
 def _base(value: object) -> float | None:
@@ -701,7 +735,7 @@ def _read_file(path: str, stamp: list[Any], day: str) -> _Answers | None:
         ):
             return None
         price = ModelPrice(input=rates[0], output=rates[1], cached_input=rates[2],
-                           web_search=rates[3])
+                           cache_write=rates[3], cache_write_1h=rates[4], web_search=rates[5])
         answers.prices[model] = price, source
     for model, window in doc["windows"].items():
         if window is not None and (type(window) is not int or window <= 0):
@@ -743,6 +777,8 @@ def _write_answers(answers: _Answers) -> None:
                 "input": entry[0].input,
                 "output": entry[0].output,
                 "cached_input": entry[0].cached_input,
+                "cache_write": entry[0].cache_write,
+                "cache_write_1h": entry[0].cache_write_1h,
                 "web_search": entry[0].web_search,
                 "source": entry[1],
             }

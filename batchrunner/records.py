@@ -46,6 +46,9 @@ class Outcome:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     cached_tokens: int | None = None
+    # Of prompt_tokens, those written to the prompt cache (Anthropic's
+    # ``cache_creation_input_tokens``), billed above the input price.
+    cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
     # Search billed apart from tokens, as the reply's usage counted it: Grok's live search
     # sources (``num_sources_used``) or Anthropic's web searches
@@ -91,6 +94,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("completion_tokens", pa.int64()),
         ("total_tokens", pa.int64()),
         ("cached_tokens", pa.int64()),
+        ("cache_write_tokens", pa.int64()),
         ("reasoning_tokens", pa.int64()),
         ("search_units", pa.int64()),
         ("search_requests", pa.int64()),
@@ -113,7 +117,8 @@ OUTCOME_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
 assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 
 ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
-                                           "row_hash", "search_units", "search_requests"})
+                                           "row_hash", "search_units", "search_requests",
+                                           "cache_write_tokens"})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
 JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash"})

@@ -34,7 +34,9 @@ Top-level keys, in this order::
                       cost_unknown the rows paid for without a cost: ok rows (unknown price,
                       or no usage reported) and failed rows whose reply reported usage at a
                       price not known
-    tokens            {"prompt", "completion", "cached", "reasoning", "total"}
+    tokens            {"prompt", "completion", "cached", "reasoning", "cache_write", "total"};
+                      cache_write: of the prompt, the tokens written to the cache (Anthropic's
+                      cache_creation_input_tokens, billed above the input price)
     search_units      {"total", "rows", "unpriced_rows"}: search billed apart from tokens, as
                       the replies' usage counted it (Grok's sources, web searches), the rows
                       that reported any, and the rows paid for whose cost is unknown for want
@@ -45,8 +47,8 @@ Top-level keys, in this order::
                       whose cost is unknown for want of a search_request price (among
                       cost_unknown)
     tokens_reported_by_rows
-                      {"cached", "reasoning"}: the rows whose replies gave the count (0: no
-                      server said, and the sum above is 0 for want of a figure)
+                      {"cached", "reasoning", "cache_write"}: the rows whose replies gave the
+                      count (0: no server said, and the sum above is 0 for want of a figure)
     cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
     cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
                       that did not match the schema)
@@ -162,7 +164,8 @@ _COLUMNS = (
 )
 _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as well
 # Read when a chunk has it (a journal written before it existed reads it as nulls).
-OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units", "search_requests")
+OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units", "search_requests",
+                                           "cache_write_tokens")
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -268,6 +271,8 @@ class OutcomeStats:
         "_tokens",
         "_top",
         "_total_tokens",
+        "_written",
+        "_written_said",
         "rows",
     )
 
@@ -281,6 +286,9 @@ class OutcomeStats:
         # tokens, and a sum of 0 would read as "none" where it is "not said".
         self._reported: dict[str, int] = dict.fromkeys(_DETAIL_COLUMNS, 0)
         self._total_tokens = 0
+        # Prompt tokens written to the cache (Anthropic's), and the rows whose reply said.
+        self._written = 0
+        self._written_said = 0
         self._attempts = 0
         self._rows_attempted = 0
         self._rate_limited = 0
@@ -397,6 +405,11 @@ class OutcomeStats:
             self._reported[c] += len(t[c]) - t[c].null_count
         total = pc.coalesce(t["total_tokens"], pc.add(t["prompt_tokens"], t["completion_tokens"]))
         self._total_tokens += _int_sum(total)
+        if "cache_write_tokens" in t.column_names:  # a journal written before it has nulls
+            written = t["cache_write_tokens"]
+            if said := len(written) - written.null_count:
+                self._written += _int_sum(written)
+                self._written_said += said
         self._attempts += _int_sum(t["attempts"])
         attempted = pc.greater(t["attempts"], scalar(0, pa.int64()))
         self._rows_attempted += _count(pc.fill_null(attempted, _FALSE))
@@ -770,12 +783,14 @@ def build_report(
             "completion": stats._tokens["completion_tokens"],
             "cached": stats._tokens["cached_tokens"],
             "reasoning": stats._tokens["reasoning_tokens"],
+            "cache_write": stats._written,
             "total": stats._total_tokens,
         },
         # How many rows' replies gave these counts (0: the server never said; the sums above
         # are then 0 for want of a figure, not a measured 0).
         "tokens_reported_by_rows": {"cached": stats._reported["cached_tokens"],
-                                    "reasoning": stats._reported["reasoning_tokens"]},
+                                    "reasoning": stats._reported["reasoning_tokens"],
+                                    "cache_write": stats._written_said},
         "search_units": {
             "total": sum(acc[-6] for acc in stats._models.values()),
             "rows": sum(acc[-5] for acc in stats._models.values()),
@@ -1136,6 +1151,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                  + (f", {_num(rows['to_do'])} to do)" if rows.get("to_do") else ")")],
         ["Prompt tokens", _num(tokens.get("prompt", 0))],
         ["Cached prompt tokens", _detail(report, "cached")],
+        *([["Prompt tokens written to the cache", _num(tokens["cache_write"])]]
+          if (report.get("tokens_reported_by_rows") or {}).get("cache_write") else []),
         ["Completion tokens", _num(tokens.get("completion", 0))],
         ["Reasoning tokens (in completion)", _detail(report, "reasoning")],
         ["Total tokens", _num(tokens.get("total", 0))],

@@ -1889,14 +1889,14 @@ class _Run:
                 self.counters["attempts"] += item.attempts
                 if e.retryable:
                     self.transient.add(e.error_type)
-                usage = e.usage or (None, None, None, None, None, None, None)
+                usage = e.usage or (None, None, None, None, None, None, None, None, None)
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
                     rate_limited=item.rate_limited, error_type=e.error_type,
                     error_message=e.message, prompt_tokens=usage[0],
                     completion_tokens=usage[1], total_tokens=usage[2], cached_tokens=usage[3],
-                    reasoning_tokens=usage[4], search_units=_search_units(usage[5], usage[6]),
-                    search_requests=searched,
+                    cache_write_tokens=usage[7], reasoning_tokens=usage[4],
+                    search_units=_search_units(usage[5], usage[6]), search_requests=searched,
                     cost_usd=None if item.earlier_unknown else billed,
                     earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
@@ -2213,13 +2213,14 @@ class _Run:
         usable completion, a stream cut after its usage), and its search requests (``_cost``)."""
         if e.usage is None:
             return None, None
-        pt, ct, _, cached, reasoning, searches, sources = e.usage
+        pt, ct, _, cached, reasoning, searches, sources, written, written_1h = e.usage
         return self._cost(item, str(item.body.get("model") or ""), pt, ct, cached, reasoning,
-                          searches, sources)
+                          searches, sources, written, written_1h)
 
     def _cost(self, item: _Work, model: str, prompt: int | None, completion: int | None,
               cached: int | None, reasoning: int | None, searches: int | None,
-              sources: int | None) -> tuple[float | None, int | None]:
+              sources: int | None, written: int | None = None, written_1h: int | None = None,
+              ) -> tuple[float | None, int | None]:
         """What a billed reply of ``item`` cost (an answer, or a try billed without a usable
         one), priced as ``model``, and its search requests: 1 when its request asked for search
         billed per request and its usage counts no search units (``search_requested``), else
@@ -2232,10 +2233,12 @@ class _Run:
                     and search_requested(item.body) is not None else None)
         cost = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
                            cached_tokens=cached, reasoning_tokens=reasoning,
-                           web_searches=searches, sources=sources, search_requests=requests)
+                           web_searches=searches, sources=sources, search_requests=requests,
+                           cache_write_tokens=written, cache_write_1h_tokens=written_1h)
         if self.budget is not None and (cost is None or searches or sources or requests):
             tokens = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
-                                 cached_tokens=cached)
+                                 cached_tokens=cached, cache_write_tokens=written,
+                                 cache_write_1h_tokens=written_1h)
             if cost is not None and tokens is not None:
                 requested = str(item.body.get("model") or "")
                 # A fee per request is held in each request's estimate from the first send.
@@ -2278,7 +2281,8 @@ class _Run:
             self.routed[requested] = model  # the budget holds the next ones at its price
         cost, searched = self._cost(item, model, res.prompt_tokens, res.completion_tokens,
                                     res.cached_tokens, res.reasoning_tokens, res.web_searches,
-                                    res.sources_used)
+                                    res.sources_used, res.cache_write_tokens,
+                                    res.cache_write_1h_tokens)
         checks = item.checks
         content = res.content
         error = None
@@ -2292,7 +2296,7 @@ class _Run:
         if res.refusal is not None and not res.content and res.tool_calls is None:
             # No answer, but why: not a reply that is not JSON, nor an ok row with no content
             error = "refusal", f"the model refused: {res.refusal}"[:300]
-        # Every field by position, in Outcome's order: a call naming its 27 arguments cost
+        # Every field by position, in Outcome's order: a call naming its 28 arguments cost
         # some 14,000 instructions more a reply (matching the names), 2 % of a request.
         return Outcome(
             item.key,  # key
@@ -2304,7 +2308,7 @@ class _Run:
             res.citations,
             res.finish_reason,
             res.prompt_tokens, res.completion_tokens, res.total_tokens, res.cached_tokens,
-            res.reasoning_tokens,
+            res.cache_write_tokens, res.reasoning_tokens,
             _search_units(res.web_searches, res.sources_used),  # search_units
             searched,  # search_requests
             None if item.earlier_unknown else cost,  # cost_usd

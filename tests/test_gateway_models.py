@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -221,6 +223,44 @@ async def test_a_cache_read_smaller_than_the_prompt_counted_apart_is_added_to_it
     assert df["total_tokens"].tolist() == [1650, 1650]
     # claude-opus-4-6: $5 input, $0.50 cached input, $25 output per 1M tokens
     assert df["cost_usd"].tolist() == pytest.approx([0.00655, 0.00655])
+
+
+WRITES = {"cache_creation_input_tokens": 10_000,
+          "cache_creation": {"ephemeral_5m_input_tokens": 6_000,
+                             "ephemeral_1h_input_tokens": 4_000}}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("usage", [
+    # Anthropic's way: the prompt's new tokens apart from those written to the cache
+    {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050, "input_tokens": 1000,
+     "cache_read_input_tokens": 0, **WRITES},
+    {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 11050, **WRITES},
+    # OpenAI's: the prompt's whole, its writes among them
+    {"prompt_tokens": 11000, "completion_tokens": 50, "total_tokens": 11050, **WRITES},
+])
+async def test_claude_cache_writes_are_priced_as_cache_writes_and_reported(
+        tmp_path: Path, usage: dict[str, Any]) -> None:
+    """A Claude reply that wrote 10,000 prompt tokens to the cache, 4,000 of them for an hour:
+    Anthropic bills them at 1.25 and 2 times the input price. They were priced as plain input,
+    or, counted apart from prompt_tokens as Anthropic counts them, not at all ($0.00625 a row
+    where $0.08375 was billed), and no report showed them."""
+    inp = models_csv(tmp_path / "in.csv", ["claude-opus-4-6"] * 2)
+    async with FaultServer(claude_usage(usage)) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
+    assert s.exit_code == 0, s.stopped
+    df = results(tmp_path)
+    assert df["prompt_tokens"].tolist() == [11000, 11000]
+    assert df["cache_write_tokens"].tolist() == [10000, 10000]
+    assert df["total_tokens"].tolist() == [11050, 11050]
+    # claude-opus-4-6 per 1M tokens: $5 input, $6.25 a 5-minute cache write, $10 a 1-hour one,
+    # $25 output: 1,000 × 5 + 6,000 × 6.25 + 4,000 × 10 + 50 × 25
+    assert df["cost_usd"].tolist() == pytest.approx([0.08375, 0.08375])
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["tokens"]["cache_write"] == 20000
+    assert report["by_model"]["claude-opus-4-6"]["price"]["cache_write"] == 6.25
+    md = (tmp_path / "out" / "cost_report.md").read_text()
+    assert re.search(r"\| Prompt tokens written to the cache +\| 20,000 +\|", md), md
 
 
 async def no_such_model(srv: FaultServer, request: web.BaseRequest,

@@ -66,6 +66,31 @@ def test_no_cached_price_means_the_input_price() -> None:
     }
 
 
+def test_cache_writes_are_priced_at_the_cache_write_prices() -> None:
+    """Anthropic bills a prompt token written to the cache at 1.25 times the input price, 2
+    times when kept an hour; they were billed as plain input."""
+    table = parse_price_table({"claude-gw": {"input": 4.0, "output": 20.0, "cached_input": 0.4,
+                                             "cache_write": 5.0, "cache_write_1h": 8.0}},
+                              where="jobs/x.toml")
+    book = PriceBook(table)
+    usage = {"prompt_tokens": 10_000, "completion_tokens": 100, "cached_tokens": 1_000}
+    # 2,000 new at $4, 1,000 read at $0.40, 5,000 written for 5 minutes at $5 and 2,000 for an
+    # hour at $8, 100 out at $20
+    assert book.cost("claude-gw", **usage, cache_write_tokens=7_000,
+                     cache_write_1h_tokens=2_000) == pytest.approx(
+        (2_000 * 4 + 1_000 * 0.4 + 5_000 * 5 + 2_000 * 8 + 100 * 20) / 1e6)
+    price = book.price("claude-gw")
+    assert price is not None and price.as_dict()["cache_write"] == 5.0
+    # No cache-write price: the input price, as without cache writes (OpenAI bills none).
+    plain = PriceBook({"m": ModelPrice(input=1.0, output=3.0)})
+    assert plain.cost("m", prompt_tokens=1_000, completion_tokens=0, cache_write_tokens=500,
+                      cache_write_1h_tokens=500) == pytest.approx(1_000 / 1e6)
+    # The library's prices for Claude: 1.25× and 2× its input price.
+    claude = PriceBook().price("claude-sonnet-4-5")
+    assert claude is not None and claude.cache_write == pytest.approx(claude.input * 1.25)
+    assert claude.cache_write_1h == pytest.approx(claude.input * 2)
+
+
 def test_missing_cached_count_is_zero_and_cached_is_capped_at_prompt() -> None:
     book = PriceBook({"my-model": OWN})
     assert book.cost("my-model", prompt_tokens=100, completion_tokens=0, cached_tokens=None) == (

@@ -630,14 +630,14 @@ def test_cached_and_reasoning_tokens_not_reported_are_not_shown_as_zero(book: Pr
     for o in silent:  # a server that gives prompt and completion tokens only
         o.cached_tokens = o.reasoning_tokens = None
     report = build_report(table(silent), prices=book, job=JOB, wall_s=1.0)
-    assert report["tokens_reported_by_rows"] == {"cached": 0, "reasoning": 0}
+    assert report["tokens_reported_by_rows"] == {"cached": 0, "reasoning": 0, "cache_write": 0}
     assert cell(render_markdown(report), "Reasoning tokens (in completion)") == (
         "not reported by the server")
     assert cell(render_markdown(report), "Cached prompt tokens") == "not reported by the server"
 
     said = [ok_row(book, "c", "gpt-4o-mini", cached=0, reasoning=0), *silent]
     report = build_report(table(said), prices=book, job=JOB, wall_s=1.0)
-    assert report["tokens_reported_by_rows"] == {"cached": 1, "reasoning": 1}
+    assert report["tokens_reported_by_rows"] == {"cached": 1, "reasoning": 1, "cache_write": 0}
     assert cell(render_markdown(report), "Reasoning tokens (in completion)") == "0"
     assert cell(render_markdown(report), "Cached prompt tokens") == "0"
     # A report written before the count existed shows the totals as it did.
