@@ -866,9 +866,11 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
 def unpriced_causes(by_model: Mapping[str, Mapping[str, Any]]) -> str:
     """Why the rows paid for without a cost have none, per model, and what to set, in one line
     for the run's summary (the report's warnings say it at length): the models with no price,
-    the search with none, the models whose replies reported no usage."""
+    the search with none (or none when it was answered), the models whose replies reported no
+    usage."""
     no_price: list[str] = []
     search: list[str] = []
+    since: list[str] = []
     no_usage: list[str] = []
     unnamed = 0
     for model, entry in by_model.items():
@@ -889,6 +891,8 @@ def unpriced_causes(by_model: Mapping[str, Mapping[str, Any]]) -> str:
                 left -= rows
                 if not any(k in price for k in priced):
                     search.append(f'{key} under [prices."{model}"]')
+                elif model not in since:  # priced since: a row's cost is its answer's
+                    since.append(model)
         left -= entry["earlier_unpriced_rows"]
         if left > 0:
             no_usage.append(model)
@@ -900,6 +904,8 @@ def unpriced_causes(by_model: Mapping[str, Mapping[str, Any]]) -> str:
                      "(USD per 1M tokens), to a job file")
     if search:
         parts.append(f"search with no price: set {_and(search)} in a job file")
+    if since:
+        parts.append(f"search answered before its price was set, by {_and(since)}")
     if no_usage:
         parts.append(f"no usage reported by {_and(no_usage)}")
     if unnamed:

@@ -19,7 +19,7 @@ from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
-from batchrunner.runner import RunSummary
+from batchrunner.runner import RunSummary, format_summary
 from batchrunner.simulator import Simulator, SimulatorConfig
 from tests.test_reply_fields import (
     KEY,
@@ -678,3 +678,20 @@ async def test_the_first_requests_in_flight_hold_their_search_fee(tmp_path: Path
     assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached")
     assert sent == 5  # $2 each, held from the first send: five fit in $10.50
     assert s.cost_usd is not None and 10.0 <= s.cost_usd <= 10.5
+
+
+@pytest.mark.anyio
+async def test_the_summary_names_search_answered_before_its_price_was_set(
+        tmp_path: Path) -> None:
+    """A rerun after search_unit was added to [prices]: the rows answered before it keep no
+    cost, and the summary, which named what to set the first time, then said only "see
+    report". It says why their cost stays unknown."""
+    async with Simulator(SimulatorConfig()) as sim:
+        first = await run(search_job(tmp_path, sim.base_url, "grok-4",
+                                     "input = 3.0\noutput = 15.0"))
+        again = await run(search_job(tmp_path, sim.base_url, "grok-4",
+                                     "input = 3.0\noutput = 15.0\nsearch_unit = 0.025"))
+    assert 'set search_unit under [prices."grok-4"] in a job file' in format_summary(first)
+    assert again.cost_unknown == 2
+    assert ("2 rows without a cost (search answered before its price was set, by grok-4)"
+            in format_summary(again)), format_summary(again)
