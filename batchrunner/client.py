@@ -1735,7 +1735,7 @@ def _usage(usage: Any) -> Usage:
     if cached is None and (v := get("prompt_cache_hit_tokens")) is not None:
         # DeepSeek's name for them (its prompt_tokens counts them, as OpenAI's does)
         cached = v if type(v) is int and -big < v < big else _count(v)
-    apart = False  # Anthropic's count of the cache read, which its input_tokens leave out
+    apart = False  # Anthropic's cache counts, which its input_tokens leave out
     if cached is None and (v := get("cache_read_input_tokens")) is not None:
         # Anthropic's name for them, passed on by a gateway beside OpenAI's counts
         cached = v if type(v) is int and -big < v < big else _count(v)
