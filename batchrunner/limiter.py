@@ -19,10 +19,11 @@
 The runner paces a job with one; a job whose models report limits of their own (OpenAI's are
 per model) with one more for each model (``reported_limits`` tells them apart).
 
-Requests are paced by aiolimiter's leaky bucket with a burst of one second's worth, so a run
-starts at a burst a server accepts rather than a minute's worth at once; tokens by
-``TokenBucket``, which lets a request bigger than the bucket through by going into debt, so the
-long-run rate is exact whatever the request sizes.
+Requests and tokens are each paced by a ``TokenBucket`` holding one second's worth, so a run
+starts at a burst a server accepts rather than a minute's worth at once; a request bigger than
+the token bucket goes through by taking it into debt, so the long-run rate is exact whatever the
+request sizes. A rate changed (a limit raised or lowered) is the bucket's, and the requests
+already waiting in it wait for the new one.
 """
 
 from __future__ import annotations
@@ -34,12 +35,8 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import anyio
-
-if TYPE_CHECKING:
-    from aiolimiter import AsyncLimiter
 
 __all__ = ["RATELIMIT_HEADERS", "Limiter", "TokenBucket", "reported_limits", "reset_seconds"]
 
@@ -95,7 +92,7 @@ class TokenBucket:
         self._t = time.monotonic()
         self._lock = anyio.Lock()
         self._queued = 0
-        self._given: anyio.Event | None = None  # set when units are given back (adjust)
+        self._given: anyio.Event | None = None  # set when units are given back or the rate set
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -106,6 +103,14 @@ class TokenBucket:
         self._refill()
         self.rate, self.capacity = rate, capacity
         self.level = min(self.level, capacity)
+        # The one waiting slept for the old rate's time: it looks again (a limit raised from
+        # 6 to 60,000 a minute left each request waiting its 10 s).
+        self._wake()
+
+    def has_capacity(self, n: float = 1.0) -> bool:
+        """Whether ``n`` units could be taken now without waiting."""
+        self._refill()
+        return self.level >= min(n, self.capacity)
 
     async def acquire(self, n: float) -> None:
         if not self._queued:  # nobody waiting: take it at once if it is there
@@ -135,7 +140,11 @@ class TokenBucket:
         """Give back ``n`` units (or take ``-n`` more); the level may go negative (debt)."""
         self._refill()
         self.level = min(self.capacity, self.level + n)
-        if n > 0 and self._given is not None:
+        if n > 0:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._given is not None:
             self._given.set()
             self._given = None
 
@@ -220,7 +229,7 @@ class Limiter:
         self.headroom = headroom
         self.requests_per_minute: float | None = None
         self.tokens_per_minute: float | None = None
-        self._requests: AsyncLimiter | None = None
+        self._requests: TokenBucket | None = None
         self._tokens: TokenBucket | None = None
         self._paused_until = 0.0
         self._raising: dict[str, tuple[float, float]] = {}  # kind: a higher limit said, since
@@ -234,9 +243,9 @@ class Limiter:
         self._storm_pace = 0.0  # the pace the latest storm set
         self._refused = 0  # 429s counted at the latest sample
         self._configured = (requests_per_minute, tokens_per_minute)
-        # Without ``burst``, the rates' first second's worth is taken as spent: a limiter made
-        # for requests already going out at the server's pace (the runner's ``_split``), whose
-        # server-side buckets are not full.
+        # Without ``burst``, the rates' buckets start empty: a limiter made for requests
+        # already going out at the server's pace (the runner's ``_split``), whose server-side
+        # buckets are not full.
         self._spent = not burst
         if requests_per_minute:
             self._set_requests(requests_per_minute)
@@ -246,26 +255,27 @@ class Limiter:
     # -- rates
 
     def _set_requests(self, per_minute: float) -> None:
-        # Imported when a request rate is first known: aiolimiter reads its own package
-        # metadata as it is imported (importlib.metadata), 10-20 ms of start-up that a run
-        # which sets no rate and learns none need not pay.
-        from aiolimiter import AsyncLimiter
-
-        self.guessed, self._guess = False, None  # a rate said wins over one learnt from 429s
+        # A rate said wins over one learnt from 429s, whose bucket (and the requests waiting
+        # in it) it takes over.
+        bucket = self._requests or self._guess
+        self.guessed, self._guess = False, None
         self.requests_per_minute = per_minute
-        per_s = per_minute * self.headroom / 60.0
-        burst = max(1.0, per_s)
-        self._requests = AsyncLimiter(burst, burst / per_s)
+        self._requests = self._bucket(bucket, per_minute)
 
     def _set_tokens(self, per_minute: float) -> None:
         self.tokens_per_minute = per_minute
+        self._tokens = self._bucket(self._tokens, per_minute)
+
+    def _bucket(self, bucket: TokenBucket | None, per_minute: float) -> TokenBucket:
+        """``bucket`` at ``per_minute``, or a new one (full, or empty without ``burst``)."""
         per_s = per_minute * self.headroom / 60.0
-        if self._tokens is None:
-            self._tokens = TokenBucket(per_s, max(1.0, per_s))
+        if bucket is None:
+            bucket = TokenBucket(per_s, max(1.0, per_s))
             if self._spent:
-                self._tokens.level = 0.0
+                bucket.level = 0.0
         else:
-            self._tokens.set_rate(per_s, max(1.0, per_s))
+            bucket.set_rate(per_s, max(1.0, per_s))
+        return bucket
 
     @property
     def paused_s(self) -> float:
@@ -306,10 +316,7 @@ class Limiter:
             with anyio.move_on_after(wait):
                 await self._unpaused.wait()
         if self._requests is not None:
-            if self._spent:
-                self._spent = False
-                await self._requests.acquire(self._requests.max_rate)  # at once: it is full
-            await self._requests.acquire()
+            await self._requests.acquire(1)
         elif self._guess is not None:
             await self._guess.acquire(1)
         if self._tokens is not None:

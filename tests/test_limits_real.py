@@ -355,3 +355,40 @@ async def test_requests_larger_than_a_minutes_tokens_fail_without_waiting_a_minu
         assert sim.stats()["requests"] == rows
     assert (summary.ok, summary.failed) == (0, rows)
     assert summary.error_types == {"request_too_large": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# A limit raised while requests wait at the old one
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["requests", "tokens"])
+async def test_a_raised_limit_lets_out_the_requests_waiting_at_the_old_one(
+        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Requests already waiting for a permit at a limit of 6 requests (or 60 tokens, a request's
+    10 each) a minute when the key's tier is raised to 60,000: each waited its turn at the old
+    rate, 10 s apiece (64 workers waiting held the run some 10 minutes after the raise); they
+    go at the new one now."""
+    monkeypatch.setattr(limiter, "RAISE_AFTER_S", 0.0)
+    old, new = (said("6"), said("60000")) if kind == "requests" else (
+        {"x-ratelimit-limit-tokens": "60"}, {"x-ratelimit-limit-tokens": "60000"})
+    lim = Limiter(None, None)
+    lim.observe(old)
+    done: list[int] = []
+    all_done = anyio.Event()
+
+    async def send(i: int) -> None:
+        await lim.acquire(10)
+        done.append(i)
+        if len(done) == 4:
+            all_done.set()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(send, i)
+        await anyio.sleep(0.2)
+        assert len(done) == 1  # the bucket's first, at once; the others wait
+        lim.observe(new)
+        lim.observe(new)  # said twice: followed
+        with anyio.fail_after(5):  # at the old rate: 30 s more
+            await all_done.wait()
