@@ -43,6 +43,11 @@ __all__ = ["RATELIMIT_HEADERS", "Limiter", "TokenBucket", "reported_limits", "re
 # The longest an empty budget holds new requests when no rate is known: a reset said to be
 # further off (a daily limit's) is left to the 429s' retry-after, which stop the job if it is.
 MAX_RESET_WAIT_S = 60.0
+# A minute's limit is whole again within a minute: a reset said to be further off than this
+# (a second's rounding and a slow answer's allowed) says the limit is over a longer period,
+# no rate a minute (Groq's x-ratelimit-limit-requests is a day's, reset in "2m59.56s" when 30
+# of its 14,400 are used). Such a limit paces nothing; none of it left stops the job.
+MINUTE_RESET_S = 65.0
 # A limit higher than the pace is followed once the answers have said it, and nothing else, this
 # long: a key's tier raised is taken within seconds, while answers that differ among themselves
 # (servers behind one address, each reporting its own) keep the lower, as they did before a
@@ -233,6 +238,7 @@ class Limiter:
         self._tokens: TokenBucket | None = None
         self._paused_until = 0.0
         self._raising: dict[str, tuple[float, float]] = {}  # kind: a higher limit said, since
+        self._long: dict[str, float] = {}  # kind: a limit said to be over more than a minute
         self.paused_by = "a 429's retry-after"  # what asked for the pause (see ``pause``)
         self._unpaused: anyio.Event | None = None  # set when a pause is lifted (lift_pause)
         self._rng = random.Random()
@@ -380,24 +386,39 @@ class Limiter:
         if rate != current:
             set_rate(rate)
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn the server's limits from a response's ``x-ratelimit-*`` headers."""
+    def observe(self, headers: Mapping[str, str]) -> tuple[str, float, float] | None:
+        """Learn the server's limits from a response's ``x-ratelimit-*`` headers. None, or
+        when a limit over more than a minute (a day's) has none left and is whole again only
+        after a wait longer than a pause: its kind, the limit and the seconds until then (the
+        job is to stop)."""
         if not self.adaptive or not headers:
-            return
+            return None
         for kind, limit_h, remaining_h, reset_h in _NAMES:
             limit = _limit(headers, limit_h)
             current = self.requests_per_minute if kind == "requests" else self.tokens_per_minute
             # The usual answer says the limit paced at already: nothing to learn (_learn is a
             # call and a dozen reads more, on every answer).
             if limit is not None and (limit != current or self._raising or self.guessed):
-                self._learn(kind, limit)
-                current = self.requests_per_minute if kind == "requests" \
-                    else self.tokens_per_minute
+                if self._over_a_minute(kind, limit, headers.get(reset_h)):
+                    current = None  # none a minute
+                else:
+                    self._learn(kind, limit)
+                    current = self.requests_per_minute if kind == "requests" \
+                        else self.tokens_per_minute
             remaining = _header_float(headers, remaining_h)
             if remaining is None or remaining >= 1 or (remaining < 0 and limit is None):
                 # A negative count beside no limit is none: Azure OpenAI's "-1"s on every answer
                 # (limit and remaining) mean no limit said; read as a budget used up, they held
                 # every new request after each answer (3,000 rows took 59 s, 4.5 s without).
+                continue
+            # None left: a limit over more than a minute (its reset says so now, as a day's
+            # whose first answers looked like a minute's) is waited for until whole again, or
+            # the job stopped if that is further off than a pause.
+            if limit is not None and self._over_a_minute(kind, limit, headers.get(reset_h)):
+                whole_in = reset_seconds(headers.get(reset_h)) or 0.0
+                if whole_in > MAX_RESET_WAIT_S:
+                    return kind, limit, whole_in
+                self.pause(whole_in, _NONE_LEFT)
                 continue
             if rate := limit or current:
                 # The bucket is empty: wait for one request's worth of refill (the reset
@@ -408,6 +429,28 @@ class Limiter:
                 # the remaining count alone): until the reset, if it is said, else a second.
                 reset = reset_seconds(headers.get(reset_h))
                 self.pause(1.0 if reset is None else min(reset, MAX_RESET_WAIT_S), _NONE_LEFT)
+        return None
+
+    def _over_a_minute(self, kind: str, limit: float, reset: str | None) -> bool:
+        """Whether ``limit`` is over a period longer than a minute: it was said so before,
+        or its reset is further off than a minute's can be. A rate a minute learnt from it
+        (its reset was near at first, as a day's is while little of it is used) is unlearnt."""
+        if self._long.get(kind) == limit:
+            return True
+        if reset is None or (seconds := reset_seconds(reset)) is None or seconds <= MINUTE_RESET_S:
+            return False
+        self._long[kind] = limit
+        cap = self._configured[0 if kind == "requests" else 1]
+        learnt = self.requests_per_minute if kind == "requests" else self.tokens_per_minute
+        if learnt is not None and learnt == min(limit, cap or limit) != cap:
+            self._raising.pop(kind, None)
+            if cap:  # back to the job's own
+                (self._set_requests if kind == "requests" else self._set_tokens)(cap)
+            elif kind == "requests":
+                self.requests_per_minute, self._requests = None, None
+            else:
+                self.tokens_per_minute, self._tokens = None, None
+        return True
 
     def sample(self, now: float, sent: int, refused: int) -> None:
         """The run's requests ``sent`` so far and those of them ``refused`` (answered 429), at

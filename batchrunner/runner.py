@@ -2143,10 +2143,18 @@ class _Run:
         them; once two models report different ones (OpenAI's are each model's own), each
         model is paced by a limiter of its own, and the job's keeps the rates the job set: a
         job asking gpt-4o-mini and gpt-4o was paced at the lower model's rate for both."""
-        if self.split is not None:
-            self._model_limiter(item).observe(headers)
+        used_up = (self.limiter if self.split is None else self._model_limiter(item)).observe(
+            headers)
+        if used_up is not None:
+            # A limit over more than a minute (Groq's requests a day) has none left.
+            kind, limit, wait_s = used_up
+            self.stop(QuotaError(
+                f"the endpoint's x-ratelimit-limit-{kind} {limit:,.0f} is over more than a "
+                f"minute (a day's, as Groq's requests are) and none remain; it is whole again "
+                f"in {format_span(wait_s)}: rerun then to resume"))
             return
-        self.limiter.observe(headers)
+        if self.split is not None:
+            return
         if self.models_vary and (limits := reported_limits(headers)) is not None:
             model = str(item.body.get("model") or "")
             before = self.model_limits.get(model)

@@ -408,3 +408,68 @@ async def test_a_limiter_made_for_requests_already_going_out_starts_with_no_burs
     lim = Limiter(600, 6000)  # a job's own: its first second's worth at once
     await lim.acquire(0)
     assert lim._requests is not None and lim._requests.has_capacity(9)
+
+
+# ----------------------------------------------------------------------------------------------
+# A limit over more than a minute (Groq's requests a day)
+
+
+def groq(remaining: int, reset: str, limit: int = 14400) -> dict[str, str]:
+    """Groq's headers: the requests' limit is a day's (its reset the time until the day's
+    budget is whole again), the tokens' a minute's."""
+    return {"x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": reset, "x-ratelimit-limit-tokens": "18000",
+            "x-ratelimit-remaining-tokens": "17990", "x-ratelimit-reset-tokens": "33ms"}
+
+
+def test_a_requests_limit_whose_reset_is_minutes_away_is_no_rate_a_minute() -> None:
+    """Groq's 14,400 requests a day were paced as 14,400 a minute (240 a second: no pace at
+    all), and none remaining held new sends 4 ms. A reset further off than a minute says the
+    limit is no minute's: the tokens' (a minute's) pace the job, and a day's used up is said."""
+    lim = Limiter(None, None)
+    assert lim.observe(groq(14370, "2m59.56s")) is None
+    assert lim.requests_per_minute is None and lim.tokens_per_minute == 18000.0
+    lim = Limiter(None, None)
+    assert lim.observe(groq(14399, "6s")) is None  # as a minute's might say: learnt
+    assert lim.requests_per_minute == 14400.0
+    assert lim.observe(groq(0, "23h59m54s")) is not None  # none left, a day away: no minute's
+    assert lim.requests_per_minute is None and lim.tokens_per_minute == 18000.0
+    lim = Limiter(None, None)
+    used_up = lim.observe(groq(0, "23h59m54s"))
+    assert used_up is not None and used_up[:2] == ("requests", 14400.0), used_up
+    assert used_up[2] == pytest.approx(86394.0)
+    assert lim.requests_per_minute is None
+    lim = Limiter(None, None)  # none left, its budget back within a minute: waited for
+    assert lim.observe(groq(5, "3m0s", limit=100)) is None
+    assert lim.observe(groq(0, "50s", limit=100)) is None
+    assert lim.paused_s >= 49.0
+
+
+@pytest.mark.anyio
+async def test_a_days_requests_used_up_stop_the_job_with_one_line(tmp_path: Path) -> None:
+    """A key with 30 of its 14,400 requests a day left, Groq's headers saying so (the budget
+    refills one request every 6 s, its reset the time until it is whole): the job went on at
+    one request every 6 s, each 429 storm of the workers waiting, 3 hours for 2,000 rows. It
+    stops when none remain, saying why and until when."""
+    day = 14400
+    left = {"n": 30}
+
+    async def groq_day(counted: Counted, body: dict[str, Any]) -> web.Response:
+        used = day - left["n"]
+        if left["n"] < 1:
+            return web.json_response({"error": {"message": "Rate limit reached on requests "
+                                                "per day (RPD)", "type": "requests",
+                                                "code": "rate_limit_exceeded"}},
+                                     status=429, headers={"retry-after": "6", **groq(0, "1d")})
+        left["n"] -= 1
+        used += 1
+        reset = f"{used * 6 // 3600}h{used * 6 % 3600 // 60}m{used * 6 % 60}s"
+        await asyncio.sleep(0.01)
+        return web.json_response(completion(body), headers=groq(left["n"], reset))
+
+    summary, counted = await run_against(tmp_path, groq_day, 2000, concurrency=8)
+    assert summary.exit_code == 4 and summary.stopped, summary.stopped
+    assert "x-ratelimit-limit-requests 14,400" in summary.stopped, summary.stopped
+    assert summary.ok == 30
+    assert counted.too_many <= 8, counted.too_many  # those in flight at most
