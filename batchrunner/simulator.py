@@ -86,10 +86,11 @@ Rate limits (per API key, like OpenAI's)
     in OpenAI's format: ``17ms``, ``1s``, ``8.64s``, ``6m0s``) for each configured limit, unless
     ``limit_headers`` is off (a gateway whose 429s are the only sign of its limits). Over a
     limit: 429 ``rate_limit_exceeded`` with type ``requests`` or ``tokens``, ``retry-after``
-    (whole seconds, rounded up) and ``retry-after-ms``. Keys in ``quota_exhausted_keys`` (or every
-    key with ``quota_exhausted``) get 429 ``insufficient_quota``. A model in ``model_rpm`` has
-    buckets of its own, its requests limited to its rate (as OpenAI limits each model), its
-    tokens to ``tpm``.
+    (whole seconds, rounded up) and ``retry-after-ms`` (``limit_retry_after_s`` instead, when
+    set; neither with ``limit_retry_after`` off, as some gateways answer). Keys in
+    ``quota_exhausted_keys`` (or every key with ``quota_exhausted``) get 429
+    ``insufficient_quota``. A model in ``model_rpm`` has buckets of its own, its requests
+    limited to its rate (as OpenAI limits each model), its tokens to ``tpm``.
 
 A server of one's own (``max_running``)
     A GPU server answers one batch of requests at a time (vLLM's ``--max-num-seqs``) and
@@ -444,6 +445,11 @@ class SimulatorConfig:
     """Tokens per minute per key; ``None`` means no token limit."""
     limit_headers: bool = True
     """Send the ``x-ratelimit-*`` headers; off, the limits are hidden (429s alone say them)."""
+    limit_retry_after: bool = True
+    """Say in a limit's 429 when to retry (``retry-after``); off, it says nothing of it."""
+    limit_retry_after_s: float | None = None
+    """The ``retry-after`` of a limit's 429, whatever the limit's bucket says (a gateway's
+    fixed wait); None: the time until the bucket allows the request."""
     model_rpm: Mapping[str, int] = field(default_factory=dict)
     """Requests per minute per key for each of these models, in buckets of the model's own."""
     default_max_tokens: int | None = None
@@ -529,8 +535,13 @@ class SimulatorConfig:
                 f"reply_tokens_max, got {self.reply_tokens_min}, {self.reply_tokens_mean}, "
                 f"{self.reply_tokens_max}"
             )
+        if self.limit_retry_after_s is not None:
+            value = self.limit_retry_after_s
+            if not _is_number(value) or value < 0 or not math.isfinite(value):
+                raise _bad("limit_retry_after_s", "a number >= 0", value)
+            object.__setattr__(self, "limit_retry_after_s", float(value))
         for name in ("quota_exhausted", "prompt_caching", "track_prompts", "announce",
-                     "limit_headers"):
+                     "limit_headers", "limit_retry_after"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, "true or false", getattr(self, name))
         if not isinstance(self.model_rpm, Mapping):
@@ -1637,8 +1648,11 @@ class _Server:
                     f"Used {used}, Requested {cost}. Please try again in "
                     f"{format_duration(wait)}."
                 )
-        headers["retry-after"] = str(max(1, math.ceil(wait - 1e-9)))
-        headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000 - 1e-6)))
+        if self.config.limit_retry_after:
+            if self.config.limit_retry_after_s is not None:
+                wait = self.config.limit_retry_after_s
+            headers["retry-after"] = str(max(1, math.ceil(wait - 1e-9)))
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000 - 1e-6)))
         return self.error(429, message, refused, "rate_limit_exceeded", headers)
 
     async def early_fault(
@@ -2277,6 +2291,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-limit-headers", dest="limit_headers", action="store_const", const=False,
         default=None, help="send no x-ratelimit-* headers: the limits are hidden, 429s alone "
         "say them (a gateway's)")
+    add("--no-limit-retry-after", dest="limit_retry_after", action="store_const", const=False,
+        default=None, help="a limit's 429 says no retry-after (some gateways')")
+    add("--limit-retry-after", dest="limit_retry_after_s", type=float, metavar="S",
+        help="a limit's 429 asks S seconds in its retry-after, whatever its bucket says "
+        "(default: the time until the request would be allowed)")
     add("--model-rpm", dest="model_rpm_spec", action="append", metavar="MODEL=N",
         help="requests per minute per key for MODEL, limited on its own as OpenAI limits each "
         "model (repeatable; default: none)")

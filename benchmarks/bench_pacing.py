@@ -31,7 +31,10 @@ limit-unknown        simulator rpm 3,000, the job sets no limit: completions/s a
 limit-too-high       simulator rpm 3,000, job ``--rpm 6000``: the same
 limit-hidden         simulator rpm 600 behind 429s alone (no x-ratelimit-* headers), the job
                      sets no limit, 900 rows: share 429'd, and from 10 s after the first
-                     429 on, share 429'd and completions/s vs the limit
+                     429 on, share 429'd and completions/s vs the limit; its 429s' retry-after
+                     is the bucket's wait, none (``--hidden-retry-after none``, some
+                     gateways') or a fixed wait (``--hidden-retry-after 20``: measured from
+                     the first 429's wait plus 10 s on)
 faults               10 % 5xx + 2 % 429 faults, 2,000 rows: every row ok, wall vs fault-free
 memory               0 ms latency, Parquet input of 100,000 and of 1,000,000 rows: peak RSS
 ===================  =========================================================================
@@ -56,6 +59,7 @@ import asyncio
 import csv
 import itertools
 import json
+import math
 import os
 import re
 import resource
@@ -456,6 +460,7 @@ class Ctx:
     rounds: int
     cores: Cores
     tmp: Path
+    hidden_retry_after: str = "bucket"
     checks: list[Check] = field(default_factory=list)
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -816,12 +821,20 @@ def scenario_limit_hidden(ctx: Ctx) -> None:
     sim_rpm = 600
     n = sim_rpm + sim_rpm // (10 if ctx.smoke else 2)
     skip = 2 if ctx.smoke else 10
+    retry: list[str] = []
+    if ctx.hidden_retry_after == "none":
+        retry = ["--no-limit-retry-after"]
+    elif ctx.hidden_retry_after != "bucket":
+        retry = ["--limit-retry-after", ctx.hidden_retry_after]
+        skip += math.ceil(float(ctx.hidden_retry_after))
     limit_s = sim_rpm / 60
     work = ctx.tmp / name
     inp = write_input(_mk(work) / "input.csv", n)
     say(f"== {name}: simulator rpm {sim_rpm:,} ({limit_s:,.0f}/s, a minute's bucket) with no "
-        f"x-ratelimit-* headers, the job sets no limit, {n:,} rows, 200 ms mean latency")
-    with ctx.sim(name, ["--rpm", str(sim_rpm), "--no-limit-headers", *LIMITED_LATENCY]) as sim:
+        f"x-ratelimit-* headers, retry-after {ctx.hidden_retry_after}, the job sets no limit, "
+        f"{n:,} rows, 200 ms mean latency")
+    with ctx.sim(name, ["--rpm", str(sim_rpm), "--no-limit-headers", *retry,
+                        *LIMITED_LATENCY]) as sim:
         run = run_runner(sim, inp, work / "out", name="runner",
                          timeout_s=ctx.timeout((n - sim_rpm) / limit_s), extra=[])
         stats = sim.stats()
@@ -965,6 +978,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="overhead: rounds of baseline + runner; the best of each counts "
                              "(default %(default)s; 1 with --smoke)")
+    parser.add_argument("--hidden-retry-after", default="bucket", metavar="{bucket,none,S}",
+                        help="limit-hidden's 429s' retry-after: the bucket's wait (default), "
+                        "none, or S seconds")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--baseline-client", metavar="BODIES", help=argparse.SUPPRESS)
@@ -989,7 +1005,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warm_up(Path(where.strip()).parent)
     say(f"bench_pacing{' --smoke' if args.smoke else ''}: {len(names)} scenario(s); "
         f"{os.cpu_count()} CPU(s), {cores.describe()}; runner: {Path(where.strip()).parent}")
-    ctx = Ctx(smoke=args.smoke, rounds=1 if args.smoke else args.rounds, cores=cores, tmp=tmp)
+    ctx = Ctx(smoke=args.smoke, rounds=1 if args.smoke else args.rounds, cores=cores, tmp=tmp,
+              hidden_retry_after=args.hidden_retry_after)
     errors: list[str] = []
     try:
         for name in names:

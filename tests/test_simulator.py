@@ -908,6 +908,27 @@ async def test_limits_can_be_hidden_behind_429s_alone() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("args", "retry_after"), [
+    (["--no-limit-retry-after"], None), (["--limit-retry-after", "20"], "20")])
+async def test_a_limits_429_can_say_no_retry_after_or_a_fixed_one(
+        args: list[str], retry_after: str | None) -> None:
+    """Gateways' 429s: some say no retry-after, some a fixed wait, whatever the limit's bucket."""
+    from batchrunner.simulator import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(["--rpm", "600", *args]))
+    async with running(config, clock=FakeClock()) as (_, client):
+        for _ in range(600):  # the minute's bucket
+            await client.chat.completions.create(model="m", messages=user("x"))
+        with pytest.raises(openai.RateLimitError) as info:
+            await client.chat.completions.create(model="m", messages=user("x"))
+        headers = info.value.response.headers
+        assert headers.get("retry-after") == retry_after
+        assert (headers.get("retry-after-ms") is None) == (retry_after is None)
+
+
+@pytest.mark.anyio
 async def test_token_bucket_charges_prompt_plus_max_tokens_times_n() -> None:
     clock = FakeClock()
     messages = user("abcd" * 25)  # 3 + 3 + 25 = 31 prompt tokens
