@@ -65,6 +65,12 @@ PACE_MIN_SPAN_S = 1.0
 # STORM_COUNT at least. A server's random 429s are a few percent of its answers (2 % in the
 # benchmark's faults), where a limit overrun refuses most of each burst (64 requests sent at
 # a limit of 10 a second: 54); and a handful (one 429 and its twins in flight) makes no pace.
+# The rate is of the time requests could be sent, less a long pause's beyond its first
+# PAUSE_PACED_S: a retry-after of a second or so after each burst is part of the pace (how a
+# bucket of a second's worth says its rate, however many 429s renew it), a longer one is time
+# the server's bucket stood full (after a retry-after of 20 s, a window four parts pause to one
+# of sending set a fifth of the rate).
+PAUSE_PACED_S = 2.0
 STORM_SHARE = 0.2
 STORM_COUNT = 10
 # The pace is set this far under the rate measured, and raised by PACE_RAISE at each sample
@@ -237,6 +243,9 @@ class Limiter:
         self._requests: TokenBucket | None = None
         self._tokens: TokenBucket | None = None
         self._paused_until = 0.0
+        # Long pauses past their first PAUSE_PACED_S: the latest stretch held, and the seconds
+        # of those before it (``sample`` leaves them out of a rate).
+        self._held_from = self._held_until = self._held_before = 0.0
         self._raising: dict[str, tuple[float, float]] = {}  # kind: a higher limit said, since
         self._long: dict[str, float] = {}  # kind: a limit said to be over more than a minute
         self.paused_by = "a 429's retry-after"  # what asked for the pause (see ``pause``)
@@ -245,7 +254,7 @@ class Limiter:
         # A request pace learnt from 429s (``sample``): its bucket, and the samples measured.
         self.guessed = False
         self._guess: TokenBucket | None = None
-        self._samples: deque[tuple[float, int, int]] = deque()
+        self._samples: deque[tuple[float, int, int, float]] = deque()
         self._storm_pace = 0.0  # the pace the latest storm set
         self._refused = 0  # 429s counted at the latest sample
         self._configured = (requests_per_minute, tokens_per_minute)
@@ -342,6 +351,7 @@ class Limiter:
         """End a pause now: the run stops, and what waits on the pause is let go (to find
         that nothing more is sent) instead of holding the run's end up to its length."""
         self._paused_until = 0.0
+        self._held_until = min(self._held_until, time.monotonic())
         if self._unpaused is not None:
             self._unpaused.set()
 
@@ -353,6 +363,16 @@ class Limiter:
         if until > self._paused_until:
             self._paused_until = until
             self.paused_by = by
+        if seconds > PAUSE_PACED_S and until > (start := now + PAUSE_PACED_S):
+            if start >= self._held_until:  # a new stretch: the one before is over
+                self._held_before = self._held_total(start)
+                self._held_from = start
+            self._held_until = max(self._held_until, until)
+
+    def _held_total(self, now: float) -> float:
+        """The seconds long pauses held new requests, past their first PAUSE_PACED_S, from
+        the start up to ``now``."""
+        return self._held_before + max(0.0, min(now, self._held_until) - self._held_from)
 
     def learn(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
         """Pace at the limits a server reports (None: not reported), within the job's own."""
@@ -462,30 +482,34 @@ class Limiter:
         if not self.adaptive or self._requests is not None:
             return
         samples = self._samples
-        samples.append((now, sent, refused))
+        paused = self._held_total(now)
+        samples.append((now, sent, refused, paused))
         while len(samples) > 2 and now - samples[1][0] >= STORM_WINDOW_S:
             samples.popleft()
         new_refusals, self._refused = refused - self._refused, refused  # since the last
-        then, sent_then, refused_then = samples[0]
+        then, sent_then, refused_then, paused_then = samples[0]
         span = now - then
         if span < PACE_MIN_SPAN_S:
             return
         refusals = refused - refused_then
-        accepted = (sent - sent_then - refusals) / span * 60.0  # a minute
+        sending = span - (paused - paused_then)  # the time requests could go out
+        measured = sending >= PACE_MIN_SPAN_S  # enough of it to measure a rate over
+        accepted = (sent - sent_then - refusals) / max(sending, PACE_MIN_SPAN_S) * 60.0
         current = self.requests_per_minute if self.guessed else None
-        if refusals >= STORM_COUNT and refusals >= STORM_SHARE * (sent - sent_then):
+        if measured and refusals >= STORM_COUNT and refusals >= STORM_SHARE * (sent - sent_then):
             if accepted >= 1.0 and (current is None or accepted * PACE_UNDER < current):
                 self._storm_pace = accepted * PACE_UNDER
                 self._set_guess(self._storm_pace)
                 # The next storm is one at this pace: measured from here on, not lowered
                 # again for the 429s that taught it.
                 samples.clear()
-                samples.append((now, sent, refused))
+                samples.append((now, sent, refused, paused))
         elif current is None:
             return
         elif new_refusals and current > self._storm_pace:
             self._set_guess(max(self._storm_pace, current / PACE_BACK))
-        elif not refusals and span >= STORM_WINDOW_S and accepted >= current * PACE_BINDS:
+        elif (measured and not refusals and span >= STORM_WINDOW_S
+              and accepted >= current * PACE_BINDS):
             self._set_guess(current * PACE_RAISE)
 
     def _set_guess(self, per_minute: float) -> None:

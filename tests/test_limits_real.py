@@ -392,3 +392,53 @@ async def test_a_raised_limit_lets_out_the_requests_waiting_at_the_old_one(
         lim.observe(new)  # said twice: followed
         with anyio.fail_after(5):  # at the old rate: 30 s more
             await all_done.wait()
+
+
+def test_a_pace_learnt_after_a_long_retry_after_counts_the_time_sent_not_the_pause(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway whose 429s ask 20 s: a storm at the pace learnt from the first came one
+    second after the pause, its window four parts pause to one of sending, and the pace was
+    set to a fifth of the rate accepted (and raised 2 % a second from there). The time the
+    limiter held requests is its own to leave out."""
+    clock = [1000.0]
+    monkeypatch.setattr(limiter.time, "monotonic", lambda: clock[0])
+    lim = Limiter(None, None)
+    t, sent, refused = clock[0], 0, 0
+    lim.sample(t, sent, refused)
+    for _ in range(2):  # a storm: 20 sent a half second, 15 of them refused
+        t, sent, refused = t + 0.5, sent + 20, refused + 15
+        lim.sample(t, sent, refused)
+    assert lim.requests_per_minute == pytest.approx(540.0)  # 0.9 × the 10 a second accepted
+    clock[0] = t
+    lim.pause(20.0)  # the 429s ask 20 s
+    while lim.paused_s > 0.5:  # nothing sent meanwhile
+        clock[0] += 0.5
+        lim.sample(clock[0], sent, refused)
+    t = clock[0] + lim.paused_s  # sent from the pause's end on
+    for _ in range(2):  # sending again, and a storm at 10 a second accepted again
+        t, sent, refused = t + 0.5, sent + 20, refused + 15
+        clock[0] = t
+        lim.sample(t, sent, refused)
+    assert lim.requests_per_minute == pytest.approx(540.0, rel=0.15)
+    # A pace raised since, and a 429 in a window all pause: the pace is taken back a step
+    # all the same (kept, each such 429 cost every request 20 s more).
+    lim, t, sent, refused = Limiter(None, None), clock[0], 0, 0
+    lim.sample(t, sent, refused)
+    for _ in range(2):
+        t, sent, refused = t + 0.5, sent + 20, refused + 15
+        lim.sample(t, sent, refused)
+    assert lim.requests_per_minute == pytest.approx(540.0)
+    for _ in range(10):
+        t, sent = t + 0.5, sent + 5
+        clock[0] = t
+        lim.sample(t, sent, refused)
+    lim._set_guess(650.0)
+    lim.pause(20.0)
+    for _ in range(12):
+        clock[0] = t = t + 0.5
+        lim.sample(t, sent, refused)
+    raised = lim.requests_per_minute
+    assert raised is not None and raised >= 650.0
+    lim.sample(t + 0.5, sent, refused + 1)
+    assert lim.requests_per_minute == pytest.approx(raised / limiter.PACE_BACK)
+
