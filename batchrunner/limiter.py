@@ -257,6 +257,10 @@ class Limiter:
         self._samples: deque[tuple[float, int, int, float]] = deque()
         self._storm_pace = 0.0  # the pace the latest storm set
         self._refused = 0  # 429s counted at the latest sample
+        # A model's own limiter's requests let out and answered 429, counted by the runner
+        # (its ``_split``) for ``sample``; a job's limiter is sampled with the run's counts.
+        self.requests_sent = 0
+        self.requests_refused = 0
         self._configured = (requests_per_minute, tokens_per_minute)
         # Without ``burst``, the rates' buckets start empty: a limiter made for requests
         # already going out at the server's pace (the runner's ``_split``), whose server-side

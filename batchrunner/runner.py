@@ -1721,7 +1721,9 @@ class _Run:
                     try:
                         await self.limiter.acquire(charge)
                         if self.split is not None:  # and the model's own limiter's
-                            await self._model_limiter(item).acquire(charge)
+                            own = self._model_limiter(item)
+                            await own.acquire(charge)
+                            own.requests_sent += 1
                     finally:
                         self.pacing.discard(pacing)
             else:  # no rate: a pause at most, which a stop lifts (no scope a request)
@@ -1840,6 +1842,8 @@ class _Run:
                     item.rate_limited += 1
                     self.counts.rate_limited += 1
                     self.counters["http_429"] += 1
+                    if self.split is not None:
+                        self._model_limiter(item).requests_refused += 1
                     if (e.retry_after is not None and e.retry_after > self.policy.max_retry_after_s
                             and sent_at > self.long_wait_at):
                         self.long_waits += 1
@@ -2374,11 +2378,16 @@ class _Run:
 
     def _sample_pace(self) -> None:
         """The counts of requests sent and answered 429 so far, for the job's limiter to learn
-        a pace from a storm of 429s when no rate is known (``Limiter.sample``); a model's own
-        limiter paces at the limits its answers report."""
+        a pace from a storm of 429s when no rate is known (``Limiter.sample``); split, each
+        model's own counts for its own limiter (a model whose answers report no limits, behind
+        a gateway's, ran free)."""
+        now = time.monotonic()
         if self.split is None:
             counters = self.counters
-            self.limiter.sample(time.monotonic(), counters["sent"], counters["http_429"])
+            self.limiter.sample(now, counters["sent"], counters["http_429"])
+        else:
+            for limiter in self.split.values():
+                limiter.sample(now, limiter.requests_sent, limiter.requests_refused)
 
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap (a

@@ -29,6 +29,7 @@ from tests.test_ratelimit_headers import (
     Counted,
     completion,
     models_run,
+    per_model_limits,
     run_against,
     said,
 )
@@ -442,3 +443,46 @@ def test_a_pace_learnt_after_a_long_retry_after_counts_the_time_sent_not_the_pau
     lim.sample(t + 0.5, sent, refused + 1)
     assert lim.requests_per_minute == pytest.approx(raised / limiter.PACE_BACK)
 
+
+@pytest.mark.anyio
+async def test_a_model_behind_a_hidden_limit_in_a_split_job_learns_a_pace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job asking three models: two report limits of their own (so each is paced by its own
+    limiter), the third is behind a limit of 10 a second that only its 429s say (a gateway's
+    in front of a server of one's own). No pace was learnt for a model's own limiter: the
+    third ran free, every pause ending with all its requests sent at once (187 429s for its
+    100 rows, 65 % of its requests). Its storm teaches its limiter a pace now (some 25 %, the
+    first storm's most of them)."""
+    paces = learnt_paces(monkeypatch)
+    answered: list[float] = []
+    reported = per_model_limits({"a": 600.0, "b": 6000.0}, answered)
+    per_s = 10.0
+    bucket = {"level": per_s, "t": time.monotonic()}
+    hidden = {"requests": 0, "too_many": 0}
+
+    async def answer(counted: Counted, body: dict[str, Any]) -> web.Response:
+        if body["model"] != "c":
+            return await reported(counted, body)
+        hidden["requests"] += 1
+        now = time.monotonic()
+        bucket["level"] = min(per_s, bucket["level"] + (now - bucket["t"]) * per_s)
+        bucket["t"] = now
+        if bucket["level"] < 1.0:
+            hidden["too_many"] += 1
+            return web.json_response({"error": {"message": "Rate limit exceeded",
+                                                "type": "rate_limit_error"}},
+                                     status=429, headers={"retry-after": "1"})
+        bucket["level"] -= 1.0
+        await asyncio.sleep(0.2)
+        return web.json_response(completion(body))
+
+    rows = 300
+    inp = tmp_path / "models.csv"
+    pd.DataFrame({"id": [f"r{i:04d}" for i in range(rows)],
+                  "model": ["c" if i % 3 == 0 else "ab"[i % 2] for i in range(rows)],
+                  "text": [f"row {i}" for i in range(rows)]}).to_csv(inp, index=False)
+    summary, _ = await run_against(tmp_path, answer, rows, input=str(inp), model=None,
+                                   model_column="model")
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert paces and min(paces) <= 600.0, paces  # learnt, at the limit or under it
+    assert hidden["too_many"] <= 0.35 * hidden["requests"], hidden  # 65 % before
