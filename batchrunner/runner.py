@@ -143,6 +143,7 @@ MAX_RATE_LIMIT_RETRIES = 30
 LONG_WAITS_TO_STOP = 2
 MAX_ROW_WARNINGS = 5
 DEFAULT_COMPLETION_ESTIMATE = 256
+LEARN_OVER = 20  # the token estimates learn a reply's 1/LEARN_OVER once they have that many
 DEFAULT_CONCURRENCY = 64  # in flight when no rate limit is known
 INITIAL_CONCURRENCY = 32  # automatic sizing starts here, then follows Little's law
 MAX_AUTO_CONCURRENCY = 512
@@ -1241,6 +1242,10 @@ class _Run:
         self.rng = random.Random()
         self.completion_estimate = float(DEFAULT_COMPLETION_ESTIMATE)
         self.prompt_ratio = 1.0
+        # Replies the two estimates have learnt from, up to LEARN_OVER: the first weigh as
+        # much as a mean of those so far (a prompt 3 times the estimate was charged short for
+        # some 50 replies at 5 % each), then each 1/LEARN_OVER.
+        self.learnt_prompts = self.learnt_completions = 0
         self.latency_s = 1.0
         self.last_answer = -math.inf  # perf_counter() of the latest HTTP answer, of any status
         # When the latest request that got an answer was sent: answers to requests sent before
@@ -2272,11 +2277,14 @@ class _Run:
         if self.split is not None:
             self._model_limiter(item).settle(charge, used)
         if res.prompt_tokens:
-            self.prompt_ratio += 0.05 * (res.prompt_tokens / item.prompt_estimate
-                                         - self.prompt_ratio)
+            if (n := self.learnt_prompts) < LEARN_OVER:
+                n = self.learnt_prompts = n + 1
+            self.prompt_ratio += (res.prompt_tokens / item.prompt_estimate
+                                  - self.prompt_ratio) / n
         if res.completion_tokens is not None:
-            delta = res.completion_tokens - self.completion_estimate
-            self.completion_estimate += 0.05 * delta
+            if (n := self.learnt_completions) < LEARN_OVER:
+                n = self.learnt_completions = n + 1
+            self.completion_estimate += (res.completion_tokens - self.completion_estimate) / n
         self.latency_s += 0.05 * (res.latency_ms / 1000.0 - self.latency_s)
         requested = str(item.body.get("model") or "")
         if self.models_vary:

@@ -486,3 +486,30 @@ async def test_a_model_behind_a_hidden_limit_in_a_split_job_learns_a_pace(
     assert (summary.ok, summary.failed) == (rows, 0)
     assert paces and min(paces) <= 600.0, paces  # learnt, at the limit or under it
     assert hidden["too_many"] <= 0.35 * hidden["requests"], hidden  # 65 % before
+
+
+
+def test_prompts_longer_than_estimated_are_charged_as_long_after_a_few_replies() -> None:
+    """Prompts whose real token counts are 4 times the estimate (a language the estimate
+    under-counts), under a token limit: the estimate learnt 5 % a reply, so requests were
+    charged a fraction of what the server counted for some 50 replies (84 429s for 200 rows
+    at 60,000 tokens a minute, concurrency 8). The first replies weigh as a mean of those so
+    far now, and from the 20th on each weighs a twentieth, as before: no jitter later."""
+    from batchrunner.client import ChatResult
+
+    run = models_run()
+    item = _Work(key="r1", body={"model": "a"}, prompt_estimate=15, completion_max=16)
+
+    def reply(prompt: int, completion: int) -> None:
+        run._success(item, ChatResult("ok", "stop", prompt, completion, prompt + completion,
+                                      None, None, "a", None, 100.0, {}), 31)
+
+    for _ in range(3):
+        reply(60, 7)
+    assert run.prompt_ratio == pytest.approx(4.0)  # 1.43 at 5 % a reply
+    assert run.completion_estimate == pytest.approx(7.0)  # from the 256 assumed
+    for _ in range(40):
+        reply(60, 7)
+    reply(120, 47)  # one reply twice as long: a twentieth of the difference
+    assert run.prompt_ratio == pytest.approx(4.0 + 4.0 / 20)
+    assert run.completion_estimate == pytest.approx(7.0 + 40.0 / 20)
