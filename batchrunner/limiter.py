@@ -46,7 +46,8 @@ MAX_RESET_WAIT_S = 60.0
 # A minute's limit is whole again within a minute: a reset said to be further off than this
 # (a second's rounding and a slow answer's allowed) says the limit is over a longer period,
 # no rate a minute (Groq's x-ratelimit-limit-requests is a day's, reset in "2m59.56s" when 30
-# of its 14,400 are used). Such a limit paces nothing; none of it left stops the job.
+# of its 14,400 are used). Such a limit paces nothing; none of it left stops the job. Read so
+# of a requests limit only (see ``_over_a_minute``).
 MINUTE_RESET_S = 65.0
 # A limit higher than the pace is followed once the answers have said it, and nothing else, this
 # long: a key's tier raised is taken within seconds, while answers that differ among themselves
@@ -458,7 +459,11 @@ class Limiter:
     def _over_a_minute(self, kind: str, limit: float, reset: str | None) -> bool:
         """Whether ``limit`` is over a period longer than a minute: it was said so before,
         or its reset is further off than a minute's can be. A rate a minute learnt from it
-        (its reset was near at first, as a day's is while little of it is used) is unlearnt."""
+        (its reset was near at first, as a day's is while little of it is used) is unlearnt.
+        A requests limit only: OpenAI's own example of its headers says a minute's tokens
+        reset in "6m0s", and Groq's tokens limit is a minute's."""
+        if kind != "requests":
+            return False
         if self._long.get(kind) == limit:
             return True
         if reset is None or (seconds := reset_seconds(reset)) is None or seconds <= MINUTE_RESET_S:

@@ -440,6 +440,11 @@ def test_a_requests_limit_whose_reset_is_minutes_away_is_no_rate_a_minute() -> N
     assert used_up is not None and used_up[:2] == ("requests", 14400.0), used_up
     assert used_up[2] == pytest.approx(86394.0)
     assert lim.requests_per_minute is None
+    lim = Limiter(None, None)  # OpenAI's documented answer: its tokens a minute's all the same
+    lim.observe({"x-ratelimit-limit-requests": "60", "x-ratelimit-limit-tokens": "150000",
+                 "x-ratelimit-remaining-requests": "59", "x-ratelimit-remaining-tokens": "149984",
+                 "x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"})
+    assert (lim.requests_per_minute, lim.tokens_per_minute) == (60.0, 150000.0)
     lim = Limiter(None, None)  # none left, its budget back within a minute: waited for
     assert lim.observe(groq(5, "3m0s", limit=100)) is None
     assert lim.observe(groq(0, "50s", limit=100)) is None
