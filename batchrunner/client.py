@@ -300,7 +300,8 @@ class StreamAssembler:
 
     __slots__ = ("_after_cr", "_begun", "_cr_only", "_partial", "_partial_size", "_pending",
                  "_pending_size", "_stray_size", "cited", "done", "error", "event", "first",
-                 "first_token_at", "id", "model", "others", "stray", "usage", "whole_so_far")
+                 "first_token_at", "id", "model", "others", "stray", "usage", "usage_so_far",
+                 "whole_so_far")
 
     def __init__(self, *, whole_so_far: bool = False) -> None:
         self.whole_so_far = whole_so_far
@@ -308,6 +309,9 @@ class StreamAssembler:
         self.others: dict[int, _Parts] | None = None  # with n > 1
         self.cited: Any = None
         self.usage: dict[str, Any] | None = None
+        # A usage came in a chunk whose choices had not finished: the server sends the counts
+        # so far in every chunk, so a usage is no sign that the stream's last chunk came.
+        self.usage_so_far = False
         self.model: str | None = None
         self.id: str | None = None
         self.done = False
@@ -496,6 +500,10 @@ class StreamAssembler:
         usage = event.get("usage")
         if usage and isinstance(usage, dict):  # an empty one (a gateway's in every chunk): none
             self.usage = usage
+            if not self.usage_so_far and (choices := event.get("choices")) and not any(
+                    type(c) is dict and c.get("finish_reason") for c in choices):
+                # usage beside an answer not finished: the counts so far, sent in every chunk
+                self.usage_so_far = True
         cited = event.get("citations")
         if cited:
             self.cited = cited  # sent once, in a late chunk
@@ -571,10 +579,13 @@ class StreamAssembler:
         """Each of the ``choices`` asked for (``n``) has its ``finish_reason``: the answer is
         whole, with or without the ``[DONE]`` that should follow it. Once ``usage`` came (in
         the last chunk a server sends), every choice sent is enough: a server that ignores
-        ``n`` sends one."""
+        ``n`` sends one. Not from a server that sends the usage so far in every chunk
+        (``usage_so_far``): its choices may come one after another, the next begun after
+        the last finished."""
         others = self.others or {}
         return (self.first.finish_reason is not None
-                and (len(others) + 1 >= choices or self.usage is not None)
+                and (len(others) + 1 >= choices
+                     or (self.usage is not None and not self.usage_so_far))
                 and all(p.finish_reason is not None for p in others.values()))
 
     def ended(self, choices: int) -> bool:

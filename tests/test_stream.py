@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -212,8 +213,6 @@ async def test_n_choices_and_image_rows(tmp_path: Path, monkeypatch: pytest.Monk
         job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "Describe {text}",
                               "model": "gpt-4o", "base_url": sim.base_url,
                               "image_column": "img", "output": str(tmp_path / "out")})
-        from dataclasses import replace
-
         job = replace(job, request=replace(job.request, extra={"n": 3}))
         s = await run_job(job, FAST)
         assert sim.stats()["requests"] == 3  # the row with a missing image file is not sent
@@ -994,3 +993,47 @@ async def test_the_budget_holds_when_streams_are_cut_without_usage(
     assert df["earlier_cost_usd"].isna().all()  # no usage reported for the cut tries
     err = capsys.readouterr().err
     assert err.count("streamed answer was cut") == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_n_choices_with_usage_in_every_chunk_wait_for_a_choice_that_starts_late(
+        tmp_path: Path) -> None:
+    """A server that sends the usage so far in every chunk (vLLM asked for
+    ``continuous_usage_stats``, a gateway passing its upstream's counts on) and streams the
+    ``n`` choices one after another: once choice 0 finished, the usage already seen was taken
+    for the last chunk's, so every choice asked for counted as sent, and the stream was read
+    on for a moment only. A choice that began later was dropped, its row ok with one choice
+    of two. Usage sent before the answer finished says nothing of its end: the stream is read
+    until every choice asked for finished."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+
+    def part(text: str, index: int, tokens: int, finish: str | None = None) -> bytes:
+        return sse({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": "m",
+                    "usage": {"prompt_tokens": 9, "completion_tokens": tokens,
+                              "total_tokens": 9 + tokens},
+                    "choices": [{"index": index, "delta": {"content": text},
+                                 "finish_reason": finish}]})
+
+    async def one_choice_after_another(srv: FaultServer, request: web.BaseRequest,
+                                       body: dict[str, Any]) -> web.StreamResponse:
+        assert body.get("n") == 2
+        response = await stream_reply(request, part("Echo: ", 0, 2), part("first", 0, 4, "stop"),
+                                      hold=True)
+        await anyio.sleep(1.0)  # past the 0.5 s a finished stream is read on for
+        with contextlib.suppress(ConnectionResetError):  # the client may have gone
+            await response.write(part("Echo: ", 1, 6) + part("second", 1, 8, "stop")
+                                 + b"data: [DONE]\n\n")
+            await response.write_eof()
+        return response
+
+    async with FaultServer(one_choice_after_another) as srv:
+        job = job_for(tmp_path, srv.base_url, inp, stream=True, timeout_s=2)
+        s = await fault_run(replace(job, request=replace(job.request, extra={"n": 2})))
+        assert srv.requests == 2
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: first"] * 2 and list(df["total_tokens"]) == [17, 17]
+    for choices in df["choices"]:
+        assert [(c["index"], c["content"], c["finish_reason"]) for c in json.loads(choices)] == [
+            (0, "Echo: first", "stop"), (1, "Echo: second", "stop")]
