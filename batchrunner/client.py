@@ -153,12 +153,16 @@ class _Call:
 class _Parts:
     """What the deltas of one choice of a stream carried."""
 
-    __slots__ = ("annotations", "calls", "content", "finish_reason", "moved", "reasoning",
-                 "refusal")
+    __slots__ = ("annotations", "calls", "content", "content_size", "finish_reason", "moved",
+                 "reasoning", "reasoning_size", "refusal")
 
     def __init__(self) -> None:
         self.content: list[str] = []
         self.reasoning: list[str] = []
+        # The characters of content and reasoning so far, kept with Qwen's whole-so-far chunks
+        # only (``_so_far``).
+        self.content_size = 0
+        self.reasoning_size = 0
         self.refusal: list[str] = []
         self.finish_reason: str | None = None
         self.calls: dict[int, _Call] | None = None
@@ -226,14 +230,18 @@ class _Parts:
         return "".join(self.content) if self.content or not self.calls else None
 
 
-def _so_far(pieces: list[str], text: str) -> None:
+def _so_far(pieces: list[str], text: str, size: int) -> int:
     """Take ``text``, a stream's chunk that carries the whole text so far (Qwen's
-    ``incremental_output`` false), into ``pieces``: it replaces them when it starts with them;
-    one that does not (a server that sends only what is new all the same) is added."""
-    if text.startswith("".join(pieces)):
+    ``incremental_output`` false), into ``pieces``, whose text is ``size`` characters long:
+    it replaces them when it starts with them; one that does not (a server that sends only
+    what is new all the same) is added. Returns the new size. The pieces are joined only for
+    a chunk as long as they are, so a server that sends what is new costs time in proportion
+    to its answer, not to its square."""
+    if len(text) >= size and text.startswith("".join(pieces)):
         pieces[:] = (text,)
-    else:
-        pieces.append(text)
+        return len(text)
+    pieces.append(text)
+    return size + len(text)
 
 
 def _error_of(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -525,7 +533,7 @@ class StreamAssembler:
                 text = delta.get("content")
                 if type(text) is str and text:
                     if self.whole_so_far:
-                        _so_far(parts.content, text)
+                        parts.content_size = _so_far(parts.content, text, parts.content_size)
                     else:
                         parts.content.append(text)
                     if self.first_token_at is None:
@@ -607,7 +615,7 @@ class StreamAssembler:
             text, thinking = _content_parts(content)
             if text:
                 if self.whole_so_far:
-                    _so_far(parts.content, text)
+                    parts.content_size = _so_far(parts.content, text, parts.content_size)
                 else:
                     parts.content.append(text)
             thought = thought or thinking
@@ -615,7 +623,8 @@ class StreamAssembler:
                 self.first_token_at = time.perf_counter()
         if isinstance(thought, str) and thought:
             if self.whole_so_far:
-                _so_far(parts.reasoning, thought)
+                parts.reasoning_size = _so_far(parts.reasoning, thought,
+                                              parts.reasoning_size)
             else:
                 parts.reasoning.append(thought)
             if self.first_token_at is None:
