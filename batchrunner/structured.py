@@ -21,7 +21,8 @@ A row of an OpenAI batch file carries its own settings in its body: ``structured
 body=True)`` reads them there, and its errors name the body's fields.
 
 In the results file every top-level property of the schema becomes a typed column
-``json_<property>`` (string, int64, float64 or bool; anything else as JSON text). A type may be
+``json_<property>`` (string, int64, float64 or bool; anything else as JSON text; an ``enum``
+with no ``type`` has the type its values share). A type may be
 nullable (``["integer", "null"]``, or an ``anyOf``/``oneOf`` of it and ``{"type": "null"}``) or
 be a local ``$ref`` (``#/$defs/...``), as Pydantic writes its schemas; so may the top level
 (``#/definitions/...``, as zod-to-json-schema writes a named one).
@@ -112,8 +113,9 @@ def _column_type(schema: Any, root: Mapping[str, Any], depth: int = 0) -> pa.Dat
             t = rest[0] if len(rest) == 1 else None
         if isinstance(t, str) and t in _TYPES:
             return _TYPES[t]
-        if "enum" in schema and all(isinstance(v, str) for v in schema["enum"]):
-            return pa.string()
+        enum = schema.get("enum")
+        if isinstance(enum, list) and t is None:
+            return _enum_type(enum)
         for union in ("anyOf", "oneOf"):  # Pydantic's Optional[int]: anyOf int, null
             branches = schema.get(union)
             if t is None and isinstance(branches, list):
@@ -122,6 +124,19 @@ def _column_type(schema: Any, root: Mapping[str, Any], depth: int = 0) -> pa.Dat
                 if len(rest) == 1 and len(rest) < len(branches):
                     return _column_type(rest[0], root, depth + 1)
     return pa.string()  # objects, arrays, unions: JSON text
+
+
+def _enum_type(values: list[Any]) -> pa.DataType:
+    """The column type of an ``enum`` with no ``type``: the one its values share (a null among
+    them aside): boolean, integer (64-bit), number (integers and decimals); else text."""
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {bool}:
+        return pa.bool_()
+    if kinds == {int} and all(_INT64_MIN <= v <= _INT64_MAX for v in values if v is not None):
+        return pa.int64()
+    if kinds and kinds <= {int, float}:
+        return pa.float64()
+    return pa.string()
 
 
 _NOTES = frozenset({"$ref", "title", "description", "default", "examples"})  # beside a $ref

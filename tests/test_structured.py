@@ -651,3 +651,30 @@ async def test_a_schema_is_checked_by_the_draft_its_schema_keyword_names(
     assert so.check('{"price": 0}')[0] == "schema_mismatch"  # type: ignore[index]
     assert so.check('{"price": 1}') is None
     assert so.columns == [("price", "json_price", pa.float64())]
+
+
+@pytest.mark.anyio
+async def test_an_enum_without_a_type_has_the_type_its_values_share(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``enum`` of numbers with no ``type`` beside it (``{"enum": [1, 2, 3]}``, as a
+    priority or a rating is often written) had its json_ column as text ("1", "2"), which a
+    ``--rerun-where "json_priority < 2"`` cannot compare with a number. Its column has the type
+    its values share: integer, number or boolean (nullable with a null among them), text when
+    they differ."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    schema = {"type": "object", "properties": {
+        "priority": {"enum": [1, 2, 3]}, "weight": {"enum": [0.5, 1, 2]},
+        "urgent": {"enum": [True, False]}, "stars": {"enum": [1, 2, None]},
+        "mixed": {"enum": [1, "one"]}, "label": {"enum": ["a", "b"]}},
+        "required": ["priority", "weight", "urgent", "stars", "mixed", "label"]}
+    ticket_job(tmp_path, [f"ticket {i}" for i in range(6)], schema)
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(load_job(tmp_path / "job.toml", {"base_url": sim.base_url}), FAST)
+    assert s.ok == 6, s
+    columns = pq.read_schema(tmp_path / "out" / "results.parquet")
+    assert {f.name: f.type for f in columns if f.name.startswith("json_")} == {
+        "json_priority": pa.int64(), "json_weight": pa.float64(), "json_urgent": pa.bool_(),
+        "json_stars": pa.int64(), "json_mixed": pa.string(), "json_label": pa.string()}
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert set(df["json_priority"]) <= {1, 2, 3} and set(df["json_weight"]) <= {0.5, 1.0, 2.0}
+    assert df["json_stars"].isna().any() and df["json_mixed"].isin(["1", "one"]).all()
