@@ -1133,7 +1133,7 @@ class ChatClient:
         pt, ct, tt, cached, reasoning, searches, sources, written, written_1h = _usage(st.usage)
         text, thought = _thought_apart(first.text(), "".join(first.reasoning) or None)
         return ChatResult(
-            content=text, finish_reason=first.finish_reason, prompt_tokens=pt,
+            content=text or None, finish_reason=first.finish_reason, prompt_tokens=pt,
             completion_tokens=ct, total_tokens=tt, cached_tokens=cached,
             reasoning_tokens=reasoning, model=st.model, request_id=request_id or st.id,
             latency_ms=latency_ms, headers=headers,
@@ -1485,7 +1485,7 @@ class ChatClient:
         # Every field by position, in ChatResult's order: a call naming its 19 arguments cost
         # some 8,700 instructions more a reply (matching the names), a seventieth of a request.
         return ChatResult(
-            content if isinstance(content, str) else None,  # content
+            content if isinstance(content, str) and content else None,  # content: null if none
             finish if usual else _finish_reason(finish),  # finish_reason
             pt, ct, tt, cached, reasoning,  # prompt, completion, total, cached, reasoning tokens
             model if isinstance(model, str) else None,  # model
@@ -1679,7 +1679,7 @@ def _gave_up(value: Any) -> str | None:
 
 def _choice_entry(index: Any, content: Any, finish_reason: Any, tool_calls: Any
                   ) -> dict[str, Any]:
-    entry = {"index": index, "content": content, "finish_reason": finish_reason}
+    entry = {"index": index, "content": content or None, "finish_reason": finish_reason}
     if tool_calls:
         entry["tool_calls"] = tool_calls
     return entry
@@ -1700,8 +1700,7 @@ def _all_choices(choices: list[Any]) -> str:
             elif type(content) is str and not (m.get("reasoning_content") or m.get("reasoning")):
                 content = _thought_apart(content, None)[0]
             calls = m.get("tool_calls")
-            out.append(_choice_entry(c.get("index"), None if content == "" and calls else
-                                     content, c.get("finish_reason"), calls))
+            out.append(_choice_entry(c.get("index"), content, c.get("finish_reason"), calls))
     return orjson.dumps(out).decode()
 
 

@@ -975,3 +975,54 @@ def test_a_reply_s_finish_reason_is_read_as_text_or_gives_up(finish: Any, read: 
             parse(body)
     else:
         assert parse(body).finish_reason == read
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("server_says", [None, ""], ids=["null", "empty"])
+async def test_a_reply_with_no_text_has_a_null_content_streamed_or_not(
+        tmp_path: Path, server_says: str | None) -> None:
+    """A thinking model cut at max_tokens before its answer began has no text. Asked without a
+    stream, vLLM (its reasoning parser on) says ``"content": null``, OpenAI ``""``; a stream
+    of either carries no text at all, and was recorded as ``""``: the same row's content was
+    null or empty by the way it was asked for, and a ``--rerun-where "content.isna()"``
+    found only some of them. A reply with no text has a null content, streamed or not."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    def event(d: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: " + orjson.dumps({
+            "id": "c1", "object": "chat.completion.chunk", "model": "qwq",
+            "choices": [{"index": 0, "delta": d, "finish_reason": finish}]}) + b"\n\n"
+
+    usage = {"prompt_tokens": 9, "completion_tokens": 64, "total_tokens": 73}
+
+    async def thinks_to_the_end(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "c1", "object": "chat.completion", "model": "qwq", "usage": usage,
+                "choices": [{"index": 0, "finish_reason": "length", "message": {
+                    "role": "assistant", "content": server_says,
+                    "reasoning_content": "Let me think"}}]})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(event({"role": "assistant", "content": ""})
+                             + event({"reasoning_content": "Let me think"})
+                             + event({}, "length") + b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    runner, port = await serve_on_loopback(thinks_to_the_end)
+    try:
+        inp = make_csv(tmp_path / "in.csv", ["one"])
+        for stream in (False, True):
+            s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, f"out-{stream}",
+                                  model="qwq", stream=stream or None))
+            assert s.exit_code == 0
+            row = results(tmp_path, f"out-{stream}").loc["r0"]
+            assert (row["status"], row["finish_reason"]) == ("ok", "length")
+            assert row["reasoning_content"] == "Let me think"
+            assert pd.isna(row["content"]), (stream, row["content"])
+    finally:
+        await runner.cleanup()
