@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import os
 import re
@@ -778,8 +779,13 @@ class ChatClient:
         # waited on for one.
         self._usage_held = False
         # The models (as asked for) whose streams came with a finish_reason: a [DONE] without
-        # one is then a cut (a gateway closing a broken upstream so), not a server's way.
+        # one is then a cut (a gateway closing a broken upstream so), not a server's way; and
+        # those whose streams end without one (two did before any had one): such a [DONE] is
+        # their way. Until one or the other is known, a stream that ends so while others are in
+        # flight waits for the next of the model's to end (``_told``), on its event here.
         self._finishing: set[str | None] = set()
+        self._unfinishing: set[str | None] = set()
+        self._telling: dict[str | None, asyncio.Event] = {}
         # The models the endpoint lists, asked for on the first 404 that names the model.
         self._served: asyncio.Future[list[str] | None] | None = None
 
@@ -1061,14 +1067,40 @@ class ChatClient:
             stream = _read_stream(raw, _whole_so_far(body))
         if stream is not None:
             model = body.get("model")
+            name = model if type(model) is str else None
+            if (stream.done and stream.first.finish_reason is None and stream.error is None
+                    and name not in self._finishing and name not in self._unfinishing):
+                await self._told(name, limit)
             try:
                 res = self._from_stream(stream, request_id, start, latency_ms, hdrs, choices,
-                                        model if type(model) is str else None)
+                                        name)
             except RequestError as e:
                 e.answer_begun = stream.answering
                 raise
             return self._scrubbed(res)
         return self._scrubbed(self._parse(raw, request_id, latency_ms, hdrs))
+
+    async def _told(self, model: str | None, limit: float) -> None:
+        """A stream for ``model`` ended with its ``[DONE]`` before a finish_reason, and no
+        stream of the model has yet told whether the endpoint sends one: wait (``limit`` at
+        most) for the next to end, when others are in flight. One that comes with a
+        finish_reason (``_from_stream``) makes this one a cut; one that ends as this one did
+        makes both whole, and the model's later such streams are taken at once."""
+        waiting = self._telling.get(model)
+        if waiting is not None:  # a second stream ended so: the endpoint's way
+            self._unfinishing.add(model)
+            waiting.set()
+            return
+        if not self._deadlines:  # nothing in flight to tell: taken as it is
+            return
+        told = self._telling[model] = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit):
+                    await told.wait()
+        finally:
+            if self._telling.get(model) is told:
+                del self._telling[model]
 
     @staticmethod
     def _timed_out(limit: float, unanswered: bool, stream: StreamAssembler | None,
@@ -1114,6 +1146,8 @@ class ChatClient:
         first = st.first
         if first.finish_reason is not None:
             self._finishing.add(model)
+            if self._telling and (waiting := self._telling.pop(model, None)) is not None:
+                waiting.set()  # a stream that ended without one is a cut
         if (why := _gave_up(first.finish_reason)) is not None:
             raise self._aborted(why, request_id, billed)
         calls = first.tool_calls()

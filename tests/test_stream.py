@@ -1079,3 +1079,41 @@ async def test_a_stream_that_ignores_incremental_output_false_is_read_in_linear_
     assert s.exit_code == 0
     assert results(tmp_path).loc["r0000", "content"] == "".join(words)
     assert joins < 100  # not one a chunk (3,000)
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+@pytest.mark.parametrize("gateway", ["finishes", "never-finishes"])
+async def test_a_done_without_a_finish_reason_in_the_first_streams_waits_to_be_told(
+        tmp_path: Path, gateway: str) -> None:
+    """The rule above needs an answer of the model with its finish_reason first: with rows in
+    flight together (concurrency 8), a stream cut so before any other had finished was ok
+    with half an answer, never sent again. Such a stream, while others are in flight, waits
+    for the next of the model's to end: one with a finish_reason makes it a cut; one without
+    (a gateway that sends none) makes both whole, and later ones are taken at once."""
+    inp = make_csv(tmp_path / "in.csv", ["cut once"] + [f"whole {i}" for i in range(7)])
+    half = (sse(stream_chunk("Echo: ")), sse(stream_chunk("half")))
+
+    async def upstream_breaks(srv: FaultServer, request: web.BaseRequest,
+                              body: dict[str, Any]) -> web.StreamResponse:
+        text = str(body["messages"][-1]["content"])
+        if gateway == "never-finishes":
+            await anyio.sleep(0.1 if "cut" in text else 0.3)
+            return await stream_reply(request, *half, USAGE_CHUNK, b"data: [DONE]\n\n")
+        if "cut" in text and srv.by_prompt[prompt_key(text)] == 1:
+            return await stream_reply(request, *half, USAGE_CHUNK, b"data: [DONE]\n\n")
+        await anyio.sleep(0.3)  # the cut stream ends first
+        return await stream_reply(request, *FINISHED, USAGE_CHUNK, b"data: [DONE]\n\n")
+
+    async with FaultServer(upstream_breaks) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, concurrency=8))
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    if gateway == "never-finishes":
+        assert srv.requests == 8 and list(df["content"]) == ["Echo: half"] * 8
+        assert df["finish_reason"].isna().all() and (df["attempts"] == 1).all()
+        return
+    assert srv.requests == 9
+    assert list(df["content"]) == ["Echo: whole"] * 8 and (df["finish_reason"] == "stop").all()
+    assert df.loc["r0000", "attempts"] == 2
+    assert seen_by_type(report(tmp_path)) == {"stream_cut": 1}
