@@ -157,7 +157,8 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
            help="requests in flight (default: sized from the rate limit and latency)")
     _typed(g, "--timeout", float, "a number of seconds", dest="timeout_s", metavar="S",
            help="seconds a request's answer may take (default 120); a streamed one's: "
-           "its first byte and each gap between its chunks, the whole 10 × as long at most")
+           "its first byte and each gap between its chunks, the whole 10 × as long at most "
+           "(or max_tokens at 10 tokens a second)")
     _typed(g, "--max-attempts", int, "a whole number of attempts", metavar="N",
            help="attempts per row (default 6)")
     _typed(g, "--max-cost", float, "an amount in US dollars (e.g. 2.50)", dest="max_cost_usd",

@@ -62,8 +62,11 @@ _SCAN = 16384  # bytes of an error body read for its message
 _AFTER_FINISH_S = 2.0
 # A stream's timeout bounds the wait for its first byte and each gap between its chunks, not the
 # whole answer (a thinking model streams for minutes); the whole is given this many times the
-# timeout at most, so a stream that never ends (keep-alive comments forever) is still cut off.
+# timeout at most, so a stream that never ends (keep-alive comments forever) is still cut off;
+# or, where longer, as long as the tokens it asked for (max_tokens, times n) take at the
+# slowest rate a server that is answering streams them: an answer that sends its tokens ends.
 STREAM_CAP_X = 10.0
+_SLOWEST_TOKENS_S = 10.0
 # A UTF-8 byte order mark, which some gateways put before a JSON body or a stream (orjson
 # refuses it: every reply was an invalid_body, sent again and paid for again).
 _BOM = b"\xef\xbb\xbf"
@@ -892,7 +895,8 @@ class ChatClient:
     async def complete(self, body: dict[str, Any], timeout_s: float | None = None) -> ChatResult:
         """Send ``body``. ``timeout_s`` (default: the client's) bounds the whole answer, or,
         when the answer is a stream, the wait for its first byte and each gap between its
-        chunks, the whole stream given ``STREAM_CAP_X`` times as long at most."""
+        chunks, the whole stream given ``STREAM_CAP_X`` times as long at most (or the time its
+        max_tokens take at ``_SLOWEST_TOKENS_S``, where longer)."""
         assert self._session is not None, "use ChatClient as an async context manager"
         try:
             data = orjson.dumps(body)
@@ -940,7 +944,7 @@ class ChatClient:
                     # (keep-alive comments count), its deadline pushed on by every chunk and
                     # kept by the watchdog, up to the cap on the whole.
                     now = time.monotonic()
-                    cap = sent + limit * STREAM_CAP_X
+                    cap = sent + _stream_cap(body, limit, choices)
                     deadlines[task] = now + limit if now + limit < cap else cap
                     finished_by = math.inf  # when what may follow the answer is read until
                     try:
@@ -1007,7 +1011,7 @@ class ChatClient:
             if stream is None or not stream.ended(choices):
                 timeout = TransportError(
                     "timeout", self._timed_out(limit, streaming and not status, stream,
-                                               deadlines[task] >= cap),
+                                               cap - sent if deadlines[task] >= cap else None),
                     retryable=True, usage=_billed_usage(stream.usage) if stream else None)
                 timeout.answer_begun = stream is not None and stream.answering
                 raise timeout from None
@@ -1104,16 +1108,19 @@ class ChatClient:
 
     @staticmethod
     def _timed_out(limit: float, unanswered: bool, stream: StreamAssembler | None,
-                   capped: bool) -> str:
+                   capped: float | None) -> str:
         """What a request that timed out after ``limit`` seconds waited for: the first byte
         of an answer to a stream request (``unanswered``), a whole answer that is no stream,
-        the next bytes of a stream, or its end past the cap."""
+        the next bytes of a stream, or its end past the cap (``capped``: its seconds)."""
         if stream is None:
             return (f"no byte of the answer within {limit:g} s" if unanswered
                     else f"no complete answer within {limit:g} s")
-        if capped:
-            return (f"the stream was still sending at {limit * STREAM_CAP_X:g} s, the most a "
-                    f"streamed answer is given ({STREAM_CAP_X:g} × its {limit:g} s timeout)")
+        if capped is not None:
+            why = (f"{STREAM_CAP_X:g} × its {limit:g} s timeout"
+                   if capped <= limit * STREAM_CAP_X else
+                   f"its max_tokens at {_SLOWEST_TOKENS_S:g} tokens a second")
+            return (f"the stream was still sending at {capped:g} s, the most a streamed answer "
+                    f"is given ({why})")
         if not stream.begun:
             return f"the stream sent nothing within {limit:g} s of its headers"
         if not stream.answering:
@@ -1537,6 +1544,18 @@ class ChatClient:
             written,  # cache_write_tokens
             written_1h,  # cache_write_1h_tokens
         )
+
+
+def _stream_cap(body: dict[str, Any], limit: float, choices: int) -> float:
+    """The seconds a whole stream is given: ``STREAM_CAP_X`` times its timeout, or, where
+    longer, the time the tokens it asks for (``max_tokens``, or ``max_completion_tokens``,
+    times the ``choices``: a gateway may stream them one after another) take at
+    ``_SLOWEST_TOKENS_S``."""
+    cap = limit * STREAM_CAP_X
+    tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    if type(tokens) is int and tokens * choices > cap * _SLOWEST_TOKENS_S:
+        return tokens * choices / _SLOWEST_TOKENS_S
+    return cap
 
 
 def _html_title(raw: bytes) -> str | None:

@@ -1117,3 +1117,25 @@ async def test_a_done_without_a_finish_reason_in_the_first_streams_waits_to_be_t
     assert list(df["content"]) == ["Echo: whole"] * 8 and (df["finish_reason"] == "stop").all()
     assert df.loc["r0000", "attempts"] == 2
     assert seen_by_type(report(tmp_path)) == {"stream_cut": 1}
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_a_stream_within_what_max_tokens_takes_is_not_cut_at_ten_timeouts(
+        tmp_path: Path) -> None:
+    """The whole of a stream was given 10 × timeout_s, whatever it asked for: a long answer
+    still streaming its tokens at that point (a thinking model's 32,000 tokens at 25 a second
+    take 21 minutes, past the 20 of the default timeout's) was cut, billed, and sent again.
+    The cap is there for a stream that never ends (keep-alive comments forever); an answer
+    that sends its tokens ends within its max_tokens (times n). The whole is given as long as
+    those take at 10 tokens a second, where that is longer: here 40 tokens 0.1 s apart, 4 s,
+    past 10 × the 0.3 s timeout, with max_tokens 64 (6.4 s)."""
+    inp = make_csv(tmp_path / "in.csv", ["long answer", "long answer too"])
+    async with Simulator(SimulatorConfig(reply_tokens=40, ms_per_token=100)) as sim:
+        s = await fault_run(job_for(tmp_path, sim.base_url, inp, stream=True, timeout_s=0.3,
+                                    max_tokens=64))
+        assert sim.stats()["requests"] == 2
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["status"]) == ["ok", "ok"] and list(df["attempts"]) == [1, 1]
+    assert (df["completion_tokens"] == 40).all()
