@@ -2309,7 +2309,8 @@ class _Run:
         if checks is not None:
             error = checks.check_reply(content, res.tool_calls)
             if error is None and content and checks.tool is None and res.tool_calls is None:
-                content = unfenced(content) or content  # the JSON, without its Markdown block
+                content = unfenced(content) or content  # the JSON, without a block's fence
+                # or the words around it
             elif error is not None and res.finish_reason == "length":  # why: not the model's
                 error = error[0], f"the reply was cut at max_tokens (finish_reason=length): " \
                     f"{error[1]}"

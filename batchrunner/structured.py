@@ -5,7 +5,9 @@ With ``{"type": "json_object"}`` a reply must parse as a JSON object. With ``{"t
 the schema (jsonschema: Draft 2020-12, or the draft its ``$schema`` names); a schema whose
 top-level ``type`` allows other JSON than an object (an array) takes that too. A reply that is
 one Markdown code block holding the JSON and nothing else is read as that JSON (``loads_reply``),
-and an ok row's content is that JSON, the block's fence dropped (``unfenced``). A reply that
+as is one with no code block that holds one JSON object or array among words ("Here is the JSON:
+{...}"), and an ok row's content is that JSON, the block's fence or the words dropped
+(``unfenced``). A reply that
 fails is recorded as a failed row of type ``invalid_json`` or ``schema_mismatch`` — with its
 content, usage and cost, since it was billed — and is not retried on its own:
 ``--retry-failed`` redoes it when the user chooses to pay again.
@@ -30,6 +32,8 @@ be a local ``$ref`` (``#/$defs/...``), as Pydantic writes its schemas; so may th
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
@@ -47,6 +51,7 @@ __all__ = ["COLUMN_PREFIX", "StructuredOutput", "loads_reply", "structured_outpu
            "unfenced", "validator_class"]
 
 COLUMN_PREFIX = "json_"
+_DECODER = json.JSONDecoder()
 _TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
     "integer": pa.int64(),
@@ -70,25 +75,66 @@ def validator_class(schema: Mapping[str, Any]) -> type[Validator]:
 def loads_reply(text: str) -> Any:
     """The JSON value of a reply: its text, or, when that is one Markdown code block and
     nothing else (```json ... ```, as models asked for JSON through gateways that do not
-    pass ``response_format`` on often answer), what the block holds. Raises
-    ``orjson.JSONDecodeError`` when it is not JSON (the block's error, when it is one)."""
+    pass ``response_format`` on often answer), what the block holds, or, in a reply with no
+    code block, the one JSON object or array among its words ("Here is the JSON: {...}").
+    Raises ``orjson.JSONDecodeError`` when it is not JSON (the block's error, when it is
+    one)."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         inner = _fenced(text)
         if inner is None:
-            raise
+            inner = _among_words(text)
+            if inner is None:
+                raise
         return orjson.loads(inner)
 
 
 def unfenced(text: str) -> str | None:
-    """The text a reply that is one Markdown code block (see ``loads_reply``) holds, trimmed;
-    None when it is not one. Cheap when it is not: nothing is copied unless the reply starts
-    with a fence."""
-    if not text.lstrip().startswith("```"):
+    """The JSON a reply read by ``loads_reply`` holds, when it is not the reply as it is:
+    what its one Markdown code block holds, trimmed, or the one JSON object or array among
+    its words; None otherwise. Cheap for a reply that is JSON: nothing is copied when it
+    starts and ends as JSON does."""
+    if text[:1] == "{" and text[-1:] == "}":  # the JSON object it is, as a rule
         return None
-    inner = _fenced(text)
-    return None if inner is None else inner.strip()
+    head = text.lstrip()
+    if head.startswith("```"):
+        inner = _fenced(text)
+        return None if inner is None else inner.strip()
+    if head[:1] in ("{", "[") and text.rstrip()[-1:] in ("}", "]"):
+        return None
+    return _among_words(text)
+
+
+# The places a JSON value embedded in words may begin at, and how many of them are tried (each
+# try reads on as far as the value goes: a bound on the time a long reply of prose costs).
+_OPENING = re.compile(r"[{\[]")
+_MAX_OPENINGS = 64
+
+
+def _among_words(text: str) -> str | None:
+    """The one JSON object or array in a reply that holds words besides ("Here is the JSON:
+    {...}", or words after it), as its text; None when it holds none, more than one, or a
+    Markdown code block (read by its own rule, ``_fenced``). Brackets among the words that
+    open no JSON ("[as asked]") are passed over."""
+    if "```" in text:
+        return None
+    found = None
+    at = 0
+    for _ in range(_MAX_OPENINGS):
+        opening = _OPENING.search(text, at)
+        if opening is None:
+            return found
+        start = opening.start()
+        try:
+            _, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            at = start + 1
+            continue
+        if found is not None:
+            return None  # a second one: which is the answer is not known
+        found, at = text[start:end], end
+    return None
 
 
 def _fenced(text: str) -> str | None:

@@ -678,3 +678,43 @@ async def test_an_enum_without_a_type_has_the_type_its_values_share(
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert set(df["json_priority"]) <= {1, 2, 3} and set(df["json_weight"]) <= {0.5, 1.0, 2.0}
     assert df["json_stars"].isna().any() and df["json_mixed"].isin(["1", "one"]).all()
+
+
+@pytest.mark.anyio
+async def test_one_json_object_among_words_is_read_and_checked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model asked for JSON through a gateway that does not hold it to the schema (Claude's
+    json_schema through a gateway, whose guide only advises a lower temperature for
+    consistency) may answer "Here is the JSON: {...}": the row failed as invalid_json, paid
+    for, and only a --retry-failed, paid again, could give it an answer. The one JSON object
+    or array among the words is read and checked against the schema (the row's content is
+    that JSON);
+    a reply with two, or none, still fails, and a code block among words is not read."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    bad = GOOD.replace('"score": 3', '"score": 9')
+    replies = {"0": f"Here is the JSON: {GOOD}",
+               "1": f"Sure [as asked]!\n\n{json.dumps(json.loads(GOOD), indent=2)}\n\nAnything "
+                    "else?",
+               "2": f"Option one: {GOOD} or option two: {GOOD}",
+               "3": f"Here it is: {bad}",
+               "4": "I can't classify this ticket {sorry}.",
+               "5": f"Here it is:\n```json\n{GOOD}\n```"}
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        row = body["messages"][-1]["content"].removeprefix("Classify: ")
+        return web.json_response({
+            "id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": replies[row]}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50}})
+
+    s = await run_job_file(handler, ticket_job(tmp_path, list(replies)), FAST)
+    assert (s.ok, s.failed) == (2, 4), s.error_examples
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("id")
+    assert list(df["status"]) == ["ok", "ok", "failed", "failed", "failed", "failed"]
+    assert list(df["error_type"].iloc[2:]) == ["invalid_json", "schema_mismatch",
+                                               "invalid_json", "invalid_json"]
+    assert [json.loads(c) for c in df["content"].iloc[:2]] == [json.loads(GOOD)] * 2
+    assert list(df["json_score"].iloc[:2]) == [3, 3]
+    assert list(df["json_label"].iloc[:2]) == ["bug", "bug"]
