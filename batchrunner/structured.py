@@ -4,10 +4,10 @@ With ``{"type": "json_object"}`` a reply must parse as a JSON object. With ``{"t
 "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` it must also validate against
 the schema (jsonschema: Draft 2020-12, or the draft its ``$schema`` names); a schema whose
 top-level ``type`` allows other JSON than an object (an array) takes that too. A reply that is
-one Markdown code block holding the JSON and nothing else is read as that JSON (``loads_reply``),
-as is one with no code block that holds one JSON object or array among words ("Here is the JSON:
-{...}"), and an ok row's content is that JSON, the block's fence or the words dropped
-(``unfenced``). A reply that
+one Markdown code block holding the JSON is read as that JSON (``loads_reply``), words around
+the block or not, as is one with no code block that holds one JSON object or array among words
+("Here is the JSON: {...}"), and an ok row's content is that JSON, the block's fence or the
+words dropped (``unfenced``). A reply that
 fails is recorded as a failed row of type ``invalid_json`` or ``schema_mismatch`` — with its
 content, usage and cost, since it was billed — and is not retried on its own:
 ``--retry-failed`` redoes it when the user chooses to pay again.
@@ -114,11 +114,14 @@ _MAX_OPENINGS = 64
 
 def _among_words(text: str) -> str | None:
     """The one JSON object or array in a reply that holds words besides ("Here is the JSON:
-    {...}", or words after it), as its text; None when it holds none, more than one, or a
-    Markdown code block (read by its own rule, ``_fenced``). Brackets among the words that
-    open no JSON ("[as asked]") are passed over."""
+    {...}", or words after it), as its text, or what its one Markdown code block of JSON holds
+    ("Here it is:\n```json\n{...}\n```"); None when it holds none, more than one, or a block
+    of another language. Brackets among the words that open no JSON ("[as asked]") are passed
+    over."""
     if "```" in text:
-        return None
+        _, block, *after = text.split("```")
+        inner = _fenced(f"```{block}```") if len(after) == 1 else None
+        return None if inner is None else inner.strip()
     found = None
     at = 0
     for _ in range(_MAX_OPENINGS):

@@ -57,11 +57,14 @@ def test_a_reply_that_is_one_json_code_block_is_read_as_its_json() -> None:
     so = StructuredOutput(FORMAT)
     good = json.loads(GOOD)
     for reply in (f"```json\n{GOOD}\n```", f"\n  ```JSON\n{GOOD}```\n", f"```\n{GOOD}\n```",
-                  f"```json\r\n{json.dumps(good, indent=2)}\r\n```"):
+                  f"```json\r\n{json.dumps(good, indent=2)}\r\n```",
+                  # One block among words, as Claude answers through such a gateway.
+                  f"Here it is:\n```json\n{GOOD}\n```", f"```json\n{GOOD}\n```\nAnything else?",
+                  f"Sure! Here is the review as JSON:\n\n```\n{GOOD}\n```\n\nHope it helps."):
         assert so.check(reply) is None, reply
         assert so.spread([reply], [True])["json_score"].to_pylist() == [3], reply
-    # Not one block of JSON: words around it, another language, two blocks, no block's end.
-    for reply in (f"Here it is:\n```json\n{GOOD}\n```", f"```python\n{GOOD}\n```",
+    # Not one block of JSON: another language, two blocks, no block's end.
+    for reply in (f"Here it is:\n```python\n{GOOD}\n```", f"```python\n{GOOD}\n```",
                   f"```json\n{GOOD}\n```\n```json\n{GOOD}\n```", f"```json\n{GOOD}",
                   f"```json {GOOD}```", "```json\n{\"summary\": \n```"):
         assert so.check(reply)[0] == "invalid_json", reply  # type: ignore[index]
@@ -688,8 +691,8 @@ async def test_one_json_object_among_words_is_read_and_checked(
     consistency) may answer "Here is the JSON: {...}": the row failed as invalid_json, paid
     for, and only a --retry-failed, paid again, could give it an answer. The one JSON object
     or array among the words is read and checked against the schema (the row's content is
-    that JSON);
-    a reply with two, or none, still fails, and a code block among words is not read."""
+    that JSON), and so is the one JSON code block among words; a reply with two, or none, still
+    fails, as does a block of another language among words."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     bad = GOOD.replace('"score": 3', '"score": 9')
     replies = {"0": f"Here is the JSON: {GOOD}",
@@ -698,7 +701,8 @@ async def test_one_json_object_among_words_is_read_and_checked(
                "2": f"Option one: {GOOD} or option two: {GOOD}",
                "3": f"Here it is: {bad}",
                "4": "I can't classify this ticket {sorry}.",
-               "5": f"Here it is:\n```json\n{GOOD}\n```"}
+               "5": f"Here it is:\n```json\n{GOOD}\n```\nAnything else?",
+               "6": f"Here it is:\n```python\n{GOOD}\n```"}
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         body = await request.json()
@@ -710,11 +714,12 @@ async def test_one_json_object_among_words_is_read_and_checked(
             "usage": {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50}})
 
     s = await run_job_file(handler, ticket_job(tmp_path, list(replies)), FAST)
-    assert (s.ok, s.failed) == (2, 4), s.error_examples
+    assert (s.ok, s.failed) == (3, 4), s.error_examples
     df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("id")
-    assert list(df["status"]) == ["ok", "ok", "failed", "failed", "failed", "failed"]
-    assert list(df["error_type"].iloc[2:]) == ["invalid_json", "schema_mismatch",
-                                               "invalid_json", "invalid_json"]
-    assert [json.loads(c) for c in df["content"].iloc[:2]] == [json.loads(GOOD)] * 2
-    assert list(df["json_score"].iloc[:2]) == [3, 3]
-    assert list(df["json_label"].iloc[:2]) == ["bug", "bug"]
+    ok = df.loc[["0", "1", "5"]]
+    assert list(df["status"]) == ["ok", "ok", "failed", "failed", "failed", "ok", "failed"]
+    assert list(df.loc[["2", "3", "4", "6"], "error_type"]) == [
+        "invalid_json", "schema_mismatch", "invalid_json", "invalid_json"]
+    assert [json.loads(c) for c in ok["content"]] == [json.loads(GOOD)] * 3
+    assert list(ok["json_score"]) == [3, 3, 3]
+    assert list(ok["json_label"]) == ["bug", "bug", "bug"]
