@@ -349,7 +349,8 @@ class InputSource(abc.ABC):
 
     # -- rows -------------------------------------------------------------------------------
 
-    def batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    def batches(self, columns: Sequence[str] | None = None
+                ) -> Generator[pa.RecordBatch, None, None]:
         """Yield the rows in file order as record batches of at most ``batch_size`` rows.
 
         ``columns`` selects and orders the columns (all by default; ``[]`` yields batches with
@@ -372,7 +373,8 @@ class InputSource(abc.ABC):
         # Validated here, not on the first next(): a wrong column shows before anything runs.
         return self._stream(wanted if wanted else self.columns[:1], counts_only=not wanted)
 
-    def _stream(self, read: list[str], *, counts_only: bool) -> Iterator[pa.RecordBatch]:
+    def _stream(self, read: list[str], *, counts_only: bool
+                ) -> Generator[pa.RecordBatch, None, None]:
         raw = self._raw_batches(read)
         try:
             for batch in raw:

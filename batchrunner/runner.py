@@ -28,7 +28,7 @@ import tokenize
 import zlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, closing, suppress
 from dataclasses import dataclass, field
 from io import StringIO
 from itertools import repeat
@@ -400,8 +400,11 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 "budget by a few requests' worth (more with a thinking model, whose reasoning "
                 "is output) — set max_tokens to make the budget a bound")
 
+    # A --limit run decodes only the ids (or counts the rows): the rows it does not send are
+    # read, and their damage found, by the run that sends them.
     total, index = _scan_keys(source, key_column, where,
-                            builder.needed_columns if builder is not None else ("body",))
+                            () if options.limit is not None
+                            else builder.needed_columns if builder is not None else ("body",))
     if total == 0:
         raise InputError(f"{where}: has no rows")
 
@@ -921,13 +924,16 @@ def _first_line(e: BaseException) -> str:
 
 def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
                columns: Sequence[str] = ()) -> tuple[int, tuple[pa.Array, pa.Array] | None]:
-    """Count rows and decode every column a request needs, so damage is found before anything
-    is sent; with an id column, refuse null or duplicate ids and return the ids, as the strings
-    rows are keyed by, sorted (``sorted_ids``: sorting them finds a repeated id, and keys rows
-    to input positions)."""
+    """Count rows and decode ``columns`` (every column a request needs), so damage is found
+    before anything is sent; with an id column, refuse null or duplicate ids and return the
+    ids, as the strings rows are keyed by, sorted (``sorted_ids``: sorting them finds a repeated
+    id, and keys rows to input positions)."""
     total = 0
-    if key_column is None and source.rows_checked and source.num_rows is not None:
-        return source.num_rows, None  # every row was parsed and counted when it was opened
+    if key_column is None and source.num_rows is not None and (source.rows_checked
+                                                               or not columns):
+        # Every row was parsed and counted when it was opened, or none is to be decoded now
+        # and the file's metadata counts them (Parquet).
+        return source.num_rows, None
     if key_column is None:
         for batch in source.batches(columns=list(columns) or [source.columns[0]]):
             total += batch.num_rows
@@ -989,7 +995,11 @@ def _rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float, bool
     # Rows whose text changed are sent for their new text, as new rows are (positions sorted),
     # unless a killed run sent them with it already.
     changed = plan.untried if plan.untried is not None and len(plan.untried) else None
-    for at, rows in _input_rows(plan.source, plan.builder, kc, plan.done.mask):
+    stop = None
+    if plan.limited:  # --limit: the rows past the last one it sends are not read
+        to_send = np.flatnonzero(~plan.done.mask)
+        stop = int(to_send[-1]) + 1 if len(to_send) else 0
+    for at, rows in _input_rows(plan.source, plan.builder, kc, plan.done.mask, stop=stop):
         spent = _spent_of(plan.spent, at)
         resent = [not math.isnan(cost) for cost in spent]
         if unfinished is not None:
@@ -1005,12 +1015,14 @@ def _rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float, bool
 
 
 def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_column: str | None,
-                skip: npt.NDArray[np.bool_], extra: Mapping[str, tuple[str, bool]] | None = None
+                skip: npt.NDArray[np.bool_], extra: Mapping[str, tuple[str, bool]] | None = None,
+                *, stop: int | None = None
                 ) -> Iterator[tuple[npt.NDArray[np.int64], list[dict[str, Any]]]]:
     """The input's rows but those ``skip`` marks (rows past its end are not skipped: the input
     grew since it was checked), a batch at a time: their positions, and the columns their
     requests are made of and the key column, the prompt's columns as the prompt shows them
-    (and each of ``extra``, field name → (column, shown as a prompt shows it), besides)."""
+    (and each of ``extra``, field name → (column, shown as a prompt shows it), besides).
+    With ``stop``, reading ends once the rows before that position are read."""
     position = 0
     text: list[str] = []  # the prompt's columns (not the key: it keys the row as it is)
     extra = extra or {}
@@ -1020,28 +1032,39 @@ def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_colu
         cols = list(dict.fromkeys([*builder.needed_columns, *([key_column] if key_column else []),
                                    *(name for name, _ in extra.values())]))
         text = [c for c in builder.text_columns if c != key_column]
-    for batch in source.batches(columns=cols):
-        besides = [(field_name, prompt_text(values) if shown else values)
-                   for field_name, (name, shown) in extra.items()
-                   for values in [batch.column(batch.schema.get_field_index(name))]]
-        for name in text:
-            i = batch.schema.get_field_index(name)
-            values = batch.column(i)
-            shown = prompt_text(values)
-            if shown is not values:
-                batch = batch.set_column(i, name, shown)
-        for field_name, values in besides:
-            batch = batch.append_column(field_name, values)
-        n = batch.num_rows
-        skipped = skip[position:position + n]
-        if len(skipped) < n:
-            skipped = np.concatenate([skipped, np.zeros(n - len(skipped), dtype=np.bool_)])
-        todo = np.flatnonzero(~skipped)
-        if len(todo):
-            if len(todo) < n:
-                batch = pc.take(batch, int64_array(todo))
-            yield position + todo, batch.to_pylist()
-        position += n
+    if stop is not None and stop <= 0:
+        return
+    with closing(source.batches(columns=cols)) as batches:
+        for batch in batches:
+            n = batch.num_rows
+            skipped = skip[position:position + n]
+            if len(skipped) < n:
+                skipped = np.concatenate([skipped, np.zeros(n - len(skipped), dtype=np.bool_)])
+            todo = np.flatnonzero(~skipped)
+            if len(todo):
+                if len(todo) < n:  # only the rows to send are shown as text
+                    batch = pc.take(batch, int64_array(todo))
+                yield position + todo, _shown(batch, text, extra).to_pylist()
+            position += n
+            if stop is not None and position >= stop:
+                return
+
+
+def _shown(batch: pa.RecordBatch, text: Sequence[str],
+           extra: Mapping[str, tuple[str, bool]]) -> pa.RecordBatch:
+    """``batch`` with its ``text`` columns as a prompt shows them, and ``extra``'s appended."""
+    besides = [(field_name, prompt_text(values) if shown else values)
+               for field_name, (name, shown) in extra.items()
+               for values in [batch.column(batch.schema.get_field_index(name))]]
+    for name in text:
+        i = batch.schema.get_field_index(name)
+        values = batch.column(i)
+        shown = prompt_text(values)
+        if shown is not values:
+            batch = batch.set_column(i, name, shown)
+    for field_name, values in besides:
+        batch = batch.append_column(field_name, values)
+    return batch
 
 
 def _differ(a: tuple[float | None, ...], b: tuple[float | None, ...]) -> bool:

@@ -1,0 +1,125 @@
+"""A first try on a big input: what a --limit run reads of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from batchrunner import io as bio
+from batchrunner.config import load_job
+from batchrunner.estimate import estimate
+from batchrunner.retry import RetryPolicy
+from batchrunner.runner import RunOptions, prepare, run_job
+from batchrunner.simulator import Simulator, SimulatorConfig
+
+FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
+                  handle_signals=False)
+KEY = "sk-test-0123456789abcdef"
+ROWS = 5 * bio.DEFAULT_BATCH_SIZE
+
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
+
+
+def write_input(path: Path) -> Path:
+    """ROWS rows: an id, the prompt's text and a column no request uses."""
+    n = ROWS
+    table = pa.table({"id": [f"t{i:06d}" for i in range(n)],
+                      "text": [f"ticket {i} says the parcel came late" for i in range(n)],
+                      "region": ["north"] * n})
+    if path.suffix == ".csv":
+        pa_csv.write_csv(table, path)
+    else:
+        pq.write_table(table, path)
+    return path
+
+
+class Reads:
+    """The rows each pass over the input read, by the columns it asked for."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.passes: list[tuple[tuple[str, ...] | None, list[int]]] = []
+        batches = bio.InputSource.batches
+
+        def counted(source: bio.InputSource, columns: Sequence[str] | None = None
+                    ) -> Iterator[pa.RecordBatch]:
+            read = [0]
+            self.passes.append((None if columns is None else tuple(columns), read))
+            inner = batches(source, columns)
+
+            def rows() -> Iterator[pa.RecordBatch]:
+                try:
+                    for batch in inner:
+                        read[0] += batch.num_rows
+                        yield batch
+                finally:
+                    inner.close()
+            return rows()
+
+        monkeypatch.setattr(bio.InputSource, "batches", counted)
+
+    def of_prompt(self) -> int:
+        """Rows of the prompt's column read, but by the pass over every column that writes the
+        results (which hold every input row, sent or not)."""
+        return sum(n[0] for columns, n in self.passes
+                   if columns is not None and "text" in columns and "region" not in columns)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+@pytest.mark.parametrize("id_column", ["id", None])
+async def test_a_limited_run_reads_the_rows_it_sends_not_the_whole_input(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str,
+        id_column: str | None) -> None:
+    """--limit 20 over a big input reads the prompt's column as far as its 20 rows (a batch),
+    not through: time in proportion to the rows tried; the rerun with it sends the next 20."""
+    inp = write_input(tmp_path / f"in{suffix}")
+    reads = Reads(monkeypatch)
+    options = replace(FAST, limit=20)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": id_column,
+                              "prompt": "Classify: {text}", "model": "gpt-4o-mini",
+                              "max_tokens": 8, "base_url": sim.base_url,
+                              "output": str(tmp_path / "out"), "concurrency": 4})
+        for run in (1, 2):
+            reads.passes.clear()
+            summary = await run_job(job, options)
+            assert (summary.ok, summary.sent, summary.limited) == (20 * run, 20, ROWS - 20 * run)
+            assert summary.exit_code == 0
+            assert 0 < reads.of_prompt() <= bio.DEFAULT_BATCH_SIZE, reads.passes
+            # The ids (when rows have them) are read through, and checked unique, as the
+            # rerun that maps the journal's rows to the input's needs them.
+            if id_column is not None:
+                assert ((("id",), [ROWS]) in reads.passes), reads.passes
+        reads.passes.clear()
+        assert estimate(prepare(job, options)).to_send == 20
+        assert 0 < reads.of_prompt() <= bio.DEFAULT_BATCH_SIZE, reads.passes
+    done = pq.read_table(tmp_path / "out" / "results.parquet", columns=["text", "status"])
+    assert done.num_rows == ROWS
+    sent = [t for t, s in zip(done["text"].to_pylist(), done["status"].to_pylist(),
+                              strict=True) if s is not None]
+    assert sent == [f"ticket {i} says the parcel came late" for i in range(40)]
+
+
+@pytest.mark.anyio
+async def test_a_limited_run_still_refuses_repeated_ids(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids are checked unique through the whole input, past the rows a --limit run sends:
+    a rerun maps the journal's rows to the input's by them."""
+    from batchrunner.errors import InputError
+
+    inp = write_input(tmp_path / "in.parquet")
+    table = pq.read_table(inp)
+    ids = table["id"].to_pylist()
+    ids[ROWS - 1] = ids[3]
+    pq.write_table(table.set_column(0, "id", pa.array(ids)), inp)
+    job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "Classify: {text}",
+                          "model": "gpt-4o-mini", "simulator": True,
+                          "output": str(tmp_path / "out")})
+    with pytest.raises(InputError, match=f"rows 4 and {ROWS:,}|rows 4 and {ROWS}"):
+        prepare(job, replace(FAST, limit=20))
