@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -402,6 +403,43 @@ def test_jsonl_integers_past_64_bits_are_kept_as_written(write: Writer) -> None:
         {"id": "123456789012345678901234567891", "meta": '{"n":1,"x":0.5}'},
         {"id": "18446744073709551615", "meta": None},
     ]
+
+
+LONG_NUMBER_LINES = [
+    b'{"id": 123456789012345678901234567890}',  # past 64 bits
+    b'{"id": 12345678901234567890}',  # 20 digits, under 2**64
+    b'{"id": 1234567890123456789}',  # 19 digits
+    b'{"n": 9223372036854775808}',  # exactly 2**63
+    b'{"n": -9223372036854775808}',  # -2**63
+    b'{"n": -123456789012345678901}',  # negative, 21 digits
+    b'{"n": 1.2345678901234567890123}',  # a long fraction
+    b'{"n": 12345678901234567890.5}',
+    b'{"n": 1e400000000000000000000}',  # an exponent of 21 digits (not read: infinite)
+    b'{"n": 1.5e-12345678901234567890}',
+    b'{"n": 12345678901234567E3}',
+    b'{"t": "12345678901234567890"}',  # in a string
+    b'{"t": "a\\"12345678901234567890\\"b", "n": 1}',  # in a string, beside escaped quotes
+    b'{"t": "\\"", "n": 1234567890123456789, "m": 0}',
+    b'{"t": "\\u0031\\u0032", "n": 0}',
+    b'{"t": "\xd9\xa1\xd9\xa2\xd9\xa3 (Arabic-Indic digits)", "n": 1}',  # not ASCII digits
+    b'{"n": [1234567890, 1234567890]}',  # 20 digits, not in a row
+    b'{"n": 1234567890123456789012345678901234567890123456789012345678901234567890}',
+    b"",
+    b"00000000000000000000",
+]
+
+
+@pytest.mark.parametrize("line", LONG_NUMBER_LINES)
+def test_a_long_number_is_found_as_the_regular_expression_finds_it(line: bytes) -> None:
+    """The check that sends a line to the parser that keeps integers past 64 bits answers as
+    ``\\d{20}`` does, on numbers in strings, escaped quotes, exponents and negative numbers."""
+    assert bio._long_number(line) is (re.search(rb"\d{20}", line) is not None)
+
+
+@given(st.binary(max_size=80) | st.text(alphabet="0123456789 -.e\"\\,:[]{}a\u0661", max_size=80)
+       .map(str.encode))
+def test_the_long_number_check_answers_as_the_regular_expression(line: bytes) -> None:
+    assert bio._long_number(line) is (re.search(rb"\d{20}", line) is not None)
 
 
 def test_jsonl_streams_in_batches(write: Writer) -> None:
