@@ -388,12 +388,15 @@ def test_jsonl_columns_are_every_key_typed_by_what_their_values_share(write: Wri
 
 def test_jsonl_integers_past_64_bits_are_kept_as_written(write: Writer) -> None:
     """They were read as floats: ids 123456789012345678901234567890 and ...891 both became
-    "1.2345678901234568e+29", and the file was refused for a repeated id it does not have."""
+    "1.2345678901234568e+29", and the file was refused for a repeated id it does not have; so
+    were -9223372036854775809 and ...810 (19 digits, below -2**63), both -9.223372036854776e+18."""
     path = write(
         "big.jsonl",
         b'{"id": 123456789012345678901234567890, "meta": {"n": 123456789012345678901234567891}}\n'
         b'{"id": 123456789012345678901234567891, "meta": {"n": 1, "x": 0.5}}\n'
-        b'{"id": 18446744073709551615, "meta": null}\n',
+        b'{"id": 18446744073709551615, "meta": null}\n'
+        b'{"id": -9223372036854775809, "meta": [-9223372036854775810]}\n'
+        b'{"id": -9223372036854775810, "meta": null}\n',
     )
     source = open_input(path)
     assert [(f.name, str(f.type)) for f in source.schema] == [("id", "string"),
@@ -402,6 +405,8 @@ def test_jsonl_integers_past_64_bits_are_kept_as_written(write: Writer) -> None:
         {"id": "123456789012345678901234567890", "meta": '{"n":123456789012345678901234567891}'},
         {"id": "123456789012345678901234567891", "meta": '{"n":1,"x":0.5}'},
         {"id": "18446744073709551615", "meta": None},
+        {"id": "-9223372036854775809", "meta": "[-9223372036854775810]"},
+        {"id": "-9223372036854775810", "meta": None},
     ]
 
 
@@ -411,6 +416,9 @@ LONG_NUMBER_LINES = [
     b'{"id": 1234567890123456789}',  # 19 digits
     b'{"n": 9223372036854775808}',  # exactly 2**63
     b'{"n": -9223372036854775808}',  # -2**63
+    b'{"n": -9223372036854775809}',  # below -2**63: 19 digits
+    b'{"n": -922337203685477580}',  # 18 digits
+    b'{"d": "2026-12-01-12345"}',
     b'{"n": -123456789012345678901}',  # negative, 21 digits
     b'{"n": 1.2345678901234567890123}',  # a long fraction
     b'{"n": 12345678901234567890.5}',
@@ -432,14 +440,15 @@ LONG_NUMBER_LINES = [
 @pytest.mark.parametrize("line", LONG_NUMBER_LINES)
 def test_a_long_number_is_found_as_the_regular_expression_finds_it(line: bytes) -> None:
     """The check that sends a line to the parser that keeps integers past 64 bits answers as
-    ``\\d{20}`` does, on numbers in strings, escaped quotes, exponents and negative numbers."""
-    assert bio._long_number(line) is (re.search(rb"\d{20}", line) is not None)
+    ``[-0-9]{20}`` does (20 digits, or "-" and 19), on numbers in strings, escaped quotes,
+    exponents and negative numbers."""
+    assert bio._long_number(line) is (re.search(rb"[-0-9]{20}", line) is not None)
 
 
 @given(st.binary(max_size=80) | st.text(alphabet="0123456789 -.e\"\\,:[]{}a\u0661", max_size=80)
        .map(str.encode))
 def test_the_long_number_check_answers_as_the_regular_expression(line: bytes) -> None:
-    assert bio._long_number(line) is (re.search(rb"\d{20}", line) is not None)
+    assert bio._long_number(line) is (re.search(rb"[-0-9]{20}", line) is not None)
 
 
 def test_jsonl_streams_in_batches(write: Writer) -> None:
