@@ -401,9 +401,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 "is output) — set max_tokens to make the budget a bound")
 
     # A --limit run decodes only the ids (or counts the rows): the rows it does not send are
-    # read, and their damage found, by the run that sends them.
+    # read, and their damage found, by the run that sends them. A JSONL file's every record
+    # was parsed and checked when it was opened: its ids are all there is to read again.
     total, index = _scan_keys(source, key_column, where,
-                            () if options.limit is not None
+                            () if options.limit is not None or source.rows_checked
                             else builder.needed_columns if builder is not None else ("body",))
     if total == 0:
         raise InputError(f"{where}: has no rows")

@@ -123,3 +123,23 @@ async def test_a_limited_run_still_refuses_repeated_ids(
                           "output": str(tmp_path / "out")})
     with pytest.raises(InputError, match=f"rows 4 and {ROWS:,}|rows 4 and {ROWS}"):
         prepare(job, replace(FAST, limit=20))
+
+
+@pytest.mark.anyio
+async def test_a_jsonl_run_parses_its_text_once_before_sending(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JSONL file's records are all parsed and checked when it is opened: the ids' check reads
+    the ids alone, not the prompt's column again (one pass fewer of its text)."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(f'{{"id": "t{i}", "text": "ticket {i}", "region": "north"}}\n'
+                           for i in range(50)))
+    reads = Reads(monkeypatch)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = load_job(None, {"input": str(inp), "id_column": "id",
+                              "prompt": "Classify: {text}", "model": "gpt-4o-mini",
+                              "max_tokens": 8, "base_url": sim.base_url,
+                              "output": str(tmp_path / "out"), "concurrency": 4})
+        summary = await run_job(job, FAST)
+    assert summary.ok == 50
+    assert reads.of_prompt() == 50, reads.passes  # the rows sent, read once
+    assert (("id",), [50]) in reads.passes
