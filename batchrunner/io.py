@@ -870,6 +870,7 @@ class _JsonlSource(InputSource):
     def _raw_batches(self, columns: list[str]) -> Generator[pa.RecordBatch, None, None]:
         batch_size = self.batch_size
         openai = self.kind == "openai_batch"
+        with_body = "body" in columns
         types = [self.schema.field(name).type for name in columns]
         convert = [_as_text if t == pa.string() else None for t in types]
         values: list[list[Any]] = [[] for _ in columns]
@@ -880,10 +881,11 @@ class _JsonlSource(InputSource):
                 obj = self._parse(lineno, offset, line)
                 if openai:
                     self._check_openai(lineno, obj)
-                    body = orjson.dumps(obj["body"]).decode()
+                    # The body as text, only for the passes that read it (not the ids').
+                    body = orjson.dumps(obj["body"]).decode() if with_body else ""
                     for out, name in zip(values, columns, strict=True):
                         out.append(body if name == "body" else obj[name])
-                    nbytes += len(body) if "body" in columns else 0
+                    nbytes += len(body)
                 else:
                     for out, name, conv in zip(values, columns, convert, strict=True):
                         value = obj.get(name)

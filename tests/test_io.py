@@ -519,6 +519,27 @@ def test_openai_batch_file_round_trips_in_order(write: Writer) -> None:
     assert bodies[0]["model"] == "gpt-4o-mini"
 
 
+def test_openai_batch_ids_are_read_without_writing_the_bodies(
+        write: Writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass for the ids (a --limit run's check of them, a journal's rows mapped to the input)
+    writes no body as text: only the passes that read the bodies do."""
+    data = b"".join(openai_line(f"req-{i}", f"question {i}") for i in range(5))
+    source = open_input(write("batch.jsonl", data))
+    written: list[object] = []
+    dumps = orjson.dumps
+
+    def counted(value: object, *args: object) -> bytes:
+        written.append(value)
+        return dumps(value, *args)
+
+    monkeypatch.setattr(orjson, "dumps", counted)
+    assert [r["custom_id"] for b in source.batches(columns=["custom_id"])
+            for r in b.to_pylist()] == [f"req-{i}" for i in range(5)]
+    assert written == []
+    assert len([b for b in source.batches(columns=["custom_id", "body"])]) == 1
+    assert len(written) == 5
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
