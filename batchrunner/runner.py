@@ -218,6 +218,7 @@ class RunSummary:
     changed_exact: bool = True  # False: at most changed_left (found by a run that then crashed)
     sent: int = 0
     length_cut: int = 0
+    batch_input: bool = False  # an OpenAI batch file: its rows' bodies set their max_tokens
     error_types: dict[str, int] = field(default_factory=dict)
     error_examples: dict[str, str] = field(default_factory=dict)  # a message of each type
     cost_usd: float | None = 0.0
@@ -2948,10 +2949,12 @@ def format_summary(s: RunSummary) -> str:
     if s.changed_left:
         lines.append(f"  warning: {changed_warning(s.changed_left, exact=s.changed_exact)}")
     if s.length_cut:
-        them = "it" if s.length_cut == 1 else "them"
+        them, bodies = ("it", "its body") if s.length_cut == 1 else ("them", "their bodies")
+        how = (f"raise max_completion_tokens (or max_tokens) in {bodies} and rerun: rows whose "
+               "body changed are sent again" if s.batch_input else
+               "rerun with --max-tokens N --force --rerun-where \"finish_reason == 'length'\"")
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
-                     f"(finish_reason=length): to answer {them} again with a larger one, rerun "
-                     "with --max-tokens N --force --rerun-where \"finish_reason == 'length'\"")
+                     f"(finish_reason=length): to answer {them} again with a larger one, {how}")
     answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd
     # A rerun's own spend: what its requests were billed, retries included. Beside it, the
     # job's counted alike: its rows' answers plus their earlier billed attempts.

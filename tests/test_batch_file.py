@@ -1,0 +1,57 @@
+"""A job moved off the OpenAI Batch API: its request JSONL run as it is, against the built-in
+simulator and servers of the tests' own on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_cli import cli
+
+KEY = "sk-test-batch-file-0123456789"
+
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
+
+
+def batch_line(custom_id: str, **body: Any) -> dict[str, Any]:
+    """One line of a Batch API input file: a chat completion request of ``body`` (a model and
+    a user message unless it says otherwise)."""
+    body = {"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": f"Say hello to {custom_id}"}], **body}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": body}
+
+
+def write_batch(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def batch_args(tmp_path: Path, *extra: str, inp: str = "batch.jsonl") -> list[str]:
+    return ["run", "--input", str(tmp_path / inp), "--simulator",
+            "--output", str(tmp_path / "out"), "--progress", "none", *extra]
+
+
+def test_rows_cut_at_max_tokens_are_answered_again_by_raising_it_in_their_bodies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A batch file's rows carry their own max_tokens: --max-tokens is refused for them, so the
+    # summary tells what does work, and it does: the rows whose body changed are sent again.
+    write_batch(tmp_path / "batch.jsonl", [batch_line("a", max_completion_tokens=1),
+                                           batch_line("b", max_tokens=1),
+                                           batch_line("c", max_tokens=4000)])
+    code, out, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 0, err
+    assert ("  warning: 2 rows cut at max_tokens (finish_reason=length): to answer them again "
+            "with a larger one, raise max_completion_tokens (or max_tokens) in their bodies "
+            "and rerun: rows whose body changed are sent again\n") in out, out
+    assert "--max-tokens" not in out
+    write_batch(tmp_path / "batch.jsonl", [batch_line("a", max_completion_tokens=4000),
+                                           batch_line("b", max_tokens=4000),
+                                           batch_line("c", max_tokens=4000)])
+    code, out, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 0, err
+    assert "2 requests sent this run" in out and "cut at max_tokens" not in out
