@@ -768,7 +768,9 @@ class _JsonlSource(InputSource):
             raise _input_error(
                 path, "has no JSON records, only blank lines — write one JSON object per line"
             )
-        if all(key in first for key in OPENAI_BATCH_COLUMNS):
+        # Three of the four keys are a batch line that lacks one: named as such (line 1 has no
+        # 'method'), not read as a file of prompts that asks for --prompt.
+        if sum(key in first for key in OPENAI_BATCH_COLUMNS) >= 3:
             self.kind = "openai_batch"
             self.columns = list(OPENAI_BATCH_COLUMNS)
             self.schema = pa.schema([(n, pa.string()) for n in self.columns])

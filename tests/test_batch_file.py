@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import cli
+from tests.test_cli import cli, one_error_line
 
 KEY = "sk-test-batch-file-0123456789"
 
@@ -55,3 +55,20 @@ def test_rows_cut_at_max_tokens_are_answered_again_by_raising_it_in_their_bodies
     code, out, err = cli(capsys, *batch_args(tmp_path))
     assert code == 0, err
     assert "2 requests sent this run" in out and "cut at max_tokens" not in out
+
+
+@pytest.mark.parametrize("left_out", ["method", "url", "custom_id"])
+def test_a_first_line_that_lacks_a_batch_field_is_named_as_a_batch_file_s(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], left_out: str,
+) -> None:
+    # Read as a JSONL file of prompts, it was told to pass --prompt, where one key of the
+    # batch line is all it lacks (line 2 lacking it was named, as a batch file's).
+    first = batch_line("a")
+    del first[left_out]
+    write_batch(tmp_path / "batch.jsonl", [first, batch_line("b")])
+    code, _, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 2
+    assert one_error_line(err).endswith(
+        f"line 1 has no '{left_out}' — every line of an OpenAI batch file needs custom_id, "
+        "method, url and body"), err
+    assert not (tmp_path / "out" / "journal").exists()
