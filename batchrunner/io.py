@@ -938,8 +938,9 @@ class _JsonlSource(InputSource):
         if not isinstance(url, str) or not url.rstrip("/").endswith("/chat/completions"):
             raise _input_error(
                 self.path,
-                f"line {lineno}: url is {_short(url)} — only /v1/chat/completions requests "
-                "are supported",
+                f"line {lineno}: url is {_short(url)} — batchrunner sends /v1/chat/completions "
+                "requests only: move the lines for other endpoints to a file of their own (for "
+                "the Batch API)",
             )
         if not isinstance(obj["body"], dict):
             raise _input_error(

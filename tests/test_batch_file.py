@@ -72,3 +72,17 @@ def test_a_first_line_that_lacks_a_batch_field_is_named_as_a_batch_file_s(
         f"line 1 has no '{left_out}' — every line of an OpenAI batch file needs custom_id, "
         "method, url and body"), err
     assert not (tmp_path / "out" / "journal").exists()
+
+
+@pytest.mark.parametrize("url", ["/v1/embeddings", "/v1/responses"])
+def test_a_line_for_another_endpoint_says_what_to_do_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str,
+) -> None:
+    other = {**batch_line("b"), "url": url}
+    write_batch(tmp_path / "batch.jsonl", [batch_line("a"), other, batch_line("c")])
+    code, _, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 2
+    assert one_error_line(err).endswith(
+        f"line 2: url is '{url}' — batchrunner sends /v1/chat/completions requests only: move "
+        "the lines for other endpoints to a file of their own (for the Batch API)"), err
+    assert not (tmp_path / "out" / "journal").exists()
