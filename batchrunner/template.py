@@ -202,6 +202,9 @@ def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
         out.append(f"{where('reasoning_effort')} works with a -thinking model only without "
                    f"max_tokens (gateways ignore it otherwise): leave {where('max_tokens')} out "
                    "to use it")
+    if fields.get("logprobs") is True:  # no column of the results holds them
+        out.append(f"{where('logprobs')}: the results keep no log probabilities (content, "
+                   "tool_calls, choices, finish_reason and usage are kept): they are dropped")
     if model.lower().startswith("qwen") and isinstance(fields.get("parameters"), dict):
         top = [name for name in _QWEN_PARAMETERS if fields.get(name) is not None]
         if top:

@@ -86,3 +86,19 @@ def test_a_line_for_another_endpoint_says_what_to_do_with_it(
         f"line 2: url is '{url}' — batchrunner sends /v1/chat/completions requests only: move "
         "the lines for other endpoints to a file of their own (for the Batch API)"), err
     assert not (tmp_path / "out" / "journal").exists()
+
+
+def test_rows_that_ask_for_logprobs_are_told_the_results_keep_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The Batch API's output has each choice's logprobs; the results have no column for them,
+    # so a row that asks for them (paid for in its answer's time) is told so before its run.
+    write_batch(tmp_path / "batch.jsonl", [
+        batch_line("a", logprobs=True, top_logprobs=2), batch_line("b", logprobs=True),
+        batch_line("c", logprobs=False)])
+    code, out, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 0, err
+    said = [line for line in (out + err).splitlines() if "logprobs" in line]
+    assert said == ["batchrunner: warning: row a: the body's logprobs: the results keep no "
+                    "log probabilities (content, tool_calls, choices, finish_reason and usage "
+                    "are kept): they are dropped"], out + err
