@@ -497,6 +497,7 @@ def body_prompt_text(body: dict[str, Any]) -> str:
         c = m.get("content") if isinstance(m, dict) else None
         if isinstance(c, str):
             texts.append(c)
-        elif isinstance(c, list):
-            texts.extend(p.get("text", "") for p in c if isinstance(p, dict))
+        elif isinstance(c, list):  # parts: text, and images whose tokens are not told here
+            texts.extend(t for p in c
+                         if isinstance(p, dict) and isinstance(t := p.get("text"), str))
     return "\n".join(texts)

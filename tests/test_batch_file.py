@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from tests.test_cli import cli, one_error_line
@@ -102,3 +103,23 @@ def test_rows_that_ask_for_logprobs_are_told_the_results_keep_none(
     assert said == ["batchrunner: warning: row a: the body's logprobs: the results keep no "
                     "log probabilities (content, tool_calls, choices, finish_reason and usage "
                     "are kept): they are dropped"], out + err
+
+
+@pytest.mark.parametrize("text", [None, 7, {"value": "hi"}])
+def test_a_text_part_that_is_not_text_is_sent_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: Any,
+) -> None:
+    # A generator's missing value written as null (or a number) in a content part: the run and
+    # the estimate crashed on it (the prompt's tokens were counted from its text); the row is
+    # now sent as it is, for the endpoint to answer or refuse, and the other rows go on.
+    parts = [{"type": "text", "text": text}, {"type": "text", "text": "Say hello"}]
+    write_batch(tmp_path / "batch.jsonl", [
+        batch_line("a", messages=[{"role": "user", "content": parts}]), batch_line("b")])
+    code, out, err = cli(capsys, "estimate", *batch_args(tmp_path)[1:-2])  # no --progress
+    assert code == 0, err
+    assert "rows: 2 in the input, 0 already done, 2 to send" in out
+    code, out, err = cli(capsys, *batch_args(tmp_path))
+    assert code in (0, 3), err
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("custom_id")
+    assert df.loc["b", "status"] == "ok" and df.loc["a", "status"] in ("ok", "failed")
+    assert df.loc["a", "attempts"] == 1
