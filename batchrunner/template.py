@@ -15,6 +15,7 @@ import mimetypes
 import re
 import string
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -491,13 +492,24 @@ def image_url(ref: str, base_dir: Path) -> str | None:
 
 
 def body_prompt_text(body: dict[str, Any]) -> str:
-    """All message text of a body, for token estimates (OpenAI batch rows come as bodies)."""
+    """All the text of a body an API bills as prompt tokens, for token estimates (OpenAI batch
+    rows come as bodies): its messages' text, the earlier turns' tool calls, and the
+    definitions of its tools and of its response_format's schema, as JSON."""
     texts: list[str] = []
+    billed: list[Any] = [body.get("tools"), body.get("response_format")]
     for m in body.get("messages") or ():
-        c = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(m, dict):
+            continue
+        c = m.get("content")
         if isinstance(c, str):
             texts.append(c)
         elif isinstance(c, list):  # parts: text, and images whose tokens are not told here
             texts.extend(t for p in c
                          if isinstance(p, dict) and isinstance(t := p.get("text"), str))
+        if "tool_calls" in m:
+            billed.append(m["tool_calls"])
+    for value in billed:
+        if value:
+            with suppress(TypeError):  # an integer past 64 bits: the endpoint refuses the row
+                texts.append(orjson.dumps(value).decode())
     return "\n".join(texts)

@@ -123,3 +123,30 @@ def test_a_text_part_that_is_not_text_is_sent_not_a_crash(
     df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("custom_id")
     assert df.loc["b", "status"] == "ok" and df.loc["a", "status"] in ("ok", "failed")
     assert df.loc["a", "attempts"] == 1
+
+
+def test_the_estimate_counts_a_body_s_tools_and_schema_as_prompt_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An API bills the tools' definitions, a json_schema and the earlier turns' tool calls as
+    # prompt tokens: a batch whose rows carry 40 functions each was estimated (and held against
+    # the budget and the token rate) at the messages' few tokens alone.
+    tools = [{"type": "function", "function": {
+        "name": f"lookup_{i}", "description": "Look up the order's shipping status " * 4,
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}},
+                       "required": ["order_id"]}}} for i in range(40)]
+    schema = {"type": "json_schema", "json_schema": {"name": "label", "schema": {
+        "type": "object", "properties": {f"field_{i}": {"type": "string"} for i in range(60)}}}}
+    call = [{"id": "call_1", "type": "function",
+             "function": {"name": "lookup_0", "arguments": json.dumps({"order_id": "x" * 4000})}}]
+    turns = [{"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": None, "tool_calls": call},
+             {"role": "tool", "tool_call_id": "call_1", "content": "shipped"}]
+    write_batch(tmp_path / "batch.jsonl", [batch_line("a", tools=tools, max_tokens=10),
+                                           batch_line("b", response_format=schema, max_tokens=10),
+                                           batch_line("c", messages=turns, max_tokens=10)])
+    code, out, err = cli(capsys, "estimate", *batch_args(tmp_path)[1:-2])  # no --progress
+    assert code == 0, err
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("gpt-4o"))
+    size = sum(len(json.dumps(x, separators=(",", ":"))) for x in (tools, schema, call))
+    assert int(row[2].replace(",", "")) >= size // 4, out
