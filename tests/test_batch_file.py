@@ -31,9 +31,10 @@ def write_batch(path: Path, lines: list[dict[str, Any]]) -> Path:
     return path
 
 
-def batch_args(tmp_path: Path, *extra: str, inp: str = "batch.jsonl") -> list[str]:
-    return ["run", "--input", str(tmp_path / inp), "--simulator",
-            "--output", str(tmp_path / "out"), "--progress", "none", *extra]
+def batch_args(tmp_path: Path, *extra: str, out: str = "out") -> list[str]:
+    """``run`` of ``batch.jsonl`` against the built-in simulator, into ``out``."""
+    return ["run", "--input", str(tmp_path / "batch.jsonl"), "--simulator",
+            "--output", str(tmp_path / out), "--progress", "none", *extra]
 
 
 def test_rows_cut_at_max_tokens_are_answered_again_by_raising_it_in_their_bodies(
@@ -150,3 +151,54 @@ def test_the_estimate_counts_a_body_s_tools_and_schema_as_prompt_tokens(
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("gpt-4o"))
     size = sum(len(json.dumps(x, separators=(",", ":"))) for x in (tools, schema, call))
     assert int(row[2].replace(",", "")) >= size // 4, out
+
+
+def readme_block(after: str) -> str:
+    """The README's first Python code block after the text ``after``."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("```python\n", readme.index(after)) + len("```python\n")
+    return readme[start:readme.index("```\n", start)]
+
+
+def test_the_readme_turns_the_results_into_the_batch_api_s_output_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    tool = {"type": "function", "function": {"name": "record", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    write_batch(tmp_path / "batch.jsonl", [
+        batch_line("plain"), batch_line("three", n=3, max_tokens=40),
+        batch_line("call", tools=[tool],
+                   tool_choice={"type": "function", "function": {"name": "record"}}),
+        batch_line("refused", messages=[{"role": "user", "content": "no [[sim:400]]"}])])
+    out_dir = tmp_path / "out" / "reviews"  # the README's
+    code, _, err = cli(capsys, *batch_args(tmp_path, out="out/reviews"))
+    assert code == 3, err
+    exec(readme_block("The results turn into the Batch API's output lines"), {})
+    lines = {x["custom_id"]: x for x in map(json.loads, (out_dir / "batch_output.jsonl")
+                                             .read_text().splitlines())}
+    df = pd.read_parquet(out_dir / "results.parquet").set_index("custom_id")
+    assert list(lines) == ["plain", "three", "call", "refused"]
+    for key in ("plain", "three", "call"):
+        line, row = lines[key], df.loc[key]
+        assert line["error"] is None and line["response"]["status_code"] == 200
+        assert line["response"]["request_id"] == row["request_id"]
+        body = line["response"]["body"]
+        assert body["model"] == row["model"] == "gpt-4o-mini"
+        assert body["usage"]["prompt_tokens"] == row["prompt_tokens"]
+        assert body["usage"]["completion_tokens"] == row["completion_tokens"]
+        assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+        first = body["choices"][0]
+        assert first["index"] == 0 and first["finish_reason"] == row["finish_reason"]
+        assert first["message"]["role"] == "assistant"
+        assert first["message"]["content"] == (None if pd.isna(row["content"])
+                                               else row["content"])
+    assert [c["index"] for c in lines["three"]["response"]["body"]["choices"]] == [0, 1, 2]
+    assert len({c["message"]["content"]
+                for c in lines["three"]["response"]["body"]["choices"]}) == 3
+    calls = lines["call"]["response"]["body"]["choices"][0]["message"]["tool_calls"]
+    assert calls == json.loads(df.loc["call", "tool_calls"])
+    assert calls[0]["function"]["name"] == "record"
+    assert "tool_calls" not in lines["plain"]["response"]["body"]["choices"][0]["message"]
+    assert lines["refused"]["response"] is None
+    assert lines["refused"]["error"] == {"code": "http_400",
+                                         "message": df.loc["refused", "error_message"]}
