@@ -394,12 +394,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         bounded = {"max_tokens", "max_completion_tokens"}
         if job.limits.max_cost_usd is not None and job.request.max_tokens is None and not (
                 bounded & (job.request.extra.keys() | job.request.from_columns.keys())):
-            warnings.append(
-                "max_cost_usd is set but max_tokens is not: with no bound on a reply's length, "
-                "each request is held against the budget at the replies' mean length so far "
-                f"({DEFAULT_COMPLETION_ESTIMATE} tokens to start), so the spend may pass the "
-                "budget by a few requests' worth (more with a thinking model, whose reasoning "
-                "is output) — set max_tokens to make the budget a bound")
+            warnings.append(_unbounded_budget("max_tokens is not", "max_tokens"))
 
     # A --limit run decodes only the ids (or counts the rows): the rows it does not send are
     # read, and their damage found, by the run that sends them. A JSONL file's every record
@@ -562,6 +557,15 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             checks_seen = {"settings": None, "mixed": True}  # rows sent by an older batchrunner
         _restore_batch_checks(plan, checks_seen)
     return plan
+
+
+def _unbounded_budget(unset: str, to_set: str) -> str:
+    """The warning for a budget over requests that set no bound on a reply's length."""
+    return (f"max_cost_usd is set but {unset}: with no bound on a reply's length, each request "
+            "is held against the budget at the replies' mean length so far "
+            f"({DEFAULT_COMPLETION_ESTIMATE} tokens to start), so the spend may pass the budget "
+            "by a few requests' worth (more with a thinking model, whose reasoning is output) "
+            f"— set {to_set} to make the budget a bound")
 
 
 def _check_no_request_settings(job: JobConfig, where: str) -> None:
@@ -1507,6 +1511,10 @@ class _Run:
                     self._warn_row(key, item.checks.warning)
                 for warning in body_warnings(item.body):
                     self._warn_row(key, warning)
+                if not item.completion_max and plan.job.limits.max_cost_usd is not None:
+                    self._warn_row(key, _unbounded_budget(
+                        "the body sets no max_completion_tokens (or max_tokens)",
+                        "max_completion_tokens in the bodies"))
             elif plan.builder.rows_vary:  # a model, body fields of the row's own
                 for warning in plan.builder.row_warnings(item.body):
                     self._warn_row(key, warning)

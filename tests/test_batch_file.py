@@ -202,3 +202,27 @@ def test_the_readme_turns_the_results_into_the_batch_api_s_output_lines(
     assert lines["refused"]["response"] is None
     assert lines["refused"]["error"] == {"code": "http_400",
                                          "message": df.loc["refused", "error_message"]}
+
+
+def test_a_budget_over_rows_that_set_no_max_tokens_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A job's settings without max_tokens are warned about with max_cost_usd, its budget no
+    # bound; a batch file's rows set their own, and were not.
+    write_batch(tmp_path / "batch.jsonl", [batch_line("a", max_tokens=50), batch_line("b"),
+                                           batch_line("c")])
+    code, out, err = cli(capsys, *batch_args(tmp_path, "--max-cost", "5"))
+    assert code == 0, err
+    said = [line for line in (out + err).splitlines() if "max_cost_usd" in line]
+    assert said == [
+        "batchrunner: warning: row b: max_cost_usd is set but the body sets no "
+        "max_completion_tokens (or max_tokens): with no bound on a reply's length, each request "
+        "is held against the budget at the replies' mean length so far (256 tokens to start), "
+        "so the spend may pass the budget by a few requests' worth (more with a thinking model, "
+        "whose reasoning is output) — set max_completion_tokens in the bodies to make the "
+        "budget a bound"], out + err
+    write_batch(tmp_path / "batch.jsonl", [batch_line("a", max_tokens=50),
+                                           batch_line("b", max_completion_tokens=50)])
+    code, out, err = cli(capsys, *batch_args(tmp_path, "--max-cost", "5", out="out2"))
+    assert code == 0, err
+    assert "max_cost_usd" not in out + err
