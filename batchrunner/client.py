@@ -732,8 +732,11 @@ class ChatClient:
         proxy: Proxy | None = None,
         key_origin: str | None = None,
         key_hint: str = "",
+        model_setting: str = "the job's model",
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
+        # What sets the model the requests ask for, for a 404 naming the models served.
+        self._model_setting = model_setting
         # Where the key was read, for a refused key's message; with no key, the variable that
         # would hold it, and (``key_hint``) another that holds one, for the message to name.
         self._key_origin = key_origin
@@ -1061,8 +1064,8 @@ class ChatClient:
                     shown = " ".join(self.redact(", ".join(served[:_SERVED_SHOWN])).split())[
                         :_MAX_MESSAGE] + (f" and {len(served) - _SERVED_SHOWN} more"
                                           if len(served) > _SERVED_SHOWN else "")
-                    error.message += (f" — the endpoint serves {shown}: set the job's model to "
-                                      "one of them")
+                    error.message += (f" — the endpoint serves {shown}: set "
+                                      f"{self._model_setting} to one of them")
                     error.args = (error.message,)
             raise error
         hdrs = _ratelimit_headers(headers)

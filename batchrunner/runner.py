@@ -559,6 +559,15 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     return plan
 
 
+def _model_setting(plan: Plan) -> str:
+    """What sets the model a job's requests ask for, as a message names it."""
+    if plan.builder is None:
+        return 'the "model" of the bodies'
+    if plan.job.request.model_column:
+        return f"the values of column {plan.job.request.model_column!r}"
+    return "the job's model"
+
+
 def _unbounded_budget(unset: str, to_set: str) -> str:
     """The warning for a budget over requests that set no bound on a reply's length."""
     return (f"max_cost_usd is set but {unset}: with no bound on a reply's length, each request "
@@ -2732,7 +2741,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         elif others := set_instead(job, job.endpoint.api_key_env, KEY_VARIABLE_ENDINGS):
             key_hint = f", or pass {set_instead_hint(job, others, '--api-key-env')}"
         async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s, connections=cap,
-                              proxy=proxy, key_origin=key_origin, key_hint=key_hint) as client:
+                              proxy=proxy, key_origin=key_origin, key_hint=key_hint,
+                              model_setting=_model_setting(plan)) as client:
             run = _Run(plan, options, client, limiter, progress,
                        JournalWriter(journal.directory, run_id), max_concurrency=cap,
                        fixed_concurrency=fixed)

@@ -226,3 +226,21 @@ def test_a_budget_over_rows_that_set_no_max_tokens_is_warned_about(
     code, out, err = cli(capsys, *batch_args(tmp_path, "--max-cost", "5", out="out2"))
     assert code == 0, err
     assert "max_cost_usd" not in out + err
+
+
+def test_a_model_the_server_does_not_serve_says_to_set_it_in_the_bodies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The batch moved from the Batch API to a server of one's own (vLLM serving its Hugging
+    # Face path): every body still asks for gpt-4o-mini. The 404s named the models served and
+    # said to set the job's model, which a batch file refuses (--model).
+    served = "meta-llama/Llama-3.1-8B-Instruct"
+    write_batch(tmp_path / "batch.jsonl", [batch_line(f"r{i}") for i in range(3)])
+    job = tmp_path / "job.toml"
+    job.write_text(f'name = "moved"\n[input]\npath = "batch.jsonl"\n[endpoint]\n'
+                   f'simulator = true\n[output]\ndir = "out"\n[simulator]\nmodels = ["{served}"]\n')
+    code, out, err = cli(capsys, "run", str(job), "--progress", "none")
+    assert code == 3, err
+    assert (f"— the endpoint serves {served}: set the \"model\" of the bodies to one of them"
+            in out), out
+    assert "the job's model" not in out
