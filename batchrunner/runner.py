@@ -115,9 +115,11 @@ from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.status import plus_earlier, read_meta, run_in_progress
 from batchrunner.structured import StructuredOutput, structured_output, unfenced
 from batchrunner.template import (
+    IMAGE_TOKENS,
     RequestBuilder,
     ask_for_usage,
-    body_prompt_text,
+    body_images,
+    body_prompt_tokens,
     body_warnings,
     column_list,
     estimate_tokens,
@@ -1204,17 +1206,19 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
             plan.batch_key, plan.batch_checks, plan.batch_unrecorded = seen, checks, True
         elif seen != plan.batch_key and not plan.batch_mixed:
             plan.batch_mixed = plan.batch_unrecorded = True
-        prompt = body_prompt_text(body)
+        prompt_tokens = body_prompt_tokens(body)
     else:
         body, prompt = plan.builder.build(row)
         if body is None:
             return None, prompt
-        prompt = prompt + (plan.job.request.system or "")
+        prompt_tokens = estimate_tokens(prompt + (plan.job.request.system or ""))
+        if plan.job.request.image_column:
+            prompt_tokens += IMAGE_TOKENS * body_images(body)  # the row's image, if it has one
         checks = plan.structured
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     n = body.get("n")
     completion = max_tokens if isinstance(max_tokens, int) else 0
-    return _Work(key=key, body=body, prompt_estimate=estimate_tokens(prompt) + 8,
+    return _Work(key=key, body=body, prompt_estimate=prompt_tokens + 8,
                  completion_max=completion, n=n if isinstance(n, int) and n > 0 else 1,
                  checks=checks), ""
 

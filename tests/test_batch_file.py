@@ -244,3 +244,38 @@ def test_a_model_the_server_does_not_serve_says_to_set_it_in_the_bodies(
     assert (f"— the endpoint serves {served}: set the \"model\" of the bodies to one of them"
             in out), out
     assert "the job's model" not in out
+
+
+def test_the_estimate_counts_an_image_at_its_least_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A vision batch (a photo and a few words a row) was estimated at the words' tokens alone,
+    # where an API bills each image 85 tokens at the least (OpenAI's low detail; the built-in
+    # simulator bills that).
+    look = [{"role": "user", "content": [
+        {"type": "text", "text": "Hi"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/b.png"}}]}]
+    write_batch(tmp_path / "batch.jsonl", [batch_line(f"r{i}", messages=look, max_tokens=5)
+                                           for i in range(3)])
+    code, out, err = cli(capsys, "estimate", *batch_args(tmp_path)[1:-2])  # no --progress
+    assert code == 0, err
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("gpt-4o"))
+    estimated = int(row[2].replace(",", ""))
+    code, _, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 0, err
+    billed = int(pd.read_parquet(tmp_path / "out" / "results.parquet")["prompt_tokens"].sum())
+    assert estimated >= 3 * 2 * 85 and billed <= estimated <= 2 * billed, (estimated, billed)
+
+
+def test_a_job_s_image_column_is_estimated_as_the_batch_file_s_images_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    pd.DataFrame({"id": ["a", "b"], "photo": ["https://example.com/a.png", None]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    code, out, err = cli(capsys, "estimate", "--input", str(tmp_path / "in.csv"),
+                         "--id-column", "id", "--prompt", "Hi", "--image-column", "photo",
+                         "--model", "gpt-4o-mini", "--simulator", "--output", str(tmp_path / "o"))
+    assert code == 0, err
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("gpt-4o"))
+    assert 85 < int(row[2]) < 2 * 85, out  # one row has an image, the other none
