@@ -927,9 +927,11 @@ class _JsonlSource(InputSource):
             )
         custom_id, method, url = obj["custom_id"], obj["method"], obj["url"]
         if not isinstance(custom_id, str) or not custom_id:
+            number = isinstance(custom_id, int | float) and not isinstance(custom_id, bool)
             raise _input_error(
                 self.path,
-                f"line {lineno}: custom_id is {_short(custom_id)} — it must be a non-empty string",
+                f"line {lineno}: custom_id is {_short(custom_id)} — it must be a non-empty string"
+                + (f': write it as "{custom_id}"' if number else ""),
             )
         if not isinstance(method, str) or method.upper() != "POST":
             raise _input_error(

@@ -279,3 +279,19 @@ def test_a_job_s_image_column_is_estimated_as_the_batch_file_s_images_are(
     assert code == 0, err
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("gpt-4o"))
     assert 85 < int(row[2]) < 2 * 85, out  # one row has an image, the other none
+
+
+@pytest.mark.parametrize(("custom_id", "said"), [
+    (2, 'custom_id is 2 — it must be a non-empty string: write it as "2"'),
+    (2.5, 'custom_id is 2.5 — it must be a non-empty string: write it as "2.5"'),
+    ("", "custom_id is '' — it must be a non-empty string"),
+    (None, "custom_id is None — it must be a non-empty string"),
+])
+def test_a_custom_id_that_is_not_text_says_how_to_write_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], custom_id: Any, said: str,
+) -> None:
+    write_batch(tmp_path / "batch.jsonl", [batch_line("a"), {**batch_line("b"),
+                                                             "custom_id": custom_id}])
+    code, _, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 2
+    assert one_error_line(err).endswith(f"line 2: {said}"), err
