@@ -505,11 +505,17 @@ def body_prompt_tokens(body: dict[str, Any]) -> int:
 def body_images(body: dict[str, Any]) -> int:
     """How many images (``image_url`` parts) a body's messages hold."""
     images = 0
-    for m in body.get("messages") or ():
+    for m in _messages(body):
         c = m.get("content") if isinstance(m, dict) else None
         if isinstance(c, list):
             images += sum(1 for p in c if isinstance(p, dict) and p.get("type") == "image_url")
     return images
+
+
+def _messages(body: dict[str, Any]) -> list[Any]:
+    """A body's messages; none when they are not a list (the endpoint refuses the row)."""
+    messages = body.get("messages")
+    return messages if isinstance(messages, list) else []
 
 
 def body_prompt_text(body: dict[str, Any]) -> str:
@@ -518,7 +524,7 @@ def body_prompt_text(body: dict[str, Any]) -> str:
     definitions of its tools and of its response_format's schema, as JSON."""
     texts: list[str] = []
     billed: list[Any] = [body.get("tools"), body.get("response_format")]
-    for m in body.get("messages") or ():
+    for m in _messages(body):
         if not isinstance(m, dict):
             continue
         c = m.get("content")
