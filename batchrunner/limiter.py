@@ -148,6 +148,11 @@ class TokenBucket:
         finally:
             self._queued -= 1
 
+    def open(self) -> None:
+        """No pace any more: what waits in the bucket, and what comes, goes at once."""
+        self.capacity = self.level = math.inf
+        self._wake()
+
     def adjust(self, n: float) -> None:
         """Give back ``n`` units (or take ``-n`` more); the level may go negative (debt)."""
         self._refill()
@@ -318,13 +323,23 @@ class Limiter:
         ``_split``)."""
         self.adaptive = False
         requests, tokens = self._configured
-        self.requests_per_minute, self._requests = None, None
-        self.guessed, self._guess = False, None
+        # The requests waiting in a bucket go on at the job's rate, or at once where it sets
+        # none: a bucket dropped from under them kept them at the rate learnt, in a job whose
+        # slow model's rows came first the fast model's rows waited at the slow one's pace
+        # (8 s for the 8 in flight at a limit of 60 a minute).
         if requests:
             self._set_requests(requests)
+        else:
+            for bucket in (self._requests, self._guess):
+                if bucket is not None:
+                    bucket.open()
+            self.requests_per_minute, self._requests = None, None
+            self.guessed, self._guess = False, None
         if tokens:
             self._set_tokens(tokens)
         else:
+            if self._tokens is not None:
+                self._tokens.open()
             self.tokens_per_minute, self._tokens = None, None
 
     # -- the interface

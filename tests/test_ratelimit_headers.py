@@ -370,6 +370,34 @@ def test_one_limit_that_every_model_reports_paces_them_all_together() -> None:
     assert (run.limiter.requests_per_minute, run.limiter.tokens_per_minute) == (600.0, 90000.0)
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("job_rpm", [None, 6000.0])
+async def test_requests_waiting_at_a_pace_the_job_limiter_unlearns_go_on_at_the_jobs(
+        job_rpm: float | None) -> None:
+    """A split job's limiter goes back to the job's rates: the requests already waiting in it
+    at the rate the first model's answers said (a slow model's rows first in the input) went
+    on waiting at that rate in a bucket no longer used, 3 s each at 20 a minute, while
+    those that came after went at once. They go on at the job's rate now, or at once."""
+    lim = Limiter(job_rpm, None)
+    lim.learn(20.0, 10_000.0)  # 3 s a request, 10,000 tokens a minute
+    await lim.acquire(150)  # the bucket's burst: a request, 150 tokens
+    done: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await lim.acquire(150)
+        done.append(i)
+
+    with anyio.fail_after(3):  # the learnt rate: 9 s for the three
+        async with anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(waiter, i)
+            await anyio.sleep(0.05)
+            assert done == []  # waiting at the learnt pace
+            lim.unlearn()  # 3 at 6,000 a minute: 10 ms each
+    assert done == [0, 1, 2]
+    assert lim.requests_per_minute == job_rpm and lim.tokens_per_minute is None
+
+
 def test_limits_that_differ_between_models_give_each_its_own_limiter() -> None:
     """Within the job's own limits: the job's limiter keeps the rate the job set (and learns
     no more); each model's learns its own; a 429's pause holds the model's requests only, and
