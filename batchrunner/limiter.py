@@ -124,6 +124,19 @@ class TokenBucket:
         self._refill()
         return self.level >= min(n, self.capacity)
 
+    def take(self, n: float) -> bool:
+        """Take ``n`` units if they are there now and nobody waits before: True, else False
+        (nothing taken)."""
+        if self._queued or not self.has_capacity(n):
+            return False
+        self.level -= n
+        return True
+
+    def wait_s(self, n: float) -> float:
+        """Seconds until ``n`` units are there (0: now)."""
+        self._refill()
+        return max(0.0, (min(n, self.capacity) - self.level) / self.rate)
+
     async def acquire(self, n: float) -> None:
         if not self._queued:  # nobody waiting: take it at once if it is there
             self._refill()
@@ -356,6 +369,30 @@ class Limiter:
             await self._guess.acquire(1)
         if self._tokens is not None:
             await self._tokens.acquire(tokens)
+
+    def take(self, tokens: int) -> bool:
+        """``acquire(tokens)`` if it would not wait (no pause, a permit and the tokens there,
+        nobody waiting before): True, else False with nothing taken."""
+        if self._paused_until > time.monotonic():
+            return False
+        requests = self._requests or self._guess
+        if self._tokens is not None and (self._tokens._queued
+                                         or not self._tokens.has_capacity(tokens)):
+            return False
+        if requests is not None and not requests.take(1):
+            return False
+        if self._tokens is not None:
+            self._tokens.level -= tokens
+        return True
+
+    def ready_in(self, tokens: int) -> float:
+        """Seconds until ``take(tokens)`` could be True (0: it may be now)."""
+        wait = self._paused_until - time.monotonic()
+        if (requests := self._requests or self._guess) is not None:
+            wait = max(wait, requests.wait_s(1))
+        if self._tokens is not None:
+            wait = max(wait, self._tokens.wait_s(tokens))
+        return max(0.0, wait)
 
     def settle(self, charged: int, used: int | None) -> None:
         """Correct a request's token charge once its real usage is known."""

@@ -159,6 +159,10 @@ HASHED_COLUMNS_KEPT = 8
 # Rows of models the key was refused for (403) held, before any model answered, until one does
 # (see _Run.held): past this many the job stops as for a key refused outright.
 HOLD_MAX_ROWS = 10_000
+# A split job's rows whose model's own permit is not there yet wait in a queue of the model's
+# (_Run.parked), this many at most, rather than in a worker the other models' rows could use.
+PARKED_MAX_ROWS = 1_000
+PARKED_RECHECK_S = 0.02
 # A row whose request timed out is given timeout_s × 1.5 on its next attempt, × 2.25 on the one
 # after, and so on up to × 3: a long answer (a thinking model's) gets the time it needs, where
 # the same timeout would cut it off, and bill it, on every attempt.
@@ -280,6 +284,9 @@ class _Work:
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
     row_hash: int | None = None  # of the row's values (row_hasher), recorded with its outcome
+    # The tokens its model's own permit was taken for, when let out of _Run.parked (split).
+    permit: int | None = None
+    parked: bool = False  # in _Run.parked, sent back there by ``attempt``
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1337,6 +1344,12 @@ class _Run:
         self.row_hash = row_hasher(plan.builder)
         self.rows_done = False  # the input iterator is exhausted (or broke)
         self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows
+        # Split: the rows of each model waiting for its own permit (_park), and how many.
+        self.parked: dict[str, deque[_Work]] = {}
+        self.parked_rows = 0
+        # Rows are parked while every model has a pace (_sample_pace): a model with none yet
+        # takes as many requests at once as the workers freed send it.
+        self.parking = False
         self.outstanding = 0  # rows taken from the input and not finished yet
         self.wake = anyio.Event()  # set when idle workers should look again
         self.flush_wanted = anyio.Event()
@@ -1485,6 +1498,8 @@ class _Run:
         """The next request to send, or None when there is none now."""
         if self.retries:
             return self.retries.popleft()
+        if self.parked_rows and (item := self._unpark()) is not None:
+            return item
         if self.outstanding > len(self.held) and self._looks_down and not self._fresh_probe():
             return None  # the endpoint looks down: the rows started find out when it is back
         if self.outstanding - len(self.held) >= self.rows_out:
@@ -1556,12 +1571,21 @@ class _Run:
             if item is None:
                 if self.stopping or (self.rows_done and self.outstanding == 0):
                     return
-                await self.wake.wait()  # rows are in flight or waiting out a backoff
+                if self.parked_rows:  # and until a parked row's model has a permit
+                    with anyio.move_on_after(self._parked_ready_in()):
+                        await self.wake.wait()
+                else:
+                    await self.wake.wait()  # rows are in flight or waiting out a backoff
                 continue
             if self.held_models and str(item.body.get("model") or "") in self.held_models:
                 self._hold(item, None)  # its model was refused: not sent until it is known why
                 if len(self.held) % 256 == 0:
                     await anyio.lowlevel.checkpoint()  # the rows in flight are answered meanwhile
+                continue
+            if (self.parking and item.permit is None
+                    and (item := self._park(item)) is None):  # parked: the worker goes on
+                if self.parked_rows % 256 == 0:
+                    await anyio.lowlevel.checkpoint()
                 continue
             reserved = self._reserve(item) if self.budget is not None else 0.0
             if reserved is None:
@@ -1583,7 +1607,7 @@ class _Run:
                 assert self.tasks is not None
                 self.counts.retrying += 1
                 self.tasks.start_soon(self._requeue, item, retry_in)
-            elif not item.held:
+            elif not item.held and not item.parked:
                 self.counters["attempts"] += item.attempts
                 self._finished_one()  # abandoned: the job is stopping
 
@@ -1765,7 +1789,8 @@ class _Run:
         while True:  # loops only on 429s, which wait on the limiter, not on a backoff
             if self.stopped.is_set():  # a 429'd row after a stop: left to do, not paused
                 return None, None
-            charge = self._charge(item)
+            permitted, item.permit = item.permit, None  # its model's permit taken (_park)
+            charge = self._charge(item) if permitted is None else permitted
             if self.split is not None or self.limiter.paces:  # a wait a stop cancels
                 with anyio.CancelScope() as pacing:
                     self.pacing.add(pacing)
@@ -1773,7 +1798,13 @@ class _Run:
                         await self.limiter.acquire(charge)
                         if self.split is not None:  # and the model's own limiter's
                             own = self._model_limiter(item)
-                            await own.acquire(charge)
+                            if permitted is None and not own.take(charge):
+                                # Rows that waited here as the job split, or a row 429'd:
+                                # they wait for the model's permit parked, not in a worker.
+                                if self.parking and own.paces and self._park_again(item):
+                                    self.limiter.refund(charge)
+                                    return None, None
+                                await own.acquire(charge)
                             own.requests_sent += 1
                     finally:
                         self.pacing.discard(pacing)
@@ -2013,9 +2044,13 @@ class _Run:
         self._wake_workers()
 
     def count_held(self) -> None:
-        """The end of a run: the attempts of rows still held (the job stopped) are counted."""
+        """The end of a run: the attempts of rows still held or parked (the job stopped) are
+        counted."""
         for item, _ in self.held:
             self.counters["attempts"] += item.attempts
+        for queue in self.parked.values():
+            for item in queue:
+                self.counters["attempts"] += item.attempts
 
     def _answered(self, sent_at: float) -> None:
         """An HTTP answer (of any status) arrived to a request sent at ``sent_at``: the
@@ -2240,7 +2275,71 @@ class _Run:
         model = str(item.body.get("model") or "")
         if (limiter := self.split.get(model)) is None:
             limiter = self.split[model] = Limiter(None, None)
+            self.parking = False  # until it has a pace (_sample_pace)
         return limiter
+
+    def _park(self, item: _Work) -> _Work | None:
+        """Split: ``item`` with its model's own permit taken, to send now; or None, parked
+        in its model's queue until a permit is there (``_unpark``), the worker free for rows
+        of other models (a worker waiting for a slow model's permit held its place: 8 of them
+        at 20 requests a minute starved a fast model's rows). A model's rows leave in the
+        order they came; with its queue full, the worker sends its oldest, waiting for it.
+        Nothing is parked while a model has no pace yet (``parking``): the workers freed
+        would all send its rows at once, a burst of 429s from a limit no header says (a
+        split job's model behind a gateway's drew 74 429s of 174 requests, not 35 of 135,
+        before a pace was learnt from them), nor are its rows (a pause at most holds them)."""
+        model = str(item.body.get("model") or "")
+        queue = self.parked.get(model)
+        if not queue:
+            own = self._model_limiter(item)
+            if not own.paces:  # a pause at most: its end lets them all out, as from workers
+                return item
+            charge = self._charge(item)
+            if own.take(charge):
+                item.permit = charge
+                return item
+            if queue is None:
+                queue = self.parked[model] = deque()
+        queue.append(item)
+        if len(queue) > PARKED_MAX_ROWS:
+            return queue.popleft()
+        self._parked_one()
+        return None
+
+    def _park_again(self, item: _Work) -> bool:
+        """Park ``item``, taken before the rows parked, first in its model's queue: True, or
+        False when the queue is full."""
+        queue = self.parked.setdefault(str(item.body.get("model") or ""), deque())
+        if len(queue) >= PARKED_MAX_ROWS:
+            return False
+        queue.appendleft(item)
+        item.parked = True
+        self._parked_one()
+        return True
+
+    def _parked_one(self) -> None:
+        self.parked_rows += 1
+        if self.parked_rows == 1:  # the idle workers look again when a permit is due
+            self._wake_workers()
+
+    def _unpark(self) -> _Work | None:
+        """A parked row whose model's own permit is there now (taken), else None."""
+        assert self.split is not None
+        for model, queue in self.parked.items():
+            if queue and self.split[model].take(charge := self._charge(queue[0])):
+                item = queue.popleft()
+                self.parked_rows -= 1
+                item.permit, item.parked = charge, False
+                return item
+        return None
+
+    def _parked_ready_in(self) -> float:
+        """Seconds until a parked row's model may have its permit (a little at least: a
+        permit taken by a row waiting for it is the next one's only after)."""
+        assert self.split is not None
+        wait = min(self.split[model].ready_in(self._charge(queue[0]))
+                   for model, queue in self.parked.items() if queue)
+        return max(wait, PARKED_RECHECK_S)
 
     def _refund(self, item: _Work, charge: int) -> None:
         """A request refused or failed before the server counted it: its tokens back."""
@@ -2443,6 +2542,7 @@ class _Run:
         else:
             for limiter in self.split.values():
                 limiter.sample(now, limiter.requests_sent, limiter.requests_refused)
+            self.parking = all(limiter.paces for limiter in self.split.values())
 
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap (a

@@ -331,6 +331,48 @@ async def test_models_whose_limits_differ_are_each_paced_at_their_own(tmp_path: 
     assert pace > 2 * 300.0 / 60.0, pace
 
 
+@pytest.mark.anyio
+async def test_rows_waiting_for_a_slow_models_permit_leave_the_workers_to_other_models(
+        tmp_path: Path) -> None:
+    """A job of 100 rows, every 5th asking a model limited to 120 requests a minute and the
+    rest one limited to 6,000, at concurrency 4. Each worker that took a slow row waited in it
+    for the slow model's permit, so the workers were soon all waiting for it and the fast
+    model's rows went at the slow one's pace: 17 of the slow model's 20 answers came before
+    the fast model's last. The slow rows wait for their permits in a queue of their model's
+    now, the workers going on with the fast rows: every row answered once, never more
+    requests out than the concurrency."""
+    answered: list[float] = []
+    reported = per_model_limits({"slow": 120.0, "fast": 6000.0}, answered)
+    seen: list[str] = []  # the models of the answers that were not 429s, in order
+    out = {"now": 0, "most": 0}
+
+    async def answer(counted: Counted, body: dict[str, Any]) -> web.Response:
+        out["now"] += 1
+        out["most"] = max(out["most"], out["now"])
+        try:
+            await asyncio.sleep(0.01)
+            resp: web.Response = await reported(counted, body)
+        finally:
+            out["now"] -= 1
+        if resp.status == 200:
+            seen.append(body["model"])
+        return resp
+
+    rows = 100
+    inp = tmp_path / "models.csv"
+    pd.DataFrame({"id": [f"r{i:04d}" for i in range(rows)],
+                  "model": ["slow" if i % 5 == 0 else "fast" for i in range(rows)],
+                  "text": [f"row {i}" for i in range(rows)]}).to_csv(inp, index=False)
+    summary, counted = await run_against(tmp_path, answer, rows, input=str(inp), model=None,
+                                         model_column="model", concurrency=4)
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert len(seen) == rows and counted.requests == rows + counted.too_many
+    assert out["most"] <= 4, out
+    last_fast = max(i for i, model in enumerate(seen) if model == "fast")
+    slow_before = seen[:last_fast].count("slow")
+    assert slow_before <= 5, slow_before  # 17 of 20 before
+
+
 def models_run(**limits: Any) -> Any:
     """A run of a job whose rows ask models of their own (a model column), nothing sent."""
     from batchrunner.progress import NullProgress
