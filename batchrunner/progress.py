@@ -40,6 +40,8 @@ class Counts:
     paused_s: float = 0.0  # how much longer a 429's retry-after holds new requests
     paused_by: str = "a 429's retry-after"  # what asked for it (a gateway's 503, say)
     learnt_rpm: float = 0.0  # a pace learnt from a storm of 429s (no limit said), a minute
+    # A split job's: each model's own pace learnt so (model, a minute), of those with one.
+    learnt_models: tuple[tuple[str, float], ...] = ()
     unreachable_s: float = 0.0  # how long no request could connect (none answered since)
     unreachable_by: str = ""  # a gateway's latest answer meanwhile ("HTTP 503: ..."), if any
     outage_s: float = 0.0  # how long the job waits out such answers before it stops
@@ -92,9 +94,13 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
         parts.append(f"429s={c.rate_limited:,}")
     if paused:
         parts.append(f"(new requests held {c.paused_s:.0f} s more by {c.paused_by})")
-    if c.learnt_rpm:  # a run slower than it could be says why
-        parts.append(f"(paced at {c.learnt_rpm:,.0f} requests a minute, learnt from a storm of "
-                     "429s: the server reports no limit)")
+    if c.learnt_rpm or c.learnt_models:  # a run slower than it could be says why
+        paces = [f"{c.learnt_rpm:,.0f} requests a minute"] if c.learnt_rpm else []
+        for model, rpm in c.learnt_models:
+            unit = "" if paces else " requests a minute"
+            paces.append(f"{rpm:,.0f}{unit} for {_printable(model, 40)}")
+        parts.append(f"(paced at {', '.join(paces)}, learnt from a storm of 429s: the server "
+                     "reports no limit)")
     if c.concurrency:  # a run slower than it could be says why
         parts.append(f"(concurrency lowered to {c.concurrency:,} from {c.concurrency_from:,}: "
                      f"{c.concurrency_why})")
@@ -121,8 +127,10 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
         (2, "failed", c.failed), (5, "retrying", c.retrying), (3, "429s", c.rate_limited)) if n]
     if c.paused_s >= 1:  # a 429's pause: a run that looks stuck is waiting, and says so
         parts.append((3, f"paused={c.paused_s:.0f}s"))
-    if c.learnt_rpm:
-        parts.append((4, f"pace={c.learnt_rpm:,.0f}/min"))
+    if c.learnt_rpm or c.learnt_models:
+        paces = [f"{c.learnt_rpm:,.0f}/min"] if c.learnt_rpm else []
+        paces += [f"{rpm:,.0f}/min({_printable(model, 24)})" for model, rpm in c.learnt_models]
+        parts.append((4, f"pace={','.join(paces)}"))
     if c.concurrency:
         parts.append((4, f"concurrency={c.concurrency:,}"))
     if c.rows_out:

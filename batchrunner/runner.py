@@ -2361,14 +2361,18 @@ class _Run:
 
     def _show_pause(self) -> None:
         """The pause that holds new requests longest, for the progress: the job's, or a
-        model's (named); and the pace learnt from 429s, if any."""
+        model's (named); and the paces learnt from 429s, the job's or each model's (named)."""
         counts, limiter = self.counts, self.limiter
         counts.paused_s, counts.paused_by = limiter.paused_s, limiter.paused_by
         counts.learnt_rpm = (limiter.requests_per_minute or 0.0) if limiter.guessed else 0.0
+        learnt = []
         for model, limiter in (self.split or {}).items():
             if limiter.paused_s > counts.paused_s:
                 counts.paused_s = limiter.paused_s
                 counts.paused_by = f"{limiter.paused_by}, for {model}"
+            if limiter.guessed:  # a model's own pace learnt from its 429s, named
+                learnt.append((model, limiter.requests_per_minute or 0.0))
+        counts.learnt_models = tuple(learnt)
 
     def _billed(self, item: _Work, e: RequestError) -> tuple[float | None, int | None]:
         """What a failed attempt was billed, when its answer reported usage (a 200 without a

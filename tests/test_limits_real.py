@@ -489,6 +489,33 @@ async def test_a_model_behind_a_hidden_limit_in_a_split_job_learns_a_pace(
 
 
 
+def test_the_progress_names_each_models_pace_learnt_from_its_429s() -> None:
+    """A split job's model that learnt a pace of its own from a storm of its 429s: the
+    progress showed the job's limiter's pace only, none, and the run looked slower than it
+    should for no reason said. Each model's is shown now, named."""
+    run = models_run()
+    for model, rpm in (("a", "600"), ("b", "6000")):
+        run._observe(_Work(key=model, body={"model": model}, prompt_estimate=1,
+                           completion_max=1), said(rpm))
+    assert run.split is not None
+    hidden = run._model_limiter(_Work(key="c", body={"model": "c"}, prompt_estimate=1,
+                                      completion_max=1))
+    t = time.monotonic()
+    hidden.sample(t, 0, 0)
+    hidden.sample(t + 1.5, 100, 60)  # a storm: 40 accepted in 1.5 s
+    assert hidden.guessed and hidden.requests_per_minute == pytest.approx(1440.0)
+    run._show_pause()
+    assert "(paced at 1,440 requests a minute for c, learnt from a storm of 429s" in _postfix(
+        run.counts)
+    assert "pace=1,440/min(c)" in _postfix(run.counts, compact=True)
+    run.split["d"] = Limiter(None, None)
+    run.split["d"].sample(t, 0, 0)
+    run.split["d"].sample(t + 1.5, 50, 40)
+    run._show_pause()
+    assert "paced at 1,440 requests a minute for c, 360 for d," in _postfix(run.counts)
+    assert "pace=1,440/min(c),360/min(d)" in _postfix(run.counts, compact=True)
+
+
 def test_prompts_longer_than_estimated_are_charged_as_long_after_a_few_replies() -> None:
     """Prompts whose real token counts are 4 times the estimate (a language the estimate
     under-counts), under a token limit: the estimate learnt 5 % a reply, so requests were
