@@ -84,6 +84,10 @@ PACE_UNDER = 0.9
 PACE_RAISE = 1.01
 PACE_BINDS = 0.8
 PACE_BACK = 1.1
+# A 429 that asks a long pause (over PAUSE_PACED_S: a gateway's fixed 20 s) at a learnt pace
+# sets it back to the storm's, and it is not raised for RAISE_HOLD_S: raised 2 % a second
+# again, it was past the limit within seconds, and each 429 there held every request 20 s.
+RAISE_HOLD_S = 300.0
 # What a pause the rate-limit headers ask for is said to be (the progress line shows it).
 _NONE_LEFT = "an x-ratelimit-remaining-* header of 0"
 
@@ -276,6 +280,8 @@ class Limiter:
         self._samples: deque[tuple[float, int, int, float]] = deque()
         self._storm_pace = 0.0  # the pace the latest storm set
         self._refused = 0  # 429s counted at the latest sample
+        self._long_asked = False  # a pause over PAUSE_PACED_S asked since the latest sample
+        self._raise_from = 0.0  # no raise before this (RAISE_HOLD_S)
         # A model's own limiter's requests let out and answered 429, counted by the runner
         # (its ``_split``) for ``sample``; a job's limiter is sampled with the run's counts.
         self.requests_sent = 0
@@ -420,6 +426,8 @@ class Limiter:
         if until > self._paused_until:
             self._paused_until = until
             self.paused_by = by
+        if seconds > PAUSE_PACED_S:
+            self._long_asked = True
         if seconds > PAUSE_PACED_S and until > (start := now + PAUSE_PACED_S):
             if start >= self._held_until:  # a new stretch: the one before is over
                 self._held_before = self._held_total(start)
@@ -548,6 +556,7 @@ class Limiter:
         while len(samples) > 2 and now - samples[1][0] >= STORM_WINDOW_S:
             samples.popleft()
         new_refusals, self._refused = refused - self._refused, refused  # since the last
+        long_asked, self._long_asked = self._long_asked, False
         then, sent_then, refused_then, paused_then = samples[0]
         span = now - then
         if span < PACE_MIN_SPAN_S:
@@ -565,11 +574,17 @@ class Limiter:
                 # again for the 429s that taught it.
                 samples.clear()
                 samples.append((now, sent, refused, paused))
+            if new_refusals and long_asked and self.guessed:
+                self._raise_from = now + RAISE_HOLD_S
         elif current is None:
             return
+        elif new_refusals and long_asked:  # a long pause asked: back to the storm's, and held
+            if current > self._storm_pace:
+                self._set_guess(self._storm_pace)
+            self._raise_from = now + RAISE_HOLD_S
         elif new_refusals and current > self._storm_pace:
             self._set_guess(max(self._storm_pace, current / PACE_BACK))
-        elif (measured and not refusals and span >= STORM_WINDOW_S
+        elif (measured and not refusals and span >= STORM_WINDOW_S and now >= self._raise_from
               and accepted >= current * PACE_BINDS):
             self._set_guess(current * PACE_RAISE)
 

@@ -444,6 +444,46 @@ def test_a_pace_learnt_after_a_long_retry_after_counts_the_time_sent_not_the_pau
     assert lim.requests_per_minute == pytest.approx(raised / limiter.PACE_BACK)
 
 
+def test_a_429_asking_a_long_pause_at_a_learnt_pace_sets_it_back_and_holds_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway whose 429s ask a fixed 20 s: a pace learnt from its storm, raised 2 % a
+    second while no 429 came, was past the limit within seconds; its 429 took it back one
+    step, and the raises went on past the limit again, each 429 there holding every request
+    20 s. Such a 429 sets the pace back to the storm's now, and it is not raised for a while
+    (a short retry-after's 429 takes it back a step, as before)."""
+    clock = [1000.0]
+    monkeypatch.setattr(limiter.time, "monotonic", lambda: clock[0])
+    lim = Limiter(None, None)
+    t, sent, refused = clock[0], 0, 0
+    lim.sample(t, sent, refused)
+    for _ in range(2):  # a storm: 20 sent a half second, 15 of them refused
+        t, sent, refused = t + 0.5, sent + 20, refused + 15
+        lim.sample(t, sent, refused)
+    assert lim.requests_per_minute == pytest.approx(540.0)  # 0.9 × the 10 a second accepted
+
+    def at_the_pace(seconds: float) -> None:
+        nonlocal t, sent
+        for _ in range(int(seconds * 2)):  # sent at the pace, none refused
+            t = clock[0] = t + 0.5
+            if not lim.paused_s:
+                sent += round((lim.requests_per_minute or 0.0) / 120)
+            lim.sample(t, sent, refused)
+
+    at_the_pace(20.0)
+    raised = lim.requests_per_minute
+    assert raised is not None and raised > 600.0  # past the limit
+    t = clock[0] = t + 0.5
+    lim.pause(20.0)  # its 429 asks 20 s
+    refused += 1
+    lim.sample(t, sent, refused)
+    assert lim.requests_per_minute == pytest.approx(540.0)  # the storm's (590 one step back)
+    at_the_pace(120.0)  # two minutes more at the pace, and no 429
+    assert lim.requests_per_minute == pytest.approx(540.0)  # not raised past the limit again
+    at_the_pace(limiter.RAISE_HOLD_S)
+    assert (lim.requests_per_minute or 0.0) > 600.0  # raised again in the end: a limit raised
+    # is found
+
+
 @pytest.mark.anyio
 async def test_a_model_behind_a_hidden_limit_in_a_split_job_learns_a_pace(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
