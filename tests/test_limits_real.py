@@ -423,6 +423,9 @@ def test_a_pace_learnt_after_a_long_retry_after_counts_the_time_sent_not_the_pau
     assert lim.requests_per_minute == pytest.approx(540.0, rel=0.15)
     # A pace raised since, and a 429 in a window all pause: the pace is taken back a step
     # all the same (kept, each such 429 cost every request 20 s more).
+    # A whole second to start from: from a clock just under 1,024 (the pause's jitter is
+    # random), two half seconds later measured a span a rounding under one second, too short.
+    clock[0] = math.ceil(clock[0])
     lim, t, sent, refused = Limiter(None, None), clock[0], 0, 0
     lim.sample(t, sent, refused)
     for _ in range(2):
