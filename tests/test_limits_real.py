@@ -395,6 +395,20 @@ async def test_a_raised_limit_lets_out_the_requests_waiting_at_the_old_one(
             await all_done.wait()
 
 
+def _stormed(at: float) -> tuple[Limiter, float, int, int]:
+    """A limiter that knows no rate, sampled at ``at`` and through a storm of 429s after it: 20
+    sent a half second for a second, 15 of them refused. It paces at 540 a minute, 0.9 × the
+    10 a second accepted. Returns it, the time and the counts of requests sent and refused."""
+    lim = Limiter(None, None)
+    t, sent, refused = at, 0, 0
+    lim.sample(t, sent, refused)
+    for _ in range(2):
+        t, sent, refused = t + 0.5, sent + 20, refused + 15
+        lim.sample(t, sent, refused)
+    assert lim.requests_per_minute == pytest.approx(540.0)
+    return lim, t, sent, refused
+
+
 def test_a_pace_learnt_after_a_long_retry_after_counts_the_time_sent_not_the_pause(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A gateway whose 429s ask 20 s: a storm at the pace learnt from the first came one
@@ -403,13 +417,7 @@ def test_a_pace_learnt_after_a_long_retry_after_counts_the_time_sent_not_the_pau
     limiter held requests is its own to leave out."""
     clock = [1000.0]
     monkeypatch.setattr(limiter.time, "monotonic", lambda: clock[0])
-    lim = Limiter(None, None)
-    t, sent, refused = clock[0], 0, 0
-    lim.sample(t, sent, refused)
-    for _ in range(2):  # a storm: 20 sent a half second, 15 of them refused
-        t, sent, refused = t + 0.5, sent + 20, refused + 15
-        lim.sample(t, sent, refused)
-    assert lim.requests_per_minute == pytest.approx(540.0)  # 0.9 × the 10 a second accepted
+    lim, t, sent, refused = _stormed(clock[0])
     clock[0] = t
     lim.pause(20.0)  # the 429s ask 20 s
     while lim.paused_s > 0.5:  # nothing sent meanwhile
@@ -426,12 +434,7 @@ def test_a_pace_learnt_after_a_long_retry_after_counts_the_time_sent_not_the_pau
     # A whole second to start from: from a clock just under 1,024 (the pause's jitter is
     # random), two half seconds later measured a span a rounding under one second, too short.
     clock[0] = math.ceil(clock[0])
-    lim, t, sent, refused = Limiter(None, None), clock[0], 0, 0
-    lim.sample(t, sent, refused)
-    for _ in range(2):
-        t, sent, refused = t + 0.5, sent + 20, refused + 15
-        lim.sample(t, sent, refused)
-    assert lim.requests_per_minute == pytest.approx(540.0)
+    lim, t, sent, refused = _stormed(clock[0])
     for _ in range(10):
         t, sent = t + 0.5, sent + 5
         clock[0] = t
@@ -456,13 +459,7 @@ def test_a_429_asking_a_long_pause_at_a_learnt_pace_sets_it_back_and_holds_it(
     (a short retry-after's 429 takes it back a step, as before)."""
     clock = [1000.0]
     monkeypatch.setattr(limiter.time, "monotonic", lambda: clock[0])
-    lim = Limiter(None, None)
-    t, sent, refused = clock[0], 0, 0
-    lim.sample(t, sent, refused)
-    for _ in range(2):  # a storm: 20 sent a half second, 15 of them refused
-        t, sent, refused = t + 0.5, sent + 20, refused + 15
-        lim.sample(t, sent, refused)
-    assert lim.requests_per_minute == pytest.approx(540.0)  # 0.9 × the 10 a second accepted
+    lim, t, sent, refused = _stormed(clock[0])
 
     def at_the_pace(seconds: float) -> None:
         nonlocal t, sent
