@@ -2302,7 +2302,9 @@ class _Run:
                 queue = self.parked[model] = deque()
         queue.append(item)
         if len(queue) > PARKED_MAX_ROWS:
-            return queue.popleft()
+            oldest = queue.popleft()
+            oldest.parked = False  # out now: a stop finishes it (``_work``)
+            return oldest
         self._parked_one()
         return None
 

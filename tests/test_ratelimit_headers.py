@@ -548,3 +548,30 @@ async def test_a_days_requests_used_up_stop_the_job_with_one_line(tmp_path: Path
     assert "x-ratelimit-limit-requests 14,400" in summary.stopped, summary.stopped
     assert summary.ok == 30
     assert counted.too_many <= 8, counted.too_many  # those in flight at most
+
+
+def test_a_row_parked_again_then_sent_from_a_full_queue_is_no_longer_parked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split job's row answered 429 waits for its model's permit first in its model's queue
+    (``_park_again``); with the queue full, the next row parked makes the worker send that
+    oldest row itself. It is then out, not parked: a stop while it is out counts its
+    attempts and finishes it (a row still marked parked was neither, its tries missing from
+    the report's attempts)."""
+    from batchrunner import runner
+    from batchrunner.runner import _Work
+
+    monkeypatch.setattr(runner, "PARKED_MAX_ROWS", 2)
+    run = models_run()
+    run.split = {"a": Limiter(60, None, burst=False)}  # no permit now: rows are parked
+    run.parking = True
+
+    def work(key: str) -> _Work:
+        return _Work(key=key, body={"model": "a"}, prompt_estimate=1, completion_max=1)
+
+    answered_429 = work("r0")
+    answered_429.attempts = 1
+    assert run._park_again(answered_429) and answered_429.parked
+    assert run._park(work("r1")) is None
+    assert run._park(work("r2")) is answered_429  # the queue full: its oldest is sent
+    assert not answered_429.parked
+    assert run.parked_rows == 2
