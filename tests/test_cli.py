@@ -732,13 +732,10 @@ def test_a_key_written_with_its_bearer_prefix_is_refused_saying_to_drop_it(
         "to the key alone (batchrunner sends the Authorization: Bearer header itself)")
 
 
-@pytest.mark.parametrize(("key", "written"), [("path", "data/in.csv"),
-                                              ("schema_file", "data/reply.schema.json")])
-def test_a_job_file_path_written_from_the_current_directory_says_how_to_write_it(
-        tmp_path: Path, key: str, written: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Paths in a job file are relative to the file: jobs/tickets.toml run from the project's
-    directory with path = "data/in.csv" (the path from where the command is typed) named
-    jobs/data/in.csv, not found. The one line says so and how to write it from the file."""
+def _job_with_a_path_from_the_cwd(tmp_path: Path, key: str, written: str) -> None:
+    """data/in.csv, data/reply.schema.json and jobs/job.toml under ``tmp_path``, the job's
+    ``key`` (path or schema_file) written as ``written``, from ``tmp_path`` rather than from the
+    job file; its other path written from the file."""
     (tmp_path / "data").mkdir()
     (tmp_path / "jobs").mkdir()
     pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]}).to_csv(
@@ -750,6 +747,16 @@ def test_a_job_file_path_written_from_the_current_directory_says_how_to_write_it
         f'[input]\npath = "{inp}"\nid_column = "id"\n'
         f'[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {{text}}"\n{schema}'
         '[endpoint]\nsimulator = true\n[output]\ndir = "../out"\n')
+
+
+@pytest.mark.parametrize(("key", "written"), [("path", "data/in.csv"),
+                                              ("schema_file", "data/reply.schema.json")])
+def test_a_job_file_path_written_from_the_current_directory_says_how_to_write_it(
+        tmp_path: Path, key: str, written: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Paths in a job file are relative to the file: jobs/tickets.toml run from the project's
+    directory with path = "data/in.csv" (the path from where the command is typed) named
+    jobs/data/in.csv, not found. The one line says so and how to write it from the file."""
+    _job_with_a_path_from_the_cwd(tmp_path, key, written)
     table = "input" if key == "path" else "request"
     for command in ("run", "estimate"):
         code, out, err = cli(capsys, command, "jobs/job.toml")
@@ -933,19 +940,10 @@ def test_a_job_file_path_the_command_line_overrides_is_not_checked(
     run with --input tonight.csv (or --schema-file) in its place, as the README lets the
     command line override the file: the file's own path is never read, yet the run was
     refused saying to write that path from the file. The path given is the one used."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "jobs").mkdir()
-    for name in ("in.csv", "tonight.csv"):
-        pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]}).to_csv(
-            tmp_path / "data" / name, index=False)
-    (tmp_path / "data" / "reply.schema.json").write_text('{"type": "object"}')
     written = "data/in.csv" if key == "path" else "data/reply.schema.json"
-    inp = written if key == "path" else "../data/in.csv"
-    schema = f'schema_file = "{written}"\n' if key == "schema_file" else ""
-    (tmp_path / "jobs" / "job.toml").write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n'
-        f'[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {{text}}"\n{schema}'
-        '[endpoint]\nsimulator = true\n[output]\ndir = "../out"\n')
+    _job_with_a_path_from_the_cwd(tmp_path, key, written)
+    pd.DataFrame({"id": ["a", "b"], "text": ["one", "two"]}).to_csv(
+        tmp_path / "data" / "tonight.csv", index=False)
     given = "data/tonight.csv" if key == "path" else "data/reply.schema.json"
     code, out, err = cli(capsys, "run", "jobs/job.toml", option, given, "--progress", "none")
     assert code == 0, err
