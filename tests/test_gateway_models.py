@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pandas as pd
 import pytest
 from aiohttp import web
 
@@ -148,6 +149,16 @@ def claude_usage(usage: dict[str, Any]) -> Fault:
     return answer
 
 
+async def claude_rows(tmp_path: Path, usage: dict[str, Any]) -> pd.DataFrame:
+    """The results of two claude-opus-4-6 rows run through a gateway answering with ``usage``
+    (``claude_usage``), the run checked ok."""
+    inp = models_csv(tmp_path / "in.csv", ["claude-opus-4-6"] * 2)
+    async with FaultServer(claude_usage(usage)) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
+    assert s.exit_code == 0, s.stopped
+    return results(tmp_path)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("usage", [
     # The prompt's new tokens and the cache read apart (more of it than of them), as
@@ -178,11 +189,7 @@ async def test_claude_cache_reads_through_a_gateway_are_priced_as_cached(
     one. The cache read apart from prompt_tokens was clamped to it (100 tokens, all cached:
     $0.00130 where $0.00225 was billed), and Anthropic's field was not read (every prompt token
     at the input price: $0.00675)."""
-    inp = models_csv(tmp_path / "in.csv", ["claude-opus-4-6"] * 2)
-    async with FaultServer(claude_usage(usage)) as srv:
-        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
-    assert s.exit_code == 0, s.stopped
-    df = results(tmp_path)
+    df = await claude_rows(tmp_path, usage)
     assert df["prompt_tokens"].tolist() == [1100, 1100]
     assert df["cached_tokens"].tolist() == [1000, 1000]
     assert df["completion_tokens"].tolist() == [50, 50]
@@ -213,11 +220,7 @@ async def test_a_cache_read_smaller_than_the_prompt_counted_apart_is_added_to_it
     row had 1,000 prompt tokens, 600 of them cached, and cost $0.00455 where $0.00655 was
     billed. The total that adds the three, or Anthropic's input_tokens equal to prompt_tokens,
     says the read is apart."""
-    inp = models_csv(tmp_path / "in.csv", ["claude-opus-4-6"] * 2)
-    async with FaultServer(claude_usage(usage)) as srv:
-        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
-    assert s.exit_code == 0, s.stopped
-    df = results(tmp_path)
+    df = await claude_rows(tmp_path, usage)
     assert df["prompt_tokens"].tolist() == [1600, 1600]
     assert df["cached_tokens"].tolist() == [600, 600]
     assert df["total_tokens"].tolist() == [1650, 1650]
@@ -245,11 +248,7 @@ async def test_claude_cache_writes_are_priced_as_cache_writes_and_reported(
     Anthropic bills them at 1.25 and 2 times the input price. They were priced as plain input,
     or, counted apart from prompt_tokens as Anthropic counts them, not at all ($0.00625 a row
     where $0.08375 was billed), and no report showed them."""
-    inp = models_csv(tmp_path / "in.csv", ["claude-opus-4-6"] * 2)
-    async with FaultServer(claude_usage(usage)) as srv:
-        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model"))
-    assert s.exit_code == 0, s.stopped
-    df = results(tmp_path)
+    df = await claude_rows(tmp_path, usage)
     assert df["prompt_tokens"].tolist() == [11000, 11000]
     assert df["cache_write_tokens"].tolist() == [10000, 10000]
     assert df["total_tokens"].tolist() == [11050, 11050]
