@@ -123,15 +123,17 @@ class TokenBucket:
         # 6 to 60,000 a minute left each request waiting its 10 s).
         self._wake()
 
-    def has_capacity(self, n: float = 1.0) -> bool:
-        """Whether ``n`` units could be taken now without waiting."""
+    def can_take(self, n: float) -> bool:
+        """Whether ``n`` units are there now and nobody waits before."""
+        if self._queued:
+            return False
         self._refill()
         return self.level >= min(n, self.capacity)
 
     def take(self, n: float) -> bool:
         """Take ``n`` units if they are there now and nobody waits before: True, else False
         (nothing taken)."""
-        if self._queued or not self.has_capacity(n):
+        if not self.can_take(n):
             return False
         self.level -= n
         return True
@@ -142,11 +144,8 @@ class TokenBucket:
         return max(0.0, (min(n, self.capacity) - self.level) / self.rate)
 
     async def acquire(self, n: float) -> None:
-        if not self._queued:  # nobody waiting: take it at once if it is there
-            self._refill()
-            if self.level >= min(n, self.capacity):
-                self.level -= n
-                return
+        if self.take(n):  # nobody waiting, and it is there: at once
+            return
         self._queued += 1
         try:
             async with self._lock:  # first come, first served
@@ -382,14 +381,11 @@ class Limiter:
         if self._paused_until > time.monotonic():
             return False
         requests = self._requests or self._guess
-        if self._tokens is not None and (self._tokens._queued
-                                         or not self._tokens.has_capacity(tokens)):
+        if self._tokens is not None and not self._tokens.can_take(tokens):
             return False
         if requests is not None and not requests.take(1):
             return False
-        if self._tokens is not None:
-            self._tokens.level -= tokens
-        return True
+        return self._tokens is None or self._tokens.take(tokens)  # there: checked above
 
     def ready_in(self, tokens: int) -> float:
         """Seconds until ``take(tokens)`` could be True (0: it may be now)."""

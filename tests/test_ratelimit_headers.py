@@ -474,10 +474,10 @@ async def test_a_limiter_made_for_requests_already_going_out_starts_with_no_burs
     lim = Limiter(600, 6000, burst=False)
     assert lim._tokens is not None and lim._tokens.level == 0.0
     await lim.acquire(0)
-    assert lim._requests is not None and not lim._requests.has_capacity()
+    assert lim._requests is not None and not lim._requests.can_take(1)
     lim = Limiter(600, 6000)  # a job's own: its first second's worth at once
     await lim.acquire(0)
-    assert lim._requests is not None and lim._requests.has_capacity(9)
+    assert lim._requests is not None and lim._requests.can_take(9)
 
 
 # ----------------------------------------------------------------------------------------------
