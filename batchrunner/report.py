@@ -62,7 +62,8 @@ Top-level keys, in this order::
                       the part of cost_earlier_attempts_usd billed for rows still to do
     cost_complete     false when some row paid for has no cost (cost_unknown is not 0)
     pricing           {"library", "library_version", "units", "job_prices": [model, ...]}
-    by_model          {model: {"rows", "ok", "failed", tokens..., "tokens_reported_by_rows"
+    by_model          {model: {"rows", "ok", "failed", tokens... (cache_write_tokens
+                      among them), "tokens_reported_by_rows"
                       (as the top-level one, for the model's rows), "cost_usd" (null when
                       incomplete), "cost_known_usd", "unpriced_rows", "search_units",
                       "search_unpriced_rows", "search_requests", "search_request_unpriced_rows",
@@ -462,8 +463,13 @@ class OutcomeStats:
         unpriced_earlier: pa.ChunkedArray,
     ) -> None:
         group, models = group_codes(t["model"])
+        if "cache_write_tokens" in t.column_names:  # a journal written before it has nulls
+            written = t["cache_write_tokens"]
+        else:
+            written = pa.chunked_array([pa.nulls(t.num_rows, pa.int64())])
         columns = [is_ok, unpriced, *(t[c] for c in _TOKEN_COLUMNS), total,
-                   *(pc.is_valid(t[c]) for c in _DETAIL_COLUMNS), units,
+                   *(pc.is_valid(t[c]) for c in _DETAIL_COLUMNS), written,
+                   pc.is_valid(written), units,
                    pc.greater(units, scalar(0, pa.int64())), unpriced_search, requests,
                    unpriced_requests, unpriced_earlier]
         rows = np.bincount(group, minlength=len(models)).tolist()
@@ -836,8 +842,8 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
     groups = sorted(stats._models.items(), key=lambda kv: (-kv[1][0], kv[0] is None, kv[0] or ""))
     out: dict[str, dict[str, Any]] = {}
     for model, acc in groups:
-        (n, ok, unpriced, *tokens, total, cached_said, reasoning_said, units, _,
-         unpriced_search, requests, unpriced_requests, unpriced_earlier) = acc
+        (n, ok, unpriced, *tokens, total, cached_said, reasoning_said, written, written_said,
+         units, _, unpriced_search, requests, unpriced_requests, unpriced_earlier) = acc
         name = NO_VALUE if model is None else model
         price = None if model is None else prices.price(model)
         known = stats._cost_sum(partial(_of_model, model))
@@ -846,8 +852,10 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "ok": ok,
             "failed": n - ok,
             **dict(zip(_TOKEN_COLUMNS, tokens, strict=True)),
+            "cache_write_tokens": written,
             "total_tokens": total,
-            "tokens_reported_by_rows": {"cached": cached_said, "reasoning": reasoning_said},
+            "tokens_reported_by_rows": {"cached": cached_said, "reasoning": reasoning_said,
+                                        "cache_write": written_said},
             "cost_usd": None if unpriced else known,
             "cost_known_usd": known,
             "unpriced_rows": unpriced,

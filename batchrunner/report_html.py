@@ -222,6 +222,8 @@ def _header(report: Mapping[str, Any], title: str) -> str:
     cached = f"{short_number(_int(tokens.get('cached')))} cached"
     if not _said(report, "cached") and total:
         cached = "cached not reported"
+    if _wrote(report):
+        cached += f", {short_number(_int(tokens.get('cache_write')))} written to the cache"
     cards = [
         _card(
             "Rows",
@@ -272,6 +274,14 @@ def _said(entry: Mapping[str, Any], name: str) -> bool:
     return not isinstance(reported, Mapping) or reported.get(name) != 0
 
 
+def _wrote(entry: Mapping[str, Any]) -> bool:
+    """Whether some reply of the report's (or a model's) rows said how many prompt tokens it
+    wrote to the cache (Anthropic's cache_creation_input_tokens): only such servers' rows
+    show them."""
+    reported = entry.get("tokens_reported_by_rows")
+    return isinstance(reported, Mapping) and bool(reported.get("cache_write"))
+
+
 def _card(label: str, value: str, note: str, cls: str = "") -> str:
     return (
         f'<div class="card{cls}"><div class="label">{_e(label)}</div>'
@@ -302,9 +312,12 @@ def _model_table(report: Mapping[str, Any]) -> str:
     by_model = _by_model(report)
     if not by_model:
         return ""
+    wrote = _wrote(report)  # a column of cache writes where some reply said them
     head = (
         "<tr><th>Model</th><th class=n>Rows</th><th class=n>Ok</th><th class=n>Failed</th>"
-        "<th class=n>Prompt</th><th class=n>Cached</th><th class=n>Completion</th>"
+        "<th class=n>Prompt</th><th class=n>Cached</th>"
+        + ("<th class=n>Written to the cache</th>" if wrote else "")
+        + "<th class=n>Completion</th>"
         "<th class=n>Cost</th><th class=n>Price in / cached / out</th><th>Source</th></tr>"
     )
     body = []
@@ -315,8 +328,13 @@ def _model_table(report: Mapping[str, Any]) -> str:
             if not isinstance(p, Mapping)
             else f"{_num(p.get('input'))} / {_num(p.get('cached_input'))} / {_num(p.get('output'))}"
         )
+        if wrote and isinstance(p, Mapping) and p.get("cache_write") is not None:
+            price += f"; write {_num(p.get('cache_write'))}" + (
+                f", 1 h {_num(p.get('cache_write_1h'))}" if p.get("cache_write_1h") is not None
+                else "")
         cost = _model_cost(m)
         cached = _num(_int(m.get("cached_tokens"))) if _said(m, "cached") else "not reported"
+        written = (_num(_int(m.get("cache_write_tokens"))) if _wrote(m) else "not reported")
         body.append(
             "<tr>"
             f'<td class="model">{_e(_short(model, 60))}</td>'
@@ -325,7 +343,8 @@ def _model_table(report: Mapping[str, Any]) -> str:
             f"<td class=n>{_num(_int(m.get('failed')))}</td>"
             f"<td class=n>{_num(_int(m.get('prompt_tokens')))}</td>"
             f"<td class=n>{cached}</td>"
-            f"<td class=n>{_num(_int(m.get('completion_tokens')))}</td>"
+            + (f"<td class=n>{written}</td>" if wrote else "")
+            + f"<td class=n>{_num(_int(m.get('completion_tokens')))}</td>"
             f"<td class=n>{_e(cost)}</td>"
             f"<td class=n>{_e(price)}</td>"
             f"<td>{_e(m.get('price_source') or '')}</td>"
@@ -689,6 +708,7 @@ def _model_charts(report: Mapping[str, Any]) -> list[str]:
             for k in (
                 "prompt_tokens",
                 "cached_tokens",
+                "cache_write_tokens",
                 "completion_tokens",
                 "cost_known_usd",
                 "unpriced_rows",
@@ -703,12 +723,16 @@ def _model_charts(report: Mapping[str, Any]) -> list[str]:
     for model, m in items:
         prompt = _float(m.get("prompt_tokens")) or 0.0
         cached = min(_float(m.get("cached_tokens")) or 0.0, prompt)
+        written = min(_float(m.get("cache_write_tokens")) or 0.0, prompt - cached)
+        new = prompt - cached - written
         completion = _float(m.get("completion_tokens")) or 0.0
         token_rows.append(
             _Bar(
                 model,
                 [
-                    (prompt - cached, "b-prompt", f"{_num(int(prompt - cached))} uncached prompt"),
+                    (new, "b-prompt", f"{_num(int(new))} uncached prompt"
+                     + (" not written to the cache" if written else "")),
+                    (written, "b-written", f"{_num(int(written))} prompt written to the cache"),
                     (cached, "b-cached", f"{_num(int(cached))} cached prompt"),
                     (completion, "b-completion", f"{_num(int(completion))} completion"),
                 ],
@@ -731,7 +755,9 @@ def _model_charts(report: Mapping[str, Any]) -> list[str]:
     tokens = _figure(
         "Tokens by model",
         _legend(
-            [("b-prompt", "prompt"), ("b-cached", "cached prompt"), ("b-completion", "completion")]
+            [("b-prompt", "prompt"),
+             *([("b-written", "prompt written to the cache")] if _wrote(report) else []),
+             ("b-cached", "cached prompt"), ("b-completion", "completion")]
         ),
         _hbars("Tokens by model: prompt, cached prompt and completion", token_rows),
         "Reasoning tokens are part of completion tokens.",
@@ -1029,6 +1055,7 @@ svg .mark-label{font-size:11px;font-weight:600;stroke:none}
 .b-429{fill:var(--r429);background:var(--r429)}
 .b-lat{fill:#5b8fd1;background:#5b8fd1}.b-over{fill:#98a2b3;background:#98a2b3}
 .b-prompt{fill:#3b78c4;background:#3b78c4}.b-cached{fill:#9cc3ee;background:#9cc3ee}
+.b-written{fill:#1f4f8a;background:#1f4f8a}
 .b-completion{fill:#2f9e77;background:#2f9e77}
 .b-cost{fill:#7a5af8;background:#7a5af8}.b-partial{fill:#c4b5fd;background:#c4b5fd}
 .b-length{fill:var(--r429);background:var(--r429)}

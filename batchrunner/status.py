@@ -132,6 +132,13 @@ def format_status(out_dir: Path) -> str:
         cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
     cost += plus_earlier(state.earlier.usd, state.billed_to_do, state.to_do_earlier.usd)
     lines.append(f"  tokens {state.tokens:,}; cost so far {cost}")
+    # Of the prompt, the tokens read from the cache and written to it (Anthropic's cache
+    # writes, billed above the input price), where replies counted any.
+    cache = [f"{n:,} {what}" for n, what in (
+        (state.cached, "read from the cache"),
+        (state.written, "written to it" if state.cached else "written to the cache")) if n]
+    if cache:
+        lines.append(f"  of the prompt tokens, {' and '.join(cache)}")
     last = meta.get("last_run")
     changed, exact = recorded_changed_left(meta)
     if changed and not locked:
@@ -181,11 +188,13 @@ class _Tally:
     cost among the earlier attempts'."""
 
     COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
-               "completion_tokens", "search_units", "search_requests")
+               "completion_tokens", "search_units", "search_requests", "cached_tokens",
+               "cache_write_tokens")
 
     def __init__(self, *, times: bool) -> None:
         self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
         self.unpriced_requests = 0  # of search billed per request (search_requests)
+        self.cached = self.written = 0  # prompt tokens read from the cache and written to it
         self.cost = UsdSum()
         self.earlier = UsdSum()
         self.billed_to_do = 0  # rows whose latest record is ``retrying``
@@ -225,6 +234,8 @@ class _Tally:
         total = pc.coalesce(part["total_tokens"],
                             pc.add(part["prompt_tokens"], part["completion_tokens"]))
         self.tokens += pc.sum(total).as_py() or 0
+        self.cached += pc.sum(part["cached_tokens"]).as_py() or 0
+        self.written += pc.sum(part["cache_write_tokens"]).as_py() or 0
         if self.finished_at is not None:  # of rows finished: not of ``retrying`` records
             finished = pc.filter(part["finished_at"], pc.invert(is_value(part["status"],
                                                                          RETRYING)))

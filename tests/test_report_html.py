@@ -553,7 +553,7 @@ def test_cached_tokens_no_reply_gave_are_not_reported_not_zero(book: PriceBook) 
     t = table(silent)
     report = build_report(t, prices=book, job={"name": "nightly"}, wall_s=1.0)
     assert report["by_model"]["my-model"]["tokens_reported_by_rows"] == {
-        "cached": 0, "reasoning": 0}
+        "cached": 0, "reasoning": 0, "cache_write": 0}
     page = render_html(report, t)
     _, note = card(page, "Tokens")
     assert note == "2.4k prompt (cached not reported) · 360 completion"
@@ -568,3 +568,34 @@ def test_cached_tokens_no_reply_gave_are_not_reported_not_zero(book: PriceBook) 
     models = page[page.index("<caption>Prices in USD per 1M tokens"):]
     assert "<td class=n>2,400</td><td class=n>not reported</td>" in models
     assert "<td class=n>800</td><td class=n>0</td>" in models
+
+
+def test_prompt_tokens_written_to_the_cache_are_shown_where_cached_ones_are(
+        book: PriceBook) -> None:
+    """Claude's cache writes (cache_write_tokens, at 1.25 or 2 times the input price) are in
+    cost_report.md and the results: the page showed the cache reads alone. The tokens card,
+    the table of models (with the write prices) and the tokens chart show them now, for the
+    models whose replies counted them; a job with none has no such column."""
+    claude = PriceBook({"claude-x": ModelPrice(input=3.0, output=15.0, cached_input=0.3,
+                                               cache_write=3.75, cache_write_1h=6.0)})
+    rows = [ok_row(claude, f"c{i}", "claude-x", at=T0 + i, prompt=3000, completion=100,
+                   cached=1000) for i in range(2)]
+    for r in rows:
+        r.cache_write_tokens = 1500
+    rows.append(ok_row(claude, "g", "gpt-4o-mini", at=T0 + 3, prompt=500, completion=50))
+    page = page_of(rows, claude)
+    _, note = card(page, "Tokens")
+    assert note == "6.5k prompt (2k cached, 3k written to the cache) · 250 completion"
+    models = page[page.index("<caption>Prices in USD per 1M tokens"):]
+    assert "<th class=n>Cached</th><th class=n>Written to the cache</th>" in models
+    assert ("<td class=n>6,000</td><td class=n>2,000</td><td class=n>3,000</td>"
+            "<td class=n>200</td>") in models
+    assert "<td class=n>3 / 0.3 / 15; write 3.75, 1 h 6</td>" in models
+    assert "<td class=n>500</td><td class=n>0</td><td class=n>not reported</td>" in models
+    tokens = svgs(page)["Tokens by model: prompt, cached prompt and completion"]
+    assert "claude-x: 3,000 prompt written to the cache" in tokens
+    assert "claude-x: 1,000 uncached prompt not written to the cache" in tokens
+    assert '<i class="b-written"></i>prompt written to the cache' in page  # the legend
+
+    plain = page_of([ok_row(book, "a", "my-model", at=T0, cached=200)], book)
+    assert "written to the cache" not in plain and "Written to the cache" not in plain

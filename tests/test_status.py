@@ -106,3 +106,26 @@ def test_pace_of_a_run_restarted_within_the_second_leaves_out_the_last_runs_rows
             proc.kill()
     assert "30 of 40 rows finished" in status, status
     assert "the 10 rows to do would take" in status, status
+
+
+def test_status_shows_the_prompt_tokens_read_from_and_written_to_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claude's replies count the prompt tokens written to the cache (billed at 1.25 or 2 times
+    the input price) beside those read from it: status showed neither, where the reports show
+    both. It shows them now, as the report sums them; a job whose replies counted none (the
+    simulator's short prompts) has no such line."""
+    out = simulated_job(tmp_path, monkeypatch, 3)
+    assert "cache" not in format_status(out)
+    write_segment(Journal(out).directory, "seg-29990101T000000-ffffff-w0-000000.parquet",
+                  outcomes_table([
+                      Outcome(key=f"r{i}", status="ok", content="again", cost_usd=0.01,
+                              prompt_tokens=3000, completion_tokens=100, total_tokens=3100,
+                              cached_tokens=1000, cache_write_tokens=1500 + i,
+                              model="claude-sonnet-4-5", finished_at=time.time() + 1)
+                      for i in range(2)]))
+    shown = [x for x in format_status(out).splitlines() if "cache" in x]
+    assert shown == ["  of the prompt tokens, 2,000 read from the cache and 3,001 written to it"]
+    assert main(["report", "out"]) == 0
+    tokens = json.loads((out / "cost_report.json").read_text())["tokens"]
+    assert (tokens["cached"], tokens["cache_write"]) == (2000, 3001)
+    assert [x for x in format_status(out).splitlines() if "cache" in x] == shown  # compacted
