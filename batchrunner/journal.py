@@ -71,6 +71,9 @@ from batchrunner.records import (
 __all__ = ["ROW_GROUP_ROWS", "Fresh", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
 
 SEGMENT_GLOB = "seg-*.parquet"
+# What a reply's cost is priced from, as a record keeps it (``Journal.price_unpriced``).
+PRICED_FROM = ("model", "cost_usd", "prompt_tokens", "completion_tokens", "cached_tokens",
+               "cache_write_tokens", "search_units", "search_requests", "attempts")
 ROW_GROUP_ROWS = 16_384
 _GATHER_ROWS = 16_384  # records copied at a time while compacting (a row group)
 _INDEX_ROWS = 65_536  # records ranked at a time while compacting
@@ -390,6 +393,40 @@ class Journal:
                               if m)
             return models
         return frozenset(_listed_again(read))
+
+    def price_unpriced(self, price: Callable[[dict[str, Any]], float | None],
+                       run_id: str) -> int:
+        """Give a cost to the rows answered without one that ``price`` now prices (a price set
+        in the job since: a search price, or the model's): each latest outcome with no
+        ``cost_usd``, its usage recorded and from its row's one try (``attempts`` 1: were an
+        earlier try billed at a cost not known, its usage is not recorded), for which ``price``
+        of its ``PRICED_FROM`` values is not None, is written again with that cost, as it was
+        otherwise (its ``finished_at`` too: the new segment sorts after the old ones, so it
+        wins). The results, reports, ``status`` and the budget all read the costs here, so
+        they agree. Returns how many rows were priced so."""
+        priced: dict[str, float] = {}
+        two = scalar(2, pa.int64())
+        for part in self.iter_latest(PRICED_FROM):
+            wanted = pc.and_(pc.and_(pc.is_null(part["cost_usd"]),
+                                     pc.less(part["attempts"], two)),
+                             pc.and_(pc.is_valid(part["prompt_tokens"]),
+                                     pc.is_valid(part["completion_tokens"])))
+            wanted = pc.and_(wanted, pc.invert(is_value(part["status"], RETRYING)))
+            for record in pc.filter(part, pc.fill_null(wanted, scalar(False, pa.bool_()))
+                                    ).to_pylist():
+                if (cost := price(record)) is not None:
+                    priced[record["key"]] = cost
+        if not priced:
+            return 0
+        keys = string_array(list(priced))
+        records = pa.concat_tables(
+            [pc.filter(part, pc.is_in(part["key"], value_set=keys))
+             for part in self.iter_latest()])
+        costs = float64_array(np.array([priced[k] for k in records["key"].to_pylist()]))
+        i = records.schema.get_field_index("cost_usd")
+        write_segment(self.directory, f"seg-{run_id}-priced-000000.parquet",
+                      records.set_column(i, OUTCOME_SCHEMA.field(i), costs))
+        return len(priced)
 
     def iter_latest(self, columns: Iterable[str] | None = None) -> Iterator[pa.Table]:
         """What ``read`` gives, a table at a time: a row group at a time when the journal is one

@@ -309,14 +309,41 @@ class PriceBook:
         close = difflib.get_close_matches(model.strip().lower(), names, n=3, cutoff=0.9)
         return [names[name] for name in close]
 
+    def recorded_cost(self, record: Mapping[str, Any]) -> float | None:
+        """What a reply cost at the job's own prices, from its usage as the journal records it
+        (``model``, the token counts, ``search_units``, ``search_requests``); ``None`` when the
+        job does not price its model (the library is not asked), or the price does not tell
+        the cost exactly from the record: cache writes of a model whose 1-hour writes are
+        priced apart (the record keeps their sum only), or search with no price."""
+        model = record.get("model")
+        if not model or self._job_name(model) is None:
+            return None
+        written = record.get("cache_write_tokens")
+        price = self.price(model)
+        if written and price is not None and price.cache_write_1h is not None and (
+                price.cache_write_1h != price.cache_write):
+            return None
+        return self.cost(model, prompt_tokens=record.get("prompt_tokens"),
+                         completion_tokens=record.get("completion_tokens"),
+                         cached_tokens=record.get("cached_tokens"),
+                         sources=record.get("search_units"),
+                         search_requests=record.get("search_requests"),
+                         cache_write_tokens=written)
+
+    def _job_name(self, model: str) -> str | None:
+        """The name in the job's ``[prices]`` that prices ``model``: the same, a dated snapshot
+        of it, or a gateway's name of either (``_another_name``); ``None`` if none does."""
+        if model in self._overrides:
+            return model
+        if (snapshot := _SNAPSHOT.fullmatch(model)) and snapshot[1] in self._overrides:
+            return snapshot[1]
+        return self._another_name(model) if self._plain else None
+
     def _resolve(self, model: str) -> None:
         price: ModelPrice | None
-        if model in self._overrides:
-            price, source = self._overrides[model], SOURCE_JOB
-        elif (snapshot := _SNAPSHOT.fullmatch(model)) and snapshot[1] in self._overrides:
-            price, source = self._overrides[snapshot[1]], f"{SOURCE_JOB} ({snapshot[1]})"
-        elif self._plain and (named := self._another_name(model)) is not None:
-            price, source = self._overrides[named], f"{SOURCE_JOB} ({named})"
+        if (named := self._job_name(model)) is not None:
+            price = self._overrides[named]
+            source = SOURCE_JOB if named == model else f"{SOURCE_JOB} ({named})"
         else:
             entry = self._answer(lambda a: a.prices, model, lambda: _library_entry(model))
             price, source = entry if entry is not None else (None, SOURCE_UNKNOWN)

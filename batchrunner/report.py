@@ -695,10 +695,10 @@ def build_report(
                     f"tokens ({_num(entry['search_units'])} search units in all: sources or web "
                     "searches)")
             if "search_unit" in price or "web_search" in price:
-                # Priced since: a row's cost is what it was priced at when it was answered.
+                # Priced since, but not of this row: a run prices such rows where it can.
                 warnings.append(
-                    f"{used} when it had no price, cost not counted (the search price set "
-                    "since prices the rows answered after it)")
+                    f"{used} when it had no price, cost not counted (a run with the search "
+                    f"price set since {_SINCE})")
             else:
                 warnings.append(
                     f"{used} with no price known for it, cost not counted; set search_unit "
@@ -713,8 +713,8 @@ def build_report(
                     "(a search model, web_search_options, a Google Search tool, enable_search)")
             if "search_request" in price:
                 warnings.append(
-                    f"{used} when it had no price, cost not counted (the search price set "
-                    "since prices the rows answered after it)")
+                    f"{used} when it had no price, cost not counted (a run with the search "
+                    f"price set since {_SINCE})")
             else:
                 warnings.append(
                     f"{used} with no price known for it, cost not counted; set search_request "
@@ -869,6 +869,11 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "price": None if price is None else price.as_dict(),
         }
     return out
+
+
+# Why a row answered before its search price was set still has no cost once it is set.
+_SINCE = ("prices a row answered before it from its one try's usage; a row tried more than "
+          "once may have had an earlier try billed, which the journal does not record")
 
 
 def unpriced_causes(by_model: Mapping[str, Mapping[str, Any]]) -> str:

@@ -455,6 +455,9 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         journal.remove_temp_files()
         io.remove_stale_temp_files(out_dir)
     journal.check()
+    if tidy and old_meta is not None and old_meta.get("prices") != job.prices:
+        # Prices set since the rows were answered: those that had none have a cost now.
+        journal.price_unpriced(prices.recorded_cost, new_run_id())
     order = InputOrder(source, key_column, total, fingerprint, index)
     # The rows done are compared with the input's (row_hash) unless the last run left them
     # all matching this very input (job.json's rows_checked): after the input changed, and

@@ -614,3 +614,29 @@ def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert pricing._cache_path() == home_cache
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert pricing._cache_path() == home_cache
+
+
+def test_a_recorded_reply_is_priced_again_at_the_jobs_prices_only_where_exact(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a run prices the rows answered before their price was set with: a journal record's
+    usage at the job's own price (a dated snapshot of the name too), as the reply was priced;
+    never at the library's (not asked), nor where the record does not tell the cost: cache
+    writes of a model whose 1-hour writes are priced apart (the record keeps their sum)."""
+    monkeypatch.setattr(pricing, "_library", lambda: pytest.fail("the library was asked"))
+    book = PriceBook(parse_price_table({
+        "grok-4": {"input": 3.0, "output": 15.0, "search_unit": 0.025},
+        "claude-gw": {"input": 4.0, "output": 20.0, "cache_write": 5.0, "cache_write_1h": 8.0},
+        "claude-5m": {"input": 4.0, "output": 20.0, "cache_write": 5.0}}, where="job.toml"))
+    record = {"model": "grok-4-0709", "prompt_tokens": 1_000, "completion_tokens": 100,
+              "cached_tokens": 200, "cache_write_tokens": None, "search_units": 4,
+              "search_requests": None}
+    assert book.recorded_cost(record) == pytest.approx(
+        (800 * 3 + 200 * 3 + 100 * 15) / 1e6 + 4 * 0.025)
+    assert book.recorded_cost({**record, "model": "gpt-4o-mini"}) is None  # not the job's
+    assert book.recorded_cost({**record, "model": None}) is None
+    written = {**record, "search_units": None, "cache_write_tokens": 500}
+    assert book.recorded_cost({**written, "model": "claude-gw"}) is None
+    assert book.recorded_cost({**written, "model": "claude-5m"}) == pytest.approx(
+        (300 * 4 + 200 * 4 + 500 * 5 + 100 * 20) / 1e6)
+    assert book.recorded_cost({**written, "model": "claude-gw", "cache_write_tokens": 0}) == (
+        pytest.approx((1_000 * 4 + 100 * 20) / 1e6))

@@ -19,6 +19,7 @@ from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
+from batchrunner.report import format_usd
 from batchrunner.runner import RunSummary, format_summary
 from batchrunner.simulator import Simulator, SimulatorConfig
 from tests.test_reply_fields import (
@@ -301,22 +302,65 @@ def test_the_estimate_of_a_batch_file_warns_of_its_rows_search(
             '[prices."gpt-4o-mini-search-preview"]') in out
 
 
+# Rows answered before search_unit was set: two in one try, one after a 503 (a try whose billing
+# the journal does not record), and one without search.
+BEFORE_THE_PRICE = [*SEARCH_TEXTS, "sports [[sim:503*1]][[sim:citations]]"]
+TOKEN_PRICE = "input = 3.0\noutput = 15.0"
+
+
 @pytest.mark.anyio
 async def test_once_search_is_priced_the_report_no_longer_asks_to_price_it(
         tmp_path: Path) -> None:
-    """The budget stop says to set search_unit; once set, the rows answered before it keep no
-    cost, and the report says why rather than ask for the price the job now has."""
-    tokens = "input = 3.0\noutput = 15.0"
+    """The budget stop says to set search_unit; once set, the report does not ask for the price
+    the job now has, and says why the row it still cannot price has no cost."""
     async with Simulator(SimulatorConfig()) as sim:
-        await run(search_job(tmp_path, sim.base_url, "grok-4", tokens))
+        await run(search_job(tmp_path, sim.base_url, "grok-4", TOKEN_PRICE,
+                             texts=BEFORE_THE_PRICE))
         again = await run(search_job(tmp_path, sim.base_url, "grok-4",
-                                     tokens + "\nsearch_unit = 0.025"))
-    assert again.sent == 0 and again.cost_unknown == 2
+                                     TOKEN_PRICE + "\nsearch_unit = 0.025",
+                                     texts=BEFORE_THE_PRICE))
+    assert again.sent == 0 and again.cost_unknown == 1
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
-    assert report["cost_complete"] is False  # still unknown: never re-derived
+    assert report["cost_complete"] is False  # the row tried twice: not priced since
     (warning,) = [w for w in report["warnings"] if "search" in w]
-    assert "when it had no price, cost not counted (the search price set since" in warning
+    assert "1 row used search" in warning and "when it had no price, cost not counted" in warning
     assert "set search_unit" not in warning
+
+
+@pytest.mark.anyio
+async def test_rows_answered_before_their_search_price_was_set_are_priced_by_the_next_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job answered with no search_unit, then rerun once it is set: the rows answered before
+    kept no cost, so the results, the reports, status and the next run's budget left their
+    search and tokens out of the job's cost. The rerun prices each from its usage as the
+    journal records it, where one try made the row (the row tried after a 503 may have had an
+    earlier try billed, which the journal does not record: its cost stays unknown), and all
+    four read that cost."""
+    async with Simulator(SimulatorConfig()) as sim:
+        first = await run(search_job(tmp_path, sim.base_url, "grok-4", TOKEN_PRICE,
+                                     texts=BEFORE_THE_PRICE))
+        assert first.cost_unknown == 3
+        again = await run(search_job(tmp_path, sim.base_url, "grok-4",
+                                     TOKEN_PRICE + "\nsearch_unit = 0.025",
+                                     texts=BEFORE_THE_PRICE))
+        assert again.sent == 0 and again.cost_unknown == 1
+        df = results(tmp_path)
+        tokens = (df["prompt_tokens"] * 3.0 + df["completion_tokens"] * 15.0) / 1_000_000
+        searched = (df["cost_usd"] - tokens).round(9)
+        assert searched.tolist()[:3] == [0.05, 0.025, 0.0] and pd.isna(df["cost_usd"].iloc[3])
+        report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+        assert report["cost_usd"] == pytest.approx(df["cost_usd"].sum())
+        assert f"cost: {format_usd(report['cost_usd'])} for the job" in format_summary(again)
+        assert main(["status", str(tmp_path / "out")]) == 0
+        shown = f"cost so far {format_usd(report['cost_usd'])} (plus 1 row without a cost"
+        assert shown in capsys.readouterr().out
+        # The budget holds what the job has cost: a new row could pass a budget of that much.
+        stopped = await run(search_job(tmp_path, sim.base_url, "grok-4",
+                                       TOKEN_PRICE + "\nsearch_unit = 0.025",
+                                       texts=[*BEFORE_THE_PRICE, "one more"],
+                                       max_cost_usd=report["cost_usd"] + 1e-6))
+    assert stopped.sent == 0 and stopped.exit_code == 4
+    assert f"({format_usd(report['cost_usd'])} spent when it stopped)" in str(stopped.stopped)
 
 
 @pytest.mark.anyio
@@ -683,15 +727,16 @@ async def test_the_first_requests_in_flight_hold_their_search_fee(tmp_path: Path
 @pytest.mark.anyio
 async def test_the_summary_names_search_answered_before_its_price_was_set(
         tmp_path: Path) -> None:
-    """A rerun after search_unit was added to [prices]: the rows answered before it keep no
-    cost, and the summary, which named what to set the first time, then said only "see
-    report". It says why their cost stays unknown."""
+    """A rerun after search_unit was added to [prices]: a row answered before it that it cannot
+    price (tried twice) keeps no cost, and the summary, which named what to set the first time,
+    then said only "see report". It says why its cost stays unknown."""
     async with Simulator(SimulatorConfig()) as sim:
-        first = await run(search_job(tmp_path, sim.base_url, "grok-4",
-                                     "input = 3.0\noutput = 15.0"))
+        first = await run(search_job(tmp_path, sim.base_url, "grok-4", TOKEN_PRICE,
+                                     texts=BEFORE_THE_PRICE))
         again = await run(search_job(tmp_path, sim.base_url, "grok-4",
-                                     "input = 3.0\noutput = 15.0\nsearch_unit = 0.025"))
+                                     TOKEN_PRICE + "\nsearch_unit = 0.025",
+                                     texts=BEFORE_THE_PRICE))
     assert 'set search_unit under [prices."grok-4"] in a job file' in format_summary(first)
-    assert again.cost_unknown == 2
-    assert ("2 rows without a cost (search answered before its price was set, by grok-4)"
+    assert again.cost_unknown == 1
+    assert ("1 row without a cost (search answered before its price was set, by grok-4)"
             in format_summary(again)), format_summary(again)
