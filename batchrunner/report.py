@@ -1204,17 +1204,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if by_model:
         body = []
         for model, m in by_model.items():
-            p = m.get("price")
-            price = (
-                "unknown"
-                if not p
-                else f"{_num(p['input'])} / {_num(p['cached_input'])} / {_num(p['output'])}"
-            )
-            per_unit = (p or {}).get("search_unit", (p or {}).get("web_search"))
-            if per_unit is not None:
-                price += f" + {_num(per_unit)} a search unit"
-            if (per_request := (p or {}).get("search_request")) is not None:
-                price += f" + {_num(per_request)} a search request"
+            price = _model_price(m)
             body.append(
                 [
                     model,
@@ -1249,6 +1239,26 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if warnings:
         out += ["## Warnings", "", *(f"- {_md(w)}" for w in warnings), ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _model_price(m: Mapping[str, Any]) -> str:
+    """A model's price as the reports show it: input / cached / output (USD per 1M tokens),
+    the cache-write prices where its rows wrote to the cache, and search's (USD each)."""
+    p = m.get("price")
+    if not isinstance(p, Mapping):
+        return "unknown"
+    price = f"{_num(p.get('input'))} / {_num(p.get('cached_input'))} / {_num(p.get('output'))}"
+    write = p.get("cache_write", p.get("input"))
+    if m.get("cache_write_tokens") and write is not None:
+        hour = p.get("cache_write_1h", write)
+        price += f" + {_num(write)} written to the cache" + (
+            f" ({_num(hour)} kept an hour)" if hour != write else "")
+    per_unit = p.get("search_unit", p.get("web_search"))
+    if per_unit is not None:
+        price += f" + {_num(per_unit)} a search unit"
+    if (per_request := p.get("search_request")) is not None:
+        price += f" + {_num(per_request)} a search request"
+    return price
 
 
 def _model_cost(m: Mapping[str, Any]) -> str:

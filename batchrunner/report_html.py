@@ -49,6 +49,7 @@ from batchrunner.report import (
     _counted,
     _duration,
     _model_cost,
+    _model_price,
     _num,
     count_rows,
     format_ms,
@@ -322,16 +323,7 @@ def _model_table(report: Mapping[str, Any]) -> str:
     )
     body = []
     for model, m in list(by_model.items())[:50]:
-        p = m.get("price")
-        price = (
-            "unknown"
-            if not isinstance(p, Mapping)
-            else f"{_num(p.get('input'))} / {_num(p.get('cached_input'))} / {_num(p.get('output'))}"
-        )
-        if wrote and isinstance(p, Mapping) and p.get("cache_write") is not None:
-            price += f"; write {_num(p.get('cache_write'))}" + (
-                f", 1 h {_num(p.get('cache_write_1h'))}" if p.get("cache_write_1h") is not None
-                else "")
+        price = _model_price(m)
         cost = _model_cost(m)
         cached = _num(_int(m.get("cached_tokens"))) if _said(m, "cached") else "not reported"
         written = (_num(_int(m.get("cache_write_tokens"))) if _wrote(m) else "not reported")

@@ -590,7 +590,7 @@ def test_prompt_tokens_written_to_the_cache_are_shown_where_cached_ones_are(
     assert "<th class=n>Cached</th><th class=n>Written to the cache</th>" in models
     assert ("<td class=n>6,000</td><td class=n>2,000</td><td class=n>3,000</td>"
             "<td class=n>200</td>") in models
-    assert "<td class=n>3 / 0.3 / 15; write 3.75, 1 h 6</td>" in models
+    assert "<td class=n>3 / 0.3 / 15 + 3.75 written to the cache (6 kept an hour)</td>" in models
     assert "<td class=n>500</td><td class=n>0</td><td class=n>not reported</td>" in models
     tokens = svgs(page)["Tokens by model: prompt, cached prompt and completion"]
     assert "claude-x: 3,000 prompt written to the cache" in tokens
@@ -599,3 +599,36 @@ def test_prompt_tokens_written_to_the_cache_are_shown_where_cached_ones_are(
 
     plain = page_of([ok_row(book, "a", "my-model", at=T0, cached=200)], book)
     assert "written to the cache" not in plain and "Written to the cache" not in plain
+
+
+def test_the_prices_on_the_page_and_in_the_markdown_price_all_a_models_cost(
+        book: PriceBook) -> None:
+    """A finance reader checks each model's cost against its price: the page showed the token
+    prices alone, so a Grok row's $0.1280 (its sources at $0.025 each) read against 3 / 3 / 15,
+    and the Markdown left out the cache-write prices of a model whose rows wrote to the cache.
+    Both show the same price now: tokens, cache writes where there were any, search."""
+    prices = PriceBook({
+        "grok-x": ModelPrice(input=3.0, output=15.0, search_unit=0.025),
+        "claude-x": ModelPrice(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75,
+                               cache_write_1h=6.0, search_unit=0.01),
+        "search-x": ModelPrice(input=2.5, output=10.0, search_request=0.03)})
+    rows = [ok_row(prices, "g", "grok-x", at=T0), ok_row(prices, "c", "claude-x", at=T0 + 1),
+            ok_row(prices, "c2", "claude-x", at=T0 + 2),
+            ok_row(prices, "s", "search-x", at=T0 + 3)]
+    rows[1].cache_write_tokens = 100
+    t = table(rows)
+    report = build_report(t, prices=prices, job={"name": "nightly"}, wall_s=1.0)
+    page, md = render_html(report, t), render_markdown(report)
+    shown = {"grok-x": "3 / 3 / 15 + 0.025 a search unit",
+             "claude-x": "3 / 0.3 / 15 + 3.75 written to the cache (6 kept an hour) + 0.01 a "
+                         "search unit",
+             "search-x": "2.5 / 2.5 / 10 + 0.03 a search request"}
+    for model, price in shown.items():
+        assert f"<td class=n>{price}</td>" in page, model
+        (line,) = [x for x in md.splitlines() if x.startswith(f"| {model} ")]
+        assert f"| {price} " in line, line
+    # No cache writes: no cache-write price, whatever the model's price has.
+    rows[1].cache_write_tokens = None
+    t = table(rows)
+    page = render_html(build_report(t, prices=prices, job={"name": "nightly"}, wall_s=1.0), t)
+    assert "<td class=n>3 / 0.3 / 15 + 0.01 a search unit</td>" in page
