@@ -1067,6 +1067,7 @@ class ChatClient:
                     error.message += (f" — the endpoint serves {shown}: set "
                                       f"{self._model_setting} to one of them")
                     error.args = (error.message,)
+                    error.model_not_served = True
             raise error
         hdrs = _ratelimit_headers(headers)
         if stream is None and raw.removeprefix(_BOM).lstrip()[:5] == b"data:":

@@ -1862,6 +1862,14 @@ class _Run:
                 self._refund(item, charge)
                 if self.drop_simulated:
                     return None, None  # left to do
+                if e.model_not_served and not self.models_vary:
+                    # The job's one model is not among those the endpoint serves (a box
+                    # restarted under another --served-model-name): every row would fail so.
+                    # Stopped at the first such answer, no row failed: the rerun with the
+                    # right name sends them all.
+                    self._answered(sent_at)
+                    self.stop(StopJob(f"{e.message}, then rerun (no row was failed for it)"))
+                    return None, None
                 self.errors_seen[e.error_type] += 1
                 # A gateway's 502/503/504 while rows are left to start, or before any answer:
                 # the server behind it may be away (restarting, still loading its model), as

@@ -193,6 +193,52 @@ async def test_a_model_name_the_server_does_not_serve_names_the_ones_it_does(
     assert not leaks_in_files(tmp_path / "out")
 
 
+def served_only(model: str, asked: dict[str, int]) -> Any:
+    """A vLLM server serving ``model`` only: its /v1/models lists it, a chat request for
+    another name is answered 404 "The model `name` does not exist." (``asked`` counts both)."""
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/v1/models":
+            asked["models"] += 1
+            return web.json_response({"object": "list", "data": [
+                {"id": model, "object": "model", "owned_by": "vllm", "root": model,
+                 "max_model_len": 8192}]})
+        asked["chat"] += 1
+        body = json.loads(await request.read())
+        if body["model"] != model:
+            return vllm_error(404, f"The model `{body['model']}` does not exist.",
+                              "NotFoundError")
+        return web.json_response(vllm_reply(body, ANSWER))
+    return handle
+
+
+@pytest.mark.anyio
+async def test_a_model_the_server_does_not_serve_stops_the_job_with_no_row_failed(
+        tmp_path: Path) -> None:
+    """A colleague restarted the box under another --served-model-name: the night's job asking
+    for the old name failed its first 20 rows and more (every request in flight: 51 of 300 in
+    a real run) before the stop, and the rerun with the right name sent only the rows not
+    failed, the failed ones waiting for --retry-failed. A 404 saying the model does not exist,
+    where the endpoint's /v1/models lists others, now stops the job at that answer, naming
+    what it serves, no row failed: the rerun with the right name sends every row."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(300)])
+    asked = {"chat": 0, "models": 0}
+    runner, port = await serve_on_loopback(served_only(MODEL, asked))
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        s = await run(job_for(tmp_path, url, inp, model="qwen3"))
+        assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (0, 0, 300)
+        assert s.stopped is not None and s.stopped.startswith(
+            "The model `qwen3` does not exist. — the endpoint serves Qwen/Qwen3-8B: set the "
+            "job's model to one of them")
+        assert asked["chat"] <= 8 and asked["models"] == 1  # the first answers, at concurrency 8
+        assert not results(tmp_path)["status"].notna().any()
+        s = await run(job_for(tmp_path, url, inp, model=MODEL), max_attempts=3)
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 0 and s.ok == 300
+    assert not leaks_in_files(tmp_path / "out")
+
+
 @pytest.mark.anyio
 async def test_the_simulator_answers_one_batch_at_a_time_as_a_gpu_server_does(
         tmp_path: Path) -> None:
