@@ -19,6 +19,7 @@ __all__ = [
     "NullProgress",
     "Progress",
     "TqdmProgress",
+    "duration",
     "leave_terminal",
     "make_progress",
     "output_lost",
@@ -45,6 +46,9 @@ class Counts:
     unreachable_s: float = 0.0  # how long no request could connect (none answered since)
     unreachable_by: str = ""  # a gateway's latest answer meanwhile ("HTTP 503: ..."), if any
     outage_s: float = 0.0  # how long the job waits out such answers before it stops
+    # Refused connections too are waited out (outage_s): the endpoint answered in this run or
+    # an earlier one. Else a row's attempts refused stop the job.
+    connect_wait: bool = False
     concurrency: int = 0  # lowered to this many in flight (0: not lowered), from ...
     concurrency_from: int = 0  # ... this many, because ...
     concurrency_why: str = ""  # ... of this ("3 requests timed out while 29 were answered")
@@ -109,12 +113,14 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
                      f"starts only as one of the {c.rows_out:,} started finishes)")
     if c.unreachable_s >= 1:  # a run that looks stuck is waiting for the endpoint
         if c.unreachable_by:  # its gateway answers for it: say what, not "no connection"
-            limit = f"; the job stops after {_duration(c.outage_s)} of these" \
+            limit = f"; the job stops after {duration(c.outage_s)} of these" \
                 if c.outage_s else ""
             parts.append(f"(no answer from the endpoint for {c.unreachable_s:.0f} s, only "
                          f"its gateway's {_printable(c.unreachable_by, 120)}{limit})")
         else:
-            parts.append(f"(no connection to the endpoint for {c.unreachable_s:.0f} s)")
+            limit = (f"; the job waits {duration(c.outage_s)} for it to come back, then stops"
+                     if c.outage_s and c.connect_wait else "")
+            parts.append(f"(no connection to the endpoint for {c.unreachable_s:.0f} s{limit})")
     return " ".join(parts)
 
 
@@ -153,7 +159,7 @@ def _printable(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """``5 min``, ``90 s``, ``1.5 s``."""
     if seconds >= 120 and seconds % 60 == 0:
         return f"{seconds / 60:.0f} min"

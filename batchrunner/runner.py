@@ -93,7 +93,14 @@ from batchrunner.journal import Fresh, Journal, JournalWriter, Latest, new_run_i
 from batchrunner.limiter import Limiter, reported_limits
 from batchrunner.pricing import PriceBook, parse_price_table, search_requested
 from batchrunner.pricing import preload as preload_prices
-from batchrunner.progress import Counts, Progress, leave_terminal, make_progress, say
+from batchrunner.progress import (
+    Counts,
+    Progress,
+    duration,
+    leave_terminal,
+    make_progress,
+    say,
+)
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
     changed_warning,
@@ -367,6 +374,12 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _endpoint_id(url: str) -> str:
+    """What job.json records of the endpoint that answered a run (``answered_endpoint``): a
+    hash of its URL, which may hold a secret."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
 def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     """Check the job, input, output directory and journal; raise UsageError on anything wrong.
 
@@ -445,6 +458,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 meta[key] = old_meta[key]
         if isinstance(old_meta.get("answered_models"), list):  # kept if this run is killed
             meta["answered_models"] = old_meta["answered_models"]
+        if isinstance(old_meta.get("answered_endpoint"), str):  # the same (see _endpoint_id)
+            meta["answered_endpoint"] = old_meta["answered_endpoint"]
     elif journal.segments():
         raise JournalError(
             f"{out_dir} holds a journal but no job.json (deleted, or not a batchrunner output "
@@ -1322,6 +1337,13 @@ class _Run:
         self.probing = False  # a probe is out (or waiting out the pause to be sent)
         self.turned_away_at = -math.inf  # the latest such answer (_turned_away)
         self.outage_s = options.outage_s
+        # The endpoint answered an earlier run of the job (job.json's answered_endpoint): its
+        # refused connections before any answer in this run are a server coming up (a GPU box
+        # rebooted, vLLM still loading its model, which refuses connections meanwhile), waited
+        # for as an outage is (outage_s), not a wrong URL or port, which stops the job after
+        # a row's attempts.
+        self.answered_before = client is not None and plan.job_meta.get(
+            "answered_endpoint") == _endpoint_id(client.url)
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
         # Too many in flight for the server (``_queued_too_long``): the concurrency at most,
@@ -1916,11 +1938,12 @@ class _Run:
                         self.counters["retries"] += 1
                         return None, backoff(item.refusals, self.policy, e.retry_after,
                                              self.rng)
-                elif e.error_type == "connection_error" and self.last_answer > -math.inf:
-                    # The endpoint answered in this run, so it is there: a restart or a network
-                    # blip is ridden out, and the request, which reached no server, is not a
-                    # try of the row. Only a row refused again and again while others are
-                    # answered fails (one server of several down, say).
+                elif e.error_type == "connection_error" and (
+                        self.last_answer > -math.inf or self.answered_before):
+                    # The endpoint answered in this run (or an earlier one), so it is there: a
+                    # restart or a network blip is ridden out, and the request, which reached
+                    # no server, is not a try of the row. Only a row refused again and again
+                    # while others are answered fails (one server of several down, say).
                     item.attempts -= 1
                     if self._outage_over(item):
                         self._unreachable(item, e, self.outage_from)
@@ -2181,6 +2204,10 @@ class _Run:
         if self.last_answer > -math.inf:
             what = (f"{item.streak} attempts at {self.plan.row(item.key)}, no answer to any "
                     "request since it last answered")
+        elif self.answered_before and e.status is None:
+            what = (f"{item.streak} attempts at {self.plan.row(item.key)}, no answer to any "
+                    "request since the run began; it answered an earlier run of the job, so "
+                    f"it was waited for, {duration(self.outage_s)} at most")
         else:
             what = (f"{item.attempts} attempts at {self.plan.row(item.key)}, no answer to any "
                     "request meanwhile")
@@ -2647,6 +2674,7 @@ class _Run:
             self.flush_wanted = anyio.Event()
             self._show_pause()
             self.counts.unreachable_s = self._unreachable_s()
+            self.counts.connect_wait = self.answered_before or self.last_answer > -math.inf
             self.counts.unreachable_by = self.refused_by
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes
             rows = journal.take()
@@ -2901,6 +2929,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
             plan.job_meta["timed_run"] = {"run_id": run_id, "wall_s": round(summary.wall_s, 3),
                                           "counters": counters}
+        if run.last_answer > -math.inf:  # its refusals are waited for next time (_Run)
+            plan.job_meta["answered_endpoint"] = _endpoint_id(client.url)
         if run.answered_models:  # as the rows asked for them, for the next run (see Plan)
             plan.job_meta["answered_models"] = sorted(run.answered_models)[:MAX_MODELS_KEPT]
         _settle_batch_checks(plan)

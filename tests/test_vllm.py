@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pandas as pd
 import pytest
 from aiohttp import web
@@ -16,9 +19,21 @@ from aiohttp import web
 from batchrunner.client import _thought_apart
 from batchrunner.config import load_job
 from batchrunner.errors import ConfigError
+from batchrunner.progress import Counts, _postfix
+from batchrunner.runner import RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, add_arguments, config_from_args
 from tests.servers import serve_on_loopback
-from tests.test_faults import FaultServer, job_for, make_csv, results, run, sse
+from tests.test_faults import (
+    RUN_LIMIT_S,
+    FaultServer,
+    closed_port,
+    job_for,
+    make_csv,
+    options,
+    results,
+    run,
+    sse,
+)
 from tests.test_secrets import leaks_in_files
 
 KEY = "sk-test-vllm-SECRET-a81c3e"  # the needle test_secrets.leaks_in_files looks for
@@ -257,3 +272,68 @@ async def test_the_simulator_answers_one_batch_at_a_time_as_a_gpu_server_does(
         stats = sim.stats()
     assert s.exit_code == 0 and s.ok == 30
     assert stats["running_peak"] == 3 and stats["queued"] > 0
+
+
+async def cron_start_while_loading(tmp_path: Path, up_after_s: float | None,
+                                   outage_s: float = 300.0) -> tuple[RunSummary, float]:
+    """Last night's run answered (its first 10 rows, by --limit); tonight's starts while the
+    box is rebooting: its port refuses connections, as vLLM's does while it loads its model,
+    and it comes up ``up_after_s`` later (None: never). Tonight's summary, and how long it
+    ran."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(60)])
+    port = closed_port()
+    sim = Simulator(SimulatorConfig(latency_ms=5), port=port)
+    job = job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=MODEL)
+    await sim.start()
+    try:
+        s = await run_job(job, replace(options(3), limit=10))
+        assert s.ok == 10 and s.exit_code == 0
+    finally:
+        await sim.stop()
+    started = time.monotonic()
+
+    async def come_up() -> None:
+        if up_after_s is not None:
+            await anyio.sleep(up_after_s)
+            await sim.start()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(come_up)
+            with anyio.fail_after(RUN_LIMIT_S):
+                s = await run_job(job, replace(options(3), outage_s=outage_s))
+    finally:
+        await sim.stop()
+    return s, time.monotonic() - started
+
+
+@pytest.mark.anyio
+async def test_a_cron_start_while_the_server_that_answered_last_night_loads_waits_for_it(
+        tmp_path: Path) -> None:
+    """The GPU box rebooted at night: at 02:00 vLLM was still loading its model, its port
+    refusing connections, and the job stopped at 02:00:01 ("no connection to the endpoint for
+    2.2 s"), the night's rows unsent. An endpoint that answered an earlier run of the job is
+    now waited for as in an outage (outage_s), and the job finishes once it is up."""
+    s, _ = await cron_start_while_loading(tmp_path, up_after_s=1.5)
+    assert s.stopped is None and s.exit_code == 0, s.stopped
+    assert (s.ok, s.failed, s.pending) == (60, 0, 0)
+    assert s.not_connected > 0
+
+
+@pytest.mark.anyio
+async def test_a_server_that_answered_before_and_never_comes_up_stops_the_job_in_time(
+        tmp_path: Path) -> None:
+    """The wait is bounded (outage_s, 5 minutes by default): a box that stays down stops the
+    job then, saying what it waited for, every row left to do; the progress says how long it
+    waits."""
+    s, ran_s = await cron_start_while_loading(tmp_path, up_after_s=None, outage_s=1.0)
+    assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (10, 0, 50)
+    assert ran_s >= 1.0
+    assert s.stopped is not None and s.stopped.startswith("no connection to the endpoint for 1.")
+    assert "it answered an earlier run of the job, so it was waited for" in s.stopped
+    assert "(Connection refused)" in s.stopped
+    line = _postfix(Counts(unreachable_s=42.4, outage_s=300.0, connect_wait=True))
+    assert line.endswith("(no connection to the endpoint for 42 s; the job waits 5 min for it "
+                         "to come back, then stops)")
+    assert _postfix(Counts(unreachable_s=42.4, outage_s=300.0)).endswith(
+        "(no connection to the endpoint for 42 s)")  # a row's attempts stop it: no wait
