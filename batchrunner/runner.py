@@ -2211,6 +2211,12 @@ class _Run:
         else:
             what = (f"{item.attempts} attempts at {self.plan.row(item.key)}, no answer to any "
                     "request meanwhile")
+        model = str(item.body.get("model") or "")
+        if self.models_vary and model:  # whose server to look at, of those behind a gateway
+            shown = self.client.redact(model) if self.client is not None else model
+            what += (f"; asking for {shown}, which answered before"
+                     if model in self.answered_models else
+                     f"; asking for {shown}, which has not answered this job")
         if e.status is not None:  # a gateway's 502/503/504
             self.stop(Unreachable(
                 f"no answer from the endpoint for {silent_s:.1f} s, only {e.error_type} from "

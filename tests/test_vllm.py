@@ -337,3 +337,30 @@ async def test_a_server_that_answered_before_and_never_comes_up_stops_the_job_in
                          "to come back, then stops)")
     assert _postfix(Counts(unreachable_s=42.4, outage_s=300.0)).endswith(
         "(no connection to the endpoint for 42 s)")  # a row's attempts stop it: no wait
+
+
+@pytest.mark.anyio
+async def test_an_outage_stop_in_a_job_of_many_models_names_the_model_never_answered(
+        tmp_path: Path) -> None:
+    """Two vLLM boxes behind one proxy, a model each, the job's rows asking for both (a model
+    column): the proxy answers 503 for everything (both boxes away at 02:00). After outage_s
+    the stop named a row and the proxy's words ("Service Unavailable"), not the model whose
+    server never answered, which is the box to go and look at. It names it now."""
+    other = "meta-llama/Llama-3.1-8B-Instruct"
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i:04d}" for i in range(20)], "text": [f"t {i}" for i in range(20)],
+                  "model": [(MODEL, other)[i % 2] for i in range(20)]}).to_csv(inp, index=False)
+
+    async def away(srv: FaultServer, request: web.BaseRequest,
+                   body: dict[str, Any]) -> web.StreamResponse:
+        return web.Response(status=503, text="Service Unavailable")
+
+    async with FaultServer(away) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, model_column="model"),
+                              replace(options(3), outage_s=1.0))
+    assert s.exit_code == 4 and s.failed == 0 and s.stopped is not None, s
+    assert s.stopped.startswith("no answer from the endpoint for 1."), s.stopped
+    named = [m for m in (MODEL, other)
+             if f"; asking for {m}, which has not answered this job)" in s.stopped]
+    assert len(named) == 1, s.stopped
