@@ -192,6 +192,9 @@ PROBE_EVERY_S = 0.8
 # whose upstream is gone), and new rows start only as the rows started finish (_server_error).
 # Fewer in a row are rows the server fails for themselves, or a random few.
 SERVER_ERRORS_IN_A_ROW = 8
+# A 400 naming the model's context length (vLLM's --max-model-len, OpenAI's): a max_tokens
+# not under it leaves no room for any prompt (_Run._under_context).
+_CONTEXT_LENGTH = re.compile(r"maximum context length is (\d[\d,]*) tokens")
 # The failures of a try that reached the server and got no whole answer from it, which may
 # have been billed although no usage says so: a provider goes on with a request whose client
 # has gone (a timeout, a connection broken once the request was sent), and one whose body was
@@ -1892,6 +1895,15 @@ class _Run:
                     self._answered(sent_at)
                     self.stop(StopJob(f"{e.message}, then rerun (no row was failed for it)"))
                     return None, None
+                if e.status == 400 and (window := self._under_context(e.message)):
+                    # The job's max_tokens alone fills the model's context (vLLM's
+                    # --max-model-len): no row can be answered, whatever its prompt.
+                    self._answered(sent_at)
+                    self.stop(StopJob(
+                        f"{e.message} — max_tokens ({self.plan.job.request.max_tokens:,}) is "
+                        f"not under the model's context length ({window:,}): lower max_tokens "
+                        "(--max-tokens), then rerun (no row was failed for it)"))
+                    return None, None
                 self.errors_seen[e.error_type] += 1
                 # A gateway's 502/503/504 while rows are left to start, or before any answer:
                 # the server behind it may be away (restarting, still loading its model), as
@@ -2029,6 +2041,18 @@ class _Run:
             self._answered(sent_at)
             self.long_waits = 0
             return self._success(item, res, charge), None
+
+    def _under_context(self, message: str) -> int | None:
+        """The context length a 400's ``message`` names ("This model's maximum context length
+        is 8192 tokens", as vLLM and OpenAI word it) when the job's one max_tokens, set for
+        every row of its one model, is not under it; else None (the row's prompt too long)."""
+        request = self.plan.job.request
+        if (self.models_vary or not request.max_tokens
+                or "max_tokens" in request.from_columns):
+            return None
+        said = _CONTEXT_LENGTH.search(message)
+        window = int(said[1].replace(",", "")) if said else 0
+        return window if 0 < window <= request.max_tokens else None
 
     def _hold(self, item: _Work, refused: Outcome | None) -> None:
         """Keep ``item`` (refused: its outcome; None: not sent) until a model answers."""

@@ -364,3 +364,55 @@ async def test_an_outage_stop_in_a_job_of_many_models_names_the_model_never_answ
     named = [m for m in (MODEL, other)
              if f"; asking for {m}, which has not answered this job)" in s.stopped]
     assert len(named) == 1, s.stopped
+
+
+def context_limited(window: int) -> Any:
+    """vLLM serving MODEL with --max-model-len ``window``: a request whose max_tokens and
+    prompt (17 tokens, 6,000 for a row that says "long") do not fit is answered 400 as vLLM
+    words it."""
+    async def answer(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        asked = int(body.get("max_tokens") or 0)
+        prompt = 6000 if "long" in json.dumps(body["messages"]) else 17
+        if asked + prompt > window:
+            return vllm_error(
+                400, f"This model's maximum context length is {window} tokens. However, you "
+                f"requested {asked + prompt} tokens ({prompt} in the messages, {asked} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                "BadRequestError")
+        return web.json_response(vllm_reply(body, ANSWER))
+    return answer
+
+
+@pytest.mark.anyio
+async def test_a_max_tokens_over_the_models_context_length_stops_the_job_with_no_row_failed(
+        tmp_path: Path) -> None:
+    """max_tokens = 10000 for a model served with --max-model-len 8192: vLLM refuses every
+    request with a 400 naming the context length, and the job failed its first 20 rows and
+    those in flight before the fail-fast stop, to be sent again with --retry-failed. When the
+    job's own max_tokens is not under the context length the 400 names, no row can be
+    answered: the job stops at that answer, saying to lower max_tokens, no row failed."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(200)])
+    async with FaultServer(context_limited(8192)) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model=MODEL, max_tokens=10000))
+        assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (0, 0, 200), s
+        assert s.stopped is not None and s.stopped.startswith(
+            "This model's maximum context length is 8192 tokens."), s.stopped
+        assert ("max_tokens (10,000) is not under the model's context length (8,192): lower "
+                "max_tokens (--max-tokens), then rerun") in s.stopped
+        assert srv.requests <= 8
+        s = await run(job_for(tmp_path, srv.base_url, inp, model=MODEL, max_tokens=512))
+    assert s.exit_code == 0 and s.ok == 200
+
+
+@pytest.mark.anyio
+async def test_a_row_too_long_for_the_context_fails_on_its_own(tmp_path: Path) -> None:
+    """A max_tokens under the context length: the 400 is the row's, its prompt too long, and
+    that row fails while the others are answered."""
+    texts = [f"ticket {i}" for i in range(30)]
+    texts[4] = "a long ticket"
+    inp = make_csv(tmp_path / "in.csv", texts)
+    async with FaultServer(context_limited(8192)) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model=MODEL, max_tokens=4000))
+    assert s.exit_code == 3 and (s.ok, s.failed) == (29, 1) and not s.stopped
+    assert results(tmp_path).loc["r0004", "error_type"] == "http_400"
