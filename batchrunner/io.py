@@ -402,6 +402,11 @@ class InputSource(abc.ABC):
     def _raw_batches(self, columns: list[str]) -> Generator[pa.RecordBatch, None, None]:
         """Batches with exactly ``columns`` (non-empty, all known); errors as ``InputError``."""
 
+    def where_rows(self, *rows: int) -> str:
+        """Where the rows at positions ``rows`` (0-based, ascending) are, for a message:
+        ``rows 1 and 4``."""
+        return _places("row", [r + 1 for r in rows])
+
     def _require_rows(self, message: str) -> None:
         """Read the first batch now, so that parse errors and a file without rows show at open."""
         raw = self._raw_batches(self.columns)
@@ -860,6 +865,17 @@ class _JsonlSource(InputSource):
             return False
         return True
 
+    def where_rows(self, *rows: int) -> str:
+        """The lines of the file the rows are on, as an editor numbers them (blank lines
+        hold no row): ``lines 1 and 7``."""
+        wanted, lines = set(rows), []
+        for at, (lineno, _, _) in enumerate(self._lines()):
+            if at in wanted:
+                lines.append(lineno)
+                if len(lines) == len(wanted):
+                    break
+        return _places("line", lines)
+
     def _first_record(self) -> dict[str, Any] | None:
         lines = self._lines()
         try:
@@ -949,6 +965,13 @@ class _JsonlSource(InputSource):
                 self.path,
                 f"line {lineno}: body is {_short(obj['body'])} — it must be a JSON object",
             )
+
+
+def _places(what: str, numbers: list[int]) -> str:
+    """``row 3``, ``rows 1 and 4``, ``rows 1, 4 and 9``."""
+    if len(numbers) == 1:
+        return f"{what} {numbers[0]}"
+    return f"{what}s {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
 
 
 def _long_number(line: bytes) -> bool:

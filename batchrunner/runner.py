@@ -990,8 +990,8 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
         keys = key_strings(col) if not col.null_count else None
         if keys is None or pc.any(pc.equal(keys, blank)).as_py():  # null, or "" in a CSV
             first = next(i for i, v in enumerate(col.to_pylist()) if v is None or v == "")
-            raise InputError(f"{where}: row {total + first + 1} has no value in id column "
-                             f"{key_column!r}; give every row an id of its own")
+            raise InputError(f"{where}: {source.where_rows(total + first)} has no value in id "
+                             f"column {key_column!r}; give every row an id of its own")
         parts.append(keys)
         total += batch.num_rows
     ids = pa.concat_arrays(parts) if parts else pa.nulls(0, pa.string())
@@ -1000,7 +1000,8 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
     if dup is not None:
         first, second = np.flatnonzero(to_numpy(pc.equal(ids, scalar(dup, pa.string()))))[:2]
         raise InputError(f"{where}: id {dup!r} appears more than once in column "
-                         f"{key_column!r} (rows {first + 1} and {second + 1}); ids must be unique")
+                         f"{key_column!r} ({source.where_rows(int(first), int(second))}); "
+                         "ids must be unique")
     return total, index
 
 

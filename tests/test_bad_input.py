@@ -206,7 +206,7 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 @case("null id")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("nullid.jsonl", '{"id": "a", "text": "x"}\n{"id": null, "text": "y"}\n')
-    return c.args(inp, "--id-column", "id"), ["nullid.jsonl", "row 2", "'id'"]
+    return c.args(inp, "--id-column", "id"), ["nullid.jsonl", "line 2", "'id'"]
 
 
 @case("duplicate column names")
@@ -630,7 +630,7 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 @case("a JSONL row without an id")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("noid.jsonl", '{"id": 1, "text": "x"}\n{"text": "y"}\n')
-    return c.args(inp, "--id-column", "id"), ["noid.jsonl", "row 2 has no value in id column"]
+    return c.args(inp, "--id-column", "id"), ["noid.jsonl", "line 2 has no value in id column"]
 
 
 @case("an input file given as the job")

@@ -307,3 +307,19 @@ def test_a_body_whose_messages_are_a_number_is_sent_not_a_crash(
     assert code == 3, err
     df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("custom_id")
     assert df.loc["b", "status"] == "ok" and df.loc["a", "error_type"] == "http_400"
+
+
+def test_a_repeated_custom_id_is_named_by_the_lines_an_editor_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A batch file written with a blank line between its records: the repeat was named by its
+    # rows (1 and 4), where the editor the user opens the file in shows lines 1 and 7.
+    text = "\n\n".join(json.dumps(batch_line(c)) for c in ("a", "b", "c", "a")) + "\n"
+    (tmp_path / "batch.jsonl").write_text(text)
+    code, _, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 2
+    assert one_error_line(err).endswith(
+        "id 'a' appears more than once in column 'custom_id' (lines 1 and 7); ids must be "
+        "unique"), err
+    assert [n for n, line in enumerate(text.splitlines(), 1) if '"a"' in line] == [1, 7]
+    assert not (tmp_path / "out" / "journal").exists()
