@@ -115,6 +115,7 @@ from batchrunner.progress import utc_timestamp
 from batchrunner.records import RETRYING
 
 __all__ = [
+    "CHOICE_CUT",
     "OPTIONAL_REPORT_COLUMNS",
     "REPORT_COLUMNS",
     "REPORT_HTML",
@@ -166,7 +167,7 @@ _COLUMNS = (
 _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as well
 # Read when a chunk has it (a journal written before it existed reads it as nulls).
 OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units", "search_requests",
-                                           "cache_write_tokens")
+                                           "cache_write_tokens", "choices")
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -202,6 +203,9 @@ _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 # backslashes before them, which would escape the escape. ("< 0.001 s" is no tag.)
 _MD_ACTIVE = re.compile(r"(\\*)(<(?=[A-Za-z/!?])|!\[|\|)")
 
+# A choice cut at max_tokens in a row's ``choices`` (orjson's text: a content that says so
+# has its quotes escaped).
+CHOICE_CUT = '"finish_reason":"length"'
 _FALSE = scalar(False, pa.bool_())
 _NO_VALUE = scalar(NO_VALUE, pa.string())
 _GroupKey = tuple[str | None, bool]  # (model, failed): the groups exact cost sums are kept by
@@ -384,7 +388,10 @@ class OutcomeStats:
         unpriced = pc.and_(billed, pc.is_null(cost))
         finish = t["finish_reason"]
         self._n_ok += _count(is_ok)
-        self._n_length += _count(pc.fill_null(is_value(finish, "length"), _FALSE))
+        cut = pc.fill_null(is_value(finish, "length"), _FALSE)
+        if "choices" in t.column_names:  # n > 1: cut when any choice is, not the first alone
+            cut = pc.or_(cut, pc.fill_null(pc.match_substring(t["choices"], CHOICE_CUT), _FALSE))
+        self._n_length += _count(cut)
         self._n_unpriced += _count(unpriced)
         if "search_units" in t.column_names:  # a journal written before it has nulls
             units = t["search_units"]

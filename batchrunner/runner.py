@@ -103,6 +103,7 @@ from batchrunner.progress import (
 )
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
+    CHOICE_CUT,
     changed_warning,
     count_rows,
     format_budget,
@@ -1652,7 +1653,7 @@ class _Run:
             counts.cost_unknown += 1  # paid for (ok, or billed: its reply reported usage)
         if o.status == "ok":
             counts.ok += 1
-            if o.finish_reason == "length":
+            if o.finish_reason == "length" or (o.choices and CHOICE_CUT in o.choices):
                 self.counters["length"] += 1
         else:
             counts.failed += 1

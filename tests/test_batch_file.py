@@ -323,3 +323,22 @@ def test_a_repeated_custom_id_is_named_by_the_lines_an_editor_shows(
         "unique"), err
     assert [n for n, line in enumerate(text.splitlines(), 1) if '"a"' in line] == [1, 7]
     assert not (tmp_path / "out" / "journal").exists()
+
+
+def test_rows_with_any_choice_cut_at_max_tokens_are_counted_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Bodies asking for n = 3 answers with a max_tokens near the simulator's mean reply: the
+    # summary and the report counted the rows whose first choice was cut, and told nothing of
+    # those whose second or third was.
+    write_batch(tmp_path / "batch.jsonl", [batch_line(f"r{i}", n=3, max_tokens=40)
+                                           for i in range(40)])
+    code, out, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 0, err
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    first = int((df["finish_reason"] == "length").sum())
+    cut = sum(any(c["finish_reason"] == "length" for c in json.loads(x)) for x in df["choices"])
+    assert first < cut, (first, cut)  # the rows this is about are there
+    assert f"  warning: {cut} rows cut at max_tokens (finish_reason=length)" in out, out
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["rows"]["cut_at_length"] == cut
