@@ -123,14 +123,11 @@ from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.status import plus_earlier, read_meta, run_in_progress
 from batchrunner.structured import StructuredOutput, structured_output, unfenced
 from batchrunner.template import (
-    IMAGE_TOKENS,
     RequestBuilder,
     ask_for_usage,
-    body_images,
     body_prompt_tokens,
     body_warnings,
     column_list,
-    estimate_tokens,
     request_warnings,
     system_warnings,
 )
@@ -1241,9 +1238,7 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
         body, prompt = plan.builder.build(row)
         if body is None:
             return None, prompt
-        prompt_tokens = estimate_tokens(prompt + (plan.job.request.system or ""))
-        if plan.job.request.image_column:
-            prompt_tokens += IMAGE_TOKENS * body_images(body)  # the row's image, if it has one
+        prompt_tokens = plan.builder.prompt_tokens(body, prompt)
         checks = plan.structured
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     n = body.get("n")

@@ -15,7 +15,6 @@ import mimetypes
 import re
 import string
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +388,10 @@ class RequestBuilder:
         if request.streams:
             ask_for_usage(base)
         self._base = base
+        # The job's tools and response_format, billed as prompt tokens on every row; counted
+        # from each row's body where the rows set them (from_columns).
+        self._definition_tokens = estimate_tokens(_definitions_text(base))
+        self._row_definitions = any(name in request.from_columns for name in _DEFINITIONS)
         self._system = request.system
         self._job_warnings: frozenset[str] | None = None  # request_warnings, for row_warnings
         # The columns whose values are the prompt's text (see ``arrow.prompt_text``).
@@ -420,6 +423,17 @@ class RequestBuilder:
                                      lambda name: _job_field(req, name),
                                      "set [request] stream = true or pass --stream")
                 if w not in self._job_warnings]
+
+    def prompt_tokens(self, body: dict[str, Any], prompt: str) -> int:
+        """The prompt tokens of a row's ``body`` built from ``prompt``, estimated as
+        ``body_prompt_tokens`` does a batch row's: its text, tools, response_format, and
+        its image if the job has an image column."""
+        tokens = estimate_tokens(prompt + (self._system or ""))
+        tokens += (estimate_tokens(_definitions_text(body)) if self._row_definitions
+                   else self._definition_tokens)
+        if self.request.image_column:
+            tokens += IMAGE_TOKENS * body_images(body)  # the row's image, if it has one
+        return tokens
 
     def prompt(self, row: dict[str, Any]) -> str | None:
         if self.template is not None:
@@ -523,7 +537,7 @@ def body_prompt_text(body: dict[str, Any]) -> str:
     rows come as bodies): its messages' text, the earlier turns' tool calls, and the
     definitions of its tools and of its response_format's schema, as JSON."""
     texts: list[str] = []
-    billed: list[Any] = [body.get("tools"), body.get("response_format")]
+    billed: list[Any] = [body.get(name) for name in _DEFINITIONS]
     for m in _messages(body):
         if not isinstance(m, dict):
             continue
@@ -535,8 +549,22 @@ def body_prompt_text(body: dict[str, Any]) -> str:
                          if isinstance(p, dict) and isinstance(t := p.get("text"), str))
         if "tool_calls" in m:
             billed.append(m["tool_calls"])
-    for value in billed:
-        if value:
-            with suppress(TypeError):  # an integer past 64 bits: the endpoint refuses the row
-                texts.append(orjson.dumps(value).decode())
+    texts.extend(text for value in billed if value and (text := _as_json(value)))
     return "\n".join(texts)
+
+
+# A body's fields whose definitions an API bills as prompt tokens, read as JSON.
+_DEFINITIONS = ("tools", "response_format")
+
+
+def _definitions_text(body: dict[str, Any]) -> str:
+    """A body's ``_DEFINITIONS`` as JSON text, for token estimates."""
+    return "\n".join(text for name in _DEFINITIONS
+                     if (v := body.get(name)) and (text := _as_json(v)))
+
+
+def _as_json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer past 64 bits: the endpoint refuses the row
+        return ""

@@ -342,3 +342,53 @@ def test_rows_with_any_choice_cut_at_max_tokens_are_counted_cut(
     assert f"  warning: {cut} rows cut at max_tokens (finish_reason=length)" in out, out
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     assert report["rows"]["cut_at_length"] == cut
+
+
+def _estimated_prompt_tokens(out: str) -> int:
+    """The prompt tokens of the model row of ``estimate``'s table."""
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("gpt-4o"))
+    return int(row[2].replace(",", ""))
+
+
+def _toml(value: Any) -> str:
+    """``value`` as a TOML value (the JSON of a string is a TOML basic string)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    return json.dumps(value)
+
+
+def test_a_job_s_own_tools_and_schema_are_estimated_as_a_batch_body_s_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The same requests as a CSV job with [request.extra] tools and response_format, and as a
+    # batch file: the job's were estimated at their prompts' few tokens, the batch file's with
+    # the 40 functions and the schema each request is billed for.
+    tools = [{"type": "function", "function": {
+        "name": f"lookup_{i}", "description": "Look up the order's shipping status " * 4,
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}}}}
+        for i in range(40)]
+    schema = {"type": "json_object"}
+    texts = ["Find order 17", "Find order 18", "Find order 19"]
+    own = [{"type": "function", "function": {"name": "only_this_row"}}]
+    pd.DataFrame({"id": ["a", "b", "c"], "text": texts,
+                  "own": [None, json.dumps(own), None]}).to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "job.toml").write_text(
+        'name = "tools"\n[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "{text}"\nmax_tokens = 10\n'
+        f"[request.extra]\ntools = {_toml(tools)}\nresponse_format = {_toml(schema)}\n"
+        '[request.from_columns]\ntools = "own"\n'
+        '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+    code, out, err = cli(capsys, "estimate", str(tmp_path / "job.toml"))
+    assert code == 0, err
+    job = _estimated_prompt_tokens(out)
+    write_batch(tmp_path / "batch.jsonl", [
+        batch_line(key, messages=[{"role": "user", "content": text}], max_tokens=10,
+                   tools=row_tools, response_format=schema)
+        for key, text, row_tools in zip("abc", texts, [tools, own, tools], strict=True)])
+    code, out, err = cli(capsys, "estimate", *batch_args(tmp_path)[1:-2])  # no --progress
+    assert code == 0, err
+    batch = _estimated_prompt_tokens(out)
+    assert batch >= 2 * len(json.dumps(tools, separators=(",", ":"))) // 4, out
+    assert abs(job - batch) <= 3, (job, batch)  # a token a row: the parts' rounding
