@@ -14,6 +14,7 @@ import math
 import mimetypes
 import re
 import string
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -432,7 +433,7 @@ class RequestBuilder:
         tokens += (estimate_tokens(_definitions_text(body)) if self._row_definitions
                    else self._definition_tokens)
         if self.request.image_column:
-            tokens += IMAGE_TOKENS * body_images(body)  # the row's image, if it has one
+            tokens += body_image_tokens(body)  # the row's image, if it has one
         return tokens
 
     def prompt(self, row: dict[str, Any]) -> str | None:
@@ -505,25 +506,120 @@ def image_url(ref: str, base_dir: Path) -> str | None:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-#: The prompt tokens an image is billed at the least: OpenAI's at low detail (one at high detail
-#: is billed more, by its size), as the built-in simulator bills every image.
+#: The prompt tokens an image is billed at the least: OpenAI's at low detail, and the base of one
+#: at high detail, which adds ``TILE_TOKENS`` for each 512-pixel tile of its size (the built-in
+#: simulator bills every image this least).
 IMAGE_TOKENS = 85
+TILE_TOKENS = 170
 
 
 def body_prompt_tokens(body: dict[str, Any]) -> int:
     """A body's prompt tokens, estimated: its text (``body_prompt_text``) at four characters a
-    token, and its images at ``IMAGE_TOKENS`` each."""
-    return estimate_tokens(body_prompt_text(body)) + IMAGE_TOKENS * body_images(body)
+    token, and its images (``body_image_tokens``)."""
+    return estimate_tokens(body_prompt_text(body)) + body_image_tokens(body)
 
 
-def body_images(body: dict[str, Any]) -> int:
-    """How many images (``image_url`` parts) a body's messages hold."""
-    images = 0
+def body_image_tokens(body: dict[str, Any]) -> int:
+    """The prompt tokens of the images (``image_url`` parts) of a body's messages: by OpenAI's
+    rule for its detail (``image_tokens``)."""
+    tokens = 0
     for m in _messages(body):
         c = m.get("content") if isinstance(m, dict) else None
         if isinstance(c, list):
-            images += sum(1 for p in c if isinstance(p, dict) and p.get("type") == "image_url")
-    return images
+            tokens += sum(image_tokens(p.get("image_url")) for p in c
+                          if isinstance(p, dict) and p.get("type") == "image_url")
+    return tokens
+
+
+def image_tokens(image: Any) -> int:
+    """The prompt tokens of an ``image_url`` part's image (``{"url", "detail"}``), by OpenAI's
+    rule: ``IMAGE_TOKENS`` at low detail; at high or auto detail (the default), that and
+    ``TILE_TOKENS`` a 512-pixel tile of the image scaled to fit 2048 × 2048 and then down to
+    768 pixels on its shorter side. The size is read from a ``data:`` URL's first bytes (PNG,
+    JPEG, GIF, WebP); an image by ``http(s)`` URL, whose size is not known here, counts
+    ``IMAGE_TOKENS``, a lower bound."""
+    if not isinstance(image, dict) or image.get("detail") == "low":
+        return IMAGE_TOKENS
+    url = image.get("url")
+    size = _data_url_size(url) if isinstance(url, str) and url.startswith("data:") else None
+    if size is None:
+        return IMAGE_TOKENS
+    width, height = size
+    scale = min(1.0, 2048 / max(width, height))
+    scale *= min(1.0, 768 / (min(width, height) * scale))
+    tiles = math.ceil(int(width * scale) / 512) * math.ceil(int(height * scale) / 512)
+    return IMAGE_TOKENS + TILE_TOKENS * tiles
+
+
+def _data_url_size(url: str) -> tuple[int, int] | None:
+    """The width and height of a base64 ``data:`` URL's image, from its header: the first
+    bytes, decoded alone (a JPEG's, segment by segment up to its frame header). None when the
+    URL is not base64, the image not one of PNG, JPEG, GIF, WebP, or its header damaged."""
+    comma = url.find(",", 0, 256)
+    if comma < 0 or not url[:comma].endswith(";base64"):
+        return None
+    at = comma + 1  # where the base64 text starts: it is not copied
+
+    def read(start: int, n: int) -> bytes:  # bytes [start, start + n) of the image
+        first = start // 3
+        try:
+            raw = base64.b64decode(url[at + 4 * first:at + 4 * -(-(start + n) // 3)])
+        except ValueError:  # not base64 there (spaces in it, or cut short)
+            return b""
+        return raw[start - 3 * first:start - 3 * first + n]
+
+    head = read(0, 30)
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            w, h = struct.unpack(">II", head[16:24])
+        elif head[:6] in (b"GIF87a", b"GIF89a"):
+            w, h = struct.unpack("<HH", head[6:10])
+        elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            w, h = _webp_size(head)
+        elif head[:2] == b"\xff\xd8":
+            w, h = _jpeg_size(read)
+        else:
+            return None
+    except (struct.error, ValueError):
+        return None
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def _webp_size(head: bytes) -> tuple[int, int]:
+    """A WebP image's size from its first 30 bytes (lossy, lossless or extended)."""
+    kind = head[12:16]
+    if kind == b"VP8 ":
+        w, h = struct.unpack("<HH", head[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if kind == b"VP8L":
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    raise ValueError(kind)
+
+
+# JPEG's start-of-frame markers (baseline, progressive, ...), whose segment holds the size.
+_JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+                          0xCE, 0xCF})
+
+
+def _jpeg_size(read: Callable[[int, int], bytes]) -> tuple[int, int]:
+    """A JPEG's size from its frame header, reached by skipping the segments before it (EXIF
+    data, thumbnails): 9 bytes read a segment, 64 segments at most."""
+    at = 2
+    for _ in range(64):
+        segment = read(at, 9)
+        if len(segment) < 4 or segment[0] != 0xFF:
+            break
+        if segment[1] == 0xFF:  # fill byte
+            at += 1
+            continue
+        if segment[1] in _JPEG_FRAMES:
+            h, w = struct.unpack(">HH", segment[5:9])
+            return w, h
+        at += 2 + struct.unpack(">H", segment[2:4])[0]
+    raise ValueError("no frame header")
 
 
 def _messages(body: dict[str, Any]) -> list[Any]:

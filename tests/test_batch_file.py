@@ -3,13 +3,17 @@ simulator and servers of the tests' own on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from batchrunner.template import image_tokens
 from tests.test_cli import cli, one_error_line
 
 KEY = "sk-test-batch-file-0123456789"
@@ -392,3 +396,77 @@ def test_a_job_s_own_tools_and_schema_are_estimated_as_a_batch_body_s_are(
     batch = _estimated_prompt_tokens(out)
     assert batch >= 2 * len(json.dumps(tools, separators=(",", ":"))) // 4, out
     assert abs(job - batch) <= 3, (job, batch)  # a token a row: the parts' rounding
+
+
+def _png(width: int, height: int, *, pixels: bool = False) -> bytes:
+    """A grey PNG of that size: whole with ``pixels``, else its header and an empty IDAT."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    rows = zlib.compress(b"\0" * (width + 1) * height) if pixels else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0,
+                                                                 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    """A JPEG's segments up to its (progressive) frame header, behind 40 kB of EXIF data."""
+    exif = b"Exif\0\0" + b"\0" * 40_000
+    return (b"\xff\xd8" + b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+            + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
+            + b"\xff\xc2" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00")
+
+
+def _gif(width: int, height: int) -> bytes:
+    return b"GIF89a" + struct.pack("<HH", width, height) + b"\x00" * 24
+
+
+def _webp(width: int, height: int) -> bytes:
+    """A lossy WebP's header."""
+    return (b"RIFF\x00\x00\x00\x00WEBPVP8 \x00\x00\x00\x00\x00\x00\x00\x9d\x01\x2a"
+            + struct.pack("<HH", width, height) + b"\x00" * 10)
+
+
+def _webp_lossless(width: int, height: int) -> bytes:
+    bits = (width - 1) | (height - 1) << 14
+    return (b"RIFF\x00\x00\x00\x00WEBPVP8L\x00\x00\x00\x00\x2f" + bits.to_bytes(4, "little")
+            + b"\x00" * 10)
+
+
+def _data_url(image: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(image).decode()}"
+
+
+@pytest.mark.parametrize("make", [_png, _jpeg, _gif, _webp, _webp_lossless])
+def test_an_image_at_high_detail_is_estimated_by_its_tiles(make: Any) -> None:
+    # OpenAI's documented examples: 1024 × 1024 is scaled to 768 × 768, 4 tiles, 765 tokens;
+    # 2048 × 4096 to 768 × 1536, 6 tiles, 1105; 4096 × 8192 to the same. A small image is not
+    # scaled up (one tile), and low detail is 85 whatever the size.
+    for (width, height), tokens in [((1024, 1024), 765), ((2048, 4096), 1105),
+                                    ((4096, 8192), 1105), ((500, 300), 255)]:
+        url = _data_url(make(width, height))
+        assert image_tokens({"url": url, "detail": "high"}) == tokens, (width, height)
+        assert image_tokens({"url": url}) == tokens  # auto, the default: as high
+        assert image_tokens({"url": url, "detail": "low"}) == 85
+
+
+@pytest.mark.parametrize("url", ["https://example.com/a.png", "data:image/png;base64,iVBORw0K",
+                                 "data:image/png;base64,%%%%", "data:text/plain,hello"])
+def test_an_image_of_unknown_size_is_estimated_at_its_least(url: str) -> None:
+    assert image_tokens({"url": url, "detail": "high"}) == 85
+
+
+def test_the_estimate_counts_a_photo_sent_as_a_data_url_by_its_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A vision batch of 1024 × 1024 photos at high detail, each billed 765 tokens by OpenAI, was
+    # estimated (and held against max_cost_usd) at 85 tokens a photo.
+    photo = _data_url(_png(1024, 1024, pixels=True))
+    look = [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this photo?"},
+        {"type": "image_url", "image_url": {"url": photo, "detail": "high"}}]}]
+    write_batch(tmp_path / "batch.jsonl", [batch_line(f"r{i}", messages=look, max_tokens=5)
+                                           for i in range(3)])
+    code, out, err = cli(capsys, "estimate", *batch_args(tmp_path)[1:-2])  # no --progress
+    assert code == 0, err
+    assert _estimated_prompt_tokens(out) >= 3 * 765, out
