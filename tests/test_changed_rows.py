@@ -302,6 +302,30 @@ def test_a_batch_journal_from_before_bodies_were_hashed_in_key_order_keeps_its_r
     assert _sent(tmp_path / "out") == 1
 
 
+def test_a_whole_number_written_again_as_a_decimal_is_a_changed_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body whose max_tokens 50 is written 50.0 (a table's integer column turned decimal by
+    a null) is the same JSON value but not the same request: an endpoint may refuse the
+    decimal, as the built-in simulator does. The rows are sent again, and their failure shown,
+    not the answers to the requests that were sent."""
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--input", "b.jsonl", "--simulator", "--progress", "none", "--output", "out"]
+
+    def write(max_tokens: str) -> None:
+        (tmp_path / "b.jsonl").write_text("".join(
+            f'{{"custom_id": "r{i}", "method": "POST", "url": "/v1/chat/completions", "body": '
+            f'{{"model": "gpt-4o-mini", "max_tokens": {max_tokens}, "messages": '
+            f'[{{"role": "user", "content": "hello {i}"}}]}}}}\n' for i in range(3)))
+
+    write("50")
+    assert main(args) == 0
+    write("50.0")
+    assert main(args) == 3
+    assert _sent(tmp_path / "out") == 3
+    t = pq.read_table(tmp_path / "out" / "results.parquet")
+    assert t["error_type"].to_pylist() == ["http_400"] * 3
+
+
 def test_rows_done_by_an_earlier_version_keep_their_answers_and_it_is_said(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
