@@ -778,6 +778,10 @@ class ChatClient:
         self._deadlines: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.TimerHandle | None = None
+        # The loop the client runs in: asyncio.current_task() and get_running_loop() ask the
+        # kernel for the process id on each call (a getpid system call), current_task(loop) and
+        # this don't.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         # A finished stream was held open for the whole wait for its usage chunk, which never
@@ -796,7 +800,8 @@ class ChatClient:
         self._served: asyncio.Future[list[str] | None] | None = None
 
     async def __aenter__(self) -> ChatClient:
-        self._watchdog = asyncio.get_running_loop().call_later(self._watch_every, self._watch)
+        self._loop = loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self._watch_every, self._watch)
         connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
         # No cookie jar: requests carry no state between them, and a gateway's cookies (a CDN's
         # bot-management cookie, say) would otherwise be parsed and matched on every request.
@@ -828,7 +833,8 @@ class ChatClient:
             if deadline <= now and task not in self._expired:
                 self._expired.add(task)
                 task.cancel()
-        self._watchdog = asyncio.get_running_loop().call_later(self._watch_every, self._watch)
+        assert self._loop is not None
+        self._watchdog = self._loop.call_later(self._watch_every, self._watch)
 
     def redact(self, text: str) -> str:
         if self._long_secrets is not None:
@@ -900,7 +906,9 @@ class ChatClient:
         when the answer is a stream, the wait for its first byte and each gap between its
         chunks, the whole stream given ``STREAM_CAP_X`` times as long at most (or the time its
         max_tokens take at ``_SLOWEST_TOKENS_S``, where longer)."""
-        assert self._session is not None, "use ChatClient as an async context manager"
+        loop = self._loop
+        assert self._session is not None and loop is not None, (
+            "use ChatClient as an async context manager")
         try:
             data = orjson.dumps(body)
         except TypeError as e:  # a batch row's integer past 64 bits, say
@@ -909,7 +917,7 @@ class ChatClient:
         streaming = body.get("stream") is True
         n = body.get("n")
         choices = n if type(n) is int and n > 1 else 1
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)
         assert task is not None
         cancelling = task.cancelling()
         start = time.perf_counter()
@@ -964,12 +972,11 @@ class ChatClient:
                                 if finished_by == math.inf:
                                     usage_due = (usage_asked and stream.usage is None
                                                  and stream.error is None)
-                                    finished_by = asyncio.get_running_loop().time() + (
+                                    finished_by = loop.time() + (
                                         limit if usage_due else after_finish)
                                 elif usage_due and stream.usage is not None:
                                     usage_due = False
-                                    finished_by = min(finished_by, after_finish
-                                                      + asyncio.get_running_loop().time())
+                                    finished_by = min(finished_by, after_finish + loop.time())
                                 try:
                                     async with asyncio.timeout_at(finished_by):
                                         chunk = await content.readany()
