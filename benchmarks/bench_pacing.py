@@ -17,7 +17,11 @@ Scenarios (full size):
 overhead             0 ms latency, no limit, 20,000 rows, concurrency 64: requests/s and
                      client CPU per request against a bare aiohttp loop sending the same
                      bodies (best of ``--rounds`` rounds, default 3); also a 1-row run of
-                     each, to tell the fixed start-up cost from the cost per request
+                     each, to tell the fixed start-up cost from the cost per request; and
+                     the kernel's part, which instruction counts leave out: user and system
+                     CPU and page faults a request, and system calls a request (``strace
+                     -c`` where installed, on runs of 2,000 rows and 1 row apart from the
+                     timed ones)
 latency-bound        1,000 ms latency, 5,000 rows, concurrency 500: wall vs N·latency/concurrency
 request-limited      simulator rpm 3,000, job ``--rpm 3000``, 3,000 rows: wall vs N/(rpm/60),
                      share of requests 429'd, ok rows in the results file
@@ -70,6 +74,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +232,7 @@ class ChildRun:
     maxrss_mb: float
     stdout: str
     stderr: str
+    minflt: int = 0  # minor page faults (each a page the kernel maps in: 4 µs on some VMs)
     rss_samples: list[tuple[float, float]] = field(default_factory=list)  # (t, VmRSS MB)
     hwm_sampled_mb: float = 0.0  # the highest VmHWM seen while sampling (every 0.5 s)
 
@@ -291,9 +297,31 @@ def run_child(argv: Sequence[str], *, workdir: Path, timeout_s: float, name: str
     return ChildRun(
         returncode=proc.returncode, wall_s=wall, user_s=usage.ru_utime, sys_s=usage.ru_stime,
         maxrss_mb=usage.ru_maxrss / 1024.0,  # kB on Linux
+        minflt=usage.ru_minflt,
         stdout=out_path.read_text(errors="replace"), stderr=err_path.read_text(errors="replace"),
         rss_samples=samples, hwm_sampled_mb=hwm,
     )
+
+
+def count_syscalls(argv: Sequence[str], *, workdir: Path, name: str,
+                   timeout_s: float) -> Counter[str] | None:
+    """The system calls ``argv`` makes, by name, every thread's (``strace -f -c``); None
+    without strace. Traced, a run is several times slower: never one of the timed runs."""
+    if shutil.which("strace") is None:
+        return None
+    workdir.mkdir(parents=True, exist_ok=True)
+    table = workdir / f"{name}.strace"
+    proc = subprocess.run(["strace", "-f", "-c", "-o", str(table), *argv], capture_output=True,
+                          env=child_env(), cwd=workdir, timeout=timeout_s, check=False)
+    if proc.returncode not in (0, 3):
+        raise BenchError(f"{name} under strace exited {proc.returncode}: "
+                         f"{proc.stderr.decode(errors='replace').strip()[-800:]}")
+    calls: Counter[str] = Counter()
+    for line in table.read_text().splitlines():
+        fields = line.split()  # % time, seconds, usecs/call, calls, [errors,] syscall
+        if len(fields) >= 5 and fields[3].isdigit() and fields[-1] != "total":
+            calls[fields[-1]] = int(fields[3])
+    return calls
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,12 +526,16 @@ def write_bodies(path: Path, n: int, *, max_tokens: int | None = None) -> Path:
     return path
 
 
+def baseline_argv(sim: SimProcess, bodies: Path, concurrency: int) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--baseline-client", str(bodies),
+            "--url", sim.base_url, "--concurrency", str(concurrency)]
+
+
 def run_baseline(sim: SimProcess, bodies: Path, concurrency: int, name: str,
                  timeout_s: float) -> ChildRun:
     """The bare aiohttp loop (this script with --baseline-client) over ``bodies``."""
-    run = run_child([sys.executable, str(Path(__file__).resolve()), "--baseline-client",
-                     str(bodies), "--url", sim.base_url, "--concurrency", str(concurrency)],
-                    workdir=bodies.parent, timeout_s=timeout_s, name=name)
+    run = run_child(baseline_argv(sim, bodies, concurrency), workdir=bodies.parent,
+                    timeout_s=timeout_s, name=name)
     if run.returncode != 0:
         raise BenchError(f"the baseline client failed: {run.stderr[-800:]}")
     return run
@@ -560,6 +592,25 @@ def scenario_overhead(ctx: Ctx) -> None:
                     best = (best[0], best[1], rr, r_stats)
         assert best is not None
         base, base_stats, run, run_stats = best
+        # The system calls a request, from strace at two sizes (traced runs, not timed; not
+        # in --smoke, whose every second counts in the test suite: count_syscalls is tested
+        # on its own).
+        n_sc = 2_000
+        syscalls: dict[str, tuple[Counter[str], Counter[str]]] = {}
+        if not ctx.smoke:
+            write_bodies(work / "bodies-sc.jsonl", n_sc, max_tokens=256)
+            inp_sc = write_input(work / "input-sc.csv", n_sc)
+        runs = {} if ctx.smoke else {"runner": [runner_argv(sim.base_url, i, work / o, extra=[
+                    "--max-tokens", "256", "--concurrency", str(conc)])
+                           for i, o in ((inp1, "out-sc1"), (inp_sc, "out-scn"))],
+                "bare loop": [baseline_argv(sim, work / f, conc)
+                              for f in ("body1.jsonl", "bodies-sc.jsonl")]}
+        for label, (argv1, argvn) in runs.items():
+            one = count_syscalls(argv1, workdir=work, name=f"{label}-1", timeout_s=ctx.timeout(60))
+            many = count_syscalls(argvn, workdir=work, name=f"{label}-n",
+                                  timeout_s=ctx.timeout(120))
+            if one is not None and many is not None:
+                syscalls[label] = (one, many)
     inner = json.loads(base.stdout.strip().splitlines()[-1])
     rep = {"wall_s": run_stats["own_wall_s"]}
     describe_run("bare aiohttp loop", base, n,
@@ -593,6 +644,32 @@ def scenario_overhead(ctx: Ctx) -> None:
         "baseline_1row_cpu_s": base1.cpu_s, "marginal_cpu_runner_us": 1e6 * m_run,
         "marginal_cpu_baseline_us": 1e6 * m_base,
     })
+    # The kernel's part: the instruction count (count_instructions.py) leaves it out.
+    say(f"  kernel side, a request: runner user {1e6 * run.user_s / n:,.0f} µs + sys "
+        f"{1e6 * run.sys_s / n:,.0f} µs, {run.minflt / n:,.2f} page faults; bare loop user "
+        f"{1e6 * base.user_s / n:,.0f} µs + sys {1e6 * base.sys_s / n:,.0f} µs, "
+        f"{base.minflt / n:,.2f} page faults (start-up and finish included; without them, "
+        f"sys {1e6 * (run.sys_s - run1.sys_s) / (n - 1):,.0f} against "
+        f"{1e6 * (base.sys_s - base1.sys_s) / (n - 1):,.0f} µs, "
+        f"{(run.minflt - run1.minflt) / (n - 1):,.2f} against "
+        f"{(base.minflt - base1.minflt) / (n - 1):,.2f} page faults)")
+    ctx.figures[name].update({
+        "runner_user_s": run.user_s, "runner_sys_s": run.sys_s, "runner_minflt": run.minflt,
+        "baseline_user_s": base.user_s, "baseline_sys_s": base.sys_s,
+        "baseline_minflt": base.minflt, "runner_1row_sys_s": run1.sys_s,
+        "runner_1row_minflt": run1.minflt, "baseline_1row_sys_s": base1.sys_s,
+        "baseline_1row_minflt": base1.minflt,
+    })
+    if syscalls:
+        shown = []
+        for label, (one, many) in syscalls.items():
+            per = {k: (many[k] - one[k]) / (n_sc - 1) for k in many}
+            ctx.figures[name][f"syscalls_per_request_{label.replace(' ', '_')}"] = per
+            top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1])
+                            if v >= 0.05)
+            shown.append(f"{label} {sum(per.values()):.2f} ({top})")
+        say(f"  system calls a request (strace -c): {'; '.join(shown)} "
+            f"({n_sc:,} rows less a 1-row run)")
     ctx.check(name, "requests/s vs bare aiohttp",
               f"{n / run.wall_s:,.0f} vs {n / base.wall_s:,.0f} = {rate_ratio:.2f}×", "≥ 0.75×",
               rate_ratio >= 0.75)

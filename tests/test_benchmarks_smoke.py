@@ -42,6 +42,24 @@ def test_bench_pacing_smoke() -> None:
         assert f"== {name}:" in out, f"scenario {name} did not run\n{out[-3000:]}"
         assert f"| {name} |" in out, f"scenario {name} has no figure in the summary\n{out[-3000:]}"
     assert "ERROR" not in out
+    # The overhead scenario's kernel side: CPU split into user and system time, and page
+    # faults, each a request, for both clients (system calls: not in --smoke, see below).
+    assert "  kernel side, a request: runner user " in out, out[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_bench_pacing_counts_system_calls(tmp_path: Path) -> None:
+    """The overhead scenario's system calls a request are read from ``strace -c``'s table."""
+    from benchmarks import bench_pacing
+
+    script = "import os\nfor _ in range(500): os.getpid()\n"
+    try:
+        calls = bench_pacing.count_syscalls([sys.executable, "-c", script], workdir=tmp_path,
+                                            name="getpid", timeout_s=60)
+    except bench_pacing.BenchError as e:  # ptrace not allowed (a container), say
+        pytest.skip(f"strace cannot trace here: {e}")
+    assert calls is not None
+    assert calls["getpid"] >= 500, calls
 
 
 def test_bench_pacing_knows_every_scenario() -> None:
