@@ -1,6 +1,5 @@
 """What a run costs the kernel for each request, counted rather than timed (timings on a shared
-machine are not a test): the system calls a run makes (``strace -c``, where installed) and the
-pages the journal's writes fault in."""
+machine are not a test): the system calls a run makes (``strace -c``, where installed)."""
 
 from __future__ import annotations
 
