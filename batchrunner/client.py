@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import math
 import os
 import re
@@ -792,10 +791,13 @@ class ChatClient:
         # one is then a cut (a gateway closing a broken upstream so), not a server's way; and
         # those whose streams end without one (two did before any had one): such a [DONE] is
         # their way. Until one or the other is known, a stream that ends so while others are in
-        # flight waits for the next of the model's to end (``_told``), on its event here.
+        # flight waits for the next of the model's to end (``_told``), on its event here; one
+        # with none to wait for is taken as cut, and the model is noted (``_untold``): the next
+        # of its streams to end so tells that it is the endpoint's way.
         self._finishing: set[str | None] = set()
         self._unfinishing: set[str | None] = set()
         self._telling: dict[str | None, asyncio.Event] = {}
+        self._untold: set[str | None] = set()
         # The models the endpoint lists, asked for on the first 404 that names the model.
         self._served: asyncio.Future[list[str] | None] | None = None
 
@@ -1100,19 +1102,27 @@ class ChatClient:
         stream of the model has yet told whether the endpoint sends one: wait (``limit`` at
         most) for the next to end, when others are in flight. One that comes with a
         finish_reason (``_from_stream``) makes this one a cut; one that ends as this one did
-        makes both whole, and the model's later such streams are taken at once."""
+        makes both whole, and the model's later such streams are taken at once. With nothing
+        in flight to tell (concurrency 1, say), or nothing told in time, this one is taken as
+        cut (``_from_stream``): sent again, the next stream tells, and the model is noted in
+        ``_untold`` so that the next to end so makes it the endpoint's way."""
         waiting = self._telling.get(model)
-        if waiting is not None:  # a second stream ended so: the endpoint's way
+        if waiting is not None or model in self._untold:
+            # a second stream ended so: the endpoint's way
             self._unfinishing.add(model)
-            waiting.set()
+            if waiting is not None:
+                waiting.set()
             return
-        if not self._deadlines:  # nothing in flight to tell: taken as it is
+        if not self._deadlines:  # nothing in flight to tell
+            self._untold.add(model)
             return
         told = self._telling[model] = asyncio.Event()
         try:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(limit):
                     await told.wait()
+            except TimeoutError:
+                self._untold.add(model)
         finally:
             if self._telling.get(model) is told:
                 del self._telling[model]
@@ -1172,6 +1182,15 @@ class ChatClient:
         if first.finish_reason is None and not first.content and calls is None:
             raise BadResponseError("no_choices", "a stream without choices", retryable=True,
                                    status=200, request_id=request_id, usage=billed)
+        if first.finish_reason is None and model not in self._finishing and (
+                model not in self._unfinishing):
+            # Its [DONE] came before a finish_reason, and no other stream of the model told
+            # whether the endpoint sends one (``_told``): taken as cut, sent again; the next
+            # stream tells. A half answer is not taken as whole on a guess.
+            raise TransportError("stream_cut", "the stream ended ([DONE]) before its answer "
+                                 "did: no finish_reason, and no other answer of the model yet "
+                                 "to tell whether the endpoint sends one", retryable=True,
+                                 request_id=request_id, usage=billed)
         if model in self._finishing and (first.finish_reason is None or (
                 st.others is not None
                 and any(p.finish_reason is None for p in st.others.values()))):

@@ -956,13 +956,43 @@ async def test_a_done_without_a_finish_reason_is_a_cut_where_answers_have_one(
     assert s.exit_code == 0
     df = results(tmp_path)
     if gateway == "never-finishes":
-        assert srv.requests == 3 and list(df["content"]) == ["Echo: half"] * 3
-        assert df["finish_reason"].isna().all() and list(df["attempts"]) == [1, 1, 1]
+        # The first stream, with no other to tell, is sent again once (see the next test).
+        assert srv.requests == 4 and list(df["content"]) == ["Echo: half"] * 3
+        assert df["finish_reason"].isna().all() and list(df["attempts"]) == [2, 1, 1]
         return
     assert srv.requests == 4
     assert list(df["content"]) == ["Echo: whole"] * 3
     assert list(df["finish_reason"]) == ["stop"] * 3 and list(df["attempts"]) == [1, 2, 1]
     assert df.loc["r0001", "earlier_cost_usd"] > 0  # the cut try's 9 + 4 tokens
+    assert seen_by_type(report(tmp_path)) == {"stream_cut": 1}
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_a_done_without_a_finish_reason_with_no_other_stream_to_tell_is_sent_again(
+        tmp_path: Path) -> None:
+    """The rules above need another stream of the model to tell whether the endpoint sends a
+    finish_reason: at concurrency 1 (or with nothing else in flight) a run's first stream that
+    a gateway closed with its usage so far and a ``[DONE]``, no finish_reason, was ok with half
+    an answer, never sent again. It is taken as cut and sent again: the next stream tells (a
+    finish_reason: it was a cut; none again: the endpoint's way, above, one request more)."""
+    inp = make_csv(tmp_path / "in.csv", ["cut once", "whole", "whole too"])
+    half = (sse(stream_chunk("Echo: ")), sse(stream_chunk("half")))
+
+    async def upstream_breaks(srv: FaultServer, request: web.BaseRequest,
+                              body: dict[str, Any]) -> web.StreamResponse:
+        text = str(body["messages"][-1]["content"])
+        if "cut" in text and srv.by_prompt[prompt_key(text)] == 1:
+            return await stream_reply(request, *half, USAGE_CHUNK, b"data: [DONE]\n\n")
+        return await stream_reply(request, *FINISHED, USAGE_CHUNK, b"data: [DONE]\n\n")
+
+    async with FaultServer(upstream_breaks) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, concurrency=1))
+        assert srv.requests == 4
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: whole"] * 3 and (df["finish_reason"] == "stop").all()
+    assert list(df["attempts"]) == [2, 1, 1] and df.loc["r0000", "earlier_cost_usd"] > 0
     assert seen_by_type(report(tmp_path)) == {"stream_cut": 1}
 
 
