@@ -798,6 +798,9 @@ class ChatClient:
         self._unfinishing: set[str | None] = set()
         self._telling: dict[str | None, asyncio.Event] = {}
         self._untold: set[str | None] = set()
+        # The streams in flight of each model not yet known either way: only another of the
+        # same model can tell (a mixed job's other models' streams cannot).
+        self._flying: dict[str | None, int] = {}
         # The models the endpoint lists, asked for on the first 404 that names the model.
         self._served: asyncio.Future[list[str] | None] | None = None
 
@@ -931,6 +934,14 @@ class ChatClient:
         status = 0  # no answer yet
         stream: StreamAssembler | None = None
         usage_due = False  # a finished stream's usage chunk is waited for
+        counted = False  # counted in ``_flying``
+        if streaming:
+            model = body.get("model")
+            name = model if type(model) is str else None
+            if name not in self._finishing and name not in self._unfinishing:
+                flying = self._flying
+                flying[name] = flying.get(name, 0) + 1
+                counted = True
         try:
             async with self._session.post(self.url, data=data) as resp:
                 if resp.history and (stop := self._redirected(resp)):
@@ -1050,6 +1061,11 @@ class ChatClient:
         finally:
             del deadlines[task]
             self._expired.discard(task)
+            if counted:
+                if (left := self._flying[name] - 1) > 0:
+                    self._flying[name] = left
+                else:
+                    del self._flying[name]
         latency_ms = (time.perf_counter() - start) * 1000.0
         request_id = self._scrub(headers.get("x-request-id"))
         if status != 200:
@@ -1100,7 +1116,7 @@ class ChatClient:
     async def _told(self, model: str | None, limit: float) -> None:
         """A stream for ``model`` ended with its ``[DONE]`` before a finish_reason, and no
         stream of the model has yet told whether the endpoint sends one: wait (``limit`` at
-        most) for the next to end, when others are in flight. One that comes with a
+        most) for the next to end, when others of the model are in flight. One that comes with a
         finish_reason (``_from_stream``) makes this one a cut; one that ends as this one did
         makes both whole, and the model's later such streams are taken at once. With nothing
         in flight to tell (concurrency 1, say), or nothing told in time, this one is taken as
@@ -1113,7 +1129,7 @@ class ChatClient:
             if waiting is not None:
                 waiting.set()
             return
-        if not self._deadlines:  # nothing in flight to tell
+        if not self._flying.get(model):  # no other stream of the model in flight to tell
             self._untold.add(model)
             return
         told = self._telling[model] = asyncio.Event()

@@ -1151,6 +1151,50 @@ async def test_a_done_without_a_finish_reason_in_the_first_streams_waits_to_be_t
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
+async def test_a_done_without_a_finish_reason_does_not_wait_on_other_models_streams(
+        tmp_path: Path) -> None:
+    """In a job of several models, a stream of a model with one row, ended by a ``[DONE]``
+    with no finish_reason, waited for the next stream of its model to tell it while other
+    models' streams were in flight: none came, and its worker was held for timeout_s. Only
+    streams of the same model are waited on: with none in flight it is cut at once and sent
+    again. Here the other model's streams are held until the row's second request comes (3 s
+    at most), which it does before they end."""
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(5)], "text": [f"t{i}" for i in range(5)],
+                  "model": ["one-row"] + ["many"] * 4}).to_csv(inp, index=False)
+    half = (sse(stream_chunk("Echo: ")), sse(stream_chunk("half")))
+    sent_again = anyio.Event()
+    held_until_sent_again = []
+
+    async def upstream_breaks(srv: FaultServer, request: web.BaseRequest,
+                              body: dict[str, Any]) -> web.StreamResponse:
+        if body["model"] == "one-row":
+            if srv.by_prompt[prompt_key(str(body["messages"][-1]["content"]))] == 1:
+                await anyio.sleep(0.1)  # the other model's streams are in flight
+                return await stream_reply(request, *half, USAGE_CHUNK, b"data: [DONE]\n\n")
+            sent_again.set()
+            return await stream_reply(request, *FINISHED, USAGE_CHUNK, b"data: [DONE]\n\n")
+        response = await stream_reply(request, FINISHED[0], hold=True)
+        with anyio.move_on_after(3):
+            await sent_again.wait()
+        held_until_sent_again.append(sent_again.is_set())
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(FINISHED[1] + USAGE_CHUNK + b"data: [DONE]\n\n")
+            await response.write_eof()
+        return response
+
+    async with FaultServer(upstream_breaks) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, model_column="model",
+                                    timeout_s=6))
+        assert srv.requests == 6
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: whole"] * 5 and list(df["attempts"]) == [2, 1, 1, 1, 1]
+    assert held_until_sent_again == [True] * 4  # not the 3 s: the row was not held
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
 async def test_a_stream_within_what_max_tokens_takes_is_not_cut_at_ten_timeouts(
         tmp_path: Path) -> None:
     """The whole of a stream was given 10 × timeout_s, whatever it asked for: a long answer
