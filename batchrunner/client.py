@@ -599,6 +599,15 @@ class StreamAssembler:
                      or (self.usage is not None and not self.usage_so_far))
                 and all(p.finish_reason is not None for p in others.values()))
 
+    def closed_whole(self, choices: int) -> bool:
+        """The stream closed without its ``[DONE]`` is whole: ``finished``, where usage sent
+        in every chunk counts as the last one's too, as nothing more comes (a server that
+        ignores ``n`` and sends the usage so far in every chunk has sent its one choice)."""
+        others = self.others or {}
+        return (self.first.finish_reason is not None
+                and (len(others) + 1 >= choices or self.usage is not None)
+                and all(p.finish_reason is not None for p in others.values()))
+
     def ended(self, choices: int) -> bool:
         """Nothing more is needed of the stream: every choice finished (``finished``), or an
         error came (what follows it, a usage chunk at most, is read while it comes at once;
@@ -1171,7 +1180,9 @@ class ChatClient:
         if st.error is not None:  # read like an error body: its words may stop the job
             raise self._error_in_200({"error": st.error, "usage": st.usage}, request_id,
                                      kind="stream_error")
-        if not st.done and not st.finished(choices):
+        if not st.done and not st.closed_whole(choices):
+            # Closed without its [DONE] before its answer finished (with fewer choices than
+            # ``n`` and no usage, one finished choice may be a cut stream's first).
             if not st.begun:  # not a byte came
                 raise BadResponseError("invalid_body", "HTTP 200 with an empty body",
                                        retryable=True, status=200, request_id=request_id)

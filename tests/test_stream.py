@@ -1072,6 +1072,40 @@ async def test_n_choices_with_usage_in_every_chunk_wait_for_a_choice_that_starts
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
+async def test_a_server_that_ignores_n_and_sends_no_done_has_its_one_choice_taken(
+        tmp_path: Path) -> None:
+    """A server that ignores ``n``, sends the usage so far in every chunk and closes the
+    stream without a ``[DONE]``: its one choice finished, but with usage in every chunk the
+    other choices asked for might still have come, so the clean end was a ``stream_cut``,
+    sent again and paid for on every try, and the row failed. Once the stream has ended
+    nothing more comes: an answer whose every choice sent finished is whole, as after a
+    ``[DONE]``."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+
+    def part(text: str, tokens: int, finish: str | None = None) -> bytes:
+        return sse({"id": "chatcmpl-s", "object": "chat.completion.chunk", "model": "m",
+                    "usage": {"prompt_tokens": 9, "completion_tokens": tokens,
+                              "total_tokens": 9 + tokens},
+                    "choices": [{"index": 0, "delta": {"content": text},
+                                 "finish_reason": finish}]})
+
+    async def ignores_n(srv: FaultServer, request: web.BaseRequest,
+                        body: dict[str, Any]) -> web.StreamResponse:
+        assert body.get("n") == 2
+        return await stream_reply(request, part("Echo: ", 2), part("one", 4, "stop"))
+
+    async with FaultServer(ignores_n) as srv:
+        job = job_for(tmp_path, srv.base_url, inp, stream=True)
+        s = await fault_run(replace(job, request=replace(job.request, extra={"n": 2})))
+        assert srv.requests == 2
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["status"]) == ["ok", "ok"] and list(df["content"]) == ["Echo: one"] * 2
+    assert list(df["total_tokens"]) == [13, 13] and df["choices"].isna().all()
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
 async def test_a_stream_that_ignores_incremental_output_false_is_read_in_linear_time(
         tmp_path: Path) -> None:
     """A request that asks for Qwen's ``incremental_output`` false, sent to a server that
