@@ -796,6 +796,10 @@ class ChatClient:
         # came: the server sends none (it ignores stream_options), so later streams are not
         # waited on for one.
         self._usage_held = False
+        # A finished stream was held open past what may follow its answer, no [DONE] coming:
+        # later streams are taken once nothing but it is to come (their usage in hand, or
+        # none coming: ``_usage_held``), not read on for ``_AFTER_FINISH_S`` each.
+        self._held_open = False
         # The models (as asked for) whose streams came with a finish_reason: a [DONE] without
         # one is then a cut (a gateway closing a broken upstream so), not a server's way; and
         # those whose streams end without one (two did before any had one): such a [DONE] is
@@ -999,12 +1003,16 @@ class ChatClient:
                                 elif usage_due and stream.usage is not None:
                                     usage_due = False
                                     finished_by = min(finished_by, after_finish + loop.time())
+                                if not usage_due and self._held_open and (
+                                        stream.usage is not None or self._usage_held):
+                                    break  # only the [DONE] is to come, which it holds back
                                 try:
                                     async with asyncio.timeout_at(finished_by):
                                         chunk = await content.readany()
                                 except TimeoutError:
                                     if usage_due:
                                         self._usage_held = True
+                                    self._held_open = True
                                     break
                             else:
                                 chunk = await content.readany()
@@ -1052,6 +1060,7 @@ class ChatClient:
             # whole, taken (the error read).
             if usage_due:
                 self._usage_held = True
+            self._held_open = True
             raw = b""
         except Exception as e:
             if not (stream is not None and stream.ended(choices)

@@ -893,6 +893,37 @@ async def test_a_usage_chunk_that_comes_late_is_waited_for_as_a_chunk_is(job_env
 
 
 @pytest.mark.anyio
+async def test_streams_after_one_held_open_without_usage_are_not_read_on_for_a_done(
+        job_env: str) -> None:
+    """A server that holds a finished stream open with no usage chunk and no ``[DONE]`` costs
+    the wait for the usage once; every later stream was still read on for what may follow
+    (0.5 s each at timeout_s = 2: 16 rows at concurrency 4 took 3.9 s, 10.9 s at 6, where
+    2.8 s and 6.5 s now), for a ``[DONE]`` the server holds back. Once a stream was held
+    open so, a later one is taken at its finish: here the server sends more 0.2 s after it,
+    which the stream is no longer read on for."""
+    body = {**STREAM_BODY, "stream_options": {"include_usage": True}}
+
+    async def held(srv: FaultServer, request: web.BaseRequest,
+                   body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, *FINISHED, hold=True)
+        if srv.requests == 2:
+            await anyio.sleep(0.2)  # within the 0.5 s a finished stream was read on for
+            with contextlib.suppress(ConnectionResetError):  # the client may have gone
+                await response.write(USAGE_CHUNK)
+        return await srv.held(response)
+
+    with anyio.fail_after(25):
+        async with FaultServer(held) as srv, ChatClient(srv.base_url, job_env, timeout_s=2,
+                                                        connections=4) as client:
+            first = await client.complete(body)
+            later = await client.complete(body)
+    assert (first.content, first.finish_reason, first.total_tokens) == (
+        "Echo: whole", "stop", None)
+    assert (later.content, later.finish_reason, later.total_tokens) == (
+        "Echo: whole", "stop", None)
+
+
+@pytest.mark.anyio
 async def test_an_empty_usage_object_in_every_chunk_is_no_usage(job_env: str) -> None:
     """A gateway that sends ``"usage": {}`` in every chunk until the last (as Higress passes on
     Claude's stream) had its empty object taken for the usage: a usage chunk asked for and sent
