@@ -811,6 +811,10 @@ class ChatClient:
         self._unfinishing: set[str | None] = set()
         self._telling: dict[str | None, asyncio.Event] = {}
         self._untold: set[str | None] = set()
+        # The models whose streams, taken whole without a finish_reason (``_unfinishing``),
+        # came with the usage chunk asked for: one of theirs that ends so without it is cut (a
+        # gateway that closed a broken upstream's stream, with no usage to send).
+        self._usage_whole: set[str | None] = set()
         # The streams in flight of each model not yet known either way: only another of the
         # same model can tell (a mixed job's other models' streams cannot).
         self._flying: dict[str | None, int] = {}
@@ -947,6 +951,7 @@ class ChatClient:
         status = 0  # no answer yet
         stream: StreamAssembler | None = None
         usage_due = False  # a finished stream's usage chunk is waited for
+        usage_asked = False  # a stream's usage chunk was asked for (stream_options)
         counted = False  # counted in ``_flying``
         if streaming:
             model = body.get("model")
@@ -1124,7 +1129,7 @@ class ChatClient:
                 await self._told(name, limit)
             try:
                 res = self._from_stream(stream, request_id, start, latency_ms, hdrs, choices,
-                                        name)
+                                        name, usage_asked)
             except RequestError as e:
                 e.answer_begun = stream.answering
                 raise
@@ -1184,7 +1189,7 @@ class ChatClient:
 
     def _from_stream(self, st: StreamAssembler, request_id: str | None, start: float,
                      latency_ms: float, headers: dict[str, str], choices: int,
-                     model: str | None = None) -> ChatResult:
+                     model: str | None = None, usage_asked: bool = False) -> ChatResult:
         billed = _billed_usage(st.usage)
         if st.error is not None:  # read like an error body: its words may stop the job
             raise self._error_in_200({"error": st.error, "usage": st.usage}, request_id,
@@ -1227,6 +1232,17 @@ class ChatClient:
                                  "did: no finish_reason, and no other answer of the model yet "
                                  "to tell whether the endpoint sends one", retryable=True,
                                  request_id=request_id, usage=billed)
+        if first.finish_reason is None and usage_asked and model not in self._finishing:
+            # The endpoint's way for the model (``_unfinishing``), but for its usage chunk:
+            # one that came with it tells that the endpoint sends it; then one without it is
+            # cut (a gateway that closed a broken upstream's stream knew no usage to send).
+            if st.usage is not None:
+                self._usage_whole.add(model)
+            elif model in self._usage_whole:
+                raise TransportError("stream_cut", "the stream ended ([DONE]) before its answer "
+                                     "did: no finish_reason, as the endpoint's answers for the "
+                                     "model have none, but no usage chunk either, which they "
+                                     "had", retryable=True, request_id=request_id, usage=billed)
         if model in self._finishing and (first.finish_reason is None or (
                 st.others is not None
                 and any(p.finish_reason is None for p in st.others.values()))):

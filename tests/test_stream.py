@@ -1216,6 +1216,37 @@ async def test_a_done_without_a_finish_reason_in_the_first_streams_waits_to_be_t
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
+async def test_a_done_without_a_finish_reason_or_the_usage_the_endpoint_sends_is_a_cut(
+        tmp_path: Path) -> None:
+    """A gateway that sends no finish_reason but the usage chunk asked for (its reference's
+    example stream, whose last chunk "usually contains usage statistics") has its answers
+    taken whole; one whose upstream broke, closed with a ``[DONE]`` and no usage, was ok with
+    half an answer, its tokens and cost unknown. Where the endpoint's whole answers for the
+    model came with their usage, one without it is cut: sent again."""
+    inp = make_csv(tmp_path / "in.csv", ["whole", "whole too", "cut once"])
+    half = (sse(stream_chunk("Echo: ")), sse(stream_chunk("half")))
+
+    async def no_finish_reasons(srv: FaultServer, request: web.BaseRequest,
+                                body: dict[str, Any]) -> web.StreamResponse:
+        assert body["stream_options"] == {"include_usage": True}
+        text = str(body["messages"][-1]["content"])
+        if "cut" in text and srv.by_prompt[prompt_key(text)] == 1:
+            return await stream_reply(request, *half, b"data: [DONE]\n\n")
+        return await stream_reply(request, FINISHED[0], sse(stream_chunk("whole")), USAGE_CHUNK,
+                                  b"data: [DONE]\n\n")
+
+    async with FaultServer(no_finish_reasons) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True, concurrency=1))
+        assert srv.requests == 5  # the first sent again to tell (above), the cut one again
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: whole"] * 3 and df["finish_reason"].isna().all()
+    assert list(df["attempts"]) == [2, 1, 2] and list(df["total_tokens"]) == [13] * 3
+    assert seen_by_type(report(tmp_path)) == {"stream_cut": 2}
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
 async def test_a_done_without_a_finish_reason_does_not_wait_on_other_models_streams(
         tmp_path: Path) -> None:
     """In a job of several models, a stream of a model with one row, ended by a ``[DONE]``
