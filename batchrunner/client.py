@@ -309,10 +309,10 @@ class StreamAssembler:
     it starts with, rather than being added to it.
     """
 
-    __slots__ = ("_after_cr", "_begun", "_cr_only", "_partial", "_partial_size", "_pending",
-                 "_pending_size", "_stray_size", "cited", "done", "error", "event", "first",
-                 "first_token_at", "id", "model", "others", "stray", "usage", "usage_so_far",
-                 "whole_so_far")
+    __slots__ = ("_after_cr", "_begun", "_cr_only", "_head", "_partial", "_partial_size",
+                 "_pending", "_pending_size", "_stray_size", "cited", "done", "error", "event",
+                 "first", "first_token_at", "id", "model", "others", "stray", "usage",
+                 "usage_so_far", "whole_so_far")
 
     def __init__(self, *, whole_so_far: bool = False) -> None:
         self.whole_so_far = whole_so_far
@@ -340,6 +340,7 @@ class StreamAssembler:
         self._cr_only = False  # a lone CR ended a line: line ends are made LF (feed_bytes)
         self._after_cr = False  # the last piece ended with a CR (its LF may start the next)
         self._begun = False  # a piece was fed (a BOM is read only before the first)
+        self._head = b""  # the first pieces while they are the start of a BOM
 
     def feed_bytes(self, chunk: bytes) -> None:
         """A piece of the stream as it arrived: its whole lines are fed (up to ``[DONE]``), and
@@ -350,7 +351,11 @@ class StreamAssembler:
         by LF has its line ends made LF (a CRLF split between two pieces counted once). A
         UTF-8 byte order mark that starts the stream is dropped, as SSE says."""
         if not self._begun:
-            self._begun = True
+            chunk = self._head + chunk
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):  # the rest may come next
+                self._head = chunk
+                return
+            self._begun, self._head = True, b""
             chunk = chunk.removeprefix(_BOM)
         if self._cr_only:
             chunk = self._lf_ends(chunk)
@@ -405,6 +410,8 @@ class StreamAssembler:
 
     def end(self) -> None:
         """The stream ended: feed a last line that had no line break, and end its event."""
+        if self._head:  # the stream was the start of a BOM and no more
+            self._partial, self._head = [self._head], b""
         if self._partial:
             line = b"".join(self._partial)
             self._partial, self._partial_size = [], 0
@@ -436,7 +443,7 @@ class StreamAssembler:
     @property
     def begun(self) -> bool:
         """Whether a byte of the stream came."""
-        return self._begun
+        return self._begun or bool(self._head)
 
     @property
     def answering(self) -> bool:

@@ -125,6 +125,20 @@ def test_a_stream_cut_anywhere_into_pieces_reads_the_same() -> None:
         assert st.usage == whole.usage and st.finish_reason == "stop"
 
 
+def test_a_byte_order_mark_cut_between_pieces_is_still_dropped() -> None:
+    """A stream that starts with a UTF-8 BOM, its three bytes split between the first network
+    pieces: the BOM was dropped only from a first piece holding all of it, so the first line
+    read as a field named "\\ufeffdata" and its event (here the whole answer) was lost."""
+    raw = (b"\xef\xbb\xbfdata: " + orjson.dumps(delta(0, {"content": "Hi"}, "stop")) + b"\n\n"
+           b"data: [DONE]\n\n")
+    for size in (1, 2, 3, 4, len(raw)):
+        st = StreamAssembler()
+        for at in range(0, len(raw), size):
+            st.feed_bytes(raw[at:at + size])
+        st.end()
+        assert st.done and st.first.text() == "Hi" and st.finish_reason == "stop", size
+
+
 @pytest.mark.parametrize("eol", [b"\r", b"\r\n", b"\n"], ids=["cr", "crlf", "lf"])
 def test_lines_ended_by_a_lone_cr_read_as_by_lf(eol: bytes) -> None:
     """SSE lets lines end with CR, CRLF or LF: a stream of each, pretty-printed events over
