@@ -41,6 +41,8 @@ limit-hidden         simulator rpm 600 behind 429s alone (no x-ratelimit-* heade
                      the first 429's wait plus 10 s on)
 faults               10 % 5xx + 2 % 429 faults, 2,000 rows: every row ok, wall vs fault-free
 memory               0 ms latency, Parquet input of 100,000 and of 1,000,000 rows: peak RSS
+                     (``--memory-format csv`` or ``jsonl`` for an input of that format;
+                     ``--memory-text-chars 1000`` for longer texts)
 ===================  =========================================================================
 
 The limited scenarios and ``faults`` use 150 ms latency plus 0–100 ms jitter. The simulator's
@@ -332,7 +334,7 @@ PROMPT = "Describe this product in one sentence: {text}"
 
 
 def make_texts(n: int, text_chars: int = 40) -> list[str]:
-    pad = "sturdy widget with a handle, a lid and a spare part, in blue " * 8
+    pad = "sturdy widget with a handle, a lid and a spare part, in blue " * (text_chars // 62 + 8)
     return [(f"product {i}: " + pad)[:text_chars] for i in range(n)]
 
 
@@ -351,6 +353,10 @@ def helper(argv: Sequence[str]) -> int:
                           "text": make_texts(n, text_chars)})
         if path.suffix == ".parquet":
             pq.write_table(table, path, row_group_size=min(n, 64_000))
+        elif path.suffix == ".jsonl":
+            with open(path, "wb") as f:
+                for row in table.to_pylist():
+                    f.write(json.dumps(row).encode() + b"\n")
         else:
             pacsv.write_csv(table, path)
         return 0
@@ -370,7 +376,8 @@ def _helper(*args: str) -> str:
 
 
 def write_input(path: Path, n: int, text_chars: int = 40) -> Path:
-    """An input file of ``n`` rows (columns id, text): CSV, or Parquet by its suffix."""
+    """An input file of ``n`` rows (columns id, text): CSV, or Parquet or JSONL by its
+    suffix."""
     _helper("input", str(path), str(n), str(text_chars))
     return path
 
@@ -489,6 +496,8 @@ class Ctx:
     cores: Cores
     tmp: Path
     hidden_retry_after: str = "bucket"
+    memory_format: str = "parquet"
+    memory_text_chars: int = 60
     checks: list[Check] = field(default_factory=list)
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -981,12 +990,13 @@ def scenario_memory(ctx: Ctx) -> None:
     sizes = (500, 5_000) if ctx.smoke else (100_000, 1_000_000)
     work = ctx.tmp / name
     prompt = "Classify this ticket as billing, bug or other: {text}"
-    say(f"== {name}: Parquet input of {sizes[0]:,} and {sizes[1]:,} rows, 0 ms latency, no "
-        "limit set, max_tokens 16 (replies of up to 64 characters)")
+    fmt, chars = ctx.memory_format, ctx.memory_text_chars
+    say(f"== {name}: {fmt} input of {sizes[0]:,} and {sizes[1]:,} rows of {chars}-character "
+        "texts, 0 ms latency, no limit set, max_tokens 16 (replies of up to 64 characters)")
     peaks: list[float] = []
     for n in sizes:
         sub = _mk(work / f"n{n}")
-        inp = write_input(sub / "input.parquet", n, text_chars=60)
+        inp = write_input(sub / f"input.{fmt}", n, text_chars=chars)
         done_at: list[float] = []
         with ctx.sim(f"{name}-{n}", []) as sim:
 
@@ -1007,7 +1017,8 @@ def scenario_memory(ctx: Ctx) -> None:
                      f"; {ok:,} ok; RSS while sending ≤ {sending:,.0f} MB, from the last reply on "
                      f"(compact, results, report) ≤ {after:,.0f} MB (sampled every 0.5 s; "
                      f"sending done at {cut:,.1f} s; VmHWM seen {run.hwm_sampled_mb:,.0f} MB)")
-        ctx.figures[f"{name}-{n}"] = {"rows": n, "wall_s": run.wall_s,
+        ctx.figures[f"{name}-{n}"] = {"rows": n, "format": fmt, "text_chars": chars,
+                                      "wall_s": run.wall_s,
                                       "maxrss_mb": run.maxrss_mb, "rss_sending_mb": sending,
                                       "rss_after_mb": after, "sending_done_s": cut,
                                       "hwm_sampled_mb": run.hwm_sampled_mb,
@@ -1058,6 +1069,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hidden-retry-after", default="bucket", metavar="{bucket,none,S}",
                         help="limit-hidden's 429s' retry-after: the bucket's wait (default), "
                         "none, or S seconds")
+    parser.add_argument("--memory-format", choices=("parquet", "csv", "jsonl"),
+                        default="parquet", help="the memory scenario's input format")
+    parser.add_argument("--memory-text-chars", type=int, default=60, metavar="N",
+                        help="the memory scenario's text length (default %(default)s)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--baseline-client", metavar="BODIES", help=argparse.SUPPRESS)
@@ -1083,7 +1098,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"bench_pacing{' --smoke' if args.smoke else ''}: {len(names)} scenario(s); "
         f"{os.cpu_count()} CPU(s), {cores.describe()}; runner: {Path(where.strip()).parent}")
     ctx = Ctx(smoke=args.smoke, rounds=1 if args.smoke else args.rounds, cores=cores, tmp=tmp,
-              hidden_retry_after=args.hidden_retry_after)
+              hidden_retry_after=args.hidden_retry_after, memory_format=args.memory_format,
+              memory_text_chars=args.memory_text_chars)
     errors: list[str] = []
     try:
         for name in names:
