@@ -187,8 +187,7 @@ def test_a_csv_value_longer_than_a_block_still_reads(
 def test_a_csv_value_longer_than_the_largest_block_is_named(
     write: Writer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bio, "CSV_BLOCK_SIZE", 1 << 14)
-    monkeypatch.setattr(bio, "CSV_MAX_BLOCK_SIZE", 1 << 20)
+    monkeypatch.setattr(bio, "CSV_MAX_BLOCK_SIZE", 1 << 20)  # blocks of 256 KiB, then 1 MiB
     rows = "".join(f"{i},short {i}\n" for i in range(3000))
     path = write("huge.csv", f'id,text\n{rows}doc,"{"x" * 3_000_000}"\n1,a\n'.encode())
     with pytest.raises(InputError) as info:
