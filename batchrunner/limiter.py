@@ -331,6 +331,14 @@ class Limiter:
         return self._requests is not None or self._tokens is not None or self._guess is not None
 
     @property
+    def runs_free(self) -> bool:
+        """Whether no pace holds requests and none was refused (a 429) over ``sample``'s
+        window, a second of it at least: no limit, or one not met."""
+        samples = self._samples
+        return (not self.paces and len(samples) > 1 and samples[-1][2] == samples[0][2]
+                and samples[-1][0] - samples[0][0] >= PACE_MIN_SPAN_S)
+
+    @property
     def requests_per_second(self) -> float | None:
         """The pace requests are let out at, if known (for sizing concurrency)."""
         return self.requests_per_minute / 60.0 if self.requests_per_minute else None

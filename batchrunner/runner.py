@@ -1372,8 +1372,9 @@ class _Run:
         # Split: the rows of each model waiting for its own permit (_park), and how many.
         self.parked: dict[str, deque[_Work]] = {}
         self.parked_rows = 0
-        # Rows are parked while every model has a pace (_sample_pace): a model with none yet
-        # takes as many requests at once as the workers freed send it.
+        # Rows are parked (split) while every model has a pace or runs free, answered and not
+        # refused for a second (_sample_pace): the workers freed would send all their rows at
+        # once to a model behind a limit no header says.
         self.parking = False
         self.outstanding = 0  # rows taken from the input and not finished yet
         self.wake = anyio.Event()  # set when idle workers should look again
@@ -1968,7 +1969,10 @@ class _Run:
                     self.counts.rate_limited += 1
                     self.counters["http_429"] += 1
                     if self.split is not None:
-                        self._model_limiter(item).requests_refused += 1
+                        own = self._model_limiter(item)
+                        own.requests_refused += 1
+                        if not own.paces:  # a limit no header says: a storm to learn from
+                            self.parking = False
                     if (e.retry_after is not None and e.retry_after > self.policy.max_retry_after_s
                             and sent_at > self.long_wait_at):
                         self.long_waits += 1
@@ -2332,6 +2336,7 @@ class _Run:
             limiter = self.split[model] = Limiter(None, None, burst=False)
             limiter.learn(*limits)
         self.limiter.unlearn()
+        self.parking = True
 
     def _model_limiter(self, item: _Work) -> Limiter:
         """The limiter of ``item``'s model (``split``; one that reported no limits yet runs
@@ -2340,7 +2345,7 @@ class _Run:
         model = str(item.body.get("model") or "")
         if (limiter := self.split.get(model)) is None:
             limiter = self.split[model] = Limiter(None, None)
-            self.parking = False  # until it has a pace (_sample_pace)
+            self.parking = False  # until it has answered, or has a pace (_sample_pace)
         return limiter
 
     def _park(self, item: _Work) -> _Work | None:
@@ -2349,10 +2354,14 @@ class _Run:
         of other models (a worker waiting for a slow model's permit held its place: 8 of them
         at 20 requests a minute starved a fast model's rows). A model's rows leave in the
         order they came; with its queue full, the worker sends its oldest, waiting for it.
-        Nothing is parked while a model has no pace yet (``parking``): the workers freed
-        would all send its rows at once, a burst of 429s from a limit no header says (a
-        split job's model behind a gateway's drew 74 429s of 174 requests, not 35 of 135,
-        before a pace was learnt from them), nor are its rows (a pause at most holds them)."""
+        A model with no pace yet has no rows parked (a pause at most holds them). Nothing is
+        parked while such a model has not answered yet or was refused over the last second
+        or more (``parking``): the workers freed would all send its rows at once, a burst of
+        429s from a limit no header says (a split job's model behind a gateway's drew 124
+        429s of 224 requests, not some 28 of 128, before a pace was learnt from them). One that
+        runs free (answered, and not refused) holds nothing up: kept in the workers until
+        every model had a pace, a slow model's rows held the others' at its pace for good
+        where one model never reports a limit (a server of one's own behind the gateway)."""
         model = str(item.body.get("model") or "")
         queue = self.parked.get(model)
         if not queue:
@@ -2613,7 +2622,9 @@ class _Run:
         else:
             for limiter in self.split.values():
                 limiter.sample(now, limiter.requests_sent, limiter.requests_refused)
-            self.parking = all(limiter.paces for limiter in self.split.values())
+            answered = self.answered_models
+            self.parking = all(limiter.paces or (limiter.runs_free and model in answered)
+                               for model, limiter in self.split.items())
 
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap (a

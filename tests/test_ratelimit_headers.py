@@ -283,18 +283,24 @@ async def test_a_job_with_no_limits_is_paced_to_anthropics(tmp_path: Path) -> No
 # Limits of each model's own
 
 
-def per_model_limits(limits: dict[str, float], answered: list[float]) -> Any:
+def per_model_limits(limits: dict[str, float], answered: list[float], *,
+                     hidden: bool = False) -> Any:
     """Replies from a server that allows each model ``limits[model]`` requests a minute (from a
-    bucket of a second's worth), says so in OpenAI's headers, and answers 429 past it; the
-    time of each reply that is not a 429 is appended to ``answered`` (the server's clock)."""
+    bucket of a second's worth), says so in OpenAI's headers (``hidden``: says it with 429s
+    alone, a gateway's per model), and answers 429 past it; a model not in ``limits`` has no
+    limit, and none said. The time of each reply that is not a 429 is appended to
+    ``answered`` (the server's clock)."""
     buckets: dict[str, tuple[float, float]] = {}
 
     async def answer(counted: Counted, body: dict[str, Any]) -> web.Response:
         model, now = body["model"], time.monotonic()
+        if model not in limits:
+            answered.append(now)
+            return web.json_response(completion(body))
         per_s = limits[model] / 60.0
         level, then = buckets.get(model, (per_s, now))
         level = min(per_s, level + (now - then) * per_s)
-        headers = {"x-ratelimit-limit-requests": f"{limits[model]:.0f}"}
+        headers = {} if hidden else {"x-ratelimit-limit-requests": f"{limits[model]:.0f}"}
         if level < 1.0:
             buckets[model] = (level, now)
             headers["retry-after-ms"] = f"{(1.0 - level) / per_s * 1000:.0f}"
@@ -563,7 +569,6 @@ def test_a_row_parked_again_then_sent_from_a_full_queue_is_no_longer_parked(
     monkeypatch.setattr(runner, "PARKED_MAX_ROWS", 2)
     run = models_run()
     run.split = {"a": Limiter(60, None, burst=False)}  # no permit now: rows are parked
-    run.parking = True
 
     def work(key: str) -> _Work:
         return _Work(key=key, body={"model": "a"}, prompt_estimate=1, completion_max=1)
