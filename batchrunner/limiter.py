@@ -339,6 +339,16 @@ class Limiter:
                 and samples[-1][0] - samples[0][0] >= PACE_MIN_SPAN_S)
 
     @property
+    def answered_freely(self) -> bool:
+        """Whether ``sample``'s window, of a second at least, saw twice STORM_COUNT requests
+        sent or more and a quarter of a storm's share of them answered 429 at most."""
+        samples = self._samples
+        if len(samples) < 2 or samples[-1][0] - samples[0][0] < PACE_MIN_SPAN_S:
+            return False
+        sent, refused = samples[-1][1] - samples[0][1], samples[-1][2] - samples[0][2]
+        return sent >= 2 * STORM_COUNT and refused <= sent * STORM_SHARE / 4
+
+    @property
     def requests_per_second(self) -> float | None:
         """The pace requests are let out at, if known (for sizing concurrency)."""
         return self.requests_per_minute / 60.0 if self.requests_per_minute else None
@@ -545,15 +555,16 @@ class Limiter:
                 self.tokens_per_minute, self._tokens = None, None
         return True
 
-    def sample(self, now: float, sent: int, refused: int) -> None:
+    def sample(self, now: float, sent: int, refused: int) -> bool:
         """The run's requests ``sent`` so far and those of them ``refused`` (answered 429), at
         ``now``: while no request rate is known (none set, none reported), a storm of 429s
         paces requests a little under the rate they were accepted at over the last few
         seconds (or lower a pace so learnt), where each 429's pause ended with every request
         waiting sent at once; the pace is raised slowly while no 429 comes. Counts taken a
-        few times a second, not a time for each answer: nothing on a request's way."""
+        few times a second, not a time for each answer: nothing on a request's way. True
+        when a storm set the pace (learnt or lowered) now."""
         if not self.adaptive or self._requests is not None:
-            return
+            return False
         samples = self._samples
         paused = self._held_total(now)
         samples.append((now, sent, refused, paused))
@@ -564,13 +575,14 @@ class Limiter:
         then, sent_then, refused_then, paused_then = samples[0]
         span = now - then
         if span < PACE_MIN_SPAN_S:
-            return
+            return False
         refusals = refused - refused_then
         sending = span - (paused - paused_then)  # the time requests could go out
         measured = sending >= PACE_MIN_SPAN_S  # enough of it to measure a rate over
         accepted = (sent - sent_then - refusals) / max(sending, PACE_MIN_SPAN_S) * 60.0
         current = self.requests_per_minute if self.guessed else None
         if measured and refusals >= STORM_COUNT and refusals >= STORM_SHARE * (sent - sent_then):
+            stormed = False
             if accepted >= 1.0 and (current is None or accepted * PACE_UNDER < current):
                 self._storm_pace = accepted * PACE_UNDER
                 self._set_guess(self._storm_pace)
@@ -578,11 +590,13 @@ class Limiter:
                 # again for the 429s that taught it.
                 samples.clear()
                 samples.append((now, sent, refused, paused))
+                stormed = True
             if new_refusals and long_asked and self.guessed:
                 self._raise_from = now + RAISE_HOLD_S
-        elif current is None:
-            return
-        elif new_refusals and long_asked:  # a long pause asked: back to the storm's, and held
+            return stormed
+        if current is None:
+            return False
+        if new_refusals and long_asked:  # a long pause asked: back to the storm's, and held
             if current > self._storm_pace:
                 self._set_guess(self._storm_pace)
             self._raise_from = now + RAISE_HOLD_S
@@ -591,6 +605,7 @@ class Limiter:
         elif (measured and not refusals and span >= STORM_WINDOW_S and now >= self._raise_from
               and accepted >= current * PACE_BINDS):
             self._set_guess(current * PACE_RAISE)
+        return False
 
     def _set_guess(self, per_minute: float) -> None:
         self.requests_per_minute, self.guessed = per_minute, True

@@ -1413,6 +1413,11 @@ class _Run:
         # limits are each model's own, and ``split`` holds a limiter for each (``_observe``).
         self.model_limits: dict[str, tuple[float | None, float | None]] = {}
         self.split: dict[str, Limiter] | None = None
+        # Where no answer reports a limit, from the first 429 on: each model's requests answered
+        # (ok or 429) and answered 429, sampled by a limiter of its own (``_split_by_429s``),
+        # which paces nothing until a storm of one model's 429s, beside another's answered,
+        # splits the job.
+        self.probes: dict[str, Limiter] | None = None
         # Before any model answered, a 403 for one cannot tell a key that lacks that model from
         # a key refused outright (and a refusal comes back sooner than an answer). Its rows are
         # held (each with its model_refused outcome, or None: not sent yet) while the rows asking
@@ -1973,6 +1978,10 @@ class _Run:
                         own.requests_refused += 1
                         if not own.paces:  # a limit no header says: a storm to learn from
                             self.parking = False
+                    elif self.models_vary and not self.model_limits:
+                        probe = self._probe(item)  # whose 429s are they? (_split_by_429s)
+                        probe.requests_sent += 1
+                        probe.requests_refused += 1
                     if (e.retry_after is not None and e.retry_after > self.policy.max_retry_after_s
                             and sent_at > self.long_wait_at):
                         self.long_waits += 1
@@ -2326,17 +2335,47 @@ class _Run:
             if any(map(_differ, repeat(limits), self.model_limits.values())):
                 self._split()
 
-    def _split(self) -> None:
-        """Each model's own limiter from here on, at the limits its answers reported, with no
-        burst (requests have been going out); the job's back to the rates the job set (a
-        pause it holds runs out)."""
-        self.split = {}
+    def _split(self, limiters: dict[str, Limiter] | None = None) -> None:
+        """Each model's own limiter from here on (``limiters``, or new ones), at the limits its
+        answers reported, with no burst (requests have been going out); the job's back to the
+        rates the job set (a pause it holds runs out)."""
+        self.split = {} if limiters is None else limiters
+        self.probes = None
         for model, limits in self.model_limits.items():
             # Learnt, not set: a limit its answers raise later is followed.
             limiter = self.split[model] = Limiter(None, None, burst=False)
             limiter.learn(*limits)
         self.limiter.unlearn()
         self.parking = True
+
+    def _probe(self, item: _Work) -> Limiter:
+        """The limiter counting ``item``'s model's requests and 429s, unsplit (``probes``)."""
+        if (probes := self.probes) is None:
+            probes = self.probes = {}
+        model = str(item.body.get("model") or "")
+        if (probe := probes.get(model)) is None:
+            probe = probes[model] = Limiter(None, None)
+        return probe
+
+    def _split_by_429s(self, now: float) -> bool:
+        """Where no answer reports a limit, 429s alone say them (a gateway's, each model's
+        own): sample each model's requests and 429s, and split the job (True) when one
+        model's are a storm, which teaches its limiter a pace, while another's requests were
+        answered over the same seconds with few 429s or none (``Limiter.answered_freely``: a
+        limit the models share refuses each model's requests alike; random 429s are no
+        storm). The models' limiters are these from then on. One pace for all, learnt
+        from the slow model's 429s, held the fast model's rows at the slow one's pace (1,000
+        rows, a fifth asking a model limited to 120 a minute and the rest one limited to
+        3,000: the fast model's last answer came at 47 s, after the slow one's; at 8 s now)."""
+        assert self.probes is not None
+        probes = self.probes
+        stormed = [probe.sample(now, probe.requests_sent, probe.requests_refused)
+                   for probe in probes.values()]
+        if any(stormed) and any(probe.answered_freely for probe, storm
+                                in zip(probes.values(), stormed, strict=True) if not storm):
+            self._split(probes)
+            return True
+        return False
 
     def _model_limiter(self, item: _Work) -> Limiter:
         """The limiter of ``item``'s model (``split``; one that reported no limits yet runs
@@ -2514,6 +2553,8 @@ class _Run:
         requested = str(item.body.get("model") or "")
         if self.models_vary:
             self.answered_models.add(requested)
+            if self.probes is not None:  # and answered (_split_by_429s)
+                self._probe(item).requests_sent += 1
             if self.held and not self.stopping:  # after a stop, held rows are left to do
                 self._release_held()
         prices = self.plan.prices
@@ -2617,14 +2658,17 @@ class _Run:
         a gateway's, ran free)."""
         now = time.monotonic()
         if self.split is None:
-            counters = self.counters
-            self.limiter.sample(now, counters["sent"], counters["http_429"])
+            if self.probes is None or not self._split_by_429s(now):
+                counters = self.counters
+                self.limiter.sample(now, counters["sent"], counters["http_429"])
+                return
         else:
             for limiter in self.split.values():
                 limiter.sample(now, limiter.requests_sent, limiter.requests_refused)
-            answered = self.answered_models
-            self.parking = all(limiter.paces or (limiter.runs_free and model in answered)
-                               for model, limiter in self.split.items())
+        answered, split = self.answered_models, self.split
+        assert split is not None
+        self.parking = all(limiter.paces or (limiter.runs_free and model in answered)
+                           for model, limiter in split.items())
 
     async def tune_concurrency(self) -> None:
         """Little's law: in flight = rate × latency; sized with headroom, within the cap (a

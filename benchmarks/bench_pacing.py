@@ -33,6 +33,10 @@ token-short-replies  simulator tpm 120,000, job ``--tpm 120000``, 1,200 rows, ma
                      max_tokens on admission): share 429'd, ok rows
 limit-unknown        simulator rpm 3,000, the job sets no limit: completions/s after 10 s
 limit-too-high       simulator rpm 3,000, job ``--rpm 6000``: the same
+models-hidden-limits a fifth of 1,000 rows ask a model limited to 120 a minute, the rest one
+                     limited to 3,000, each limit its own and said by 429s alone (no
+                     x-ratelimit-* headers), the job sets none: when the fast model's last
+                     row is answered, against the slow model's
 limit-hidden         simulator rpm 600 behind 429s alone (no x-ratelimit-* headers), the job
                      sets no limit, 900 rows: share 429'd, and from 10 s after the first
                      429 on, share 429'd and completions/s vs the limit; its 429s' retry-after
@@ -99,6 +103,7 @@ SCENARIOS = (
     "limit-unknown",
     "limit-too-high",
     "models-own-limits",
+    "models-hidden-limits",
     "limit-hidden",
     "faults",
     "memory",
@@ -359,6 +364,14 @@ def helper(argv: Sequence[str]) -> int:
                     f.write(json.dumps(row).encode() + b"\n")
         else:
             pacsv.write_csv(table, path)
+        return 0
+    if op == "last-answers":  # each model's last ok row's finished_at, seconds since the epoch
+        table = pq.read_table(path / "results.parquet", columns=["status", "model", "finished_at"])
+        ok = table.filter(pc.equal(table["status"], "ok"))
+        last: dict[str, float] = {}
+        for model, at in zip(ok["model"].to_pylist(), ok["finished_at"].to_pylist(), strict=True):
+            last[model] = max(last.get(model, 0.0), at.timestamp())
+        print(json.dumps(last))
         return 0
     if op == "count-ok":
         status = pq.read_table(path / "results.parquet", columns=["status"])["status"]
@@ -898,6 +911,50 @@ def scenario_models_own_limits(ctx: Ctx) -> None:
     check_paced(ctx, name, run, stats, work / "out", n, ideal, max_ratio=1.10, max_429=0.02)
 
 
+def scenario_models_hidden_limits(ctx: Ctx) -> None:
+    """models-own-limits behind 429s alone: each model's limit its own (a gateway's per model),
+    no x-ratelimit-* header saying either; the job sets none. The simulator's buckets hold a
+    minute's worth, so the slow model's first 120 rows go at once and its 429s come after;
+    the fast model's 800 fit in its bucket. Its rows are answered within seconds when each
+    model is paced at its own; one pace learnt from the slow model's 429s held them too."""
+    name = "models-hidden-limits"
+    n = scale(ctx, 1_000, 300)
+    slow_rpm, fast_rpm = (600, 48_000) if ctx.smoke else (120, 3_000)  # smoke: no 429
+    slow = n // 5
+    slow_s = max(1.0, (slow - slow_rpm) / (slow_rpm / 60))  # past its bucket, at its rate
+    work = _mk(ctx.tmp / name)
+    inp = work / "input.csv"
+    with inp.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["id", "model", "text"])
+        out.writerows([i, SLOW_MODEL if i % 5 == 0 else MODEL, text]
+                      for i, text in enumerate(make_texts(n)))
+    say(f"== {name}: {n:,} rows, a fifth asking {SLOW_MODEL} (simulator --model-rpm "
+        f"{slow_rpm:,}), the rest {MODEL} (--rpm {fast_rpm:,}), no x-ratelimit-* headers, "
+        f"200 ms mean latency, no limit set; the slow model's rows past its bucket take "
+        f"{slow_s:.0f} s")
+    with ctx.sim(name, ["--rpm", str(fast_rpm), "--model-rpm", f"{SLOW_MODEL}={slow_rpm}",
+                        "--no-limit-headers", *LIMITED_LATENCY]) as sim:
+        started = time.time()
+        run = run_runner(sim, inp, work / "out", name="runner",
+                         timeout_s=ctx.timeout(slow_s), extra=["--model-column", "model"])
+        stats = sim.stats()
+    ok = ok_rows(work / "out")
+    last = json.loads(_helper("last-answers", str(work / "out")))
+    fast_s, slow_last_s = last.get(MODEL, math.inf) - started, last.get(SLOW_MODEL, 0.0) - started
+    describe_run("batchrunner run", run, n, f"; {ok:,} ok rows")
+    s429 = share_429(stats)
+    say(f"  requests 429'd: {stats['rate_limited_total']:,} of {stats['requests']:,} = "
+        f"{100 * s429:.2f} %")
+    ctx.figures[name] = {"rows": n, "wall_s": run.wall_s, "fast_last_s": fast_s,
+                         "slow_last_s": slow_last_s, "share_429": s429, "ok_rows": ok,
+                         "requests": stats["requests"]}
+    ctx.check(name, f"{MODEL}'s last answer vs {SLOW_MODEL}'s",
+              f"{fast_s:.1f} s / {slow_last_s:.1f} s = {fast_s / slow_last_s:.2f}",
+              "≤ 0.25", fast_s <= 0.25 * slow_last_s)
+    ctx.check(name, "ok rows", f"{ok:,} of {n:,}", f"{n:,}", ok == n)
+
+
 def scenario_limit_hidden(ctx: Ctx) -> None:
     """A limit no header reports (a gateway's in front of vLLM): its 429s alone say it. The
     simulator's bucket holds a minute's worth, so the first ``rpm`` rows go at once and the
@@ -1043,6 +1100,7 @@ RUNNERS: dict[str, Callable[[Ctx], None]] = {
     "limit-unknown": scenario_limit_unknown,
     "limit-too-high": scenario_limit_too_high,
     "models-own-limits": scenario_models_own_limits,
+    "models-hidden-limits": scenario_models_hidden_limits,
     "limit-hidden": scenario_limit_hidden,
     "faults": scenario_faults,
     "memory": scenario_memory,

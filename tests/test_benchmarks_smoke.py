@@ -24,6 +24,7 @@ SCENARIOS = (
     "limit-unknown",
     "limit-too-high",
     "models-own-limits",
+    "models-hidden-limits",
     "limit-hidden",
     "faults",
     "memory",

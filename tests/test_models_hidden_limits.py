@@ -7,6 +7,7 @@ Runs against small servers on 127.0.0.1; what is asserted is counted by the serv
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
-from tests.test_ratelimit_headers import Counted, per_model_limits, run_against
+from batchrunner.runner import _Run
+from tests.test_limits_real import learnt_paces
+from tests.test_ratelimit_headers import Counted, completion, per_model_limits, run_against
 
 pytestmark = pytest.mark.usefixtures("job_env")  # a key in the environment, tmp_path as cwd
 
@@ -27,6 +30,19 @@ def models_input(tmp_path: Path, models: list[str]) -> str:
     pd.DataFrame({"id": [f"r{i:04d}" for i in range(len(models))], "model": models,
                   "text": [f"row {i}" for i in range(len(models))]}).to_csv(inp, index=False)
     return str(inp)
+
+
+def watch_splits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that has an item for each time a run splits its job's pace by model."""
+    splits: list[int] = []
+    split = _Run._split
+
+    def recorded(self: _Run, *args: Any) -> None:
+        splits.append(1)
+        split(self, *args)
+
+    monkeypatch.setattr(_Run, "_split", recorded)
+    return splits
 
 
 def in_order(answer: Any, seen: list[str]) -> Any:
@@ -67,3 +83,57 @@ async def test_a_model_with_no_limit_does_not_keep_the_others_rows_in_the_worker
     # 17 of 20 before; a few now: the free model runs free once it has answered and drawn
     # no 429 for a second, the slow model's rows kept in the workers until then.
     assert slow_before <= 8, slow_before
+
+
+@pytest.mark.anyio
+async def test_models_whose_limits_only_429s_say_are_each_paced_at_their_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway limiting each model on its own (600 and 6,000 a minute, from buckets of a
+    second's worth) and saying so with 429s alone, which name no limit but come for the
+    row's model. The job never split: its one pace, the pauses and the pace learnt from the
+    slow model's 429s, held the fast model's rows too (all 100 of the slow model's answers
+    came before the fast model's last; 429 429s). The slow model's storm, with the fast
+    model's requests answered meanwhile, splits the job now, the slow model paced at a pace
+    of its own learnt from it (some 24 before; 200-270 429s)."""
+    splits = watch_splits(monkeypatch)
+    seen: list[str] = []
+    answer = in_order(per_model_limits({"slow": 600.0, "fast": 6000.0}, [], hidden=True), seen)
+    rows = 300
+    models = ["slow" if i % 3 == 0 else "fast" for i in range(rows)]
+    summary, counted = await run_against(tmp_path, answer, rows,
+                                         input=models_input(tmp_path, models), model=None,
+                                         model_column="model")
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert len(seen) == rows and counted.too_many > 0
+    assert splits, "not split"
+    last_fast = max(i for i, model in enumerate(seen) if model == "fast")
+    slow_before = seen[:last_fast].count("slow")
+    assert slow_before <= 50, slow_before  # all 100 before; some 24 now
+
+
+@pytest.mark.anyio
+async def test_random_429s_in_a_job_of_many_models_neither_split_it_nor_pace_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 % of the answers 429 at random (retry-after 0) from a server with no limit, in a job
+    whose rows ask two models: a model's share of them is no storm, so the job is not split
+    and no pace is learnt."""
+    splits = watch_splits(monkeypatch)
+    paces = learnt_paces(monkeypatch)
+    rng = random.Random(7)
+
+    async def flaky(counted: Counted, body: dict[str, Any]) -> web.Response:
+        if rng.random() < 0.02:
+            return web.json_response({"error": {"message": "Rate limit exceeded",
+                                                "type": "rate_limit_error"}},
+                                     status=429, headers={"retry-after": "0"})
+        await asyncio.sleep(0.02)
+        return web.json_response(completion(body))
+
+    rows = 1500
+    models = ["slow" if i % 5 == 0 else "fast" for i in range(rows)]
+    summary, counted = await run_against(tmp_path, flaky, rows,
+                                         input=models_input(tmp_path, models), model=None,
+                                         model_column="model")
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert counted.too_many >= 15, counted.too_many
+    assert splits == [] and paces == []
