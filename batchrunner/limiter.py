@@ -424,6 +424,13 @@ class Limiter:
         if self._tokens is not None:
             self._tokens.adjust(charged)
 
+    def give_back(self, charged: int) -> None:
+        """What ``acquire(charged)`` took, for a request not sent after all: its tokens and its
+        request permit."""
+        self.refund(charged)
+        if (requests := self._requests or self._guess) is not None:
+            requests.adjust(1.0)
+
     def lift_pause(self) -> None:
         """End a pause now: the run stops, and what waits on the pause is let go (to find
         that nothing more is sent) instead of holding the run's end up to its length."""

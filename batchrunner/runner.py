@@ -1833,7 +1833,7 @@ class _Run:
                                 # Rows that waited here as the job split, or a row 429'd:
                                 # they wait for the model's permit parked, not in a worker.
                                 if self.parking and own.paces and self._park_again(item):
-                                    self.limiter.refund(charge)
+                                    self.limiter.give_back(charge)  # taken again when sent
                                     return None, None
                                 await own.acquire(charge)
                             own.requests_sent += 1

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner.limiter import Limiter, TokenBucket
 from batchrunner.runner import _Run
 from tests.test_limits_real import learnt_paces
 from tests.test_ratelimit_headers import Counted, completion, per_model_limits, run_against
@@ -137,3 +138,45 @@ async def test_random_429s_in_a_job_of_many_models_neither_split_it_nor_pace_it(
     assert (summary.ok, summary.failed) == (rows, 0)
     assert counted.too_many >= 15, counted.too_many
     assert splits == [] and paces == []
+
+
+@pytest.mark.anyio
+async def test_a_row_parked_again_after_a_429_gives_back_the_jobs_request_permit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split job that sets its own requests_per_minute: a row answered 429 takes the job's
+    permit again and waits for its model's parked, giving back the tokens it took but not
+    the request permit, so each such 429 cost the job one request of its rate, never sent.
+    Every request the server is sent now takes one permit of the job's, and no more."""
+    buckets: dict[int, list[int]] = {}  # id of a bucket: [permits taken, given back]
+    acquire, adjust = TokenBucket.acquire, TokenBucket.adjust
+
+    async def counted_acquire(self: TokenBucket, n: float) -> None:
+        await acquire(self, n)
+        buckets.setdefault(id(self), [0, 0])[0] += 1
+
+    def counted_adjust(self: TokenBucket, n: float) -> None:
+        adjust(self, n)
+        buckets.setdefault(id(self), [0, 0])[1] += 1
+
+    monkeypatch.setattr(TokenBucket, "acquire", counted_acquire)
+    monkeypatch.setattr(TokenBucket, "adjust", counted_adjust)
+    jobs: list[Limiter] = []
+    init = Limiter.__init__
+
+    def made(self: Limiter, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if args[0] == 6000:  # the job's own
+            jobs.append(self)
+
+    monkeypatch.setattr(Limiter, "__init__", made)
+    rows = 100
+    models = ["slow" if i % 5 == 0 else "fast" for i in range(rows)]
+    summary, counted = await run_against(
+        tmp_path, per_model_limits({"slow": 120.0, "fast": 6000.0}, []), rows,
+        input=models_input(tmp_path, models), model=None, model_column="model",
+        requests_per_minute=6000)
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert counted.too_many > 0
+    assert len(jobs) == 1 and jobs[0]._requests is not None
+    taken, given = buckets[id(jobs[0]._requests)]
+    assert taken - given == counted.requests, (taken, given, counted.requests)
