@@ -424,8 +424,12 @@ class Journal:
              for part in self.iter_latest()])
         costs = float64_array(np.array([priced[k] for k in records["key"].to_pylist()]))
         i = records.schema.get_field_index("cost_usd")
-        write_segment(self.directory, f"seg-{run_id}-priced-000000.parquet",
-                      records.set_column(i, OUTCOME_SCHEMA.field(i), costs))
+        name = f"seg-{run_id}-priced-000000.parquet"
+        if (segs := self.segments()) and name <= segs[-1].name:
+            # A run id is its second and a random tag: one of the same second (or of a clock
+            # set back since) may sort after this one, and its record would win the tie.
+            name = f"{segs[-1].stem}~priced.parquet"
+        write_segment(self.directory, name, records.set_column(i, OUTCOME_SCHEMA.field(i), costs))
         return len(priced)
 
     def iter_latest(self, columns: Iterable[str] | None = None) -> Iterator[pa.Table]:

@@ -364,6 +364,28 @@ async def test_rows_answered_before_their_search_price_was_set_are_priced_by_the
 
 
 @pytest.mark.anyio
+async def test_rows_priced_by_a_run_started_in_the_second_the_last_one_did_keep_their_cost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows a rerun prices are written again with their cost, as they were otherwise: the
+    copy wins over the record it repeats by its segment's place after it. A run id is its
+    second and a random tag, so a rerun in the same second (a short job rerun at once, or a
+    clock set back) had its copy sort before the last run's segment half the time: the rows
+    kept no cost, and the job's prices, now recorded, never priced them again. The ids here
+    are such a pair."""
+    ids = iter(["20260101T020000-ffffff", "20260101T020000-000000", "20260101T020000-000001"])
+    monkeypatch.setattr("batchrunner.runner.new_run_id", lambda: next(ids))
+    async with Simulator(SimulatorConfig()) as sim:
+        first = await run(search_job(tmp_path, sim.base_url, "grok-4", TOKEN_PRICE))
+        assert first.cost_unknown == 2
+        again = await run(search_job(tmp_path, sim.base_url, "grok-4",
+                                     TOKEN_PRICE + "\nsearch_unit = 0.025"))
+    assert again.sent == 0 and again.cost_unknown == 0
+    df = results(tmp_path)
+    tokens = (df["prompt_tokens"] * 3.0 + df["completion_tokens"] * 15.0) / 1_000_000
+    assert (df["cost_usd"] - tokens).round(9).tolist() == [0.05, 0.025, 0.0]
+
+
+@pytest.mark.anyio
 async def test_the_budget_holds_the_search_of_the_requests_in_flight(tmp_path: Path) -> None:
     """Each reply's sources cost $2 and its tokens next to nothing: once a reply has shown what
     search costs, each request sent holds that much of the budget too, so the replies of the
