@@ -59,6 +59,10 @@ _SCAN = 16384  # bytes of an error body read for its message
 # (a quarter of the request's timeout at most, so that it ends first). A usage chunk asked for
 # is waited for as the next chunk of an answer is (see ``ChatClient.complete``).
 _AFTER_FINISH_S = 2.0
+# Seconds a finished stream is read on for its [DONE] once a stream was held open without one
+# (``ChatClient._held_open``): a server that holds them all open costs this a stream, one that
+# held one open has the [DONE] of the next read and its connection kept.
+_DONE_GRACE_S = 0.1
 # A stream's timeout bounds the wait for its first byte and each gap between its chunks, not the
 # whole answer (a thinking model streams for minutes); the whole is given this many times the
 # timeout at most, so a stream that never ends (keep-alive comments forever) is still cut off;
@@ -805,7 +809,8 @@ class ChatClient:
         self._usage_held = False
         # A finished stream was held open past what may follow its answer, no [DONE] coming:
         # later streams are taken once nothing but it is to come (their usage in hand, or
-        # none coming: ``_usage_held``), not read on for ``_AFTER_FINISH_S`` each.
+        # none coming: ``_usage_held``) and ``_DONE_GRACE_S`` has passed, not read on for
+        # ``_AFTER_FINISH_S`` each; until a stream's [DONE] comes.
         self._held_open = False
         # The models (as asked for) whose streams came with a finish_reason: a [DONE] without
         # one is then a cut (a gateway closing a broken upstream so), not a server's way; and
@@ -1017,7 +1022,9 @@ class ChatClient:
                                     finished_by = min(finished_by, after_finish + loop.time())
                                 if not usage_due and self._held_open and (
                                         stream.usage is not None or self._usage_held):
-                                    break  # only the [DONE] is to come, which it holds back
+                                    # Only the [DONE] is to come, which it held back: a moment
+                                    # for it (read, it tells that the server sends it).
+                                    finished_by = min(finished_by, loop.time() + _DONE_GRACE_S)
                                 try:
                                     async with asyncio.timeout_at(finished_by):
                                         chunk = await content.readany()
@@ -1035,6 +1042,7 @@ class ChatClient:
                             deadlines[task] = now + limit if now + limit < cap else cap
                             stream.feed_bytes(chunk)
                             if stream.done:
+                                self._held_open = False  # the server sends its [DONE]
                                 break
                     except _EventTooLong:
                         raise BadResponseError(

@@ -924,6 +924,42 @@ async def test_streams_after_one_held_open_without_usage_are_not_read_on_for_a_d
 
 
 @pytest.mark.anyio
+async def test_a_server_that_held_one_stream_open_has_the_done_of_later_ones_read(
+        job_env: str) -> None:
+    """One finished stream held open once (a gateway's hiccup), and every later stream of the
+    run was closed as soon as its usage came, its ``[DONE]`` not read: the server's writes of
+    it failed on a closing connection, and each request opened a connection of its own (a TLS
+    handshake a row on a remote endpoint). A later stream's ``[DONE]`` that comes a moment
+    after its usage is read, and tells that the server sends it: its connection is kept."""
+    body = {**STREAM_BODY, "stream_options": {"include_usage": True}}
+    peers: list[int] = []
+    lost = []
+
+    async def held_once(srv: FaultServer, request: web.BaseRequest,
+                        body: dict[str, Any]) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername")[1])
+        if srv.requests == 1:
+            return await srv.held(await stream_reply(request, *FINISHED, USAGE_CHUNK, hold=True))
+        response = await stream_reply(request, *FINISHED, USAGE_CHUNK, hold=True)
+        await anyio.sleep(0.002)  # written apart, as a server's last event often is
+        try:
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:  # the client had gone
+            lost.append(srv.requests)
+        return response
+
+    with anyio.fail_after(25):
+        async with FaultServer(held_once) as srv, ChatClient(srv.base_url, job_env, timeout_s=2,
+                                                            connections=4) as client:
+            replies = [await client.complete(body) for _ in range(8)]
+    assert [(r.content, r.finish_reason, r.total_tokens) for r in replies] == [
+        ("Echo: whole", "stop", 13)] * 8
+    assert lost == []
+    assert len(set(peers[1:])) < 7, peers  # a connection each, not kept, before
+
+
+@pytest.mark.anyio
 async def test_an_empty_usage_object_in_every_chunk_is_no_usage(job_env: str) -> None:
     """A gateway that sends ``"usage": {}`` in every chunk until the last (as Higress passes on
     Claude's stream) had its empty object taken for the usage: a usage chunk asked for and sent
