@@ -883,6 +883,18 @@ def scenario_limit_too_high(ctx: Ctx) -> None:
 SLOW_MODEL = "gpt-4o"  # limited on its own, as OpenAI limits each model
 
 
+def _two_models_input(work: Path, n: int) -> Path:
+    """A CSV of ``n`` rows in ``work`` with a model column: every fifth row asks SLOW_MODEL, the
+    rest MODEL."""
+    inp = work / "input.csv"
+    with inp.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["id", "model", "text"])
+        out.writerows([i, SLOW_MODEL if i % 5 == 0 else MODEL, text]
+                      for i, text in enumerate(make_texts(n)))
+    return inp
+
+
 def scenario_models_own_limits(ctx: Ctx) -> None:
     """A fifth of the rows ask a model limited to a tenth of the others' rate, each limit its
     own and said in its answers' headers; the job sets none. At one pace for both (the lower)
@@ -893,12 +905,7 @@ def scenario_models_own_limits(ctx: Ctx) -> None:
     slow = n // 5
     ideal = max(slow / (slow_rpm / 60), (n - slow) / (fast_rpm / 60))
     work = _mk(ctx.tmp / name)
-    inp = work / "input.csv"
-    with inp.open("w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["id", "model", "text"])
-        out.writerows([i, SLOW_MODEL if i % 5 == 0 else MODEL, text]
-                      for i, text in enumerate(make_texts(n)))
+    inp = _two_models_input(work, n)
     say(f"== {name}: {n:,} rows, a fifth asking {SLOW_MODEL} (simulator --model-rpm "
         f"{slow_rpm:,}), the rest {MODEL} (--rpm {fast_rpm:,}), 200 ms mean latency, no limit "
         f"set; ideal max(rows/rate) = {ideal:.1f} s (one pace for both: "
@@ -923,12 +930,7 @@ def scenario_models_hidden_limits(ctx: Ctx) -> None:
     slow = n // 5
     slow_s = max(1.0, (slow - slow_rpm) / (slow_rpm / 60))  # past its bucket, at its rate
     work = _mk(ctx.tmp / name)
-    inp = work / "input.csv"
-    with inp.open("w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["id", "model", "text"])
-        out.writerows([i, SLOW_MODEL if i % 5 == 0 else MODEL, text]
-                      for i, text in enumerate(make_texts(n)))
+    inp = _two_models_input(work, n)
     say(f"== {name}: {n:,} rows, a fifth asking {SLOW_MODEL} (simulator --model-rpm "
         f"{slow_rpm:,}), the rest {MODEL} (--rpm {fast_rpm:,}), no x-ratelimit-* headers, "
         f"200 ms mean latency, no limit set; the slow model's rows past its bucket take "

@@ -9,6 +9,7 @@ import asyncio
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,23 @@ def learnt_paces(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return paces
 
 
+def random_429s(share: float = 0.02, seed: int = 7
+                ) -> Callable[[Counted, dict[str, Any]], Awaitable[web.Response]]:
+    """A server with no limit that answers ``share`` of requests 429 at random, with a
+    ``retry-after`` of 0 (the benchmark's faults): no storm, only 429s here and there."""
+    rng = random.Random(seed)
+
+    async def flaky(counted: Counted, body: dict[str, Any]) -> web.Response:
+        if rng.random() < share:
+            return web.json_response({"error": {"message": "Rate limit exceeded",
+                                                "type": "rate_limit_error"}},
+                                     status=429, headers={"retry-after": "0"})
+        await asyncio.sleep(0.02)
+        return web.json_response(completion(body))
+
+    return flaky
+
+
 @pytest.mark.anyio
 async def test_a_storm_behind_a_limit_no_header_reports_teaches_a_pace(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -231,18 +249,8 @@ async def test_random_429s_teach_no_pace(tmp_path: Path,
     """2 % of the answers 429 with a retry-after of 0, at random, from a server with no limit
     (the benchmark's faults): no storm, no pace learnt; the run sends as it did."""
     paces = learnt_paces(monkeypatch)
-    rng = random.Random(7)
-
-    async def flaky(counted: Counted, body: dict[str, Any]) -> web.Response:
-        if rng.random() < 0.02:
-            return web.json_response({"error": {"message": "Rate limit exceeded",
-                                                "type": "rate_limit_error"}},
-                                     status=429, headers={"retry-after": "0"})
-        await asyncio.sleep(0.02)
-        return web.json_response(completion(body))
-
     rows = 2000
-    summary, counted = await run_against(tmp_path, flaky, rows)
+    summary, counted = await run_against(tmp_path, random_429s(), rows)
     assert (summary.ok, summary.failed) == (rows, 0)
     assert counted.too_many >= 20, counted.too_many  # enough to make a storm of, were it one
     assert counted.requests <= rows * 1.05, counted.requests

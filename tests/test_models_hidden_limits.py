@@ -7,7 +7,6 @@ Runs against small servers on 127.0.0.1; what is asserted is counted by the serv
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ from aiohttp import web
 
 from batchrunner.limiter import Limiter, TokenBucket
 from batchrunner.runner import _Run
-from tests.test_limits_real import learnt_paces
-from tests.test_ratelimit_headers import Counted, completion, per_model_limits, run_against
+from tests.test_limits_real import learnt_paces, random_429s
+from tests.test_ratelimit_headers import Counted, per_model_limits, run_against
 
 pytestmark = pytest.mark.usefixtures("job_env")  # a key in the environment, tmp_path as cwd
 
@@ -120,19 +119,9 @@ async def test_random_429s_in_a_job_of_many_models_neither_split_it_nor_pace_it(
     and no pace is learnt."""
     splits = watch_splits(monkeypatch)
     paces = learnt_paces(monkeypatch)
-    rng = random.Random(7)
-
-    async def flaky(counted: Counted, body: dict[str, Any]) -> web.Response:
-        if rng.random() < 0.02:
-            return web.json_response({"error": {"message": "Rate limit exceeded",
-                                                "type": "rate_limit_error"}},
-                                     status=429, headers={"retry-after": "0"})
-        await asyncio.sleep(0.02)
-        return web.json_response(completion(body))
-
     rows = 1500
     models = ["slow" if i % 5 == 0 else "fast" for i in range(rows)]
-    summary, counted = await run_against(tmp_path, flaky, rows,
+    summary, counted = await run_against(tmp_path, random_429s(), rows,
                                          input=models_input(tmp_path, models), model=None,
                                          model_column="model")
     assert (summary.ok, summary.failed) == (rows, 0)
