@@ -182,21 +182,7 @@ async def test_a_model_name_the_server_does_not_serve_names_the_ones_it_does(
     The stop now says what the endpoint serves (asked once, from its /v1/models)."""
     inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(60)])
     asked = {"chat": 0, "models": 0}
-
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "GET" and request.path == "/v1/models":
-            asked["models"] += 1
-            return web.json_response({"object": "list", "data": [
-                {"id": MODEL, "object": "model", "owned_by": "vllm", "root": MODEL,
-                 "max_model_len": 8192}]})
-        asked["chat"] += 1
-        body = json.loads(await request.read())
-        if body["model"] != MODEL:
-            return vllm_error(404, f"The model `{body['model']}` does not exist.",
-                              "NotFoundError")
-        return web.json_response(vllm_reply(body, ANSWER))
-
-    runner, port = await serve_on_loopback(handle)
+    runner, port = await serve_on_loopback(served_only(MODEL, asked))
     try:
         s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model="qwen3"))
     finally:
