@@ -133,9 +133,9 @@ def test_csv_reader_never_reads_the_whole_file_at_once(
     assert len(sizes) > 5 and sum(sizes) == 2000
 
 
-# Reads a CSV file's rows in 1 MiB batches in a process of its own, and prints the most memory
-# Arrow held at once (the pool's peak: the rest of a test session's would mix in).
-_CSV_PEAK = """
+# Reads an input file's rows in 1 MiB batches in a process of its own, and prints the most
+# memory Arrow held at once (the pool's peak: the rest of a test session's would mix in).
+_ARROW_PEAK = """
 import sys
 import pyarrow as pa
 from batchrunner.io import open_input
@@ -155,7 +155,7 @@ def test_a_csv_file_is_not_read_far_ahead_of_its_rows(tmp_path: Path) -> None:
     text = b"x" * 990
     path = tmp_path / "export.csv"
     path.write_bytes(b"id,text\n" + b"".join(b'%06d,"%s"\n' % (i, text) for i in range(n)))
-    done = subprocess.run([sys.executable, "-c", _CSV_PEAK, str(path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", _ARROW_PEAK, str(path)], capture_output=True,
                           text=True, check=True, timeout=120)
     rows, peak = map(int, done.stdout.split())
     assert rows == n
@@ -328,19 +328,6 @@ def test_parquet_file_keeps_types_and_knows_its_row_count(tmp_path: Path) -> Non
     assert rows_of(source, ["x"]) == [{"x": 0.5}, {"x": 1.5}, {"x": 2.5}]
 
 
-# Reads a Parquet file's rows in 1 MiB batches in a process of its own, and prints the most
-# memory Arrow held at once (the pool's peak: the rest of a test session's would mix in).
-_PARQUET_PEAK = """
-import sys
-import pyarrow as pa
-from batchrunner.io import open_input
-source = open_input(sys.argv[1])
-source.batch_bytes = 1 << 20
-rows = sum(batch.num_rows for batch in source.batches())
-print(rows, pa.default_memory_pool().max_memory())
-"""
-
-
 def test_a_parquet_row_group_is_not_read_whole(tmp_path: Path) -> None:
     """An export written in one row group (pandas and pyarrow write up to 1,048,576 rows in
     one) has each column in one chunk: its rows were read by loading the whole chunk, so a
@@ -353,7 +340,7 @@ def test_a_parquet_row_group_is_not_read_whole(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": list(range(n)), "text": text}), path, row_group_size=n,
                    compression="none")
     assert pq.ParquetFile(path).metadata.num_row_groups == 1
-    done = subprocess.run([sys.executable, "-c", _PARQUET_PEAK, str(path)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", _ARROW_PEAK, str(path)], capture_output=True,
                           text=True, check=True, timeout=120)
     rows, peak = map(int, done.stdout.split())
     assert rows == n
