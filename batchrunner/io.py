@@ -540,12 +540,12 @@ class _CsvSource(InputSource):
                 rows += batch.num_rows
                 size += batch.nbytes
                 if rows >= self.batch_size or size >= self.batch_bytes:
-                    yield parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+                    yield _one_batch(parts)
                     parts, rows, size = [], 0, 0
         finally:
             blocks.close()
         if parts:
-            yield parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+            yield _one_batch(parts)
 
     def _require_rows(self, message: str) -> None:
         blocks = self._blocks(self.columns)
@@ -1023,6 +1023,15 @@ class _JsonlSource(InputSource):
                 self.path,
                 f"line {lineno}: body is {_short(obj['body'])} — it must be a JSON object",
             )
+
+
+def _one_batch(parts: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """``parts`` (one schema) as one batch, copied together; ``pa.concat_batches`` does so from
+    pyarrow 19, this with any pyarrow the project allows, at the same cost."""
+    if len(parts) == 1:
+        return parts[0]
+    batches = pa.Table.from_batches(parts).combine_chunks().to_batches()
+    return batches[0] if batches else parts[0]
 
 
 def _places(what: str, numbers: list[int]) -> str:

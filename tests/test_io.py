@@ -184,6 +184,20 @@ def test_a_csv_value_longer_than_a_block_still_reads(
     assert max(b.num_rows for b in source.batches()) <= 1000
 
 
+def test_a_csv_files_blocks_are_put_together_with_the_oldest_pyarrow_allowed(
+    write: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyproject allows pyarrow 15, and pa.concat_batches came in 19: a CSV file of many blocks
+    # must read without it.
+    monkeypatch.delattr(pa, "concat_batches", raising=False)
+    monkeypatch.setattr(bio, "CSV_BLOCK_SIZE", 1 << 12)
+    body = "\n".join(["id,text", *(f"{i},text of row {i}" for i in range(2000))]) + "\n"
+    source = open_input(write("blocks.csv", body.encode()), batch_size=1000)
+    batches = list(source.batches())
+    assert batches[0].num_rows >= 1000  # blocks of ~200 rows put together
+    assert rows_of(source) == [{"id": str(i), "text": f"text of row {i}"} for i in range(2000)]
+
+
 def test_a_csv_value_longer_than_the_largest_block_is_named(
     write: Writer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
