@@ -295,6 +295,10 @@ class _Work:
     # The tokens its model's own permit was taken for, when let out of _Run.parked (split).
     permit: int | None = None
     parked: bool = False  # in _Run.parked, sent back there by ``attempt``
+    model: str = field(init=False)  # the model its body asks for ("" if none)
+
+    def __post_init__(self) -> None:
+        self.model = str(self.body.get("model") or "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1608,7 +1612,7 @@ class _Run:
                 else:
                     await self.wake.wait()  # rows are in flight or waiting out a backoff
                 continue
-            if self.held_models and str(item.body.get("model") or "") in self.held_models:
+            if self.held_models and item.model in self.held_models:
                 self._hold(item, None)  # its model was refused: not sent until it is known why
                 if len(self.held) % 256 == 0:
                     await anyio.lowlevel.checkpoint()  # the rows in flight are answered meanwhile
@@ -1676,7 +1680,7 @@ class _Run:
         if o.status == "ok":
             self.failing = None  # something works: failures from here on are the rows'
             return
-        model = str(item.body.get("model") or "")
+        model = item.model
         if item.resent or model in self.held_models or model in self.own_failures:
             return
         failing = self.failing
@@ -1726,7 +1730,7 @@ class _Run:
         need = item.prompt_estimate + item.completion_max
         if need <= MIN_CONTEXT_WINDOW:
             return  # fits any chat model: no lookup
-        model = str(item.body.get("model") or "")
+        model = item.model
         window = self.plan.prices.context_window(model)
         if window and need > window:
             self.counters["over_context"] += 1
@@ -1755,7 +1759,7 @@ class _Run:
         the fee of a request that asks for search billed per request (``search_requested``)
         where the job prices it, and the most a reply's search units have cost so far."""
         prompt, completion = self._tokens(item)
-        model = str(item.body.get("model") or "")
+        model = item.model
         priced = self.routed.get(model, model)
         prices = self.plan.prices
         cost = prices.cost(priced, prompt_tokens=prompt, completion_tokens=completion)
@@ -1773,7 +1777,7 @@ class _Run:
     def _reserve(self, item: _Work) -> float | None:
         """Hold the request's estimated cost against the budget; None (and stop) if it won't fit."""
         assert self.budget is not None
-        model = str(item.body.get("model") or "")
+        model = item.model
         est = self._estimated_cost(item)
         if est is None:
             self.stop(BudgetExceeded(
@@ -1864,7 +1868,7 @@ class _Run:
                 self._refund(item, charge)
                 if self.drop_simulated:
                     return None, None  # left to do
-                model = str(item.body.get("model") or "")
+                model = item.model
                 if not (self.models_vary and isinstance(e, AuthError) and e.model_access
                         and model and model not in self.answered_models):
                     self.stop(e)
@@ -1916,7 +1920,7 @@ class _Run:
                 # model's own, in a job of many (_models_own).
                 gateway = e.status in GATEWAY_STATUSES and (
                     self.last_answer == -math.inf or not self.rows_done) and not (
-                    self.models_vary and self._models_own(str(item.body.get("model") or ""), e,
+                    self.models_vary and self._models_own(item.model, e,
                                                           sent_at))
                 if e.status in GATEWAY_STATUSES:  # not the endpoint's answer: no end of an outage
                     if gateway:
@@ -2042,7 +2046,7 @@ class _Run:
                     cost_usd=None if item.earlier_unknown else billed,
                     earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
-                    model=str(item.body.get("model") or "") or None,
+                    model=item.model or None,
                     request_id=e.request_id, finished_at=time.time(), row_hash=item.row_hash,
                 ), None
             counts.in_flight -= 1
@@ -2103,7 +2107,7 @@ class _Run:
         self.held_models.clear()
         for item, refused in held:
             item.held = False
-            if refused is None or str(item.body.get("model") or "") in self.answered_models:
+            if refused is None or item.model in self.answered_models:
                 self.retries.append(item)
             else:
                 self.counters["attempts"] += item.attempts
@@ -2245,7 +2249,7 @@ class _Run:
         else:
             what = (f"{item.attempts} attempts at {self.plan.row(item.key)}, no answer to any "
                     "request meanwhile")
-        model = str(item.body.get("model") or "")
+        model = item.model
         if self.models_vary and model:  # whose server to look at, of those behind a gateway
             shown = self.client.redact(model) if self.client is not None else model
             what += (f"; asking for {shown}, which answered before"
@@ -2297,7 +2301,7 @@ class _Run:
         journal.add(Outcome(
             key=item.key, status=RETRYING, earlier_cost_usd=item.earlier_usd,
             attempts=item.attempts, rate_limited=item.rate_limited,
-            model=str(item.body.get("model") or "") or None, finished_at=time.time(),
+            model=item.model or None, finished_at=time.time(),
             row_hash=item.row_hash))
         if len(journal) >= FLUSH_EVERY_ROWS:
             self.flush_wanted.set()
@@ -2324,7 +2328,7 @@ class _Run:
         if self.split is not None:
             return
         if self.models_vary and (limits := reported_limits(headers)) is not None:
-            model = str(item.body.get("model") or "")
+            model = item.model
             before = self.model_limits.get(model)
             if before is not None and _differ(limits, before):
                 # The model's own limits changed (a gateway's reloaded, the key's tier raised):
@@ -2352,7 +2356,7 @@ class _Run:
         """The limiter counting ``item``'s model's requests and 429s, unsplit (``probes``)."""
         if (probes := self.probes) is None:
             probes = self.probes = {}
-        model = str(item.body.get("model") or "")
+        model = item.model
         if (probe := probes.get(model)) is None:
             probe = probes[model] = Limiter(None, None)
         return probe
@@ -2381,7 +2385,7 @@ class _Run:
         """The limiter of ``item``'s model (``split``; one that reported no limits yet runs
         free, as a job's does, until its answers say)."""
         assert self.split is not None
-        model = str(item.body.get("model") or "")
+        model = item.model
         if (limiter := self.split.get(model)) is None:
             limiter = self.split[model] = Limiter(None, None)
             self.parking = False  # until it has answered, or has a pace (_sample_pace)
@@ -2401,7 +2405,7 @@ class _Run:
         runs free (answered, and not refused) holds nothing up: kept in the workers until
         every model had a pace, a slow model's rows held the others' at its pace for good
         where one model never reports a limit (a server of one's own behind the gateway)."""
-        model = str(item.body.get("model") or "")
+        model = item.model
         queue = self.parked.get(model)
         if not queue:
             own = self._model_limiter(item)
@@ -2424,7 +2428,7 @@ class _Run:
     def _park_again(self, item: _Work) -> bool:
         """Park ``item``, taken before the rows parked, first in its model's queue: True, or
         False when the queue is full."""
-        queue = self.parked.setdefault(str(item.body.get("model") or ""), deque())
+        queue = self.parked.setdefault(item.model, deque())
         if len(queue) >= PARKED_MAX_ROWS:
             return False
         queue.appendleft(item)
@@ -2495,7 +2499,7 @@ class _Run:
         if e.usage is None:
             return None, None
         pt, ct, _, cached, reasoning, searches, sources, written, written_1h = e.usage
-        return self._cost(item, str(item.body.get("model") or ""), pt, ct, cached, reasoning,
+        return self._cost(item, item.model, pt, ct, cached, reasoning,
                           searches, sources, written, written_1h)
 
     def _cost(self, item: _Work, model: str, prompt: int | None, completion: int | None,
@@ -2521,7 +2525,7 @@ class _Run:
                                  cached_tokens=cached, cache_write_tokens=written,
                                  cache_write_1h_tokens=written_1h)
             if cost is not None and tokens is not None:
-                requested = str(item.body.get("model") or "")
+                requested = item.model
                 # A fee per request is held in each request's estimate from the first send.
                 if not requests and cost - tokens > self.search_usd.get(requested, 0.0):
                     self.search_usd[requested] = cost - tokens
@@ -2550,7 +2554,7 @@ class _Run:
                 n = self.learnt_completions = n + 1
             self.completion_estimate += (res.completion_tokens - self.completion_estimate) / n
         self.latency_s += 0.05 * (res.latency_ms / 1000.0 - self.latency_s)
-        requested = str(item.body.get("model") or "")
+        requested = item.model
         if self.models_vary:
             self.answered_models.add(requested)
             if self.probes is not None:  # and answered (_split_by_429s)
