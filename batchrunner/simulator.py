@@ -50,8 +50,10 @@ length is that of the JSON.
 
 Token counting (exported, the runner uses the same estimate)
     ``count_tokens(text) = ceil(len(text) / 4)``;
-    ``count_prompt_tokens(messages) = 3 + Σ (3 + count_tokens(text) + 85 × images)`` over the
-    messages, where text is the message's string content or its text parts joined by newlines.
+    ``count_prompt_tokens(messages) = 3 + Σ (3 + count_tokens(text) + image tokens)`` over the
+    messages, where text is the message's string content or its text parts joined by newlines,
+    and an image is billed as OpenAI bills the model (85 by URL, by its tiles from a ``data:``
+    URL at high detail; GPT-4o mini's own rate, ...: ``template.image_tokens``).
     A reply's ``completion_tokens`` is ``count_tokens(content)`` plus its reasoning tokens.
     ``max_completion_tokens`` (or ``max_tokens``) cuts a reply: ``finish_reason`` is ``length``
     and ``completion_tokens == max_tokens``. A ``stop`` sequence cuts it before the sequence.
@@ -195,7 +197,6 @@ __all__ = [
     "DEFAULT_LISTED_MODELS",
     "DEFAULT_REASONING_MODELS",
     "FAULT_KINDS",
-    "IMAGE_TOKENS",
     "MESSAGE_OVERHEAD_TOKENS",
     "REPLY_PRIMING_TOKENS",
     "Simulator",
@@ -287,7 +288,6 @@ DEFAULT_LISTED_MODELS: Final[tuple[str, ...]] = (
 
 MESSAGE_OVERHEAD_TOKENS: Final = 3
 REPLY_PRIMING_TOKENS: Final = 3
-IMAGE_TOKENS: Final = 85
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8000
@@ -335,9 +335,12 @@ def count_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def message_text(content: Any) -> tuple[str, int]:
-    """The text of a message's ``content`` (a string, ``None`` or a list of parts) and its
-    number of image parts. Text parts are joined with newlines; other parts are ignored."""
+def message_text(content: Any, model: Any = None) -> tuple[str, int]:
+    """The text of a message's ``content`` (a string, ``None`` or a list of parts) and the
+    prompt tokens of its image parts, billed as OpenAI bills ``model`` (``image_tokens``: for
+    most models, 85 and 170 a 512-pixel tile at high detail, the size read from a ``data:``
+    URL; 85 by an ``http(s)`` URL). Text parts are joined with newlines; other parts are
+    ignored."""
     if isinstance(content, str):
         return content, 0
     if content is None:
@@ -356,17 +359,19 @@ def message_text(content: Any) -> tuple[str, int]:
                 raise ValueError("a text content part needs a string 'text'")
             texts.append(text)
         elif kind == "image_url":
-            images += 1
+            from batchrunner.template import image_tokens  # only for a message with images
+
+            images += image_tokens(part.get("image_url"), model)
     return "\n".join(texts), images
 
 
-def count_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
-    """Prompt tokens as the simulator reports them:
-    ``3 + Σ (3 + count_tokens(text) + 85 × images)`` over the messages."""
+def count_prompt_tokens(messages: Sequence[Mapping[str, Any]], model: Any = None) -> int:
+    """Prompt tokens as the simulator reports them for ``model``:
+    ``3 + Σ (3 + count_tokens(text) + image tokens)`` over the messages (``message_text``)."""
     total = REPLY_PRIMING_TOKENS
     for message in messages:
-        text, images = message_text(message.get("content"))
-        total += MESSAGE_OVERHEAD_TOKENS + count_tokens(text) + IMAGE_TOKENS * images
+        text, images = message_text(message.get("content"), model)
+        total += MESSAGE_OVERHEAD_TOKENS + count_tokens(text) + images
     return total
 
 
@@ -1274,12 +1279,12 @@ class _Server:
                 images = 0
             else:
                 try:
-                    text, images = message_text(content)
+                    text, images = message_text(content, model)
                 except ValueError as exc:
                     raise _BadRequest(
                         f"'messages.{index}.content': {exc}.", f"messages.{index}.content"
                     ) from None
-            cost = MESSAGE_OVERHEAD_TOKENS + (len(text) + 3) // 4 + IMAGE_TOKENS * images
+            cost = MESSAGE_OVERHEAD_TOKENS + (len(text) + 3) // 4 + images
             tokens += cost
             if in_prefix:
                 if role == "system" or role == "developer":

@@ -10,6 +10,7 @@ before anything is sent.
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import mimetypes
 import re
@@ -508,9 +509,18 @@ def image_url(ref: str, base_dir: Path) -> str | None:
 
 #: The prompt tokens an image is billed at the least: OpenAI's at low detail, and the base of one
 #: at high detail, which adds ``TILE_TOKENS`` for each 512-pixel tile of its size (the built-in
-#: simulator bills every image this least).
+#: simulator bills every image this least). GPT-4o's, GPT-4.1's and most gateways' rates.
 IMAGE_TOKENS = 85
 TILE_TOKENS = 170
+#: The models OpenAI bills images otherwise, by the start of their name (after a gateway's
+#: ``provider/`` prefix; longer names first): a tile model's base and tile tokens, or a patch
+#: model's multiplier of the 32-pixel patches that cover the image (at most ``MAX_PATCHES``).
+_TILE_RATES: tuple[tuple[str, int, int], ...] = (
+    ("gpt-4o-mini", 2833, 5667), ("computer-use-preview", 65, 129),
+    ("o1", 75, 150), ("o3", 75, 150))
+_PATCH_RATES: tuple[tuple[str, float], ...] = (
+    ("gpt-4.1-mini", 1.62), ("gpt-4.1-nano", 2.46), ("o4-mini", 1.72))
+MAX_PATCHES = 1536
 
 
 def body_prompt_tokens(body: dict[str, Any]) -> int:
@@ -521,34 +531,67 @@ def body_prompt_tokens(body: dict[str, Any]) -> int:
 
 def body_image_tokens(body: dict[str, Any]) -> int:
     """The prompt tokens of the images (``image_url`` parts) of a body's messages: by OpenAI's
-    rule for its detail (``image_tokens``)."""
+    rule for its model and detail (``image_tokens``)."""
     tokens = 0
+    model = body.get("model")
     for m in _messages(body):
         c = m.get("content") if isinstance(m, dict) else None
         if isinstance(c, list):
-            tokens += sum(image_tokens(p.get("image_url")) for p in c
+            tokens += sum(image_tokens(p.get("image_url"), model) for p in c
                           if isinstance(p, dict) and p.get("type") == "image_url")
     return tokens
 
 
-def image_tokens(image: Any) -> int:
-    """The prompt tokens of an ``image_url`` part's image (``{"url", "detail"}``), by OpenAI's
-    rule: ``IMAGE_TOKENS`` at low detail; at high or auto detail (the default), that and
-    ``TILE_TOKENS`` a 512-pixel tile of the image scaled to fit 2048 × 2048 and then down to
-    768 pixels on its shorter side. The size is read from a ``data:`` URL's first bytes (PNG,
-    JPEG, GIF, WebP); an image by ``http(s)`` URL, whose size is not known here, counts
-    ``IMAGE_TOKENS``, a lower bound."""
-    if not isinstance(image, dict) or image.get("detail") == "low":
-        return IMAGE_TOKENS
-    url = image.get("url")
+def image_tokens(image: Any, model: Any = None) -> int:
+    """The prompt tokens of an ``image_url`` part's image (``{"url", "detail"}``) sent to
+    ``model``, by OpenAI's rule. A tile model's base (``IMAGE_TOKENS`` for most) at low detail;
+    at high or auto detail (the default), that and its tile tokens (``TILE_TOKENS``) a 512-pixel
+    tile of the image scaled to fit 2048 × 2048 and then down to 768 pixels on its shorter side.
+    A patch model (``_PATCH_RATES``) at any detail: its multiplier of the 32-pixel patches that
+    cover the image, scaled down to ``MAX_PATCHES`` of them. The size is read from a ``data:``
+    URL's first bytes (PNG, JPEG, GIF, WebP); an image by ``http(s)`` URL, whose size is not
+    known here, counts the base, or a patch model's one patch, a lower bound."""
+    base, tile, multiplier = _image_rates(model if isinstance(model, str) else "")
+    url = image.get("url") if isinstance(image, dict) else None
+    if multiplier is None and (not isinstance(image, dict) or image.get("detail") == "low"):
+        return base
     size = _data_url_size(url) if isinstance(url, str) and url.startswith("data:") else None
+    if multiplier is not None:
+        return math.ceil(multiplier * (1 if size is None else _patches(*size)))
     if size is None:
-        return IMAGE_TOKENS
+        return base
     width, height = size
     scale = min(1.0, 2048 / max(width, height))
     scale *= min(1.0, 768 / (min(width, height) * scale))
     tiles = math.ceil(int(width * scale) / 512) * math.ceil(int(height * scale) / 512)
-    return IMAGE_TOKENS + TILE_TOKENS * tiles
+    return base + tile * tiles
+
+
+@functools.lru_cache(maxsize=64)
+def _image_rates(model: str) -> tuple[int, int, float | None]:
+    """A model's image rates: (base, tile, None) for a tile model, (0, 0, multiplier) for a
+    patch model."""
+    name = model.rpartition("/")[2].lower()
+    for start, multiplier in _PATCH_RATES:
+        if name.startswith(start):
+            return 0, 0, multiplier
+    for start, base, tile in _TILE_RATES:
+        if name.startswith(start):
+            return base, tile, None
+    return IMAGE_TOKENS, TILE_TOKENS, None
+
+
+def _patches(width: int, height: int) -> int:
+    """The 32-pixel patches that cover an image, scaled down (to whole patches across) when
+    more than ``MAX_PATCHES`` would."""
+    patches = math.ceil(width / 32) * math.ceil(height / 32)
+    if patches <= MAX_PATCHES:
+        return patches
+    shrink = math.sqrt(MAX_PATCHES * 32 * 32 / (width * height))
+    shrink *= min(math.floor(width * shrink / 32) / (width * shrink / 32),
+                  math.floor(height * shrink / 32) / (height * shrink / 32))
+    across, down = math.ceil(int(width * shrink) / 32), math.ceil(int(height * shrink) / 32)
+    return min(MAX_PATCHES, across * down)
 
 
 def _data_url_size(url: str) -> tuple[int, int] | None:

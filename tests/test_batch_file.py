@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from batchrunner.template import image_tokens
+from batchrunner.template import body_image_tokens, image_tokens
 from tests.test_cli import cli, one_error_line
 
 KEY = "sk-test-batch-file-0123456789"
@@ -254,8 +255,8 @@ def test_the_estimate_counts_an_image_at_its_least_tokens(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     # A vision batch (a photo and a few words a row) was estimated at the words' tokens alone,
-    # where an API bills each image 85 tokens at the least (OpenAI's low detail; the built-in
-    # simulator bills that).
+    # where an API bills each image 85 tokens at the least (OpenAI's low detail; GPT-4o mini,
+    # the model here, 2,833; the built-in simulator bills as OpenAI does).
     look = [{"role": "user", "content": [
         {"type": "text", "text": "Hi"},
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
@@ -282,7 +283,8 @@ def test_a_job_s_image_column_is_estimated_as_the_batch_file_s_images_are(
                          "--model", "gpt-4o-mini", "--simulator", "--output", str(tmp_path / "o"))
     assert code == 0, err
     row = next(line.split() for line in out.splitlines() if line.strip().startswith("gpt-4o"))
-    assert 85 < int(row[2]) < 2 * 85, out  # one row has an image, the other none
+    # One row has an image, the other none; GPT-4o mini bills an image by URL at least 2,833.
+    assert 2833 < int(row[2].replace(",", "")) < 2 * 2833, out
 
 
 @pytest.mark.parametrize(("custom_id", "said"), [
@@ -454,6 +456,34 @@ def test_an_image_at_high_detail_is_estimated_by_its_tiles(make: Any) -> None:
                                  "data:image/png;base64,%%%%", "data:text/plain,hello"])
 def test_an_image_of_unknown_size_is_estimated_at_its_least(url: str) -> None:
     assert image_tokens({"url": url, "detail": "high"}) == 85
+
+
+@pytest.mark.parametrize(("model", "tokens"), [
+    ("gpt-4o", 765), ("openai/gpt-4o-2024-08-06", 765), ("gpt-4.1", 765),
+    ("gpt-4o-mini", 2833 + 4 * 5667), ("openai/gpt-4o-mini-2024-07-18", 2833 + 4 * 5667),
+    ("o1", 75 + 4 * 150), ("o3", 75 + 4 * 150), ("computer-use-preview", 65 + 4 * 129),
+    ("gpt-4.1-mini", math.ceil(1024 * 1.62)), ("gpt-4.1-nano", math.ceil(1024 * 2.46)),
+    ("o4-mini", math.ceil(1024 * 1.72)), ("claude-sonnet-4", 765)])
+def test_an_image_is_estimated_at_its_models_own_rate(model: str, tokens: int) -> None:
+    # OpenAI bills a 1024 × 1024 photo at 765 prompt tokens on GPT-4o, at 25,501 on GPT-4o mini
+    # (a budget held it at 765: 33 times too little), and by 32-pixel patches times a
+    # multiplier on GPT-4.1 mini and nano and o4-mini; other models are estimated as GPT-4o.
+    url = _data_url(_png(1024, 1024))
+    assert image_tokens({"url": url, "detail": "high"}, model) == tokens
+    assert body_image_tokens({"model": model, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}]}]}) == tokens
+
+
+def test_a_patch_models_large_image_is_scaled_down_to_1536_patches() -> None:
+    # OpenAI's documented example: 1800 × 2400 needs 57 × 75 patches, more than 1,536; scaled
+    # to 1056 × 1408 it takes 33 × 44 = 1,452, times gpt-4.1-mini's 1.62.
+    url = _data_url(_png(1800, 2400))
+    assert image_tokens({"url": url}, "gpt-4.1-mini") == math.ceil(1452 * 1.62)
+    # Low detail is a tile model's setting: a patch model counts the patches whatever it says,
+    # and at an unknown size, one patch (the least).
+    assert image_tokens({"url": url, "detail": "low"}, "gpt-4.1-nano") == math.ceil(1452 * 2.46)
+    assert image_tokens({"url": "https://example.com/a.png"}, "o4-mini") == 2
+    assert image_tokens({"url": url, "detail": "low"}, "gpt-4o-mini") == 2833
 
 
 def test_the_estimate_counts_a_photo_sent_as_a_data_url_by_its_size(

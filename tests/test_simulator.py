@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import os
 import re
 import selectors
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -96,6 +98,19 @@ def test_count_prompt_tokens_counts_text_parts_images_and_overhead() -> None:
         },
     ]
     assert count_prompt_tokens(messages) == 3 + (3 + 10) + (3 + 2 + 85)
+
+
+def test_the_simulator_bills_an_image_as_openai_bills_its_model() -> None:
+    # A 1024 × 1024 PNG at auto detail: 765 tokens on GPT-4o, 2,833 + 4 × 5,667 on GPT-4o mini,
+    # its 1,024 patches times 1.62 on GPT-4.1 mini; 85 (and 2,833) by URL, its size unknown.
+    png = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", 1024, 1024)
+           + b"\x08\x02\x00\x00\x00")
+    photo = "data:image/png;base64," + base64.b64encode(png).decode()
+    for url, model, tokens in [(photo, "gpt-4o", 765), (photo, "gpt-4o-mini", 2833 + 4 * 5667),
+                               (photo, "gpt-4.1-mini", 1659), ("https://a.test/", "gpt-4o", 85),
+                               ("https://a.test/", "gpt-4o-mini", 2833)]:
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+        assert count_prompt_tokens(messages, model) == 3 + 3 + tokens, model
 
 
 @pytest.mark.parametrize(
