@@ -3009,7 +3009,10 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         moved = await anyio.to_thread.run_sync(_input_moved, plan)
         if moved:
             summary.stopped = moved
-        last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent)
+        # Until the results and reports are written: a run killed meanwhile left none (or
+        # last night's), which `status` says rather than that the run went through.
+        last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent,
+                        results_written=False)
         if summary.sent:  # the report's wall time and counters: of the last run that sent
             counters = dict(run.counters)
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
@@ -3030,8 +3033,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
             _write_meta(plan)
         raise
-    if plan.fresh is not None:  # rows_changed and rows_checked, as rebuild_outputs set them
-        _write_meta(plan)
+    last_run["results_written"] = True  # and rows_changed and rows_checked, as rebuilt
+    _write_meta(plan)
     return summary
 
 

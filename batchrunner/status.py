@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -169,11 +170,18 @@ def format_status(out_dir: Path) -> str:
                 lines.append(f"  results and reports rebuilt by batchrunner report at {rebuilt}")
         else:
             sent = last.get("sent")
+            rebuilt = meta.get("rebuilt_at")
+            unwritten = last.get("results_written") is False and not (
+                isinstance(rebuilt, str) and rebuilt >= str(last["finished_at"]))
             limit = last.get("limit")
             lines.append(f"  last run: {last['started_at']} to {last['finished_at']}"
                          + (f", {sent:,} request{'' if sent == 1 else 's'} sent"
                             if type(sent) is int else "")
                          + (f" (--limit {limit:,})" if type(limit) is int else ""))
+            if unwritten:  # killed between its last row and its outputs
+                lines.append("  the results and reports were not written: the run was killed "
+                             "while writing them, or the machine stopped — write them with: "
+                             f"batchrunner report {shlex.quote(str(out_dir))}")
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
     return "\n".join(lines)

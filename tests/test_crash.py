@@ -999,6 +999,46 @@ def test_status_after_the_results_could_not_be_written_says_so(tmp_path: Path) -
                                         "at 20"), rebuilt
 
 
+def killed_writing_results_cmd(args: list[str]) -> list[str]:
+    """The CLI in a child killed (SIGKILL) as it starts to write the results file: every row
+    answered and journaled, the run's end recorded in job.json, no results or reports."""
+    code = ("import os, signal, sys\n"
+            "from batchrunner import results\n"
+            "def killed(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "results._write_results = killed\n"
+            "from batchrunner.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    return [sys.executable, "-c", code, *args]
+
+
+def test_status_after_a_run_killed_writing_its_results_says_they_were_not_written(
+        tmp_path: Path) -> None:
+    """Every row was answered and journaled, then the run was killed as it wrote the results
+    (a scheduler's SIGKILL, the OOM killer, a reboot): `status` said the last run went from its
+    start to its end with its requests sent, as for a run that wrote them, while last night's
+    results file, if any, was still there, looking current. It now says the results and
+    reports were not written and the command that writes them; once run, it no longer does."""
+    n = 30
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(reply_tokens=20)) as sim:
+        args = run_args(inp, sim.base_url, out)
+        killed = subprocess.run(killed_writing_results_cmd(args), env=child_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert len(ok_keys(out)) == sim.stats()["requests"] == n
+    assert not (out / "results.parquet").exists()
+    status = format_status(out).splitlines()
+    said = next(i for i, line in enumerate(status) if line.startswith("  last run: "))
+    assert status[said + 1] == (
+        "  the results and reports were not written: the run was killed while writing them, or "
+        f"the machine stopped — write them with: batchrunner report {out}"), status
+    assert main(["report", str(out)]) == 0
+    assert (out / "results.parquet").exists()
+    assert "not written" not in format_status(out)
+
+
 def test_disk_full_while_journaling_names_the_journal(tmp_path: Path) -> None:
     inp = make_csv(tmp_path / "in.csv", 300)
     out = tmp_path / "out"
