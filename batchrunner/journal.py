@@ -196,6 +196,11 @@ def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) 
         os.replace(tmp, final)
     except OSError as e:
         _remove(tmp)
+        if e.errno == errno.ENOENT and not directory.is_dir():  # deleted: nothing is saved
+            raise OutputError(
+                f"cannot write journal segment {final}: {directory} was removed while the job "
+                "ran, and with it the rows finished before — rerun to send them again"
+            ) from None
         # A disk full wants room; one gone read-only (a disk error, a remount) wants fixing.
         hint = ("free space and rerun" if e.errno in _NO_ROOM
                 else "rerun once it can be written")

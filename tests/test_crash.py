@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -906,6 +907,34 @@ def test_a_disk_gone_read_only_mid_run_names_the_journal_and_a_rerun_finishes(
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert not list((out / "journal").glob(".reserve-*"))
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == n and (df["status"] == "ok").all()
+
+
+@pytest.mark.parametrize("removed", ["out", "out/journal"])
+def test_a_journal_removed_mid_run_is_named_as_removed_not_said_to_be_saved(
+        tmp_path: Path, removed: str) -> None:
+    """The output directory, or its journal, is deleted while the job runs (a clean-up job, a
+    hand in the wrong terminal): the run stopped saying "rows finished before are saved —
+    rerun once it can be written", where they were gone with the directory and nothing stood
+    in the way of a rerun. The one line now says the directory was removed and its rows with
+    it, and the rerun, which sends them again, finishes the job."""
+    n = 3000
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
+        args = run_args(inp, sim.base_url, out, "--concurrency", "4")
+        returncode, err = run_until_a_segment_then(
+            args, out, lambda: shutil.rmtree(tmp_path / removed))
+        assert returncode == 1, err
+        line = one_error_line(err)
+        assert f"cannot write journal segment {out / 'journal'}" in line, line
+        assert (f"{out / 'journal'} was removed while the job ran, and with it the rows "
+                "finished before — rerun to send them again") in line, line
+        assert "saved" not in line, line
+        done = subprocess.run(plain_cmd([*args[:-1], "32"]), env=child_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
     df = pd.read_parquet(out / "results.parquet")
     assert len(df) == n and (df["status"] == "ok").all()
 
