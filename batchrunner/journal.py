@@ -35,6 +35,7 @@ its memory does not grow with the width of the answers.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import secrets
 import time
@@ -68,7 +69,8 @@ from batchrunner.records import (
     Outcome,
 )
 
-__all__ = ["ROW_GROUP_ROWS", "Fresh", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
+__all__ = ["ROW_GROUP_ROWS", "Fresh", "Journal", "JournalWriter", "Latest", "Order", "new_run_id",
+           "newest_finished_at"]
 
 SEGMENT_GLOB = "seg-*.parquet"
 # What a reply's cost is priced from, as a record keeps it (``Journal.price_unpriced``).
@@ -235,6 +237,26 @@ RESERVE_FREE_TIMES = 16  # held only on a disk with 16 times that free (256 MB)
 RESERVE_PREFIX = ".reserve-"  # and the writer's run and id: a killed run's is removed by the next
 
 
+def newest_finished_at(directory: Path) -> float:
+    """The newest ``finished_at`` of the segments in ``directory`` (-inf without one), from
+    their footers' statistics (the column read where a footer has none)."""
+    newest = -math.inf
+    for seg in sorted(directory.glob(SEGMENT_GLOB)) if directory.is_dir() else ():
+        try:
+            pf = pq.ParquetFile(seg)
+            column = pf.schema_arrow.get_field_index("finished_at")
+            for rg in range(pf.metadata.num_row_groups):
+                stats = pf.metadata.row_group(rg).column(column).statistics
+                if stats is not None and stats.has_min_max:
+                    newest = max(newest, float(stats.max))
+                elif (at := pc.max(pf.read_row_group(rg, columns=["finished_at"])
+                                   ["finished_at"]).as_py()) is not None:
+                    newest = max(newest, float(at))
+        except Exception:  # compacted away meanwhile, or damaged: a run refuses those first
+            continue
+    return newest
+
+
 class JournalWriter:
     """Buffers outcomes and writes them as segments.
 
@@ -242,13 +264,20 @@ class JournalWriter:
     (one at a time), so the loop never waits on the disk.
     """
 
-    def __init__(self, directory: Path, run_id: str, writer_id: str = "w0") -> None:
+    def __init__(self, directory: Path, run_id: str, writer_id: str = "w0", *,
+                 not_before: float = -math.inf) -> None:
         self.directory = directory
         self.prefix = f"seg-{run_id}-{writer_id}-"
         self._seq = 0
         self._buffer: list[Outcome] = []
         self.rows_written = 0
         self._reserve: Path | None = None
+        # A run holding the output directory's lock passes the journal's newest finished_at
+        # (``newest_finished_at``): its records finish after it, so that they are the newest
+        # (``latest``) whatever the wall clock did since (set back by an NTP step, or last
+        # night's run made with it ahead). Writers at once, on machines whose clocks disagree,
+        # pass none: the newer time wins.
+        self.not_before = not_before
 
     def reserve(self, nbytes: int = RESERVE_BYTES) -> bool:
         """Hold ``nbytes`` of disk (a file of that size), freed for the last write if the disk
@@ -280,6 +309,9 @@ class JournalWriter:
         return _remove(path)
 
     def add(self, outcome: Outcome) -> None:
+        at = outcome.finished_at
+        if at is not None and at <= self.not_before:  # the clock was set back: still newest
+            outcome.finished_at = self.not_before + 0.001
         self._buffer.append(outcome)
 
     def __len__(self) -> int:

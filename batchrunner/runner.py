@@ -89,7 +89,14 @@ from batchrunner.errors import (
     UsageError,
     leaf,
 )
-from batchrunner.journal import Fresh, Journal, JournalWriter, Latest, new_run_id
+from batchrunner.journal import (
+    Fresh,
+    Journal,
+    JournalWriter,
+    Latest,
+    new_run_id,
+    newest_finished_at,
+)
 from batchrunner.limiter import Limiter, reported_limits
 from batchrunner.pricing import PriceBook, parse_price_table, search_requested
 from batchrunner.pricing import preload as preload_prices
@@ -2979,7 +2986,9 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                               proxy=proxy, key_origin=key_origin, key_hint=key_hint,
                               model_setting=_model_setting(plan)) as client:
             run = _Run(plan, options, client, limiter, progress,
-                       JournalWriter(journal.directory, run_id), max_concurrency=cap,
+                       JournalWriter(journal.directory, run_id,
+                                     not_before=newest_finished_at(journal.directory)),
+                       max_concurrency=cap,
                        fixed_concurrency=fixed)
             # --limit: the bar runs to the rows this run sends, not to the input's.
             progress.start(plan.total_rows - plan.limited,
