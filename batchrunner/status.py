@@ -159,9 +159,17 @@ def format_status(out_dir: Path) -> str:
                 to_do = max(0, total - ok - failed)
             lines.append(_pace(finished_at, to_do, time.time(), started))
     elif isinstance(last, dict) and last.get("started_at"):
+        # The command that finishes the job, for whoever did not write it: the job file's run
+        # (a job from the command line: the same command, which only its crontab knows).
+        job_file = meta.get("job_file")
+        rerun = (f"batchrunner run {shlex.quote(job_file)}"
+                 if isinstance(job_file, str) and job_file != "command line" else "")
+        to_do = max(0, total - ok - failed)
         if not last.get("finished_at"):
             lines.append(f"  last run: started {last['started_at']}, did not finish (killed, or "
-                         "the machine stopped): run the job again to resume")
+                         "the machine stopped): run the job again to resume"
+                         + (f": {rerun}" if rerun else ""))
+            rerun = ""  # said
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
             rebuilt = meta.get("rebuilt_at")
@@ -184,6 +192,8 @@ def format_status(out_dir: Path) -> str:
                              f"batchrunner report {shlex.quote(str(out_dir))}")
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
+        if rerun and to_do:
+            lines.append(f"  to finish, {count_rows(to_do)} to do: {rerun}")
     return "\n".join(lines)
 
 

@@ -129,3 +129,41 @@ def test_status_shows_the_prompt_tokens_read_from_and_written_to_the_cache(
     tokens = json.loads((out / "cost_report.json").read_text())["tokens"]
     assert (tokens["cached"], tokens["cache_write"]) == (2000, 3001)
     assert [x for x in format_status(out).splitlines() if "cache" in x] == shown  # compacted
+
+
+def test_status_of_a_job_file_left_with_rows_to_do_names_the_command_that_finishes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The on-call engineer did not write the job: status said "run the job again to resume"
+    (or, quoting the run's stop, "run the same command") without the command, which only the
+    crontab knew. For a job run from its file, status now names it: after a run that stopped
+    with rows to do, and after one that never finished (killed). A job that ran through
+    names none; a job from the command line has no file to name (nor the options of the
+    crontab's line: its stop says to run that again)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "in.csv").write_text(
+        "id,text\n" + "".join(f"r{i},text {i}\n" for i in range(10)))
+    job = tmp_path / "jobs" / "night job.toml"
+    job.write_text('name = "night"\n[input]\npath = "../in.csv"\nid_column = "id"\n'
+                   '[request]\nmodel = "gpt-4o-mini"\nprompt = "X {text}"\n'
+                   '[endpoint]\nsimulator = true\n[output]\ndir = "../out"\n')
+    command = f"batchrunner run '{job}'"
+    assert main(["run", str(job), "--limit", "4", "--progress", "none"]) == 0
+    out = tmp_path / "out"
+    assert f"  to finish, 6 rows to do: {command}" in format_status(out).splitlines()
+    meta_path = out / "job.json"
+    meta = json.loads(meta_path.read_text())
+    meta["last_run"]["stopped"] = "interrupted by SIGTERM; finished rows are saved"
+    meta_path.write_text(json.dumps(meta))
+    assert f"  to finish, 6 rows to do: {command}" in format_status(out).splitlines()
+    meta["last_run"].update(finished_at=None, stopped=None)  # killed while sending
+    meta_path.write_text(json.dumps(meta))
+    assert ("did not finish (killed, or the machine stopped): run the job again to resume: "
+            f"{command}") in format_status(out)
+    assert main(["run", str(job), "--progress", "none"]) == 0
+    assert "batchrunner run" not in format_status(out)
+    meta = json.loads(meta_path.read_text())
+    meta["job_file"] = "command line"
+    meta["last_run"].update(finished_at=None)
+    meta_path.write_text(json.dumps(meta))
+    assert format_status(out).endswith("run the job again to resume")
