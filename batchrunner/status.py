@@ -170,6 +170,10 @@ def format_status(out_dir: Path) -> str:
                          "the machine stopped): run the job again to resume"
                          + (f": {rerun}" if rerun else ""))
             rerun = ""  # said
+            free = _free_bytes(out_dir)
+            if free is not None and free < FULL_DISK_BYTES:  # a full disk stopped it, unsaid
+                lines.append(f"  the disk holding {out_dir} is full ({free:,} bytes free): free "
+                             "space first, or the run stops again")
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
             rebuilt = meta.get("rebuilt_at")
@@ -195,6 +199,21 @@ def format_status(out_dir: Path) -> str:
         if rerun and to_do:
             lines.append(f"  to finish, {count_rows(to_do)} to do: {rerun}")
     return "\n".join(lines)
+
+
+# Less free than this under the output directory: a run stopped by the full disk, which could
+# not record its end in job.json either (too little free at its start for its reserve).
+FULL_DISK_BYTES = 1 << 20
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """What the user may still write on the disk holding ``directory`` (None: not known, as
+    on Windows)."""
+    try:
+        disk = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return None
+    return disk.f_bavail * disk.f_frsize
 
 
 class _Tally:

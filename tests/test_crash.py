@@ -881,6 +881,33 @@ def test_a_disk_filled_up_mid_run_still_takes_the_last_answers(
         assert not list((out / "journal").glob(".reserve-*"))
 
 
+def test_status_of_a_run_that_could_not_record_its_end_on_a_full_disk_says_the_disk_is_full(
+        tmp_path: Path, small_disk: Path) -> None:
+    """A disk full to the last block stops the run (exit 1, its one line in the cron mail), and
+    job.json, which says how the run ended, may not be written either (on a disk with too
+    little free at the start for the run's reserve, as seen with a 3 MB one): `status` said the
+    run "did not finish (killed, or the machine stopped): run the job again to resume", which
+    fails again until space is freed. It now says the disk holding the output directory is
+    full, and to free space first; with space freed, it says no more of it. The run's end is
+    left unrecorded here, as such a run leaves it."""
+    inp = make_csv(tmp_path / "in.csv", 20)
+    out = small_disk / "out"
+    with SimulatorThread(SimulatorConfig()) as sim:
+        done = subprocess.run(plain_cmd([*run_args(inp, sim.base_url, out), "--limit", "5"]),
+                              env=child_env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    meta = json.loads((out / "job.json").read_text())
+    meta["last_run"].update(finished_at=None, stopped=None)
+    (out / "job.json").write_text(json.dumps(meta))
+    filler = fill_up(small_disk)
+    status = format_status(out)
+    assert "did not finish" in status, status
+    assert (f"the disk holding {out} is full (0 bytes free): free space first, or the run "
+            "stops again") in status, status
+    filler.unlink()
+    assert "is full" not in format_status(out)
+
+
 def test_a_disk_gone_read_only_mid_run_names_the_journal_and_a_rerun_finishes(
         tmp_path: Path, small_disk: Path) -> None:
     """The file system under the output directory turns read-only while the job runs (a disk
