@@ -108,6 +108,7 @@ class TokenBucket:
         self._t = time.monotonic()
         self._lock = anyio.Lock()
         self._queued = 0
+        self._queued_units = 0.0  # what those waiting in ``acquire`` are to take, together
         self._given: anyio.Event | None = None  # set when units are given back or the rate set
 
     def _refill(self) -> None:
@@ -139,14 +140,16 @@ class TokenBucket:
         return True
 
     def wait_s(self, n: float) -> float:
-        """Seconds until ``n`` units are there (0: now)."""
+        """Seconds until ``n`` units could be taken (0: now): those waiting in ``acquire``
+        take theirs first."""
         self._refill()
-        return max(0.0, (min(n, self.capacity) - self.level) / self.rate)
+        return max(0.0, (self._queued_units + min(n, self.capacity) - self.level) / self.rate)
 
     async def acquire(self, n: float) -> None:
         if self.take(n):  # nobody waiting, and it is there: at once
             return
         self._queued += 1
+        self._queued_units += n
         try:
             async with self._lock:  # first come, first served
                 while True:
@@ -163,6 +166,7 @@ class TokenBucket:
                         await given.wait()
         finally:
             self._queued -= 1
+            self._queued_units = self._queued_units - n if self._queued else 0.0
 
     def open(self) -> None:
         """No pace any more: what waits in the bucket, and what comes, goes at once."""

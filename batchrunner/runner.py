@@ -174,7 +174,10 @@ HOLD_MAX_ROWS = 10_000
 # A split job's rows whose model's own permit is not there yet wait in a queue of the model's
 # (_Run.parked), this many at most, rather than in a worker the other models' rows could use.
 PARKED_MAX_ROWS = 1_000
-PARKED_RECHECK_S = 0.02
+# One idle worker (_Run.keeper) sleeps until the soonest parked row's permit is due, the others
+# until there is work; this is the least it sleeps, so a permit said to be due that is not there
+# yet (a rounding) never makes it loop.
+PARKED_RECHECK_S = 0.001
 # A row whose request timed out is given timeout_s × 1.5 on its next attempt, × 2.25 on the one
 # after, and so on up to × 3: a long answer (a thinking model's) gets the time it needs, where
 # the same timeout would cut it off, and bill it, on every attempt.
@@ -1388,7 +1391,12 @@ class _Run:
         # once to a model behind a limit no header says.
         self.parking = False
         self.outstanding = 0  # rows taken from the input and not finished yet
-        self.wake = anyio.Event()  # set when idle workers should look again
+        # The idle workers, each waiting for its own event to be set (_idle): all of them
+        # look again at _wake_workers, one at _wake_one; and, while rows are parked, the one
+        # that sleeps until the soonest parked row's permit is due (keeper, due when).
+        self.idle: deque[anyio.Event] = deque()
+        self.keeper: anyio.Event | None = None
+        self.keeper_due = math.inf
         self.flush_wanted = anyio.Event()
         self.tasks: anyio.abc.TaskGroup | None = None  # workers and retry timers
         self.budget = plan.job.limits.max_cost_usd
@@ -1449,8 +1457,46 @@ class _Run:
     # -- the work queue: retries first, then the next rows of the input
 
     def _wake_workers(self) -> None:
-        self.wake.set()
-        self.wake = anyio.Event()
+        idle = self.idle
+        while idle:
+            idle.popleft().set()
+        if self.keeper is not None:
+            self.keeper.set()
+
+    def _wake_one(self) -> None:
+        if self.idle:
+            self.idle.popleft().set()
+
+    async def _idle(self) -> None:
+        """Wait for work: until ``_wake_workers`` or ``_wake_one``; or, the keeper, until
+        the soonest parked row's permit is due, or may be sooner (_time_permits).
+        Polling instead (every 20 ms, each idle worker) woke the workers 5,000 times for
+        300 rows of a split job."""
+        wake = anyio.Event()
+        if self.parked_rows and self.keeper is None:
+            wait = self._parked_ready_in()
+            self.keeper, self.keeper_due = wake, time.monotonic() + wait
+            try:
+                with anyio.move_on_after(wait):
+                    await wake.wait()
+            finally:
+                if self.keeper is wake:
+                    self.keeper, self.keeper_due = None, math.inf
+            return
+        self.idle.append(wake)
+        try:
+            await wake.wait()
+        finally:
+            if not wake.is_set():  # cancelled: the run is over
+                self.idle.remove(wake)
+
+    def _time_permits(self, due: float = 0.0) -> None:
+        """A parked row's permit may be due ``due`` (time.monotonic(); 0: sooner than any):
+        the keeper looks again if it sleeps past that, or an idle worker becomes the keeper."""
+        if self.keeper is None:
+            self._wake_one()
+        elif due < self.keeper_due:
+            self.keeper.set()
 
     @property
     def _looks_down(self) -> bool:
@@ -1606,18 +1652,23 @@ class _Run:
             await self._work()
         finally:
             self.workers -= 1
+            if self.parked_rows and self.keeper is None:
+                self._time_permits()  # it was the keeper, or would have been
 
     async def _work(self) -> None:
+        woken = False
         while not self.stopping and self.workers <= self.target_workers:
             item = self._next_item()
+            if woken:  # off to work, it may have been the keeper (or woken to be): another is
+                woken = False
+                if item is not None and self.parked_rows and self.keeper is None:
+                    self._time_permits()
             if item is None:
                 if self.stopping or (self.rows_done and self.outstanding == 0):
                     return
-                if self.parked_rows:  # and until a parked row's model has a permit
-                    with anyio.move_on_after(self._parked_ready_in()):
-                        await self.wake.wait()
-                else:
-                    await self.wake.wait()  # rows are in flight or waiting out a backoff
+                # Rows are in flight, waiting out a backoff or parked: until there is work.
+                await self._idle()
+                woken = True
                 continue
             if self.held_models and item.model in self.held_models:
                 self._hold(item, None)  # its model was refused: not sent until it is known why
@@ -2322,8 +2373,16 @@ class _Run:
         them; once two models report different ones (OpenAI's are each model's own), each
         model is paced by a limiter of its own, and the job's keeps the rates the job set: a
         job asking gpt-4o-mini and gpt-4o was paced at the lower model's rate for both."""
-        used_up = (self.limiter if self.split is None else self._model_limiter(item)).observe(
-            headers)
+        if self.split is None:
+            used_up = self.limiter.observe(headers)
+        elif (keeper := self.keeper) is None:
+            used_up = self._model_limiter(item).observe(headers)
+        else:  # a limit raised lets the parked rows' permits come sooner than it sleeps
+            own = self._model_limiter(item)
+            paces = own.requests_per_minute, own.tokens_per_minute
+            used_up = own.observe(headers)
+            if (own.requests_per_minute, own.tokens_per_minute) != paces:
+                keeper.set()
         if used_up is not None:
             # A limit over more than a minute (Groq's requests a day) has none left.
             kind, limit, wait_s = used_up
@@ -2429,7 +2488,7 @@ class _Run:
             oldest = queue.popleft()
             oldest.parked = False  # out now: a stop finishes it (``_work``)
             return oldest
-        self._parked_one()
+        self._parked_one(item, len(queue) == 1)
         return None
 
     def _park_again(self, item: _Work) -> bool:
@@ -2440,13 +2499,20 @@ class _Run:
             return False
         queue.appendleft(item)
         item.parked = True
-        self._parked_one()
+        self._parked_one(item, True)
         return True
 
-    def _parked_one(self) -> None:
+    def _parked_one(self, item: _Work, first: bool) -> None:
+        """``item`` was parked, ``first`` in its model's queue: its permit may be due before
+        the keeper wakes, or nobody keeps the time yet (_time_permits)."""
         self.parked_rows += 1
-        if self.parked_rows == 1:  # the idle workers look again when a permit is due
-            self._wake_workers()
+        if first:
+            if self.keeper is None:
+                self._wake_one()
+            else:
+                assert self.split is not None
+                self._time_permits(time.monotonic() + self.split[item.model].ready_in(
+                    self._charge(item)))
 
     def _unpark(self) -> _Work | None:
         """A parked row whose model's own permit is there now (taken), else None."""
@@ -2460,8 +2526,8 @@ class _Run:
         return None
 
     def _parked_ready_in(self) -> float:
-        """Seconds until a parked row's model may have its permit (a little at least: a
-        permit taken by a row waiting for it is the next one's only after)."""
+        """Seconds until a parked row's model may have its permit (rows waiting for it in its
+        limiter take theirs first), PARKED_RECHECK_S at least."""
         assert self.split is not None
         wait = min(self.split[model].ready_in(self._charge(queue[0]))
                    for model, queue in self.parked.items() if queue)
@@ -2675,7 +2741,10 @@ class _Run:
                 return
         else:
             for limiter in self.split.values():
+                pace = limiter.requests_per_minute
                 limiter.sample(now, limiter.requests_sent, limiter.requests_refused)
+                if limiter.requests_per_minute != pace and self.parked_rows:
+                    self._time_permits()  # a pace raised (or set) may let a row out sooner
         answered, split = self.answered_models, self.split
         assert split is not None
         self.parking = all(limiter.paces or (limiter.runs_free and model in answered)

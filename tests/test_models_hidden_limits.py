@@ -169,3 +169,32 @@ async def test_a_row_parked_again_after_a_429_gives_back_the_jobs_request_permit
     assert len(jobs) == 1 and jobs[0]._requests is not None
     taken, given = buckets[id(jobs[0]._requests)]
     assert taken - given == counted.requests, (taken, given, counted.requests)
+
+
+@pytest.mark.anyio
+async def test_idle_workers_wake_when_a_parked_rows_permit_is_due_not_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split job whose fast model's rows are done while the slow model's (600 a minute,
+    its own) wait parked for their permits, 16 workers idle meanwhile. Each idle worker
+    looked again every 20 ms at most, and all of them when a permit was due: hundreds of
+    wake-ups that found nothing to send. One worker sleeps until the next permit is due
+    now, the others until there is work: about two wake-ups a parked row."""
+    looks = [0, 0]  # the workers' looks for a row to send: all, and those that found none
+    next_item = _Run._next_item
+
+    def counted(self: _Run) -> Any:
+        item = next_item(self)
+        looks[0] += 1
+        looks[1] += item is None
+        return item
+
+    monkeypatch.setattr(_Run, "_next_item", counted)
+    rows = 60
+    models = ["slow" if i % 2 == 0 else "fast" for i in range(rows)]
+    summary, _ = await run_against(
+        tmp_path, per_model_limits({"slow": 600.0, "fast": 60_000.0}, []), rows,
+        input=models_input(tmp_path, models), model=None, model_column="model",
+        concurrency=16)
+    assert (summary.ok, summary.failed) == (rows, 0)
+    slow = rows // 2
+    assert looks[1] <= 4 * slow, looks
