@@ -385,17 +385,36 @@ class Limiter:
     # -- the interface
 
     async def acquire(self, tokens: int) -> None:
-        while (wait := self._paused_until - time.monotonic()) > 0:
-            if self._unpaused is None or self._unpaused.is_set():
-                self._unpaused = anyio.Event()
-            with anyio.move_on_after(wait):
-                await self._unpaused.wait()
+        if self._paused_until > time.monotonic():
+            await self._pause_over()
         if self._requests is not None:
             await self._requests.acquire(1)
         elif self._guess is not None:
             await self._guess.acquire(1)
         if self._tokens is not None:
             await self._tokens.acquire(tokens)
+
+    async def _pause_over(self) -> None:
+        while (wait := self._paused_until - time.monotonic()) > 0:
+            if self._unpaused is None or self._unpaused.is_set():
+                self._unpaused = anyio.Event()
+            with anyio.move_on_after(wait):
+                await self._unpaused.wait()
+
+    async def go_past(self, tokens: int) -> None:
+        """``acquire(tokens)`` for a request that goes past a pace learnt from the server
+        (a model's first, whose answer says its own limit): it waits out a pause, and takes its
+        permit and tokens at once, in debt, so the pace after it is as exact. Where the job
+        set a limit of its own, it waits as ``acquire`` does."""
+        if self._configured != (None, None):
+            await self.acquire(tokens)
+            return
+        if self._paused_until > time.monotonic():
+            await self._pause_over()
+        if (requests := self._requests or self._guess) is not None:
+            requests.adjust(-1.0)
+        if self._tokens is not None:
+            self._tokens.adjust(-tokens)
 
     def take(self, tokens: int) -> bool:
         """``acquire(tokens)`` if it would not wait (no pause, a permit and the tokens there,

@@ -1427,6 +1427,9 @@ class _Run:
         # came from so far, to tell a key that lacks one model from a key refused outright.
         self.models_vary = plan.builder is None or bool(plan.job.request.model_column)
         self.answered_models: set[str] = set(plan.answered_models)
+        # The models requests were sent for in this run, unsplit: a model's first goes past a
+        # pace learnt from another's answers (attempt), its answer saying its own limit.
+        self.sent_models: set[str] = set()
         # The limits each model's answers report (x-ratelimit-limit-requests and -tokens):
         # while they are the same for all, one limiter paces them all; once two differ, the
         # limits are each model's own, and ``split`` holds a limiter for each (``_observe``).
@@ -1884,11 +1887,21 @@ class _Run:
                 return None, None
             permitted, item.permit = item.permit, None  # its model's permit taken (_park)
             charge = self._charge(item) if permitted is None else permitted
+            # A model's first request goes past the pace learnt from the others' answers: a
+            # job whose slow model's 50 rows came first sent its fast model's rows at the slow
+            # one's pace until they were through (10 s), its own limit unheard of till then.
+            first = (self.models_vary and self.split is None
+                     and item.model not in self.sent_models)
+            if first:
+                self.sent_models.add(item.model)
             if self.split is not None or self.limiter.paces:  # a wait a stop cancels
                 with anyio.CancelScope() as pacing:
                     self.pacing.add(pacing)
                     try:
-                        await self.limiter.acquire(charge)
+                        if first:
+                            await self.limiter.go_past(charge)
+                        else:
+                            await self.limiter.acquire(charge)
                         if self.split is not None:  # and the model's own limiter's
                             own = self._model_limiter(item)
                             if permitted is None and not own.take(charge):

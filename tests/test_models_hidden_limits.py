@@ -17,7 +17,7 @@ from aiohttp import web
 from batchrunner.limiter import Limiter, TokenBucket
 from batchrunner.runner import _Run
 from tests.test_limits_real import learnt_paces, random_429s
-from tests.test_ratelimit_headers import Counted, per_model_limits, run_against
+from tests.test_ratelimit_headers import Counted, completion, per_model_limits, run_against
 
 pytestmark = pytest.mark.usefixtures("job_env")  # a key in the environment, tmp_path as cwd
 
@@ -198,3 +198,32 @@ async def test_idle_workers_wake_when_a_parked_rows_permit_is_due_not_before(
     assert (summary.ok, summary.failed) == (rows, 0)
     slow = rows // 2
     assert looks[1] <= 4 * slow, looks
+
+
+@pytest.mark.anyio
+async def test_a_models_first_request_goes_past_the_pace_another_models_answers_taught(
+        tmp_path: Path) -> None:
+    """Rows sorted by model, the slow model's first (80 at 600 a minute, its answers say),
+    then the fast model's (6,000 a minute): the job's one pace, learnt from the slow model's
+    answers, held the fast model's rows behind the slow one's until they were all through,
+    its own limit unheard of till then. A model's first request goes past that pace now:
+    its answer says its limit, and its rows go at their own pace beside the slow one's."""
+    seen: list[str] = []
+    limits = {"slow": 600.0, "fast": 6000.0}
+
+    async def answer(counted: Any, body: dict[str, Any]) -> web.Response:
+        # A bucket that starts full (a minute's worth, as OpenAI's and the simulator's): no
+        # 429 for these few rows, the headers alone say each model's limit.
+        return web.json_response(completion(body), headers={
+            "x-ratelimit-limit-requests": f"{limits[body['model']]:.0f}"})
+
+    rows = 120
+    models = ["slow" if i < 80 else "fast" for i in range(rows)]
+    summary, counted = await run_against(tmp_path, in_order(answer, seen), rows,
+                                         input=models_input(tmp_path, models), model=None,
+                                         model_column="model", concurrency=32)
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert counted.too_many == 0
+    # All 80 slow answers came first; the first fast one after the first wave of 32 and a
+    # second's worth of the slow model's pace now (42).
+    assert seen.index("fast") <= 50, seen.index("fast")
