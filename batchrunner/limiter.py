@@ -283,7 +283,8 @@ class Limiter:
         self._samples: deque[tuple[float, int, int, float]] = deque()
         self._storm_pace = 0.0  # the pace the latest storm set
         self._refused = 0  # 429s counted at the latest sample
-        self._long_asked = False  # a pause over PAUSE_PACED_S asked since the latest sample
+        # A pause over PAUSE_PACED_S asked since the latest sample that could act on it.
+        self._long_asked = False
         self._raise_from = 0.0  # no raise before this (RAISE_HOLD_S)
         # A model's own limiter's requests let out and answered 429, counted by the runner
         # (its ``_split``) for ``sample``; a job's limiter is sampled with the run's counts.
@@ -600,12 +601,11 @@ class Limiter:
         samples.append((now, sent, refused, paused))
         while len(samples) > 2 and now - samples[1][0] >= STORM_WINDOW_S:
             samples.popleft()
-        new_refusals, self._refused = refused - self._refused, refused  # since the last
-        long_asked, self._long_asked = self._long_asked, False
         then, sent_then, refused_then, paused_then = samples[0]
         span = now - then
         if span < PACE_MIN_SPAN_S:
-            return False
+            return False  # the 429s since the last, and a long pause asked, are the next's
+        new_refusals, self._refused = refused - self._refused, refused  # since the last
         refusals = refused - refused_then
         sending = span - (paused - paused_then)  # the time requests could go out
         measured = sending >= PACE_MIN_SPAN_S  # enough of it to measure a rate over
@@ -621,11 +621,17 @@ class Limiter:
                 samples.clear()
                 samples.append((now, sent, refused, paused))
                 stormed = True
-            if new_refusals and long_asked and self.guessed:
+            # Its 429s asked a long pause: held from the start. The pause was asked before
+            # the storm could be measured (its first half second, the pause itself), and held
+            # nothing when that sample let it go: raised from 5 s on, the pace was past the
+            # limit again within seconds.
+            if self._long_asked and self.guessed:
                 self._raise_from = now + RAISE_HOLD_S
+                self._long_asked = False
             return stormed
         if current is None:
-            return False
+            return False  # a long pause asked is the storm's that sets a pace
+        long_asked, self._long_asked = self._long_asked, False
         if new_refusals and long_asked:  # a long pause asked: back to the storm's, and held
             if current > self._storm_pace:
                 self._set_guess(self._storm_pace)

@@ -588,3 +588,59 @@ def test_prompts_longer_than_estimated_are_charged_as_long_after_a_few_replies()
     reply(120, 47)  # one reply twice as long: a twentieth of the difference
     assert run.prompt_ratio == pytest.approx(4.0 + 4.0 / 20)
     assert run.completion_estimate == pytest.approx(7.0 + 40.0 / 20)
+
+
+@pytest.mark.anyio
+async def test_a_hidden_limit_raised_mid_run_is_followed_after_the_hold_not_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway whose 429s ask a fixed 3 s (over PAUSE_PACED_S) in front of a limit of 10
+    requests a second that only they say, raised to 40 a second once its first 429s are
+    past. The pace learnt from the storm is not raised for RAISE_HOLD_S (8 s here, longer
+    than the STORM_WINDOW_S with no 429 every raise waits for) after such a 429: raised
+    sooner, it was past the limit again within seconds, each 429 there holding every
+    request 3 s. The storm's own 429s set no hold (the first sample after them, too soon to
+    measure a storm, let their long pause go): raised 5 s after them. Then it is raised (10 %
+    a sample here) past the old limit, following the new one. Every time is the limiter's
+    clock (time.monotonic), the server's too, never the run's wall time."""
+    monkeypatch.setattr(limiter, "RAISE_HOLD_S", 8.0)
+    monkeypatch.setattr(limiter, "PACE_RAISE", 1.1)
+    paces: list[tuple[float, float]] = []  # (when, a pace learnt from 429s)
+    learn = Limiter._set_guess
+
+    def recorded(self: Limiter, per_minute: float) -> None:
+        paces.append((time.monotonic(), per_minute))
+        learn(self, per_minute)
+
+    monkeypatch.setattr(Limiter, "_set_guess", recorded)
+    refused_at: list[float] = []
+    bucket = {"per_s": 10.0, "level": 10.0, "t": time.monotonic()}
+
+    async def hidden(counted: Counted, body: dict[str, Any]) -> web.Response:
+        now = time.monotonic()
+        per_s = bucket["per_s"]
+        bucket["level"] = min(per_s, bucket["level"] + (now - bucket["t"]) * per_s)
+        bucket["t"] = now
+        if bucket["level"] < 1.0:
+            refused_at.append(now)
+            if len(refused_at) >= 10:  # its storm is past: the limit raised
+                bucket["per_s"] = 40.0
+            return web.json_response({"error": {"message": "Rate limit exceeded",
+                                                "type": "rate_limit_error"}},
+                                     status=429, headers={"retry-after": "3"})
+        bucket["level"] -= 1.0
+        await asyncio.sleep(0.1)
+        return web.json_response(completion(body))
+
+    rows = 200
+    summary, _ = await run_against(tmp_path, hidden, rows)
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert refused_at and paces, (refused_at, paces)
+    assert paces[0][1] <= 600.0, paces  # the storm's: under the old limit
+    raises = [(t, pace) for (t, pace), (_, before) in zip(paces[1:], paces, strict=False)
+              if pace > before]
+    # Not raised within the hold of the latest 429 before (each asked 3 s).
+    for t, pace in raises:
+        latest = max(r for r in refused_at if r <= t)
+        assert t - latest >= limiter.RAISE_HOLD_S, (t - latest, pace, paces)
+    # And raised after it, past the old limit: the new one is followed.
+    assert max(pace for _, pace in paces) > 600.0, paces
