@@ -370,14 +370,18 @@ def _cmd_report(ns: argparse.Namespace) -> int:
             raise UsageError(f"{plan.source.path} changed since the job's last run: its rows "
                              "may no longer match the journal's — run the job again instead "
                              "(it resumes, and rebuilds the results and reports)")
-        summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False))
+        last = plan.job_meta.get("last_run")
+        limit = (int(last["limit"]) if isinstance(last, dict) and type(last.get("limit")) is int
+                 else None)
+        # Its results end at the last row done, as the --limit run's did.
+        summary = rebuild_outputs(plan, RunSummary(name=plan.job.name, ran=False),
+                                  limited=limit is not None)
         record_rebuilt(plan)
-    last = plan.job_meta.get("last_run")
-    if isinstance(last, dict) and type(last.get("limit")) is int and last.get("finished_at") \
+    if limit is not None and isinstance(last, dict) and last.get("finished_at") \
             and not last.get("stopped"):
         # The last run ended as --limit asked: the rows it left are what was asked, not rows
         # a stop or a crash left (their exit, 4), and report exits as that run did.
-        summary.limit, summary.limited = int(last["limit"]), summary.pending
+        summary.limit, summary.limited = limit, summary.pending
     say(format_summary(summary), sys.stdout)
     return summary.exit_code
 

@@ -130,31 +130,43 @@ class _Outcomes:
         self._pos = np.empty(0, np.int64)
         self._done = False
 
+    def _read_group(self) -> None:
+        """Take in the compacted journal's next row group, or find there is none."""
+        group = next(self._groups, None)
+        if group is None:
+            self._done = True
+            return
+        pos = self._order.positions(group["key"].combine_chunks())
+        known = int(len(pos) - pos.null_count)
+        if known < len(pos):  # rows the input does not have sort last: none follow
+            self._done = True
+            group, pos = group.slice(0, known), pos.slice(0, known)
+        self._rows = pa.concat_tables([self._rows, group])
+        self._pos = np.concatenate([self._pos, to_numpy(pos)])
+
+    def left(self) -> bool:
+        """Whether rows are left to hand out."""
+        while not self._done and len(self._pos) == 0:
+            self._read_group()
+        return len(self._pos) > 0
+
     def take_below(self, end: int) -> tuple[pa.Table, np.ndarray]:
         """The rows with position < ``end`` not handed out yet, and their positions."""
         while not self._done and (len(self._pos) == 0 or self._pos[-1] < end):
-            group = next(self._groups, None)
-            if group is None:
-                self._done = True
-                break
-            pos = self._order.positions(group["key"].combine_chunks())
-            known = int(len(pos) - pos.null_count)
-            if known < len(pos):  # rows the input does not have sort last: none follow
-                self._done = True
-                group, pos = group.slice(0, known), pos.slice(0, known)
-            self._rows = pa.concat_tables([self._rows, group])
-            self._pos = np.concatenate([self._pos, to_numpy(pos)])
+            self._read_group()
         cut = int(np.searchsorted(self._pos, end, side="left"))
         taken, taken_pos = self._rows.slice(0, cut), self._pos[:cut]
         self._rows, self._pos = self._rows.slice(cut), self._pos[cut:]
         return taken, taken_pos
 
 
-def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = None
-                    ) -> RunSummary:
+def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = None,
+                    limited: bool | None = None) -> RunSummary:
     """Compact the journal, then write the results and reports from it; fill the summary's
     row counts. The report's wall time and counters are those of the job's last run that sent
-    requests, as ``job.json`` records them."""
+    requests, as ``job.json`` records them. ``limited``: the results are a ``--limit`` run's,
+    which end at the last input row with a record (default: whether ``plan`` holds rows back
+    for a later run)."""
     job = plan.job
     journal = Journal(plan.out_dir)
     order = plan.order or InputOrder(plan.source, plan.key_column, plan.total_rows,
@@ -165,7 +177,9 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
         else recorded_changed_left(plan.job_meta))
     results_path = plan.out_dir / f"results.{job.output.format}"
     try:
-        statuses, billed_usd = _write_results(plan, journal, order, results_path)
+        statuses, billed_usd = _write_results(
+            plan, journal, order, results_path,
+            bool(plan.limited) if limited is None else limited)
     except OutputError as e:
         raise _saved(e) from None
     summary.rows = sum(statuses.values())
@@ -285,12 +299,15 @@ def _last_runs(meta: dict[str, Any]) -> tuple[dict[str, Any], float | None, dict
     )
 
 
-def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
-                   ) -> tuple[Counter[str | None], list[pa.Array]]:
+def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path,
+                   limited: bool) -> tuple[Counter[str | None], list[pa.Array]]:
     """Write the results file; return the rows by their journal status (None: no record), and
     the ``earlier_cost_usd`` of those whose record is ``retrying``. Such a row (counted as
     such) is a row to do: its ``status`` and ``finished_at`` are null, as for a row never sent,
-    and its ``attempts`` and ``earlier_cost_usd`` say what its billed attempts cost."""
+    and its ``attempts`` and ``earlier_cost_usd`` say what its billed attempts cost.
+
+    ``limited`` (a ``--limit`` run's results): the file ends at the last input row with a
+    record, and the input is read no further; the rows after it count as rows with none."""
     outcomes = _Outcomes(journal, order) if journal.segments() else None
     outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key" and c not in JOURNAL_ONLY]
     empty = pa.Table.from_batches([], OUTCOME_SCHEMA)
@@ -298,11 +315,16 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
     statuses: Counter[str | None] = Counter()
     billed_usd: list[pa.Array] = []
     start = 0
+    batches = plan.source.batches()
     try:
-        for batch in plan.source.batches():
+        for batch in batches:
             n = batch.num_rows
             rows, pos = (outcomes.take_below(start + n) if outcomes
                          else (empty, np.empty(0, np.int64)))
+            last = limited and not (outcomes and outcomes.left())
+            if last:  # the rows after the last one done are not written
+                n = int(pos[-1]) + 1 - start if len(pos) else 0
+                batch = batch.slice(0, n)
             index = np.full(n, -1, np.int64)
             index[pos - start] = np.arange(len(pos))
             part = pc.take(rows, int64_array(index, index >= 0))
@@ -339,10 +361,15 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path
                     c for c in table.column_names if c not in unique])
             writer.write(table)
             del part, rows
+            if last:
+                statuses[None] += plan.total_rows - start
+                break
         if writer is not None:
             writer.close()
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
+    finally:
+        batches.close()
     return statuses, billed_usd

@@ -65,9 +65,13 @@ class Reads:
 
     def of_prompt(self) -> int:
         """Rows of the prompt's column read, but by the pass over every column that writes the
-        results (which hold every input row, sent or not)."""
+        results."""
         return sum(n[0] for columns, n in self.passes
                    if columns is not None and "text" in columns and "region" not in columns)
+
+    def of_results(self) -> int:
+        """Rows read by the passes over every column: the results'."""
+        return sum(n[0] for columns, n in self.passes if columns is None)
 
 
 @pytest.mark.anyio
@@ -92,6 +96,8 @@ async def test_a_limited_run_reads_the_rows_it_sends_not_the_whole_input(
             assert (summary.ok, summary.sent, summary.limited) == (20 * run, 20, ROWS - 20 * run)
             assert summary.exit_code == 0
             assert 0 < reads.of_prompt() <= bio.DEFAULT_BATCH_SIZE, reads.passes
+            # The results hold the rows up to the last one done: the input is read no further.
+            assert 0 < reads.of_results() <= bio.DEFAULT_BATCH_SIZE, reads.passes
             # The ids (when rows have them) are read through, and checked unique, as the
             # rerun that maps the journal's rows to the input's needs them.
             if id_column is not None:
@@ -100,10 +106,39 @@ async def test_a_limited_run_reads_the_rows_it_sends_not_the_whole_input(
         assert estimate(prepare(job, options)).to_send == 20
         assert 0 < reads.of_prompt() <= bio.DEFAULT_BATCH_SIZE, reads.passes
     done = pq.read_table(tmp_path / "out" / "results.parquet", columns=["text", "status"])
-    assert done.num_rows == ROWS
-    sent = [t for t, s in zip(done["text"].to_pylist(), done["status"].to_pylist(),
-                              strict=True) if s is not None]
-    assert sent == [f"ticket {i} says the parcel came late" for i in range(40)]
+    assert done["text"].to_pylist() == [f"ticket {i} says the parcel came late"
+                                        for i in range(40)]
+    assert done["status"].to_pylist() == ["ok"] * 40
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_limited_runs_results_end_at_its_last_row_done_and_report_keeps_them_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        fmt: str) -> None:
+    """A --limit run over a big input writes the rows up to the last one done, not a copy of
+    the whole input; `report` rebuilds the same file and counts the rows left as the run did."""
+    from batchrunner.cli import main
+
+    inp = write_input(tmp_path / "in.csv")
+    args = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "Classify: {text}",
+            "--model", "gpt-4o-mini", "--max-tokens", "8", "--simulator", "--output",
+            str(tmp_path / "out"), "--progress", "none", "--format", fmt]
+    assert main([*args, "--limit", "5"]) == 0
+    assert main([*args, "--limit", "20"]) == 0
+    shown = capsys.readouterr().out
+    assert f"--limit 20 left {ROWS - 25:,} rows to do" in shown
+
+    def results() -> list[tuple[str, str | None]]:
+        path = tmp_path / "out" / f"results.{fmt}"
+        table = (pq.read_table(path) if fmt == "parquet"
+                 else pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(
+                     column_types={"status": pa.string()}, strings_can_be_null=True)))
+        return list(zip(table["id"].to_pylist(), table["status"].to_pylist(), strict=True))
+
+    assert results() == [(f"t{i:06d}", "ok") for i in range(25)]
+    assert main(["report", str(tmp_path / "out")]) == 0
+    assert f"--limit 20 left {ROWS - 25:,} rows to do" in capsys.readouterr().out
+    assert results() == [(f"t{i:06d}", "ok") for i in range(25)]
 
 
 @pytest.mark.anyio
