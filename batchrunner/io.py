@@ -50,6 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -107,6 +108,7 @@ _CHUNK: Final = 1 << 20
 OPENAI_BATCH_COLUMNS: Final = ("custom_id", "method", "url", "body")
 
 _BOM: Final = codecs.BOM_UTF8
+_QUOTE: Final = ord('"')
 #: A line's bytes as ``_long_number`` looks at them: each ASCII digit and "-" as "0", any
 #: other byte as " ".
 _DIGITS_AS_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2D else 0x20
@@ -629,33 +631,52 @@ def _find_bad_utf8(path: Path) -> tuple[int, int] | None:
 
 def _scan_csv_bytes(path: Path) -> tuple[tuple[int, int] | None, int]:
     """One pass over ``path`` in 1 MiB chunks: (line, byte offset) of the first byte that is
-    not UTF-8 (or None), and the number of ``"`` characters (odd: a quote may be left open)."""
-    line, base, carry, quotes = 1, 0, b"", 0
+    not UTF-8 (or None), and the number of ``"`` characters (odd: a quote may be left open).
+
+    The quotes are counted by a vector compare, and a chunk that is ASCII (``isascii`` stops
+    at its first other byte) is not decoded: ``bytes.count`` and ``decode`` took some 1.5 s
+    over 600 MB of text. Lines are counted only up to a bad byte, to name its line."""
+    base, carry, quotes = 0, b"", 0
     try:
         with open(path, "rb") as f:
             while True:
                 chunk = f.read(_CHUNK)
-                quotes += chunk.count(b'"')
+                quotes += int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == _QUOTE))
+                if not carry and chunk.isascii():
+                    if not chunk:
+                        return None, quotes
+                    base += len(chunk)
+                    continue
                 buf = carry + chunk
-                if not buf:
-                    return None, quotes
                 try:
                     buf.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     if chunk and exc.reason == "unexpected end of data":
                         # A character cut by the chunk boundary: finish it with the next chunk.
-                        good, carry = buf[: exc.start], buf[exc.start :]
-                        line += good.count(b"\n")
-                        base += len(good)
+                        base += exc.start
+                        carry = buf[exc.start :]
                         continue
-                    return (line + buf[: exc.start].count(b"\n"), base + exc.start), quotes
-                line += buf.count(b"\n")
+                    at = base + exc.start
+                    return (_line_at(f, at), at), quotes
                 base += len(buf)
                 carry = b""
                 if not chunk:
                     return None, quotes
     except OSError:
         return None, quotes
+
+
+def _line_at(f: Any, offset: int) -> int:
+    """The line (from 1) byte ``offset`` of the open binary file ``f`` is on."""
+    f.seek(0)
+    line = 1
+    while offset > 0:
+        chunk = f.read(min(_CHUNK, offset))
+        if not chunk:
+            break
+        line += chunk.count(b"\n")
+        offset -= len(chunk)
+    return line
 
 
 _EOF_SENTINEL: Final = "batchrunner-end-of-file-7f3a9c"

@@ -311,6 +311,67 @@ def test_bad_csv_row_deep_in_the_file_is_reported_while_streaming(
         open_input(latin)
 
 
+def test_the_csv_byte_scan_leaves_ascii_to_vector_checks(
+    write: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a CSV file reads it through once for bytes that are not UTF-8 and for its
+    quotes: a chunk of ASCII (most of most files) is neither decoded nor counted by bytes
+    methods, a pass of Python's each over 600 MB (some 1.5 s of a run's start), and lines are
+    counted only to name a bad byte's. What it finds is as before."""
+    monkeypatch.setattr(bio, "_CHUNK", 1024)
+    calls: list[str] = []
+
+    class Chunk(bytes):
+        def decode(self, *args: object, **kwargs: object) -> str:
+            calls.append("decode")
+            return super().decode(*args, **kwargs)  # type: ignore[arg-type]
+
+        def count(self, *args: object) -> int:
+            calls.append("count")
+            return super().count(*args)  # type: ignore[arg-type]
+
+    class Reader:
+        def __init__(self, f: object) -> None:
+            self.f = f
+
+        def read(self, n: int = -1) -> bytes:
+            return Chunk(self.f.read(n))  # type: ignore[attr-defined]
+
+        def seek(self, offset: int) -> int:
+            return int(self.f.seek(offset))  # type: ignore[attr-defined]
+
+        def __enter__(self) -> Reader:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()  # type: ignore[attr-defined]
+
+    real_open = open
+
+    def spying_open(path: Path, mode: str = "r", *args: object, **kwargs: object) -> object:
+        f = real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+        return Reader(f) if mode == "rb" else f
+
+    monkeypatch.setattr(bio, "open", spying_open, raising=False)
+    good = b"".join(b'%d,"some text, quoted"\n' % i for i in range(2000))
+    assert open_input(write("ascii.csv", b"id,text\n" + good)).columns == ["id", "text"]
+    assert calls == []
+    accented = write("accented.csv", b"id,text\n" + good + "5000,café\n".encode())
+    assert open_input(accented).columns == ["id", "text"]
+    assert calls == []
+    # A character cut by a chunk's end is whole; a bad byte is named by its line and offset.
+    for cut in range(4):
+        pad = b"x" * cut
+        ok = write("cut.csv", b"id,text\n1," + pad + "€".encode() * 2000 + b"\n")
+        assert open_input(ok).columns == ["id", "text"]
+    bad = b"id,text\n" + good + b"5000,caf\xe9\n"
+    with pytest.raises(InputError, match=rf"not valid UTF-8 at line 2002 \(byte offset "
+                                         rf"{len(bad) - 2}\)"):
+        open_input(write("late_latin.csv", bad))
+    with pytest.raises(InputError, match=r"row 2001 \(line 2002\) opens a quote"):
+        open_input(write("open.csv", b"id,text\n" + good + b'5000,"open\n'))
+
+
 def test_missing_file_and_directory_without_parquet(tmp_path: Path) -> None:
     message = input_error(tmp_path / "nope.csv")
     assert "no such file" in message
