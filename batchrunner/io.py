@@ -450,6 +450,25 @@ def delimiter_hint(columns: Sequence[str]) -> str:
 class _CsvSource(InputSource):
     kind = "csv"
 
+    def where_rows(self, *rows: int) -> str:
+        """The rows and the lines of the file they start on, as an editor numbers them (a
+        quoted value may hold line ends): ``row 4 (line 7)``, ``rows 1 and 4, lines 2 and 7``."""
+        wanted, lines = {r + 1 for r in rows}, []
+        found = _csv_rows(self.path, self._delimiter)
+        try:
+            for row, line, _ in found:
+                if row in wanted:
+                    lines.append(line)
+                    if len(lines) == len(wanted):
+                        break
+        finally:
+            found.close()
+        places = super().where_rows(*rows)
+        if len(lines) != len(wanted):
+            return places
+        return (f"{places} (line {lines[0]})" if len(lines) == 1
+                else f"{places}, {_places('line', lines)}")
+
     def __init__(self, path: Path, batch_size: int, delimiter: str = ",") -> None:
         super().__init__(path, batch_size)
         self.columns = []
@@ -604,10 +623,13 @@ class _CsvSource(InputSource):
             at = f" at line {where[0]} (byte offset {where[1]})" if where else ""
             return _input_error(self.path, f"is not valid UTF-8{at} — save it as UTF-8")
         if "straddl" in text:
+            long = _find_long_row(self.path, self._delimiter, rows_done, CSV_MAX_BLOCK_SIZE)
+            holder = (f"row {long[0]} (line {long[1]})" if long
+                      else f"a row after row {rows_done}")
             return _input_error(
                 self.path,
-                f"a value after row {rows_done} is larger than {CSV_MAX_BLOCK_SIZE >> 20} MiB, "
-                "or a quote is never closed — check the quoting",
+                f"{holder} holds a value larger than {CSV_MAX_BLOCK_SIZE >> 20} MiB, or a quote "
+                "that is never closed — check the quoting",
             )
         if "Empty CSV file" in text:
             return _input_error(self.path, "has no data rows — add rows below the header")
@@ -713,9 +735,10 @@ def _find_unclosed_quote(path: Path, delimiter: str) -> tuple[int, int] | None:
     return last
 
 
-def _find_ragged_row(path: Path, expected: int, delimiter: str
-                     ) -> tuple[int, int, int] | None:
-    """(data row, first line, fields) of the first row without ``expected`` fields, if any."""
+def _csv_rows(path: Path, delimiter: str) -> Generator[tuple[int, int, list[str]], None, None]:
+    """(data row, first line, fields) of each row of a CSV file, as pyarrow reads them (a
+    quoted value may hold line ends; blank lines hold no row): the line an editor shows a row
+    on, for a message. Stops early at a file it cannot read."""
     old_limit = csv.field_size_limit(sys.maxsize)
     try:
         with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
@@ -729,12 +752,40 @@ def _find_ragged_row(path: Path, expected: int, delimiter: str
                 if not record:
                     continue
                 row += 1
-                if len(record) != expected:
-                    return row, start_line, len(record)
+                yield row, start_line, record
     except (OSError, csv.Error):
-        return None
+        return
     finally:
         csv.field_size_limit(old_limit)
+
+
+def _find_ragged_row(path: Path, expected: int, delimiter: str
+                     ) -> tuple[int, int, int] | None:
+    """(data row, first line, fields) of the first row without ``expected`` fields, if any."""
+    rows = _csv_rows(path, delimiter)
+    try:
+        for row, line, record in rows:
+            if len(record) != expected:
+                return row, line, len(record)
+    finally:
+        rows.close()
+    return None
+
+
+def _find_long_row(path: Path, delimiter: str, after: int, limit: int
+                   ) -> tuple[int, int] | None:
+    """(data row, first line) of the first row past row ``after`` whose text is ``limit``
+    bytes or more (one that no block of ``limit`` bytes holds), if any."""
+    rows = _csv_rows(path, delimiter)
+    try:
+        for row, line, record in rows:
+            if row > after:
+                chars = sum(map(len, record))
+                if chars >= limit or (chars * 4 >= limit
+                                      and sum(len(v.encode()) for v in record) >= limit):
+                    return row, line
+    finally:
+        rows.close()
     return None
 
 

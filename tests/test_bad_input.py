@@ -623,8 +623,16 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 
 @case("a row without an id")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
-    inp = c.write("noid.csv", "id,text\na,x\n,y\nc,z\n")
-    return c.args(inp, "--id-column", "id"), ["noid.csv", "row 2 has no value in id column 'id'"]
+    inp = c.write("noid.csv", 'id,text\na,"x\nand more"\n,y\nc,z\n')
+    return c.args(inp, "--id-column", "id"), [
+        "noid.csv", "row 2 (line 4) has no value in id column 'id'"]
+
+
+@case("a CSV id repeated, after values of more than one line")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    inp = c.write("dup.csv", 'id,text\na,"x\nand more"\nb,y\na,z\n')
+    return c.args(inp, "--id-column", "id"), [
+        "dup.csv", "id 'a' appears more than once in column 'id' (rows 1 and 3, lines 2 and 5)"]
 
 
 @case("a JSONL row without an id")

@@ -202,13 +202,14 @@ def test_a_csv_value_longer_than_the_largest_block_is_named(
     write: Writer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bio, "CSV_MAX_BLOCK_SIZE", 1 << 20)  # blocks of 256 KiB, then 1 MiB
-    rows = "".join(f"{i},short {i}\n" for i in range(3000))
+    # Rows whose quoted values hold line ends: the long one is row 3001, on line 3012.
+    rows = "".join(f'{i},"short\n{i}"\n' if i < 10 else f"{i},short {i}\n" for i in range(3000))
     path = write("huge.csv", f'id,text\n{rows}doc,"{"x" * 3_000_000}"\n1,a\n'.encode())
     with pytest.raises(InputError) as info:
         rows_of(open_input(path))
     assert str(info.value) == (
-        f"input {path}: a value after row 3000 is larger than 1 MiB, or a quote is never "
-        "closed — check the quoting")
+        f"input {path}: row 3001 (line 3012) holds a value larger than 1 MiB, or a quote that "
+        "is never closed — check the quoting")
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
@@ -370,6 +371,16 @@ def test_the_csv_byte_scan_leaves_ascii_to_vector_checks(
         open_input(write("late_latin.csv", bad))
     with pytest.raises(InputError, match=r"row 2001 \(line 2002\) opens a quote"):
         open_input(write("open.csv", b"id,text\n" + good + b'5000,"open\n'))
+
+
+def test_csv_rows_are_named_with_the_lines_an_editor_shows_them_on(write: Writer) -> None:
+    """A quoted value may hold line ends, so a CSV file's data row N is not always on line
+    N + 1: a row named in a message comes with the line it starts on, as a JSONL file's are
+    named by line."""
+    path = write("multi.csv", b'id,text\n1,"two\nlines"\n\n2,b\n3,"three\nmore\nlines"\n4,d\n')
+    source = open_input(path)
+    assert source.where_rows(1) == "row 2 (line 5)"
+    assert source.where_rows(0, 3) == "rows 1 and 4, lines 2 and 9"
 
 
 def test_missing_file_and_directory_without_parquet(tmp_path: Path) -> None:
