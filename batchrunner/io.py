@@ -536,18 +536,22 @@ class _CsvSource(InputSource):
                 strings_can_be_null=False,
                 check_utf8=True,
             )
-        with pa.OSFile(str(self.path), "r") as stream:
-            reader = pa_csv.open_csv(
-                stream,
-                read_options=pa_csv.ReadOptions(block_size=self._block_size),
-                parse_options=pa_csv.ParseOptions(newlines_in_values=True,
-                                                  delimiter=self._delimiter),
-                convert_options=convert,
-            )
-            try:
-                yield reader
-            finally:
-                reader.close()
+        # Opened by its path, the file is the reader's own, closed once its read-ahead (a
+        # thread that goes on after ``close``) lets go of it. A stream closed here while that
+        # thread still read from its descriptor number let it read from the next file given the
+        # same number: the next reader's first block came back empty ("Empty CSV file", some 1
+        # in 1,000 reopens after a value over a block), or a scan or fingerprint missed bytes.
+        reader = pa_csv.open_csv(
+            str(self.path),
+            read_options=pa_csv.ReadOptions(block_size=self._block_size),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True,
+                                              delimiter=self._delimiter),
+            convert_options=convert,
+        )
+        try:
+            yield reader
+        finally:
+            reader.close()
 
     def _raw_batches(self, columns: list[str]) -> Generator[pa.RecordBatch, None, None]:
         """The blocks' rows put together into batches of up to ``batch_size`` rows and

@@ -212,6 +212,30 @@ def test_a_csv_value_longer_than_the_largest_block_is_named(
         "is never closed — check the quoting")
 
 
+def test_a_csv_readers_file_is_its_own_to_close(
+    write: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pyarrow's CSV reader reads ahead in a thread that goes on after the reader is closed: a
+    stream closed under it let that thread read from whatever file next got its descriptor's
+    number, so a read restarted with larger blocks (a value over a block) once in some 1,000
+    met an empty first block and said the file had no data rows. The reader is given the path,
+    and so owns its file until it is done with it."""
+    given: list[object] = []
+    open_csv = pa_csv.open_csv
+
+    def recording(source: object, *args: object, **kwargs: object) -> object:
+        given.append(source)
+        return open_csv(source, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bio.pa_csv, "open_csv", recording)
+    monkeypatch.setattr(bio, "CSV_MAX_BLOCK_SIZE", 1 << 20)
+    rows = "".join(f"{i},short {i}\n" for i in range(3000))
+    path = write("long.csv", f'id,text\n{rows}doc,"{"x" * 500_000}"\n1,a\n'.encode())
+    source = open_input(path)
+    assert len(rows_of(source)) == 3002  # read again with 1 MiB blocks from row 3001
+    assert len(given) >= 3 and all(g == str(path) for g in given), given
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
 def test_wide_rows_come_in_batches_of_at_most_batch_bytes(tmp_path: Path, suffix: str) -> None:
     # Rows of 20 kB prompts: a batch of batch_size rows would be 20 MB; one of batch_bytes
