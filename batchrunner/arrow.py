@@ -299,8 +299,9 @@ def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
     badly: numbers and booleans as JSON writes them (floats in their shortest form, so a
     float32 0.7 is ``0.7`` and 2021.0, an integer column with a gap saved as floats, is
     ``2021``; NaN stays null), binary as UTF-8 (``\\x`` escapes where it is not), lists,
-    structs and maps as compact JSON, timestamps to the nanosecond (pandas' datetimes) as pandas
-    writes them. Text, other times and other types are left as they are."""
+    structs and maps as compact JSON, timestamps to the nanosecond (pandas' datetimes, with a
+    time zone or without) as pandas writes them. Text, other times and other types are left as
+    they are."""
     typ = column.type
     if pa.types.is_dictionary(typ):  # decoded as DictionaryArray.dictionary_decode does
         if isinstance(column, pa.Array):
@@ -322,11 +323,16 @@ def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
     if pa.types.is_nested(typ):
         return string_array([None if v is None else dumps_json(v).decode()
                              for v in nested_values(column)])
-    if pa.types.is_timestamp(typ) and typ.unit == "ns" and typ.tz is None:
+    if pa.types.is_timestamp(typ) and typ.unit == "ns":
         # pandas' datetimes: pyarrow makes them pandas Timestamps (importing pandas), whose
-        # text the prompt showed; Arrow writes their nanoseconds, trimmed here as pandas does.
-        texts = pc.strftime(column, format="%Y-%m-%d %H:%M:%S").to_pylist()
-        return string_array([None if v is None else _timestamp_text(v) for v in texts])
+        # text the prompt showed; Arrow writes their nanoseconds, trimmed here as pandas does,
+        # in the column's time zone if it has one, with its offset as pandas writes it (+01:00).
+        if typ.tz is None:
+            texts = pc.strftime(column, format="%Y-%m-%d %H:%M:%S").to_pylist()
+            return string_array([None if v is None else _timestamp_text(v) for v in texts])
+        texts = pc.strftime(column, format="%Y-%m-%d %H:%M:%S%z").to_pylist()
+        return string_array([None if v is None else
+                             f"{_timestamp_text(v[:-5])}{v[-5:-2]}:{v[-2:]}" for v in texts])
     return column
 
 

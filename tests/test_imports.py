@@ -158,11 +158,14 @@ def test_a_pandas_datetime_column_in_a_prompt_needs_no_pandas(tmp_path: Path) ->
     test_pandas_datetimes_read_in_a_prompt_as_before)."""
     ns = [1704110400123456789, 1706745600000000000, -500_000_000, None]
     table = pa.table({"id": ["a", "b", "c", "d"],
-                      "ordered_at": pa.array(ns, pa.int64()).cast(pa.timestamp("ns"))})
+                      "ordered_at": pa.array(ns, pa.int64()).cast(pa.timestamp("ns")),
+                      "shipped_at": pa.array(ns, pa.int64()).cast(
+                          pa.timestamp("ns", tz="Europe/Paris"))})
     pq.write_table(table, tmp_path / "in.parquet")
     with SimulatorThread(SimulatorConfig()) as sim:
         commands = [["run", "--input", str(tmp_path / "in.parquet"), "--id-column", "id",
-                     "--prompt", "Ordered on {ordered_at}", "--model", "gpt-4o-mini",
+                     "--prompt", "Ordered on {ordered_at}, shipped on {shipped_at}",
+                     "--model", "gpt-4o-mini",
                      "--base-url", sim.base_url, "--output", str(tmp_path / "out"),
                      "--progress", "none"]]
         done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(commands)],

@@ -986,6 +986,33 @@ def test_pandas_datetimes_read_in_a_prompt_as_before(tmp_path: Path) -> None:
     assert [str(t)[19:] for t in shown] == [".123456789", "", ".500000", ".123456", ".999999500"]
 
 
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "+05:30", "America/New_York"])
+def test_pandas_datetimes_with_a_zone_read_in_a_prompt_as_before(tmp_path: Path,
+                                                                 zone: str) -> None:
+    """A timestamp[ns] column with a time zone (pandas' datetimes with one) reads in a prompt as
+    pandas writes such a Timestamp, in its zone with the offset, and its rows keep their hashes,
+    made without pandas, which pyarrow imported for them (some 0.2 s and 35 MB a run)."""
+    import pandas as pd
+
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, hash_values, iter_rows, make_work, prepare
+
+    ns = [1704110400123456789, 1706745600000000000, -500_000_000, 1719835200123456000,
+          1720000000120000000]
+    when = pa.array(ns, pa.int64()).cast(pa.timestamp("ns", tz=zone))
+    pq.write_table(pa.table({"id": list(range(len(ns))), "when": when}), tmp_path / "in.parquet")
+    job = load_job(None, {
+        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
+        "prompt": "At {when}", "base_url": "http://127.0.0.1:9/v1",
+        "output": str(tmp_path / "out")})
+    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    shown = [pd.Timestamp(v, tz=zone) for v in ns]
+    for (_, row, _), was in zip(iter_rows(plan), shown, strict=True):
+        work, _ = make_work(plan, str(row["id"]), row)
+        assert work is not None and work.body["messages"][-1]["content"] == f"At {was}"
+        assert hash_values((row["when"],)) == hash_values((was,))
+
+
 def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path: Path) -> None:
     """Columns a CSV file has no type for (lists, structs, maps, binary that is not UTF-8, a
     UUID extension column) are written as text: JSON, UTF-8 with ``\\x`` escapes, the UUID's
