@@ -75,7 +75,8 @@ __all__ = ["ROW_GROUP_ROWS", "Fresh", "Journal", "JournalWriter", "Latest", "Ord
 SEGMENT_GLOB = "seg-*.parquet"
 # What a reply's cost is priced from, as a record keeps it (``Journal.price_unpriced``).
 PRICED_FROM = ("model", "cost_usd", "prompt_tokens", "completion_tokens", "cached_tokens",
-               "cache_write_tokens", "search_units", "search_requests", "attempts")
+               "cache_write_tokens", "search_units", "search_requests", "attempts",
+               "unknown_tries")
 ROW_GROUP_ROWS = 16_384
 _GATHER_ROWS = 16_384  # records copied at a time while compacting (a row group)
 _INDEX_ROWS = 65_536  # records ranked at a time while compacting
@@ -435,17 +436,20 @@ class Journal:
                        run_id: str) -> int:
         """Give a cost to the rows answered without one that ``price`` now prices (a price set
         in the job since: a search price, or the model's): each latest outcome with no
-        ``cost_usd``, its usage recorded and from its row's one try (``attempts`` 1: were an
-        earlier try billed at a cost not known, its usage is not recorded), for which ``price``
+        ``cost_usd``, its usage recorded and no other try of its row billed at a cost not
+        known (``unknown_tries`` 0: an error status before the answer, a 429 or a 503, is no
+        billed try; in a record written before that column, the row's one try, ``attempts``
+        1), for which ``price``
         of its ``PRICED_FROM`` values is not None, is written again with that cost, as it was
         otherwise (its ``finished_at`` too: the new segment sorts after the old ones, so it
         wins). The results, reports, ``status`` and the budget all read the costs here, so
         they agree. Returns how many rows were priced so."""
         priced: dict[str, float] = {}
-        two = scalar(2, pa.int64())
+        zero, two = scalar(0, pa.int64()), scalar(2, pa.int64())
         for part in self.iter_latest(PRICED_FROM):
-            wanted = pc.and_(pc.and_(pc.is_null(part["cost_usd"]),
-                                     pc.less(part["attempts"], two)),
+            alone = pc.fill_null(pc.equal(part["unknown_tries"], zero),
+                                 pc.less(part["attempts"], two))
+            wanted = pc.and_(pc.and_(pc.is_null(part["cost_usd"]), alone),
                              pc.and_(pc.is_valid(part["prompt_tokens"]),
                                      pc.is_valid(part["completion_tokens"])))
             wanted = pc.and_(wanted, pc.invert(is_value(part["status"], RETRYING)))

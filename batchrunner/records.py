@@ -29,8 +29,8 @@ class Outcome:
 
     key: str
     # "ok" | "failed"; in the journal also RETRYING: no outcome, what billed attempts of a row
-    # still to do cost (earlier_cost_usd, with attempts, rate_limited, model, finished_at and
-    # row_hash; the other fields None).
+    # still to do cost (earlier_cost_usd, with attempts, rate_limited, model, finished_at,
+    # row_hash and unknown_tries; the other fields None).
     status: str
     content: str | None = None
     reasoning_content: str | None = None
@@ -75,6 +75,12 @@ class Outcome:
     # A CRC-32 of the row's values that make its request (``runner.row_hasher``), to tell at a
     # rerun a row whose text changed since it was answered. In the journal only.
     row_hash: int | None = None
+    # The row's tries that may have been billed at a cost not known, the one whose usage the
+    # record holds not among them: a try that got no whole answer and no usage (timed out once
+    # sent, its connection broken, its body or stream cut) and one billed with no price (search
+    # without one) that was retried. An error status (a 429, a 503) is not billed and counts
+    # none. In the journal only; null in records written before it.
+    unknown_tries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +116,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("request_id", pa.string()),
         ("finished_at", pa.float64()),
         ("row_hash", pa.int64()),
+        ("unknown_tries", pa.int64()),
     ]
 )
 
@@ -118,10 +125,10 @@ assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 
 ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
                                            "row_hash", "search_units", "search_requests",
-                                           "cache_write_tokens"})
+                                           "cache_write_tokens", "unknown_tries"})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
-JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash"})
+JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries"})
 
 # The outcome columns whose values repeat from row to row, the ones Parquet files
 # dictionary-encode. For text that is unique a row (answers, keys, request ids) a dictionary is

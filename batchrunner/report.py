@@ -744,9 +744,10 @@ def build_report(
             earlier = entry["earlier_unpriced_rows"]
             if earlier:  # priced, its tokens reported, no search of its own: an earlier try's
                 warnings.append(
-                    f"model {model!r}: {count_rows(earlier)} had a try billed at a cost not "
-                    f"known (search with no price) before {'its' if earlier == 1 else 'their'} "
-                    "last, cost not counted")
+                    f"model {model!r}: {count_rows(earlier)} had a try before "
+                    f"{'its' if earlier == 1 else 'their'} last that may have been billed at a "
+                    "cost not known (no usage reported: a timeout once sent, a broken "
+                    "connection, a cut answer; or search with no price), cost not counted")
                 k -= earlier
             if k:
                 warnings.append(
@@ -879,8 +880,9 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
 
 
 # Why a row answered before its search price was set still has no cost once it is set.
-_SINCE = ("prices a row answered before it from its one try's usage; a row tried more than "
-          "once may have had an earlier try billed, which the journal does not record")
+_SINCE = ("prices a row answered before it from its answer's usage; a row with an earlier try "
+          "that may have been billed with no usage reported, or with search of no price, keeps "
+          "no cost")
 
 
 def unpriced_causes(by_model: Mapping[str, Mapping[str, Any]]) -> str:

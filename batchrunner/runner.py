@@ -292,6 +292,8 @@ class _Work:
     # An earlier billed attempt of the row in this run had no cost (search with no price): the
     # row's cost is unknown, which earlier_usd cannot carry.
     earlier_unknown: bool = False
+    # Its tries that may have been billed at a cost not known (``Outcome.unknown_tries``).
+    unknown_tries: int = 0
     refused_at: float = 0.0  # when an attempt of the row first failed to connect
     refusals: int = 0  # its attempts that failed to connect
     last_refusal: float = 0.0  # when its latest attempt failed to connect
@@ -1952,6 +1954,7 @@ class _Run:
                     f"answered it: {e}", earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0, model=model,
                     finished_at=time.time(), row_hash=item.row_hash,
+                    unknown_tries=item.unknown_tries,
                 )
                 self._answered(sent_at)  # an HTTP answer: the endpoint is reachable
                 if not self.answered_models:
@@ -2012,9 +2015,10 @@ class _Run:
                     elif sent_at > self.cut_at and self.last_answer > sent_at:
                         self._queued_too_long()
                 billed, searched = self._billed(item, e)
-                if e.usage is None and self.budget is not None and (
-                        e.answer_begun or e.error_type in MAYBE_BILLED):
-                    self._unbilled_try(item, e)
+                if e.usage is None and (e.answer_begun or e.error_type in MAYBE_BILLED):
+                    item.unknown_tries += 1
+                    if self.budget is not None:
+                        self._unbilled_try(item, e)
                 if gateway:
                     if e.status and self.last_answer < sent_at:
                         self._turned_away(e.status, e.retry_after, sent_at)
@@ -2090,6 +2094,7 @@ class _Run:
                         self._billed_retry(item, billed)
                     elif billed is None and e.usage is not None:  # paid for, at a cost unknown
                         item.earlier_unknown = True
+                        item.unknown_tries += 1
                     return None, backoff(item.attempts, self.policy, e.retry_after, self.rng)
                 if (e.error_type == "connection_error" and item.refusals == 1
                         and self.last_answer < item.started):
@@ -2119,6 +2124,7 @@ class _Run:
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
                     model=item.model or None,
                     request_id=e.request_id, finished_at=time.time(), row_hash=item.row_hash,
+                    unknown_tries=item.unknown_tries,
                 ), None
             counts.in_flight -= 1
             if self.drop_simulated:
@@ -2373,7 +2379,7 @@ class _Run:
             key=item.key, status=RETRYING, earlier_cost_usd=item.earlier_usd,
             attempts=item.attempts, rate_limited=item.rate_limited,
             model=item.model or None, finished_at=time.time(),
-            row_hash=item.row_hash))
+            row_hash=item.row_hash, unknown_tries=item.unknown_tries))
         if len(journal) >= FLUSH_EVERY_ROWS:
             self.flush_wanted.set()
 
@@ -2697,6 +2703,7 @@ class _Run:
             res.request_id,
             time.time(),  # finished_at
             item.row_hash,
+            item.unknown_tries,
         )
 
     def _unpriced_search(self, model: str, tokens_usd: float, *, per_request: bool) -> None:

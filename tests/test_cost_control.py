@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
@@ -525,3 +526,50 @@ def test_a_budget_with_a_model_of_no_price_is_refused_before_any_request(
     assert said in err and f'[prices."{model}"]' in err and "max_cost_usd" in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("old_journal", [False, True])
+async def test_a_row_answered_after_an_error_status_is_priced_once_its_price_is_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], old_journal: bool) -> None:
+    """Rows answered while their model had no price, then rerun once the job prices it: a 503
+    or a 429 before the answer is no billed try (a status reply), so the row's cost is its
+    answer's, as a row answered at once; only one whose earlier try may have been billed with
+    no usage said (a connection reset once it was sent) keeps no cost. The 503-then-ok row
+    was counted as tried twice and left with no cost. A journal written before the tries
+    billed were recorded reads, and prices the rows answered in one try only, as then."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,alpha [[sim:503*1]]\nb,beta\nc,gamma [[sim:429*1]]\n"
+                   "d,delta [[sim:reset*1]]\ne,epsilon [[sim:500*1]]\n")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "my-model"\n'
+        'prompt = "{text}"\nmax_tokens = 20\n[output]\ndir = "out"\n')
+    async with Simulator(SimulatorConfig()) as sim:
+        first = await run_job(load_job(job, {"base_url": sim.base_url}), FAST)
+        assert first.ok == 5 and first.cost_usd is None
+        if old_journal:
+            from batchrunner.journal import Journal
+
+            (seg,) = Journal(tmp_path / "out").segments()
+            pq.write_table(pq.read_table(seg).drop_columns(["unknown_tries"]), seg)
+        job.write_text(job.read_text() + '[prices."my-model"]\ninput = 1000.0\noutput = 1000.0\n')
+        again = await run_job(load_job(job, {"base_url": sim.base_url}), FAST)
+    assert again.sent == 0
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("id")
+    assert df["attempts"].tolist() == [2, 1, 1, 2, 2]
+    tokens = (df["prompt_tokens"] + df["completion_tokens"]) * 1000.0 / 1_000_000
+    priced = df.index[df["cost_usd"].notna()].tolist()
+    assert priced == (["b", "c"] if old_journal else ["a", "b", "c", "e"])
+    assert df.loc[priced, "cost_usd"].tolist() == pytest.approx(tokens[priced].tolist())
+    assert again.cost_unknown == 5 - len(priced)
+    if old_journal:
+        return
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_complete"] is False and report["rows"]["cost_unknown"] == 1
+    assert report["cost_usd"] == pytest.approx(df["cost_usd"].sum())
+    (warning,) = [w for w in report["warnings"] if "my-model" in w]
+    assert warning.startswith("model 'my-model': 1 row had a try before its last that may have "
+                              "been billed at a cost not known")
+    assert main(["status", str(tmp_path / "out")]) == 0
+    assert "(plus 1 row without a cost" in capsys.readouterr().out

@@ -302,9 +302,9 @@ def test_the_estimate_of_a_batch_file_warns_of_its_rows_search(
             '[prices."gpt-4o-mini-search-preview"]') in out
 
 
-# Rows answered before search_unit was set: two in one try, one after a 503 (a try whose billing
-# the journal does not record), and one without search.
-BEFORE_THE_PRICE = [*SEARCH_TEXTS, "sports [[sim:503*1]][[sim:citations]]"]
+# Rows answered before search_unit was set: two in one try, one after a connection reset once
+# sent (a try that may have been billed with no usage said), and one without search.
+BEFORE_THE_PRICE = [*SEARCH_TEXTS, "sports [[sim:reset*1]][[sim:citations]]"]
 TOKEN_PRICE = "input = 3.0\noutput = 15.0"
 
 
@@ -321,7 +321,7 @@ async def test_once_search_is_priced_the_report_no_longer_asks_to_price_it(
                                      texts=BEFORE_THE_PRICE))
     assert again.sent == 0 and again.cost_unknown == 1
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
-    assert report["cost_complete"] is False  # the row tried twice: not priced since
+    assert report["cost_complete"] is False  # the row reset once sent: not priced since
     (warning,) = [w for w in report["warnings"] if "search" in w]
     assert "1 row used search" in warning and "when it had no price, cost not counted" in warning
     assert "set search_unit" not in warning
@@ -333,8 +333,8 @@ async def test_rows_answered_before_their_search_price_was_set_are_priced_by_the
     """A job answered with no search_unit, then rerun once it is set: the rows answered before
     kept no cost, so the results, the reports, status and the next run's budget left their
     search and tokens out of the job's cost. The rerun prices each from its usage as the
-    journal records it, where one try made the row (the row tried after a 503 may have had an
-    earlier try billed, which the journal does not record: its cost stays unknown), and all
+    journal records it, where no other try of the row may have been billed (the row whose
+    first try's connection was reset once sent may have been: its cost stays unknown), and all
     four read that cost."""
     async with Simulator(SimulatorConfig()) as sim:
         first = await run(search_job(tmp_path, sim.base_url, "grok-4", TOKEN_PRICE,
@@ -724,8 +724,10 @@ async def test_a_billed_try_whose_search_has_no_price_leaves_its_rows_cost_unkno
     report = _report(tmp_path)
     assert report["cost_complete"] is False and report["rows"]["cost_unknown"] == 1
     (warning,) = [w for w in report["warnings"] if "grok-4" in w]
-    assert warning == ("model 'grok-4': 1 row had a try billed at a cost not known (search with "
-                       "no price) before its last, cost not counted")
+    assert warning == ("model 'grok-4': 1 row had a try before its last that may have been "
+                       "billed at a cost not known (no usage reported: a timeout once sent, a "
+                       "broken connection, a cut answer; or search with no price), cost not "
+                       "counted")
 
 
 @pytest.mark.anyio
