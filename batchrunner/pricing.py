@@ -198,6 +198,7 @@ class PriceBook:
         self._sources: dict[str, str] = {}
         self._rates: dict[str, _Rates | None] = {}
         self._windows: dict[str, int | None] = {}
+        self._as_asked: dict[tuple[str, str], bool] = {}  # as_asked's answers
         self._answers: _Answers | None = None  # the disk cache, read on the first library question
         self._answers_lock = threading.Lock()
 
@@ -314,8 +315,9 @@ class PriceBook:
         (``model``, the token counts, ``search_units``, ``search_requests``); ``None`` when the
         job does not price its model (the library is not asked), or the price does not tell
         the cost exactly from the record: cache writes of a model whose 1-hour writes are
-        priced apart (the record keeps their sum only), or search with no price."""
-        model = record.get("model")
+        priced apart (the record keeps their sum only), or search with no price. Priced as
+        its ``priced_as``, else (a record written before it) its ``model``."""
+        model = record.get("priced_as") or record.get("model")
         if not model or self._job_name(model) is None:
             return None
         written = record.get("cache_write_tokens")
@@ -329,6 +331,22 @@ class PriceBook:
                          sources=record.get("search_units"),
                          search_requests=record.get("search_requests"),
                          cache_write_tokens=written)
+
+    def as_asked(self, asked: str, answered: str) -> bool:
+        """Whether a reply to a request for ``asked`` that ``answered`` names is priced as the
+        model asked for, the job's price for it: ``answered`` is a name of that model, as APIs
+        and gateways name the model that answered (a dated snapshot of it, the same in another
+        case or behind a provider: ``gpt-4o-2024-08-06``, ``openai/gpt-4o`` for ``gpt-4o`` and
+        for ``x/gpt-4o``), not another model a gateway routed it to, and the job prices
+        ``asked``. (The library's price for a snapshot is its own: ``gpt-4o-2024-05-13``'s is
+        not ``gpt-4o``'s.)"""
+        try:
+            return self._as_asked[asked, answered]
+        except KeyError:
+            same = self._as_asked[asked, answered] = (
+                _model_base(asked) == _model_base(answered)
+                and self.source(asked).startswith(SOURCE_JOB))
+            return same
 
     def _job_name(self, model: str) -> str | None:
         """The name in the job's ``[prices]`` that prices ``model``: the same, a dated snapshot
@@ -394,6 +412,14 @@ def _plain(model: str) -> str:
     """A model's name without the provider a gateway puts before it, in lower case:
     ``openai/GPT-4o`` → ``gpt-4o``."""
     return model.rpartition("/")[2].strip().lower()
+
+
+def _model_base(model: str) -> str:
+    """A model's name without a provider, a case or a date: ``openai/GPT-4o-2024-08-06`` →
+    ``gpt-4o``."""
+    plain = _plain(model)
+    snapshot = _SNAPSHOT.fullmatch(plain)
+    return plain if snapshot is None else snapshot[1]
 
 
 def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, ModelPrice]:

@@ -29,8 +29,8 @@ class Outcome:
 
     key: str
     # "ok" | "failed"; in the journal also RETRYING: no outcome, what billed attempts of a row
-    # still to do cost (earlier_cost_usd, with attempts, rate_limited, model, finished_at,
-    # row_hash and unknown_tries; the other fields None).
+    # still to do cost (earlier_cost_usd, with attempts, rate_limited, model, priced_as,
+    # finished_at, row_hash and unknown_tries; the other fields None).
     status: str
     content: str | None = None
     reasoning_content: str | None = None
@@ -70,6 +70,11 @@ class Outcome:
     error_type: str | None = None
     error_message: str | None = None
     model: str | None = None
+    # The model whose price the row's cost is at: the model asked for, or the one a gateway
+    # routed it to (the model that answered, when its price is known and its name is not one
+    # of the model asked for: a dated snapshot, a gateway's spelling). Null in records
+    # written before it (priced as ``model``).
+    priced_as: str | None = None
     request_id: str | None = None
     finished_at: float = 0.0
     # A CRC-32 of the row's values that make its request (``runner.row_hasher``), to tell at a
@@ -113,6 +118,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("error_type", pa.string()),
         ("error_message", pa.string()),
         ("model", pa.string()),
+        ("priced_as", pa.string()),
         ("request_id", pa.string()),
         ("finished_at", pa.float64()),
         ("row_hash", pa.int64()),
@@ -125,7 +131,8 @@ assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 
 ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
                                            "row_hash", "search_units", "search_requests",
-                                           "cache_write_tokens", "unknown_tries"})
+                                           "cache_write_tokens", "unknown_tries",
+                                           "priced_as"})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
 JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries"})
@@ -133,4 +140,5 @@ JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries"})
 # The outcome columns whose values repeat from row to row, the ones Parquet files
 # dictionary-encode. For text that is unique a row (answers, keys, request ids) a dictionary is
 # built, found too big and dropped: a third of the time a segment takes to write, for nothing.
-REPEATED_COLUMNS: tuple[str, ...] = ("status", "finish_reason", "error_type", "model")
+REPEATED_COLUMNS: tuple[str, ...] = ("status", "finish_reason", "error_type", "model",
+                                     "priced_as")

@@ -167,7 +167,7 @@ _COLUMNS = (
 _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as well
 # Read when a chunk has it (a journal written before it existed reads it as nulls).
 OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units", "search_requests",
-                                           "cache_write_tokens", "choices")
+                                           "cache_write_tokens", "choices", "priced_as")
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -425,10 +425,11 @@ class OutcomeStats:
 
         reported = pc.and_(pc.is_valid(t["prompt_tokens"]), pc.is_valid(t["completion_tokens"]))
         earlier = pc.and_(pc.and_(unpriced, reported), pc.invert(pc.or_(searched, asked)))
-        self._add_models(t, is_ok, unpriced, total, units, pc.and_(unpriced, searched),
+        priced = _priced_as(t)
+        self._add_models(t, priced, is_ok, unpriced, total, units, pc.and_(unpriced, searched),
                          requests, pc.and_(unpriced, asked), earlier)
         ok_np = _np_bool(is_ok)
-        models = group_codes(t["model"])
+        models = group_codes(priced)
         _add_exact(self._cost, self._cost_bad, models, ~ok_np, cost)
         if "earlier_cost_usd" in t.column_names:  # a journal written before it has nulls
             _add_exact(self._earlier, self._earlier_bad, models, ~ok_np, t["earlier_cost_usd"])
@@ -448,7 +449,7 @@ class OutcomeStats:
         they record count."""
         self._to_do_billed += t.num_rows
         if "earlier_cost_usd" in t.column_names:
-            models = group_codes(t["model"])
+            models = group_codes(_priced_as(t))
             none_failed = np.zeros(t.num_rows, dtype=np.bool_)
             for sums, bad in ((self._earlier, self._earlier_bad), (self._to_do, self._to_do_bad)):
                 _add_exact(sums, bad, models, none_failed, t["earlier_cost_usd"])
@@ -460,6 +461,7 @@ class OutcomeStats:
     def _add_models(
         self,
         t: pa.Table,
+        priced: pa.ChunkedArray,
         is_ok: pa.ChunkedArray,
         unpriced: pa.ChunkedArray,
         total: pa.ChunkedArray,
@@ -469,7 +471,7 @@ class OutcomeStats:
         unpriced_requests: pa.ChunkedArray,
         unpriced_earlier: pa.ChunkedArray,
     ) -> None:
-        group, models = group_codes(t["model"])
+        group, models = group_codes(priced)
         if "cache_write_tokens" in t.column_names:  # a journal written before it has nulls
             written = t["cache_write_tokens"]
         else:
@@ -622,6 +624,15 @@ class UsdSum:
 
 def _every(key: _GroupKey) -> bool:
     return True
+
+
+def _priced_as(t: pa.Table) -> pa.ChunkedArray:
+    """The model each row's cost is priced as, which the report groups rows by: its
+    ``priced_as``, else (a record written before it) the model that answered."""
+    if "priced_as" not in t.column_names:
+        return t["model"]
+    priced = t["priced_as"]
+    return t["model"] if priced.null_count == len(priced) else pc.coalesce(priced, t["model"])
 
 
 def _as_stats(

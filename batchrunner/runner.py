@@ -2122,7 +2122,7 @@ class _Run:
                     cost_usd=None if item.earlier_unknown else billed,
                     earlier_cost_usd=item.earlier_usd or None,
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
-                    model=item.model or None,
+                    model=item.model or None, priced_as=item.model or None,
                     request_id=e.request_id, finished_at=time.time(), row_hash=item.row_hash,
                     unknown_tries=item.unknown_tries,
                 ), None
@@ -2378,7 +2378,7 @@ class _Run:
         journal.add(Outcome(
             key=item.key, status=RETRYING, earlier_cost_usd=item.earlier_usd,
             attempts=item.attempts, rate_limited=item.rate_limited,
-            model=item.model or None, finished_at=time.time(),
+            model=item.model or None, priced_as=item.model or None, finished_at=time.time(),
             row_hash=item.row_hash, unknown_tries=item.unknown_tries))
         if len(journal) >= FLUSH_EVERY_ROWS:
             self.flush_wanted.set()
@@ -2654,11 +2654,15 @@ class _Run:
             if self.held and not self.stopping:  # after a stop, held rows are left to do
                 self._release_held()
         prices = self.plan.prices
-        # Priced as the model that answered, when its price is known (a gateway may route; a
-        # dated snapshot of a model the job prices has the job's price), as the report shows it.
+        # Priced as the model that answered, when its price is known (a gateway may route; the
+        # library prices a dated snapshot as its own), but at the job's price for the model
+        # asked for when it names that model (a snapshot, a gateway's spelling): two models
+        # the job prices may answer with one name (a gateway's route x/gpt-4o and gpt-4o
+        # itself, both gpt-4o-2024-08-06), each at its own price.
         answered = res.model
         model = (requested if not answered or answered == requested
-                 or prices.price(answered) is None else answered)
+                 or prices.price(answered) is None or prices.as_asked(requested, answered)
+                 else answered)
         if model != requested and self.budget is not None:
             self.routed[requested] = model  # the budget holds the next ones at its price
         cost, searched = self._cost(item, model, res.prompt_tokens, res.completion_tokens,
@@ -2700,6 +2704,7 @@ class _Run:
             item.attempts, item.rate_limited,
             error[0] if error else None, error[1] if error else None,  # error_type, _message
             res.model or requested or None,  # model
+            model or None,  # priced_as
             res.request_id,
             time.time(),  # finished_at
             item.row_hash,

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from batchrunner.cli import main
 from batchrunner.config import load_job
+from batchrunner.report import format_usd
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread
@@ -240,17 +241,19 @@ async def test_unknown_model_cost_is_unknown_never_zero(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("asked", "answered", "cost", "source"), [
-    # OpenAI names the dated snapshot: the job's price for the model asked for holds.
-    ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", 3.0, "job [prices] (gpt-4o-mini)"),
-    # A gateway names the model asked for its own way: the job's price for it holds.
-    ("gpt-4o", "openai/gpt-4o", 3.0, "job [prices] (gpt-4o)"),
+@pytest.mark.parametrize(("asked", "answered", "priced", "cost", "source"), [
+    # OpenAI names the dated snapshot: the job's price for the model asked for holds, and the
+    # report shows the rows under the model asked for.
+    ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o-mini", 3.0, "job [prices]"),
+    # A gateway names the model asked for its own way: the same.
+    ("gpt-4o", "openai/gpt-4o", "gpt-4o", 3.0, "job [prices]"),
     # A gateway routed an alias to a model the library prices: priced, and reported, as it.
-    ("my-alias", "gpt-4o", 12.5, "genai-prices"),
+    ("my-alias", "gpt-4o", "gpt-4o", 12.5, "genai-prices"),
 ])
 async def test_a_reply_is_priced_as_the_model_that_answered_as_the_report_shows(
-        tmp_path: Path, asked: str, answered: str, cost: float, source: str) -> None:
-    """The row's cost and the report's price for the model that answered agree."""
+        tmp_path: Path, asked: str, answered: str, priced: str, cost: float, source: str
+) -> None:
+    """The row's cost and the report's price for the model it is priced as agree."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         await request.read()
@@ -278,10 +281,11 @@ async def test_a_reply_is_priced_as_the_model_that_answered_as_the_report_shows(
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
     ok = df[df["status"] == "ok"]
     assert ok["model"].tolist() == [answered] * 4
+    assert ok["priced_as"].tolist() == [priced] * 4
     assert ok["cost_usd"].tolist() == [pytest.approx(cost)] * 4
     by_model = json.loads((tmp_path / "out" / "cost_report.json").read_text())["by_model"]
-    assert by_model[answered]["price_source"].startswith(source)
-    price = by_model[answered]["price"]
+    assert by_model[priced]["price_source"].startswith(source)
+    price = by_model[priced]["price"]
     assert price["input"] + price["output"] == pytest.approx(cost)  # 1M tokens of each
 
 
@@ -573,3 +577,58 @@ async def test_a_row_answered_after_an_error_status_is_priced_once_its_price_is_
                               "been billed at a cost not known")
     assert main(["status", str(tmp_path / "out")]) == 0
     assert "(plus 1 row without a cost" in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_two_models_answered_by_one_name_are_each_charged_their_own_price(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job asks a gateway's route of gpt-4o (x/gpt-4o, at the job's price) and gpt-4o
+    itself (at its own): both answer with the same dated name. Each row was charged the one
+    price that name found (the route's row at gpt-4o's, $0.0035 for 1,000 + 100 tokens where
+    its own is $0.0012), and the reports showed one model. Each row is now priced as the model
+    it asked for, records that name (priced_as), and the results, both reports, status and
+    the budget count each at its own price."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        await request.read()
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-2024-08-06",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}})
+
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": ["a", "b", "c"], "text": ["x", "y", "z"],
+                  "llm": ["x/gpt-4o", "gpt-4o", "x/gpt-4o"]}).to_csv(inp, index=False)
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel_column = "llm"\n'
+        'prompt = "{text}"\nmax_tokens = 100\n[output]\ndir = "out"\n'
+        '[prices."x/gpt-4o"]\ninput = 1.0\noutput = 2.0\n'
+        '[prices."gpt-4o"]\ninput = 2.5\noutput = 10.0\n')
+    s = await run_job_file(handler, tmp_path / "job.toml", FAST)
+    assert s.exit_code == 0
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("id")
+    assert df["model"].tolist() == ["gpt-4o-2024-08-06"] * 3
+    assert df["priced_as"].tolist() == ["x/gpt-4o", "gpt-4o", "x/gpt-4o"]
+    assert df["cost_usd"].tolist() == pytest.approx([0.0012, 0.0035, 0.0012])
+    assert s.cost_usd == pytest.approx(0.0059)
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_usd"] == pytest.approx(0.0059)
+    by_model = report["by_model"]
+    assert {m: (e["rows"], e["cost_usd"]) for m, e in by_model.items()} == {
+        "x/gpt-4o": (2, pytest.approx(0.0024)), "gpt-4o": (1, pytest.approx(0.0035))}
+    assert by_model["x/gpt-4o"]["price"]["input"] == 1.0
+    assert by_model["gpt-4o"]["price_source"] == "job [prices]"
+    md = (tmp_path / "out" / "cost_report.md").read_text()
+    assert "x/gpt-4o" in md and "gpt-4o-2024-08-06" not in md
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "x/gpt-4o" in html
+    assert main(["status", str(tmp_path / "out")]) == 0
+    assert f"cost so far {format_usd(0.0059)}" in capsys.readouterr().out
+    # The budget holds what was spent at each model's own price: $0.0059, not $0.0105.
+    pd.DataFrame({"id": ["d"], "text": ["w"], "llm": ["gpt-4o"]}).to_csv(
+        inp, mode="a", header=False, index=False)
+    with (tmp_path / "job.toml").open("a") as f:
+        f.write("[limits]\nmax_cost_usd = 0.0095\n")  # the new row's estimate is $0.001 or so
+    again = await run_job_file(handler, tmp_path / "job.toml", FAST)
+    assert again.exit_code == 0 and again.sent == 1

@@ -640,3 +640,16 @@ def test_a_recorded_reply_is_priced_again_at_the_jobs_prices_only_where_exact(
         (300 * 4 + 200 * 4 + 500 * 5 + 100 * 20) / 1e6)
     assert book.recorded_cost({**written, "model": "claude-gw", "cache_write_tokens": 0}) == (
         pytest.approx((1_000 * 4 + 100 * 20) / 1e6))
+
+
+def test_a_reply_naming_the_model_asked_for_is_priced_at_the_jobs_price_for_it() -> None:
+    """Two models a job prices may answer with one name (a gateway's route and the model
+    itself): each reply is priced as the model asked for when it names that model. Another
+    model is a gateway's routing, and a model the job does not price has the library's price
+    for the snapshot that answered."""
+    book = PriceBook({"x/gpt-4o": OWN, "gpt-4o-mini": OWN})
+    assert book.as_asked("x/gpt-4o", "gpt-4o-2024-08-06")
+    assert book.as_asked("x/gpt-4o", "openai/GPT-4o")
+    assert book.as_asked("gpt-4o-mini", "gpt-4o-mini-2024-07-18")
+    assert not book.as_asked("x/gpt-4o", "gpt-4o-mini-2024-07-18")  # routed to another model
+    assert not PriceBook().as_asked("gpt-4o", "gpt-4o-2024-05-13")  # the library's own price
