@@ -473,6 +473,18 @@ class Journal:
         write_segment(self.directory, name, records.set_column(i, OUTCOME_SCHEMA.field(i), costs))
         return len(priced)
 
+    def unreported_costs(self) -> dict[str, float]:
+        """Key → ``unreported_usd`` of each row that has one (the most of its records): what
+        its tries billed, maybe, with no usage reported may have cost."""
+        found: dict[str, float] = {}
+        for part in self.iter_latest(["unreported_usd"]):
+            some = pc.filter(part, pc.fill_null(pc.greater(part["unreported_usd"],
+                                                           scalar(0.0, pa.float64())),
+                                                scalar(False, pa.bool_())))
+            found.update(zip(some["key"].to_pylist(), some["unreported_usd"].to_pylist(),
+                             strict=True))
+        return found
+
     def iter_latest(self, columns: Iterable[str] | None = None) -> Iterator[pa.Table]:
         """What ``read`` gives, a table at a time: a row group at a time when the journal is one
         compacted segment (one record a row, as a finished run leaves it), so that its reader
@@ -516,10 +528,12 @@ class Journal:
                 yield _read_group(pf, segs[0], rg, cols)
             return
         costs = ("cost_usd", "earlier_cost_usd")  # a row's cost is carried when both are read
-        first = ["key", "status", "finished_at", *(costs if set(costs) <= set(cols) else ())]
+        carried = (*costs, *(("unreported_usd",) if "unreported_usd" in cols else ()))
+        first = ["key", "status", "finished_at", *(carried if set(costs) <= set(cols) else ())]
         rest = [c for c in cols if c not in first]
         index = [_read_group(_open(seg), seg, None, first) for seg in segs]
-        keep, most = _winners(pa.concat_tables(index)) if index else (None, None)
+        keep, most, unreported = (_winners(pa.concat_tables(index)) if index
+                                  else (None, None, None))
         at = kept = rows = 0
         pending: list[pa.Table] = []
         for i, seg in enumerate(segs):
@@ -534,8 +548,10 @@ class Journal:
                 part = pc.filter(part, bool_array(keep[at:at + n]))
             at += n
             if most is not None:
-                part = _carry_cost(part, most[kept:kept + part.num_rows])
-                kept += part.num_rows
+                end = kept + part.num_rows
+                part = _carry_cost(part, most[kept:end],
+                                   None if unreported is None else unreported[kept:end])
+                kept = end
             pending.append(part)
             rows += part.num_rows
             if rows >= _INDEX_ROWS:
@@ -562,6 +578,7 @@ class Journal:
             raise JournalError(f"{self.directory} holds too many segments to compact")
         index = _latest(segs, order, cost=True, fresh=fresh)
         loc, row_cost = index.locations(), index.located_costs()
+        row_unreported = index.located_unreported()
         del index
         schema = OUTCOME_SCHEMA.with_metadata({ORDER_KEY: tag.encode()})
 
@@ -570,7 +587,8 @@ class Journal:
                                   use_dictionary=list(REPEATED_COLUMNS)) as writer:
                 held = pa.Table.from_batches([], schema)
                 for start, part in self._gather(segs, loc):
-                    part = _carry_cost(part, row_cost[start:start + part.num_rows])
+                    end = start + part.num_rows
+                    part = _carry_cost(part, row_cost[start:end], row_unreported[start:end])
                     held = pa.concat_tables([held, part.replace_schema_metadata(schema.metadata)])
                     while held.num_rows >= ROW_GROUP_ROWS:
                         writer.write_table(held.slice(0, ROW_GROUP_ROWS))
@@ -658,13 +676,16 @@ class Latest:
     ``ok``, or when the row has only ``retrying`` records: its billed attempts). ``others``
     holds the latest record of each key the input does not have, by key (columns key, ok, at,
     loc, and cost, the key's row's as above, when asked for). When asked for, ``row_hash[p]``
-    is the latest record's ``row_hash`` (-1: none, or not recorded)."""
+    is the latest record's ``row_hash`` (-1: none, or not recorded). With ``cost``,
+    ``unreported[p]`` is the same of ``unreported_usd`` (the estimated cost of the row's tries
+    billed, maybe, with no usage reported; NaN: none), and ``others`` has it as ``unreported``."""
 
     loc: np.ndarray
     ok: np.ndarray
     cost: np.ndarray | None
     others: pa.Table
     row_hash: np.ndarray | None = None
+    unreported: np.ndarray | None = None
 
     def locations(self) -> np.ndarray:
         """Every latest record's location: by position, then the other keys by key."""
@@ -683,6 +704,20 @@ class Latest:
         return np.concatenate([at_positions,
                                to_numpy(self.others["cost"], fill=float("nan"))])
 
+    def located_unreported(self) -> np.ndarray:
+        """``unreported`` of the row of each of ``locations()`` (NaN: none); needs ``cost``."""
+        assert self.unreported is not None
+        at_positions: np.ndarray = self.unreported[self.loc >= 0]
+        if not self.others.num_rows:
+            return at_positions
+        return np.concatenate([at_positions,
+                               to_numpy(self.others["unreported"], fill=float("nan"))])
+
+    def prior_unreported(self) -> float:
+        """The estimated cost of the input's rows' tries billed, maybe, with no usage
+        reported, as ``prior_cost`` counts the rest."""
+        return 0.0 if self.unreported is None else float(np.nansum(self.unreported))
+
     def prior_cost(self) -> float:
         """What the input's rows have cost so far (their latest records' known costs, earlier
         attempts included): the keys the input no longer has are left out, as the reports
@@ -700,6 +735,7 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
     best_ok = np.full(rows, -1, np.int8)
     best_at = np.zeros(rows, np.float64)
     row_cost = np.full(rows, np.nan) if cost else None  # the most of any record of the row
+    row_unreported = np.full(rows, np.nan) if cost else None  # the same, of unreported_usd
     best_hash = np.full(rows, -1, np.int64) if hashes else None
     # With ``fresh``: 1 where the winner so far is a changed row's record made with its hash now.
     best_new = np.zeros(rows, np.int8) if fresh is not None else None
@@ -715,9 +751,11 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
         if not pc.all(inside).as_py():
             unknown.append(pc.filter(batch, pc.invert(inside)))
         p = to_numpy(pc.if_else(inside, p, none))
-        if row_cost is not None:
+        if row_cost is not None and row_unreported is not None:
             spent = to_numpy(batch["cost"], fill=float("nan"))
             np.fmax.at(row_cost, p[p >= 0], spent[p >= 0])
+            guessed = to_numpy(batch["unreported"], fill=float("nan"))
+            np.fmax.at(row_unreported, p[p >= 0], guessed[p >= 0])
         ok, at, loc = (to_numpy(batch[c]) for c in ("ok", "at", "loc"))
         digest = to_numpy(batch["hash"], fill=-1) if "hash" in batch.column_names else None
         new = None if fresh is None or digest is None else _made_fresh(p, digest, fresh)
@@ -747,11 +785,13 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
     records = pa.concat_tables(unknown).combine_chunks() if unknown else _index_schema(cost)
     others = _last_per_key(records, ["ok", "at", "loc"])
     if cost and others.num_rows:  # what each key's row has cost, as for positions
-        most = _most_per_key(records["key"], to_numpy(records["cost"], fill=float("nan")),
-                             others["key"])
-        others = others.set_column(others.schema.get_field_index("cost"), "cost",
-                                   float64_array(most, ~np.isnan(most)))
-    return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others, row_hash=best_hash)
+        for c in ("cost", "unreported"):
+            most = _most_per_key(records["key"], to_numpy(records[c], fill=float("nan")),
+                                 others["key"])
+            others = others.set_column(others.schema.get_field_index(c), c,
+                                       float64_array(most, ~np.isnan(most)))
+    return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others, row_hash=best_hash,
+                  unreported=row_unreported)
 
 
 def _made_fresh(p: np.ndarray, hashes: np.ndarray, fresh: Fresh) -> np.ndarray:
@@ -776,12 +816,22 @@ def _most_per_key(keys: pa.ChunkedArray, values: np.ndarray, of: pa.ChunkedArray
     return found
 
 
-def _carry_cost(part: pa.Table, row_cost: np.ndarray) -> pa.Table:
+def _carry_cost(part: pa.Table, row_cost: np.ndarray,
+                row_unreported: np.ndarray | None = None) -> pa.Table:
     """``part`` with the ``earlier_cost_usd`` of records that carry less than ``row_cost``,
-    their rows' costs, raised to match (see ``Latest``)."""
+    their rows' costs, raised to match (see ``Latest``); and its ``unreported_usd``, where it
+    has the column, raised to ``row_unreported`` so."""
     own = to_numpy(_spent(part["cost_usd"], part["earlier_cost_usd"]), fill=0.0)
     behind = row_cost > own
-    return _raise_earlier(part, behind, row_cost[behind]) if behind.any() else part
+    if behind.any():
+        part = _raise_earlier(part, behind, row_cost[behind])
+    if row_unreported is not None and "unreported_usd" in part.column_names:
+        i = part.schema.get_field_index("unreported_usd")
+        guessed = to_numpy(part["unreported_usd"], fill=float("nan"))
+        most = np.fmax(guessed, row_unreported)
+        if not np.array_equal(most, guessed, equal_nan=True):
+            part = part.set_column(i, "unreported_usd", float64_array(most, ~np.isnan(most)))
+    return part
 
 
 def _raise_earlier(part: pa.Table, rows: np.ndarray, totals: np.ndarray) -> pa.Table:
@@ -796,7 +846,8 @@ def _raise_earlier(part: pa.Table, rows: np.ndarray, totals: np.ndarray) -> pa.T
 
 def _index_schema(cost: bool) -> pa.Table:
     fields = [("key", pa.string()), ("ok", pa.int8()), ("at", pa.float64()),
-              ("loc", pa.int64())] + ([("cost", pa.float64())] if cost else [])
+              ("loc", pa.int64())] + (
+        [("cost", pa.float64()), ("unreported", pa.float64())] if cost else [])
     return pa.Table.from_batches([], pa.schema(fields))
 
 
@@ -810,7 +861,8 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False,
         pf = _open(seg)
         for rg in range(pf.num_row_groups):
             t = _read_group(pf, seg, rg, ["key", "status", "finished_at",
-                                          *(["cost_usd", "earlier_cost_usd"] if cost else []),
+                                          *(["cost_usd", "earlier_cost_usd", "unreported_usd"]
+                                            if cost else []),
                                           *(["row_hash"] if hashes else [])])
             if t.num_rows > _ROW_MASK or rg >= 1 << _GROUP_BITS:
                 raise JournalError(f"journal segment {seg} is too large to compact")
@@ -820,7 +872,8 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False,
                 "ok": _rank(t["status"]),
                 "at": pc.fill_null(t["finished_at"], scalar(0.0, pa.float64())),
                 "loc": int64_array(np.arange(base, base + t.num_rows, dtype=np.int64)),
-                **({"cost": _spent(t["cost_usd"], t["earlier_cost_usd"])} if cost else {}),
+                **({"cost": _spent(t["cost_usd"], t["earlier_cost_usd"]),
+                    "unreported": t["unreported_usd"]} if cost else {}),
                 **({"hash": t["row_hash"]} if hashes else {}),
             }))
             rows += t.num_rows
@@ -956,24 +1009,26 @@ def latest(table: pa.Table) -> pa.Table:
     ranked: a journal of a run in progress is mostly one record a key, and ``status`` reads it
     every few minutes beside the run (a sort of a million keys, and a copy of every column in
     that order, cost it more CPU and memory than the rest of its work)."""
-    keep, most = _winners(table)
+    keep, most, unreported = _winners(table)
     if keep is None:  # one record a key
         return table
     winners = pc.filter(table, bool_array(keep))
-    return winners if most is None else _carry_cost(winners, most)
+    return winners if most is None else _carry_cost(winners, most, unreported)
 
 
-def _winners(table: pa.Table) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _winners(table: pa.Table
+             ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Which records of ``table`` ``latest`` keeps (a mask; None: all, one record a key),
     and, when it has the cost columns and a cost to carry, what the row of each record kept
-    has cost (see ``latest``)."""
+    has cost (see ``latest``), and the most ``unreported_usd`` of its records (where it has
+    that column and one)."""
     n = table.num_rows
     if n == 0:
-        return None, None
+        return None, None, None
     codes = _key_codes(table["key"])
     counts = np.bincount(codes)
     if len(counts) == n:  # one record a key
-        return None, None
+        return None, None, None
     repeated = np.flatnonzero(counts[codes] > 1)
     rank = to_numpy(_rank(table["status"]), fill=-2)[repeated]
     at = to_numpy(table["finished_at"], fill=0.0)[repeated]
@@ -984,14 +1039,21 @@ def _winners(table: pa.Table) -> tuple[np.ndarray | None, np.ndarray | None]:
     keep = counts[codes] == 1
     keep[repeated[order][last]] = True
     if not {"cost_usd", "earlier_cost_usd"} <= set(table.column_names):
-        return keep, None
+        return keep, None, None
+    guessed = None
+    if "unreported_usd" in table.column_names and (
+            table["unreported_usd"].null_count < n):
+        most = np.full(len(counts), np.nan)
+        np.fmax.at(most, codes[repeated],
+                   to_numpy(table["unreported_usd"], fill=float("nan"))[repeated])
+        guessed = most[codes[keep]]
     spent = _spent(table["cost_usd"], table["earlier_cost_usd"])
-    if spent.null_count == len(spent):
-        return keep, None  # no cost: nothing to carry
+    if spent.null_count == len(spent):  # no cost: nothing to carry but the estimates
+        return keep, (None if guessed is None else np.full(len(guessed), np.nan)), guessed
     most = np.full(len(counts), np.nan)
     np.fmax.at(most, codes[repeated], to_numpy(spent, fill=float("nan"))[repeated])
     kept: np.ndarray = most[codes[keep]]
-    return keep, kept
+    return keep, kept, guessed
 
 
 def _key_codes(keys: pa.ChunkedArray) -> np.ndarray:

@@ -30,7 +30,7 @@ class Outcome:
     key: str
     # "ok" | "failed"; in the journal also RETRYING: no outcome, what billed attempts of a row
     # still to do cost (earlier_cost_usd, with attempts, rate_limited, model, priced_as,
-    # finished_at, row_hash and unknown_tries; the other fields None).
+    # finished_at, row_hash, unknown_tries and unreported_usd; the other fields None).
     status: str
     content: str | None = None
     reasoning_content: str | None = None
@@ -86,6 +86,11 @@ class Outcome:
     # without one) that was retried. An error status (a 429, a 503) is not billed and counts
     # none. In the journal only; null in records written before it.
     unknown_tries: int = 0
+    # What the row's tries that got no whole answer and no usage (of ``unknown_tries``) may have
+    # cost, estimated as the budget holds a request (its prompt and max_tokens at its price),
+    # this run's and earlier runs': the reports' cost leaves them out (they report what servers
+    # reported), the budget counts them. None when there were none, or no price to estimate at.
+    unreported_usd: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +128,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("finished_at", pa.float64()),
         ("row_hash", pa.int64()),
         ("unknown_tries", pa.int64()),
+        ("unreported_usd", pa.float64()),
     ]
 )
 
@@ -132,10 +138,10 @@ assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
                                            "row_hash", "search_units", "search_requests",
                                            "cache_write_tokens", "unknown_tries",
-                                           "priced_as"})
+                                           "priced_as", "unreported_usd"})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
-JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries"})
+JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries", "unreported_usd"})
 
 # The outcome columns whose values repeat from row to row, the ones Parquet files
 # dictionary-encode. For text that is unique a row (answers, keys, request ids) a dictionary is

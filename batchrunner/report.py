@@ -167,7 +167,8 @@ _COLUMNS = (
 _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as well
 # Read when a chunk has it (a journal written before it existed reads it as nulls).
 OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units", "search_requests",
-                                           "cache_write_tokens", "choices", "priced_as")
+                                           "cache_write_tokens", "choices", "priced_as",
+                                           "unreported_usd")
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -276,6 +277,7 @@ class OutcomeStats:
         "_tokens",
         "_top",
         "_total_tokens",
+        "_unreported",
         "_written",
         "_written_said",
         "rows",
@@ -313,6 +315,9 @@ class OutcomeStats:
         self._to_do_billed = 0
         self._to_do: dict[_GroupKey, int] = {}
         self._to_do_bad: set[_GroupKey] = set()
+        # unreported_usd: the estimated cost of tries billed, maybe, with no usage reported (a
+        # timeout once sent, a cut answer), and the rows (outcomes or to do) that had any.
+        self._unreported = UsdSum()
         self._errors: dict[str, list[Any]] = {}  # error type → [rows, example or None]
         self._newest: float | None = None
         self._per_row = _PerRow(3)  # finished_at, is ok, rate_limited
@@ -434,6 +439,8 @@ class OutcomeStats:
         if "earlier_cost_usd" in t.column_names:  # a journal written before it has nulls
             _add_exact(self._earlier, self._earlier_bad, models, ~ok_np, t["earlier_cost_usd"])
         self._add_errors(pc.filter(t.select(["error_type", "error_message"]), is_failed))
+        if "unreported_usd" in t.column_names:  # a journal written before it has nulls
+            self._unreported.add(t["unreported_usd"])
 
         finished_at = t["finished_at"]
         newest = pc.max(finished_at).as_py()
@@ -448,6 +455,8 @@ class OutcomeStats:
         among the rows; what those attempts cost is earlier attempts' cost, and the requests
         they record count."""
         self._to_do_billed += t.num_rows
+        if "unreported_usd" in t.column_names:
+            self._unreported.add(t["unreported_usd"])
         if "earlier_cost_usd" in t.column_names:
             models = group_codes(_priced_as(t))
             none_failed = np.zeros(t.num_rows, dtype=np.bool_)
@@ -604,16 +613,19 @@ class UsdSum:
     """A cost column's sum, added a chunk at a time, as the reports sum costs (``OutcomeStats``:
     exact, then rounded to 1e-10 USD; 0.0 with a NaN or infinite cost in it, or past what a
     float holds), so that another place showing it (``status``) shows the same figure. Keeps
-    a few integers, whatever the row count."""
+    a few integers, whatever the row count; ``rows`` counts the values added that are not
+    null."""
 
-    __slots__ = ("_bad", "_sums")
+    __slots__ = ("_bad", "_sums", "rows")
 
     def __init__(self) -> None:
         self._sums: dict[_GroupKey, int] = {}
         self._bad: set[_GroupKey] = set()
+        self.rows = 0
 
     def add(self, cost: pa.ChunkedArray | pa.Array) -> None:
         n = len(cost)
+        self.rows += n - cost.null_count
         _add_exact(self._sums, self._bad, (np.zeros(n, dtype=np.int64), [None]),
                    np.zeros(n, dtype=np.bool_), cost)
 
@@ -766,6 +778,14 @@ def build_report(
                     "their cost is not counted"
                 )
 
+    if stats._unreported.rows:
+        warnings.append(
+            f"{count_rows(stats._unreported.rows)} had tries that may have been billed with no "
+            "usage reported (timed out once sent, a broken connection, a cut answer): the cost "
+            f"is at least {format_usd(stats._cost_sum(lambda k: True))} plus theirs, estimated "
+            f"at {format_usd(stats._unreported.usd)} (their prompts and max_tokens at the "
+            "price, as max_cost_usd counts them)")
+
     # Finish reasons: every ok row, and any other row that recorded one.
     by_finish = _sorted_counts(stats._finish)
     if n_length:
@@ -830,6 +850,8 @@ def build_report(
         "cost_earlier_attempts_usd": stats._cost_sum(lambda k: True, earlier=True),
         "cost_to_do_attempts_usd": stats._cost_sum(lambda k: True, to_do=True),
         "cost_complete": n_unpriced == 0,
+        "cost_unreported": {"rows": stats._unreported.rows,
+                            "estimated_usd": stats._unreported.usd},
         "pricing": {
             "library": LIBRARY_NAME,
             "library_version": prices.library_version,
@@ -1179,6 +1201,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     billed_to_do = rows.get("billed_to_do") or 0
     incomplete = " (incomplete, see warnings)" if report.get("cost_complete") is False else ""
     cost = format_usd(report.get("cost_usd")) + incomplete
+    unreported = report.get("cost_unreported") or {}
+    if unreported.get("rows"):
+        cost = f"at least {cost}, plus unknown (see warnings)"
     latency = "n/a"
     if lat.get("p50") is not None:
         latency = " / ".join(format_ms(lat.get(k)) for k in ("p50", "p95", "p99"))
@@ -1201,6 +1226,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
           if isinstance(asked.get("rows"), int) and asked["rows"] else []),
         ["Cost (USD)", cost],
         ["  of which billed for failed rows", format_usd(report.get("cost_failed_usd") or 0.0)],
+        *([[f"Tries with no usage reported, {_counted(unreported['rows'], 'row', 'rows')} "
+            "(USD, estimated, not in the cost)", format_usd(unreported.get("estimated_usd"))]]
+          if unreported.get("rows") else []),
         *([["Earlier attempts, sent again (USD)", format_usd(earlier - to_do_usd)]]
           if round(earlier - to_do_usd, 10) > 0 else []),
         *([[f"Earlier attempts, {_counted(billed_to_do, 'row', 'rows')} still to do (USD)",

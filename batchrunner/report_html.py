@@ -213,6 +213,14 @@ def _header(report: Mapping[str, Any], title: str) -> str:
             cost_note += (f"; plus {format_usd(to_do_usd)} for earlier attempts of "
                           f"{count_rows(billed_to_do)} still to do")
 
+    unreported = report.get("cost_unreported") or {}
+    if _int(unreported.get("rows")):
+        cost = f"at least {cost} + unknown"
+        cost_note += (f"; plus tries of {count_rows(_int(unreported['rows']))} that may have "
+                      "been billed with no usage reported, estimated at "
+                      f"{format_usd(unreported.get('estimated_usd'))}")
+        cost_class = " warn"
+
     latency = "n/a"
     if lat.get("p50") is not None:
         latency = " / ".join(format_ms(lat.get(k)) for k in ("p50", "p95", "p99"))

@@ -228,6 +228,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     if summary.cost_unknown:
         summary.unpriced = unpriced_causes(report["by_model"])
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
+    summary.unreported_rows = report["cost_unreported"]["rows"]
+    summary.unreported_usd = report["cost_unreported"]["estimated_usd"]
     if plan.fresh is not None:  # for job.json (the caller writes it): how many are left
         plan.job_meta["rows_changed"] = {"found": len(plan.fresh[0]),
                                           "left": summary.changed_left}

@@ -249,6 +249,10 @@ class RunSummary:
     earlier_cost_usd: float = 0.0  # earlier billed attempts of rows sent again, not in cost_usd
     billed_to_do: int = 0  # rows to do whose attempts were billed (``retrying`` records)
     billed_to_do_usd: float = 0.0  # what they cost: part of earlier_cost_usd
+    # Rows with tries billed, maybe, with no usage reported, and those tries' estimated cost:
+    # not in the costs above (what servers reported), counted by the budget.
+    unreported_rows: int = 0
+    unreported_usd: float = 0.0
     wall_s: float = 0.0
     results_path: Path | None = None
     report_paths: list[Path] = field(default_factory=list)
@@ -292,8 +296,10 @@ class _Work:
     # An earlier billed attempt of the row in this run had no cost (search with no price): the
     # row's cost is unknown, which earlier_usd cannot carry.
     earlier_unknown: bool = False
-    # Its tries that may have been billed at a cost not known (``Outcome.unknown_tries``).
+    # Its tries that may have been billed at a cost not known (``Outcome.unknown_tries``), and
+    # what those with no usage reported may have cost, estimated (``Outcome.unreported_usd``).
     unknown_tries: int = 0
+    unreported_usd: float = 0.0
     refused_at: float = 0.0  # when an attempt of the row first failed to connect
     refusals: int = 0  # its attempts that failed to connect
     last_refusal: float = 0.0  # when its latest attempt failed to connect
@@ -353,6 +359,11 @@ class Plan:
     # batchrunner's simulator served on its own would mix with them (_Run._served_by_simulator).
     real_answers: bool = False
     prior_cost: float = 0.0
+    # The estimated cost of the input's rows' tries billed, maybe, with no usage reported
+    # (``unreported_usd``), counted by the budget with ``prior_cost``; and that of each row
+    # with one, by key, carried into the row's next record when it is sent again.
+    prior_unreported: float = 0.0
+    unreported: dict[str, float] | None = None
     prior_ok: int = 0  # rows done before this run, ok and failed (not sent again): the
     prior_failed: int = 0  # progress display counts the whole job's
     resent: int = 0  # rows with a recorded outcome sent again (retried, rerun, or changed)
@@ -579,11 +590,16 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         else:  # no row sent again has cost anything: which are sent again is enough (1 byte)
             spent = carried
     unfinished = ~done & carried & ~recorded
+    unreported = None
+    guessed = latest.unreported
+    if guessed is not None and np.any(~done & (guessed > 0)):
+        unreported = journal.unreported_costs()
     plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), fresh=fresh, untried=untried, out_dir=out_dir,
                 job_meta=meta, prices=prices, warnings=warnings, structured=structured, mixes=mixes,
                 real_answers=real_answers,
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
+                prior_unreported=latest.prior_unreported(), unreported=unreported,
                 unfinished=unfinished if np.any(unfinished) else None,
                 prior_ok=int(np.count_nonzero(done & ~held & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & ~held & (latest.ok == 0))),
@@ -1402,7 +1418,9 @@ class _Run:
         self.flush_wanted = anyio.Event()
         self.tasks: anyio.abc.TaskGroup | None = None  # workers and retry timers
         self.budget = plan.job.limits.max_cost_usd
-        self.spent = plan.prior_cost  # the whole job's, earlier runs included
+        # The whole job's, earlier runs included, and their tries of cost not reported at
+        # their estimates.
+        self.spent = plan.prior_cost + plan.prior_unreported
         self.reserved = 0.0  # estimated cost of the requests in flight
         self.recorded = 0
         # The job's rows to do, those --limit leaves for later runs too: what the progress's
@@ -1613,6 +1631,7 @@ class _Run:
                 break
             if math.isnan(spent):  # no record from an earlier run
                 spent = 0.0
+            guessed = plan.unreported.get(key, 0.0) if plan.unreported else 0.0
             digest = self.row_hash(row)
             item, reason = make_work(plan, key, row)
             if plan.batch_unrecorded:
@@ -1621,9 +1640,10 @@ class _Run:
                 self.record(Outcome(key=key, status="failed", error_type="invalid_row",
                                     error_message=f"not sent: {reason}",
                                     earlier_cost_usd=spent or None, finished_at=time.time(),
-                                    row_hash=digest))
+                                    row_hash=digest, unreported_usd=guessed or None))
                 continue
             item.earlier_usd = spent
+            item.unreported_usd = guessed
             item.resent = resent
             item.row_hash = digest
             self._check_context(item)
@@ -1955,6 +1975,7 @@ class _Run:
                     latency_ms=(time.perf_counter() - sent_at) * 1000.0, model=model,
                     finished_at=time.time(), row_hash=item.row_hash,
                     unknown_tries=item.unknown_tries,
+                    unreported_usd=item.unreported_usd or None,
                 )
                 self._answered(sent_at)  # an HTTP answer: the endpoint is reachable
                 if not self.answered_models:
@@ -2016,9 +2037,7 @@ class _Run:
                         self._queued_too_long()
                 billed, searched = self._billed(item, e)
                 if e.usage is None and (e.answer_begun or e.error_type in MAYBE_BILLED):
-                    item.unknown_tries += 1
-                    if self.budget is not None:
-                        self._unbilled_try(item, e)
+                    self._unbilled_try(item, e)
                 if gateway:
                     if e.status and self.last_answer < sent_at:
                         self._turned_away(e.status, e.retry_after, sent_at)
@@ -2125,6 +2144,7 @@ class _Run:
                     model=item.model or None, priced_as=item.model or None,
                     request_id=e.request_id, finished_at=time.time(), row_hash=item.row_hash,
                     unknown_tries=item.unknown_tries,
+                    unreported_usd=item.unreported_usd or None,
                 ), None
             counts.in_flight -= 1
             if self.drop_simulated:
@@ -2379,7 +2399,8 @@ class _Run:
             key=item.key, status=RETRYING, earlier_cost_usd=item.earlier_usd,
             attempts=item.attempts, rate_limited=item.rate_limited,
             model=item.model or None, priced_as=item.model or None, finished_at=time.time(),
-            row_hash=item.row_hash, unknown_tries=item.unknown_tries))
+            row_hash=item.row_hash, unknown_tries=item.unknown_tries,
+            unreported_usd=item.unreported_usd or None))
         if len(journal) >= FLUSH_EVERY_ROWS:
             self.flush_wanted.set()
 
@@ -2709,6 +2730,7 @@ class _Run:
             time.time(),  # finished_at
             item.row_hash,
             item.unknown_tries,
+            item.unreported_usd or None,
         )
 
     def _unpriced_search(self, model: str, tokens_usd: float, *, per_request: bool) -> None:
@@ -2741,9 +2763,25 @@ class _Run:
 
     def _unbilled_try(self, item: _Work, e: RequestError) -> None:
         """A try that may have been billed with no usage reported (``MAYBE_BILLED``, or its
-        answer had begun): the budget counts it at its estimate (in the run that sent it; the
-        reports show reported usage only)."""
-        self.spent += self._estimated_cost(item) or 0.0
+        answer had begun): counted at its estimate, which the row carries
+        (``unreported_usd``) and a ``retrying`` record journals at once, so that the budget
+        of this run and the next ones counts it (the reports show it apart from the usage
+        servers reported)."""
+        estimate = self._estimated_cost(item) or 0.0
+        item.unknown_tries += 1
+        item.unreported_usd += estimate
+        journal = self.journal
+        journal.add(Outcome(
+            key=item.key, status=RETRYING, earlier_cost_usd=item.earlier_usd or None,
+            attempts=item.attempts, rate_limited=item.rate_limited,
+            model=item.model or None, priced_as=item.model or None, finished_at=time.time(),
+            row_hash=item.row_hash, unknown_tries=item.unknown_tries,
+            unreported_usd=item.unreported_usd or None))
+        if len(journal) >= FLUSH_EVERY_ROWS:
+            self.flush_wanted.set()
+        if self.budget is None:
+            return
+        self.spent += estimate
         if not self.warned_cut:
             self.warned_cut = True
             what = ("a streamed answer was cut" if e.answer_begun and item.body.get("stream")
@@ -3334,6 +3372,10 @@ def format_summary(s: RunSummary) -> str:
     if this_run is not None and s.earlier_cost_usd:
         cost += (f"; {format_usd(answers + s.earlier_cost_usd)} spent in all, "
                  f"{format_usd(this_run)} of it this run")
+    if s.unreported_rows:
+        cost = (f"at least {cost}, plus tries of {count_rows(s.unreported_rows)} that may have "
+                f"been billed with no usage reported, estimated at "
+                f"{format_usd(s.unreported_usd)}")
     if s.ran:
         sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")
         cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"

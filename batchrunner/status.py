@@ -132,6 +132,10 @@ def format_status(out_dir: Path) -> str:
             why = "no price known for the model or its search, or no usage reported"
         cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
     cost += plus_earlier(state.earlier.usd, state.billed_to_do, state.to_do_earlier.usd)
+    if state.unreported.rows:
+        cost = (f"at least {cost}, plus tries of {count_rows(state.unreported.rows)} that may "
+                "have been billed with no usage reported, estimated at "
+                f"{format_usd(state.unreported.usd)}")
     lines.append(f"  tokens {state.tokens:,}; cost so far {cost}")
     # Of the prompt, the tokens read from the cache and written to it (Anthropic's cache
     # writes, billed above the input price), where replies counted any.
@@ -226,7 +230,7 @@ class _Tally:
 
     COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
                "completion_tokens", "search_units", "search_requests", "cached_tokens",
-               "cache_write_tokens")
+               "cache_write_tokens", "unreported_usd")
 
     def __init__(self, *, times: bool) -> None:
         self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
@@ -234,6 +238,7 @@ class _Tally:
         self.cached = self.written = 0  # prompt tokens read from the cache and written to it
         self.cost = UsdSum()
         self.earlier = UsdSum()
+        self.unreported = UsdSum()  # estimates of tries billed, maybe, with no usage reported
         self.billed_to_do = 0  # rows whose latest record is ``retrying``
         self.to_do_earlier = UsdSum()  # their earlier_cost_usd
         self.failed_by_type: Counter[str] = Counter()
@@ -258,6 +263,7 @@ class _Tally:
         cost = part["cost_usd"]
         self.cost.add(cost)
         self.earlier.add(part["earlier_cost_usd"])
+        self.unreported.add(part["unreported_usd"])
         # Paid for: ok, or a failed row whose reply reported usage (billed).
         paid = pc.or_(pc.fill_null(is_value(part["status"], "ok"), scalar(False, pa.bool_())),
                       pc.is_valid(part["prompt_tokens"]))

@@ -632,3 +632,56 @@ async def test_two_models_answered_by_one_name_are_each_charged_their_own_price(
         f.write("[limits]\nmax_cost_usd = 0.0095\n")  # the new row's estimate is $0.001 or so
     again = await run_job_file(handler, tmp_path / "job.toml", FAST)
     assert again.exit_code == 0 and again.sent == 1
+
+
+@pytest.mark.anyio
+async def test_tries_with_no_usage_reported_count_in_the_next_runs_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each row's first answer is cut (no usage said: the server may have billed it). The
+    budget counted such a try at its estimate in the run that sent it only, so a job run in
+    parts (--limit, or rerun after a stop) spent past its budget: 40 such rows under $3 in five
+    runs came to about $4.10. Each record now carries its row's estimate (a row failed so in
+    two runs, then retried, keeps both tries'), the next run's budget starts from it, and the
+    summary, both reports and status say the cost is at least what was reported, plus that."""
+    inp = tmp_path / "in.csv"
+    texts = [f"item {i} [[sim:truncated*1]]" for i in range(6)]
+    texts[3] = "item 3 [[sim:truncated*2]]"
+    pd.DataFrame({"id": range(6), "text": texts}).to_csv(inp, index=False)
+    job = costly_job(tmp_path, inp, max_tokens=50, concurrency=1)
+    once = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=1), progress="none",
+                      handle_signals=False)
+    async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
+        first = await run_job(load_job(job, {"base_url": sim.base_url}),
+                              RunOptions(**{**FAST.__dict__, "limit": 3}))
+        assert first.ok == 3 and first.unreported_rows == 3
+        guessed = first.unreported_usd
+        assert guessed == pytest.approx(3 * 0.065, rel=0.2)  # ~15 prompt + 50 tokens each
+        assert f"at least {format_usd(first.cost_usd)}" in format_summary(first)
+        report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+        assert report["cost_unreported"] == {"rows": 3, "estimated_usd": guessed}
+        assert "at least " in (tmp_path / "out" / "cost_report.md").read_text()
+        assert "at least " in (tmp_path / "out" / "report.html").read_text()
+        assert main(["status", str(tmp_path / "out")]) == 0
+        assert f"estimated at {format_usd(guessed)}" in capsys.readouterr().out
+        # A row cut on its one try fails, twice; sent again, its record keeps both estimates.
+        failed = await run_job(load_job(job, {"base_url": sim.base_url}),
+                               RunOptions(**{**once.__dict__, "limit": 1}))
+        assert failed.failed == 1 and failed.unreported_rows == 4
+        one = failed.unreported_usd - guessed
+        failed = await run_job(load_job(job, {"base_url": sim.base_url}),
+                               RunOptions(**{**once.__dict__, "retry_failed": True,
+                                             "limit": 1}))
+        assert failed.failed == 1 and failed.unreported_usd == pytest.approx(guessed + 2 * one)
+        again = await run_job(load_job(job, {"base_url": sim.base_url}),
+                              RunOptions(**{**FAST.__dict__, "retry_failed": True,
+                                            "limit": 1}))
+        assert again.ok == 4 and again.unreported_rows == 4
+        assert again.unreported_usd == pytest.approx(guessed + 2 * one)
+        # What was spent is what was reported and the estimates: a budget that leaves less
+        # than a row's worth past it sends nothing.
+        spent = again.cost_usd + again.unreported_usd
+        sent = sim.stats()["requests"]
+        stopped = await run_job(load_job(job, {"base_url": sim.base_url,
+                                               "max_cost_usd": spent + 0.05}), FAST)
+        assert stopped.exit_code == 4 and sim.stats()["requests"] == sent
+        assert f"({format_usd(spent)} spent when it stopped)" in str(stopped.stopped)

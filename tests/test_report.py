@@ -304,6 +304,7 @@ def test_job_fields_are_kept_and_the_key_order_is_stable(book: PriceBook) -> Non
         "cost_earlier_attempts_usd",
         "cost_to_do_attempts_usd",
         "cost_complete",
+        "cost_unreported",
         "pricing",
         "by_model",
         "by_finish_reason",
