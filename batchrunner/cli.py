@@ -164,6 +164,10 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
     _typed(g, "--max-cost", float, "an amount in US dollars (e.g. 2.50)", dest="max_cost_usd",
            metavar="USD", help="stop before the job's total spend could pass this many US "
            "dollars (default: no budget)")
+    _typed(g, "--outage-wait", float, "a number of seconds", dest="outage_wait_s", metavar="S",
+           help="seconds to wait for an endpoint that answered before (in this run or an "
+           "earlier one) and now cannot be reached: a restart, a reboot and its model's load "
+           "(default 300; 0: stop at once)")
     g = p.add_argument_group("output")
     g.add_argument("--output", metavar="DIR", help="output directory (journal, results, report)")
     g.add_argument("--format", choices=OUTPUT_FORMATS, help="results format (default parquet)")

@@ -40,6 +40,9 @@ A job file has these tables (every key optional unless marked)::
     timeout_s = 120
     max_attempts = 6
     max_cost_usd = 25.0                    # stop before the job's spend could pass this
+    outage_wait_s = 300                    # an endpoint that answered before, then refuses
+                                           # connections (or its gateway answers 502/503/504),
+                                           # is waited for this long; 0: not at all
 
     [output]
     dir = "../out/nightly"                 # required
@@ -77,6 +80,7 @@ from batchrunner.errors import ConfigError
 __all__ = [
     "DEFAULT_API_KEY_ENV",
     "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_OUTAGE_WAIT_S",
     "DEFAULT_TIMEOUT_S",
     "EndpointConfig",
     "InputConfig",
@@ -102,6 +106,9 @@ DEFAULT_BASE_URL_ENV = "OPENAI_BASE_URL"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MAX_ATTEMPTS = 6
+# An endpoint that answered (in this run, or an earlier one) and then cannot be reached is
+# waited for this long before the job stops: a restart, or a reboot and a model's load.
+DEFAULT_OUTAGE_WAIT_S = 300.0
 OUTPUT_FORMATS = ("parquet", "csv", "jsonl")
 
 
@@ -158,6 +165,7 @@ class Limits:
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_cost_usd: float | None = None
+    outage_wait_s: float = DEFAULT_OUTAGE_WAIT_S  # 0: an outage stops the job at once
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +217,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "timeout_s": ("limits", "timeout_s"),
     "max_attempts": ("limits", "max_attempts"),
     "max_cost_usd": ("limits", "max_cost_usd"),
+    "outage_wait_s": ("limits", "outage_wait_s"),
     "output": ("output", "dir"),
     "format": ("output", "format"),
 }
@@ -220,6 +229,7 @@ _OPTION_NAMES = {
     "tokens_per_minute": "--tpm",
     "timeout_s": "--timeout",
     "max_cost_usd": "--max-cost",
+    "outage_wait_s": "--outage-wait",
     "from_columns": "--from-column",
 }
 
@@ -556,6 +566,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
         _number(lim, key, f, integer=False, positive=True, table="limits")
     for key in ("concurrency", "max_attempts"):
         _number(lim, key, f, integer=True, positive=True, table="limits")
+    _number(lim, "outage_wait_s", f, integer=False, positive=False, table="limits")
 
     _string(end, "base_url", f, "endpoint", secret=True)
     for key in ("api_key_env", "base_url_env"):

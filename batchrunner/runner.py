@@ -183,11 +183,6 @@ PARKED_RECHECK_S = 0.001
 # the same timeout would cut it off, and bill it, on every attempt.
 TIMEOUT_GROWTH = 1.5
 MAX_TIMEOUT_X = 3.0
-# An endpoint that answered in this run, then refuses connections (or answers only through a
-# gateway's 502/503/504), is waited for this long
-# before the job stops (the rows in flight try again, up to 30 s apart, and find it back): a
-# restart or a deploy is ridden out; an endpoint gone for good stops the job by morning.
-OUTAGE_S = 300.0
 # A gateway's answers for a server behind it that is away: ridden out like a refused connection.
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 # While a gateway's 502/503/504 holds the job (_shut_gate), probes are sent as far apart as the
@@ -225,8 +220,9 @@ class RunOptions:
     drain_s: float = 5.0
     handle_signals: bool = True
     # An endpoint that answered in this run and then refuses connections (a restart, a network
-    # blip) is waited for this long before the job stops, its rows left to do.
-    outage_s: float = OUTAGE_S
+    # blip) is waited for this long before the job stops, its rows left to do; None: as long
+    # as the job's [limits] outage_wait_s says.
+    outage_s: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -1327,9 +1323,14 @@ class _Run:
         self.journal = journal
         lim = plan.job.limits
         self.policy = options.retry or RetryPolicy(max_attempts=lim.max_attempts)
+        # An endpoint that answered in this run (or an earlier one), then refuses connections
+        # (or answers only through a gateway's 502/503/504), is waited for this long before
+        # the job stops: a restart, or a reboot and a model's load, is ridden out; an endpoint
+        # gone for good stops the job by morning. 0: an outage stops the job at once.
+        self.outage_s = lim.outage_wait_s if options.outage_s is None else options.outage_s
         self.counts = Counts(ok=plan.prior_ok, failed=plan.prior_failed,  # the job's, shown
                              resumed=bool(plan.prior_ok or plan.prior_failed),
-                             outage_s=options.outage_s)
+                             outage_s=self.outage_s)
         self.counters: Counter[str] = Counter()
         self.errors_seen: Counter[str] = Counter()
         self.stop_error: StopJob | None = None
@@ -1368,13 +1369,12 @@ class _Run:
         self.gate_from = -math.inf
         self.probing = False  # a probe is out (or waiting out the pause to be sent)
         self.turned_away_at = -math.inf  # the latest such answer (_turned_away)
-        self.outage_s = options.outage_s
         # The endpoint answered an earlier run of the job (job.json's answered_endpoint): its
         # refused connections before any answer in this run are a server coming up (a GPU box
         # rebooted, vLLM still loading its model, which refuses connections meanwhile), waited
         # for as an outage is (outage_s), not a wrong URL or port, which stops the job after
-        # a row's attempts.
-        self.answered_before = client is not None and plan.job_meta.get(
+        # a row's attempts. With no wait for outages, they stop it so too.
+        self.answered_before = self.outage_s > 0 and client is not None and plan.job_meta.get(
             "answered_endpoint") == _endpoint_id(client.url)
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency

@@ -23,6 +23,7 @@ from batchrunner.progress import Counts, _postfix
 from batchrunner.runner import RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, add_arguments, config_from_args
 from tests.servers import serve_on_loopback
+from tests.test_cli import cli, job_args, one_error_line
 from tests.test_faults import (
     RUN_LIMIT_S,
     FaultServer,
@@ -261,15 +262,16 @@ async def test_the_simulator_answers_one_batch_at_a_time_as_a_gpu_server_does(
 
 
 async def cron_start_while_loading(tmp_path: Path, up_after_s: float | None,
-                                   outage_s: float = 300.0) -> tuple[RunSummary, float]:
+                                   outage_s: float | None = 300.0,
+                                   **over: Any) -> tuple[RunSummary, float]:
     """Last night's run answered (its first 10 rows, by --limit); tonight's starts while the
     box is rebooting: its port refuses connections, as vLLM's does while it loads its model,
     and it comes up ``up_after_s`` later (None: never). Tonight's summary, and how long it
-    ran."""
+    ran. ``outage_s`` None: the job's own wait (``over``: its settings)."""
     inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(60)])
     port = closed_port()
     sim = Simulator(SimulatorConfig(latency_ms=5), port=port)
-    job = job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=MODEL)
+    job = job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=MODEL, **over)
     await sim.start()
     try:
         s = await run_job(job, replace(options(3), limit=10))
@@ -287,7 +289,8 @@ async def cron_start_while_loading(tmp_path: Path, up_after_s: float | None,
         async with anyio.create_task_group() as tg:
             tg.start_soon(come_up)
             with anyio.fail_after(RUN_LIMIT_S):
-                s = await run_job(job, replace(options(3), outage_s=outage_s))
+                s = await run_job(job, replace(options(3), outage_s=outage_s)
+                                  if outage_s is not None else options(3))
     finally:
         await sim.stop()
     return s, time.monotonic() - started
@@ -323,6 +326,37 @@ async def test_a_server_that_answered_before_and_never_comes_up_stops_the_job_in
                          "to come back, then stops)")
     assert _postfix(Counts(unreachable_s=42.4, outage_s=300.0)).endswith(
         "(no connection to the endpoint for 42 s)")  # a row's attempts stop it: no wait
+
+
+@pytest.mark.anyio
+async def test_how_long_a_server_coming_up_is_waited_for_is_the_jobs_to_set(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The wait was a fixed 5 minutes, where a reboot and a 70B model's load take 10 to 15: a
+    nightly job stopped while its box was still loading. ``[limits] outage_wait_s`` (or
+    ``--outage-wait``) sets it, 0 turns it off (refusals stop the job as for a new URL), and a
+    bad value is refused in one line before anything is sent."""
+    for night in ("a", "b"):
+        (tmp_path / night).mkdir()
+    s, ran_s = await cron_start_while_loading(tmp_path / "a", None, None, outage_wait_s=1.0)
+    assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (10, 0, 50)
+    assert ran_s >= 1.0 and s.stopped is not None
+    assert "it answered an earlier run of the job, so it was waited for, 1 s at most" in s.stopped
+    s, _ = await cron_start_while_loading(tmp_path / "b", None, None, outage_wait_s=0)
+    assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (10, 0, 50)
+    assert s.stopped is not None and "no answer to any request meanwhile" in s.stopped
+    assert load_job(None, {"input": "in.csv", "prompt": "{text}", "model": MODEL,
+                           "output": "out", "outage_wait_s": 900}).limits.outage_wait_s == 900
+    for value, said in (("-5", "--outage-wait must not be negative, got -5"),
+                        ("soon", "--outage-wait takes a number of seconds, got 'soon'"),
+                        ("inf", "--outage-wait must be a finite number, got inf")):
+        code, _, err = cli(capsys, *job_args(tmp_path, "--outage-wait", value))
+        assert code == 2 and one_error_line(err) == said
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\n[request]\nmodel = "m"\nprompt = "{text}"\n'
+        '[limits]\noutage_wait_s = "15 min"\n[output]\ndir = "out"\n')
+    code, _, err = cli(capsys, "run", str(tmp_path / "job.toml"))
+    assert code == 2 and one_error_line(err).endswith(
+        "[limits] outage_wait_s must be a number, got '15 min'")
 
 
 @pytest.mark.anyio
