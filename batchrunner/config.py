@@ -90,6 +90,7 @@ __all__ = [
     "OutputConfig",
     "Proxy",
     "RequestConfig",
+    "cache_dir",
     "is_loopback",
     "load_dotenv",
     "load_job",
@@ -889,6 +890,20 @@ def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
         secrets = tuple(dict.fromkeys((password, unquote(password),
                                        base64.b64encode(sent.encode()).decode())))
     return Proxy(url=url, shown=shown, variable=variable, secrets=secrets)
+
+
+def cache_dir() -> str | None:
+    """batchrunner's cache directory: ``$BATCHRUNNER_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/batchrunner``, else ``~/.cache/batchrunner``; ``None`` when there is no
+    home directory to put it in. What is kept there may be deleted at will."""
+    directory = os.environ.get("BATCHRUNNER_CACHE_DIR")
+    if directory:
+        return directory
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "batchrunner")
+    home = os.path.expanduser("~")
+    return None if home == "~" else os.path.join(home, ".cache", "batchrunner")
 
 
 def is_loopback(host: str) -> bool:

@@ -80,6 +80,7 @@ from decimal import Decimal
 from types import MappingProxyType, ModuleType
 from typing import Any, TypeVar
 
+from batchrunner.config import cache_dir
 from batchrunner.errors import ConfigError
 
 __all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table", "preload",
@@ -707,17 +708,8 @@ class _Answers:
 def _cache_path() -> str | None:
     """``prices.json`` in ``$BATCHRUNNER_CACHE_DIR``, else ``$XDG_CACHE_HOME/batchrunner``, else
     ``~/.cache/batchrunner``; ``None`` when there is no home directory to put it in."""
-    directory = os.environ.get("BATCHRUNNER_CACHE_DIR")
-    if not directory:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        if xdg and os.path.isabs(xdg):
-            directory = os.path.join(xdg, "batchrunner")
-        else:
-            home = os.path.expanduser("~")
-            if home == "~":
-                return None
-            directory = os.path.join(home, ".cache", "batchrunner")
-    return os.path.join(directory, _CACHE_FILE)
+    directory = cache_dir()
+    return None if directory is None else os.path.join(directory, _CACHE_FILE)
 
 
 def _today() -> str:

@@ -62,6 +62,7 @@ from batchrunner.config import (
     URL_VARIABLE_ENDINGS,
     JobConfig,
     RequestConfig,
+    cache_dir,
     check_api_key,
     check_base_url,
     environment,
@@ -166,6 +167,10 @@ MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 # A run whose first rows sent all fail with one error type, none ok, stops after this many.
 FAIL_FAST_ROWS = 20
 MAX_MODELS_KEPT = 1000  # models answered, recorded in job.json for the next run
+# Endpoints that answered, kept in the cache directory for jobs whose output directory is new
+# (see _endpoints_path): the most recent this many.
+ENDPOINTS_FILE = "endpoints.json"
+ENDPOINTS_KEPT = 1000
 # Sets of columns rows' hashes were made of (earlier request settings'), kept in job.json.
 HASHED_COLUMNS_KEPT = 8
 # Rows of models the key was refused for (403) held, before any model answered, until one does
@@ -402,6 +407,56 @@ def _endpoint_id(url: str) -> str:
     """What job.json records of the endpoint that answered a run (``answered_endpoint``): a
     hash of its URL, which may hold a secret."""
     return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def _endpoints_path() -> str | None:
+    """``endpoints.json`` in the cache directory: the endpoints (``_endpoint_id``) that answered
+    a run on this machine, each with the UTC day it last did. A job writing to a fresh output
+    directory each night (``--output out/$(date +%F)``) has no job.json of its own to say so."""
+    directory = cache_dir()
+    return None if directory is None else os.path.join(directory, ENDPOINTS_FILE)
+
+
+def _endpoints_answered(path: str) -> dict[str, str]:
+    """What ``path`` holds; nothing when it is missing or damaged (it is only a cache)."""
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError):
+        return {}
+    answered = doc.get("answered") if isinstance(doc, dict) else None
+    if not isinstance(answered, dict):
+        return {}
+    return {k: v for k, v in answered.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _answered_here(endpoint: str) -> bool:
+    """``endpoint`` answered a run on this machine (of any job, into any output directory)."""
+    path = _endpoints_path()
+    return path is not None and endpoint in _endpoints_answered(path)
+
+
+def _remember_endpoint(endpoint: str) -> None:
+    """Keep ``endpoint`` in ``endpoints.json`` as answering today, the newest ENDPOINTS_KEPT
+    at most; a file that cannot be written is left as it is."""
+    path = _endpoints_path()
+    if path is None:
+        return
+    answered = _endpoints_answered(path)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    if answered.get(endpoint) == today:
+        return
+    answered[endpoint] = today
+    kept = dict(sorted(answered.items(), key=itemgetter(1), reverse=True)[:ENDPOINTS_KEPT])
+    temp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump({"answered": kept}, f)
+        os.replace(temp, path)
+    except OSError:
+        with suppress(OSError):
+            os.remove(temp)
 
 
 def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
@@ -1369,13 +1424,20 @@ class _Run:
         self.gate_from = -math.inf
         self.probing = False  # a probe is out (or waiting out the pause to be sent)
         self.turned_away_at = -math.inf  # the latest such answer (_turned_away)
-        # The endpoint answered an earlier run of the job (job.json's answered_endpoint): its
-        # refused connections before any answer in this run are a server coming up (a GPU box
+        # The endpoint answered an earlier run of the job (job.json's answered_endpoint), or
+        # of any job on this machine (the cache directory's endpoints.json): its refused
+        # connections before any answer in this run are a server coming up (a GPU box
         # rebooted, vLLM still loading its model, which refuses connections meanwhile), waited
         # for as an outage is (outage_s), not a wrong URL or port, which stops the job after
-        # a row's attempts. With no wait for outages, they stop it so too.
-        self.answered_before = self.outage_s > 0 and client is not None and plan.job_meta.get(
-            "answered_endpoint") == _endpoint_id(client.url)
+        # a row's attempts. With no wait for outages, they stop it so too. What the stop says
+        # it answered ("" if not).
+        self.answered_before = ""
+        if self.outage_s > 0 and client is not None:
+            endpoint = _endpoint_id(client.url)
+            if plan.job_meta.get("answered_endpoint") == endpoint:
+                self.answered_before = "an earlier run of the job"
+            elif _answered_here(endpoint):
+                self.answered_before = "an earlier run on this machine"
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
         # Too many in flight for the server (``_queued_too_long``): the concurrency at most,
@@ -2341,7 +2403,7 @@ class _Run:
                     "request since it last answered")
         elif self.answered_before and e.status is None:
             what = (f"{item.streak} attempts at {self.plan.row(item.key)}, no answer to any "
-                    "request since the run began; it answered an earlier run of the job, so "
+                    f"request since the run began; it answered {self.answered_before}, so "
                     f"it was waited for, {duration(self.outage_s)} at most")
         else:
             what = (f"{item.attempts} attempts at {self.plan.row(item.key)}, no answer to any "
@@ -2899,7 +2961,7 @@ class _Run:
             self.flush_wanted = anyio.Event()
             self._show_pause()
             self.counts.unreachable_s = self._unreachable_s()
-            self.counts.connect_wait = self.answered_before or self.last_answer > -math.inf
+            self.counts.connect_wait = bool(self.answered_before) or self.last_answer > -math.inf
             self.counts.unreachable_by = self.refused_by
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes
             rows = journal.take()
@@ -3161,6 +3223,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                                           "counters": counters}
         if run.last_answer > -math.inf:  # its refusals are waited for next time (_Run)
             plan.job_meta["answered_endpoint"] = _endpoint_id(client.url)
+            await anyio.to_thread.run_sync(_remember_endpoint, plan.job_meta["answered_endpoint"])
         if run.answered_models:  # as the rows asked for them, for the next run (see Plan)
             plan.job_meta["answered_models"] = sorted(run.answered_models)[:MAX_MODELS_KEPT]
         _settle_batch_checks(plan)

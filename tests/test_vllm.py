@@ -262,12 +262,13 @@ async def test_the_simulator_answers_one_batch_at_a_time_as_a_gpu_server_does(
 
 
 async def cron_start_while_loading(tmp_path: Path, up_after_s: float | None,
-                                   outage_s: float | None = 300.0,
+                                   outage_s: float | None = 300.0, tonight: str | None = None,
                                    **over: Any) -> tuple[RunSummary, float]:
     """Last night's run answered (its first 10 rows, by --limit); tonight's starts while the
     box is rebooting: its port refuses connections, as vLLM's does while it loads its model,
     and it comes up ``up_after_s`` later (None: never). Tonight's summary, and how long it
-    ran. ``outage_s`` None: the job's own wait (``over``: its settings)."""
+    ran. ``outage_s`` None: the job's own wait (``over``: its settings); ``tonight``: the
+    output directory tonight's run writes to, a fresh one (else last night's)."""
     inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(60)])
     port = closed_port()
     sim = Simulator(SimulatorConfig(latency_ms=5), port=port)
@@ -278,6 +279,8 @@ async def cron_start_while_loading(tmp_path: Path, up_after_s: float | None,
         assert s.ok == 10 and s.exit_code == 0
     finally:
         await sim.stop()
+    if tonight is not None:
+        job = replace(job, output=replace(job.output, dir=tmp_path / tonight))
     started = time.monotonic()
 
     async def come_up() -> None:
@@ -326,6 +329,27 @@ async def test_a_server_that_answered_before_and_never_comes_up_stops_the_job_in
                          "to come back, then stops)")
     assert _postfix(Counts(unreachable_s=42.4, outage_s=300.0)).endswith(
         "(no connection to the endpoint for 42 s)")  # a row's attempts stop it: no wait
+
+
+@pytest.mark.anyio
+async def test_a_cron_job_writing_to_a_fresh_output_directory_each_night_waits_for_the_server(
+        tmp_path: Path, price_cache_dir: Path) -> None:
+    """``--output out/$(date +%F)``: tonight's output directory has no job.json saying the
+    endpoint answered last night, and the job stopped in two seconds while vLLM loaded. The
+    cache directory keeps a hash of each endpoint that answered (never its URL, nor the key),
+    and tonight's run waits for it; a URL that never answered still stops in seconds."""
+    s, _ = await cron_start_while_loading(tmp_path, up_after_s=1.5, tonight="2026-12-02")
+    assert s.stopped is None and s.exit_code == 0, s.stopped
+    assert (s.ok, s.failed, s.pending) == (60, 0, 0) and s.not_connected > 0
+    kept = (price_cache_dir / "endpoints.json").read_text()
+    assert "127.0.0.1" not in kept and KEY not in kept
+    assert not leaks_in_files(price_cache_dir)
+    wrong = closed_port()  # a port no server ever answered on
+    with anyio.fail_after(RUN_LIMIT_S):
+        s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{wrong}/v1", tmp_path / "in.csv",
+                                  model=MODEL, output=str(tmp_path / "2026-12-03")), options(3))
+    assert s.exit_code == 4 and s.stopped is not None and s.ok == 0
+    assert "no answer to any request meanwhile" in s.stopped and "waited" not in s.stopped
 
 
 @pytest.mark.anyio
