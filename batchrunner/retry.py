@@ -33,9 +33,13 @@ def backoff(
     policy: RetryPolicy,
     retry_after: float | None = None,
     rng: random.Random | None = None,
+    cap_s: float | None = None,
 ) -> float:
-    """Seconds to wait before attempt number ``attempt + 1`` (``attempt`` counts from 1)."""
+    """Seconds to wait before attempt number ``attempt + 1`` (``attempt`` counts from 1);
+    ``cap_s``: a cap of this wait's own, where it is lower than the policy's."""
     ceiling = min(policy.cap_s, policy.base_s * 2 ** (attempt - 1))
+    if cap_s is not None and cap_s < ceiling:
+        ceiling = cap_s
     wait = (rng or random).uniform(0.0, ceiling) if ceiling > 0 else 0.0
     if retry_after is not None and retry_after > wait:
         wait = min(retry_after, policy.max_retry_after_s)

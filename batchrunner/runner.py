@@ -188,6 +188,12 @@ PARKED_RECHECK_S = 0.001
 # the same timeout would cut it off, and bill it, on every attempt.
 TIMEOUT_GROWTH = 1.5
 MAX_TIMEOUT_X = 3.0
+# While an outage is waited out, the rows refused in it (or turned away by a gateway) wait
+# for their next try no longer, on average, than this many seconds times their number: their
+# tries together come about this often whatever their count, not 30 s apart each (a job at
+# a low concurrency found the server back only that long after), nor faster than one row's
+# would (many rows: their own backoff). The first answer after it wakes them all (_answered).
+OUTAGE_RETRY_S = 1.0
 # A gateway's answers for a server behind it that is away: ridden out like a refused connection.
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 # While a gateway's 502/503/504 holds the job (_shut_gate), probes are sent as far apart as the
@@ -1424,6 +1430,15 @@ class _Run:
         self.gate_from = -math.inf
         self.probing = False  # a probe is out (or waiting out the pause to be sent)
         self.turned_away_at = -math.inf  # the latest such answer (_turned_away)
+        # Refusals (connections, or a gateway's 502/503/504) since the latest answer to a
+        # request sent after one: two or more, and the endpoint is away (an outage), not
+        # turning one request away now and then while it answers the others (whose wait, a
+        # retry-after, is the row's own).
+        self.refused_unanswered = 0
+        # The waits for their next try of the rows refused since the latest request answered
+        # was sent (_requeue): in an outage, an answer to one sent after the latest refusal
+        # ends them.
+        self.refused_waits: set[anyio.CancelScope] = set()
         # The endpoint answered an earlier run of the job (job.json's answered_endpoint), or
         # of any job on this machine (the cache directory's endpoints.json): its refused
         # connections before any answer in this run are a server coming up (a GPU box
@@ -1944,8 +1959,11 @@ class _Run:
         return None
 
     async def _requeue(self, item: _Work, delay: float) -> None:
-        with anyio.move_on_after(delay):
+        with anyio.move_on_after(delay) as wait:
+            if item.last_refusal > self.answered_sent:  # waiting out an outage: _answered
+                self.refused_waits.add(wait)
             await self.stopped.wait()
+        self.refused_waits.discard(wait)
         self.counts.retrying -= 1
         if self.stopping:
             self.counters["attempts"] += item.attempts
@@ -2112,7 +2130,7 @@ class _Run:
                     if item.lonely < self.policy.max_attempts - 1:
                         self.counters["retries"] += 1
                         return None, backoff(item.refusals, self.policy, e.retry_after,
-                                             self.rng)
+                                             self.rng, self._outage_cap())
                 elif e.error_type == "connection_error" and (
                         self.last_answer > -math.inf or self.answered_before):
                     # The endpoint answered in this run (or an earlier one), so it is there: a
@@ -2125,7 +2143,8 @@ class _Run:
                         return None, None  # not a failure of the row: left to do
                     if item.lonely < self.policy.max_attempts:
                         self.counters["retries"] += 1
-                        return None, backoff(item.refusals, self.policy, None, self.rng)
+                        return None, backoff(item.refusals, self.policy, None, self.rng,
+                                             self._outage_cap())
                     item.attempts += 1
                 elif e.error_type == "rate_limited":
                     self._observe(item, e.headers)
@@ -2291,6 +2310,12 @@ class _Run:
         self.answered_sent = max(self.answered_sent, sent_at)
         if self.gate is not None and sent_at >= self.gate_from:
             self._open_gate()  # the server is back
+        if self.refused_unanswered and sent_at > self.last_refusal:
+            if self.refused_unanswered > 1:  # back from an outage: the tries waiting are due
+                for wait in self.refused_waits:
+                    wait.cancel()
+                self.refused_waits.clear()
+            self.refused_unanswered = 0
         if down:
             self._wake_workers()  # new rows may be started again
         if self.mixes:
@@ -2363,6 +2388,7 @@ class _Run:
             item.streak = 0
         item.refusals += 1
         item.streak += 1
+        self.refused_unanswered += 1
         item.last_refusal = self.last_refusal = now
         if not item.refused_at:
             item.refused_at = now
@@ -2373,6 +2399,14 @@ class _Run:
             # answers, no new row is started (the rows started retry on their own backoff),
             # or the workers would run through the input in failed first tries.
             self.refused_since = now
+
+    def _outage_cap(self) -> float | None:
+        """The longest wait for its next try of a row refused in an outage: OUTAGE_RETRY_S
+        twice (full jitter draws half of it on average) for each row waiting it out. None
+        (the row's own backoff) for a refusal alone among answers."""
+        if self.refused_unanswered < 2:
+            return None
+        return 2.0 * OUTAGE_RETRY_S * (len(self.refused_waits) + 1)
 
     def _unreachable_s(self) -> float:
         """How long the endpoint has been out of reach, for the progress: in an outage (see

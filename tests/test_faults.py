@@ -699,6 +699,37 @@ async def test_an_endpoint_restarted_mid_job_is_waited_for(tmp_path: Path) -> No
     assert s.sent < n + 4 * 40, s.sent
 
 
+@pytest.mark.anyio
+async def test_the_first_answer_after_an_outage_wakes_the_rows_waiting_it_out(
+        tmp_path: Path) -> None:
+    """A row refused in an outage (two refusals or more, nothing answered between) waits for
+    its retry until an answer comes to a request sent after the latest refusal (the server
+    back), not to one sent before (a restarting server still answering what it took before):
+    its retry is then due at once."""
+    from batchrunner.limiter import Limiter
+    from batchrunner.progress import NullProgress
+    from batchrunner.runner import _Run, _Work
+
+    inp = make_csv(tmp_path / "in.csv", ["row 0"])
+    run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
+               None, Limiter(None, None), NullProgress(), None,  # no client: not sent
+               max_concurrency=1, fixed_concurrency=True)
+    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
+    run.outstanding = run.counts.retrying = 1  # as the worker leaves it (_Run._work)
+    sent_before = time.perf_counter()
+    run._refused(item)
+    run._refused(_Work(key="1", body={}, prompt_estimate=1, completion_max=1))  # another row
+    with anyio.fail_after(RUN_LIMIT_S):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run._requeue, item, 1e6)  # a backoff that would never end
+            await anyio.wait_all_tasks_blocked()
+            run._answered(sent_before)  # sent before the refusal: no sign it is back
+            await anyio.wait_all_tasks_blocked()
+            assert not run.retries and run.counts.retrying == 1
+            run._answered(time.perf_counter())  # sent after it: back
+    assert list(run.retries) == [item] and run.counts.retrying == 0
+
+
 async def gateway_outage(tmp_path: Path, n: int, down_s: float, outage_s: float,
                          texts: list[str] | None = None) -> tuple[RunSummary, FaultServer]:
     """A job behind a gateway whose server goes away after 100 requests: for ``down_s`` every

@@ -20,6 +20,7 @@ from batchrunner.client import _thought_apart
 from batchrunner.config import load_job
 from batchrunner.errors import ConfigError
 from batchrunner.progress import Counts, _postfix
+from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, add_arguments, config_from_args
 from tests.servers import serve_on_loopback
@@ -263,12 +264,14 @@ async def test_the_simulator_answers_one_batch_at_a_time_as_a_gpu_server_does(
 
 async def cron_start_while_loading(tmp_path: Path, up_after_s: float | None,
                                    outage_s: float | None = 300.0, tonight: str | None = None,
+                                   policy: RetryPolicy | None = None,
                                    **over: Any) -> tuple[RunSummary, float]:
     """Last night's run answered (its first 10 rows, by --limit); tonight's starts while the
     box is rebooting: its port refuses connections, as vLLM's does while it loads its model,
     and it comes up ``up_after_s`` later (None: never). Tonight's summary, and how long it
     ran. ``outage_s`` None: the job's own wait (``over``: its settings); ``tonight``: the
-    output directory tonight's run writes to, a fresh one (else last night's)."""
+    output directory tonight's run writes to, a fresh one (else last night's); ``policy``:
+    tonight's retries (else a 10 ms backoff)."""
     inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(60)])
     port = closed_port()
     sim = Simulator(SimulatorConfig(latency_ms=5), port=port)
@@ -292,8 +295,9 @@ async def cron_start_while_loading(tmp_path: Path, up_after_s: float | None,
         async with anyio.create_task_group() as tg:
             tg.start_soon(come_up)
             with anyio.fail_after(RUN_LIMIT_S):
-                s = await run_job(job, replace(options(3), outage_s=outage_s)
-                                  if outage_s is not None else options(3))
+                tonights = options(3) if policy is None else replace(options(3), retry=policy)
+                s = await run_job(job, replace(tonights, outage_s=outage_s)
+                                  if outage_s is not None else tonights)
     finally:
         await sim.stop()
     return s, time.monotonic() - started
@@ -329,6 +333,20 @@ async def test_a_server_that_answered_before_and_never_comes_up_stops_the_job_in
                          "to come back, then stops)")
     assert _postfix(Counts(unreachable_s=42.4, outage_s=300.0)).endswith(
         "(no connection to the endpoint for 42 s)")  # a row's attempts stop it: no wait
+
+
+@pytest.mark.anyio
+async def test_rows_waiting_for_the_server_to_come_up_are_sent_as_soon_as_it_is_up(
+        tmp_path: Path) -> None:
+    """The rows refused while the box loaded backed off as any retry does, up to 30 s apart:
+    a run whose box came up after 10 s took 31 s for 200 rows, idle most of the time after.
+    While an outage is waited out, their waits are now short together (a retry about every
+    second among them all, as for one row), and the first answer after it sends them all
+    again: here with a backoff that would otherwise never end."""
+    s, _ = await cron_start_while_loading(
+        tmp_path, up_after_s=1.5, policy=RetryPolicy(base_s=1e6, cap_s=1e6, max_attempts=3))
+    assert s.stopped is None and s.exit_code == 0, s.stopped
+    assert (s.ok, s.failed, s.pending) == (60, 0, 0) and s.not_connected > 0
 
 
 @pytest.mark.anyio
