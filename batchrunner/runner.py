@@ -2069,7 +2069,16 @@ class _Run:
                 self._refund(item, charge)
                 if self.drop_simulated:
                     return None, None  # left to do
-                if e.model_not_served and not self.models_vary:
+                # A 404 naming the job's one model after rows of this run were answered with
+                # it: a router whose server for the model is away (restarting), as some answer
+                # rather than with a 502 or 503, not a name mistyped, which no row was ever
+                # answered with: waited out as a gateway's 503 is.
+                away = (e.status == 404 and not self.models_vary
+                        and self.counts.ok > self.plan.prior_ok
+                        and bool(item.model) and _names_model(item.model, e.message))
+                if away:
+                    e.retryable = True  # the last rows too are tried as for a 503
+                elif e.model_not_served and not self.models_vary:
                     # The job's one model is not among those the endpoint serves (a box
                     # restarted under another --served-model-name): every row would fail so.
                     # Stopped at the first such answer, no row failed: the rerun with the
@@ -2093,11 +2102,11 @@ class _Run:
                 # is read through, the rows left are all there is to tell a server away from
                 # rows it fails, so they are counted as ever. Nor is one that is the row's
                 # model's own, in a job of many (_models_own).
-                gateway = e.status in GATEWAY_STATUSES and (
+                gateway = (e.status in GATEWAY_STATUSES or away) and (
                     self.last_answer == -math.inf or not self.rows_done) and not (
                     self.models_vary and self._models_own(item.model, e,
                                                           sent_at))
-                if e.status in GATEWAY_STATUSES:  # not the endpoint's answer: no end of an outage
+                if e.status in GATEWAY_STATUSES or away:  # not the endpoint's: no end of an outage
                     if gateway:
                         self._refused(item)
                         self.refused_by = f"HTTP {e.status}: {e.message}"

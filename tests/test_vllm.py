@@ -242,6 +242,59 @@ async def test_a_model_the_server_does_not_serve_stops_the_job_with_no_row_faile
     assert not leaks_in_files(tmp_path / "out")
 
 
+def router_restarting(other: str, asked: dict[str, int], away_s: float = 1.5) -> Any:
+    """A router in front of two vLLM boxes, MODEL's and ``other``'s: from the 30th chat
+    request, MODEL's box restarts for ``away_s``, and meanwhile the router answers its requests
+    404 "model not found" and lists only ``other`` (``asked``: the chat requests)."""
+    away_from = [0.0]
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        restarting = away_from[0] and time.monotonic() - away_from[0] < away_s
+        if request.method == "GET" and request.path == "/v1/models":
+            return web.json_response({"object": "list", "data": [
+                {"id": m, "object": "model"} for m in (
+                    (other,) if restarting else (MODEL, other))]})
+        asked["chat"] += 1
+        if asked["chat"] == 30:
+            away_from[0] = time.monotonic()
+            restarting = True
+        body = json.loads(await request.read())
+        if body["model"] not in (MODEL, other) or restarting:
+            return web.json_response({"error": {
+                "message": f"Model {body['model']} not found", "type": "not_found_error",
+                "code": 404}}, status=404)
+        return web.json_response(vllm_reply(body, ANSWER))
+    return handle
+
+
+@pytest.mark.anyio
+async def test_a_router_answering_model_not_found_while_its_box_restarts_is_waited_out(
+        tmp_path: Path) -> None:
+    """A router in front of vLLM boxes answers 404 "model not found" for a model whose box is
+    restarting. A job of that one model, served a moment before, stopped at the first such
+    answer (exit 4, "set the job's model to one of them"), as for a name mistyped. A 404
+    naming the job's one model after rows of this run were answered with it is now waited out
+    as a gateway's 503 is; a name never answered still stops the job at its first answer."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(100)])
+    other = "meta-llama/Llama-3.1-8B-Instruct"
+    asked = {"chat": 0}
+    runner, port = await serve_on_loopback(router_restarting(other, asked))
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        s = await run(job_for(tmp_path, url, inp, model=MODEL, concurrency=4))
+        assert s.exit_code == 0 and (s.ok, s.failed) == (100, 0), s.stopped
+        waited = asked["chat"]
+        assert waited > 100  # the box's 404s, waited out
+        s = await run(job_for(tmp_path, url, inp, model="qwen3", concurrency=4,
+                              output=str(tmp_path / "wrong")))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (0, 0, 100)
+    assert s.stopped is not None and s.stopped.startswith(
+        f"Model qwen3 not found — the endpoint serves {MODEL}, {other}: set the job's model")
+    assert asked["chat"] - waited <= 4  # the first answers, at concurrency 4
+
+
 @pytest.mark.anyio
 async def test_the_simulator_answers_one_batch_at_a_time_as_a_gpu_server_does(
         tmp_path: Path) -> None:
