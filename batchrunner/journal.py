@@ -204,8 +204,11 @@ def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) 
                 f"cannot write journal segment {final}: {directory} was removed while the job "
                 "ran, and with it the rows finished before — rerun to send them again"
             ) from None
-        # A disk full wants room; one gone read-only (a disk error, a remount) wants fixing.
-        hint = ("free space and rerun" if e.errno in _NO_ROOM
+        # A disk full wants room; a file-size limit (ulimit -f: EFBIG, as Python ignores
+        # SIGXFSZ) wants raising, not room; one gone read-only (a disk error, a remount) wants
+        # fixing.
+        hint = ("raise the limit on the size of the files it writes (ulimit -f) and rerun"
+                if e.errno == errno.EFBIG else "free space and rerun" if e.errno in _NO_ROOM
                 else "rerun once it can be written")
         raise OutputError(
             f"cannot write journal segment {final} ({e.strerror or type(e).__name__}); rows "
@@ -218,7 +221,7 @@ def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) 
     return final
 
 
-_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _remove(path: Path) -> bool:

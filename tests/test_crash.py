@@ -795,6 +795,8 @@ def test_disk_full_mid_run_keeps_the_answers_in_flight_and_stops(tmp_path: Path)
         assert full.returncode == 1, full.stderr
         line = one_error_line(full.stderr)
         assert "cannot write journal segment" in line and "too large" in line.lower(), line
+        # Freeing space does not lift a file-size limit: the line says what does.
+        assert "ulimit -f" in line and "free space" not in line, line
         assert not [p for p in (out / "journal").iterdir() if ".tmp" in p.name]
         answered = sim.stats()["requests"]
         saved = ok_keys(out)
