@@ -1915,6 +1915,14 @@ def _usage(usage: Any) -> Usage:
     if (v := get("cache_creation_input_tokens")) is not None:
         written, written_1h = _cache_writes(v, get("cache_creation"))
         apart = True
+    elif type(ptd) is dict and ((v := ptd.get("cached_creation_tokens")) is not None
+                                or (v := ptd.get("cache_write_tokens")) is not None):
+        # Claude's writes as gateways put them among OpenAI's prompt details: new-api's
+        # (those kept an hour beside them, claude_cache_creation_1_h_tokens), OpenRouter's
+        written = _units(v)
+        if written is not None and (
+                hour := _units(get("claude_cache_creation_1_h_tokens"))) is not None:
+            written_1h = min(hour, written)
     if (cached or written) and pt is not None:
         new = (cached or 0) + (written or 0)
         if new > pt or (apart and (

@@ -262,6 +262,44 @@ async def test_claude_cache_writes_are_priced_as_cache_writes_and_reported(
     assert re.search(r"\| Prompt tokens written to the cache +\| 20,000 +\|", md), md
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(("usage", "cost"), [
+    # new-api's OpenAI shape of Claude's usage (the gateways built on it): the writes in
+    # prompt_tokens_details, those kept an hour beside them, the prompt their whole...
+    ({"prompt_tokens": 11000, "completion_tokens": 50, "total_tokens": 11050,
+      "prompt_tokens_details": {"cached_tokens": 0, "cached_creation_tokens": 10_000,
+                                "text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
+      "claude_cache_creation_5_m_tokens": 6_000, "claude_cache_creation_1_h_tokens": 4_000},
+     0.08375),
+    # ... or Anthropic's input_tokens alone, the writes apart
+    ({"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050,
+      "prompt_tokens_details": {"cached_tokens": 0, "cached_creation_tokens": 10_000},
+      "claude_cache_creation_5_m_tokens": 6_000, "claude_cache_creation_1_h_tokens": 4_000},
+     0.08375),
+    # OpenRouter's: cache_write_tokens, no split by how long they are kept (5 minutes)
+    ({"prompt_tokens": 11000, "completion_tokens": 50, "total_tokens": 11050,
+      "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 10_000,
+                                "audio_tokens": 0}},
+     0.06875),
+])
+async def test_claude_cache_writes_a_gateway_counts_in_the_prompt_details_are_priced(
+        tmp_path: Path, usage: dict[str, Any], cost: float) -> None:
+    """A gateway that passes Claude's cache writes on in OpenAI's prompt_tokens_details, as
+    new-api's gateways (``cached_creation_tokens``, with ``claude_cache_creation_1_h_tokens``)
+    and OpenRouter (``cache_write_tokens``) do: the 10,000 tokens written were priced at the
+    input price ($0.05625 a row where $0.08375 or $0.06875 was billed), or, counted apart
+    from the prompt, not at all, and no report showed them."""
+    df = await claude_rows(tmp_path, usage)
+    assert df["prompt_tokens"].tolist() == [11000, 11000]
+    assert df["cache_write_tokens"].tolist() == [10000, 10000]
+    assert df["cached_tokens"].tolist() == [0, 0]
+    # claude-opus-4-6 per 1M tokens: $5 input, $6.25 a 5-minute cache write, $10 a 1-hour one,
+    # $25 output
+    assert df["cost_usd"].tolist() == pytest.approx([cost, cost])
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["tokens"]["cache_write"] == 20000
+
+
 async def no_such_model(srv: FaultServer, request: web.BaseRequest,
                         body: dict[str, Any]) -> web.StreamResponse | None:
     """A gateway that does not have one model: 404 for it, naming it; answers for the others."""
