@@ -1916,9 +1916,11 @@ def _usage(usage: Any) -> Usage:
         written, written_1h = _cache_writes(v, get("cache_creation"))
         apart = True
     elif type(ptd) is dict and ((v := ptd.get("cached_creation_tokens")) is not None
-                                or (v := ptd.get("cache_write_tokens")) is not None):
-        # Claude's writes as gateways put them among OpenAI's prompt details: new-api's
-        # (those kept an hour beside them, claude_cache_creation_1_h_tokens), OpenRouter's
+                                or (v := ptd.get("cache_write_tokens")) is not None
+                                or (v := ptd.get("cache_creation_input_tokens")) is not None):
+        # Writes among OpenAI's prompt details: Claude's as new-api's gateways put them (those
+        # kept an hour beside them, claude_cache_creation_1_h_tokens) and OpenRouter does,
+        # Qwen's explicit cache's as DashScope does
         written = _units(v)
         if written is not None and (
                 hour := _units(get("claude_cache_creation_1_h_tokens"))) is not None:

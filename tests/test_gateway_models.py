@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from batchrunner.cli import main
+from batchrunner.config import load_job
 from batchrunner.runner import run_job
 from tests.test_faults import (
     KEY,  # the job_env fixture reads the module's KEY
@@ -298,6 +299,33 @@ async def test_claude_cache_writes_a_gateway_counts_in_the_prompt_details_are_pr
     assert df["cost_usd"].tolist() == pytest.approx([cost, cost])
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     assert report["tokens"]["cache_write"] == 20000
+
+
+@pytest.mark.anyio
+async def test_qwen_explicit_cache_writes_are_priced_as_cache_writes(tmp_path: Path) -> None:
+    """Qwen's explicit cache (a ``cache_control`` block) through a gateway, its writes billed
+    at 125 % of the input price and counted, as DashScope's OpenAI-compatible usage gives them,
+    in ``prompt_tokens_details.cache_creation_input_tokens``: they were priced as plain input
+    and no report showed them, the job's ``cache_write`` price unused."""
+    usage = {"prompt_tokens": 3000, "completion_tokens": 100, "total_tokens": 3100,
+             "prompt_tokens_details": {
+                 "cached_tokens": 0, "cache_creation_input_tokens": 2048,
+                 "cache_type": "ephemeral",
+                 "cache_creation": {"ephemeral_5m_input_tokens": 2048}}}
+    inp = models_csv(tmp_path / "in.csv", [MISSING] * 2)
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel_column = "model"\n'
+        'prompt = "{text}"\nmax_tokens = 100\n[output]\ndir = "out"\n'
+        f'[prices."{MISSING}"]\ninput = 1.0\noutput = 5.0\ncache_write = 1.25\n')
+    async with FaultServer(claude_usage(usage)) as srv:
+        job = load_job(tmp_path / "job.toml", {"base_url": srv.base_url})
+        s = await run(job)
+    assert s.exit_code == 0, s.stopped
+    df = results(tmp_path)
+    assert df["prompt_tokens"].tolist() == [3000, 3000]
+    assert df["cache_write_tokens"].tolist() == [2048, 2048]
+    # 952 new tokens at $1, 2,048 written at $1.25, 100 out at $5 per 1M
+    assert df["cost_usd"].tolist() == pytest.approx([0.004012, 0.004012])
 
 
 async def no_such_model(srv: FaultServer, request: web.BaseRequest,
