@@ -1793,12 +1793,24 @@ def _content_parts(content: list[Any]) -> tuple[str | None, str | None]:
 _USUAL_FINISH = ("stop", "length", "tool_calls", None)
 
 
+# Anthropic's stop_reasons and Gemini's finishReasons, which a gateway that maps them only in
+# part passes on (one-api's forks give Claude's "max_tokens", "end_turn" and "tool_use" as
+# they are), as OpenAI names them: a reply cut at max_tokens is a "length" one, whatever the
+# gateway.
+_FINISH_NAMES = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                 "tool_use": "tool_calls", "STOP": "stop", "MAX_TOKENS": "length",
+                 "SAFETY": "content_filter"}
+
+
 def _finish_reason(value: Any) -> str | None:
-    """A choice's ``finish_reason`` as text: a server's odd value (a list, an object, a number)
-    is kept as its JSON text, as the journal's column holds text only (one such reply would
-    otherwise fail the journal's write, and the run with it)."""
-    if value is None or isinstance(value, str):
+    """A choice's ``finish_reason`` as text, in OpenAI's words (``_FINISH_NAMES``): a server's
+    odd value (a list, an object, a number) is kept as its JSON text, as the journal's column
+    holds text only (one such reply would otherwise fail the journal's write, and the run with
+    it)."""
+    if value is None:
         return value
+    if isinstance(value, str):
+        return _FINISH_NAMES.get(value, value)
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # not JSON (cannot come from a parsed body): its text
@@ -1850,7 +1862,10 @@ def _all_choices(choices: list[Any]) -> str:
             elif type(content) is str and not (m.get("reasoning_content") or m.get("reasoning")):
                 content = _thought_apart(content, None)[0]
             calls = m.get("tool_calls")
-            out.append(_choice_entry(c.get("index"), content, c.get("finish_reason"), calls))
+            finish = c.get("finish_reason")
+            if type(finish) is str:
+                finish = _FINISH_NAMES.get(finish, finish)
+            out.append(_choice_entry(c.get("index"), content, finish, calls))
     return orjson.dumps(out).decode()
 
 

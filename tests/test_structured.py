@@ -475,6 +475,34 @@ async def test_a_reply_cut_at_max_tokens_says_so_in_its_row(
     assert not df["error_message"][3].startswith("the reply was cut")
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_claudes_and_geminis_own_finish_reasons_through_a_gateway_read_as_openais(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    # Gateways that map Claude's stop_reason only in part (one-api's forks) pass on its
+    # "max_tokens", "end_turn" and "tool_use", and some Gemini's "MAX_TOKENS" and "STOP": a
+    # Claude reply cut at max_tokens failed as "not JSON" with no word of the cut (the summary
+    # offering --retry-failed, which cuts it again), counted in no cut warning, and missed by
+    # --rerun-where "finish_reason == 'length'"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+    def reply(content: str, finish: str) -> str:
+        return json.dumps({"message": {"role": "assistant", "content": content},
+                           "finish_reason": finish})
+
+    s, df = await _echo(tmp_path, [
+        reply('{"n": 1}', "end_turn"), reply('{"n": 1, "note": "a lo', "max_tokens"),
+        reply('{"n": 2}', "STOP"), reply('{"n": 3, "no', "MAX_TOKENS"),
+        reply('{"n": 4}', "stop_sequence")], stream=stream, schema={
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    assert (s.ok, s.failed) == (3, 2)
+    assert df["finish_reason"].tolist() == ["stop", "length", "stop", "length", "stop"]
+    for row in (1, 3):
+        assert df["error_message"][row].startswith("the reply was cut at max_tokens "
+                                                   "(finish_reason=length): "), df["error_message"]
+    assert s.length_cut == 2
+
+
 @pytest.mark.parametrize("shape", ["json_schema", "response_format"])
 def test_a_schema_file_in_openais_wrapper_is_read_as_the_schema_it_wraps(
         tmp_path: Path, shape: str) -> None:
