@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import difflib
 import math
 import os
 import re
@@ -1124,9 +1125,8 @@ class ChatClient:
                 served = await self._served_models()
                 if served and model not in served:
                     # Redacted before it is cut, on one line, as the server's own words are.
-                    shown = " ".join(self.redact(", ".join(served[:_SERVED_SHOWN])).split())[
-                        :_MAX_MESSAGE] + (f" and {len(served) - _SERVED_SHOWN} more"
-                                          if len(served) > _SERVED_SHOWN else "")
+                    names, more = _served_shown(model, served)
+                    shown = " ".join(self.redact(", ".join(names)).split())[:_MAX_MESSAGE] + more
                     error.message += (f" — the endpoint serves {shown}: set "
                                       f"{self._model_setting} to one of them")
                     error.args = (error.message,)
@@ -1641,6 +1641,40 @@ class ChatClient:
             written,  # cache_write_tokens
             written_1h,  # cache_write_1h_tokens
         )
+
+
+def _served_shown(model: str, served: list[str]) -> tuple[list[str], str]:
+    """The models of ``served`` a 404 for ``model`` names, and what it says of the others:
+    all of a few; of a gateway's many (hundreds), those whose names are closest to the one
+    asked for (a typo's, a version's spelling: ``claude-sonnet-4.5``), those that begin as it
+    does first, else the first listed."""
+    if len(served) <= _SERVED_SHOWN:
+        return served, ""
+    asked = _name_key(model)
+    keys: dict[str, str] = {}
+    for name in served:
+        keys.setdefault(_name_key(name), name)
+    close = difflib.get_close_matches(asked, keys, 4 * _SERVED_SHOWN, 0.5)
+    if not close:
+        return served[:_SERVED_SHOWN], f" and {len(served) - _SERVED_SHOWN} more"
+    close.sort(key=lambda k: -_same_start(asked, k))  # stable: by likeness next
+    return ([keys[k] for k in close[:_SERVED_SHOWN]],
+            f" (the closest to {model} of its {len(served)} models)")
+
+
+def _same_start(a: str, b: str) -> int:
+    """How many characters ``a`` and ``b`` begin with alike."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _name_key(model: str) -> str:
+    """A model's name as names are compared: lower case, its dots and underscores dashes."""
+    return model.lower().replace(".", "-").replace("_", "-")
 
 
 def _stream_cap(body: dict[str, Any], limit: float, choices: int) -> float:

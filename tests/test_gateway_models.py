@@ -19,6 +19,7 @@ from aiohttp import web
 from batchrunner.cli import main
 from batchrunner.config import load_job
 from batchrunner.runner import run_job
+from tests.servers import serve_on_loopback
 from tests.test_faults import (
     KEY,  # the job_env fixture reads the module's KEY
     RUN_LIMIT_S,
@@ -326,6 +327,52 @@ async def test_qwen_explicit_cache_writes_are_priced_as_cache_writes(tmp_path: P
     assert df["cache_write_tokens"].tolist() == [2048, 2048]
     # 952 new tokens at $1, 2,048 written at $1.25, 100 out at $5 per 1M
     assert df["cost_usd"].tolist() == pytest.approx([0.004012, 0.004012])
+
+
+# A gateway's model list, as its /v1/models gives it: its providers' models, then many more.
+GATEWAY_MODELS = [
+    "gpt-3.5-turbo", "gpt-4", "gpt-4-turbo", "gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini",
+    "gpt-5.1", "gpt-5.2", "o3-mini", "o4-mini", "claude-3-5-sonnet-20241022",
+    "claude-sonnet-4-20250514", "claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001",
+    "claude-opus-4-6", "deepseek-v3-1-250821", "deepseek-r1", "grok-4", "grok-4-fast-reasoning",
+    "gemini-3-pro-preview", "gemini-3-flash-preview", "glm-4.7", "qwen3-coder-plus",
+    "kimi-k2.5", *(f"vendor-model-{i}" for i in range(100))]
+
+
+def listing_gateway(models: list[str]) -> Any:
+    """A gateway serving ``models``: listed by its /v1/models; a chat request for another
+    name answered 404 naming it, as the ai-nebula reference words it."""
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET":
+            return web.json_response({"object": "list", "data": [
+                {"id": m, "object": "model", "owned_by": "gateway"} for m in models]})
+        body = await request.json()
+        if body["model"] not in models:
+            return web.json_response(error_body(
+                f"Model {body['model']} does not exist or is not supported",
+                "invalid_request_error", "model_not_found"), status=404)
+        return web.json_response(completion(body, "ok"))
+    return handle
+
+
+@pytest.mark.anyio
+async def test_a_mistyped_model_names_the_gateways_closest_models(tmp_path: Path) -> None:
+    """A model name mistyped (claude-sonnet-4.5 for claude-sonnet-4-5-20250929) on a gateway
+    that lists 125 models: the stop named the first five it lists (gpt-3.5-turbo, gpt-4, ...),
+    none of them the one meant. It names those closest to the name asked for."""
+    inp = models_csv(tmp_path / "in.csv", ["claude-sonnet-4.5"] * 3)
+    runner, port = await serve_on_loopback(listing_gateway(GATEWAY_MODELS))
+    try:
+        s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
+                              model="claude-sonnet-4.5"))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped is not None
+    said = s.stopped.partition(" — the endpoint serves ")[2]
+    assert said.startswith("claude-sonnet-4-5-20250929, "), s.stopped
+    assert "gpt-3.5-turbo" not in said and "of its 125 models" in said, s.stopped
+    assert said.endswith("set the job's model to one of them, then rerun (no row was failed "
+                         "for it)"), s.stopped
 
 
 async def no_such_model(srv: FaultServer, request: web.BaseRequest,
