@@ -9,8 +9,9 @@ Expected completion tokens per request: the mean of the answers the output direc
 holds so far (every earlier run's, and a run's in progress) when there are any, else
 ``max_tokens`` (an upper bound), else a default guess — the report says which — with, on top,
 the thinking budget a request gives (a ``-thinking-8192`` model, ``thinking.budget_tokens``,
-Gemini's ``thinking_budget``): thinking is billed as output. Rows that ask for thinking with no
-budget nor ``max_tokens`` are warned about.
+Gemini's ``thinking_budget`` or ``thinkingBudget``): thinking is billed as output. Rows that ask
+for thinking with no budget nor ``max_tokens`` (a model that thinks unless told not to, Gemini
+2.5 Pro's, is asking) are warned about.
 
 Search billed per request that asks for it (a search model, ``web_search_options``, a Google
 Search tool, ``enable_search``: ``pricing.search_requested``) is in the estimate, at the job's
@@ -246,11 +247,12 @@ def _tool_name(tool: Mapping[str, Any], named: bool) -> str | None:
 
 # A thinking budget a gateway reads from a model's name ("gemini-2.5-flash-thinking-8192").
 _BUDGET_SUFFIX = re.compile(r"-thinking-(\d+)$", re.IGNORECASE)
-# Models that think before they answer whatever the request says (their names as the APIs and
-# gateways give them): DeepSeek's R1, OpenAI's o-series, xAI's reasoning models, Grok 4, QwQ,
-# and any model a gateway names -thinking; not one named as not thinking (-nothinking,
-# -non-thinking, xAI's -non-reasoning).
+# Models that think before they answer unless the request says otherwise (their names as the
+# APIs and gateways give them): DeepSeek's R1, OpenAI's o-series, xAI's reasoning models, Grok
+# 4, QwQ, Gemini 2.5 Pro and Flash (not Flash-Lite) and Gemini 3, and any model a gateway names
+# -thinking; not one named as not thinking (-nothinking, -non-thinking, xAI's -non-reasoning).
 _THINKS = re.compile(r"(?:^|/)(?:o\d(?:-|$)|qwq|grok-4(?!.*non-reasoning))|deepseek-r1|reasoner|"
+                     r"gemini-(?:2\.5-(?:pro|flash(?!-lite|-image))|3)(?!.*nothinking)|"
                      r"(?<!non)-reasoning|(?<!no)(?<!non-)thinking", re.IGNORECASE)
 
 
@@ -259,7 +261,8 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
     as the body has it, and the most tokens it may think for when the body says (0: no budget
     given): a thinking model, DeepSeek's and Anthropic's ``thinking`` (``budget_tokens``),
     Qwen's ``enable_thinking``, ``reasoning_effort``, Gemini's ``thinking_config`` through a
-    gateway (``thinking_budget``) or a ``-thinking-<budget>`` model."""
+    gateway (``thinking_budget``; 0 turns it off) or its own ``generationConfig.thinkingConfig``
+    (``thinkingBudget``, ``thinkingLevel``), or a ``-thinking-<budget>`` model."""
     model = body.get("model")
     model = model if isinstance(model, str) else ""
     if (m := _BUDGET_SUFFIX.search(model)) is not None:
@@ -270,16 +273,26 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
         return "thinking", budget if type(budget) is int and budget > 0 else 0
     extra = body.get("extra_body")
     google = extra.get("google") if isinstance(extra, Mapping) else None
-    config = google.get("thinking_config") if isinstance(google, Mapping) else None
-    if isinstance(config, Mapping) and config.get("thinking_budget") not in (None, 0):
-        budget = config.get("thinking_budget")
-        return ("extra_body.google.thinking_config",
-                budget if type(budget) is int and budget > 0 else 0)
+    gen = body.get("generationConfig")  # Gemini's own, as a gateway passes it on
+    for where, config, name in (
+            ("extra_body.google.thinking_config",
+             google.get("thinking_config") if isinstance(google, Mapping) else None,
+             "thinking_budget"),
+            ("generationConfig.thinkingConfig",
+             gen.get("thinkingConfig") if isinstance(gen, Mapping) else None, "thinkingBudget")):
+        if isinstance(config, Mapping):
+            budget = config.get(name)
+            if budget == 0:  # Gemini's thinking turned off
+                return None, 0
+            if budget is not None or config.get("thinkingLevel") or config.get("thinking_level"):
+                return where, budget if type(budget) is int and budget > 0 else 0
     if body.get("enable_thinking") is True:
         return "enable_thinking", 0
     effort = body.get("reasoning_effort")
     if isinstance(effort, str) and effort not in ("none", "minimal"):
         return "reasoning_effort", 0
+    if effort == "none":  # thinking turned off (GPT-5.1's, a gateway's for Gemini)
+        return None, 0
     if _THINKS.search(model):
         return f"model {model}", 0
     return None, 0

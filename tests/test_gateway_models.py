@@ -526,6 +526,32 @@ def test_the_estimate_warns_of_no_thinking_for_models_named_as_not_thinking(
         "  warning: 1 row asks for thinking (model grok-4-fast-reasoning) with no max_tokens"), out
 
 
+def test_the_estimate_warns_of_geminis_thinking_as_the_gateway_reference_asks_for_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Gemini 2.5 Pro and Flash and Gemini 3 think unless told not to, and the ai-nebula
+    reference asks Gemini 3 Pro for it in generationConfig.thinkingConfig (thinkingLevel) and
+    gives a budget as thinkingBudget there too: the estimate, with no max_tokens, took their
+    replies for 256 tokens without a word of the thinking, billed as output, beside them."""
+    models = ["gemini-3-pro-preview", "gemini-2.5-flash", "gemini-2.5-flash-lite",
+              "gemini-2.5-flash-nothinking", "gemini-2.0-flash"]
+    out = estimate(tmp_path, capsys, models)
+    warned = [line for line in out.splitlines() if "for thinking" in line]
+    assert len(warned) == 1 and warned[0].startswith(
+        "  warning: 2 rows ask for thinking (model gemini-3-pro-preview) with no max_tokens"), out
+    out = estimate(tmp_path, capsys, ["my-gemini"], "stream = true\n[request.extra]\n"
+                   'generationConfig = { thinkingConfig = { thinkingLevel = "LOW" } }')
+    assert ("  warning: 1 row asks for thinking (generationConfig.thinkingConfig) with no "
+            "max_tokens") in out, out
+    out = estimate(tmp_path, capsys, ["gemini-2.5-flash"], "stream = true\n[request.extra]\n"
+                   "generationConfig = { thinkingConfig = { thinkingBudget = 4096 } }")
+    table = {line.split()[0]: line.split()[1:4] for line in out.splitlines()
+             if line.startswith("  gemini")}
+    assert table == {"gemini-2.5-flash": ["1", "10", "4,352"]}, out  # 256 and the budget
+    out = estimate(tmp_path, capsys, ["gemini-2.5-flash"], "stream = true\n[request.extra]\n"
+                   "extra_body = { google = { thinking_config = { thinking_budget = 0 } } }")
+    assert "for thinking" not in out, out
+
+
 @pytest.mark.anyio
 async def test_the_cost_report_says_what_to_add_for_a_model_with_no_price(
         tmp_path: Path) -> None:
