@@ -158,7 +158,7 @@ def request_warnings(req: RequestConfig) -> list[str]:
     fields = {**{k: v for k, v in own.items() if v is not None}, **req.extra}
 
     return _warnings(fields, req.streams, lambda name: _job_field(req, name),
-                     "set [request] stream = true or pass --stream")
+                     "set [request] stream = true or pass --stream", "[request.extra] itself")
 
 
 def _job_field(req: RequestConfig, name: str) -> str:
@@ -174,7 +174,7 @@ def _job_field(req: RequestConfig, name: str) -> str:
 def body_warnings(body: dict[str, Any]) -> list[str]:
     """The same for a batch row's body."""
     return _warnings(body, body.get("stream") is True, lambda name: f"the body's {name}",
-                     'set "stream": true in the body')
+                     'set "stream": true in the body', "the body's top level")
 
 
 _REQUEST_FIELDS = frozenset({"model", "max_tokens", "temperature", "top_p"})
@@ -186,10 +186,21 @@ _QWEN_PARAMETERS = ("temperature", "top_p", "enable_search", "search_options")
 
 
 def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
-              set_stream: str) -> list[str]:
+              set_stream: str, top_level: str) -> list[str]:
     """What a request's ``fields`` (a body, or a job's settings in its shape) ask for that a
-    gateway leaves out without an error. ``where`` names a field as the user set it."""
+    gateway leaves out without an error. ``where`` names a field as the user set it,
+    ``top_level`` the place of the body's top-level fields."""
     out: list[str] = []
+    extra_body = fields.get("extra_body")
+    if isinstance(extra_body, dict) and (unread := [k for k in extra_body if k != "google"]):
+        # The OpenAI SDK's extra_body={...} (as the gateways' Python examples pass Grok's
+        # search_parameters) sends its fields at the body's top level; a body's own extra_body
+        # is read for Gemini's settings only.
+        it = "it" if len(unread) == 1 else "them"
+        out.append(f"{where('extra_body')} holds {' and '.join(unread)}, sent inside "
+                   "extra_body, where gateways read Gemini's google settings only (the OpenAI "
+                   f"SDK's extra_body= sends its fields at the body's top level): move {it} to "
+                   f"{top_level}")
     model = fields.get("model")
     model = model if isinstance(model, str) else ""
     if not stream:
@@ -423,7 +434,8 @@ class RequestBuilder:
             self._job_warnings = frozenset(request_warnings(req))
         return [w for w in _warnings(body, body.get("stream") is True,
                                      lambda name: _job_field(req, name),
-                                     "set [request] stream = true or pass --stream")
+                                     "set [request] stream = true or pass --stream",
+                                     "[request.extra] itself")
                 if w not in self._job_warnings]
 
     def prompt_tokens(self, body: dict[str, Any], prompt: str) -> int:

@@ -630,6 +630,40 @@ def test_settings_a_gateway_would_ignore_are_warned_about(settings: dict[str, ob
         assert "move it into [request.extra] parameters" in job or "move them" in job
 
 
+@pytest.mark.parametrize(("extra_body", "named"), [
+    # The ai-nebula reference's Grok search in Python, extra_body={"search_parameters": ...},
+    # written into a job as it reads: the OpenAI SDK sends those fields at the top level
+    ({"search_parameters": {"mode": "auto"}}, ["search_parameters"]),
+    ({"google": {"thinking_config": {"thinking_budget": 6000}}}, []),  # Gemini's, read there
+    ({"google": {}, "enable_thinking": True, "parameters": {"enable_search": True}},
+     ["enable_thinking", "parameters"]),
+    ({}, []),
+])
+def test_fields_inside_extra_body_a_gateway_does_not_read_are_warned_about(
+        extra_body: dict[str, object], named: list[str]) -> None:
+    # A reader of the seeds' Python examples writes extra_body = { search_parameters = ... }
+    # in [request.extra]: the body then carried {"extra_body": {"search_parameters": ...}},
+    # which a gateway reads nothing of but Gemini's google settings (Grok searched nothing,
+    # with no error), and no warning said so
+    from batchrunner.config import RequestConfig
+    from batchrunner.template import body_warnings, request_warnings
+
+    job = [w for w in request_warnings(RequestConfig(extra={"extra_body": extra_body},
+                                                     stream=True)) if "extra_body" in w]
+    body = [w for w in body_warnings({"extra_body": extra_body, "stream": True})
+            if "extra_body" in w]
+    if not named:
+        assert job == body == []
+        return
+    assert len(job) == len(body) == 1, (job, body)
+    assert job[0].startswith(f"[request.extra] extra_body holds {' and '.join(named)}, sent "
+                             "inside extra_body, where gateways read Gemini's google settings "
+                             "only"), job
+    assert "move " in job[0] and "to [request.extra] itself" in job[0], job
+    assert body[0].startswith(f"the body's extra_body holds {' and '.join(named)}"), body
+    assert "to the body's top level" in body[0], body
+
+
 def test_the_bar_and_its_counts_agree_on_every_redraw(
         capsys: pytest.CaptureFixture[str]) -> None:
     from batchrunner import progress
