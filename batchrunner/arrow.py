@@ -12,7 +12,9 @@ stands for.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
@@ -325,15 +327,43 @@ def prompt_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
                              for v in nested_values(column)])
     if pa.types.is_timestamp(typ) and typ.unit == "ns":
         # pandas' datetimes: pyarrow makes them pandas Timestamps (importing pandas), whose
-        # text the prompt showed; Arrow writes their nanoseconds, trimmed here as pandas does,
-        # in the column's time zone if it has one, with its offset as pandas writes it (+01:00).
+        # text the prompt showed; Arrow writes their nanoseconds, trimmed here as pandas does.
         if typ.tz is None:
             texts = pc.strftime(column, format="%Y-%m-%d %H:%M:%S").to_pylist()
             return string_array([None if v is None else _timestamp_text(v) for v in texts])
-        texts = pc.strftime(column, format="%Y-%m-%d %H:%M:%S%z").to_pylist()
-        return string_array([None if v is None else
-                             f"{_timestamp_text(v[:-5])}{v[-5:-2]}:{v[-2:]}" for v in texts])
+        return string_array(_zoned_texts(column, typ.tz))
     return column
+
+
+def _zoned_texts(column: pa.Array | pa.ChunkedArray, tz: str) -> list[str | None]:
+    """A timestamp[ns] column with a time zone as pandas writes its Timestamps: in the zone,
+    with its offset (``+01:00``; ``+00:09:21`` in a local mean time), as Python's zoneinfo
+    has them. Not Arrow's own conversion: its zones' rules end with 2037 (a summer time after
+    it was an hour off) and its ``%z`` drops an offset's seconds."""
+    if tz[:1] in "+-":  # a fixed offset, "+05:30"
+        hours, _, minutes = tz[1:].partition(":")
+        offset = timedelta(hours=int(hours), minutes=int(minutes or 0))
+        zone: tzinfo = timezone(-offset if tz[0] == "-" else offset)
+    else:
+        zone = ZoneInfo(tz)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    texts: list[str | None] = []
+    valid = to_numpy(pc.is_valid(column)).tolist()
+    for ns, ok in zip(to_numpy(column.view(pa.int64()), fill=0).tolist(), valid, strict=True):
+        if not ok:
+            texts.append(None)
+            continue
+        us, rest = divmod(ns, 1000)
+        at = (_EPOCH + timedelta(microseconds=us)).astimezone(zone)
+        text = at.replace(microsecond=0).isoformat(" ")  # 2038-07-06 05:00:00+02:00
+        fraction = (f".{at.microsecond:06d}{rest:03d}" if rest
+                    else f".{at.microsecond:06d}" if at.microsecond else "")
+        texts.append(f"{text[:19]}{fraction}{text[19:]}")
+    return texts
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _timestamp_text(text: str) -> str:

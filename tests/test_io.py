@@ -1013,6 +1013,37 @@ def test_pandas_datetimes_with_a_zone_read_in_a_prompt_as_before(tmp_path: Path,
         assert hash_values((row["when"],)) == hash_values((was,))
 
 
+@pytest.mark.parametrize("zone", ["Europe/Paris", "America/New_York", "Asia/Kolkata"])
+def test_zoned_datetimes_past_2037_and_in_local_mean_time_read_as_pandas_writes_them(
+        tmp_path: Path, zone: str) -> None:
+    """A summer time from 2038 on (a loan's maturity, a contract's end) read an hour off in
+    the prompt, in winter's offset (Arrow's time zone rules end with 2037), and a time in a
+    zone's local mean time (before 1911 in Paris: +00:09:21) lost its offset's seconds: both
+    texts, and the rows' hashes, differed from what pandas writes, and what rows answered
+    before were hashed from (a rerun sent them again)."""
+    import pandas as pd
+
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, hash_values, iter_rows, make_work, prepare
+
+    ns = [2161998000000000000, 2224000000123456789, -3786825600000000000, None]
+    when = pa.array(ns, pa.int64()).cast(pa.timestamp("ns", tz=zone))
+    pq.write_table(pa.table({"id": list(range(len(ns))), "when": when}), tmp_path / "in.parquet")
+    job = load_job(None, {
+        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
+        "prompt": "At {when}", "base_url": "http://127.0.0.1:9/v1",
+        "output": str(tmp_path / "out")})
+    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    shown = [pd.Timestamp(v, tz=zone) for v in ns[:-1]]
+    rows = [row for _, row, _ in iter_rows(plan)]
+    assert len(rows) == len(ns)
+    for row, was in zip(rows, shown, strict=False):
+        work, _ = make_work(plan, str(row["id"]), row)
+        assert work is not None and work.body["messages"][-1]["content"] == f"At {was}"
+        assert hash_values((row["when"],)) == hash_values((was,))
+    assert rows[-1]["when"] is None
+
+
 def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path: Path) -> None:
     """Columns a CSV file has no type for (lists, structs, maps, binary that is not UTF-8, a
     UUID extension column) are written as text: JSON, UTF-8 with ``\\x`` escapes, the UUID's
