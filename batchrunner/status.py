@@ -21,6 +21,7 @@ import pyarrow as pa
 from batchrunner import compute as pc
 from batchrunner import io
 from batchrunner.arrow import is_value, scalar, to_numpy
+from batchrunner.config import load_job
 from batchrunner.errors import JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.records import RETRYING
@@ -166,7 +167,7 @@ def format_status(out_dir: Path) -> str:
         # The command that finishes the job, for whoever did not write it: the job file's run
         # (a job from the command line: the same command, which only its crontab knows).
         job_file = meta.get("job_file")
-        rerun = (f"batchrunner run {shlex.quote(job_file)}"
+        rerun = (_rerun(job_file, out_dir)
                  if isinstance(job_file, str) and job_file != "command line" else "")
         to_do = max(0, total - ok - failed)
         if not last.get("finished_at"):
@@ -203,6 +204,19 @@ def format_status(out_dir: Path) -> str:
         if rerun and to_do:
             lines.append(f"  to finish, {count_rows(to_do)} to do: {rerun}")
     return "\n".join(lines)
+
+
+def _rerun(job_file: str, out_dir: Path) -> str:
+    """The command that runs ``job_file`` on into ``out_dir``: with ``--output`` unless the
+    job file writes there itself (a run given --output, a nightly out/$(date +%F): the file's
+    own directory holds none of its rows, and every row would be sent, and paid for, again)."""
+    command = f"batchrunner run {shlex.quote(job_file)}"
+    try:
+        own = load_job(job_file, {}).output.dir.resolve() == out_dir.resolve()
+    except (UsageError, OSError):  # moved, changed, or naming no directory
+        own = False
+    return command if own else (
+        f"{command} --output {shlex.quote(io.shown_path(out_dir.resolve()))}")
 
 
 # Less free than this under the output directory: a run stopped by the full disk, which could

@@ -167,3 +167,30 @@ def test_status_of_a_job_file_left_with_rows_to_do_names_the_command_that_finish
     meta["last_run"].update(finished_at=None)
     meta_path.write_text(json.dumps(meta))
     assert format_status(out).endswith("run the job again to resume")
+
+
+def test_status_of_a_job_file_run_into_another_directory_names_that_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job file run with --output (a nightly job writing to out/$(date +%F)): status
+    named "batchrunner run JOB" as the command that finishes it, which writes to the job
+    file's own directory, where no row is done: every row was sent, and paid for, again,
+    and the directory asked about kept its rows to do. The command names the directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text(
+        "id,text\n" + "".join(f"r{i},text {i}\n" for i in range(10)))
+    job = tmp_path / "job.toml"
+    job.write_text('name = "night"\n[input]\npath = "in.csv"\nid_column = "id"\n'
+                   '[request]\nmodel = "gpt-4o-mini"\nprompt = "X {text}"\n'
+                   '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+    night = tmp_path / "out-2026-12-01"
+    assert main(["run", str(job), "--output", str(night), "--limit", "4",
+                 "--progress", "none"]) == 0
+    command = f"batchrunner run {job} --output {night}"
+    assert f"  to finish, 6 rows to do: {command}" in format_status(night).splitlines()
+    meta_path = night / "job.json"
+    meta = json.loads(meta_path.read_text())
+    meta["last_run"].update(finished_at=None, stopped=None)  # killed while sending
+    meta_path.write_text(json.dumps(meta))
+    assert ("did not finish (killed, or the machine stopped): run the job again to resume: "
+            f"{command}") in format_status(night)
+    assert not (tmp_path / "out").exists()
