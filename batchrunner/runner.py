@@ -3266,7 +3266,9 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                                           "counters": counters}
         if run.last_answer > -math.inf:  # its refusals are waited for next time (_Run)
             plan.job_meta["answered_endpoint"] = _endpoint_id(client.url)
-            await anyio.to_thread.run_sync(_remember_endpoint, plan.job_meta["answered_endpoint"])
+            if not job.endpoint.simulator:  # a port of its own each run: nothing to wait for
+                await anyio.to_thread.run_sync(_remember_endpoint,
+                                               plan.job_meta["answered_endpoint"])
         if run.answered_models:  # as the rows asked for them, for the next run (see Plan)
             plan.job_meta["answered_models"] = sorted(run.answered_models)[:MAX_MODELS_KEPT]
         _settle_batch_checks(plan)

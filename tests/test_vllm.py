@@ -423,6 +423,16 @@ async def test_a_cron_job_writing_to_a_fresh_output_directory_each_night_waits_f
     assert "no answer to any request meanwhile" in s.stopped and "waited" not in s.stopped
 
 
+def test_runs_against_the_built_in_simulator_are_not_kept_as_endpoints_that_answered(
+        tmp_path: Path, price_cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The simulator serves each run on a port of its own: kept, each run of a rehearsal
+    added an entry no run would ever wait for."""
+    code, _, err = cli(capsys, *job_args(tmp_path))
+    assert code == 0, err
+    assert (tmp_path / "out" / "job.json").exists()
+    assert not (price_cache_dir / "endpoints.json").exists()
+
+
 @pytest.mark.anyio
 async def test_how_long_a_server_coming_up_is_waited_for_is_the_jobs_to_set(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
