@@ -34,6 +34,7 @@ try:
         StrftimeOptions,
         TakeOptions,
         call_function,
+        function_registry,
     )
 except ImportError:  # a pyarrow that moved its private module: the public one has them all
     from pyarrow.compute import (
@@ -48,6 +49,7 @@ except ImportError:  # a pyarrow that moved its private module: the public one h
         StrftimeOptions,
         TakeOptions,
         call_function,
+        function_registry,
     )
 
 __all__ = [
@@ -67,7 +69,8 @@ SortKeys = Sequence[tuple[str, str]]
 # With Arrow's default options, the arguments in order: element-wise (``round`` to the nearest
 # integer, ties to even; ``coalesce`` and ``min_element_wise`` take any number), selections,
 # and aggregates (nulls skipped; null when nothing is left). ``search_sorted`` gives, for each
-# needle, the first index of the sorted values not less than it.
+# needle, the first index of the sorted values not less than it: None with a pyarrow older than
+# that function (26), which the callers do without.
 
 def _with_defaults(name: str) -> Callable[..., Datum]:
     """Arrow's function ``name``, called with its default options."""
@@ -95,7 +98,9 @@ round = _with_defaults("round")
 if_else = _with_defaults("if_else")
 coalesce = _with_defaults("coalesce")
 min_element_wise = _with_defaults("min_element_wise")
-search_sorted = _with_defaults("search_sorted")
+search_sorted: Callable[..., Datum] | None = (
+    _with_defaults("search_sorted")
+    if "search_sorted" in function_registry().list_functions() else None)
 drop_null = _with_defaults("drop_null")
 value_counts = _with_defaults("value_counts")
 sum = _with_defaults("sum")

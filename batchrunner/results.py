@@ -74,6 +74,7 @@ class InputOrder:
         self.rows = total_rows
         self.tag = f"{fingerprint}:{key_column or ''}:{total_rows}"
         self._sorted = index  # ids sorted, their positions
+        self._where: dict[str | None, int] | None = None  # id: position, no pc.search_sorted
 
     def positions(self, keys: pa.Array) -> pa.Array:
         """int64 input position of each key; null for a key the input does not have."""
@@ -85,9 +86,23 @@ class InputOrder:
         ids, order = self._index()
         if len(ids) == 0:
             return pa.nulls(len(keys), pa.int64())
+        if pc.search_sorted is None:
+            return self._looked_up(keys)
         at = pc.min_element_wise(pc.search_sorted(ids, keys), scalar(len(ids) - 1, pa.int64()))
         found = pc.fill_null(pc.equal(pc.take(ids, at), keys), scalar(False, pa.bool_()))
         return pc.if_else(found, pc.take(order, at), null_scalar(pa.int64()))
+
+    def _looked_up(self, keys: pa.Array) -> pa.Array:
+        """``positions`` with a pyarrow that has no ``search_sorted``: the ids in a dict, made
+        once (an id given twice finds its first row, as the binary search does)."""
+        if self._where is None:
+            ids, order = self._index()
+            self._where = dict(zip(reversed(ids.to_pylist()), reversed(order.to_pylist()),
+                                   strict=True))
+            self._where.pop(None, None)  # a null id is no row's key
+        where = self._where
+        pos = np.fromiter((where.get(k, -1) for k in keys.to_pylist()), np.int64, len(keys))
+        return int64_array(pos, pos >= 0)
 
     def _index(self) -> tuple[pa.Array, pa.Array]:
         if self._sorted is None:

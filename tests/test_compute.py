@@ -92,6 +92,9 @@ def test_every_function_has_a_case() -> None:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_same_result_as_pyarrow_compute(name: str) -> None:
     ours, theirs = CASES[name]
+    if getattr(compute, name) is None:  # search_sorted before pyarrow 26: neither has it
+        assert not hasattr(apc, name)
+        return
     got, want = ours(), theirs()
     assert type(got) is type(want)
     assert got.type == want.type if hasattr(want, "type") else got.schema == want.schema

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from batchrunner import io, journal
+from batchrunner import compute, io, journal
 from batchrunner.config import load_job
 from batchrunner.journal import Journal, JournalWriter, latest, outcomes_table, write_segment
 from batchrunner.records import RETRYING, Outcome
@@ -327,6 +327,27 @@ def test_input_order_by_position_and_by_id(tmp_path: Path) -> None:
     assert by_pos.positions(pa.array(["2", "0", "3", "r1", "01"])).to_pylist() == [
         2, 0, None, None, 1]
     assert by_id.tag != by_pos.tag
+
+
+@pytest.mark.parametrize("binary_search", [True, False])
+def test_input_order_by_id_with_and_without_arrows_binary_search(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, binary_search: bool) -> None:
+    """pc.search_sorted came in pyarrow 26: with an older one (None), ids are found by a dict,
+    as the binary search finds them: an id given twice at its first row, a null id at none."""
+    if binary_search and compute.search_sorted is None:
+        pytest.skip("this pyarrow has no search_sorted")
+    if not binary_search:
+        monkeypatch.setattr(compute, "search_sorted", None)
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(f'{{"id": {i}, "text": "t"}}\n'
+                            for i in ('"7"', '"3"', '"10"', '"3"', "null")))
+    by_id = InputOrder(io.open_input(path), "id", 5, "f")
+    keys = pa.array(["10", "7", "x", "3", None, "0", "99", ""])  # "0" sorts before every id
+    for _ in range(2):  # the second call reuses what the first made
+        got = by_id.positions(keys)
+        assert got.type == pa.int64()
+        assert got.to_pylist() == [2, 0, None, 1, None, None, None, None]
+    assert by_id.positions(pa.array([], pa.string())).to_pylist() == []
 
 
 def test_outcomes_table_matches_arrow_conversion_and_replaces_lone_surrogates() -> None:
