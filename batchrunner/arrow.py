@@ -28,7 +28,7 @@ __all__ = [
     "dumps_json",
     "float64_array",
     "group_codes",
-    "has_narrow_floats",
+    "has_maps_or_narrow_floats",
     "int8_array",
     "int64_array",
     "is_value",
@@ -375,26 +375,27 @@ def _timestamp_text(text: str) -> str:
 
 
 def nested_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
-    """A list, struct or map column's Python values (maps as dicts), float32 and float16 in
-    them as the float64 nearest their shortest text: 0.7, not 0.699999988079071."""
-    values: list[Any] = column.to_pylist(maps_as_pydicts="lossy")
-    if has_narrow_floats(column.type):
+    """A list, struct or map column's Python values (maps as dicts, a key given twice with its
+    last value), float32 and float16 in them as the float64 nearest their shortest text: 0.7,
+    not 0.699999988079071."""
+    values: list[Any] = column.to_pylist()
+    if has_maps_or_narrow_floats(column.type):
         values = [_shortest_floats(v, column.type) for v in values]
     return values
 
 
-def has_narrow_floats(typ: pa.DataType) -> bool:
-    """Whether ``typ`` is, or holds, float32 or float16 values."""
-    if pa.types.is_float32(typ) or pa.types.is_float16(typ):
+def has_maps_or_narrow_floats(typ: pa.DataType) -> bool:
+    """Whether ``typ`` is, or holds, float32 or float16 values or maps: values whose Python
+    form ``nested_values`` changes (``to_pylist`` gives a map's entries as (key, value) pairs;
+    its ``maps_as_pydicts`` is newer than pyarrow 16)."""
+    if pa.types.is_float32(typ) or pa.types.is_float16(typ) or pa.types.is_map(typ):
         return True
-    if pa.types.is_map(typ):
-        return has_narrow_floats(typ.key_type) or has_narrow_floats(typ.item_type)
     if pa.types.is_dictionary(typ):
-        return has_narrow_floats(typ.value_type)
+        return has_maps_or_narrow_floats(typ.value_type)
     if pa.types.is_struct(typ):
-        return any(has_narrow_floats(typ.field(i).type) for i in range(typ.num_fields))
+        return any(has_maps_or_narrow_floats(typ.field(i).type) for i in range(typ.num_fields))
     if _is_list(typ):
-        return has_narrow_floats(typ.value_type)
+        return has_maps_or_narrow_floats(typ.value_type)
     return False
 
 
@@ -404,7 +405,8 @@ def _is_list(typ: pa.DataType) -> bool:
 
 
 def _shortest_floats(value: Any, typ: pa.DataType) -> Any:
-    """``value`` (a Python value of ``typ``) with its float32 and float16 values shortened."""
+    """``value`` (a Python value of ``typ``) with its float32 and float16 values shortened and
+    its maps as dicts."""
     if value is None:
         return None
     if pa.types.is_float32(typ):
@@ -412,10 +414,8 @@ def _shortest_floats(value: Any, typ: pa.DataType) -> Any:
     if pa.types.is_float16(typ):
         return float(str(np.float16(value)))
     if pa.types.is_map(typ):
-        pairs = value.items() if isinstance(value, dict) else value
-        shortened = [(_shortest_floats(k, typ.key_type), _shortest_floats(v, typ.item_type))
-                     for k, v in pairs]
-        return dict(shortened) if isinstance(value, dict) else shortened
+        return {_shortest_floats(k, typ.key_type): _shortest_floats(v, typ.item_type)
+                for k, v in value}
     if pa.types.is_dictionary(typ):
         return _shortest_floats(value, typ.value_type)
     if pa.types.is_struct(typ):

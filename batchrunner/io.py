@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 from . import compute as pc
 from .arrow import (
     dumps_json,
-    has_narrow_floats,
+    has_maps_or_narrow_floats,
     nested_values,
     prompt_text,
     string_array,
@@ -1374,11 +1374,11 @@ def _for_json(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
 
 def _json_rows(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
     """The rows of ``batch`` as a JSONL file holds them (see ``_for_json``), float32 and
-    float16 inside lists, structs and maps shortened too."""
+    float16 inside lists, structs and maps shortened too, maps as dicts."""
     batch = _for_json(batch)
-    rows: list[dict[str, Any]] = batch.to_pylist(maps_as_pydicts="lossy")
+    rows: list[dict[str, Any]] = batch.to_pylist()
     for i, field in enumerate(batch.schema):
-        if pa.types.is_nested(field.type) and has_narrow_floats(field.type):
+        if pa.types.is_nested(field.type) and has_maps_or_narrow_floats(field.type):
             for row, value in zip(rows, nested_values(batch.column(i)), strict=True):
                 row[field.name] = value
     return rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -144,6 +145,21 @@ def test_group_codes() -> None:
     assert len(codes) == 0 and values == []
     codes, values = arrow.group_codes(pa.nulls(2, pa.string()))
     assert codes.tolist() == [0, 0] and values == [None]
+
+
+def test_maps_are_dicts_on_every_pyarrow_a_key_given_twice_with_its_last_value() -> None:
+    """A map's Python value is made a dict by batchrunner (to_pylist's maps_as_pydicts is
+    newer than pyarrow 16), quietly: pyarrow's warned once a row of a key given twice."""
+    maps = pa.array([[("k", 1), ("k", 2)], None, [("a", 3)]], pa.map_(pa.string(), pa.int64()))
+    deep = pa.array([[{"m": [("x", 0.7)]}], None],
+                    pa.list_(pa.struct([("m", pa.map_(pa.string(), pa.float32()))])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert arrow.nested_values(maps) == [{"k": 2}, None, {"a": 3}]
+        assert arrow.prompt_text(maps).to_pylist() == ['{"k":2}', None, '{"a":3}']
+        assert arrow.nested_values(deep) == [[{"m": {"x": 0.7}}], None]
+        assert arrow.nested_values(pa.chunked_array([maps, maps])) == [{"k": 2}, None,
+                                                                     {"a": 3}] * 2
 
 
 def test_helpers_do_not_import_pandas() -> None:
