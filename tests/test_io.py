@@ -187,7 +187,7 @@ def test_a_csv_value_longer_than_a_block_still_reads(
 def test_a_csv_files_blocks_are_put_together_with_the_oldest_pyarrow_allowed(
     write: Writer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # pyproject allows pyarrow 15, and pa.concat_batches came in 19: a CSV file of many blocks
+    # pyproject allows pyarrow 16, and pa.concat_batches came in 19: a CSV file of many blocks
     # must read without it.
     monkeypatch.delattr(pa, "concat_batches", raising=False)
     monkeypatch.setattr(bio, "CSV_BLOCK_SIZE", 1 << 12)
