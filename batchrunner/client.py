@@ -770,6 +770,7 @@ class ChatClient:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._keyless = not api_key
         self._proxy = proxy
+        self._proxy_url = proxy.url if proxy else None
         proxy_secrets = proxy.secrets if proxy else ()
         self._secrets = tuple(s for s in (api_key, *secrets, *proxy_secrets) if s)
         self._short_secrets = _secrets_pattern(s for s in self._secrets if len(s) < _LONG_SECRET)
@@ -842,7 +843,7 @@ class ChatClient:
         # bot-management cookie, say) would otherwise be parsed and matched on every request.
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, headers=self._headers,
-            cookie_jar=aiohttp.DummyCookieJar(), proxy=self._proxy.url if self._proxy else None,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         return self
 
@@ -974,7 +975,7 @@ class ChatClient:
                 flying[name] = flying.get(name, 0) + 1
                 counted = True
         try:
-            async with self._session.post(self.url, data=data) as resp:
+            async with self._session.post(self.url, data=data, proxy=self._proxy_url) as resp:
                 if resp.history and (stop := self._redirected(resp)):
                     raise stop
                 status = resp.status
@@ -1298,7 +1299,8 @@ class ChatClient:
         try:
             async with asyncio.timeout(min(_SERVED_WAIT_S, self.timeout_s)):
                 async with self._session.get(
-                        self.url.removesuffix("/chat/completions") + "/models") as resp:
+                        self.url.removesuffix("/chat/completions") + "/models",
+                        proxy=self._proxy_url) as resp:
                     if resp.status != 200:
                         return None
                     listed = orjson.loads(await resp.read())

@@ -313,6 +313,29 @@ async def test_requests_go_through_the_proxy_with_its_credentials(
 
 
 @pytest.mark.anyio
+async def test_requests_go_through_the_proxy_with_aiohttp_3_10(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp 3.10 (pyproject allows it) has no ClientSession(proxy=...): each request names
+    the proxy instead."""
+    session = aiohttp.ClientSession
+
+    def session_of_3_10(*args: object, **kwargs: object) -> aiohttp.ClientSession:
+        if "proxy" in kwargs:
+            raise TypeError("ClientSession.__init__() got an unexpected keyword argument "
+                            "'proxy'")
+        return session(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aiohttp, "ClientSession", session_of_3_10)
+    async with Simulator(SimulatorConfig(api_key=KEY)) as sim, ForwardProxy(sim.port) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        s = await run(tmp_path, f"http://{NOWHERE}/v1", n=5)
+    assert s.exit_code == 0 and s.ok == 5
+    assert {(m, t) for m, t, _ in proxy.seen} == {
+        ("POST", f"http://{NOWHERE}/v1/chat/completions")}
+    assert len(proxy.seen) == 5
+
+
+@pytest.mark.anyio
 async def test_loopback_endpoints_never_go_through_the_proxy(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
