@@ -766,7 +766,9 @@ async def test_an_answer_compressed_in_a_way_that_cannot_be_read_stops_the_job(
     quoting the library: each row was answered, billed and thrown away on every one of its
     attempts, and then failed. Every reply would be the same: the job stops at once, rows
     left to do, saying what to install."""
-    from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
+    from aiohttp import compression_utils
+    HAS_BROTLI = compression_utils.HAS_BROTLI
+    HAS_ZSTD = getattr(compression_utils, "HAS_ZSTD", False)  # aiohttp 3.10 reads no zstd
     if HAS_BROTLI and HAS_ZSTD:
         pytest.skip("this installation reads every encoding a server may send")
     encoding = "zstd" if HAS_BROTLI else "br"

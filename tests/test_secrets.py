@@ -681,7 +681,9 @@ async def test_a_key_in_a_line_aiohttp_quotes_cut_is_taken_out_in_part() -> None
     finally:
         server.close()
     message = caught.value.message
-    assert "Got more than" in message and "y[redacted]..." in message
+    assert "Got more than" in message
+    if "when reading: b'" in message:  # aiohttp 3.10 quotes none of the line, later ones do
+        assert "y[redacted]..." in message
     assert KEY[:10] not in message and "SECRET" not in message
 
 
