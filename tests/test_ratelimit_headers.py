@@ -556,13 +556,15 @@ async def test_a_days_requests_used_up_stop_the_job_with_one_line(tmp_path: Path
     assert counted.too_many <= 8, counted.too_many  # those in flight at most
 
 
-def test_a_row_parked_again_then_sent_from_a_full_queue_is_no_longer_parked(
+@pytest.mark.anyio
+async def test_a_row_parked_again_then_sent_from_a_full_queue_is_no_longer_parked(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A split job's row answered 429 waits for its model's permit first in its model's queue
     (``_park_again``); with the queue full, the next row parked makes the worker send that
     oldest row itself. It is then out, not parked: a stop while it is out counts its
     attempts and finishes it (a row still marked parked was neither, its tries missing from
-    the report's attempts)."""
+    the report's attempts). In an event loop, as in a run: parking wakes the workers (an
+    anyio Event, which anyio 4.4 sets only there)."""
     from batchrunner import runner
     from batchrunner.runner import _Work
 
