@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-oldest lint bench clean
 
 # Exits 1 under a Python older than the package's requires-python.
 NEW_ENOUGH := import sys; sys.exit(sys.version_info < (3, 11))
@@ -39,9 +39,31 @@ test: $(TEST_STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
+# The oldest versions pyproject allows (.ci/oldest.txt pins each at its lower bound), under the
+# oldest Python it allows, in a venv of their own: an API newer than a bound fails here.
+OLDEST_PY ?= python3.11
+OLDEST := .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.installed
+OLDEST_TESTS ?=
+
+$(OLDEST_STAMP): pyproject.toml .ci/oldest.txt
+	@$(OLDEST_PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	    echo "make test-oldest needs Python 3.11 (the oldest batchrunner allows, and the one the" \
+	    "oldest pins have wheels for), and $(OLDEST_PY) is" \
+	    "$$($(OLDEST_PY) --version 2>&1 || echo 'not found'): name one, as in make test-oldest" \
+	    "OLDEST_PY=/usr/bin/python3.11" >&2; exit 1; }
+	rm -rf $(OLDEST)
+	$(OLDEST_PY) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install -q -c .ci/oldest.txt -e '.[test]'
+	touch $@
+
+# The whole suite, or the files OLDEST_TESTS names (as .ci/run does).
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_TESTS)
+
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) out/
+	rm -rf $(VENV) $(OLDEST) out/
