@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-oldest lint bench clean
+.PHONY: demo test test-oldest lint clean
 
 # Exits 1 under a Python older than the package's requires-python.
 NEW_ENOUGH := import sys; sys.exit(sys.version_info < (3, 11))
