@@ -529,9 +529,10 @@ TILE_TOKENS = 170
 #: model's multiplier of the 32-pixel patches that cover the image (at most ``MAX_PATCHES``).
 _TILE_RATES: tuple[tuple[str, int, int], ...] = (
     ("gpt-4o-mini", 2833, 5667), ("computer-use-preview", 65, 129),
-    ("o1", 75, 150), ("o3", 75, 150))
+    ("gpt-5", 70, 140), ("o1", 75, 150), ("o3", 75, 150))
 _PATCH_RATES: tuple[tuple[str, float], ...] = (
-    ("gpt-4.1-mini", 1.62), ("gpt-4.1-nano", 2.46), ("o4-mini", 1.72))
+    ("gpt-4.1-mini", 1.62), ("gpt-4.1-nano", 2.46), ("gpt-5-mini", 1.62),
+    ("gpt-5-nano", 2.46), ("o4-mini", 1.72))
 MAX_PATCHES = 1536
 
 

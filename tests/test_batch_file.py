@@ -463,11 +463,14 @@ def test_an_image_of_unknown_size_is_estimated_at_its_least(url: str) -> None:
     ("gpt-4o-mini", 2833 + 4 * 5667), ("openai/gpt-4o-mini-2024-07-18", 2833 + 4 * 5667),
     ("o1", 75 + 4 * 150), ("o3", 75 + 4 * 150), ("computer-use-preview", 65 + 4 * 129),
     ("gpt-4.1-mini", math.ceil(1024 * 1.62)), ("gpt-4.1-nano", math.ceil(1024 * 2.46)),
-    ("o4-mini", math.ceil(1024 * 1.72)), ("claude-sonnet-4", 765)])
+    ("o4-mini", math.ceil(1024 * 1.72)), ("gpt-5", 70 + 4 * 140), ("gpt-5-chat-latest", 630),
+    ("openai/gpt-5-mini", math.ceil(1024 * 1.62)), ("gpt-5-nano", math.ceil(1024 * 2.46)),
+    ("claude-sonnet-4", 765)])
 def test_an_image_is_estimated_at_its_models_own_rate(model: str, tokens: int) -> None:
     # OpenAI bills a 1024 × 1024 photo at 765 prompt tokens on GPT-4o, at 25,501 on GPT-4o mini
     # (a budget held it at 765: 33 times too little), and by 32-pixel patches times a
-    # multiplier on GPT-4.1 mini and nano and o4-mini; other models are estimated as GPT-4o.
+    # multiplier on GPT-4.1 and GPT-5 mini and nano and o4-mini, at 630 on GPT-5; other models
+    # are estimated as GPT-4o.
     url = _data_url(_png(1024, 1024))
     assert image_tokens({"url": url, "detail": "high"}, model) == tokens
     assert body_image_tokens({"model": model, "messages": [{"role": "user", "content": [
