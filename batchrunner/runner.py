@@ -2499,9 +2499,14 @@ class _Run:
         item.earlier_usd += billed
         self.spent += billed
         self.counts.cost_usd += billed
+        self._journal_retrying(item, item.earlier_usd)
+
+    def _journal_retrying(self, item: _Work, earlier_usd: float | None) -> None:
+        """Journal a ``retrying`` record of ``item``, a row still to do: what its tries billed
+        so far cost (``earlier_usd``), and the estimates of those billed with no usage."""
         journal = self.journal
         journal.add(Outcome(
-            key=item.key, status=RETRYING, earlier_cost_usd=item.earlier_usd,
+            key=item.key, status=RETRYING, earlier_cost_usd=earlier_usd,
             attempts=item.attempts, rate_limited=item.rate_limited,
             model=item.model or None, priced_as=item.model or None, finished_at=time.time(),
             row_hash=item.row_hash, unknown_tries=item.unknown_tries,
@@ -2875,15 +2880,7 @@ class _Run:
         estimate = self._estimated_cost(item) or 0.0
         item.unknown_tries += 1
         item.unreported_usd += estimate
-        journal = self.journal
-        journal.add(Outcome(
-            key=item.key, status=RETRYING, earlier_cost_usd=item.earlier_usd or None,
-            attempts=item.attempts, rate_limited=item.rate_limited,
-            model=item.model or None, priced_as=item.model or None, finished_at=time.time(),
-            row_hash=item.row_hash, unknown_tries=item.unknown_tries,
-            unreported_usd=item.unreported_usd or None))
-        if len(journal) >= FLUSH_EVERY_ROWS:
-            self.flush_wanted.set()
+        self._journal_retrying(item, item.earlier_usd or None)
         if self.budget is None:
             return
         self.spent += estimate
