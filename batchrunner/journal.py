@@ -591,7 +591,8 @@ class Journal:
                 held = pa.Table.from_batches([], schema)
                 for start, part in self._gather(segs, loc):
                     end = start + part.num_rows
-                    part = _carry_cost(part, row_cost[start:end], row_unreported[start:end])
+                    part = _carry_cost(part, row_cost[start:end], None if row_unreported is None
+                                       else row_unreported[start:end])
                     held = pa.concat_tables([held, part.replace_schema_metadata(schema.metadata)])
                     while held.num_rows >= ROW_GROUP_ROWS:
                         writer.write_table(held.slice(0, ROW_GROUP_ROWS))
@@ -681,7 +682,8 @@ class Latest:
     loc, and cost, the key's row's as above, when asked for). When asked for, ``row_hash[p]``
     is the latest record's ``row_hash`` (-1: none, or not recorded). With ``cost``,
     ``unreported[p]`` is the same of ``unreported_usd`` (the estimated cost of the row's tries
-    billed, maybe, with no usage reported; NaN: none), and ``others`` has it as ``unreported``."""
+    billed, maybe, with no usage reported; NaN: none; None when no record has one), and
+    ``others`` has it as ``unreported``."""
 
     loc: np.ndarray
     ok: np.ndarray
@@ -707,14 +709,18 @@ class Latest:
         return np.concatenate([at_positions,
                                to_numpy(self.others["cost"], fill=float("nan"))])
 
-    def located_unreported(self) -> np.ndarray:
-        """``unreported`` of the row of each of ``locations()`` (NaN: none); needs ``cost``."""
-        assert self.unreported is not None
-        at_positions: np.ndarray = self.unreported[self.loc >= 0]
-        if not self.others.num_rows:
+    def located_unreported(self) -> np.ndarray | None:
+        """``unreported`` of the row of each of ``locations()`` (NaN: none); None when no
+        row has one. Needs ``cost``."""
+        others = self.others["unreported"] if self.others.num_rows else None
+        if self.unreported is None and (others is None or others.null_count == len(others)):
+            return None
+        placed = self.loc >= 0
+        at_positions: np.ndarray = (self.unreported[placed] if self.unreported is not None
+                                    else np.full(int(np.count_nonzero(placed)), np.nan))
+        if others is None:
             return at_positions
-        return np.concatenate([at_positions,
-                               to_numpy(self.others["unreported"], fill=float("nan"))])
+        return np.concatenate([at_positions, to_numpy(others, fill=float("nan"))])
 
     def prior_unreported(self) -> float:
         """The estimated cost of the input's rows' tries billed, maybe, with no usage
@@ -730,15 +736,18 @@ class Latest:
 
 def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
             hashes: bool = False, fresh: Fresh | None = None) -> Latest:
-    """The winners are kept per input position (17 bytes a row, 8 more with the cost, 8 with
-    the hashes and 1 with ``fresh``) and each batch of records is scattered over them, so
-    nothing is sorted but the odd key the input does not have."""
+    """The winners are kept per input position (17 bytes a row, 8 more with the cost and 8 with
+    the estimates of tries with no usage where a record has one, 8 with the hashes and 1 with
+    ``fresh``) and each batch of records is scattered over them, so nothing is sorted but the
+    odd key the input does not have."""
     rows = 0 if order is None else order.rows
     best_loc = np.full(rows, -1, np.int64)
     best_ok = np.full(rows, -1, np.int8)
     best_at = np.zeros(rows, np.float64)
     row_cost = np.full(rows, np.nan) if cost else None  # the most of any record of the row
-    row_unreported = np.full(rows, np.nan) if cost else None  # the same, of unreported_usd
+    # The same, of unreported_usd: made only once a record has one (few jobs' do), not 8 MB
+    # a million rows for nothing at every compaction.
+    row_unreported: np.ndarray | None = None
     best_hash = np.full(rows, -1, np.int64) if hashes else None
     # With ``fresh``: 1 where the winner so far is a changed row's record made with its hash now.
     best_new = np.zeros(rows, np.int8) if fresh is not None else None
@@ -754,11 +763,14 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
         if not pc.all(inside).as_py():
             unknown.append(pc.filter(batch, pc.invert(inside)))
         p = to_numpy(pc.if_else(inside, p, none))
-        if row_cost is not None and row_unreported is not None:
+        if row_cost is not None:
             spent = to_numpy(batch["cost"], fill=float("nan"))
             np.fmax.at(row_cost, p[p >= 0], spent[p >= 0])
-            guessed = to_numpy(batch["unreported"], fill=float("nan"))
-            np.fmax.at(row_unreported, p[p >= 0], guessed[p >= 0])
+            if batch["unreported"].null_count < len(batch):
+                if row_unreported is None:
+                    row_unreported = np.full(rows, np.nan)
+                guessed = to_numpy(batch["unreported"], fill=float("nan"))
+                np.fmax.at(row_unreported, p[p >= 0], guessed[p >= 0])
         ok, at, loc = (to_numpy(batch[c]) for c in ("ok", "at", "loc"))
         digest = to_numpy(batch["hash"], fill=-1) if "hash" in batch.column_names else None
         new = None if fresh is None or digest is None else _made_fresh(p, digest, fresh)
