@@ -1040,6 +1040,13 @@ def _names(where: str) -> set[str]:
             and not (i + 1 < len(tokens) and tokens[i + 1].string == "=")}
 
 
+def _estimated_from(item: _Work) -> str:
+    """What a request's estimated cost is made of (``_Run._tokens``), for a warning."""
+    if item.completion_max:
+        return "the prompt and max_tokens"
+    return "the prompt, and the answers' mean length so far, as it sets no max_tokens"
+
+
 def _why(e: BaseException) -> str:
     """What ended a run by raising, in one line, for ``job.json``'s last run."""
     e = leaf(e)
@@ -2869,7 +2876,7 @@ class _Run:
             self.progress.write(
                 f"batchrunner: warning: {self.plan.row(item.key)}: the reply has no usage (token "
                 "counts), so its cost is unknown; max_cost_usd counts such replies at their "
-                "estimated cost (the prompt and max_tokens)")
+                f"estimated cost ({_estimated_from(item)})")
 
     def _unbilled_try(self, item: _Work, e: RequestError) -> None:
         """A try that may have been billed with no usage reported (``MAYBE_BILLED``, or its
@@ -2891,7 +2898,7 @@ class _Run:
             self.progress.write(
                 f"batchrunner: warning: {self.plan.row(item.key)}: {what} with no usage "
                 "reported, so what that try cost is unknown; max_cost_usd counts such tries, "
-                "which the server may bill, at their estimated cost (the prompt and max_tokens)")
+                f"which the server may bill, at their estimated cost ({_estimated_from(item)})")
 
     def _sample_pace(self) -> None:
         """The counts of requests sent and answered 429 so far, for the job's limiter to learn

@@ -180,12 +180,13 @@ async def test_estimate_is_close_to_the_real_cost(tmp_path: Path) -> None:
     assert before.cost_usd == pytest.approx(s.cost_usd, rel=0.15)
 
 
-def costly_job(tmp_path: Path, inp: Path, *, max_tokens: int, concurrency: int) -> Path:
+def costly_job(tmp_path: Path, inp: Path, *, max_tokens: int | None, concurrency: int) -> Path:
     """``job.toml`` over ``inp`` for "sim-model", priced at 1,000 USD per 1M tokens."""
     job = tmp_path / "job.toml"
     job.write_text(
         f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "sim-model"\n'
-        f'prompt = "{{text}}"\nmax_tokens = {max_tokens}\n[limits]\n'
+        f'prompt = "{{text}}"\n'
+        + ("" if max_tokens is None else f"max_tokens = {max_tokens}\n") + '[limits]\n'
         f'concurrency = {concurrency}\n[output]\ndir = "out"\n'
         '[prices."sim-model"]\ninput = 1000.0\noutput = 1000.0\n')
     return job
@@ -423,6 +424,26 @@ async def test_the_budget_counts_a_try_that_may_have_been_billed_without_usage(
     else:
         assert s.exit_code == 0 and s.ok == 20 and sent == 40
         assert "with no usage reported" not in err
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("max_tokens", [100, None])
+async def test_the_warning_of_a_try_with_no_usage_says_what_its_estimate_is_made_of(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], max_tokens: int | None) -> None:
+    """The warning said such tries count at "the prompt and max_tokens" in a job that sets no
+    max_tokens, where the estimate takes the answers' mean length so far."""
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": range(4), "text": [f"item {i} [[sim:reset*1]]" for i in range(4)]}
+                 ).to_csv(inp, index=False)
+    costly_job(tmp_path, inp, max_tokens=max_tokens, concurrency=1)
+    async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
+        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 100.0})
+        s = await run_job(job, FAST)
+    err = capsys.readouterr().err
+    assert s.exit_code == 0 and s.ok == 4, err
+    said = ("(the prompt and max_tokens)" if max_tokens else
+            "(the prompt, and the answers' mean length so far, as it sets no max_tokens)")
+    assert "with no usage reported" in err and said in err, err
 
 
 @pytest.mark.anyio
