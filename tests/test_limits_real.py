@@ -158,6 +158,33 @@ def learnt_paces(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return paces
 
 
+class HiddenLimit:
+    """A limit of ``per_s`` requests a second, from a bucket of a second's worth, that a server
+    says only with its 429s (a gateway's in front of a server of one's own); ``per_s`` may be
+    raised mid-run."""
+
+    def __init__(self, per_s: float) -> None:
+        self.per_s = self.level = per_s
+        self.t = time.monotonic()
+
+    def take(self) -> bool:
+        """One request's permit if the bucket has one now (taken), else False."""
+        now = time.monotonic()
+        self.level = min(self.per_s, self.level + (now - self.t) * self.per_s)
+        self.t = now
+        if self.level < 1.0:
+            return False
+        self.level -= 1.0
+        return True
+
+
+def too_many(retry_after: str) -> web.Response:
+    """A 429 as a limit's, asking ``retry_after`` seconds."""
+    return web.json_response({"error": {"message": "Rate limit exceeded",
+                                        "type": "rate_limit_error"}},
+                             status=429, headers={"retry-after": retry_after})
+
+
 def random_429s(share: float = 0.02, seed: int = 7
                 ) -> Callable[[Counted, dict[str, Any]], Awaitable[web.Response]]:
     """A server with no limit that answers ``share`` of requests 429 at random, with a
@@ -166,9 +193,7 @@ def random_429s(share: float = 0.02, seed: int = 7
 
     async def flaky(counted: Counted, body: dict[str, Any]) -> web.Response:
         if rng.random() < share:
-            return web.json_response({"error": {"message": "Rate limit exceeded",
-                                                "type": "rate_limit_error"}},
-                                     status=429, headers={"retry-after": "0"})
+            return too_many("0")
         await asyncio.sleep(0.02)
         return web.json_response(completion(body))
 
@@ -185,19 +210,11 @@ async def test_a_storm_behind_a_limit_no_header_reports_teaches_a_pace(
     under the rate answers were accepted at: some 25 429s for 300 rows (8 %), 22 for the 200
     here (10 %)."""
     paces = learnt_paces(monkeypatch)
-    per_s = 10.0
-    bucket = {"level": per_s, "t": time.monotonic()}
+    bucket = HiddenLimit(10.0)
 
     async def hidden(counted: Counted, body: dict[str, Any]) -> web.Response:
-        now = time.monotonic()
-        bucket["level"] = min(per_s, bucket["level"] + (now - bucket["t"]) * per_s)
-        bucket["t"] = now
-        if bucket["level"] < 1.0:
-            wait = math.ceil((1.0 - bucket["level"]) / per_s)
-            return web.json_response({"error": {"message": "Rate limit exceeded",
-                                                "type": "rate_limit_error"}},
-                                     status=429, headers={"retry-after": str(wait)})
-        bucket["level"] -= 1.0
+        if not bucket.take():
+            return too_many(str(math.ceil((1.0 - bucket.level) / bucket.per_s)))
         await asyncio.sleep(0.2)
         return web.json_response(completion(body))
 
@@ -505,23 +522,16 @@ async def test_a_model_behind_a_hidden_limit_in_a_split_job_learns_a_pace(
     paces = learnt_paces(monkeypatch)
     answered: list[float] = []
     reported = per_model_limits({"a": 600.0, "b": 6000.0}, answered)
-    per_s = 10.0
-    bucket = {"level": per_s, "t": time.monotonic()}
+    bucket = HiddenLimit(10.0)
     hidden = {"requests": 0, "too_many": 0}
 
     async def answer(counted: Counted, body: dict[str, Any]) -> web.Response:
         if body["model"] != "c":
             return await reported(counted, body)
         hidden["requests"] += 1
-        now = time.monotonic()
-        bucket["level"] = min(per_s, bucket["level"] + (now - bucket["t"]) * per_s)
-        bucket["t"] = now
-        if bucket["level"] < 1.0:
+        if not bucket.take():
             hidden["too_many"] += 1
-            return web.json_response({"error": {"message": "Rate limit exceeded",
-                                                "type": "rate_limit_error"}},
-                                     status=429, headers={"retry-after": "1"})
-        bucket["level"] -= 1.0
+            return too_many("1")
         await asyncio.sleep(0.2)
         return web.json_response(completion(body))
 
@@ -614,21 +624,14 @@ async def test_a_hidden_limit_raised_mid_run_is_followed_after_the_hold_not_befo
 
     monkeypatch.setattr(Limiter, "_set_guess", recorded)
     refused_at: list[float] = []
-    bucket = {"per_s": 10.0, "level": 10.0, "t": time.monotonic()}
+    bucket = HiddenLimit(10.0)
 
     async def hidden(counted: Counted, body: dict[str, Any]) -> web.Response:
-        now = time.monotonic()
-        per_s = bucket["per_s"]
-        bucket["level"] = min(per_s, bucket["level"] + (now - bucket["t"]) * per_s)
-        bucket["t"] = now
-        if bucket["level"] < 1.0:
-            refused_at.append(now)
+        if not bucket.take():
+            refused_at.append(bucket.t)
             if len(refused_at) >= 10:  # its storm is past: the limit raised
-                bucket["per_s"] = 40.0
-            return web.json_response({"error": {"message": "Rate limit exceeded",
-                                                "type": "rate_limit_error"}},
-                                     status=429, headers={"retry-after": "3"})
-        bucket["level"] -= 1.0
+                bucket.per_s = 40.0
+            return too_many("3")
         await asyncio.sleep(0.1)
         return web.json_response(completion(body))
 
