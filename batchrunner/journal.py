@@ -69,8 +69,7 @@ from batchrunner.records import (
     Outcome,
 )
 
-__all__ = ["ROW_GROUP_ROWS", "Fresh", "Journal", "JournalWriter", "Latest", "Order", "new_run_id",
-           "newest_finished_at"]
+__all__ = ["ROW_GROUP_ROWS", "Fresh", "Journal", "JournalWriter", "Latest", "Order", "new_run_id"]
 
 SEGMENT_GLOB = "seg-*.parquet"
 # What a reply's cost is priced from, as a record keeps it (``Journal.price_unpriced``).
@@ -241,26 +240,6 @@ RESERVE_FREE_TIMES = 16  # held only on a disk with 16 times that free (256 MB)
 RESERVE_PREFIX = ".reserve-"  # and the writer's run and id: a killed run's is removed by the next
 
 
-def newest_finished_at(directory: Path) -> float:
-    """The newest ``finished_at`` of the segments in ``directory`` (-inf without one), from
-    their footers' statistics (the column read where a footer has none)."""
-    newest = -math.inf
-    for seg in sorted(directory.glob(SEGMENT_GLOB)) if directory.is_dir() else ():
-        try:
-            pf = pq.ParquetFile(seg)
-            column = pf.schema_arrow.get_field_index("finished_at")
-            for rg in range(pf.metadata.num_row_groups):
-                stats = pf.metadata.row_group(rg).column(column).statistics
-                if stats is not None and stats.has_min_max:
-                    newest = max(newest, float(stats.max))
-                elif (at := pc.max(pf.read_row_group(rg, columns=["finished_at"])
-                                   ["finished_at"]).as_py()) is not None:
-                    newest = max(newest, float(at))
-        except Exception:  # compacted away meanwhile, or damaged: a run refuses those first
-            continue
-    return newest
-
-
 class JournalWriter:
     """Buffers outcomes and writes them as segments.
 
@@ -277,10 +256,10 @@ class JournalWriter:
         self.rows_written = 0
         self._reserve: Path | None = None
         # A run holding the output directory's lock passes the journal's newest finished_at
-        # (``newest_finished_at``): its records finish after it, so that they are the newest
-        # (``latest``) whatever the wall clock did since (set back by an NTP step, or last
-        # night's run made with it ahead). Writers at once, on machines whose clocks disagree,
-        # pass none: the newer time wins.
+        # (``Latest.newest_at``, as its prepare read it): its records finish after it, so that
+        # they are the newest (``latest``) whatever the wall clock did since (set back by an NTP
+        # step, or last night's run made with it ahead). Writers at once, on machines whose
+        # clocks disagree, pass none: the newer time wins.
         self.not_before = not_before
 
     def reserve(self, nbytes: int = RESERVE_BYTES) -> bool:
@@ -691,6 +670,7 @@ class Latest:
     others: pa.Table
     row_hash: np.ndarray | None = None
     unreported: np.ndarray | None = None
+    newest_at: float = -math.inf  # the newest finished_at of any record read, a winner or not
 
     def locations(self) -> np.ndarray:
         """Every latest record's location: by position, then the other keys by key."""
@@ -754,7 +734,10 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
     unknown: list[pa.Table] = []  # key, ok, at, loc, cost
     zero, none, end = (scalar(v, pa.int64()) for v in (0, -1, rows))
     no = scalar(False, pa.bool_())
+    newest_at = -math.inf
     for batch in _index_batches(segs, cost=cost, hashes=hashes or fresh is not None):
+        if len(batch):
+            newest_at = max(newest_at, float(np.max(to_numpy(batch["at"]))))
         if order is None:
             unknown.append(batch)
             continue
@@ -806,7 +789,7 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
             others = others.set_column(others.schema.get_field_index(c), c,
                                        float64_array(most, ~np.isnan(most)))
     return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others, row_hash=best_hash,
-                  unreported=row_unreported)
+                  unreported=row_unreported, newest_at=newest_at)
 
 
 def _made_fresh(p: np.ndarray, hashes: np.ndarray, fresh: Fresh) -> np.ndarray:

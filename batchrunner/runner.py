@@ -96,7 +96,6 @@ from batchrunner.journal import (
     JournalWriter,
     Latest,
     new_run_id,
-    newest_finished_at,
 )
 from batchrunner.limiter import Limiter, reported_limits
 from batchrunner.pricing import PriceBook, parse_price_table, search_requested
@@ -382,6 +381,9 @@ class Plan:
     # The input's files as prepare found them (InputSource.stamp): the end of a run checks
     # that the rows it merges with the journal are still those it read.
     input_stamp: tuple[tuple[int, int, int, int], ...] | None = None
+    # The journal's newest finished_at as prepare read it: a run's records finish after it
+    # (JournalWriter's not_before), whatever the clock did since.
+    newest_at: float = -math.inf
     # What each input row has cost so far (NaN: nothing recorded), carried into the row's next
     # record when it is sent again; or only which rows have a record, when none sent has a cost.
     spent: npt.NDArray[np.float64] | npt.NDArray[np.bool_] | None = None
@@ -661,7 +663,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 prior_ok=int(np.count_nonzero(done & ~held & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & ~held & (latest.ok == 0))),
                 resent=int(np.count_nonzero(resent)), limited=int(np.count_nonzero(held)),
-                input_stamp=stamp)
+                input_stamp=stamp, newest_at=latest.newest_at)
     known: Any = meta.get("answered_models")  # carried over from old_meta
     if isinstance(known, list):
         plan.answered_models = frozenset(m for m in known if isinstance(m, str))
@@ -3228,7 +3230,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                               model_setting=_model_setting(plan)) as client:
             run = _Run(plan, options, client, limiter, progress,
                        JournalWriter(journal.directory, run_id,
-                                     not_before=newest_finished_at(journal.directory)),
+                                     not_before=plan.newest_at),
                        max_concurrency=cap,
                        fixed_concurrency=fixed)
             # --limit: the bar runs to the rows this run sends, not to the input's.
