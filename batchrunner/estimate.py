@@ -145,8 +145,8 @@ def estimate(plan: Plan) -> Estimate:
         elif (asked := _search_asked(item.body)) is not None:
             est.search_rows += 1
             est.search_asked = est.search_asked or asked
-        if observed is not None:
-            completion = int(observed[0]) * item.n
+        if observed is not None:  # a reply's usage counts all its n choices
+            completion = int(observed[0])
         elif item.completion_max:
             completion = item.completion_max * item.n
         else:  # its thinking, billed as output, comes on top of the answer

@@ -1982,10 +1982,16 @@ class _Run:
             self._wake_workers()
 
     def _tokens(self, item: _Work) -> tuple[int, int]:
-        """The request's estimated prompt tokens, and its completion tokens at most (its
-        max_tokens, else the replies' running mean), ``n`` choices' worth."""
-        completion = item.completion_max or int(self.completion_estimate)
-        return int(item.prompt_estimate * self.prompt_ratio), completion * item.n
+        """The request's estimated prompt tokens, and its completion tokens at most: its
+        max_tokens for each of its ``n`` choices, else the replies' running mean (a reply's
+        usage counts all its choices: a server that ignores ``n`` sends one), else a guess."""
+        if item.completion_max:
+            completion = item.completion_max * item.n
+        elif self.learnt_completions:
+            completion = int(self.completion_estimate)
+        else:
+            completion = DEFAULT_COMPLETION_ESTIMATE * item.n
+        return int(item.prompt_estimate * self.prompt_ratio), completion
 
     def _charge(self, item: _Work) -> int:
         prompt, completion = self._tokens(item)

@@ -1,0 +1,88 @@
+"""An evaluation job as a researcher runs one: ``n`` samples a row, sampling settings, a schema,
+several models, reruns of the rows whose answers failed a check, the results read in pandas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import batchrunner.cli
+from batchrunner import runner
+from batchrunner.config import load_job
+from batchrunner.estimate import estimate
+
+KEY = "sk-test-research-0123456789"
+
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = batchrunner.cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_job(tmp_path: Path, *, request: str = "", extra: str = "n = 3\nseed = 42\n",
+              rows: int = 6) -> Path:
+    """An evaluation job of ``rows`` questions against the built-in simulator."""
+    pd.DataFrame({"qid": [f"q{i}" for i in range(rows)],
+                  "question": [f"What is {i} + {i}?" for i in range(rows)]}).to_csv(
+        tmp_path / "questions.csv", index=False)
+    job = tmp_path / "eval.toml"
+    job.write_text(
+        'name = "eval"\n[input]\npath = "questions.csv"\nid_column = "qid"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Answer: {question}"\ntemperature = 0.7\n'
+        f"{request}[request.extra]\n{extra}"
+        '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+    return job
+
+
+# -- n > 1 without max_tokens: a reply's completion tokens are every choice's ------------------
+
+
+def test_estimate_after_answers_with_n_counts_each_reply_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reply's ``completion_tokens`` count all ``n`` of its choices: the estimate from the
+    answers so far took their mean times ``n`` again, 3 x the cost of the rows left at n = 3."""
+    job = write_job(tmp_path)
+    code, _, err = cli(capsys, "run", str(job), "--limit", "3", "--progress", "none")
+    assert code == 0, err
+    done = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    mean = done["completion_tokens"].dropna().mean()
+    assert done["choices"].notna().sum() == 3
+
+    est = estimate(runner.prepare(load_job(job, {}), runner.RunOptions(), tidy=False))
+    (m,) = est.by_model.values()
+    assert m.rows == 3
+    assert m.completion_tokens == 3 * int(mean)
+
+
+def test_a_run_holds_a_replys_mean_tokens_once_not_n_times(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows with no max_tokens are held against the tokens a minute and the budget at the
+    replies' mean so far; that mean is of whole replies, all n choices, so it is not
+    multiplied by n once more."""
+    charged: list[int] = []
+    real = runner._Run._tokens
+
+    def tokens(self: Any, item: Any) -> tuple[int, int]:
+        got = real(self, item)
+        if self.learnt_completions:
+            charged.append(got[1])
+        return got
+
+    monkeypatch.setattr(runner._Run, "_tokens", tokens)
+    job = write_job(tmp_path)
+    code, _, err = cli(capsys, "run", str(job), "--concurrency", "1", "--max-cost", "5",
+                       "--progress", "none")
+    assert code == 0, err
+    done = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert charged, "no request was held at the learnt mean"
+    assert max(charged) <= done["completion_tokens"].max()
+
