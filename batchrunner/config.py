@@ -540,6 +540,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
         if key in req and not isinstance(req[key], dict):
             raise ConfigError(f"{f('request', key)} must be a table")
     _request_fields_in_extra(req, f)
+    _extra_values(req.get("extra"), f)
     if "messages" in req.get("extra", {}):
         # It would replace the messages the prompt makes: every row sent the same conversation.
         raise ConfigError(
@@ -640,6 +641,36 @@ def _request_fields_in_extra(req: dict[str, Any], f: _Fields) -> None:
         else:
             raise ConfigError(f"{f('request', key)} and [request.extra] {key} are both set — "
                               "give one of them")
+
+
+# [request.extra] values the API refuses whatever the model, checked as [request]'s are: the
+# body is sent as it is, so each row would be answered 400 (integer fields: (positive, at most);
+# number fields: at most, where the API's range starts at 0, else only the kind).
+_EXTRA_INTEGERS = {"n": True, "max_tokens": True, "max_completion_tokens": True,
+                   "top_logprobs": False}
+_EXTRA_NUMBERS = {"temperature": 2.0, "top_p": 1.0}
+
+
+def _extra_values(extra: Any, f: _Fields) -> None:
+    """Refuse a sampling setting of [request.extra] (n, seed, logprobs, ...) of the wrong kind
+    (``n = "3"``, ``seed = 4.2``, ``logprobs = "yes"``) or out of the API's range."""
+    if not isinstance(extra, dict):
+        return
+    for key, v in extra.items():
+        if key in INTEGER_FIELDS:
+            if key in _EXTRA_INTEGERS:
+                _number(extra, key, f, integer=True, positive=_EXTRA_INTEGERS[key],
+                        table="request.extra")
+            elif v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"{f('request.extra', key)} must be an integer, got {v!r}")
+        elif key in NUMBER_FIELDS:
+            if key in _EXTRA_NUMBERS:
+                _number(extra, key, f, integer=False, positive=False, table="request.extra",
+                        at_most=_EXTRA_NUMBERS[key])
+            elif v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise ConfigError(f"{f('request.extra', key)} must be a number, got {v!r}")
+        elif key in BOOLEAN_FIELDS and v is not None and not isinstance(v, bool):
+            raise ConfigError(f"{f('request.extra', key)} must be true or false, got {v!r}")
 
 
 # Body fields a column cannot set, and what sets them instead.

@@ -26,8 +26,8 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def write_job(tmp_path: Path, *, request: str = "", extra: str = "n = 3\nseed = 42\n",
-              rows: int = 6) -> Path:
+def write_job(tmp_path: Path, *, request: str = "temperature = 0.7\n",
+              extra: str = "n = 3\nseed = 42\n", rows: int = 6) -> Path:
     """An evaluation job of ``rows`` questions against the built-in simulator."""
     pd.DataFrame({"qid": [f"q{i}" for i in range(rows)],
                   "question": [f"What is {i} + {i}?" for i in range(rows)]}).to_csv(
@@ -35,7 +35,7 @@ def write_job(tmp_path: Path, *, request: str = "", extra: str = "n = 3\nseed = 
     job = tmp_path / "eval.toml"
     job.write_text(
         'name = "eval"\n[input]\npath = "questions.csv"\nid_column = "qid"\n'
-        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Answer: {question}"\ntemperature = 0.7\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Answer: {question}"\n'
         f"{request}[request.extra]\n{extra}"
         '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
     return job
@@ -86,3 +86,46 @@ def test_a_run_holds_a_replys_mean_tokens_once_not_n_times(
     assert charged, "no request was held at the learnt mean"
     assert max(charged) <= done["completion_tokens"].max()
 
+
+# -- a sampling setting the API refuses: one line before any request -------------------------
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("n = 0", "[request.extra] n must be greater than 0, got 0"),
+    ('n = "3"', "[request.extra] n must be an integer, got '3'"),
+    ("n = 2.0", "[request.extra] n must be an integer, got 2.0"),
+    ("seed = 4.2", "[request.extra] seed must be an integer, got 4.2"),
+    ('seed = "42"', "[request.extra] seed must be an integer, got '42'"),
+    ("top_logprobs = -1", "[request.extra] top_logprobs must not be negative, got -1"),
+    ("max_completion_tokens = 0", "[request.extra] max_completion_tokens must be greater than 0, "
+                                  "got 0"),
+    ("temperature = 3", "[request.extra] temperature must be at most 2, got 3"),
+    ('top_p = "0.9"', "[request.extra] top_p must be a number, got '0.9'"),
+    ("frequency_penalty = true", "[request.extra] frequency_penalty must be a number, got True"),
+    ('logprobs = "yes"', "[request.extra] logprobs must be true or false, got 'yes'"),
+])
+def test_a_bad_sampling_setting_in_extra_is_one_line_and_nothing_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, message: str,
+) -> None:
+    """[request.extra] is sent as it is: a value of the wrong kind or out of the API's range
+    was sent with every row, each answered 400 (the first 20 rows' failures then stopping
+    the job), where the same setting in [request] is refused before anything is sent."""
+    job = write_job(tmp_path, request="", extra=extra + "\n")
+    for command in ("run", "estimate"):
+        code, out, err = cli(capsys, command, str(job),
+                             *(["--progress", "none"] if command == "run" else []))
+        assert code == 2 and out == ""
+        assert err == f"batchrunner: error: job file {job}: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_good_sampling_settings_in_extra_are_sent_as_they_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    job = write_job(tmp_path, rows=2, request="top_p = 0.9\n", extra=(
+        "n = 2\nseed = -7\nlogprobs = true\ntop_logprobs = 0\nfrequency_penalty = -0.5\n"
+        "presence_penalty = 1\nmax_completion_tokens = 40\n"))
+    code, _, err = cli(capsys, "run", str(job), "--progress", "none")
+    assert code == 0, err
+    done = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert (done["status"] == "ok").all() and done["choices"].notna().all()
