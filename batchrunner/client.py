@@ -664,11 +664,9 @@ class StreamAssembler:
                 parts.annotations = []
             parts.annotations.extend(notes)
 
-    def all_choices(self) -> str | None:
-        """Every choice as JSON text, as ``choices`` of a non-stream reply; None with one."""
-        if not self.others:
-            return None
-        parts = sorted([(0, self.first), *self.others.items()], key=lambda ip: ip[0])
+    def all_choices(self) -> str:
+        """Every choice as JSON text, as ``choices`` of a non-stream reply."""
+        parts = sorted([(0, self.first), *(self.others or {}).items()], key=lambda ip: ip[0])
         return orjson.dumps([
             _choice_entry(i, _thought_apart(p.text(), "".join(p.reasoning) or None)[0],
                           p.finish_reason, p.tool_calls())
@@ -1150,7 +1148,7 @@ class ChatClient:
                 e.answer_begun = stream.answering
                 raise
             return self._scrubbed(res)
-        return self._scrubbed(self._parse(raw, request_id, latency_ms, hdrs))
+        return self._scrubbed(self._parse(raw, request_id, latency_ms, hdrs, choices))
 
     async def _told(self, model: str | None, limit: float) -> None:
         """A stream for ``model`` ended with its ``[DONE]`` before a finish_reason, and no
@@ -1222,7 +1220,8 @@ class ChatClient:
             if body is not None and body.get("choices") and st.stray:
                 # A whole completion, not a stream (a proxy that sent it as text/plain, say):
                 # read as one, not retried as a cut stream and paid for again.
-                return self._parse(b"\n".join(st.stray), request_id, latency_ms, headers)
+                return self._parse(b"\n".join(st.stray), request_id, latency_ms, headers,
+                                   choices)
             # A stream whose every choice finished is whole without its [DONE] (a server or
             # proxy that leaves it out): taken, not paid for twice.
             raise TransportError("stream_cut", "the stream ended before its answer did (no "
@@ -1278,7 +1277,7 @@ class ChatClient:
             latency_ms=latency_ms, headers=headers,
             reasoning_content=thought,
             ttft_ms=(st.first_token_at - start) * 1000.0 if st.first_token_at else None,
-            choices=st.all_choices() if st.others else None,
+            choices=st.all_choices() if st.others or choices > 1 else None,
             tool_calls=orjson.dumps(calls).decode() if calls else None,
             citations=_citations(first.annotations, st.cited)
             if first.annotations or st.cited else None,
@@ -1558,8 +1557,11 @@ class ChatClient:
             f"the proxy {self._proxy_shown()} refused the request (HTTP {status} {said}) — {fix}"))
 
     def _parse(
-        self, raw: bytes, request_id: str | None, latency_ms: float, headers: dict[str, str]
+        self, raw: bytes, request_id: str | None, latency_ms: float, headers: dict[str, str],
+        asked: int = 1,
     ) -> ChatResult:
+        """A whole reply's body as a ``ChatResult``; ``asked``: the choices the request asked
+        for (``n``): more than one gives ``choices`` however many came."""
         try:
             payload = orjson.loads(raw.removeprefix(_BOM))
         except ValueError:
@@ -1634,7 +1636,7 @@ class ChatClient:
             headers,
             thought if isinstance(thought, str) and thought else None,  # reasoning_content
             None,  # ttft_ms: a stream's
-            _all_choices(choices) if len(choices) > 1 else None,  # choices
+            _all_choices(choices) if asked > 1 or len(choices) > 1 else None,  # choices
             orjson.dumps(calls).decode() if calls and type(calls) is list else None,  # tool_calls
             _citations(notes, cited) if notes or cited else None,  # citations
             refusal if isinstance(refusal, str) and refusal else None,  # refusal

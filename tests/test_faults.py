@@ -1592,7 +1592,8 @@ async def test_a_stream_that_ignores_n_and_leaves_out_done(tmp_path: Path, usage
     assert (row["status"], row["attempts"]) == (status, attempts)
     if usage:
         assert row["content"] == "Echo: half a reply" and row["total_tokens"] == 13
-        assert pd.isna(row["choices"])
+        assert json.loads(row["choices"]) == [  # the one choice that came, as a list
+            {"index": 0, "content": "Echo: half a reply", "finish_reason": "stop"}]
     else:
         assert row["error_type"] == "stream_cut"
 

@@ -3,16 +3,20 @@ several models, reruns of the rows whose answers failed a check, the results rea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pandas as pd
 import pytest
+from aiohttp import web
 
 import batchrunner.cli
 from batchrunner import runner
 from batchrunner.config import load_job
 from batchrunner.estimate import estimate
+from tests.servers import run_job_file
 
 KEY = "sk-test-research-0123456789"
 
@@ -129,3 +133,42 @@ def test_good_sampling_settings_in_extra_are_sent_as_they_are(
     assert code == 0, err
     done = pd.read_parquet(tmp_path / "out" / "results.parquet")
     assert (done["status"] == "ok").all() and done["choices"].notna().all()
+
+
+# -- a server that ignores n: every row's choices are a list all the same ----------------------
+
+
+async def _one_choice(request: web.BaseRequest) -> web.StreamResponse:
+    """A server that answers one choice whatever ``n`` asks (as many local servers do)."""
+    body = await request.json()
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    if not body.get("stream"):
+        return web.json_response({
+            "id": "c", "object": "chat.completion", "model": body["model"], "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "four"},
+                         "finish_reason": "stop"}]})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for chunk in ({"choices": [{"index": 0, "delta": {"content": "four"}}]},
+                  {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                  {"choices": [], "usage": usage}):
+        await resp.write(b"data: " + json.dumps({"model": body["model"], **chunk}).encode()
+                         + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_server_that_ignores_n_leaves_one_choice_in_each_rows_choices(
+    tmp_path: Path, stream: bool,
+) -> None:
+    """README: `choices` holds every choice with n > 1. From a server that sent one choice
+    where n = 3 asked, it was null, so the researcher's ``json.loads(row.choices)`` failed on
+    those rows, and nothing in the results said fewer samples came; it is now the list of the
+    one choice sent, as long as what came."""
+    job = write_job(tmp_path, rows=2, request="stream = true\n" if stream else "")
+    anyio.run(run_job_file, _one_choice, job, runner.RunOptions(progress="none"))
+    done = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert (done["status"] == "ok").all()
+    for text in done["choices"]:
+        assert json.loads(text) == [{"index": 0, "content": "four", "finish_reason": "stop"}]
