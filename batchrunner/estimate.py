@@ -16,8 +16,9 @@ for thinking with no budget nor ``max_tokens`` (a model that thinks unless told 
 Search billed per request that asks for it (a search model, ``web_search_options``, a Google
 Search tool, ``enable_search``: ``pricing.search_requested``) is in the estimate, at the job's
 ``search_request`` price (a model without one has an unknown cost, and the estimate says what to
-set). Search billed by what each reply reports (Grok's sources, Anthropic's web searches) no
-estimate can count, so the estimate warns when the requests ask for it.
+set). Search billed by what each reply reports (Grok's sources, Anthropic's web searches, a
+Claude model's ``web_search_options``) no estimate can count, so the estimate warns when the
+requests ask for it.
 """
 
 from __future__ import annotations
@@ -211,11 +212,13 @@ _SEARCH_TOOLS = frozenset({"googlesearch", "google_search", "google_search_retri
 def _search_asked(body: Mapping[str, Any]) -> str | None:
     """What in a request ``body`` asks for search its replies count (search units, billed
     apart from tokens), named as the body has it; None when nothing does. Asked of the bodies
-    ``search_requested`` finds none in: the search models, ``web_search_options`` and
-    ``enable_search`` are billed per request, and it names them."""
+    ``search_requested`` finds none in: the search models, ``web_search_options`` (but a
+    Claude model's) and ``enable_search`` are billed per request, and it names them."""
     params = body.get("search_parameters")
     if isinstance(params, Mapping) and params.get("mode") != "off":
         return "search_parameters"
+    if body.get("web_search_options") is not None:  # Claude's: the searches its reply reports
+        return "web_search_options"
     extra = body.get("extra_body")
     google = extra.get("google") if isinstance(extra, Mapping) else None
     model = body.get("model")

@@ -33,11 +33,12 @@ Billing rules, for one OpenAI-style ``usage`` object:
   source, and its price per search is not one). A reply that reports search units with no
   price for them has an unknown cost (``None``), as an unknown model's has;
 * search the usage does not report (:func:`search_requested`: OpenAI's search models and
-  ``web_search_options``, Gemini's ``googleSearch`` tool, Qwen's ``enable_search``), per request
-  that asked for it, at the job's ``search_request`` price only (the library's prices per search
-  are per tool call or grounded prompt of other APIs, and it lists none for the search models):
-  a request whose reply's usage reports no search units is one. With no such price its cost is
-  unknown (``None``).
+  ``web_search_options`` (not Claude's, whose searches are tool calls, their results prompt
+  tokens, or web searches its reply reports), Gemini's ``googleSearch`` tool, Qwen's
+  ``enable_search``), per request that asked for it, at the job's ``search_request`` price only
+  (the library's prices per search are per tool call or grounded prompt of other APIs, and it
+  lists none for the search models): a request whose reply's usage reports no search units is
+  one. With no such price its cost is unknown (``None``).
 
 Simplifications of the library's richer price model, all resolved once per model:
 
@@ -487,7 +488,10 @@ def search_requested(body: Mapping[str, Any]) -> str | None:
     and search models (``gpt-4o-search-preview``), Qwen's ``enable_search`` (at the top level or
     in ``parameters``), Gemini's Google Search tool (in ``tools`` or
     ``extra_body.google.tools``); ``None`` when nothing does. Grok's ``search_parameters`` and
-    Anthropic's web search tool are not: their replies count the sources and searches.
+    Anthropic's web search tool are not: their replies count the sources and searches. Nor is
+    a Claude model's ``web_search_options``: a gateway's Claude searches by tool calls, whose
+    results are prompt tokens, and bills no fee a request; a web search its reply reports is
+    priced per search.
 
     One set test and the model's name for a body that asks for none: it runs once per billed
     reply (a body with a forced function's ``tools``: about 0.5 µs)."""
@@ -497,7 +501,7 @@ def search_requested(body: Mapping[str, Any]) -> str | None:
         return f"model {model}"
     if _SEARCH_FIELDS.isdisjoint(body):
         return None
-    if body.get("web_search_options") is not None:
+    if body.get("web_search_options") is not None and "claude" not in name:
         return "web_search_options"
     if body.get("enable_search") is True:
         return "enable_search"

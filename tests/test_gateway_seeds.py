@@ -1,0 +1,77 @@
+"""What a gateway's reference says of Claude, Gemini, Grok and Qwen behind one URL, as its
+readers meet it in a run: what is billed, and how the replies are read."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from batchrunner.pricing import PriceBook, search_requested
+from batchrunner.simulator import Simulator, SimulatorConfig
+from tests.test_reply_fields import KEY, results, run
+from tests.test_search_costs import estimate, search_job
+
+__all__ = ["KEY"]  # the key the job_env fixture sets
+
+pytestmark = pytest.mark.usefixtures("job_env")  # KEY as the key, tmp_path as cwd
+
+CLAUDE = "claude-opus-4-6"
+# The reference's Claude web search example: "Claude models do not support enabling web search
+# functionality through the web_search_options parameter, so it can only be implemented through
+# tool calls" (their results, sent back as tool messages, are prompt tokens).
+CLAUDE_SEARCH = 'web_search_options = { search_context_size = "medium" }'
+
+
+def test_claudes_web_search_options_ask_for_no_search_billed_per_request() -> None:
+    body = {"model": CLAUDE, "web_search_options": {"search_context_size": "medium"}}
+    assert search_requested(body) is None
+    assert search_requested({**body, "model": "anthropic/claude-sonnet-4-5"}) is None
+    # OpenAI's own search, through the same field, is billed per request
+    assert search_requested({**body, "model": "gpt-4o"}) == "web_search_options"
+
+
+@pytest.mark.anyio
+async def test_a_budgeted_claude_job_with_web_search_options_is_priced_by_its_tokens(
+        tmp_path: Path) -> None:
+    """A budgeted Claude job with web_search_options, as the reference's example sends it,
+    stopped at its first reply (exit 4, "asked for search billed per request"), every row's
+    cost unknown: the gateway bills Claude no fee a request for it. Its rows cost their
+    tokens, and a web search a reply reports (Anthropic's server_tool_use) its price per
+    search."""
+    async with Simulator(SimulatorConfig()) as sim:
+        job = search_job(tmp_path, sim.base_url, CLAUDE,
+                         texts=["latest AI news", "weather [[sim:web_search]]", "who won"],
+                         max_cost_usd=5.0)
+        job = replace(job, request=replace(job.request, extra={"web_search_options": {
+            "search_context_size": "medium"}}))
+        s = await run(job)
+    assert s.exit_code == 0 and not s.stopped and s.cost_usd is not None
+    df = results(tmp_path)
+    assert df["search_requests"].isna().all()
+    book = PriceBook()
+    price = book.price(CLAUDE)
+    assert price is not None and price.web_search
+    for key in df.index:
+        tokens = book.cost(CLAUDE, prompt_tokens=int(df.loc[key, "prompt_tokens"]),
+                           completion_tokens=int(df.loc[key, "completion_tokens"]))
+        assert tokens is not None
+        searches = 0 if pd.isna(df.loc[key, "search_units"]) else df.loc[key, "search_units"]
+        assert df.loc[key, "cost_usd"] == pytest.approx(tokens + searches * price.web_search)
+    assert df.loc["r1", "search_units"] == 1
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_complete"] is True
+
+
+def test_the_estimate_of_claudes_web_search_options_asks_for_no_search_request_price(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = estimate(tmp_path, capsys, CLAUDE, CLAUDE_SEARCH, max_tokens=100)
+    assert "search_request" not in out, out
+    assert "estimated cost: $" in out and "+ search" not in out, out
+    # The web searches a reply may report are priced per search, which no estimate can count
+    assert ("warning: 2 rows ask for search (web_search_options): it is billed apart from "
+            "tokens, by the sources or searches each reply uses, and is not in this estimate"
+            in out), out
