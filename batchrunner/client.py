@@ -1833,11 +1833,14 @@ _USUAL_FINISH = ("stop", "length", "tool_calls", None)
 
 # Anthropic's stop_reasons and Gemini's finishReasons, which a gateway that maps them only in
 # part passes on (one-api's forks give Claude's "max_tokens", "end_turn" and "tool_use" as
-# they are), as OpenAI names them: a reply cut at max_tokens is a "length" one, whatever the
-# gateway.
+# they are), as OpenAI names them: a reply cut at max_tokens is a "length" one, and one its
+# safety checks stopped (Claude's "refusal", Gemini's blocks) a "content_filter" one, whatever
+# the gateway.
 _FINISH_NAMES = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
-                 "tool_use": "tool_calls", "STOP": "stop", "MAX_TOKENS": "length",
-                 "SAFETY": "content_filter"}
+                 "tool_use": "tool_calls", "refusal": "content_filter", "STOP": "stop",
+                 "MAX_TOKENS": "length", "SAFETY": "content_filter",
+                 "RECITATION": "content_filter", "PROHIBITED_CONTENT": "content_filter",
+                 "BLOCKLIST": "content_filter", "SPII": "content_filter"}
 
 
 def _finish_reason(value: Any) -> str | None:

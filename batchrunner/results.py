@@ -236,6 +236,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.error_examples = {k: v["example"] for k, v in report["by_error_type"].items()
                               if v.get("example")}
     summary.length_cut = report["rows"]["cut_at_length"]
+    summary.filtered = report["by_finish_reason"].get("content_filter", 0)
     summary.batch_input = plan.source.kind == "openai_batch"
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
     summary.cost_known_usd = report["cost_usd"]

@@ -248,6 +248,7 @@ class RunSummary:
     changed_exact: bool = True  # False: at most changed_left (found by a run that then crashed)
     sent: int = 0
     length_cut: int = 0
+    filtered: int = 0  # rows stopped by the content filter (finish_reason content_filter)
     batch_input: bool = False  # an OpenAI batch file: its rows' bodies set their max_tokens
     error_types: dict[str, int] = field(default_factory=dict)
     error_examples: dict[str, str] = field(default_factory=dict)  # a message of each type
@@ -3474,6 +3475,10 @@ def format_summary(s: RunSummary) -> str:
                "rerun with --max-tokens N --force --rerun-where \"finish_reason == 'length'\"")
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      f"(finish_reason=length): to answer {them} again with a larger one, {how}")
+    if s.filtered:
+        lines.append(f"  warning: {count_rows(s.filtered)} stopped by the content filter "
+                     f"(finish_reason=content_filter): {'its' if s.filtered == 1 else 'their'} "
+                     "content is cut short or empty")
     answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd
     # A rerun's own spend: what its requests were billed, retries included. Beside it, the
     # job's counted alike: its rows' answers plus their earlier billed attempts.

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from aiohttp import web
 
 from batchrunner.pricing import PriceBook, search_requested
+from batchrunner.runner import RunSummary, format_summary
 from batchrunner.simulator import Simulator, SimulatorConfig
-from tests.test_reply_fields import KEY, results, run
+from tests.servers import serve_on_loopback
+from tests.test_reply_fields import KEY, job_for, make_csv, results, run
 from tests.test_search_costs import estimate, search_job
 
 __all__ = ["KEY"]  # the key the job_env fixture sets
@@ -75,3 +78,73 @@ def test_the_estimate_of_claudes_web_search_options_asks_for_no_search_request_p
     assert ("warning: 2 rows ask for search (web_search_options): it is billed apart from "
             "tokens, by the sources or searches each reply uses, and is not in this estimate"
             in out), out
+
+
+# ----------------------------------------------------------------------------------------------
+# A gateway that passes on the upstream's own finish reasons and usage (one-api's forks map
+# Claude's and Gemini's only in part): each row's text is the reply's "finish_reason", and
+# "usage" a JSON usage object to answer with.
+
+
+async def gateway(tmp_path: Path, texts: list[str], *, stream: bool = False,
+                  model: str = CLAUDE) -> tuple[RunSummary, pd.DataFrame]:
+    """Run a job over ``texts`` against a gateway answering each row as its text says: a
+    finish reason, or ``usage {...}``; streamed or not."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        said = body["messages"][-1]["content"].removeprefix("Q: ")
+        finish, usage = "end_turn", {"prompt_tokens": 10, "completion_tokens": 5,
+                                     "total_tokens": 15}
+        if said.startswith("usage "):
+            usage = json.loads(said.removeprefix("usage "))
+        else:
+            finish = said
+        # Claude's refusal: no words, or some before the classifier stopped it
+        content = "" if finish == "refusal" else "An answer."
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": finish}], "usage": usage})
+        chunks = [{"index": 0, "delta": {"role": "assistant", "content": content},
+                   "finish_reason": None}, {"index": 0, "delta": {}, "finish_reason": finish}]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for c in chunks:
+            await resp.write(b"data: " + json.dumps(
+                {"id": "c", "model": body["model"], "choices": [c]}).encode() + b"\n\n")
+        await resp.write(b"data: " + json.dumps(
+            {"id": "c", "model": body["model"], "choices": [], "usage": usage}).encode()
+            + b"\n\ndata: [DONE]\n\n")
+        return resp
+
+    runner, port = await serve_on_loopback(handler)
+    try:
+        inp = make_csv(tmp_path / "in.csv", texts)
+        s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=model,
+                              stream=stream or None))
+    finally:
+        await runner.cleanup()
+    return s, results(tmp_path)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_claudes_refusal_and_geminis_blocks_read_as_the_content_filter(
+        tmp_path: Path, stream: bool) -> None:
+    """Claude's stop_reason "refusal" (its safety classifier stopped the answer) and Gemini's
+    blocked finishReasons, passed on by a gateway, were kept as sent: ok rows with no
+    content and no word in the summary or the report, and missed by --rerun-where
+    "finish_reason == 'content_filter'". They read as OpenAI's content_filter."""
+    texts = ["end_turn", "refusal", "RECITATION", "PROHIBITED_CONTENT", "SAFETY", "stop"]
+    s, df = await gateway(tmp_path, texts, stream=stream)
+    assert s.exit_code == 0
+    assert df["finish_reason"].tolist() == ["stop", *["content_filter"] * 4, "stop"]
+    assert pd.isna(df.loc["r1", "content"])
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["by_finish_reason"]["content_filter"] == 4
+    assert "4 rows stopped by the content filter" in report["warnings"]
+    summary = format_summary(s)
+    assert ("  warning: 4 rows stopped by the content filter (finish_reason=content_filter): "
+            "their content is cut short or empty\n") in summary, summary
