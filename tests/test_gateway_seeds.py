@@ -148,3 +148,52 @@ async def test_claudes_refusal_and_geminis_blocks_read_as_the_content_filter(
     summary = format_summary(s)
     assert ("  warning: 4 rows stopped by the content filter (finish_reason=content_filter): "
             "their content is cut short or empty\n") in summary, summary
+
+
+# Gemini through the gateway: "thinking budget counts toward output tokens", and a gateway that
+# maps Gemini's usage with its thoughts in the total only (thoughtsTokenCount beside
+# candidatesTokenCount, no reasoning_tokens) leaves the completion with the answer's alone.
+GEMINI = "gemini-2.5-flash"
+HIDDEN = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 415}
+
+
+def test_thoughts_in_the_total_only_are_counted_as_reasoning_in_the_completion() -> None:
+    from tests.test_reply_fields import parse, reply
+
+    answer = {"role": "assistant", "content": "An answer."}
+    res = parse({**reply(answer), "usage": HIDDEN})
+    assert (res.prompt_tokens, res.completion_tokens, res.total_tokens,
+            res.reasoning_tokens) == (10, 405, 415, 400)
+    # Counts that add up, or a reasoning count the gateway gave, are read as they are
+    plain = parse({**reply(answer), "usage": {**HIDDEN, "total_tokens": 15}})
+    assert (plain.completion_tokens, plain.reasoning_tokens) == (5, None)
+    said = parse({**reply(answer), "usage": {**HIDDEN, "completion_tokens_details": {
+        "reasoning_tokens": 0}}})
+    assert (said.completion_tokens, said.reasoning_tokens) == (5, 0)
+    # A cache read counted apart, the total adding it: no thoughts
+    cached = parse({**reply(answer), "usage": {**HIDDEN, "total_tokens": 1015,
+                                               "prompt_tokens_details": {"cached_tokens": 1000}}})
+    assert (cached.completion_tokens, cached.reasoning_tokens) == (5, None)
+    within = parse({**reply(answer), "usage": {"prompt_tokens": 1000, "completion_tokens": 50,
+                                               "total_tokens": 1650, "prompt_tokens_details": {
+                                                   "cached_tokens": 600}}})
+    assert (within.completion_tokens, within.reasoning_tokens) == (50, None)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_geminis_thoughts_in_the_total_only_are_priced_as_output(
+        tmp_path: Path, stream: bool) -> None:
+    """A Gemini reply whose 400 thinking tokens a gateway counted in total_tokens only was
+    priced at its 5 completion tokens: a row's cost some 80 times too low, and a budget
+    that let the job spend past it unseen. The gap is the thinking, billed as output."""
+    s, df = await gateway(tmp_path, ["usage " + json.dumps(HIDDEN), "usage " + json.dumps(
+        {**HIDDEN, "total_tokens": 15})], stream=stream, model=GEMINI)
+    assert s.exit_code == 0
+    assert df["completion_tokens"].tolist() == [405, 5]
+    assert df["reasoning_tokens"].tolist()[0] == 400 and pd.isna(df.loc["r1", "reasoning_tokens"])
+    assert df["total_tokens"].tolist() == [415, 15]
+    book = PriceBook()
+    assert df["cost_usd"].tolist() == pytest.approx([
+        book.cost(GEMINI, prompt_tokens=10, completion_tokens=405),
+        book.cost(GEMINI, prompt_tokens=10, completion_tokens=5)])
