@@ -61,8 +61,9 @@ Token counting (exported, the runner uses the same estimate)
 Reasoning
     Models listed in ``reasoning_models`` (an entry matches the name itself or the name followed
     by ``-...``), any model whose name contains ``-thinking``, and any request with
-    ``"thinking": {"type": "enabled"}`` or (streamed: gateways turn it off otherwise)
-    ``"enable_thinking": true`` reason first:
+    ``"thinking": {"type": "enabled"}``, Gemini's ``generationConfig.thinkingConfig`` or
+    (streamed: gateways turn them off otherwise) ``"enable_thinking": true`` and Gemini's
+    ``extra_body.google.thinking_config`` (a budget of 0 turns Gemini's off) reason first:
     ``ceil(reply tokens × reasoning_ratio)`` reasoning tokens, counted inside
     ``completion_tokens`` (and the max_tokens budget) and reported in
     ``usage.completion_tokens_details.reasoning_tokens``; the text is returned as
@@ -1057,6 +1058,23 @@ _UPSTREAM_ERROR_BODY: Final = _error_body(
 )
 
 
+def _gemini_thinks(body: dict[str, Any], stream: bool) -> bool:
+    """A request asks Gemini to think as a gateway takes it: ``thinking_config`` in
+    ``extra_body.google`` (or ``google``, where the OpenAI SDK's ``extra_body=`` puts it), a
+    stream's only, or its own ``generationConfig.thinkingConfig``; a budget of 0 turns it
+    off."""
+    if "extra_body" not in body and "google" not in body and "generationConfig" not in body:
+        return False
+    extra = body.get("extra_body")
+    for google in (extra.get("google") if isinstance(extra, dict) else None, body.get("google")):
+        config = google.get("thinking_config") if isinstance(google, dict) else None
+        if isinstance(config, dict) and stream:
+            return config.get("thinking_budget") != 0
+    generation = body.get("generationConfig")
+    config = generation.get("thinkingConfig") if isinstance(generation, dict) else None
+    return isinstance(config, dict) and config.get("thinkingBudget") != 0
+
+
 def _search_usage(usage: dict[str, Any], shape: str | None) -> None:
     """Add to ``usage`` the search units a search shape's reply is billed: Grok's sources (one
     a cited URL), or Anthropic's web searches."""
@@ -1257,7 +1275,7 @@ class _Server:
             # Qwen's enable_thinking is turned off, not refused, without a stream.
             reasoning = (body.get("enable_thinking") is True and stream) or (
                 isinstance(thinking, dict) and thinking.get("type") == "enabled"
-            )
+            ) or _gemini_thinks(body, stream)
 
         digest = hashlib.blake2b(digest_size=16)
         tokens = REPLY_PRIMING_TOKENS

@@ -197,3 +197,33 @@ async def test_geminis_thoughts_in_the_total_only_are_priced_as_output(
     assert df["cost_usd"].tolist() == pytest.approx([
         book.cost(GEMINI, prompt_tokens=10, completion_tokens=405),
         book.cost(GEMINI, prompt_tokens=10, completion_tokens=5)])
+
+
+# The reference's Gemini thinking examples, rehearsed against the simulator: its reasoning
+# (billed as output) shows in the rows, as the gateway would bill it.
+GEMINI_BUDGET = {"extra_body": {"google": {"thinking_config": {
+    "thinking_budget": 6000, "include_thoughts": True}}}}
+GEMINI_LEVEL = {"generationConfig": {"thinkingConfig": {"thinkingLevel": "LOW"}}}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("extra", "stream", "thinks"), [
+    (GEMINI_BUDGET, True, True),
+    (GEMINI_BUDGET, False, False),  # "requires stream: true"
+    ({"extra_body": {"google": {"thinking_config": {"thinking_budget": 0}}}}, True, False),
+    ({"google": GEMINI_BUDGET["extra_body"]["google"]}, True, True),  # the SDK's extra_body=
+    (GEMINI_LEVEL, True, True),
+    ({"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}, True, False),
+], ids=["budget", "budget-not-streamed", "budget-0", "top-level", "level", "level-off"])
+async def test_the_simulator_thinks_when_a_gemini_request_asks_it_to(
+        tmp_path: Path, extra: dict[str, object], stream: bool, thinks: bool) -> None:
+    inp = make_csv(tmp_path / "in.csv", ["Give a geometry problem and analyze it"])
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp, model="gemini-3-flash-preview",
+                      stream=stream or None, max_tokens=None)
+        s = await run(replace(job, request=replace(job.request, extra=extra)))
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    reasoning = df.loc["r0", "reasoning_tokens"]
+    assert bool(reasoning > 0) is thinks, reasoning
+    assert bool(pd.notna(df.loc["r0", "reasoning_content"])) is (thinks and stream)
