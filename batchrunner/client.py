@@ -2003,12 +2003,13 @@ def _usage(usage: Any) -> Usage:
         # as OpenAI's usage (and the pricing) has it.
         ct += reasoning
     elif reasoning is None and tt is not None and pt is not None and ct is not None and (
-            tt > pt + ct) and tt - pt - ct != (cached or 0) + (written or 0):
+            tt > pt + ct) and tt - pt - ct not in (cached, written, (cached or 0) + (written or 0)):
         # Tokens the total counts beyond the prompt and the completion, with no reasoning
         # count: Gemini's thoughts, which a gateway maps into total_tokens only (its
         # thoughtsTokenCount beside candidatesTokenCount). Billed as output ("thinking budget
         # counts toward output tokens"), so counted in the completion, and named reasoning.
-        # (A gap that is the cache counts is their count apart from the prompt: no thoughts.)
+        # (A gap that is the cache counts, or either of them, is their count apart from the
+        # prompt: no thoughts.)
         reasoning = tt - pt - ct
         ct = tt - pt
     if tt is None and pt is not None and ct is not None:
