@@ -5,7 +5,9 @@ Prices come from two places, looked up in this order:
 1. the job's ``[prices]`` table, parsed by :func:`parse_price_table`: the exact model name, or
    a dated snapshot of it, the name an API answers with (``gpt-4o-mini-2024-07-18`` is priced
    as ``gpt-4o-mini``, ``claude-sonnet-4-5-20250929`` as ``claude-sonnet-4-5``), or a gateway's
-   name of either, in another case or behind a provider (``openai/gpt-4o``);
+   name of either, in another case or behind a provider (``openai/gpt-4o``); a name the job
+   prices behind a provider (``x/gpt-4o``, a gateway's price) prices that spelling only, not
+   the plain name (``gpt-4o``) nor another provider's;
 2. the ``genai-prices`` library, a maintained offline price table that matches dated and
    suffixed model names (``gpt-4o-2024-08-06``, ``claude-sonnet-4-5-20250929``,
    ``gemini-3-pro-preview-thinking``) and, as a fallback here, gateway spellings such as
@@ -189,13 +191,15 @@ class PriceBook:
 
     def __init__(self, overrides: Mapping[str, ModelPrice] | None = None) -> None:
         self._overrides: dict[str, ModelPrice] = dict(overrides or {})
-        # The job's names as a gateway may answer with them (``_plain``): plain name → the
-        # name priced, for names one name of the job's only comes to.
-        plain: dict[str, str | None] = {}
+        # The job's names as a gateway may spell them, in lower case (``_spelling``): a name
+        # with no provider behind any provider, one behind a provider (``x/gpt-4o``, a
+        # gateway's price) behind that provider only → the name priced, for spellings one
+        # name of the job's only comes to.
+        spelt: dict[str, str | None] = {}
         for name in self._overrides:
-            key = _plain(name)
-            plain[key] = None if key in plain else name
-        self._plain = {key: name for key, name in plain.items() if name is not None}
+            key = _spelling(name)
+            spelt[key] = None if key in spelt else name
+        self._spelt = {key: name for key, name in spelt.items() if name is not None}
         self._prices: dict[str, ModelPrice | None] = {}
         self._sources: dict[str, str] = {}
         self._rates: dict[str, _Rates | None] = {}
@@ -357,7 +361,7 @@ class PriceBook:
             return model
         if (snapshot := _SNAPSHOT.fullmatch(model)) and snapshot[1] in self._overrides:
             return snapshot[1]
-        return self._another_name(model) if self._plain else None
+        return self._another_name(model) if self._spelt else None
 
     def _resolve(self, model: str) -> None:
         price: ModelPrice | None
@@ -380,13 +384,17 @@ class PriceBook:
 
     def _another_name(self, model: str) -> str | None:
         """The name the job prices that ``model`` is a gateway's name of: the same name, or a
-        dated snapshot of it, in another case or behind a provider (``openai/gpt-4o``,
-        ``GPT-4o-2024-08-06`` for ``gpt-4o``); ``None`` when there is none."""
-        plain = _plain(model)
-        if (named := self._plain.get(plain)) is not None:
-            return named
-        snapshot = _SNAPSHOT.fullmatch(plain)
-        return None if snapshot is None else self._plain.get(snapshot[1])
+        dated snapshot of it, in another case or, for a name with no provider, behind one
+        (``openai/gpt-4o``, ``GPT-4o-2024-08-06`` for ``gpt-4o``; ``X/gpt-4o-2024-08-06``
+        for ``x/gpt-4o``, but not ``gpt-4o``); ``None`` when there is none."""
+        spelt = self._spelt
+        full = _spelling(model)
+        for key in (full, _plain(model)) if "/" in full else (full,):
+            if (named := spelt.get(key)) is not None:
+                return named
+            if (snapshot := _SNAPSHOT.fullmatch(key)) and (named := spelt.get(snapshot[1])):
+                return named
+        return None
 
     def _answer(self, table: Callable[[_Answers], dict[str, _T]], model: str,
                 ask: Callable[[], _T]) -> _T:
@@ -414,6 +422,12 @@ def _plain(model: str) -> str:
     """A model's name without the provider a gateway puts before it, in lower case:
     ``openai/GPT-4o`` → ``gpt-4o``."""
     return model.rpartition("/")[2].strip().lower()
+
+
+def _spelling(model: str) -> str:
+    """A model's name as a job's price for it matches a gateway's spelling: in lower case,
+    behind its provider when it has one (``X/GPT-4o`` → ``x/gpt-4o``)."""
+    return model.strip().lower()
 
 
 def _model_base(model: str) -> str:

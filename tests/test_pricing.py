@@ -167,14 +167,36 @@ def test_a_gateways_name_of_a_model_the_job_prices_has_the_jobs_price() -> None:
     price for that name."""
     book = PriceBook({"gpt-4o": OWN, "anthropic/claude-sonnet-4-5": OWN})
     for name in ("openai/gpt-4o", "GPT-4o", "azure/gpt-4o-2024-08-06",
-                 "claude-sonnet-4-5", "claude-sonnet-4-5-20250929"):
+                 "Anthropic/Claude-Sonnet-4-5", "anthropic/claude-sonnet-4-5-20250929"):
         assert book.price(name) == OWN, name
     assert book.source("openai/gpt-4o") == "job [prices] (gpt-4o)"
-    assert book.source("claude-sonnet-4-5") == "job [prices] (anthropic/claude-sonnet-4-5)"
+    assert book.source("anthropic/claude-sonnet-4-5-20250929") == (
+        "job [prices] (anthropic/claude-sonnet-4-5)")
+    # A reply to the gateway's name that names the model its own way is priced as asked.
+    assert book.as_asked("anthropic/claude-sonnet-4-5", "claude-sonnet-4-5-20250929")
     # Another model is not: a gateway that routed an alias to it.
     assert book.source("openai/gpt-4o-mini").startswith("genai-prices")
     # Two names the job prices that a gateway's name could be: neither is guessed.
     both = PriceBook({"openai/gpt-4o": OWN, "azure/gpt-4o": OWN})
+    assert both.source("gpt-4o").startswith("genai-prices")
+
+
+def test_a_price_for_a_gateways_name_is_not_the_plain_names() -> None:
+    """A job prices a gateway's route (x/gpt-4o, at the gateway's price) and asks some rows
+    for gpt-4o itself: those were priced at the route's price too (source "job [prices]
+    (x/gpt-4o)"), where the job set no price for gpt-4o. The entry prices its own spelling
+    (another case, a dated snapshot of it); the plain name, and the name behind another
+    provider, take the library's price."""
+    book = PriceBook({"x/gpt-4o": OWN, "anthropic/claude-sonnet-4-5": OWN})
+    for name in ("gpt-4o", "GPT-4o", "gpt-4o-2024-08-06", "y/gpt-4o", "claude-sonnet-4-5",
+                 "claude-sonnet-4-5-20250929"):
+        assert book.source(name).startswith("genai-prices"), name
+        assert book.price(name) != OWN, name
+    assert book.source("X/GPT-4o-2024-08-06") == "job [prices] (x/gpt-4o)"
+    # Two routes of one model, each priced: each its own price, the plain name neither.
+    other = ModelPrice(input=3.0, output=4.0)
+    both = PriceBook({"x/gpt-4o": OWN, "y/gpt-4o": other})
+    assert (both.price("X/gpt-4o"), both.price("y/GPT-4o")) == (OWN, other)
     assert both.source("gpt-4o").startswith("genai-prices")
 
 
