@@ -86,7 +86,8 @@ class Outcome:
     # without one) that was retried. An error status (a 429, a 503) is not billed and counts
     # none. In the journal only; null in records written before it.
     unknown_tries: int = 0
-    # What the row's tries that got no whole answer and no usage (of ``unknown_tries``) may have
+    # What the row's tries that got no whole answer and no usage (of ``unknown_tries``), and a
+    # reply without usage, may have
     # cost, estimated as the budget holds a request (its prompt and max_tokens at its price),
     # this run's and earlier runs': the reports' cost leaves them out (they report what servers
     # reported), the budget counts them. None when there were none, or no price to estimate at.

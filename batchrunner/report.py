@@ -781,7 +781,8 @@ def build_report(
     if stats._unreported.rows:
         warnings.append(
             f"{count_rows(stats._unreported.rows)} had tries that may have been billed with no "
-            "usage reported (timed out once sent, a broken connection, a cut answer): the cost "
+            "usage reported (timed out once sent, a broken connection, a cut answer, a reply "
+            "without usage): the cost "
             f"is at least {format_usd(stats._cost_sum(lambda k: True))} plus theirs, estimated "
             f"at {format_usd(stats._unreported.usd)} (their prompts and max_tokens at the "
             "price, as max_cost_usd counts them)")

@@ -2759,6 +2759,16 @@ class _Run:
                            cached_tokens=cached, reasoning_tokens=reasoning,
                            web_searches=searches, sources=sources, search_requests=requests,
                            cache_write_tokens=written, cache_write_1h_tokens=written_1h)
+        if cost is None and (prompt is None or completion is None):
+            # No usage to price (a gateway that leaves it out), billed all the same: its
+            # estimate is carried with the row (unreported_usd), as a cut try's is, for the
+            # reports and the next runs' budgets; this run's counts it now.
+            estimate = self._estimated_cost(item)
+            if estimate is not None:
+                item.unreported_usd += estimate
+                if self.budget is not None:
+                    self._unpriced_reply(item, estimate)
+            return cost, requests
         if self.budget is not None and (cost is None or searches or sources or requests):
             tokens = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
                                  cached_tokens=cached, cache_write_tokens=written,
@@ -2770,8 +2780,6 @@ class _Run:
                     self.search_usd[requested] = cost - tokens
             elif tokens is not None:  # its search has no price
                 self._unpriced_search(model, tokens, per_request=requests is not None)
-            else:
-                self._unpriced_reply(item)
         return cost, requests
 
     def _success(self, item: _Work, res: ChatResult, charge: int) -> Outcome:
@@ -2876,10 +2884,10 @@ class _Run:
             f"max_cost_usd is set but model {model!r} {what} and no price is known for it; "
             f"add {price} to [prices.\"{model}\"] in a job file so the budget can be kept"))
 
-    def _unpriced_reply(self, item: _Work) -> None:
+    def _unpriced_reply(self, item: _Work, estimate: float) -> None:
         """A reply with no usage to price (a gateway that leaves it out): it was paid for all
-        the same, so the budget counts it at its estimate and still holds."""
-        self.spent += self._estimated_cost(item) or 0.0
+        the same, so the budget counts it at its ``estimate`` and still holds."""
+        self.spent += estimate
         if not self.warned_unpriced:
             self.warned_unpriced = True
             self.progress.write(
@@ -3498,7 +3506,8 @@ def format_summary(s: RunSummary) -> str:
         cost += (f"; {format_usd(answers + s.earlier_cost_usd)} spent in all, "
                  f"{format_usd(this_run)} of it this run")
     if s.unreported_rows:
-        cost = (f"at least {cost}, plus tries of {count_rows(s.unreported_rows)} that may have "
+        cost = (f"{'' if unpriced and not answers else 'at least '}{cost}, plus tries of "
+                f"{count_rows(s.unreported_rows)} that may have "
                 f"been billed with no usage reported, estimated at "
                 f"{format_usd(s.unreported_usd)}")
     if s.ran:

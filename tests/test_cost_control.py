@@ -343,6 +343,40 @@ async def test_the_budget_holds_when_replies_carry_no_usage(tmp_path: Path,
     assert err.count("the reply has no usage") == 1
 
 
+@pytest.mark.anyio
+async def test_replies_with_no_usage_count_in_the_next_runs_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reply with no usage counted at its estimate in the run that got it only: the same
+    job under a $1 budget, run in parts of 4 rows, sent all 20 rows of five runs (some $2.20
+    estimated) where one run stops near 9. Each such reply's estimate is now journaled with
+    its row, as a cut try's is: the next runs' budgets count it, and the summary, both reports
+    and status show it apart."""
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": range(20), "text": [f"item {i} [[sim:no_usage]]" for i in range(20)]}
+                 ).to_csv(inp, index=False)
+    costly_job(tmp_path, inp, max_tokens=100, concurrency=1)
+    async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
+        first = await run_job(load_job(tmp_path / "job.toml", {"base_url": sim.base_url}),
+                              RunOptions(**{**FAST.__dict__, "limit": 4}))
+        assert first.ok == 4 and first.unreported_rows == 4
+        guessed = first.unreported_usd
+        assert guessed == pytest.approx(4 * 0.11, rel=0.1)  # ~10 prompt + 100 tokens each
+        assert f"estimated at {format_usd(guessed)}" in format_summary(first)
+        report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+        assert report["cost_unreported"] == {"rows": 4, "estimated_usd": guessed}
+        assert main(["status", str(tmp_path / "out")]) == 0
+        assert f"estimated at {format_usd(guessed)}" in capsys.readouterr().out
+        runs = []
+        for _ in range(5):  # under $1 in parts: the first run's $0.44 counts from the start
+            s = await run_job(load_job(tmp_path / "job.toml", {"base_url": sim.base_url,
+                                                               "max_cost_usd": 1.0}),
+                              RunOptions(**{**FAST.__dict__, "limit": 4}))
+            runs.append(s.exit_code)
+            if s.exit_code == 4:
+                break
+        assert runs[-1] == 4 and sim.stats()["requests"] <= 9
+
+
 def test_the_budget_holds_a_routed_model_at_the_price_of_the_one_that_answered(
         tmp_path: Path) -> None:
     from batchrunner.limiter import Limiter
@@ -523,8 +557,11 @@ async def test_the_summary_states_no_cost_it_does_not_know(tmp_path: Path) -> No
     assert s.exit_code == 0 and s.cost_usd is None and s.cost_unknown == 2
     cost = next(line for line in format_summary(s).splitlines() if line.startswith("  cost: "))
     assert cost.startswith("  cost: unknown: 2 rows without a cost (no usage reported by "
-                           "gpt-4o-mini); wall "), cost
-    assert "$" not in cost
+                           "gpt-4o-mini), plus tries of 2 rows that may have been billed with "
+                           f"no usage reported, estimated at {format_usd(s.unreported_usd)}; "
+                           "wall "), cost
+    assert s.unreported_usd > 0
+    assert "$" not in cost.partition("estimated at")[0]  # no cost it does not know
 
 
 @pytest.mark.parametrize(("model", "said"), [

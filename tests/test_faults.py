@@ -308,9 +308,12 @@ async def test_reply_without_usage_is_ok_with_tokens_and_cost_unknown(tmp_path: 
     assert s.exit_code == 0
     assert s.cost_usd is None  # unknown, not zero
     assert s.cost_unknown == 1 and s.cost_known_usd > 0
-    said = format_summary(s)  # the known part is shown, with the rows it leaves out
-    assert (f"cost: {format_usd(s.cost_known_usd)}, and 1 row without a cost (no usage "
-            "reported by gpt-4o-mini)") in said
+    said = format_summary(s)  # the known part is shown, with the rows it leaves out and
+    # their estimate (journaled, for the next runs' budgets)
+    assert s.unreported_rows == 1 and s.unreported_usd > 0
+    assert (f"cost: at least {format_usd(s.cost_known_usd)}, and 1 row without a cost (no "
+            "usage reported by gpt-4o-mini), plus tries of 1 row that may have been billed "
+            f"with no usage reported, estimated at {format_usd(s.unreported_usd)}") in said
     assert ("(plus 1 row without a cost: no price known, or no usage reported)"
             in format_status(tmp_path / "out"))
     assert " + unknown (1 row) |" in (tmp_path / "out" / "cost_report.md").read_text()
