@@ -46,6 +46,8 @@ Top-level keys, in this order::
                       enable_search): the rows whose billed request asked for it, and those
                       whose cost is unknown for want of a search_request price (among
                       cost_unknown)
+    search_cost_usd   the part of cost_usd that is search billed apart from tokens (units and
+                      requests of the rows with a cost, at their models' prices); 0 without
     tokens_reported_by_rows
                       {"cached", "reasoning", "cache_write"}: the rows whose replies gave the
                       count (0: no server said, and the sum above is 0 for want of a figure)
@@ -67,8 +69,9 @@ Top-level keys, in this order::
                       (as the top-level one, for the model's rows), "cost_usd" (null when
                       incomplete), "cost_known_usd", "unpriced_rows", "search_units",
                       "search_unpriced_rows", "search_requests", "search_request_unpriced_rows",
-                      "earlier_unpriced_rows" (rows whose cost is unknown for an earlier try
-                      billed at a cost not known), "price_source", "price"}}
+                      "search_cost_usd" (as the top-level one; null when the model's price is
+                      not known), "earlier_unpriced_rows" (rows whose cost is unknown for an
+                      earlier try billed at a cost not known), "price_source", "price"}}
     by_finish_reason  {finish_reason: rows}; ok rows without one count as "(none)"
     by_error_type     {error_type: {"rows", "example"}} over failed rows; the example is the
                       first message in row order
@@ -304,7 +307,8 @@ class OutcomeStats:
         # model → [rows, ok, unpriced, *token sums, total tokens, *rows that reported the
         # _DETAIL_COLUMNS, search units, rows that reported any, unpriced rows among them,
         # search requests (rows), unpriced rows among them, unpriced rows whose reply reported
-        # its tokens and no search: an earlier billed try's cost was not known]
+        # its tokens and no search: an earlier billed try's cost was not known, search units
+        # and search requests of the rows with a cost: the search it holds]
         self._models: dict[str | None, list[int]] = {}
         self._cost: dict[_GroupKey, int] = {}
         self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
@@ -432,7 +436,7 @@ class OutcomeStats:
         earlier = pc.and_(pc.and_(unpriced, reported), pc.invert(pc.or_(searched, asked)))
         priced = _priced_as(t)
         self._add_models(t, priced, is_ok, unpriced, total, units, pc.and_(unpriced, searched),
-                         requests, pc.and_(unpriced, asked), earlier)
+                         requests, pc.and_(unpriced, asked), earlier, pc.is_valid(cost))
         ok_np = _np_bool(is_ok)
         models = group_codes(priced)
         _add_exact(self._cost, self._cost_bad, models, ~ok_np, cost)
@@ -479,6 +483,7 @@ class OutcomeStats:
         requests: pa.ChunkedArray,
         unpriced_requests: pa.ChunkedArray,
         unpriced_earlier: pa.ChunkedArray,
+        costed: pa.ChunkedArray,
     ) -> None:
         group, models = group_codes(priced)
         if "cache_write_tokens" in t.column_names:  # a journal written before it has nulls
@@ -490,8 +495,13 @@ class OutcomeStats:
                    pc.is_valid(written), units,
                    pc.greater(units, scalar(0, pa.int64())), unpriced_search, requests,
                    unpriced_requests, unpriced_earlier]
+        if searched := units.null_count < len(units) or requests.null_count < len(requests):
+            none = pa.scalar(None, pa.int64())
+            columns += [pc.if_else(costed, units, none), pc.if_else(costed, requests, none)]
         rows = np.bincount(group, minlength=len(models)).tolist()
         sums = [_group_sums(group, len(models), c) for c in columns]
+        if not searched:  # no row's usage counted search, nor did its request ask for it
+            sums += [[0] * len(models)] * 2
         for j, model in enumerate(models):
             acc = self._models.setdefault(model, [0] * (1 + len(sums)))
             acc[0] += rows[j]
@@ -838,14 +848,16 @@ def build_report(
                                     "reasoning": stats._reported["reasoning_tokens"],
                                     "cache_write": stats._written_said},
         "search_units": {
-            "total": sum(acc[-6] for acc in stats._models.values()),
+            "total": sum(acc[-8] for acc in stats._models.values()),
+            "rows": sum(acc[-7] for acc in stats._models.values()),
+            "unpriced_rows": sum(acc[-6] for acc in stats._models.values()),
+        },
+        "search_requests": {
             "rows": sum(acc[-5] for acc in stats._models.values()),
             "unpriced_rows": sum(acc[-4] for acc in stats._models.values()),
         },
-        "search_requests": {
-            "rows": sum(acc[-3] for acc in stats._models.values()),
-            "unpriced_rows": sum(acc[-2] for acc in stats._models.values()),
-        },
+        "search_cost_usd": round(sum(e["search_cost_usd"] or 0.0 for e in by_model.values()),
+                                 12),
         "cost_usd": stats._cost_sum(lambda k: True),
         "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
         "cost_earlier_attempts_usd": stats._cost_sum(lambda k: True, earlier=True),
@@ -885,9 +897,20 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
     out: dict[str, dict[str, Any]] = {}
     for model, acc in groups:
         (n, ok, unpriced, *tokens, total, cached_said, reasoning_said, written, written_said,
-         units, _, unpriced_search, requests, unpriced_requests, unpriced_earlier) = acc
+         units, _, unpriced_search, requests, unpriced_requests, unpriced_earlier,
+         costed_units, costed_requests) = acc
         name = NO_VALUE if model is None else model
         price = None if model is None else prices.price(model)
+        # What the search of the rows with a cost cost, at the model's price (a unit's is
+        # search_unit, else the library's per web search: as PriceBook.cost prices them).
+        search: float | None = 0.0
+        if costed_units or costed_requests:
+            if price is None:
+                search = None  # priced as asked, by a journal written before priced_as
+            else:
+                unit = price.web_search if price.search_unit is None else price.search_unit
+                search = round(costed_units * (unit or 0.0)
+                               + costed_requests * (price.search_request or 0.0), 12)
         known = stats._cost_sum(partial(_of_model, model))
         out[name] = {
             "rows": n,
@@ -905,6 +928,7 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "search_unpriced_rows": unpriced_search,
             "search_requests": requests,
             "search_request_unpriced_rows": unpriced_requests,
+            "search_cost_usd": search,
             "earlier_unpriced_rows": unpriced_earlier,
             "price_source": SOURCE_UNKNOWN if model is None
             else SOURCE_ASKED if price is None and ok > unpriced else prices.source(model),
@@ -1226,6 +1250,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         *([["Search requests (billed per request)", _num(asked["rows"])]]
           if isinstance(asked.get("rows"), int) and asked["rows"] else []),
         ["Cost (USD)", cost],
+        *([["  of which search", format_usd(searched)]]
+          if (searched := _searched(report)) is not None else []),
         ["  of which billed for failed rows", format_usd(report.get("cost_failed_usd") or 0.0)],
         *([[f"Tries with no usage reported, {_counted(unreported['rows'], 'row', 'rows')} "
             "(USD, estimated, not in the cost)", format_usd(unreported.get("estimated_usd"))]]
@@ -1251,22 +1277,34 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
     by_model: Mapping[str, Mapping[str, Any]] = report.get("by_model") or {}
     if by_model:
+        # Columns of cache reads, cache writes and search where some row has them.
+        cached = bool(tokens.get("cached"))
+        wrote = bool((report.get("tokens_reported_by_rows") or {}).get("cache_write"))
+        searches = _searched(report) is not None
         body = []
         for model, m in by_model.items():
-            price = _model_price(m)
+            said = m.get("tokens_reported_by_rows") or {}
             body.append(
                 [
                     model,
                     _num(m.get("rows", 0)),
                     _num(m.get("prompt_tokens", 0)),
+                    *([_num(m.get("cached_tokens", 0)) if said.get("cached", 1)
+                       else "not reported"] if cached else []),
+                    *([_num(m.get("cache_write_tokens", 0)) if said.get("cache_write")
+                       else "not reported"] if wrote else []),
                     _num(m.get("completion_tokens", 0)),
                     _model_cost(m),
-                    price,
+                    *([format_usd(m.get("search_cost_usd"))] if searches else []),
+                    _model_price(m),
                     str(m.get("price_source") or ""),
                 ]
             )
-        head = ["Model", "Rows", "Prompt", "Completion", "Cost", "Price in/cached/out", "Source"]
-        out += ["## By model", "", *_table(head, body, right={1, 2, 3, 4}), ""]
+        head = ["Model", "Rows", "Prompt", *(["Cached"] if cached else []),
+                *(["Written to the cache"] if wrote else []), "Completion", "Cost",
+                *(["Search"] if searches else []), "Price in/cached/out", "Source"]
+        out += ["## By model", "", *_table(head, body, right=set(range(1, len(head) - 2))),
+                ""]
         out.append(
             f"Prices in {pricing.get('units', 'USD per 1M tokens')}; library: "
             f"{pricing.get('library', LIBRARY_NAME)} {pricing.get('library_version', '')}."
@@ -1288,6 +1326,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if warnings:
         out += ["## Warnings", "", *(f"- {_md(w)}" for w in warnings), ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _searched(report: Mapping[str, Any]) -> float | None:
+    """The report's cost of search billed apart from tokens, where some row's usage counted
+    search units or its request asked for search billed per request; else (or in a report
+    written before the figure) ``None``."""
+    units = (report.get("search_units") or {}).get("total")
+    asked = (report.get("search_requests") or {}).get("rows")
+    usd = report.get("search_cost_usd")
+    return usd if isinstance(usd, int | float) and (units or asked) else None
 
 
 def _model_price(m: Mapping[str, Any]) -> str:

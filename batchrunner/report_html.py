@@ -51,6 +51,7 @@ from batchrunner.report import (
     _model_cost,
     _model_price,
     _num,
+    _searched,
     count_rows,
     format_ms,
     format_usd,
@@ -187,6 +188,8 @@ def _header(report: Mapping[str, Any], title: str) -> str:
 
     cost = format_usd(report.get("cost_usd"))
     cost_note = "sum of the rows' cost_usd"
+    if (searched := _searched(report)) is not None:
+        cost_note += f", of which {format_usd(searched)} search billed apart from tokens"
     cost_class = ""
     if report.get("cost_complete") is False:
         unpriced = [
@@ -322,12 +325,14 @@ def _model_table(report: Mapping[str, Any]) -> str:
     if not by_model:
         return ""
     wrote = _wrote(report)  # a column of cache writes where some reply said them
+    search = _searched(report) is not None  # and of search's cost where some row had any
     head = (
         "<tr><th>Model</th><th class=n>Rows</th><th class=n>Ok</th><th class=n>Failed</th>"
         "<th class=n>Prompt</th><th class=n>Cached</th>"
         + ("<th class=n>Written to the cache</th>" if wrote else "")
         + "<th class=n>Completion</th>"
-        "<th class=n>Cost</th><th class=n>Price in / cached / out</th><th>Source</th></tr>"
+        "<th class=n>Cost</th>" + ("<th class=n>Search</th>" if search else "")
+        + "<th class=n>Price in / cached / out</th><th>Source</th></tr>"
     )
     body = []
     for model, m in list(by_model.items())[:50]:
@@ -346,7 +351,8 @@ def _model_table(report: Mapping[str, Any]) -> str:
             + (f"<td class=n>{written}</td>" if wrote else "")
             + f"<td class=n>{_num(_int(m.get('completion_tokens')))}</td>"
             f"<td class=n>{_e(cost)}</td>"
-            f"<td class=n>{_e(price)}</td>"
+            + (f"<td class=n>{_e(format_usd(m.get('search_cost_usd')))}</td>" if search else "")
+            + f"<td class=n>{_e(price)}</td>"
             f"<td>{_e(m.get('price_source') or '')}</td>"
             "</tr>"
         )

@@ -299,6 +299,7 @@ def test_job_fields_are_kept_and_the_key_order_is_stable(book: PriceBook) -> Non
         "tokens_reported_by_rows",
         "search_units",
         "search_requests",
+        "search_cost_usd",
         "cost_usd",
         "cost_failed_usd",
         "cost_earlier_attempts_usd",
@@ -783,3 +784,61 @@ def test_a_row_to_do_whose_attempts_were_billed_counts_only_their_cost(book: Pri
         assert report["requests"]["attempts"] == 5 and report["requests"]["retries"] == 3
         assert report["requests"]["http_429_in_rows"] == 1
         assert report["latency_ms"] == alone["latency_ms"]
+
+
+@pytest.mark.anyio
+async def test_the_reports_show_search_cost_apart_and_cache_tokens_by_model(
+        tmp_path: Path) -> None:
+    """A Grok job whose search is most of its cost ($0.10 of $0.106: four sources at $0.025)
+    showed the search units and the total, not what the search cost; and the by-model table
+    of cost_report.md had no cache columns (5,376 of the 5,748 prompt tokens were read from
+    the cache). The search cost is now its own figure in the JSON (the job's and each
+    model's), both reports' totals and their by-model tables, and the Markdown table shows
+    the cached tokens, where any row has them."""
+    from batchrunner.config import load_job
+    from batchrunner.retry import RetryPolicy
+    from batchrunner.runner import RunOptions, run_job
+    from batchrunner.simulator import Simulator, SimulatorConfig
+
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,kettle [[sim:citations]]\nb,tent [[sim:citations]]\nc,lamp\n")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
+        f'system = "{"You are a careful product copywriter. " * 200}"\n'
+        'prompt = "Describe {text}"\nmax_tokens = 50\n[output]\ndir = "out"\n'
+        '[prices."grok-4"]\ninput = 3.0\noutput = 15.0\ncached_input = 0.75\n'
+        "search_unit = 0.025\n")
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(load_job(job, {"base_url": sim.base_url}),
+                          RunOptions(retry=RetryPolicy(base_s=0.0), progress="none",
+                                     handle_signals=False))
+    assert s.exit_code == 0
+    out = tmp_path / "out"
+    report = json.loads((out / "cost_report.json").read_text())
+    units = report["search_units"]["total"]
+    assert units == 4
+    assert report["search_cost_usd"] == pytest.approx(units * 0.025)
+    grok = report["by_model"]["grok-4"]
+    assert grok["search_cost_usd"] == pytest.approx(units * 0.025)
+    cached = grok["cached_tokens"]
+    assert cached > 0
+    md = (out / "cost_report.md").read_text()
+    assert cell(md, "of which search") == format_usd(units * 0.025)
+    head = next(x for x in md.splitlines() if x.startswith("| Model "))
+    row = next(x for x in md.splitlines() if x.startswith("| grok-4 "))
+    columns = dict(zip([c.strip() for c in head.split("|")],
+                       [c.strip() for c in row.split("|")], strict=True))
+    assert columns["Cached"] == f"{cached:,}"
+    assert columns["Search"] == format_usd(units * 0.025)
+    html = (out / "report.html").read_text()
+    assert f"of which {format_usd(units * 0.025)} search" in html
+    assert "<th class=n>Search</th>" in html
+    assert f"<td class=n>{format_usd(units * 0.025)}</td>" in html
+    # A job without search or cache reads has no such columns.
+    plain = build_report(table([ok_row(PriceBook({"my-model": OWN}), "a", "my-model",
+                                       cached=0)]), prices=PriceBook({"my-model": OWN}),
+                         job=JOB, wall_s=1.0)
+    assert plain["search_cost_usd"] == 0.0
+    head = next(x for x in render_markdown(plain).splitlines() if x.startswith("| Model "))
+    assert "Cached" not in head and "Search" not in head
