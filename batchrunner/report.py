@@ -28,7 +28,8 @@ Top-level keys, in this order::
                       "billed_to_do", "changed_to_send", "cost_unknown"}; total counts the
                       rows with an outcome, to_do the input's rows without one (null when not
                       given), billed_to_do those of them whose attempts so far were billed
-                      without an answer (``retrying`` records),
+                      without an answer at a cost reported (``retrying`` records with an
+                      earlier_cost_usd; a cut try's estimate is cost_unreported's),
                       changed_to_send the rows whose text changed since they were sent and
                       that are not sent again yet (their outcomes are to the earlier text),
                       cost_unknown the rows paid for without a cost: ok rows (unknown price,
@@ -458,10 +459,11 @@ class OutcomeStats:
         """Rows to do whose attempts were billed (``retrying`` records): no outcome, so not
         among the rows; what those attempts cost is earlier attempts' cost, and the requests
         they record count."""
-        self._to_do_billed += t.num_rows
         if "unreported_usd" in t.column_names:
             self._unreported.add(t["unreported_usd"])
         if "earlier_cost_usd" in t.column_names:
+            # Rows whose billed attempts have a cost: not a cut try's estimate alone.
+            self._to_do_billed += len(t) - t["earlier_cost_usd"].null_count
             models = group_codes(_priced_as(t))
             none_failed = np.zeros(t.num_rows, dtype=np.bool_)
             for sums, bad in ((self._earlier, self._earlier_bad), (self._to_do, self._to_do_bad)):

@@ -202,7 +202,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.failed = statuses.get("failed", 0)
     # Rows to do: without a record, or whose latest is ``retrying`` (billed, not answered).
     summary.pending = statuses.get(None, 0) + statuses.get(RETRYING, 0)
-    summary.billed_to_do = statuses.get(RETRYING, 0)
+    # Of them, those whose billed attempts have a cost (not a cut try's estimate alone).
+    summary.billed_to_do = sum(len(c) - c.null_count for c in billed_usd)
     summary.billed_to_do_usd = sum_usd(pa.chunked_array(billed_usd, pa.float64()))
     summary.results_path = results_path
 

@@ -254,7 +254,7 @@ class RunSummary:
     error_examples: dict[str, str] = field(default_factory=dict)  # a message of each type
     cost_usd: float | None = 0.0
     earlier_cost_usd: float = 0.0  # earlier billed attempts of rows sent again, not in cost_usd
-    billed_to_do: int = 0  # rows to do whose attempts were billed (``retrying`` records)
+    billed_to_do: int = 0  # rows to do whose attempts were billed at a cost (``retrying``)
     billed_to_do_usd: float = 0.0  # what they cost: part of earlier_cost_usd
     # Rows with tries billed, maybe, with no usage reported, and those tries' estimated cost:
     # not in the costs above (what servers reported), counted by the budget.

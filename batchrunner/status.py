@@ -132,7 +132,8 @@ def format_status(out_dir: Path) -> str:
         else:
             why = "no price known for the model or its search, or no usage reported"
         cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
-    cost += plus_earlier(state.earlier.usd, state.billed_to_do, state.to_do_earlier.usd)
+    # Of the rows to do, those whose billed attempts have a cost (not a cut try's estimate).
+    cost += plus_earlier(state.earlier.usd, state.to_do_earlier.rows, state.to_do_earlier.usd)
     if state.unreported.rows:
         cost = (f"at least {cost}, plus tries of {count_rows(state.unreported.rows)} that may "
                 "have been billed with no usage reported, estimated at "
@@ -253,8 +254,7 @@ class _Tally:
         self.cost = UsdSum()
         self.earlier = UsdSum()
         self.unreported = UsdSum()  # estimates of tries billed, maybe, with no usage reported
-        self.billed_to_do = 0  # rows whose latest record is ``retrying``
-        self.to_do_earlier = UsdSum()  # their earlier_cost_usd
+        self.to_do_earlier = UsdSum()  # earlier_cost_usd of rows whose latest is ``retrying``
         self.failed_by_type: Counter[str] = Counter()
         self.finished_at: list[npt.NDArray[np.float64]] | None = [] if times else None
 
@@ -266,7 +266,6 @@ class _Tally:
             elif entry["values"] == "failed":
                 failed = entry["counts"]
             elif entry["values"] == RETRYING:
-                self.billed_to_do += entry["counts"]
                 self.to_do_earlier.add(pc.filter(part["earlier_cost_usd"],
                                                  is_value(part["status"], RETRYING)))
         if failed:

@@ -743,3 +743,36 @@ async def test_tries_with_no_usage_reported_count_in_the_next_runs_budget(
                                                "max_cost_usd": spent + 0.05}), FAST)
         assert stopped.exit_code == 4 and sim.stats()["requests"] == sent
         assert f"({format_usd(spent)} spent when it stopped)" in str(stopped.stopped)
+
+
+@pytest.mark.anyio
+async def test_rows_still_to_do_beside_earlier_costs_are_those_with_a_cost(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job stopped with two rows still to do: one whose first answer was billed with usage
+    and no usable answer, one whose first answer was cut (no usage: an estimate only). The
+    summary, status and both reports said the earlier attempts' cost was that "of 2 rows still
+    to do", the cut row's $0 reported among them. They now count the rows whose earlier
+    attempts have a reported cost; the cut row's estimate is shown apart, as before."""
+    inp = tmp_path / "in.csv"
+    texts = ["billed [[sim:no_choices*1]]", "cut [[sim:truncated*1]]",
+             *(f"filler {i}" for i in range(20))]
+    pd.DataFrame({"id": range(len(texts)), "text": texts}).to_csv(inp, index=False)
+    costly_job(tmp_path, inp, max_tokens=20, concurrency=1)
+    # Backoffs longer than any run: the two rows wait for their retries until the budget stops.
+    slow = RunOptions(retry=RetryPolicy(base_s=1e6, cap_s=1e6, max_attempts=3),
+                      progress="none", handle_signals=False)
+    async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
+        s = await run_job(load_job(tmp_path / "job.toml",
+                                   {"base_url": sim.base_url, "max_cost_usd": 0.3}), slow)
+    assert s.exit_code == 4 and s.pending >= 2
+    assert s.billed_to_do == 1 and s.billed_to_do_usd > 0 and s.unreported_rows == 1
+    said = f"{format_usd(s.billed_to_do_usd)} for earlier attempts of 1 row still to do"
+    assert said in format_summary(s)
+    assert main(["status", str(tmp_path / "out")]) == 0
+    assert said in capsys.readouterr().out
+    out = tmp_path / "out"
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["rows"]["billed_to_do"] == 1
+    assert "Earlier attempts, 1 row still to do (USD)" in (out / "cost_report.md").read_text()
+    assert (f"{format_usd(s.billed_to_do_usd)} for earlier attempts of 1 row still to do"
+            in (out / "report.html").read_text())
