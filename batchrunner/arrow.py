@@ -2,8 +2,9 @@
 
 pyarrow imports pandas (about 0.2 s of CPU and 35 MB) the first time it converts a Python or
 numpy value: ``pa.scalar``, ``pa.array`` of a list or a numpy array, ``Array.to_numpy``,
-``np.asarray`` of an array, a ``pyarrow.compute`` function given a plain Python value, and
-``Table.group_by(...).aggregate`` (through ``pyarrow.acero``). A run, ``report`` and ``status``
+``np.asarray`` of an array, a ``pyarrow.compute`` function given a plain Python value,
+``Table.group_by(...).aggregate`` (through ``pyarrow.acero``), and ``to_pylist`` of a time with a
+zone. A run, ``report`` and ``status``
 use none of pandas, so the conversions they need are made here from the arrays' buffers, which
 never imports it. Every helper is exact: the same values, types and nulls as the pyarrow call it
 stands for.
@@ -36,6 +37,7 @@ __all__ = [
     "nested_values",
     "null_scalar",
     "prompt_text",
+    "python_rows",
     "scalar",
     "string_array",
     "to_numpy",
@@ -364,6 +366,46 @@ def _zoned_texts(column: pa.Array | pa.ChunkedArray, tz: str) -> list[str | None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Microseconds in a unit of the timestamps ``rows`` makes Python datetimes of.
+_MICROSECONDS = {"s": 1_000_000, "ms": 1000, "us": 1}
+
+
+def python_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
+    """``batch.to_pylist()``: the same values, but times with a zone to the second, milli- or
+    microsecond made here, where pyarrow imports pandas for each (it asks whether pandas is
+    there before it looks at the unit). They are made as pyarrow makes them, in the zone
+    pyarrow's ``string_to_tzinfo`` gives, so a prompt shows the same text (``str``) and a row
+    hashes the same (orjson's RFC 3339 form) as before."""
+    zoned = [i for i, field in enumerate(batch.schema)
+             if pa.types.is_timestamp(field.type) and field.type.tz is not None
+             and field.type.unit in _MICROSECONDS]
+    if not zoned:
+        out: list[dict[str, Any]] = batch.to_pylist()
+        return out
+    plain = batch
+    for i in zoned:  # read as integers by to_pylist, then replaced
+        plain = plain.set_column(i, batch.schema.field(i).name, batch.column(i).view(pa.int64()))
+    out = plain.to_pylist()
+    for i in zoned:
+        name = batch.schema.field(i).name
+        for row, value in zip(out, _zoned_datetimes(batch.column(i)), strict=True):
+            row[name] = value
+    return out
+
+
+def _zoned_datetimes(column: pa.Array) -> list[datetime | None]:
+    """A timestamp column with a time zone (a unit of ``_MICROSECONDS``) as pyarrow's
+    ``as_py`` makes its values: the time in UTC put in the column's zone."""
+    typ = column.type
+    zone = pa.lib.string_to_tzinfo(typ.tz)
+    scale = _MICROSECONDS[typ.unit]
+    epoch, delta = _EPOCH, timedelta
+    values = to_numpy(column.view(pa.int64()), fill=0).tolist()
+    if not column.null_count:
+        return [(epoch + delta(microseconds=v * scale)).astimezone(zone) for v in values]
+    valid = to_numpy(pc.is_valid(column)).tolist()
+    return [(epoch + delta(microseconds=v * scale)).astimezone(zone) if ok else None
+            for v, ok in zip(values, valid, strict=True)]
 
 
 def _timestamp_text(text: str) -> str:

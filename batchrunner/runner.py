@@ -49,6 +49,7 @@ from batchrunner import io
 from batchrunner.arrow import (
     int64_array,
     prompt_text,
+    python_rows,
     scalar,
     string_array,
     to_numpy,
@@ -1187,7 +1188,7 @@ def _input_rows(source: io.InputSource, builder: RequestBuilder | None, key_colu
             if len(todo):
                 if len(todo) < n:  # only the rows to send are shown as text
                     batch = pc.take(batch, int64_array(todo))
-                yield position + todo, _shown(batch, text, extra).to_pylist()
+                yield position + todo, python_rows(_shown(batch, text, extra))
             position += n
             if stop is not None and position >= stop:
                 return

@@ -154,17 +154,28 @@ def test_status_imports_neither_the_runner_nor_the_http_client(tmp_path: Path) -
 def test_a_pandas_datetime_column_in_a_prompt_needs_no_pandas(tmp_path: Path) -> None:
     """pandas writes its datetimes to Parquet as timestamp[ns], which pyarrow turns into pandas
     Timestamps: a prompt naming such a column (``Ordered on {ordered_at}``) imported pandas
-    for every run. Their text is made without it (the same text: see test_io's
-    test_pandas_datetimes_read_in_a_prompt_as_before)."""
+    for every run, as did one naming times with a zone to the second, milli- or microsecond.
+    Their text is made without it (the same text: see test_io's
+    test_pandas_datetimes_read_in_a_prompt_as_before and
+    test_zoned_times_to_the_microsecond_read_in_a_prompt_as_pyarrow_makes_them)."""
     ns = [1704110400123456789, 1706745600000000000, -500_000_000, None]
     table = pa.table({"id": ["a", "b", "c", "d"],
                       "ordered_at": pa.array(ns, pa.int64()).cast(pa.timestamp("ns")),
                       "shipped_at": pa.array(ns, pa.int64()).cast(
-                          pa.timestamp("ns", tz="Europe/Paris"))})
+                          pa.timestamp("ns", tz="Europe/Paris")),
+                      # Zoned times to the milli- and microsecond, and the second: pyarrow
+                      # imports pandas to make each a Python datetime.
+                      "paid_at": pa.array([v and v // 10**6 for v in ns], pa.int64()).cast(
+                          pa.timestamp("ms", tz="America/New_York")),
+                      "seen_at": pa.array([v and v // 1000 for v in ns], pa.int64()).cast(
+                          pa.timestamp("us", tz="+05:30")),
+                      "due_at": pa.array([v and v // 10**9 for v in ns], pa.int64()).cast(
+                          pa.timestamp("s", tz="UTC"))})
     pq.write_table(table, tmp_path / "in.parquet")
     with SimulatorThread(SimulatorConfig()) as sim:
         commands = [["run", "--input", str(tmp_path / "in.parquet"), "--id-column", "id",
-                     "--prompt", "Ordered on {ordered_at}, shipped on {shipped_at}",
+                     "--prompt", "Ordered on {ordered_at}, shipped on {shipped_at}, paid on "
+                     "{paid_at}, seen on {seen_at}, due on {due_at}",
                      "--model", "gpt-4o-mini",
                      "--base-url", sim.base_url, "--output", str(tmp_path / "out"),
                      "--progress", "none"]]

@@ -1032,6 +1032,56 @@ def test_zoned_datetimes_past_2037_and_in_local_mean_time_read_as_pandas_writes_
     assert len(rows) == len(ns) and rows[-1]["when"] is None
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+def test_zoned_times_to_the_microsecond_read_in_a_prompt_as_pyarrow_makes_them(
+        tmp_path: Path, unit: str) -> None:
+    """Times with a zone to the second, milli- or microsecond are made Python datetimes by
+    batchrunner, not by pyarrow (which imports pandas for them): each row's prompt text (the
+    datetime's ``str``) and hash (its RFC 3339 form, as orjson writes it) are those of
+    pyarrow's datetime, which rows answered before were sent and recorded with, in named zones
+    and fixed offsets, before 1970, in local mean time (+00:09:21) and in summers after 2037."""
+    from batchrunner.arrow import python_rows
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, hash_values, iter_rows, make_work, prepare
+
+    us = [1704110400123456, -500_123_457, -2208988800000000, 2161998000654321,
+          2224000000000001, 0, 1719835200120000, None]
+    scale = {"s": 10**6, "ms": 1000, "us": 1}[unit]
+    zones = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "+05:30", "-03:30"]
+    table = pa.table({"id": list(range(len(us))), **{
+        f"t{i}": pa.array([v if v is None else v // scale for v in us], pa.int64()).cast(
+            pa.timestamp(unit, tz=zone)) for i, zone in enumerate(zones)}})
+    pq.write_table(table, tmp_path / "in.parquet")
+    before = pq.read_table(tmp_path / "in.parquet").to_pylist()  # pyarrow's own datetimes
+    batch = pq.read_table(tmp_path / "in.parquet").to_batches()[0]
+    assert python_rows(batch) == before
+    assert [[str(v) for v in r.values()] for r in python_rows(batch)] == [
+        [str(v) for v in r.values()] for r in before]
+    assert orjson.dumps(python_rows(batch)) == orjson.dumps(before)
+
+    names = [f"t{i}" for i in range(len(zones))]
+    job = load_job(None, {
+        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
+        "prompt": " | ".join(f"{{{n}}}" for n in names), "base_url": "http://127.0.0.1:9/v1",
+        "output": str(tmp_path / "out")})
+    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    rows = [row for _, row, _ in iter_rows(plan)]
+    assert len(rows) == len(us)
+    for row, was in zip(rows, before, strict=True):
+        if was["t0"] is None:
+            assert all(row[n] is None for n in names)
+            continue
+        work, _ = make_work(plan, str(row["id"]), row)
+        assert work is not None
+        assert work.body["messages"][-1]["content"] == " | ".join(str(was[n]) for n in names)
+        for n in names:
+            assert hash_values((row[n],)) == hash_values((was[n],))
+    paris = str(before[2]["t1"])  # 1900: Paris's local mean time, to the second
+    assert paris.startswith("1900-01-01 00:09:21") and paris.endswith("+00:09:21")
+    summer = str(before[3]["t1"])  # 2038-07-06 05:00 in summer time, not winter's offset
+    assert summer.startswith("2038-07-06 05:00:00") and summer.endswith("+02:00")
+
+
 def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path: Path) -> None:
     """Columns a CSV file has no type for (lists, structs, maps, binary that is not UTF-8, a
     UUID extension column) are written as text: JSON, UTF-8 with ``\\x`` escapes, the UUID's
