@@ -902,6 +902,11 @@ class _JsonlSource(InputSource):
     def __init__(self, path: Path, batch_size: int) -> None:
         super().__init__(path, batch_size)
         self.kind = "jsonl"
+        # The byte offsets of the lines ``_long_number`` found when the file was read through
+        # (``_scan``), and the file's ``stamp`` then: the later reads of an unchanged file look
+        # them up rather than look at every line again (a run reads its rows three times more).
+        self._long_lines: frozenset[int] = frozenset()
+        self._scanned: object = None
         first = self._first_record()
         if first is None:
             raise _input_error(
@@ -924,10 +929,16 @@ class _JsonlSource(InputSource):
         now, not half-way through the run."""
         kinds: dict[str, int] = {}
         n = 0
+        long_lines: list[int] = []
+        stamp = self.stamp()
         for lineno, offset, line in self._lines():
-            for key, value in self._parse(lineno, offset, line).items():
+            long = _long_number(line)
+            if long:
+                long_lines.append(offset)
+            for key, value in self._parse(lineno, offset, line, long).items():
                 kinds[key] = kinds.get(key, 0) | _kind(value)
             n += 1
+        self._long_lines, self._scanned = frozenset(long_lines), stamp
         self.num_rows = n
         self.rows_checked = True
         self.columns = list(kinds)
@@ -950,7 +961,9 @@ class _JsonlSource(InputSource):
         except OSError as exc:
             raise _input_error(self.path, f"cannot read it ({_os_reason(exc)})") from None
 
-    def _parse(self, lineno: int, offset: int, line: bytes) -> dict[str, Any]:
+    def _parse(self, lineno: int, offset: int, line: bytes, long: bool | None = None
+               ) -> dict[str, Any]:
+        """The line's record; ``long``: whether ``_long_number(line)``, if known."""
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
@@ -974,7 +987,7 @@ class _JsonlSource(InputSource):
                 f"line {lineno} is not valid JSON ({_one_line(exc.msg, 80)}) — "
                 "write one JSON object per line",
             ) from None
-        if self.kind == "jsonl" and _long_number(line):
+        if self.kind == "jsonl" and (_long_number(line) if long is None else long):
             # An id like 123456789012345678901234567890 is kept as written, not rounded to
             # 1.2345678901234568e+29 (orjson reads integers past 64 bits as floats).
             obj = json.loads(line)
@@ -1027,10 +1040,14 @@ class _JsonlSource(InputSource):
         convert = [_as_text if t == pa.string() else None for t in types]
         values: list[list[Any]] = [[] for _ in columns]
         n = nbytes = 0
+        # The file as it was read through: its long numbers are where they were found then.
+        known = (self._long_lines if not openai and self._scanned is not None
+                 and self.stamp() == self._scanned else None)
         lines = self._lines()
         try:
             for lineno, offset, line in lines:
-                obj = self._parse(lineno, offset, line)
+                obj = self._parse(lineno, offset, line,
+                                  None if known is None else offset in known)
                 if openai:
                     self._check_openai(lineno, obj)
                     # The body as text, only for the passes that read it (not the ids').

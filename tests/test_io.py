@@ -616,6 +616,35 @@ def test_the_long_number_check_answers_as_the_regular_expression(line: bytes) ->
     assert bio._long_number(line) is (re.search(rb"[-0-9]{20}", line) is not None)
 
 
+def test_a_jsonl_files_lines_are_looked_at_for_long_numbers_once(
+        write: Writer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run reads a JSONL file's rows four times (opening it, its ids, its rows, its results),
+    and every line was looked at for integers past 64 bits each time; now only when the file is
+    read through at open, the later reads finding them where they were, unless the file
+    changed since, when every line is looked at again (a long number on another line is still
+    kept as written)."""
+    looked: list[bytes] = []
+    check = bio._long_number
+    monkeypatch.setattr(bio, "_long_number", lambda line: looked.append(line) or check(line))
+    path = write("ids.jsonl", b'{"id": 123456789012345678901234567890, "n": 1}\n'
+                              b'{"id": "a", "n": 2}\n\n{"id": "b", "n": 18446744073709551616}\n')
+    source = open_input(path)
+    at_open = len(looked)
+    assert at_open >= 3 and [(f.name, str(f.type)) for f in source.schema] == [
+        ("id", "string"), ("n", "string")]
+    expected = [{"id": "123456789012345678901234567890", "n": "1"}, {"id": "a", "n": "2"},
+                {"id": "b", "n": "18446744073709551616"}]
+    assert rows_of(source) == expected and rows_of(source, ["n"]) == [
+        {"n": r["n"]} for r in expected]
+    assert len(looked) == at_open
+
+    path.write_bytes(b'{"id": "c", "n": 1}\n{"id": 98765432109876543210, "n": 2}\n'
+                     b'{"id": "d", "n": 3}\n')
+    assert rows_of(source) == [{"id": "c", "n": "1"}, {"id": "98765432109876543210", "n": "2"},
+                               {"id": "d", "n": "3"}]
+    assert len(looked) == at_open + 3
+
+
 def test_jsonl_streams_in_batches(write: Writer) -> None:
     data = b"".join(orjson.dumps({"id": i, "text": f"t{i}"}) + b"\n" for i in range(250))
     source = open_input(write("many.jsonl", data), batch_size=100)
