@@ -617,7 +617,7 @@ class _CsvSource(InputSource):
                 row, line, got = found
                 row_text = f"row {row} (line {line})"
             else:
-                row_text = f"a row after row {rows_done}"
+                row_text = self._a_row_after(rows_done)
             fix = (delimiter_hint(self.columns or _header(self.path, self._delimiter))
                    or " — fix the quoting or the delimiter")
             return _input_error(
@@ -629,7 +629,7 @@ class _CsvSource(InputSource):
         if "straddl" in text:
             long = _find_long_row(self.path, self._delimiter, rows_done, CSV_MAX_BLOCK_SIZE)
             holder = (f"row {long[0]} (line {long[1]})" if long
-                      else f"a row after row {rows_done}")
+                      else self._a_row_after(rows_done))
             return _input_error(
                 self.path,
                 f"{holder} holds a value larger than {CSV_MAX_BLOCK_SIZE >> 20} MiB, or a quote "
@@ -639,9 +639,19 @@ class _CsvSource(InputSource):
             return _input_error(self.path, "has no data rows — add rows below the header")
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException):
             return _input_error(self.path, f"cannot read it ({_os_reason(exc)})")
-        return _input_error(
-            self.path, f"cannot be read as CSV after row {rows_done} ({_one_line(text)})"
-        )
+        return _input_error(self.path, f"cannot be read as CSV {self._after(rows_done)} "
+                                       f"({_one_line(text)})")
+
+    def _after(self, rows_done: int) -> str:
+        """``after row 5, from line 9 on``: where a read that failed past row ``rows_done``
+        stopped, for a message (the line left out where the file cannot be read for it)."""
+        line = _line_after_row(self.path, self._delimiter, rows_done)
+        return f"after row {rows_done}" + (f", from line {line} on" if line else "")
+
+    def _a_row_after(self, rows_done: int) -> str:
+        """``a row after row 5 (from line 9 on)``: the row a message is about, not found."""
+        line = _line_after_row(self.path, self._delimiter, rows_done)
+        return f"a row after row {rows_done}" + (f" (from line {line} on)" if line else "")
 
 
 def _header(path: Path, delimiter: str) -> list[str]:
@@ -763,6 +773,26 @@ def _csv_rows(path: Path, delimiter: str) -> Generator[tuple[int, int, list[str]
         csv.field_size_limit(old_limit)
 
 
+def _line_after_row(path: Path, delimiter: str, row: int) -> int | None:
+    """The line (from 1) after the one data row ``row`` ends on (row 0: the header), as
+    ``_csv_rows`` counts them; None if the file has no such row or cannot be read."""
+    old_limit = csv.field_size_limit(sys.maxsize)
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            seen = -1  # the header is row 0
+            for record in reader:
+                if record:
+                    seen += 1
+                    if seen == row:
+                        return reader.line_num + 1
+    except (OSError, csv.Error):
+        return None
+    finally:
+        csv.field_size_limit(old_limit)
+    return None
+
+
 def _find_ragged_row(path: Path, expected: int, delimiter: str
                      ) -> tuple[int, int, int] | None:
     """(data row, first line, fields) of the first row without ``expected`` fields, if any."""
@@ -779,14 +809,15 @@ def _find_ragged_row(path: Path, expected: int, delimiter: str
 def _find_long_row(path: Path, delimiter: str, after: int, limit: int
                    ) -> tuple[int, int] | None:
     """(data row, first line) of the first row past row ``after`` whose text is ``limit``
-    bytes or more (one that no block of ``limit`` bytes holds), if any."""
+    bytes or more in the file (one that no block of ``limit`` bytes holds), if any: each
+    ``"`` in a value counted twice, as a quoted value holds it."""
     rows = _csv_rows(path, delimiter)
     try:
         for row, line, record in rows:
             if row > after:
                 chars = sum(map(len, record))
-                if chars >= limit or (chars * 4 >= limit
-                                      and sum(len(v.encode()) for v in record) >= limit):
+                if chars * 4 >= limit and sum(len(v.encode()) + v.count('"')
+                                              for v in record) >= limit:
                     return row, line
     finally:
         rows.close()

@@ -215,6 +215,45 @@ def test_a_csv_value_longer_than_the_largest_block_is_named(
         "is never closed — check the quoting")
 
 
+def test_a_csv_value_of_many_quotes_longer_than_the_largest_block_is_named(
+    write: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value whose quotes, each written twice in the file, make it longer than a block (JSON
+    text in a cell) was not found, its text being shorter, and the message named only the row
+    before it; it is named with its line."""
+    monkeypatch.setattr(bio, "CSV_MAX_BLOCK_SIZE", 1 << 20)
+    rows = "".join(f"{i},short {i}\n" for i in range(3000))
+    doc = '"' * 1_040_000  # 2 MiB in the file, under 1 MiB of text
+    path = write("quotes.csv", f'id,text\n{rows}doc,"{doc.replace(chr(34), 2 * chr(34))}"\n'
+                               "1,a\n".encode())
+    with pytest.raises(InputError) as info:
+        rows_of(open_input(path))
+    assert str(info.value) == (
+        f"input {path}: row 3001 (line 3002) holds a value larger than 1 MiB, or a quote that "
+        "is never closed — check the quoting")
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    ("CSV parse error: Expected 2 columns, got 3: x", "a row after row 2 (from line 6 on) has "
+     "3 fields, the header has 2 — fix the quoting or the delimiter"),
+    ("straddling object straddles two block boundaries", "a row after row 2 (from line 6 on) "
+     "holds a value larger than 16 MiB"),
+    ("CSV parse error: something else", "cannot be read as CSV after row 2, from line 6 on "
+     "(CSV parse error: something else)"),
+])
+def test_a_csv_read_that_stops_where_no_row_is_found_names_the_line(
+        write: Writer, error: str, expected: str) -> None:
+    """The messages for a read that stopped where the rows, read again to name the one at
+    fault, hold none (the file changed since, or reads otherwise) named only the row before
+    it; they name the line the read stopped at too, as the others do."""
+    path = write("ok.csv", b'id,text\n1,"two\nlines"\n\n2,b\n3,c\n')
+    source = open_input(path)
+    if "straddl" in error:
+        source._block_size = bio.CSV_MAX_BLOCK_SIZE  # no larger blocks to try
+    message = str(source._error(pa.ArrowInvalid(error), 2))  # type: ignore[attr-defined]
+    assert message.startswith(f"input {path}: {expected}")
+
+
 def test_a_csv_readers_file_is_its_own_to_close(
     write: Writer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
