@@ -1432,20 +1432,28 @@ def _json_rows(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
+#: Text and binary in Arrow's view layout (what Polars writes), which its CSV writer refuses.
+_VIEWS: Final = {getattr(pa, view)(): getattr(pa, plain)()
+                 for view, plain in (("string_view", "string"), ("binary_view", "binary"))
+                 if hasattr(pa, view)}
+
+
 def _not_csv(typ: pa.DataType) -> bool:
     """Whether Arrow's CSV writer cannot write a column of ``typ`` (or not every value of it:
     binary that is not UTF-8), or not as ours do (a time with a zone, see ``_utc_text``)."""
     return (pa.types.is_nested(typ) or isinstance(typ, pa.BaseExtensionType) or _has_zone(typ)
             or pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
-            or pa.types.is_fixed_size_binary(typ))
+            or pa.types.is_fixed_size_binary(typ) or typ in _VIEWS)
 
 
 def _csv_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """A column ``_not_csv`` as text: lists, structs and maps as JSON, binary as UTF-8 (``\\x``
     escapes where it is not), an extension type's values (a UUID, say) as ``str`` writes them,
-    a time with a zone as ``_utc_text``."""
+    a time with a zone as ``_utc_text``, text and binary in the view layout as the others."""
     if _has_zone(column.type):
         return _utc_text(column)
+    if column.type in _VIEWS:
+        column = pc.cast(column, _VIEWS[column.type])
     if isinstance(column.type, pa.BaseExtensionType):
         return string_array([None if v is None else str(v) for v in column.to_pylist()])
     return prompt_text(column)
