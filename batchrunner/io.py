@@ -1409,11 +1409,15 @@ def _utc_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 def _for_json(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
     """Columns whose Python values would not read as the data does, made so: timestamps with a
     time zone as ``_utc_text`` (turned into Python datetimes, pyarrow would import pandas for
-    the zone); float32 as the float64 nearest its shortest text (0.7, not 0.699999988079071)."""
+    the zone); pandas' datetimes (timestamp[ns]) without one as the text of the pandas
+    Timestamps pyarrow made of them (importing pandas), which orjson wrote by their ``str``;
+    float32 as the float64 nearest its shortest text (0.7, not 0.699999988079071)."""
     for i, field in enumerate(batch.schema):
         typ = field.type
         if _has_zone(typ):
             batch = batch.set_column(i, field.name, _utc_text(batch.column(i)))
+        elif pa.types.is_timestamp(typ) and typ.unit == "ns":
+            batch = batch.set_column(i, field.name, prompt_text(batch.column(i)))
         elif pa.types.is_float32(typ) or pa.types.is_float16(typ):
             shortest = pc.cast(pc.cast(batch.column(i), pa.string()), pa.float64())
             batch = batch.set_column(i, field.name, shortest)

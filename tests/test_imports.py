@@ -179,9 +179,13 @@ def test_a_pandas_datetime_column_in_a_prompt_needs_no_pandas(tmp_path: Path) ->
                      "--model", "gpt-4o-mini",
                      "--base-url", sim.base_url, "--output", str(tmp_path / "out"),
                      "--progress", "none"]]
+        # And its results as JSONL, whose times are written by their text.
+        commands.append([*commands[0][:-4], "--output", str(tmp_path / "jsonl"), "--format",
+                         "jsonl", "--progress", "none"])
         done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(commands)],
                               env={**os.environ, "OPENAI_API_KEY": "sk-test"},
                               capture_output=True, text=True, timeout=120)
         sent = sim.stats()["requests"]
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "exit 3 run" in done.stdout and sent == 3  # the row without a time is not sent
+    assert done.stdout.count("exit 3 run") == 2
+    assert sent == 6  # the row without a time is not sent

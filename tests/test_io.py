@@ -914,6 +914,21 @@ def test_times_with_a_zone_are_written_alike_in_csv_and_jsonl(tmp_path: Path, fm
         at, UTC)
 
 
+def test_pandas_datetimes_are_written_in_jsonl_results_as_before(tmp_path: Path) -> None:
+    """A timestamp[ns] column without a zone (pandas' datetimes) was written in JSONL results
+    as the text of the pandas Timestamps pyarrow made of them, importing pandas; the same
+    text is now made without it (test_imports' run checks that it is not imported)."""
+    import pandas as pd
+
+    ns = [1704110400123456789, 1706745600000000000, -500_000_000, 1719835200123456000, None]
+    table = pa.table({"at": pa.array(ns, pa.int64()).cast(pa.timestamp("ns"))})
+    with ResultWriter(tmp_path / "r.jsonl", "jsonl", table.schema) as writer:
+        writer.write(table)
+    lines = (tmp_path / "r.jsonl").read_bytes().splitlines()
+    written = [orjson.loads(line)["at"] for line in lines]
+    assert written == [None if v is None else str(pd.Timestamp(v)) for v in ns]
+
+
 def test_jsonl_results_keep_nulls_and_floats(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     with ResultWriter(path, "jsonl", RESULT_SCHEMA) as writer:
