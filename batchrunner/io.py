@@ -491,6 +491,12 @@ class _CsvSource(InputSource):
         without an error.
         """
         bad, quotes = _scan_csv_bytes(self.path)
+        if bad is not None and bad[1] == 0 and _starts_utf16(self.path):
+            raise _input_error(
+                self.path,
+                "is UTF-16 text (as Excel saves 'Unicode Text'), not UTF-8 — save it as "
+                "'CSV UTF-8'",
+            )
         if bad is not None:
             raise _input_error(
                 self.path,
@@ -658,6 +664,15 @@ def _header(path: Path, delimiter: str) -> list[str]:
     """The names on a CSV file's first line (read while its schema is not known yet)."""
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         return next(csv.reader([f.readline(1 << 16)], delimiter=delimiter), [])
+
+
+def _starts_utf16(path: Path) -> bool:
+    """Whether ``path`` starts with a UTF-16 byte order mark."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    except OSError:
+        return False
 
 
 def _find_bad_utf8(path: Path) -> tuple[int, int] | None:
