@@ -2033,8 +2033,8 @@ class _Run:
                             own.requests_sent += 1
                     finally:
                         self.pacing.discard(pacing)
-            else:  # no rate: a pause at most, which a stop lifts (no scope a request)
-                await self.limiter.acquire(charge)
+            elif self.limiter.paused_s > 0.0:  # no rate: a 429's pause, which a stop lifts
+                await self.limiter.acquire(charge)  # (no scope a request, nor a call unpaused)
             if self.stopping:
                 self._refund(item, charge)
                 return None, None
@@ -2331,7 +2331,7 @@ class _Run:
     def _answered(self, sent_at: float) -> None:
         """An HTTP answer (of any status) arrived to a request sent at ``sent_at``: the
         endpoint is reachable, or was when it was sent."""
-        down = self._looks_down
+        down = self.refused_since > self.last_answer  # _looks_down, without its call
         self.last_answer = time.perf_counter()
         self.answered_sent = max(self.answered_sent, sent_at)
         if self.gate is not None and sent_at >= self.gate_from:
@@ -2785,7 +2785,8 @@ class _Run:
 
     def _success(self, item: _Work, res: ChatResult, charge: int) -> Outcome:
         self.counters["attempts"] += item.attempts
-        self._observe(item, res.headers)
+        if res.headers or self.split is not None:  # a split job's model gets its limiter
+            self._observe(item, res.headers)  # (an answer with no x-ratelimit-* teaches none)
         # Servers charge max_tokens, not what the reply used, against the token limit.
         used = res.prompt_tokens + item.completion_max * item.n \
             if item.completion_max and res.prompt_tokens is not None else res.total_tokens
@@ -2852,7 +2853,8 @@ class _Run:
             res.finish_reason,
             res.prompt_tokens, res.completion_tokens, res.total_tokens, res.cached_tokens,
             res.cache_write_tokens, res.reasoning_tokens,
-            _search_units(res.web_searches, res.sources_used),  # search_units
+            # search_units (``_search_units``): its web searches, else its sources
+            res.web_searches if res.web_searches is not None else res.sources_used,
             searched,  # search_requests
             None if item.earlier_unknown else cost,  # cost_usd
             item.earlier_usd or None,  # earlier_cost_usd
