@@ -1343,9 +1343,12 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     n = body.get("n")
     completion = max_tokens if isinstance(max_tokens, int) else 0
-    return _Work(key=key, body=body, prompt_estimate=prompt_tokens + 8,
-                 completion_max=completion, n=n if isinstance(n, int) and n > 0 else 1,
-                 checks=checks), ""
+    # By position (key, body, prompt_estimate, completion_max, n), not by keyword: a call
+    # naming its arguments matches each name, some 500 instructions a name, every row.
+    item = _Work(key, body, prompt_tokens + 8, completion, n if isinstance(n, int) and n > 0 else 1)
+    if checks is not None:
+        item.checks = checks
+    return item, ""
 
 
 _ROW_CHECKS_KEPT = 256  # distinct structured-output settings remembered from batch rows
@@ -1734,7 +1737,8 @@ class _Run:
             item.unreported_usd = guessed
             item.resent = resent
             item.row_hash = digest
-            self._check_context(item)
+            if item.prompt_estimate + item.completion_max > MIN_CONTEXT_WINDOW:
+                self._check_context(item)  # may not fit: the model's window looked up
             if plan.builder is None:  # a batch row: its body's own settings
                 if item.checks is not None and item.checks.warning:
                     self._warn_row(key, item.checks.warning)
