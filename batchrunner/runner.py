@@ -549,6 +549,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             meta["answered_models"] = old_meta["answered_models"]
         if isinstance(old_meta.get("answered_endpoint"), str):  # the same (see _endpoint_id)
             meta["answered_endpoint"] = old_meta["answered_endpoint"]
+            if isinstance(old_meta.get("endpoint_models"), list):
+                meta["endpoint_models"] = old_meta["endpoint_models"]
     elif journal.segments():
         raise JournalError(
             f"{out_dir} holds a journal but no job.json (deleted, or not a batchrunner output "
@@ -1467,6 +1469,14 @@ class _Run:
                 self.answered_before = "an earlier run of the job"
             elif _answered_here(endpoint):
                 self.answered_before = "an earlier run on this machine"
+        # A job of one model whose rows an earlier run of the job got answers for from this
+        # endpoint (job.json's endpoint_models): a router's 404 naming it, before any row of
+        # this run is answered, is its server away (restarting), waited out as a 503 is. A
+        # new or --forced name, never answered here, is a name mistyped: it stops the job.
+        self.model_answered_here = (
+            self.answered_before == "an earlier run of the job" and plan.builder is not None
+            and not plan.job.request.model_column
+            and plan.job.request.model in (plan.job_meta.get("endpoint_models") or ()))
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
         # Too many in flight for the server (``_queued_too_long``): the concurrency at most,
@@ -2095,7 +2105,7 @@ class _Run:
                 # rather than with a 502 or 503, not a name mistyped, which no row was ever
                 # answered with: waited out as a gateway's 503 is.
                 away = (e.status == 404 and not self.models_vary
-                        and self.counts.ok > self.plan.prior_ok
+                        and (self.counts.ok > self.plan.prior_ok or self.model_answered_here)
                         and bool(item.model) and _names_model(item.model, e.message))
                 if away:
                     e.retryable = True  # the last rows too are tried as for a 503
@@ -2478,6 +2488,17 @@ class _Run:
             what += (f"; asking for {shown}, which answered before"
                      if model in self.answered_models else
                      f"; asking for {shown}, which has not answered this job")
+        if e.status == 404:  # a router's "model not found" for the job's one model
+            shown = self.client.redact(model) if self.client is not None else model
+            why = ("when rows of the run were answered with it" if self.last_answer > -math.inf
+                   else "as an earlier run of the job got its answers from this endpoint")
+            self.stop(Unreachable(
+                f"{shown} not served by the endpoint for {silent_s:.1f} s ({what}): "
+                f"{e.message} — it was waited for as a server restarting behind a router, "
+                f"{why}, {duration(self.outage_s)} at most: if that server takes longer to "
+                "come back, set outage_wait_s in [limits] (or --outage-wait) to wait longer, "
+                "then rerun to resume"))
+            return
         if e.status is not None:  # a gateway's 502/503/504
             self.stop(Unreachable(
                 f"no answer from the endpoint for {silent_s:.1f} s, only {e.error_type} from "
@@ -3293,7 +3314,17 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             plan.job_meta["timed_run"] = {"run_id": run_id, "wall_s": round(summary.wall_s, 3),
                                           "counters": counters}
         if run.last_answer > -math.inf:  # its refusals are waited for next time (_Run)
-            plan.job_meta["answered_endpoint"] = _endpoint_id(client.url)
+            endpoint = _endpoint_id(client.url)
+            models: list[str] = []  # the job's one model, answered here (model_answered_here)
+            if plan.job_meta.get("answered_endpoint") == endpoint:
+                models = [m for m in plan.job_meta.get("endpoint_models") or ()
+                          if isinstance(m, str)]
+            model = plan.job.request.model
+            if not run.models_vary and model and run.counts.ok > plan.prior_ok and (
+                    model not in models):
+                models = [*models, model][-MAX_MODELS_KEPT:]
+            plan.job_meta["answered_endpoint"] = endpoint
+            plan.job_meta["endpoint_models"] = models
             if not job.endpoint.simulator:  # a port of its own each run: nothing to wait for
                 await anyio.to_thread.run_sync(_remember_endpoint,
                                                plan.job_meta["answered_endpoint"])

@@ -242,8 +242,9 @@ async def test_a_model_the_server_does_not_serve_stops_the_job_with_no_row_faile
     assert not leaks_in_files(tmp_path / "out")
 
 
-def router_restarting(other: str, asked: dict[str, int], away_s: float = 1.5) -> Any:
-    """A router in front of two vLLM boxes, MODEL's and ``other``'s: from the 30th chat
+def router_restarting(other: str, asked: dict[str, int], away_s: float = 1.5,
+                      at: int = 30) -> Any:
+    """A router in front of two vLLM boxes, MODEL's and ``other``'s: from the ``at``-th chat
     request, MODEL's box restarts for ``away_s``, and meanwhile the router answers its requests
     404 "model not found" and lists only ``other`` (``asked``: the chat requests)."""
     away_from = [0.0]
@@ -255,7 +256,7 @@ def router_restarting(other: str, asked: dict[str, int], away_s: float = 1.5) ->
                 {"id": m, "object": "model"} for m in (
                     (other,) if restarting else (MODEL, other))]})
         asked["chat"] += 1
-        if asked["chat"] == 30:
+        if asked["chat"] == at:
             away_from[0] = time.monotonic()
             restarting = True
         body = json.loads(await request.read())
@@ -293,6 +294,66 @@ async def test_a_router_answering_model_not_found_while_its_box_restarts_is_wait
     assert s.stopped is not None and s.stopped.startswith(
         f"Model qwen3 not found — the endpoint serves {MODEL}, {other}: set the job's model")
     assert asked["chat"] - waited <= 4  # the first answers, at concurrency 4
+
+
+@pytest.mark.anyio
+async def test_a_cron_start_while_the_router_says_model_not_found_waits_for_the_box(
+        tmp_path: Path) -> None:
+    """A router in front of vLLM boxes answers 404 "model not found" while the model's box
+    restarts. A cron run started then stopped at its first answer (exit 4, "set the job's
+    model to one of them"), the night's rows unsent, though last night's run of the job got
+    that model's answers from this endpoint. Such a 404 is now waited out (outage_wait_s) as
+    a restart is; a name no run of the job got answers for here, new or --forced, still stops
+    the job at its first answer."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(60)])
+    other = "meta-llama/Llama-3.1-8B-Instruct"
+    asked = {"chat": 0}
+    runner, port = await serve_on_loopback(router_restarting(other, asked, at=11))
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, url, inp, model=MODEL, concurrency=4),
+                              replace(options(3), limit=10))
+        assert s.exit_code == 0 and s.ok == 10 and asked["chat"] == 10
+        s = await run(job_for(tmp_path, url, inp, model=MODEL, concurrency=4))
+        assert s.exit_code == 0 and (s.ok, s.failed, s.pending) == (60, 0, 0), s.stopped
+        assert asked["chat"] > 61  # the box's 404s, waited out
+        before = asked["chat"]
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, url, inp, model="qwen3", concurrency=4),
+                              replace(options(3), force=True, rerun_where="True"))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped is not None and s.stopped.startswith(
+        f"Model qwen3 not found — the endpoint serves {MODEL}, {other}: set the job's model")
+    assert asked["chat"] - before <= 4  # the first answers, at concurrency 4
+
+
+@pytest.mark.anyio
+async def test_a_box_behind_a_router_that_does_not_come_back_stops_the_job_saying_what_to_set(
+        tmp_path: Path) -> None:
+    """The router's 404 for the job's model goes on past outage_wait_s: the stop says the
+    model was waited for as a server restarting behind a router, what the router serves, and
+    what to set for a longer wait; no row failed."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(30)])
+    other = "meta-llama/Llama-3.1-8B-Instruct"
+    runner, port = await serve_on_loopback(router_restarting(other, {"chat": 0}, 1e9, at=11))
+    try:
+        job = job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=MODEL, concurrency=4)
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job, replace(options(3), limit=10))
+            assert s.exit_code == 0 and s.ok == 10
+            s = await run_job(job, replace(options(3), outage_s=1.0))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (10, 0, 20), s.stopped
+    assert s.stopped is not None and s.stopped.startswith(
+        f"{MODEL} not served by the endpoint for 1."), s.stopped
+    assert (f"Model {MODEL} not found — the endpoint serves {other}: set the job's model to one "
+            "of them — it was waited for as a server restarting behind a router, as an earlier "
+            "run of the job got its answers from this endpoint, 1 s at most: if that server "
+            "takes longer to come back, set outage_wait_s in [limits] (or --outage-wait)"
+            ) in s.stopped
 
 
 @pytest.mark.anyio
