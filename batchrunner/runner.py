@@ -28,7 +28,7 @@ import tokenize
 import zlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, closing, suppress
+from contextlib import asynccontextmanager, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from io import StringIO
 from itertools import repeat
@@ -171,6 +171,13 @@ MAX_MODELS_KEPT = 1000  # models answered, recorded in job.json for the next run
 # (see _endpoints_path): the most recent this many.
 ENDPOINTS_FILE = "endpoints.json"
 ENDPOINTS_KEPT = 1000
+# An endpoint not answered for this many days is no longer waited for (a URL retired), and
+# the next write drops it.
+ENDPOINTS_EXPIRE_DAYS = 30
+# Writers of endpoints.json take turns (a flock on endpoints.json.lock), each adding to what the
+# file holds then: a writer that cannot have the lock in this many tries, 10 ms apart, writes
+# nothing (it is only a cache).
+ENDPOINTS_LOCK_TRIES = 200
 # Sets of columns rows' hashes were made of (earlier request settings'), kept in job.json.
 HASHED_COLUMNS_KEPT = 8
 # Rows of models the key was refused for (403) held, before any model answered, until one does
@@ -440,30 +447,65 @@ def _endpoints_answered(path: str) -> dict[str, str]:
     return {k: v for k, v in answered.items() if isinstance(k, str) and isinstance(v, str)}
 
 
+def _endpoints_expired() -> str:
+    """The UTC day before which an endpoint's last answer is too old to wait for it."""
+    return time.strftime("%Y-%m-%d", time.gmtime(time.time() - ENDPOINTS_EXPIRE_DAYS * 86400))
+
+
 def _answered_here(endpoint: str) -> bool:
-    """``endpoint`` answered a run on this machine (of any job, into any output directory)."""
+    """``endpoint`` answered a run on this machine (of any job, into any output directory) in
+    the last ENDPOINTS_EXPIRE_DAYS days."""
     path = _endpoints_path()
-    return path is not None and endpoint in _endpoints_answered(path)
+    return path is not None and _endpoints_answered(path).get(
+        endpoint, "") >= _endpoints_expired()
+
+
+@contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (made if missing) while in the block; OSError if it
+    cannot be had in ENDPOINTS_LOCK_TRIES tries. None on Windows, which has no flock."""
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        for _ in range(ENDPOINTS_LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.01)
+        else:
+            raise TimeoutError(f"{path} is locked")
+        yield
+    finally:
+        os.close(fd)  # the lock goes with it
 
 
 def _remember_endpoint(endpoint: str) -> None:
     """Keep ``endpoint`` in ``endpoints.json`` as answering today, the newest ENDPOINTS_KEPT
-    at most; a file that cannot be written is left as it is."""
+    at most, those not answered for ENDPOINTS_EXPIRE_DAYS dropped; read and written under a
+    lock, so that a run ending at the same moment keeps its own. A file that cannot be written
+    is left as it is."""
     path = _endpoints_path()
     if path is None:
         return
-    answered = _endpoints_answered(path)
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    if answered.get(endpoint) == today:
+    if _endpoints_answered(path).get(endpoint) == today:
         return
-    answered[endpoint] = today
-    kept = dict(sorted(answered.items(), key=itemgetter(1), reverse=True)[:ENDPOINTS_KEPT])
     temp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump({"answered": kept}, f)
-        os.replace(temp, path)
+        with _locked(f"{path}.lock"):
+            answered = _endpoints_answered(path)  # as the writer before this one left it
+            answered[endpoint] = today
+            expired = _endpoints_expired()
+            kept = dict(sorted(((k, v) for k, v in answered.items() if v >= expired),
+                               key=itemgetter(1), reverse=True)[:ENDPOINTS_KEPT])
+            with open(temp, "w", encoding="utf-8") as f:
+                json.dump({"answered": kept}, f)
+            os.replace(temp, path)
     except OSError:
         with suppress(OSError):
             os.remove(temp)

@@ -5,7 +5,11 @@ written here (``FaultServer``, on 127.0.0.1 at a random port)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +25,7 @@ from batchrunner.config import load_job
 from batchrunner.errors import ConfigError
 from batchrunner.progress import Counts, _postfix
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunSummary, run_job
+from batchrunner.runner import RunSummary, _remember_endpoint, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, add_arguments, config_from_args
 from tests.servers import serve_on_loopback
 from tests.test_cli import cli, job_args, one_error_line
@@ -482,6 +486,62 @@ async def test_a_cron_job_writing_to_a_fresh_output_directory_each_night_waits_f
                                   model=MODEL, output=str(tmp_path / "2026-12-03")), options(3))
     assert s.exit_code == 4 and s.stopped is not None and s.ok == 0
     assert "no answer to any request meanwhile" in s.stopped and "waited" not in s.stopped
+
+
+# One writer of endpoints.json, in a process of its own: waits for the ``go`` file (a second
+# at most), then keeps 50 endpoints of its own, one write each.
+ENDPOINT_WRITER = """
+import os, sys, time
+from batchrunner.runner import _remember_endpoint
+for _ in range(1000):
+    if os.path.exists(sys.argv[2]):
+        break
+    time.sleep(0.001)
+for i in range(50):
+    _remember_endpoint(f"{sys.argv[1]}-{i:03d}")
+"""
+
+
+def test_runs_finishing_at_the_same_moment_keep_each_others_endpoints(
+        tmp_path: Path, price_cache_dir: Path) -> None:
+    """Two nightly jobs ending at the same moment each read endpoints.json, added their own
+    endpoint and wrote it back: the later write dropped the other's entry, and that job's
+    next fresh output directory was not waited for. Writers now take turns (a lock beside
+    the file), each adding to what the file holds then: 4 writers of 50 entries keep 200
+    (unlocked, some 55 were left)."""
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    writers = [subprocess.Popen([sys.executable, "-c", ENDPOINT_WRITER, f"w{n}", str(go)],
+                                env=env) for n in range(4)]
+    time.sleep(0.5)  # the writers' imports
+    go.touch()
+    assert [w.wait(RUN_LIMIT_S) for w in writers] == [0] * 4
+    kept = json.loads((price_cache_dir / "endpoints.json").read_text())["answered"]
+    assert len(kept) == 200
+
+
+@pytest.mark.anyio
+async def test_an_endpoint_not_answered_for_30_days_is_not_waited_for(
+        tmp_path: Path, price_cache_dir: Path) -> None:
+    """endpoints.json kept an endpoint for good: a URL that answered once, months ago, and
+    was since retired, had every fresh output directory's run wait outage_wait_s for it. An
+    entry not answered for 30 days is now let go (and dropped at the next write)."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(10)])
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    endpoint = hashlib.sha256(f"{url}/chat/completions".encode()).hexdigest()[:16]
+    day = 86400
+    (price_cache_dir / "endpoints.json").write_text(json.dumps({"answered": {
+        endpoint: time.strftime("%Y-%m-%d", time.gmtime(time.time() - 31 * day)),
+        "29-days-ago": time.strftime("%Y-%m-%d", time.gmtime(time.time() - 29 * day))}}))
+    with anyio.fail_after(RUN_LIMIT_S):
+        s = await run_job(job_for(tmp_path, url, inp, model=MODEL, output=str(tmp_path / "new")),
+                          replace(options(3), outage_s=10.0))
+    assert s.exit_code == 4 and s.stopped is not None and s.ok == 0
+    assert "no answer to any request meanwhile" in s.stopped and "waited" not in s.stopped
+    _remember_endpoint("today")
+    kept = json.loads((price_cache_dir / "endpoints.json").read_text())["answered"]
+    assert sorted(kept) == ["29-days-ago", "today"]
 
 
 def test_runs_against_the_built_in_simulator_are_not_kept_as_endpoints_that_answered(
