@@ -70,7 +70,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -186,6 +186,9 @@ class JobConfig:
     prices: dict[str, Any] = field(default_factory=dict)
     simulator: dict[str, Any] = field(default_factory=dict)
     source: str = "command line"
+    # The command-line options given (names of OVERRIDES, as the CLI passed them), for the
+    # command that resumes the job (job.json's ``command``).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 _TABLES = ("input", "request", "endpoint", "limits", "output", "prices", "simulator")
@@ -325,7 +328,8 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
     for table, key, written, resolved in files:
         if (table, key) not in from_cli:  # one the command line overrides is never read
             _beside_the_file(Path(where), f"[{table}] {key}", written, resolved, base)
-    return _build(raw, _Fields(where, from_cli), Path(path).stem if path is not None else None)
+    job = _build(raw, _Fields(where, from_cli), Path(path).stem if path is not None else None)
+    return replace(job, options={k: v for k, v in overrides.items() if v is not None})
 
 
 def _beside_the_file(job_file: Path, setting: str, written: str, resolved: Path,

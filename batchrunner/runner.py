@@ -426,6 +426,27 @@ def _endpoint_id(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
+# What job.json keeps of an option whose value holds the API key (a URL's path, say).
+KEY_HELD_BACK = "<not kept: it holds the API key>"
+
+
+def _command_kept(job: JobConfig) -> dict[str, Any]:
+    """What job.json keeps of the command that ran the job, for ``status`` to name the one
+    that resumes it: the options given (no option takes a key or a header; ``_without_key``
+    holds back one that holds the key) and the directory it ran in (its relative paths', and
+    its .env's)."""
+    return {"cwd": io.shown_path(Path.cwd()), "options": dict(job.options)}
+
+
+def _without_key(command: dict[str, Any], api_key: str | None) -> None:
+    """Hold back in ``command`` (``_command_kept``) the options whose value holds ``api_key``."""
+    options = command.get("options")
+    if api_key and isinstance(options, dict):
+        for name, value in options.items():
+            if api_key in json.dumps(value, ensure_ascii=False):
+                options[name] = KEY_HELD_BACK
+
+
 def _endpoints_path() -> str | None:
     """``endpoints.json`` in the cache directory: the endpoints (``_endpoint_id``) that answered
     a run on this machine, each with the UTC day it last did. A job writing to a fresh output
@@ -578,6 +599,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         "job_file": (job.source if job.source == "command line"
                      else io.shown_path(Path(job.source).resolve())),  # as reports show it
         "simulator": job.endpoint.simulator,  # the answers are the built-in simulator's
+        "command": _command_kept(job),
     }
     journal = Journal(out_dir)
     meta_path = out_dir / "job.json"
@@ -3295,6 +3317,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         if plan.limited:
             last_run["limit"] = options.limit
         plan.job_meta["last_run"] = last_run
+        _without_key(plan.job_meta["command"], api_key)
         _write_meta(plan)
         lim = job.limits
         limiter = Limiter(lim.requests_per_minute, lim.tokens_per_minute)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from batchrunner import compute as pc
 from batchrunner import io
 from batchrunner.arrow import is_value, scalar, to_numpy
-from batchrunner.config import load_job
+from batchrunner.config import OVERRIDES, load_job, option_name
 from batchrunner.errors import JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.records import RETRYING
@@ -165,11 +165,9 @@ def format_status(out_dir: Path) -> str:
                 to_do = max(0, total - ok - failed)
             lines.append(_pace(finished_at, to_do, time.time(), started))
     elif isinstance(last, dict) and last.get("started_at"):
-        # The command that finishes the job, for whoever did not write it: the job file's run
-        # (a job from the command line: the same command, which only its crontab knows).
-        job_file = meta.get("job_file")
-        rerun = (_rerun(job_file, out_dir)
-                 if isinstance(job_file, str) and job_file != "command line" else "")
+        # The command that finishes the job, for whoever did not write it (only its crontab
+        # knew): the job file's run, or the options, that job.json keeps.
+        rerun = _rerun(meta, out_dir)
         to_do = max(0, total - ok - failed)
         if not last.get("finished_at"):
             lines.append(f"  last run: started {last['started_at']}, did not finish (killed, or "
@@ -207,17 +205,66 @@ def format_status(out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _rerun(job_file: str, out_dir: Path) -> str:
-    """The command that runs ``job_file`` on into ``out_dir``: with ``--output`` unless the
-    job file writes there itself (a run given --output, a nightly out/$(date +%F): the file's
-    own directory holds none of its rows, and every row would be sent, and paid for, again)."""
-    command = f"batchrunner run {shlex.quote(job_file)}"
-    try:
-        own = load_job(job_file, {}).output.dir.resolve() == out_dir.resolve()
-    except (UsageError, OSError):  # moved, changed, or naming no directory
-        own = False
-    return command if own else (
-        f"{command} --output {shlex.quote(io.shown_path(out_dir.resolve()))}")
+def _rerun(meta: dict[str, Any], out_dir: Path) -> str:
+    """The command that runs the job on into ``out_dir``: its job file with the options the
+    last run was given (job.json's ``command``), or those options alone for a job given by
+    options (none known, before job.json kept them: ""); with ``--output`` unless the job file
+    writes there itself (a run given --output, a nightly out/$(date +%F): the file's own
+    directory holds none of its rows, and every row would be sent, and paid for, again). From
+    the directory the run was started in, where that is not this one: its relative paths, and
+    its .env, are that directory's."""
+    job_file = meta.get("job_file")
+    command = meta.get("command")
+    if not isinstance(command, dict):
+        command = {}
+    options = command.get("options")
+    if not isinstance(options, dict):
+        options = {}
+    args = ["batchrunner", "run"]
+    if isinstance(job_file, str) and job_file != "command line":
+        args.append(job_file)
+        if "output" not in options:
+            try:
+                own = load_job(job_file, {}).output.dir.resolve() == out_dir.resolve()
+            except (UsageError, OSError):  # moved, changed, or naming no directory
+                own = False
+            if not own:
+                options = {**options, "output": io.shown_path(out_dir.resolve())}
+    elif not options:
+        return ""
+    args += _option_args(options)
+    cwd = command.get("cwd")
+    here = isinstance(cwd, str) and os.path.realpath(cwd) == os.path.realpath(os.getcwd())
+    return shlex.join(args) if here or not isinstance(cwd, str) else (
+        f"cd {shlex.quote(cwd)} && {shlex.join(args)}")
+
+
+def _option_args(options: dict[str, Any]) -> list[str]:
+    """The command-line arguments of ``options`` (OVERRIDES' names → the values the CLI read),
+    which parse back to them: a value that starts with "-" joined to its option by "="."""
+    args: list[str] = []
+
+    def add(flag: str, value: Any) -> None:
+        if isinstance(value, float):
+            value = str(int(value)) if value.is_integer() else repr(value)
+        text = str(value)
+        args.extend([f"{flag}={text}"] if text.startswith("-") else [flag, text])
+
+    for name, value in options.items():
+        if name not in OVERRIDES or value is None or value is False:
+            continue  # a newer version's, or not set
+        flag = option_name(name)
+        if value is True:  # --simulator, --stream
+            args.append(flag)
+        elif isinstance(value, list):
+            for one in value:
+                add(flag, one)
+        elif isinstance(value, dict):  # --from-column FIELD=COL
+            for field, column in value.items():
+                add(flag, f"{field}={column}")
+        else:
+            add(flag, value)
+    return args
 
 
 # Less free than this under the output directory: a run stopped by the full disk, which could

@@ -507,7 +507,9 @@ async def test_an_endpoint_refusing_connections_stops_the_job_with_nothing_recor
     assert "| 0 (0 ok, 0 failed, 400 to do)" in (tmp_path / "out" / "cost_report.md").read_text()
     assert "0 failed · 400 to do" in (tmp_path / "out" / "report.html").read_text()
     assert "  last run: stopped 20" in format_status(tmp_path / "out")
-    assert format_status(tmp_path / "out").endswith(s.stopped)
+    shown = format_status(tmp_path / "out").splitlines()  # the stop, then the command
+    assert shown[-2].endswith(s.stopped) and shown[-1].startswith(
+        f"  to finish, {n} rows to do: batchrunner run --input {inp} ")
     # `batchrunner report` rebuilds the reports from the journal and keeps the stop.
     rebuild_outputs(plan_from_output(tmp_path / "out"), RunSummary(name="in"))
     assert report(tmp_path)["stopped"] == s.stopped

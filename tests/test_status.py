@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from batchrunner.cli import main
+from batchrunner.cli import _overrides, build_parser, main
+from batchrunner.config import load_job
 from batchrunner.journal import Journal, outcomes_table, write_segment
 from batchrunner.records import RETRYING, Outcome
 from batchrunner.report import format_usd
+from batchrunner.runner import _command_kept, _without_key
 from batchrunner.status import format_status
 
 
@@ -194,3 +197,42 @@ def test_status_of_a_job_file_run_into_another_directory_names_that_directory(
     assert ("did not finish (killed, or the machine stopped): run the job again to resume: "
             f"{command}") in format_status(night)
     assert not (tmp_path / "out").exists()
+
+
+def test_status_of_a_job_run_from_options_names_the_command_that_finishes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nightly job given entirely by options (its crontab's line): status said "run the job
+    again to resume" with no command, job.json keeping none of the options. It keeps them now
+    (never a key: no option takes one), with the directory the run was started in, and status
+    names the command that resumes the job: the same options, which parse back to those
+    given, from that directory (its relative paths, and its .env, are that directory's)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text(
+        "id,text\n" + "".join(f"r{i},text {i}\n" for i in range(10)))
+    given = ["--input", "in.csv", "--id-column", "id", "--prompt", "-- say {text}, 'quoted'",
+             "--model", "gpt-4o-mini", "--simulator", "--max-tokens", "20", "--temperature",
+             "0.5", "--stop", "END", "--stop", "FIN", "--from-column", "user=id", "--rpm",
+             "6000", "--stream", "--output", "out night"]
+    given[4] = f"--prompt={given.pop(5)}"  # a value that starts with "-"
+    assert main(["run", *given, "--limit", "4", "--progress", "none"]) == 0
+    out = tmp_path / "out night"
+    shown = [x for x in format_status(out).splitlines() if x.startswith("  to finish, ")]
+    assert len(shown) == 1 and shown[0].startswith("  to finish, 6 rows to do: batchrunner run ")
+    command = shlex.split(shown[0].partition(": ")[2])
+    parser = build_parser()
+    assert _overrides(parser.parse_args(command[1:])) == _overrides(parser.parse_args(
+        ["run", *given]))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert f"  to finish, 6 rows to do: cd {tmp_path} && batchrunner run " in format_status(out)
+    monkeypatch.chdir(tmp_path)
+    assert main([*command[1:], "--progress", "none"]) == 0  # the same job: not refused
+    assert format_status(out).startswith("in: 10 of 10 rows finished")
+    assert "to finish" not in format_status(out)
+    job = load_job(None, {"input": "in.csv", "prompt": "{text}", "model": "m", "output": "out",
+                          "base_url": "https://gw.example/sk-pass/v1"})
+    kept = _command_kept(job)
+    assert kept["options"]["base_url"] == "https://gw.example/sk-pass/v1"
+    _without_key(kept, "sk-pass")  # as a run does, once it has the key
+    assert "sk-pass" not in json.dumps(kept) and kept["options"]["model"] == "m"
