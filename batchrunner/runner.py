@@ -2521,6 +2521,23 @@ class _Run:
             return time.perf_counter() - max(self.outage_from, self.last_answer)
         return 0.0
 
+    def _outage_said(self) -> str:
+        """What a stop says of an outage it comes in (a signal while the job waits for a server
+        down): how long the endpoint has not been reached, and what it answered; "" if none."""
+        down_s = self._unreachable_s()
+        if not down_s:
+            return ""
+        if self.refused_by:  # its gateway answers for it
+            what = (f"no answer from it for {down_s:.1f} s, only its gateway's "
+                    f"{self.refused_by}")
+        else:
+            what = f"no connection to it for {down_s:.1f} s"
+        if self.outage_s and (self.last_answer > -math.inf or self.answered_before):
+            when = "in this run" if self.last_answer > -math.inf else self.answered_before
+            what += (f" (it answered {when}, so it was waited for, "
+                     f"{duration(self.outage_s)} at most)")
+        return f" while the endpoint was waited for: {what}"
+
     def _outage_over(self, item: _Work) -> bool:
         """``item``'s latest refusal came ``outage_s`` into an outage (refusals, and nothing
         sent since it began answered) and as long after the latest answer."""
@@ -3167,8 +3184,8 @@ class _Run:
                 asked = True
                 by = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
                 self.stop(Interrupted(  # the run's own reason, if it had one, is kept
-                    f"interrupted by {by}; finished rows are saved — run the same command "
-                    "to resume"
+                    f"interrupted by {by}{self._outage_said()}; finished rows are saved — run "
+                    "the same command to resume"
                 ))
                 lead = "\n" if sys.stderr.isatty() else ""  # off the line ^C was echoed on
                 self.progress.write(f"{lead}batchrunner: {name}: finishing requests in "

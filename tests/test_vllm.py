@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +27,13 @@ from batchrunner.errors import ConfigError
 from batchrunner.progress import Counts, _postfix
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunSummary, _remember_endpoint, run_job
-from batchrunner.simulator import Simulator, SimulatorConfig, add_arguments, config_from_args
+from batchrunner.simulator import (
+    Simulator,
+    SimulatorConfig,
+    SimulatorThread,
+    add_arguments,
+    config_from_args,
+)
 from tests.servers import serve_on_loopback
 from tests.test_cli import cli, job_args, one_error_line
 from tests.test_faults import (
@@ -542,6 +549,44 @@ async def test_an_endpoint_not_answered_for_30_days_is_not_waited_for(
     _remember_endpoint("today")
     kept = json.loads((price_cache_dir / "endpoints.json").read_text())["answered"]
     assert sorted(kept) == ["29-days-ago", "today"]
+
+
+def test_a_sigterm_while_the_server_is_waited_for_says_it_was_down(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The box was down at 02:00 and the scheduler's SIGTERM came while the job waited for it:
+    the cron mail and status said only "interrupted by SIGTERM", and the on-call engineer
+    looked for what had killed a healthy run. The stop now says both: the signal, and that
+    the endpoint had not been reached for so long, waited for as it answered last night."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(30)])
+    port = closed_port()
+    out = tmp_path / "out"
+    args = ["--input", str(inp), "--id-column", "id", "--prompt", "{text}", "--model", MODEL,
+            "--base-url", f"http://127.0.0.1:{port}/v1", "--output", str(out),
+            "--progress", "none"]
+    with SimulatorThread(SimulatorConfig(), port=port):
+        code, _, err = cli(capsys, "run", *args, "--limit", "5")
+    assert code == 0, err
+    started = (out / "job.json").stat().st_mtime_ns
+    night = subprocess.Popen([sys.executable, "-m", "batchrunner", "run", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(RUN_LIMIT_S * 50):  # until it has begun (job.json says so)
+            if (out / "job.json").stat().st_mtime_ns != started or night.poll() is not None:
+                break
+            time.sleep(0.02)
+        time.sleep(1.0)  # refused meanwhile, again and again
+        night.send_signal(signal.SIGTERM)
+        said, _ = night.communicate(timeout=RUN_LIMIT_S)
+    finally:
+        if night.poll() is None:
+            night.kill()
+            night.wait()
+    assert night.returncode == 4, said
+    stop = ("interrupted by SIGTERM while the endpoint was waited for: no connection to it for ")
+    assert stop in said, said
+    assert "(it answered an earlier run of the job, so it was waited for, 5 min at most)" in said
+    code, shown, _ = cli(capsys, "status", str(out))
+    assert code == 0 and "last run: stopped " in shown and stop in shown, shown
 
 
 def test_runs_against_the_built_in_simulator_are_not_kept_as_endpoints_that_answered(
