@@ -2586,9 +2586,17 @@ class _Run:
                 f"what stands in front of it ({what}): {e.message} — wait for the endpoint (or "
                 "its gateway or proxy) to be back, then rerun to resume"))
             return
+        if self.outage_s and (self.last_answer > -math.inf or self.answered_before):
+            # It answered (in this run or an earlier one): not a wrong URL, a server down.
+            advice = (f"the server did not come back in {duration(self.outage_s)}: check that "
+                      "it is up and reachable (a reboot and a large model's load can take 10 to "
+                      "15 minutes: set outage_wait_s in [limits], or --outage-wait, to wait "
+                      "longer)")
+        else:
+            advice = "check the base URL, the network and any proxy"
         self.stop(Unreachable(
-            f"no connection to the endpoint for {silent_s:.1f} s ({what}): {e.message} — check "
-            "the base URL, the network and any proxy, then rerun to resume"))
+            f"no connection to the endpoint for {silent_s:.1f} s ({what}): {e.message} — "
+            f"{advice}, then rerun to resume"))
 
     def _silent(self, item: _Work, e: RequestError) -> None:
         """Stop the job: ``item`` timed out twice (the second time given longer) and no request

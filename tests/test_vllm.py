@@ -445,14 +445,21 @@ async def test_a_cron_start_while_the_server_that_answered_last_night_loads_wait
 async def test_a_server_that_answered_before_and_never_comes_up_stops_the_job_in_time(
         tmp_path: Path) -> None:
     """The wait is bounded (outage_s, 5 minutes by default): a box that stays down stops the
-    job then, saying what it waited for, every row left to do; the progress says how long it
-    waits."""
+    job then, saying what it waited for, every row left to do, and what to set to wait longer
+    (it said to check the base URL, as for a URL that never answered); the progress says how
+    long it waits."""
     s, ran_s = await cron_start_while_loading(tmp_path, up_after_s=None, outage_s=1.0)
     assert s.exit_code == 4 and (s.ok, s.failed, s.pending) == (10, 0, 50)
     assert ran_s >= 1.0
     assert s.stopped is not None and s.stopped.startswith("no connection to the endpoint for 1.")
     assert "it answered an earlier run of the job, so it was waited for" in s.stopped
     assert "(Connection refused)" in s.stopped
+    # Not a wrong URL, as the stop said of it: the server that answered did not come back.
+    assert "check the base URL" not in s.stopped
+    assert s.stopped.endswith(
+        "— the server did not come back in 1 s: check that it is up and reachable (a reboot and "
+        "a large model's load can take 10 to 15 minutes: set outage_wait_s in [limits], or "
+        "--outage-wait, to wait longer), then rerun to resume"), s.stopped
     line = _postfix(Counts(unreachable_s=42.4, outage_s=300.0, connect_wait=True))
     assert line.endswith("(no connection to the endpoint for 42 s; the job waits 5 min for it "
                          "to come back, then stops)")
