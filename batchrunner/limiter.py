@@ -358,6 +358,15 @@ class Limiter:
         """The pace requests are let out at, if known (for sizing concurrency)."""
         return self.requests_per_minute / 60.0 if self.requests_per_minute else None
 
+    def relearn(self, requests_per_minute: float | None, tokens_per_minute: float | None
+                ) -> None:
+        """``unlearn`` undone: pace at the limits a server reports (``learn``), within the
+        job's own, and learn from headers again; buckets made now start empty (requests have
+        been going out at these limits, paced by the models' limiters)."""
+        self.adaptive = True
+        self._spent = True
+        self.learn(requests_per_minute, tokens_per_minute)
+
     def unlearn(self) -> None:
         """Back to the rates the job set, and learn no more from headers: the limits the
         server reports are each model's own, paced by limiters of their own (the runner's

@@ -2699,6 +2699,47 @@ class _Run:
         self.limiter.unlearn()
         self.parking = True
 
+    def _merge(self) -> bool:
+        """A job split by the limits its models' answers reported: one pace for all again
+        (True) once every model's limiter paces at the same limits (each following its
+        answers, a higher limit once they have said it and nothing else for RAISE_AFTER_S),
+        none learnt from 429s. The limit is the key's, as before the split, and the longest
+        pause a model's limiter holds is the job's: a gateway whose answers for one of two
+        models sharing 1,200 a minute said 600 for their first second split the job, each
+        model paced at the whole limit for good (600 rows: 319 429s of 919 requests; 80 now,
+        19 with no lag). The parked rows go back to the workers, first, in their order."""
+        split = self.split
+        assert split is not None
+        said: list[float | None] = [None, None]
+        for limiter in split.values():
+            if limiter.guessed:
+                return False
+            paces = (limiter.requests_per_minute, limiter.tokens_per_minute)
+            if paces == (None, None):
+                return False  # a model whose answers report no limit is paced apart
+            for kind, pace in enumerate(paces):
+                if pace is not None:
+                    if said[kind] is None:
+                        said[kind] = pace
+                    elif said[kind] != pace:
+                        return False
+        requests, tokens = said
+        self.split = None
+        self.parking = False
+        self.model_limits = {model: (limiter.requests_per_minute, limiter.tokens_per_minute)
+                             for model, limiter in split.items()}
+        self.limiter.relearn(requests, tokens)
+        if (paused := max(split.values(), key=lambda limiter: limiter.paused_s)).paused_s:
+            self.limiter.pause(paused.paused_s, paused.paused_by)  # a 429's, held on
+        parked = [item for queue in self.parked.values() for item in queue]
+        self.parked.clear()
+        self.parked_rows = 0
+        for item in parked:
+            item.parked = False
+        self.retries.extendleft(reversed(parked))
+        self._wake_workers()
+        return True
+
     def _probe(self, item: _Work) -> Limiter:
         """The limiter counting ``item``'s model's requests and 429s, unsplit (``probes``)."""
         if (probes := self.probes) is None:
@@ -3051,6 +3092,8 @@ class _Run:
                 limiter.sample(now, limiter.requests_sent, limiter.requests_refused)
                 if limiter.requests_per_minute != pace and self.parked_rows:
                     self._time_permits()  # a pace raised (or set) may let a row out sooner
+            if self.model_limits and self._merge():
+                return
         answered, split = self.answered_models, self.split
         assert split is not None
         self.parking = all(limiter.paces or (limiter.runs_free and model in answered)
