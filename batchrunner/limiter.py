@@ -286,8 +286,9 @@ class Limiter:
         # A pause over PAUSE_PACED_S asked since the latest sample that could act on it.
         self._long_asked = False
         self._raise_from = 0.0  # no raise before this (RAISE_HOLD_S)
-        # A model's own limiter's requests let out and answered 429, counted by the runner
-        # (its ``_split``) for ``sample``; a job's limiter is sampled with the run's counts.
+        # A model's own limiter's requests answered (ok or 429) and answered 429, counted by
+        # the runner (its ``_split``) for ``sample``; a job's limiter is sampled with the
+        # run's counts.
         self.requests_sent = 0
         self.requests_refused = 0
         self._configured = (requests_per_minute, tokens_per_minute)

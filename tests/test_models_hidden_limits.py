@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner import runner
 from batchrunner.limiter import Limiter, TokenBucket
 from batchrunner.runner import _Run
 from tests.test_limits_real import learnt_paces, random_429s
@@ -86,16 +87,26 @@ async def test_a_model_with_no_limit_does_not_keep_the_others_rows_in_the_worker
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("tune_s", [None, 1.5], ids=["sampled-as-ever", "sampled-late"])
 async def test_models_whose_limits_only_429s_say_are_each_paced_at_their_own(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tune_s: float | None) -> None:
     """A gateway limiting each model on its own (600 and 6,000 a minute, from buckets of a
     second's worth) and saying so with 429s alone, which name no limit but come for the
     row's model. The job never split: its one pace, the pauses and the pace learnt from the
     slow model's 429s, held the fast model's rows too (all 100 of the slow model's answers
     came before the fast model's last; 429 429s). The slow model's storm, with the fast
     model's requests answered meanwhile, splits the job now, the slow model paced at a pace
-    of its own learnt from it (some 24 before; 200-270 429s)."""
+    of its own learnt from it (some 24 before; 200-270 429s). Its 429s to requests sent
+    before the split counted as refusals of none sent, and its next storm's pace fell to a
+    fraction of its limit (24 to 150 a minute), the run taking 30 to 60 s where 10 do.
+    Sampled late (every 1.5 s, as a busy machine's ticks come), the 429s before a model's
+    first sample were its window's start: the storm was measured a second later, when the
+    job's pauses held the fast model's answers under twenty a window, and the job never
+    split (4 runs of 4)."""
+    if tune_s is not None:
+        monkeypatch.setattr(runner, "TUNE_EVERY_S", tune_s)
     splits = watch_splits(monkeypatch)
+    paces = learnt_paces(monkeypatch)
     seen: list[str] = []
     answer = in_order(per_model_limits({"slow": 600.0, "fast": 6000.0}, [], hidden=True), seen)
     rows = 300
@@ -109,6 +120,7 @@ async def test_models_whose_limits_only_429s_say_are_each_paced_at_their_own(
     last_fast = max(i for i, model in enumerate(seen) if model == "fast")
     slow_before = seen[:last_fast].count("slow")
     assert slow_before <= 50, slow_before  # all 100 before; some 24 now
+    assert paces and min(paces) >= 300.0, paces  # none far under the slow model's 600
 
 
 @pytest.mark.anyio
