@@ -932,9 +932,10 @@ async def test_a_limits_429_can_say_no_retry_after_or_a_fixed_one(
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    config = config_from_args(parser.parse_args(["--rpm", "600", *args]))
+    # 60 a minute: the bucket's own wait for its next request would be 1 s, never 20.
+    config = config_from_args(parser.parse_args(["--rpm", "60", *args]))
     async with running(config, clock=FakeClock()) as (_, client):
-        for _ in range(600):  # the minute's bucket
+        for _ in range(60):  # the minute's bucket
             await client.chat.completions.create(model="m", messages=user("x"))
         with pytest.raises(openai.RateLimitError) as info:
             await client.chat.completions.create(model="m", messages=user("x"))
