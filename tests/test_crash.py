@@ -179,21 +179,27 @@ def test_sigkill_after_a_billed_attempt_keeps_its_cost(tmp_path: Path,
     n, billed_row = 30, "r0003"
     make_csv(tmp_path / "in.csv", n, {3: " [[sim:no_choices*1]][[sim:hang*1]]"})
     seen: list[int] = [0]
+    journaled: list[bool] = [False]
 
-    def billed_journaled(out: Path) -> bool:
-        segs = len(Journal(out).segments())  # the journal read only once a segment is added
-        if segs == seen[0]:
-            return False
-        seen[0] = segs
-        state = Journal(out).read(columns=["status"])
-        return RETRYING in state["status"].to_pylist()
+    def billed_journaled(out: Path, sim: SimulatorThread) -> bool:
+        # ... and its retry hung at the simulator: killed before the retry was sent (its
+        # backoff not over, on a loaded machine), the row's one hang would be the rerun's, and
+        # the rerun would wait out the hang (an hour) instead of answering the row.
+        if not journaled[0]:
+            segs = len(Journal(out).segments())  # read only once a segment is added
+            if segs == seen[0]:
+                return False
+            seen[0] = segs
+            state = Journal(out).read(columns=["status"])
+            journaled[0] = RETRYING in state["status"].to_pylist()
+        return journaled[0] and sim.stats()["hangs"] >= 1
 
     with SimulatorThread(SimulatorConfig(latency_ms=20, seed=3)) as sim:
         harness = CrashHarness(tmp_path, sim, n, concurrency=4)  # runs over the in.csv above
         out = harness.out_dir
         proc = harness.spawn()
         with reaped(proc):
-            hit = _wait(proc, lambda: billed_journaled(out))
+            hit = _wait(proc, lambda: billed_journaled(out, sim))
         assert hit and proc.returncode == -signal.SIGKILL
         state = Journal(out).read().to_pylist()
         (billed,) = [r for r in state if r["key"] == billed_row]
