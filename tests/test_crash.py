@@ -869,7 +869,7 @@ def test_a_disk_filled_up_mid_run_still_takes_the_last_answers(
     """Another program fills the disk while the job runs: the next segment cannot be written,
     nor any smaller one. The disk the run held for its last write (JournalWriter.reserve) is
     freed, and every answer the server gave, paid for, is in the journal when the run fails."""
-    n = 3000
+    n = 1200
     inp = make_csv(tmp_path / "in.csv", n)
     out = small_disk / "out"
     with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
@@ -923,7 +923,7 @@ def test_a_disk_gone_read_only_mid_run_names_the_journal_and_a_rerun_finishes(
     error, a remount): the run stops with exit 1 and one line naming the journal segment it
     could not write and why, not the disk it held for its last write, nor "free space"; once
     the disk is writable again, a rerun finishes."""
-    n = 3000
+    n = 1200
     inp = make_csv(tmp_path / "in.csv", n)
     out = small_disk / "out"
     with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
@@ -955,7 +955,7 @@ def test_a_journal_removed_mid_run_is_named_as_removed_not_said_to_be_saved(
     rerun once it can be written", where they were gone with the directory and nothing stood
     in the way of a rerun. The one line now says the directory was removed and its rows with
     it, and the rerun, which sends them again, finishes the job."""
-    n = 3000
+    n = 1200
     inp = make_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out"
     with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
