@@ -792,7 +792,7 @@ def test_disk_full_mid_run_keeps_the_answers_in_flight_and_stops(tmp_path: Path)
     rows and written in segments that fit, and the run fails with one error line that
     `status` shows the morning after. Every answer the server gave is in the journal; a rerun
     sends only the rows never sent."""
-    n = 2000
+    n = 1000
     inp = make_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out"
     with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
