@@ -162,6 +162,11 @@ LEARN_OVER = 20  # the token estimates learn a reply's 1/LEARN_OVER once they ha
 DEFAULT_CONCURRENCY = 64  # in flight when no rate limit is known
 INITIAL_CONCURRENCY = 32  # automatic sizing starts here, then follows Little's law
 MAX_AUTO_CONCURRENCY = 512
+# A structured reply that fails its check for being stopped short says so, not the model's fault.
+_STOPPED_SHORT = {
+    "length": "the reply was cut at max_tokens (finish_reason=length)",
+    "content_filter": "the reply was stopped by the content filter (finish_reason=content_filter)",
+}
 MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
 MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 # A run whose first rows sent all fail with one error type, none ok, stops after this many.
@@ -3004,9 +3009,8 @@ class _Run:
             if error is None and content and checks.tool is None and res.tool_calls is None:
                 content = unfenced(content) or content  # the JSON, without a block's fence
                 # or the words around it
-            elif error is not None and res.finish_reason == "length":  # why: not the model's
-                error = error[0], f"the reply was cut at max_tokens (finish_reason=length): " \
-                    f"{error[1]}"
+            elif error is not None and res.finish_reason in _STOPPED_SHORT:  # why: not the
+                error = error[0], f"{_STOPPED_SHORT[res.finish_reason]}: {error[1]}"  # model's
         if res.refusal is not None and not res.content and res.tool_calls is None:
             # No answer, but why: not a reply that is not JSON, nor an ok row with no content
             error = "refusal", f"the model refused: {res.refusal}"[:300]

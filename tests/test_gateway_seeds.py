@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -87,9 +88,9 @@ def test_the_estimate_of_claudes_web_search_options_asks_for_no_search_request_p
 
 
 async def gateway(tmp_path: Path, texts: list[str], *, stream: bool = False,
-                  model: str = CLAUDE) -> tuple[RunSummary, pd.DataFrame]:
+                  model: str = CLAUDE, **over: Any) -> tuple[RunSummary, pd.DataFrame]:
     """Run a job over ``texts`` against a gateway answering each row as its text says: a
-    finish reason, or ``usage {...}``; streamed or not."""
+    finish reason, or ``usage {...}``; streamed or not; ``over``: the job's other options."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         body = await request.json()
@@ -123,7 +124,7 @@ async def gateway(tmp_path: Path, texts: list[str], *, stream: bool = False,
     try:
         inp = make_csv(tmp_path / "in.csv", texts)
         s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=model,
-                              stream=stream or None))
+                              stream=stream or None, **over))
     finally:
         await runner.cleanup()
     return s, results(tmp_path)
@@ -148,6 +149,21 @@ async def test_claudes_refusal_and_geminis_blocks_read_as_the_content_filter(
     summary = format_summary(s)
     assert ("  warning: 4 rows stopped by the content filter (finish_reason=content_filter): "
             "their content is cut short or empty\n") in summary, summary
+
+
+@pytest.mark.anyio
+async def test_a_structured_row_stopped_by_the_content_filter_says_so(tmp_path: Path) -> None:
+    """A job with a schema whose row Claude refused (no words) failed as "the reply is not
+    JSON", as if the model had answered badly: the failure now says the content filter
+    stopped it, as a reply cut at max_tokens says it was cut."""
+    schema = tmp_path / "answer.schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"a": {"type": "string"}}}))
+    s, df = await gateway(tmp_path, ["refusal"], schema_file=str(schema))
+    assert s.exit_code == 3
+    assert df.loc["r0", "error_type"] == "invalid_json"
+    assert df.loc["r0", "error_message"].startswith(
+        "the reply was stopped by the content filter (finish_reason=content_filter): "), \
+        df.loc["r0", "error_message"]
 
 
 # Gemini through the gateway: "thinking budget counts toward output tokens", and a gateway that
