@@ -128,7 +128,7 @@ from batchrunner.results import (
     sorted_ids,
 )
 from batchrunner.retry import RetryPolicy, backoff
-from batchrunner.status import plus_earlier, read_meta, run_in_progress
+from batchrunner.status import KEY_HELD_BACK, plus_earlier, read_meta, run_in_progress
 from batchrunner.structured import StructuredOutput, structured_output, unfenced
 from batchrunner.template import (
     RequestBuilder,
@@ -429,10 +429,6 @@ def _endpoint_id(url: str) -> str:
     """What job.json records of the endpoint that answered a run (``answered_endpoint``): a
     hash of its URL, which may hold a secret."""
     return hashlib.sha256(url.encode()).hexdigest()[:16]
-
-
-# What job.json keeps of an option whose value holds the API key (a URL's path, say).
-KEY_HELD_BACK = "<not kept: it holds the API key>"
 
 
 def _command_kept(job: JobConfig) -> dict[str, Any]:

@@ -171,8 +171,9 @@ def format_status(out_dir: Path) -> str:
         to_do = max(0, total - ok - failed)
         if not last.get("finished_at"):
             lines.append(f"  last run: started {last['started_at']}, did not finish (killed, or "
-                         "the machine stopped): run the job again to resume"
-                         + (f": {rerun}" if rerun else ""))
+                         "the machine stopped): " + (rerun if rerun.startswith(_AGAIN) else
+                                                     "run the job again to resume"
+                                                     + (f": {rerun}" if rerun else "")))
             rerun = ""  # said
             free = _free_bytes(out_dir)
             if free is not None and free < FULL_DISK_BYTES:  # a full disk stopped it, unsaid
@@ -205,6 +206,12 @@ def format_status(out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+# What job.json keeps of an option whose value holds the API key (a URL's path, say).
+KEY_HELD_BACK = "<not kept: it holds the API key>"
+# What status says for a job with such an option, in place of a command that would not resume it.
+_AGAIN = "run the job again with the options it was given"
+
+
 def _rerun(meta: dict[str, Any], out_dir: Path) -> str:
     """The command that runs the job on into ``out_dir``: its job file with the options the
     last run was given (job.json's ``command``), or those options alone for a job given by
@@ -212,7 +219,8 @@ def _rerun(meta: dict[str, Any], out_dir: Path) -> str:
     writes there itself (a run given --output, a nightly out/$(date +%F): the file's own
     directory holds none of its rows, and every row would be sent, and paid for, again). From
     the directory the run was started in, where that is not this one: its relative paths, and
-    its .env, are that directory's."""
+    its .env, are that directory's. An option held back (its value holds the API key) is
+    named instead: a command without it would not resume the job."""
     job_file = meta.get("job_file")
     command = meta.get("command")
     if not isinstance(command, dict):
@@ -220,6 +228,10 @@ def _rerun(meta: dict[str, Any], out_dir: Path) -> str:
     options = command.get("options")
     if not isinstance(options, dict):
         options = {}
+    if held := [option_name(k) for k, v in options.items() if v == KEY_HELD_BACK]:
+        return (f"{_AGAIN} ({' and '.join(held)} "
+                f"{'is' if len(held) == 1 else 'are'} not kept: "
+                f"{'its value holds' if len(held) == 1 else 'their values hold'} the API key)")
     args = ["batchrunner", "run"]
     if isinstance(job_file, str) and job_file != "command line":
         args.append(job_file)

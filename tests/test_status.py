@@ -236,3 +236,35 @@ def test_status_of_a_job_run_from_options_names_the_command_that_finishes_it(
     assert kept["options"]["base_url"] == "https://gw.example/sk-pass/v1"
     _without_key(kept, "sk-pass")  # as a run does, once it has the key
     assert "sk-pass" not in json.dumps(kept) and kept["options"]["model"] == "m"
+
+
+def test_status_names_no_command_that_would_not_resume_for_an_option_holding_the_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local server's stand-in key (Ollama's documented "ollama") inside an option's value
+    (the input ollama_rows.csv): job.json holds that option back, as it must, but status named
+    the command with it, ``--input '<not kept: it holds the API key>'``, which stops at a
+    missing input instead of resuming. Status now names no such command: it says to run the
+    job again with the options it was given, and which of them it cannot show, and why."""
+    from batchrunner.simulator import SimulatorConfig, SimulatorThread
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "ollama")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    (tmp_path / "ollama_rows.csv").write_text("id,text\n1,a\n2,b\n3,c\n4,d\n")
+    with SimulatorThread(SimulatorConfig(latency_ms=1)) as sim:
+        assert main(["run", "--input", "ollama_rows.csv", "--id-column", "id", "--model",
+                     "gpt-4o-mini", "--prompt", "{text}", "--base-url", sim.base_url,
+                     "--output", "out", "--limit", "2", "--progress", "none"]) == 0
+    text = format_status(tmp_path / "out")
+    kept = json.loads((tmp_path / "out" / "job.json").read_text())["command"]["options"]
+    assert kept["input"] == "<not kept: it holds the API key>" and kept["model"] == "gpt-4o-mini"
+    shown = [x for x in text.splitlines() if x.startswith("  to finish, ")]
+    assert shown == ["  to finish, 2 rows to do: run the job again with the options it was "
+                     "given (--input is not kept: its value holds the API key)"], text
+    meta_path = tmp_path / "out" / "job.json"
+    meta = json.loads(meta_path.read_text())
+    meta["last_run"].update(finished_at=None, stopped=None)  # killed while sending
+    meta_path.write_text(json.dumps(meta))
+    assert ("did not finish (killed, or the machine stopped): run the job again with the "
+            "options it was given (--input is not kept: its value holds the API key)"
+            ) in format_status(tmp_path / "out")
