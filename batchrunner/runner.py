@@ -15,6 +15,7 @@ At the end the journal is compacted and the results file and cost report are reb
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import math
@@ -485,7 +486,8 @@ def _answered_here(endpoint: str) -> bool:
 @contextmanager
 def _locked(path: str) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (made if missing) while in the block; OSError if it
-    cannot be had in ENDPOINTS_LOCK_TRIES tries. None on Windows, which has no flock."""
+    cannot be had in ENDPOINTS_LOCK_TRIES tries. None on Windows, which has no flock, nor on a
+    file system that takes none (ENOLCK, EOPNOTSUPP: some NFS and FUSE mounts)."""
     if sys.platform == "win32":
         yield
         return
@@ -498,6 +500,10 @@ def _locked(path: str) -> Iterator[None]:
                 break
             except BlockingIOError:
                 time.sleep(0.01)
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                break  # no locks here: written unlocked, as before there was one
         else:
             raise TimeoutError(f"{path} is locked")
         yield

@@ -5,6 +5,7 @@ written here (``FaultServer``, on 127.0.0.1 at a random port)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -556,6 +557,23 @@ async def test_an_endpoint_not_answered_for_30_days_is_not_waited_for(
     _remember_endpoint("today")
     kept = json.loads((price_cache_dir / "endpoints.json").read_text())["answered"]
     assert sorted(kept) == ["29-days-ago", "today"]
+
+
+def test_an_endpoint_is_kept_where_the_cache_directory_takes_no_lock(
+        price_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache directory on a file system that takes no flock (ENOLCK on an NFS mount without
+    its lock daemon, EOPNOTSUPP on some FUSE ones) had no endpoint kept at all, so every
+    fresh output directory's run against a box coming up stopped in seconds: written unlocked
+    there, as on Windows."""
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    _remember_endpoint("unlocked")
+    kept = json.loads((price_cache_dir / "endpoints.json").read_text())["answered"]
+    assert list(kept) == ["unlocked"]
 
 
 def test_a_sigterm_while_the_server_is_waited_for_says_it_was_down(
