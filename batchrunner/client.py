@@ -736,6 +736,16 @@ def _secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
                       rf"|(?<=\\u[0-9A-Fa-f]{{4}}))(?:{'|'.join(alternatives)})(?![\w-])")
 
 
+def holds_secret(text: str, secret: str) -> bool:
+    """Whether ``text`` holds ``secret`` as the client's redaction finds it: a long one
+    anywhere, a short one (a local server's stand-in key, "x" or "ollama") where it stands
+    alone, not inside a longer word ("ollama_rows.csv")."""
+    if len(secret) >= _LONG_SECRET:
+        return secret in text
+    pattern = _secrets_pattern([secret])
+    return pattern is not None and pattern.search(text) is not None
+
+
 class ChatClient:
     """Posts chat completion bodies to ``base_url`` over one aiohttp session."""
 

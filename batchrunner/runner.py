@@ -55,7 +55,7 @@ from batchrunner.arrow import (
     string_array,
     to_numpy,
 )
-from batchrunner.client import ChatClient, ChatResult
+from batchrunner.client import ChatClient, ChatResult, holds_secret
 from batchrunner.config import (
     DEFAULT_API_KEY_ENV,
     KEY_VARIABLE_ENDINGS,
@@ -441,11 +441,12 @@ def _command_kept(job: JobConfig) -> dict[str, Any]:
 
 
 def _without_key(command: dict[str, Any], api_key: str | None) -> None:
-    """Hold back in ``command`` (``_command_kept``) the options whose value holds ``api_key``."""
+    """Hold back in ``command`` (``_command_kept``) the options whose value holds ``api_key``
+    (a short one, a local server's stand-in, as a word of its own: ``holds_secret``)."""
     options = command.get("options")
     if api_key and isinstance(options, dict):
         for name, value in options.items():
-            if api_key in json.dumps(value, ensure_ascii=False):
+            if holds_secret(json.dumps(value, ensure_ascii=False), api_key):
                 options[name] = KEY_HELD_BACK
 
 

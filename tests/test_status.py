@@ -238,10 +238,29 @@ def test_status_of_a_job_run_from_options_names_the_command_that_finishes_it(
     assert "sk-pass" not in json.dumps(kept) and kept["options"]["model"] == "m"
 
 
+def test_a_short_stand_in_key_holds_back_only_the_options_it_stands_alone_in() -> None:
+    """A local server's stand-in key ("x", vLLM's "EMPTY", Ollama's "ollama") was looked for
+    inside every option's value, so "x" held back a prompt saying "Explain" and an input
+    named ollama_rows.csv lost its resume command. A short key is looked for as the client
+    redacts it, a word of its own; a long one anywhere."""
+    from batchrunner.runner import _without_key
+
+    def held(key: str, **options: str) -> list[str]:
+        command = {"options": dict(options)}
+        _without_key(command, key)
+        return sorted(k for k, v in command["options"].items()
+                      if v == "<not kept: it holds the API key>")
+
+    assert held("x", prompt="Explain {text}", input="tickets_x.csv", model="x") == ["model"]
+    assert held("ollama", input="ollama_rows.csv", system="ask ollama nicely") == ["system"]
+    long = "sk-proj-abcdefghijklmnop1234"
+    assert held(long, base_url=f"https://h.example/{long}v1", model="gpt-4o") == ["base_url"]
+
+
 def test_status_names_no_command_that_would_not_resume_for_an_option_holding_the_key(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A local server's stand-in key (Ollama's documented "ollama") inside an option's value
-    (the input ollama_rows.csv): job.json holds that option back, as it must, but status named
+    (the input ollama.csv): job.json holds that option back, as it must, but status named
     the command with it, ``--input '<not kept: it holds the API key>'``, which stops at a
     missing input instead of resuming. Status now names no such command: it says to run the
     job again with the options it was given, and which of them it cannot show, and why."""
@@ -250,9 +269,9 @@ def test_status_names_no_command_that_would_not_resume_for_an_option_holding_the
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "ollama")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    (tmp_path / "ollama_rows.csv").write_text("id,text\n1,a\n2,b\n3,c\n4,d\n")
+    (tmp_path / "ollama.csv").write_text("id,text\n1,a\n2,b\n3,c\n4,d\n")
     with SimulatorThread(SimulatorConfig(latency_ms=1)) as sim:
-        assert main(["run", "--input", "ollama_rows.csv", "--id-column", "id", "--model",
+        assert main(["run", "--input", "ollama.csv", "--id-column", "id", "--model",
                      "gpt-4o-mini", "--prompt", "{text}", "--base-url", sim.base_url,
                      "--output", "out", "--limit", "2", "--progress", "none"]) == 0
     text = format_status(tmp_path / "out")
