@@ -1162,6 +1162,9 @@ def test_zoned_times_to_the_microsecond_read_in_a_prompt_as_pyarrow_makes_them(
         assert work.body["messages"][-1]["content"] == " | ".join(str(was[n]) for n in names)
         for n in names:
             assert hash_values((row[n],)) == hash_values((was[n],))
+    if not isinstance(before[2]["t1"].tzinfo, ZoneInfo):
+        return  # pytz's zones, which pyarrow 16 takes where it is installed: to the minute, and
+        # an hour off past 2037 (the rows' texts and hashes are that pyarrow's, as checked above)
     paris = str(before[2]["t1"])  # 1900: Paris's local mean time, to the second
     assert paris.startswith("1900-01-01 00:09:21") and paris.endswith("+00:09:21")
     summer = str(before[3]["t1"])  # 2038-07-06 05:00 in summer time, not winter's offset
@@ -1210,6 +1213,10 @@ def test_csv_results_hold_text_and_binary_in_the_view_layout(tmp_path: Path) -> 
     """A Parquet input written by Polars holds its text as string_view, which Arrow's CSV
     writer refuses: a --format csv run stopped with "Unsupported Type:string_view" after its
     rows were sent and paid for. Such columns are written as the others of their kind."""
+    try:
+        pa.array(["x"], pa.string_view()).cast(pa.string())
+    except pa.ArrowNotImplementedError:  # pyarrow 16, which reads such a column as string
+        pytest.skip("this pyarrow reads Parquet's view columns as plain ones")
     table = pa.table({"sv": pa.array(["wörld", None], pa.string_view()),
                       "bv": pa.array([b"ok", b"\xff"], pa.binary_view()),
                       "n": [1, 2]})
