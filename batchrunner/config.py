@@ -675,6 +675,10 @@ def _extra_values(extra: Any, f: _Fields) -> None:
                 raise ConfigError(f"{f('request.extra', key)} must be a number, got {v!r}")
         elif key in BOOLEAN_FIELDS and v is not None and not isinstance(v, bool):
             raise ConfigError(f"{f('request.extra', key)} must be true or false, got {v!r}")
+    if extra.get("top_logprobs") is not None and extra.get("logprobs") is not True:
+        # OpenAI's API (and vLLM's) answers every such row 400
+        raise ConfigError(f"{f('request.extra', 'top_logprobs')} needs logprobs = true beside "
+                          "it in [request.extra]")
 
 
 # Body fields a column cannot set, and what sets them instead.

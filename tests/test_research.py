@@ -107,6 +107,10 @@ def test_a_run_holds_a_replys_mean_tokens_once_not_n_times(
     ('top_p = "0.9"', "[request.extra] top_p must be a number, got '0.9'"),
     ("frequency_penalty = true", "[request.extra] frequency_penalty must be a number, got True"),
     ('logprobs = "yes"', "[request.extra] logprobs must be true or false, got 'yes'"),
+    ("top_logprobs = 3", "[request.extra] top_logprobs needs logprobs = true beside it in "
+                         "[request.extra]"),
+    ("top_logprobs = 3\nlogprobs = false", "[request.extra] top_logprobs needs logprobs = true "
+                                           "beside it in [request.extra]"),
 ])
 def test_a_bad_sampling_setting_in_extra_is_one_line_and_nothing_is_sent(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, message: str,
