@@ -426,10 +426,12 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _endpoint_id(url: str) -> str:
+def _endpoint_id(url: str, model: str | None = None) -> str:
     """What job.json records of the endpoint that answered a run (``answered_endpoint``): a
-    hash of its URL, which may hold a secret."""
-    return hashlib.sha256(url.encode()).hexdigest()[:16]
+    hash of its URL, which may hold a secret; with ``model``, of the URL and the model its
+    answers came for (endpoints.json's, for a job writing to a fresh directory each night)."""
+    text = url if model is None else f"{url}\n{model}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _command_kept(job: JobConfig) -> dict[str, Any]:
@@ -512,8 +514,8 @@ def _locked(path: str) -> Iterator[None]:
         os.close(fd)  # the lock goes with it
 
 
-def _remember_endpoint(endpoint: str) -> None:
-    """Keep ``endpoint`` in ``endpoints.json`` as answering today, the newest ENDPOINTS_KEPT
+def _remember_endpoint(*endpoints: str) -> None:
+    """Keep ``endpoints`` in ``endpoints.json`` as answering today, the newest ENDPOINTS_KEPT
     at most, those not answered for ENDPOINTS_EXPIRE_DAYS dropped; read and written under a
     lock, so that a run ending at the same moment keeps its own. A file that cannot be written
     is left as it is."""
@@ -521,14 +523,15 @@ def _remember_endpoint(endpoint: str) -> None:
     if path is None:
         return
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    if _endpoints_answered(path).get(endpoint) == today:
+    before = _endpoints_answered(path)
+    if all(before.get(endpoint) == today for endpoint in endpoints):
         return
     temp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with _locked(f"{path}.lock"):
             answered = _endpoints_answered(path)  # as the writer before this one left it
-            answered[endpoint] = today
+            answered.update(dict.fromkeys(endpoints, today))
             expired = _endpoints_expired()
             kept = dict(sorted(((k, v) for k, v in answered.items() if v >= expired),
                                key=itemgetter(1), reverse=True)[:ENDPOINTS_KEPT])
@@ -1545,10 +1548,15 @@ class _Run:
         # endpoint (job.json's endpoint_models): a router's 404 naming it, before any row of
         # this run is answered, is its server away (restarting), waited out as a 503 is. A
         # new or --forced name, never answered here, is a name mistyped: it stops the job.
-        self.model_answered_here = (
-            self.answered_before == "an earlier run of the job" and plan.builder is not None
-            and not plan.job.request.model_column
-            and plan.job.request.model in (plan.job_meta.get("endpoint_models") or ()))
+        # A job writing to a fresh output directory each night has no job.json to say so:
+        # the cache directory's endpoints.json keeps the endpoint and model answered too.
+        model = plan.job.request.model
+        self.model_answered_here = bool(
+            self.answered_before and client is not None and plan.builder is not None
+            and not plan.job.request.model_column and model and (
+                (self.answered_before == "an earlier run of the job"
+                 and model in (plan.job_meta.get("endpoint_models") or ()))
+                or _answered_here(_endpoint_id(client.url, model))))
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
         # Too many in flight for the server (``_queued_too_long``): the concurrency at most,
@@ -3481,8 +3489,10 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             plan.job_meta["answered_endpoint"] = endpoint
             plan.job_meta["endpoint_models"] = models
             if not job.endpoint.simulator:  # a port of its own each run: nothing to wait for
-                await anyio.to_thread.run_sync(_remember_endpoint,
-                                               plan.job_meta["answered_endpoint"])
+                answered = [endpoint]
+                if not run.models_vary and model and run.counts.ok > plan.prior_ok:
+                    answered.append(_endpoint_id(client.url, model))
+                await anyio.to_thread.run_sync(_remember_endpoint, *answered)
         if run.answered_models:  # as the rows asked for them, for the next run (see Plan)
             plan.job_meta["answered_models"] = sorted(run.answered_models)[:MAX_MODELS_KEPT]
         _settle_batch_checks(plan)

@@ -342,6 +342,42 @@ async def test_a_cron_start_while_the_router_says_model_not_found_waits_for_the_
 
 
 @pytest.mark.anyio
+async def test_a_cron_start_into_a_fresh_directory_while_the_router_says_model_not_found_waits(
+        tmp_path: Path, price_cache_dir: Path) -> None:
+    """``--output out/$(date +%F)``: tonight's output directory has no job.json saying the
+    job's model was answered here last night, and the run started while the router said 404
+    "model not found" (its box restarting) stopped at its first answer. The cache directory
+    keeps a hash of each endpoint and model answered (never the URL, the model or the key),
+    and tonight's run waits the box out; a model never answered here still stops at once."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(40)])
+    other = "meta-llama/Llama-3.1-8B-Instruct"
+    asked = {"chat": 0}
+    runner, port = await serve_on_loopback(router_restarting(other, asked, at=11))
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, url, inp, model=MODEL, concurrency=4,
+                                      output=str(tmp_path / "2026-12-01")),
+                              replace(options(3), limit=10))
+        assert s.exit_code == 0 and s.ok == 10 and asked["chat"] == 10
+        s = await run(job_for(tmp_path, url, inp, model=MODEL, concurrency=4,
+                              output=str(tmp_path / "2026-12-02")))
+        assert s.exit_code == 0 and (s.ok, s.failed, s.pending) == (40, 0, 0), s.stopped
+        assert asked["chat"] > 41  # the box's 404s, waited out
+        before = asked["chat"]
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, url, inp, model="qwen3", concurrency=4,
+                                      output=str(tmp_path / "2026-12-03")), options(3))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped is not None and s.stopped.startswith(
+        f"Model qwen3 not found — the endpoint serves {MODEL}, {other}: set the job's model")
+    assert asked["chat"] - before <= 4  # the first answers, at concurrency 4
+    kept = (price_cache_dir / "endpoints.json").read_text()
+    assert "127.0.0.1" not in kept and MODEL not in kept and KEY not in kept
+
+
+@pytest.mark.anyio
 async def test_a_box_behind_a_router_that_does_not_come_back_stops_the_job_saying_what_to_set(
         tmp_path: Path) -> None:
     """The router's 404 for the job's model goes on past outage_wait_s: the stop says the
