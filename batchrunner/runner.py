@@ -1550,13 +1550,17 @@ class _Run:
         # new or --forced name, never answered here, is a name mistyped: it stops the job.
         # A job writing to a fresh output directory each night has no job.json to say so:
         # the cache directory's endpoints.json keeps the endpoint and model answered too.
+        # What got its answers here, for the stop to say ("" if none).
         model = plan.job.request.model
-        self.model_answered_here = bool(
-            self.answered_before and client is not None and plan.builder is not None
-            and not plan.job.request.model_column and model and (
-                (self.answered_before == "an earlier run of the job"
-                 and model in (plan.job_meta.get("endpoint_models") or ()))
-                or _answered_here(_endpoint_id(client.url, model))))
+        self.model_answered_by = ""
+        if (self.answered_before and client is not None and plan.builder is not None
+                and not plan.job.request.model_column and model):
+            if (self.answered_before == "an earlier run of the job"
+                    and model in (plan.job_meta.get("endpoint_models") or ())):
+                self.model_answered_by = "an earlier run of the job"
+            elif _answered_here(_endpoint_id(client.url, model)):
+                self.model_answered_by = "an earlier run on this machine"
+        self.model_answered_here = bool(self.model_answered_by)
         self.max_concurrency = max_concurrency
         self.fixed_concurrency = fixed_concurrency
         # Too many in flight for the server (``_queued_too_long``): the concurrency at most,
@@ -2594,7 +2598,7 @@ class _Run:
         if e.status == 404:  # a router's "model not found" for the job's one model
             shown = self.client.redact(model) if self.client is not None else model
             why = ("when rows of the run were answered with it" if self.last_answer > -math.inf
-                   else "as an earlier run of the job got its answers from this endpoint")
+                   else f"as {self.model_answered_by} got its answers from this endpoint")
             self.stop(Unreachable(
                 f"{shown} not served by the endpoint for {silent_s:.1f} s ({what}): "
                 f"{e.message} — it was waited for as a server restarting behind a router, "
