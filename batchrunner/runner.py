@@ -105,6 +105,7 @@ from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import (
     Counts,
     Progress,
+    _printable,
     duration,
     leave_terminal,
     make_progress,
@@ -1514,6 +1515,10 @@ class _Run:
         # What the latest refusal was, for the progress: "" a connection that failed, else
         # the gateway's answer ("HTTP 503: no available channel for ...").
         self.refused_by = ""
+        # The outage job.json's last_run says the run waits out (its ``outage_from``), for
+        # ``status`` read beside the run: recorded by the flusher (_record_outage) when the
+        # progress starts to show it, and dropped when a request sent since is answered.
+        self.outage_recorded: float | None = None
         # Shut while a gateway's 502/503/504 says the server is away (_turned_away): no
         # request is sent but one at a time (the probe), each after the wait asked for (or
         # PROBE_EVERY_S), until a request sent since ``gate_from`` is answered (_answered).
@@ -3221,6 +3226,7 @@ class _Run:
             self.counts.unreachable_s = self._unreachable_s()
             self.counts.connect_wait = bool(self.answered_before) or self.last_answer > -math.inf
             self.counts.unreachable_by = self.refused_by
+            self._record_outage(self.counts.unreachable_s)
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes
             rows = journal.take()
             if rows:
@@ -3235,6 +3241,33 @@ class _Run:
                         self.write_error = e
                         self.stop(StopJob(str(e)))
                         return
+
+    def _record_outage(self, down_s: float) -> None:
+        """job.json's last_run says, for ``status`` in another process, that the endpoint has
+        been out of reach for ``down_s`` (``_unreachable_s``): since when, what answers for it
+        (its gateway's 502/503/504, or nothing) and how long the run waits for it (None: its
+        rows' own attempts stop the job). Written when the progress starts to show an outage
+        and when a request sent since it began is answered: twice an outage, not per request."""
+        recorded = self.outage_recorded
+        if recorded is not None and (self.outage_from != recorded
+                                     or self.answered_sent >= recorded):
+            self.outage_recorded = None  # over (or another began, recorded below)
+        if self.outage_recorded is None and down_s >= 1.0:
+            self.outage_recorded = self.outage_from
+        if self.outage_recorded == recorded:
+            return
+        last_run = self.plan.job_meta.get("last_run")
+        if not isinstance(last_run, dict):
+            return
+        if self.outage_recorded is None:
+            last_run.pop("outage", None)
+        else:
+            waits = self.outage_s > 0 and (bool(self.refused_by) or self.counts.connect_wait)
+            last_run["outage"] = {"since_s": round(time.time() - down_s, 3),
+                                  "by": _printable(self.refused_by, 120),
+                                  "wait_s": self.outage_s if waits else None}
+        with suppress(BatchrunnerError, OSError):  # a full disk: the journal's write says so
+            _write_meta(self.plan)
 
     async def watch_signals(self, scope: anyio.CancelScope) -> None:
         watched: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
@@ -3450,6 +3483,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             try:
                 await _pipeline(run)
             except BaseException as e:  # a full disk, say: `status` should not call it killed
+                last_run.pop("outage", None)  # waited out no more: the stop says it
                 last_run.update(finished_at=utc_timestamp(), stopped=_why(e),
                                 sent=run.counters["sent"])
                 _settle_batch_checks(plan)
@@ -3473,6 +3507,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             summary.stopped = moved
         # Until the results and reports are written: a run killed meanwhile left none (or
         # last night's), which `status` says rather than that the run went through.
+        last_run.pop("outage", None)  # waited out no more: the stop says it
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent,
                         results_written=False)
         if summary.sent:  # the report's wall time and counters: of the last run that sent

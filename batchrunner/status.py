@@ -24,6 +24,7 @@ from batchrunner.arrow import is_value, scalar, to_numpy
 from batchrunner.config import OVERRIDES, load_job, option_name
 from batchrunner.errors import JournalError, UsageError
 from batchrunner.journal import Journal
+from batchrunner.progress import duration
 from batchrunner.records import RETRYING
 from batchrunner.report import UsdSum, changed_warning, count_rows, format_usd, retry_advice
 from batchrunner.results import recorded_changed_left
@@ -163,7 +164,10 @@ def format_status(out_dir: Path) -> str:
                 to_do = max(0, to_send - int(np.count_nonzero(finished_at >= started)))
             else:
                 to_do = max(0, total - ok - failed)
-            lines.append(_pace(finished_at, to_do, time.time(), started))
+            now = time.time()
+            lines.append(_pace(finished_at, to_do, now, started))
+            if isinstance(last, dict) and (outage := _outage(last.get("outage"), now)):
+                lines.append(outage)
     elif isinstance(last, dict) and last.get("started_at"):
         # The command that finishes the job, for whoever did not write it (only its crontab
         # knew): the job file's run, or the options, that job.json keeps.
@@ -380,6 +384,24 @@ def _epoch(last_run: Any) -> float | None:
         return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
     except (ValueError, OverflowError, OSError):
         return None
+
+
+def _outage(outage: Any, now: float) -> str:
+    """What job.json says of the outage a run in progress waits out (its last_run's
+    ``outage``, there from when the run starts to show one until the endpoint answers again):
+    how long the endpoint has not answered, what its gateway answers meanwhile, and how long
+    the run waits for it; "" if none."""
+    if not isinstance(outage, dict):
+        return ""
+    since, by, wait_s = outage.get("since_s"), outage.get("by"), outage.get("wait_s")
+    if not isinstance(since, int | float) or isinstance(since, bool) or not math.isfinite(since):
+        return ""
+    line = (f"  the endpoint has not answered for {max(0.0, now - since):.0f} s "
+            + (f"(only its gateway, with {by})" if isinstance(by, str) and by
+               else "(no connection to it)"))
+    if isinstance(wait_s, int | float) and not isinstance(wait_s, bool) and wait_s > 0:
+        line += f"; the run waits up to {duration(wait_s)} for it, then stops"
+    return line
 
 
 def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from batchrunner.simulator import (
     add_arguments,
     config_from_args,
 )
+from batchrunner.status import format_status
 from tests.servers import serve_on_loopback
 from tests.test_cli import cli, job_args, one_error_line
 from tests.test_faults import (
@@ -648,6 +650,93 @@ def test_a_sigterm_while_the_server_is_waited_for_says_it_was_down(
     assert "(it answered an earlier run of the job, so it was waited for, 5 min at most)" in said
     code, shown, _ = cli(capsys, "status", str(out))
     assert code == 0 and "last run: stopped " in shown and stop in shown, shown
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("away", ["refused", "gateway"])
+async def test_status_beside_a_run_waiting_for_its_endpoint_says_so_until_it_answers(
+        tmp_path: Path, away: str) -> None:
+    """The box went down mid-run at 02:00 (its port refusing connections, or its gateway
+    answering 503 for it) and the run waited for it, as its progress said; ``status`` beside
+    it said only "no row finished in the last 60 s". The run now records the outage in
+    job.json when it starts to wait it out and when the endpoint answers again, and status
+    says how long the endpoint has not answered, what its gateway answers, and how long the
+    run waits; nothing once it is back."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(200)])
+    out = tmp_path / "out"
+    down = anyio.Event()  # the gateway's upstream is away from this until ``up``
+    up = anyio.Event()
+    answered = 0
+
+    async def gateway(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal answered
+        body = json.loads(await request.read())
+        if down.is_set() and not up.is_set():
+            return web.Response(status=503, text="no healthy upstream")
+        await anyio.sleep(0.05)
+        answered += 1
+        return web.json_response(vllm_reply(body, ANSWER))
+
+    port = closed_port()
+    sim = Simulator(SimulatorConfig(latency_ms=50), port=port)
+    if away == "refused":
+        await sim.start()
+        served = None
+    else:
+        served, port = await serve_on_loopback(gateway)
+
+    def answers() -> int:
+        return sim.stats()["completions"] if served is None else answered
+
+    async def status_until(said: bool) -> str:
+        """status, once it says (or no longer says) that the endpoint has not answered."""
+        for _ in range(400):  # 20 s: the flusher records it within 2 s
+            shown = format_status(out)
+            if ("the endpoint has not answered for" in shown) == said:
+                return shown
+            await anyio.sleep(0.05)
+        raise AssertionError(shown)
+
+    summary: list[RunSummary] = []
+
+    async def nightly() -> None:
+        job = job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=MODEL, concurrency=2)
+        summary.append(await run_job(job, options(3)))
+
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(nightly)
+                while answers() < 20:  # noqa: ASYNC110 - rows answered: the endpoint was there
+                    await anyio.sleep(0.01)
+                if served is None:
+                    await sim.stop()
+                else:
+                    down.set()
+                shown = await status_until(True)
+                assert "a run is in progress (pid " in shown, shown
+                line = next(x for x in shown.splitlines() if "has not answered" in x)
+                by = ("(only its gateway, with HTTP 503: no healthy upstream)"
+                      if away == "gateway" else "(no connection to it)")
+                assert re.fullmatch(r"  the endpoint has not answered for \d+ s "
+                                    + re.escape(by) + "; the run waits up to 5 min for it, "
+                                    "then stops", line), line
+                if served is None:
+                    await sim.start()
+                else:
+                    up.set()
+                shown = await status_until(False)
+                assert "a run is in progress (pid " in shown, shown  # back: the run goes on
+                assert "waits up to" not in shown, shown
+    finally:
+        await sim.stop()
+        if served is not None:
+            await served.cleanup()
+    s = summary[0]
+    assert s.exit_code == 0 and (s.ok, s.failed) == (200, 0), s.stopped
+    assert "outage" not in json.loads((out / "job.json").read_text())["last_run"]
+    assert "the endpoint has not answered" not in format_status(out)
+    assert not leaks_in_files(out)
 
 
 def test_runs_against_the_built_in_simulator_are_not_kept_as_endpoints_that_answered(
