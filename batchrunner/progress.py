@@ -102,7 +102,7 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
         paces = [f"{c.learnt_rpm:,.0f} requests a minute"] if c.learnt_rpm else []
         for model, rpm in c.learnt_models:
             unit = "" if paces else " requests a minute"
-            paces.append(f"{rpm:,.0f}{unit} for {_printable(model, 40)}")
+            paces.append(f"{rpm:,.0f}{unit} for {printable(model, 40)}")
         parts.append(f"(paced at {', '.join(paces)}, learnt from a storm of 429s: the server "
                      "reports no limit)")
     if c.concurrency:  # a run slower than it could be says why
@@ -116,7 +116,7 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
             limit = f"; the job stops after {duration(c.outage_s)} of these" \
                 if c.outage_s else ""
             parts.append(f"(no answer from the endpoint for {c.unreachable_s:.0f} s, only "
-                         f"its gateway's {_printable(c.unreachable_by, 120)}{limit})")
+                         f"its gateway's {printable(c.unreachable_by, 120)}{limit})")
         else:
             limit = (f"; the job waits {duration(c.outage_s)} for it to come back, then stops"
                      if c.outage_s and c.connect_wait else "")
@@ -135,7 +135,7 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
         parts.append((3, f"paused={c.paused_s:.0f}s"))
     if c.learnt_rpm or c.learnt_models:
         paces = [f"{c.learnt_rpm:,.0f}/min"] if c.learnt_rpm else []
-        paces += [f"{rpm:,.0f}/min({_printable(model, 24)})" for model, rpm in c.learnt_models]
+        paces += [f"{rpm:,.0f}/min({printable(model, 24)})" for model, rpm in c.learnt_models]
         parts.append((4, f"pace={','.join(paces)}"))
     if c.concurrency:
         parts.append((4, f"concurrency={c.concurrency:,}"))
@@ -152,7 +152,7 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
     return parts
 
 
-def _printable(text: str, width: int) -> str:
+def printable(text: str, width: int) -> str:
     """A server's text for a terminal line: control characters (an escape sequence in a
     gateway's error page) as ``?``, cut at ``width`` characters with an ellipsis."""
     text = "".join(ch if ch.isprintable() else "?" for ch in text)

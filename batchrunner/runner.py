@@ -105,10 +105,10 @@ from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import (
     Counts,
     Progress,
-    _printable,
     duration,
     leave_terminal,
     make_progress,
+    printable,
     say,
 )
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
@@ -3264,7 +3264,7 @@ class _Run:
         else:
             waits = self.outage_s > 0 and (bool(self.refused_by) or self.counts.connect_wait)
             last_run["outage"] = {"since_s": round(time.time() - down_s, 3),
-                                  "by": _printable(self.refused_by, 120),
+                                  "by": printable(self.refused_by, 120),
                                   "wait_s": self.outage_s if waits else None}
         with suppress(BatchrunnerError, OSError):  # a full disk: the journal's write says so
             _write_meta(self.plan)
