@@ -54,11 +54,12 @@ except ImportError:  # a pyarrow that moved its private module: the public one h
 
 __all__ = [
     "add", "all", "and_", "any", "cast", "cast_table", "coalesce", "count_distinct",
-    "dictionary_encode", "drop_null", "equal", "fill_null", "filter", "greater", "greater_equal",
-    "if_else", "index_in", "invert", "is_finite", "is_in", "is_nan", "is_null", "is_valid",
-    "less", "match_substring", "match_substring_regex", "max", "mean", "min_element_wise",
-    "multiply", "or_", "quantile", "round", "search_sorted", "select_k_unstable", "sort_by",
-    "sort_indices", "strftime", "subtract", "sum", "take", "value_counts",
+    "count_substring", "dictionary_encode", "drop_null", "equal", "fill_null", "filter",
+    "greater", "greater_equal", "if_else", "index_in", "invert", "is_finite", "is_in", "is_nan",
+    "is_null", "is_valid", "less", "match_substring", "match_substring_regex", "max", "mean",
+    "min_element_wise", "multiply", "or_", "quantile", "round", "search_sorted",
+    "select_k_unstable", "sort_by", "sort_indices", "strftime", "subtract", "sum", "take",
+    "value_counts",
 ]
 
 # An Arrow array, chunked array, scalar, record batch or table (pyarrow ships no type hints).
@@ -146,6 +147,10 @@ def index_in(values: Datum, *, value_set: pa.Array) -> Datum:
 
 def is_in(values: Datum, *, value_set: pa.Array) -> Datum:
     return call_function("is_in", [values], SetLookupOptions(value_set))
+
+
+def count_substring(strings: Datum, pattern: str) -> Datum:
+    return call_function("count_substring", [strings], MatchSubstringOptions(pattern))
 
 
 def match_substring(strings: Datum, pattern: str) -> Datum:

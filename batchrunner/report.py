@@ -25,7 +25,8 @@ Top-level keys, in this order::
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
     rows              {"total", "by_status": {status: rows}, "cut_at_length", "to_do",
-                      "billed_to_do", "changed_to_send", "cost_unknown"}; total counts the
+                      "billed_to_do", "changed_to_send", "cost_unknown", "fewer_choices"};
+                      total counts the
                       rows with an outcome, to_do the input's rows without one (null when not
                       given), billed_to_do those of them whose attempts so far were billed
                       without an answer at a cost reported (``retrying`` records with an
@@ -34,7 +35,8 @@ Top-level keys, in this order::
                       that are not sent again yet (their outcomes are to the earlier text),
                       cost_unknown the rows paid for without a cost: ok rows (unknown price,
                       or no usage reported) and failed rows whose reply reported usage at a
-                      price not known
+                      price not known, fewer_choices the ok rows whose choices hold fewer
+                      than the n the job asked (a server that ignores n; 0 when n is 1)
     tokens            {"prompt", "completion", "cached", "reasoning", "cache_write", "total"};
                       cache_write: of the prompt, the tokens written to the cache (Anthropic's
                       cache_creation_input_tokens, billed above the input price)
@@ -211,6 +213,9 @@ _MD_ACTIVE = re.compile(r"(\\*)(<(?=[A-Za-z/!?])|!\[|\|)")
 # A choice cut at max_tokens in a row's ``choices`` (orjson's text: a content that says so
 # has its quotes escaped).
 CHOICE_CUT = '"finish_reason":"length"'
+# Where each choice of a row's ``choices`` begins (its first key; inside a string a quote is
+# escaped, so the text cannot hold it elsewhere).
+CHOICE_START = '{"index":'
 _FALSE = scalar(False, pa.bool_())
 _NO_VALUE = scalar(NO_VALUE, pa.string())
 _GroupKey = tuple[str | None, bool]  # (model, failed): the groups exact cost sums are kept by
@@ -251,12 +256,17 @@ class OutcomeStats:
     which copies them: about 16 bytes per ok row for a moment); everything else reads the
     per-row arrays in slices of 65,536 rows.
 
+    ``choices`` is the ``n`` the job asked (``choices_asked``): above 1, the ok rows whose
+    ``choices`` hold fewer are counted (their lengths read, nothing kept); at 1 the column is
+    not read.
+
     ``rows`` is the number of rows added so far. Ties in the top-10 tables are broken by key,
     then by row order (the earlier row first).
     """
 
     __slots__ = (
         "_attempts",
+        "_choices",
         "_cost",
         "_cost_bad",
         "_earlier",
@@ -266,6 +276,7 @@ class OutcomeStats:
         "_latency",
         "_missing",
         "_models",
+        "_n_fewer",
         "_n_length",
         "_n_ok",
         "_n_unpriced",
@@ -287,9 +298,11 @@ class OutcomeStats:
         "rows",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, choices: int = 1) -> None:
         self.rows = 0
         self._n_ok = 0
+        self._choices = choices  # the n asked: ok rows answered with fewer are _n_fewer
+        self._n_fewer = 0
         self._n_length = 0
         self._n_unpriced = 0
         self._tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
@@ -402,6 +415,10 @@ class OutcomeStats:
         if "choices" in t.column_names:  # n > 1: cut when any choice is, not the first alone
             cut = pc.or_(cut, pc.fill_null(pc.match_substring(t["choices"], CHOICE_CUT), _FALSE))
         self._n_length += _count(cut)
+        if self._choices > 1 and "choices" in t.column_names:  # a server that ignores n
+            came = pc.count_substring(t["choices"], CHOICE_START)
+            fewer = pc.less(came, scalar(self._choices, came.type))
+            self._n_fewer += _count(pc.and_(is_ok, pc.fill_null(fewer, _FALSE)))
         self._n_unpriced += _count(unpriced)
         if "search_units" in t.column_names:  # a journal written before it has nulls
             units = t["search_units"]
@@ -809,6 +826,8 @@ def build_report(
     n_filtered = by_finish.get("content_filter", 0)
     if n_filtered:
         warnings.append(f"{count_rows(n_filtered)} stopped by the content filter")
+    if stats._n_fewer:
+        warnings.append(fewer_choices_warning(stats._n_fewer, stats._choices))
 
     errors = sorted(stats._errors.items(), key=lambda kv: (-kv[1][0], kv[0]))
     by_error = {k: {"rows": v[0], "example": v[1]} for k, v in errors}
@@ -835,7 +854,8 @@ def build_report(
         "job": {str(k): _jsonable(v) for k, v in job.items()},
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
                  "to_do": to_do, "billed_to_do": stats._to_do_billed,
-                 "changed_to_send": changed_left, "cost_unknown": n_unpriced},
+                 "changed_to_send": changed_left, "cost_unknown": n_unpriced,
+                 "fewer_choices": stats._n_fewer},
         "tokens": {
             "prompt": stats._tokens["prompt_tokens"],
             "completion": stats._tokens["completion_tokens"],
@@ -1416,6 +1436,21 @@ def count_rows(n: int) -> str:
 def _counted(n: Any, one: str, many: str) -> str:
     """``1 attempt``, ``7 retries``: a report's count (``n/a`` when unknown) and its noun."""
     return f"{_num(n)} {one if n == 1 else many}"
+
+
+def choices_asked(request: Mapping[str, Any]) -> int:
+    """The choices (``n``) a job's request settings (``RequestConfig.settings()``, job.json's
+    ``request``) ask for each row: ``n`` in ``[request.extra]``, else 1."""
+    extra = request.get("extra")
+    n = extra.get("n") if isinstance(extra, Mapping) else None
+    return n if type(n) is int and n > 1 else 1
+
+
+def fewer_choices_warning(rows: int, n: int) -> str:
+    """What the summary, the reports and ``status`` say of ``rows`` answered with fewer
+    choices than the ``n`` asked."""
+    return (f"{count_rows(rows)} got fewer choices than the n = {n} asked (the server ignores "
+            "n?): their choices column holds those that came")
 
 
 def changed_warning(n: int, *, exact: bool = True) -> str:

@@ -41,6 +41,7 @@ from batchrunner.report import (
     REPORT_COLUMNS,
     OutcomeStats,
     build_report,
+    choices_asked,
     sum_usd,
     unpriced_causes,
     write_reports,
@@ -210,7 +211,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     # The compacted journal holds the input's rows first, in its order, then rows the input
     # no longer has (an id-keyed input that lost rows): the figures are the input's.
     in_input = summary.ok + summary.failed + statuses.get(RETRYING, 0)
-    stats = OutcomeStats()
+    asked = choices_asked(plan.job_meta.get("request") or {})
+    stats = OutcomeStats(choices=asked)
     recorded = 0
     if journal.segments():
         for group in journal.iter_compacted(REPORT_COLUMNS):
@@ -238,6 +240,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
                               if v.get("example")}
     summary.length_cut = report["rows"]["cut_at_length"]
     summary.filtered = report["by_finish_reason"].get("content_filter", 0)
+    summary.fewer_choices, summary.choices_asked = report["rows"]["fewer_choices"], asked
     summary.batch_input = plan.source.kind == "openai_batch"
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
     summary.cost_known_usd = report["cost_usd"]

@@ -116,6 +116,7 @@ from batchrunner.report import (
     CHOICE_CUT,
     changed_warning,
     count_rows,
+    fewer_choices_warning,
     format_budget,
     format_span,
     format_usd,
@@ -264,6 +265,8 @@ class RunSummary:
     sent: int = 0
     length_cut: int = 0
     filtered: int = 0  # rows stopped by the content filter (finish_reason content_filter)
+    fewer_choices: int = 0  # ok rows answered with fewer choices than the n asked
+    choices_asked: int = 1  # the n the job asked
     batch_input: bool = False  # an OpenAI batch file: its rows' bodies set their max_tokens
     error_types: dict[str, int] = field(default_factory=dict)
     error_examples: dict[str, str] = field(default_factory=dict)  # a message of each type
@@ -3729,6 +3732,8 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  warning: {count_rows(s.filtered)} stopped by the content filter "
                      f"(finish_reason=content_filter): {'its' if s.filtered == 1 else 'their'} "
                      "content is cut short or empty")
+    if s.fewer_choices:
+        lines.append(f"  warning: {fewer_choices_warning(s.fewer_choices, s.choices_asked)}")
     answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd
     # A rerun's own spend: what its requests were billed, retries included. Beside it, the
     # job's counted alike: its rows' answers plus their earlier billed attempts.

@@ -26,7 +26,16 @@ from batchrunner.errors import JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.progress import duration
 from batchrunner.records import RETRYING
-from batchrunner.report import UsdSum, changed_warning, count_rows, format_usd, retry_advice
+from batchrunner.report import (
+    CHOICE_START,
+    UsdSum,
+    changed_warning,
+    choices_asked,
+    count_rows,
+    fewer_choices_warning,
+    format_usd,
+    retry_advice,
+)
 from batchrunner.results import recorded_changed_left
 
 __all__ = ["format_status", "plus_earlier", "read_meta", "run_in_progress"]
@@ -96,7 +105,10 @@ def format_status(out_dir: Path) -> str:
     """Progress, failures by type and cost so far, from the journal alone."""
     meta = read_meta(out_dir)
     locked = io.is_locked(out_dir)
-    state = Journal(out_dir).fold_latest(_Tally.COLUMNS, lambda: _Tally(times=locked))
+    asked = choices_asked(meta["request"]) if "request" in meta else 1
+    state = Journal(out_dir).fold_latest(
+        (*_Tally.COLUMNS, *(("choices",) if asked > 1 else ())),
+        lambda: _Tally(times=locked, choices=asked))
     total = int(meta.get("total_rows") or 0)
     ok, failed = state.ok, state.failed
     # The journal's rows the input no longer has (an id-keyed input that lost rows since they
@@ -147,6 +159,8 @@ def format_status(out_dir: Path) -> str:
         (state.written, "written to it" if state.cached else "written to the cache")) if n]
     if cache:
         lines.append(f"  of the prompt tokens, {' and '.join(cache)}")
+    if state.fewer_choices:
+        lines.append(f"  {fewer_choices_warning(state.fewer_choices, asked)}")
     last = meta.get("last_run")
     changed, exact = recorded_changed_left(meta)
     if changed and not locked:
@@ -298,19 +312,25 @@ def _free_bytes(directory: Path) -> int | None:
     return disk.f_bavail * disk.f_frsize
 
 
+_FALSE = scalar(False, pa.bool_())
+
+
 class _Tally:
     """What ``status`` shows of the journal's latest records, added a table of them at a
     time, as the reports count them (``OutcomeStats``): the costs summed exactly
     (``UsdSum``), the tokens a row's total (else its prompt and completion tokens); with
     ``times``, their ``finished_at`` too (the pace of a run in progress). A row whose latest
     record is ``retrying`` is a row to do: counted neither ok nor failed, its billed attempts'
-    cost among the earlier attempts'."""
+    cost among the earlier attempts'. With ``choices`` (the n asked) above 1, the tables hold
+    ``choices`` too, and the ok rows answered with fewer are counted."""
 
     COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
                "completion_tokens", "search_units", "search_requests", "cached_tokens",
                "cache_write_tokens", "unreported_usd")
 
-    def __init__(self, *, times: bool) -> None:
+    def __init__(self, *, times: bool, choices: int = 1) -> None:
+        self.choices = choices
+        self.fewer_choices = 0  # ok rows whose choices hold fewer than ``choices``
         self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
         self.unpriced_requests = 0  # of search billed per request (search_requests)
         self.cached = self.written = 0  # prompt tokens read from the cache and written to it
@@ -350,6 +370,11 @@ class _Tally:
         asked = pc.fill_null(pc.greater(part["search_requests"], scalar(0, pa.int64())),
                              scalar(False, pa.bool_()))
         self.unpriced_requests += pc.filter(cost, pc.and_(paid, asked)).null_count
+        if self.choices > 1:  # as the reports count them (OutcomeStats)
+            came = pc.count_substring(part["choices"], CHOICE_START)
+            fewer = pc.and_(is_value(part["status"], "ok"),
+                            pc.less(came, scalar(self.choices, came.type)))
+            self.fewer_choices += pc.sum(pc.fill_null(fewer, _FALSE)).as_py() or 0
         total = pc.coalesce(part["total_tokens"],
                             pc.add(part["prompt_tokens"], part["completion_tokens"]))
         self.tokens += pc.sum(total).as_py() or 0

@@ -56,6 +56,8 @@ CASES: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
                  lambda: apc.index_in(S, value_set=pa.array(["c", "b"]))),
     "is_in": (lambda: compute.is_in(N, value_set=pa.array([3, 0])),
               lambda: apc.is_in(N, value_set=pa.array([3, 0]))),
+    "count_substring": (lambda: compute.count_substring(S, "b"),
+                        lambda: apc.count_substring(S, "b")),
     "match_substring": (lambda: compute.match_substring(S, "b"),
                         lambda: apc.match_substring(S, "b")),
     "match_substring_regex": (lambda: compute.match_substring_regex(S, "^[0-9]+$"),

@@ -176,3 +176,77 @@ def test_a_server_that_ignores_n_leaves_one_choice_in_each_rows_choices(
     assert (done["status"] == "ok").all()
     for text in done["choices"]:
         assert json.loads(text) == [{"index": 0, "content": "four", "finish_reason": "stop"}]
+
+
+def _choices_server(sent: int) -> Any:
+    """A server that answers ``sent`` choices whatever ``n`` asks."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        usage = {"prompt_tokens": 5, "completion_tokens": 2 * sent, "total_tokens": 5 + 2 * sent}
+        if not body.get("stream"):
+            return web.json_response({
+                "id": "c", "object": "chat.completion", "model": body["model"], "usage": usage,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": "four"},
+                             "finish_reason": "stop"} for i in range(sent)]})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunks = [{"choices": [{"index": i, "delta": {"content": "four"}}]} for i in range(sent)]
+        chunks += [{"choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]}
+                   for i in range(sent)]
+        for chunk in (*chunks, {"choices": [], "usage": usage}):
+            await resp.write(b"data: " + json.dumps({"model": body["model"], **chunk}).encode()
+                             + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    return handler
+
+
+@pytest.mark.parametrize(("stream", "sent", "fewer"), [
+    (False, 1, 3), (True, 1, 3), (False, 2, 3), (False, 3, 0), (True, 3, 0)])
+def test_rows_answered_with_fewer_choices_than_n_asked_are_counted_and_said(
+    tmp_path: Path, stream: bool, sent: int, fewer: int,
+) -> None:
+    """A researcher asking n = 3 of a server that sends fewer choices got rows whose
+    ``choices`` held fewer samples, and nothing in the summary, the reports or ``status``
+    said so. They now count those rows and warn once; a server that sends all n says
+    nothing."""
+    from batchrunner.status import format_status
+
+    job = write_job(tmp_path, rows=3, request="stream = true\n" if stream else "")
+    s = anyio.run(run_job_file, _choices_server(sent), job, runner.RunOptions(progress="none"))
+    out = tmp_path / "out"
+    done = pd.read_parquet(out / "results.parquet")
+    assert (done["status"] == "ok").all()
+    assert [len(json.loads(c)) for c in done["choices"]] == [sent] * 3
+    said = (f"{fewer} rows got fewer choices than the n = 3 asked (the server ignores n?): "
+            "their choices column holds those that came")
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["rows"]["fewer_choices"] == fewer
+    texts = {"summary": runner.format_summary(s), "status": format_status(out),
+             "cost_report.json": "\n".join(report["warnings"]),
+             "cost_report.md": (out / "cost_report.md").read_text()}
+    for where, text in texts.items():
+        assert text.count(said) == (1 if fewer else 0), where
+        if not fewer:
+            assert "fewer choices" not in text, where
+
+
+def test_a_job_of_n_1_reads_no_choices_for_the_reports_or_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The count of rows with fewer choices than n asked costs a job of n = 1 nothing: its
+    rows' choices are not looked at."""
+    from batchrunner import compute
+
+    counted: list[object] = []
+    real = compute.count_substring
+    monkeypatch.setattr(compute, "count_substring",
+                        lambda *a, **k: counted.append(a) or real(*a, **k))
+    job = write_job(tmp_path, rows=2, extra="seed = 42\n")
+    code, out, err = cli(capsys, "run", str(job), "--progress", "none")
+    assert code == 0, err
+    code, out, err = cli(capsys, "status", str(tmp_path / "out"))
+    assert code == 0, err
+    assert counted == [] and "fewer choices" not in out
