@@ -97,7 +97,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -116,7 +116,13 @@ from batchrunner.arrow import (
     scalar,
     to_numpy,
 )
-from batchrunner.pricing import LIBRARY_NAME, SOURCE_ASKED, SOURCE_UNKNOWN, PriceBook
+from batchrunner.pricing import (
+    LIBRARY_NAME,
+    SOURCE_ASKED,
+    SOURCE_UNKNOWN,
+    ModelPrice,
+    PriceBook,
+)
 from batchrunner.progress import utc_timestamp
 from batchrunner.records import RETRYING
 
@@ -663,6 +669,65 @@ class UsdSum:
         return _shown_sum(self._sums, self._bad, _every)
 
 
+class SearchSum:
+    """Search billed apart from tokens, added a table of outcome records at a time, as the
+    reports count it (``OutcomeStats``), so that another place showing its cost (``status``)
+    shows the same figure: whether a row's usage counted search units or its request asked for
+    search billed per request (``searched``), and, per model the rows are priced as, the units
+    and requests of the rows with a cost. Tables need ``COLUMNS``; ``retrying`` records (rows
+    to do) are left out, as the reports leave them out. A few integers a model."""
+
+    COLUMNS = ("status", "model", "priced_as", "cost_usd", "search_units", "search_requests")
+    __slots__ = ("_sums", "searched")
+
+    def __init__(self) -> None:
+        self._sums: dict[str | None, list[int]] = {}
+        self.searched = False
+
+    def add(self, t: pa.Table) -> None:
+        units, requests = t["search_units"], t["search_requests"]
+        if units.null_count == len(units) and requests.null_count == len(requests):
+            return  # no search in these rows (nor a journal written before the columns)
+        outcome = pc.fill_null(pc.invert(is_value(t["status"], RETRYING)), _FALSE)
+        zero = scalar(0, pa.int64())
+        asked = pc.or_(pc.fill_null(pc.greater(units, zero), _FALSE),
+                       pc.fill_null(pc.greater(requests, zero), _FALSE))
+        self.searched = self.searched or bool(pc.any(pc.and_(outcome, asked)).as_py())
+        costed = pc.and_(outcome, pc.is_valid(t["cost_usd"]))
+        group, models = group_codes(_priced_as(t))
+        none = pa.scalar(None, pa.int64())
+        sums = [_group_sums(group, len(models), pc.if_else(costed, c, none))
+                for c in (units, requests)]
+        for j, model in enumerate(models):
+            acc = self._sums.setdefault(model, [0, 0])
+            acc[0] += sums[0][j]
+            acc[1] += sums[1][j]
+
+    def usd(self, prices: PriceBook) -> float:
+        """What it cost, at ``prices``, as the reports' ``search_cost_usd``."""
+        return sum_search_costs(search_cost(None if model is None else prices.price(model),
+                                            units, requests)
+                                for model, (units, requests) in self._sums.items())
+
+
+def search_cost(price: ModelPrice | None, units: int, requests: int) -> float | None:
+    """What the search of a model's rows with a cost cost: their ``units`` at ``price``'s
+    ``search_unit``, else the library's per web search, and their ``requests`` at its
+    ``search_request`` (as ``PriceBook.cost`` prices them); None when they searched and the
+    price is not known (priced as asked, by a journal written before ``priced_as``)."""
+    if not (units or requests):
+        return 0.0
+    if price is None:
+        return None
+    unit = price.web_search if price.search_unit is None else price.search_unit
+    return round(units * (unit or 0.0) + requests * (price.search_request or 0.0), 12)
+
+
+def sum_search_costs(costs: Iterable[float | None]) -> float:
+    """The models' ``search_cost`` summed (those not known left out), as the reports show it."""
+    return round(sum(c or 0.0 for c in costs), 12)
+
+
 def _every(key: _GroupKey) -> bool:
     return True
 
@@ -878,8 +943,7 @@ def build_report(
             "rows": sum(acc[-5] for acc in stats._models.values()),
             "unpriced_rows": sum(acc[-4] for acc in stats._models.values()),
         },
-        "search_cost_usd": round(sum(e["search_cost_usd"] or 0.0 for e in by_model.values()),
-                                 12),
+        "search_cost_usd": sum_search_costs(e["search_cost_usd"] for e in by_model.values()),
         "cost_usd": stats._cost_sum(lambda k: True),
         "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
         "cost_earlier_attempts_usd": stats._cost_sum(lambda k: True, earlier=True),
@@ -923,16 +987,7 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
          costed_units, costed_requests) = acc
         name = NO_VALUE if model is None else model
         price = None if model is None else prices.price(model)
-        # What the search of the rows with a cost cost, at the model's price (a unit's is
-        # search_unit, else the library's per web search: as PriceBook.cost prices them).
-        search: float | None = 0.0
-        if costed_units or costed_requests:
-            if price is None:
-                search = None  # priced as asked, by a journal written before priced_as
-            else:
-                unit = price.web_search if price.search_unit is None else price.search_unit
-                search = round(costed_units * (unit or 0.0)
-                               + costed_requests * (price.search_request or 0.0), 12)
+        search = search_cost(price, costed_units, costed_requests)
         known = stats._cost_sum(partial(_of_model, model))
         out[name] = {
             "rows": n,

@@ -24,10 +24,12 @@ from batchrunner.arrow import is_value, scalar, to_numpy
 from batchrunner.config import OVERRIDES, load_job, option_name
 from batchrunner.errors import JournalError, UsageError
 from batchrunner.journal import Journal
+from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.progress import duration
 from batchrunner.records import RETRYING
 from batchrunner.report import (
     CHOICE_START,
+    SearchSum,
     UsdSum,
     changed_warning,
     choices_asked,
@@ -134,6 +136,10 @@ def format_status(out_dir: Path) -> str:
     # Every row's cost, as the reports sum it: a failed row's billed reply (a schema mismatch,
     # an error body with usage) was paid for too.
     cost = format_usd(state.cost.usd)
+    if state.search.searched:  # search billed apart from tokens, at the job's prices
+        prices = PriceBook(parse_price_table(meta.get("prices") or {},
+                                             where=f"{out_dir / 'job.json'}: prices"))
+        cost += f" (of which search {format_usd(state.search.usd(prices))})"
     if state.unpriced:  # rows paid for without a cost, as the reports count them
         searched = state.unpriced_search + state.unpriced_requests
         keys = " or ".join(k for k, n in (("search_unit", state.unpriced_search),
@@ -326,7 +332,7 @@ class _Tally:
 
     COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
                "completion_tokens", "search_units", "search_requests", "cached_tokens",
-               "cache_write_tokens", "unreported_usd")
+               "cache_write_tokens", "unreported_usd", "model", "priced_as")
 
     def __init__(self, *, times: bool, choices: int = 1) -> None:
         self.choices = choices
@@ -335,6 +341,7 @@ class _Tally:
         self.unpriced_requests = 0  # of search billed per request (search_requests)
         self.cached = self.written = 0  # prompt tokens read from the cache and written to it
         self.cost = UsdSum()
+        self.search = SearchSum()  # search billed apart from tokens, as the reports count it
         self.earlier = UsdSum()
         self.unreported = UsdSum()  # estimates of tries billed, maybe, with no usage reported
         self.to_do_earlier = UsdSum()  # earlier_cost_usd of rows whose latest is ``retrying``
@@ -358,6 +365,7 @@ class _Tally:
                 self.failed_by_type[str(entry["values"])] += entry["counts"]
         cost = part["cost_usd"]
         self.cost.add(cost)
+        self.search.add(part)
         self.earlier.add(part["earlier_cost_usd"])
         self.unreported.add(part["unreported_usd"])
         # Paid for: ok, or a failed row whose reply reported usage (billed).

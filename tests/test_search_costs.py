@@ -354,7 +354,8 @@ async def test_rows_answered_before_their_search_price_was_set_are_priced_by_the
         assert (f"cost: at least {format_usd(report['cost_usd'])} for the job"
                 in format_summary(again))
         assert main(["status", str(tmp_path / "out")]) == 0
-        shown = f"cost so far at least {format_usd(report['cost_usd'])} (plus 1 row without a cost"
+        shown = (f"cost so far at least {format_usd(report['cost_usd'])} (of which search "
+                 f"{format_usd(report['search_cost_usd'])}) (plus 1 row without a cost")
         assert shown in capsys.readouterr().out
         # The budget holds what the job has cost, and the reset try's estimate: a new row
         # could pass a budget of that much.

@@ -287,3 +287,47 @@ def test_status_names_no_command_that_would_not_resume_for_an_option_holding_the
     assert ("did not finish (killed, or the machine stopped): run the job again with the "
             "options it was given (--input is not kept: its value holds the API key)"
             ) in format_status(tmp_path / "out")
+
+
+def test_status_shows_the_search_billed_apart_from_tokens_as_the_report_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reports show what search billed apart from tokens cost ("of which search"); status
+    showed the cost alone, where a Grok job's search was most of it. It shows that part now,
+    as the report computes it: Grok's sources at search_unit, and a request asking for search
+    billed per request at search_request; a job with no search says nothing of it."""
+    (tmp_path / "plain").mkdir()
+    assert "search" not in format_status(simulated_job(tmp_path / "plain", monkeypatch, 2))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text(
+        "id,text\na,kettle [[sim:citations]]\nb,tent [[sim:citations]]\nc,lamp\n")
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
+        'prompt = "Describe {text}"\nmax_tokens = 50\n[endpoint]\nsimulator = true\n'
+        '[output]\ndir = "out"\n'
+        '[prices."grok-4"]\ninput = 3.0\noutput = 15.0\nsearch_unit = 0.025\n'
+        '[prices."gpt-4o-search-preview"]\ninput = 2.5\noutput = 10.0\n'
+        "search_request = 0.0275\n")
+    assert main(["run", "job.toml", "--progress", "none"]) == 0
+    out = tmp_path / "out"
+
+    def shown() -> str:
+        line = next(x for x in format_status(out).splitlines() if "cost so far" in x)
+        m = re.search(r"cost so far \S+ \(of which search (\S+)\)", line)
+        assert m, line
+        return m[1]
+
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["search_units"]["total"] == 4
+    assert shown() == format_usd(report["search_cost_usd"]) == format_usd(4 * 0.025)
+    # Row c answered again by a search model, its request billed per request.
+    write_segment(Journal(out).directory, "seg-29990101T000000-ffffff-w0-000000.parquet",
+                  outcomes_table([Outcome(
+                      key="c", status="ok", content="again", prompt_tokens=10,
+                      completion_tokens=10, total_tokens=20, search_requests=1,
+                      cost_usd=round(10 * 2.5e-6 + 10 * 10e-6 + 0.0275, 12),
+                      model="gpt-4o-search-preview", finished_at=time.time() + 1)]))
+    during = shown()
+    assert main(["report", "out"]) == 0
+    report = json.loads((out / "cost_report.json").read_text())
+    assert during == format_usd(report["search_cost_usd"]) == format_usd(4 * 0.025 + 0.0275)
+    assert shown() == during  # compacted
