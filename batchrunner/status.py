@@ -136,10 +136,13 @@ def format_status(out_dir: Path) -> str:
     # Every row's cost, as the reports sum it: a failed row's billed reply (a schema mismatch,
     # an error body with usage) was paid for too.
     cost = format_usd(state.cost.usd)
-    if state.search.searched:  # search billed apart from tokens, at the job's prices
+    if state.searched and (  # search billed apart from tokens, at the job's prices
+            search := Journal(out_dir).fold_latest(SearchSum.COLUMNS, SearchSum)).searched:
+        # A second read, of the model columns too, for a job with search only: every status
+        # of a big job reading them cost a third more CPU once it was compacted.
         prices = PriceBook(parse_price_table(meta.get("prices") or {},
                                              where=f"{out_dir / 'job.json'}: prices"))
-        cost += f" (of which search {format_usd(state.search.usd(prices))})"
+        cost += f" (of which search {format_usd(search.usd(prices))})"
     if state.unpriced:  # rows paid for without a cost, as the reports count them
         searched = state.unpriced_search + state.unpriced_requests
         keys = " or ".join(k for k, n in (("search_unit", state.unpriced_search),
@@ -332,7 +335,7 @@ class _Tally:
 
     COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
                "completion_tokens", "search_units", "search_requests", "cached_tokens",
-               "cache_write_tokens", "unreported_usd", "model", "priced_as")
+               "cache_write_tokens", "unreported_usd")
 
     def __init__(self, *, times: bool, choices: int = 1) -> None:
         self.choices = choices
@@ -341,7 +344,7 @@ class _Tally:
         self.unpriced_requests = 0  # of search billed per request (search_requests)
         self.cached = self.written = 0  # prompt tokens read from the cache and written to it
         self.cost = UsdSum()
-        self.search = SearchSum()  # search billed apart from tokens, as the reports count it
+        self.searched = False  # a search count in a record (SearchSum reads them then)
         self.earlier = UsdSum()
         self.unreported = UsdSum()  # estimates of tries billed, maybe, with no usage reported
         self.to_do_earlier = UsdSum()  # earlier_cost_usd of rows whose latest is ``retrying``
@@ -365,7 +368,10 @@ class _Tally:
                 self.failed_by_type[str(entry["values"])] += entry["counts"]
         cost = part["cost_usd"]
         self.cost.add(cost)
-        self.search.add(part)
+        if not self.searched:
+            n = len(part)
+            self.searched = (part["search_units"].null_count < n
+                             or part["search_requests"].null_count < n)
         self.earlier.add(part["earlier_cost_usd"])
         self.unreported.add(part["unreported_usd"])
         # Paid for: ok, or a failed row whose reply reported usage (billed).
