@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 
 from batchrunner.client import _thought_apart
-from batchrunner.config import load_job
+from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError
 from batchrunner.progress import Counts, _postfix
 from batchrunner.retry import RetryPolicy
@@ -311,65 +311,39 @@ async def test_a_router_answering_model_not_found_while_its_box_restarts_is_wait
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("fresh", [False, True], ids=["same-directory", "fresh-directory"])
 async def test_a_cron_start_while_the_router_says_model_not_found_waits_for_the_box(
-        tmp_path: Path) -> None:
+        tmp_path: Path, price_cache_dir: Path, fresh: bool) -> None:
     """A router in front of vLLM boxes answers 404 "model not found" while the model's box
     restarts. A cron run started then stopped at its first answer (exit 4, "set the job's
     model to one of them"), the night's rows unsent, though last night's run of the job got
     that model's answers from this endpoint. Such a 404 is now waited out (outage_wait_s) as
-    a restart is; a name no run of the job got answers for here, new or --forced, still stops
-    the job at its first answer."""
-    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(60)])
-    other = "meta-llama/Llama-3.1-8B-Instruct"
-    asked = {"chat": 0}
-    runner, port = await serve_on_loopback(router_restarting(other, asked, at=11))
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        with anyio.fail_after(RUN_LIMIT_S):
-            s = await run_job(job_for(tmp_path, url, inp, model=MODEL, concurrency=4),
-                              replace(options(3), limit=10))
-        assert s.exit_code == 0 and s.ok == 10 and asked["chat"] == 10
-        s = await run(job_for(tmp_path, url, inp, model=MODEL, concurrency=4))
-        assert s.exit_code == 0 and (s.ok, s.failed, s.pending) == (60, 0, 0), s.stopped
-        assert asked["chat"] > 61  # the box's 404s, waited out
-        before = asked["chat"]
-        with anyio.fail_after(RUN_LIMIT_S):
-            s = await run_job(job_for(tmp_path, url, inp, model="qwen3", concurrency=4),
-                              replace(options(3), force=True, rerun_where="True"))
-    finally:
-        await runner.cleanup()
-    assert s.exit_code == 4 and s.stopped is not None and s.stopped.startswith(
-        f"Model qwen3 not found — the endpoint serves {MODEL}, {other}: set the job's model")
-    assert asked["chat"] - before <= 4  # the first answers, at concurrency 4
-
-
-@pytest.mark.anyio
-async def test_a_cron_start_into_a_fresh_directory_while_the_router_says_model_not_found_waits(
-        tmp_path: Path, price_cache_dir: Path) -> None:
-    """``--output out/$(date +%F)``: tonight's output directory has no job.json saying the
-    job's model was answered here last night, and the run started while the router said 404
-    "model not found" (its box restarting) stopped at its first answer. The cache directory
-    keeps a hash of each endpoint and model answered (never the URL, the model or the key),
-    and tonight's run waits the box out; a model never answered here still stops at once."""
+    a restart is, whether tonight's run writes where last night's did (job.json says so) or to
+    a fresh directory (``--output out/$(date +%F)``: the cache directory's endpoints.json keeps
+    a hash of each endpoint and model answered, never the URL, the model or the key); a name
+    no run got answers for here, new or --forced, still stops the job at its first answer."""
     inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(40)])
     other = "meta-llama/Llama-3.1-8B-Instruct"
     asked = {"chat": 0}
     runner, port = await serve_on_loopback(router_restarting(other, asked, at=11))
+    night = iter(["2026-12-01", "2026-12-02", "2026-12-03"] if fresh else ["out"] * 3)
+
+    def nightly(model: str) -> JobConfig:
+        return job_for(tmp_path, url, inp, model=model, concurrency=4,
+                       output=str(tmp_path / next(night)))
+
     try:
         url = f"http://127.0.0.1:{port}/v1"
         with anyio.fail_after(RUN_LIMIT_S):
-            s = await run_job(job_for(tmp_path, url, inp, model=MODEL, concurrency=4,
-                                      output=str(tmp_path / "2026-12-01")),
-                              replace(options(3), limit=10))
+            s = await run_job(nightly(MODEL), replace(options(3), limit=10))
         assert s.exit_code == 0 and s.ok == 10 and asked["chat"] == 10
-        s = await run(job_for(tmp_path, url, inp, model=MODEL, concurrency=4,
-                              output=str(tmp_path / "2026-12-02")))
+        s = await run(nightly(MODEL))
         assert s.exit_code == 0 and (s.ok, s.failed, s.pending) == (40, 0, 0), s.stopped
         assert asked["chat"] > 41  # the box's 404s, waited out
         before = asked["chat"]
         with anyio.fail_after(RUN_LIMIT_S):
-            s = await run_job(job_for(tmp_path, url, inp, model="qwen3", concurrency=4,
-                                      output=str(tmp_path / "2026-12-03")), options(3))
+            s = await run_job(nightly("qwen3"),
+                              replace(options(3), force=True, rerun_where="True"))
     finally:
         await runner.cleanup()
     assert s.exit_code == 4 and s.stopped is not None and s.stopped.startswith(
