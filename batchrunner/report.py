@@ -27,10 +27,10 @@ Top-level keys, in this order::
     rows              {"total", "by_status": {status: rows}, "cut_at_length", "to_do",
                       "billed_to_do", "changed_to_send", "cost_unknown", "fewer_choices"};
                       total counts the rows with an outcome, to_do the input's rows without
-                      one (null when not
-                      given), billed_to_do those of them whose attempts so far were billed
-                      without an answer at a cost reported (``retrying`` records with an
-                      earlier_cost_usd; a cut try's estimate is cost_unreported's),
+                      one (null when not given), billed_to_do those of them whose attempts
+                      so far were billed without an answer at a cost reported (``retrying``
+                      records with an earlier_cost_usd; a cut try's estimate is
+                      cost_unreported's),
                       changed_to_send the rows whose text changed since they were sent and
                       that are not sent again yet (their outcomes are to the earlier text),
                       cost_unknown the rows paid for without a cost: ok rows (unknown price,
