@@ -422,9 +422,7 @@ class OutcomeStats:
             cut = pc.or_(cut, pc.fill_null(pc.match_substring(t["choices"], CHOICE_CUT), _FALSE))
         self._n_length += _count(cut)
         if self._choices > 1 and "choices" in t.column_names:  # a server that ignores n
-            came = pc.count_substring(t["choices"], CHOICE_START)
-            fewer = pc.less(came, scalar(self._choices, came.type))
-            self._n_fewer += _count(pc.and_(is_ok, pc.fill_null(fewer, _FALSE)))
+            self._n_fewer += count_fewer_choices(t["choices"], is_ok, self._choices)
         self._n_unpriced += _count(unpriced)
         if "search_units" in t.column_names:  # a journal written before it has nulls
             units = t["search_units"]
@@ -1499,6 +1497,15 @@ def choices_asked(request: Mapping[str, Any]) -> int:
     extra = request.get("extra")
     n = extra.get("n") if isinstance(extra, Mapping) else None
     return n if type(n) is int and n > 1 else 1
+
+
+def count_fewer_choices(choices: pa.ChunkedArray | pa.Array,
+                        ok: pa.ChunkedArray | pa.Array, n: int) -> int:
+    """The rows (``ok``: those to count) whose ``choices`` hold fewer than the ``n`` asked,
+    by where each choice begins (``CHOICE_START``); a null ``choices`` is not counted."""
+    came = pc.count_substring(choices, CHOICE_START)
+    fewer = pc.fill_null(pc.less(came, scalar(n, came.type)), _FALSE)
+    return _count(pc.and_(ok, fewer))
 
 
 def fewer_choices_warning(rows: int, n: int) -> str:

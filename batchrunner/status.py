@@ -28,11 +28,11 @@ from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.progress import duration
 from batchrunner.records import RETRYING
 from batchrunner.report import (
-    CHOICE_START,
     SearchSum,
     UsdSum,
     changed_warning,
     choices_asked,
+    count_fewer_choices,
     count_rows,
     fewer_choices_warning,
     format_usd,
@@ -385,10 +385,8 @@ class _Tally:
                              scalar(False, pa.bool_()))
         self.unpriced_requests += pc.filter(cost, pc.and_(paid, asked)).null_count
         if self.choices > 1:  # as the reports count them (OutcomeStats)
-            came = pc.count_substring(part["choices"], CHOICE_START)
-            fewer = pc.and_(is_value(part["status"], "ok"),
-                            pc.less(came, scalar(self.choices, came.type)))
-            self.fewer_choices += pc.sum(pc.fill_null(fewer, _FALSE)).as_py() or 0
+            ok = pc.fill_null(is_value(part["status"], "ok"), _FALSE)
+            self.fewer_choices += count_fewer_choices(part["choices"], ok, self.choices)
         total = pc.coalesce(part["total_tokens"],
                             pc.add(part["prompt_tokens"], part["completion_tokens"]))
         self.tokens += pc.sum(total).as_py() or 0
