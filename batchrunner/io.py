@@ -41,6 +41,7 @@ import errno
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -116,6 +117,8 @@ _DIGITS_AS_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2D else 0x20
 #: A number of 20 digits or more, or a negative one of 19: an integer that may be past 64 bits
 #: (below -2**63, or 2**64 and above), which orjson reads as a float.
 _LONG_NUMBER: Final = b"0" * 20
+#: An exponent of three digits or more: the only way a JSON number passes a double's range.
+_HUGE_EXPONENT: Final = re.compile(rb"[eE][+-]?[0-9]{3}")
 _MAX_DETAIL: Final = 160
 
 
@@ -1013,6 +1016,8 @@ class _JsonlSource(InputSource):
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
+            if (huge := _with_huge_numbers(line)) is not None:
+                return self._object(lineno, huge)
             if self._cut_short(offset):
                 raise _input_error(
                     self.path,
@@ -1037,6 +1042,9 @@ class _JsonlSource(InputSource):
             # An id like 123456789012345678901234567890 is kept as written, not rounded to
             # 1.2345678901234568e+29 (orjson reads integers past 64 bits as floats).
             obj = json.loads(line)
+        return self._object(lineno, obj)
+
+    def _object(self, lineno: int, obj: Any) -> dict[str, Any]:
         if not isinstance(obj, dict):
             what = _json_kind(obj)
             raise _input_error(
@@ -1178,6 +1186,31 @@ def _places(what: str, numbers: list[int]) -> str:
     if len(numbers) == 1:
         return f"{what} {numbers[0]}"
     return f"{what}s {', '.join(map(str, numbers[:-1]))} and {numbers[-1]}"
+
+
+def _with_huge_numbers(line: bytes) -> Any | None:
+    """The line's value where orjson refused it only for a number past a double's range
+    (``1e400``: JSON sets no limit), each such number kept as written, as a long integer is;
+    None where the line is not valid JSON for another reason."""
+    if not _HUGE_EXPONENT.search(line):
+        return None
+    huge = []
+
+    def finite_or_text(text: str) -> float | str:
+        value = float(text)
+        if math.isinf(value):
+            huge.append(text)
+            return text
+        return value
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        value = json.loads(line, parse_float=finite_or_text, parse_constant=refuse)
+    except ValueError:  # JSONDecodeError, a NaN or Infinity, bytes not UTF-8
+        return None
+    return value if huge else None
 
 
 def _long_number(line: bytes) -> bool:

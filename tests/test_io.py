@@ -617,6 +617,24 @@ def test_jsonl_integers_past_64_bits_are_kept_as_written(write: Writer) -> None:
     ]
 
 
+def test_jsonl_numbers_past_a_double_are_kept_as_written(write: Writer) -> None:
+    """JSON sets no range on numbers: a line with 1e400 was refused as "not valid JSON (number
+    is infinity when parsed as double)". Such a number is kept as its text, as a long integer
+    is; NaN, which is no JSON, and a broken line with an exponent are still refused."""
+    path = write(
+        "huge.jsonl",
+        b'{"id": 1, "x": 1e400, "meta": {"big": -1E+999, "small": 1e-400}}\n'
+        b'{"id": 2, "x": 2.5, "meta": null}\n',
+    )
+    assert rows_of(open_input(path)) == [
+        {"id": 1, "x": "1e400", "meta": '{"big":"-1E+999","small":0.0}'},
+        {"id": 2, "x": "2.5", "meta": None},
+    ]
+    for bad in (b'{"id": 1, "x": 1e400, "y": NaN}\n', b'{"id": 1, "x": 1e400,}\n'):
+        with pytest.raises(InputError, match="line 1 is not valid JSON"):
+            rows_of(open_input(write("bad.jsonl", bad)))
+
+
 LONG_NUMBER_LINES = [
     b'{"id": 123456789012345678901234567890}',  # past 64 bits
     b'{"id": 12345678901234567890}',  # 20 digits, under 2**64
