@@ -291,6 +291,7 @@ class OutcomeStats:
         "_rate_limited",
         "_reported",
         "_rows_attempted",
+        "_search",
         "_status",
         "_to_do",
         "_to_do_bad",
@@ -327,9 +328,9 @@ class OutcomeStats:
         # model → [rows, ok, unpriced, *token sums, total tokens, *rows that reported the
         # _DETAIL_COLUMNS, search units, rows that reported any, unpriced rows among them,
         # search requests (rows), unpriced rows among them, unpriced rows whose reply reported
-        # its tokens and no search: an earlier billed try's cost was not known, search units
-        # and search requests of the rows with a cost: the search it holds]
+        # its tokens and no search: an earlier billed try's cost was not known]
         self._models: dict[str | None, list[int]] = {}
+        self._search = SearchSum()  # the search units and requests of the rows with a cost
         self._cost: dict[_GroupKey, int] = {}
         self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
         # The same for earlier_cost_usd: earlier billed attempts of rows sent again.
@@ -458,7 +459,9 @@ class OutcomeStats:
         earlier = pc.and_(pc.and_(unpriced, reported), pc.invert(pc.or_(searched, asked)))
         priced = _priced_as(t)
         self._add_models(t, priced, is_ok, unpriced, total, units, pc.and_(unpriced, searched),
-                         requests, pc.and_(unpriced, asked), earlier, pc.is_valid(cost))
+                         requests, pc.and_(unpriced, asked), earlier)
+        if units.null_count < n or requests.null_count < n:
+            self._search.add_costed(priced, pc.is_valid(cost), units, requests)
         ok_np = _np_bool(is_ok)
         models = group_codes(priced)
         _add_exact(self._cost, self._cost_bad, models, ~ok_np, cost)
@@ -506,7 +509,6 @@ class OutcomeStats:
         requests: pa.ChunkedArray,
         unpriced_requests: pa.ChunkedArray,
         unpriced_earlier: pa.ChunkedArray,
-        costed: pa.ChunkedArray,
     ) -> None:
         group, models = group_codes(priced)
         if "cache_write_tokens" in t.column_names:  # a journal written before it has nulls
@@ -518,13 +520,8 @@ class OutcomeStats:
                    pc.is_valid(written), units,
                    pc.greater(units, scalar(0, pa.int64())), unpriced_search, requests,
                    unpriced_requests, unpriced_earlier]
-        if searched := units.null_count < len(units) or requests.null_count < len(requests):
-            none = pa.scalar(None, pa.int64())
-            columns += [pc.if_else(costed, units, none), pc.if_else(costed, requests, none)]
         rows = np.bincount(group, minlength=len(models)).tolist()
         sums = [_group_sums(group, len(models), c) for c in columns]
-        if not searched:  # no row's usage counted search, nor did its request ask for it
-            sums += [[0] * len(models)] * 2
         for j, model in enumerate(models):
             acc = self._models.setdefault(model, [0] * (1 + len(sums)))
             acc[0] += rows[j]
@@ -668,12 +665,12 @@ class UsdSum:
 
 
 class SearchSum:
-    """Search billed apart from tokens, added a table of outcome records at a time, as the
-    reports count it (``OutcomeStats``), so that another place showing its cost (``status``)
-    shows the same figure: whether a row's usage counted search units or its request asked for
-    search billed per request (``searched``), and, per model the rows are priced as, the units
-    and requests of the rows with a cost. Tables need ``COLUMNS``; ``retrying`` records (rows
-    to do) are left out, as the reports leave them out. A few integers a model."""
+    """Search billed apart from tokens, added a table of outcome records at a time: the
+    reports' ``OutcomeStats`` keeps one, and ``status`` another, so both show the same figure.
+    Whether a row's usage counted search units or its request asked for search billed per
+    request (``searched``), and, per model the rows are priced as, the units and requests of
+    the rows with a cost. Tables need ``COLUMNS``; ``retrying`` records (rows to do) are left
+    out, as the reports leave them out. A few integers a model."""
 
     COLUMNS = ("status", "model", "priced_as", "cost_usd", "search_units", "search_requests")
     __slots__ = ("_sums", "searched")
@@ -691,8 +688,14 @@ class SearchSum:
         asked = pc.or_(pc.fill_null(pc.greater(units, zero), _FALSE),
                        pc.fill_null(pc.greater(requests, zero), _FALSE))
         self.searched = self.searched or bool(pc.any(pc.and_(outcome, asked)).as_py())
-        costed = pc.and_(outcome, pc.is_valid(t["cost_usd"]))
-        group, models = group_codes(_priced_as(t))
+        self.add_costed(_priced_as(t), pc.and_(outcome, pc.is_valid(t["cost_usd"])), units,
+                        requests)
+
+    def add_costed(self, priced: pa.ChunkedArray, costed: pa.ChunkedArray,
+                   units: pa.ChunkedArray, requests: pa.ChunkedArray) -> None:
+        """Add the search ``units`` and ``requests`` of the rows ``costed`` says have a cost,
+        by the model each is ``priced`` as (outcome rows only: the caller leaves the rest out)."""
+        group, models = group_codes(priced)
         none = pa.scalar(None, pa.int64())
         sums = [_group_sums(group, len(models), pc.if_else(costed, c, none))
                 for c in (units, requests)]
@@ -701,11 +704,14 @@ class SearchSum:
             acc[0] += sums[0][j]
             acc[1] += sums[1][j]
 
+    def cost(self, model: str | None, price: ModelPrice | None) -> float | None:
+        """What the search of ``model``'s rows with a cost cost at ``price`` (``search_cost``)."""
+        return search_cost(price, *self._sums.get(model, (0, 0)))
+
     def usd(self, prices: PriceBook) -> float:
         """What it cost, at ``prices``, as the reports' ``search_cost_usd``."""
-        return sum_search_costs(search_cost(None if model is None else prices.price(model),
-                                            units, requests)
-                                for model, (units, requests) in self._sums.items())
+        return sum_search_costs(self.cost(model, None if model is None else prices.price(model))
+                                for model in self._sums)
 
 
 def search_cost(price: ModelPrice | None, units: int, requests: int) -> float | None:
@@ -933,13 +939,13 @@ def build_report(
                                     "reasoning": stats._reported["reasoning_tokens"],
                                     "cache_write": stats._written_said},
         "search_units": {
-            "total": sum(acc[-8] for acc in stats._models.values()),
-            "rows": sum(acc[-7] for acc in stats._models.values()),
-            "unpriced_rows": sum(acc[-6] for acc in stats._models.values()),
-        },
-        "search_requests": {
+            "total": sum(acc[-6] for acc in stats._models.values()),
             "rows": sum(acc[-5] for acc in stats._models.values()),
             "unpriced_rows": sum(acc[-4] for acc in stats._models.values()),
+        },
+        "search_requests": {
+            "rows": sum(acc[-3] for acc in stats._models.values()),
+            "unpriced_rows": sum(acc[-2] for acc in stats._models.values()),
         },
         "search_cost_usd": sum_search_costs(e["search_cost_usd"] for e in by_model.values()),
         "cost_usd": stats._cost_sum(lambda k: True),
@@ -981,11 +987,10 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
     out: dict[str, dict[str, Any]] = {}
     for model, acc in groups:
         (n, ok, unpriced, *tokens, total, cached_said, reasoning_said, written, written_said,
-         units, _, unpriced_search, requests, unpriced_requests, unpriced_earlier,
-         costed_units, costed_requests) = acc
+         units, _, unpriced_search, requests, unpriced_requests, unpriced_earlier) = acc
         name = NO_VALUE if model is None else model
         price = None if model is None else prices.price(model)
-        search = search_cost(price, costed_units, costed_requests)
+        search = stats._search.cost(model, price)
         known = stats._cost_sum(partial(_of_model, model))
         out[name] = {
             "rows": n,
