@@ -553,6 +553,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
             "and [request] system the system message; for a conversation of its own per row "
             "(examples, earlier turns), give an OpenAI batch JSONL file")
     _from_columns(req.get("from_columns"), f("request", "from_columns"))
+    _one_token_limit(req, f)
     if "response_format" in req.get("extra", {}) and (req.get("response_format")
                                                       or req.get("schema_file")):
         # The body would carry the one in [request.extra], the replies be checked against the other.
@@ -645,6 +646,50 @@ def _request_fields_in_extra(req: dict[str, Any], f: _Fields) -> None:
         else:
             raise ConfigError(f"{f('request', key)} and [request.extra] {key} are both set — "
                               "give one of them")
+
+
+def _one_token_limit(req: dict[str, Any], f: _Fields) -> None:
+    """A body with both ``max_tokens`` and ``max_completion_tokens`` is refused by OpenAI
+    ("Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported")
+    and the gateways in front of it, so every row would be answered 400: refused here, where
+    the job sets both ([request] or --max-tokens, [request.extra], from_columns). The
+    command line's --max-tokens over a job file's [request.extra] max_completion_tokens is
+    that limit changed: sent under the name the job file uses (a reasoning model takes no
+    max_tokens)."""
+    extra: dict[str, Any] = req["extra"] if isinstance(req.get("extra"), dict) else {}
+    columns: dict[str, Any] = (req["from_columns"] if isinstance(req.get("from_columns"), dict)
+                               else {})
+    if (req.get("max_tokens") is not None and ("request", "max_tokens") in f.from_cli
+            and extra.get("max_completion_tokens") is not None):
+        extra["max_completion_tokens"] = req.pop("max_tokens")
+        return
+    limit = None
+    if req.get("max_tokens") is not None:
+        limit = f("request", "max_tokens")
+    elif extra.get("max_tokens") is not None:
+        limit = f"{f.prefix}[request.extra] max_tokens"
+    elif "max_tokens" in columns:
+        limit = _from_column(f, "max_tokens", columns["max_tokens"])
+    if limit is None:
+        return
+    if extra.get("max_completion_tokens") is not None:
+        other = "[request.extra] max_completion_tokens"
+    elif "max_completion_tokens" in columns:
+        other = _from_column(f, "max_completion_tokens", columns["max_completion_tokens"])
+    else:
+        return
+    raise ConfigError(f"{limit} and {other} are both set — APIs refuse a request with both "
+                      "(OpenAI: \"Setting 'max_tokens' and 'max_completion_tokens' at the same "
+                      "time is not supported\"): give one of them (max_completion_tokens for a "
+                      "reasoning model: o-series, GPT-5)")
+
+
+def _from_column(f: _Fields, field: str, column: Any) -> str:
+    """A from_columns entry as the user gave it: ``--from-column max_tokens=budget`` or
+    ``[request.from_columns] max_tokens``."""
+    if ("request", "from_columns") in f.from_cli:
+        return f"--from-column {field}={column}"
+    return f"{f.prefix}[request.from_columns] {field}"
 
 
 # [request.extra] values the API refuses whatever the model, checked as [request]'s are: the

@@ -130,6 +130,41 @@ def test_a_request_field_also_in_request_extra_is_sent_as_the_command_line_says(
                  {})
 
 
+def test_max_tokens_beside_max_completion_tokens_is_refused_before_anything_is_sent(
+        tmp_path: Path) -> None:
+    """OpenAI (and the gateways in front of it) answer a body with both 400 ("Setting
+    'max_tokens' and 'max_completion_tokens' at the same time is not supported"): a job
+    setting max_tokens in [request] and a reasoning model's max_completion_tokens in
+    [request.extra], as a reader of the two APIs' pages would, had every row refused. Now
+    it is refused at once, naming both; --max-tokens over the file's max_completion_tokens
+    changes that limit, sent under the file's name."""
+    for extra, needle in [
+        ("max_tokens = 20\n[request.extra]\nmax_completion_tokens = 400\n",
+         r"j\.toml: \[request\] max_tokens and \[request\.extra\] max_completion_tokens "
+         r"are both set — APIs refuse a request with both"),
+        ("[request.extra]\nmax_tokens = 20\nmax_completion_tokens = 400\n",
+         r"\[request\.extra\] max_tokens and \[request\.extra\] max_completion_tokens"),
+        ("max_tokens = 20\n[request.from_columns]\nmax_completion_tokens = \"budget\"\n",
+         r"\[request\] max_tokens and job file .*j\.toml: \[request\.from_columns\] "
+         r"max_completion_tokens are both set"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            load_job(write(tmp_path / "j.toml", BASE_JOB.replace("[output]", extra + "[output]")),
+                     {})
+    job_file = write(tmp_path / "j.toml", BASE_JOB.replace(
+        "[output]", "[request.extra]\nmax_completion_tokens = 400\n[output]"))
+    with pytest.raises(ConfigError, match=r"--from-column max_tokens=budget and "
+                                          r"\[request\.extra\] max_completion_tokens are both"):
+        load_job(job_file, {"from_columns": {"max_tokens": "budget"}})
+    job = load_job(job_file, {"max_tokens": 900})
+    body = RequestBuilder(job.request, ["text"], "input").build({"text": "hi"})[0]
+    assert body is not None and body["max_completion_tokens"] == 900
+    assert "max_tokens" not in body
+    body = RequestBuilder(load_job(job_file, {}).request, ["text"], "input").build(
+        {"text": "hi"})[0]
+    assert body is not None and body["max_completion_tokens"] == 400 and "max_tokens" not in body
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
