@@ -647,6 +647,13 @@ def test_thinking_settings_that_need_streaming_are_warned_about(
      ["temperature, ", "top_p are sent at the body's top level"]),
     ({"model": "qwen3-omni-flash", "temperature": 0}, []),  # no parameters: the usual shape
     ({"model": "gpt-4o", "temperature": 0, "parameters": {}}, []),
+    # OpenAI's reasoning models refuse max_tokens: every row of such a job was answered 400
+    ({"model": "o4-mini", "max_tokens": 300}, ["max_tokens is refused by OpenAI for o4-mini"]),
+    ({"model": "gpt-5.2", "max_tokens": 300}, ["set max_completion_tokens in "]),
+    ({"model": "openai/o3-mini-2025-01-31", "max_tokens": 300}, ["a reasoning model"]),
+    ({"model": "gpt-5-chat-latest", "max_tokens": 300}, []),
+    ({"model": "gpt-4o", "max_tokens": 300}, []),
+    ({"model": "o4-mini"}, []),
 ])
 def test_settings_a_gateway_would_ignore_are_warned_about(settings: dict[str, object],
                                                           said: list[str]) -> None:
