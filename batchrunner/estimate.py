@@ -99,9 +99,10 @@ def _observed_completion(plan: Plan) -> tuple[float, int] | None:
 
 
 def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None,
-                      unbounded: int, to_send: int, *, batch: bool) -> str:
+                      unbounded: int, to_send: int, *, batch: bool,
+                      name: str = "max_tokens") -> str:
     """What the completion tokens were estimated from (``batch``: rows that carry their own
-    requests)."""
+    requests; ``name``: the field the job's ``max_tokens`` is set by)."""
     guess = f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens"
     if observed is not None:
         mean, n = observed
@@ -109,7 +110,7 @@ def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None
         return f"mean of {n:,} {'answer' if n == 1 else 'answers'} so far ({mean:,.0f} tokens)"
     if unbounded == 0 and (to_send or max_tokens):
         if max_tokens:
-            return f"max_tokens ({max_tokens:,}), an upper bound"
+            return f"{name} ({max_tokens:,}), an upper bound"
         return "each row's max_tokens, an upper bound"  # a batch file's rows set their own
     if unbounded < to_send:
         return (f"each row's max_tokens where it sets one (an upper bound); {guess} for the "
@@ -170,9 +171,14 @@ def estimate(plan: Plan) -> Estimate:
                     f"{plan.row(key)}: ~{item.prompt_estimate:,} prompt tokens, {model} holds "
                     f"{m.context_window:,}")
     per_row = not {"max_tokens", "max_completion_tokens"}.isdisjoint(job.request.from_columns)
-    est.completion_basis = _completion_basis(None if per_row else job.request.max_tokens,
-                                             observed, unbounded, est.to_send,
-                                             batch=plan.builder is None)
+    # The job's limit, as the body carries it: [request.extra]'s is sent over [request]'s
+    name, limit = "max_tokens", job.request.max_tokens
+    for body_field in ("max_tokens", "max_completion_tokens"):
+        if isinstance(v := job.request.extra.get(body_field), int) and not isinstance(v, bool):
+            name, limit = body_field, v
+    est.completion_basis = _completion_basis(None if per_row else limit, observed, unbounded,
+                                             est.to_send, batch=plan.builder is None,
+                                             name=name)
     if est.budgeted:
         est.completion_basis += (f"; and the thinking budget of the {count_rows(est.budgeted)} "
                                  "that set one, on top")

@@ -135,6 +135,21 @@ def test_estimate_counts_a_max_tokens_column_of_the_rows(
     assert "   170 " in out  # 100 + 20 + 50
 
 
+def test_estimate_names_a_reasoning_models_max_completion_tokens_as_its_bound(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An o-series job bounds its replies with [request.extra] max_completion_tokens (its
+    model takes no max_tokens): the estimate used it but said "each row's max_tokens"."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,kettle\nb,tent\n")
+    job = tmp_path / "j.toml"
+    job.write_text('[input]\npath = "in.csv"\n[request]\nmodel = "o4-mini"\n'
+                   'prompt = "{text}"\n[request.extra]\nmax_completion_tokens = 400\n')
+    assert main(["estimate", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "completion tokens from: max_completion_tokens (400), an upper bound" in out, out
+    assert "   800 " in out, out
+
+
 def test_estimate_says_where_a_batch_files_completion_tokens_come_from(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Batch rows carry their own max_tokens: the estimate says it used them (and a guess for
