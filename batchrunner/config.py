@@ -519,6 +519,12 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
     for key in ("model", "system", "prompt", "prompt_column", "model_column", "image_column",
                 "schema_file"):
         _string(req, key, f, "request")
+    if req.get("model") and (name := _variable_reference(req["model"])) is not None:
+        # As a guide keeps the model in an environment variable (NBILITY_MODEL): sent as it is,
+        # every row would be answered "model does not exist".
+        raise ConfigError(f"{f('request', 'model')} is {req['model'].strip()}, which is not "
+                          "expanded: write the model's name, like gpt-4o-mini (or, from a "
+                          f"shell where {name} is set, pass --model \"${name}\")")
     if req.get("prompt") and req.get("prompt_column"):
         by_cli = [("request", k) in f.from_cli for k in ("prompt", "prompt_column")]
         if by_cli == [True, False]:  # the command line's --prompt overrides the file's column

@@ -615,6 +615,23 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["--base-url-env takes the variable's name, without $ or braces: NBILITY_BASE_URL"])
 
 
+@case("a job file's model written as ${VARIABLE}")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # A gateway guide keeps the model in NBILITY_MODEL: sent as the text "${NBILITY_MODEL}",
+    # every row was answered "model does not exist"
+    c.good_csv()
+    return (c.job(GOOD_JOB.replace('"gpt-4o-mini"', '"${NBILITY_MODEL}"')),
+            ["[request] model is ${NBILITY_MODEL}, which is not expanded: write the model's "
+             'name, like gpt-4o-mini (or, from a shell where NBILITY_MODEL is set, pass --model '
+             '"$NBILITY_MODEL")'])
+
+
+@case("--model written as $VARIABLE")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return (c.args(c.good_csv(), model="$NBILITY_MODEL"),
+            ["--model is $NBILITY_MODEL, which is not expanded"])
+
+
 @case("JSON braces in a prompt, not doubled")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     return (c.args(c.good_csv(), prompt='Reply as {"label": "bug"}: {text}'),
