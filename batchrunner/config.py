@@ -520,7 +520,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
                 "schema_file"):
         _string(req, key, f, "request")
     if req.get("model") and (name := _variable_reference(req["model"])) is not None:
-        # As a guide keeps the model in an environment variable (NBILITY_MODEL): sent as it is,
+        # A model kept in an environment variable and written as ${NAME}: sent as it is,
         # every row would be answered "model does not exist".
         raise ConfigError(f"{f('request', 'model')} is {req['model'].strip()}, which is not "
                           "expanded: write the model's name, like gpt-4o-mini (or, from a "
