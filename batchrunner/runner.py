@@ -1522,6 +1522,7 @@ class _Run:
         # ``status`` read beside the run: recorded by the flusher (_record_outage) when the
         # progress starts to show it, and dropped when a request sent since is answered.
         self.outage_recorded: float | None = None
+        self.outage_recorded_by = ""  # what answered for the endpoint then (refused_by)
         # Shut while a gateway's 502/503/504 says the server is away (_turned_away): no
         # request is sent but one at a time (the probe), each after the wait asked for (or
         # PROBE_EVERY_S), until a request sent since ``gate_from`` is answered (_answered).
@@ -3250,15 +3251,19 @@ class _Run:
         been out of reach for ``down_s`` (``_unreachable_s``): since when, what answers for it
         (its gateway's 502/503/504, or nothing) and how long the run waits for it (None: its
         rows' own attempts stop the job). Written when the progress starts to show an outage
-        and when a request sent since it began is answered: twice an outage, not per request."""
+        and when a request sent since it began is answered: twice an outage, not per request,
+        and once more each time what answers for it changes (a gateway's 503, then its 502, or
+        no connection at all), at most once a flush."""
         recorded = self.outage_recorded
         if recorded is not None and (self.outage_from != recorded
                                      or self.answered_sent >= recorded):
             self.outage_recorded = None  # over (or another began, recorded below)
         if self.outage_recorded is None and down_s >= 1.0:
             self.outage_recorded = self.outage_from
-        if self.outage_recorded == recorded:
+        if self.outage_recorded == recorded and (recorded is None
+                                                 or self.refused_by == self.outage_recorded_by):
             return
+        self.outage_recorded_by = self.refused_by
         last_run = self.plan.job_meta.get("last_run")
         if not isinstance(last_run, dict):
             return

@@ -188,8 +188,10 @@ def format_status(out_dir: Path) -> str:
             else:
                 to_do = max(0, total - ok - failed)
             now = time.time()
-            lines.append(_pace(finished_at, to_do, now, started))
-            if isinstance(last, dict) and (outage := _outage(last.get("outage"), now)):
+            outage = _outage(last.get("outage"), now) if isinstance(last, dict) else ""
+            # While the endpoint is away, the pace of the rows before tells no time left.
+            lines.append(_pace(finished_at, to_do, now, started, waiting=bool(outage)))
+            if outage:
                 lines.append(outage)
     elif isinstance(last, dict) and last.get("started_at"):
         # The command that finishes the job, for whoever did not write it (only its crontab
@@ -442,10 +444,10 @@ def _outage(outage: Any, now: float) -> str:
 
 
 def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
-          started: float | None) -> str:
+          started: float | None, *, waiting: bool = False) -> str:
     """How fast a run in progress is finishing rows, over the last ``PACE_WINDOW_S`` seconds
     or since it started, from the journal (up to a second behind), and when it would be done at
-    that pace."""
+    that pace: not while it ``waiting`` for its endpoint (an outage), whose end no pace tells."""
     since = PACE_WINDOW_S if started is None or started > now else now - started
     window = min(PACE_WINDOW_S, since)  # a start in the future (a clock set back): the default
     if window < 5.0:
@@ -460,7 +462,9 @@ def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
     if idle >= max(STALLED_S, 3 * window / recent):  # far longer than rows have taken apart
         # The window's rows came before it stopped finishing them: no time left to tell.
         return f"{line}, but no row has finished for {idle:.0f} s"
-    if to_do:
+    if to_do and waiting:
+        line += f"; the {count_rows(to_do)} to do wait for the endpoint"
+    elif to_do:
         left_min = to_do / per_min
         left = ("under a minute" if left_min < 1 else f"about {left_min:.0f} min"
                 if left_min < 120 else f"about {left_min / 60:.1f} h")

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner import status as status_module
 from batchrunner.client import _thought_apart
 from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError
@@ -629,16 +630,20 @@ def test_a_sigterm_while_the_server_is_waited_for_says_it_was_down(
 @pytest.mark.anyio
 @pytest.mark.parametrize("away", ["refused", "gateway"])
 async def test_status_beside_a_run_waiting_for_its_endpoint_says_so_until_it_answers(
-        tmp_path: Path, away: str) -> None:
+        tmp_path: Path, away: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The box went down mid-run at 02:00 (its port refusing connections, or its gateway
     answering 503 for it) and the run waited for it, as its progress said; ``status`` beside
     it said only "no row finished in the last 60 s". The run now records the outage in
     job.json when it starts to wait it out and when the endpoint answers again, and status
     says how long the endpoint has not answered, what its gateway answers, and how long the
-    run waits; nothing once it is back."""
+    run waits; nothing once it is back. Meanwhile its pace line tells no time left (it said
+    the rows to do "would take about 2 min" at the pace before the outage), and a gateway whose
+    answer changes during the outage (503, then 502) is shown with its latest (it showed the
+    first)."""
     inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(200)])
     out = tmp_path / "out"
     down = anyio.Event()  # the gateway's upstream is away from this until ``up``
+    bad = anyio.Event()  # and from this, the gateway answers 502
     up = anyio.Event()
     answered = 0
 
@@ -646,6 +651,8 @@ async def test_status_beside_a_run_waiting_for_its_endpoint_says_so_until_it_ans
         nonlocal answered
         body = json.loads(await request.read())
         if down.is_set() and not up.is_set():
+            if bad.is_set():
+                return web.Response(status=502, text="upstream connect error")
             return web.Response(status=503, text="no healthy upstream")
         await anyio.sleep(0.05)
         answered += 1
@@ -662,15 +669,22 @@ async def test_status_beside_a_run_waiting_for_its_endpoint_says_so_until_it_ans
     def answers() -> int:
         return sim.stats()["completions"] if served is None else answered
 
-    async def status_until(said: bool) -> str:
-        """status, once it says (or no longer says) that the endpoint has not answered."""
+    async def status_until(said: bool, saying: str = "the endpoint has not answered for"
+                           ) -> str:
+        """status, once it says (or no longer says) ``saying``."""
         for _ in range(400):  # 20 s: the flusher records it within 2 s
             shown = format_status(out)
-            if ("the endpoint has not answered for" in shown) == said:
+            if (saying in shown) == said:
                 return shown
             await anyio.sleep(0.05)
         raise AssertionError(shown)
 
+    # status reads the run as started 10 s before it did: a pace over its rows before the
+    # outage, not "not known yet (the run started seconds ago)" (a night's run sends for
+    # minutes before one; this one's outage comes in its first seconds).
+    started_at = status_module._epoch
+    monkeypatch.setattr(status_module, "_epoch",
+                        lambda last: None if (at := started_at(last)) is None else at - 10.0)
     summary: list[RunSummary] = []
 
     async def nightly() -> None:
@@ -695,6 +709,14 @@ async def test_status_beside_a_run_waiting_for_its_endpoint_says_so_until_it_ans
                 assert re.fullmatch(r"  the endpoint has not answered for \d+ s "
                                     + re.escape(by) + "; the run waits up to 5 min for it, "
                                     "then stops", line), line
+                pace = next(x for x in shown.splitlines() if "pace:" in x or "no row" in x)
+                assert "would take" not in pace, shown  # no time left known while it waits
+                assert re.fullmatch(r"  pace: .* rows/min over the last \d+ s; the 1\d\d "
+                                    r"rows to do wait for the endpoint", pace), pace
+                if served is not None:  # the gateway's answer changes: status shows the latest
+                    bad.set()
+                    shown = await status_until(True, "with HTTP 502: upstream connect error)")
+                    assert "HTTP 503" not in shown, shown
                 if served is None:
                     await sim.start()
                 else:
