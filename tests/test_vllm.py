@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -717,6 +718,16 @@ async def test_status_beside_a_run_waiting_for_its_endpoint_says_so_until_it_ans
                     bad.set()
                     shown = await status_until(True, "with HTTP 502: upstream connect error)")
                     assert "HTTP 503" not in shown, shown
+                # What a SIGKILL now leaves: job.json's outage record, and no run holding the
+                # directory. status says the run did not finish and how to resume, no outage.
+                killed = tmp_path / "killed"
+                killed.mkdir()
+                shutil.copy2(out / "job.json", killed / "job.json")
+                assert "outage" in json.loads((killed / "job.json").read_text())["last_run"]
+                shown = format_status(killed)
+                assert "did not finish (killed, or the machine stopped): run the job again to " \
+                       "resume" in shown and "has not answered" not in shown, shown
+                assert "pace" not in shown and "wait for the endpoint" not in shown, shown
                 if served is None:
                     await sim.start()
                 else:
