@@ -998,10 +998,11 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
     """Refuse a rerun that would mix answers made with different request settings, unless
     forced or no row has an answer yet. ``to_send``: the rows this run would send."""
     if old.get("request_fingerprint") != new["request_fingerprint"]:
-        changed = sorted(
-            k for k in set(old.get("request", {})) | set(new["request"])
-            if old.get("request", {}).get(k) != new["request"].get(k)
-        )
+        before = old.get("request", {})
+        changed = [_setting_change(k, before.get(k), new["request"].get(k)) for k in sorted(
+            k for k in set(before) | set(new["request"])
+            if before.get(k) != new["request"].get(k)
+        )]
         if not any_ok:  # nothing answered yet (a wrong model, say): nothing to mix with
             warnings.append(f"request settings changed ({', '.join(changed)}); going on, as "
                             "no row has an answer made with the old ones")
@@ -1019,6 +1020,19 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
                 "--output directory")
         else:
             warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
+
+
+def _setting_change(name: str, was: Any, now: Any) -> str:
+    """A request setting that changed, as a rerun's refusal names it: with its old and new
+    values where both are short or unset (a model renamed in the job file between two nights:
+    "model: 'gpt-4o-mini' → 'gpt-4.1-mini'"), else its name alone (a long prompt, a schema)."""
+    shown = ["not set" if v is None else repr(v) for v in (was, now)
+             if v is None or isinstance(v, bool | int | float) or (
+                 isinstance(v, str) and len(v) <= SHORT_SETTING)]
+    return f"{name}: {shown[0]} → {shown[1]}" if len(shown) == 2 else name
+
+
+SHORT_SETTING = 40  # the longest value a changed setting is shown with (a model's name)
 
 
 def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,

@@ -239,7 +239,7 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="--force") as e:
             await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), FAST)
         # Every row is done: --force alone would send nothing, and the message says so.
-        assert "(max_tokens), and every row is done" in str(e.value)
+        assert "(max_tokens: 64 → 20), and every row is done" in str(e.value)
         assert "--rerun-where" in str(e.value) and "another --output" in str(e.value)
         opts = RunOptions(rerun_where="finish_reason == 'length'", force=True, retry=FAST.retry,
                           progress="none", handle_signals=False)
@@ -286,15 +286,24 @@ async def test_a_job_that_never_got_an_answer_takes_new_settings_without_force(
         s = await run_job(job_for(tmp_path, sim.base_url, inp), retry)
         assert s.exit_code == 0 and s.ok == 30
         assert any("going on, as no row has an answer" in w for w in s.warnings)
+        # A short setting is named with its old and new values.
+        assert any("(prompt: 'Summarise: {text} [[sim:400]]' → 'Summarise: {text}')" in w
+                   for w in s.warnings), s.warnings
         # Once rows are ok, a change of settings needs --force again.
         with pytest.raises(Exception, match="--force") as e:
             await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=20), retry)
-        assert "(max_tokens), and every row is done" in str(e.value)
+        assert "(max_tokens: 64 → 20), and every row is done" in str(e.value)
         make_csv(inp, 32)  # two more rows: a run would send them
         with pytest.raises(Exception) as e:
             await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=20), retry)
         assert "pass --force to send the 2 rows left to send with the new ones (the rows it " \
             "does not send keep their answers)" in str(e.value)
+        with pytest.raises(Exception) as e:  # a setting set, and one unset, and a long prompt
+            await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=None, temperature=0.5,
+                                  prompt="Summarise, in one sentence of plain words: {text}"),
+                          retry)
+        assert "(max_tokens: 64 → not set, prompt, temperature: not set → 0.5); pass --force" \
+            in str(e.value), e.value
 
 
 @pytest.mark.anyio
