@@ -239,7 +239,7 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="--force") as e:
             await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), FAST)
         # Every row is done: --force alone would send nothing, and the message says so.
-        assert "(max_tokens: 64 → 20), and every row is done" in str(e.value)
+        assert "(max_tokens: 10 → 1000), and every row is done" in str(e.value)
         assert "--rerun-where" in str(e.value) and "another --output" in str(e.value)
         opts = RunOptions(rerun_where="finish_reason == 'length'", force=True, retry=FAST.retry,
                           progress="none", handle_signals=False)
