@@ -199,15 +199,16 @@ def format_status(out_dir: Path) -> str:
         rerun = _rerun(meta, out_dir)
         to_do = max(0, total - ok - failed)
         if not last.get("finished_at"):
-            lines.append(f"  last run: started {last['started_at']}, did not finish (killed, or "
-                         "the machine stopped): " + (rerun if rerun.startswith(_AGAIN) else
-                                                     "run the job again to resume"
-                                                     + (f": {rerun}" if rerun else "")))
-            rerun = ""  # said
             free = _free_bytes(out_dir)
-            if free is not None and free < FULL_DISK_BYTES:  # a full disk stopped it, unsaid
-                lines.append(f"  the disk holding {out_dir} is full ({free:,} bytes free): free "
-                             "space first, or the run stops again")
+            # A full disk stopped it, unsaid (job.json could not be written either): the one
+            # thing to do before its command, said in the same line.
+            full = free is not None and free < FULL_DISK_BYTES
+            why = (f": the disk holding {out_dir} is full ({free:,} bytes free): free space, "
+                   "then " if full else " (killed, or the machine stopped): ")
+            lines.append(f"  last run: started {last['started_at']}, did not finish{why}"
+                         + (rerun if rerun.startswith(_AGAIN) else
+                            "run the job again to resume" + (f": {rerun}" if rerun else "")))
+            rerun = ""  # said
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
             rebuilt = meta.get("rebuilt_at")

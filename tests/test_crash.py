@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -910,11 +911,17 @@ def test_status_of_a_run_that_could_not_record_its_end_on_a_full_disk_says_the_d
     (out / "job.json").write_text(json.dumps(meta))
     filler = fill_up(small_disk)
     status = format_status(out)
-    assert "did not finish" in status, status
-    assert (f"the disk holding {out} is full (0 bytes free): free space first, or the run "
-            "stops again") in status, status
+    # One line: what stopped it, what to do first, and the command (it guessed "killed, or
+    # the machine stopped" first, and told of the disk on a line of its own after the command).
+    line = next(x for x in status.splitlines() if "did not finish" in x)
+    assert re.fullmatch(f"  last run: started [^ ]+, did not finish: the disk holding "
+                        f"{re.escape(str(out))} is full \\(0 bytes free\\): free space, then run "
+                        "the job again to resume: batchrunner run .*", line), status
+    assert "killed" not in status, status
     filler.unlink()
-    assert "is full" not in format_status(out)
+    status = format_status(out)
+    assert "is full" not in status and "did not finish (killed, or the machine stopped): run " \
+        "the job again to resume: batchrunner run " in status, status
 
 
 def test_a_disk_gone_read_only_mid_run_names_the_journal_and_a_rerun_finishes(
