@@ -243,6 +243,19 @@ def option_name(override: str) -> str:
     return _OPTION_NAMES.get(override, "--" + override.replace("_", "-"))
 
 
+_SHORT_SETTING = 40  # the longest value a changed setting is shown with (a model's name)
+
+
+def setting_change(name: str, was: Any, now: Any) -> str:
+    """A request setting that changed, as a rerun's refusal names it: with its old and new
+    values where both are short or unset (a model renamed in the job file between two nights:
+    "model: 'gpt-4o-mini' → 'gpt-4.1-mini'"), else its name alone (a long prompt, a schema)."""
+    shown = ["not set" if v is None else repr(v) for v in (was, now)
+             if v is None or isinstance(v, bool | int | float) or (
+                 isinstance(v, str) and len(v) <= _SHORT_SETTING)]
+    return f"{name}: {shown[0]} → {shown[1]}" if len(shown) == 2 else name
+
+
 class _Fields:
     """Names a job setting in messages: the option when it came from the command line
     (``--rpm``), else the job file, table and key (``job x.toml: [limits] requests_per_minute``).

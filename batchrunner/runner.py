@@ -74,6 +74,7 @@ from batchrunner.config import (
     proxy_for,
     set_instead,
     set_instead_hint,
+    setting_change,
 )
 from batchrunner.errors import (
     AllFailing,
@@ -999,7 +1000,7 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
     forced or no row has an answer yet. ``to_send``: the rows this run would send."""
     if old.get("request_fingerprint") != new["request_fingerprint"]:
         before = old.get("request", {})
-        changed = [_setting_change(k, before.get(k), new["request"].get(k)) for k in sorted(
+        changed = [setting_change(k, before.get(k), new["request"].get(k)) for k in sorted(
             k for k in set(before) | set(new["request"])
             if before.get(k) != new["request"].get(k)
         )]
@@ -1020,19 +1021,6 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
                 "--output directory")
         else:
             warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
-
-
-def _setting_change(name: str, was: Any, now: Any) -> str:
-    """A request setting that changed, as a rerun's refusal names it: with its old and new
-    values where both are short or unset (a model renamed in the job file between two nights:
-    "model: 'gpt-4o-mini' → 'gpt-4.1-mini'"), else its name alone (a long prompt, a schema)."""
-    shown = ["not set" if v is None else repr(v) for v in (was, now)
-             if v is None or isinstance(v, bool | int | float) or (
-                 isinstance(v, str) and len(v) <= SHORT_SETTING)]
-    return f"{name}: {shown[0]} → {shown[1]}" if len(shown) == 2 else name
-
-
-SHORT_SETTING = 40  # the longest value a changed setting is shown with (a model's name)
 
 
 def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,

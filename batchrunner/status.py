@@ -21,7 +21,7 @@ import pyarrow as pa
 from batchrunner import compute as pc
 from batchrunner import io
 from batchrunner.arrow import is_value, scalar, to_numpy
-from batchrunner.config import OVERRIDES, load_job, option_name
+from batchrunner.config import OVERRIDES, load_job, option_name, setting_change
 from batchrunner.errors import JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
@@ -233,7 +233,40 @@ def format_status(out_dir: Path) -> str:
                 lines.append(f"  {retry_advice(failed_by_type)}")
         if rerun and to_do:
             lines.append(f"  to finish, {count_rows(to_do)} to do: {rerun}")
+        if to_do and ok and (changed_now := _changed_since(meta)):
+            # A night's run refused at its start leaves job.json as the night before left it.
+            lines.append(f"  the job file's request settings changed since the last run "
+                         f"({', '.join(changed_now)}): a run is refused (exit 2) unless given "
+                         "--force, which sends the rows left with the new ones")
     return "\n".join(lines)
+
+
+def _changed_since(meta: dict[str, Any]) -> list[str]:
+    """The request settings the job's file, with the options its last run was given, sets
+    otherwise than job.json says the rows done were sent with (a model renamed in it since
+    last night), as a run's refusal names them; none where that cannot be told (a job given
+    by options alone, the file gone or broken, options read relative to another directory)."""
+    job_file, command = meta.get("job_file"), meta.get("command")
+    before = meta.get("request")
+    if not isinstance(job_file, str) or job_file == "command line" or not isinstance(
+            before, dict) or before.get("openai_batch"):
+        return []
+    options = command.get("options") if isinstance(command, dict) else None
+    options = {k: v for k, v in options.items() if k in OVERRIDES} if isinstance(
+        options, dict) else {}
+    cwd = command.get("cwd") if isinstance(command, dict) else None
+    if options and not (isinstance(cwd, str)
+                        and os.path.realpath(cwd) == os.path.realpath(os.getcwd())):
+        return []  # its relative paths are another directory's
+    if any(v == KEY_HELD_BACK for v in options.values()):
+        return []
+    try:
+        now = json.loads(json.dumps(load_job(job_file, options).request.settings(),
+                                    default=str))  # as job.json holds them
+    except (UsageError, OSError, ValueError, TypeError):
+        return []
+    return [setting_change(k, before.get(k), now.get(k))
+            for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
 
 
 # What job.json keeps of an option whose value holds the API key (a URL's path, say).

@@ -173,11 +173,13 @@ def test_status_of_a_job_file_left_with_rows_to_do_names_the_command_that_finish
 
 
 def test_status_of_a_job_file_run_into_another_directory_names_that_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """A job file run with --output (a nightly job writing to out/$(date +%F)): status
     named "batchrunner run JOB" as the command that finishes it, which writes to the job
     file's own directory, where no row is done: every row was sent, and paid for, again,
-    and the directory asked about kept its rows to do. The command names the directory."""
+    and the directory asked about kept its rows to do. The command names the directory. A
+    job file whose request settings changed since is said to be refused without --force."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.csv").write_text(
         "id,text\n" + "".join(f"r{i},text {i}\n" for i in range(10)))
@@ -196,7 +198,19 @@ def test_status_of_a_job_file_run_into_another_directory_names_that_directory(
     meta_path.write_text(json.dumps(meta))
     assert ("did not finish (killed, or the machine stopped): run the job again to resume: "
             f"{command}") in format_status(night)
+    assert "settings changed" not in format_status(night)
     assert not (tmp_path / "out").exists()
+    # The model renamed in the job file the next day: that night's run was refused at its
+    # start (exit 2), leaving job.json as it was, and status named the command as if it
+    # would resume. It says what changed, and what a run needs.
+    job.write_text(job.read_text().replace("gpt-4o-mini", "gpt-4.1-mini"))
+    assert main(["run", str(job), "--output", str(night), "--progress", "none"]) == 2
+    refused = capsys.readouterr().err
+    assert "(model: 'gpt-4o-mini' → 'gpt-4.1-mini')" in refused, refused
+    assert format_status(night).endswith(
+        "\n  the job file's request settings changed since the last run (model: 'gpt-4o-mini' "
+        "→ 'gpt-4.1-mini'): a run is refused (exit 2) unless given --force, which sends the "
+        "rows left with the new ones")
 
 
 def test_status_of_a_job_run_from_options_names_the_command_that_finishes_it(
