@@ -481,7 +481,8 @@ def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
           started: float | None, *, waiting: bool = False) -> str:
     """How fast a run in progress is finishing rows, over the last ``PACE_WINDOW_S`` seconds
     or since it started, from the journal (up to a second behind), and when it would be done at
-    that pace: not while it ``waiting`` for its endpoint (an outage), whose end no pace tells."""
+    that pace: not while it is ``waiting`` for its endpoint (an outage), whose end no pace
+    tells."""
     since = PACE_WINDOW_S if started is None or started > now else now - started
     window = min(PACE_WINDOW_S, since)  # a start in the future (a clock set back): the default
     if window < 5.0:
