@@ -3271,6 +3271,9 @@ class _Run:
             return
         if self.outage_recorded is None:
             last_run.pop("outage", None)
+            # For status's pace: the rows of the outage's minutes, none, would tell too slow a
+            # one for minutes after it ends (111 rows/min, where 600 came).
+            last_run["back_s"] = round(time.time(), 3)
         else:
             waits = self.outage_s > 0 and (bool(self.refused_by) or self.counts.connect_wait)
             last_run["outage"] = {"since_s": round(time.time() - down_s, 3),

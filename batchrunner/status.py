@@ -189,8 +189,14 @@ def format_status(out_dir: Path) -> str:
                 to_do = max(0, total - ok - failed)
             now = time.time()
             outage = _outage(last.get("outage"), now) if isinstance(last, dict) else ""
-            # While the endpoint is away, the pace of the rows before tells no time left.
-            lines.append(_pace(finished_at, to_do, now, started, waiting=bool(outage)))
+            # While the endpoint is away, the pace of the rows before tells no time left; once
+            # it is back, the pace is of the rows since.
+            back = last.get("back_s") if isinstance(last, dict) else None
+            if not (isinstance(back, int | float) and not isinstance(back, bool)
+                    and math.isfinite(back) and started is not None and back > started):
+                back = None
+            lines.append(_pace(finished_at, to_do, now, started if back is None else back,
+                               waiting=bool(outage), back=back is not None))
             if outage:
                 lines.append(outage)
     elif isinstance(last, dict) and last.get("started_at"):
@@ -478,15 +484,16 @@ def _outage(outage: Any, now: float) -> str:
 
 
 def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
-          started: float | None, *, waiting: bool = False) -> str:
+          started: float | None, *, waiting: bool = False, back: bool = False) -> str:
     """How fast a run in progress is finishing rows, over the last ``PACE_WINDOW_S`` seconds
-    or since it started, from the journal (up to a second behind), and when it would be done at
-    that pace: not while it is ``waiting`` for its endpoint (an outage), whose end no pace
-    tells."""
+    or since it started (``back``: since its endpoint answered again after an outage), from the
+    journal (up to a second behind), and when it would be done at that pace: not while it is
+    ``waiting`` for its endpoint (an outage), whose end no pace tells."""
     since = PACE_WINDOW_S if started is None or started > now else now - started
     window = min(PACE_WINDOW_S, since)  # a start in the future (a clock set back): the default
     if window < 5.0:
-        return "  pace: not known yet (the run started seconds ago)"
+        return ("  pace: not known yet (the endpoint answered again seconds ago)" if back
+                else "  pace: not known yet (the run started seconds ago)")
     recent = int(np.count_nonzero(finished_at >= now - window))
     if not recent:
         return f"  no row finished in the last {window:.0f} s"

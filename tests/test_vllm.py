@@ -680,12 +680,12 @@ async def test_status_beside_a_run_waiting_for_its_endpoint_says_so_until_it_ans
             await anyio.sleep(0.05)
         raise AssertionError(shown)
 
-    # status reads the run as started 10 s before it did: a pace over its rows before the
+    # status reads the run as started 30 s before it did: a pace over its rows before the
     # outage, not "not known yet (the run started seconds ago)" (a night's run sends for
     # minutes before one; this one's outage comes in its first seconds).
     started_at = status_module._epoch
     monkeypatch.setattr(status_module, "_epoch",
-                        lambda last: None if (at := started_at(last)) is None else at - 10.0)
+                        lambda last: None if (at := started_at(last)) is None else at - 30.0)
     summary: list[RunSummary] = []
 
     async def nightly() -> None:
@@ -735,6 +735,12 @@ async def test_status_beside_a_run_waiting_for_its_endpoint_says_so_until_it_ans
                 shown = await status_until(False)
                 assert "a run is in progress (pid " in shown, shown  # back: the run goes on
                 assert "waits up to" not in shown, shown
+                # Its pace is of the rows since the endpoint is back, not of the 30 s and
+                # more before, most of them the outage's, with no row.
+                pace = next(x for x in shown.splitlines() if "pace" in x or "no row" in x)
+                window = re.search(r"over the last (\d+) s", pace)
+                assert (pace == "  pace: not known yet (the endpoint answered again seconds "
+                        "ago)" or (window and int(window[1]) < 20)), pace
     finally:
         await sim.stop()
         if served is not None:
