@@ -143,6 +143,9 @@ class ChatResult:
     # prompt_tokens, billed above the input price), and those of them kept an hour.
     cache_write_tokens: int | None = None
     cache_write_1h_tokens: int | None = None
+    # Choice 0's log probabilities (``logprobs.content``: one ``{"token", "logprob", "bytes",
+    # "top_logprobs"}`` a token, a stream's chunks' joined) as JSON text; None when it has none.
+    logprobs: str | None = None
 
 
 class _Call:
@@ -161,8 +164,8 @@ class _Call:
 class _Parts:
     """What the deltas of one choice of a stream carried."""
 
-    __slots__ = ("annotations", "calls", "content", "content_size", "finish_reason", "moved",
-                 "reasoning", "reasoning_size", "refusal")
+    __slots__ = ("annotations", "calls", "content", "content_size", "finish_reason",
+                 "logprobs", "moved", "reasoning", "reasoning_size", "refusal")
 
     def __init__(self) -> None:
         self.content: list[str] = []
@@ -178,6 +181,15 @@ class _Parts:
         # took the index over (see add_calls).
         self.moved: dict[int, int] | None = None
         self.annotations: list[Any] | None = None
+        self.logprobs: list[Any] | None = None  # the tokens' log probabilities, in order
+
+    def add_logprobs(self, logprobs: Any) -> None:
+        """A chunk's ``logprobs``: its tokens' entries (``content``) follow those before."""
+        tokens = _token_logprobs(logprobs)
+        if tokens is not None:
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.extend(tokens)
 
     def add_calls(self, deltas: list[Any]) -> None:
         calls = self.calls
@@ -557,6 +569,8 @@ class StreamAssembler:
                     self._more(parts, delta)
             if choice.get("finish_reason"):
                 parts.finish_reason = _finish_reason(choice["finish_reason"])
+            if choice.get("logprobs"):  # asked for: with the tokens of the chunk's delta
+                parts.add_logprobs(choice["logprobs"])
 
     def _field(self, line: bytes) -> None:
         """A line that is neither ``data:`` nor blank: an event's name, an ``error:`` field
@@ -669,7 +683,7 @@ class StreamAssembler:
         parts = sorted([(0, self.first), *(self.others or {}).items()], key=lambda ip: ip[0])
         return orjson.dumps([
             _choice_entry(i, _thought_apart(p.text(), "".join(p.reasoning) or None)[0],
-                          p.finish_reason, p.tool_calls())
+                          p.finish_reason, p.tool_calls(), p.logprobs)
             for i, p in parts]).decode()
 
 
@@ -927,7 +941,8 @@ class ChatClient:
         microsecond less a reply)."""
         for f in self._written:
             for v in (res.content, res.request_id, res.model, res.finish_reason,
-                      res.reasoning_content, res.choices, res.tool_calls, res.citations):
+                      res.reasoning_content, res.choices, res.tool_calls, res.citations,
+                      res.logprobs):
                 if v and f in v:
                     return True
         return False
@@ -936,12 +951,27 @@ class ChatClient:
         """``res`` with its fields scrubbed (``_scrub``); at once when no secret is in them."""
         if not self._secrets:
             return res
-        if self._short_secrets is None and not self._in_reply(res):
-            return res
+        ranked = res.logprobs is not None or bool(res.choices and '"logprobs"' in res.choices)
+        if self._short_secrets is None:
+            if not self._in_reply(res):
+                return res
+            found = True
+        else:
+            found = ranked and self._in_reply(res)
+        if found and ranked:
+            # The answer wrote a secret: its tokens' log probabilities spell it a token at a
+            # time, where no search finds it, so they are not kept.
+            res.logprobs = None
+            if res.choices:
+                choices = orjson.loads(res.choices)
+                for c in choices:
+                    c.pop("logprobs", None)
+                res.choices = orjson.dumps(choices).decode()
         res.request_id = self._scrub(res.request_id)
         res.model = self._scrub(res.model)
         res.finish_reason = self._scrub(res.finish_reason)
-        for name in ("content", "reasoning_content", "choices", "tool_calls", "citations"):
+        for name in ("content", "reasoning_content", "choices", "tool_calls", "citations",
+                     "logprobs"):
             setattr(res, name, self._scrub(getattr(res, name), answer=True))
         return res
 
@@ -1294,6 +1324,7 @@ class ChatClient:
             refusal="".join(first.refusal) or None,
             web_searches=searches, sources_used=sources,
             cache_write_tokens=written, cache_write_1h_tokens=written_1h,
+            logprobs=orjson.dumps(first.logprobs).decode() if first.logprobs else None,
         )
 
     async def _served_models(self) -> list[str] | None:
@@ -1634,7 +1665,8 @@ class ChatClient:
         notes = message.get("annotations")  # OpenAI's web search: url_citation
         cited = payload.get("citations")  # Grok's live search, Perplexity: URLs
         model = payload.get("model")
-        # Every field by position, in ChatResult's order: a call naming its 19 arguments cost
+        tokens = _token_logprobs(choice.get("logprobs")) if choice.get("logprobs") else None
+        # Every field by position, in ChatResult's order: a call naming its 20 arguments cost
         # some 8,700 instructions more a reply (matching the names), a seventieth of a request.
         return ChatResult(
             content if isinstance(content, str) and content else None,  # content: null if none
@@ -1654,6 +1686,7 @@ class ChatClient:
             sources,  # sources_used
             written,  # cache_write_tokens
             written_1h,  # cache_write_1h_tokens
+            orjson.dumps(tokens).decode() if tokens else None,  # logprobs
         )
 
 
@@ -1890,17 +1923,30 @@ def _gave_up(value: Any) -> str | None:
     return f"{kind}: {said}" if isinstance(said, str) and said else kind
 
 
-def _choice_entry(index: Any, content: Any, finish_reason: Any, tool_calls: Any
-                  ) -> dict[str, Any]:
+def _choice_entry(index: Any, content: Any, finish_reason: Any, tool_calls: Any,
+                  logprobs: list[Any] | None = None) -> dict[str, Any]:
     entry = {"index": index, "content": content or None, "finish_reason": finish_reason}
     if tool_calls:
         entry["tool_calls"] = tool_calls
+    if logprobs:
+        entry["logprobs"] = logprobs
     return entry
+
+
+def _token_logprobs(logprobs: Any) -> list[Any] | None:
+    """The tokens' entries of a choice's ``logprobs`` (its ``content``: ``{"token",
+    "logprob", "bytes", "top_logprobs"}`` a token, as the API and vLLM give them); None when
+    it has none (a refusal's, ``logprobs.refusal``, are not kept: its row has no answer)."""
+    if type(logprobs) is dict:
+        tokens = logprobs.get("content")
+        if type(tokens) is list and tokens:
+            return tokens
+    return None
 
 
 def _all_choices(choices: list[Any]) -> str:
     """Every choice of an ``n > 1`` reply as JSON text: index, content, finish_reason, and
-    tool_calls when the choice made any."""
+    tool_calls when the choice made any, logprobs (its tokens') when it has them."""
     out = []
     for c in choices:
         if isinstance(c, dict):
@@ -1916,7 +1962,8 @@ def _all_choices(choices: list[Any]) -> str:
             finish = c.get("finish_reason")
             if type(finish) is str:
                 finish = _FINISH_NAMES.get(finish, finish)
-            out.append(_choice_entry(c.get("index"), content, finish, calls))
+            out.append(_choice_entry(c.get("index"), content, finish, calls,
+                                     _token_logprobs(c.get("logprobs"))))
     return orjson.dumps(out).decode()
 
 

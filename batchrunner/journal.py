@@ -400,6 +400,28 @@ class Journal:
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         return latest(table)
 
+    def holds(self, column: str) -> bool:
+        """Whether a record of the journal has a value in ``column`` (a column of
+        ``ADDED_COLUMNS``): read from the segments' statistics, the column itself only where a
+        row group has none."""
+        def read() -> bool:
+            for seg in self.segments():
+                pf = _open(seg)
+                if column not in pf.schema_arrow.names:
+                    continue  # written before the column was
+                at = pf.schema_arrow.get_field_index(column)
+                meta = pf.metadata
+                for rg in range(meta.num_row_groups):
+                    group = meta.row_group(rg)
+                    stats = group.column(at).statistics
+                    if stats is not None and stats.has_null_count:
+                        if stats.null_count < group.num_rows:
+                            return True
+                    elif _read_group(pf, seg, rg, [column])[column].null_count < group.num_rows:
+                        return True
+            return False
+        return _listed_again(read)
+
     def answered_models(self) -> frozenset[str]:
         """The models of the journal's ``ok`` records (the models that answered, as their
         replies named them), reading those two columns only."""

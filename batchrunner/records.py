@@ -41,6 +41,10 @@ class Outcome:
     # Search citations as JSON text ([{"url", "title", "start_index", "end_index"}]); None
     # when the reply cited nothing.
     citations: str | None = None
+    # The log probabilities of the answer's tokens, as JSON text: the API's
+    # ``logprobs.content`` of choice 0 ([{"token", "logprob", "bytes", "top_logprobs"}]); those
+    # of every choice are in ``choices``. None when the request did not ask for them.
+    logprobs: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -106,6 +110,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("choices", pa.string()),
         ("tool_calls", pa.string()),
         ("citations", pa.string()),
+        ("logprobs", pa.string()),
         ("finish_reason", pa.string()),
         ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()),
@@ -139,7 +144,7 @@ assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
                                            "row_hash", "search_units", "search_requests",
                                            "cache_write_tokens", "unknown_tries",
-                                           "priced_as", "unreported_usd"})
+                                           "priced_as", "unreported_usd", "logprobs"})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
 JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries", "unreported_usd"})

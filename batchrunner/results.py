@@ -321,6 +321,15 @@ def _last_runs(meta: dict[str, Any]) -> tuple[dict[str, Any], float | None, dict
     )
 
 
+def _logprobs_kept(plan: Plan, journal: Journal) -> bool:
+    """Whether the results have a ``logprobs`` column: the job asks for them (``logprobs =
+    true`` in ``[request.extra]``), or a row's record holds some (a batch file's rows that
+    asked, a setting from a row's column)."""
+    extra = (plan.job_meta.get("request") or {}).get("extra")
+    return (isinstance(extra, dict) and extra.get("logprobs") is True) or journal.holds(
+        "logprobs")
+
+
 def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path,
                    limited: bool) -> tuple[Counter[str | None], list[pa.Array]]:
     """Write the results file; return the rows by their journal status (None: no record), and
@@ -331,7 +340,8 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path,
     ``limited`` (a ``--limit`` run's results): the file ends at the last input row with a
     record, and the input is read no further; the rows after it count as rows with none."""
     outcomes = _Outcomes(journal, order) if journal.segments() else None
-    outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key" and c not in JOURNAL_ONLY]
+    outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key" and c not in JOURNAL_ONLY
+                    and (c != "logprobs" or _logprobs_kept(plan, journal))]
     empty = pa.Table.from_batches([], OUTCOME_SCHEMA)
     writer: io.ResultWriter | None = None
     statuses: Counter[str | None] = Counter()

@@ -3050,6 +3050,7 @@ class _Run:
             res.choices,
             res.tool_calls,
             res.citations,
+            res.logprobs,
             res.finish_reason,
             res.prompt_tokens, res.completion_tokens, res.total_tokens, res.cached_tokens,
             res.cache_write_tokens, res.reasoning_tokens,

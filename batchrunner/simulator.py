@@ -303,6 +303,7 @@ CACHE_BLOCK_TOKENS: Final = 128
 SYSTEM_FINGERPRINT: Final = "fp_batchrunner_sim"
 MAX_N: Final = 128
 MAX_STOP: Final = 4
+MAX_TOP_LOGPROBS: Final = 20  # as OpenAI allows
 EXCERPT_CHARS: Final = 40
 LISTEN_BACKLOG: Final = 4096  # connections waiting to be accepted (the kernel may cap it)
 SHUTDOWN_TIMEOUT_S: Final = 0.5
@@ -781,6 +782,8 @@ class _Request:
     forced_tool: str | None = None  # the function tool_choice makes every reply call
     whole_so_far: bool = False  # streamed with Qwen's incremental_output false
     think_inline: bool = False  # streamed with nebula_thinking_to_content: reasoning in content
+    # With logprobs: true, the top_logprobs asked for (0 without it); None when not asked.
+    top_logprobs: int | None = None
 
 
 def _not_incremental(body: dict[str, Any]) -> bool:
@@ -1238,6 +1241,16 @@ class _Server:
             value = body.get(name)
             if value is not None and (not _is_number(value) or not 0 <= value <= upper):
                 raise _BadRequest(f"'{name}' must be a number between 0 and {upper:g}.", name)
+        logprobs = body.get("logprobs")
+        top_logprobs = body.get("top_logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise _BadRequest("'logprobs' must be a boolean.", "logprobs")
+        if top_logprobs is not None and (not _is_int(top_logprobs)
+                                         or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS):
+            raise _BadRequest(f"'top_logprobs' must be an integer between 0 and "
+                              f"{MAX_TOP_LOGPROBS}.", "top_logprobs")
+        if top_logprobs is not None and logprobs is not True:
+            raise _BadRequest("'logprobs' must be true when 'top_logprobs' is set.", "logprobs")
         stream = body.get("stream") is True
         include_usage = False
         if stream:
@@ -1348,6 +1361,7 @@ class _Server:
             forced_tool=_forced_tool(body.get("tools"), body.get("tool_choice")),
             whole_so_far=stream and _not_incremental(body),
             think_inline=stream and body.get("nebula_thinking_to_content") is True,
+            top_logprobs=(top_logprobs or 0) if logprobs is True else None,
         )
 
     # ---------------------------------------------------------------- reply content
@@ -1365,6 +1379,34 @@ class _Server:
 
     def choice_seed(self, req: _Request, index: int) -> int:
         return _mix(req.digest ^ ((index * _GOLDEN) & _MASK64))
+
+    def token_logprobs(self, req: _Request, index: int, text: str) -> list[dict[str, Any]]:
+        """The log probabilities of choice ``index``'s ``text``, a token each 4 characters (as
+        a stream sends it, and as usage counts it): ``{"token", "logprob", "bytes",
+        "top_logprobs"}``, the chosen token's logprob drawn (most near 0, a few as low as -4)
+        from the request's digest, so the same request gets the same values; its
+        ``top_logprobs`` are the chosen token and other filler words below it."""
+        seed = self.choice_seed(req, index)
+        top = req.top_logprobs or 0
+        out: list[dict[str, Any]] = []
+        for j in range(0, len(text), 4):
+            token = text[j : j + 4]
+            v = _mix(seed ^ ((j + 1) * _GOLDEN & _MASK64))
+            logprob = round(-4.0 * ((v >> 11) / 9007199254740992.0) ** 3, 6)
+            ranked = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
+            for k in range(1, top):
+                other = self.filler_text((v >> 13) + k, 4)
+                ranked.append({"token": other, "logprob": round(logprob - 1.5 * k - 0.25, 6),
+                               "bytes": list(other.encode())})
+            out.append({**ranked[0], "top_logprobs": ranked if top else []})
+        return out
+
+    def choice_logprobs(self, req: _Request, index: int, c: _Choice) -> dict[str, Any] | None:
+        """A choice's ``logprobs`` as a non-stream reply has it; None when not asked."""
+        if req.top_logprobs is None:
+            return None
+        tokens = self.token_logprobs(req, index, c.content) if c.tool_call is None else None
+        return {"content": tokens, "refusal": None}
 
     def filler_text(self, seed: int, chars: int) -> str:
         """``chars`` characters of filler words starting at a word boundary."""
@@ -1774,7 +1816,8 @@ class _Server:
             elif shape == "annotations":
                 message["annotations"] = self.annotations(pk, c.content)
             messages.append(
-                {"index": i, "message": message, "logprobs": None, "finish_reason": c.finish_reason}
+                {"index": i, "message": message, "logprobs": self.choice_logprobs(req, i, c),
+                 "finish_reason": c.finish_reason}
             )
         body: dict[str, Any] = {
             "id": "chatcmpl-" + headers["x-request-id"][4:],
@@ -1840,7 +1883,8 @@ class _Server:
             post = b',"logprobs":null,"finish_reason":null}]}\n\n'
         dumps = orjson.dumps
         headers["Cache-Control"] = "no-cache"
-        if fault is None and not self.token_delay and shape is None and not req.whole_so_far:
+        if (fault is None and not self.token_delay and shape is None and not req.whole_so_far
+                and req.top_logprobs is None):
             # The hot path: the whole stream as one body, built with few allocations.
             usage = self.usage(req, choices)
             self.record(req, usage, pk)
@@ -1884,10 +1928,16 @@ class _Server:
                 continue
             # Each piece: the next 4 characters, or with incremental_output false the text so far.
             since = 0 if req.whole_so_far else 1
+            ranked = (self.token_logprobs(req, i, c.content)
+                      if req.top_logprobs is not None and c.tool_call is None else None)
             for key, text in ((b"reasoning_content", c.reasoning), (b"content", c.content)):
                 part = pre + idx + b',"delta":{"' + key + b'":'
                 for j in range(0, len(text), 4):
-                    events.append(part + dumps(text[j * since : j + 4]) + b"}" + post)
+                    after = post
+                    if ranked is not None and key == b"content":  # the piece's token's
+                        after = post.replace(b'"logprobs":null', b'"logprobs":{"content":['
+                                             + dumps(ranked[j // 4]) + b'],"refusal":null}', 1)
+                    events.append(part + dumps(text[j * since : j + 4]) + b"}" + after)
                     delays.append(1)
             if c.tool_call is not None:
                 call_id, name, args = c.tool_call

@@ -226,9 +226,6 @@ def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
                    "(\"Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' "
                    "instead\"), every row answered 400 unless a gateway renames it: set "
                    f"max_completion_tokens in {top_level.removesuffix(' itself')} instead")
-    if fields.get("logprobs") is True:  # no column of the results holds them
-        out.append(f"{where('logprobs')}: the results keep no log probabilities (content, "
-                   "tool_calls, choices, finish_reason and usage are kept): they are dropped")
     if model.lower().startswith("qwen") and isinstance(fields.get("parameters"), dict):
         top = [name for name in _QWEN_PARAMETERS if fields.get(name) is not None]
         if top:

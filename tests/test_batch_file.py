@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from batchrunner.template import body_image_tokens, image_tokens
@@ -95,20 +96,29 @@ def test_a_line_for_another_endpoint_says_what_to_do_with_it(
     assert not (tmp_path / "out" / "journal").exists()
 
 
-def test_rows_that_ask_for_logprobs_are_told_the_results_keep_none(
+def test_rows_that_ask_for_logprobs_have_them_in_the_results(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # The Batch API's output has each choice's logprobs; the results have no column for them,
-    # so a row that asks for them (paid for in its answer's time) is told so before its run.
+    # The Batch API's output has each choice's logprobs: a row whose body asks for them has
+    # them in the results' logprobs column, with its own top_logprobs; a row that does not
+    # has none, and a file whose rows never ask has no such column.
     write_batch(tmp_path / "batch.jsonl", [
         batch_line("a", logprobs=True, top_logprobs=2), batch_line("b", logprobs=True),
         batch_line("c", logprobs=False)])
     code, out, err = cli(capsys, *batch_args(tmp_path))
     assert code == 0, err
-    said = [line for line in (out + err).splitlines() if "logprobs" in line]
-    assert said == ["batchrunner: warning: row a: the body's logprobs: the results keep no "
-                    "log probabilities (content, tool_calls, choices, finish_reason and usage "
-                    "are kept): they are dropped"], out + err
+    assert "logprobs" not in out + err
+    got = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
+    assert [r["custom_id"] for r in got] == ["a", "b", "c"]
+    a, b = (json.loads(r["logprobs"]) for r in got[:2])
+    assert "".join(t["token"] for t in a) == got[0]["content"]
+    assert {len(t["top_logprobs"]) for t in a} == {2} and {len(t["top_logprobs"]) for t in b} == {0}
+    assert got[2]["logprobs"] is None
+
+    write_batch(tmp_path / "batch.jsonl", [batch_line("d")])
+    code, out, err = cli(capsys, *batch_args(tmp_path, out="plain"))
+    assert code == 0, err
+    assert "logprobs" not in pq.read_table(tmp_path / "plain" / "results.parquet").column_names
 
 
 @pytest.mark.parametrize("text", [None, 7, {"value": "hi"}])

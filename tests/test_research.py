@@ -59,6 +59,7 @@ def test_estimate_after_answers_with_n_counts_each_reply_once(
     done = pd.read_parquet(tmp_path / "out" / "results.parquet")
     mean = done["completion_tokens"].dropna().mean()
     assert done["choices"].notna().sum() == 3
+    assert "logprobs" not in done.columns  # not asked for: no column
 
     est = estimate(runner.prepare(load_job(job, {}), runner.RunOptions(), tidy=False))
     (m,) = est.by_model.values()
@@ -250,3 +251,45 @@ def test_a_job_of_n_1_reads_no_choices_for_the_reports_or_status(
     code, out, err = cli(capsys, "status", str(tmp_path / "out"))
     assert code == 0, err
     assert counted == [] and "fewer choices" not in out
+
+
+# -- logprobs: kept when asked, streamed or not, through a rerun ------------------------------
+
+
+def read_results(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_logprobs_asked_for_are_kept_for_every_choice_streamed_or_not_and_through_a_rerun(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A job asking for logprobs (a classifier's confidence) gets them: ``logprobs`` holds
+    choice 0's tokens, each with its ``top_logprobs``, and each entry of ``choices`` its
+    own; a stream's chunks' are joined to the same; a rerun keeps the earlier rows'."""
+    job = write_job(tmp_path, rows=4, request="max_tokens = 6\n",
+                    extra="n = 2\nseed = 42\nlogprobs = true\ntop_logprobs = 2\n")
+    code, _, err = cli(capsys, "run", str(job), "--limit", "2", "--format", "jsonl",
+                       "--progress", "none")
+    assert code == 0, err
+    code, _, err = cli(capsys, "run", str(job), "--format", "jsonl", "--progress", "none")
+    assert code == 0, err
+    rows = read_results(tmp_path / "out")
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    for r in rows:
+        tokens = json.loads(r["logprobs"])
+        assert "".join(t["token"] for t in tokens) == r["content"]
+        for t in tokens:
+            assert -4 <= t["logprob"] <= 0 and bytes(t["bytes"]).decode() == t["token"]
+            assert [x["logprob"] for x in t["top_logprobs"]] == sorted(
+                (x["logprob"] for x in t["top_logprobs"]), reverse=True)
+            assert len(t["top_logprobs"]) == 2 and t["top_logprobs"][0]["token"] == t["token"]
+        choices = json.loads(r["choices"])
+        assert len(choices) == 2 and choices[0]["logprobs"] == tokens
+        assert "".join(t["token"] for t in choices[1]["logprobs"]) == choices[1]["content"]
+
+    code, _, err = cli(capsys, "run", str(job), "--stream", "--format", "jsonl",
+                       "--output", str(tmp_path / "streamed"), "--progress", "none")
+    assert code == 0, err
+    streamed = read_results(tmp_path / "streamed")
+    assert [(r["logprobs"], r["choices"]) for r in streamed] == [
+        (r["logprobs"], r["choices"]) for r in rows]

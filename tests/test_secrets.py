@@ -177,6 +177,12 @@ def test_quota_for_this_key_in_a_subprocess(tmp_path: Path) -> None:
 # -- a server that echoes the key back -----------------------------------------------------------
 
 
+def _logprobs(text: str) -> dict[str, Any]:
+    """``text``'s log probabilities as a choice has them, a token each 4 characters."""
+    return {"content": [{"token": text[i:i + 4], "logprob": -0.5, "bytes": None,
+                         "top_logprobs": []} for i in range(0, len(text), 4)], "refusal": None}
+
+
 class _EchoHandler(BaseHTTPRequestHandler):
     """Answers like a careless gateway: error bodies quote the Authorization header."""
 
@@ -193,9 +199,9 @@ class _EchoHandler(BaseHTTPRequestHandler):
     def _reply_with_key(self, auth: str, key: str) -> None:
         """A 200 whose every field a server or a model fills quotes the key: the request id
         (header and body), the model, the finish_reason, the answer and its reasoning, tool
-        calls and citations."""
+        calls and citations, and the log probabilities of its tokens."""
         reply = {"id": auth, "model": auth, "choices": [
-            {"index": 0, "finish_reason": key,
+            {"index": 0, "finish_reason": key, "logprobs": _logprobs(f"Your header was {auth}"),
              "message": {"role": "assistant", "content": f"Your header was {auth}",
                          "reasoning_content": f"They sent {auth}",
                          "tool_calls": [{"id": key, "type": "function", "function": {
@@ -211,10 +217,12 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _stream_with_key(self, key: str) -> None:
-        """An answer that is the key, cut in two across the stream's events."""
+        """An answer that is the key, cut in two across the stream's events, each with its
+        tokens' log probabilities."""
         half = len(key) // 2
         events = [{"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
-                   "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": end}]}
+                   "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": end,
+                                "logprobs": _logprobs(piece)}]}
                   for piece, end in ((key[:half], None), (key[half:], "stop"))]
         data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
         self._send(200, data + b"data: [DONE]\n\n", "text/event-stream")
@@ -264,7 +272,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
             self._send(400, text.encode(), "application/json")
         else:
             reply = {"id": "x", "model": "gpt-4o-mini", "choices": [
-                {"index": 0, "finish_reason": "stop",
+                {"index": 0, "finish_reason": "stop", "logprobs": _logprobs("fine"),
                  "message": {"role": "assistant", "content": "fine"}}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
             self._send(200, json.dumps(reply).encode(), "application/json")
@@ -346,7 +354,8 @@ def test_a_key_echoed_in_any_field_or_form_is_written_nowhere(
     """A server that puts the key in a reply's id, x-request-id, model or finish_reason, an
     answer that repeats it (whole, in tool calls and citations, or cut across stream events),
     an error code longer than the part of it shown, and an error text that has it encoded: the
-    results, reports, journal and output have none of it."""
+    results, reports, journal and output have none of it. The log probabilities of an answer
+    that wrote it, which spell it a token at a time, are not kept; another answer's are."""
     monkeypatch.setenv("OPENAI_API_KEY", key)
     texts = ["echo-fields", "echo-stream", "echo-code", "echo-encoded", "fine"]
     inp = tmp_path / "in.csv"
@@ -365,6 +374,7 @@ def test_a_key_echoed_in_any_field_or_form_is_written_nowhere(
     assert "[redacted]" in a["reasoning_content"] and "[redacted]" in a["tool_calls"]
     assert "[redacted]" in a["citations"]
     assert df.loc["b", "content"] == "[redacted]"
+    assert list(df["logprobs"].notna()) == [False, False, False, False, True]
     assert str(df.loc["c", "error_message"]).endswith("x[redacted])")
     assert str(df.loc["d", "error_message"]).count("[redacted]") == 5
     printed = captured.out + captured.err
