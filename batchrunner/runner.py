@@ -171,6 +171,10 @@ _STOPPED_SHORT = {
     "length": "the reply was cut at max_tokens (finish_reason=length)",
     "content_filter": "the reply was stopped by the content filter (finish_reason=content_filter)",
 }
+# The rows cut at max_tokens, as --rerun-where picks them; with n > 1 (True) those of which any
+# choice was (its finish_reason in ``choices``), not choice 0 alone.
+_CUT_WHERE = {False: "finish_reason == 'length'",
+              True: "finish_reason == 'length' or choices.str.contains('reason.:.length')"}
 MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
 MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 # A run whose first rows sent all fail with one error type, none ok, stops after this many.
@@ -3032,11 +3036,18 @@ class _Run:
         error = None
         if checks is not None:
             error = checks.check_reply(content, res.tool_calls)
+            finish, which = res.finish_reason, None
+            if error is None and res.choices is not None:  # n > 1: every choice is checked
+                failed = checks.check_choices(res.choices)
+                if failed is not None:
+                    which, finish, error = failed
             if error is None and content and checks.tool is None and res.tool_calls is None:
                 content = unfenced(content) or content  # the JSON, without a block's fence
                 # or the words around it
-            elif error is not None and res.finish_reason in _STOPPED_SHORT:  # why: not the
-                error = error[0], f"{_STOPPED_SHORT[res.finish_reason]}: {error[1]}"  # model's
+            elif error is not None and finish in _STOPPED_SHORT:  # why: not the model's
+                error = error[0], f"{_STOPPED_SHORT[finish]}: {error[1]}"
+            if which is not None and error is not None:
+                error = error[0], f"choice {which}: {error[1]}"[:300]
         if res.refusal is not None and not res.content and res.tool_calls is None:
             # No answer, but why: not a reply that is not JSON, nor an ok row with no content
             error = "refusal", f"the model refused: {res.refusal}"[:300]
@@ -3736,7 +3747,8 @@ def format_summary(s: RunSummary) -> str:
         them, bodies = ("it", "its body") if s.length_cut == 1 else ("them", "their bodies")
         how = (f"raise max_completion_tokens (or max_tokens) in {bodies} and rerun: rows whose "
                "body changed are sent again" if s.batch_input else
-               "rerun with --max-tokens N --force --rerun-where \"finish_reason == 'length'\"")
+               "rerun with --max-tokens N --force --rerun-where "
+               f"\"{_CUT_WHERE[s.choices_asked > 1]}\"")
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      f"(finish_reason=length): to answer {them} again with a larger one, {how}")
     if s.filtered:

@@ -423,6 +423,29 @@ class StructuredOutput:
             return "invalid_json", f"the call to {self.tool} has no arguments"
         return self.check(args)
 
+    def check_choices(self, choices: str) -> tuple[Any, Any, tuple[str, str]] | None:
+        """With ``n`` > 1: ``check_reply`` of each choice but choice 0 (whose content and
+        tool calls the row's are, checked apart) in ``choices`` (every choice as JSON text, as
+        the results hold it): the first that is not what was asked for, as its ``index``, its
+        ``finish_reason`` and its error; None when every one is."""
+        try:
+            entries = orjson.loads(choices)
+        except orjson.JSONDecodeError:
+            return None
+        for at, c in enumerate(entries if isinstance(entries, list) else ()):
+            if not isinstance(c, dict):
+                continue
+            index = c.get("index", at)
+            if index == 0:
+                continue
+            content = c.get("content")
+            calls = c.get("tool_calls")
+            error = self.check_reply(content if isinstance(content, str) else None,
+                                     orjson.dumps(calls).decode() if calls else None)
+            if error is not None:
+                return index, c.get("finish_reason"), error
+        return None
+
     def arguments(self, tool_calls: str | None) -> str | None:
         """The arguments (JSON text; empty when the call has none) of the reply's first call
         to ``tool`` in ``tool_calls``; None when it does not call it."""

@@ -293,3 +293,60 @@ def test_logprobs_asked_for_are_kept_for_every_choice_streamed_or_not_and_throug
     streamed = read_results(tmp_path / "streamed")
     assert [(r["logprobs"], r["choices"]) for r in streamed] == [
         (r["logprobs"], r["choices"]) for r in rows]
+
+
+# -- a schema with n > 1: every choice is checked ---------------------------------------------
+
+
+async def _one_bad_sample(request: web.BaseRequest) -> web.StreamResponse:
+    """n choices, valid JSON but for the last choice of the question about 1, cut short."""
+    body = await request.json()
+    bad = "1 + 1" in body["messages"][-1]["content"]
+    n = body["n"]
+    choices = [{"index": i, "message": {"role": "assistant", "content": '{"answer": 2}'},
+                "finish_reason": "stop"} for i in range(n)]
+    if bad:
+        choices[-1].update(message={"role": "assistant", "content": '{"ans'},
+                           finish_reason="length")
+    return web.json_response({
+        "id": "c", "object": "chat.completion", "model": body["model"], "choices": choices,
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5 * n, "total_tokens": 5 + 5 * n}})
+
+
+def test_a_schema_checks_every_choice_and_a_row_fails_with_the_choice_that_does_not_match(
+    tmp_path: Path,
+) -> None:
+    """With n = 3 only choice 0 was checked against the schema: a row whose other samples
+    were not JSON was ok. Every choice is checked now; the row fails naming the choice (and
+    why it was cut), and ``json_`` columns are choice 0's."""
+    (tmp_path / "answer.schema.json").write_text(json.dumps({
+        "type": "object", "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"]}))
+    job = write_job(tmp_path, rows=3, request='schema_file = "answer.schema.json"\n')
+    anyio.run(run_job_file, _one_bad_sample, job, runner.RunOptions(progress="none"))
+    done = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert list(done["status"]) == ["ok", "failed", "ok"]
+    assert done["json_answer"].tolist()[::2] == [2, 2] and done["json_answer"].isna()[1]
+    failed = done.iloc[1]
+    assert failed["error_type"] == "invalid_json"
+    assert failed["error_message"].startswith(
+        "choice 2: the reply was cut at max_tokens (finish_reason=length): "), failed
+    assert len(json.loads(failed["choices"])) == 3  # the samples kept, as paid for
+
+
+def test_a_row_of_which_any_choice_was_cut_is_counted_and_the_hint_picks_it(
+    tmp_path: Path,
+) -> None:
+    """With n = 3, a row whose choice 2 was cut at max_tokens (choice 0 whole) was counted
+    as cut, but the summary's --rerun-where finish_reason == 'length' (choice 0's) did not
+    pick it; the hint given with n > 1 does."""
+    job = write_job(tmp_path, rows=3)
+    s = anyio.run(run_job_file, _one_bad_sample, job, runner.RunOptions(progress="none"))
+    said = runner.format_summary(s)
+    where = "finish_reason == 'length' or choices.str.contains('reason.:.length')"
+    assert (f"  warning: 1 row cut at max_tokens (finish_reason=length): to answer it again "
+            f"with a larger one, rerun with --max-tokens N --force --rerun-where \"{where}\""
+            ) in said, said
+    again = anyio.run(run_job_file, _one_bad_sample, job,
+                      runner.RunOptions(progress="none", rerun_where=where))
+    assert again.sent == 1
