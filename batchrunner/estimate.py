@@ -6,7 +6,9 @@ rule the pacing uses), expected completion tokens and cost per model, and the ti
 limits imply. No request is sent.
 
 Expected completion tokens per request: the mean of the answers the output directory's journal
-holds so far (every earlier run's, and a run's in progress) when there are any, else
+holds so far (every earlier run's, and a run's in progress) when there are any, for each choice
+a reply's request asked (``n``: a reply's usage counts them all) times the choices the request
+asks, else
 ``max_tokens`` (an upper bound), else a default guess — the report says which — with, on top,
 the thinking budget a request gives (a ``-thinking-8192`` model, ``thinking.budget_tokens``,
 Gemini's ``thinking_budget`` or ``thinkingBudget``): thinking is billed as output. Rows that ask
@@ -29,11 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from batchrunner import compute as pc
-from batchrunner.arrow import is_value
+from batchrunner.arrow import is_value, scalar
 from batchrunner.journal import Journal
 from batchrunner.pricing import SOURCE_JOB, search_requested
-from batchrunner.report import count_rows, format_budget, format_span, format_usd
+from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
 __all__ = ["Estimate", "estimate", "format_estimate"]
@@ -87,27 +91,38 @@ class Estimate:
         return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
 
 
-def _observed_completion(plan: Plan) -> tuple[float, int] | None:
-    total = n = 0
-    for part in Journal(plan.out_dir).iter_latest(["completion_tokens"]):
-        ok = pc.filter(part["completion_tokens"], is_value(part["status"], "ok"))
-        n += len(ok) - ok.null_count
-        total += pc.sum(ok).as_py() or 0
+def _observed_completion(plan: Plan) -> tuple[float, int, bool] | None:
+    """The ok answers' mean completion tokens for a choice asked (a reply's usage counts
+    every choice of its ``n``: the rows' own, ``choices_asked``, else the job's), the answers
+    counted, and whether any asked more than one choice."""
+    job_n = choices_asked(plan.job_meta.get("request") or {})
+    total = n = choices = 0
+    for part in Journal(plan.out_dir).iter_latest(["completion_tokens", "choices_asked"]):
+        is_ok = pc.fill_null(is_value(part["status"], "ok"), scalar(False, pa.bool_()))
+        answered = pc.and_(is_ok, pc.is_valid(part["completion_tokens"]))
+        tokens = pc.filter(part["completion_tokens"], answered)
+        n += len(tokens)
+        total += pc.sum(tokens).as_py() or 0
+        asked = pc.fill_null(pc.filter(part["choices_asked"], answered),
+                             scalar(job_n, pa.int64()))
+        choices += pc.sum(asked).as_py() or 0
     if n == 0:
         return None
-    return total / n, n
+    return total / choices, n, choices > n
 
 
-def _completion_basis(max_tokens: int | None, observed: tuple[float, int] | None,
+def _completion_basis(max_tokens: int | None, observed: tuple[float, int, bool] | None,
                       unbounded: int, to_send: int, *, batch: bool,
                       name: str = "max_tokens") -> str:
     """What the completion tokens were estimated from (``batch``: rows that carry their own
     requests; ``name``: the field the job's ``max_tokens`` is set by)."""
     guess = f"a guess of {DEFAULT_COMPLETION_ESTIMATE} tokens"
     if observed is not None:
-        mean, n = observed
+        mean, n, choices = observed
         # The journal's answers: every earlier run's (and one in progress), not the last run's.
-        return f"mean of {n:,} {'answer' if n == 1 else 'answers'} so far ({mean:,.0f} tokens)"
+        each = " a choice, times each row's n" if choices else ""
+        answers = "answer" if n == 1 else "answers"
+        return f"mean of {n:,} {answers} so far ({mean:,.0f} tokens{each})"
     if unbounded == 0 and (to_send or max_tokens):
         if max_tokens:
             return f"{name} ({max_tokens:,}), an upper bound"
@@ -147,8 +162,8 @@ def estimate(plan: Plan) -> Estimate:
         elif (asked := _search_asked(item.body)) is not None:
             est.search_rows += 1
             est.search_asked = est.search_asked or asked
-        if observed is not None:  # a reply's usage counts all its n choices
-            completion = int(observed[0])
+        if observed is not None:  # a choice's mean, for each of the n the row asks
+            completion = int(observed[0] * item.n)
         elif item.completion_max:
             completion = item.completion_max * item.n
         else:  # its thinking, billed as output, comes on top of the answer

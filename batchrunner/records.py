@@ -96,6 +96,10 @@ class Outcome:
     # this run's and earlier runs': the reports' cost leaves them out (they report what servers
     # reported), the budget counts them. None when there were none, or no price to estimate at.
     unreported_usd: float | None = None
+    # The choices (``n``) the row's request asked for, when its body set ``n`` (a job's
+    # [request.extra], a column's, a batch file's row's); None when it did not (one). In the
+    # journal only; null in records written before it (the job's ``n``).
+    choices_asked: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +139,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("row_hash", pa.int64()),
         ("unknown_tries", pa.int64()),
         ("unreported_usd", pa.float64()),
+        ("choices_asked", pa.int64()),
     ]
 )
 
@@ -144,10 +149,12 @@ assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
                                            "row_hash", "search_units", "search_requests",
                                            "cache_write_tokens", "unknown_tries",
-                                           "priced_as", "unreported_usd", "logprobs"})
+                                           "priced_as", "unreported_usd", "logprobs",
+                                           "choices_asked"})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
-JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries", "unreported_usd"})
+JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries", "unreported_usd",
+                                          "choices_asked"})
 
 # The outcome columns whose values repeat from row to row, the ones Parquet files
 # dictionary-encode. For text that is unique a row (answers, keys, request ids) a dictionary is

@@ -180,7 +180,7 @@ _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as 
 # Read when a chunk has it (a journal written before it existed reads it as nulls).
 OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units", "search_requests",
                                            "cache_write_tokens", "choices", "priced_as",
-                                           "unreported_usd")
+                                           "unreported_usd", "choices_asked")
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -262,9 +262,10 @@ class OutcomeStats:
     which copies them: about 16 bytes per ok row for a moment); everything else reads the
     per-row arrays in slices of 65,536 rows.
 
-    ``choices`` is the ``n`` the job asked (``choices_asked``): above 1, the ok rows whose
-    ``choices`` hold fewer are counted (their lengths read, nothing kept); at 1 the column is
-    not read.
+    ``choices`` is the ``n`` the job asked (``choices_asked``): above 1, or where rows asked
+    their own above 1 (the ``choices_asked`` column), the ok rows whose ``choices`` hold fewer
+    than they asked are counted (their lengths read, nothing kept); else the column is not
+    read.
 
     ``rows`` is the number of rows added so far. Ties in the top-10 tables are broken by key,
     then by row order (the earlier row first).
@@ -422,8 +423,10 @@ class OutcomeStats:
         if "choices" in t.column_names:  # n > 1: cut when any choice is, not the first alone
             cut = pc.or_(cut, pc.fill_null(pc.match_substring(t["choices"], CHOICE_CUT), _FALSE))
         self._n_length += _count(cut)
-        if self._choices > 1 and "choices" in t.column_names:  # a server that ignores n
-            self._n_fewer += count_fewer_choices(t["choices"], is_ok, self._choices)
+        asked = t["choices_asked"] if "choices_asked" in t.column_names else None
+        if "choices" in t.column_names and asks_choices(self._choices, asked):  # a server
+            # that ignores n
+            self._n_fewer += count_fewer_choices(t["choices"], is_ok, self._choices, asked)
         self._n_unpriced += _count(unpriced)
         if "search_units" in t.column_names:  # a journal written before it has nulls
             units = t["search_units"]
@@ -1505,18 +1508,28 @@ def choices_asked(request: Mapping[str, Any]) -> int:
 
 
 def count_fewer_choices(choices: pa.ChunkedArray | pa.Array,
-                        ok: pa.ChunkedArray | pa.Array, n: int) -> int:
-    """The rows (``ok``: those to count) whose ``choices`` hold fewer than the ``n`` asked,
-    by where each choice begins (``CHOICE_START``); a null ``choices`` is not counted."""
-    came = pc.count_substring(choices, CHOICE_START)
-    fewer = pc.fill_null(pc.less(came, scalar(n, came.type)), _FALSE)
+                        ok: pa.ChunkedArray | pa.Array, n: int,
+                        asked: pa.ChunkedArray | pa.Array | None = None) -> int:
+    """The rows (``ok``: those to count) whose ``choices`` hold fewer than the ``n`` asked
+    (each row's own, ``asked``: the journal's ``choices_asked``, where it has one), by where
+    each choice begins (``CHOICE_START``); a null ``choices`` is not counted."""
+    came = pc.cast(pc.count_substring(choices, CHOICE_START), pa.int64())
+    want = scalar(n, pa.int64()) if asked is None else pc.fill_null(asked, scalar(n, pa.int64()))
+    fewer = pc.fill_null(pc.less(came, want), _FALSE)
     return _count(pc.and_(ok, fewer))
+
+
+def asks_choices(n: int, asked: pa.ChunkedArray | pa.Array | None) -> bool:
+    """Whether rows of the job's ``n`` and their own ``asked`` (``choices_asked``) ask more
+    than one choice: their choices are then counted (``count_fewer_choices``)."""
+    return n > 1 or (asked is not None and (pc.max(asked).as_py() or 0) > 1)
 
 
 def fewer_choices_warning(rows: int, n: int) -> str:
     """What the summary, the reports and ``status`` say of ``rows`` answered with fewer
-    choices than the ``n`` asked."""
-    return (f"{count_rows(rows)} got fewer choices than the n = {n} asked (the server ignores "
+    choices than the ``n`` asked (the job's; 1: the rows' own, a batch file's, say)."""
+    asked = f"the n = {n} asked" if n > 1 else "the n their requests asked"
+    return (f"{count_rows(rows)} got fewer choices than {asked} (the server ignores "
             "n?): their choices column holds those that came")
 
 

@@ -1502,6 +1502,10 @@ class _Run:
         # low rate would hold the run's end until each had its turn, with nothing to send.
         self.pacing: set[anyio.CancelScope] = set()
         self.rng = random.Random()
+        # The replies' completion tokens for each choice their request asked (n), a running
+        # mean: a request asking n is charged n times it (the rows of a batch file, or of a
+        # column's n, ask for different n); a server that ignores n and sends one choice is
+        # learnt at a choice's n-th, so its requests are charged what they get.
         self.completion_estimate = float(DEFAULT_COMPLETION_ESTIMATE)
         self.prompt_ratio = 1.0
         # Replies the two estimates have learnt from, up to LEARN_OVER: the first weigh as
@@ -2099,12 +2103,12 @@ class _Run:
 
     def _tokens(self, item: _Work) -> tuple[int, int]:
         """The request's estimated prompt tokens, and its completion tokens at most: its
-        max_tokens for each of its ``n`` choices, else the replies' running mean (a reply's
-        usage counts all its choices: a server that ignores ``n`` sends one), else a guess."""
+        max_tokens for each of its ``n`` choices, else the replies' running mean for a choice
+        asked (``completion_estimate``) times its ``n``, else a guess."""
         if item.completion_max:
             completion = item.completion_max * item.n
         elif self.learnt_completions:
-            completion = int(self.completion_estimate)
+            completion = int(self.completion_estimate * item.n)
         else:
             completion = DEFAULT_COMPLETION_ESTIMATE * item.n
         return int(item.prompt_estimate * self.prompt_ratio), completion
@@ -3006,7 +3010,8 @@ class _Run:
         if res.completion_tokens is not None:
             if (n := self.learnt_completions) < LEARN_OVER:
                 n = self.learnt_completions = n + 1
-            self.completion_estimate += (res.completion_tokens - self.completion_estimate) / n
+            self.completion_estimate += (res.completion_tokens / item.n
+                                         - self.completion_estimate) / n
         self.latency_s += 0.05 * (res.latency_ms / 1000.0 - self.latency_s)
         requested = item.model
         if self.models_vary:
@@ -3080,6 +3085,7 @@ class _Run:
             item.row_hash,
             item.unknown_tries,
             item.unreported_usd or None,
+            item.n if "n" in item.body else None,  # choices_asked
         )
 
     def _unpriced_search(self, model: str, tokens_usd: float, *, per_request: bool) -> None:

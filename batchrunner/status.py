@@ -30,6 +30,7 @@ from batchrunner.records import RETRYING
 from batchrunner.report import (
     SearchSum,
     UsdSum,
+    asks_choices,
     changed_warning,
     choices_asked,
     count_fewer_choices,
@@ -109,7 +110,7 @@ def format_status(out_dir: Path) -> str:
     locked = io.is_locked(out_dir)
     asked = choices_asked(meta["request"]) if "request" in meta else 1
     state = Journal(out_dir).fold_latest(
-        (*_Tally.COLUMNS, *(("choices",) if asked > 1 else ())),
+        (*_Tally.COLUMNS, "choices"),
         lambda: _Tally(times=locked, choices=asked))
     total = int(meta.get("total_rows") or 0)
     ok, failed = state.ok, state.failed
@@ -372,12 +373,13 @@ class _Tally:
     (``UsdSum``), the tokens a row's total (else its prompt and completion tokens); with
     ``times``, their ``finished_at`` too (the pace of a run in progress). A row whose latest
     record is ``retrying`` is a row to do: counted neither ok nor failed, its billed attempts'
-    cost among the earlier attempts'. With ``choices`` (the n asked) above 1, the tables hold
-    ``choices`` too, and the ok rows answered with fewer are counted."""
+    cost among the earlier attempts'. With ``choices`` (the n the job asked) above 1, or rows
+    that asked their own (``choices_asked``), the ok rows answered with fewer choices than
+    they asked are counted (from ``choices``, which the tables then hold)."""
 
     COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
                "completion_tokens", "search_units", "search_requests", "cached_tokens",
-               "cache_write_tokens", "unreported_usd")
+               "cache_write_tokens", "unreported_usd", "choices_asked")
 
     def __init__(self, *, times: bool, choices: int = 1) -> None:
         self.choices = choices
@@ -426,9 +428,10 @@ class _Tally:
         asked = pc.fill_null(pc.greater(part["search_requests"], scalar(0, pa.int64())),
                              scalar(False, pa.bool_()))
         self.unpriced_requests += pc.filter(cost, pc.and_(paid, asked)).null_count
-        if self.choices > 1:  # as the reports count them (OutcomeStats)
+        asked = part["choices_asked"]
+        if asks_choices(self.choices, asked):  # as the reports count them (OutcomeStats)
             ok = pc.fill_null(is_value(part["status"], "ok"), _FALSE)
-            self.fewer_choices += count_fewer_choices(part["choices"], ok, self.choices)
+            self.fewer_choices += count_fewer_choices(part["choices"], ok, self.choices, asked)
         total = pc.coalesce(part["total_tokens"],
                             pc.add(part["prompt_tokens"], part["completion_tokens"]))
         self.tokens += pc.sum(total).as_py() or 0

@@ -350,3 +350,65 @@ def test_a_row_of_which_any_choice_was_cut_is_counted_and_the_hint_picks_it(
     again = anyio.run(run_job_file, _one_bad_sample, job,
                       runner.RunOptions(progress="none", rerun_where=where))
     assert again.sent == 1
+
+
+# -- rows that ask for different n: a batch file's ---------------------------------------------
+
+
+def write_batch_job(tmp_path: Path, ns: list[int], *, simulator: bool = True) -> Path:
+    """A job over a batch file whose rows ask for ``ns`` choices."""
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "gpt-4o-mini", "n": n,
+                       "messages": [{"role": "user", "content": f"What is {i} + {i}?"}]}}
+             for i, n in enumerate(ns)]
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    job = tmp_path / "batch.toml"
+    job.write_text('name = "batch"\n[input]\npath = "batch.jsonl"\n[output]\ndir = "out"\n'
+                   + ("[endpoint]\nsimulator = true\n[simulator]\nreply_tokens = 20\n"
+                      if simulator else ""))
+    return job
+
+
+def test_the_estimate_of_rows_asking_different_n_is_a_choices_mean_times_each_rows_n(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows done asked n = 1, 1 and 3; the row left asks 3. One mean over the replies
+    (their 100 tokens / 3) was the estimate whatever n the row asks; a choice's mean (100 / 5)
+    times its n is. A run holds the rows it sends so too (the third at 3 times the second)."""
+    charged: dict[str, int] = {}
+    real = runner._Run._tokens
+
+    def tokens(self: Any, item: Any) -> tuple[int, int]:
+        got = real(self, item)
+        charged[item.key] = got[1]
+        return got
+
+    monkeypatch.setattr(runner._Run, "_tokens", tokens)
+    job = write_batch_job(tmp_path, [1, 1, 3, 3])
+    code, _, err = cli(capsys, "run", str(job), "--limit", "3", "--concurrency", "1",
+                       "--progress", "none")
+    assert code == 0, err
+    assert charged["r2"] >= 2 * charged["r1"] > 0
+    done = pd.read_parquet(tmp_path / "out" / "results.parquet").dropna(subset=["status"])
+    per_choice = done["completion_tokens"].sum() / 5
+    est = estimate(runner.prepare(load_job(job, {}), runner.RunOptions(), tidy=False))
+    (m,) = est.by_model.values()
+    assert (m.rows, m.completion_tokens) == (1, int(per_choice * 3))
+    assert "tokens a choice, times each row's n" in est.completion_basis
+
+
+def test_rows_of_a_batch_file_answered_with_fewer_choices_than_their_own_n_are_counted(
+    tmp_path: Path,
+) -> None:
+    """A batch file's rows ask their own n; the job asks none. A server that sends one
+    choice left its n = 3 rows uncounted (compared with the job's n, 1); each row is now
+    compared with its own."""
+    from batchrunner.status import format_status
+
+    job = write_batch_job(tmp_path, [1, 3, 3], simulator=False)
+    s = anyio.run(run_job_file, _choices_server(1), job, runner.RunOptions(progress="none"))
+    said = ("2 rows got fewer choices than the n their requests asked (the server ignores n?): "
+            "their choices column holds those that came")
+    out = tmp_path / "out"
+    assert json.loads((out / "cost_report.json").read_text())["rows"]["fewer_choices"] == 2
+    assert said in runner.format_summary(s) and said in format_status(out)
