@@ -79,6 +79,11 @@ PRICED_FROM = ("model", "cost_usd", "prompt_tokens", "completion_tokens", "cache
 ROW_GROUP_ROWS = 16_384
 _GATHER_ROWS = 16_384  # records copied at a time while compacting (a row group)
 _INDEX_ROWS = 65_536  # records ranked at a time while compacting
+# A segment's Parquet pages: a page is cut once it holds this many bytes, checked every
+# SEGMENT_PAGE_VALUES values, so that its buffers stay under the C allocator's mmap threshold
+# (see ``write_segment``).
+SEGMENT_PAGE_BYTES = 64 * 1024
+SEGMENT_PAGE_VALUES = 128
 # Parquet key-value metadata of a compacted segment: the input order it is sorted by.
 ORDER_KEY = b"batchrunner.order"
 # A record's location in the journal, as one int64: segment << 40 | row group << 24 | row.
@@ -181,9 +186,17 @@ def write_segment(directory: Path, name: str, table: pa.Table) -> Path:
 
     Uncompressed: a run's segments live only until its end compacts them (with zstd), and
     zstd here cost 4.3–5.1 µs a row of CPU to write and read back, against 1.6–1.7 µs
-    uncompressed (2,000 outcomes with 300-character replies), for files 4.5 times smaller."""
+    uncompressed (2,000 outcomes with 300-character replies), for files 4.5 times smaller.
+
+    In pages of ``SEGMENT_PAGE_BYTES``: Parquet's default page (1 MiB, checked every 1,024
+    values) has a text column's page buffer grow past the 256 KiB from which the C allocator
+    maps each block on its own (``cli._tune_memory``), and every block so mapped costs a page
+    fault for each 4 KiB it touches, then goes back to the kernel when freed. Smaller pages come
+    from the allocator's heap and are reused: 814 → 251 page faults and 7.2 → 5.5 ms of CPU a
+    segment of 2,000 such outcomes, for a file 0.5 % bigger."""
     return _write_atomic(directory, name, lambda f: pq.write_table(
-        table, f, compression="none", use_dictionary=list(REPEATED_COLUMNS)))
+        table, f, compression="none", use_dictionary=list(REPEATED_COLUMNS),
+        data_page_size=SEGMENT_PAGE_BYTES, write_batch_size=SEGMENT_PAGE_VALUES))
 
 
 def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) -> Path:

@@ -1,5 +1,7 @@
 """What a run costs the kernel for each request, counted rather than timed (timings on a shared
-machine are not a test): the system calls a run makes (``strace -c``, where installed)."""
+machine are not a test): the system calls a run makes (``strace -c``, where installed), and the
+size of the pages a journal segment is written in (the buffers behind them, when too big, are
+mapped from the kernel for each segment and faulted in page by page)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from batchrunner.journal import outcomes_table, write_segment
+from batchrunner.records import Outcome
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
 
 KEY = "sk-test-overhead-0123456789abcdef"
@@ -56,3 +61,98 @@ def test_a_request_asks_the_kernel_for_the_process_id_once(tmp_path: Path) -> No
         large = _syscalls(sim.base_url, tmp_path, 240)
     per_request = (large["getpid"] - small["getpid"]) / 200
     assert per_request <= 1.1, (small, large)
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _skip(data: bytes, at: int, kind: int) -> int:
+    """Past one Thrift compact-protocol value of type ``kind`` starting at ``at``."""
+    if kind in (1, 2):  # a boolean field carries its value in its type
+        return at
+    if kind == 3:
+        return at + 1
+    if kind in (4, 5, 6):
+        return _varint(data, at)[1]
+    if kind == 7:
+        return at + 8
+    if kind == 8:
+        size, at = _varint(data, at)
+        return at + size
+    if kind in (9, 10):
+        head = data[at]
+        at += 1
+        size, elem = head >> 4, head & 0x0F
+        if size == 15:
+            size, at = _varint(data, at)
+        for _ in range(size):
+            at = _skip(data, at, 2 if elem == 1 else elem)
+        return at
+    if kind == 12:
+        return _struct(data, at)[1]
+    raise AssertionError(f"Thrift type {kind} in a page header")
+
+
+def _struct(data: bytes, at: int) -> tuple[dict[int, int], int]:
+    """A Thrift compact struct's integer fields by id, and where it ends."""
+    fields: dict[int, int] = {}
+    field = 0
+    while True:
+        head = data[at]
+        at += 1
+        if head == 0:
+            return fields, at
+        kind, delta = head & 0x0F, head >> 4
+        if delta:
+            field += delta
+        else:
+            raw, at = _varint(data, at)
+            field = (raw >> 1) ^ -(raw & 1)
+        if kind in (4, 5, 6):
+            raw, end = _varint(data, at)
+            fields[field] = (raw >> 1) ^ -(raw & 1)
+            at = end
+        else:
+            at = _skip(data, at, kind)
+
+
+def _page_sizes(path: Path, column: str) -> list[int]:
+    """The uncompressed sizes of the pages of ``column``'s chunk in the first row group, read
+    from the Parquet page headers (PageHeader: 1 type, 2 uncompressed size, 3 compressed
+    size)."""
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    chunk = next(meta.column(i) for i in range(meta.num_columns)
+                 if meta.column(i).path_in_schema == column)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    data = path.read_bytes()
+    at, end, sizes = start, start + chunk.total_compressed_size, []
+    while at < end:
+        header, at = _struct(data, at)
+        sizes.append(header[2])
+        at += header[3]
+    assert at == end, (at, end)
+    return sizes
+
+
+def test_a_segment_is_written_in_pages_the_allocator_keeps(tmp_path: Path) -> None:
+    """Parquet's default page (1 MiB) had a segment's reply text grow buffers past the 256 KiB
+    from which the C allocator maps each block on its own: some 800 page faults a segment of
+    2,000 replies of 300 characters, 250 with pages of 64 KiB. Each page stays well under."""
+    outcomes = [Outcome(key=f"r{i}", status="ok", content=f"reply {i:05d} " + "x" * 288,
+                        finish_reason="stop", prompt_tokens=20, completion_tokens=64,
+                        latency_ms=10.0, attempts=1, finished_at=1.7e9 + i)
+                for i in range(2_000)]
+    seg = write_segment(tmp_path, "seg-20260101T000000-aaaaaa-w0-000000.parquet",
+                        outcomes_table(outcomes))
+    sizes = _page_sizes(seg, "content")
+    assert sum(sizes) >= 600_000, sizes  # every reply is there, in pages
+    assert max(sizes) <= 160 * 1024, sizes
+    assert pq.read_table(seg)["content"].to_pylist() == [o.content for o in outcomes]
