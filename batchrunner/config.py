@@ -94,6 +94,7 @@ __all__ = [
     "is_loopback",
     "load_dotenv",
     "load_job",
+    "openai_reasoning",
     "proxy_for",
 ]
 
@@ -244,6 +245,18 @@ def option_name(override: str) -> str:
 
 
 _SHORT_SETTING = 40  # the longest value a changed setting is shown with (a model's name)
+
+
+# OpenAI's reasoning models, which refuse max_tokens ("Unsupported parameter: 'max_tokens' is
+# not supported with this model. Use 'max_completion_tokens' instead.") and a temperature other
+# than 1: the o-series and GPT-5 (gpt-5, gpt-5-mini, gpt-5.2, ...; not gpt-5-chat, which takes
+# both), plain, dated or behind a gateway's provider prefix (openai/o4-mini).
+_OPENAI_REASONING = re.compile(r"(?:^|/)(?:o[134]|gpt-5)(?:[-.][a-z0-9.-]*)?$", re.IGNORECASE)
+
+
+def openai_reasoning(model: str) -> bool:
+    """Whether ``model`` names one of OpenAI's reasoning models (o-series, GPT-5)."""
+    return _OPENAI_REASONING.search(model) is not None and "-chat" not in model.lower()
 
 
 def setting_change(name: str, was: Any, now: Any) -> str:

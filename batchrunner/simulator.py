@@ -74,6 +74,16 @@ Reasoning
     true`` streams the reasoning inside the content, in ``<think>`` tags before the answer,
     as that gateway does.
 
+Refusals
+    What OpenAI answers 400 is answered 400 with its message, ``param`` and ``code``:
+    ``max_tokens`` beside ``max_completion_tokens`` (``invalid_parameter_combination``);
+    ``max_tokens`` for a reasoning model, o-series or GPT-5, not ``gpt-5-chat``
+    (``unsupported_parameter``); a temperature other than 1 for one, unless
+    ``reasoning_effort`` is ``"none"`` (``unsupported_value``); ``temperature`` (0 to 2),
+    ``top_p`` (0 to 1), ``frequency_penalty`` or ``presence_penalty`` (-2 to 2) out of range
+    (``decimal_above_max_value``, ``decimal_below_min_value``) or not a number
+    (``invalid_type``). These follow OpenAI's model names whatever ``reasoning_models`` says.
+
 Cached tokens
     Deterministic: when the leading system/developer messages come to at least 1024 prompt
     tokens, ``cached_tokens`` is that prefix rounded down to a multiple of 128 (as OpenAI's
@@ -192,6 +202,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from batchrunner.config import openai_reasoning
 from batchrunner.errors import ConfigError, UsageError
 
 __all__ = [
@@ -995,10 +1006,62 @@ def _schema_type(schema: Any) -> Any:
 
 
 class _BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
+
+
+# Sampling settings' ranges, as OpenAI checks them whatever the model (name: low, high).
+_RANGES: Final[tuple[tuple[str, float, float], ...]] = (
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("frequency_penalty", -2.0, 2.0),
+    ("presence_penalty", -2.0, 2.0),
+)
+
+
+_JSON_KINDS: Final[dict[type, str]] = {str: "a string", bool: "a boolean", list: "an array"}
+
+
+def _check_limits(body: dict[str, Any], model: str) -> None:
+    """Refuse what OpenAI refuses of a request's token limit and sampling settings, with its
+    status, message, ``param`` and ``code``: both ``max_tokens`` and
+    ``max_completion_tokens``; ``max_tokens``, or a temperature other than 1, for a reasoning
+    model (o-series, GPT-5: ``config.openai_reasoning``; a temperature with
+    ``reasoning_effort: "none"``, as GPT-5.1 and later take it); a sampling setting out of its
+    range."""
+    if body.get("max_tokens") is not None:
+        if body.get("max_completion_tokens") is not None:
+            raise _BadRequest("Setting 'max_tokens' and 'max_completion_tokens' at the same time "
+                              "is not supported.", "max_tokens", "invalid_parameter_combination")
+        if openai_reasoning(model):
+            raise _BadRequest("Unsupported parameter: 'max_tokens' is not supported with this "
+                              "model. Use 'max_completion_tokens' instead.", "max_tokens",
+                              "unsupported_parameter")
+    for name, low, high in _RANGES:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not _is_number(value):
+            got = _JSON_KINDS.get(type(value), "an object")
+            raise _BadRequest(f"Invalid type for '{name}': expected a decimal, but got {got} "
+                              "instead.", name, "invalid_type")
+        if value > high:
+            raise _BadRequest(f"Invalid '{name}': decimal above maximum value. Expected a value "
+                              f"<= {high:g}, but got {value} instead.", name,
+                              "decimal_above_max_value")
+        if value < low:
+            raise _BadRequest(f"Invalid '{name}': decimal below minimum value. Expected a value "
+                              f">= {low:g}, but got {value} instead.", name,
+                              "decimal_below_min_value")
+    temperature = body.get("temperature")
+    if (temperature is not None and temperature != 1 and openai_reasoning(model)
+            and body.get("reasoning_effort") != "none"):
+        raise _BadRequest(f"Unsupported value: 'temperature' does not support {temperature} with "
+                          "this model. Only the default (1) value is supported.", "temperature",
+                          "unsupported_value")
 
 
 _JSON = "application/json"
@@ -1237,10 +1300,7 @@ class _Server:
             raise _BadRequest(f"'{param}' must be a positive integer.", param)
         if max_tokens is None:
             max_tokens = self.config.default_max_tokens
-        for name, upper in (("temperature", 2.0), ("top_p", 1.0)):
-            value = body.get(name)
-            if value is not None and (not _is_number(value) or not 0 <= value <= upper):
-                raise _BadRequest(f"'{name}' must be a number between 0 and {upper:g}.", name)
+        _check_limits(body, model)
         logprobs = body.get("logprobs")
         top_logprobs = body.get("top_logprobs")
         if logprobs is not None and not isinstance(logprobs, bool):
@@ -1588,7 +1648,8 @@ class _Server:
                     "model",
                 )
         except _BadRequest as exc:
-            return self.error(400, exc.message, "invalid_request_error", None, headers, exc.param)
+            return self.error(400, exc.message, "invalid_request_error", exc.code, headers,
+                              exc.param)
         pk = prompt_key(req.last_user)
         if config.track_prompts:
             by_prompt = stats.requests_by_prompt

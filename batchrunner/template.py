@@ -30,6 +30,7 @@ from batchrunner.config import (
     NUMBER_FIELDS,
     TEXT_FIELDS,
     RequestConfig,
+    openai_reasoning,
 )
 from batchrunner.errors import ConfigError
 from batchrunner.io import delimiter_hint
@@ -181,11 +182,6 @@ _REQUEST_FIELDS = frozenset({"model", "max_tokens", "temperature", "top_p"})
 # Gemini through a gateway that names its thinking variants by suffix (-thinking, -thinking-8192,
 # -thinking-low).
 _GEMINI_THINKING = re.compile(r"gemini.*-thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
-# OpenAI's reasoning models, which refuse max_tokens ("Unsupported parameter: 'max_tokens' is
-# not supported with this model. Use 'max_completion_tokens' instead."): the o-series and GPT-5
-# (gpt-5, gpt-5-mini, gpt-5.2, ...; not gpt-5-chat, which takes it), plain, dated or behind a
-# gateway's provider prefix (openai/o4-mini).
-_OPENAI_REASONING = re.compile(r"(?:^|/)(?:o[134]|gpt-5)(?:[-.][a-z0-9.-]*)?$", re.IGNORECASE)
 # Qwen's settings that gateways taking a ``parameters`` object read only there.
 _QWEN_PARAMETERS = ("temperature", "top_p", "enable_search", "search_options")
 
@@ -220,8 +216,7 @@ def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
         out.append(f"{where('reasoning_effort')} works with a -thinking model only without "
                    f"max_tokens (gateways ignore it otherwise): leave {where('max_tokens')} out "
                    "to use it")
-    if (fields.get("max_tokens") is not None and _OPENAI_REASONING.search(model)
-            and "-chat" not in model.lower()):
+    if fields.get("max_tokens") is not None and openai_reasoning(model):
         out.append(f"{where('max_tokens')} is refused by OpenAI for {model}, a reasoning model "
                    "(\"Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' "
                    "instead\"), every row answered 400 unless a gateway renames it: set "

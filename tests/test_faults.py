@@ -1031,6 +1031,15 @@ async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
     assert "Simulated bad request." in s.stopped
     assert 20 <= s.failed <= 20 + 8 and s.pending == n - s.failed  # 8: the concurrency
     assert sent == s.failed
+    # A rehearsal meets what the real night would: max_tokens for a reasoning model (a warning,
+    # sent anyway) is refused as OpenAI refuses it, and the job stops alike.
+    plain = make_csv(tmp_path / "plain.csv", [f"row {i}" for i in range(n)])
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, plain, model="o4-mini",
+                              output=str(tmp_path / "o4")))
+    assert s.exit_code == 4 and s.stopped and 20 <= s.failed <= 20 + 8, s
+    assert ("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+            "'max_completion_tokens' instead.") in s.stopped
 
 
 @pytest.mark.anyio
