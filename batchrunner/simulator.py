@@ -82,7 +82,8 @@ Refusals
     ``reasoning_effort`` is ``"none"`` (``unsupported_value``); ``temperature`` (0 to 2),
     ``top_p`` (0 to 1), ``frequency_penalty`` or ``presence_penalty`` (-2 to 2) out of range
     (``decimal_above_max_value``, ``decimal_below_min_value``) or not a number
-    (``invalid_type``). These follow OpenAI's model names whatever ``reasoning_models`` says.
+    (``invalid_type``); ``stream_options`` without ``"stream": true``. These follow OpenAI's
+    model names whatever ``reasoning_models`` says.
 
 Cached tokens
     Deterministic: when the leading system/developer messages come to at least 1024 prompt
@@ -1312,6 +1313,9 @@ class _Server:
         if top_logprobs is not None and logprobs is not True:
             raise _BadRequest("'logprobs' must be true when 'top_logprobs' is set.", "logprobs")
         stream = body.get("stream") is True
+        if not stream and body.get("stream_options") is not None:
+            raise _BadRequest("The 'stream_options' parameter is only allowed when 'stream' is "
+                              "enabled.", "stream_options")
         include_usage = False
         if stream:
             options = body.get("stream_options")

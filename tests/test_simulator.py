@@ -612,47 +612,49 @@ async def test_bad_requests_get_400() -> None:
 async def test_what_openai_refuses_is_refused_with_its_message() -> None:
     """A rehearsal must fail where the real night would: each body OpenAI answers 400 is
     answered 400 with its message, param and code; the nearby bodies it takes are taken."""
-    refused = {
-        "unsupported_parameter": ("max_tokens", "Unsupported parameter: 'max_tokens' is not "
-                                  "supported with this model. Use 'max_completion_tokens' "
-                                  "instead."),
-        "invalid_parameter_combination": ("max_tokens", "Setting 'max_tokens' and "
-                                          "'max_completion_tokens' at the same time is not "
-                                          "supported."),
-        "unsupported_value": ("temperature", "Unsupported value: 'temperature' does not support "
-                              "0.2 with this model. Only the default (1) value is supported."),
-        "decimal_above_max_value": ("frequency_penalty", "Invalid 'frequency_penalty': decimal "
-                                    "above maximum value. Expected a value <= 2, but got 3 "
-                                    "instead."),
-        "decimal_below_min_value": ("temperature", "Invalid 'temperature': decimal below "
-                                    "minimum value. Expected a value >= 0, but got -0.5 "
-                                    "instead."),
-        "invalid_type": ("top_p", "Invalid type for 'top_p': expected a decimal, but got a "
-                         "string instead."),
+    refused: dict[str, tuple[str, str | None, str]] = {  # what: param, code, message
+        "max_tokens": ("max_tokens", "unsupported_parameter", "Unsupported parameter: "
+                       "'max_tokens' is not supported with this model. Use "
+                       "'max_completion_tokens' instead."),
+        "both": ("max_tokens", "invalid_parameter_combination", "Setting 'max_tokens' and "
+                 "'max_completion_tokens' at the same time is not supported."),
+        "temperature": ("temperature", "unsupported_value", "Unsupported value: 'temperature' "
+                        "does not support 0.2 with this model. Only the default (1) value is "
+                        "supported."),
+        "above": ("frequency_penalty", "decimal_above_max_value", "Invalid 'frequency_penalty': "
+                  "decimal above maximum value. Expected a value <= 2, but got 3 instead."),
+        "below": ("temperature", "decimal_below_min_value", "Invalid 'temperature': decimal "
+                  "below minimum value. Expected a value >= 0, but got -0.5 instead."),
+        "type": ("top_p", "invalid_type", "Invalid type for 'top_p': expected a decimal, but got "
+                 "a string instead."),
+        "stream_options": ("stream_options", None, "The 'stream_options' parameter is only "
+                           "allowed when 'stream' is enabled."),
     }
     cases: list[tuple[dict[str, Any], str | None]] = [
-        ({"model": "o4-mini", "max_tokens": 50}, "unsupported_parameter"),
-        ({"model": "gpt-5.2", "max_tokens": 50}, "unsupported_parameter"),
-        ({"model": "openai/o3-mini-2025-01-31", "max_tokens": 50}, "unsupported_parameter"),
-        ({"model": "gpt-4.1", "max_tokens": 50, "max_completion_tokens": 50},
-         "invalid_parameter_combination"),
-        ({"model": "o3", "temperature": 0.2}, "unsupported_value"),
-        ({"model": "gpt-4o", "frequency_penalty": 3}, "decimal_above_max_value"),
-        ({"model": "gpt-4o", "temperature": -0.5}, "decimal_below_min_value"),
-        ({"model": "gpt-4o", "top_p": "0.9"}, "invalid_type"),
+        ({"model": "o4-mini", "max_tokens": 50}, "max_tokens"),
+        ({"model": "gpt-5.2", "max_tokens": 50}, "max_tokens"),
+        ({"model": "openai/o3-mini-2025-01-31", "max_tokens": 50}, "max_tokens"),
+        ({"model": "gpt-4.1", "max_tokens": 50, "max_completion_tokens": 50}, "both"),
+        ({"model": "o3", "temperature": 0.2}, "temperature"),
+        ({"model": "gpt-4o", "frequency_penalty": 3}, "above"),
+        ({"model": "gpt-4o", "temperature": -0.5}, "below"),
+        ({"model": "gpt-4o", "top_p": "0.9"}, "type"),
+        ({"model": "gpt-4o", "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"model": "gpt-4o", "stream": False, "stream_options": {}}, "stream_options"),
         ({"model": "o4-mini", "max_completion_tokens": 50, "temperature": 1}, None),
         ({"model": "gpt-5-chat-latest", "max_tokens": 50, "temperature": 0.2}, None),
         ({"model": "gpt-5.2", "temperature": 0.2, "reasoning_effort": "none"}, None),
         ({"model": "gpt-4o", "max_tokens": 50, "temperature": 2, "presence_penalty": -2}, None),
         ({"model": "deepseek-r1", "max_tokens": 50, "temperature": 0.6}, None),
+        ({"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}}, None),
     ]
     async with running() as (sim, _):
-        for fields, code in cases:
+        for fields, what in cases:
             status, _, body = await post_raw(sim.base_url, {**fields, "messages": user("x")})
-            if code is None:
+            if what is None:
                 assert status == 200, (fields, body)
                 continue
-            param, message = refused[code]
+            param, code, message = refused[what]
             assert status == 400, fields
             assert json.loads(body)["error"] == {
                 "message": message, "type": "invalid_request_error", "param": param,
