@@ -221,6 +221,13 @@ def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
                    "(\"Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' "
                    "instead\"), every row answered 400 unless a gateway renames it: set "
                    f"max_completion_tokens in {top_level.removesuffix(' itself')} instead")
+    temperature = fields.get("temperature")
+    if (temperature is not None and temperature != 1 and openai_reasoning(model)
+            and fields.get("reasoning_effort") != "none"):
+        out.append(f"{where('temperature')} {temperature} is refused by OpenAI for {model}, a "
+                   "reasoning model (\"Unsupported value: 'temperature' does not support "
+                   f"{temperature} with this model. Only the default (1) value is supported.\"), "
+                   "every row answered 400 unless reasoning_effort is \"none\": leave it out")
     if model.lower().startswith("qwen") and isinstance(fields.get("parameters"), dict):
         top = [name for name in _QWEN_PARAMETERS if fields.get(name) is not None]
         if top:

@@ -654,6 +654,13 @@ def test_thinking_settings_that_need_streaming_are_warned_about(
     ({"model": "gpt-5-chat-latest", "max_tokens": 300}, []),
     ({"model": "gpt-4o", "max_tokens": 300}, []),
     ({"model": "o4-mini"}, []),
+    # ... and a temperature other than 1 (unless reasoning_effort is "none", as GPT-5.1 takes)
+    ({"model": "o3", "temperature": 0.2}, ["temperature 0.2 is refused by OpenAI for o3",
+                                           "Only the default (1) value is supported"]),
+    ({"model": "gpt-5.2", "temperature": 0}, ["does not support 0 with this model"]),
+    ({"model": "gpt-5.2", "temperature": 0, "reasoning_effort": "none"}, []),
+    ({"model": "o3", "temperature": 1}, []),
+    ({"model": "gpt-5-chat-latest", "temperature": 0.2}, []),
 ])
 def test_settings_a_gateway_would_ignore_are_warned_about(settings: dict[str, object],
                                                           said: list[str]) -> None:
@@ -666,7 +673,7 @@ def test_settings_a_gateway_would_ignore_are_warned_about(settings: dict[str, ob
     extra = {k: v for k, v in settings.items() if k in ("reasoning_effort", "parameters")}
     job = " | ".join(request_warnings(RequestConfig(**fields, extra=extra)))
     assert all(part in job for part in said) and bool(job) == bool(said), job
-    if "reasoning_effort" in job:
+    if "reasoning_effort works" in job:
         assert "[request.extra] reasoning_effort" in job and "[request] max_tokens" in job
     if "parameters" in extra and said:
         assert "move it into [request.extra] parameters" in job or "move them" in job
