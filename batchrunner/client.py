@@ -725,9 +725,11 @@ def _encoded_forms(secret: str) -> set[str]:
 
 def _long_secrets_pattern(secrets: Iterable[str], header: str | None = None
                           ) -> re.Pattern[str] | None:
-    """The long secrets in every form a server may echo them in (written as they are or
-    escaped, base64-encoded), in upper or lower case too; and the ``header`` that carries one
-    base64-encoded whole (else its first characters, "Bearer s", would stay)."""
+    """The secrets in every form a server may echo them in (written as they are or escaped,
+    base64-encoded) that is _LONG_SECRET characters or more, in upper or lower case too (a
+    shorter key's base64, "dG9rZW4tYWJjMTIz", is as plain a copy of it); and the ``header``
+    that carries the key, base64-encoded whole (else its first characters, "Bearer s", would
+    stay; a short key's, "QmVhcmVyIEVNUFRZ" for "Bearer EMPTY", is that header too)."""
     forms = {f for s in secrets for f in (*_written_forms(s), *_encoded_forms(s))
              if len(f) >= _LONG_SECRET}
     if header is not None:
@@ -798,7 +800,7 @@ class ChatClient:
         self._short_secrets = _secrets_pattern(s for s in self._secrets if len(s) < _LONG_SECRET)
         long = [s for s in self._secrets if len(s) >= _LONG_SECRET]
         self._long_secrets = _long_secrets_pattern(
-            long, f"Bearer {api_key}" if api_key and len(api_key) >= _LONG_SECRET else None)
+            self._secrets, f"Bearer {api_key}" if api_key else None)
         # A long secret's every run of _FRAGMENT characters, for a library's message that cut
         # the line it quotes (see ``_library_message``).
         self._fragments = frozenset(s[i:i + _FRAGMENT] for s in long

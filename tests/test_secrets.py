@@ -559,6 +559,13 @@ def test_a_key_is_read_without_surrounding_whitespace_and_refused_with_a_space_i
      "\\n[redacted], \\u0020[redacted], ntoken-abc123"),
     # A real key is taken out wherever it stands, inside a longer string too.
     (KEY, f"echo:{KEY}x and {KEY[:-1]}", f"echo:[redacted]x and {KEY[:-1]}"),
+    # A short key's header base64-encoded, and its own base64 where that is 16 characters or
+    # more, are taken out wherever they stand: they were left in an error's text.
+    ("token-abc123", "you sent QmVhcmVyIHRva2VuLWFiYzEyMw== (dG9rZW4tYWJjMTIz, "
+     "DG9RZW4TYWJJMTIZ, dG9rZW4tYWJjMTIz0)", "you sent [redacted] ([redacted], [redacted], "
+     "[redacted]0)"),
+    ("EMPTY", "you sent QmVhcmVyIEVNUFRZ, RU1QVFk=", "you sent [redacted], RU1QVFk="),
+    ("x", "Authorization: QmVhcmVyIHg=; proxy", "Authorization: [redacted]; proxy"),
 ])
 def test_redact_takes_a_short_key_out_only_where_it_stands_alone(
         key: str, text: str, redacted: str) -> None:
