@@ -801,6 +801,13 @@ class ChatClient:
         long = [s for s in self._secrets if len(s) >= _LONG_SECRET]
         self._long_secrets = _long_secrets_pattern(
             self._secrets, f"Bearer {api_key}" if api_key else None)
+        # A short key and where an answer repeats its header ("Bearer x"): taken out there
+        # only, as elsewhere it is a word of the answer.
+        self._bearer: tuple[str, re.Pattern[str]] | None = None
+        if api_key and len(api_key) < _LONG_SECRET:
+            self._bearer = (api_key, re.compile(
+                rf"(?<![\w-])(Bearer(?:\s+|%20|\\u0020))({re.escape(api_key)})(?![\w-])",
+                re.IGNORECASE))
         # A long secret's every run of _FRAGMENT characters, for a library's message that cut
         # the line it quotes (see ``_library_message``).
         self._fragments = frozenset(s[i:i + _FRAGMENT] for s in long
@@ -901,6 +908,8 @@ class ChatClient:
             text = self._long_secrets.sub("[redacted]", text)
         if self._short_secrets is not None:
             text = self._short_secrets.sub("[redacted]", text)
+        if self._bearer is not None:  # its header in upper case, "BEARER EMPTY"
+            text = self._bearer[1].sub(r"\1[redacted]", text)
         return text
 
     def _library_message(self, e: BaseException) -> str:
@@ -925,8 +934,8 @@ class ChatClient:
     def _scrub(self, text: str | None, *, answer: bool = False) -> str | None:
         """A reply's field, redacted: its id, model or finish_reason wholly (short secrets
         too); an answer's text (``answer``) of the long secrets written in it, as a model told
-        the request's headers may repeat them (a short one, a local server's placeholder key
-        such as "x", is a word of the answer)."""
+        the request's headers may repeat them (a short key, a local server's placeholder such
+        as "x", is a word of the answer: it is taken out only after "Bearer")."""
         if not text:
             return text
         if self._long_secrets is not None:
@@ -934,6 +943,9 @@ class ChatClient:
                 if f in text:
                     text = self._long_secrets.sub("[redacted]", text)
                     break
+        if answer and (bearer := self._bearer) is not None and (
+                "earer" in text or "EARER" in text) and bearer[0] in text:
+            text = bearer[1].sub(r"\1[redacted]", text)
         if not answer and self._short_secrets is not None:
             text = self._short_secrets.sub("[redacted]", text)
         return text

@@ -382,6 +382,49 @@ def test_a_key_echoed_in_any_field_or_form_is_written_nowhere(
     assert forms_in_files(tmp_path, key) == []
 
 
+@pytest.mark.parametrize("key", ["token-abc123", "x"])
+def test_a_short_key_echoed_as_its_header_is_written_nowhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_server: ThreadingHTTPServer,
+    monkeypatch: pytest.MonkeyPatch, key: str,
+) -> None:
+    """A short key (a self-hosted server's, vLLM's example "token-abc123") is a word of an
+    answer, kept there, but not where the answer repeats the request's header ("Your header
+    was Bearer token-abc123": it was written so), nor in an error's text as that header
+    upper-cased or base64-encoded."""
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": list("abc"), "text": ["echo-fields", "echo-encoded", "fine"]}
+                 ).to_csv(inp, index=False)
+    out = tmp_path / "out"
+    code = main(base_args(inp, out, _echo_url(echo_server), "--progress", "log",
+                          "--max-attempts", "1"))
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    df = pd.read_parquet(out / "results.parquet").set_index("id")
+    a = df.loc["a"]
+    assert (a["request_id"], a["model"], a["finish_reason"]) == (
+        "Bearer [redacted]", "Bearer [redacted]", "[redacted]")
+    assert a["content"] == "Your header was Bearer [redacted]"
+    assert a["reasoning_content"] == "They sent Bearer [redacted]"
+    message = str(df.loc["b", "error_message"])
+    assert message.startswith("{\"error\": {\"message\": \"you sent BEARER [redacted], "
+                              "Bearer%20[redacted], [redacted], "), message
+    if len(key) >= 12:  # its own base64 is 16 characters or more: taken out too
+        assert message.count("[redacted]") == 5, message
+    header = f"Bearer {key}"
+    encoded = base64.b64encode(header.encode()).decode()
+
+    def holds_header(text: str) -> bool:
+        return header.lower() in text.lower() or encoded in text
+
+    for path in (p for p in tmp_path.rglob("*") if p.is_file() and p.name != "in.csv"):
+        texts = [path.read_bytes().decode("utf-8", "replace")]
+        if path.suffix == ".parquet":
+            texts.append(json.dumps(pq.read_table(path).to_pylist(), default=str))
+        assert not any(holds_header(t) for t in texts), path
+    assert not holds_header(captured.out + captured.err)
+
+
 def test_a_key_cut_by_the_message_limit_is_still_redacted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_server: ThreadingHTTPServer,
 ) -> None:
