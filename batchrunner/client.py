@@ -801,13 +801,20 @@ class ChatClient:
         long = [s for s in self._secrets if len(s) >= _LONG_SECRET]
         self._long_secrets = _long_secrets_pattern(
             self._secrets, f"Bearer {api_key}" if api_key else None)
-        # A short key and where an answer repeats its header ("Bearer x"): taken out there
-        # only, as elsewhere it is a word of the answer.
-        self._bearer: tuple[str, re.Pattern[str]] | None = None
-        if api_key and len(api_key) < _LONG_SECRET:
-            self._bearer = (api_key, re.compile(
-                rf"(?<![\w-])(Bearer(?:\s+|%20|\\u0020))({re.escape(api_key)})(?![\w-])",
-                re.IGNORECASE))
+        # The short secrets a header carries, where an answer repeats that header ("Bearer x",
+        # a proxy's "Basic YWxpY2U6cHc="): taken out there only, as elsewhere a short key is a
+        # word of the answer. The words that show a header, the secrets, and the pattern.
+        headed = {word: secret for word, secret in (
+            ("Bearer", api_key), ("Basic", proxy.credentials if proxy else None))
+            if secret and len(secret) < _LONG_SECRET}
+        self._headed: tuple[tuple[str, ...], tuple[str, ...], re.Pattern[str]] | None = None
+        if headed:
+            self._headed = (
+                tuple(w for word in headed for w in (word[1:].lower(), word[1:].upper())),
+                tuple(headed.values()),
+                re.compile(rf"(?<![\w-])((?:{'|'.join(headed)})(?:\s+|%20|\\u0020))"
+                           rf"({'|'.join(re.escape(s) for s in headed.values())})(?![\w-])",
+                           re.IGNORECASE))
         # A long secret's every run of _FRAGMENT characters, for a library's message that cut
         # the line it quotes (see ``_library_message``).
         self._fragments = frozenset(s[i:i + _FRAGMENT] for s in long
@@ -908,8 +915,8 @@ class ChatClient:
             text = self._long_secrets.sub("[redacted]", text)
         if self._short_secrets is not None:
             text = self._short_secrets.sub("[redacted]", text)
-        if self._bearer is not None:  # its header in upper case, "BEARER EMPTY"
-            text = self._bearer[1].sub(r"\1[redacted]", text)
+        if self._headed is not None:  # a header in upper case, "BEARER EMPTY"
+            text = self._headed[2].sub(r"\1[redacted]", text)
         return text
 
     def _library_message(self, e: BaseException) -> str:
@@ -935,7 +942,8 @@ class ChatClient:
         """A reply's field, redacted: its id, model or finish_reason wholly (short secrets
         too); an answer's text (``answer``) of the long secrets written in it, as a model told
         the request's headers may repeat them (a short key, a local server's placeholder such
-        as "x", is a word of the answer: it is taken out only after "Bearer")."""
+        as "x", is a word of the answer: it is taken out only after "Bearer", a proxy's short
+        credentials after "Basic")."""
         if not text:
             return text
         if self._long_secrets is not None:
@@ -943,12 +951,21 @@ class ChatClient:
                 if f in text:
                     text = self._long_secrets.sub("[redacted]", text)
                     break
-        if answer and (bearer := self._bearer) is not None and (
-                "earer" in text or "EARER" in text) and bearer[0] in text:
-            text = bearer[1].sub(r"\1[redacted]", text)
+        if answer and (headed := self._headed) is not None and self._shows(headed, text):
+            text = headed[2].sub(r"\1[redacted]", text)
         if not answer and self._short_secrets is not None:
             text = self._short_secrets.sub("[redacted]", text)
         return text
+
+    @staticmethod
+    def _shows(headed: tuple[tuple[str, ...], tuple[str, ...], re.Pattern[str]], text: str
+               ) -> bool:
+        """Whether ``text`` may repeat a header ``headed`` holds: a word of one and one of its
+        secrets are in it (plain searches: cheaper than the pattern's search)."""
+        for word in headed[0]:
+            if word in text:
+                return any(secret in text for secret in headed[1])
+        return False
 
     def _in_reply(self, res: ChatResult) -> bool:
         """Whether a long secret is written in one of ``res``'s fields (loops, not ``any``: a

@@ -964,6 +964,12 @@ class Proxy:
     # (a proxy's error page may quote the header back)
     secrets: tuple[str, ...] = field(repr=False)
 
+    @property
+    def credentials(self) -> str | None:
+        """The Proxy-Authorization header's base64 (what follows "Basic"); None without a
+        password."""
+        return self.secrets[-1] if self.secrets else None
+
 
 def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
     """The proxy for requests to ``base_url``, picked as curl and the OpenAI SDK pick it.

@@ -257,6 +257,12 @@ class _EchoHandler(BaseHTTPRequestHandler):
             self._send(200, f"not json {auth}".encode(), "application/json")
         elif "echo-fields" in prompt:
             self._reply_with_key(auth, key)
+        elif "echo-headers" in prompt:
+            # A model told the request's headers, behind a proxy that passed its own on.
+            reply = {"id": "h", "model": "gpt-4o-mini", "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {
+                    "role": "assistant", "content": json.dumps(dict(self.headers))}}]}
+            self._send(200, json.dumps(reply).encode(), "application/json")
         elif "echo-stream" in prompt:
             self._stream_with_key(key)
         elif "echo-code" in prompt:
@@ -390,13 +396,17 @@ def test_a_short_key_echoed_as_its_header_is_written_nowhere(
     """A short key (a self-hosted server's, vLLM's example "token-abc123") is a word of an
     answer, kept there, but not where the answer repeats the request's header ("Your header
     was Bearer token-abc123": it was written so), nor in an error's text as that header
-    upper-cased or base64-encoded."""
+    upper-cased or base64-encoded; nor a proxy's short password where an answer repeats the
+    Proxy-Authorization header a proxy passed on ("Basic bWU6cHc=" was written so)."""
     monkeypatch.setenv("OPENAI_API_KEY", key)
+    port = echo_server.server_address[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://me:pw@127.0.0.1:{port}")  # the server passes it on
     inp = tmp_path / "in.csv"
-    pd.DataFrame({"id": list("abc"), "text": ["echo-fields", "echo-encoded", "fine"]}
+    pd.DataFrame({"id": list("abcd"),
+                  "text": ["echo-fields", "echo-encoded", "echo-headers", "fine"]}
                  ).to_csv(inp, index=False)
     out = tmp_path / "out"
-    code = main(base_args(inp, out, _echo_url(echo_server), "--progress", "log",
+    code = main(base_args(inp, out, "http://gateway.invalid/v1", "--progress", "log",
                           "--max-attempts", "1"))
     captured = capsys.readouterr()
     assert code == 3, captured.err
@@ -411,11 +421,15 @@ def test_a_short_key_echoed_as_its_header_is_written_nowhere(
                               "Bearer%20[redacted], [redacted], "), message
     if len(key) >= 12:  # its own base64 is 16 characters or more: taken out too
         assert message.count("[redacted]") == 5, message
+    headers = json.loads(df.loc["c", "content"])
+    assert (headers["Authorization"], headers["Proxy-Authorization"]) == (
+        "Bearer [redacted]", "Basic [redacted]")
     header = f"Bearer {key}"
     encoded = base64.b64encode(header.encode()).decode()
+    proxy = base64.b64encode(b"me:pw").decode()
 
     def holds_header(text: str) -> bool:
-        return header.lower() in text.lower() or encoded in text
+        return header.lower() in text.lower() or encoded in text or proxy in text
 
     for path in (p for p in tmp_path.rglob("*") if p.is_file() and p.name != "in.csv"):
         texts = [path.read_bytes().decode("utf-8", "replace")]
