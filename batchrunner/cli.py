@@ -28,7 +28,7 @@ from typing import Any, NoReturn, TypeVar
 import anyio
 
 from batchrunner import __version__
-from batchrunner.config import OUTPUT_FORMATS
+from batchrunner.config import OUTPUT_FORMATS, secrets_known
 from batchrunner.errors import (
     BatchrunnerError,
     InputError,
@@ -498,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     before_imports()
     commands = {"run": _cmd_run, "estimate": _cmd_estimate, "status": _cmd_status,
                 "report": _cmd_report, "simulate": _cmd_simulate}
+    args: list[str] = []
     try:
         args = list(sys.argv[1:] if argv is None else argv)
         parser = build_parser(simulate_options="simulate" in args)
@@ -509,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         raise
     except BaseException as e:  # mapped to one line and an exit code, or re-raised
-        return _report(e)
+        return _report(e, args)
 
 
 def _one_line(text: object) -> str:
@@ -517,26 +518,35 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _report(exc: BaseException) -> int:
-    """Print ``exc`` as one line on stderr and return its exit code; re-raise what is not ours."""
+def _report(exc: BaseException, args: Sequence[str] = ()) -> int:
+    """Print ``exc`` as one line on stderr and return its exit code; re-raise what is not ours.
+    A key (``secrets_known``) given where an argument goes, a job file's or an output
+    directory's, is not shown in it."""
+    hidden = secrets_known(args) if any(len(a) >= 8 for a in args) else []
+
+    def tell(line: str) -> None:
+        for secret in hidden:
+            line = line.replace(secret, "[redacted]")
+        say(line)
+
     e = leaf(exc)
     if isinstance(e, UsageError | JournalError):
-        say(f"batchrunner: error: {_one_line(e)}")
+        tell(f"batchrunner: error: {_one_line(e)}")
         return 2
     if isinstance(e, StopJob):
-        say(f"batchrunner: stopped: {_one_line(e)}")
+        tell(f"batchrunner: stopped: {_one_line(e)}")
         return 4
     if isinstance(e, OutputBusy):
-        say(f"batchrunner: error: {_one_line(e)}")
+        tell(f"batchrunner: error: {_one_line(e)}")
         return 5
     if isinstance(e, KeyboardInterrupt):
-        say("batchrunner: interrupted; finished rows are saved — rerun to resume")
+        tell("batchrunner: interrupted; finished rows are saved — rerun to resume")
         return 4
     if isinstance(e, BatchrunnerError):
-        say(f"batchrunner: error: {_one_line(e)}")
+        tell(f"batchrunner: error: {_one_line(e)}")
         return 1
     if isinstance(e, OSError):
         text = f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
-        say(f"batchrunner: error: {_one_line(text)}")
+        tell(f"batchrunner: error: {_one_line(text)}")
         return 1
     raise exc

@@ -64,12 +64,13 @@ A job file has these tables (every key optional unless marked)::
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ __all__ = [
     "load_job",
     "openai_reasoning",
     "proxy_for",
+    "secrets_known",
 ]
 
 
@@ -1154,6 +1156,28 @@ def _dotenv_dirs(job: JobConfig) -> list[Path]:
     if job.source != "command line":
         dirs.append(Path(job.source).resolve().parent)
     return dirs
+
+
+# A variable named as a secret: OPENAI_API_KEY, NBILITY_API_KEY, GW_TOKEN, PROXY_PASSWORD.
+_SECRET_NAME = re.compile(r"(?:^|_)(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
+# Shorter values are placeholders ("EMPTY", "x"), not secrets, and words of a message.
+_SECRET_MIN = 8
+
+
+def secrets_known(args: Sequence[str] = ()) -> list[str]:
+    """The values, 8 characters or more, of the variables named as secrets in the environment
+    and in the ``.env`` files a run reads (the current directory's, and the directory's of a
+    job file in ``args``): what a message must not show, when one was given where an argument
+    goes (``batchrunner run job.toml OPENAI_API_KEY=sk-...``). Longest first."""
+    found = {v.strip() for name, v in os.environ.items() if _SECRET_NAME.search(name)}
+    with contextlib.suppress(OSError):  # a current directory since removed, say
+        dirs = [Path.cwd(), *(Path(a).resolve().parent for a in args
+                              if a.lower().endswith(".toml") and os.path.isfile(a))]
+        for d in dict.fromkeys(dirs):
+            with contextlib.suppress(ConfigError):
+                found |= {v.strip() for name, v in load_dotenv(d / ".env").items()
+                          if _SECRET_NAME.search(name)}
+    return sorted((v for v in found if len(v) >= _SECRET_MIN), key=len, reverse=True)
 
 
 def environment(job: JobConfig) -> dict[str, str]:

@@ -779,3 +779,30 @@ def test_an_endpoint_setting_of_another_type_is_refused_without_showing_it(
     assert "must be a non-empty string, got a " in said.err and "(not shown" in said.err
     assert leaks_in_text(said.out, said.err) == []
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "job.toml", KEY],  # a key pasted after the job file
+    ["run", f"OPENAI_API_KEY={KEY}"],  # a cron line's variable written after the command
+    ["estimate", KEY],
+    ["status", KEY],
+    ["report", f"out/{KEY}"],
+    ["run", "jobs/job.toml", "sk-gw-OTHER-7d1e0b"],  # the key in the .env beside the job file
+])
+def test_a_key_given_where_an_argument_goes_is_not_shown(
+        tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A key given where a job file, an output directory or no argument goes was shown by
+    the refusal ("run takes no argument 'sk-...'", "job file OPENAI_API_KEY=sk-...: not
+    found"), in the night's log: a key the environment or a .env file the run reads holds is
+    not."""
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "job.toml").write_text(
+        '[input]\npath = "in.csv"\n[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {text}"\n'
+        '[output]\ndir = "out"\n')
+    (tmp_path / "jobs" / ".env").write_text("NBILITY_API_KEY=sk-gw-OTHER-7d1e0b\n")
+    assert main(argv) == 2
+    said = capsys.readouterr()
+    assert "[redacted]" in said.err, said.err
+    assert leaks_in_text(said.out, said.err) == [] and "OTHER" not in said.out + said.err
+    assert main(["status", "out/no-such-run"]) == 2  # what is no key is still shown
+    assert "out/no-such-run: no such directory" in capsys.readouterr().err
