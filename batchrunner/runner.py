@@ -461,6 +461,26 @@ def _without_key(command: dict[str, Any], api_key: str | None) -> None:
                 options[name] = KEY_HELD_BACK
 
 
+def _settings_without_key(value: Any, api_key: str | None) -> Any:
+    """``value`` (job.json's request settings) with a long ``api_key`` written in it, in
+    ``[request.extra]`` say (an ``Authorization`` header in ``extra_headers``, as the OpenAI
+    SDK takes it, or a gateway's body field), replaced by ``[redacted]``. A short one, a local
+    server's stand-in ("x"), is a word of a prompt or a model's name: left."""
+    if not api_key or len(api_key) < _LONG_KEY:
+        return value
+    if isinstance(value, dict):
+        return {k: _settings_without_key(v, api_key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_settings_without_key(v, api_key) for v in value]
+    if isinstance(value, str) and api_key in value:
+        return value.replace(api_key, "[redacted]")
+    return value
+
+
+# A key this long is a secret wherever it is written (the client's rule).
+_LONG_KEY = 16
+
+
 def _endpoints_path() -> str | None:
     """``endpoints.json`` in the cache directory: the endpoints (``_endpoint_id``) that answered
     a run on this machine, each with the UTC day it last did. A job writing to a fresh output
@@ -3484,6 +3504,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             last_run["limit"] = options.limit
         plan.job_meta["last_run"] = last_run
         _without_key(plan.job_meta["command"], api_key)
+        plan.job_meta["request"] = _settings_without_key(plan.job_meta["request"], api_key)
         _write_meta(plan)
         lim = job.limits
         limiter = Limiter(lim.requests_per_minute, lim.tokens_per_minute)

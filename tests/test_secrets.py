@@ -806,3 +806,25 @@ def test_a_key_given_where_an_argument_goes_is_not_shown(
     assert leaks_in_text(said.out, said.err) == [] and "OTHER" not in said.out + said.err
     assert main(["status", "out/no-such-run"]) == 2  # what is no key is still shown
     assert "out/no-such-run: no such directory" in capsys.readouterr().err
+
+
+def test_a_key_written_in_the_request_settings_is_not_kept_in_job_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A key written into ``[request.extra]`` (``extra_headers``, as the OpenAI SDK takes an
+    Authorization header) is sent in each body, as asked, but job.json, which keeps the
+    request settings, had it whole; a rerun still finds the settings unchanged."""
+    marker_csv(tmp_path / "in.csv", [], normal=3)
+    job = tmp_path / "job.toml"
+    with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
+        job.write_text(f'[input]\npath = "in.csv"\nid_column = "id"\n[request]\n'
+                       f'model = "gpt-4o-mini"\nprompt = "Say {{text}}"\n[request.extra]\n'
+                       f'extra_headers = {{ Authorization = "Bearer {KEY}" }}\n'
+                       f'[endpoint]\nbase_url = "{sim.base_url}"\n[output]\ndir = "out"\n')
+        assert main(["run", str(job), "--limit", "2", "--progress", "none"]) == 0
+        assert main(["run", str(job), "--progress", "none"]) == 0  # the same settings
+    said = capsys.readouterr()
+    assert "changed" not in said.err, said.err
+    meta = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert meta["request"]["extra"] == {"extra_headers": {"Authorization": "Bearer [redacted]"}}
+    assert leaks_in_text(said.out, said.err) == []
+    assert leaks_in_files(tmp_path, skip=(".env", "job.toml")) == []
