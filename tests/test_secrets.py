@@ -453,18 +453,40 @@ def test_a_key_cut_by_the_message_limit_is_still_redacted(
     assert KEY[:-2] not in message, message
 
 
+@pytest.mark.parametrize("source", ["environment", "job file's .env"])
 def test_a_401_echoing_the_key_stops_without_printing_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_server: ThreadingHTTPServer,
+    monkeypatch: pytest.MonkeyPatch, source: str, price_cache_dir: Path,
 ) -> None:
+    """Whether the key is the environment's or read from the .env beside the job file under
+    a gateway guide's name (``api_key_env``), the refusal, the reports, ``status`` and
+    ``report`` after it, and the cache directory show none of it."""
     echo_server.reject_all = True  # type: ignore[attr-defined]
     inp = marker_csv(tmp_path / "in.csv", [], normal=5)
-    code = main(base_args(inp, tmp_path / "out", _echo_url(echo_server), "--progress", "log"))
+    out = tmp_path / "out"
+    if source == "environment":
+        argv = base_args(inp, out, _echo_url(echo_server), "--progress", "log")
+    else:
+        monkeypatch.delenv("OPENAI_API_KEY")
+        (tmp_path / "jobs").mkdir()
+        (tmp_path / "jobs" / ".env").write_text(f"NBILITY_API_KEY={KEY}\n")
+        (tmp_path / "jobs" / "job.toml").write_text(
+            f'[input]\npath = "../in.csv"\nid_column = "id"\n[request]\nmodel = "gpt-4o-mini"\n'
+            f'prompt = "Say {{text}}"\n[endpoint]\nbase_url = "{_echo_url(echo_server)}"\n'
+            f'api_key_env = "NBILITY_API_KEY"\n[output]\ndir = "../out"\n')
+        argv = ["run", str(tmp_path / "jobs" / "job.toml"), "--progress", "log"]
+    code = main(argv)
+    assert main(["status", str(out)]) == 0
+    assert main(["report", str(out)]) == 4  # rows left to do
     captured = capsys.readouterr()
     assert code == 4
     printed = captured.out + captured.err
     assert "refused the API key" in printed and "[redacted]" in printed
+    if source != "environment":
+        assert f"NBILITY_API_KEY from {tmp_path / 'jobs' / '.env'}" in printed
     assert leaks_in_text(captured.out, captured.err) == []
     assert leaks_in_files(tmp_path) == []
+    assert leaks_in_files(price_cache_dir) == []
 
 
 def test_the_search_finds_a_planted_key(tmp_path: Path) -> None:
