@@ -233,7 +233,11 @@ class _EchoHandler(BaseHTTPRequestHandler):
         prompt = str(body.get("messages", [{}])[-1].get("content", ""))
         auth = self.headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ")
-        if self.server.reject_all:  # type: ignore[attr-defined]
+        if self.server.reject_all == 403:  # type: ignore[attr-defined]
+            page = (f"<html><head><title>403 Forbidden: {auth}</title></head><body><pre>"
+                    f"{self.headers}</pre></body></html>")
+            self._send(403, page.encode(), "text/html")
+        elif self.server.reject_all:  # type: ignore[attr-defined]
             err = {"error": {"message": f"Incorrect API key provided: {auth}",
                              "type": "invalid_request_error", "code": "invalid_api_key"}}
             self._send(401, json.dumps(err).encode(), "application/json")
@@ -453,18 +457,19 @@ def test_a_key_cut_by_the_message_limit_is_still_redacted(
     assert KEY[:-2] not in message, message
 
 
-@pytest.mark.parametrize("source", ["environment", "job file's .env"])
+@pytest.mark.parametrize("source", ["environment", "job file's .env", "403 page"])
 def test_a_401_echoing_the_key_stops_without_printing_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_server: ThreadingHTTPServer,
     monkeypatch: pytest.MonkeyPatch, source: str, price_cache_dir: Path,
 ) -> None:
     """Whether the key is the environment's or read from the .env beside the job file under
     a gateway guide's name (``api_key_env``), the refusal, the reports, ``status`` and
-    ``report`` after it, and the cache directory show none of it."""
-    echo_server.reject_all = True  # type: ignore[attr-defined]
+    ``report`` after it, and the cache directory show none of it; nor for a gateway's 403
+    page quoting the request's headers."""
+    echo_server.reject_all = 403 if source == "403 page" else True  # type: ignore[attr-defined]
     inp = marker_csv(tmp_path / "in.csv", [], normal=5)
     out = tmp_path / "out"
-    if source == "environment":
+    if source != "job file's .env":
         argv = base_args(inp, out, _echo_url(echo_server), "--progress", "log")
     else:
         monkeypatch.delenv("OPENAI_API_KEY")
@@ -482,8 +487,11 @@ def test_a_401_echoing_the_key_stops_without_printing_it(
     assert code == 4
     printed = captured.out + captured.err
     assert "refused the API key" in printed and "[redacted]" in printed
-    if source != "environment":
+    if source == "job file's .env":
         assert f"NBILITY_API_KEY from {tmp_path / 'jobs' / '.env'}" in printed
+    if source == "403 page":
+        assert "HTTP 403: HTML error page from the gateway (403 Forbidden: Bearer [redacted])" \
+            in printed
     assert leaks_in_text(captured.out, captured.err) == []
     assert leaks_in_files(tmp_path) == []
     assert leaks_in_files(price_cache_dir) == []
