@@ -457,8 +457,19 @@ def _without_key(command: dict[str, Any], api_key: str | None) -> None:
     options = command.get("options")
     if api_key and isinstance(options, dict):
         for name, value in options.items():
-            if holds_secret(json.dumps(value, ensure_ascii=False), api_key):
+            if _holds_key(value, api_key):
                 options[name] = KEY_HELD_BACK
+
+
+def _holds_key(value: Any, api_key: str) -> bool:
+    """Whether an option's ``value`` (text, a number, or a list or table of them) holds
+    ``api_key``, each text as it is (as JSON, a key with a quote or a backslash in it was
+    escaped, not found, and kept)."""
+    if isinstance(value, dict):
+        return any(_holds_key(v, api_key) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_key(v, api_key) for v in value)
+    return holds_secret(value if isinstance(value, str) else str(value), api_key)
 
 
 def _settings_without_key(value: Any, api_key: str | None) -> Any:

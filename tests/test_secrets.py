@@ -858,3 +858,17 @@ def test_a_key_written_in_the_request_settings_is_not_kept_in_job_json(
     assert meta["request"]["extra"] == {"extra_headers": {"Authorization": "Bearer [redacted]"}}
     assert leaks_in_text(said.out, said.err) == []
     assert leaks_in_files(tmp_path, skip=(".env", "job.toml")) == []
+
+
+def test_an_option_holding_a_key_with_a_quote_or_a_backslash_is_held_back() -> None:
+    """job.json's copy of the options is searched for the key in each text as it is: as
+    JSON, an odd key's quote and backslash were escaped, it was not found and kept."""
+    from batchrunner.runner import _without_key
+
+    command: dict[str, Any] = {"options": {
+        "prompt": f"Say {{text}} {ODD_KEY}", "from_column": [f"user={ODD_KEY}"],
+        "model": "gpt-4o-mini", "max_tokens": 40}}
+    _without_key(command, ODD_KEY)
+    held = "<not kept: it holds the API key>"
+    assert command["options"] == {"prompt": held, "from_column": held,
+                                  "model": "gpt-4o-mini", "max_tokens": 40}
