@@ -698,7 +698,7 @@ _FRAGMENT = 8
 # A secret this long is taken out wherever it stands; a shorter one (a placeholder key such as
 # "x" for a local server, a proxy password) only where it stands alone, not inside a longer
 # word: redacting "x" everywhere would turn "proxy" into "pro[redacted]y".
-_LONG_SECRET = 16
+LONG_SECRET = 16
 
 
 def _written_forms(secret: str) -> set[str]:
@@ -726,12 +726,12 @@ def _encoded_forms(secret: str) -> set[str]:
 def _long_secrets_pattern(secrets: Iterable[str], header: str | None = None
                           ) -> re.Pattern[str] | None:
     """The secrets in every form a server may echo them in (written as they are or escaped,
-    base64-encoded) that is _LONG_SECRET characters or more, in upper or lower case too (a
+    base64-encoded) that is LONG_SECRET characters or more, in upper or lower case too (a
     shorter key's base64, "dG9rZW4tYWJjMTIz", is as plain a copy of it); and the ``header``
     that carries the key, base64-encoded whole (else its first characters, "Bearer s", would
     stay; a short key's, "QmVhcmVyIEVNUFRZ" for "Bearer EMPTY", is that header too)."""
     forms = {f for s in secrets for f in (*_written_forms(s), *_encoded_forms(s))
-             if len(f) >= _LONG_SECRET}
+             if len(f) >= LONG_SECRET}
     if header is not None:
         whole = base64.b64encode(header.encode()).decode()
         forms |= {whole, whole.replace("+", "-").replace("/", "_")}
@@ -756,7 +756,7 @@ def holds_secret(text: str, secret: str) -> bool:
     """Whether ``text`` holds ``secret`` as the client's redaction finds it: a long one
     anywhere, a short one (a local server's stand-in key, "x" or "ollama") where it stands
     alone, not inside a longer word ("ollama_rows.csv")."""
-    if len(secret) >= _LONG_SECRET:
+    if len(secret) >= LONG_SECRET:
         return secret in text
     pattern = _secrets_pattern([secret])
     return pattern is not None and pattern.search(text) is not None
@@ -797,8 +797,8 @@ class ChatClient:
         self._proxy_url = proxy.url if proxy else None
         proxy_secrets = proxy.secrets if proxy else ()
         self._secrets = tuple(s for s in (api_key, *secrets, *proxy_secrets) if s)
-        self._short_secrets = _secrets_pattern(s for s in self._secrets if len(s) < _LONG_SECRET)
-        long = [s for s in self._secrets if len(s) >= _LONG_SECRET]
+        self._short_secrets = _secrets_pattern(s for s in self._secrets if len(s) < LONG_SECRET)
+        long = [s for s in self._secrets if len(s) >= LONG_SECRET]
         self._long_secrets = _long_secrets_pattern(
             self._secrets, f"Bearer {api_key}" if api_key else None)
         # The short secrets a header carries, where an answer repeats that header ("Bearer x",
@@ -806,7 +806,7 @@ class ChatClient:
         # word of the answer. The words that show a header, the secrets, and the pattern.
         headed = {word: secret for word, secret in (
             ("Bearer", api_key), ("Basic", proxy.credentials if proxy else None))
-            if secret and len(secret) < _LONG_SECRET}
+            if secret and len(secret) < LONG_SECRET}
         self._headed: tuple[tuple[str, ...], tuple[str, ...], re.Pattern[str]] | None = None
         if headed:
             self._headed = (

@@ -55,7 +55,7 @@ from batchrunner.arrow import (
     string_array,
     to_numpy,
 )
-from batchrunner.client import ChatClient, ChatResult, holds_secret
+from batchrunner.client import LONG_SECRET, ChatClient, ChatResult, holds_secret
 from batchrunner.config import (
     DEFAULT_API_KEY_ENV,
     KEY_VARIABLE_ENDINGS,
@@ -477,7 +477,7 @@ def _settings_without_key(value: Any, api_key: str | None) -> Any:
     ``[request.extra]`` say (an ``Authorization`` header in ``extra_headers``, as the OpenAI
     SDK takes it, or a gateway's body field), replaced by ``[redacted]``. A short one, a local
     server's stand-in ("x"), is a word of a prompt or a model's name: left."""
-    if not api_key or len(api_key) < _LONG_KEY:
+    if not api_key or len(api_key) < LONG_SECRET:
         return value
     if isinstance(value, dict):
         return {k: _settings_without_key(v, api_key) for k, v in value.items()}
@@ -486,10 +486,6 @@ def _settings_without_key(value: Any, api_key: str | None) -> Any:
     if isinstance(value, str) and api_key in value:
         return value.replace(api_key, "[redacted]")
     return value
-
-
-# A key this long is a secret wherever it is written (the client's rule).
-_LONG_KEY = 16
 
 
 def _endpoints_path() -> str | None:
