@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import ipaddress
 import json
 import math
@@ -259,6 +260,13 @@ _OPENAI_REASONING = re.compile(r"(?:^|/)(?:o[134]|gpt-5)(?:[-.][a-z0-9.-]*)?$", 
 def openai_reasoning(model: str) -> bool:
     """Whether ``model`` names one of OpenAI's reasoning models (o-series, GPT-5)."""
     return _OPENAI_REASONING.search(model) is not None and "-chat" not in model.lower()
+
+
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """What job.json's ``request_fingerprint`` holds of a job's request ``settings``: a rerun
+    whose settings' differs from it is refused (the answers would mix)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
 
 
 def setting_change(name: str, was: Any, now: Any) -> str:

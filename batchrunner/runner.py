@@ -75,6 +75,7 @@ from batchrunner.config import (
     set_instead,
     set_instead_hint,
     setting_change,
+    settings_fingerprint,
 )
 from batchrunner.errors import (
     AllFailing,
@@ -431,10 +432,6 @@ class Plan:
         return f"row {key}" if self.key_column is not None else f"row {int(key) + 1:,}"
 
 
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _endpoint_id(url: str, model: str | None = None) -> str:
     """What job.json records of the endpoint that answered a run (``answered_endpoint``): a
     hash of its URL, which may hold a secret; with ``model``, of the URL and the model its
@@ -638,7 +635,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         "input_path": str(source.path),
         "input_fingerprint": fingerprint,
         "id_column": key_column,
-        "request_fingerprint": _fingerprint(request_settings),
+        "request_fingerprint": settings_fingerprint(request_settings),
         "request": request_settings,
         "total_rows": total,
         "output_format": job.output.format,

@@ -21,7 +21,13 @@ import pyarrow as pa
 from batchrunner import compute as pc
 from batchrunner import io
 from batchrunner.arrow import is_value, scalar, to_numpy
-from batchrunner.config import OVERRIDES, load_job, option_name, setting_change
+from batchrunner.config import (
+    OVERRIDES,
+    load_job,
+    option_name,
+    setting_change,
+    settings_fingerprint,
+)
 from batchrunner.errors import JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
@@ -268,8 +274,10 @@ def _changed_since(meta: dict[str, Any]) -> list[str]:
     if any(v == KEY_HELD_BACK for v in options.values()):
         return []
     try:
-        now = json.loads(json.dumps(load_job(job_file, options).request.settings(),
-                                    default=str))  # as job.json holds them
+        settings = load_job(job_file, options).request.settings()
+        if settings_fingerprint(settings) == meta.get("request_fingerprint"):
+            return []  # as a run finds them (job.json's may have a key [redacted] in them)
+        now = json.loads(json.dumps(settings, default=str))  # as job.json holds them
     except (UsageError, OSError, ValueError, TypeError):
         return []
     return [setting_change(k, before.get(k), now.get(k))

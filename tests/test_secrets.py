@@ -31,6 +31,7 @@ from batchrunner import progress
 from batchrunner.cli import main
 from batchrunner.runner import endpoint_warnings
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
+from batchrunner.status import format_status
 
 KEY = "sk-test-SECRET-5f3a9c"
 NEEDLES = (KEY, f"Bearer {KEY}", "SECRET-5f3a9c")
@@ -851,6 +852,8 @@ def test_a_key_written_in_the_request_settings_is_not_kept_in_job_json(
                        f'extra_headers = {{ Authorization = "Bearer {KEY}" }}\n'
                        f'[endpoint]\nbase_url = "{sim.base_url}"\n[output]\ndir = "out"\n')
         assert main(["run", str(job), "--limit", "2", "--progress", "none"]) == 0
+        # status, which compares the job file with job.json's settings, finds none changed
+        assert "changed since" not in format_status(tmp_path / "out")
         assert main(["run", str(job), "--progress", "none"]) == 0  # the same settings
     said = capsys.readouterr()
     assert "changed" not in said.err, said.err
