@@ -390,8 +390,8 @@ def test_sighup_of_a_closed_terminal_stops_the_run_as_sigterm_does(tmp_path: Pat
         args = run_args(inp, sim.base_url, out, "--concurrency", "8", "--progress", "bar")
         terminal, side = os.openpty()
         try:
-            proc = subprocess.Popen(plain_cmd(args), env=child_env(), stdin=subprocess.DEVNULL,
-                                    stdout=side, stderr=side)
+            proc = subprocess.Popen(hangup_cmd(args), env=child_env(),
+                                    stdin=subprocess.DEVNULL, stdout=side, stderr=side)
         finally:
             os.close(side)
 
@@ -428,7 +428,7 @@ def test_sighup_with_sigterm_still_lets_the_requests_in_flight_finish(
     inp = make_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out"
     with SimulatorThread(SimulatorConfig(latency_ms=200, jitter_ms=50)) as sim:
-        proc = subprocess.Popen(plain_cmd(run_args(inp, sim.base_url, out, "--concurrency", "8")),
+        proc = subprocess.Popen(hangup_cmd(run_args(inp, sim.base_url, out, "--concurrency", "8")),
                                 env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         with reaped(proc):
@@ -758,6 +758,18 @@ def limited_cmd(limit: int, args: list[str]) -> list[str]:
 
 def plain_cmd(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "batchrunner", *args]
+
+
+def hangup_cmd(args: list[str]) -> list[str]:
+    """``batchrunner`` with SIGHUP at its default, whatever the test's own process has: a child
+    inherits an ignored SIGHUP (the suite started under nohup, or by a runner that ignores it),
+    and the run keeps an ignored SIGHUP ignored, so a test of what SIGHUP does would not send
+    one the run sees."""
+    code = ("import signal, sys\n"
+            "signal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+            "from batchrunner.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    return [sys.executable, "-c", code, *args]
 
 
 def test_disk_full_while_journaling(tmp_path: Path) -> None:
