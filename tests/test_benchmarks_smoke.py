@@ -44,6 +44,7 @@ SMOKE_GROUPS = (
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses os.wait4 and /proc")
 @pytest.mark.timeout(200)  # the processes' own 180 s, not the suite's 120 s, bound it
+@pytest.mark.paced  # three processes of its own, pacing against the clock
 def test_bench_pacing_smoke() -> None:
     assert sorted(n for group in SMOKE_GROUPS for n in group) == sorted(SCENARIOS)
     procs = [subprocess.Popen(

@@ -133,6 +133,7 @@ def shared_limit(per_minute: float, lagging: str, lag_s: float) -> Any:
 
 
 @pytest.mark.anyio
+@pytest.mark.paced
 async def test_models_split_by_a_lagging_report_of_a_shared_limit_are_paced_as_one_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two models sharing the key's one limit (3,000 a minute), the answers for one saying
@@ -155,6 +156,7 @@ async def test_models_split_by_a_lagging_report_of_a_shared_limit_are_paced_as_o
 
 
 @pytest.mark.anyio
+@pytest.mark.paced
 async def test_a_limit_raised_mid_run_is_followed(tmp_path: Path) -> None:
     """A server that allows 60 requests a minute (from a bucket of a second's worth) for its
     first 4 answers, then 6,000 (the key's tier raised), saying so in OpenAI's headers: the
@@ -251,6 +253,7 @@ def random_429s(share: float = 0.02, seed: int = 7
 
 
 @pytest.mark.anyio
+@pytest.mark.paced
 async def test_a_storm_behind_a_limit_no_header_reports_teaches_a_pace(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gateway allowing 600 requests a minute (from a bucket of a second's worth) in front of
@@ -312,6 +315,7 @@ def test_a_pace_learnt_from_429s_is_raised_slowly_and_gives_way_to_a_rate_said()
 
 
 @pytest.mark.anyio
+@pytest.mark.paced
 async def test_random_429s_teach_no_pace(tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """2 % of the answers 429 with a retry-after of 0, at random, from a server with no limit
@@ -561,6 +565,7 @@ def test_a_429_asking_a_long_pause_at_a_learnt_pace_sets_it_back_and_holds_it(
 
 
 @pytest.mark.anyio
+@pytest.mark.paced
 async def test_a_model_behind_a_hidden_limit_in_a_split_job_learns_a_pace(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A job asking three models: two report limits of their own (so each is paced by its own
@@ -652,6 +657,7 @@ def test_prompts_longer_than_estimated_are_charged_as_long_after_a_few_replies()
 
 
 @pytest.mark.anyio
+@pytest.mark.paced
 async def test_a_hidden_limit_raised_mid_run_is_followed_after_the_hold_not_before(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A gateway whose 429s ask a fixed 3 s (over PAUSE_PACED_S) in front of a limit of 10

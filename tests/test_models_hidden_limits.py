@@ -20,7 +20,8 @@ from batchrunner.runner import _Run
 from tests.test_limits_real import learnt_paces, random_429s
 from tests.test_ratelimit_headers import Counted, completion, per_model_limits, run_against
 
-pytestmark = pytest.mark.usefixtures("job_env")  # a key in the environment, tmp_path as cwd
+# A key in the environment, tmp_path as cwd; paced: each checks a pace against the clock.
+pytestmark = [pytest.mark.usefixtures("job_env"), pytest.mark.paced]
 
 KEY = "sk-test-models-hidden-0123456789"
 
