@@ -1237,15 +1237,21 @@ def test_retry_failed_after_a_killed_changed_rows_rerun_is_not_stopped_by_its_re
         code, _, err = cli(capsys, *args, "--concurrency", "4")
         assert code == 0, err
         make_csv(inp, n + new, {**changes, **{n + i: " [[sim:hang]]" for i in range(new)}})
+        # The rerun's segments are those the first run did not leave: by name they may sort
+        # before the first run's (a run's id starts with the second it started in).
+        first = set(Journal(out).segments())
         with cli_process(tmp_path, [*args, "--concurrency", "1"]) as (proc, err_path, _):
             deadline = time.monotonic() + 60
+            failed = 0
             while time.monotonic() < deadline and proc.poll() is None:
-                records = [pq.read_table(seg, columns=["status"])["status"].to_pylist()
-                           for seg in Journal(out).segments()[1:]]  # the rerun's
-                if sum(r.count("failed") for r in records) == refused:
+                failed = sum(pq.read_table(seg, columns=["status"])["status"].to_pylist()
+                             .count("failed") for seg in Journal(out).segments()
+                             if seg not in first)
+                if failed == refused:
                     break
                 time.sleep(0.05)
             assert proc.poll() is None, err_path.read_text()
+            assert failed == refused, f"the rerun journaled {failed} failures"
             proc.kill()
             proc.wait()
         make_csv(inp, n + new, changes)  # the new rows answer now
