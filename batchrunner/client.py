@@ -183,13 +183,20 @@ class _Parts:
         self.annotations: list[Any] | None = None
         self.logprobs: list[Any] | None = None  # the tokens' log probabilities, in order
 
-    def add_logprobs(self, logprobs: Any) -> None:
-        """A chunk's ``logprobs``: its tokens' entries (``content``) follow those before."""
+    def add_logprobs(self, logprobs: Any, whole_so_far: bool = False) -> None:
+        """A chunk's ``logprobs``: its tokens' entries (``content``) follow those before. With
+        ``whole_so_far`` (Qwen's ``incremental_output`` false), entries that repeat those so far
+        (as many or more, the first and the last so far the same) replace them, as the
+        chunk's text replaces the text before it; others (a server that sends only the new
+        tokens' all the same) follow them."""
         tokens = _token_logprobs(logprobs)
         if tokens is not None:
-            if self.logprobs is None:
-                self.logprobs = []
-            self.logprobs.extend(tokens)
+            held = self.logprobs
+            if held is None or (whole_so_far and len(tokens) >= len(held)
+                                and tokens[0] == held[0] and tokens[len(held) - 1] == held[-1]):
+                self.logprobs = list(tokens)
+            else:
+                held.extend(tokens)
 
     def add_calls(self, deltas: list[Any]) -> None:
         calls = self.calls
@@ -570,7 +577,7 @@ class StreamAssembler:
             if choice.get("finish_reason"):
                 parts.finish_reason = _finish_reason(choice["finish_reason"])
             if choice.get("logprobs"):  # asked for: with the tokens of the chunk's delta
-                parts.add_logprobs(choice["logprobs"])
+                parts.add_logprobs(choice["logprobs"], self.whole_so_far)
 
     def _field(self, line: bytes) -> None:
         """A line that is neither ``data:`` nor blank: an event's name, an ``error:`` field

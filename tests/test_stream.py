@@ -1214,6 +1214,41 @@ async def test_a_stream_that_ignores_incremental_output_false_is_read_in_linear_
     assert joins < 100  # not one a chunk (3,000)
 
 
+def _token(word: str, logprob: float) -> dict[str, Any]:
+    return {"token": word, "logprob": logprob, "bytes": list(word.encode()), "top_logprobs": []}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("repeats", [True, False], ids=["all-so-far", "new-only"])
+async def test_logprobs_of_a_qwen_stream_that_repeats_them_so_far_are_counted_once(
+        job_env: str, repeats: bool) -> None:
+    """Qwen's ``incremental_output`` false repeats the whole text so far in each chunk, and a
+    server that repeats the tokens' logprobs so far beside it had each chunk's appended: a
+    20-token answer recorded 210 entries (its memory growing with the square of the answer).
+    Entries that repeat those so far replace them, as the text does; a server that sends only
+    the new tokens' beside the whole text has them follow one another, as before."""
+    words = [f"w{i} " for i in range(20)]
+    tokens = [_token(w, -0.01 * (i + 1)) for i, w in enumerate(words)]
+    events = []
+    for i in range(len(words)):
+        lp = tokens[:i + 1] if repeats else tokens[i:i + 1]
+        event = stream_chunk("".join(words[:i + 1]), "stop" if i == len(words) - 1 else None)
+        event["choices"][0]["logprobs"] = {"content": lp}
+        events.append(sse(event))
+
+    async def whole_so_far(srv: FaultServer, request: web.BaseRequest,
+                           body: dict[str, Any]) -> web.StreamResponse:
+        return await stream_reply(request, *events, USAGE_CHUNK, b"data: [DONE]\n\n")
+
+    body = {**STREAM_BODY, "logprobs": True, "parameters": {"incremental_output": False}}
+    with anyio.fail_after(20):
+        async with FaultServer(whole_so_far) as srv, ChatClient(
+                srv.base_url, job_env, timeout_s=5, connections=1) as client:
+            res = await client.complete(body)
+    assert res.content == "".join(words)
+    assert res.logprobs is not None and json.loads(res.logprobs) == tokens
+
+
 @pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
 @pytest.mark.parametrize("gateway", ["finishes", "never-finishes"])
