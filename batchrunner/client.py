@@ -60,6 +60,13 @@ _SCAN = 16384  # bytes of an error body read for its message
 # (a quarter of the request's timeout at most, so that it ends first). A usage chunk asked for
 # is waited for as the next chunk of an answer is (see ``ChatClient.complete``).
 _AFTER_FINISH_S = 2.0
+# Seconds a finished stream is read on for the usage chunk asked for (stream_options), or this
+# many times the longest gap between the stream's chunks where longer (a slow upstream's), its
+# timeout at most: OpenAI and vLLM send it right after the finish, a gateway a moment later; a
+# server that never sends it (it ignores stream_options) and holds the stream open costs this
+# once, not the whole timeout (see ``ChatClient._usage_held``).
+_USAGE_WAIT_S = 2.0
+_USAGE_GAPS_X = 4.0
 # Seconds a finished stream is read on for its [DONE] once a stream was held open without one
 # (``ChatClient._held_open``): a server that holds them all open costs this a stream, one that
 # held one open has the [DONE] of the next read and its connection kept.
@@ -1079,22 +1086,26 @@ class ChatClient:
                     cap = sent + _stream_cap(body, limit, choices)
                     deadlines[task] = now + limit if now + limit < cap else cap
                     finished_by = math.inf  # when what may follow the answer is read until
+                    last = math.inf  # when the last chunk came (none yet)
+                    gap = 0.0  # the longest wait between two of its chunks
                     try:
                         while True:
                             if stream.ended(choices):
                                 # The answer is whole (or an error came). The usage chunk
                                 # asked for may come late (a gateway in front of a slow
-                                # upstream): it is waited for as the next chunk of an answer
-                                # is, for the timeout from the finish, pings not counting.
-                                # The rest ([DONE]) comes at once: a server that holds the
-                                # stream open without it is not waited for until the timeout
-                                # (and the answer paid for again), nor is one that sends
-                                # keep-alive comments on: after_finish in all.
+                                # upstream): it is waited for _USAGE_WAIT_S from the finish,
+                                # or _USAGE_GAPS_X times the longest gap between the stream's
+                                # chunks, the timeout at most, pings not counting. The rest
+                                # ([DONE]) comes at once: a server that holds the stream open
+                                # without it is not waited for until the timeout (and the
+                                # answer paid for again), nor is one that sends keep-alive
+                                # comments on: after_finish in all.
                                 if finished_by == math.inf:
                                     usage_due = (usage_asked and stream.usage is None
                                                  and stream.error is None)
                                     finished_by = loop.time() + (
-                                        limit if usage_due else after_finish)
+                                        min(limit, max(_USAGE_WAIT_S, _USAGE_GAPS_X * gap))
+                                        if usage_due else after_finish)
                                 elif usage_due and stream.usage is not None:
                                     usage_due = False
                                     finished_by = min(finished_by, after_finish + loop.time())
@@ -1118,6 +1129,9 @@ class ChatClient:
                                 break
                             now = time.monotonic()
                             deadlines[task] = now + limit if now + limit < cap else cap
+                            if now - last > gap:
+                                gap = now - last
+                            last = now
                             stream.feed_bytes(chunk)
                             if stream.done:
                                 self._held_open = False  # the server sends its [DONE]

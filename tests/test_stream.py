@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner import client as client_module
 from batchrunner.client import ChatClient, StreamAssembler
 from batchrunner.config import load_job
 from batchrunner.errors import TransportError
@@ -855,8 +856,8 @@ async def test_a_usage_chunk_that_comes_late_is_waited_for_as_a_chunk_is(job_env
     """OpenAI sends the usage chunk after the one with the finish_reason; a gateway in front of
     a slow upstream may send it seconds later. What followed a finished answer was read for
     2 s at most, so a later usage chunk was lost and the row's cost unknown. The usage chunk
-    is waited for as the next chunk of an answer is, for timeout_s (pings not counting); then
-    the [DONE] only for a moment. A server that holds a finished stream open without ever
+    is waited for (2 s, timeout_s at most; pings not counting); then the [DONE] only for a
+    moment. A server that holds a finished stream open without ever
     sending its usage costs that wait once: the client's later streams are read on for the
     moment only, losing a usage that would come later."""
     body = {**STREAM_BODY, "stream_options": {"include_usage": True}}
@@ -890,6 +891,42 @@ async def test_a_usage_chunk_that_comes_late_is_waited_for_as_a_chunk_is(job_env
     assert (late.content, late.finish_reason, late.total_tokens) == ("Echo: whole", "stop", 13)
     assert held_again.total_tokens is None and lost.total_tokens is None
     assert unasked.total_tokens is None  # not asked for: not waited for
+
+
+@pytest.mark.anyio
+async def test_a_usage_chunk_is_waited_for_as_long_as_the_stream_s_chunks_took_not_the_timeout(
+        job_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usage chunk asked for was waited for the whole timeout_s after the finish: a server
+    that holds its finished streams open without one cost each run's first wave that long (16
+    rows at once took 6.0 s at timeout_s = 6). It is waited for a moment (``_USAGE_WAIT_S``,
+    made short here), or four times the longest gap between the stream's chunks where longer:
+    a slow upstream's usage, 1 s after the finish of chunks 0.4 s apart, is read; a fast
+    stream's is not waited for that long."""
+    monkeypatch.setattr(client_module, "_USAGE_WAIT_S", 0.3)
+    body = {**STREAM_BODY, "stream_options": {"include_usage": True}}
+
+    async def usage_late(srv: FaultServer, request: web.BaseRequest,
+                         body: dict[str, Any]) -> web.StreamResponse:
+        slow = srv.requests == 1
+        response = await stream_reply(request, FINISHED[0], hold=True)
+        for part in (sse(stream_chunk("who")), sse(stream_chunk("le", "stop"))):
+            if slow:
+                await anyio.sleep(0.4)
+            await response.write(part)
+        with anyio.move_on_after(1.0):
+            await srv.closing.wait()
+        with contextlib.suppress(ConnectionResetError):  # the client may have gone
+            await response.write(USAGE_CHUNK + b"data: [DONE]\n\n")
+            await response.write_eof()
+        return response
+
+    with anyio.fail_after(20):
+        async with FaultServer(usage_late) as srv, ChatClient(srv.base_url, job_env, timeout_s=6,
+                                                              connections=2) as client:
+            slow = await client.complete(body)
+            fast = await client.complete(body)
+    assert (slow.content, slow.finish_reason, slow.total_tokens) == ("Echo: whole", "stop", 13)
+    assert (fast.content, fast.finish_reason, fast.total_tokens) == ("Echo: whole", "stop", None)
 
 
 @pytest.mark.anyio
