@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from batchrunner import compute as pc
 from batchrunner import io
+from batchrunner import limiter as limiter_module
 from batchrunner.arrow import (
     int64_array,
     prompt_text,
@@ -1683,6 +1684,12 @@ class _Run:
         # limits are each model's own, and ``split`` holds a limiter for each (``_observe``).
         self.model_limits: dict[str, tuple[float | None, float | None]] = {}
         self.split: dict[str, Limiter] | None = None
+        # Split by the limits reported: each model's latest report, the limits the job's
+        # limiter paces every model at together while those agree (``_share``), and since
+        # when they have not agreed (inf: they do, or no such pace is held).
+        self.reports: dict[str, tuple[float | None, float | None]] = {}
+        self.shared: tuple[float | None, float | None] | None = None
+        self.differ_since = math.inf
         # Where no answer reports a limit, from the first 429 on: each model's requests answered
         # (ok or 429) and answered 429, sampled by a limiter of its own (``_split_by_429s``),
         # which paces nothing until a storm of one model's 429s, beside another's answered,
@@ -2742,6 +2749,8 @@ class _Run:
                 f"in {format_span(wait_s)}: rerun then to resume"))
             return
         if self.split is not None:
+            if self.reports and (limits := reported_limits(headers)) is not None:
+                self._share(item.model, limits)
             return
         if self.models_vary and (limits := reported_limits(headers)) is not None:
             model = item.model
@@ -2761,12 +2770,45 @@ class _Run:
         rates the job set (a pause it holds runs out)."""
         self.split = {} if limiters is None else limiters
         self.probes = None
+        self.reports = dict(self.model_limits)  # split by them: empty, split by 429s
+        self.shared, self.differ_since = None, math.inf
         for model, limits in self.model_limits.items():
             # Learnt, not set: a limit its answers raise later is followed.
             limiter = self.split[model] = Limiter(None, None, burst=False)
             limiter.learn(*limits)
         self.limiter.unlearn()
         self.parking = True
+
+    def _share(self, model: str, limits: tuple[float | None, float | None]) -> None:
+        """Split by the limits its models' answers reported, ``model``'s latest answer said
+        ``limits``: while every model's latest says the same, the job's limiter paces them all
+        together at them (within the job's own), as before the split, each model's own limiter
+        pacing it too; the models' limiters agree only a while later (a higher limit is
+        followed once said for RAISE_AFTER_S), and the job is one again (``_merge``). Once
+        the latest reports have not agreed for RAISE_AFTER_S, the job's limiter is back to the
+        job's rates: reports that differ now and then (servers behind one address) keep the
+        pace for all. A gateway whose answers for one of two models sharing 1,200 a minute
+        said 600 for their first second paced each model at its own, together over the limit,
+        until the merge (600 rows: 80 429s; 22 now)."""
+        reports = self.reports
+        before = reports.get(model)
+        reports[model] = limits
+        if before == limits and self.shared is None:
+            return  # what it said before, with no pace for all: nothing changes
+        split = self.split
+        assert split is not None
+        agreed = all((said := reports.get(other)) is not None and not _differ(said, limits)
+                     for other in split)
+        if agreed:
+            self.shared, self.differ_since = limits, math.inf
+            self.limiter.relearn(*limits)  # a higher one once said for RAISE_AFTER_S
+        elif self.shared is not None:
+            now = time.monotonic()
+            if self.differ_since == math.inf:
+                self.differ_since = now
+            elif now - self.differ_since >= limiter_module.RAISE_AFTER_S:
+                self.shared, self.differ_since = None, math.inf
+                self.limiter.unlearn()
 
     def _merge(self) -> bool:
         """A job split by the limits its models' answers reported: one pace for all again
@@ -2794,6 +2836,7 @@ class _Run:
                         return False
         requests, tokens = said
         self.split = None
+        self.reports, self.shared, self.differ_since = {}, None, math.inf
         self.parking = False
         self.model_limits = {model: (limiter.requests_per_minute, limiter.tokens_per_minute)
                              for model, limiter in split.items()}
