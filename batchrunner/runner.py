@@ -2130,7 +2130,12 @@ class _Run:
             self._finished_one()
         else:
             self.retries.append(item)
-            self._wake_workers()
+            # One worker sends it: each retry due woke every idle worker, all but one to find
+            # nothing to do; with none idle, the keeper (a busy worker takes it otherwise).
+            if self.idle:
+                self._wake_one()
+            elif self.keeper is not None:
+                self.keeper.set()
 
     def _tokens(self, item: _Work) -> tuple[int, int]:
         """The request's estimated prompt tokens, and its completion tokens at most: its

@@ -735,6 +735,36 @@ async def test_the_first_answer_after_an_outage_wakes_the_rows_waiting_it_out(
     assert list(run.retries) == [item] and run.counts.retrying == 0
 
 
+@pytest.mark.anyio
+async def test_a_retry_coming_due_wakes_one_idle_worker(tmp_path: Path) -> None:
+    """A retry due is work for one worker: each woke every idle worker, all but one to find
+    nothing to do and sleep again. With no worker idle, the keeper of the parked rows' time
+    is woken to send it."""
+    from batchrunner.limiter import Limiter
+    from batchrunner.progress import NullProgress
+    from batchrunner.runner import _Run, _Work
+
+    inp = make_csv(tmp_path / "in.csv", ["row 0"])
+    run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
+               None, Limiter(None, None), NullProgress(), None,  # no client: not sent
+               max_concurrency=8, fixed_concurrency=True)
+    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
+    run.outstanding = run.counts.retrying = 1  # as the worker leaves it (_Run._work)
+    idle = [anyio.Event() for _ in range(7)]
+    run.idle.extend(idle)
+    run.keeper = keeper = anyio.Event()
+    with anyio.fail_after(RUN_LIMIT_S):
+        await run._requeue(item, 0.0)
+    assert list(run.retries) == [item] and run.counts.retrying == 0
+    assert [wake.is_set() for wake in idle] == [True] + [False] * 6
+    assert not keeper.is_set()
+    run.idle.clear()
+    run.counts.retrying = 1
+    with anyio.fail_after(RUN_LIMIT_S):
+        await run._requeue(item, 0.0)
+    assert keeper.is_set()
+
+
 async def gateway_outage(tmp_path: Path, n: int, down_s: float, outage_s: float,
                          texts: list[str] | None = None) -> tuple[RunSummary, FaultServer]:
     """A job behind a gateway whose server goes away after 100 requests: for ``down_s`` every
