@@ -373,6 +373,7 @@ class Limiter:
         server reports are each model's own, paced by limiters of their own (the runner's
         ``_split``)."""
         self.adaptive = False
+        self._samples.clear()  # a storm of the models' 429s drawn together is measured anew
         requests, tokens = self._configured
         # The requests waiting in a bucket go on at the job's rate, or at once where it sets
         # none: a bucket dropped from under them kept them at the rate learnt, in a job whose
@@ -596,15 +597,17 @@ class Limiter:
                 self.tokens_per_minute, self._tokens = None, None
         return True
 
-    def sample(self, now: float, sent: int, refused: int) -> bool:
+    def sample(self, now: float, sent: int, refused: int, *, split: bool = False) -> bool:
         """The run's requests ``sent`` so far and those of them ``refused`` (answered 429), at
         ``now``: while no request rate is known (none set, none reported), a storm of 429s
         paces requests a little under the rate they were accepted at over the last few
         seconds (or lower a pace so learnt), where each 429's pause ended with every request
         waiting sent at once; the pace is raised slowly while no 429 comes. Counts taken a
         few times a second, not a time for each answer: nothing on a request's way. True
-        when a storm set the pace (learnt or lowered) now."""
-        if not self.adaptive or self._requests is not None:
+        when a storm set the pace (learnt or lowered) now. ``split``: a job's limiter that
+        learns no more from headers (``unlearn``), sampled with the 429s its models drew
+        together, learns from them all the same."""
+        if not (self.adaptive or split) or self._requests is not None:
             return False
         samples = self._samples
         paused = self._held_total(now)

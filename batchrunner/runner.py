@@ -205,6 +205,11 @@ PARKED_MAX_ROWS = 1_000
 # until there is work; this is the least it sleeps, so a permit said to be due that is not there
 # yet (a rounding) never makes it loop.
 PARKED_RECHECK_S = 0.001
+# A job split by its models' reported limits: a 429 within this long of another model's is one
+# the models drew together, each paced under its own limit (a limit they share: a gateway that
+# says a limit per model and enforces the key's); a storm of such 429s teaches the job's limiter
+# a pace for all (_sample_pace).
+TOGETHER_S = 1.0
 # A row whose request timed out is given timeout_s × 1.5 on its next attempt, × 2.25 on the one
 # after, and so on up to × 3: a long answer (a thinking model's) gets the time it needs, where
 # the same timeout would cut it off, and bill it, on every attempt.
@@ -1690,6 +1695,10 @@ class _Run:
         self.reports: dict[str, tuple[float | None, float | None]] = {}
         self.shared: tuple[float | None, float | None] | None = None
         self.differ_since = math.inf
+        # Split by the limits reported: when each model was last answered 429, and the run's
+        # 429s so far, counting after the split only those drawn together (TOGETHER_S).
+        self.refused_at: dict[str, float] = {}
+        self.refused_together = self.together_from = 0
         # Where no answer reports a limit, from the first 429 on: each model's requests answered
         # (ok or 429) and answered 429, sampled by a limiter of its own (``_split_by_429s``),
         # which paces nothing until a storm of one model's 429s, beside another's answered,
@@ -2340,6 +2349,8 @@ class _Run:
                         own = self._model_limiter(item)
                         own.requests_sent += 1
                         own.requests_refused += 1
+                        if self.reports:
+                            self._refused_together(item.model)
                         if not own.paces:  # a limit no header says: a storm to learn from
                             self.parking = False
                     elif self.models_vary and not self.model_limits:
@@ -2777,6 +2788,8 @@ class _Run:
         self.probes = None
         self.reports = dict(self.model_limits)  # split by them: empty, split by 429s
         self.shared, self.differ_since = None, math.inf
+        self.refused_at = {}
+        self.refused_together = self.together_from = self.counters["http_429"]
         for model, limits in self.model_limits.items():
             # Learnt, not set: a limit its answers raise later is followed.
             limiter = self.split[model] = Limiter(None, None, burst=False)
@@ -2814,6 +2827,15 @@ class _Run:
             elif now - self.differ_since >= limiter_module.RAISE_AFTER_S:
                 self.shared, self.differ_since = None, math.inf
                 self.limiter.unlearn()
+
+    def _refused_together(self, model: str) -> None:
+        """Split by the limits reported, a request of ``model`` was answered 429: counted as
+        drawn together when another model's was within TOGETHER_S."""
+        now = time.monotonic()
+        if any(now - at <= TOGETHER_S for other, at in self.refused_at.items()
+               if other != model):
+            self.refused_together += 1
+        self.refused_at[model] = now
 
     def _merge(self) -> bool:
         """A job split by the limits its models' answers reported: one pace for all again
@@ -3227,6 +3249,15 @@ class _Run:
                 limiter.sample(now, limiter.requests_sent, limiter.requests_refused)
                 if limiter.requests_per_minute != pace and self.parked_rows:
                     self._time_permits()  # a pace raised (or set) may let a row out sooner
+            if self.reports and self.refused_together > self.together_from:
+                # The 429s two models drew together, each paced under the limit its answers
+                # report, are a limit they share: a storm of them teaches the job's limiter a
+                # pace for all (a gateway saying 1,000 a minute for one model and 800 for
+                # another, and enforcing 1,200 for the key, paced them at 1,800 together).
+                # Sampled from the first such 429 on: the seconds before, under the limit's
+                # burst, set a pace over it.
+                self.limiter.sample(now, self.counters["sent"], self.refused_together,
+                                    split=True)
             if self.model_limits and self._merge():
                 return
         answered, split = self.answered_models, self.split

@@ -93,7 +93,8 @@ Cached tokens
 
 Rate limits (per API key, like OpenAI's)
     Two buckets, requests (``rpm``) and tokens (``tpm``), each holding up to its per-minute limit
-    and refilling continuously at limit/60 per second. A request is charged 1 request and
+    (``limit_burst_s`` seconds of it instead, when set) and refilling continuously at limit/60
+    per second. A request is charged 1 request and
     ``prompt_tokens + (max_completion_tokens or max_tokens or default_max_tokens or the reply's
     own length) × n`` tokens when it is admitted; a refused request is not charged. Responses
     past the limiter carry ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` (durations
@@ -104,7 +105,9 @@ Rate limits (per API key, like OpenAI's)
     set; neither with ``limit_retry_after`` off, as some gateways answer). Keys in
     ``quota_exhausted_keys`` (or every key with ``quota_exhausted``) get 429
     ``insufficient_quota``. A model in ``model_rpm`` has buckets of its own, its requests
-    limited to its rate (as OpenAI limits each model), its tokens to ``tpm``.
+    limited to its rate (as OpenAI limits each model), its tokens to ``tpm``. A model in
+    ``said_model_rpm`` draws on the key's buckets while its answers say that requests limit (a
+    gateway that reports a limit per model and enforces one for the key).
 
 A server of one's own (``max_running``)
     A GPU server answers one batch of requests at a time (vLLM's ``--max-num-seqs``) and
@@ -471,6 +474,11 @@ class SimulatorConfig:
     fixed wait); None: the time until the bucket allows the request."""
     model_rpm: Mapping[str, int] = field(default_factory=dict)
     """Requests per minute per key for each of these models, in buckets of the model's own."""
+    said_model_rpm: Mapping[str, int] = field(default_factory=dict)
+    """The requests limit these models' answers say, where their requests draw on the key's
+    own ``rpm`` (a gateway that says a limit per model and enforces one for the key)."""
+    limit_burst_s: float = 60.0
+    """Seconds of its limit a rate-limit bucket holds, full at the start (a minute's)."""
     default_max_tokens: int | None = None
     """The max_tokens assumed when a request sets none (cut and rate-limit charge)."""
     reply_tokens: int | None = None
@@ -563,12 +571,16 @@ class SimulatorConfig:
                      "limit_headers", "limit_retry_after"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, "true or false", getattr(self, name))
-        if not isinstance(self.model_rpm, Mapping):
-            raise _bad("model_rpm", "a table of MODEL = N", self.model_rpm)
-        for model, rpm in self.model_rpm.items():
-            if not _is_int(rpm) or rpm < 1:
-                raise _bad(f"model_rpm.{model}", "a positive integer", rpm)
-        object.__setattr__(self, "model_rpm", MappingProxyType(dict(self.model_rpm)))
+        for name in ("model_rpm", "said_model_rpm"):
+            table = getattr(self, name)
+            if not isinstance(table, Mapping):
+                raise _bad(name, "a table of MODEL = N", table)
+            for model, rpm in table.items():
+                if not _is_int(rpm) or rpm < 1:
+                    raise _bad(f"{name}.{model}", "a positive integer", rpm)
+            object.__setattr__(self, name, MappingProxyType(dict(table)))
+        if not _is_number(self.limit_burst_s) or not 0.0 < self.limit_burst_s <= 3600.0:
+            raise _bad("limit_burst_s", "seconds between 0 and 3600", self.limit_burst_s)
         if not isinstance(self.faults, Mapping):
             raise _bad("faults", "a table of KIND = RATE", self.faults)
         faults: dict[str, float] = {}
@@ -632,13 +644,15 @@ def _is_number(value: object) -> bool:
 
 
 class _Bucket:
-    """A token bucket holding up to ``capacity`` and refilling at capacity/60 per second."""
+    """A token bucket of ``per_minute`` (its limit) holding up to ``capacity``, ``burst_s``
+    seconds of it (a minute's by default), and refilling at per_minute/60 per second."""
 
-    __slots__ = ("capacity", "level", "rate", "stamp")
+    __slots__ = ("capacity", "level", "limit", "rate", "stamp")
 
-    def __init__(self, per_minute: int, now: float) -> None:
-        self.capacity = float(per_minute)
+    def __init__(self, per_minute: int, now: float, burst_s: float = 60.0) -> None:
+        self.limit = per_minute
         self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_s)
         self.level = self.capacity
         self.stamp = now
 
@@ -654,7 +668,7 @@ class _Bucket:
         return max(0.0, (amount - self.level) / self.rate)
 
     def headers(self, suffix: str, out: dict[str, str]) -> None:
-        out["x-ratelimit-limit-" + suffix] = str(int(self.capacity))
+        out["x-ratelimit-limit-" + suffix] = str(self.limit)
         out["x-ratelimit-remaining-" + suffix] = str(int(self.level))
         out["x-ratelimit-reset-" + suffix] = format_duration(
             (self.capacity - self.level) / self.rate
@@ -1722,9 +1736,10 @@ class _Server:
         buckets = self.buckets.get(held)
         if buckets is None:
             rpm = config.rpm if rpm is None else rpm
+            burst = config.limit_burst_s
             buckets = (
-                _Bucket(rpm, now) if rpm is not None else None,
-                _Bucket(config.tpm, now) if config.tpm is not None else None,
+                _Bucket(rpm, now, burst) if rpm is not None else None,
+                _Bucket(config.tpm, now, burst) if config.tpm is not None else None,
             )
             self.buckets[held] = buckets
         requests, tokens = buckets
@@ -1749,6 +1764,8 @@ class _Server:
         if self.config.limit_headers:
             if requests is not None:
                 requests.headers("requests", headers)
+                if (said := config.said_model_rpm.get(req.model)) is not None:
+                    headers["x-ratelimit-limit-requests"] = str(said)
             if tokens is not None:
                 tokens.headers("tokens", headers)
         if refused is None:
@@ -1756,16 +1773,16 @@ class _Server:
         self.stats.limited(refused, now)
         if refused == "requests":
             assert requests is not None
-            limit = int(requests.capacity)
-            used = limit - int(requests.level)
+            limit = requests.limit
+            used = int(requests.capacity - requests.level)
             message = (
                 f"Rate limit reached for {req.model} on requests per min (RPM): Limit {limit}, "
                 f"Used {used}, Requested 1. Please try again in {format_duration(wait)}."
             )
         else:
             assert tokens is not None
-            limit = int(tokens.capacity)
-            used = limit - int(tokens.level)
+            limit = tokens.limit
+            used = int(tokens.capacity - tokens.level)
             if cost > tokens.capacity:
                 message = (
                     f"Request too large for {req.model} on tokens per min (TPM): Limit {limit}, "
