@@ -3006,6 +3006,16 @@ class _Run:
         self.limiter.refund(charge)
         if self.split is not None:
             self._model_limiter(item).refund(charge)
+            self._given_back(item)
+
+    def _given_back(self, item: _Work) -> None:
+        """Split, tokens were given back to ``item``'s model's limiter: its parked rows'
+        permit may be due sooner than the keeper sleeps (_time_permits), where it slept out
+        the time it was told."""
+        if self.keeper is not None and (queue := self.parked.get(item.model)):
+            assert self.split is not None
+            self._time_permits(time.monotonic() + self.split[item.model].ready_in(
+                self._charge(queue[0])))
 
     def _requests_per_second(self) -> float | None:
         """The pace requests go out at, if known, for sizing the concurrency: split, the
@@ -3096,6 +3106,8 @@ class _Run:
             own = self._model_limiter(item)
             own.settle(charge, used)
             own.requests_sent += 1  # answered (as its 429s are counted)
+            if used is not None and used < charge:
+                self._given_back(item)
         if res.prompt_tokens:
             if (n := self.learnt_prompts) < LEARN_OVER:
                 n = self.learnt_prompts = n + 1

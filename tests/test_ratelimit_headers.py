@@ -582,3 +582,25 @@ async def test_a_row_parked_again_then_sent_from_a_full_queue_is_no_longer_parke
     assert run._park(work("r2")) is answered_429  # the queue full: its oldest is sent
     assert not answered_429.parked
     assert run.parked_rows == 2
+
+
+@pytest.mark.anyio
+async def test_tokens_given_back_to_a_model_with_rows_parked_wake_the_keeper() -> None:
+    """A split job's rows parked for their model's tokens: the keeper sleeps until the
+    soonest is due. Tokens given back (a request refused before the server counted it, a
+    reply that used fewer than it was charged) make it due sooner: the keeper looks again,
+    where it slept out the time it was told."""
+    from batchrunner.runner import _Work
+
+    run = models_run()
+    run.split = {"a": Limiter(None, 600, burst=False)}  # 10 tokens a second, none there now
+    run.parking = True
+
+    def work(key: str) -> _Work:
+        return _Work(key=key, body={"model": "a"}, prompt_estimate=2, completion_max=2)
+
+    assert run._park(work("r1")) is None
+    keeper = run.keeper = anyio.Event()  # asleep until r1's tokens are due, or woken
+    run.keeper_due = time.monotonic() + run.split["a"].ready_in(run._charge(work("r1")))
+    run._refund(work("r0"), 10)  # its tokens back: r1's are there now
+    assert keeper.is_set()
