@@ -2141,7 +2141,10 @@ class _Run:
             self.retries.append(item)
             # One worker sends it: each retry due woke every idle worker, all but one to find
             # nothing to do; with none idle, the keeper (a busy worker takes it otherwise).
-            if self.idle:
+            # Over the target (the concurrency lowered), a worker woken ends instead: all are.
+            if self.workers > self.target_workers:
+                self._wake_workers()
+            elif self.idle:
                 self._wake_one()
             elif self.keeper is not None:
                 self.keeper.set()

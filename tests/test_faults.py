@@ -763,6 +763,15 @@ async def test_a_retry_coming_due_wakes_one_idle_worker(tmp_path: Path) -> None:
     with anyio.fail_after(RUN_LIMIT_S):
         await run._requeue(item, 0.0)
     assert keeper.is_set()
+    # Over the target (the concurrency lowered), a worker woken ends rather than send it:
+    # waking one alone left the retry with nobody to send it. Every idle worker is woken.
+    idle = [anyio.Event() for _ in range(3)]
+    run.idle.extend(idle)
+    run.workers, run.target_workers = 5, 2
+    run.counts.retrying = 1
+    with anyio.fail_after(RUN_LIMIT_S):
+        await run._requeue(item, 0.0)
+    assert all(wake.is_set() for wake in idle)
 
 
 async def gateway_outage(tmp_path: Path, n: int, down_s: float, outage_s: float,
