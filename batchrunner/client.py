@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import orjson
 
-from batchrunner.config import DEFAULT_PORTS, Proxy
+from batchrunner.config import DEFAULT_PORTS, LONG_SECRET, Proxy
 from batchrunner.errors import (
     AccountError,
     AuthError,
@@ -709,10 +709,6 @@ _SERVED_WAIT_S = 10.0
 # The shortest part of a long secret taken out of a library's message (its first characters,
 # "sk-proj-", say, are no secret).
 _FRAGMENT = 8
-# A secret this long is taken out wherever it stands; a shorter one (a placeholder key such as
-# "x" for a local server, a proxy password) only where it stands alone, not inside a longer
-# word: redacting "x" everywhere would turn "proxy" into "pro[redacted]y".
-LONG_SECRET = 16
 
 
 def _written_forms(secret: str) -> set[str]:

@@ -84,6 +84,7 @@ __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_OUTAGE_WAIT_S",
     "DEFAULT_TIMEOUT_S",
+    "LONG_SECRET",
     "EndpointConfig",
     "InputConfig",
     "JobConfig",
@@ -248,6 +249,12 @@ def option_name(override: str) -> str:
 
 
 _SHORT_SETTING = 40  # the longest value a changed setting is shown with (a model's name)
+# A secret this long is taken out wherever it stands; a shorter one (a placeholder key such as
+# "x" for a local server, a proxy password) only where it stands alone, not inside a longer
+# word: redacting "x" everywhere would turn "proxy" into "pro[redacted]y".
+LONG_SECRET = 16
+# What job.json holds in place of a key written in the request settings.
+_REDACTED = "[redacted]"
 
 
 # OpenAI's reasoning models, which refuse max_tokens ("Unsupported parameter: 'max_tokens' is
@@ -277,6 +284,26 @@ def setting_change(name: str, was: Any, now: Any) -> str:
              if v is None or isinstance(v, bool | int | float) or (
                  isinstance(v, str) and len(v) <= _SHORT_SETTING)]
     return f"{name}: {shown[0]} → {shown[1]}" if len(shown) == 2 else name
+
+
+def settings_changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The request settings that differ between job.json's ``before`` (those the rows done
+    were sent with) and ``now``, each as ``setting_change`` names it. A text job.json holds
+    with ``[redacted]`` for the key (written in ``[request.extra]``) is the same as one with a
+    key of LONG_SECRET characters or more in its place: it is not a change."""
+    return [setting_change(k, before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
+            if not _same_setting(before.get(k), now.get(k))]
+
+
+def _same_setting(was: Any, now: Any) -> bool:
+    if isinstance(was, dict) and isinstance(now, dict):
+        return was.keys() == now.keys() and all(_same_setting(was[k], now[k]) for k in was)
+    if isinstance(was, list) and isinstance(now, list):
+        return len(was) == len(now) and all(map(_same_setting, was, now))
+    if isinstance(was, str) and isinstance(now, str) and _REDACTED in was and was != now:
+        hidden = f".{{{LONG_SECRET},}}".join(map(re.escape, was.split(_REDACTED)))
+        return re.fullmatch(hidden, now, re.DOTALL) is not None
+    return bool(was == now)
 
 
 class _Fields:

@@ -56,10 +56,11 @@ from batchrunner.arrow import (
     string_array,
     to_numpy,
 )
-from batchrunner.client import LONG_SECRET, ChatClient, ChatResult, holds_secret
+from batchrunner.client import ChatClient, ChatResult, holds_secret
 from batchrunner.config import (
     DEFAULT_API_KEY_ENV,
     KEY_VARIABLE_ENDINGS,
+    LONG_SECRET,
     OUTPUT_FORMATS,
     OVERRIDES,
     URL_VARIABLE_ENDINGS,
@@ -75,7 +76,7 @@ from batchrunner.config import (
     proxy_for,
     set_instead,
     set_instead_hint,
-    setting_change,
+    settings_changed,
     settings_fingerprint,
 )
 from batchrunner.errors import (
@@ -1034,10 +1035,7 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
     forced or no row has an answer yet. ``to_send``: the rows this run would send."""
     if old.get("request_fingerprint") != new["request_fingerprint"]:
         before = old.get("request", {})
-        changed = [setting_change(k, before.get(k), new["request"].get(k)) for k in sorted(
-            k for k in set(before) | set(new["request"])
-            if before.get(k) != new["request"].get(k)
-        )]
+        changed = settings_changed(before, new["request"])
         if not any_ok:  # nothing answered yet (a wrong model, say): nothing to mix with
             warnings.append(f"request settings changed ({', '.join(changed)}); going on, as "
                             "no row has an answer made with the old ones")

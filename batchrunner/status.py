@@ -25,7 +25,7 @@ from batchrunner.config import (
     OVERRIDES,
     load_job,
     option_name,
-    setting_change,
+    settings_changed,
     settings_fingerprint,
 )
 from batchrunner.errors import JournalError, UsageError
@@ -280,8 +280,7 @@ def _changed_since(meta: dict[str, Any]) -> list[str]:
         now = json.loads(json.dumps(settings, default=str))  # as job.json holds them
     except (UsageError, OSError, ValueError, TypeError):
         return []
-    return [setting_change(k, before.get(k), now.get(k))
-            for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    return settings_changed(before, now)
 
 
 # What job.json keeps of an option whose value holds the API key (a URL's path, say).

@@ -854,6 +854,14 @@ def test_a_key_written_in_the_request_settings_is_not_kept_in_job_json(
         assert main(["run", str(job), "--limit", "2", "--progress", "none"]) == 0
         # status, which compares the job file with job.json's settings, finds none changed
         assert "changed since" not in format_status(tmp_path / "out")
+        # The model renamed in the job file: the refusal and status name it alone, not the
+        # [request.extra] whose key job.json has [redacted] (they named "extra" too).
+        job.write_text(job.read_text().replace("gpt-4o-mini", "gpt-4.1-mini"))
+        change = "(model: 'gpt-4o-mini' → 'gpt-4.1-mini')"
+        assert f"changed since the last run {change}" in format_status(tmp_path / "out")
+        assert main(["run", str(job), "--progress", "none"]) == 2
+        assert f"{tmp_path / 'out'} {change};" in capsys.readouterr().err
+        job.write_text(job.read_text().replace("gpt-4.1-mini", "gpt-4o-mini"))
         assert main(["run", str(job), "--progress", "none"]) == 0  # the same settings
     said = capsys.readouterr()
     assert "changed" not in said.err, said.err
