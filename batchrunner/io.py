@@ -117,8 +117,11 @@ _DIGITS_AS_ZERO: Final = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2D else 0x20
 #: A number of 20 digits or more, or a negative one of 19: an integer that may be past 64 bits
 #: (below -2**63, or 2**64 and above), which orjson reads as a float.
 _LONG_NUMBER: Final = b"0" * 20
-#: An exponent of three digits or more: the only way a JSON number passes a double's range.
-_HUGE_EXPONENT: Final = re.compile(rb"[eE][+-]?[0-9]{3}")
+#: How a JSON number passes a double's range (1.8e308), as orjson reads it: an exponent of
+#: three digits or more, or 309 digits or more (an integer's too: orjson reads one past 64 bits
+#: as a float).
+_HUGE_NUMBER: Final = re.compile(rb"[eE][+-]?[0-9]{3}|[0-9]{309}")
+_HUGE_DIGITS: Final = 309
 _MAX_DETAIL: Final = 160
 
 
@@ -1190,9 +1193,9 @@ def _places(what: str, numbers: list[int]) -> str:
 
 def _with_huge_numbers(line: bytes) -> Any | None:
     """The line's value where orjson refused it only for a number past a double's range
-    (``1e400``: JSON sets no limit), each such number kept as written, as a long integer is;
-    None where the line is not valid JSON for another reason."""
-    if not _HUGE_EXPONENT.search(line):
+    (``1e400``, 309 digits: JSON sets no limit), each such number kept as written, as a long
+    integer is (an integer as one); None where the line is not valid JSON for another reason."""
+    if not _HUGE_NUMBER.search(line):
         return None
     huge = []
 
@@ -1203,11 +1206,17 @@ def _with_huge_numbers(line: bytes) -> Any | None:
             return text
         return value
 
+    def long_int(text: str) -> int:
+        if len(text) >= _HUGE_DIGITS:
+            huge.append(text)
+        return int(text)  # past 4,300 digits, a ValueError: refused
+
     def refuse(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
     try:
-        value = json.loads(line, parse_float=finite_or_text, parse_constant=refuse)
+        value = json.loads(line, parse_float=finite_or_text, parse_int=long_int,
+                           parse_constant=refuse)
     except ValueError:  # JSONDecodeError, a NaN or Infinity, bytes not UTF-8
         return None
     return value if huge else None

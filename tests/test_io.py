@@ -630,6 +630,12 @@ def test_jsonl_numbers_past_a_double_are_kept_as_written(write: Writer) -> None:
         {"id": 1, "x": "1e400", "meta": '{"big":"-1E+999","small":0.0}'},
         {"id": 2, "x": "2.5", "meta": None},
     ]
+    # Past it with no exponent: 400 digits, with a fraction or none (refused as infinity too).
+    digits = "1" + "0" * 399
+    path = write("digits.jsonl", b'{"id": 1, "x": -%s.5}\n{"id": %s, "x": 1}\n'
+                 % (digits.encode(), digits.encode()))
+    assert rows_of(open_input(path)) == [{"id": "1", "x": f"-{digits}.5"},
+                                         {"id": digits, "x": "1"}]
     for bad in (b'{"id": 1, "x": 1e400, "y": NaN}\n', b'{"id": 1, "x": 1e400,}\n'):
         with pytest.raises(InputError, match="line 1 is not valid JSON"):
             rows_of(open_input(write("bad.jsonl", bad)))
