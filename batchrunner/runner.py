@@ -280,6 +280,8 @@ class RunSummary:
     filtered: int = 0  # rows stopped by the content filter (finish_reason content_filter)
     fewer_choices: int = 0  # ok rows answered with fewer choices than the n asked
     choices_asked: int = 1  # the n the job asked
+    # A row was cut at max_tokens in a choice but choice 0 (rows of a column's n > 1, say)
+    choice_cut: bool = False
     batch_input: bool = False  # an OpenAI batch file: its rows' bodies set their max_tokens
     error_types: dict[str, int] = field(default_factory=dict)
     error_examples: dict[str, str] = field(default_factory=dict)  # a message of each type
@@ -3871,7 +3873,7 @@ def format_summary(s: RunSummary) -> str:
         how = (f"raise max_completion_tokens (or max_tokens) in {bodies} and rerun: rows whose "
                "body changed are sent again" if s.batch_input else
                "rerun with --max-tokens N --force --rerun-where "
-               f"\"{_CUT_WHERE[s.choices_asked > 1]}\"")
+               f"\"{_CUT_WHERE[s.choices_asked > 1 or s.choice_cut]}\"")
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      f"(finish_reason=length): to answer {them} again with a larger one, {how}")
     if s.filtered:

@@ -334,13 +334,21 @@ def test_a_schema_checks_every_choice_and_a_row_fails_with_the_choice_that_does_
     assert len(json.loads(failed["choices"])) == 3  # the samples kept, as paid for
 
 
+@pytest.mark.parametrize("per_row", [False, True], ids=["job", "column"])
 def test_a_row_of_which_any_choice_was_cut_is_counted_and_the_hint_picks_it(
-    tmp_path: Path,
+    tmp_path: Path, per_row: bool,
 ) -> None:
     """With n = 3, a row whose choice 2 was cut at max_tokens (choice 0 whole) was counted
     as cut, but the summary's --rerun-where finish_reason == 'length' (choice 0's) did not
-    pick it; the hint given with n > 1 does."""
-    job = write_job(tmp_path, rows=3)
+    pick it; the hint given with n > 1 does, the job's n or a column's (``per_row``: the
+    hint was choice 0's there still)."""
+    if per_row:
+        job = write_job(tmp_path, rows=3, request='from_columns = { n = "k" }\n',
+                        extra="seed = 42\n")
+        questions = pd.read_csv(tmp_path / "questions.csv").assign(k=3)
+        questions.to_csv(tmp_path / "questions.csv", index=False)
+    else:
+        job = write_job(tmp_path, rows=3)
     s = anyio.run(run_job_file, _one_bad_sample, job, runner.RunOptions(progress="none"))
     said = runner.format_summary(s)
     where = "finish_reason == 'length' or choices.str.contains('reason.:.length')"
