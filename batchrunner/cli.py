@@ -28,7 +28,7 @@ from typing import Any, NoReturn, TypeVar
 import anyio
 
 from batchrunner import __version__
-from batchrunner.config import OUTPUT_FORMATS, secrets_known
+from batchrunner.config import LONG_SECRET, OUTPUT_FORMATS, secrets_known
 from batchrunner.errors import (
     BatchrunnerError,
     InputError,
@@ -522,7 +522,7 @@ def _report(exc: BaseException, args: Sequence[str] = ()) -> int:
     """Print ``exc`` as one line on stderr and return its exit code; re-raise what is not ours.
     A key (``secrets_known``) given where an argument goes, a job file's or an output
     directory's, is not shown in it."""
-    hidden = secrets_known(args) if any(len(a) >= 8 for a in args) else []
+    hidden = secrets_known(args) if any(len(a) >= LONG_SECRET for a in args) else []
 
     def tell(line: str) -> None:
         for secret in hidden:

@@ -1195,15 +1195,17 @@ def _dotenv_dirs(job: JobConfig) -> list[Path]:
 
 # A variable named as a secret: OPENAI_API_KEY, NBILITY_API_KEY, GW_TOKEN, PROXY_PASSWORD.
 _SECRET_NAME = re.compile(r"(?:^|_)(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
-# Shorter values are placeholders ("EMPTY", "x"), not secrets, and words of a message.
-_SECRET_MIN = 8
+# Shorter values are placeholders ("EMPTY", "x") or words (SORT_KEY=customer_id), not secrets:
+# hidden, they would hide a column's or a file's name in a message.
+_SECRET_MIN = LONG_SECRET
 
 
 def secrets_known(args: Sequence[str] = ()) -> list[str]:
-    """The values, 8 characters or more, of the variables named as secrets in the environment
-    and in the ``.env`` files a run reads (the current directory's, and the directory's of a
-    job file in ``args``): what a message must not show, when one was given where an argument
-    goes (``batchrunner run job.toml OPENAI_API_KEY=sk-...``). Longest first."""
+    """The values, LONG_SECRET characters or more, of the variables named as secrets in the
+    environment and in the ``.env`` files a run reads (the current directory's, and the
+    directory's of a job file in ``args``): what a message must not show, when one was given
+    where an argument goes (``batchrunner run job.toml OPENAI_API_KEY=sk-...``). Longest
+    first."""
     found = {v.strip() for name, v in os.environ.items() if _SECRET_NAME.search(name)}
     with contextlib.suppress(OSError):  # a current directory since removed, say
         dirs = [Path.cwd(), *(Path(a).resolve().parent for a in args

@@ -839,6 +839,17 @@ def test_a_key_given_where_an_argument_goes_is_not_shown(
     assert "out/no-such-run: no such directory" in capsys.readouterr().err
 
 
+def test_a_variable_named_as_a_secret_hides_no_word_of_a_message_it_was_not_given_as(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A variable named like a secret whose value is an ordinary word (SORT_KEY=customer_id)
+    hid that word in every message: only a secret given where an argument goes is hidden."""
+    monkeypatch.setenv("SORT_KEY", "customer_id")
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "out/customer_id"]) == 2
+    assert "out/customer_id: no such directory" in capsys.readouterr().err
+
+
 def test_a_key_written_in_the_request_settings_is_not_kept_in_job_json(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A key written into ``[request.extra]`` (``extra_headers``, as the OpenAI SDK takes an
