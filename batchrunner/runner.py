@@ -478,20 +478,36 @@ def _holds_key(value: Any, api_key: str) -> bool:
     return holds_secret(value if isinstance(value, str) else str(value), api_key)
 
 
-def _settings_without_key(value: Any, api_key: str | None) -> Any:
+def _settings_without_key(value: Any, api_key: str | None, *, headers: bool = False,
+                          credential: bool = False) -> Any:
     """``value`` (job.json's request settings) with a long ``api_key`` written in it, in
     ``[request.extra]`` say (an ``Authorization`` header in ``extra_headers``, as the OpenAI
     SDK takes it, or a gateway's body field), replaced by ``[redacted]``. A short one, a local
-    server's stand-in ("x"), is a word of a prompt or a model's name: left."""
-    if not api_key or len(api_key) < LONG_SECRET:
-        return value
+    server's stand-in ("x"), is a word of a prompt or a model's name: left. A header whose
+    name says it carries credentials (``credential``: ``Authorization``, ``x-api-key``, in an
+    ``extra_headers`` table) has them redacted too, whatever key they are (another gateway's),
+    past their scheme ("Bearer "), where LONG_SECRET characters or more."""
     if isinstance(value, dict):
-        return {k: _settings_without_key(v, api_key) for k, v in value.items()}
+        return {k: _settings_without_key(
+            v, api_key, headers=k in _HEADER_TABLES,
+            credential=headers and isinstance(k, str) and bool(_CREDENTIAL_HEADER.search(k)))
+            for k, v in value.items()}
     if isinstance(value, list):
         return [_settings_without_key(v, api_key) for v in value]
-    if isinstance(value, str) and api_key in value:
-        return value.replace(api_key, "[redacted]")
+    if isinstance(value, str):
+        if credential and (m := _CREDENTIALS.fullmatch(value)) is not None:
+            return (m.group(1) or "") + "[redacted]"
+        if api_key and len(api_key) >= LONG_SECRET and api_key in value:
+            return value.replace(api_key, "[redacted]")
     return value
+
+
+# The request settings' tables of HTTP headers, the names of those that carry credentials, and
+# such a value: its scheme, kept, and what follows it.
+_HEADER_TABLES = ("extra_headers", "headers")
+_CREDENTIAL_HEADER = re.compile(r"auth|key|token|secret|password|cookie", re.IGNORECASE)
+_CREDENTIALS = re.compile(rf"((?:Bearer|Basic|Token)\s+)?(.{{{LONG_SECRET},}})",
+                          re.IGNORECASE | re.DOTALL)
 
 
 def _endpoints_path() -> str | None:

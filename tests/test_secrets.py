@@ -850,6 +850,9 @@ def test_a_variable_named_as_a_secret_hides_no_word_of_a_message_it_was_not_give
     assert "out/customer_id: no such directory" in capsys.readouterr().err
 
 
+OTHER_KEY = "sk-ant-other-gateway-5f0c9e27d4b1"
+
+
 def test_a_key_written_in_the_request_settings_is_not_kept_in_job_json(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A key written into ``[request.extra]`` (``extra_headers``, as the OpenAI SDK takes an
@@ -860,7 +863,8 @@ def test_a_key_written_in_the_request_settings_is_not_kept_in_job_json(
     with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
         job.write_text(f'[input]\npath = "in.csv"\nid_column = "id"\n[request]\n'
                        f'model = "gpt-4o-mini"\nprompt = "Say {{text}}"\n[request.extra]\n'
-                       f'extra_headers = {{ Authorization = "Bearer {KEY}" }}\n'
+                       f'extra_headers = {{ Authorization = "Bearer {KEY}", '
+                       f'x-api-key = "{OTHER_KEY}", X-Title = "nightly" }}\n'
                        f'[endpoint]\nbase_url = "{sim.base_url}"\n[output]\ndir = "out"\n')
         assert main(["run", str(job), "--limit", "2", "--progress", "none"]) == 0
         # status, which compares the job file with job.json's settings, finds none changed
@@ -877,7 +881,9 @@ def test_a_key_written_in_the_request_settings_is_not_kept_in_job_json(
     said = capsys.readouterr()
     assert "changed" not in said.err, said.err
     meta = json.loads((tmp_path / "out" / "job.json").read_text())
-    assert meta["request"]["extra"] == {"extra_headers": {"Authorization": "Bearer [redacted]"}}
+    assert meta["request"]["extra"] == {"extra_headers": {
+        "Authorization": "Bearer [redacted]", "x-api-key": "[redacted]", "X-Title": "nightly"}}
+    assert OTHER_KEY not in (tmp_path / "out" / "job.json").read_text()  # another gateway's
     assert leaks_in_text(said.out, said.err) == []
     assert leaks_in_files(tmp_path, skip=(".env", "job.toml")) == []
 
