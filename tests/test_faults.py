@@ -704,6 +704,22 @@ async def test_an_endpoint_restarted_mid_job_is_waited_for(tmp_path: Path) -> No
     assert s.sent < n + 4 * 40, s.sent
 
 
+def _run_retrying_a_row(tmp_path: Path, concurrency: int) -> tuple[Any, Any]:
+    """A run that sends nothing (no client), of ``concurrency`` workers, and a row of it
+    waiting to be tried again, as a worker leaves it (``_Run._work``)."""
+    from batchrunner.limiter import Limiter
+    from batchrunner.progress import NullProgress
+    from batchrunner.runner import _Run, _Work
+
+    inp = make_csv(tmp_path / "in.csv", ["row 0"])
+    run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
+               None, Limiter(None, None), NullProgress(), None,
+               max_concurrency=concurrency, fixed_concurrency=True)
+    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
+    run.outstanding = run.counts.retrying = 1
+    return run, item
+
+
 @pytest.mark.anyio
 async def test_the_first_answer_after_an_outage_wakes_the_rows_waiting_it_out(
         tmp_path: Path) -> None:
@@ -711,16 +727,9 @@ async def test_the_first_answer_after_an_outage_wakes_the_rows_waiting_it_out(
     its retry until an answer comes to a request sent after the latest refusal (the server
     back), not to one sent before (a restarting server still answering what it took before):
     its retry is then due at once."""
-    from batchrunner.limiter import Limiter
-    from batchrunner.progress import NullProgress
-    from batchrunner.runner import _Run, _Work
+    from batchrunner.runner import _Work
 
-    inp = make_csv(tmp_path / "in.csv", ["row 0"])
-    run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
-               None, Limiter(None, None), NullProgress(), None,  # no client: not sent
-               max_concurrency=1, fixed_concurrency=True)
-    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
-    run.outstanding = run.counts.retrying = 1  # as the worker leaves it (_Run._work)
+    run, item = _run_retrying_a_row(tmp_path, 1)
     sent_before = time.perf_counter()
     run._refused(item)
     run._refused(_Work(key="1", body={}, prompt_estimate=1, completion_max=1))  # another row
@@ -740,16 +749,7 @@ async def test_a_retry_coming_due_wakes_one_idle_worker(tmp_path: Path) -> None:
     """A retry due is work for one worker: each woke every idle worker, all but one to find
     nothing to do and sleep again. With no worker idle, the keeper of the parked rows' time
     is woken to send it."""
-    from batchrunner.limiter import Limiter
-    from batchrunner.progress import NullProgress
-    from batchrunner.runner import _Run, _Work
-
-    inp = make_csv(tmp_path / "in.csv", ["row 0"])
-    run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
-               None, Limiter(None, None), NullProgress(), None,  # no client: not sent
-               max_concurrency=8, fixed_concurrency=True)
-    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
-    run.outstanding = run.counts.retrying = 1  # as the worker leaves it (_Run._work)
+    run, item = _run_retrying_a_row(tmp_path, 8)
     idle = [anyio.Event() for _ in range(7)]
     run.idle.extend(idle)
     run.keeper = keeper = anyio.Event()
