@@ -68,6 +68,10 @@ Reasoning
     ``completion_tokens`` (and the max_tokens budget) and reported in
     ``usage.completion_tokens_details.reasoning_tokens``; the text is returned as
     ``message.reasoning_content`` and streamed as ``reasoning_content`` deltas before the content.
+    OpenAI's own reasoning models (o-series, GPT-5: ``config.openai_reasoning``, also behind a
+    gateway's ``openai/`` prefix) return no reasoning text, as OpenAI's Chat Completions does:
+    their reasoning tokens are counted and billed alike, the reply holds the answer alone, and
+    a stream with ``ms_per_token`` waits for the hidden reasoning before its first content.
     A stream asked for with Qwen's ``"incremental_output": false`` (at the top level or in
     ``parameters``) carries in each chunk the whole reasoning or content so far, not its new
     characters, as Qwen streams it so; one asked for with ``"nebula_thinking_to_content":
@@ -808,6 +812,7 @@ class _Request:
     forced_tool: str | None = None  # the function tool_choice makes every reply call
     whole_so_far: bool = False  # streamed with Qwen's incremental_output false
     think_inline: bool = False  # streamed with nebula_thinking_to_content: reasoning in content
+    hidden_reasoning: bool = False  # reasoning tokens billed, no reasoning text (OpenAI's)
     # With logprobs: true, the top_logprobs asked for (0 without it); None when not asked.
     top_logprobs: int | None = None
 
@@ -1430,6 +1435,7 @@ class _Server:
             response_format=fmt,
             schema=schema,
             reasoning=reasoning,
+            hidden_reasoning=reasoning and openai_reasoning(model),
             prompt_tokens=tokens,
             cached_tokens=cached,
             digest=int.from_bytes(digest.digest(), "little"),
@@ -1515,7 +1521,7 @@ class _Server:
         reasoning_tokens = 0
         if req.reasoning:
             reasoning_tokens = math.ceil(target * self.config.reasoning_ratio)
-            if reasoning_tokens:
+            if reasoning_tokens and not req.hidden_reasoning:
                 reasoning = (
                     "Thinking about the request. "
                     + self.filler_text(seed >> 13, 4 * reasoning_tokens)
@@ -2003,7 +2009,8 @@ class _Server:
             events.append(
                 pre + idx + b',"delta":{"role":"assistant","content":"","refusal":null}' + post
             )
-            delays.append(0)
+            # OpenAI's hidden reasoning: its time passes before the first content.
+            delays.append(c.reasoning_tokens if req.hidden_reasoning else 0)
             opening = len(events) - 1
             if fault == "no_choices":
                 events[-1] = b"data: {" + top + b"}\n\n"
@@ -2076,7 +2083,7 @@ class _Server:
         for event, tokens in zip(events[:stop_at], delays[:stop_at], strict=True):
             await response.write(event)
             if tokens and self.token_delay:
-                pending += self.token_delay
+                pending += self.token_delay * tokens
                 if pending >= 0.002:
                     await asyncio.sleep(pending)
                     pending = 0.0

@@ -434,6 +434,49 @@ async def test_reasoning_models_report_and_stream_reasoning() -> None:
 
 
 @pytest.mark.anyio
+async def test_openai_reasoning_models_bill_reasoning_and_return_no_text() -> None:
+    """OpenAI's Chat Completions returns no reasoning text for its reasoning models (o-series,
+    GPT-5), plain or dated: only the count in the usage. The simulator gave
+    them ``reasoning_content``, so a rehearsal filled a column the real night leaves empty.
+    Models that do return their reasoning (DeepSeek's reasoner) keep returning it."""
+    async with running(SimulatorConfig(reply_tokens=20, ms_per_token=0.01)) as (sim, _):
+        for model in ("o4-mini", "gpt-5-mini", "o3-2025-04-16", "deepseek-reasoner"):
+            for stream in (False, True):
+                body: dict[str, Any] = {"model": model, "messages": user("think"),
+                                        "stream": stream}
+                if stream:
+                    body["stream_options"] = {"include_usage": True}
+                status, _, raw = await post_raw(sim.base_url, body)
+                assert status == 200, (model, stream)
+                if stream:
+                    chunks = [json.loads(e[6:]) for e in raw.decode().split("\n\n")
+                              if e.startswith("data: {")]
+                    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+                    text = "".join(d.get("reasoning_content") or "" for d in deltas)
+                    content = "".join(d.get("content") or "" for d in deltas)
+                    usage = chunks[-1]["usage"]
+                else:
+                    reply = json.loads(raw)
+                    message = reply["choices"][0]["message"]
+                    text, content = message.get("reasoning_content") or "", message["content"]
+                    usage = reply["usage"]
+                reasoning = usage["completion_tokens_details"]["reasoning_tokens"]
+                assert reasoning == 20, (model, stream)
+                assert usage["completion_tokens"] == reasoning + count_tokens(content)
+                assert content.startswith("Echo: ["), (model, stream)
+                assert bool(text) is (model == "deepseek-reasoner"), (model, stream)
+        cut = await post_raw(sim.base_url, {"model": "o4-mini", "messages": user("think"),
+                                            "max_completion_tokens": 10})
+        reply = json.loads(cut[2])
+        assert reply["choices"][0] == {**reply["choices"][0], "finish_reason": "length",
+                                       "message": {**reply["choices"][0]["message"],
+                                                   "content": ""}}
+        assert "reasoning_content" not in reply["choices"][0]["message"]
+        assert reply["usage"]["completion_tokens_details"]["reasoning_tokens"] == 10
+        assert sim.stats()["reasoning_tokens"] == 8 * 20 + 10
+
+
+@pytest.mark.anyio
 async def test_cached_tokens_for_a_long_shared_system_prompt() -> None:
     system: ChatCompletionMessageParam = {
         "role": "system",
