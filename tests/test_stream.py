@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 from dataclasses import replace
@@ -18,6 +19,7 @@ from batchrunner import client as client_module
 from batchrunner.client import ChatClient, StreamAssembler
 from batchrunner.config import load_job
 from batchrunner.errors import TransportError
+from batchrunner.pricing import PriceBook
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
@@ -136,16 +138,24 @@ async def test_reasoning_model_stream_fills_reasoning_column(tmp_path: Path,
                                                              ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     inp = make_input(tmp_path, ["why is the sky blue", "what is rain"])
+    prices = PriceBook()
     async with Simulator(SimulatorConfig()) as sim:
-        for stream in (None, True):
-            out = tmp_path / f"out-{stream}"
+        for model, stream in itertools.product(("deepseek-r1", "o4-mini"), (None, True)):
+            out = tmp_path / f"out-{model}-{stream}"
             job = load_job(None, {"input": str(inp), "id_column": "id", "prompt": "{text}",
-                                  "model": "deepseek-r1", "base_url": sim.base_url,
+                                  "model": model, "base_url": sim.base_url,
                                   "output": str(out), "stream": stream})
             await run_job(job, FAST)
             df = pd.read_parquet(out / "results.parquet")
-            assert df["reasoning_content"].str.len().gt(0).all()
             assert (df["reasoning_tokens"] > 0).all()
+            assert (df["completion_tokens"] > df["reasoning_tokens"]).all()
+            if model == "o4-mini":  # OpenAI returns no reasoning text, only its tokens' count
+                assert df["reasoning_content"].isna().all() and df["cost_usd"].gt(0).all()
+                for row in df.itertuples():  # and bills them, as output
+                    assert row.cost_usd == prices.cost(model, prompt_tokens=row.prompt_tokens,
+                                                       completion_tokens=row.completion_tokens)
+            else:
+                assert df["reasoning_content"].str.len().gt(0).all()
 
 
 @pytest.mark.anyio
