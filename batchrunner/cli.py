@@ -34,6 +34,7 @@ from batchrunner.errors import (
     InputError,
     JournalError,
     OutputBusy,
+    OutputError,
     StopJob,
     UsageError,
     leaf,
@@ -542,6 +543,10 @@ def _report(exc: BaseException, args: Sequence[str] = ()) -> int:
     if isinstance(e, KeyboardInterrupt):
         tell("batchrunner: interrupted; finished rows are saved — rerun to resume")
         return 4
+    if isinstance(e, OutputError) and e.summary is not None:  # a run a full disk stopped
+        from batchrunner.runner import format_summary
+
+        say(format_summary(e.summary), sys.stdout)  # what was done, and what to do; then why
     if isinstance(e, BatchrunnerError):
         tell(f"batchrunner: error: {_one_line(e)}")
         return 1

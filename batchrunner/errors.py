@@ -26,6 +26,8 @@ Messages never contain the API key: the client builds them from the status, the 
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AccountError",
     "AllFailing",
@@ -85,7 +87,14 @@ class OutputBusy(BatchrunnerError):
 
 
 class OutputError(BatchrunnerError):
-    """Writing the journal, results or reports failed (a full disk, say) after the run began."""
+    """Writing the journal, results or reports failed (a full disk, say) after the run began.
+    ``errno``: the system's error number of the write that failed, where one did (``ENOSPC``: a
+    full disk). ``summary``: when it stopped a run, that run's summary (a ``runner.RunSummary``:
+    rows done, cost, what is saved and the command that resumes), which the command line prints
+    before the error's line."""
+
+    errno: int | None = None
+    summary: Any = None
 
 
 class StopJob(BatchrunnerError):

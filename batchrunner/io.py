@@ -143,8 +143,10 @@ def _usage_error(path: Path, message: str) -> UsageError:
     return UsageError(_one_line(f"output {path}: {message}", limit=10_000))
 
 
-def _output_error(path: Path, message: str) -> OutputError:
-    return OutputError(_one_line(f"output {path}: {message}", limit=10_000))
+def _output_error(path: Path, message: str, exc: OSError | None = None) -> OutputError:
+    error = OutputError(_one_line(f"output {path}: {message}", limit=10_000))
+    error.errno = None if exc is None else exc.errno
+    return error
 
 
 def shown_path(path: str | os.PathLike[str]) -> str:
@@ -1336,7 +1338,7 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         _unlink_quietly(tmp)
-        raise _output_error(path, f"cannot write it ({_os_reason(exc)})") from None
+        raise _output_error(path, f"cannot write it ({_os_reason(exc)})", exc) from None
     _fsync_dir(path.parent)
 
 
@@ -1545,7 +1547,7 @@ class ResultWriter:
         try:
             fd = _create_private(self._tmp)
         except OSError as exc:
-            raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
+            raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})", exc) from None
         self._file = os.fdopen(fd, "wb")
         self._writer: Any = None
         self._as_text: list[str] = []  # columns a CSV file holds as text (``_csv_text``)
@@ -1594,7 +1596,7 @@ class ResultWriter:
                     )
                 )
         except OSError as exc:
-            raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
+            raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})", exc) from None
         self.rows_written += batch.num_rows
 
     def close(self) -> None:
@@ -1612,7 +1614,8 @@ class ResultWriter:
         except BaseException as exc:
             self.abort()
             if isinstance(exc, OSError):
-                raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})") from None
+                raise _output_error(self.path, f"cannot write it ({_os_reason(exc)})",
+                                    exc) from None
             raise
         self._done = True
         _fsync_dir(self.path.parent)

@@ -222,10 +222,11 @@ def _write_atomic(directory: Path, name: str, fill: Callable[[BinaryIO], None]) 
         hint = ("raise the limit on the size of the files it writes (ulimit -f) and rerun"
                 if e.errno == errno.EFBIG else "free space and rerun" if e.errno in _NO_ROOM
                 else "rerun once it can be written")
-        raise OutputError(
+        error = OutputError(
             f"cannot write journal segment {final} ({e.strerror or type(e).__name__}); rows "
-            f"finished before are saved — {hint}"
-        ) from None
+            f"finished before are saved — {hint}")
+        error.errno = e.errno
+        raise error from None
     except BaseException:
         _remove(tmp)
         raise
@@ -334,12 +335,14 @@ class JournalWriter:
     def flush(self) -> None:
         """Write what is buffered, the last write of a run: the disk ``reserve`` held is freed
         after it, or for it when the disk is full. A segment that cannot be written is tried in
-        halves, so that as many rows as fit are saved; then the error is raised."""
+        halves, so that as many rows as fit are saved; then the error is raised, the rows not
+        written left in the buffer (``len``: answers the journal lacks)."""
         left, error = self._write_fitting(self.take())
         if left and self.release():  # the disk filled up: the reserve makes room for them
             left, error = self._write_fitting(left)
         self.release()
         if error is not None:
+            self.put_back(left)
             raise error
 
     def _write_fitting(self, rows: list[Outcome]) -> tuple[list[Outcome], OutputError | None]:

@@ -265,8 +265,10 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
 
 def _saved(e: OutputError) -> OutputError:
     """``e`` (a results file or report not written) saying what is kept and what to do."""
-    return OutputError(f"{e}; the rows finished are saved in the journal: rerun once it can be "
-                       "written (a full disk: free space), or run batchrunner report")
+    saved = OutputError(f"{e}; the rows finished are saved in the journal: rerun once it can "
+                        "be written (a full disk: free space), or run batchrunner report")
+    saved.errno = e.errno
+    return saved
 
 
 def _changed_left(journal: Journal, order: InputOrder, fresh: Fresh) -> int:

@@ -22,6 +22,7 @@ import math
 import os
 import random
 import re
+import shlex
 import signal
 import sys
 import time
@@ -135,7 +136,15 @@ from batchrunner.results import (
     sorted_ids,
 )
 from batchrunner.retry import RetryPolicy, backoff
-from batchrunner.status import KEY_HELD_BACK, plus_earlier, read_meta, run_in_progress
+from batchrunner.status import (
+    FULL_DISK_BYTES,
+    KEY_HELD_BACK,
+    free_bytes,
+    plus_earlier,
+    read_meta,
+    rerun_command,
+    run_in_progress,
+)
 from batchrunner.structured import StructuredOutput, structured_output, unfenced
 from batchrunner.template import (
     RequestBuilder,
@@ -313,6 +322,9 @@ class RunSummary:
     # What this run's requests were billed, retries billed without an answer included, on a
     # rerun (cost_usd is the job's answers, earlier runs' included); None on a first run.
     run_cost_usd: float | None = None
+    # A run stopped by a write that failed (a full disk): what is saved and what to do, each a
+    # line of its own (``stopped_unwritten``).
+    unwritten: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -3649,6 +3661,9 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             try:
                 await _pipeline(run)
             except BaseException as e:  # a full disk, say: `status` should not call it killed
+                if isinstance(e, OutputError):  # the summary, as far as it needs no disk
+                    summary.wall_s = time.monotonic() - started
+                    e.summary = stopped_unwritten(summary, run, e, journal_failed=True)
                 last_run.pop("outage", None)  # waited out no more: the stop says it
                 last_run.update(finished_at=utc_timestamp(), stopped=_why(e),
                                 sent=run.counters["sent"])
@@ -3707,12 +3722,75 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
     try:
         await anyio.to_thread.run_sync(lambda: rebuild_outputs(plan, summary, run_id=run_id))
     except BaseException as e:  # a full disk, say: `status` should not say the run went well
+        if isinstance(e, OutputError):  # the summary, as far as it needs no disk
+            e.summary = stopped_unwritten(summary, run, e, journal_failed=False)
         last_run.update(stopped=_why(e))
         with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
             _write_meta(plan)
         raise
     last_run["results_written"] = True  # and rows_changed and rows_checked, as rebuilt
     _write_meta(plan)
+    return summary
+
+
+def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
+                      journal_failed: bool) -> RunSummary:
+    """``summary`` of a run stopped by a write that failed (``error``: a full disk, say), as
+    far as it can be told without writing: the rows and cost from the run's own counts (where
+    the results were not written to count them), whether the journal holds every answer
+    received, the disk's free space, and the commands that resume the job and write its
+    results and reports."""
+    plan = run.plan
+    counts = run.counts
+    unsaved = run.journal.take() if journal_failed else []  # answers the journal lacks
+    if summary.results_path is None and not summary.rows:  # not counted by rebuild_outputs
+        lost_ok = sum(1 for o in unsaved if o.status == "ok")
+        summary.rows = plan.total_rows
+        summary.ok = counts.ok - lost_ok
+        summary.failed = counts.failed - (len(unsaved) - lost_ok)
+        summary.pending = max(0, summary.rows - summary.ok - summary.failed)
+        summary.cost_known_usd = plan.prior_cost + counts.cost_usd
+        summary.cost_unknown = counts.cost_unknown
+        summary.cost_usd = None if counts.cost_unknown else summary.cost_known_usd
+        summary.unpriced = "no price known for the model, or no usage reported"
+        if counts.resumed:
+            summary.run_cost_usd = counts.cost_usd
+    if journal_failed:
+        summary.cut_off = counts.in_flight
+        summary.sent = run.counters["sent"]
+        summary.not_connected = run.counters["not_connected"]
+        summary.rate_limited = run.counters["http_429"]
+        summary.simulated = run.simulated
+    out_dir = plan.out_dir
+    free = free_bytes(out_dir)
+    # Full: no room said the write. What is free now may be the disk the run held for its
+    # last write (JournalWriter.reserve), which it used as far as its rows needed.
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT) or (
+        free is not None and free < FULL_DISK_BYTES)
+    shown = "" if free is None else f"{free:,} bytes free"
+    disk = (f": the disk holding {out_dir} filled up" + (f" ({shown} now)" if shown else "")
+            if full else f"; {shown} on its disk now" if shown else "")
+    unwritten = "the journal" if journal_failed else (
+        "the reports" if summary.results_path else "the results")
+    why = f"{unwritten} could not be written (the error below){disk}"
+    summary.stopped = f"{summary.stopped}; then {why}" if summary.stopped else why
+    lines = summary.unwritten
+    if unsaved:
+        lines.append(f"the answers to {count_rows(len(unsaved))} could not be saved in the "
+                     "journal: the next run sends them again")
+    else:
+        lines.append("every answer received (paid for) is saved in the journal: the next run "
+                     "sends none of them again")
+    rerun = rerun_command(plan.job_meta, out_dir)
+    if not rerun.startswith("run the job again"):
+        rerun = "run the job again to resume" + (f": {rerun}" if rerun else "")
+    report = f"batchrunner report {shlex.quote(str(out_dir))}"
+    once = "space is freed" if full else "the disk can be written"
+    what = "reports were" if summary.results_path else "results and reports were"
+    lines.append(f"the {what} not written: once {once}, {rerun} (it writes them too), or write "
+                 f"them from the journal with: {report}" if summary.pending else
+                 f"the {what} not written: once {once}, write them from the journal with: "
+                 f"{report}")
     return summary
 
 
@@ -3950,6 +4028,7 @@ def format_summary(s: RunSummary) -> str:
             lines.append(f"  {s.cut_off:,} request{'s were' if s.cut_off > 1 else ' was'} still "
                          "in flight and cut off: the server may bill them, and their rows are "
                          "sent again on the next run")
+        lines.extend(f"  {line}" for line in s.unwritten)
     elif s.pending and not s.limited:
         lines.append("  rerun the job to send the rows not done yet")
     elif s.failed:

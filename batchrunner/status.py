@@ -47,7 +47,8 @@ from batchrunner.report import (
 )
 from batchrunner.results import recorded_changed_left
 
-__all__ = ["format_status", "plus_earlier", "read_meta", "run_in_progress"]
+__all__ = ["FULL_DISK_BYTES", "format_status", "free_bytes", "plus_earlier", "read_meta",
+           "rerun_command", "run_in_progress"]
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -209,10 +210,10 @@ def format_status(out_dir: Path) -> str:
     elif isinstance(last, dict) and last.get("started_at"):
         # The command that finishes the job, for whoever did not write it (only its crontab
         # knew): the job file's run, or the options, that job.json keeps.
-        rerun = _rerun(meta, out_dir)
+        rerun = rerun_command(meta, out_dir)
         to_do = max(0, total - ok - failed)
         if not last.get("finished_at"):
-            free = _free_bytes(out_dir)
+            free = free_bytes(out_dir)
             # A full disk stopped it, unsaid (job.json could not be written either): the one
             # thing to do before its command, said in the same line.
             full = free is not None and free < FULL_DISK_BYTES
@@ -289,7 +290,7 @@ KEY_HELD_BACK = "<not kept: it holds the API key>"
 _AGAIN = "run the job again with the options it was given"
 
 
-def _rerun(meta: dict[str, Any], out_dir: Path) -> str:
+def rerun_command(meta: dict[str, Any], out_dir: Path) -> str:
     """The command that runs the job on into ``out_dir``: its job file with the options the
     last run was given (job.json's ``command``), or those options alone for a job given by
     options (none known, before job.json kept them: ""); with ``--output`` unless the job file
@@ -361,7 +362,7 @@ def _option_args(options: dict[str, Any]) -> list[str]:
 FULL_DISK_BYTES = 1 << 20
 
 
-def _free_bytes(directory: Path) -> int | None:
+def free_bytes(directory: Path) -> int | None:
     """What the user may still write on the disk holding ``directory`` (None: not known, as
     on Windows)."""
     try:

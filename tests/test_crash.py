@@ -756,6 +756,36 @@ def limited_cmd(limit: int, args: list[str]) -> list[str]:
     return [sys.executable, "-c", code, *args]
 
 
+def check_stop_summary(out_text: str, inp: Path, out: Path, ok: int, *, rows: int,
+                       full: bool = False, results: bool = False) -> None:
+    """The summary a run stopped by a write that failed prints on stdout, as every other stop
+    prints one (the cron mail holds it above the error line): the rows done and left and the
+    cost so far; why it stopped (the disk's free space; a full one said to be full); that the
+    journal holds every answer received; and the commands that resume the job and that write
+    the results and reports it could not write."""
+    lines = out_text.splitlines()
+    assert lines[0].startswith(f"batchrunner: in — {rows:,} rows: {ok:,} ok, 0 failed"), out_text
+    assert (ok == rows) == ("not done yet" not in lines[0]), out_text
+    assert re.match(r"  cost: \$0\.\d+; wall [\d.]+ s; [\d,]+ requests sent this run",
+                    lines[1]), out_text
+    unwritten = "results" if results else "journal"
+    assert lines[2].startswith(f"  stopped: the {unwritten} could not be written (the error "
+                               "below)"), out_text
+    assert (f"the disk holding {out} filled up (" in lines[2]) == full, out_text
+    assert "every answer received (paid for) is saved in the journal: the next run sends none "\
+        "of them again" in out_text
+    if ok < rows:  # the command that resumes, or the report that writes what is done
+        rerun = f"run the job again to resume: batchrunner run --input {inp}"
+        assert rerun in out_text and f"--output {out} (it writes them too)" in out_text, out_text
+        assert lines[-1].endswith(f", or write them from the journal with: batchrunner report "
+                                  f"{out}"), out_text
+    else:
+        assert "batchrunner run" not in out_text, out_text
+        assert lines[-1].endswith(f"write them from the journal with: batchrunner report {out}")
+    assert ("once space is freed" in out_text) == full, out_text
+    assert KEY not in out_text
+
+
 def plain_cmd(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "batchrunner", *args]
 
@@ -821,6 +851,7 @@ def test_disk_full_mid_run_keeps_the_answers_in_flight_and_stops(tmp_path: Path)
         answered = sim.stats()["requests"]
         saved = ok_keys(out)
         assert len(saved) == answered < n / 2  # every answer saved, and it stopped early
+        check_stop_summary(full.stdout, inp, out, answered, rows=n)  # a file size limit: not full
         status = format_status(out)
         assert "  last run: stopped 20" in status, status
         assert "ended by an error: cannot write journal segment" in status
@@ -829,6 +860,15 @@ def test_disk_full_mid_run_keeps_the_answers_in_flight_and_stops(tmp_path: Path)
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert sim.stats()["requests"] == n  # the rows saved were not sent again
+        # Not one segment fits (3 KB): the summary does not say the answers are saved.
+        few = make_csv(tmp_path / "few.csv", 20)
+        lost = subprocess.run(limited_cmd(3 * 1024, run_args(few, sim.base_url, tmp_path / "o2")),
+                              env=child_env(), capture_output=True, text=True, timeout=60)
+        assert lost.returncode == 1 and one_error_line(lost.stderr), lost.stderr
+        assert lost.stdout.startswith("batchrunner: few — 20 rows: 0 ok, 0 failed, 20 not done "
+                                      "yet\n"), lost.stdout
+        assert "  the answers to 20 rows could not be saved in the journal: the next run sends " \
+            "them again\n" in lost.stdout and "is saved" not in lost.stdout, lost.stdout
     df = pd.read_parquet(out / "results.parquet")
     assert len(df) == n and (df["status"] == "ok").all()
 
@@ -865,6 +905,12 @@ def run_until_a_segment_then(args: list[str], out: Path, act: Callable[[], objec
                               ) -> tuple[int, str]:
     """Run the job (``args``) in a process, ``act`` once its first journal segment is there,
     and wait for it to end: its exit code and stderr."""
+    return run_until_a_segment_then_out(args, out, act)[::2]
+
+
+def run_until_a_segment_then_out(args: list[str], out: Path, act: Callable[[], object]
+                                  ) -> tuple[int, str, str]:
+    """``run_until_a_segment_then``'s run: its exit code, stdout and stderr."""
     proc = subprocess.Popen(plain_cmd(args), env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     with reaped(proc):
@@ -873,8 +919,8 @@ def run_until_a_segment_then(args: list[str], out: Path, act: Callable[[], objec
             assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
             time.sleep(0.01)
         act()
-        _, err = proc.communicate(timeout=60)
-    return proc.returncode, err
+        stdout, err = proc.communicate(timeout=60)
+    return proc.returncode, stdout, err
 
 
 def test_a_disk_filled_up_mid_run_still_takes_the_last_answers(
@@ -888,12 +934,15 @@ def test_a_disk_filled_up_mid_run_still_takes_the_last_answers(
     with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
         args = run_args(inp, sim.base_url, out, "--concurrency", "4")
         filler = small_disk / "filler"
-        returncode, err = run_until_a_segment_then(args, out, lambda: fill_up(small_disk))
+        returncode, stdout, err = run_until_a_segment_then_out(
+            args, out, lambda: fill_up(small_disk))
         assert returncode == 1, err
         line = one_error_line(err)
         assert "cannot write journal segment" in line, line
         answered = sim.stats()["requests"]
         assert len(ok_keys(out)) == answered < n  # every answer saved, and it stopped early
+        # The disk the run held for its last write is used up by it: the disk is full again.
+        check_stop_summary(stdout, inp, out, answered, rows=n, full=True)
         assert not list((out / "journal").glob(".reserve-*"))
         filler.unlink()
         done = subprocess.run(plain_cmd([*args[:-1], "32"]), env=child_env(),
@@ -1045,6 +1094,8 @@ def run_results_disk_full(tmp_path: Path, check_rerun: bool) -> subprocess.Compl
                              "report"), line
         assert len(ok_keys(out)) == n  # every row is in the journal
         assert not (out / "results.parquet").exists()
+        check_stop_summary(full.stdout, inp, out, n, rows=n, results=True)
+        assert "the results and reports were not written" in full.stdout
         sent = sim.stats()["requests"]
         done = subprocess.run(plain_cmd(args), env=child_env(), capture_output=True, text=True,
                               timeout=60)
