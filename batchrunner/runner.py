@@ -3749,6 +3749,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         summary.ok = counts.ok - lost_ok
         summary.failed = counts.failed - (len(unsaved) - lost_ok)
         summary.pending = max(0, summary.rows - summary.ok - summary.failed)
+    if not summary.report_paths:  # the cost, which the reports would have summed
         summary.cost_known_usd = plan.prior_cost + counts.cost_usd
         summary.cost_unknown = counts.cost_unknown
         summary.cost_usd = None if counts.cost_unknown else summary.cost_known_usd
@@ -3756,6 +3757,8 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         if counts.resumed:
             summary.run_cost_usd = counts.cost_usd
     if journal_failed:
+        if run.stop_error is not None and str(run.stop_error) != str(run.write_error):
+            summary.stopped = str(run.stop_error)  # a stop (SIGTERM, say) came first
         summary.cut_off = counts.in_flight
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
@@ -3771,7 +3774,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
     disk = (f": the disk holding {out_dir} filled up" + (f" ({shown} now)" if shown else "")
             if full else f"; {shown} on its disk now" if shown else "")
     unwritten = "the journal" if journal_failed else (
-        "the reports" if summary.results_path else "the results")
+        "the reports" if summary.results_path else "the results and reports")
     why = f"{unwritten} could not be written (the error below){disk}"
     summary.stopped = f"{summary.stopped}; then {why}" if summary.stopped else why
     lines = summary.unwritten

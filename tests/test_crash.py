@@ -768,7 +768,7 @@ def check_stop_summary(out_text: str, inp: Path, out: Path, ok: int, *, rows: in
     assert (ok == rows) == ("not done yet" not in lines[0]), out_text
     assert re.match(r"  cost: \$0\.\d+; wall [\d.]+ s; [\d,]+ requests sent this run",
                     lines[1]), out_text
-    unwritten = "results" if results else "journal"
+    unwritten = "results and reports" if results else "journal"
     assert lines[2].startswith(f"  stopped: the {unwritten} could not be written (the error "
                                "below)"), out_text
     assert (f"the disk holding {out} filled up (" in lines[2]) == full, out_text
