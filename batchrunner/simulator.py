@@ -60,9 +60,10 @@ Token counting (exported, the runner uses the same estimate)
 
 Reasoning
     Models listed in ``reasoning_models`` (an entry matches the name itself or the name followed
-    by ``-...``), any model whose name contains ``-thinking``, and any request with
-    ``"thinking": {"type": "enabled"}``, Gemini's ``generationConfig.thinkingConfig`` or
-    (streamed: gateways turn them off otherwise) ``"enable_thinking": true`` and Gemini's
+    by ``-...``, behind a gateway's provider prefix too: ``openai/o3``), any model whose name
+    contains ``-thinking``, and any request with ``"thinking": {"type": "enabled"}``, Gemini's
+    ``generationConfig.thinkingConfig`` or (streamed: gateways turn them off otherwise)
+    ``"enable_thinking": true`` and Gemini's
     ``extra_body.google.thinking_config`` (a budget of 0 turns Gemini's off) reason first:
     ``ceil(reply tokens × reasoning_ratio)`` reasoning tokens, counted inside
     ``completion_tokens`` (and the max_tokens budget) and reported in
@@ -1253,8 +1254,9 @@ class _Server:
     def is_reasoning(self, model: str) -> bool:
         cached = self.reasoning_cache.get(model)
         if cached is None:
+            name = model.rsplit("/", 1)[-1]  # behind a gateway's provider prefix: openai/o3
             cached = "-thinking" in model or any(
-                model == r or model.startswith(r + "-") for r in self.reasoning_models
+                name == r or name.startswith(r + "-") for r in self.reasoning_models
             )
             if len(self.reasoning_cache) < 10_000:
                 self.reasoning_cache[model] = cached

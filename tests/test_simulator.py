@@ -440,7 +440,7 @@ async def test_openai_reasoning_models_bill_reasoning_and_return_no_text() -> No
     them ``reasoning_content``, so a rehearsal filled a column the real night leaves empty.
     Models that do return their reasoning (DeepSeek's reasoner) keep returning it."""
     async with running(SimulatorConfig(reply_tokens=20, ms_per_token=0.01)) as (sim, _):
-        for model in ("o4-mini", "gpt-5-mini", "o3-2025-04-16", "deepseek-reasoner"):
+        for model in ("o4-mini", "gpt-5-mini", "o3-2025-04-16", "openai/o3", "deepseek-reasoner"):
             for stream in (False, True):
                 body: dict[str, Any] = {"model": model, "messages": user("think"),
                                         "stream": stream}
@@ -473,7 +473,7 @@ async def test_openai_reasoning_models_bill_reasoning_and_return_no_text() -> No
                                                    "content": ""}}
         assert "reasoning_content" not in reply["choices"][0]["message"]
         assert reply["usage"]["completion_tokens_details"]["reasoning_tokens"] == 10
-        assert sim.stats()["reasoning_tokens"] == 8 * 20 + 10
+        assert sim.stats()["reasoning_tokens"] == 10 * 20 + 10
 
 
 @pytest.mark.anyio
