@@ -143,6 +143,7 @@ from batchrunner.status import (
     plus_earlier,
     read_meta,
     rerun_command,
+    resume_advice,
     run_in_progress,
 )
 from batchrunner.structured import StructuredOutput, structured_output, unfenced
@@ -3784,9 +3785,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
     else:
         lines.append("every answer received (paid for) is saved in the journal: the next run "
                      "sends none of them again")
-    rerun = rerun_command(plan.job_meta, out_dir)
-    if not rerun.startswith("run the job again"):
-        rerun = "run the job again to resume" + (f": {rerun}" if rerun else "")
+    rerun = resume_advice(rerun_command(plan.job_meta, out_dir))
     report = f"batchrunner report {shlex.quote(str(out_dir))}"
     once = "space is freed" if full else "the disk can be written"
     what = "reports were" if summary.results_path else "results and reports were"

@@ -48,7 +48,7 @@ from batchrunner.report import (
 from batchrunner.results import recorded_changed_left
 
 __all__ = ["FULL_DISK_BYTES", "format_status", "free_bytes", "plus_earlier", "read_meta",
-           "rerun_command", "run_in_progress"]
+           "rerun_command", "resume_advice", "run_in_progress"]
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -220,8 +220,7 @@ def format_status(out_dir: Path) -> str:
             why = (f": the disk holding {out_dir} is full ({free:,} bytes free): free space, "
                    "then " if full else " (killed, or the machine stopped): ")
             lines.append(f"  last run: started {last['started_at']}, did not finish{why}"
-                         + (rerun if rerun.startswith(_AGAIN) else
-                            "run the job again to resume" + (f": {rerun}" if rerun else "")))
+                         + resume_advice(rerun))
             rerun = ""  # said
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
@@ -288,6 +287,15 @@ def _changed_since(meta: dict[str, Any]) -> list[str]:
 KEY_HELD_BACK = "<not kept: it holds the API key>"
 # What status says for a job with such an option, in place of a command that would not resume it.
 _AGAIN = "run the job again with the options it was given"
+
+
+def resume_advice(rerun: str) -> str:
+    """What to do to resume a job whose ``rerun_command`` is ``rerun``: "run the job again to
+    resume: CMD" (without the command where none is known), or what ``rerun`` says when an
+    option it needs was held back."""
+    if rerun.startswith(_AGAIN):
+        return rerun
+    return "run the job again to resume" + (f": {rerun}" if rerun else "")
 
 
 def rerun_command(meta: dict[str, Any], out_dir: Path) -> str:
