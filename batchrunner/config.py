@@ -1195,9 +1195,6 @@ def _dotenv_dirs(job: JobConfig) -> list[Path]:
 
 # A variable named as a secret: OPENAI_API_KEY, NBILITY_API_KEY, GW_TOKEN, PROXY_PASSWORD.
 _SECRET_NAME = re.compile(r"(?:^|_)(?:API_?KEY|KEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
-# Shorter values are placeholders ("EMPTY", "x") or words (SORT_KEY=customer_id), not secrets:
-# hidden, they would hide a column's or a file's name in a message.
-_SECRET_MIN = LONG_SECRET
 
 
 def secrets_known(args: Sequence[str] = ()) -> list[str]:
@@ -1214,7 +1211,9 @@ def secrets_known(args: Sequence[str] = ()) -> list[str]:
             with contextlib.suppress(ConfigError):
                 found |= {v.strip() for name, v in load_dotenv(d / ".env").items()
                           if _SECRET_NAME.search(name)}
-    return sorted((v for v in found if len(v) >= _SECRET_MIN), key=len, reverse=True)
+    # Shorter values are placeholders ("EMPTY", "x") or words (SORT_KEY=customer_id), not
+    # secrets: hidden, they would hide a column's or a file's name in a message.
+    return sorted((v for v in found if len(v) >= LONG_SECRET), key=len, reverse=True)
 
 
 def environment(job: JobConfig) -> dict[str, str]:
