@@ -310,6 +310,9 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     ran: bool = True  # False: the outputs were rebuilt (`report`), no run happened
     simulated: bool = False  # the answers came from the built-in simulator
+    # The rows done are batchrunner simulate's answers at a URL: a rerun to the URL is refused
+    # unless given --force (_check_same_endpoint), which the advice to rerun then says.
+    force_to_rerun: bool = False
     not_connected: int = 0  # of ``sent``, the requests that found no connection
     rate_limited: int = 0  # of ``sent``, the requests answered 429 (rate limited)
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
@@ -3683,6 +3686,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             summary.run_cost_usd = run.counts.cost_usd
         summary.stopped = str(run.stop_error) if run.stop_error else None
         summary.simulated = run.simulated
+        summary.force_to_rerun = _force_to_rerun(plan)
         summary.wall_s = time.monotonic() - started
         moved = await anyio.to_thread.run_sync(_input_moved, plan)
         if moved:
@@ -3765,6 +3769,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         summary.not_connected = run.counters["not_connected"]
         summary.rate_limited = run.counters["http_429"]
         summary.simulated = run.simulated
+        summary.force_to_rerun = _force_to_rerun(plan)
     out_dir = plan.out_dir
     free = free_bytes(out_dir)
     # Full: no room said the write. What is free now may be the disk the run held for its
@@ -3951,6 +3956,13 @@ def _search_units(web_searches: int | None, sources: int | None) -> int | None:
     return web_searches if web_searches is not None else sources
 
 
+def _force_to_rerun(plan: Plan) -> bool:
+    """Whether a rerun of ``plan``'s job is refused unless forced: rows done that are the
+    answers of batchrunner simulate at a URL (_served_by_simulator), which a run to a URL may
+    mix with a real endpoint's (_check_same_endpoint)."""
+    return plan.job_meta.get("simulator") is True and not plan.job.endpoint.simulator
+
+
 def format_summary(s: RunSummary) -> str:
     lines = []
     head = f"batchrunner: {s.name} — {count_rows(s.rows)}: {s.ok:,} ok, {s.failed:,} failed"
@@ -4039,4 +4051,8 @@ def format_summary(s: RunSummary) -> str:
         rows = "row" if s.limit == 1 else f"{s.limit:,} rows"
         lines.append(f"  --limit {s.limit:,} left {count_rows(s.limited)} to do: the same command "
                      f"sends the next {rows}, without --limit all of them")
+    if s.force_to_rerun and s.ok and (s.stopped or s.pending or s.failed or s.limited):
+        lines.append("  the rows done are batchrunner simulate's answers at a URL: a rerun into "
+                     "this output directory is refused unless given --force (it keeps them "
+                     "the simulator's when it answers again): add --force to rerun")
     return "\n".join(lines)

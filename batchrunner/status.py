@@ -306,7 +306,9 @@ def rerun_command(meta: dict[str, Any], out_dir: Path) -> str:
     directory holds none of its rows, and every row would be sent, and paid for, again). From
     the directory the run was started in, where that is not this one: its relative paths, and
     its .env, are that directory's. An option held back (its value holds the API key) is
-    named instead: a command without it would not resume the job."""
+    named instead: a command without it would not resume the job. With ``--force`` where the
+    rows done are the answers of ``batchrunner simulate`` at a URL, which a run to a URL is
+    refused to mix with unless forced."""
     job_file = meta.get("job_file")
     command = meta.get("command")
     if not isinstance(command, dict):
@@ -319,18 +321,26 @@ def rerun_command(meta: dict[str, Any], out_dir: Path) -> str:
                 f"{'is' if len(held) == 1 else 'are'} not kept: "
                 f"{'its value holds' if len(held) == 1 else 'their values hold'} the API key)")
     args = ["batchrunner", "run"]
+    builtin = options.get("simulator") is True  # the built-in simulator, not a URL
     if isinstance(job_file, str) and job_file != "command line":
         args.append(job_file)
-        if "output" not in options:
-            try:
-                own = load_job(job_file, {}).output.dir.resolve() == out_dir.resolve()
-            except (UsageError, OSError):  # moved, changed, or naming no directory
-                own = False
-            if not own:
-                options = {**options, "output": io.shown_path(out_dir.resolve())}
+        try:
+            own_job = load_job(job_file, {})
+        except (UsageError, OSError):  # moved, changed, or naming no directory
+            own_job = None
+        builtin = builtin or (own_job is not None and own_job.endpoint.simulator
+                              and not options.get("base_url"))  # --base-url overrides it
+        if "output" not in options and (
+                own_job is None or own_job.output.dir.resolve() != out_dir.resolve()):
+            options = {**options, "output": io.shown_path(out_dir.resolve())}
     elif not options:
         return ""
     args += _option_args(options)
+    if meta.get("simulator") is True and not builtin:
+        # Answered by batchrunner simulate at a URL: a run to a URL is refused without --force
+        # (it could be a real endpoint, whose answers would mix), which keeps them the
+        # simulator's when it answers again.
+        args.append("--force")
     cwd = command.get("cwd")
     here = isinstance(cwd, str) and os.path.realpath(cwd) == os.path.realpath(os.getcwd())
     return shlex.join(args) if here or not isinstance(cwd, str) else (

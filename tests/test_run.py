@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -953,9 +954,23 @@ def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
               "--model", "gpt-4o-mini", "--progress", "none"]
     with SimulatorThread(served) as sim, SimulatorThread(SimulatorConfig()) as real:
         rehearse = [*common, "--base-url", sim.base_url, "--output", "out"]
-        assert main(rehearse) == 0
-        assert "(to the built-in simulator: the answers are not real)" in capsys.readouterr().out
+        assert main([*rehearse, "--limit", "2"]) == 0
+        out = capsys.readouterr().out
+        assert "(to the built-in simulator: the answers are not real)" in out
         assert json.loads((tmp_path / "out" / "job.json").read_text())["simulator"] is True
+        # The same command, which the summary says sends the next rows, is refused without
+        # --force (the URL could be a real endpoint's): the summary says to add it, and the
+        # command status names to finish the job has it, and finishes it.
+        assert ("a rerun into this output directory is refused unless given --force") in out
+        assert main([*rehearse, "--limit", "2"]) == 2
+        capsys.readouterr()
+        finish = next(x for x in format_status(tmp_path / "out").splitlines()
+                      if x.startswith("  to finish, 4 rows to do: "))
+        command = shlex.split(finish.partition(": ")[2])
+        assert command[-1] == "--force"
+        assert main([*command[1:], "--progress", "none"]) == 0
+        capsys.readouterr()
+        assert Journal(tmp_path / "out").read().num_rows == 6
         assert "- simulator: yes" in (tmp_path / "out" / "cost_report.md").read_text()
 
         assert main([*common, "--base-url", real.base_url, "--output", "out"]) == 2
