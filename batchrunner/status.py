@@ -257,8 +257,9 @@ def format_status(out_dir: Path) -> str:
 def _changed_since(meta: dict[str, Any]) -> list[str]:
     """The request settings the job's file, with the options its last run was given, sets
     otherwise than job.json says the rows done were sent with (a model renamed in it since
-    last night), as a run's refusal names them; none where that cannot be told (a job given
-    by options alone, the file gone or broken, options read relative to another directory)."""
+    last night), as a run's refusal names them, its options' relative paths read from the
+    directory it was started in (a crontab's); none where that cannot be told (a job given by
+    options alone, the file gone or broken, that directory not recorded)."""
     job_file, command = meta.get("job_file"), meta.get("command")
     before = meta.get("request")
     if not isinstance(job_file, str) or job_file == "command line" or not isinstance(
@@ -268,9 +269,13 @@ def _changed_since(meta: dict[str, Any]) -> list[str]:
     options = {k: v for k, v in options.items() if k in OVERRIDES} if isinstance(
         options, dict) else {}
     cwd = command.get("cwd") if isinstance(command, dict) else None
-    if options and not (isinstance(cwd, str)
-                        and os.path.realpath(cwd) == os.path.realpath(os.getcwd())):
-        return []  # its relative paths are another directory's
+    for name in _PATH_OPTIONS:  # read relative to the directory the run was started in
+        value = options.get(name)
+        if isinstance(value, str) and value and not value.startswith("~") and not (
+                os.path.isabs(value)):
+            if not isinstance(cwd, str):
+                return []  # that directory not known (an older batchrunner's job.json)
+            options[name] = os.path.join(cwd, value)
     if any(v == KEY_HELD_BACK for v in options.values()):
         return []
     try:
@@ -283,6 +288,8 @@ def _changed_since(meta: dict[str, Any]) -> list[str]:
     return settings_changed(before, now)
 
 
+# The options whose value is a path, which a run reads relative to the current directory.
+_PATH_OPTIONS = ("input", "output", "schema_file")
 # What job.json keeps of an option whose value holds the API key (a URL's path, say).
 KEY_HELD_BACK = "<not kept: it holds the API key>"
 # What status says for a job with such an option, in place of a command that would not resume it.

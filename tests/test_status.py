@@ -207,10 +207,21 @@ def test_status_of_a_job_file_run_into_another_directory_names_that_directory(
     assert main(["run", str(job), "--output", str(night), "--progress", "none"]) == 2
     refused = capsys.readouterr().err
     assert "(model: 'gpt-4o-mini' → 'gpt-4.1-mini')" in refused, refused
-    assert format_status(night).endswith(
-        "\n  the job file's request settings changed since the last run (model: 'gpt-4o-mini' "
-        "→ 'gpt-4.1-mini'): a run is refused (exit 2) unless given --force, which sends the "
-        "rows left with the new ones")
+    changed = ("\n  the job file's request settings changed since the last run (model: "
+               "'gpt-4o-mini' → 'gpt-4.1-mini'): a run is refused (exit 2) unless given "
+               "--force, which sends the rows left with the new ones")
+    assert format_status(night).endswith(changed)
+    # Asked from another directory than the run was started in (a crontab's `cd /srv/enrich`,
+    # the engineer's shell elsewhere), of a run given relative paths: status said nothing of
+    # the change. Its options' paths are read from that directory, as the run read them.
+    assert main(["run", str(job), "--output", night.name, "--limit", "4", "--force",
+                 "--progress", "none"]) == 0
+    job.write_text(job.read_text().replace("gpt-4.1-mini", "gpt-4o"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert format_status(night).endswith(changed.replace(
+        "'gpt-4o-mini' → 'gpt-4.1-mini'", "'gpt-4.1-mini' → 'gpt-4o'"))
 
 
 def test_status_of_a_job_run_from_options_names_the_command_that_finishes_it(
