@@ -314,6 +314,9 @@ class RunSummary:
     # unless given --force (_check_same_endpoint), which the advice to rerun then says.
     force_to_rerun: bool = False
     not_connected: int = 0  # of ``sent``, the requests that found no connection
+    # Of ``sent``, the requests cut with no answer while the endpoint answered nothing (a box
+    # restarting), waited out as those refused are.
+    cut_unanswered: int = 0
     rate_limited: int = 0  # of ``sent``, the requests answered 429 (rate limited)
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     # Rows paid for without a cost: ok with no price known or no usage reported, or failed
@@ -2320,6 +2323,7 @@ class _Run:
                     self.last_answer == -math.inf or not self.rows_done) and not (
                     self.models_vary and self._models_own(item.model, e,
                                                           sent_at))
+                cut = False  # cut with no answer in an outage (a connection_reset)
                 if e.status in GATEWAY_STATUSES or away:  # not the endpoint's: no end of an outage
                     if gateway:
                         self._refused(item)
@@ -2330,6 +2334,17 @@ class _Run:
                         self._server_error()
                 elif e.error_type == "connection_error":
                     self.counters["not_connected"] += 1  # counted as sent: it was tried
+                    self._refused(item)
+                    self.refused_by = ""
+                elif (e.error_type == "connection_reset" and self.last_answer < sent_at
+                        and (self.last_answer > -math.inf or self.answered_before)):
+                    # Cut with nothing answered since it was sent, by an endpoint that answered
+                    # before: a box restarting (its requests in flight cut, then its port, a
+                    # container's, taking connections and closing them until the model is
+                    # loaded), waited out as a refusal is. A row's own cut, while others are
+                    # answered, is a try of it, as ever.
+                    cut = True
+                    self.counters["cut_unanswered"] += 1
                     self._refused(item)
                     self.refused_by = ""
                 elif e.error_type == "timeout":
@@ -2354,7 +2369,7 @@ class _Run:
                         self.counters["retries"] += 1
                         return None, backoff(item.refusals, self.policy, e.retry_after,
                                              self.rng, self._outage_cap())
-                elif e.error_type == "connection_error" and (
+                elif (e.error_type == "connection_error" or cut) and (
                         self.last_answer > -math.inf or self.answered_before):
                     # The endpoint answered in this run (or an earlier one), so it is there: a
                     # restart or a network blip is ridden out, and the request, which reached
@@ -3681,6 +3696,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         summary.cut_off = run.counts.in_flight
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
+        summary.cut_unanswered = run.counters["cut_unanswered"]
         summary.rate_limited = run.counters["http_429"]
         if run.counts.resumed:  # the job's cost holds earlier runs' rows: this run's apart
             summary.run_cost_usd = run.counts.cost_usd
@@ -3767,6 +3783,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         summary.cut_off = counts.in_flight
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
+        summary.cut_unanswered = run.counters["cut_unanswered"]
         summary.rate_limited = run.counters["http_429"]
         summary.simulated = run.simulated
         summary.force_to_rerun = _force_to_rerun(plan)
@@ -4020,6 +4037,9 @@ def format_summary(s: RunSummary) -> str:
         if s.not_connected:
             notes.append("none could connect" if s.not_connected == s.sent
                          else f"{s.not_connected:,} could not connect")
+        if s.cut_unanswered:
+            notes.append(f"{s.cut_unanswered:,} cut unanswered while the endpoint answered "
+                         "nothing, and sent again")
         if s.rate_limited:  # a slow run says why: a storm of 429s, waited out
             notes.append(f"{s.rate_limited:,} answered 429, rate limited")
         if s.simulated:

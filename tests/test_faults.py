@@ -1182,6 +1182,52 @@ async def test_a_graceful_restart_mid_job_fails_no_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_box_restarting_behind_a_port_that_takes_and_drops_connections_fails_no_row(
+        tmp_path: Path) -> None:
+    """A vLLM box restarting in a container: the requests in flight are cut, and until the
+    model is loaded its published port takes each connection and closes it (no HTTP answer).
+    Each such cut used up a try of the row on the ordinary backoff (half a second, doubling),
+    so its max_attempts ran out long before the box was back, and rows failed with
+    connection_reset that a rerun then had to retry. Cut with nothing answered since it was
+    sent, a request is waited out as a refused one is: no row fails, and the summary counts
+    the requests the endpoint did not answer."""
+    n = 60
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+    answered = 0
+    down_until = math.inf
+
+    async def box(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal answered, down_until
+        body = await request.json()
+        if answered >= 20 and down_until == math.inf:
+            down_until = time.monotonic() + 1.5  # the restart begins
+        if answered >= 20 and time.monotonic() < down_until:
+            assert request.transport is not None
+            request.transport.abort()  # taken, then closed: no answer
+            raise web.HTTPServiceUnavailable()  # not sent: the connection is gone
+        await asyncio.sleep(0.01)
+        answered += 1
+        return web.json_response(completion(body, "hi"))
+
+    runner, port = await serve_on_loopback(box)
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
+                                      concurrency=4),
+                              RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3),
+                                         progress="none", handle_signals=False))
+    finally:
+        await runner.cleanup()
+    assert down_until < math.inf
+    assert s.exit_code == 0 and (s.ok, s.failed) == (n, 0), s.error_examples
+    # Beyond those, only the first cuts (answers to other rows came after they were sent)
+    # were tries of their rows: at most one a worker.
+    assert s.cut_unanswered > 0 and 0 <= s.sent - n - s.cut_unanswered <= 4, s
+    assert f"{s.cut_unanswered} cut unanswered while the endpoint answered nothing, and sent " \
+        "again" in format_summary(s)
+
+
+@pytest.mark.anyio
 async def test_a_partial_outage_with_slow_answers_does_not_stop_the_job(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One server of two refusing (every other connect fails, for the first 100 requests)
