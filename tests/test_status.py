@@ -356,3 +356,34 @@ def test_status_shows_the_search_billed_apart_from_tokens_as_the_report_does(
     report = json.loads((out / "cost_report.json").read_text())
     assert during == format_usd(report["search_cost_usd"]) == format_usd(4 * 0.025 + 0.0275)
     assert shown() == during  # compacted
+
+
+def test_a_killed_runs_pid_taken_by_another_process_is_not_the_run_in_progress(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed while it waited out an outage left its pid and the outage in job.json.
+    While the next run starts (the lock taken, job.json not written yet), status took any
+    live process with that pid for the killed run: "a run is in progress", with the old
+    outage and the old run's start. A process that started after the run did is not it."""
+    import os
+
+    from batchrunner.io import RunLock
+
+    out = simulated_job(tmp_path, monkeypatch, 2)
+    meta_path = out / "job.json"
+    meta = json.loads(meta_path.read_text())
+    started = time.time() - 3600  # an hour ago, before this process started
+    meta["last_run"].update(
+        pid=os.getpid(), started_s=started, finished_at=None, stopped=None,
+        started_at=datetime.fromtimestamp(started).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        outage={"since_s": started + 60, "by": None, "wait_s": 300})
+    meta_path.write_text(json.dumps(meta))
+    with RunLock(out):  # the next run, starting
+        shown = format_status(out)
+        assert "in use by another batchrunner process (a run starting, or a report)" in shown
+        assert "a run is in progress" not in shown and "has not answered" not in shown
+        # The run itself, started before its process was looked at: in progress.
+        meta["last_run"].update(started_s=time.time())
+        meta_path.write_text(json.dumps(meta))
+        shown = format_status(out)
+        assert f"a run is in progress (pid {os.getpid()}, " in shown
+        assert "the endpoint has not answered for " in shown
