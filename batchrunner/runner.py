@@ -3807,7 +3807,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
     else:
         lines.append("every answer received (paid for) is saved in the journal: the next run "
                      "sends none of them again")
-    rerun = resume_advice(rerun_command(plan.job_meta, out_dir))
+    rerun = resume_advice(rerun_command(plan.job_meta, out_dir, answered=summary.ok > 0))
     report = f"batchrunner report {shlex.quote(str(out_dir))}"
     once = "space is freed" if full else "the disk can be written"
     what = "reports were" if summary.results_path else "results and reports were"

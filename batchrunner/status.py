@@ -226,7 +226,7 @@ def format_status(out_dir: Path) -> str:
     elif isinstance(last, dict) and last.get("started_at"):
         # The command that finishes the job, for whoever did not write it (only its crontab
         # knew): the job file's run, or the options, that job.json keeps.
-        rerun = rerun_command(meta, out_dir)
+        rerun = rerun_command(meta, out_dir, answered=state.ok > 0)
         to_do = max(0, total - ok - failed)
         if not last.get("finished_at"):
             free = free_bytes(out_dir)
@@ -321,7 +321,7 @@ def resume_advice(rerun: str) -> str:
     return "run the job again to resume" + (f": {rerun}" if rerun else "")
 
 
-def rerun_command(meta: dict[str, Any], out_dir: Path) -> str:
+def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True) -> str:
     """The command that runs the job on into ``out_dir``: its job file with the options the
     last run was given (job.json's ``command``), or those options alone for a job given by
     options (none known, before job.json kept them: ""); with ``--output`` unless the job file
@@ -331,7 +331,7 @@ def rerun_command(meta: dict[str, Any], out_dir: Path) -> str:
     its .env, are that directory's. An option held back (its value holds the API key) is
     named instead: a command without it would not resume the job. With ``--force`` where the
     rows done are the answers of ``batchrunner simulate`` at a URL, which a run to a URL is
-    refused to mix with unless forced."""
+    refused to mix with unless forced (``answered``: some row of the job is ok)."""
     job_file = meta.get("job_file")
     command = meta.get("command")
     if not isinstance(command, dict):
@@ -359,7 +359,7 @@ def rerun_command(meta: dict[str, Any], out_dir: Path) -> str:
     elif not options:
         return ""
     args += _option_args(options)
-    if meta.get("simulator") is True and not builtin:
+    if answered and meta.get("simulator") is True and not builtin:
         # Answered by batchrunner simulate at a URL: a run to a URL is refused without --force
         # (it could be a real endpoint, whose answers would mix), which keeps them the
         # simulator's when it answers again.

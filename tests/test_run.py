@@ -971,6 +971,17 @@ def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
         assert main([*command[1:], "--progress", "none"]) == 0
         capsys.readouterr()
         assert Journal(tmp_path / "out").read().num_rows == 6
+        # No row answered ok (every row refused): nothing to mix, the same command runs on,
+        # and neither says --force, which would let other changes through unasked.
+        refused = [*common[:6], "[[sim:400]] {text}", *common[7:], "--base-url", sim.base_url,
+                   "--output", "refused"]
+        assert main([*refused, "--limit", "2"]) == 3
+        assert "--force" not in capsys.readouterr().out
+        finish = next(x for x in format_status(tmp_path / "refused").splitlines()
+                      if x.startswith("  to finish, 4 rows to do: "))
+        assert "--force" not in finish
+        assert main([*refused, "--limit", "2"]) == 3
+        capsys.readouterr()
         assert "- simulator: yes" in (tmp_path / "out" / "cost_report.md").read_text()
 
         assert main([*common, "--base-url", real.base_url, "--output", "out"]) == 2
