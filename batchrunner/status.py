@@ -260,7 +260,12 @@ def format_status(out_dir: Path) -> str:
                              f"batchrunner report {shlex.quote(str(out_dir))}")
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
-        if rerun and to_do:
+        if rerun and to_do and last.get("budget_stop") is True and last.get("finished_at"):
+            # The same command stops again at once: the job's spend so far counts.
+            lines.append(f"  to finish, {count_rows(to_do)} to do: raise max_cost_usd "
+                         "(--max-cost), which the job's cost so far counts against (batchrunner "
+                         f"estimate tells what the rows left cost), then: {rerun}")
+        elif rerun and to_do:
             lines.append(f"  to finish, {count_rows(to_do)} to do: {rerun}")
         if to_do and ok and (changed_now := _changed_since(meta)):
             # A night's run refused at its start leaves job.json as the night before left it.

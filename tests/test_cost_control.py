@@ -17,6 +17,7 @@ from batchrunner.report import format_usd
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread
+from batchrunner.status import format_status
 from tests.servers import run_job_file, serve_on_loopback
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=3), progress="none",
@@ -220,6 +221,13 @@ async def test_budget_stops_before_passing_and_rerun_with_more_continues(tmp_pat
         assert s.cost_usd is not None and 0 < s.cost_usd <= 1.0
         sent = sim.stats()["requests"]
         assert 0 < sent < 199
+        # The command status names to finish the job stops again at once (the job's spend
+        # counts against the budget): it says to raise the budget first.
+        finish = next(x for x in format_status(tmp_path / "out").splitlines()
+                      if x.startswith("  to finish, "))
+        assert ("to do: raise max_cost_usd (--max-cost), which the job's cost so far counts "
+                "against (batchrunner estimate tells what the rows left cost), then: "
+                "batchrunner run ") in finish, finish
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 100.0})
         s = await run_job(job, FAST)
         assert s.exit_code == 3  # the empty-prompt row is the one failure
