@@ -3712,8 +3712,11 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         last_run.pop("outage", None)  # waited out no more: the stop says it
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent,
                         results_written=False)
-        if isinstance(run.stop_error, BudgetExceeded) and not moved:
-            last_run["budget_stop"] = True  # the same command stops again: status says so
+        if not moved and isinstance(run.stop_error, BudgetExceeded | AllFailing):
+            # The same command stops again (the job's spend counts against the budget; the
+            # rows fail as those did): status says what to do first.
+            last_run["stop_kind"] = ("budget" if isinstance(run.stop_error, BudgetExceeded)
+                                     else "all_failing")
         if summary.sent:  # the report's wall time and counters: of the last run that sent
             counters = dict(run.counters)
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})

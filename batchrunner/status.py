@@ -260,11 +260,19 @@ def format_status(out_dir: Path) -> str:
                              f"batchrunner report {shlex.quote(str(out_dir))}")
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
-        if rerun and to_do and last.get("budget_stop") is True and last.get("finished_at"):
+        kind = last.get("stop_kind") if last.get("finished_at") else None
+        if rerun and to_do and kind == "budget":
             # The same command stops again at once: the job's spend so far counts.
             lines.append(f"  to finish, {count_rows(to_do)} to do: raise max_cost_usd "
                          "(--max-cost), which the job's cost so far counts against (batchrunner "
                          f"estimate tells what the rows left cost), then: {rerun}")
+        elif rerun and (to_do or failed) and kind == "all_failing":
+            # Its rows failed alike: sent as they are, the rows left fail so too.
+            rerun = rerun_command(meta, out_dir, answered=state.ok > 0,
+                                  extra=("--retry-failed",) if failed else ())
+            lines.append(f"  to finish, {count_rows(to_do)} to do"
+                         + (f" and {failed:,} failed" if failed else "")
+                         + f": fix what stopped it (above), then: {rerun}")
         elif rerun and to_do:
             lines.append(f"  to finish, {count_rows(to_do)} to do: {rerun}")
         if to_do and ok and (changed_now := _changed_since(meta)):
@@ -326,7 +334,8 @@ def resume_advice(rerun: str) -> str:
     return "run the job again to resume" + (f": {rerun}" if rerun else "")
 
 
-def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True) -> str:
+def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True,
+                  extra: tuple[str, ...] = ()) -> str:
     """The command that runs the job on into ``out_dir``: its job file with the options the
     last run was given (job.json's ``command``), or those options alone for a job given by
     options (none known, before job.json kept them: ""); with ``--output`` unless the job file
@@ -336,7 +345,8 @@ def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True)
     its .env, are that directory's. An option held back (its value holds the API key) is
     named instead: a command without it would not resume the job. With ``--force`` where the
     rows done are the answers of ``batchrunner simulate`` at a URL, which a run to a URL is
-    refused to mix with unless forced (``answered``: some row of the job is ok)."""
+    refused to mix with unless forced (``answered``: some row of the job is ok). ``extra``:
+    arguments to add (``--retry-failed``)."""
     job_file = meta.get("job_file")
     command = meta.get("command")
     if not isinstance(command, dict):
@@ -369,6 +379,7 @@ def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True)
         # (it could be a real endpoint, whose answers would mix), which keeps them the
         # simulator's when it answers again.
         args.append("--force")
+    args += extra
     cwd = command.get("cwd")
     here = isinstance(cwd, str) and os.path.realpath(cwd) == os.path.realpath(os.getcwd())
     return shlex.join(args) if here or not isinstance(cwd, str) else (

@@ -1070,6 +1070,13 @@ async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
     assert "Simulated bad request." in s.stopped
     assert 20 <= s.failed <= 20 + 8 and s.pending == n - s.failed  # 8: the concurrency
     assert sent == s.failed
+    # status named the same command to finish the job, whose rows would fail alike and which
+    # left the failed rows failed: it says to fix the cause first, and resend those too.
+    finish = next(x for x in format_status(tmp_path / "out").splitlines()
+                  if x.startswith("  to finish, "))
+    assert finish.startswith(f"  to finish, {s.pending} rows to do and {s.failed} failed: fix "
+                             "what stopped it (above), then: batchrunner run "), finish
+    assert finish.endswith(" --retry-failed")
     # A rehearsal meets what the real night would: max_tokens for a reasoning model (a warning,
     # sent anyway) is refused as OpenAI refuses it, and the job stops alike.
     plain = make_csv(tmp_path / "plain.csv", [f"row {i}" for i in range(n)])
