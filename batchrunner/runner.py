@@ -1590,6 +1590,9 @@ class _Run:
         self.outage_from = -math.inf
         self.last_refusal = -math.inf  # the latest refused connection, any row's
         self.refused_item: _Work | None = None  # the row it was (_fresh_probe)
+        # When each row was last cut with no answer (connection_reset): another row's, since
+        # the latest answer, tells an endpoint away from a row that the server drops alone.
+        self.cuts: dict[str, float] = {}
         # What the latest refusal was, for the progress: "" a connection that failed, else
         # the gateway's answer ("HTTP 503: no available channel for ...").
         self.refused_by = ""
@@ -2337,12 +2340,13 @@ class _Run:
                     self._refused(item)
                     self.refused_by = ""
                 elif (e.error_type == "connection_reset" and self.last_answer < sent_at
-                        and (self.last_answer > -math.inf or self.answered_before)):
+                        and (self.last_answer > -math.inf or self.answered_before)
+                        and self._cut_with_others(item.key)):
                     # Cut with nothing answered since it was sent, by an endpoint that answered
-                    # before: a box restarting (its requests in flight cut, then its port, a
-                    # container's, taking connections and closing them until the model is
-                    # loaded), waited out as a refusal is. A row's own cut, while others are
-                    # answered, is a try of it, as ever.
+                    # before, as another row was: a box restarting (its requests in flight cut,
+                    # then its port, a container's, taking connections and closing them until
+                    # the model is loaded), waited out as a refusal is. A row's own cut (while
+                    # others are answered, or it alone is cut) is a try of it, as ever.
                     cut = True
                     self.counters["cut_unanswered"] += 1
                     self._refused(item)
@@ -2624,6 +2628,19 @@ class _Run:
         item = self.refused_item
         return (item is not None and item.streak >= 2
                 and self.outstanding - len(self.held) == 1)
+
+    def _cut_with_others(self, key: str) -> bool:
+        """Record a cut of row ``key``'s request (no answer); whether another row's request
+        was cut or refused since the latest answer too."""
+        last = self.last_answer
+        cuts = self.cuts
+        if len(cuts) > 64:  # those before the latest answer tell nothing more
+            for old in [k for k, at in cuts.items() if at <= last]:
+                del cuts[old]
+        cuts[key] = time.perf_counter()
+        return (any(at > last for k, at in cuts.items() if k != key)
+                or (self.last_refusal > last and self.refused_item is not None
+                    and self.refused_item.key != key))
 
     def _refused(self, item: _Work) -> None:
         """An attempt of ``item`` could not connect."""
