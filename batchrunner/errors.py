@@ -14,6 +14,7 @@
     │   ├── BudgetExceeded            the next request could pass max_cost_usd
     │   ├── Unreachable               no connection to the endpoint through a row's retries
     │   ├── AllFailing                the run's first rows all failed the same way, none ok
+    │   ├── SettingRefused            a setting of every row refused: a model not served, ...
     │   └── Interrupted               Ctrl-C, SIGTERM or SIGHUP
     └── RequestError                  one request failed; carries ``error_type`` and retryability
         ├── HTTPStatusError           a non-2xx answer
@@ -44,6 +45,7 @@ __all__ = [
     "OutputError",
     "QuotaError",
     "RequestError",
+    "SettingRefused",
     "StopJob",
     "TransportError",
     "Unreachable",
@@ -136,6 +138,12 @@ class Unreachable(StopJob):
 class AllFailing(StopJob):
     """The run's first rows all failed with one error type and none succeeded: a setting of
     the job (a parameter the model rejects, a wrong model or path), not the rows."""
+
+
+class SettingRefused(StopJob):
+    """The endpoint refused what every row of the job asks alike (a model it does not serve,
+    a ``max_tokens`` past the model's context), stopped at its first answer with no row
+    failed for it: fixed in the job, a rerun sends them all."""
 
 
 class Interrupted(StopJob):

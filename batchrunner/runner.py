@@ -92,6 +92,7 @@ from batchrunner.errors import (
     OutputError,
     QuotaError,
     RequestError,
+    SettingRefused,
     StopJob,
     Unreachable,
     UsageError,
@@ -2304,13 +2305,14 @@ class _Run:
                     # Stopped at the first such answer, no row failed: the rerun with the
                     # right name sends them all.
                     self._answered(sent_at)
-                    self.stop(StopJob(f"{e.message}, then rerun (no row was failed for it)"))
+                    self.stop(SettingRefused(
+                        f"{e.message}, then rerun (no row was failed for it)"))
                     return None, None
                 if e.status == 400 and (window := self._under_context(e.message)):
                     # The job's max_tokens alone fills the model's context (vLLM's
                     # --max-model-len): no row can be answered, whatever its prompt.
                     self._answered(sent_at)
-                    self.stop(StopJob(
+                    self.stop(SettingRefused(
                         f"{e.message} — max_tokens ({self.plan.job.request.max_tokens:,}) is "
                         f"not under the model's context length ({window:,}): lower max_tokens "
                         "(--max-tokens), then rerun (no row was failed for it)"))
@@ -3729,11 +3731,11 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         last_run.pop("outage", None)  # waited out no more: the stop says it
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent,
                         results_written=False)
-        if not moved and isinstance(run.stop_error, BudgetExceeded | AllFailing):
+        if not moved and isinstance(run.stop_error, BudgetExceeded | AllFailing | SettingRefused):
             # The same command stops again (the job's spend counts against the budget; the
-            # rows fail as those did): status says what to do first.
+            # rows fail, or are refused, as those were): status says what to do first.
             last_run["stop_kind"] = ("budget" if isinstance(run.stop_error, BudgetExceeded)
-                                     else "all_failing")
+                                     else "fix_first")
         if summary.sent:  # the report's wall time and counters: of the last run that sent
             counters = dict(run.counters)
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})

@@ -266,8 +266,9 @@ def format_status(out_dir: Path) -> str:
             lines.append(f"  to finish, {count_rows(to_do)} to do: raise max_cost_usd "
                          "(--max-cost), which the job's cost so far counts against (batchrunner "
                          f"estimate tells what the rows left cost), then: {rerun}")
-        elif rerun and (to_do or failed) and kind == "all_failing":
-            # Its rows failed alike: sent as they are, the rows left fail so too.
+        elif rerun and (to_do or failed) and kind == "fix_first":
+            # Its rows failed, or were refused, alike: sent as they are, the rows left fail
+            # so too.
             rerun = rerun_command(meta, out_dir, answered=state.ok > 0,
                                   extra=("--retry-failed",) if failed else ())
             lines.append(f"  to finish, {count_rows(to_do)} to do"

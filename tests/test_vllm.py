@@ -251,6 +251,12 @@ async def test_a_model_the_server_does_not_serve_stops_the_job_with_no_row_faile
             "job's model to one of them")
         assert asked["chat"] <= 8 and asked["models"] == 1  # the first answers, at concurrency 8
         assert not results(tmp_path)["status"].notna().any()
+        # status named the same command, model and all, as the one that finishes the job: it
+        # says to fix what stopped it first.
+        finish = next(x for x in format_status(tmp_path / "out").splitlines()
+                      if x.startswith("  to finish, "))
+        assert finish.startswith("  to finish, 300 rows to do: fix what stopped it (above), "
+                                 "then: batchrunner run "), finish
         s = await run(job_for(tmp_path, url, inp, model=MODEL), max_attempts=3)
     finally:
         await runner.cleanup()
