@@ -93,16 +93,16 @@ def run_in_progress(out_dir: Path) -> str:
     except (PermissionError, ValueError, OverflowError):
         pass
     started = _epoch(last)
-    if started is not None and _process_started_after(int(last["pid"]), started + 1.0):
+    if started is not None and _process_started_after(last["pid"], started + 1.0):
         return ""  # a killed run's pid, another process's since (a new run starting has it)
     return f"pid {last['pid']}, started {last.get('started_at')}"
 
 
-def _process_started_after(pid: int, when: float) -> bool:
+def _process_started_after(pid: Any, when: float) -> bool:
     """Whether the process ``pid`` started after ``when`` (a Unix time, to within a second:
     the boot time is to the second), as Linux's /proc says; False where it does not."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = Path(f"/proc/{int(pid)}/stat").read_text().rpartition(")")[2].split()
         ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
         with open("/proc/stat", encoding="ascii") as stat:
             boot = next(int(line.split()[1]) for line in stat if line.startswith("btime "))
