@@ -1170,10 +1170,21 @@ class _JsonlSource(InputSource):
                 "requests only: move the lines for other endpoints to a file of their own (for "
                 "the Batch API)",
             )
-        if not isinstance(obj["body"], dict):
+        body = obj["body"]
+        if not isinstance(body, dict):
+            raise _input_error(
+                self.path, f"line {lineno}: body is {_short(body)} — it must be a JSON object",
+            )
+        if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+            # Every API in front of OpenAI's models answers such a body 400: the file is
+            # refused before anything is sent, as a job file that sets both is.
             raise _input_error(
                 self.path,
-                f"line {lineno}: body is {_short(obj['body'])} — it must be a JSON object",
+                f"line {lineno}: body sets both max_tokens and max_completion_tokens — APIs "
+                "refuse a request with both (OpenAI: \"Setting 'max_tokens' and "
+                "'max_completion_tokens' at the same time is not supported\"): keep one of "
+                "them in every line (max_completion_tokens for a reasoning model: o-series, "
+                "GPT-5)",
             )
 
 

@@ -277,6 +277,19 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(inp, prompt=None, model=None), ["batch.jsonl", "line 2", "'body'"]
 
 
+@case("OpenAI batch line whose body sets max_tokens and max_completion_tokens")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Every such row was sent and answered 400 by OpenAI and the gateways in front of it.
+    lines = [{"custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+                       "max_completion_tokens": 50}} for i in range(3)]
+    lines[2]["body"]["max_tokens"] = 50
+    inp = c.write("batch.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    return c.args(inp, prompt=None, model=None), [
+        "batch.jsonl: line 3: body sets both max_tokens and max_completion_tokens",
+        "keep one of them in every line"]
+
+
 @case("OpenAI batch file with request settings it would not use")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     line = {"custom_id": "t1", "method": "POST", "url": "/v1/chat/completions",
