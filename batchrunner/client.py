@@ -1983,10 +1983,14 @@ def _choice_entry(index: Any, content: Any, finish_reason: Any, tool_calls: Any,
 
 def _token_logprobs(logprobs: Any) -> list[Any] | None:
     """The tokens' entries of a choice's ``logprobs`` (its ``content``: ``{"token",
-    "logprob", "bytes", "top_logprobs"}`` a token, as the API and vLLM give them); None when
-    it has none (a refusal's, ``logprobs.refusal``, are not kept: its row has no answer)."""
+    "logprob", "bytes", "top_logprobs"}`` a token, as the API and vLLM give them), or, with
+    none, those of a refusal's words (``logprobs.refusal``, in the same shape: a refused row's
+    error_message holds the words); None when it has neither."""
     if type(logprobs) is dict:
         tokens = logprobs.get("content")
+        if type(tokens) is list and tokens:
+            return tokens
+        tokens = logprobs.get("refusal")
         if type(tokens) is list and tokens:
             return tokens
     return None

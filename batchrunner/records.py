@@ -42,8 +42,9 @@ class Outcome:
     # when the reply cited nothing.
     citations: str | None = None
     # The log probabilities of the answer's tokens, as JSON text: the API's
-    # ``logprobs.content`` of choice 0 ([{"token", "logprob", "bytes", "top_logprobs"}]); those
-    # of every choice are in ``choices``. None when the request did not ask for them.
+    # ``logprobs.content`` of choice 0 ([{"token", "logprob", "bytes", "top_logprobs"}]), or a
+    # refusal's ``logprobs.refusal``; those of every choice are in ``choices``. None when the
+    # request did not ask for them.
     logprobs: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int | None = None

@@ -354,22 +354,25 @@ async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
                 fmt: str = "parquet", output: str = "out", stream: bool = False
                 ) -> tuple[RunSummary, pd.DataFrame]:
     """Run a job whose rows' prompts are the replies a server answers with, as its content (a
-    prompt of JSON with a "message" key: that message, and its "finish_reason"); streamed,
-    the content comes in pieces of 4 characters, then the refusal, if any."""
+    prompt of JSON with a "message" key: that message, and its "finish_reason" and
+    "logprobs"); streamed, the content comes in pieces of 4 characters, then the refusal, if
+    any, with the logprobs."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         body = await request.json()
         said = body["messages"][-1]["content"]
         message: dict[str, object] = {"role": "assistant", "content": said}
-        finish = "stop"
+        finish, logprobs = "stop", None
         if said.startswith("{\"message\""):
             spec = json.loads(said)
             message, finish = spec["message"], spec.get("finish_reason", "stop")
+            logprobs = spec.get("logprobs")
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         if not body.get("stream"):
             return web.json_response({
                 "id": "chatcmpl-1", "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                             "logprobs": logprobs}],
                 "usage": usage})
         text = str(message.get("content") or "")
         deltas: list[dict[str, object]] = [{"role": "assistant", "content": None,
@@ -378,7 +381,9 @@ async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
         if message.get("refusal"):
             deltas.append({"content": None, "refusal": message["refusal"]})
         chunks = [{"id": "c", "model": body["model"], "choices": [
-            {"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+            {"index": 0, "delta": d, "finish_reason": None,
+             "logprobs": logprobs if d.get("refusal") else None}]}
+            for d in deltas]
         chunks.append({"id": "c", "model": body["model"], "choices": [
             {"index": 0, "delta": {}, "finish_reason": finish}]})
         chunks.append({"id": "c", "model": body["model"], "choices": [], "usage": usage})
@@ -441,12 +446,18 @@ async def test_a_refusal_is_a_failed_row_that_says_why(
     # A model that will not give the structured output answers message.refusal, content null:
     # that was an invalid_json row ("not JSON (Input is a zero-length ...)"), the why lost
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    # Its log probabilities (asked for) are the refusal's tokens, logprobs.refusal: they were
+    # dropped, the logprobs column null.
+    tokens = [{"token": t, "logprob": -0.25, "bytes": list(t.encode()), "top_logprobs": []}
+              for t in ("I'm", " sorry")]
     refused = json.dumps({"message": {"role": "assistant", "content": None,
-                                      "refusal": "I'm sorry, I can't help with that."}})
+                                      "refusal": "I'm sorry, I can't help with that."},
+                          "logprobs": {"content": None, "refusal": tokens}})
     s, df = await _echo(tmp_path, ['{"n": 1}', refused], stream=stream, schema={
         "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
     assert (s.ok, s.failed) == (1, 1) and s.error_types == {"refusal": 1}
     assert df["error_message"][1] == "the model refused: I'm sorry, I can't help with that."
+    assert json.loads(df["logprobs"][1]) == tokens and pd.isna(df["logprobs"][0])
     assert df["cost_usd"][1] > 0 and df["attempts"][1] == 1 and pd.isna(df["json_n"][1])
     assert df["json_n"][0] == 1
 
