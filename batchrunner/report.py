@@ -898,6 +898,9 @@ def build_report(
     n_filtered = by_finish.get("content_filter", 0)
     if n_filtered:
         warnings.append(f"{count_rows(n_filtered)} stopped by the content filter")
+    n_paused = by_finish.get("pause_turn", 0)
+    if n_paused:
+        warnings.append(paused_warning(n_paused))
     if stats._n_fewer:
         warnings.append(fewer_choices_warning(stats._n_fewer, stats._choices))
 
@@ -1531,6 +1534,18 @@ def fewer_choices_warning(rows: int, n: int) -> str:
     asked = f"the n = {n} asked" if n > 1 else "the n their requests asked"
     return (f"{count_rows(rows)} got fewer choices than {asked} (the server ignores "
             "n?): their choices column holds those that came")
+
+
+def paused_warning(rows: int) -> str:
+    """What the summary and the reports say of ``rows`` whose turn Claude paused (its
+    ``stop_reason`` ``pause_turn``, which gateways pass on as the finish_reason): the turn's
+    server tools (web search) ran to their limit before the answer. A chat completion cannot
+    hand the turn back to go on, so the row is ok with what it said so far."""
+    them = "it" if rows == 1 else "them"
+    return (f"{count_rows(rows)} paused before {'its' if rows == 1 else 'their'} answer "
+            "(finish_reason=pause_turn: Claude's server tools, such as web search, ran to their "
+            f"limit): {'its' if rows == 1 else 'their'} content is unfinished; to send {them} "
+            "again, rerun with --rerun-where \"finish_reason == 'pause_turn'\"")
 
 
 def changed_warning(n: int, *, exact: bool = True) -> str:

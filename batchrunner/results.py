@@ -242,6 +242,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     # Rows cut in a choice but choice 0: counted cut, and not by their finish_reason (choice 0's)
     summary.choice_cut = summary.length_cut > report["by_finish_reason"].get("length", 0)
     summary.filtered = report["by_finish_reason"].get("content_filter", 0)
+    summary.paused = report["by_finish_reason"].get("pause_turn", 0)
     summary.fewer_choices, summary.choices_asked = report["rows"]["fewer_choices"], asked
     summary.batch_input = plan.source.kind == "openai_batch"
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None

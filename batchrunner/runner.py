@@ -126,6 +126,7 @@ from batchrunner.report import (
     format_budget,
     format_span,
     format_usd,
+    paused_warning,
     retry_advice,
     utc_timestamp,
 )
@@ -184,6 +185,7 @@ MAX_AUTO_CONCURRENCY = 512
 _STOPPED_SHORT = {
     "length": "the reply was cut at max_tokens (finish_reason=length)",
     "content_filter": "the reply was stopped by the content filter (finish_reason=content_filter)",
+    "pause_turn": "the turn was paused before its answer (finish_reason=pause_turn)",
 }
 # The rows cut at max_tokens, as --rerun-where picks them; with n > 1 (True) those of which any
 # choice was (its finish_reason in ``choices``), not choice 0 alone.
@@ -289,6 +291,7 @@ class RunSummary:
     sent: int = 0
     length_cut: int = 0
     filtered: int = 0  # rows stopped by the content filter (finish_reason content_filter)
+    paused: int = 0  # rows whose turn Claude paused (finish_reason pause_turn): unfinished
     fewer_choices: int = 0  # ok rows answered with fewer choices than the n asked
     choices_asked: int = 1  # the n the job asked
     # A row was cut at max_tokens in a choice but choice 0 (rows of a column's n > 1, say)
@@ -4029,6 +4032,8 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  warning: {count_rows(s.filtered)} stopped by the content filter "
                      f"(finish_reason=content_filter): {'its' if s.filtered == 1 else 'their'} "
                      "content is cut short or empty")
+    if s.paused:
+        lines.append(f"  warning: {paused_warning(s.paused)}")
     if s.fewer_choices:
         lines.append(f"  warning: {fewer_choices_warning(s.fewer_choices, s.choices_asked)}")
     answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd

@@ -137,18 +137,27 @@ async def test_claudes_refusal_and_geminis_blocks_read_as_the_content_filter(
     """Claude's stop_reason "refusal" (its safety classifier stopped the answer) and Gemini's
     blocked finishReasons, passed on by a gateway, were kept as sent: ok rows with no
     content and no word in the summary or the report, and missed by --rerun-where
-    "finish_reason == 'content_filter'". They read as OpenAI's content_filter."""
-    texts = ["end_turn", "refusal", "RECITATION", "PROHIBITED_CONTENT", "SAFETY", "stop"]
+    "finish_reason == 'content_filter'". They read as OpenAI's content_filter. Claude's
+    "pause_turn" (its server tools ran to their limit before the answer), which OpenAI has no
+    word for, is kept as sent: an ok row whose unfinished content was said nowhere."""
+    texts = ["end_turn", "refusal", "RECITATION", "PROHIBITED_CONTENT", "SAFETY", "stop",
+             "pause_turn"]
     s, df = await gateway(tmp_path, texts, stream=stream)
     assert s.exit_code == 0
-    assert df["finish_reason"].tolist() == ["stop", *["content_filter"] * 4, "stop"]
+    assert df["finish_reason"].tolist() == ["stop", *["content_filter"] * 4, "stop",
+                                            "pause_turn"]
+    paused = ("1 row paused before its answer (finish_reason=pause_turn: Claude's server "
+              "tools, such as web search, ran to their limit): its content is unfinished; to "
+              "send it again, rerun with --rerun-where \"finish_reason == 'pause_turn'\"")
     assert pd.isna(df.loc["r1", "content"])
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
     assert report["by_finish_reason"]["content_filter"] == 4
     assert "4 rows stopped by the content filter" in report["warnings"]
+    assert paused in report["warnings"], report["warnings"]
     summary = format_summary(s)
     assert ("  warning: 4 rows stopped by the content filter (finish_reason=content_filter): "
             "their content is cut short or empty\n") in summary, summary
+    assert f"  warning: {paused}\n" in summary, summary
 
 
 @pytest.mark.anyio
@@ -158,12 +167,16 @@ async def test_a_structured_row_stopped_by_the_content_filter_says_so(tmp_path: 
     stopped it, as a reply cut at max_tokens says it was cut."""
     schema = tmp_path / "answer.schema.json"
     schema.write_text(json.dumps({"type": "object", "properties": {"a": {"type": "string"}}}))
-    s, df = await gateway(tmp_path, ["refusal"], schema_file=str(schema))
+    s, df = await gateway(tmp_path, ["refusal", "pause_turn"], schema_file=str(schema))
     assert s.exit_code == 3
     assert df.loc["r0", "error_type"] == "invalid_json"
     assert df.loc["r0", "error_message"].startswith(
         "the reply was stopped by the content filter (finish_reason=content_filter): "), \
         df.loc["r0", "error_message"]
+    # So does a reply Claude paused before its answer (its words so far are not the JSON)
+    assert df.loc["r1", "error_message"].startswith(
+        "the turn was paused before its answer (finish_reason=pause_turn): "), \
+        df.loc["r1", "error_message"]
 
 
 # Gemini through the gateway: "thinking budget counts toward output tokens", and a gateway that
