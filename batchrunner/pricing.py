@@ -80,6 +80,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from decimal import Decimal
+from functools import partial
 from types import MappingProxyType, ModuleType
 from typing import Any, TypeVar
 
@@ -288,6 +289,24 @@ class PriceBook:
         if model not in self._prices:
             self._resolve(model)
         return self._prices[model]
+
+    def uncached_warnings(self) -> list[str]:
+        """The job's entries that set no ``cached_input`` for a model the library bills
+        cached prompt tokens lower for (OpenAI's, Anthropic's, DeepSeek's...): their cached
+        tokens would cost the input price, said before the run."""
+        out = []
+        for name, price in self._overrides.items():
+            if price.cached_input is not None:
+                continue
+            entry = self._answer(lambda a: a.prices, name, partial(_library_entry, name))
+            known = entry[0] if entry is not None else None
+            if known is None or known.cached_input is None or known.cached_input >= known.input:
+                continue
+            out.append(f'[prices."{name}"] sets no cached_input: the cached prompt tokens its '
+                       f"replies report will be priced at its input price ({price.input:g} "
+                       f"USD per 1M tokens), where {LIBRARY_NAME} lists {known.cached_input:g} "
+                       f"for them (input {known.input:g}): add cached_input to it")
+        return out
 
     def source(self, model: str) -> str:
         """Where the price comes from: ``job [prices]`` (``job [prices] (name)`` for a dated

@@ -119,6 +119,7 @@ from batchrunner.arrow import (
 from batchrunner.pricing import (
     LIBRARY_NAME,
     SOURCE_ASKED,
+    SOURCE_JOB,
     SOURCE_UNKNOWN,
     ModelPrice,
     PriceBook,
@@ -816,6 +817,9 @@ def build_report(
 
     by_model = _by_model(stats, prices)
     for model, entry in by_model.items():
+        if entry["cached_tokens"] and (said := uncached_price(prices, model)) is not None:
+            warnings.append(f"model {model!r}: {entry['cached_tokens']:,} cached prompt tokens "
+                            f"priced at the input price, as {said}")
         k = entry["unpriced_rows"]
         if not k:
             continue
@@ -985,6 +989,19 @@ def build_report(
         "stopped": stopped,
         "warnings": warnings,
     }
+
+
+def uncached_price(prices: PriceBook, model: str) -> str | None:
+    """Where ``model``'s price is the job's ``[prices]`` entry with no ``cached_input`` (its
+    cached prompt tokens then cost the input price, which APIs that cache bill lower: OpenAI
+    a half to a tenth, Anthropic and DeepSeek a tenth), what to say of it; else None."""
+    price = prices.price(model)
+    source = prices.source(model)
+    if price is None or price.cached_input is not None or not source.startswith(SOURCE_JOB):
+        return None
+    named = source[len(SOURCE_JOB) + 2:-1] if source != SOURCE_JOB else model
+    return (f'[prices."{named}"] sets no cached_input: add it (USD per 1M tokens) where the '
+            "API bills cached tokens lower (most list a cached-input price)")
 
 
 def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any]]:

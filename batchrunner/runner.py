@@ -638,6 +638,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     stamp = source.stamp()  # before the input is read: a change from here on is seen
     where = f"input {source.path.name}"
     prices = PriceBook(parse_price_table(job.prices, where=f"job file {job.source}: [prices]"))
+    warnings.extend(prices.uncached_warnings())
 
     builder: RequestBuilder | None = None
     if source.kind == "openai_batch":

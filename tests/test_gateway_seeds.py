@@ -261,3 +261,22 @@ async def test_the_simulator_thinks_when_a_gemini_request_asks_it_to(
     reasoning = df.loc["r0", "reasoning_tokens"]
     assert bool(reasoning > 0) is thinks, reasoning
     assert bool(pd.notna(df.loc["r0", "reasoning_content"])) is (thinks and stream)
+
+
+@pytest.mark.parametrize(("model", "prices", "warned"), [
+    ("gpt-4o", "input = 2.5\noutput = 10", True),
+    ("gpt-4o", "input = 2.5\noutput = 10\ncached_input = 1.25", False),
+    ("my-gateway-model", "input = 0.15\noutput = 0.6", False),  # not known to cache
+])
+def test_a_price_entry_without_cached_input_for_a_model_that_caches_is_warned_about(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, prices: str,
+        warned: bool) -> None:
+    """The README's [prices] example, copied without its cached_input line for a model whose
+    API bills cached prompt tokens at half the input price, priced them at the input price
+    with no word before the run."""
+    out = estimate(tmp_path, capsys, model, "", max_tokens=20, prices=prices)
+    said = (f'warning: [prices."{model}"] sets no cached_input: the cached prompt tokens its '
+            "replies report will be priced at its input price (2.5 USD per 1M tokens), where "
+            "genai-prices lists 1.25 for them (input 2.5): add cached_input to it")
+    assert (said in out) is warned, out
+    assert ("cached_input" in out) is warned, out

@@ -843,3 +843,23 @@ async def test_the_reports_show_search_cost_apart_and_cache_tokens_by_model(
     assert plain["search_cost_usd"] == 0.0
     head = next(x for x in render_markdown(plain).splitlines() if x.startswith("| Model "))
     assert "Cached" not in head and "Search" not in head
+
+
+def test_cached_tokens_priced_at_the_input_price_of_a_job_entry_without_cached_input() -> None:
+    # A [prices] entry as the README's, without its cached_input line: the cached tokens the
+    # replies reported cost the input price, and nothing said so.
+    book = PriceBook({"my-gateway-model": ModelPrice(input=0.15, output=0.6), "my-model": OWN})
+    rows = [ok_row(book, "a", "my-gateway-model", cached=300),
+            ok_row(book, "b", "my-gateway-model-2025-01-01", cached=40),
+            ok_row(book, "c", "my-model", cached=100)]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=1.0)
+    said = ('cached prompt tokens priced at the input price, as [prices."my-gateway-model"] '
+            "sets no cached_input: add it (USD per 1M tokens) where the API bills cached tokens "
+            "lower (most list a cached-input price)")
+    assert [w for w in report["warnings"] if "cached_input" in w] == [
+        f"model 'my-gateway-model': 300 {said}",
+        f"model 'my-gateway-model-2025-01-01': 40 {said}"], report["warnings"]
+    # No cached tokens, no word of it
+    none = build_report(table([ok_row(book, "a", "my-gateway-model", cached=0)]), prices=book,
+                        job=JOB, wall_s=1.0)
+    assert not [w for w in none["warnings"] if "cached_input" in w]
