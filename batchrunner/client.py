@@ -2112,15 +2112,21 @@ def _usage(usage: Any) -> Usage:
         # as OpenAI's usage (and the pricing) has it.
         ct += reasoning
     elif reasoning is None and tt is not None and pt is not None and ct is not None and (
-            tt > pt + ct) and tt - pt - ct not in (cached, written, (cached or 0) + (written or 0)):
-        # Tokens the total counts beyond the prompt and the completion, with no reasoning
-        # count: Gemini's thoughts, which a gateway maps into total_tokens only (its
-        # thoughtsTokenCount beside candidatesTokenCount). Billed as output ("thinking budget
-        # counts toward output tokens"), so counted in the completion, and named reasoning.
-        # (A gap that is the cache counts, or either of them, is their count apart from the
-        # prompt: no thoughts.)
-        reasoning = tt - pt - ct
-        ct = tt - pt
+            tt > pt + ct):
+        gap = tt - pt - ct
+        if gap in (cached, written, (cached or 0) + (written or 0)):
+            # The gap is the cache counts (or either of them) the total adds apart from the
+            # prompt (a gateway's prompt_tokens that leaves out the cache reads it passes on):
+            # the prompt is all of them, as above, or its new tokens would be priced short.
+            pt += gap
+        else:
+            # Tokens the total counts beyond the prompt and the completion, with no reasoning
+            # count: Gemini's thoughts, which a gateway maps into total_tokens only (its
+            # thoughtsTokenCount beside candidatesTokenCount). Billed as output ("thinking
+            # budget counts toward output tokens"), so counted in the completion, and named
+            # reasoning.
+            reasoning = gap
+            ct = tt - pt
     if tt is None and pt is not None and ct is not None:
         tt = pt + ct
     # Search billed per unit: Anthropic's web searches (through a gateway, as its own API puts

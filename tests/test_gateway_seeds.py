@@ -207,11 +207,15 @@ def test_thoughts_in_the_total_only_are_counted_as_reasoning_in_the_completion()
                                                "total_tokens": 1650, "prompt_tokens_details": {
                                                    "cached_tokens": 600}}})
     assert (within.completion_tokens, within.reasoning_tokens) == (50, None)
+    # ... and counted in the prompt, which left them out: its 1,000 new tokens were priced as
+    # 400 (the 600 read taken from them), the row's cost short by 600 at the input price.
+    assert (within.prompt_tokens, within.cached_tokens, within.total_tokens) == (1600, 600, 1650)
     # Anthropic's counts, the total adding the cache reads but not the writes: no thoughts
     reads = parse({**reply(answer), "usage": {
         "prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1650,
         "cache_read_input_tokens": 600, "cache_creation_input_tokens": 200}})
     assert (reads.completion_tokens, reads.reasoning_tokens) == (50, None)
+    assert (reads.prompt_tokens, reads.total_tokens) == (1600, 1650)
 
 
 @pytest.mark.anyio
