@@ -315,6 +315,10 @@ class InputSource(abc.ABC):
     rows_checked: bool
     batch_size: int
     batch_bytes: int = BATCH_BYTES
+    # An OpenAI batch file's lines are refused, as they are read, for what every API would
+    # answer 400 (a body with both max_tokens and max_completion_tokens): set by the runs that
+    # send them, not by the rebuild of an earlier run's results, which reads them too.
+    refuse_unsendable: bool = False
 
     def __init__(self, path: Path, batch_size: int) -> None:
         self.path = path
@@ -1175,7 +1179,8 @@ class _JsonlSource(InputSource):
             raise _input_error(
                 self.path, f"line {lineno}: body is {_short(body)} — it must be a JSON object",
             )
-        if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        if (self.refuse_unsendable and body.get("max_tokens") is not None
+                and body.get("max_completion_tokens") is not None):
             # Every API in front of OpenAI's models answers such a body 400: the file is
             # refused before anything is sent, as a job file that sets both is.
             raise _input_error(

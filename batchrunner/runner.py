@@ -644,6 +644,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     if source.kind == "openai_batch":
         key_column: str | None = "custom_id"
         _check_no_request_settings(job, where)  # before the file is read through
+        source.refuse_unsendable = True  # its lines every API would refuse: named as read
     else:
         builder = RequestBuilder(job.request, source.columns, where,
                                  base_dir=source.path if source.path.is_dir()

@@ -513,3 +513,26 @@ def test_the_estimate_counts_a_photo_sent_as_a_data_url_by_its_size(
     code, out, err = cli(capsys, "estimate", *batch_args(tmp_path)[1:-2])  # no --progress
     assert code == 0, err
     assert _estimated_prompt_tokens(out) >= 3 * 765, out
+
+
+def test_rows_sent_with_both_token_limits_before_such_files_were_refused_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A run refuses a file with a body setting max_tokens and max_completion_tokens; `report`
+    # still rebuilds the results of the run that sent such a row (answered 400) before.
+    from batchrunner import io as bio
+
+    write_batch(tmp_path / "batch.jsonl", [
+        batch_line("a"), batch_line("b", max_tokens=5, max_completion_tokens=5)])
+    with monkeypatch.context() as m:  # as a run sent them then
+        m.setattr(bio.InputSource, "refuse_unsendable",
+                  property(lambda self: False, lambda self, value: None))
+        code, _, err = cli(capsys, *batch_args(tmp_path))
+    assert code == 3, err
+    (tmp_path / "out" / "results.parquet").unlink()
+    code, _, err = cli(capsys, "report", str(tmp_path / "out"))
+    assert code == 3, err
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("custom_id")
+    assert df.loc["a", "status"] == "ok" and df.loc["b", "error_type"] == "http_400"
+    code, _, err = cli(capsys, *batch_args(tmp_path))  # a run now names it
+    assert code == 2 and "line 2: body sets both max_tokens and max_completion_tokens" in err
