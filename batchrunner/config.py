@@ -456,7 +456,18 @@ def _misplaced(key: str, table: str) -> str:
             return f"; it belongs in [{home}]: move it below that header"
     if table == "request" and key in _BODY_FIELDS:
         return "; other request body fields go in [request.extra]"
-    return ""
+    return _SDK_NAMES.get(key, "")
+
+
+# The OpenAI SDK's client settings, as the gateways' guides set them (OpenAI(api_key=...,
+# timeout=60, max_retries=2)), written into a job file under their names: what they are here.
+_SDK_NAMES = {
+    "max_retries": "; the OpenAI SDK's max_retries = N is [limits] max_attempts = N + 1 here (its "
+                   "first try and N retries)",
+    "timeout": "; the OpenAI SDK's timeout (seconds) is [limits] timeout_s here",
+    "api_key": "; the key is read from the environment or a .env file, never from the job file: "
+               "OPENAI_API_KEY, or the variable [endpoint] api_key_env names",
+}
 
 
 def _number(t: dict[str, Any], key: str, f: _Fields, *, integer: bool, positive: bool,

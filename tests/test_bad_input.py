@@ -405,6 +405,23 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.job(GOOD_JOB + "[limits]\nrpmm = 5\n"), ["job.toml", "'rpmm'", "[limits]"]
 
 
+@case("the OpenAI SDK's client settings under their names, as a gateway's guide sets them")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # OpenAI(api_key=..., timeout=60, max_retries=2): refused with the list of known keys alone
+    c.good_csv()
+    return c.job(GOOD_JOB + "[limits]\nmax_retries = 2\n"), [
+        "unknown key 'max_retries' in [limits]",
+        "the OpenAI SDK's max_retries = N is [limits] max_attempts = N + 1 here"]
+
+
+@case("an API key written into the job file")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.good_csv()
+    return c.job(GOOD_JOB + '[endpoint]\napi_key = "sk-in-the-job-file-0123456789"\n'), [
+        "unknown key 'api_key' in [endpoint]",
+        "the key is read from the environment or a .env file, never from the job file"]
+
+
 @case("max_tokens 1.5 in TOML")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.good_csv()
