@@ -296,8 +296,8 @@ class PriceBook:
         tokens would cost the input price, said before the run."""
         out = []
         for name, price in self._overrides.items():
-            if price.cached_input is not None:
-                continue
+            if price.cached_input is not None or not price.input:
+                continue  # (a price of 0, a server of the job's own: no cheaper cache)
             entry = self._answer(lambda a: a.prices, name, partial(_library_entry, name))
             known = entry[0] if entry is not None else None
             if known is None or known.cached_input is None or known.cached_input >= known.input:

@@ -271,6 +271,7 @@ async def test_the_simulator_thinks_when_a_gemini_request_asks_it_to(
     ("gpt-4o", "input = 2.5\noutput = 10", True),
     ("gpt-4o", "input = 2.5\noutput = 10\ncached_input = 1.25", False),
     ("my-gateway-model", "input = 0.15\noutput = 0.6", False),  # not known to cache
+    ("gpt-4o", "input = 0\noutput = 0", False),  # served by a box of the job's own: free
 ])
 def test_a_price_entry_without_cached_input_for_a_model_that_caches_is_warned_about(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, prices: str,

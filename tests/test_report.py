@@ -848,10 +848,11 @@ async def test_the_reports_show_search_cost_apart_and_cache_tokens_by_model(
 def test_cached_tokens_priced_at_the_input_price_of_a_job_entry_without_cached_input() -> None:
     # A [prices] entry as the README's, without its cached_input line: the cached tokens the
     # replies reported cost the input price, and nothing said so.
-    book = PriceBook({"my-gateway-model": ModelPrice(input=0.15, output=0.6), "my-model": OWN})
+    book = PriceBook({"my-gateway-model": ModelPrice(input=0.15, output=0.6), "my-model": OWN,
+                      "Qwen/Qwen3-8B": ModelPrice(input=0, output=0)})  # a server of its own
     rows = [ok_row(book, "a", "my-gateway-model", cached=300),
             ok_row(book, "b", "my-gateway-model-2025-01-01", cached=40),
-            ok_row(book, "c", "my-model", cached=100)]
+            ok_row(book, "c", "my-model", cached=100), ok_row(book, "d", "Qwen/Qwen3-8B")]
     report = build_report(table(rows), prices=book, job=JOB, wall_s=1.0)
     said = ('cached prompt tokens priced at the input price, as [prices."my-gateway-model"] '
             "sets no cached_input: add it (USD per 1M tokens) where the API bills cached tokens "
