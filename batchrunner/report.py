@@ -816,10 +816,8 @@ def build_report(
     n_unpriced = stats._n_unpriced
 
     by_model = _by_model(stats, prices)
+    warnings.extend(cached_at_input_price(by_model, prices))
     for model, entry in by_model.items():
-        if entry["cached_tokens"] and (said := uncached_price(prices, model)) is not None:
-            warnings.append(f"model {model!r}: {entry['cached_tokens']:,} cached prompt tokens "
-                            f"priced at the input price, as {said}")
         k = entry["unpriced_rows"]
         if not k:
             continue
@@ -989,6 +987,15 @@ def build_report(
         "stopped": stopped,
         "warnings": warnings,
     }
+
+
+def cached_at_input_price(by_model: Mapping[str, Mapping[str, Any]], prices: PriceBook
+                          ) -> list[str]:
+    """What the reports and the run's summary say of each model whose rows' cached prompt
+    tokens were priced at the input price for want of the job's ``cached_input``."""
+    return [f"model {model!r}: {entry['cached_tokens']:,} cached prompt tokens priced at the "
+            f"input price, as {said}" for model, entry in by_model.items()
+            if entry.get("cached_tokens") and (said := uncached_price(prices, model)) is not None]
 
 
 def uncached_price(prices: PriceBook, model: str) -> str | None:

@@ -41,6 +41,7 @@ from batchrunner.report import (
     REPORT_COLUMNS,
     OutcomeStats,
     build_report,
+    cached_at_input_price,
     choices_asked,
     sum_usd,
     unpriced_causes,
@@ -250,6 +251,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.cost_unknown = report["rows"]["cost_unknown"]
     if summary.cost_unknown:
         summary.unpriced = unpriced_causes(report["by_model"])
+    summary.cached_at_input_price = cached_at_input_price(report["by_model"], plan.prices)
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
     summary.unreported_rows = report["cost_unreported"]["rows"]
     summary.unreported_usd = report["cost_unreported"]["estimated_usd"]

@@ -292,6 +292,8 @@ class RunSummary:
     length_cut: int = 0
     filtered: int = 0  # rows stopped by the content filter (finish_reason content_filter)
     paused: int = 0  # rows whose turn Claude paused (finish_reason pause_turn): unfinished
+    # Models whose cached prompt tokens the job priced at the input price (no cached_input)
+    cached_at_input_price: list[str] = field(default_factory=list)
     fewer_choices: int = 0  # ok rows answered with fewer choices than the n asked
     choices_asked: int = 1  # the n the job asked
     # A row was cut at max_tokens in a choice but choice 0 (rows of a column's n > 1, say)
@@ -4036,6 +4038,7 @@ def format_summary(s: RunSummary) -> str:
                      "content is cut short or empty")
     if s.paused:
         lines.append(f"  warning: {paused_warning(s.paused)}")
+    lines.extend(f"  warning: {said}" for said in s.cached_at_input_price)
     if s.fewer_choices:
         lines.append(f"  warning: {fewer_choices_warning(s.fewer_choices, s.choices_asked)}")
     answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd

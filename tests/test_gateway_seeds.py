@@ -88,9 +88,11 @@ def test_the_estimate_of_claudes_web_search_options_asks_for_no_search_request_p
 
 
 async def gateway(tmp_path: Path, texts: list[str], *, stream: bool = False,
-                  model: str = CLAUDE, **over: Any) -> tuple[RunSummary, pd.DataFrame]:
+                  model: str = CLAUDE, prices: dict[str, Any] | None = None, **over: Any
+                  ) -> tuple[RunSummary, pd.DataFrame]:
     """Run a job over ``texts`` against a gateway answering each row as its text says: a
-    finish reason, or ``usage {...}``; streamed or not; ``over``: the job's other options."""
+    finish reason, or ``usage {...}``; streamed or not; ``prices``: the job's [prices];
+    ``over``: the job's other options."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         body = await request.json()
@@ -123,8 +125,9 @@ async def gateway(tmp_path: Path, texts: list[str], *, stream: bool = False,
     runner, port = await serve_on_loopback(handler)
     try:
         inp = make_csv(tmp_path / "in.csv", texts)
-        s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=model,
-                              stream=stream or None, **over))
+        job = job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=model,
+                      stream=stream or None, **over)
+        s = await run(replace(job, prices=prices) if prices else job)
     finally:
         await runner.cleanup()
     return s, results(tmp_path)
@@ -285,3 +288,21 @@ def test_a_price_entry_without_cached_input_for_a_model_that_caches_is_warned_ab
             "genai-prices lists 1.25 for them (input 2.5): add cached_input to it")
     assert (said in out) is warned, out
     assert ("cached_input" in out) is warned, out
+
+
+@pytest.mark.anyio
+async def test_the_summary_names_a_model_whose_cached_tokens_cost_the_input_price(
+        tmp_path: Path) -> None:
+    """A gateway's model the job prices without cached_input, whose replies report cache
+    reads (OpenAI's prompt_tokens_details): the summary said nothing of their price."""
+    usage = {"prompt_tokens": 1000, "completion_tokens": 5, "total_tokens": 1005,
+             "prompt_tokens_details": {"cached_tokens": 800}}
+    s, df = await gateway(tmp_path, ["usage " + json.dumps(usage), "end_turn"],
+                          model="my-gateway-model",
+                          prices={"my-gateway-model": {"input": 0.15, "output": 0.6}})
+    assert s.exit_code == 0 and df["cached_tokens"].tolist()[0] == 800
+    said = ("  warning: model 'my-gateway-model': 800 cached prompt tokens priced at the input "
+            'price, as [prices."my-gateway-model"] sets no cached_input: add it (USD per 1M '
+            "tokens) where the API bills cached tokens lower (most list a cached-input price)\n")
+    summary = format_summary(s)
+    assert said in summary, summary
