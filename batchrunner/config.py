@@ -97,6 +97,7 @@ __all__ = [
     "is_loopback",
     "load_dotenv",
     "load_job",
+    "openai_named",
     "openai_reasoning",
     "proxy_for",
     "secrets_known",
@@ -259,14 +260,24 @@ _REDACTED = "[redacted]"
 
 # OpenAI's reasoning models, which refuse max_tokens ("Unsupported parameter: 'max_tokens' is
 # not supported with this model. Use 'max_completion_tokens' instead.") and a temperature other
-# than 1: the o-series and GPT-5 (gpt-5, gpt-5-mini, gpt-5.2, ...; not gpt-5-chat, which takes
-# both), plain, dated or behind a gateway's provider prefix (openai/o4-mini).
-_OPENAI_REASONING = re.compile(r"(?:^|/)(?:o[134]|gpt-5)(?:[-.][a-z0-9.-]*)?$", re.IGNORECASE)
+# than 1, and bill reasoning tokens they return no text of: the o-series (o1, o3-mini, o4-mini,
+# ...), GPT-5 (gpt-5, gpt-5-mini, gpt-5-nano, gpt-5.1, gpt-5.2-pro, gpt-5.1-codex-max, ...) and
+# codex-mini; plain, dated or behind a gateway's provider prefix (openai/o4-mini). The chat
+# models among those names (gpt-5-chat-latest, gpt-5.1-chat-latest) do not reason and take both.
+_OPENAI_NAMES = re.compile(r"(?:^|/)(?:o[134]|gpt-5|codex-mini)(?:[-.][a-z0-9.-]*)?$",
+                           re.IGNORECASE)
+
+
+def openai_named(model: str) -> bool:
+    """Whether ``model`` is one of the names :func:`openai_reasoning` decides on (o-series,
+    GPT-5 and its chat models, codex-mini), reasoning or not."""
+    return _OPENAI_NAMES.search(model) is not None
 
 
 def openai_reasoning(model: str) -> bool:
-    """Whether ``model`` names one of OpenAI's reasoning models (o-series, GPT-5)."""
-    return _OPENAI_REASONING.search(model) is not None and "-chat" not in model.lower()
+    """Whether ``model`` names one of OpenAI's reasoning models (o-series, GPT-5 but its chat
+    models, codex-mini)."""
+    return _OPENAI_NAMES.search(model) is not None and "-chat" not in model.lower()
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:

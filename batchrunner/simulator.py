@@ -59,9 +59,15 @@ Token counting (exported, the runner uses the same estimate)
     and ``completion_tokens == max_tokens``. A ``stop`` sequence cuts it before the sequence.
 
 Reasoning
-    Models listed in ``reasoning_models`` (an entry matches the name itself or the name followed
-    by ``-...``, behind a gateway's provider prefix too: ``openai/o3``), any model whose name
-    contains ``-thinking``, and any request with ``"thinking": {"type": "enabled"}``, Gemini's
+    OpenAI's reasoning models by one rule, ``config.openai_reasoning`` (the one its refusals
+    below follow): the o-series, GPT-5 plain, dotted and suffixed (``gpt-5.1``,
+    ``gpt-5.1-mini``, ``gpt-5.2-pro``, ``gpt-5.1-codex-max``), ``codex-mini-latest``, also
+    behind a gateway's provider prefix (``openai/gpt-5.2``), but not its chat models
+    (``gpt-5-chat-latest``, ``gpt-5.1-chat-latest``), whatever ``reasoning_models`` says; other
+    models listed in ``reasoning_models`` (an entry matches the name itself or the name followed
+    by ``-`` or ``.`` and more, behind a provider prefix too; not a name with ``non-reasoning``:
+    ``grok-4`` is not ``grok-4-fast-non-reasoning``), any model whose name contains
+    ``-thinking``, and any request with ``"thinking": {"type": "enabled"}``, Gemini's
     ``generationConfig.thinkingConfig`` or (streamed: gateways turn them off otherwise)
     ``"enable_thinking": true`` and Gemini's
     ``extra_body.google.thinking_config`` (a budget of 0 turns Gemini's off) reason first:
@@ -69,8 +75,9 @@ Reasoning
     ``completion_tokens`` (and the max_tokens budget) and reported in
     ``usage.completion_tokens_details.reasoning_tokens``; the text is returned as
     ``message.reasoning_content`` and streamed as ``reasoning_content`` deltas before the content.
-    OpenAI's own reasoning models (o-series, GPT-5: ``config.openai_reasoning``, also behind a
-    gateway's ``openai/`` prefix) return no reasoning text, as OpenAI's Chat Completions does:
+    ``"reasoning_effort": "none"`` turns a model's reasoning off (GPT-5.1 and later take it).
+    OpenAI's own reasoning models and xAI's Grok 4 (``grok-4``, ``grok-4-fast-reasoning``; xAI
+    returns the text of grok-3-mini's alone) return no reasoning text, as their APIs do:
     their reasoning tokens are counted and billed alike, the reply holds the answer alone, and
     a stream with ``ms_per_token`` waits for the hidden reasoning before its first content.
     A stream asked for with Qwen's ``"incremental_output": false`` (at the top level or in
@@ -211,7 +218,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from batchrunner.config import openai_reasoning
+from batchrunner.config import openai_named, openai_reasoning
 from batchrunner.errors import ConfigError, UsageError
 
 __all__ = [
@@ -277,23 +284,20 @@ FAULT_KINDS: Final[tuple[str, ...]] = (
 _SHAPES: Final = frozenset({"tool_calls", "bad_arguments", "no_call", "citations",
                             "annotations", "web_search"})
 
+# Other providers' reasoning models (OpenAI's own follow ``config.openai_reasoning``).
 DEFAULT_REASONING_MODELS: Final[tuple[str, ...]] = (
-    "o1",
-    "o1-mini",
-    "o1-pro",
-    "o3",
-    "o3-mini",
-    "o3-pro",
-    "o4-mini",
-    "gpt-5",
-    "gpt-5-mini",
-    "gpt-5-nano",
     "deepseek-r1",
     "deepseek-reasoner",
-    "grok-4-fast-reasoning",
+    "grok-4",
     "grok-3-mini",
+    "grok-code-fast",
     "qwq-32b",
+    "gpt-oss",
 )
+# Reasoning models that return no reasoning text, only its count in the usage: OpenAI's
+# (``config.openai_reasoning``) and xAI's Grok 4 (grok-4, grok-4-fast-reasoning, ...; xAI
+# returns ``reasoning_content`` for grok-3-mini and grok-code-fast only).
+_HIDDEN_REASONING = re.compile(r"(?:^|/)grok-4(?:[-.]|$)", re.IGNORECASE)
 
 # What ``GET /v1/models`` lists when any model name is accepted.
 DEFAULT_LISTED_MODELS: Final[tuple[str, ...]] = (
@@ -465,7 +469,8 @@ class SimulatorConfig:
     models: tuple[str, ...] | None = None
     """The accepted model names; ``None`` accepts any name (gateway style)."""
     reasoning_models: tuple[str, ...] = DEFAULT_REASONING_MODELS
-    """Models that reason before answering (see the module docstring)."""
+    """Other providers' models that reason before answering (OpenAI's follow
+    ``config.openai_reasoning``; see the module docstring)."""
     rpm: int | None = None
     """Requests per minute per key; ``None`` means no request limit."""
     tpm: int | None = None
@@ -1255,9 +1260,12 @@ class _Server:
         cached = self.reasoning_cache.get(model)
         if cached is None:
             name = model.rsplit("/", 1)[-1]  # behind a gateway's provider prefix: openai/o3
-            cached = "-thinking" in model or any(
-                name == r or name.startswith(r + "-") for r in self.reasoning_models
-            )
+            if openai_named(name):  # OpenAI's names: its rule, whatever the list says
+                cached = openai_reasoning(name)
+            else:
+                cached = "-thinking" in model or ("non-reasoning" not in name and any(
+                    name == r or name.startswith((r + "-", r + ".")) for r in self.reasoning_models
+                ))
             if len(self.reasoning_cache) < 10_000:
                 self.reasoning_cache[model] = cached
         return cached
@@ -1367,7 +1375,8 @@ class _Server:
                     "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
                     "response_format",
                 )
-        reasoning = self.is_reasoning(model)
+        # reasoning_effort "none" turns the reasoning off (GPT-5.1's and later, a gateway's).
+        reasoning = self.is_reasoning(model) and body.get("reasoning_effort") != "none"
         if not reasoning:
             thinking = body.get("thinking")
             # Qwen's enable_thinking is turned off, not refused, without a stream.
@@ -1437,7 +1446,8 @@ class _Server:
             response_format=fmt,
             schema=schema,
             reasoning=reasoning,
-            hidden_reasoning=reasoning and openai_reasoning(model),
+            hidden_reasoning=reasoning and (openai_reasoning(model)
+                                            or _HIDDEN_REASONING.search(model) is not None),
             prompt_tokens=tokens,
             cached_tokens=cached,
             digest=int.from_bytes(digest.digest(), "little"),

@@ -518,12 +518,15 @@ def test_the_estimate_warns_of_no_thinking_for_models_named_as_not_thinking(
     """xAI's grok-4-fast-non-reasoning and a gateway's -non-thinking variant do not think; the
     estimate warned that their rows, with no max_tokens, ask for thinking that can run to
     thousands of tokens, as it does for grok-4-fast-reasoning's (its -reasoning read into the
-    name that says non-reasoning). Only the model that thinks is warned about."""
-    models = ["grok-4-fast-non-reasoning", "qwen3-32b-non-thinking", "grok-4-fast-reasoning"]
+    name that says non-reasoning). Only the model that thinks is warned about; of GPT-5's,
+    gpt-5.1 (a dotted name the estimate took for one that does not think) and not
+    gpt-5-chat-latest, which does not."""
+    models = ["grok-4-fast-non-reasoning", "qwen3-32b-non-thinking", "grok-4-fast-reasoning",
+              "gpt-5-chat-latest", "openai/gpt-5.1"]
     out = estimate(tmp_path, capsys, models)
     warned = [line for line in out.splitlines() if "for thinking" in line]
-    assert len(warned) == 1 and warned[0].startswith(
-        "  warning: 1 row asks for thinking (model grok-4-fast-reasoning) with no max_tokens"), out
+    assert len(warned) == 1 and warned[0].startswith(  # the first model's name, the rows of both
+        "  warning: 2 rows ask for thinking (model grok-4-fast-reasoning) with no max_tokens"), out
 
 
 def test_the_estimate_warns_of_geminis_thinking_as_the_gateway_reference_asks_for_it(

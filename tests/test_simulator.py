@@ -29,6 +29,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import BaseModel
 
+from batchrunner.config import openai_reasoning
 from batchrunner.errors import ConfigError
 from batchrunner.simulator import (
     FAULT_KINDS,
@@ -153,7 +154,7 @@ def test_config_defaults_have_no_limits_faults_latency_or_key() -> None:
     assert config.api_key is None and config.models is None
     assert config.rpm is None and config.tpm is None
     assert dict(config.faults) == {} and config.latency_ms == 0 and config.ms_per_token == 0
-    assert "o4-mini" in config.reasoning_models
+    assert "deepseek-r1" in config.reasoning_models
 
 
 def test_from_mapping_builds_a_config() -> None:
@@ -474,6 +475,56 @@ async def test_openai_reasoning_models_bill_reasoning_and_return_no_text() -> No
         assert "reasoning_content" not in reply["choices"][0]["message"]
         assert reply["usage"]["completion_tokens_details"]["reasoning_tokens"] == 10
         assert sim.stats()["reasoning_tokens"] == 10 * 20 + 10
+
+
+# Each family's names, as OpenAI and the gateways spell them: whether it reasons, whether it
+# returns its reasoning text (OpenAI's and Grok 4's bill it and return none), and whether OpenAI
+# refuses it max_tokens and a temperature other than 1 (its reasoning models).
+REASONING_FAMILIES: list[tuple[str, bool, bool, bool]] = [
+    ("o1", True, False, True), ("o3-mini-2025-01-31", True, False, True),
+    ("o4-mini", True, False, True), ("gpt-5", True, False, True),
+    ("gpt-5-mini", True, False, True), ("gpt-5-nano", True, False, True),
+    ("gpt-5.1", True, False, True), ("gpt-5.1-mini", True, False, True),
+    ("openai/gpt-5.2", True, False, True), ("gpt-5.2-pro", True, False, True),
+    ("gpt-5-codex", True, False, True), ("gpt-5.1-codex-max", True, False, True),
+    ("codex-mini-latest", True, False, True),
+    ("gpt-5-chat-latest", False, False, False), ("gpt-5.1-chat-latest", False, False, False),
+    ("openai/gpt-5-chat", False, False, False), ("gpt-4o", False, False, False),
+    ("gpt-4.1-mini", False, False, False),
+    ("grok-4", True, False, False), ("grok-4-fast-reasoning", True, False, False),
+    ("grok-4-fast-non-reasoning", False, False, False), ("grok-3-mini", True, True, False),
+    ("grok-3", False, False, False), ("deepseek-reasoner", True, True, False),
+    ("claude-opus-4-6", False, False, False),
+]
+
+
+@pytest.mark.anyio
+async def test_every_reasoning_family_reasons_and_is_refused_as_openai_refuses_it() -> None:
+    """Dotted GPT-5 names (gpt-5.1, openai/gpt-5.2) and codex names answered with no reasoning
+    tokens, a rehearsal pricing them below the night, while their max_tokens was refused: the
+    simulator's own list matched gpt-5 and gpt-5-... only (and so made gpt-5-chat-latest, which
+    does not reason, reason). Now one rule (config.openai_reasoning) says both, for each family;
+    reasoning_effort "none" turns it off."""
+    async with running(SimulatorConfig(reply_tokens=20)) as (sim, _):
+        for model, reasons, with_text, refused in REASONING_FAMILIES:
+            assert openai_reasoning(model) is refused, model
+            status, _, raw = await post_raw(sim.base_url, {"model": model,
+                                                           "messages": user("think")})
+            assert status == 200, model
+            reply = json.loads(raw)
+            reasoning = reply["usage"]["completion_tokens_details"]["reasoning_tokens"]
+            assert reasoning == (20 if reasons else 0), model
+            text = reply["choices"][0]["message"].get("reasoning_content")
+            assert bool(text) is with_text, model
+            for extra in ({"max_tokens": 50}, {"temperature": 0.2}):
+                status, _, raw = await post_raw(sim.base_url, {
+                    "model": model, "messages": user("think"), **extra})
+                assert (status == 400) is refused, (model, extra)
+        status, _, raw = await post_raw(sim.base_url, {
+            "model": "gpt-5.1", "messages": user("think"), "reasoning_effort": "none",
+            "temperature": 0.2})
+        assert status == 200
+        assert json.loads(raw)["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
 
 
 @pytest.mark.anyio
