@@ -27,7 +27,8 @@ Statistics (``GET /v1/simulator/stats``, ``Simulator.stats()``, ``SimulatorThrea
     ``responses_by_status`` (``{"200": n, "429": n, ...}``), ``completions`` (200s carrying a
     whole reply; faulty 200s are not counted), ``rate_limited`` (429s by type: ``requests``,
     ``tokens``, ``insufficient_quota``) and ``rate_limited_total``, ``prompt_tokens``,
-    ``completion_tokens``, ``cached_tokens``, ``reasoning_tokens`` (summed over completions),
+    ``completion_tokens``, ``cached_tokens``, ``cache_write_tokens``, ``reasoning_tokens``
+    (summed over completions),
     ``faults`` (by kind), ``connections_reset``, ``hangs``, ``queued`` and ``running_peak``
     (with ``max_running``), ``completions_per_second`` (overall),
     and ``per_second``: ``{"first_second": s, "completions": [...], "rate_limited": [...]}``,
@@ -98,10 +99,19 @@ Refusals
     model names whatever ``reasoning_models`` says.
 
 Cached tokens
-    Deterministic: when the leading system/developer messages come to at least 1024 prompt
-    tokens, ``cached_tokens`` is that prefix rounded down to a multiple of 128 (as OpenAI's
-    prompt cache does from the second request on; here from the first). Otherwise 0.
-    ``prompt_caching = false`` turns it off.
+    Deterministic but for Claude's: when the leading system/developer messages come to at
+    least 1024 prompt tokens, ``cached_tokens`` is that prefix rounded down to a multiple of
+    128 (as OpenAI's prompt cache does from the second request on; here from the first).
+    Otherwise 0.
+    A Claude model's (a name with ``claude``) such prefix is written to the cache by the first
+    request answered with it, which reports it as ``prompt_tokens_details.cached_creation_tokens``
+    and ``claude_cache_creation_5_m_tokens`` (``claude_cache_creation_1_h_tokens`` 0), the
+    prompt counting them, as new-api's gateways pass Claude's usage on (billed at the
+    cache-write price); the requests answered with the same model and prefix within 5 minutes
+    of its last use (``CLAUDE_CACHE_TTL_S``) read all of it (``cached_tokens``). Anthropic's
+    cache needs ``cache_control`` on the prefix and counts it a little after the first answer
+    has begun; the simulator caches it as a gateway that adds the marker does, from the first
+    answer. ``prompt_caching = false`` turns both off.
 
 Rate limits (per API key, like OpenAI's)
     Two buckets, requests (``rpm``) and tokens (``tpm``), each holding up to its per-minute limit
@@ -324,6 +334,10 @@ DEFAULT_SLOW_MS: Final = 2000.0
 DEFAULT_STATS_SECONDS: Final = 3600
 CACHE_MIN_TOKENS: Final = 1024
 CACHE_BLOCK_TOKENS: Final = 128
+# A Claude prompt prefix written to the cache is read for this long after its last use
+# (Anthropic's default, 5-minute cache); at most this many prefixes are kept.
+CLAUDE_CACHE_TTL_S: Final = 300.0
+CLAUDE_CACHE_KEPT: Final = 100_000
 SYSTEM_FINGERPRINT: Final = "fp_batchrunner_sim"
 MAX_N: Final = 128
 MAX_STOP: Final = 4
@@ -519,7 +533,8 @@ class SimulatorConfig:
     seed: int = 0
     """Seeds the random faults and latency jitter."""
     prompt_caching: bool = True
-    """Report cached tokens for long system prompts (see the module docstring)."""
+    """Report cached tokens for long system prompts, and a Claude model's cache writes (see
+    the module docstring)."""
     track_prompts: bool = True
     """Count requests and completions per prompt key (``stats(per_prompt=True)``)."""
     announce: bool = False
@@ -697,6 +712,7 @@ class _Stats:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.cache_write_tokens = 0
         self.reasoning_tokens = 0
         self.by_status: dict[int, int] = {}
         self.rate_limited: dict[str, int] = {"requests": 0, "tokens": 0, "insufficient_quota": 0}
@@ -752,6 +768,7 @@ class _Stats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
             "reasoning_tokens": self.reasoning_tokens,
             "faults": dict(self.faults),
             "connections_reset": self.connections_reset,
@@ -821,6 +838,11 @@ class _Request:
     hidden_reasoning: bool = False  # reasoning tokens billed, no reasoning text (OpenAI's)
     # With logprobs: true, the top_logprobs asked for (0 without it); None when not asked.
     top_logprobs: int | None = None
+    # A Claude model's cacheable prompt prefix: (model, digest of the prefix, its tokens), its
+    # cache read or write decided when answered (Simulator.claude_cache); None for others.
+    claude_prefix: tuple[str, bytes, int] | None = None
+    cache_write_tokens: int = 0
+    claude: bool = False  # a Claude model: its usage says its cache writes (0 or more)
 
 
 def _not_incremental(body: dict[str, Any]) -> bool:
@@ -1209,6 +1231,8 @@ class _Server:
         self.models = frozenset(config.models) if config.models is not None else None
         self.reasoning_models = config.reasoning_models
         self.reasoning_cache: dict[str, bool] = {}
+        # Claude prompt prefixes in the cache: (model, prefix digest) -> until when.
+        self.claude_prefixes: dict[tuple[str, bytes], float] = {}
         keys = set(config.quota_exhausted_keys)
         self.quota_keys = frozenset(keys)
         self.accepted_keys = (
@@ -1388,6 +1412,8 @@ class _Server:
         tokens = REPLY_PRIMING_TOKENS
         prefix_tokens = 0
         in_prefix = True
+        claude = "claude" in model.lower()  # cache writes reported, as the gateways pass them on
+        prefix_digest = b""
         last_user = ""
         marker_parts: list[str] | None = None
         for index, message in enumerate(messages):
@@ -1416,6 +1442,8 @@ class _Server:
                     prefix_tokens += cost
                 else:
                     in_prefix = False
+                    if claude:
+                        prefix_digest = digest.digest()
             if role == "user":
                 last_user = text
             if _MARKER_OPEN in text:
@@ -1434,8 +1462,13 @@ class _Server:
                     )
             markers = tuple((kind, int(times) if times else None) for kind, times in found)
         cached = 0
+        claude_prefix: tuple[str, bytes, int] | None = None
         if self.config.prompt_caching and prefix_tokens >= CACHE_MIN_TOKENS:
-            cached = prefix_tokens - prefix_tokens % CACHE_BLOCK_TOKENS
+            if claude:  # read or written: decided when answered
+                claude_prefix = (model, prefix_digest if not in_prefix else digest.digest(),
+                                 prefix_tokens)
+            else:
+                cached = prefix_tokens - prefix_tokens % CACHE_BLOCK_TOKENS
         return _Request(
             model=model,
             n=n,
@@ -1458,6 +1491,8 @@ class _Server:
             whole_so_far=stream and _not_incremental(body),
             think_inline=stream and body.get("nebula_thinking_to_content") is True,
             top_logprobs=(top_logprobs or 0) if logprobs is True else None,
+            claude_prefix=claude_prefix,
+            claude=claude,
         )
 
     # ---------------------------------------------------------------- reply content
@@ -1738,6 +1773,8 @@ class _Server:
             early = await self.early_fault(request, failure, req, headers)
             if early is not None:
                 return early
+        if req.claude_prefix is not None:
+            self.claude_cache(req)
         if shape in ("tool_calls", "bad_arguments"):
             choices = self.tool_call_choices(req, pk, cut=shape == "bad_arguments")
         else:
@@ -1745,6 +1782,26 @@ class _Server:
         if req.stream:
             return await self.stream(request, req, choices, headers, failure, pk, shape)
         return self.complete(req, choices, headers, failure, pk, shape)
+
+    def claude_cache(self, req: _Request) -> None:
+        """A Claude request's prompt prefix read from the cache (``cached_tokens``: all of it)
+        when a request answered in the last ``CLAUDE_CACHE_TTL_S`` seconds had it, else written
+        to it (``cache_write_tokens``), as Anthropic's prompt cache does."""
+        assert req.claude_prefix is not None
+        model, prefix, tokens = req.claude_prefix
+        key = (model, prefix)
+        now = self.clock()
+        cache = self.claude_prefixes
+        if cache.get(key, -math.inf) > now:
+            req.cached_tokens = tokens
+        else:
+            req.cache_write_tokens = tokens
+            if len(cache) >= CLAUDE_CACHE_KEPT:
+                for old in [k for k, until in cache.items() if until <= now]:
+                    del cache[old]
+                if len(cache) >= CLAUDE_CACHE_KEPT:
+                    cache.clear()
+        cache[key] = now + CLAUDE_CACHE_TTL_S
 
     def admit(self, key: str, req: _Request, headers: dict[str, str]) -> web.Response | None:
         now = self.clock()
@@ -1863,6 +1920,7 @@ class _Server:
         stats.prompt_tokens += req.prompt_tokens
         stats.completion_tokens += usage["completion_tokens"]
         stats.cached_tokens += req.cached_tokens
+        stats.cache_write_tokens += req.cache_write_tokens
         stats.reasoning_tokens += usage["completion_tokens_details"]["reasoning_tokens"]
         stats.hist_completions[stats.slot(self.clock())] += 1
         if self.config.track_prompts:
@@ -1876,11 +1934,12 @@ class _Server:
         for c in choices:
             completion += c.content_tokens + c.reasoning_tokens
             reasoning += c.reasoning_tokens
-        return {
+        details: dict[str, int] = {"cached_tokens": req.cached_tokens, "audio_tokens": 0}
+        usage: dict[str, Any] = {
             "prompt_tokens": req.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": req.prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": req.cached_tokens, "audio_tokens": 0},
+            "prompt_tokens_details": details,
             "completion_tokens_details": {
                 "reasoning_tokens": reasoning,
                 "audio_tokens": 0,
@@ -1888,6 +1947,14 @@ class _Server:
                 "rejected_prediction_tokens": 0,
             },
         }
+        if req.claude:
+            # Claude's cache writes as new-api's gateways pass them on: among the prompt's
+            # details, those kept 5 minutes and an hour beside them (the prompt their whole).
+            written = req.cache_write_tokens
+            details["cached_creation_tokens"] = written
+            usage["claude_cache_creation_5_m_tokens"] = written
+            usage["claude_cache_creation_1_h_tokens"] = 0
+        return usage
 
     def complete(
         self,

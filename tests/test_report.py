@@ -788,6 +788,49 @@ def test_a_row_to_do_whose_attempts_were_billed_counts_only_their_cost(book: Pri
 
 
 @pytest.mark.anyio
+async def test_a_rehearsal_of_a_claude_job_prices_its_cache_write(tmp_path: Path) -> None:
+    """A Claude job's shared system prompt is written to the cache by its first request (1.25
+    times the input price) and read by the others: the simulator said every row read it, so
+    a rehearsal priced no cache write and showed none. Its rows now have the write, priced at
+    the job's cache_write price, and the reports show it."""
+    import pandas as pd
+
+    from batchrunner.config import load_job
+    from batchrunner.retry import RetryPolicy
+    from batchrunner.runner import RunOptions, run_job
+    from batchrunner.simulator import Simulator, SimulatorConfig
+
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\na,kettle\nb,tent\nc,lamp\n")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "claude-sonnet-4-5"\n'
+        f'system = "{"You are a careful product copywriter. " * 200}"\n'
+        'prompt = "Describe {text}"\nmax_tokens = 50\n[output]\ndir = "out"\n'
+        '[prices."claude-sonnet-4-5"]\ninput = 3.0\noutput = 15.0\ncached_input = 0.3\n'
+        "cache_write = 3.75\n")
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(load_job(job, {"base_url": sim.base_url}),
+                          RunOptions(retry=RetryPolicy(base_s=0.0), progress="none",
+                                     handle_signals=False))
+    assert s.exit_code == 0
+    out = tmp_path / "out"
+    df = pd.read_parquet(out / "results.parquet")
+    prefix = 3 + len("You are a careful product copywriter. " * 200) // 4
+    assert sorted(df["cache_write_tokens"].fillna(0).tolist()) == [0, 0, prefix]
+    assert sorted(df["cached_tokens"].tolist()) == [0, prefix, prefix]
+    new = df["prompt_tokens"] - df["cached_tokens"] - df["cache_write_tokens"].fillna(0)
+    cost = (new * 3.0 + df["cached_tokens"] * 0.3 + df["cache_write_tokens"].fillna(0) * 3.75
+            + df["completion_tokens"] * 15.0) / 1_000_000
+    assert df["cost_usd"].tolist() == pytest.approx(cost.tolist())
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["tokens"]["cache_write"] == prefix
+    assert report["cost_usd"] == pytest.approx(cost.sum())
+    md = (out / "cost_report.md").read_text()
+    assert re.search(rf"\| Prompt tokens written to the cache +\| {prefix:,} +\|", md), md
+
+
+@pytest.mark.anyio
 async def test_the_reports_show_search_cost_apart_and_cache_tokens_by_model(
         tmp_path: Path) -> None:
     """A Grok job whose search is most of its cost ($0.10 of $0.106: four sources at $0.025)

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiohttp
 import openai
@@ -540,6 +540,51 @@ async def test_cached_tokens_for_a_long_shared_system_prompt() -> None:
     assert completion.usage is not None and completion.usage.prompt_tokens_details is not None
     cached = completion.usage.prompt_tokens_details.cached_tokens
     assert cached == 1280 and cached % 128 == 0 and cached <= completion.usage.prompt_tokens
+
+
+@pytest.mark.anyio
+async def test_claude_writes_a_long_prefix_to_the_cache_then_reads_it() -> None:
+    """A Claude model behind a gateway bills the first request with a long shared prefix for
+    writing it to the cache (1.25 times the input price), the later ones for reading it; the
+    simulator reported every such request as a cache read, so a rehearsal never priced a
+    cache write. Now the first request answered with a prefix writes it, in the shape of
+    new-api's gateways (``prompt_tokens_details.cached_creation_tokens``), and the others,
+    within five minutes, read all of it; another prefix, or another model, writes again."""
+    system = {"role": "system", "content": "policy " * 800}  # 5600 characters: 1400 tokens
+    now = [1000.0]
+    async with running(clock=lambda: now[0]) as (sim, _):
+        async def usage(model: str, system_text: str = system["content"]) -> dict[str, Any]:
+            status, _, raw = await post_raw(sim.base_url, {"model": model, "messages": [
+                {"role": "system", "content": system_text}, *user("row 1")]})
+            assert status == 200
+            return cast(dict[str, Any], json.loads(raw)["usage"])
+
+        first = await usage("claude-sonnet-4-5")
+        prefix = 3 + 1400  # the message overhead and its text
+        assert first["prompt_tokens_details"]["cached_creation_tokens"] == prefix
+        assert first["prompt_tokens_details"]["cached_tokens"] == 0
+        assert first["claude_cache_creation_5_m_tokens"] == prefix
+        assert first["claude_cache_creation_1_h_tokens"] == 0
+        assert first["prompt_tokens"] > prefix  # the prompt counts them, as OpenAI's does
+        again = await usage("claude-sonnet-4-5")
+        assert again["prompt_tokens_details"]["cached_tokens"] == prefix
+        assert again["prompt_tokens_details"]["cached_creation_tokens"] == 0
+        other = await usage("anthropic/claude-opus-4-6")  # the cache is the model's
+        assert other["prompt_tokens_details"]["cached_creation_tokens"] == prefix
+        changed = await usage("claude-sonnet-4-5", "Policy " * 800)
+        assert changed["prompt_tokens_details"]["cached_creation_tokens"] == prefix
+        short = await usage("claude-sonnet-4-5", "be brief")
+        assert short["prompt_tokens_details"] == {"cached_tokens": 0, "audio_tokens": 0,
+                                                  "cached_creation_tokens": 0}
+        now[0] += 301  # past the cache's five minutes: written again
+        assert (await usage("claude-sonnet-4-5"))["prompt_tokens_details"][
+            "cached_creation_tokens"] == prefix
+        gpt = await usage("gpt-4o")  # OpenAI's cache: no writes said
+        assert gpt["prompt_tokens_details"] == {"cached_tokens": 1280, "audio_tokens": 0}
+        assert "claude_cache_creation_5_m_tokens" not in gpt
+        stats = sim.stats()
+    assert stats["cache_write_tokens"] == 4 * prefix
+    assert stats["cached_tokens"] == prefix + 1280
 
 
 class Dimensions(BaseModel):
