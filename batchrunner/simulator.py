@@ -98,6 +98,19 @@ Refusals
     (``invalid_type``); ``stream_options`` without ``"stream": true``. These follow OpenAI's
     model names whatever ``reasoning_models`` says.
 
+    A ``max_tokens`` (or ``max_completion_tokens``) over the model's output limit ("max_tokens
+    is too large: 20000. This model supports at most 16384 completion tokens, whereas you
+    provided 20000.", ``invalid_value``), a prompt over its context window, or the prompt and
+    ``max_tokens`` together over it ("This model's maximum context length is 8192 tokens.
+    However, your messages resulted in ... / you requested ... tokens (... in the messages, ...
+    in the completion)", ``context_length_exceeded``); a Claude model's in Anthropic's words, as
+    gateways pass them on ("max_tokens: 100000 > 64000, which is the maximum allowed number of
+    output tokens for ...", "prompt is too long: N tokens > 200000 maximum", "input length and
+    `max_tokens` exceed context limit: ..."). The limits are ``MODEL_LIMITS``' (OpenAI's,
+    Anthropic's, DeepSeek's, xAI's and Google's published figures, by name prefix); any other
+    model has a window of ``DEFAULT_CONTEXT_WINDOW`` (128,000) and no output limit of its own.
+    ``model_limits = false`` (``--no-model-limits``) answers them all.
+
 Cached tokens
     Deterministic but for Claude's: when the leading system/developer messages come to at
     least 1024 prompt tokens, ``cached_tokens`` is that prefix rounded down to a multiple of
@@ -232,10 +245,12 @@ from batchrunner.config import openai_named, openai_reasoning
 from batchrunner.errors import ConfigError, UsageError
 
 __all__ = [
+    "DEFAULT_CONTEXT_WINDOW",
     "DEFAULT_LISTED_MODELS",
     "DEFAULT_REASONING_MODELS",
     "FAULT_KINDS",
     "MESSAGE_OVERHEAD_TOKENS",
+    "MODEL_LIMITS",
     "REPLY_PRIMING_TOKENS",
     "Simulator",
     "SimulatorConfig",
@@ -247,6 +262,7 @@ __all__ = [
     "format_duration",
     "main",
     "message_text",
+    "model_limits",
     "parse_duration",
     "prompt_key",
     "serve",
@@ -532,6 +548,9 @@ class SimulatorConfig:
     """Random fault rates by kind (see ``FAULT_KINDS``), each 0..1, summing to at most 1."""
     seed: int = 0
     """Seeds the random faults and latency jitter."""
+    model_limits: bool = True
+    """Refuse (400, as the provider words it) a prompt over the model's context window or a
+    ``max_tokens`` over its output limit (``MODEL_LIMITS``; see the module docstring)."""
     prompt_caching: bool = True
     """Report cached tokens for long system prompts, and a Claude model's cache writes (see
     the module docstring)."""
@@ -593,7 +612,7 @@ class SimulatorConfig:
                 raise _bad("limit_retry_after_s", "a number >= 0", value)
             object.__setattr__(self, "limit_retry_after_s", float(value))
         for name in ("quota_exhausted", "prompt_caching", "track_prompts", "announce",
-                     "limit_headers", "limit_retry_after"):
+                     "limit_headers", "limit_retry_after", "model_limits"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, "true or false", getattr(self, name))
         for name in ("model_rpm", "said_model_rpm"):
@@ -1061,6 +1080,92 @@ class _BadRequest(Exception):
         self.code = code
 
 
+# Models' context windows and output limits, in tokens, as their providers publish them
+# (gateways pass the same models on): a model matches the longest entry that its name, behind
+# a provider prefix (openai/gpt-4o) and lowercased, is or starts with followed by "-", "." or
+# ":" (gpt-4 is gpt-4-0613's entry, not gpt-4o's). An output limit of 0 means none but the
+# window's. Any other model: DEFAULT_CONTEXT_WINDOW, no output limit.
+MODEL_LIMITS: Final[tuple[tuple[str, int, int], ...]] = (
+    ("gpt-3.5-turbo", 16_385, 4_096),
+    ("gpt-4", 8_192, 8_192),
+    ("gpt-4-turbo", 128_000, 4_096),
+    ("gpt-4-0125", 128_000, 4_096),
+    ("gpt-4-1106", 128_000, 4_096),
+    ("gpt-4.5", 128_000, 16_384),
+    ("gpt-4o", 128_000, 16_384),
+    ("gpt-4.1", 1_047_576, 32_768),
+    ("gpt-5", 400_000, 128_000),
+    ("gpt-5-chat", 128_000, 16_384),
+    ("gpt-5.1-chat", 128_000, 16_384),
+    ("gpt-5.2-chat", 128_000, 16_384),
+    ("o1", 200_000, 100_000),
+    ("o1-mini", 128_000, 65_536),
+    ("o3", 200_000, 100_000),
+    ("o4-mini", 200_000, 100_000),
+    ("codex-mini", 200_000, 100_000),
+    ("claude", 200_000, 64_000),
+    ("claude-opus-4-1", 200_000, 32_000),
+    ("claude-opus-4-20250514", 200_000, 32_000),
+    ("claude-3-7-sonnet", 200_000, 64_000),
+    ("claude-3-5", 200_000, 8_192),
+    ("claude-3-opus", 200_000, 4_096),
+    ("claude-3-haiku", 200_000, 4_096),
+    ("deepseek-chat", 128_000, 8_192),
+    ("deepseek-v3", 128_000, 8_192),
+    ("deepseek-reasoner", 128_000, 65_536),
+    ("deepseek-r1", 128_000, 65_536),
+    ("grok-3", 131_072, 0),
+    ("grok-4", 256_000, 0),
+    ("grok-4-fast", 2_000_000, 0),
+    ("grok-4-1-fast", 2_000_000, 0),
+    ("gemini", 1_048_576, 65_536),
+    ("gemini-2.0", 1_048_576, 8_192),
+)
+DEFAULT_CONTEXT_WINDOW: Final = 128_000
+_LIMITS_BY_LENGTH: Final = tuple(sorted(MODEL_LIMITS, key=lambda e: -len(e[0])))
+
+
+def model_limits(model: str) -> tuple[int, int]:
+    """``model``'s (context window, output limit) in tokens (``MODEL_LIMITS``; an output limit
+    of 0: none but the window)."""
+    name = model.rsplit("/", 1)[-1].lower()
+    for prefix, window, most in _LIMITS_BY_LENGTH:
+        if name.startswith(prefix) and name[len(prefix):len(prefix) + 1] in ("", "-", ".", ":"):
+            return window, most
+    return DEFAULT_CONTEXT_WINDOW, 0
+
+
+def _check_size(model: str, limits: tuple[int, int], prompt: int, asked: int | None,
+                param: str) -> None:
+    """Refuse a prompt over ``model``'s context window, a ``max_tokens`` (``asked``, named
+    ``param``) over its output limit, or both together over the window, as the provider
+    words it: Anthropic's messages for a Claude model, OpenAI's for any other (gateways and
+    vLLM word the window's as OpenAI does)."""
+    window, most = limits
+    if asked is not None and most and asked > most:
+        if "claude" in model.lower():
+            raise _BadRequest(f"max_tokens: {asked} > {most}, which is the maximum allowed "
+                              f"number of output tokens for {model}")
+        raise _BadRequest(f"{param} is too large: {asked}. This model supports at most {most} "
+                          f"completion tokens, whereas you provided {asked}.", param,
+                          "invalid_value")
+    if prompt > window:
+        if "claude" in model.lower():
+            raise _BadRequest(f"prompt is too long: {prompt} tokens > {window} maximum")
+        raise _BadRequest(f"This model's maximum context length is {window} tokens. However, "
+                          f"your messages resulted in {prompt} tokens. Please reduce the length "
+                          "of the messages.", "messages", "context_length_exceeded")
+    if asked is not None and prompt + asked > window:
+        if "claude" in model.lower():
+            raise _BadRequest(f"input length and `max_tokens` exceed context limit: {prompt} + "
+                              f"{asked} > {window}, decrease input length or `max_tokens` and "
+                              "try again")
+        raise _BadRequest(f"This model's maximum context length is {window} tokens. However, "
+                          f"you requested {prompt + asked} tokens ({prompt} in the messages, "
+                          f"{asked} in the completion). Please reduce the length of the "
+                          "messages or completion.", "messages", "context_length_exceeded")
+
+
 # Sampling settings' ranges, as OpenAI checks them whatever the model (name: low, high).
 _RANGES: Final[tuple[tuple[str, float, float], ...]] = (
     ("temperature", 0.0, 2.0),
@@ -1231,6 +1336,7 @@ class _Server:
         self.models = frozenset(config.models) if config.models is not None else None
         self.reasoning_models = config.reasoning_models
         self.reasoning_cache: dict[str, bool] = {}
+        self.limits_cache: dict[str, tuple[int, int]] = {}
         # Claude prompt prefixes in the cache: (model, prefix digest) -> until when.
         self.claude_prefixes: dict[tuple[str, bytes], float] = {}
         keys = set(config.quota_exhausted_keys)
@@ -1352,6 +1458,7 @@ class _Server:
             param = "max_tokens"
         if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
             raise _BadRequest(f"'{param}' must be a positive integer.", param)
+        asked = max_tokens
         if max_tokens is None:
             max_tokens = self.config.default_max_tokens
         _check_limits(body, model)
@@ -1461,6 +1568,13 @@ class _Server:
                         f"unknown simulator marker [[sim:{kind}]] (kinds: {', '.join(FAULT_KINDS)})"
                     )
             markers = tuple((kind, int(times) if times else None) for kind, times in found)
+        if self.config.model_limits:
+            limits = self.limits_cache.get(model)
+            if limits is None:
+                limits = model_limits(model)
+                if len(self.limits_cache) < 10_000:
+                    self.limits_cache[model] = limits
+            _check_size(model, limits, tokens, asked, param)
         cached = 0
         claude_prefix: tuple[str, bytes, int] | None = None
         if self.config.prompt_caching and prefix_tokens >= CACHE_MIN_TOKENS:
@@ -2525,10 +2639,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--models", metavar="NAMES",
         help="comma-separated model names to accept (default: any)")
     add("--reasoning-models", dest="reasoning_models", metavar="NAMES",
-        help="comma-separated models that answer with reasoning tokens (default: o1, o3, "
-        "gpt-5, deepseek-r1 and the like)")
+        help="comma-separated models of other providers' that answer with reasoning tokens "
+        "(default: deepseek-r1, grok-4 and the like; OpenAI's o-series and GPT-5 always do)")
     add("--rpm", type=int, metavar="N", help="requests per minute per key (default: unlimited)")
     add("--tpm", type=int, metavar="N", help="tokens per minute per key (default: unlimited)")
+    add("--no-model-limits", dest="model_limits", action="store_const", const=False,
+        default=None, help="answer prompts over a model's context window and max_tokens over "
+        "its output limit (default: refused 400, as the provider words it)")
     add("--no-limit-headers", dest="limit_headers", action="store_const", const=False,
         default=None, help="send no x-ratelimit-* headers: the limits are hidden, 429s alone "
         "say them (a gateway's)")

@@ -1086,6 +1086,14 @@ async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
     assert s.exit_code == 4 and s.stopped and 20 <= s.failed <= 20 + 8, s
     assert ("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
             "'max_completion_tokens' instead.") in s.stopped
+    # ... and a max_tokens over the model's output limit (gpt-4o-mini's 16,384), which the
+    # simulator answered: refused, the job stops naming OpenAI's message.
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, plain, max_tokens=20_000,
+                              output=str(tmp_path / "big")))
+    assert s.exit_code == 4 and s.stopped and 20 <= s.failed <= 20 + 8, s
+    assert ("max_tokens is too large: 20000. This model supports at most 16384 completion "
+            "tokens, whereas you provided 20000.") in s.stopped
 
 
 @pytest.mark.anyio

@@ -481,7 +481,8 @@ def test_azures_minus_one_counts_hold_nothing() -> None:
 @pytest.mark.anyio
 async def test_requests_larger_than_a_minutes_tokens_fail_without_waiting_a_minute_each(
         tmp_path: Path) -> None:
-    """OpenAI's tier 1 (30,000 tokens a minute for gpt-4o) and max_tokens 32,000: each request
+    """OpenAI's tier 1 (30,000 tokens a minute for gpt-4.1) and max_tokens 32,000 (under
+    gpt-4.1's output limit, 32,768; gpt-4o's 16,384 is refused 400 first): each request
     is refused at once (429, "Request too large"), its charge given back, but the next request,
     asleep for the whole charge's refill, went a minute later: 64 s a row, 21 minutes to the
     stop after the first 20 rows. The refund now wakes it."""
@@ -491,7 +492,7 @@ async def test_requests_larger_than_a_minutes_tokens_fail_without_waiting_a_minu
                   "text": [f"row {i}" for i in range(rows)]}).to_csv(inp, index=False)
     async with Simulator(SimulatorConfig(rpm=500, tpm=30000)) as sim:
         job = load_job(None, {
-            "input": str(inp), "id_column": "id", "prompt": "Q: {text}", "model": "gpt-4o",
+            "input": str(inp), "id_column": "id", "prompt": "Q: {text}", "model": "gpt-4.1",
             "max_tokens": 32000, "base_url": sim.base_url, "output": str(tmp_path / "out"),
             "requests_per_minute": 500, "tokens_per_minute": 30000})
         with anyio.fail_after(RUN_LIMIT_S):

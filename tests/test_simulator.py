@@ -750,7 +750,11 @@ async def test_bad_requests_get_400() -> None:
 @pytest.mark.anyio
 async def test_what_openai_refuses_is_refused_with_its_message() -> None:
     """A rehearsal must fail where the real night would: each body OpenAI answers 400 is
-    answered 400 with its message, param and code; the nearby bodies it takes are taken."""
+    answered 400 with its message, param and code; the nearby bodies it takes are taken. A
+    prompt over the model's context window, or a max_tokens over its output limit, was
+    answered (OpenAI's and Anthropic's messages, as gateways pass them on, now)."""
+    long = user("w " * 20_000)  # 10,000 tokens: 10,006 with the priming and overhead
+    half = user("w " * 12_000)  # 6,006
     refused: dict[str, tuple[str, str | None, str]] = {  # what: param, code, message
         "max_tokens": ("max_tokens", "unsupported_parameter", "Unsupported parameter: "
                        "'max_tokens' is not supported with this model. Use "
@@ -768,6 +772,21 @@ async def test_what_openai_refuses_is_refused_with_its_message() -> None:
                  "a string instead."),
         "stream_options": ("stream_options", None, "The 'stream_options' parameter is only "
                            "allowed when 'stream' is enabled."),
+        "output": ("max_tokens", "invalid_value", "max_tokens is too large: 20000. This model "
+                   "supports at most 16384 completion tokens, whereas you provided 20000."),
+        "output_gpt5": ("max_completion_tokens", "invalid_value", "max_completion_tokens is too "
+                        "large: 200000. This model supports at most 128000 completion tokens, "
+                        "whereas you provided 200000."),
+        "context": ("messages", "context_length_exceeded", "This model's maximum context length "
+                    "is 8192 tokens. However, your messages resulted in 10006 tokens. Please "
+                    "reduce the length of the messages."),
+        "context_asked": ("messages", "context_length_exceeded", "This model's maximum context "
+                          "length is 8192 tokens. However, you requested 10006 tokens (6006 in "
+                          "the messages, 4000 in the completion). Please reduce the length of "
+                          "the messages or completion."),
+        "claude_output": (None, None, "max_tokens: 100000 > 64000, which is the maximum allowed "
+                          "number of output tokens for anthropic/claude-sonnet-4-5"),
+        "claude_context": (None, None, "prompt is too long: 200006 tokens > 200000 maximum"),
     }
     cases: list[tuple[dict[str, Any], str | None]] = [
         ({"model": "o4-mini", "max_tokens": 50}, "max_tokens"),
@@ -786,10 +805,20 @@ async def test_what_openai_refuses_is_refused_with_its_message() -> None:
         ({"model": "gpt-4o", "max_tokens": 50, "temperature": 2, "presence_penalty": -2}, None),
         ({"model": "deepseek-r1", "max_tokens": 50, "temperature": 0.6}, None),
         ({"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}}, None),
+        ({"model": "gpt-4o-2024-08-06", "max_tokens": 20_000}, "output"),
+        ({"model": "gpt-4o", "max_tokens": 16_384}, None),
+        ({"model": "gpt-5.1", "max_completion_tokens": 200_000}, "output_gpt5"),
+        ({"model": "gpt-4", "messages": long}, "context"),
+        ({"model": "gpt-4", "messages": half, "max_tokens": 4000}, "context_asked"),
+        ({"model": "gpt-4", "messages": half, "max_tokens": 2000}, None),
+        ({"model": "gpt-4o", "messages": long, "max_tokens": 16_000}, None),
+        ({"model": "anthropic/claude-sonnet-4-5", "max_tokens": 100_000}, "claude_output"),
+        ({"model": "claude-sonnet-4-5", "messages": user("w " * 400_000)}, "claude_context"),
+        ({"model": "my-own-model", "max_tokens": 100_000}, None),  # no output limit known
     ]
     async with running() as (sim, _):
         for fields, what in cases:
-            status, _, body = await post_raw(sim.base_url, {**fields, "messages": user("x")})
+            status, _, body = await post_raw(sim.base_url, {"messages": user("x"), **fields})
             if what is None:
                 assert status == 200, (fields, body)
                 continue
@@ -798,6 +827,10 @@ async def test_what_openai_refuses_is_refused_with_its_message() -> None:
             assert json.loads(body)["error"] == {
                 "message": message, "type": "invalid_request_error", "param": param,
                 "code": code}, fields
+    async with running(SimulatorConfig(model_limits=False)) as (sim, _):
+        status, _, body = await post_raw(sim.base_url, {"model": "gpt-4", "messages": long,
+                                                        "max_tokens": 20_000})
+        assert status == 200, body
 
 
 @pytest.mark.anyio
