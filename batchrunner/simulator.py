@@ -95,8 +95,10 @@ Refusals
     ``reasoning_effort`` is ``"none"`` (``unsupported_value``); ``temperature`` (0 to 2),
     ``top_p`` (0 to 1), ``frequency_penalty`` or ``presence_penalty`` (-2 to 2) out of range
     (``decimal_above_max_value``, ``decimal_below_min_value``) or not a number
-    (``invalid_type``); ``stream_options`` without ``"stream": true``. These follow OpenAI's
-    model names whatever ``reasoning_models`` says.
+    (``invalid_type``); ``stream_options`` without ``"stream": true``; a ``service_tier`` other
+    than ``auto``, ``default``, ``flex``, ``scale`` or ``priority`` (``invalid_value``; an
+    answer says the tier asked for, ``default`` for ``auto`` or none, in every chunk of a
+    stream too). These follow OpenAI's model names whatever ``reasoning_models`` says.
 
     A ``max_tokens`` (or ``max_completion_tokens``) over the model's output limit ("max_tokens
     is too large: 20000. This model supports at most 16384 completion tokens, whereas you
@@ -862,6 +864,7 @@ class _Request:
     claude_prefix: tuple[str, bytes, int] | None = None
     cache_write_tokens: int = 0
     claude: bool = False  # a Claude model: its usage says its cache writes (0 or more)
+    service_tier: str = "default"  # the tier that answers (OpenAI's "auto" is "default")
 
 
 def _not_incremental(body: dict[str, Any]) -> bool:
@@ -1166,6 +1169,9 @@ def _check_size(model: str, limits: tuple[int, int], prompt: int, asked: int | N
                           "messages or completion.", "messages", "context_length_exceeded")
 
 
+# The service tiers a request may ask for, and be answered in, besides "auto" ("default").
+_SERVICE_TIERS: Final = frozenset({"default", "flex", "scale", "priority"})
+
 # Sampling settings' ranges, as OpenAI checks them whatever the model (name: low, high).
 _RANGES: Final[tuple[tuple[str, float, float], ...]] = (
     ("temperature", 0.0, 2.0),
@@ -1462,6 +1468,13 @@ class _Server:
         if max_tokens is None:
             max_tokens = self.config.default_max_tokens
         _check_limits(body, model)
+        tier = body.get("service_tier")
+        if tier is None or tier == "auto":
+            tier = "default"
+        elif tier not in _SERVICE_TIERS:
+            raise _BadRequest(f"Invalid value: {orjson.dumps(tier).decode()}. Supported values "
+                              "are: 'auto', 'default', 'flex', 'scale', and 'priority'.",
+                              "service_tier", "invalid_value")
         logprobs = body.get("logprobs")
         top_logprobs = body.get("top_logprobs")
         if logprobs is not None and not isinstance(logprobs, bool):
@@ -1607,6 +1620,7 @@ class _Server:
             top_logprobs=(top_logprobs or 0) if logprobs is True else None,
             claude_prefix=claude_prefix,
             claude=claude,
+            service_tier=tier,
         )
 
     # ---------------------------------------------------------------- reply content
@@ -2107,7 +2121,7 @@ class _Server:
             "model": req.model,
             "choices": messages,
             "usage": None,
-            "service_tier": "default",
+            "service_tier": req.service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
         usage = self.usage(req, choices)
@@ -2149,7 +2163,9 @@ class _Server:
             + str(created).encode()
             + b',"model":'
             + model
-            + b',"system_fingerprint":"'
+            + b',"service_tier":"'
+            + req.service_tier.encode()
+            + b'","system_fingerprint":"'
             + SYSTEM_FINGERPRINT.encode()
             + b'"'
         )

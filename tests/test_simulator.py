@@ -748,6 +748,25 @@ async def test_bad_requests_get_400() -> None:
 
 
 @pytest.mark.anyio
+async def test_the_answer_says_the_service_tier_asked_for() -> None:
+    """A request for OpenAI's flex or priority tier was answered as served in "default", so a
+    rehearsal's records could not show the tier the night runs in. The answer says the tier
+    asked for, "default" for "auto" or none, streamed or not."""
+    async with running() as (sim, _):
+        for asked, said in ((None, "default"), ("auto", "default"), ("flex", "flex"),
+                            ("priority", "priority")):
+            body: dict[str, Any] = {"model": "o4-mini", "messages": user("tier")}
+            if asked is not None:
+                body["service_tier"] = asked
+            status, _, raw = await post_raw(sim.base_url, body)
+            assert status == 200 and json.loads(raw)["service_tier"] == said, asked
+            status, _, raw = await post_raw(sim.base_url, {**body, "stream": True})
+            chunks = [json.loads(e[6:]) for e in raw.decode().split("\n\n")
+                      if e.startswith("data: {")]
+            assert chunks and {c["service_tier"] for c in chunks} == {said}, asked
+
+
+@pytest.mark.anyio
 async def test_what_openai_refuses_is_refused_with_its_message() -> None:
     """A rehearsal must fail where the real night would: each body OpenAI answers 400 is
     answered 400 with its message, param and code; the nearby bodies it takes are taken. A
@@ -787,6 +806,8 @@ async def test_what_openai_refuses_is_refused_with_its_message() -> None:
         "claude_output": (None, None, "max_tokens: 100000 > 64000, which is the maximum allowed "
                           "number of output tokens for anthropic/claude-sonnet-4-5"),
         "claude_context": (None, None, "prompt is too long: 200006 tokens > 200000 maximum"),
+        "tier": ("service_tier", "invalid_value", "Invalid value: \"fast\". Supported values "
+                 "are: 'auto', 'default', 'flex', 'scale', and 'priority'."),
     }
     cases: list[tuple[dict[str, Any], str | None]] = [
         ({"model": "o4-mini", "max_tokens": 50}, "max_tokens"),
@@ -815,6 +836,7 @@ async def test_what_openai_refuses_is_refused_with_its_message() -> None:
         ({"model": "anthropic/claude-sonnet-4-5", "max_tokens": 100_000}, "claude_output"),
         ({"model": "claude-sonnet-4-5", "messages": user("w " * 400_000)}, "claude_context"),
         ({"model": "my-own-model", "max_tokens": 100_000}, None),  # no output limit known
+        ({"model": "gpt-4o", "service_tier": "fast"}, "tier"),
     ]
     async with running() as (sim, _):
         for fields, what in cases:
