@@ -860,7 +860,7 @@ class _Request:
     # With logprobs: true, the top_logprobs asked for (0 without it); None when not asked.
     top_logprobs: int | None = None
     # A Claude model's cacheable prompt prefix: (model, digest of the prefix, its tokens), its
-    # cache read or write decided when answered (Simulator.claude_cache); None for others.
+    # cache read or write decided when answered (_Server.claude_cache); None for others.
     claude_prefix: tuple[str, bytes, int] | None = None
     cache_write_tokens: int = 0
     claude: bool = False  # a Claude model: its usage says its cache writes (0 or more)
@@ -1123,6 +1123,10 @@ MODEL_LIMITS: Final[tuple[tuple[str, int, int], ...]] = (
     ("grok-4-1-fast", 2_000_000, 0),
     ("gemini", 1_048_576, 65_536),
     ("gemini-2.0", 1_048_576, 8_192),
+    ("qwen3-coder-plus", 1_000_000, 65_536),
+    ("kimi-k2", 262_144, 0),
+    ("glm-4.6", 200_000, 0),
+    ("glm-4.7", 200_000, 0),
 )
 DEFAULT_CONTEXT_WINDOW: Final = 128_000
 _LIMITS_BY_LENGTH: Final = tuple(sorted(MODEL_LIMITS, key=lambda e: -len(e[0])))

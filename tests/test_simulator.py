@@ -41,6 +41,7 @@ from batchrunner.simulator import (
     count_prompt_tokens,
     count_tokens,
     format_duration,
+    model_limits,
     parse_duration,
     prompt_key,
 )
@@ -745,6 +746,26 @@ async def test_bad_requests_get_400() -> None:
             model="m", messages=user("x"), extra_body={"nebula_thinking_to_content": True}
         )
         assert done.choices
+
+
+def test_the_seeds_gateway_models_have_their_published_limits() -> None:
+    """(context window, output limit) of the models the gateways' references name: a model
+    the table does not know gets a 128,000-token window and no output limit of its own."""
+    limits = {m: model_limits(m) for m in (
+        "gpt-4o-mini", "gpt-5.2", "o4-mini", "gpt-5-chat", "claude-opus-4-6",
+        "claude-haiku-4-5-20251001", "claude-3-5-sonnet-20241022", "deepseek-v3-1-250821",
+        "deepseek-r1", "grok-4-fast-reasoning", "grok-3", "gemini-3-pro-preview",
+        "qwen3-coder-plus", "kimi-k2.5", "glm-4.7", "nano-banana-pro", "openai/GPT-4.1")}
+    assert limits == {
+        "gpt-4o-mini": (128_000, 16_384), "gpt-5.2": (400_000, 128_000),
+        "o4-mini": (200_000, 100_000), "gpt-5-chat": (128_000, 16_384),
+        "claude-opus-4-6": (200_000, 64_000), "claude-haiku-4-5-20251001": (200_000, 64_000),
+        "claude-3-5-sonnet-20241022": (200_000, 8_192),
+        "deepseek-v3-1-250821": (128_000, 8_192), "deepseek-r1": (128_000, 65_536),
+        "grok-4-fast-reasoning": (2_000_000, 0), "grok-3": (131_072, 0),
+        "gemini-3-pro-preview": (1_048_576, 65_536), "qwen3-coder-plus": (1_000_000, 65_536),
+        "kimi-k2.5": (262_144, 0), "glm-4.7": (200_000, 0), "nano-banana-pro": (128_000, 0),
+        "openai/GPT-4.1": (1_047_576, 32_768)}
 
 
 @pytest.mark.anyio
