@@ -1243,6 +1243,62 @@ async def test_a_box_restarting_behind_a_port_that_takes_and_drops_connections_f
 
 
 @pytest.mark.anyio
+async def test_a_row_that_crashes_the_box_each_time_it_is_sent_fails_and_the_job_ends(
+        tmp_path: Path) -> None:
+    """A request that brings the box down (a vLLM crash on one input): every request in flight
+    is cut, the port drops connections while it restarts, then the rows are sent again, and the
+    same row brings it down again. Cuts of many rows at once are waited out as an outage, not
+    tries of them, but a row whose cuts come each after the rows between were answered is the
+    one the box fails: it fails after its tries, and the job ends with the other rows ok."""
+    n = 40
+    texts = [f"row {i}" for i in range(n)]
+    texts[5] = "poison"
+    inp = make_csv(tmp_path / "in.csv", texts)
+    crashes = 0
+    down_until = 0.0
+    in_flight: set[asyncio.Transport] = set()
+
+    async def box(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal crashes, down_until
+        transport = request.transport
+        assert transport is not None
+        if time.monotonic() < down_until:
+            transport.abort()  # restarting: taken, then closed
+            raise web.HTTPServiceUnavailable()
+        body = await request.json()
+        if "poison" in json.dumps(body):
+            crashes += 1
+            down_until = time.monotonic() + 0.2
+            for other in list(in_flight):
+                other.abort()  # the crash cuts every request in flight
+            transport.abort()
+            raise web.HTTPServiceUnavailable()
+        in_flight.add(transport)
+        try:
+            await asyncio.sleep(0.02)
+        finally:
+            in_flight.discard(transport)
+        return web.json_response(completion(body, "hi"))
+
+    runner, port = await serve_on_loopback(box)
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
+                                      concurrency=4),
+                              RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3),
+                                         progress="none", handle_signals=False))
+    finally:
+        await runner.cleanup()
+    assert s.failed >= 1 and s.ok + s.failed == n, s.error_examples
+    failed = pd.read_parquet(tmp_path / "out" / "results.parquet").query("status != 'ok'")
+    assert "r0005" in set(failed["id"]), failed
+    # Only the rows the crashes cut beside it each time may fail with it (concurrency 4): each
+    # cut a try of every row in flight, 36 of 40 failed after the first crash.
+    assert s.ok >= n - 4, (s.ok, s.failed)
+    assert crashes <= 4 * 3, crashes  # bounded: its tries, and the cuts waited out before them
+
+
+@pytest.mark.anyio
 async def test_a_partial_outage_with_slow_answers_does_not_stop_the_job(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One server of two refusing (every other connect fails, for the first 100 requests)
