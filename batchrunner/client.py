@@ -67,6 +67,12 @@ _AFTER_FINISH_S = 2.0
 # once, not the whole timeout (see ``ChatClient._usage_held``).
 _USAGE_WAIT_S = 2.0
 _USAGE_GAPS_X = 4.0
+# Once a finished stream was held open without its usage chunk, later ones are not waited on for
+# theirs, but one stream is again after this many seconds, or this many times the wait it cost
+# where longer (a server whose usage came back late, past what is read on for, is noticed): a
+# server that never sends it costs one wait in that time, not one a stream.
+_USAGE_RETRY_S = 30.0
+_USAGE_RETRY_X = 15.0
 # Seconds a finished stream is read on for its [DONE] once a stream was held open without one
 # (``ChatClient._held_open``): a server that holds them all open costs this a stream, one that
 # held one open has the [DONE] of the next read and its connection kept.
@@ -854,9 +860,11 @@ class ChatClient:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         # A finished stream was held open for the whole wait for its usage chunk, which never
-        # came: the server sends none (it ignores stream_options), so later streams are not
-        # waited on for one.
-        self._usage_held = False
+        # came: the server sends none (it ignores stream_options, or a gateway's other upstream
+        # does), so later streams are not waited on for one until this loop time, when one is
+        # (``_usage_waited``); None while they are. A stream that brings its usage makes them
+        # all waited on again.
+        self._usage_held: float | None = None
         # A finished stream was held open past what may follow its answer, no [DONE] coming:
         # later streams are taken once nothing but it is to come (their usage in hand, or
         # none coming: ``_usage_held``) and ``_DONE_GRACE_S`` has passed, not read on for
@@ -1044,6 +1052,7 @@ class ChatClient:
         status = 0  # no answer yet
         stream: StreamAssembler | None = None
         usage_due = False  # a finished stream's usage chunk is waited for
+        usage_wait = 0.0  # for that long
         usage_asked = False  # a stream's usage chunk was asked for (stream_options)
         counted = False  # counted in ``_flying``
         if streaming:
@@ -1072,9 +1081,9 @@ class ChatClient:
                     content = resp.content
                     after_finish = min(_AFTER_FINISH_S, limit / 4)
                     options = body.get("stream_options")
-                    usage_asked = (streaming and not self._usage_held
-                                   and isinstance(options, dict)
-                                   and options.get("include_usage") is True)
+                    usage_asked = (streaming and isinstance(options, dict)
+                                   and options.get("include_usage") is True
+                                   and self._usage_waited(loop))
                     # Progress tells: the timeout now bounds each wait for the next bytes
                     # (keep-alive comments count), its deadline pushed on by every chunk and
                     # kept by the watchdog, up to the cap on the whole.
@@ -1099,14 +1108,16 @@ class ChatClient:
                                 if finished_by == math.inf:
                                     usage_due = (usage_asked and stream.usage is None
                                                  and stream.error is None)
+                                    usage_wait = min(limit, max(_USAGE_WAIT_S,
+                                                                _USAGE_GAPS_X * gap))
                                     finished_by = loop.time() + (
-                                        min(limit, max(_USAGE_WAIT_S, _USAGE_GAPS_X * gap))
-                                        if usage_due else after_finish)
+                                        usage_wait if usage_due else after_finish)
                                 elif usage_due and stream.usage is not None:
                                     usage_due = False
                                     finished_by = min(finished_by, after_finish + loop.time())
                                 if not usage_due and self._held_open and (
-                                        stream.usage is not None or self._usage_held):
+                                        stream.usage is not None
+                                        or self._usage_held is not None):
                                     # Only the [DONE] is to come, which it held back: a moment
                                     # for it (read, it tells that the server sends it).
                                     finished_by = min(finished_by, loop.time() + _DONE_GRACE_S)
@@ -1115,7 +1126,8 @@ class ChatClient:
                                         chunk = await content.readany()
                                 except TimeoutError:
                                     if usage_due:
-                                        self._usage_held = True
+                                        self._usage_held = loop.time() + max(
+                                            _USAGE_RETRY_S, _USAGE_RETRY_X * usage_wait)
                                     self._held_open = True
                                     break
                             else:
@@ -1167,7 +1179,8 @@ class ChatClient:
             # while what may follow was waited for (an answer that finished late, held open):
             # whole, taken (the error read).
             if usage_due:
-                self._usage_held = True
+                self._usage_held = loop.time() + max(_USAGE_RETRY_S,
+                                                     _USAGE_RETRY_X * usage_wait)
             self._held_open = True
             raw = b""
         except Exception as e:
@@ -1224,6 +1237,8 @@ class ChatClient:
             # a stream under another content type, read whole
             stream = _read_stream(raw, _whole_so_far(body))
         if stream is not None:
+            if stream.usage is not None and self._usage_held is not None:
+                self._usage_held = None  # the server sends it (again): waited for
             model = body.get("model")
             name = model if type(model) is str else None
             if (stream.done and stream.first.finish_reason is None and stream.error is None
@@ -1237,6 +1252,20 @@ class ChatClient:
                 raise
             return self._scrubbed(res)
         return self._scrubbed(self._parse(raw, request_id, latency_ms, hdrs, choices))
+
+    def _usage_waited(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a stream that asked for its usage chunk is waited on for it: always, but
+        after one held open without it (``_usage_held``), until the time set then has come;
+        the stream that finds it come waits again, and the others do not for as long again
+        (it tells whether the server sends it now)."""
+        held = self._usage_held
+        if held is None:
+            return True
+        now = loop.time()
+        if now < held:
+            return False
+        self._usage_held = now + _USAGE_RETRY_S
+        return True
 
     async def _told(self, model: str | None, limit: float) -> None:
         """A stream for ``model`` ended with its ``[DONE]`` before a finish_reason, and no

@@ -904,6 +904,48 @@ async def test_a_usage_chunk_that_comes_late_is_waited_for_as_a_chunk_is(job_env
 
 
 @pytest.mark.anyio
+async def test_a_server_whose_usage_comes_back_has_it_waited_for_again(
+        job_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One finished stream held open without its usage chunk (a gateway's failover to an
+    upstream that sends none) made the client wait for no later stream's usage for the rest of
+    the run: once the usage came back, late as before, every row's tokens and cost were lost.
+    A stream that brings its usage makes later ones waited on for theirs again; and while none
+    is waited on, one is again after a while (``_USAGE_RETRY_S``, made short here), which
+    finds it come back. A server that keeps holding them costs one wait in that while."""
+    monkeypatch.setattr(client_module, "_USAGE_RETRY_S", 1.5)
+    monkeypatch.setattr(client_module, "_USAGE_RETRY_X", 0.0)
+    body = {**STREAM_BODY, "stream_options": {"include_usage": True}}
+    held_at = (1, 4)  # the requests held open with pings and no usage
+    at_once = 2  # its usage and [DONE] right after the finish; the others' 1.2 s after it
+
+    async def failover(srv: FaultServer, request: web.BaseRequest,
+                       body: dict[str, Any]) -> web.StreamResponse:
+        response = await stream_reply(request, *FINISHED, hold=True)
+        if srv.requests in held_at:
+            with anyio.move_on_after(30):
+                while not srv.closing.is_set():
+                    await response.write(b": ping\n\n")
+                    await anyio.sleep(0.1)
+            return response
+        if srv.requests != at_once:
+            await anyio.sleep(1.2)  # past the 0.5 s a finished stream is read on for
+        with contextlib.suppress(ConnectionResetError):  # the client may have gone
+            await response.write(USAGE_CHUNK + b"data: [DONE]\n\n")
+            await response.write_eof()
+        return response
+
+    with anyio.fail_after(30):
+        async with FaultServer(failover) as srv, ChatClient(srv.base_url, job_env, timeout_s=2,
+                                                            connections=2) as client:
+            tokens = [(await client.complete(body)).total_tokens for _ in range(5)]
+            await anyio.sleep(1.5)
+            tokens += [(await client.complete(body)).total_tokens for _ in range(2)]
+    # held; at once (the usage back); late, waited for again; held; late, not waited for;
+    # late, waited for once a while passed; late, waited for as before
+    assert tokens == [None, 13, 13, None, None, 13, 13]
+
+
+@pytest.mark.anyio
 async def test_a_usage_chunk_is_waited_for_as_long_as_the_stream_s_chunks_took_not_the_timeout(
         job_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The usage chunk asked for was waited for the whole timeout_s after the finish: a server
