@@ -204,7 +204,7 @@ class _EchoHandler(BaseHTTPRequestHandler):
         reply = {"id": auth, "model": auth, "choices": [
             {"index": 0, "finish_reason": key, "logprobs": _logprobs(f"Your header was {auth}"),
              "message": {"role": "assistant", "content": f"Your header was {auth}",
-                         "reasoning_content": f"They sent {auth}",
+                         "reasoning_content": f"They sent {auth.replace('Bearer', 'BeArEr')}",
                          "tool_calls": [{"id": key, "type": "function", "function": {
                              "name": "f", "arguments": json.dumps({"key": key})}}]}}],
             "citations": [f"https://example.com/?key={key}"],
@@ -400,9 +400,10 @@ def test_a_short_key_echoed_as_its_header_is_written_nowhere(
 ) -> None:
     """A short key (a self-hosted server's, vLLM's example "token-abc123") is a word of an
     answer, kept there, but not where the answer repeats the request's header ("Your header
-    was Bearer token-abc123": it was written so), nor in an error's text as that header
-    upper-cased or base64-encoded; nor a proxy's short password where an answer repeats the
-    Proxy-Authorization header a proxy passed on ("Basic bWU6cHc=" was written so)."""
+    was Bearer token-abc123": it was written so; "BeArEr x" in mixed case was), nor in an
+    error's text as that header upper-cased or base64-encoded; nor a proxy's short password
+    where an answer repeats the Proxy-Authorization header a proxy passed on ("Basic
+    bWU6cHc=" was written so)."""
     monkeypatch.setenv("OPENAI_API_KEY", key)
     port = echo_server.server_address[1]
     monkeypatch.setenv("HTTP_PROXY", f"http://me:pw@127.0.0.1:{port}")  # the server passes it on
@@ -420,7 +421,7 @@ def test_a_short_key_echoed_as_its_header_is_written_nowhere(
     assert (a["request_id"], a["model"], a["finish_reason"]) == (
         "Bearer [redacted]", "Bearer [redacted]", "[redacted]")
     assert a["content"] == "Your header was Bearer [redacted]"
-    assert a["reasoning_content"] == "They sent Bearer [redacted]"
+    assert a["reasoning_content"] == "They sent BeArEr [redacted]"
     message = str(df.loc["b", "error_message"])
     assert message.startswith("{\"error\": {\"message\": \"you sent BEARER [redacted], "
                               "Bearer%20[redacted], [redacted], "), message
@@ -663,6 +664,22 @@ def test_redact_takes_a_short_key_out_only_where_it_stands_alone(
                         secrets=("p4ss",))
     assert client.redact(text) == redacted
     assert client.redact("user:p4ss@proxy, p4ssword") == "user:[redacted]@proxy, p4ssword"
+
+
+@pytest.mark.parametrize(("text", "scrubbed"), [
+    ("a bearer token, x marks it", "a bearer token, x marks it"),
+    ("sent BeArEr x", "sent BeArEr [redacted]"),  # the case the search ignores, as a whole
+    ("SENT Bearer X", "SENT Bearer [redacted]"),
+    ("sent bearer%20X, BEARER\\u0020x; bearer xy", "sent bearer%20[redacted], "
+     "BEARER\\u0020[redacted]; bearer xy"),
+    ("İstanbul: Bearer x", "İstanbul: Bearer [redacted]"),  # "İ" is two letters lower case
+])
+def test_an_answer_repeating_a_short_key_s_header_in_any_case_has_the_key_taken_out(
+        text: str, scrubbed: str) -> None:
+    from batchrunner.client import ChatClient
+
+    client = ChatClient("http://127.0.0.1:9/v1", "x", timeout_s=1, connections=1)
+    assert client._scrub(text, answer=True) == scrubbed
 
 
 @pytest.mark.parametrize("where", ["option", "job file"])
