@@ -124,3 +124,17 @@ def test_bench_status_smoke() -> None:
     for name in ("mid-run", "after", "mid-run, retrying"):
         assert f"== {name}: wall " in out, out
     assert out.count("20,000 of 20,000 rows finished (20,000 ok, 0 failed, 0 to do)") == 3, out
+
+
+def test_bench_stream_smoke() -> None:
+    """Each recorded stream is assembled whole, in both piece sizes, by this checkout's
+    ``StreamAssembler`` and by the one ``--against`` names (here this one again)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_stream.py"), "--smoke",
+         "--against", str(ROOT)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{proc.stderr[-3000:]}"
+    for name in ("openai 500 tokens", "vllm 500 tokens", "whole-so-far 2,000 tokens"):
+        assert out.count(name) == 2, out
+    assert "against ms" in out, out
