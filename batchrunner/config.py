@@ -302,8 +302,25 @@ def settings_changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     were sent with) and ``now``, each as ``setting_change`` names it. A text job.json holds
     with ``[redacted]`` for the key (written in ``[request.extra]``) is the same as one with a
     key of LONG_SECRET characters or more in its place: it is not a change."""
+    before = _limit_renamed(before, now)
     return [setting_change(k, before.get(k), now.get(k)) for k in sorted(set(before) | set(now))
             if not _same_setting(before.get(k), now.get(k))]
+
+
+def _limit_renamed(before: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """``before`` without its ``max_tokens`` where it is the limit ``now`` sends under
+    ``max_completion_tokens`` alone: a job begun with --max-tokens N over a job file's
+    [request.extra] max_completion_tokens N, whose bodies carried both (N each), now carry the
+    one (``_one_token_limit``), the same limit. With two limits that differ, the one a server
+    took is not known: a change."""
+    limit = before.get("max_tokens")
+    extra, extra_now = before.get("extra"), now.get("extra")
+    if (limit is not None and now.get("max_tokens") is None and isinstance(extra, dict)
+            and isinstance(extra_now, dict)
+            and extra.get("max_completion_tokens") == limit
+            == extra_now.get("max_completion_tokens")):
+        return {k: v for k, v in before.items() if k != "max_tokens"}
+    return before
 
 
 def _same_setting(was: Any, now: Any) -> bool:

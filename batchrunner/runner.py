@@ -1081,6 +1081,8 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
     if old.get("request_fingerprint") != new["request_fingerprint"]:
         before = old.get("request", {})
         changed = settings_changed(before, new["request"])
+        if not changed:  # the same, as sent (a limit's name the product changed, say)
+            return
         if not any_ok:  # nothing answered yet (a wrong model, say): nothing to mix with
             warnings.append(f"request settings changed ({', '.join(changed)}); going on, as "
                             "no row has an answer made with the old ones")

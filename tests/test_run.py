@@ -1409,3 +1409,38 @@ async def test_an_input_replaced_while_a_job_keyed_by_position_runs_says_how_to_
     assert df["text"][7].endswith("(edited)")
     for text, content in zip(df["text"], df["content"], strict=True):
         assert content.startswith(f"Echo: [{prompt_key(f'Summarise: {text}')}]")
+
+
+def test_a_job_begun_with_both_token_limits_resumes_with_the_one_now_sent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-tokens N over a job file's [request.extra] max_completion_tokens: older runs sent
+    both, and job.json holds both; the limit is now sent under max_completion_tokens alone,
+    and the resume of such a job was refused as changed ("max_tokens: 400 → not set"). The
+    same limit under both names is that one limit: resumed. Two that differ are a change."""
+    from batchrunner.cli import main
+    from batchrunner.config import settings_fingerprint
+
+    pd.DataFrame({"id": range(4), "text": ["a", "b", "c", "d"]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    job = tmp_path / "job.toml"
+    with SimulatorThread(SimulatorConfig()) as sim:
+        job.write_text(f'[input]\npath = "in.csv"\nid_column = "id"\n[request]\n'
+                       f'model = "gpt-4o-mini"\nprompt = "Say {{text}}"\n[request.extra]\n'
+                       f'max_completion_tokens = 400\n[endpoint]\nbase_url = "{sim.base_url}"\n'
+                       f'[output]\ndir = "out"\n')
+        run = ["run", str(job), "--max-tokens", "400", "--progress", "none"]
+        assert main([*run, "--limit", "2"]) == 0
+        meta_path = tmp_path / "out" / "job.json"
+        meta = json.loads(meta_path.read_text())
+        for sent in (400, 300):  # as older code wrote it: both limits
+            meta["request"]["max_tokens"] = sent
+            meta["request_fingerprint"] = settings_fingerprint(meta["request"])
+            meta_path.write_text(json.dumps(meta))
+            capsys.readouterr()
+            if sent == 300:
+                assert main(run) == 2
+                assert "(max_tokens: 300 → not set)" in capsys.readouterr().err
+            else:
+                assert "changed since" not in format_status(tmp_path / "out")
+                assert main([*run, "--limit", "3"]) == 0, capsys.readouterr().err
+                assert "changed" not in capsys.readouterr().err
