@@ -283,6 +283,7 @@ class Limiter:
         self._guess: TokenBucket | None = None
         self._samples: deque[tuple[float, int, int, float]] = deque()
         self._storm_pace = 0.0  # the pace the latest storm set
+        self.storm_share = 0.0  # the share of the requests the latest storm refused
         # When the window began at a storm: its first 429, or the pace a storm set.
         self._storm_from = -math.inf
         self._refused = 0  # 429s counted at the latest sample
@@ -347,15 +348,20 @@ class Limiter:
         return (not self.paces and len(samples) > 1 and samples[-1][2] == samples[0][2]
                 and samples[-1][0] - samples[0][0] >= PACE_MIN_SPAN_S)
 
-    @property
-    def answered_freely(self) -> bool:
-        """Whether ``sample``'s window, of a second at least, saw twice STORM_COUNT requests
-        sent or more and a quarter of a storm's share of them answered 429 at most."""
+    def answered_freely(self, share: float = STORM_SHARE) -> bool:
+        """Whether ``sample``'s window, of a second at least, saw requests answered 429 at a
+        quarter of ``share`` (another model's storm's, STORM_SHARE at least) at most, and
+        enough of them that at that share half a storm's count would have been: refused
+        alike (a limit shared), 25 requests at a share of a fifth would have drawn 5 429s,
+        8 at four fifths 6. Counted by the share, not by the requests alone (twice STORM_COUNT
+        a window): the pauses a storm of the other's 429s asks of all, on a busy machine,
+        held a model answered freely under that, and the job was not split."""
         samples = self._samples
         if len(samples) < 2 or samples[-1][0] - samples[0][0] < PACE_MIN_SPAN_S:
             return False
         sent, refused = samples[-1][1] - samples[0][1], samples[-1][2] - samples[0][2]
-        return sent >= 2 * STORM_COUNT and refused <= sent * STORM_SHARE / 4
+        alike = sent * max(share, STORM_SHARE)  # its 429s, were they refused alike
+        return alike >= STORM_COUNT / 2 and refused <= alike / 4
 
     @property
     def requests_per_second(self) -> float | None:
@@ -657,6 +663,7 @@ class Limiter:
         accepted = (sent - sent_then - refusals) / max(sending, PACE_MIN_SPAN_S) * 60.0
         current = self.requests_per_minute if self.guessed else None
         if measured and refusals >= STORM_COUNT and refusals >= STORM_SHARE * (sent - sent_then):
+            self.storm_share = refusals / max(1, sent - sent_then)
             stormed = False
             if accepted >= 1.0 and (current is None or accepted * PACE_UNDER < current):
                 self._storm_pace = accepted * PACE_UNDER

@@ -2982,18 +2982,22 @@ class _Run:
         """Where no answer reports a limit, 429s alone say them (a gateway's, each model's
         own): sample each model's requests and 429s, and split the job (True) when one
         model's are a storm, which teaches its limiter a pace, while another's requests were
-        answered over the same seconds with few 429s or none (``Limiter.answered_freely``: a
-        limit the models share refuses each model's requests alike; random 429s are no
-        storm). The models' limiters are these from then on. One pace for all, learnt
-        from the slow model's 429s, held the fast model's rows at the slow one's pace (1,000
-        rows, a fifth asking a model limited to 120 a minute and the rest one limited to
-        3,000: the fast model's last answer came at 47 s, after the slow one's; at 8 s now)."""
+        answered over the same seconds with few 429s or none, against the storm's share of
+        them (``Limiter.answered_freely``: a limit the models share refuses each model's
+        requests alike; random 429s are no storm). The models' limiters are these from then
+        on. One pace for all, learnt from the slow model's 429s, held the fast model's rows
+        at the slow one's pace (1,000 rows, a fifth asking a model limited to 120 a minute
+        and the rest one limited to 3,000: the fast model's last answer came at 47 s, after
+        the slow one's; at 8 s now)."""
         assert self.probes is not None
         probes = self.probes
         stormed = [probe.sample(now, probe.requests_sent, probe.requests_refused)
                    for probe in probes.values()]
-        if any(stormed) and any(probe.answered_freely for probe, storm
-                                in zip(probes.values(), stormed, strict=True) if not storm):
+        if not any(stormed):
+            return False
+        pairs = list(zip(probes.values(), stormed, strict=True))
+        share = max(probe.storm_share for probe, storm in pairs if storm)
+        if any(probe.answered_freely(share) for probe, storm in pairs if not storm):
             self._split(probes)
             return True
         return False

@@ -88,9 +88,11 @@ async def test_a_model_with_no_limit_does_not_keep_the_others_rows_in_the_worker
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("tune_s", [None, 1.5], ids=["sampled-as-ever", "sampled-late"])
+@pytest.mark.parametrize(("tune_s", "fast_every"), [(None, 3), (1.5, 3), (None, 8)],
+                         ids=["sampled-as-ever", "sampled-late", "fast-thinned"])
 async def test_models_whose_limits_only_429s_say_are_each_paced_at_their_own(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tune_s: float | None) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tune_s: float | None,
+        fast_every: int) -> None:
     """A gateway limiting each model on its own (600 and 6,000 a minute, from buckets of a
     second's worth) and saying so with 429s alone, which name no limit but come for the
     row's model. The job never split: its one pace, the pauses and the pace learnt from the
@@ -103,15 +105,21 @@ async def test_models_whose_limits_only_429s_say_are_each_paced_at_their_own(
     Sampled late (every 1.5 s, as a busy machine's ticks come), the 429s before a model's
     first sample were its window's start: the storm was measured a second later, when the
     job's pauses held the fast model's answers under twenty a window, and the job never
-    split (4 runs of 4)."""
+    split (4 runs of 4). So, with a fast row in eight, were the fast model's answers between
+    the pauses: its few requests are weighed against the slow model's storm's share now (at
+    four fifths of them refused, 8 with one refused at most are no limit the models share)."""
     if tune_s is not None:
         monkeypatch.setattr(runner, "TUNE_EVERY_S", tune_s)
     splits = watch_splits(monkeypatch)
     paces = learnt_paces(monkeypatch)
     seen: list[str] = []
     answer = in_order(per_model_limits({"slow": 600.0, "fast": 6000.0}, [], hidden=True), seen)
-    rows = 300
-    models = ["slow" if i % 3 == 0 else "fast" for i in range(rows)]
+    if fast_every == 3:
+        rows = 300
+        models = ["slow" if i % 3 == 0 else "fast" for i in range(rows)]
+    else:  # a fast row in eight
+        rows = 120
+        models = ["fast" if i % fast_every == 0 else "slow" for i in range(rows)]
     summary, counted = await run_against(tmp_path, answer, rows,
                                          input=models_input(tmp_path, models), model=None,
                                          model_column="model")
