@@ -2511,6 +2511,11 @@ class Simulator:
         """Zero the counters (rate-limit buckets and marker counts are kept)."""
         self._live().reset()
 
+    def set_latency(self, ms: float) -> None:
+        """Answer the requests that come from now on after ``ms`` (``latency_ms``'s meaning):
+        a slow spell, or its end."""
+        self._live().base_latency = ms / 1000.0
+
 
 class SimulatorThread:
     """The simulator on its own event loop in a background thread, for synchronous code::
@@ -2601,6 +2606,10 @@ class SimulatorThread:
     def reset_stats(self) -> None:
         sim = self._running()
         self._call(sim.reset_stats)
+
+    def set_latency(self, ms: float) -> None:
+        sim = self._running()
+        self._call(lambda: sim.set_latency(ms))
 
     def stop(self) -> None:
         thread, loop, event = self._thread, self._loop, self._stop_event

@@ -894,12 +894,13 @@ async def test_status_names_the_last_run_and_a_run_that_never_finished(tmp_path:
 def test_a_second_run_of_a_job_in_progress_is_refused_and_status_shows_the_first(
         tmp_path: Path) -> None:
     # A nightly job still running when the next night's starts: the second must not send the
-    # same rows again.
+    # same rows again. The first's answers are slow until the others have been refused (at
+    # 100 ms, on a loaded machine, it finished before they had started).
     n = 60
     inp = make_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out"
     env = {**os.environ, "OPENAI_API_KEY": KEY}
-    with SimulatorThread(SimulatorConfig(api_key=KEY, latency_ms=100)) as sim:
+    with SimulatorThread(SimulatorConfig(api_key=KEY, latency_ms=2000)) as sim:
         argv = [sys.executable, "-m", "batchrunner", "run", "--input", str(inp), "--id-column",
                 "id", "--prompt", "Summarise: {text}", "--model", "gpt-4o-mini", "--base-url",
                 sim.base_url, "--output", str(out), "--concurrency", "2", "--progress", "none"]
@@ -918,6 +919,7 @@ def test_a_second_run_of_a_job_in_progress_is_refused_and_status_shows_the_first
             rebuild = subprocess.run([sys.executable, "-m", "batchrunner", "report", str(out)],
                                      env=env, capture_output=True, text=True, timeout=60)
             assert first.poll() is None  # the first was running all along
+            sim.set_latency(0)  # its rows left answered at once
         finally:
             first.communicate(timeout=60)
         completions = sim.stats()["completions"]
