@@ -492,10 +492,22 @@ def before_imports() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: its exit code. SIGTERM and SIGHUP stop a run as Ctrl-C does while it
+    runs; the handlers found are put back on return, for a program that calls it in-process."""
+    found: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _sigterm)
+        found[signal.SIGTERM] = signal.signal(signal.SIGTERM, _sigterm)
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # ignored: under nohup
-            signal.signal(signal.SIGHUP, _sigterm)
+            found[signal.SIGHUP] = signal.signal(signal.SIGHUP, _sigterm)
+    try:
+        return _main(argv)
+    finally:
+        for sig, handler in found.items():
+            if handler is not None:  # None: set outside Python, and not to be put back
+                signal.signal(sig, handler)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     before_imports()
     commands = {"run": _cmd_run, "estimate": _cmd_estimate, "status": _cmd_status,
                 "report": _cmd_report, "simulate": _cmd_simulate}

@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import FrameType
 
 import pandas as pd
 import pytest
@@ -264,6 +266,31 @@ def test_report_with_the_input_unreadable_says_why(
 
 
 # -- progress: what the log lines say is true --------------------------------------------------
+
+
+def test_main_gives_back_the_signal_handlers_it_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``main`` stops a run on SIGTERM or SIGHUP as on Ctrl-C; once it returns (a run, or a
+    command refused), the program that called it has its own handlers back. They were left
+    at main's, so that a SIGTERM later raised KeyboardInterrupt in that program wherever it
+    was, and the calling program's own SIGHUP handler was lost."""
+    watched = (signal.SIGTERM, signal.SIGHUP)
+
+    def mine(signum: int, frame: FrameType | None) -> None:
+        raise AssertionError("not sent")
+
+    before = {sig: signal.signal(sig, mine) for sig in watched}
+    try:
+        code, _, err = cli(capsys, *job_args(tmp_path))
+        assert code == 0, err
+        assert {sig: signal.getsignal(sig) for sig in watched} == dict.fromkeys(watched, mine)
+        code, _, _ = cli(capsys, "status", "out/nightly")  # refused
+        assert code == 2
+        assert {sig: signal.getsignal(sig) for sig in watched} == dict.fromkeys(watched, mine)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def test_a_log_line_never_rounds_up_to_100_percent_nor_says_1_requests(
