@@ -38,7 +38,7 @@ from batchrunner.records import RETRYING
 from batchrunner.report import format_usd
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
 from batchrunner.status import format_status
-from benchmarks.crash_soak import CrashHarness, Kill, _wait
+from benchmarks.crash_soak import WAIT_S, CrashHarness, Kill, _wait
 
 KEY = "sk-test-crash-0123456789"
 TEMPLATE = "Summarise: {text}"
@@ -120,6 +120,9 @@ def kill_in(harness: CrashHarness, point: str, rng: random.Random) -> Kill:
     times."""
     for _ in range(3):
         kill = harness.kill_at(point, rng)
+        # Neither the moment nor the run's end came: the harness waited its limit in vain.
+        assert kill.hit or kill.exit_code is not None, \
+            f"waited {WAIT_S:.0f} s for the moment {point} in vain"
         if kill.hit or harness.epoch.finished:
             break
     assert kill.hit, (f"never killed at {point}: the run exited {kill.exit_code} first "
@@ -236,12 +239,15 @@ def test_sigkill_after_a_billed_attempt_keeps_its_cost(tmp_path: Path,
 def wait_for_hangs(sim: SimulatorThread, proc: subprocess.Popen[bytes], n: int,
                    hangs: int) -> None:
     """Wait (60 s at most) until the simulator holds ``hangs`` hung requests and has answered
-    the other ``n - hangs``, or the process ended."""
+    the other ``n - hangs``; fail if the process ends first or the time runs out."""
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
+    while True:
         st = sim.stats()
         if st["hangs"] >= hangs and st["completions"] >= n - hangs:
             return
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) first: {st}"
+        assert time.monotonic() < deadline, f"waited 60 s for {hangs} hangs, {n - hangs} " \
+            f"answers: {st}"
         time.sleep(0.02)
 
 
@@ -1203,13 +1209,16 @@ def test_changed_rows_a_killed_run_sent_again_are_not_sent_once_more(
         make_csv(inp, n + hangs, {**refused, **{n + i: " [[sim:hang]]" for i in range(hangs)}})
         with cli_process(tmp_path, args) as (proc, err_path, _):
             deadline = time.monotonic() + 60
+            failed = 0
             while time.monotonic() < deadline and proc.poll() is None:
-                records = [pq.read_table(seg, columns=["status"])["status"].to_pylist()
-                           for seg in Journal(out).segments()]  # ok wins over them: not read()
-                if sum(r.count("failed") for r in records) == changed:
+                failed = sum(pq.read_table(seg, columns=["status"])["status"].to_pylist()
+                             .count("failed")
+                             for seg in Journal(out).segments())  # ok wins over them: not read()
+                if failed == changed:
                     break
                 time.sleep(0.05)
             assert proc.poll() is None, err_path.read_text()
+            assert failed == changed, f"the rerun journaled {failed} failures"
             proc.kill()
             proc.wait()
         make_csv(inp, n + hangs, refused)  # tonight's new rows answer now
@@ -1242,15 +1251,20 @@ def test_report_after_a_killed_changed_rows_rerun_shows_what_it_journaled(
         assert code == 0, err
         before = pd.read_parquet(out / "results.parquet").set_index("id")["content"]
         make_csv(inp, n + hangs, {**changes, **{n + i: " [[sim:hang]]" for i in range(hangs)}})
+        # The rerun's segments are those the first run did not leave: by name they may sort
+        # before the first run's (a run's id starts with the second it started in).
+        first = set(Journal(out).segments())
         with cli_process(tmp_path, args) as (proc, err_path, _):
             deadline = time.monotonic() + 60
+            journaled = 0
             while time.monotonic() < deadline and proc.poll() is None:
-                records = [pq.read_table(seg, columns=["status"])["status"].to_pylist()
-                           for seg in Journal(out).segments()[1:]]  # the rerun's
-                if sum(len(r) for r in records) == refused + edited:
+                journaled = sum(pq.read_metadata(seg).num_rows
+                                for seg in Journal(out).segments() if seg not in first)
+                if journaled == refused + edited:
                     break
                 time.sleep(0.05)
             assert proc.poll() is None, err_path.read_text()
+            assert journaled == refused + edited, f"the rerun journaled {journaled} rows"
             proc.kill()
             proc.wait()
     code, _, err = cli(capsys, "report", str(out))

@@ -388,9 +388,8 @@ def test_killed_run_resumes_with_every_row_once(tmp_path: Path) -> None:
                                     stderr=subprocess.DEVNULL)
             # Kill once this run has journaled a segment: a moment, not a guess at timing.
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                if journal_dir.exists() and len(list(journal_dir.glob("seg-*"))) > segments_before:
-                    break
+            while proc.poll() is None and len(list(journal_dir.glob("seg-*"))) <= segments_before:
+                assert time.monotonic() < deadline, "waited 60 s for the run's first segment"
                 time.sleep(0.01)
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
@@ -431,7 +430,8 @@ def test_sigterm_and_ctrl_c_drain_and_exit_4(tmp_path: Path, sig: signal.Signals
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         deadline = time.monotonic() + 60
-        while sim.stats()["completions"] < 20 and time.monotonic() < deadline:
+        while sim.stats()["completions"] < 20:
+            assert time.monotonic() < deadline and proc.poll() is None, sim.stats()
             time.sleep(0.02)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
@@ -1143,6 +1143,8 @@ async def test_requests_cut_off_by_a_stop_are_said(tmp_path: Path) -> None:
                 if sim.stats()["requests"] >= 4:
                     break
                 await anyio.sleep(0.01)
+            else:
+                raise AssertionError(f"waited 20 s for 4 requests: {sim.stats()}")
             os.kill(os.getpid(), signal.SIGINT)
 
         async with anyio.create_task_group() as tg:

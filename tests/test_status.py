@@ -90,11 +90,10 @@ def test_pace_of_a_run_restarted_within_the_second_leaves_out_the_last_runs_rows
         assert before.num_rows == 20
         with cli_process(tmp_path, args) as (proc, err_path, _):
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
-                if sim.stats()["hangs"] == 4 and "30 of 40 rows" in format_status(out):
-                    break
+            while not (sim.stats()["hangs"] == 4 and "30 of 40 rows" in format_status(out)):
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, (sim.stats(), format_status(out))
                 time.sleep(0.05)
-            assert proc.poll() is None, err_path.read_text()
             last = json.loads((out / "job.json").read_text())["last_run"]
             assert last["finished_at"] is None and last["to_send"] == 20
             # The first run's rows, as if it had finished them in the second this one started.

@@ -619,6 +619,8 @@ def test_a_sigterm_while_the_server_is_waited_for_says_it_was_down(
             if (out / "job.json").stat().st_mtime_ns != started or night.poll() is not None:
                 break
             time.sleep(0.02)
+        else:
+            raise AssertionError(f"the run did not begin within {RUN_LIMIT_S} s")
         time.sleep(1.0)  # refused meanwhile, again and again
         night.send_signal(signal.SIGTERM)
         said, _ = night.communicate(timeout=RUN_LIMIT_S)
