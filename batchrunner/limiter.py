@@ -14,8 +14,7 @@
 * ``sample(now, sent, refused)`` a few times a second, the run's counts of requests sent and
   answered 429: while no request rate is known, a storm of 429s (a limit no header reports)
   sets a pace a little under the rate requests were accepted at, raised slowly while no 429
-  comes (``guessed``); ``answered_429(now, sent_s, sent, refused)`` on each 429 has the rate
-  measured from a storm's first 429 after a second answered freely (a drained burst left out).
+  comes (``guessed``).
 
 The runner paces a job with one; a job whose models report limits of their own (OpenAI's are
 per model) with one more for each model (``reported_limits`` tells them apart).
@@ -284,8 +283,6 @@ class Limiter:
         self._samples: deque[tuple[float, int, int, float]] = deque()
         self._storm_pace = 0.0  # the pace the latest storm set
         self.storm_share = 0.0  # the share of the requests the latest storm refused
-        # When the window began at a storm: its first 429, or the pace a storm set.
-        self._storm_from = -math.inf
         self._refused = 0  # 429s counted at the latest sample
         # A pause over PAUSE_PACED_S asked since the latest sample that could act on it.
         self._long_asked = False
@@ -606,35 +603,6 @@ class Limiter:
                 self.tokens_per_minute, self._tokens = None, None
         return True
 
-    def answered_429(self, now: float, sent_s: float, sent: int, refused: int) -> None:
-        """A 429 answered at ``now`` to a request sent ``sent_s`` before, ``sent`` and
-        ``refused`` the counts ``sample`` is given (with it). While no request rate is known,
-        the first after a second or more of ``sample``'s window with none starts the window
-        afresh: a storm is measured from its first 429, as the next one is from the pace a
-        storm set, and the 429s that come after either to requests sent before are left out
-        of the window, as their requests are. Requests answered freely for a second or more
-        say only that the limit is over the rate they were sent at: a minute's bucket drained
-        in a burst (300 answers a second for 2 s), and measured with them in, a storm behind
-        a limit of 600 a minute set a pace of 11,000. A storm within the first second (a
-        bucket of a second's worth, drained by the first requests) is measured from the
-        window's start, as ever: its first 429s are most of it. Called for each 429, not on
-        an ok answer's way."""
-        samples = self._samples
-        if self._requests is not None or not samples:
-            return
-        then = samples[0][0]
-        if then == self._storm_from:  # measured from its first 429, or from a storm's pace
-            if now - sent_s < then:  # sent before it: out of the window
-                then, sent_then, refused_then, paused_then = samples[0]
-                samples[0] = (then, sent_then, refused_then + 1, paused_then)
-            return
-        if (self.guessed or samples[-1][2] != samples[0][2] or refused != samples[-1][2] + 1
-                or now - then < PACE_MIN_SPAN_S):
-            return
-        samples.clear()
-        samples.append((now, sent, refused, self._held_total(now)))
-        self._storm_from = now
-
     def sample(self, now: float, sent: int, refused: int, *, split: bool = False) -> bool:
         """The run's requests ``sent`` so far and those of them ``refused`` (answered 429), at
         ``now``: while no request rate is known (none set, none reported), a storm of 429s
@@ -669,12 +637,9 @@ class Limiter:
                 self._storm_pace = accepted * PACE_UNDER
                 self._set_guess(self._storm_pace)
                 # The next storm is one at this pace: measured from here on, not lowered
-                # again for the 429s that taught it, nor for those that come after to requests
-                # sent before (``answered_429``): counted in, a pace learnt at five times the
-                # limit was lowered only once the window had slid past them, 5 s of 429s on.
+                # again for the 429s that taught it.
                 samples.clear()
                 samples.append((now, sent, refused, paused))
-                self._storm_from = now
                 stormed = True
             # Its 429s asked a long pause: held from the start. The pause was asked before
             # the storm could be measured (its first half second, the pause itself), and held

@@ -2418,15 +2418,10 @@ class _Run:
                             self._refused_together(item.model)
                         if not own.paces:  # a limit no header says: a storm to learn from
                             self.parking = False
-                    else:
-                        if self.models_vary and not self.model_limits:
-                            probe = self._probe(item)  # whose 429s are they? (_split_by_429s)
-                            probe.requests_sent += 1
-                            probe.requests_refused += 1
-                        counters = self.counters  # a storm is measured from its first 429
-                        self.limiter.answered_429(time.monotonic(),
-                                                   time.perf_counter() - sent_at,
-                                                   counters["sent"], counters["http_429"])
+                    elif self.models_vary and not self.model_limits:
+                        probe = self._probe(item)  # whose 429s are they? (_split_by_429s)
+                        probe.requests_sent += 1
+                        probe.requests_refused += 1
                     if (e.retry_after is not None and e.retry_after > self.policy.max_retry_after_s
                             and sent_at > self.long_wait_at):
                         self.long_waits += 1
