@@ -137,7 +137,13 @@ class Unreachable(StopJob):
 
 class AllFailing(StopJob):
     """The run's first rows all failed with one error type and none succeeded: a setting of
-    the job (a parameter the model rejects, a wrong model or path), not the rows."""
+    the job (a parameter the model rejects, a wrong model or path), not the rows.
+    ``endpoint_down``: the error is the endpoint's (a server error on every try), nothing in
+    the job to fix: the rerun waits for it to recover."""
+
+    def __init__(self, message: str, *, endpoint_down: bool = False) -> None:
+        super().__init__(message)
+        self.endpoint_down = endpoint_down
 
 
 class SettingRefused(StopJob):

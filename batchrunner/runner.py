@@ -2066,6 +2066,7 @@ class _Run:
             self.failing_models.add(model)
         if len(failing) == 1 and failing.total() >= FAIL_FAST_ROWS:
             self.failing = None
+            down = False  # the endpoint's error, nothing in the job to fix
             if o.error_type == "timeout":
                 fix = ("raise --timeout (timeout_s) if answers take longer than it allows, or "
                        "wait for the endpoint to recover")
@@ -2078,6 +2079,7 @@ class _Run:
                        "server that speaks TLS closes a plain-HTTP connection so); else wait "
                        "for it to recover")
             elif o.error_type in self.transient:
+                down = True
                 fix = ("wait for the endpoint to recover (a server error on every try: nothing "
                        "in the job to fix)")
             else:
@@ -2089,7 +2091,8 @@ class _Run:
             stop = AllFailing(
                 f"{first} all failed with {o.error_type} and "
                 f"none succeeded ({o.error_message}); no more rows were sent (those already in "
-                f"flight were let finish) — {fix}, then run the job again with --retry-failed")
+                f"flight were let finish) — {fix}, then run the job again with --retry-failed",
+                endpoint_down=down)
             if len(self.failing_models) == 1 and not self.held_models and not self.own_failures:
                 # Counted afresh for the other models: their first rows failing alike too is
                 # the job's setting, not a model's.
@@ -3747,8 +3750,10 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         if not moved and isinstance(run.stop_error, BudgetExceeded | AllFailing | SettingRefused):
             # The same command stops again (the job's spend counts against the budget; the
             # rows fail, or are refused, as those were): status says what to do first.
-            last_run["stop_kind"] = ("budget" if isinstance(run.stop_error, BudgetExceeded)
-                                     else "fix_first")
+            last_run["stop_kind"] = (
+                "budget" if isinstance(run.stop_error, BudgetExceeded)
+                else "wait_first" if isinstance(run.stop_error, AllFailing)
+                and run.stop_error.endpoint_down else "fix_first")
         if summary.sent:  # the report's wall time and counters: of the last run that sent
             counters = dict(run.counters)
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})

@@ -266,14 +266,16 @@ def format_status(out_dir: Path) -> str:
             lines.append(f"  to finish, {count_rows(to_do)} to do: raise max_cost_usd "
                          "(--max-cost), which the job's cost so far counts against (batchrunner "
                          f"estimate tells what the rows left cost), then: {rerun}")
-        elif rerun and (to_do or failed) and kind == "fix_first":
+        elif rerun and (to_do or failed) and kind in ("fix_first", "wait_first"):
             # Its rows failed, or were refused, alike: sent as they are, the rows left fail
-            # so too.
+            # so too. The endpoint's errors (a server error on every try) leave nothing to fix.
             rerun = rerun_command(meta, out_dir, answered=state.ok > 0,
                                   extra=("--retry-failed",) if failed else ())
+            first = ("once the endpoint has recovered (what stopped it, above)"
+                     if kind == "wait_first" else "fix what stopped it (above)")
             lines.append(f"  to finish, {count_rows(to_do)} to do"
                          + (f" and {failed:,} failed" if failed else "")
-                         + f": fix what stopped it (above), then: {rerun}")
+                         + f": {first}, then: {rerun}")
         elif rerun and to_do:
             lines.append(f"  to finish, {count_rows(to_do)} to do: {rerun}")
         if to_do and ok and (changed_now := _changed_since(meta)):

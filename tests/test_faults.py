@@ -978,6 +978,13 @@ async def test_a_job_whose_endpoint_fails_every_try_is_told_to_wait_not_to_fix(
     assert s.stopped.endswith(
         "wait for the endpoint to recover (a server error on every try: nothing in the job to "
         "fix), then run the job again with --retry-failed")
+    # status says so too: it told to fix what stopped it, which said there was nothing to fix.
+    finish = next(x for x in format_status(tmp_path / "out").splitlines()
+                  if x.startswith("  to finish, "))
+    assert finish.startswith(f"  to finish, {s.pending} rows to do and {s.failed} failed: once "
+                             "the endpoint has recovered (what stopped it, above), then: "
+                             "batchrunner run "), finish
+    assert finish.endswith(" --retry-failed") and "fix" not in finish
 
 
 @pytest.mark.anyio
