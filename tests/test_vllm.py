@@ -694,6 +694,9 @@ async def test_status_beside_a_run_waiting_for_its_endpoint_says_so_until_it_ans
     started_at = status_module._epoch
     monkeypatch.setattr(status_module, "_epoch",
                         lambda last: None if (at := started_at(last)) is None else at - 30.0)
+    # The run's process is this one, which may have started less than those 30 s before it:
+    # read so early, the run's start would make its pid another process's, no run in progress.
+    monkeypatch.setattr(status_module, "_process_started_after", lambda pid, when: False)
     summary: list[RunSummary] = []
 
     async def nightly() -> None:
