@@ -1203,6 +1203,21 @@ async def test_a_graceful_restart_mid_job_fails_no_row(tmp_path: Path) -> None:
     assert s.not_connected > 0 and s.sent == n + s.not_connected
 
 
+async def run_against_a_box(tmp_path: Path, box: Callable[[web.BaseRequest],
+                            Awaitable[web.StreamResponse]], inp: Path) -> RunSummary:
+    """``inp`` run against the handler ``box`` on 127.0.0.1, four at a time, three tries a row on
+    a short backoff."""
+    runner, port = await serve_on_loopback(box)
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            return await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
+                                         concurrency=4),
+                                 RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3),
+                                            progress="none", handle_signals=False))
+    finally:
+        await runner.cleanup()
+
+
 @pytest.mark.anyio
 async def test_a_box_restarting_behind_a_port_that_takes_and_drops_connections_fails_no_row(
         tmp_path: Path) -> None:
@@ -1231,15 +1246,7 @@ async def test_a_box_restarting_behind_a_port_that_takes_and_drops_connections_f
         answered += 1
         return web.json_response(completion(body, "hi"))
 
-    runner, port = await serve_on_loopback(box)
-    try:
-        with anyio.fail_after(RUN_LIMIT_S):
-            s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
-                                      concurrency=4),
-                              RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3),
-                                         progress="none", handle_signals=False))
-    finally:
-        await runner.cleanup()
+    s = await run_against_a_box(tmp_path, box, inp)
     assert down_until < math.inf
     assert s.exit_code == 0 and (s.ok, s.failed) == (n, 0), s.error_examples
     # Beyond those, only the first cuts (answers to other rows came after they were sent)
@@ -1287,15 +1294,7 @@ async def test_a_row_that_crashes_the_box_each_time_it_is_sent_fails_and_the_job
             in_flight.discard(transport)
         return web.json_response(completion(body, "hi"))
 
-    runner, port = await serve_on_loopback(box)
-    try:
-        with anyio.fail_after(RUN_LIMIT_S):
-            s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
-                                      concurrency=4),
-                              RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3),
-                                         progress="none", handle_signals=False))
-    finally:
-        await runner.cleanup()
+    s = await run_against_a_box(tmp_path, box, inp)
     assert s.failed >= 1 and s.ok + s.failed == n, s.error_examples
     failed = pd.read_parquet(tmp_path / "out" / "results.parquet").query("status != 'ok'")
     assert "r0005" in set(failed["id"]), failed

@@ -787,6 +787,31 @@ def test_a_row_to_do_whose_attempts_were_billed_counts_only_their_cost(book: Pri
         assert report["latency_ms"] == alone["latency_ms"]
 
 
+async def run_with_a_long_system_prompt(tmp_path: Path, model: str, texts: list[str],
+                                        prices: str) -> None:
+    """A job of ``texts`` (rows a, b, c, ...) asking ``model`` under a system prompt long
+    enough to be cached, priced by the TOML lines ``prices``, run against the simulator into
+    ``tmp_path / "out"``; it must exit 0."""
+    from batchrunner.config import load_job
+    from batchrunner.retry import RetryPolicy
+    from batchrunner.runner import RunOptions, run_job
+    from batchrunner.simulator import Simulator, SimulatorConfig
+
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"{chr(97 + i)},{t}\n" for i, t in enumerate(texts)))
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "{model}"\n'
+        f'system = "{"You are a careful product copywriter. " * 200}"\n'
+        'prompt = "Describe {text}"\nmax_tokens = 50\n[output]\ndir = "out"\n'
+        f'[prices."{model}"]\n{prices}')
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run_job(load_job(job, {"base_url": sim.base_url}),
+                          RunOptions(retry=RetryPolicy(base_s=0.0), progress="none",
+                                     handle_signals=False))
+    assert s.exit_code == 0
+
+
 @pytest.mark.anyio
 async def test_a_rehearsal_of_a_claude_job_prices_its_cache_write(tmp_path: Path) -> None:
     """A Claude job's shared system prompt is written to the cache by its first request (1.25
@@ -795,25 +820,9 @@ async def test_a_rehearsal_of_a_claude_job_prices_its_cache_write(tmp_path: Path
     the job's cache_write price, and the reports show it."""
     import pandas as pd
 
-    from batchrunner.config import load_job
-    from batchrunner.retry import RetryPolicy
-    from batchrunner.runner import RunOptions, run_job
-    from batchrunner.simulator import Simulator, SimulatorConfig
-
-    inp = tmp_path / "in.csv"
-    inp.write_text("id,text\na,kettle\nb,tent\nc,lamp\n")
-    job = tmp_path / "job.toml"
-    job.write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "claude-sonnet-4-5"\n'
-        f'system = "{"You are a careful product copywriter. " * 200}"\n'
-        'prompt = "Describe {text}"\nmax_tokens = 50\n[output]\ndir = "out"\n'
-        '[prices."claude-sonnet-4-5"]\ninput = 3.0\noutput = 15.0\ncached_input = 0.3\n'
-        "cache_write = 3.75\n")
-    async with Simulator(SimulatorConfig()) as sim:
-        s = await run_job(load_job(job, {"base_url": sim.base_url}),
-                          RunOptions(retry=RetryPolicy(base_s=0.0), progress="none",
-                                     handle_signals=False))
-    assert s.exit_code == 0
+    await run_with_a_long_system_prompt(
+        tmp_path, "claude-sonnet-4-5", ["kettle", "tent", "lamp"],
+        "input = 3.0\noutput = 15.0\ncached_input = 0.3\ncache_write = 3.75\n")
     out = tmp_path / "out"
     df = pd.read_parquet(out / "results.parquet")
     prefix = 3 + len("You are a careful product copywriter. " * 200) // 4
@@ -839,25 +848,9 @@ async def test_the_reports_show_search_cost_apart_and_cache_tokens_by_model(
     the cache). The search cost is now its own figure in the JSON (the job's and each
     model's), both reports' totals and their by-model tables, and the Markdown table shows
     the cached tokens, where any row has them."""
-    from batchrunner.config import load_job
-    from batchrunner.retry import RetryPolicy
-    from batchrunner.runner import RunOptions, run_job
-    from batchrunner.simulator import Simulator, SimulatorConfig
-
-    inp = tmp_path / "in.csv"
-    inp.write_text("id,text\na,kettle [[sim:citations]]\nb,tent [[sim:citations]]\nc,lamp\n")
-    job = tmp_path / "job.toml"
-    job.write_text(
-        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
-        f'system = "{"You are a careful product copywriter. " * 200}"\n'
-        'prompt = "Describe {text}"\nmax_tokens = 50\n[output]\ndir = "out"\n'
-        '[prices."grok-4"]\ninput = 3.0\noutput = 15.0\ncached_input = 0.75\n'
-        "search_unit = 0.025\n")
-    async with Simulator(SimulatorConfig()) as sim:
-        s = await run_job(load_job(job, {"base_url": sim.base_url}),
-                          RunOptions(retry=RetryPolicy(base_s=0.0), progress="none",
-                                     handle_signals=False))
-    assert s.exit_code == 0
+    await run_with_a_long_system_prompt(
+        tmp_path, "grok-4", ["kettle [[sim:citations]]", "tent [[sim:citations]]", "lamp"],
+        "input = 3.0\noutput = 15.0\ncached_input = 0.75\nsearch_unit = 0.025\n")
     out = tmp_path / "out"
     report = json.loads((out / "cost_report.json").read_text())
     units = report["search_units"]["total"]
