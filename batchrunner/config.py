@@ -280,6 +280,18 @@ def openai_reasoning(model: str) -> bool:
     return _OPENAI_NAMES.search(model) is not None and "-chat" not in model.lower()
 
 
+# Gemini models that think unless a request turns it off (a thinking budget of 0, reasoning_effort
+# "none", a gateway's -nothinking name): Gemini 2.5 Pro and Flash (not Flash-Lite nor Flash
+# Image) and Gemini 3, whose thinking_level defaults to HIGH.
+_GEMINI_THINKS = re.compile(r"gemini-(?:2\.5-(?:pro|flash(?!-lite|-image))|3)(?!.*nothinking)",
+                            re.IGNORECASE)
+
+
+def gemini_thinks(model: str) -> bool:
+    """Whether ``model`` names a Gemini model that thinks unless the request turns it off."""
+    return _GEMINI_THINKS.search(model) is not None
+
+
 def settings_fingerprint(settings: dict[str, Any]) -> str:
     """What job.json's ``request_fingerprint`` holds of a job's request ``settings``: a rerun
     whose settings' differs from it is refused (the answers would mix)."""

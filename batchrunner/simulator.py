@@ -68,7 +68,10 @@ Reasoning
     models listed in ``reasoning_models`` (an entry matches the name itself or the name followed
     by ``-`` or ``.`` and more, behind a provider prefix too; not a name with ``non-reasoning``:
     ``grok-4`` is not ``grok-4-fast-non-reasoning``), any model whose name contains
-    ``-thinking``, and any request with ``"thinking": {"type": "enabled"}``, Gemini's
+    ``-thinking``, Gemini 2.5 Pro and Flash (not Flash-Lite) and Gemini 3, which think unless
+    told not to (``config.gemini_thinks``, the estimate's rule too: a ``-nothinking`` name, a
+    thinking budget of 0 as below, or ``reasoning_effort`` ``"none"``), and any request with
+    ``"thinking": {"type": "enabled"}``, Gemini's
     ``generationConfig.thinkingConfig`` or (streamed: gateways turn them off otherwise)
     ``"enable_thinking": true`` and Gemini's
     ``extra_body.google.thinking_config`` (a budget of 0 turns Gemini's off) reason first:
@@ -243,7 +246,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from batchrunner.config import openai_named, openai_reasoning
+from batchrunner.config import gemini_thinks, openai_named, openai_reasoning
 from batchrunner.errors import ConfigError, UsageError
 
 __all__ = [
@@ -1287,13 +1290,13 @@ _UPSTREAM_ERROR_BODY: Final = _error_body(
 )
 
 
-def _gemini_thinks(body: dict[str, Any], stream: bool) -> bool:
-    """A request asks Gemini to think as a gateway takes it: ``thinking_config`` in
+def _gemini_thinks(body: dict[str, Any], stream: bool, default: bool) -> bool:
+    """Whether Gemini thinks for a request as a gateway takes it: as its ``thinking_config`` in
     ``extra_body.google`` (or ``google``, where the OpenAI SDK's ``extra_body=`` puts it), a
-    stream's only, or its own ``generationConfig.thinkingConfig``; a budget of 0 turns it
-    off."""
+    stream's only, or its own ``generationConfig.thinkingConfig`` says (a budget of 0 turns it
+    off, any other setting on), else as the model does by ``default``."""
     if "extra_body" not in body and "google" not in body and "generationConfig" not in body:
-        return False
+        return default
     extra = body.get("extra_body")
     for google in (extra.get("google") if isinstance(extra, dict) else None, body.get("google")):
         config = google.get("thinking_config") if isinstance(google, dict) else None
@@ -1301,7 +1304,7 @@ def _gemini_thinks(body: dict[str, Any], stream: bool) -> bool:
             return config.get("thinking_budget") != 0
     generation = body.get("generationConfig")
     config = generation.get("thinkingConfig") if isinstance(generation, dict) else None
-    return isinstance(config, dict) and config.get("thinkingBudget") != 0
+    return config.get("thinkingBudget") != 0 if isinstance(config, dict) else default
 
 
 def _search_usage(usage: dict[str, Any], shape: str | None) -> None:
@@ -1403,9 +1406,10 @@ class _Server:
             if openai_named(name):  # OpenAI's names: its rule, whatever the list says
                 cached = openai_reasoning(name)
             else:
-                cached = "-thinking" in model or ("non-reasoning" not in name and any(
-                    name == r or name.startswith((r + "-", r + ".")) for r in self.reasoning_models
-                ))
+                cached = "-thinking" in model or gemini_thinks(name) or (
+                    "non-reasoning" not in name and any(
+                        name == r or name.startswith((r + "-", r + "."))
+                        for r in self.reasoning_models))
             if len(self.reasoning_cache) < 10_000:
                 self.reasoning_cache[model] = cached
         return cached
@@ -1525,12 +1529,16 @@ class _Server:
                 )
         # reasoning_effort "none" turns the reasoning off (GPT-5.1's and later, a gateway's).
         reasoning = self.is_reasoning(model) and body.get("reasoning_effort") != "none"
-        if not reasoning:
+        gemini = "gemini" in model.lower()
+        if reasoning:
+            if gemini:  # thinks by default, unless its budget is 0
+                reasoning = _gemini_thinks(body, stream, True)
+        else:
             thinking = body.get("thinking")
             # Qwen's enable_thinking is turned off, not refused, without a stream.
             reasoning = (body.get("enable_thinking") is True and stream) or (
                 isinstance(thinking, dict) and thinking.get("type") == "enabled"
-            ) or _gemini_thinks(body, stream)
+            ) or _gemini_thinks(body, stream, False)
 
         digest = hashlib.blake2b(digest_size=16)
         tokens = REPLY_PRIMING_TOKENS
@@ -1610,7 +1618,9 @@ class _Server:
             response_format=fmt,
             schema=schema,
             reasoning=reasoning,
-            hidden_reasoning=reasoning and (openai_reasoning(model)
+            # Gemini's thoughts come through a gateway in a stream only ("use stream: true to
+            # view reasoning_content"), billed alike.
+            hidden_reasoning=reasoning and ((gemini and not stream) or openai_reasoning(model)
                                             or _HIDDEN_REASONING.search(model) is not None),
             prompt_tokens=tokens,
             cached_tokens=cached,

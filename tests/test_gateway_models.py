@@ -529,6 +529,17 @@ def test_the_estimate_warns_of_no_thinking_for_models_named_as_not_thinking(
         "  warning: 2 rows ask for thinking (model grok-4-fast-reasoning) with no max_tokens"), out
 
 
+def test_the_estimate_warns_of_gpt_oss_thinking_as_the_simulator_rehearses_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """gpt-oss reasons before it answers (vLLM returns it as reasoning_content, counted in the
+    completion tokens) and the simulator rehearses it so; the estimate, with no max_tokens,
+    took its replies for 256 tokens without a word of the thinking billed beside them."""
+    out = estimate(tmp_path, capsys, ["gpt-oss-120b", "openai/gpt-oss-20b", "gpt-4o"])
+    warned = [line for line in out.splitlines() if "for thinking" in line]
+    assert len(warned) == 1 and warned[0].startswith(
+        "  warning: 2 rows ask for thinking (model gpt-oss-120b) with no max_tokens"), out
+
+
 def test_the_estimate_warns_of_geminis_thinking_as_the_gateway_reference_asks_for_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Gemini 2.5 Pro and Flash and Gemini 3 think unless told not to, and the ai-nebula

@@ -247,20 +247,40 @@ GEMINI_BUDGET = {"extra_body": {"google": {"thinking_config": {
 GEMINI_LEVEL = {"generationConfig": {"thinkingConfig": {"thinkingLevel": "LOW"}}}
 
 
+BUDGET_0 = {"extra_body": {"google": {"thinking_config": {"thinking_budget": 0}}}}
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize(("extra", "stream", "thinks"), [
-    (GEMINI_BUDGET, True, True),
-    (GEMINI_BUDGET, False, False),  # "requires stream: true"
-    ({"extra_body": {"google": {"thinking_config": {"thinking_budget": 0}}}}, True, False),
-    ({"google": GEMINI_BUDGET["extra_body"]["google"]}, True, True),  # the SDK's extra_body=
-    (GEMINI_LEVEL, True, True),
-    ({"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}}, True, False),
-], ids=["budget", "budget-not-streamed", "budget-0", "top-level", "level", "level-off"])
-async def test_the_simulator_thinks_when_a_gemini_request_asks_it_to(
-        tmp_path: Path, extra: dict[str, object], stream: bool, thinks: bool) -> None:
+@pytest.mark.parametrize(("model", "extra", "stream", "thinks"), [
+    ("gemini-2.0-flash", GEMINI_BUDGET, True, True),
+    ("gemini-2.0-flash", GEMINI_BUDGET, False, False),  # "requires stream: true"
+    ("gemini-2.0-flash", {}, True, False),
+    ("gemini-2.5-flash-lite", {"google": GEMINI_BUDGET["extra_body"]["google"]}, True, True),
+    ("gemini-2.5-flash-lite", GEMINI_LEVEL, True, True),
+    # Gemini 3 ("thinking_level ... default HIGH") and 2.5 Pro and Flash think unasked...
+    ("gemini-3-pro-preview", {}, False, True),
+    ("gemini-3-flash-preview", {}, True, True),
+    ("gemini-2.5-flash", {}, False, True),
+    ("google/gemini-2.5-pro", {}, True, True),
+    ("gemini-3-flash-preview", BUDGET_0, False, True),  # the budget is a stream's only
+    # ...unless told not to: "0 disable", "-nothinking disable", reasoning_effort "none"
+    ("gemini-3-flash-preview", BUDGET_0, True, False),
+    ("gemini-2.5-flash", {"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}},
+     True, False),
+    ("gemini-2.5-flash-nothinking", {}, True, False),
+    ("gemini-2.5-flash", {"reasoning_effort": "none"}, True, False),
+], ids=["budget", "budget-not-streamed", "not-asked", "top-level", "level", "3-pro-default",
+        "3-flash-default", "2.5-flash-default", "2.5-pro-default", "budget-0-not-streamed",
+        "budget-0", "level-off", "nothinking", "effort-none"])
+async def test_the_simulator_thinks_as_a_gemini_model_and_its_request_say(
+        tmp_path: Path, model: str, extra: dict[str, object], stream: bool,
+        thinks: bool) -> None:
+    """Gemini 2.5 Pro and Flash and Gemini 3 think unless told not to, as the estimate prices
+    them: the simulator made them think only when the request asked, and a rehearsal priced
+    their replies without the thinking the night bills as output."""
     inp = make_csv(tmp_path / "in.csv", ["Give a geometry problem and analyze it"])
     async with Simulator(SimulatorConfig()) as sim:
-        job = job_for(tmp_path, sim.base_url, inp, model="gemini-3-flash-preview",
+        job = job_for(tmp_path, sim.base_url, inp, model=model,
                       stream=stream or None, max_tokens=None)
         s = await run(replace(job, request=replace(job.request, extra=extra)))
     assert s.exit_code == 0
