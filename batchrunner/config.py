@@ -292,6 +292,28 @@ def gemini_thinks(model: str) -> bool:
     return _GEMINI_THINKS.search(model) is not None
 
 
+# Other providers' models that reason before they answer (OpenAI's follow openai_reasoning): the
+# simulator's reasoning_models by default, and models the estimate warns of thinking for.
+REASONING_MODELS: tuple[str, ...] = (
+    "deepseek-r1",
+    "deepseek-reasoner",
+    "grok-4",
+    "grok-3-mini",
+    "grok-code-fast",
+    "qwq-32b",
+    "gpt-oss",  # vLLM and the gateways return its reasoning as reasoning_content
+)
+
+
+def listed_reasoning(model: str, listed: Sequence[str] = REASONING_MODELS) -> bool:
+    """Whether ``model`` is one of ``listed``: an entry matches the name itself or the name
+    followed by ``-`` or ``.`` and more, behind a provider prefix too (``openai/gpt-oss-20b``),
+    but not a name with ``non-reasoning`` (``grok-4`` is not ``grok-4-fast-non-reasoning``)."""
+    name = model.rsplit("/", 1)[-1].lower()
+    return "non-reasoning" not in name and any(
+        name == r or name.startswith((r + "-", r + ".")) for r in map(str.lower, listed))
+
+
 def settings_fingerprint(settings: dict[str, Any]) -> str:
     """What job.json's ``request_fingerprint`` holds of a job's request ``settings``: a rerun
     whose settings' differs from it is refused (the answers would mix)."""

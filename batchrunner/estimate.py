@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value, scalar
-from batchrunner.config import gemini_thinks, openai_reasoning
+from batchrunner.config import gemini_thinks, listed_reasoning, openai_reasoning
 from batchrunner.journal import Journal
 from batchrunner.pricing import SOURCE_JOB, search_requested
 from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
@@ -274,13 +274,12 @@ def _tool_name(tool: Mapping[str, Any], named: bool) -> str | None:
 _BUDGET_SUFFIX = re.compile(r"-thinking-(\d+)$", re.IGNORECASE)
 # Models that think before they answer unless the request says otherwise (their names as the
 # APIs and gateways give them): DeepSeek's R1, OpenAI's o-series (and GPT-5: those of
-# config.openai_reasoning), xAI's reasoning models, Grok 4, QwQ, gpt-oss (whose reasoning vLLM and
-# the gateways return as reasoning_content), Gemini 2.5 Pro and Flash and Gemini 3 (those of
-# config.gemini_thinks), and any model a gateway names -thinking; not one named as not thinking
-# (-nothinking, -non-thinking, xAI's -non-reasoning).
-_THINKS = re.compile(r"(?:^|/)(?:o\d(?:-|$)|qwq|grok-4(?!.*non-reasoning)|gpt-oss(?:-|$))|"
-                     r"deepseek-r1|reasoner|(?<!non)-reasoning|(?<!no)(?<!non-)thinking",
-                     re.IGNORECASE)
+# config.openai_reasoning), xAI's reasoning models, Grok 4, QwQ, the other reasoning models the
+# simulator makes reason (config.listed_reasoning: grok-3-mini, gpt-oss, ...), Gemini 2.5 Pro
+# and Flash and Gemini 3 (config.gemini_thinks), and any model a gateway names -thinking; not
+# one named as not thinking (-nothinking, -non-thinking, xAI's -non-reasoning).
+_THINKS = re.compile(r"(?:^|/)(?:o\d(?:-|$)|qwq|grok-4(?!.*non-reasoning))|deepseek-r1|reasoner|"
+                     r"(?<!non)-reasoning|(?<!no)(?<!non-)thinking", re.IGNORECASE)
 
 
 def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
@@ -320,7 +319,8 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
         return "reasoning_effort", 0
     if effort == "none":  # thinking turned off (GPT-5.1's, a gateway's for Gemini)
         return None, 0
-    if _THINKS.search(model) or gemini_thinks(model) or openai_reasoning(model):  # GPT-5 too
+    if (_THINKS.search(model) or gemini_thinks(model) or listed_reasoning(model)
+            or openai_reasoning(model)):  # GPT-5 (gpt-5.1, ...) too
         return f"model {model}", 0
     return None, 0
 

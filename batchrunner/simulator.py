@@ -68,9 +68,10 @@ Reasoning
     models listed in ``reasoning_models`` (an entry matches the name itself or the name followed
     by ``-`` or ``.`` and more, behind a provider prefix too; not a name with ``non-reasoning``:
     ``grok-4`` is not ``grok-4-fast-non-reasoning``), any model whose name contains
-    ``-thinking``, Gemini 2.5 Pro and Flash (not Flash-Lite) and Gemini 3, which think unless
-    told not to (``config.gemini_thinks``, the estimate's rule too: a ``-nothinking`` name, a
-    thinking budget of 0 as below, or ``reasoning_effort`` ``"none"``), and any request with
+    ``-thinking`` (not ``-non-thinking``), Gemini 2.5 Pro and Flash (not Flash-Lite) and
+    Gemini 3, which think unless told not to (``config.gemini_thinks``, the estimate's rule
+    too: a ``-nothinking`` name, a thinking budget of 0 as below, or ``reasoning_effort``
+    ``"none"``), and any request with
     ``"thinking": {"type": "enabled"}``, Gemini's
     ``generationConfig.thinkingConfig`` or (streamed: gateways turn them off otherwise)
     ``"enable_thinking": true`` and Gemini's
@@ -246,7 +247,13 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from batchrunner.config import gemini_thinks, openai_named, openai_reasoning
+from batchrunner.config import (
+    REASONING_MODELS,
+    gemini_thinks,
+    listed_reasoning,
+    openai_named,
+    openai_reasoning,
+)
 from batchrunner.errors import ConfigError, UsageError
 
 __all__ = [
@@ -316,15 +323,7 @@ _SHAPES: Final = frozenset({"tool_calls", "bad_arguments", "no_call", "citations
                             "annotations", "web_search"})
 
 # Other providers' reasoning models (OpenAI's own follow ``config.openai_reasoning``).
-DEFAULT_REASONING_MODELS: Final[tuple[str, ...]] = (
-    "deepseek-r1",
-    "deepseek-reasoner",
-    "grok-4",
-    "grok-3-mini",
-    "grok-code-fast",
-    "qwq-32b",
-    "gpt-oss",
-)
+DEFAULT_REASONING_MODELS: Final[tuple[str, ...]] = REASONING_MODELS
 # Reasoning models that return no reasoning text, only its count in the usage: OpenAI's
 # (``config.openai_reasoning``) and xAI's Grok 4 (grok-4, grok-4-fast-reasoning, ...; xAI
 # returns ``reasoning_content`` for grok-3-mini and grok-code-fast only).
@@ -1406,10 +1405,8 @@ class _Server:
             if openai_named(name):  # OpenAI's names: its rule, whatever the list says
                 cached = openai_reasoning(name)
             else:
-                cached = "-thinking" in model or gemini_thinks(name) or (
-                    "non-reasoning" not in name and any(
-                        name == r or name.startswith((r + "-", r + "."))
-                        for r in self.reasoning_models))
+                cached = ("-thinking" in model and "non-thinking" not in model.lower()
+                          ) or gemini_thinks(name) or listed_reasoning(name, self.reasoning_models)
             if len(self.reasoning_cache) < 10_000:
                 self.reasoning_cache[model] = cached
         return cached

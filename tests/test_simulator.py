@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from batchrunner.config import openai_reasoning
 from batchrunner.errors import ConfigError
+from batchrunner.estimate import _thinking as thinking_asked
 from batchrunner.simulator import (
     FAULT_KINDS,
     Simulator,
@@ -495,7 +496,14 @@ REASONING_FAMILIES: list[tuple[str, bool, bool, bool]] = [
     ("grok-4", True, False, False), ("grok-4-fast-reasoning", True, False, False),
     ("grok-4-fast-non-reasoning", False, False, False), ("grok-3-mini", True, True, False),
     ("grok-3", False, False, False), ("deepseek-reasoner", True, True, False),
-    ("claude-opus-4-6", False, False, False),
+    ("claude-opus-4-6", False, False, False), ("grok-code-fast-1", True, True, False),
+    ("gpt-oss-120b", True, True, False), ("openai/gpt-oss-20b", True, True, False),
+    ("qwq-32b", True, True, False), ("qwen3-32b-non-thinking", False, False, False),
+    ("qwen3-32b-thinking", True, True, False),
+    # Gemini thinks unless told not to; unstreamed, its thoughts are billed without their text.
+    ("gemini-2.5-flash", True, False, False), ("gemini-2.5-pro", True, False, False),
+    ("gemini-3-pro-preview", True, False, False), ("gemini-2.5-flash-lite", False, False, False),
+    ("gemini-2.5-flash-nothinking", False, False, False), ("gemini-2.0-flash", False, False, False),
 ]
 
 
@@ -505,10 +513,13 @@ async def test_every_reasoning_family_reasons_and_is_refused_as_openai_refuses_i
     tokens, a rehearsal pricing them below the night, while their max_tokens was refused: the
     simulator's own list matched gpt-5 and gpt-5-... only (and so made gpt-5-chat-latest, which
     does not reason, reason). Now one rule (config.openai_reasoning) says both, for each family;
-    reasoning_effort "none" turns it off."""
+    reasoning_effort "none" turns it off. The estimate warns of thinking for the same models:
+    it left out grok-3-mini, grok-code-fast and gpt-oss, which the simulator made reason, and
+    the simulator made a -non-thinking name reason, which the estimate did not."""
     async with running(SimulatorConfig(reply_tokens=20)) as (sim, _):
         for model, reasons, with_text, refused in REASONING_FAMILIES:
             assert openai_reasoning(model) is refused, model
+            assert (thinking_asked({"model": model})[0] is not None) is reasons, model
             status, _, raw = await post_raw(sim.base_url, {"model": model,
                                                            "messages": user("think")})
             assert status == 200, model
