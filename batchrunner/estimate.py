@@ -287,7 +287,8 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
     as the body has it, and the most tokens it may think for when the body says (0: no budget
     given): a thinking model, DeepSeek's and Anthropic's ``thinking`` (``budget_tokens``),
     Qwen's ``enable_thinking``, ``reasoning_effort``, Gemini's ``thinking_config`` through a
-    gateway (``thinking_budget``; 0 turns it off) or its own ``generationConfig.thinkingConfig``
+    gateway (``thinking_budget``; 0 turns it off; a stream's only, as the simulator takes it
+    too) or its own ``generationConfig.thinkingConfig``
     (``thinkingBudget``, ``thinkingLevel``), or a ``-thinking-<budget>`` model."""
     model = body.get("model")
     model = model if isinstance(model, str) else ""
@@ -299,6 +300,10 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
         return "thinking", budget if type(budget) is int and budget > 0 else 0
     extra = body.get("extra_body")
     google = extra.get("google") if isinstance(extra, Mapping) else None
+    if not isinstance(google, Mapping):
+        google = body.get("google")  # where the OpenAI SDK's extra_body= puts it
+    if body.get("stream") is not True:  # a gateway drops thinking_config from other requests
+        google = None
     gen = body.get("generationConfig")  # Gemini's own, as a gateway passes it on
     for where, config, name in (
             ("extra_body.google.thinking_config",

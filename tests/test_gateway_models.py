@@ -540,6 +540,20 @@ def test_the_estimate_warns_of_gpt_oss_thinking_as_the_simulator_rehearses_it(
         "  warning: 2 rows ask for thinking (model gpt-oss-120b) with no max_tokens"), out
 
 
+def test_the_estimate_reads_geminis_thinking_config_in_a_stream_only_as_the_simulator_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The gateway reference's thinking_config "requires stream: true" (the simulator, and the
+    pre-run warning, take it so): the estimate read a budget of 0 in an unstreamed request as
+    thinking turned off, and warned of no thinking for gemini-2.5-flash, which thinks unless
+    told not to; in a stream, or in the SDK's top-level google, it turns it off."""
+    off = "[request.extra]\nextra_body = { google = { thinking_config = { thinking_budget = 0 } } }"
+    for setting, warned in ((off, True), (f"stream = true\n{off}", False),
+                            ('stream = true\n[request.extra]\n'
+                             'google = { thinking_config = { thinking_budget = 0 } }', False)):
+        out = estimate(tmp_path, capsys, ["gemini-2.5-flash"], setting)
+        assert ("warning: 1 row asks for thinking (model gemini-2.5-flash)" in out) is warned, out
+
+
 def test_the_estimate_warns_of_geminis_thinking_as_the_gateway_reference_asks_for_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Gemini 2.5 Pro and Flash and Gemini 3 think unless told not to, and the ai-nebula
