@@ -85,6 +85,8 @@ Reasoning
     returns the text of grok-3-mini's alone) return no reasoning text, as their APIs do:
     their reasoning tokens are counted and billed alike, the reply holds the answer alone, and
     a stream with ``ms_per_token`` waits for the hidden reasoning before its first content.
+    Gemini's thoughts come through a gateway in a stream only: an unstreamed Gemini reply is
+    billed its thinking without its text.
     A stream asked for with Qwen's ``"incremental_output": false`` (at the top level or in
     ``parameters``) carries in each chunk the whole reasoning or content so far, not its new
     characters, as Qwen streams it so; one asked for with ``"nebula_thinking_to_content":
