@@ -363,7 +363,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         rebuild_outputs,
         record_rebuilt,
     )
-    from batchrunner.status import run_in_progress
+    from batchrunner.status import reruns_forced, run_in_progress
 
     out_dir = _out_dir(ns.out_dir)
     with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
@@ -387,6 +387,9 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         # The last run ended as --limit asked: the rows it left are what was asked, not rows
         # a stop or a crash left (their exit, 4), and report exits as that run did.
         summary.limit, summary.limited = limit, summary.pending
+    # The command it names to go on (the job's, again) is refused without --force where a run's
+    # would be: the summary says so as the run's did.
+    summary.force_to_rerun = reruns_forced(plan.job_meta)
     say(format_summary(summary), sys.stdout)
     return summary.exit_code
 

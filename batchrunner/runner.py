@@ -141,6 +141,7 @@ from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.status import (
     FULL_DISK_BYTES,
     KEY_HELD_BACK,
+    force_needed,
     free_bytes,
     plus_earlier,
     read_meta,
@@ -4016,10 +4017,10 @@ def _search_units(web_searches: int | None, sources: int | None) -> int | None:
 
 
 def _force_to_rerun(plan: Plan) -> bool:
-    """Whether a rerun of ``plan``'s job is refused unless forced: rows done that are the
-    answers of batchrunner simulate at a URL (_served_by_simulator), which a run to a URL may
-    mix with a real endpoint's (_check_same_endpoint)."""
-    return plan.job_meta.get("simulator") is True and not plan.job.endpoint.simulator
+    """Whether the same command, run again, is refused unless forced (``force_needed``: rows
+    done that are the answers of batchrunner simulate at a URL, _served_by_simulator, which a
+    run to a URL may mix with a real endpoint's, _check_same_endpoint)."""
+    return force_needed(plan.job_meta, to_builtin=plan.job.endpoint.simulator)
 
 
 def format_summary(s: RunSummary) -> str:

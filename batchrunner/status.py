@@ -47,8 +47,8 @@ from batchrunner.report import (
 )
 from batchrunner.results import recorded_changed_left
 
-__all__ = ["FULL_DISK_BYTES", "format_status", "free_bytes", "plus_earlier", "read_meta",
-           "rerun_command", "resume_advice", "run_in_progress"]
+__all__ = ["FULL_DISK_BYTES", "force_needed", "format_status", "free_bytes", "plus_earlier",
+           "read_meta", "rerun_command", "reruns_forced", "resume_advice", "run_in_progress"]
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -362,31 +362,61 @@ def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True,
                 f"{'is' if len(held) == 1 else 'are'} not kept: "
                 f"{'its value holds' if len(held) == 1 else 'their values hold'} the API key)")
     args = ["batchrunner", "run"]
-    builtin = options.get("simulator") is True  # the built-in simulator, not a URL
+    builtin = _to_builtin(options, job_file)
     if isinstance(job_file, str) and job_file != "command line":
         args.append(job_file)
         try:
             own_job = load_job(job_file, {})
         except (UsageError, OSError):  # moved, changed, or naming no directory
             own_job = None
-        builtin = builtin or (own_job is not None and own_job.endpoint.simulator
-                              and not options.get("base_url"))  # --base-url overrides it
         if "output" not in options and (
                 own_job is None or own_job.output.dir.resolve() != out_dir.resolve()):
             options = {**options, "output": io.shown_path(out_dir.resolve())}
     elif not options:
         return ""
     args += _option_args(options)
-    if answered and meta.get("simulator") is True and not builtin:
-        # Answered by batchrunner simulate at a URL: a run to a URL is refused without --force
-        # (it could be a real endpoint, whose answers would mix), which keeps them the
-        # simulator's when it answers again.
+    if force_needed(meta, to_builtin=builtin, answered=answered):
         args.append("--force")
     args += extra
     cwd = command.get("cwd")
     here = isinstance(cwd, str) and os.path.realpath(cwd) == os.path.realpath(os.getcwd())
     return shlex.join(args) if here or not isinstance(cwd, str) else (
         f"cd {shlex.quote(cwd)} && {shlex.join(args)}")
+
+
+def force_needed(meta: dict[str, Any], *, to_builtin: bool, answered: bool = True) -> bool:
+    """Whether a rerun of the job ``meta`` (job.json) describes into its output directory is
+    refused unless given ``--force``: the rows done (``answered``: some row is ok) are the
+    answers of ``batchrunner simulate`` at a URL, and the rerun goes to a URL (not
+    ``to_builtin``, the built-in simulator), which could be a real endpoint whose answers
+    would mix with them; ``--force`` keeps them the simulator's when it answers again. The one
+    rule for a run's summary, ``status``'s command and ``report``'s summary."""
+    return answered and meta.get("simulator") is True and not to_builtin
+
+
+def reruns_forced(meta: dict[str, Any]) -> bool:
+    """``force_needed`` for the command job.json records (``rerun_command``'s)."""
+    if meta.get("simulator") is not True:
+        return False  # no job file read
+    command = meta.get("command")
+    options = command.get("options") if isinstance(command, dict) else None
+    return force_needed(meta, to_builtin=_to_builtin(
+        options if isinstance(options, dict) else {}, meta.get("job_file")))
+
+
+def _to_builtin(options: dict[str, Any], job_file: Any) -> bool:
+    """Whether the command of ``options`` and ``job_file`` runs to the built-in simulator, not
+    a URL, as a run of it reads its endpoint: --simulator, or the file's simulator = true
+    without --base-url, which overrides it. The file read with an output directory of its
+    own, which changes nothing of its endpoint: one that names none is run with --output."""
+    if options.get("simulator") is True:
+        return True
+    if options.get("base_url") or not isinstance(job_file, str) or job_file == "command line":
+        return False
+    try:
+        return load_job(job_file, {"output": "."}).endpoint.simulator
+    except (UsageError, OSError):  # moved, or changed: what it ran to is not known
+        return False
 
 
 def _option_args(options: dict[str, Any]) -> list[str]:

@@ -964,6 +964,10 @@ def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
         # --force (the URL could be a real endpoint's): the summary says to add it, and the
         # command status names to finish the job has it, and finishes it.
         assert ("a rerun into this output directory is refused unless given --force") in out
+        # batchrunner report's summary names the same command to go on: the note too.
+        assert main(["report", "out"]) == 0
+        assert ("a rerun into this output directory is refused unless given --force"
+                ) in capsys.readouterr().out
         assert main([*rehearse, "--limit", "2"]) == 2
         capsys.readouterr()
         finish = next(x for x in format_status(tmp_path / "out").splitlines()
@@ -995,6 +999,12 @@ def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
         # only its answers tell from a real endpoint: the refusal says --force keeps them the
         # simulator's, and it does.
         assert main([*common, "--simulator", "--output", "first", "--limit", "2"]) == 0
+        assert "--force" not in capsys.readouterr().out  # the same command runs on
+        assert main(["report", "first"]) == 0
+        assert "--force" not in capsys.readouterr().out
+        finish = next(x for x in format_status(tmp_path / "first").splitlines()
+                      if x.startswith("  to finish, 4 rows to do: "))
+        assert "--force" not in finish
         served_url = [*common, "--base-url", sim.base_url, "--output", "first"]
         assert main(served_url) == 2
         assert ("or pass --force to mix them (if the URL is batchrunner simulate's, --force "

@@ -17,7 +17,7 @@ from batchrunner.journal import Journal, outcomes_table, write_segment
 from batchrunner.records import RETRYING, Outcome
 from batchrunner.report import format_usd
 from batchrunner.runner import _command_kept, _without_key
-from batchrunner.status import format_status
+from batchrunner.status import force_needed, format_status, rerun_command, reruns_forced
 
 
 def simulated_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int) -> Path:
@@ -169,6 +169,36 @@ def test_status_of_a_job_file_left_with_rows_to_do_names_the_command_that_finish
     meta["last_run"].update(finished_at=None)
     meta_path.write_text(json.dumps(meta))
     assert format_status(out).endswith("run the job again to resume")
+
+
+@pytest.mark.parametrize(("simulator", "options", "forced"), [
+    (True, {}, False),  # the file's built-in simulator, again
+    (True, {"base_url": "http://127.0.0.1:9/v1"}, True),  # --base-url overrides the file's
+    (False, {}, True),  # the file's URL
+    (False, {"simulator": True}, False),  # --simulator
+], ids=["file-simulator", "file-simulator-base-url", "file-url", "option-simulator"])
+def test_where_a_rerun_needs_force_the_run_status_and_report_say_alike(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: bool,
+        options: dict[str, object], forced: bool) -> None:
+    """Rows answered by batchrunner simulate at a URL: a rerun to a URL is refused unless
+    forced. The run's summary reads where its rerun goes from its job (the endpoint it ran
+    to), status's command and report's summary from the command job.json records: one rule
+    (force_needed), and the same answer from both inputs."""
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job.toml"
+    job.write_text('name = "night"\n[input]\npath = "in.csv"\nid_column = "id"\n'
+                   '[request]\nmodel = "gpt-4o-mini"\nprompt = "X {text}"\n[endpoint]\n'
+                   + ("simulator = true\n" if simulator else
+                      'base_url = "http://127.0.0.1:9/v1"\n'))
+    meta = {"name": "night", "job_file": str(job), "simulator": True,
+            "command": {"options": {**options, "output": "out"}, "cwd": str(tmp_path)}}
+    ran_to = load_job(job, {**options, "output": "out"}).endpoint.simulator  # as the run read it
+    assert force_needed(meta, to_builtin=ran_to) is forced
+    assert reruns_forced(meta) is forced
+    assert ("--force" in shlex.split(rerun_command(meta, tmp_path / "out"))) is forced
+    # Rows none answered ok, or answered by a real endpoint: nothing to keep apart.
+    assert "--force" not in rerun_command(meta, tmp_path / "out", answered=False)
+    assert not reruns_forced({**meta, "simulator": False})
 
 
 def test_status_of_a_job_file_run_into_another_directory_names_that_directory(
