@@ -273,9 +273,10 @@ def format_status(out_dir: Path) -> str:
                                   extra=("--retry-failed",) if failed else ())
             first = ("once the endpoint has recovered (what stopped it, above)"
                      if kind == "wait_first" else "fix what stopped it (above)")
-            lines.append(f"  to finish, {count_rows(to_do)} to do"
-                         + (f" and {failed:,} failed" if failed else "")
-                         + f": {first}, then: {rerun}")
+            # Nothing left to send (its last rows were the ones failing): the failed to retry.
+            left = (f"{count_rows(to_do)} to do" + (f" and {failed:,} failed" if failed else "")
+                    if to_do else f"the {failed:,} failed row{'' if failed == 1 else 's'} to retry")
+            lines.append(f"  to finish, {left}: {first}, then: {rerun}")
         elif rerun and to_do:
             lines.append(f"  to finish, {count_rows(to_do)} to do: {rerun}")
         if to_do and ok and (changed_now := _changed_since(meta)):

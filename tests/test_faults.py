@@ -1084,6 +1084,16 @@ async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
     assert finish.startswith(f"  to finish, {s.pending} rows to do and {s.failed} failed: fix "
                              "what stopped it (above), then: batchrunner run "), finish
     assert finish.endswith(" --retry-failed")
+    # A job whose last rows were the ones failing: nothing to do, the failed rows to retry.
+    small = make_csv(tmp_path / "small.csv", [f"row {i} [[sim:400]]" for i in range(20)])
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, small, output=str(tmp_path / "small")))
+    assert s.exit_code == 4 and s.stopped and (s.failed, s.pending) == (20, 0), s
+    finish = next(x for x in format_status(tmp_path / "small").splitlines()
+                  if x.startswith("  to finish, "))
+    assert finish.startswith("  to finish, the 20 failed rows to retry: fix what stopped it "
+                             "(above), then: batchrunner run "), finish
+    assert finish.endswith(" --retry-failed")
     # A rehearsal meets what the real night would: max_tokens for a reasoning model (a warning,
     # sent anyway) is refused as OpenAI refuses it, and the job stops alike.
     plain = make_csv(tmp_path / "plain.csv", [f"row {i}" for i in range(n)])
