@@ -1607,6 +1607,9 @@ class _Run:
         # What the latest refusal was, for the progress: "" a connection that failed, else
         # the gateway's answer ("HTTP 503: no available channel for ...").
         self.refused_by = ""
+        # The latest refusal was a cut (connection_reset): the endpoint's port takes
+        # connections and closes them unanswered, which the stop says (not "no connection").
+        self.refused_cut = False
         # The outage job.json's last_run says the run waits out (its ``outage_from``), for
         # ``status`` read beside the run: recorded by the flusher (_record_outage) when the
         # progress starts to show it, and dropped when a request sent since is answered.
@@ -2354,6 +2357,7 @@ class _Run:
                     self.counters["not_connected"] += 1  # counted as sent: it was tried
                     self._refused(item)
                     self.refused_by = ""
+                    self.refused_cut = False
                 elif (e.error_type == "connection_reset" and self.last_answer < sent_at
                         and (self.last_answer > -math.inf or self.answered_before)
                         and self._cut_with_others(item.key)):
@@ -2366,6 +2370,7 @@ class _Run:
                     self.counters["cut_unanswered"] += 1
                     self._refused(item)
                     self.refused_by = ""
+                    self.refused_cut = True
                 elif e.error_type == "timeout":
                     item.timeouts += 1
                     if e.answer_begun:  # its stream had begun: the endpoint answers, slowly
@@ -2768,9 +2773,13 @@ class _Run:
                       "longer)")
         else:
             advice = "check the base URL, the network and any proxy"
+        head = "no connection to the endpoint"
+        if self.refused_cut:  # its port takes connections and closes them: not "no connection"
+            head = "no answer from the endpoint"
+            what = f"its connections taken, then closed unanswered; {what}"
         self.stop(Unreachable(
-            f"no connection to the endpoint for {silent_s:.1f} s ({what}): {e.message} — "
-            f"{advice}, then rerun to resume"))
+            f"{head} for {silent_s:.1f} s ({what}): {e.message} — {advice}, then rerun to "
+            "resume"))
 
     def _silent(self, item: _Work, e: RequestError) -> None:
         """Stop the job: ``item`` timed out twice (the second time given longer) and no request

@@ -1242,12 +1242,13 @@ async def test_a_box_restarting_behind_a_port_that_takes_and_drops_connections_f
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
     answered = 0
     down_until = math.inf
+    down_s = 1.5
 
     async def box(request: web.BaseRequest) -> web.StreamResponse:
         nonlocal answered, down_until
         body = await request.json()
         if answered >= 20 and down_until == math.inf:
-            down_until = time.monotonic() + 1.5  # the restart begins
+            down_until = time.monotonic() + down_s  # the restart begins
         if answered >= 20 and time.monotonic() < down_until:
             assert request.transport is not None
             request.transport.abort()  # taken, then closed: no answer
@@ -1264,6 +1265,23 @@ async def test_a_box_restarting_behind_a_port_that_takes_and_drops_connections_f
     assert s.cut_unanswered > 0 and 0 <= s.sent - n - s.cut_unanswered <= 4, s
     assert f"{s.cut_unanswered} cut unanswered while the endpoint answered nothing, and sent " \
         "again" in format_summary(s)
+    # A box that does not come back within outage_wait_s: the stop says what its requests
+    # met, connections taken and closed, where it said there was no connection to it.
+    down_until, down_s = math.inf, math.inf
+    answered = 0
+    runner, port = await serve_on_loopback(box)
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
+                                      concurrency=4, outage_wait_s=1.0,
+                                      output=str(tmp_path / "gone")),
+                              RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3),
+                                         progress="none", handle_signals=False))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped and s.failed == 0 and s.pending == n - 20, s
+    assert s.stopped.startswith("no answer from the endpoint for "), s.stopped
+    assert "(its connections taken, then closed unanswered; " in s.stopped, s.stopped
 
 
 @pytest.mark.anyio
