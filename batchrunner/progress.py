@@ -45,6 +45,7 @@ class Counts:
     learnt_models: tuple[tuple[str, float], ...] = ()
     unreachable_s: float = 0.0  # how long no request could connect (none answered since)
     unreachable_by: str = ""  # a gateway's latest answer meanwhile ("HTTP 503: ..."), if any
+    unreachable_cut: bool = False  # its connections taken, then closed unanswered, meanwhile
     outage_s: float = 0.0  # how long the job waits out such answers before it stops
     # Refused connections too are waited out (outage_s): the endpoint answered in this run or
     # an earlier one. Else a row's attempts refused stop the job.
@@ -120,7 +121,10 @@ def _postfix(c: Counts, *, compact: bool = False) -> str:
         else:
             limit = (f"; the job waits {duration(c.outage_s)} for it to come back, then stops"
                      if c.outage_s and c.connect_wait else "")
-            parts.append(f"(no connection to the endpoint for {c.unreachable_s:.0f} s{limit})")
+            parts.append(
+                f"(no answer from the endpoint for {c.unreachable_s:.0f} s, its connections "
+                f"taken, then closed unanswered{limit})" if c.unreachable_cut else
+                f"(no connection to the endpoint for {c.unreachable_s:.0f} s{limit})")
     return " ".join(parts)
 
 

@@ -3460,6 +3460,7 @@ class _Run:
             self.counts.unreachable_s = self._unreachable_s()
             self.counts.connect_wait = bool(self.answered_before) or self.last_answer > -math.inf
             self.counts.unreachable_by = self.refused_by
+            self.counts.unreachable_cut = self.refused_cut
             self._record_outage(self.counts.unreachable_s)
             self.progress.update(self.counts, 0)  # a log line is due even if no row finishes
             rows = journal.take()

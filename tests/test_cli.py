@@ -507,6 +507,13 @@ def test_progress_says_how_long_the_endpoint_has_been_unreachable() -> None:
     c = Counts(ok=5, unreachable_s=42.4)
     assert _postfix(c, compact=True) == "ok=5 unreachable=42s tokens=0 cost=$0.0000"
     assert _postfix(c).endswith("cost=$0.0000 (no connection to the endpoint for 42 s)")
+    # Its port takes connections and closes them (a container up before its server): not
+    # "no connection".
+    c.unreachable_cut, c.outage_s, c.connect_wait = True, 300.0, True
+    assert _postfix(c).endswith("cost=$0.0000 (no answer from the endpoint for 42 s, its "
+                                "connections taken, then closed unanswered; the job waits 5 min "
+                                "for it to come back, then stops)")
+    c.unreachable_cut, c.outage_s, c.connect_wait = False, 0.0, False
     # A gateway answers for the endpoint: what it says, not "no connection" (the URL is
     # right; the model or the server behind it is not), cut and with no terminal escapes.
     c.unreachable_by = "HTTP 503: No available channel\x1b[2J for model x" + "!" * 200

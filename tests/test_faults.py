@@ -1230,7 +1230,8 @@ async def run_against_a_box(tmp_path: Path, box: Callable[[web.BaseRequest],
 
 @pytest.mark.anyio
 async def test_a_box_restarting_behind_a_port_that_takes_and_drops_connections_fails_no_row(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """A vLLM box restarting in a container: the requests in flight are cut, and until the
     model is loaded its published port takes each connection and closes it (no HTTP answer).
     Each such cut used up a try of the row on the ordinary backoff (half a second, doubling),
@@ -1265,23 +1266,32 @@ async def test_a_box_restarting_behind_a_port_that_takes_and_drops_connections_f
     assert s.cut_unanswered > 0 and 0 <= s.sent - n - s.cut_unanswered <= 4, s
     assert f"{s.cut_unanswered} cut unanswered while the endpoint answered nothing, and sent " \
         "again" in format_summary(s)
-    # A box that does not come back within outage_wait_s: the stop says what its requests
-    # met, connections taken and closed, where it said there was no connection to it.
+    # A box that does not come back within outage_wait_s: the stop, and the log meanwhile,
+    # say what its requests met, connections taken and closed, where they said there was no
+    # connection to it.
+    from batchrunner import progress
+
+    monkeypatch.setattr(progress.LogProgress.__init__, "__defaults__", (0.0,))  # every second
+    capsys.readouterr()
     down_until, down_s = math.inf, math.inf
     answered = 0
     runner, port = await serve_on_loopback(box)
     try:
         with anyio.fail_after(RUN_LIMIT_S):
             s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
-                                      concurrency=4, outage_wait_s=1.0,
+                                      concurrency=4, outage_wait_s=2.5,
                                       output=str(tmp_path / "gone")),
                               RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3),
-                                         progress="none", handle_signals=False))
+                                         progress="log", handle_signals=False))
     finally:
         await runner.cleanup()
     assert s.exit_code == 4 and s.stopped and s.failed == 0 and s.pending == n - 20, s
     assert s.stopped.startswith("no answer from the endpoint for "), s.stopped
     assert "(its connections taken, then closed unanswered; " in s.stopped, s.stopped
+    lines = [line for line in capsys.readouterr().err.splitlines() if " rows  ok=" in line]
+    assert any(line.endswith(", its connections taken, then closed unanswered; the job waits "
+                             "2.5 s for it to come back, then stops)") for line in lines), lines
+    assert not any("no connection" in line for line in lines), lines
 
 
 @pytest.mark.anyio
