@@ -363,7 +363,6 @@ def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True,
                 f"{'is' if len(held) == 1 else 'are'} not kept: "
                 f"{'its value holds' if len(held) == 1 else 'their values hold'} the API key)")
     args = ["batchrunner", "run"]
-    builtin = _to_builtin(options, job_file)
     if isinstance(job_file, str) and job_file != "command line":
         args.append(job_file)
         try:
@@ -376,7 +375,7 @@ def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True,
     elif not options:
         return ""
     args += _option_args(options)
-    if force_needed(meta, to_builtin=builtin, answered=answered):
+    if reruns_forced(meta, answered=answered):
         args.append("--force")
     args += extra
     cwd = command.get("cwd")
@@ -395,10 +394,10 @@ def force_needed(meta: dict[str, Any], *, to_builtin: bool, answered: bool = Tru
     return answered and meta.get("simulator") is True and not to_builtin
 
 
-def reruns_forced(meta: dict[str, Any]) -> bool:
+def reruns_forced(meta: dict[str, Any], *, answered: bool = True) -> bool:
     """``force_needed`` for the command job.json records (``rerun_command``'s)."""
-    if meta.get("simulator") is not True:
-        return False  # no job file read
+    if not answered or meta.get("simulator") is not True:
+        return False  # no job file read: most jobs' rows are no simulator's
     command = meta.get("command")
     options = command.get("options") if isinstance(command, dict) else None
     return force_needed(meta, to_builtin=_to_builtin(
