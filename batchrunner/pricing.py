@@ -260,9 +260,14 @@ class PriceBook:
             rates = self._rates[model]
         if rates is None:
             return None
-        cached = min(max(cached_tokens or 0, 0), max(prompt_tokens, 0))
-        uncached = max(prompt_tokens, 0) - cached
-        output = max(completion_tokens, 0)
+        # Counts below 0 count as 0, and no more tokens cached than prompted: by comparisons,
+        # not min() and max(): those five calls were 6,000 instructions of a reply's 14,000 here.
+        prompt = prompt_tokens if prompt_tokens > 0 else 0
+        cached = cached_tokens if cached_tokens and cached_tokens > 0 else 0
+        if cached > prompt:
+            cached = prompt
+        uncached = prompt - cached
+        output = completion_tokens if completion_tokens > 0 else 0
         usd = (uncached * rates[0] + cached * rates[1] + output * rates[2]) / _PER_TOKENS
         if cache_write_tokens:  # at their price, not the input's
             written = min(max(cache_write_tokens, 0), uncached)

@@ -133,6 +133,24 @@ def test_cost_follows_the_formula(
     assert cost is not None and cost >= 0
 
 
+@given(
+    prompt=st.integers(-10**6, 10**7),
+    completion=st.integers(-10**6, 10**6),
+    cached=st.none() | st.integers(-10**6, 2 * 10**7),
+)
+def test_counts_below_zero_count_as_zero_and_cached_at_most_the_prompt(
+    prompt: int, completion: int, cached: int | None
+) -> None:
+    # A gateway's odd counts (a -1, more cached than prompted) are priced as 0 and as the
+    # prompt, to the last bit of the cost.
+    cost = PriceBook({"m": OWN}).cost(
+        "m", prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached
+    )
+    hit = min(max(cached or 0, 0), max(prompt, 0))
+    expected = ((max(prompt, 0) - hit) * 2.0 + hit * 0.5 + max(completion, 0) * 8.0) / 1_000_000
+    assert cost == round(expected, 12)
+
+
 # ---------------------------------------------------------------------------------------------
 # Where prices come from
 
