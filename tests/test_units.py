@@ -294,6 +294,10 @@ def test_request_builder_body() -> None:
     assert b.build({"q": None, "mc": None})[0] is None
     assert b.build({"q": "  ", "mc": None})[0] is None
     assert "empty" in b.build({"q": "  ", "mc": None})[1]
+    two = RequestBuilder(RequestConfig(model="m", prompt="Q: {q} {r}"), ["q", "r"], "input")
+    assert two.build({"q": " ", "r": "why"})[1] == "Q:   why"  # one column with text will do
+    assert two.build({"q": "why", "r": ""})[1] == "Q: why "
+    assert two.build({"q": " ", "r": ""}) == (None, "the prompt's columns are empty (q, r)")
 
 
 def test_a_prompt_naming_no_column_is_refused_unless_the_rows_vary_otherwise() -> None:
