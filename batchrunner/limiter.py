@@ -330,7 +330,8 @@ class Limiter:
     @property
     def paused_s(self) -> float:
         """How much longer a 429's pause holds new requests (0: none)."""
-        return max(0.0, self._paused_until - time.monotonic())
+        left = self._paused_until - time.monotonic()  # read for every request: no max() call
+        return left if left > 0.0 else 0.0
 
     @property
     def paces(self) -> bool:

@@ -2577,7 +2577,8 @@ class _Run:
         endpoint is reachable, or was when it was sent."""
         down = self.refused_since > self.last_answer  # _looks_down, without its call
         self.last_answer = time.perf_counter()
-        self.answered_sent = max(self.answered_sent, sent_at)
+        if sent_at > self.answered_sent:  # every answer: no max() call
+            self.answered_sent = sent_at
         if self.gate is not None and sent_at >= self.gate_from:
             self._open_gate()  # the server is back
         if self.refused_unanswered and sent_at > self.last_refusal:
