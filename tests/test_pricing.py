@@ -151,6 +151,30 @@ def test_counts_below_zero_count_as_zero_and_cached_at_most_the_prompt(
     assert cost == round(expected, 12)
 
 
+@given(
+    prompt=st.integers(0, 10**7),
+    completion=st.integers(0, 10**6),
+    input_price=st.floats(0, 1_000),
+    output_price=st.floats(0, 1_000),
+)
+def test_a_cost_is_rounded_as_round_does_it(
+    prompt: int, completion: int, input_price: float, output_price: float
+) -> None:
+    book = PriceBook({"m": ModelPrice(input=input_price, output=output_price)})
+    cost = book.cost("m", prompt_tokens=prompt, completion_tokens=completion)
+    assert cost == round((prompt * input_price + completion * output_price) / 1_000_000, 12)
+
+
+@pytest.mark.parametrize("price", [0.0000005, 0.0000015, 0.0000025, 0.5e-6 / 3])
+def test_a_cost_at_half_a_trillionth_is_rounded_as_round_does_it(price: float) -> None:
+    # Costs a hair either side of half a trillionth of a dollar: where usd * 1e12 alone cannot
+    # tell which whole trillionth is nearest, round() decides.
+    book = PriceBook({"m": ModelPrice(input=price, output=0.0)})
+    for prompt in range(1, 3_000):
+        cost = book.cost("m", prompt_tokens=prompt, completion_tokens=0)
+        assert cost == round(prompt * price / 1_000_000, 12), prompt
+
+
 # ---------------------------------------------------------------------------------------------
 # Where prices come from
 
