@@ -14,7 +14,8 @@
 * ``sample(now, sent, refused)`` a few times a second, the run's counts of requests sent and
   answered 429: while no request rate is known, a storm of 429s (a limit no header reports)
   sets a pace a little under the rate requests were accepted at, raised slowly while no 429
-  comes (``guessed``).
+  comes (``guessed``); ``refused_sent_as(n)`` on each 429 to the run's ``n``-th request sent
+  leaves it out of the windows that began after it was sent, as its request is.
 
 The runner paces a job with one; a job whose models report limits of their own (OpenAI's are
 per model) with one more for each model (``reported_limits`` tells them apart).
@@ -603,6 +604,23 @@ class Limiter:
             else:
                 self.tokens_per_minute, self._tokens = None, None
         return True
+
+    def refused_sent_as(self, sent: int) -> None:
+        """A 429 answered to the run's ``sent``-th request (counted as ``sample``'s ``sent``
+        is): left out of ``sample``'s window, and of its samples' counts, where they began after
+        that request was sent, as the request is. A window begun at a pace a storm set judges
+        that pace: counted in, the 429s to the requests sent before it outnumbered those sent
+        since (110 to 96), which measured no rate, and the storm's too-high pace was kept for
+        2.5 s more, then set at 27 a minute against a limit of 600. Called for each 429, not on
+        an ok answer's way."""
+        samples = self._samples
+        if self._requests is not None or not samples or samples[-1][1] < sent:
+            return
+        for i in range(len(samples) - 1, -1, -1):  # the latest first; ``sent`` never falls
+            t, sent_then, refused_then, paused = samples[i]
+            if sent_then < sent:
+                break
+            samples[i] = (t, sent_then, refused_then + 1, paused)
 
     def sample(self, now: float, sent: int, refused: int, *, split: bool = False) -> bool:
         """The run's requests ``sent`` so far and those of them ``refused`` (answered 429), at

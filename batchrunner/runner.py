@@ -2259,7 +2259,8 @@ class _Run:
                 self._refund(item, charge)
                 return None, None
             item.attempts += 1
-            self.counters["sent"] += 1  # every request, 429'd or cut off at a stop included
+            # Every request, 429'd or cut off at a stop included; a 429 says which it was.
+            sent_as = self.counters["sent"] = self.counters["sent"] + 1
             sent_at = time.perf_counter()
             if not item.started:
                 item.started = sent_at
@@ -2427,10 +2428,13 @@ class _Run:
                             self._refused_together(item.model)
                         if not own.paces:  # a limit no header says: a storm to learn from
                             self.parking = False
-                    elif self.models_vary and not self.model_limits:
-                        probe = self._probe(item)  # whose 429s are they? (_split_by_429s)
-                        probe.requests_sent += 1
-                        probe.requests_refused += 1
+                    else:
+                        # Judged by the windows its request was sent in, not by those after.
+                        self.limiter.refused_sent_as(sent_as)
+                        if self.models_vary and not self.model_limits:
+                            probe = self._probe(item)  # whose 429s are they? (_split_by_429s)
+                            probe.requests_sent += 1
+                            probe.requests_refused += 1
                     if (e.retry_after is not None and e.retry_after > self.policy.max_retry_after_s
                             and sent_at > self.long_wait_at):
                         self.long_waits += 1

@@ -378,6 +378,37 @@ def test_a_pace_learnt_from_429s_is_raised_slowly_and_gives_way_to_a_rate_said()
     assert lim.requests_per_minute == 300.0 and not lim.guessed
 
 
+def test_429s_to_requests_sent_before_a_storms_pace_are_left_out_of_the_window_judging_it(
+        ) -> None:
+    """A minute's bucket drained by the job's first burst: the storm sets a pace, too high (the
+    burst's answers in its window), and the window from there judges it. The 429s that come
+    after to requests sent before it outnumbered those sent since (110 to 96), no rate was
+    measured and the too-high pace was kept; left out, the requests sent at it measure the rate
+    accepted (16 of 96 a second), and the pace is lowered to 0.9 × that."""
+    lim = Limiter(None, None)
+    lim.sample(0.0, 0, 0)
+    lim.sample(0.5, 700, 60)
+    lim.sample(1.0, 800, 175)  # the burst's storm: 625 accepted in a second
+    assert lim.requests_per_minute == pytest.approx(625 * 60 * 0.9)
+    refused = 175
+
+    def refusals(sent_as: range) -> None:
+        nonlocal refused
+        for n in sent_as:
+            lim.refused_sent_as(n)
+            refused += 1
+
+    refusals(range(691, 801))  # 110 to the burst's requests, sent before the pace
+    refusals(range(801, 831))  # 30 to the 48 sent since
+    lim.sample(1.5, 848, refused)
+    refusals(range(831, 881))  # 50 more, to the 48 sent in the next half second and before
+    lim.sample(2.0, 896, refused)
+    assert lim.requests_per_minute == pytest.approx(16 * 60 * 0.9)
+    # A 429 to a request sent after the latest sample changes no window's counts.
+    lim.refused_sent_as(897)
+    assert [s[2] for s in lim._samples] == [refused]
+
+
 @pytest.mark.anyio
 @pytest.mark.paced
 async def test_random_429s_teach_no_pace(tmp_path: Path,
