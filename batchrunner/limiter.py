@@ -247,6 +247,19 @@ def reset_seconds(value: str | None) -> float | None:
     return n
 
 
+def _since(start: tuple[float, int, int, float], sent: int, refused: int, now: float,
+           paused: float) -> tuple[int, int, float]:
+    """From the sample ``start`` to ``now``: the requests sent, those refused, and the seconds
+    they could be sent in (the long pauses' held time left out)."""
+    then, sent_then, refused_then, paused_then = start
+    return sent - sent_then, refused - refused_then, now - then - (paused - paused_then)
+
+
+def _storm(sends: int, refusals: int) -> bool:
+    """Whether ``refusals`` 429s of ``sends`` requests are a storm (STORM_SHARE, STORM_COUNT)."""
+    return refusals >= STORM_COUNT and refusals >= STORM_SHARE * sends
+
+
 class Limiter:
     """Paces requests to ``requests_per_minute`` and tokens to ``tokens_per_minute``.
 
@@ -626,9 +639,10 @@ class Limiter:
         """The run's requests ``sent`` so far and those of them ``refused`` (answered 429), at
         ``now``: while no request rate is known (none set, none reported), a storm of 429s
         paces requests a little under the rate they were accepted at over the last few
-        seconds (or lower a pace so learnt), where each 429's pause ended with every request
-        waiting sent at once; the pace is raised slowly while no 429 comes. Counts taken a
-        few times a second, not a time for each answer: nothing on a request's way. True
+        seconds, or before any pace over the latest second (or lower a pace so learnt), where
+        each 429's pause ended with every request waiting sent at once; the pace is raised
+        slowly while no 429 comes. Counts taken a few times a second, not a time for each
+        answer: nothing on a request's way. True
         when a storm set the pace (learnt or lowered) now. ``split``: a job's limiter that
         learns no more from headers (``unlearn``), sampled with the 429s its models drew
         together, learns from them all the same."""
@@ -639,18 +653,27 @@ class Limiter:
         samples.append((now, sent, refused, paused))
         while len(samples) > 2 and now - samples[1][0] >= STORM_WINDOW_S:
             samples.popleft()
-        then, sent_then, refused_then, paused_then = samples[0]
-        span = now - then
+        span = now - samples[0][0]
         if span < PACE_MIN_SPAN_S:
             return False  # the 429s since the last, and a long pause asked, are the next's
         new_refusals, self._refused = refused - self._refused, refused  # since the last
-        refusals = refused - refused_then
-        sending = span - (paused - paused_then)  # the time requests could go out
+        sends, refusals, sending = _since(samples[0], sent, refused, now, paused)
         measured = sending >= PACE_MIN_SPAN_S  # enough of it to measure a rate over
-        accepted = (sent - sent_then - refusals) / max(sending, PACE_MIN_SPAN_S) * 60.0
         current = self.requests_per_minute if self.guessed else None
-        if measured and refusals >= STORM_COUNT and refusals >= STORM_SHARE * (sent - sent_then):
-            self.storm_share = refusals / max(1, sent - sent_then)
+        stormy = measured and _storm(sends, refusals)
+        if not stormy and current is None:
+            # Its latest second or so, where no pace is known yet: a short job's storm (60
+            # rows 429'd again and again) is none over a window holding the burst before it
+            # (80 429s of 704 sent), which left it unpaced for 3 s.
+            latest = next(s for s in reversed(samples) if now - s[0] >= PACE_MIN_SPAN_S)
+            if latest is not samples[0]:
+                tail = _since(latest, sent, refused, now, paused)
+                if tail[2] >= PACE_MIN_SPAN_S and _storm(*tail[:2]):
+                    sends, refusals, sending = tail
+                    stormy = True
+        accepted = (sends - refusals) / max(sending, PACE_MIN_SPAN_S) * 60.0
+        if stormy:
+            self.storm_share = refusals / max(1, sends)
             stormed = False
             if accepted >= 1.0 and (current is None or accepted * PACE_UNDER < current):
                 self._storm_pace = accepted * PACE_UNDER

@@ -409,6 +409,19 @@ def test_429s_to_requests_sent_before_a_storms_pace_are_left_out_of_the_window_j
     assert [s[2] for s in lim._samples] == [refused]
 
 
+def test_a_short_jobs_storm_after_its_burst_is_paced_from_its_latest_second() -> None:
+    """A minute's bucket drained by a burst of 700 requests, and a short job's last rows 429'd
+    again and again: 60 429s of the 760 sent over the window are no storm, and the job went
+    unpaced until the window slid past the burst. Over the latest second (120 sent, 60
+    refused) they are one: paced at 0.9 × the 60 a second accepted there."""
+    lim = Limiter(None, None)
+    for t, sent, refused in [(0.0, 0, 0), (0.5, 320, 0), (1.0, 640, 0), (1.5, 700, 20)]:
+        lim.sample(t, sent, refused)
+    assert not lim.paces
+    assert lim.sample(2.0, 760, 60)
+    assert lim.requests_per_minute == pytest.approx(60 * 60 * 0.9)
+
+
 @pytest.mark.anyio
 @pytest.mark.paced
 async def test_random_429s_teach_no_pace(tmp_path: Path,
