@@ -476,8 +476,9 @@ class StreamAssembler:
             raise _EventTooLong
 
     def _event_end(self) -> None:
-        """The end of an event (its blank line, [DONE] or the end of the stream): an error
-        event's data is read now; JSON spread over data lines that never parsed is refused."""
+        """The end of an event (its blank line, [DONE] or the end of the stream): the data of
+        an error event, or one of another kind, is read now; JSON spread over data lines that
+        never parsed is refused."""
         pending, name = self._pending, self.event
         self.event = None
         if pending is None:
@@ -485,6 +486,8 @@ class StreamAssembler:
         self._pending, self._pending_size = None, 0
         if name == b"error":
             self._error_event(b"\n".join(pending))
+        elif name is not None:
+            self._other_event(b"\n".join(pending))
         else:
             raise ValueError("a stream event whose data lines are not JSON")
 
@@ -529,28 +532,29 @@ class StreamAssembler:
                 self._chunk(event)
                 return
         line = line.strip()
-        if not line.startswith(b"data:"):
-            if line:
-                self._field(line)  # comments (": keep-alive"), event:/id: fields, stray lines
-            else:
-                self._event_end()
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+        elif line == b"data":  # a field without a colon: the line its name, its value empty
+            data = b""
+        elif line:
+            self._field(line)  # comments (": keep-alive"), event:/id: fields, stray lines
             return
-        data = line[5:].strip()
+        else:
+            self._event_end()
+            return
         if data == b"[DONE]":
             self._event_end()
             self.done = True
             return
-        if self.event == b"error":  # ``event: error``: read when it ends, in any shape
+        if self.event is not None:  # ``event: error``, or another kind: read when it ends
             self._hold(data)
             return
         if self._pending is None:
             try:
                 event = orjson.loads(data)
             except ValueError:
-                if not data or self.event not in (None, b"message"):
-                    # An event with no data (SSE dispatches none), or one of another kind (a
-                    # ping whose data is the time, as sse-starlette before 2.0 sends): no chunk.
-                    return
+                if not data:
+                    return  # an event with no data (SSE dispatches none): no chunk
                 if data[:1] != b"{":
                     raise
                 self._hold(data)  # one event's JSON over several data: lines, as SSE allows
@@ -623,8 +627,10 @@ class StreamAssembler:
         (llama.cpp's server sends an error that comes once its stream has begun so, the
         error object on the line itself), a field or comment of no use here, or a stray line
         (kept: see ``stray_body``)."""
-        if line.startswith(b"event:"):
-            self.event = line[6:].strip()
+        if line.startswith(b"event:") or line == b"event":
+            # An empty name (or none) is SSE's default, ``message``: the chunks' own events.
+            name = line[6:].strip()
+            self.event = None if name in (b"", b"message") else name
         elif line.startswith(b"error:"):
             self._error_event(line[6:].strip())
         elif (not line.startswith((b":", b"id:", b"retry:"))
@@ -645,6 +651,23 @@ class StreamAssembler:
             self.error = _error_of(value) or value
         else:
             self.error = {"message": str(value)}
+
+    def _other_event(self, data: bytes) -> None:
+        """The data of an event of another kind than ``message`` and ``error`` (a ping, a
+        gateway's notice, Anthropic's ``message_delta`` passed through): SSE gives a message
+        listener none of it, and its ``usage`` or ``model`` is not the answer's. One that is a
+        chunk by its shape (``choices``, if empty) is read as one, as the OpenAI SDK reads the
+        data of any event; of another an error object is the stream's error."""
+        try:
+            value = orjson.loads(data)
+        except ValueError:
+            return  # a ping whose data is the time (sse-starlette before 2.0), say
+        if not isinstance(value, dict):
+            return
+        if type(value.get("choices")) is list:
+            self._chunk(value)
+        elif (error := _error_of(value)) is not None:
+            self.error = error
 
     def stray_body(self) -> dict[str, Any] | None:
         """The JSON object a server sent with a stream's content type but not as events (the

@@ -184,6 +184,21 @@ def test_an_event_whose_json_spans_several_data_lines_is_read() -> None:
             cut.feed_bytes(b'tokens": 3}\n' + last) if last else cut.end()
 
 
+def test_a_data_line_without_a_colon_is_a_data_field_with_no_value() -> None:
+    """SSE reads a line without a colon as a field named by the whole line, its value empty:
+    a bare ``data`` line adds an empty line to its event's data (an event of it alone is not
+    dispatched), and a bare ``event`` names the default kind, ``message``. Both were kept as
+    stray lines, as if the body were no stream, which ``stray_body`` then read them into."""
+    pretty = json.dumps(delta(0, {"content": "hi"}, "stop"), indent=2).encode().split(b"\n")
+    st = StreamAssembler()
+    st.feed_bytes(b"data\n\nevent\n" + b"".join(b"data: " + line + b"\n" for line in pretty[:2])
+                  + b"data\n" + b"".join(b"data: " + line + b"\n" for line in pretty[2:])
+                  + b"\ndata: [DONE]\n\n")
+    st.end()
+    assert st.done and st.first.text() == "hi" and st.finish_reason == "stop"
+    assert st.stray is None
+
+
 def test_an_error_event_is_read_whole_whatever_its_shape() -> None:
     st = StreamAssembler()
     pretty = json.dumps({"error": {"message": "bad key", "code": 401}}, indent=2).encode()

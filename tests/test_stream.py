@@ -385,6 +385,54 @@ async def test_events_that_carry_no_chunk_are_passed_over(tmp_path: Path, betwee
 
 @pytest.mark.anyio
 @pytest.mark.usefixtures("job_env")
+async def test_events_of_another_kind_lend_the_answer_no_usage_but_their_errors_count(
+        tmp_path: Path) -> None:
+    """An event named other than ``message`` or ``error`` is none of the chunks, by SSE (a
+    message listener gets none of it): a gateway that passes Anthropic's own events through
+    beside the chunks sent ``event: message_delta`` with its usage, ``{"output_tokens": 15}``,
+    after the usage chunk; it was read as a chunk and the row's usage was its, not the
+    answer's. A chunk under a name of the server's own is still read (the OpenAI SDK reads the
+    data of any event), and an error in another kind of event fails the try with its words."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+    passed_through = (b'event: message_delta\ndata: {"type": "message_delta", "delta": '
+                      b'{"stop_reason": "end_turn"}, "usage": {"output_tokens": 15}}\n\n'
+                      b'event: ping\ndata: {"type": "ping"}\n\n')
+
+    async def anthropic_events_beside(srv: FaultServer, request: web.BaseRequest,
+                                      body: dict[str, Any]) -> web.StreamResponse:
+        if "two" in json.dumps(body["messages"]):  # its chunks under the server's own name
+            return await stream_reply(request, *(b"event: completion\n" + part for part in (
+                *FINISHED, USAGE_CHUNK)), passed_through, b"data: [DONE]\n\n")
+        return await stream_reply(request, *FINISHED, USAGE_CHUNK, passed_through,
+                                  b"data: [DONE]\n\n")
+
+    async with FaultServer(anthropic_events_beside) as srv:
+        s = await fault_run(job_for(tmp_path, srv.base_url, inp, stream=True))
+        assert srv.requests == 2
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: whole"] * 2
+    assert list(df["completion_tokens"]) == [4, 4] and list(df["total_tokens"]) == [13, 13]
+
+    failing = tmp_path / "failing"
+    failing.mkdir()
+    inp = make_csv(failing / "in.csv", ["one"])
+
+    async def overloaded_notice(srv: FaultServer, request: web.BaseRequest,
+                                body: dict[str, Any]) -> web.StreamResponse:
+        return await stream_reply(request, sse(stream_chunk("Echo: half")),
+                                  b'event: upstream\ndata: {"error": {"message": "upstream '
+                                  b'overloaded", "type": "overloaded_error"}}\n\n')
+
+    async with FaultServer(overloaded_notice) as srv:
+        s = await fault_run(job_for(failing, srv.base_url, inp, stream=True))
+    row = results(failing).loc["r0000"]
+    assert (row["status"], row["error_type"]) == ("failed", "stream_error")
+    assert row["error_message"].startswith("upstream overloaded")
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
 async def test_an_error_event_in_a_stream_held_open_is_read_not_timed_out(
         tmp_path: Path) -> None:
     """A gateway that sends an error event and then holds the stream open (neither [DONE] nor
