@@ -1561,16 +1561,22 @@ def fewer_choices_warning(rows: int, n: int) -> str:
             "n?): their choices column holds those that came")
 
 
-def paused_warning(rows: int) -> str:
-    """What the summary and the reports say of ``rows`` whose turn Claude paused (its
-    ``stop_reason`` ``pause_turn``, which gateways pass on as the finish_reason): the turn's
-    server tools (web search) ran to their limit before the answer. A chat completion cannot
-    hand the turn back to go on, so the row is ok with what it said so far."""
+RERUN_PAUSED = "--rerun-where \"finish_reason == 'pause_turn'\""
+
+
+def paused_warning(rows: int, rerun: str = "") -> str:
+    """What the summary, the reports and ``status`` say of ``rows`` whose turn Claude paused
+    (its ``stop_reason`` ``pause_turn``, which gateways pass on as the finish_reason): the
+    turn's server tools (web search) ran to their limit before the answer. A chat completion
+    cannot hand the turn back to go on, so the row is ok with what it said so far. ``rerun``:
+    the command that runs the job on (``status``'s), which the option that sends them is
+    added to."""
     them = "it" if rows == 1 else "them"
+    again = f": {rerun} {RERUN_PAUSED}" if rerun else f", rerun with {RERUN_PAUSED}"
     return (f"{count_rows(rows)} paused before {'its' if rows == 1 else 'their'} answer "
             "(finish_reason=pause_turn: Claude's server tools, such as web search, ran to their "
             f"limit): {'its' if rows == 1 else 'their'} content is unfinished; to send {them} "
-            "again, rerun with --rerun-where \"finish_reason == 'pause_turn'\"")
+            f"again{again}")
 
 
 def changed_warning(n: int, *, exact: bool = True) -> str:

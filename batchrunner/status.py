@@ -43,6 +43,7 @@ from batchrunner.report import (
     count_rows,
     fewer_choices_warning,
     format_usd,
+    paused_warning,
     retry_advice,
 )
 from batchrunner.results import recorded_changed_left
@@ -194,6 +195,9 @@ def format_status(out_dir: Path) -> str:
         lines.append(f"  of the prompt tokens, {' and '.join(cache)}")
     if state.fewer_choices:
         lines.append(f"  {fewer_choices_warning(state.fewer_choices, asked)}")
+    if state.paused:  # with the command that sends them again, once no run is in progress
+        rerun = "" if locked else rerun_command(meta, out_dir, answered=state.ok > 0)
+        lines.append(f"  {paused_warning(state.paused, '' if rerun.startswith(_AGAIN) else rerun)}")
     last = meta.get("last_run")
     changed, exact = recorded_changed_left(meta)
     if changed and not locked:
@@ -477,11 +481,12 @@ class _Tally:
 
     COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
                "completion_tokens", "search_units", "search_requests", "cached_tokens",
-               "cache_write_tokens", "unreported_usd", "choices_asked")
+               "cache_write_tokens", "unreported_usd", "choices_asked", "finish_reason")
 
     def __init__(self, *, times: bool, choices: int = 1) -> None:
         self.choices = choices
         self.fewer_choices = 0  # ok rows whose choices hold fewer than ``choices``
+        self.paused = 0  # rows whose turn Claude paused (finish_reason pause_turn), as reported
         self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
         self.unpriced_requests = 0  # of search billed per request (search_requests)
         self.cached = self.written = 0  # prompt tokens read from the cache and written to it
@@ -530,6 +535,7 @@ class _Tally:
         if asks_choices(self.choices, asked):  # as the reports count them (OutcomeStats)
             ok = pc.fill_null(is_value(part["status"], "ok"), _FALSE)
             self.fewer_choices += count_fewer_choices(part["choices"], ok, self.choices, asked)
+        self.paused += pc.sum(is_value(part["finish_reason"], "pause_turn")).as_py() or 0
         total = pc.coalesce(part["total_tokens"],
                             pc.add(part["prompt_tokens"], part["completion_tokens"]))
         self.tokens += pc.sum(total).as_py() or 0

@@ -133,6 +133,29 @@ def test_status_shows_the_prompt_tokens_read_from_and_written_to_the_cache(
     assert [x for x in format_status(out).splitlines() if "cache" in x] == shown  # compacted
 
 
+def test_status_says_the_rows_claude_paused_and_the_command_that_sends_them_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows whose turn Claude paused (finish_reason pause_turn: its server tools ran to their
+    limit before the answer) are ok with unfinished content: the run's summary and the report
+    warn of them, but status, read the morning after, said nothing. It says how many, and the
+    command that sends them again, which does."""
+    out = simulated_job(tmp_path, monkeypatch, 3)
+    write_segment(Journal(out).directory, "seg-29990101T000000-ffffff-w0-000000.parquet",
+                  outcomes_table([Outcome(
+                      key=f"r{i}", status="ok", content="Let me search", finish_reason="pause_turn",
+                      prompt_tokens=1, completion_tokens=1, total_tokens=2, model="gpt-4o-mini",
+                      finished_at=time.time() + 1) for i in (0, 2)]))
+    shown = [x for x in format_status(out).splitlines() if "pause_turn" in x]
+    assert len(shown) == 1 and shown[0].startswith(
+        "  2 rows paused before their answer (finish_reason=pause_turn: Claude's server tools, "
+        "such as web search, ran to their limit): their content is unfinished; to send them "
+        "again: batchrunner run --input in.csv "), shown
+    command = shlex.split(shown[0].partition("again: ")[2])
+    assert command[-2:] == ["--rerun-where", "finish_reason == 'pause_turn'"], command
+    assert main([*command[1:], "--progress", "none"]) == 0
+    assert "pause_turn" not in format_status(out)
+
+
 def test_status_of_a_job_file_left_with_rows_to_do_names_the_command_that_finishes_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The on-call engineer did not write the job: status said "run the job again to resume"
