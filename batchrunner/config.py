@@ -292,26 +292,48 @@ def gemini_thinks(model: str) -> bool:
     return _GEMINI_THINKS.search(model) is not None
 
 
-# Other providers' models that reason before they answer (OpenAI's follow openai_reasoning): the
-# simulator's reasoning_models by default, and models the estimate warns of thinking for.
+# Other providers' models that reason before they answer whose names do not say so (OpenAI's
+# follow openai_reasoning; names that say so, _NAMED_REASONING): the simulator's
+# reasoning_models by default, and models the estimate warns of thinking for.
 REASONING_MODELS: tuple[str, ...] = (
     "deepseek-r1",
-    "deepseek-reasoner",
     "grok-4",
     "grok-3-mini",
     "grok-code-fast",
-    "qwq-32b",
+    "qwq",
     "gpt-oss",  # vLLM and the gateways return its reasoning as reasoning_content
 )
 
 
 def listed_reasoning(model: str, listed: Sequence[str] = REASONING_MODELS) -> bool:
     """Whether ``model`` is one of ``listed``: an entry matches the name itself or the name
-    followed by ``-`` or ``.`` and more, behind a provider prefix too (``openai/gpt-oss-20b``),
-    but not a name with ``non-reasoning`` (``grok-4`` is not ``grok-4-fast-non-reasoning``)."""
+    followed by ``-``, ``.`` or ``:`` and more (Ollama's ``deepseek-r1:7b``), behind a provider
+    prefix too (``openai/gpt-oss-20b``), but not a name with ``non-reasoning`` (``grok-4`` is
+    not ``grok-4-fast-non-reasoning``)."""
     name = model.rsplit("/", 1)[-1].lower()
     return "non-reasoning" not in name and any(
-        name == r or name.startswith((r + "-", r + ".")) for r in map(str.lower, listed))
+        name == r or name.startswith((r + "-", r + ".", r + ":")) for r in map(str.lower, listed))
+
+
+# Names that say their model reasons: DeepSeek's deepseek-reasoner, xAI's -reasoning models
+# (grok-4-fast-reasoning, grok-4-1-fast-reasoning), and the -thinking names of the providers
+# and gateways (kimi-k2-thinking, a gateway's gemini-2.5-flash-thinking-8192); not those named
+# as not reasoning (-non-reasoning, -nothinking, -no-thinking, -non-thinking).
+_NAMED_REASONING = re.compile(r"reasoner|(?<!non)-reasoning|(?<!no)(?<!no-)(?<!non-)thinking",
+                              re.IGNORECASE)
+
+
+def reasoning_model(model: str, listed: Sequence[str] = REASONING_MODELS) -> bool:
+    """Whether ``model`` reasons before it answers unless a request turns it off: the one rule
+    of the simulator (which makes it reason, ``listed`` its ``reasoning_models``) and the
+    estimate (which warns of its thinking). OpenAI's names by ``openai_reasoning``; other
+    names that say so (``_NAMED_REASONING``), Gemini's that think unasked (``gemini_thinks``)
+    and those ``listed`` (``listed_reasoning``); behind a provider prefix too."""
+    name = model.rsplit("/", 1)[-1]
+    if openai_named(name):  # OpenAI's names: its rule, whatever the list says
+        return openai_reasoning(name)
+    return (_NAMED_REASONING.search(name) is not None or gemini_thinks(name)
+            or listed_reasoning(name, listed))
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:

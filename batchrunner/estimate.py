@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value, scalar
-from batchrunner.config import gemini_thinks, listed_reasoning, openai_reasoning
+from batchrunner.config import reasoning_model
 from batchrunner.journal import Journal
 from batchrunner.pricing import SOURCE_JOB, search_requested
 from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
@@ -272,14 +272,6 @@ def _tool_name(tool: Mapping[str, Any], named: bool) -> str | None:
 
 # A thinking budget a gateway reads from a model's name ("gemini-2.5-flash-thinking-8192").
 _BUDGET_SUFFIX = re.compile(r"-thinking-(\d+)$", re.IGNORECASE)
-# Models that think before they answer unless the request says otherwise (their names as the
-# APIs and gateways give them): DeepSeek's R1, OpenAI's o-series (and GPT-5: those of
-# config.openai_reasoning), xAI's reasoning models, Grok 4, QwQ, the other reasoning models the
-# simulator makes reason (config.listed_reasoning: grok-3-mini, gpt-oss, ...), Gemini 2.5 Pro
-# and Flash and Gemini 3 (config.gemini_thinks), and any model a gateway names -thinking; not
-# one named as not thinking (-nothinking, -non-thinking, xAI's -non-reasoning).
-_THINKS = re.compile(r"(?:^|/)(?:o\d(?:-|$)|qwq|grok-4(?!.*non-reasoning))|deepseek-r1|reasoner|"
-                     r"(?<!non)-reasoning|(?<!no)(?<!non-)thinking", re.IGNORECASE)
 
 
 def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
@@ -324,8 +316,7 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
         return "reasoning_effort", 0
     if effort == "none":  # thinking turned off (GPT-5.1's, a gateway's for Gemini)
         return None, 0
-    if (_THINKS.search(model) or gemini_thinks(model) or listed_reasoning(model)
-            or openai_reasoning(model)):  # GPT-5 (gpt-5.1, ...) too
+    if reasoning_model(model):  # as the simulator makes it reason
         return f"model {model}", 0
     return None, 0
 

@@ -66,12 +66,13 @@ Reasoning
     behind a gateway's provider prefix (``openai/gpt-5.2``), but not its chat models
     (``gpt-5-chat-latest``, ``gpt-5.1-chat-latest``), whatever ``reasoning_models`` says; other
     models listed in ``reasoning_models`` (an entry matches the name itself or the name followed
-    by ``-`` or ``.`` and more, behind a provider prefix too; not a name with ``non-reasoning``:
-    ``grok-4`` is not ``grok-4-fast-non-reasoning``), any model whose name contains
-    ``-thinking`` (not ``-non-thinking``), Gemini 2.5 Pro and Flash (not Flash-Lite) and
-    Gemini 3, which think unless told not to (``config.gemini_thinks``, the estimate's rule
-    too: a ``-nothinking`` name, a thinking budget of 0 as below, or ``reasoning_effort``
-    ``"none"``), and any request with
+    by ``-``, ``.`` or ``:`` and more, behind a provider prefix too; not a name with
+    ``non-reasoning``: ``grok-4`` is not ``grok-4-fast-non-reasoning``), any model whose name
+    says it reasons (``deepseek-reasoner``, ``grok-4-fast-reasoning``, ``kimi-k2-thinking``;
+    not ``-non-reasoning``, ``-nothinking``, ``-non-thinking``), Gemini 2.5 Pro and Flash (not
+    Flash-Lite) and Gemini 3, which think unless told not to (a ``-nothinking`` name, a
+    thinking budget of 0 as below, or ``reasoning_effort`` ``"none"``): one rule,
+    ``config.reasoning_model``, the one the estimate warns of thinking by; and any request with
     ``"thinking": {"type": "enabled"}``, Gemini's
     ``generationConfig.thinkingConfig`` or (streamed: gateways turn them off otherwise)
     ``"enable_thinking": true`` and Gemini's
@@ -249,13 +250,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from batchrunner.config import (
-    REASONING_MODELS,
-    gemini_thinks,
-    listed_reasoning,
-    openai_named,
-    openai_reasoning,
-)
+from batchrunner.config import REASONING_MODELS, openai_reasoning, reasoning_model
 from batchrunner.errors import ConfigError, UsageError
 
 __all__ = [
@@ -1403,12 +1398,7 @@ class _Server:
     def is_reasoning(self, model: str) -> bool:
         cached = self.reasoning_cache.get(model)
         if cached is None:
-            name = model.rsplit("/", 1)[-1]  # behind a gateway's provider prefix: openai/o3
-            if openai_named(name):  # OpenAI's names: its rule, whatever the list says
-                cached = openai_reasoning(name)
-            else:
-                cached = ("-thinking" in model and "non-thinking" not in model.lower()
-                          ) or gemini_thinks(name) or listed_reasoning(name, self.reasoning_models)
+            cached = reasoning_model(model, self.reasoning_models)  # the estimate's rule too
             if len(self.reasoning_cache) < 10_000:
                 self.reasoning_cache[model] = cached
         return cached

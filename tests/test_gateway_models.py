@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pandas as pd
 import pytest
@@ -19,6 +20,7 @@ from aiohttp import web
 from batchrunner.cli import main
 from batchrunner.config import load_job
 from batchrunner.runner import run_job
+from batchrunner.simulator import Simulator, SimulatorConfig
 from tests.servers import serve_on_loopback
 from tests.test_faults import (
     KEY,  # the job_env fixture reads the module's KEY
@@ -527,6 +529,47 @@ def test_the_estimate_warns_of_no_thinking_for_models_named_as_not_thinking(
     warned = [line for line in out.splitlines() if "for thinking" in line]
     assert len(warned) == 1 and warned[0].startswith(  # the first model's name, the rows of both
         "  warning: 2 rows ask for thinking (model grok-4-fast-reasoning) with no max_tokens"), out
+
+
+# The gateway reference's model names (and served forms of them: a provider prefix, Ollama's
+# tag, a Hugging Face name's capitals), each with whether it reasons unasked.
+SEEDS_REASONING = {
+    "deepseek-reasoner": True, "deepseek/deepseek-reasoner": True, "deepseek-r1": True,
+    "deepseek-r1:7b": True, "grok-4": True, "grok-4-fast-reasoning": True,
+    "grok-4-1-fast-reasoning": True, "xai/grok-4-fast-reasoning": True, "qwq-plus": True,
+    "Kimi-K2-Thinking": True, "gemini-2.5-flash-thinking-8192": True,
+    "gemini-3-pro-preview-thinking-low": True, "gemini-3-flash-preview": True,
+    "o4-mini": True, "o3-mini": True, "gpt-5.2": True, "gpt-5.1": True,
+    "grok-4-fast-non-reasoning": False, "gemini-2.5-flash-nothinking": False,
+    "qwen3-32b-no-thinking": False, "claude-opus-4-6": False, "deepseek-v3-1-250821": False,
+    "deepseek-v3": False, "grok-3": False, "grok-3-fast": False, "gpt-4o": False,
+    "gpt-5-chat-latest": False, "qwen3-coder-plus": False, "qwen3-omni-flash": False,
+}
+
+
+@pytest.mark.anyio
+async def test_the_estimate_warns_of_the_thinking_of_the_models_the_simulator_makes_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One rule says which models reason unasked, for the estimate's warning and the
+    simulator's rehearsal: they differed beyond the list they share and Gemini's rule. The
+    estimate warned of the thinking of any name holding "reasoner" or "-reasoning", QwQ's and
+    Ollama's deepseek-r1:7b, where the simulator rehearsed them without reasoning; the
+    simulator read "-thinking" in lower case only, and both took -no-thinking for thinking."""
+    async with Simulator(SimulatorConfig(reply_tokens=20)) as sim, aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {KEY}"}) as session:
+        reasoned = {}
+        for model in SEEDS_REASONING:
+            async with session.post(f"{sim.base_url}/chat/completions", json={
+                    "model": model, "messages": [{"role": "user", "content": "think"}]}) as r:
+                assert r.status == 200, (model, await r.text())
+                usage = (await r.json())["usage"]
+            reasoned[model] = usage["completion_tokens_details"]["reasoning_tokens"] > 0
+    assert reasoned == SEEDS_REASONING
+    out = estimate(tmp_path, capsys, list(SEEDS_REASONING))
+    thinking = sum(SEEDS_REASONING.values()) - 1  # but the one whose name sets a budget (8192)
+    assert "the thinking budget of the 1 row that set one, on top" in out, out
+    assert (f"  warning: {thinking} rows ask for thinking (model deepseek-reasoner) with no "
+            "max_tokens") in out, out
 
 
 def test_the_estimate_warns_of_gpt_oss_thinking_as_the_simulator_rehearses_it(
