@@ -155,6 +155,15 @@ class ModelPrice:
         """The price of a cached prompt token."""
         return self.input if self.cached_input is None else self.cached_input
 
+    @property
+    def cache_at_input(self) -> bool:
+        """Whether it sets no ``cached_input`` beside an input price that is not 0: its cached
+        prompt tokens cost the input price, which APIs that cache bill lower (a price of 0, a
+        server of the job's own, has no cheaper cache). What the pre-run warning
+        (``PriceBook.uncached_warnings``) and the reports (``report.uncached_price``) ask of a
+        job's entry."""
+        return self.cached_input is None and self.input != 0
+
     def as_dict(self) -> dict[str, float]:
         """``{"input", "output", "cached_input"}`` with the cached price resolved, and
         ``cache_write``, ``cache_write_1h`` (USD per 1M tokens), ``search_unit``, ``web_search``
@@ -316,8 +325,8 @@ class PriceBook:
         tokens would cost the input price, said before the run."""
         out = []
         for name, price in self._overrides.items():
-            if price.cached_input is not None or not price.input:
-                continue  # (a price of 0, a server of the job's own: no cheaper cache)
+            if not price.cache_at_input:
+                continue
             entry = self._answer(lambda a: a.prices, name, partial(_library_entry, name))
             known = entry[0] if entry is not None else None
             if known is None or known.cached_input is None or known.cached_input >= known.input:

@@ -1004,9 +1004,8 @@ def uncached_price(prices: PriceBook, model: str) -> str | None:
     a half to a tenth, Anthropic and DeepSeek a tenth), what to say of it; else None."""
     price = prices.price(model)
     source = prices.source(model)
-    if (price is None or price.cached_input is not None or not price.input
-            or not source.startswith(SOURCE_JOB)):
-        return None  # (a price of 0, a server of the job's own: no cheaper cache)
+    if price is None or not price.cache_at_input or not source.startswith(SOURCE_JOB):
+        return None
     named = source[len(SOURCE_JOB) + 2:-1] if source != SOURCE_JOB else model
     return (f'[prices."{named}"] sets no cached_input: add it (USD per 1M tokens) where the '
             "API bills cached tokens lower (most list a cached-input price)")

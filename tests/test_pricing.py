@@ -66,6 +66,20 @@ def test_no_cached_price_means_the_input_price() -> None:
     }
 
 
+def test_an_entry_prices_its_cache_at_input_when_it_sets_no_cached_input_beside_a_price(
+) -> None:
+    """The one test the pre-run warning and the reports ask of a job's entry: no cached_input
+    beside an input price that is not 0 (a price of 0, a server of the job's own, has no cheaper
+    cache; one that sets cached_input to the input price says so)."""
+    assert ModelPrice(input=1.0, output=3.0).cache_at_input
+    assert not ModelPrice(input=1.0, output=3.0, cached_input=0.1).cache_at_input
+    assert not ModelPrice(input=1.0, output=3.0, cached_input=1.0).cache_at_input
+    assert not ModelPrice(input=0.0, output=0.0).cache_at_input
+    book = PriceBook({"gpt-4o-mini": ModelPrice(input=0.15, output=0.6),
+                      "free": ModelPrice(input=0.0, output=0.0)})
+    assert [w.split(" sets ")[0] for w in book.uncached_warnings()] == ['[prices."gpt-4o-mini"]']
+
+
 def test_cache_writes_are_priced_at_the_cache_write_prices() -> None:
     """Anthropic bills a prompt token written to the cache at 1.25 times the input price, 2
     times when kept an hour; they were billed as plain input."""
