@@ -649,16 +649,17 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         _check_no_request_settings(job, where)  # before the file is read through
         source.refuse_unsendable = True  # its lines every API would refuse: named as read
     else:
+        by_options = job.source == "command line"
         builder = RequestBuilder(job.request, source.columns, where,
                                  base_dir=source.path if source.path.is_dir()
-                                 else source.path.parent)
+                                 else source.path.parent, by_options=by_options)
         key_column = job.input.id_column
         if key_column is not None and key_column not in source.columns:
             raise ConfigError(
                 f"id_column {key_column!r} is not a column of {where} "
                 f"({column_list(source.columns, key_column)})"
             )
-        warnings.extend(request_warnings(job.request))
+        warnings.extend(request_warnings(job.request, by_options=by_options))
         if builder.template is not None:
             warnings.extend(builder.template.warnings(source.columns))
         warnings.extend(system_warnings(job.request.system, source.columns))

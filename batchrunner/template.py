@@ -31,6 +31,7 @@ from batchrunner.config import (
     TEXT_FIELDS,
     RequestConfig,
     openai_reasoning,
+    option_name,
 )
 from batchrunner.errors import ConfigError
 from batchrunner.io import delimiter_hint
@@ -151,25 +152,39 @@ def system_warnings(system: str | None, columns: Iterable[str]) -> list[str]:
             f"value of column {n.strip()!r} (put the column in the prompt)" for n in named]
 
 
-def request_warnings(req: RequestConfig) -> list[str]:
-    """Settings of a job that a gateway drops or ignores with no error, said before the run."""
+def request_warnings(req: RequestConfig, *, by_options: bool = False) -> list[str]:
+    """Settings of a job that a gateway drops or ignores with no error, said before the run.
+    ``by_options``: the job is given by command-line options alone, which its fields are named
+    as (``--max-tokens``), not a job file's tables."""
     # As the body has them: [request.extra] is sent over the job's own fields.
     own = {"model": req.model, "max_tokens": req.max_tokens, "temperature": req.temperature,
            "top_p": req.top_p}
     fields = {**{k: v for k, v in own.items() if v is not None}, **req.extra}
-
-    return _warnings(fields, req.streams, lambda name: _job_field(req, name),
-                     "set [request] stream = true or pass --stream", "[request.extra] itself")
+    return _warnings(fields, req.streams, *_job_names(req, by_options))
 
 
-def _job_field(req: RequestConfig, name: str) -> str:
-    """A body field as a job sets it, for messages."""
+def _job_names(req: RequestConfig, by_options: bool
+               ) -> tuple[Callable[[str], str], str, str]:
+    """``_warnings``'s names for a job's settings: its fields, how to stream, and where its
+    body's top-level fields are set (a job file's [request.extra]: no option sets them)."""
+    if by_options:
+        return (lambda name: _job_field(req, name, by_options=True), "pass --stream",
+                "a job file's [request.extra] itself")
+    return (lambda name: _job_field(req, name), "set [request] stream = true or pass --stream",
+            "[request.extra] itself")
+
+
+def _job_field(req: RequestConfig, name: str, *, by_options: bool = False) -> str:
+    """A body field as a job sets it, for messages: by its option (``by_options``) or in the
+    job file."""
     if name in req.from_columns:
-        return f"from_columns {name} = {req.from_columns[name]!r}"
+        return (f"--from-column {name}={req.from_columns[name]}" if by_options
+                else f"from_columns {name} = {req.from_columns[name]!r}")
     if name == "model" and req.model_column:
         return f"model (column {req.model_column!r})"
-    return (f"[request] {name}" if name in _REQUEST_FIELDS and name not in req.extra
-            else f"[request.extra] {name}")
+    if name in _REQUEST_FIELDS and name not in req.extra:
+        return option_name(name) if by_options else f"[request] {name}"
+    return f"[request.extra] {name}"
 
 
 def body_warnings(body: dict[str, Any]) -> list[str]:
@@ -363,8 +378,9 @@ class RequestBuilder:
     """Turns a row (a dict of column → value) into a chat completion request body."""
 
     def __init__(self, request: RequestConfig, columns: Sequence[str], where: str,
-                 base_dir: Path | None = None) -> None:
+                 base_dir: Path | None = None, *, by_options: bool = False) -> None:
         self.request = request
+        self.by_options = by_options  # the job is given by options alone: named so in warnings
         self.base_dir = base_dir or Path.cwd()
         self.template: Template | None = None
         if request.prompt is not None:
@@ -441,11 +457,9 @@ class RequestBuilder:
         ask for what a gateway drops: those the job's settings alone do not already."""
         req = self.request
         if self._job_warnings is None:
-            self._job_warnings = frozenset(request_warnings(req))
+            self._job_warnings = frozenset(request_warnings(req, by_options=self.by_options))
         return [w for w in _warnings(body, body.get("stream") is True,
-                                     lambda name: _job_field(req, name),
-                                     "set [request] stream = true or pass --stream",
-                                     "[request.extra] itself")
+                                     *_job_names(req, self.by_options))
                 if w not in self._job_warnings]
 
     def prompt_tokens(self, body: dict[str, Any], prompt: str) -> int:

@@ -982,3 +982,30 @@ def test_a_job_file_path_the_command_line_overrides_is_not_checked(
     code, out, err = cli(capsys, "run", "jobs/job.toml", option, given, "--progress", "none")
     assert code == 0, err
     assert "2 rows: 2 ok" in out
+
+
+def test_a_setting_refused_by_a_reasoning_model_is_named_as_the_option_that_set_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job given by options alone, as the gateway reference's reader writes one for gpt-5.2
+    (--max-tokens 300 --temperature 0.3): the warnings named "[request] max_tokens" and
+    "[request] temperature", tables of a job file there is none of. They name the options; a
+    job file's warnings still name its tables."""
+    (tmp_path / "in.csv").write_text("id,text\n1,hello\n")
+    given = ("--input", "in.csv", "--prompt", "{text}", "--model", "gpt-5.2", "--max-tokens",
+             "300", "--temperature", "0.3", "--base-url", "http://127.0.0.1:9/v1")
+    code, out, _ = cli(capsys, "estimate", *given, "--output", "out")
+    assert code == 0
+    assert ("  warning: --max-tokens is refused by OpenAI for gpt-5.2, a reasoning model "
+            "(\"Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' instead\"), "
+            "every row answered 400 unless a gateway renames it: set max_completion_tokens in "
+            "a job file's [request.extra] instead\n") in out, out
+    assert "  warning: --temperature 0.3 is refused by OpenAI for gpt-5.2" in out, out
+    assert "[request]" not in out, out
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\n[request]\nmodel = "gpt-5.2"\nprompt = "{text}"\n'
+        'max_tokens = 300\n[endpoint]\nbase_url = "http://127.0.0.1:9/v1"\n'
+        '[output]\ndir = "out2"\n')
+    code, out, _ = cli(capsys, "estimate", str(tmp_path / "job.toml"))
+    assert code == 0
+    assert ("  warning: [request] max_tokens is refused by OpenAI for gpt-5.2" in out
+            and "set max_completion_tokens in [request.extra] instead" in out), out

@@ -684,7 +684,8 @@ async def test_rows_own_settings_that_a_gateway_drops_are_warned_about(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A model from a column, body fields from columns: a row asking for what a gateway drops
     without streaming (a -thinking Gemini's reasoning, Qwen's enable_thinking) is warned
-    about once, naming the column, as the job's own settings are."""
+    about once, naming the column, as the job's own settings are (here given by options, as
+    on a command line: named as its options)."""
     inp = tmp_path / "in.csv"
     inp.write_text("id,text,model,flag\na,x,gpt-4o-mini,\nb,y,gemini-2.5-flash-thinking,\n"
                    "c,z,gpt-4o-mini,true\nd,w,gemini-2.5-flash-thinking,true\n")
@@ -699,10 +700,9 @@ async def test_rows_own_settings_that_a_gateway_drops_are_warned_about(
     assert err == [
         "batchrunner: warning: row b: model (column 'model') gemini-2.5-flash-thinking gives "
         "its reasoning (reasoning_content) only in a stream, though its thinking is billed: "
-        "set [request] stream = true or pass --stream to record it",
-        "batchrunner: warning: row c: from_columns enable_thinking = 'flag' works only with "
-        "streaming (gateways drop it otherwise, with no error): set [request] stream = true or "
-        "pass --stream"]
+        "pass --stream to record it",
+        "batchrunner: warning: row c: --from-column enable_thinking=flag works only with "
+        "streaming (gateways drop it otherwise, with no error): pass --stream"]
 
 
 def write_batch(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> Path:
