@@ -209,7 +209,9 @@ Faults
                      that drops ``tool_choice``
     ``citations``    a top-level ``citations`` list of URLs, as Grok's live search sends it
                      (streamed: in a last chunk without choices), and the sources it used
-                     (one a URL) in ``usage.num_sources_used``, as Grok bills them
+                     (one a URL) in ``usage.num_sources_used``, as Grok bills them; the
+                     shape of every Grok request whose ``search_parameters`` ask for search
+                     (mode ``"on"`` or ``"auto"``, the default), without the marker
     ``web_search``   ``usage.server_tool_use.web_search_requests`` of 1, as a gateway passes on
                      Anthropic's web search (billed per search)
     ``annotations``  ``message.annotations`` of type ``url_citation`` (url, title, start and end
@@ -864,6 +866,7 @@ class _Request:
     cache_write_tokens: int = 0
     claude: bool = False  # a Claude model: its usage says its cache writes (0 or more)
     service_tier: str = "default"  # the tier that answers (OpenAI's "auto" is "default")
+    live_search: bool = False  # Grok asked to search (search_parameters): its sources billed
 
 
 def _not_incremental(body: dict[str, Any]) -> bool:
@@ -873,6 +876,14 @@ def _not_incremental(body: dict[str, Any]) -> bool:
     params = body.get("parameters")
     return body.get("incremental_output") is False or (
         isinstance(params, dict) and params.get("incremental_output") is False)
+
+
+def _live_search(model: str, search: Any) -> bool:
+    """Whether a request asks Grok to search (``search_parameters`` in mode ``"on"`` or
+    ``"auto"``, xAI's default, as the gateway reference recommends it): answered as the
+    ``citations`` shape, its sources cited and billed (``num_sources_used``)."""
+    return ("grok" in model.lower() and type(search) is dict
+            and search.get("mode", "auto") in ("on", "auto"))
 
 
 def _forced_tool(tools: Any, choice: Any) -> str | None:
@@ -1624,6 +1635,7 @@ class _Server:
             claude_prefix=claude_prefix,
             claude=claude,
             service_tier=tier,
+            live_search=_live_search(model, body.get("search_parameters")),
         )
 
     # ---------------------------------------------------------------- reply content
@@ -1873,6 +1885,8 @@ class _Server:
             shape, failure = failure, None
         if req.forced_tool is not None and shape not in ("bad_arguments", "no_call"):
             shape = "tool_calls"  # a forced call is made, whatever else the prompt asks
+        elif req.live_search and shape is None:
+            shape = "citations"  # Grok's live search: its sources cited and billed
         if self.places is None:
             return await self.answer(request, req, headers, pk, failure, slow, shape)
         if self.places.locked():

@@ -210,6 +210,37 @@ async def test_search_with_no_price_leaves_the_cost_incomplete_and_says_what_to_
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_a_rehearsal_of_groks_live_search_bills_its_sources_as_grok_does(
+        tmp_path: Path, stream: bool) -> None:
+    """The gateway reference's Grok examples, search_parameters in mode "auto" and "on", were
+    answered by the simulator with no sources and no citations: a rehearsal showed search as
+    free, its cost the tokens' alone. They are answered as Grok does, with citations and the
+    sources billed (num_sources_used); mode "off", and another model, search nothing."""
+    modes = {"auto": True, "on": True, "off": False}
+    (tmp_path / "batch.jsonl").write_text("".join(json.dumps({
+        "custom_id": f"{model} {mode}", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": model, "max_tokens": 64, "stream": stream,
+                 "messages": [{"role": "user", "content": "What are the latest tech news?"}],
+                 "search_parameters": {"mode": mode, "return_citations": True}}}) + "\n"
+        for model in ("grok-4", "gpt-4o") for mode in modes))
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "batch.jsonl"\n[output]\ndir = "out"\n'
+        '[prices."grok-4"]\ninput = 3.0\noutput = 15.0\nsearch_unit = 0.025\n')
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(load_job(tmp_path / "job.toml", {"base_url": sim.base_url}))
+    assert s.exit_code == 0
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("custom_id")
+    searched = [f"grok-4 {mode}" for mode, search in modes.items() if search]
+    assert df.index[df["search_units"].fillna(0) > 0].tolist() == searched
+    assert df.index[df["citations"].notna()].tolist() == searched
+    grok = df.loc[[f"grok-4 {mode}" for mode in modes]]
+    tokens = (grok["prompt_tokens"] * 3.0 + grok["completion_tokens"] * 15.0) / 1_000_000
+    assert (grok["cost_usd"] - tokens).round(9).tolist() == [
+        round(0.025 * units, 9) for units in grok["search_units"].fillna(0)]
+
+
+@pytest.mark.anyio
 async def test_the_budget_stops_at_search_it_cannot_price(tmp_path: Path) -> None:
     """A budget cannot be kept over search it cannot count: the first reply that reports
     search units with no price stops the job (resumable) rather than spend past max_cost_usd
