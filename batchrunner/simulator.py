@@ -2682,7 +2682,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated model names to accept (default: any)")
     add("--reasoning-models", dest="reasoning_models", metavar="NAMES",
         help="comma-separated models of other providers' that answer with reasoning tokens "
-        "(default: deepseek-r1, grok-4 and the like; OpenAI's o-series and GPT-5 always do)")
+        "(default: deepseek-r1, grok-4 and the like; OpenAI's o-series and GPT-5, and names "
+        "that say so, such as deepseek-reasoner or -thinking and -reasoning ones, always do)")
     add("--rpm", type=int, metavar="N", help="requests per minute per key (default: unlimited)")
     add("--tpm", type=int, metavar="N", help="tokens per minute per key (default: unlimited)")
     add("--no-model-limits", dest="model_limits", action="store_const", const=False,
