@@ -1560,7 +1560,7 @@ def fewer_choices_warning(rows: int, n: int) -> str:
             "n?): their choices column holds those that came")
 
 
-RERUN_PAUSED = "--rerun-where \"finish_reason == 'pause_turn'\""
+_RERUN_PAUSED = "--rerun-where \"finish_reason == 'pause_turn'\""
 
 
 def paused_warning(rows: int, rerun: str = "") -> str:
@@ -1571,7 +1571,7 @@ def paused_warning(rows: int, rerun: str = "") -> str:
     the command that runs the job on (``status``'s), which the option that sends them is
     added to."""
     them = "it" if rows == 1 else "them"
-    again = f": {rerun} {RERUN_PAUSED}" if rerun else f", rerun with {RERUN_PAUSED}"
+    again = f": {rerun} {_RERUN_PAUSED}" if rerun else f", rerun with {_RERUN_PAUSED}"
     return (f"{count_rows(rows)} paused before {'its' if rows == 1 else 'their'} answer "
             "(finish_reason=pause_turn: Claude's server tools, such as web search, ran to their "
             f"limit): {'its' if rows == 1 else 'their'} content is unfinished; to send {them} "
