@@ -324,6 +324,8 @@ class RunSummary:
     # Of ``sent``, the requests cut with no answer while the endpoint answered nothing (a box
     # restarting), waited out as those refused are.
     cut_unanswered: int = 0
+    # Of those, the ones whose rows the run stopped before sending again: the next run's.
+    cut_left: int = 0
     rate_limited: int = 0  # of ``sent``, the requests answered 429 (rate limited)
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     # Rows paid for without a cost: ok with no price known or no usage reported, or failed
@@ -373,6 +375,9 @@ class _Work:
     streak: int = 0  # its latest refusals: since a request sent after one was answered
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # sent again for its record (--retry-failed, ...), not changed text
+    # Its latest request was cut unanswered in an outage (``cut_unanswered``), and the row has
+    # not been sent again nor finished since: ``cut_waiting`` counts the rows so.
+    cut: bool = False
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
     row_hash: int | None = None  # of the row's values (row_hasher), recorded with its outcome
@@ -1615,7 +1620,8 @@ class _Run:
         # ``status`` read beside the run: recorded by the flusher (_record_outage) when the
         # progress starts to show it, and dropped when a request sent since is answered.
         self.outage_recorded: float | None = None
-        self.outage_recorded_by = ""  # what answered for the endpoint then (refused_by)
+        # What answered for the endpoint then (refused_by), and whether it cut (refused_cut).
+        self.outage_recorded_by: tuple[str, bool] = ("", False)
         # Shut while a gateway's 502/503/504 says the server is away (_turned_away): no
         # request is sent but one at a time (the probe), each after the wait asked for (or
         # PROBE_EVERY_S), until a request sent since ``gate_from`` is answered (_answered).
@@ -2015,6 +2021,9 @@ class _Run:
                 if probe:
                     self._probe_back()
             if outcome is not None:
+                if item.cut:  # failed at its cut (a try of its own): not to send again
+                    item.cut = False
+                    self.counters["cut_waiting"] -= 1
                 self.spent += outcome.cost_usd or 0.0
                 self.record(outcome)
                 self._finished_one()
@@ -2262,6 +2271,9 @@ class _Run:
             item.attempts += 1
             # Every request, 429'd or cut off at a stop included; a 429 says which it was.
             sent_as = self.counters["sent"] = self.counters["sent"] + 1
+            if item.cut:  # sent again after a cut
+                item.cut = False
+                self.counters["cut_waiting"] -= 1
             sent_at = time.perf_counter()
             if not item.started:
                 item.started = sent_at
@@ -2370,6 +2382,8 @@ class _Run:
                     # others are answered, or it alone is cut) is a try of it, as ever.
                     cut = True
                     self.counters["cut_unanswered"] += 1
+                    item.cut = True  # until it is sent again
+                    self.counters["cut_waiting"] += 1
                     self._refused(item)
                     self.refused_by = ""
                     self.refused_cut = True
@@ -2715,6 +2729,9 @@ class _Run:
         if self.refused_by:  # its gateway answers for it
             what = (f"no answer from it for {down_s:.1f} s, only its gateway's "
                     f"{self.refused_by}")
+        elif self.refused_cut:  # its port takes connections and closes them
+            what = (f"no answer from it for {down_s:.1f} s, its connections taken, then "
+                    "closed unanswered")
         else:
             what = f"no connection to it for {down_s:.1f} s"
         if self.outage_s and (self.last_answer > -math.inf or self.answered_before):
@@ -3486,21 +3503,23 @@ class _Run:
     def _record_outage(self, down_s: float) -> None:
         """job.json's last_run says, for ``status`` in another process, that the endpoint has
         been out of reach for ``down_s`` (``_unreachable_s``): since when, what answers for it
-        (its gateway's 502/503/504, or nothing) and how long the run waits for it (None: its
-        rows' own attempts stop the job). Written when the progress starts to show an outage
-        and when a request sent since it began is answered: twice an outage, not per request,
-        and once more each time what answers for it changes (a gateway's 503, then its 502, or
-        no connection at all), at most once a flush."""
+        (its gateway's 502/503/504, or nothing: ``cut``, its connections taken and closed
+        unanswered, or none made) and how long the run waits for it (None: its rows' own
+        attempts stop the job). Written when the progress starts to show an outage and when a
+        request sent since it began is answered: twice an outage, not per request, and once
+        more each time what answers for it changes (a gateway's 503, then its 502, or no
+        connection at all), at most once a flush."""
         recorded = self.outage_recorded
         if recorded is not None and (self.outage_from != recorded
                                      or self.answered_sent >= recorded):
             self.outage_recorded = None  # over (or another began, recorded below)
         if self.outage_recorded is None and down_s >= 1.0:
             self.outage_recorded = self.outage_from
+        by = (self.refused_by, self.refused_cut)
         if self.outage_recorded == recorded and (recorded is None
-                                                 or self.refused_by == self.outage_recorded_by):
+                                                 or by == self.outage_recorded_by):
             return
-        self.outage_recorded_by = self.refused_by
+        self.outage_recorded_by = by
         last_run = self.plan.job_meta.get("last_run")
         if not isinstance(last_run, dict):
             return
@@ -3513,6 +3532,7 @@ class _Run:
             waits = self.outage_s > 0 and (bool(self.refused_by) or self.counts.connect_wait)
             last_run["outage"] = {"since_s": round(time.time() - down_s, 3),
                                   "by": printable(self.refused_by, 120),
+                                  "cut": self.refused_cut,
                                   "wait_s": self.outage_s if waits else None}
         with suppress(BatchrunnerError, OSError):  # a full disk: the journal's write says so
             _write_meta(self.plan)
@@ -3749,6 +3769,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
         summary.cut_unanswered = run.counters["cut_unanswered"]
+        summary.cut_left = run.counters["cut_waiting"]
         summary.rate_limited = run.counters["http_429"]
         if run.counts.resumed:  # the job's cost holds earlier runs' rows: this run's apart
             summary.run_cost_usd = run.counts.cost_usd
@@ -3843,6 +3864,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
         summary.cut_unanswered = run.counters["cut_unanswered"]
+        summary.cut_left = run.counters["cut_waiting"]
         summary.rate_limited = run.counters["http_429"]
         summary.simulated = run.simulated
         summary.force_to_rerun = _force_to_rerun(plan)
@@ -4100,8 +4122,16 @@ def format_summary(s: RunSummary) -> str:
             notes.append("none could connect" if s.not_connected == s.sent
                          else f"{s.not_connected:,} could not connect")
         if s.cut_unanswered:
-            notes.append(f"{s.cut_unanswered:,} cut unanswered while the endpoint answered "
-                         "nothing, and sent again")
+            cut = f"{s.cut_unanswered:,} cut unanswered while the endpoint answered nothing"
+            rows = "its row is" if s.cut_left == 1 else "their rows are"
+            if not s.cut_left:
+                cut += ", and sent again"
+            elif s.cut_left < s.cut_unanswered:
+                cut += (f", and sent again but the last {s.cut_left:,}: {rows} sent on the "
+                        "next run")
+            else:
+                cut += f": {rows} sent on the next run"
+            notes.append(cut)
         if s.rate_limited:  # a slow run says why: a storm of 429s, waited out
             notes.append(f"{s.rate_limited:,} answered 429, rate limited")
         if s.simulated:

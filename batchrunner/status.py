@@ -575,8 +575,9 @@ def _epoch(last_run: Any) -> float | None:
 def _outage(outage: Any, now: float) -> str:
     """What job.json says of the outage a run in progress waits out (its last_run's
     ``outage``, there from when the run starts to show one until the endpoint answers again):
-    how long the endpoint has not answered, what its gateway answers meanwhile, and how long
-    the run waits for it; "" if none."""
+    how long the endpoint has not answered, what its gateway answers meanwhile (or that its
+    connections are taken and closed unanswered: ``cut``), and how long the run waits for it;
+    "" if none."""
     if not isinstance(outage, dict):
         return ""
     since, by, wait_s = outage.get("since_s"), outage.get("by"), outage.get("wait_s")
@@ -584,7 +585,8 @@ def _outage(outage: Any, now: float) -> str:
         return ""
     line = (f"  the endpoint has not answered for {max(0.0, now - since):.0f} s "
             + (f"(only its gateway, with {by})" if isinstance(by, str) and by
-               else "(no connection to it)"))
+               else "(its connections taken, then closed unanswered)"
+               if outage.get("cut") is True else "(no connection to it)"))
     if isinstance(wait_s, int | float) and not isinstance(wait_s, bool) and wait_s > 0:
         line += f"; the run waits up to {duration(wait_s)} for it, then stops"
     return line

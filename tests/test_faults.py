@@ -16,6 +16,8 @@ import json
 import math
 import os
 import random
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -1295,6 +1297,81 @@ async def test_a_box_restarting_behind_a_port_that_takes_and_drops_connections_f
     assert any(line.endswith(", its connections taken, then closed unanswered; the job waits "
                              "2.5 s for it to come back, then stops)") for line in lines), lines
     assert not any("no connection" in line for line in lines), lines
+    # Stopped on that outage, the run sent its last cut requests' rows no more: the next run
+    # sends them (the summary said every one was "sent again").
+    said = format_summary(s)
+    assert 0 < s.cut_left <= min(s.pending, s.cut_unanswered), s
+    assert f"{s.cut_unanswered} cut unanswered while the endpoint answered nothing" in said
+    assert (f"{'its row is' if s.cut_left == 1 else 'their rows are'} sent on the next run"
+            in said and ", and sent again)" not in said), said
+
+
+@pytest.mark.anyio
+async def test_a_sigterm_while_a_box_cuts_its_connections_says_what_it_did(
+        tmp_path: Path) -> None:
+    """The box restarting behind a port that takes connections and closes them unanswered,
+    and the scheduler's SIGTERM while the job waits for it: the stop said "no connection to
+    it", and so did status beside the run meanwhile, where the endpoint took every
+    connection; and the summary said the cut requests were "sent again", where the last ones'
+    rows were left to the next run. Each now says what the endpoint did, as the progress
+    does."""
+    n = 40
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+    out = tmp_path / "out"
+    answered = 0
+
+    async def box(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal answered
+        body = await request.json()
+        if answered >= 10:  # down for good: taken, then closed, no answer
+            assert request.transport is not None
+            request.transport.abort()
+            raise web.HTTPServiceUnavailable()  # not sent: the connection is gone
+        answered += 1
+        return web.json_response(completion(body, "hi"))
+
+    runner, port = await serve_on_loopback(box)
+    shown = ""
+    summary: list[RunSummary] = []
+
+    async def nightly() -> None:
+        summary.append(await run_job(
+            job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, concurrency=4,
+                    outage_wait_s=120),
+            RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3), progress="none",
+                       drain_s=1.0)))
+
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(nightly)
+                for _ in range(RUN_LIMIT_S * 20):  # until status shows the outage (~1 s)
+                    await anyio.sleep(0.05)
+                    if (out / "job.json").exists() and "has not answered" in (
+                            shown := format_status(out)):
+                        break
+                else:
+                    raise AssertionError(shown)
+                os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        await runner.cleanup()
+    line = next(x for x in shown.splitlines() if "has not answered" in x)
+    assert re.fullmatch(r"  the endpoint has not answered for \d+ s \(its connections taken, "
+                        r"then closed unanswered\); the run waits up to 2 min for it, then "
+                        r"stops", line), line
+    s = summary[0]
+    assert s.exit_code == 4 and s.stopped and (s.ok, s.failed) == (10, 0), s
+    assert re.fullmatch(r"interrupted by SIGTERM while the endpoint was waited for: no answer "
+                        r"from it for \d+\.\d s, its connections taken, then closed "
+                        r"unanswered \(it answered in this run, so it was waited for, 2 min at "
+                        r"most\); finished rows are saved — run the same command to resume",
+                        s.stopped), s.stopped
+    said = format_summary(s)
+    assert 0 < s.cut_left <= min(s.pending, s.cut_unanswered), s
+    assert ", and sent again)" not in said and "sent on the next run" in said, said
+    shown = format_status(out)
+    assert f"stopped {json.loads((out / 'job.json').read_text())['last_run']['finished_at']}: " \
+        f"{s.stopped}" in shown, shown
 
 
 @pytest.mark.anyio
