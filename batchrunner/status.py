@@ -229,9 +229,13 @@ def format_status(out_dir: Path) -> str:
                 lines.append(outage)
     elif isinstance(last, dict) and last.get("started_at"):
         # The command that finishes the job, for whoever did not write it (only its crontab
-        # knew): the job file's run, or the options, that job.json keeps.
-        rerun = rerun_command(meta, out_dir, answered=state.ok > 0)
+        # knew): the job file's run, or the options, that job.json keeps. After a stop for rows
+        # failing, or refused, alike, with the failed rows to send again once that is fixed.
         to_do = max(0, total - ok - failed)
+        kind = last.get("stop_kind") if last.get("finished_at") else None
+        fix_first = bool(to_do or failed) and kind in ("fix_first", "wait_first")
+        rerun = rerun_command(meta, out_dir, answered=state.ok > 0,
+                              extra=("--retry-failed",) if fix_first and failed else ())
         if not last.get("finished_at"):
             free = free_bytes(out_dir)
             # A full disk stopped it, unsaid (job.json could not be written either): the one
@@ -264,17 +268,14 @@ def format_status(out_dir: Path) -> str:
                              f"batchrunner report {shlex.quote(str(out_dir))}")
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
-        kind = last.get("stop_kind") if last.get("finished_at") else None
         if rerun and to_do and kind == "budget":
             # The same command stops again at once: the job's spend so far counts.
             lines.append(f"  to finish, {count_rows(to_do)} to do: raise max_cost_usd "
                          "(--max-cost), which the job's cost so far counts against (batchrunner "
                          f"estimate tells what the rows left cost), then: {rerun}")
-        elif rerun and (to_do or failed) and kind in ("fix_first", "wait_first"):
+        elif rerun and fix_first:
             # Its rows failed, or were refused, alike: sent as they are, the rows left fail
             # so too. The endpoint's errors (a server error on every try) leave nothing to fix.
-            rerun = rerun_command(meta, out_dir, answered=state.ok > 0,
-                                  extra=("--retry-failed",) if failed else ())
             first = ("once the endpoint has recovered (what stopped it, above)"
                      if kind == "wait_first" else "fix what stopped it (above)")
             # Nothing left to send (its last rows were the ones failing): the failed to retry.
@@ -363,8 +364,10 @@ def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True,
     if not isinstance(options, dict):
         options = {}
     if held := [option_name(k) for k, v in options.items() if v == KEY_HELD_BACK]:
-        return (f"{_AGAIN} ({' and '.join(held)} "
-                f"{'is' if len(held) == 1 else 'are'} not kept: "
+        # No command to show, but what to add to those options all the same.
+        added = (*(("--force",) if reruns_forced(meta, answered=answered) else ()), *extra)
+        return (f"{_AGAIN}{' and ' + ' '.join(added) if added else ''} "
+                f"({' and '.join(held)} {'is' if len(held) == 1 else 'are'} not kept: "
                 f"{'its value holds' if len(held) == 1 else 'their values hold'} the API key)")
     args = ["batchrunner", "run"]
     if isinstance(job_file, str) and job_file != "command line":

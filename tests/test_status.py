@@ -366,6 +366,38 @@ def test_status_names_no_command_that_would_not_resume_for_an_option_holding_the
             ) in format_status(tmp_path / "out")
 
 
+def test_status_after_rows_failing_alike_says_to_retry_them_where_it_names_no_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows all failing alike stopped the job, which an option holding the key (a local
+    server's stand-in "ollama" in the input's name) leaves with no command to name: status
+    said to fix what stopped it, then run the job again with the options it was given, which
+    left the failed rows failed (the command it names elsewhere has --retry-failed)."""
+    from batchrunner.simulator import SimulatorConfig, SimulatorThread
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "ollama")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    (tmp_path / "ollama.csv").write_text(
+        "id,text\n" + "".join(f"{i},row {i} [[sim:400]]\n" for i in range(40)))
+    with SimulatorThread(SimulatorConfig(latency_ms=1)) as sim:
+        assert main(["run", "--input", "ollama.csv", "--id-column", "id", "--model",
+                     "gpt-4o-mini", "--prompt", "{text}", "--base-url", sim.base_url,
+                     "--output", "out", "--concurrency", "2", "--progress", "none"]) == 4
+    text = format_status(tmp_path / "out")
+    finish = [x for x in text.splitlines() if x.startswith("  to finish, ")]
+    assert len(finish) == 1 and re.fullmatch(
+        r"  to finish, \d+ rows to do and \d+ failed: fix what stopped it \(above\), then: "
+        r"run the job again with the options it was given and --retry-failed \(--input is "
+        r"not kept: its value holds the API key\)", finish[0]), text
+    # Rows answered by batchrunner simulate at a URL: the rerun is refused without --force,
+    # which it said nothing of either.
+    meta = json.loads((tmp_path / "out" / "job.json").read_text())
+    meta["simulator"] = True
+    assert rerun_command(meta, tmp_path / "out", extra=("--retry-failed",)) == (
+        "run the job again with the options it was given and --force --retry-failed (--input "
+        "is not kept: its value holds the API key)")
+
+
 def test_status_shows_the_search_billed_apart_from_tokens_as_the_report_does(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reports show what search billed apart from tokens cost ("of which search"); status
