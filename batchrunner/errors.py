@@ -126,7 +126,13 @@ class AccountError(StopJob):
 
 
 class BudgetExceeded(StopJob):
-    """Sending more could pass the job's ``max_cost_usd``."""
+    """Sending more could pass the job's ``max_cost_usd``. ``price_missing``: the budget
+    cannot be kept, as a model (or its search) has no price: the job needs one, not a larger
+    budget."""
+
+    def __init__(self, message: str, *, price_missing: bool = False) -> None:
+        super().__init__(message)
+        self.price_missing = price_missing
 
 
 class Unreachable(StopJob):

@@ -2177,7 +2177,7 @@ class _Run:
             self.stop(BudgetExceeded(
                 f"max_cost_usd is set but no price is known for model {model!r}; add "
                 f"[prices.\"{model}\"] to a job file (prices are set only there) so the "
-                "budget can be kept"))
+                "budget can be kept", price_missing=True))
         elif self.spent + self.reserved + est > self.budget:
             held = (f" and {format_usd(self.reserved)} held for the requests in flight"
                     if self.reserved else "")
@@ -3327,7 +3327,8 @@ class _Run:
             price = "search_unit (USD per unit)"
         self.stop(BudgetExceeded(
             f"max_cost_usd is set but model {model!r} {what} and no price is known for it; "
-            f"add {price} to [prices.\"{model}\"] in a job file so the budget can be kept"))
+            f"add {price} to [prices.\"{model}\"] in a job file so the budget can be kept",
+            price_missing=True))
 
     def _unpriced_reply(self, item: _Work, estimate: float) -> None:
         """A reply with no usage to price (a gateway that leaves it out): it was paid for all
@@ -3788,10 +3789,12 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         if not moved and isinstance(run.stop_error, BudgetExceeded | AllFailing | SettingRefused):
             # The same command stops again (the job's spend counts against the budget; the
             # rows fail, or are refused, as those were): status says what to do first.
+            # A price missing for the budget is a fix, not a budget to raise.
+            error = run.stop_error
             last_run["stop_kind"] = (
-                "budget" if isinstance(run.stop_error, BudgetExceeded)
-                else "wait_first" if isinstance(run.stop_error, AllFailing)
-                and run.stop_error.endpoint_down else "fix_first")
+                "budget" if isinstance(error, BudgetExceeded) and not error.price_missing
+                else "wait_first" if isinstance(error, AllFailing) and error.endpoint_down
+                else "fix_first")
         if summary.sent:  # the report's wall time and counters: of the last run that sent
             counters = dict(run.counters)
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})

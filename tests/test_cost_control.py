@@ -248,6 +248,12 @@ async def test_budget_with_an_unknown_price_stops_at_once(tmp_path: Path) -> Non
         s = await run_job(job, FAST)
         assert s.exit_code == 4 and s.stopped and "my-private-model" in s.stopped
         assert sim.stats()["requests"] == 0
+    # status said to raise max_cost_usd, then rerun: the same stop again, whatever the budget.
+    finish = next(x for x in format_status(tmp_path / "out").splitlines()
+                  if x.startswith("  to finish, "))
+    assert finish.startswith("  to finish, 10 rows to do: fix what stopped it (above), then: "
+                             "batchrunner run "), finish
+    assert "max_cost_usd" not in finish, finish
 
 
 @pytest.mark.anyio
