@@ -330,8 +330,9 @@ def _changed_since(meta: dict[str, Any]) -> list[str]:
 _PATH_OPTIONS = ("input", "output", "schema_file")
 # What job.json keeps of an option whose value holds the API key (a URL's path, say).
 KEY_HELD_BACK = "<not kept: it holds the API key>"
-# What status says for a job with such an option, in place of a command that would not resume it.
-_AGAIN = "run the job again with the options it was given"
+# What status says for a job with such an option, in place of a command that would not resume it
+# ("run the job file F again (from D) with the options it was given" for a job file's).
+_AGAIN = "run the job "
 
 
 def resume_advice(rerun: str) -> str:
@@ -364,9 +365,14 @@ def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True,
     if not isinstance(options, dict):
         options = {}
     if held := [option_name(k) for k, v in options.items() if v == KEY_HELD_BACK]:
-        # No command to show, but what to add to those options all the same.
+        # No command to show, but its job file and directory, and what to add to its options.
         added = (*(("--force",) if reruns_forced(meta, answered=answered) else ()), *extra)
-        return (f"{_AGAIN}{' and ' + ' '.join(added) if added else ''} "
+        cwd = command.get("cwd")
+        what = "again" if not isinstance(job_file, str) or job_file == "command line" else (
+            f"file {shlex.quote(job_file)} again" + (f" (from {shlex.quote(cwd)})" if isinstance(
+                cwd, str) and os.path.realpath(cwd) != os.path.realpath(os.getcwd()) else ""))
+        return (f"{_AGAIN}{what} with the options it was given"
+                f"{' and ' + ' '.join(added) if added else ''} "
                 f"({' and '.join(held)} {'is' if len(held) == 1 else 'are'} not kept: "
                 f"{'its value holds' if len(held) == 1 else 'their values hold'} the API key)")
     args = ["batchrunner", "run"]

@@ -396,6 +396,12 @@ def test_status_after_rows_failing_alike_says_to_retry_them_where_it_names_no_co
     assert rerun_command(meta, tmp_path / "out", extra=("--retry-failed",)) == (
         "run the job again with the options it was given and --force --retry-failed (--input "
         "is not kept: its value holds the API key)")
+    # A job file's (a crontab's): which file, from which directory, as its command would say.
+    meta.update(job_file="/srv/enrich/jobs/tickets.toml", simulator=False)
+    meta["command"]["cwd"] = "/srv/enrich"
+    assert rerun_command(meta, tmp_path / "out") == (
+        "run the job file /srv/enrich/jobs/tickets.toml again (from /srv/enrich) with the "
+        "options it was given (--input is not kept: its value holds the API key)")
 
 
 def test_status_shows_the_search_billed_apart_from_tokens_as_the_report_does(
