@@ -2181,10 +2181,13 @@ class _Run:
         elif self.spent + self.reserved + est > self.budget:
             held = (f" and {format_usd(self.reserved)} held for the requests in flight"
                     if self.reserved else "")
+            # Given on the command line, it is what to raise: the job file's is overridden.
+            where = ("--max-cost" if "max_cost_usd" in self.plan.job.options
+                     else "it (or --max-cost)")
             self.stop(BudgetExceeded(
                 "budget reached: the next request could pass max_cost_usd "
                 f"{format_budget(self.budget)} ({format_usd(self.spent)} spent{held} when it "
-                "stopped); raise it (or --max-cost) and rerun to continue"))
+                f"stopped); raise {where} and rerun to continue"))
         else:
             self.reserved += est
             return est

@@ -269,10 +269,14 @@ def format_status(out_dir: Path) -> str:
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
         if rerun and to_do and kind == "budget":
-            # The same command stops again at once: the job's spend so far counts.
-            lines.append(f"  to finish, {count_rows(to_do)} to do: raise max_cost_usd "
-                         "(--max-cost), which the job's cost so far counts against (batchrunner "
-                         f"estimate tells what the rows left cost), then: {rerun}")
+            # The same command stops again at once: the job's spend so far counts. A budget
+            # the command gives is the one to raise (the job file's is overridden).
+            given = _given(meta, "max_cost_usd")
+            what = ("max_cost_usd (--max-cost)" if given is None else
+                    f"the command's --max-cost {_option_args({'max_cost_usd': given})[-1]}")
+            lines.append(f"  to finish, {count_rows(to_do)} to do: raise {what}, which the "
+                         "job's cost so far counts against (batchrunner estimate tells what the "
+                         f"rows left cost), then: {rerun}")
         elif rerun and fix_first:
             # Its rows failed, or were refused, alike: sent as they are, the rows left fail
             # so too. The endpoint's errors (a server error on every try) leave nothing to fix.
@@ -290,6 +294,13 @@ def format_status(out_dir: Path) -> str:
                          f"({', '.join(changed_now)}): a run is refused (exit 2) unless given "
                          "--force, which sends the rows left with the new ones")
     return "\n".join(lines)
+
+
+def _given(meta: dict[str, Any], name: str) -> Any:
+    """The value of the option ``name`` (OVERRIDES') the job's last run was given, or None."""
+    command = meta.get("command")
+    options = command.get("options") if isinstance(command, dict) else None
+    return options.get(name) if isinstance(options, dict) else None
 
 
 def _changed_since(meta: dict[str, Any]) -> list[str]:

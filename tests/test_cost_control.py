@@ -222,12 +222,14 @@ async def test_budget_stops_before_passing_and_rerun_with_more_continues(tmp_pat
         sent = sim.stats()["requests"]
         assert 0 < sent < 199
         # The command status names to finish the job stops again at once (the job's spend
-        # counts against the budget): it says to raise the budget first.
+        # counts against the budget): it says to raise the budget first, the command's own
+        # (--max-cost overrides the job file's max_cost_usd, which the stop named too).
+        assert s.stopped.endswith("; raise --max-cost and rerun to continue"), s.stopped
         finish = next(x for x in format_status(tmp_path / "out").splitlines()
                       if x.startswith("  to finish, "))
-        assert ("to do: raise max_cost_usd (--max-cost), which the job's cost so far counts "
+        assert ("to do: raise the command's --max-cost 1, which the job's cost so far counts "
                 "against (batchrunner estimate tells what the rows left cost), then: "
-                "batchrunner run ") in finish, finish
+                "batchrunner run ") in finish and finish.endswith(" --max-cost 1"), finish
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 100.0})
         s = await run_job(job, FAST)
         assert s.exit_code == 3  # the empty-prompt row is the one failure
