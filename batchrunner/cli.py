@@ -17,6 +17,7 @@ import ctypes
 import difflib
 import gc
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -390,8 +391,23 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     # The command it names to go on (the job's, again) is refused without --force where a run's
     # would be: the summary says so as the run's did.
     summary.force_to_rerun = reruns_forced(plan.job_meta)
+    kind = last.get("stop_kind") if isinstance(last, dict) and last.get("finished_at") else None
+    if kind in _FIRST:  # the same command stops again until this is done: status's advice
+        status = f"batchrunner status {shlex.quote(str(ns.out_dir))}"
+        summary.first = _FIRST[kind].format(status=status)
+        summary.retry_failed = kind != "budget" and summary.failed > 0
     say(format_summary(summary), sys.stdout)
     return summary.exit_code
+
+
+# What to do before rerunning a job whose last run stopped so (job.json's last_run stop_kind).
+_FIRST = {
+    "budget": "raise max_cost_usd (--max-cost), which the job's cost so far counts against and "
+              "the last run stopped at ({status} names the command)",
+    "fix_first": "fix what stopped the last run ({status} says what, and names the command)",
+    "wait_first": "wait for the endpoint to recover from what stopped the last run ({status} says "
+                  "what, and names the command)",
+}
 
 
 def _input_gone(out_dir: Path, error: InputError) -> UsageError:

@@ -341,6 +341,10 @@ class RunSummary:
     # A run stopped by a write that failed (a full disk): what is saved and what to do, each a
     # line of its own (``stopped_unwritten``).
     unwritten: list[str] = field(default_factory=list)
+    # ``report`` after a stop the same command would meet again (a budget, rows failing
+    # alike): what to do before rerunning, and whether the failed rows go with --retry-failed.
+    first: str = ""
+    retry_failed: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -4162,7 +4166,12 @@ def format_summary(s: RunSummary) -> str:
                          "sent again on the next run")
         lines.extend(f"  {line}" for line in s.unwritten)
     elif s.pending and not s.limited:
-        lines.append("  rerun the job to send the rows not done yet")
+        lines.append(f"  {s.first + ', then ' if s.first else ''}rerun the job"
+                     f"{' with --retry-failed' if s.retry_failed else ''} to send the rows not "
+                     "done yet" + (" and the failed rows again" if s.retry_failed else ""))
+    elif s.failed and s.retry_failed:
+        lines.append(f"  {s.first}, then rerun the job with --retry-failed to send the failed "
+                     "rows again")
     elif s.failed:
         lines.append(f"  {retry_advice(s.error_types)}")
     if s.limited and s.limit and not s.stopped:

@@ -209,7 +209,8 @@ def costly_job(tmp_path: Path, inp: Path, *, max_tokens: int | None, concurrency
 
 
 @pytest.mark.anyio
-async def test_budget_stops_before_passing_and_rerun_with_more_continues(tmp_path: Path) -> None:
+async def test_budget_stops_before_passing_and_rerun_with_more_continues(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     costly_job(tmp_path, make_input(tmp_path, 200), max_tokens=20, concurrency=4)
     async with Simulator(SimulatorConfig(reply_tokens=20)) as sim:
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 1.0})
@@ -230,6 +231,13 @@ async def test_budget_stops_before_passing_and_rerun_with_more_continues(tmp_pat
         assert ("to do: raise the command's --max-cost 1, which the job's cost so far counts "
                 "against (batchrunner estimate tells what the rows left cost), then: "
                 "batchrunner run ") in finish and finish.endswith(" --max-cost 1"), finish
+        # So does report's summary, where it said only to rerun the job.
+        capsys.readouterr()
+        assert main(["report", str(tmp_path / "out")]) == 4
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            "  raise max_cost_usd (--max-cost), which the job's cost so far counts against and "
+            f"the last run stopped at (batchrunner status {tmp_path / 'out'} names the command), "
+            "then rerun the job to send the rows not done yet")
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 100.0})
         s = await run_job(job, FAST)
         assert s.exit_code == 3  # the empty-prompt row is the one failure

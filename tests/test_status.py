@@ -367,7 +367,8 @@ def test_status_names_no_command_that_would_not_resume_for_an_option_holding_the
 
 
 def test_status_after_rows_failing_alike_says_to_retry_them_where_it_names_no_command(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """Rows all failing alike stopped the job, which an option holding the key (a local
     server's stand-in "ollama" in the input's name) leaves with no command to name: status
     said to fix what stopped it, then run the job again with the options it was given, which
@@ -389,6 +390,13 @@ def test_status_after_rows_failing_alike_says_to_retry_them_where_it_names_no_co
         r"  to finish, \d+ rows to do and \d+ failed: fix what stopped it \(above\), then: "
         r"run the job again with the options it was given and --retry-failed \(--input is "
         r"not kept: its value holds the API key\)", finish[0]), text
+    # report's summary said only "rerun the job to send the rows not done yet".
+    capsys.readouterr()
+    assert main(["report", "out"]) == 4
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  fix what stopped the last run (batchrunner status out says what, and names the "
+        "command), then rerun the job with --retry-failed to send the rows not done yet and the "
+        "failed rows again")
     # Rows answered by batchrunner simulate at a URL: the rerun is refused without --force,
     # which it said nothing of either.
     meta = json.loads((tmp_path / "out" / "job.json").read_text())
