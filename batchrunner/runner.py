@@ -380,7 +380,7 @@ class _Work:
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # sent again for its record (--retry-failed, ...), not changed text
     # Its latest request was cut unanswered in an outage (``cut_unanswered``), and the row has
-    # not been sent again nor finished since: ``cut_waiting`` counts the rows so.
+    # not been sent again nor finished since: ``cut_left`` counts the rows so.
     cut: bool = False
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
@@ -2027,7 +2027,7 @@ class _Run:
             if outcome is not None:
                 if item.cut:  # failed at its cut (a try of its own): not to send again
                     item.cut = False
-                    self.counters["cut_waiting"] -= 1
+                    self.counters["cut_left"] -= 1
                 self.spent += outcome.cost_usd or 0.0
                 self.record(outcome)
                 self._finished_one()
@@ -2280,7 +2280,7 @@ class _Run:
             sent_as = self.counters["sent"] = self.counters["sent"] + 1
             if item.cut:  # sent again after a cut
                 item.cut = False
-                self.counters["cut_waiting"] -= 1
+                self.counters["cut_left"] -= 1
             sent_at = time.perf_counter()
             if not item.started:
                 item.started = sent_at
@@ -2390,7 +2390,7 @@ class _Run:
                     cut = True
                     self.counters["cut_unanswered"] += 1
                     item.cut = True  # until it is sent again
-                    self.counters["cut_waiting"] += 1
+                    self.counters["cut_left"] += 1
                     self._refused(item)
                     self.refused_by = ""
                     self.refused_cut = True
@@ -3777,7 +3777,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
         summary.cut_unanswered = run.counters["cut_unanswered"]
-        summary.cut_left = run.counters["cut_waiting"]
+        summary.cut_left = run.counters["cut_left"]
         summary.rate_limited = run.counters["http_429"]
         if run.counts.resumed:  # the job's cost holds earlier runs' rows: this run's apart
             summary.run_cost_usd = run.counts.cost_usd
@@ -3874,7 +3874,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         summary.sent = run.counters["sent"]
         summary.not_connected = run.counters["not_connected"]
         summary.cut_unanswered = run.counters["cut_unanswered"]
-        summary.cut_left = run.counters["cut_waiting"]
+        summary.cut_left = run.counters["cut_left"]
         summary.rate_limited = run.counters["http_429"]
         summary.simulated = run.simulated
         summary.force_to_rerun = _force_to_rerun(plan)
