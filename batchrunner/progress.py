@@ -146,7 +146,9 @@ def _compact_parts(c: Counts) -> list[tuple[int, str]]:
     if c.rows_out:
         parts.append((3, f"failing={c.server_errors:,}"))
     if c.unreachable_s >= 1:  # as it is while the endpoint cannot be reached
-        status = c.unreachable_by.split(":", 1)[0].removeprefix("HTTP ")
+        # What answers for it: its gateway's status, or its connections cut unanswered.
+        status = c.unreachable_by.split(":", 1)[0].removeprefix("HTTP ") or (
+            "cut" if c.unreachable_cut else "")
         parts.append((3, f"unreachable={c.unreachable_s:.0f}s" + (f" ({status})" if status
                                                                    else "")))
     parts.append((6, f"tokens={short_number(c.tokens)}"))

@@ -510,6 +510,7 @@ def test_progress_says_how_long_the_endpoint_has_been_unreachable() -> None:
     # Its port takes connections and closes them (a container up before its server): not
     # "no connection".
     c.unreachable_cut, c.outage_s, c.connect_wait = True, 300.0, True
+    assert _postfix(c, compact=True) == "ok=5 unreachable=42s (cut) tokens=0 cost=$0.0000"
     assert _postfix(c).endswith("cost=$0.0000 (no answer from the endpoint for 42 s, its "
                                 "connections taken, then closed unanswered; the job waits 5 min "
                                 "for it to come back, then stops)")
