@@ -968,13 +968,20 @@ def _schema_format(path: Path, what: str) -> dict[str, Any]:
         spec = {"name": name or "answer", "schema": schema}
     from jsonschema.exceptions import SchemaError
 
-    from batchrunner.structured import validator_class  # only jobs with a schema pay for it
+    from batchrunner.structured import (  # only jobs with a schema pay for it
+        dangling_ref,
+        dangling_text,
+        schema_error_text,
+        validator_class,
+    )
 
     try:
         validator_class(spec["schema"]).check_schema(spec["schema"])
     except SchemaError as e:  # named here as the file it is, not as [request] response_format
         raise ConfigError(f"{what} {path}: not a valid JSON Schema: "
-                          f"{_one_line(e.message)}") from None
+                          f"{_one_line(schema_error_text(e))}") from None
+    if (ref := dangling_ref(spec["schema"])) is not None:
+        raise ConfigError(f"{what} {path}: {dangling_text(ref)}")
     return {"type": "json_schema", "json_schema": spec}
 
 

@@ -37,6 +37,7 @@ import re
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote
 
 import orjson
 import pyarrow as pa
@@ -45,10 +46,11 @@ from batchrunner.arrow import typed_array
 from batchrunner.errors import ConfigError
 
 if TYPE_CHECKING:
+    from jsonschema.exceptions import SchemaError
     from jsonschema.protocols import Validator
 
-__all__ = ["COLUMN_PREFIX", "StructuredOutput", "loads_reply", "structured_output",
-           "unfenced", "validator_class"]
+__all__ = ["COLUMN_PREFIX", "StructuredOutput", "dangling_ref", "dangling_text", "loads_reply",
+           "schema_error_text", "structured_output", "unfenced", "validator_class"]
 
 COLUMN_PREFIX = "json_"
 _DECODER = json.JSONDecoder()
@@ -203,6 +205,78 @@ def _local(ref: str, root: Mapping[str, Any]) -> Any:
     return node
 
 
+# Keywords whose values are data, not schemas: a "$ref" key inside them is no reference.
+_DATA_KEYWORDS = frozenset({"const", "default", "enum", "examples"})
+_SCHEMA_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
+
+
+def dangling_ref(schema: Mapping[str, Any]) -> str | None:
+    """The first ``$ref`` of ``schema`` that points to nothing in it, of those that can be told
+    before a reply reaches them: a JSON pointer into the schema (``#/$defs/Label``), in a
+    schema where no part sets an ``$id`` of its own (which would change what the pointers
+    below it are read against); None when each of them points somewhere. A reply that reached
+    such a ``$ref`` could not be checked (``schema_error``), whatever it held."""
+    refs: list[str] = []
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            if node is not schema and "$id" in node:
+                return None
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/"):
+                refs.append(ref)
+            stack.extend(v for k, v in node.items() if k not in _DATA_KEYWORDS)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return next((ref for ref in refs if not _points_somewhere(ref, schema)), None)
+
+
+def _points_somewhere(ref: str, root: Mapping[str, Any]) -> bool:
+    """Whether the JSON pointer of ``ref`` (``#/$defs/Label``, percent-encoded or not) names a
+    part of ``root``."""
+    node: Any = root
+    for part in unquote(ref[2:]).split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
+def dangling_text(ref: str) -> str:
+    """The line that refuses a schema for its ``$ref`` that points nowhere (``dangling_ref``)."""
+    return (f"its $ref {ref!r} points to nothing in the schema, so no reply that reaches it "
+            "could be checked — point it at a part the schema has (as #/$defs/Name names "
+            "Name in its $defs)")
+
+
+def schema_error_text(error: SchemaError) -> str:
+    """What JSON Schema refuses of a schema, in a line that says where in it (``at
+    properties/label/type: ...``); a ``type`` that names no JSON Schema type lists those
+    there are."""
+    path = list(error.path)
+    where = f"at {'/'.join(str(p) for p in path)}: " if path else ""
+    value = error.instance
+    # A property named "type" holds a schema, not a type: its own error is said as it is.
+    if path and path[-1] == "type" and (len(path) < 2 or path[-2] not in _NAMED_SCHEMAS):
+        named = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        unknown = [t for t in named if isinstance(t, str) and t not in _SCHEMA_TYPES]
+        if unknown:
+            return (f"{where}{', '.join(repr(t) for t in unknown)} "
+                    f"{'is not a type' if len(unknown) == 1 else 'are not types'} JSON Schema "
+                    f"has (its types: {', '.join(_SCHEMA_TYPES)})")
+    return f"{where}{' '.join(error.message.split())}"
+
+
+# Keywords that map names to schemas: their keys are names, not keywords.
+_NAMED_SCHEMAS = frozenset({"$defs", "definitions", "dependentSchemas", "patternProperties",
+                            "properties"})
+
+
 def _referred(root: Mapping[str, Any]) -> Mapping[str, Any]:
     """The schema ``root``'s top level: the definition a top-level local ``$ref`` points to
     (``{"$ref": "#/definitions/Ticket", "definitions": {...}}``, as zod-to-json-schema writes
@@ -348,13 +422,17 @@ class StructuredOutput:
             except SchemaError as e:
                 if tool is None:
                     raise ConfigError(f"{_where(body, 'response_format')}: the JSON schema is "
-                                      f"not valid: {e.message}") from None
+                                      f"not valid: {schema_error_text(e)}") from None
                 # The schema is the model's to read: a provider may take what JSON Schema
                 # does not (Gemini's upper-case types). Only "a JSON object" is checked.
                 self.warning = (f"the parameters of the function {tool!r} are not a JSON schema "
-                                f"batchrunner can check ({e.message}); its arguments are only "
-                                "checked to be a JSON object")
+                                f"batchrunner can check ({schema_error_text(e)}); its arguments "
+                                "are only checked to be a JSON object")
                 return
+            if (ref := dangling_ref(schema)) is not None:
+                what = (_where(body, "response_format") if tool is None
+                        else f"{_where(body, 'tools')}: the parameters of the function {tool!r}")
+                raise ConfigError(f"{what}: {dangling_text(ref)}")
             self.validator = validator(schema)
             self._schema = schema
             self._top = _referred(schema)

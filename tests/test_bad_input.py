@@ -474,7 +474,42 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.write("ticket.schema.json", '{"type": "object", "required": "name"}')
     body = GOOD_JOB.replace("[request]\n", '[request]\nschema_file = "ticket.schema.json"\n')
     return c.job(body), ["job.toml", "[request] schema_file", "ticket.schema.json",
-                         "not a valid JSON Schema: 'name' is not of type 'array'"]
+                         "not a valid JSON Schema: at required: 'name' is not of type 'array'"]
+
+
+@case("schema_file whose $ref points nowhere")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was sent: every reply came back failed schema_error ("its $ref ... points nowhere"),
+    # each one paid for.
+    c.good_csv()
+    c.write("ticket.schema.json", json.dumps({
+        "type": "object", "properties": {"label": {"$ref": "#/$defs/Label"}},
+        "definitions": {"Label": {"enum": ["bug", "billing"]}}}))
+    body = GOOD_JOB.replace("[request]\n", '[request]\nschema_file = "ticket.schema.json"\n')
+    return c.job(body), ["job.toml", "[request] schema_file", "ticket.schema.json",
+                         "$ref '#/$defs/Label' points to nothing in the schema"]
+
+
+@case("schema_file with a type JSON Schema does not have")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was "'str' is not valid under any of the given schemas", naming neither where nor why.
+    c.good_csv()
+    c.write("ticket.schema.json", '{"type": "object", "properties": {"label": {"type": "str"}}}')
+    return c.args(c.tmp / "good.csv", "--schema-file", "ticket.schema.json"), [
+        "--schema-file ticket.schema.json: not a valid JSON Schema: at properties/label/type: "
+        "'str' is not a type JSON Schema has (its types: array, boolean, integer, null, "
+        "number, object, string)"]
+
+
+@case("[request] response_format whose $ref points nowhere")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.good_csv()
+    body = GOOD_JOB.replace("[output]", """\
+[request.response_format]
+type = "json_schema"
+json_schema = { name = "t", schema = { properties = { a = { "$ref" = "#/$defs/A" } } } }
+[output]""")
+    return c.job(body), ["[request] response_format: its $ref '#/$defs/A' points to nothing"]
 
 
 @case("messages in [request.extra]")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -16,7 +18,7 @@ from batchrunner.errors import ConfigError
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
-from batchrunner.structured import StructuredOutput, structured_output, unfenced
+from batchrunner.structured import StructuredOutput, dangling_ref, structured_output, unfenced
 from tests.servers import run_job_file
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
@@ -181,12 +183,65 @@ def test_a_tool_choice_that_cannot_be_met_is_a_config_error() -> None:
                                      "tool_choice": "required"}})
 
 
-def test_a_ref_that_points_nowhere_fails_the_row_not_the_run() -> None:
+def test_a_ref_found_to_point_nowhere_only_when_reached_fails_the_row_not_the_run() -> None:
+    # Below a part with an $id of its own, what a pointer is read against is not told apart
+    # before a reply reaches it.
     so = StructuredOutput({"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}}})
+        "type": "object", "properties": {"a": {"$id": "https://example.com/a.json",
+                                               "$ref": "#/$defs/missing"}}}}})
     assert so.check('{"a": 1}') == (
-        "schema_error", "the schema cannot be checked: its $ref '/$defs/missing' points nowhere")
+        "schema_error", "the schema cannot be checked: its $ref '/$defs/missing' points "
+                        "nowhere")
     assert so.check('{"b": 1}') is None  # not reached
+
+
+def _schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
+def test_a_ref_that_points_nowhere_is_refused_before_anything_is_sent() -> None:
+    """Every reply that reaches it would fail schema_error, paid for: the job, a batch row and
+    a forced function's parameters are refused instead, naming the $ref."""
+    schema = {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}},
+              "definitions": {"A": {"type": "string"}}}
+    said = "its $ref '#/$defs/A' points to nothing in the schema"
+    with pytest.raises(ConfigError, match=rf"^\[request\] response_format: {re.escape(said)}"):
+        structured_output({"response_format": _schema(schema)})
+    with pytest.raises(ConfigError, match=rf"^the body's response_format: {re.escape(said)}"):
+        structured_output({"response_format": _schema(schema)}, body=True)
+    with pytest.raises(ConfigError, match=rf"parameters of the function 'f': {re.escape(said)}"):
+        structured_output({"extra": {"tools": _tools("f", parameters=schema),
+                                     "tool_choice": "required"}})
+
+
+def test_refs_that_point_somewhere_are_taken() -> None:
+    assert dangling_ref({"$ref": "#/definitions/T", "definitions": {"T": {
+        "type": "object", "properties": {"a/b": {"type": "string"},
+                                         "c": {"$ref": "#/definitions/T/properties/a~1b"},
+                                         "d": {"$ref": "#/anyOf/1"},
+                                         "e": {"$ref": "#/%24defs/E"}}}},
+        "anyOf": [{"type": "string"}, {"type": "integer"}], "$defs": {"E": True}}) is None
+    # a "$ref" in data (an enum's, a default's) refers to nothing; an anchor is not a pointer
+    assert dangling_ref({"enum": [{"$ref": "#/nowhere"}], "default": {"$ref": "#/x"},
+                         "properties": {"a": {"$ref": "#anchor"}}}) is None
+    assert dangling_ref({"items": [{"$ref": "#/$defs/A"}], "$defs": {}}) == "#/$defs/A"
+
+
+def test_a_schema_error_says_where_and_what() -> None:
+    def said(schema: dict[str, Any]) -> str:
+        with pytest.raises(ConfigError) as e:
+            StructuredOutput(_schema(schema))
+        return str(e.value).removeprefix("[request] response_format: the JSON schema is not "
+                                         "valid: ")
+
+    types = "(its types: array, boolean, integer, null, number, object, string)"
+    assert said({"type": "obj"}) == f"at type: 'obj' is not a type JSON Schema has {types}"
+    assert said({"properties": {"n": {"type": ["int", "null", "float"]}}}) == (
+        f"at properties/n/type: 'int', 'float' are not types JSON Schema has {types}")
+    # a property named "type" holds a schema
+    assert said({"properties": {"type": 5}}) == (
+        "at properties/type: 5 is not of type 'object', 'boolean'")
+    assert said({"required": "name"}) == "at required: 'name' is not of type 'array'"
 
 
 def test_checks_asked_for_alike_have_one_key() -> None:
