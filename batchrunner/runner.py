@@ -806,7 +806,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok,
                             to_send=total - int(np.count_nonzero(done)))
         mixes = _check_same_endpoint(old_meta, meta, meta_path, options, warnings,
-                                     any_ok=any_ok)
+                                     any_ok=any_ok, url=_configured_url(job))
         real_answers = any_ok and old_meta.get("simulator") is False
     # Kept for the run only when a row to send has a record already: what each row has cost
     # so far, NaN where nothing is recorded (8 bytes a row), or, when no row to send has cost
@@ -1113,17 +1113,47 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
             warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
 
 
+def _configured_url(job: JobConfig) -> str | None:
+    """The URL of the chat completions endpoint ``job`` is sent to (its answers' endpoint, as
+    ``_endpoint_id`` hashes it), when a URL is given and reads as one; None for the built-in
+    simulator."""
+    if job.endpoint.simulator:
+        return None
+    url = job.endpoint.base_url or environment(job).get(job.endpoint.base_url_env)
+    if not url:
+        return None
+    try:
+        return check_base_url(url, "base URL").rstrip("/") + "/chat/completions"
+    except ConfigError:  # refused, saying why, when the run opens its endpoint
+        return None
+
+
 def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
-                         options: RunOptions, warnings: list[str], *, any_ok: bool) -> bool:
+                         options: RunOptions, warnings: list[str], *, any_ok: bool,
+                         url: str | None = None) -> bool:
     """Refuse a rerun that would mix the built-in simulator's answers with real ones, unless
     forced or no row has an answer yet. A job.json from before it was recorded has none:
     nothing is known to mix. True when forced: ``simulator`` keeps its old value until the
-    run's first answer makes it "mixed" for good (``_Run._mixed``)."""
+    run's first answer makes it "mixed" for good (``_Run._mixed``). ``url``: the endpoint this
+    run sends to (``_configured_url``); when the simulator's answers came from it (batchrunner
+    simulate, a rehearsal rerun), the messages say so."""
     was = old.get("simulator")
     if was == "mixed":
         new["simulator"] = "mixed"
     if not isinstance(was, bool) or was == new["simulator"] or not any_ok:
         return False
+    if was and url is not None and old.get("answered_endpoint") == _endpoint_id(url):
+        said = (f"the rows done in {path.parent} were answered by batchrunner simulate at "
+                "this run's URL")
+        if not options.force:
+            raise UsageError(f"{said}, and only an answer tells whether it still serves it: "
+                             "to rerun the rehearsal, pass --force (its answers stay the "
+                             "simulator's); for a real endpoint's answers, use another "
+                             "--output directory")
+        warnings.append(f"{said}: going on (--force); while the simulator serves it, its "
+                        "answers stay the simulator's")
+        new["simulator"] = was
+        return True
     answers = {True: "the built-in simulator", False: "a real endpoint"}
     said = (f"the rows done in {path.parent} were answered by {answers[was]}, and this run "
             f"would use {answers[new['simulator']]}")

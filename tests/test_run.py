@@ -1029,6 +1029,49 @@ def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
         assert Journal(tmp_path / "real").read().num_rows == 6
 
 
+def test_a_rehearsals_rerun_to_the_url_that_answered_it_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rehearsal's rerun against batchrunner simulate at the same URL was refused saying
+    'this run would use a real endpoint', and, forced, warned 'their answers mix': neither is
+    so. It says the simulator answered at this URL and that --force reruns the rehearsal, whose
+    answers stay the simulator's; a URL that answered none of the rows is still no simulator's
+    until it answers."""
+    import argparse
+
+    from batchrunner.cli import main
+    from batchrunner.simulator import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    served = config_from_args(parser.parse_args([]))  # what `batchrunner simulate` serves
+    inp = make_csv(tmp_path / "in.csv", 4)
+    common = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+              "--model", "gpt-4o-mini", "--progress", "none", "--output", "out"]
+    with SimulatorThread(served) as sim, SimulatorThread(served) as other:
+        rehearse = [*common, "--base-url", sim.base_url]
+        assert main([*rehearse, "--limit", "2"]) == 0
+        capsys.readouterr()
+        assert main(rehearse) == 2
+        err = capsys.readouterr().err
+        assert err.endswith(
+            "were answered by batchrunner simulate at this run's URL, and only an answer tells "
+            "whether it still serves it: to rerun the rehearsal, pass --force (its answers "
+            "stay the simulator's); for a real endpoint's answers, use another --output "
+            "directory\n")
+        assert "real endpoint, " not in err and sim.stats()["requests"] == 2
+        assert main([*rehearse, "--force"]) == 0
+        err = capsys.readouterr().err
+        assert ("were answered by batchrunner simulate at this run's URL: going on (--force); "
+                "while the simulator serves it, its answers stay the simulator's") in err
+        assert "mix" not in err and sim.stats()["requests"] == 4
+        assert json.loads((tmp_path / "out" / "job.json").read_text())["simulator"] is True
+        again = [*common, "--base-url", other.base_url, "--rerun-where", "True"]
+        assert main(again) == 2
+        assert ("were answered by the built-in simulator, and this run would use a real "
+                "endpoint") in capsys.readouterr().err
+        assert other.stats()["requests"] == 0
+
+
 def test_the_simulators_answers_never_mix_with_real_ones_unasked(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A run against the built-in simulator says so; a rerun of its output against a real
