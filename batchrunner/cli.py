@@ -65,9 +65,13 @@ def _run_parser(sub: Any) -> None:
         "run",
         help="run (or resume) a job",
         description="Run a job file, or a job given entirely by options. Rerunning the same "
-        "command resumes: rows already ok are never sent again.",
-        epilog="example: batchrunner run --input x.csv --prompt 'Summarise: {text}' "
-        "--model gpt-4o-mini --output out/x",
+        "command\nresumes: rows already ok are never sent again.",
+        epilog="examples:\n"
+        "  batchrunner run jobs/tickets.toml\n"
+        "  batchrunner run --input x.csv --id-column id --prompt 'Summarise: {text}' \\\n"
+        "      --model gpt-4o-mini --output out/x\n"
+        "add --simulator to rehearse with no key and no network, --limit 20 to try the\n"
+        "prompt on 20 rows first",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _job_arguments(p)
@@ -92,9 +96,10 @@ def _run_parser(sub: Any) -> None:
         "estimated tokens and cost per model and the time the rate limits imply.",
     )
     _job_arguments(p)
-    p.add_argument("--retry-failed", action="store_true", help="count failed rows as to send")
-    p.add_argument("--rerun-where", metavar="EXPR", help="count matching rows as to send")
-    p.add_argument("--force", action="store_true", help="as for run")
+    g = p.add_argument_group("rerun")
+    g.add_argument("--retry-failed", action="store_true", help="count failed rows as to send")
+    g.add_argument("--rerun-where", metavar="EXPR", help="count matching rows as to send")
+    g.add_argument("--force", action="store_true", help="as for run")
     _limit_argument(p, "count at most N rows to send, as run --limit sends")
 
 
@@ -211,7 +216,7 @@ def build_parser(simulate_options: bool = True) -> _Parser:
     parser = _Parser(
         prog="batchrunner",
         description="Run large batches of OpenAI-compatible chat completion requests: "
-        "rate-limited, retried, resumable, with a cost report.",
+        "rate-limited,\nretried, resumable, with a cost report.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
