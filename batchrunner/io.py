@@ -653,8 +653,13 @@ class _CsvSource(InputSource):
                 f"{holder} holds a value larger than {CSV_MAX_BLOCK_SIZE >> 20} MiB, or a quote "
                 "that is never closed — check the quoting",
             )
-        if "Empty CSV file" in text:
-            return _input_error(self.path, "has no data rows — add rows below the header")
+        if "Empty CSV file" in text:  # no whole line: a header with no line end, or blanks
+            with self.path.open("rb") as f:
+                blank = not f.read(CSV_BLOCK_SIZE).strip()
+            return _input_error(self.path, (
+                "holds only blank lines, no header and no rows — give a file with a header "
+                "line and rows below it") if blank else (
+                "has a header but no data rows — add rows below the header"))
         if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowException):
             return _input_error(self.path, f"cannot read it ({_os_reason(exc)})")
         return _input_error(self.path, f"cannot be read as CSV {self._after(rows_done)} "

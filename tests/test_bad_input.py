@@ -117,6 +117,14 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.write("empty.csv", b"")), ["empty.csv", "empty"]
 
 
+@case("CSV of blank lines")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was "has no data rows — add rows below the header", of a file with no header.
+    return c.args(c.write("blank.csv", "\n\n")), [
+        "blank.csv: holds only blank lines, no header and no rows — give a file with a header "
+        "line and rows below it"]
+
+
 @case("header-only CSV")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.write("header.csv", "id,text\n")), ["header.csv", "no data rows"]
