@@ -456,7 +456,7 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
     if unknown:
         tables = ", ".join(f"[{t}]" for t in _TABLES)
         raise ConfigError(f"job file {where}: unknown key {unknown[0]!r} (known: name, {tables})"
-                          f"{_misplaced(unknown[0], '')}")
+                          f"{_misplaced(unknown[0], '', {'name', *_TABLES})}")
     from_cli: dict[tuple[str, str], str] = {}
     for name, value in overrides.items():
         if value is None:
@@ -524,14 +524,15 @@ def _table(raw: Mapping[str, Any], name: str, f: _Fields, cls: type) -> dict[str
         if key not in known:
             raise ConfigError(
                 f"{f.prefix}unknown key {key!r} in [{name}] (known: {', '.join(sorted(known))})"
-                f"{_misplaced(key, name)}"
+                f"{_misplaced(key, name, known)}"
             )
     return dict(t)
 
 
-def _misplaced(key: str, table: str) -> str:
+def _misplaced(key: str, table: str, known: set[str]) -> str:
     """Where a key the job file has in the wrong table goes (in TOML, every key below a table's
-    header is in that table), for the message; else ""."""
+    header is in that table), or the key of ``known`` (the table's) it is a typo of, for the
+    message; else ""."""
     if key == "name" and table:
         return "; name goes at the top of the file, above the first [table]"
     for home, cls in (("input", InputConfig), ("request", RequestConfig),
@@ -540,7 +541,16 @@ def _misplaced(key: str, table: str) -> str:
             return f"; it belongs in [{home}]: move it below that header"
     if table == "request" and key in _BODY_FIELDS:
         return "; other request body fields go in [request.extra]"
-    return _SDK_NAMES.get(key, "")
+    if key in _SDK_NAMES:
+        return _SDK_NAMES[key]
+    import difflib
+
+    near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
+    if not near:
+        return ""
+    # At the top of the file, a table is named as its header is written
+    return f"; did you mean [{near[0]}]?" if not table and near[0] in _TABLES else (
+        f"; did you mean {near[0]!r}?")
 
 
 # The OpenAI SDK's client settings, as the gateways' guides set them (OpenAI(api_key=...,

@@ -413,6 +413,22 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.job(GOOD_JOB + "[limits]\nrpmm = 5\n"), ["job.toml", "'rpmm'", "[limits]"]
 
 
+@case("a key misspelt")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was refused with the list of known keys alone, the one meant to be found among them.
+    c.good_csv()
+    body = GOOD_JOB.replace("prompt = ", "promt = ")
+    return c.job(body), ["job.toml", "unknown key 'promt' in [request]",
+                         "; did you mean 'prompt'?"]
+
+
+@case("a table misspelt")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.good_csv()
+    return c.job(GOOD_JOB + "[limit]\nrequests_per_minute = 5\n"), [
+        "job.toml", "unknown key 'limit'", "; did you mean [limits]?"]
+
+
 @case("the OpenAI SDK's client settings under their names, as a gateway's guide sets them")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # OpenAI(api_key=..., timeout=60, max_retries=2): refused with the list of known keys alone
