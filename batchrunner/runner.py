@@ -120,6 +120,7 @@ from batchrunner.progress import (
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
     CHOICE_CUT,
+    FORCE_TO_RERUN,
     changed_warning,
     count_rows,
     fewer_choices_warning,
@@ -4209,7 +4210,5 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  --limit {s.limit:,} left {count_rows(s.limited)} to do: the same command "
                      f"sends the next {rows}, without --limit all of them")
     if s.force_to_rerun and s.ok and (s.stopped or s.pending or s.failed or s.limited):
-        lines.append("  the rows done are batchrunner simulate's answers at a URL: a rerun into "
-                     "this output directory is refused unless given --force (it keeps them "
-                     "the simulator's when it answers again): add --force to rerun")
+        lines.append(f"  {FORCE_TO_RERUN}")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.progress import duration
 from batchrunner.records import RETRYING
 from batchrunner.report import (
+    FORCE_TO_RERUN,
     SearchSum,
     UsdSum,
     asks_choices,
@@ -268,6 +269,8 @@ def format_status(out_dir: Path) -> str:
                              f"batchrunner report {shlex.quote(str(out_dir))}")
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
+                if not to_do and reruns_forced(meta, answered=state.ok > 0):
+                    lines.append(f"  {FORCE_TO_RERUN}")  # no command below to have it
         if rerun and to_do and kind == "budget":
             # The same command stops again at once: the job's spend so far counts. A budget
             # the command gives is the one to raise (the job file's is overridden).

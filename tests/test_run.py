@@ -1072,6 +1072,35 @@ def test_a_rehearsals_rerun_to_the_url_that_answered_it_says_so(
         assert other.stats()["requests"] == 0
 
 
+def test_status_after_a_rehearsal_with_failed_rows_says_the_rerun_needs_force(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rehearsal against batchrunner simulate that ended with failed rows and none to do:
+    the run's summary said to add --force to rerun, status only to rerun with --retry-failed,
+    which was then refused."""
+    import argparse
+
+    from batchrunner.cli import main
+    from batchrunner.report import FORCE_TO_RERUN
+    from batchrunner.simulator import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    served = config_from_args(parser.parse_args([]))  # what `batchrunner simulate` serves
+    inp = make_csv(tmp_path / "in.csv", 4, marker={1: " [[sim:400]]"})
+    with SimulatorThread(served) as sim:
+        rehearse = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+                    "--model", "gpt-4o-mini", "--progress", "none", "--output", "out",
+                    "--base-url", sim.base_url]
+        assert main(rehearse) == 3
+        assert capsys.readouterr().out.splitlines()[-1] == f"  {FORCE_TO_RERUN}"
+        status = format_status(tmp_path / "out").splitlines()
+        assert status[-2].endswith("then rerun with --retry-failed to send it")
+        assert status[-1] == f"  {FORCE_TO_RERUN}"
+        assert main([*rehearse, "--retry-failed"]) == 2
+        capsys.readouterr()
+        assert main([*rehearse, "--retry-failed", "--force"]) == 3
+
+
 def test_the_simulators_answers_never_mix_with_real_ones_unasked(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A run against the built-in simulator says so; a rerun of its output against a real
