@@ -344,7 +344,7 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     from batchrunner.runner import RunOptions, prepare
 
     options = RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
-                         force=ns.force, limit=ns.limit)
+                         force=ns.force, limit=ns.limit, estimating=True)
     overrides = _overrides(ns)
     try:
         job = load_job(ns.job, overrides)

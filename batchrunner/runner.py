@@ -277,6 +277,9 @@ class RunOptions:
     # blip) is waited for this long before the job stops, its rows left to do; None: as long
     # as the job's [limits] outage_wait_s says.
     outage_s: float | None = None
+    # ``estimate``: sends nothing, so a rerun's answers that would mix with the rows done (the
+    # simulator's and a real endpoint's) are a warning that the run is refused, not a refusal.
+    estimating: bool = False
 
 
 @dataclass(kw_only=True)
@@ -1147,10 +1150,13 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
         said = (f"the rows done in {path.parent} were answered by batchrunner simulate at "
                 "this run's URL")
         if not options.force:
-            raise UsageError(f"{said}, and only an answer tells whether it still serves it: "
-                             "to rerun the rehearsal, pass --force (its answers stay the "
-                             "simulator's); for a real endpoint's answers, use another "
-                             "--output directory")
+            refused = (f"{said}, and only an answer tells whether it still serves it: to "
+                       "rerun the rehearsal, pass --force (its answers stay the simulator's); "
+                       "for a real endpoint's answers, use another --output directory")
+            if options.estimating:
+                warnings.append(f"the run is refused unless given --force: {refused}")
+                return False
+            raise UsageError(refused)
         warnings.append(f"{said}: going on (--force); while the simulator serves it, its "
                         "answers stay the simulator's")
         new["simulator"] = was
@@ -1163,8 +1169,12 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
         # answers tell: forced, they are recorded as the simulator's (_served_by_simulator).
         served = (" (if the URL is batchrunner simulate's, --force keeps every answer the "
                   "simulator's)" if was else "")
-        raise UsageError(f"{said}: their answers would mix — use another --output directory, "
-                         f"or pass --force to mix them{served}")
+        refused = (f"{said}: their answers would mix — use another --output directory, or "
+                   f"pass --force to mix them{served}")
+        if options.estimating:
+            warnings.append(f"the run is refused unless given --force: {refused}")
+            return False
+        raise UsageError(refused)
     warnings.append(f"{said}; their answers mix (--force)")
     new["simulator"] = was
     return True

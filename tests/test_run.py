@@ -1059,6 +1059,13 @@ def test_a_rehearsals_rerun_to_the_url_that_answered_it_says_so(
             "stay the simulator's); for a real endpoint's answers, use another --output "
             "directory\n")
         assert "real endpoint, " not in err and sim.stats()["requests"] == 2
+        # estimate, which sends nothing, was refused alike: it says the run is refused
+        assert main(["estimate", *[a for a in rehearse[1:] if a not in ("--progress", "none")]]
+                    ) == 0
+        out = capsys.readouterr().out
+        assert "rows: 4 in the input, 2 already done, 2 to send" in out
+        assert ("  warning: the run is refused unless given --force: the rows done in ") in out
+        assert "to rerun the rehearsal, pass --force" in out
         assert main([*rehearse, "--force"]) == 0
         err = capsys.readouterr().err
         assert ("were answered by batchrunner simulate at this run's URL: going on (--force); "
@@ -1069,6 +1076,9 @@ def test_a_rehearsals_rerun_to_the_url_that_answered_it_says_so(
         assert main(again) == 2
         assert ("were answered by the built-in simulator, and this run would use a real "
                 "endpoint") in capsys.readouterr().err
+        assert main(["run", *again[1:], "--dry-run"]) == 0
+        assert ("warning: the run is refused unless given --force: the rows done in "
+                ) in capsys.readouterr().out
         assert other.stats()["requests"] == 0
 
 
