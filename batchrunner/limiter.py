@@ -635,7 +635,8 @@ class Limiter:
                 break
             samples[i] = (t, sent_then, refused_then + 1, paused)
 
-    def sample(self, now: float, sent: int, refused: int, *, split: bool = False) -> bool:
+    def sample(self, now: float, sent: int, refused: int, *, split: bool = False,
+               latest: bool = True) -> bool:
         """The run's requests ``sent`` so far and those of them ``refused`` (answered 429), at
         ``now``: while no request rate is known (none set, none reported), a storm of 429s
         paces requests a little under the rate they were accepted at over the last few
@@ -645,7 +646,10 @@ class Limiter:
         answer: nothing on a request's way. True
         when a storm set the pace (learnt or lowered) now. ``split``: a job's limiter that
         learns no more from headers (``unlearn``), sampled with the 429s its models drew
-        together, learns from them all the same."""
+        together, learns from them all the same. ``latest=False``: a storm over the whole
+        window only, for a model's probe that a split weighs against another's whole window
+        (a storm over one's latest second, against the other's diluted by a quiet start, split
+        models refused alike by a limit they share: 31 of 200 scripted jobs)."""
         if not (self.adaptive or split) or self._requests is not None:
             return False
         samples = self._samples
@@ -661,13 +665,13 @@ class Limiter:
         measured = sending >= PACE_MIN_SPAN_S  # enough of it to measure a rate over
         current = self.requests_per_minute if self.guessed else None
         stormy = measured and _storm(sends, refusals)
-        if not stormy and current is None:
+        if latest and not stormy and current is None:
             # Its latest second or so, where no pace is known yet: a short job's storm (60
             # rows 429'd again and again) is none over a window holding the burst before it
             # (80 429s of 704 sent), which left it unpaced for 3 s.
-            latest = next(s for s in reversed(samples) if now - s[0] >= PACE_MIN_SPAN_S)
-            if latest is not samples[0]:
-                tail = _since(latest, sent, refused, now, paused)
+            second = next(s for s in reversed(samples) if now - s[0] >= PACE_MIN_SPAN_S)
+            if second is not samples[0]:
+                tail = _since(second, sent, refused, now, paused)
                 if tail[2] >= PACE_MIN_SPAN_S and _storm(*tail[:2]):
                     sends, refusals, sending = tail
                     stormy = True

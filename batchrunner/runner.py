@@ -3054,7 +3054,7 @@ class _Run:
         model = item.model
         if (probe := probes.get(model)) is None:
             probe = probes[model] = Limiter(None, None)
-            probe.sample(self.probes_from, 0, 0)
+            probe.sample(self.probes_from, 0, 0, latest=False)
         return probe
 
     def _split_by_429s(self, now: float) -> bool:
@@ -3070,7 +3070,7 @@ class _Run:
         the slow one's; at 8 s now)."""
         assert self.probes is not None
         probes = self.probes
-        stormed = [probe.sample(now, probe.requests_sent, probe.requests_refused)
+        stormed = [probe.sample(now, probe.requests_sent, probe.requests_refused, latest=False)
                    for probe in probes.values()]
         if not any(stormed):
             return False

@@ -404,9 +404,12 @@ def test_429s_to_requests_sent_before_a_storms_pace_are_left_out_of_the_window_j
     refusals(range(831, 881))  # 50 more, to the 48 sent in the next half second and before
     lim.sample(2.0, 896, refused)
     assert lim.requests_per_minute == pytest.approx(16 * 60 * 0.9)
-    # A 429 to a request sent after the latest sample changes no window's counts.
+    # A 429 to a request sent before the latest sample is left out of the window it begins;
+    # one to a request sent after it is the window's.
+    lim.refused_sent_as(896)
+    assert [s[2] for s in lim._samples] == [refused + 1]
     lim.refused_sent_as(897)
-    assert [s[2] for s in lim._samples] == [refused]
+    assert [s[2] for s in lim._samples] == [refused + 1]
 
 
 def test_a_short_jobs_storm_after_its_burst_is_paced_from_its_latest_second() -> None:
@@ -420,6 +423,17 @@ def test_a_short_jobs_storm_after_its_burst_is_paced_from_its_latest_second() ->
     assert not lim.paces
     assert lim.sample(2.0, 760, 60)
     assert lim.requests_per_minute == pytest.approx(60 * 60 * 0.9)
+
+
+def test_a_models_probe_storms_over_its_whole_window_only() -> None:
+    """A split weighs one model's probe against another's whole window: a probe storming over
+    its latest second alone, beside one whose 429s a quiet start dilutes, would split models
+    a shared limit refuses alike. The same counts as the short job's above set no pace."""
+    lim = Limiter(None, None)
+    for t, sent, refused in [(0.0, 0, 0), (0.5, 320, 0), (1.0, 640, 0), (1.5, 700, 20)]:
+        lim.sample(t, sent, refused, latest=False)
+    assert not lim.sample(2.0, 760, 60, latest=False)
+    assert not lim.paces
 
 
 @pytest.mark.anyio
