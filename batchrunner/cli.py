@@ -369,7 +369,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         rebuild_outputs,
         record_rebuilt,
     )
-    from batchrunner.status import reruns_forced, run_in_progress
+    from batchrunner.status import budget_to_raise, reruns_forced, run_in_progress
 
     out_dir = _out_dir(ns.out_dir)
     with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
@@ -399,7 +399,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     kind = last.get("stop_kind") if isinstance(last, dict) and last.get("finished_at") else None
     if kind in _FIRST:  # the same command stops again until this is done: status's advice
         status = f"batchrunner status {shlex.quote(str(ns.out_dir))}"
-        summary.first = _FIRST[kind].format(status=status)
+        summary.first = _FIRST[kind].format(status=status, budget=budget_to_raise(plan.job_meta))
         summary.retry_failed = kind != "budget" and summary.failed > 0
     say(format_summary(summary), sys.stdout)
     return summary.exit_code
@@ -407,7 +407,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
 
 # What to do before rerunning a job whose last run stopped so (job.json's last_run stop_kind).
 _FIRST = {
-    "budget": "raise max_cost_usd (--max-cost), which the job's cost so far counts against and "
+    "budget": "raise {budget}, which the job's cost so far counts against and "
               "the last run stopped at ({status} names the command)",
     "fix_first": "fix what stopped the last run ({status} says what, and names the command)",
     "wait_first": "wait for the endpoint to recover from what stopped the last run ({status} says "

@@ -274,12 +274,9 @@ def format_status(out_dir: Path) -> str:
         if rerun and to_do and kind == "budget":
             # The same command stops again at once: the job's spend so far counts. A budget
             # the command gives is the one to raise (the job file's is overridden).
-            given = _given(meta, "max_cost_usd")
-            what = ("max_cost_usd (--max-cost)" if given is None else
-                    f"the command's --max-cost {_option_args({'max_cost_usd': given})[-1]}")
-            lines.append(f"  to finish, {count_rows(to_do)} to do: raise {what}, which the "
-                         "job's cost so far counts against (batchrunner estimate tells what the "
-                         f"rows left cost), then: {rerun}")
+            lines.append(f"  to finish, {count_rows(to_do)} to do: raise "
+                         f"{budget_to_raise(meta)}, which the job's cost so far counts against "
+                         f"(batchrunner estimate tells what the rows left cost), then: {rerun}")
         elif rerun and fix_first:
             # Its rows failed, or were refused, alike: sent as they are, the rows left fail
             # so too. The endpoint's errors (a server error on every try) leave nothing to fix.
@@ -297,6 +294,14 @@ def format_status(out_dir: Path) -> str:
                          f"({', '.join(changed_now)}): a run is refused (exit 2) unless given "
                          "--force, which sends the rows left with the new ones")
     return "\n".join(lines)
+
+
+def budget_to_raise(meta: dict[str, Any]) -> str:
+    """The budget a budget stop's rerun must raise: the command's ``--max-cost`` where the
+    last run was given one (it overrides the job file's), else ``max_cost_usd``."""
+    given = _given(meta, "max_cost_usd")
+    return ("max_cost_usd (--max-cost)" if given is None else
+            f"the command's --max-cost {_option_args({'max_cost_usd': given})[-1]}")
 
 
 def _given(meta: dict[str, Any], name: str) -> Any:

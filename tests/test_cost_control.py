@@ -235,7 +235,7 @@ async def test_budget_stops_before_passing_and_rerun_with_more_continues(
         capsys.readouterr()
         assert main(["report", str(tmp_path / "out")]) == 4
         assert capsys.readouterr().out.splitlines()[-1] == (
-            "  raise max_cost_usd (--max-cost), which the job's cost so far counts against and "
+            "  raise the command's --max-cost 1, which the job's cost so far counts against and "
             f"the last run stopped at (batchrunner status {tmp_path / 'out'} names the command), "
             "then rerun the job to send the rows not done yet")
         job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 100.0})
