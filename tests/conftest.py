@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-import ipaddress
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.loopback_site.loopback_guard import OUTSIDE_LOG, guarded
 
 
 @pytest.fixture
@@ -48,44 +49,26 @@ def no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.upper(), raising=False)
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return host.rstrip(".").lower() == "localhost"
+SUBPROCESS_SITE = Path(__file__).resolve().parent / "loopback_site"
 
 
 @pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tests talk to 127.0.0.1 only: in this process a connection to another address, or a
-    name looked up other than localhost, is refused and fails the test (subprocesses are the
-    test's own to point at 127.0.0.1)."""
+def loopback_only(monkeypatch: pytest.MonkeyPatch,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests talk to 127.0.0.1 only: a connection to another address, or a name looked up
+    other than localhost, is refused and fails the test, in this process and in every Python
+    process the test starts (``loopback_site``'s ``sitecustomize``, first on their
+    ``PYTHONPATH``, records each refusal in the file this yields)."""
     tried: list[str] = []
-    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, \
-        socket.getaddrinfo
-
-    def checked(sock: socket.socket, address: Any) -> None:
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(str(address[0])):
-            tried.append(f"a connection to {address!r}")
-            raise ConnectionRefusedError(f"tests connect to 127.0.0.1 only, not {address!r}")
-
-    def guarded_connect(sock: socket.socket, address: Any) -> None:
-        checked(sock, address)
-        connect(sock, address)
-
-    def guarded_connect_ex(sock: socket.socket, address: Any) -> int:
-        checked(sock, address)
-        return connect_ex(sock, address)
-
-    def guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if host is not None and not _loopback(host.decode() if isinstance(host, bytes)
-                                               else str(host)):
-            tried.append(f"a look-up of {host!r}")
-            raise socket.gaierror(socket.EAI_NONAME, f"tests look up localhost only, not {host!r}")
-        return getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-    yield
+    connect, connect_ex, getaddrinfo = guarded(tried.append)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    log = tmp_path_factory.mktemp("outside") / "tried.log"
+    monkeypatch.setenv(OUTSIDE_LOG, str(log))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(SUBPROCESS_SITE), os.environ.get("PYTHONPATH")])))
+    yield log
     assert not tried, f"the test reached past 127.0.0.1: {tried}"
+    assert not log.exists(), f"a process the test started reached past 127.0.0.1: " \
+        f"{log.read_text()}"

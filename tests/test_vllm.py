@@ -545,7 +545,8 @@ def test_runs_finishing_at_the_same_moment_keep_each_others_endpoints(
     the file), each adding to what the file holds then: 4 writers of 50 entries keep 200
     (unlocked, some 55 were left)."""
     go = tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(  # conftest's loopback guard first
+        [*filter(None, [os.environ.get("PYTHONPATH")]), *sys.path])}
     writers = [subprocess.Popen([sys.executable, "-c", ENDPOINT_WRITER, f"w{n}", str(go)],
                                 env=env) for n in range(4)]
     time.sleep(0.5)  # the writers' imports
