@@ -433,6 +433,10 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        # The page is a file: nothing the browser might fetch leaves the machine (no name is
+        # resolved, any request goes to a closed port on 127.0.0.1).
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=http://127.0.0.1:9",
         f"--user-data-dir={profile}",
         *args,
     ]
