@@ -30,8 +30,9 @@ report-tmp          while a report file is being written (its temp file exists)
 ==================  ============================================================================
 
 The moments that poll for a temporary file run the child on a *slow disk*: ``os.fsync`` sleeps
-30 ms first, so the temp file lives long enough to be seen; the others run
-``python -m batchrunner`` unchanged.
+30 ms first, so the temp file lives long enough to be seen, and the fsync of the temp file the
+moment waits for is held until the kill (``WAIT_S`` at most), so that a poll the machine's load
+delays past those 30 ms still sees it; the others run ``python -m batchrunner`` unchanged.
 
 At every kill the journal must be readable; the rows it records ``ok`` and the simulator's
 per-prompt request counts are kept. When the epoch's last run exits 0: every input row appears
@@ -46,6 +47,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -87,18 +89,34 @@ POINTS: dict[str, float] = {  # moment → weight in the soak's random choice
 BATCH_FORMAT = {"type": "json_schema", "json_schema": {"name": "topic", "schema": {
     "type": "object", "properties": {"topic": {"type": "string"}, "score": {"type": "integer"}},
     "required": ["topic", "score"], "additionalProperties": False}}}
-SLOW_DISK_POINTS = frozenset({"job-json-tmp", "segment-tmp", "compaction", "results-tmp",
-                              "report-tmp"})
+# The moments that are a temporary file's life, by its name (in OUT_DIR, or journal/ for ".seg-").
+TEMP_FILES: dict[str, str] = {
+    "job-json-tmp": r"^(?=\.job\.json\.)(?=.*\.tmp)",
+    "segment-tmp": r"^(?=\.seg-)(?=.*\.tmp-)(?!.*-compact-)",
+    "compaction": r"^(?=\.seg-)(?=.*\.tmp-)(?=.*-compact-)",
+    "results-tmp": r"^(?=\.results\.)(?=.*\.tmp)",
+    "report-tmp": r"^(?=\.(cost_report|report)\.)(?=.*\.tmp)",
+}
+SLOW_DISK_POINTS = frozenset(TEMP_FILES)
+HOLD_VARIABLE = "CRASH_SOAK_HOLD"  # the slow disk's: the TEMP_FILES pattern to hold the fsync of
 SENDING_POINTS = frozenset({"first-request", "mid-batch", "segment-renamed", "segment-tmp",
                             "last-completion"})  # need rows left to send
 
 # The child on a slow disk: every fsync waits first, so temporary files live long enough to
-# be seen (and killed in). Everything else is ``python -m batchrunner`` as it is.
+# be seen (and killed in), and the fsync of a file named as HOLD_VARIABLE says waits for the
+# kill (/proc names an fd's file). Everything else is ``python -m batchrunner`` as it is.
 SLOW_DISK = f"""\
-import os, sys, time
+import os, re, sys, time
 _fsync = os.fsync
+_hold = re.compile(os.environ.get({HOLD_VARIABLE!r}) or "(?!)")
 def _slow_fsync(fd):
     time.sleep({SLOW_FSYNC_S})
+    try:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{{fd}}"))
+    except OSError:
+        name = ""
+    if _hold.search(name):
+        time.sleep({WAIT_S})
     _fsync(fd)
 os.fsync = _slow_fsync
 from batchrunner.cli import main
@@ -171,9 +189,12 @@ class CrashHarness:
 
     # -- processes
 
-    def spawn(self, *, slow_disk: bool = False) -> subprocess.Popen[bytes]:
+    def spawn(self, *, slow_disk: bool = False, hold: str = "") -> subprocess.Popen[bytes]:
+        """The job's run; on a slow disk, the fsync of a temporary file ``hold`` matches
+        waits for the kill."""
         head = ["-c", SLOW_DISK] if slow_disk else ["-m", "batchrunner"]
-        return subprocess.Popen([sys.executable, *head, *self.args], env=self.env,
+        return subprocess.Popen([sys.executable, *head, *self.args],
+                                env={**self.env, HOLD_VARIABLE: hold},
                                 cwd=self.workdir, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
@@ -194,18 +215,17 @@ class CrashHarness:
         return [n for n in self._names(self.journal_dir)
                 if n.startswith("seg-") and n.endswith(".parquet")]
 
-    def _journal_tmp(self, compact: bool) -> bool:
-        return any(n.startswith(".seg-") and ".tmp-" in n and ("-compact-" in n) == compact
-                   for n in self._names(self.journal_dir))
+    def _temp(self, point: str) -> bool:
+        """Whether the temporary file of moment ``point`` (TEMP_FILES) is there."""
+        pattern = re.compile(TEMP_FILES[point])
+        where = self.journal_dir if point in ("segment-tmp", "compaction") else self.out_dir
+        return any(pattern.search(n) for n in self._names(where))
 
     def _compacting(self) -> bool:
-        if self._journal_tmp(compact=True):
+        if self._temp("compaction"):
             return True
         segs = self.segments()
         return len(segs) > 1 and any("-compact-" in n for n in segs)
-
-    def _out_tmp(self, prefix: str) -> bool:
-        return any(n.startswith(prefix) and ".tmp" in n for n in self._names(self.out_dir))
 
     def ok_keys(self) -> set[str]:
         state = Journal(self.out_dir).read(columns=["status"])
@@ -227,7 +247,7 @@ class CrashHarness:
         requests0, completions0 = stats["requests"], stats["completions"]
         to_send = self.rows - self.journaled()
         segments0 = len(self.segments())
-        proc = self.spawn(slow_disk=point in SLOW_DISK_POINTS)
+        proc = self.spawn(slow_disk=point in SLOW_DISK_POINTS, hold=TEMP_FILES.get(point, ""))
 
         def sim_stat(name: str) -> int:
             return int(self.sim.stats()[name])
@@ -237,8 +257,6 @@ class CrashHarness:
             cond = _after(rng.uniform(0.0, 0.3))
         elif point == "random-time":
             cond = _after(rng.uniform(0.0, 4.0))
-        elif point == "job-json-tmp":
-            cond = lambda: self._out_tmp(".job.json.")  # noqa: E731
         elif point == "first-request":
             cond = lambda: sim_stat("requests") > requests0  # noqa: E731
         elif point == "mid-batch":
@@ -246,16 +264,12 @@ class CrashHarness:
             cond = lambda: sim_stat("completions") >= completions0 + k  # noqa: E731
         elif point == "segment-renamed":
             cond = lambda: len(self.segments()) > segments0  # noqa: E731
-        elif point == "segment-tmp":
-            cond = lambda: self._journal_tmp(compact=False)  # noqa: E731
         elif point == "last-completion":
             cond = lambda: sim_stat("completions") >= completions0 + to_send  # noqa: E731
         elif point == "compaction":
             cond = self._compacting
-        elif point == "results-tmp":
-            cond = lambda: self._out_tmp(".results.")  # noqa: E731
-        else:  # report-tmp
-            cond = lambda: self._out_tmp(".cost_report.") or self._out_tmp(".report.")  # noqa: E731
+        else:  # a temporary file's life: job-json-tmp, segment-tmp, results-tmp, report-tmp
+            cond = lambda: self._temp(point)  # noqa: E731
         hit = _wait(proc, cond)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
