@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -39,6 +38,7 @@ from batchrunner.report import format_usd
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
 from batchrunner.status import format_status
 from benchmarks.crash_soak import WAIT_S, CrashHarness, Kill, _wait
+from tests.processes import reaped
 
 KEY = "sk-test-crash-0123456789"
 TEMPLATE = "Summarise: {text}"
@@ -101,18 +101,6 @@ def child_env() -> dict[str, str]:
 
 CRASH_PLAN = ("startup", "job-json-tmp", "segment-tmp", "mid-batch", "last-completion",
               "compaction", "results-tmp", "report-tmp")
-
-
-@contextlib.contextmanager
-def reaped(proc: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
-    """``proc``, killed (SIGKILL) and waited for on the way out if it still runs: a test that
-    failed, or one that kills it once what it waits for is seen."""
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 def kill_in(harness: CrashHarness, point: str, rng: random.Random) -> Kill:

@@ -30,6 +30,7 @@ from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
 from batchrunner.status import format_status
+from tests.processes import reaped
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
                   handle_signals=False)
@@ -386,14 +387,16 @@ def test_killed_run_resumes_with_every_row_once(tmp_path: Path) -> None:
             segments_before = len(list(journal_dir.glob("seg-*"))) if journal_dir.exists() else 0
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
-            # Kill once this run has journaled a segment: a moment, not a guess at timing.
-            deadline = time.monotonic() + 60
-            while proc.poll() is None and len(list(journal_dir.glob("seg-*"))) <= segments_before:
-                assert time.monotonic() < deadline, "waited 60 s for the run's first segment"
-                time.sleep(0.01)
-            time.sleep(delay)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            with reaped(proc):
+                # Kill once this run has journaled a segment: a moment, not a guess at timing.
+                deadline = time.monotonic() + 60
+                while (proc.poll() is None
+                       and len(list(journal_dir.glob("seg-*"))) <= segments_before):
+                    assert time.monotonic() < deadline, "waited 60 s for the run's first segment"
+                    time.sleep(0.01)
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
             state = Journal(tmp_path / "out").read()
             ok_then = {k for k, st in zip(state["key"].to_pylist(), state["status"].to_pylist(),
                                           strict=True) if st == "ok"}
@@ -429,12 +432,13 @@ def test_sigterm_and_ctrl_c_drain_and_exit_4(tmp_path: Path, sig: signal.Signals
         env = {**os.environ, "OPENAI_API_KEY": KEY}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
-        deadline = time.monotonic() + 60
-        while sim.stats()["completions"] < 20:
-            assert time.monotonic() < deadline and proc.poll() is None, sim.stats()
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
+        with reaped(proc):
+            deadline = time.monotonic() + 60
+            while sim.stats()["completions"] < 20:
+                assert time.monotonic() < deadline and proc.poll() is None, sim.stats()
+                time.sleep(0.02)
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=30)
         assert proc.returncode == 4, err
         assert "resume" in out + err
         journaled = Journal(tmp_path / "out").read()
@@ -921,7 +925,8 @@ def test_a_second_run_of_a_job_in_progress_is_refused_and_status_shows_the_first
             assert first.poll() is None  # the first was running all along
             sim.set_latency(0)  # its rows left answered at once
         finally:
-            first.communicate(timeout=60)
+            with reaped(first):
+                first.communicate(timeout=60)
         completions = sim.stats()["completions"]
     assert first.returncode == 0
     for refused in (second, rebuild):

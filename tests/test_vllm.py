@@ -39,6 +39,7 @@ from batchrunner.simulator import (
     config_from_args,
 )
 from batchrunner.status import format_status
+from tests.processes import reaped
 from tests.servers import serve_on_loopback
 from tests.test_cli import cli, job_args, one_error_line
 from tests.test_faults import (
@@ -549,9 +550,10 @@ def test_runs_finishing_at_the_same_moment_keep_each_others_endpoints(
         [*filter(None, [os.environ.get("PYTHONPATH")]), *sys.path])}
     writers = [subprocess.Popen([sys.executable, "-c", ENDPOINT_WRITER, f"w{n}", str(go)],
                                 env=env) for n in range(4)]
-    time.sleep(0.5)  # the writers' imports
-    go.touch()
-    assert [w.wait(RUN_LIMIT_S) for w in writers] == [0] * 4
+    with reaped(*writers):
+        time.sleep(0.5)  # the writers' imports
+        go.touch()
+        assert [w.wait(RUN_LIMIT_S) for w in writers] == [0] * 4
     kept = json.loads((price_cache_dir / "endpoints.json").read_text())["answered"]
     assert len(kept) == 200
 
