@@ -364,6 +364,9 @@ class _Work:
     body: dict[str, Any]
     prompt_estimate: int
     completion_max: int  # max_tokens (0: not set, charge the running mean)
+    # The model its body asks for (its "model" as text, "" if none): given by the caller, as
+    # a __post_init__ working it out cost some 700 instructions a row more.
+    model: str
     n: int = 1
     attempts: int = 0
     rate_limited: int = 0
@@ -392,10 +395,6 @@ class _Work:
     # The tokens its model's own permit was taken for, when let out of _Run.parked (split).
     permit: int | None = None
     parked: bool = False  # in _Run.parked, sent back there by ``attempt``
-    model: str = field(init=False)  # the model its body asks for ("" if none)
-
-    def __post_init__(self) -> None:
-        self.model = str(self.body.get("model") or "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1559,7 +1558,10 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
     completion = max_tokens if isinstance(max_tokens, int) else 0
     # By position (key, body, prompt_estimate, completion_max, n), not by keyword: a call
     # naming its arguments matches each name, some 500 instructions a name, every row.
-    item = _Work(key, body, prompt_tokens + 8, completion, n if isinstance(n, int) and n > 0 else 1)
+    model = body.get("model")
+    item = _Work(key, body, prompt_tokens + 8, completion,
+                 model if type(model) is str else str(model or ""),
+                 n if isinstance(n, int) and n > 0 else 1)
     if checks is not None:
         item.checks = checks
     return item, ""

@@ -431,7 +431,7 @@ def test_the_budget_holds_a_routed_model_at_the_price_of_the_one_that_answered(
                                            "max_cost_usd": 10.0})
     run = _Run(prepare(job, FAST), FAST, None, Limiter(None, None),  # no client: not sent
                NullProgress(), None, max_concurrency=1, fixed_concurrency=True)
-    item = _Work(key="0", body={"model": "my-alias"}, prompt_estimate=1_000_000,
+    item = _Work(key="0", body={"model": "my-alias"}, model="my-alias", prompt_estimate=1_000_000,
                  completion_max=1_000_000)
     assert run._estimated_cost(item) == pytest.approx(0.2)  # the job's price for the alias
     run.routed["my-alias"] = "gpt-4o"  # as _success records a reply priced as gpt-4o

@@ -661,7 +661,7 @@ async def test_the_outage_stop_counts_the_rows_refusals_since_the_endpoint_last_
     run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
                None, Limiter(None, None), NullProgress(), None,  # no client: not sent
                max_concurrency=1, fixed_concurrency=True)
-    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
+    item = _Work(key="0", body={}, model="", prompt_estimate=1, completion_max=1)
     for _ in range(3):
         run._refused(item)
     run._answered(time.perf_counter())  # another row's request, sent after those, answered
@@ -686,7 +686,7 @@ async def test_the_progress_shows_an_outage_only_while_nothing_answers(tmp_path:
     run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
                None, Limiter(None, None), NullProgress(), None,  # no client: not sent
                max_concurrency=1, fixed_concurrency=True)
-    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
+    item = _Work(key="0", body={}, model="", prompt_estimate=1, completion_max=1)
     assert run._unreachable_s() == 0.0
     sent_before = time.perf_counter()
     run._refused(item)
@@ -720,7 +720,7 @@ def _run_retrying_a_row(tmp_path: Path, concurrency: int) -> tuple[Any, Any]:
     run = _Run(prepare(job_for(tmp_path, "http://127.0.0.1:9/v1", inp), options()), options(),
                None, Limiter(None, None), NullProgress(), None,
                max_concurrency=concurrency, fixed_concurrency=True)
-    item = _Work(key="0", body={}, prompt_estimate=1, completion_max=1)
+    item = _Work(key="0", body={}, model="", prompt_estimate=1, completion_max=1)
     run.outstanding = run.counts.retrying = 1
     return run, item
 
@@ -737,7 +737,8 @@ async def test_the_first_answer_after_an_outage_wakes_the_rows_waiting_it_out(
     run, item = _run_retrying_a_row(tmp_path, 1)
     sent_before = time.perf_counter()
     run._refused(item)
-    run._refused(_Work(key="1", body={}, prompt_estimate=1, completion_max=1))  # another row
+    run._refused(_Work(key="1", body={}, model="", prompt_estimate=1,
+                       completion_max=1))  # another row
     with anyio.fail_after(RUN_LIMIT_S):
         async with anyio.create_task_group() as tg:
             tg.start_soon(run._requeue, item, 1e6)  # a backoff that would never end

@@ -87,7 +87,8 @@ def test_a_gateways_limit_reloaded_for_every_model_keeps_one_pace(
     run = models_run()
 
     def item(model: str) -> _Work:
-        return _Work(key=model, body={"model": model}, prompt_estimate=1, completion_max=1)
+        return _Work(key=model, body={"model": model}, model=model, prompt_estimate=1,
+                     completion_max=1)
 
     for model in ("a", "b"):
         run._observe(item(model), said("600", "90000"))
@@ -116,7 +117,8 @@ def test_a_split_jobs_models_reporting_one_limit_again_are_paced_together_at_it(
     run = models_run()
 
     def item(model: str) -> _Work:
-        return _Work(key=model, body={"model": model}, prompt_estimate=1, completion_max=1)
+        return _Work(key=model, body={"model": model}, model=model, prompt_estimate=1,
+                     completion_max=1)
 
     run._observe(item("a"), said("600"))
     run._observe(item("b"), said("1200"))
@@ -732,10 +734,10 @@ def test_the_progress_names_each_models_pace_learnt_from_its_429s() -> None:
     should for no reason said. Each model's is shown now, named."""
     run = models_run()
     for model, rpm in (("a", "600"), ("b", "6000")):
-        run._observe(_Work(key=model, body={"model": model}, prompt_estimate=1,
+        run._observe(_Work(key=model, body={"model": model}, model=model, prompt_estimate=1,
                            completion_max=1), said(rpm))
     assert run.split is not None
-    hidden = run._model_limiter(_Work(key="c", body={"model": "c"}, prompt_estimate=1,
+    hidden = run._model_limiter(_Work(key="c", body={"model": "c"}, model="c", prompt_estimate=1,
                                       completion_max=1))
     t = time.monotonic()
     hidden.sample(t, 0, 0)
@@ -762,7 +764,7 @@ def test_prompts_longer_than_estimated_are_charged_as_long_after_a_few_replies()
     from batchrunner.client import ChatResult
 
     run = models_run()
-    item = _Work(key="r1", body={"model": "a"}, prompt_estimate=15, completion_max=16)
+    item = _Work(key="r1", body={"model": "a"}, model="a", prompt_estimate=15, completion_max=16)
 
     def reply(prompt: int, completion: int) -> None:
         run._success(item, ChatResult("ok", "stop", prompt, completion, prompt + completion,

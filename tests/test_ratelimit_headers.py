@@ -410,10 +410,10 @@ def test_one_limit_that_every_model_reports_paces_them_all_together() -> None:
 
     run = models_run()
     for model in ("a", "b", "c"):
-        run._observe(_Work(key=model, body={"model": model}, prompt_estimate=1,
+        run._observe(_Work(key=model, body={"model": model}, model=model, prompt_estimate=1,
                            completion_max=1), said("600", "90000"))
-    run._observe(_Work(key="d", body={"model": "d"}, prompt_estimate=1, completion_max=1),
-                 said("600"))  # no token limit said: nothing differs
+    run._observe(_Work(key="d", body={"model": "d"}, model="d", prompt_estimate=1,
+                       completion_max=1), said("600"))  # no token limit said: nothing differs
     assert run.split is None
     assert (run.limiter.requests_per_minute, run.limiter.tokens_per_minute) == (600.0, 90000.0)
 
@@ -455,7 +455,8 @@ def test_limits_that_differ_between_models_give_each_its_own_limiter() -> None:
     run = models_run(requests_per_minute=5000)
 
     def item(model: str) -> _Work:
-        return _Work(key=model, body={"model": model}, prompt_estimate=1, completion_max=1)
+        return _Work(key=model, body={"model": model}, model=model, prompt_estimate=1,
+                     completion_max=1)
 
     run._observe(item("a"), said("300", "30000"))
     assert run.split is None and run.limiter.requests_per_minute == 300.0
@@ -573,7 +574,7 @@ async def test_a_row_parked_again_then_sent_from_a_full_queue_is_no_longer_parke
     run.split = {"a": Limiter(60, None, burst=False)}  # no permit now: rows are parked
 
     def work(key: str) -> _Work:
-        return _Work(key=key, body={"model": "a"}, prompt_estimate=1, completion_max=1)
+        return _Work(key=key, body={"model": "a"}, model="a", prompt_estimate=1, completion_max=1)
 
     answered_429 = work("r0")
     answered_429.attempts = 1
@@ -597,7 +598,7 @@ async def test_tokens_given_back_to_a_model_with_rows_parked_wake_the_keeper() -
     run.parking = True
 
     def work(key: str) -> _Work:
-        return _Work(key=key, body={"model": "a"}, prompt_estimate=2, completion_max=2)
+        return _Work(key=key, body={"model": "a"}, model="a", prompt_estimate=2, completion_max=2)
 
     assert run._park(work("r1")) is None
     keeper = run.keeper = anyio.Event()  # asleep until r1's tokens are due, or woken
