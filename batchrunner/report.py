@@ -25,7 +25,8 @@ Top-level keys, in this order::
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
     rows              {"total", "by_status": {status: rows}, "cut_at_length", "to_do",
-                      "billed_to_do", "changed_to_send", "cost_unknown", "fewer_choices"};
+                      "billed_to_do", "changed_to_send", "cost_unknown", "fewer_choices",
+                      "failed_with_choices"};
                       total counts the rows with an outcome, to_do the input's rows without
                       one (null when not given), billed_to_do those of them whose attempts
                       so far were billed without an answer at a cost reported (``retrying``
@@ -36,7 +37,9 @@ Top-level keys, in this order::
                       cost_unknown the rows paid for without a cost: ok rows (unknown price,
                       or no usage reported) and failed rows whose reply reported usage at a
                       price not known, fewer_choices the ok rows whose choices hold fewer
-                      than the n the job asked (a server that ignores n; 0 when n is 1)
+                      than the n the job asked (a server that ignores n; 0 when n is 1),
+                      failed_with_choices the failed rows answered with n > 1 choices (one
+                      failed a check), which --retry-failed sends asking every choice again
     tokens            {"prompt", "completion", "cached", "reasoning", "cache_write", "total"};
                       cache_write: of the prompt, the tokens written to the cache (Anthropic's
                       cache_creation_input_tokens, billed above the input price)
@@ -57,6 +60,9 @@ Top-level keys, in this order::
     cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
     cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
                       that did not match the schema)
+    cost_failed_with_choices_usd
+                      the part of cost_failed_usd of the rows failed_with_choices counts: what
+                      --retry-failed pays about again for them (null when one has no cost)
     cost_earlier_attempts_usd
                       sum of the rows' earlier_cost_usd: replies billed and then sent again
                       (retried in a run, or resent by --retry-failed / --rerun-where), those
@@ -266,8 +272,9 @@ class OutcomeStats:
 
     ``choices`` is the ``n`` the job asked (``choices_asked``): above 1, or where rows asked
     their own above 1 (the ``choices_asked`` column), the ok rows whose ``choices`` hold fewer
-    than they asked are counted (their lengths read, nothing kept); else the column is not
-    read.
+    than they asked are counted (their lengths read, nothing kept), and the failed rows that
+    have ``choices`` (answered, a choice failing a check), with their cost; else the column is
+    not read.
 
     ``rows`` is the number of rows added so far. Ties in the top-10 tables are broken by key,
     then by row order (the earlier row first).
@@ -281,6 +288,8 @@ class OutcomeStats:
         "_earlier",
         "_earlier_bad",
         "_errors",
+        "_failed_choices",
+        "_failed_choices_usd",
         "_finish",
         "_latency",
         "_missing",
@@ -313,6 +322,10 @@ class OutcomeStats:
         self._n_ok = 0
         self._choices = choices  # the n asked: ok rows answered with fewer are _n_fewer
         self._n_fewer = 0
+        # Failed rows answered with choices (n > 1), which --retry-failed asks all n again of,
+        # and what their answers cost.
+        self._failed_choices = 0
+        self._failed_choices_usd = UsdSum()
         self._n_length = 0
         self._n_unpriced = 0
         self._tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
@@ -429,6 +442,10 @@ class OutcomeStats:
         if "choices" in t.column_names and asks_choices(self._choices, asked):  # a server
             # that ignores n
             self._n_fewer += count_fewer_choices(t["choices"], is_ok, self._choices, asked)
+            answered = failed_with_choices(t["choices"], status)
+            if k := _count(answered):
+                self._failed_choices += k
+                self._failed_choices_usd.add(pc.filter(cost, answered))
         self._n_unpriced += _count(unpriced)
         if "search_units" in t.column_names:  # a journal written before it has nulls
             units = t["search_units"]
@@ -912,6 +929,10 @@ def build_report(
     if n_failed:
         advice = retry_advice({k: v["rows"] for k, v in by_error.items()})
         warnings.append(f"{count_rows(n_failed)} failed (see failures by type): {advice}")
+    resent = stats._failed_choices_usd  # None where a row of them has no cost
+    resent_usd = resent.usd if resent.rows == stats._failed_choices else None
+    if stats._failed_choices:
+        warnings.append(resend_choices_note(stats._failed_choices, resent_usd, stats._choices))
 
     attempts = stats._attempts
     rows_attempted = stats._rows_attempted
@@ -933,7 +954,8 @@ def build_report(
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
                  "to_do": to_do, "billed_to_do": stats._to_do_billed,
                  "changed_to_send": changed_left, "cost_unknown": n_unpriced,
-                 "fewer_choices": stats._n_fewer},
+                 "fewer_choices": stats._n_fewer,
+                 "failed_with_choices": stats._failed_choices},
         "tokens": {
             "prompt": stats._tokens["prompt_tokens"],
             "completion": stats._tokens["completion_tokens"],
@@ -959,6 +981,7 @@ def build_report(
         "search_cost_usd": sum_search_costs(e["search_cost_usd"] for e in by_model.values()),
         "cost_usd": stats._cost_sum(lambda k: True),
         "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
+        "cost_failed_with_choices_usd": resent_usd,
         "cost_earlier_attempts_usd": stats._cost_sum(lambda k: True, earlier=True),
         "cost_to_do_attempts_usd": stats._cost_sum(lambda k: True, to_do=True),
         "cost_complete": n_unpriced == 0,
@@ -1551,6 +1574,28 @@ def asks_choices(n: int, asked: pa.ChunkedArray | pa.Array | None) -> bool:
     """Whether rows of the job's ``n`` and their own ``asked`` (``choices_asked``) ask more
     than one choice: their choices are then counted (``count_fewer_choices``)."""
     return n > 1 or (asked is not None and (pc.max(asked).as_py() or 0) > 1)
+
+
+def failed_with_choices(choices: pa.ChunkedArray | pa.Array,
+                        status: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """Which rows failed with ``choices`` (answered with n > 1 choices, of which one failed a
+    check: a schema, a forced function, a refusal): ``--retry-failed`` asks all their choices
+    again."""
+    return pc.and_(pc.fill_null(is_value(status, "failed"), _FALSE), pc.is_valid(choices))
+
+
+def resend_choices_note(rows: int, usd: float | None, n: int) -> str:
+    """What the summary, the reports and ``status`` say of ``rows`` failed rows answered with
+    choices (``failed_with_choices``) of the ``n`` the job asked (1: the rows' own): a retry
+    asks every choice again, and pays about what their answers cost (``usd``; None: unknown)
+    again."""
+    what = f"n = {n} choices" if n > 1 else "the n choices each asked"
+    their = "its" if rows == 1 else "their"
+    cost = f"about {format_usd(usd)}, " if usd is not None else ""
+    return (f"--retry-failed asks again for all {what} of the {count_rows(rows)} that failed "
+            f"by a choice, not only for the choices that failed: {their} usable choices are "
+            f"replaced, not kept, and paid for again ({cost}what {their} answers cost; the "
+            "cost so far is kept in earlier_cost_usd)")
 
 
 def fewer_choices_warning(rows: int, n: int) -> str:

@@ -245,6 +245,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.filtered = report["by_finish_reason"].get("content_filter", 0)
     summary.paused = report["by_finish_reason"].get("pause_turn", 0)
     summary.fewer_choices, summary.choices_asked = report["rows"]["fewer_choices"], asked
+    summary.failed_choices = report["rows"]["failed_with_choices"]
+    summary.failed_choices_usd = report["cost_failed_with_choices_usd"]
     summary.batch_input = plan.source.kind == "openai_batch"
     summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
     summary.cost_known_usd = report["cost_usd"]

@@ -128,6 +128,7 @@ from batchrunner.report import (
     format_span,
     format_usd,
     paused_warning,
+    resend_choices_note,
     retry_advice,
     utc_timestamp,
 )
@@ -301,6 +302,10 @@ class RunSummary:
     cached_at_input_price: list[str] = field(default_factory=list)
     fewer_choices: int = 0  # ok rows answered with fewer choices than the n asked
     choices_asked: int = 1  # the n the job asked
+    # Failed rows answered with choices (n > 1), which --retry-failed asks all n again of, and
+    # what their answers cost (None: not known)
+    failed_choices: int = 0
+    failed_choices_usd: float | None = None
     # A row was cut at max_tokens in a choice but choice 0 (rows of a column's n > 1, say)
     choice_cut: bool = False
     batch_input: bool = False  # an OpenAI batch file: its rows' bodies set their max_tokens
@@ -4133,6 +4138,9 @@ def format_summary(s: RunSummary) -> str:
                "body changed are sent again" if s.batch_input else
                "rerun with --max-tokens N --force --rerun-where "
                f"\"{_CUT_WHERE[s.choices_asked > 1 or s.choice_cut]}\"")
+        if s.choices_asked > 1 or s.choice_cut:  # n > 1: resent as a whole, not a choice alone
+            n = f"n = {s.choices_asked} " if s.choices_asked > 1 else ""
+            how += f", which asks for all {n}choices of {them} again, not only those cut"
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
                      f"(finish_reason=length): to answer {them} again with a larger one, {how}")
     if s.filtered:
@@ -4217,6 +4225,9 @@ def format_summary(s: RunSummary) -> str:
                      "rows again")
     elif s.failed:
         lines.append(f"  {retry_advice(s.error_types)}")
+    if s.failed_choices:
+        note = resend_choices_note(s.failed_choices, s.failed_choices_usd, s.choices_asked)
+        lines.append(f"  {note}")
     if s.limited and s.limit and not s.stopped:
         rows = "row" if s.limit == 1 else f"{s.limit:,} rows"
         lines.append(f"  --limit {s.limit:,} left {count_rows(s.limited)} to do: the same command "

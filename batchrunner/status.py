@@ -42,9 +42,11 @@ from batchrunner.report import (
     choices_asked,
     count_fewer_choices,
     count_rows,
+    failed_with_choices,
     fewer_choices_warning,
     format_usd,
     paused_warning,
+    resend_choices_note,
     retry_advice,
 )
 from batchrunner.results import recorded_changed_left
@@ -196,6 +198,11 @@ def format_status(out_dir: Path) -> str:
         lines.append(f"  of the prompt tokens, {' and '.join(cache)}")
     if state.fewer_choices:
         lines.append(f"  {fewer_choices_warning(state.fewer_choices, asked)}")
+    if state.failed_choices:
+        resent = state.failed_choices_usd
+        lines.append("  " + resend_choices_note(
+            state.failed_choices, resent.usd if resent.rows == state.failed_choices else None,
+            asked))
     if state.paused:  # with the command that sends them again, once no run is in progress
         rerun = "" if locked else rerun_command(meta, out_dir, answered=state.ok > 0)
         lines.append(f"  {paused_warning(state.paused, '' if rerun.startswith(_AGAIN) else rerun)}")
@@ -505,7 +512,8 @@ class _Tally:
     record is ``retrying`` is a row to do: counted neither ok nor failed, its billed attempts'
     cost among the earlier attempts'. With ``choices`` (the n the job asked) above 1, or rows
     that asked their own (``choices_asked``), the ok rows answered with fewer choices than
-    they asked are counted (from ``choices``, which the tables then hold)."""
+    they asked are counted (from ``choices``, which the tables then hold), and the failed rows
+    answered with choices, with their cost (what ``--retry-failed`` pays about again)."""
 
     COLUMNS = ("error_type", "cost_usd", "earlier_cost_usd", "total_tokens", "prompt_tokens",
                "completion_tokens", "search_units", "search_requests", "cached_tokens",
@@ -514,6 +522,8 @@ class _Tally:
     def __init__(self, *, times: bool, choices: int = 1) -> None:
         self.choices = choices
         self.fewer_choices = 0  # ok rows whose choices hold fewer than ``choices``
+        self.failed_choices = 0  # failed rows answered with choices (failed_with_choices)
+        self.failed_choices_usd = UsdSum()  # what their answers cost
         self.paused = 0  # rows whose turn Claude paused (finish_reason pause_turn), as reported
         self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
         self.unpriced_requests = 0  # of search billed per request (search_requests)
@@ -563,6 +573,10 @@ class _Tally:
         if asks_choices(self.choices, asked):  # as the reports count them (OutcomeStats)
             ok = pc.fill_null(is_value(part["status"], "ok"), _FALSE)
             self.fewer_choices += count_fewer_choices(part["choices"], ok, self.choices, asked)
+            answered = failed_with_choices(part["choices"], part["status"])
+            if k := pc.sum(answered).as_py():
+                self.failed_choices += k
+                self.failed_choices_usd.add(pc.filter(cost, answered))
         self.paused += pc.sum(is_value(part["finish_reason"], "pause_turn")).as_py() or 0
         total = pc.coalesce(part["total_tokens"],
                             pc.add(part["prompt_tokens"], part["completion_tokens"]))

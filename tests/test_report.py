@@ -302,6 +302,7 @@ def test_job_fields_are_kept_and_the_key_order_is_stable(book: PriceBook) -> Non
         "search_cost_usd",
         "cost_usd",
         "cost_failed_usd",
+        "cost_failed_with_choices_usd",
         "cost_earlier_attempts_usd",
         "cost_to_do_attempts_usd",
         "cost_complete",
@@ -331,7 +332,7 @@ def test_empty_table(book: PriceBook) -> None:
     report = build_report(table([]), prices=book, job={}, wall_s=0.0)
     assert report["rows"] == {"total": 0, "by_status": {}, "cut_at_length": 0, "to_do": None,
                               "billed_to_do": 0, "changed_to_send": 0, "cost_unknown": 0,
-                              "fewer_choices": 0}
+                              "fewer_choices": 0, "failed_with_choices": 0}
     assert report["cost_usd"] == 0.0 and report["cost_complete"] is True
     assert report["latency_ms"]["p50"] is None
     assert report["requests_per_min"] is None and report["wall_s"] is None

@@ -16,6 +16,7 @@ import batchrunner.cli
 from batchrunner import runner
 from batchrunner.config import load_job
 from batchrunner.estimate import estimate
+from batchrunner.report import format_usd
 from tests.servers import run_job_file
 
 KEY = "sk-test-research-0123456789"
@@ -334,6 +335,77 @@ def test_a_schema_checks_every_choice_and_a_row_fails_with_the_choice_that_does_
     assert len(json.loads(failed["choices"])) == 3  # the samples kept, as paid for
 
 
+def _recording(sent: list[tuple[str, int]]) -> Any:
+    """``_one_bad_sample``, but 400 for the question about 2, each request's question and n
+    recorded in ``sent``."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        question = body["messages"][-1]["content"]
+        sent.append((question, body["n"]))
+        if "2 + 2" in question:
+            return web.json_response({"error": {"message": "bad", "type": "invalid_request_error"}},
+                                     status=400)
+        return await _one_bad_sample(request)
+
+    return handler
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["job", "column"])
+def test_a_retry_of_a_row_failed_by_one_choice_is_said_to_ask_all_n_again_and_its_cost(
+    tmp_path: Path, per_row: bool,
+) -> None:
+    """A row of n = 3 failed by its third choice: --retry-failed asks all 3 again, its two
+    usable ones replaced and paid for again, and nothing said so (the advice was to rerun with
+    --retry-failed "to send the failed rows again"). The summary, the reports and ``status``
+    now say it, with what the answers cost; a row failed with no answer (a 400) is not
+    counted. The retry does as said: n = 3 sent, the cost paid again, the first in
+    ``earlier_cost_usd``."""
+    from batchrunner.status import format_status
+
+    (tmp_path / "answer.schema.json").write_text(json.dumps({
+        "type": "object", "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"]}))
+    schema = 'schema_file = "answer.schema.json"\n'
+    if per_row:
+        job = write_job(tmp_path, rows=3, request=schema + 'from_columns = { n = "k" }\n',
+                        extra="seed = 42\n")
+        questions = pd.read_csv(tmp_path / "questions.csv").assign(k=3)
+        questions.to_csv(tmp_path / "questions.csv", index=False)
+    else:
+        job = write_job(tmp_path, rows=3, request=schema)
+    sent: list[tuple[str, int]] = []
+    s = anyio.run(run_job_file, _recording(sent), job, runner.RunOptions(progress="none"))
+    out = tmp_path / "out"
+    done = pd.read_parquet(out / "results.parquet").set_index("qid")
+    assert list(done["status"]) == ["ok", "failed", "failed"]
+    assert list(done["error_type"])[1:] == ["invalid_json", "http_400"]
+    paid = done.loc["q1", "cost_usd"]
+    assert paid > 0
+    what = "n = 3 choices" if not per_row else "the n choices each asked"
+    said = (f"--retry-failed asks again for all {what} of the 1 row that failed by a choice, "
+            "not only for the choices that failed: its usable choices are replaced, not kept, "
+            f"and paid for again (about {format_usd(paid)}, what its answers cost; the "
+            "cost so far is kept in earlier_cost_usd)")
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["rows"]["failed_with_choices"] == 1
+    assert report["cost_failed_with_choices_usd"] == pytest.approx(paid)
+    texts = {"summary": runner.format_summary(s), "status": format_status(out),
+             "cost_report.json": "\n".join(report["warnings"]),
+             "cost_report.md": (out / "cost_report.md").read_text()}
+    for where, text in texts.items():
+        assert text.count(said) == 1, (where, text)
+
+    sent.clear()
+    again = anyio.run(run_job_file, _recording(sent), job,
+                      runner.RunOptions(progress="none", retry_failed=True))
+    assert sorted(sent) == [("Answer: What is 1 + 1?", 3), ("Answer: What is 2 + 2?", 3)]
+    assert again.failed == 2
+    done = pd.read_parquet(out / "results.parquet").set_index("qid")
+    assert done.loc["q1", "cost_usd"] == pytest.approx(paid)
+    assert done.loc["q1", "earlier_cost_usd"] == pytest.approx(paid)
+
+
 @pytest.mark.parametrize("per_row", [False, True], ids=["job", "column"])
 def test_a_row_of_which_any_choice_was_cut_is_counted_and_the_hint_picks_it(
     tmp_path: Path, per_row: bool,
@@ -353,8 +425,9 @@ def test_a_row_of_which_any_choice_was_cut_is_counted_and_the_hint_picks_it(
     said = runner.format_summary(s)
     where = "finish_reason == 'length' or choices.str.contains('reason.:.length')"
     assert (f"  warning: 1 row cut at max_tokens (finish_reason=length): to answer it again "
-            f"with a larger one, rerun with --max-tokens N --force --rerun-where \"{where}\""
-            ) in said, said
+            f"with a larger one, rerun with --max-tokens N --force --rerun-where \"{where}\", "
+            f"which asks for all {'' if per_row else 'n = 3 '}choices of it again, not only those "
+            "cut") in said, said
     again = anyio.run(run_job_file, _one_bad_sample, job,
                       runner.RunOptions(progress="none", rerun_where=where))
     assert again.sent == 1
