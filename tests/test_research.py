@@ -493,3 +493,52 @@ def test_rows_of_a_batch_file_answered_with_fewer_choices_than_their_own_n_are_c
     out = tmp_path / "out"
     assert json.loads((out / "cost_report.json").read_text())["rows"]["fewer_choices"] == 2
     assert said in runner.format_summary(s) and said in format_status(out)
+
+
+def _drop_choices_asked(out: Path) -> None:
+    """Rewrite the journal's segments without ``choices_asked``, as a version before it wrote
+    them."""
+    import pyarrow.parquet as pq
+
+    from batchrunner.journal import Journal
+
+    for seg in Journal(out).segments():
+        table = pq.read_table(seg)
+        pq.write_table(table.drop_columns(["choices_asked"]), seg)
+
+
+def test_a_journal_written_before_choices_asked_is_read_by_status_report_and_reruns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An output directory of a version before ``choices_asked`` (rows asking their own n, one
+    failed, two to do): ``status``, ``report`` and ``estimate`` read it, a resume sends the
+    rows left and ``--retry-failed`` the failed one, beside records that have the column."""
+    job = write_batch_job(tmp_path, [1, 3, 3, 2, 3, 1])
+    lines = (tmp_path / "batch.jsonl").read_text().splitlines()
+    bad = json.loads(lines[2])
+    bad["body"]["messages"][0]["content"] += " [[sim:400]]"
+    lines[2] = json.dumps(bad)
+    (tmp_path / "batch.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "run", str(job), "--limit", "4", "--progress", "none")
+    assert code == 3, err
+    _drop_choices_asked(out)
+
+    code, said, err = cli(capsys, "status", str(out))
+    assert code == 0 and "4 of 6 rows finished (3 ok, 1 failed, 2 to do)" in said, err
+    code, said, err = cli(capsys, "report", str(out))
+    assert code == 3 and "6 rows: 3 ok, 1 failed, 2 not done yet" in said, err
+    done = pd.read_parquet(out / "results.parquet")
+    assert done["status"].tolist() == ["ok", "ok", "failed", "ok"]  # --limit: up to row 4
+    assert [len(json.loads(c)) for c in done["choices"][[1, 3]]] == [3, 2]
+    code, said, err = cli(capsys, "estimate", str(job))
+    assert code == 0 and "2 to send" in said, err
+
+    code, said, err = cli(capsys, "run", str(job), "--progress", "none")
+    assert code == 3 and "6 rows: 5 ok, 1 failed" in said and "2 requests sent" in said, err
+    _drop_choices_asked(out)
+    code, said, err = cli(capsys, "run", str(job), "--retry-failed", "--progress", "none")
+    assert code == 3 and "1 request sent" in said, err
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["rows"]["by_status"] == {"ok": 5, "failed": 1}
+    assert report["rows"]["fewer_choices"] == 0
