@@ -78,9 +78,9 @@ class Estimate:
     budget_usd: float | None = None  # max_cost_usd: the job's whole spend, earlier runs' too
     spent_usd: float = 0.0  # what earlier runs spent
     search_rows: int = 0  # rows to send that ask for search (billed apart, not estimated)
-    search_asked: str = ""  # what the first of them asks for it with
+    search_asked: Counter[str] = field(default_factory=Counter)  # what they ask for it with
     search_requests: int = 0  # rows to send that ask for search billed per request (estimated)
-    search_requested: str = ""  # what the first of them asks for it with
+    search_requested: Counter[str] = field(default_factory=Counter)  # what they ask with
     thinking_rows: int = 0  # rows to send that ask for thinking with no max_tokens nor budget
     thinking_asked: str = ""  # what the first of them asks for it with
     budgeted: int = 0  # rows to send with no max_tokens whose thinking budget is counted
@@ -159,10 +159,10 @@ def estimate(plan: Plan) -> Estimate:
         if (asked := search_requested(item.body)) is not None:
             m.search_requests += 1
             est.search_requests += 1
-            est.search_requested = est.search_requested or asked
+            est.search_requested[asked] += 1
         elif (asked := _search_asked(item.body)) is not None:
             est.search_rows += 1
-            est.search_asked = est.search_asked or asked
+            est.search_asked[asked] += 1
         if observed is not None:  # a choice's mean, for each of the n the row asks
             completion = int(observed[0] * item.n)
         elif item.completion_max:
@@ -330,6 +330,14 @@ def _ask(rows: int) -> str:
     return "asks" if rows == 1 else "ask"
 
 
+def _asked_with(asked: Counter[str]) -> str:
+    """What rows ask for search with: ``web_search_options`` when they all ask with it, else
+    each way with its rows, most first (``search_parameters for 2, web_search_options for 1``)."""
+    if len(asked) == 1:
+        return next(iter(asked))
+    return ", ".join(f"{what} for {n:,}" for what, n in asked.most_common())
+
+
 def format_estimate(e: Estimate) -> str:
     lines = [f"batchrunner: estimate for {e.name} — nothing was sent",
              f"  rows: {e.rows:,} in the input, {e.already_done:,} already done"
@@ -375,20 +383,18 @@ def format_estimate(e: Estimate) -> str:
     if e.search_requests:
         unpriced = sorted(model for model, m in e.by_model.items()
                           if m.search_requests and m.cost_usd is None)
+        asked = (f"{count_rows(e.search_requests)} {_ask(e.search_requests)} for search billed "
+                 f"per request ({_asked_with(e.search_requested)})")
         if unpriced:
-            lines.append(f"  warning: {count_rows(e.search_requests)} {_ask(e.search_requests)} "
-                         "for search billed per "
-                         f"request ({e.search_requested}); set search_request (USD per request) "
+            lines.append(f"  warning: {asked}; set search_request (USD per request) "
                          + " and ".join(f'under [prices."{model}"]' for model in unpriced)
                          + " in a job file for its cost to be known")
         else:
-            lines.append(f"  search: {count_rows(e.search_requests)} {_ask(e.search_requests)} "
-                         "for search billed per "
-                         f"request ({e.search_requested}), in the estimate at search_request")
+            lines.append(f"  search: {asked}, in the estimate at search_request")
     if e.search_rows:
         lines.append(f"  warning: {count_rows(e.search_rows)} {_ask(e.search_rows)} for search "
-                     f"({e.search_asked}): it is billed apart from tokens, by the sources or "
-                     "searches each reply uses, and is not in this estimate")
+                     f"({_asked_with(e.search_asked)}): it is billed apart from tokens, by the "
+                     "sources or searches each reply uses, and is not in this estimate")
     lines.append(f"  completion tokens from: {e.completion_basis}")
     if e.thinking_rows:
         lines.append(f"  warning: {count_rows(e.thinking_rows)} {_ask(e.thinking_rows)} for "

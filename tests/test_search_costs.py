@@ -333,6 +333,28 @@ def test_the_estimate_of_a_batch_file_warns_of_its_rows_search(
             '[prices."gpt-4o-mini-search-preview"]') in out
 
 
+def test_the_estimates_search_warnings_name_every_way_the_rows_ask_for_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A batch file whose rows ask for search in different ways (the seeds' Grok
+    search_parameters, Claude's web_search_options; Qwen's enable_search in parameters, a
+    search model): each warning named the first row's way only, as if every row asked so."""
+    rows = [("news", {"model": "grok-4", "search_parameters": {"mode": "auto"}}),
+            ("weather", {"model": "claude-opus-4-6",
+                         "web_search_options": {"search_context_size": "medium"}}),
+            ("more news", {"model": "grok-4", "search_parameters": {"mode": "on"}}),
+            ("Fermat", {"model": "qwen3-omni-flash", "stream": True,
+                        "parameters": {"enable_search": True}}),
+            ("today", {"model": "gpt-4o-mini-search-preview"})]
+    path = write_batch(tmp_path / "batch.jsonl", rows)
+    assert main(["estimate", "--input", str(path), "--base-url", "http://127.0.0.1:9/v1",
+                 "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert ("warning: 3 rows ask for search (search_parameters for 2, web_search_options for "
+            "1): it is billed apart from tokens") in out, out
+    assert ("warning: 2 rows ask for search billed per request (parameters.enable_search for "
+            "1, model gpt-4o-mini-search-preview for 1); set search_request") in out, out
+
+
 # Rows answered before search_unit was set: two in one try, one after a connection reset once
 # sent (a try that may have been billed with no usage said), and one without search.
 BEFORE_THE_PRICE = [*SEARCH_TEXTS, "sports [[sim:reset*1]][[sim:citations]]"]
