@@ -154,6 +154,8 @@ __all__ = [
     "job_details",
     "render_markdown",
     "retry_advice",
+    "search_shown",
+    "search_unpriced",
     "sum_usd",
     "utc_timestamp",
     "write_reports",
@@ -1384,7 +1386,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         *([["Search requests (billed per request)", _num(asked["rows"])]]
           if isinstance(asked.get("rows"), int) and asked["rows"] else []),
         ["Cost (USD)", cost],
-        *([["  of which search", format_usd(searched)]]
+        *([["  of which search", search_shown(searched, search_unpriced(report))]]
           if (searched := _searched(report)) is not None else []),
         ["  of which billed for failed rows", format_usd(report.get("cost_failed_usd") or 0.0)],
         *([[f"Tries with no usage reported, {_counted(unreported['rows'], 'row', 'rows')} "
@@ -1429,7 +1431,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                        else "not reported"] if wrote else []),
                     _num(m.get("completion_tokens", 0)),
                     _model_cost(m),
-                    *([format_usd(m.get("search_cost_usd"))] if searches else []),
+                    *([search_shown(m.get("search_cost_usd"), search_unpriced(m))]
+                      if searches else []),
                     _model_price(m),
                     str(m.get("price_source") or ""),
                 ]
@@ -1470,6 +1473,28 @@ def _searched(report: Mapping[str, Any]) -> float | None:
     asked = (report.get("search_requests") or {}).get("rows")
     usd = report.get("search_cost_usd")
     return usd if isinstance(usd, int | float) and (units or asked) else None
+
+
+def search_unpriced(entry: Mapping[str, Any]) -> int:
+    """The rows of a report (or of a model's entry in it) paid for whose search has no price,
+    their cost unknown: search units with no price, and requests that asked for search billed
+    per request with none."""
+    units, requests = entry.get("search_units"), entry.get("search_requests")
+    if isinstance(units, Mapping):  # the report's own: {"total", "rows", "unpriced_rows"}
+        counts = [units.get("unpriced_rows"),
+                  requests.get("unpriced_rows") if isinstance(requests, Mapping) else None]
+    else:  # a model's
+        counts = [entry.get("search_unpriced_rows"), entry.get("search_request_unpriced_rows")]
+    return sum(n for n in counts if isinstance(n, int))
+
+
+def search_shown(usd: float | None, unpriced: int) -> str:
+    """What search billed apart from tokens cost, as the reports show it: the rows' with a
+    price, and how many rows' search has none (not ``$0.0000`` for search with no price)."""
+    if not unpriced:
+        return format_usd(usd)
+    priced = f"{format_usd(usd)} + " if usd else ""
+    return f"{priced}no price ({count_rows(unpriced)})"
 
 
 def _model_price(m: Mapping[str, Any]) -> str:

@@ -56,6 +56,8 @@ from batchrunner.report import (
     format_ms,
     format_usd,
     job_details,
+    search_shown,
+    search_unpriced,
 )
 
 __all__ = ["MAX_CATEGORIES", "MAX_LATENCY_BINS", "MAX_TIME_BUCKETS", "render_html"]
@@ -351,7 +353,8 @@ def _model_table(report: Mapping[str, Any]) -> str:
             + (f"<td class=n>{written}</td>" if wrote else "")
             + f"<td class=n>{_num(_int(m.get('completion_tokens')))}</td>"
             f"<td class=n>{_e(cost)}</td>"
-            + (f"<td class=n>{_e(format_usd(m.get('search_cost_usd')))}</td>" if search else "")
+            + (f"<td class=n>{_e(search_shown(m.get('search_cost_usd'), search_unpriced(m)))}"
+               "</td>" if search else "")
             + f"<td class=n>{_e(price)}</td>"
             f"<td>{_e(m.get('price_source') or '')}</td>"
             "</tr>"

@@ -170,7 +170,11 @@ def format_status(out_dir: Path) -> str:
         # of a big job reading them cost a third more CPU once it was compacted.
         prices = PriceBook(parse_price_table(meta.get("prices") or {},
                                              where=f"{out_dir / 'job.json'}: prices"))
-        cost += f" (of which search {format_usd(search.usd(prices))})"
+        usd = search.usd(prices)
+        # Rows whose search had no price have no cost: counted below, not as search's $0.
+        cost += (" (search has no price)" if not usd and (
+            state.unpriced_search or state.unpriced_requests)
+                 else f" (of which search {format_usd(usd)})")
     if state.unpriced:  # rows paid for without a cost, as the reports count them
         searched = state.unpriced_search + state.unpriced_requests
         keys = " or ".join(k for k, n in (("search_unit", state.unpriced_search),

@@ -456,6 +456,30 @@ def test_status_shows_the_search_billed_apart_from_tokens_as_the_report_does(
     assert shown() == during  # compacted
 
 
+def test_search_with_no_price_is_said_to_have_none_not_a_cost_of_0(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Grok job asking for live search (the seed's search_parameters) with no search_unit:
+    status said "(of which search $0.0000)" and the reports' totals and model table $0.0000
+    for search whose cost is unknown; they say it has no price now."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text\na,kettle\nb,tent\n")
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
+        'prompt = "Describe {text}"\nmax_tokens = 50\n'
+        '[request.extra]\nsearch_parameters = { mode = "auto" }\n'
+        '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+    assert main(["run", "job.toml", "--progress", "none"]) == 0
+    out = tmp_path / "out"
+    line = next(x for x in format_status(out).splitlines() if "cost so far" in x)
+    assert "of which search" not in line, line
+    assert ("(search has no price) (plus 2 rows without a cost: search with no price when "
+            "answered (search_unit in [prices]))") in line, line
+    md = (out / "cost_report.md").read_text()
+    assert re.search(r"\| +of which search +\| no price \(2 rows\) +\|", md), md
+    assert re.search(r"\| grok-4 \|.*\| no price \(2 rows\) \|", md), md
+    assert "<td class=n>no price (2 rows)</td>" in (out / "report.html").read_text()
+
+
 def test_a_killed_runs_pid_taken_by_another_process_is_not_the_run_in_progress(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run killed while it waited out an outage left its pid and the outage in job.json.
