@@ -282,14 +282,23 @@ def openai_reasoning(model: str) -> bool:
 
 # Gemini models that think unless a request turns it off (a thinking budget of 0, reasoning_effort
 # "none", a gateway's -nothinking name): Gemini 2.5 Pro and Flash (not Flash-Lite nor Flash
-# Image) and Gemini 3, whose thinking_level defaults to HIGH.
-_GEMINI_THINKS = re.compile(r"gemini-(?:2\.5-(?:pro|flash(?!-lite|-image))|3)(?!.*nothinking)",
+# Image) and Gemini 3, whose thinking_level defaults to HIGH, Gemini 3 Pro Image among them
+# (nano-banana-pro, as ai-nebula lists it with Gemini's -thinking and -nothinking names).
+_GEMINI_THINKS = re.compile(r"(?:gemini-(?:2\.5-(?:pro|flash(?!-lite|-image))|3)|nano-banana-pro)"
+                            r"(?!.*nothinking)",
                             re.IGNORECASE)
 
 
 def gemini_thinks(model: str) -> bool:
     """Whether ``model`` names a Gemini model that thinks unless the request turns it off."""
     return _GEMINI_THINKS.search(model) is not None
+
+
+def gemini_named(model: str) -> bool:
+    """Whether ``model`` names a Gemini model: ``gemini-...``, or Gemini's image models by the
+    name gateways give them (``nano-banana-pro``)."""
+    name = model.lower()
+    return "gemini" in name or "nano-banana" in name
 
 
 # Other providers' models that reason before they answer whose names do not say so (OpenAI's
@@ -302,6 +311,10 @@ REASONING_MODELS: tuple[str, ...] = (
     "grok-code-fast",
     "qwq",
     "gpt-oss",  # vLLM and the gateways return its reasoning as reasoning_content
+    # Zhipu's and Moonshot's, which think unless thinking = {"type": "disabled"} (ai-nebula
+    # lists them among its domestic models).
+    "glm-4.7",
+    "kimi-k2.5",
 )
 
 

@@ -316,7 +316,8 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
         return "reasoning_effort", 0
     if effort == "none":  # thinking turned off (GPT-5.1's, a gateway's for Gemini)
         return None, 0
-    if reasoning_model(model):  # as the simulator makes it reason
+    if reasoning_model(model) and not (  # as the simulator makes it reason
+            isinstance(thinking, Mapping) and thinking.get("type") == "disabled"):
         return f"model {model}", 0
     return None, 0
 

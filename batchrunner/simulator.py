@@ -70,8 +70,9 @@ Reasoning
     ``non-reasoning``: ``grok-4`` is not ``grok-4-fast-non-reasoning``), any model whose name
     says it reasons (``deepseek-reasoner``, ``grok-4-fast-reasoning``, ``kimi-k2-thinking``;
     not ``-non-reasoning``, ``-nothinking``, ``-non-thinking``), Gemini 2.5 Pro and Flash (not
-    Flash-Lite) and Gemini 3, which think unless told not to (a ``-nothinking`` name, a
-    thinking budget of 0 as below, or ``reasoning_effort`` ``"none"``): one rule,
+    Flash-Lite) and Gemini 3 (``nano-banana-pro`` too), which think unless told not to (a
+    ``-nothinking`` name, a thinking budget of 0 as below, or ``reasoning_effort``
+    ``"none"``): one rule,
     ``config.reasoning_model``, the one the estimate warns of thinking by; and any request with
     ``"thinking": {"type": "enabled"}``, Gemini's
     ``generationConfig.thinkingConfig`` or (streamed: gateways turn them off otherwise)
@@ -81,7 +82,8 @@ Reasoning
     ``completion_tokens`` (and the max_tokens budget) and reported in
     ``usage.completion_tokens_details.reasoning_tokens``; the text is returned as
     ``message.reasoning_content`` and streamed as ``reasoning_content`` deltas before the content.
-    ``"reasoning_effort": "none"`` turns a model's reasoning off (GPT-5.1 and later take it).
+    ``"reasoning_effort": "none"`` turns a model's reasoning off (GPT-5.1 and later take it),
+    and so does ``"thinking": {"type": "disabled"}`` (GLM's and Kimi's, which think unasked).
     OpenAI's own reasoning models and xAI's Grok 4 (``grok-4``, ``grok-4-fast-reasoning``; xAI
     returns the text of grok-3-mini's alone) return no reasoning text, as their APIs do:
     their reasoning tokens are counted and billed alike, the reply holds the answer alone, and
@@ -252,7 +254,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from batchrunner.config import REASONING_MODELS, openai_reasoning, reasoning_model
+from batchrunner.config import REASONING_MODELS, gemini_named, openai_reasoning, reasoning_model
 from batchrunner.errors import ConfigError, UsageError
 
 __all__ = [
@@ -1527,14 +1529,16 @@ class _Server:
                     "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
                     "response_format",
                 )
-        # reasoning_effort "none" turns the reasoning off (GPT-5.1's and later, a gateway's).
-        reasoning = self.is_reasoning(model) and body.get("reasoning_effort") != "none"
-        gemini = "gemini" in model.lower()
+        # reasoning_effort "none" turns the reasoning off (GPT-5.1's and later, a gateway's),
+        # and so does thinking = {"type": "disabled"} (GLM's, Kimi's, DeepSeek's).
+        thinking = body.get("thinking")
+        reasoning = (self.is_reasoning(model) and body.get("reasoning_effort") != "none"
+                     and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"))
+        gemini = gemini_named(model)
         if reasoning:
             if gemini:  # thinks by default, unless its budget is 0
                 reasoning = _gemini_thinks(body, stream, True)
         else:
-            thinking = body.get("thinking")
             # Qwen's enable_thinking is turned off, not refused, without a stream.
             reasoning = (body.get("enable_thinking") is True and stream) or (
                 isinstance(thinking, dict) and thinking.get("type") == "enabled"

@@ -540,6 +540,10 @@ SEEDS_REASONING = {
     "Kimi-K2-Thinking": True, "gemini-2.5-flash-thinking-8192": True,
     "gemini-3-pro-preview-thinking-low": True, "gemini-3-flash-preview": True,
     "o4-mini": True, "o3-mini": True, "gpt-5.2": True, "gpt-5.1": True,
+    # Zhipu's GLM-4.7 and Moonshot's Kimi K2.5 think unless told not to, as does Gemini 3 Pro
+    # Image, which ai-nebula lists as nano-banana-pro with Gemini's -nothinking names.
+    "glm-4.7": True, "kimi-k2.5": True, "nano-banana-pro": True,
+    "nano-banana-pro-nothinking": False,
     "grok-4-fast-non-reasoning": False, "gemini-2.5-flash-nothinking": False,
     "qwen3-32b-no-thinking": False, "claude-opus-4-6": False, "deepseek-v3-1-250821": False,
     "deepseek-v3": False, "grok-3": False, "grok-3-fast": False, "gpt-4o": False,
@@ -570,6 +574,32 @@ async def test_the_estimate_warns_of_the_thinking_of_the_models_the_simulator_ma
     assert "the thinking budget of the 1 row that set one, on top" in out, out
     assert (f"  warning: {thinking} rows ask for thinking (model deepseek-reasoner) with no "
             "max_tokens") in out, out
+
+
+@pytest.mark.anyio
+async def test_thinking_disabled_turns_off_the_thinking_of_models_that_think_unasked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """GLM-4.7 and Kimi K2.5 think unless a request sends thinking = {"type": "disabled"}: the
+    estimate warned of the thinking of rows that turn it off, and the simulator rehearsed them
+    thinking (it did not know either model thought at all: no warning, no reasoning)."""
+    off = '[request.extra]\nthinking = { type = "disabled" }'
+    out = estimate(tmp_path, capsys, ["glm-4.7", "kimi-k2.5"])
+    assert ("  warning: 2 rows ask for thinking (model glm-4.7) with no max_tokens") in out, out
+    out = estimate(tmp_path, capsys, ["glm-4.7", "kimi-k2.5"], off)
+    assert "for thinking" not in out, out
+    async with Simulator(SimulatorConfig(reply_tokens=20)) as sim, aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {KEY}"}) as session:
+        for model in ("glm-4.7", "kimi-k2.5"):
+            reasoned = []
+            for extra in ({}, {"thinking": {"type": "disabled"}},
+                          {"thinking": {"type": "enabled"}}):
+                async with session.post(f"{sim.base_url}/chat/completions", json={
+                        "model": model, "messages": [{"role": "user", "content": "think"}],
+                        **extra}) as r:
+                    assert r.status == 200, (model, await r.text())
+                    usage = (await r.json())["usage"]
+                reasoned.append(usage["completion_tokens_details"]["reasoning_tokens"] > 0)
+            assert reasoned == [True, False, True], model
 
 
 def test_the_estimate_warns_of_gpt_oss_thinking_as_the_simulator_rehearses_it(
