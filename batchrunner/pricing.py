@@ -113,6 +113,9 @@ _GATEWAY_SUFFIX = re.compile(r"-(?:no)?thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
 # A local model's tag, as Ollama names them ("deepseek-r1:7b", "qwen2.5:7b-instruct-q4_K_M",
 # "llama3.1:latest"): run on the user's own hardware, never at an API's price (the library
 # matches "deepseek-r1:7b" to DeepSeek's deepseek-reasoner).
+# The numbers in a model's name: a close name with others is another version of a model
+# (deepseek-v3p2, DeepSeek V3.2, for deepseek-v3, a model of its own), not a misspelling of it.
+_NUMBERS = re.compile(r"\d+")
 _LOCAL_TAG = re.compile(r"^[^:/\s]+:(?:latest|\d+(?:\.\d+)?[bmk](?:[-_.][\w.-]*)?)$", re.IGNORECASE)
 # DeepSeek's R1 distilled into another family's model without "distill" in its name
 # (DeepSeek-R1-0528-Qwen3-8B): the family, which a price found for it must name too.
@@ -354,15 +357,18 @@ class PriceBook:
     def close_names(self, model: str) -> list[str]:
         """The model names, the job's and the price library's, closest to ``model`` (a typo of
         one of them), best first; none close enough: ``[]``. A local model's tag has none: it
-        is no API's model misspelt. Loads the library."""
-        if _LOCAL_TAG.match(model.strip()):
+        is no API's model misspelt; nor is a name whose numbers differ (``_NUMBERS``) one meant.
+        Loads the library."""
+        asked = model.strip().lower()
+        if _LOCAL_TAG.match(asked):
             return []
+        numbers = _NUMBERS.findall(asked)
         names = {name.lower(): name for name in self._overrides}
         for provider in importlib.import_module("genai_prices.data").providers:
             for info in provider.models:
                 names.setdefault(info.id.lower(), info.id)
-        close = difflib.get_close_matches(model.strip().lower(), names, n=3, cutoff=0.9)
-        return [names[name] for name in close]
+        close = difflib.get_close_matches(asked, names, n=3, cutoff=0.9)
+        return [names[name] for name in close if _NUMBERS.findall(name) == numbers]
 
     def recorded_cost(self, record: Mapping[str, Any]) -> float | None:
         """What a reply cost at the job's own prices, from its usage as the journal records it

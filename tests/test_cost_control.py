@@ -609,6 +609,12 @@ async def test_the_summary_states_no_cost_it_does_not_know(tmp_path: Path) -> No
     # A model of the user's own server: told how to price it at 0.
     ("my-finetune-local", "a model on a server of your own, which bills no tokens, takes "
                           "input = 0 and output = 0"),
+    # The seeds' gateway models the library does not know: no other version of a model named
+    # as the one meant (it said "did you mean 'deepseek-v3p2'?", "'qwen3.8-omni-flash'?").
+    ("deepseek-v3", "no price is known for model 'deepseek-v3', so the budget cannot be kept: "
+                    'add [prices."deepseek-v3"] with input and output (USD per 1M tokens)'),
+    ("qwen3-omni-flash", "no price is known for model 'qwen3-omni-flash', so the budget cannot "
+                         'be kept: add [prices."qwen3-omni-flash"] with input and output'),
 ])
 def test_a_budget_with_a_model_of_no_price_is_refused_before_any_request(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, said: str) -> None:
