@@ -1121,6 +1121,7 @@ class ChatClient:
         usage_due = False  # a finished stream's usage chunk is waited for
         usage_wait = 0.0  # for that long
         usage_asked = False  # a stream's usage chunk was asked for (stream_options)
+        usage_waited = False  # and is waited for once its answer finished (_usage_waited)
         counted = False  # counted in ``_flying``
         if streaming:
             model = body.get("model")
@@ -1149,8 +1150,8 @@ class ChatClient:
                     after_finish = min(_AFTER_FINISH_S, limit / 4)
                     options = body.get("stream_options")
                     usage_asked = (streaming and isinstance(options, dict)
-                                   and options.get("include_usage") is True
-                                   and self._usage_waited(loop))
+                                   and options.get("include_usage") is True)
+                    usage_waited = usage_asked and self._usage_waited(loop)
                     # Progress tells: the timeout now bounds each wait for the next bytes
                     # (keep-alive comments count), its deadline pushed on by every chunk and
                     # kept by the watchdog, up to the cap on the whole.
@@ -1173,7 +1174,7 @@ class ChatClient:
                                 # answer paid for again), nor is one that sends keep-alive
                                 # comments on: after_finish in all.
                                 if finished_by == math.inf:
-                                    usage_due = (usage_asked and stream.usage is None
+                                    usage_due = (usage_waited and stream.usage is None
                                                  and stream.error is None)
                                     usage_wait = min(limit, max(_USAGE_WAIT_S,
                                                                 _USAGE_GAPS_X * gap))

@@ -1030,6 +1030,40 @@ async def test_a_usage_chunk_is_waited_for_as_long_as_the_stream_s_chunks_took_n
 
 
 @pytest.mark.anyio
+async def test_a_stream_with_no_finish_reason_is_cut_without_its_usage_while_none_is_waited_for(
+        job_env: str) -> None:
+    """A gateway whose streams for one model have no finish_reason (as ai-nebula's reference
+    shows them) but their usage chunk, asked for: one that ends with its [DONE] and no usage
+    is cut (a broken upstream's, closed by the gateway). Once another model's finished stream
+    was held open without its usage (the usage then not waited for, for 30 s), such a cut
+    stream was taken whole, its half answer recorded ok: not waiting for the usage was read as
+    not having asked for it."""
+    options = {"stream_options": {"include_usage": True}}
+    unfinished = (sse(stream_chunk("Echo: ")), sse(stream_chunk("half")))
+
+    async def gateway(srv: FaultServer, request: web.BaseRequest,
+                      body: dict[str, Any]) -> web.StreamResponse:
+        if body["model"] == "gpt-4o-mini":  # finished, then held open without its usage
+            return await srv.held(await stream_reply(request, *FINISHED, hold=True))
+        usage = (USAGE_CHUNK,) if srv.requests <= 2 else ()
+        return await stream_reply(request, *unfinished, *usage, b"data: [DONE]\n\n")
+
+    kimi = {**STREAM_BODY, **options, "model": "kimi-k2.5"}
+    with anyio.fail_after(25):
+        async with FaultServer(gateway) as srv, ChatClient(srv.base_url, job_env, timeout_s=2,
+                                                           connections=2) as client:
+            with pytest.raises(TransportError, match="no other answer of the model yet"):
+                await client.complete(kimi)  # none yet to tell the endpoint's way: cut
+            told = await client.complete(kimi)  # the endpoint's way, with its usage
+            held = await client.complete({**STREAM_BODY, **options})
+            with pytest.raises(TransportError, match="no usage chunk either") as cut:
+                await client.complete(kimi)
+    assert (told.content, told.finish_reason, told.total_tokens) == ("Echo: half", None, 13)
+    assert (held.content, held.finish_reason, held.total_tokens) == ("Echo: whole", "stop", None)
+    assert cut.value.error_type == "stream_cut" and cut.value.retryable
+
+
+@pytest.mark.anyio
 async def test_streams_after_one_held_open_without_usage_are_not_read_on_for_a_done(
         job_env: str) -> None:
     """A server that holds a finished stream open with no usage chunk and no ``[DONE]`` costs
