@@ -82,7 +82,7 @@ class Estimate:
     search_requests: int = 0  # rows to send that ask for search billed per request (estimated)
     search_requested: Counter[str] = field(default_factory=Counter)  # what they ask with
     thinking_rows: int = 0  # rows to send that ask for thinking with no max_tokens nor budget
-    thinking_asked: str = ""  # what the first of them asks for it with
+    thinking_asked: Counter[str] = field(default_factory=Counter)  # what they ask with
     budgeted: int = 0  # rows to send with no max_tokens whose thinking budget is counted
     warnings: list[str] = field(default_factory=list)  # the job's, as a run would say them
 
@@ -173,7 +173,7 @@ def estimate(plan: Plan) -> Estimate:
                 est.budgeted += 1
             elif asked is not None:
                 est.thinking_rows += 1
-                est.thinking_asked = est.thinking_asked or asked
+                est.thinking_asked[asked] += 1
             completion = (DEFAULT_COMPLETION_ESTIMATE + budget) * item.n
         unbounded += not item.completion_max
         m.rows += 1
@@ -331,12 +331,21 @@ def _ask(rows: int) -> str:
     return "asks" if rows == 1 else "ask"
 
 
+# The ways rows ask for search or thinking that a warning names, most rows first; the rest
+# counted (a batch file of many models asks for thinking in as many ways).
+_WAYS_SHOWN = 3
+
+
 def _asked_with(asked: Counter[str]) -> str:
-    """What rows ask for search with: ``web_search_options`` when they all ask with it, else
-    each way with its rows, most first (``search_parameters for 2, web_search_options for 1``)."""
+    """What rows ask for search or thinking with: ``web_search_options`` when they all ask
+    with it, else each way with its rows, most first (``search_parameters for 2,
+    web_search_options for 1``), the rows of ways past ``_WAYS_SHOWN`` counted together."""
     if len(asked) == 1:
         return next(iter(asked))
-    return ", ".join(f"{what} for {n:,}" for what, n in asked.most_common())
+    ways = asked.most_common()
+    shown = ", ".join(f"{what} for {n:,}" for what, n in ways[:_WAYS_SHOWN])
+    rest = sum(n for _, n in ways[_WAYS_SHOWN:])
+    return f"{shown}, and {count_rows(rest)} in other ways" if rest else shown
 
 
 def format_estimate(e: Estimate) -> str:
@@ -399,8 +408,9 @@ def format_estimate(e: Estimate) -> str:
     lines.append(f"  completion tokens from: {e.completion_basis}")
     if e.thinking_rows:
         lines.append(f"  warning: {count_rows(e.thinking_rows)} {_ask(e.thinking_rows)} for "
-                     f"thinking ({e.thinking_asked}) with no max_tokens: the reasoning, billed "
-                     f"as output, can run to thousands of tokens a reply, past the guess of "
+                     f"thinking ({_asked_with(e.thinking_asked)}) with no max_tokens: the "
+                     "reasoning, billed as output, can run to thousands of tokens a reply, past "
+                     "the guess of "
                      f"{DEFAULT_COMPLETION_ESTIMATE}; set max_tokens for a bound, or send a few "
                      "rows first (--limit 20): the estimate then takes their answers' mean")
     if e.time_s is not None:

@@ -527,8 +527,9 @@ def test_the_estimate_warns_of_no_thinking_for_models_named_as_not_thinking(
               "gpt-5-chat-latest", "openai/gpt-5.1"]
     out = estimate(tmp_path, capsys, models)
     warned = [line for line in out.splitlines() if "for thinking" in line]
-    assert len(warned) == 1 and warned[0].startswith(  # the first model's name, the rows of both
-        "  warning: 2 rows ask for thinking (model grok-4-fast-reasoning) with no max_tokens"), out
+    assert len(warned) == 1 and warned[0].startswith(  # both models, each with its rows
+        "  warning: 2 rows ask for thinking (model grok-4-fast-reasoning for 1, model "
+        "openai/gpt-5.1 for 1) with no max_tokens"), out
 
 
 # The gateway reference's model names (and served forms of them: a provider prefix, Ollama's
@@ -572,8 +573,9 @@ async def test_the_estimate_warns_of_the_thinking_of_the_models_the_simulator_ma
     out = estimate(tmp_path, capsys, list(SEEDS_REASONING))
     thinking = sum(SEEDS_REASONING.values()) - 1  # but the one whose name sets a budget (8192)
     assert "the thinking budget of the 1 row that set one, on top" in out, out
-    assert (f"  warning: {thinking} rows ask for thinking (model deepseek-reasoner) with no "
-            "max_tokens") in out, out
+    assert (f"  warning: {thinking} rows ask for thinking (model deepseek-reasoner for 1, model "
+            "deepseek/deepseek-reasoner for 1, model deepseek-r1 for 1, and "
+            f"{thinking - 3} rows in other ways) with no max_tokens") in out, out
 
 
 @pytest.mark.anyio
@@ -584,7 +586,8 @@ async def test_thinking_disabled_turns_off_the_thinking_of_models_that_think_una
     thinking (it did not know either model thought at all: no warning, no reasoning)."""
     off = '[request.extra]\nthinking = { type = "disabled" }'
     out = estimate(tmp_path, capsys, ["glm-4.7", "kimi-k2.5"])
-    assert ("  warning: 2 rows ask for thinking (model glm-4.7) with no max_tokens") in out, out
+    assert ("  warning: 2 rows ask for thinking (model glm-4.7 for 1, model kimi-k2.5 for 1) "
+            "with no max_tokens") in out, out
     out = estimate(tmp_path, capsys, ["glm-4.7", "kimi-k2.5"], off)
     assert "for thinking" not in out, out
     async with Simulator(SimulatorConfig(reply_tokens=20)) as sim, aiohttp.ClientSession(
@@ -610,7 +613,8 @@ def test_the_estimate_warns_of_gpt_oss_thinking_as_the_simulator_rehearses_it(
     out = estimate(tmp_path, capsys, ["gpt-oss-120b", "openai/gpt-oss-20b", "gpt-4o"])
     warned = [line for line in out.splitlines() if "for thinking" in line]
     assert len(warned) == 1 and warned[0].startswith(
-        "  warning: 2 rows ask for thinking (model gpt-oss-120b) with no max_tokens"), out
+        "  warning: 2 rows ask for thinking (model gpt-oss-120b for 1, model openai/gpt-oss-20b "
+        "for 1) with no max_tokens"), out
 
 
 def test_the_estimate_reads_geminis_thinking_config_in_a_stream_only_as_the_simulator_does(
@@ -638,7 +642,8 @@ def test_the_estimate_warns_of_geminis_thinking_as_the_gateway_reference_asks_fo
     out = estimate(tmp_path, capsys, models)
     warned = [line for line in out.splitlines() if "for thinking" in line]
     assert len(warned) == 1 and warned[0].startswith(
-        "  warning: 2 rows ask for thinking (model gemini-3-pro-preview) with no max_tokens"), out
+        "  warning: 2 rows ask for thinking (model gemini-3-pro-preview for 1, model "
+        "gemini-2.5-flash for 1) with no max_tokens"), out
     out = estimate(tmp_path, capsys, ["my-gemini"], "stream = true\n[request.extra]\n"
                    'generationConfig = { thinkingConfig = { thinkingLevel = "LOW" } }')
     assert ("  warning: 1 row asks for thinking (generationConfig.thinkingConfig) with no "
