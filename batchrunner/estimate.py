@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value, scalar
-from batchrunner.config import reasoning_model
+from batchrunner.config import gemini_named, reasoning_model
 from batchrunner.journal import Journal
 from batchrunner.pricing import SOURCE_JOB, search_requested
 from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
@@ -244,7 +244,7 @@ def _search_asked(body: Mapping[str, Any]) -> str | None:
     extra = body.get("extra_body")
     google = extra.get("google") if isinstance(extra, Mapping) else None
     model = body.get("model")
-    gemini = isinstance(model, str) and "gemini" in model.lower()
+    gemini = isinstance(model, str) and gemini_named(model)
     for where, tools, named in (("tools", body.get("tools"), gemini),
                                 ("extra_body.google.tools",
                                  google.get("tools") if isinstance(google, Mapping) else None,

@@ -84,7 +84,7 @@ from functools import partial
 from types import MappingProxyType, ModuleType
 from typing import Any, TypeVar
 
-from batchrunner.config import cache_dir
+from batchrunner.config import cache_dir, gemini_named
 from batchrunner.errors import ConfigError
 
 __all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table", "preload",
@@ -576,7 +576,7 @@ def search_requested(body: Mapping[str, Any]) -> str | None:
     params = body.get("parameters")
     if isinstance(params, dict) and params.get("enable_search") is True:
         return "parameters.enable_search"
-    gemini = "gemini" in name
+    gemini = gemini_named(name)
     tools = body.get("tools")
     if tools and (found := _google_search(tools, gemini)) is not None:
         return f"tools: {found}"

@@ -195,8 +195,8 @@ def body_warnings(body: dict[str, Any]) -> list[str]:
 
 _REQUEST_FIELDS = frozenset({"model", "max_tokens", "temperature", "top_p"})
 # Gemini through a gateway that names its thinking variants by suffix (-thinking, -thinking-8192,
-# -thinking-low).
-_GEMINI_THINKING = re.compile(r"gemini.*-thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
+# -thinking-low), its image model's too (nano-banana-pro-thinking).
+_GEMINI_THINKING = re.compile(r"(?:gemini|nano-banana).*-thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
 # Qwen's settings that gateways taking a ``parameters`` object read only there.
 _QWEN_PARAMETERS = ("temperature", "top_p", "enable_search", "search_options")
 

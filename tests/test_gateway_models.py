@@ -19,8 +19,10 @@ from aiohttp import web
 
 from batchrunner.cli import main
 from batchrunner.config import load_job
+from batchrunner.pricing import search_requested
 from batchrunner.runner import run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
+from batchrunner.template import body_warnings
 from tests.servers import serve_on_loopback
 from tests.test_faults import (
     KEY,  # the job_env fixture reads the module's KEY
@@ -576,6 +578,23 @@ async def test_the_estimate_warns_of_the_thinking_of_the_models_the_simulator_ma
     assert (f"  warning: {thinking} rows ask for thinking (model deepseek-reasoner for 1, model "
             "deepseek/deepseek-reasoner for 1, model deepseek-r1 for 1, and "
             f"{thinking - 3} rows in other ways) with no max_tokens") in out, out
+
+
+def test_nano_banana_pro_is_a_gemini_model_to_its_search_tool_and_its_thinking_names() -> None:
+    """ai-nebula lists nano-banana-pro (Gemini 3 Pro Image) among its Gemini models, with their
+    -thinking names and Google Search tool: its googleSearch function was taken for the job's
+    own function (search billed per request, unpriced and unestimated), and its -thinking
+    name without a stream drew no warning that the reasoning comes in a stream only."""
+    search = [{"type": "function", "function": {"name": "googleSearch"}}]
+    assert search_requested({"model": "nano-banana-pro", "tools": search}) == "tools: googleSearch"
+    assert search_requested({"model": "gpt-4o", "tools": search}) is None  # the job's own
+    warned = body_warnings({"model": "nano-banana-pro-thinking", "messages": []})
+    assert [w for w in warned if "only in a stream" in w] == [
+        "the body's model nano-banana-pro-thinking gives its reasoning (reasoning_content) only "
+        'in a stream, though its thinking is billed: set "stream": true in the body to record '
+        "it"], warned
+    assert not body_warnings({"model": "nano-banana-pro-thinking", "stream": True,
+                              "messages": []})
 
 
 @pytest.mark.anyio
