@@ -163,8 +163,9 @@ def format_status(out_dir: Path) -> str:
         lines.append(f"  failed {etype}: {n:,}")
     # Every row's cost, as the reports sum it: a failed row's billed reply (a schema mismatch,
     # an error body with usage) was paid for too.
-    cost = format_usd(state.cost.usd)
-    if state.searched and (  # search billed apart from tokens, at the job's prices
+    known = state.cost.rows > 0 or not state.unpriced  # else no row paid for has a cost
+    cost = format_usd(state.cost.usd) if known else "unknown"
+    if known and state.searched and (  # search billed apart from tokens, at the job's prices
             search := Journal(out_dir).fold_latest(SearchSum.COLUMNS, SearchSum)).searched:
         # A second read, of the model columns too, for a job with search only: every status
         # of a big job reading them cost a third more CPU once it was compacted.
@@ -185,7 +186,8 @@ def format_status(out_dir: Path) -> str:
             why = f"search with no price when answered ({keys} in [prices])"
         else:
             why = "no price known for the model or its search, or no usage reported"
-        cost += f" (plus {count_rows(state.unpriced)} without a cost: {why})"
+        cost += (f" (plus {count_rows(state.unpriced)} without a cost: {why})" if known
+                 else f": {count_rows(state.unpriced)} without a cost ({why})")
     # Of the rows to do, those whose billed attempts have a cost (not a cut try's estimate).
     cost += plus_earlier(state.earlier.usd, state.to_do_earlier.rows, state.to_do_earlier.usd)
     if state.unreported.rows:

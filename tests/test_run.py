@@ -573,7 +573,9 @@ async def test_a_failed_row_billed_at_no_known_price_is_a_cost_unknown(tmp_path:
     assert (s.ok, s.failed, s.cost_usd, s.cost_unknown) == (2, 1, None, 3)
     assert ('cost: unknown: 3 rows without a cost (no price for m: add [prices."m"] with input '
             "and output (USD per 1M tokens), to a job file)") in format_summary(s)
-    assert "(plus 3 rows without a cost: no price known" in format_status(tmp_path / "out")
+    # As the summary says: unknown, not $0 (none of the rows has a cost).
+    assert ("cost so far unknown: 3 rows without a cost (no price known"
+            in format_status(tmp_path / "out"))
 
 
 @pytest.mark.anyio

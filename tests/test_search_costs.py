@@ -686,8 +686,8 @@ async def test_search_per_request_with_no_price_leaves_the_cost_unknown_and_says
         '[prices."gpt-4o-mini"]')
     assert "(incomplete, see warnings)" in (tmp_path / "out" / "cost_report.md").read_text()
     assert main(["status", str(tmp_path / "out")]) == 0
-    assert ("(plus 2 rows without a cost: search with no price when answered (search_request "
-            "in [prices]))") in capsys.readouterr().out
+    assert ("cost so far unknown: 2 rows without a cost (search with no price when answered "
+            "(search_request in [prices]))") in capsys.readouterr().out
 
 
 @pytest.mark.anyio

@@ -458,26 +458,33 @@ def test_status_shows_the_search_billed_apart_from_tokens_as_the_report_does(
 
 def test_search_with_no_price_is_said_to_have_none_not_a_cost_of_0(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Grok job asking for live search (the seed's search_parameters) with no search_unit:
-    status said "(of which search $0.0000)" and the reports' totals and model table $0.0000
-    for search whose cost is unknown; they say it has no price now."""
+    """A Grok job whose rows' live search has no search_unit: status said "(of which search
+    $0.0000)" and the reports' totals and model table $0.0000 for search whose cost is unknown;
+    they say it has no price now. A job none of whose rows has a cost (every row searched, as
+    the seed's search_parameters ask) said "cost so far $0.0000": its cost is unknown."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "in.csv").write_text("id,text\na,kettle\nb,tent\n")
-    (tmp_path / "job.toml").write_text(
-        '[input]\npath = "in.csv"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
-        'prompt = "Describe {text}"\nmax_tokens = 50\n'
-        '[request.extra]\nsearch_parameters = { mode = "auto" }\n'
-        '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+    (tmp_path / "in.csv").write_text(
+        "id,text\na,kettle [[sim:citations]]\nb,tent [[sim:citations]]\nc,lamp\n")
+    job = ('[input]\npath = "in.csv"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
+           'prompt = "Describe {text}"\nmax_tokens = 50\n[endpoint]\nsimulator = true\n')
+    (tmp_path / "job.toml").write_text(job + '[output]\ndir = "out"\n')
     assert main(["run", "job.toml", "--progress", "none"]) == 0
     out = tmp_path / "out"
     line = next(x for x in format_status(out).splitlines() if "cost so far" in x)
     assert "of which search" not in line, line
-    assert ("(search has no price) (plus 2 rows without a cost: search with no price when "
-            "answered (search_unit in [prices]))") in line, line
+    assert re.search(r"cost so far \$[0-9.]+ \(search has no price\) \(plus 2 rows without a "
+                     r"cost: search with no price when answered \(search_unit in \[prices\]\)\)",
+                     line), line
     md = (out / "cost_report.md").read_text()
     assert re.search(r"\| +of which search +\| no price \(2 rows\) +\|", md), md
     assert re.search(r"\| grok-4 \|.*\| no price \(2 rows\) \|", md), md
     assert "<td class=n>no price (2 rows)</td>" in (out / "report.html").read_text()
+    (tmp_path / "all.toml").write_text(
+        job + '[request.extra]\nsearch_parameters = { mode = "auto" }\n[output]\ndir = "all"\n')
+    assert main(["run", "all.toml", "--progress", "none"]) == 0
+    line = next(x for x in format_status(tmp_path / "all").splitlines() if "cost so far" in x)
+    assert line.endswith("cost so far unknown: 3 rows without a cost (search with no price when "
+                         "answered (search_unit in [prices]))"), line
 
 
 def test_a_killed_runs_pid_taken_by_another_process_is_not_the_run_in_progress(
