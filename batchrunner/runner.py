@@ -1108,15 +1108,16 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
         elif not options.force:
             said = (f"the request settings changed since the last run in {path.parent} "
                     f"({', '.join(changed)})")
-            if to_send:
-                raise UsageError(
-                    f"{said}; pass --force to send the {count_rows(to_send)} left to send "
-                    "with the new ones (the rows it does not send keep their answers), or use "
-                    "another --output directory to answer every row with them")
-            raise UsageError(
-                f"{said}, and every row is done: to answer rows again with the new ones, pass "
-                "--force with --rerun-where (\"True\" picks every row), or use another "
-                "--output directory")
+            refused = (f"{said}; pass --force to send the {count_rows(to_send)} left to send "
+                       "with the new ones (the rows it does not send keep their answers), or use "
+                       "another --output directory to answer every row with them" if to_send
+                       else f"{said}, and every row is done: to answer rows again with the new "
+                       "ones, pass --force with --rerun-where (\"True\" picks every row), or use "
+                       "another --output directory")
+            if options.estimating:  # nothing is sent: the estimate is of the forced run's rows
+                warnings.append(f"the run is refused unless given --force: {refused}")
+                return
+            raise UsageError(refused)
         else:
             warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
 

@@ -89,6 +89,32 @@ def test_estimate_of_a_rerun_counts_the_rows_sent_again(
                 in said.out + said.err)
 
 
+def test_estimate_after_a_change_of_request_settings_warns_and_estimates(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run after the request settings changed is refused (exit 2) unless given --force:
+    estimate, which sends nothing, was refused alike, so the engineer could not learn what
+    the forced run would cost. It warns, naming the change, and prints the estimate."""
+    inp = make_input(tmp_path, 6)
+    with SimulatorThread(SimulatorConfig()) as sim:
+        args = ["--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+                "--model", "gpt-4o-mini", "--base-url", sim.base_url,
+                "--output", str(tmp_path / "out")]
+        assert main(["run", *args, "--max-tokens", "10", "--limit", "2",
+                     "--progress", "none"]) == 0
+        capsys.readouterr()
+        assert main(["estimate", *args, "--max-tokens", "20"]) == 0
+        said = capsys.readouterr()
+        assert main(["run", *args, "--max-tokens", "20", "--progress", "none"]) == 2
+        refusal = capsys.readouterr().err.strip()
+        assert sim.stats()["requests"] == 2
+    assert "rows: 6 in the input, 2 already done, 3 to send" in said.out, said
+    assert "estimated cost: $" in said.out, said
+    warning = next(x for x in said.out.splitlines() if "refused" in x)
+    assert warning == ("  warning: the run is refused unless given --force: "
+                       + refusal.removeprefix("batchrunner: error: ")), (warning, refusal)
+    assert "(max_tokens: 10 → 20)" in warning, warning
+
+
 def test_estimate_warns_when_the_budget_will_stop_the_run(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     inp = make_input(tmp_path, 40)
