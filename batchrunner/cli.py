@@ -17,7 +17,6 @@ import ctypes
 import difflib
 import gc
 import os
-import shlex
 import signal
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from batchrunner.errors import (
     leaf,
 )
 from batchrunner.eventloop import loop_factory
-from batchrunner.progress import say
+from batchrunner.progress import say, shell_quote
 
 __all__ = ["before_imports", "main"]
 
@@ -266,7 +265,7 @@ def _parse(parser: _Parser, args: list[str]) -> argparse.Namespace:
         if given.lower().endswith(".toml"):  # the job file, "run" left out (the options
             more = " ..." if len(args) > 1 else ""  # after it not shown: one may be a key)
             raise UsageError(f"{given!r} is not a command: to run that job file, "
-                             f"{parser.prog} run {given}{more}")
+                             f"{parser.prog} run {shell_quote(given)}{more}")
         close = difflib.get_close_matches(given, list(parser.commands), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise UsageError(f"no command {given!r}{hint} — the commands: "
@@ -398,7 +397,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
     summary.force_to_rerun = reruns_forced(plan.job_meta)
     kind = last.get("stop_kind") if isinstance(last, dict) and last.get("finished_at") else None
     if kind in _FIRST:  # the same command stops again until this is done: status's advice
-        status = f"batchrunner status {shlex.quote(str(ns.out_dir))}"
+        status = f"batchrunner status {shell_quote(ns.out_dir)}"
         summary.first = _FIRST[kind].format(status=status, budget=budget_to_raise(plan.job_meta))
         summary.retry_failed = kind != "budget" and summary.failed > 0
     say(format_summary(summary), sys.stdout)
@@ -444,7 +443,7 @@ def _out_dir(given: str) -> Path:
         out = load_job(path, {}).output.dir
         if not (out / "job.json").is_file():
             raise UsageError(f"job file {path} has not run yet ({out} holds no job.json): "
-                             f"run it with: batchrunner run {path}")
+                             f"run it with: batchrunner run {shell_quote(str(path))}")
         return out
     if not path.exists():
         if path.suffix.lower() == ".toml":  # a job file, as load_job says of one not found

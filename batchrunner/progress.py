@@ -6,6 +6,7 @@ import errno
 import math
 import os
 import select
+import shlex
 import stat
 import sys
 import time
@@ -24,6 +25,7 @@ __all__ = [
     "make_progress",
     "output_lost",
     "say",
+    "shell_quote",
 ]
 
 
@@ -393,6 +395,27 @@ def say(line: str, file: TextIO | None = None) -> None:
         print(line, file=out, flush=True)
     except OSError as e:
         output_lost(e)
+
+
+def shell_quote(text: str) -> str:
+    """``text`` (a path, an option's value) as a POSIX shell reads it back as one word:
+    ``shlex.quote``'s, or, for text a terminal would not show as it is (a name in Latin-1
+    bytes, which Python holds as lone surrogates, or a control character), bash's ``$'...'``
+    with those bytes as ``\\xHH`` escapes, which bash, zsh and ksh read back to the bytes.
+    The one quoting of every command batchrunner prints."""
+    try:
+        raw = os.fsencode(text)
+    except UnicodeEncodeError:  # a surrogate no file name has (job.json edited by hand)
+        raw = text.encode("utf-8", "surrogatepass")
+    try:
+        shown = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = None
+    if shown is not None and shown.isprintable():
+        return shlex.quote(shown)
+    return "$'" + "".join(
+        chr(b) if 0x20 <= b < 0x7F and b not in b"\\'" else f"\\{chr(b)}" if b in b"\\'"
+        else f"\\x{b:02x}" for b in raw) + "'"
 
 
 def make_progress(desc: str, mode: str = "auto") -> Progress:

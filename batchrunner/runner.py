@@ -22,7 +22,6 @@ import math
 import os
 import random
 import re
-import shlex
 import signal
 import sys
 import time
@@ -116,6 +115,7 @@ from batchrunner.progress import (
     make_progress,
     printable,
     say,
+    shell_quote,
 )
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
@@ -497,7 +497,7 @@ def _command_kept(job: JobConfig) -> dict[str, Any]:
     that resumes it: the options given (no option takes a key or a header; ``_without_key``
     holds back one that holds the key) and the directory it ran in (its relative paths', and
     its .env's)."""
-    return {"cwd": io.shown_path(Path.cwd()), "options": dict(job.options)}
+    return {"cwd": str(Path.cwd()), "options": dict(job.options)}
 
 
 def _without_key(command: dict[str, Any], api_key: str | None) -> None:
@@ -711,8 +711,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         "total_rows": total,
         "output_format": job.output.format,
         "prices": job.prices,
+        # Paths as they are (JSON escapes a name's bytes that are not UTF-8): status quotes
+        # them into the commands it names, and the reports show them (io.shown_path).
         "job_file": (job.source if job.source == "command line"
-                     else io.shown_path(Path(job.source).resolve())),  # as reports show it
+                     else str(Path(job.source).resolve())),
         "simulator": job.endpoint.simulator,  # the answers are the built-in simulator's
         "command": _command_kept(job),
     }
@@ -3948,7 +3950,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         lines.append("every answer received (paid for) is saved in the journal: the next run "
                      "sends none of them again")
     rerun = resume_advice(rerun_command(plan.job_meta, out_dir, answered=summary.ok > 0))
-    report = f"batchrunner report {shlex.quote(str(out_dir))}"
+    report = f"batchrunner report {shell_quote(str(out_dir))}"
     once = "space is freed" if full else "the disk can be written"
     what = "reports were" if summary.results_path else "results and reports were"
     lines.append(f"the {what} not written: once {once}, {rerun} (it writes them too), or write "

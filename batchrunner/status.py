@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from batchrunner.config import (
 from batchrunner.errors import JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
-from batchrunner.progress import duration
+from batchrunner.progress import duration, shell_quote
 from batchrunner.records import RETRYING
 from batchrunner.report import (
     FORCE_TO_RERUN,
@@ -209,9 +209,11 @@ def format_status(out_dir: Path) -> str:
         lines.append("  " + resend_choices_note(
             state.failed_choices, resent.usd if resent.rows == state.failed_choices else None,
             asked))
+    # The command that runs the job on, for every line that names one: its job file read once.
+    rerun = Rerun(meta, out_dir, answered=state.ok > 0)
     if state.paused:  # with the command that sends them again, once no run is in progress
-        rerun = "" if locked else rerun_command(meta, out_dir, answered=state.ok > 0)
-        lines.append(f"  {paused_warning(state.paused, '' if rerun.startswith(_AGAIN) else rerun)}")
+        again = "" if locked or rerun.held else rerun.command()
+        lines.append(f"  {paused_warning(state.paused, again)}")
     last = meta.get("last_run")
     changed, exact = recorded_changed_left(meta)
     if changed and not locked:
@@ -248,8 +250,7 @@ def format_status(out_dir: Path) -> str:
         to_do = max(0, total - ok - failed)
         kind = last.get("stop_kind") if last.get("finished_at") else None
         fix_first = bool(to_do or failed) and kind in ("fix_first", "wait_first")
-        rerun = rerun_command(meta, out_dir, answered=state.ok > 0,
-                              extra=("--retry-failed",) if fix_first and failed else ())
+        command = rerun.command(("--retry-failed",) if fix_first and failed else ())
         if not last.get("finished_at"):
             free = free_bytes(out_dir)
             # A full disk stopped it, unsaid (job.json could not be written either): the one
@@ -258,8 +259,8 @@ def format_status(out_dir: Path) -> str:
             why = (f": the disk holding {out_dir} is full ({free:,} bytes free): free space, "
                    "then " if full else " (killed, or the machine stopped): ")
             lines.append(f"  last run: started {last['started_at']}, did not finish{why}"
-                         + resume_advice(rerun))
-            rerun = ""  # said
+                         + resume_advice(command))
+            command = ""  # said
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
             rebuilt = meta.get("rebuilt_at")
@@ -279,18 +280,18 @@ def format_status(out_dir: Path) -> str:
             if unwritten:  # killed between its last row and its outputs
                 lines.append("  the results and reports were not written: the run was killed "
                              "while writing them, or the machine stopped — write them with: "
-                             f"batchrunner report {shlex.quote(str(out_dir))}")
+                             f"batchrunner report {shell_quote(str(out_dir))}")
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
-                if not to_do and reruns_forced(meta, answered=state.ok > 0):
+                if not to_do and rerun.forced:
                     lines.append(f"  {FORCE_TO_RERUN}")  # no command below to have it
-        if rerun and to_do and kind == "budget":
+        if command and to_do and kind == "budget":
             # The same command stops again at once: the job's spend so far counts. A budget
             # the command gives is the one to raise (the job file's is overridden).
             lines.append(f"  to finish, {count_rows(to_do)} to do: raise "
                          f"{budget_to_raise(meta)}, which the job's cost so far counts against "
-                         f"(batchrunner estimate tells what the rows left cost), then: {rerun}")
-        elif rerun and fix_first:
+                         f"(batchrunner estimate tells what the rows left cost), then: {command}")
+        elif command and fix_first:
             # Its rows failed, or were refused, alike: sent as they are, the rows left fail
             # so too. The endpoint's errors (a server error on every try) leave nothing to fix.
             first = ("once the endpoint has recovered (what stopped it, above)"
@@ -298,9 +299,9 @@ def format_status(out_dir: Path) -> str:
             # Nothing left to send (its last rows were the ones failing): the failed to retry.
             left = (f"{count_rows(to_do)} to do" + (f" and {failed:,} failed" if failed else "")
                     if to_do else f"the {failed:,} failed row{'' if failed == 1 else 's'} to retry")
-            lines.append(f"  to finish, {left}: {first}, then: {rerun}")
-        elif rerun and to_do:
-            lines.append(f"  to finish, {count_rows(to_do)} to do: {rerun}")
+            lines.append(f"  to finish, {left}: {first}, then: {command}")
+        elif command and to_do:
+            lines.append(f"  to finish, {count_rows(to_do)} to do: {command}")
         if to_do and ok and (changed_now := _changed_since(meta)):
             # A night's run refused at its start leaves job.json as the night before left it.
             lines.append(f"  the job file's request settings changed since the last run "
@@ -378,6 +379,12 @@ def resume_advice(rerun: str) -> str:
 
 def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True,
                   extra: tuple[str, ...] = ()) -> str:
+    """The command that runs the job on into ``out_dir`` (``Rerun``'s), with ``extra``
+    arguments added (``--retry-failed``); "" where none is known."""
+    return Rerun(meta, out_dir, answered=answered).command(extra)
+
+
+class Rerun:
     """The command that runs the job on into ``out_dir``: its job file with the options the
     last run was given (job.json's ``command``), or those options alone for a job given by
     options (none known, before job.json kept them: ""); with ``--output`` unless the job file
@@ -387,46 +394,76 @@ def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True,
     its .env, are that directory's. An option held back (its value holds the API key) is
     named instead: a command without it would not resume the job. With ``--force`` where the
     rows done are the answers of ``batchrunner simulate`` at a URL, which a run to a URL is
-    refused to mix with unless forced (``answered``: some row of the job is ok). ``extra``:
-    arguments to add (``--retry-failed``)."""
-    job_file = meta.get("job_file")
-    command = meta.get("command")
-    if not isinstance(command, dict):
-        command = {}
-    options = command.get("options")
-    if not isinstance(options, dict):
-        options = {}
-    if held := [option_name(k) for k, v in options.items() if v == KEY_HELD_BACK]:
-        # No command to show, but its job file and directory, and what to add to its options.
-        added = (*(("--force",) if reruns_forced(meta, answered=answered) else ()), *extra)
+    refused to mix with unless forced (``answered``: some row of the job is ok). Built once
+    (the job file read once), then shown as each line needs it (``command``)."""
+
+    def __init__(self, meta: dict[str, Any], out_dir: Path, *, answered: bool = True) -> None:
+        self.meta, self.out_dir, self.answered = meta, out_dir, answered
+        job_file = meta.get("job_file")
+        self.job_file = (job_file if isinstance(job_file, str) and job_file != "command line"
+                         else None)
+        command = meta.get("command")
+        if not isinstance(command, dict):
+            command = {}
         cwd = command.get("cwd")
-        what = "again" if not isinstance(job_file, str) or job_file == "command line" else (
-            f"file {shlex.quote(job_file)} again" + (f" (from {shlex.quote(cwd)})" if isinstance(
-                cwd, str) and os.path.realpath(cwd) != os.path.realpath(os.getcwd()) else ""))
-        return (f"{_AGAIN}{what} with the options it was given"
-                f"{' and ' + ' '.join(added) if added else ''} "
-                f"({' and '.join(held)} {'is' if len(held) == 1 else 'are'} not kept: "
-                f"{'its value holds' if len(held) == 1 else 'their values hold'} the API key)")
-    args = ["batchrunner", "run"]
-    if isinstance(job_file, str) and job_file != "command line":
-        args.append(job_file)
+        self.cwd = cwd if isinstance(cwd, str) else None
+        options = command.get("options")
+        self.given: dict[str, Any] = options if isinstance(options, dict) else {}
+        self.held = [option_name(k) for k, v in self.given.items() if v == KEY_HELD_BACK]
+
+    @cached_property
+    def forced(self) -> bool:
+        """Whether it needs ``--force`` (``reruns_forced``)."""
+        return reruns_forced(self.meta, answered=self.answered)
+
+    @cached_property
+    def options(self) -> dict[str, Any]:
+        """The options it is given: the last run's, with ``--output`` where the job file
+        does not write to the output directory itself (read once, when first needed)."""
+        if self.job_file is None or "output" in self.given:
+            return self.given
         try:
-            own_job = load_job(job_file, {})
+            own_job = load_job(self.job_file, {})
         except (UsageError, OSError):  # moved, changed, or naming no directory
             own_job = None
-        if "output" not in options and (
-                own_job is None or own_job.output.dir.resolve() != out_dir.resolve()):
-            options = {**options, "output": io.shown_path(out_dir.resolve())}
-    elif not options:
-        return ""
-    args += _option_args(options)
-    if reruns_forced(meta, answered=answered):
-        args.append("--force")
-    args += extra
-    cwd = command.get("cwd")
-    here = isinstance(cwd, str) and os.path.realpath(cwd) == os.path.realpath(os.getcwd())
-    return shlex.join(args) if here or not isinstance(cwd, str) else (
-        f"cd {shlex.quote(cwd)} && {shlex.join(args)}")
+        if own_job is not None and own_job.output.dir.resolve() == self.out_dir.resolve():
+            return self.given
+        return {**self.given, "output": str(self.out_dir.resolve())}
+
+    def command(self, extra: tuple[str, ...] = (), *, verb: str = "run",
+                options: dict[str, Any] | None = None) -> str:
+        """The command, ``batchrunner VERB`` (``run``; ``estimate``), with ``extra`` arguments
+        added and ``options`` (OVERRIDES' names) set in place of the last run's."""
+        changed = options or {}
+        if self.held:
+            # No command to show, but its job file and directory, and what to add to its
+            # options (given after them, an option's value replaces theirs).
+            added = (*(("--force",) if self.forced else ()), *extra, *_option_args(changed))
+            what = "again" if self.job_file is None else (
+                f"file {shell_quote(self.job_file)} again" + (
+                    f" (from {shell_quote(self.cwd)})" if self.cwd is not None and not _here(
+                        self.cwd) else ""))
+            held = self.held
+            return (f"{_AGAIN}{what} with the options it was given"
+                    f"{' and ' + ' '.join(added) if added else ''} "
+                    f"({' and '.join(held)} {'is' if len(held) == 1 else 'are'} not kept: "
+                    f"{'its value holds' if len(held) == 1 else 'their values hold'} the API "
+                    "key)")
+        if self.job_file is None and not self.given:
+            return ""
+        args = ["batchrunner", verb, *(() if self.job_file is None else (self.job_file,))]
+        args += _option_args({**self.options, **changed})
+        if self.forced:
+            args.append("--force")
+        args += extra
+        shown = " ".join(shell_quote(a) for a in args)
+        return shown if self.cwd is None or _here(self.cwd) else (
+            f"cd {shell_quote(self.cwd)} && {shown}")
+
+
+def _here(cwd: str) -> bool:
+    """Whether ``cwd`` is the current directory."""
+    return os.path.realpath(cwd) == os.path.realpath(os.getcwd())
 
 
 def force_needed(meta: dict[str, Any], *, to_builtin: bool, answered: bool = True) -> bool:

@@ -692,6 +692,48 @@ def test_a_job_file_whose_path_is_not_utf8_runs_and_is_shown_with_escapes(
     assert cli(capsys, "status", "out")[0] == 0
 
 
+def test_a_command_named_for_paths_not_utf8_or_needing_quotes_runs_as_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job file in a directory named in Latin-1 bytes, with a space and a quote in it, run
+    from there (a crontab's `cd`): job.json kept the paths with their odd bytes as \\x text,
+    and status named `cd '.../caf\\xe9 o'"'"'k' && batchrunner run ...`, which no shell runs
+    (the bytes are not those characters). The paths are kept as they are, and every path of
+    the command is quoted one way: shlex's, or bash's $'...' with \\x escapes for bytes a
+    terminal would not show. Run by bash exactly as printed, it finishes the job. A job file
+    not run yet is named quoted too."""
+    pd.DataFrame({"id": [f"r{i}" for i in range(5)], "text": ["one"] * 5}).to_csv(
+        tmp_path / "in.csv", index=False)
+    jobs = tmp_path / os.fsdecode(b"caf\xe9 o'k")
+    jobs.mkdir()
+    (jobs / "job.toml").write_text(
+        f'name = "five"\n[input]\npath = "{tmp_path / "in.csv"}"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {text}"\n'
+        f'[endpoint]\nsimulator = true\n[output]\ndir = "{tmp_path / "out"}"\n')
+    monkeypatch.chdir(jobs)
+    code, _, err = cli(capsys, "run", "job.toml", "--limit", "2", "--progress", "none")
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(capsys, "status", "out")
+    finish = next(x for x in out.splitlines() if x.startswith("  to finish, "))
+    quoted = f"$'{tmp_path}/caf\\xe9 o\\'k'"
+    assert finish == (f"  to finish, 3 rows to do: cd {quoted} && batchrunner run "
+                      f"$'{tmp_path}/caf\\xe9 o\\'k/job.toml'"), finish
+    command = finish.partition("to do: ")[2]
+    shell = (f'batchrunner() {{ "{sys.executable}" -m batchrunner "$@"; }}; '
+             f"{command} --progress none")
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert b"5 ok, 0 failed" in done.stdout, done.stdout
+    # Not run yet: the command named to run it is quoted.
+    (tmp_path / "my jobs").mkdir()
+    (tmp_path / "my jobs" / "job.toml").write_text(
+        (jobs / "job.toml").read_text().replace(str(tmp_path / "out"), "out"))
+    code, _, err = cli(capsys, "status", "my jobs/job.toml")
+    assert code == 2 and one_error_line(err).endswith(
+        "run it with: batchrunner run 'my jobs/job.toml'"), err
+
+
 # -- a row whose attempt was billed, stopped before its retry: still to do -------------------------
 
 

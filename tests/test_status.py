@@ -156,6 +156,48 @@ def test_status_says_the_rows_claude_paused_and_the_command_that_sends_them_agai
     assert "pause_turn" not in format_status(out)
 
 
+def test_status_builds_the_command_once_for_paused_rows_and_a_fix_first_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job with rows Claude paused whose last run stopped for rows failing alike: status
+    names the command twice (to send the paused rows again, and to retry the failed ones once
+    fixed), and built it twice, reading the job file each time. It builds it once."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text\n" + "".join(f"r{i},t {i}\n" for i in range(4)))
+    (tmp_path / "job.toml").write_text(
+        'name = "paused"\n[input]\npath = "in.csv"\nid_column = "id"\n[request]\n'
+        'model = "gpt-4o-mini"\nprompt = "X {text}"\n[endpoint]\nsimulator = true\n'
+        '[output]\ndir = "out"\n')
+    assert main(["run", "job.toml", "--limit", "2", "--progress", "none"]) == 0
+    out = tmp_path / "out"
+    later = time.time() + 1
+    write_segment(Journal(out).directory, "seg-29990101T000000-ffffff-w0-000000.parquet",
+                  outcomes_table([
+                      Outcome(key="r0", status="ok", content="Let me search",
+                              finish_reason="pause_turn", finished_at=later),
+                      *(Outcome(key=f"r{i}", status="failed", error_type="bad_request",
+                                error_message="refused", finished_at=later) for i in (2, 3))]))
+    meta = json.loads((out / "job.json").read_text())
+    meta["simulator"] = False  # no --force to look for (that reads the job file too)
+    meta["last_run"].update(stopped="every request failing alike", stop_kind="fix_first")
+    (out / "job.json").write_text(json.dumps(meta))
+    import batchrunner.status as status_module
+
+    reads: list[object] = []
+
+    def read(*args: object) -> object:
+        reads.append(args)
+        return load_job(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(status_module, "load_job", read)
+    shown = format_status(out).splitlines()
+    assert len(reads) == 1, reads
+    command = f"batchrunner run {tmp_path / 'job.toml'}"
+    assert any(x.endswith(f"to send it again: {command} --rerun-where "
+                          "\"finish_reason == 'pause_turn'\"") for x in shown), shown
+    assert shown[-1] == ("  to finish, the 2 failed rows to retry: fix what stopped it "
+                         f"(above), then: {command} --retry-failed"), shown
+
+
 def test_status_of_a_job_file_left_with_rows_to_do_names_the_command_that_finishes_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The on-call engineer did not write the job: status said "run the job again to resume"
