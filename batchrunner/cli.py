@@ -407,7 +407,8 @@ def _cmd_report(ns: argparse.Namespace) -> int:
 # What to do before rerunning a job whose last run stopped so (job.json's last_run stop_kind).
 _FIRST = {
     "budget": "raise {budget}, which the job's cost so far counts against and "
-              "the last run stopped at ({status} names the command)",
+              "the last run stopped at ({status} names the command, with it raised to what the "
+              "rows left cost at the job's cost a row so far)",
     "fix_first": "fix what stopped the last run ({status} says what, and names the command)",
     "wait_first": "wait for the endpoint to recover from what stopped the last run ({status} says "
                   "what, and names the command)",

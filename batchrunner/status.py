@@ -10,6 +10,7 @@ import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -286,11 +287,10 @@ def format_status(out_dir: Path) -> str:
                 if not to_do and rerun.forced:
                     lines.append(f"  {FORCE_TO_RERUN}")  # no command below to have it
         if command and to_do and kind == "budget":
-            # The same command stops again at once: the job's spend so far counts. A budget
-            # the command gives is the one to raise (the job file's is overridden).
-            lines.append(f"  to finish, {count_rows(to_do)} to do: raise "
-                         f"{budget_to_raise(meta)}, which the job's cost so far counts against "
-                         f"(batchrunner estimate tells what the rows left cost), then: {command}")
+            # The same command stops again at once: the job's spend so far counts.
+            spent = state.cost.usd + state.earlier.usd + state.unreported.usd
+            lines.append(f"  to finish, {count_rows(to_do)} to do: "
+                         + _raise_budget(meta, rerun, spent, state.ok, to_do))
         elif command and fix_first:
             # Its rows failed, or were refused, alike: sent as they are, the rows left fail
             # so too. The endpoint's errors (a server error on every try) leave nothing to fix.
@@ -308,6 +308,34 @@ def format_status(out_dir: Path) -> str:
                          f"({', '.join(changed_now)}): a run is refused (exit 2) unless given "
                          "--force, which sends the rows left with the new ones")
     return "\n".join(lines)
+
+
+def _raise_budget(meta: dict[str, Any], rerun: Rerun, spent: float, paid: int,
+                  to_do: int) -> str:
+    """What to do after a budget stop, ``spent`` (USD) spent on the job so far, ``paid`` rows
+    answered, ``to_do`` rows left: the command that finishes it, its ``--max-cost`` raised to
+    what the rows left cost at the job's cost a row so far, with a tenth more for the requests
+    in flight (the run holds each at its most), rounded up; where no row has a cost to tell
+    that, the estimate's command, which does."""
+    budget = budget_to_raise(meta)
+    if not (paid and spent > 0 and math.isfinite(spent)):
+        return (f"raise {budget}, which the job's cost so far counts against, above what the "
+                f"rows left cost (no row has a cost yet to tell it): "
+                f"{rerun.command(verb='estimate')} tells it")
+    per_row = spent / paid
+    raised = round_up((spent + to_do * per_row) * 1.1)
+    return (f"this command raises {budget} to {_option_args({'max_cost_usd': raised})[-1]}, "
+            f"which the job's cost so far counts against: the {format_usd(spent)} spent plus "
+            f"{format_usd(to_do * per_row)} for the rows left at the job's {format_usd(per_row)} "
+            "a row so far, and a tenth more for the requests in flight, rounded up (batchrunner "
+            "estimate tells what the rows left cost too): "
+            + rerun.command(options={"max_cost_usd": raised}))
+
+
+def round_up(usd: float) -> float:
+    """``usd`` (above 0) rounded up to two significant figures: 11.15 → 12, 0.01231 → 0.013."""
+    exponent = math.floor(math.log10(usd)) - 1
+    return float(Decimal(math.ceil(Decimal(repr(usd)).scaleb(-exponent))).scaleb(exponent))
 
 
 def budget_to_raise(meta: dict[str, Any]) -> str:

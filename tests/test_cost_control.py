@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from batchrunner.report import format_usd
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread
-from batchrunner.status import format_status
+from batchrunner.status import format_status, round_up
 from tests.servers import run_job_file, serve_on_loopback
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=3), progress="none",
@@ -248,27 +249,74 @@ async def test_budget_stops_before_passing_and_rerun_with_more_continues(
         assert s.cost_usd is not None and 0 < s.cost_usd <= 1.0
         sent = sim.stats()["requests"]
         assert 0 < sent < 199
-        # The command status names to finish the job stops again at once (the job's spend
-        # counts against the budget): it says to raise the budget first, the command's own
-        # (--max-cost overrides the job file's max_cost_usd, which the stop named too).
+        # The same command stops again at once (the job's spend counts against the budget):
+        # the one status names raises the command's own --max-cost (it overrides the job
+        # file's max_cost_usd, which the stop named too) to what the rows left cost at the
+        # job's cost a row so far, a tenth more, rounded up. It named the old one.
         assert s.stopped.endswith("; raise --max-cost and rerun to continue"), s.stopped
+        spent, ok = s.cost_usd, s.ok
         finish = next(x for x in format_status(tmp_path / "out").splitlines()
                       if x.startswith("  to finish, "))
-        assert ("to do: raise the command's --max-cost 1, which the job's cost so far counts "
-                "against (batchrunner estimate tells what the rows left cost), then: "
-                "batchrunner run ") in finish and finish.endswith(" --max-cost 1"), finish
+        raised = round_up((spent + (199 - ok) * spent / ok) * 1.1)
+        assert finish.startswith(
+            f"  to finish, {199 - ok} rows to do: this command raises the command's --max-cost "
+            f"1 to {raised:g}, which the job's cost so far counts against: the "
+            f"{format_usd(spent)} spent plus "), finish
+        command = shlex.split(finish.rpartition("too): ")[2])
+        assert command[:3] == ["batchrunner", "run", str(tmp_path / "job.toml")], command
+        assert command[-2:] == ["--max-cost", f"{raised:g}"] and command.count("--max-cost") == 1
         # So does report's summary, where it said only to rerun the job.
         capsys.readouterr()
         assert main(["report", str(tmp_path / "out")]) == 4
         assert capsys.readouterr().out.splitlines()[-1] == (
             "  raise the command's --max-cost 1, which the job's cost so far counts against and "
-            f"the last run stopped at (batchrunner status {tmp_path / 'out'} names the command), "
-            "then rerun the job to send the rows not done yet")
-        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": 100.0})
+            f"the last run stopped at (batchrunner status {tmp_path / 'out'} names the command, "
+            "with it raised to what the rows left cost at the job's cost a row so far), then "
+            "rerun the job to send the rows not done yet")
+        job = load_job(tmp_path / "job.toml", {"base_url": sim.base_url, "max_cost_usd": raised})
         s = await run_job(job, FAST)
         assert s.exit_code == 3  # the empty-prompt row is the one failure
         assert s.ok == 199 and sim.stats()["requests"] == 199
-        assert s.cost_usd is not None and s.cost_usd <= 100.0
+        assert s.cost_usd is not None and s.cost_usd <= raised
+
+
+def test_the_command_status_names_after_a_budget_stop_runs_as_printed_and_finishes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """After a budget stop, status named the same command, which stopped again at once: the
+    job's spend so far counts against the budget. The command it names now raises the budget
+    (here the job file's max_cost_usd, with --max-cost), and run as printed finishes the job.
+    Where no row has a cost yet (the first request's estimate was over the budget), it names
+    the estimate's command, which runs as printed too."""
+    inp = make_input(tmp_path, 60)
+    job = costly_job(tmp_path, inp, max_tokens=20, concurrency=2)
+    with SimulatorThread(SimulatorConfig(reply_tokens=20)) as sim:
+        job.write_text(job.read_text().replace(
+            "[limits]\n", f'[endpoint]\nbase_url = "{sim.base_url}"\n[limits]\n'
+            "max_cost_usd = 0.5\n"))
+        assert main(["run", str(job), "--progress", "none"]) == 4
+        finish = next(x for x in format_status(tmp_path / "out").splitlines()
+                      if x.startswith("  to finish, "))
+        assert "this command raises max_cost_usd (--max-cost) to " in finish, finish
+        command = shlex.split(finish.rpartition("too): ")[2])
+        assert command[:3] == ["batchrunner", "run", str(job)] and "--max-cost" in command
+        capsys.readouterr()
+        assert main([*command[1:], "--progress", "none"]) == 3, capsys.readouterr()
+        assert sim.stats()["requests"] == 59  # every row sent once; the empty one never
+        assert "59 ok, 1 failed" in capsys.readouterr().out
+
+        job.write_text(job.read_text().replace("max_cost_usd = 0.5", "max_cost_usd = 0.001"))
+        assert main(["run", str(job), "--progress", "none", "--output", "out2"]) == 4
+        finish = next(x for x in format_status(tmp_path / "out2").splitlines()
+                      if x.startswith("  to finish, "))
+        assert finish.startswith(
+            "  to finish, 60 rows to do: raise max_cost_usd (--max-cost), which the job's cost so "
+            "far counts against, above what the rows left cost (no row has a cost yet to tell "
+            "it): batchrunner estimate "), finish
+        command = shlex.split(finish.partition("tell it): ")[2].removesuffix(" tells it"))
+        capsys.readouterr()
+        assert main(command[1:]) == 0
+        assert "estimated cost: $" in capsys.readouterr().out
+        assert sim.stats()["requests"] == 59
 
 
 @pytest.mark.anyio
