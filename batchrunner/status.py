@@ -233,17 +233,18 @@ def format_status(out_dir: Path) -> str:
             else:
                 to_do = max(0, total - ok - failed)
             now = time.time()
-            outage = _outage(last.get("outage"), now) if isinstance(last, dict) else ""
-            # While the endpoint is away, the pace of the rows before tells no time left; once
-            # it is back, the pace is of the rows since.
+            # While the endpoint is away, the outage is what is happening: one line, in place
+            # of a pace of the rows before, which tells no time left (nor that no row
+            # finishes: the outage says why). Once it is back, the pace is of the rows since.
+            outage = (_outage(last.get("outage"), now, to_do) if isinstance(last, dict)
+                      else "")
             back = last.get("back_s") if isinstance(last, dict) else None
             if not (isinstance(back, int | float) and not isinstance(back, bool)
                     and math.isfinite(back) and started is not None and back > started):
                 back = None
-            lines.append(_pace(finished_at, to_do, now, started if back is None else back,
-                               waiting=bool(outage), back=back is not None))
-            if outage:
-                lines.append(outage)
+            lines.append(outage or _pace(finished_at, to_do, now,
+                                         started if back is None else back,
+                                         back=back is not None))
     elif isinstance(last, dict) and last.get("started_at"):
         # The command that finishes the job, for whoever did not write it (only its crontab
         # knew): the job file's run, or the options, that job.json keeps. After a stop for rows
@@ -685,12 +686,12 @@ def _epoch(last_run: Any) -> float | None:
         return None
 
 
-def _outage(outage: Any, now: float) -> str:
+def _outage(outage: Any, now: float, to_do: int = 0) -> str:
     """What job.json says of the outage a run in progress waits out (its last_run's
     ``outage``, there from when the run starts to show one until the endpoint answers again):
     how long the endpoint has not answered, what its gateway answers meanwhile (or that its
-    connections are taken and closed unanswered: ``cut``), and how long the run waits for it;
-    "" if none."""
+    connections are taken and closed unanswered: ``cut``), the ``to_do`` rows that wait for
+    it, and how long the run waits for it; "" if none."""
     if not isinstance(outage, dict):
         return ""
     since, by, wait_s = outage.get("since_s"), outage.get("by"), outage.get("wait_s")
@@ -700,17 +701,21 @@ def _outage(outage: Any, now: float) -> str:
             + (f"(only its gateway, with {by})" if isinstance(by, str) and by
                else "(its connections taken, then closed unanswered)"
                if outage.get("cut") is True else "(no connection to it)"))
-    if isinstance(wait_s, int | float) and not isinstance(wait_s, bool) and wait_s > 0:
-        line += f"; the run waits up to {duration(wait_s)} for it, then stops"
+    waits = (duration(wait_s) if isinstance(wait_s, int | float) and not isinstance(wait_s, bool)
+             and wait_s > 0 else "")
+    if to_do:
+        line += f": the {count_rows(to_do)} to do wait for it" + (
+            f", up to {waits}, then the run stops" if waits else "")
+    elif waits:
+        line += f"; the run waits up to {waits} for it, then stops"
     return line
 
 
 def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
-          started: float | None, *, waiting: bool = False, back: bool = False) -> str:
+          started: float | None, *, back: bool = False) -> str:
     """How fast a run in progress is finishing rows, over the last ``PACE_WINDOW_S`` seconds
     or since it started (``back``: since its endpoint answered again after an outage), from the
-    journal (up to a second behind), and when it would be done at that pace: not while it is
-    ``waiting`` for its endpoint (an outage), whose end no pace tells."""
+    journal (up to a second behind), and when it would be done at that pace."""
     since = PACE_WINDOW_S if started is None or started > now else now - started
     window = min(PACE_WINDOW_S, since)  # a start in the future (a clock set back): the default
     if window < 5.0:
@@ -726,9 +731,7 @@ def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
     if idle >= max(STALLED_S, 3 * window / recent):  # far longer than rows have taken apart
         # The window's rows came before it stopped finishing them: no time left to tell.
         return f"{line}, but no row has finished for {idle:.0f} s"
-    if to_do and waiting:
-        line += f"; the {count_rows(to_do)} to do wait for the endpoint"
-    elif to_do:
+    if to_do:
         left_min = to_do / per_min
         left = ("under a minute" if left_min < 1 else f"about {left_min:.0f} min"
                 if left_min < 120 else f"about {left_min / 60:.1f} h")

@@ -1371,8 +1371,8 @@ async def test_a_sigterm_while_a_box_cuts_its_connections_says_what_it_did(
         await runner.cleanup()
     line = next(x for x in shown.splitlines() if "has not answered" in x)
     assert re.fullmatch(r"  the endpoint has not answered for \d+ s \(its connections taken, "
-                        r"then closed unanswered\); the run waits up to 2 min for it, then "
-                        r"stops", line), line
+                        r"then closed unanswered\): the \d+ rows? to do wait for it, up to 2 "
+                        r"min, then the run stops", line), line
     s = summary[0]
     assert s.exit_code == 4 and s.stopped and (s.ok, s.failed) == (10, 0), s
     assert re.fullmatch(r"interrupted by SIGTERM while the endpoint was waited for: no answer "

@@ -454,6 +454,35 @@ def test_status_after_rows_failing_alike_says_to_retry_them_where_it_names_no_co
         "options it was given (--input is not kept: its value holds the API key)")
 
 
+def test_status_during_an_outage_says_what_is_happening_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run in progress waiting out an outage: status said "pace: ... but no row has
+    finished for 40 s" above the outage's line, which says why. One line says it now: how
+    long the endpoint has not answered, the rows that wait for it, and how long the run
+    waits."""
+    import os
+
+    import batchrunner.status as status_module
+    from batchrunner.io import RunLock
+
+    out = simulated_job(tmp_path, monkeypatch, 4)
+    meta_path = out / "job.json"
+    meta = json.loads(meta_path.read_text())
+    now = started = time.time()  # the run's pid is this process's, started before it
+    meta["last_run"].update(
+        pid=os.getpid(), started_s=started, finished_at=None, stopped=None, to_send=6,
+        started_at=datetime.fromtimestamp(started).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        outage={"since_s": now + 3, "by": None, "wait_s": 300})
+    meta_path.write_text(json.dumps(meta))
+    # Read 40 s on: the rows the run finished before the endpoint went away are 40 s old.
+    monkeypatch.setattr(status_module.time, "time", lambda: now + 40)
+    with RunLock(out):
+        shown = format_status(out).splitlines()
+    assert shown[-2].startswith("  a run is in progress (pid "), shown
+    assert shown[-1] == ("  the endpoint has not answered for 37 s (no connection to it): the 6 "
+                         "rows to do wait for it, up to 5 min, then the run stops"), shown
+
+
 def test_status_shows_the_search_billed_apart_from_tokens_as_the_report_does(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reports show what search billed apart from tokens cost ("of which search"); status
