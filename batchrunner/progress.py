@@ -332,8 +332,11 @@ class LogProgress:
             # not hung while some are.
             waiting = (f", {counts.retrying:,} row{'' if counts.retrying == 1 else 's'} waiting "
                        "to retry" if counts.retrying else "")
+            # Beside an outage (the counts say how long the endpoint has not answered), no
+            # note that no row finishes: the outage says why, in the line's one account of it.
             note = (f"  (no row finished for {idle:.0f} s; {flying} in flight{waiting})"
-                    if self._every and idle >= self._every else "")
+                    if self._every and idle >= self._every and counts.unreachable_s < 1
+                    else "")
             self.write(f"{self._desc}: {done} rows  {_postfix(counts)}{note}")
 
     def write(self, line: str) -> None:

@@ -563,6 +563,15 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
     log.update(counts, 0)
     assert capsys.readouterr().err.endswith(
         "(no row finished for 86 s; 0 requests in flight, 3 rows waiting to retry)\n")
+    # While the endpoint is away, the outage says why no row finishes: the line said it
+    # twice, "(no connection to the endpoint for 30 s; ...)  (no row finished for 116 s; ...)".
+    now[0] += 30
+    counts.unreachable_s, counts.outage_s, counts.connect_wait = 30.0, 300.0, True
+    log.update(counts, 0)
+    assert capsys.readouterr().err.endswith(
+        "cost=$0.2500 (no connection to the endpoint for 30 s; the job waits 5 min for it to "
+        "come back, then stops)\n")
+    counts.unreachable_s = 0.0
     counts.retrying = 0
     monkeypatch.undo()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", progress.utc_timestamp())
