@@ -128,11 +128,14 @@ class AccountError(StopJob):
 class BudgetExceeded(StopJob):
     """Sending more could pass the job's ``max_cost_usd``. ``price_missing``: the budget
     cannot be kept, as a model (or its search) has no price: the job needs one, not a larger
-    budget."""
+    budget. ``held_usd``: what the requests in flight could be held against it at their most,
+    which a larger budget needs room for beside the spend."""
 
-    def __init__(self, message: str, *, price_missing: bool = False) -> None:
+    def __init__(self, message: str, *, price_missing: bool = False,
+                 held_usd: float = 0.0) -> None:
         super().__init__(message)
         self.price_missing = price_missing
+        self.held_usd = held_usd
 
 
 class Unreachable(StopJob):

@@ -2242,7 +2242,10 @@ class _Run:
             self.stop(BudgetExceeded(
                 "budget reached: the next request could pass max_cost_usd "
                 f"{format_budget(self.budget)} ({format_usd(self.spent)} spent{held} when it "
-                f"stopped); raise {where} and rerun to continue"))
+                f"stopped); raise {where} and rerun to continue",
+                # The room a rerun needs beside its spend: as many requests in flight as the
+                # run sends at once now, each held at its most, as this one.
+                held_usd=max(self.reserved + est, est * self.target_workers)))
         else:
             self.reserved += est
             return est
@@ -3853,6 +3856,9 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 "budget" if isinstance(error, BudgetExceeded) and not error.price_missing
                 else "wait_first" if isinstance(error, AllFailing) and error.endpoint_down
                 else "fix_first")
+            if isinstance(error, BudgetExceeded) and error.held_usd:  # room status's command
+                last_run["held_usd"] = round(error.held_usd, 10)  # leaves for them
+
         if summary.sent:  # the report's wall time and counters: of the last run that sent
             counters = dict(run.counters)
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})

@@ -315,22 +315,31 @@ def _raise_budget(meta: dict[str, Any], rerun: Rerun, spent: float, paid: int,
                   to_do: int) -> str:
     """What to do after a budget stop, ``spent`` (USD) spent on the job so far, ``paid`` rows
     answered, ``to_do`` rows left: the command that finishes it, its ``--max-cost`` raised to
-    what the rows left cost at the job's cost a row so far, with a tenth more for the requests
-    in flight (the run holds each at its most), rounded up; where no row has a cost to tell
-    that, the estimate's command, which does."""
+    the spend plus what the rows left cost at the job's cost a row so far, with room for the
+    requests in flight, which the run holds at their most (what they were held at when it
+    stopped, else a tenth more), rounded up; where no row has a cost to tell that, the
+    estimate's command, which does."""
     budget = budget_to_raise(meta)
     if not (paid and spent > 0 and math.isfinite(spent)):
         return (f"raise {budget}, which the job's cost so far counts against, above what the "
                 f"rows left cost (no row has a cost yet to tell it): "
                 f"{rerun.command(verb='estimate')} tells it")
     per_row = spent / paid
-    raised = round_up((spent + to_do * per_row) * 1.1)
+    left = to_do * per_row
+    last = meta.get("last_run")
+    held = last.get("held_usd") if isinstance(last, dict) else None
+    if isinstance(held, int | float) and not isinstance(held, bool) and (
+            math.isfinite(held) and held > 0):
+        room = f"plus {format_usd(held)} for the requests in flight (held at their most)"
+    else:
+        held = (spent + left) / 10
+        room = "and a tenth more for the requests in flight"
+    raised = round_up(spent + left + held)
     return (f"this command raises {budget} to {_option_args({'max_cost_usd': raised})[-1]}, "
             f"which the job's cost so far counts against: the {format_usd(spent)} spent plus "
-            f"{format_usd(to_do * per_row)} for the rows left at the job's {format_usd(per_row)} "
-            "a row so far, and a tenth more for the requests in flight, rounded up (batchrunner "
-            "estimate tells what the rows left cost too): "
-            + rerun.command(options={"max_cost_usd": raised}))
+            f"{format_usd(left)} for the rows left at the job's {format_usd(per_row)} a row so "
+            f"far, {room}, rounded up (batchrunner estimate tells what the rows left cost "
+            f"too): {rerun.command(options={'max_cost_usd': raised})}")
 
 
 def round_up(usd: float) -> float:

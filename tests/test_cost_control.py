@@ -252,16 +252,22 @@ async def test_budget_stops_before_passing_and_rerun_with_more_continues(
         # The same command stops again at once (the job's spend counts against the budget):
         # the one status names raises the command's own --max-cost (it overrides the job
         # file's max_cost_usd, which the stop named too) to what the rows left cost at the
-        # job's cost a row so far, a tenth more, rounded up. It named the old one.
+        # job's cost a row so far, plus what the requests in flight were held at when it
+        # stopped, rounded up. It named the old one.
         assert s.stopped.endswith("; raise --max-cost and rerun to continue"), s.stopped
         spent, ok = s.cost_usd, s.ok
         finish = next(x for x in format_status(tmp_path / "out").splitlines()
                       if x.startswith("  to finish, "))
-        raised = round_up((spent + (199 - ok) * spent / ok) * 1.1)
+        held = json.loads((tmp_path / "out" / "job.json").read_text())["last_run"]["held_usd"]
+        assert 0 < held <= 5 * 60 * 1000 / 1e6  # 4 in flight and the one not sent, at most
+        left = (199 - ok) * (spent / ok)
+        raised = round_up(spent + left + held)
         assert finish.startswith(
             f"  to finish, {199 - ok} rows to do: this command raises the command's --max-cost "
             f"1 to {raised:g}, which the job's cost so far counts against: the "
-            f"{format_usd(spent)} spent plus "), finish
+            f"{format_usd(spent)} spent plus {format_usd(left)} for the rows left at the job's "
+            f"{format_usd(spent / ok)} a row so far, plus {format_usd(held)} for the requests "
+            "in flight (held at their most), rounded up "), finish
         command = shlex.split(finish.rpartition("too): ")[2])
         assert command[:3] == ["batchrunner", "run", str(tmp_path / "job.toml")], command
         assert command[-2:] == ["--max-cost", f"{raised:g}"] and command.count("--max-cost") == 1
@@ -287,12 +293,14 @@ def test_the_command_status_names_after_a_budget_stop_runs_as_printed_and_finish
     (here the job file's max_cost_usd, with --max-cost), and run as printed finishes the job.
     Where no row has a cost yet (the first request's estimate was over the budget), it names
     the estimate's command, which runs as printed too."""
-    inp = make_input(tmp_path, 60)
-    job = costly_job(tmp_path, inp, max_tokens=20, concurrency=2)
-    with SimulatorThread(SimulatorConfig(reply_tokens=20)) as sim:
+    inp = make_input(tmp_path, 200)
+    # 16 requests in flight, each held at max_tokens 100 where replies are 10 tokens: a
+    # budget with a tenth more than the job's cost stopped again, 16 requests short of room.
+    job = costly_job(tmp_path, inp, max_tokens=100, concurrency=16)
+    with SimulatorThread(SimulatorConfig(reply_tokens=10)) as sim:
         job.write_text(job.read_text().replace(
             "[limits]\n", f'[endpoint]\nbase_url = "{sim.base_url}"\n[limits]\n'
-            "max_cost_usd = 0.5\n"))
+            "max_cost_usd = 3.0\n"))
         assert main(["run", str(job), "--progress", "none"]) == 4
         finish = next(x for x in format_status(tmp_path / "out").splitlines()
                       if x.startswith("  to finish, "))
@@ -301,22 +309,22 @@ def test_the_command_status_names_after_a_budget_stop_runs_as_printed_and_finish
         assert command[:3] == ["batchrunner", "run", str(job)] and "--max-cost" in command
         capsys.readouterr()
         assert main([*command[1:], "--progress", "none"]) == 3, capsys.readouterr()
-        assert sim.stats()["requests"] == 59  # every row sent once; the empty one never
-        assert "59 ok, 1 failed" in capsys.readouterr().out
+        assert sim.stats()["requests"] == 199  # every row sent once; the empty one never
+        assert "199 ok, 1 failed" in capsys.readouterr().out
 
-        job.write_text(job.read_text().replace("max_cost_usd = 0.5", "max_cost_usd = 0.001"))
+        job.write_text(job.read_text().replace("max_cost_usd = 3.0", "max_cost_usd = 0.001"))
         assert main(["run", str(job), "--progress", "none", "--output", "out2"]) == 4
         finish = next(x for x in format_status(tmp_path / "out2").splitlines()
                       if x.startswith("  to finish, "))
         assert finish.startswith(
-            "  to finish, 60 rows to do: raise max_cost_usd (--max-cost), which the job's cost so "
+            "  to finish, 200 rows to do: raise max_cost_usd (--max-cost), which the job's cost so "
             "far counts against, above what the rows left cost (no row has a cost yet to tell "
             "it): batchrunner estimate "), finish
         command = shlex.split(finish.partition("tell it): ")[2].removesuffix(" tells it"))
         capsys.readouterr()
         assert main(command[1:]) == 0
         assert "estimated cost: $" in capsys.readouterr().out
-        assert sim.stats()["requests"] == 59
+        assert sim.stats()["requests"] == 199
 
 
 @pytest.mark.anyio
