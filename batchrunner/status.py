@@ -295,7 +295,7 @@ def format_status(out_dir: Path) -> str:
         elif command and fix_first:
             # Its rows failed, or were refused, alike: sent as they are, the rows left fail
             # so too. The endpoint's errors (a server error on every try) leave nothing to fix.
-            first = ("once the endpoint has recovered (what stopped it, above)"
+            first = ("wait for the endpoint to recover (what stopped it, above)"
                      if kind == "wait_first" else "fix what stopped it (above)")
             # Nothing left to send (its last rows were the ones failing): the failed to retry.
             left = (f"{count_rows(to_do)} to do" + (f" and {failed:,} failed" if failed else "")

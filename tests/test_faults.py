@@ -987,8 +987,8 @@ async def test_a_job_whose_endpoint_fails_every_try_is_told_to_wait_not_to_fix(
     # status says so too: it told to fix what stopped it, which said there was nothing to fix.
     finish = next(x for x in format_status(tmp_path / "out").splitlines()
                   if x.startswith("  to finish, "))
-    assert finish.startswith(f"  to finish, {s.pending} rows to do and {s.failed} failed: once "
-                             "the endpoint has recovered (what stopped it, above), then: "
+    assert finish.startswith(f"  to finish, {s.pending} rows to do and {s.failed} failed: wait "
+                             "for the endpoint to recover (what stopped it, above), then: "
                              "batchrunner run "), finish
     assert finish.endswith(" --retry-failed") and "fix" not in finish
 
