@@ -368,7 +368,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         rebuild_outputs,
         record_rebuilt,
     )
-    from batchrunner.status import budget_to_raise, reruns_forced, run_in_progress
+    from batchrunner.status import budget_to_raise, run_in_progress
 
     out_dir = _out_dir(ns.out_dir)
     with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
@@ -392,9 +392,6 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         # The last run ended as --limit asked: the rows it left are what was asked, not rows
         # a stop or a crash left (their exit, 4), and report exits as that run did.
         summary.limit, summary.limited = limit, summary.pending
-    # The command it names to go on (the job's, again) is refused without --force where a run's
-    # would be: the summary says so as the run's did.
-    summary.force_to_rerun = reruns_forced(plan.job_meta)
     kind = last.get("stop_kind") if isinstance(last, dict) and last.get("finished_at") else None
     if kind in _FIRST:  # the same command stops again until this is done: status's advice
         status = f"batchrunner status {shell_quote(ns.out_dir)}"

@@ -33,6 +33,7 @@ from batchrunner.errors import (
     AccountError,
     AuthError,
     BadResponseError,
+    EndpointChanged,
     HTTPStatusError,
     QuotaError,
     RequestError,
@@ -851,9 +852,11 @@ class ChatClient:
         self._key_origin = key_origin
         self._key_hint = key_hint
         # An answer came from batchrunner's own simulator served on its own (batchrunner
-        # simulate), which says so in a header: the run's answers are not real.
+        # simulate), which says so in a header: the run's answers are not real. The first
+        # answer says which (or ``expect_simulator`` does before it); an answer that says the
+        # other raises EndpointChanged, not read (another server at the URL now).
         self.simulator_answered = False
-        self._ask_simulator = True  # until the first answer: one endpoint a run, one answer
+        self._ask_simulator = True  # until the first answer
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -1136,9 +1139,16 @@ class ChatClient:
                     raise stop
                 status = resp.status
                 headers = resp.headers
-                if self._ask_simulator:  # its first answer says it, or none will
+                said = SIMULATOR_HEADER in headers
+                if self._ask_simulator:
                     self._ask_simulator = False
-                    self.simulator_answered = SIMULATOR_HEADER in headers
+                    self.simulator_answered = said
+                elif said != self.simulator_answered:
+                    raise EndpointChanged(
+                        f"the endpoint at {self.url} answers as "
+                        f"{'batchrunner simulate' if said else 'a real endpoint'} now, and as "
+                        f"{'a real endpoint' if said else 'batchrunner simulate'} before",
+                        simulator=said)
                 # A gateway may answer a stream request with a plain JSON body (an error, as a
                 # rule): read it as a non-stream reply; and a request that did not ask for a
                 # stream with one (a model it only streams): read as the stream it is.
@@ -1505,6 +1515,12 @@ class ChatClient:
             self.redact(" ".join(f"the server gave up on the answer before it ended "
                                  f"(finish_reason {why})".split()))[:_MAX_MESSAGE],
             retryable=True, status=200, request_id=request_id, usage=usage)
+
+    def expect_simulator(self) -> None:
+        """Take only batchrunner simulate's answers (the job's rows done are its answers at
+        this URL): from the first on, one without its header raises EndpointChanged."""
+        self._ask_simulator = False
+        self.simulator_answered = True
 
     def _redirected(self, resp: aiohttp.ClientResponse) -> StopJob | None:
         """The error that stops the job when the endpoint redirected the request where it

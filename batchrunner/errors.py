@@ -15,6 +15,8 @@
     │   ├── Unreachable               no connection to the endpoint through a row's retries
     │   ├── AllFailing                the run's first rows all failed the same way, none ok
     │   ├── SettingRefused            a setting of every row refused: a model not served, ...
+    │   ├── EndpointChanged           batchrunner simulate answers at the URL, and then not (or
+    │   │                             the other way round): the answers would mix
     │   └── Interrupted               Ctrl-C, SIGTERM or SIGHUP
     └── RequestError                  one request failed; carries ``error_type`` and retryability
         ├── HTTPStatusError           a non-2xx answer
@@ -37,6 +39,7 @@ __all__ = [
     "BatchrunnerError",
     "BudgetExceeded",
     "ConfigError",
+    "EndpointChanged",
     "HTTPStatusError",
     "InputError",
     "Interrupted",
@@ -159,6 +162,18 @@ class SettingRefused(StopJob):
     """The endpoint refused what every row of the job asks alike (a model it does not serve,
     a ``max_tokens`` past the model's context), stopped at its first answer with no row
     failed for it: fixed in the job, a rerun sends them all."""
+
+
+class EndpointChanged(StopJob):
+    """An answer says another kind of endpoint serves the URL than the answers before it, or
+    than the job's rows done were answered by: batchrunner simulate, or not (``simulator``,
+    what the answer says now). It is not kept: its row is left to do. ``fix_first``: the same
+    command stops again (the rows done are a rehearsal's, a real endpoint answers now)."""
+
+    def __init__(self, message: str, *, simulator: bool, fix_first: bool = False) -> None:
+        super().__init__(message)
+        self.simulator = simulator
+        self.fix_first = fix_first
 
 
 class Interrupted(StopJob):

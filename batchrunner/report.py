@@ -135,7 +135,6 @@ from batchrunner.records import RETRYING
 
 __all__ = [
     "CHOICE_CUT",
-    "FORCE_TO_RERUN",
     "OPTIONAL_REPORT_COLUMNS",
     "REPORT_COLUMNS",
     "REPORT_HTML",
@@ -1667,13 +1666,6 @@ def changed_warning(n: int, *, exact: bool = True) -> str:
     return (f"the job's last run ended before it could send again all of the {n:,} rows "
             "changed in the input: some results may show answers to the earlier text — rerun "
             "the job to send them")
-
-
-# Said after the advice to rerun, of a job whose rows done are batchrunner simulate's answers at
-# a URL (``status.force_needed``): by the run's summary, report's and status.
-FORCE_TO_RERUN = ("the rows done are batchrunner simulate's answers at a URL: a rerun into this "
-                  "output directory is refused unless given --force (it keeps them the "
-                  "simulator's when it answers again): add --force to rerun")
 
 
 def retry_advice(failed_by_type: Mapping[str, int]) -> str:

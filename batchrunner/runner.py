@@ -85,6 +85,7 @@ from batchrunner.errors import (
     BatchrunnerError,
     BudgetExceeded,
     ConfigError,
+    EndpointChanged,
     InputError,
     Interrupted,
     JournalError,
@@ -120,7 +121,6 @@ from batchrunner.progress import (
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
     CHOICE_CUT,
-    FORCE_TO_RERUN,
     changed_warning,
     count_rows,
     fewer_choices_warning,
@@ -143,7 +143,6 @@ from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.status import (
     FULL_DISK_BYTES,
     KEY_HELD_BACK,
-    force_needed,
     free_bytes,
     plus_earlier,
     read_meta,
@@ -326,9 +325,6 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     ran: bool = True  # False: the outputs were rebuilt (`report`), no run happened
     simulated: bool = False  # the answers came from the built-in simulator
-    # The rows done are batchrunner simulate's answers at a URL: a rerun to the URL is refused
-    # unless given --force (_check_same_endpoint), which the advice to rerun then says.
-    force_to_rerun: bool = False
     not_connected: int = 0  # of ``sent``, the requests that found no connection
     # Of ``sent``, the requests cut with no answer while the endpoint answered nothing (a box
     # restarting), waited out as those refused are.
@@ -441,6 +437,9 @@ class Plan:
     # The rows done were answered by a real endpoint (job.json says so): answers from
     # batchrunner's simulator served on its own would mix with them (_Run._served_by_simulator).
     real_answers: bool = False
+    # The rows done are batchrunner simulate's answers at this run's URL (a rehearsal's rerun):
+    # only its answers are taken (ChatClient.expect_simulator).
+    rehearsal: bool = False
     prior_cost: float = 0.0
     # The estimated cost of the input's rows' tries billed, maybe, with no usage reported
     # (``unreported_usd``), counted by the budget with ``prior_cost``; and that of each row
@@ -810,13 +809,13 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             f"{'is' if latest.others.num_rows == 1 else 'are'} not in this input: the results "
             "and reports hold this input's rows only (the journal keeps the others); to keep "
             "each input's results, give each its own --output (out/2026-11-30, say)")
-    mixes = real_answers = False
+    mixes = real_answers = rehearsal = False
     if old_meta is not None:
         any_ok = bool(np.any(latest.ok == 1) or np.any(to_numpy(latest.others["ok"]) == 1))
         _check_same_request(old_meta, meta, meta_path, options, warnings, any_ok=any_ok,
                             to_send=total - int(np.count_nonzero(done)))
-        mixes = _check_same_endpoint(old_meta, meta, meta_path, options, warnings,
-                                     any_ok=any_ok, url=_configured_url(job))
+        mixes, rehearsal = _check_same_endpoint(old_meta, meta, meta_path, options, warnings,
+                                                any_ok=any_ok, url=_configured_url(job))
         real_answers = any_ok and old_meta.get("simulator") is False
     # Kept for the run only when a row to send has a record already: what each row has cost
     # so far, NaN where nothing is recorded (8 bytes a row), or, when no row to send has cost
@@ -841,7 +840,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     plan = Plan(job=job, source=source, builder=builder, key_column=key_column, total_rows=total,
                 done=DoneRows(done), fresh=fresh, untried=untried, out_dir=out_dir,
                 job_meta=meta, prices=prices, warnings=warnings, structured=structured, mixes=mixes,
-                real_answers=real_answers,
+                real_answers=real_answers, rehearsal=rehearsal,
                 prior_cost=latest.prior_cost(), order=order, spent=spent,
                 prior_unreported=latest.prior_unreported(), unreported=unreported,
                 unfinished=unfinished if np.any(unfinished) else None,
@@ -1141,33 +1140,29 @@ def _configured_url(job: JobConfig) -> str | None:
 
 def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
                          options: RunOptions, warnings: list[str], *, any_ok: bool,
-                         url: str | None = None) -> bool:
+                         url: str | None = None) -> tuple[bool, bool]:
     """Refuse a rerun that would mix the built-in simulator's answers with real ones, unless
     forced or no row has an answer yet. A job.json from before it was recorded has none:
-    nothing is known to mix. True when forced: ``simulator`` keeps its old value until the
-    run's first answer makes it "mixed" for good (``_Run._mixed``). ``url``: the endpoint this
-    run sends to (``_configured_url``); when the simulator's answers came from it (batchrunner
-    simulate, a rehearsal rerun), the messages say so."""
+    nothing is known to mix. Returns (mixes, rehearsal). ``mixes``, when forced: ``simulator``
+    keeps its old value until the run's first answer makes it "mixed" for good
+    (``_Run._mixed``). ``url``: the endpoint this run sends to (``_configured_url``); when the
+    simulator's answers came from it (batchrunner simulate), the run is the rehearsal's rerun
+    (``rehearsal``, unless forced): it goes on while batchrunner simulate answers there."""
     was = old.get("simulator")
     if was == "mixed":
         new["simulator"] = "mixed"
     if not isinstance(was, bool) or was == new["simulator"] or not any_ok:
-        return False
+        return False, False
     if was and url is not None and old.get("answered_endpoint") == _endpoint_id(url):
-        said = (f"the rows done in {path.parent} were answered by batchrunner simulate at "
-                "this run's URL")
-        if not options.force:
-            refused = (f"{said}, and only an answer tells whether it still serves it: to "
-                       "rerun the rehearsal, pass --force (its answers stay the simulator's); "
-                       "for a real endpoint's answers, use another --output directory")
-            if options.estimating:
-                warnings.append(f"the run is refused unless given --force: {refused}")
-                return False
-            raise UsageError(refused)
-        warnings.append(f"{said}: going on (--force); while the simulator serves it, its "
-                        "answers stay the simulator's")
+        # A rehearsal resumed at the URL of batchrunner simulate that answered it: its
+        # answers are taken, and the first that is not its stops the run unkept (_Run).
         new["simulator"] = was
-        return True
+        if not options.force:
+            return False, True
+        warnings.append(f"the rows done in {path.parent} were answered by batchrunner simulate "
+                        "at this run's URL: going on (--force); while the simulator serves it, "
+                        "its answers stay the simulator's, and a real endpoint's mix with them")
+        return True, False
     answers = {True: "the built-in simulator", False: "a real endpoint"}
     said = (f"the rows done in {path.parent} were answered by {answers[was]}, and this run "
             f"would use {answers[new['simulator']]}")
@@ -1180,11 +1175,11 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
                    f"pass --force to mix them{served}")
         if options.estimating:
             warnings.append(f"the run is refused unless given --force: {refused}")
-            return False
+            return False, False
         raise UsageError(refused)
     warnings.append(f"{said}; their answers mix (--force)")
     new["simulator"] = was
-    return True
+    return True, False
 
 
 def _select(journal: Journal, where: str, input_columns: Sequence[str] = (),
@@ -1832,8 +1827,10 @@ class _Run:
         # The endpoint said it is batchrunner's simulator (batchrunner simulate): its answers
         # are not real (``simulated``), and are dropped (``drop_simulated``) where they would
         # mix with real ones unasked.
-        self.simulated = plan.job.endpoint.simulator
+        self.simulated = plan.job.endpoint.simulator or plan.rehearsal
         self.drop_simulated = False
+        if plan.rehearsal and client is not None:
+            client.expect_simulator()
         self.write_error: OutputError | None = None  # a journal segment could not be written
 
     # -- the work queue: retries first, then the next rows of the input
@@ -2353,6 +2350,9 @@ class _Run:
                 self._refund(item, charge)
                 if self.drop_simulated:
                     return None, None  # left to do
+                if isinstance(e, EndpointChanged):
+                    self.stop(self._endpoint_changed(e))
+                    return None, None  # left to do
                 model = item.model
                 if not (self.models_vary and isinstance(e, AuthError) and e.model_access
                         and model and model not in self.answered_models):
@@ -2695,7 +2695,29 @@ class _Run:
             meta["simulator"] = "mixed" if plan.real_answers else True
         else:
             return
+        # The URL it answered at, for a rerun to resume the rehearsal there (a run killed
+        # before its end records no other).
+        meta["answered_endpoint"] = _endpoint_id(self.client.url)
         _write_meta(plan)
+
+    def _endpoint_changed(self, e: EndpointChanged) -> EndpointChanged:
+        """What stops the run at an answer from another kind of endpoint than those before it
+        (``e``), which is not kept: the same command stops again while that one serves."""
+        plan = self.plan
+        at = f"the endpoint at {self.client.url.removesuffix('/chat/completions')}"
+        if not e.simulator and plan.job_meta["simulator"] is True:
+            said = (f"{at} answers as a real endpoint now, not as batchrunner simulate, which "
+                    f"answered the rows done in {_show(plan.out_dir)}: none of its answers was "
+                    "kept (their rows are left to do) — to run the job there, start afresh with "
+                    "another --output directory, or pass --force to mix its answers with the "
+                    "simulator's")
+        else:
+            now, before = (("batchrunner simulate", "a real endpoint") if e.simulator
+                           else ("a real endpoint", "batchrunner simulate"))
+            said = (f"{at} answers as {now} now, not as {before} that answered this run "
+                    "before: none of its answers was kept (their rows are left to do) — rerun "
+                    "the job once the endpoint it is meant for serves that URL")
+        return EndpointChanged(said, simulator=e.simulator)
 
     def _mixed(self) -> None:
         """The first answer of a run forced to the other kind of endpoint: recorded before the
@@ -3837,7 +3859,6 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             summary.run_cost_usd = run.counts.cost_usd
         summary.stopped = str(run.stop_error) if run.stop_error else None
         summary.simulated = run.simulated
-        summary.force_to_rerun = _force_to_rerun(plan)
         summary.wall_s = time.monotonic() - started
         moved = await anyio.to_thread.run_sync(_input_moved, plan)
         if moved:
@@ -3847,7 +3868,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         last_run.pop("outage", None)  # waited out no more: the stop says it
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent,
                         results_written=False)
-        if not moved and isinstance(run.stop_error, BudgetExceeded | AllFailing | SettingRefused):
+        if not moved and isinstance(run.stop_error, BudgetExceeded | AllFailing | SettingRefused
+                                                       | EndpointChanged):
             # The same command stops again (the job's spend counts against the budget; the
             # rows fail, or are refused, as those were): status says what to do first.
             # A price missing for the budget is a fix, not a budget to raise.
@@ -3934,7 +3956,6 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         summary.cut_left = run.counters["cut_left"]
         summary.rate_limited = run.counters["http_429"]
         summary.simulated = run.simulated
-        summary.force_to_rerun = _force_to_rerun(plan)
     out_dir = plan.out_dir
     free = free_bytes(out_dir)
     # Full: no room said the write. What is free now may be the disk the run held for its
@@ -3955,7 +3976,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
     else:
         lines.append("every answer received (paid for) is saved in the journal: the next run "
                      "sends none of them again")
-    rerun = resume_advice(rerun_command(plan.job_meta, out_dir, answered=summary.ok > 0))
+    rerun = resume_advice(rerun_command(plan.job_meta, out_dir))
     report = f"batchrunner report {shell_quote(str(out_dir))}"
     once = "space is freed" if full else "the disk can be written"
     what = "reports were" if summary.results_path else "results and reports were"
@@ -4121,13 +4142,6 @@ def _search_units(web_searches: int | None, sources: int | None) -> int | None:
     return web_searches if web_searches is not None else sources
 
 
-def _force_to_rerun(plan: Plan) -> bool:
-    """Whether the same command, run again, is refused unless forced (``force_needed``: rows
-    done that are the answers of batchrunner simulate at a URL, _served_by_simulator, which a
-    run to a URL may mix with a real endpoint's, _check_same_endpoint)."""
-    return force_needed(plan.job_meta, to_builtin=plan.job.endpoint.simulator)
-
-
 def format_summary(s: RunSummary) -> str:
     lines = []
     head = f"batchrunner: {s.name} — {count_rows(s.rows)}: {s.ok:,} ok, {s.failed:,} failed"
@@ -4241,6 +4255,4 @@ def format_summary(s: RunSummary) -> str:
         rows = "row" if s.limit == 1 else f"{s.limit:,} rows"
         lines.append(f"  --limit {s.limit:,} left {count_rows(s.limited)} to do: the same command "
                      f"sends the next {rows}, without --limit all of them")
-    if s.force_to_rerun and s.ok and (s.stopped or s.pending or s.failed or s.limited):
-        lines.append(f"  {FORCE_TO_RERUN}")
     return "\n".join(lines)

@@ -35,7 +35,6 @@ from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.progress import duration, shell_quote
 from batchrunner.records import RETRYING
 from batchrunner.report import (
-    FORCE_TO_RERUN,
     SearchSum,
     UsdSum,
     asks_choices,
@@ -52,8 +51,8 @@ from batchrunner.report import (
 )
 from batchrunner.results import recorded_changed_left
 
-__all__ = ["FULL_DISK_BYTES", "force_needed", "format_status", "free_bytes", "plus_earlier",
-           "read_meta", "rerun_command", "reruns_forced", "resume_advice", "run_in_progress"]
+__all__ = ["FULL_DISK_BYTES", "format_status", "free_bytes", "plus_earlier",
+           "read_meta", "rerun_command", "resume_advice", "run_in_progress"]
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -211,7 +210,7 @@ def format_status(out_dir: Path) -> str:
             state.failed_choices, resent.usd if resent.rows == state.failed_choices else None,
             asked))
     # The command that runs the job on, for every line that names one: its job file read once.
-    rerun = Rerun(meta, out_dir, answered=state.ok > 0)
+    rerun = Rerun(meta, out_dir)
     if state.paused:  # with the command that sends them again, once no run is in progress
         again = "" if locked or rerun.held else rerun.command()
         lines.append(f"  {paused_warning(state.paused, again)}")
@@ -285,8 +284,6 @@ def format_status(out_dir: Path) -> str:
                              f"batchrunner report {shell_quote(str(out_dir))}")
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
-                if not to_do and rerun.forced:
-                    lines.append(f"  {FORCE_TO_RERUN}")  # no command below to have it
         if command and to_do and kind == "budget":
             # The same command stops again at once: the job's spend so far counts.
             spent = state.cost.usd + state.earlier.usd + state.unreported.usd
@@ -415,11 +412,10 @@ def resume_advice(rerun: str) -> str:
     return "run the job again to resume" + (f": {rerun}" if rerun else "")
 
 
-def rerun_command(meta: dict[str, Any], out_dir: Path, *, answered: bool = True,
-                  extra: tuple[str, ...] = ()) -> str:
+def rerun_command(meta: dict[str, Any], out_dir: Path, *, extra: tuple[str, ...] = ()) -> str:
     """The command that runs the job on into ``out_dir`` (``Rerun``'s), with ``extra``
     arguments added (``--retry-failed``); "" where none is known."""
-    return Rerun(meta, out_dir, answered=answered).command(extra)
+    return Rerun(meta, out_dir).command(extra)
 
 
 class Rerun:
@@ -430,13 +426,11 @@ class Rerun:
     directory holds none of its rows, and every row would be sent, and paid for, again). From
     the directory the run was started in, where that is not this one: its relative paths, and
     its .env, are that directory's. An option held back (its value holds the API key) is
-    named instead: a command without it would not resume the job. With ``--force`` where the
-    rows done are the answers of ``batchrunner simulate`` at a URL, which a run to a URL is
-    refused to mix with unless forced (``answered``: some row of the job is ok). Built once
-    (the job file read once), then shown as each line needs it (``command``)."""
+    named instead: a command without it would not resume the job. Built once (the job file
+    read once), then shown as each line needs it (``command``)."""
 
-    def __init__(self, meta: dict[str, Any], out_dir: Path, *, answered: bool = True) -> None:
-        self.meta, self.out_dir, self.answered = meta, out_dir, answered
+    def __init__(self, meta: dict[str, Any], out_dir: Path) -> None:
+        self.out_dir = out_dir
         job_file = meta.get("job_file")
         self.job_file = (job_file if isinstance(job_file, str) and job_file != "command line"
                          else None)
@@ -448,11 +442,6 @@ class Rerun:
         options = command.get("options")
         self.given: dict[str, Any] = options if isinstance(options, dict) else {}
         self.held = [option_name(k) for k, v in self.given.items() if v == KEY_HELD_BACK]
-
-    @cached_property
-    def forced(self) -> bool:
-        """Whether it needs ``--force`` (``reruns_forced``)."""
-        return reruns_forced(self.meta, answered=self.answered)
 
     @cached_property
     def options(self) -> dict[str, Any]:
@@ -476,7 +465,7 @@ class Rerun:
         if self.held:
             # No command to show, but its job file and directory, and what to add to its
             # options (given after them, an option's value replaces theirs).
-            added = (*(("--force",) if self.forced else ()), *extra, *_option_args(changed))
+            added = (*extra, *_option_args(changed))
             what = "again" if self.job_file is None else (
                 f"file {shell_quote(self.job_file)} again" + (
                     f" (from {shell_quote(self.cwd)})" if self.cwd is not None and not _here(
@@ -491,8 +480,6 @@ class Rerun:
             return ""
         args = ["batchrunner", verb, *(() if self.job_file is None else (self.job_file,))]
         args += _option_args({**self.options, **changed})
-        if self.forced:
-            args.append("--force")
         args += extra
         shown = " ".join(shell_quote(a) for a in args)
         return shown if self.cwd is None or _here(self.cwd) else (
@@ -502,41 +489,6 @@ class Rerun:
 def _here(cwd: str) -> bool:
     """Whether ``cwd`` is the current directory."""
     return os.path.realpath(cwd) == os.path.realpath(os.getcwd())
-
-
-def force_needed(meta: dict[str, Any], *, to_builtin: bool, answered: bool = True) -> bool:
-    """Whether a rerun of the job ``meta`` (job.json) describes into its output directory is
-    refused unless given ``--force``: the rows done (``answered``: some row is ok) are the
-    answers of ``batchrunner simulate`` at a URL, and the rerun goes to a URL (not
-    ``to_builtin``, the built-in simulator), which could be a real endpoint whose answers
-    would mix with them; ``--force`` keeps them the simulator's when it answers again. The one
-    rule for a run's summary, ``status``'s command and ``report``'s summary."""
-    return answered and meta.get("simulator") is True and not to_builtin
-
-
-def reruns_forced(meta: dict[str, Any], *, answered: bool = True) -> bool:
-    """``force_needed`` for the command job.json records (``rerun_command``'s)."""
-    if not answered or meta.get("simulator") is not True:
-        return False  # no job file read: most jobs' rows are no simulator's
-    command = meta.get("command")
-    options = command.get("options") if isinstance(command, dict) else None
-    return force_needed(meta, to_builtin=_to_builtin(
-        options if isinstance(options, dict) else {}, meta.get("job_file")))
-
-
-def _to_builtin(options: dict[str, Any], job_file: Any) -> bool:
-    """Whether the command of ``options`` and ``job_file`` runs to the built-in simulator, not
-    a URL, as a run of it reads its endpoint: --simulator, or the file's simulator = true
-    without --base-url, which overrides it. The file read with an output directory of its
-    own, which changes nothing of its endpoint: one that names none is run with --output."""
-    if options.get("simulator") is True:
-        return True
-    if options.get("base_url") or not isinstance(job_file, str) or job_file == "command line":
-        return False
-    try:
-        return load_job(job_file, {"output": "."}).endpoint.simulator
-    except (UsageError, OSError):  # moved, or changed: what it ran to is not known
-        return False
 
 
 def _option_args(options: dict[str, Any]) -> list[str]:

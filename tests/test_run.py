@@ -947,8 +947,9 @@ def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
     by URL was recorded as real answers: the same command against the real endpoint then sent
     nothing and exited 0, the results the simulator's "Echo: ..." text, reported as real. Its
     answers now say where they come from: the run says they are not real, job.json records
-    them as the simulator's (so the real run is refused unless forced), and a job whose rows
-    done are real stops at the simulator's first answer, keeping none of them."""
+    them as the simulator's (so the real run is refused unless forced, and the same command
+    resumes the rehearsal), and a job whose rows done are real stops at the simulator's first
+    answer, keeping none of them."""
     import argparse
 
     from batchrunner.cli import main
@@ -967,20 +968,17 @@ def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
         out = capsys.readouterr().out
         assert "(to the built-in simulator: the answers are not real)" in out
         assert json.loads((tmp_path / "out" / "job.json").read_text())["simulator"] is True
-        # The same command, which the summary says sends the next rows, is refused without
-        # --force (the URL could be a real endpoint's): the summary says to add it, and the
-        # command status names to finish the job has it, and finishes it.
-        assert ("a rerun into this output directory is refused unless given --force") in out
-        # batchrunner report's summary names the same command to go on: the note too.
+        # The same command, which the summary says sends the next rows, does so, as the
+        # command status names to finish the job does: neither says --force.
+        assert "--force" not in out
         assert main(["report", "out"]) == 0
-        assert ("a rerun into this output directory is refused unless given --force"
-                ) in capsys.readouterr().out
-        assert main([*rehearse, "--limit", "2"]) == 2
-        capsys.readouterr()
+        assert "--force" not in capsys.readouterr().out
+        assert main([*rehearse, "--limit", "2"]) == 0
+        assert "--force" not in capsys.readouterr().out
         finish = next(x for x in format_status(tmp_path / "out").splitlines()
-                      if x.startswith("  to finish, 4 rows to do: "))
+                      if x.startswith("  to finish, 2 rows to do: "))
         command = shlex.split(finish.partition(": ")[2])
-        assert command[-1] == "--force"
+        assert "--force" not in command
         assert main([*command[1:], "--progress", "none"]) == 0
         capsys.readouterr()
         assert Journal(tmp_path / "out").read().num_rows == 6
@@ -1036,13 +1034,67 @@ def test_a_rehearsal_against_batchrunner_simulate_is_the_simulators_answers(
         assert Journal(tmp_path / "real").read().num_rows == 6
 
 
-def test_a_rehearsals_rerun_to_the_url_that_answered_it_says_so(
+def test_a_rehearsals_rerun_at_its_url_goes_on_while_batchrunner_simulate_answers_there(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A rehearsal's rerun against batchrunner simulate at the same URL was refused saying
-    'this run would use a real endpoint', and, forced, warned 'their answers mix': neither is
-    so. It says the simulator answered at this URL and that --force reruns the rehearsal, whose
-    answers stay the simulator's; a URL that answered none of the rows is still no simulator's
-    until it answers."""
+    """A rehearsal's rerun against batchrunner simulate at the same URL was refused unless
+    given --force, as only answers tell the simulator from a real endpoint. It goes on: its
+    answers are taken while they are the simulator's, and the first that is not (a server
+    that does not announce itself, at the same port) stops the run, none of its answers kept,
+    saying to start afresh or pass --force; with --force they mix."""
+    import argparse
+
+    from batchrunner.cli import main
+    from batchrunner.simulator import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    served = config_from_args(parser.parse_args([]))  # what `batchrunner simulate` serves
+    inp = make_csv(tmp_path / "in.csv", 6)
+    common = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+              "--model", "gpt-4o-mini", "--progress", "none", "--output", "out"]
+    with SimulatorThread(served) as sim:
+        port = sim.port
+        rehearse = [*common, "--base-url", sim.base_url, "--concurrency", "2"]
+        assert main([*rehearse, "--limit", "2"]) == 0
+        capsys.readouterr()
+        # estimate, which sends nothing, warned that the run is refused: it is not
+        assert main(["estimate", *[a for a in rehearse[1:] if a not in ("--progress", "none")]]
+                    ) == 0
+        out = capsys.readouterr().out
+        assert "rows: 6 in the input, 2 already done, 4 to send" in out
+        assert "refused" not in out and "--force" not in out
+        assert main([*rehearse, "--limit", "2"]) == 0
+        out, err = capsys.readouterr()
+        assert "--force" not in out + err and "mix" not in out + err
+        assert sim.stats()["requests"] == 4
+    assert Journal(tmp_path / "out").read().num_rows == 4
+    # A server that is not batchrunner simulate at the same URL: each of its answers (two in
+    # flight at once) is left unkept, and the run stops at the first.
+    with SimulatorThread(SimulatorConfig(latency_ms=300), port=port) as real:
+        assert main(rehearse) == 4
+        out = capsys.readouterr().out
+        assert (f"  stopped: the endpoint at http://127.0.0.1:{port}/v1 answers as a real "
+                "endpoint now, not as batchrunner simulate, which answered the rows done in "
+                "out: none of its answers was kept (their rows are left to do) — to run the "
+                "job there, start afresh with another --output directory, or pass --force to "
+                "mix its answers with the simulator's") in out
+        assert real.stats()["completions"] >= 1
+        assert Journal(tmp_path / "out").read().num_rows == 4
+        meta = json.loads((tmp_path / "out" / "job.json").read_text())
+        assert meta["simulator"] is True
+        status = format_status(tmp_path / "out")
+        assert "  to finish, 2 rows to do: fix what stopped it (above), then: batchrunner run " \
+            in status and "--force" not in status.partition("to finish")[2]
+        assert main([*rehearse, "--force"]) == 0
+        assert "answers mix" not in capsys.readouterr().out
+        assert json.loads((tmp_path / "out" / "job.json").read_text())["simulator"] == "mixed"
+    assert Journal(tmp_path / "out").read().num_rows == 6
+
+
+def test_a_rehearsal_rerun_at_another_url_is_refused_unless_forced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A URL that answered none of the rows is no simulator's until it answers: a rehearsal's
+    rerun there is refused unless forced, as a real endpoint's would be."""
     import argparse
 
     from batchrunner.cli import main
@@ -1055,30 +1107,8 @@ def test_a_rehearsals_rerun_to_the_url_that_answered_it_says_so(
     common = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "{text}",
               "--model", "gpt-4o-mini", "--progress", "none", "--output", "out"]
     with SimulatorThread(served) as sim, SimulatorThread(served) as other:
-        rehearse = [*common, "--base-url", sim.base_url]
-        assert main([*rehearse, "--limit", "2"]) == 0
+        assert main([*common, "--base-url", sim.base_url, "--limit", "2"]) == 0
         capsys.readouterr()
-        assert main(rehearse) == 2
-        err = capsys.readouterr().err
-        assert err.endswith(
-            "were answered by batchrunner simulate at this run's URL, and only an answer tells "
-            "whether it still serves it: to rerun the rehearsal, pass --force (its answers "
-            "stay the simulator's); for a real endpoint's answers, use another --output "
-            "directory\n")
-        assert "real endpoint, " not in err and sim.stats()["requests"] == 2
-        # estimate, which sends nothing, was refused alike: it says the run is refused
-        assert main(["estimate", *[a for a in rehearse[1:] if a not in ("--progress", "none")]]
-                    ) == 0
-        out = capsys.readouterr().out
-        assert "rows: 4 in the input, 2 already done, 2 to send" in out
-        assert ("  warning: the run is refused unless given --force: the rows done in ") in out
-        assert "to rerun the rehearsal, pass --force" in out
-        assert main([*rehearse, "--force"]) == 0
-        err = capsys.readouterr().err
-        assert ("were answered by batchrunner simulate at this run's URL: going on (--force); "
-                "while the simulator serves it, its answers stay the simulator's") in err
-        assert "mix" not in err and sim.stats()["requests"] == 4
-        assert json.loads((tmp_path / "out" / "job.json").read_text())["simulator"] is True
         again = [*common, "--base-url", other.base_url, "--rerun-where", "True"]
         assert main(again) == 2
         assert ("were answered by the built-in simulator, and this run would use a real "
@@ -1089,15 +1119,76 @@ def test_a_rehearsals_rerun_to_the_url_that_answered_it_says_so(
         assert other.stats()["requests"] == 0
 
 
-def test_status_after_a_rehearsal_with_failed_rows_says_the_rerun_needs_force(
+@pytest.mark.anyio
+@pytest.mark.parametrize("first", [True, False], ids=["simulator-first", "real-first"])
+async def test_an_answer_from_another_kind_of_server_at_the_url_is_not_read(first: bool) -> None:
+    """The client told batchrunner simulate's answers from a real endpoint's by the first
+    answer only: a server of the other kind at the same port later (the simulator stopped, a
+    real server started there) had its answers taken as the first one's kind. Each answer is
+    told now: one of the other kind raises EndpointChanged, unread."""
+    from batchrunner.client import ChatClient
+    from batchrunner.errors import EndpointChanged
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    async with Simulator(SimulatorConfig(announce=first)) as sim:
+        port = sim.port
+        async with ChatClient(sim.base_url, KEY, timeout_s=10, connections=4) as client:
+            assert (await client.complete(body)).finish_reason == "stop"
+            assert client.simulator_answered is first
+            await sim.stop()
+            async with Simulator(SimulatorConfig(announce=not first), port=port) as now:
+                with pytest.raises(EndpointChanged) as caught:
+                    await client.complete(body)
+                assert caught.value.simulator is not first
+                assert now.stats()["completions"] == 1
+
+
+def test_ctrl_c_in_a_rehearsal_says_to_run_the_same_command_which_resumes(
+        tmp_path: Path) -> None:
+    """A rehearsal against batchrunner simulate, Ctrl-C, and the same command: Ctrl-C's line
+    said to run the same command to resume, the summary then to add --force, and the command
+    was refused without it. It resumes and finishes, and no line says --force."""
+    import argparse
+
+    from batchrunner.simulator import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    served = replace(config_from_args(parser.parse_args([])), latency_ms=200)
+    n = 40
+    inp = make_csv(tmp_path / "in.csv", n)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    with SimulatorThread(served) as sim:
+        cmd = [sys.executable, "-m", "batchrunner", "run", "--input", str(inp),
+               "--id-column", "id", "--prompt", "{text}", "--model", "gpt-4o-mini",
+               "--base-url", sim.base_url, "--output", str(tmp_path / "out"),
+               "--concurrency", "4", "--progress", "none"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 60
+        while sim.stats()["completions"] < 8:
+            assert time.monotonic() < deadline and proc.poll() is None, sim.stats()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 4, err
+        assert "interrupted by Ctrl-C (SIGINT); finished rows are saved — run the same " \
+            "command to resume" in out
+        assert "--force" not in out + err
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "--force" not in done.stdout + done.stderr
+        assert sim.stats()["completions"] == n  # no row sent twice
+
+
+def test_status_after_a_rehearsal_with_failed_rows_names_the_retry_that_runs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A rehearsal against batchrunner simulate that ended with failed rows and none to do:
-    the run's summary said to add --force to rerun, status only to rerun with --retry-failed,
-    which was then refused."""
+    the run's summary and status say to rerun with --retry-failed, which runs (it said to add
+    --force, which was needed)."""
     import argparse
 
     from batchrunner.cli import main
-    from batchrunner.report import FORCE_TO_RERUN
     from batchrunner.simulator import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
@@ -1109,13 +1200,11 @@ def test_status_after_a_rehearsal_with_failed_rows_says_the_rerun_needs_force(
                     "--model", "gpt-4o-mini", "--progress", "none", "--output", "out",
                     "--base-url", sim.base_url]
         assert main(rehearse) == 3
-        assert capsys.readouterr().out.splitlines()[-1] == f"  {FORCE_TO_RERUN}"
+        assert "--force" not in capsys.readouterr().out
         status = format_status(tmp_path / "out").splitlines()
-        assert status[-2].endswith("then rerun with --retry-failed to send it")
-        assert status[-1] == f"  {FORCE_TO_RERUN}"
-        assert main([*rehearse, "--retry-failed"]) == 2
-        capsys.readouterr()
-        assert main([*rehearse, "--retry-failed", "--force"]) == 3
+        assert status[-1].endswith("then rerun with --retry-failed to send it")
+        assert main([*rehearse, "--retry-failed"]) == 3
+        assert sim.stats()["requests"] == 5
 
 
 def test_the_simulators_answers_never_mix_with_real_ones_unasked(
@@ -1547,3 +1636,4 @@ def test_a_job_begun_with_both_token_limits_resumes_with_the_one_now_sent(
                 assert "changed since" not in format_status(tmp_path / "out")
                 assert main([*run, "--limit", "3"]) == 0, capsys.readouterr().err
                 assert "changed" not in capsys.readouterr().err
+

@@ -17,7 +17,7 @@ from batchrunner.journal import Journal, outcomes_table, write_segment
 from batchrunner.records import RETRYING, Outcome
 from batchrunner.report import format_usd
 from batchrunner.runner import _command_kept, _without_key
-from batchrunner.status import force_needed, format_status, rerun_command, reruns_forced
+from batchrunner.status import format_status, rerun_command
 
 
 def simulated_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int) -> Path:
@@ -236,36 +236,6 @@ def test_status_of_a_job_file_left_with_rows_to_do_names_the_command_that_finish
     assert format_status(out).endswith("run the job again to resume")
 
 
-@pytest.mark.parametrize(("simulator", "options", "forced"), [
-    (True, {}, False),  # the file's built-in simulator, again
-    (True, {"base_url": "http://127.0.0.1:9/v1"}, True),  # --base-url overrides the file's
-    (False, {}, True),  # the file's URL
-    (False, {"simulator": True}, False),  # --simulator
-], ids=["file-simulator", "file-simulator-base-url", "file-url", "option-simulator"])
-def test_where_a_rerun_needs_force_the_run_status_and_report_say_alike(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: bool,
-        options: dict[str, object], forced: bool) -> None:
-    """Rows answered by batchrunner simulate at a URL: a rerun to a URL is refused unless
-    forced. The run's summary reads where its rerun goes from its job (the endpoint it ran
-    to), status's command and report's summary from the command job.json records: one rule
-    (force_needed), and the same answer from both inputs."""
-    monkeypatch.chdir(tmp_path)
-    job = tmp_path / "job.toml"
-    job.write_text('name = "night"\n[input]\npath = "in.csv"\nid_column = "id"\n'
-                   '[request]\nmodel = "gpt-4o-mini"\nprompt = "X {text}"\n[endpoint]\n'
-                   + ("simulator = true\n" if simulator else
-                      'base_url = "http://127.0.0.1:9/v1"\n'))
-    meta = {"name": "night", "job_file": str(job), "simulator": True,
-            "command": {"options": {**options, "output": "out"}, "cwd": str(tmp_path)}}
-    ran_to = load_job(job, {**options, "output": "out"}).endpoint.simulator  # as the run read it
-    assert force_needed(meta, to_builtin=ran_to) is forced
-    assert reruns_forced(meta) is forced
-    assert ("--force" in shlex.split(rerun_command(meta, tmp_path / "out"))) is forced
-    # Rows none answered ok, or answered by a real endpoint: nothing to keep apart.
-    assert "--force" not in rerun_command(meta, tmp_path / "out", answered=False)
-    assert not reruns_forced({**meta, "simulator": False})
-
-
 def test_status_of_a_job_file_run_into_another_directory_names_that_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -439,13 +409,13 @@ def test_status_after_rows_failing_alike_says_to_retry_them_where_it_names_no_co
         "  fix what stopped the last run (batchrunner status out says what, and names the "
         "command), then rerun the job with --retry-failed to send the rows not done yet and the "
         "failed rows again")
-    # Rows answered by batchrunner simulate at a URL: the rerun is refused without --force,
-    # which it said nothing of either.
+    # Rows answered by batchrunner simulate at a URL: the same command resumes the rehearsal
+    # there (it stops at an answer that is not the simulator's), with no --force.
     meta = json.loads((tmp_path / "out" / "job.json").read_text())
     meta["simulator"] = True
     assert rerun_command(meta, tmp_path / "out", extra=("--retry-failed",)) == (
-        "run the job again with the options it was given and --force --retry-failed (--input "
-        "is not kept: its value holds the API key)")
+        "run the job again with the options it was given and --retry-failed (--input is not "
+        "kept: its value holds the API key)")
     # A job file's (a crontab's): which file, from which directory, as its command would say.
     meta.update(job_file="/srv/enrich/jobs/tickets.toml", simulator=False)
     meta["command"]["cwd"] = "/srv/enrich"
