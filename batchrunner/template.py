@@ -94,10 +94,8 @@ class Template:
             if name not in have and name in self._specs:
                 raise _not_plain(name)
             if name not in have and not _plain(name):  # not a column's own name: {meta.lang}
-                raise ConfigError(
-                    f"prompt template: field {{{name}}} must be a column name like {{text}}; "
-                    "parts of a value ({a.b}, {a[0]}) cannot be picked "
-                    f"({column_list(cols, name)})")
+                raise ConfigError(f"prompt template: {_picked_part(name, have)} "
+                                  f"({column_list(cols, name)})")
             if name not in have:
                 braces = (" — write {{ and }} for literal braces" if any(c in name for c in "\"' ")
                           else "")
@@ -135,6 +133,27 @@ class Template:
                     return None
                 out.append(v if isinstance(v, str) else str(v))
         return "".join(out)
+
+
+def _picked_part(field: str, columns: set[str]) -> str:
+    """What to say of ``field``, which is no column's own name: where it picks part of a
+    column's value (``{meta.lang}``), how to give that part a column of its own (the pandas
+    line that does it, for JSON text), for the template to name."""
+    head = re.match(r"[^.\[]*", field)
+    assert head is not None
+    steps = re.findall(r"\.([^.\[]+)|\[([^\]]*)\]", field[head.end():])
+    keys: list[str | int] = [a or (int(b) if b.isdigit() else b) for a, b in steps]
+    if head.group() not in columns or not keys:
+        return (f"field {{{field}}} must be a column name like {{text}}; parts of a value "
+                "({a.b}, {a[0]}) cannot be picked")
+    column = head.group()
+    last = keys[-1]
+    name = last if isinstance(last, str) and last.isidentifier() else "_".join(
+        map(str, [column, *keys]))
+    picks = "".join(f".str[{key!r}]" for key in keys)
+    return (f"{{{field}}} picks part of column {column}'s values, which a template cannot: "
+            f"flatten it into a column of its own first (with pandas, for JSON text: "
+            f"df[{name!r}] = df[{column!r}].map(json.loads){picks}) and write {{{name}}}")
 
 
 def _not_plain(field: str) -> ConfigError:

@@ -330,7 +330,15 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 @case("template picking a part of a value")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv(), prompt="Say {text.lang}"), [
-        "{text.lang} must be a column name", "cannot be picked", "columns: id, text"]
+        "{text.lang} picks part of column text's values, which a template cannot: flatten it "
+        "into a column of its own first", "df['lang'] = df['text'].map(json.loads).str['lang']",
+        "write {lang}", "columns: id, text"]
+
+
+@case("template picking a part of no column")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return c.args(c.good_csv(), prompt="Say {meta.lang} {text}"), [
+        "{meta.lang} must be a column name", "cannot be picked", "columns: id, text"]
 
 
 @case("JSON braces in a prompt, not doubled, with no colon")

@@ -275,7 +275,33 @@ def test_template_renders_and_checks_columns() -> None:
     Template("{a:>5}").check(["a:>5"], "input x.csv")  # a column named so
     Template("{a.b}").check(["a.b"], "input x.csv")  # a column named so
     with pytest.raises(ConfigError, match="cannot be picked"):
-        Template("{a.b}").check(["a"], "input x.csv")
+        Template("{a.b}").check(["x"], "input x.csv")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("{meta.lang}", "en"), ("{meta[lang]}", "en"), ("{meta[tags][1]}", "b"),
+    ("{meta.size.w}", 3)])
+def test_a_field_picking_part_of_a_column_says_how_to_flatten_it(field: str, value: object
+                                                                  ) -> None:
+    """{meta.lang} was refused saying parts of a value cannot be picked, not what to do. It
+    names the pandas line that makes the part a column of its own, and the field to write
+    then: the line does so, and the field names that column."""
+    import json
+
+    import pandas as pd
+
+    df = pd.DataFrame({"meta": ['{"lang": "en", "tags": ["a", "b"], "size": {"w": 3}}']})
+    with pytest.raises(ConfigError) as caught:
+        Template(f"Say it in {field}").check(["meta"], "input x.csv")
+    said = str(caught.value)
+    assert said.startswith(f"prompt template: {field} picks part of column meta's values, "
+                           "which a template cannot: flatten it into a column of its own first "
+                           "(with pandas, for JSON text: df[")
+    line = said.partition("for JSON text: ")[2].partition(") and write {")[0]
+    exec(line, {"df": df, "json": json})  # the line the message gives
+    name = said.partition(") and write {")[2].partition("}")[0]
+    assert df[name][0] == value
+    Template(f"Say it in {{{name}}}").check(df.columns, "input x.csv")
 
 
 def test_request_builder_body() -> None:
