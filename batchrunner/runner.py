@@ -324,6 +324,7 @@ class RunSummary:
     stopped: str | None = None
     warnings: list[str] = field(default_factory=list)
     ran: bool = True  # False: the outputs were rebuilt (`report`), no run happened
+    nothing_to_do: bool = False  # earlier runs had done every row: none was to be sent
     simulated: bool = False  # the answers came from the built-in simulator
     not_connected: int = 0  # of ``sent``, the requests that found no connection
     # Of ``sent``, the requests cut with no answer while the endpoint answered nothing (a box
@@ -3795,6 +3796,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         _check_writable(out_dir, journal.directory)
         journal.create()
         remaining = plan.total_rows - len(plan.done)
+        summary.nothing_to_do = remaining == 0 and not plan.limited
         # started_s: the start to the millisecond (started_at is to the second), so that
         # `status` tells this run's rows from those a run just before finished in its second.
         last_run: dict[str, Any] = {"run_id": run_id, "pid": os.getpid(),
@@ -4178,7 +4180,8 @@ def format_summary(s: RunSummary) -> str:
     answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd
     # A rerun's own spend: what its requests were billed, retries included. Beside it, the
     # job's counted alike: its rows' answers plus their earlier billed attempts.
-    this_run = s.run_cost_usd if s.ran else None
+    idle = s.ran and s.nothing_to_do and not s.stopped
+    this_run = s.run_cost_usd if s.ran and not idle else None
     unpriced = (f"{count_rows(s.cost_unknown)} without a cost ({s.unpriced})"
                 if s.cost_usd is None and s.cost_unknown else "")
     if unpriced and not answers:  # no row's cost is known: no sum of them to show
@@ -4198,7 +4201,10 @@ def format_summary(s: RunSummary) -> str:
                 f"{count_rows(s.unreported_rows)} that may have "
                 f"been billed with no usage reported, estimated at "
                 f"{format_usd(s.unreported_usd)}")
-    if s.ran:
+    if idle:
+        if s.simulated:
+            cost += " (to the built-in simulator: the answers are not real)"
+    elif s.ran:
         sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")
         cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"
         notes = []
@@ -4223,6 +4229,10 @@ def format_summary(s: RunSummary) -> str:
         if notes:
             cost += f" ({'; '.join(notes)})"
     lines.append(f"  cost: {cost}")
+    if idle:
+        done = f"the {count_rows(s.rows)}" if s.rows > 1 else "the row"
+        lines.append(f"  nothing to do: earlier runs did {done}"
+                     + (f" ({s.failed:,} failed)" if s.failed else "") + ", so none was sent")
     if s.results_path:
         lines.append(f"  results: {_show(s.results_path)}")
         for fmt in OUTPUT_FORMATS:  # a results file of another format is an earlier run's

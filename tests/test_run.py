@@ -1637,3 +1637,31 @@ def test_a_job_begun_with_both_token_limits_resumes_with_the_one_now_sent(
                 assert main([*run, "--limit", "3"]) == 0, capsys.readouterr().err
                 assert "changed" not in capsys.readouterr().err
 
+
+def test_a_finished_jobs_rerun_says_there_is_nothing_to_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same command after the job finished said "$0.0000 of it this run; 0 requests sent
+    this run", as if it had tried. It says there was nothing to do, and, with rows failed,
+    how to send them again."""
+    from batchrunner.cli import main
+
+    inp = make_csv(tmp_path / "in.csv", 3, marker={1: " [[sim:400]]"})
+    cmd = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "{text}", "--model",
+           "gpt-4o-mini", "--simulator", "--progress", "none", "--output", str(tmp_path / "out")]
+    assert main(cmd) == 3
+    capsys.readouterr()
+    assert main(cmd) == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert "  nothing to do: earlier runs did the 3 rows (1 failed), so none was sent" in lines
+    assert not any("requests sent" in line or "this run" in line for line in lines), lines
+    assert "then rerun with --retry-failed to send it" in lines[-1]
+    assert main([*cmd, "--retry-failed"]) == 3
+    assert "  nothing to do: " not in capsys.readouterr().out
+    (tmp_path / "all.csv").write_text("id,text\na,one\nb,two\n")
+    cmd[2] = str(tmp_path / "all.csv")
+    cmd[-1] = str(tmp_path / "all")
+    assert main(cmd) == 0
+    capsys.readouterr()
+    assert main(cmd) == 0
+    assert "  nothing to do: earlier runs did the 2 rows, so none was sent" in \
+        capsys.readouterr().out.splitlines()
