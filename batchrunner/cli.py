@@ -573,8 +573,12 @@ def _report(exc: BaseException, args: Sequence[str] = ()) -> int:
     if isinstance(e, OutputBusy):
         tell(f"batchrunner: error: {_one_line(e)}")
         return 5
-    if isinstance(e, KeyboardInterrupt):
-        tell("batchrunner: interrupted; finished rows are saved — rerun to resume")
+    if isinstance(e, KeyboardInterrupt):  # before a run's own handler is up, or after
+        command = next((a for a in args if not a.startswith("-")), "")
+        tell({"run": "batchrunner: interrupted; finished rows are saved — run the same command "
+                     "to resume",
+              "report": "batchrunner: interrupted — run the same command again to rebuild the "
+                        "results and reports"}.get(command, "batchrunner: interrupted"))
         return 4
     if isinstance(e, OutputError) and e.summary is not None:  # a run a full disk stopped
         from batchrunner.runner import format_summary

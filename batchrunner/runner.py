@@ -3659,9 +3659,10 @@ class _Run:
                     "the same command to resume"
                 ))
                 lead = "\n" if sys.stderr.isatty() else ""  # off the line ^C was echoed on
+                again = "Ctrl-C" if signum == signal.SIGINT else name
                 self.progress.write(f"{lead}batchrunner: {name}: finishing requests in "
-                                    f"flight (up to {self.options.drain_s:.0f} s; again to "
-                                    "stop now)")
+                                    f"flight (up to {self.options.drain_s:.0f} s; {again} again "
+                                    "to stop now)")
                 scope.deadline = min(scope.deadline,
                                      anyio.current_time() + self.options.drain_s)
             else:

@@ -1064,3 +1064,27 @@ def test_a_setting_refused_by_a_reasoning_model_is_named_as_the_option_that_set_
     assert code == 0
     assert ("  warning: [request] max_tokens is refused by OpenAI for gpt-5.2" in out
             and "set max_completion_tokens in [request.extra] instead" in out), out
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["run", "--input", "in.csv", "--prompt", "{text}", "--model", "gpt-4o-mini",
+      "--simulator"],
+     "batchrunner: interrupted; finished rows are saved — run the same command to resume"),
+    (["report", "out"],
+     "batchrunner: interrupted — run the same command again to rebuild the results and reports"),
+    (["status", "out"], "batchrunner: interrupted"),
+], ids=["run", "report", "status"])
+def test_ctrl_c_before_a_runs_own_handler_says_what_the_command_left(
+        args: list[str], said: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while no run's own handler is up (planning, writing the results, or report and
+    status) said "finished rows are saved — rerun to resume" whatever the command: report and
+    status finish no rows, and a run's own Ctrl-C says "run the same command to resume"."""
+    import batchrunner.cli as cli_module
+
+    def interrupted(ns: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, f"_cmd_{args[0]}", interrupted)
+    assert cli_module.main(args) == 4
+    assert capsys.readouterr().err == f"{said}\n"

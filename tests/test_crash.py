@@ -265,7 +265,7 @@ def test_second_ctrl_c_while_draining_stops_at_once(tmp_path: Path) -> None:
             assert proc.poll() is None, err_path.read_text()
             proc.send_signal(signal.SIGINT)
             deadline = time.monotonic() + 20
-            while "again to stop now" not in err_path.read_text():
+            while "(up to 5 s; Ctrl-C again to stop now)" not in err_path.read_text():
                 assert time.monotonic() < deadline, err_path.read_text()
                 assert proc.poll() is None, err_path.read_text()
                 time.sleep(0.02)
