@@ -2707,17 +2707,16 @@ class _Run:
         plan = self.plan
         at = f"the endpoint at {self.client.url.removesuffix('/chat/completions')}"
         if not e.simulator and plan.job_meta["simulator"] is True:
-            said = (f"{at} answers as a real endpoint now, not as batchrunner simulate, which "
-                    f"answered the rows done in {_show(plan.out_dir)}: none of its answers was "
-                    "kept (their rows are left to do) — to run the job there, start afresh with "
-                    "another --output directory, or pass --force to mix its answers with the "
-                    "simulator's")
+            said = (f"{at} no longer answers as batchrunner simulate, which answered the rows "
+                    f"done in {_show(plan.out_dir)}: none of its answers now was kept (their rows "
+                    "are left to do) — to run the job there, start afresh with another --output "
+                    "directory, or pass --force to mix its answers with the simulator's")
         else:
             now, before = (("batchrunner simulate", "a real endpoint") if e.simulator
                            else ("a real endpoint", "batchrunner simulate"))
-            said = (f"{at} answers as {now} now, not as {before} that answered this run "
-                    "before: none of its answers was kept (their rows are left to do) — rerun "
-                    "the job once the endpoint it is meant for serves that URL")
+            said = (f"{at} answers as {now} now, where {before} answered this run before: "
+                    "none of its answers now was kept (their rows are left to do) — rerun the "
+                    "job once the endpoint it is meant for serves that URL")
         return EndpointChanged(said, simulator=e.simulator)
 
     def _mixed(self) -> None:

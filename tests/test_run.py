@@ -1073,11 +1073,11 @@ def test_a_rehearsals_rerun_at_its_url_goes_on_while_batchrunner_simulate_answer
     with SimulatorThread(SimulatorConfig(latency_ms=300), port=port) as real:
         assert main(rehearse) == 4
         out = capsys.readouterr().out
-        assert (f"  stopped: the endpoint at http://127.0.0.1:{port}/v1 answers as a real "
-                "endpoint now, not as batchrunner simulate, which answered the rows done in "
-                "out: none of its answers was kept (their rows are left to do) — to run the "
-                "job there, start afresh with another --output directory, or pass --force to "
-                "mix its answers with the simulator's") in out
+        assert (f"  stopped: the endpoint at http://127.0.0.1:{port}/v1 no longer answers as "
+                "batchrunner simulate, which answered the rows done in out: none of its answers "
+                "now was kept (their rows are left to do) — to run the job there, start afresh "
+                "with another --output directory, or pass --force to mix its answers with the "
+                "simulator's") in out
         assert real.stats()["completions"] >= 1
         assert Journal(tmp_path / "out").read().num_rows == 4
         meta = json.loads((tmp_path / "out" / "job.json").read_text())
@@ -1665,3 +1665,53 @@ def test_a_finished_jobs_rerun_says_there_is_nothing_to_do(
     assert main(cmd) == 0
     assert "  nothing to do: earlier runs did the 2 rows, so none was sent" in \
         capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("first", [False, True], ids=["real-first", "simulator-first"])
+async def test_a_run_whose_endpoint_changes_kind_keeps_none_of_the_new_ones_answers(
+        tmp_path: Path, first: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run took the first answer's kind (batchrunner simulate's, or not) for all of them: a
+    server at the URL that answers as the other kind later had its answers recorded with the
+    first's. The run stops at the first of them, keeping none, its row left to do, and says
+    what to do: to wait for the endpoint meant, or, the rows done being the simulator's, to
+    start afresh."""
+    from aiohttp import web
+
+    from batchrunner.client import SIMULATOR_HEADER
+    from tests.servers import serve_on_loopback
+
+    answered = 0
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal answered
+        answered += 1
+        body = {"id": f"c{answered}", "object": "chat.completion", "model": "gpt-4o-mini",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "ok"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+        said = first if answered <= 2 else not first  # the other kind from the third on
+        return web.json_response(body, headers={SIMULATOR_HEADER: "1"} if said else {})
+
+    monkeypatch.chdir(tmp_path)  # the stop names the output directory from here: out
+    inp = make_csv(tmp_path / "in.csv", 5)
+    runner, port = await serve_on_loopback(handler)
+    try:
+        s = await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, concurrency=1),
+                          FAST)
+    finally:
+        await runner.cleanup()
+    assert answered == 3 and s.exit_code == 4 and s.ok == 2 and s.pending == 3
+    assert Journal(tmp_path / "out").read().num_rows == 2
+    at = f"the endpoint at http://127.0.0.1:{port}/v1"
+    assert s.stopped == (
+        f"{at} no longer answers as batchrunner simulate, which answered the rows done in "
+        "out: none of its answers now was kept (their rows are left to do) — to "
+        "run the job there, start afresh with another --output directory, or pass --force to "
+        "mix its answers with the simulator's" if first else
+        f"{at} answers as batchrunner simulate now, where a real endpoint answered this run "
+        "before: none of its answers now was kept (their rows are left to do) — rerun the job "
+        "once the endpoint it is meant for serves that URL")
+    meta = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert meta["simulator"] is first
+    assert meta["last_run"]["stop_kind"] == "fix_first"
