@@ -677,12 +677,18 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
     out = _table(raw, "output", f, OutputConfig)
 
     if inp.get("path") is None:
+        if not f.prefix and not f.from_cli:  # `batchrunner run` alone
+            raise ConfigError("no job given: name a job file (as in batchrunner run "
+                              "jobs/demo.toml), or pass --input FILE, --prompt TEXT, --model NAME "
+                              "and --output DIR (--help lists them all)")
         raise ConfigError(f"{f.prefix}no input: set [input] path or pass --input FILE")
     _string(inp, "path", f, "input")
     _string(inp, "id_column", f, "input")
     if out.get("dir") is None:
         raise NoOutputDir(
-            f"{f.prefix}no output directory: set [output] dir or pass --output DIR"
+            f"{f.prefix}no output directory: set [output] dir or pass --output DIR" if f.prefix
+            else "no output directory: pass --output DIR, a directory of its own for the job's "
+            "results, journal and reports"
         )
     _string(out, "dir", f, "output")
     _check_output_dir(Path(out["dir"]), f("output", "dir"))

@@ -393,7 +393,13 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     argv = c.args(c.good_csv())
     i = argv.index("--output")
     del argv[i : i + 2]
-    return argv, ["no output directory", "--output"]
+    return argv, ["no output directory: pass --output DIR, a directory of its own"]
+
+
+@case("no job at all")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return ["run"], ["no job given: name a job file (as in batchrunner run jobs/demo.toml), or "
+                     "pass --input FILE, --prompt TEXT, --model NAME and --output DIR"]
 
 
 # -- the job file -----------------------------------------------------------------------------
