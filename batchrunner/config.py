@@ -449,9 +449,11 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
         import tomllib  # a job file's only: a run given on the command line need not pay for it
 
         try:
-            raw = tomllib.loads(p.read_text(encoding="utf-8-sig"))
+            text = p.read_text(encoding="utf-8-sig")
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"job file {p}: not valid TOML: {_one_line(str(e))}") from None
+            raise ConfigError(f"job file {p}: not valid TOML: {_one_line(str(e))}"
+                              f"{_unquoted(text, str(e))}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"job file {p}: not UTF-8 text — save it as UTF-8") from None
         except OSError as e:
@@ -542,6 +544,25 @@ def _table(raw: Mapping[str, Any], name: str, f: _Fields, cls: type) -> dict[str
     return dict(t)
 
 
+def _unquoted(text: str, error: str) -> str:
+    """The fix for the TOML ``error`` (tomllib's message) in ``text`` where its line gives a
+    key a bare word (``model = gpt-4o-mini``): text is quoted in TOML. Else ""."""
+    at = re.search(r"\(at line (\d+), column \d+\)", error)
+    lines = text.splitlines()
+    if at is None or not 0 < int(at.group(1)) <= len(lines):
+        return ""
+    bare = re.fullmatch(r"\s*([\w.-]+)\s*=\s*([A-Za-z][^#]*?)\s*(#.*)?",
+                        lines[int(at.group(1)) - 1])
+    if bare is None or bare.group(2) in ("true", "false", "inf", "nan"):
+        return ""
+    key, word = bare.group(1), bare.group(2)
+    if word.lower() in ("true", "yes", "on", "false", "no", "off"):
+        truth = "true" if word.lower() in ("true", "yes", "on") else "false"
+        return f" — a yes or no is true or false, in lower case: {key} = {truth}"
+    value = word.replace("\\", "\\\\").replace('"', '\\"')
+    return f" — text goes in quotes: {key} = \"{value}\""
+
+
 def _misplaced(key: str, table: str, known: set[str]) -> str:
     """Where a key the job file has in the wrong table goes (in TOML, every key below a table's
     header is in that table), or the key of ``known`` (the table's) it is a typo of, for the
@@ -556,6 +577,11 @@ def _misplaced(key: str, table: str, known: set[str]) -> str:
         return "; other request body fields go in [request.extra]"
     if key in _SDK_NAMES:
         return _SDK_NAMES[key]
+    # A command-line option's name (rpm for --rpm, max_cost for --max-cost) written as a key.
+    for name, (home, own) in OVERRIDES.items():
+        if option_name(name).removeprefix("--").replace("-", "_") == key and own != key:
+            where = f"[{home}] {own}" if home else own
+            return f"; --{key.replace('_', '-')} on the command line is {where} in a job file"
     import difflib
 
     near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)

@@ -415,6 +415,32 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.job("[input\npath = \n"), ["job.toml", "not valid TOML", "line 1"]
 
 
+@case("a text value written without quotes")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was "Invalid value (at line 5, column 9)" alone: a newcomer writes TOML as YAML.
+    c.good_csv()
+    return c.job(GOOD_JOB.replace('model = "gpt-4o-mini"', "model = gpt-4o-mini")), [
+        "job.toml: not valid TOML: Invalid value (at line ",
+        ' — text goes in quotes: model = "gpt-4o-mini"']
+
+
+@case("a yes written as Python's True")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.good_csv()
+    return c.job(GOOD_JOB.replace("[output]", "stream = True\n[output]")), [
+        "not valid TOML: Invalid value",
+        " — a yes or no is true or false, in lower case: stream = true"]
+
+
+@case("a command-line option's name as a job file's key")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # --rpm is requests_per_minute in a job file: refused with the list of known keys alone.
+    c.good_csv()
+    return c.job(GOOD_JOB + "[limits]\nrpm = 500\n"), [
+        "unknown key 'rpm' in [limits]",
+        "; --rpm on the command line is [limits] requests_per_minute in a job file"]
+
+
 @case("unknown top-level key")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.good_csv()
