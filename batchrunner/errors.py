@@ -167,13 +167,12 @@ class SettingRefused(StopJob):
 class EndpointChanged(StopJob):
     """An answer says another kind of endpoint serves the URL than the answers before it, or
     than the job's rows done were answered by: batchrunner simulate, or not (``simulator``,
-    what the answer says now). It is not kept: its row is left to do. ``fix_first``: the same
-    command stops again (the rows done are a rehearsal's, a real endpoint answers now)."""
+    what the answer says now). It is not kept: its row is left to do, and the same command
+    stops again while that endpoint serves the URL."""
 
-    def __init__(self, message: str, *, simulator: bool, fix_first: bool = False) -> None:
+    def __init__(self, message: str, *, simulator: bool) -> None:
         super().__init__(message)
         self.simulator = simulator
-        self.fix_first = fix_first
 
 
 class Interrupted(StopJob):

@@ -4190,6 +4190,8 @@ def format_summary(s: RunSummary) -> str:
         cost = format_usd(answers)
         if this_run is not None and not s.earlier_cost_usd:
             cost += f" for the job, {format_usd(this_run)} of it this run"
+        elif idle and s.run_cost_usd is not None and not s.earlier_cost_usd:
+            cost += " for the job"  # a rerun's: none of it this run's
         if unpriced:
             cost += f", and {unpriced}"
     cost += plus_earlier(s.earlier_cost_usd, s.billed_to_do, s.billed_to_do_usd)
