@@ -11,11 +11,10 @@
   zero pause new sends for a moment.
 * ``pause(seconds)`` after a 429: new sends wait until then (plus a little jitter), and are then
   let out at the limiter's rate, not all at once.
-* ``sample(now, sent, refused)`` a few times a second, the run's counts of requests sent and
-  answered 429: while no request rate is known, a storm of 429s (a limit no header reports)
-  sets a pace a little under the rate requests were accepted at, raised slowly while no 429
-  comes (``guessed``); ``refused_sent_as(n)`` on each 429 to the run's ``n``-th request sent
-  leaves it out of the windows that began after it was sent, as its request is.
+* ``sample(now, answered, refused)`` a few times a second, the run's counts of requests
+  answered and answered 429: while no request rate is known, a storm of 429s (a limit no
+  header reports) sets a pace a little under the rate answers were accepted at, raised slowly
+  while no 429 comes (``guessed``).
 
 The runner paces a job with one; a job whose models report limits of their own (OpenAI's are
 per model) with one more for each model (``reported_limits`` tells them apart).
@@ -63,7 +62,7 @@ RAISE_AFTER_S = 5.0
 # the bursts and pauses that come after.
 STORM_WINDOW_S = 5.0
 PACE_MIN_SPAN_S = 1.0
-# A storm: over the window, at least STORM_SHARE of the requests sent were answered 429, and
+# A storm: over the window, at least STORM_SHARE of the requests answered were 429s, and
 # STORM_COUNT at least. A server's random 429s are a few percent of its answers (2 % in the
 # benchmark's faults), where a limit overrun refuses most of each burst (64 requests sent at
 # a limit of 10 a second: 54); and a handful (one 429 and its twins in flight) makes no pace.
@@ -247,12 +246,17 @@ def reset_seconds(value: str | None) -> float | None:
     return n
 
 
-def _since(start: tuple[float, int, int, float], sent: int, refused: int, now: float,
+def _since(start: tuple[float, int, int, float], answered: int, refused: int, now: float,
            paused: float) -> tuple[int, int, float]:
-    """From the sample ``start`` to ``now``: the requests sent, those refused, and the seconds
-    they could be sent in (the long pauses' held time left out)."""
-    then, sent_then, refused_then, paused_then = start
-    return sent - sent_then, refused - refused_then, now - then - (paused - paused_then)
+    """From the sample ``start`` to ``now``: the requests answered, those refused, and the
+    seconds requests could be sent in (the long pauses' held time left out)."""
+    then, answered_then, refused_then, paused_then = start
+    return answered - answered_then, refused - refused_then, now - then - (paused - paused_then)
+
+
+def _accepted(start: tuple[float, int, int, float], end: tuple[float, int, int, float]) -> int:
+    """The answers not 429s from the sample ``start`` to the sample ``end``."""
+    return (end[1] - start[1]) - (end[2] - start[2])
 
 
 def _storm(sends: int, refusals: int) -> bool:
@@ -618,66 +622,60 @@ class Limiter:
                 self.tokens_per_minute, self._tokens = None, None
         return True
 
-    def refused_sent_as(self, sent: int) -> None:
-        """A 429 answered to the run's ``sent``-th request (counted as ``sample``'s ``sent``
-        is): left out of ``sample``'s window, and of its samples' counts, where they began after
-        that request was sent, as the request is. A window begun at a pace a storm set judges
-        that pace: counted in, the 429s to the requests sent before it outnumbered those sent
-        since (110 to 96), which measured no rate, and the storm's too-high pace was kept for
-        2.5 s more, then set at 27 a minute against a limit of 600. Called for each 429, not on
-        an ok answer's way."""
-        samples = self._samples
-        if self._requests is not None or not samples or samples[-1][1] < sent:
-            return
-        for i in range(len(samples) - 1, -1, -1):  # the latest first; ``sent`` never falls
-            t, sent_then, refused_then, paused = samples[i]
-            if sent_then < sent:
-                break
-            samples[i] = (t, sent_then, refused_then + 1, paused)
-
-    def sample(self, now: float, sent: int, refused: int, *, split: bool = False,
+    def sample(self, now: float, answered: int, refused: int, *, split: bool = False,
                latest: bool = True) -> bool:
-        """The run's requests ``sent`` so far and those of them ``refused`` (answered 429), at
-        ``now``: while no request rate is known (none set, none reported), a storm of 429s
-        paces requests a little under the rate they were accepted at over the last few
+        """The run's requests ``answered`` so far and those of them ``refused`` (answered 429),
+        at ``now``: while no request rate is known (none set, none reported), a storm of 429s
+        paces requests a little under the rate answers were accepted at over the last few
         seconds, or before any pace over the latest second (or lower a pace so learnt), where
         each 429's pause ended with every request waiting sent at once; the pace is raised
         slowly while no 429 comes. Counts taken a few times a second, not a time for each
-        answer: nothing on a request's way. True
-        when a storm set the pace (learnt or lowered) now. ``split``: a job's limiter that
-        learns no more from headers (``unlearn``), sampled with the 429s its models drew
-        together, learns from them all the same. ``latest=False``: a storm over the whole
-        window only, for a model's probe that a split weighs against another's whole window
-        (a storm over one's latest second, against the other's diluted by a quiet start, split
-        models refused alike by a limit they share: 31 of 200 scripted jobs)."""
+        answer: nothing on a request's way. True when a storm set the pace (learnt or lowered)
+        now. ``split``: a job's limiter that learns no more from headers (``unlearn``), sampled
+        with the 429s its models drew together, learns from them all the same.
+        ``latest=False``: a storm over the whole window only, for a model's probe that a split
+        weighs against another's whole window (a storm over one's latest second, against the
+        other's diluted by a quiet start, split models refused alike by a limit they share: 31
+        of 200 scripted jobs).
+
+        Answers, not requests sent: a request in flight is neither accepted nor refused yet.
+        Counted as accepted when sent, those in flight at the end of a second's window put it
+        one or two over the limit (652-716 a minute measured behind a limit of 600), and a
+        storm that refused every request taught 54 a minute from the one in flight. A storm
+        teaches while its 429s come, and only where answers were accepted before its latest
+        sample (where samples came before it): the few rows answered as a storm that refused
+        everything ended (8 rows, 429'd with retry-after 0 for 2.5 s) are answers of a storm
+        over, not a rate (21 a minute was learnt from them)."""
         if not (self.adaptive or split) or self._requests is not None:
             return False
         samples = self._samples
         paused = self._held_total(now)
-        samples.append((now, sent, refused, paused))
+        samples.append((now, answered, refused, paused))
         while len(samples) > 2 and now - samples[1][0] >= STORM_WINDOW_S:
             samples.popleft()
         span = now - samples[0][0]
         if span < PACE_MIN_SPAN_S:
             return False  # the 429s since the last, and a long pause asked, are the next's
         new_refusals, self._refused = refused - self._refused, refused  # since the last
-        sends, refusals, sending = _since(samples[0], sent, refused, now, paused)
+        answers, refusals, sending = _since(samples[0], answered, refused, now, paused)
         measured = sending >= PACE_MIN_SPAN_S  # enough of it to measure a rate over
         current = self.requests_per_minute if self.guessed else None
-        stormy = measured and _storm(sends, refusals)
-        if latest and not stormy and current is None:
+        stormy = (measured and new_refusals > 0 and _storm(answers, refusals)
+                  and (len(samples) < 3 or _accepted(samples[0], samples[-2]) > 0))
+        if latest and not stormy and current is None and new_refusals > 0:
             # Its latest second or so, where no pace is known yet: a short job's storm (60
             # rows 429'd again and again) is none over a window holding the burst before it
             # (80 429s of 704 sent), which left it unpaced for 3 s.
             second = next(s for s in reversed(samples) if now - s[0] >= PACE_MIN_SPAN_S)
             if second is not samples[0]:
-                tail = _since(second, sent, refused, now, paused)
-                if tail[2] >= PACE_MIN_SPAN_S and _storm(*tail[:2]):
-                    sends, refusals, sending = tail
+                tail = _since(second, answered, refused, now, paused)
+                if (tail[2] >= PACE_MIN_SPAN_S and _storm(*tail[:2])
+                        and (second is samples[-2] or _accepted(second, samples[-2]) > 0)):
+                    answers, refusals, sending = tail
                     stormy = True
-        accepted = (sends - refusals) / max(sending, PACE_MIN_SPAN_S) * 60.0
+        accepted = (answers - refusals) / max(sending, PACE_MIN_SPAN_S) * 60.0
         if stormy:
-            self.storm_share = refusals / max(1, sends)
+            self.storm_share = refusals / max(1, answers)
             stormed = False
             if accepted >= 1.0 and (current is None or accepted * PACE_UNDER < current):
                 self._storm_pace = accepted * PACE_UNDER
@@ -685,7 +683,7 @@ class Limiter:
                 # The next storm is one at this pace: measured from here on, not lowered
                 # again for the 429s that taught it.
                 samples.clear()
-                samples.append((now, sent, refused, paused))
+                samples.append((now, answered, refused, paused))
                 stormed = True
             # Its 429s asked a long pause: held from the start. The pause was asked before
             # the storm could be measured (its first half second, the pause itself), and held

@@ -2329,7 +2329,7 @@ class _Run:
                 return None, None
             item.attempts += 1
             # Every request, 429'd or cut off at a stop included; a 429 says which it was.
-            sent_as = self.counters["sent"] = self.counters["sent"] + 1
+            self.counters["sent"] += 1
             if item.cut:  # sent again after a cut
                 item.cut = False
                 self.counters["cut_left"] -= 1
@@ -2505,13 +2505,10 @@ class _Run:
                             self._refused_together(item.model)
                         if not own.paces:  # a limit no header says: a storm to learn from
                             self.parking = False
-                    else:
-                        # Judged by the windows its request was sent in, not by those after.
-                        self.limiter.refused_sent_as(sent_as)
-                        if self.models_vary and not self.model_limits:
-                            probe = self._probe(item)  # whose 429s are they? (_split_by_429s)
-                            probe.requests_sent += 1
-                            probe.requests_refused += 1
+                    elif self.models_vary and not self.model_limits:
+                        probe = self._probe(item)  # whose 429s are they? (_split_by_429s)
+                        probe.requests_sent += 1
+                        probe.requests_refused += 1
                     if (e.retry_after is not None and e.retry_after > self.policy.max_retry_after_s
                             and sent_at > self.long_wait_at):
                         self.long_waits += 1
@@ -3454,8 +3451,9 @@ class _Run:
         now = time.monotonic()
         if self.split is None:
             if self.probes is None or not self._split_by_429s(now):
-                counters = self.counters
-                self.limiter.sample(now, counters["sent"], counters["http_429"])
+                counters = self.counters  # answers: those in flight are neither, yet
+                self.limiter.sample(now, counters["sent"] - self.counts.in_flight,
+                                    counters["http_429"])
                 return
         else:
             for limiter in self.split.values():
@@ -3470,8 +3468,8 @@ class _Run:
                 # another, and enforcing 1,200 for the key, paced them at 1,800 together).
                 # Sampled from the first such 429 on: the seconds before, under the limit's
                 # burst, set a pace over it.
-                self.limiter.sample(now, self.counters["sent"], self.refused_together,
-                                    split=True)
+                self.limiter.sample(now, self.counters["sent"] - self.counts.in_flight,
+                                    self.refused_together, split=True)
             if self.model_limits and self._merge():
                 return
         answered, split = self.answered_models, self.split

@@ -38,6 +38,7 @@ from batchrunner.client import ChatClient
 from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import TransportError
 from batchrunner.journal import Journal
+from batchrunner.limiter import Limiter
 from batchrunner.report import format_usd
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import (
@@ -379,13 +380,24 @@ async def test_429_with_retry_after_zero_from_the_simulator(tmp_path: Path) -> N
 
 
 @pytest.mark.anyio
-async def test_a_storm_of_429s_saying_retry_after_zero_is_waited_out(tmp_path: Path) -> None:
+async def test_a_storm_of_429s_saying_retry_after_zero_is_waited_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """429s with "retry-after: 0" for 2.5 s: taken at its word on every 429, a row's 30
     rate-limit retries went by in under a second and it failed. A row 429'd again backs off
-    more each time, so the storm passes and every row is ok. The job sets a rate, so no pace
-    is learnt from the storm (one of 21 a minute was, from the few rows answered as it ended,
-    and the 8 rows took 8 to 25 s), and each wait is capped at a second (the policy's 30 s let
-    a row's last draw wait seconds past the storm): a row's 30 retries still span far more."""
+    more each time, so the storm passes and every row is ok. The job sets no rate, and no pace
+    is learnt from a storm that refused everything (one of 54 a minute was, from a request in
+    flight among its 429s, and one of 21 from the few rows answered as it ended: the 8 rows
+    took 8 to 25 s, a big job would have crawled), and each wait is capped at a second (the
+    policy's 30 s let a row's last draw wait seconds past the storm): a row's 30 retries still
+    span far more."""
+    paces: list[float] = []
+    learn = Limiter._set_guess
+
+    def recorded(self: Limiter, per_minute: float) -> None:
+        paces.append(per_minute)
+        learn(self, per_minute)
+
+    monkeypatch.setattr(Limiter, "_set_guess", recorded)
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(8)])
     ends = time.monotonic() + 2.5
 
@@ -399,12 +411,13 @@ async def test_a_storm_of_429s_saying_retry_after_zero_is_waited_out(tmp_path: P
 
     async with FaultServer(storm) as srv:
         with anyio.fail_after(RUN_LIMIT_S):
-            s = await run_job(job_for(tmp_path, srv.base_url, inp, requests_per_minute=60_000),
+            s = await run_job(job_for(tmp_path, srv.base_url, inp),
                               RunOptions(retry=RetryPolicy(base_s=0.05, cap_s=1.0, max_attempts=3),
                                          progress="none", handle_signals=False))
         assert srv.requests < 8 * 30  # not every row's 30 retries at once
     assert s.exit_code == 0 and (s.ok, s.failed) == (8, 0)
     assert (results(tmp_path)["rate_limited"] > 1).all()
+    assert paces == []
 
 
 def too_many_requests(headers: dict[str, str]) -> Fault:

@@ -380,38 +380,36 @@ def test_a_pace_learnt_from_429s_is_raised_slowly_and_gives_way_to_a_rate_said()
     assert lim.requests_per_minute == 300.0 and not lim.guessed
 
 
-def test_429s_to_requests_sent_before_a_storms_pace_are_left_out_of_the_window_judging_it(
-        ) -> None:
+def test_a_storms_pace_is_judged_by_the_answers_accepted_in_the_window_from_it() -> None:
     """A minute's bucket drained by the job's first burst: the storm sets a pace, too high (the
-    burst's answers in its window), and the window from there judges it. The 429s that come
-    after to requests sent before it outnumbered those sent since (110 to 96), no rate was
-    measured and the too-high pace was kept; left out, the requests sent at it measure the rate
-    accepted (16 of 96 a second), and the pace is lowered to 0.9 × that."""
+    burst's answers in its window), and the window from there judges it by the answers in it,
+    whatever request they answer: 190 429s, most of them to requests sent before the pace,
+    and 16 accepted in a second, which lower the pace to 0.9 × that. (Counted by requests
+    sent, the 429s to those sent before outnumbered those sent since, 110 to 96, and no rate
+    was measured.)"""
     lim = Limiter(None, None)
     lim.sample(0.0, 0, 0)
     lim.sample(0.5, 700, 60)
     lim.sample(1.0, 800, 175)  # the burst's storm: 625 accepted in a second
     assert lim.requests_per_minute == pytest.approx(625 * 60 * 0.9)
-    refused = 175
-
-    def refusals(sent_as: range) -> None:
-        nonlocal refused
-        for n in sent_as:
-            lim.refused_sent_as(n)
-            refused += 1
-
-    refusals(range(691, 801))  # 110 to the burst's requests, sent before the pace
-    refusals(range(801, 831))  # 30 to the 48 sent since
-    lim.sample(1.5, 848, refused)
-    refusals(range(831, 881))  # 50 more, to the 48 sent in the next half second and before
-    lim.sample(2.0, 896, refused)
+    lim.sample(1.5, 948, 315)  # 110 429s to the burst's requests, 30 to those since, 8 ok
+    lim.sample(2.0, 1006, 365)  # 50 429s, 8 ok
     assert lim.requests_per_minute == pytest.approx(16 * 60 * 0.9)
-    # A 429 to a request sent before the latest sample is left out of the window it begins;
-    # one to a request sent after it is the window's.
-    lim.refused_sent_as(896)
-    assert [s[2] for s in lim._samples] == [refused + 1]
-    lim.refused_sent_as(897)
-    assert [s[2] for s in lim._samples] == [refused + 1]
+
+
+def test_a_storm_that_refused_everything_teaches_no_pace_from_the_rows_answered_as_it_ends(
+        ) -> None:
+    """429s with "retry-after: 0" to every request for 2.5 s, then none: the job's 8 rows,
+    answered as it ended, are no rate (a storm's pace of 21 a minute was learnt from them, and
+    the job crawled at it), nor is a request in flight among the 429s (54 a minute). Counts
+    as the runner gives them, answers: every one a 429 to 2.5 s, then the rows' oks."""
+    lim = Limiter(None, None)
+    samples = [(0.0, 0, 0), (0.5, 30, 30), (1.0, 47, 47), (1.5, 48, 48), (2.0, 49, 49),
+               (2.5, 49, 49), (3.0, 51, 50), (3.5, 53, 50), (4.0, 55, 50), (4.5, 57, 50),
+               (5.0, 57, 50), (5.5, 57, 50), (6.0, 57, 50)]
+    for t, answered, refused in samples:
+        assert not lim.sample(t, answered, refused)
+        assert not lim.paces, t
 
 
 def test_a_short_jobs_storm_after_its_burst_is_paced_from_its_latest_second() -> None:
