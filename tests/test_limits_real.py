@@ -412,6 +412,34 @@ def test_a_storm_that_refused_everything_teaches_no_pace_from_the_rows_answered_
         assert not lim.paces, t
 
 
+def test_a_storms_pace_learnt_over_the_limit_is_lowered_by_the_429s_it_draws() -> None:
+    """Behind a limit of 600 a minute no header says, a second's twelve answers accepted set a
+    pace of 648: over the limit, it draws a 429 every second or so, each too few for a storm
+    and the pace already the storm's (5-7 % of the requests 429'd to the job's end). A whole
+    window of them lowers it under the rate accepted; a 429 now and then at a pace under the
+    limit (a server's random few) does not."""
+    lim = Limiter(None, None)
+    for t, answered, refused in [(0.0, 0, 0), (0.5, 60, 54), (1.0, 120, 108)]:
+        lim.sample(t, answered, refused)
+    assert lim.requests_per_minute == pytest.approx(12 * 60 * 0.9)  # 648
+    t, answered, refused = 1.0, 120, 108
+    paces = []
+    for i in range(1, 21):  # 10 s at the pace: 10.8 answers a second, 10 of them accepted
+        t += 0.5
+        answered += 5 if i % 5 in (1, 3) else 6  # 27 in 2.5 s
+        refused += i % 3 == 0  # a 429 every 1.5 s
+        lim.sample(t, answered, refused)
+        paces.append(lim.requests_per_minute)
+    assert paces[0] == pytest.approx(648.0)  # not at its first 429s
+    pace = lim.requests_per_minute
+    assert pace is not None and 500.0 < pace < 600.0, paces
+    for _ in range(20):  # 10 s under the limit, 9 a second, with one 429 in them
+        t, answered = t + 0.5, answered + 4
+        refused += _ == 10
+        lim.sample(t, answered, refused)
+    assert lim.requests_per_minute == pytest.approx(pace)
+
+
 def test_a_short_jobs_storm_after_its_burst_is_paced_from_its_latest_second() -> None:
     """A minute's bucket drained by a burst of 700 requests, and a short job's last rows 429'd
     again and again: 60 429s of the 760 sent over the window are no storm, and the job went
