@@ -87,9 +87,10 @@ PACE_BACK = 1.1
 # The storm's pace itself over the limit (a second's ten answers accepted, measured one or two
 # over: 645 a minute learnt behind a limit of 600) draws a 429 every second or so, each taking
 # the pace back to where it is, and too few for a storm: a whole window at that pace with
-# FLOOR_COUNT 429s, FLOOR_SHARE of its answers at least, sets it and the storm's anew, under the
-# rate accepted over the window (5-7 % of the requests were 429'd to the job's end). A pace under
-# the limit draws none but a server's random few (2 % in the benchmark's faults).
+# FLOOR_COUNT 429s, FLOOR_SHARE of its answers at least, the pace binding (PACE_BINDS of it
+# accepted: not a rate too few rows asked), sets it and the storm's anew, under the rate accepted
+# over the window (5-7 % of the requests were 429'd to the job's end). A pace under the limit
+# draws none but a server's random few (2 % in the benchmark's faults).
 FLOOR_COUNT = 3
 FLOOR_SHARE = 0.03
 # A 429 that asks a long pause (over PAUSE_PACED_S: a gateway's fixed 20 s) at a learnt pace
@@ -265,6 +266,17 @@ def _since(start: tuple[float, int, int, float], answered: int, refused: int, no
 def _accepted(start: tuple[float, int, int, float], end: tuple[float, int, int, float]) -> int:
     """The answers not 429s from the sample ``start`` to the sample ``end``."""
     return (end[1] - start[1]) - (end[2] - start[2])
+
+
+def _over(samples: deque[tuple[float, int, int, float]], start: int) -> bool:
+    """Whether ``samples[start]`` on saw 429s and no answer accepted, then answers accepted
+    and no 429 after them (to the samples' grain): a storm that refused everything, then
+    ended."""
+    first, refused = samples[start], samples[-1][2]
+    for i in range(start + 1, len(samples)):
+        if _accepted(first, samples[i]) > 0:
+            return samples[i - 1][2] > first[2] and samples[i][2] == refused
+    return True
 
 
 def _storm(sends: int, refusals: int) -> bool:
@@ -650,11 +662,10 @@ class Limiter:
         Answers, not requests sent: a request in flight is neither accepted nor refused yet.
         Counted as accepted when sent, those in flight at the end of a second's window put it
         one or two over the limit (652-716 a minute measured behind a limit of 600), and a
-        storm that refused every request taught 54 a minute from the one in flight. A storm
-        teaches while its 429s come, and only where answers were accepted before its latest
-        sample (where samples came before it): the few rows answered as a storm that refused
-        everything ended (8 rows, 429'd with retry-after 0 for 2.5 s) are answers of a storm
-        over, not a rate (21 a minute was learnt from them)."""
+        storm that refused every request taught 54 a minute from the one in flight. Nor does
+        a storm whose 429s all came before its first answers accepted teach a rate: the few
+        rows answered as a storm that refused everything ended (8 rows, 429'd with retry-after
+        0 for 2.5 s) are answers of a storm over (21 a minute was learnt from them)."""
         if not (self.adaptive or split) or self._requests is not None:
             return False
         samples = self._samples
@@ -669,17 +680,17 @@ class Limiter:
         answers, refusals, sending = _since(samples[0], answered, refused, now, paused)
         measured = sending >= PACE_MIN_SPAN_S  # enough of it to measure a rate over
         current = self.requests_per_minute if self.guessed else None
-        stormy = (measured and new_refusals > 0 and _storm(answers, refusals)
-                  and (len(samples) < 3 or _accepted(samples[0], samples[-2]) > 0))
-        if latest and not stormy and current is None and new_refusals > 0:
+        stormy = measured and _storm(answers, refusals) and not _over(samples, 0)
+        if latest and not stormy and current is None:
             # Its latest second or so, where no pace is known yet: a short job's storm (60
             # rows 429'd again and again) is none over a window holding the burst before it
             # (80 429s of 704 sent), which left it unpaced for 3 s.
-            second = next(s for s in reversed(samples) if now - s[0] >= PACE_MIN_SPAN_S)
-            if second is not samples[0]:
-                tail = _since(second, answered, refused, now, paused)
-                if (tail[2] >= PACE_MIN_SPAN_S and _storm(*tail[:2])
-                        and (second is samples[-2] or _accepted(second, samples[-2]) > 0)):
+            second = next(i for i in range(len(samples) - 1, -1, -1)
+                          if now - samples[i][0] >= PACE_MIN_SPAN_S)
+            if second:
+                tail = _since(samples[second], answered, refused, now, paused)
+                if tail[2] >= PACE_MIN_SPAN_S and _storm(*tail[:2]) and not _over(samples,
+                                                                                   second):
                     answers, refusals, sending = tail
                     stormy = True
         accepted = (answers - refusals) / max(sending, PACE_MIN_SPAN_S) * 60.0
@@ -717,7 +728,8 @@ class Limiter:
             self._set_guess(back)
         elif (new_refusals and measured and span >= STORM_WINDOW_S
               and samples[0][0] >= self._floor_from and refusals >= FLOOR_COUNT
-              and refusals >= FLOOR_SHARE * answers and 1.0 <= accepted * PACE_UNDER < current):
+              and refusals >= FLOOR_SHARE * answers and accepted >= current * PACE_BINDS
+              and accepted * PACE_UNDER < current):
             # The storm's own pace over the limit: a 429 a second, each too few to lower it.
             self._storm_pace = accepted * PACE_UNDER
             self._set_guess(self._storm_pace)
