@@ -269,13 +269,17 @@ def _accepted(start: tuple[float, int, int, float], end: tuple[float, int, int, 
 
 
 def _over(samples: deque[tuple[float, int, int, float]], start: int) -> bool:
-    """Whether ``samples[start]`` on saw 429s and no answer accepted, then answers accepted
-    and no 429 after them (to the samples' grain): a storm that refused everything, then
-    ended."""
+    """Whether ``samples[start]`` on saw 429s over two samples or more and no answer accepted,
+    then answers accepted and no 429 after them (to the samples' grain): a storm that refused
+    everything, then ended. One sample's 429s before the answers are a burst's, whose answers
+    accepted come a latency after its 429s (a pause of a second after each burst, and a
+    split model's pace behind a hidden limit came a burst or more late)."""
     first, refused = samples[start], samples[-1][2]
+    refusing = 0  # the samples before the first answers accepted that saw 429s
     for i in range(start + 1, len(samples)):
         if _accepted(first, samples[i]) > 0:
-            return samples[i - 1][2] > first[2] and samples[i][2] == refused
+            return refusing >= 2 and samples[i][2] == refused
+        refusing += samples[i][2] > samples[i - 1][2]
     return True
 
 
