@@ -89,10 +89,14 @@ PACE_BACK = 1.1
 # the pace back to where it is, and too few for a storm: a whole window at that pace with
 # FLOOR_COUNT 429s, FLOOR_SHARE of its answers at least, the pace binding (PACE_BINDS of it
 # accepted: not a rate too few rows asked), sets it and the storm's anew, under the rate accepted
-# over the window (5-7 % of the requests were 429'd to the job's end). A pace under the limit
-# draws none but a server's random few (2 % in the benchmark's faults).
+# over the window (5-7 % of the requests were 429'd to the job's end), when FLOOR_WINDOWS such
+# windows come in a row. A pace under the limit draws none but a server's random few, and those
+# fill one window now and then: 2 % of the 45 answers of a window at 540 a minute are three or
+# more in one window of seventeen, and lowered at each, a pace learnt at 540 behind a limit of
+# 600 fell to 250-340 in an hour; two in a row come once in some 300.
 FLOOR_COUNT = 3
 FLOOR_SHARE = 0.03
+FLOOR_WINDOWS = 2
 # A 429 that asks a long pause (over PAUSE_PACED_S: a gateway's fixed 20 s) at a learnt pace
 # sets it back to the storm's, and it is not raised for RAISE_HOLD_S: raised 2 % a second
 # again, it was past the limit within seconds, and each 429 there held every request 20 s.
@@ -325,6 +329,7 @@ class Limiter:
         self._samples: deque[tuple[float, int, int, float]] = deque()
         self._storm_pace = 0.0  # the pace the latest storm set
         self._floor_from = 0.0  # since when the pace has been the storm's
+        self._floor_windows = 0  # windows in a row with the 429s of a pace over the limit
         self.storm_share = 0.0  # the share of the requests the latest storm refused
         self._refused = 0  # 429s counted at the latest sample
         # A pause over PAUSE_PACED_S asked since the latest sample that could act on it.
@@ -684,8 +689,12 @@ class Limiter:
         answers, refusals, sending = _since(samples[0], answered, refused, now, paused)
         measured = sending >= PACE_MIN_SPAN_S  # enough of it to measure a rate over
         current = self.requests_per_minute if self.guessed else None
-        stormy = measured and _storm(answers, refusals) and not _over(samples, 0)
-        if latest and not stormy and current is None:
+        # A storm over (its 429s all before its answers accepted) over the window is over in
+        # its latest second too: a second holds too few samples to tell it (a pace of 190 to
+        # 432 a minute was learnt from the rows answered as a storm refusing everything ended).
+        over = _over(samples, 0)
+        stormy = measured and _storm(answers, refusals) and not over
+        if latest and not stormy and not over and current is None:
             # Its latest second or so, where no pace is known yet: a short job's storm (60
             # rows 429'd again and again) is none over a window holding the burst before it
             # (80 429s of 704 sent), which left it unpaced for 3 s.
@@ -734,19 +743,26 @@ class Limiter:
               and samples[0][0] >= self._floor_from and refusals >= FLOOR_COUNT
               and refusals >= FLOOR_SHARE * answers and accepted >= current * PACE_BINDS
               and accepted * PACE_UNDER < current):
-            # The storm's own pace over the limit: a 429 a second, each too few to lower it.
-            self._storm_pace = accepted * PACE_UNDER
-            self._set_guess(self._storm_pace)
-            self._floor_from = now
+            # The storm's own pace over the limit: a 429 a second, each too few to lower it;
+            # the next window measured afresh, and lowered at the FLOOR_WINDOWS-th in a row.
             samples.clear()
             samples.append((now, answered, refused, paused))
-        elif (measured and not refusals and span >= STORM_WINDOW_S and now >= self._raise_from
+            self._floor_windows += 1
+            if self._floor_windows >= FLOOR_WINDOWS:
+                self._storm_pace = accepted * PACE_UNDER
+                self._set_guess(self._storm_pace)
+                self._floor_from = now
+            return False
+        if span >= STORM_WINDOW_S and refusals < FLOOR_COUNT:
+            self._floor_windows = 0  # a whole window without them
+        if (measured and not refusals and span >= STORM_WINDOW_S and now >= self._raise_from
               and accepted >= current * PACE_BINDS):
             self._set_guess(current * PACE_RAISE)
         return False
 
     def _set_guess(self, per_minute: float) -> None:
         self.requests_per_minute, self.guessed = per_minute, True
+        self._floor_windows = 0  # counted afresh at each pace
         per_s = per_minute * self.headroom / 60.0
         if self._guess is None:
             # Empty: the server's bucket is too, and refills during the pause a 429 asked.
