@@ -78,6 +78,7 @@ from batchrunner.config import (
     set_instead_hint,
     settings_changed,
     settings_fingerprint,
+    shown_url,
 )
 from batchrunner.errors import (
     AllFailing,
@@ -2352,6 +2353,8 @@ class _Run:
                 if self.drop_simulated:
                     return None, None  # left to do
                 if isinstance(e, EndpointChanged):
+                    if not e.simulator:  # a real endpoint's answer, not read: billed, maybe
+                        self._maybe_billed(item)
                     self.stop(self._endpoint_changed(e))
                     return None, None  # left to do
                 model = item.model
@@ -2684,7 +2687,7 @@ class _Run:
             if plan.real_answers and not self.options.force:
                 self.drop_simulated = True
                 self.stop(StopJob(
-                    f"the endpoint at {self.client.url.removesuffix('/chat/completions')} is "
+                    f"the endpoint at {self._endpoint_shown()} is "
                     "batchrunner's simulator (batchrunner simulate), and the rows done in "
                     f"{_show(plan.out_dir)} were answered by a real endpoint: their answers "
                     "would mix, and none of its was kept — use another --output directory, "
@@ -2698,15 +2701,21 @@ class _Run:
         meta["answered_endpoint"] = _endpoint_id(self.client.url)
         _write_meta(plan)
 
+    def _endpoint_shown(self) -> str:
+        """The endpoint's base URL for a message: its password, query and fragment hidden
+        (``shown_url``), and the API key, where the URL holds it, redacted."""
+        return self.client.redact(shown_url(self.client.url.removesuffix("/chat/completions")))
+
     def _endpoint_changed(self, e: EndpointChanged) -> EndpointChanged:
         """What stops the run at an answer from another kind of endpoint than those before it
         (``e``), which is not kept: the same command stops again while that one serves."""
         plan = self.plan
-        at = f"the endpoint at {self.client.url.removesuffix('/chat/completions')}"
+        at = f"the endpoint at {self._endpoint_shown()}"
         if not e.simulator and plan.job_meta["simulator"] is True:
             said = (f"{at} no longer answers as batchrunner simulate, which answered the rows "
                     f"done in {_show(plan.out_dir)}: none of its answers now was kept (their rows "
-                    "are left to do) — to run the job there, start afresh with another --output "
+                    "are left to do; what it may have billed for them is counted at their "
+                    "estimate) — to run the job there, start afresh with another --output "
                     "directory, or pass --force to mix its answers with the simulator's")
         else:
             now, before = (("batchrunner simulate", "a real endpoint") if e.simulator
@@ -3421,19 +3430,28 @@ class _Run:
                 "counts), so its cost is unknown; max_cost_usd counts such replies at their "
                 f"estimated cost ({_estimated_from(item)})")
 
+    def _maybe_billed(self, item: _Work) -> float | None:
+        """A try of ``item`` the server may have billed, its usage not known: counted at its
+        estimate, carried by the row (``unreported_usd``) and journaled at once (a
+        ``retrying`` record) for the budgets of this run and the next; the estimate, None
+        where the job has no budget (only the reports count it)."""
+        estimate = self._estimated_cost(item) or 0.0
+        item.unknown_tries += 1
+        item.unreported_usd += estimate
+        self._journal_retrying(item, item.earlier_usd or None)
+        if self.budget is None:
+            return None
+        self.spent += estimate
+        return estimate
+
     def _unbilled_try(self, item: _Work, e: RequestError) -> None:
         """A try that may have been billed with no usage reported (``MAYBE_BILLED``, or its
         answer had begun): counted at its estimate, which the row carries
         (``unreported_usd``) and a ``retrying`` record journals at once, so that the budget
         of this run and the next ones counts it (the reports show it apart from the usage
         servers reported)."""
-        estimate = self._estimated_cost(item) or 0.0
-        item.unknown_tries += 1
-        item.unreported_usd += estimate
-        self._journal_retrying(item, item.earlier_usd or None)
-        if self.budget is None:
+        if self._maybe_billed(item) is None:
             return
-        self.spent += estimate
         if not self.warned_cut:
             self.warned_cut = True
             what = ("a streamed answer was cut" if e.answer_begun and item.body.get("stream")

@@ -29,6 +29,7 @@ import pytest
 
 from batchrunner import progress
 from batchrunner.cli import main
+from batchrunner.client import SIMULATOR_HEADER
 from batchrunner.runner import endpoint_warnings
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
 from batchrunner.status import format_status
@@ -921,3 +922,56 @@ def test_an_option_holding_a_key_with_a_quote_or_a_backslash_is_held_back() -> N
     held = "<not kept: it holds the API key>"
     assert command["options"] == {"prompt": held, "from_column": held,
                                   "model": "gpt-4o-mini", "max_tokens": 40}
+
+
+class _TurnsReal(BaseHTTPRequestHandler):
+    """Answers as batchrunner simulate (its header) twice, then as a real endpoint."""
+
+    answered = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        type(self).answered += 1
+        body = json.dumps({
+            "id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if type(self).answered <= 2:
+            self.send_header(SIMULATOR_HEADER, "1")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_key_in_the_url_is_not_shown_by_the_stop_for_an_endpoint_that_changed_kind(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The stop at an answer of another kind than the run's first names the endpoint: its
+    URL, which may hold the key (a gateway taking it in the path), is shown redacted, in the
+    stop line, job.json, the reports and status. (And the answer not kept, which the real
+    endpoint may have billed, is counted at its estimate.)"""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TurnsReal)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        inp = marker_csv(tmp_path / "in.csv", [], normal=5)
+        url = f"http://127.0.0.1:{server.server_address[1]}/u/{KEY}/v1"
+        code = main(base_args(inp, tmp_path / "out", url, "--concurrency", "1"))
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    said = capsys.readouterr()
+    assert code == 4, said.err
+    assert "no longer answers as batchrunner simulate" in said.out, said.out
+    assert "[redacted]" in said.out
+    assert leaks_in_text(said.out, said.err, format_status(tmp_path / "out")) == []
+    assert leaks_in_files(tmp_path) == []
+    # The real endpoint's answer not kept may have been billed: counted at its estimate.
+    cost = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert cost["cost_unreported"]["rows"] == 1
