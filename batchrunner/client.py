@@ -851,12 +851,13 @@ class ChatClient:
         # would hold it, and (``key_hint``) another that holds one, for the message to name.
         self._key_origin = key_origin
         self._key_hint = key_hint
-        # An answer came from batchrunner's own simulator served on its own (batchrunner
+        # A completion came from batchrunner's own simulator served on its own (batchrunner
         # simulate), which says so in a header: the run's answers are not real. The first
-        # answer says which (or ``expect_simulator`` does before it); an answer that says the
-        # other raises EndpointChanged, not read (another server at the URL now).
+        # completion says which (or ``expect_simulator`` does before it); one that says the
+        # other raises EndpointChanged, not kept (another server at the URL now). Error
+        # answers do not tell (``_tell_kind``).
         self.simulator_answered = False
-        self._ask_simulator = True  # until the first answer
+        self._ask_simulator = True  # until the first completion
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -1139,16 +1140,6 @@ class ChatClient:
                     raise stop
                 status = resp.status
                 headers = resp.headers
-                said = SIMULATOR_HEADER in headers
-                if self._ask_simulator:
-                    self._ask_simulator = False
-                    self.simulator_answered = said
-                elif said != self.simulator_answered:
-                    raise EndpointChanged(
-                        f"the endpoint at {self.url} answers as "
-                        f"{'batchrunner simulate' if said else 'a real endpoint'} now, and as "
-                        f"{'a real endpoint' if said else 'batchrunner simulate'} before",
-                        simulator=said)
                 # A gateway may answer a stream request with a plain JSON body (an error, as a
                 # rule): read it as a non-stream reply; and a request that did not ask for a
                 # stream with one (a model it only streams): read as the stream it is.
@@ -1328,8 +1319,25 @@ class ChatClient:
             except RequestError as e:
                 e.answer_begun = stream.answering
                 raise
-            return self._scrubbed(res)
-        return self._scrubbed(self._parse(raw, request_id, latency_ms, hdrs, choices))
+        else:
+            res = self._parse(raw, request_id, latency_ms, hdrs, choices)
+        self._tell_kind(SIMULATOR_HEADER in headers)
+        return self._scrubbed(res)
+
+    def _tell_kind(self, said: bool) -> None:
+        """A completion came, ``said`` to be batchrunner simulate's or not: the first tells
+        the endpoint's kind, and one of the other kind after it raises EndpointChanged (it is
+        not kept). Only a completion tells: an error answer (a proxy's 502 page, a gateway's
+        429) may come from what stands in front of either kind, and is retried as any."""
+        if self._ask_simulator:
+            self._ask_simulator = False
+            self.simulator_answered = said
+        elif said != self.simulator_answered:
+            raise EndpointChanged(
+                f"the endpoint at {self.url} answers as "
+                f"{'batchrunner simulate' if said else 'a real endpoint'} now, and as "
+                f"{'a real endpoint' if said else 'batchrunner simulate'} before",
+                simulator=said)
 
     def _usage_waited(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether a stream that asked for its usage chunk is waited on for it: always, but
@@ -1517,8 +1525,8 @@ class ChatClient:
             retryable=True, status=200, request_id=request_id, usage=usage)
 
     def expect_simulator(self) -> None:
-        """Take only batchrunner simulate's answers (the job's rows done are its answers at
-        this URL): from the first on, one without its header raises EndpointChanged."""
+        """Take only batchrunner simulate's completions (the job's rows done are its answers
+        at this URL): from the first on, one without its header raises EndpointChanged."""
         self._ask_simulator = False
         self.simulator_answered = True
 

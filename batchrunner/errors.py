@@ -165,10 +165,11 @@ class SettingRefused(StopJob):
 
 
 class EndpointChanged(StopJob):
-    """An answer says another kind of endpoint serves the URL than the answers before it, or
-    than the job's rows done were answered by: batchrunner simulate, or not (``simulator``,
-    what the answer says now). It is not kept: its row is left to do, and the same command
-    stops again while that endpoint serves the URL."""
+    """A completion says another kind of endpoint serves the URL than the completions before
+    it, or than the job's rows done were answered by: batchrunner simulate, or not
+    (``simulator``, what it says now). It is not kept: its row is left to do, and the same
+    command stops again while that endpoint serves the URL. An error answer tells no kind
+    (a proxy's 502 page is neither's)."""
 
     def __init__(self, message: str, *, simulator: bool) -> None:
         super().__init__(message)

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from aiohttp import web
 
 from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import ConfigError, InputError
@@ -31,6 +32,7 @@ from batchrunner.runner import RunOptions, RunSummary, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
 from batchrunner.status import format_status
 from tests.processes import reaped
+from tests.servers import serve_on_loopback
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
                   handle_signals=False)
@@ -1144,6 +1146,142 @@ async def test_an_answer_from_another_kind_of_server_at_the_url_is_not_read(firs
                     await client.complete(body)
                 assert caught.value.simulator is not first
                 assert now.stats()["completions"] == 1
+
+
+# What stands in front of a server now and then (nginx while its upstream restarts, a gateway
+# turning requests away, a network's sign-in page): its own answers, none of the server's
+# headers with them.
+FRONT_PAGES: dict[str, tuple[int, str, str]] = {
+    "nginx-502": (502, "text/html", "<html><head><title>502 Bad Gateway</title></head><body>"
+                  "<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center>"
+                  "</body></html>"),
+    "nginx-503": (503, "text/html", "<html><head><title>503 Service Temporarily Unavailable"
+                  "</title></head><body><center><h1>503</h1></center><hr>nginx</body></html>"),
+    "gateway-429": (429, "application/json", '{"error": {"message": "Too many requests, '
+                    'slow down", "type": "rate_limit_error", "code": "rate_limited"}}'),
+    "signin-200": (200, "text/html", "<!DOCTYPE html><html><head><title>Sign in</title>"
+                   "</head><body>Please sign in to continue</body></html>"),
+}
+
+
+class Front:
+    """A proxy on 127.0.0.1 in front of ``upstream`` (a simulator): the chat requests
+    ``paged`` numbers (1 the first) get its ``page`` (of ``FRONT_PAGES``), the others are
+    forwarded, their answers' headers with them."""
+
+    def __init__(self, upstream: Simulator, page: str, paged: range) -> None:
+        self.upstream = upstream.base_url.removesuffix("/v1")
+        self.page = FRONT_PAGES[page]
+        self.paged = paged
+        self.requests = 0
+        self.pages = 0  # the pages answered
+
+    async def __aenter__(self) -> Front:
+        self.session = aiohttp.ClientSession()
+        self.runner, port = await serve_on_loopback(self.handle)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+        await self.session.close()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path.endswith("/chat/completions"):
+            self.requests += 1
+            if self.requests in self.paged:
+                self.pages += 1
+                status, kind, text = self.page
+                return web.Response(status=status, content_type=kind, text=text)
+        sent = {k: v for k, v in request.headers.items()
+                if k.lower() in ("authorization", "content-type")}
+        async with self.session.request(request.method, self.upstream + request.path_qs,
+                                        data=await request.read(), headers=sent) as r:
+            return web.Response(status=r.status, body=await r.read(), headers={
+                k: v for k, v in r.headers.items() if k.lower() not in (
+                    "content-length", "transfer-encoding", "connection", "date", "server")})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("announce", "page"), [
+    (True, "nginx-502"), (True, "gateway-429"), (False, "nginx-502"),
+], ids=["rehearsal-502", "rehearsal-429", "real-502"])
+async def test_a_proxys_error_pages_in_a_rerun_are_retried_whatever_server_is_behind_it(
+        tmp_path: Path, announce: bool, page: str) -> None:
+    """A rehearsal's rerun at batchrunner simulate's URL took any answer without the
+    simulator's header for another server's: an error page of what stands in front of the
+    simulator (nginx's 502 while its upstream restarts, a gateway's 429) stopped the run, exit
+    4, as "no longer answers as batchrunner simulate". Only a completion tells the endpoint's
+    kind now: the pages are retried as any, and the run finishes, every row the simulator's.
+    A real endpoint's rerun behind the same pages is a real endpoint's still."""
+    n = 6
+    inp = make_csv(tmp_path / "in.csv", n)
+    fast = RetryPolicy(base_s=0.05, cap_s=0.2, max_attempts=6)
+    async with Simulator(SimulatorConfig(announce=announce)) as sim, \
+            Front(sim, page, range(3, 6)) as front:
+        job = job_for(tmp_path, front.base_url, inp, concurrency=1)
+        first = await run_job(job, RunOptions(limit=2, progress="none", handle_signals=False,
+                                              retry=fast))
+        assert first.exit_code == 0 and first.ok == 2, first.stopped
+        with anyio.fail_after(60):
+            s = await run_job(job, RunOptions(progress="none", handle_signals=False,
+                                              retry=fast))
+        assert front.pages == 3
+        assert s.exit_code == 0 and not s.stopped and (s.ok, s.failed) == (n, 0), s.stopped
+        assert sim.stats()["completions"] == n  # every row the simulator's, none twice
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["simulator"] is announce
+    assert (results(tmp_path)["status"] == "ok").all()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("announce", [True, False], ids=["rehearsal", "real"])
+async def test_a_fresh_runs_first_answer_a_proxys_503_page_tells_no_kind(
+        tmp_path: Path, announce: bool) -> None:
+    """The first answer told the endpoint's kind: a fresh rehearsal whose first answer was a
+    proxy's 503 page (no simulator's header) was taken for a real endpoint's, and the
+    simulator's first completion then stopped it, exit 4, as "batchrunner simulate now, where a
+    real endpoint answered this run before". The first completion tells."""
+    n = 4
+    inp = make_csv(tmp_path / "in.csv", n)
+    fast = RetryPolicy(base_s=0.05, cap_s=0.2, max_attempts=4)
+    async with Simulator(SimulatorConfig(announce=announce)) as sim, \
+            Front(sim, "nginx-503", range(1, 2)) as front:
+        with anyio.fail_after(60):
+            s = await run_job(job_for(tmp_path, front.base_url, inp, concurrency=1),
+                              RunOptions(progress="none", handle_signals=False, retry=fast))
+        assert front.pages == 1
+        assert s.exit_code == 0 and not s.stopped and (s.ok, s.failed) == (n, 0), s.stopped
+        assert sim.stats()["completions"] == n
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["simulator"] is announce
+
+
+@pytest.mark.anyio
+async def test_only_a_completion_tells_the_client_the_endpoints_kind() -> None:
+    """Expecting batchrunner simulate's answers (a rehearsal's rerun), the client raised
+    EndpointChanged at any answer without its header, a proxy's error page or sign-in page
+    too: those are the errors they are (retried), and a completion without the header is what
+    raises it."""
+    from batchrunner.client import ChatClient
+    from batchrunner.errors import BadResponseError, EndpointChanged, HTTPStatusError
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    async with Simulator(SimulatorConfig(announce=True)) as sim:
+        for page, error in (("nginx-502", HTTPStatusError), ("signin-200", BadResponseError),
+                            ("gateway-429", HTTPStatusError)):
+            async with Front(sim, page, range(1, 2)) as front, ChatClient(
+                    front.base_url, KEY, timeout_s=10, connections=2) as client:
+                client.expect_simulator()
+                with pytest.raises(error) as caught:
+                    await client.complete(body)
+                assert caught.value.retryable, caught.value
+                assert (await client.complete(body)).finish_reason == "stop"
+                assert client.simulator_answered
+    async with Simulator(SimulatorConfig(announce=False)) as real, ChatClient(
+            real.base_url, KEY, timeout_s=10, connections=2) as client:
+        client.expect_simulator()
+        with pytest.raises(EndpointChanged):
+            await client.complete(body)
+        assert real.stats()["completions"] == 1
 
 
 def test_ctrl_c_in_a_rehearsal_says_to_run_the_same_command_which_resumes(
