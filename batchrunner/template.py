@@ -318,9 +318,14 @@ def column_list(columns: Sequence[str], wanted: str) -> str:
         return f"columns: {shown}"
     import difflib  # a message's only
 
-    # The one meant: the same name in another case (SKU for sku), else a near miss.
+    # The one meant: the same name in another case (SKU for sku), else a near miss, else the
+    # one column the name is a word of (id for ticket_id, name for Product Name).
     meant = next((c for c in columns if c.lower() == wanted.lower()), None) or next(
         iter(difflib.get_close_matches(wanted, columns, n=1, cutoff=0.75)), None)
+    if meant is None:
+        word = wanted.lower()
+        having = [c for c in columns if word in re.split(r"[^0-9a-z]+", c.lower())]
+        meant = having[0] if len(having) == 1 else None
     return f"columns: {shown}" + (f"; did you mean {meant!r}?" if meant is not None else "")
 
 

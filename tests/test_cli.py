@@ -1001,16 +1001,19 @@ def test_a_job_file_or_a_typo_where_the_command_goes_says_what_to_type(
     ("--prompt", "Describe {Product_Name}", "product_name"),
     ("--prompt", "Describe {product_nme}", "product_name"),
     ("--id-column", "SKU", "sku"),
+    ("--id-column", "id", "ticket_id"),
+    ("--prompt", "Describe {name}", "product_name"),
     ("--model-column", "modle", "model"),
 ])
 def test_a_column_named_almost_right_is_pointed_out_among_many(
         tmp_path: Path, option: str, wanted: str, meant: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     """A table exported with dozens of columns: a name mistyped, or in another case, was
-    refused with the whole list of columns to search by eye. The line says which was meant."""
+    refused with the whole list of columns to search by eye. The line says which was meant,
+    the one column a name is a word of too (id for ticket_id)."""
     columns = {f"attr_{i:02}": ["x"] for i in range(30)}
-    pd.DataFrame({"sku": ["a"], "product_name": ["mug"], "model": ["gpt-4o-mini"], **columns}
-                 ).to_csv("in.csv", index=False)
+    pd.DataFrame({"sku": ["a"], "product_name": ["mug"], "model": ["gpt-4o-mini"],
+                  "ticket_id": ["t1"], **columns}).to_csv("in.csv", index=False)
     args = {"--prompt": "Describe {product_name}", "--id-column": "sku",
             "--model-column": "model", option: wanted}
     code, out, err = cli(capsys, "run", "--input", "in.csv", "--model", "gpt-4o-mini",
@@ -1019,6 +1022,14 @@ def test_a_column_named_almost_right_is_pointed_out_among_many(
     line = one_error_line(err)
     assert line.endswith(f"attr_29; did you mean {meant!r}?)"), line
     assert not Path("out").exists()
+
+
+def test_a_name_that_is_a_word_of_two_columns_points_out_neither() -> None:
+    from batchrunner.template import column_list
+
+    assert column_list(["user_id", "order_id"], "id") == "columns: user_id, order_id"
+    assert column_list(["user_id", "order_total"], "order") == (
+        "columns: user_id, order_total; did you mean 'order_total'?")
 
 
 @pytest.mark.parametrize(("key", "option"), [("path", "--input"),
