@@ -453,7 +453,7 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"job file {p}: not valid TOML: {_one_line(str(e))}"
-                              f"{_unquoted(text, str(e))}") from None
+                              f"{_toml_fix(text, str(e))}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"job file {p}: not UTF-8 text — save it as UTF-8") from None
         except OSError as e:
@@ -544,23 +544,49 @@ def _table(raw: Mapping[str, Any], name: str, f: _Fields, cls: type) -> dict[str
     return dict(t)
 
 
-def _unquoted(text: str, error: str) -> str:
-    """The fix for the TOML ``error`` (tomllib's message) in ``text`` where its line gives a
-    key a bare word (``model = gpt-4o-mini``): text is quoted in TOML. Else ""."""
-    at = re.search(r"\(at line (\d+), column \d+\)", error)
+def _toml_fix(text: str, error: str) -> str:
+    """The fix for the TOML ``error`` (tomllib's message) in ``text``, for the cases newcomers
+    meet: a key given a bare word (``model = gpt-4o-mini``: text is quoted in TOML), a string
+    not closed on its line, a backslash in a ``"..."`` string (a Windows path), a comma after
+    a value, a table declared twice. Else "". A value that may be a key is never shown."""
+    if (twice := re.match(r"Cannot declare \((.*)\) twice", error)) is not None:
+        parts = re.findall(r"'([^']*)'", twice.group(1))
+        return (f" — [{'.'.join(parts)}] is declared twice: put all its keys under one "
+                "header" if parts else "")
+    if error.startswith("Cannot overwrite a value"):
+        return " — a key is set twice in one table: keep one"
+    at = re.search(r"\(at line (\d+), column (\d+)\)", error)
     lines = text.splitlines()
     if at is None or not 0 < int(at.group(1)) <= len(lines):
         return ""
-    bare = re.fullmatch(r"\s*([\w.-]+)\s*=\s*([A-Za-z][^#]*?)\s*(#.*)?",
-                        lines[int(at.group(1)) - 1])
-    if bare is None or bare.group(2) in ("true", "false", "inf", "nan"):
+    line = lines[int(at.group(1)) - 1]
+    if error.startswith("Illegal character '\\n'") and '"' in line:
+        return (' — a string is not closed on its line: end it with " (text of many lines goes '
+                'in triple quotes, """...""")')
+    pair = re.fullmatch(r"\s*([\w.-]+)\s*=\s*(.*?)\s*(#.*)?", line)
+    if pair is None:
         return ""
-    key, word = bare.group(1), bare.group(2)
-    if word.lower() in ("true", "yes", "on", "false", "no", "off"):
-        truth = "true" if word.lower() in ("true", "yes", "on") else "false"
+    key, value = pair.group(1), pair.group(2)
+    hidden = _SECRET_NAME.search(key) is not None or ("/" not in value and _secret_like(value))
+    if error.startswith("Unescaped '\\'"):
+        literal = value[1:-1] if value[:1] == value[-1:] == '"' and len(value) > 1 else None
+        fixed = (f": {key} = '{literal}'" if literal is not None and "'" not in literal
+                 and not hidden else "")
+        return (" — a backslash in \"...\" starts an escape (\\n, \\t): write \\\\ for one, "
+                f"or put the text in single quotes, which keep it as it is{fixed}")
+    if error.startswith("Expected newline or end of document after a statement") and (
+            line[int(at.group(2)) - 1:].lstrip().startswith(",")):
+        return " — no comma after a value: TOML puts one key on a line (commas go in [ ] and { })"
+    if not re.fullmatch(r"[A-Za-z][^#]*", value) or value in ("true", "false", "inf", "nan"):
+        return ""
+    if value.lower() in ("true", "yes", "on", "false", "no", "off"):
+        truth = "true" if value.lower() in ("true", "yes", "on") else "false"
         return f" — a yes or no is true or false, in lower case: {key} = {truth}"
-    value = word.replace("\\", "\\\\").replace('"', '\\"')
-    return f" — text goes in quotes: {key} = \"{value}\""
+    if hidden:  # an API key pasted in (not shown): read from the environment, never a job file
+        return (" — text goes in quotes; a key goes in no job file, but in the environment or a "
+                ".env file (OPENAI_API_KEY, or the variable [endpoint] api_key_env names)")
+    quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f" — text goes in quotes: {key} = \"{quoted}\""
 
 
 def _misplaced(key: str, table: str, known: set[str]) -> str:

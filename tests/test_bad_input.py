@@ -424,6 +424,41 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
         ' — text goes in quotes: model = "gpt-4o-mini"']
 
 
+@case("a string not closed on its line")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was "Illegal character '\\n' (at line 5, column 19)" alone.
+    c.good_csv()
+    return c.job(GOOD_JOB.replace('"Say {text}"', '"Say {text}')), [
+        "not valid TOML: Illegal character", "(at line 5, ",
+        ' — a string is not closed on its line: end it with " (text of many lines goes in '
+        'triple quotes, """...""")']
+
+
+@case("a Windows path in double quotes")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was "Unescaped '\\' in a string (at line 2, column 13)" alone.
+    return c.job(GOOD_JOB.replace('"good.csv"', '"C:\\data\\good.csv"')), [
+        "not valid TOML: Unescaped '\\' in a string (at line 2, ",
+        ' — a backslash in "..." starts an escape (\\n, \\t): write \\\\ for one, or put the '
+        "text in single quotes, which keep it as it is: path = 'C:\\data\\good.csv'"]
+
+
+@case("a comma after a value")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.good_csv()
+    return c.job(GOOD_JOB.replace('"gpt-4o-mini"', '"gpt-4o-mini",')), [
+        "not valid TOML: Expected newline or end of document after a statement (at line 4, ",
+        " — no comma after a value: TOML puts one key on a line (commas go in [ ] and { })"]
+
+
+@case("a table declared twice")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.good_csv()
+    return c.job(GOOD_JOB + "[request.extra]\nseed = 1\n[request.extra]\nuser = \"x\"\n"), [
+        "not valid TOML: Cannot declare",
+        " — [request.extra] is declared twice: put all its keys under one header"]
+
+
 @case("a yes written as Python's True")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.good_csv()
@@ -1011,6 +1046,24 @@ def test_subprocess_exit_2_and_one_line(sim: SimulatorThread, tmp_path: Path) ->
         assert done.stdout == ""
     assert sim.stats()["requests"] == 0
     assert not (tmp_path / "out").exists()
+
+
+PASTED = "sk-proj-Zq8RkT2mWx4vNc7LbP9sHd3Jf6Ga1Ye5"  # a key as OpenAI prints it
+
+
+@pytest.mark.parametrize("line", [
+    f"[endpoint]\napi_key = {PASTED}", f"OPENAI_API_KEY = {PASTED}", f"[request]\nmodel = {PASTED}",
+], ids=["api_key", "variable", "where-the-model-goes"])
+def test_a_key_pasted_into_a_job_file_without_quotes_is_not_shown(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str) -> None:
+    """A key written in a job file without quotes: the TOML error's fix wrote the line back
+    with the key quoted in it, into the terminal or a cron log. It says where a key goes."""
+    (tmp_path / "job.toml").write_text(line + "\n")
+    code, out, err = run_cli(["run", str(tmp_path / "job.toml")], capsys)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, ["not valid TOML: Invalid value", " — text goes in quotes; a key "
+                                "goes in no job file, but in the environment or a .env file"])
+    assert PASTED not in err and PASTED[8:] not in err
 
 
 # -- bad input that is not a refusal ----------------------------------------------------------
