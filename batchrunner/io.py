@@ -1184,6 +1184,17 @@ class _JsonlSource(InputSource):
             raise _input_error(
                 self.path, f"line {lineno}: body is {_short(body)} — it must be a JSON object",
             )
+        messages = body.get("messages")
+        if self.refuse_unsendable and not (isinstance(messages, list) and messages):
+            # Every chat completions API answers 400 ("'messages' is a required property"):
+            # a body written for the legacy completions API ("prompt"), most often.
+            said = "no messages" if messages is None else f"messages {_short(messages)}"
+            raise _input_error(
+                self.path,
+                f"line {lineno}: body has {said} — a chat completion's body needs a list of "
+                'them: "messages": [{"role": "user", "content": "..."}]'
+                + (' (a "prompt" is the legacy completions API\'s)' if "prompt" in body else ""),
+            )
         if (self.refuse_unsendable and body.get("max_tokens") is not None
                 and body.get("max_completion_tokens") is not None):
             # Every API in front of OpenAI's models answers such a body 400: the file is

@@ -285,6 +285,31 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(inp, prompt=None, model=None), ["batch.jsonl", "line 2", "'body'"]
 
 
+@case("OpenAI batch line whose body has a prompt, not messages")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Each such row was sent and failed with every API's 400 ("'messages' is a required
+    # property"), as one with no messages, or none in its list, was.
+    lines = [{"custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}
+             for i in range(3)]
+    lines[1]["body"] = {"model": "gpt-4o-mini", "prompt": "hi"}
+    inp = c.write("batch.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    return c.args(inp, prompt=None, model=None), [
+        "batch.jsonl: line 2: body has no messages — a chat completion's body needs a list of "
+        'them: "messages": [{"role": "user", "content": "..."}] (a "prompt" is the legacy '
+        "completions API's)"]
+
+
+@case("OpenAI batch line whose messages are empty")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    line = {"custom_id": "t1", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": []}}
+    inp = c.write("batch.jsonl", json.dumps(line) + "\n")
+    return c.args(inp, prompt=None, model=None), [
+        "batch.jsonl: line 1: body has messages [] — a chat completion's body needs a list of "
+        "them"]
+
+
 @case("OpenAI batch line whose body sets max_tokens and max_completion_tokens")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Every such row was sent and answered 400 by OpenAI and the gateways in front of it.

@@ -314,15 +314,17 @@ def test_a_custom_id_that_is_not_text_says_how_to_write_it(
 
 
 @pytest.mark.parametrize("messages", [5, True, 1.5])
-def test_a_body_whose_messages_are_a_number_is_sent_not_a_crash(
+def test_a_body_whose_messages_are_a_number_is_refused_not_a_crash(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], messages: Any,
 ) -> None:
     # The prompt's tokens were counted by iterating the messages: a number crashed the run.
+    # Then such a row was sent, for every API's 400: the file is refused before any is.
     write_batch(tmp_path / "batch.jsonl", [batch_line("a", messages=messages), batch_line("b")])
     code, _, err = cli(capsys, *batch_args(tmp_path))
-    assert code == 3, err
-    df = pd.read_parquet(tmp_path / "out" / "results.parquet").set_index("custom_id")
-    assert df.loc["b", "status"] == "ok" and df.loc["a", "error_type"] == "http_400"
+    assert code == 2, err
+    assert f"line 1: body has messages {messages!r} — a chat completion's body needs a list " \
+        "of them" in one_error_line(err)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_repeated_custom_id_is_named_by_the_lines_an_editor_shows(
