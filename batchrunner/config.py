@@ -716,8 +716,8 @@ def _check_output_dir(out: Path, what: str) -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise ConfigError(
-                    f"{what} {out} cannot be created: {parent} is a file, not a directory"
-                )
+                    f"{what} {out} cannot be created: {parent} is a file, not a directory — "
+                    "choose another directory")
             return
 
 
@@ -1417,16 +1417,21 @@ KEY_VARIABLE_ENDINGS = ("_API_KEY",)
 def set_instead(job: JobConfig, variable: str, endings: tuple[str, ...]) -> list[str]:
     """Variables other than ``variable`` (which is unset) that are set to something, in a
     ``.env`` file read for ``job`` (those first, in file order) or the environment, and whose
-    names end in one of ``endings``: what a guide's reader most likely meant, for a message to
-    name (with where each was read: ``origin``)."""
+    names end in one of ``endings``, or are a near miss of ``variable`` (MY_KEY for MYKEY,
+    first): what a guide's reader most likely meant, for a message to name (with where each
+    was read: ``origin``)."""
+    import difflib  # a message's only
+
     names: list[str] = []
     for d in _dotenv_dirs(job):
         names += load_dotenv(d / ".env")
     names += sorted(os.environ)
     env = environment(job)
-    return [name for name in dict.fromkeys(names)
-            if name != variable and name.upper().endswith(endings) and name.isidentifier()
-            and not _secret_like(name) and env.get(name, "").strip()][:3]
+    found = [name for name in dict.fromkeys(names)
+             if name != variable and name.isidentifier() and not _secret_like(name)
+             and env.get(name, "").strip()]
+    near = difflib.get_close_matches(variable, found, n=1, cutoff=0.8)
+    return [*near, *(n for n in found if n.upper().endswith(endings) and n not in near)][:3]
 
 
 def set_instead_hint(job: JobConfig, names: list[str], option: str) -> str:

@@ -780,6 +780,17 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
              "set), or set OPENAI_API_KEY", "any value: OPENAI_API_KEY=none"])
 
 
+@case("the key variable's name mistyped")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # --api-key-env MYKEY with MY_KEY set: the message named no variable set, as its name
+    # does not end in _API_KEY.
+    without_other_endpoint_variables(c)
+    c.monkeypatch.setenv("MY_KEY", KEY)
+    return (c.args(c.good_csv(), "--api-key-env", "MYKEY"),
+            ["no API key: MYKEY is not set; to read the key from another variable, pass "
+             "--api-key-env MY_KEY (MY_KEY from the environment is set), or set MYKEY"])
+
+
 @case("a job file's base_url written as ${VARIABLE}")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # As docker compose writes it: not expanded, it was refused as 'not a URL — is it the
@@ -934,7 +945,8 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 @case("output directory below a file")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     afile = c.write("taken", "I am a file")
-    return c.args(c.good_csv(), out=afile / "sub"), ["--output", "taken", "is a file"]
+    return c.args(c.good_csv(), out=afile / "sub"), [
+        "--output", "taken", "is a file, not a directory — choose another directory"]
 
 
 @case("output directory with a damaged job.json")
