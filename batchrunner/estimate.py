@@ -56,6 +56,7 @@ class ModelEstimate:
     search_requests: int = 0  # rows asking for search billed per request (search_requested)
     # What the tokens cost when the model is priced but that search is not (cost_usd None).
     tokens_usd: float | None = None
+    meant: str | None = None  # with no price: the priced name it is a typo of, if any
 
 
 @dataclass(kw_only=True)
@@ -206,6 +207,8 @@ def estimate(plan: Plan) -> Estimate:
         if m.cost_usd is None and m.search_requests:  # its tokens may have a price
             m.tokens_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
                                             completion_tokens=m.completion_tokens)
+        if m.cost_usd is None and m.tokens_usd is None and model:
+            m.meant = next(iter(plan.prices.close_names(model)), None)
         # The job's own prices, or the library's (looked in, too, for a model it lacks)
         sources.append(SOURCE_JOB if plan.prices.source(model).startswith(SOURCE_JOB)
                        else f"genai-prices {plan.prices.library_version}")
@@ -376,8 +379,10 @@ def format_estimate(e: Estimate) -> str:
         priced = [c for c in known if c is not None]
         cost_line = ((f"{format_usd(sum(priced))} for the models priced{source}; " if priced
                       else "")
-                     + f"unknown for {_and(unpriced)}: add "
-                     + _and([f'[prices."{model}"]' for model in unpriced])
+                     + f"unknown for {_and(unpriced)}: "
+                     + "".join(f"{model!r} may be a typo of {meant!r}: fix the model name, or "
+                               for model in unpriced if (meant := e.by_model[model].meant))
+                     + "add " + _and([f'[prices."{model}"]' for model in unpriced])
                      + f"{', each' if len(unpriced) > 1 else ''} with input and output (USD per "
                      "1M tokens), to a job file" + ("" if priced else source))
     else:  # priced but for the search billed per request that some rows ask for

@@ -686,6 +686,27 @@ async def test_the_summary_states_no_cost_it_does_not_know(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("model", "said"), [
+    ("gpt-4o-mni", "estimated cost: unknown for gpt-4o-mni: 'gpt-4o-mni' may be a typo of "
+                   "'gpt-4o-mini': fix the model name, or add [prices.\"gpt-4o-mni\"] with input "
+                   "and output (USD per 1M tokens), to a job file"),
+    ("my-finetune-local", "estimated cost: unknown for my-finetune-local: add "
+                          '[prices."my-finetune-local"] with input and output'),
+])
+def test_an_estimate_for_a_typo_of_a_priced_model_names_the_one_meant(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, said: str) -> None:
+    """The estimate of a job whose model is a typo (no budget, so not refused) said its cost
+    is unknown and to add a price for the typo: it names the model meant, as the budget's
+    refusal does."""
+    inp = make_input(tmp_path, 5)
+    code = main(["estimate", "--input", str(inp), "--id-column", "id", "--prompt", "{text}",
+                 "--model", model, "--max-tokens", "10", "--simulator",
+                 "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert said in out, out
+
+
+@pytest.mark.parametrize(("model", "said"), [
     # A typo of a model the price library knows: named, and nothing sent.
     ("gpt-4o-mni", "no price is known for model 'gpt-4o-mni' (did you mean 'gpt-4o-mini'?)"),
     # A model of the user's own server: told how to price it at 0.
