@@ -1367,6 +1367,23 @@ def _dotenv_value(raw: str) -> str:
     return raw.rstrip()
 
 
+def unread_dotenv_line(job: JobConfig, variable: str) -> str:
+    """For a message that ``variable`` is not set: ``/srv/.env has a line for OPENAI_API_KEY
+    with no =, which is not read: write OPENAI_API_KEY=...`` where a ``.env`` file read for
+    ``job`` names it in a line ``load_dotenv`` skips (YAML's ``KEY: value``, say); else ""."""
+    for d in _dotenv_dirs(job):
+        try:
+            text = (d / ".env").read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in text.splitlines():
+            words = line.strip().removeprefix("export ").split(maxsplit=1)
+            if "=" not in line and words and words[0].removesuffix(":") == variable:
+                return (f"{d / '.env'} has a line for {variable} with no =, which is not "
+                        f"read: write {variable}=...")
+    return ""
+
+
 def _dotenv_dirs(job: JobConfig) -> list[Path]:
     """Where ``.env`` files are read, the one that wins first: the current directory, then
     the job file's."""

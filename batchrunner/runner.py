@@ -79,6 +79,7 @@ from batchrunner.config import (
     settings_changed,
     settings_fingerprint,
     shown_url,
+    unread_dotenv_line,
 )
 from batchrunner.errors import (
     AllFailing,
@@ -3740,6 +3741,8 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
                 f"pass {set_instead_hint(job, others, '--api-key-env')}, or set {variable} in "
                 "the environment or in a .env file (for a server that checks none, a vLLM or "
                 f"Ollama started without one, any value: {variable}=none)")
+        if unread := unread_dotenv_line(job, variable):
+            raise ConfigError(f"no API key: {unread}")
         raise ConfigError(f"no API key: set {variable} in the environment or in a .env file "
                           f"(for a server that checks none, a vLLM or Ollama started without "
                           f"one, any value: {variable}=none)")
@@ -3839,6 +3842,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             key_origin = origin(job, job.endpoint.api_key_env)
         elif others := set_instead(job, job.endpoint.api_key_env, KEY_VARIABLE_ENDINGS):
             key_hint = f", or pass {set_instead_hint(job, others, '--api-key-env')}"
+        elif unread := unread_dotenv_line(job, job.endpoint.api_key_env):
+            key_hint = f" ({unread})"
         async with ChatClient(base_url, api_key, timeout_s=lim.timeout_s, connections=cap,
                               proxy=proxy, key_origin=key_origin, key_hint=key_hint,
                               model_setting=_model_setting(plan)) as client:

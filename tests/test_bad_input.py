@@ -780,6 +780,18 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
              "set), or set OPENAI_API_KEY", "any value: OPENAI_API_KEY=none"])
 
 
+@case("the key in .env written as YAML")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # "OPENAI_API_KEY: sk-..." is no .env line: it was skipped, and the message said to set
+    # the variable in a .env file, as if there were none.
+    without_other_endpoint_variables(c)
+    c.write(".env", f"# the gateway's key\nOPENAI_API_KEY: {KEY}\n")
+    c.monkeypatch.setattr("batchrunner.runner.is_loopback", lambda host: False)
+    argv = c.args(c.good_csv())
+    return argv, [f"batchrunner: error: no API key: {c.tmp / '.env'} has a line for "
+                  "OPENAI_API_KEY with no =, which is not read: write OPENAI_API_KEY=..."]
+
+
 @case("the key variable's name mistyped")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # --api-key-env MYKEY with MY_KEY set: the message named no variable set, as its name
