@@ -160,6 +160,9 @@ class ChatResult:
     # Choice 0's log probabilities (``logprobs.content``: one ``{"token", "logprob", "bytes",
     # "top_logprobs"}`` a token, a stream's chunks' joined) as JSON text; None when it has none.
     logprobs: str | None = None
+    # The service tier that answered (OpenAI's ``service_tier``: ``default``, ``flex``,
+    # ``priority``), which its tokens are billed at; None when the reply does not say.
+    service_tier: str | None = None
 
 
 class _Call:
@@ -349,8 +352,8 @@ class StreamAssembler:
 
     __slots__ = ("_after_cr", "_begun", "_cr_only", "_head", "_partial", "_partial_size",
                  "_pending", "_pending_size", "_stray_size", "cited", "done", "error", "event",
-                 "first", "first_token_at", "id", "model", "others", "stray", "usage",
-                 "usage_so_far", "whole_so_far")
+                 "first", "first_token_at", "id", "model", "others", "service_tier", "stray",
+                 "usage", "usage_so_far", "whole_so_far")
 
     def __init__(self, *, whole_so_far: bool = False) -> None:
         self.whole_so_far = whole_so_far
@@ -362,6 +365,7 @@ class StreamAssembler:
         # so far in every chunk, so a usage is no sign that the stream's last chunk came.
         self.usage_so_far = False
         self.model: str | None = None
+        self.service_tier: str | None = None  # read from the first chunk and the usage's
         self.id: str | None = None
         self.done = False
         self.error: dict[str, Any] | None = None
@@ -581,11 +585,15 @@ class StreamAssembler:
         # The first not empty: Azure's first chunk (its prompt filter's) has both empty.
         if self.model is None and (model := event.get("model")) and isinstance(model, str):
             self.model = model
+            if type(tier := event.get("service_tier")) is str and tier:
+                self.service_tier = tier
         if self.id is None and (rid := event.get("id")) and isinstance(rid, str):
             self.id = rid
         usage = event.get("usage")
         if usage and isinstance(usage, dict):  # an empty one (a gateway's in every chunk): none
             self.usage = usage
+            if type(tier := event.get("service_tier")) is str and tier:
+                self.service_tier = tier
             if not self.usage_so_far and (choices := event.get("choices")) and not any(
                     type(c) is dict and c.get("finish_reason") for c in choices):
                 # usage beside an answer not finished: the counts so far, sent in every chunk
@@ -1488,6 +1496,7 @@ class ChatClient:
             web_searches=searches, sources_used=sources,
             cache_write_tokens=written, cache_write_1h_tokens=written_1h,
             logprobs=orjson.dumps(first.logprobs).decode() if first.logprobs else None,
+            service_tier=st.service_tier,
         )
 
     async def _served_models(self) -> list[str] | None:
@@ -1856,6 +1865,7 @@ class ChatClient:
             written,  # cache_write_tokens
             written_1h,  # cache_write_1h_tokens
             orjson.dumps(tokens).decode() if tokens else None,  # logprobs
+            tier if type(tier := payload.get("service_tier")) is str and tier else None,
         )
 
 

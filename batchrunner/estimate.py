@@ -37,7 +37,7 @@ from batchrunner import compute as pc
 from batchrunner.arrow import is_value, scalar
 from batchrunner.config import gemini_named, reasoning_model
 from batchrunner.journal import Journal
-from batchrunner.pricing import SOURCE_JOB, search_requested
+from batchrunner.pricing import SOURCE_JOB, search_requested, tier_asked
 from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
@@ -57,6 +57,15 @@ class ModelEstimate:
     # What the tokens cost when the model is priced but that search is not (cost_usd None).
     tokens_usd: float | None = None
     meant: str | None = None  # with no price: the priced name it is a typo of, if any
+    # The service tiers its rows ask for (``service_tier``: None for none): priced at the
+    # dearest of those with a price of their own, ``priority`` over the standard over ``flex``.
+    tiers: set[str | None] = field(default_factory=set)
+
+    @property
+    def service_tier(self) -> str | None:
+        """The tier the model's rows are estimated at (``tiers``)."""
+        tiers = self.tiers
+        return "priority" if "priority" in tiers else "flex" if tiers == {"flex"} else None
 
 
 @dataclass(kw_only=True)
@@ -157,6 +166,7 @@ def estimate(plan: Plan) -> Estimate:
         if m is None:
             m = est.by_model[model] = ModelEstimate(
                 context_window=plan.prices.context_window(model))
+        m.tiers.add(tier_asked(item.body))
         if (asked := search_requested(item.body)) is not None:
             m.search_requests += 1
             est.search_requests += 1
@@ -201,12 +211,14 @@ def estimate(plan: Plan) -> Estimate:
                                  "that set one, on top")
     sources = []
     for model, m in est.by_model.items():
+        tier = m.service_tier
         m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
                                       completion_tokens=m.completion_tokens,
-                                      search_requests=m.search_requests)
+                                      search_requests=m.search_requests, service_tier=tier)
         if m.cost_usd is None and m.search_requests:  # its tokens may have a price
             m.tokens_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
-                                            completion_tokens=m.completion_tokens)
+                                            completion_tokens=m.completion_tokens,
+                                            service_tier=tier)
         if m.cost_usd is None and m.tokens_usd is None and model:
             m.meant = next(iter(plan.prices.close_names(model)), None)
         # The job's own prices, or the library's (looked in, too, for a model it lacks)

@@ -45,6 +45,10 @@ Billing rules, for one OpenAI-style ``usage`` object:
 Simplifications of the library's richer price model, all resolved once per model:
 
 * Tiered prices (a higher rate once a request's prompt passes e.g. 200k tokens) use the base tier.
+* A service tier (OpenAI's ``service_tier``: ``flex`` at about half the standard price,
+  ``priority`` at about twice) takes the library's price for that tier, where the model has one
+  (``PriceBook.cost``'s ``service_tier``); the job's own prices hold for every tier. A library
+  too old to price tiers gives the standard price.
 * Prices that change by date use the price in force on the day of the lookup.
 * Daily time-of-day windows (off-peak discounts) are not followed request by request: the highest
   price listed for the day is used, so a report errs high rather than low.
@@ -88,7 +92,7 @@ from batchrunner.config import cache_dir, gemini_named
 from batchrunner.errors import ConfigError
 
 __all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table", "preload",
-           "search_requested"]
+           "search_requested", "tier_asked"]
 
 LIBRARY_NAME = "genai-prices"
 SOURCE_JOB = "job [prices]"
@@ -128,6 +132,9 @@ _CACHE_FORMAT = 3
 # The provider whose price per web search the library lists for the searches a reply's usage
 # counts (``server_tool_use.web_search_requests`` is Anthropic's own field).
 _WEB_SEARCH_PROVIDER = "anthropic"
+# The service tiers billed at prices of their own (OpenAI's); any other (``default``, ``auto``,
+# ``scale``, a gateway's word) is billed at the model's standard price.
+_PRICED_TIERS = frozenset({"flex", "priority"})
 # The prices a library answer holds, as the cache keeps them.
 _CACHED_KEYS = (*_PRICE_KEYS, "web_search")
 _T = TypeVar("_T")
@@ -217,6 +224,7 @@ class PriceBook:
         self._prices: dict[str, ModelPrice | None] = {}
         self._sources: dict[str, str] = {}
         self._rates: dict[str, _Rates | None] = {}
+        self._tier_rates: dict[tuple[str, str], _Rates | None] = {}  # (model, service tier)
         self._windows: dict[str, int | None] = {}
         self._as_asked: dict[tuple[str, str], bool] = {}  # as_asked's answers
         self._answers: _Answers | None = None  # the disk cache, read on the first library question
@@ -253,11 +261,13 @@ class PriceBook:
         search_requests: int | None = None,
         cache_write_tokens: int | None = None,
         cache_write_1h_tokens: int | None = None,
+        service_tier: str | None = None,
     ) -> float | None:
         """The cost of one request in USD; ``None`` if the model or the token counts are unknown,
         or if the reply reports search units (``web_searches``, Grok's ``sources``) that have no
         price, or if ``search_requests`` (requests that asked for search the usage does not
-        report, :func:`search_requested`) have none.
+        report, :func:`search_requested`) have none. ``service_tier``: the tier that answered
+        (``flex``, ``priority``), priced at the library's price for it where the model has one.
 
         ``reasoning_tokens`` is part of ``completion_tokens`` (OpenAI's convention) and is not
         added again; it is accepted so callers can pass a usage record through unchanged. So
@@ -266,11 +276,14 @@ class PriceBook:
         """
         if model is None or prompt_tokens is None or completion_tokens is None:
             return None
-        try:
-            rates = self._rates[model]
-        except KeyError:
-            self._resolve(model)
-            rates = self._rates[model]
+        if service_tier in _PRICED_TIERS:
+            rates = self._tier(model, service_tier)
+        else:
+            try:
+                rates = self._rates[model]
+            except KeyError:
+                self._resolve(model)
+                rates = self._rates[model]
         if rates is None:
             return None
         # Counts below 0 count as 0, and no more tokens cached than prompted: by comparisons,
@@ -427,14 +440,26 @@ class PriceBook:
             price, source = entry if entry is not None else (None, SOURCE_UNKNOWN)
         self._prices[model] = price
         self._sources[model] = source
-        self._rates[model] = (
-            None if price is None else (
-                price.input, price.effective_cached_input, price.output, price.search_unit,
-                price.web_search if price.search_unit is None else price.search_unit,
-                price.search_request, write := (
-                    price.input if price.cache_write is None else price.cache_write),
-                write if price.cache_write_1h is None else price.cache_write_1h)
-        )
+        self._rates[model] = None if price is None else _rates(price)
+
+    def _tier(self, model: str, tier: str) -> _Rates | None:
+        """The rates of ``model`` answered at service tier ``tier``: the library's price for
+        that tier, else (a job's own price, a model with no such tier, a library that prices no
+        tiers) the model's own."""
+        try:
+            return self._tier_rates[model, tier]
+        except KeyError:
+            pass
+        price = self.price(model)
+        rates = self._rates[model]
+        if price is not None and not self._sources[model].startswith(SOURCE_JOB):
+            # Cached beside the model's own answer, under a name no model has (a tab in it)
+            entry = self._answer(lambda a: a.prices, f"{model}\tservice_tier={tier}",
+                                 lambda: _library_entry(model, tier))
+            if entry is not None:
+                rates = _rates(entry[0])
+        self._tier_rates[model, tier] = rates
+        return rates
 
     def _another_name(self, model: str) -> str | None:
         """The name the job prices that ``model`` is a gateway's name of: the same name, or a
@@ -470,6 +495,15 @@ class PriceBook:
         if self._answers is None or self._answers.day != _today():
             self._answers = _read_answers()
         return self._answers
+
+
+def _rates(price: ModelPrice) -> _Rates:
+    """A price's rates, in ``_Rates``' order."""
+    write = price.input if price.cache_write is None else price.cache_write
+    return (price.input, price.effective_cached_input, price.output, price.search_unit,
+            price.web_search if price.search_unit is None else price.search_unit,
+            price.search_request, write,
+            write if price.cache_write_1h is None else price.cache_write_1h)
 
 
 def _plain(model: str) -> str:
@@ -548,6 +582,13 @@ _GOOGLE_SEARCH = frozenset({"googlesearch", "google_search", "google_search_retr
 # The body fields that can ask for search billed per request, besides the model's name.
 _SEARCH_FIELDS = frozenset({"web_search_options", "enable_search", "parameters", "tools",
                             "extra_body"})
+
+
+def tier_asked(body: Mapping[str, Any]) -> str | None:
+    """The service tier a request body asks for (``service_tier``), which prices its reply
+    when the reply does not say the tier that answered; None when it asks for none."""
+    tier = body.get("service_tier")
+    return tier if type(tier) is str else None
 
 
 def search_requested(body: Mapping[str, Any]) -> str | None:
@@ -637,8 +678,9 @@ def _toml_key(name: object) -> str:
     return s if re.fullmatch(r"[A-Za-z0-9_-]+", s) else '"' + s.replace('"', '\\"') + '"'
 
 
-def _library_price(model: str) -> tuple[ModelPrice, str] | None:
-    """Ask ``genai-prices`` for ``model``; try the gateway spellings it does not match itself.
+def _library_price(model: str, tier: str | None = None) -> tuple[ModelPrice, str] | None:
+    """Ask ``genai-prices`` for ``model`` (answered at service tier ``tier``, when given); try
+    the gateway spellings it does not match itself.
     A distilled model (DeepSeek-R1-Distill-Qwen-7B, or DeepSeek-R1-0528-Qwen3-8B, which does not
     say so) takes only a distill's price, never that of the model it was distilled from (the
     library matches both to deepseek-reasoner)."""
@@ -646,7 +688,7 @@ def _library_price(model: str) -> tuple[ModelPrice, str] | None:
     distill = ("distill" if "distill" in lower
                else None if (base := _DISTILLED.search(lower)) is None else base[1])
     for ref, provider_id in _candidates(model):
-        found = _library_lookup(ref, provider_id)
+        found = _library_lookup(ref, provider_id, tier)
         if found is not None and (distill is None or distill in found[1].lower()):
             return found
     return None
@@ -676,9 +718,10 @@ def _candidates(model: str) -> list[tuple[str, str | None]]:
     return unique
 
 
-def _library_entry(model: str) -> tuple[ModelPrice, str] | None:
-    """``genai-prices``' price for ``model`` and its source, as the cache keeps them."""
-    found = _library_price(model)
+def _library_entry(model: str, tier: str | None = None) -> tuple[ModelPrice, str] | None:
+    """``genai-prices``' price for ``model`` (at service tier ``tier``, when given) and its
+    source, as the cache keeps them."""
+    found = _library_price(model, tier)
     if found is None:
         return None
     return found[0], f"{LIBRARY_NAME} {_library().__version__} ({found[1]})"
@@ -699,11 +742,16 @@ def _library_window(model: str) -> int | None:
     return None
 
 
-def _library_lookup(ref: str, provider_id: str | None) -> tuple[ModelPrice, str] | None:
+def _library_lookup(ref: str, provider_id: str | None, tier: str | None = None
+                    ) -> tuple[ModelPrice, str] | None:
     genai_prices = _library()
+    # The price of a service tier is a price variant of the model's (a library before 0.2 has
+    # none, and takes no price_context: no price for the tier, the model's own is used).
+    context = None if tier is None else {"service_tier": tier}
     try:
         calc = genai_prices.calc_price(
-            genai_prices.Usage(input_tokens=1, output_tokens=1), ref, provider_id=provider_id
+            genai_prices.Usage(input_tokens=1, output_tokens=1), ref, provider_id=provider_id,
+            **({} if context is None else {"price_context": context}),
         )
     except Exception:  # LookupError for an unknown name; anything else the library raises
         return None  # means the same to us: no usable price.
@@ -715,7 +763,8 @@ def _library_lookup(ref: str, provider_id: str | None) -> tuple[ModelPrice, str]
     for t in _DAY_SAMPLES:
         ts = datetime.combine(today, t, tzinfo=UTC)
         try:
-            mp = model_info.get_prices(ts)
+            mp = (model_info.get_prices(ts) if context is None
+                  else model_info.get_prices(ts, context))
         except Exception:
             mp = calc.model_price
         rates = _rates_of(mp)

@@ -108,7 +108,7 @@ from batchrunner.journal import (
     new_run_id,
 )
 from batchrunner.limiter import Limiter, reported_limits
-from batchrunner.pricing import PriceBook, parse_price_table, search_requested
+from batchrunner.pricing import PriceBook, parse_price_table, search_requested, tier_asked
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import (
     Counts,
@@ -2204,14 +2204,16 @@ class _Run:
 
     def _estimated_cost(self, item: _Work) -> float | None:
         """What the request will cost at most, as far as it can be told before the reply: at
-        the price of the model asked for, or of the one a gateway answered it with so far, with
+        the price of the model asked for, or of the one a gateway answered it with so far, at
+        the service tier it asks for, with
         the fee of a request that asks for search billed per request (``search_requested``)
         where the job prices it, and the most a reply's search units have cost so far."""
         prompt, completion = self._tokens(item)
         model = item.model
         priced = self.routed.get(model, model)
         prices = self.plan.prices
-        cost = prices.cost(priced, prompt_tokens=prompt, completion_tokens=completion)
+        cost = prices.cost(priced, prompt_tokens=prompt, completion_tokens=completion,
+                           service_tier=tier_asked(item.body))
         if cost is None:
             return None
         if search_requested(item.body) is not None:
@@ -3264,9 +3266,10 @@ class _Run:
     def _cost(self, item: _Work, model: str, prompt: int | None, completion: int | None,
               cached: int | None, reasoning: int | None, searches: int | None,
               sources: int | None, written: int | None = None, written_1h: int | None = None,
-              ) -> tuple[float | None, int | None]:
+              tier: str | None = None) -> tuple[float | None, int | None]:
         """What a billed reply of ``item`` cost (an answer, or a try billed without a usable
-        one), priced as ``model``, and its search requests: 1 when its request asked for search
+        one), priced as ``model`` at the service tier that answered (``tier``, else the one its
+        request asked for), and its search requests: 1 when its request asked for search
         billed per request and its usage counts no search units (``search_requested``), else
         None. Under a budget, what its search units cost beyond its tokens is
         held for the next requests of the model asked for (the largest so far), and one that
@@ -3275,10 +3278,13 @@ class _Run:
         prices = self.plan.prices
         requests = (1 if searches is None and sources is None
                     and search_requested(item.body) is not None else None)
+        if tier is None:
+            tier = tier_asked(item.body)
         cost = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
                            cached_tokens=cached, reasoning_tokens=reasoning,
                            web_searches=searches, sources=sources, search_requests=requests,
-                           cache_write_tokens=written, cache_write_1h_tokens=written_1h)
+                           cache_write_tokens=written, cache_write_1h_tokens=written_1h,
+                           service_tier=tier)
         if cost is None and (prompt is None or completion is None):
             # No usage to price (a gateway that leaves it out), billed all the same: its
             # estimate is carried with the row (unreported_usd), as a cut try's is, for the
@@ -3292,7 +3298,7 @@ class _Run:
         if self.budget is not None and (cost is None or searches or sources or requests):
             tokens = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
                                  cached_tokens=cached, cache_write_tokens=written,
-                                 cache_write_1h_tokens=written_1h)
+                                 cache_write_1h_tokens=written_1h, service_tier=tier)
             if cost is not None and tokens is not None:
                 requested = item.model
                 # A fee per request is held in each request's estimate from the first send.
@@ -3349,7 +3355,7 @@ class _Run:
         cost, searched = self._cost(item, model, res.prompt_tokens, res.completion_tokens,
                                     res.cached_tokens, res.reasoning_tokens, res.web_searches,
                                     res.sources_used, res.cache_write_tokens,
-                                    res.cache_write_1h_tokens)
+                                    res.cache_write_1h_tokens, res.service_tier)
         checks = item.checks
         content = res.content
         error = None

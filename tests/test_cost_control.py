@@ -14,6 +14,7 @@ from aiohttp import web
 
 from batchrunner.cli import main
 from batchrunner.config import load_job
+from batchrunner.pricing import PriceBook
 from batchrunner.report import format_usd
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, format_summary, run_job
@@ -924,3 +925,76 @@ async def test_rows_still_to_do_beside_earlier_costs_are_those_with_a_cost(
     assert "Earlier attempts, 1 row still to do (USD)" in (out / "cost_report.md").read_text()
     assert (f"{format_usd(s.billed_to_do_usd)} for earlier attempts of 1 row still to do"
             in (out / "report.html").read_text())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True])
+async def test_rows_are_priced_at_the_service_tier_that_answered(tmp_path: Path,
+                                                                 stream: bool) -> None:
+    """A job asking for OpenAI's flex tier (about half the standard price) was priced at the
+    standard price, and so was a reply answered at the priority tier (about twice): each row is
+    priced at the tier its reply says answered it (every chunk of a stream says it), else at
+    the one its request asked for."""
+    said = {"a": "flex", "b": "priority", "c": "default", "d": None}
+    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000,
+             "total_tokens": 2_000_000}
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        assert body["service_tier"] == "flex"
+        tier = {"service_tier": t} if (t := said[body["messages"][-1]["content"]]) else {}
+        head = {"id": "chatcmpl-1", "model": "gpt-5-2025-08-07", **tier}
+        if not stream:
+            return web.json_response({
+                **head, "object": "chat.completion", "usage": usage,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                             "finish_reason": "stop"}]})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for chunk in ({"choices": [{"index": 0, "delta": {"content": "ok"}}]},
+                      {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                      {"choices": [], "usage": usage}):
+            await resp.write(b"data: " + json.dumps({**head, **chunk}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"{k},{k}\n" for k in said))
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "gpt-5"\n'
+        f'prompt = "{{text}}"\nstream = {str(stream).lower()}\n[request.extra]\n'
+        'service_tier = "flex"\n[output]\ndir = "out"\n')
+    s = await run_job_file(handler, tmp_path / "job.toml", FAST)
+    book = PriceBook()
+    at = {t: book.cost("gpt-5-2025-08-07", prompt_tokens=1_000_000,
+                       completion_tokens=1_000_000, service_tier=t)
+          for t in ("flex", "priority", None)}
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert s.exit_code == 0 and df["status"].tolist() == ["ok"] * 4
+    assert df["cost_usd"].tolist() == [pytest.approx(at["flex"]), pytest.approx(at["priority"]),
+                                       pytest.approx(at[None]), pytest.approx(at["flex"])]
+    assert s.cost_usd == pytest.approx(2 * at["flex"] + at["priority"] + at[None])
+
+
+def test_the_estimate_is_at_the_service_tier_asked_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The estimate priced a job asking for the priority tier at the standard price, half of
+    what it would cost (and a flex job's at twice)."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"{i},describe item {i}\n" for i in range(10)))
+    shown = {}
+    for tier in ("", "flex", "priority"):
+        (tmp_path / "job.toml").write_text(
+            f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "gpt-5"\n'
+            'prompt = "{text}"\n[request.extra]\nmax_completion_tokens = 100000\n'
+            + (f'service_tier = "{tier}"\n' if tier else "")
+            + '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+        assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+        out = capsys.readouterr().out
+        shown[tier] = float(out.split("estimated cost: $")[1].split()[0].replace(",", ""))
+    book = PriceBook()
+    for tier in ("flex", "priority"):
+        assert shown[tier] == pytest.approx(
+            shown[""] * (book.cost("gpt-5", prompt_tokens=0, completion_tokens=10 ** 6,
+                                   service_tier=tier) or 0)
+            / (book.cost("gpt-5", prompt_tokens=0, completion_tokens=10 ** 6) or 1), rel=0.01)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -440,9 +441,9 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real_price, real_window = pricing._library_price, pricing._library_window
 
-    def price(model: str) -> tuple[ModelPrice, str] | None:
-        calls.append(model)
-        return real_price(model)
+    def price(model: str, tier: str | None = None) -> tuple[ModelPrice, str] | None:
+        calls.append(model if tier is None else f"{model} at {tier}")
+        return real_price(model, tier)
 
     def window(model: str) -> int | None:
         calls.append(model)
@@ -731,3 +732,42 @@ def test_a_reply_naming_the_model_asked_for_is_priced_at_the_jobs_price_for_it()
     assert book.as_asked("gpt-4o-mini", "gpt-4o-mini-2024-07-18")
     assert not book.as_asked("x/gpt-4o", "gpt-4o-mini-2024-07-18")  # routed to another model
     assert not PriceBook().as_asked("gpt-4o", "gpt-4o-2024-05-13")  # the library's own price
+
+
+def test_a_service_tier_is_priced_at_the_librarys_price_for_it() -> None:
+    """OpenAI's flex tier bills about half the standard price and its priority tier about
+    twice: a flex or priority reply was priced at the standard price. A job's own price holds
+    for every tier; a library too old to price tiers (no price_context) gives the standard."""
+    book = PriceBook()
+    usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000}
+    standard = book.cost("gpt-5", **usage)
+    assert standard is not None
+    for tier in ("default", "auto", "scale", None):
+        assert book.cost("gpt-5", **usage, service_tier=tier) == standard
+    tiers_priced = "price_context" in inspect.signature(genai_prices.calc_price).parameters
+    for tier in ("flex", "priority"):
+        if tiers_priced:
+            library = float(genai_prices.calc_price(
+                genai_prices.Usage(input_tokens=1_000_000, output_tokens=1_000_000), "gpt-5",
+                price_context={"service_tier": tier}).total_price)
+        else:
+            library = standard
+        assert book.cost("gpt-5", **usage, service_tier=tier) == pytest.approx(library)
+        assert book.cost("gpt-5-2025-08-07", **usage, service_tier=tier) == pytest.approx(
+            library)  # a snapshot's name, as the reply gives it
+        assert PriceBook({"gpt-5": OWN}).cost("gpt-5", **usage, service_tier=tier) == 10.0
+    if tiers_priced:
+        assert (book.cost("gpt-5", **usage, service_tier="flex") or 0) < standard < (
+            book.cost("gpt-5", **usage, service_tier="priority") or 0)
+    # A model with no price of its own for the tier: its standard price
+    assert book.cost("claude-sonnet-4-5", **usage, service_tier="flex") == book.cost(
+        "claude-sonnet-4-5", **usage)
+
+
+def test_a_service_tiers_price_is_cached_beside_the_models(asked: list[str]) -> None:
+    usage = {"prompt_tokens": 1000, "completion_tokens": 1000, "service_tier": "flex"}
+    flex = PriceBook().cost("gpt-5", **usage)
+    assert asked == ["gpt-5", "gpt-5 at flex"]
+    asked.clear()
+    assert PriceBook().cost("gpt-5", **usage) == flex
+    assert asked == []
