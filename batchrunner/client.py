@@ -182,7 +182,7 @@ class _Parts:
     """What the deltas of one choice of a stream carried."""
 
     __slots__ = ("annotations", "calls", "content", "content_size", "finish_reason",
-                 "logprobs", "moved", "reasoning", "reasoning_size", "refusal")
+                 "logprobs", "moved", "reasoning", "reasoning_size", "refusal", "transcript")
 
     def __init__(self) -> None:
         self.content: list[str] = []
@@ -199,6 +199,8 @@ class _Parts:
         self.moved: dict[int, int] | None = None
         self.annotations: list[Any] | None = None
         self.logprobs: list[Any] | None = None  # the tokens' log probabilities, in order
+        # A spoken answer's words (``audio.transcript``), the content of one that has none
+        self.transcript: list[str] | None = None
 
     def add_logprobs(self, logprobs: Any, whole_so_far: bool = False) -> None:
         """A chunk's ``logprobs``: its tokens' entries (``content``) follow those before. With
@@ -270,7 +272,10 @@ class _Parts:
                 for _, c in sorted(self.calls.items())]
 
     def text(self) -> str | None:
-        """The content: None for a reply that only calls tools, as a non-stream reply has."""
+        """The content, or a spoken answer's transcript where it has none: None for a reply
+        that only calls tools, as a non-stream reply has."""
+        if not self.content and self.transcript:
+            return "".join(self.transcript)
         return "".join(self.content) if self.content or not self.calls else None
 
 
@@ -748,6 +753,13 @@ class StreamAssembler:
         calls = delta.get("tool_calls")
         if calls and type(calls) is list:
             parts.add_calls(calls)
+            if self.first_token_at is None:
+                self.first_token_at = time.perf_counter()
+        audio = delta.get("audio")  # a spoken answer (modalities audio): its words' pieces
+        if type(audio) is dict and type(words := audio.get("transcript")) is str and words:
+            if parts.transcript is None:
+                parts.transcript = []
+            parts.transcript.append(words)
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
         notes = delta.get("annotations")
@@ -1839,6 +1851,8 @@ class ChatClient:
         calls = message.get("tool_calls")
         if content == "" and calls:
             content = None  # a reply that only calls tools, as a stream's (and OpenAI's) is
+        elif not content:
+            content = _transcript(message)  # a spoken answer's words, where it has no text
         refusal = message.get("refusal")  # structured output the model would not give
         notes = message.get("annotations")  # OpenAI's web search: url_citation
         cited = payload.get("citations")  # Grok's live search, Perplexity: URLs
@@ -2102,6 +2116,15 @@ def _gave_up(value: Any) -> str | None:
     return f"{kind}: {said}" if isinstance(said, str) and said else kind
 
 
+def _transcript(message: dict[str, Any]) -> str | None:
+    """The words of a spoken answer (``modalities`` with ``audio``: OpenAI's
+    ``message.audio.transcript``, the content null); None for a message with none."""
+    audio = message.get("audio")
+    if type(audio) is dict and type(words := audio.get("transcript")) is str and words:
+        return words
+    return None
+
+
 def _choice_entry(index: Any, content: Any, finish_reason: Any, tool_calls: Any,
                   logprobs: list[Any] | None = None) -> dict[str, Any]:
     entry = {"index": index, "content": content or None, "finish_reason": finish_reason}
@@ -2142,6 +2165,8 @@ def _all_choices(choices: list[Any]) -> str:
             elif type(content) is str and not (m.get("reasoning_content") or m.get("reasoning")):
                 content = _thought_apart(content, None)[0]
             calls = m.get("tool_calls")
+            if not content and not calls:
+                content = _transcript(m)
             finish = c.get("finish_reason")
             if type(finish) is str:
                 finish = _FINISH_NAMES.get(finish, finish)

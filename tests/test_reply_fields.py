@@ -333,6 +333,31 @@ def test_tool_calls_are_recorded_as_the_api_gives_them() -> None:
     assert json.loads(res.tool_calls) == calls and res.citations is None
 
 
+def test_a_spoken_answers_transcript_is_its_content_streamed_or_not() -> None:
+    """Asked for ``modalities`` with audio, OpenAI answers with a null content and the words
+    spoken in ``message.audio.transcript`` (a stream's in pieces of ``delta.audio``, between
+    those of the audio's data): such a row was ok with no content at all."""
+    spoken = {"id": "audio_1", "data": "UklGRiQA", "expires_at": 1, "transcript": "Yes, both."}
+    res = parse(reply({"role": "assistant", "content": None, "audio": spoken}))
+    assert res.content == "Yes, both."
+    res = parse(reply({"role": "assistant", "content": "Text.", "audio": spoken}))
+    assert res.content == "Text."  # a text answer beside it is the content
+    choices = [{"index": i, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": None, "audio": {**spoken, "transcript": f"No. {i}"}}}
+        for i in range(2)]
+    res = client()._parse(orjson.dumps({"id": "x", "model": "m", "choices": choices}),
+                          "req-1", 1.0, {}, 2)
+    assert res.content == "No. 0"
+    assert [c["content"] for c in json.loads(res.choices)] == ["No. 0", "No. 1"]
+    st = feed([delta(0, {"role": "assistant", "content": None}),
+               delta(0, {"content": None, "audio": {"id": "audio_1", "transcript": "Yes, "}}),
+               delta(0, {"audio": {"data": "UklGRiQA"}}),
+               delta(0, {"audio": {"transcript": "both."}}),
+               delta(0, {"audio": {"expires_at": 1}}, "stop")])
+    res = client()._from_stream(st, "req-1", 0.0, 1.0, {}, 1)
+    assert res.content == "Yes, both." and res.ttft_ms is not None
+
+
 def test_citations_from_annotations_and_from_grok_share_one_shape() -> None:
     note = {"type": "url_citation", "url_citation": {"url": "https://a.example/x", "title": "A",
                                                      "start_index": 3, "end_index": 9}}
