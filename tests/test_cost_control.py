@@ -998,3 +998,27 @@ def test_the_estimate_is_at_the_service_tier_asked_for(
             shown[""] * (book.cost("gpt-5", prompt_tokens=0, completion_tokens=10 ** 6,
                                    service_tier=tier) or 0)
             / (book.cost("gpt-5", prompt_tokens=0, completion_tokens=10 ** 6) or 1), rel=0.01)
+
+
+def test_the_budget_holds_a_request_at_the_service_tier_it_asks_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A request asking for the priority tier was held against the budget at the standard
+    price, half of what it may cost: a budget it could pass let it be sent."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"{i},describe item {i}\n" for i in range(5)))
+    book = PriceBook()
+    standard = book.cost("gpt-5", prompt_tokens=10, completion_tokens=10_000) or 0.0
+    priority = book.cost("gpt-5", prompt_tokens=10, completion_tokens=10_000,
+                         service_tier="priority") or 0.0
+    with SimulatorThread(SimulatorConfig(reply_tokens=20)) as sim:
+        for tier, exit_code in (("default", 0), ("priority", 4)):
+            (tmp_path / f"{tier}.toml").write_text(
+                f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "gpt-5"\n'
+                'prompt = "{text}"\n[request.extra]\nmax_completion_tokens = 10000\n'
+                f'service_tier = "{tier}"\n[limits]\nconcurrency = 1\n'
+                f'max_cost_usd = {(standard + priority) / 2}\n'
+                f'[output]\ndir = "out-{tier}"\n')
+            assert main(["run", str(tmp_path / f"{tier}.toml"), "--base-url", sim.base_url,
+                         "--progress", "none"]) == exit_code, capsys.readouterr()
+        assert sim.stats()["requests"] == 5  # the default tier's rows only
+    assert "max_cost_usd" in capsys.readouterr().out
