@@ -91,8 +91,8 @@ from typing import Any, TypeVar
 from batchrunner.config import cache_dir, gemini_named
 from batchrunner.errors import ConfigError
 
-__all__ = ["LIBRARY_NAME", "ModelPrice", "PriceBook", "parse_price_table", "preload",
-           "search_requested", "tier_asked"]
+__all__ = ["LIBRARY_NAME", "PRICED_TIERS", "ModelPrice", "PriceBook", "parse_price_table",
+           "preload", "search_requested", "tier_asked"]
 
 LIBRARY_NAME = "genai-prices"
 SOURCE_JOB = "job [prices]"
@@ -134,7 +134,7 @@ _CACHE_FORMAT = 3
 _WEB_SEARCH_PROVIDER = "anthropic"
 # The service tiers billed at prices of their own (OpenAI's); any other (``default``, ``auto``,
 # ``scale``, a gateway's word) is billed at the model's standard price.
-_PRICED_TIERS = frozenset({"flex", "priority"})
+PRICED_TIERS = ("flex", "priority")
 # The prices a library answer holds, as the cache keeps them.
 _CACHED_KEYS = (*_PRICE_KEYS, "web_search")
 _T = TypeVar("_T")
@@ -224,7 +224,9 @@ class PriceBook:
         self._prices: dict[str, ModelPrice | None] = {}
         self._sources: dict[str, str] = {}
         self._rates: dict[str, _Rates | None] = {}
-        self._tier_rates: dict[tuple[str, str], _Rates | None] = {}  # (model, service tier)
+        # (model, service tier) → its price at that tier, and its rates (``_tier``)
+        self._tier_prices: dict[tuple[str, str], ModelPrice | None] = {}
+        self._tier_rates: dict[tuple[str, str], _Rates | None] = {}
         self._windows: dict[str, int | None] = {}
         self._as_asked: dict[tuple[str, str], bool] = {}  # as_asked's answers
         self._answers: _Answers | None = None  # the disk cache, read on the first library question
@@ -276,7 +278,7 @@ class PriceBook:
         """
         if model is None or prompt_tokens is None or completion_tokens is None:
             return None
-        if service_tier in _PRICED_TIERS:
+        if service_tier in PRICED_TIERS:
             rates = self._tier(model, service_tier)
         else:
             try:
@@ -442,10 +444,15 @@ class PriceBook:
         self._sources[model] = source
         self._rates[model] = None if price is None else _rates(price)
 
+    def tier_price(self, model: str, tier: str) -> ModelPrice | None:
+        """The price of ``model`` answered at service tier ``tier`` (one of ``PRICED_TIERS``):
+        the library's price for that tier, else (a job's own price, a model with no such tier,
+        a library that prices no tiers) the model's own."""
+        self._tier(model, tier)
+        return self._tier_prices[model, tier]
+
     def _tier(self, model: str, tier: str) -> _Rates | None:
-        """The rates of ``model`` answered at service tier ``tier``: the library's price for
-        that tier, else (a job's own price, a model with no such tier, a library that prices no
-        tiers) the model's own."""
+        """The rates of ``tier_price``."""
         try:
             return self._tier_rates[model, tier]
         except KeyError:
@@ -457,7 +464,9 @@ class PriceBook:
             entry = self._answer(lambda a: a.prices, f"{model}\tservice_tier={tier}",
                                  lambda: _library_entry(model, tier))
             if entry is not None:
-                rates = _rates(entry[0])
+                price = entry[0]
+                rates = _rates(price)
+        self._tier_prices[model, tier] = price
         self._tier_rates[model, tier] = rates
         return rates
 

@@ -101,6 +101,10 @@ class Outcome:
     # [request.extra], a column's, a batch file's row's); None when it did not (one). In the
     # journal only; null in records written before it (the job's ``n``).
     choices_asked: int | None = None
+    # The service tier the row's reply was priced at: the one it says answered it (OpenAI's
+    # ``service_tier``: default, flex, priority), else the one its request asked for; None for
+    # neither. Null in records written before it.
+    service_tier: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +145,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("unknown_tries", pa.int64()),
         ("unreported_usd", pa.float64()),
         ("choices_asked", pa.int64()),
+        ("service_tier", pa.string()),
     ]
 )
 
@@ -151,7 +156,7 @@ ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "ci
                                            "row_hash", "search_units", "search_requests",
                                            "cache_write_tokens", "unknown_tries",
                                            "priced_as", "unreported_usd", "logprobs",
-                                           "choices_asked"})
+                                           "choices_asked", "service_tier"})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
 JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries", "unreported_usd",
@@ -161,4 +166,4 @@ JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries", "unreport
 # dictionary-encode. For text that is unique a row (answers, keys, request ids) a dictionary is
 # built, found too big and dropped: a third of the time a segment takes to write, for nothing.
 REPEATED_COLUMNS: tuple[str, ...] = ("status", "finish_reason", "error_type", "model",
-                                     "priced_as")
+                                     "priced_as", "service_tier")

@@ -80,7 +80,9 @@ Top-level keys, in this order::
                       "search_unpriced_rows", "search_requests", "search_request_unpriced_rows",
                       "search_cost_usd" (as the top-level one; null when the model's price is
                       not known), "earlier_unpriced_rows" (rows whose cost is unknown for an
-                      earlier try billed at a cost not known), "price_source", "price"}}
+                      earlier try billed at a cost not known), "price_source", "price",
+                      and, where rows were answered at a service tier of its own price,
+                      "service_tiers": {tier: {"rows", "price"}}}}
     by_finish_reason  {finish_reason: rows}; ok rows without one count as "(none)"
     by_error_type     {error_type: {"rows", "example"}} over failed rows; the example is the
                       first message in row order
@@ -124,6 +126,7 @@ from batchrunner.arrow import (
 )
 from batchrunner.pricing import (
     LIBRARY_NAME,
+    PRICED_TIERS,
     SOURCE_ASKED,
     SOURCE_JOB,
     SOURCE_UNKNOWN,
@@ -189,7 +192,7 @@ _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as 
 # Read when a chunk has it (a journal written before it existed reads it as nulls).
 OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units", "search_requests",
                                            "cache_write_tokens", "choices", "priced_as",
-                                           "unreported_usd", "choices_asked")
+                                           "unreported_usd", "choices_asked", "service_tier")
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -306,6 +309,7 @@ class OutcomeStats:
         "_rows_attempted",
         "_search",
         "_status",
+        "_tiers",
         "_to_do",
         "_to_do_bad",
         "_to_do_billed",
@@ -348,6 +352,8 @@ class OutcomeStats:
         # its tokens and no search: an earlier billed try's cost was not known]
         self._models: dict[str | None, list[int]] = {}
         self._search = SearchSum()  # the search units and requests of the rows with a cost
+        # (model priced as, service tier) → rows answered at a tier priced apart (flex, ...)
+        self._tiers: dict[tuple[str, str], int] = {}
         self._cost: dict[_GroupKey, int] = {}
         self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
         # The same for earlier_cost_usd: earlier billed attempts of rows sent again.
@@ -483,6 +489,12 @@ class OutcomeStats:
         priced = _priced_as(t)
         self._add_models(t, priced, is_ok, unpriced, total, units, pc.and_(unpriced, searched),
                          requests, pc.and_(unpriced, asked), earlier)
+        if "service_tier" in t.column_names and t["service_tier"].null_count < n:
+            for tier in PRICED_TIERS:
+                at = pc.fill_null(is_value(t["service_tier"], tier), _FALSE)
+                if _count(at):
+                    for model, k in _counts(pc.filter(priced, at)).items():
+                        self._tiers[model, tier] = self._tiers.get((model, tier), 0) + k
         if units.null_count < n or requests.null_count < n:
             self._search.add_costed(priced, pc.is_valid(cost), units, requests)
         ok_np = _np_bool(is_ok)
@@ -1069,6 +1081,12 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             else SOURCE_ASKED if price is None and ok > unpriced else prices.source(model),
             "price": None if price is None else price.as_dict(),
         }
+        tiers = {tier: {"rows": k, "price": None if (p := prices.tier_price(model, tier)) is None
+                        else p.as_dict()}
+                 for tier in PRICED_TIERS
+                 if model is not None and (k := stats._tiers.get((name, tier)))}
+        if tiers:
+            out[name]["service_tiers"] = tiers
     return out
 
 
@@ -1445,6 +1463,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"Prices in {pricing.get('units', 'USD per 1M tokens')}; library: "
             f"{pricing.get('library', LIBRARY_NAME)} {pricing.get('library_version', '')}."
         )
+        tiers = [f"- {model}: {count_rows(at.get('rows', 0))} answered at service tier {tier}, "
+                 f"priced at its price: {_model_price({**m, **at})}."
+                 for model, m in by_model.items()
+                 for tier, at in (m.get("service_tiers") or {}).items()]
+        out += ["", *tiers] if tiers else []
         out.append("")
 
     if by_status:

@@ -3406,6 +3406,7 @@ class _Run:
             item.unknown_tries,
             item.unreported_usd or None,
             item.n if "n" in item.body else None,  # choices_asked
+            res.service_tier or tier_asked(item.body),  # service_tier
         )
 
     def _unpriced_search(self, model: str, tokens_usd: float, *, per_request: bool) -> None:

@@ -974,6 +974,15 @@ async def test_rows_are_priced_at_the_service_tier_that_answered(tmp_path: Path,
     assert df["cost_usd"].tolist() == [pytest.approx(at["flex"]), pytest.approx(at["priority"]),
                                        pytest.approx(at[None]), pytest.approx(at["flex"])]
     assert s.cost_usd == pytest.approx(2 * at["flex"] + at["priority"] + at[None])
+    assert df["service_tier"].tolist() == ["flex", "priority", "default", "flex"]
+    by_model = json.loads((tmp_path / "out" / "cost_report.json").read_text())["by_model"]
+    tiers = by_model["gpt-5-2025-08-07"]["service_tiers"]
+    assert {t: tiers[t]["rows"] for t in tiers} == {"flex": 2, "priority": 1}
+    flex = book.tier_price("gpt-5-2025-08-07", "flex")
+    assert flex is not None and tiers["flex"]["price"] == flex.as_dict()
+    report = (tmp_path / "out" / "cost_report.md").read_text()
+    assert (f"- gpt-5-2025-08-07: 2 rows answered at service tier flex, priced at its price: "
+            f"{flex.input:g} / {flex.effective_cached_input:g} / {flex.output:g}.") in report
 
 
 def test_the_estimate_is_at_the_service_tier_asked_for(

@@ -495,7 +495,7 @@ def test_results_merge_the_compacted_journal_into_input_order(
     assert _dictionary_columns(out / "results.parquet") >= {"id", "text", "status"}
     assert not _dictionary_columns(out / "results.parquet") & {"content", "key", "request_id"}
     assert _dictionary_columns(j.segments()[0]) == {"status", "finish_reason", "error_type",
-                                                   "model", "priced_as"}
+                                                   "model", "priced_as", "service_tier"}
 
 
 def _dictionary_columns(path: Path) -> set[str]:
