@@ -403,8 +403,9 @@ def say(line: str, file: TextIO | None = None) -> None:
 def shell_quote(text: str) -> str:
     """``text`` (a path, an option's value) as a POSIX shell reads it back as one word:
     ``shlex.quote``'s, or, for text a terminal would not show as it is (a name in Latin-1
-    bytes, which Python holds as lone surrogates, or a control character), bash's ``$'...'``
-    with those bytes as ``\\xHH`` escapes, which bash, zsh and ksh read back to the bytes.
+    bytes, which Python holds as lone surrogates, or a control character), ``printf``'s output
+    with those bytes as octal escapes, ``"$(printf 'caf\\351')"``, which every POSIX shell
+    reads back to the bytes (cron's /bin/sh among them, where bash's ``$'...'`` is not read).
     The one quoting of every command batchrunner prints."""
     try:
         raw = os.fsencode(text)
@@ -416,9 +417,13 @@ def shell_quote(text: str) -> str:
         shown = None
     if shown is not None and shown.isprintable():
         return shlex.quote(shown)
-    return "$'" + "".join(
-        chr(b) if 0x20 <= b < 0x7F and b not in b"\\'" else f"\\{chr(b)}" if b in b"\\'"
-        else f"\\x{b:02x}" for b in raw) + "'"
+    if raw.endswith(b"\n"):
+        # A command substitution drops trailing newlines: bash's form keeps them.
+        return "$'" + "".join(chr(b) if 0x20 <= b < 0x7F and b not in b"\\'" else
+                              f"\\x{b:02x}" for b in raw) + "'"
+    return "\"$(printf '" + "".join(
+        chr(b) if 0x20 <= b < 0x7F and b not in b"\\'%" else f"\\{b:03o}" for b in raw
+    ) + "')\""
 
 
 def make_progress(desc: str, mode: str = "auto") -> Progress:

@@ -699,9 +699,9 @@ def test_a_command_named_for_paths_not_utf8_or_needing_quotes_runs_as_printed(
     from there (a crontab's `cd`): job.json kept the paths with their odd bytes as \\x text,
     and status named `cd '.../caf\\xe9 o'"'"'k' && batchrunner run ...`, which no shell runs
     (the bytes are not those characters). The paths are kept as they are, and every path of
-    the command is quoted one way: shlex's, or bash's $'...' with \\x escapes for bytes a
-    terminal would not show. Run by bash exactly as printed, it finishes the job. A job file
-    not run yet is named quoted too."""
+    the command is quoted one way: shlex's, or printf's octal escapes for bytes a terminal
+    would not show, which /bin/sh reads as bash does. Run by each exactly as printed, it runs
+    the job on. A job file not run yet is named quoted too."""
     pd.DataFrame({"id": [f"r{i}" for i in range(5)], "text": ["one"] * 5}).to_csv(
         tmp_path / "in.csv", index=False)
     jobs = tmp_path / os.fsdecode(b"caf\xe9 o'k")
@@ -716,15 +716,17 @@ def test_a_command_named_for_paths_not_utf8_or_needing_quotes_runs_as_printed(
     monkeypatch.chdir(tmp_path)
     code, out, _ = cli(capsys, "status", "out")
     finish = next(x for x in out.splitlines() if x.startswith("  to finish, "))
-    quoted = f"$'{tmp_path}/caf\\xe9 o\\'k'"
+    quoted = f"\"$(printf '{tmp_path}/caf\\351 o\\047k')\""
     assert finish == (f"  to finish, 3 rows to do: cd {quoted} && batchrunner run "
-                      f"$'{tmp_path}/caf\\xe9 o\\'k/job.toml'"), finish
+                      f"\"$(printf '{tmp_path}/caf\\351 o\\047k/job.toml')\""), finish
     command = finish.partition("to do: ")[2]
+    # Run by /bin/sh, as cron runs a line (dash here: it reads no bash $'...'), then bash.
     shell = (f'batchrunner() {{ "{sys.executable}" -m batchrunner "$@"; }}; '
-             f"{command} --progress none")
-    done = subprocess.run(["bash", "-c", shell], capture_output=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    assert b"5 ok, 0 failed" in done.stdout, done.stdout
+             f"{command} --progress none --limit 1")
+    for sh, ok in (("sh", 3), ("bash", 4)):
+        done = subprocess.run([sh, "-c", shell], capture_output=True, timeout=120, check=False)
+        assert done.returncode == 0, (sh, done.stderr)
+        assert f"{ok} ok, 0 failed".encode() in done.stdout, (sh, done.stdout)
     # Not run yet: the command named to run it is quoted.
     (tmp_path / "my jobs").mkdir()
     (tmp_path / "my jobs" / "job.toml").write_text(
