@@ -585,8 +585,17 @@ def _toml_fix(text: str, error: str) -> str:
     if hidden:  # an API key pasted in (not shown): read from the environment, never a job file
         return (" — text goes in quotes; a key goes in no job file, but in the environment or a "
                 ".env file (OPENAI_API_KEY, or the variable [endpoint] api_key_env names)")
+    if key.rpartition(".")[2] in _NUMBER_KEYS:
+        return f" — {key} takes a number, not text ({key} = 10, say)"
+    if pair.group(3) and not any(_secret_like(w) for w in pair.group(3).split()):
+        value = line.partition("=")[2].strip()  # a "#" in the text: TOML's comment start
     quoted = value.replace("\\", "\\\\").replace('"', '\\"')
     return f" — text goes in quotes: {key} = \"{quoted}\""
+
+
+# The keys of the job file's tables whose values are numbers, not text.
+_NUMBER_KEYS = frozenset(f.name for c in (RequestConfig, Limits) for f in fields(c)
+                         if re.search(r"\b(?:int|float)\b", str(f.type)))
 
 
 def _misplaced(key: str, table: str, known: set[str]) -> str:

@@ -449,6 +449,23 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
         ' — text goes in quotes: model = "gpt-4o-mini"']
 
 
+@case("a text value without quotes holding a #")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was 'prompt = "Classify"': TOML reads "#" as a comment's start, which the text was.
+    c.good_csv()
+    return c.job(GOOD_JOB.replace('prompt = "Say {text}"', "prompt = Classify #1: {text}")), [
+        ' — text goes in quotes: prompt = "Classify #1: {text}"']
+
+
+@case("a number key given a word")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was 'max_tokens = "lots"': quoted, it is refused again, as text.
+    c.good_csv()
+    return c.job(GOOD_JOB.replace('prompt = "Say {text}"',
+                                  'prompt = "Say {text}"\nmax_tokens = lots')), [
+        " — max_tokens takes a number, not text (max_tokens = 10, say)"]
+
+
 @case("a string not closed on its line")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Was "Illegal character '\\n' (at line 5, column 19)" alone.
