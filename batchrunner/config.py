@@ -739,8 +739,8 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
 
     if inp.get("path") is None:
         if not f.prefix and not f.from_cli:  # `batchrunner run` alone
-            raise ConfigError("no job given: name a job file (as in batchrunner run "
-                              "jobs/demo.toml), or pass --input FILE, --prompt TEXT, --model NAME "
+            raise ConfigError("no job given: name a job file (jobs/demo.toml, say), "
+                              "or pass --input FILE, --prompt TEXT, --model NAME "
                               "and --output DIR (--help lists them all)")
         raise ConfigError(f"{f.prefix}no input: set [input] path or pass --input FILE")
     _string(inp, "path", f, "input")

@@ -142,7 +142,10 @@ def _picked_part(field: str, columns: set[str]) -> str:
     head = re.match(r"[^.\[]*", field)
     assert head is not None
     steps = re.findall(r"\.([^.\[]+)|\[([^\]]*)\]", field[head.end():])
-    keys: list[str | int] = [a or (int(b) if b.isdigit() else b) for a, b in steps]
+    # A key in brackets as Python writes it, quoted (meta['lang']), is the key inside.
+    keys: list[str | int] = [
+        a or (int(b) if b.isdigit() else b[1:-1] if len(b) > 1 and b[0] == b[-1] and b[0] in
+              "'\"" else b) for a, b in steps]
     if head.group() not in columns or not keys:
         return (f"field {{{field}}} must be a column name like {{text}}; parts of a value "
                 "({a.b}, {a[0]}) cannot be picked")
@@ -150,6 +153,10 @@ def _picked_part(field: str, columns: set[str]) -> str:
     last = keys[-1]
     name = last if isinstance(last, str) and last.isidentifier() else "_".join(
         map(str, [column, *keys]))
+    if name in columns:  # not over a column the input has
+        name = "_".join(map(str, [column, *keys]))
+        while name in columns:
+            name += "_"
     picks = "".join(f".str[{key!r}]" for key in keys)
     return (f"{{{field}}} picks part of column {column}'s values, which a template cannot: "
             f"flatten it into a column of its own first (with pandas, for JSON text: "

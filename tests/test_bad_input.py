@@ -423,7 +423,7 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 
 @case("no job at all")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
-    return ["run"], ["no job given: name a job file (as in batchrunner run jobs/demo.toml), or "
+    return ["run"], ["no job given: name a job file (jobs/demo.toml, say), or "
                      "pass --input FILE, --prompt TEXT, --model NAME and --output DIR"]
 
 

@@ -280,7 +280,7 @@ def test_template_renders_and_checks_columns() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("{meta.lang}", "en"), ("{meta[lang]}", "en"), ("{meta[tags][1]}", "b"),
-    ("{meta.size.w}", 3)])
+    ("{meta.size.w}", 3), ("{meta['lang']}", "en"), ('{meta["lang"]}', "en")])
 def test_a_field_picking_part_of_a_column_says_how_to_flatten_it(field: str, value: object
                                                                   ) -> None:
     """{meta.lang} was refused saying parts of a value cannot be picked, not what to do. It
@@ -302,6 +302,23 @@ def test_a_field_picking_part_of_a_column_says_how_to_flatten_it(field: str, val
     name = said.partition(") and write {")[2].partition("}")[0]
     assert df[name][0] == value
     Template(f"Say it in {{{name}}}").check(df.columns, "input x.csv")
+
+
+def test_the_flatten_hint_names_no_column_the_input_has() -> None:
+    """The column the pandas line makes is named for the part (lang), but where the input
+    has a column of that name the line would write over it: another name is given."""
+    import json
+
+    import pandas as pd
+
+    df = pd.DataFrame({"meta": ['{"lang": "en"}'], "lang": ["kept"]})
+    with pytest.raises(ConfigError) as caught:
+        Template("Say it in {meta.lang}").check(list(df.columns), "input x.csv")
+    said = str(caught.value)
+    exec(said.partition("for JSON text: ")[2].partition(") and write {")[0],
+         {"df": df, "json": json})
+    name = said.partition(") and write {")[2].partition("}")[0]
+    assert name == "meta_lang" and df[name][0] == "en" and df["lang"][0] == "kept"
 
 
 def test_request_builder_body() -> None:
