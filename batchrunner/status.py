@@ -622,7 +622,12 @@ class _Tally:
             self.finished_at.append(to_numpy(finished, fill=0.0))
 
 
-PACE_WINDOW_S = 120.0  # how far back `status` looks for the pace of a run in progress
+# How far back `status` looks for the pace of a run in progress: the later half of the run so
+# far (since the endpoint answered again, after an outage), this long at most. The first half
+# holds the start's burst (a server's bucket of a minute's worth, drained in seconds), then the
+# storm of 429s that taught the pace, neither of which the run can hold: counted, a run that
+# finished 600 rows in its first 2 s, then 10 a second, read 1,180 rows a minute at 60 s.
+PACE_WINDOW_S = 120.0
 # No row finished for this long (and three times the window's mean gap between rows): `status`
 # says so, not when the run would end.
 STALLED_S = 30.0
@@ -674,11 +679,13 @@ def _outage(outage: Any, now: float, to_do: int = 0) -> str:
 
 def _pace(finished_at: npt.NDArray[np.float64], to_do: int, now: float,
           started: float | None, *, back: bool = False) -> str:
-    """How fast a run in progress is finishing rows, over the last ``PACE_WINDOW_S`` seconds
-    or since it started (``back``: since its endpoint answered again after an outage), from the
-    journal (up to a second behind), and when it would be done at that pace."""
-    since = PACE_WINDOW_S if started is None or started > now else now - started
-    window = min(PACE_WINDOW_S, since)  # a start in the future (a clock set back): the default
+    """How fast a run in progress is finishing rows, over the later half of the time since it
+    started (``back``: since its endpoint answered again after an outage), the last
+    ``PACE_WINDOW_S`` seconds at most, from the journal (up to a second behind), and when it
+    would be done at that pace."""
+    # A start in the future (a clock set back), or none known: the whole window.
+    since = 2 * PACE_WINDOW_S if started is None or started > now else now - started
+    window = min(PACE_WINDOW_S, since / 2)
     if window < 5.0:
         return ("  pace: not known yet (the endpoint answered again seconds ago)" if back
                 else "  pace: not known yet (the run started seconds ago)")

@@ -508,8 +508,8 @@ def test_status_pace_of_one_row_left() -> None:
     from batchrunner.status import _pace
 
     now = 1_000_000.0
-    line = _pace(np.array([now - 30.0, now - 20.0, now - 10.0]), 1, now, now - 60.0)
-    assert line == ("  pace: 3.0 rows/min over the last 60 s; the 1 row to do would take under a "
+    line = _pace(np.array([now - 50.0, now - 30.0, now - 20.0, now - 10.0]), 1, now, now - 60.0)
+    assert line == ("  pace: 6.0 rows/min over the last 30 s; the 1 row to do would take under a "
                     "minute")
 
 
@@ -541,7 +541,7 @@ def test_progress_says_how_long_the_endpoint_has_been_unreachable() -> None:
 
 
 def test_status_of_a_run_that_stopped_finishing_rows_says_so_rather_than_when_it_ends() -> None:
-    """74 rows in the first 5 s, then none for 40 s (the endpoint away): the pace over the
+    """74 rows in 5 s, then none for 40 s (the endpoint away): the pace over the
     window read '98 rows/min; the 166 rows to do would take about 2 min'."""
     import numpy as np
 
@@ -549,10 +549,10 @@ def test_status_of_a_run_that_stopped_finishing_rows_says_so_rather_than_when_it
 
     now = 1_000_000.0
     finished = np.linspace(now - 45.0, now - 40.0, 74)
-    assert _pace(finished, 166, now, now - 45.0) == (
+    assert _pace(finished, 166, now, now - 90.0) == (
         "  pace: 99 rows/min over the last 45 s, but no row has finished for 40 s")
     finished = np.linspace(now - 45.0, now - 1.0, 74)  # finishing still: when it would end
-    assert _pace(finished, 166, now, now - 45.0).endswith(
+    assert _pace(finished, 166, now, now - 90.0).endswith(
         "; the 166 rows to do would take about 2 min")
     # A slow job (a row every 2 min) 60 s after its last row is not stalled.
     assert _pace(np.array([now - 180.0, now - 60.0]), 10, now, None) == (

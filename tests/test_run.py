@@ -871,9 +871,29 @@ def test_status_gives_the_pace_of_a_run_in_progress_and_when_it_would_end() -> N
     assert _pace(finished, 0, now, now + 30) == "  pace: 150 rows/min over the last 120 s"
     assert _pace(finished, 0, now, None) == "  pace: 150 rows/min over the last 120 s"
     assert _pace(finished[:2], 10, now, None) == "  no row finished in the last 120 s"
-    # A run that started 60 s ago: its pace is over those 60 s, not diluted over 120.
-    assert _pace(finished, 0, now, now - 60) == "  pace: 300 rows/min over the last 60 s"
+    # A run that started 60 s ago: its pace is over the later 30 s, not diluted over 120.
+    assert _pace(finished, 0, now, now - 60) == "  pace: 300 rows/min over the last 30 s"
     assert "not known yet" in _pace(finished, 0, now, now - 2)
+    assert "not known yet" in _pace(finished, 0, now, now - 9)
+
+
+def test_status_pace_leaves_out_the_burst_and_storm_at_the_start() -> None:
+    """A server's bucket of a minute's worth drained at the start (600 rows in its first 2 s),
+    then the limit, 10 rows a second: 60 s in, status read 1,180 rows a minute over the 60 s
+    and 600 rows to do "under a minute", a pace the run cannot hold and a time left half
+    what it takes. The pace is of the later half of the run so far: the limit's."""
+    from batchrunner.status import _pace
+
+    now = 10_000.0
+    burst = now - 60 + np.arange(600) * (2.0 / 600)
+    limited = now - 57.95 + np.arange(580) * 0.1  # 10 a second to now
+    finished = np.concatenate([burst, limited])
+    assert _pace(finished, 600, now, now - 60) == (
+        "  pace: 600 rows/min over the last 30 s; the 600 rows to do would take about 1 min")
+    # Four minutes in, the last two minutes, the burst long out of them.
+    limited = now - 237.95 + np.arange(2380) * 0.1
+    assert _pace(np.concatenate([burst - 180, limited]), 1200, now, now - 240) == (
+        "  pace: 600 rows/min over the last 120 s; the 1,200 rows to do would take about 2 min")
 
 
 @pytest.mark.anyio

@@ -74,16 +74,18 @@ def test_pace_of_a_run_restarted_within_the_second_leaves_out_the_last_runs_rows
     the second, so ``status`` counted the rows the earlier run finished in that second as the
     new run's, saying fewer rows to do (and a faster pace) than there were. Here the first
     20 rows are done (``--limit``) at the second the second run starts; that run, in
-    progress, answers 10 more and hangs on the last 10: 10 to do, not none."""
+    progress, answers 10 more (3 s each, so rows finish over the later half of the run, which
+    its pace is of) and hangs on the last 10: 10 to do, not none."""
     from batchrunner.simulator import SimulatorConfig, SimulatorThread
     from tests.test_crash import cli_process, make_csv, run_args
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-status-0123456789")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     n, hangs = 40, 10
-    inp = make_csv(tmp_path / "in.csv", n, {i: " [[sim:hang]]" for i in range(n - hangs, n)})
+    inp = make_csv(tmp_path / "in.csv", n, {i: " [[sim:hang]]" if i >= n - hangs
+                                             else " [[sim:slow]]" for i in range(20, n)})
     out = tmp_path / "out"
-    with SimulatorThread(SimulatorConfig(latency_ms=5)) as sim:
+    with SimulatorThread(SimulatorConfig(latency_ms=5, slow_ms=3000)) as sim:
         args = run_args(inp, sim.base_url, out, "--concurrency", "4")
         assert main([*args, "--limit", "20"]) == 0
         before = Journal(out).read(["status"])
@@ -98,7 +100,7 @@ def test_pace_of_a_run_restarted_within_the_second_leaves_out_the_last_runs_rows
             assert last["finished_at"] is None and last["to_send"] == 20
             # The first run's rows, as if it had finished them in the second this one started.
             second = datetime.fromisoformat(last["started_at"]).timestamp()
-            while time.time() < second + 6 and proc.poll() is None:  # a pace to show
+            while time.time() < second + 12 and proc.poll() is None:  # a pace to show
                 time.sleep(0.1)
             write_segment(Journal(out).directory, "seg-20000101T000000-aaaaaa-w0-000000.parquet",
                           outcomes_table([Outcome(key=k, status="ok", content="x",
