@@ -12,9 +12,10 @@
 * ``pause(seconds)`` after a 429: new sends wait until then (plus a little jitter), and are then
   let out at the limiter's rate, not all at once.
 * ``sample(now, answered, refused)`` a few times a second, the run's counts of requests
-  answered and answered 429: while no request rate is known, a storm of 429s (a limit no
-  header reports) sets a pace a little under the rate answers were accepted at, raised slowly
-  while no 429 comes (``guessed``).
+  answered and answered 429: while no request rate is known, or only one a header says, a
+  storm of 429s (a limit no header reports, or one higher than the server enforces) sets a
+  pace a little under the rate answers were accepted at, raised slowly while no 429 comes
+  (``guessed``); the limit said is then followed again only once said lower.
 
 The runner paces a job with one; a job whose models report limits of their own (OpenAI's are
 per model) with one more for each model (``reported_limits`` tells them apart).
@@ -328,6 +329,9 @@ class Limiter:
         self._guess: TokenBucket | None = None
         self._samples: deque[tuple[float, int, int, float]] = deque()
         self._storm_pace = 0.0  # the pace the latest storm set
+        # A requests limit the headers said that a storm of 429s at it showed higher than the
+        # server enforces: said again (or higher), it leaves the pace learnt as it is.
+        self._said_over = math.inf
         self._floor_from = 0.0  # since when the pace has been the storm's
         self._floor_windows = 0  # windows in a row with the 429s of a pace over the limit
         self.storm_share = 0.0  # the share of the requests the latest storm refused
@@ -568,6 +572,8 @@ class Limiter:
                 self._set_tokens
         rate = limit if not cap else min(limit, cap)
         if kind == "requests" and self.guessed:
+            if rate >= self._said_over:
+                return  # the limit its 429s showed too high: the pace they taught holds
             current = None  # a limit said replaces one learnt from 429s at once
         if current is not None and rate > current:
             said, since = self._raising.get(kind, (None, 0.0))
@@ -655,14 +661,17 @@ class Limiter:
     def sample(self, now: float, answered: int, refused: int, *, split: bool = False,
                latest: bool = True) -> bool:
         """The run's requests ``answered`` so far and those of them ``refused`` (answered 429),
-        at ``now``: while no request rate is known (none set, none reported), a storm of 429s
-        paces requests a little under the rate answers were accepted at over the last few
-        seconds, or before any pace over the latest second (or lower a pace so learnt), where
-        each 429's pause ended with every request waiting sent at once; the pace is raised
-        slowly while no 429 comes. Counts taken a few times a second, not a time for each
-        answer: nothing on a request's way. True when a storm set the pace (learnt or lowered)
-        now. ``split``: a job's limiter that learns no more from headers (``unlearn``), sampled
-        with the 429s its models drew together, learns from them all the same.
+        at ``now``: while no request rate is known (none set, none reported), or only one the
+        headers said (the server's answers may say more than it enforces: both its limits
+        said at twice theirs, 502 of 802 requests were 429'd, 12 a second to the end, and
+        66 of 366 now), a storm of 429s paces requests a little under the rate answers were
+        accepted at over the last few seconds, or before any pace over the latest second (or
+        lower a pace so learnt), where each 429's pause ended with every request waiting sent
+        at once; the pace is raised slowly while no 429 comes. Counts taken a few times a
+        second, not a time for each answer: nothing on a request's way. True when a storm set
+        the pace (learnt or lowered) now. ``split``: a job's limiter that learns no more from
+        headers (``unlearn``), sampled with the 429s its models drew together, learns from them
+        all the same.
         ``latest=False``: a storm over the whole window only, for a model's probe that a split
         weighs against another's whole window (a storm over one's latest second, against the
         other's diluted by a quiet start, split models refused alike by a limit they share: 31
@@ -675,8 +684,10 @@ class Limiter:
         a storm whose 429s all came before its first answers accepted teach a rate: the few
         rows answered as a storm that refused everything ended (8 rows, 429'd with retry-after
         0 for 2.5 s) are answers of a storm over (21 a minute was learnt from them)."""
-        if not (self.adaptive or split) or self._requests is not None:
-            return False
+        said = self._requests is not None  # a rate a header said, or the job's own
+        if not (self.adaptive or split) or (said and self.requests_per_minute
+                                            == self._configured[0]):
+            return False  # the job's own rate is kept
         samples = self._samples
         paused = self._held_total(now)
         samples.append((now, answered, refused, paused))
@@ -688,7 +699,7 @@ class Limiter:
         new_refusals, self._refused = refused - self._refused, refused  # since the last
         answers, refusals, sending = _since(samples[0], answered, refused, now, paused)
         measured = sending >= PACE_MIN_SPAN_S  # enough of it to measure a rate over
-        current = self.requests_per_minute if self.guessed else None
+        current = self.requests_per_minute if self.guessed or said else None
         # A storm over (its 429s all before its answers accepted) over the window is over in
         # its latest second too: a second holds too few samples to tell it (a pace of 190 to
         # 432 a minute was learnt from the rows answered as a storm refusing everything ended).
@@ -727,7 +738,7 @@ class Limiter:
                 self._raise_from = now + RAISE_HOLD_S
                 self._long_asked = False
             return stormed
-        if current is None:
+        if not self.guessed or current is None:
             return False  # a long pause asked is the storm's that sets a pace
         long_asked, self._long_asked = self._long_asked, False
         if new_refusals and long_asked:  # a long pause asked: back to the storm's, and held
@@ -761,6 +772,11 @@ class Limiter:
         return False
 
     def _set_guess(self, per_minute: float) -> None:
+        if self._requests is not None:
+            # A limit said, which a storm at it showed too high: its bucket, and the requests
+            # waiting in it, go on at the pace learnt.
+            self._said_over = self.requests_per_minute or math.inf
+            self._guess, self._requests = self._requests, None
         self.requests_per_minute, self.guessed = per_minute, True
         self._floor_windows = 0  # counted afresh at each pace
         per_s = per_minute * self.headroom / 60.0

@@ -352,7 +352,7 @@ def test_a_pace_learnt_from_429s_is_raised_slowly_and_gives_way_to_a_rate_said()
     """Samples of a run's counts, as the runner takes them every half second: a storm (30 of 40
     requests 429'd over a second) paces at 0.9 × the 10 a second accepted; quiet windows raise
     it; a 429 takes it back a step, not below the storm's; a limit a header says replaces it at
-    once, and a job's own rate is never replaced."""
+    once (until a storm at it), and a job's own rate is never replaced."""
     lim = Limiter(None, None)
     lim.sample(0.0, 0, 0)
     lim.sample(0.5, 20, 15)
@@ -372,8 +372,10 @@ def test_a_pace_learnt_from_429s_is_raised_slowly_and_gives_way_to_a_rate_said()
     assert lim.requests_per_minute == pytest.approx(540.0)
     lim.observe(said("1200"))  # a limit said wins, at once
     assert lim.requests_per_minute == 1200.0 and not lim.guessed
-    lim.sample(t + 1.0, sent + 45, 71)  # and a storm then teaches nothing
-    assert lim.requests_per_minute == 1200.0 and not lim.guessed
+    # A storm at it then says it is higher than the server enforces: paced under it again
+    # (the test below), where a rate said was kept whatever 429s it drew.
+    lim.sample(t + 1.0, sent + 45, 71)
+    assert lim.guessed and lim.requests_per_minute < 1200.0
     lim = Limiter(300, None)
     for i in range(4):
         lim.sample(i * 0.5, i * 20, i * 15)
@@ -900,3 +902,71 @@ async def test_a_hidden_limit_raised_mid_run_is_followed_after_the_hold_not_befo
         assert t - latest >= limiter.RAISE_HOLD_S, (t - latest, pace, paces)
     # And raised after it, past the old limit: the new one is followed.
     assert max(pace for _, pace in paces) > 600.0, paces
+
+
+# ----------------------------------------------------------------------------------------------
+# Limits said higher than the server enforces
+
+
+def test_a_storm_at_a_limit_said_too_high_teaches_a_pace_the_header_does_not_undo() -> None:
+    """Answers saying 1,200 requests a minute where the server enforces far fewer: a storm at
+    the pace said (12 of 20 answers a second 429'd) paces at 0.9 × the 8 a second accepted.
+    The same limit said again (or higher) leaves that pace; a lower one replaces it. A storm
+    at the job's own rate teaches nothing, as before."""
+    lim = Limiter(None, None)
+    lim.observe(said("1200", "24000"))
+    assert lim.requests_per_minute == 1200.0 and not lim.guessed
+    lim.sample(0.0, 0, 0)
+    lim.sample(0.5, 10, 6)
+    assert lim.sample(1.0, 20, 12)
+    assert lim.guessed and lim.requests_per_minute == pytest.approx(8 * 60 * 0.9)
+    lim.observe(said("1200", "24000"))
+    lim.observe(said("1500", "24000"))
+    assert lim.guessed and lim.requests_per_minute == pytest.approx(8 * 60 * 0.9)
+    assert lim.tokens_per_minute == 24000.0
+    lim.observe(said("300"))  # said lower than the pace: taken at once
+    assert lim.requests_per_minute == 300.0 and not lim.guessed
+    lim = Limiter(1200, None)  # the job's own rate
+    lim.observe(said("1200"))
+    for t, answered, refused in [(0.0, 0, 0), (0.5, 10, 6), (1.0, 20, 12), (1.5, 30, 18)]:
+        assert not lim.sample(t, answered, refused)
+    assert lim.requests_per_minute == 1200.0 and not lim.guessed
+
+
+@pytest.mark.anyio
+@pytest.mark.paced
+async def test_both_limits_said_higher_than_enforced_are_learnt_from_429s(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server enforcing 10 requests and 200 tokens a second (buckets of a second's worth;
+    each request charged 26 tokens, so the tokens bind at 7.7 a second) whose answers say
+    twice both (1,200 requests and 24,000 tokens a minute): the job paced at what was said,
+    and every pause ended in a burst of 429s to the end (300 rows: 502 of 802 requests
+    429'd, 348 of them from 10 s on). The storm at the pace said teaches a pace under the
+    rate accepted (66 of 366, 3 from 10 s on)."""
+    paces = learnt_paces(monkeypatch)
+    per_s, tokens_per_s, cost = 10.0, 200.0, 26
+    requests, tokens = HiddenLimit(per_s), HiddenLimit(tokens_per_s)
+
+    async def overstated(counted: Counted, body: dict[str, Any]) -> web.Response:
+        now = time.monotonic()
+        tokens.level = min(tokens_per_s, tokens.level + (now - tokens.t) * tokens_per_s)
+        tokens.t = now
+        headers = {"x-ratelimit-limit-requests": f"{2 * per_s * 60:.0f}",
+                   "x-ratelimit-limit-tokens": f"{2 * tokens_per_s * 60:.0f}"}
+        if tokens.level < cost or not requests.take():
+            wait = max((cost - tokens.level) / tokens_per_s, 0.0)
+            headers["retry-after-ms"] = f"{wait * 1000:.0f}"
+            return web.json_response({"error": {"message": "Rate limit reached",
+                                                 "code": "rate_limit_exceeded"}},
+                                     status=429, headers=headers)
+        tokens.level -= cost
+        await asyncio.sleep(0.05)
+        reply = completion(body)
+        reply["usage"] = {"prompt_tokens": 10, "completion_tokens": 16, "total_tokens": cost}
+        return web.json_response(reply, headers=headers)
+
+    rows = 200
+    summary, counted = await run_against(tmp_path, overstated, rows)
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert paces and min(paces) <= 0.9 * per_s * 60, paces  # learnt, under the limit said
+    assert counted.too_many <= 0.4 * counted.requests, (counted.too_many, counted.requests)
