@@ -15,7 +15,8 @@
   answered and answered 429: while no request rate is known, or only one a header says, a
   storm of 429s (a limit no header reports, or one higher than the server enforces) sets a
   pace a little under the rate answers were accepted at, raised slowly while no 429 comes
-  (``guessed``); the limit said is then followed again only once said lower.
+  (``guessed``), and lowered again where 429s keep coming at it, window after window (a pace
+  learnt over the limit); the limit said is then followed again only once said lower.
 
 The runner paces a job with one; a job whose models report limits of their own (OpenAI's are
 per model) with one more for each model (``reported_limits`` tells them apart).

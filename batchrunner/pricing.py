@@ -114,12 +114,12 @@ _TABLE_KEYS = (*_PRICE_KEYS, _SEARCH_KEY, _REQUEST_KEY)
 # A gateway's thinking-mode suffix the library may not match by itself:
 # "-thinking", "-nothinking", "-thinking-8192", "-thinking-high".
 _GATEWAY_SUFFIX = re.compile(r"-(?:no)?thinking(?:-[a-z0-9]+)?$", re.IGNORECASE)
-# A local model's tag, as Ollama names them ("deepseek-r1:7b", "qwen2.5:7b-instruct-q4_K_M",
-# "llama3.1:latest"): run on the user's own hardware, never at an API's price (the library
-# matches "deepseek-r1:7b" to DeepSeek's deepseek-reasoner).
 # The numbers in a model's name: a close name with others is another version of a model
 # (deepseek-v3p2, DeepSeek V3.2, for deepseek-v3, a model of its own), not a misspelling of it.
 _NUMBERS = re.compile(r"\d+")
+# A local model's tag, as Ollama names them ("deepseek-r1:7b", "qwen2.5:7b-instruct-q4_K_M",
+# "llama3.1:latest"): run on the user's own hardware, never at an API's price (the library
+# matches "deepseek-r1:7b" to DeepSeek's deepseek-reasoner).
 _LOCAL_TAG = re.compile(r"^[^:/\s]+:(?:latest|\d+(?:\.\d+)?[bmk](?:[-_.][\w.-]*)?)$", re.IGNORECASE)
 # DeepSeek's R1 distilled into another family's model without "distill" in its name
 # (DeepSeek-R1-0528-Qwen3-8B): the family, which a price found for it must name too.

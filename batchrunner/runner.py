@@ -1562,7 +1562,7 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     n = body.get("n")
     completion = max_tokens if isinstance(max_tokens, int) else 0
-    # By position (key, body, prompt_estimate, completion_max, n), not by keyword: a call
+    # By position (key, body, prompt_estimate, completion_max, model, n), not by keyword: a call
     # naming its arguments matches each name, some 500 instructions a name, every row.
     model = body.get("model")
     item = _Work(key, body, prompt_tokens + 8, completion,
@@ -3910,7 +3910,6 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 else "fix_first")
             if isinstance(error, BudgetExceeded) and error.held_usd:  # room status's command
                 last_run["held_usd"] = round(error.held_usd, 10)  # leaves for them
-
         if summary.sent:  # the report's wall time and counters: of the last run that sent
             counters = dict(run.counters)
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})

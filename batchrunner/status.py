@@ -51,8 +51,9 @@ from batchrunner.report import (
 )
 from batchrunner.results import recorded_changed_left
 
-__all__ = ["FULL_DISK_BYTES", "format_status", "free_bytes", "plus_earlier",
-           "read_meta", "rerun_command", "resume_advice", "run_in_progress"]
+__all__ = ["FULL_DISK_BYTES", "Rerun", "budget_to_raise", "format_status", "free_bytes",
+           "plus_earlier", "read_meta", "rerun_command", "resume_advice", "round_up",
+           "run_in_progress"]
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
