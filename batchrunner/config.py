@@ -444,8 +444,10 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
         if not p.is_file():
             raise ConfigError(f"job file {p}: is not a file — give a .toml job file")
         if p.suffix.lower() in (".csv", ".parquet", ".jsonl", ".json", ".tsv"):
+            from batchrunner.progress import shell_quote  # as every command printed
+
             raise ConfigError(f"{p} looks like an input file, not a job file — pass it as "
-                              f"--input {p} (the job argument is a .toml file)")
+                              f"--input {shell_quote(str(p))} (the job argument is a .toml file)")
         import tomllib  # a job file's only: a run given on the command line need not pay for it
 
         try:

@@ -400,12 +400,19 @@ def say(line: str, file: TextIO | None = None) -> None:
         output_lost(e)
 
 
+# What a shell reads inside double quotes (bash's history expansion, !, too).
+_DOUBLE_QUOTED = frozenset('"$`\\!')
+
+
 def shell_quote(text: str) -> str:
     """``text`` (a path, an option's value) as a POSIX shell reads it back as one word:
-    ``shlex.quote``'s, or, for text a terminal would not show as it is (a name in Latin-1
-    bytes, which Python holds as lone surrogates, or a control character), ``printf``'s output
-    with those bytes as octal escapes, ``"$(printf 'caf\\351')"``, which every POSIX shell
-    reads back to the bytes (cron's /bin/sh among them, where bash's ``$'...'`` is not read).
+    ``shlex.quote``'s, in double quotes where the text holds a single quote and nothing a
+    shell reads in double quotes (``"finish_reason == 'length'"`` rather than shlex's
+    ``'finish_reason == '"'"'length'"'"''``), or, for text a terminal would not show as it
+    is (a name in Latin-1 bytes, which Python holds as lone surrogates, or a control
+    character), ``printf``'s output with those bytes as octal escapes,
+    ``"$(printf 'caf\\351')"``, which every POSIX shell reads back to the bytes (cron's
+    /bin/sh among them, where bash's ``$'...'`` is not read).
     The one quoting of every command batchrunner prints."""
     try:
         raw = os.fsencode(text)
@@ -416,6 +423,8 @@ def shell_quote(text: str) -> str:
     except UnicodeDecodeError:
         shown = None
     if shown is not None and shown.isprintable():
+        if "'" in shown and not _DOUBLE_QUOTED.intersection(shown):
+            return f'"{shown}"'
         return shlex.quote(shown)
     if raw.endswith(b"\n"):
         # A command substitution drops trailing newlines: bash's form keeps them.

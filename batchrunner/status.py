@@ -466,7 +466,7 @@ class Rerun:
         if self.held:
             # No command to show, but its job file and directory, and what to add to its
             # options (given after them, an option's value replaces theirs).
-            added = (*extra, *_option_args(changed))
+            added = [shell_quote(a) for a in (*extra, *_option_args(changed))]
             what = "again" if self.job_file is None else (
                 f"file {shell_quote(self.job_file)} again" + (
                     f" (from {shell_quote(self.cwd)})" if self.cwd is not None and not _here(

@@ -894,6 +894,14 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["looks like an input file", f"--input {inp}"])
 
 
+@case("an input file whose name has a space given as the job")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # The hint's --input was printed unquoted: pasted, the shell split the name in two.
+    inp = c.write("my data.csv", "id,text\na,hello\n")
+    return (["run", str(inp), "--prompt", "Say {text}", "--model", "gpt-4o-mini"],
+            ["looks like an input file", f"--input '{inp}' (the job argument"])
+
+
 @case("the simulator and a base_url both in the job file")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # The demo's "simulator = true  # replace with base_url = ..." with the line added, not

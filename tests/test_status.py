@@ -378,6 +378,11 @@ def test_status_names_no_command_that_would_not_resume_for_an_option_holding_the
     assert ("did not finish (killed, or the machine stopped): run the job again with the "
             "options it was given (--input is not kept: its value holds the API key)"
             ) in format_status(tmp_path / "out")
+    # What it says to add is quoted as a shell reads it back, as a whole command's options are.
+    assert rerun_command(meta, tmp_path / "out", extra=(
+        "--force", "--rerun-where", "finish_reason == 'length'")) == (
+        "run the job again with the options it was given and --force --rerun-where "
+        "\"finish_reason == 'length'\" (--input is not kept: its value holds the API key)")
 
 
 def test_status_after_rows_failing_alike_says_to_retry_them_where_it_names_no_command(
