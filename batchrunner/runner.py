@@ -137,14 +137,15 @@ from batchrunner.report import (
 from batchrunner.results import (
     InputOrder,
     key_strings,
-    rebuild_outputs,
     result_name,
     sorted_ids,
 )
+from batchrunner.results import rebuild_outputs as _rebuild_outputs
 from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.status import (
     FULL_DISK_BYTES,
     KEY_HELD_BACK,
+    Rerun,
     free_bytes,
     plus_earlier,
     read_meta,
@@ -309,6 +310,10 @@ class RunSummary:
     failed_choices_usd: float | None = None
     # A row was cut at max_tokens in a choice but choice 0 (rows of a column's n > 1, say)
     choice_cut: bool = False
+    # What to do about the rows cut at max_tokens (length_cut): what to change, or why the
+    # command that sends them again with a larger one (cut_command) sets it so (_cut_advice).
+    cut_advice: str = ""
+    cut_command: str = ""
     batch_input: bool = False  # an OpenAI batch file: its rows' bodies set their max_tokens
     error_types: dict[str, int] = field(default_factory=dict)
     error_examples: dict[str, str] = field(default_factory=dict)  # a message of each type
@@ -4144,6 +4149,53 @@ def plan_from_output(out_dir: Path) -> Plan:
     return plan
 
 
+def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = None,
+                    limited: bool | None = None) -> RunSummary:
+    """``results.rebuild_outputs``, with what the summary says to do about rows cut at
+    max_tokens (``_cut_advice``)."""
+    _rebuild_outputs(plan, summary, run_id=run_id, limited=limited)
+    if summary.length_cut:
+        summary.cut_advice, summary.cut_command = _cut_advice(plan, summary)
+    return summary
+
+
+def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
+    """How to answer again, with a larger max_tokens, the rows ``s`` counts cut at it: the
+    command that sends them with twice the max_tokens the job gave them (they used all of it;
+    how much more they need, no answer says), with why it is twice; or, where each row's limit
+    is in its body or a column, or the job set none (the server's own cut them), what to
+    raise, in words."""
+    they, their = ("it", "its") if s.length_cut == 1 else ("they", "their")
+    them = "it" if s.length_cut == 1 else "them"
+    if s.batch_input:
+        return (f"raise max_completion_tokens (or max_tokens) in {their} "
+                f"{'body' if s.length_cut == 1 else 'bodies'} and rerun: rows whose body "
+                "changed are sent again"), ""
+    request: dict[str, Any] = plan.job_meta.get("request") or {}
+    extra: dict[str, Any] = request.get("extra") or {}
+    columns: dict[str, Any] = request.get("from_columns") or {}
+    column = columns.get("max_completion_tokens") or columns.get("max_tokens")
+    if isinstance(column, str):
+        return (f"raise {their} values in column {shell_quote(column)} (each row's max_tokens) "
+                "and rerun: rows whose values changed are sent again"), ""
+    where = ("--rerun-where", _CUT_WHERE[s.choices_asked > 1 or s.choice_cut])
+    asked = next((v for v in (request.get("max_tokens"), extra.get("max_completion_tokens"),
+                              extra.get("max_tokens")) if type(v) is int and v > 0), None)
+    if asked is None:  # how far the server's own limit let them go, the results say
+        options = " ".join(shell_quote(a) for a in ("--force", *where))
+        return (f"rerun the job with a --max-tokens above the completion_tokens {they} used "
+                f"(no max_tokens was asked: the server's own limit cut {them}), and "
+                f"{options}"), ""
+    larger = 2 * asked
+    why = f"twice the {asked:,} token{'' if asked == 1 else 's'} {they} used up"
+    command = Rerun(plan.job_meta, plan.out_dir).command(("--force", *where),
+                                                         options={"max_tokens": larger})
+    if not command:  # a job.json from before the options were kept
+        options = " ".join(shell_quote(a) for a in ("--max-tokens", str(larger), "--force", *where))
+        return f"rerun the job with {why}: {options}", ""
+    return why, command
+
+
 def _structured_or_none(settings: dict[str, Any]) -> StructuredOutput | None:
     """The structured output of a job's recorded settings; None (no ``json_`` columns) when
     this version refuses them, so that the results can still be rebuilt."""
@@ -4185,16 +4237,20 @@ def format_summary(s: RunSummary) -> str:
     if s.changed_left:
         lines.append(f"  warning: {changed_warning(s.changed_left, exact=s.changed_exact)}")
     if s.length_cut:
-        them, bodies = ("it", "its body") if s.length_cut == 1 else ("them", "their bodies")
-        how = (f"raise max_completion_tokens (or max_tokens) in {bodies} and rerun: rows whose "
-               "body changed are sent again" if s.batch_input else
-               "rerun with --max-tokens N --force --rerun-where "
-               f"\"{_CUT_WHERE[s.choices_asked > 1 or s.choice_cut]}\"")
+        them = "it" if s.length_cut == 1 else "them"
+        whole, n = "", ""
         if s.choices_asked > 1 or s.choice_cut:  # n > 1: resent as a whole, not a choice alone
             n = f"n = {s.choices_asked} " if s.choices_asked > 1 else ""
-            how += f", which asks for all {n}choices of {them} again, not only those cut"
+            whole = f"which asks for all {n}choices of {them} again, not only those cut"
+        again = f"to answer {them} again with a larger one"
+        if s.cut_command:
+            why = s.cut_advice + (f"; all {n}choices of {them} are asked for again, not only "
+                                  "those cut" if whole else "")
+            how = f"{again} ({why}), run: {s.cut_command}"
+        else:
+            how = f"{again}, {s.cut_advice}" + (f", {whole}" if whole else "")
         lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
-                     f"(finish_reason=length): to answer {them} again with a larger one, {how}")
+                     f"(finish_reason=length): {how}")
     if s.filtered:
         lines.append(f"  warning: {count_rows(s.filtered)} stopped by the content filter "
                      f"(finish_reason=content_filter): {'its' if s.filtered == 1 else 'their'} "

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -478,16 +479,54 @@ def test_the_bar_on_an_80_column_terminal_keeps_room_for_itself_and_the_cost(
 def test_the_summary_of_rows_cut_at_max_tokens_says_how_to_answer_them_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The summary named the way as "rerun with --max-tokens N ...", N left to guess: it is
+    the whole command, with twice the max_tokens the rows used up, and it runs as printed."""
     code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "1"))
     assert code == 0, err
-    rerun = "--max-tokens N --force --rerun-where \"finish_reason == 'length'\""
-    assert (f"  warning: 3 rows cut at max_tokens (finish_reason=length): to answer them again "
-            f"with a larger one, rerun with {rerun}\n") in out
+    said = ("  warning: 3 rows cut at max_tokens (finish_reason=length): to answer them again "
+            "with a larger one (twice the 1 token they used up), run: ")
+    (line,) = [line for line in out.splitlines() if line.startswith(said)]
+    command = line.removeprefix(said)
+    assert " --max-tokens 2 " in command and " --max-tokens 1 " not in command, command
+    assert command.endswith(" --force --rerun-where \"finish_reason == 'length'\""), command
+    argv = shlex.split(command)
+    assert argv[0] == "batchrunner"
     # What it says works: the rows are sent again, with the larger max_tokens.
-    code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "4000", "--force",
-                                           "--rerun-where", "finish_reason == 'length'"))
+    code, out, err = cli(capsys, *argv[1:], "--progress", "none")
     assert code == 0, err
-    assert "3 requests sent this run" in out and "cut at max_tokens" not in out
+    assert "3 requests sent this run" in out
+    assert "twice the 2 tokens they used up" in out and "--max-tokens 4 " in out
+    assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["completion_tokens"]) == {2}
+
+
+def test_the_command_for_rows_cut_with_n_choices_says_all_are_asked_again() -> None:
+    """With n > 1 the note that every choice is asked for again goes before the command, not
+    after it, where a copy of the line would take it in."""
+    from batchrunner.runner import RunSummary, format_summary
+
+    command = "batchrunner run job.toml --max-tokens 80 --force --rerun-where \"...\""
+    said = format_summary(RunSummary(name="eval", rows=3, ok=3, length_cut=1, choices_asked=3,
+                                     cut_advice="twice the 40 tokens it used up",
+                                     cut_command=command))
+    assert ("  warning: 1 row cut at max_tokens (finish_reason=length): to answer it again with "
+            "a larger one (twice the 40 tokens it used up; all n = 3 choices of it are asked "
+            f"for again, not only those cut), run: {command}\n") in said
+
+
+def test_rows_cut_with_no_max_tokens_asked_say_to_set_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No max_tokens asked: the server's own limit cut the rows, and twice nothing is no
+    value: the summary says what to choose, in words."""
+    args = job_args(tmp_path)
+    args.remove("--simulator")
+    with SimulatorThread(SimulatorConfig(api_key=KEY, default_max_tokens=1)) as sim:
+        code, out, err = cli(capsys, *args, "--base-url", sim.base_url)
+    assert code == 0, err
+    assert ("  warning: 3 rows cut at max_tokens (finish_reason=length): to answer them again "
+            "with a larger one, rerun the job with a --max-tokens above the completion_tokens "
+            "they used (no max_tokens was asked: the server's own limit cut them), and --force "
+            "--rerun-where \"finish_reason == 'length'\"\n") in out
 
 
 def test_a_one_row_job_reads_in_the_singular(

@@ -425,7 +425,9 @@ def test_a_row_of_which_any_choice_was_cut_is_counted_and_the_hint_picks_it(
     said = runner.format_summary(s)
     where = "finish_reason == 'length' or choices.str.contains('reason.:.length')"
     assert (f"  warning: 1 row cut at max_tokens (finish_reason=length): to answer it again "
-            f"with a larger one, rerun with --max-tokens N --force --rerun-where \"{where}\", "
+            "with a larger one, rerun the job with a --max-tokens above the completion_tokens it "
+            "used (no max_tokens was asked: the server's own limit cut it), and --force "
+            f"--rerun-where \"{where}\", "
             f"which asks for all {'' if per_row else 'n = 3 '}choices of it again, not only those "
             "cut") in said, said
     again = anyio.run(run_job_file, _one_bad_sample, job,
