@@ -1704,12 +1704,20 @@ class _Run:
         # a row's attempts. With no wait for outages, they stop it so too. What the stop says
         # it answered ("" if not).
         self.answered_before = ""
-        if self.outage_s > 0 and client is not None:
+        # No run on this machine had an answer from the URL: its refusals, which stop the job
+        # after a row's attempts, say it may be mistyped (a port, a host) or not started.
+        self.never_answered = False
+        if client is not None:
             endpoint = _endpoint_id(client.url)
             if plan.job_meta.get("answered_endpoint") == endpoint:
-                self.answered_before = "an earlier run of the job"
+                answered = "an earlier run of the job"
             elif _answered_here(endpoint):
-                self.answered_before = "an earlier run on this machine"
+                answered = "an earlier run on this machine"
+            else:
+                answered = ""
+            self.never_answered = not answered
+            if self.outage_s > 0:
+                self.answered_before = answered
         # A job of one model whose rows an earlier run of the job got answers for from this
         # endpoint (job.json's endpoint_models): a router's 404 naming it, before any row of
         # this run is answered, is its server away (restarting), waited out as a 503 is. A
@@ -2893,6 +2901,9 @@ class _Run:
                       "longer)")
         else:
             advice = "check the base URL, the network and any proxy"
+            if self.never_answered and self.last_answer == -math.inf:
+                advice += (" (no run on this machine has had an answer from this URL: is its "
+                           "port or host mistyped, or its server not started yet?)")
         head = "no connection to the endpoint"
         if self.refused_cut:  # its port takes connections and closes them: not "no connection"
             head = "no answer from the endpoint"
@@ -3932,7 +3943,10 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 models = [*models, model][-MAX_MODELS_KEPT:]
             plan.job_meta["answered_endpoint"] = endpoint
             plan.job_meta["endpoint_models"] = models
-            if not job.endpoint.simulator:  # a port of its own each run: nothing to wait for
+            # Not the built-in simulator's (a port of its own each run), nor batchrunner
+            # simulate's: a rehearsal's port is no server that reboots, and a job whose URL
+            # is later mistyped to it would wait outage_wait_s for it.
+            if not run.simulated:
                 answered = [endpoint]
                 if not run.models_vary and model and run.counts.ok > plan.prior_ok:
                     answered.append(_endpoint_id(client.url, model))

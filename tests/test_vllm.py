@@ -524,6 +524,41 @@ async def test_a_cron_job_writing_to_a_fresh_output_directory_each_night_waits_f
     assert "no answer to any request meanwhile" in s.stopped and "waited" not in s.stopped
 
 
+@pytest.mark.anyio
+async def test_a_rehearsals_port_is_not_waited_for_when_a_job_is_sent_there_later(
+        tmp_path: Path, price_cache_dir: Path) -> None:
+    """A rehearsal against batchrunner simulate at a port, then a job whose URL is mistyped to
+    that port once the simulator is gone: endpoints.json had kept the port as an endpoint that
+    answered, and the job waited outage_wait_s for it ("it answered an earlier run on this
+    machine"), where a URL never answered stops in seconds. A rehearsal's answers are not kept
+    there: the job stops after a row's attempts, saying the URL never answered here; the
+    rehearsal's own rerun into its directory still waits for it (job.json says it answered)."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(30)])
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    sim = Simulator(SimulatorConfig(announce=True), port=port)  # as batchrunner simulate
+    await sim.start()
+    try:
+        s = await run_job(job_for(tmp_path, url, inp, model=MODEL, output=str(tmp_path / "a")),
+                          replace(options(3), limit=10))
+    finally:
+        await sim.stop()
+    assert s.ok == 10 and s.simulated
+    with anyio.fail_after(RUN_LIMIT_S):
+        s = await run_job(job_for(tmp_path, url, inp, model=MODEL, output=str(tmp_path / "b")),
+                          replace(options(3), outage_s=600.0))
+    assert s.exit_code == 4 and s.stopped is not None and s.ok == 0
+    assert "waited" not in s.stopped and s.stopped.endswith(
+        "check the base URL, the network and any proxy (no run on this machine has had an "
+        "answer from this URL: is its port or host mistyped, or its server not started yet?), "
+        "then rerun to resume"), s.stopped
+    with anyio.fail_after(RUN_LIMIT_S):  # the rehearsal's own rerun: waited for, 0.3 s here
+        s = await run_job(job_for(tmp_path, url, inp, model=MODEL, output=str(tmp_path / "a")),
+                          replace(options(3), outage_s=0.3))
+    assert s.stopped is not None and "it answered an earlier run of the job, so it was " \
+        "waited for" in s.stopped, s.stopped
+
+
 # One writer of endpoints.json, in a process of its own: waits for the ``go`` file (a second
 # at most), then keeps 50 endpoints of its own, one write each.
 ENDPOINT_WRITER = """
