@@ -32,6 +32,7 @@ from batchrunner.config import LONG_SECRET, OUTPUT_FORMATS, secrets_known
 from batchrunner.errors import (
     BatchrunnerError,
     InputError,
+    Interrupted,
     JournalError,
     OutputBusy,
     OutputError,
@@ -323,12 +324,16 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(ns: argparse.Namespace) -> int:
-    from batchrunner.config import load_job
-    from batchrunner.runner import RunOptions, format_summary, run_job
-
     if getattr(ns, "dry_run", False) or ns.command == "estimate":
         return _cmd_estimate(ns)
-    job = load_job(ns.job, _overrides(ns))
+    try:
+        from batchrunner.config import load_job
+        from batchrunner.runner import RunOptions, format_summary, run_job
+
+        job = load_job(ns.job, _overrides(ns))
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) while the run starts
+        raise Interrupted("interrupted while starting, before any request: nothing was sent "
+                          "— run the same command to start again") from None
     options = RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
                          force=ns.force, progress=ns.progress, limit=ns.limit)
     _tune_gc()
@@ -514,10 +519,16 @@ def before_imports() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: its exit code. SIGTERM and SIGHUP stop a run as Ctrl-C does while it
-    runs; the handlers found are put back on return, for a program that calls it in-process."""
+    runs, and Ctrl-C before the run's own handler is up stops it where it is (the input read);
+    the handlers found are put back on return, for a program that calls it in-process."""
     found: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         found[signal.SIGTERM] = signal.signal(signal.SIGTERM, _sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (&)
+            # Ctrl-C raises where the run is, as SIGTERM does, not where asyncio's runner
+            # would cancel it: at its first await after the input is read through (a minute
+            # for millions of rows), saying nothing of what was done.
+            found[signal.SIGINT] = signal.signal(signal.SIGINT, _sigterm)
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # ignored: under nohup
             found[signal.SIGHUP] = signal.signal(signal.SIGHUP, _sigterm)
     try:

@@ -3812,8 +3812,12 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
     existed = job.output.dir.is_dir()
     # Leftover temporary files are removed only by the lock's holder (where locks work): in a
     # directory that did not exist, a run that got ahead may be writing them.
-    plan = prepare(job, options, tidy=lock.held or (existed and lock.unsupported))
-    _check_budget_priced(plan)
+    try:
+        plan = prepare(job, options, tidy=lock.held or (existed and lock.unsupported))
+        _check_budget_priced(plan)
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) before the run's own handler is up
+        raise Interrupted("interrupted while the input was read, before any request: nothing "
+                          "was sent — run the same command to start again") from None
     env = environment(job)
     summary = RunSummary(name=job.name, warnings=list(plan.warnings),
                          simulated=job.endpoint.simulator, limited=plan.limited,
