@@ -2170,10 +2170,22 @@ class _Run:
             if self.own_failures:  # the rows counted are the other models'
                 first = (f"the rows of {', '.join(sorted(self.own_failures))} failed as that "
                          f"model's own, then the first {failing.total()} other rows to finish")
+            # What had been sent: the rows' retries too, which outnumber the rows failed.
+            sent, flying = self.counters["sent"], self.counts.in_flight
+            tries = self.policy.max_attempts
+            sent_said = (f"{sent:,} request{'' if sent == 1 else 's'} sent by then, a row "
+                         f"tried up to {tries} time{'' if tries == 1 else 's'}")
+            left = "; none was sent after"
+            if flying:
+                left += (f" (the {flying:,} in flight let finish)" if flying > 1
+                         else " (the one in flight let finish)")
+            if self.counts.retrying:
+                left += (f", and the {count_rows(self.counts.retrying)} waiting to retry were "
+                         "left to do")
             stop = AllFailing(
                 f"{first} all failed with {o.error_type} and "
-                f"none succeeded ({o.error_message}); no more rows were sent (those already in "
-                f"flight were let finish) — {fix}, then run the job again with --retry-failed",
+                f"none succeeded ({o.error_message}), {sent_said}{left} — {fix}, then run "
+                "the job again with --retry-failed",
                 endpoint_down=down)
             if len(self.failing_models) == 1 and not self.held_models and not self.own_failures:
                 # Counted afresh for the other models: their first rows failing alike too is

@@ -213,6 +213,37 @@ class SilentServer:
         await self._server.wait_closed()
 
 
+class ClosingServer(SilentServer):
+    """Accepts TCP connections and closes each at once, unanswered (a box whose port is up and
+    whose server is not)."""
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        writer.close()
+
+
+@pytest.mark.anyio
+async def test_a_stop_for_connections_closed_says_how_many_requests_the_rows_took(
+        tmp_path: Path) -> None:
+    """Every connection taken and closed: the stop said "no more rows were sent" beside a
+    summary of 1,109 requests sent (walked, 240 rows): they were the retries of the rows
+    started, which the line did not say. It says how many requests were sent by then, how
+    many tries a row gets, and how many rows were in flight or waiting to retry, left to do."""
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(60)])
+    async with ClosingServer() as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, concurrency=8))
+    assert s.exit_code == 4 and s.stopped is not None and s.failed >= 20
+    assert s.sent > 20 * 2 and srv.accepted >= s.sent  # each row's tries, not a request a row
+    said = re.search(r"none succeeded \(the server closed the connection mid-request\), "
+                     r"(\d+) requests sent by then, a row tried up to 3 times; none was sent "
+                     r"after( \(the (\d+|one) in flight let finish\))?(, and the (\d+) rows? "
+                     r"waiting to retry were left to do)? — ", s.stopped)
+    assert said is not None, s.stopped
+    assert int(said[1]) == s.sent  # none after, indeed
+    assert int(said[5] or 0) <= s.pending  # the rows left to do: those, and rows never sent
+    assert "no more rows were sent" not in s.stopped
+
+
 def closed_port() -> int:
     """A port on 127.0.0.1 nothing listens on (connections are refused)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
