@@ -2173,8 +2173,9 @@ class _Run:
             # What had been sent: the rows' retries too, which outnumber the rows failed.
             sent, flying = self.counters["sent"], self.counts.in_flight
             tries = self.policy.max_attempts
-            sent_said = (f"{sent:,} request{'' if sent == 1 else 's'} sent by then, a row "
-                         f"tried up to {tries} time{'' if tries == 1 else 's'}")
+            sent_said = f"{sent:,} request{'' if sent == 1 else 's'} sent by then"
+            if o.attempts > 1:  # retried: the requests outnumber the rows
+                sent_said += f", a row tried up to {tries} time{'' if tries == 1 else 's'}"
             left = "; none was sent after"
             if flying:
                 left += (f" (the {flying:,} in flight let finish)" if flying > 1
@@ -4218,6 +4219,10 @@ def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
                 f"{options}"), ""
     larger = 2 * asked
     why = f"twice the {asked:,} token{'' if asked == 1 else 's'} {they} used up"
+    if s.pending:  # its command now would meet the stop (a budget) or the rows left first
+        rows = count_rows(s.pending)
+        return (f"once the {rows} not done yet are done, the run's summary names the command, "
+                f"with {why}"), ""
     command = Rerun(plan.job_meta, plan.out_dir).command(("--force", *where),
                                                          options={"max_tokens": larger})
     if not command:  # a job.json from before the options were kept

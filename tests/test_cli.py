@@ -499,6 +499,19 @@ def test_the_summary_of_rows_cut_at_max_tokens_says_how_to_answer_them_again(
     assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["completion_tokens"]) == {2}
 
 
+def test_rows_cut_while_rows_are_left_to_do_name_no_command_yet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run that left rows to do (a budget stop, --limit) named the command with the larger
+    max_tokens all the same: run as printed after a budget stop, it met the same budget and
+    stopped again (walked). The summary names it once the rows left are done."""
+    code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "1", "--limit", "1"))
+    assert code == 0, err
+    assert ("  warning: 1 row cut at max_tokens (finish_reason=length): to answer it again with "
+            "a larger one, once the 2 rows not done yet are done, the run's summary names the "
+            "command, with twice the 1 token it used up\n") in out
+
+
 def test_the_command_for_rows_cut_with_n_choices_says_all_are_asked_again() -> None:
     """With n > 1 the note that every choice is asked for again goes before the command, not
     after it, where a copy of the line would take it in."""

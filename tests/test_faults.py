@@ -1127,6 +1127,9 @@ async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
     assert "Simulated bad request." in s.stopped
     assert 20 <= s.failed <= 20 + 8 and s.pending == n - s.failed  # 8: the concurrency
     assert sent == s.failed
+    # A 400 is not retried: a request a row, and no word of a row's tries.
+    assert f"(Simulated bad request.), {sent} requests sent by then; none was sent after" in \
+        s.stopped, s.stopped
     # status named the same command to finish the job, whose rows would fail alike and which
     # left the failed rows failed: it says to fix the cause first, and resend those too.
     finish = next(x for x in format_status(tmp_path / "out").splitlines()
