@@ -2466,14 +2466,17 @@ class _Run:
                     self._refused(item)
                     self.refused_by = ""
                     self.refused_cut = False
-                elif (e.error_type == "connection_reset" and self.last_answer < sent_at
+                elif (e.error_type == "connection_reset"
                         and (self.last_answer > -math.inf or self.answered_before)
-                        and self._cut_with_others(item.key)):
+                        and self._cut_with_others(item.key)  # recorded, even a row's own
+                        and self.last_answer < sent_at):
                     # Cut with nothing answered since it was sent, by an endpoint that answered
                     # before, as another row was: a box restarting (its requests in flight cut,
                     # then its port, a container's, taking connections and closing them until
                     # the model is loaded), waited out as a refusal is. A row's own cut (while
-                    # others are answered, or it alone is cut) is a try of it, as ever.
+                    # others are answered, or it alone is cut) is a try of it, as ever, and is
+                    # recorded too: the restart's next cut, of a row sent into it, is one of
+                    # many then, where it was taken for that row's own try as well.
                     cut = True
                     self.counters["cut_unanswered"] += 1
                     item.cut = True  # until it is sent again
