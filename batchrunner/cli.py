@@ -465,7 +465,7 @@ def _cmd_simulate(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _sigterm(signum: int, frame: object) -> None:
+def _interrupt(signum: int, frame: object) -> None:
     if signum == signal.SIGHUP:  # its terminal closed, most likely
         from batchrunner.progress import leave_terminal
 
@@ -523,14 +523,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     the handlers found are put back on return, for a program that calls it in-process."""
     found: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        found[signal.SIGTERM] = signal.signal(signal.SIGTERM, _sigterm)
+        found[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (&)
             # Ctrl-C raises where the run is, as SIGTERM does, not where asyncio's runner
             # would cancel it: at its first await after the input is read through (a minute
             # for millions of rows), saying nothing of what was done.
-            found[signal.SIGINT] = signal.signal(signal.SIGINT, _sigterm)
+            found[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # ignored: under nohup
-            found[signal.SIGHUP] = signal.signal(signal.SIGHUP, _sigterm)
+            found[signal.SIGHUP] = signal.signal(signal.SIGHUP, _interrupt)
     try:
         return _main(argv)
     finally:
