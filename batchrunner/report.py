@@ -698,6 +698,10 @@ class UsdSum:
     def usd(self) -> float:
         return _shown_sum(self._sums, self._bad, _every)
 
+    def of(self, rows: int) -> float | None:
+        """The sum, where each of ``rows`` rows added has a cost; None where one has none."""
+        return self.usd if self.rows == rows else None
+
 
 class SearchSum:
     """Search billed apart from tokens, added a table of outcome records at a time: the
@@ -942,8 +946,8 @@ def build_report(
     if n_failed:
         advice = retry_advice({k: v["rows"] for k, v in by_error.items()})
         warnings.append(f"{count_rows(n_failed)} failed (see failures by type): {advice}")
-    resent = stats._failed_choices_usd  # None where a row of them has no cost
-    resent_usd = resent.usd if resent.rows == stats._failed_choices else None
+    # What the failed rows answered with choices cost: None where a row of them has none.
+    resent_usd = stats._failed_choices_usd.of(stats._failed_choices)
     if stats._failed_choices:
         warnings.append(resend_choices_note(stats._failed_choices, resent_usd, stats._choices))
 

@@ -206,10 +206,8 @@ def format_status(out_dir: Path) -> str:
     if state.fewer_choices:
         lines.append(f"  {fewer_choices_warning(state.fewer_choices, asked)}")
     if state.failed_choices:
-        resent = state.failed_choices_usd
         lines.append("  " + resend_choices_note(
-            state.failed_choices, resent.usd if resent.rows == state.failed_choices else None,
-            asked))
+            state.failed_choices, state.failed_choices_usd.of(state.failed_choices), asked))
     # The command that runs the job on, for every line that names one: its job file read once.
     rerun = Rerun(meta, out_dir)
     if state.paused:  # with the command that sends them again, once no run is in progress
