@@ -16,12 +16,13 @@ import contextlib
 import ctypes
 import difflib
 import gc
+import importlib.util
 import os
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -476,17 +477,40 @@ def _interrupt(signum: int, frame: object) -> None:
 def _tune_memory() -> None:
     """Keep the process's memory near what it uses, before pyarrow is imported.
 
-    Arrow buffers come from the C allocator rather than Arrow's own (which keeps freed memory
-    for reuse), and glibc maps blocks of 256 KiB and up on their own and unmaps them when freed,
+    Arrow buffers come from jemalloc on Linux where pyarrow has it (``_has_jemalloc``), else
+    from the C allocator, rather than mimalloc, Arrow's default (which keeps freed memory for
+    reuse); and glibc maps blocks of 256 KiB and up on their own and unmaps them when freed,
     instead of raising that threshold as big blocks come and go and then keeping them in a heap
     that can only shrink from the top. A 1M-row job's results and reports then need about 50 MB
-    above what sending needed, where they needed about 100 MB. Both are plain settings: the
-    environment can override the first (``ARROW_DEFAULT_MEMORY_POOL``), and a libc without
-    ``mallopt`` is left as it is."""
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    above what sending needed, where they needed about 100 MB. jemalloc, as pyarrow configures
+    it, gives the pages it frees back to the kernel within a second or so rather than at once,
+    so the big blocks that compaction's columns and Parquet's pages and builders take and free
+    are not faulted in afresh each time, as glibc's mapped blocks are: a 20,000-row run at 0 ms
+    took 0.64 page faults a request with it, 1.14 without, its peak RSS the same. Both are plain
+    settings: the environment can override the first (``ARROW_DEFAULT_MEMORY_POOL``), and a libc
+    without ``mallopt`` is left as it is."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        spec = importlib.util.find_spec("pyarrow") if sys.platform.startswith("linux") else None
+        jemalloc = spec is not None and _has_jemalloc(spec.submodule_search_locations or ())
+        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "jemalloc" if jemalloc else "system"
     if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+
+
+def _has_jemalloc(package_dirs: Iterable[str]) -> bool:
+    """Whether the pyarrow in ``package_dirs`` was built with jemalloc, as the build settings
+    it ships say (``include/arrow/util/config.h``): read without importing pyarrow, whose pool
+    is chosen as it is imported, and which names a pool it lacks in a warning and then takes
+    mimalloc. A pyarrow that ships no such file gets the C allocator."""
+    for directory in package_dirs:
+        try:
+            settings = (Path(directory) / "include" / "arrow" / "util" / "config.h").read_text(
+                errors="replace")
+        except OSError:
+            continue
+        return "\n#define ARROW_JEMALLOC\n" in settings
+    return False
 
 
 def event_loop_options() -> dict[str, Any]:

@@ -5,15 +5,18 @@ mapped from the kernel for each segment and faulted in page by page)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrunner import cli
 from batchrunner.journal import outcomes_table, write_segment
 from batchrunner.records import Outcome
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
@@ -156,3 +159,46 @@ def test_a_segment_is_written_in_pages_the_allocator_keeps(tmp_path: Path) -> No
     assert sum(sizes) >= 600_000, sizes  # every reply is there, in pages
     assert max(sizes) <= 160 * 1024, sizes
     assert pq.read_table(seg)["content"].to_pylist() == [o.content for o in outcomes]
+
+
+def _pool_chosen(env_pool: str | None) -> str:
+    """The backend of Arrow's default pool in a process that starts as the CLI does, with
+    ``ARROW_DEFAULT_MEMORY_POOL`` set to ``env_pool`` (None: not set)."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if env_pool is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = env_pool
+    proc = subprocess.run(
+        [sys.executable, "-c", "from batchrunner import cli; cli.before_imports(); "
+         "import pyarrow as pa; print(pa.default_memory_pool().backend_name)"],
+        capture_output=True, text=True, timeout=120, env=env, check=True)
+    assert proc.stderr == "", proc.stderr  # no warning of a pool this pyarrow lacks
+    return proc.stdout.strip()
+
+
+def test_arrow_takes_jemalloc_where_pyarrow_has_it() -> None:
+    """Blocks of 256 KiB and up that the C allocator maps and unmaps each time they are taken
+    and freed (compaction's columns, Parquet's pages) are faulted in page by page; jemalloc
+    keeps freed pages for a while. A pool the environment names is the one taken."""
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        expected = "system"
+    else:
+        expected = "jemalloc"
+    assert _pool_chosen(None) == expected
+    assert _pool_chosen("system") == "system"
+    assert _pool_chosen("mimalloc") == "mimalloc"
+
+
+def test_jemalloc_is_read_from_the_build_settings_pyarrow_ships(tmp_path: Path) -> None:
+    """Without importing pyarrow (its pool is chosen as it is imported): its ``config.h`` says
+    whether it was built with jemalloc; a pyarrow that ships none gets the C allocator."""
+    settings = tmp_path / "with" / "include" / "arrow" / "util" / "config.h"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("#define ARROW_IPC\n#define ARROW_JEMALLOC\n#define ARROW_JSON\n")
+    assert cli._has_jemalloc([str(tmp_path / "with")])
+    settings.write_text("#define ARROW_IPC\n/* #undef ARROW_JEMALLOC */\n"
+                        "#define ARROW_JEMALLOC_VENDORED\n#define ARROW_MIMALLOC\n")
+    assert not cli._has_jemalloc([str(tmp_path / "with")])
+    assert not cli._has_jemalloc([str(tmp_path / "without")])
+    assert not cli._has_jemalloc([])
