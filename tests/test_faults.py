@@ -38,7 +38,6 @@ from batchrunner.client import ChatClient
 from batchrunner.config import JobConfig, load_job
 from batchrunner.errors import TransportError
 from batchrunner.journal import Journal
-from batchrunner.limiter import Limiter
 from batchrunner.report import format_usd
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import (
@@ -53,6 +52,7 @@ from batchrunner.runner import (
 from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread, prompt_key
 from batchrunner.status import format_status
 from tests.servers import serve_on_loopback
+from tests.test_limits_real import learnt_paces
 
 KEY = "sk-test-faults-0123456789"
 TEMPLATE = "Q: {text}"
@@ -421,14 +421,7 @@ async def test_a_storm_of_429s_saying_retry_after_zero_is_waited_out(
     took 8 to 25 s, a big job would have crawled), and each wait is capped at a second (the
     policy's 30 s let a row's last draw wait seconds past the storm): a row's 30 retries still
     span far more."""
-    paces: list[float] = []
-    learn = Limiter._set_guess
-
-    def recorded(self: Limiter, per_minute: float) -> None:
-        paces.append(per_minute)
-        learn(self, per_minute)
-
-    monkeypatch.setattr(Limiter, "_set_guess", recorded)
+    paces = learnt_paces(monkeypatch)
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(8)])
     ends = time.monotonic() + 2.5
 
