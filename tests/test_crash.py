@@ -542,8 +542,9 @@ def test_ctrl_c_while_the_input_is_scanned_stops_the_scan_where_it_is(
     finally:
         signal.signal(signal.SIGINT, found)
     assert code == 4, err
-    assert err.splitlines() == ["batchrunner: interrupted; finished rows are saved — run the "
-                                "same command to resume"], err
+    assert err.splitlines() == [
+        "batchrunner: stopped: interrupted while the input was read, before any request: "
+        "nothing was sent — run the same command to start again"], err
     assert len(scanned) == 1, scanned  # all 8 were read before it stopped
     assert sim.stats()["requests"] == 0
 
