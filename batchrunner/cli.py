@@ -456,6 +456,10 @@ def _out_dir(given: str) -> Path:
                          "--output), or its job file")
     if path.name == "job.json" and path.is_file():  # the output directory's own record
         return path.parent
+    if path.is_file():  # the input, the results file: not what a run writes its state to
+        raise UsageError(f"{path} is a file, not a run's output directory — give the directory "
+                         "the run wrote to (its --output, holding job.json), or its job file "
+                         "(.toml)")
     return path
 
 

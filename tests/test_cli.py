@@ -427,6 +427,21 @@ def test_status_or_report_of_a_job_file_not_found_says_job_file_not_directory(
                                    "directory (its --output), or its job file")
 
 
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_status_or_report_of_a_file_says_it_is_a_file_not_an_output_directory(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The input given where the output directory goes (status tickets.csv) was said to be
+    'not a batchrunner output directory (no job.json)', which a newcomer read as a broken
+    run. It says it is a file, and what to give."""
+    (tmp_path / "tickets.csv").write_text("id,text\n1,a\n")
+    code, out, err = cli(capsys, command, str(tmp_path / "tickets.csv"))
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == (
+        f"{tmp_path / 'tickets.csv'} is a file, not a run's output directory — give the "
+        "directory the run wrote to (its --output, holding job.json), or its job file (.toml)")
+
+
 def test_the_summary_says_how_many_requests_met_a_429(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
