@@ -896,8 +896,11 @@ def build_report(
                 f"{count_rows(k)} paid for do not name their model; their cost is not counted"
             )
         elif entry["price"] is None:
+            close = prices.close_names(model)  # a typo of a priced name: the one meant
+            meant = f" (did you mean {close[0]!r}?)" if close else ""
             warnings.append(
-                f"model {model!r}: no price known, cost of {count_rows(k)} not counted; "
+                f"model {model!r}: no price known{meant}, cost of {count_rows(k)} not counted; "
+                f"{'fix the model name, or ' if close else ''}"
                 f'add [prices."{model}"] with input and output (USD per 1M tokens) to the job '
                 "file"
             )

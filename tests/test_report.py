@@ -194,6 +194,19 @@ def test_a_failed_row_billed_at_an_unknown_price_is_unknown_never_zero(
     assert "(incomplete, see warnings)" in md and "unknown (2 rows)" in md
 
 
+def test_rows_of_a_misspelt_model_with_no_price_name_the_model_meant(book: PriceBook) -> None:
+    """The summary and reports said to add [prices."gpt-4o-mni"] to the job file, as for a
+    model of one's own: a typo of a priced name says the one meant, as the budget's refusal
+    and the estimate do."""
+    rows = [failed_row(f"u{i}", "schema_mismatch", "no", model="gpt-4o-mni",
+                       prompt_tokens=1000, completion_tokens=50, total_tokens=1050)
+            for i in range(2)]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    assert ("model 'gpt-4o-mni': no price known (did you mean 'gpt-4o-mini'?), cost of 2 rows "
+            "not counted; fix the model name, or add [prices.\"gpt-4o-mni\"]") in "\n".join(
+                report["warnings"])
+
+
 def test_a_model_a_gateway_answered_with_is_shown_priced_as_the_one_asked_for(
         book: PriceBook) -> None:
     # The job asked for my-model; the gateway answered as a name with no price of its own, and
