@@ -1341,23 +1341,24 @@ class ChatClient:
                 raise
         else:
             res = self._parse(raw, request_id, latency_ms, hdrs, choices)
-        self._tell_kind(SIMULATOR_HEADER in headers)
+        self._tell_kind(SIMULATOR_HEADER in headers, res)
         return self._scrubbed(res)
 
-    def _tell_kind(self, said: bool) -> None:
-        """A completion came, ``said`` to be batchrunner simulate's or not: the first tells
-        the endpoint's kind, and one of the other kind after it raises EndpointChanged (it is
-        not kept). Only a completion tells: an error answer (a proxy's 502 page, a gateway's
-        429) may come from what stands in front of either kind, and is retried as any."""
+    def _tell_kind(self, said: bool, res: ChatResult) -> None:
+        """A completion (``res``) came, ``said`` to be batchrunner simulate's or not: the first
+        tells the endpoint's kind, and one of the other kind after it raises EndpointChanged
+        (it is not kept; ``res`` goes with it, for what it cost). Only a completion tells: an
+        error answer (a proxy's 502 page, a gateway's 429) may come from what stands in front
+        of either kind, and is retried as any."""
         if self._ask_simulator:
             self._ask_simulator = False
             self.simulator_answered = said
         elif said != self.simulator_answered:
-            raise EndpointChanged(
+            raise EndpointChanged(self.redact(
                 f"the endpoint at {self.url} answers as "
                 f"{'batchrunner simulate' if said else 'a real endpoint'} now, and as "
-                f"{'a real endpoint' if said else 'batchrunner simulate'} before",
-                simulator=said)
+                f"{'a real endpoint' if said else 'batchrunner simulate'} before"),
+                simulator=said, answer=res)
 
     def _usage_waited(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether a stream that asked for its usage chunk is waited on for it: always, but

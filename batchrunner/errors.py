@@ -171,9 +171,10 @@ class EndpointChanged(StopJob):
     command stops again while that endpoint serves the URL. An error answer tells no kind
     (a proxy's 502 page is neither's)."""
 
-    def __init__(self, message: str, *, simulator: bool) -> None:
+    def __init__(self, message: str, *, simulator: bool, answer: Any = None) -> None:
         super().__init__(message)
         self.simulator = simulator
+        self.answer = answer  # the completion not kept (a ChatResult), for what it cost
 
 
 class Interrupted(StopJob):

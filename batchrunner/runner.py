@@ -2382,8 +2382,8 @@ class _Run:
                 if self.drop_simulated:
                     return None, None  # left to do
                 if isinstance(e, EndpointChanged):
-                    if not e.simulator:  # a real endpoint's answer, not read: billed, maybe
-                        self._maybe_billed(item)
+                    if not e.simulator:  # a real endpoint's answer, not kept: billed
+                        self._unkept_answer(item, e.answer)
                     self.stop(self._endpoint_changed(e))
                     return None, None  # left to do
                 model = item.model
@@ -2746,9 +2746,9 @@ class _Run:
         if not e.simulator and plan.job_meta["simulator"] is True:
             said = (f"{at} no longer answers as batchrunner simulate, which answered the rows "
                     f"done in {_show(plan.out_dir)}: none of its answers now was kept (their rows "
-                    "are left to do; what it may have billed for them is counted at their "
-                    "estimate) — to run the job there, start afresh with another --output "
-                    "directory, or pass --force to mix its answers with the simulator's")
+                    "are left to do; what it billed for them counts in the job's cost) — to "
+                    "run the job there, start afresh with another --output directory, or pass "
+                    "--force to mix its answers with the simulator's")
         else:
             now, before = (("batchrunner simulate", "a real endpoint") if e.simulator
                            else ("a real endpoint", "batchrunner simulate"))
@@ -3483,6 +3483,23 @@ class _Run:
             return None
         self.spent += estimate
         return estimate
+
+    def _unkept_answer(self, item: _Work, res: ChatResult | None) -> None:
+        """A real endpoint's answer the run stops at, not kept (``EndpointChanged``), billed
+        all the same: priced from its usage and carried by the row as an earlier try's cost
+        (``_billed_retry``); with no usage or no price, counted at its estimate
+        (``_maybe_billed``)."""
+        cost = None
+        if res is not None and res.prompt_tokens is not None and (
+                res.completion_tokens is not None):
+            cost, _ = self._cost(item, item.model, res.prompt_tokens, res.completion_tokens,
+                                 res.cached_tokens, res.reasoning_tokens, res.web_searches,
+                                 res.sources_used, res.cache_write_tokens,
+                                 res.cache_write_1h_tokens, res.service_tier)
+        if cost is not None:
+            self._billed_retry(item, cost)
+        else:
+            self._maybe_billed(item)
 
     def _unbilled_try(self, item: _Work, e: RequestError) -> None:
         """A try that may have been billed with no usage reported (``MAYBE_BILLED``, or its

@@ -1097,10 +1097,9 @@ def test_a_rehearsals_rerun_at_its_url_goes_on_while_batchrunner_simulate_answer
         out = capsys.readouterr().out
         assert (f"  stopped: the endpoint at http://127.0.0.1:{port}/v1 no longer answers as "
                 "batchrunner simulate, which answered the rows done in out: none of its answers "
-                "now was kept (their rows are left to do; what it may have billed for them is "
-                "counted at their estimate) — to run the job there, start afresh with another "
-                "--output directory, or pass --force to mix its answers with the simulator's"
-                ) in out
+                "now was kept (their rows are left to do; what it billed for them counts in "
+                "the job's cost) — to run the job there, start afresh with another --output "
+                "directory, or pass --force to mix its answers with the simulator's") in out
         assert real.stats()["completions"] >= 1
         journal = Journal(tmp_path / "out").read(["status"]).column("status").to_pylist()
         assert journal.count("ok") == 4 and set(journal) <= {"ok", "retrying"}
@@ -1866,17 +1865,17 @@ async def test_a_run_whose_endpoint_changes_kind_keeps_none_of_the_new_ones_answ
     journal = Journal(tmp_path / "out").read().to_pylist()
     kept = [r for r in journal if r["status"] != "retrying"]
     assert len(kept) == 2 and all(r["content"] == "ok" for r in kept)
-    # The real endpoint's answer not kept may have been billed: its row carries the estimate
-    # (a ``retrying`` record), as a try cut with no usage does; the simulator's bills nothing.
-    assert [r["unknown_tries"] for r in journal if r["status"] == "retrying"] == (
-        [1] if first else [])
+    # The real endpoint's answer not kept was billed: its row carries its cost, from its
+    # usage (a ``retrying`` record), as a billed try's; the simulator's bills nothing.
+    assert [r["earlier_cost_usd"] for r in journal if r["status"] == "retrying"] == (
+        [pytest.approx((5 * 0.15 + 1 * 0.60) / 1e6)] if first else [])
     at = f"the endpoint at http://127.0.0.1:{port}/v1"
     assert s.stopped == (
         f"{at} no longer answers as batchrunner simulate, which answered the rows done in "
-        "out: none of its answers now was kept (their rows are left to do; what it may have "
-        "billed for them is counted at their estimate) — to run the job there, start afresh "
-        "with another --output directory, or pass --force to mix its answers with the "
-        "simulator's" if first else
+        "out: none of its answers now was kept (their rows are left to do; what it billed for "
+        "them counts in the job's cost) — to run the job there, start afresh with another "
+        "--output directory, or pass --force to mix its answers with the simulator's"
+        if first else
         f"{at} answers as batchrunner simulate now, where a real endpoint answered this run "
         "before: none of its answers now was kept (their rows are left to do) — rerun the job "
         "once the endpoint it is meant for serves that URL")

@@ -954,7 +954,7 @@ def test_a_key_in_the_url_is_not_shown_by_the_stop_for_an_endpoint_that_changed_
     """The stop at an answer of another kind than the run's first names the endpoint: its
     URL, which may hold the key (a gateway taking it in the path), is shown redacted, in the
     stop line, job.json, the reports and status. (And the answer not kept, which the real
-    endpoint may have billed, is counted at its estimate.)"""
+    endpoint billed, counts at what its usage says it cost.)"""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _TurnsReal)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -972,6 +972,6 @@ def test_a_key_in_the_url_is_not_shown_by_the_stop_for_an_endpoint_that_changed_
     assert "[redacted]" in said.out
     assert leaks_in_text(said.out, said.err, format_status(tmp_path / "out")) == []
     assert leaks_in_files(tmp_path) == []
-    # The real endpoint's answer not kept may have been billed: counted at its estimate.
+    # The real endpoint's answer not kept was billed: its cost counts, from its usage.
     cost = json.loads((tmp_path / "out" / "cost_report.json").read_text())
-    assert cost["cost_unreported"]["rows"] == 1
+    assert cost["cost_to_do_attempts_usd"] == pytest.approx((5 * 0.15 + 1 * 0.60) / 1e6)
