@@ -1470,11 +1470,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"Prices in {pricing.get('units', 'USD per 1M tokens')}; library: "
             f"{pricing.get('library', LIBRARY_NAME)} {pricing.get('library_version', '')}."
         )
-        tiers = [f"- {model}: {count_rows(at.get('rows', 0))} answered at service tier {tier}, "
-                 f"priced at its price: {_model_price({**m, **at})}."
-                 for model, m in by_model.items()
-                 for tier, at in (m.get("service_tiers") or {}).items()]
-        out += ["", *tiers] if tiers else []
+        tiers = tier_lines(by_model)
+        out += ["", *(f"- {line}" for line in tiers)] if tiers else []
         out.append("")
 
     if by_status:
@@ -1524,6 +1521,15 @@ def search_shown(usd: float | None, unpriced: int) -> str:
         return format_usd(usd)
     priced = f"{format_usd(usd)} + " if usd else ""
     return f"{priced}no price ({count_rows(unpriced)})"
+
+
+def tier_lines(by_model: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line a (model, service tier) whose rows were priced at that tier's price (flex,
+    priority): ``gpt-5: 12 rows answered at service tier flex, priced at its price: ...``."""
+    return [f"{model}: {count_rows(at.get('rows', 0))} answered at service tier {tier}, "
+            f"priced at its price: {_model_price({**m, **at})}."
+            for model, m in by_model.items()
+            for tier, at in (m.get("service_tiers") or {}).items()]
 
 
 def _model_price(m: Mapping[str, Any]) -> str:

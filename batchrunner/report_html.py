@@ -58,6 +58,7 @@ from batchrunner.report import (
     job_details,
     search_shown,
     search_unpriced,
+    tier_lines,
 )
 
 __all__ = ["MAX_CATEGORIES", "MAX_LATENCY_BINS", "MAX_TIME_BUCKETS", "render_html"]
@@ -359,9 +360,9 @@ def _model_table(report: Mapping[str, Any]) -> str:
             f"<td>{_e(m.get('price_source') or '')}</td>"
             "</tr>"
         )
-    more = ""
+    more = "".join(f'<p class="dim">{_e(line)}</p>' for line in tier_lines(by_model))
     if len(by_model) > 50:
-        more = f'<p class="dim">{len(by_model) - 50} more models in cost_report.json.</p>'
+        more += f'<p class="dim">{len(by_model) - 50} more models in cost_report.json.</p>'
     return (
         '<div class="scroll"><table><caption>Prices in USD per 1M tokens</caption>'
         f"<thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>{more}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shlex
 from pathlib import Path
@@ -981,8 +982,10 @@ async def test_rows_are_priced_at_the_service_tier_that_answered(tmp_path: Path,
     flex = book.tier_price("gpt-5-2025-08-07", "flex")
     assert flex is not None and tiers["flex"]["price"] == flex.as_dict()
     report = (tmp_path / "out" / "cost_report.md").read_text()
-    assert (f"- gpt-5-2025-08-07: 2 rows answered at service tier flex, priced at its price: "
-            f"{flex.input:g} / {flex.effective_cached_input:g} / {flex.output:g}.") in report
+    line = (f"gpt-5-2025-08-07: 2 rows answered at service tier flex, priced at its price: "
+            f"{flex.input:g} / {flex.effective_cached_input:g} / {flex.output:g}.")
+    assert f"- {line}" in report
+    assert html.escape(line) in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_the_estimate_is_at_the_service_tier_asked_for(
