@@ -349,6 +349,16 @@ def reasoning_model(model: str, listed: Sequence[str] = REASONING_MODELS) -> boo
             or listed_reasoning(name, listed))
 
 
+def reasoning_turned_off(body: Mapping[str, Any]) -> bool:
+    """Whether a request turns off the reasoning its model does by default
+    (``reasoning_model``): ``reasoning_effort = "none"`` (GPT-5.1's and later, a gateway's for
+    Gemini) or ``thinking = {"type": "disabled"}`` (GLM's, Kimi's, DeepSeek's). The one rule
+    of the simulator and the estimate; Gemini's thinking budget of 0 is read apart."""
+    thinking = body.get("thinking")
+    return body.get("reasoning_effort") == "none" or (
+        isinstance(thinking, Mapping) and thinking.get("type") == "disabled")
+
+
 def settings_fingerprint(settings: dict[str, Any]) -> str:
     """What job.json's ``request_fingerprint`` holds of a job's request ``settings``: a rerun
     whose settings' differs from it is refused (the answers would mix)."""

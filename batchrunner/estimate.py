@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value, scalar
-from batchrunner.config import gemini_named, reasoning_model
+from batchrunner.config import gemini_named, reasoning_model, reasoning_turned_off
 from batchrunner.journal import Journal
 from batchrunner.pricing import SOURCE_JOB, search_requested, tier_asked
 from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
@@ -329,10 +329,7 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
     effort = body.get("reasoning_effort")
     if isinstance(effort, str) and effort not in ("none", "minimal"):
         return "reasoning_effort", 0
-    if effort == "none":  # thinking turned off (GPT-5.1's, a gateway's for Gemini)
-        return None, 0
-    if reasoning_model(model) and not (  # as the simulator makes it reason
-            isinstance(thinking, Mapping) and thinking.get("type") == "disabled"):
+    if reasoning_model(model) and not reasoning_turned_off(body):  # as the simulator does
         return f"model {model}", 0
     return None, 0
 

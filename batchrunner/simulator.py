@@ -254,7 +254,13 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from batchrunner.config import REASONING_MODELS, gemini_named, openai_reasoning, reasoning_model
+from batchrunner.config import (
+    REASONING_MODELS,
+    gemini_named,
+    openai_reasoning,
+    reasoning_model,
+    reasoning_turned_off,
+)
 from batchrunner.errors import ConfigError, UsageError
 
 __all__ = [
@@ -1529,11 +1535,8 @@ class _Server:
                     "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
                     "response_format",
                 )
-        # reasoning_effort "none" turns the reasoning off (GPT-5.1's and later, a gateway's),
-        # and so does thinking = {"type": "disabled"} (GLM's, Kimi's, DeepSeek's).
         thinking = body.get("thinking")
-        reasoning = (self.is_reasoning(model) and body.get("reasoning_effort") != "none"
-                     and not (isinstance(thinking, dict) and thinking.get("type") == "disabled"))
+        reasoning = self.is_reasoning(model) and not reasoning_turned_off(body)
         gemini = gemini_named(model)
         if reasoning:
             if gemini:  # thinks by default, unless its budget is 0
