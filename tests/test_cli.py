@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.abc
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import FrameType
 
@@ -1168,3 +1170,30 @@ def test_ctrl_c_before_a_runs_own_handler_says_what_the_command_left(
     monkeypatch.setattr(cli_module, f"_cmd_{args[0]}", interrupted)
     assert cli_module.main(args) == 4
     assert capsys.readouterr().err == f"{said}\n"
+
+
+class _CtrlCOnLoad(importlib.abc.MetaPathFinder):
+    """Ctrl-C as ``batchrunner.cli`` is loaded."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "batchrunner.cli":
+            raise KeyboardInterrupt
+        return None
+
+
+def test_ctrl_c_while_the_installed_command_loads_says_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C in the installed command's first ~0.3 s, while its modules load, printed a
+    traceback: its entry point was batchrunner.cli's main, imported before any handler. It is
+    now ``batchrunner.__main__``'s, which says one line and exits 4 as ``python -m`` did."""
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())[
+        "project"]["scripts"]
+    module, _, name = scripts["batchrunner"].partition(":")
+    entry = getattr(__import__(module, fromlist=[name]), name)
+    monkeypatch.delitem(sys.modules, "batchrunner.cli")
+    monkeypatch.setattr(sys, "meta_path", [_CtrlCOnLoad(), *sys.meta_path])
+    assert entry() == 4
+    assert capsys.readouterr().err == (
+        "batchrunner: interrupted while starting: nothing was done — run the same command "
+        "again\n")
+
