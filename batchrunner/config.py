@@ -54,6 +54,8 @@ A job file has these tables (every key optional unless marked)::
     cached_input = 0.075
     # cache_write = 0.1875                 # a prompt token written to the cache (Anthropic's)
     # cache_write_1h = 0.30                # one written to it for an hour
+    # input_audio = 32                     # an audio token of the prompt (gpt-audio's input)
+    # output_audio = 64                    # one of a spoken answer (modalities audio)
     # search_unit = 0.025                  # USD per search unit a reply's usage reports
     # search_request = 0.0275              # USD per request asking for search its usage omits
 

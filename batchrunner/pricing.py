@@ -26,6 +26,13 @@ Billing rules, for one OpenAI-style ``usage`` object:
 * ``completion_tokens`` at the output price. Reasoning tokens are billed as output, and OpenAI's
   ``completion_tokens`` already *includes* ``completion_tokens_details.reasoning_tokens``, so
   ``reasoning_tokens`` is accepted but never added a second time;
+* audio tokens (a spoken answer or an audio input: ``modalities`` with ``audio``, OpenAI's
+  ``gpt-audio``), which OpenAI counts in ``prompt_tokens`` and ``completion_tokens`` and
+  again in ``*_tokens_details.audio_tokens``: the prompt's at the input-audio price, the
+  completion's at the output-audio price (the library's ``input_audio_mtok`` and
+  ``output_audio_mtok``, the job's ``input_audio`` and ``output_audio``), several times the
+  text prices; at the text price where the model has none (``PriceBook.audio_unpriced``: the
+  reports say so, the cost is then low);
 * search billed apart from tokens, per unit the usage reports: Anthropic's web searches
   (``server_tool_use.web_search_requests``) at the job's ``search_unit`` price, else, for a
   model the library finds at Anthropic, at its web search price (``web_searches_kcount``, per
@@ -107,7 +114,8 @@ SOURCE_ASKED = "priced as the model asked for"
 
 _PER_TOKENS = 1_000_000
 _WHOLE_BELOW = 2.0**52  # a double holds every whole number below it, and its fraction
-_PRICE_KEYS = ("input", "output", "cached_input", "cache_write", "cache_write_1h")  # per 1M tokens
+_PRICE_KEYS = ("input", "output", "cached_input", "cache_write", "cache_write_1h",  # per 1M tokens
+               "input_audio", "output_audio")
 _SEARCH_KEY = "search_unit"  # USD per search unit a reply's usage reports
 _REQUEST_KEY = "search_request"  # USD per request asking for search its usage does not report
 _TABLE_KEYS = (*_PRICE_KEYS, _SEARCH_KEY, _REQUEST_KEY)
@@ -128,7 +136,7 @@ _DISTILLED = re.compile(r"\br1\b.*?\b(qwen|llama)")
 _DAY_SAMPLES = tuple(time(hour=m // 60, minute=m % 60) for m in range(0, 24 * 60, 15))
 # The disk cache of the library's answers: its file name, and the version of its layout.
 _CACHE_FILE = "prices.json"
-_CACHE_FORMAT = 3
+_CACHE_FORMAT = 4
 # The provider whose price per web search the library lists for the searches a reply's usage
 # counts (``server_tool_use.web_search_requests`` is Anthropic's own field).
 _WEB_SEARCH_PROVIDER = "anthropic"
@@ -144,7 +152,9 @@ _T = TypeVar("_T")
 class ModelPrice:
     """A model's price in USD per 1M tokens. ``cached_input=None`` means the input price;
     ``cache_write=None`` (a prompt's tokens written to the cache) the input price, and
-    ``cache_write_1h=None`` (those kept an hour) the cache-write price.
+    ``cache_write_1h=None`` (those kept an hour) the cache-write price; ``input_audio`` and
+    ``output_audio`` (audio tokens of the prompt and the completion) ``None``: no audio price,
+    priced at the input and output price.
 
     Search billed apart from tokens, in USD per unit: ``search_unit`` (the job's) prices every
     unit a reply's usage reports, a web search or a source; ``web_search`` (the library's)
@@ -156,6 +166,8 @@ class ModelPrice:
     cached_input: float | None = None
     cache_write: float | None = None
     cache_write_1h: float | None = None
+    input_audio: float | None = None
+    output_audio: float | None = None
     search_unit: float | None = None
     web_search: float | None = None
     search_request: float | None = None
@@ -176,8 +188,9 @@ class ModelPrice:
 
     def as_dict(self) -> dict[str, float]:
         """``{"input", "output", "cached_input"}`` with the cached price resolved, and
-        ``cache_write``, ``cache_write_1h`` (USD per 1M tokens), ``search_unit``, ``web_search``
-        and ``search_request`` (USD each) where the price has them."""
+        ``cache_write``, ``cache_write_1h``, ``input_audio``, ``output_audio`` (USD per 1M
+        tokens), ``search_unit``, ``web_search`` and ``search_request`` (USD each) where the
+        price has them."""
         out = {
             "input": self.input,
             "output": self.output,
@@ -187,6 +200,10 @@ class ModelPrice:
             out["cache_write"] = self.cache_write
         if self.cache_write_1h is not None:
             out["cache_write_1h"] = self.cache_write_1h
+        if self.input_audio is not None:
+            out["input_audio"] = self.input_audio
+        if self.output_audio is not None:
+            out["output_audio"] = self.output_audio
         if self.search_unit is not None:
             out["search_unit"] = self.search_unit
         if self.web_search is not None:
@@ -198,8 +215,11 @@ class ModelPrice:
 
 # The rates of one model: input, cached input and output in USD per 1M tokens; then a source,
 # a web search and a request that asked for search in USD each (None: no price for them); then
-# a token written to the cache, and one kept there an hour, in USD per 1M tokens.
-_Rates = tuple[float, float, float, float | None, float | None, float | None, float, float]
+# a token written to the cache, and one kept there an hour, then an audio token of the prompt
+# and of the completion (the input and output price where the model has no audio price), in
+# USD per 1M tokens.
+_Rates = tuple[float, float, float, float | None, float | None, float | None, float, float,
+               float, float]
 
 
 class PriceBook:
@@ -264,6 +284,8 @@ class PriceBook:
         cache_write_tokens: int | None = None,
         cache_write_1h_tokens: int | None = None,
         service_tier: str | None = None,
+        audio_prompt_tokens: int | None = None,
+        audio_completion_tokens: int | None = None,
     ) -> float | None:
         """The cost of one request in USD; ``None`` if the model or the token counts are unknown,
         or if the reply reports search units (``web_searches``, Grok's ``sources``) that have no
@@ -274,7 +296,9 @@ class PriceBook:
         ``reasoning_tokens`` is part of ``completion_tokens`` (OpenAI's convention) and is not
         added again; it is accepted so callers can pass a usage record through unchanged. So
         are ``cached_tokens`` and ``cache_write_tokens`` (of which ``cache_write_1h_tokens`` were
-        kept an hour) part of ``prompt_tokens``.
+        kept an hour) part of ``prompt_tokens``, and ``audio_prompt_tokens`` (priced at the
+        input-audio price) of its tokens not cached; ``audio_completion_tokens`` (at the
+        output-audio price) part of ``completion_tokens``.
         """
         if model is None or prompt_tokens is None or completion_tokens is None:
             return None
@@ -302,6 +326,10 @@ class PriceBook:
             hour = min(max(cache_write_1h_tokens or 0, 0), written)
             usd += ((written - hour) * (rates[6] - rates[0])
                     + hour * (rates[7] - rates[0])) / _PER_TOKENS
+        if audio_prompt_tokens or audio_completion_tokens:  # at the audio prices, not the text's
+            heard = min(max(audio_prompt_tokens or 0, 0), uncached)
+            spoken = min(max(audio_completion_tokens or 0, 0), output)
+            usd += (heard * (rates[8] - rates[0]) + spoken * (rates[9] - rates[2])) / _PER_TOKENS
         if web_searches:
             if rates[4] is None:
                 return None
@@ -387,11 +415,11 @@ class PriceBook:
 
     def recorded_cost(self, record: Mapping[str, Any]) -> float | None:
         """What a reply cost at the job's own prices, from its usage as the journal records it
-        (``model``, the token counts, ``search_units``, ``search_requests``); ``None`` when the
-        job does not price its model (the library is not asked), or the price does not tell
-        the cost exactly from the record: cache writes of a model whose 1-hour writes are
-        priced apart (the record keeps their sum only), or search with no price. Priced as
-        its ``priced_as``, else (a record written before it) its ``model``."""
+        (``model``, the token counts, audio ones too, ``search_units``, ``search_requests``);
+        ``None`` when the job does not price its model (the library is not asked), or the
+        price does not tell the cost exactly from the record: cache writes of a model whose
+        1-hour writes are priced apart (the record keeps their sum only), or search with no
+        price. Priced as its ``priced_as``, else (a record written before it) its ``model``."""
         model = record.get("priced_as") or record.get("model")
         if not model or self._job_name(model) is None:
             return None
@@ -405,7 +433,9 @@ class PriceBook:
                          cached_tokens=record.get("cached_tokens"),
                          sources=record.get("search_units"),
                          search_requests=record.get("search_requests"),
-                         cache_write_tokens=written)
+                         cache_write_tokens=written,
+                         audio_prompt_tokens=record.get("audio_prompt_tokens"),
+                         audio_completion_tokens=record.get("audio_completion_tokens"))
 
     def as_asked(self, asked: str, answered: str) -> bool:
         """Whether a reply to a request for ``asked`` that ``answered`` names is priced as the
@@ -512,7 +542,9 @@ def _rates(price: ModelPrice) -> _Rates:
     return (price.input, price.effective_cached_input, price.output, price.search_unit,
             price.web_search if price.search_unit is None else price.search_unit,
             price.search_request, write,
-            write if price.cache_write_1h is None else price.cache_write_1h)
+            write if price.cache_write_1h is None else price.cache_write_1h,
+            price.input if price.input_audio is None else price.input_audio,
+            price.output if price.output_audio is None else price.output_audio)
 
 
 def _plain(model: str) -> str:
@@ -541,7 +573,8 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
     ``{"my-model": {"input": 0.15, "output": 0.6, "cached_input": 0.075}}``, USD per 1M tokens;
     ``input`` and ``output`` are required, ``cached_input`` is optional, as are ``cache_write``
     and ``cache_write_1h`` (a prompt's tokens written to the cache, and kept an hour: Anthropic
-    bills them at 1.25 and 2 times the input price), ``search_unit``
+    bills them at 1.25 and 2 times the input price), ``input_audio`` and ``output_audio`` (audio
+    tokens of the prompt and of the completion: OpenAI's gpt-audio), ``search_unit``
     (USD per search unit a reply reports: a source of Grok's live search, a web search) and
     ``search_request`` (USD per request that asks for search its reply does not report). Raises
     ``ConfigError`` with one line naming ``where``, the model and the key at fault.
@@ -580,6 +613,8 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
             cached_input=values.get("cached_input"),
             cache_write=values.get("cache_write"),
             cache_write_1h=values.get("cache_write_1h"),
+            input_audio=values.get("input_audio"),
+            output_audio=values.get("output_audio"),
             search_unit=values.get(_SEARCH_KEY),
             search_request=values.get(_REQUEST_KEY),
         )
@@ -784,13 +819,15 @@ def _library_lookup(ref: str, provider_id: str | None, tier: str | None = None
     # Anthropic's web search is the one whose searches the usage counts (its own field)
     web_search = best[3] if calc.provider.id == _WEB_SEARCH_PROVIDER else None
     price = ModelPrice(input=best[0], output=best[1], cached_input=best[2], web_search=web_search,
-                       cache_write=best[4], cache_write_1h=best[5])
+                       cache_write=best[4], cache_write_1h=best[5], input_audio=best[6],
+                       output_audio=best[7])
     return price, f"{calc.provider.id}/{model_info.id}"
 
 
-# (input, output, cached input, web search, cache write, 1-hour cache write) of a library price:
-# USD per 1M tokens, a web search's in USD a search.
-_LibraryRates = tuple[float, float, float | None, float | None, float | None, float | None]
+# (input, output, cached input, web search, cache write, 1-hour cache write, input audio, output
+# audio) of a library price: USD per 1M tokens, a web search's in USD a search.
+_LibraryRates = tuple[float, float, float | None, float | None, float | None, float | None,
+                      float | None, float | None]
 
 
 def _rates_of(mp: object) -> _LibraryRates | None:
@@ -804,7 +841,9 @@ def _rates_of(mp: object) -> _LibraryRates | None:
     return (inp, out, _base(getattr(mp, "cache_read_mtok", None)),
             None if per_k is None else per_k / 1000,
             _base(getattr(mp, "cache_write_mtok", None)),
-            _base(getattr(mp, "cache_write_1h_mtok", None)))
+            _base(getattr(mp, "cache_write_1h_mtok", None)),
+            _base(getattr(mp, "input_audio_mtok", None)),
+            _base(getattr(mp, "output_audio_mtok", None)))
 
 
 def _base(value: object) -> float | None:
@@ -910,7 +949,8 @@ def _read_file(path: str, stamp: list[Any], day: str) -> _Answers | None:
         ):
             return None
         price = ModelPrice(input=rates[0], output=rates[1], cached_input=rates[2],
-                           cache_write=rates[3], cache_write_1h=rates[4], web_search=rates[5])
+                           cache_write=rates[3], cache_write_1h=rates[4], input_audio=rates[5],
+                           output_audio=rates[6], web_search=rates[7])
         answers.prices[model] = price, source
     for model, window in doc["windows"].items():
         if window is not None and (type(window) is not int or window <= 0):
@@ -954,6 +994,8 @@ def _write_answers(answers: _Answers) -> None:
                 "cached_input": entry[0].cached_input,
                 "cache_write": entry[0].cache_write,
                 "cache_write_1h": entry[0].cache_write_1h,
+                "input_audio": entry[0].input_audio,
+                "output_audio": entry[0].output_audio,
                 "web_search": entry[0].web_search,
                 "source": entry[1],
             }

@@ -106,6 +106,51 @@ def test_cache_writes_are_priced_at_the_cache_write_prices() -> None:
     assert claude.cache_write_1h == pytest.approx(claude.input * 2)
 
 
+def test_audio_tokens_are_priced_at_the_audio_prices() -> None:
+    """A spoken answer's tokens (modalities audio: OpenAI's gpt-audio) are part of
+    completion_tokens, and an audio input's of prompt_tokens, but billed at the audio prices,
+    several times the text ones; they were priced as text."""
+    book = PriceBook()
+    usage = {"prompt_tokens": 1_000, "completion_tokens": 2_000}
+    audio = {"audio_prompt_tokens": 400, "audio_completion_tokens": 1_500}
+    # The library's own sum: 600 text in at $2.50, 400 audio in at $32, 500 text out at $10,
+    # 1,500 audio out at $64
+    assert book.cost("gpt-audio", **usage, **audio) == pytest.approx(library_total(
+        "gpt-audio", input_tokens=1_000, output_tokens=2_000, input_audio_tokens=400,
+        output_audio_tokens=1_500))
+    assert book.cost("gpt-audio", **usage, **audio) == pytest.approx(
+        (600 * 2.5 + 400 * 32 + 500 * 10 + 1_500 * 64) / 1e6)
+    price = book.price("gpt-audio")
+    assert price is not None and price.as_dict()["output_audio"] == 64.0
+    assert price.as_dict()["input_audio"] == 32.0
+    # A model the library has no audio price for: priced as text, as before
+    preview = book.price("gpt-4o-audio-preview")
+    assert preview is not None and preview.output_audio is None
+    assert "output_audio" not in preview.as_dict()
+    assert book.cost("gpt-4o-audio-preview", **usage, **audio) == book.cost(
+        "gpt-4o-audio-preview", **usage)
+    # No more audio tokens priced than the prompt's uncached tokens and the completion hold
+    assert book.cost("gpt-audio", prompt_tokens=100, completion_tokens=100, cached_tokens=50,
+                     audio_prompt_tokens=900, audio_completion_tokens=900) == pytest.approx(
+        (50 * 32 + 50 * price.effective_cached_input + 100 * 64) / 1e6)
+    # A job's own audio prices, checked as its others are
+    table = parse_price_table({"my-audio": {"input": 2.0, "output": 8.0, "input_audio": 40,
+                                            "output_audio": 80.0}}, where="jobs/x.toml")
+    own = PriceBook(table)
+    assert own.cost("my-audio", **usage, **audio) == pytest.approx(
+        (600 * 2 + 400 * 40 + 500 * 8 + 1_500 * 80) / 1e6)
+    mine = own.price("my-audio")
+    assert mine is not None and mine.as_dict()["input_audio"] == 40.0
+    assert own.recorded_cost({"model": "my-audio", **usage, **audio}) == own.cost(
+        "my-audio", **usage, **audio)
+    for bad, said in (("a lot", "output_audio must be a number (USD per 1M tokens)"),
+                      (-1, "output_audio must be a finite number >= 0")):
+        with pytest.raises(ConfigError, match=r"\[prices.m\] " + said.replace("(", r"\(")
+                           .replace(")", r"\)")):
+            parse_price_table({"m": {"input": 1, "output": 2, "output_audio": bad}},
+                              where="jobs/x.toml")
+
+
 def test_missing_cached_count_is_zero_and_cached_is_capped_at_prompt() -> None:
     book = PriceBook({"my-model": OWN})
     assert book.cost("my-model", prompt_tokens=100, completion_tokens=0, cached_tokens=None) == (

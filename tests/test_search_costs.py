@@ -126,7 +126,7 @@ def test_search_units_are_priced_by_the_job_or_the_library_or_not_at_all() -> No
     ({"input": 1, "output": 2, "search_unit": -0.01}, "search_unit must be a finite number >= 0"),
     ({"input": 1, "output": 2, "search": 0.01},
      "unknown key 'search' (expected input, output, cached_input, cache_write, "
-     "cache_write_1h, search_unit, search_request)"),
+     "cache_write_1h, input_audio, output_audio, search_unit, search_request)"),
     ({"input": 1, "output": 2, "search_request": "2.5c"},
      "search_request must be a number (USD per search request)"),
 ])
