@@ -36,6 +36,12 @@ Statistics (``GET /v1/simulator/stats``, ``Simulator.stats()``, ``SimulatorThrea
     ``per_prompt`` also ``requests_by_prompt`` (every parsed request) and
     ``completions_by_prompt``, keyed by ``prompt_key(last user message)``.
 
+A request whose ``modalities`` hold ``"audio"`` (OpenAI's gpt-audio) is answered with a spoken
+answer as OpenAI gives one: ``message.audio`` (``id``, ``data``: a few base64 bytes standing for
+the sound, ``expires_at``, ``transcript``: the reply's text) and a null ``content``, streamed as
+``delta.audio`` pieces of the transcript; four fifths of its completion tokens are counted as
+``completion_tokens_details.audio_tokens`` (the rest ``text_tokens``).
+
 Replies are deterministic: the same messages give the same reply. Every reply starts with
 ``Echo: [KEY] EXCERPT`` where KEY is ``prompt_key(last user message)`` and EXCERPT its first
 40 characters (whitespace collapsed), followed by filler words up to the reply's length in
@@ -875,6 +881,7 @@ class _Request:
     claude: bool = False  # a Claude model: its usage says its cache writes (0 or more)
     service_tier: str = "default"  # the tier that answers (OpenAI's "auto" is "default")
     live_search: bool = False  # Grok asked to search (search_parameters): its sources billed
+    audio: bool = False  # modalities asks for audio: a spoken answer (message.audio)
 
 
 def _not_incremental(body: dict[str, Any]) -> bool:
@@ -1292,6 +1299,8 @@ _HTML_BODY: Final = (
     b"</body>\r\n</html>\r\n"
 )
 _DONE: Final = b"data: [DONE]\n\n"
+# A spoken answer's sound, as message.audio.data carries it (base64 of a WAV file's first bytes)
+_AUDIO_DATA: Final = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA="
 _LINGER_RST: Final = struct.pack("ii", 1, 0)
 
 
@@ -1643,6 +1652,7 @@ class _Server:
             claude=claude,
             service_tier=tier,
             live_search=_live_search(model, body.get("search_parameters")),
+            audio=type(modes := body.get("modalities")) is list and "audio" in modes,
         )
 
     # ---------------------------------------------------------------- reply content
@@ -2099,6 +2109,10 @@ class _Server:
                 "rejected_prediction_tokens": 0,
             },
         }
+        if req.audio:  # a spoken answer: most of its tokens are the sound's
+            spoken = (completion - reasoning) * 4 // 5
+            usage["completion_tokens_details"]["audio_tokens"] = spoken
+            usage["completion_tokens_details"]["text_tokens"] = completion - reasoning - spoken
         if req.claude:
             # Claude's cache writes as new-api's gateways pass them on: among the prompt's
             # details, those kept 5 minutes and an hour beside them (the prompt their whole).
@@ -2134,6 +2148,11 @@ class _Server:
                                           "function": {"name": name, "arguments": args}}]
             elif shape == "annotations":
                 message["annotations"] = self.annotations(pk, c.content)
+            if req.audio and c.tool_call is None:  # spoken: the words are the transcript
+                message["content"] = None
+                message["audio"] = {"id": f"audio_{headers['x-request-id'][4:]}_{i}",
+                                    "data": _AUDIO_DATA, "expires_at": int(time.time()) + 3600,
+                                    "transcript": c.content}
             messages.append(
                 {"index": i, "message": message, "logprobs": self.choice_logprobs(req, i, c),
                  "finish_reason": c.finish_reason}
@@ -2205,7 +2224,7 @@ class _Server:
         dumps = orjson.dumps
         headers["Cache-Control"] = "no-cache"
         if (fault is None and not self.token_delay and shape is None and not req.whole_so_far
-                and req.top_logprobs is None):
+                and req.top_logprobs is None and not req.audio):
             # The hot path: the whole stream as one body, built with few allocations.
             usage = self.usage(req, choices)
             self.record(req, usage, pk)
@@ -2254,12 +2273,17 @@ class _Server:
                       if req.top_logprobs is not None and c.tool_call is None else None)
             for key, text in ((b"reasoning_content", c.reasoning), (b"content", c.content)):
                 part = pre + idx + b',"delta":{"' + key + b'":'
+                close = b"}"
+                if req.audio and key == b"content" and c.tool_call is None:
+                    # a spoken answer: its transcript in pieces of delta.audio
+                    part = pre + idx + b',"delta":{"audio":{"transcript":'
+                    close = b"}}"
                 for j in range(0, len(text), 4):
                     after = post
                     if ranked is not None and key == b"content":  # the piece's token's
                         after = post.replace(b'"logprobs":null', b'"logprobs":{"content":['
                                              + dumps(ranked[j // 4]) + b'],"refusal":null}', 1)
-                    events.append(part + dumps(text[j * since : j + 4]) + b"}" + after)
+                    events.append(part + dumps(text[j * since : j + 4]) + close + after)
                     delays.append(1)
             if c.tool_call is not None:
                 call_id, name, args = c.tool_call
