@@ -163,6 +163,11 @@ class ChatResult:
     # The service tier that answered (OpenAI's ``service_tier``: ``default``, ``flex``,
     # ``priority``), which its tokens are billed at; None when the reply does not say.
     service_tier: str | None = None
+    # Audio tokens of the prompt (an ``input_audio`` part) and of the completion (a spoken
+    # answer, ``modalities`` with ``audio``): part of prompt_tokens and completion_tokens,
+    # billed at the audio prices (``*_tokens_details.audio_tokens``); None for none.
+    audio_prompt_tokens: int | None = None
+    audio_completion_tokens: int | None = None
 
 
 class _Call:
@@ -1492,7 +1497,8 @@ class ChatClient:
                                  "did: no finish_reason, which the endpoint's other answers "
                                  "for the model had", retryable=True, request_id=request_id,
                                  usage=billed)
-        pt, ct, tt, cached, reasoning, searches, sources, written, written_1h = _usage(st.usage)
+        (pt, ct, tt, cached, reasoning, searches, sources, written, written_1h, heard,
+         spoken) = _usage(st.usage)
         text, thought = _thought_apart(first.text(), "".join(first.reasoning) or None)
         return ChatResult(
             content=text or None, finish_reason=first.finish_reason, prompt_tokens=pt,
@@ -1510,6 +1516,7 @@ class ChatClient:
             cache_write_tokens=written, cache_write_1h_tokens=written_1h,
             logprobs=orjson.dumps(first.logprobs).decode() if first.logprobs else None,
             service_tier=st.service_tier,
+            audio_prompt_tokens=heard, audio_completion_tokens=spoken,
         )
 
     async def _served_models(self) -> list[str] | None:
@@ -1841,8 +1848,8 @@ class ChatClient:
                 )
             message = {}
         content = message.get("content")
-        pt, ct, tt, cached, reasoning, searches, sources, written, written_1h = _usage(
-            payload.get("usage"))
+        (pt, ct, tt, cached, reasoning, searches, sources, written, written_1h, heard,
+         spoken) = _usage(payload.get("usage"))
         thought = message.get("reasoning_content") or message.get("reasoning")
         if type(content) is list:  # Mistral's Magistral: text and thinking parts
             content, thinking = _content_parts(content)
@@ -1881,6 +1888,8 @@ class ChatClient:
             written_1h,  # cache_write_1h_tokens
             orjson.dumps(tokens).decode() if tokens else None,  # logprobs
             tier if type(tier := payload.get("service_tier")) is str and tier else None,
+            heard,  # audio_prompt_tokens
+            spoken,  # audio_completion_tokens
         )
 
 
@@ -2210,11 +2219,13 @@ def _citation(c: dict[str, Any]) -> list[dict[str, Any]]:
 def _usage(usage: Any) -> Usage:
     """(prompt, completion, total, cached, reasoning) tokens, then web searches and sources
     (search billed apart from tokens), then the tokens written to the cache and those of them
-    kept an hour (Anthropic's); all None without a usage object. A count as large as
+    kept an hour (Anthropic's), then the audio tokens of the prompt and of the completion
+    (OpenAI's ``*_tokens_details.audio_tokens``, None for 0); all None without a usage
+    object. A count as large as
     ``_MAX_COUNT`` either way (a -1 a gateway sent as an unsigned 64-bit number) is no count:
     the journal's int64 columns hold none past 2**63, and no reply uses that many."""
     if type(usage) is not dict:
-        return None, None, None, None, None, None, None, None, None
+        return None, None, None, None, None, None, None, None, None, None, None
     get = usage.get
     big = _MAX_COUNT
     pt = v if type(v := get("prompt_tokens")) is int and -big < v < big else _count(v)
@@ -2223,6 +2234,11 @@ def _usage(usage: Any) -> Usage:
     ptd = get("prompt_tokens_details")
     cached = (v if type(v := ptd.get("cached_tokens")) is int and -big < v < big else _count(v)
               ) if type(ptd) is dict else None
+    # Audio tokens (an input_audio part; a spoken answer, below), billed at the audio prices:
+    # OpenAI's details say 0 for most replies, read by one lookup and a test of it.
+    heard = spoken = None
+    if type(ptd) is dict and (v := ptd.get("audio_tokens")):
+        heard = v if type(v) is int and 0 < v < big else _units(v) or None
     if cached is None and (v := get("prompt_cache_hit_tokens")) is not None:
         # DeepSeek's name for them (its prompt_tokens counts them, as OpenAI's does)
         cached = v if type(v) is int and -big < v < big else _count(v)
@@ -2262,6 +2278,8 @@ def _usage(usage: Any) -> Usage:
     ctd = get("completion_tokens_details")
     reasoning = (v if type(v := ctd.get("reasoning_tokens")) is int and -big < v < big
                  else _count(v)) if type(ctd) is dict else None
+    if type(ctd) is dict and (v := ctd.get("audio_tokens")):
+        spoken = v if type(v) is int and 0 < v < big else _units(v) or None
     if reasoning and pt is not None and ct is not None and (
             ct < reasoning or tt == pt + ct + reasoning):
         # A gateway that counts the thinking apart from the completion (Gemini's thoughts
@@ -2299,7 +2317,7 @@ def _usage(usage: Any) -> Usage:
         else:
             searches = None
     # A count the server did not give is None, not 0.
-    return pt, ct, tt, cached, reasoning, searches, sources, written, written_1h
+    return pt, ct, tt, cached, reasoning, searches, sources, written, written_1h, heard, spoken
 
 
 def _cache_writes(total: Any, detail: Any) -> tuple[int | None, int | None]:

@@ -61,9 +61,11 @@ __all__ = [
 # (prompt, completion, total, cached, reasoning) tokens of a reply, as the client reads them,
 # then its search units: web searches (Anthropic's ``server_tool_use.web_search_requests``) and
 # sources (Grok's live search, ``num_sources_used``), then the tokens written to the prompt
-# cache and those of them kept an hour (Anthropic's), each None when the reply did not say.
+# cache and those of them kept an hour (Anthropic's), then the audio tokens of the prompt and of
+# the completion (``*_tokens_details.audio_tokens``: billed at the audio prices), each None when
+# the reply did not say (the audio ones when it said 0, too).
 Usage = tuple[int | None, int | None, int | None, int | None, int | None, int | None, int | None,
-              int | None, int | None]
+              int | None, int | None, int | None, int | None]
 
 
 class BatchrunnerError(Exception):

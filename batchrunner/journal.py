@@ -75,7 +75,7 @@ SEGMENT_GLOB = "seg-*.parquet"
 # What a reply's cost is priced from, as a record keeps it (``Journal.price_unpriced``).
 PRICED_FROM = ("model", "cost_usd", "prompt_tokens", "completion_tokens", "cached_tokens",
                "cache_write_tokens", "search_units", "search_requests", "attempts",
-               "unknown_tries", "priced_as")
+               "unknown_tries", "priced_as", "audio_prompt_tokens", "audio_completion_tokens")
 ROW_GROUP_ROWS = 16_384
 _GATHER_ROWS = 16_384  # records copied at a time while compacting (a row group)
 _INDEX_ROWS = 65_536  # records ranked at a time while compacting

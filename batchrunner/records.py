@@ -12,8 +12,8 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["ADDED_COLUMNS", "JOURNAL_ONLY", "OUTCOME_COLUMNS", "OUTCOME_SCHEMA", "REPEATED_COLUMNS",
-           "RETRYING", "Outcome"]
+__all__ = ["ADDED_COLUMNS", "AUDIO_COLUMNS", "JOURNAL_ONLY", "OUTCOME_COLUMNS", "OUTCOME_SCHEMA",
+           "REPEATED_COLUMNS", "RETRYING", "Outcome"]
 
 # The status of a journal record that is no outcome: an attempt of a row still to do was billed
 # (a reply with usage but no usable answer) and the row is to be sent again. It keeps what the
@@ -105,6 +105,12 @@ class Outcome:
     # ``service_tier``: default, flex, priority), else the one its request asked for; None for
     # neither. Null in records written before it.
     service_tier: str | None = None
+    # Of prompt_tokens and completion_tokens, the audio tokens (an ``input_audio`` part; a
+    # spoken answer, ``modalities`` with ``audio``: ``*_tokens_details.audio_tokens``), billed
+    # at the model's audio prices; None for none. Null in records written before them; in the
+    # results only when some row has them.
+    audio_prompt_tokens: int | None = None
+    audio_completion_tokens: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,17 +152,22 @@ OUTCOME_SCHEMA = pa.schema(
         ("unreported_usd", pa.float64()),
         ("choices_asked", pa.int64()),
         ("service_tier", pa.string()),
+        ("audio_prompt_tokens", pa.int64()),
+        ("audio_completion_tokens", pa.int64()),
     ]
 )
 
 OUTCOME_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Outcome))
+# The audio token counts: shown in the results only when some record has them.
+AUDIO_COLUMNS: tuple[str, ...] = ("audio_prompt_tokens", "audio_completion_tokens")
 assert tuple(OUTCOME_SCHEMA.names) == OUTCOME_COLUMNS
 
 ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "citations",
                                            "row_hash", "search_units", "search_requests",
                                            "cache_write_tokens", "unknown_tries",
                                            "priced_as", "unreported_usd", "logprobs",
-                                           "choices_asked", "service_tier"})
+                                           "choices_asked", "service_tier",
+                                           *AUDIO_COLUMNS})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
 JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries", "unreported_usd",

@@ -82,7 +82,12 @@ Top-level keys, in this order::
                       not known), "earlier_unpriced_rows" (rows whose cost is unknown for an
                       earlier try billed at a cost not known), "price_source", "price",
                       and, where rows were answered at a service tier of its own price,
-                      "service_tiers": {tier: {"rows", "price"}}}}
+                      "service_tiers": {tier: {"rows", "price"}}, and, where rows' replies
+                      counted audio tokens (a spoken answer, an audio input), "audio_tokens":
+                      {"rows", "prompt", "completion" (of prompt_tokens and completion_tokens,
+                      priced at the audio prices), "at_text_price": ["prompt", "completion"],
+                      those of them priced as text tokens for want of an audio price (the
+                      cost is then low)}}}
     by_finish_reason  {finish_reason: rows}; ok rows without one count as "(none)"
     by_error_type     {error_type: {"rows", "example"}} over failed rows; the example is the
                       first message in row order
@@ -134,7 +139,7 @@ from batchrunner.pricing import (
     PriceBook,
 )
 from batchrunner.progress import utc_timestamp
-from batchrunner.records import RETRYING
+from batchrunner.records import AUDIO_COLUMNS, RETRYING
 
 __all__ = [
     "CHOICE_CUT",
@@ -143,8 +148,11 @@ __all__ = [
     "REPORT_HTML",
     "REPORT_JSON",
     "REPORT_MD",
+    "AudioSum",
     "OutcomeStats",
     "UsdSum",
+    "audio_at_text_price",
+    "audio_lines",
     "build_report",
     "changed_warning",
     "count_rows",
@@ -192,7 +200,8 @@ _HTML_COLUMNS = ("key", "content")  # report.html's top-10 tables need these as 
 # Read when a chunk has it (a journal written before it existed reads it as nulls).
 OPTIONAL_REPORT_COLUMNS: tuple[str, ...] = ("earlier_cost_usd", "search_units", "search_requests",
                                            "cache_write_tokens", "choices", "priced_as",
-                                           "unreported_usd", "choices_asked", "service_tier")
+                                           "unreported_usd", "choices_asked", "service_tier",
+                                           "audio_prompt_tokens", "audio_completion_tokens")
 REPORT_COLUMNS: tuple[str, ...] = (*_COLUMNS, *OPTIONAL_REPORT_COLUMNS, *_HTML_COLUMNS)
 """Every column ``build_report`` and ``render_html`` read; a chunk may hold more."""
 _TOKEN_COLUMNS = ("prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens")
@@ -286,6 +295,7 @@ class OutcomeStats:
 
     __slots__ = (
         "_attempts",
+        "_audio",
         "_choices",
         "_cost",
         "_cost_bad",
@@ -354,6 +364,7 @@ class OutcomeStats:
         self._search = SearchSum()  # the search units and requests of the rows with a cost
         # (model priced as, service tier) → rows answered at a tier priced apart (flex, ...)
         self._tiers: dict[tuple[str, str], int] = {}
+        self._audio = AudioSum()  # the audio tokens, by the model priced as
         self._cost: dict[_GroupKey, int] = {}
         self._cost_bad: set[_GroupKey] = set()  # groups with a NaN or infinite cost
         # The same for earlier_cost_usd: earlier billed attempts of rows sent again.
@@ -495,6 +506,9 @@ class OutcomeStats:
                 if _count(at):
                     for model, k in _counts(pc.filter(priced, at)).items():
                         self._tiers[model, tier] = self._tiers.get((model, tier), 0) + k
+        if "audio_prompt_tokens" in t.column_names:  # a journal written before has nulls
+            self._audio.add_priced(priced, t["audio_prompt_tokens"],
+                                   t["audio_completion_tokens"])
         if units.null_count < n or requests.null_count < n:
             self._search.add_costed(priced, pc.is_valid(cost), units, requests)
         ok_np = _np_bool(is_ok)
@@ -703,6 +717,56 @@ class UsdSum:
         return self.usd if self.rows == rows else None
 
 
+class AudioSum:
+    """The audio tokens of the prompt and of the completion (a spoken answer, an audio input)
+    of the rows whose replies counted any, by the model they are priced as, added a table of
+    outcome records at a time: the reports' ``OutcomeStats`` keeps one, and ``status``
+    another. Tables need ``COLUMNS`` (``retrying`` records have none)."""
+
+    COLUMNS = ("status", "model", "priced_as", *AUDIO_COLUMNS)
+    __slots__ = ("_sums",)
+
+    def __init__(self) -> None:
+        # model priced as → [rows, audio tokens of the prompt, of the completion]
+        self._sums: dict[str | None, list[int]] = {}
+
+    def add(self, t: pa.Table) -> None:
+        self.add_priced(_priced_as(t), t["audio_prompt_tokens"], t["audio_completion_tokens"])
+
+    def add_priced(self, priced: pa.ChunkedArray, heard: pa.ChunkedArray,
+                   spoken: pa.ChunkedArray) -> None:
+        """The audio tokens of the prompt (``heard``) and the completion (``spoken``) of the
+        rows whose replies counted any, by the model each is ``priced`` as."""
+        n = len(heard)
+        if heard.null_count == n and spoken.null_count == n:
+            return
+        some = pc.or_(pc.is_valid(heard), pc.is_valid(spoken))
+        group, models = group_codes(pc.filter(priced, some))
+        rows = np.bincount(group, minlength=len(models)).tolist()
+        sums = [_group_sums(group, len(models), pc.filter(c, some)) for c in (heard, spoken)]
+        for j, model in enumerate(models):
+            acc = self._sums.setdefault(model, [0, 0, 0])
+            acc[0] += rows[j]
+            acc[1] += sums[0][j]
+            acc[2] += sums[1][j]
+
+    def models(self) -> list[str | None]:
+        return list(self._sums)
+
+    def entry(self, model: str | None, price: ModelPrice | None) -> dict[str, Any] | None:
+        """``{"rows", "prompt", "completion", "at_text_price"}`` of ``model``'s rows at
+        ``price`` (its price, None when not known): ``at_text_price`` names the parts whose
+        audio tokens it has no audio price for, priced as text; None when no row of it
+        counted audio tokens."""
+        acc = self._sums.get(model)
+        if acc is None:
+            return None
+        return {"rows": acc[0], "prompt": acc[1], "completion": acc[2],
+                "at_text_price": [part for part, n, key in (
+                    ("prompt", acc[1], "input_audio"), ("completion", acc[2], "output_audio"))
+                    if n and price is not None and getattr(price, key) is None]}
+
+
 class SearchSum:
     """Search billed apart from tokens, added a table of outcome records at a time: the
     reports' ``OutcomeStats`` keeps one, and ``status`` another, so both show the same figure.
@@ -852,6 +916,7 @@ def build_report(
 
     by_model = _by_model(stats, prices)
     warnings.extend(cached_at_input_price(by_model, prices))
+    warnings.extend(audio_at_text_price(by_model))
     for model, entry in by_model.items():
         k = entry["unpriced_rows"]
         if not k:
@@ -1042,6 +1107,54 @@ def cached_at_input_price(by_model: Mapping[str, Mapping[str, Any]], prices: Pri
             if entry.get("cached_tokens") and (said := uncached_price(prices, model)) is not None]
 
 
+def audio_at_text_price(by_model: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What the reports and the run's summary say of each model whose rows' audio tokens
+    (a spoken answer, an audio input) were priced as text tokens for want of an audio price:
+    their cost is low (OpenAI bills audio several times the text price)."""
+    out = []
+    for model, entry in by_model.items():
+        audio = entry.get("audio_tokens")
+        if not isinstance(audio, Mapping) or not (parts := audio.get("at_text_price")):
+            continue
+        counts = _and([f"{_num(audio.get(part, 0))} of the {part}" for part in parts])
+        keys = _and([f"{'input' if part == 'prompt' else 'output'}_audio" for part in parts])
+        out.append(f"model {model!r}: {counts} audio tokens priced as text tokens, no audio "
+                   f"price known for it: their cost is low (audio is billed several times "
+                   f'the text price); add {keys} (USD per 1M tokens) to [prices."{model}"] in '
+                   "the job file")
+    return out
+
+
+def audio_lines(by_model: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line a model whose rows' replies counted audio tokens, under the reports' table of
+    models: how many and the audio prices they were priced at, or that they had none."""
+    out = []
+    for model, m in by_model.items():
+        audio = m.get("audio_tokens")
+        if not isinstance(audio, Mapping):
+            continue
+        counts = _and([f"{_num(n)} of the {part}" for part in ("prompt", "completion")
+                       if (n := audio.get(part))])
+        p = m.get("price")
+        prices = ([f"{_num(v)} {'in' if key == 'input_audio' else 'out'}"
+                   for part, key in (("prompt", "input_audio"), ("completion", "output_audio"))
+                   if audio.get(part) and (v := p.get(key)) is not None]
+                  if isinstance(p, Mapping) else [])
+        text = audio.get("at_text_price") or []
+        if not text:
+            said = f"priced at its audio price{'s' if len(prices) > 1 else ''}: " + (
+                " / ".join(prices))
+        elif not prices:
+            said = "priced as text tokens: no audio price known, the cost is low"
+        else:  # one part priced as audio, the other as text
+            said = (f"the {'completion' if text == ['prompt'] else 'prompt'}'s priced at its "
+                    f"audio price ({prices[0]}), the {text[0]}'s as text tokens: no audio "
+                    "price known, the cost is low")
+        out.append(f"{model}: {count_rows(audio.get('rows', 0))} with audio tokens ({counts}), "
+                   f"{said}.")
+    return out
+
+
 def uncached_price(prices: PriceBook, model: str) -> str | None:
     """Where ``model``'s price is the job's ``[prices]`` entry with no ``cached_input`` (its
     cached prompt tokens then cost the input price, which APIs that cache bill lower: OpenAI
@@ -1094,6 +1207,8 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
                  if model is not None and (k := stats._tiers.get((name, tier)))}
         if tiers:
             out[name]["service_tiers"] = tiers
+        if (audio := stats._audio.entry(model, price)) is not None:
+            out[name]["audio_tokens"] = audio
     return out
 
 
@@ -1470,7 +1585,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"Prices in {pricing.get('units', 'USD per 1M tokens')}; library: "
             f"{pricing.get('library', LIBRARY_NAME)} {pricing.get('library_version', '')}."
         )
-        tiers = tier_lines(by_model)
+        tiers = [*tier_lines(by_model), *audio_lines(by_model)]
         out += ["", *(f"- {line}" for line in tiers)] if tiers else []
         out.append("")
 

@@ -52,6 +52,7 @@ from batchrunner.report import (
     _model_price,
     _num,
     _searched,
+    audio_lines,
     count_rows,
     format_ms,
     format_usd,
@@ -360,7 +361,8 @@ def _model_table(report: Mapping[str, Any]) -> str:
             f"<td>{_e(m.get('price_source') or '')}</td>"
             "</tr>"
         )
-    more = "".join(f'<p class="dim">{_e(line)}</p>' for line in tier_lines(by_model))
+    more = "".join(f'<p class="dim">{_e(line)}</p>'
+                   for line in (*tier_lines(by_model), *audio_lines(by_model)))
     if len(by_model) > 50:
         more += f'<p class="dim">{len(by_model) - 50} more models in cost_report.json.</p>'
     return (

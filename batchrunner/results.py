@@ -31,6 +31,7 @@ from batchrunner.arrow import (
 from batchrunner.errors import OutputError
 from batchrunner.journal import Fresh, Journal, new_run_id
 from batchrunner.records import (
+    AUDIO_COLUMNS,
     JOURNAL_ONLY,
     OUTCOME_COLUMNS,
     OUTCOME_SCHEMA,
@@ -40,6 +41,7 @@ from batchrunner.records import (
 from batchrunner.report import (
     REPORT_COLUMNS,
     OutcomeStats,
+    audio_at_text_price,
     build_report,
     cached_at_input_price,
     choices_asked,
@@ -254,6 +256,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     if summary.cost_unknown:
         summary.unpriced = unpriced_causes(report["by_model"])
     summary.cached_at_input_price = cached_at_input_price(report["by_model"], plan.prices)
+    summary.audio_at_text_price = audio_at_text_price(report["by_model"])
     summary.earlier_cost_usd = report["cost_earlier_attempts_usd"]
     summary.unreported_rows = report["cost_unreported"]["rows"]
     summary.unreported_usd = report["cost_unreported"]["estimated_usd"]
@@ -349,8 +352,10 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path,
     ``limited`` (a ``--limit`` run's results): the file ends at the last input row with a
     record, and the input is read no further; the rows after it count as rows with none."""
     outcomes = _Outcomes(journal, order) if journal.segments() else None
+    audio = any(journal.holds(c) for c in AUDIO_COLUMNS)  # a job with audio tokens
     outcome_cols = [c for c in OUTCOME_COLUMNS if c != "key" and c not in JOURNAL_ONLY
-                    and (c != "logprobs" or _logprobs_kept(plan, journal))]
+                    and (c != "logprobs" or _logprobs_kept(plan, journal))
+                    and (audio or c not in AUDIO_COLUMNS)]
     empty = pa.Table.from_batches([], OUTCOME_SCHEMA)
     writer: io.ResultWriter | None = None
     statuses: Counter[str | None] = Counter()

@@ -302,6 +302,8 @@ class RunSummary:
     paused: int = 0  # rows whose turn Claude paused (finish_reason pause_turn): unfinished
     # Models whose cached prompt tokens the job priced at the input price (no cached_input)
     cached_at_input_price: list[str] = field(default_factory=list)
+    # Models whose audio tokens were priced as text for want of an audio price (cost low)
+    audio_at_text_price: list[str] = field(default_factory=list)
     fewer_choices: int = 0  # ok rows answered with fewer choices than the n asked
     choices_asked: int = 1  # the n the job asked
     # Failed rows answered with choices (n > 1), which --retry-failed asks all n again of, and
@@ -2594,13 +2596,14 @@ class _Run:
                 self.counters["attempts"] += item.attempts
                 if e.retryable:
                     self.transient.add(e.error_type)
-                usage = e.usage or (None, None, None, None, None, None, None, None, None)
+                usage = e.usage or (None,) * 11
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
                     rate_limited=item.rate_limited, error_type=e.error_type,
                     error_message=e.message, prompt_tokens=usage[0],
                     completion_tokens=usage[1], total_tokens=usage[2], cached_tokens=usage[3],
                     cache_write_tokens=usage[7], reasoning_tokens=usage[4],
+                    audio_prompt_tokens=usage[9], audio_completion_tokens=usage[10],
                     search_units=_search_units(usage[5], usage[6]), search_requests=searched,
                     cost_usd=None if item.earlier_unknown else billed,
                     earlier_cost_usd=item.earlier_usd or None,
@@ -3291,22 +3294,25 @@ class _Run:
         usable completion, a stream cut after its usage), and its search requests (``_cost``)."""
         if e.usage is None:
             return None, None
-        pt, ct, _, cached, reasoning, searches, sources, written, written_1h = e.usage
+        pt, ct, _, cached, reasoning, searches, sources, written, written_1h, heard, spoken = (
+            e.usage)
         return self._cost(item, item.model, pt, ct, cached, reasoning,
-                          searches, sources, written, written_1h)
+                          searches, sources, written, written_1h, heard=heard, spoken=spoken)
 
     def _cost(self, item: _Work, model: str, prompt: int | None, completion: int | None,
               cached: int | None, reasoning: int | None, searches: int | None,
               sources: int | None, written: int | None = None, written_1h: int | None = None,
-              tier: str | None = None) -> tuple[float | None, int | None]:
+              tier: str | None = None, heard: int | None = None, spoken: int | None = None
+              ) -> tuple[float | None, int | None]:
         """What a billed reply of ``item`` cost (an answer, or a try billed without a usable
         one), priced as ``model`` at the service tier that answered (``tier``, else the one its
-        request asked for), and its search requests: 1 when its request asked for search
-        billed per request and its usage counts no search units (``search_requested``), else
-        None. Under a budget, what its search units cost beyond its tokens is
-        held for the next requests of the model asked for (the largest so far), and one that
-        cannot be priced still counts: its tokens, stopping the job, when its search has no
-        price; its estimate when its tokens have none."""
+        request asked for), its audio tokens (``heard``, the prompt's; ``spoken``, the
+        completion's) at the audio prices, and its search requests: 1 when its request asked
+        for search billed per request and its usage counts no search units
+        (``search_requested``), else None. Under a budget, what its search units cost beyond
+        its tokens is held for the next requests of the model asked for (the largest so far),
+        and one that cannot be priced still counts: its tokens, stopping the job, when its
+        search has no price; its estimate when its tokens have none."""
         prices = self.plan.prices
         requests = (1 if searches is None and sources is None
                     and search_requested(item.body) is not None else None)
@@ -3316,7 +3322,8 @@ class _Run:
                            cached_tokens=cached, reasoning_tokens=reasoning,
                            web_searches=searches, sources=sources, search_requests=requests,
                            cache_write_tokens=written, cache_write_1h_tokens=written_1h,
-                           service_tier=tier)
+                           service_tier=tier, audio_prompt_tokens=heard,
+                           audio_completion_tokens=spoken)
         if cost is None and (prompt is None or completion is None):
             # No usage to price (a gateway that leaves it out), billed all the same: its
             # estimate is carried with the row (unreported_usd), as a cut try's is, for the
@@ -3330,7 +3337,8 @@ class _Run:
         if self.budget is not None and (cost is None or searches or sources or requests):
             tokens = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
                                  cached_tokens=cached, cache_write_tokens=written,
-                                 cache_write_1h_tokens=written_1h, service_tier=tier)
+                                 cache_write_1h_tokens=written_1h, service_tier=tier,
+                                 audio_prompt_tokens=heard, audio_completion_tokens=spoken)
             if cost is not None and tokens is not None:
                 requested = item.model
                 # A fee per request is held in each request's estimate from the first send.
@@ -3387,7 +3395,8 @@ class _Run:
         cost, searched = self._cost(item, model, res.prompt_tokens, res.completion_tokens,
                                     res.cached_tokens, res.reasoning_tokens, res.web_searches,
                                     res.sources_used, res.cache_write_tokens,
-                                    res.cache_write_1h_tokens, res.service_tier)
+                                    res.cache_write_1h_tokens, res.service_tier,
+                                    res.audio_prompt_tokens, res.audio_completion_tokens)
         checks = item.checks
         content = res.content
         error = None
@@ -3439,6 +3448,8 @@ class _Run:
             item.unreported_usd or None,
             item.n if "n" in item.body else None,  # choices_asked
             res.service_tier or tier_asked(item.body),  # service_tier
+            res.audio_prompt_tokens,
+            res.audio_completion_tokens,
         )
 
     def _unpriced_search(self, model: str, tokens_usd: float, *, per_request: bool) -> None:
@@ -3495,7 +3506,9 @@ class _Run:
             cost, _ = self._cost(item, item.model, res.prompt_tokens, res.completion_tokens,
                                  res.cached_tokens, res.reasoning_tokens, res.web_searches,
                                  res.sources_used, res.cache_write_tokens,
-                                 res.cache_write_1h_tokens, res.service_tier)
+                                 res.cache_write_1h_tokens, res.service_tier,
+                                 heard=res.audio_prompt_tokens,
+                                 spoken=res.audio_completion_tokens)
         if cost is not None:
             self._billed_retry(item, cost)
         else:
@@ -4313,6 +4326,7 @@ def format_summary(s: RunSummary) -> str:
     if s.paused:
         lines.append(f"  warning: {paused_warning(s.paused)}")
     lines.extend(f"  warning: {said}" for said in s.cached_at_input_price)
+    lines.extend(f"  warning: {said}" for said in s.audio_at_text_price)
     if s.fewer_choices:
         lines.append(f"  warning: {fewer_choices_warning(s.fewer_choices, s.choices_asked)}")
     answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd

@@ -33,11 +33,13 @@ from batchrunner.errors import JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.progress import duration, shell_quote
-from batchrunner.records import RETRYING
+from batchrunner.records import AUDIO_COLUMNS, RETRYING
 from batchrunner.report import (
+    AudioSum,
     SearchSum,
     UsdSum,
     asks_choices,
+    audio_at_text_price,
     changed_warning,
     choices_asked,
     count_fewer_choices,
@@ -132,6 +134,26 @@ def plus_earlier(usd: float | None, to_do: int = 0, to_do_usd: float = 0.0) -> s
     return f" (plus {' and '.join(parts)})"
 
 
+def _audio_lines(out_dir: Path, meta: dict[str, Any]) -> list[str]:
+    """The audio tokens replies counted (a spoken answer, an audio input), priced at the audio
+    prices, and a warning for each model with none (priced as text: the cost is low); none
+    when no record has any (told from the segments' statistics: nothing more is read)."""
+    journal = Journal(out_dir)
+    if not any(journal.holds(c) for c in AUDIO_COLUMNS):
+        return []
+    audio = journal.fold_latest(AudioSum.COLUMNS, AudioSum)
+    prices = PriceBook(parse_price_table(meta.get("prices") or {},
+                                         where=f"{out_dir / 'job.json'}: prices"))
+    entries = {model: {"audio_tokens": entry} for model in audio.models() if model is not None
+               and (entry := audio.entry(model, prices.price(model))) is not None}
+    heard = sum(e["audio_tokens"]["prompt"] for e in entries.values())
+    spoken = sum(e["audio_tokens"]["completion"] for e in entries.values())
+    parts = " and ".join(f"{n:,} of the {what}" for n, what in ((heard, "prompt"),
+                                                               (spoken, "completion")) if n)
+    return ([f"  audio tokens: {parts}, priced at the audio prices"] if parts else []) + [
+        f"  warning: {said}" for said in audio_at_text_price(entries)]
+
+
 def format_status(out_dir: Path) -> str:
     """Progress, failures by type and cost so far, from the journal alone."""
     meta = read_meta(out_dir)
@@ -203,6 +225,7 @@ def format_status(out_dir: Path) -> str:
         (state.written, "written to it" if state.cached else "written to the cache")) if n]
     if cache:
         lines.append(f"  of the prompt tokens, {' and '.join(cache)}")
+    lines += _audio_lines(out_dir, meta)
     if state.fewer_choices:
         lines.append(f"  {fewer_choices_warning(state.fewer_choices, asked)}")
     if state.failed_choices:
