@@ -24,10 +24,12 @@ Top-level keys, in this order::
     report_version    1
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
-    rows              {"total", "by_status": {status: rows}, "cut_at_length", "to_do",
-                      "billed_to_do", "changed_to_send", "cost_unknown", "fewer_choices",
-                      "failed_with_choices"};
-                      total counts the rows with an outcome, to_do the input's rows without
+    rows              {"total", "by_status": {status: rows}, "cut_at_length",
+                      "cut_at_length_usd", "to_do", "billed_to_do", "changed_to_send",
+                      "cost_unknown", "fewer_choices", "failed_with_choices"};
+                      total counts the rows with an outcome, cut_at_length_usd what the rows
+                      cut at max_tokens cost (null when one of them has no cost), to_do the
+                      input's rows without
                       one (null when not given), billed_to_do those of them whose attempts
                       so far were billed without an answer at a cost reported (``retrying``
                       records with an earlier_cost_usd; a cut try's estimate is
@@ -299,6 +301,7 @@ class OutcomeStats:
         "_choices",
         "_cost",
         "_cost_bad",
+        "_cut_usd",
         "_earlier",
         "_earlier_bad",
         "_errors",
@@ -341,6 +344,7 @@ class OutcomeStats:
         # and what their answers cost.
         self._failed_choices = 0
         self._failed_choices_usd = UsdSum()
+        self._cut_usd = UsdSum()  # what the rows cut at max_tokens cost
         self._n_length = 0
         self._n_unpriced = 0
         self._tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
@@ -455,7 +459,9 @@ class OutcomeStats:
         cut = pc.fill_null(is_value(finish, "length"), _FALSE)
         if "choices" in t.column_names:  # n > 1: cut when any choice is, not the first alone
             cut = pc.or_(cut, pc.fill_null(pc.match_substring(t["choices"], CHOICE_CUT), _FALSE))
-        self._n_length += _count(cut)
+        if k := _count(cut):
+            self._n_length += k
+            self._cut_usd.add(pc.filter(cost, cut))
         asked = t["choices_asked"] if "choices_asked" in t.column_names else None
         if "choices" in t.column_names and asks_choices(self._choices, asked):  # a server
             # that ignores n
@@ -1037,6 +1043,7 @@ def build_report(
         "generated_at": utc_timestamp(),
         "job": {str(k): _jsonable(v) for k, v in job.items()},
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
+                 "cut_at_length_usd": stats._cut_usd.of(n_length),
                  "to_do": to_do, "billed_to_do": stats._to_do_billed,
                  "changed_to_send": changed_left, "cost_unknown": n_unpriced,
                  "fewer_choices": stats._n_fewer,

@@ -151,6 +151,7 @@ from batchrunner.status import (
     read_meta,
     rerun_command,
     resume_advice,
+    round_up,
     run_in_progress,
 )
 from batchrunner.structured import StructuredOutput, structured_output, unfenced
@@ -312,6 +313,7 @@ class RunSummary:
     failed_choices_usd: float | None = None
     # A row was cut at max_tokens in a choice but choice 0 (rows of a column's n > 1, say)
     choice_cut: bool = False
+    cut_usd: float | None = None  # what the rows cut cost (None: one of them has no cost)
     # What to do about the rows cut at max_tokens (length_cut): what to change, or why the
     # command that sends them again with a larger one (cut_command) sets it so (_cut_advice).
     cut_advice: str = ""
@@ -4246,22 +4248,50 @@ def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
     asked = next((v for v in (request.get("max_tokens"), extra.get("max_completion_tokens"),
                               extra.get("max_tokens")) if type(v) is int and v > 0), None)
     if asked is None:  # how far the server's own limit let them go, the results say
-        options = " ".join(shell_quote(a) for a in ("--force", *where))
+        flags = " ".join(shell_quote(a) for a in ("--force", *where))
         return (f"rerun the job with a --max-tokens above the completion_tokens {they} used "
                 f"(no max_tokens was asked: the server's own limit cut {them}), and "
-                f"{options}"), ""
+                f"{flags}"), ""
     larger = 2 * asked
-    why = f"twice the {asked:,} token{'' if asked == 1 else 's'} {they} used up"
+    why = (f"twice the job's max_tokens of {asked:,}, the most {they} "
+           f"{'was' if s.length_cut == 1 else 'were'} given")
     if s.pending:  # its command now would meet the stop (a budget) or the rows left first
         rows = count_rows(s.pending)
         return (f"once the {rows} not done yet are done, the run's summary names the command, "
                 f"with {why}"), ""
-    command = Rerun(plan.job_meta, plan.out_dir).command(("--force", *where),
-                                                         options={"max_tokens": larger})
+    options: dict[str, Any] = {"max_tokens": larger}
+    if (budget := _budget(plan)) is not None:
+        # The budget counts the job's whole cost: kept as it was, the command stopped at it
+        # after a few rows, or at once.
+        spent = s.cost_known_usd + s.earlier_cost_usd + s.unreported_usd
+        if s.cut_usd is None or not math.isfinite(spent) or not math.isfinite(s.cut_usd):
+            why += (f"; the budget counts the job's {format_usd(spent)} spent so far: raise "
+                    f"--max-cost (max_cost_usd) above it by what the {count_rows(s.length_cut)} "
+                    "cost again")
+        elif (need := spent + 2.2 * s.cut_usd) > 0 and (raised := round_up(need)) > budget:
+            options["max_cost_usd"] = raised
+            why += (f"; and --max-cost raised to {format_usd(raised)}: the budget counts the "
+                    f"job's {format_usd(spent)} spent so far, plus twice the "
+                    f"{format_usd(s.cut_usd)} {they} cost for answers up to twice as long, and "
+                    "a tenth more, rounded up")
+    command = Rerun(plan.job_meta, plan.out_dir).command(("--force", *where), options=options)
     if not command:  # a job.json from before the options were kept
-        options = " ".join(shell_quote(a) for a in ("--max-tokens", str(larger), "--force", *where))
-        return f"rerun the job with {why}: {options}", ""
+        args = [a for name, value in options.items()
+                for a in ("--max-tokens" if name == "max_tokens" else "--max-cost", str(value))]
+        flags = " ".join(shell_quote(a) for a in (*args, "--force", *where))
+        return f"rerun the job with {why}: {flags}", ""
     return why, command
+
+
+def _budget(plan: Plan) -> float | None:
+    """The job's budget (max_cost_usd): the run's, else (``report``, which reads no job file)
+    the --max-cost its last run was given, else None."""
+    if (budget := plan.job.limits.max_cost_usd) is not None:
+        return budget
+    command = plan.job_meta.get("command")
+    options = command.get("options") if isinstance(command, dict) else None
+    given = options.get("max_cost_usd") if isinstance(options, dict) else None
+    return float(given) if isinstance(given, int | float) and not isinstance(given, bool) else None
 
 
 def _structured_or_none(settings: dict[str, Any]) -> StructuredOutput | None:

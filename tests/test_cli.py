@@ -501,7 +501,7 @@ def test_the_summary_of_rows_cut_at_max_tokens_says_how_to_answer_them_again(
     code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "1"))
     assert code == 0, err
     said = ("  warning: 3 rows cut at max_tokens (finish_reason=length): to answer them again "
-            "with a larger one (twice the 1 token they used up), run: ")
+            "with a larger one (twice the job's max_tokens of 1, the most they were given), run: ")
     (line,) = [line for line in out.splitlines() if line.startswith(said)]
     command = line.removeprefix(said)
     assert " --max-tokens 2 " in command and " --max-tokens 1 " not in command, command
@@ -512,8 +512,34 @@ def test_the_summary_of_rows_cut_at_max_tokens_says_how_to_answer_them_again(
     code, out, err = cli(capsys, *argv[1:], "--progress", "none")
     assert code == 0, err
     assert "3 requests sent this run" in out
-    assert "twice the 2 tokens they used up" in out and "--max-tokens 4 " in out
+    assert "twice the job's max_tokens of 2, the most they were given" in out
+    assert "--max-tokens 4 " in out
     assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["completion_tokens"]) == {2}
+
+
+def test_the_command_for_rows_cut_under_a_budget_raises_it_and_runs_to_the_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A job with a budget: the command for its rows cut at max_tokens kept the budget, which
+    counts the job's whole cost, so run as printed it stopped at it after a few rows, or at
+    once (walked). It raises --max-cost by twice what the cut rows cost, and a tenth more."""
+    pd.DataFrame({"id": [f"r{i}" for i in range(40)],
+                  "text": [f"describe product {i} in detail" for i in range(40)]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "20", "--max-cost",
+                                            "0.0007"))
+    assert code == 0, err
+    (line,) = [line for line in out.splitlines() if "cut at max_tokens" in line]
+    assert "; and --max-cost raised to $" in line, line
+    command = line.split(", run: ", 1)[1]
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    cut_usd, spent = report["rows"]["cut_at_length_usd"], report["cost_usd"]
+    budget = float(shlex.split(command)[shlex.split(command).index("--max-cost") + 1])
+    assert budget >= spent + 2.2 * cut_usd > 0.0007, (budget, spent, cut_usd)
+    code, out, err = cli(capsys, *shlex.split(command)[1:], "--progress", "none")
+    assert code == 0, err  # every cut row sent again, none stopped by the budget
+    assert f"{report['rows']['cut_at_length']} requests sent this run" in out, out
+    assert "stopped" not in out
 
 
 def test_rows_cut_while_rows_are_left_to_do_name_no_command_yet(
@@ -526,7 +552,7 @@ def test_rows_cut_while_rows_are_left_to_do_name_no_command_yet(
     assert code == 0, err
     assert ("  warning: 1 row cut at max_tokens (finish_reason=length): to answer it again with "
             "a larger one, once the 2 rows not done yet are done, the run's summary names the "
-            "command, with twice the 1 token it used up\n") in out
+            "command, with twice the job's max_tokens of 1, the most it was given\n") in out
 
 
 def test_the_command_for_rows_cut_with_n_choices_says_all_are_asked_again() -> None:
