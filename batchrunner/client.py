@@ -883,6 +883,9 @@ class ChatClient:
         # answers do not tell (``_tell_kind``).
         self.simulator_answered = False
         self._ask_simulator = True  # until the first completion
+        # Any answer said to be batchrunner simulate's, an error's too: its URL is kept in no
+        # record of endpoints that answered (a rehearsal's port, not a server that reboots).
+        self.simulator_seen = False
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -1165,6 +1168,8 @@ class ChatClient:
                     raise stop
                 status = resp.status
                 headers = resp.headers
+                if status != 200 and SIMULATOR_HEADER in headers:
+                    self.simulator_seen = True  # an error of its (a completion: _tell_kind)
                 # A gateway may answer a stream request with a plain JSON body (an error, as a
                 # rule): read it as a non-stream reply; and a request that did not ask for a
                 # stream with one (a model it only streams): read as the stream it is.

@@ -3998,7 +3998,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             # Not the built-in simulator's (a port of its own each run), nor batchrunner
             # simulate's: a rehearsal's port is no server that reboots, and a job whose URL
             # is later mistyped to it would wait outage_wait_s for it.
-            if not run.simulated:
+            if not (run.simulated or client.simulator_seen):
                 answered = [endpoint]
                 if not run.models_vary and model and run.counts.ok > plan.prior_ok:
                     answered.append(_endpoint_id(client.url, model))

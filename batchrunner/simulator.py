@@ -2404,6 +2404,8 @@ class _Server:
 
     async def not_found(self, request: web.BaseRequest) -> web.StreamResponse:
         headers = {"x-request-id": self.new_id()}
+        if self.config.announce:  # a run sent to a mistyped path of it knows it too
+            headers[ANNOUNCE_HEADER] = "1"
         return self.error(
             404,
             f"Invalid URL ({request.method} {request.path})",

@@ -559,6 +559,39 @@ async def test_a_rehearsals_port_is_not_waited_for_when_a_job_is_sent_there_late
         "waited for" in s.stopped, s.stopped
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(("models", "path"), [
+    (("another-model",), "/v1"),  # the rehearsal's model refused: 404s of its chat answers
+    (None, "/nowhere/v1"),  # a mistyped path: the simulator's 404 page
+])
+async def test_a_rehearsal_that_got_only_errors_keeps_no_port_waited_for_later(
+        tmp_path: Path, price_cache_dir: Path, models: tuple[str, ...] | None,
+        path: str) -> None:
+    """A rehearsal whose every answer was an error of batchrunner simulate's (its model
+    refused, a mistyped path): an error tells no kind, so the run was not simulated, and its
+    port went into endpoints.json as a real endpoint's; a job mistyped to that port later
+    waited 5 minutes for it (38.7 s seen before it was stopped). Any answer the simulator
+    marks keeps its URL out of the record."""
+    inp = make_csv(tmp_path / "in.csv", [f"ticket {i}" for i in range(30)])
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}{path}"
+    sim = Simulator(SimulatorConfig(announce=True, models=models), port=port)
+    await sim.start()
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, url, inp, model=MODEL,
+                                      output=str(tmp_path / "a")), replace(options(1), limit=4))
+    finally:
+        await sim.stop()
+    assert s.ok == 0 and s.failed + s.pending == 30 and s.sent > 0, s
+    with anyio.fail_after(RUN_LIMIT_S):
+        s = await run_job(job_for(tmp_path, url, inp, model=MODEL, output=str(tmp_path / "b")),
+                          replace(options(3), outage_s=600.0))
+    assert s.exit_code == 4 and s.stopped is not None and s.ok == 0
+    assert "waited" not in s.stopped and "no run on this machine has had an answer from this " \
+        "URL" in s.stopped, s.stopped
+
+
 # One writer of endpoints.json, in a process of its own: waits for the ``go`` file (a second
 # at most), then keeps 50 endpoints of its own, one write each.
 ENDPOINT_WRITER = """
