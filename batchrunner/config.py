@@ -584,8 +584,8 @@ def _toml_fix(text: str, error: str) -> str:
     hidden = _SECRET_NAME.search(key) is not None or ("/" not in value and _secret_like(value))
     if error.startswith("Unescaped '\\'"):
         literal = value[1:-1] if value[:1] == value[-1:] == '"' and len(value) > 1 else None
-        fixed = (f": {key} = '{literal}'" if literal is not None and "'" not in literal
-                 and not hidden else "")
+        fixed = (f": {key} = '{_unkeyed(literal)}'" if literal is not None
+                 and "'" not in literal and not hidden else "")
         return (" — a backslash in \"...\" starts an escape (\\n, \\t): write \\\\ for one, "
                 f"or put the text in single quotes, which keep it as it is{fixed}")
     if error.startswith("Expected newline or end of document after a statement") and (
@@ -603,8 +603,15 @@ def _toml_fix(text: str, error: str) -> str:
         return f" — {key} takes a number, not text ({key} = 10, say)"
     if pair.group(3) and not any(_secret_like(w) for w in pair.group(3).split()):
         value = line.partition("=")[2].strip()  # a "#" in the text: TOML's comment start
-    quoted = value.replace("\\", "\\\\").replace('"', '\\"')
+    quoted = _unkeyed(value).replace("\\", "\\\\").replace('"', '\\"')
     return f" — text goes in quotes: {key} = \"{quoted}\""
+
+
+def _unkeyed(text: str) -> str:
+    """``text`` with each part between ``/?&=#:@`` that reads as a key (``_secret_like``) shown
+    as [redacted]: a gateway's URL may hold the key in its path or query."""
+    return re.sub(r"[^/?&=#:@\s]+",
+                  lambda m: _REDACTED if _secret_like(m.group()) else m.group(), text)
 
 
 # The keys of the job file's tables whose values are numbers, not text.

@@ -1140,6 +1140,24 @@ def test_a_key_pasted_into_a_job_file_without_quotes_is_not_shown(
     assert PASTED not in err and PASTED[8:] not in err
 
 
+@pytest.mark.parametrize(("line", "shown"), [
+    (f"[endpoint]\nbase_url = https://gw.example.com/u/{PASTED}/v1",
+     'base_url = "https://gw.example.com/u/[redacted]/v1"'),
+    (f"[endpoint]\nbase_url = https://gw.example.com/v1?key={PASTED}",
+     'base_url = "https://gw.example.com/v1?key=[redacted]"'),
+], ids=["in-the-path", "in-the-query"])
+def test_a_url_holding_a_key_written_without_quotes_is_shown_without_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, shown: str) -> None:
+    """A gateway's URL with the key in its path or query, written without quotes: the fix
+    wrote it back quoted, the key in it, as the URL's "/" exempted it from the key check."""
+    (tmp_path / "job.toml").write_text(line + "\n")
+    code, out, err = run_cli(["run", str(tmp_path / "job.toml")], capsys)
+    assert (code, out) == (2, "")
+    assert_one_line_error(err, ["not valid TOML: Invalid value",
+                                f" — text goes in quotes: {shown}"])
+    assert PASTED not in err and PASTED[8:] not in err
+
+
 # -- bad input that is not a refusal ----------------------------------------------------------
 
 
