@@ -1461,12 +1461,15 @@ URL_VARIABLE_ENDINGS = ("_BASE_URL", "_API_BASE")
 KEY_VARIABLE_ENDINGS = ("_API_KEY",)
 
 
-def set_instead(job: JobConfig, variable: str, endings: tuple[str, ...]) -> list[str]:
+def set_instead(job: JobConfig, variable: str, endings: tuple[str, ...], *,
+                url: bool = False) -> list[str]:
     """Variables other than ``variable`` (which is unset) that are set to something, in a
     ``.env`` file read for ``job`` (those first, in file order) or the environment, and whose
     names end in one of ``endings``, or are a near miss of ``variable`` (MY_KEY for MYKEY,
-    first): what a guide's reader most likely meant, for a message to name (with where each
-    was read: ``origin``)."""
+    first) set to what it would hold, a URL (``url``) or a key (no URL, LONG_SECRET characters
+    at least: OPENAI_API_BASE's URL, OPENAI_API_TYPE's "azure" are no key for OPENAI_API_KEY):
+    what a guide's reader most likely meant, for a message to name (with where each was read:
+    ``origin``)."""
     import difflib  # a message's only
 
     names: list[str] = []
@@ -1477,7 +1480,9 @@ def set_instead(job: JobConfig, variable: str, endings: tuple[str, ...]) -> list
     found = [name for name in dict.fromkeys(names)
              if name != variable and name.isidentifier() and not _secret_like(name)
              and env.get(name, "").strip()]
-    near = difflib.get_close_matches(variable, found, n=1, cutoff=0.8)
+    near = difflib.get_close_matches(variable, [
+        n for n in found if ("://" in (v := env[n].strip())) == url
+        and (url or len(v) >= LONG_SECRET)], n=1, cutoff=0.8)
     return [*near, *(n for n in found if n.upper().endswith(endings) and n not in near)][:3]
 
 

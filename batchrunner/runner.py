@@ -3779,7 +3779,7 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
                           "URL like https://api.openai.com/v1, or name another --base-url-env")
     if not base_url:
         in_file = "" if job.source == "command line" else " ([endpoint] base_url)"
-        if others := set_instead(job, variable, URL_VARIABLE_ENDINGS):
+        if others := set_instead(job, variable, URL_VARIABLE_ENDINGS, url=True):
             raise ConfigError(
                 f"no endpoint: {variable} is not set; to read the URL from another variable, "
                 f"pass {set_instead_hint(job, others, '--base-url-env')}, or pass --base-url "

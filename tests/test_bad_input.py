@@ -820,6 +820,19 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
              "--api-key-env MY_KEY (MY_KEY from the environment is set), or set MYKEY"])
 
 
+@case("no key set, only a near miss of its name that holds a URL")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # OPENAI_API_BASE (a URL) and OPENAI_API_TYPE ("azure") are near misses of OPENAI_API_KEY:
+    # the message said to pass --api-key-env OPENAI_API_BASE, which sends a URL as the key.
+    without_other_endpoint_variables(c)
+    c.monkeypatch.setenv("OPENAI_API_BASE", c.url)
+    c.monkeypatch.setenv("OPENAI_API_TYPE", "azure")
+    c.monkeypatch.setattr("batchrunner.runner.is_loopback", lambda host: False)
+    return (c.args(c.good_csv()),
+            ["batchrunner: error: no API key: set OPENAI_API_KEY in the environment or in a "
+             ".env file"])
+
+
 @case("a job file's base_url written as ${VARIABLE}")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # As docker compose writes it: not expanded, it was refused as 'not a URL — is it the
