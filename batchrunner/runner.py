@@ -337,6 +337,8 @@ class RunSummary:
     ran: bool = True  # False: the outputs were rebuilt (`report`), no run happened
     nothing_to_do: bool = False  # earlier runs had done every row: none was to be sent
     simulated: bool = False  # the answers came from the built-in simulator
+    # Of ``sent``, the requests a real endpoint answered at a rehearsal's URL: billed, not kept
+    real_unkept: int = 0
     not_connected: int = 0  # of ``sent``, the requests that found no connection
     # Of ``sent``, the requests cut with no answer while the endpoint answered nothing (a box
     # restarting), waited out as those refused are.
@@ -2387,6 +2389,7 @@ class _Run:
                     return None, None  # left to do
                 if isinstance(e, EndpointChanged):
                     if not e.simulator:  # a real endpoint's answer, not kept: billed
+                        self.counters["real_unkept"] += 1
                         self._unkept_answer(item, e.answer)
                     self.stop(self._endpoint_changed(e))
                     return None, None  # left to do
@@ -3957,6 +3960,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             summary.run_cost_usd = run.counts.cost_usd
         summary.stopped = str(run.stop_error) if run.stop_error else None
         summary.simulated = run.simulated
+        summary.real_unkept = run.counters["real_unkept"]
         summary.wall_s = time.monotonic() - started
         moved = await anyio.to_thread.run_sync(_input_moved, plan)
         if moved:
@@ -4408,7 +4412,11 @@ def format_summary(s: RunSummary) -> str:
             notes.append(cut)
         if s.rate_limited:  # a slow run says why: a storm of 429s, waited out
             notes.append(f"{s.rate_limited:,} answered 429, rate limited")
-        if s.simulated:
+        if s.simulated and s.real_unkept:
+            notes.append(f"{s.real_unkept:,} answered by a real endpoint now: billed, not kept"
+                         + ("; the others' answers, the built-in simulator's, are not real"
+                            if s.real_unkept < s.sent else ""))
+        elif s.simulated:
             notes.append("to the built-in simulator: the answers are not real")
         if notes:
             cost += f" ({'; '.join(notes)})"

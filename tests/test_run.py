@@ -1101,6 +1101,9 @@ def test_a_rehearsals_rerun_at_its_url_goes_on_while_batchrunner_simulate_answer
                 "the job's cost) — to run the job there, start afresh with another --output "
                 "directory, or pass --force to mix its answers with the simulator's") in out
         assert real.stats()["completions"] >= 1
+        # The summary said the answers were the simulator's, beside what the real one billed
+        (line,) = [x for x in out.splitlines() if x.startswith("  cost: ")]
+        assert "answered by a real endpoint now: billed, not kept" in line, line
         journal = Journal(tmp_path / "out").read(["status"]).column("status").to_pylist()
         assert journal.count("ok") == 4 and set(journal) <= {"ok", "retrying"}
         meta = json.loads((tmp_path / "out" / "job.json").read_text())
