@@ -37,7 +37,7 @@ from batchrunner import compute as pc
 from batchrunner.arrow import is_value, scalar
 from batchrunner.config import gemini_named, reasoning_model, reasoning_turned_off
 from batchrunner.journal import Journal
-from batchrunner.pricing import SOURCE_JOB, search_requested, tier_asked
+from batchrunner.pricing import SOURCE_JOB, audio_asked, search_requested, tier_asked
 from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
 
@@ -54,6 +54,7 @@ class ModelEstimate:
     cost_usd: float | None = 0.0
     context_window: int | None = None
     search_requests: int = 0  # rows asking for search billed per request (search_requested)
+    audio_tokens: int = 0  # of completion_tokens, those of spoken answers (audio_asked)
     # What the tokens cost when the model is priced but that search is not (cost_usd None).
     tokens_usd: float | None = None
     meant: str | None = None  # with no price: the priced name it is a typo of, if any
@@ -190,6 +191,8 @@ def estimate(plan: Plan) -> Estimate:
         m.rows += 1
         m.prompt_tokens += item.prompt_estimate
         m.completion_tokens += completion
+        if audio_asked(item.body):
+            m.audio_tokens += completion
         if m.context_window and item.prompt_estimate + (item.completion_max or 0) > \
                 m.context_window:
             est.over_context += 1
@@ -214,11 +217,13 @@ def estimate(plan: Plan) -> Estimate:
         tier = m.service_tier
         m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
                                       completion_tokens=m.completion_tokens,
-                                      search_requests=m.search_requests, service_tier=tier)
+                                      search_requests=m.search_requests, service_tier=tier,
+                                      audio_completion_tokens=m.audio_tokens)
         if m.cost_usd is None and m.search_requests:  # its tokens may have a price
             m.tokens_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
                                             completion_tokens=m.completion_tokens,
-                                            service_tier=tier)
+                                            service_tier=tier,
+                                            audio_completion_tokens=m.audio_tokens)
         if m.cost_usd is None and m.tokens_usd is None and model:
             m.meant = next(iter(plan.prices.close_names(model)), None)
         # The job's own prices, or the library's (looked in, too, for a model it lacks)

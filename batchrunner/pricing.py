@@ -635,6 +635,14 @@ def tier_asked(body: Mapping[str, Any]) -> str | None:
     return tier if type(tier) is str else None
 
 
+def audio_asked(body: Mapping[str, Any]) -> bool:
+    """Whether a request asks for a spoken answer (``modalities`` with ``audio``): its
+    completion tokens are mostly audio ones, billed at the output-audio price, at which the
+    budget holds it and the estimate prices it (at most: the transcript's are text)."""
+    modalities = body.get("modalities")
+    return type(modalities) is list and "audio" in modalities
+
+
 def search_requested(body: Mapping[str, Any]) -> str | None:
     """What in a request ``body`` asks for search that is billed per request and that the
     reply's usage does not count, named as the body has it: OpenAI's ``web_search_options``

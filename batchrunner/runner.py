@@ -108,7 +108,13 @@ from batchrunner.journal import (
     new_run_id,
 )
 from batchrunner.limiter import Limiter, reported_limits
-from batchrunner.pricing import PriceBook, parse_price_table, search_requested, tier_asked
+from batchrunner.pricing import (
+    PriceBook,
+    audio_asked,
+    parse_price_table,
+    search_requested,
+    tier_asked,
+)
 from batchrunner.pricing import preload as preload_prices
 from batchrunner.progress import (
     Counts,
@@ -2239,13 +2245,15 @@ class _Run:
         the price of the model asked for, or of the one a gateway answered it with so far, at
         the service tier it asks for, with
         the fee of a request that asks for search billed per request (``search_requested``)
-        where the job prices it, and the most a reply's search units have cost so far."""
+        where the job prices it, and the most a reply's search units have cost so far; a
+        spoken answer's tokens at the output-audio price (``audio_asked``)."""
         prompt, completion = self._tokens(item)
         model = item.model
         priced = self.routed.get(model, model)
         prices = self.plan.prices
         cost = prices.cost(priced, prompt_tokens=prompt, completion_tokens=completion,
-                           service_tier=tier_asked(item.body))
+                           service_tier=tier_asked(item.body),
+                           audio_completion_tokens=completion if audio_asked(item.body) else None)
         if cost is None:
             return None
         if search_requested(item.body) is not None:

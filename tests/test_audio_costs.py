@@ -230,3 +230,45 @@ async def test_a_journal_written_before_the_audio_columns_is_read_resumed_and_re
     assert pd.isna(df["audio_completion_tokens"][1])  # its old record, read as null
     report = json.loads((out / "cost_report.json").read_text())
     assert report["by_model"]["gpt-audio"]["audio_tokens"]["rows"] == 1
+
+
+def test_the_estimate_prices_a_spoken_answer_at_the_audio_price(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job asking for spoken answers was estimated at the text output price: gpt-audio's
+    $10 per 1M where its audio costs $64, a sixth of what it would cost."""
+    job = audio_job(tmp_path, "gpt-audio", False)
+    capsys.readouterr()
+    assert main(["estimate", str(job), "--max-tokens", "1000", "--simulator"]) == 0
+    out = capsys.readouterr().out
+    shown = float(out.split("estimated cost: $", 1)[1].split()[0])
+    price = PriceBook().price("gpt-audio")
+    assert price is not None and price.output_audio is not None
+    at_audio = 3 * 1_000 * price.output_audio / 1e6  # three rows' completions, all audio
+    assert at_audio <= shown < at_audio + 0.01, out
+
+
+@pytest.mark.anyio
+async def test_the_budget_holds_a_request_for_a_spoken_answer_at_the_audio_price(
+        tmp_path: Path) -> None:
+    """The budget held a request for a spoken answer at the text output price (gpt-audio's
+    $10 per 1M, its audio $64): three went out at once under a budget that had room for one
+    at the audio price, and the spend passed the budget. Each is held at the audio price."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"{k},{k}\n" for k in AUDIO))
+    sent: list[str] = []
+    handler = audio_handler("gpt-audio", False)
+
+    async def counting(request: web.BaseRequest) -> web.StreamResponse:
+        sent.append((await request.json())["messages"][-1]["content"])
+        return await handler(request)
+
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "gpt-audio"\n'
+        'prompt = "{text}"\nmax_tokens = 1000\n[request.extra]\n'
+        'modalities = ["text", "audio"]\naudio = { voice = "alloy", format = "wav" }\n'
+        '[limits]\nmax_cost_usd = 0.1\nconcurrency = 3\n[output]\ndir = "out"\n')
+    s = await run_job_file(counting, tmp_path / "job.toml", FAST)
+    # Held at $0.064 each (1,000 tokens at $64 per 1M), one fits; the next after its answer
+    # ($0.066 spent) would pass $0.1.
+    assert s.exit_code == 4 and s.stopped is not None and "budget reached" in s.stopped
+    assert sent == ["a"], sent
