@@ -296,6 +296,34 @@ def gemini_thinks(model: str) -> bool:
     return _GEMINI_THINKS.search(model) is not None
 
 
+def gemini_thinking(body: Mapping[str, Any], stream: bool) -> tuple[str, bool | None, Any]:
+    """Gemini's thinking as a request sets it, as a gateway reads it: ``thinking_config`` in
+    ``extra_body.google`` (or ``google``, where the OpenAI SDK's ``extra_body=`` puts it), a
+    stream's only (a gateway drops it from other requests), else Gemini's own
+    ``generationConfig.thinkingConfig``. (where it is set, whether it turns thinking on or off,
+    its budget): off with a budget of 0, on with another budget or a thinking level, None
+    (as the model does) where nothing is set. The one rule of the simulator and the estimate."""
+    extra = body.get("extra_body")
+    found: list[tuple[str, Any, str]] = []
+    if stream:
+        found += [("extra_body.google.thinking_config", google.get("thinking_config"),
+                   "thinking_budget")
+                  for google in (extra.get("google") if isinstance(extra, Mapping) else None,
+                                 body.get("google")) if isinstance(google, Mapping)]
+    gen = body.get("generationConfig")
+    if isinstance(gen, Mapping):
+        found.append(("generationConfig.thinkingConfig", gen.get("thinkingConfig"),
+                      "thinkingBudget"))
+    for where, config, name in found:
+        if isinstance(config, Mapping):
+            budget = config.get(name)
+            if budget == 0:
+                return where, False, 0
+            if budget is not None or config.get("thinkingLevel") or config.get("thinking_level"):
+                return where, True, budget
+    return "", None, None
+
+
 def gemini_named(model: str) -> bool:
     """Whether ``model`` names a Gemini model: ``gemini-...``, or Gemini's image models by the
     name gateways give them (``nano-banana-pro``)."""

@@ -35,7 +35,12 @@ import pyarrow as pa
 
 from batchrunner import compute as pc
 from batchrunner.arrow import is_value, scalar
-from batchrunner.config import gemini_named, reasoning_model, reasoning_turned_off
+from batchrunner.config import (
+    gemini_named,
+    gemini_thinking,
+    reasoning_model,
+    reasoning_turned_off,
+)
 from batchrunner.journal import Journal
 from batchrunner.pricing import SOURCE_JOB, audio_asked, search_requested, tier_asked
 from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
@@ -310,25 +315,11 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
     if isinstance(thinking, Mapping) and thinking.get("type") == "enabled":
         budget = thinking.get("budget_tokens")
         return "thinking", budget if type(budget) is int and budget > 0 else 0
-    extra = body.get("extra_body")
-    google = extra.get("google") if isinstance(extra, Mapping) else None
-    if not isinstance(google, Mapping):
-        google = body.get("google")  # where the OpenAI SDK's extra_body= puts it
-    if body.get("stream") is not True:  # a gateway drops thinking_config from other requests
-        google = None
-    gen = body.get("generationConfig")  # Gemini's own, as a gateway passes it on
-    for where, config, name in (
-            ("extra_body.google.thinking_config",
-             google.get("thinking_config") if isinstance(google, Mapping) else None,
-             "thinking_budget"),
-            ("generationConfig.thinkingConfig",
-             gen.get("thinkingConfig") if isinstance(gen, Mapping) else None, "thinkingBudget")):
-        if isinstance(config, Mapping):
-            budget = config.get(name)
-            if budget == 0:  # Gemini's thinking turned off
-                return None, 0
-            if budget is not None or config.get("thinkingLevel") or config.get("thinking_level"):
-                return where, budget if type(budget) is int and budget > 0 else 0
+    where, thinks, budget = gemini_thinking(body, body.get("stream") is True)
+    if thinks is False:  # Gemini's thinking turned off
+        return None, 0
+    if thinks:
+        return where, budget if type(budget) is int and budget > 0 else 0
     if body.get("enable_thinking") is True:
         return "enable_thinking", 0
     effort = body.get("reasoning_effort")

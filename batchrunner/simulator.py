@@ -263,6 +263,7 @@ from aiohttp.web_protocol import RequestHandler
 from batchrunner.config import (
     REASONING_MODELS,
     gemini_named,
+    gemini_thinking,
     openai_reasoning,
     reasoning_model,
     reasoning_turned_off,
@@ -1315,20 +1316,10 @@ _UPSTREAM_ERROR_BODY: Final = _error_body(
 
 
 def _gemini_thinks(body: dict[str, Any], stream: bool, default: bool) -> bool:
-    """Whether Gemini thinks for a request as a gateway takes it: as its ``thinking_config`` in
-    ``extra_body.google`` (or ``google``, where the OpenAI SDK's ``extra_body=`` puts it), a
-    stream's only, or its own ``generationConfig.thinkingConfig`` says (a budget of 0 turns it
-    off, any other setting on), else as the model does by ``default``."""
-    if "extra_body" not in body and "google" not in body and "generationConfig" not in body:
-        return default
-    extra = body.get("extra_body")
-    for google in (extra.get("google") if isinstance(extra, dict) else None, body.get("google")):
-        config = google.get("thinking_config") if isinstance(google, dict) else None
-        if isinstance(config, dict) and stream:
-            return config.get("thinking_budget") != 0
-    generation = body.get("generationConfig")
-    config = generation.get("thinkingConfig") if isinstance(generation, dict) else None
-    return config.get("thinkingBudget") != 0 if isinstance(config, dict) else default
+    """Whether Gemini thinks for a request as a gateway takes it (``gemini_thinking``), else
+    as the model does by ``default``."""
+    thinks = gemini_thinking(body, stream)[1]
+    return default if thinks is None else thinks
 
 
 def _search_usage(usage: dict[str, Any], shape: str | None) -> None:

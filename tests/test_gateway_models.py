@@ -730,3 +730,32 @@ async def test_a_mixed_jobs_rerun_whose_new_rows_all_fail_alike_stops_early(
         assert s.stopped.startswith("the rows of gpt-4o failed as that model's own, then the "
                                     "first 20 other rows to finish all failed"), s.stopped
     assert s.pending >= 50
+
+
+@pytest.mark.parametrize(("model", "extra", "thinks"), [
+    # include_thoughts alone turns no thinking on: the simulator made Flash-Lite think
+    ("gemini-2.5-flash-lite", {"extra_body": {"google": {"thinking_config": {
+        "include_thoughts": True}}}}, False),
+    # the SDK's top-level google read beside an extra_body.google without thinking_config:
+    # the estimate read extra_body's alone and warned of no thinking
+    ("gemini-2.0-flash", {"extra_body": {"google": {"safety_settings": []}},
+                          "google": {"thinking_config": {"thinking_budget": 1024}}}, True),
+    ("gemini-2.5-flash", {"extra_body": {"google": {"thinking_config": {
+        "thinking_budget": 0}}}}, False),
+    ("gemini-2.5-flash", {"generationConfig": {"thinkingConfig": {"thinkingBudget": 0}}},
+     False),
+    ("gemini-2.0-flash", {"generationConfig": {"thinkingConfig": {"thinkingLevel": "LOW"}}},
+     True),
+    ("gemini-2.5-pro", {}, True),
+])
+def test_the_estimate_and_the_simulator_read_geminis_thinking_by_one_rule(
+        model: str, extra: dict[str, Any], thinks: bool) -> None:
+    """The estimate and the simulator each read Gemini's thinking settings in a request, and
+    disagreed where their readings differed (both cases above): one rule reads them now."""
+    from batchrunner.config import gemini_thinks
+    from batchrunner.estimate import _thinking
+    from batchrunner.simulator import _gemini_thinks
+
+    body = {"model": model, "stream": True, "messages": [], **extra}
+    assert _gemini_thinks(body, True, gemini_thinks(model)) is thinks
+    assert (_thinking(body)[0] is not None) is thinks
