@@ -71,6 +71,7 @@ from batchrunner.config import (
     check_base_url,
     environment,
     is_loopback,
+    load_job,
     option_name,
     origin,
     proxy_for,
@@ -4296,14 +4297,24 @@ def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
 
 
 def _budget(plan: Plan) -> float | None:
-    """The job's budget (max_cost_usd): the run's, else (``report``, which reads no job file)
-    the --max-cost its last run was given, else None."""
+    """The job's budget (max_cost_usd): the run's; else (``report``, rebuilt from job.json)
+    the --max-cost its last run was given, else its job file's, if it still reads; else
+    None."""
     if (budget := plan.job.limits.max_cost_usd) is not None:
         return budget
-    command = plan.job_meta.get("command")
+    meta = plan.job_meta
+    command = meta.get("command")
     options = command.get("options") if isinstance(command, dict) else None
     given = options.get("max_cost_usd") if isinstance(options, dict) else None
-    return float(given) if isinstance(given, int | float) and not isinstance(given, bool) else None
+    if isinstance(given, int | float) and not isinstance(given, bool):
+        return float(given)
+    job_file = meta.get("job_file")
+    if not isinstance(job_file, str) or not os.path.isfile(job_file):
+        return None  # given by options alone ("command line"), or gone
+    try:
+        return load_job(job_file, {}).limits.max_cost_usd
+    except (UsageError, OSError, ValueError):
+        return None
 
 
 def _structured_or_none(settings: dict[str, Any]) -> StructuredOutput | None:

@@ -542,6 +542,29 @@ def test_the_command_for_rows_cut_under_a_budget_raises_it_and_runs_to_the_end(
     assert "stopped" not in out
 
 
+def test_report_names_the_cut_rows_command_with_the_job_files_budget_raised(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``report`` rebuilds the summary from job.json, which holds no job file's limits: its
+    command for rows cut at max_tokens kept the job file's budget, and stopped at it."""
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"id": [f"r{i}" for i in range(40)],
+                  "text": [f"describe product {i} in detail" for i in range(40)]}).to_csv(
+        tmp_path / "in.csv", index=False)
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\nid_column = "id"\n[request]\nmodel = "gpt-4o-mini"\n'
+        'prompt = "Say {text}"\nmax_tokens = 20\n[endpoint]\nsimulator = true\n'
+        '[limits]\nmax_cost_usd = 0.0007\n[output]\ndir = "out"\n')
+    code, out, err = cli(capsys, "run", "job.toml", "--progress", "none")
+    assert code == 0, err
+    (ran,) = [line for line in out.splitlines() if "cut at max_tokens" in line]
+    assert "; and --max-cost raised to $" in ran and " --max-cost " in ran, ran
+    code, out, err = cli(capsys, "report", "out")
+    assert code == 0, err
+    (rebuilt,) = [line for line in out.splitlines() if "cut at max_tokens" in line]
+    assert rebuilt == ran
+
+
 def test_rows_cut_while_rows_are_left_to_do_name_no_command_yet(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
