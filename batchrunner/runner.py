@@ -154,6 +154,7 @@ from batchrunner.status import (
     KEY_HELD_BACK,
     Rerun,
     free_bytes,
+    option_given,
     plus_earlier,
     read_meta,
     rerun_command,
@@ -4303,9 +4304,7 @@ def _budget(plan: Plan) -> float | None:
     if (budget := plan.job.limits.max_cost_usd) is not None:
         return budget
     meta = plan.job_meta
-    command = meta.get("command")
-    options = command.get("options") if isinstance(command, dict) else None
-    given = options.get("max_cost_usd") if isinstance(options, dict) else None
+    given = option_given(meta, "max_cost_usd")
     if isinstance(given, int | float) and not isinstance(given, bool):
         return float(given)
     job_file = meta.get("job_file")

@@ -54,8 +54,8 @@ from batchrunner.report import (
 from batchrunner.results import recorded_changed_left
 
 __all__ = ["FULL_DISK_BYTES", "Rerun", "budget_to_raise", "format_status", "free_bytes",
-           "plus_earlier", "read_meta", "rerun_command", "resume_advice", "round_up",
-           "run_in_progress"]
+           "option_given", "plus_earlier", "read_meta", "rerun_command", "resume_advice",
+           "round_up", "run_in_progress"]
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -370,12 +370,12 @@ def round_up(usd: float) -> float:
 def budget_to_raise(meta: dict[str, Any]) -> str:
     """The budget a budget stop's rerun must raise: the command's ``--max-cost`` where the
     last run was given one (it overrides the job file's), else ``max_cost_usd``."""
-    given = _given(meta, "max_cost_usd")
+    given = option_given(meta, "max_cost_usd")
     return ("max_cost_usd (--max-cost)" if given is None else
             f"the command's --max-cost {_option_args({'max_cost_usd': given})[-1]}")
 
 
-def _given(meta: dict[str, Any], name: str) -> Any:
+def option_given(meta: dict[str, Any], name: str) -> Any:
     """The value of the option ``name`` (OVERRIDES') the job's last run was given, or None."""
     command = meta.get("command")
     options = command.get("options") if isinstance(command, dict) else None
