@@ -3314,6 +3314,14 @@ class _Run:
         return self._cost(item, item.model, pt, ct, cached, reasoning,
                           searches, sources, written, written_1h, heard=heard, spoken=spoken)
 
+    def _reply_cost(self, item: _Work, model: str, res: ChatResult
+                    ) -> tuple[float | None, int | None]:
+        """``_cost`` of a reply's usage, priced as ``model``."""
+        return self._cost(item, model, res.prompt_tokens, res.completion_tokens,
+                          res.cached_tokens, res.reasoning_tokens, res.web_searches,
+                          res.sources_used, res.cache_write_tokens, res.cache_write_1h_tokens,
+                          res.service_tier, res.audio_prompt_tokens, res.audio_completion_tokens)
+
     def _cost(self, item: _Work, model: str, prompt: int | None, completion: int | None,
               cached: int | None, reasoning: int | None, searches: int | None,
               sources: int | None, written: int | None = None, written_1h: int | None = None,
@@ -3407,11 +3415,7 @@ class _Run:
                  else answered)
         if model != requested and self.budget is not None:
             self.routed[requested] = model  # the budget holds the next ones at its price
-        cost, searched = self._cost(item, model, res.prompt_tokens, res.completion_tokens,
-                                    res.cached_tokens, res.reasoning_tokens, res.web_searches,
-                                    res.sources_used, res.cache_write_tokens,
-                                    res.cache_write_1h_tokens, res.service_tier,
-                                    res.audio_prompt_tokens, res.audio_completion_tokens)
+        cost, searched = self._reply_cost(item, model, res)
         checks = item.checks
         content = res.content
         error = None
@@ -3518,12 +3522,7 @@ class _Run:
         cost = None
         if res is not None and res.prompt_tokens is not None and (
                 res.completion_tokens is not None):
-            cost, _ = self._cost(item, item.model, res.prompt_tokens, res.completion_tokens,
-                                 res.cached_tokens, res.reasoning_tokens, res.web_searches,
-                                 res.sources_used, res.cache_write_tokens,
-                                 res.cache_write_1h_tokens, res.service_tier,
-                                 heard=res.audio_prompt_tokens,
-                                 spoken=res.audio_completion_tokens)
+            cost, _ = self._reply_cost(item, item.model, res)
         if cost is not None:
             self._billed_retry(item, cost)
         else:
