@@ -273,6 +273,14 @@ _CONTEXT_LENGTH = re.compile(r"maximum context length is (\d[\d,]*) tokens")
 # were not billed, and count nothing.
 MAYBE_BILLED = frozenset({"timeout", "connection_reset", "truncated_body", "stream_cut",
                           "answer_aborted"})
+# A request cut by its connection breaking: a server that went down (crashed, restarted) cuts
+# every request it holds so, the one that brought it down and those beside it alike.
+CUT_KINDS = frozenset({"connection_reset", "truncated_body"})
+# A row whose requests were cut in this many of the server's falls (``_Work.falls``) is sent
+# only while no other such row is out: a row that brings the server down each time it is sent
+# then falls alone, where the rows sent again beside it each time (their backoffs drawn alike)
+# used up their tries with it.
+ALONE_AFTER_FALLS = 2
 
 
 @dataclass(kw_only=True)
@@ -353,6 +361,9 @@ class RunSummary:
     cut_unanswered: int = 0
     # Of those, the ones whose rows the run stopped before sending again: the next run's.
     cut_left: int = 0
+    # Of ``sent``, the requests of rows cut in ALONE_AFTER_FALLS of the server's falls, each
+    # sent while no other such row's was out.
+    sent_alone: int = 0
     rate_limited: int = 0  # of ``sent``, the requests answered 429 (rate limited)
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     # Rows paid for without a cost: ok with no price known or no usage reported, or failed
@@ -412,6 +423,9 @@ class _Work:
     # Its latest request was cut unanswered in an outage (``cut_unanswered``), and the row has
     # not been sent again nor finished since: ``cut_left`` counts the rows so.
     cut: bool = False
+    # The falls of the server (``_Run.fall``) its requests were cut in, and the latest one.
+    falls: int = 0
+    fell_in: int = -1
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
     row_hash: int | None = None  # of the row's values (row_hasher), recorded with its outcome
@@ -1682,6 +1696,15 @@ class _Run:
         # When each row was last cut with no answer (connection_reset): another row's, since
         # the latest answer, tells an endpoint away from a row that the server drops alone.
         self.cuts: dict[str, float] = {}
+        # The server's falls: cuts (CUT_KINDS) after an answer begin the next one, so that the
+        # requests cut as it went down and those sent into it while it is down are one fall.
+        self.fall = 0
+        self.fall_after = -math.inf  # the latest answer before the fall began
+        # Rows cut in ALONE_AFTER_FALLS falls or more are sent one at a time: the one out
+        # (until it is done with: sent again after a backoff, it is still out), and those
+        # waiting for it.
+        self.alone: _Work | None = None
+        self.alone_waiting: deque[_Work] = deque()
         # What the latest refusal was, for the progress: "" a connection that failed, else
         # the gateway's answer ("HTTP 503: no available channel for ...").
         self.refused_by = ""
@@ -2092,16 +2115,31 @@ class _Run:
                 if self.parked_rows % 256 == 0:
                     await anyio.lowlevel.checkpoint()
                 continue
+            alone = item.falls >= ALONE_AFTER_FALLS
+            if alone:
+                if self.alone is None:
+                    self.alone = item
+                elif self.alone is not item:  # another row cut in the server's falls is out
+                    self.alone_waiting.append(item)
+                    continue
+                self.counters["sent_alone"] += 1
             reserved = self._reserve(item) if self.budget is not None else 0.0
             if reserved is None:
+                if alone:
+                    self._alone_back()
                 continue
-            probe = await self._through_gate() if self.gate is not None else False
+            probe = False
+            retry_in = None
             try:
+                if self.gate is not None:
+                    probe = await self._through_gate()
                 outcome, retry_in = await self.attempt(item)
             finally:
                 self.reserved -= reserved
                 if probe:
                     self._probe_back()
+                if alone and retry_in is None:  # done with, as far as this run goes
+                    self._alone_back()
             if outcome is not None:
                 if item.cut:  # failed at its cut (a try of its own): not to send again
                     item.cut = False
@@ -2308,16 +2346,37 @@ class _Run:
             self.counters["attempts"] += item.attempts
             self._finished_one()
         else:
-            self.retries.append(item)
-            # One worker sends it: each retry due woke every idle worker, all but one to find
-            # nothing to do; with none idle, the keeper (a busy worker takes it otherwise).
-            # Over the target (the concurrency lowered), a worker woken ends instead: all are.
-            if self.workers > self.target_workers:
-                self._wake_workers()
-            elif self.idle:
-                self._wake_one()
-            elif self.keeper is not None:
-                self.keeper.set()
+            self._due(item)
+
+    def _due(self, item: _Work) -> None:
+        """``item`` is to be sent again now, before new rows."""
+        self.retries.append(item)
+        # One worker sends it: each retry due woke every idle worker, all but one to find
+        # nothing to do; with none idle, the keeper (a busy worker takes it otherwise). Over
+        # the target (the concurrency lowered), a worker woken ends instead: all are.
+        if self.workers > self.target_workers:
+            self._wake_workers()
+        elif self.idle:
+            self._wake_one()
+        elif self.keeper is not None:
+            self.keeper.set()
+
+    def _alone_back(self) -> None:
+        """The row sent alone (cut in the server's falls) is done with: the next one waiting
+        goes."""
+        self.alone = None
+        if self.alone_waiting and not self.stopping:
+            self._due(self.alone_waiting.popleft())
+
+    def _cut_in_fall(self, item: _Work) -> None:
+        """``item``'s request was cut by its connection breaking (CUT_KINDS): a fall of the
+        server, the same one as the cuts before it unless an answer came since them."""
+        if self.last_answer > self.fall_after:
+            self.fall += 1
+            self.fall_after = self.last_answer
+        if item.fell_in != self.fall:
+            item.fell_in = self.fall
+            item.falls += 1
 
     def _tokens(self, item: _Work) -> tuple[int, int]:
         """The request's estimated prompt tokens, and its completion tokens at most: its
@@ -2431,6 +2490,8 @@ class _Run:
                 self._refund(item, charge)
                 if self.drop_simulated:
                     return None, None  # left to do
+                if e.error_type in CUT_KINDS:
+                    self._cut_in_fall(item)
                 # A 404 naming the job's one model after rows of this run were answered with
                 # it: a router whose server for the model is away (restarting), as some answer
                 # rather than with a 502 or 503, not a name mistyped, which no row was ever
@@ -2612,10 +2673,15 @@ class _Run:
                 if e.retryable:
                     self.transient.add(e.error_type)
                 usage = e.usage or (None,) * 11
+                said = e.message
+                if item is self.alone and e.error_type in CUT_KINDS:
+                    said += (f" — cut in {item.falls} of the server's falls, sent alone after "
+                             f"the first {ALONE_AFTER_FALLS}: it may be this row that brings the "
+                             "server down")
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
                     rate_limited=item.rate_limited, error_type=e.error_type,
-                    error_message=e.message, prompt_tokens=usage[0],
+                    error_message=said, prompt_tokens=usage[0],
                     completion_tokens=usage[1], total_tokens=usage[2], cached_tokens=usage[3],
                     cache_write_tokens=usage[7], reasoning_tokens=usage[4],
                     audio_prompt_tokens=usage[9], audio_completion_tokens=usage[10],
@@ -2695,11 +2761,11 @@ class _Run:
         self._wake_workers()
 
     def count_held(self) -> None:
-        """The end of a run: the attempts of rows still held or parked (the job stopped) are
-        counted."""
+        """The end of a run: the attempts of rows still held, parked or waiting to be sent
+        alone (the job stopped) are counted."""
         for item, _ in self.held:
             self.counters["attempts"] += item.attempts
-        for queue in self.parked.values():
+        for queue in (*self.parked.values(), self.alone_waiting):
             for item in queue:
                 self.counters["attempts"] += item.attempts
 
@@ -3959,16 +4025,10 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             finally:
                 progress.close()
         run.count_held()
-        summary.cut_off = run.counts.in_flight
-        summary.sent = run.counters["sent"]
-        summary.not_connected = run.counters["not_connected"]
-        summary.cut_unanswered = run.counters["cut_unanswered"]
-        summary.cut_left = run.counters["cut_left"]
-        summary.rate_limited = run.counters["http_429"]
+        _sending_told(summary, run)
         if run.counts.resumed:  # the job's cost holds earlier runs' rows: this run's apart
             summary.run_cost_usd = run.counts.cost_usd
         summary.stopped = str(run.stop_error) if run.stop_error else None
-        summary.simulated = run.simulated
         summary.real_unkept = run.counters["real_unkept"]
         summary.wall_s = time.monotonic() - started
         moved = await anyio.to_thread.run_sync(_input_moved, plan)
@@ -4062,13 +4122,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
     if journal_failed:
         if run.stop_error is not None and str(run.stop_error) != str(run.write_error):
             summary.stopped = str(run.stop_error)  # a stop (SIGTERM, say) came first
-        summary.cut_off = counts.in_flight
-        summary.sent = run.counters["sent"]
-        summary.not_connected = run.counters["not_connected"]
-        summary.cut_unanswered = run.counters["cut_unanswered"]
-        summary.cut_left = run.counters["cut_left"]
-        summary.rate_limited = run.counters["http_429"]
-        summary.simulated = run.simulated
+        _sending_told(summary, run)
     out_dir = plan.out_dir
     free = free_bytes(out_dir)
     # Full: no room said the write. What is free now may be the disk the run held for its
@@ -4236,6 +4290,19 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     if summary.length_cut:
         summary.cut_advice, summary.cut_command = _cut_advice(plan, summary)
     return summary
+
+
+def _sending_told(summary: RunSummary, run: _Run) -> None:
+    """What the summary says of the requests the run sent, from its counts."""
+    counters = run.counters
+    summary.cut_off = run.counts.in_flight
+    summary.sent = counters["sent"]
+    summary.not_connected = counters["not_connected"]
+    summary.cut_unanswered = counters["cut_unanswered"]
+    summary.cut_left = counters["cut_left"]
+    summary.sent_alone = counters["sent_alone"]
+    summary.rate_limited = counters["http_429"]
+    summary.simulated = run.simulated
 
 
 def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
@@ -4427,6 +4494,10 @@ def format_summary(s: RunSummary) -> str:
             else:
                 cut += f": {rows} sent on the next run"
             notes.append(cut)
+        if s.sent_alone:
+            notes.append(f"{s.sent_alone:,} sent alone: rows cut each time the server went "
+                         "down, sent one at a time to tell a row that brings it down from those "
+                         "beside it")
         if s.rate_limited:  # a slow run says why: a storm of 429s, waited out
             notes.append(f"{s.rate_limited:,} answered 429, rate limited")
         if s.simulated and s.real_unkept:
