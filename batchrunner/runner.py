@@ -276,10 +276,11 @@ MAYBE_BILLED = frozenset({"timeout", "connection_reset", "truncated_body", "stre
 # A request cut by its connection breaking: a server that went down (crashed, restarted) cuts
 # every request it holds so, the one that brought it down and those beside it alike.
 CUT_KINDS = frozenset({"connection_reset", "truncated_body"})
-# A row whose requests were cut in this many of the server's falls (``_Work.falls``) is sent
-# only while no other such row is out: a row that brings the server down each time it is sent
-# then falls alone, where the rows sent again beside it each time (their backoffs drawn alike)
-# used up their tries with it.
+# A row whose requests were cut in this many of the server's falls (``_Work.falls``), each of
+# them cutting other rows' too, is sent only while no other such row is out: a row that brings
+# the server down each time it is sent then falls alone, where the rows sent again beside it
+# each time (their backoffs drawn alike) used up their tries with it. A cut of one row alone
+# (a flaky network's) is no fall of the server.
 ALONE_AFTER_FALLS = 2
 
 
@@ -423,9 +424,8 @@ class _Work:
     # Its latest request was cut unanswered in an outage (``cut_unanswered``), and the row has
     # not been sent again nor finished since: ``cut_left`` counts the rows so.
     cut: bool = False
-    # The falls of the server (``_Run.fall``) its requests were cut in, and the latest one.
-    falls: int = 0
-    fell_in: int = -1
+    # The falls of the server (``_Run.fall``) its requests were cut in.
+    falls: list[int] | None = None
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
     row_hash: int | None = None  # of the row's values (row_hasher), recorded with its outcome
@@ -1697,9 +1697,12 @@ class _Run:
         # the latest answer, tells an endpoint away from a row that the server drops alone.
         self.cuts: dict[str, float] = {}
         # The server's falls: cuts (CUT_KINDS) after an answer begin the next one, so that the
-        # requests cut as it went down and those sent into it while it is down are one fall.
+        # requests cut as it went down and those sent into it while it is down are one fall;
+        # the rows the latest cut, and the falls that cut more than one row.
         self.fall = 0
         self.fall_after = -math.inf  # the latest answer before the fall began
+        self.fall_rows = 0
+        self.shared_falls: set[int] = set()
         # Rows cut in ALONE_AFTER_FALLS falls or more are sent one at a time: the one out
         # (until it is done with: sent again after a backoff, it is still out), and those
         # waiting for it.
@@ -2115,7 +2118,7 @@ class _Run:
                 if self.parked_rows % 256 == 0:
                     await anyio.lowlevel.checkpoint()
                 continue
-            alone = item.falls >= ALONE_AFTER_FALLS
+            alone = item.falls is not None and self._fell_often(item)
             if alone:
                 if self.alone is None:
                     self.alone = item
@@ -2374,9 +2377,20 @@ class _Run:
         if self.last_answer > self.fall_after:
             self.fall += 1
             self.fall_after = self.last_answer
-        if item.fell_in != self.fall:
-            item.fell_in = self.fall
-            item.falls += 1
+            self.fall_rows = 0
+        if item.falls is None:
+            item.falls = []
+        if not item.falls or item.falls[-1] != self.fall:
+            item.falls.append(self.fall)
+            self.fall_rows += 1
+            if self.fall_rows == 2:
+                self.shared_falls.add(self.fall)
+
+    def _fell_often(self, item: _Work) -> bool:
+        """``item``'s requests were cut in ALONE_AFTER_FALLS falls of the server or more
+        that cut other rows too."""
+        assert item.falls is not None
+        return sum(f in self.shared_falls for f in item.falls) >= ALONE_AFTER_FALLS
 
     def _tokens(self, item: _Work) -> tuple[int, int]:
         """The request's estimated prompt tokens, and its completion tokens at most: its
@@ -2675,9 +2689,9 @@ class _Run:
                 usage = e.usage or (None,) * 11
                 said = e.message
                 if item is self.alone and e.error_type in CUT_KINDS:
-                    said += (f" — cut in {item.falls} of the server's falls, sent alone after "
-                             f"the first {ALONE_AFTER_FALLS}: it may be this row that brings the "
-                             "server down")
+                    said += (f" — cut in {len(item.falls or ())} of the server's falls, sent "
+                             f"alone after the first {ALONE_AFTER_FALLS}: it may be this row that "
+                             "brings the server down")
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
                     rate_limited=item.rate_limited, error_type=e.error_type,

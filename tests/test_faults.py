@@ -1491,6 +1491,30 @@ async def test_a_row_that_crashes_the_box_each_time_it_is_sent_fails_alone(
 
 
 @pytest.mark.anyio
+async def test_a_row_cut_again_and_again_alone_is_not_sent_alone(tmp_path: Path) -> None:
+    """A connection reset of one request at a time, answers between (a flaky link, or a row
+    the server drops by itself): no fall of the server, so nothing is held back to be sent one
+    at a time; the row is answered on its third try, beside the others."""
+    n = 12
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(n)])
+    tries = 0
+
+    async def box(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal tries
+        body = await request.json()
+        if body["messages"][-1]["content"] == "Q: row 3" and (tries := tries + 1) <= 2:
+            assert request.transport is not None
+            request.transport.abort()
+            raise web.HTTPServiceUnavailable()  # not sent: the connection is gone
+        await asyncio.sleep(0.02)
+        return web.json_response(completion(body, "hi"))
+
+    s = await run_against_a_box(tmp_path, box, inp)
+    assert (s.ok, s.failed, tries) == (n, 0, 3), (s.error_examples, tries)
+    assert s.sent_alone == 0 and "sent alone" not in format_summary(s), s
+
+
+@pytest.mark.anyio
 async def test_a_partial_outage_with_slow_answers_does_not_stop_the_job(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One server of two refusing (every other connect fails, for the first 100 requests)
