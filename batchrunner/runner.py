@@ -424,8 +424,11 @@ class _Work:
     # Its latest request was cut unanswered in an outage (``cut_unanswered``), and the row has
     # not been sent again nor finished since: ``cut_left`` counts the rows so.
     cut: bool = False
-    # The falls of the server (``_Run.fall``) its requests were cut in.
+    # The falls of the server (``_Run.fall``) its requests were cut in, and how long they had
+    # been out when the first of each fall was cut, in all (a request that brings the server
+    # down is cut at once).
     falls: list[int] | None = None
+    out_till_cut: float = 0.0
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
     row_hash: int | None = None  # of the row's values (row_hasher), recorded with its outcome
@@ -1703,6 +1706,7 @@ class _Run:
         self.fall_after = -math.inf  # the latest answer before the fall began
         self.fall_rows = 0
         self.shared_falls: set[int] = set()
+        self.forgiven = 0  # the falls up to this one: a row sent alone brought them (culprit)
         # Rows cut in ALONE_AFTER_FALLS falls or more are sent one at a time: the one out
         # (until it is done with: sent again after a backoff, it is still out), and those
         # waiting for it.
@@ -2109,6 +2113,8 @@ class _Run:
                 woken = True
                 continue
             if self.held_models and item.model in self.held_models:
+                if item is self.alone:  # held: the turn goes on, not kept while it waits
+                    self._alone_back(culprit=False)
                 self._hold(item, None)  # its model was refused: not sent until it is known why
                 if len(self.held) % 256 == 0:
                     await anyio.lowlevel.checkpoint()  # the rows in flight are answered meanwhile
@@ -2124,15 +2130,16 @@ class _Run:
                     self.alone = item
                 elif self.alone is not item:  # another row cut in the server's falls is out
                     self.alone_waiting.append(item)
+                    self.counts.retrying += 1
                     continue
-                self.counters["sent_alone"] += 1
+                sent = self.counters["sent"]  # its requests are counted apart too
             reserved = self._reserve(item) if self.budget is not None else 0.0
             if reserved is None:
                 if alone:
-                    self._alone_back()
+                    self._alone_back(culprit=False)
                 continue
             probe = False
-            retry_in = None
+            outcome = retry_in = None
             try:
                 if self.gate is not None:
                     probe = await self._through_gate()
@@ -2141,8 +2148,11 @@ class _Run:
                 self.reserved -= reserved
                 if probe:
                     self._probe_back()
-                if alone and retry_in is None:  # done with, as far as this run goes
-                    self._alone_back()
+                if alone:
+                    self.counters["sent_alone"] += self.counters["sent"] - sent
+                    if retry_in is None:  # done with, as far as this run goes
+                        self._alone_back(culprit=outcome is not None and outcome.status != "ok"
+                                         and outcome.error_type in CUT_KINDS)
             if outcome is not None:
                 if item.cut:  # failed at its cut (a try of its own): not to send again
                     item.cut = False
@@ -2364,16 +2374,36 @@ class _Run:
         elif self.keeper is not None:
             self.keeper.set()
 
-    def _alone_back(self) -> None:
+    def _alone_back(self, *, culprit: bool) -> None:
         """The row sent alone (cut in the server's falls) is done with: the next one waiting
-        goes."""
+        goes, the one cut in the most falls first (a row that brings the server down is cut
+        in every fall it brings), of those the one whose requests were cut soonest after they
+        were sent (it is cut as soon as the server has it; the rows beside it had been out a
+        while, but those sent with it); or, when it failed cut again (the ``culprit``: alone,
+        it brought the server down), all of them, every fall so far forgiven. (Rows sent alone
+        go one after another, beside the others: a short job of rows cut in two restarts with
+        no row to blame, 46 of 200 at 1 s an answer, took 51 s where it took 13 s and failed 10
+        of them; letting them all go after two answered failed 19 beside a crashing row.)"""
         self.alone = None
-        if self.alone_waiting and not self.stopping:
-            self._due(self.alone_waiting.popleft())
+        if culprit:
+            self.forgiven = self.fall  # the rows cut beside it, in flight or waiting
+        waiting = self.alone_waiting
+        if not waiting or self.stopping:
+            return
+        if culprit:
+            self.counts.retrying -= len(waiting)
+            while waiting:
+                self._due(waiting.popleft())
+            return
+        most = max(waiting, key=lambda w: (self._shared(w), -w.out_till_cut))
+        waiting.remove(most)
+        self.counts.retrying -= 1
+        self._due(most)
 
-    def _cut_in_fall(self, item: _Work) -> None:
-        """``item``'s request was cut by its connection breaking (CUT_KINDS): a fall of the
-        server, the same one as the cuts before it unless an answer came since them."""
+    def _cut_in_fall(self, item: _Work, sent_at: float) -> None:
+        """``item``'s request, sent at ``sent_at``, was cut by its connection breaking
+        (CUT_KINDS): a fall of the server, the same one as the cuts before it unless an answer
+        came since them."""
         if self.last_answer > self.fall_after:
             self.fall += 1
             self.fall_after = self.last_answer
@@ -2381,6 +2411,7 @@ class _Run:
         if item.falls is None:
             item.falls = []
         if not item.falls or item.falls[-1] != self.fall:
+            item.out_till_cut += time.perf_counter() - sent_at  # not those sent into the fall
             item.falls.append(self.fall)
             self.fall_rows += 1
             if self.fall_rows == 2:
@@ -2390,7 +2421,14 @@ class _Run:
         """``item``'s requests were cut in ALONE_AFTER_FALLS falls of the server or more
         that cut other rows too."""
         assert item.falls is not None
-        return sum(f in self.shared_falls for f in item.falls) >= ALONE_AFTER_FALLS
+        return (self.policy.max_attempts > ALONE_AFTER_FALLS
+                and self._shared(item) >= ALONE_AFTER_FALLS)
+
+    def _shared(self, item: _Work) -> int:
+        """The falls ``item``'s requests were cut in that cut other rows' too, since the
+        latest a row sent alone was found to bring (``forgiven``)."""
+        shared, forgiven = self.shared_falls, self.forgiven
+        return sum(f > forgiven and f in shared for f in item.falls or ())
 
     def _tokens(self, item: _Work) -> tuple[int, int]:
         """The request's estimated prompt tokens, and its completion tokens at most: its
@@ -2505,7 +2543,7 @@ class _Run:
                 if self.drop_simulated:
                     return None, None  # left to do
                 if e.error_type in CUT_KINDS:
-                    self._cut_in_fall(item)
+                    self._cut_in_fall(item, sent_at)
                 # A 404 naming the job's one model after rows of this run were answered with
                 # it: a router whose server for the model is away (restarting), as some answer
                 # rather than with a 502 or 503, not a name mistyped, which no row was ever
@@ -2689,9 +2727,9 @@ class _Run:
                 usage = e.usage or (None,) * 11
                 said = e.message
                 if item is self.alone and e.error_type in CUT_KINDS:
-                    said += (f" — cut in {len(item.falls or ())} of the server's falls, sent "
-                             f"alone after the first {ALONE_AFTER_FALLS}: it may be this row that "
-                             "brings the server down")
+                    said += (f" — out each time the server went down ({self._shared(item)} "
+                             f"times), and alone after the first {ALONE_AFTER_FALLS}: this row "
+                             "may be what brings the server down")
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
                     rate_limited=item.rate_limited, error_type=e.error_type,
