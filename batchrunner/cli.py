@@ -29,7 +29,7 @@ from typing import Any, NoReturn, TypeVar
 import anyio
 
 from batchrunner import __version__
-from batchrunner.config import LONG_SECRET, OUTPUT_FORMATS, secrets_known
+from batchrunner.config import BODY_FIELDS, LONG_SECRET, OUTPUT_FORMATS, secrets_known
 from batchrunner.errors import (
     BatchrunnerError,
     InputError,
@@ -205,6 +205,12 @@ class _Parser(argparse.ArgumentParser):
 
     commands: Mapping[str, argparse.ArgumentParser]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No option taken by its first letters: --n (the request field n) read as --name, or
+        # --top as --top-p, would run a job other than the one asked for, without a word.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         message = message.removeprefix("argument ")
         if "invalid choice" not in message:  # a choice's message lists what it takes
@@ -298,10 +304,17 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str],
     for option in options:
         elsewhere = [c for c, p in commands.items() if p is not parser
                      and any(option in a.option_strings for a in p._actions)]
-        # A near miss (--max_tokens), or one of ours with a word before it (--results-format).
-        close = difflib.get_close_matches(option, own, n=1, cutoff=0.75) or [
-            o for o in own if o.startswith("--") and option.endswith(f"-{o[2:]}")][:1]
-        if elsewhere:
+        # The start of one of ours (--top: options are not taken by their first letters), a
+        # near miss (--max_tokens), or one of ours with a word before it (--results-format).
+        starting = [o for o in own if o.startswith(option)]
+        close = starting[:1] if len(starting) == 1 else (
+            difflib.get_close_matches(option, own, n=1, cutoff=0.75)
+            or [o for o in own if o.startswith("--") and option.endswith(f"-{o[2:]}")][:1])
+        field = option.lstrip("-").replace("-", "_")
+        if name in ("run", "estimate") and field in BODY_FIELDS:  # --n 3, --seed 7
+            notes.append(f"{option} (the request field {field}: set it in a job file's "
+                         f"[request.extra], or per row with --from-column {field}=COLUMN)")
+        elif elsewhere:
             notes.append(f"{option} (an option of {' and '.join(elsewhere)})")
         elif close:
             notes.append(f"{option} (did you mean {close[0]}?)")

@@ -2898,6 +2898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m batchrunner.simulator",
         description="An OpenAI-compatible Chat Completions simulator.",
+        allow_abbrev=False,  # options taken whole: --reply-tokens-m is none of three
     )
     add_arguments(parser)
     ns = parser.parse_args(argv)

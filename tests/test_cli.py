@@ -71,6 +71,20 @@ def job_args(tmp_path: Path, *extra: str, inp: str = "in.csv") -> list[str]:
     (["status", "out", "--model", "m"],
      "status has no option --model (an option of run and estimate) — see batchrunner status "
      "--help"),
+    # Options are not taken by their first letters: --n is the request field, not --name.
+    (["run", "job.toml", "--n", "3"],
+     "run has no option --n (the request field n: set it in a job file's [request.extra], or "
+     "per row with --from-column n=COLUMN) — see batchrunner run --help"),
+    (["estimate", "job.toml", "--seed", "7"],
+     "estimate has no option --seed (the request field seed: set it in a job file's "
+     "[request.extra], or per row with --from-column seed=COLUMN) — see batchrunner estimate "
+     "--help"),
+    (["run", "job.toml", "--top", "0.5"],
+     "run has no option --top (did you mean --top-p?) — see batchrunner run --help"),
+    (["run", "job.toml", "--retry"],
+     "run has no option --retry (did you mean --retry-failed?) — see batchrunner run --help"),
+    (["simulate", "--por", "8001"],
+     "simulate has no option --por (did you mean --port?) — see batchrunner simulate --help"),
     (["report", "out", "more"], "report takes no argument 'more' — see batchrunner report --help"),
     (["--bogus", "status", "out"], "batchrunner has no option --bogus — see batchrunner --help"),
     (["status"], "the following arguments are required: OUT_DIR — see batchrunner status --help"),

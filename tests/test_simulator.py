@@ -1427,6 +1427,16 @@ def test_main_reports_bad_options_in_one_line() -> None:
     assert "--fault 503=2: the rate must be between 0 and 1" in done.stderr
 
 
+def test_an_option_is_not_taken_by_its_first_letters() -> None:
+    # Taken so, --por 0 would serve on port 0 until the timeout.
+    done = subprocess.run(
+        [sys.executable, "-m", "batchrunner.simulator", "--por", "0"],
+        capture_output=True, text=True, env=_env(), timeout=30,
+    )
+    assert done.returncode == 2
+    assert "unrecognized arguments: --por 0" in done.stderr
+
+
 def test_fault_kinds_are_all_documented() -> None:
     import batchrunner.simulator as module
 
