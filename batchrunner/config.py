@@ -657,7 +657,7 @@ def _misplaced(key: str, table: str, known: set[str]) -> str:
                       ("endpoint", EndpointConfig), ("limits", Limits), ("output", OutputConfig)):
         if home != table and key in {fl.name for fl in fields(cls)}:
             return f"; it belongs in [{home}]: move it below that header"
-    if table == "request" and key in _BODY_FIELDS:
+    if table == "request" and key in BODY_FIELDS:
         return "; other request body fields go in [request.extra]"
     if key in _SDK_NAMES:
         return _SDK_NAMES[key]
@@ -857,6 +857,14 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
             "(examples, earlier turns), give an OpenAI batch JSONL file")
     _from_columns(req.get("from_columns"), f("request", "from_columns"))
     _one_token_limit(req, f)
+    extra = req.get("extra", {})
+    if extra.get("stream_options") is not None and not (req.get("stream") is True
+                                                        or extra.get("stream") is True):
+        # OpenAI answers 400 "The 'stream_options' parameter is only allowed when 'stream' is
+        # enabled" to every row; a stream asks for its usage without it (ask_for_usage).
+        raise ConfigError(f"{f.prefix}[request.extra] stream_options is only for streamed "
+                          "requests, and this job's are not (APIs refuse every row so) — set "
+                          "stream = true in [request] (or --stream), or leave it out")
     if "response_format" in req.get("extra", {}) and (req.get("response_format")
                                                       or req.get("schema_file")):
         # The body would carry the one in [request.extra], the replies be checked against the other.
@@ -1023,6 +1031,10 @@ def _extra_values(extra: Any, f: _Fields) -> None:
                 raise ConfigError(f"{f('request.extra', key)} must be a number, got {v!r}")
         elif key in BOOLEAN_FIELDS and v is not None and not isinstance(v, bool):
             raise ConfigError(f"{f('request.extra', key)} must be true or false, got {v!r}")
+    for key in ("frequency_penalty", "presence_penalty"):  # the API's range: -2 to 2
+        v = extra.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool) and not -2 <= v <= 2:
+            raise ConfigError(f"{f('request.extra', key)} must be from -2 to 2, got {v!r}")
     if extra.get("top_logprobs") is not None and extra.get("logprobs") is not True:
         # OpenAI's API (and vLLM's) answers every such row 400
         raise ConfigError(f"{f('request.extra', 'top_logprobs')} needs logprobs = true beside "
@@ -1055,7 +1067,7 @@ JSON_FIELDS = frozenset({
 })
 JSON_OR_TEXT_FIELDS = frozenset({"stop", "tool_choice"})
 # All of them: a from_columns name close to one of these, and not one itself, is a typo.
-_BODY_FIELDS = (INTEGER_FIELDS | NUMBER_FIELDS | BOOLEAN_FIELDS | TEXT_FIELDS | JSON_FIELDS
+BODY_FIELDS = (INTEGER_FIELDS | NUMBER_FIELDS | BOOLEAN_FIELDS | TEXT_FIELDS | JSON_FIELDS
                 | JSON_OR_TEXT_FIELDS)
 
 
@@ -1072,10 +1084,10 @@ def _from_columns(value: Any, what: str) -> None:
         if name in _NOT_FROM_COLUMNS:
             raise ConfigError(f"{what}: {name!r} cannot come from a column: "
                               f"{_NOT_FROM_COLUMNS[name]}")
-        if name not in _BODY_FIELDS:
+        if name not in BODY_FIELDS:
             import difflib
 
-            near = difflib.get_close_matches(name, _BODY_FIELDS, n=1, cutoff=0.8)
+            near = difflib.get_close_matches(name, BODY_FIELDS, n=1, cutoff=0.8)
             if near:
                 raise ConfigError(f"{what}: {name!r} is not a request field; did you mean "
                                   f"{near[0]!r}?")

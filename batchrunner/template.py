@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from batchrunner.config import (
+    BODY_FIELDS,
     BOOLEAN_FIELDS,
     INTEGER_FIELDS,
     JSON_FIELDS,
@@ -227,6 +228,32 @@ _GEMINI_THINKING = re.compile(r"(?:gemini|nano-banana).*-thinking(?:-[a-z0-9]+)?
 _QWEN_PARAMETERS = ("temperature", "top_p", "enable_search", "search_options")
 
 
+# The body fields the job's checks know (BODY_FIELDS), and those of the servers and gateways
+# beside them (vLLM's sampling and guided decoding, OpenRouter's routing, Qwen's, Groq's,
+# Mistral's): a field near one of the first and none of these is a typo (temprature), sent as
+# written, and OpenAI answers every row 400 for it.
+_KNOWN_FIELDS = BODY_FIELDS | frozenset({
+    "model", "messages", "stream", "stream_options", "functions", "function_call",
+    "prompt_cache_retention", "extra_headers", "top_k", "min_p", "top_a", "repetition_penalty",
+    "length_penalty", "min_tokens", "best_of", "use_beam_search", "stop_token_ids",
+    "ignore_eos", "skip_special_tokens", "include_stop_str_in_output", "truncate_prompt_tokens",
+    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs",
+    "chat_template_kwargs", "provider", "models", "route", "transforms", "reasoning",
+    "include_reasoning", "usage", "search_options", "thinking_budget", "incremental_output",
+    "result_format", "reasoning_format", "safe_prompt", "random_seed", "prompt_mode",
+    "deferred", "documents", "priority",
+})
+_TYPO_OF = sorted(BODY_FIELDS | {"model", "messages", "stream", "stream_options"})
+
+
+def _near_field(name: str) -> str | None:
+    """The Chat Completions field ``name`` looks like a typo of, if any."""
+    import difflib
+
+    near = difflib.get_close_matches(name.replace("-", "_"), _TYPO_OF, n=1, cutoff=0.8)
+    return near[0] if near else None
+
+
 def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
               set_stream: str, top_level: str) -> list[str]:
     """What a request's ``fields`` (a body, or a job's settings in its shape) ask for that a
@@ -243,6 +270,10 @@ def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
                    "extra_body, where gateways read Gemini's google settings only (the OpenAI "
                    f"SDK's extra_body= sends its fields at the body's top level): move {it} to "
                    f"{top_level}")
+    for name in fields:
+        if name not in _KNOWN_FIELDS and (near := _near_field(name)):
+            out.append(f"{where(name)} looks like a typo of {near} (sent as written: OpenAI "
+                       "refuses every row so, other servers ignore it)")
     model = fields.get("model")
     model = model if isinstance(model, str) else ""
     if not stream:

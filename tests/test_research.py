@@ -108,6 +108,8 @@ def test_a_run_holds_a_replys_mean_tokens_once_not_n_times(
     ("temperature = 3", "[request.extra] temperature must be at most 2, got 3"),
     ('top_p = "0.9"', "[request.extra] top_p must be a number, got '0.9'"),
     ("frequency_penalty = true", "[request.extra] frequency_penalty must be a number, got True"),
+    ("frequency_penalty = 5", "[request.extra] frequency_penalty must be from -2 to 2, got 5"),
+    ("presence_penalty = -2.5", "[request.extra] presence_penalty must be from -2 to 2, got -2.5"),
     ('logprobs = "yes"', "[request.extra] logprobs must be true or false, got 'yes'"),
     ("top_logprobs = 3", "[request.extra] top_logprobs needs logprobs = true beside it in "
                          "[request.extra]"),

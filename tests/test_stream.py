@@ -18,7 +18,7 @@ from aiohttp import web
 from batchrunner import client as client_module
 from batchrunner.client import ChatClient, StreamAssembler
 from batchrunner.config import load_job
-from batchrunner.errors import TransportError
+from batchrunner.errors import ConfigError, TransportError
 from batchrunner.pricing import PriceBook
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
@@ -27,6 +27,7 @@ from tests.test_faults import (
     Fault,
     FaultServer,
     SilentServer,
+    completion,
     error_body,
     job_for,
     make_csv,
@@ -594,6 +595,52 @@ async def test_a_batch_file_refused_its_stream_options_is_told_how_to_send_none(
         s = await fault_run(job)
     assert s.exit_code == 0
     assert "stream_options" not in sent[-1] and sent[-1]["stream"] is True
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("job_env")
+async def test_stream_options_without_a_stream_are_refused_before_sending(
+        tmp_path: Path) -> None:
+    """``stream_options`` in ``[request.extra]`` of a job that does not stream: OpenAI answers
+    every row 400 ("only allowed when 'stream' is enabled"), and the 400's advice was to set
+    ``include_usage = false``, which does not help. The job is refused before sending, saying
+    what does; a batch file's body so made is told the same by its 400."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+    job_file = tmp_path / "job.toml"
+    job_file.write_text("[request.extra]\nstream_options = { include_usage = true }\n")
+    options = {"input": str(inp), "id_column": "id", "prompt": "{text}",
+               "model": "gpt-4o-mini", "output": str(tmp_path / "out")}
+    with pytest.raises(ConfigError) as refused:
+        load_job(job_file, options)
+    assert str(refused.value) == (
+        f"job file {job_file}: [request.extra] stream_options is only for streamed requests, "
+        "and this job's are not (APIs refuse every row so) — set stream = true in [request] "
+        "(or --stream), or leave it out")
+    assert load_job(job_file, {**options, "stream": True}).request.stream is True
+
+    sent: list[dict[str, Any]] = []
+
+    async def openai_like(srv: FaultServer, request: web.BaseRequest,
+                          body: dict[str, Any]) -> web.StreamResponse:
+        sent.append(body)
+        if "stream_options" in body and body.get("stream") is not True:
+            return web.json_response(error_body(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                "invalid_request_error", "stream_options"), status=400)
+        return web.json_response(completion(body, "fine"))
+
+    batch = tmp_path / "in.jsonl"
+    batch.write_text(json.dumps({
+        "custom_id": "r0", "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "stream_options": {"include_usage": True},
+                 "messages": [{"role": "user", "content": "hello"}]}}) + "\n")
+    async with FaultServer(openai_like) as srv:
+        s = await fault_run(load_job(None, {"input": str(batch), "base_url": srv.base_url,
+                                            "output": str(tmp_path / "out2")}))
+    assert s.exit_code == 3 and len(sent) == 1
+    message = pd.read_parquet(tmp_path / "out2" / "results.parquet")["error_message"].iloc[0]
+    assert message.endswith("— stream_options is only for streamed requests: leave it out of "
+                            'the body, or set "stream": true'), message
 
 
 @pytest.mark.anyio

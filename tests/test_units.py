@@ -735,6 +735,30 @@ def test_settings_a_gateway_would_ignore_are_warned_about(settings: dict[str, ob
         assert "move it into [request.extra] parameters" in job or "move them" in job
 
 
+@pytest.mark.parametrize(("extra", "said"), [
+    ({"temprature": 0.2}, ["[request.extra] temprature looks like a typo of temperature"]),
+    ({"top-p": 0.5}, ["[request.extra] top-p looks like a typo of top_p"]),
+    ({"resposne_format": {"type": "json_object"}}, ["typo of response_format"]),
+    ({"enable_thinkng": True}, ["typo of enable_thinking"]),
+    # Servers' own fields near one of OpenAI's are no typos: vLLM's, OpenRouter's, Groq's.
+    ({"top_k": 20, "min_tokens": 5, "top_a": 0.1, "models": ["a", "b"],
+      "reasoning_format": "parsed", "search_options": {"forced_search": True}}, []),
+    ({"x_gateway_tag": "nightly"}, []),  # near no field: a gateway's own, sent as it is
+])
+def test_a_body_field_that_looks_like_a_typo_is_warned_about(
+        extra: dict[str, object], said: list[str]) -> None:
+    from batchrunner.config import RequestConfig
+    from batchrunner.template import body_warnings, request_warnings
+
+    job = request_warnings(RequestConfig(model="gpt-4o-mini", extra=extra))
+    assert len(job) == len(said) and all(part in w for part, w in zip(said, job, strict=True))
+    assert all(w.endswith("(sent as written: OpenAI refuses every row so, other servers "
+                          "ignore it)") for w in job)
+    in_body = body_warnings({"model": "gpt-4o-mini", "messages": [], **extra})
+    assert len(in_body) == len(said)
+    assert all(w.startswith("the body's ") for w in in_body)
+
+
 @pytest.mark.parametrize(("extra_body", "named"), [
     # The ai-nebula reference's Grok search in Python, extra_body={"search_parameters": ...},
     # written into a job as it reads: the OpenAI SDK sends those fields at the top level
