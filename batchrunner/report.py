@@ -967,8 +967,8 @@ def build_report(
                 f"{count_rows(k)} paid for do not name their model; their cost is not counted"
             )
         elif entry["price"] is None:
-            close = prices.close_names(model)  # a typo of a priced name: the one meant
-            meant = f" (did you mean {close[0]!r}?)" if close else ""
+            close = entry.get("typo_of")
+            meant = f" (did you mean {close!r}?)" if close else ""
             warnings.append(
                 f"model {model!r}: no price known{meant}, cost of {count_rows(k)} not counted; "
                 f"{'fix the model name, or ' if close else ''}"
@@ -1208,6 +1208,8 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             else SOURCE_ASKED if price is None and ok > unpriced else prices.source(model),
             "price": None if price is None else price.as_dict(),
         }
+        if price is None and model is not None and (close := prices.close_names(model)):
+            out[name]["typo_of"] = close[0]  # a priced name it misspells: the one meant
         tiers = {tier: {"rows": k, "price": None if (p := prices.tier_price(model, tier)) is None
                         else p.as_dict()}
                  for tier in PRICED_TIERS
@@ -1231,6 +1233,7 @@ def unpriced_causes(by_model: Mapping[str, Mapping[str, Any]]) -> str:
     the search with none (or none when it was answered), the models whose replies reported no
     usage."""
     no_price: list[str] = []
+    meant: dict[str, str] = {}
     search: list[str] = []
     since: list[str] = []
     no_usage: list[str] = []
@@ -1245,6 +1248,8 @@ def unpriced_causes(by_model: Mapping[str, Mapping[str, Any]]) -> str:
         price = entry["price"]
         if price is None:
             no_price.append(model)
+            if close := entry.get("typo_of"):  # a misspelt name: the one meant
+                meant[model] = close
             continue
         for rows, key, priced in (
                 (entry["search_unpriced_rows"], "search_unit", ("search_unit", "web_search")),
@@ -1262,7 +1267,9 @@ def unpriced_causes(by_model: Mapping[str, Mapping[str, Any]]) -> str:
     if no_price:
         each = ", each" if len(no_price) > 1 else ""
         tables = _and([f'[prices."{model}"]' for model in no_price])
-        parts.append(f"no price for {_and(no_price)}: add {tables}{each} with input and output "
+        named = _and([f"{m} (did you mean {meant[m]}?)" if m in meant else m for m in no_price])
+        fix = "fix the model name, or " if meant else ""
+        parts.append(f"no price for {named}: {fix}add {tables}{each} with input and output "
                      "(USD per 1M tokens), to a job file")
     if search:
         parts.append(f"search with no price: set {_and(search)} in a job file")

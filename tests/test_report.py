@@ -25,6 +25,7 @@ from batchrunner.report import (
     format_usd,
     render_markdown,
     retry_advice,
+    unpriced_causes,
     write_reports,
 )
 
@@ -205,6 +206,10 @@ def test_rows_of_a_misspelt_model_with_no_price_name_the_model_meant(book: Price
     assert ("model 'gpt-4o-mni': no price known (did you mean 'gpt-4o-mini'?), cost of 2 rows "
             "not counted; fix the model name, or add [prices.\"gpt-4o-mni\"]") in "\n".join(
                 report["warnings"])
+    # The run's summary line too, which told only to price the misspelt name.
+    assert unpriced_causes(report["by_model"]) == (
+        "no price for gpt-4o-mni (did you mean gpt-4o-mini?): fix the model name, or add "
+        '[prices."gpt-4o-mni"] with input and output (USD per 1M tokens), to a job file')
 
 
 def test_a_model_a_gateway_answered_with_is_shown_priced_as_the_one_asked_for(
