@@ -133,6 +133,9 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
            help="sampling temperature, 0 to 2 (default: the model's)")
     _typed(g, "--max-tokens", int, "a whole number of tokens", metavar="N",
            help="most tokens per reply (default: the model's)")
+    _typed(g, "--max-completion-tokens", int, "a whole number of tokens", metavar="N",
+           help="the same, sent as max_completion_tokens: what OpenAI's reasoning models "
+           "(o-series, GPT-5) take instead of max_tokens, their reasoning included")
     _typed(g, "--top-p", float, "a number from 0 to 1", metavar="P",
            help="nucleus sampling: the top probability mass to draw from, 0 to 1 "
            "(default: the model's)")

@@ -212,6 +212,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "prompt_column": ("request", "prompt_column"),
     "temperature": ("request", "temperature"),
     "max_tokens": ("request", "max_tokens"),
+    # Set into [request.extra], where a job file sets it: a reasoning model's max_tokens.
+    "max_completion_tokens": ("request.extra", "max_completion_tokens"),
     "top_p": ("request", "top_p"),
     "stop": ("request", "stop"),
     "model_column": ("request", "model_column"),
@@ -523,9 +525,11 @@ def load_job(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any]) 
             value = str(_home(value).resolve()) if value else value
         from_cli[(table, key)] = option_name(name)
         if table:
-            t = raw.setdefault(table, {})
-            if not isinstance(t, dict):
-                raise ConfigError(f"job file {where}: [{table}] must be a table")
+            t = raw
+            for part in table.split("."):  # request.extra: the table inside [request]
+                t = t.setdefault(part, {})
+                if not isinstance(t, dict):
+                    raise ConfigError(f"job file {where}: [{table}] must be a table")
             t[key] = value
         else:
             raw[key] = value
@@ -970,10 +974,15 @@ def _one_token_limit(req: dict[str, Any], f: _Fields) -> None:
     extra: dict[str, Any] = req["extra"] if isinstance(req.get("extra"), dict) else {}
     columns: dict[str, Any] = (req["from_columns"] if isinstance(req.get("from_columns"), dict)
                                else {})
-    if (req.get("max_tokens") is not None and ("request", "max_tokens") in f.from_cli
-            and extra.get("max_completion_tokens") is not None):
-        extra["max_completion_tokens"] = req.pop("max_tokens")
-        return
+    by_option = ("request", "max_tokens") in f.from_cli
+    completion_by_option = ("request.extra", "max_completion_tokens") in f.from_cli
+    if by_option != completion_by_option:  # one option, over the job file's other limit
+        if by_option and extra.get("max_completion_tokens") is not None:
+            extra["max_completion_tokens"] = req.pop("max_tokens")
+            return
+        if completion_by_option:  # --max-completion-tokens replaces the file's max_tokens
+            req.pop("max_tokens", None)
+            extra.pop("max_tokens", None)
     limit = None
     if req.get("max_tokens") is not None:
         limit = f("request", "max_tokens")
@@ -983,7 +992,9 @@ def _one_token_limit(req: dict[str, Any], f: _Fields) -> None:
         limit = _from_column(f, "max_tokens", columns["max_tokens"])
     if limit is None:
         return
-    if extra.get("max_completion_tokens") is not None:
+    if completion_by_option:
+        other = "--max-completion-tokens"
+    elif extra.get("max_completion_tokens") is not None:
         other = "[request.extra] max_completion_tokens"
     elif "max_completion_tokens" in columns:
         other = _from_column(f, "max_completion_tokens", columns["max_completion_tokens"])

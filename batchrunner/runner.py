@@ -4391,7 +4391,10 @@ def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
         rows = count_rows(s.pending)
         return (f"once the {rows} not done yet are done, the run's summary names the command, "
                 f"with {why}"), ""
-    options: dict[str, Any] = {"max_tokens": larger}
+    # Under the name the job gives it: --max-tokens beside --max-completion-tokens is refused.
+    limit = ("max_completion_tokens" if asked == extra.get("max_completion_tokens")
+             and request.get("max_tokens") is None else "max_tokens")
+    options: dict[str, Any] = {limit: larger}
     if (budget := _budget(plan)) is not None:
         # The budget counts the job's whole cost: kept as it was, the command stopped at it
         # after a few rows, or at once.
@@ -4408,8 +4411,7 @@ def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
                     "a tenth more, rounded up")
     command = Rerun(plan.job_meta, plan.out_dir).command(("--force", *where), options=options)
     if not command:  # a job.json from before the options were kept
-        args = [a for name, value in options.items()
-                for a in ("--max-tokens" if name == "max_tokens" else "--max-cost", str(value))]
+        args = [a for name, value in options.items() for a in (option_name(name), str(value))]
         flags = " ".join(shell_quote(a) for a in (*args, "--force", *where))
         return f"rerun the job with {why}: {flags}", ""
     return why, command

@@ -291,8 +291,11 @@ def _warnings(fields: dict[str, Any], stream: bool, where: Callable[[str], str],
     if fields.get("max_tokens") is not None and openai_reasoning(model):
         out.append(f"{where('max_tokens')} is refused by OpenAI for {model}, a reasoning model "
                    "(\"Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' "
-                   "instead\"), every row answered 400 unless a gateway renames it: set "
-                   f"max_completion_tokens in {top_level.removesuffix(' itself')} instead")
+                   "instead\"), every row answered 400 unless a gateway renames it: "
+                   + ("pass --max-completion-tokens instead"
+                      if where("max_tokens") == "--max-tokens"
+                      else f"set max_completion_tokens in {top_level.removesuffix(' itself')} "
+                      "instead"))
     temperature = fields.get("temperature")
     if (temperature is not None and temperature != 1 and openai_reasoning(model)
             and fields.get("reasoning_effort") != "none"):

@@ -531,6 +531,29 @@ def test_the_summary_of_rows_cut_at_max_tokens_says_how_to_answer_them_again(
     assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["completion_tokens"]) == {2}
 
 
+def test_max_completion_tokens_is_an_option_and_the_cut_rows_command_keeps_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reasoning model takes max_completion_tokens, not max_tokens, and only a job file could
+    set it; --max-completion-tokens sends it. The command for the rows it cut raises it by its
+    own name: a --max-tokens beside it would be refused."""
+    code, out, err = cli(capsys, *job_args(tmp_path, "--max-completion-tokens", "1"))
+    assert code == 0, err
+    said = "twice the job's max_tokens of 1, the most they were given), run: "
+    (line,) = [line for line in out.splitlines() if said in line]
+    command = line.partition(said)[2]
+    assert " --max-completion-tokens 2 " in command and "--max-tokens" not in command, command
+    code, out, err = cli(capsys, *shlex.split(command)[1:], "--progress", "none")
+    assert code == 0, err
+    assert "--max-completion-tokens 4 " in out
+    assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["completion_tokens"]) == {2}
+    # Beside --max-tokens: one line, nothing sent.
+    code, out, err = cli(capsys, *job_args(tmp_path, "--max-completion-tokens", "5",
+                                           "--max-tokens", "5"))
+    assert code == 2 and one_error_line(err).startswith(
+        "--max-tokens and --max-completion-tokens are both set — APIs refuse a request with both")
+
+
 def test_the_command_for_rows_cut_under_a_budget_raises_it_and_runs_to_the_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -1197,8 +1220,8 @@ def test_a_setting_refused_by_a_reasoning_model_is_named_as_the_option_that_set_
     assert code == 0
     assert ("  warning: --max-tokens is refused by OpenAI for gpt-5.2, a reasoning model "
             "(\"Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' instead\"), "
-            "every row answered 400 unless a gateway renames it: set max_completion_tokens in "
-            "a job file's [request.extra] instead\n") in out, out
+            "every row answered 400 unless a gateway renames it: pass --max-completion-tokens "
+            "instead\n") in out, out
     assert "  warning: --temperature 0.3 is refused by OpenAI for gpt-5.2" in out, out
     assert "[request]" not in out, out
     (tmp_path / "job.toml").write_text(

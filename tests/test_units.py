@@ -163,6 +163,13 @@ def test_max_tokens_beside_max_completion_tokens_is_refused_before_anything_is_s
     body = RequestBuilder(load_job(job_file, {}).request, ["text"], "input").build(
         {"text": "hi"})[0]
     assert body is not None and body["max_completion_tokens"] == 400 and "max_tokens" not in body
+    # --max-completion-tokens over the file's max_tokens (either table's): that limit, renamed.
+    for limit in ("max_tokens = 20\n[request.extra]\n", "[request.extra]\nmax_tokens = 20\n"):
+        job_file = write(tmp_path / "j.toml", BASE_JOB.replace("[output]", limit + "[output]"))
+        job = load_job(job_file, {"max_completion_tokens": 300})
+        body = RequestBuilder(job.request, ["text"], "input").build({"text": "hi"})[0]
+        assert body is not None and body["max_completion_tokens"] == 300
+        assert "max_tokens" not in body
 
 
 @pytest.mark.parametrize(
