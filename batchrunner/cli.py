@@ -72,7 +72,10 @@ def _run_parser(sub: Any) -> None:
         "  batchrunner run --input x.csv --id-column id --prompt 'Summarise: {text}' \\\n"
         "      --model gpt-4o-mini --output out/x\n"
         "add --simulator to rehearse with no key and no network, --limit 20 to try the\n"
-        "prompt on 20 rows first",
+        "prompt on 20 rows first\n\n"
+        "request fields with no option here (n, seed, reasoning_effort, tools,\n"
+        "response_format, a gateway's thinking or search settings) go in a job file's\n"
+        "[request.extra], sent into every body as written (README: The job file)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _job_arguments(p)
