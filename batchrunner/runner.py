@@ -708,6 +708,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         builder = RequestBuilder(job.request, source.columns, where,
                                  base_dir=source.path if source.path.is_dir()
                                  else source.path.parent, by_options=by_options)
+        _check_model_column(job, source, where)
         key_column = job.input.id_column
         if key_column is not None and key_column not in source.columns:
             raise ConfigError(
@@ -899,6 +900,21 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             checks_seen = {"settings": None, "mixed": True}  # rows sent by an older batchrunner
         _restore_batch_checks(plan, checks_seen)
     return plan
+
+
+def _check_model_column(job: JobConfig, source: io.InputSource, where: str) -> None:
+    """A model_column of numbers (a Parquet or JSONL file's ids, say) names no model: each row
+    would be sent asking for model "1", "2", ... and the run end advising to price them."""
+    column = job.request.model_column
+    if column is None or (i := source.schema.get_field_index(column)) < 0:
+        return
+    kind = source.schema.field(i).type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+            or str(kind) == "string_view"):
+        raise ConfigError(f"model_column {column!r} of {where} holds {kind} values, not model "
+                          "names: name the column of text that gives each row's model")
 
 
 def _model_setting(plan: Plan) -> str:

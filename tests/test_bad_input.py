@@ -237,6 +237,16 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
                          "(an .ndjson file is JSON Lines: rename it .jsonl)"]
 
 
+@case("model column of numbers")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Each row was sent asking for model "1", "2", ..., and the run ended advising to price them.
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["x", "y"], "m": [1, 2]}),
+                   c.tmp / "models.parquet")
+    return c.args(c.tmp / "models.parquet", "--model-column", "m", model=None), [
+        "model_column 'm' of", "models.parquet holds int64 values, not model names: name the "
+        "column of text that gives each row's model"]
+
+
 @case("directory with no parquet files")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.write("exports/readme.txt", "nothing here")
