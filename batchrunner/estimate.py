@@ -231,9 +231,14 @@ def estimate(plan: Plan) -> Estimate:
                                             audio_completion_tokens=m.audio_tokens)
         if m.cost_usd is None and m.tokens_usd is None and model:
             m.meant = next(iter(plan.prices.close_names(model)), None)
-        # The job's own prices, or the library's (looked in, too, for a model it lacks)
-        sources.append(SOURCE_JOB if plan.prices.source(model).startswith(SOURCE_JOB)
-                       else f"genai-prices {plan.prices.library_version}")
+        # The job's own prices, or the library's (looked in, too, for a model it lacks), or
+        # both: a job's entry that takes the prices it leaves out from the library
+        own = plan.prices.source(model).startswith(SOURCE_JOB)
+        price = plan.prices.price(model)
+        if own:
+            sources.append(SOURCE_JOB)
+        if not own or (price is not None and price.based_on is not None):
+            sources.append(f"genai-prices {plan.prices.library_version}")
     est.price_library = " and ".join(sorted(set(sources), reverse=True)) or (
         f"genai-prices {plan.prices.library_version}")
     lim = job.limits

@@ -7,7 +7,9 @@ Prices come from two places, looked up in this order:
    as ``gpt-4o-mini``, ``claude-sonnet-4-5-20250929`` as ``claude-sonnet-4-5``), or a gateway's
    name of either, in another case or behind a provider (``openai/gpt-4o``); a name the job
    prices behind a provider (``x/gpt-4o``, a gateway's price) prices that spelling only, not
-   the plain name (``gpt-4o``) nor another provider's;
+   the plain name (``gpt-4o``) nor another provider's; an entry that leaves out ``input`` or
+   ``output`` (a search price alone) takes what it leaves out from the library's price for its
+   model, looked up when the table is parsed;
 2. the ``genai-prices`` library, a maintained offline price table that matches dated and
    suffixed model names (``gpt-4o-2024-08-06``, ``claude-sonnet-4-5-20250929``,
    ``gemini-3-pro-preview-thinking``) and, as a fallback here, gateway spellings such as
@@ -88,7 +90,7 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time
 from decimal import Decimal
 from functools import partial
@@ -171,6 +173,9 @@ class ModelPrice:
     search_unit: float | None = None
     web_search: float | None = None
     search_request: float | None = None
+    # A job's entry that leaves out input or output: the source of the library's price it takes
+    # the prices it leaves out from (``parse_price_table``); ``None``: a whole price.
+    based_on: str | None = None
 
     @property
     def effective_cached_input(self) -> float:
@@ -183,8 +188,8 @@ class ModelPrice:
         prompt tokens cost the input price, which APIs that cache bill lower (a price of 0, a
         server of the job's own, has no cheaper cache). What the pre-run warning
         (``PriceBook.uncached_warnings``) and the reports (``report.uncached_price``) ask of a
-        job's entry."""
-        return self.cached_input is None and self.input != 0
+        job's entry; not of one that takes its cached price from the library (``based_on``)."""
+        return self.cached_input is None and self.input != 0 and self.based_on is None
 
     def as_dict(self) -> dict[str, float]:
         """``{"input", "output", "cached_input"}`` with the cached price resolved, and
@@ -467,6 +472,8 @@ class PriceBook:
         if (named := self._job_name(model)) is not None:
             price = self._overrides[named]
             source = SOURCE_JOB if named == model else f"{SOURCE_JOB} ({named})"
+            if price.based_on is not None:
+                source = f"{source} and {price.based_on}"
         else:
             entry = self._answer(lambda a: a.prices, model, lambda: _library_entry(model))
             price, source = entry if entry is not None else (None, SOURCE_UNKNOWN)
@@ -571,17 +578,24 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
     """Check the job's ``[prices]`` table and turn it into ``{model: ModelPrice}``.
 
     ``{"my-model": {"input": 0.15, "output": 0.6, "cached_input": 0.075}}``, USD per 1M tokens;
-    ``input`` and ``output`` are required, ``cached_input`` is optional, as are ``cache_write``
+    ``input`` and ``output``, then ``cached_input`` (optional), as are ``cache_write``
     and ``cache_write_1h`` (a prompt's tokens written to the cache, and kept an hour: Anthropic
     bills them at 1.25 and 2 times the input price), ``input_audio`` and ``output_audio`` (audio
     tokens of the prompt and of the completion: OpenAI's gpt-audio), ``search_unit``
     (USD per search unit a reply reports: a source of Grok's live search, a web search) and
-    ``search_request`` (USD per request that asks for search its reply does not report). Raises
-    ``ConfigError`` with one line naming ``where``, the model and the key at fault.
+    ``search_request`` (USD per request that asks for search its reply does not report).
+
+    An entry with ``input`` and ``output`` is the model's whole price. One that leaves either
+    out (``{"grok-4": {"search_unit": 0.025}}``: a search price only) takes every price it leaves
+    out from the library's price for that model, which it overrides where it sets one
+    (``based_on`` names the library's price); a model the library has no price for needs both.
+
+    Raises ``ConfigError`` with one line naming ``where``, the model and the key at fault.
     """
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: [prices] must be a table of models, got {table!r}")
     result: dict[str, ModelPrice] = {}
+    library: PriceBook | None = None  # the library's prices, for an entry that leaves some out
     for model, entry in table.items():
         head = f"{where}: [prices.{_toml_key(model)}]"
         if not isinstance(model, str) or not model.strip():
@@ -598,15 +612,25 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
             unit = ("USD per search unit" if key == _SEARCH_KEY else "USD per search request"
                     if key == _REQUEST_KEY else "USD per 1M tokens")
             if key not in entry:
-                if key not in ("input", "output"):
-                    continue
-                raise ConfigError(f"{head} missing key {key!r} ({unit})")
+                continue
             v = entry[key]
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise ConfigError(f"{head} {key} must be a number ({unit}), got {v!r}")
             if not math.isfinite(v) or v < 0:
                 raise ConfigError(f"{head} {key} must be a finite number >= 0, got {v!r}")
             values[key] = float(v)
+        if "input" not in values or "output" not in values:
+            # A search price (or another) set alone, over the token prices the library knows:
+            # the library is asked here, once, so a model it lacks is refused before a run.
+            if library is None:
+                library = PriceBook()
+            known = library.price(model)
+            if known is None:
+                missing = "input" if "input" not in values else "output"
+                raise ConfigError(f"{head} missing key {missing!r} (USD per 1M tokens; "
+                                  f"{LIBRARY_NAME} has no price for this model to take it from)")
+            result[model] = replace(known, **values, based_on=library.source(model))
+            continue
         result[model] = ModelPrice(
             input=values["input"],
             output=values["output"],

@@ -442,8 +442,51 @@ def test_bad_price_tables_name_the_file_model_and_key(table: dict[str, Any], fra
 
 
 def test_model_names_with_dots_are_quoted_in_errors() -> None:
-    with pytest.raises(ConfigError, match=r'\[prices\."glm-4\.7"\] missing key'):
-        parse_price_table({"glm-4.7": {"input": 1}}, where="job.toml")
+    with pytest.raises(ConfigError, match=r'\[prices\."glm-4\.7"\] unknown key'):
+        parse_price_table({"glm-4.7": {"input": 1, "output": 2, "cache": 1}}, where="job.toml")
+
+
+def test_an_entry_that_leaves_out_token_prices_takes_them_from_the_library() -> None:
+    """A search price set alone ([prices."grok-4"] with search_unit) was refused for want of
+    input and output, which the library knows: it now takes every price it leaves out from the
+    library's price for the model, and overrides the ones it sets."""
+    known = PriceBook().price("grok-4")
+    assert known is not None and known.cached_input is not None
+    table = parse_price_table({"grok-4": {"search_unit": 0.025},
+                               "gpt-4o": {"output": 20, "search_request": 0.03}},
+                              where="jobs/x.toml")
+    grok = table["grok-4"]
+    assert (grok.input, grok.output, grok.cached_input) == (
+        known.input, known.output, known.cached_input)
+    assert grok.search_unit == 0.025 and grok.based_on is not None
+    assert grok.based_on.startswith("genai-prices ")
+    library_4o = PriceBook().price("gpt-4o")
+    assert library_4o is not None
+    assert (table["gpt-4o"].input, table["gpt-4o"].output) == (library_4o.input, 20.0)
+    assert table["gpt-4o"].search_request == 0.03
+    book = PriceBook(table)
+    # A snapshot, a gateway's spelling: the job's entry, its source naming both
+    assert book.source("grok-4-0709") == f"job [prices] (grok-4) and {grok.based_on}"
+    assert book.source("grok-4") == f"job [prices] and {grok.based_on}"
+    tokens = (12 * known.input + 30 * known.output) / 1_000_000
+    assert book.cost("grok-4", prompt_tokens=12, completion_tokens=30,
+                     sources=4) == pytest.approx(tokens + 4 * 0.025)
+    # Its cached price is the library's: no warning to add one
+    assert not grok.cache_at_input and book.uncached_warnings() == []
+    # An entry with input and output is the whole price, as before
+    whole = parse_price_table({"grok-4": {"input": 1, "output": 2}}, where="jobs/x.toml")
+    assert whole["grok-4"] == ModelPrice(input=1.0, output=2.0)
+
+
+@pytest.mark.parametrize(("entry", "missing"), [
+    ({"search_unit": 0.025}, "input"), ({"input": 1}, "output"), ({"output": 1}, "input")])
+def test_an_entry_of_a_model_the_library_lacks_needs_input_and_output(
+        entry: dict[str, Any], missing: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_price_table({"my-model": entry}, where="jobs/x.toml")
+    assert str(info.value) == (
+        f"jobs/x.toml: [prices.my-model] missing key {missing!r} (USD per 1M tokens; "
+        "genai-prices has no price for this model to take it from)")
 
 
 # ---------------------------------------------------------------------------------------------

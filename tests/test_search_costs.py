@@ -166,6 +166,29 @@ async def test_a_jobs_search_price_is_in_each_rows_cost(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_search_price_set_alone_takes_the_token_prices_from_the_library(
+        tmp_path: Path) -> None:
+    """The run's hint, 'set search_unit under [prices."grok-4"]', followed as printed: the
+    entry was refused for want of input and output, which the library knows. The rows answered
+    before it are priced at the next run, their tokens at the library's price."""
+    known = PriceBook().price("grok-4")
+    assert known is not None
+    async with Simulator(SimulatorConfig()) as sim:
+        first = await run(search_job(tmp_path, sim.base_url, "grok-4"))
+        assert first.cost_usd is None and first.cost_unknown == 2
+        assert 'set search_unit under [prices."grok-4"]' in format_summary(first)
+        s = await run(search_job(tmp_path, sim.base_url, "grok-4", "search_unit = 0.025"))
+        assert sim.stats()["requests"] == 3  # the rows answered before are priced, not sent
+    assert s.exit_code == 0 and s.cost_usd is not None and not s.cost_unknown
+    df = results(tmp_path)
+    tokens = (df["prompt_tokens"] * known.input + df["completion_tokens"] * known.output) / 1e6
+    assert (df["cost_usd"] - tokens).round(9).tolist() == [0.05, 0.025, 0.0]
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_complete"] is True
+    assert report["by_model"]["grok-4"]["price_source"].startswith("job [prices] and genai-prices")
+
+
+@pytest.mark.anyio
 async def test_claudes_web_searches_are_priced_at_the_librarys_price(tmp_path: Path) -> None:
     async with Simulator(SimulatorConfig()) as sim:
         s = await run(search_job(tmp_path, sim.base_url, "claude-sonnet-4-5"))
