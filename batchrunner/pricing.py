@@ -100,8 +100,8 @@ from typing import Any, TypeVar
 from batchrunner.config import cache_dir, gemini_named
 from batchrunner.errors import ConfigError
 
-__all__ = ["LIBRARY_NAME", "PRICED_TIERS", "ModelPrice", "PriceBook", "parse_price_table",
-           "preload", "search_requested", "tier_asked"]
+__all__ = ["LIBRARY_NAME", "PRICED_TIERS", "SEARCH_FIELDS", "ModelPrice", "PriceBook",
+           "live_search_asked", "parse_price_table", "preload", "search_requested", "tier_asked"]
 
 LIBRARY_NAME = "genai-prices"
 SOURCE_JOB = "job [prices]"
@@ -650,6 +650,9 @@ _GOOGLE_SEARCH = frozenset({"googlesearch", "google_search", "google_search_retr
 # The body fields that can ask for search billed per request, besides the model's name.
 _SEARCH_FIELDS = frozenset({"web_search_options", "enable_search", "parameters", "tools",
                             "extra_body"})
+# Every body field that can ask for search (search_requested, live_search_asked): a row that
+# sets one of its own may ask for other search than its job's settings.
+SEARCH_FIELDS = frozenset({"model", "search_parameters", *_SEARCH_FIELDS})
 
 
 def tier_asked(body: Mapping[str, Any]) -> str | None:
@@ -703,6 +706,14 @@ def search_requested(body: Mapping[str, Any]) -> str | None:
         if isinstance(google, dict) and (found := _google_search(google.get("tools"), True)):
             return f"extra_body.google.tools: {found}"
     return None
+
+
+def live_search_asked(body: Mapping[str, Any]) -> bool:
+    """Whether a request ``body`` asks for Grok's live search: ``search_parameters`` in mode
+    ``"on"`` or ``"auto"`` (xAI's default, when it names none). Its reply counts the sources
+    it used, billed at the job's ``search_unit`` only."""
+    params = body.get("search_parameters")
+    return isinstance(params, Mapping) and params.get("mode", "auto") in ("on", "auto")
 
 
 def _google_search(tools: object, gemini: bool) -> str | None:

@@ -110,8 +110,10 @@ from batchrunner.journal import (
 )
 from batchrunner.limiter import Limiter, reported_limits
 from batchrunner.pricing import (
+    SEARCH_FIELDS,
     PriceBook,
     audio_asked,
+    live_search_asked,
     parse_price_table,
     search_requested,
     tier_asked,
@@ -3968,22 +3970,44 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
 
 def _check_budget_priced(plan: Plan) -> None:
     """Under a budget, the job's model must have a price, or the budget cannot be kept: the
-    first request would stop the job. Refused before any is sent, saying what to set (and the
-    name meant, for a typo of one the price library knows). A job whose rows name their models
-    (``model_column``, batch input) is held at each model's first request instead."""
+    first request would stop the job. So must the search the job's settings ask for: billed per
+    request (``search_requested``: a Google Search tool, ``web_search_options``...) at
+    ``search_request``, Grok's live search (``live_search_asked``) at ``search_unit``, where
+    the first reply would stop the job after a wave of requests was sent. Refused before any
+    is sent, saying what to set (and the name meant, for a typo of one the price library
+    knows). A job whose rows name their models (``model_column``, batch input) is held at each
+    model's first request instead, and one whose rows set a field that can ask for search
+    (``from_columns``) at the first reply whose search has no price."""
     job = plan.job
     model = job.request.model
     if (job.limits.max_cost_usd is None or plan.builder is None or job.request.model_column
-            or not model or plan.total_rows == len(plan.done)
-            or plan.prices.price(model) is not None):
+            or not model or plan.total_rows == len(plan.done)):
         return
-    close = plan.prices.close_names(model)
-    meant = f" (did you mean {close[0]!r}?)" if close else ""
+    price = plan.prices.price(model)
+    if price is None:
+        close = plan.prices.close_names(model)
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(
+            f"max_cost_usd is set but no price is known for model {model!r}{meant}, so the "
+            f"budget cannot be kept: {'fix the model name, or ' if close else ''}add "
+            f'[prices."{model}"] with input and output (USD per 1M tokens) to a job file (a '
+            "model on a server of your own, which bills no tokens, takes input = 0 and "
+            "output = 0)")
+    if not SEARCH_FIELDS.isdisjoint(job.request.from_columns):
+        return
+    # Every row's body has the job's settings' search fields, and no other (from_columns
+    # sets none of them): the job's model and [request.extra] say what each row asks for.
+    body = {"model": model, **job.request.extra}
+    if (asked := search_requested(body)) is not None and price.search_request is None:
+        what, key = f"search billed per request ({asked})", "search_request (USD per request)"
+    elif live_search_asked(body) and price.search_unit is None:
+        what = "search billed per source its replies report (search_parameters)"
+        key = "search_unit (USD per unit)"
+    else:
+        return
     raise ConfigError(
-        f"max_cost_usd is set but no price is known for model {model!r}{meant}, so the budget "
-        f"cannot be kept: {'fix the model name, or ' if close else ''}add "
-        f'[prices."{model}"] with input and output (USD per 1M tokens) to a job file (a model '
-        "on a server of your own, which bills no tokens, takes input = 0 and output = 0)")
+        f"max_cost_usd is set but model {model!r} is asked for {what} and no price is known "
+        f'for it, so the budget cannot be kept: add {key} to [prices."{model}"] in a job file')
 
 
 def endpoint_warnings(base_url: str) -> list[str]:

@@ -21,7 +21,7 @@ from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.report import format_usd
 from batchrunner.runner import RunSummary, format_summary
-from batchrunner.simulator import Simulator, SimulatorConfig
+from batchrunner.simulator import Simulator, SimulatorConfig, SimulatorThread
 from tests.test_reply_fields import (
     KEY,
     job_for,
@@ -735,17 +735,115 @@ async def test_search_the_reply_counts_is_priced_per_unit_not_per_request(
 
 @pytest.mark.anyio
 async def test_the_budget_stops_at_search_per_request_it_cannot_price(tmp_path: Path) -> None:
-    texts = [f"news {i}" for i in range(40)]
+    """A batch file's rows each ask in a body of their own: the budget stops the job at the
+    first reply whose search has no price (a template job is refused before it sends, below)."""
+    model = "gpt-4o-mini-search-preview"
+    write_batch(tmp_path / "batch.jsonl", [(f"news {i}", {"model": model}) for i in range(40)])
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "batch.jsonl"\n[output]\ndir = "out"\n'
+        f'[prices."{model}"]\ninput = 0.15\noutput = 0.6\n')
     async with Simulator(SimulatorConfig()) as sim:
-        s = await run(search_job(tmp_path, sim.base_url, "gpt-4o-mini-search-preview",
-                                 "input = 0.15\noutput = 0.6", texts, max_cost_usd=50.0,
-                                 concurrency=1))
+        s = await run(load_job(tmp_path / "job.toml", {
+            "base_url": sim.base_url, "max_cost_usd": 50.0, "concurrency": 1}))
         assert sim.stats()["requests"] < 40
     assert s.exit_code == 4 and s.stopped
     assert ("max_cost_usd is set but model 'gpt-4o-mini-search-preview' is asked for search "
             "billed per request") in s.stopped
     assert 'add search_request (USD per request) to [prices."gpt-4o-mini-search-preview"]' \
         in s.stopped
+
+
+def budget_job(tmp_path: Path, model: str, extra: str, price: str) -> Path:
+    """A job file of 20 rows asking ``model`` with ``extra`` in its [request.extra] under a
+    budget, with ``price`` as its [prices] entry if any."""
+    inp = make_csv(tmp_path / "in.csv", [f"latest news {i}" for i in range(20)])
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "{model}"\n'
+        f'prompt = "{{text}}"\nmax_tokens = 64\n[request.extra]\n{extra}\n'
+        '[limits]\nmax_cost_usd = 1.0\n[output]\ndir = "out"\n'
+        + (f'[prices."{model}"]\n{price}\n' if price else ""))
+    return job
+
+
+@pytest.mark.parametrize(("model", "extra", "said"), [
+    # Gemini's Google Search tool: a wave of requests went out before the first reply stopped
+    # the job (exit 4); the job says what it asks for, so it is refused before any is sent
+    ("gemini-3-pro-preview", "tools = [{ googleSearch = {} }]",
+     "is asked for search billed per request (tools: googleSearch)"),
+    ("gemini-3-pro-preview", '[request.extra.extra_body.google]\ntools = [{ google_search = {} }]',
+     "is asked for search billed per request (extra_body.google.tools: google_search)"),
+    ("gpt-4o-mini", 'web_search_options = { search_context_size = "low" }',
+     "is asked for search billed per request (web_search_options)"),
+    ("gpt-4o-mini-search-preview", "",
+     "is asked for search billed per request (model gpt-4o-mini-search-preview)"),
+    ("qwen-plus", "enable_search = true", "is asked for search billed per request "
+     "(enable_search)"),
+    # Grok's live search, on or left to the model: each reply's sources have no price
+    ("grok-4", 'search_parameters = { mode = "on" }',
+     "is asked for search billed per source its replies report (search_parameters)"),
+    ("grok-4", 'search_parameters = { mode = "auto", return_citations = true }',
+     "is asked for search billed per source its replies report (search_parameters)"),
+    ("grok-4", "search_parameters = { return_citations = true }",  # xAI's default: "auto"
+     "is asked for search billed per source its replies report (search_parameters)"),
+])
+def test_a_budget_refuses_search_it_cannot_price_before_any_request(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, extra: str,
+        said: str) -> None:
+    """Under a budget, search the job's settings ask for and no price covers: refused as a
+    model with no price is, one line naming the field to add, exit 2, nothing sent."""
+    price = "input = 0\noutput = 0" if PriceBook().price(model) is None else ""
+    job = budget_job(tmp_path, model, extra, price)
+    key = "search_unit (USD per unit)" if model == "grok-4" else "search_request (USD per request)"
+    with SimulatorThread(SimulatorConfig()) as sim:
+        code = main(["run", str(job), "--base-url", sim.base_url, "--progress", "none"])
+        assert sim.stats()["requests"] == 0
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip() == (
+        f"batchrunner: error: max_cost_usd is set but model {model!r} {said} and no price is "
+        f"known for it, so the budget cannot be kept: add {key} to [prices.\"{model}\"] in a "
+        "job file"), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("model", "extra", "price"), [
+    # The search priced, set alone as the refusal says: the tokens at the library's price
+    ("gemini-3-pro-preview", "tools = [{ googleSearch = {} }]", "search_request = 0.001"),
+    ("grok-4", 'search_parameters = { mode = "on" }', "search_unit = 0.001"),
+    # No search asked for, or search its replies count that is priced (Claude's web search)
+    ("grok-4", 'search_parameters = { mode = "off" }', ""),
+    ("gpt-4o-mini", 'tools = [{ type = "function", function = { name = "googleSearch" } }]', ""),
+    ("claude-sonnet-4-5", 'web_search_options = { search_context_size = "low" }', ""),
+])
+def test_a_budget_runs_search_it_can_price(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], model: str, extra: str,
+        price: str) -> None:
+    job = budget_job(tmp_path, model, extra, price)
+    with SimulatorThread(SimulatorConfig(reply_tokens=5)) as sim:
+        code = main(["run", str(job), "--base-url", sim.base_url, "--progress", "none"])
+        assert sim.stats()["requests"] == 20
+    assert code == 0, capsys.readouterr().err
+
+
+def test_a_budget_with_search_set_by_the_rows_is_held_at_the_first_reply(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows that set a field that can ask for search (from_columns) may ask otherwise than the
+    job: not refused up front, the first reply whose search has no price stops the job."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text,search\n" + "".join(f'r{i},news {i},"{{""mode"": ""on""}}"\n'
+                                                 for i in range(20)))
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
+        'prompt = "{text}"\nmax_tokens = 64\n'
+        '[request.from_columns]\nsearch_parameters = "search"\n'
+        '[limits]\nmax_cost_usd = 1.0\nconcurrency = 1\n[output]\ndir = "out"\n')
+    with SimulatorThread(SimulatorConfig()) as sim:
+        code = main(["run", str(tmp_path / "job.toml"), "--base-url", sim.base_url,
+                     "--progress", "none"])
+        assert 0 < sim.stats()["requests"] < 20
+    err = capsys.readouterr().err
+    assert code == 4, err
 
 
 @pytest.mark.anyio
