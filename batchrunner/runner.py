@@ -2543,7 +2543,7 @@ class _Run:
                     rate_limited=item.rate_limited, error_type="model_refused",
                     error_message=f"the key is refused for {model}, while other models "
                     f"answered it: {e}", earlier_cost_usd=item.earlier_usd or None,
-                    latency_ms=(time.perf_counter() - sent_at) * 1000.0, model=model,
+                    latency_ms=round((time.perf_counter() - sent_at) * 1000.0, 3), model=model,
                     finished_at=time.time(), row_hash=item.row_hash,
                     unknown_tries=item.unknown_tries,
                     unreported_usd=item.unreported_usd or None,
@@ -2758,7 +2758,8 @@ class _Run:
                     search_units=_search_units(usage[5], usage[6]), search_requests=searched,
                     cost_usd=None if item.earlier_unknown else billed,
                     earlier_cost_usd=item.earlier_usd or None,
-                    latency_ms=(time.perf_counter() - sent_at) * 1000.0,  # the last attempt's
+                    # the last attempt's
+                    latency_ms=round((time.perf_counter() - sent_at) * 1000.0, 3),
                     model=item.model or None, priced_as=item.model or None,
                     request_id=e.request_id, finished_at=time.time(), row_hash=item.row_hash,
                     unknown_tries=item.unknown_tries,
