@@ -368,6 +368,9 @@ class RunSummary:
     # sent while no other such row's was out.
     sent_alone: int = 0
     rate_limited: int = 0  # of ``sent``, the requests answered 429 (rate limited)
+    # Of ``sent``, the requests that got an error (a 5xx, a timeout, a 400...), 429s apart, by
+    # error type: those retried and those that failed their rows.
+    request_errors: dict[str, int] = field(default_factory=dict)
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     # Rows paid for without a cost: ok with no price known or no usage reported, or failed
     # with usage reported (billed) and no price known.
@@ -4395,6 +4398,15 @@ def _sending_told(summary: RunSummary, run: _Run) -> None:
     summary.cut_left = counters["cut_left"]
     summary.sent_alone = counters["sent_alone"]
     summary.rate_limited = counters["http_429"]
+    # 429s, and the requests that found no connection or were cut in an outage, are told
+    # apart (the notes above): the errors left.
+    errors = run.errors_seen.copy()
+    errors.subtract({"rate_limited": errors["rate_limited"],
+                     "connection_error": counters["not_connected"],
+                     "connection_reset": counters["cut_unanswered"]})
+    summary.request_errors = {kind: n for kind, n in sorted(errors.items(),
+                                                             key=lambda kv: (-kv[1], kv[0]))
+                              if n > 0}  # most first, then by name
     summary.simulated = run.simulated
 
 
@@ -4593,6 +4605,11 @@ def format_summary(s: RunSummary) -> str:
             notes.append(f"{s.sent_alone:,} sent alone: rows cut each time the server went "
                          "down, sent one at a time to tell a row that brings it down from those "
                          "beside it")
+        if s.request_errors:  # the retries beside the rows' own failures, and why
+            kinds = list(s.request_errors.items())
+            shown = ", ".join(f"{kind} {n:,}" for kind, n in kinds[:3])
+            notes.append(f"{sum(s.request_errors.values()):,} got an error: {shown}"
+                         + (", ..." if len(kinds) > 3 else ""))
         if s.rate_limited:  # a slow run says why: a storm of 429s, waited out
             notes.append(f"{s.rate_limited:,} answered 429, rate limited")
         if s.simulated and s.real_unkept:
