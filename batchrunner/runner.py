@@ -4201,12 +4201,18 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
     results and reports."""
     plan = run.plan
     counts = run.counts
-    unsaved = run.journal.take() if journal_failed else []  # answers the journal lacks
+    unsaved = run.journal.take() if journal_failed else []  # records the journal lacks
+    # Each row's latest record of those: an answer (ok or failed), which the run counted, or
+    # ``retrying``, a billed try of a row still to do, which it did not. A row may have both
+    # (a billed try, then its answer): counted once, by its answer.
+    lost = {o.key: o.status for o in unsaved}
+    lost_ok = sum(1 for status in lost.values() if status == "ok")
+    lost_failed = sum(1 for status in lost.values() if status == "failed")
+    tries = len(lost) - lost_ok - lost_failed  # rows still to do whose billed tries are lost
     if summary.results_path is None and not summary.rows:  # not counted by rebuild_outputs
-        lost_ok = sum(1 for o in unsaved if o.status == "ok")
         summary.rows = plan.total_rows
         summary.ok = counts.ok - lost_ok
-        summary.failed = counts.failed - (len(unsaved) - lost_ok)
+        summary.failed = counts.failed - lost_failed
         summary.pending = max(0, summary.rows - summary.ok - summary.failed)
     if not summary.report_paths:  # the cost, which the reports would have summed
         summary.cost_known_usd = plan.prior_cost + counts.cost_usd
@@ -4233,12 +4239,16 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
     why = f"{unwritten} could not be written (the error below){disk}"
     summary.stopped = f"{summary.stopped}; then {why}" if summary.stopped else why
     lines = summary.unwritten
-    if unsaved:
-        lines.append(f"the answers to {count_rows(len(unsaved))} could not be saved in the "
-                     "journal: the next run sends them again")
+    if lost_ok + lost_failed:
+        saved = (f"the answers to {count_rows(lost_ok + lost_failed)} could not be saved in the "
+                 "journal: the next run sends them again")
     else:
-        lines.append("every answer received (paid for) is saved in the journal: the next run "
-                     "sends none of them again")
+        saved = ("every answer received (paid for) is saved in the journal: the next run sends "
+                 "none of them again")
+    if tries:  # their cost is spent, but only this summary counts it: not status, nor budgets
+        saved += (f"; the billed tries of {count_rows(tries)} still to do could not be saved: "
+                  "the cost above counts them, the journal does not")
+    lines.append(saved)
     rerun = resume_advice(rerun_command(plan.job_meta, out_dir))
     report = f"batchrunner report {shell_quote(str(out_dir))}"
     once = "space is freed" if full else "the disk can be written"

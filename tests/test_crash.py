@@ -912,6 +912,35 @@ def test_disk_full_mid_run_keeps_the_answers_in_flight_and_stops(tmp_path: Path)
     assert len(df) == n and (df["status"] == "ok").all()
 
 
+def test_a_full_disk_counts_rows_not_the_records_it_could_not_save(tmp_path: Path) -> None:
+    """Not one segment fits (3 KB), and rows were billed for tries before their answers (a 200
+    without choices, then sent again): the journal lacks those ``retrying`` records too. The
+    summary read "3,000 rows: 2,987 ok, -4 failed, 17 not done yet" and "the answers to 12
+    rows" (records, a row's billed try and its answer apart), where `status` read 2,987 ok, 0
+    failed, 13 to do. Now a row is counted once, by its latest record: its answer (lost, so
+    to do), or its billed tries alone (a row still to do, whose cost is lost)."""
+    n, once, always = 20, range(5), 5
+    markers = {i: " [[sim:no_choices*1]]" for i in once} | {always: " [[sim:no_choices]]"}
+    inp = make_csv(tmp_path / "in.csv", n, markers)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
+        # Row 5 is billed on every try, and tried more than the run lasts: it is still to do.
+        args = run_args(inp, sim.base_url, out, "--max-attempts", "40")
+        lost = subprocess.run(limited_cmd(3 * 1024, args), env=child_env(), capture_output=True,
+                              text=True, timeout=60)
+        assert lost.returncode == 1 and one_error_line(lost.stderr), lost.stderr
+    assert lost.stdout.startswith(f"batchrunner: in — {n} rows: 0 ok, 0 failed, {n} not done "
+                                  "yet\n"), lost.stdout
+    said = re.search(r"  the answers to (\d+) rows? could not be saved in the journal: the next "
+                     r"run sends them again; the billed tries of (\d+) rows? still to do could "
+                     r"not be saved: the cost above counts them, the journal does not\n",
+                     lost.stdout)
+    assert said, lost.stdout
+    answers, tries = int(said[1]), int(said[2])
+    assert answers >= n - len(once) - 1 and tries >= 1 and answers + tries <= n, lost.stdout
+    assert f"0 of {n} rows finished (0 ok, 0 failed, {n} to do)" in format_status(out)
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 300 MB file system of its own (tmpfs: in memory), to be filled up; skipped where one
