@@ -17,11 +17,13 @@ import ctypes
 import difflib
 import gc
 import importlib.util
+import json
 import os
 import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -357,9 +359,39 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     options = RunOptions(retry_failed=ns.retry_failed, rerun_where=ns.rerun_where,
                          force=ns.force, progress=ns.progress, limit=ns.limit)
     _tune_gc()
-    summary = anyio.run(run_job, job, options, backend_options=event_loop_options())
+    started = time.time()
+    try:
+        summary = anyio.run(run_job, job, options, backend_options=event_loop_options())
+    except BaseException as e:
+        if isinstance(leaf(e), KeyboardInterrupt) and _writing_when_stopped(job.output.dir,
+                                                                            started):
+            out = shell_quote(str(job.output.dir))
+            raise Interrupted(
+                "interrupted while the results and reports were written: they may be missing, "
+                "or an earlier run's; finished rows are saved — write them with: batchrunner "
+                f"report {out}, or run the same command again (it resumes, and writes them)"
+            ) from None
+        raise
     say(format_summary(summary), sys.stdout)
     return summary.exit_code
+
+
+def _writing_when_stopped(out_dir: Path, since: float) -> bool:
+    """Whether the run started at ``since`` into ``out_dir`` was stopped writing its results
+    and reports, as its ``job.json`` says (its rows sent, the outputs not written): a signal
+    then is no run cut short, but outputs to write."""
+    try:
+        last = json.loads((out_dir / "job.json").read_text(encoding="utf-8")).get("last_run")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not isinstance(last, dict):
+        return False
+    started = last.get("started_s")
+    # This run's (to the millisecond it records), not the run before's: one stopped before it
+    # wrote its own job.json leaves that run's.
+    return (isinstance(started, int | float) and started >= since - 0.001
+            and last.get("pid") == os.getpid() and bool(last.get("finished_at"))
+            and last.get("results_written") is False)
 
 
 def _cmd_estimate(ns: argparse.Namespace) -> int:

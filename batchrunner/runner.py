@@ -4135,8 +4135,10 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         last_run.pop("outage", None)  # waited out no more: the stop says it
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent,
                         results_written=False)
-        if not moved and isinstance(run.stop_error, BudgetExceeded | AllFailing | SettingRefused
-                                                       | EndpointChanged):
+        if moved:  # the results are not written, nor to be: `report` refuses a changed input
+            last_run["stop_kind"] = "input_changed"
+        elif isinstance(run.stop_error, BudgetExceeded | AllFailing | SettingRefused
+                        | EndpointChanged):
             # The same command stops again (the job's spend counts against the budget; the
             # rows fail, or are refused, as those were): status says what to do first.
             # A price missing for the budget is a fix, not a budget to raise.

@@ -290,6 +290,14 @@ def format_status(out_dir: Path) -> str:
             if isinstance(rebuilt, str) and rebuilt >= str(last["finished_at"]):
                 # The results and reports it could not write (a full disk) were written since.
                 lines.append(f"  results and reports rebuilt by batchrunner report at {rebuilt}")
+            elif last.get("results_written") is False and kind != "input_changed":
+                # Stopped as it wrote them (Ctrl-C, SIGTERM, a full disk): the results file
+                # there may be the run before's, looking current. "May": after a signal, the
+                # thread writing them may still finish them. A changed input's stop says what
+                # to do itself (report refuses that input).
+                lines.append("  the results and reports may not have been written, or not all "
+                             "(the run was stopped while writing them) — write them with: "
+                             f"batchrunner report {shell_quote(str(out_dir))}")
         else:
             sent = last.get("sent")
             rebuilt = meta.get("rebuilt_at")

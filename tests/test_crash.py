@@ -1193,6 +1193,8 @@ def test_status_after_the_results_could_not_be_written_says_so(tmp_path: Path) -
     assert "  last run: stopped 20" in status, status
     assert "ended by an error: " in status and "results.parquet" in status, status
     assert "rebuilt" not in status
+    assert "  the results and reports may not have been written, or not all (the run was stopped " \
+        f"while writing them) — write them with: batchrunner report {tmp_path / 'out'}" in status
     # Space freed, `batchrunner report` writes them: status says so, not only the error.
     assert main(["report", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "results.parquet").exists()
@@ -1240,6 +1242,92 @@ def test_status_after_a_run_killed_writing_its_results_says_they_were_not_writte
     assert main(["report", str(out)]) == 0
     assert (out / "results.parquet").exists()
     assert "not written" not in format_status(out)
+
+
+def signalled_writing_results_cmd(args: list[str], sig: signal.Signals) -> list[str]:
+    """The CLI in a child sent ``sig`` (Ctrl-C's SIGINT, a scheduler's SIGTERM) as it starts
+    to write the results file: every row answered and journaled, the run's end recorded in
+    job.json. The thread writing them goes on after a short wait: the signal is handled
+    meanwhile."""
+    code = ("import os, signal, sys, time\n"
+            "from batchrunner import results\n"
+            "write = results._write_results\n"
+            "def signalled(*args, **kwargs):\n"
+            f"    os.kill(os.getpid(), signal.{sig.name})\n"
+            "    time.sleep(0.5)\n"
+            "    return write(*args, **kwargs)\n"
+            "results._write_results = signalled\n"
+            "from batchrunner.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    return [sys.executable, "-c", code, *args]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_results_are_written_is_said_and_status_says_to_write_them(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    """Every row was sent (a --limit run's, 20 of 30), then Ctrl-C or SIGTERM came as the run
+    wrote its results: the run said only "interrupted; finished rows are saved — run the same
+    command to resume", and `status` said how the run stopped, but nothing of the results
+    file, which may be missing or last night's, looking current (as it says after a SIGKILL
+    then). Now both say the results and reports may not have been written, with the `report`
+    command that writes them, and status the command that finishes the job too; once
+    `report` has written them, status says so instead."""
+    n, limit = 30, 20
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(reply_tokens=20)) as sim:
+        args = run_args(inp, sim.base_url, out, "--limit", str(limit))
+        stopped = subprocess.run(signalled_writing_results_cmd(args, sig), env=child_env(),
+                                 capture_output=True, text=True, timeout=60)
+        assert len(ok_keys(out)) == sim.stats()["requests"] == limit
+    assert stopped.returncode == 4, stopped.stderr
+    assert stopped.stderr == (
+        "batchrunner: stopped: interrupted while the results and reports were written: they "
+        "may be missing, or an earlier run's; finished rows are saved — write them with: "
+        f"batchrunner report {out}, or run the same command again (it resumes, and writes "
+        "them)\n"), stopped.stderr
+    status = format_status(out).splitlines()
+    said = next(i for i, line in enumerate(status) if line.startswith("  last run: "))
+    assert status[said].startswith("  last run: stopped 20") and status[said].endswith(
+        ": interrupted"), status
+    assert status[said + 1] == (
+        "  the results and reports may not have been written, or not all (the run was stopped "
+        f"while writing them) — write them with: batchrunner report {out}"), status
+    assert status[said + 2].startswith(f"  to finish, {n - limit} rows to do: batchrunner run "
+                                       f"--input {inp} "), status
+    assert main(["report", str(out)]) == 4  # rows left to do
+    status = format_status(out).splitlines()
+    assert status[said + 1].startswith("  results and reports rebuilt by batchrunner report at "
+                                       "20"), status
+    assert not any("not have been written" in line for line in status), status
+
+
+def test_a_signal_before_a_run_writes_its_job_json_is_not_said_to_be_the_results(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that stopped as it wrote its results (job.json: finished, results not written),
+    then another interrupted before it wrote its own job.json: the second says it was
+    interrupted, not that it was writing its results (job.json is the first run's)."""
+    n = 10
+    inp = make_csv(tmp_path / "in.csv", n)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(reply_tokens=20)) as sim:
+        args = run_args(inp, sim.base_url, out, "--limit", "5")
+        stopped = subprocess.run(signalled_writing_results_cmd(args, signal.SIGTERM),
+                                 env=child_env(), capture_output=True, text=True, timeout=60)
+        assert "while the results and reports were written" in stopped.stderr, stopped.stderr
+        meta = json.loads((out / "job.json").read_text())
+        meta["last_run"]["pid"] = os.getpid()  # as an in-process run's would be
+        (out / "job.json").write_text(json.dumps(meta))
+
+        def interrupted(*_: Any, **__: Any) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(runner, "_write_meta", interrupted)
+            code, _, err = cli(capsys, *run_args(inp, sim.base_url, out))
+    assert code == 4
+    assert err == "batchrunner: interrupted; finished rows are saved — run the same command to " \
+        "resume\n", err
 
 
 def test_disk_full_while_journaling_names_the_journal(tmp_path: Path) -> None:
