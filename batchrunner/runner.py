@@ -4073,6 +4073,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                                     "stopped": None, "to_send": remaining}
         if plan.limited:
             last_run["limit"] = options.limit
+        if options.retry_failed:  # not an option job.json's command keeps: status adds it
+            last_run["retry_failed"] = True
         plan.job_meta["last_run"] = last_run
         _without_key(plan.job_meta["command"], api_key)
         plan.job_meta["request"] = _settings_without_key(plan.job_meta["request"], api_key)
@@ -4251,7 +4253,9 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         saved += (f"; the billed tries of {count_rows(tries)} still to do could not be saved: "
                   "the cost above counts them, the journal does not")
     lines.append(saved)
-    rerun = resume_advice(rerun_command(plan.job_meta, out_dir))
+    # A --retry-failed run's failed rows not sent again yet are sent only with it too.
+    rerun = resume_advice(rerun_command(
+        plan.job_meta, out_dir, extra=("--retry-failed",) if run.options.retry_failed else ()))
     report = f"batchrunner report {shell_quote(str(out_dir))}"
     once = "space is freed" if full else "the disk can be written"
     what = "reports were" if summary.results_path else "results and reports were"

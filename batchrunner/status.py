@@ -273,7 +273,18 @@ def format_status(out_dir: Path) -> str:
         to_do = max(0, total - ok - failed)
         kind = last.get("stop_kind") if last.get("finished_at") else None
         fix_first = bool(to_do or failed) and kind in ("fix_first", "wait_first")
-        command = rerun.command(("--retry-failed",) if fix_first and failed else ())
+        # A --retry-failed run that did not finish them (killed, interrupted, stopped) leaves
+        # failed rows its command sends again: without the option, it sends nothing of them.
+        # (One that ran through says what to do of the rows that failed again: retry_advice.)
+        cut_short = not last.get("finished_at") or bool(last.get("stopped"))
+        retry = bool(failed) and (fix_first or (cut_short and last.get("retry_failed") is True))
+        extra = ("--retry-failed",) if retry else ()
+        command = rerun.command(extra)
+        # What that command sends: the rows to do, and the failed ones again (nothing left to
+        # send, its last rows the ones failing: the failed to retry).
+        left = (f"{count_rows(to_do)} to do" + (f" and {failed:,} failed" if retry else "")
+                if to_do else f"the {failed:,} failed row{'' if failed == 1 else 's'} to retry"
+                if retry else "")
         if not last.get("finished_at"):
             free = free_bytes(out_dir)
             # A full disk stopped it, unsaid (job.json could not be written either): the one
@@ -298,6 +309,8 @@ def format_status(out_dir: Path) -> str:
                 lines.append("  the results and reports may not have been written, or not all "
                              "(the run was stopped while writing them) — write them with: "
                              f"batchrunner report {shell_quote(str(out_dir))}")
+            if failed and not (to_do or retry):  # no command below: the failed rows are left
+                lines.append(f"  {retry_advice(failed_by_type)}")
         else:
             sent = last.get("sent")
             rebuilt = meta.get("rebuilt_at")
@@ -314,22 +327,19 @@ def format_status(out_dir: Path) -> str:
                              f"batchrunner report {shell_quote(str(out_dir))}")
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
-        if command and to_do and kind == "budget":
+        if command and left and kind == "budget":
             # The same command stops again at once: the job's spend so far counts.
             spent = state.cost.usd + state.earlier.usd + state.unreported.usd
-            lines.append(f"  to finish, {count_rows(to_do)} to do: "
-                         + _raise_budget(meta, rerun, spent, state.ok, to_do))
+            lines.append(f"  to finish, {left}: " + _raise_budget(
+                meta, rerun, spent, state.ok, to_do + (failed if retry else 0), extra))
         elif command and fix_first:
             # Its rows failed, or were refused, alike: sent as they are, the rows left fail
             # so too. The endpoint's errors (a server error on every try) leave nothing to fix.
             first = ("wait for the endpoint to recover (what stopped it, above)"
                      if kind == "wait_first" else "fix what stopped it (above)")
-            # Nothing left to send (its last rows were the ones failing): the failed to retry.
-            left = (f"{count_rows(to_do)} to do" + (f" and {failed:,} failed" if failed else "")
-                    if to_do else f"the {failed:,} failed row{'' if failed == 1 else 's'} to retry")
             lines.append(f"  to finish, {left}: {first}, then: {command}")
-        elif command and to_do:
-            lines.append(f"  to finish, {count_rows(to_do)} to do: {command}")
+        elif command and left:
+            lines.append(f"  to finish, {left}: {command}")
         if to_do and ok and (changed_now := _changed_since(meta)):
             # A night's run refused at its start leaves job.json as the night before left it.
             lines.append(f"  the job file's request settings changed since the last run "
@@ -339,18 +349,19 @@ def format_status(out_dir: Path) -> str:
 
 
 def _raise_budget(meta: dict[str, Any], rerun: Rerun, spent: float, paid: int,
-                  to_do: int) -> str:
+                  to_do: int, extra: tuple[str, ...] = ()) -> str:
     """What to do after a budget stop, ``spent`` (USD) spent on the job so far, ``paid`` rows
-    answered, ``to_do`` rows left: the command that finishes it, its ``--max-cost`` raised to
-    the spend plus what the rows left cost at the job's cost a row so far, with room for the
-    requests in flight, which the run holds at their most (what they were held at when it
-    stopped, else a tenth more), rounded up; where no row has a cost to tell that, the
-    estimate's command, which does."""
+    answered, ``to_do`` rows left (the failed ones too, sent again by ``extra``'s
+    ``--retry-failed``): the command that finishes it, its ``--max-cost`` raised to the spend
+    plus what the rows left cost at the job's cost a row so far, with room for the requests in
+    flight, which the run holds at their most (what they were held at when it stopped, else a
+    tenth more), rounded up; where no row has a cost to tell that, the estimate's command,
+    which does."""
     budget = budget_to_raise(meta)
     if not (paid and spent > 0 and math.isfinite(spent)):
         return (f"raise {budget}, which the job's cost so far counts against, above what the "
                 f"rows left cost (no row has a cost yet to tell it): "
-                f"{rerun.command(verb='estimate')} tells it")
+                f"{rerun.command(extra, verb='estimate')} tells it")
     per_row = spent / paid
     left = to_do * per_row
     last = meta.get("last_run")
@@ -366,7 +377,7 @@ def _raise_budget(meta: dict[str, Any], rerun: Rerun, spent: float, paid: int,
             f"which the job's cost so far counts against: the {format_usd(spent)} spent plus "
             f"{format_usd(left)} for the rows left at the job's {format_usd(per_row)} a row so "
             f"far, {room}, rounded up (batchrunner estimate tells what the rows left cost "
-            f"too): {rerun.command(options={'max_cost_usd': raised})}")
+            f"too): {rerun.command(extra, options={'max_cost_usd': raised})}")
 
 
 def round_up(usd: float) -> float:

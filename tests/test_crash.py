@@ -17,6 +17,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -1509,3 +1510,67 @@ def test_a_rerun_after_a_killed_first_run_knows_the_models_it_was_answered_by(
     df = pd.read_parquet(out / "results.parquet")
     assert df["status"].iloc[:n].eq("ok").all()
     assert df["error_type"].iloc[n:].eq("model_refused").all()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["killed", "interrupted"])
+def test_status_after_a_retry_failed_run_cut_short_names_a_command_that_retries_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], sig: signal.Signals) -> None:
+    """A --retry-failed run killed, or stopped by Ctrl-C, with failed rows it had not sent
+    again yet (their retries hang): `status` named the job's command without --retry-failed
+    ("did not finish (killed, ...): run the job again to resume: batchrunner run ..."), which
+    sends nothing ("nothing to do", exit 3), or, after Ctrl-C, no command at all (0 to do).
+    Now it names the command with --retry-failed, which finishes the job."""
+    n, retried, hung = 30, range(10, 13), range(13, 16)
+    markers = {i: " [[sim:500*1]]" for i in retried} | {
+        i: " [[sim:500*1]][[sim:hang*1]]" for i in hung}
+    inp = make_csv(tmp_path / "in.csv", n, markers)
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=20)) as sim:
+        args = run_args(inp, sim.base_url, out, "--concurrency", "4")
+        code, _, err = cli(capsys, *args, "--max-attempts", "1")
+        assert code == 3, err
+        with cli_process(tmp_path, [*args, "--retry-failed"]) as (proc, err_path, _):
+            deadline = time.monotonic() + 60
+            while not (sim.stats()["hangs"] >= len(hung)
+                       and len(ok_keys(out)) == n - len(hung)):
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, (sim.stats(), err_path.read_text())
+                time.sleep(0.05)
+            proc.send_signal(sig)
+            code = proc.wait(timeout=30)
+        assert code == (-sig if sig == signal.SIGKILL else 4), err_path.read_text()
+        lines = format_status(out).splitlines()
+        assert lines[0].endswith(f"({n - len(hung)} ok, {len(hung)} failed, 0 to do)"), lines
+        if sig == signal.SIGKILL:
+            said = next(x for x in lines if "did not finish" in x)
+            command = said.partition("run the job again to resume: ")[2]
+        else:
+            assert any(x.startswith("  last run: stopped 20") and "interrupted by Ctrl-C" in x
+                       for x in lines), lines
+            said = next(x for x in lines if x.startswith("  to finish"))
+            command = said.partition(f"  to finish, the {len(hung)} failed rows to retry: ")[2]
+        assert command.startswith("batchrunner run ") and command.endswith(
+            " --retry-failed"), lines
+        code, _, err = cli(capsys, *shlex.split(command)[1:])
+    assert code == 0, err
+    assert len(ok_keys(out)) == n
+    assert "to finish" not in format_status(out)
+
+
+def test_a_retry_failed_run_the_journal_could_not_hold_names_the_command_with_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --retry-failed run stopped by a write that failed (not one segment fits: 3 KB): its
+    summary's command to resume had no --retry-failed, and sent none of the failed rows."""
+    n, failing = 20, range(5, 8)
+    inp = make_csv(tmp_path / "in.csv", n, {i: " [[sim:500*1]]" for i in failing})
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=20)) as sim:
+        args = run_args(inp, sim.base_url, out)
+        code, _, err = cli(capsys, *args, "--max-attempts", "1")
+        assert code == 3, err
+        lost = subprocess.run(limited_cmd(3 * 1024, [*args, "--retry-failed"]),
+                              env=child_env(), capture_output=True, text=True, timeout=60)
+    assert lost.returncode == 1 and one_error_line(lost.stderr), lost.stderr
+    assert f"the answers to {len(failing)} rows could not be saved" in lost.stdout, lost.stdout
+    assert re.search(r"run the job again to resume: batchrunner run .* --retry-failed \(it "
+                     r"writes them too\)", lost.stdout), lost.stdout
