@@ -3785,9 +3785,8 @@ class _Run:
             counts.concurrency = int(self.ceiling)
             counts.concurrency_from = target
             counts.concurrency_why = (
-                f"{late:,} request{' was' if late == 1 else 's were'} queued past the "
-                "timeout while others were answered: the server queues what it cannot run "
-                "at once")
+                f"{late:,} request{'' if late == 1 else 's'} timed out while others were "
+                "answered: the server queues what it cannot run at once (or hangs on some)")
         elif answered and self.ceiling < math.inf:
             self.ceiling += TUNE_EVERY_S / max(self.latency_s, TUNE_EVERY_S)
             if self.ceiling >= target:

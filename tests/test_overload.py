@@ -48,7 +48,7 @@ async def test_requests_queued_past_the_timeout_lower_the_concurrency(
     assert stats["requests"] == s.sent < 100
     err = capsys.readouterr().err
     assert "(concurrency lowered to " in err and " from 16: " in err
-    assert "queued past the timeout while others were answered" in err
+    assert "timed out while others were answered: the server queues what it cannot" in err
 
 
 def test_the_progress_says_why_the_concurrency_was_lowered() -> None:
