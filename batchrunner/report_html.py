@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from batchrunner.pricing import SOURCE_ASKED, SOURCE_UNKNOWN
 from batchrunner.progress import short_number
 from batchrunner.report import (
     _BAD_CHARS,
@@ -306,7 +307,8 @@ def _card(label: str, value: str, note: str, cls: str = "") -> str:
 
 
 def _price_sources(report: Mapping[str, Any]) -> str:
-    """Models by price source: ``genai-prices 0.0.35: gpt-4o-mini · job [prices]: mine``."""
+    """Models by price source: ``gpt-4o-mini from genai-prices 0.0.35 · mine from job
+    [prices]`` (a source names the library's version where it is the library's)."""
     pricing: Mapping[str, Any] = report.get("pricing") or {}
     by_source: dict[str, list[str]] = {}
     for model, entry in _by_model(report).items():
@@ -317,11 +319,11 @@ def _price_sources(report: Mapping[str, Any]) -> str:
     for source, models in by_source.items():
         shown = ", ".join(_short(m, 40) for m in models[:4])
         more = f" and {len(models) - 4} more" if len(models) > 4 else ""
-        parts.append(f"{_e(source)}: {_e(shown + more)}")
+        how = ("no price known" if source == SOURCE_UNKNOWN
+               else source if source == SOURCE_ASKED else f"from {source}")
+        parts.append(f"{_e(shown + more)} {_e(how)}")
     units = str(pricing.get("units") or "USD per 1M tokens")
-    library = f"{pricing.get('library', '')} {pricing.get('library_version', '')}".strip()
-    tail = f"{units}; price library {library}" if library else units
-    return (" · ".join(parts) or "no model named") + f' <span class="dim">({_e(tail)})</span>'
+    return (" · ".join(parts) or "no model named") + f' <span class="dim">({_e(units)})</span>'
 
 
 def _model_table(report: Mapping[str, Any]) -> str:

@@ -194,7 +194,7 @@ def test_page_shows_the_report(book: PriceBook, mixed: list[Outcome]) -> None:
     assert "147" in page and "145 ok · 2 failed" in page
     assert "+ unknown" in page  # no-such-model-xyz has no price
     assert "cost unknown for 5 rows paid for (no-such-model-xyz)" in page
-    assert "job [prices]: my-model" in page and "unknown: no-such-model-xyz" in page
+    assert "my-model from job [prices]" in page and "no-such-model-xyz no price known" in page
     assert "1m 00s" in page or "60.0 s" in page  # wall time
     charts = svgs(page)
     timeline = next(s for k, s in charts.items() if k.startswith("Rows finished per second"))
