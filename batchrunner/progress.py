@@ -214,8 +214,12 @@ class TqdmProgress:
             self.write(f"{self._desc}: {_limited(total - done, limited)}")
         for _ in range(2):  # a second time, drawn nowhere, if its reader is gone
             try:
+                # Sized to the terminal as it changes; one that says no size (--progress bar
+                # on it) is drawn 80 wide (tqdm reads its 0 rows as -1, and draws nothing).
+                sized = _columns() > 0
                 self._bar = tqdm(total=total, initial=done, desc=self._desc, unit="row",
-                                 dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+                                 dynamic_ncols=sized, ncols=None if sized else 80,
+                                 nrows=None if sized else 24, smoothing=0.1, file=sys.stderr)
                 return
             except OSError as e:
                 output_lost(e)
@@ -439,6 +443,16 @@ def make_progress(desc: str, mode: str = "auto") -> Progress:
     """``auto``: a bar on a terminal, periodic lines otherwise; ``bar``; ``log``; ``none``."""
     if mode == "none":
         return NullProgress()
-    if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
+    if mode == "bar" or (mode == "auto" and sys.stderr.isatty() and _columns() > 0):
         return TqdmProgress(desc)
     return LogProgress(desc)
+
+
+def _columns() -> int:
+    """The terminal's width on stderr; 0 where it says none (a pseudo-terminal no window was
+    given a size for: ``docker exec -t`` in a script, ``script`` without a terminal), on which
+    a bar sized to it draws nothing."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return 0

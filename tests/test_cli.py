@@ -473,7 +473,7 @@ def test_the_summary_says_how_many_requests_met_a_429(
 
 
 def test_the_bar_on_an_80_column_terminal_keeps_room_for_itself_and_the_cost(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """tqdm cuts a line longer than the terminal at its end, where the cost is, and shrinks
     the bar to one character: the counts beside it are fitted to the width instead, the cost
@@ -483,6 +483,7 @@ def test_the_bar_on_an_80_column_terminal_keeps_room_for_itself_and_the_cost(
     from batchrunner import progress
 
     def drawn(width: int) -> list[str]:
+        monkeypatch.setattr(progress, "_columns", lambda: width)  # a terminal's, not capsys's
         bar = progress.TqdmProgress("job")
         bar.start(20_000, 0)
         tq = bar._bar
@@ -1283,3 +1284,33 @@ def test_ctrl_c_while_the_installed_command_loads_says_one_line(
         "batchrunner: interrupted while starting: nothing was done — run the same command "
         "again\n")
 
+
+
+def test_a_terminal_that_says_no_width_gets_log_lines_not_an_empty_bar(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pseudo-terminal no window gave a size (``docker exec -t`` in a script) says 0
+    columns: the bar, sized to it, drew nothing for the whole run. ``auto`` prints log lines
+    there; ``--progress bar`` draws 80 wide."""
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    from batchrunner.progress import LogProgress, TqdmProgress, make_progress
+
+    terminal, side = os.openpty()
+    with os.fdopen(side, "w") as stderr, os.fdopen(terminal, "rb", buffering=0) as shown:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        assert isinstance(make_progress("run", "auto"), LogProgress)
+        bar = make_progress("run", "bar")
+        assert isinstance(bar, TqdmProgress)
+        bar.start(100, 0)
+        bar.close()
+        stderr.flush()
+        drawn = b""
+        while select.select([shown], [], [], 1.0)[0] and len(drawn) < 100_000:
+            drawn += shown.read(4096)
+        assert "0/100" in drawn.decode() and "|" in drawn.decode(), drawn
+        fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        assert isinstance(make_progress("run", "auto"), TqdmProgress)
