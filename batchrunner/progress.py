@@ -315,7 +315,7 @@ class LogProgress:
             line += f", {_limited(total - done, limited)}"
         elif total is not None:
             line += f", {total - done:,} of {total:,} rows to do"
-        if self._every:
+        if self._every and total != done:  # none to do: the summary follows at once
             line += f"; a line every {self._every:g} s"
         self.write(line)
 

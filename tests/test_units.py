@@ -613,6 +613,10 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
     log.update(counts, 0)
     assert capsys.readouterr().err.endswith(
         "(no row finished for 86 s; 0 requests in flight, 3 rows waiting to retry)\n")
+    # A rerun with nothing to do promises no line every 30 s: its summary follows at once.
+    progress.LogProgress("nightly", every_s=30.0).start(20_000, 20_000)
+    assert capsys.readouterr().err == (
+        "2026-11-30T02:00:01Z nightly: started, 0 of 20,000 rows to do\n")
     # While the endpoint is away, the outage says why no row finishes: the line said it
     # twice, "(no connection to the endpoint for 30 s; ...)  (no row finished for 116 s; ...)".
     now[0] += 30
