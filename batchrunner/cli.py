@@ -319,7 +319,12 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str],
             difflib.get_close_matches(option, own, n=1, cutoff=0.75)
             or [o for o in own if o.startswith("--") and option.endswith(f"-{o[2:]}")][:1])
         field = option.lstrip("-").replace("-", "_")
-        if name in ("run", "estimate") and field in BODY_FIELDS:  # --n 3, --seed 7
+        if option.replace("_", "-") in own:  # --max_tokens: one of ours, spelt as the field
+            notes.append(f"{option} (did you mean {option.replace('_', '-')}?)")
+        elif name in ("run", "estimate") and field == "response_format":
+            notes.append(f"{option} (replies are checked against --schema-file, or a job "
+                         "file's [request] response_format)")
+        elif name in ("run", "estimate") and field in BODY_FIELDS:  # --n 3, --seed 7
             notes.append(f"{option} (the request field {field}: set it in a job file's "
                          f"[request.extra], or per row with --from-column {field}=COLUMN)")
         elif elsewhere:

@@ -215,8 +215,9 @@ class TqdmProgress:
         for _ in range(2):  # a second time, drawn nowhere, if its reader is gone
             try:
                 # Sized to the terminal as it changes; one that says no size (--progress bar
-                # on it) is drawn 80 wide (tqdm reads its 0 rows as -1, and draws nothing).
-                sized = _columns() > 0
+                # on it) is drawn 80 wide (tqdm reads its 0 rows as -1, and draws nothing). A
+                # file or a pipe (--progress bar into a log) takes the whole line, as ever.
+                sized = _columns() > 0 or not sys.stderr.isatty()
                 self._bar = tqdm(total=total, initial=done, desc=self._desc, unit="row",
                                  dynamic_ncols=sized, ncols=None if sized else 80,
                                  nrows=None if sized else 24, smoothing=0.1, file=sys.stderr)

@@ -368,8 +368,8 @@ class RunSummary:
     # sent while no other such row's was out.
     sent_alone: int = 0
     rate_limited: int = 0  # of ``sent``, the requests answered 429 (rate limited)
-    # Of ``sent``, the requests that got an error (a 5xx, a timeout, a 400...), 429s apart, by
-    # error type: those retried and those that failed their rows.
+    # Of ``sent``, the requests that got an error (a 5xx, a timeout...) and were tried again,
+    # by error type, 429s apart.
     request_errors: dict[str, int] = field(default_factory=dict)
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
     # Rows paid for without a cost: ok with no price known or no usage reported, or failed
@@ -947,6 +947,11 @@ def _check_no_request_settings(job: JobConfig, where: str) -> None:
     if "schema_file" in settings:
         settings.pop("response_format", None)  # read from the schema file
     request = [k for k, v in settings.items() if v not in ([], "")]
+    extra = settings.get("extra")
+    if isinstance(extra, dict) and "max_completion_tokens" in job.options:
+        # Given as --max-completion-tokens, it is the option to leave out, not "extra".
+        request.remove("extra")
+        request += ["max_completion_tokens"] + (["extra"] if len(extra) > 1 else [])
     unused = request + (["id_column"] if job.input.id_column not in (None, "custom_id") else [])
     if unused:
         named = [f"{k} ({option_name(k)})" if k in OVERRIDES else k for k in unused]
@@ -1687,6 +1692,7 @@ class _Run:
                              outage_s=self.outage_s)
         self.counters: Counter[str] = Counter()
         self.errors_seen: Counter[str] = Counter()
+        self.failed_kinds: Counter[str | None] = Counter()  # this run's failed rows, by error
         self.stop_error: StopJob | None = None
         self.stopping = False
         self.stopped = anyio.Event()
@@ -2207,6 +2213,7 @@ class _Run:
                 self.counters["length"] += 1
         else:
             counts.failed += 1
+            self.failed_kinds[o.error_type] += 1
         counts.projected_usd = self.plan.prior_cost + counts.cost_usd / self.recorded * self.to_do
         self.progress.update(counts, 1)
         if len(journal) >= FLUSH_EVERY_ROWS:
@@ -4413,12 +4420,14 @@ def _sending_told(summary: RunSummary, run: _Run) -> None:
     summary.cut_left = counters["cut_left"]
     summary.sent_alone = counters["sent_alone"]
     summary.rate_limited = counters["http_429"]
-    # 429s, and the requests that found no connection or were cut in an outage, are told
-    # apart (the notes above): the errors left.
+    # The errors retried: 429s, the requests that found no connection or were cut in an
+    # outage (told apart: the notes beside it), and the rows' last tries, which failed them
+    # (the failures line), left out.
     errors = run.errors_seen.copy()
     errors.subtract({"rate_limited": errors["rate_limited"],
                      "connection_error": counters["not_connected"],
                      "connection_reset": counters["cut_unanswered"]})
+    errors.subtract({kind: n for kind, n in run.failed_kinds.items() if kind is not None})
     summary.request_errors = {kind: n for kind, n in sorted(errors.items(),
                                                              key=lambda kv: (-kv[1], kv[0]))
                               if n > 0}  # most first, then by name
@@ -4453,15 +4462,18 @@ def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
                 f"(no max_tokens was asked: the server's own limit cut {them}), and "
                 f"{flags}"), ""
     larger = 2 * asked
-    why = (f"twice the job's max_tokens of {asked:,}, the most {they} "
+    # Under the name the job gives it: --max-tokens beside --max-completion-tokens is refused,
+    # and a --max-tokens the last run was given (renamed over the file's max_completion_tokens)
+    # is what to raise.
+    limit = ("max_completion_tokens" if asked == extra.get("max_completion_tokens")
+             and request.get("max_tokens") is None
+             and option_given(plan.job_meta, "max_tokens") is None else "max_tokens")
+    why = (f"twice the job's {limit} of {asked:,}, the most {they} "
            f"{'was' if s.length_cut == 1 else 'were'} given")
     if s.pending:  # its command now would meet the stop (a budget) or the rows left first
         rows = count_rows(s.pending)
         return (f"once the {rows} not done yet are done, the run's summary names the command, "
                 f"with {why}"), ""
-    # Under the name the job gives it: --max-tokens beside --max-completion-tokens is refused.
-    limit = ("max_completion_tokens" if asked == extra.get("max_completion_tokens")
-             and request.get("max_tokens") is None else "max_tokens")
     options: dict[str, Any] = {limit: larger}
     if (budget := _budget(plan)) is not None:
         # The budget counts the job's whole cost: kept as it was, the command stopped at it
@@ -4620,10 +4632,10 @@ def format_summary(s: RunSummary) -> str:
             notes.append(f"{s.sent_alone:,} sent alone: rows cut each time the server went "
                          "down, sent one at a time to tell a row that brings it down from those "
                          "beside it")
-        if s.request_errors:  # the retries beside the rows' own failures, and why
+        if s.request_errors:  # the retries, beside the rows' failures (their own line)
             kinds = list(s.request_errors.items())
             shown = ", ".join(f"{kind} {n:,}" for kind, n in kinds[:3])
-            notes.append(f"{sum(s.request_errors.values()):,} got an error: {shown}"
+            notes.append(f"{sum(s.request_errors.values()):,} retried after an error: {shown}"
                          + (", ..." if len(kinds) > 3 else ""))
         if s.rate_limited:  # a slow run says why: a storm of 429s, waited out
             notes.append(f"{s.rate_limited:,} answered 429, rate limited")

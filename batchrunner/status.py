@@ -301,7 +301,8 @@ def format_status(out_dir: Path) -> str:
             if isinstance(rebuilt, str) and rebuilt >= str(last["finished_at"]):
                 # The results and reports it could not write (a full disk) were written since.
                 lines.append(f"  results and reports rebuilt by batchrunner report at {rebuilt}")
-            elif last.get("results_written") is False and kind != "input_changed":
+            elif last.get("results_written") is False and kind != "input_changed" and (
+                    " changed while the job ran " not in str(last["stopped"])):  # an older run's
                 # Stopped as it wrote them (Ctrl-C, SIGTERM, a full disk): the results file
                 # there may be the run before's, looking current. "May": after a signal, the
                 # thread writing them may still finish them. A changed input's stop says what

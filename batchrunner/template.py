@@ -229,9 +229,9 @@ _QWEN_PARAMETERS = ("temperature", "top_p", "enable_search", "search_options")
 
 
 # The body fields the job's checks know (BODY_FIELDS), and those of the servers and gateways
-# beside them (vLLM's sampling and guided decoding, OpenRouter's routing, Qwen's, Groq's,
-# Mistral's): a field near one of the first and none of these is a typo (temprature), sent as
-# written, and OpenAI answers every row 400 for it.
+# beside them (vLLM's sampling and guided decoding, Hugging Face TGI's, OpenRouter's routing,
+# Qwen's, Groq's, Mistral's): a field near one of the first and none of these is a typo
+# (temprature), sent as written, and OpenAI answers every row 400 for it.
 _KNOWN_FIELDS = BODY_FIELDS | frozenset({
     "model", "messages", "stream", "stream_options", "functions", "function_call",
     "prompt_cache_retention", "extra_headers", "top_k", "min_p", "top_a", "repetition_penalty",
@@ -241,11 +241,13 @@ _KNOWN_FIELDS = BODY_FIELDS | frozenset({
     "chat_template_kwargs", "provider", "models", "route", "transforms", "reasoning",
     "include_reasoning", "usage", "search_options", "thinking_budget", "incremental_output",
     "result_format", "reasoning_format", "safe_prompt", "random_seed", "prompt_mode",
-    "deferred", "documents", "priority",
+    "deferred", "documents", "priority", "max_new_tokens", "top_n", "do_sample",
+    "typical_p", "return_full_text", "watermark", "truncate",
 })
 _TYPO_OF = sorted(BODY_FIELDS | {"model", "messages", "stream", "stream_options"})
 
 
+@functools.lru_cache(maxsize=1024)  # a batch file's every row: its fields repeat
 def _near_field(name: str) -> str | None:
     """The Chat Completions field ``name`` looks like a typo of, if any."""
     import difflib

@@ -79,6 +79,8 @@ def job_args(tmp_path: Path, *extra: str, inp: str = "in.csv") -> list[str]:
      "estimate has no option --seed (the request field seed: set it in a job file's "
      "[request.extra], or per row with --from-column seed=COLUMN) — see batchrunner estimate "
      "--help"),
+    (["run", "job.toml", "--max_tokens", "5"],  # ours, spelt as the field: not the field
+     "run has no option --max_tokens (did you mean --max-tokens?) — see batchrunner run --help"),
     (["run", "job.toml", "--top", "0.5"],
      "run has no option --top (did you mean --top-p?) — see batchrunner run --help"),
     (["run", "job.toml", "--retry"],
@@ -540,7 +542,7 @@ def test_max_completion_tokens_is_an_option_and_the_cut_rows_command_keeps_its_n
     own name: a --max-tokens beside it would be refused."""
     code, out, err = cli(capsys, *job_args(tmp_path, "--max-completion-tokens", "1"))
     assert code == 0, err
-    said = "twice the job's max_tokens of 1, the most they were given), run: "
+    said = "twice the job's max_completion_tokens of 1, the most they were given), run: "
     (line,) = [line for line in out.splitlines() if said in line]
     command = line.partition(said)[2]
     assert " --max-completion-tokens 2 " in command and "--max-tokens" not in command, command
@@ -548,6 +550,17 @@ def test_max_completion_tokens_is_an_option_and_the_cut_rows_command_keeps_its_n
     assert code == 0, err
     assert "--max-completion-tokens 4 " in out
     assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["completion_tokens"]) == {2}
+    # --max-tokens over a job file's max_completion_tokens is sent under the file's name; the
+    # command raises the option given, not a second limit beside it (refused).
+    job = tmp_path / "job.toml"
+    job.write_text("[request.extra]\nmax_completion_tokens = 120\n")
+    code, out, err = cli(capsys, "run", str(job), *job_args(tmp_path, "--max-tokens", "1",
+                                                             "--output", str(tmp_path / "o3"))[1:])
+    assert code == 0, err
+    command = next(line for line in out.splitlines() if "run: " in line).partition("run: ")[2]
+    assert " --max-tokens 2 " in command and "--max-completion-tokens" not in command, command
+    code, out, err = cli(capsys, *shlex.split(command)[1:], "--progress", "none")
+    assert code == 0, err
     # Beside --max-tokens: one line, nothing sent.
     code, out, err = cli(capsys, *job_args(tmp_path, "--max-completion-tokens", "5",
                                            "--max-tokens", "5"))

@@ -1301,6 +1301,17 @@ def test_a_signal_while_the_results_are_written_is_said_and_status_says_to_write
     assert status[said + 1].startswith("  results and reports rebuilt by batchrunner report at "
                                        "20"), status
     assert not any("not have been written" in line for line in status), status
+    # A run stopped for its input changed writes no results, and `report` refuses that input:
+    # not told to write them, though an older version's job.json has no stop_kind to say so.
+    meta = json.loads((out / "job.json").read_text())
+    meta.pop("rebuilt_at", None)
+    meta["last_run"].pop("stop_kind", None)
+    meta["last_run"].update(stopped=f"input {inp} changed while the job ran (replaced, "
+                                    "rewritten or appended to)", results_written=False)
+    (out / "job.json").write_text(json.dumps(meta))
+    status = format_status(out).splitlines()
+    assert "changed while the job ran" in status[said], status
+    assert not any("not have been written" in line for line in status), status
 
 
 def test_a_signal_before_a_run_writes_its_job_json_is_not_said_to_be_the_results(
