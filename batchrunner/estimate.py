@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchrunner import compute as pc
-from batchrunner.arrow import is_value, scalar
+from batchrunner.arrow import group_codes, is_value, scalar, to_numpy
 from batchrunner.config import (
     gemini_named,
     gemini_thinking,
@@ -108,24 +108,38 @@ class Estimate:
         return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
 
 
-def _observed_completion(plan: Plan) -> tuple[float, int, bool] | None:
+# The answers so far: a choice's mean completion tokens, the answers counted, and whether any
+# asked more than one choice.
+Observed = tuple[float, int, bool]
+
+
+def _observed_completion(plan: Plan) -> tuple[Observed | None, dict[str, Observed]]:
     """The ok answers' mean completion tokens for a choice asked (a reply's usage counts
-    every choice of its ``n``: the rows' own, ``choices_asked``, else the job's), the answers
-    counted, and whether any asked more than one choice."""
+    every choice of its ``n``: the rows' own, ``choices_asked``, else the job's), over all of
+    them and by the model each was priced as (the one asked for, unless a gateway routed it):
+    a reasoning model's answers are not a chat model's."""
     job_n = choices_asked(plan.job_meta.get("request") or {})
-    total = n = choices = 0
-    for part in Journal(plan.out_dir).iter_latest(["completion_tokens", "choices_asked"]):
+    sums: dict[str, list[int]] = {}  # model: [tokens, answers, choices]
+    for part in Journal(plan.out_dir).iter_latest(["completion_tokens", "choices_asked",
+                                                   "priced_as", "model"]):
         is_ok = pc.fill_null(is_value(part["status"], "ok"), scalar(False, pa.bool_()))
         answered = pc.and_(is_ok, pc.is_valid(part["completion_tokens"]))
-        tokens = pc.filter(part["completion_tokens"], answered)
-        n += len(tokens)
-        total += pc.sum(tokens).as_py() or 0
-        asked = pc.fill_null(pc.filter(part["choices_asked"], answered),
-                             scalar(job_n, pa.int64()))
-        choices += pc.sum(asked).as_py() or 0
-    if n == 0:
-        return None
-    return total / choices, n, choices > n
+        tokens = to_numpy(pc.cast(pc.filter(part["completion_tokens"], answered), pa.int64()))
+        asked = to_numpy(pc.cast(pc.fill_null(pc.filter(part["choices_asked"], answered),
+                                              scalar(job_n, pa.int64())), pa.int64()))
+        models = pc.coalesce(pc.filter(part["priced_as"], answered),
+                             pc.filter(part["model"], answered))
+        codes, names = group_codes(models)
+        for i, name in enumerate(names):
+            mine = codes == i
+            acc = sums.setdefault(name or "", [0, 0, 0])
+            acc[0] += int(tokens[mine].sum())
+            acc[1] += int(mine.sum())
+            acc[2] += int(asked[mine].sum())
+    by_model = {model: (total / choices, n, choices > n)
+                for model, (total, n, choices) in sums.items() if n and choices}
+    total, n, choices = (sum(acc[i] for acc in sums.values()) for i in range(3))
+    return ((total / choices, n, choices > n) if n and choices else None), by_model
 
 
 def _completion_basis(max_tokens: int | None, observed: tuple[float, int, bool] | None,
@@ -157,7 +171,12 @@ def estimate(plan: Plan) -> Estimate:
                    resent=plan.resent,
                    budget_usd=job.limits.max_cost_usd, spent_usd=plan.prior_cost,
                    warnings=list(plan.warnings))
-    observed = _observed_completion(plan)
+    observed, by_model = _observed_completion(plan)
+    # A job of one model takes the answers' mean whatever name they were priced as (a dated
+    # snapshot); one whose rows name their models, each model's own, and a model with none
+    # yet its max_tokens or the guess.
+    models_vary = plan.builder is None or bool(job.request.model_column)
+    unseen = 0  # rows to send of a model with no answer yet, in such a job
     unbounded = 0  # rows to send with no max_tokens of their own
     for key, row, _ in iter_rows(plan):
         item, reason = make_work(plan, key, row)
@@ -180,8 +199,12 @@ def estimate(plan: Plan) -> Estimate:
         elif (asked := _search_asked(item.body)) is not None:
             est.search_rows += 1
             est.search_asked[asked] += 1
-        if observed is not None:  # a choice's mean, for each of the n the row asks
-            completion = int(observed[0] * item.n)
+        seen = by_model.get(model) if models_vary else observed
+        unseen += models_vary and observed is not None and seen is None
+        if seen is not None:  # a choice's mean, for each of the n the row asks, at most its
+            completion = int(seen[0] * item.n)  # max_tokens (a limit lowered since)
+            if item.completion_max:
+                completion = min(completion, item.completion_max * item.n)
         elif item.completion_max:
             completion = item.completion_max * item.n
         else:  # its thinking, billed as output, comes on top of the answer
@@ -214,6 +237,16 @@ def estimate(plan: Plan) -> Estimate:
     est.completion_basis = _completion_basis(None if per_row else limit, observed, unbounded,
                                              est.to_send, batch=plan.builder is None,
                                              name=name)
+    if observed is not None and models_vary and len(by_model) > 1:
+        n, choices = observed[1], observed[2]
+        each = "; a choice, times each row's n" if choices else ""
+        est.completion_basis = (f"each model's mean of its answers so far ({n:,} answer"
+                                f"{'' if n == 1 else 's'}{each}), at most each row's max_tokens")
+    elif observed is not None:
+        est.completion_basis += ", at most each row's max_tokens"
+    if observed is not None and unseen:
+        est.completion_basis += (f"; for the {count_rows(unseen)} of models with none yet, "
+                                 "their max_tokens, or a guess")
     if est.budgeted:
         est.completion_basis += (f"; and the thinking budget of the {count_rows(est.budgeted)} "
                                  "that set one, on top")

@@ -417,6 +417,34 @@ def test_estimate_says_its_completion_tokens_are_the_mean_of_every_answer_so_far
     assert re.search(r"completion tokens from: mean of 2 answers so far \(\d+ tokens\)", out), out
 
 
+def test_estimate_takes_each_models_mean_at_most_each_rows_max_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A job whose rows name their models, half of them answered: the estimate gave the other
+    model's rows (a reasoning model's) the answered chat model's mean, and lost the warning
+    of their unbounded thinking. Each model takes its own mean, at most the row's max_tokens;
+    a model with no answer yet its max_tokens, or the guess and the warning."""
+    inp = tmp_path / "mixed.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(7)], "text": ["hello there"] * 7,
+                  "model": ["gpt-4o-mini"] * 4 + ["o4-mini"] * 3}).to_csv(inp, index=False)
+    args = ["--input", str(inp), "--id-column", "id", "--prompt", "Say {text}",
+            "--model-column", "model", "--simulator", "--output", str(tmp_path / "out")]
+    assert cli(capsys, "run", *args, "--limit", "3", "--progress", "none")[0] == 0
+    code, out, _ = cli(capsys, "estimate", *args)
+    assert code == 0
+    assert ("completion tokens from: each model's mean of its answers so far (3 answers), at "
+            "most each row's max_tokens; for the 3 rows of models with none yet, their "
+            "max_tokens, or a guess") in out, out
+    assert "warning: 3 rows ask for thinking (model o4-mini) with no max_tokens" in out, out
+    mini = next(line for line in out.splitlines() if line.strip().startswith("gpt-4o-mini"))
+    o4 = next(line for line in out.splitlines() if line.strip().startswith("o4-mini"))
+    assert int(o4.split()[3].replace(",", "")) > int(mini.split()[3].replace(",", "")), out
+    # The limit lowered since: each row's max_tokens bounds the mean.
+    code, out, _ = cli(capsys, "estimate", *args, "--max-tokens", "1")
+    o4 = next(line for line in out.splitlines() if line.strip().startswith("o4-mini"))
+    assert o4.split()[3] == "3", out
+
+
 def test_simulate_on_a_port_in_use_says_so_in_plain_words(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -638,7 +638,9 @@ def test_status_and_estimate_read_a_compacted_journal_a_row_group_at_a_time(
     assert re.search(r"\n  failed \w+: 2\n", status), status
     assert sum(read) == 40 and max(read) == 8
     read.clear()  # estimate's mean of the answers so far, likewise
-    mean, answers, _ = _observed_completion(plan_from_output(out))
+    observed, by_model = _observed_completion(plan_from_output(out))
+    assert observed is not None and by_model == {"gpt-4o-mini": observed}
+    mean, answers, _ = observed
     assert answers == 38 and sum(read) == 40 and max(read) == 8
     monkeypatch.setattr(Journal, "iter_latest",
                         lambda self, columns=None: iter([self.read(columns)]))
