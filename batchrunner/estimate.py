@@ -237,7 +237,7 @@ def estimate(plan: Plan) -> Estimate:
     est.completion_basis = _completion_basis(None if per_row else limit, observed, unbounded,
                                              est.to_send, batch=plan.builder is None,
                                              name=name)
-    if observed is not None and models_vary and len(by_model) > 1:
+    if observed is not None and models_vary and (len(by_model) > 1 or unseen):
         n, choices = observed[1], observed[2]
         each = "; a choice, times each row's n" if choices else ""
         est.completion_basis = (f"each model's mean of its answers so far ({n:,} answer"
@@ -285,6 +285,11 @@ def estimate(plan: Plan) -> Estimate:
                       f"{lim.tokens_per_minute:,.0f} tokens/min"))
     if times:
         est.time_s, est.time_basis = max(times)
+        if lim.concurrency:  # a bound the rates do not know: each request's time
+            per_s = est.to_send / est.time_s if est.time_s else 0.0
+            est.time_basis += (f"; longer where answers take over "
+                               f"{lim.concurrency / per_s:,.2g} s, as concurrency "
+                               f"{lim.concurrency:,} sends no more at once" if per_s else "")
     return est
 
 

@@ -439,6 +439,10 @@ def test_estimate_takes_each_models_mean_at_most_each_rows_max_tokens(
     mini = next(line for line in out.splitlines() if line.strip().startswith("gpt-4o-mini"))
     o4 = next(line for line in out.splitlines() if line.strip().startswith("o4-mini"))
     assert int(o4.split()[3].replace(",", "")) > int(mini.split()[3].replace(",", "")), out
+    # A concurrency set bounds the time too, by the answers' time, which no rate tells.
+    code, out, _ = cli(capsys, "estimate", *args, "--rpm", "6000", "--concurrency", "4")
+    assert ("(6,000 requests/min; longer where answers take over 0.04 s, as concurrency 4 "
+            "sends no more at once)") in out, out
     # The limit lowered since: each row's max_tokens bounds the mean.
     code, out, _ = cli(capsys, "estimate", *args, "--max-tokens", "1")
     o4 = next(line for line in out.splitlines() if line.strip().startswith("o4-mini"))
