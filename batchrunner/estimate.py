@@ -45,6 +45,7 @@ from batchrunner.journal import Journal
 from batchrunner.pricing import SOURCE_JOB, audio_asked, search_requested, tier_asked
 from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
 from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
+from batchrunner.template import estimate_tokens
 
 __all__ = ["Estimate", "estimate", "format_estimate"]
 
@@ -90,6 +91,7 @@ class Estimate:
     completion_basis: str = ""
     time_s: float | None = None
     time_basis: str = ""
+    cached_system: int = 0  # the system prompt's tokens, when long enough for a prompt cache
     price_library: str = ""  # where the prices come from: the job's [prices], the library
     budget_usd: float | None = None  # max_cost_usd: the job's whole spend, earlier runs' too
     spent_usd: float = 0.0  # what earlier runs spent
@@ -274,6 +276,8 @@ def estimate(plan: Plan) -> Estimate:
             sources.append(f"genai-prices {plan.prices.library_version}")
     est.price_library = " and ".join(sorted(set(sources), reverse=True)) or (
         f"genai-prices {plan.prices.library_version}")
+    if job.request.system and (tokens := estimate_tokens(job.request.system)) >= CACHE_MIN:
+        est.cached_system = tokens
     lim = job.limits
     times: list[tuple[float, str]] = []
     if lim.requests_per_minute:
@@ -291,6 +295,10 @@ def estimate(plan: Plan) -> Estimate:
                                f"{lim.concurrency / per_s:,.2g} s, as concurrency "
                                f"{lim.concurrency:,} sends no more at once" if per_s else "")
     return est
+
+
+# The shortest prompt prefix the APIs cache (OpenAI's 1,024 tokens).
+CACHE_MIN = 1024
 
 
 # A search tool by any of the names the APIs give it (Anthropic's and OpenAI's web search,
@@ -459,6 +467,11 @@ def format_estimate(e: Estimate) -> str:
                      f"({_asked_with(e.search_asked)}): it is billed apart from tokens, by the "
                      "sources or searches each reply uses, and is not in this estimate")
     lines.append(f"  completion tokens from: {e.completion_basis}")
+    if e.cached_system:
+        lines.append(f"  prompt caching not counted: the system prompt's ~{e.cached_system:,} "
+                     "tokens, the same in every request, are billed at the cached-input price "
+                     "where the API caches them (OpenAI, DeepSeek, Claude through most gateways: "
+                     "a half to a tenth of the input price), so the cost may come out lower")
     if e.thinking_rows:
         lines.append(f"  warning: {count_rows(e.thinking_rows)} {_ask(e.thinking_rows)} for "
                      f"thinking ({_asked_with(e.thinking_asked)}) with no max_tokens: the "

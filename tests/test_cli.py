@@ -443,6 +443,10 @@ def test_estimate_takes_each_models_mean_at_most_each_rows_max_tokens(
     code, out, _ = cli(capsys, "estimate", *args, "--rpm", "6000", "--concurrency", "4")
     assert ("(6,000 requests/min; longer where answers take over 0.04 s, as concurrency 4 "
             "sends no more at once)") in out, out
+    # A long system prompt, cached by the APIs at a lower price: said not counted.
+    code, out, _ = cli(capsys, "estimate", *args, "--system", "Write short. " * 400)
+    assert "  prompt caching not counted: the system prompt's ~1,300 tokens, the same in " in out
+    assert "prompt caching" not in cli(capsys, "estimate", *args, "--system", "Be brief.")[1]
     # The limit lowered since: each row's max_tokens bounds the mean.
     code, out, _ = cli(capsys, "estimate", *args, "--max-tokens", "1")
     o4 = next(line for line in out.splitlines() if line.strip().startswith("o4-mini"))
