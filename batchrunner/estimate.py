@@ -407,6 +407,13 @@ def _asked_with(asked: Counter[str]) -> str:
     return f"{shown}, and {count_rows(rest)} in other ways" if rest else shown
 
 
+def _unnamed(rows: int) -> str:
+    """The rows whose bodies name no model, and what to do."""
+    if rows == 1:
+        return 'the row whose body names no model: name one in it ("model")'
+    return f'the {rows:,} rows whose bodies name no model: name one in each ("model")'
+
+
 def format_estimate(e: Estimate) -> str:
     lines = [f"batchrunner: estimate for {e.name} — nothing was sent",
              f"  rows: {e.rows:,} in the input, {e.already_done:,} already done"
@@ -432,15 +439,21 @@ def format_estimate(e: Estimate) -> str:
     elif None in known:
         unpriced = sorted(model for model, m in e.by_model.items()
                           if m.cost_usd is None and m.tokens_usd is None)
+        # Rows whose bodies name no model (a batch file's): a model to name, not to price.
+        unnamed = "" in unpriced
+        unpriced = [model for model in unpriced if model]
         priced = [c for c in known if c is not None]
         cost_line = ((f"{format_usd(sum(priced))} for the models priced{source}; " if priced
                       else "")
-                     + f"unknown for {_and(unpriced)}: "
-                     + "".join(f"{model!r} may be a typo of {meant!r}: fix the model name, or "
-                               for model in unpriced if (meant := e.by_model[model].meant))
-                     + "add " + _and([f'[prices."{model}"]' for model in unpriced])
-                     + f"{', each' if len(unpriced) > 1 else ''} with input and output (USD per "
-                     "1M tokens), to a job file" + ("" if priced else source))
+                     + (f"unknown for {_and(unpriced)}: "
+                        + "".join(f"{model!r} may be a typo of {meant!r}: fix the model name, or "
+                                  for model in unpriced if (meant := e.by_model[model].meant))
+                        + "add " + _and([f'[prices."{model}"]' for model in unpriced])
+                        + f"{', each' if len(unpriced) > 1 else ''} with input and output (USD "
+                        "per 1M tokens), to a job file" if unpriced else "")
+                     + ("; " if unpriced and unnamed else "")
+                     + (f"unknown for {_unnamed(e.by_model[''].rows)}" if unnamed else "")
+                     + ("" if priced else source))
     else:  # priced but for the search billed per request that some rows ask for
         cost_line = (f"{format_usd(sum(c for c in known if c is not None))} and the search each "
                      "row asks for, which has no price: set search_request (below)" + source)

@@ -538,3 +538,21 @@ def test_rows_sent_with_both_token_limits_before_such_files_were_refused_are_rep
     assert df.loc["a", "status"] == "ok" and df.loc["b", "error_type"] == "http_400"
     code, _, err = cli(capsys, *batch_args(tmp_path))  # a run now names it
     assert code == 2 and "line 2: body sets both max_tokens and max_completion_tokens" in err
+
+
+def test_the_estimate_of_bodies_that_name_no_model_says_to_name_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It said to add [prices.""] for them: a model to name, not a price to set.
+    lines = [{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"messages": [{"role": "user", "content": "hi"}]}},
+             {"custom_id": "b", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "my-local-model", "messages": [{"role": "user", "content": "hi"}]}}]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    code, out, _ = cli(capsys, "estimate", "--input", str(inp), "--output", str(tmp_path / "o"))
+    assert code == 0
+    assert ('unknown for my-local-model: add [prices."my-local-model"] with input and output '
+            "(USD per 1M tokens), to a job file; unknown for the row whose body names no model: "
+            'name one in it ("model")') in out, out
+    assert '[prices.""]' not in out
