@@ -17,7 +17,6 @@ import ctypes
 import difflib
 import gc
 import importlib.util
-import json
 import os
 import signal
 import sys
@@ -385,9 +384,11 @@ def _writing_when_stopped(out_dir: Path, since: float) -> bool:
     """Whether the run started at ``since`` into ``out_dir`` was stopped writing its results
     and reports, as its ``job.json`` says (its rows sent, the outputs not written): a signal
     then is no run cut short, but outputs to write."""
+    from batchrunner.status import read_meta
+
     try:
-        last = json.loads((out_dir / "job.json").read_text(encoding="utf-8")).get("last_run")
-    except (OSError, ValueError, AttributeError):
+        last = read_meta(out_dir).get("last_run")
+    except BatchrunnerError:  # none, or damaged: nothing to tell by
         return False
     if not isinstance(last, dict):
         return False

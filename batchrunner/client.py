@@ -1309,20 +1309,18 @@ class ChatClient:
         request_id = self._scrub(headers.get("x-request-id"))
         if status != 200:
             error = self._status_error(status, raw, headers, request_id, body.get("model"))
-            if (status == 400 and "stream_options" in body and "stream_options" in error.message
-                    and not streaming):
-                # Sent with no stream (a batch file's body): the field is for streams only.
-                error.message += (" — stream_options is only for streamed requests: leave it "
-                                  "out of the body, or set \"stream\": true")
-                error.args = (error.message,)
-            elif status == 400 and "stream_options" in body and "stream_options" in error.message:
-                # An endpoint that does not know the field (Azure's older API versions): the
-                # user never set it, and can leave it out.
-                error.message += (" — stream_options asks for the stream's usage; to send none "
-                                  "(tokens and cost then unknown), set stream_options = { "
-                                  "include_usage = false } in [request.extra] (in a batch "
-                                  "file, \"stream_options\": {\"include_usage\": false} in "
-                                  "each body)")
+            if status == 400 and "stream_options" in body and "stream_options" in error.message:
+                if not streaming:  # sent with no stream (a batch file's body): streams' only
+                    error.message += (" — stream_options is only for streamed requests: leave "
+                                      "it out of the body, or set \"stream\": true")
+                else:
+                    # An endpoint that does not know the field (Azure's older API versions):
+                    # the user never set it, and can leave it out.
+                    error.message += (" — stream_options asks for the stream's usage; to send "
+                                      "none (tokens and cost then unknown), set stream_options "
+                                      "= { include_usage = false } in [request.extra] (in a "
+                                      "batch file, \"stream_options\": {\"include_usage\": "
+                                      "false} in each body)")
                 error.args = (error.message,)
             elif status == 404 and type(model := body.get("model")) is str and model and (
                     model in error.message):
