@@ -25,7 +25,6 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 import orjson
 
 from batchrunner.config import DEFAULT_PORTS, LONG_SECRET, Proxy
@@ -44,6 +43,10 @@ from batchrunner.errors import (
 )
 from batchrunner.limiter import RATELIMIT_HEADERS
 from batchrunner.retry import is_retryable_status
+from batchrunner.tls import ca_loaded_when_first_used
+
+with ca_loaded_when_first_used():  # aiohttp's default TLS contexts: the CA bundle read once used
+    import aiohttp
 
 __all__ = ["SIMULATOR_HEADER", "ChatClient", "ChatResult", "StreamAssembler"]
 
