@@ -22,8 +22,9 @@ per-model prices.
 The page stays light whatever the number of rows: it reads only what ``OutcomeStats`` keeps
 (aggregates, the running top-10 rows, and finish time, status, 429s and ok latency per row as
 numpy arrays), the per-row work is vectorised numpy, long runs are drawn in wider time buckets
-(at most ``MAX_TIME_BUCKETS``), histograms have at most ``MAX_LATENCY_BINS`` bins, and bar
-charts show at most ``MAX_CATEGORIES`` bars, the rest summed into one.
+(at most ``MAX_TIME_BUCKETS``; a run shorter than ``MIN_TIME_SLOTS`` seconds in sub-second
+ones), histograms have at most ``MAX_LATENCY_BINS`` bins, and bar charts show at most
+``MAX_CATEGORIES`` bars, the rest summed into one.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from batchrunner.report import (
 __all__ = ["MAX_CATEGORIES", "MAX_LATENCY_BINS", "MAX_TIME_BUCKETS", "render_html"]
 
 MAX_TIME_BUCKETS = 200  # bars per series in the timeline (three series: ok, failed, 429)
-MIN_TIME_SLOTS = 20  # the timeline's x axis spans at least this many buckets
+MIN_TIME_SLOTS = 20  # buckets in the timeline of a short run (sub-second ones, if need be)
 MAX_LATENCY_BINS = 60
 MAX_CATEGORIES = 15  # bars in a by-model / by-status / by-finish_reason chart
 _PREVIEW_CHARS = 120
@@ -101,6 +102,8 @@ assert sorted(_NEEDED) == sorted(set(REPORT_COLUMNS) - set(OPTIONAL_REPORT_COLUM
 _TIME_STEPS = (
     1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
 )  # fmt: skip
+# And below a second: the buckets of a run shorter than MIN_TIME_SLOTS seconds, its ticks.
+_SUB_SECOND_STEPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 Num = float | int
 F64 = npt.NDArray[np.float64]
@@ -480,9 +483,8 @@ def _timeline(stats: OutcomeStats) -> str:
     legend = _legend([("b-ok", "ok rows"), ("b-failed", "failed rows"), ("b-429", "429s")])
     if not n_drawn:
         return _figure("Rows finished and 429s per second", legend, _no_data(label), "No rows.")
-    seconds = math.floor(last - start) + 1
-    width = _bucket_width(seconds)
-    nb = max(1, math.ceil(seconds / width))
+    width = _bucket_width(last - start)
+    nb = math.floor((last - start) / width) + 1
     n_ok = np.zeros(nb, dtype=np.int64)
     n_failed = np.zeros(nb, dtype=np.int64)
     n_429 = np.zeros(nb, dtype=np.float64)
@@ -502,7 +504,11 @@ def _timeline(stats: OutcomeStats) -> str:
     top2, h2 = top1 + h1 + 38, 90
     height = top2 + h2 + 44
     pw = w - left - right
-    slots = max(nb, MIN_TIME_SLOTS)  # a short run does not fill the width with a few bars
+    # The axis spans the run: a run shorter than MIN_TIME_SLOTS seconds is drawn in sub-second
+    # buckets, MIN_TIME_SLOTS of them or more, not as a few 1-second bars at the start of an
+    # axis of MIN_TIME_SLOTS seconds (the last bar, a fraction of a second's rows, read as a
+    # slowdown at the end). Only rows finished within 0.2 s of each other leave it part empty.
+    slots = max(nb, MIN_TIME_SLOTS)
     bw = pw / slots
     gap = 1.0 if bw >= 4 else 0.0
     parts: list[str] = []
@@ -512,7 +518,7 @@ def _timeline(stats: OutcomeStats) -> str:
 
     # Panel 1: rows finished per second.
     total_rate = ok_rate + failed_rate
-    top_v, step = _nice_scale(float(total_rate.max()), integer=width == 1)
+    top_v, step = _nice_scale(float(total_rate.max()), integer=width <= 1)
     parts += _y_axis(left, w - right, top1, top1 + h1, top_v, step, short_number)
     parts.append(_text(left, top1 - 8, "rows finished / s", "axis-title"))
     span_name = _span_name(width)
@@ -538,7 +544,7 @@ def _timeline(stats: OutcomeStats) -> str:
                 )
             )
     # Panel 2: 429s per second.
-    top_r, step_r = _nice_scale(float(rate_429.max()), ticks=2, integer=width == 1)
+    top_r, step_r = _nice_scale(float(rate_429.max()), ticks=2, integer=width <= 1)
     parts += _y_axis(left, w - right, top2, top2 + h2, top_r, step_r, short_number)
     parts.append(
         _text(left, top2 - 8, "429 responses / s (at the finish of their row)", "axis-title")
@@ -560,7 +566,8 @@ def _timeline(stats: OutcomeStats) -> str:
     # Shared time axis, under panel 2.
     total_s = slots * width
     tick = _time_tick(total_s)
-    for s in range(0, int(total_s) + 1, tick):
+    for k in range(math.floor(total_s / tick + 1e-9) + 1):
+        s = k * tick
         x = left + pw * s / total_s
         parts.append(_line(x, top2 + h2, x, top2 + h2 + 4, "axis"))
         parts.append(_text(x, top2 + h2 + 17, _clock(s), "tick", "middle"))
@@ -577,7 +584,7 @@ def _timeline(stats: OutcomeStats) -> str:
     caption = (
         f"Rows finished per second by their finished_at, in {_bucket_name(width)} buckets from the "
         f"first row finished ({started if start > 0 else 'time not recorded'})"
-        + (", averaged over each bucket" if width > 1 else "")
+        + (", averaged over each bucket" if width != 1 else "")
         + ". A row's 429s are its rate_limited count, all put at the second the row finished, "
         "not at the moments the 429s arrived; rows retried over several runs count all their "
         "429s. A resumed job shows the gaps between its runs."
@@ -937,32 +944,44 @@ def _nice_ceil(v: float) -> float:
     return step * math.ceil(v / step)
 
 
-def _bucket_width(seconds: int) -> int:
-    need = seconds / MAX_TIME_BUCKETS
+def _bucket_width(span_s: float) -> float:
+    """Seconds per timeline bucket for rows finished over ``span_s`` seconds: the narrowest
+    nice width that makes at most ``MAX_TIME_BUCKETS`` buckets, and for a run shorter than
+    ``MIN_TIME_SLOTS`` seconds the widest sub-second one that still makes ``MIN_TIME_SLOTS``
+    (0.01 s at the narrowest). Rows all finished at one time (a job of one row) are one bucket
+    of a second: in one of 0.01 s, one row would be a rate of 100 rows/s."""
+    if span_s <= 0:
+        return 1
+    if span_s < MIN_TIME_SLOTS:
+        fit = [s for s in _SUB_SECOND_STEPS if s * MIN_TIME_SLOTS <= span_s]
+        return fit[-1] if fit else _SUB_SECOND_STEPS[0]
+    need = (math.floor(span_s) + 1) / MAX_TIME_BUCKETS
     for s in _TIME_STEPS:
         if s >= need:
             return s
     return 86400 * math.ceil(need / 86400)
 
 
-def _time_tick(total_s: float) -> int:
+def _time_tick(total_s: float) -> float:
     need = total_s / 8
-    for s in _TIME_STEPS:
+    for s in (*_SUB_SECOND_STEPS, *_TIME_STEPS):
         if s >= need:
             return s
     return 86400 * math.ceil(need / 86400)
 
 
-def _bucket_name(width: int) -> str:
-    return f"{width}-second" if width < 60 else _clock(width).replace(" ", "")
+def _bucket_name(width: float) -> str:
+    return f"{width:g}-second" if width < 60 else _clock(width).replace(" ", "")
 
 
-def _span_name(width: int) -> str:
+def _span_name(width: float) -> str:
     return "" if width == 1 else f" (mean over {_clock(width)})"
 
 
 def _clock(s: float) -> str:
-    """Seconds as a short duration: 45s, 2m05s, 1h30m, 2d04h."""
+    """Seconds as a short duration: 0.2s, 45s, 2m05s, 1h30m, 2d04h."""
+    if (r := round(s, 2)) < 59.5 and r != round(r):  # a sub-second bucket's edge
+        return f"{r:g}s"
     s = round(s)
     if s < 60:
         return f"{s}s"

@@ -216,17 +216,47 @@ def test_page_shows_the_report(book: PriceBook, mixed: list[Outcome]) -> None:
 
 
 def test_timeline_buckets_by_second_from_the_first_row(book: PriceBook) -> None:
-    at = [0.0, 0.2, 0.9, 1.5, 4.0, 4.99]
+    at = [0.0, 0.2, 0.9, 1.5, 4.0, 4.99, 24.5]  # 20 s or more: 1-second buckets
     rows = [ok_row(book, f"r{i}", "my-model", at=T0 + a) for i, a in enumerate(at)]
     rows[4].rate_limited = 3
     page = page_of(rows, book)
     timeline = next(s for k, s in svgs(page).items() if k.startswith("Rows finished"))
     titles = re.findall(r'<rect class="b-ok"[^>]*><title>([^<]*)</title>', timeline)
-    assert titles == ["0s–1s: 3 ok rows/s", "1s–2s: 1 ok rows/s", "4s–5s: 2 ok rows/s"]
+    assert titles == [
+        "0s–1s: 3 ok rows/s", "1s–2s: 1 ok rows/s", "4s–5s: 2 ok rows/s", "24s–25s: 1 ok rows/s"
+    ]
     assert re.findall(r'<rect class="b-429"[^>]*><title>([^<]*)</title>', timeline) == [
         "4s–5s: 3 429s/s"
     ]
     assert "in 1-second buckets" in page and "2026-01-02 03:00:00 UTC" in page
+
+
+def time_ticks(timeline: str) -> list[str]:
+    """The time axis's tick labels, left to right."""
+    return re.findall(r'<text class="tick" x="[^"]*" y="[^"]*" text-anchor="middle">([^<]*)<',
+                      timeline)
+
+
+def test_a_short_run_spans_the_axis_in_sub_second_buckets(book: PriceBook) -> None:
+    # 3 s of rows, 20 a second (two in each tenth of a second, off its edges): the axis ends
+    # at 3 s, not at 20 one-second buckets' 20 s with three bars at its start.
+    at = [k / 10 + d for k in range(30) for d in (0.03, 0.07)]
+    at[0] = 0.0  # the first row finished: the axis's 0
+    rows = [ok_row(book, f"r{i}", "my-model", at=T0 + a) for i, a in enumerate(at)]
+    page = page_of(rows, book)
+    timeline = next(s for k, s in svgs(page).items() if k.startswith("Rows finished"))
+    assert time_ticks(timeline) == ["0s", "0.5s", "1s", "1.5s", "2s", "2.5s", "3s"]
+    titles = re.findall(r'<rect class="b-ok"[^>]*><title>([^<]*)</title>', timeline)
+    assert len(titles) == 30
+    assert titles[0] == "0s–0.1s: 20 ok rows/s (mean over 0.1s)"
+    assert titles[-1] == "2.9s–3s: 20 ok rows/s (mean over 0.1s)"
+    assert "in 0.1-second buckets" in page and "averaged over each bucket" in page
+
+    # A job of one row: one bucket of a second (in 0.01 s, one row would be 100 rows/s).
+    page = page_of(rows[:1], book)
+    timeline = next(s for k, s in svgs(page).items() if k.startswith("Rows finished"))
+    titles = re.findall(r'<rect class="b-ok"[^>]*><title>([^<]*)</title>', timeline)
+    assert titles == ["0s–1s: 1 ok rows/s"] and "in 1-second buckets" in page
 
 
 def test_long_runs_are_drawn_in_wider_buckets(book: PriceBook) -> None:
