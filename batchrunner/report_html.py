@@ -30,6 +30,7 @@ ones), histograms have at most ``MAX_LATENCY_BINS`` bins, and bar charts show at
 from __future__ import annotations
 
 import html
+import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -74,6 +75,7 @@ _PREVIEW_CHARS = 120
 _KEY_CHARS = 40
 _LABEL_CHARS = 21
 _TITLE_CHARS = 500
+_MARK_CHAR_W = 8.0  # a latency marker's label, 11px bold: about 7 units a character, and room
 _SLICE = 65_536  # rows per step of the per-row work
 
 # What a table given instead of an OutcomeStats must hold (REPORT_COLUMNS), in this order in
@@ -697,15 +699,19 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
     parts.append(
         _text(left + pw / 2, height - 6, "latency of the last attempt", "axis-title", "middle")
     )
-    for n, (name, value) in enumerate(marks):
-        if value is None:
-            continue
-        x = x_of(min(max(value, lo), hi)) if value <= hi else left + (slots - 0.5) * bw
-        y = top - 34 + 13 * n
+    shown = [
+        (name, x_of(min(max(value, lo), hi)) if value <= hi else left + (slots - 0.5) * bw,
+         f"{name} {format_ms(value)}")
+        for name, value in marks
+        if value is not None
+    ]
+    for (name, x, text), (row, anchor) in zip(
+        shown, _mark_labels([(x, text) for _, x, text in shown], w), strict=True
+    ):
+        y = top - 34 + 13 * row
         parts.append(_line(x, y + 3, x, top + h, f"mark m-{name}"))
-        anchor = "end" if x > w - right - 140 else "start"
         dx = -4 if anchor == "end" else 4
-        parts.append(_text(x + dx, y, f"{name} {format_ms(value)}", f"mark-label m-{name}", anchor))
+        parts.append(_text(x + dx, y, text, f"mark-label m-{name}", anchor))
     caption = (
         f"{_counted(n_lat, 'ok row', 'ok rows')} in {nbins} bins of {format_ms(bin_ms)}"
         + (
@@ -717,6 +723,35 @@ def _latency(stats: OutcomeStats, report: Mapping[str, Any]) -> str:
         + ". Markers: the report's p50, p95 and p99."
     )
     return _figure(title, legend, _svg(w, height, label, parts), caption)
+
+
+def _mark_labels(marks: Sequence[tuple[float, str]], w: float) -> list[tuple[int, str]]:
+    """Where the latency markers' labels go: (row, text-anchor) for each of ``marks`` (the
+    marker's x, its label), the rows counted from the top, one a label.
+
+    A marker's line starts under its label and runs down through the rows below: with p95 and
+    p99 a few ms apart at the right edge, p99's label, left of its line, would be cut by p95's
+    line in the row under p95's. The layout is the first, in order of preference (p50, p95,
+    p99 from the top, then each label right of its line rather than left), that keeps every
+    label inside the chart and clear of the lines through its row.
+    """
+
+    def span(i: int, anchor: str) -> tuple[float, float]:
+        x, text = marks[i]
+        width = _MARK_CHAR_W * len(text)
+        return (x + 4, x + 4 + width) if anchor == "start" else (x - 4 - width, x - 4)
+
+    n = len(marks)
+    for order in itertools.permutations(range(n)):
+        for anchors in itertools.product(("start", "end"), repeat=n):
+            spans = [span(i, anchors[i]) for i in order]
+            if all(
+                a >= 0 and b <= w and not any(a - 2 <= marks[j][0] <= b + 2 for j in order[:row])
+                for row, (a, b) in enumerate(spans)
+            ):
+                return [(order.index(i), anchors[i]) for i in range(n)]
+    # None clear (a chart too narrow for its labels): each in its row, towards the middle.
+    return [(i, "start" if x < w / 2 else "end") for i, (x, _) in enumerate(marks)]
 
 
 def _model_charts(report: Mapping[str, Any]) -> list[str]:

@@ -267,6 +267,50 @@ def test_long_runs_are_drawn_in_wider_buckets(book: PriceBook) -> None:
     assert "in 10m buckets" in page and "averaged over each bucket" in page
 
 
+@pytest.mark.parametrize(
+    "p50, p95, p99",
+    [
+        (200.0, 290.0, 293.0),  # p95 and p99 a few ms apart, at the right edge
+        (296.0, 297.0, 298.5),  # all three there
+        (200.0, 201.0, 203.0),  # all three in the middle
+        (101.0, 102.0, 104.0),  # at the left edge
+        (105.0, 290.0, 292.0),  # p50 at the left edge, p95 and p99 at the right one
+    ],
+)
+def test_latency_marker_labels_stay_clear_when_close(
+    book: PriceBook, p50: float, p95: float, p99: float
+) -> None:
+    rows = [ok_row(book, f"r{i}", "my-model", at=T0 + i, latency=100 + i / 5) for i in range(1000)]
+    t = table(rows)
+    report = build_report(t, prices=book, job={"name": "close"}, wall_s=60.0)
+    report["latency_ms"].update(p50=p50, p95=p95, p99=p99)  # the histogram spans 100-300 ms
+    latency = next(s for k, s in svgs(render_html(report, t)).items() if k.startswith("Histogram"))
+    marks = re.findall(r'<line class="mark m-(p\d\d)" x1="([^"]*)" y1="([^"]*)"', latency)
+    lines = {q: (float(x), float(y1)) for q, x, y1 in marks}
+    labels = re.findall(
+        r'<text class="mark-label m-(p\d\d)" x="([^"]*)" y="([^"]*)"(?: text-anchor="(end)")?>'
+        r"([^<]*)</text>",
+        latency,
+    )
+    assert sorted(lines) == sorted(q for q, *_ in labels) == ["p50", "p95", "p99"]
+    assert len({y for _, _, y, _, _ in labels}) == 3  # a row each
+    for q, x, y, end, text in labels:
+        assert text.startswith(f"{q} ") and text.endswith(" ms")
+        line_x, line_y1 = lines[q]
+        assert float(x) == pytest.approx(line_x + (-4 if end else 4), abs=0.1)  # beside its line,
+        assert line_y1 == pytest.approx(float(y) + 3, abs=0.1)  # which starts at its foot
+        # No other marker's line passes through the label: a line starting above the label's
+        # baseline is on the far side of its anchor or further than the text can reach (11px
+        # bold: no character wider than 11 units).
+        reach = 11 * len(text)
+        text_from, text_to = (float(x) - reach, float(x)) if end else (float(x), float(x) + reach)
+        for other, (other_x, other_y1) in lines.items():
+            if other != q and other_y1 < float(y):
+                assert not text_from < other_x < text_to, (q, other, labels)
+    # At the right edge a label is drawn left of its line, inside the chart.
+    assert all(end for q, _, _, end, _ in labels if {"p50": p50, "p95": p95, "p99": p99}[q] > 290)
+
+
 # --------------------------------------------------------------------------------------------
 # Safety
 
