@@ -189,7 +189,6 @@ def _header(report: Mapping[str, Any], title: str) -> str:
     job: Mapping[str, Any] = report.get("job") or {}
     rows: Mapping[str, Any] = report.get("rows") or {}
     tokens: Mapping[str, Any] = report.get("tokens") or {}
-    req: Mapping[str, Any] = report.get("requests") or {}
     lat: Mapping[str, Any] = report.get("latency_ms") or {}
     by_status = _as_counts(rows.get("by_status"))
     total = _int(rows.get("total"))
@@ -264,12 +263,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         _card("Wall time, last run that sent", _duration(report.get("wall_s")), throughput),
         _card("Latency p50 / p95 / p99", latency,
               f"over {_counted(_int(lat.get('rows')), 'ok row', 'ok rows')}"),
-        _card(
-            "Requests",
-            _counted(_int(req.get("attempts")), "attempt", "attempts"),
-            f"{_counted(_int(req.get('retries')), 'retry', 'retries')} · "
-            f"{_num(_int(req.get('http_429')))} × 429",
-        ),
+        _requests_card(report),
     ]
     details = [
         f"<dt>{_e(k)}</dt><dd>{_e(_short(v, 200))}</dd>" for k, v in job_details(job)
@@ -286,6 +280,29 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         out.append(f'<div class="warnings"><b>Warnings</b><ul>{items}</ul></div>')
     out.append("</header>")
     return "\n".join(out)
+
+
+def _requests_card(report: Mapping[str, Any]) -> str:
+    """The requests of the last run that sent any, as its summary counts them ("248 requests
+    sent this run (7 retried after an error: ...; 1 answered 429 ...)"): the report's
+    counters' ``sent``, ``retries`` and ``http_429``. A request answered 429 is sent again
+    without using up a try of its row, so the rows' attempts (``requests.attempts``) leave it
+    out; a report with no counters of a run that sent shows those, named as what they are."""
+    counters: Mapping[str, Any] = report.get("counters") or {}
+    if sent := _int(counters.get("sent")):
+        return _card(
+            "Requests, last run that sent",
+            f"{_num(sent)} sent",
+            f"{_num(_int(counters.get('retries')))} retried after an error · "
+            f"{_num(_int(counters.get('http_429')))} answered 429",
+        )
+    req: Mapping[str, Any] = report.get("requests") or {}
+    return _card(
+        "Requests, the rows' latest attempts",
+        _counted(_int(req.get("attempts")), "attempt", "attempts"),
+        f"{_counted(_int(req.get('retries')), 'retry', 'retries')} · "
+        f"{_num(_int(req.get('http_429')))} × 429",
+    )
 
 
 def _said(entry: Mapping[str, Any], name: str) -> bool:

@@ -704,7 +704,7 @@ def test_a_one_row_job_reads_in_the_singular(
     md = (tmp_path / "out" / "cost_report.md").read_text()
     assert "| 1 attempt, 0 retries, 0 × 429 |" in re.sub(" +", " ", md)
     html = (tmp_path / "out" / "report.html").read_text()
-    assert ">1 attempt<" in html and "over 1 ok row<" in html and "1 ok row in " in html
+    assert ">1 sent<" in html and "over 1 ok row<" in html and "1 ok row in " in html
 
 
 def test_status_pace_of_one_row_left() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+import batchrunner.cli
 from batchrunner.pricing import ModelPrice, PriceBook
 from batchrunner.records import OUTCOME_SCHEMA, Outcome
 from batchrunner.report import (
@@ -735,3 +737,59 @@ def test_the_prices_on_the_page_and_in_the_markdown_price_all_a_models_cost(
     t = table(rows)
     page = render_html(build_report(t, prices=prices, job={"name": "nightly"}, wall_s=1.0), t)
     assert "<td class=n>3 / 0.3 / 15 + 0.01 a search unit</td>" in page
+
+
+def test_the_requests_card_counts_the_requests_sent_as_the_summary_does(
+        book: PriceBook) -> None:
+    """The card showed the rows' attempts (247 in the demo) under "Requests", where the run's
+    summary said "248 requests sent this run (7 retried after an error ...; 1 answered 429":
+    a request answered 429 is sent again without using up a try of its row. It shows the
+    requests the report's counters say the last run that sent sent, as the summary does."""
+    rows = [ok_row(book, f"r{i}", "my-model", at=T0 + i) for i in range(240)]
+    for r in rows[:7]:
+        r.attempts = 2  # retried after a 503
+    t = table(rows)
+    counters = {"sent": 248, "attempts": 247, "retries": 7, "http_429": 1, "error_http_503": 7,
+                "error_rate_limited": 1}
+    report = build_report(t, prices=book, job={"name": "demo"}, wall_s=4.3, counters=counters)
+    assert report["requests"]["attempts"] == 247
+    page = render_html(report, t)
+    assert card(page, "Requests, last run that sent") == (
+        "248 sent", "7 retried after an error · 1 answered 429")
+
+    # A report with no counters of a run that sent: the rows' attempts, named so.
+    page = render_html(build_report(t, prices=book, job={"name": "demo"}, wall_s=None), t)
+    assert card(page, "Requests, the rows&#x27; latest attempts") == (
+        "247 attempts", "7 retries · 0 × 429")
+
+
+def test_the_requests_card_and_the_run_summary_agree(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run through the built-in simulator (on 127.0.0.1) answering some requests 503 and
+    some 429: the card's figures are the summary's."""
+    rows = "\n".join(f"k{i},item {i}" for i in range(60))
+    (tmp_path / "in.csv").write_text(f"id,text\n{rows}\n")
+    (tmp_path / "job.toml").write_text(
+        'name = "agree"\n'
+        '[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Describe {text}"\nmax_tokens = 20\n'
+        "[endpoint]\nsimulator = true\n"
+        "[limits]\nmax_attempts = 10\nconcurrency = 8\n"
+        '[output]\ndir = "out"\n'
+        '[simulator]\nfault_retry_after_s = 0\nfaults = { "503" = 0.1, "429" = 0.1 }\n'
+    )
+    capsys.readouterr()
+    code = batchrunner.cli.main(["run", str(tmp_path / "job.toml"), "--progress", "none"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    said = re.search(r"; ([\d,]+) requests sent this run \(([\d,]+) retried after an error: "
+                     r"[^;]*; ([\d,]+) answered 429", out)
+    assert said, out
+    sent, retried, limited = said.groups()
+    assert int(limited) > 0  # some 429s: the rows' attempts are fewer than the requests sent
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert card(page, "Requests, last run that sent") == (
+        f"{sent} sent", f"{retried} retried after an error · {limited} answered 429")
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["counters"]["sent"] == int(sent.replace(",", ""))
+    assert report["requests"]["attempts"] < report["counters"]["sent"]
