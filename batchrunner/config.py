@@ -326,6 +326,11 @@ def gemini_thinking(body: Mapping[str, Any], stream: bool) -> tuple[str, bool | 
     return "", None, None
 
 
+# A thinking budget a gateway reads from a model's name ("gemini-2.5-flash-thinking-8192"): the
+# estimate's bound on a row's thinking, and the simulator's.
+THINKING_BUDGET_SUFFIX = re.compile(r"-thinking-(\d+)$", re.IGNORECASE)
+
+
 def gemini_named(model: str) -> bool:
     """Whether ``model`` names a Gemini model: ``gemini-...``, or Gemini's image models by the
     name gateways give them (``nano-banana-pro``)."""

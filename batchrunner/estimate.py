@@ -25,7 +25,6 @@ requests ask for it.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import pyarrow as pa
 from batchrunner import compute as pc
 from batchrunner.arrow import group_codes, is_value, scalar, to_numpy
 from batchrunner.config import (
+    THINKING_BUDGET_SUFFIX,
     gemini_named,
     gemini_thinking,
     reasoning_model,
@@ -346,10 +346,6 @@ def _tool_name(tool: Mapping[str, Any], named: bool) -> str | None:
     return None
 
 
-# A thinking budget a gateway reads from a model's name ("gemini-2.5-flash-thinking-8192").
-_BUDGET_SUFFIX = re.compile(r"-thinking-(\d+)$", re.IGNORECASE)
-
-
 def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
     """What in a request ``body`` asks for thinking (reasoning tokens, billed as output), named
     as the body has it, and the most tokens it may think for when the body says (0: no budget
@@ -360,7 +356,7 @@ def _thinking(body: Mapping[str, Any]) -> tuple[str | None, int]:
     (``thinkingBudget``, ``thinkingLevel``), or a ``-thinking-<budget>`` model."""
     model = body.get("model")
     model = model if isinstance(model, str) else ""
-    if (m := _BUDGET_SUFFIX.search(model)) is not None:
+    if (m := THINKING_BUDGET_SUFFIX.search(model)) is not None:
         return f"model {model}", int(m[1])
     thinking = body.get("thinking")
     if isinstance(thinking, Mapping) and thinking.get("type") == "enabled":

@@ -84,7 +84,9 @@ Reasoning
     ``generationConfig.thinkingConfig`` or (streamed: gateways turn them off otherwise)
     ``"enable_thinking": true`` and Gemini's
     ``extra_body.google.thinking_config`` (a budget of 0 turns Gemini's off) reason first:
-    ``ceil(reply tokens × reasoning_ratio)`` reasoning tokens, counted inside
+    ``ceil(reply tokens × reasoning_ratio)`` reasoning tokens (the request's thinking budget at
+    most: a ``-thinking-<budget>`` model, ``thinking.budget_tokens``, Gemini's
+    ``thinking_budget``), counted inside
     ``completion_tokens`` (and the max_tokens budget) and reported in
     ``usage.completion_tokens_details.reasoning_tokens``; the text is returned as
     ``message.reasoning_content`` and streamed as ``reasoning_content`` deltas before the content.
@@ -262,6 +264,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from batchrunner.config import (
     REASONING_MODELS,
+    THINKING_BUDGET_SUFFIX,
     gemini_named,
     gemini_thinking,
     openai_reasoning,
@@ -873,6 +876,7 @@ class _Request:
     whole_so_far: bool = False  # streamed with Qwen's incremental_output false
     think_inline: bool = False  # streamed with nebula_thinking_to_content: reasoning in content
     hidden_reasoning: bool = False  # reasoning tokens billed, no reasoning text (OpenAI's)
+    thinking_budget: int | None = None  # the most reasoning tokens the request allows
     # With logprobs: true, the top_logprobs asked for (0 without it); None when not asked.
     top_logprobs: int | None = None
     # A Claude model's cacheable prompt prefix: (model, digest of the prefix, its tokens), its
@@ -1322,6 +1326,21 @@ def _gemini_thinks(body: dict[str, Any], stream: bool, default: bool) -> bool:
     return default if thinks is None else thinks
 
 
+def _thinking_budget(body: dict[str, Any], model: str, thinking: Any, gemini: bool,
+                     stream: bool) -> int | None:
+    """The most reasoning tokens a request that thinks allows, where it says: a
+    ``-thinking-<budget>`` model, ``thinking.budget_tokens`` (Anthropic's, DeepSeek's), or
+    Gemini's ``thinking_budget`` / ``thinkingBudget`` (``gemini_thinking``; -1 is dynamic: no
+    bound). A model thinks up to its budget, not past it."""
+    if (m := THINKING_BUDGET_SUFFIX.search(model)) is not None:
+        return int(m[1])
+    if isinstance(thinking, dict) and type(b := thinking.get("budget_tokens")) is int and b > 0:
+        return b
+    if gemini and type(b := gemini_thinking(body, stream)[2]) is int and b > 0:
+        return b
+    return None
+
+
 def _search_usage(usage: dict[str, Any], shape: str | None) -> None:
     """Add to ``usage`` the search units a search shape's reply is billed: Grok's sources (one
     a cited URL), or Anthropic's web searches."""
@@ -1546,6 +1565,7 @@ class _Server:
             reasoning = (body.get("enable_thinking") is True and stream) or (
                 isinstance(thinking, dict) and thinking.get("type") == "enabled"
             ) or _gemini_thinks(body, stream, False)
+        budget = _thinking_budget(body, model, thinking, gemini, stream) if reasoning else None
 
         digest = hashlib.blake2b(digest_size=16)
         tokens = REPLY_PRIMING_TOKENS
@@ -1625,6 +1645,7 @@ class _Server:
             response_format=fmt,
             schema=schema,
             reasoning=reasoning,
+            thinking_budget=budget,
             # Gemini's thoughts come through a gateway in a stream only ("use stream: true to
             # view reasoning_content"), billed alike.
             hidden_reasoning=reasoning and ((gemini and not stream) or openai_reasoning(model)
@@ -1719,6 +1740,8 @@ class _Server:
         reasoning_tokens = 0
         if req.reasoning:
             reasoning_tokens = math.ceil(target * self.config.reasoning_ratio)
+            if req.thinking_budget is not None and reasoning_tokens > req.thinking_budget:
+                reasoning_tokens = req.thinking_budget
             if reasoning_tokens and not req.hidden_reasoning:
                 reasoning = (
                     "Thinking about the request. "

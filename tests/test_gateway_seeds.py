@@ -326,3 +326,34 @@ async def test_the_summary_names_a_model_whose_cached_tokens_cost_the_input_pric
             "tokens) where the API bills cached tokens lower (most list a cached-input price)\n")
     summary = format_summary(s)
     assert said in summary, summary
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("model", "extra", "stream", "budget"), [
+    ("gemini-2.5-flash-thinking-16", {}, True, 16),
+    ("gemini-2.5-flash", {"extra_body": {"google": {"thinking_config": {
+        "thinking_budget": 20, "include_thoughts": True}}}}, True, 20),
+    ("gemini-2.5-flash", {"generationConfig": {"thinkingConfig": {"thinkingBudget": 24}}},
+     False, 24),
+    ("claude-sonnet-4-5", {"thinking": {"type": "enabled", "budget_tokens": 12}}, False, 12),
+    ("gemini-2.5-flash", {"extra_body": {"google": {"thinking_config": {
+        "thinking_budget": -1}}}}, True, None),  # dynamic: no bound
+], ids=["name-suffix", "thinking_budget", "thinkingBudget", "budget_tokens", "dynamic"])
+async def test_the_simulator_thinks_within_the_requests_budget(
+        tmp_path: Path, model: str, extra: dict[str, object], stream: bool,
+        budget: int | None) -> None:
+    """A thinking budget bounds what a model thinks ("-thinking-<number> precise budget",
+    "thinking_budget ... >0 specific budget"). The simulator thought the same 52 tokens
+    whatever the budget, so a rehearsal's reasoning tokens and cost could pass what the
+    estimate, bounding them by the budget, had said."""
+    inp = make_csv(tmp_path / "in.csv", ["Give a geometry problem and analyze it"])
+    async with Simulator(SimulatorConfig(reasoning_ratio=4.0)) as sim:
+        job = job_for(tmp_path, sim.base_url, inp, model=model,
+                      stream=stream or None, max_tokens=None)
+        s = await run(replace(job, request=replace(job.request, extra=extra)))
+    assert s.exit_code == 0
+    reasoning = int(results(tmp_path).loc["r0", "reasoning_tokens"])
+    if budget is None:
+        assert reasoning > 40, reasoning
+    else:
+        assert reasoning == budget
