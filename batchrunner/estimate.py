@@ -15,6 +15,13 @@ Gemini's ``thinking_budget`` or ``thinkingBudget``): thinking is billed as outpu
 for thinking with no budget nor ``max_tokens`` (a model that thinks unless told not to, Gemini
 2.5 Pro's, is asking) are warned about.
 
+A row sent again (``--rerun-where``, ``--retry-failed``) whose latest record holds an answer
+(ok, or failed with a whole reply: one that failed its check) is estimated by that answer, at
+most its ``max_tokens`` now: as many tokens again when it finished; when it was cut at
+``max_tokens``, what it reached (a floor: the same request goes on past it) and, for each choice
+cut, the answers' mean length more (``_Answers.longer``), or ``max_tokens`` when no answer of
+its model finished. A failed row with no answer takes the mean, as a new row does.
+
 Search billed per request that asks for it (a search model, ``web_search_options``, a Google
 Search tool, ``enable_search``: ``pricing.search_requested``) is in the estimate, at the job's
 ``search_request`` price (a model without one has an unknown cost, and the estimate says what to
@@ -43,8 +50,15 @@ from batchrunner.config import (
 )
 from batchrunner.journal import Journal
 from batchrunner.pricing import SOURCE_JOB, audio_asked, search_requested, tier_asked
-from batchrunner.report import choices_asked, count_rows, format_budget, format_span, format_usd
-from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, iter_rows, make_work
+from batchrunner.report import (
+    CHOICE_CUT,
+    choices_asked,
+    count_rows,
+    format_budget,
+    format_span,
+    format_usd,
+)
+from batchrunner.runner import DEFAULT_COMPLETION_ESTIMATE, Plan, make_work, rows_to_send
 from batchrunner.template import estimate_tokens
 
 __all__ = ["Estimate", "estimate", "format_estimate"]
@@ -76,6 +90,20 @@ class ModelEstimate:
 
 
 @dataclass(kw_only=True)
+class Resent:
+    """Rows sent again whose earlier answers are their estimate's ground: those cut at
+    max_tokens (``Estimate.cut``: at least what they reached, at most max_tokens now), or those
+    answered whole (``Estimate.answered``: what they took before, at most max_tokens now)."""
+
+    rows: int = 0
+    reached: int = 0  # the completion tokens of their earlier answers (as many choices as now)
+    tokens: int = 0  # their estimated completion tokens
+    most: int | None = 0  # at max_tokens now (times n); None when some row sets none
+    longer: set[int] = field(default_factory=set)  # tokens a cut choice was given to go on
+    at_most: int = 0  # cut rows with no finished answer to go by: estimated at max_tokens
+
+
+@dataclass(kw_only=True)
 class Estimate:
     name: str
     rows: int = 0
@@ -103,6 +131,10 @@ class Estimate:
     thinking_asked: Counter[str] = field(default_factory=Counter)  # what they ask with
     budgeted: int = 0  # rows to send with no max_tokens whose thinking budget is counted
     warnings: list[str] = field(default_factory=list)  # the job's, as a run would say them
+    # Rows sent again (--rerun-where, --retry-failed) that were answered before: estimated
+    # from their own answers rather than the mean of all (``Resent``).
+    cut: Resent = field(default_factory=lambda: Resent())
+    answered: Resent = field(default_factory=lambda: Resent())
 
     @property
     def cost_usd(self) -> float | None:
@@ -115,33 +147,114 @@ class Estimate:
 Observed = tuple[float, int, bool]
 
 
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """A row to send again, as its latest record has it: an answer's completion tokens (every
+    choice's), the choices its request asked, those of them cut at max_tokens, and the model it
+    was priced as (``priced_as``, else ``model``) and the one that answered (``model``)."""
+
+    tokens: int
+    asked: int
+    cut: int
+    priced_as: str
+    answered: str
+
+
+@dataclass(kw_only=True)
+class _Answers:
+    """What the journal's answers tell the estimate (``_read_answers``)."""
+
+    observed: Observed | None = None  # over every model's answers
+    by_model: dict[str, Observed] = field(default_factory=dict)
+    # How much longer than it got a choice cut at max_tokens goes on, on the mean: the answers'
+    # tokens over the choices that finished (the mean length of answers whose lengths are
+    # taken as exponential, those cut as unfinished), over every model's and by model; None
+    # with no choice finished. Read for a rerun only.
+    longer: float | None = None
+    longer_by_model: dict[str, float] = field(default_factory=dict)
+    records: dict[str, _Record] = field(default_factory=dict)  # by key: the rows to send again
+
+
 def _observed_completion(plan: Plan) -> tuple[Observed | None, dict[str, Observed]]:
+    """The ok answers' mean completion tokens for a choice asked, over all of them and by the
+    model each was priced as (``_read_answers``)."""
+    answers = _read_answers(plan)
+    return answers.observed, answers.by_model
+
+
+def _read_answers(plan: Plan) -> _Answers:
     """The ok answers' mean completion tokens for a choice asked (a reply's usage counts
     every choice of its ``n``: the rows' own, ``choices_asked``, else the job's), over all of
     them and by the model each was priced as (the one asked for, unless a gateway routed it):
-    a reasoning model's answers are not a chat model's."""
+    a reasoning model's answers are not a chat model's. For a run that sends rows again
+    (``Plan.resent``), also how much longer a cut answer goes on, and the records of the rows
+    to send that hold an answer: ok, or failed with a whole reply (one that failed its check:
+    its ``finish_reason`` says how it ended)."""
     job_n = choices_asked(plan.job_meta.get("request") or {})
-    sums: dict[str, list[int]] = {}  # model: [tokens, answers, choices]
-    for part in Journal(plan.out_dir).iter_latest(["completion_tokens", "choices_asked",
-                                                   "priced_as", "model"]):
+    again = plan.resent > 0 and plan.order is not None
+    columns = ["completion_tokens", "choices_asked", "priced_as", "model"]
+    if again:
+        columns += ["finish_reason", "choices"]
+    found = _Answers()
+    sums: dict[str, list[int]] = {}  # model: [tokens, answers, choices, choices cut]
+    for part in Journal(plan.out_dir).iter_latest(columns):
         is_ok = pc.fill_null(is_value(part["status"], "ok"), scalar(False, pa.bool_()))
-        answered = pc.and_(is_ok, pc.is_valid(part["completion_tokens"]))
-        tokens = to_numpy(pc.cast(pc.filter(part["completion_tokens"], answered), pa.int64()))
-        asked = to_numpy(pc.cast(pc.fill_null(pc.filter(part["choices_asked"], answered),
-                                              scalar(job_n, pa.int64())), pa.int64()))
-        models = pc.coalesce(pc.filter(part["priced_as"], answered),
-                             pc.filter(part["model"], answered))
-        codes, names = group_codes(models)
+        has_tokens = pc.is_valid(part["completion_tokens"])
+        answered = pc.and_(is_ok, has_tokens)
+        tokens_all = to_numpy(pc.cast(pc.fill_null(part["completion_tokens"],
+                                                   scalar(0, pa.int64())), pa.int64()))
+        asked_all = to_numpy(pc.cast(pc.fill_null(part["choices_asked"],
+                                                  scalar(job_n, pa.int64())), pa.int64()))
+        models_all = pc.coalesce(part["priced_as"], part["model"])
+        cut_all = None
+        if again:
+            in_choices = to_numpy(pc.cast(pc.fill_null(
+                pc.count_substring(part["choices"], CHOICE_CUT), scalar(0, pa.int32())),
+                pa.int64()))
+            cut_all = in_choices.copy()
+            cut_all[(cut_all == 0) & to_numpy(pc.fill_null(
+                is_value(part["finish_reason"], "length"), scalar(False, pa.bool_())))] = 1
+        mine_ok = to_numpy(answered)
+        codes, names = group_codes(pc.filter(models_all, answered))
+        tokens, asked = tokens_all[mine_ok], asked_all[mine_ok]
+        cut = cut_all[mine_ok] if cut_all is not None else None
         for i, name in enumerate(names):
             mine = codes == i
-            acc = sums.setdefault(name or "", [0, 0, 0])
+            acc = sums.setdefault(name or "", [0, 0, 0, 0])
             acc[0] += int(tokens[mine].sum())
             acc[1] += int(mine.sum())
             acc[2] += int(asked[mine].sum())
-    by_model = {model: (total / choices, n, choices > n)
-                for model, (total, n, choices) in sums.items() if n and choices}
-    total, n, choices = (sum(acc[i] for acc in sums.values()) for i in range(3))
-    return ((total / choices, n, choices > n) if n and choices else None), by_model
+            if cut is not None:
+                acc[3] += int(cut[mine].sum())
+        if cut_all is not None and plan.order is not None:
+            # The rows to send that were answered before: ok, or a whole reply that failed
+            whole = pc.or_(is_ok, pc.is_valid(part["finish_reason"]))
+            kept = to_numpy(pc.fill_null(pc.and_(has_tokens, whole), scalar(False, pa.bool_())))
+            at = to_numpy(pc.fill_null(plan.order.positions(part["key"]),
+                                       scalar(-1, pa.int64())))
+            done = plan.done.mask
+            inside = (at >= 0) & (at < len(done))
+            sent = inside.copy()
+            sent[inside] = ~done[at[inside]]
+            picked = (kept & sent).nonzero()[0]
+            if len(picked):
+                keys = pc.take(part["key"], pa.array(picked)).to_pylist()
+                priced = pc.take(models_all, pa.array(picked)).to_pylist()
+                model = pc.take(part["model"], pa.array(picked)).to_pylist()
+                for j, key, p, m in zip(picked.tolist(), keys, priced, model, strict=True):
+                    found.records[key] = _Record(
+                        tokens=int(tokens_all[j]), asked=max(1, int(asked_all[j])),
+                        cut=int(cut_all[j]), priced_as=p or "", answered=m or "")
+    found.by_model = {model: (total / choices, n, choices > n)
+                      for model, (total, n, choices, _) in sums.items() if n and choices}
+    total, n, choices, cut_n = (sum(acc[i] for acc in sums.values()) for i in range(4))
+    found.observed = (total / choices, n, choices > n) if n and choices else None
+    if again:
+        found.longer_by_model = {model: total / (choices - cut)
+                                 for model, (total, _, choices, cut) in sums.items()
+                                 if choices > cut}
+        found.longer = total / (choices - cut_n) if choices > cut_n else None
+    return found
 
 
 def _completion_basis(max_tokens: int | None, observed: tuple[float, int, bool] | None,
@@ -173,14 +286,15 @@ def estimate(plan: Plan) -> Estimate:
                    resent=plan.resent,
                    budget_usd=job.limits.max_cost_usd, spent_usd=plan.prior_cost,
                    warnings=list(plan.warnings))
-    observed, by_model = _observed_completion(plan)
+    answers = _read_answers(plan)
+    observed, by_model = answers.observed, answers.by_model
     # A job of one model takes the answers' mean whatever name they were priced as (a dated
     # snapshot); one whose rows name their models, each model's own, and a model with none
     # yet its max_tokens or the guess.
     models_vary = plan.builder is None or bool(job.request.model_column)
     unseen = 0  # rows to send of a model with no answer yet, in such a job
     unbounded = 0  # rows to send with no max_tokens of their own
-    for key, row, _ in iter_rows(plan):
+    for key, row, resent in rows_to_send(plan):
         item, reason = make_work(plan, key, row)
         if item is None:
             est.not_sendable[reason] += 1
@@ -201,9 +315,16 @@ def estimate(plan: Plan) -> Estimate:
         elif (asked := _search_asked(item.body)) is not None:
             est.search_rows += 1
             est.search_asked[asked] += 1
+        record = answers.records.get(key) if resent else None
+        if record is not None and models_vary and model not in (record.priced_as,
+                                                                record.answered):
+            record = None  # another model's answer: not this one's to go by
         seen = by_model.get(model) if models_vary else observed
-        unseen += models_vary and observed is not None and seen is None
-        if seen is not None:  # a choice's mean, for each of the n the row asks, at most its
+        unseen += models_vary and observed is not None and seen is None and record is None
+        if record is not None:  # its own earlier answer, at most its max_tokens now
+            completion = _completion_again(est, answers, record, item.n, item.completion_max,
+                                           models_vary)
+        elif seen is not None:  # a choice's mean, for each of the n the row asks, at most its
             completion = int(seen[0] * item.n)  # max_tokens (a limit lowered since)
             if item.completion_max:
                 completion = min(completion, item.completion_max * item.n)
@@ -239,7 +360,9 @@ def estimate(plan: Plan) -> Estimate:
     est.completion_basis = _completion_basis(None if per_row else limit, observed, unbounded,
                                              est.to_send, batch=plan.builder is None,
                                              name=name)
-    if observed is not None and models_vary and (len(by_model) > 1 or unseen):
+    if est.cut.rows + est.answered.rows == est.to_send and est.to_send:
+        est.completion_basis = "each row's own earlier answer (below)"
+    elif observed is not None and models_vary and (len(by_model) > 1 or unseen):
         n, choices = observed[1], observed[2]
         each = "; a choice, times each row's n" if choices else ""
         est.completion_basis = (f"each model's mean of its answers so far ({n:,} answer"
@@ -249,6 +372,9 @@ def estimate(plan: Plan) -> Estimate:
     if observed is not None and unseen:
         est.completion_basis += (f"; for the {count_rows(unseen)} of models with none yet, "
                                  "their max_tokens, or a guess")
+    if est.cut.rows + est.answered.rows < est.to_send and est.cut.rows + est.answered.rows:
+        est.completion_basis += (f"; for the {count_rows(est.cut.rows + est.answered.rows)} "
+                                 "answered before, their own answers (below)")
     if est.budgeted:
         est.completion_basis += (f"; and the thinking budget of the {count_rows(est.budgeted)} "
                                  "that set one, on top")
@@ -295,6 +421,40 @@ def estimate(plan: Plan) -> Estimate:
                                f"{lim.concurrency / per_s:,.2g} s, as concurrency "
                                f"{lim.concurrency:,} sends no more at once" if per_s else "")
     return est
+
+
+def _completion_again(est: Estimate, answers: _Answers, record: _Record, n: int,
+                      completion_max: int, models_vary: bool) -> int:
+    """The completion tokens of a row sent again whose earlier answer is ``record``, asking
+    ``n`` choices at most ``completion_max`` tokens each (0: no max_tokens), counted into
+    ``est.cut`` or ``est.answered``. An answer that finished takes as many tokens again; one
+    cut at max_tokens takes at least what it reached, and on the mean as many more tokens a
+    choice cut as the job's answers go on for (``_Answers.longer``), else max_tokens, at most
+    max_tokens now."""
+    scale = n / record.asked  # the choices asked now, for those asked then
+    most = completion_max * n if completion_max else None
+    reached = record.tokens * scale
+    group = est.cut if record.cut else est.answered
+    if record.cut:
+        longer = (answers.longer_by_model.get(record.priced_as) if models_vary
+                  else answers.longer)
+        if longer is not None:
+            guess = reached + longer * record.cut * scale
+            group.longer.add(round(longer))
+        elif most is not None:
+            guess = most
+            group.at_most += 1
+        else:
+            guess = reached + DEFAULT_COMPLETION_ESTIMATE * record.cut * scale
+            group.longer.add(DEFAULT_COMPLETION_ESTIMATE)
+    else:
+        guess = reached
+    completion = int(guess if most is None else min(guess, most))
+    group.rows += 1
+    group.reached += int(reached if most is None else min(reached, most))
+    group.tokens += completion
+    group.most = None if most is None or group.most is None else group.most + most
+    return completion
 
 
 # The shortest prompt prefix the APIs cache (OpenAI's 1,024 tokens).
@@ -410,6 +570,26 @@ def _unnamed(rows: int) -> str:
     return f'the {rows:,} rows whose bodies name no model: name one in each ("model")'
 
 
+def _format_cut(cut: Resent) -> str:
+    """The line of the rows sent again that were cut at max_tokens (``Estimate.cut``)."""
+    said = f"cut at max_tokens before: {count_rows(cut.rows)}, "
+    if cut.most is not None and cut.most <= cut.reached:
+        return said + (f"cut again at max_tokens as it stands ({cut.tokens:,} completion "
+                       "tokens): raise it for their whole answers")
+    said += f"{cut.tokens:,} completion tokens: the {cut.reached:,} they reached"
+    if len(cut.longer) == 1:
+        said += (f" and {next(iter(cut.longer)):,} more each (the answers' mean length, "
+                 "counting cut ones as unfinished)")
+    elif cut.longer:
+        said += (" and each model's mean answer length more (counting cut ones as "
+                 "unfinished)")
+    if cut.at_most:
+        said += f"; {count_rows(cut.at_most)} at max_tokens: no finished answer to go by"
+    most = ("no max_tokens to bound them" if cut.most is None
+            else f"{cut.most:,} at most (max_tokens)")
+    return f"{said}; {most}"
+
+
 def format_estimate(e: Estimate) -> str:
     lines = [f"batchrunner: estimate for {e.name} — nothing was sent",
              f"  rows: {e.rows:,} in the input, {e.already_done:,} already done"
@@ -476,6 +656,11 @@ def format_estimate(e: Estimate) -> str:
                      f"({_asked_with(e.search_asked)}): it is billed apart from tokens, by the "
                      "sources or searches each reply uses, and is not in this estimate")
     lines.append(f"  completion tokens from: {e.completion_basis}")
+    if e.cut.rows:
+        lines.append(f"  {_format_cut(e.cut)}")
+    if e.answered.rows:
+        lines.append(f"  answered before: {count_rows(e.answered.rows)}, at the "
+                     f"{e.answered.tokens:,} completion tokens of their answers")
     if e.cached_system:
         lines.append(f"  prompt caching not counted: the system prompt's ~{e.cached_system:,} "
                      "tokens, the same in every request, are billed at the cached-input price "

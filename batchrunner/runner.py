@@ -1410,6 +1410,13 @@ def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
         yield key, row, cost
 
 
+def rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """(key, row, whether it is sent again for its own sake: ``_rows_to_send``) for every input
+    row to send this run, in order: the estimate takes such a row's earlier answer as its own."""
+    for key, row, _, resent in _rows_to_send(plan):
+        yield key, row, resent
+
+
 def _rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float, bool]]:
     """``iter_rows``'s rows, each with whether it is sent again for its own sake: it has an
     outcome (ok or failed) from an earlier run, not only billed tries (``Plan.unfinished``),
