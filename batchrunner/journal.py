@@ -635,11 +635,13 @@ class Journal:
             yield _read_group(pf, segs[0], rg, columns)
 
     def latest(self, order: Order | None, *, cost: bool = False,
-               hashes: bool = False) -> Latest:
+               hashes: bool = False, tried_since: float | None = None) -> Latest:
         """Which record of every row is the latest, without reading whole records (see
-        ``Latest``); with ``cost``, also what each row has cost, and with ``hashes``, each
-        latest record's ``row_hash``."""
-        return _listed_again(lambda: _latest(self.segments(), order, cost=cost, hashes=hashes))
+        ``Latest``); with ``cost``, also what each row has cost, with ``hashes``, each
+        latest record's ``row_hash``, and with ``tried_since``, which rows have an outcome
+        (ok or failed) finished at that time or later."""
+        return _listed_again(lambda: _latest(self.segments(), order, cost=cost, hashes=hashes,
+                                             tried_since=tried_since))
 
     def sent_again(self, order: Order, fresh: Fresh, latest: Latest) -> np.ndarray:
         """The positions of ``fresh`` (rows whose values changed since their ``latest``
@@ -700,7 +702,8 @@ class Latest:
     is the latest record's ``row_hash`` (-1: none, or not recorded). With ``cost``,
     ``unreported[p]`` is the same of ``unreported_usd`` (the estimated cost of the row's tries
     billed, maybe, with no usage reported; NaN: none; None when no record has one), and
-    ``others`` has it as ``unreported``."""
+    ``others`` has it as ``unreported``. When asked for (``tried_since``), ``tried[p]`` is
+    whether any outcome of the row, the latest or not, finished at that time or later."""
 
     loc: np.ndarray
     ok: np.ndarray
@@ -708,6 +711,7 @@ class Latest:
     others: pa.Table
     row_hash: np.ndarray | None = None
     unreported: np.ndarray | None = None
+    tried: np.ndarray | None = None
     newest_at: float = -math.inf  # the newest finished_at of any record read, a winner or not
 
     def locations(self) -> np.ndarray:
@@ -753,7 +757,8 @@ class Latest:
 
 
 def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
-            hashes: bool = False, fresh: Fresh | None = None) -> Latest:
+            hashes: bool = False, fresh: Fresh | None = None,
+            tried_since: float | None = None) -> Latest:
     """The winners are kept per input position (17 bytes a row, 8 more with the cost and 8 with
     the estimates of tries with no usage where a record has one, 8 with the hashes and 1 with
     ``fresh``) and each batch of records is scattered over them, so nothing is sorted but the
@@ -769,6 +774,7 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
     best_hash = np.full(rows, -1, np.int64) if hashes else None
     # With ``fresh``: 1 where the winner so far is a changed row's record made with its hash now.
     best_new = np.zeros(rows, np.int8) if fresh is not None else None
+    tried = np.zeros(rows, np.bool_) if tried_since is not None else None
     unknown: list[pa.Table] = []  # key, ok, at, loc, cost
     zero, none, end = (scalar(v, pa.int64()) for v in (0, -1, rows))
     no = scalar(False, pa.bool_())
@@ -793,6 +799,8 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
                 guessed = to_numpy(batch["unreported"], fill=float("nan"))
                 np.fmax.at(row_unreported, p[p >= 0], guessed[p >= 0])
         ok, at, loc = (to_numpy(batch[c]) for c in ("ok", "at", "loc"))
+        if tried is not None:
+            tried[p[(p >= 0) & (ok >= 0) & (at >= tried_since)]] = True
         digest = to_numpy(batch["hash"], fill=-1) if "hash" in batch.column_names else None
         new = None if fresh is None or digest is None else _made_fresh(p, digest, fresh)
         if new is not None:
@@ -827,7 +835,7 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
             others = others.set_column(others.schema.get_field_index(c), c,
                                        float64_array(most, ~np.isnan(most)))
     return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others, row_hash=best_hash,
-                  unreported=row_unreported, newest_at=newest_at)
+                  unreported=row_unreported, newest_at=newest_at, tried=tried)
 
 
 def _made_fresh(p: np.ndarray, hashes: np.ndarray, fresh: Fresh) -> np.ndarray:

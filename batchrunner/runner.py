@@ -494,6 +494,10 @@ class Plan:
     prior_failed: int = 0  # progress display counts the whole job's
     resent: int = 0  # rows with a recorded outcome sent again (retried, rerun, or changed)
     limited: int = 0  # rows to do that --limit holds back (in ``done``: not sent this run)
+    # A --retry-failed or --rerun-where run: what it sends again (``_selection``), and since
+    # when its rows sent again count as done by it (``_selection_since``).
+    selection: dict[str, Any] | None = None
+    selection_since: float | None = None
     # Rows asking for models of their own: the models asked for that earlier runs got answers
     # from (job.json's answered_models), to tell a key that lacks one model.
     answered_models: frozenset[str] = frozenset()
@@ -794,9 +798,14 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     # all matching this very input (job.json's rows_checked): after the input changed, and
     # after a run that did not finish sending the rows that had changed (a crash, a stop).
     checked = old_meta is None or old_meta.get("rows_checked") == fingerprint
-    latest = journal.latest(order, cost=True, hashes=not checked)
+    selection = _selection(options)
+    since = _selection_since(old_meta, selection)
+    latest = journal.latest(order, cost=True, hashes=not checked, tried_since=since)
     # Not sent again: ok rows, and failed ones unless retried, unless their values changed.
-    done = latest.ok == 1 if options.retry_failed else latest.ok >= 0
+    # Nor, where this run goes on with a --retry-failed or --rerun-where that a run before
+    # left unfinished (--limit, a stop, a kill), the rows it sent again since it began.
+    again = latest.tried if latest.tried is not None else np.zeros_like(latest.ok, np.bool_)
+    done = (latest.ok == 1) | again if options.retry_failed else latest.ok >= 0
     fresh = untried = None
     hashed = _hashed_columns(builder, old_meta, source.columns, where)
     meta["row_hash_columns"] = hashed
@@ -832,8 +841,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 f"recorded outcome's {named} (the results' "
                 f"{', '.join(result_name(c, set(source.columns)) for c in both)}), not the "
                 "input's")
-        pos = pc.drop_null(order.positions(string_array(sorted(picked))))
-        done[to_numpy(pos)] = False
+        pos = to_numpy(pc.drop_null(order.positions(string_array(sorted(picked)))))
+        done[pos[~again[pos]]] = False
         if not len(pos) and np.any(latest.ok >= 0):
             numeric = re.search(r"\bkey\s*(==|!=|<=?|>=?|in\b)\s*[\[(]?\s*-?\d",
                                 options.rerun_where)
@@ -892,6 +901,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 prior_ok=int(np.count_nonzero(done & ~held & (latest.ok == 1))),
                 prior_failed=int(np.count_nonzero(done & ~held & (latest.ok == 0))),
                 resent=int(np.count_nonzero(resent)), limited=int(np.count_nonzero(held)),
+                selection=selection, selection_since=since,
                 input_stamp=stamp, newest_at=latest.newest_at)
     known: Any = meta.get("answered_models")  # carried over from old_meta
     if isinstance(known, list):
@@ -1245,6 +1255,38 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
     warnings.append(f"{said}; their answers mix (--force)")
     new["simulator"] = was
     return True, False
+
+
+def _selection(options: RunOptions) -> dict[str, Any] | None:
+    """What a run sends again of the rows with an outcome: ``--retry-failed``'s failed rows,
+    ``--rerun-where``'s matches; None for a run that sends neither."""
+    if not options.retry_failed and not options.rerun_where:
+        return None
+    return {"retry_failed": options.retry_failed, "rerun_where": options.rerun_where}
+
+
+def _selection_since(meta: dict[str, Any] | None, selection: dict[str, Any] | None
+                     ) -> float | None:
+    """When the ``selection`` this run sends again began, where the last run sent the same
+    and left it unfinished: held back by --limit, stopped, or killed. Its rows sent again since
+    then are done by it: the same command sends the next, not those again (rows that failed
+    once more, or match the expression still, were sent again each time, --limit's the same
+    first ones every run). None: the selection begins with this run, as it does after a stop
+    for rows failing alike (``stop_kind``): their failures were the job's setting's, or the
+    endpoint's, and are sent again once that is fixed."""
+    last = meta.get("last_run") if meta is not None else None
+    if selection is None or not isinstance(last, dict) or (
+            last.get("stop_kind") in ("fix_first", "wait_first")):
+        return None
+    earlier = last.get("selection")
+    if not isinstance(earlier, dict) or {k: earlier.get(k) for k in selection} != selection:
+        return None
+    since = earlier.get("since_s")
+    if isinstance(since, bool) or not isinstance(since, int | float):
+        return None
+    unfinished = (not last.get("finished_at") or bool(last.get("stopped"))
+                  or type(last.get("limit")) is int)
+    return float(since) if unfinished else None
 
 
 def _select(journal: Journal, where: str, input_columns: Sequence[str] = (),
@@ -4088,6 +4130,10 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             last_run["limit"] = options.limit
         if options.retry_failed:  # not an option job.json's command keeps: status adds it
             last_run["retry_failed"] = True
+        if plan.selection is not None:  # a run that goes on with it, unfinished, takes since_s
+            last_run["selection"] = {**plan.selection, "since_s": (
+                last_run["started_s"] if plan.selection_since is None
+                else plan.selection_since)}
         plan.job_meta["last_run"] = last_run
         _without_key(plan.job_meta["command"], api_key)
         plan.job_meta["request"] = _settings_without_key(plan.job_meta["request"], api_key)

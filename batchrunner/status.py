@@ -159,9 +159,15 @@ def format_status(out_dir: Path) -> str:
     meta = read_meta(out_dir)
     locked = io.is_locked(out_dir)
     asked = choices_asked(meta["request"]) if "request" in meta else 1
+    # A --retry-failed run's: its failed rows sent again since it began (the rest, a run that
+    # goes on with it sends: runner's _selection_since).
+    last_run = meta.get("last_run")
+    selected = last_run.get("selection") if isinstance(last_run, dict) else None
+    since = selected.get("since_s") if isinstance(selected, dict) else None
     state = Journal(out_dir).fold_latest(
-        (*_Tally.COLUMNS, "choices"),
-        lambda: _Tally(times=locked, choices=asked))
+        (*_Tally.COLUMNS, "choices", "finished_at"),
+        lambda: _Tally(times=locked, choices=asked,
+                       since=since if type(since) in (int, float) else None))
     total = int(meta.get("total_rows") or 0)
     ok, failed = state.ok, state.failed
     # The journal's rows the input no longer has (an id-keyed input that lost rows since they
@@ -276,15 +282,34 @@ def format_status(out_dir: Path) -> str:
         # A --retry-failed run that did not finish them (killed, interrupted, stopped) leaves
         # failed rows its command sends again: without the option, it sends nothing of them.
         # (One that ran through says what to do of the rows that failed again: retry_advice.)
+        # So does one that --limit held back (the same command sends the next rows), and a
+        # --rerun-where run its expression: the rows it sent again since it began are done.
         cut_short = not last.get("finished_at") or bool(last.get("stopped"))
-        retry = bool(failed) and (fix_first or (cut_short and last.get("retry_failed") is True))
-        extra = ("--retry-failed",) if retry else ()
+        held_back = cut_short or type(last.get("limit")) is int
+        retry = bool(failed) and (fix_first or (held_back and last.get("retry_failed") is True))
+        extra: tuple[str, ...] = ("--retry-failed",) if retry else ()
+        selection = last.get("selection")
+        where = selection.get("rerun_where") if isinstance(selection, dict) else None
+        rerun_left = isinstance(where, str) and held_back
+        if rerun_left:
+            extra += ("--rerun-where", str(where))
         command = rerun.command(extra)
         # What that command sends: the rows to do, and the failed ones again (nothing left to
         # send, its last rows the ones failing: the failed to retry).
         left = (f"{count_rows(to_do)} to do" + (f" and {failed:,} failed" if retry else "")
                 if to_do else f"the {failed:,} failed row{'' if failed == 1 else 's'} to retry"
                 if retry else "")
+        if retry and held_back and not fix_first and isinstance(selection, dict):
+            # It goes on with the failed rows that run had not sent again (runner's
+            # _selection_since): not those that failed again.
+            unsent = failed - state.failed_since
+            failed_left = (f"the {unsent:,} failed row{'' if unsent == 1 else 's'} it had not "
+                           "sent again" if state.failed_since else
+                           f"the {failed:,} failed row{'' if failed == 1 else 's'} to retry")
+            left = f"{count_rows(to_do)} to do and {failed_left}" if to_do else failed_left
+        if rerun_left:
+            picked = f"the rows --rerun-where {where!r} picks that it has not sent again yet"
+            left = f"{left} and {picked}" if left else picked
         if not last.get("finished_at"):
             free = free_bytes(out_dir)
             # A full disk stopped it, unsaid (job.json could not be written either): the one
@@ -594,8 +619,10 @@ class _Tally:
                "completion_tokens", "search_units", "search_requests", "cached_tokens",
                "cache_write_tokens", "unreported_usd", "choices_asked", "finish_reason")
 
-    def __init__(self, *, times: bool, choices: int = 1) -> None:
+    def __init__(self, *, times: bool, choices: int = 1, since: float | None = None) -> None:
         self.choices = choices
+        self.since = since
+        self.failed_since = 0  # failed rows whose failure finished at ``since`` or later
         self.fewer_choices = 0  # ok rows whose choices hold fewer than ``choices``
         self.failed_choices = 0  # failed rows answered with choices (failed_with_choices)
         self.failed_choices_usd = UsdSum()  # what their answers cost
@@ -623,6 +650,10 @@ class _Tally:
                                                  is_value(part["status"], RETRYING)))
         if failed:
             self.failed += failed
+            if self.since is not None:
+                when = pc.filter(part["finished_at"], is_value(part["status"], "failed"))
+                self.failed_since += int(np.count_nonzero(to_numpy(when, fill=0.0)
+                                                          >= self.since))
             errors = pc.filter(part["error_type"], is_value(part["status"], "failed"))
             for entry in pc.value_counts(errors).to_pylist():
                 self.failed_by_type[str(entry["values"])] += entry["counts"]

@@ -880,19 +880,29 @@ async def test_tries_with_no_usage_reported_count_in_the_next_runs_budget(
                                RunOptions(**{**once.__dict__, "retry_failed": True,
                                              "limit": 1}))
         assert failed.failed == 1 and failed.unreported_usd == pytest.approx(guessed + 2 * one)
-        again = await run_job(load_job(job, {"base_url": sim.base_url}),
-                              RunOptions(**{**FAST.__dict__, "retry_failed": True,
-                                            "limit": 1}))
-        assert again.ok == 4 and again.unreported_rows == 4
-        assert again.unreported_usd == pytest.approx(guessed + 2 * one)
+        # The same command sends the next row, not row 3 again (it went on with the
+        # --retry-failed that --limit held back).
+        nxt = await run_job(load_job(job, {"base_url": sim.base_url}),
+                            RunOptions(**{**FAST.__dict__, "retry_failed": True, "limit": 1}))
+        assert (nxt.ok, nxt.failed, nxt.unreported_rows) == (4, 1, 5)
+        row_4 = nxt.unreported_usd - failed.unreported_usd
+        assert row_4 == pytest.approx(one)
         # What was spent is what was reported and the estimates: a budget that leaves less
         # than a row's worth past it sends nothing.
-        spent = again.cost_usd + again.unreported_usd
+        spent = nxt.cost_usd + nxt.unreported_usd
         sent = sim.stats()["requests"]
         stopped = await run_job(load_job(job, {"base_url": sim.base_url,
                                                "max_cost_usd": spent + 0.05}), FAST)
         assert stopped.exit_code == 4 and sim.stats()["requests"] == sent
         assert f"({format_usd(spent)} spent when it stopped)" in str(stopped.stopped)
+        # A --retry-failed run after it sends row 3 again, and the row left.
+        again = await run_job(load_job(job, {"base_url": sim.base_url}),
+                              RunOptions(**{**FAST.__dict__, "retry_failed": True}))
+        assert (again.ok, again.failed, again.sent) == (6, 0, 3)
+        assert again.unreported_rows == 6
+        # Row 5's cut try at its own estimate: the prompt's, learnt from the replies so far.
+        assert again.unreported_usd == pytest.approx(guessed + 2 * one + 2 * row_4, rel=0.01)
+        assert again.unreported_usd > nxt.unreported_usd
 
 
 @pytest.mark.anyio

@@ -1,0 +1,112 @@
+"""A --retry-failed or --rerun-where run that --limit held back, or that was stopped, goes on
+where it was: the same command sends the rows it has not sent again yet, not the same ones."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from batchrunner.config import JobConfig
+from batchrunner.runner import RunOptions, format_summary, run_job
+from batchrunner.simulator import Simulator, SimulatorConfig, prompt_key
+from batchrunner.status import format_status
+from tests.test_run import FAST, KEY, job_for, make_csv, results
+
+__all__ = ["KEY"]  # the key job_env sets
+
+pytestmark = pytest.mark.usefixtures("job_env")
+
+N = 8
+
+
+def texts(markers: dict[int, str]) -> list[str]:
+    """The prompts of make_csv's rows as the jobs here send them."""
+    return [f"Summarise: row {i} about topic {i * 7 % 13}{markers.get(i, '')}" for i in range(N)]
+
+
+def sent_rows(sim: Simulator, prompts: list[str], before: dict[str, int]) -> list[int]:
+    """The rows whose prompts were sent since the counts ``before``."""
+    now = sim.stats(per_prompt=True)["requests_by_prompt"]
+    return [i for i, p in enumerate(prompts)
+            if now.get(prompt_key(p), 0) > before.get(prompt_key(p), 0)]
+
+
+def counts(sim: Simulator) -> dict[str, int]:
+    return dict(sim.stats(per_prompt=True)["requests_by_prompt"])
+
+
+@pytest.mark.anyio
+async def test_retry_failed_with_a_limit_sends_the_next_failed_rows_each_run(
+        tmp_path: Path) -> None:
+    """Rows that fail every time: each --retry-failed --limit 2 run sent the same first two
+    failed rows again, paid for each time, and never reached the others, while its summary
+    said that the same command sends the next rows."""
+    markers = {i: " [[sim:400]]" for i in (1, 2, 4, 5, 7)}
+    inp = make_csv(tmp_path / "in.csv", N, markers)
+    prompts = texts(markers)
+    retry = replace(FAST, retry_failed=True, limit=2)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp)
+        first = await run_job(job, FAST)
+        assert first.failed == 5
+        seen = []
+        for _ in range(4):
+            before = counts(sim)
+            s = await run_job(job, retry)
+            seen.append(sent_rows(sim, prompts, before))
+            if len(seen) == 1:
+                assert "the same command sends the next 2 rows" in format_summary(s)
+                shown = format_status(tmp_path / "out")
+                assert "to finish, the 3 failed rows it had not sent again:" in shown, shown
+                assert shown.rstrip().endswith("--retry-failed"), shown
+    # Every failed row once, in input order; then, all of them tried, from the first again.
+    assert seen == [[1, 2], [4, 5], [7], [1, 2]]
+    assert set(results(tmp_path).query("status == 'failed'")["id"]) == {
+        f"r{i:04d}" for i in (1, 2, 4, 5, 7)}
+
+
+@pytest.mark.anyio
+async def test_rerun_where_goes_on_with_the_rows_it_has_not_sent_again(
+        tmp_path: Path) -> None:
+    """Rows cut at max_tokens, sent again with --rerun-where "finish_reason == 'length'"
+    under a --limit: the rows sent again are cut again (they still match), and each run sent
+    the same first rows again. Stopped or killed, status's command to finish left the
+    expression out and sent nothing of them."""
+    inp = make_csv(tmp_path / "in.csv", N)
+    prompts = texts({})
+
+    def job(base_url: str) -> JobConfig:
+        return job_for(tmp_path, base_url, inp, max_tokens=3)
+
+    rerun = RunOptions(rerun_where="finish_reason == 'length'", limit=3, retry=FAST.retry,
+                       progress="none", handle_signals=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        await run_job(job(sim.base_url), FAST)
+        cut = results(tmp_path).query("finish_reason == 'length'")["id"].tolist()
+        assert len(cut) >= 7, cut  # 3 tokens cut nearly every answer
+        rows = [int(key[1:]) for key in cut]
+        seen = []
+        for _ in range((len(rows) + 2) // 3):
+            before = counts(sim)
+            await run_job(job(sim.base_url), rerun)
+            seen.append(sent_rows(sim, prompts, before))
+            shown = format_status(tmp_path / "out")
+            if len(seen) == 1:
+                assert ("the rows --rerun-where \"finish_reason == 'length'\" picks that it has "
+                        "not sent again yet:") in shown, shown
+                assert "--rerun-where \"finish_reason == 'length'\"" in shown, shown
+        assert [i for part in seen for i in part] == rows
+        # A run killed in the middle of it: status's command goes on with it.
+        meta = json.loads((tmp_path / "out" / "job.json").read_text())
+        meta["last_run"]["finished_at"] = None
+        (tmp_path / "out" / "job.json").write_text(json.dumps(meta))
+        assert "--rerun-where" in format_status(tmp_path / "out")
+        before = counts(sim)
+        await run_job(job(sim.base_url), replace(rerun, limit=None))
+        assert sent_rows(sim, prompts, before) == []  # every row was sent again before it
+        # Run through: the next such run begins with the first row cut again.
+        await run_job(job(sim.base_url), replace(rerun, limit=None))
+        assert sent_rows(sim, prompts, before) == rows
