@@ -25,10 +25,13 @@ Top-level keys, in this order::
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
     rows              {"total", "by_status": {status: rows}, "cut_at_length",
-                      "cut_at_length_usd", "to_do", "billed_to_do", "changed_to_send",
-                      "cost_unknown", "fewer_choices", "failed_with_choices"};
+                      "cut_at_length_usd", "cut_at_length_tokens", "to_do", "billed_to_do",
+                      "changed_to_send", "cost_unknown", "fewer_choices",
+                      "failed_with_choices"};
                       total counts the rows with an outcome, cut_at_length_usd what the rows
-                      cut at max_tokens cost (null when one of them has no cost), to_do the
+                      cut at max_tokens cost (null when one of them has no cost),
+                      cut_at_length_tokens the most completion tokens a choice of one of them
+                      used (the largest max_tokens they were given; null: none said), to_do the
                       input's rows without
                       one (null when not given), billed_to_do those of them whose attempts
                       so far were billed without an answer at a cost reported (``retrying``
@@ -301,6 +304,7 @@ class OutcomeStats:
         "_choices",
         "_cost",
         "_cost_bad",
+        "_cut_tokens",
         "_cut_usd",
         "_earlier",
         "_earlier_bad",
@@ -346,6 +350,7 @@ class OutcomeStats:
         self._failed_choices_usd = UsdSum()
         self._cut_usd = UsdSum()  # what the rows cut at max_tokens cost
         self._n_length = 0
+        self._cut_tokens: int | None = None  # the most completion tokens a cut choice used
         self._n_unpriced = 0
         self._tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
         # Rows whose reply gave the count at all: many servers leave out cached and reasoning
@@ -459,10 +464,16 @@ class OutcomeStats:
         cut = pc.fill_null(is_value(finish, "length"), _FALSE)
         if "choices" in t.column_names:  # n > 1: cut when any choice is, not the first alone
             cut = pc.or_(cut, pc.fill_null(pc.match_substring(t["choices"], CHOICE_CUT), _FALSE))
+        asked = t["choices_asked"] if "choices_asked" in t.column_names else None
         if k := _count(cut):
             self._n_length += k
             self._cut_usd.add(pc.filter(cost, cut))
-        asked = t["choices_asked"] if "choices_asked" in t.column_names else None
+            # A choice's: a reply's usage counts every choice of its n (all cut, at most).
+            used = to_numpy(pc.filter(t["completion_tokens"], cut), fill=-1)
+            each = (to_numpy(pc.filter(asked, cut), fill=self._choices) if asked is not None
+                    else np.full(len(used), self._choices))
+            if len(used) and (most := int((used // np.maximum(each, 1)).max())) > 0:
+                self._cut_tokens = max(most, self._cut_tokens or 0)
         if "choices" in t.column_names and asks_choices(self._choices, asked):  # a server
             # that ignores n
             self._n_fewer += count_fewer_choices(t["choices"], is_ok, self._choices, asked)
@@ -1044,6 +1055,7 @@ def build_report(
         "job": {str(k): _jsonable(v) for k, v in job.items()},
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
                  "cut_at_length_usd": stats._cut_usd.of(n_length),
+                 "cut_at_length_tokens": stats._cut_tokens,
                  "to_do": to_do, "billed_to_do": stats._to_do_billed,
                  "changed_to_send": changed_left, "cost_unknown": n_unpriced,
                  "fewer_choices": stats._n_fewer,

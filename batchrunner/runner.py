@@ -333,6 +333,7 @@ class RunSummary:
     # A row was cut at max_tokens in a choice but choice 0 (rows of a column's n > 1, say)
     choice_cut: bool = False
     cut_usd: float | None = None  # what the rows cut cost (None: one of them has no cost)
+    cut_tokens: int | None = None  # the most completion tokens a choice of theirs used
     # What to do about the rows cut at max_tokens (length_cut): what to change, or why the
     # command that sends them again with a larger one (cut_command) sets it so (_cut_advice).
     cut_advice: str = ""
@@ -4514,7 +4515,6 @@ def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
         return (f"rerun the job with a --max-tokens above the completion_tokens {they} used "
                 f"(no max_tokens was asked: the server's own limit cut {them}), and "
                 f"{flags}"), ""
-    larger = 2 * asked
     # Under the name the job gives it: --max-tokens beside --max-completion-tokens is refused,
     # and a --max-tokens the last run was given (renamed over the file's max_completion_tokens)
     # is what to raise.
@@ -4523,6 +4523,13 @@ def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
              and option_given(plan.job_meta, "max_tokens") is None else "max_tokens")
     why = (f"twice the job's {limit} of {asked:,}, the most {they} "
            f"{'was' if s.length_cut == 1 else 'were'} given")
+    if s.cut_tokens is not None and s.cut_tokens > asked:
+        # Cut by an earlier run's larger limit (the job's lowered since): twice the job's now
+        # would send them with no more than they had, and pay for the same cut answers.
+        why = (f"twice the {s.cut_tokens:,} tokens some of {them} were cut at by an earlier "
+               f"run (the job's {limit} is {asked:,} now)")
+        asked = s.cut_tokens
+    larger = 2 * asked
     if s.pending:  # its command now would meet the stop (a budget) or the rows left first
         rows = count_rows(s.pending)
         return (f"once the {rows} not done yet are done, the run's summary names the command, "

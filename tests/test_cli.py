@@ -570,6 +570,21 @@ def test_the_summary_of_rows_cut_at_max_tokens_says_how_to_answer_them_again(
     assert set(pd.read_parquet(tmp_path / "out" / "results.parquet")["completion_tokens"]) == {2}
 
 
+def test_rows_cut_by_an_earlier_runs_larger_limit_are_sent_with_twice_that(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Rows cut at 4 tokens, then the job's max_tokens lowered to 2 for the rest (--force): the
+    command for all the rows cut said twice the job's max_tokens, --max-tokens 4, which sent
+    the rows cut at 4 with no more than they had, to be cut and paid for again."""
+    code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "4", "--limit", "2"))
+    assert code == 0, err
+    code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "2", "--force"))
+    assert code == 0, err
+    assert ("(twice the 4 tokens some of them were cut at by an earlier run (the job's "
+            "max_tokens is 2 now)), run: ") in out, out
+    assert " --max-tokens 8 " in out and " --max-tokens 4 " not in out, out
+
+
 def test_max_completion_tokens_is_an_option_and_the_cut_rows_command_keeps_its_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

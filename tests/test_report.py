@@ -349,7 +349,7 @@ def test_json_round_trip(book: PriceBook, mixed: list[Outcome]) -> None:
 def test_empty_table(book: PriceBook) -> None:
     report = build_report(table([]), prices=book, job={}, wall_s=0.0)
     assert report["rows"] == {"total": 0, "by_status": {}, "cut_at_length": 0,
-                              "cut_at_length_usd": 0.0, "to_do": None,
+                              "cut_at_length_usd": 0.0, "cut_at_length_tokens": None, "to_do": None,
                               "billed_to_do": 0, "changed_to_send": 0, "cost_unknown": 0,
                               "fewer_choices": 0, "failed_with_choices": 0}
     assert report["cost_usd"] == 0.0 and report["cost_complete"] is True
