@@ -3170,8 +3170,9 @@ class _Run:
     def _billed_retry(self, item: _Work, billed: float) -> None:
         """An attempt of ``item`` was billed and the row is to be sent again: the cost is spent
         now, carried into the row's outcome, and journaled at once in a ``retrying`` record
-        (every billed attempt of the row so far), so that a job stopped or killed before the
-        outcome still counts it."""
+        (every billed attempt of the row so far; written with the next segment, within
+        FLUSH_EVERY_S, as an outcome is), so that a job stopped before the outcome, or killed
+        after that, still counts it."""
         item.earlier_usd += billed
         self.spent += billed
         self.counts.cost_usd += billed
@@ -3700,8 +3701,9 @@ class _Run:
     def _maybe_billed(self, item: _Work) -> float | None:
         """A try of ``item`` the server may have billed, its usage not known: counted at its
         estimate, carried by the row (``unreported_usd``) and journaled at once (a
-        ``retrying`` record) for the budgets of this run and the next; the estimate, None
-        where the job has no budget (only the reports count it)."""
+        ``retrying`` record, written with the next segment) for the budgets of this run and
+        the next; the estimate, None where the job has no budget (only the reports count
+        it)."""
         estimate = self._estimated_cost(item) or 0.0
         item.unknown_tries += 1
         item.unreported_usd += estimate
