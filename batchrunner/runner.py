@@ -4134,9 +4134,11 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         if options.retry_failed:  # not an option job.json's command keeps: status adds it
             last_run["retry_failed"] = True
         if plan.selection is not None:  # a run that goes on with it, unfinished, takes since_s
-            last_run["selection"] = {**plan.selection, "since_s": (
-                last_run["started_s"] if plan.selection_since is None
-                else plan.selection_since)}
+            # Its records finish after both its start and the journal's newest record (the
+            # writer's not_before, where the clock was set back); every older record before.
+            since = (max(last_run["started_s"] - 0.001, plan.newest_at + 0.001)
+                     if plan.selection_since is None else plan.selection_since)
+            last_run["selection"] = {**plan.selection, "since_s": since}
         plan.job_meta["last_run"] = last_run
         _without_key(plan.job_meta["command"], api_key)
         plan.job_meta["request"] = _settings_without_key(plan.job_meta["request"], api_key)
