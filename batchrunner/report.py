@@ -30,8 +30,9 @@ Top-level keys, in this order::
                       "failed_with_choices"};
                       total counts the rows with an outcome, cut_at_length_usd what the rows
                       cut at max_tokens cost (null when one of them has no cost),
-                      cut_at_length_tokens the most completion tokens a choice of one of them
-                      used (the largest max_tokens they were given; null: none said), to_do the
+                      cut_at_length_tokens the most completion tokens one of them that asked
+                      one choice used (the largest max_tokens they were given; null: none
+                      said), to_do the
                       input's rows without
                       one (null when not given), billed_to_do those of them whose attempts
                       so far were billed without an answer at a cost reported (``retrying``
@@ -468,11 +469,12 @@ class OutcomeStats:
         if k := _count(cut):
             self._n_length += k
             self._cut_usd.add(pc.filter(cost, cut))
-            # A choice's: a reply's usage counts every choice of its n (all cut, at most).
+            # Of rows that asked one choice: a reply's usage counts all of its n together,
+            # cut and finished, which tells no one choice's limit.
             used = to_numpy(pc.filter(t["completion_tokens"], cut), fill=-1)
             each = (to_numpy(pc.filter(asked, cut), fill=self._choices) if asked is not None
                     else np.full(len(used), self._choices))
-            if len(used) and (most := int((used // np.maximum(each, 1)).max())) > 0:
+            if (one := used[each == 1]).size and (most := int(one.max())) > 0:
                 self._cut_tokens = max(most, self._cut_tokens or 0)
         if "choices" in t.column_names and asks_choices(self._choices, asked):  # a server
             # that ignores n

@@ -333,7 +333,7 @@ class RunSummary:
     # A row was cut at max_tokens in a choice but choice 0 (rows of a column's n > 1, say)
     choice_cut: bool = False
     cut_usd: float | None = None  # what the rows cut cost (None: one of them has no cost)
-    cut_tokens: int | None = None  # the most completion tokens a choice of theirs used
+    cut_tokens: int | None = None  # the most tokens one of them (n = 1) used
     # What to do about the rows cut at max_tokens (length_cut): what to change, or why the
     # command that sends them again with a larger one (cut_command) sets it so (_cut_advice).
     cut_advice: str = ""
@@ -799,7 +799,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     # all matching this very input (job.json's rows_checked): after the input changed, and
     # after a run that did not finish sending the rows that had changed (a crash, a stop).
     checked = old_meta is None or old_meta.get("rows_checked") == fingerprint
-    selection = _selection(options)
+    selection = _selection(options, meta["request_fingerprint"])
     since = _selection_since(old_meta, selection)
     latest = journal.latest(order, cost=True, hashes=not checked, tried_since=since)
     # Not sent again: ok rows, and failed ones unless retried, unless their values changed.
@@ -1258,12 +1258,15 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
     return True, False
 
 
-def _selection(options: RunOptions) -> dict[str, Any] | None:
+def _selection(options: RunOptions, request: str) -> dict[str, Any] | None:
     """What a run sends again of the rows with an outcome: ``--retry-failed``'s failed rows,
-    ``--rerun-where``'s matches; None for a run that sends neither."""
+    ``--rerun-where``'s matches, with the request settings they are sent with (``request``,
+    their fingerprint: a setting changed since, --force, begins the selection again, the
+    failed rows sent again with it too); None for a run that sends neither."""
     if not options.retry_failed and not options.rerun_where:
         return None
-    return {"retry_failed": options.retry_failed, "rerun_where": options.rerun_where}
+    return {"retry_failed": options.retry_failed, "rerun_where": options.rerun_where,
+            "request_fingerprint": request}
 
 
 def _selection_since(meta: dict[str, Any] | None, selection: dict[str, Any] | None

@@ -287,10 +287,13 @@ def format_status(out_dir: Path) -> str:
         cut_short = not last.get("finished_at") or bool(last.get("stopped"))
         held_back = cut_short or type(last.get("limit")) is int
         retry = bool(failed) and (fix_first or (held_back and last.get("retry_failed") is True))
-        extra: tuple[str, ...] = ("--retry-failed",) if retry else ()
         selection = last.get("selection")
         where = selection.get("rerun_where") if isinstance(selection, dict) else None
         rerun_left = isinstance(where, str) and held_back
+        # A run that goes on with a selection is given all of it, or it begins it again:
+        # --retry-failed beside --rerun-where even with no failed row left.
+        extra: tuple[str, ...] = ("--retry-failed",) if retry or (
+            rerun_left and last.get("retry_failed") is True) else ()
         if rerun_left:
             extra += ("--rerun-where", str(where))
         command = rerun.command(extra)
@@ -306,7 +309,10 @@ def format_status(out_dir: Path) -> str:
             failed_left = (f"the {unsent:,} failed row{'' if unsent == 1 else 's'} it had not "
                            "sent again" if state.failed_since else
                            f"the {failed:,} failed row{'' if failed == 1 else 's'} to retry")
-            left = f"{count_rows(to_do)} to do and {failed_left}" if to_do else failed_left
+            if not unsent:  # every failed row sent again: the rows to do are left
+                failed_left = ""
+            left = (f"{count_rows(to_do)} to do" + (f" and {failed_left}" if failed_left
+                                                     else "")) if to_do else failed_left
         if rerun_left:
             picked = f"the rows --rerun-where {where!r} picks that it has not sent again yet"
             left = f"{left} and {picked}" if left else picked
@@ -354,10 +360,15 @@ def format_status(out_dir: Path) -> str:
             if failed:
                 lines.append(f"  {retry_advice(failed_by_type)}")
         if command and left and kind == "budget":
-            # The same command stops again at once: the job's spend so far counts.
+            # The same command stops again at once: the job's spend so far counts. What the
+            # rows --rerun-where has left cost, the estimate tells (status does not read the
+            # expression's matches); of the failed rows, those not sent again yet are left.
             spent = state.cost.usd + state.earlier.usd + state.unreported.usd
+            unsent = failed - state.failed_since if isinstance(selection, dict) else failed
             lines.append(f"  to finish, {left}: " + _raise_budget(
-                meta, rerun, spent, state.ok, to_do + (failed if retry else 0), extra))
+                meta, rerun, spent, state.ok, to_do + (unsent if retry else 0), extra,
+                untold="which rows --rerun-where still picks, the estimate reads"
+                if rerun_left else ""))
         elif command and fix_first:
             # Its rows failed, or were refused, alike: sent as they are, the rows left fail
             # so too. The endpoint's errors (a server error on every try) leave nothing to fix.
@@ -375,18 +386,18 @@ def format_status(out_dir: Path) -> str:
 
 
 def _raise_budget(meta: dict[str, Any], rerun: Rerun, spent: float, paid: int,
-                  to_do: int, extra: tuple[str, ...] = ()) -> str:
+                  to_do: int, extra: tuple[str, ...] = (), *, untold: str = "") -> str:
     """What to do after a budget stop, ``spent`` (USD) spent on the job so far, ``paid`` rows
     answered, ``to_do`` rows left (the failed ones too, sent again by ``extra``'s
     ``--retry-failed``): the command that finishes it, its ``--max-cost`` raised to the spend
     plus what the rows left cost at the job's cost a row so far, with room for the requests in
     flight, which the run holds at their most (what they were held at when it stopped, else a
     tenth more), rounded up; where no row has a cost to tell that, the estimate's command,
-    which does."""
+    which does, as it does where ``untold`` says why the rows left are not known here."""
     budget = budget_to_raise(meta)
-    if not (paid and spent > 0 and math.isfinite(spent)):
+    if untold or not (paid and spent > 0 and math.isfinite(spent)):
         return (f"raise {budget}, which the job's cost so far counts against, above what the "
-                f"rows left cost (no row has a cost yet to tell it): "
+                f"rows left cost ({untold or 'no row has a cost yet to tell it'}): "
                 f"{rerun.command(extra, verb='estimate')} tells it")
     per_row = spent / paid
     left = to_do * per_row

@@ -110,3 +110,54 @@ async def test_rerun_where_goes_on_with_the_rows_it_has_not_sent_again(
         # Run through: the next such run begins with the first row cut again.
         await run_job(job(sim.base_url), replace(rerun, limit=None))
         assert sent_rows(sim, prompts, before) == rows
+
+
+@pytest.mark.anyio
+async def test_a_setting_changed_with_force_begins_the_selection_again(tmp_path: Path) -> None:
+    """Failed rows sent again by a --retry-failed run that --limit held back, then the setting
+    that made them fail fixed (--force): the next --retry-failed run went on with the held-back
+    selection and skipped them, though status had said to fix it and rerun with --retry-failed.
+    Status, between, named the rows to do without "the 0 failed rows it had not sent again"."""
+    markers = {1: " [[sim:400]]", 2: " [[sim:400]]"}
+    inp = make_csv(tmp_path / "in.csv", N, markers)
+    prompts = texts(markers)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp)
+        await run_job(job, replace(FAST, limit=4))
+        before = counts(sim)
+        await run_job(job, replace(FAST, retry_failed=True, limit=2))
+        assert sent_rows(sim, prompts, before) == [1, 2]
+        shown = format_status(tmp_path / "out")
+        assert "to finish, 4 rows to do: batchrunner run " in shown, shown
+        assert shown.rstrip().endswith(" --retry-failed"), shown
+        before = counts(sim)
+        changed = replace(job, request=replace(job.request, temperature=0.3))
+        await run_job(changed, replace(FAST, retry_failed=True, force=True))
+        assert sent_rows(sim, prompts, before) == [1, 2, 4, 5, 6, 7]
+
+
+@pytest.mark.anyio
+async def test_status_names_both_options_of_a_selection_that_has_both(tmp_path: Path) -> None:
+    """A --retry-failed --rerun-where run held back by --limit, its failed rows all answered:
+    status's command left --retry-failed out, and without it the selection is another, which
+    began again and sent every row it picks."""
+    markers = {1: " [[sim:400*1]]", 2: " [[sim:400*1]]"}
+    inp = make_csv(tmp_path / "in.csv", N, markers)
+    prompts = texts(markers)
+    both = RunOptions(retry_failed=True, rerun_where="finish_reason == 'length'", limit=4,
+                      retry=FAST.retry, progress="none", handle_signals=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp, max_tokens=3)
+        await run_job(job, FAST)
+        cut = [int(k[1:]) for k in results(tmp_path).query("finish_reason == 'length'")["id"]]
+        picked = sorted({1, 2, *cut})
+        assert len(picked) >= 6, picked
+        before = counts(sim)
+        await run_job(job, both)
+        first = sent_rows(sim, prompts, before)
+        assert first == picked[:4]
+        shown = format_status(tmp_path / "out")
+        assert " --retry-failed --rerun-where \"finish_reason == 'length'\"" in shown, shown
+        before = counts(sim)
+        await run_job(job, replace(both, limit=None))
+        assert sent_rows(sim, prompts, before) == picked[4:]
