@@ -596,9 +596,10 @@ class Journal:
             return segs[0]
         if len(segs) >= 1 << (63 - _ROW_BITS - _GROUP_BITS):
             raise JournalError(f"{self.directory} holds too many segments to compact")
-        index = _latest(segs, order, cost=True, fresh=fresh)
+        index = _latest(segs, order, cost=True, fresh=fresh, tried_at=True)
         loc, row_cost = index.locations(), index.located_costs()
         row_unreported = index.located_unreported()
+        row_tried = index.located_tried()
         del index
         schema = OUTCOME_SCHEMA.with_metadata({ORDER_KEY: tag.encode()})
 
@@ -610,6 +611,8 @@ class Journal:
                     end = start + part.num_rows
                     part = _carry_cost(part, row_cost[start:end], None if row_unreported is None
                                        else row_unreported[start:end])
+                    if row_tried is not None:
+                        part = _carry_tried(part, row_tried[start:end])
                     held = pa.concat_tables([held, part.replace_schema_metadata(schema.metadata)])
                     while held.num_rows >= ROW_GROUP_ROWS:
                         writer.write_table(held.slice(0, ROW_GROUP_ROWS))
@@ -712,6 +715,7 @@ class Latest:
     row_hash: np.ndarray | None = None
     unreported: np.ndarray | None = None
     tried: np.ndarray | None = None
+    last_tried: np.ndarray | None = None  # when asked for (compaction): each row's, NaN: none
     newest_at: float = -math.inf  # the newest finished_at of any record read, a winner or not
 
     def locations(self) -> np.ndarray:
@@ -730,6 +734,16 @@ class Latest:
             return at_positions
         return np.concatenate([at_positions,
                                to_numpy(self.others["cost"], fill=float("nan"))])
+
+    def located_tried(self) -> np.ndarray | None:
+        """When the row of each of ``locations()`` was last tried (NaN: not known; the keys
+        the input does not have are not told); None unless asked for (``tried_at``)."""
+        if self.last_tried is None:
+            return None
+        at_positions: np.ndarray = self.last_tried[self.loc >= 0]
+        if not self.others.num_rows:
+            return at_positions
+        return np.concatenate([at_positions, np.full(self.others.num_rows, np.nan)])
 
     def located_unreported(self) -> np.ndarray | None:
         """``unreported`` of the row of each of ``locations()`` (NaN: none); None when no
@@ -758,7 +772,7 @@ class Latest:
 
 def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
             hashes: bool = False, fresh: Fresh | None = None,
-            tried_since: float | None = None) -> Latest:
+            tried_since: float | None = None, tried_at: bool = False) -> Latest:
     """The winners are kept per input position (17 bytes a row, 8 more with the cost and 8 with
     the estimates of tries with no usage where a record has one, 8 with the hashes and 1 with
     ``fresh``) and each batch of records is scattered over them, so nothing is sorted but the
@@ -774,12 +788,15 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
     best_hash = np.full(rows, -1, np.int64) if hashes else None
     # With ``fresh``: 1 where the winner so far is a changed row's record made with its hash now.
     best_new = np.zeros(rows, np.int8) if fresh is not None else None
-    tried = np.zeros(rows, np.bool_) if tried_since is not None else None
+    # When each row was last tried (its outcomes' newest finished_at, or tried_at): for
+    # ``tried_since``, and for compaction to carry into the record it keeps (``tried_at``).
+    row_tried = np.full(rows, np.nan) if tried_since is not None or tried_at else None
     unknown: list[pa.Table] = []  # key, ok, at, loc, cost
     zero, none, end = (scalar(v, pa.int64()) for v in (0, -1, rows))
     no = scalar(False, pa.bool_())
     newest_at = -math.inf
-    for batch in _index_batches(segs, cost=cost, hashes=hashes or fresh is not None):
+    for batch in _index_batches(segs, cost=cost, hashes=hashes or fresh is not None,
+                                tried=row_tried is not None):
         if len(batch):
             newest_at = max(newest_at, float(np.max(to_numpy(batch["at"]))))
         if order is None:
@@ -799,8 +816,9 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
                 guessed = to_numpy(batch["unreported"], fill=float("nan"))
                 np.fmax.at(row_unreported, p[p >= 0], guessed[p >= 0])
         ok, at, loc = (to_numpy(batch[c]) for c in ("ok", "at", "loc"))
-        if tried is not None:
-            tried[p[(p >= 0) & (ok >= 0) & (at >= tried_since)]] = True
+        if row_tried is not None:
+            outcome = (p >= 0) & (ok >= 0)
+            np.fmax.at(row_tried, p[outcome], to_numpy(batch["tried"])[outcome])
         digest = to_numpy(batch["hash"], fill=-1) if "hash" in batch.column_names else None
         new = None if fresh is None or digest is None else _made_fresh(p, digest, fresh)
         if new is not None:
@@ -834,8 +852,11 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
                                  others["key"])
             others = others.set_column(others.schema.get_field_index(c), c,
                                        float64_array(most, ~np.isnan(most)))
+    tried = (None if row_tried is None or tried_since is None
+             else np.nan_to_num(row_tried, nan=-np.inf) >= tried_since)
     return Latest(loc=best_loc, ok=best_ok, cost=row_cost, others=others, row_hash=best_hash,
-                  unreported=row_unreported, newest_at=newest_at, tried=tried)
+                  unreported=row_unreported, newest_at=newest_at, tried=tried,
+                  last_tried=row_tried if tried_at else None)
 
 
 def _made_fresh(p: np.ndarray, hashes: np.ndarray, fresh: Fresh) -> np.ndarray:
@@ -878,6 +899,19 @@ def _carry_cost(part: pa.Table, row_cost: np.ndarray,
     return part
 
 
+def _carry_tried(part: pa.Table, row_tried: np.ndarray) -> pa.Table:
+    """``part`` with ``tried_at`` set where its row was tried after the record's own
+    ``finished_at`` (``row_tried``): a rerun that failed, its ok answer kept."""
+    own = to_numpy(part["finished_at"], fill=0.0)
+    later = row_tried > own  # NaN: never
+    if not later.any():
+        return part
+    value = to_numpy(part["tried_at"], fill=float("nan")).copy()
+    value[later] = row_tried[later]
+    i = part.schema.get_field_index("tried_at")
+    return part.set_column(i, "tried_at", float64_array(value, ~np.isnan(value)))
+
+
 def _raise_earlier(part: pa.Table, rows: np.ndarray, totals: np.ndarray) -> pa.Table:
     """``part`` with ``earlier_cost_usd`` set at ``rows`` (a mask) to ``totals`` less the
     record's own ``cost_usd``."""
@@ -896,9 +930,10 @@ def _index_schema(cost: bool) -> pa.Table:
 
 
 def _index_batches(segs: Sequence[Path], *, cost: bool = False,
-                   hashes: bool = False) -> Iterator[pa.Table]:
+                   hashes: bool = False, tried: bool = False) -> Iterator[pa.Table]:
     """key, ok (int8), at (finished_at) and loc of every record, ``_INDEX_ROWS`` or so at a
-    time; with ``cost``, what its row has cost, and with ``hashes``, its ``row_hash``."""
+    time; with ``cost``, what its row has cost, with ``hashes``, its ``row_hash``, and with
+    ``tried``, when its row was last tried (``tried_at``, else ``finished_at``)."""
     pending: list[pa.Table] = []
     rows = 0
     for si, seg in enumerate(segs):
@@ -907,7 +942,8 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False,
             t = _read_group(pf, seg, rg, ["key", "status", "finished_at",
                                           *(["cost_usd", "earlier_cost_usd", "unreported_usd"]
                                             if cost else []),
-                                          *(["row_hash"] if hashes else [])])
+                                          *(["row_hash"] if hashes else []),
+                                          *(["tried_at"] if tried else [])])
             if t.num_rows > _ROW_MASK or rg >= 1 << _GROUP_BITS:
                 raise JournalError(f"journal segment {seg} is too large to compact")
             base = ((si << _GROUP_BITS) | rg) << _ROW_BITS
@@ -919,6 +955,8 @@ def _index_batches(segs: Sequence[Path], *, cost: bool = False,
                 **({"cost": _spent(t["cost_usd"], t["earlier_cost_usd"]),
                     "unreported": t["unreported_usd"]} if cost else {}),
                 **({"hash": t["row_hash"]} if hashes else {}),
+                **({"tried": pc.coalesce(t["tried_at"], t["finished_at"],
+                                         scalar(0.0, pa.float64()))} if tried else {}),
             }))
             rows += t.num_rows
             if rows >= _INDEX_ROWS:
@@ -1057,7 +1095,23 @@ def latest(table: pa.Table) -> pa.Table:
     if keep is None:  # one record a key
         return table
     winners = pc.filter(table, bool_array(keep))
+    if {"tried_at", "finished_at"} <= set(table.column_names):  # as compaction carries it
+        winners = _carry_tried(winners, _row_tried(table, keep))
     return winners if most is None else _carry_cost(winners, most, unreported)
+
+
+def _row_tried(table: pa.Table, keep: np.ndarray) -> np.ndarray:
+    """When the row of each record at ``keep`` was last tried: the newest ``tried_at``, else
+    ``finished_at``, of its outcomes in ``table`` (NaN: none)."""
+    codes = _key_codes(table["key"])
+    at = np.fmax(to_numpy(table["finished_at"], fill=0.0),
+                 to_numpy(table["tried_at"], fill=float("nan")))
+    outcome = to_numpy(_rank(table["status"]), fill=-2) >= 0
+    newest = np.full(int(codes.max()) + 1, np.nan)
+    np.fmax.at(newest, codes[outcome], at[outcome])
+    tried: np.ndarray = newest[codes[keep]]
+    return tried
+
 
 
 def _winners(table: pa.Table

@@ -111,6 +111,11 @@ class Outcome:
     # results only when some row has them.
     audio_prompt_tokens: int | None = None
     audio_completion_tokens: int | None = None
+    # When the row was last tried, where later than ``finished_at``: a compacted journal keeps
+    # a row's ok record over a newer failure (a rerun that failed keeps the answer), and this
+    # the failure's time, which a --retry-failed or --rerun-where that goes on reads. In the
+    # journal only; None where the record is the row's newest outcome.
+    tried_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +159,7 @@ OUTCOME_SCHEMA = pa.schema(
         ("service_tier", pa.string()),
         ("audio_prompt_tokens", pa.int64()),
         ("audio_completion_tokens", pa.int64()),
+        ("tried_at", pa.float64()),
     ]
 )
 
@@ -167,11 +173,11 @@ ADDED_COLUMNS: frozenset[str] = frozenset({"earlier_cost_usd", "tool_calls", "ci
                                            "cache_write_tokens", "unknown_tries",
                                            "priced_as", "unreported_usd", "logprobs",
                                            "choices_asked", "service_tier",
-                                           *AUDIO_COLUMNS})
+                                           "tried_at", *AUDIO_COLUMNS})
 
 # The outcome columns the journal keeps for itself: not shown in the results.
 JOURNAL_ONLY: frozenset[str] = frozenset({"row_hash", "unknown_tries", "unreported_usd",
-                                          "choices_asked"})
+                                          "choices_asked", "tried_at"})
 
 # The outcome columns whose values repeat from row to row, the ones Parquet files
 # dictionary-encode. For text that is unique a row (answers, keys, request ids) a dictionary is

@@ -20,13 +20,18 @@ _RANK = {"ok": 1, "failed": 0, RETRYING: -1}
 def expected_latest(records: list[Outcome]) -> dict[str, dict[str, Any]]:
     """The rule, record by record: of a key's records the one with the best status (ok, then
     failed, then retrying), then the newest, then the last written; its earlier_cost_usd raised
-    so that with its cost_usd it is the most any record of the key carries."""
+    so that with its cost_usd it is the most any record of the key carries, and its tried_at
+    set to the newest outcome of the key where that finished after it (a failure after an
+    ok)."""
     best: dict[str, tuple[tuple[int, float, int], Outcome]] = {}
     most: dict[str, float] = {}
+    tried: dict[str, float] = {}
     for i, o in enumerate(records):
         rank = (_RANK[o.status], o.finished_at, i)
         if o.key not in best or rank > best[o.key][0]:
             best[o.key] = (rank, o)
+        if o.status != RETRYING and o.finished_at is not None:
+            tried[o.key] = max(tried.get(o.key, o.finished_at), o.finished_at)
         if o.cost_usd is not None or o.earlier_cost_usd is not None:
             spent = (o.cost_usd or 0.0) + (o.earlier_cost_usd or 0.0)
             most[o.key] = max(most.get(o.key, spent), spent)
@@ -36,6 +41,8 @@ def expected_latest(records: list[Outcome]) -> dict[str, dict[str, Any]]:
         own = (o.cost_usd or 0.0) + (o.earlier_cost_usd or 0.0)
         if key in most and most[key] > own:
             row["earlier_cost_usd"] = most[key] - (o.cost_usd or 0.0)
+        if key in tried and tried[key] > (o.finished_at or 0.0):
+            row["tried_at"] = tried[key]
         rows[key] = row
     return rows
 

@@ -161,3 +161,29 @@ async def test_status_names_both_options_of_a_selection_that_has_both(tmp_path: 
         before = counts(sim)
         await run_job(job, replace(both, limit=None))
         assert sent_rows(sim, prompts, before) == picked[4:]
+
+
+@pytest.mark.anyio
+async def test_rows_whose_rerun_failed_are_not_sent_again_by_the_run_that_goes_on(
+        tmp_path: Path) -> None:
+    """Answered rows sent again with --rerun-where under a --limit, and refused (a 400, for a
+    prompt changed with --force): each keeps its answer, and the run's compaction kept that record
+    alone, so the failure's time was lost and the next run sent the same rows again, first.
+    The record kept carries it (tried_at)."""
+    inp = make_csv(tmp_path / "in.csv", N)
+    prompts = [f"{p} [[sim:400]]" for p in texts({})]
+    rerun = RunOptions(rerun_where="status == 'ok'", limit=3, force=True, retry=FAST.retry,
+                       progress="none", handle_signals=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        await run_job(job_for(tmp_path, sim.base_url, inp), FAST)
+        answers = results(tmp_path).set_index("id")["content"]
+        refused = job_for(tmp_path, sim.base_url, inp, prompt="Summarise: {text} [[sim:400]]")
+        seen = []
+        for _ in range(3):
+            before = counts(sim)
+            await run_job(refused, rerun)
+            seen.append(sent_rows(sim, prompts, before))
+    assert seen == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    df = results(tmp_path).set_index("id")
+    assert (df["status"] == "ok").all() and df["content"].equals(answers)
+    assert "tried_at" not in df.columns  # the journal's own
