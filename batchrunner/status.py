@@ -165,7 +165,7 @@ def format_status(out_dir: Path) -> str:
     selected = last_run.get("selection") if isinstance(last_run, dict) else None
     since = selected.get("since_s") if isinstance(selected, dict) else None
     state = Journal(out_dir).fold_latest(
-        (*_Tally.COLUMNS, "choices", "finished_at"),
+        (*_Tally.COLUMNS, "choices"),
         lambda: _Tally(times=locked, choices=asked,
                        since=since if type(since) in (int, float) else None))
     total = int(meta.get("total_rows") or 0)
