@@ -296,6 +296,11 @@ def format_status(out_dir: Path) -> str:
             rerun_left and last.get("retry_failed") is True) else ()
         if rerun_left:
             extra += ("--rerun-where", str(where))
+        if not last.get("finished_at") and type(limit_given := last.get("limit")) is int:
+            # A trial of a few rows killed: resumed as it was run, not with the whole input
+            # (the same command sends that many more of the rows left). One stopped says what
+            # finishes the job, as one that ran through does.
+            extra += ("--limit", str(limit_given))
         command = rerun.command(extra)
         # What that command sends: the rows to do, and the failed ones again (nothing left to
         # send, its last rows the ones failing: the failed to retry).

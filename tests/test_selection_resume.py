@@ -187,3 +187,27 @@ async def test_rows_whose_rerun_failed_are_not_sent_again_by_the_run_that_goes_o
     df = results(tmp_path).set_index("id")
     assert (df["status"] == "ok").all() and df["content"].equals(answers)
     assert "tried_at" not in df.columns  # the journal's own
+
+
+@pytest.mark.anyio
+async def test_a_limited_run_killed_is_resumed_with_its_limit(tmp_path: Path) -> None:
+    """A --limit trial killed: status's command to resume it had no --limit, and sent every
+    row of the input (a night's job, at 2 AM, for a trial of a few rows). A trial stopped
+    (Ctrl-C) is told what finishes the job, as one that ran through is."""
+    inp = make_csv(tmp_path / "in.csv", N)
+    async with Simulator(SimulatorConfig()) as sim:
+        await run_job(job_for(tmp_path, sim.base_url, inp), replace(FAST, limit=3))
+    meta_path = tmp_path / "out" / "job.json"
+    meta = json.loads(meta_path.read_text())
+    meta["last_run"]["finished_at"] = None  # killed before it ended
+    meta_path.write_text(json.dumps(meta))
+    said = next(line for line in format_status(tmp_path / "out").splitlines()
+                if "did not finish" in line)
+    assert said.endswith(" --limit 3"), said
+    meta["last_run"].update(finished_at=meta["last_run"]["started_at"],
+                            stopped="interrupted by Ctrl-C")  # stopped: what finishes the job
+    meta_path.write_text(json.dumps(meta))
+    shown = format_status(tmp_path / "out")
+    said = next(line for line in shown.splitlines() if line.startswith("  to finish"))
+    assert said.startswith("  to finish, 5 rows to do: batchrunner run ") and (
+        "--limit" not in said), shown

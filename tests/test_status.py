@@ -376,8 +376,8 @@ def test_status_names_no_command_that_would_not_resume_for_an_option_holding_the
     meta["last_run"].update(finished_at=None, stopped=None)  # killed while sending
     meta_path.write_text(json.dumps(meta))
     assert ("did not finish (killed, or the machine stopped): run the job again with the "
-            "options it was given (--input is not kept: its value holds the API key)"
-            ) in format_status(tmp_path / "out")
+            "options it was given and --limit 2 (--input is not kept: its value holds the API "
+            "key)") in format_status(tmp_path / "out")  # the trial resumed as a trial
     # What it says to add is quoted as a shell reads it back, as a whole command's options are.
     assert rerun_command(meta, tmp_path / "out", extra=(
         "--force", "--rerun-where", "finish_reason == 'length'")) == (
