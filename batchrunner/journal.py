@@ -774,9 +774,10 @@ def _latest(segs: Sequence[Path], order: Order | None, *, cost: bool = False,
             hashes: bool = False, fresh: Fresh | None = None,
             tried_since: float | None = None, tried_at: bool = False) -> Latest:
     """The winners are kept per input position (17 bytes a row, 8 more with the cost and 8 with
-    the estimates of tries with no usage where a record has one, 8 with the hashes and 1 with
-    ``fresh``) and each batch of records is scattered over them, so nothing is sorted but the
-    odd key the input does not have."""
+    the estimates of tries with no usage where a record has one, 8 with the hashes, 1 with
+    ``fresh``, and 8 with the times rows were tried, ``tried_since`` or ``tried_at``) and
+    each batch of records is scattered over them, so nothing is sorted but the odd key the
+    input does not have."""
     rows = 0 if order is None else order.rows
     best_loc = np.full(rows, -1, np.int64)
     best_ok = np.full(rows, -1, np.int8)
@@ -1111,7 +1112,6 @@ def _row_tried(table: pa.Table, keep: np.ndarray) -> np.ndarray:
     np.fmax.at(newest, codes[outcome], at[outcome])
     tried: np.ndarray = newest[codes[keep]]
     return tried
-
 
 
 def _winners(table: pa.Table
