@@ -175,13 +175,6 @@ class _Answers:
     records: dict[str, _Record] = field(default_factory=dict)  # by key: the rows to send again
 
 
-def _observed_completion(plan: Plan) -> tuple[Observed | None, dict[str, Observed]]:
-    """The ok answers' mean completion tokens for a choice asked, over all of them and by the
-    model each was priced as (``_read_answers``)."""
-    answers = _read_answers(plan)
-    return answers.observed, answers.by_model
-
-
 def _read_answers(plan: Plan) -> _Answers:
     """The ok answers' mean completion tokens for a choice asked (a reply's usage counts
     every choice of its ``n``: the rows' own, ``choices_asked``, else the job's), over all of
@@ -294,7 +287,7 @@ def estimate(plan: Plan) -> Estimate:
     models_vary = plan.builder is None or bool(job.request.model_column)
     unseen = 0  # rows to send of a model with no answer yet, in such a job
     unbounded = 0  # rows to send with no max_tokens of their own
-    for key, row, resent in rows_to_send(plan):
+    for key, row, _, resent in rows_to_send(plan):
         item, reason = make_work(plan, key, row)
         if item is None:
             est.not_sendable[reason] += 1

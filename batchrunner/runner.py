@@ -1452,22 +1452,15 @@ def _first_duplicate(ids: pa.Array, in_order: pa.Array | None = None) -> str | N
 def iter_rows(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float]]:
     """(key, row, what the row has cost so far) for every input row to send this run
     (``plan.done`` skipped), in order; the cost is NaN for a row with no record yet."""
-    for key, row, cost, _ in _rows_to_send(plan):
+    for key, row, cost, _ in rows_to_send(plan):
         yield key, row, cost
 
 
-def rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], bool]]:
-    """(key, row, whether it is sent again for its own sake: ``_rows_to_send``) for every input
-    row to send this run, in order: the estimate takes such a row's earlier answer as its own."""
-    for key, row, _, resent in _rows_to_send(plan):
-        yield key, row, resent
-
-
-def _rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float, bool]]:
+def rows_to_send(plan: Plan) -> Iterator[tuple[str, dict[str, Any], float, bool]]:
     """``iter_rows``'s rows, each with whether it is sent again for its own sake: it has an
     outcome (ok or failed) from an earlier run, not only billed tries (``Plan.unfinished``),
     and it is not a row whose text changed that no run has sent with its text now
-    (``Plan.untried``)."""
+    (``Plan.untried``). The estimate takes such a row's earlier answer as its own."""
     kc = plan.key_column
     unfinished = plan.unfinished
     # Rows whose text changed are sent for their new text, as new rows are (positions sorted),
@@ -1880,7 +1873,7 @@ class _Run:
         self.target_workers = (max_concurrency if fixed_concurrency
                                else min(max_concurrency, INITIAL_CONCURRENCY))
         self.workers = 0
-        self.rows: Iterator[tuple[str, dict[str, Any], float, bool]] = _rows_to_send(plan)
+        self.rows: Iterator[tuple[str, dict[str, Any], float, bool]] = rows_to_send(plan)
         self.row_hash = row_hasher(plan.builder)
         self.rows_done = False  # the input iterator is exhausted (or broke)
         self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows

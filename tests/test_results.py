@@ -611,7 +611,7 @@ def test_status_and_estimate_read_a_compacted_journal_a_row_group_at_a_time(
     record a row) hold a row group of it at a time, not the whole journal, and say what
     reading it whole says."""
     from batchrunner.cli import main
-    from batchrunner.estimate import _observed_completion
+    from batchrunner.estimate import _read_answers
     from batchrunner.status import format_status
 
     monkeypatch.chdir(tmp_path)
@@ -638,7 +638,8 @@ def test_status_and_estimate_read_a_compacted_journal_a_row_group_at_a_time(
     assert re.search(r"\n  failed \w+: 2\n", status), status
     assert sum(read) == 40 and max(read) == 8
     read.clear()  # estimate's mean of the answers so far, likewise
-    observed, by_model = _observed_completion(plan_from_output(out))
+    answers = _read_answers(plan_from_output(out))
+    observed, by_model = answers.observed, answers.by_model
     assert observed is not None and by_model == {"gpt-4o-mini": observed}
     mean, answers, _ = observed
     assert answers == 38 and sum(read) == 40 and max(read) == 8
