@@ -628,14 +628,21 @@ class Journal:
         _fsync_dir(self.directory)
         return final
 
-    def iter_compacted(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
-        """The row groups of the compacted journal, in order (call ``compact`` first)."""
+    def _compacted_file(self) -> tuple[Path, pq.ParquetFile]:
         segs = self.segments()
         if len(segs) != 1:
             raise JournalError(f"{self.directory}: the journal is not compacted")
-        pf = _open(segs[0])
+        return segs[0], _open(segs[0])
+
+    def iter_compacted(self, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+        """The row groups of the compacted journal, in order (call ``compact`` first)."""
+        seg, pf = self._compacted_file()
         for rg in range(pf.num_row_groups):
-            yield _read_group(pf, segs[0], rg, columns)
+            yield _read_group(pf, seg, rg, columns)
+
+    def compacted_rows(self) -> int:
+        """How many records the compacted journal holds (call ``compact`` first)."""
+        return int(self._compacted_file()[1].metadata.num_rows)
 
     def latest(self, order: Order | None, *, cost: bool = False,
                hashes: bool = False, tried_since: float | None = None) -> Latest:

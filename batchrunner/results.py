@@ -39,7 +39,6 @@ from batchrunner.records import (
     RETRYING,
 )
 from batchrunner.report import (
-    REPORT_COLUMNS,
     OutcomeStats,
     audio_at_text_price,
     build_report,
@@ -195,10 +194,12 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
         (_changed_left(journal, order, plan.fresh), True) if plan.fresh is not None
         else recorded_changed_left(plan.job_meta))
     results_path = plan.out_dir / f"results.{job.output.format}"
+    asked = choices_asked(plan.job_meta.get("request") or {})
+    stats = OutcomeStats(choices=asked)
     try:
         statuses, billed_usd = _write_results(
             plan, journal, order, results_path,
-            bool(plan.limited) if limited is None else limited)
+            bool(plan.limited) if limited is None else limited, stats)
     except OutputError as e:
         raise _saved(e) from None
     summary.rows = sum(statuses.values())
@@ -214,14 +215,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     # The compacted journal holds the input's rows first, in its order, then rows the input
     # no longer has (an id-keyed input that lost rows): the figures are the input's.
     in_input = summary.ok + summary.failed + statuses.get(RETRYING, 0)
-    asked = choices_asked(plan.job_meta.get("request") or {})
-    stats = OutcomeStats(choices=asked)
-    recorded = 0
-    if journal.segments():
-        for group in journal.iter_compacted(REPORT_COLUMNS):
-            if recorded < in_input:
-                stats.add(group.slice(0, in_input - recorded))
-            recorded += group.num_rows
+    recorded = journal.compacted_rows() if journal.segments() else 0
     last_run, wall_s, counters = _last_runs(plan.job_meta)
     report = build_report(
         stats, prices=plan.prices,
@@ -344,12 +338,13 @@ def _logprobs_kept(plan: Plan, journal: Journal) -> bool:
         "logprobs")
 
 
-def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path,
-                   limited: bool) -> tuple[Counter[str | None], list[pa.Array]]:
-    """Write the results file; return the rows by their journal status (None: no record), and
-    the ``earlier_cost_usd`` of those whose record is ``retrying``. Such a row (counted as
-    such) is a row to do: its ``status`` and ``finished_at`` are null, as for a row never sent,
-    and its ``attempts`` and ``earlier_cost_usd`` say what its billed attempts cost.
+def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path, limited: bool,
+                   stats: OutcomeStats) -> tuple[Counter[str | None], list[pa.Array]]:
+    """Write the results file, and add the input's records to ``stats`` on the way; return
+    the rows by their journal status (None: no record), and the ``earlier_cost_usd`` of those
+    whose record is ``retrying``. Such a row (counted as such) is a row to do: its ``status``
+    and ``finished_at`` are null, as for a row never sent, and its ``attempts`` and
+    ``earlier_cost_usd`` say what its billed attempts cost.
 
     ``limited`` (a ``--limit`` run's results): the file ends at the last input row with a
     record, and the input is read no further; the rows after it count as rows with none."""
@@ -369,6 +364,8 @@ def _write_results(plan: Plan, journal: Journal, order: InputOrder, path: Path,
             n = batch.num_rows
             rows, pos = (outcomes.take_below(start + n) if outcomes
                          else (empty, np.empty(0, np.int64)))
+            if rows.num_rows:
+                stats.add(rows)
             last = limited and not (outcomes and outcomes.left())
             if last:  # the rows after the last one done are not written
                 n = int(pos[-1]) + 1 - start if len(pos) else 0
