@@ -79,11 +79,15 @@ __all__ = [
     "InputSource",
     "ResultWriter",
     "RunLock",
+    "Stamp",
     "check_utf8_path",
+    "fingerprint_of",
+    "input_files",
     "is_locked",
     "open_input",
     "remove_stale_temp_files",
     "shown_path",
+    "stamp_of",
     "temp_path_for",
     "write_atomic_bytes",
 ]
@@ -298,6 +302,52 @@ def _check_unique_names(path: Path, names: Sequence[str], what: str = "column") 
         seen.add(name)
 
 
+#: Each file's device, inode, size and modification time, in order (``stamp_of``).
+Stamp = tuple[tuple[int, int, int, int], ...]
+
+
+def input_files(path: Path) -> list[Path]:
+    """The files the input at ``path`` is read from, as ``InputSource.files`` has them: the
+    file itself, or a directory's Parquet files (``InputError`` if it cannot be listed), without
+    opening any: for ``stamp_of`` alone (``batchrunner status``)."""
+    return _parquet_files_in(path) if path.is_dir() else [path]
+
+
+def stamp_of(files: Sequence[Path]) -> Stamp | None:
+    """Each file's device, inode, size and modification time: cheap to take, and changed when
+    a file is replaced or rewritten (``fingerprint_of`` tells whether its bytes did). None when
+    a file cannot be looked at (removed, say)."""
+    try:
+        return tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                     for st in (os.stat(f) for f in files))
+    except OSError:
+        return None
+
+
+def fingerprint_of(path: Path, kind: str, files: Sequence[Path]) -> str:
+    """SHA-256 (hex) over the input's size and bytes, the input at ``path`` of ``kind``
+    (``InputSource.kind``) read from ``files``; for a directory, each file's name too.
+
+    Reads the whole input in 1 MiB chunks. The same bytes give the same fingerprint; any
+    changed, added or removed byte (or file) gives another.
+    """
+    h = hashlib.sha256()
+    h.update(f"batchrunner-input-v1\0{kind}\0".encode())
+    is_dir = path.is_dir()
+    for file in files:
+        try:
+            with open(file, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if is_dir:
+                    h.update(file.name.encode("utf-8", "surrogateescape") + b"\0")
+                h.update(f"{size}\0".encode())
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        except OSError as exc:
+            raise _input_error(path, f"cannot read {file.name} ({_os_reason(exc)})") from None
+    return h.hexdigest()
+
+
 class InputSource(abc.ABC):
     """An input file (or Parquet directory), checked at open time, whose rows can be streamed.
 
@@ -338,39 +388,13 @@ class InputSource(abc.ABC):
         """The files this input reads, in order (one, or a directory's Parquet files)."""
         return [self.path]
 
-    def stamp(self) -> tuple[tuple[int, int, int, int], ...] | None:
-        """Each file's device, inode, size and modification time: cheap to take, and changed
-        when a file is replaced or rewritten (``fingerprint`` tells whether its bytes did).
-        None when a file cannot be looked at (removed, say)."""
-        try:
-            return tuple((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-                         for st in (os.stat(f) for f in self.files()))
-        except OSError:
-            return None
+    def stamp(self) -> Stamp | None:
+        """Each file's device, inode, size and modification time (``stamp_of``)."""
+        return stamp_of(self.files())
 
     def fingerprint(self) -> str:
-        """SHA-256 (hex) over the input's size and bytes; for a directory, each file's name too.
-
-        Reads the whole input in 1 MiB chunks. The same bytes give the same fingerprint; any
-        changed, added or removed byte (or file) gives another.
-        """
-        h = hashlib.sha256()
-        h.update(f"batchrunner-input-v1\0{self.kind}\0".encode())
-        is_dir = self.path.is_dir()
-        for file in self.files():
-            try:
-                with open(file, "rb") as f:
-                    size = os.fstat(f.fileno()).st_size
-                    if is_dir:
-                        h.update(file.name.encode("utf-8", "surrogateescape") + b"\0")
-                    h.update(f"{size}\0".encode())
-                    while chunk := f.read(_CHUNK):
-                        h.update(chunk)
-            except OSError as exc:
-                raise _input_error(
-                    self.path, f"cannot read {file.name} ({_os_reason(exc)})"
-                ) from None
-        return h.hexdigest()
+        """SHA-256 (hex) over the input's size and bytes (``fingerprint_of``)."""
+        return fingerprint_of(self.path, self.kind, self.files())
 
     # -- rows -------------------------------------------------------------------------------
 

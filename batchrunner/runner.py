@@ -505,7 +505,7 @@ class Plan:
     order: InputOrder | None = None  # journal keys → input positions
     # The input's files as prepare found them (InputSource.stamp): the end of a run checks
     # that the rows it merges with the journal are still those it read.
-    input_stamp: tuple[tuple[int, int, int, int], ...] | None = None
+    input_stamp: io.Stamp | None = None
     # The journal's newest finished_at as prepare read it: a run's records finish after it
     # (JournalWriter's not_before), whatever the clock did since.
     newest_at: float = -math.inf
@@ -754,6 +754,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         "name": job.name,
         "input_path": str(source.path),
         "input_fingerprint": fingerprint,
+        # The stamp of the input read and its kind: `status` looks at the input by its stamp,
+        # reading it through (its fingerprint, with its kind) only where that differs.
+        "input_stamp": stamp,
+        "input_kind": source.kind,
         "id_column": key_column,
         "request_fingerprint": settings_fingerprint(request_settings),
         "request": request_settings,
