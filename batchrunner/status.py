@@ -29,7 +29,7 @@ from batchrunner.config import (
     settings_changed,
     settings_fingerprint,
 )
-from batchrunner.errors import JournalError, UsageError
+from batchrunner.errors import InputError, JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
 from batchrunner.progress import duration, shell_quote
@@ -54,8 +54,8 @@ from batchrunner.report import (
 from batchrunner.results import recorded_changed_left
 
 __all__ = ["FULL_DISK_BYTES", "Rerun", "budget_to_raise", "format_status", "free_bytes",
-           "option_given", "plus_earlier", "read_meta", "rerun_command", "resume_advice",
-           "round_up", "run_in_progress"]
+           "input_moved", "option_given", "plus_earlier", "read_meta", "rerun_command",
+           "resume_advice", "round_up", "run_in_progress"]
 
 
 def read_meta(out_dir: Path) -> dict[str, Any]:
@@ -272,6 +272,8 @@ def format_status(out_dir: Path) -> str:
             lines.append(outage or _pace(finished_at, to_do, now,
                                          started if back is None else back,
                                          back=back is not None))
+            if moved := input_moved(meta):  # the run stops at its end without results
+                lines.append(_input_line(moved, meta, rerun, running=True))
     elif isinstance(last, dict) and last.get("started_at"):
         # The command that finishes the job, for whoever did not write it (only its crontab
         # knew): the job file's run, or the options, that job.json keeps. After a stop for rows
@@ -387,7 +389,83 @@ def format_status(out_dir: Path) -> str:
             lines.append(f"  the job file's request settings changed since the last run "
                          f"({', '.join(changed_now)}): a run is refused (exit 2) unless given "
                          "--force, which sends the rows left with the new ones")
+        # Tonight's export over last night's input: not the rows counted above. (A run that
+        # met that as it ended said so in its stop, above.)
+        if kind != "input_changed" and (moved := input_moved(meta)):
+            lines.append(_input_line(moved, meta, rerun, running=False))
     return "\n".join(lines)
+
+
+def input_moved(meta: dict[str, Any]) -> str:
+    """What became of the job's input since its last run read it: "" (the same bytes, or not
+    to be told cheaply), "changed", "gone" or "unreadable". Cheap, for a status beside a run
+    every few minutes: each file's stamp (``io.stamp_of``) against the one the run recorded,
+    a changed size a change; the input read through (its fingerprint) only where a stamp
+    differs with every size the same (touched, or copied back the same), as the run's own end
+    reads it (runner's ``_input_moved``). For a job.json from before the stamp was recorded,
+    read through only where a file was modified after the last run started."""
+    path = Path(meta["input_path"])
+    try:
+        files = io.input_files(path)
+    except UsageError:  # a directory that cannot be listed (InputError), or its names
+        return "unreadable"
+    stamp = io.stamp_of(files)
+    if not stamp:  # a file that cannot be looked at, or a directory's Parquet files all gone
+        return "unreadable" if stamp is None and path.exists() else "gone"
+    if not all(os.access(f, os.R_OK) for f in files):
+        return "unreadable"
+    recorded = meta.get("input_stamp")
+    if isinstance(recorded, list) and all(
+            isinstance(s, list) and len(s) == 4 and all(type(v) is int for v in s)
+            for s in recorded):
+        then = tuple(tuple(s) for s in recorded)
+        if stamp == then:
+            return ""
+        if [s[2] for s in stamp] != [s[2] for s in then]:
+            return "changed"  # another size: other bytes
+    else:  # an older batchrunner's job.json: the input as that run started, if not modified
+        started = _epoch(meta.get("last_run"))
+        if started is None or max(s[3] for s in stamp) < started * 1e9:
+            return ""
+    kind = meta.get("input_kind")
+    try:
+        now = (io.fingerprint_of(path, kind, files) if isinstance(kind, str)
+               else io.open_input(path).fingerprint())
+    except InputError:
+        return "unreadable"
+    return "" if now == meta.get("input_fingerprint") else "changed"
+
+
+def _input_line(moved: str, meta: dict[str, Any], rerun: Rerun, *, running: bool) -> str:
+    """What ``input_moved`` found (``moved``), and what to do, as a run would meet it: an
+    id-keyed input's new and changed rows are sent by the same command; a position-keyed
+    one's change is refused unless --force (runner's ``_check_same_job``). ``running``: of a
+    run in progress, which stops at its end without writing the results then."""
+    path = meta["input_path"]
+    since = "the run in progress" if running else "the last run"
+    stops = "the run stops at its end without writing the results"
+    if moved == "gone":
+        return (f"  input {path} is gone since {since} read it: "
+                + (stops if running else "a run cannot read it") + " — put it back at that "
+                "path, or run the job again with --input naming where it is now")
+    if moved == "unreadable":
+        return (f"  input {path} cannot be read now (its permissions, or a file of it): a run "
+                "cannot read it — make it readable again")
+    if meta.get("id_column") is not None:  # not counted: that reads the whole input
+        command = rerun.command()
+        return (f"  input {path} changed since {since} read it"
+                + (f": {stops}; then running the job again sends the rows that are new or "
+                   "changed, and writes them" if running else
+                   " (the counts above are of the rows it read): running the job again sends "
+                   "the rows that are new or changed") + (f": {command}" if command else ""))
+    command = rerun.command(("--force",))
+    return (f"  input {path} changed since {since} read it, and rows are keyed by position: "
+            + (f"{stops}; then" if running else "running the job again is refused (exit 2) "
+               "unless given --force —")
+            + " if a row was inserted or removed, every row after it would be sent again: use "
+            "another --output directory with an id column (--id-column); if rows were only "
+            "added at its end or changed in place, --force sends them (the rows done keep "
+            "their positions)" + (f": {command}" if command else ""))
 
 
 def _raise_budget(meta: dict[str, Any], rerun: Rerun, spent: float, paid: int,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -564,3 +566,160 @@ def test_a_killed_runs_pid_taken_by_another_process_is_not_the_run_in_progress(
         shown = format_status(out)
         assert f"a run is in progress (pid {os.getpid()}, " in shown
         assert "the endpoint has not answered for " in shown
+
+
+def input_lines(out: Path) -> list[str]:
+    """The lines status says of the job's input (none while it is the one the run read)."""
+    return [x for x in format_status(out).splitlines() if x.startswith("  input ")]
+
+
+def touch_later(path: Path) -> None:
+    """``path`` modified a second later than it was, its bytes the same (``touch``)."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_status_says_an_id_keyed_input_changed_since_the_last_run_and_what_a_run_sends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nightly job's input replaced by tonight's export (a row added): status read job.json
+    and the journal alone, and said the job was done, 0 rows to do, while the next run sends
+    the new row. It says the input changed and names the command, which does send it; it does
+    not count the rows (that reads the whole input). The input looked at by its files' stamp:
+    unchanged, not read at all; touched, or copied back with the same bytes, read once and no
+    alarm raised."""
+    import batchrunner.io
+
+    out = simulated_job(tmp_path, monkeypatch, 3)
+    read: list[Path] = []
+    fingerprint_of = batchrunner.io.fingerprint_of
+
+    def counted(path: Path, kind: str, files: Any) -> str:
+        read.append(path)
+        return fingerprint_of(path, kind, files)
+
+    monkeypatch.setattr(batchrunner.io, "fingerprint_of", counted)
+    assert input_lines(out) == [] and read == []  # unchanged: not read
+    inp = tmp_path / "in.csv"
+    touch_later(inp)
+    assert input_lines(out) == [] and len(read) == 1  # the same bytes: no alarm
+    (tmp_path / "copy.csv").write_bytes(inp.read_bytes())
+    (tmp_path / "copy.csv").replace(inp)  # another inode, the same bytes
+    assert input_lines(out) == [] and len(read) == 2
+    with inp.open("a") as f:
+        f.write("r3,text 3\n")
+    shown = format_status(out)
+    assert "3 of 3 rows finished" in shown
+    command = ("batchrunner run --input in.csv --id-column id --model gpt-4o-mini --prompt "
+               "'X {text}' --simulator --output out")
+    assert input_lines(out) == [
+        f"  input {inp} changed since the last run read it (the counts above are of the rows "
+        f"it read): running the job again sends the rows that are new or changed: {command}"]
+    assert len(read) == 2  # another size: not read
+    sent = Journal(out).read(["status"]).num_rows
+    assert main([*shlex.split(command)[1:], "--progress", "none"]) == 0
+    assert Journal(out).read(["status"]).num_rows == sent + 1  # the new row, sent
+    assert "4 of 4 rows finished" in format_status(out) and input_lines(out) == []
+
+
+def test_status_says_what_a_run_says_of_a_position_keyed_input_changed_or_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows keyed by position, a row inserted at the top of the input: status said the job
+    was done, while the next run is refused until --force (exit 2). It says so, as the run
+    does: another --output with an id column if a row was inserted or removed, else the
+    command with --force. An input removed: status says it is gone and what to do."""
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("text\na\nb\nc\n")
+    args = ["run", "--input", "in.csv", "--prompt", "X {text}", "--model", "gpt-4o-mini",
+            "--simulator", "--output", "out"]
+    assert main([*args, "--progress", "none"]) == 0
+    out = tmp_path / "out"
+    assert input_lines(out) == []
+    inp.write_text("text\nz\na\nb\nc\n")
+    assert input_lines(out) == [
+        f"  input {inp} changed since the last run read it, and rows are keyed by position: "
+        "running the job again is refused (exit 2) unless given --force — if a row was "
+        "inserted or removed, every row after it would be sent again: use another --output "
+        "directory with an id column (--id-column); if rows were only added at its end or "
+        "changed in place, --force sends them (the rows done keep their positions): "
+        "batchrunner run --input in.csv --model gpt-4o-mini --prompt 'X {text}' --simulator "
+        "--output out --force"]
+    capsys.readouterr()
+    assert main([*args, "--progress", "none"]) == 2  # as status says
+    assert "rows are keyed by position" in capsys.readouterr().err
+    inp.unlink()
+    assert input_lines(out) == [
+        f"  input {inp} is gone since the last run read it: a run cannot read it — put it "
+        "back at that path, or run the job again with --input naming where it is now"]
+
+
+def test_status_of_an_older_job_json_without_the_inputs_stamp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """job.json written before it recorded the input's stamp: status does not fail, and reads
+    the input through only where a file of it was modified after the last run started (its
+    stamp then unknown): the same bytes say nothing, others that it changed."""
+    import batchrunner.io
+
+    out = simulated_job(tmp_path, monkeypatch, 3)
+    meta_path = out / "job.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["input_kind"] == "csv" and len(meta["input_stamp"]) == 1
+    for key in ("input_stamp", "input_kind"):
+        del meta[key]
+    meta_path.write_text(json.dumps(meta))
+    inp = tmp_path / "in.csv"
+    os.utime(inp, ns=(0, int((meta["last_run"]["started_s"] - 60) * 1e9)))  # before it
+    read: list[Path] = []
+    fingerprint_of = batchrunner.io.fingerprint_of
+
+    def counted(path: Path, kind: str, files: Any) -> str:
+        read.append(path)
+        return fingerprint_of(path, kind, files)
+
+    monkeypatch.setattr(batchrunner.io, "fingerprint_of", counted)
+    assert input_lines(out) == [] and read == []
+    os.utime(inp)  # now: after the run started, the same bytes
+    assert input_lines(out) == [] and len(read) == 1
+    with inp.open("a") as f:
+        f.write("r3,text 3\n")
+    assert [x.split(" (")[0] for x in input_lines(out)] == [
+        f"  input {inp} changed since the last run read it"]
+
+
+def test_status_beside_a_run_whose_input_changes_says_the_run_will_not_write_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The input rewritten while a run is in progress: the run stops at its end without
+    writing the results (runner's _input_moved), which status beside it did not foresee. It
+    says so, and what to do then; once the run has stopped, its stop says it (once)."""
+    from batchrunner.simulator import SimulatorConfig, SimulatorThread
+    from tests.test_crash import cli_process, make_csv, run_args
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-status-0123456789")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    n = 4
+    inp = make_csv(tmp_path / "in.csv", n, dict.fromkeys(range(n), " [[sim:slow]]"))
+    out = tmp_path / "out"
+    with SimulatorThread(SimulatorConfig(latency_ms=5, slow_ms=4000)) as sim:
+        args = run_args(inp, sim.base_url, out, "--concurrency", str(n))
+        with cli_process(tmp_path, args) as (proc, err_path, _):
+            deadline = time.monotonic() + 60
+            while "a run is in progress" not in (shown := format_status(out) if (
+                    out / "job.json").exists() else ""):
+                assert proc.poll() is None, err_path.read_text()
+                assert time.monotonic() < deadline, shown
+                time.sleep(0.05)
+            assert input_lines(out) == []
+            with inp.open("a") as f:
+                f.write("r9999,a row added\n")
+            during = input_lines(out)
+            assert proc.wait(timeout=60) == 4, err_path.read_text()  # stopped
+    assert [x.split(": batchrunner run ")[0] for x in during] == [
+        f"  input {inp} changed since the run in progress read it: the run stops at its end "
+        "without writing the results; then running the job again sends the rows that are new "
+        "or changed, and writes them"], during
+    assert during[0].endswith(" --output " + str(out)), during
+    last = json.loads((out / "job.json").read_text())["last_run"]
+    assert last["stop_kind"] == "input_changed"
+    shown = format_status(out)
+    assert "changed while the job ran" in shown and input_lines(out) == [], shown
