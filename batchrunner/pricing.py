@@ -275,10 +275,9 @@ class PriceBook:
         """The job's own prices, read-only."""
         return MappingProxyType(self._overrides)
 
-    def cost(
+    def cost(  # arguments by position too: the runner's call for each reply names none
         self,
         model: str | None,
-        *,
         prompt_tokens: int | None,
         completion_tokens: int | None,
         cached_tokens: int | None = 0,

@@ -3539,12 +3539,10 @@ class _Run:
                     and search_requested(item.body) is not None else None)
         if tier is None:
             tier = tier_asked(item.body)
-        cost = prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
-                           cached_tokens=cached, reasoning_tokens=reasoning,
-                           web_searches=searches, sources=sources, search_requests=requests,
-                           cache_write_tokens=written, cache_write_1h_tokens=written_1h,
-                           service_tier=tier, audio_prompt_tokens=heard,
-                           audio_completion_tokens=spoken)
+        # By position, in cost()'s order: naming the 12 arguments matched each name, some
+        # 900 instructions a reply.
+        cost = prices.cost(model, prompt, completion, cached, reasoning, searches, sources,
+                           requests, written, written_1h, tier, heard, spoken)
         if cost is None and (prompt is None or completion is None):
             # No usage to price (a gateway that leaves it out), billed all the same: its
             # estimate is carried with the row (unreported_usd), as a cut try's is, for the
