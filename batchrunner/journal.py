@@ -90,6 +90,7 @@ ORDER_KEY = b"batchrunner.order"
 # Locations grow in the order records were written (segments sort by run, then sequence).
 _ROW_BITS = 24
 _GROUP_BITS = 16
+_GROUP_MASK = (1 << _GROUP_BITS) - 1
 _ROW_MASK = (1 << _ROW_BITS) - 1
 _T = TypeVar("_T")
 
@@ -675,21 +676,43 @@ class Journal:
         only the rows it takes."""
         last: tuple[int, pa.Table] | None = None
         pf_cache: tuple[int, pq.ParquetFile] | None = None
+
+        def file(si: int) -> pq.ParquetFile:
+            nonlocal pf_cache
+            if pf_cache is None or pf_cache[0] != si:
+                pf_cache = (si, _open(segs[si]))
+            return pf_cache[1]
+
+        def group(g: int) -> pa.Table:
+            nonlocal last
+            if last is None or last[0] != g:
+                si = g >> _GROUP_BITS
+                last = (g, _read_group(file(si), segs[si], g & _GROUP_MASK, None))
+            return last[1]
+
         for start in range(0, len(loc), _GATHER_ROWS):
             window = loc[start:start + _GATHER_ROWS]
             groups = window >> _ROW_BITS
-            perm = np.argsort(groups, kind="stable")
-            uniq, first = np.unique(groups[perm], return_index=True)
-            bounds = [*first.tolist(), len(window)]
+            uniq, which = np.unique(groups, return_inverse=True)
+            sizes = np.array([file(g >> _GROUP_BITS).metadata.row_group(g & _GROUP_MASK).num_rows
+                              for g in uniq.tolist()], np.int64)
+            if sizes.sum() <= 2 * len(window):
+                # The groups it takes from (most of their rows, as a rule: a run's segments),
+                # joined, then one copy of its records in order: half the copying of the
+                # other way, which copies each record twice.
+                offsets = np.cumsum(sizes) - sizes
+                rows = offsets[which] + (window & _ROW_MASK)
+                joined = pa.concat_tables([group(g) for g in uniq.tolist()])
+                yield start, pc.take(joined, int64_array(rows))
+                continue
+            # Few rows of each group (rows sent again by later runs, say): a group in memory
+            # at a time, its rows taken, then put in order.
+            perm = np.argsort(which, kind="stable")
+            bounds = np.searchsorted(which[perm], np.arange(len(uniq) + 1)).tolist()
             pieces = []
             for j, g in enumerate(uniq.tolist()):
-                if last is None or last[0] != g:
-                    si, rg = g >> _GROUP_BITS, g & ((1 << _GROUP_BITS) - 1)
-                    if pf_cache is None or pf_cache[0] != si:
-                        pf_cache = (si, _open(segs[si]))
-                    last = (g, _read_group(pf_cache[1], segs[si], rg, None))
                 rows = window[perm[bounds[j]:bounds[j + 1]]] & _ROW_MASK
-                pieces.append(pc.take(last[1], int64_array(rows)))
+                pieces.append(pc.take(group(g), int64_array(rows)))
             gathered = pa.concat_tables(pieces)
             inverse = np.empty_like(perm)
             inverse[perm] = np.arange(len(perm))

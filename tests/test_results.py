@@ -266,9 +266,12 @@ def test_keys_the_input_lacks_come_last_by_key(tmp_path: Path) -> None:
     assert table["status"].to_pylist() == ["ok", "ok", "ok", "ok", "ok"]  # ok beats later failure
 
 
+@pytest.mark.parametrize("window", [7, 300])
 def test_compact_gathers_scattered_records_across_many_row_groups(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(journal, "_GATHER_ROWS", 7)
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int) -> None:
+    """Windows of 7 records take a few rows from each of many groups, a group at a time;
+    one of 300 takes its every record from the groups joined (at most twice its rows)."""
+    monkeypatch.setattr(journal, "_GATHER_ROWS", window)
     monkeypatch.setattr(journal, "ROW_GROUP_ROWS", 16)
     rng = random.Random(4)
     j = Journal(tmp_path)
