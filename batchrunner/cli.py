@@ -43,7 +43,7 @@ from batchrunner.errors import (
     leaf,
 )
 from batchrunner.eventloop import loop_factory
-from batchrunner.progress import say, shell_quote
+from batchrunner.progress import flush_outputs, say, shell_quote
 
 __all__ = ["before_imports", "main"]
 
@@ -620,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     finally:
+        flush_outputs()  # a log with no room left: exit code 120 else, whatever the run did
         for sig, handler in found.items():
             if handler is not None:  # None: set outside Python, and not to be put back
                 signal.signal(sig, handler)

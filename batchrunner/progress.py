@@ -11,6 +11,7 @@ import stat
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -21,6 +22,7 @@ __all__ = [
     "Progress",
     "TqdmProgress",
     "duration",
+    "flush_outputs",
     "leave_terminal",
     "make_progress",
     "output_lost",
@@ -386,14 +388,47 @@ def _to_null(leave: Callable[[int, os.stat_result], bool]) -> None:
         os.close(null)
 
 
-def output_lost(error: OSError) -> None:
-    """After ``error`` writing to stdout or stderr: where it is a reader gone (EPIPE, or EIO
-    from a terminal hung up), the outputs gone are pointed at /dev/null, so that the run goes
-    on writing nowhere (what was to be read there is lost; the run's work is not); any other
-    error is raised again."""
+# Errors writing a file that has no room: a log on a full disk or over its quota, or past
+# the size limit (ulimit -f) of the files the process writes.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def output_lost(error: OSError, stream: TextIO | None = None, line: str = "") -> None:
+    """After ``error`` writing to ``stream`` (stderr by default), stdout or stderr: where it
+    is a reader gone (EPIPE, or EIO from a terminal hung up), the outputs gone are pointed at
+    /dev/null, and where it is a file with no room (a log on a full disk), ``stream`` is, the
+    other output then told so, and given ``line``, the line that was not written; batchrunner
+    goes on writing nowhere (what was to be read there is lost; the run's work is not). Any
+    other error is raised again."""
+    if error.errno in _NO_ROOM:
+        stream = sys.stderr if stream is None else stream
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):  # not a file of its own (a test's StringIO)
+            raise error from None
+        _to_null(lambda at, st: at == fd)
+        other = sys.stdout if fd == 2 else sys.stderr
+        name = "stdout" if fd == 1 else "stderr" if fd == 2 else f"file descriptor {fd}"
+        say(f"batchrunner: warning: {name} cannot be written ({os.strerror(error.errno)}): "
+            "going on without writing there", other)
+        if line:
+            say(line, other)
+        return
     if error.errno not in (errno.EPIPE, errno.EIO, errno.ECONNRESET):
         raise error
     _to_null(_gone)
+
+
+def flush_outputs() -> None:
+    """Flush stdout and stderr as the interpreter does at exit, where an output that cannot
+    be written would end the process with exit code 120 whatever the run did: one lost as
+    ``output_lost`` says is written nowhere."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError as e:
+            with suppress(OSError):
+                output_lost(e, stream)
 
 
 def say(line: str, file: TextIO | None = None) -> None:
@@ -402,7 +437,7 @@ def say(line: str, file: TextIO | None = None) -> None:
     try:
         print(line, file=out, flush=True)
     except OSError as e:
-        output_lost(e)
+        output_lost(e, out, line)
 
 
 # What a shell reads inside double quotes (bash's history expansion, !, too).

@@ -844,6 +844,46 @@ def test_status_report_and_estimate_into_a_closed_pipe_exit_quietly(tmp_path: Pa
         assert (proc.returncode, err) == (expected, b""), args
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("full", ["both", "stdout", "stderr"])
+def test_a_log_with_no_room_left_does_not_stop_the_run_nor_change_its_exit_code(
+        tmp_path: Path, full: str) -> None:
+    """A cron job's log on a full disk (/dev/full: every write fails with ENOSPC). The run
+    died with exit code 120 before sending a row when stdout and stderr both went there, and
+    after its rows when stdout alone did ("batchrunner: error: No space left on device", a
+    traceback of the interpreter's last flush); `status` then called it killed. The log is
+    lost, the run is not: every row is answered, the exit code is the run's, and the other
+    output says once that the first cannot be written, then what was not written there."""
+    n = 40
+    pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": [f"row {i}" for i in range(n)]}
+                 ).to_csv(tmp_path / "in.csv", index=False)
+    args = ["run", "--input", str(tmp_path / "in.csv"), "--id-column", "id",
+            "--prompt", "Say {text}", "--model", "gpt-4o-mini", "--simulator",
+            "--output", str(tmp_path / "out"), "--progress", "log"]
+    kept = tmp_path / "kept.txt"
+    with open("/dev/full", "wb") as no_room, kept.open("wb") as log:
+        outputs = {"stdout": no_room if full in ("both", "stdout") else log,
+                   "stderr": no_room if full in ("both", "stderr") else log}
+        proc = subprocess.run(_batchrunner(*args), cwd=tmp_path, timeout=120, **outputs)
+    assert proc.returncode == 0, kept.read_text()
+    results = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert (results["status"] == "ok").sum() == n
+    text = kept.read_text()
+    assert "Traceback" not in text and "error" not in text, text
+    if full != "both":
+        assert text.count(f"batchrunner: warning: {full} cannot be written (No space left on "
+                          "device): going on without writing there") == 1, text
+        assert f"{n} ok" in text, text  # the summary: on stdout, or after it could not be
+    # Bad input still exits 2, its line on the other output.
+    with open("/dev/full", "wb") as no_room, kept.open("wb") as log:
+        proc = subprocess.run(_batchrunner("run", "--input", str(tmp_path / "none.csv"),
+                                           "--prompt", "Say {text}", "--model", "m",
+                                           "--simulator", "--output", str(tmp_path / "o2")),
+                              cwd=tmp_path, timeout=120, stdout=log, stderr=no_room)
+    assert proc.returncode == 2
+    assert "batchrunner: error: input" in kept.read_text()
+
+
 # -- a path whose name is not UTF-8 (Latin-1 bytes, say) -----------------------------------------
 
 
