@@ -2581,6 +2581,13 @@ class _Run:
                 finally:
                     if self.client.simulator_answered and not self.simulated:
                         self._served_by_simulator()
+            except asyncio.CancelledError:
+                # Cut off at a stop, the time given to the requests in flight over: the server
+                # may bill it (the summary says so), and the row is sent again by the next run.
+                # Counted at its estimate, as a try cut in an outage is, for the reports and
+                # the next runs' budgets (the run's end writes the record).
+                self._maybe_billed(item)
+                raise
             except StopJob as e:
                 counts.in_flight -= 1
                 self._refund(item, charge)

@@ -1516,6 +1516,13 @@ async def test_requests_cut_off_by_a_stop_are_said(tmp_path: Path) -> None:
     assert s.exit_code == 4 and s.pending == 6 and s.cut_off == 4
     assert ("  4 requests were still in flight and cut off: the server may bill them, and their "
             "rows are sent again on the next run") in format_summary(s)
+    # Counted at their estimate, as tries cut in an outage are: journaled with their rows
+    # (for the next runs' budgets) and in the reports, apart from the usage servers reported.
+    cut = Journal(tmp_path / "out").read().to_pandas()
+    assert sorted(cut["status"]) == ["retrying"] * 4, cut
+    assert (cut["unknown_tries"] == 1).all() and (cut["unreported_usd"] > 0).all(), cut
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert report["cost_unreported"]["rows"] == 4, report["cost_unreported"]
 
 
 def test_status_of_a_job_file_that_has_not_run_says_so(
