@@ -1847,10 +1847,16 @@ def changed_warning(n: int, *, exact: bool = True) -> str:
             "the job to send them")
 
 
-def retry_advice(failed_by_type: Mapping[str, int]) -> str:
+def retry_advice(failed_by_type: Mapping[str, int], command: str = "") -> str:
     """What to do about the failed rows: resend them, and first fix what a resend alone would
     fail on again: the input rows that could not be sent (``invalid_row``), and what the
-    endpoint refused (a model it does not have, a setting it rejects: a 4xx)."""
+    endpoint refused (a model it does not have, a setting it rejects: a 4xx); ending with
+    ``command``, the one that resends them, where it is known."""
+    advice = _retry_advice(failed_by_type)
+    return f"{advice}: {command}" if command else advice
+
+
+def _retry_advice(failed_by_type: Mapping[str, int]) -> str:
     unsendable = failed_by_type.get("invalid_row", 0)
     too_large = failed_by_type.get("request_too_large", 0)
     refused = {t: n for t, n in failed_by_type.items()

@@ -294,7 +294,7 @@ def format_status(out_dir: Path) -> str:
         rerun_left = isinstance(where, str) and held_back
         # A run that goes on with a selection is given all of it, or it begins it again:
         # --retry-failed beside --rerun-where even with no failed row left.
-        extra: tuple[str, ...] = ("--retry-failed",) if retry or (
+        extra: tuple[str, ...] = RETRY if retry or (
             rerun_left and last.get("retry_failed") is True) else ()
         if rerun_left:
             extra += ("--rerun-where", str(where))
@@ -349,7 +349,7 @@ def format_status(out_dir: Path) -> str:
                              "(the run was stopped while writing them) — write them with: "
                              f"batchrunner report {shell_quote(str(out_dir))}")
             if failed and not (to_do or retry):  # no command below: the failed rows are left
-                lines.append(f"  {retry_advice(failed_by_type)}")
+                lines.append("  " + retry_advice(failed_by_type, rerun.command(RETRY)))
         else:
             sent = last.get("sent")
             rebuilt = meta.get("rebuilt_at")
@@ -365,7 +365,7 @@ def format_status(out_dir: Path) -> str:
                              "while writing them, or the machine stopped — write them with: "
                              f"batchrunner report {shell_quote(str(out_dir))}")
             if failed:
-                lines.append(f"  {retry_advice(failed_by_type)}")
+                lines.append("  " + retry_advice(failed_by_type, rerun.command(RETRY)))
         if command and left and kind == "budget":
             # The same command stops again at once: the job's spend so far counts. What the
             # rows --rerun-where has left cost, the estimate tells (status does not read the
@@ -557,6 +557,7 @@ def _changed_since(meta: dict[str, Any]) -> list[str]:
 
 # The options whose value is a path, which a run reads relative to the current directory.
 _PATH_OPTIONS = ("input", "output", "schema_file")
+RETRY = ("--retry-failed",)  # status's commands that send the failed rows again add it
 # What job.json keeps of an option whose value holds the API key (a URL's path, say).
 KEY_HELD_BACK = "<not kept: it holds the API key>"
 # What status says for a job with such an option, in place of a command that would not resume it

@@ -479,10 +479,12 @@ def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "25 of 25 rows finished (24 ok, 1 failed, 0 to do)" in out
     assert "http_404: 1" in out
-    assert out.rstrip().endswith(  # a resend alone fails again: fix first
+    advice, command = out.rstrip().splitlines()[-1].split(": batchrunner run ")
+    assert advice.endswith(  # a resend alone fails again: fix first
         "fix what the endpoint refused in the 1 row that failed with http_404 (a model name, a "
         "request setting: the error_message says), or it fails again, then rerun with "
         "--retry-failed to send it")
+    assert command.endswith(" --retry-failed")  # the command that does
     # A job file naming the directory does as well; a directory that is not there is named.
     (tmp_path / "job.toml").write_text(f'[input]\npath = "{inp}"\n[output]\ndir = "out"\n')
     assert main(["status", str(tmp_path / "job.toml")]) == 0
@@ -1375,8 +1377,11 @@ def test_status_after_a_rehearsal_with_failed_rows_names_the_retry_that_runs(
         assert main(rehearse) == 3
         assert "--force" not in capsys.readouterr().out
         status = format_status(tmp_path / "out").splitlines()
-        assert status[-1].endswith("then rerun with --retry-failed to send it")
-        assert main([*rehearse, "--retry-failed"]) == 3
+        advice, command = status[-1].split(": batchrunner run ")
+        assert advice.endswith("then rerun with --retry-failed to send it")
+        args = shlex.split(command)  # status's command for it, as it prints it, runs
+        assert args[-1] == "--retry-failed" and "--force" not in args
+        assert main(["run", *args]) == 3
         assert sim.stats()["requests"] == 5
 
 
@@ -1454,7 +1459,9 @@ async def test_a_row_that_cannot_be_sent_names_its_column_and_the_advice_says_fi
         "  fix the input of the 2 rows that could not be sent (invalid_row: the error_message "
         "of each says why), then rerun with --retry-failed to send them")
     status = format_status(tmp_path / "out")
-    assert status.splitlines()[-1] == format_summary(s).splitlines()[-1]
+    assert status.splitlines()[-1].startswith(format_summary(s).splitlines()[-1] + ": batchrunner "
+                                              "run --input ")  # and the command for them
+    assert status.splitlines()[-1].endswith(" --retry-failed")
     mixed = RunSummary(name="j", rows=3, failed=3, error_types={"http_500": 2, "invalid_row": 1})
     assert format_summary(mixed).splitlines()[-1] == (
         "  rerun with --retry-failed to send the failed rows again; first fix the input of the "
