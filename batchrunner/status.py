@@ -333,6 +333,12 @@ def format_status(out_dir: Path) -> str:
             lines.append(f"  last run: started {last['started_at']}, did not finish{why}"
                          + resume_advice(command))
             command = ""  # said
+            if (earlier := _outputs_before(out_dir, last)) is not None:
+                # A results file that looks current, last night's: read in the morning as if
+                # it were tonight's.
+                lines.append(f"  the results and reports there are from before it ({earlier}), "
+                             "without the rows it finished: the command above writes them, or "
+                             f"batchrunner report {shell_quote(str(out_dir))} now")
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
             rebuilt = meta.get("rebuilt_at")
@@ -799,6 +805,19 @@ PACE_WINDOW_S = 120.0
 # No row finished for this long (and three times the window's mean gap between rows): `status`
 # says so, not when the run would end.
 STALLED_S = 30.0
+
+
+def _outputs_before(out_dir: Path, last_run: dict[str, Any]) -> str | None:
+    """When the reports in ``out_dir`` were written (UTC, to the second), where that was
+    before ``last_run`` started: an earlier run's (or ``report``'s), not the last run's."""
+    started = _epoch(last_run)
+    try:
+        written = (out_dir / "cost_report.json").stat().st_mtime
+    except OSError:
+        return None
+    if started is None or written >= started:
+        return None
+    return datetime.fromtimestamp(written, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _epoch(last_run: Any) -> float | None:

@@ -7,7 +7,7 @@ import os
 import re
 import shlex
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -723,3 +723,51 @@ def test_status_beside_a_run_whose_input_changes_says_the_run_will_not_write_res
     assert last["stop_kind"] == "input_changed"
     shown = format_status(out)
     assert "changed while the job ran" in shown and input_lines(out) == [], shown
+
+
+KILLED_AFTER_5 = ("import os, signal, sys\n"
+                  "from batchrunner import client\n"
+                  "complete, sent = client.ChatClient.complete, []\n"
+                  "async def killed(self, *args, **kwargs):\n"
+                  "    sent.append(1)\n"
+                  "    if len(sent) > 5:\n"
+                  "        os.kill(os.getpid(), signal.SIGKILL)\n"
+                  "    return await complete(self, *args, **kwargs)\n"
+                  "client.ChatClient.complete = killed\n"
+                  "from batchrunner.cli import main\n"
+                  "sys.exit(main(sys.argv[1:]))\n")
+
+
+def test_status_after_a_run_killed_mid_way_says_the_results_there_are_an_earlier_runs(
+        tmp_path: Path) -> None:
+    """Last night's run wrote results for 10 rows; tonight's, with 10 more, was killed (a
+    SIGKILL, the OOM killer) after 5 requests. status said it did not finish and how to
+    resume, but not that results.parquet, looking current, was last night's: read in the
+    morning as tonight's. It says so now, with the commands that write them."""
+    import subprocess
+    import sys
+
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"r{i},text {i}\n" for i in range(10)))
+    args = ["run", "--input", str(inp), "--id-column", "id", "--prompt", "X {text}",
+            "--model", "gpt-4o-mini", "--simulator", "--concurrency", "1", "--progress", "none",
+            "--output", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert not any("from before it" in line for line in format_status(tmp_path / "out")
+                   .splitlines())
+    written = (tmp_path / "out" / "cost_report.json").stat().st_mtime
+    time.sleep(max(0.0, written + 1.1 - time.time()))  # the next run starts a second later
+    inp.write_text("id,text\n" + "".join(f"r{i},text {i}\n" for i in range(20)))
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_5, *args], cwd=tmp_path,
+                          timeout=120, capture_output=True)
+    assert proc.returncode == -9, proc.stderr
+    lines = format_status(tmp_path / "out").splitlines()
+    at = next(i for i, line in enumerate(lines) if "did not finish (killed" in line)
+    shown = datetime.fromtimestamp(written, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert lines[at + 1] == (
+        f"  the results and reports there are from before it ({shown}), without the rows it "
+        "finished: the command above writes them, or batchrunner report "
+        f"{shlex.quote(str(tmp_path / 'out'))} now"), lines
+    assert main(["report", str(tmp_path / "out")]) == 4  # rows left: written, not done
+    assert not any("from before it" in line for line in format_status(tmp_path / "out")
+                   .splitlines())
