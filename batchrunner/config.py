@@ -1323,7 +1323,8 @@ def proxy_for(base_url: str, env: Mapping[str, str]) -> Proxy | None:
 def cache_dir() -> str | None:
     """batchrunner's cache directory: ``$BATCHRUNNER_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/batchrunner``, else ``~/.cache/batchrunner``; ``None`` when there is no
-    home directory to put it in. What is kept there may be deleted at will."""
+    home directory to put it in (none set, or one that is not there: cron's
+    ``HOME=/nonexistent`` is not made). What is kept there may be deleted at will."""
     directory = os.environ.get("BATCHRUNNER_CACHE_DIR")
     if directory:
         return directory
@@ -1331,7 +1332,8 @@ def cache_dir() -> str | None:
     if xdg and os.path.isabs(xdg):
         return os.path.join(xdg, "batchrunner")
     home = os.path.expanduser("~")
-    return None if home == "~" else os.path.join(home, ".cache", "batchrunner")
+    return None if home == "~" or not os.path.isdir(home) else os.path.join(
+        home, ".cache", "batchrunner")
 
 
 def is_loopback(host: str) -> bool:

@@ -773,6 +773,7 @@ def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv("BATCHRUNNER_CACHE_DIR", str(tmp_path / "mine"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
     assert pricing._cache_path() == str(tmp_path / "mine" / "prices.json")
     monkeypatch.delenv("BATCHRUNNER_CACHE_DIR")
     assert pricing._cache_path() == str(tmp_path / "xdg" / "batchrunner" / "prices.json")
@@ -781,6 +782,10 @@ def test_where_the_cache_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert pricing._cache_path() == home_cache
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert pricing._cache_path() == home_cache
+    # A home that is not there (cron's HOME=/nonexistent, root's crontab): no cache, rather
+    # than a directory made at the top of the file system.
+    monkeypatch.setenv("HOME", str(tmp_path / "nonexistent"))
+    assert pricing._cache_path() is None
 
 
 def test_a_recorded_reply_is_priced_again_at_the_jobs_prices_only_where_exact(
