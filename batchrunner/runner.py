@@ -186,6 +186,9 @@ EXIT_STOPPED = 4
 FLUSH_EVERY_S = 1.0
 TUNE_EVERY_S = 0.5  # the concurrency is sized again this often
 FLUSH_EVERY_ROWS = 2000
+# A pause of new requests this long or longer (a 429's retry-after) is told to status
+# (job.json's last_run.paused): one that looks stalled is waiting, and says what for.
+PAUSE_TOLD_S = 20.0
 MAX_RATE_LIMIT_RETRIES = 30
 # 429s in a row (no answer between) whose retry-after asks for a longer wait than the job
 # waits (RetryPolicy.max_retry_after_s): a daily limit, say. The job stops; one such 429 alone
@@ -1801,6 +1804,8 @@ class _Run:
         self.outage_recorded: float | None = None
         # What answered for the endpoint then (refused_by), and whether it cut (refused_cut).
         self.outage_recorded_by: tuple[str, bool] = ("", False)
+        # When the pause job.json's last_run says holds new requests ends (_record_pause).
+        self.pause_recorded = 0.0
         # Shut while a gateway's 502/503/504 says the server is away (_turned_away): no
         # request is sent but one at a time (the probe), each after the wait asked for (or
         # PROBE_EVERY_S), until a request sent since ``gate_from`` is answered (_answered).
@@ -3867,6 +3872,7 @@ class _Run:
                 await self.flush_wanted.wait()
             self.flush_wanted = anyio.Event()
             self._show_pause()
+            self._record_pause()
             self.counts.unreachable_s = self._unreachable_s()
             self.counts.connect_wait = bool(self.answered_before) or self.last_answer > -math.inf
             self.counts.unreachable_by = self.refused_by
@@ -3886,6 +3892,31 @@ class _Run:
                         self.write_error = e
                         self.stop(StopJob(str(e)))
                         return
+
+    def _record_pause(self) -> None:
+        """job.json's last_run says, for ``status`` in another process, that a pause of
+        ``PAUSE_TOLD_S`` or more (a 429's retry-after, a gateway's 503's) holds new requests:
+        until when, and what asked for it. Written when one begins or is made longer by 10 s
+        or more, and when it ends: not every flush."""
+        counts = self.counts
+        now = time.time()
+        until = now + counts.paused_s if counts.paused_s >= 1.0 else 0.0
+        recorded = self.pause_recorded
+        if not ((until and counts.paused_s >= PAUSE_TOLD_S and until >= recorded + 10.0)
+                or (recorded and now >= recorded) or (recorded and not until)):
+            return
+        last_run = self.plan.job_meta.get("last_run")
+        if not isinstance(last_run, dict):
+            return
+        if until and counts.paused_s >= PAUSE_TOLD_S:
+            self.pause_recorded = until
+            last_run["paused"] = {"until_s": round(until, 3),
+                                  "by": printable(counts.paused_by, 120)}
+        else:
+            self.pause_recorded = 0.0
+            last_run.pop("paused", None)
+        with suppress(BatchrunnerError, OSError):  # a full disk: the journal's write says so
+            _write_meta(self.plan)
 
     def _record_outage(self, down_s: float) -> None:
         """job.json's last_run says, for ``status`` in another process, that the endpoint has
@@ -4183,6 +4214,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                     summary.wall_s = time.monotonic() - started
                     e.summary = stopped_unwritten(summary, run, e, journal_failed=True)
                 last_run.pop("outage", None)  # waited out no more: the stop says it
+                last_run.pop("paused", None)
                 last_run.update(finished_at=utc_timestamp(), stopped=_why(e),
                                 sent=run.counters["sent"])
                 _settle_batch_checks(plan)
@@ -4204,6 +4236,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         # Until the results and reports are written: a run killed meanwhile left none (or
         # last night's), which `status` says rather than that the run went through.
         last_run.pop("outage", None)  # waited out no more: the stop says it
+        last_run.pop("paused", None)
         last_run.update(finished_at=utc_timestamp(), stopped=summary.stopped, sent=summary.sent,
                         results_written=False)
         if moved:  # the results are not written, nor to be: `report` refuses a changed input

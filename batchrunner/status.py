@@ -272,6 +272,9 @@ def format_status(out_dir: Path) -> str:
             lines.append(outage or _pace(finished_at, to_do, now,
                                          started if back is None else back,
                                          back=back is not None))
+            if not outage and isinstance(last, dict) and (
+                    paused := _paused(last.get("paused"), now)):
+                lines.append(paused)
             if moved := input_moved(meta):  # the run stops at its end without results
                 lines.append(_input_line(moved, meta, rerun, running=True))
     elif isinstance(last, dict) and last.get("started_at"):
@@ -837,6 +840,20 @@ def _epoch(last_run: Any) -> float | None:
         return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
     except (ValueError, OverflowError, OSError):
         return None
+
+
+def _paused(paused: Any, now: float) -> str:
+    """The line for job.json's ``last_run.paused`` (the runner's ``_record_pause``): new
+    requests held, for how much longer and by what; "" for none, or one over."""
+    if not isinstance(paused, dict):
+        return ""
+    until, by = paused.get("until_s"), paused.get("by")
+    if not (isinstance(until, int | float) and not isinstance(until, bool)
+            and math.isfinite(until) and until > now):
+        return ""
+    what = by if isinstance(by, str) and by else "a 429's retry-after"
+    return (f"  new requests held {duration(round(until - now))} more by {what}, as the "
+            "server asked: the requests in flight go on")
 
 
 def _outage(outage: Any, now: float, to_do: int = 0) -> str:

@@ -771,3 +771,39 @@ def test_status_after_a_run_killed_mid_way_says_the_results_there_are_an_earlier
     assert main(["report", str(tmp_path / "out")]) == 4  # rows left: written, not done
     assert not any("from before it" in line for line in format_status(tmp_path / "out")
                    .splitlines())
+
+
+def test_status_during_a_429s_long_retry_after_says_new_requests_are_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's 429 asked for an hour: the run's log said "new requests held 3600 s more by
+    a 429's retry-after", and status only "no row has finished for 17 s", as if it were stuck.
+    It says what the run waits for now, and for how long; nothing once the pause is over."""
+    from batchrunner.simulator import SimulatorConfig, SimulatorThread
+    from tests.test_crash import cli_process, make_csv, run_args
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-status-0123456789")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    inp = make_csv(tmp_path / "in.csv", 6)
+    out = tmp_path / "out"
+    hidden = SimulatorConfig(rpm=2, limit_headers=False, limit_retry_after_s=3600)
+    with (SimulatorThread(hidden) as sim,
+          cli_process(tmp_path, run_args(inp, sim.base_url, out, "--concurrency", "1")) as (
+              proc, err_path, _)):
+        deadline = time.monotonic() + 60
+        while "paused" not in json.loads((out / "job.json").read_text()
+                                         if (out / "job.json").exists() else "{}"
+                                         ).get("last_run", {}):
+            assert proc.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, sim.stats()
+            time.sleep(0.05)
+        status = format_status(out).splitlines()
+        proc.kill()
+    held = [line for line in status if line.startswith("  new requests held ")]
+    assert len(held) == 1, status
+    said = re.fullmatch(r"  new requests held (\d+) s more by a 429's retry-after, as the "
+                        r"server asked: the requests in flight go on", held[0])
+    assert said and 60 < int(said[1]) <= 150, held  # the hour asked, capped (120 s, jittered)
+    meta = json.loads((out / "job.json").read_text())
+    meta["last_run"]["paused"]["until_s"] = time.time() - 1  # over
+    (out / "job.json").write_text(json.dumps(meta))
+    assert not any("new requests held" in line for line in format_status(out).splitlines())
