@@ -328,11 +328,14 @@ def format_status(out_dir: Path) -> str:
             left = f"{left} and {picked}" if left else picked
         if not last.get("finished_at"):
             free = free_bytes(out_dir)
-            # A full disk stopped it, unsaid (job.json could not be written either): the one
-            # thing to do before its command, said in the same line.
+            # A full disk stopped it, unsaid (job.json could not be written either), or a file
+            # system gone read-only (a disk error, a remount): the one thing to do before its
+            # command, said in the same line.
             full = free is not None and free < FULL_DISK_BYTES
             why = (f": the disk holding {out_dir} is full ({free:,} bytes free): free space, "
-                   "then " if full else " (killed, or the machine stopped): ")
+                   "then " if full else f": the file system holding {out_dir} is read-only "
+                   "(a disk error, or remounted so): make it writable, then "
+                   if _read_only(out_dir) else " (killed, or the machine stopped): ")
             lines.append(f"  last run: started {last['started_at']}, did not finish{why}"
                          + resume_advice(command))
             command = ""  # said
@@ -703,6 +706,14 @@ def free_bytes(directory: Path) -> int | None:
     except (OSError, AttributeError):
         return None
     return disk.f_bavail * disk.f_frsize
+
+
+def _read_only(directory: Path) -> bool:
+    """Whether the file system holding ``directory`` is mounted read-only."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 _FALSE = scalar(False, pa.bool_())

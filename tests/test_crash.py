@@ -1052,6 +1052,19 @@ def test_status_of_a_run_that_could_not_record_its_end_on_a_full_disk_says_the_d
     status = format_status(out)
     assert "is full" not in status and "did not finish (killed, or the machine stopped): run " \
         "the job again to resume: batchrunner run " in status, status
+    # A file system gone read-only (a disk error, a remount) stops a run as unsaid: it was
+    # called killed too.
+    ro = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True,
+                        text=True, timeout=30)
+    assert ro.returncode == 0, ro.stderr
+    try:
+        line = next(x for x in format_status(out).splitlines() if "did not finish" in x)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], timeout=30)
+    assert re.fullmatch(f"  last run: started [^ ]+, did not finish: the file system holding "
+                        f"{re.escape(str(out))} is read-only \\(a disk error, or remounted "
+                        "so\\): make it writable, then run the job again to resume: "
+                        "batchrunner run .*", line), line
 
 
 def test_a_disk_gone_read_only_mid_run_names_the_journal_and_a_rerun_finishes(
