@@ -43,7 +43,7 @@ from batchrunner.errors import (
     leaf,
 )
 from batchrunner.eventloop import loop_factory
-from batchrunner.progress import flush_outputs, say, shell_quote
+from batchrunner.progress import flush_outputs, program, say, shell_quote
 
 __all__ = ["before_imports", "main"]
 
@@ -221,7 +221,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         message = message.removeprefix("argument ")
         if "invalid choice" not in message:  # a choice's message lists what it takes
-            message += f" — see {self.prog} --help"
+            message += f" — see {_named(self.prog)} --help"
         raise UsageError(message)
 
 
@@ -280,11 +280,11 @@ def _parse(parser: _Parser, args: list[str]) -> argparse.Namespace:
         if given.lower().endswith(".toml"):  # the job file, "run" left out (the options
             more = " ..." if len(args) > 1 else ""  # after it not shown: one may be a key)
             raise UsageError(f"{given!r} is not a command: to run that job file, "
-                             f"{parser.prog} run {shell_quote(given)}{more}")
+                             f"{program()} run {shell_quote(given)}{more}")
         close = difflib.get_close_matches(given, list(parser.commands), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise UsageError(f"no command {given!r}{hint} — the commands: "
-                         f"{', '.join(parser.commands)} ({parser.prog} --help)")
+                         f"{', '.join(parser.commands)} ({_named(parser.prog)} --help)")
     ns, extras = parser.parse_known_args(args)
     if extras:
         # The top level's only options are -h and --version: its first other argument is the
@@ -305,7 +305,8 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str],
     options = [e.partition("=")[0] for e in extras if e.startswith("-") and e != "-"]
     if not options:
         shown = ", ".join(repr(e) for e in extras)
-        return UsageError(f"{name} takes no argument {shown} — see {parser.prog} --help")
+        return UsageError(f"{name} takes no argument {shown} — see {_named(parser.prog)} "
+                          "--help")
     own = [o for a in parser._actions for o in a.option_strings if o not in ("-h", "--help")]
     notes = []
     for option in options:
@@ -333,7 +334,13 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str],
         else:
             notes.append(option)
     shown = f"option {notes[0]}" if len(notes) == 1 else f"options {', '.join(notes)}"
-    return UsageError(f"{name} has no {shown} — see {parser.prog} --help")
+    return UsageError(f"{name} has no {shown} — see {_named(parser.prog)} --help")
+
+
+def _named(prog: str) -> str:
+    """A parser's ``prog`` (``batchrunner run``) as a command printed names it: the program
+    as ``progress.program`` names it."""
+    return program() + prog.removeprefix("batchrunner")
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -372,8 +379,9 @@ def _cmd_run(ns: argparse.Namespace) -> int:
             out = shell_quote(str(job.output.dir))
             raise Interrupted(
                 "interrupted while the results and reports were written: they may be missing, "
-                "or an earlier run's; finished rows are saved — write them with: batchrunner "
-                f"report {out}, or run the same command again (it resumes, and writes them)"
+                "or an earlier run's; finished rows are saved — write them with: "
+                f"{program()} report {out}, or run the same command again (it resumes, and "
+                "writes them)"
             ) from None
         raise
     say(format_summary(summary), sys.stdout)
@@ -457,7 +465,7 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         summary.limit, summary.limited = limit, summary.pending
     kind = last.get("stop_kind") if isinstance(last, dict) and last.get("finished_at") else None
     if kind in _FIRST:  # the same command stops again until this is done: status's advice
-        status = f"batchrunner status {shell_quote(ns.out_dir)}"
+        status = f"{program(plan.job_meta)} status {shell_quote(ns.out_dir)}"
         summary.first = _FIRST[kind].format(status=status, budget=budget_to_raise(plan.job_meta))
         summary.retry_failed = kind != "budget" and summary.failed > 0
     say(format_summary(summary), sys.stdout)
@@ -504,7 +512,7 @@ def _out_dir(given: str) -> Path:
         out = load_job(path, {}).output.dir
         if not (out / "job.json").is_file():
             raise UsageError(f"job file {path} has not run yet ({out} holds no job.json): "
-                             f"run it with: batchrunner run {shell_quote(str(path))}")
+                             f"run it with: {program()} run {shell_quote(str(path))}")
         return out
     if not path.exists():
         if path.suffix.lower() == ".toml":  # a job file, as load_job says of one not found

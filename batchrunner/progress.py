@@ -7,10 +7,11 @@ import math
 import os
 import select
 import shlex
+import shutil
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
@@ -26,8 +27,11 @@ __all__ = [
     "leave_terminal",
     "make_progress",
     "output_lost",
+    "program",
+    "program_words",
     "say",
     "shell_quote",
+    "started_as",
 ]
 
 
@@ -453,7 +457,7 @@ def shell_quote(text: str) -> str:
     character), ``printf``'s output with those bytes as octal escapes,
     ``"$(printf 'caf\\351')"``, which every POSIX shell reads back to the bytes (cron's
     /bin/sh among them, where bash's ``$'...'`` is not read).
-    The one quoting of every command batchrunner prints."""
+    The one quoting of every command batchrunner prints (its program named by ``program``)."""
     try:
         raw = os.fsencode(text)
     except UnicodeEncodeError:  # a surrogate no file name has (job.json edited by hand)
@@ -473,6 +477,73 @@ def shell_quote(text: str) -> str:
     return "\"$(printf '" + "".join(
         chr(b) if 0x20 <= b < 0x7F and b not in b"\\'%" else f"\\{b:03o}" for b in raw
     ) + "')\""
+
+
+# How this process was started, as its entry point told it (``started_as``): the words that
+# name it from anywhere (the console script's absolute path, or this interpreter's with ``-m
+# batchrunner``), and the console script that is this program. None: not told (``cli.main``
+# called from Python, a test's or a program's), and commands name it ``batchrunner``.
+_started: tuple[tuple[str, ...], str] | None = None
+
+
+def started_as(argv0: str, *, module: bool) -> None:
+    """Tell how this process was started (``batchrunner.__main__`` does, before the CLI
+    runs): as the console script ``argv0`` (``sys.argv[0]``: ``.venv/bin/batchrunner``, as
+    the shell or cron found it), or, with ``module``, as ``python -m batchrunner``, whose
+    console script is the one installed beside this interpreter."""
+    global _started
+    if module:
+        python = os.path.abspath(sys.executable) if sys.executable else ""
+        _started = ((python, "-m", "batchrunner"),
+                    os.path.join(os.path.dirname(python), "batchrunner")) if python else None
+    else:
+        script = os.path.abspath(argv0)
+        _started = ((script,), script) if os.path.isfile(script) else None
+
+
+def program_words(meta: Mapping[str, Any] | None = None) -> list[str]:
+    """How to name batchrunner at the start of a command printed for the user to paste,
+    word by word: ``batchrunner`` where that name, looked up on the PATH, is the program
+    running now (the same file as its console script, resolved), else the absolute path of
+    its console script (``/srv/enrich/.venv/bin/batchrunner``: cron's PATH, /usr/bin:/bin,
+    finds no ``batchrunner``), or ``/abs/python -m batchrunner`` when it was started so.
+    Of a job (``meta``, its job.json), the program its last run named itself by
+    (``command.program``) where that is such an absolute path and is still there: a run
+    whose PATH did not find it by name (a crontab's) is resumed by a command that works
+    pasted into the crontab, and into a shell with the venv active alike. Not started by its
+    entry point (``cli.main`` called from Python): ``batchrunner``."""
+    kept = _kept_program(meta)
+    if kept is not None:
+        return kept
+    if _started is None:
+        return ["batchrunner"]
+    words, script = _started
+    found = shutil.which("batchrunner")
+    if found is not None and os.path.realpath(found) == os.path.realpath(script):
+        return ["batchrunner"]
+    return list(words)
+
+
+def program(meta: Mapping[str, Any] | None = None) -> str:
+    """``program_words`` quoted as a shell reads them back: how every command batchrunner
+    prints begins."""
+    return " ".join(shell_quote(word) for word in program_words(meta))
+
+
+def _kept_program(meta: Mapping[str, Any] | None) -> list[str] | None:
+    """The program job.json says the job's last run named itself by, where it is an
+    absolute path (its console script's, or an interpreter's with ``-m batchrunner``) that
+    can still be run; else None."""
+    command = meta.get("command") if meta is not None else None
+    kept = command.get("program") if isinstance(command, Mapping) else None
+    if not (isinstance(kept, list) and kept and all(isinstance(w, str) for w in kept)):
+        return None
+    if len(kept) != 1 and kept[1:] != ["-m", "batchrunner"]:
+        return None  # not a form a run writes (job.json edited by hand)
+    path = kept[0]
+    if not (os.path.isabs(path) and os.path.isfile(path) and os.access(path, os.X_OK)):
+        return None  # ["batchrunner"] (found by name), or gone since (the venv made anew)
+    return list(kept)
 
 
 def make_progress(desc: str, mode: str = "auto") -> Progress:

@@ -30,6 +30,7 @@ from batchrunner.arrow import (
 )
 from batchrunner.errors import OutputError
 from batchrunner.journal import Fresh, Journal, new_run_id
+from batchrunner.progress import program
 from batchrunner.records import (
     AUDIO_COLUMNS,
     JOURNAL_ONLY,
@@ -201,7 +202,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
             plan, journal, order, results_path,
             bool(plan.limited) if limited is None else limited, stats)
     except OutputError as e:
-        raise _saved(e) from None
+        raise _saved(e, plan.job_meta) from None
     summary.rows = sum(statuses.values())
     summary.ok = statuses.get("ok", 0)
     summary.failed = statuses.get("failed", 0)
@@ -231,7 +232,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     try:
         summary.report_paths = write_reports(report, plan.out_dir, outcomes=stats)
     except OutputError as e:
-        raise _saved(e) from None
+        raise _saved(e, plan.job_meta) from None
     summary.error_types = {k: v["rows"] for k, v in report["by_error_type"].items()}
     summary.error_examples = {k: v["example"] for k, v in report["by_error_type"].items()
                               if v.get("example")}
@@ -267,10 +268,11 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     return summary
 
 
-def _saved(e: OutputError) -> OutputError:
-    """``e`` (a results file or report not written) saying what is kept and what to do."""
+def _saved(e: OutputError, meta: dict[str, Any]) -> OutputError:
+    """``e`` (a results file or report not written) saying what is kept and what to do, of
+    the job whose job.json is ``meta``."""
     saved = OutputError(f"{e}; the rows finished are saved in the journal: rerun once it can "
-                        "be written (a full disk: free space), or run batchrunner report")
+                        f"be written (a full disk: free space), or run {program(meta)} report")
     saved.errno = e.errno
     return saved
 

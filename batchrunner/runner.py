@@ -126,6 +126,8 @@ from batchrunner.progress import (
     leave_terminal,
     make_progress,
     printable,
+    program,
+    program_words,
     say,
     shell_quote,
 )
@@ -546,19 +548,25 @@ def _endpoint_id(url: str, model: str | None = None) -> str:
 def _command_kept(job: JobConfig) -> dict[str, Any]:
     """What job.json keeps of the command that ran the job, for ``status`` to name the one
     that resumes it: the options given (no option takes a key or a header; ``_without_key``
-    holds back one that holds the key) and the directory it ran in (its relative paths', and
-    its .env's)."""
-    return {"cwd": str(Path.cwd()), "options": dict(job.options)}
+    holds back one that holds the key), the directory it ran in (its relative paths', and
+    its .env's) and how the run names the program in the commands it prints
+    (``program_words``: ``batchrunner``, or its absolute path where this PATH does not find
+    it so, a crontab's, which ``status`` then names too)."""
+    return {"cwd": str(Path.cwd()), "options": dict(job.options), "program": program_words()}
 
 
 def _without_key(command: dict[str, Any], api_key: str | None) -> None:
     """Hold back in ``command`` (``_command_kept``) the options whose value holds ``api_key``
-    (a short one, a local server's stand-in, as a word of its own: ``holds_secret``)."""
+    (a short one, a local server's stand-in, as a word of its own: ``holds_secret``), and
+    the program's path if that does."""
     options = command.get("options")
     if api_key and isinstance(options, dict):
         for name, value in options.items():
             if _holds_key(value, api_key):
                 options[name] = KEY_HELD_BACK
+    kept = command.get("program")
+    if api_key and isinstance(kept, list) and _holds_key(kept, api_key):
+        del command["program"]  # a path with the key in it: status names the program anew
 
 
 def _holds_key(value: Any, api_key: str) -> bool:
@@ -4358,7 +4366,7 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
     # A --retry-failed run's failed rows not sent again yet are sent only with it too.
     rerun = resume_advice(rerun_command(
         plan.job_meta, out_dir, extra=("--retry-failed",) if run.options.retry_failed else ()))
-    report = f"batchrunner report {shell_quote(str(out_dir))}"
+    report = f"{program(plan.job_meta)} report {shell_quote(str(out_dir))}"
     once = "space is freed" if full else "the disk can be written"
     what = "reports were" if summary.results_path else "results and reports were"
     lines.append(f"the {what} not written: once {once}, {rerun} (it writes them too), or write "

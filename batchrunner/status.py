@@ -32,7 +32,7 @@ from batchrunner.config import (
 from batchrunner.errors import InputError, JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
-from batchrunner.progress import duration, shell_quote
+from batchrunner.progress import duration, program, program_words, shell_quote
 from batchrunner.records import AUDIO_COLUMNS, RETRYING
 from batchrunner.report import (
     AudioSum,
@@ -344,7 +344,7 @@ def format_status(out_dir: Path) -> str:
                 # it were tonight's.
                 lines.append(f"  the results and reports there are from before it ({earlier}), "
                              "without the rows it finished: the command above writes them, or "
-                             f"batchrunner report {shell_quote(str(out_dir))} now")
+                             f"{program(meta)} report {shell_quote(str(out_dir))} now")
         elif last.get("stopped"):
             lines.append(f"  last run: stopped {last['finished_at']}: {last['stopped']}")
             rebuilt = meta.get("rebuilt_at")
@@ -359,7 +359,7 @@ def format_status(out_dir: Path) -> str:
                 # to do itself (report refuses that input).
                 lines.append("  the results and reports may not have been written, or not all "
                              "(the run was stopped while writing them) — write them with: "
-                             f"batchrunner report {shell_quote(str(out_dir))}")
+                             f"{program(meta)} report {shell_quote(str(out_dir))}")
             if failed and not (to_do or retry):  # no command below: the failed rows are left
                 lines.append("  " + retry_advice(failed_by_type, rerun.command(RETRY)))
         else:
@@ -375,7 +375,7 @@ def format_status(out_dir: Path) -> str:
             if unwritten:  # killed between its last row and its outputs
                 lines.append("  the results and reports were not written: the run was killed "
                              "while writing them, or the machine stopped — write them with: "
-                             f"batchrunner report {shell_quote(str(out_dir))}")
+                             f"{program(meta)} report {shell_quote(str(out_dir))}")
             if failed:
                 lines.append("  " + retry_advice(failed_by_type, rerun.command(RETRY)))
         if command and left and kind == "budget":
@@ -601,10 +601,13 @@ class Rerun:
     the directory the run was started in, where that is not this one: its relative paths, and
     its .env, are that directory's. An option held back (its value holds the API key) is
     named instead: a command without it would not resume the job. Built once (the job file
-    read once), then shown as each line needs it (``command``)."""
+    read once), then shown as each line needs it (``command``). The program is named as
+    ``program_words`` names it for the job: by the absolute path its last run was started by
+    where that run's PATH did not find it as ``batchrunner`` (cron's)."""
 
     def __init__(self, meta: dict[str, Any], out_dir: Path) -> None:
         self.out_dir = out_dir
+        self.program = program_words(meta)
         job_file = meta.get("job_file")
         self.job_file = (job_file if isinstance(job_file, str) and job_file != "command line"
                          else None)
@@ -633,8 +636,9 @@ class Rerun:
 
     def command(self, extra: tuple[str, ...] = (), *, verb: str = "run",
                 options: dict[str, Any] | None = None) -> str:
-        """The command, ``batchrunner VERB`` (``run``; ``estimate``), with ``extra`` arguments
-        added and ``options`` (OVERRIDES' names) set in place of the last run's."""
+        """The command, ``batchrunner VERB`` (``run``; ``estimate``; the program named as
+        ``program_words`` names it), with ``extra`` arguments added and ``options``
+        (OVERRIDES' names) set in place of the last run's."""
         changed = options or {}
         if self.held:
             # No command to show, but its job file and directory, and what to add to its
@@ -652,7 +656,7 @@ class Rerun:
                     "key)")
         if self.job_file is None and not self.given:
             return ""
-        args = ["batchrunner", verb, *(() if self.job_file is None else (self.job_file,))]
+        args = [*self.program, verb, *(() if self.job_file is None else (self.job_file,))]
         args += _option_args({**self.options, **changed})
         args += extra
         shown = " ".join(shell_quote(a) for a in args)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,17 @@ def price_cache_dir(
     directory = tmp_path_factory.mktemp("price-cache")
     monkeypatch.setenv("BATCHRUNNER_CACHE_DIR", str(directory))
     return directory
+
+
+@pytest.fixture(autouse=True)
+def environment_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run as from a shell with the suite's environment activated: the interpreter's
+    directory, where its ``batchrunner`` console script is installed, first on the PATH. A
+    process a test starts with ``python -m batchrunner`` then finds itself there by name, and
+    names itself ``batchrunner`` in the commands it prints, as it does for a user with the
+    venv active (``progress.program``). A test of another PATH (a crontab's) sets its own."""
+    monkeypatch.setenv("PATH", os.pathsep.join(
+        filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")])))
 
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")

@@ -14,13 +14,18 @@ import sys
 import tomllib
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pandas as pd
 import pytest
 
 import batchrunner.cli
+from batchrunner import progress
 from batchrunner.cli import EPILOG, build_parser
+from batchrunner.progress import program, program_words, shell_quote
+from batchrunner.runner import _without_key
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
+from tests.loopback_site.loopback_guard import OUTSIDE_LOG
 
 KEY = "sk-test-cli-0123456789"
 
@@ -1418,3 +1423,182 @@ def test_a_terminal_that_says_no_width_gets_log_lines_not_an_empty_bar(
         assert "0/100" in drawn.decode() and "|" in drawn.decode(), drawn
         fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         assert isinstance(make_progress("run", "auto"), TqdmProgress)
+
+
+# -- the program, as the commands printed name it: by name where the PATH finds it, else its path --
+
+
+CRON_PATH = "/usr/bin:/bin"  # cron's own PATH, which holds no venv's bin
+
+
+def _console_script() -> Path:
+    """The ``batchrunner`` console script of the suite's environment (installed beside its
+    interpreter, as ``pip install -e .`` in a venv puts it)."""
+    script = Path(sys.executable).parent / "batchrunner"
+    if not script.is_file():
+        pytest.skip("no batchrunner console script beside the interpreter (not pip installed)")
+    return script
+
+
+def _shell(line: str, cwd: Path, *, path: str = CRON_PATH) -> subprocess.CompletedProcess[str]:
+    """``line`` run by /bin/sh as cron runs a crontab's line, ``env -i PATH=/usr/bin:/bin sh
+    -c LINE`` (``path``: another PATH), with only what the suite's own guard needs besides:
+    its PYTHONPATH (which holds the checkout under test) and log, the test's price cache, and
+    a HOME."""
+    env = {"PATH": path, "HOME": str(cwd)}
+    for name in ("PYTHONPATH", OUTSIDE_LOG, "BATCHRUNNER_CACHE_DIR"):
+        env[name] = os.environ[name]
+    return subprocess.run(["/bin/sh", "-c", line], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def _nightly_job(tmp_path: Path, where: Path) -> Path:
+    """A job file in ``where`` of 4 rows against the built-in simulator, each cut at its
+    max_tokens (so the summary names the command that answers them again)."""
+    pd.DataFrame({"id": [f"r{i}" for i in range(4)], "text": ["one"] * 4}).to_csv(
+        tmp_path / "in.csv", index=False)
+    where.mkdir(exist_ok=True)
+    (where / "job.toml").write_text(
+        f'name = "nightly"\n[input]\npath = "{tmp_path / "in.csv"}"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "Say {text}"\nmax_tokens = 5\n'
+        '[endpoint]\nsimulator = true\n[simulator]\nreply_tokens = 10\n'
+        f'[output]\ndir = "{tmp_path / "out"}"\n')
+    return where / "job.toml"
+
+
+def _finish_line(stdout: str) -> str:
+    """The command of status's "to finish" line."""
+    line = next((x for x in stdout.splitlines() if x.startswith("  to finish, ")), None)
+    assert line is not None, stdout
+    return line.partition(" rows to do: ")[2]
+
+
+def _cut_command(stdout: str) -> str:
+    """The command of a summary's line for the rows cut at max_tokens."""
+    line = next((x for x in stdout.splitlines() if "cut at max_tokens" in x), None)
+    assert line is not None and ", run: " in line, stdout
+    return line.partition(", run: ")[2]
+
+
+@pytest.mark.parametrize("started", ["script", "module"])
+def test_a_job_cron_ran_is_finished_by_the_commands_printed_pasted_where_path_has_no_batchrunner(
+    tmp_path: Path, started: str,
+) -> None:
+    """A crontab runs `cd DIR && /srv/x/.venv/bin/batchrunner run job.toml` under cron's PATH
+    (/usr/bin:/bin). In the morning, `batchrunner status` from a shell with the venv active
+    named the command that finishes the job as `batchrunner run ...`, which, pasted into the
+    crontab or a shell without the venv, is `sh: 1: batchrunner: not found` (exit 127); so
+    did the summary's commands. They name the program the run was started by, by its
+    absolute path (`python -m batchrunner`'s interpreter with -m), and run as printed."""
+    script = _console_script()
+    words = [str(script)] if started == "script" else [sys.executable, "-m", "batchrunner"]
+    program = " ".join(shell_quote(w) for w in words)
+    jobs = tmp_path / "night's jobs"
+    job = _nightly_job(tmp_path, jobs)
+    ran = _shell(f"cd {shell_quote(str(jobs))} && {program} run job.toml --limit 2", tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "2 ok, 0 failed, 2 not done yet" in ran.stdout, ran.stdout
+    meta = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert meta["command"]["program"] == words  # how the run named itself
+    # status from a shell with the venv active, where `batchrunner` finds the same program.
+    shown = _shell(f"batchrunner status {shell_quote(str(tmp_path / 'out'))}", tmp_path,
+                   path=f"{script.parent}:{CRON_PATH}")
+    assert shown.returncode == 0, shown.stderr
+    command = _finish_line(shown.stdout)
+    assert command == (f"cd {shell_quote(str(jobs))} && {program} run "
+                       f"{shell_quote(str(job))}"), shown.stdout
+    # Pasted into the crontab's environment, exactly as printed: it finishes the job.
+    done = _shell(command, tmp_path)
+    assert done.returncode == 0, (command, done.stderr)
+    assert "nightly — 4 rows: 4 ok, 0 failed" in done.stdout, done.stdout
+    assert "to finish" not in _shell(f"{program} status out", tmp_path).stdout
+    # That run's summary (cron's PATH) names the program so too, for the rows cut, and runs.
+    again = _cut_command(done.stdout)
+    assert again.startswith(f"{program} run {shell_quote(str(job))} --max-tokens 10 "), again
+    answered = _shell(again, tmp_path)
+    assert answered.returncode == 0, (again, answered.stderr)
+    assert "4 requests sent this run" in answered.stdout, answered.stdout
+
+
+@pytest.mark.parametrize("started", ["script", "module"])
+def test_a_run_whose_path_finds_the_program_names_it_batchrunner(
+    tmp_path: Path, started: str,
+) -> None:
+    """With the venv's bin on the PATH (the venv active), `batchrunner` there is the program
+    running (its console script, or the one beside the interpreter of `python -m
+    batchrunner`): the commands keep the short name, and status run by its path from a
+    crontab's PATH names the program by that path, which finds it there."""
+    script = _console_script()
+    active = f"{script.parent}:{CRON_PATH}"
+    start = "batchrunner" if started == "script" else "python -m batchrunner"
+    job = _nightly_job(tmp_path, tmp_path)
+    ran = _shell(f"{start} run job.toml --limit 2", tmp_path, path=active)
+    assert ran.returncode == 0, ran.stderr
+    meta = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert meta["command"]["program"] == ["batchrunner"]
+    shown = _shell(f"{start} status out", tmp_path, path=active)
+    assert _finish_line(shown.stdout) == f"batchrunner run {job}", shown.stdout
+    # status from cron's PATH, by the console script's path: that path, which works there.
+    shown = _shell(f"{script} status out", tmp_path)
+    command = _finish_line(shown.stdout)
+    assert command == f"{shell_quote(str(script))} run {job}", shown.stdout
+    more = _shell(f"{command} --limit 1", tmp_path)
+    assert more.returncode == 0 and "4 rows: 3 ok, 0 failed" in more.stdout, more.stderr
+    # The summary of a run started with the venv active: the short name.
+    done = _shell(f"{start} run job.toml", tmp_path, path=active)
+    assert done.returncode == 0 and "4 rows: 4 ok, 0 failed" in done.stdout, done.stderr
+    assert _cut_command(done.stdout).startswith(f"batchrunner run {job} "), done.stdout
+
+
+def test_the_program_named_in_process_by_path_and_by_job_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """How a printed command names the program (``progress.program``): `batchrunner` where
+    that name on the PATH is the program running, resolved (a link to it too), else its
+    absolute path; `cli.main` called from Python (these tests, a program of the user's) is
+    not the program started, and keeps the short name whatever the PATH. A job.json's program
+    is named as its last run named itself where that is an absolute path still there."""
+    monkeypatch.setattr(progress, "_started", None)
+    monkeypatch.setenv("PATH", CRON_PATH)
+    assert program() == "batchrunner"  # cli.main in-process
+    venv = tmp_path / "my venv" / "bin"
+    venv.mkdir(parents=True)
+    script = venv / "batchrunner"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    progress.started_as(str(script), module=False)
+    assert program() == f"'{script}'"  # cron's PATH
+    monkeypatch.setenv("PATH", f"{venv}:{CRON_PATH}")
+    assert program() == "batchrunner"  # the venv active
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "batchrunner").symlink_to(script)
+    monkeypatch.setenv("PATH", f"{links}:{CRON_PATH}")
+    assert program() == "batchrunner"  # ~/bin/batchrunner, a link to it
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "batchrunner").write_text("#!/bin/sh\n")
+    (other / "batchrunner").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{other}:{venv}:{CRON_PATH}")
+    assert program() == f"'{script}'"  # another install found first: not this program
+    # python -m batchrunner: its console script is the one beside the interpreter.
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+    progress.started_as(str(tmp_path / "batchrunner" / "__main__.py"), module=True)
+    assert program_words() == [str(venv / "python"), "-m", "batchrunner"]
+    monkeypatch.setenv("PATH", f"{venv}:{CRON_PATH}")
+    assert program() == "batchrunner"
+    # A job's: as its last run named itself, where that is an absolute path still there.
+    def meta(*words: str) -> dict[str, Any]:
+        return {"command": {"cwd": str(tmp_path), "options": {}, "program": list(words)}}
+
+    assert program(meta(str(script))) == f"'{script}'"
+    assert program(meta(str(venv / "python"), "-m", "batchrunner")) == "batchrunner"  # gone
+    assert program(meta("batchrunner")) == "batchrunner"  # its PATH found it: as here
+    assert program(meta(str(other / "batchrunner"), "-c", "x")) == "batchrunner"  # by hand
+    monkeypatch.setenv("PATH", CRON_PATH)
+    assert program(meta("batchrunner")) == f"'{venv / 'python'}' -m batchrunner"
+    assert program({"command": "?"}) == program({}) == program()
+    # A program's path holding the key is not kept in job.json.
+    command = {"options": {}, "program": [f"/opt/{KEY}/bin/batchrunner"]}
+    _without_key(command, KEY)
+    assert command == {"options": {}}
