@@ -568,6 +568,21 @@ def test_a_killed_runs_pid_taken_by_another_process_is_not_the_run_in_progress(
         assert "the endpoint has not answered for " in shown
 
 
+def inputs_read(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The inputs status reads through (``io.fingerprint_of``) from now on, as it reads them."""
+    import batchrunner.io
+
+    read: list[Path] = []
+    fingerprint_of = batchrunner.io.fingerprint_of
+
+    def counted(path: Path, kind: str, files: Any) -> str:
+        read.append(path)
+        return fingerprint_of(path, kind, files)
+
+    monkeypatch.setattr(batchrunner.io, "fingerprint_of", counted)
+    return read
+
+
 def input_lines(out: Path) -> list[str]:
     """The lines status says of the job's input (none while it is the one the run read)."""
     return [x for x in format_status(out).splitlines() if x.startswith("  input ")]
@@ -587,17 +602,9 @@ def test_status_says_an_id_keyed_input_changed_since_the_last_run_and_what_a_run
     not count the rows (that reads the whole input). The input looked at by its files' stamp:
     unchanged, not read at all; touched, or copied back with the same bytes, read once and no
     alarm raised."""
-    import batchrunner.io
 
     out = simulated_job(tmp_path, monkeypatch, 3)
-    read: list[Path] = []
-    fingerprint_of = batchrunner.io.fingerprint_of
-
-    def counted(path: Path, kind: str, files: Any) -> str:
-        read.append(path)
-        return fingerprint_of(path, kind, files)
-
-    monkeypatch.setattr(batchrunner.io, "fingerprint_of", counted)
+    read = inputs_read(monkeypatch)
     assert input_lines(out) == [] and read == []  # unchanged: not read
     inp = tmp_path / "in.csv"
     touch_later(inp)
@@ -659,7 +666,6 @@ def test_status_of_an_older_job_json_without_the_inputs_stamp(
     """job.json written before it recorded the input's stamp: status does not fail, and reads
     the input through only where a file of it was modified after the last run started (its
     stamp then unknown): the same bytes say nothing, others that it changed."""
-    import batchrunner.io
 
     out = simulated_job(tmp_path, monkeypatch, 3)
     meta_path = out / "job.json"
@@ -670,14 +676,7 @@ def test_status_of_an_older_job_json_without_the_inputs_stamp(
     meta_path.write_text(json.dumps(meta))
     inp = tmp_path / "in.csv"
     os.utime(inp, ns=(0, int((meta["last_run"]["started_s"] - 60) * 1e9)))  # before it
-    read: list[Path] = []
-    fingerprint_of = batchrunner.io.fingerprint_of
-
-    def counted(path: Path, kind: str, files: Any) -> str:
-        read.append(path)
-        return fingerprint_of(path, kind, files)
-
-    monkeypatch.setattr(batchrunner.io, "fingerprint_of", counted)
+    read = inputs_read(monkeypatch)
     assert input_lines(out) == [] and read == []
     os.utime(inp)  # now: after the run started, the same bytes
     assert input_lines(out) == [] and len(read) == 1
