@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from operator import itemgetter
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -846,6 +847,113 @@ def _secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
                       rf"|(?<=\\u[0-9A-Fa-f]{{4}}))(?:{'|'.join(alternatives)})(?![\w-])")
 
 
+# The shortest run of a long secret taken out where a text holds it in part (a server that
+# echoed "AUDIT-SECRET-123456" or "sk-AUDIT-SECRET-12" of "sk-AUDIT-SECRET-123456"): as long
+# as a secret must be to be taken out wherever it stands. The beginnings keys share are shorter
+# ("sk-", "sk-proj-", "sk-or-v1-", "sk-ant-api03-": 13 characters at most), as is what OpenAI's
+# masked form shows of a key ("sk-proj-", "****" and its last 4); and an error's words and ids
+# match 16 characters in a row of a random key (each one of 62 letters and digits) by chance
+# once in 62**16, about 5e28.
+# A setting of job.json with a run taken out still matches its job file's (``_same_setting``
+# reads "[redacted]" as LONG_SECRET characters or more). A shorter secret ("sk-123", "test") is
+# taken out whole only.
+_PART = LONG_SECRET
+# A text is looked up in a secret's runs by its chunks of _CHUNK characters, one every _EVERY
+# from its start: a run of _PART characters holds one of them whole (one starts in its first
+# _EVERY). Three a request id of 36 to 38 characters.
+_CHUNK = 6
+_EVERY = _PART - _CHUNK + 1
+# What cuts a text into its 2 to 8 chunks at once (of up to 93 characters: a request id).
+_CUTTERS = {n: itemgetter(*(slice(at, at + _CHUNK) for at in range(0, n * _EVERY, _EVERY)))
+            for n in range(2, 9)}
+# The most models and finish_reasons a client keeps as holding no run (``_in_reply``): a server
+# naming each reply's model anew is looked through every time, as the request id is.
+_RUNLESS_KEPT = 64
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+class _SecretRuns:
+    """Where a text holds a run of _PART characters or more of one of ``forms`` (a secret as a
+    server may write it, ``_written_forms``), in upper or lower case (an ASCII letter's):
+    each run as far as it goes on matching, both ways. The text's chunks of _CHUNK characters
+    that start at a multiple of _EVERY are looked up among the forms' own; a run is grown from
+    each chunk found."""
+
+    def __init__(self, forms: Iterable[str]) -> None:
+        written = [f for f in dict.fromkeys(forms) if len(f) >= _PART]
+        # The forms' chunks as written, for ``seen``; and, in lower case, each one's places
+        # (the form, and where in it), for ``found``.
+        self._chunks = frozenset(f[i:i + _CHUNK] for f in written
+                                 for i in range(len(f) - _CHUNK + 1))
+        self._forms = tuple(dict.fromkeys(f.translate(_ASCII_LOWER) for f in written))
+        self._places: dict[str, list[tuple[int, int]]] = {}
+        for n, form in enumerate(self._forms):
+            for i in range(len(form) - _CHUNK + 1):
+                self._places.setdefault(form[i:i + _CHUNK], []).append((n, i))
+
+    def seen(self, text: str) -> bool:
+        """Whether ``text`` may hold a run, as written (not in another case): one of its
+        chunks is a form's. A reply's request id is looked at so on every reply: its chunks
+        are cut in one call (``_CUTTERS``) and looked up in another, a fifth less than a loop
+        of slices and lookups."""
+        size = len(text)
+        if size < _PART:
+            return False
+        chunks = (size - _CHUNK) // _EVERY + 1
+        if chunks == 1:
+            return text[:_CHUNK] in self._chunks
+        if chunks in _CUTTERS:
+            return not self._chunks.isdisjoint(_CUTTERS[chunks](text))
+        for at in range(0, size - _CHUNK + 1, _EVERY):
+            if text[at:at + _CHUNK] in self._chunks:
+                return True
+        return False
+
+    def found(self, text: str) -> list[tuple[int, int]]:
+        """The runs of _PART characters or more ``text`` holds, as (start, end) in it."""
+        low = text.translate(_ASCII_LOWER)
+        places, forms = self._places, self._forms
+        runs: list[tuple[int, int]] = []
+        # Where the last run grown for a form at an offset in the text ends: a later chunk of
+        # it is not grown again.
+        ends: dict[tuple[int, int], int] = {}
+        for at in range(0, len(low) - _CHUNK + 1, _EVERY):
+            for n, i in places.get(low[at:at + _CHUNK], ()):
+                shift = at - i  # where the form would start in the text
+                if ends.get((n, shift), -1) > at:
+                    continue
+                form = forms[n]
+                start, end = at, at + _CHUNK
+                while start > max(shift, 0) and low[start - 1] == form[start - 1 - shift]:
+                    start -= 1
+                stop = min(len(low), shift + len(form))
+                while end < stop and low[end] == form[end - shift]:
+                    end += 1
+                ends[(n, shift)] = end
+                if end - start >= _PART:
+                    runs.append((start, end))
+        return runs
+
+    def cut(self, text: str) -> str:
+        """``text`` with each run (``found``), or runs that overlap or touch, replaced by
+        ``[redacted]``."""
+        runs = self.found(text)
+        if not runs:
+            return text
+        runs.sort()
+        out: list[str] = []
+        done = 0
+        start, end = runs[0]
+        for s, e in runs[1:]:
+            if s > end:
+                out += (text[done:start], "[redacted]")
+                done, start, end = end, s, e
+            elif e > end:
+                end = e
+        out += (text[done:start], "[redacted]", text[end:])
+        return "".join(out)
+
+
 def holds_secret(text: str, secret: str) -> bool:
     """Whether ``text`` holds ``secret`` as the client's redaction finds it: a long one
     anywhere, a short one (a local server's stand-in key, "x" or "ollama") where it stands
@@ -921,6 +1029,12 @@ class ChatClient:
         # What a reply's text is searched for (a plain search, a fraction of a microsecond a
         # field; the pattern above costs tens of them): a long secret as it is written.
         self._written = tuple({f for s in long for f in _written_forms(s)})
+        # The runs of _PART characters or more of those, for a server's text that holds one in
+        # part (an error's, a reply's request id, model or finish_reason).
+        self._runs = _SecretRuns(self._written) if self._written else None
+        # The models and finish_reasons replies gave that hold no such run: replies give the
+        # same few, each looked through once (a request id, new each reply, every time).
+        self._runless: set[str] = set()
         # The timeout is kept by a watchdog (``_watch``), not by aiohttp: aiohttp arms and
         # cancels a timer for every request, 6 µs of CPU each (a twentieth of a request's
         # total); the watchdog looks at the requests in flight a few times a second. Each has a
@@ -1012,8 +1126,14 @@ class ChatClient:
         self._watchdog = self._loop.call_later(self._watch_every, self._watch)
 
     def redact(self, text: str) -> str:
+        """``text`` (a server's error, a message quoting it) with the secrets taken out: a long
+        one in every form ``_long_secrets_pattern`` knows, and any run of _PART characters or
+        more of it as a server may write it, in any case (``_SecretRuns``); a short one where it
+        stands alone; a short key after ``Bearer``."""
         if self._long_secrets is not None:
             text = self._long_secrets.sub("[redacted]", text)
+        if self._runs is not None:
+            text = self._runs.cut(text)
         if self._short_secrets is not None:
             text = self._short_secrets.sub("[redacted]", text)
         if self._headed is not None:  # a header in upper case, "BEARER EMPTY"
@@ -1041,10 +1161,14 @@ class ChatClient:
 
     def _scrub(self, text: str | None, *, answer: bool = False) -> str | None:
         """A reply's field, redacted: its id, model or finish_reason wholly (short secrets
-        too); an answer's text (``answer``) of the long secrets written in it, as a model told
+        too, and a long one's runs of _PART characters, as a server may write part of it);
+        an answer's text (``answer``) of the long secrets written in it whole, as a model told
         the request's headers may repeat them (a short key, a local server's placeholder such
         as "x", is a word of the answer: it is taken out only after "Bearer", a proxy's short
-        credentials after "Basic")."""
+        credentials after "Basic"). An answer is not looked through for a long secret's runs:
+        that is a lookup every _EVERY characters, ten times the search above, on every answer;
+        and its model never sees the key, which reaches it only where the request's headers
+        were put in its prompt, whole."""
         if not text:
             return text
         if self._long_secrets is not None:
@@ -1052,6 +1176,8 @@ class ChatClient:
                 if f in text:
                     text = self._long_secrets.sub("[redacted]", text)
                     break
+        if not answer and (runs := self._runs) is not None and runs.seen(text):
+            text = runs.cut(text)
         if answer and self._headed is not None:
             text = self._unheaded(self._headed, text)
         if not answer and self._short_secrets is not None:
@@ -1087,28 +1213,42 @@ class ChatClient:
         out.append(text[done:])
         return "".join(out)
 
-    def _in_reply(self, res: ChatResult) -> bool:
-        """Whether a long secret is written in one of ``res``'s fields (loops, not ``any``: a
-        microsecond less a reply)."""
+    def _in_reply(self, res: ChatResult, clean_id: str | None = None) -> bool:
+        """Whether a long secret is written in one of ``res``'s fields, or a run of it
+        (``_SecretRuns``) in its request id, model or finish_reason, as ``_scrub`` takes them out
+        (loops, not ``any``: a microsecond less a reply). A request id that is ``clean_id``
+        (the x-request-id header's, scrubbed already) is not looked at for a run again."""
         for f in self._written:
             for v in (res.content, res.request_id, res.model, res.finish_reason,
                       res.reasoning_content, res.choices, res.tool_calls, res.citations,
                       res.logprobs):
                 if v and f in v:
                     return True
+        if (runs := self._runs) is not None:
+            rid = res.request_id
+            if rid and rid is not clean_id and runs.seen(rid) and runs.found(rid):
+                return True
+            runless = self._runless
+            for v in (res.model, res.finish_reason):
+                if v and v not in runless:
+                    if runs.seen(v) and runs.found(v):
+                        return True
+                    if len(runless) < _RUNLESS_KEPT:
+                        runless.add(v)
         return False
 
-    def _scrubbed(self, res: ChatResult) -> ChatResult:
-        """``res`` with its fields scrubbed (``_scrub``); at once when no secret is in them."""
+    def _scrubbed(self, res: ChatResult, clean_id: str | None = None) -> ChatResult:
+        """``res`` with its fields scrubbed (``_scrub``); at once when no secret is in them
+        (``clean_id``: see ``_in_reply``)."""
         if not self._secrets:
             return res
         ranked = res.logprobs is not None or bool(res.choices and '"logprobs"' in res.choices)
         if self._short_secrets is None:
-            if not self._in_reply(res):
+            if not self._in_reply(res, clean_id):
                 return res
             found = True
         else:
-            found = ranked and self._in_reply(res)
+            found = ranked and self._in_reply(res, clean_id)
         if found and ranked:
             # The answer wrote a secret: its tokens' log probabilities spell it a token at a
             # time, where no search finds it, so they are not kept.
@@ -1364,7 +1504,7 @@ class ChatClient:
         else:
             res = self._parse(raw, request_id, latency_ms, hdrs, choices)
         self._tell_kind(SIMULATOR_HEADER in headers, res)
-        return self._scrubbed(res)
+        return self._scrubbed(res, request_id)
 
     def _tell_kind(self, said: bool, res: ChatResult) -> None:
         """A completion (``res``) came, ``said`` to be batchrunner simulate's or not: the first

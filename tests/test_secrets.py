@@ -60,8 +60,10 @@ def base_args(inp: Path, out: Path, base_url: str, *extra: str) -> list[str]:
             *extra]
 
 
-def leaks_in_files(root: Path, skip: tuple[str, ...] = (".env",)) -> list[str]:
-    """Where under ``root`` the key shows up: raw bytes of every file, and decoded Parquet."""
+def leaks_in_files(root: Path, skip: tuple[str, ...] = (".env",),
+                   needles: tuple[str, ...] = NEEDLES) -> list[str]:
+    """Where under ``root`` the key (or ``needles``) shows up: raw bytes of every file, and
+    decoded Parquet."""
     found: list[str] = []
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
@@ -69,11 +71,11 @@ def leaks_in_files(root: Path, skip: tuple[str, ...] = (".env",)) -> list[str]:
                 continue
             path = Path(dirpath, name)
             data = path.read_bytes()
-            found += [f"{path}: {n!r}" for n in NEEDLES if n.encode() in data]
+            found += [f"{path}: {n!r}" for n in needles if n.encode() in data]
             if name.endswith(".parquet"):
                 # Values in Parquet are compressed: a byte search alone would miss them.
                 text = json.dumps(pq.read_table(path).to_pylist(), default=str)
-                found += [f"{path} (decoded): {n!r}" for n in NEEDLES if n in text]
+                found += [f"{path} (decoded): {n!r}" for n in needles if n in text]
     return found
 
 
@@ -229,6 +231,38 @@ class _EchoHandler(BaseHTTPRequestHandler):
         data = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
         self._send(200, data + b"data: [DONE]\n\n", "text/event-stream")
 
+    def _part_of_key(self, prompt: str, key: str) -> None:
+        """An error, or a reply's request id, model and finish_reason, that quote part of the
+        key (``key_parts``): without its first 3 characters or its last 4, 20 characters of its
+        middle, or the whole key with the character in its middle changed."""
+        parts = key_parts(key)
+        changed = parts["before the change"] + "#" + parts["after the change"]
+        if "echo-part-head" in prompt:
+            err = {"error": {"message": f"bad request from {parts['without its head']}"}}
+            self._send(400, json.dumps(err).encode(), "application/json")
+        elif "echo-part-tail" in prompt:
+            said = f"upstream failed for key {parts['without its tail']}"
+            self._send(500, said.encode(), "text/plain")
+        elif "echo-part-middle" in prompt:
+            err = {"error": {"message": "upstream failed", "code": parts["its middle"]}}
+            self._send(200, json.dumps(err).encode(), "application/json")
+        elif "echo-part-changed" in prompt:
+            self._send(422, json.dumps({"error": f"no such key {changed}"}).encode(),
+                       "application/json")
+        else:  # a reply: the request id in the body, or in its header
+            reply = {"id": parts["without its head"], "model": parts["without its tail"],
+                     "choices": [{"index": 0, "finish_reason": changed, "message": {
+                         "role": "assistant", "content": "fine"}}],
+                     "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if "echo-part-id-header" in prompt:
+                self.send_header("x-request-id", f"req-{parts['its middle']}")
+            self.end_headers()
+            self.wfile.write(data)
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length) or b"{}")
@@ -282,6 +316,8 @@ class _EchoHandler(BaseHTTPRequestHandler):
             # Not JSON (its end is cut off): read as text, escapes and all.
             text = '{"error": {"message": "you sent ' + ", ".join(forms)
             self._send(400, text.encode(), "application/json")
+        elif "echo-part" in prompt:
+            self._part_of_key(prompt, key)
         else:
             reply = {"id": "x", "model": "gpt-4o-mini", "choices": [
                 {"index": 0, "finish_reason": "stop", "logprobs": _logprobs("fine"),
@@ -458,6 +494,78 @@ def test_a_key_cut_by_the_message_limit_is_still_redacted(
     assert code == 3, capsys.readouterr().err
     message = str(pd.read_parquet(tmp_path / "out" / "results.parquet")["error_message"][0])
     assert KEY[:-2] not in message, message
+
+
+PART_KEY = "sk-proj-Zq7vT2mXc9LbR4wKd8NfH3sYj6PgA1uE5oViB0tQx7Wn"
+
+
+def key_parts(key: str) -> dict[str, str]:
+    """Parts of ``key`` a server may quote, 16 characters or more each: without its first 3
+    characters, without its last 4, 20 characters of its middle, and what stands before and
+    after its middle character."""
+    mid = len(key) // 2
+    return {"without its head": key[3:], "without its tail": key[:-4],
+            "its middle": key[mid - 10:mid + 10], "before the change": key[:mid],
+            "after the change": key[mid + 1:]}
+
+
+@pytest.mark.usefixtures("logging_progress_every_row")
+def test_a_server_echoing_part_of_the_key_does_not_get_it_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], echo_server: ThreadingHTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that quotes part of the key (without its "sk-", without its last characters,
+    20 characters of its middle, or the key with a character changed: the parts either side
+    of it) in an error's text or code, or in a reply's request id, model or finish_reason:
+    each part is [redacted], and none is in the log, the results, the journal, the cost
+    reports or the HTML report."""
+    monkeypatch.setenv("OPENAI_API_KEY", PART_KEY)
+    texts = ["echo-part-head", "echo-part-tail", "echo-part-middle", "echo-part-changed",
+             "echo-part-fields", "echo-part-id-header"]
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": list("abcdef"), "text": texts}).to_csv(inp, index=False)
+    out = tmp_path / "out"
+    code = main(base_args(inp, out, _echo_url(echo_server), "--progress", "log",
+                          "--max-attempts", "1"))
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    df = pd.read_parquet(out / "results.parquet").set_index("id")
+    assert list(df["status"]) == ["failed"] * 4 + ["ok"] * 2
+    assert df.loc["a", "error_message"] == "bad request from [redacted]"
+    assert df.loc["b", "error_message"] == "upstream failed for key [redacted]"
+    assert str(df.loc["c", "error_message"]).endswith("(code [redacted])")
+    assert df.loc["d", "error_message"] == "no such key [redacted]#[redacted]"
+    e = df.loc["e"]
+    assert (e["request_id"], e["model"], e["finish_reason"]) == (
+        "[redacted]", "[redacted]", "[redacted]#[redacted]")
+    assert df.loc["f", "request_id"] == "req-[redacted]"
+    assert [n for n in ("cost_report.json", "cost_report.md", "report.html")
+            if not (out / n).is_file()] == []
+    assert list((out / "journal").glob("seg-*"))
+    parts = key_parts(PART_KEY)
+    printed = captured.out + captured.err
+    assert "[redacted]" in printed
+    assert [name for name, part in parts.items() if part in printed] == []
+    assert leaks_in_files(tmp_path, needles=tuple(parts.values())) == []
+
+
+@pytest.mark.parametrize(("key", "text"), [
+    # OpenAI's masked form: the key's beginning, and its last 4 characters.
+    (PART_KEY, f"Incorrect API key provided: sk-proj-{'*' * 40}{PART_KEY[-4:]}."),
+    # The beginnings keys share, alone or with a few characters of the key after them.
+    (PART_KEY, "keys begin sk- or sk-proj-; yours begins sk-proj-Zq7vT2m"),
+    ("sk-or-v1-" + "5f3a9c0e7d1b" * 5, "an OpenRouter key, sk-or-v1-5f3a9c..."),
+    ("sk-ant-api03-" + "Qm9vVzl4" * 12, "an Anthropic key, sk-ant-api03-Qm..."),
+    # 15 characters of the key: its first, middle and last ones.
+    (PART_KEY, f"{PART_KEY[:15]} {PART_KEY[20:35]} {PART_KEY[-15:]}"),
+])
+def test_a_text_sharing_fewer_than_16_characters_with_the_key_is_left_as_it_is(
+        key: str, text: str) -> None:
+    from batchrunner.client import ChatClient
+
+    client = ChatClient("http://127.0.0.1:9/v1", key, timeout_s=1, connections=1)
+    assert client.redact(text) == text
+    assert client._scrub(text) == text
 
 
 @pytest.mark.parametrize("source", ["environment", "job file's .env", "403 page"])
@@ -651,8 +759,11 @@ def test_a_key_is_read_without_surrounding_whitespace_and_refused_with_a_space_i
     ("token-abc123", "Bearer%20token-abc123, key%3Dtoken-abc123&x, \\ntoken-abc123, "
      "\\u0020token-abc123, ntoken-abc123", "Bearer%20[redacted], key%3D[redacted]&x, "
      "\\n[redacted], \\u0020[redacted], ntoken-abc123"),
-    # A real key is taken out wherever it stands, inside a longer string too.
-    (KEY, f"echo:{KEY}x and {KEY[:-1]}", f"echo:[redacted]x and {KEY[:-1]}"),
+    # A real key is taken out wherever it stands, inside a longer string too, and so is a run
+    # of 16 characters or more of it (test_a_server_echoing_part_of_the_key_...).
+    (KEY, f"echo:{KEY}x and {KEY[:-1]}", "echo:[redacted]x and [redacted]"),
+    # A short key is taken out whole only, where it stands alone.
+    ("sk-123", "sk-123, sk-1234, sk-12", "[redacted], sk-1234, sk-12"),
     # A short key's header base64-encoded, and its own base64 where that is 16 characters or
     # more, are taken out wherever they stand: they were left in an error's text.
     ("token-abc123", "you sent QmVhcmVyIHRva2VuLWFiYzEyMw== (dG9rZW4tYWJjMTIz, "
