@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import difflib
+import functools
 import math
 import os
 import re
@@ -956,12 +957,25 @@ class _SecretRuns:
 
 def holds_secret(text: str, secret: str) -> bool:
     """Whether ``text`` holds ``secret`` as the client's redaction finds it: a long one
-    anywhere, a short one (a local server's stand-in key, "x" or "ollama") where it stands
-    alone, not inside a longer word ("ollama_rows.csv")."""
+    anywhere, or a run of _PART characters or more of it, in any case; a short one (a local
+    server's stand-in key, "x" or "ollama") where it stands alone, not inside a longer word
+    ("ollama_rows.csv")."""
     if len(secret) >= LONG_SECRET:
-        return secret in text
+        return secret in text or bool(_runs_of(secret).found(text))
     pattern = _secrets_pattern([secret])
     return pattern is not None and pattern.search(text) is not None
+
+
+def without_secret(text: str, secret: str) -> str:
+    """``text`` with a long ``secret``, and every run of _PART characters or more of it, in
+    any case, replaced by ``[redacted]`` (``holds_secret``)."""
+    return _runs_of(secret).cut(text)
+
+
+@functools.lru_cache(maxsize=4)
+def _runs_of(secret: str) -> _SecretRuns:
+    """``secret``'s runs, for each of the texts of a job's settings looked through."""
+    return _SecretRuns([secret])
 
 
 class ChatClient:

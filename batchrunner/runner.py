@@ -56,7 +56,7 @@ from batchrunner.arrow import (
     string_array,
     to_numpy,
 )
-from batchrunner.client import ChatClient, ChatResult, holds_secret
+from batchrunner.client import ChatClient, ChatResult, holds_secret, without_secret
 from batchrunner.config import (
     DEFAULT_API_KEY_ENV,
     KEY_VARIABLE_ENDINGS,
@@ -557,8 +557,8 @@ def _command_kept(job: JobConfig) -> dict[str, Any]:
 
 def _without_key(command: dict[str, Any], api_key: str | None) -> None:
     """Hold back in ``command`` (``_command_kept``) the options whose value holds ``api_key``
-    (a short one, a local server's stand-in, as a word of its own: ``holds_secret``), and
-    the program's path if that does."""
+    (a long one's run of 16 characters or more too; a short one, a local server's stand-in, as
+    a word of its own: ``holds_secret``), and the program's path if that does."""
     options = command.get("options")
     if api_key and isinstance(options, dict):
         for name, value in options.items():
@@ -584,11 +584,12 @@ def _settings_without_key(value: Any, api_key: str | None, *, headers: bool = Fa
                           credential: bool = False) -> Any:
     """``value`` (job.json's request settings) with a long ``api_key`` written in it, in
     ``[request.extra]`` say (an ``Authorization`` header in ``extra_headers``, as the OpenAI
-    SDK takes it, or a gateway's body field), replaced by ``[redacted]``. A short one, a local
-    server's stand-in ("x"), is a word of a prompt or a model's name: left. A header whose
-    name says it carries credentials (``credential``: ``Authorization``, ``x-api-key``, in an
-    ``extra_headers`` table) has them redacted too, whatever key they are (another gateway's),
-    past their scheme ("Bearer "), where LONG_SECRET characters or more."""
+    SDK takes it, or a gateway's body field), or a run of 16 characters or more of it
+    (``without_secret``), replaced by ``[redacted]``. A short one, a local server's stand-in
+    ("x"), is a word of a prompt or a model's name: left. A header whose name says it carries
+    credentials (``credential``: ``Authorization``, ``x-api-key``, in an ``extra_headers``
+    table) has them redacted too, whatever key they are (another gateway's), past their scheme
+    ("Bearer "), where LONG_SECRET characters or more."""
     if isinstance(value, dict):
         return {k: _settings_without_key(
             v, api_key, headers=k in _HEADER_TABLES,
@@ -599,8 +600,8 @@ def _settings_without_key(value: Any, api_key: str | None, *, headers: bool = Fa
     if isinstance(value, str):
         if credential and (m := _CREDENTIALS.fullmatch(value)) is not None:
             return (m.group(1) or "") + "[redacted]"
-        if api_key and len(api_key) >= LONG_SECRET and api_key in value:
-            return value.replace(api_key, "[redacted]")
+        if api_key and len(api_key) >= LONG_SECRET:
+            return without_secret(value, api_key)
     return value
 
 

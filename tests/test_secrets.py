@@ -561,11 +561,37 @@ def test_a_server_echoing_part_of_the_key_does_not_get_it_written(
 ])
 def test_a_text_sharing_fewer_than_16_characters_with_the_key_is_left_as_it_is(
         key: str, text: str) -> None:
-    from batchrunner.client import ChatClient
+    from batchrunner.client import ChatClient, holds_secret
 
     client = ChatClient("http://127.0.0.1:9/v1", key, timeout_s=1, connections=1)
     assert client.redact(text) == text
     assert client._scrub(text) == text
+    assert not holds_secret(text, key)
+
+
+def test_an_option_or_a_setting_holding_part_of_the_key_is_not_kept() -> None:
+    """job.json holds back an option (kept for status's resume command) that holds 16
+    characters or more of the key, and has them [redacted] in a request setting, as in a
+    server's text; 15 of them, or "sk-proj-", are no secret. The job file's settings still
+    match the run's."""
+    from batchrunner.config import _same_setting
+    from batchrunner.runner import _settings_without_key, _without_key
+
+    parts = key_parts(PART_KEY)
+    command: dict[str, Any] = {"options": {
+        "prompt": f"Say {{text}} {parts['without its head']}",
+        "from_column": [f"user={parts['its middle']}"], "model": "gpt-4o-mini",
+        "output": f"out/{PART_KEY[:15]}", "max_tokens": 40}}
+    _without_key(command, PART_KEY)
+    held = "<not kept: it holds the API key>"
+    assert command["options"] == {"prompt": held, "from_column": held, "model": "gpt-4o-mini",
+                                  "output": f"out/{PART_KEY[:15]}", "max_tokens": 40}
+    settings = {"model": "gpt-4o-mini", "extra": {
+        "user": f"team {parts['without its tail']}", "metadata": {"note": "sk-proj-"}}}
+    kept = _settings_without_key(settings, PART_KEY)
+    assert kept == {"model": "gpt-4o-mini", "extra": {
+        "user": "team [redacted]", "metadata": {"note": "sk-proj-"}}}
+    assert _same_setting(kept, settings)
 
 
 @pytest.mark.parametrize("source", ["environment", "job file's .env", "403 page"])
