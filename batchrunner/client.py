@@ -1173,9 +1173,11 @@ class ChatClient:
                 out.append("[redacted]")
         return "".join(out)
 
-    def _scrub(self, text: str | None, *, answer: bool = False) -> str | None:
+    def _scrub(self, text: str | None, *, answer: bool = False, runs: bool = True
+               ) -> str | None:
         """A reply's field, redacted: its id, model or finish_reason wholly (short secrets
-        too, and a long one's runs of _PART characters, as a server may write part of it);
+        too, and, but for ``runs`` False, a long one's runs of _PART characters, as a server
+        may write part of it);
         an answer's text (``answer``) of the long secrets written in it whole, as a model told
         the request's headers may repeat them (a short key, a local server's placeholder such
         as "x", is a word of the answer: it is taken out only after "Bearer", a proxy's short
@@ -1190,8 +1192,8 @@ class ChatClient:
                 if f in text:
                     text = self._long_secrets.sub("[redacted]", text)
                     break
-        if not answer and (runs := self._runs) is not None and runs.seen(text):
-            text = runs.cut(text)
+        if runs and not answer and (found := self._runs) is not None and found.seen(text):
+            text = found.cut(text)
         if answer and self._headed is not None:
             text = self._unheaded(self._headed, text)
         if not answer and self._short_secrets is not None:
@@ -1227,11 +1229,12 @@ class ChatClient:
         out.append(text[done:])
         return "".join(out)
 
-    def _in_reply(self, res: ChatResult, clean_id: str | None = None) -> bool:
+    def _in_reply(self, res: ChatResult) -> bool:
         """Whether a long secret is written in one of ``res``'s fields, or a run of it
-        (``_SecretRuns``) in its request id, model or finish_reason, as ``_scrub`` takes them out
-        (loops, not ``any``: a microsecond less a reply). A request id that is ``clean_id``
-        (the x-request-id header's, scrubbed already) is not looked at for a run again."""
+        (``_SecretRuns``) in its model or finish_reason, as ``_scrub`` takes them out (loops,
+        not ``any``: a microsecond less a reply). Not its request id, new each reply: looked
+        through for runs, it was most of a microsecond a reply, and a server names its
+        requests by its own ids."""
         for f in self._written:
             for v in (res.content, res.request_id, res.model, res.finish_reason,
                       res.reasoning_content, res.choices, res.tool_calls, res.citations,
@@ -1239,9 +1242,6 @@ class ChatClient:
                 if v and f in v:
                     return True
         if (runs := self._runs) is not None:
-            rid = res.request_id
-            if rid and rid is not clean_id and runs.seen(rid) and runs.found(rid):
-                return True
             runless = self._runless
             for v in (res.model, res.finish_reason):
                 if v and v not in runless:
@@ -1251,18 +1251,17 @@ class ChatClient:
                         runless.add(v)
         return False
 
-    def _scrubbed(self, res: ChatResult, clean_id: str | None = None) -> ChatResult:
-        """``res`` with its fields scrubbed (``_scrub``); at once when no secret is in them
-        (``clean_id``: see ``_in_reply``)."""
+    def _scrubbed(self, res: ChatResult) -> ChatResult:
+        """``res`` with its fields scrubbed (``_scrub``); at once when no secret is in them."""
         if not self._secrets:
             return res
         ranked = res.logprobs is not None or bool(res.choices and '"logprobs"' in res.choices)
         if self._short_secrets is None:
-            if not self._in_reply(res, clean_id):
+            if not self._in_reply(res):
                 return res
             found = True
         else:
-            found = ranked and self._in_reply(res, clean_id)
+            found = ranked and self._in_reply(res)
         if found and ranked:
             # The answer wrote a secret: its tokens' log probabilities spell it a token at a
             # time, where no search finds it, so they are not kept.
@@ -1467,7 +1466,7 @@ class ChatClient:
                     del self._flying[name]
         # To the microsecond: the clock's nanoseconds are noise, and a CSV showed all 14 digits.
         latency_ms = round((time.perf_counter() - start) * 1000.0, 3)
-        request_id = self._scrub(headers.get("x-request-id"))
+        request_id = self._scrub(headers.get("x-request-id"), runs=False)  # every reply's
         if status != 200:
             error = self._status_error(status, raw, headers, request_id, body.get("model"))
             if status == 400 and "stream_options" in body and "stream_options" in error.message:
@@ -1518,7 +1517,7 @@ class ChatClient:
         else:
             res = self._parse(raw, request_id, latency_ms, hdrs, choices)
         self._tell_kind(SIMULATOR_HEADER in headers, res)
-        return self._scrubbed(res, request_id)
+        return self._scrubbed(res)
 
     def _tell_kind(self, said: bool, res: ChatResult) -> None:
         """A completion (``res``) came, ``said`` to be batchrunner simulate's or not: the first
