@@ -22,7 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from operator import itemgetter
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -861,14 +860,11 @@ def _secrets_pattern(secrets: Iterable[str]) -> re.Pattern[str] | None:
 _PART = LONG_SECRET
 # A text is looked up in a secret's runs by its chunks of _CHUNK characters, one every _EVERY
 # from its start: a run of _PART characters holds one of them whole (one starts in its first
-# _EVERY). Three a request id of 36 to 38 characters.
+# _EVERY).
 _CHUNK = 6
 _EVERY = _PART - _CHUNK + 1
-# What cuts a text into its 2 to 8 chunks at once (of up to 93 characters: a request id).
-_CUTTERS = {n: itemgetter(*(slice(at, at + _CHUNK) for at in range(0, n * _EVERY, _EVERY)))
-            for n in range(2, 9)}
 # The most models and finish_reasons a client keeps as holding no run (``_in_reply``): a server
-# naming each reply's model anew is looked through every time, as the request id is.
+# naming each reply's model anew is looked through every time.
 _RUNLESS_KEPT = 64
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -894,19 +890,12 @@ class _SecretRuns:
 
     def seen(self, text: str) -> bool:
         """Whether ``text`` may hold a run, as written (not in another case): one of its
-        chunks is a form's. A reply's request id is looked at so on every reply: its chunks
-        are cut in one call (``_CUTTERS``) and looked up in another, a fifth less than a loop
-        of slices and lookups."""
-        size = len(text)
-        if size < _PART:
+        chunks is a form's."""
+        if len(text) < _PART:
             return False
-        chunks = (size - _CHUNK) // _EVERY + 1
-        if chunks == 1:
-            return text[:_CHUNK] in self._chunks
-        if chunks in _CUTTERS:
-            return not self._chunks.isdisjoint(_CUTTERS[chunks](text))
-        for at in range(0, size - _CHUNK + 1, _EVERY):
-            if text[at:at + _CHUNK] in self._chunks:
+        chunks = self._chunks
+        for at in range(0, len(text) - _CHUNK + 1, _EVERY):
+            if text[at:at + _CHUNK] in chunks:
                 return True
         return False
 
