@@ -60,6 +60,22 @@ def base_args(inp: Path, out: Path, base_url: str, *extra: str) -> list[str]:
             *extra]
 
 
+def run_echoed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+               echo_server: ThreadingHTTPServer, texts: list[str]
+               ) -> tuple[pd.DataFrame, Any, Path]:
+    """A job of a row a text (ids a, b, ...) against the echoing server, one attempt each,
+    logged: its results by id, what it printed, and its output directory (exit 3: some
+    rows fail)."""
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": list("abcdefgh"[:len(texts)]), "text": texts}).to_csv(inp, index=False)
+    out = tmp_path / "out"
+    code = main(base_args(inp, out, _echo_url(echo_server), "--progress", "log",
+                          "--max-attempts", "1"))
+    captured = capsys.readouterr()
+    assert code == 3, captured.err
+    return pd.read_parquet(out / "results.parquet").set_index("id"), captured, out
+
+
 def leaks_in_files(root: Path, skip: tuple[str, ...] = (".env",),
                    needles: tuple[str, ...] = NEEDLES) -> list[str]:
     """Where under ``root`` the key (or ``needles``) shows up: raw bytes of every file, and
@@ -398,15 +414,9 @@ def test_a_key_echoed_in_any_field_or_form_is_written_nowhere(
     results, reports, journal and output have none of it. The log probabilities of an answer
     that wrote it, which spell it a token at a time, are not kept; another answer's are."""
     monkeypatch.setenv("OPENAI_API_KEY", key)
-    texts = ["echo-fields", "echo-stream", "echo-code", "echo-encoded", "fine"]
-    inp = tmp_path / "in.csv"
-    pd.DataFrame({"id": list("abcde"), "text": texts}).to_csv(inp, index=False)
-    out = tmp_path / "out"
-    code = main(base_args(inp, out, _echo_url(echo_server), "--progress", "log",
-                          "--max-attempts", "1"))
-    captured = capsys.readouterr()
-    assert code == 3, captured.err
-    df = pd.read_parquet(out / "results.parquet").set_index("id")
+    df, captured, _ = run_echoed(
+        tmp_path, capsys, echo_server, ["echo-fields", "echo-stream", "echo-code",
+                                        "echo-encoded", "fine"])
     assert list(df["status"]) == ["ok", "ok", "failed", "failed", "ok"]
     a = df.loc["a"]
     assert (a["request_id"], a["model"], a["finish_reason"]) == (
@@ -514,16 +524,9 @@ def test_a_server_echoing_part_of_the_key_does_not_get_it_written(
     HTML report. (A reply's request id, new each reply and the server's own, is looked
     through for the whole key only: for its parts, most of a microsecond a reply.)"""
     monkeypatch.setenv("OPENAI_API_KEY", PART_KEY)
-    texts = ["echo-part-head", "echo-part-tail", "echo-part-middle", "echo-part-changed",
-             "echo-part-fields"]
-    inp = tmp_path / "in.csv"
-    pd.DataFrame({"id": list("abcde"), "text": texts}).to_csv(inp, index=False)
-    out = tmp_path / "out"
-    code = main(base_args(inp, out, _echo_url(echo_server), "--progress", "log",
-                          "--max-attempts", "1"))
-    captured = capsys.readouterr()
-    assert code == 3, captured.err
-    df = pd.read_parquet(out / "results.parquet").set_index("id")
+    df, captured, out = run_echoed(
+        tmp_path, capsys, echo_server, ["echo-part-head", "echo-part-tail", "echo-part-middle",
+                                        "echo-part-changed", "echo-part-fields"])
     assert list(df["status"]) == ["failed"] * 4 + ["ok"]
     assert df.loc["a", "error_message"] == "bad request from [redacted]"
     assert df.loc["b", "error_message"] == "upstream failed for key [redacted]"
