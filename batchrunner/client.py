@@ -1036,7 +1036,7 @@ class ChatClient:
         # part (an error's, a reply's request id, model or finish_reason).
         self._runs = _SecretRuns(self._written) if self._written else None
         # The models and finish_reasons replies gave that hold no such run: replies give the
-        # same few, each looked through once (a request id, new each reply, every time).
+        # same few, each looked through once (a reply's request id is not: ``_in_reply``).
         self._runless: set[str] = set()
         # The timeout is kept by a watchdog (``_watch``), not by aiohttp: aiohttp arms and
         # cancels a timer for every request, 6 µs of CPU each (a twentieth of a request's

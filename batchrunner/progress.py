@@ -297,10 +297,10 @@ def _limited(sending: int, limited: int) -> str:
     return f"sending {sending:,} of the {sending + limited:,} rows to do (--limit)"
 
 
-def utc_timestamp() -> str:
-    """Now, as the outputs and log lines write times: ISO 8601 UTC to the second, e.g.
-    ``2026-11-30T02:00:01Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def utc_timestamp(at: float | None = None) -> str:
+    """Now (or ``at``, a Unix time), as the outputs and log lines write times: ISO 8601 UTC
+    to the second, e.g. ``2026-11-30T02:00:01Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 class LogProgress:

@@ -3907,23 +3907,19 @@ class _Run:
         ``PAUSE_TOLD_S`` or more (a 429's retry-after, a gateway's 503's) holds new requests:
         until when, and what asked for it. Written when one begins or is made longer by 10 s
         or more, and when it ends: not every flush."""
-        counts = self.counts
-        now = time.time()
-        until = now + counts.paused_s if counts.paused_s >= 1.0 else 0.0
-        recorded = self.pause_recorded
-        if not ((until and counts.paused_s >= PAUSE_TOLD_S and until >= recorded + 10.0)
-                or (recorded and now >= recorded) or (recorded and not until)):
-            return
+        paused_s, now, recorded = self.counts.paused_s, time.time(), self.pause_recorded
         last_run = self.plan.job_meta.get("last_run")
         if not isinstance(last_run, dict):
             return
-        if until and counts.paused_s >= PAUSE_TOLD_S:
-            self.pause_recorded = until
-            last_run["paused"] = {"until_s": round(until, 3),
-                                  "by": printable(counts.paused_by, 120)}
-        else:
+        if paused_s >= PAUSE_TOLD_S and now + paused_s >= recorded + 10.0:
+            self.pause_recorded = now + paused_s
+            last_run["paused"] = {"until_s": round(now + paused_s, 3),
+                                  "by": printable(self.counts.paused_by, 120)}
+        elif recorded and (now >= recorded or paused_s < 1.0):  # over, or lifted (a stop)
             self.pause_recorded = 0.0
             last_run.pop("paused", None)
+        else:
+            return
         with suppress(BatchrunnerError, OSError):  # a full disk: the journal's write says so
             _write_meta(self.plan)
 

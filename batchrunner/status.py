@@ -32,7 +32,13 @@ from batchrunner.config import (
 from batchrunner.errors import InputError, JournalError, UsageError
 from batchrunner.journal import Journal
 from batchrunner.pricing import PriceBook, parse_price_table
-from batchrunner.progress import duration, program, program_words, shell_quote
+from batchrunner.progress import (
+    duration,
+    program,
+    program_words,
+    shell_quote,
+    utc_timestamp,
+)
 from batchrunner.records import AUDIO_COLUMNS, RETRYING
 from batchrunner.report import (
     AudioSum,
@@ -166,8 +172,7 @@ def format_status(out_dir: Path) -> str:
     since = selected.get("since_s") if isinstance(selected, dict) else None
     state = Journal(out_dir).fold_latest(
         (*_Tally.COLUMNS, "choices"),
-        lambda: _Tally(times=locked, choices=asked,
-                       since=since if type(since) in (int, float) else None))
+        lambda: _Tally(times=locked, choices=asked, since=_finite(since)))
     total = int(meta.get("total_rows") or 0)
     ok, failed = state.ok, state.failed
     # The journal's rows the input no longer has (an id-keyed input that lost rows since they
@@ -265,9 +270,8 @@ def format_status(out_dir: Path) -> str:
             # finishes: the outage says why). Once it is back, the pace is of the rows since.
             outage = (_outage(last.get("outage"), now, to_do) if isinstance(last, dict)
                       else "")
-            back = last.get("back_s") if isinstance(last, dict) else None
-            if not (isinstance(back, int | float) and not isinstance(back, bool)
-                    and math.isfinite(back) and started is not None and back > started):
+            back = _finite(last.get("back_s")) if isinstance(last, dict) else None
+            if back is not None and (started is None or back <= started):
                 back = None
             lines.append(outage or _pace(finished_at, to_do, now,
                                          started if back is None else back,
@@ -497,9 +501,8 @@ def _raise_budget(meta: dict[str, Any], rerun: Rerun, spent: float, paid: int,
     per_row = spent / paid
     left = to_do * per_row
     last = meta.get("last_run")
-    held = last.get("held_usd") if isinstance(last, dict) else None
-    if isinstance(held, int | float) and not isinstance(held, bool) and (
-            math.isfinite(held) and held > 0):
+    held = _finite(last.get("held_usd")) if isinstance(last, dict) else None
+    if held is not None and held > 0:
         room = f"plus {format_usd(held)} for the requests in flight (held at their most)"
     else:
         held = (spent + left) / 10
@@ -835,7 +838,14 @@ def _outputs_before(out_dir: Path, last_run: dict[str, Any]) -> str | None:
         return None
     if started is None or written >= started:
         return None
-    return datetime.fromtimestamp(written, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_timestamp(written)
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` read from job.json where it is a finite number (not a bool), else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _epoch(last_run: Any) -> float | None:
@@ -844,9 +854,8 @@ def _epoch(last_run: Any) -> float | None:
     ``started_at``, to the second."""
     if not isinstance(last_run, dict):
         return None
-    exact = last_run.get("started_s")
-    if isinstance(exact, int | float) and not isinstance(exact, bool) and math.isfinite(exact):
-        return float(exact)
+    if (exact := _finite(last_run.get("started_s"))) is not None:
+        return exact
     started = last_run.get("started_at")
     if not isinstance(started, str):
         return None
@@ -862,9 +871,8 @@ def _paused(paused: Any, now: float) -> str:
     requests held, for how much longer and by what; "" for none, or one over."""
     if not isinstance(paused, dict):
         return ""
-    until, by = paused.get("until_s"), paused.get("by")
-    if not (isinstance(until, int | float) and not isinstance(until, bool)
-            and math.isfinite(until) and until > now):
+    until, by = _finite(paused.get("until_s")), paused.get("by")
+    if until is None or until <= now:
         return ""
     what = by if isinstance(by, str) and by else "a 429's retry-after"
     return (f"  new requests held {duration(round(until - now))} more by {what}, as the "
@@ -879,8 +887,8 @@ def _outage(outage: Any, now: float, to_do: int = 0) -> str:
     it, and how long the run waits for it; "" if none."""
     if not isinstance(outage, dict):
         return ""
-    since, by, wait_s = outage.get("since_s"), outage.get("by"), outage.get("wait_s")
-    if not isinstance(since, int | float) or isinstance(since, bool) or not math.isfinite(since):
+    since, by, wait_s = _finite(outage.get("since_s")), outage.get("by"), outage.get("wait_s")
+    if since is None:
         return ""
     line = (f"  the endpoint has not answered for {max(0.0, now - since):.0f} s "
             + (f"(only its gateway, with {by})" if isinstance(by, str) and by
