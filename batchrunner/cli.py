@@ -43,7 +43,7 @@ from batchrunner.errors import (
     leaf,
 )
 from batchrunner.eventloop import loop_factory
-from batchrunner.progress import flush_outputs, program, say, shell_quote
+from batchrunner.progress import flush_outputs, logged, program, say, shell_quote
 
 __all__ = ["before_imports", "main"]
 
@@ -667,7 +667,7 @@ def _report(exc: BaseException, args: Sequence[str] = ()) -> int:
     def tell(line: str) -> None:
         for secret in hidden:
             line = line.replace(secret, "[redacted]")
-        say(line)
+        say(logged(line))
 
     e = leaf(exc)
     if isinstance(e, UsageError | JournalError):

@@ -413,8 +413,8 @@ def output_lost(error: OSError, stream: TextIO | None = None, line: str = "") ->
         _to_null(lambda at, st: at == fd)
         other = sys.stdout if fd == 2 else sys.stderr
         name = "stdout" if fd == 1 else "stderr" if fd == 2 else f"file descriptor {fd}"
-        say(f"batchrunner: warning: {name} cannot be written ({os.strerror(error.errno)}): "
-            "going on without writing there", other)
+        say(logged(f"batchrunner: warning: {name} cannot be written "
+                   f"({os.strerror(error.errno)}): going on without writing there", other), other)
         if line:
             say(line, other)
         return
@@ -433,6 +433,18 @@ def flush_outputs() -> None:
         except OSError as e:
             with suppress(OSError):
                 output_lost(e, stream)
+
+
+def logged(line: str, file: TextIO | None = None) -> str:
+    """``line`` as written to ``file`` (stderr): after the UTC time where that is a file (a
+    log that nights are appended to, ``>> cron.log 2>&1``), as the progress lines are there,
+    so that a night's error, stop or warning tells when it came; as it is on a terminal or a
+    pipe (cron's mail, journald's socket: each run's own, or stamped by the reader)."""
+    try:
+        to_file = stat.S_ISREG(os.fstat((sys.stderr if file is None else file).fileno()).st_mode)
+    except (OSError, ValueError):  # no descriptor of its own (a test's StringIO), or closed
+        to_file = False
+    return f"{utc_timestamp()} {line}" if to_file else line
 
 
 def say(line: str, file: TextIO | None = None) -> None:

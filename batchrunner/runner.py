@@ -124,6 +124,7 @@ from batchrunner.progress import (
     Progress,
     duration,
     leave_terminal,
+    logged,
     make_progress,
     printable,
     program,
@@ -4149,7 +4150,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         proxy = proxy_for(base_url, env)
         summary.warnings.extend(endpoint_warnings(base_url))
         for w in summary.warnings:
-            say(f"batchrunner: warning: {w}")
+            say(logged(f"batchrunner: warning: {w}"))
         try:
             out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:

@@ -889,6 +889,40 @@ def test_a_log_with_no_room_left_does_not_stop_the_run_nor_change_its_exit_code(
     assert "batchrunner: error: input" in kept.read_text()
 
 
+UTC_STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ "
+
+
+def test_an_error_or_a_warning_in_a_log_file_says_when_it_came(tmp_path: Path) -> None:
+    """A nightly job's log (``>> cron.log 2>&1``) had its progress lines stamped with the UTC
+    time, but not the line of a night that failed at its start (bad input, exit 2) nor a
+    warning before its first row: a morning's reader could not tell which night wrote them.
+    Written to a file they begin with the time too; to a pipe (cron's mail, journald) or a
+    terminal, as they were."""
+    (tmp_path / "in.csv").write_text("id,text\na,hello\n")
+    bad = ["run", "--input", str(tmp_path / "none.csv"), "--prompt", "Say {text}", "--model",
+           "m", "--simulator", "--output", str(tmp_path / "bad")]
+    log = tmp_path / "cron.log"
+    with log.open("ab") as f:
+        proc = subprocess.run(_batchrunner(*bad), cwd=tmp_path, timeout=120, stdout=f, stderr=f)
+        assert proc.returncode == 2
+        warned = ["run", "--input", str(tmp_path / "in.csv"), "--prompt", "Say {text}",
+                  "--model", "gpt-4o-mini", "--simulator", "--output", str(tmp_path / "out"),
+                  "--max-cost", "5"]
+        proc = subprocess.run(_batchrunner(*warned), cwd=tmp_path, timeout=120, stdout=f,
+                              stderr=f)
+        assert proc.returncode == 0
+    lines = log.read_text().splitlines()
+    assert re.fullmatch(UTC_STAMP + r"batchrunner: error: input \S*none\.csv: .*", lines[0]), lines
+    warning = [line for line in lines if "batchrunner: warning:" in line]
+    assert len(warning) == 1 and re.match(
+        UTC_STAMP + "batchrunner: warning: max_cost_usd is set but max_tokens is not", warning[0]
+    ), lines
+    piped = subprocess.run(_batchrunner(*bad), cwd=tmp_path, timeout=120, capture_output=True,
+                           text=True)
+    assert piped.returncode == 2
+    assert piped.stderr.startswith("batchrunner: error: input "), piped.stderr
+
+
 # -- a path whose name is not UTF-8 (Latin-1 bytes, say) -----------------------------------------
 
 
