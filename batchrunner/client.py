@@ -1471,10 +1471,12 @@ class ChatClient:
                                       "batch file, \"stream_options\": {\"include_usage\": "
                                       "false} in each body)")
                 error.args = (error.message,)
-            elif status == 404 and type(model := body.get("model")) is str and model and (
+            elif status in (404, 503) and type(model := body.get("model")) is str and model and (
                     model in error.message):
                 # A model name the server does not serve (vLLM serves its --served-model-name,
-                # else the Hugging Face path it loaded): the names it does serve, asked once.
+                # else the Hugging Face path it loaded; a gateway answers 503 "No available
+                # channel for model ...", as for an upstream away): the names it does serve,
+                # asked once. A 503 for a model it lists is its upstream's outage, waited out.
                 served = await self._served_models()
                 if served and model not in served:
                     # Redacted before it is cut, on one line, as the server's own words are.

@@ -218,8 +218,8 @@ class RequestError(BatchrunnerError):
         # reasoning, a tool call): the endpoint answers (a timeout's only not in the time
         # given), and the try was billed, for what its usage says or, without one, unknown.
         self.answer_begun = False
-        # A 404 for a model the endpoint's /models does not list (vLLM serving another name):
-        # no request asking that model can be answered.
+        # A 404 (or a gateway's 503) naming a model the endpoint's /models does not list
+        # (vLLM serving another name, a name mistyped): no request asking it can be answered.
         self.model_not_served = False
 
     def __str__(self) -> str:

@@ -2653,11 +2653,15 @@ class _Run:
                         and bool(item.model) and _names_model(item.model, e.message))
                 if away:
                     e.retryable = True  # the last rows too are tried as for a 503
-                elif e.model_not_served and not self.models_vary:
+                elif e.model_not_served and not self.models_vary and (
+                        e.status != 503 or not (self.counts.ok > self.plan.prior_ok
+                                                or self.model_answered_here)):
                     # The job's one model is not among those the endpoint serves (a box
-                    # restarted under another --served-model-name): every row would fail so.
-                    # Stopped at the first such answer, no row failed: the rerun with the
-                    # right name sends them all.
+                    # restarted under another --served-model-name; a gateway's 503 "no
+                    # channel" for a name mistyped): every row would fail so, or wait out an
+                    # outage that is none. Stopped at the first such answer, no row failed:
+                    # the rerun with the right name sends them all. A gateway's 503 for a
+                    # model that has answered the job is its upstreams away: waited out.
                     self._answered(sent_at)
                     self.stop(SettingRefused(
                         f"{e.message}, then rerun (no row was failed for it)"))

@@ -379,6 +379,84 @@ async def test_a_mistyped_model_names_the_gateways_closest_models(tmp_path: Path
                          "for it)"), s.stopped
 
 
+def channel_gateway(models: list[str], away: set[str]) -> Any:
+    """A gateway in new-api's way: its /v1/models lists ``models`` less those ``away``, and a
+    chat request for a model it has no channel for (one not listed) is answered 503 "No
+    available channel for model ...", as its upstreams' outage is."""
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET":
+            return web.json_response({"object": "list", "data": [
+                {"id": m, "object": "model"} for m in models if m not in away]})
+        body = await request.json()
+        if body["model"] not in models or body["model"] in away:
+            return web.json_response(error_body(
+                f"No available channel for model {body['model']} under group default",
+                "new_api_error", "model_not_found"), status=503)
+        return web.json_response(completion(body, "ok"))
+    return handle
+
+
+@pytest.mark.anyio
+async def test_a_mistyped_model_a_gateway_answers_503_for_stops_at_once_naming_its_models(
+        tmp_path: Path) -> None:
+    """A gateway in new-api's way answers a model name mistyped (gpt-4o-mni) with a 503, "No
+    available channel for model gpt-4o-mni", as it answers for an upstream away: the job took
+    it for an outage, waited the whole 5 minutes, sending a request a second or so, then said
+    to wait for the endpoint to be back. The name is not in the gateway's /v1/models: the job
+    stops at its first answer, no row failed, naming the models it serves."""
+    inp = models_csv(tmp_path / "in.csv", ["gpt-4o-mni"] * 20)
+    runner, port = await serve_on_loopback(channel_gateway(GATEWAY_MODELS, set()))
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
+                                  model="gpt-4o-mni", concurrency=4))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.failed == 0 and s.ok == 0 and s.stopped is not None, s
+    assert s.stopped.startswith("No available channel for model gpt-4o-mni under group "
+                                "default — the endpoint serves gpt-4o-mini, "), s.stopped
+    assert s.stopped.endswith("set the job's model to one of them, then rerun (no row was "
+                              "failed for it)"), s.stopped
+
+
+@pytest.mark.anyio
+async def test_a_gateways_503_for_a_model_that_answered_the_job_is_waited_out(
+        tmp_path: Path) -> None:
+    """The same 503 for a model that answered the job and is then gone from the gateway's
+    list a while (its channels disabled, then back) is its upstreams away, not a name
+    mistyped: waited out as before, every row ok."""
+    inp = models_csv(tmp_path / "in.csv", ["gpt-4o"] * 40)
+    away: set[str] = set()
+    listed = channel_gateway(GATEWAY_MODELS, away)
+    answers = 0
+    loop = asyncio.get_running_loop()
+    gone: dict[str, float] = {}
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal answers
+        now = loop.time()
+        if request.method == "POST":
+            if answers >= 10 and "from" not in gone:
+                gone["from"] = now  # gone from the list, after 10 answers, for 1 s
+                away.add("gpt-4o")
+            elif "from" in gone and now - gone["from"] > 1.0:
+                away.discard("gpt-4o")
+        response = await listed(request)
+        if request.method == "POST" and response.status == 200:
+            answers += 1
+        return response
+
+    runner, port = await serve_on_loopback(handle)
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
+                                  model="gpt-4o", concurrency=4))
+    finally:
+        await runner.cleanup()
+    assert gone, "the model was never taken off the list"
+    assert s.exit_code == 0 and s.ok == 40 and not s.stopped, s
+
+
 async def no_such_model(srv: FaultServer, request: web.BaseRequest,
                         body: dict[str, Any]) -> web.StreamResponse | None:
     """A gateway that does not have one model: 404 for it, naming it; answers for the others."""
