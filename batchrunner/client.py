@@ -132,6 +132,12 @@ _NO_BALANCE = re.compile(r"\b(?:balance|credits?)\b|余额|欠费", re.IGNORECAS
 # A FAILED_PRECONDITION that is the account's (billing off, a region not served), not the row's
 # (a file that is not ready, say).
 _ACCOUNT = re.compile(r"billing|location|region|country|territor|free tier", re.IGNORECASE)
+# A 403 for the place the request comes from (OpenAI's unsupported_country_region_territory,
+# "Country, region, or territory not supported"), not for the key.
+_UNSERVED_PLACE = re.compile(r"country|territor|unsupported.{0,20}region|region.{0,20}not "
+                             r"supported", re.IGNORECASE)
+# Google's reasons (an error's details) for a key it refuses with a 400 INVALID_ARGUMENT.
+_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
 
 
 @dataclass(slots=True)
@@ -1829,6 +1835,7 @@ class ChatClient:
         etype: str | None = None
         message: str
         gstatus: str | None = None
+        refused_key = False
         try:
             payload = orjson.loads(raw.removeprefix(_BOM))
             if isinstance(payload, list) and payload:  # Gemini's OpenAI endpoint: [{"error"}]
@@ -1839,6 +1846,9 @@ class ChatClient:
                 code = err.get("code") if isinstance(err.get("code"), str) else None
                 etype = err.get("type") if isinstance(err.get("type"), str) else None
                 gstatus = err.get("status") if isinstance(err.get("status"), str) else None
+                if status == 400 and type(details := err.get("details")) is list and any(
+                        type(d) is dict and d.get("reason") in _KEY_REASONS for d in details):
+                    refused_key = True  # Gemini's 400 "API key not valid": the key's, as a 401
             elif isinstance(err, str):
                 message = err
             elif isinstance(payload, dict) and isinstance(
@@ -1864,7 +1874,8 @@ class ChatClient:
         retry_after = _retry_after(headers)
         if status == 407 and (stop := self._proxy_refused(status, message)):
             raise stop
-        if halt := _stop_job(status, f"HTTP {status}", code, etype, message, gstatus,
+        if halt := _stop_job(401 if refused_key else status, f"HTTP {status}", code, etype,
+                             message, gstatus,
                              key_origin=self._key_origin, keyless=self._keyless,
                              key_hint=self._key_hint,
                              model=self.redact(model) if isinstance(model, str) else None):
@@ -2154,6 +2165,13 @@ def _stop_job(status: int, said: str, code: str | None, etype: str | None, messa
             f"{message}) — Gemini answers this when billing is not enabled for the project or "
             "the API is not offered in the caller's region: enable billing (or call from a "
             "region it serves), then rerun to resume")
+    if status == 403 and _UNSERVED_PLACE.search(f"{code} {etype} {message}"):
+        # OpenAI's unsupported_country_region_territory: the caller's place, not the key.
+        said = f"{said} {code}" if code and not said.endswith(code) else said
+        return AccountError(
+            f"the endpoint does not serve requests from where this runs ({said}: {message}) "
+            "— run the job from a country or region it serves (or through a gateway there), "
+            "then rerun to resume")
     if status in (401, 403):
         balance = bool(_BALANCE.search(message))
         # (FastAPI's HTTPBearer answers a request without a key with 403 Not authenticated.)

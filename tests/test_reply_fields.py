@@ -454,6 +454,38 @@ def test_401_and_403_advice_names_the_balance_when_the_body_does() -> None:
                         None)
 
 
+def test_a_key_gemini_refuses_with_a_400_and_a_place_openai_does_not_serve_say_which() -> None:
+    """Gemini's OpenAI endpoint refuses a bad key with a 400 INVALID_ARGUMENT whose details say
+    API_KEY_INVALID: every row failed as an http_400, the advice to fix a request setting.
+    OpenAI refuses a country it does not serve with a 403 unsupported_country_region_territory:
+    the stop said to check the key and its access to the model. The first stops the job as a
+    refused key does; the second as the account's, naming the place."""
+    c = client()
+    gemini = [{"error": {"code": 400, "message": "API key not valid. Please pass a valid API "
+                         "key.", "status": "INVALID_ARGUMENT", "details": [{
+                             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}}]
+    with pytest.raises(AuthError, match=r"^the endpoint refused the API key \(HTTP 400: API key "
+                       r"not valid\. Please pass a valid API key\.\) — check the key") as key:
+        c._status_error(400, orjson.dumps(gemini), {}, None)
+    assert key.value.status == 401 and not key.value.model_access
+    other = [{"error": {**gemini[0]["error"], "message": "Invalid JSON payload",  # type: ignore
+                        "details": [{"reason": "BAD_FIELD"}]}}]
+    assert c._status_error(400, orjson.dumps(other), {}, None).error_type == "http_400"
+    region = {"error": {"code": "unsupported_country_region_territory",
+                        "message": "Country, region, or territory not supported",
+                        "param": None, "type": "request_forbidden"}}
+    with pytest.raises(AccountError, match=r"^the endpoint does not serve requests from where "
+                       r"this runs \(HTTP 403 unsupported_country_region_territory: Country, "
+                       r"region, or territory not supported\) — run the job from a country or "
+                       r"region it serves"):
+        c._status_error(403, orjson.dumps(region), {}, None)
+    access = {"error": {"message": "Project `proj_1` does not have access to model `gpt-4o`",
+                        "type": "invalid_request_error", "code": "model_not_found"}}
+    with pytest.raises(AuthError, match="its access to"):
+        c._status_error(403, orjson.dumps(access), {}, "gpt-4o")
+
+
 def test_failed_precondition_stops_the_job_in_any_shape() -> None:
     """Gemini's FAILED_PRECONDITION (billing off, a region not served) is the account's, not
     the row's: a 400 with it, the list Gemini's OpenAI endpoint sends, or a 200 passing it on
