@@ -461,15 +461,15 @@ def test_a_key_gemini_refuses_with_a_400_and_a_place_openai_does_not_serve_say_w
     the stop said to check the key and its access to the model. The first stops the job as a
     refused key does; the second as the account's, naming the place."""
     c = client()
-    gemini = [{"error": {"code": 400, "message": "API key not valid. Please pass a valid API "
-                         "key.", "status": "INVALID_ARGUMENT", "details": [{
-                             "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                             "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}}]
+    error = {"code": 400, "message": "API key not valid. Please pass a valid API key.",
+             "status": "INVALID_ARGUMENT", "details": [{
+                 "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                 "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}
     with pytest.raises(AuthError, match=r"^the endpoint refused the API key \(HTTP 400: API key "
                        r"not valid\. Please pass a valid API key\.\) — check the key") as key:
-        c._status_error(400, orjson.dumps(gemini), {}, None)
+        c._status_error(400, orjson.dumps([{"error": error}]), {}, None)
     assert key.value.status == 401 and not key.value.model_access
-    other = [{"error": {**gemini[0]["error"], "message": "Invalid JSON payload",  # type: ignore
+    other = [{"error": {**error, "message": "Invalid JSON payload",
                         "details": [{"reason": "BAD_FIELD"}]}}]
     assert c._status_error(400, orjson.dumps(other), {}, None).error_type == "http_400"
     region = {"error": {"code": "unsupported_country_region_territory",
