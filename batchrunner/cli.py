@@ -324,6 +324,10 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str],
         elif name in ("run", "estimate") and field == "response_format":
             notes.append(f"{option} (replies are checked against --schema-file, or a job "
                          "file's [request] response_format)")
+        elif name in ("run", "estimate") and field in ("max_retries", "retries"):
+            # The OpenAI SDK's setting, as the gateways' guides set it (max_retries=2)
+            notes.append(f"{option} (the OpenAI SDK's max_retries N is --max-attempts N+1 "
+                         "here: the first try and N retries)")
         elif name in ("run", "estimate") and field in BODY_FIELDS:  # --n 3, --seed 7
             notes.append(f"{option} (the request field {field}: set it in a job file's "
                          f"[request.extra], or per row with --from-column {field}=COLUMN)")

@@ -88,6 +88,9 @@ def job_args(tmp_path: Path, *extra: str, inp: str = "in.csv") -> list[str]:
      "run has no option --max_tokens (did you mean --max-tokens?) — see batchrunner run --help"),
     (["run", "job.toml", "--top", "0.5"],
      "run has no option --top (did you mean --top-p?) — see batchrunner run --help"),
+    (["run", "job.toml", "--max-retries", "2"],  # the OpenAI SDK's setting
+     "run has no option --max-retries (the OpenAI SDK's max_retries N is --max-attempts N+1 "
+     "here: the first try and N retries) — see batchrunner run --help"),
     (["run", "job.toml", "--retry"],
      "run has no option --retry (did you mean --retry-failed?) — see batchrunner run --help"),
     (["simulate", "--por", "8001"],
