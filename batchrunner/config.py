@@ -726,6 +726,11 @@ def _string(t: dict[str, Any], key: str, f: _Fields, table: str, *,
     if v is not None and (not isinstance(v, str) or not v):
         got = (f"a {type(v).__name__} (not shown: it may hold the key)"
                if secret and v != "" else repr(v))
+        if v == "" and (table, key) in f.from_cli:
+            # --model "$NBILITY_MODEL", the variable set only in a .env file, which
+            # batchrunner reads and the shell does not
+            got += (" (a shell variable that is empty or unset? a .env file's variables are "
+                    "batchrunner's, not the shell's: export it, or give the value itself)")
         raise ConfigError(f"{f(table, key)} must be a non-empty string, got {got}")
 
 

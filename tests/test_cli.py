@@ -150,6 +150,19 @@ def test_other_argument_errors_are_one_line_too(capsys: pytest.CaptureFixture[st
         assert one_error_line(err) == message
 
 
+def test_an_empty_model_from_the_command_line_asks_about_the_shell_variable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--model "$NBILITY_MODEL"`` with the variable set only in a .env file (as a gateway's
+    guide sets it): the shell passes an empty word, and the error said only that --model must
+    be a non-empty string. It asks whether a shell variable is empty, and says why."""
+    code, out, err = cli(capsys, *job_args(tmp_path, "--model", ""))
+    assert (code, out) == (2, "")
+    assert one_error_line(err) == (
+        "--model must be a non-empty string, got '' (a shell variable that is empty or unset? "
+        "a .env file's variables are batchrunner's, not the shell's: export it, or give the "
+        "value itself)")
+
+
 def test_numbers_still_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = cli(capsys, *job_args(tmp_path, "--rpm", "600", "--tpm", "1e5",
                                            "--concurrency", "4", "--max-tokens", "20",
