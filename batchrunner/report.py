@@ -86,7 +86,8 @@ Top-level keys, in this order::
                       "search_unpriced_rows", "search_requests", "search_request_unpriced_rows",
                       "search_cost_usd" (as the top-level one; null when the model's price is
                       not known), "earlier_unpriced_rows" (rows whose cost is unknown for an
-                      earlier try billed at a cost not known), "price_source", "price",
+                      earlier try billed at a cost not known; 0 for a model with no price,
+                      whose rows' cost is unknown for want of it), "price_source", "price",
                       and, where rows were answered at a service tier of its own price,
                       "service_tiers": {tier: {"rows", "price"}}, and, where rows' replies
                       counted audio tokens (a spoken answer, an audio input), "audio_tokens":
@@ -1004,11 +1005,16 @@ def build_report(
                 )
 
     if stats._unreported.rows:
+        # Worded as the run's summary words it: no sum shown where no row paid for has a cost.
+        known = stats._cost_sum(lambda k: True)
+        without = f"{count_rows(n_unpriced)} without a cost"
+        cost = (f"unknown ({without}), and theirs is" if n_unpriced and not known
+                else f"at least {format_usd(known)}"
+                + (f", and {without}," if n_unpriced else "") + " plus theirs,")
         warnings.append(
             f"{count_rows(stats._unreported.rows)} had tries that may have been billed with no "
             "usage reported (timed out once sent, a broken connection, a cut answer, a reply "
-            "without usage): the cost "
-            f"is at least {format_usd(stats._cost_sum(lambda k: True))} plus theirs, estimated "
+            f"without usage): the cost is {cost} estimated "
             f"at {format_usd(stats._unreported.usd)} (their prompts and max_tokens at the "
             "price, as max_cost_usd counts them)")
 
@@ -1217,7 +1223,9 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "search_requests": requests,
             "search_request_unpriced_rows": unpriced_requests,
             "search_cost_usd": search,
-            "earlier_unpriced_rows": unpriced_earlier,
+            # A model with no price: its rows' cost is unknown for want of it, whatever their
+            # earlier tries were; the count is of a priced model's rows only.
+            "earlier_unpriced_rows": 0 if price is None else unpriced_earlier,
             "price_source": SOURCE_UNKNOWN if model is None
             else SOURCE_ASKED if price is None and ok > unpriced else prices.source(model),
             "price": None if price is None else price.as_dict(),
@@ -1527,11 +1535,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     earlier = report.get("cost_earlier_attempts_usd") or 0.0
     to_do_usd = report.get("cost_to_do_attempts_usd") or 0.0
     billed_to_do = rows.get("billed_to_do") or 0
-    incomplete = " (incomplete, see warnings)" if report.get("cost_complete") is False else ""
-    cost = format_usd(report.get("cost_usd")) + incomplete
     unreported = report.get("cost_unreported") or {}
-    if unreported.get("rows"):
-        cost = f"at least {cost}, plus unknown (see warnings)"
+    cost = _cost_cell(report, report.get("cost_usd"))
     latency = "n/a"
     if lat.get("p50") is not None:
         latency = " / ".join(format_ms(lat.get(k)) for k in ("p50", "p95", "p99"))
@@ -1564,7 +1569,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         *([[f"Earlier attempts, {_counted(billed_to_do, 'row', 'rows')} still to do (USD)",
             format_usd(to_do_usd)]] if billed_to_do else []),
         *([["Spent in all (USD)",
-            format_usd((report.get("cost_usd") or 0.0) + earlier) + incomplete]]
+            _cost_cell(report, (report.get("cost_usd") or 0.0) + earlier, tries=False)]]
           if earlier else []),
         [
             "Requests (the rows' latest attempts)",
@@ -1632,6 +1637,28 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if warnings:
         out += ["## Warnings", "", *(f"- {_md(w)}" for w in warnings), ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _cost_cell(report: Mapping[str, Any], known: Any, *, tries: bool = True) -> str:
+    """A cost as cost_report.md's totals show it, worded as the run's summary words it: the
+    known part (``known``, of the report's rows' cost); where rows paid for have no cost,
+    ``unknown: 3 rows without a cost`` when no part is known, else the known part ``, and 3
+    rows without a cost``; ``at least`` the known part, plus the tries that may have been
+    billed with no usage reported (with ``tries``, where the report counts any)."""
+    rows: Mapping[str, Any] = report.get("rows") or {}
+    n = rows.get("cost_unknown")
+    unpriced = ""
+    if report.get("cost_complete") is False:
+        unpriced = (f"{count_rows(n)} without a cost" if isinstance(n, int) and n
+                    else "rows without a cost")
+    shown = _float_or_none(known)
+    cost = f"unknown: {unpriced}" if unpriced and not shown else format_usd(known) + (
+        f", and {unpriced}" if unpriced else "")
+    untold = (report.get("cost_unreported") or {}).get("rows") if tries else None
+    if isinstance(untold, int) and untold:
+        cost = (f"{'' if unpriced and not shown else 'at least '}{cost}, plus tries of "
+                f"{count_rows(untold)} that may have been billed with no usage reported")
+    return f"{cost} (see warnings)" if unpriced or untold else cost
 
 
 def _searched(report: Mapping[str, Any]) -> float | None:

@@ -207,7 +207,8 @@ def _header(report: Mapping[str, Any], title: str) -> str:
             if _int(e.get("unpriced_rows"))
         ]
         n = sum(k for _, k in unpriced)
-        cost += " + unknown"
+        # As the run's summary says it: no sum shown where no row paid for has a cost.
+        cost = f"{cost} + unknown" if _float(report.get("cost_usd")) else "unknown"
         models = ", ".join(m for m, _ in unpriced[:3]) + (" …" if len(unpriced) > 3 else "")
         cost_note = f"cost unknown for {count_rows(n)} paid for" + (
             f" ({models})" if models else ""
@@ -227,7 +228,11 @@ def _header(report: Mapping[str, Any], title: str) -> str:
 
     unreported = report.get("cost_unreported") or {}
     if _int(unreported.get("rows")):
-        cost = f"at least {cost} + unknown"
+        # The tries' cost is unknown too: at least the known part, where there is one.
+        if report.get("cost_complete") is not False:
+            cost = f"at least {cost} + unknown"
+        elif _float(report.get("cost_usd")):
+            cost = f"at least {cost}"  # "$X + unknown" already
         cost_note += (f"; plus tries of {count_rows(_int(unreported['rows']))} that may have "
                       "been billed with no usage reported, estimated at "
                       f"{format_usd(unreported.get('estimated_usd'))}")

@@ -224,8 +224,9 @@ def format_status(out_dir: Path) -> str:
                  else f": {count_rows(state.unpriced)} without a cost ({why})")
     # Of the rows to do, those whose billed attempts have a cost (not a cut try's estimate).
     cost += plus_earlier(state.earlier.usd, state.to_do_earlier.rows, state.to_do_earlier.usd)
-    if state.unreported.rows:
-        cost = (f"at least {cost}, plus tries of {count_rows(state.unreported.rows)} that may "
+    if state.unreported.rows:  # "at least" a known part: not "at least unknown"
+        cost = (f"{'at least ' if known else ''}{cost}, plus tries of "
+                f"{count_rows(state.unreported.rows)} that may "
                 "have been billed with no usage reported, estimated at "
                 f"{format_usd(state.unreported.usd)}")
     lines.append(f"  tokens {state.tokens:,}; cost so far {cost}")

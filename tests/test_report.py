@@ -172,7 +172,9 @@ def test_unknown_model_gives_null_cost_and_a_warning_never_zero(book: PriceBook)
     (warning,) = [w for w in report["warnings"] if "no-such-model-xyz" in w]
     assert "no price known" in warning and '[prices."no-such-model-xyz"]' in warning
     md = render_markdown(report)
-    assert "incomplete" in md and "no-such-model-xyz" in md
+    assert cell(md, "Cost (USD)") == (f"{format_usd(report['cost_usd'])}, and 2 rows without a "
+                                      "cost (see warnings)")
+    assert "no-such-model-xyz" in md
 
 
 def test_a_failed_row_billed_at_an_unknown_price_is_unknown_never_zero(
@@ -192,7 +194,74 @@ def test_a_failed_row_billed_at_an_unknown_price_is_unknown_never_zero(
     assert report["cost_usd"] == rows[0].cost_usd
     assert any("no price known, cost of 2 rows not counted" in w for w in report["warnings"])
     md = render_markdown(report)
-    assert "(incomplete, see warnings)" in md and "unknown (2 rows)" in md
+    assert cell(md, "Cost (USD)") == (f"{format_usd(report['cost_usd'])}, and 2 rows without a "
+                                      "cost (see warnings)")
+    assert "unknown (2 rows)" in md
+
+
+def test_a_cost_no_row_has_reads_unknown_in_the_markdown_never_zero(book: PriceBook) -> None:
+    """Rows of a model with no price, and no other: cost_report.md's totals said
+    ``$0.0000 (incomplete, see warnings)`` (the JSON's known part, which is 0), where the run's
+    summary and status say the cost is unknown. They say it as the summary does, the spend
+    with earlier attempts added too; the JSON's cost_usd stays the known part."""
+    rows = [ok_row(book, f"u{i}", "no-such-model-xyz") for i in range(3)]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    assert report["cost_usd"] == 0.0 and report["cost_complete"] is False
+    md = render_markdown(report)
+    assert cell(md, "Cost (USD)") == "unknown: 3 rows without a cost (see warnings)"
+    (line,) = [x for x in md.splitlines() if x.startswith("| no-such-model-xyz ")]
+    assert "unknown (3 rows)" in line and "$0.0000" not in line
+
+    rows[0].earlier_cost_usd = 2.5e-6  # a try billed before, at a price since unknown
+    md = render_markdown(build_report(table(rows), prices=book, job=JOB, wall_s=None))
+    assert cell(md, "Cost (USD)") == "unknown: 3 rows without a cost (see warnings)"
+    assert cell(md, "Spent in all (USD)") == "$0.0000025, and 3 rows without a cost (see warnings)"
+
+
+def test_tries_with_no_usage_beside_rows_without_a_cost_say_no_sum_of_none(
+        book: PriceBook) -> None:
+    """Rows with no usage reported (a stream with neither usage nor finish_reason) whose tries
+    have an estimate: the markdown said ``at least $0.0000 (incomplete, see warnings), plus
+    unknown (see warnings)`` and its warning ``the cost is at least $0.0000 plus theirs``.
+    Both now say it as the run's summary does, and a known part where there is one."""
+    rows = [Outcome(key=f"n{i}", status="ok", content="Echo", model="my-model", attempts=1,
+                    unreported_usd=0.0025) for i in range(3)]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    md = render_markdown(report)
+    assert cell(md, "Cost (USD)") == ("unknown: 3 rows without a cost, plus tries of 3 rows "
+                                      "that may have been billed with no usage reported (see "
+                                      "warnings)")
+    (warning,) = [w for w in report["warnings"] if "had tries" in w]
+    assert ("the cost is unknown (3 rows without a cost), and theirs is estimated at $0.0075"
+            in warning)
+
+    rows.append(ok_row(book, "k", "my-model"))
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    known = format_usd(report["cost_usd"])
+    assert cell(render_markdown(report), "Cost (USD)") == (
+        f"at least {known}, and 3 rows without a cost, plus tries of 3 rows that may have been "
+        "billed with no usage reported (see warnings)")
+    (warning,) = [w for w in report["warnings"] if "had tries" in w]
+    assert (f"the cost is at least {known}, and 3 rows without a cost, plus theirs, estimated "
+            "at $0.0075" in warning)
+
+
+def test_earlier_unpriced_rows_counts_no_row_of_a_model_with_no_price(book: PriceBook) -> None:
+    """A model with no price, every row tried once: its entry said 3 rows had an earlier try
+    billed at a cost not known (its rows' usage reported, their cost null, no search: what a
+    priced model's rows with such a try look like). A model with no price counts none; a
+    priced model's row with no cost though its usage was reported still counts."""
+    rows = [ok_row(book, f"u{i}", "no-such-model-xyz") for i in range(3)]
+    earlier = ok_row(book, "e", "my-model", attempts=2)
+    earlier.cost_usd = None  # its first try billed with no usage reported: the row's unknown
+    rows += [earlier, ok_row(book, "k", "my-model")]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    assert report["by_model"]["no-such-model-xyz"]["earlier_unpriced_rows"] == 0
+    assert report["by_model"]["my-model"]["earlier_unpriced_rows"] == 1
+    assert report["rows"]["cost_unknown"] == 4
+    said = [w for w in report["warnings"] if "had a try before" in w]
+    assert len(said) == 1 and said[0].startswith("model 'my-model': 1 row had a try")
+    assert unpriced_causes(report["by_model"]).startswith("no price for no-such-model-xyz")
 
 
 def test_rows_of_a_misspelt_model_with_no_price_name_the_model_meant(book: PriceBook) -> None:
@@ -780,8 +849,8 @@ def test_spent_in_all_says_when_a_cost_is_not_known(book: PriceBook) -> None:
     row.cost_usd, row.earlier_cost_usd = 1.44e-5, 2.5e-6
     rows = [row, ok_row(book, "u", "no-such-model-xyz")]
     md = render_markdown(build_report(table(rows), prices=book, job=JOB, wall_s=1.0))
-    assert cell(md, "Cost (USD)") == "$0.0000144 (incomplete, see warnings)"
-    assert cell(md, "Spent in all (USD)") == "$0.0000169 (incomplete, see warnings)"
+    assert cell(md, "Cost (USD)") == "$0.0000144, and 1 row without a cost (see warnings)"
+    assert cell(md, "Spent in all (USD)") == "$0.0000169, and 1 row without a cost (see warnings)"
 
 
 def test_a_row_to_do_whose_attempts_were_billed_counts_only_their_cost(book: PriceBook) -> None:

@@ -26,6 +26,7 @@ from batchrunner.report import (
     REPORT_HTML,
     OutcomeStats,
     build_report,
+    format_usd,
     render_markdown,
     write_reports,
 )
@@ -375,7 +376,8 @@ def test_edge_cases_render(book: PriceBook) -> None:
     assert "No rows." in empty and "no ok row with a latency" in empty
     assert "No row has a latency_ms" in empty and "No row has a cost_usd" in empty
     unknown = page_of(cases["unknown costs only"], book)
-    assert "+ unknown" in unknown and "unknown (3 rows unpriced)" in unknown
+    assert card(unknown, "Cost (USD)")[0] == "unknown"  # no row has a cost: no "$0.0000 +"
+    assert "unknown (3 rows unpriced)" in unknown
     assert "No row has a cost_usd" in unknown
 
 
@@ -597,6 +599,37 @@ def card(page: str, label: str) -> tuple[str, str]:
                       r'</div><div class="note">([^<]*)</div>', page)
     assert found, label
     return found[1], found[2]
+
+
+def test_the_cost_card_says_unknown_where_no_row_has_a_cost_as_the_summary_does(
+        book: PriceBook) -> None:
+    """Rows of a model with no price: the card read ``$0.0000 + unknown`` (the known part, 0),
+    where the run's summary says the cost is unknown; with tries that may have been billed
+    with no usage reported, ``at least $0.0000 + unknown + unknown``. It says unknown where no
+    row has a cost, and the known part plus unknown where some have, at least so with such
+    tries; the model's cells and bar say unknown too, never $0.0000."""
+    unpriced = [ok_row(book, f"u{i}", "no-such-model-xyz", at=T0 + i) for i in range(3)]
+    page = page_of(unpriced, book)
+    cost, note = card(page, "Cost (USD)")
+    assert cost == "unknown" and note == "cost unknown for 3 rows paid for (no-such-model-xyz)"
+    models = page[page.index("<caption>Prices in USD per 1M tokens"):]
+    assert "<td class=n>unknown (3 rows)</td>" in models
+    assert "$0.0000" not in page
+
+    untold = [Outcome(key=f"n{i}", status="ok", content="Echo", model="my-model", attempts=1,
+                      unreported_usd=0.0025, finished_at=T0 + i) for i in range(3)]
+    cost, note = card(page_of(unpriced + untold, book), "Cost (USD)")
+    assert cost == "unknown" and "estimated at $0.0075" in note
+
+    known = [ok_row(book, "k", "my-model", at=T0)]
+    t = table(unpriced + known)
+    report = build_report(t, prices=book, job={"name": "nightly"}, wall_s=None)
+    shown = format_usd(report["cost_usd"])
+    assert card(render_html(report, t), "Cost (USD)")[0] == f"{shown} + unknown"
+    assert cell(render_markdown(report), "Cost (USD)") == (f"{shown}, and 3 rows without a cost "
+                                                          "(see warnings)")
+    assert card(page_of(unpriced + known + untold, book), "Cost (USD)")[0] == (
+        f"at least {shown} + unknown")
 
 
 def test_job_fields_are_shown_for_people(book: PriceBook) -> None:

@@ -225,7 +225,8 @@ async def test_search_with_no_price_leaves_the_cost_incomplete_and_says_what_to_
             "all: sources or web searches)") in warning
     assert 'set search_unit (USD per unit) in the job file under [prices."grok-4"]' in warning
     md = (tmp_path / "out" / "cost_report.md").read_text()
-    assert "(incomplete, see warnings)" in md and "Search units (sources, web searches) | 3" in md
+    assert ", and 2 rows without a cost (see warnings) |" in md
+    assert "Search units (sources, web searches) | 3" in md
     assert main(["status", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert ("(plus 2 rows without a cost: search with no price when answered (search_unit in "
@@ -707,7 +708,8 @@ async def test_search_per_request_with_no_price_leaves_the_cost_unknown_and_says
         "web_search_options, a Google Search tool, enable_search) with no price known for it, "
         'cost not counted; set search_request (USD per request) in the job file under '
         '[prices."gpt-4o-mini"]')
-    assert "(incomplete, see warnings)" in (tmp_path / "out" / "cost_report.md").read_text()
+    assert "| unknown: 2 rows without a cost (see warnings) |" in (
+        tmp_path / "out" / "cost_report.md").read_text()
     assert main(["status", str(tmp_path / "out")]) == 0
     assert ("cost so far unknown: 2 rows without a cost (search with no price when answered "
             "(search_request in [prices]))") in capsys.readouterr().out

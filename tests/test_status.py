@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from batchrunner.cli import _overrides, build_parser, main
 from batchrunner.config import load_job
 from batchrunner.journal import Journal, outcomes_table, write_segment
 from batchrunner.records import RETRYING, Outcome
 from batchrunner.report import format_usd
-from batchrunner.runner import _command_kept, _without_key
+from batchrunner.runner import _command_kept, _without_key, format_summary
 from batchrunner.status import format_status, rerun_command
+from tests.test_faults import FaultServer, job_for, make_csv, run
+from tests.test_report import cell
+from tests.test_report_html import card
 
 
 def simulated_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int) -> Path:
@@ -535,6 +539,68 @@ def test_search_with_no_price_is_said_to_have_none_not_a_cost_of_0(
     line = next(x for x in format_status(tmp_path / "all").splitlines() if "cost so far" in x)
     assert line.endswith("cost so far unknown: 3 rows without a cost (search with no price when "
                          "answered (search_unit in [prices]))"), line
+
+
+def test_a_model_with_no_price_reads_unknown_in_status_and_both_reports_never_zero(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's model no price knows (ai-nebula's deepseek-v3-1-250821), each row tried
+    once: the summary and status said the cost was unknown, but cost_report.md's totals said
+    ``$0.0000 (incomplete, see warnings)``, report.html ``$0.0000 + unknown``, and the JSON
+    counted the 3 rows as having an earlier try billed at a cost not known (there was none).
+    All say unknown now, and the JSON's cost_usd stays the known part, 0."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text\na,kettle\nb,tent\nc,lamp\n")
+    assert main(["run", "--input", "in.csv", "--id-column", "id", "--prompt", "{text}",
+                 "--model", "deepseek-v3-1-250821", "--simulator", "--progress", "none",
+                 "--output", "out"]) == 0
+    out = tmp_path / "out"
+    report = json.loads((out / "cost_report.json").read_text())
+    assert report["cost_usd"] == 0.0 and report["rows"]["cost_unknown"] == 3
+    entry = report["by_model"]["deepseek-v3-1-250821"]
+    assert (entry["cost_usd"], entry["unpriced_rows"], entry["earlier_unpriced_rows"]) == (
+        None, 3, 0)
+    md = (out / "cost_report.md").read_text()
+    assert cell(md, "Cost (USD)") == "unknown: 3 rows without a cost (see warnings)"
+    assert re.search(r"\| deepseek-v3-1-250821 \|.*\| unknown \(3 rows\) \|", md), md
+    assert card((out / "report.html").read_text(), "Cost (USD)")[0] == "unknown"
+    line = next(x for x in format_status(out).splitlines() if "cost so far" in x)
+    assert line.endswith("cost so far unknown: 3 rows without a cost (no price known, or no "
+                         "usage reported)"), line
+
+
+@pytest.mark.anyio
+async def test_status_of_rows_without_a_cost_and_tries_with_no_usage_says_unknown(
+        tmp_path: Path) -> None:
+    """A gateway that streams content alone, no usage and no finish_reason, then [DONE]:
+    every row ok with no cost, each try estimated. status said "cost so far at least unknown:
+    3 rows without a cost ..., plus tries of 3 rows ...". It says it as the run's summary does:
+    unknown, plus those tries; "at least" only before a known part."""
+    inp = make_csv(tmp_path / "in.csv", ["kettle", "tent", "lamp"])
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": "Echo"}, "finish_reason": None}]}
+    stream = (f"data: {json.dumps(chunk)}\n\n" * 2 + "data: [DONE]\n\n").encode()
+
+    async def content_only(srv: FaultServer, request: web.BaseRequest,
+                           body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(stream)
+        await response.write_eof()
+        return response
+
+    async with FaultServer(content_only) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=True))
+    assert (s.ok, s.cost_unknown, s.unreported_rows) == (3, 3, 3)
+    estimate = format_usd(s.unreported_usd)
+    tries = ("plus tries of 3 rows that may have been billed with no usage reported, estimated "
+             f"at {estimate}")
+    assert f"cost: unknown: 3 rows without a cost (no usage reported by gpt-4o-mini), {tries}" in (
+        format_summary(s))
+    line = next(x for x in format_status(tmp_path / "out").splitlines() if "cost so far" in x)
+    assert line.endswith("cost so far unknown: 3 rows without a cost (no price known, or no "
+                         f"usage reported), {tries}"), line
+    md = (tmp_path / "out" / "cost_report.md").read_text()
+    assert cell(md, "Cost (USD)").startswith("unknown: 3 rows without a cost, plus tries of 3 rows")
 
 
 def test_a_killed_runs_pid_taken_by_another_process_is_not_the_run_in_progress(
