@@ -197,6 +197,10 @@ MAX_RATE_LIMIT_RETRIES = 30
 # waits (RetryPolicy.max_retry_after_s): a daily limit, say. The job stops; one such 429 alone
 # (a server's fluke) only pauses it.
 LONG_WAITS_TO_STOP = 2
+# Nothing but 429s this long (or the job's outage wait, where longer), no request answered
+# between: the key's limit or quota is used up for now (a gateway's daily quota that says
+# "retry-after: 1"), and the job stops, resumable, rather than trying every row 30 times.
+ONLY_429S_STOP_S = 300.0
 MAX_ROW_WARNINGS = 5
 DEFAULT_COMPLETION_ESTIMATE = 256
 LEARN_OVER = 20  # the token estimates learn a reply's 1/LEARN_OVER once they have that many
@@ -1930,6 +1934,10 @@ class _Run:
         # When the last of them came: one to a request sent before it (in flight at the time,
         # its twin) is not another in a row.
         self.long_wait_at = -math.inf
+        # When the first 429 since the latest answer came (the run's start, for a first
+        # request 429'd), and how many since: nothing but 429s for ONLY_429S_STOP_S stops.
+        self.only_429s_from = math.inf
+        self.only_429s = 0
         self.transient: set[str] = set()  # error types rows failed with after every retry
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
@@ -2785,6 +2793,8 @@ class _Run:
                         if self.long_waits >= LONG_WAITS_TO_STOP:
                             self._wait_too_long(e, e.retry_after)
                             return None, None  # not a failure of the row: left to do
+                    if self._only_429s(e):
+                        return None, None  # not a failure of the row: left to do
                     # Every request waits out the server's advice, up to the longest wait a
                     # row's retry takes (an hour's "retry-after: 3600" held the whole job).
                     wait = min(e.retry_after, self.policy.max_retry_after_s) \
@@ -2856,6 +2866,7 @@ class _Run:
                 return None, None  # left to do
             self._answered(sent_at)
             self.long_waits = 0
+            self.only_429s_from = math.inf
             return self._success(item, res, charge), None
 
     def _under_context(self, message: str) -> int | None:
@@ -3192,6 +3203,24 @@ class _Run:
             f"the endpoint asks to wait {format_span(wait_s)} before the next request (retry-after "
             f"{wait_s:,.0f} s{until}; {e.message}), longer than the job waits "
             f"({self.policy.max_retry_after_s:g} s): rerun then to resume"))
+
+    def _only_429s(self, e: RequestError) -> bool:
+        """Count a 429 (``e``); stop the job, and say so, once nothing but 429s has come for
+        ``ONLY_429S_STOP_S`` (or the job's outage wait, where longer) with no request
+        answered: every row would be refused until the key's limit or quota is whole again."""
+        now = time.perf_counter()
+        if self.only_429s_from == math.inf:
+            self.only_429s_from, self.only_429s = now, 0
+        self.only_429s += 1
+        limit = max(self.outage_s, ONLY_429S_STOP_S)
+        if now - self.only_429s_from < limit or self.stopping:
+            return False
+        self.stop(QuotaError(
+            f"every answer for {format_span(now - self.only_429s_from)} was a 429 (rate limited; "
+            f"{self.only_429s:,} of them, none answered between; the latest: {e.message}) — "
+            "the key's limit or quota looks used up for now (a daily quota?): rerun later to "
+            "resume, or check the account's limits"))
+        return True
 
     def _billed_retry(self, item: _Work, billed: float) -> None:
         """An attempt of ``item`` was billed and the row is to be sent again: the cost is spent

@@ -8,6 +8,7 @@ the key is nowhere in what the run left behind.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import replace
 from email.utils import formatdate
@@ -24,6 +25,7 @@ from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import prompt_key
 from tests.test_faults import (
+    RUN_LIMIT_S,
     Fault,
     FaultServer,
     completion,
@@ -211,6 +213,46 @@ async def test_429s_asking_to_wait_past_any_date_stop_the_job(tmp_path: Path) ->
             s = await run_job(job_for(tmp_path, srv.base_url, inp), LONG_WAITS)
     assert s.exit_code == 4 and s.stopped is not None and s.pending == 3
     assert "(retry-after 100,000,000,000,000,000,000 s; Rate limit reached)" in s.stopped
+
+
+@pytest.mark.anyio
+async def test_nothing_but_429s_for_minutes_stops_the_job_saying_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway whose key is out of its daily quota and says so with a short retry-after
+    answers every request 429: the job went on for an hour and more, each row backing off
+    longer and longer until its 30th 429, the log saying only that no row finished. Nothing
+    but 429s for ONLY_429S_STOP_S (here 1.5 s) with nothing answered stops it, resumable,
+    saying what came; rows answered now and then between 429s keep it going."""
+    import batchrunner.runner
+
+    monkeypatch.setattr(batchrunner.runner, "ONLY_429S_STOP_S", 1.5)
+    inp = make_csv(tmp_path / "in.csv", ["one", "two", "three"])
+    opts = RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3), progress="none",
+                      handle_signals=False, outage_s=0.0)
+    async with FaultServer(too_many("0.2")) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp), opts)
+        sent = srv.requests
+    assert s.exit_code == 4 and s.stopped is not None and s.pending == 3 and s.failed == 0, s
+    assert re.fullmatch(r"every answer for \d s was a 429 \(rate limited; \d+ of them, none "
+                        r"answered between; the latest: Rate limit reached\) — the key's limit "
+                        r"or quota looks used up for now \(a daily quota\?\): rerun later to "
+                        r"resume, or check the account's limits", s.stopped), s.stopped
+    assert sent < 3 * 30
+
+    # One request in two answered: the rows go on, each to its end.
+    refused = too_many("0.2")
+
+    async def now_and_then(srv: FaultServer, request: web.BaseRequest,
+                           body: dict[str, Any]) -> web.StreamResponse | None:
+        return None if srv.requests % 2 == 0 else await refused(srv, request, body)
+
+    inp = make_csv(tmp_path / "in2.csv", [f"row {i}" for i in range(6)])
+    async with FaultServer(now_and_then) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, output=str(tmp_path / "o2")),
+                              opts)
+    assert s.exit_code == 0 and s.ok == 6 and not s.stopped, s
 
 
 @pytest.mark.anyio
