@@ -2650,6 +2650,8 @@ class _Run:
                 self._refund(item, charge)
                 if self.drop_simulated:
                     return None, None  # left to do
+                if e.status is not None and e.error_type != "rate_limited":
+                    self.only_429s_from = math.inf  # an answer, not a 429 (_only_429s)
                 if e.error_type in CUT_KINDS:
                     self._cut_in_fall(item, sent_at)
                 # A 404 naming the job's one model after rows of this run were answered with
@@ -3206,8 +3208,8 @@ class _Run:
 
     def _only_429s(self, e: RequestError) -> bool:
         """Count a 429 (``e``); stop the job, and say so, once nothing but 429s has come for
-        ``ONLY_429S_STOP_S`` (or the job's outage wait, where longer) with no request
-        answered: every row would be refused until the key's limit or quota is whole again."""
+        ``ONLY_429S_STOP_S`` (or the job's outage wait, where longer), no other answer between:
+        every row would be refused until the key's limit or quota is whole again."""
         now = time.perf_counter()
         if self.only_429s_from == math.inf:
             self.only_429s_from, self.only_429s = now, 0
@@ -3217,7 +3219,7 @@ class _Run:
             return False
         self.stop(QuotaError(
             f"every answer for {format_span(now - self.only_429s_from)} was a 429 (rate limited; "
-            f"{self.only_429s:,} of them, none answered between; the latest: {e.message}) — "
+            f"{self.only_429s:,} of them, no other answer between; the latest: {e.message}) — "
             "the key's limit or quota looks used up for now (a daily quota?): rerun later to "
             "resume, or check the account's limits"))
         return True

@@ -234,8 +234,8 @@ async def test_nothing_but_429s_for_minutes_stops_the_job_saying_so(
             s = await run_job(job_for(tmp_path, srv.base_url, inp), opts)
         sent = srv.requests
     assert s.exit_code == 4 and s.stopped is not None and s.pending == 3 and s.failed == 0, s
-    assert re.fullmatch(r"every answer for \d s was a 429 \(rate limited; \d+ of them, none "
-                        r"answered between; the latest: Rate limit reached\) — the key's limit "
+    assert re.fullmatch(r"every answer for \d s was a 429 \(rate limited; \d+ of them, no "
+                        r"other answer between; the latest: Rate limit reached\) — the key's limit "
                         r"or quota looks used up for now \(a daily quota\?\): rerun later to "
                         r"resume, or check the account's limits", s.stopped), s.stopped
     assert sent < 3 * 30
