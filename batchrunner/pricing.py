@@ -5,7 +5,10 @@ Prices come from two places, looked up in this order:
 1. the job's ``[prices]`` table, parsed by :func:`parse_price_table`: the exact model name, or
    a dated snapshot of it, the name an API answers with (``gpt-4o-mini-2024-07-18`` is priced
    as ``gpt-4o-mini``, ``claude-sonnet-4-5-20250929`` as ``claude-sonnet-4-5``), or a gateway's
-   name of either, in another case or behind a provider (``openai/gpt-4o``); a name the job
+   name of either, in another case or behind a provider (``openai/gpt-4o``), or with a
+   gateway's thinking-mode suffix, as the library's lookup drops it (``gemini-2.5-flash-thinking``
+   is priced as ``gemini-2.5-flash``, unless the library prices it as a model of its own:
+   ``Kimi-K2-Thinking`` is not ``kimi-k2``); a name the job
    prices behind a provider (``x/gpt-4o``, a gateway's price) prices that spelling only, not
    the plain name (``gpt-4o``) nor another provider's; an entry that leaves out ``input`` or
    ``output`` (a search price alone) takes what it leaves out from the library's price for its
@@ -89,7 +92,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time
 from decimal import Decimal
@@ -254,6 +257,7 @@ class PriceBook:
         self._tier_rates: dict[tuple[str, str], _Rates | None] = {}
         self._windows: dict[str, int | None] = {}
         self._as_asked: dict[tuple[str, str], bool] = {}  # as_asked's answers
+        self._suffixed: dict[str, str | None] = {}  # _suffixed_name's answers
         self._answers: _Answers | None = None  # the disk cache, read on the first library question
         self._answers_lock = threading.Lock()
 
@@ -369,13 +373,26 @@ class PriceBook:
             self._resolve(model)
         return self._prices[model]
 
-    def uncached_warnings(self) -> list[str]:
+    def unused_warnings(self, models: Collection[str] | None) -> list[str]:
+        """The job's entries that price none of ``models``, the models the job asks for where
+        they are known before sending (``None``: they are not, the rows name them), said
+        before the run: a misspelt name (``claude-opus-4.6`` for ``claude-opus-4-6``) whose
+        price would be used for nothing."""
+        if not models:
+            return []
+        asked = ", ".join(models)
+        return [f'[prices."{name}"] prices no model this job asks ({asked}): check its name'
+                for name in self._unused(models)]
+
+    def uncached_warnings(self, models: Collection[str] | None = None) -> list[str]:
         """The job's entries that set no ``cached_input`` for a model the library bills
         cached prompt tokens lower for (OpenAI's, Anthropic's, DeepSeek's...): their cached
-        tokens would cost the input price, said before the run."""
+        tokens would cost the input price, said before the run. Not those that price none of
+        ``models`` (``unused_warnings``), where they are known."""
         out = []
+        unused = self._unused(models) if models else []
         for name, price in self._overrides.items():
-            if not price.cache_at_input:
+            if not price.cache_at_input or name in unused:
                 continue
             entry = self._answer(lambda a: a.prices, name, partial(_library_entry, name))
             known = entry[0] if entry is not None else None
@@ -386,6 +403,17 @@ class PriceBook:
                        f"USD per 1M tokens), where {LIBRARY_NAME} lists {known.cached_input:g} "
                        f"for them (input {known.input:g}): add cached_input to it")
         return out
+
+    def _unused(self, models: Collection[str]) -> list[str]:
+        """The job's entries that price none of ``models`` (``_job_name``) nor a name a reply
+        to one of them may give its model as (``as_asked``: ``gpt-4o-2024-08-06`` or
+        ``openai/gpt-4o`` for ``gpt-4o``, ``gemini-2.5-flash`` for
+        ``gemini-2.5-flash-thinking-8192``), priced by its entry when the reply names it."""
+        priced = {self._job_name(model) for model in models}
+        bases = {_model_base(name) for model in models
+                 for name in (model, _unsuffixed(model)) if name is not None}
+        return [name for name in self._overrides
+                if name not in priced and _model_base(name) not in bases]
 
     def source(self, model: str) -> str:
         """Where the price comes from: ``job [prices]`` (``job [prices] (name)`` for a dated
@@ -420,7 +448,9 @@ class PriceBook:
     def recorded_cost(self, record: Mapping[str, Any]) -> float | None:
         """What a reply cost at the job's own prices, from its usage as the journal records it
         (``model``, the token counts, audio ones too, ``search_units``, ``search_requests``);
-        ``None`` when the job does not price its model (the library is not asked), or the
+        ``None`` when the job does not price its model (the library is not asked for its price,
+        only, for a name with a thinking-mode suffix, whether that is the model the job prices
+        without it: ``_suffixed_name``), or the
         price does not tell the cost exactly from the record: cache writes of a model whose
         1-hour writes are priced apart (the record keeps their sum only), or search with no
         price. Priced as its ``priced_as``, else (a record written before it) its ``model``."""
@@ -448,23 +478,60 @@ class PriceBook:
         case or behind a provider: ``gpt-4o-2024-08-06``, ``openai/gpt-4o`` for ``gpt-4o`` and
         for ``x/gpt-4o``), not another model a gateway routed it to, and the job prices
         ``asked``. (The library's price for a snapshot is its own: ``gpt-4o-2024-05-13``'s is
-        not ``gpt-4o``'s.)"""
+        not ``gpt-4o``'s.) A gateway's name of the model without its thinking-mode suffix is
+        one too (``gemini-2.5-flash`` for ``gemini-2.5-flash-thinking-8192``), unless the
+        library prices the suffixed name as a model of its own (``_same_model``)."""
         try:
             return self._as_asked[asked, answered]
         except KeyError:
-            same = self._as_asked[asked, answered] = (
-                _model_base(asked) == _model_base(answered)
-                and self.source(asked).startswith(SOURCE_JOB))
-            return same
+            pass
+        named = _model_base(answered)
+        base = _unsuffixed(asked)
+        same = _model_base(asked) == named or (base is not None and _model_base(base) == named)
+        if same:
+            same = self.source(asked).startswith(SOURCE_JOB) and (
+                _model_base(asked) == named or base is None or self._same_model(asked, base))
+        self._as_asked[asked, answered] = same
+        return same
 
     def _job_name(self, model: str) -> str | None:
         """The name in the job's ``[prices]`` that prices ``model``: the same, a dated snapshot
-        of it, or a gateway's name of either (``_another_name``); ``None`` if none does."""
+        of it, or a gateway's name of either (``_another_name``), else one of these with a
+        gateway's thinking-mode suffix (``_suffixed_name``); ``None`` if none does."""
         if model in self._overrides:
             return model
         if (snapshot := _SNAPSHOT.fullmatch(model)) and snapshot[1] in self._overrides:
             return snapshot[1]
-        return self._another_name(model) if self._spelt else None
+        if not self._spelt:
+            return None
+        return self._another_name(model) or self._suffixed_name(model)
+
+    def _suffixed_name(self, model: str) -> str | None:
+        """The name the job prices that ``model`` is with a gateway's thinking-mode suffix
+        (``gemini-2.5-flash-thinking-8192``, ``claude-opus-4-6-thinking``: ``_unsuffixed``), as
+        the library's lookup drops it: unless the library prices the name with its suffix as a
+        model of its own (``Kimi-K2-Thinking`` is not ``kimi-k2``, ``_same_model``). ``None``
+        when there is none."""
+        try:
+            return self._suffixed[model]
+        except KeyError:
+            pass
+        base = _unsuffixed(model)
+        named = None if base is None else self._job_name(base)
+        if named is not None and base is not None and not self._same_model(model, base):
+            named = None
+        self._suffixed[model] = named
+        return named
+
+    def _same_model(self, model: str, base: str) -> bool:
+        """Whether the library's lookup takes ``model`` for ``base``, the name without its
+        thinking-mode suffix: it has no price for ``model`` (it would look up ``base``), or
+        finds the same model for both."""
+        own = self._answer(lambda a: a.prices, model, partial(_library_entry, model))
+        if own is None:
+            return True
+        found = self._answer(lambda a: a.prices, base, partial(_library_entry, base))
+        return found is not None and found[1] == own[1]
 
     def _resolve(self, model: str) -> None:
         price: ModelPrice | None
@@ -563,6 +630,18 @@ def _spelling(model: str) -> str:
     """A model's name as a job's price for it matches a gateway's spelling: in lower case,
     behind its provider when it has one (``X/GPT-4o`` → ``x/gpt-4o``)."""
     return model.strip().lower()
+
+
+def _unsuffixed(model: str) -> str | None:
+    """``model`` without a gateway's thinking-mode suffix (``_GATEWAY_SUFFIX``), as the
+    library's lookup tries it when the whole name fails (``_candidates``):
+    ``gemini-2.5-flash-thinking-8192`` → ``gemini-2.5-flash``; ``None`` when it has none, or is
+    a local model's tag (``_LOCAL_TAG``, priced by no API's name)."""
+    name = model.strip()
+    if _LOCAL_TAG.match(name):
+        return None
+    base = _GATEWAY_SUFFIX.sub("", name)
+    return base if base and base != name else None
 
 
 def _model_base(model: str) -> str:

@@ -723,7 +723,13 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     stamp = source.stamp()  # before the input is read: a change from here on is seen
     where = f"input {source.path.name}"
     prices = PriceBook(parse_price_table(job.prices, where=f"job file {job.source}: [prices]"))
-    warnings.extend(prices.uncached_warnings())
+    # The job's one model, as its bodies carry it ([request.extra]'s over [request]'s); none
+    # known before sending where the rows name theirs (a batch file's bodies, model_column).
+    model = (None if source.kind == "openai_batch" or job.request.model_column
+             else job.request.extra.get("model", job.request.model))
+    models = [model] if isinstance(model, str) and model.strip() else None
+    warnings.extend(prices.unused_warnings(models))
+    warnings.extend(prices.uncached_warnings(models))
 
     builder: RequestBuilder | None = None
     if source.kind == "openai_batch":

@@ -837,3 +837,79 @@ def test_the_estimate_and_the_simulator_read_geminis_thinking_by_one_rule(
     body = {"model": model, "stream": True, "messages": [], **extra}
     assert _gemini_thinks(body, True, gemini_thinks(model)) is thinks
     assert (_thinking(body)[0] is not None) is thinks
+
+
+FLASH_THINKING = "gemini-2.5-flash-thinking-8192"
+FLASH_PRICE = {"input": 0.1, "output": 0.2, "cached_input": 0.01}  # the library's: 0.3 / 2.5
+
+
+def priced_job(tmp_path: Path, request: str, prices: dict[str, dict[str, float]]) -> Path:
+    """A job file over two rows with ``request`` as its [request] lines and ``prices`` as its
+    [prices] entries, through a gateway nothing is sent to."""
+    inp = models_csv(tmp_path / "in.csv", [FLASH_THINKING, "claude-opus-4-6"])
+    entries = "".join(f'[prices."{name}"]\n' + "".join(f"{k} = {v}\n" for k, v in p.items())
+                      for name, p in prices.items())
+    job = tmp_path / "job.toml"
+    job.write_text(f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\n{request}\n'
+                   'prompt = "{text}"\nmax_tokens = 1000\n[endpoint]\n'
+                   'base_url = "http://127.0.0.1:9/v1"\n[output]\ndir = "out"\n' + entries)
+    return job
+
+
+def test_the_estimate_prices_a_gateways_thinking_name_at_the_jobs_price_for_its_model(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """[prices."gemini-2.5-flash"] in a job asking gemini-2.5-flash-thinking-8192: the
+    estimate priced the rows at the library's price (genai-prices), 9 times the job's."""
+    job = priced_job(tmp_path, f'model = "{FLASH_THINKING}"', {"gemini-2.5-flash": FLASH_PRICE})
+    assert main(["estimate", str(job)]) == 0
+    out = capsys.readouterr().out
+    # 2 rows of at most 1,000 completion tokens each and 10 prompt tokens, at 0.1 / 0.2
+    assert "  estimated cost: $0.000402 (job [prices])\n" in out, out
+    assert "prices no model" not in out and "cached_input" not in out, out
+
+
+def test_a_price_entry_for_no_model_the_job_asks_is_warned_of_where_its_models_are_known(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """[prices."claude-opus-4.6"] in a job asking claude-opus-4-6 was taken silently, and the
+    warning of its missing cached_input spoke of it as if it priced the job's model. A job
+    whose rows name their models (model_column) is not warned: its models are not known
+    before the rows are read."""
+    typo = {"claude-opus-4.6": {"input": 5.0, "output": 25.0}}
+    said = ('  warning: [prices."claude-opus-4.6"] prices no model this job asks '
+            "(claude-opus-4-6): check its name\n")
+    for request, warned in (('model = "claude-opus-4-6"', True),
+                            ('model_column = "model"', False)):
+        job = priced_job(tmp_path, request, typo)
+        assert main(["estimate", str(job)]) == 0
+        out = capsys.readouterr().out
+        assert (said in out) is warned, out
+        assert ("sets no cached_input" in out) is not warned, out
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("echoed", [FLASH_THINKING, "gemini-2.5-flash"])
+async def test_a_gateways_thinking_name_is_priced_and_budgeted_at_the_jobs_price_for_its_model(
+        tmp_path: Path, echoed: str) -> None:
+    """The same job, the same tokens: a reply naming gemini-2.5-flash-thinking-8192 (the model
+    asked for) was priced at the library's price for gemini-2.5-flash, one naming
+    gemini-2.5-flash at the job's, 9 times less; and the budget held each request at the
+    library's price (2.5 USD per 1M output tokens: 1,000 of them are more than this budget)."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        return web.json_response({**completion(body, "hi"), "model": echoed})
+
+    server, port = await serve_on_loopback(handler)
+    try:
+        inp = models_csv(tmp_path / "in.csv", [FLASH_THINKING] * 3)
+        job = job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=FLASH_THINKING,
+                      max_tokens=1000, max_cost_usd=0.002)
+        s = await run(replace(job, prices={"gemini-2.5-flash": FLASH_PRICE}))
+    finally:
+        await server.cleanup()
+    assert s.exit_code == 0, s
+    df = results(tmp_path)
+    assert df["cost_usd"].tolist() == [pytest.approx((12 * 0.1 + 7 * 0.2) / 1e6)] * 3
+    report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
+    assert {m["price_source"] for m in report["by_model"].values()} <= {
+        "job [prices]", "job [prices] (gemini-2.5-flash)"}, report["by_model"]

@@ -864,3 +864,65 @@ def test_a_service_tiers_price_is_cached_beside_the_models(asked: list[str]) -> 
     asked.clear()
     assert PriceBook().cost("gpt-5", **usage) == flex
     assert asked == []
+
+
+def test_a_jobs_price_holds_for_its_models_names_with_a_gateways_thinking_suffix() -> None:
+    """A job asked for gemini-2.5-flash-thinking-8192 (a gateway's thinking-mode name) and
+    priced gemini-2.5-flash: the estimate, the budget and a reply naming the suffixed model
+    took the library's price (0.3 / 2.5, where the job says 0.1 / 0.2), a reply naming
+    gemini-2.5-flash the job's. The job's entry prices the names the library's lookup takes
+    for its model; an entry for the longer name, or the library's own model of that name,
+    still wins."""
+    cheap = ModelPrice(input=0.1, output=0.2, cached_input=0.01)
+    book = PriceBook({"gemini-2.5-flash": cheap, "claude-opus-4-6": OWN, "x/gpt-4o": OWN})
+    for name in ("gemini-2.5-flash-thinking-8192", "gemini-2.5-flash-nothinking",
+                 "Gemini-2.5-Flash-Thinking-High", "google/gemini-2.5-flash-thinking",
+                 " gemini-2.5-flash-thinking "):
+        assert book.price(name) == cheap, name
+        assert book.source(name) == "job [prices] (gemini-2.5-flash)", name
+    assert book.cost("gemini-2.5-flash-thinking-8192", 1_000_000, 1_000_000) == 0.3
+    for name in ("claude-opus-4-6-thinking", "anthropic/claude-opus-4-6-thinking"):
+        assert book.source(name) == "job [prices] (claude-opus-4-6)", name  # the library's too
+    # A journal's record of such a reply is priced again at the job's price
+    assert book.recorded_cost({"model": "gemini-2.5-flash-thinking-8192", "prompt_tokens": 10,
+                               "completion_tokens": 10}) == pytest.approx(3e-6)
+    # A name priced behind a provider prices that spelling only
+    assert book.source("X/gpt-4o-thinking") == "job [prices] (x/gpt-4o)"
+    assert not book.source("gpt-4o-thinking").startswith("job [prices]")
+    # An entry for the longer name wins, and a reply to it naming the model without the
+    # suffix is priced as asked
+    both = PriceBook({"gemini-2.5-flash": cheap, "gemini-2.5-flash-thinking-8192": OWN})
+    assert both.price("gemini-2.5-flash-thinking-8192") == OWN
+    assert both.source("gemini-2.5-flash-thinking-8192") == "job [prices]"
+    assert both.as_asked("gemini-2.5-flash-thinking-8192", "gemini-2.5-flash")
+    assert not both.as_asked("gemini-2.5-flash-thinking-8192", "gemini-2.5-pro")
+    # A model of its own in the library is not the one without the suffix
+    kimi = PriceBook({"kimi-k2": cheap})
+    assert kimi.source("Kimi-K2-Thinking").startswith("genai-prices")
+    assert not PriceBook({"kimi-k2-thinking": OWN}).as_asked("kimi-k2-thinking", "kimi-k2")
+    # A local model's tag keeps its suffix, as in the library's lookup
+    assert PriceBook({"qwen3:8b": cheap}).price("qwen3:8b-thinking") is None
+
+
+def test_an_entry_that_prices_no_model_the_job_asks_is_warned_of_not_for_its_cache() -> None:
+    """[prices."claude-opus-4.6"] in a job asking claude-opus-4-6 (a typo) was taken silently,
+    and the warning of its missing cached_input spoke of it as if it priced the job's model.
+    Where the job's models are known, such an entry is said to price none of them; an entry
+    for a name its replies may give (a snapshot, the model without a thinking suffix) is not."""
+    price = ModelPrice(input=5.0, output=25.0)
+    typo = PriceBook({"claude-opus-4.6": price, "claude-opus-4-6-thinking": price})
+    assert typo.unused_warnings(["claude-opus-4-6"]) == [
+        f'[prices."{name}"] prices no model this job asks (claude-opus-4-6): check its name'
+        for name in ("claude-opus-4.6", "claude-opus-4-6-thinking")]
+    assert typo.uncached_warnings(["claude-opus-4-6"]) == []
+    assert typo.uncached_warnings()  # models not known: as before
+    assert typo.unused_warnings(None) == []
+    for entry, asked in (("claude-opus-4-6", "claude-opus-4-6"),
+                         ("claude-opus-4-6", "claude-opus-4-6-thinking"),
+                         ("gemini-2.5-flash", "gemini-2.5-flash-thinking-8192"),
+                         ("gpt-4o-2024-08-06", "gpt-4o"), ("openai/gpt-4o", "gpt-4o"),
+                         ("gpt-4o", "openai/GPT-4o")):
+        book = PriceBook({entry: price})
+        assert book.unused_warnings([asked]) == [], (entry, asked)
+        assert [w.split(" sets ")[0] for w in book.uncached_warnings([asked])] == [
+            f'[prices."{entry}"]'], (entry, asked)
