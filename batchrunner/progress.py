@@ -55,6 +55,8 @@ class Counts:
     unreachable_by: str = ""  # a gateway's latest answer meanwhile ("HTTP 503: ..."), if any
     unreachable_cut: bool = False  # its connections taken, then closed unanswered, meanwhile
     outage_s: float = 0.0  # how long the job waits out such answers before it stops
+    only_429s_s: float = 0.0  # how long every answer has been a 429, none other since
+    only_429s_stop_s: float = 0.0  # how long of that stops the job
     # Refused connections too are waited out (outage_s): the endpoint answered in this run or
     # an earlier one. Else a row's attempts refused stop the job.
     connect_wait: bool = False
@@ -345,7 +347,8 @@ class LogProgress:
                        "to retry" if counts.retrying else "")
             # Beside an outage (the counts say how long the endpoint has not answered), no
             # note that no row finishes: the outage says why, in the line's one account of it.
-            note = (f"  (no row finished for {idle:.0f} s; {flying} in flight{waiting})"
+            note = (f"  (no row finished for {idle:.0f} s{_only_429s(counts)}; {flying} in "
+                    f"flight{waiting})"
                     if self._every and idle >= self._every and counts.unreachable_s < 1
                     else "")
             self.write(f"{self._desc}: {done} rows  {_postfix(counts)}{note}")
@@ -355,6 +358,15 @@ class LogProgress:
 
     def close(self) -> None:
         pass
+
+
+def _only_429s(counts: Counts) -> str:
+    """What a log line says of a run whose every answer has been a 429 for a while (a key's
+    quota used up): how long, and when the job stops for it; nothing otherwise."""
+    if counts.only_429s_s < 1:
+        return ""
+    return (f": every answer for {counts.only_429s_s:.0f} s a 429; the job stops at "
+            f"{duration(counts.only_429s_stop_s)} of only 429s")
 
 
 def leave_terminal() -> None:

@@ -1762,7 +1762,8 @@ class _Run:
         self.outage_s = lim.outage_wait_s if options.outage_s is None else options.outage_s
         self.counts = Counts(ok=plan.prior_ok, failed=plan.prior_failed,  # the job's, shown
                              resumed=bool(plan.prior_ok or plan.prior_failed),
-                             outage_s=self.outage_s)
+                             outage_s=self.outage_s,
+                             only_429s_stop_s=max(self.outage_s, ONLY_429S_STOP_S))
         self.counters: Counter[str] = Counter()
         self.errors_seen: Counter[str] = Counter()
         self.failed_kinds: Counter[str | None] = Counter()  # this run's failed rows, by error
@@ -3220,8 +3221,7 @@ class _Run:
         if self.only_429s_from == math.inf:
             self.only_429s_from, self.only_429s = now, 0
         self.only_429s += 1
-        limit = max(self.outage_s, ONLY_429S_STOP_S)
-        if now - self.only_429s_from < limit or self.stopping:
+        if now - self.only_429s_from < self.counts.only_429s_stop_s or self.stopping:
             return False
         self.stop(QuotaError(
             f"every answer for {format_span(now - self.only_429s_from)} was a 429 (rate limited; "
@@ -3925,6 +3925,10 @@ class _Run:
             self._show_pause()
             self._record_pause()
             self.counts.unreachable_s = self._unreachable_s()
+            if (since := self.only_429s_from) != math.inf:
+                self.counts.only_429s_s = time.perf_counter() - since
+            elif self.counts.only_429s_s:
+                self.counts.only_429s_s = 0.0
             self.counts.connect_wait = bool(self.answered_before) or self.last_answer > -math.inf
             self.counts.unreachable_by = self.refused_by
             self.counts.unreachable_cut = self.refused_cut

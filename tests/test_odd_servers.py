@@ -256,6 +256,31 @@ async def test_nothing_but_429s_for_minutes_stops_the_job_saying_so(
 
 
 @pytest.mark.anyio
+async def test_the_log_says_while_every_answer_is_a_429(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """While nothing but 429s comes, the log said only that no row finished, with the
+    requests in flight and the rows waiting: it says how long every answer has been a 429,
+    and when the job stops for it."""
+    import batchrunner.runner
+    from batchrunner import progress
+
+    monkeypatch.setattr(batchrunner.runner, "ONLY_429S_STOP_S", 3.0)
+    monkeypatch.setattr(progress.LogProgress.__init__, "__defaults__", (1.0,))  # every second
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+    opts = RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3), progress="log",
+                      handle_signals=False, outage_s=0.0)
+    async with FaultServer(too_many("0.2")) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp), opts)
+    assert s.exit_code == 4 and s.stopped is not None and s.stopped.startswith("every answer")
+    lines = [line for line in capsys.readouterr().err.splitlines() if "no row finished" in line]
+    assert any(re.search(r"\(no row finished for \d+ s: every answer for [12] s a 429; the job "
+                         r"stops at 3 s of only 429s; 0 requests in flight, 2 rows waiting to "
+                         r"retry\)", line) for line in lines), lines
+
+
+@pytest.mark.anyio
 async def test_a_stop_lets_go_of_the_rows_waiting_out_a_429(tmp_path: Path) -> None:
     """A row waits out an hour's retry-after (the job allows it) when another row's 401 stops
     the job: the run ends now, not an hour later, the waiting row left to do."""
