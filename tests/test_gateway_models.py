@@ -20,7 +20,7 @@ from aiohttp import web
 from batchrunner.cli import main
 from batchrunner.config import load_job
 from batchrunner.pricing import search_requested
-from batchrunner.runner import run_job
+from batchrunner.runner import RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
 from batchrunner.template import body_warnings
 from tests.servers import serve_on_loopback
@@ -343,20 +343,42 @@ GATEWAY_MODELS = [
     "kimi-k2.5", *(f"vendor-model-{i}" for i in range(100))]
 
 
-def listing_gateway(models: list[str]) -> Any:
-    """A gateway serving ``models``: listed by its /v1/models; a chat request for another
-    name answered 404 naming it, as the ai-nebula reference words it."""
+def listing_gateway(models: list[str], away: set[str] | None = None, *,
+                    no_channel: bool = False) -> Any:
+    """A gateway serving ``models``: listed by its /v1/models, less those ``away`` (none
+    taken away unless given); a chat request for another name answered 404 naming it, as the
+    ai-nebula reference words it, or (``no_channel``) 503 "No available channel for model
+    ...", as new-api answers it, and its upstreams' outage too."""
+    gone = away if away is not None else set()
+
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "GET":
             return web.json_response({"object": "list", "data": [
-                {"id": m, "object": "model", "owned_by": "gateway"} for m in models]})
+                {"id": m, "object": "model", "owned_by": "gateway"} for m in models
+                if m not in gone]})
         body = await request.json()
-        if body["model"] not in models:
+        if body["model"] in models and body["model"] not in gone:
+            return web.json_response(completion(body, "ok"))
+        if no_channel:
             return web.json_response(error_body(
-                f"Model {body['model']} does not exist or is not supported",
-                "invalid_request_error", "model_not_found"), status=404)
-        return web.json_response(completion(body, "ok"))
+                f"No available channel for model {body['model']} under group default",
+                "new_api_error", "model_not_found"), status=503)
+        return web.json_response(error_body(
+            f"Model {body['model']} does not exist or is not supported",
+            "invalid_request_error", "model_not_found"), status=404)
     return handle
+
+
+async def run_at(tmp_path: Path, handle: Any, inp: Path, model: str) -> RunSummary:
+    """The job of ``inp``'s rows asking ``model``, four at a time, run against a server on
+    loopback answering with ``handle``."""
+    runner, port = await serve_on_loopback(handle)
+    try:
+        with anyio.fail_after(RUN_LIMIT_S):
+            return await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=model,
+                                     concurrency=4))
+    finally:
+        await runner.cleanup()
 
 
 @pytest.mark.anyio
@@ -365,35 +387,13 @@ async def test_a_mistyped_model_names_the_gateways_closest_models(tmp_path: Path
     that lists 125 models: the stop named the first five it lists (gpt-3.5-turbo, gpt-4, ...),
     none of them the one meant. It names those closest to the name asked for."""
     inp = models_csv(tmp_path / "in.csv", ["claude-sonnet-4.5"] * 3)
-    runner, port = await serve_on_loopback(listing_gateway(GATEWAY_MODELS))
-    try:
-        s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
-                              model="claude-sonnet-4.5"))
-    finally:
-        await runner.cleanup()
+    s = await run_at(tmp_path, listing_gateway(GATEWAY_MODELS), inp, "claude-sonnet-4.5")
     assert s.exit_code == 4 and s.stopped is not None
     said = s.stopped.partition(" — the endpoint serves ")[2]
     assert said.startswith("claude-sonnet-4-5-20250929, "), s.stopped
     assert "gpt-3.5-turbo" not in said and "of its 125 models" in said, s.stopped
     assert said.endswith("set the job's model to one of them, then rerun (no row was failed "
                          "for it)"), s.stopped
-
-
-def channel_gateway(models: list[str], away: set[str]) -> Any:
-    """A gateway in new-api's way: its /v1/models lists ``models`` less those ``away``, and a
-    chat request for a model it has no channel for (one not listed) is answered 503 "No
-    available channel for model ...", as its upstreams' outage is."""
-    async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "GET":
-            return web.json_response({"object": "list", "data": [
-                {"id": m, "object": "model"} for m in models if m not in away]})
-        body = await request.json()
-        if body["model"] not in models or body["model"] in away:
-            return web.json_response(error_body(
-                f"No available channel for model {body['model']} under group default",
-                "new_api_error", "model_not_found"), status=503)
-        return web.json_response(completion(body, "ok"))
-    return handle
 
 
 @pytest.mark.anyio
@@ -405,13 +405,8 @@ async def test_a_mistyped_model_a_gateway_answers_503_for_stops_at_once_naming_i
     to wait for the endpoint to be back. The name is not in the gateway's /v1/models: the job
     stops at its first answer, no row failed, naming the models it serves."""
     inp = models_csv(tmp_path / "in.csv", ["gpt-4o-mni"] * 20)
-    runner, port = await serve_on_loopback(channel_gateway(GATEWAY_MODELS, set()))
-    try:
-        with anyio.fail_after(RUN_LIMIT_S):
-            s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
-                                  model="gpt-4o-mni", concurrency=4))
-    finally:
-        await runner.cleanup()
+    s = await run_at(tmp_path, listing_gateway(GATEWAY_MODELS, no_channel=True), inp,
+                     "gpt-4o-mni")
     assert s.exit_code == 4 and s.failed == 0 and s.ok == 0 and s.stopped is not None, s
     assert s.stopped.startswith("No available channel for model gpt-4o-mni under group "
                                 "default — the endpoint serves gpt-4o-mini, "), s.stopped
@@ -427,7 +422,7 @@ async def test_a_gateways_503_for_a_model_that_answered_the_job_is_waited_out(
     mistyped: waited out as before, every row ok."""
     inp = models_csv(tmp_path / "in.csv", ["gpt-4o"] * 40)
     away: set[str] = set()
-    listed = channel_gateway(GATEWAY_MODELS, away)
+    listed = listing_gateway(GATEWAY_MODELS, away, no_channel=True)
     answers = 0
     loop = asyncio.get_running_loop()
     gone: dict[str, float] = {}
@@ -446,13 +441,7 @@ async def test_a_gateways_503_for_a_model_that_answered_the_job_is_waited_out(
             answers += 1
         return response
 
-    runner, port = await serve_on_loopback(handle)
-    try:
-        with anyio.fail_after(RUN_LIMIT_S):
-            s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
-                                  model="gpt-4o", concurrency=4))
-    finally:
-        await runner.cleanup()
+    s = await run_at(tmp_path, handle, inp, "gpt-4o")
     assert gone, "the model was never taken off the list"
     assert s.exit_code == 0 and s.ok == 40 and not s.stopped, s
 
