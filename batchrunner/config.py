@@ -619,6 +619,12 @@ def _toml_fix(text: str, error: str) -> str:
         return ""
     key, value = pair.group(1), pair.group(2)
     hidden = _SECRET_NAME.search(key) is not None or ("/" not in value and _secret_like(value))
+    if (name := _variable_reference(value)) is not None and not hidden:
+        # model = ${NBILITY_MODEL}: a shell's way to name a variable, which TOML does not read
+        option = {"model": "--model", "base_url": "--base-url"}.get(key.rpartition(".")[2])
+        return (f" — a job file does not expand ${name}: write the value itself, in quotes"
+                + (f", or, from a shell where {name} is set, pass {option} \"${name}\""
+                   if option else ""))
     if error.startswith("Unescaped '\\'"):
         literal = value[1:-1] if value[:1] == value[-1:] == '"' and len(value) > 1 else None
         fixed = (f": {key} = '{_unkeyed(literal)}'" if literal is not None

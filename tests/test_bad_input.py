@@ -459,6 +459,16 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
         ' — text goes in quotes: model = "gpt-4o-mini"']
 
 
+@case("a variable written as a shell's, unquoted")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was "Invalid value (at line 4, column 9)" alone, for a gateway guide's $NBILITY_MODEL.
+    c.good_csv()
+    return c.job(GOOD_JOB.replace('model = "gpt-4o-mini"', "model = ${NBILITY_MODEL}")), [
+        "job.toml: not valid TOML: Invalid value (at line ",
+        " — a job file does not expand $NBILITY_MODEL: write the value itself, in quotes, or, "
+        'from a shell where NBILITY_MODEL is set, pass --model "$NBILITY_MODEL"']
+
+
 @case("a text value without quotes holding a #")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Was 'prompt = "Classify"': TOML reads "#" as a comment's start, which the text was.
