@@ -26,8 +26,8 @@ Top-level keys, in this order::
     job               the job's descriptive fields, as given
     rows              {"total", "by_status": {status: rows}, "cut_at_length",
                       "cut_at_length_usd", "cut_at_length_tokens", "to_do", "billed_to_do",
-                      "changed_to_send", "cost_unknown", "fewer_choices",
-                      "failed_with_choices"};
+                      "changed_to_send", "cost_unknown", "cost_unknown_failed",
+                      "fewer_choices", "failed_with_choices"};
                       total counts the rows with an outcome, cut_at_length_usd what the rows
                       cut at max_tokens cost (null when one of them has no cost),
                       cut_at_length_tokens the most completion tokens one of them that asked
@@ -42,7 +42,8 @@ Top-level keys, in this order::
                       that are not sent again yet (their outcomes are to the earlier text),
                       cost_unknown the rows paid for without a cost: ok rows (unknown price,
                       or no usage reported) and failed rows whose reply reported usage at a
-                      price not known, fewer_choices the ok rows whose choices hold fewer
+                      price not known, cost_unknown_failed those of them failed (their cost
+                      not in cost_failed_usd), fewer_choices the ok rows whose choices hold fewer
                       than the n the job asked (a server that ignores n; 0 when n is 1),
                       failed_with_choices the failed rows answered with n > 1 choices (one
                       failed a check), which --retry-failed sends asking every choice again
@@ -320,7 +321,7 @@ class OutcomeStats:
         "_n_fewer",
         "_n_length",
         "_n_ok",
-        "_n_unpriced",
+        "_n_unpriced", "_n_unpriced_failed",
         "_newest",
         "_per_row",
         "_rate_limited",
@@ -354,6 +355,7 @@ class OutcomeStats:
         self._n_length = 0
         self._cut_tokens: int | None = None  # the most completion tokens a cut choice used
         self._n_unpriced = 0
+        self._n_unpriced_failed = 0  # of them, failed rows (billed, at a price not known)
         self._tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
         # Rows whose reply gave the count at all: many servers leave out cached and reasoning
         # tokens, and a sum of 0 would read as "none" where it is "not said".
@@ -484,7 +486,9 @@ class OutcomeStats:
             if k := _count(answered):
                 self._failed_choices += k
                 self._failed_choices_usd.add(pc.filter(cost, answered))
-        self._n_unpriced += _count(unpriced)
+        if k := _count(unpriced):
+            self._n_unpriced += k
+            self._n_unpriced_failed += _count(pc.and_(unpriced, is_failed))
         if "search_units" in t.column_names:  # a journal written before it has nulls
             units = t["search_units"]
         else:
@@ -1066,6 +1070,7 @@ def build_report(
                  "cut_at_length_tokens": stats._cut_tokens,
                  "to_do": to_do, "billed_to_do": stats._to_do_billed,
                  "changed_to_send": changed_left, "cost_unknown": n_unpriced,
+                 "cost_unknown_failed": stats._n_unpriced_failed,
                  "fewer_choices": stats._n_fewer,
                  "failed_with_choices": stats._failed_choices},
         "tokens": {
@@ -1560,7 +1565,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ["Cost (USD)", cost],
         *([["  of which search", search_shown(searched, search_unpriced(report))]]
           if (searched := _searched(report)) is not None else []),
-        ["  of which billed for failed rows", format_usd(report.get("cost_failed_usd") or 0.0)],
+        ["  of which billed for failed rows", _known_part(
+            report.get("cost_failed_usd") or 0.0, _rows_without_cost(rows.get(
+                "cost_unknown_failed")))],
         *([[f"Tries with no usage reported, {_counted(unreported['rows'], 'row', 'rows')} "
             "(USD, estimated, not in the cost)", format_usd(unreported.get("estimated_usd"))]]
           if unreported.get("rows") else []),
@@ -1649,16 +1656,28 @@ def _cost_cell(report: Mapping[str, Any], known: Any, *, tries: bool = True) -> 
     n = rows.get("cost_unknown")
     unpriced = ""
     if report.get("cost_complete") is False:
-        unpriced = (f"{count_rows(n)} without a cost" if isinstance(n, int) and n
-                    else "rows without a cost")
+        unpriced = _rows_without_cost(n) or "rows without a cost"
     shown = _float_or_none(known)
-    cost = f"unknown: {unpriced}" if unpriced and not shown else format_usd(known) + (
-        f", and {unpriced}" if unpriced else "")
+    cost = _known_part(known, unpriced)
     untold = (report.get("cost_unreported") or {}).get("rows") if tries else None
     if isinstance(untold, int) and untold:
         cost = (f"{'' if unpriced and not shown else 'at least '}{cost}, plus tries of "
                 f"{count_rows(untold)} that may have been billed with no usage reported")
     return f"{cost} (see warnings)" if unpriced or untold else cost
+
+
+def _known_part(known: Any, unpriced: str) -> str:
+    """A cost shown with the rows it leaves out (``unpriced``, "3 rows without a cost", or
+    ""): ``unknown: 3 rows without a cost`` where no part is known, else the known part and
+    ``, and 3 rows without a cost``."""
+    if unpriced and not _float_or_none(known):
+        return f"unknown: {unpriced}"
+    return format_usd(known) + (f", and {unpriced}" if unpriced else "")
+
+
+def _rows_without_cost(n: Any) -> str:
+    """``3 rows without a cost`` for a count ``n`` above 0; else ""."""
+    return f"{count_rows(n)} without a cost" if isinstance(n, int) and n > 0 else ""
 
 
 def _searched(report: Mapping[str, Any]) -> float | None:

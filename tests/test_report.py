@@ -218,6 +218,27 @@ def test_a_cost_no_row_has_reads_unknown_in_the_markdown_never_zero(book: PriceB
     assert cell(md, "Spent in all (USD)") == "$0.0000025, and 3 rows without a cost (see warnings)"
 
 
+def test_failed_rows_billed_at_no_known_price_read_unknown_not_zero(book: PriceBook) -> None:
+    """Failed rows whose replies were billed (usage reported, a reply that did not match the
+    schema) at a model with no price: "of which billed for failed rows" said $0.0000. It says
+    they have no cost, beside the known part of the others' where there is one."""
+    def failed(key: str, model: str) -> Outcome:
+        row = ok_row(book, key, model)
+        row.status, row.error_type, row.error_message = "failed", "schema_mismatch", "no JSON"
+        return row
+
+    rows = [failed("f1", "no-such-model-xyz"), failed("f2", "no-such-model-xyz"),
+            ok_row(book, "k1", "gpt-4o-mini")]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    assert report["rows"]["cost_unknown"] == 2 and report["rows"]["cost_unknown_failed"] == 2
+    md = render_markdown(report)
+    assert cell(md, "of which billed for failed rows") == "unknown: 2 rows without a cost"
+    rows.append(failed("f3", "gpt-4o-mini"))
+    md = render_markdown(build_report(table(rows), prices=book, job=JOB, wall_s=None))
+    assert cell(md, "of which billed for failed rows") == (
+        f"{format_usd(rows[3].cost_usd)}, and 2 rows without a cost")
+
+
 def test_tries_with_no_usage_beside_rows_without_a_cost_say_no_sum_of_none(
         book: PriceBook) -> None:
     """Rows with no usage reported (a stream with neither usage nor finish_reason) whose tries
@@ -420,7 +441,8 @@ def test_empty_table(book: PriceBook) -> None:
     assert report["rows"] == {"total": 0, "by_status": {}, "cut_at_length": 0,
                               "cut_at_length_usd": 0.0, "cut_at_length_tokens": None, "to_do": None,
                               "billed_to_do": 0, "changed_to_send": 0, "cost_unknown": 0,
-                              "fewer_choices": 0, "failed_with_choices": 0}
+                              "cost_unknown_failed": 0, "fewer_choices": 0,
+                              "failed_with_choices": 0}
     assert report["cost_usd"] == 0.0 and report["cost_complete"] is True
     assert report["latency_ms"]["p50"] is None
     assert report["requests_per_min"] is None and report["wall_s"] is None
