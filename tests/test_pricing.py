@@ -924,5 +924,7 @@ def test_an_entry_that_prices_no_model_the_job_asks_is_warned_of_not_for_its_cac
                          ("gpt-4o", "openai/GPT-4o")):
         book = PriceBook({entry: price})
         assert book.unused_warnings([asked]) == [], (entry, asked)
-        assert [w.split(" sets ")[0] for w in book.uncached_warnings([asked])] == [
-            f'[prices."{entry}"]'], (entry, asked)
+        # its cache warning kept, as where the models are not known (whether there is one is
+        # the library's data: genai-prices 0.1.0 has no cached price for openai/gpt-4o)
+        assert book.uncached_warnings([asked]) == book.uncached_warnings(), (entry, asked)
+    assert PriceBook({"claude-opus-4-6": price}).uncached_warnings(["claude-opus-4-6"])
