@@ -2720,9 +2720,11 @@ class _Run:
                 elif (e.error_type == "connection_reset"
                         and (self.last_answer > -math.inf or self.answered_before)
                         and self._cut_with_others(item.key)  # recorded, even a row's own
-                        and self.last_answer < sent_at):
-                    # Cut with nothing answered since it was sent, by an endpoint that answered
-                    # before, as another row was: a box restarting (its requests in flight cut,
+                        and self.answered_sent < sent_at):
+                    # Cut with nothing sent since it answered (answers to requests sent before
+                    # it, a queue ahead of it, do not count: vLLM answers a few at a time and
+                    # queues the rest), by an endpoint that answered before, as another row
+                    # was: a box restarting (its requests in flight cut,
                     # then its port, a container's, taking connections and closing them until
                     # the model is loaded), waited out as a refusal is. A row's own cut (while
                     # others are answered, or it alone is cut) is a try of it, as ever, and is
@@ -2850,9 +2852,11 @@ class _Run:
                 usage = e.usage or (None,) * 11
                 said = e.message
                 if item is self.alone and e.error_type in CUT_KINDS:
-                    said += (f" — out each time the server went down ({self._shared(item)} "
-                             f"times), and alone after the first {ALONE_AFTER_FALLS}: this row "
-                             "may be what brings the server down")
+                    # Every fall it was cut in, those it was alone in too (_shared counts
+                    # those that cut other rows, since the last forgiven: 2 of 7 crashes)
+                    said += (f" — cut in {len(item.falls or ())} of the server's falls (sent "
+                             f"alone after the first {ALONE_AFTER_FALLS}): this row may be what "
+                             "brings the server down")
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
                     rate_limited=item.rate_limited, error_type=e.error_type,
