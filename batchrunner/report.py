@@ -1918,8 +1918,9 @@ def _retry_advice(failed_by_type: Mapping[str, int]) -> str:
     if refused:
         n = sum(refused.values())
         steps.append(f"fix what the endpoint refused in the {count_rows(n)} that failed with "
-                     f"{', '.join(refused)} (a model name, a request setting: the error_message "
-                     f"says), or {'it fails' if n == 1 else 'they fail'} again")
+                     f"{', '.join(refused)} (a model name, a request setting, a prompt longer "
+                     "than the model's context: the error_message says), or "
+                     f"{'it fails' if n == 1 else 'they fail'} again")
     timeouts = (" (rows that timed out may need a longer --timeout)"
                 if failed_by_type.get("timeout") else "")
     if not steps:

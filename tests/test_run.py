@@ -482,8 +482,8 @@ def test_status_and_report_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     advice, command = out.rstrip().splitlines()[-1].split(": batchrunner run ")
     assert advice.endswith(  # a resend alone fails again: fix first
         "fix what the endpoint refused in the 1 row that failed with http_404 (a model name, a "
-        "request setting: the error_message says), or it fails again, then rerun with "
-        "--retry-failed to send it")
+        "request setting, a prompt longer than the model's context: the error_message says), "
+        "or it fails again, then rerun with --retry-failed to send it")
     assert command.endswith(" --retry-failed")  # the command that does
     # A job file naming the directory does as well; a directory that is not there is named.
     (tmp_path / "job.toml").write_text(f'[input]\npath = "{inp}"\n[output]\ndir = "out"\n')
@@ -847,7 +847,8 @@ def test_the_summary_shows_a_message_of_the_three_commonest_failures() -> None:
     assert lines[-1] == (
         "  rerun with --retry-failed to send the failed rows again (rows that timed out may "
         "need a longer --timeout); first fix what the endpoint refused in the 2 rows that "
-        "failed with http_400 (a model name, a request setting: the error_message says), or "
+        "failed with http_400 (a model name, a request setting, a prompt longer than the "
+        "model's context: the error_message says), or "
         "they fail again")
     assert "requests sent this run" in format_summary(s)
     s.error_types = {"http_500": 4, "timeout": 3}
