@@ -2721,9 +2721,9 @@ class _Run:
                         and (self.last_answer > -math.inf or self.answered_before)
                         and self._cut_with_others(item.key)  # recorded, even a row's own
                         and self.answered_sent < sent_at):
-                    # Cut with nothing sent since it answered (answers to requests sent before
-                    # it, a queue ahead of it, do not count: vLLM answers a few at a time and
-                    # queues the rest), by an endpoint that answered before, as another row
+                    # Cut with no request sent after it answered (answers to requests sent
+                    # before it, a queue ahead of it, do not count: vLLM answers a few at a time
+                    # and queues the rest), by an endpoint that answered before, as another row
                     # was: a box restarting (its requests in flight cut,
                     # then its port, a container's, taking connections and closing them until
                     # the model is loaded), waited out as a refusal is. A row's own cut (while
