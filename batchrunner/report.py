@@ -1012,10 +1012,10 @@ def build_report(
     if stats._unreported.rows:
         # Worded as the run's summary words it: no sum shown where no row paid for has a cost.
         known = stats._cost_sum(lambda k: True)
-        without = f"{count_rows(n_unpriced)} without a cost"
-        cost = (f"unknown ({without}), and theirs is" if n_unpriced and not known
+        without = _rows_without_cost(n_unpriced)
+        cost = (f"unknown ({without}), and theirs is" if without and not known
                 else f"at least {format_usd(known)}"
-                + (f", and {without}," if n_unpriced else "") + " plus theirs,")
+                + (f", and {without}," if without else "") + " plus theirs,")
         warnings.append(
             f"{count_rows(stats._unreported.rows)} had tries that may have been billed with no "
             "usage reported (timed out once sent, a broken connection, a cut answer, a reply "

@@ -197,7 +197,7 @@ MAX_RATE_LIMIT_RETRIES = 30
 # waits (RetryPolicy.max_retry_after_s): a daily limit, say. The job stops; one such 429 alone
 # (a server's fluke) only pauses it.
 LONG_WAITS_TO_STOP = 2
-# Nothing but 429s this long (or the job's outage wait, where longer), no request answered
+# Nothing but 429s this long (or the job's outage wait, where longer), no other answer
 # between: the key's limit or quota is used up for now (a gateway's daily quota that says
 # "retry-after: 1"), and the job stops, resumable, rather than trying every row 30 times.
 ONLY_429S_STOP_S = 300.0
@@ -1941,8 +1941,8 @@ class _Run:
         # When the last of them came: one to a request sent before it (in flight at the time,
         # its twin) is not another in a row.
         self.long_wait_at = -math.inf
-        # When the first 429 since the latest answer came (the run's start, for a first
-        # request 429'd), and how many since: nothing but 429s for ONLY_429S_STOP_S stops.
+        # When the first 429 since the latest other answer came (inf: none since), and how
+        # many since: nothing but 429s for ONLY_429S_STOP_S stops the job (_only_429s).
         self.only_429s_from = math.inf
         self.only_429s = 0
         self.transient: set[str] = set()  # error types rows failed with after every retry
