@@ -275,7 +275,8 @@ async def test_the_log_says_while_every_answer_is_a_429(
             s = await run_job(job_for(tmp_path, srv.base_url, inp), opts)
     assert s.exit_code == 4 and s.stopped is not None and s.stopped.startswith("every answer")
     lines = [line for line in capsys.readouterr().err.splitlines() if "no row finished" in line]
-    assert any(re.search(r"\(no row finished for \d+ s: every answer for [12] s a 429; the job "
+    # A line a second: which seconds of the 3 a loaded machine writes them at varies
+    assert any(re.search(r"\(no row finished for \d+ s: every answer for [1-3] s a 429; the job "
                          r"stops at 3 s of only 429s; 0 requests in flight, 2 rows waiting to "
                          r"retry\)", line) for line in lines), lines
 
