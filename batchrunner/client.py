@@ -1477,21 +1477,8 @@ class ChatClient:
                                       "batch file, \"stream_options\": {\"include_usage\": "
                                       "false} in each body)")
                 error.args = (error.message,)
-            elif status in (404, 503) and type(model := body.get("model")) is str and model and (
-                    model in error.message):
-                # A model name the server does not serve (vLLM serves its --served-model-name,
-                # else the Hugging Face path it loaded; a gateway answers 503 "No available
-                # channel for model ...", as for an upstream away): the names it does serve,
-                # asked once. A 503 for a model it lists is its upstream's outage, waited out.
-                served = await self._served_models()
-                if served and model not in served:
-                    # Redacted before it is cut, on one line, as the server's own words are.
-                    names, more = _served_shown(model, served)
-                    shown = " ".join(self.redact(", ".join(names)).split())[:_MAX_MESSAGE] + more
-                    error.message += (f" — the endpoint serves {shown}: set "
-                                      f"{self._model_setting} to one of them")
-                    error.args = (error.message,)
-                    error.model_not_served = True
+            elif status in (404, 503):
+                await self._check_served(error, body.get("model"))
             raise error
         hdrs = _ratelimit_headers(headers)
         if stream is None and raw.removeprefix(_BOM).lstrip()[:5] == b"data:":
@@ -1510,11 +1497,37 @@ class ChatClient:
                                         name, usage_asked)
             except RequestError as e:
                 e.answer_begun = stream.answering
+                if e.said_status == 404:
+                    await self._check_served(e, body.get("model"))
                 raise
         else:
-            res = self._parse(raw, request_id, latency_ms, hdrs, choices)
+            try:
+                res = self._parse(raw, request_id, latency_ms, hdrs, choices)
+            except RequestError as e:
+                if e.said_status == 404:  # a gateway's 200 {"error": model_not_found}
+                    await self._check_served(e, body.get("model"))
+                raise
         self._tell_kind(SIMULATOR_HEADER in headers, res)
         return self._scrubbed(res)
+
+    async def _check_served(self, error: RequestError, model: object) -> None:
+        """``error``, a 404 naming ``model`` (or a gateway's 503 "No available channel for
+        model ...", as for an upstream away, or its 200 with ``model_not_found``): where the
+        endpoint's /models (asked once) does not list it, the error names the models it does
+        serve and is marked ``model_not_served`` (vLLM serves its --served-model-name, else the
+        Hugging Face path it loaded). A 503 for a model it lists is its upstream's outage,
+        waited out."""
+        if type(model) is not str or not model or model not in error.message:
+            return
+        served = await self._served_models()
+        if served and model not in served:
+            # Redacted before it is cut, on one line, as the server's own words are.
+            names, more = _served_shown(model, served)
+            shown = " ".join(self.redact(", ".join(names)).split())[:_MAX_MESSAGE] + more
+            error.message += (f" — the endpoint serves {shown}: set "
+                              f"{self._model_setting} to one of them")
+            error.args = (error.message,)
+            error.model_not_served = True
 
     def _tell_kind(self, said: bool, res: ChatResult) -> None:
         """A completion (``res``) came, ``said`` to be batchrunner simulate's or not: the first
@@ -1939,11 +1952,13 @@ class ChatClient:
         if status == 429:  # the upstream's rate limit: paced like a 429, not a failure
             return BadResponseError("rate_limited", message, retryable=True, status=200,
                                     request_id=request_id)
-        return BadResponseError(
+        error = BadResponseError(
             kind, message,
             retryable=status is None or is_retryable_status(status),
             status=200, request_id=request_id, usage=_billed_usage(payload.get("usage")),
         )
+        error.said_status = status
+        return error
 
     def _proxy_shown(self) -> str:
         p = self._proxy

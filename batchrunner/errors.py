@@ -221,6 +221,8 @@ class RequestError(BatchrunnerError):
         # A 404 (or a gateway's 503) naming a model the endpoint's /models does not list
         # (vLLM serving another name, a name mistyped): no request asking it can be answered.
         self.model_not_served = False
+        # The HTTP status a 200's error body stands for (its code, or its error words), if any.
+        self.said_status: int | None = None
 
     def __str__(self) -> str:
         return f"{self.error_type}: {self.message}"

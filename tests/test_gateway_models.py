@@ -344,11 +344,12 @@ GATEWAY_MODELS = [
 
 
 def listing_gateway(models: list[str], away: set[str] | None = None, *,
-                    no_channel: bool = False) -> Any:
+                    no_channel: bool = False, in_200: bool = False) -> Any:
     """A gateway serving ``models``: listed by its /v1/models, less those ``away`` (none
     taken away unless given); a chat request for another name answered 404 naming it, as the
     ai-nebula reference words it, or (``no_channel``) 503 "No available channel for model
-    ...", as new-api answers it, and its upstreams' outage too."""
+    ...", as new-api answers it, and its upstreams' outage too, or (``in_200``) the 404's body
+    in a 200, as gateways that pass on their upstream's error do."""
     gone = away if away is not None else set()
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
@@ -365,7 +366,7 @@ def listing_gateway(models: list[str], away: set[str] | None = None, *,
                 "new_api_error", "model_not_found"), status=503)
         return web.json_response(error_body(
             f"Model {body['model']} does not exist or is not supported",
-            "invalid_request_error", "model_not_found"), status=404)
+            "invalid_request_error", "model_not_found"), status=200 if in_200 else 404)
     return handle
 
 
@@ -394,6 +395,24 @@ async def test_a_mistyped_model_names_the_gateways_closest_models(tmp_path: Path
     assert "gpt-3.5-turbo" not in said and "of its 125 models" in said, s.stopped
     assert said.endswith("set the job's model to one of them, then rerun (no row was failed "
                          "for it)"), s.stopped
+
+
+@pytest.mark.anyio
+async def test_a_mistyped_model_a_gateway_answers_in_a_200_names_its_models(
+        tmp_path: Path) -> None:
+    """A gateway that passes its upstream's error on in a 200 ({"error": {"code":
+    "model_not_found", ...}}) for a model name mistyped: every row failed as an error_body
+    until every request failing stopped the job, with no word of the models it serves. It
+    stops at the first answer, no row failed, naming them, as for the 404 itself."""
+    inp = models_csv(tmp_path / "in.csv", ["claude-sonnet-4.5"] * 20)
+    s = await run_at(tmp_path, listing_gateway(GATEWAY_MODELS, in_200=True), inp,
+                     "claude-sonnet-4.5")
+    assert s.exit_code == 4 and s.failed == 0 and s.ok == 0 and s.stopped is not None, s
+    assert s.stopped.startswith("Model claude-sonnet-4.5 does not exist or is not supported "
+                                "(code model_not_found) — the endpoint serves "
+                                "claude-sonnet-4-5-20250929, "), s.stopped
+    assert s.stopped.endswith("set the job's model to one of them, then rerun (no row was "
+                              "failed for it)"), s.stopped
 
 
 @pytest.mark.anyio
