@@ -740,7 +740,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         by_options = job.source == "command line"
         builder = RequestBuilder(job.request, source.columns, where,
                                  base_dir=source.path if source.path.is_dir()
-                                 else source.path.parent, by_options=by_options)
+                                 else source.path.parent, by_options=by_options,
+                                 options=job.options.keys())
         _check_model_column(job, source, where)
         key_column = job.input.id_column
         if key_column is not None and key_column not in source.columns:
@@ -748,7 +749,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 f"id_column {key_column!r} is not a column of {where} "
                 f"({column_list(source.columns, key_column)})"
             )
-        warnings.extend(request_warnings(job.request, by_options=by_options))
+        warnings.extend(request_warnings(job.request, by_options=by_options,
+                                         options=job.options.keys()))
         if builder.template is not None:
             warnings.extend(builder.template.warnings(source.columns))
         warnings.extend(system_warnings(job.request.system, source.columns))

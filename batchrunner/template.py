@@ -16,7 +16,7 @@ import mimetypes
 import re
 import string
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from batchrunner.config import (
     JSON_FIELDS,
     JSON_OR_TEXT_FIELDS,
     NUMBER_FIELDS,
+    OVERRIDES,
     TEXT_FIELDS,
     RequestConfig,
     openai_reasoning,
@@ -179,26 +180,32 @@ def system_warnings(system: str | None, columns: Iterable[str]) -> list[str]:
             f"value of column {n.strip()!r} (put the column in the prompt)" for n in named]
 
 
-def request_warnings(req: RequestConfig, *, by_options: bool = False) -> list[str]:
+def request_warnings(req: RequestConfig, *, by_options: bool = False,
+                     options: Collection[str] = ()) -> list[str]:
     """Settings of a job that a gateway drops or ignores with no error, said before the run.
     ``by_options``: the job is given by command-line options alone, which its fields are named
-    as (``--max-tokens``), not a job file's tables."""
+    as (``--max-tokens``), not a job file's tables; ``options``: those of a job file's job
+    that the command line sets (names of ``OVERRIDES``), named so too."""
     # As the body has them: [request.extra] is sent over the job's own fields.
     own = {"model": req.model, "max_tokens": req.max_tokens, "temperature": req.temperature,
            "top_p": req.top_p}
     fields = {**{k: v for k, v in own.items() if v is not None}, **req.extra}
-    return _warnings(fields, req.streams, *_job_names(req, by_options))
+    return _warnings(fields, req.streams, *_job_names(req, by_options, options))
 
 
-def _job_names(req: RequestConfig, by_options: bool
+def _job_names(req: RequestConfig, by_options: bool, options: Collection[str] = ()
                ) -> tuple[Callable[[str], str], str, str]:
     """``_warnings``'s names for a job's settings: its fields, how to stream, and where its
     body's top-level fields are set (a job file's [request.extra]: no option sets them)."""
     if by_options:
         return (lambda name: _job_field(req, name, by_options=True), "pass --stream",
                 "a job file's [request.extra] itself")
-    return (lambda name: _job_field(req, name), "set [request] stream = true or pass --stream",
-            "[request.extra] itself")
+
+    def named(name: str) -> str:
+        # A field the command line sets over the job file is named by its option.
+        cli = name in options or (name in req.from_columns and "from_columns" in options)
+        return _job_field(req, name, by_options=cli)
+    return named, "set [request] stream = true or pass --stream", "[request.extra] itself"
 
 
 def _job_field(req: RequestConfig, name: str, *, by_options: bool = False) -> str:
@@ -211,6 +218,8 @@ def _job_field(req: RequestConfig, name: str, *, by_options: bool = False) -> st
         return f"model (column {req.model_column!r})"
     if name in _REQUEST_FIELDS and name not in req.extra:
         return option_name(name) if by_options else f"[request] {name}"
+    if by_options and OVERRIDES.get(name, ("", ""))[0] == "request.extra":
+        return option_name(name)  # --max-completion-tokens, set into [request.extra]
     return f"[request.extra] {name}"
 
 
@@ -445,9 +454,11 @@ class RequestBuilder:
     """Turns a row (a dict of column → value) into a chat completion request body."""
 
     def __init__(self, request: RequestConfig, columns: Sequence[str], where: str,
-                 base_dir: Path | None = None, *, by_options: bool = False) -> None:
+                 base_dir: Path | None = None, *, by_options: bool = False,
+                 options: Collection[str] = ()) -> None:
         self.request = request
         self.by_options = by_options  # the job is given by options alone: named so in warnings
+        self.options = options  # those of a job file's settings the command line gives
         self.base_dir = base_dir or Path.cwd()
         self.template: Template | None = None
         if request.prompt is not None:
@@ -524,9 +535,10 @@ class RequestBuilder:
         ask for what a gateway drops: those the job's settings alone do not already."""
         req = self.request
         if self._job_warnings is None:
-            self._job_warnings = frozenset(request_warnings(req, by_options=self.by_options))
+            self._job_warnings = frozenset(request_warnings(
+                req, by_options=self.by_options, options=self.options))
         return [w for w in _warnings(body, body.get("stream") is True,
-                                     *_job_names(req, self.by_options))
+                                     *_job_names(req, self.by_options, self.options))
                 if w not in self._job_warnings]
 
     def prompt_tokens(self, body: dict[str, Any], prompt: str) -> int:

@@ -1392,6 +1392,16 @@ def test_a_setting_refused_by_a_reasoning_model_is_named_as_the_option_that_set_
     assert code == 0
     assert ("  warning: [request] max_tokens is refused by OpenAI for gpt-5.2" in out
             and "set max_completion_tokens in [request.extra] instead" in out), out
+    # An option over the job file is named as the option, its other settings as its tables
+    # (it said "[request] temperature 0.3" for --temperature 0.3).
+    code, out, _ = cli(capsys, "estimate", str(tmp_path / "job.toml"), "--temperature", "0.3")
+    assert code == 0
+    assert "  warning: --temperature 0.3 is refused by OpenAI for gpt-5.2" in out, out
+    assert "  warning: [request] max_tokens is refused by OpenAI for gpt-5.2" in out, out
+    code, out, _ = cli(capsys, "estimate", str(tmp_path / "job.toml"), "--max-tokens", "200")
+    assert code == 0
+    assert ("  warning: --max-tokens is refused by OpenAI for gpt-5.2" in out
+            and "pass --max-completion-tokens instead" in out and "[request]" not in out), out
 
 
 @pytest.mark.parametrize(("args", "said"), [
