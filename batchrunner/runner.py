@@ -294,6 +294,10 @@ CUT_KINDS = frozenset({"connection_reset", "truncated_body"})
 # each time (their backoffs drawn alike) used up their tries with it. A cut of one row alone
 # (a flaky network's) is no fall of the server.
 ALONE_AFTER_FALLS = 2
+# A row sent alone and cut in this many of the server's falls fails then, its tries left or
+# not: it is what brings the server down (each fall a model reloaded, on a GPU box). The tries
+# the rows beside it spent in the falls so far are given back to them (``_Falls.charged``).
+ALONE_FALLS_TO_FAIL = 2
 
 
 @dataclass(kw_only=True)
@@ -440,17 +444,26 @@ class _Work:
     # Its latest request was cut unanswered in an outage (``cut_unanswered``), and the row has
     # not been sent again nor finished since: ``cut_left`` counts the rows so.
     cut: bool = False
-    # The falls of the server (``_Run.fall``) its requests were cut in, and how long they had
-    # been out when the first of each fall was cut, in all (a request that brings the server
-    # down is cut at once).
-    falls: list[int] | None = None
-    out_till_cut: float = 0.0
+    falls: _Falls | None = None  # its part in the server's falls, once it is cut in one
     checks: StructuredOutput | None = None  # what its reply must hold (structured output)
     held: bool = False  # in _Run.held: its model was refused before any model answered
     row_hash: int | None = None  # of the row's values (row_hasher), recorded with its outcome
     # The tokens its model's own permit was taken for, when let out of _Run.parked (split).
     permit: int | None = None
     parked: bool = False  # in _Run.parked, sent back there by ``attempt``
+
+
+@dataclass(slots=True)
+class _Falls:
+    """A row's part in the server's falls (``_Run.fall``): the falls its requests were cut
+    in; how long they had been out when the first of each fall was cut, in all (a request
+    that brings the server down is cut at once); the falls in which a cut was a try of it
+    (not waited out as a restart's); and the falls it was cut in while sent alone."""
+
+    cut_in: list[int] = field(default_factory=list)
+    out_till_cut: float = 0.0
+    charged: list[int] = field(default_factory=list)
+    alone: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2505,7 +2518,8 @@ class _Run:
             while waiting:
                 self._due(waiting.popleft())
             return
-        most = max(waiting, key=lambda w: (self._shared(w), -w.out_till_cut))
+        most = max(waiting, key=lambda w: (self._shared(w), -w.falls.out_till_cut
+                                           if w.falls is not None else 0.0))
         waiting.remove(most)
         self.counts.retrying -= 1
         self._due(most)
@@ -2518,11 +2532,14 @@ class _Run:
             self.fall += 1
             self.fall_after = self.last_answer
             self.fall_rows = 0
-        if item.falls is None:
-            item.falls = []
-        if not item.falls or item.falls[-1] != self.fall:
-            item.out_till_cut += time.perf_counter() - sent_at  # not those sent into the fall
-            item.falls.append(self.fall)
+        falls = item.falls
+        if falls is None:
+            falls = item.falls = _Falls()
+        if not falls.cut_in or falls.cut_in[-1] != self.fall:
+            falls.out_till_cut += time.perf_counter() - sent_at  # not those sent into the fall
+            falls.cut_in.append(self.fall)
+            if item is self.alone:
+                falls.alone += 1
             self.fall_rows += 1
             if self.fall_rows == 2:
                 self.shared_falls.add(self.fall)
@@ -2538,7 +2555,15 @@ class _Run:
         """The falls ``item``'s requests were cut in that cut other rows' too, since the
         latest a row sent alone was found to bring (``forgiven``)."""
         shared, forgiven = self.shared_falls, self.forgiven
-        return sum(f > forgiven and f in shared for f in item.falls or ())
+        return sum(f > forgiven and f in shared for f in item.falls.cut_in) if item.falls else 0
+
+    def _tries_given_back(self, item: _Work) -> int:
+        """``item``'s tries cut in falls that a row sent alone was since found to bring
+        (``forgiven``): not the row's own, so not counted against max_attempts."""
+        falls, forgiven = item.falls, self.forgiven
+        if falls is None or not forgiven:  # none found yet
+            return 0
+        return sum(f <= forgiven for f in falls.charged)
 
     def _tokens(self, item: _Work) -> tuple[int, int]:
         """The request's estimated prompt tokens, and its completion tokens at most: its
@@ -2661,8 +2686,13 @@ class _Run:
                     return None, None  # left to do
                 if e.status is not None and e.error_type != "rate_limited":
                     self.only_429s_from = math.inf  # an answer, not a 429 (_only_429s)
+                # A row sent alone, cut in ALONE_FALLS_TO_FAIL falls: the one that brings the
+                # server down, failed now, not waited out as a restart's cut nor tried again.
+                culprit = False
                 if e.error_type in CUT_KINDS:
                     self._cut_in_fall(item, sent_at)
+                    culprit = (item is self.alone and item.falls is not None
+                               and item.falls.alone >= ALONE_FALLS_TO_FAIL)
                 # A 404 naming the job's one model after rows of this run were answered with
                 # it: a router whose server for the model is away (restarting), as some answer
                 # rather than with a 502 or 503, not a name mistyped, which no row was ever
@@ -2719,7 +2749,7 @@ class _Run:
                     self._refused(item)
                     self.refused_by = ""
                     self.refused_cut = False
-                elif (e.error_type == "connection_reset"
+                elif (e.error_type == "connection_reset" and not culprit
                         and (self.last_answer > -math.inf or self.answered_before)
                         and self._cut_with_others(item.key)  # recorded, even a row's own
                         and self.answered_sent < sent_at):
@@ -2745,6 +2775,8 @@ class _Run:
                         self._answered(sent_at)
                     elif sent_at > self.cut_at and self.last_answer > sent_at:
                         self._queued_too_long()
+                if item.falls is not None and not cut and e.error_type in CUT_KINDS:
+                    item.falls.charged.append(self.fall)  # a try of it (given back if blamed)
                 billed, searched = self._billed(item, e)
                 if e.usage is None and (e.answer_begun or e.error_type in MAYBE_BILLED):
                     self._unbilled_try(item, e)
@@ -2828,7 +2860,10 @@ class _Run:
                         and self.last_answer == -math.inf):
                     self._silent(item, e)
                     return None, None  # not a failure of the row: left to do
-                elif e.retryable and item.attempts < self.policy.max_attempts:
+                elif e.retryable and not culprit and (
+                        item.attempts < self.policy.max_attempts
+                        or (item.falls is not None and item.attempts - self._tries_given_back(item)
+                            < self.policy.max_attempts)):
                     self.counters["retries"] += 1
                     if billed:  # paid for, and sent again: spent now, and carried
                         self._billed_retry(item, billed)
@@ -2853,12 +2888,13 @@ class _Run:
                     self.transient.add(e.error_type)
                 usage = e.usage or (None,) * 11
                 said = e.message
-                if item is self.alone and e.error_type in CUT_KINDS:
+                if item is self.alone and e.error_type in CUT_KINDS and item.falls is not None:
                     # Every fall it was cut in, those it was alone in too (_shared counts
                     # those that cut other rows, since the last forgiven: 2 of 7 crashes)
-                    said += (f" — cut in {len(item.falls or ())} of the server's falls (sent "
-                             f"alone after the first {ALONE_AFTER_FALLS}): this row may be what "
-                             "brings the server down")
+                    falls = item.falls
+                    said += (f" — cut in {len(falls.cut_in)} of the server's falls, the last "
+                             f"{falls.alone} of them sent alone: this row may be what brings "
+                             "the server down")
                 return Outcome(
                     key=item.key, status="failed", attempts=item.attempts,
                     rate_limited=item.rate_limited, error_type=e.error_type,

@@ -1263,15 +1263,17 @@ async def test_a_graceful_restart_mid_job_fails_no_row(tmp_path: Path) -> None:
 
 
 async def run_against_a_box(tmp_path: Path, box: Callable[[web.BaseRequest],
-                            Awaitable[web.StreamResponse]], inp: Path) -> RunSummary:
-    """``inp`` run against the handler ``box`` on 127.0.0.1, four at a time, three tries a row on
-    a short backoff."""
+                            Awaitable[web.StreamResponse]], inp: Path,
+                            max_attempts: int = 3) -> RunSummary:
+    """``inp`` run against the handler ``box`` on 127.0.0.1, four at a time, ``max_attempts``
+    tries a row on a short backoff."""
     runner, port = await serve_on_loopback(box)
     try:
         with anyio.fail_after(RUN_LIMIT_S):
             return await run_job(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp,
                                          concurrency=4),
-                                 RunOptions(retry=RetryPolicy(base_s=0.05, max_attempts=3),
+                                 RunOptions(retry=RetryPolicy(base_s=0.05,
+                                                              max_attempts=max_attempts),
                                             progress="none", handle_signals=False))
     finally:
         await runner.cleanup()
@@ -1487,8 +1489,9 @@ async def test_a_sigterm_while_a_box_cuts_its_connections_says_what_it_did(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("max_attempts", [3, 6])
 async def test_a_row_that_crashes_the_box_each_time_it_is_sent_fails_alone(
-        tmp_path: Path) -> None:
+        tmp_path: Path, max_attempts: int) -> None:
     """A request that brings the box down (a vLLM crash on one input): every request in flight
     is cut, the port drops connections while it restarts, then the rows are sent again, and the
     same row brings it down again. Cuts of many rows at once are waited out as an outage, and a
@@ -1496,7 +1499,9 @@ async def test_a_row_that_crashes_the_box_each_time_it_is_sent_fails_alone(
     row (their backoffs drawn alike) were cut with it each time and failed with it: 0 to 2 of
     39 in 20 runs. Rows cut in two of the box's falls are sent one at a time since: the
     crashing row falls alone, and the others are answered. Only it fails, and the summary says
-    what was sent alone and why."""
+    what was sent alone and why. Sent alone, it was tried until its tries ran out: 7 crashes of
+    a vLLM box (each a model reloaded) at the default 6 tries. It fails at its second fall
+    alone, and the tries the rows beside it spent in the falls are given back to them."""
     n = 40
     texts = [f"row {i}" for i in range(n)]
     texts[5] = "poison"
@@ -1532,18 +1537,20 @@ async def test_a_row_that_crashes_the_box_each_time_it_is_sent_fails_alone(
             in_flight.pop(transport, None)
         return web.json_response(completion(body, "hi"))
 
-    s = await run_against_a_box(tmp_path, box, inp)
+    s = await run_against_a_box(tmp_path, box, inp, max_attempts)
     assert (s.ok, s.failed) == (n - 1, 1), (s.error_examples, cut_in)
     failed = pd.read_parquet(tmp_path / "out" / "results.parquet").query("status != 'ok'")
     assert list(failed["id"]) == ["r0005"] and list(failed["error_type"]) == [
         "connection_reset"], failed
     said = re.fullmatch(r"the server closed the connection mid-request — cut in (\d+) of the "
-                        r"server's falls \(sent alone after the first 2\): this row may be what "
-                        r"brings the server down", failed["error_message"].iloc[0])
+                        r"server's falls, the last ([12]) of them sent alone: this row may be "
+                        r"what brings the server down", failed["error_message"].iloc[0])
     # Every fall it was cut in, those it was alone in too (it said 2, the falls shared with
     # other rows, after 7 crashes of a vLLM box)
     assert said is not None and 3 <= int(said[1]) <= crashes, (failed, crashes)
-    assert crashes <= 4 * 3, crashes  # bounded: its tries, and the cuts waited out before them
+    # Bounded: two falls beside other rows (more where it was not among the rows cut first),
+    # then two alone, whatever its tries
+    assert crashes <= 6, crashes
     assert s.sent_alone >= 1, s
     said = format_summary(s)
     assert (f"{s.sent_alone:,} sent alone: rows cut each time the server went down, sent one "
