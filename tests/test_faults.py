@@ -1108,6 +1108,25 @@ async def test_a_server_still_loading_its_model_is_waited_for(tmp_path: Path) ->
 
 
 @pytest.mark.anyio
+async def test_rows_too_long_for_the_model_first_in_the_input_do_not_stop_the_job(
+        tmp_path: Path) -> None:
+    """An input sorted by length, its 25 longest documents first, each over gpt-4o-mini's
+    context: the first 20 rows to finish all failed with http_400, and the job stopped (exit
+    4) with 173 short rows unsent and "fix what it names" where there was nothing to fix, night
+    after night. A prompt over the model's context is the row's own failure, as the README
+    says: the others are sent and answered."""
+    n = 200
+    texts = ["word " * 130_000 if i < 25 else f"short doc {i}" for i in range(n)]
+    inp = make_csv(tmp_path / "in.csv", texts)
+    async with Simulator(SimulatorConfig()) as sim:
+        s = await run(job_for(tmp_path, sim.base_url, inp))
+    assert (s.exit_code, s.ok, s.failed, s.stopped) == (3, n - 25, 25, None), s
+    failed = results(tmp_path).query("status != 'ok'")
+    assert set(failed["error_type"]) == {"http_400"}
+    assert failed["error_message"].str.contains("maximum context length is 128000 tokens").all()
+
+
+@pytest.mark.anyio
 async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
         tmp_path: Path) -> None:
     # A parameter the model rejects, a model the gateway does not have: every row would fail.
