@@ -16,7 +16,7 @@ def main() -> int:
     # The commands it prints name it as it can be run (progress.program): run as this module
     # (python -m batchrunner), or loaded by the console script, whose path is sys.argv[0].
     started_as(sys.argv[0], module=__name__ == "__main__")
-    return cli_main()
+    return cli_main(exiting=True)
 
 
 if __name__ == "__main__":

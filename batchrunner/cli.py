@@ -615,10 +615,12 @@ def before_imports() -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
     """The command line: its exit code. SIGTERM and SIGHUP stop a run as Ctrl-C does while it
     runs, and Ctrl-C before the run's own handler is up stops it where it is (the input read);
-    the handlers found are put back on return, for a program that calls it in-process."""
+    the handlers found are put back on return, for a program that calls it in-process. The
+    program itself (``exiting``) ignores them from then on instead: its exit code is told,
+    and a second SIGTERM from a scheduler as it exits killed it with 143 where it said 4."""
     found: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         found[signal.SIGTERM] = signal.signal(signal.SIGTERM, _interrupt)
@@ -634,7 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         flush_outputs()  # a log with no room left: exit code 120 else, whatever the run did
         for sig, handler in found.items():
-            if handler is not None:  # None: set outside Python, and not to be put back
+            if exiting:
+                signal.signal(sig, signal.SIG_IGN)
+            elif handler is not None:  # None: set outside Python, and not to be put back
                 signal.signal(sig, handler)
 
 

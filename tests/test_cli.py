@@ -1454,6 +1454,23 @@ def test_ctrl_c_while_the_installed_command_loads_says_one_line(
         "again\n")
 
 
+def test_a_signal_after_the_command_is_done_does_not_change_its_exit_code(
+        tmp_path: Path) -> None:
+    """A scheduler that stops a run with SIGTERM, then again a quarter of a second later: the
+    second came after the command had said its summary and put the default handler back, as
+    its process exited, and killed it (exit 143, not the 4 its summary stood for). The
+    program ignores SIGTERM, SIGINT and SIGHUP once its exit code is told."""
+    code = ("import os, signal, sys\n"
+            "sys.argv = ['batchrunner', 'status', sys.argv[1]]\n"
+            "from batchrunner.__main__ import main\n"
+            "code = main()\n"
+            "for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
+            "    os.kill(os.getpid(), sig)\n"
+            "raise SystemExit(code)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nothing")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "batchrunner:" in done.stderr, done
+
 
 def test_a_terminal_that_says_no_width_gets_log_lines_not_an_empty_bar(
     monkeypatch: pytest.MonkeyPatch,
