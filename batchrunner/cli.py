@@ -126,7 +126,8 @@ def _job_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input")
     g.add_argument("--input", metavar="PATH",
                    help=".csv, .tsv, .parquet, .jsonl, or a Parquet folder; an OpenAI batch "
-                        ".jsonl (custom_id, body) is sent as it is, with no request options")
+                        ".jsonl (custom_id, method, url, body) is sent as it is, with no "
+                        "request options")
     g.add_argument("--id-column", metavar="COL", help="column with a unique id for each row")
     g = p.add_argument_group("request")
     g.add_argument("--model", help="model name, e.g. gpt-4o-mini")

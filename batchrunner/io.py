@@ -999,9 +999,12 @@ class _JsonlSource(InputSource):
             raise _input_error(
                 path, "has no JSON records, only blank lines — write one JSON object per line"
             )
-        # Three of the four keys are a batch line that lacks one: named as such (line 1 has no
-        # 'method'), not read as a file of prompts that asks for --prompt.
-        if sum(key in first for key in OPENAI_BATCH_COLUMNS) >= 3:
+        # Three of the four keys, or a custom_id with a body that is a request, are a batch
+        # line that lacks some: named as such (line 1 has no 'method'), not read as a file of
+        # prompts that asks for --prompt (whose advice, --prompt-column body, sent each body
+        # as the user's text).
+        if sum(key in first for key in OPENAI_BATCH_COLUMNS) >= 3 or (
+                "custom_id" in first and isinstance(first.get("body"), dict)):
             self.kind = "openai_batch"
             self.columns = list(OPENAI_BATCH_COLUMNS)
             self.schema = pa.schema([(n, pa.string()) for n in self.columns])

@@ -65,19 +65,22 @@ def test_rows_cut_at_max_tokens_are_answered_again_by_raising_it_in_their_bodies
     assert "2 requests sent this run" in out and "cut at max_tokens" not in out
 
 
-@pytest.mark.parametrize("left_out", ["method", "url", "custom_id"])
+@pytest.mark.parametrize("left_out", [["method"], ["url"], ["custom_id"], ["method", "url"]])
 def test_a_first_line_that_lacks_a_batch_field_is_named_as_a_batch_file_s(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], left_out: str,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], left_out: list[str],
 ) -> None:
     # Read as a JSONL file of prompts, it was told to pass --prompt, where one key of the
-    # batch line is all it lacks (line 2 lacking it was named, as a batch file's).
+    # batch line is all it lacks (line 2 lacking it was named, as a batch file's). Lines of
+    # only custom_id and body (as --help described a batch file) were told so too, and
+    # --prompt-column body then sent each request's body as the user's text.
     first = batch_line("a")
-    del first[left_out]
+    for key in left_out:
+        del first[key]
     write_batch(tmp_path / "batch.jsonl", [first, batch_line("b")])
     code, _, err = cli(capsys, *batch_args(tmp_path))
     assert code == 2
     assert one_error_line(err).endswith(
-        f"line 1 has no '{left_out}' — every line of an OpenAI batch file needs custom_id, "
+        f"line 1 has no '{left_out[0]}' — every line of an OpenAI batch file needs custom_id, "
         "method, url and body"), err
     assert not (tmp_path / "out" / "journal").exists()
 
