@@ -63,9 +63,11 @@ class Template:
         try:
             parsed = list(_FORMATTER.parse(source))
         except ValueError as e:
+            # "Single '}' encountered": the closing one is doubled, not the opening one.
+            brace = "}}" if str(e).startswith("Single '}'") else "{{"
             raise ConfigError(
-                f"prompt template {source[:60]!r}: {e} (write {{{{ for a literal brace)"
-            ) from None
+                f"prompt template {source[:60]!r}: {e} (write {brace} for a literal "
+                f"{brace[0]})") from None
         for literal, name, spec, conversion in parsed:
             if name is not None and (spec or conversion):
                 # A column's own name may hold ':' or '!' (a spreadsheet's "Price: USD"):
@@ -369,6 +371,15 @@ def column_list(columns: Sequence[str], wanted: str) -> str:
     if not wanted:
         return f"columns: {shown}"
     import difflib  # a message's only
+    import unicodedata
+
+    # The same name to the eye, its letters spelt with other code points (é as e and a
+    # combining accent, as macOS writes file and column names): named so, as the two print alike.
+    same = unicodedata.normalize("NFC", wanted)
+    if (twin := next((c for c in columns if unicodedata.normalize("NFC", c) == same), None)):
+        return (f"columns: {shown}; {twin!r} is that name with its accents written as other "
+                "Unicode characters (a letter and a combining accent): copy the name from the "
+                "input into the job, or save the input's header in the usual form (NFC)")
 
     # The one meant: the same name in another case (SKU for sku), else a near miss, else the
     # one column the name is a word of (id for ticket_id, name for Product Name).

@@ -382,6 +382,29 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
             ["names column {\"bug\"}", "write {{ and }} for literal braces"])
 
 
+@case("a template naming a column whose accents the input spells otherwise")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # The header written as macOS writes names (e + U+0301), the template as typed (é): the
+    # message named a column the input "does not have", beside a list showing it.
+    path = c.tmp / "accents.csv"
+    path.write_text("id,cafe\u0301\n1,espresso\n", encoding="utf-8")
+    return (c.args(path, prompt="Describe {caf\u00e9}"),
+            ["'cafe\u0301' is that name with its accents written as other Unicode characters"])
+
+
+@case("a closing brace alone in a template")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # It said to write {{, which is the opening brace's doubling.
+    return (c.args(c.good_csv(), prompt="close } only {text}"),
+            ["Single '}' encountered in format string (write }} for a literal })"])
+
+
+@case("an opening brace never closed in a template")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    return (c.args(c.good_csv(), prompt="Say {text"),
+            ["expected '}' before end of string (write {{ for a literal {)"])
+
+
 @case("template with a conversion")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv(), prompt="Say {text!r}"), ["{text!r}", "plain column name"]
