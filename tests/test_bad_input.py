@@ -173,6 +173,24 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(inp), ["unclosed.csv", "row 1 (line 2)", "quote"]
 
 
+@case("CSV with text after a closing quote")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # A MySQL export's backslash-escaped quotes: pyarrow read on past the first \" as the
+    # value's end, dropped the quotes and joined the rest: "He said \no\"" was sent, exit 0.
+    rows = "".join(f'r{i},"fine, {i}",5" screen\n' for i in range(3000))
+    inp = c.write("mysql.csv", 'id,text,size\n' + rows + 'z,"He said \\"no\\"",1\n')
+    return c.args(inp), ["mysql.csv", "row 3001 (line 3002) has text after a quoted value's "
+                         'closing quote — within a quoted value, write a quote as two ("" '
+                         'for "), not \\"; or quote the whole value']
+
+
+@case("TSV with a value that begins with a quoted part")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    inp = c.write("said.tsv", 'id\ttext\na\t"Hello," she said\n')
+    return c.args(inp), ["said.tsv", "row 1 (line 2) has text after a quoted value's closing "
+                         "quote"]
+
+
 @case("semicolon-separated CSV")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("semi.csv", "id;text\na;hello\n")
