@@ -1484,11 +1484,13 @@ def unread_dotenv_line(job: JobConfig, variable: str) -> str:
 
 
 def _dotenv_dirs(job: JobConfig) -> list[Path]:
-    """Where ``.env`` files are read, the one that wins first: the current directory, then
-    the job file's."""
+    """Where ``.env`` files are read, the one that wins first: the job file's directory, then
+    the current one. A crontab's job runs from $HOME, where another project's .env sent the
+    job to that project's endpoint, over the jobs/.env beside its file."""
     dirs = [Path.cwd()]
-    if job.source != "command line":
-        dirs.append(Path(job.source).resolve().parent)
+    if job.source != "command line" and (
+            own := Path(job.source).resolve().parent) != dirs[0].resolve():
+        dirs.insert(0, own)
     return dirs
 
 
@@ -1516,7 +1518,8 @@ def secrets_known(args: Sequence[str] = ()) -> list[str]:
 
 
 def environment(job: JobConfig) -> dict[str, str]:
-    """``os.environ`` over the ``.env`` files (current directory, then the job file's directory)."""
+    """``os.environ`` over the ``.env`` files (the job file's directory's, then the current
+    directory's)."""
     env: dict[str, str] = {}
     for d in reversed(_dotenv_dirs(job)):
         env.update(load_dotenv(d / ".env"))

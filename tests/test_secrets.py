@@ -664,6 +664,31 @@ def test_key_is_read_from_dotenv_in_the_current_directory(tmp_path: Path) -> Non
     assert leaks_in_files(tmp_path) == []  # .env itself is skipped
 
 
+def test_the_job_files_dotenv_wins_over_the_current_directorys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A crontab's job runs from $HOME, where another project's .env names its endpoint and
+    key: they were used over the jobs/.env beside the job file, and the night's job went to
+    the other endpoint. The job file's .env wins."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    inp = marker_csv(tmp_path / "in.csv", [], normal=3)
+    home, jobs = tmp_path / "home", tmp_path / "jobs"
+    home.mkdir()
+    jobs.mkdir()
+    (home / ".env").write_text("OPENAI_API_KEY=sk-another-projects-key-0000\n"
+                               "OPENAI_BASE_URL=http://127.0.0.1:9/v1\n")
+    (jobs / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "gpt-4o-mini"\n'
+        f'prompt = "{{text}}"\n[output]\ndir = "{tmp_path / "out"}"\n')
+    monkeypatch.chdir(home)
+    with SimulatorThread(SimulatorConfig(api_key=KEY)) as sim:
+        (jobs / ".env").write_text(f"OPENAI_API_KEY={KEY}\nOPENAI_BASE_URL={sim.base_url}\n")
+        code = main(["run", str(jobs / "job.toml"), "--progress", "none"])
+        assert code == 0, capsys.readouterr().err
+        assert sim.stats()["responses_by_status"] == {"200": 3}
+
+
 def test_environment_wins_over_dotenv(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
