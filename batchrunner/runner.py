@@ -4730,9 +4730,14 @@ def _structured_or_none(settings: dict[str, Any]) -> StructuredOutput | None:
 
 
 def _show(path: Path) -> str:
-    """``path`` relative to the current directory when it is below it."""
+    """``path`` relative to the current directory when it is below it, but for ``/`` (a
+    systemd timer's, a container's), below which every path is: "tmp/out/results.parquet" in
+    a log read later looked relative to some other directory."""
+    cwd = Path.cwd()
+    if cwd == cwd.parent:
+        return str(path)
     try:
-        return str(path.relative_to(Path.cwd()))
+        return str(path.relative_to(cwd))
     except ValueError:
         return str(path)
 

@@ -934,3 +934,17 @@ def test_body_fields_in_request_extra_are_warned_about_as_sent() -> None:
     assert request_warnings(RequestConfig(model="qwen3-omni-flash", temperature=0.7,
                                           extra={"parameters": {}}))[0].startswith(
         "[request] temperature is sent")
+
+
+def test_paths_are_shown_whole_from_the_root_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From / (a systemd timer's, a container's working directory), every path is below it:
+    the summary said "results: tmp/.../results.parquet", which a log read later shows as a
+    path relative to some other directory. Below any other directory, relative as before."""
+    from batchrunner.runner import _show
+
+    out = tmp_path / "out" / "results.parquet"
+    monkeypatch.chdir("/")
+    assert _show(out) == str(out)
+    monkeypatch.chdir(tmp_path)
+    assert _show(out) == str(Path("out") / "results.parquet")
