@@ -1382,6 +1382,11 @@ def _select(journal: Journal, where: str, input_columns: Sequence[str] = (),
             raise UsageError(f"--rerun-where {where!r}: finished_at is a UTC time without a "
                              "zone: compare it with one, as in \"finished_at > '2026-11-30 "
                              "18:00'\" (no Z or +00:00)") from None
+        if "Invalid comparison between dtype=str" in str(e) and "key" in names:
+            # The ids are kept as text ("007" stays "007"), whatever the input column's type.
+            raise UsageError(f"--rerun-where {where!r}: key is the row's id as text: compare "
+                             "it with text (key == '1100'), or as a number with "
+                             "key.astype('int64') >= 1100") from None
         if type(e).__name__ == "UndefinedVariableError":  # pandas: "name 'x' is not defined"
             name = m[1] if (m := re.search(r"'([^']*)'", str(e))) else "?"
             raise UsageError(f"--rerun-where {where!r}: no column {name!r}; it filters on "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -281,6 +282,16 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
         s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
         assert s.sent == 0 and any(w.endswith("key is text: quote the ids, as in \"key in ['1', "
                                               "'2']\"") for w in s.warnings)
+        # Compared with a number: pandas's "Invalid comparison between dtype=str and int",
+        # named as the ids' being text, and how to compare them as numbers.
+        opts.rerun_where = "key >= 5"
+        with pytest.raises(Exception, match=re.escape(
+                "key is the row's id as text: compare it with text (key == '1100'), or as a "
+                "number with key.astype('int64') >= 1100")):
+            await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        opts.rerun_where = "key.str[1:].astype('int64') >= 15"  # ids r0000 to r0019
+        s = await run_job(job_for(tmp_path, sim.base_url, inp, max_tokens=1000), opts)
+        assert s.sent == 5, s
 
 
 @pytest.mark.anyio
