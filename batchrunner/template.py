@@ -604,9 +604,13 @@ class RequestBuilder:
         if self.request.image_column is not None:
             ref = row[self.request.image_column]
             if ref is not None and str(ref).strip():
-                url = image_url(str(ref).strip(), self.base_dir)
-                if url is None:
-                    return None, f"image {str(ref)[:80]!r} cannot be read"
+                try:
+                    url = image_url(str(ref).strip(), self.base_dir)
+                except OSError as e:
+                    # The path read, and why not: a relative one is the input's folder's.
+                    return None, (f"image {str(ref)[:80]!r} cannot be read "
+                                  f"({e.strerror or type(e).__name__}: {e.filename}; a "
+                                  "relative path is read from the input file's folder)")
                 content = [{"type": "text", "text": prompt},
                            {"type": "image_url", "image_url": {"url": url}}]
         messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
@@ -624,17 +628,15 @@ class RequestBuilder:
         return body, prompt
 
 
-def image_url(ref: str, base_dir: Path) -> str | None:
-    """An ``http(s)``/``data:`` URL as it is; a file path as a base64 ``data:`` URL."""
+def image_url(ref: str, base_dir: Path) -> str:
+    """An ``http(s)``/``data:`` URL as it is; a file path (relative: to ``base_dir``) as a
+    base64 ``data:`` URL. OSError: the file cannot be read."""
     if ref.startswith(("http://", "https://", "data:")):
         return ref
     path = Path(ref)
     if not path.is_absolute():
         path = base_dir / path
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
+    data = path.read_bytes()
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 

@@ -948,3 +948,23 @@ def test_paths_are_shown_whole_from_the_root_directory(
     assert _show(out) == str(out)
     monkeypatch.chdir(tmp_path)
     assert _show(out) == str(Path("out") / "results.parquet")
+
+
+def test_an_image_that_cannot_be_read_names_the_path_read_and_why(tmp_path: Path) -> None:
+    """The row's failure said only "image 'sub/pic 1.png' cannot be read": not which path was
+    tried (a relative one is the input's folder's, which the README does not say) nor why."""
+    from batchrunner.config import RequestConfig
+
+    builder = RequestBuilder(RequestConfig(model="m", prompt="Say {text}", image_column="img"),
+                             ["text", "img"], "input", base_dir=tmp_path)
+    body, reason = builder.build({"text": "hi", "img": "sub/pic 1.png"})
+    assert body is None
+    assert reason == (f"image 'sub/pic 1.png' cannot be read (No such file or directory: "
+                      f"{tmp_path / 'sub' / 'pic 1.png'}; a relative path is read from the "
+                      "input file's folder)")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "pic 1.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    body, _ = builder.build({"text": "hi", "img": "sub/pic 1.png"})
+    assert body is not None
+    assert body["messages"][0]["content"][1]["image_url"]["url"].startswith(
+        "data:image/png;base64,")
