@@ -303,7 +303,7 @@ CUT_KINDS = frozenset({"connection_reset", "truncated_body"})
 ALONE_AFTER_FALLS = 2
 # A row sent alone and cut in this many of the server's falls fails then, its tries left or
 # not: it is what brings the server down (each fall a model reloaded, on a GPU box). The tries
-# the rows beside it spent in the falls so far are given back to them (``_Falls.charged``).
+# the rows beside it spent in the falls it was cut in are given back (``_Falls.charged``).
 ALONE_FALLS_TO_FAIL = 2
 
 
@@ -1835,6 +1835,8 @@ class _Run:
         self.fall_rows = 0
         self.shared_falls: set[int] = set()
         self.forgiven = 0  # the falls up to this one: a row sent alone brought them (culprit)
+        # The falls such rows were cut in: the tries other rows spent in them are given back.
+        self.blamed: set[int] = set()
         # Rows cut in ALONE_AFTER_FALLS falls or more are sent one at a time: the one out
         # (until it is done with: sent again after a backoff, it is still out), and those
         # waiting for it.
@@ -2521,9 +2523,11 @@ class _Run:
         go one after another, beside the others: a short job of rows cut in two restarts with
         no row to blame, 46 of 200 at 1 s an answer, took 51 s where it took 13 s and failed 10
         of them; letting them all go after two answered failed 19 beside a crashing row.)"""
-        self.alone = None
         if culprit:
             self.forgiven = self.fall  # the rows cut beside it, in flight or waiting
+            if self.alone is not None and self.alone.falls is not None:
+                self.blamed.update(self.alone.falls.cut_in)
+        self.alone = None
         waiting = self.alone_waiting
         if not waiting or self.stopping:
             return
@@ -2573,11 +2577,13 @@ class _Run:
 
     def _tries_given_back(self, item: _Work) -> int:
         """``item``'s tries cut in falls that a row sent alone was since found to bring
-        (``forgiven``): not the row's own, so not counted against max_attempts."""
-        falls, forgiven = item.falls, self.forgiven
-        if falls is None or not forgiven:  # none found yet
+        (``blamed``: those it was cut in too): not the row's own, so not counted against
+        max_attempts. (A row whose requests are cut by themselves, a stream broken for it
+        each time, gets as many more tries as it spent in such falls.)"""
+        falls, blamed = item.falls, self.blamed
+        if falls is None or not blamed:
             return 0
-        return sum(f <= forgiven for f in falls.charged)
+        return sum(f in blamed for f in falls.charged)
 
     def _tokens(self, item: _Work) -> tuple[int, int]:
         """The request's estimated prompt tokens, and its completion tokens at most: its
