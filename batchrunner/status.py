@@ -24,6 +24,7 @@ from batchrunner import io
 from batchrunner.arrow import is_value, scalar, to_numpy
 from batchrunner.config import (
     OVERRIDES,
+    JobConfig,
     load_job,
     option_name,
     settings_changed,
@@ -245,10 +246,25 @@ def format_status(out_dir: Path) -> str:
             state.failed_choices, state.failed_choices_usd.of(state.failed_choices), asked))
     # The command that runs the job on, for every line that names one: its job file read once.
     rerun = Rerun(meta, out_dir)
+    last = meta.get("last_run")
+    # The request settings a run of that command is refused for, where a row has an answer
+    # (a prompt edited in the job file since last night): said below, with what --force does,
+    # and every command shown given it. Else, those a run of the job file
+    # without the last run's request options is refused for (a one-off --model, the crontab's
+    # line refused from then on).
+    changed_now: list[str] = []
+    own_changed: list[str] = []
+    if not locked and state.ok and isinstance(last, dict) and last.get("started_at"):
+        changed_now = _changed_since(meta, rerun.job)
+        # Not where --force would let through more than the settings (rows keyed otherwise,
+        # another endpoint's answers mixed): said, and left to whoever reads it.
+        besides = _forced_too(meta, rerun.job) if changed_now else []
+        rerun.force = bool(changed_now) and not besides
+        if not changed_now and _request_options(rerun.given):
+            own_changed = _changed_since(meta, _job_as_run(meta, own=True))
     if state.paused:  # with the command that sends them again, once no run is in progress
         again = "" if locked or rerun.held else rerun.command()
         lines.append(f"  {paused_warning(state.paused, again)}")
-    last = meta.get("last_run")
     changed, exact = recorded_changed_left(meta)
     if changed and not locked:
         lines.append(f"  {changed_warning(changed, exact=exact)}")
@@ -312,6 +328,7 @@ def format_status(out_dir: Path) -> str:
             # finishes the job, as one that ran through does.
             extra += ("--limit", str(limit_given))
         command = rerun.command(extra)
+        at = len(lines) + 1  # after the last run's line: what its commands are refused for
         # What that command sends: the rows to do, and the failed ones again (nothing left to
         # send, its last rows the ones failing: the failed to retry).
         left = (f"{count_rows(to_do)} to do" + (f" and {failed:,} failed" if retry else "")
@@ -401,16 +418,74 @@ def format_status(out_dir: Path) -> str:
             lines.append(f"  to finish, {left}: {first}, then: {command}")
         elif command and left:
             lines.append(f"  to finish, {left}: {command}")
-        if to_do and ok and (changed_now := _changed_since(meta)):
-            # A night's run refused at its start leaves job.json as the night before left it.
-            lines.append(f"  the job file's request settings changed since the last run "
-                         f"({', '.join(changed_now)}): a run is refused (exit 2) unless given "
-                         "--force, which sends the rows left with the new ones")
         # Tonight's export over last night's input: not the rows counted above. (A run that
         # met that as it ended said so in its stop, above.)
-        if kind != "input_changed" and (moved := input_moved(meta)):
+        moved = input_moved(meta) if kind != "input_changed" else ""
+        if moved:
             lines.append(_input_line(moved, meta, rerun, running=False))
+        # A night's run refused at its start leaves job.json as the night before left it: said
+        # whatever is left, a job done refused as well (the crontab's next night).
+        left_any = bool(to_do or failed or moved == "changed")
+        # A command shown: the rows left's, the paused rows', a killed run's to resume.
+        shown = left_any or bool(state.paused) or not last.get("finished_at")
+        if changed_now:
+            lines.insert(at, "  the job file's request settings changed since the last run "
+                         f"({', '.join(changed_now)}): {_refused(left_any)}"
+                         + (f"; the commands here do not give --force, which would let through "
+                            f"too {' and '.join(besides)}" if besides
+                            else "; the commands here give --force" if shown else ""))
+        elif own_changed:
+            given = _option_args(_request_options(rerun.given))
+            it = "it" if sum(a.startswith("--") for a in given) == 1 else "them"
+            lines.insert(at, f"  the last run was given {' '.join(map(shell_quote, given))}, "
+                         f"which the job file sets otherwise ({', '.join(own_changed)} without "
+                         f"{it}): without {it} (the job file alone, a crontab's line, say), "
+                         f"{_refused(left_any)}"
+                         + (f"; the commands here give {it} again" if shown else ""))
     return "\n".join(lines)
+
+
+def _refused(left: bool) -> str:
+    """What a run whose request settings changed since the rows done were answered does
+    (runner's ``_check_same_request``), and what --force does: ``left``, whether it has rows
+    to send (to do, failed, new or changed in the input), else every row is done."""
+    if left:
+        return ("a run is refused (exit 2) unless given --force, which sends the rows left "
+                "with the new ones (the rows done keep their answers, made with the old ones); "
+                "to answer every row with the new ones, use another --output directory")
+    return ("a run is refused (exit 2) unless given --force; every row is done: with --force "
+            "a run sends only the rows new or changed in the input, with the new ones (the rows "
+            "done keep their answers, made with the old ones), and to answer rows again with the "
+            "new ones, pass --force with --rerun-where (\"True\" picks every row), or use "
+            "another --output directory")
+
+
+def _forced_too(meta: dict[str, Any], job: JobConfig | None) -> list[str]:
+    """What else --force would let a run of ``job`` do that it is refused without (runner's
+    ``_check_same_job`` and ``_check_same_endpoint``): its rows keyed otherwise than the rows
+    done (every row sent again), its answers from another endpoint than theirs (mixed)."""
+    if job is None:
+        return []
+
+    def keys(column: Any) -> str:
+        return "by position" if column is None else f"by column {column!r}"
+
+    said = []
+    if (was := meta.get("id_column")) != job.input.id_column:
+        said.append(f"rows keyed {keys(job.input.id_column)}, the rows done {keys(was)} (every "
+                    "row sent again)")
+    if isinstance(sim := meta.get("simulator"), bool) and sim != job.endpoint.simulator:
+        said.append("answers of a real endpoint mixed with the built-in simulator's"
+                    if sim else "answers of the built-in simulator mixed with a real endpoint's")
+    return said
+
+
+def _request_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Of ``options`` (OVERRIDES' names), those that set a request setting: --model,
+    --prompt, --max-tokens, ..."""
+    return {k: v for k, v in options.items()
+            if k in OVERRIDES and OVERRIDES[k][0].startswith("request") and v is not None
+            and v is not False}
 
 
 def input_moved(meta: dict[str, Any]) -> str:
@@ -537,38 +612,52 @@ def option_given(meta: dict[str, Any], name: str) -> Any:
     return options.get(name) if isinstance(options, dict) else None
 
 
-def _changed_since(meta: dict[str, Any]) -> list[str]:
-    """The request settings the job's file, with the options its last run was given, sets
+def _changed_since(meta: dict[str, Any], job: JobConfig | None) -> list[str]:
+    """The request settings ``job`` (the job's file as a run reads it: ``_job_as_run``) sets
     otherwise than job.json says the rows done were sent with (a model renamed in it since
-    last night), as a run's refusal names them, its options' relative paths read from the
-    directory it was started in (a crontab's); none where that cannot be told (a job given by
-    options alone, the file gone or broken, that directory not recorded)."""
-    job_file, command = meta.get("job_file"), meta.get("command")
+    last night), as a run's refusal names them; none where that cannot be told (a job given by
+    options alone, the file gone or broken, an OpenAI batch file's)."""
     before = meta.get("request")
-    if not isinstance(job_file, str) or job_file == "command line" or not isinstance(
-            before, dict) or before.get("openai_batch"):
-        return []
-    options = command.get("options") if isinstance(command, dict) else None
-    options = {k: v for k, v in options.items() if k in OVERRIDES} if isinstance(
-        options, dict) else {}
-    cwd = command.get("cwd") if isinstance(command, dict) else None
-    for name in _PATH_OPTIONS:  # read relative to the directory the run was started in
-        value = options.get(name)
-        if isinstance(value, str) and value and not value.startswith("~") and not (
-                os.path.isabs(value)):
-            if not isinstance(cwd, str):
-                return []  # that directory not known (an older batchrunner's job.json)
-            options[name] = os.path.join(cwd, value)
-    if any(v == KEY_HELD_BACK for v in options.values()):
+    if job is None or not isinstance(before, dict) or before.get("openai_batch"):
         return []
     try:
-        settings = load_job(job_file, options).request.settings()
+        settings = job.request.settings()
         if settings_fingerprint(settings) == meta.get("request_fingerprint"):
             return []  # as a run finds them (job.json's may have a key [redacted] in them)
         now = json.loads(json.dumps(settings, default=str))  # as job.json holds them
     except (UsageError, OSError, ValueError, TypeError):
         return []
     return settings_changed(before, now)
+
+
+def _job_as_run(meta: dict[str, Any], *, own: bool = False) -> JobConfig | None:
+    """The job's file, with the options its last run was given, as a run of them reads it
+    now, its options' relative paths read from the directory it was started in (a
+    crontab's); None where that cannot be told (a job given by options alone, the file gone
+    or broken, that directory not recorded, an option held back). ``own``: with those options
+    but the request settings' (a one-off --model), as the job file alone sets them."""
+    job_file, command = meta.get("job_file"), meta.get("command")
+    if not isinstance(job_file, str) or job_file == "command line":
+        return None
+    options = command.get("options") if isinstance(command, dict) else None
+    options = {k: v for k, v in options.items() if k in OVERRIDES} if isinstance(
+        options, dict) else {}
+    if own:
+        options = {k: v for k, v in options.items() if k not in _request_options(options)}
+    cwd = command.get("cwd") if isinstance(command, dict) else None
+    for name in _PATH_OPTIONS:  # read relative to the directory the run was started in
+        value = options.get(name)
+        if isinstance(value, str) and value and not value.startswith("~") and not (
+                os.path.isabs(value)):
+            if not isinstance(cwd, str):
+                return None  # that directory not known (an older batchrunner's job.json)
+            options[name] = os.path.join(cwd, value)
+    if any(v == KEY_HELD_BACK for v in options.values()):
+        return None
+    try:
+        return load_job(job_file, options)
+    except (UsageError, OSError, ValueError, TypeError):
+        return None
 
 
 # The options whose value is a path, which a run reads relative to the current directory.
@@ -623,17 +712,30 @@ class Rerun:
         options = command.get("options")
         self.given: dict[str, Any] = options if isinstance(options, dict) else {}
         self.held = [option_name(k) for k, v in self.given.items() if v == KEY_HELD_BACK]
+        self.meta = meta
+        # Given --force: the request settings changed since the rows done were answered, and
+        # the command would be refused without it (status says so beside it).
+        self.force = False
+
+    @cached_property
+    def job(self) -> JobConfig | None:
+        """Its job file as a run of it reads it now (``_job_as_run``; read once, when first
+        needed), or None."""
+        return _job_as_run(self.meta)
 
     @cached_property
     def options(self) -> dict[str, Any]:
         """The options it is given: the last run's, with ``--output`` where the job file
-        does not write to the output directory itself (read once, when first needed)."""
+        does not write to the output directory itself (read once, when first needed: the
+        file as the run read it, whose directory no option but --output sets)."""
         if self.job_file is None or "output" in self.given:
             return self.given
-        try:
-            own_job = load_job(self.job_file, {})
-        except (UsageError, OSError):  # moved, changed, or naming no directory
-            own_job = None
+        own_job = self.job
+        if own_job is None:
+            try:
+                own_job = load_job(self.job_file, {})
+            except (UsageError, OSError):  # moved, changed, or naming no directory
+                own_job = None
         if own_job is not None and own_job.output.dir.resolve() == self.out_dir.resolve():
             return self.given
         return {**self.given, "output": str(self.out_dir.resolve())}
@@ -644,6 +746,8 @@ class Rerun:
         ``program_words`` names it), with ``extra`` arguments added and ``options``
         (OVERRIDES' names) set in place of the last run's."""
         changed = options or {}
+        if self.force and "--force" not in extra:
+            extra = (*extra, "--force")
         if self.held:
             # No command to show, but its job file and directory, and what to add to its
             # options (given after them, an option's value replaces theirs).

@@ -274,15 +274,17 @@ def test_status_of_a_job_file_run_into_another_directory_names_that_directory(
     assert not (tmp_path / "out").exists()
     # The model renamed in the job file the next day: that night's run was refused at its
     # start (exit 2), leaving job.json as it was, and status named the command as if it
-    # would resume. It says what changed, and what a run needs.
+    # would resume. It says what changed, and what a run needs, which its command gives.
     job.write_text(job.read_text().replace("gpt-4o-mini", "gpt-4.1-mini"))
     assert main(["run", str(job), "--output", str(night), "--progress", "none"]) == 2
     refused = capsys.readouterr().err
     assert "(model: 'gpt-4o-mini' → 'gpt-4.1-mini')" in refused, refused
     changed = ("\n  the job file's request settings changed since the last run (model: "
                "'gpt-4o-mini' → 'gpt-4.1-mini'): a run is refused (exit 2) unless given "
-               "--force, which sends the rows left with the new ones")
-    assert format_status(night).endswith(changed)
+               "--force, which sends the rows left with the new ones (the rows done keep their "
+               "answers, made with the old ones); to answer every row with the new ones, use "
+               "another --output directory; the commands here give --force")
+    assert format_status(night).endswith(f"resume: {command} --limit 4 --force{changed}")
     # Asked from another directory than the run was started in (a crontab's `cd /srv/enrich`,
     # the engineer's shell elsewhere), of a run given relative paths: status said nothing of
     # the change. Its options' paths are read from that directory, as the run read them.
@@ -292,8 +294,154 @@ def test_status_of_a_job_file_run_into_another_directory_names_that_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert format_status(night).endswith(changed.replace(
-        "'gpt-4o-mini' → 'gpt-4.1-mini'", "'gpt-4.1-mini' → 'gpt-4o'"))
+    shown = format_status(night)
+    assert changed.replace("'gpt-4o-mini' → 'gpt-4.1-mini'", "'gpt-4.1-mini' → 'gpt-4o'"
+                           ) in shown, shown
+
+
+def night_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: int,
+              failing: tuple[int, ...] = ()) -> Path:
+    """A nightly job file over ``rows`` rows keyed by id (r0, r1, ...), those ``failing`` refused
+    by the built-in simulator (http_400) at every try, run from ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text\n" + "".join(
+        f"r{i},t {i}{' [[sim:400]]' if i in failing else ''}\n" for i in range(rows)))
+    job = tmp_path / "job.toml"
+    job.write_text('name = "night"\n[input]\npath = "in.csv"\nid_column = "id"\n'
+                   '[request]\nmodel = "gpt-4o-mini"\nprompt = "X {text}"\n'
+                   '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+    return job
+
+
+def printed_runs(status: str) -> list[list[str]]:
+    """The arguments after ``batchrunner`` of every run command ``status`` prints (each ends
+    its line)."""
+    return [["run", *shlex.split(line.partition("batchrunner run ")[2])]
+            for line in status.splitlines() if "batchrunner run " in line]
+
+
+def run_plain(job: Path) -> int:
+    """The job file run alone, as its crontab's line runs it every night."""
+    return main(["run", str(job), "--progress", "none"])
+
+
+def test_status_says_the_job_files_changed_settings_whatever_is_left_and_its_commands_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prompt edited in the job file since the last run: status said so only with rows to
+    do, and with none (the failed rows to retry, the rows added to the input, every row done)
+    said nothing, naming a command (--retry-failed, "running the job again sends the rows that
+    are new or changed") that was refused (exit 2, settings changed), as the crontab's was.
+    It says what changed and what a run does with --force whatever is left, and every command
+    it names is given --force, which it says: each runs."""
+    job = night_job(tmp_path, monkeypatch, 6, failing=(5,))
+    assert run_plain(job) == 3  # a row failed
+    job.write_text(job.read_text().replace('"X {text}"', '"Y {text}"'))
+    assert run_plain(job) == 2
+    status = format_status(tmp_path / "out")
+    runs = printed_runs(status)
+    for args in runs:
+        assert main([*args, "--progress", "none"]) == 3, status  # not refused: fails again
+    changed = ("  the job file's request settings changed since the last run (prompt: "
+               "'X {text}' → 'Y {text}'): a run is refused (exit 2) unless given --force, which "
+               "sends the rows left with the new ones (the rows done keep their answers, made "
+               "with the old ones); to answer every row with the new ones, use another --output "
+               "directory; the commands here give --force")
+    assert changed in status.splitlines(), status
+    assert runs == [["run", str(job), "--retry-failed", "--force"]], status
+    assert "settings changed" not in format_status(tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert meta["request"]["prompt"] == "Y {text}"
+
+
+def test_status_of_a_changed_job_file_with_every_row_done_then_rows_added(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row done, then the prompt edited: status said nothing, and the crontab's next
+    run was refused (exit 2). It says so, naming no command (none has rows to send), and
+    what --force does then. Rows added to the input then: the command it named to send them
+    was refused; it is given --force, and sends them."""
+    job = night_job(tmp_path, monkeypatch, 4)
+    out = tmp_path / "out"
+    assert run_plain(job) == 0
+    job.write_text(job.read_text().replace('"X {text}"', '"Y {text}"'))
+    status = format_status(out)
+    assert status.splitlines()[-1] == (
+        "  the job file's request settings changed since the last run (prompt: 'X {text}' → "
+        "'Y {text}'): a run is refused (exit 2) unless given --force; every row is done: with "
+        "--force a run sends only the rows new or changed in the input, with the new ones (the "
+        "rows done keep their answers, made with the old ones), and to answer rows again with "
+        "the new ones, pass --force with --rerun-where (\"True\" picks every row), or use "
+        "another --output directory"), status
+    assert printed_runs(status) == []
+    assert run_plain(job) == 2  # as it says
+    with (tmp_path / "in.csv").open("a") as f:
+        f.write("r4,t 4\nr5,t 5\n")
+    status = format_status(out)
+    runs = printed_runs(status)
+    for args in runs:
+        assert main([*args, "--progress", "none"]) == 0, status
+    assert "settings changed since the last run (prompt: 'X {text}' → 'Y {text}'): a run is " \
+           "refused (exit 2) unless given --force, which sends the rows left" in status, status
+    assert status.endswith("running the job again sends the rows that are new or changed: "
+                           f"batchrunner run {job} --force"), status
+    status = format_status(out)
+    assert status.startswith("night: 6 of 6 rows finished (6 ok,"), status
+    assert "settings changed" not in status and printed_runs(status) == []
+    assert Journal(out).read(["key"]).num_rows == 6  # the 2 added sent, none again
+
+
+def test_status_gives_no_force_that_would_mix_another_endpoints_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The job file's prompt changed and its endpoint too (a real one, the rows done the
+    simulator's): --force would mix their answers as well, which status does not choose for
+    whoever reads it. It says so, and its command is not given --force (and is refused)."""
+    job = night_job(tmp_path, monkeypatch, 4, failing=(3,))
+    assert run_plain(job) == 3
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-status-0123456789")
+    job.write_text(job.read_text().replace('"X {text}"', '"Y {text}"').replace(
+        "simulator = true", 'base_url = "http://127.0.0.1:9/v1"'))
+    status = format_status(tmp_path / "out")
+    assert ("a run is refused (exit 2) unless given --force, which sends the rows left with the "
+            "new ones (the rows done keep their answers, made with the old ones); to answer "
+            "every row with the new ones, use another --output directory; the commands here do "
+            "not give --force, which would let through too answers of a real endpoint mixed "
+            "with the built-in simulator's") in status, status
+    runs = printed_runs(status)
+    assert runs == [["run", str(job), "--retry-failed"]], status
+    capsys.readouterr()
+    assert main([*runs[0], "--progress", "none"]) == 2  # as it says
+    assert "the request settings changed" in capsys.readouterr().err
+
+
+def test_status_after_a_one_off_model_names_it_and_the_job_files_own_run_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run given --model once (and --force) over a job file run every night: from then on
+    the crontab's line, the job file alone, was refused (exit 2), while status named the
+    command with --model (accepted) and, every row done, nothing at all. It names the option,
+    what the job file sets, and that a run without it is refused unless --force."""
+    job = night_job(tmp_path, monkeypatch, 6)
+    out = tmp_path / "out"
+    assert main(["run", str(job), "--limit", "2", "--progress", "none"]) == 0
+    assert main(["run", str(job), "--model", "gpt-4.1-mini", "--force", "--limit", "2",
+                 "--progress", "none"]) == 0
+    status = format_status(out)
+    given = ("  the last run was given --model gpt-4.1-mini, which the job file sets otherwise "
+             "(model: 'gpt-4.1-mini' → 'gpt-4o-mini' without it): without it (the job file "
+             "alone, a crontab's line, say), a run is refused (exit 2) unless given --force")
+    assert (f"{given}, which sends the rows left with the new ones (the rows done keep their "
+            "answers, made with the old ones); to answer every row with the new ones, use "
+            "another --output directory; the commands here give it again"
+            in status.splitlines()), status
+    assert run_plain(job) == 2  # as it says
+    runs = printed_runs(status)
+    assert runs == [["run", str(job), "--model", "gpt-4.1-mini"]], status
+    for args in runs:
+        assert main([*args, "--progress", "none"]) == 0
+    status = format_status(out)
+    assert status.splitlines()[-1].startswith(f"{given}; every row is done: "), status
+    assert printed_runs(status) == [] and run_plain(job) == 2
+    assert main(["run", str(job), "--force", "--progress", "none"]) == 0  # nothing sent
+    assert "given --model" not in format_status(out) and run_plain(job) == 0
 
 
 def test_status_of_a_job_run_from_options_names_the_command_that_finishes_it(
