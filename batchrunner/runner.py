@@ -781,9 +781,13 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
 
     # A --limit run decodes only the ids (or counts the rows): the rows it does not send are
     # read, and their damage found, by the run that sends them. A JSONL file's every record
-    # was parsed and checked when it was opened: its ids are all there is to read again.
+    # was parsed and checked when it was opened: its ids are all there is to read again. A
+    # Parquet file's columns are decoded each on its own, and the results file holds them all:
+    # every one is read now, so that a damaged page in a column no request uses stops the run
+    # here, not once every row is sent and paid for, when the results are written.
     total, index = _scan_keys(source, key_column, where,
                             () if options.limit is not None or source.rows_checked
+                            else source.columns if source.kind == "parquet"
                             else builder.needed_columns if builder is not None else ("body",))
     if total == 0:
         raise InputError(f"{where}: has no rows")
@@ -904,6 +908,11 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     if options.limit is not None:  # the first rows to do, in input order, are sent
         held[np.flatnonzero(~done)[options.limit:]] = True
         done |= held
+        if source.kind == "parquet":
+            # Its results hold every column of the rows up to the last one with a record, and
+            # the ids alone were decoded: those rows are read through now, as a full run's are.
+            marked = np.flatnonzero(~done | (latest.loc >= 0))
+            _read_through(source, int(marked[-1]) + 1 if len(marked) else 0)
     if latest.others.num_rows:  # an id-keyed input that lost rows: ``status`` leaves them out
         others_ok = to_numpy(latest.others["ok"])
         meta["not_in_input"] = {"ok": int(np.count_nonzero(others_ok == 1)),
@@ -1482,6 +1491,19 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
                          f"{key_column!r} ({source.where_rows(int(first), int(second))}); "
                          "ids must be unique")
     return total, index
+
+
+def _read_through(source: io.InputSource, stop: int) -> None:
+    """Decode every column of the input's rows before position ``stop``, a batch at a time:
+    damage there raises ``InputError``."""
+    if stop <= 0:
+        return
+    position = 0
+    with closing(source.batches()) as batches:
+        for batch in batches:
+            position += batch.num_rows
+            if position >= stop:
+                return
 
 
 def _first_duplicate(ids: pa.Array, in_order: pa.Array | None = None) -> str | None:

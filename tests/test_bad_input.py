@@ -229,6 +229,23 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
         "dup.parquet", "id '7' appears more than once in column 'id' (rows 8 and 15001)"]
 
 
+@case("Parquet damaged in a column the prompt does not use")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Only the id and prompt columns were decoded before sending: every row was sent and paid
+    # for, then writing the results (every column) stopped the run with exit 2, "after row 0".
+    inp = _parquet_damaged_in_column(c.tmp / "damaged.parquet", "note", 300)
+    return c.args(inp, "--id-column", "id"), [
+        "damaged.parquet: column 'note' cannot be read in rows 201–400 (", "re-export it"]
+
+
+@case("Parquet damaged in an unused column of the rows a --limit run sends")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # A --limit run decodes the ids alone; its results hold every column of the rows it sent.
+    inp = _parquet_damaged_in_column(c.tmp / "damaged.parquet", "note", 3)
+    return c.args(inp, "--id-column", "id", "--limit", "2"), [
+        "damaged.parquet: column 'note' cannot be read in rows 1–200 ("]
+
+
 @case("null id")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("nullid.jsonl", '{"id": "a", "text": "x"}\n{"id": null, "text": "y"}\n')
@@ -1326,6 +1343,23 @@ def _parquet_damaged_in_second_row_group(path: Path) -> Path:
     data[at - 4 : at] = (0x7FFFFFF0).to_bytes(4, "little")  # a PLAIN value length past the page
     path.write_bytes(bytes(data))
     assert pq.read_table(path, columns=["id"]).num_rows == n  # the id column still reads
+    return path
+
+
+def _parquet_damaged_in_column(path: Path, column: str, row: int) -> Path:
+    """400 rows (id, text, note) in row groups of 200, ``column``'s page that holds ``row``
+    (0-based) damaged."""
+    n = 400
+    table = pa.table({"id": [f"r{i}" for i in range(n)],
+                      "text": [f"text-row-{i:05d}" for i in range(n)],
+                      "note": [f"note-row-{i:05d}" for i in range(n)]})
+    pq.write_table(table, path, row_group_size=200, compression="NONE", use_dictionary=False)
+    data = bytearray(path.read_bytes())
+    at = data.find(f"{column}-row-{row:05d}".encode())
+    assert at > 4
+    data[at - 4 : at] = (0x7FFFFFF0).to_bytes(4, "little")  # a PLAIN value length past the page
+    path.write_bytes(bytes(data))
+    assert pq.read_table(path, columns=["id", "text"]).num_rows == n  # the others still read
     return path
 
 
