@@ -38,10 +38,13 @@ __all__ = [
     "null_scalar",
     "prompt_text",
     "python_rows",
+    "python_values",
     "scalar",
     "string_array",
     "to_numpy",
     "typed_array",
+    "unknown_zone",
+    "utc_texts",
 ]
 
 # The numpy type of each Arrow type whose values buffer ``to_numpy`` reads as is.
@@ -373,39 +376,203 @@ _MICROSECONDS = {"s": 1_000_000, "ms": 1000, "us": 1}
 def python_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
     """``batch.to_pylist()``: the same values, but times with a zone to the second, milli- or
     microsecond made here, where pyarrow imports pandas for each (it asks whether pandas is
-    there before it looks at the unit). They are made as pyarrow makes them, in the zone
-    pyarrow's ``string_to_tzinfo`` gives, so a prompt shows the same text (``str``) and a row
-    hashes the same (orjson's RFC 3339 form) as before."""
-    zoned = [i for i, field in enumerate(batch.schema)
-             if pa.types.is_timestamp(field.type) and field.type.tz is not None
-             and field.type.unit in _MICROSECONDS]
-    if not zoned:
+    there before it looks at the unit), and dates and times Python cannot hold as their text
+    (``python_values``). They are made as pyarrow makes them, in the zone pyarrow's
+    ``string_to_tzinfo`` gives, so a prompt shows the same text (``str``) and a row hashes the
+    same (orjson's RFC 3339 form) as before."""
+    made = [i for i, field in enumerate(batch.schema)
+            if _is_zoned(field.type) or holds_far_times(batch.column(i))]
+    if not made:
         out: list[dict[str, Any]] = batch.to_pylist()
         return out
     plain = batch
-    for i in zoned:  # read as integers by to_pylist, then replaced
-        plain = plain.set_column(i, batch.schema.field(i).name, batch.column(i).view(pa.int64()))
+    for i in made:  # read as nulls by to_pylist, then replaced
+        plain = plain.set_column(i, batch.schema.field(i).name, pa.nulls(batch.num_rows))
     out = plain.to_pylist()
-    for i in zoned:
+    for i in made:
         name = batch.schema.field(i).name
-        for row, value in zip(out, _zoned_datetimes(batch.column(i)), strict=True):
+        for row, value in zip(out, python_values(batch.column(i)), strict=True):
             row[name] = value
     return out
 
 
-def _zoned_datetimes(column: pa.Array) -> list[datetime | None]:
+def _is_zoned(typ: pa.DataType) -> bool:
+    return pa.types.is_timestamp(typ) and typ.tz is not None and typ.unit in _MICROSECONDS
+
+
+# Python's dates end with 9999-12-31 and start with 0001-01-01, and pyarrow's ``as_py`` of a
+# value outside raises OverflowError: exports write 10000-01-01 (and 0000-12-31) for "never".
+#: Days from 1970-01-01 to Python's first and last dates.
+_FIRST_DAY, _LAST_DAY = -719_162, 2_932_896
+#: Days in 400 Gregorian years: the calendar (leap years, weekdays) repeats after them.
+_CYCLE_DAYS = 146_097
+#: Each date and time unit's values in a day (``_MICROSECONDS``'s, and dates').
+_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000}
+_MICROS_A_DAY = 86_400_000_000
+
+
+def _day_units(typ: pa.DataType) -> int | None:
+    """A date or time type's values in a day (date32: 1), None for other types and for
+    timestamps to the nanosecond (1677 to 2262: always within Python's range)."""
+    if pa.types.is_date32(typ):
+        return 1
+    if pa.types.is_date64(typ):
+        return _PER_DAY["ms"]
+    if pa.types.is_timestamp(typ) and typ.unit in _PER_DAY:
+        return _PER_DAY[typ.unit]
+    return None
+
+
+def _far_days(column: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.bool_] | None:
+    """Which values of a date or time column are outside Python's dates, as days in UTC
+    (None for a column of another type); False at nulls."""
+    per_day = _day_units(column.type)
+    if per_day is None:
+        return None
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    ints = pa.int32() if pa.types.is_date32(column.type) else pa.int64()
+    days = np.floor_divide(to_numpy(column.view(ints), fill=0).astype(np.int64), per_day)
+    far: npt.NDArray[np.bool_] = (days < _FIRST_DAY) | (days > _LAST_DAY)
+    if column.null_count:
+        far &= to_numpy(pc.is_valid(column))
+    return far
+
+
+def holds_far_times(column: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether a date or time column holds a value Python's ``datetime`` cannot (a year past
+    9999, or before 1)."""
+    far = _far_days(column)
+    return far is not None and bool(far.any())
+
+
+def _moved(micros: int) -> tuple[datetime, int]:
+    """The naive UTC time ``micros`` (since 1970) is at, moved by whole 400-year cycles to
+    inside Python's dates, with a day to spare either side for a zone's offset, and the years
+    it was moved by: its date and time of day, and a zone's rules there, are the same."""
+    day = micros // _MICROS_A_DAY
+    cycles = 0
+    if day > _LAST_DAY - 1:
+        cycles = -(-(day - (_LAST_DAY - 1)) // _CYCLE_DAYS)
+    elif day < _FIRST_DAY + 1:
+        cycles = (_FIRST_DAY + 1 - day) // -_CYCLE_DAYS
+    moved = micros - cycles * _CYCLE_DAYS * _MICROS_A_DAY
+    return datetime(1970, 1, 1) + timedelta(microseconds=moved), 400 * cycles
+
+
+def _year_text(text: str, years: int) -> str:
+    """An ISO 8601 date or time ``text`` of a moved value, its year moved back by ``years``:
+    ``10000-01-01``, ``-0001-12-31`` (ISO's year 0 is 1 BC), as Arrow writes them."""
+    year = int(text[:4]) + years
+    return (f"{year:04d}" if year >= 0 else f"-{-year:04d}") + text[4:]
+
+
+def _far_text(micros: int, typ: pa.DataType, zone: tzinfo | None, sep: str) -> str:
+    """A value of ``typ`` Python cannot hold, at ``micros`` since 1970 in UTC, as ``str`` (or,
+    ``sep`` "T", orjson) writes the values it can: ``10000-01-01`` (a date),
+    ``10000-01-01 00:00:00``, ``10000-01-01 01:00:00+01:00`` (in a zone)."""
+    at, years = _moved(micros)
+    if not pa.types.is_timestamp(typ):
+        return _year_text(at.date().isoformat(), years)
+    if zone is not None:
+        at = at.replace(tzinfo=UTC).astimezone(zone)
+    return _year_text(at.isoformat(sep), years)
+
+
+def python_values(column: pa.Array | pa.ChunkedArray, sep: str = " ") -> list[Any]:
+    """``column.to_pylist()``, times with a zone made here as ``python_rows`` says, and the
+    dates and times Python's ``datetime`` cannot hold (past 9999, before year 1: pyarrow
+    raises OverflowError) as text: as ``str`` writes the others, or, ``sep`` "T", as orjson
+    does (``10000-01-01T00:00:00``). The others are left as they were, so that the rows a run
+    sent before hash the same."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    typ = column.type
+    far = _far_days(column)
+    if far is None or not far.any():
+        if _is_zoned(typ):
+            return _zoned_datetimes(column, sep)
+        values: list[Any] = column.to_pylist()
+        return values
+    if _is_zoned(typ):
+        return _zoned_datetimes(column, sep)
+    per_day = _day_units(typ)
+    assert per_day is not None
+    scale = _MICROS_A_DAY // per_day
+    at = np.flatnonzero(far)
+    values = pc.if_else(bool_array(far), null_scalar(typ), column).to_pylist()
+    ints = pa.int32() if pa.types.is_date32(typ) else pa.int64()
+    raw = to_numpy(column.view(ints), fill=0)
+    for i in at.tolist():
+        values[i] = _far_text(int(raw[i]) * scale, typ, None, sep)
+    return values
+
+
+def _zoned_datetimes(column: pa.Array, sep: str = " ") -> list[datetime | str | None]:
     """A timestamp column with a time zone (a unit of ``_MICROSECONDS``) as pyarrow's
-    ``as_py`` makes its values: the time in UTC put in the column's zone."""
+    ``as_py`` makes its values: the time in UTC put in the column's zone; one that is not a
+    ``datetime`` in the zone (a year past 9999) as text (``python_values``)."""
     typ = column.type
     zone = pa.lib.string_to_tzinfo(typ.tz)
     scale = _MICROSECONDS[typ.unit]
     epoch, delta = _EPOCH, timedelta
     values = to_numpy(column.view(pa.int64()), fill=0).tolist()
+    days = np.floor_divide(to_numpy(column.view(pa.int64()), fill=0), _PER_DAY[typ.unit])
+    if len(days) and (days.min() <= _FIRST_DAY or days.max() >= _LAST_DAY):
+        # Near or past Python's last or first date, which the zone's offset may cross.
+        valid = to_numpy(pc.is_valid(column)).tolist()
+        return [_zoned(v * scale, typ, zone, sep) if ok else None
+                for v, ok in zip(values, valid, strict=True)]
     if not column.null_count:
         return [(epoch + delta(microseconds=v * scale)).astimezone(zone) for v in values]
     valid = to_numpy(pc.is_valid(column)).tolist()
     return [(epoch + delta(microseconds=v * scale)).astimezone(zone) if ok else None
             for v, ok in zip(values, valid, strict=True)]
+
+
+def _zoned(micros: int, typ: pa.DataType, zone: tzinfo, sep: str) -> datetime | str:
+    try:
+        return (_EPOCH + timedelta(microseconds=micros)).astimezone(zone)
+    except OverflowError:
+        return _far_text(micros, typ, zone, sep)
+
+
+def utc_texts(column: pa.Array | pa.ChunkedArray, texts: pa.Array | pa.ChunkedArray
+              ) -> pa.Array | pa.ChunkedArray:
+    """``texts``, a time column's values as Arrow's ``strftime`` wrote them in UTC
+    (``%Y-%m-%dT%H:%M:%SZ``), with those Python's dates cannot hold written here: Arrow's own
+    overflow past the year 32767 (10**13 seconds came out as the year -8823)."""
+    far = _far_days(column)
+    if far is None or not far.any():
+        return texts
+    typ = column.type
+    per_day = _day_units(typ)
+    assert per_day is not None
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    raw = to_numpy(column.view(pa.int64()), fill=0)
+    written: list[str | None] = texts.to_pylist()
+    digits = {"s": 0, "ms": 3, "us": 6}[typ.unit]
+    for i in np.flatnonzero(far).tolist():
+        at, years = _moved(int(raw[i]) * (_MICROS_A_DAY // per_day))
+        fraction = f".{at.microsecond:06d}"[:digits + 1] if digits else ""
+        written[i] = _year_text(at.isoformat("T", "seconds"), years) + fraction + "Z"
+    return string_array(written)
+
+
+def unknown_zone(typ: pa.DataType) -> str | None:
+    """The time zone of a timestamp type when this machine's time zone database does not
+    have it (a name mistyped, or newer than the database), else None: its times cannot be
+    put in it."""
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    if not (pa.types.is_timestamp(typ) and typ.tz is not None):
+        return None
+    try:
+        pa.lib.string_to_tzinfo(typ.tz)
+    except (pa.ArrowException, ValueError, KeyError):
+        return str(typ.tz)
+    return None
 
 
 def _timestamp_text(text: str) -> str:

@@ -62,10 +62,13 @@ from . import compute as pc
 from .arrow import (
     dumps_json,
     has_maps_or_narrow_floats,
+    holds_far_times,
     nested_values,
     prompt_text,
+    python_values,
     string_array,
     typed_array,
+    utc_texts,
 )
 from .errors import InputError, OutputBusy, OutputError, UsageError
 
@@ -1629,7 +1632,7 @@ def _utc_text(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     the CSV and JSONL results write a time alike (Arrow's CSV writer would write
     ``2026-11-30 16:49:23.602Z``), and Python, pandas and JavaScript all read it."""
     utc = pc.cast(column, pa.timestamp(column.type.unit, tz="UTC"))
-    return pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ")
+    return utc_texts(utc, pc.strftime(utc, format="%Y-%m-%dT%H:%M:%SZ"))
 
 
 def _for_json(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
@@ -1652,9 +1655,18 @@ def _for_json(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
 
 def _json_rows(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
     """The rows of ``batch`` as a JSONL file holds them (see ``_for_json``), float32 and
-    float16 inside lists, structs and maps shortened too, maps as dicts."""
+    float16 inside lists, structs and maps shortened too, maps as dicts, dates and times past
+    Python's (10000-01-01: ``to_pylist`` raises OverflowError) as the text orjson writes of
+    the others."""
     batch = _for_json(batch)
-    rows: list[dict[str, Any]] = batch.to_pylist()
+    far = [i for i in range(batch.num_columns) if holds_far_times(batch.column(i))]
+    plain = batch
+    for i in far:  # read as nulls by to_pylist, then replaced
+        plain = plain.set_column(i, batch.schema.field(i).name, pa.nulls(batch.num_rows))
+    rows: list[dict[str, Any]] = plain.to_pylist()
+    for i in far:
+        for row, value in zip(rows, python_values(batch.column(i), sep="T"), strict=True):
+            row[batch.schema.field(i).name] = value
     for i, field in enumerate(batch.schema):
         if pa.types.is_nested(field.type) and has_maps_or_narrow_floats(field.type):
             for row, value in zip(rows, nested_values(batch.column(i)), strict=True):

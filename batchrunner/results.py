@@ -24,6 +24,7 @@ from batchrunner.arrow import (
     int64_array,
     is_value,
     null_scalar,
+    python_values,
     scalar,
     string_array,
     to_numpy,
@@ -120,10 +121,11 @@ class InputOrder:
 
 
 def key_strings(values: pa.Array) -> pa.Array:
-    """Id values as the strings rows are keyed by: Python's ``str`` of each value."""
+    """Id values as the strings rows are keyed by: Python's ``str`` of each value (of a date
+    past 9999, its text: ``python_values``)."""
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return pc.cast(values, pa.string())
-    return string_array([None if v is None else str(v) for v in values.to_pylist()])
+    return string_array([None if v is None else str(v) for v in python_values(values)])
 
 
 def result_name(column: str, input_columns: set[str]) -> str:

@@ -52,9 +52,11 @@ from batchrunner.arrow import (
     int64_array,
     prompt_text,
     python_rows,
+    python_values,
     scalar,
     string_array,
     to_numpy,
+    unknown_zone,
 )
 from batchrunner.client import ChatClient, ChatResult, holds_secret, without_secret
 from batchrunner.config import (
@@ -769,6 +771,8 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                 f"id_column {key_column!r} is not a column of {where} "
                 f"({column_list(source.columns, key_column)})"
             )
+        _check_zones(source, [*builder.needed_columns, *([key_column] if key_column else [])],
+                     where)
         warnings.extend(request_warnings(job.request, by_options=by_options,
                                          options=job.options.keys()))
         if builder.template is not None:
@@ -989,6 +993,20 @@ def _check_model_column(job: JobConfig, source: io.InputSource, where: str) -> N
             or str(kind) == "string_view"):
         raise ConfigError(f"model_column {column!r} of {where} holds {kind} values, not model "
                           "names: name the column of text that gives each row's model")
+
+
+def _check_zones(source: io.InputSource, columns: Sequence[str], where: str) -> None:
+    """Refuse times, in ``columns``, in a time zone this machine's time zone database does not
+    have: a request or id shows them in their zone, which cannot be done (a traceback at the
+    first row, before)."""
+    for name in dict.fromkeys(columns):
+        zone = unknown_zone(source.schema.field(name).type)
+        if zone is not None:
+            raise InputError(
+                f"{where}: column {name!r} holds times in the time zone {zone!r}, which this "
+                "machine's time zone database does not have — write them with a zone it has "
+                "(Europe/Paris, UTC) or an offset (+02:00), or, for a zone newer than the "
+                "database, update it (the tzdata package)")
 
 
 def _model_setting(plan: Plan) -> str:
@@ -1477,7 +1495,7 @@ def _scan_keys(source: io.InputSource, key_column: str | None, where: str,
         col = batch.column(0)
         keys = key_strings(col) if not col.null_count else None
         if keys is None or pc.any(pc.equal(keys, blank)).as_py():  # null, or "" in a CSV
-            first = next(i for i, v in enumerate(col.to_pylist()) if v is None or v == "")
+            first = next(i for i, v in enumerate(python_values(col)) if v is None or v == "")
             raise InputError(f"{where}: {source.where_rows(total + first)} has no value in id "
                              f"column {key_column!r}; give every row an id of its own")
         parts.append(keys)

@@ -246,6 +246,17 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
         "damaged.parquet: column 'note' cannot be read in rows 1–200 ("]
 
 
+@case("times in a time zone the machine does not have, in the prompt")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Was a traceback (an ExceptionGroup of ~80 lines) at the first row, exit 1.
+    when = pa.array([0, 86_400], pa.int64()).cast(pa.timestamp("s", tz="Mars/Olympus"))
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["x", "y"], "ts": when}),
+                   c.tmp / "mars.parquet")
+    return c.args(c.tmp / "mars.parquet", "--id-column", "id", prompt="{text} at {ts}"), [
+        "mars.parquet: column 'ts' holds times in the time zone 'Mars/Olympus', which this "
+        "machine's time zone database does not have"]
+
+
 @case("null id")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("nullid.jsonl", '{"id": "a", "text": "x"}\n{"id": null, "text": "y"}\n')

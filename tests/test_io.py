@@ -1195,6 +1195,79 @@ def test_zoned_times_to_the_microsecond_read_in_a_prompt_as_pyarrow_makes_them(
     assert summer.startswith("2038-07-06 05:00:00") and summer.endswith("+02:00")
 
 
+#: Seconds from 1970 to 10000-07-01T12:00:00Z: 9600-07-01 and 400 Gregorian years (146,097 days).
+_Y10000 = 240_795_288_000 + 146_097 * 86_400
+
+
+def _far_dates_table() -> pa.Table:
+    """Dates and times past Python's (a year past 9999, before 1), an export's "never", beside
+    ones within it."""
+    return pa.table({
+        "id": ["a", "b", "c", "d"],
+        "day": pa.array([0, 2_932_897, -800_000, None], pa.int32()).cast(pa.date32()),
+        "at": pa.array([86_400, 10**13, -10**11, None], pa.int64()).cast(pa.timestamp("s")),
+        "local": pa.array([0, _Y10000 * 1000, 10**15, None], pa.int64()).cast(
+            pa.timestamp("ms", tz="Europe/Paris")),
+    })
+
+
+_FAR_SHOWN = [  # as str() writes the values within Python's range
+    ["1970-01-01", "1970-01-02 00:00:00", "1970-01-01 01:00:00+01:00"],
+    ["10000-01-01", "318857-05-20 17:46:40", "10000-07-01 14:00:00+02:00"],
+    ["-0221-09-04", "-1199-02-15 14:13:20", "33658-09-27 03:46:40+02:00"],
+]
+
+
+def test_dates_and_times_past_9999_are_shown_in_a_prompt_as_their_text(tmp_path: Path) -> None:
+    """pyarrow raises OverflowError for a date past 9999 (10000-01-01: a common "never" in
+    exports) or before year 1, and the run ended in a traceback, its rows before sent. They
+    are their text now, as Arrow writes them (in the column's zone, with its offset), the
+    dates and times Python holds left as they were (their rows' hashes too)."""
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, iter_rows, make_work, prepare
+
+    pq.write_table(_far_dates_table(), tmp_path / "in.parquet")
+    job = load_job(None, {
+        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
+        "prompt": "{day} | {at} | {local}", "base_url": "http://127.0.0.1:9/v1",
+        "output": str(tmp_path / "out")})
+    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    rows = [row for _, row, _ in iter_rows(plan)]
+    shown = []
+    for row in rows[:3]:
+        work, _ = make_work(plan, str(row["id"]), row)
+        assert work is not None
+        shown.append(work.body["messages"][-1]["content"])
+    assert shown == [" | ".join(texts) for texts in _FAR_SHOWN]
+    first = pq.read_table(tmp_path / "in.parquet").slice(0, 1).to_pylist()[0]
+    assert {k: rows[0][k] for k in first} == first  # pyarrow's own date and datetimes
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_dates_and_times_past_9999_are_written_in_csv_and_jsonl_results(
+        tmp_path: Path, fmt: str) -> None:
+    """A JSONL results file with a date past 9999, even in a column no prompt uses, ended the
+    run in an OverflowError once every row was sent (``report`` too); a time with a zone past
+    Arrow's years (32767) was written wrong in either format (10**13 s as the year -8823)."""
+    table = _far_dates_table()
+    path = tmp_path / f"r.{fmt}"
+    with ResultWriter(path, fmt, table.schema) as writer:
+        writer.write(table)
+    if fmt == "csv":
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[1]["day"] == "10000-01-01"
+    assert rows[2]["day"] == "-0221-09-04"
+    assert rows[1]["local"] == "10000-07-01T12:00:00.000Z"  # in UTC, as every zoned time
+    assert rows[2]["local"] == "33658-09-27T01:46:40.000Z"
+    if fmt == "jsonl":  # as orjson writes the others ("1970-01-02T00:00:00")
+        assert [r["at"] for r in rows] == ["1970-01-02T00:00:00", "318857-05-20T17:46:40",
+                                           "-1199-02-15T14:13:20", None]
+        assert rows[0]["day"] == "1970-01-01"
+
+
 def test_csv_and_jsonl_results_hold_nested_binary_and_extension_columns(tmp_path: Path) -> None:
     """Columns a CSV file has no type for (lists, structs, maps, binary that is not UTF-8, a
     UUID extension column) are written as text: JSON, UTF-8 with ``\\x`` escapes, the UUID's
