@@ -47,8 +47,15 @@ _LITERAL_FIELD = re.compile(r"\{([^{}]+)\}")
 
 
 def estimate_tokens(text: str) -> int:
-    """About four characters a token: the same rule the built-in simulator bills with."""
-    return math.ceil(len(text) / 4) if text else 0
+    """About four characters a token, the rule the built-in simulator bills with, for ASCII
+    text; other text, four bytes of its UTF-8 a token: a Chinese, Japanese or Korean
+    character (three bytes) about three quarters of one, as tokenizers count them (0.6 to 1),
+    where four characters a token took 3,900 characters of Chinese for some 1,000 tokens and
+    a budget was passed threefold before the replies told."""
+    if not text:
+        return 0
+    n = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return (n + 3) // 4
 
 
 class Template:

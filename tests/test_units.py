@@ -968,3 +968,16 @@ def test_an_image_that_cannot_be_read_names_the_path_read_and_why(tmp_path: Path
     assert body is not None
     assert body["messages"][0]["content"][1]["image_url"]["url"].startswith(
         "data:image/png;base64,")
+
+
+def test_text_other_than_ascii_is_estimated_by_its_utf8_bytes() -> None:
+    """Chinese text at four characters a token: 3,900 characters were some 1,000 tokens where
+    tokenizers count about 0.6 to 1 a character, and a budget was passed threefold before the
+    replies told. Four bytes of UTF-8 a token: three quarters of one a character."""
+    from batchrunner.template import estimate_tokens
+
+    assert estimate_tokens("") == 0
+    assert estimate_tokens("word " * 100) == 125  # ASCII: four characters a token, as ever
+    assert estimate_tokens("中文" * 1000) == 1500  # 6,000 bytes
+    assert estimate_tokens("café") == 2  # five bytes
+    assert estimate_tokens("\udcff") == 1  # a lone surrogate (bytes not UTF-8 in a name)
