@@ -396,6 +396,7 @@ class RunSummary:
     # by error type, 429s apart.
     request_errors: dict[str, int] = field(default_factory=dict)
     cost_known_usd: float = 0.0  # cost_usd, or its known part when some rows have none
+    budget_usd: float | None = None  # the job's max_cost_usd, if any
     # Rows paid for without a cost: ok with no price known or no usage reported, or failed
     # with usage reported (billed) and no price known.
     cost_unknown: int = 0
@@ -1023,8 +1024,9 @@ def _unbounded_budget(unset: str, to_set: str) -> str:
     return (f"max_cost_usd is set but {unset}: with no bound on a reply's length, each request "
             "is held against the budget at the replies' mean length so far "
             f"({DEFAULT_COMPLETION_ESTIMATE} tokens to start), so the spend may pass the budget "
-            "by a few requests' worth (more with a thinking model, whose reasoning is output) "
-            f"— set {to_set} to make the budget a bound")
+            "by up to the requests in flight, the concurrency's worth, each as long as its reply "
+            "runs (a thinking model's reasoning is output too) — set "
+            f"{to_set} to make the budget a bound")
 
 
 def _check_no_request_settings(job: JobConfig, where: str) -> None:
@@ -4290,7 +4292,8 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
     env = environment(job)
     summary = RunSummary(name=job.name, warnings=list(plan.warnings),
                          simulated=job.endpoint.simulator, limited=plan.limited,
-                         limit=options.limit if plan.limited else None)
+                         limit=options.limit if plan.limited else None,
+                         budget_usd=job.limits.max_cost_usd)
     out_dir = plan.out_dir
     run_id = new_run_id()
     async with _endpoint(job, env) as (base_url, api_key):
@@ -4803,6 +4806,23 @@ def _search_units(web_searches: int | None, sources: int | None) -> int | None:
     return web_searches if web_searches is not None else sources
 
 
+def _over_budget(s: RunSummary) -> str:
+    """Where the job's spend passed its max_cost_usd (the requests in flight when the budget
+    stopped it answered at more than they were held at), by how much: a budget stop's line
+    gives the spend when it stopped, under the budget, and nothing else said so."""
+    if s.budget_usd is None:
+        return ""
+    answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd
+    spend = answers + s.earlier_cost_usd + s.unreported_usd
+    if spend <= s.budget_usd + 5e-5:  # as shown, to the hundredth of a cent
+        return ""
+    return (f"the job's spend, {format_usd(spend)}, passed max_cost_usd "
+            f"{format_budget(s.budget_usd)} by {format_usd(spend - s.budget_usd)}: the requests "
+            "in flight as it stopped cost more than they were held at (prompts longer in "
+            "tokens than four characters a token, a pricier model answering, replies with no "
+            "max_tokens)")
+
+
 def format_summary(s: RunSummary) -> str:
     lines = []
     head = f"batchrunner: {s.name} — {count_rows(s.rows)}: {s.ok:,} ok, {s.failed:,} failed"
@@ -4908,6 +4928,8 @@ def format_summary(s: RunSummary) -> str:
         if notes:
             cost += f" ({'; '.join(notes)})"
     lines.append(f"  cost: {cost}")
+    if over := _over_budget(s):
+        lines.append(f"  warning: {over}")
     if idle:
         done = f"the {count_rows(s.rows)}" if s.rows > 1 else "the row"
         lines.append(f"  nothing to do: earlier runs did {done}"

@@ -236,9 +236,9 @@ def test_a_budget_over_rows_that_set_no_max_tokens_is_warned_about(
         "batchrunner: warning: row b: max_cost_usd is set but the body sets no "
         "max_completion_tokens (or max_tokens): with no bound on a reply's length, each request "
         "is held against the budget at the replies' mean length so far (256 tokens to start), "
-        "so the spend may pass the budget by a few requests' worth (more with a thinking model, "
-        "whose reasoning is output) — set max_completion_tokens in the bodies to make the "
-        "budget a bound"], out + err
+        "so the spend may pass the budget by up to the requests in flight, the concurrency's "
+        "worth, each as long as its reply runs (a thinking model's reasoning is output too) — "
+        "set max_completion_tokens in the bodies to make the budget a bound"], out + err
     write_batch(tmp_path / "batch.jsonl", [batch_line("a", max_tokens=50),
                                            batch_line("b", max_completion_tokens=50)])
     code, out, err = cli(capsys, *batch_args(tmp_path, "--max-cost", "5", out="out2"))

@@ -1044,3 +1044,36 @@ def test_the_budget_holds_a_request_at_the_service_tier_it_asks_for(
                          "--progress", "none"]) == exit_code, capsys.readouterr()
         assert sim.stats()["requests"] == 5  # the default tier's rows only
     assert "max_cost_usd" in capsys.readouterr().out
+
+
+@pytest.mark.anyio
+async def test_a_spend_past_the_budget_is_said_with_by_how_much(tmp_path: Path) -> None:
+    """Prompts far longer in tokens than four characters a token (Chinese text, say): the
+    requests in flight when the budget stopped the job were held at a tenth of what they cost,
+    and the spend came to several times the budget, while the stop line said "$0.0000 spent and
+    $0.0972 held" and no line said it was passed. The summary says by how much."""
+    import asyncio
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        await asyncio.sleep(0.05)
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 200, "completion_tokens": 20, "total_tokens": 220}})
+
+    costly_job(tmp_path, make_input(tmp_path, 60), max_tokens=20, concurrency=8)
+    runner, port = await serve_on_loopback(handler)
+    try:
+        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1",
+                                               "max_cost_usd": 0.5})
+        s = await run_job(job, FAST)
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached"), s
+    assert s.cost_usd is not None and s.cost_usd > 0.5, s
+    said = format_summary(s)
+    assert (f"  warning: the job's spend, {format_usd(s.cost_usd)}, passed max_cost_usd $0.5000 "
+            f"by {format_usd(s.cost_usd - 0.5)}: the requests in flight as it stopped cost more "
+            "than they were held at") in said, said
