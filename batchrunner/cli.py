@@ -395,8 +395,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
 
 def _writing_when_stopped(out_dir: Path, since: float) -> bool:
     """Whether the run started at ``since`` into ``out_dir`` was stopped writing its results
-    and reports, as its ``job.json`` says (its rows sent, the outputs not written): a signal
-    then is no run cut short, but outputs to write."""
+    and reports, as its ``job.json`` says (its rows sent, the outputs not written, the end of
+    its run recorded or not yet): a signal then is no run cut short, but outputs to write."""
     from batchrunner.status import read_meta
 
     try:
@@ -409,8 +409,7 @@ def _writing_when_stopped(out_dir: Path, since: float) -> bool:
     # This run's (to the millisecond it records), not the run before's: one stopped before it
     # wrote its own job.json leaves that run's.
     return (isinstance(started, int | float) and started >= since - 0.001
-            and last.get("pid") == os.getpid() and bool(last.get("finished_at"))
-            and last.get("results_written") is False)
+            and last.get("pid") == os.getpid() and last.get("results_written") is False)
 
 
 def _cmd_estimate(ns: argparse.Namespace) -> int:

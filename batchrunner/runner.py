@@ -4373,12 +4373,23 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 last_run.pop("paused", None)
                 last_run.update(finished_at=utc_timestamp(), stopped=_why(e),
                                 sent=run.counters["sent"])
+                if isinstance(leaf(e), KeyboardInterrupt):
+                    # A second signal as the journal's last rows were written, the run's own
+                    # handler down: its results and reports are to write (the command line
+                    # and `status` say so, as for one while they are written).
+                    last_run["results_written"] = False
                 _settle_batch_checks(plan)
                 with suppress(BatchrunnerError, OSError):  # best effort: the disk may be full
                     _write_meta(plan)
                 raise
             finally:
                 progress.close()
+        # Sent through, the run's signal handler down: a signal from here on (a scheduler's
+        # second SIGTERM) stops it with its results and reports to write, which the command
+        # line and `status` then say (it said "finished rows are saved", and status nothing).
+        last_run["results_written"] = False
+        with suppress(BatchrunnerError, OSError):  # a full disk: the writes below say so
+            _write_meta(plan)
         run.count_held()
         _sending_told(summary, run)
         if run.counts.resumed:  # the job's cost holds earlier runs' rows: this run's apart

@@ -1282,6 +1282,43 @@ def signalled_writing_results_cmd(args: list[str], sig: signal.Signals) -> list[
     return [sys.executable, "-c", code, *args]
 
 
+def test_a_second_sigterm_as_the_sending_ends_says_the_results_are_to_write(
+        tmp_path: Path) -> None:
+    """A scheduler's second SIGTERM, a quarter of a second after the first, came after the
+    run's own handler was down (every row sent) and before the run's end was recorded in
+    job.json: the run said only "interrupted; finished rows are saved — run the same command
+    to resume", no results were written, and `status` said the run had ended. The run says
+    they are to write, with the command that writes them, as for a signal while they are
+    written, and `status` that it did not finish, with the command that resumes it."""
+    inp = make_csv(tmp_path / "in.csv", 10)
+    out = tmp_path / "out"
+    code = ("import os, signal, sys, time\n"
+            "from batchrunner import runner\n"
+            "moved = runner._input_moved\n"
+            "def signalled(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    time.sleep(0.5)\n"
+            "    return moved(*args, **kwargs)\n"
+            "runner._input_moved = signalled\n"
+            "from batchrunner.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    with SimulatorThread(SimulatorConfig(reply_tokens=20)) as sim:
+        stopped = subprocess.run([sys.executable, "-c", code,
+                                  *run_args(inp, sim.base_url, out)],
+                                 env=child_env(), capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 4, stopped.stderr
+    assert stopped.stderr.startswith(
+        "batchrunner: stopped: interrupted while the results and reports were written: they "
+        "may be missing, or an earlier run's; finished rows are saved — write them with: "
+        f"batchrunner report {out}"), stopped.stderr
+    assert not (out / "results.parquet").exists()
+    status = format_status(out)  # a run that did not finish: the rerun writes them too
+    assert "did not finish (killed, or the machine stopped): run the job again to resume: " \
+        "batchrunner run " in status, status
+    assert main(["report", str(out)]) == 0
+    assert len(pd.read_parquet(out / "results.parquet")) == 10
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_the_results_are_written_is_said_and_status_says_to_write_them(
         tmp_path: Path, sig: signal.Signals) -> None:
