@@ -81,6 +81,11 @@ class ModelEstimate:
     # The service tiers its rows ask for (``service_tier``: None for none): priced at the
     # dearest of those with a price of their own, ``priority`` over the standard over ``flex``.
     tiers: set[str | None] = field(default_factory=set)
+    # The prompt tokens past which its price is a long-context one (the first tier's start),
+    # None for a flat price; and the rows whose prompt passes it, (prompt, completion, audio
+    # completion) tokens, each priced on its own: the sum of many short prompts is no long one.
+    long_from: int | None = None
+    long_rows: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def service_tier(self) -> str | None:
@@ -272,6 +277,11 @@ def _completion_basis(max_tokens: int | None, observed: tuple[float, int, bool] 
     return f"{guess} (set max_tokens{' in the bodies' if batch else ''} for a bound)"
 
 
+def _plus(a: float | None, b: float | None) -> float | None:
+    """The sum of two costs, ``None`` when either is unknown."""
+    return None if a is None or b is None else a + b
+
+
 def estimate(plan: Plan) -> Estimate:
     job = plan.job
     est = Estimate(name=job.name, rows=plan.total_rows,
@@ -298,8 +308,10 @@ def estimate(plan: Plan) -> Estimate:
         model = str(item.body.get("model") or "")
         m = est.by_model.get(model)
         if m is None:
+            price = plan.prices.price(model)
             m = est.by_model[model] = ModelEstimate(
-                context_window=plan.prices.context_window(model))
+                context_window=plan.prices.context_window(model),
+                long_from=price.tiers[0][0] if price is not None and price.tiers else None)
         m.tiers.add(tier_asked(item.body))
         if (asked := search_requested(item.body)) is not None:
             m.search_requests += 1
@@ -335,8 +347,10 @@ def estimate(plan: Plan) -> Estimate:
         m.rows += 1
         m.prompt_tokens += item.prompt_estimate
         m.completion_tokens += completion
-        if audio_asked(item.body):
-            m.audio_tokens += completion
+        spoken = completion if audio_asked(item.body) else 0
+        m.audio_tokens += spoken
+        if m.long_from is not None and item.prompt_estimate > m.long_from:
+            m.long_rows.append((item.prompt_estimate, completion, spoken))
         if m.context_window and item.prompt_estimate + (item.completion_max or 0) > \
                 m.context_window:
             est.over_context += 1
@@ -374,15 +388,24 @@ def estimate(plan: Plan) -> Estimate:
     sources = []
     for model, m in est.by_model.items():
         tier = m.service_tier
-        m.cost_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
-                                      completion_tokens=m.completion_tokens,
-                                      search_requests=m.search_requests, service_tier=tier,
-                                      audio_completion_tokens=m.audio_tokens)
+        # The rows under the long-context start at the base price, summed; those past it each
+        # at the tier its own prompt reaches
+        short = (m.prompt_tokens - sum(r[0] for r in m.long_rows),
+                 m.completion_tokens - sum(r[1] for r in m.long_rows),
+                 m.audio_tokens - sum(r[2] for r in m.long_rows))
+        long_usd: float | None = 0.0
+        for prompt, completion, spoken in m.long_rows:
+            row_usd = plan.prices.cost(model, prompt_tokens=prompt, completion_tokens=completion,
+                                       service_tier=tier, audio_completion_tokens=spoken)
+            long_usd = None if long_usd is None or row_usd is None else long_usd + row_usd
+        m.cost_usd = _plus(plan.prices.cost(
+            model, prompt_tokens=short[0], completion_tokens=short[1],
+            search_requests=m.search_requests, service_tier=tier,
+            audio_completion_tokens=short[2], long_context=False), long_usd)
         if m.cost_usd is None and m.search_requests:  # its tokens may have a price
-            m.tokens_usd = plan.prices.cost(model, prompt_tokens=m.prompt_tokens,
-                                            completion_tokens=m.completion_tokens,
-                                            service_tier=tier,
-                                            audio_completion_tokens=m.audio_tokens)
+            m.tokens_usd = _plus(plan.prices.cost(
+                model, prompt_tokens=short[0], completion_tokens=short[1], service_tier=tier,
+                audio_completion_tokens=short[2], long_context=False), long_usd)
         if m.cost_usd is None and m.tokens_usd is None and model:
             m.meant = next(iter(plan.prices.close_names(model)), None)
         # The job's own prices, or the library's (looked in, too, for a model it lacks), or

@@ -56,7 +56,13 @@ Billing rules, for one OpenAI-style ``usage`` object:
 
 Simplifications of the library's richer price model, all resolved once per model:
 
-* Tiered prices (a higher rate once a request's prompt passes e.g. 200k tokens) use the base tier.
+* Long-context prices (a higher rate once a request's prompt passes e.g. 200k tokens, the
+  library's tiered prices) are followed as the library bills them: a request whose
+  ``prompt_tokens`` (cached and written to the cache included) pass a tier's start pays that
+  tier's rate for all its tokens of each kind (input, cached, cache write, output), the highest
+  tier it passes; exactly at the start, the rate below (``ModelPrice.tiers``). A service tier's
+  price has long-context tiers of its own (``gpt-5.4`` at ``flex``). The job's own prices are
+  flat, and so is an entry that takes the prices it leaves out from the library.
 * A service tier (OpenAI's ``service_tier``: ``flex`` at about half the standard price,
   ``priority`` at about twice) takes the library's price for that tier, where the model has one
   (``PriceBook.cost``'s ``service_tier``); the job's own prices hold for every tier. A library
@@ -71,13 +77,13 @@ kept in a dict; later calls are one dict lookup plus arithmetic and never call i
 Importing the library and its first answer cost about 0.2 s of CPU, more than a short run's own
 work, so what it answered is also kept on disk, in ``prices.json`` under ``$BATCHRUNNER_CACHE_DIR``
 (else ``$XDG_CACHE_HOME/batchrunner``, else ``~/.cache/batchrunner``): per model name as asked,
-its price and source or "unknown", and its context window. The file holds one UTC day's answers
-(prices change by date) of one installed library (its version and the size and mtime of its data
-module, read without importing it) and of this module; any other file is ignored and replaced at
-the next answer. A run whose models were all answered before never imports the library. The
-job's prices are never written there and win over it. A missing, corrupt or unwritable file only
-means asking the library, as without a cache; it is written whole to a temporary file and
-renamed, so concurrent runs never see a torn file.
+its price (with its long-context tiers) and source or "unknown", and its context window. The
+file holds one UTC day's answers (prices change by date) of one installed library (its version
+and the size and mtime of its data module, read without importing it) and of this module; any
+other file is ignored and replaced at the next answer. A run whose models were all answered
+before never imports the library. The job's prices are never written there and win over it. A
+missing, corrupt or unwritable file only means asking the library, as without a cache; it is
+written whole to a temporary file and renamed, so concurrent runs never see a torn file.
 """
 
 from __future__ import annotations
@@ -141,14 +147,15 @@ _DISTILLED = re.compile(r"\br1\b.*?\b(qwen|llama)")
 _DAY_SAMPLES = tuple(time(hour=m // 60, minute=m % 60) for m in range(0, 24 * 60, 15))
 # The disk cache of the library's answers: its file name, and the version of its layout.
 _CACHE_FILE = "prices.json"
-_CACHE_FORMAT = 4
+_CACHE_FORMAT = 5
 # The provider whose price per web search the library lists for the searches a reply's usage
 # counts (``server_tool_use.web_search_requests`` is Anthropic's own field).
 _WEB_SEARCH_PROVIDER = "anthropic"
 # The service tiers billed at prices of their own (OpenAI's); any other (``default``, ``auto``,
 # ``scale``, a gateway's word) is billed at the model's standard price.
 PRICED_TIERS = ("flex", "priority")
-# The prices a library answer holds, as the cache keeps them.
+# The prices a library answer holds, as the cache keeps them (and, under "tiers", those of each
+# long-context tier: [start, prices]).
 _CACHED_KEYS = (*_PRICE_KEYS, "web_search")
 _T = TypeVar("_T")
 
@@ -179,6 +186,10 @@ class ModelPrice:
     # A job's entry that leaves out input or output: the source of the library's price it takes
     # the prices it leaves out from (``parse_price_table``); ``None``: a whole price.
     based_on: str | None = None
+    # The library's long-context prices: (start, price) by start ascending, the price of a
+    # request whose prompt passes ``start`` tokens (and no later start), for all its tokens;
+    # ``()``: one price whatever the prompt (every job's own price).
+    tiers: tuple[tuple[int, ModelPrice], ...] = ()
 
     @property
     def effective_cached_input(self) -> float:
@@ -194,12 +205,13 @@ class ModelPrice:
         job's entry; not of one that takes its cached price from the library (``based_on``)."""
         return self.cached_input is None and self.input != 0 and self.based_on is None
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, Any]:
         """``{"input", "output", "cached_input"}`` with the cached price resolved, and
         ``cache_write``, ``cache_write_1h``, ``input_audio``, ``output_audio`` (USD per 1M
         tokens), ``search_unit``, ``web_search`` and ``search_request`` (USD each) where the
-        price has them."""
-        out = {
+        price has them; ``long_context``, where it has tiers: a list of ``{"over": start}``
+        and the same prices, of a prompt over ``start`` tokens."""
+        out: dict[str, Any] = {
             "input": self.input,
             "output": self.output,
             "cached_input": self.effective_cached_input,
@@ -218,6 +230,9 @@ class ModelPrice:
             out["web_search"] = self.web_search
         if self.search_request is not None:
             out["search_request"] = self.search_request
+        if self.tiers:
+            out["long_context"] = [{"over": start, **price.as_dict()}
+                                   for start, price in self.tiers]
         return out
 
 
@@ -225,9 +240,10 @@ class ModelPrice:
 # a web search and a request that asked for search in USD each (None: no price for them); then
 # a token written to the cache, and one kept there an hour, then an audio token of the prompt
 # and of the completion (the input and output price where the model has no audio price), in
-# USD per 1M tokens.
+# USD per 1M tokens; last, the long-context tiers, (start, rates) by start descending, the
+# rates of a prompt over start tokens (``()`` for a flat price: one falsy test per reply).
 _Rates = tuple[float, float, float, float | None, float | None, float | None, float, float,
-               float, float]
+               float, float, tuple[tuple[int, "_Rates"], ...]]
 
 
 class PriceBook:
@@ -294,6 +310,7 @@ class PriceBook:
         service_tier: str | None = None,
         audio_prompt_tokens: int | None = None,
         audio_completion_tokens: int | None = None,
+        long_context: bool = True,
     ) -> float | None:
         """The cost of one request in USD; ``None`` if the model or the token counts are unknown,
         or if the reply reports search units (``web_searches``, Grok's ``sources``) that have no
@@ -307,6 +324,10 @@ class PriceBook:
         kept an hour) part of ``prompt_tokens``, and ``audio_prompt_tokens`` (priced at the
         input-audio price) of its tokens not cached; ``audio_completion_tokens`` (at the
         output-audio price) part of ``completion_tokens``.
+
+        A prompt over a long-context tier's start is priced at that tier's rates (the library's
+        ``ModelPrice.tiers``); ``long_context=False`` prices it at the base rates whatever its
+        size: for a sum of many prompts each under the start (``estimate``'s per model).
         """
         if model is None or prompt_tokens is None or completion_tokens is None:
             return None
@@ -323,6 +344,11 @@ class PriceBook:
         # Counts below 0 count as 0, and no more tokens cached than prompted: by comparisons,
         # not min() and max(): those five calls were 6,000 instructions of a reply's 14,000 here.
         prompt = prompt_tokens if prompt_tokens > 0 else 0
+        if rates[10] and long_context:  # the tier is the whole prompt's, cached tokens too
+            for start, over in rates[10]:
+                if prompt > start:
+                    rates = over
+                    break
         cached = cached_tokens if cached_tokens and cached_tokens > 0 else 0
         if cached > prompt:
             cached = prompt
@@ -617,7 +643,8 @@ def _rates(price: ModelPrice) -> _Rates:
             price.search_request, write,
             write if price.cache_write_1h is None else price.cache_write_1h,
             price.input if price.input_audio is None else price.input_audio,
-            price.output if price.output_audio is None else price.output_audio)
+            price.output if price.output_audio is None else price.output_audio,
+            tuple((start, _rates(over)) for start, over in reversed(price.tiers)))
 
 
 def _plain(model: str) -> str:
@@ -707,7 +734,9 @@ def parse_price_table(table: Mapping[str, Any], *, where: str) -> dict[str, Mode
                 missing = "input" if "input" not in values else "output"
                 raise ConfigError(f"{head} missing key {missing!r} (USD per 1M tokens; "
                                   f"{LIBRARY_NAME} has no price for this model to take it from)")
-            result[model] = replace(known, **values, based_on=library.source(model))
+            # Flat, as every job's price: its own prices hold whatever the prompt, and the
+            # library's long-context rates of those it sets would not be the job's.
+            result[model] = replace(known, **values, based_on=library.source(model), tiers=())
             continue
         result[model] = ModelPrice(
             input=values["input"],
@@ -925,6 +954,7 @@ def _library_lookup(ref: str, provider_id: str | None, tier: str | None = None
     # price in force today.
     today = datetime.now(UTC).date()
     best: _LibraryRates | None = None
+    best_price: object = None
     for t in _DAY_SAMPLES:
         ts = datetime.combine(today, t, tzinfo=UTC)
         try:
@@ -934,15 +964,34 @@ def _library_lookup(ref: str, provider_id: str | None, tier: str | None = None
             mp = calc.model_price
         rates = _rates_of(mp)
         if rates is not None and (best is None or rates[0] + rates[1] > best[0] + best[1]):
-            best = rates
+            best, best_price = rates, mp
     if best is None:
         return None
     # Anthropic's web search is the one whose searches the usage counts (its own field)
-    web_search = best[3] if calc.provider.id == _WEB_SEARCH_PROVIDER else None
-    price = ModelPrice(input=best[0], output=best[1], cached_input=best[2], web_search=web_search,
-                       cache_write=best[4], cache_write_1h=best[5], input_audio=best[6],
-                       output_audio=best[7])
+    searches = calc.provider.id == _WEB_SEARCH_PROVIDER
+    # Each start any of its prices is tiered at, with every price at the tier in force past it
+    tiers = tuple((start, _library_model_price(over, searches))
+                  for start in _tier_starts(best_price)
+                  if (over := _rates_of(best_price, start)) is not None)
+    price = replace(_library_model_price(best, searches), tiers=tiers)
     return price, f"{calc.provider.id}/{model_info.id}"
+
+
+def _library_model_price(rates: _LibraryRates, searches: bool) -> ModelPrice:
+    """A ``ModelPrice`` of a library price's rates; its web search price where ``searches``."""
+    return ModelPrice(input=rates[0], output=rates[1], cached_input=rates[2],
+                      web_search=rates[3] if searches else None, cache_write=rates[4],
+                      cache_write_1h=rates[5], input_audio=rates[6], output_audio=rates[7])
+
+
+def _tier_starts(mp: object) -> list[int]:
+    """The starts of a library price's tiers, of any of its prices, ascending."""
+    starts: set[int] = set()
+    for value in getattr(mp, "__dict__", {}).values():
+        for tier in getattr(value, "tiers", None) or ():
+            if type(start := getattr(tier, "start", None)) is int:
+                starts.add(start)
+    return sorted(starts)
 
 
 # (input, output, cached input, web search, cache write, 1-hour cache write, input audio, output
@@ -951,29 +1000,37 @@ _LibraryRates = tuple[float, float, float | None, float | None, float | None, fl
                       float | None, float | None]
 
 
-def _rates_of(mp: object) -> _LibraryRates | None:
-    """The rates of a library price object (``_LibraryRates``); ``None`` if not
-    token-priced."""
-    inp = _base(getattr(mp, "input_mtok", None))
-    out = _base(getattr(mp, "output_mtok", None))
+def _rates_of(mp: object, past: int | None = None) -> _LibraryRates | None:
+    """The rates of a library price object (``_LibraryRates``), of a prompt past ``past``
+    tokens (``None``: the base rates); ``None`` if not token-priced."""
+    base = partial(_base, past=past)
+    inp = base(getattr(mp, "input_mtok", None))
+    out = base(getattr(mp, "output_mtok", None))
     if inp is None or out is None:
         return None
-    per_k = _base(getattr(mp, "web_searches_kcount", None))
-    return (inp, out, _base(getattr(mp, "cache_read_mtok", None)),
+    per_k = base(getattr(mp, "web_searches_kcount", None))
+    return (inp, out, base(getattr(mp, "cache_read_mtok", None)),
             None if per_k is None else per_k / 1000,
-            _base(getattr(mp, "cache_write_mtok", None)),
-            _base(getattr(mp, "cache_write_1h_mtok", None)),
-            _base(getattr(mp, "input_audio_mtok", None)),
-            _base(getattr(mp, "output_audio_mtok", None)))
+            base(getattr(mp, "cache_write_mtok", None)),
+            base(getattr(mp, "cache_write_1h_mtok", None)),
+            base(getattr(mp, "input_audio_mtok", None)),
+            base(getattr(mp, "output_audio_mtok", None)))
 
 
-def _base(value: object) -> float | None:
-    """A library price as float: a plain price, or the base tier of a tiered price."""
+def _base(value: object, past: int | None = None) -> float | None:
+    """A library price as float: a plain price, or of a tiered price the rate of a prompt past
+    ``past`` tokens: its last tier starting at or below it (the library's tier applies over its
+    start), else (or ``past=None``) its base."""
     if isinstance(value, Decimal | int | float) and not isinstance(value, bool):
         return float(value)
-    base = getattr(value, "base", None)  # tiered price: the rate below the first tier
-    if isinstance(base, Decimal | int | float) and not isinstance(base, bool):
-        return float(base)
+    rate = getattr(value, "base", None)  # tiered price: the rate below the first tier
+    if past is not None:
+        for tier in getattr(value, "tiers", None) or ():
+            start = getattr(tier, "start", None)
+            if type(start) is int and start <= past:
+                rate = getattr(tier, "price", None)
+    if isinstance(rate, Decimal | int | float) and not isinstance(rate, bool):
+        return float(rate)
     return None
 
 
@@ -1060,24 +1117,43 @@ def _read_file(path: str, stamp: list[Any], day: str) -> _Answers | None:
         if entry is None:
             answers.prices[model] = None
             continue
-        if not isinstance(entry, dict) or set(entry) != {*_CACHED_KEYS, "source"}:
+        if not isinstance(entry, dict) or set(entry) != {*_CACHED_KEYS, "source", "tiers"}:
             return None
-        rates, source = [entry[k] for k in _CACHED_KEYS], entry["source"]
-        if (
-            not all(_is_rate(v) for v in rates[:2])
-            or not all(v is None or _is_rate(v) for v in rates[2:])
-            or not isinstance(source, str)
-        ):
+        price, source, tiers = _cached_price(entry), entry["source"], entry["tiers"]
+        if price is None or not isinstance(source, str) or not isinstance(tiers, list):
             return None
-        price = ModelPrice(input=rates[0], output=rates[1], cached_input=rates[2],
-                           cache_write=rates[3], cache_write_1h=rates[4], input_audio=rates[5],
-                           output_audio=rates[6], web_search=rates[7])
-        answers.prices[model] = price, source
+        over: list[tuple[int, ModelPrice]] = []
+        for tier in tiers:
+            if not (isinstance(tier, list) and len(tier) == 2 and type(tier[0]) is int
+                    and tier[0] >= 0 and isinstance(tier[1], dict)
+                    and set(tier[1]) == set(_CACHED_KEYS)
+                    and (at := _cached_price(tier[1])) is not None
+                    and (not over or over[-1][0] < tier[0])):
+                return None
+            over.append((tier[0], at))
+        answers.prices[model] = replace(price, tiers=tuple(over)), source
     for model, window in doc["windows"].items():
         if window is not None and (type(window) is not int or window <= 0):
             return None
         answers.windows[model] = window
     return answers
+
+
+def _cached_price(entry: Mapping[str, Any]) -> ModelPrice | None:
+    """The price of a cache entry's ``_CACHED_KEYS``, if each is a rate (the cached ones, the
+    cache writes, the audio ones and the web search's may be ``None``)."""
+    rates = [entry[k] for k in _CACHED_KEYS]
+    if (not all(_is_rate(v) for v in rates[:2])
+            or not all(v is None or _is_rate(v) for v in rates[2:])):
+        return None
+    return ModelPrice(input=rates[0], output=rates[1], cached_input=rates[2],
+                      cache_write=rates[3], cache_write_1h=rates[4], input_audio=rates[5],
+                      output_audio=rates[6], web_search=rates[7])
+
+
+def _cache_entry(price: ModelPrice) -> dict[str, float | None]:
+    """A price's ``_CACHED_KEYS`` as the cache writes them."""
+    return {key: getattr(price, key) for key in _CACHED_KEYS}
 
 
 def _is_rate(value: object) -> bool:
@@ -1110,15 +1186,9 @@ def _write_answers(answers: _Answers) -> None:
             model: None
             if entry is None
             else {
-                "input": entry[0].input,
-                "output": entry[0].output,
-                "cached_input": entry[0].cached_input,
-                "cache_write": entry[0].cache_write,
-                "cache_write_1h": entry[0].cache_write_1h,
-                "input_audio": entry[0].input_audio,
-                "output_audio": entry[0].output_audio,
-                "web_search": entry[0].web_search,
+                **_cache_entry(entry[0]),
                 "source": entry[1],
+                "tiers": [[start, _cache_entry(over)] for start, over in entry[0].tiers],
             }
             for model, entry in answers.prices.items()
         },

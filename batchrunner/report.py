@@ -1724,11 +1724,16 @@ def tier_lines(by_model: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 def _model_price(m: Mapping[str, Any]) -> str:
     """A model's price as the reports show it: input / cached / output (USD per 1M tokens),
-    the cache-write prices where its rows wrote to the cache, and search's (USD each)."""
+    the base one, then those of a prompt over each long-context tier's start (billed for all
+    its tokens), the cache-write prices where its rows wrote to the cache, and search's (USD
+    each)."""
     p = m.get("price")
     if not isinstance(p, Mapping):
         return "unknown"
     price = f"{_num(p.get('input'))} / {_num(p.get('cached_input'))} / {_num(p.get('output'))}"
+    for tier in p.get("long_context") or ():
+        price += (f" (over {_num(tier.get('over'))} prompt tokens {_num(tier.get('input'))} / "
+                  f"{_num(tier.get('cached_input'))} / {_num(tier.get('output'))})")
     write = p.get("cache_write", p.get("input"))
     if m.get("cache_write_tokens") and write is not None:
         hour = p.get("cache_write_1h", write)

@@ -325,13 +325,58 @@ def test_library_knows_the_gateways_claude_models(model: str) -> None:
     assert cost == pytest.approx(library_total(model, input_tokens=1000, output_tokens=100))
 
 
-def test_tiered_prices_use_the_base_tier() -> None:
-    # claude-sonnet-4-5 costs more per token once a prompt passes 200k tokens; we use the base.
+def library_price(model: str, prompt: int, completion: int, **usage: int) -> float:
+    """What the price library itself charges for a request, tiers and all."""
+    return float(genai_prices.calc_price(genai_prices.Usage(
+        input_tokens=prompt, output_tokens=completion, **usage), model).total_price)
+
+
+@pytest.mark.parametrize(("model", "before", "after"), [
+    ("gemini-2.5-pro", 0.385, 0.765), ("claude-sonnet-4-5", 0.915, 1.8225)])
+def test_a_prompt_over_the_long_context_threshold_is_billed_at_its_tier(
+        model: str, before: float, after: float) -> None:
+    """Both bill all of a request's tokens higher once its prompt passes 200,000 tokens
+    (Google $2.50 / $15 for gemini-2.5-pro's $1.25 / $10); the base tier was used whatever the
+    prompt: $0.385 for 300,000 + 1,000 tokens where Google bills $0.765."""
     book = PriceBook()
-    small = book.cost("claude-sonnet-4-5-20250929", prompt_tokens=1000, completion_tokens=0)
-    large = book.cost("claude-sonnet-4-5-20250929", prompt_tokens=300_000, completion_tokens=0)
-    assert small is not None and large is not None
-    assert large == pytest.approx(small * 300)
+    long = book.cost(model, prompt_tokens=300_000, completion_tokens=1_000)
+    assert long == pytest.approx(library_price(model, 300_000, 1_000)) == after
+    assert long != pytest.approx(before)
+    # under the threshold and exactly at it ("> start", as the library): the base price
+    for prompt in (100_000, 200_000):
+        base = book.cost(model, prompt_tokens=prompt, completion_tokens=1_000)
+        assert base == pytest.approx(library_price(model, prompt, 1_000))
+    # the tier is the whole prompt's, cached and cache-written tokens too, each at its rate
+    assert book.cost(model, prompt_tokens=300_000, completion_tokens=1_000,
+                     cached_tokens=150_000, cache_write_tokens=60_000) == pytest.approx(
+        library_price(model, 300_000, 1_000, cache_read_tokens=150_000,
+                      cache_write_tokens=60_000))
+    # the estimate's sum of short prompts is no long one
+    assert book.cost(model, 300_000, 1_000, long_context=False) == pytest.approx(before)
+
+
+def test_a_long_context_tier_of_a_service_tiers_price() -> None:
+    """gpt-5.4's flex price has a long-context tier of its own (272,000 tokens)."""
+    book = PriceBook()
+    usage = {"prompt_tokens": 300_000, "completion_tokens": 1_000}
+    if "price_context" not in inspect.signature(genai_prices.calc_price).parameters:
+        pytest.skip("a genai-prices that prices no service tiers")
+    flex = float(genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=300_000, output_tokens=1_000), "gpt-5.4",
+        price_context={"service_tier": "flex"}).total_price)
+    assert book.cost("gpt-5.4", **usage, service_tier="flex") == pytest.approx(flex)
+    assert flex < library_price("gpt-5.4", 300_000, 1_000)
+
+
+def test_a_jobs_price_is_flat_whatever_the_prompt() -> None:
+    """The job's prices have no tiers, nor an entry that takes the library's token prices."""
+    own = PriceBook({"claude-sonnet-4-5": OWN})
+    assert own.cost("claude-sonnet-4-5", prompt_tokens=300_000, completion_tokens=0) == 0.6
+    table = parse_price_table({"claude-sonnet-4-5": {"search_unit": 0.01}}, where="job.toml")
+    price = table["claude-sonnet-4-5"]
+    assert price.tiers == () and "long_context" not in price.as_dict()
+    assert PriceBook(table).cost("claude-sonnet-4-5", 300_000, 0) == pytest.approx(
+        300_000 * price.input / 1e6)
 
 
 def test_time_of_day_prices_use_the_highest_of_the_day() -> None:
@@ -597,6 +642,17 @@ def test_cached_prices_are_the_librarys_exactly(price_cache_dir: Path, asked: li
     assert [(again.price(m), again.source(m)) for m in models] == answers
     assert asked == models
     assert cached(price_cache_dir)["version"] == genai_prices.__version__
+
+
+def test_long_context_tiers_are_cached(price_cache_dir: Path, asked: list[str]) -> None:
+    first = PriceBook().price("gemini-2.5-pro")
+    assert first is not None and [start for start, _ in first.tiers] == [200_000]
+    entry = cached(price_cache_dir)["prices"]["gemini-2.5-pro"]
+    assert entry["tiers"][0][0] == 200_000 and entry["tiers"][0][1]["input"] == 2.5
+    again = PriceBook()
+    assert again.price("gemini-2.5-pro") == first
+    assert again.cost("gemini-2.5-pro", 300_000, 1_000) == pytest.approx(0.765)
+    assert asked == ["gemini-2.5-pro"]
 
 
 def test_context_windows_are_cached(price_cache_dir: Path, asked: list[str]) -> None:
