@@ -18,6 +18,7 @@ import difflib
 import gc
 import importlib.util
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -298,6 +299,31 @@ def _parse(parser: _Parser, args: list[str]) -> argparse.Namespace:
     return ns
 
 
+# A variable's setting, as the shell takes one before a command (OPENAI_API_KEY=sk-...).
+_SETTING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+# A key by the way providers begin theirs (OpenAI's and most gateways' sk-, xAI's, Groq's,
+# Google's, Hugging Face's, NVIDIA's), 16 characters and more, with no path in it.
+_KEY_SHAPE = re.compile(r"(?:sk-|sk_|xai-|gsk_|AIza|hf_|nvapi-)[\w-]{12,}")
+
+
+def _setting_given(arg: str, command: str) -> UsageError | None:
+    """The error for ``arg`` where it is a variable's setting, or a key, given after the
+    command, where it is an argument (a job file not found, or one too many), its value never
+    shown: a key (OPENAI_API_KEY=sk-...) was printed whole in that error, into a crontab's
+    log."""
+    where = (f"put it before the command (NAME=... {program()} {command} ...), export it, or "
+             "write it in a .env file (beside the job file, or in the current directory)")
+    if _SETTING.match(arg):
+        name = arg.partition("=")[0]
+        return UsageError(f"{name}=... is a variable's setting, not an argument of "
+                          f"{command}: {where.replace('NAME', name)}")
+    if _KEY_SHAPE.fullmatch(arg) and not os.path.exists(arg):
+        return UsageError(f"an argument of {command} looks like an API key (not shown): set it "
+                          f"in OPENAI_API_KEY, or the variable api_key_env names — "
+                          f"{where.replace('NAME', 'OPENAI_API_KEY')}")
+    return None
+
+
 def _unknown(parser: argparse.ArgumentParser, extras: list[str],
              commands: Mapping[str, argparse.ArgumentParser]) -> UsageError:
     """One line for the arguments ``parser`` does not take: an option like one it has is
@@ -305,6 +331,8 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str],
     name = parser.prog.split()[-1]
     options = [e.partition("=")[0] for e in extras if e.startswith("-") and e != "-"]
     if not options:
+        if error := next(filter(None, (_setting_given(e, name) for e in extras)), None):
+            return error
         shown = ", ".join(repr(e) for e in extras)
         return UsageError(f"{name} takes no argument {shown} — see {_named(parser.prog)} "
                           "--help")
@@ -654,6 +682,9 @@ def _main(argv: Sequence[str] | None) -> int:
         if ns.command is None:
             parser.print_help()
             return 2
+        for given in (getattr(ns, "job", None), getattr(ns, "out_dir", None)):
+            if isinstance(given, str) and (error := _setting_given(given, ns.command)):
+                raise error
         return commands[ns.command](ns)
     except SystemExit:
         raise

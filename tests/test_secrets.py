@@ -1012,10 +1012,37 @@ def test_a_key_given_where_an_argument_goes_is_not_shown(
     (tmp_path / "jobs" / ".env").write_text("NBILITY_API_KEY=sk-gw-OTHER-7d1e0b\n")
     assert main(argv) == 2
     said = capsys.readouterr()
-    assert "[redacted]" in said.err, said.err
+    assert any(hidden in said.err for hidden in (
+        "[redacted]", "=... is a variable's setting", "looks like an API key (not shown)")), \
+        said.err
     assert leaks_in_text(said.out, said.err) == [] and "OTHER" not in said.out + said.err
     assert main(["status", "out/no-such-run"]) == 2  # what is no key is still shown
     assert "out/no-such-run: no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["run", "--input", "in.csv", "--prompt", "{text}", "--model", "gpt-4o-mini", "--output",
+      "out", "OPENAI_API_KEY=sk-proj-NotInTheEnvironment0123456789"],
+     "OPENAI_API_KEY=... is a variable's setting, not an argument of run: put it before the "
+     "command (OPENAI_API_KEY=... batchrunner run ...), export it, or write it in a .env file"),
+    (["run", "jobs/job.toml", "NBILITY_API_KEY=sk-NotInTheEnvironment0123456789"],
+     "NBILITY_API_KEY=... is a variable's setting, not an argument of run"),
+    (["estimate", "sk-proj-NotInTheEnvironment0123456789"],
+     "an argument of estimate looks like an API key (not shown): set it in OPENAI_API_KEY"),
+])
+def test_a_key_no_variable_holds_given_as_an_argument_is_not_shown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        argv: list[str], said: str) -> None:
+    """A key pasted after the command, in no variable or .env file the run reads (a newcomer's
+    first try, a crontab's line): "job file OPENAI_API_KEY=sk-proj-...: not found" showed it
+    whole, into the log. The argument is named as a variable's setting, or a key, and where
+    it goes; its value is not shown."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "job.toml").write_text('[output]\ndir = "out"\n')
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and "NotInTheEnvironment" not in err, err
 
 
 def test_a_variable_named_as_a_secret_hides_no_word_of_a_message_it_was_not_given_as(
