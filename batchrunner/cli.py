@@ -317,6 +317,10 @@ def _setting_given(arg: str, command: str) -> UsageError | None:
         name = arg.partition("=")[0]
         return UsageError(f"{name}=... is a variable's setting, not an argument of "
                           f"{command}: {where.replace('NAME', name)}")
+    if "{" in arg and "}" in arg and not os.path.exists(arg):
+        # --prompt Describe: {name}, unquoted: the shell split the template into words.
+        return UsageError(f"{arg!r} looks like part of a prompt template: put the whole "
+                          "--prompt in quotes (--prompt 'Describe: {name}')")
     if _KEY_SHAPE.fullmatch(arg) and not os.path.exists(arg):
         return UsageError(f"an argument of {command} looks like an API key (not shown): set it "
                           f"in OPENAI_API_KEY, or the variable api_key_env names — "
@@ -357,6 +361,12 @@ def _unknown(parser: argparse.ArgumentParser, extras: list[str],
             # The OpenAI SDK's setting, as the gateways' guides set it (max_retries=2)
             notes.append(f"{option} (the OpenAI SDK's max_retries N is --max-attempts N+1 "
                          "here: the first try and N retries)")
+        elif name in ("run", "estimate") and field in ("api_key", "key"):
+            # The OpenAI SDK's api_key, as a guide's reader passes it (simulate's is the key
+            # the simulator asks for)
+            notes.append(f"{option} (the key is read from OPENAI_API_KEY, in the environment "
+                         "or a .env file, never from an option; --api-key-env names another "
+                         "variable)")
         elif name in ("run", "estimate") and field in BODY_FIELDS:  # --n 3, --seed 7
             notes.append(f"{option} (the request field {field}: set it in a job file's "
                          f"[request.extra], or per row with --from-column {field}=COLUMN)")

@@ -483,7 +483,10 @@ def delimiter_hint(columns: Sequence[str]) -> str:
     if len(columns) == 1:
         for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
             if sep in columns[0]:
-                return f" — the file seems to be separated by {name}; save it comma-separated"
+                # A .tsv file is read tab-separated: renaming is the quicker fix.
+                tsv = " (or rename it to .tsv)" if sep == "\t" else ""
+                return (f" — the file seems to be separated by {name}; save it "
+                        f"comma-separated{tsv}")
     return ""
 
 

@@ -69,7 +69,20 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
     """``OUT_DIR/job.json``, or one line saying why it cannot be used."""
     meta_path = out_dir / "job.json"
     if not meta_path.is_file():
-        raise UsageError(f"{out_dir} is not a batchrunner output directory (no job.json)")
+        # The folder the runs' output directories are in (out/ of out/try, out/nightly):
+        # named, as the one meant is most likely among them.
+        try:
+            runs = sorted(d.name for d in out_dir.iterdir() if (d / "job.json").is_file())
+        except OSError:
+            runs = []
+        inside = ""
+        if runs:
+            shown = ", ".join(str(out_dir / name) for name in runs[:5])
+            inside = (f"; it holds the output directories {shown}"
+                      + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+                      + ": give one of them")
+        raise UsageError(f"{out_dir} is not a batchrunner output directory (no job.json)"
+                         f"{inside}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):

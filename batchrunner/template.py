@@ -371,12 +371,12 @@ def column_list(columns: Sequence[str], wanted: str) -> str:
     surrounding spaces quoted, and the one ``wanted`` misses only by them pointed out."""
     if not columns:
         return "columns: none"
-    shown = ", ".join(repr(c) if c != c.strip() or not c else c for c in columns)
+    shown = ", ".join(repr(c) if c != c.strip() or not c or "\t" in c else c for c in columns)
     near = next((c for c in columns if c != wanted and c.strip() == wanted.strip()), None)
     if near is not None:
         return f"columns: {shown}; {near!r} has spaces around its name"
-    if not wanted:
-        return f"columns: {shown}"
+    if not wanted or (len(columns) == 1 and any(sep in columns[0] for sep in ";\t|")):
+        return f"columns: {shown}"  # a header not split (delimiter_hint says why): no name
     import difflib  # a message's only
     import unicodedata
 

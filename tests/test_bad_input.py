@@ -191,6 +191,16 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
                          "quote"]
 
 
+@case("tab-separated file named .csv")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # It showed the header's tabs as spaces ("columns: sku name category", the column it
+    # said was missing among them), asked "did you mean" the whole header line, and said
+    # only to save it comma-separated, where renaming it .tsv does.
+    inp = c.write("tabs.csv", "id\ttext\tcategory\na\thello\thome\n")
+    return c.args(inp), ["(columns: 'id\\ttext\\tcategory') — the file seems to be "
+                         "separated by tabs; save it comma-separated (or rename it to .tsv)"]
+
+
 @case("semicolon-separated CSV")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     inp = c.write("semi.csv", "id;text\na;hello\n")

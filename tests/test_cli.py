@@ -93,6 +93,20 @@ def job_args(tmp_path: Path, *extra: str, inp: str = "in.csv") -> list[str]:
      "here: the first try and N retries) — see batchrunner run --help"),
     (["run", "job.toml", "--retry"],
      "run has no option --retry (did you mean --retry-failed?) — see batchrunner run --help"),
+    # The OpenAI SDK's api_key: it was "an option of simulate", which takes the key the
+    # simulator asks for
+    (["run", "job.toml", "--api-key", "sk-abcdefghijklmnopqrstuv"],
+     "run has no option --api-key (the key is read from OPENAI_API_KEY, in the environment or "
+     "a .env file, never from an option; --api-key-env names another variable) — see "
+     "batchrunner run --help"),
+    # A --prompt the shell split in words, unquoted: "job file {name}: not found" or "run
+    # takes no argument '{name}'"
+    (["run", "--input", "in.csv", "--prompt", "Describe:", "{name}", "--model", "m"],
+     "'{name}' looks like part of a prompt template: put the whole --prompt in quotes "
+     "(--prompt 'Describe: {name}')"),
+    (["run", "job.toml", "--prompt", "Describe", "the", "{name}"],
+     "'{name}' looks like part of a prompt template: put the whole --prompt in quotes "
+     "(--prompt 'Describe: {name}')"),
     (["simulate", "--por", "8001"],
      "simulate has no option --por (did you mean --port?) — see batchrunner simulate --help"),
     (["report", "out", "more"], "report takes no argument 'more' — see batchrunner report --help"),

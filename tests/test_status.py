@@ -1021,3 +1021,21 @@ def test_status_during_a_429s_long_retry_after_says_new_requests_are_held(
     meta["last_run"]["paused"]["until_s"] = time.time() - 1  # over
     (out / "job.json").write_text(json.dumps(meta))
     assert not any("new requests held" in line for line in format_status(out).splitlines())
+
+
+def test_status_of_the_folder_holding_the_runs_names_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status out`, where out/ holds the runs' directories (out/try, out/nightly): "out is
+    not a batchrunner output directory (no job.json)", with no word of the ones inside."""
+    from batchrunner.cli import main
+
+    for name in ("try", "nightly"):
+        (tmp_path / "out" / name).mkdir(parents=True)
+        (tmp_path / "out" / name / "job.json").write_text('{"name": "x"}')
+    (tmp_path / "out" / "notes").mkdir()
+    assert main(["status", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith(
+        f"{tmp_path / 'out'} is not a batchrunner output directory (no job.json); it holds the "
+        f"output directories {tmp_path / 'out' / 'nightly'}, {tmp_path / 'out' / 'try'}: give "
+        "one of them"), err
