@@ -545,25 +545,20 @@ class _CsvSource(InputSource):
                 self.path,
                 f"is not valid UTF-8 at line {bad[0]} (byte offset {bad[1]}) — save it as UTF-8",
             )
-        if quotes % 2:
-            found = _find_unclosed_quote(self.path, self._delimiter)
-            if found is not None:
-                row, line = found
-                what = f"row {row} (line {line})" if row else f"the header (line {line})"
-                raise _input_error(
-                    self.path,
-                    f"{what} opens a quote that is never closed, so every line after it "
-                    "would be read as one value — fix the quoting",
-                )
+        if quotes % 2 and (found := _find_unclosed_quote(self.path, self._delimiter)):
+            raise _input_error(
+                self.path,
+                f"{_row_or_header(*found)} opens a quote that is never closed, so every line "
+                "after it would be read as one value — fix the quoting",
+            )
         if inside and (found := _find_text_after_quote(self.path, self._delimiter)):
             # Read on, the quotes were dropped and the text joined ("x"y as xy; a MySQL
             # export's \"no\" as \no\"): other text sent than the file's, with no word.
-            row, line = found
-            what = f"row {row} (line {line})" if row else f"the header (line {line})"
             raise _input_error(
                 self.path,
-                f"{what} has text after a quoted value's closing quote — within a quoted "
-                'value, write a quote as two ("" for "), not \\"; or quote the whole value',
+                f"{_row_or_header(*found)} has text after a quoted value's closing quote — "
+                'within a quoted value, write a quote as two ("" for "), not \\"; or quote '
+                "the whole value",
             )
 
     def _names(self) -> list[str]:
@@ -842,6 +837,11 @@ def _find_unclosed_quote(path: Path, delimiter: str) -> tuple[int, int] | None:
     finally:
         csv.field_size_limit(old_limit)
     return last
+
+
+def _row_or_header(row: int, line: int) -> str:
+    """``row 4 (line 7)``, or, row 0, ``the header (line 1)``: where a CSV file's fault is."""
+    return f"row {row} (line {line})" if row else f"the header (line {line})"
 
 
 def _find_text_after_quote(path: Path, delimiter: str) -> tuple[int, int] | None:
