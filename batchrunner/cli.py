@@ -311,20 +311,25 @@ def _setting_given(arg: str, command: str) -> UsageError | None:
     command, where it is an argument (a job file not found, or one too many), its value never
     shown: a key (OPENAI_API_KEY=sk-...) was printed whole in that error, into a crontab's
     log."""
-    where = (f"put it before the command (NAME=... {program()} {command} ...), export it, or "
-             "write it in a .env file (beside the job file, or in the current directory)")
+    if os.path.exists(arg):  # a file or directory of that name, as odd as it is
+        return None
+
+    def where(name: str) -> str:
+        return (f"put it before the command ({name}=... {program()} {command} ...), export "
+                "it, or write it in a .env file (beside the job file, or in the current "
+                "directory)")
     if _SETTING.match(arg):
         name = arg.partition("=")[0]
         return UsageError(f"{name}=... is a variable's setting, not an argument of "
-                          f"{command}: {where.replace('NAME', name)}")
-    if "{" in arg and "}" in arg and not os.path.exists(arg):
+                          f"{command}: {where(name)}")
+    if "{" in arg and "}" in arg:
         # --prompt Describe: {name}, unquoted: the shell split the template into words.
         return UsageError(f"{arg!r} looks like part of a prompt template: put the whole "
                           "--prompt in quotes (--prompt 'Describe: {name}')")
-    if _KEY_SHAPE.fullmatch(arg) and not os.path.exists(arg):
+    if _KEY_SHAPE.fullmatch(arg):
         return UsageError(f"an argument of {command} looks like an API key (not shown): set it "
-                          f"in OPENAI_API_KEY, or the variable api_key_env names — "
-                          f"{where.replace('NAME', 'OPENAI_API_KEY')}")
+                          "in OPENAI_API_KEY, or the variable api_key_env names — "
+                          f"{where('OPENAI_API_KEY')}")
     return None
 
 

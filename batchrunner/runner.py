@@ -1994,6 +1994,7 @@ class _Run:
         self.keeper_due = math.inf
         self.flush_wanted = anyio.Event()
         self.tasks: anyio.abc.TaskGroup | None = None  # workers and retry timers
+        self.sent_through = False  # the workers are done: what is left is to write it down
         self.budget = plan.job.limits.max_cost_usd
         # The whole job's, earlier runs included, and their tries of cost not reported at
         # their estimates.
@@ -4373,7 +4374,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 last_run.pop("paused", None)
                 last_run.update(finished_at=utc_timestamp(), stopped=_why(e),
                                 sent=run.counters["sent"])
-                if isinstance(leaf(e), KeyboardInterrupt):
+                if isinstance(leaf(e), KeyboardInterrupt) and run.sent_through:
                     # A second signal as the journal's last rows were written, the run's own
                     # handler down: its results and reports are to write (the command line
                     # and `status` say so, as for one while they are written).
@@ -4611,6 +4612,7 @@ async def _pipeline(run: _Run) -> None:
                 # Every row is done: stop the helpers. One whose sleep ended just now still
                 # runs a step before its cancellation is delivered: it starts no worker.
                 run.tasks = None
+                run.sent_through = True
                 tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
@@ -4821,7 +4823,7 @@ def _over_budget(s: RunSummary) -> str:
     """Where the job's spend passed its max_cost_usd (the requests in flight when the budget
     stopped it answered at more than they were held at), by how much: a budget stop's line
     gives the spend when it stopped, under the budget, and nothing else said so."""
-    if s.budget_usd is None:
+    if s.budget_usd is None or not s.sent:  # a rerun that sent nothing passed nothing
         return ""
     answers = s.cost_known_usd if s.cost_usd is None else s.cost_usd
     spend = answers + s.earlier_cost_usd + s.unreported_usd
@@ -4830,8 +4832,7 @@ def _over_budget(s: RunSummary) -> str:
     return (f"the job's spend, {format_usd(spend)}, passed max_cost_usd "
             f"{format_budget(s.budget_usd)} by {format_usd(spend - s.budget_usd)}: the requests "
             "in flight as it stopped cost more than they were held at (prompts longer in "
-            "tokens than four characters a token, a pricier model answering, replies with no "
-            "max_tokens)")
+            "tokens than estimated, a pricier model answering, replies with no max_tokens)")
 
 
 def format_summary(s: RunSummary) -> str:
