@@ -1195,8 +1195,12 @@ def test_zoned_times_to_the_microsecond_read_in_a_prompt_as_pyarrow_makes_them(
     assert summer.startswith("2038-07-06 05:00:00") and summer.endswith("+02:00")
 
 
-#: Seconds from 1970 to 10000-07-01T12:00:00Z: 9600-07-01 and 400 Gregorian years (146,097 days).
-_Y10000 = 240_795_288_000 + 146_097 * 86_400
+#: Seconds from 1970 to 10000-01-01T12:00:00Z: 9600-01-01 and 400 Gregorian years (146,097
+#: days); and to 33658-01-20T02:46:40Z: 2058-01-20 and 79 such cycles. Winter's, in Paris:
+#: pyarrow 16's zones are pytz's, which have no summer time past 2037 (a July of the year 10000
+#: at +01:00), pyarrow 26's zoneinfo's (+02:00).
+_Y10000 = 240_779_563_200 + 146_097 * 86_400
+_Y33658 = 2_778_720_400 + 79 * 146_097 * 86_400
 
 
 def _far_dates_table() -> pa.Table:
@@ -1206,15 +1210,15 @@ def _far_dates_table() -> pa.Table:
         "id": ["a", "b", "c", "d"],
         "day": pa.array([0, 2_932_897, -800_000, None], pa.int32()).cast(pa.date32()),
         "at": pa.array([86_400, 10**13, -10**11, None], pa.int64()).cast(pa.timestamp("s")),
-        "local": pa.array([0, _Y10000 * 1000, 10**15, None], pa.int64()).cast(
+        "local": pa.array([0, _Y10000 * 1000, _Y33658 * 1000, None], pa.int64()).cast(
             pa.timestamp("ms", tz="Europe/Paris")),
     })
 
 
 _FAR_SHOWN = [  # as str() writes the values within Python's range
     ["1970-01-01", "1970-01-02 00:00:00", "1970-01-01 01:00:00+01:00"],
-    ["10000-01-01", "318857-05-20 17:46:40", "10000-07-01 14:00:00+02:00"],
-    ["-0221-09-04", "-1199-02-15 14:13:20", "33658-09-27 03:46:40+02:00"],
+    ["10000-01-01", "318857-05-20 17:46:40", "10000-01-01 13:00:00+01:00"],
+    ["-0221-09-04", "-1199-02-15 14:13:20", "33658-01-20 03:46:40+01:00"],
 ]
 
 
@@ -1260,8 +1264,8 @@ def test_dates_and_times_past_9999_are_written_in_csv_and_jsonl_results(
         rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows[1]["day"] == "10000-01-01"
     assert rows[2]["day"] == "-0221-09-04"
-    assert rows[1]["local"] == "10000-07-01T12:00:00.000Z"  # in UTC, as every zoned time
-    assert rows[2]["local"] == "33658-09-27T01:46:40.000Z"
+    assert rows[1]["local"] == "10000-01-01T12:00:00.000Z"  # in UTC, as every zoned time
+    assert rows[2]["local"] == "33658-01-20T02:46:40.000Z"
     if fmt == "jsonl":  # as orjson writes the others ("1970-01-02T00:00:00")
         assert [r["at"] for r in rows] == ["1970-01-02T00:00:00", "318857-05-20T17:46:40",
                                            "-1199-02-15T14:13:20", None]
