@@ -4904,11 +4904,13 @@ def format_summary(s: RunSummary) -> str:
             cost += " (to the built-in simulator: the answers are not real)"
     elif s.ran:
         sent = f"{s.sent:,} request" + ("" if s.sent == 1 else "s")
-        cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"
         notes = []
-        if s.not_connected:
-            notes.append("none could connect" if s.not_connected == s.sent
-                         else f"{s.not_connected:,} could not connect")
+        if s.sent and s.not_connected == s.sent:  # none reached the endpoint: none was sent
+            cost += f"; wall {s.wall_s:,.1f} s; {sent} tried this run, none could connect"
+        else:
+            cost += f"; wall {s.wall_s:,.1f} s; {sent} sent this run"
+            if s.not_connected:
+                notes.append(f"{s.not_connected:,} could not connect")
         if s.cut_unanswered:
             cut = f"{s.cut_unanswered:,} cut unanswered while the endpoint answered nothing"
             rows = "its row is" if s.cut_left == 1 else "their rows are"
