@@ -279,12 +279,14 @@ SERVER_ERRORS_IN_A_ROW = 8
 # not under it leaves no room for any prompt (_Run._under_context).
 _CONTEXT_LENGTH = re.compile(r"maximum context length is (\d[\d,]*) tokens")
 # A 400 for a prompt over the model's context (OpenAI's, vLLM's, Anthropic's, Gemini's words,
-# or the code): the row's own failure, not the job's setting, so not one of the first rows
+# or the code), or one a content filter refused (Azure's "content management policy", OpenAI's
+# "safety system"): the row's own failure, not the job's setting, so not one of the first rows
 # failing alike that stop the job (an input sorted by length, its longest rows first).
-_PROMPT_TOO_LONG = re.compile(
+_ROWS_OWN_400 = re.compile(
     r"context_length_exceeded|maximum context length|prompt is too long|input is too long|"
     r"longer than the maximum model length|exceeds? the maximum number of tokens|"
-    r"exceed context limit", re.IGNORECASE)
+    r"exceed context limit|content management policy|content[_ ]polic|content[_ ]filter|"
+    r"safety system", re.IGNORECASE)
 # The failures of a try that reached the server and got no whole answer from it, which may
 # have been billed although no usage says so: a provider goes on with a request whose client
 # has gone (a timeout, a connection broken once the request was sent), and one whose body was
@@ -2377,17 +2379,18 @@ class _Run:
         (``--retry-failed``, ``--rerun-where``) do not count: they may have failed for
         themselves. Rows sent again as their text changed count, as new rows do: their
         requests are new, made as the job's settings make them. A prompt over the model's
-        context (``_PROMPT_TOO_LONG``) is the row's own. In a job whose rows ask models
-        of their own, failures of one model may be that model's (one the gateway does not
-        have): its rows are held until another model answers, as a refused model's are, and
-        the job stops only if none does, or if another model's first rows fail alike too."""
+        context, or one a content filter refused (``_ROWS_OWN_400``), is the row's own. In a
+        job whose rows ask models of their own, failures of one model may be that model's (one
+        the gateway does not have): its rows are held until another model answers, as a
+        refused model's are, and the job stops only if none does, or if another model's first
+        rows fail alike too."""
         assert self.failing is not None
         if o.status == "ok":
             self.failing = None  # something works: failures from here on are the rows'
             return
         model = item.model
         if item.resent or model in self.held_models or model in self.own_failures or (
-                o.error_type == "http_400" and _PROMPT_TOO_LONG.search(o.error_message or "")):
+                o.error_type == "http_400" and _ROWS_OWN_400.search(o.error_message or "")):
             return
         failing = self.failing
         failing[o.error_type or "failed"] += 1

@@ -1138,6 +1138,31 @@ async def test_rows_too_long_for_the_model_first_in_the_input_do_not_stop_the_jo
 
 
 @pytest.mark.anyio
+async def test_rows_a_content_filter_refuses_first_in_the_input_do_not_stop_the_job(
+        tmp_path: Path) -> None:
+    """Azure's content filter refusing 25 rows (400, "content management policy") sorted
+    first: the first 20 rows to finish all failed alike and the job stopped, the rows after
+    them unsent, each night only some 50 rows further. A refusal of the row's content is the
+    row's own failure: the others are sent and answered."""
+    texts = [f"flagged {i}" for i in range(25)] + [f"fine {i}" for i in range(50)]
+    inp = make_csv(tmp_path / "in.csv", texts)
+
+    async def content_filter(srv: FaultServer, request: web.BaseRequest,
+                             body: dict[str, Any]) -> web.StreamResponse | None:
+        if "flagged" not in body["messages"][-1]["content"]:
+            return None
+        return web.json_response({"error": {
+            "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
+                       "content management policy. Please modify your prompt and retry.",
+            "type": None, "param": "prompt", "code": "content_filter", "status": 400}},
+            status=400)
+
+    async with FaultServer(content_filter) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp))
+    assert (s.exit_code, s.ok, s.failed, s.stopped) == (3, 50, 25, None), s
+
+
+@pytest.mark.anyio
 async def test_a_job_whose_every_request_is_refused_stops_after_its_first_rows(
         tmp_path: Path) -> None:
     # A parameter the model rejects, a model the gateway does not have: every row would fail.
