@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -24,12 +25,13 @@ async def serve_on_loopback(handler: Handler, *, ssl_context: ssl.SSLContext | N
     return runner, int(runner.addresses[0][1])
 
 
-async def run_job_file(handler: Handler, job_file: Path, options: RunOptions) -> RunSummary:
-    """Run ``job_file`` against ``handler`` served on 127.0.0.1 (the job's base URL), then
-    stop the server."""
+async def run_job_file(handler: Handler, job_file: Path, options: RunOptions,
+                       **overrides: Any) -> RunSummary:
+    """Run ``job_file`` (with command-line ``overrides``: ``max_cost_usd=0.5``) against
+    ``handler`` served on 127.0.0.1 (the job's base URL), then stop the server."""
     runner, port = await serve_on_loopback(handler)
     try:
-        job = load_job(job_file, {"base_url": f"http://127.0.0.1:{port}/v1"})
+        job = load_job(job_file, {"base_url": f"http://127.0.0.1:{port}/v1", **overrides})
         return await run_job(job, options)
     finally:
         await runner.cleanup()

@@ -393,13 +393,7 @@ async def test_a_reply_is_priced_as_the_model_that_answered_as_the_report_shows(
         f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "{asked}"\n'
         'prompt = "{text}"\n[output]\ndir = "out"\n'
         f'[prices."{asked}"]\ninput = 1.0\noutput = 2.0\n')
-    runner, port = await serve_on_loopback(handler)
-    try:
-        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1",
-                                               "max_cost_usd": 100.0})
-        s = await run_job(job, FAST)
-    finally:
-        await runner.cleanup()
+    s = await run_job_file(handler, tmp_path / "job.toml", FAST, max_cost_usd=100.0)
     assert s.exit_code == 3 and s.ok == 4  # row 3 is the empty prompt
     assert s.cost_usd == pytest.approx(4 * cost)
     df = pd.read_parquet(tmp_path / "out" / "results.parquet")
@@ -1064,13 +1058,7 @@ async def test_a_spend_past_the_budget_is_said_with_by_how_much(tmp_path: Path) 
             "usage": {"prompt_tokens": 200, "completion_tokens": 20, "total_tokens": 220}})
 
     costly_job(tmp_path, make_input(tmp_path, 60), max_tokens=20, concurrency=8)
-    runner, port = await serve_on_loopback(handler)
-    try:
-        job = load_job(tmp_path / "job.toml", {"base_url": f"http://127.0.0.1:{port}/v1",
-                                               "max_cost_usd": 0.5})
-        s = await run_job(job, FAST)
-    finally:
-        await runner.cleanup()
+    s = await run_job_file(handler, tmp_path / "job.toml", FAST, max_cost_usd=0.5)
     assert s.exit_code == 4 and s.stopped and s.stopped.startswith("budget reached"), s
     assert s.cost_usd is not None and s.cost_usd > 0.5, s
     said = format_summary(s)

@@ -382,6 +382,15 @@ async def run_at(tmp_path: Path, handle: Any, inp: Path, model: str) -> RunSumma
         await runner.cleanup()
 
 
+def assert_stopped_naming_models(s: RunSummary, start: str) -> None:
+    """``s`` stopped at its first answer, no row failed, its stop beginning with ``start``
+    and ending with what to set."""
+    assert s.exit_code == 4 and s.failed == 0 and s.ok == 0 and s.stopped is not None, s
+    assert s.stopped.startswith(start), s.stopped
+    assert s.stopped.endswith("set the job's model to one of them, then rerun (no row was "
+                              "failed for it)"), s.stopped
+
+
 @pytest.mark.anyio
 async def test_a_mistyped_model_names_the_gateways_closest_models(tmp_path: Path) -> None:
     """A model name mistyped (claude-sonnet-4.5 for claude-sonnet-4-5-20250929) on a gateway
@@ -407,12 +416,9 @@ async def test_a_mistyped_model_a_gateway_answers_in_a_200_names_its_models(
     inp = models_csv(tmp_path / "in.csv", ["claude-sonnet-4.5"] * 20)
     s = await run_at(tmp_path, listing_gateway(GATEWAY_MODELS, in_200=True), inp,
                      "claude-sonnet-4.5")
-    assert s.exit_code == 4 and s.failed == 0 and s.ok == 0 and s.stopped is not None, s
-    assert s.stopped.startswith("Model claude-sonnet-4.5 does not exist or is not supported "
-                                "(code model_not_found) — the endpoint serves "
-                                "claude-sonnet-4-5-20250929, "), s.stopped
-    assert s.stopped.endswith("set the job's model to one of them, then rerun (no row was "
-                              "failed for it)"), s.stopped
+    assert_stopped_naming_models(s, "Model claude-sonnet-4.5 does not exist or is not "
+                                 "supported (code model_not_found) — the endpoint serves "
+                                 "claude-sonnet-4-5-20250929, ")
 
 
 @pytest.mark.anyio
@@ -426,11 +432,8 @@ async def test_a_mistyped_model_a_gateway_answers_503_for_stops_at_once_naming_i
     inp = models_csv(tmp_path / "in.csv", ["gpt-4o-mni"] * 20)
     s = await run_at(tmp_path, listing_gateway(GATEWAY_MODELS, no_channel=True), inp,
                      "gpt-4o-mni")
-    assert s.exit_code == 4 and s.failed == 0 and s.ok == 0 and s.stopped is not None, s
-    assert s.stopped.startswith("No available channel for model gpt-4o-mni under group "
-                                "default — the endpoint serves gpt-4o-mini, "), s.stopped
-    assert s.stopped.endswith("set the job's model to one of them, then rerun (no row was "
-                              "failed for it)"), s.stopped
+    assert_stopped_naming_models(s, "No available channel for model gpt-4o-mni under group "
+                                 "default — the endpoint serves gpt-4o-mini, ")
 
 
 @pytest.mark.anyio
