@@ -1035,12 +1035,24 @@ def test_written_results_read_back_as_input_unchanged(
     assert rows_of(open_input(path)) == rows
 
 
+def parquet_plan(tmp_path: Path, table: pa.Table, prompt: str) -> Any:
+    """The plan of a job over ``table``, written as in.parquet, its rows keyed by ``id``,
+    each sent ``prompt`` (nothing is sent: ``iter_rows`` and ``make_work`` read it)."""
+    from batchrunner.config import load_job
+    from batchrunner.runner import RunOptions, prepare
+
+    pq.write_table(table, tmp_path / "in.parquet")
+    job = load_job(None, {
+        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
+        "prompt": prompt, "base_url": "http://127.0.0.1:9/v1", "output": str(tmp_path / "out")})
+    return prepare(job, RunOptions(progress="none", handle_signals=False))
+
+
 def test_parquet_values_read_in_a_prompt_as_text_not_python(tmp_path: Path) -> None:
     """A Parquet file's numbers, booleans, binary text, lists, structs and maps reach the
     prompt as JSON writes them (a float32 0.7 as 0.7, a year saved as a float as 2021), not as
     Python's repr of them; a NaN is a null (the row is not sent), and the id keeps its own text."""
-    from batchrunner.config import load_job
-    from batchrunner.runner import RunOptions, iter_rows, make_work, prepare
+    from batchrunner.runner import iter_rows, make_work
 
     table = pa.table({
         "id": pa.array([1.0, 2.0], pa.float64()),
@@ -1057,12 +1069,9 @@ def test_parquet_values_read_in_a_prompt_as_text_not_python(tmp_path: Path) -> N
                        pa.struct([("x", pa.float16()), ("w", pa.list_(pa.float32()))])),
         "fm": pa.array([[("a", 0.9)], []], pa.map_(pa.string(), pa.float32())),
     })
-    pq.write_table(table, tmp_path / "in.parquet")
-    job = load_job(None, {
-        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
-        "prompt": "{id}|{text}|{tags}|{meta}|{attrs}|{score}|{year}|{ok}|{kind}|{emb}|{pt}|{fm}",
-        "base_url": "http://127.0.0.1:9/v1", "output": str(tmp_path / "out")})
-    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    plan = parquet_plan(
+        tmp_path, table,
+        "{id}|{text}|{tags}|{meta}|{attrs}|{score}|{year}|{ok}|{kind}|{emb}|{pt}|{fm}")
     sent: dict[str, str] = {}
     for key, row, _ in iter_rows(plan):
         work, why = make_work(plan, key, row)
@@ -1105,16 +1114,11 @@ def _times_read_as_pandas_writes_them(tmp_path: Path, ns: list[int | None],
     zoneinfo has it, the row with no time left out; the rows, as read."""
     import pandas as pd
 
-    from batchrunner.config import load_job
-    from batchrunner.runner import RunOptions, hash_values, iter_rows, make_work, prepare
+    from batchrunner.runner import hash_values, iter_rows, make_work
 
     when = pa.array(ns, pa.int64()).cast(pa.timestamp("ns", tz=zone))
-    pq.write_table(pa.table({"id": list(range(len(ns))), "when": when}), tmp_path / "in.parquet")
-    job = load_job(None, {
-        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
-        "prompt": "At {when}", "base_url": "http://127.0.0.1:9/v1",
-        "output": str(tmp_path / "out")})
-    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    plan = parquet_plan(tmp_path, pa.table({"id": list(range(len(ns))), "when": when}),
+                        "At {when}")
     rows = [row for _, row, _ in iter_rows(plan)]
     # A zone by name as Python's zoneinfo has it: pandas before 3 looks a name up in pytz,
     # whose rules also end with 2037.
@@ -1151,8 +1155,7 @@ def test_zoned_times_to_the_microsecond_read_in_a_prompt_as_pyarrow_makes_them(
     pyarrow's datetime, which rows answered before were sent and recorded with, in named zones
     and fixed offsets, before 1970, in local mean time (+00:09:21) and in summers after 2037."""
     from batchrunner.arrow import python_rows
-    from batchrunner.config import load_job
-    from batchrunner.runner import RunOptions, hash_values, iter_rows, make_work, prepare
+    from batchrunner.runner import hash_values, iter_rows, make_work
 
     us = [1704110400123456, -500_123_457, -2208988800000000, 2161998000654321,
           2224000000000001, 0, 1719835200120000, None]
@@ -1170,11 +1173,7 @@ def test_zoned_times_to_the_microsecond_read_in_a_prompt_as_pyarrow_makes_them(
     assert orjson.dumps(python_rows(batch)) == orjson.dumps(before)
 
     names = [f"t{i}" for i in range(len(zones))]
-    job = load_job(None, {
-        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
-        "prompt": " | ".join(f"{{{n}}}" for n in names), "base_url": "http://127.0.0.1:9/v1",
-        "output": str(tmp_path / "out")})
-    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    plan = parquet_plan(tmp_path, table, " | ".join(f"{{{n}}}" for n in names))
     rows = [row for _, row, _ in iter_rows(plan)]
     assert len(rows) == len(us)
     for row, was in zip(rows, before, strict=True):
@@ -1227,15 +1226,9 @@ def test_dates_and_times_past_9999_are_shown_in_a_prompt_as_their_text(tmp_path:
     exports) or before year 1, and the run ended in a traceback, its rows before sent. They
     are their text now, as Arrow writes them (in the column's zone, with its offset), the
     dates and times Python holds left as they were (their rows' hashes too)."""
-    from batchrunner.config import load_job
-    from batchrunner.runner import RunOptions, iter_rows, make_work, prepare
+    from batchrunner.runner import iter_rows, make_work
 
-    pq.write_table(_far_dates_table(), tmp_path / "in.parquet")
-    job = load_job(None, {
-        "input": str(tmp_path / "in.parquet"), "id_column": "id", "model": "gpt-4o-mini",
-        "prompt": "{day} | {at} | {local}", "base_url": "http://127.0.0.1:9/v1",
-        "output": str(tmp_path / "out")})
-    plan = prepare(job, RunOptions(progress="none", handle_signals=False))
+    plan = parquet_plan(tmp_path, _far_dates_table(), "{day} | {at} | {local}")
     rows = [row for _, row, _ in iter_rows(plan)]
     shown = []
     for row in rows[:3]:
