@@ -4746,8 +4746,9 @@ def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
     larger = 2 * asked
     if s.pending:  # its command now would meet the stop (a budget) or the rows left first
         rows = count_rows(s.pending)
-        return (f"once the {rows} not done yet are done, the run's summary names the command, "
-                f"with {why}"), ""
+        done = "is" if s.pending == 1 else "are"
+        return (f"once the {rows} not done yet {done} done, the run's summary names the "
+                f"command, with {why}"), ""
     options: dict[str, Any] = {limit: larger}
     if (budget := _budget(plan)) is not None:
         # The budget counts the job's whole cost: kept as it was, the command stopped at it

@@ -702,17 +702,24 @@ def test_report_names_the_cut_rows_command_with_the_job_files_budget_raised(
     assert rebuilt == ran
 
 
+@pytest.mark.parametrize(("limit", "cut", "left"), [
+    (1, "1 row cut at max_tokens (finish_reason=length): to answer it", "2 rows not done yet are"),
+    (2, "2 rows cut at max_tokens (finish_reason=length): to answer them",
+     "1 row not done yet is"),
+])
 def test_rows_cut_while_rows_are_left_to_do_name_no_command_yet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: int, cut: str, left: str,
 ) -> None:
     """A run that left rows to do (a budget stop, --limit) named the command with the larger
     max_tokens all the same: run as printed after a budget stop, it met the same budget and
-    stopped again (walked). The summary names it once the rows left are done."""
-    code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "1", "--limit", "1"))
+    stopped again (walked). The summary names it once the rows left are done ("1 row ... is
+    done", not "are")."""
+    code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "1", "--limit", str(limit)))
     assert code == 0, err
-    assert ("  warning: 1 row cut at max_tokens (finish_reason=length): to answer it again with "
-            "a larger one, once the 2 rows not done yet are done, the run's summary names the "
-            "command, with twice the job's max_tokens of 1, the most it was given\n") in out
+    they = "it was" if limit == 1 else "they were"
+    assert (f"  warning: {cut} again with a larger one, once the {left} done, the run's summary "
+            f"names the command, with twice the job's max_tokens of 1, the most {they} "
+            "given\n") in out
 
 
 def test_the_command_for_rows_cut_with_n_choices_says_all_are_asked_again() -> None:
