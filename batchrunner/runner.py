@@ -4424,7 +4424,9 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 else "fix_first")
             if isinstance(error, BudgetExceeded) and error.held_usd:  # room status's command
                 last_run["held_usd"] = round(error.held_usd, 10)  # leaves for them
-        if summary.sent:  # the report's wall time and counters: of the last run that sent
+        if summary.sent > summary.not_connected:
+            # The report's wall time and counters: of the last run that sent requests, which
+            # a run none of whose requests could connect is not (the run before's are kept).
             counters = dict(run.counters)
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
             plan.job_meta["timed_run"] = {"run_id": run_id, "wall_s": round(summary.wall_s, 3),

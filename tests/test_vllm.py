@@ -49,6 +49,7 @@ from tests.test_faults import (
     job_for,
     make_csv,
     options,
+    report,
     results,
     run,
     sse,
@@ -487,6 +488,39 @@ async def test_a_server_that_answered_before_and_never_comes_up_stops_the_job_in
                          "to come back, then stops)")
     assert _postfix(Counts(unreachable_s=42.4, outage_s=300.0)).endswith(
         "(no connection to the endpoint for 42 s)")  # a row's attempts stop it: no wait
+
+
+@pytest.mark.anyio
+async def test_a_run_none_of_whose_requests_connected_keeps_the_reports_figures_of_the_one_before(
+        tmp_path: Path) -> None:
+    """The reports' wall time, throughput and requests are those of the last run that sent
+    requests. A run none of whose requests could connect counted as one: after last night's
+    10 rows, tonight's stop on a box that stayed down had the reports say "Wall time 1.0 s,
+    11 sent, 10 retried after an error" of requests that never left, and a job whose first
+    run reached nothing showed a wall time and requests sent as if it had run. They now keep
+    the run before's figures, or none; the stop says why the rows are still to do."""
+    s, _ = await cron_start_while_loading(tmp_path, up_after_s=None, outage_s=0.3)
+    assert s.exit_code == 4 and s.sent > 0 and s.not_connected == s.sent
+    rep = report(tmp_path)
+    assert rep["counters"]["sent"] == 10 and "not_connected" not in rep["counters"]
+    assert rep["wall_s"] is not None and rep["wall_s"] < 0.3  # last night's 10 rows
+    assert rep["rows"]["to_do"] == 50 and "no connection to the endpoint" in rep["stopped"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert re.search(r"Requests, last run that sent</div><div class=\"value\">10 sent<", page)
+
+    first = tmp_path / "first"  # a job whose only run reached nothing
+    first.mkdir()
+    inp = make_csv(first / "in.csv", ["a", "b", "c"])
+    s = await run(job_for(first, f"http://127.0.0.1:{closed_port()}/v1", inp, model=MODEL))
+    assert s.exit_code == 4 and s.sent > 0 and s.not_connected == s.sent
+    rep = report(first)
+    assert rep["wall_s"] is None and rep["requests_per_min"] is None and rep["counters"] == {}
+    assert rep["rows"]["to_do"] == 3 and rep["stopped"].startswith("no connection to the ")
+    page = (first / "out" / "report.html").read_text()
+    assert not re.search(r'class="value">\d+ sent<', page)
+    assert "Requests, the rows&#x27; latest attempts" in page
+    md = (first / "out" / "cost_report.md").read_text()
+    assert "| Wall time (the last run that sent)   | n/a " in md
 
 
 @pytest.mark.anyio
