@@ -198,8 +198,16 @@ def format_status(out_dir: Path) -> str:
         ok, failed = max(0, ok - gone_ok), max(0, failed - gone_failed)
     else:  # recorded by an older batchrunner: the excess is what can be told
         gone_ok, gone_failed = max(0, ok + failed - total) if total else 0, 0
+    last = meta.get("last_run")
+    # The input replaced since the last run read it (or while it ran, which stopped it): the
+    # counts are of the rows it read, not of the input a run reads now (not counted here:
+    # that reads the whole input). Beside a run in progress, said of that run, below.
+    moved = input_moved(meta) if not locked and isinstance(last, dict) and last.get(
+        "started_at") else ""
     lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
-             f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"]
+             f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"
+             + (" in the input as the last run read it, which has changed since"
+                if moved == "changed" else "")]
     if gone_ok or gone_failed:
         gone = gone_ok + gone_failed
         lines.append(f"  the journal also holds {count_rows(gone)} the input no longer has "
@@ -259,7 +267,6 @@ def format_status(out_dir: Path) -> str:
             state.failed_choices, state.failed_choices_usd.of(state.failed_choices), asked))
     # The command that runs the job on, for every line that names one: its job file read once.
     rerun = Rerun(meta, out_dir)
-    last = meta.get("last_run")
     # The request settings a run of that command is refused for, where a row has an answer
     # (a prompt edited in the job file since last night): said below, with what --force does,
     # and every command shown given it. Else, those a run of the job file
@@ -340,7 +347,10 @@ def format_status(out_dir: Path) -> str:
             # (the same command sends that many more of the rows left). One stopped says what
             # finishes the job, as one that ran through does.
             extra += ("--limit", str(limit_given))
-        command = rerun.command(extra)
+        # A run is refused (exit 2) over an input keyed by position that changed, unless
+        # given --force, which the input's line says, with its command, and when to use it.
+        by_position = moved == "changed" and meta.get("id_column") is None
+        command = "" if by_position else rerun.command(extra)
         at = len(lines) + 1  # after the last run's line: what its commands are refused for
         # What that command sends: the rows to do, and the failed ones again (nothing left to
         # send, its last rows the ones failing: the failed to retry).
@@ -429,13 +439,14 @@ def format_status(out_dir: Path) -> str:
             first = ("wait for the endpoint to recover (what stopped it, above)"
                      if kind == "wait_first" else "fix what stopped it (above)")
             lines.append(f"  to finish, {left}: {first}, then: {command}")
-        elif command and left:
+        elif told := bool(command and left):
             lines.append(f"  to finish, {left}: {command}")
-        # Tonight's export over last night's input: not the rows counted above. (A run that
-        # met that as it ended said so in its stop, above.)
-        moved = input_moved(meta) if kind != "input_changed" else ""
+        # Tonight's export over last night's input: not the rows counted above. A run that
+        # met that as it ended said so in its stop, above, but not the command that sends
+        # them, nor that the rows done above may not be the input's now.
         if moved:
-            lines.append(_input_line(moved, meta, rerun, running=False))
+            lines.append(_input_line(moved, meta, rerun, running=False,
+                                     stopped=kind == "input_changed", above=told))
         # A night's run refused at its start leaves job.json as the night before left it: said
         # whatever is left, a job done refused as well (the crontab's next night).
         left_any = bool(to_do or failed or moved == "changed")
@@ -541,11 +552,14 @@ def input_moved(meta: dict[str, Any]) -> str:
     return "" if now == meta.get("input_fingerprint") else "changed"
 
 
-def _input_line(moved: str, meta: dict[str, Any], rerun: Rerun, *, running: bool) -> str:
+def _input_line(moved: str, meta: dict[str, Any], rerun: Rerun, *, running: bool,
+                stopped: bool = False, above: bool = False) -> str:
     """What ``input_moved`` found (``moved``), and what to do, as a run would meet it: an
     id-keyed input's new and changed rows are sent by the same command; a position-keyed
     one's change is refused unless --force (runner's ``_check_same_job``). ``running``: of a
-    run in progress, which stops at its end without writing the results then."""
+    run in progress, which stops at its end without writing the results then; ``stopped``:
+    of a run that so stopped, whose results the next run writes; ``above``: the command that
+    sends the rows left to do is on the line above (an id-keyed input's)."""
     path = meta["input_path"]
     since = "the run in progress" if running else "the last run"
     stops = "the run stops at its end without writing the results"
@@ -557,12 +571,17 @@ def _input_line(moved: str, meta: dict[str, Any], rerun: Rerun, *, running: bool
         return (f"  input {path} cannot be read now (its permissions, or a file of it): a run "
                 "cannot read it — make it readable again")
     if meta.get("id_column") is not None:  # not counted: that reads the whole input
+        if above:
+            return (f"  input {path} changed since {since} read it: the command above sends "
+                    "the rows that are new or changed too"
+                    + (", and writes the results" if stopped else ""))
         command = rerun.command()
         return (f"  input {path} changed since {since} read it"
                 + (f": {stops}; then running the job again sends the rows that are new or "
                    "changed, and writes them" if running else
-                   " (the counts above are of the rows it read): running the job again sends "
-                   "the rows that are new or changed") + (f": {command}" if command else ""))
+                   ": running the job again sends the rows that are new or changed"
+                   + (", and writes the results" if stopped else ""))
+                + (f": {command}" if command else ""))
     command = rerun.command(("--force",))
     return (f"  input {path} changed since {since} read it, and rows are keyed by position: "
             + (f"{stops}; then" if running else "running the job again is refused (exit 2) "

@@ -829,12 +829,14 @@ def test_status_says_an_id_keyed_input_changed_since_the_last_run_and_what_a_run
     with inp.open("a") as f:
         f.write("r3,text 3\n")
     shown = format_status(out)
-    assert "3 of 3 rows finished" in shown
+    assert shown.splitlines()[0].endswith(  # its rows, not the input's now
+        ": 3 of 3 rows finished (3 ok, 0 failed, 0 to do) in the input as the last run read "
+        "it, which has changed since"), shown
     command = ("batchrunner run --input in.csv --id-column id --model gpt-4o-mini --prompt "
                "'X {text}' --simulator --output out")
     assert input_lines(out) == [
-        f"  input {inp} changed since the last run read it (the counts above are of the rows "
-        f"it read): running the job again sends the rows that are new or changed: {command}"]
+        f"  input {inp} changed since the last run read it: running the job again sends the "
+        f"rows that are new or changed: {command}"]
     assert len(read) == 2  # another size: not read
     sent = Journal(out).read(["status"]).num_rows
     assert main([*shlex.split(command)[1:], "--progress", "none"]) == 0
@@ -875,6 +877,35 @@ def test_status_says_what_a_run_says_of_a_position_keyed_input_changed_or_remove
         "back at that path, or run the job again with --input naming where it is now"]
 
 
+def test_status_of_a_position_keyed_trial_whose_input_changed_names_no_command_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A --limit trial of rows keyed by position, then a row inserted at the top of the input:
+    status said "to finish, 2 rows to do" with the command a run refuses (exit 2), then that
+    the input changed. It names only the --force command, with when to use another --output
+    instead, and its counts are of the rows the last run read."""
+    monkeypatch.chdir(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("text\na\nb\nc\nd\n")
+    args = ["run", "--input", "in.csv", "--prompt", "X {text}", "--model", "gpt-4o-mini",
+            "--simulator", "--output", "out", "--progress", "none"]
+    assert main([*args, "--limit", "2"]) == 0
+    out = tmp_path / "out"
+    assert "  to finish, 2 rows to do: batchrunner run " in format_status(out)
+    inp.write_text("text\nz\na\nb\nc\nd\n")
+    shown = format_status(out)
+    assert shown.splitlines()[0] == (
+        "in: 2 of 4 rows finished (2 ok, 0 failed, 2 to do) in the input as the last run read "
+        "it, which has changed since"), shown
+    assert "to finish" not in shown, shown
+    assert [x.split(" --force —")[0] for x in input_lines(out)] == [
+        f"  input {inp} changed since the last run read it, and rows are keyed by position: "
+        "running the job again is refused (exit 2) unless given"]
+    capsys.readouterr()
+    assert main(args) == 2  # as status says
+    assert "rows are keyed by position" in capsys.readouterr().err
+
+
 def test_status_of_an_older_job_json_without_the_inputs_stamp(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """job.json written before it recorded the input's stamp: status does not fail, and reads
@@ -896,7 +927,7 @@ def test_status_of_an_older_job_json_without_the_inputs_stamp(
     assert input_lines(out) == [] and len(read) == 1
     with inp.open("a") as f:
         f.write("r3,text 3\n")
-    assert [x.split(" (")[0] for x in input_lines(out)] == [
+    assert [x.split(": ")[0] for x in input_lines(out)] == [
         f"  input {inp} changed since the last run read it"]
 
 
@@ -934,8 +965,19 @@ def test_status_beside_a_run_whose_input_changes_says_the_run_will_not_write_res
     assert during[0].endswith(" --output " + str(out)), during
     last = json.loads((out / "job.json").read_text())["last_run"]
     assert last["stop_kind"] == "input_changed"
+    # Once it has stopped, its stop says it, and status said the job was done: "4 of 4 rows
+    # finished (..., 0 to do)", with no command, the row added not counted. The counts are
+    # the rows it read, and the command sends the rest and writes the results.
     shown = format_status(out)
-    assert "changed while the job ran" in shown and input_lines(out) == [], shown
+    assert "changed while the job ran" in shown, shown
+    assert shown.splitlines()[0].endswith(
+        f"{n} of {n} rows finished ({n} ok, 0 failed, 0 to do) in the input as the last run "
+        "read it, which has changed since"), shown
+    after = input_lines(out)
+    assert [x.split(": batchrunner run ")[0] for x in after] == [
+        f"  input {inp} changed since the last run read it: running the job again sends the "
+        "rows that are new or changed, and writes the results"], after
+    assert after[0].endswith(" --output " + str(out)), after
 
 
 KILLED_AFTER_5 = ("import os, signal, sys\n"
