@@ -64,9 +64,11 @@ Top-level keys, in this order::
     tokens_reported_by_rows
                       {"cached", "reasoning", "cache_write"}: the rows whose replies gave the
                       count (0: no server said, and the sum above is 0 for want of a figure)
-    cost_usd          sum of the rows' cost_usd (the known part if cost_complete is false)
-    cost_failed_usd   the part of cost_usd billed for rows that still failed (e.g. a reply
-                      that did not match the schema)
+    cost_usd          sum of the rows' cost_usd; null when cost_complete is false (some row
+                      paid for has no cost: rows.cost_unknown counts them)
+    cost_known_usd    sum of the rows' cost_usd that are known: cost_usd, or its known part
+    cost_failed_usd   the part of cost_known_usd billed for rows that still failed (e.g. a
+                      reply that did not match the schema)
     cost_failed_with_choices_usd
                       the part of cost_failed_usd of the rows failed_with_choices counts: what
                       --retry-failed pays about again for them (null when one has no cost)
@@ -170,6 +172,7 @@ __all__ = [
     "format_span",
     "format_usd",
     "job_details",
+    "known_cost",
     "render_markdown",
     "retry_advice",
     "search_shown",
@@ -938,6 +941,7 @@ def build_report(
     n_failed = n_rows - n_ok
     n_length = stats._n_length
     n_unpriced = stats._n_unpriced
+    known_usd = stats._cost_sum(lambda k: True)
 
     by_model = _by_model(stats, prices)
     warnings.extend(cached_at_input_price(by_model, prices))
@@ -1097,7 +1101,10 @@ def build_report(
             "unpriced_rows": sum(acc[-2] for acc in stats._models.values()),
         },
         "search_cost_usd": sum_search_costs(e["search_cost_usd"] for e in by_model.values()),
-        "cost_usd": stats._cost_sum(lambda k: True),
+        # Null where some row paid for has no cost: a script reading 0.0 (no row priced) took
+        # the job for free. The known part is cost_known_usd, as by_model's.
+        "cost_usd": known_usd if n_unpriced == 0 else None,
+        "cost_known_usd": known_usd,
         "cost_failed_usd": stats._cost_sum(lambda k: k[1]),
         "cost_failed_with_choices_usd": resent_usd,
         "cost_earlier_attempts_usd": stats._cost_sum(lambda k: True, earlier=True),
@@ -1542,7 +1549,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     to_do_usd = report.get("cost_to_do_attempts_usd") or 0.0
     billed_to_do = rows.get("billed_to_do") or 0
     unreported = report.get("cost_unreported") or {}
-    cost = _cost_cell(report, report.get("cost_usd"))
+    cost = _cost_cell(report, known_cost(report))
     latency = "n/a"
     if lat.get("p50") is not None:
         latency = " / ".join(format_ms(lat.get(k)) for k in ("p50", "p95", "p99"))
@@ -1577,7 +1584,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         *([[f"Earlier attempts, {_counted(billed_to_do, 'row', 'rows')} still to do (USD)",
             format_usd(to_do_usd)]] if billed_to_do else []),
         *([["Spent in all (USD)",
-            _cost_cell(report, (report.get("cost_usd") or 0.0) + earlier, tries=False)]]
+            _cost_cell(report, (known_cost(report) or 0.0) + earlier, tries=False)]]
           if earlier else []),
         [
             "Requests (the rows' latest attempts)",
@@ -1645,6 +1652,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if warnings:
         out += ["## Warnings", "", *(f"- {_md(w)}" for w in warnings), ""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def known_cost(report: Mapping[str, Any]) -> Any:
+    """The report's ``cost_known_usd``: its rows' cost, or the known part of it (a report
+    written before that key: its ``cost_usd``, which was that)."""
+    return report.get("cost_known_usd", report.get("cost_usd"))
 
 
 def _cost_cell(report: Mapping[str, Any], known: Any, *, tries: bool = True) -> str:

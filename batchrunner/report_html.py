@@ -60,6 +60,7 @@ from batchrunner.report import (
     format_ms,
     format_usd,
     job_details,
+    known_cost,
     search_shown,
     search_unpriced,
     tier_lines,
@@ -195,7 +196,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
     ok = by_status.get("ok", 0)
     failed = total - ok
 
-    cost = format_usd(report.get("cost_usd"))
+    cost = format_usd(known_cost(report))
     cost_note = "sum of the rows' cost_usd"
     if (searched := _searched(report)) is not None:
         cost_note += f", of which {format_usd(searched)} search billed apart from tokens"
@@ -208,7 +209,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         ]
         n = sum(k for _, k in unpriced)
         # As the run's summary says it: no sum shown where no row paid for has a cost.
-        cost = f"{cost} + unknown" if _float(report.get("cost_usd")) else "unknown"
+        cost = f"{cost} + unknown" if _float(known_cost(report)) else "unknown"
         models = ", ".join(m for m, _ in unpriced[:3]) + (" …" if len(unpriced) > 3 else "")
         cost_note = f"cost unknown for {count_rows(n)} paid for" + (
             f" ({models})" if models else ""
@@ -231,7 +232,7 @@ def _header(report: Mapping[str, Any], title: str) -> str:
         # The tries' cost is unknown too: at least the known part, where there is one.
         if report.get("cost_complete") is not False:
             cost = f"at least {cost} + unknown"
-        elif _float(report.get("cost_usd")):
+        elif _float(known_cost(report)):
             cost = f"at least {cost}"  # "$X + unknown" already
         cost_note += (f"; plus tries of {count_rows(_int(unreported['rows']))} that may have "
                       "been billed with no usage reported, estimated at "

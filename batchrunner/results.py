@@ -249,8 +249,8 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.failed_choices = report["rows"]["failed_with_choices"]
     summary.failed_choices_usd = report["cost_failed_with_choices_usd"]
     summary.batch_input = plan.source.kind == "openai_batch"
-    summary.cost_usd = report["cost_usd"] if report["cost_complete"] else None
-    summary.cost_known_usd = report["cost_usd"]
+    summary.cost_usd = report["cost_usd"]  # null where some row has no cost
+    summary.cost_known_usd = report["cost_known_usd"]
     summary.cost_unknown = report["rows"]["cost_unknown"]
     if summary.cost_unknown:
         summary.unpriced = unpriced_causes(report["by_model"])

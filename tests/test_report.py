@@ -168,12 +168,13 @@ def test_unknown_model_gives_null_cost_and_a_warning_never_zero(book: PriceBook)
     assert unknown["price"] is None and unknown["price_source"] == "unknown"
     assert report["cost_complete"] is False
     known = math.fsum(o.cost_usd or 0 for o in rows)
-    assert known > 0 and report["cost_usd"] == pytest.approx(known, abs=1e-12)
+    assert report["cost_usd"] is None  # not the known part: not the job's cost
+    assert known > 0 and report["cost_known_usd"] == pytest.approx(known, abs=1e-12)
     (warning,) = [w for w in report["warnings"] if "no-such-model-xyz" in w]
     assert "no price known" in warning and '[prices."no-such-model-xyz"]' in warning
     md = render_markdown(report)
-    assert cell(md, "Cost (USD)") == (f"{format_usd(report['cost_usd'])}, and 2 rows without a "
-                                      "cost (see warnings)")
+    assert cell(md, "Cost (USD)") == (f"{format_usd(report['cost_known_usd'])}, and 2 rows "
+                                      "without a cost (see warnings)")
     assert "no-such-model-xyz" in md
 
 
@@ -191,11 +192,11 @@ def test_a_failed_row_billed_at_an_unknown_price_is_unknown_never_zero(
     unknown = report["by_model"]["no-such-model-xyz"]
     assert unknown["cost_usd"] is None and unknown["unpriced_rows"] == 2
     assert report["cost_complete"] is False and report["rows"]["cost_unknown"] == 2
-    assert report["cost_usd"] == rows[0].cost_usd
+    assert report["cost_usd"] is None and report["cost_known_usd"] == rows[0].cost_usd
     assert any("no price known, cost of 2 rows not counted" in w for w in report["warnings"])
     md = render_markdown(report)
-    assert cell(md, "Cost (USD)") == (f"{format_usd(report['cost_usd'])}, and 2 rows without a "
-                                      "cost (see warnings)")
+    assert cell(md, "Cost (USD)") == (f"{format_usd(report['cost_known_usd'])}, and 2 rows "
+                                      "without a cost (see warnings)")
     assert "unknown (2 rows)" in md
 
 
@@ -203,10 +204,12 @@ def test_a_cost_no_row_has_reads_unknown_in_the_markdown_never_zero(book: PriceB
     """Rows of a model with no price, and no other: cost_report.md's totals said
     ``$0.0000 (incomplete, see warnings)`` (the JSON's known part, which is 0), where the run's
     summary and status say the cost is unknown. They say it as the summary does, the spend
-    with earlier attempts added too; the JSON's cost_usd stays the known part."""
+    with earlier attempts added too. The JSON's cost_usd, which was that known part, 0.0 (free,
+    to a script), is null, as a model's is; the known part is its cost_known_usd."""
     rows = [ok_row(book, f"u{i}", "no-such-model-xyz") for i in range(3)]
     report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
-    assert report["cost_usd"] == 0.0 and report["cost_complete"] is False
+    assert report["cost_usd"] is None and report["cost_complete"] is False
+    assert report["cost_known_usd"] == 0.0 and report["rows"]["cost_unknown"] == 3
     md = render_markdown(report)
     assert cell(md, "Cost (USD)") == "unknown: 3 rows without a cost (see warnings)"
     (line,) = [x for x in md.splitlines() if x.startswith("| no-such-model-xyz ")]
@@ -258,7 +261,7 @@ def test_tries_with_no_usage_beside_rows_without_a_cost_say_no_sum_of_none(
 
     rows.append(ok_row(book, "k", "my-model"))
     report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
-    known = format_usd(report["cost_usd"])
+    known = format_usd(report["cost_known_usd"])
     assert cell(render_markdown(report), "Cost (USD)") == (
         f"at least {known}, and 3 rows without a cost, plus tries of 3 rows that may have been "
         "billed with no usage reported (see warnings)")
@@ -409,6 +412,7 @@ def test_job_fields_are_kept_and_the_key_order_is_stable(book: PriceBook) -> Non
         "search_requests",
         "search_cost_usd",
         "cost_usd",
+        "cost_known_usd",
         "cost_failed_usd",
         "cost_failed_with_choices_usd",
         "cost_earlier_attempts_usd",
@@ -545,7 +549,7 @@ def test_a_200k_row_report_builds(book: PriceBook) -> None:
     assert report["rows"]["total"] == 200_000
     assert report["rows"]["by_status"] == {"ok": 196_000, "failed": 4_000}
     assert report["tokens"]["prompt"] == 200 * sum(o.prompt_tokens or 0 for o in block)
-    assert report["cost_usd"] == pytest.approx(
+    assert report["cost_usd"] is None and report["cost_known_usd"] == pytest.approx(
         200 * math.fsum(o.cost_usd or 0 for o in block), rel=1e-9
     )
     assert report["by_model"]["no-such-model-xyz"]["cost_usd"] is None

@@ -624,7 +624,7 @@ def test_the_cost_card_says_unknown_where_no_row_has_a_cost_as_the_summary_does(
     known = [ok_row(book, "k", "my-model", at=T0)]
     t = table(unpriced + known)
     report = build_report(t, prices=book, job={"name": "nightly"}, wall_s=None)
-    shown = format_usd(report["cost_usd"])
+    shown = format_usd(report["cost_known_usd"])
     assert card(render_html(report, t), "Cost (USD)")[0] == f"{shown} + unknown"
     assert cell(render_markdown(report), "Cost (USD)") == (f"{shown}, and 3 rows without a cost "
                                                           "(see warnings)")

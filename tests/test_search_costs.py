@@ -426,22 +426,23 @@ async def test_rows_answered_before_their_search_price_was_set_are_priced_by_the
         searched = (df["cost_usd"] - tokens).round(9)
         assert searched.tolist()[:3] == [0.05, 0.025, 0.0] and pd.isna(df["cost_usd"].iloc[3])
         report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
-        assert report["cost_usd"] == pytest.approx(df["cost_usd"].sum())
+        assert report["cost_usd"] is None  # a row without a cost
+        assert report["cost_known_usd"] == pytest.approx(df["cost_usd"].sum())
         # At least: the row reset once sent may have been billed, with no usage said.
-        assert (f"cost: at least {format_usd(report['cost_usd'])} for the job"
+        assert (f"cost: at least {format_usd(report['cost_known_usd'])} for the job"
                 in format_summary(again))
         assert main(["status", str(tmp_path / "out")]) == 0
-        shown = (f"cost so far at least {format_usd(report['cost_usd'])} (of which search "
+        shown = (f"cost so far at least {format_usd(report['cost_known_usd'])} (of which search "
                  f"{format_usd(report['search_cost_usd'])}) (plus 1 row without a cost")
         assert shown in capsys.readouterr().out
         # The budget holds what the job has cost, and the reset try's estimate: a new row
         # could pass a budget of that much.
-        spent = report["cost_usd"] + report["cost_unreported"]["estimated_usd"]
-        assert report["cost_unreported"]["rows"] == 1 and spent > report["cost_usd"]
+        spent = report["cost_known_usd"] + report["cost_unreported"]["estimated_usd"]
+        assert report["cost_unreported"]["rows"] == 1 and spent > report["cost_known_usd"]
         stopped = await run(search_job(tmp_path, sim.base_url, "grok-4",
                                        TOKEN_PRICE + "\nsearch_unit = 0.025",
                                        texts=[*BEFORE_THE_PRICE, "one more"],
-                                       max_cost_usd=report["cost_usd"] + 1e-6))
+                                       max_cost_usd=report["cost_known_usd"] + 1e-6))
     assert stopped.sent == 0 and stopped.exit_code == 4
     assert f"({format_usd(spent)} spent when it stopped)" in str(stopped.stopped)
 

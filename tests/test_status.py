@@ -695,7 +695,8 @@ def test_a_model_with_no_price_reads_unknown_in_status_and_both_reports_never_ze
     once: the summary and status said the cost was unknown, but cost_report.md's totals said
     ``$0.0000 (incomplete, see warnings)``, report.html ``$0.0000 + unknown``, and the JSON
     counted the 3 rows as having an earlier try billed at a cost not known (there was none).
-    All say unknown now, and the JSON's cost_usd stays the known part, 0."""
+    All say unknown now, and so does the JSON: its cost_usd, which was the known part, 0.0 (a
+    free job, to a script), is null, the known part in cost_known_usd."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in.csv").write_text("id,text\na,kettle\nb,tent\nc,lamp\n")
     assert main(["run", "--input", "in.csv", "--id-column", "id", "--prompt", "{text}",
@@ -703,7 +704,8 @@ def test_a_model_with_no_price_reads_unknown_in_status_and_both_reports_never_ze
                  "--output", "out"]) == 0
     out = tmp_path / "out"
     report = json.loads((out / "cost_report.json").read_text())
-    assert report["cost_usd"] == 0.0 and report["rows"]["cost_unknown"] == 3
+    assert report["cost_usd"] is None and report["rows"]["cost_unknown"] == 3
+    assert report["cost_known_usd"] == 0.0 and report["cost_complete"] is False
     entry = report["by_model"]["deepseek-v3-1-250821"]
     assert (entry["cost_usd"], entry["unpriced_rows"], entry["earlier_unpriced_rows"]) == (
         None, 3, 0)
