@@ -21,7 +21,8 @@ on the order or chunking of the rows.
 
 Top-level keys, in this order::
 
-    report_version    1
+    report_version    2 (in 1, cost_usd was the known part where cost_complete is false:
+                      0.0 where no row had a cost)
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
     rows              {"total", "by_status": {status: rows}, "cut_at_length",
@@ -182,7 +183,7 @@ __all__ = [
     "write_reports",
 ]
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 REPORT_JSON = "cost_report.json"
 REPORT_MD = "cost_report.md"
 REPORT_HTML = "report.html"
