@@ -4943,7 +4943,7 @@ def format_summary(s: RunSummary) -> str:
             notes.append(f"{s.real_unkept:,} answered by a real endpoint now: billed, not kept"
                          + ("; the others' answers, the built-in simulator's, are not real"
                             if s.real_unkept < s.sent else ""))
-        elif s.simulated:
+        elif s.simulated and s.not_connected < s.sent:  # some answered: the simulator
             notes.append("to the built-in simulator: the answers are not real")
         if notes:
             cost += f" ({'; '.join(notes)})"

@@ -1022,6 +1022,20 @@ async def test_with_one_attempt_a_row_an_endpoint_that_refuses_still_stops_the_j
         f"{s.sent} requests tried this run, none could connect") in format_summary(s)
 
 
+def test_a_rehearsal_none_of_whose_requests_connected_says_no_answers_are_not_real() -> None:
+    """A rehearsal's rerun once its `batchrunner simulate` was stopped: none of its requests
+    connected, so no answer came, real or not (it said "(to the built-in simulator: the answers
+    are not real)" after "none could connect")."""
+    s = RunSummary(name="rehearsal", rows=10, pending=10, sent=11, not_connected=11, ran=True,
+                   simulated=True, wall_s=5.0)
+    said = format_summary(s)
+    assert "11 requests tried this run, none could connect\n" in said, said
+    assert "not real" not in said
+    s.not_connected = 3  # some answered: those answers are the simulator's
+    assert "(3 could not connect; to the built-in simulator: the answers are not real)" in (
+        format_summary(s))
+
+
 @pytest.mark.anyio
 async def test_a_job_whose_endpoint_fails_every_try_is_told_to_wait_not_to_fix(
         tmp_path: Path) -> None:
