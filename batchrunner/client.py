@@ -93,6 +93,10 @@ _SLOWEST_TOKENS_S = 10.0
 # refuses it: every reply was an invalid_body, sent again and paid for again).
 _BOM = b"\xef\xbb\xbf"
 _TITLE = re.compile(rb"<title>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+# A UTF-16 surrogate written as a JSON escape (``\\ud83d``): JSON allows one alone, as a model
+# that cut an emoji in two may answer, which orjson refuses and UTF-8 text cannot hold.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # The error words a gateway may pass on in a 200 instead of its upstream's status, and the
 # status each stands for (an error a retry cannot fix is not retried; 401, 402 and 403 stop the
 # job): OpenAI's error codes and types, Anthropic's error types, Google's canonical statuses
@@ -294,6 +298,39 @@ class _Parts:
         return "".join(self.content) if self.content or not self.calls else None
 
 
+def _loads(data: bytes) -> Any:
+    """A reply's JSON (``orjson.loads``), or, where it holds a UTF-16 surrogate escaped alone
+    (``"\\ud83d"``, which JSON allows and orjson refuses), the value the json module reads,
+    each lone surrogate made U+FFFD: otherwise a whole answer, billed, would be an invalid_body
+    sent again and paid for again. Raises ValueError for what is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        if _SURROGATE_ESCAPE.search(data) is None:
+            raise
+    import json  # only here: a rare reply
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")  # NaN, Infinity: refused as orjson does
+
+    try:
+        value = json.loads(data, parse_constant=constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+    return _surrogates_replaced(value)
+
+
+def _surrogates_replaced(value: Any) -> Any:
+    """``value`` (parsed JSON) with each lone surrogate in its text made U+FFFD."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_surrogates_replaced(v) for v in value]
+    if isinstance(value, dict):
+        return {_surrogates_replaced(k): _surrogates_replaced(v) for k, v in value.items()}
+    return value
+
+
 def _so_far(pieces: list[str], text: str, size: int) -> int:
     """Take ``text``, a stream's chunk that carries the whole text so far (Qwen's
     ``incremental_output`` false), into ``pieces``, whose text is ``size`` characters long:
@@ -444,7 +481,7 @@ class StreamAssembler:
             if (chunk.startswith(b"data: {", start) and self._pending is None
                     and self.event is None):
                 try:
-                    event = orjson.loads(chunk[start + 6:nl])
+                    event = _loads(chunk[start + 6:nl])
                 except ValueError:
                     self.feed(chunk[start:nl + 1])  # JSON over several data: lines, or none
                 else:
@@ -550,7 +587,7 @@ class StreamAssembler:
             # data cut out and stripped was four copies of it, a cost in proportion to the
             # answer so far in each chunk where each carries it whole.
             try:
-                event = orjson.loads(line[6:])
+                event = _loads(line[6:])
             except ValueError:
                 pass  # JSON over several data: lines, or none: as below
             else:
@@ -576,7 +613,7 @@ class StreamAssembler:
             return
         if self._pending is None:
             try:
-                event = orjson.loads(data)
+                event = _loads(data)
             except ValueError:
                 if not data:
                     return  # an event with no data (SSE dispatches none): no chunk
@@ -589,7 +626,7 @@ class StreamAssembler:
             if not data.endswith(b"}"):
                 return  # more to come
             try:
-                event = orjson.loads(b"\n".join(self._pending))  # SSE joins them so
+                event = _loads(b"\n".join(self._pending))  # SSE joins them so
             except ValueError:
                 return  # more to come; the end of the event refuses it
             self._pending, self._pending_size = None, 0
@@ -673,7 +710,7 @@ class StreamAssembler:
         """The data of an ``event: error``: ``{"error": {...}}``, a bare error object
         (``{"message", "code"}``), or plain text."""
         try:
-            value = orjson.loads(data)
+            value = _loads(data)
         except ValueError:
             value = data.decode("utf-8", "replace")
         if isinstance(value, dict):
@@ -688,7 +725,7 @@ class StreamAssembler:
         chunk by its shape (``choices``, if empty) is read as one, as the OpenAI SDK reads the
         data of any event; of another an error object is the stream's error."""
         try:
-            value = orjson.loads(data)
+            value = _loads(data)
         except ValueError:
             return  # a ping whose data is the time (sse-starlette before 2.0), say
         if not isinstance(value, dict):
@@ -705,7 +742,7 @@ class StreamAssembler:
         if not self.stray:
             return None
         try:
-            value = orjson.loads(b"\n".join(self.stray))
+            value = _loads(b"\n".join(self.stray))
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
@@ -1850,7 +1887,7 @@ class ChatClient:
         gstatus: str | None = None
         refused_key = False
         try:
-            payload = orjson.loads(raw.removeprefix(_BOM))
+            payload = _loads(raw.removeprefix(_BOM))
             if isinstance(payload, list) and payload:  # Gemini's OpenAI endpoint: [{"error"}]
                 payload = payload[0]
             err = payload.get("error") if isinstance(payload, dict) else None
@@ -1989,7 +2026,7 @@ class ChatClient:
         """A whole reply's body as a ``ChatResult``; ``asked``: the choices the request asked
         for (``n``): more than one gives ``choices`` however many came."""
         try:
-            payload = orjson.loads(raw.removeprefix(_BOM))
+            payload = _loads(raw.removeprefix(_BOM))
         except ValueError:
             if not raw.strip():
                 said = "HTTP 200 with an empty body"

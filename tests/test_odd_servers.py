@@ -513,6 +513,35 @@ async def test_a_body_that_starts_with_a_byte_order_mark_is_read(tmp_path: Path,
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_an_answer_with_half_an_emoji_escaped_alone_is_kept(tmp_path: Path,
+                                                                 stream: bool) -> None:
+    """An answer cut in the middle of an emoji, its first UTF-16 half escaped alone
+    (``"\\ud83d"``, valid JSON, as servers that count text in UTF-16 write it): the reply was
+    "a body that is not JSON", sent again and paid for again up to max_attempts, and the row
+    failed. It is read, the lone half made U+FFFD, the rest of the text as sent."""
+    inp = make_csv(tmp_path / "in.csv", ["one", "two"])
+    cut = "Echo: cut \ud83d"  # a high surrogate with no low one after it
+    whole = "Echo: whole \U0001f600"  # a pair, escaped as two halves by json.dumps
+
+    async def halves(srv: FaultServer, request: web.BaseRequest,
+                     body: dict[str, Any]) -> web.StreamResponse:
+        text = cut if "one" in json.dumps(body) else whole
+        if stream:
+            return await sse_response(request, stream_of(delta(text, "length")))
+        data = completion(body, "")
+        data["choices"][0]["message"]["content"] = text
+        return web.Response(body=json.dumps(data).encode(), content_type="application/json")
+
+    async with FaultServer(halves) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, stream=stream or None))
+        assert srv.requests == 2
+    assert s.exit_code == 0
+    df = results(tmp_path)
+    assert list(df["content"]) == ["Echo: cut \ufffd", "Echo: whole \U0001f600"]
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("refusal", [
     {"object": "error", "type": "BadRequestError", "param": None, "code": 400,
      "message": "This model's maximum context length is 4096 tokens. However, you requested "
