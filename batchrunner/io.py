@@ -970,7 +970,7 @@ class _ParquetSource(InputSource):
                 raise _input_error(
                     path,
                     f"{file.name} and {files[0].name} have different schemas "
-                    f"({_schema_difference(first_schema, schema)}) — "
+                    f"({_schema_difference(schema, first_schema)}) — "
                     "every .parquet file in the directory must have the same columns and types",
                 )
             total += rows

@@ -523,8 +523,13 @@ def test_parquet_directory_files_must_share_a_schema(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": ["a"], "n": [1]}), directory / "a.parquet")
     pq.write_table(pa.table({"id": ["b"], "n": ["one"]}), directory / "b.parquet")
     message = input_error(directory)
+    # Each file's side in the order the files are named: b's string first (it said "'n' is
+    # int64 vs string", b.parquet's type given as a.parquet's).
     assert "b.parquet and a.parquet have different schemas" in message
-    assert "'n' is int64 vs string" in message
+    assert "'n' is string vs int64" in message
+    pq.write_table(pa.table({"id": ["b"], "n": [2], "extra": [True]}), directory / "b.parquet")
+    assert ("b.parquet and a.parquet have different schemas (columns id, n, extra vs id, n)"
+            in input_error(directory))
 
 
 def test_bad_parquet_inputs(tmp_path: Path) -> None:
