@@ -815,6 +815,10 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         "input_stamp": stamp,
         "input_kind": source.kind,
         "id_column": key_column,
+        # The id column's type: one read otherwise since (int64 re-exported as double, say)
+        # keys its rows by other text ('1.0', not '1'), which no row done would match.
+        "id_type": (str(source.schema.field(key_column).type)
+                    if key_column is not None and key_column in source.columns else None),
         "request_fingerprint": settings_fingerprint(request_settings),
         "request": request_settings,
         "total_rows": total,
@@ -920,6 +924,11 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             # the ids alone were decoded: those rows are read through now, as a full run's are.
             marked = np.flatnonzero(~done | (latest.loc >= 0))
             _read_through(source, int(marked[-1]) + 1 if len(marked) else 0)
+    if old_meta is not None and latest.others.num_rows and not np.any(latest.loc >= 0):
+        _check_same_id_type(old_meta, meta, out_dir, options, warnings,
+                            recorded=latest.others["key"][0].as_py(),
+                            now=None if index is None else index[0][0].as_py(),
+                            rows=latest.others.num_rows)
     if latest.others.num_rows:  # an id-keyed input that lost rows: ``status`` leaves them out
         others_ok = to_numpy(latest.others["ok"])
         meta["not_in_input"] = {"ok": int(np.count_nonzero(others_ok == 1)),
@@ -1123,6 +1132,46 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], path: Path,
             "row added or removed would be sent again — use another --output directory with an "
             "id column (--id-column)"
         )
+
+
+def _check_same_id_type(old: dict[str, Any], new: dict[str, Any], out_dir: Path,
+                        options: RunOptions, warnings: list[str], *, recorded: Any, now: Any,
+                        rows: int) -> None:
+    """Refuse, unless forced, a rerun whose input matches none of the rows done when its id
+    column's type changed since (``id_type``): ids of another type are other text (an int64
+    column re-exported as double reads ``1.0``, not ``1``), so every row would be sent again
+    and paid for again. A job.json from before the type was recorded has none: not checked."""
+    was, is_now = old.get("id_type"), new.get("id_type")
+    if (not isinstance(was, str) or is_now is None or _key_kind(was) == _key_kind(is_now)
+            or options.force):
+        return
+    def shown(key: Any) -> str:
+        text = str(key)
+        return repr(text if len(text) <= 40 else text[:40] + "…")
+
+    column = new["id_column"]
+    example = (f": its ids read as {shown(now)} where the journal has {shown(recorded)}"
+               if now is not None else "")
+    refused = (f"the id column {column!r} was {was} in the last run in {_show(out_dir)} and is "
+               f"{is_now} in this input{example}, so none of the {count_rows(rows)} done would "
+               f"be found, and every row would be sent again — write the column as {was} again "
+               "(or pass --force to send every row again there, or use another --output "
+               "directory)")
+    if options.estimating:  # nothing is sent: the estimate is of the forced run's rows
+        warnings.append(f"the run is refused unless given --force: {refused}")
+        return
+    raise UsageError(refused)
+
+
+def _key_kind(type_name: str) -> str:
+    """An id column's Arrow type (``id_type``) as the kind of text its ids are keyed by: text
+    (string, large_string, dictionary-encoded or not: pandas 3 writes large_string where pandas
+    2 wrote string), integers of any width, else the type itself."""
+    values = re.fullmatch(r"dictionary<values=(\w+), .*", type_name)
+    name = values.group(1) if values else type_name
+    if name in ("string", "large_string", "string_view"):
+        return "text"
+    return "integer" if re.fullmatch(r"u?int(8|16|32|64)", name) else name
 
 
 def _hashed_columns(builder: RequestBuilder | None, old_meta: dict[str, Any] | None,

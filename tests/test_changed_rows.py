@@ -236,6 +236,37 @@ def test_position_keys_with_force_send_the_changed_rows_again(
     assert "Say BETA" in content[1]
 
 
+def test_an_id_column_exported_again_as_another_type_is_refused_not_sent_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A table's integer ids re-exported as double (pandas, a column with a null on its way):
+    each id read '1.0' where the journal has '1', no row done was found, and every row was
+    sent again and paid for again, with only a warning of rows 'not in this input'. It is
+    refused (exit 2, nothing sent) naming both types, unless --force; a type whose ids read
+    the same (int32 for int64, large_string for string) is not."""
+    monkeypatch.chdir(tmp_path)
+
+    def export(ids: pa.Array) -> None:
+        pq.write_table(pa.table({"id": ids, "text": ["alpha", "beta", "gamma"]}), "in.parquet")
+
+    args = ["run", "--input", "in.parquet", "--id-column", "id", "--prompt", "Say {text}", *RUN]
+    export(pa.array([1, 2, 3], pa.int64()))
+    assert main(args) == 0
+    export(pa.array([1, 2, 3], pa.int32()))  # ids read the same: every row done is found
+    assert main(args) == 0 and _sent(tmp_path / "out") == 0
+    export(pa.array([1.0, 2.0, 3.0], pa.float64()))
+    capsys.readouterr()
+    assert main(args) == 2
+    assert ("error: the id column 'id' was int32 in the last run in out and is double in this "
+            "input: its ids read as '1.0' where the journal has '1', so none of the 3 rows done "
+            "would be found, and every row would be sent again — write the column as int32 "
+            "again") in capsys.readouterr().err
+    assert _sent(tmp_path / "out") == 0  # the last run's job.json: nothing was sent
+    assert main([*args, "--dry-run"]) == 0  # the estimate warns
+    assert "the run is refused unless given --force: the id column" in capsys.readouterr().out
+    assert main([*args, "--force"]) == 0 and _sent(tmp_path / "out") == 3
+
+
 def test_a_batch_rows_changed_body_is_sent_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
