@@ -34,6 +34,7 @@ directory another run holds is an ``OutputBusy``.
 from __future__ import annotations
 
 import abc
+import bisect
 import codecs
 import contextlib
 import csv
@@ -959,10 +960,12 @@ class _ParquetSource(InputSource):
     def __init__(self, path: Path, batch_size: int, files: list[Path]) -> None:
         super().__init__(path, batch_size)
         self._files = files
+        self._starts: list[int] = []  # the position of each file's first row
         first_schema: Any = None
         total = 0
         for file in files:
             schema, rows = self._inspect(file)
+            self._starts.append(total)
             if first_schema is None:
                 first_schema = schema
                 _check_unique_names(self._label(file), [str(n) for n in schema.names])
@@ -982,6 +985,17 @@ class _ParquetSource(InputSource):
 
     def files(self) -> list[Path]:
         return list(self._files)
+
+    def where_rows(self, *rows: int) -> str:
+        """In a directory, each row by its file and its row there: ``row 2 of part-0.parquet
+        and row 2 of part-1.parquet`` (its row in all of them, ``row 4``, is in none)."""
+        if len(self._files) == 1:
+            return super().where_rows(*rows)
+        places = []
+        for row in rows:
+            i = bisect.bisect_right(self._starts, row) - 1
+            places.append(f"row {row - self._starts[i] + 1} of {self._files[i].name}")
+        return places[0] if len(places) == 1 else f"{', '.join(places[:-1])} and {places[-1]}"
 
     def _label(self, file: Path) -> Path:
         """The path to name in messages: the file itself, or ``dir/file`` inside a directory."""

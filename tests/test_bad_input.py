@@ -239,6 +239,28 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
         "dup.parquet", "id '7' appears more than once in column 'id' (rows 8 and 15001)"]
 
 
+@case("duplicate ids in a Parquet folder, named by their files")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # A Spark export's parts: the rows were counted across the files ("rows 3 and 5000"),
+    # leaving the user to add up the parts' lengths to find them.
+    (c.tmp / "parts").mkdir()
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": ["t"] * 3}), c.tmp / "parts" / "p0.parquet")
+    pq.write_table(pa.table({"id": [4, 3], "text": ["t"] * 2}), c.tmp / "parts" / "p1.parquet")
+    return c.args(c.tmp / "parts", "--id-column", "id"), [
+        "id '3' appears more than once in column 'id' (row 3 of p0.parquet and row 2 of "
+        "p1.parquet)"]
+
+
+@case("a null id in a Parquet folder, named by its file")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    (c.tmp / "parts").mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "text": ["t"] * 2}), c.tmp / "parts" / "p0.parquet")
+    pq.write_table(pa.table({"id": pa.array([3, None], pa.int64()), "text": ["t"] * 2}),
+                   c.tmp / "parts" / "p1.parquet")
+    return c.args(c.tmp / "parts", "--id-column", "id"), [
+        "row 2 of p1.parquet has no value in id column 'id'"]
+
+
 @case("Parquet damaged in a column the prompt does not use")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Only the id and prompt columns were decoded before sending: every row was sent and paid
