@@ -370,6 +370,9 @@ class InputSource(abc.ABC):
     rows_checked: bool
     batch_size: int
     batch_bytes: int = BATCH_BYTES
+    # Names pandas wrote as a RangeIndex (``df.set_index("id")`` of ids 1, 2, 3, ...): kept in
+    # the file's metadata as a start and a step, not as a column, so no row holds them.
+    range_index: tuple[str, ...] = ()
     # An OpenAI batch file's lines are refused, as they are read, for what every API would
     # answer 400 (a body with both max_tokens and max_completion_tokens): set by the runs that
     # send them, not by the rebuild of an earlier run's results, which reads them too.
@@ -977,6 +980,7 @@ class _ParquetSource(InputSource):
                     "every .parquet file in the directory must have the same columns and types",
                 )
             total += rows
+        self.range_index = _pandas_range_index(first_schema)
         self.schema = first_schema.remove_metadata()
         self.columns = [str(n) for n in self.schema.names]
         self.num_rows = total
@@ -1096,6 +1100,19 @@ def _damaged_column(pf: pq.ParquetFile, columns: list[str], rows_done: int
                     return name, start + read + 1, start + n, _one_line(str(exc))
         start += n
     return None
+
+
+def _pandas_range_index(schema: Any) -> tuple[str, ...]:
+    """The names of the index levels pandas wrote into ``schema``'s metadata as a range."""
+    raw = (schema.metadata or {}).get(b"pandas")
+    if raw is None:
+        return ()
+    try:
+        levels = json.loads(raw)["index_columns"]
+        return tuple(str(level["name"]) for level in levels if isinstance(level, dict)
+                     and level.get("kind") == "range" and level.get("name") is not None)
+    except (ValueError, KeyError, TypeError):
+        return ()
 
 
 def _schema_difference(a: Any, b: Any) -> str:

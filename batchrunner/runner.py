@@ -770,9 +770,13 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         _check_model_column(job, source, where)
         key_column = job.input.id_column
         if key_column is not None and key_column not in source.columns:
+            pandas = (" — it is the index pandas wrote the file with, which it keeps as a "
+                      "range in the file's metadata rather than as a column: write the file "
+                      "with df.reset_index().to_parquet(...)" if key_column in source.range_index
+                      else "")
             raise ConfigError(
                 f"id_column {key_column!r} is not a column of {where} "
-                f"({column_list(source.columns, key_column)})"
+                f"({column_list(source.columns, key_column)}){pandas}"
             )
         _check_zones(source, [*builder.needed_columns, *([key_column] if key_column else [])],
                      where)

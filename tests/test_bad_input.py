@@ -261,6 +261,17 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
         "row 2 of p1.parquet has no value in id column 'id'"]
 
 
+@case("an id pandas wrote as the file's index")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # pandas 3 makes ids 1, 2, 3, ... set as the index a RangeIndex, which to_parquet keeps in
+    # the metadata only: the id was "not a column", though pandas reads it back as the index.
+    df = pd.DataFrame({"ticket_id": [101, 102, 103], "text": ["a", "b", "c"]})
+    df.set_index("ticket_id").to_parquet(c.tmp / "tickets.parquet")
+    return c.args(c.tmp / "tickets.parquet", "--id-column", "ticket_id"), [
+        "id_column 'ticket_id' is not a column of input tickets.parquet (columns: text) — it is "
+        "the index pandas wrote the file with", "df.reset_index().to_parquet(...)"]
+
+
 @case("Parquet damaged in a column the prompt does not use")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Only the id and prompt columns were decoded before sending: every row was sent and paid
