@@ -131,11 +131,14 @@ def key_strings(values: pa.Array) -> pa.Array:
 def result_name(column: str, input_columns: set[str]) -> str:
     """Result columns never shadow an input column: ``status`` is ``result_status`` beside an
     input's ``status``, ``result2_status`` beside ``result_status`` too (an earlier job's
-    results as the input), and so on."""
-    if column not in input_columns:
+    results as the input), and so on. Names are compared in any case, as Spark, DuckDB and
+    BigQuery read them: beside an input's ``Status`` too (DuckDB read the file's ``status``
+    as ``status_1``, and ``status`` as the input's ``Status``; Spark refused the file)."""
+    taken = {c.casefold() for c in input_columns}
+    if column.casefold() not in taken:
         return column
     name, n = f"result_{column}", 1
-    while name in input_columns:
+    while name.casefold() in taken:
         n += 1
         name = f"result{n}_{column}"
     return name

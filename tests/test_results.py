@@ -608,6 +608,28 @@ def test_a_jobs_results_as_the_next_jobs_input_keep_every_column(
             ) in capsys.readouterr().err
 
 
+def test_an_input_column_named_as_an_outcome_in_another_case_is_not_shadowed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export's headers in capitals (Status, Model) beside the outcome's status and model:
+    the results held both, which Spark refuses as one column twice and DuckDB reads as
+    ``status_1`` and ``Status``, a query of ``status`` given the input's. The outcome's are
+    result_status and result_model there, as beside the same names in the same case."""
+    from batchrunner.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("ID,Text,Status,MODEL,Result_Model\n1,hi,open,x,y\n")
+    assert main(["run", "--input", "in.csv", "--id-column", "ID", "--prompt", "Say {Text}",
+                 "--model", "gpt-4o-mini", "--simulator", "--progress", "none",
+                 "--output", "out"]) == 0
+    table = pq.read_table(tmp_path / "out" / "results.parquet")
+    names = table.column_names
+    assert len({n.casefold() for n in names}) == len(names)
+    assert table["Status"].to_pylist() == ["open"]
+    assert table["result_status"].to_pylist() == ["ok"]
+    assert table["result2_model"].to_pylist() == ["gpt-4o-mini"]
+    assert "status" not in names and "result_model" not in names
+
+
 def test_status_and_estimate_read_a_compacted_journal_a_row_group_at_a_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``status`` and ``estimate`` on a finished job (its journal one compacted segment, one
