@@ -288,6 +288,8 @@ def _parse(parser: _Parser, args: list[str]) -> argparse.Namespace:
         raise UsageError(f"no command {given!r}{hint} — the commands: "
                          f"{', '.join(parser.commands)} ({_named(parser.prog)} --help)")
     ns, extras = parser.parse_known_args(args)
+    if error := _input_pattern_expanded(ns, extras):
+        raise error
     if extras:
         # The top level's only options are -h and --version: its first other argument is the
         # command, and what comes before it is the top level's.
@@ -297,6 +299,31 @@ def _parse(parser: _Parser, args: list[str]) -> argparse.Namespace:
             raise _unknown(full, extras, full.commands)
         raise _unknown(full.commands[ns.command], extras, full.commands)
     return ns
+
+
+_INPUT_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".json")
+
+
+def _input_pattern_expanded(ns: argparse.Namespace,
+                            extras: list[str]) -> UsageError | None:
+    """The error for ``--input parts/*.parquet``, the pattern expanded by the shell into
+    several files: the first was --input's, the second was taken for the job file ("looks like
+    an input file, not a job file — pass it as --input", dropping the first) and the others
+    for arguments nothing takes ("run takes no argument ...")."""
+    given = getattr(ns, "input", None)
+    files = [f for f in (getattr(ns, "job", None), *extras) if f is not None]
+    if given is None or not files or not all(
+            Path(f).suffix.lower() in _INPUT_SUFFIXES for f in files):
+        return None
+    every = [given, *files]
+    folders = {os.path.dirname(f) or "." for f in every}
+    fix = (f"give their directory, --input {shell_quote(folders.pop())} (every .parquet file in "
+           "it is read)" if len(folders) == 1 and all(
+               f.lower().endswith(".parquet") for f in every)
+           else "give one file, or a directory of .parquet files")
+    shown = ", ".join(every[:2]) + (", ..." if len(every) > 2 else "")
+    return UsageError(f"--input takes one file or a directory, and was given {len(every)} files "
+                      f"({shown}: a pattern the shell expanded?) — {fix}")
 
 
 # A variable's setting, as the shell takes one before a command (OPENAI_API_KEY=sk-...).

@@ -207,6 +207,10 @@ def open_input(
     try:
         st = p.stat()
     except FileNotFoundError:
+        if any(c in p.name for c in "*?[") and p.parent.is_dir():  # a pattern, quoted
+            raise _input_error(p, "no such file: a pattern is not expanded — give the directory "
+                                  f"that holds the files, {shown_path(p.parent)} (every .parquet "
+                                  "file in it is read), or one file") from None
         raise _input_error(p, "no such file or directory — check the path") from None
     except OSError as exc:
         raise _input_error(p, f"cannot read it ({_os_reason(exc)})") from None

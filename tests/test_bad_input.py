@@ -261,6 +261,41 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
         "row 2 of p1.parquet has no value in id column 'id'"]
 
 
+@case("--input given a pattern the shell expanded into Parquet files")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # --input parts/*.parquet: the second file was taken for the job file ("pass it as --input
+    # parts/p1.parquet", the first file dropped), a third refused as "run takes no argument".
+    (c.tmp / "parts").mkdir()
+    parts = []
+    for i in range(3):
+        parts.append(c.tmp / "parts" / f"p{i}.parquet")
+        pq.write_table(pa.table({"text": ["a", "b"]}), parts[-1])
+    argv = c.args(parts[0])
+    at = argv.index(str(parts[0])) + 1
+    return [*argv[:at], *(str(p) for p in parts[1:]), *argv[at:]], [
+        "--input takes one file or a directory, and was given 3 files",
+        "a pattern the shell expanded?) — give their directory, --input "
+        f"{c.tmp / 'parts'} (every .parquet file in it is read)"]
+
+
+@case("--input given a pattern the shell expanded into CSV files")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    more = c.write("b.csv", "id,text\nc,x\n")
+    argv = c.args(c.good_csv())
+    at = argv.index(str(c.tmp / "good.csv")) + 1
+    return [*argv[:at], str(more), *argv[at:]], [
+        "was given 2 files", "— give one file, or a directory of .parquet files"]
+
+
+@case("--input given a pattern in quotes")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    (c.tmp / "parts").mkdir()
+    pq.write_table(pa.table({"text": ["a", "b"]}), c.tmp / "parts" / "p0.parquet")
+    return c.args(c.tmp / "parts" / "p*.parquet"), [
+        "no such file: a pattern is not expanded — give the directory that holds the files, "
+        f"{c.tmp / 'parts'} (every .parquet file in it is read), or one file"]
+
+
 @case("an id pandas wrote as the file's index")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # pandas 3 makes ids 1, 2, 3, ... set as the index a RangeIndex, which to_parquet keeps in
