@@ -362,6 +362,15 @@ def _forced_function(tools: Any, choice: Any, *, body: bool = False
     functions = _functions(tools)
     if choice == "required":
         return functions[0] if len(functions) == 1 else None
+    if isinstance(choice, str) and any(fn["name"] == choice for fn in functions):
+        # A function's name alone is no tool_choice the API takes (it answers every row 400,
+        # "Invalid value"), nor would the replies be checked as the function's.
+        shape = (f'"tool_choice": {{"type": "function", "function": {{"name": "{choice}"}}}}'
+                 if body else
+                 f'tool_choice = {{ type = "function", function = {{ name = "{choice}" }} }}')
+        raise ConfigError(f"{_where(body, 'tool_choice')} is the name {choice!r} alone, which "
+                          f"APIs refuse (they take \"none\", \"auto\" or \"required\"): to make "
+                          f"every reply call it, write {shape}")
     if isinstance(choice, Mapping) and choice.get("type") == "allowed_tools":
         allowed = choice.get("allowed_tools")
         if not isinstance(allowed, Mapping) or allowed.get("mode") != "required":

@@ -183,6 +183,23 @@ def test_a_tool_choice_that_cannot_be_met_is_a_config_error() -> None:
                                      "tool_choice": "required"}})
 
 
+def test_a_tool_choice_that_is_a_functions_name_alone_is_refused() -> None:
+    """``tool_choice = "f"``: the API answers every row 400 ("Invalid value"), and the run
+    would not have checked the calls as f's: refused, saying what to write."""
+    with pytest.raises(ConfigError) as job_error:
+        structured_output({"extra": {"tools": _tools("f", "g"), "tool_choice": "g"}})
+    assert str(job_error.value) == (
+        "[request.extra] tool_choice is the name 'g' alone, which APIs refuse (they take "
+        "\"none\", \"auto\" or \"required\"): to make every reply call it, write "
+        "tool_choice = { type = \"function\", function = { name = \"g\" } }")
+    with pytest.raises(ConfigError, match=r"^the body's tool_choice is the name 'f' alone.*"
+                                          r"write \"tool_choice\": \{\"type\": \"function\", "
+                                          r"\"function\": \{\"name\": \"f\"\}\}$"):
+        structured_output({"tools": _tools("f"), "tool_choice": "f"}, body=True)
+    # A server's own word that names no function is sent as it is (Mistral's "any").
+    assert structured_output({"extra": {"tools": _tools("f", "g"), "tool_choice": "any"}}) is None
+
+
 def test_a_ref_found_to_point_nowhere_only_when_reached_fails_the_row_not_the_run() -> None:
     # Below a part with an $id of its own, what a pointer is read against is not told apart
     # before a reply reaches it.
