@@ -1130,7 +1130,8 @@ def _schema_format(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} {path}: not a JSON file ({_one_line(str(e))})") from None
     if not isinstance(schema, dict):
         raise ConfigError(f"{what} {path}: must hold a JSON object")
-    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in path.name.split(".")[0])
+    # The file's name as APIs take a json_schema's: 1 to 64 ASCII letters, digits, _ and -
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", path.name.split(".")[0])[:64]
     # The shapes OpenAI's documents show around a schema, copied as they are: the whole
     # response_format, or its json_schema ({"name", "strict": true, "schema": {...}}). Read as
     # a schema, either would take any reply and give no json_ columns.
@@ -1150,8 +1151,12 @@ def _schema_format(path: Path, what: str) -> dict[str, Any]:
         dangling_ref,
         dangling_text,
         schema_error_text,
+        schema_name_error,
         validator_class,
     )
+
+    if (said := schema_name_error(spec["name"])) is not None:  # a wrapper's own name
+        raise ConfigError(f"{what} {path}: {said}")
 
     try:
         validator_class(spec["schema"]).check_schema(spec["schema"])

@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
 __all__ = ["COLUMN_PREFIX", "StructuredOutput", "dangling_ref", "dangling_text", "loads_reply",
-           "schema_error_text", "structured_output", "unfenced", "validator_class"]
+           "schema_error_text", "schema_name_error", "structured_output", "unfenced",
+           "validator_class"]
 
 COLUMN_PREFIX = "json_"
 _DECODER = json.JSONDecoder()
@@ -254,6 +255,18 @@ def dangling_text(ref: str) -> str:
             "Name in its $defs)")
 
 
+def schema_name_error(name: Any) -> str | None:
+    """Why OpenAI (and vLLM, for none) answer every request 400 for a json_schema's ``name``;
+    None for a name they take."""
+    if isinstance(name, str) and _NAME.fullmatch(name):
+        return None
+    if name is None:
+        return "json_schema has no name, for which APIs refuse every request — give it one"
+    fixed = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] if isinstance(name, str) else ""
+    return (f"json_schema name {name!r} would have every request refused: a name is 1 to 64 "
+            f"letters, digits, _ and - (as {fixed or 'answer'!r})")
+
+
 def schema_error_text(error: SchemaError) -> str:
     """What JSON Schema refuses of a schema, in a line that says where in it (``at
     properties/label/type: ...``); a ``type`` that names no JSON Schema type lists those
@@ -309,6 +322,7 @@ def _cell(value: Any, typ: pa.DataType) -> Any:
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a json_schema's name, as OpenAI takes it
 
 
 def structured_output(settings: Mapping[str, Any], *, body: bool = False
@@ -423,6 +437,14 @@ class StructuredOutput:
                 shape = ('"json_schema": {"name": ..., "schema": {...}}' if body
                          else "a table json_schema = { name = ..., schema = { ... } }")
                 raise ConfigError(f"{_where(body, 'response_format')}: json_schema needs {shape}")
+            name = spec.get("name") if isinstance(spec, Mapping) else None
+            if tool is None and (said := schema_name_error(name)) is not None:
+                where = _where(body, "response_format")
+                if name is None:
+                    shape = ('"json_schema": {"name": "answer", "schema": {...}}' if body
+                             else 'json_schema = { name = "answer", schema = { ... } }')
+                    said = f"{said}: {shape}"
+                raise ConfigError(f"{where}: {said}")
             from jsonschema.exceptions import SchemaError
 
             validator = validator_class(schema)

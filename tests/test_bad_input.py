@@ -820,6 +820,32 @@ json_schema = { name = "t", schema = { properties = { a = { "$ref" = "#/$defs/A"
     return c.job(body), ["[request] response_format: its $ref '#/$defs/A' points to nothing"]
 
 
+@case("[request] response_format json_schema with no name")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Sent as written, every row was answered 400 by OpenAI ("Missing required parameter:
+    # 'response_format.json_schema.name'"), and by vLLM.
+    c.good_csv()
+    body = GOOD_JOB.replace("[output]", """\
+[request.response_format]
+type = "json_schema"
+json_schema = { schema = { type = "object", properties = { a = { type = "string" } } } }
+[output]""")
+    return c.job(body), ["[request] response_format: json_schema has no name, for which APIs "
+                         "refuse every request — give it one: json_schema = { name = "]
+
+
+@case("[request] response_format json_schema whose name has a space")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.good_csv()
+    body = GOOD_JOB.replace("[output]", """\
+[request.response_format]
+type = "json_schema"
+json_schema = { name = "support ticket", schema = { type = "object" } }
+[output]""")
+    return c.job(body), ["json_schema name 'support ticket' would have every request refused",
+                         "(as 'support_ticket')"]
+
+
 @case("messages in [request.extra]")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Few-shot turns put here replaced the prompt's message: every row was sent the same

@@ -293,6 +293,50 @@ def test_a_batch_rows_settings_are_named_as_its_bodys_fields() -> None:
                              body=True) is None  # a body's tools are at its top level
 
 
+def test_a_json_schema_with_no_name_or_a_name_apis_refuse_is_refused() -> None:
+    """OpenAI answers every request 400 for a json_schema with no name, or one with a space
+    (vLLM for none): a job, and a batch row, are refused before they are sent."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    with pytest.raises(ConfigError, match=r"^\[request\] response_format: json_schema has no "
+                                          r"name, for which APIs refuse every request"):
+        structured_output({"response_format": {"type": "json_schema",
+                                               "json_schema": {"schema": schema}}})
+    with pytest.raises(ConfigError, match=r"^the body's response_format: json_schema has no "
+                                          r"name.*\"json_schema\": \{\"name\": \"answer\""):
+        structured_output({"response_format": {"type": "json_schema",
+                                               "json_schema": {"schema": schema}}}, body=True)
+    for name, fixed in (("support ticket", "support_ticket"), ("", "answer"), (5, "answer"),
+                        ("x" * 65, "x" * 64)):
+        with pytest.raises(ConfigError, match=rf"json_schema name {re.escape(repr(name))} would "
+                                              rf"have every request refused: .* \(as '{fixed}'\)"):
+            structured_output({"response_format": {"type": "json_schema", "json_schema": {
+                "name": name, "schema": schema}}})
+    for name in ("ticket", "Ticket_v2-1", "x" * 64):
+        assert structured_output({"response_format": {"type": "json_schema", "json_schema": {
+            "name": name, "schema": schema}}}) is not None
+    # A function's checks take its name as theirs, whatever it is.
+    assert StructuredOutput.for_function("lookup.v2", schema).tool == "lookup.v2"
+
+
+def test_a_schema_files_name_is_one_apis_take(tmp_path: Path) -> None:
+    """The name a schema file gives its json_schema: its file's, made of what a name may hold
+    (a letter such as é is not, which OpenAI refused every request for); a wrapper's own
+    name that APIs refuse is refused, naming the file."""
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    (tmp_path / "étiquette de ticket.schema.json").write_text(json.dumps(schema))
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\n[request]\nmodel = "gpt-4o-mini"\nprompt = "{text}"\n'
+        'schema_file = "étiquette de ticket.schema.json"\n[output]\ndir = "out"\n')
+    fmt = load_job(tmp_path / "job.toml", {}).request.response_format
+    assert fmt is not None and fmt["json_schema"]["name"] == "_tiquette_de_ticket"
+    (tmp_path / "étiquette de ticket.schema.json").write_text(json.dumps(
+        {"name": "Support Ticket", "strict": True, "schema": schema}))
+    with pytest.raises(ConfigError, match=r"schema_file .*étiquette de ticket\.schema\.json: "
+                                          r"json_schema name 'Support Ticket' would have every "
+                                          r"request refused: .* \(as 'Support_Ticket'\)$"):
+        load_job(tmp_path / "job.toml", {})
+
+
 def test_parameters_json_schema_cannot_check_are_a_warning_and_an_object_check() -> None:
     """A provider may take a schema JSON Schema does not (Gemini's upper-case types): the run
     goes on, checking only that the arguments are an object."""
