@@ -825,7 +825,8 @@ class StreamAssembler:
         parts = sorted([(0, self.first), *(self.others or {}).items()], key=lambda ip: ip[0])
         return orjson.dumps([
             _choice_entry(i, _thought_apart(p.text(), "".join(p.reasoning) or None)[0],
-                          p.finish_reason, p.tool_calls(), p.logprobs)
+                          p.finish_reason, p.tool_calls(), p.logprobs,
+                          "".join(p.refusal) or None)
             for i, p in parts]).decode()
 
 
@@ -2367,12 +2368,14 @@ def _transcript(message: dict[str, Any]) -> str | None:
 
 
 def _choice_entry(index: Any, content: Any, finish_reason: Any, tool_calls: Any,
-                  logprobs: list[Any] | None = None) -> dict[str, Any]:
+                  logprobs: list[Any] | None = None, refusal: Any = None) -> dict[str, Any]:
     entry = {"index": index, "content": content or None, "finish_reason": finish_reason}
     if tool_calls:
         entry["tool_calls"] = tool_calls
     if logprobs:
         entry["logprobs"] = logprobs
+    if type(refusal) is str and refusal:  # why the model would not answer (message.refusal)
+        entry["refusal"] = refusal
     return entry
 
 
@@ -2393,7 +2396,8 @@ def _token_logprobs(logprobs: Any) -> list[Any] | None:
 
 def _all_choices(choices: list[Any]) -> str:
     """Every choice of an ``n > 1`` reply as JSON text: index, content, finish_reason, and
-    tool_calls when the choice made any, logprobs (its tokens') when it has them."""
+    tool_calls when the choice made any, logprobs (its tokens') when it has them, refusal
+    when the model refused."""
     out = []
     for c in choices:
         if isinstance(c, dict):
@@ -2412,7 +2416,7 @@ def _all_choices(choices: list[Any]) -> str:
             if type(finish) is str:
                 finish = _FINISH_NAMES.get(finish, finish)
             out.append(_choice_entry(c.get("index"), content, finish, calls,
-                                     _token_logprobs(c.get("logprobs"))))
+                                     _token_logprobs(c.get("logprobs")), m.get("refusal")))
     return orjson.dumps(out).decode()
 
 

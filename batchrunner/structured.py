@@ -536,7 +536,8 @@ class StructuredOutput:
         """With ``n`` > 1: ``check_reply`` of each choice but choice 0 (whose content and
         tool calls the row's are, checked apart) in ``choices`` (every choice as JSON text, as
         the results hold it): the first that is not what was asked for, as its ``index``, its
-        ``finish_reason`` and its error; None when every one is."""
+        ``finish_reason`` and its error (``refusal`` for one the model refused, with no
+        answer); None when every one is."""
         try:
             entries = orjson.loads(choices)
         except orjson.JSONDecodeError:
@@ -549,6 +550,10 @@ class StructuredOutput:
                 continue
             content = c.get("content")
             calls = c.get("tool_calls")
+            refusal = c.get("refusal")
+            if isinstance(refusal, str) and refusal and not content and not calls:
+                # no answer, but why: as the row's own refusal is said (choice 0's)
+                return index, c.get("finish_reason"), ("refusal", f"the model refused: {refusal}")
             error = self.check_reply(content if isinstance(content, str) else None,
                                      orjson.dumps(calls).decode() if calls else None)
             if error is not None:

@@ -337,6 +337,66 @@ def test_a_schema_checks_every_choice_and_a_row_fails_with_the_choice_that_does_
     assert len(json.loads(failed["choices"])) == 3  # the samples kept, as paid for
 
 
+async def _second_sample_refused(request: web.BaseRequest) -> web.StreamResponse:
+    """n choices of valid JSON, but the model refuses choice 1 of the question about 1
+    (``message.refusal``, no content), streamed or not."""
+    body = await request.json()
+    refused = "1 + 1" in body["messages"][-1]["content"]
+    n = body["n"]
+    usage = {"prompt_tokens": 5, "completion_tokens": 5 * n, "total_tokens": 5 + 5 * n}
+    choices = [{"index": i, "message": {"role": "assistant", "content": '{"answer": 2}'},
+                "finish_reason": "stop"} for i in range(n)]
+    if refused:
+        choices[1]["message"] = {"role": "assistant", "content": None,
+                                 "refusal": "I can't help with that."}
+    if not body.get("stream"):
+        return web.json_response({"id": "c", "object": "chat.completion",
+                                  "model": body["model"], "choices": choices, "usage": usage})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+
+    async def send(chunk: dict[str, Any]) -> None:
+        await resp.write(b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk",
+                                                 "model": body["model"], **chunk}).encode()
+                         + b"\n\n")
+
+    for c in choices:
+        message = c["message"]
+        for delta in ({"role": "assistant", "content": ""},
+                      {"refusal": message["refusal"]} if "refusal" in message
+                      else {"content": message["content"]}):
+            await send({"choices": [{"index": c["index"], "delta": delta,
+                                     "finish_reason": None}]})
+        await send({"choices": [{"index": c["index"], "delta": {}, "finish_reason": "stop"}]})
+    await send({"choices": [], "usage": usage})
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_sample_the_model_refused_fails_the_row_as_a_refusal_with_its_words(
+    tmp_path: Path, stream: bool,
+) -> None:
+    """With n = 3, a refusal of choice 1 was a failed ``invalid_json`` row ("the reply is not
+    JSON (Input is a zero-length, empty document ...)"), the refusal's words nowhere. It is a
+    ``refusal`` now, naming the choice and its words, which its entry in ``choices`` keeps."""
+    (tmp_path / "answer.schema.json").write_text(json.dumps({
+        "type": "object", "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"]}))
+    job = write_job(tmp_path, rows=3, request='schema_file = "answer.schema.json"\n'
+                    + ("stream = true\n" if stream else ""))
+    anyio.run(run_job_file, _second_sample_refused, job, runner.RunOptions(progress="none"))
+    done = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert list(done["status"]) == ["ok", "failed", "ok"]
+    failed = done.iloc[1]
+    assert (failed["error_type"], failed["error_message"]) == (
+        "refusal", "choice 1: the model refused: I can't help with that.")
+    assert json.loads(failed["choices"])[1] == {
+        "index": 1, "content": None, "finish_reason": "stop",
+        "refusal": "I can't help with that."}
+    assert "refusal" not in json.loads(done.iloc[0]["choices"])[1]
+
+
 def _recording(sent: list[tuple[str, int]]) -> Any:
     """``_one_bad_sample``, but 400 for the question about 2, each request's question and n
     recorded in ``sent``."""
