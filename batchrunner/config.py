@@ -868,6 +868,7 @@ def _build(raw: dict[str, Any], f: _Fields, default_name: str | None) -> JobConf
             raise ConfigError(f"{f('request', key)} must be a table")
     _request_fields_in_extra(req, f)
     _extra_values(req.get("extra"), f)
+    _tool_settings(req, f)
     if "messages" in req.get("extra", {}):
         # It would replace the messages the prompt makes: every row sent the same conversation.
         raise ConfigError(
@@ -1066,6 +1067,21 @@ def _extra_values(extra: Any, f: _Fields) -> None:
         # OpenAI's API (and vLLM's) answers every such row 400
         raise ConfigError(f"{f('request.extra', 'top_logprobs')} needs logprobs = true beside "
                           "it in [request.extra]")
+
+
+def _tool_settings(req: dict[str, Any], f: _Fields) -> None:
+    """Refuse what APIs answer every row 400 for in [request.extra]'s tools, which would also
+    leave the replies unchecked: tools that are not a list (``[request.extra.tools]``, one
+    table, where ``[[request.extra.tools]]`` makes the list)."""
+    extra = req.get("extra")
+    if not isinstance(extra, dict):
+        return
+    tools = extra.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise ConfigError(
+            f"{f('request.extra', 'tools')} is not a list, which APIs take only (every row would "
+            "be refused): write [[request.extra.tools]], in double brackets, over each tool (or "
+            'tools = [{ type = "function", function = { name = "...", parameters = { ... } } }])')
 
 
 # Body fields a column cannot set, and what sets them instead.

@@ -846,6 +846,24 @@ json_schema = { name = "support ticket", schema = { type = "object" } }
                          "(as 'support_ticket')"]
 
 
+@case("[request.extra.tools] written as one table, not [[request.extra.tools]]")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Sent as written: OpenAI answers every row 400 ("expected an array"), and a simulator
+    # rehearsal came back ok with no call checked and no json_ columns.
+    c.good_csv()
+    body = GOOD_JOB.replace("[output]", """\
+[request.extra]
+tool_choice = "required"
+[request.extra.tools]
+type = "function"
+[request.extra.tools.function]
+name = "record"
+parameters = { type = "object", properties = { a = { type = "string" } } }
+[output]""")
+    return c.job(body), ["[request.extra] tools is not a list, which APIs take only",
+                         "write [[request.extra.tools]], in double brackets"]
+
+
 @case("messages in [request.extra]")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Few-shot turns put here replaced the prompt's message: every row was sent the same
