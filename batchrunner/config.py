@@ -1070,12 +1070,17 @@ def _extra_values(extra: Any, f: _Fields) -> None:
 
 
 def _tool_settings(req: dict[str, Any], f: _Fields) -> None:
-    """Refuse what APIs answer every row 400 for in [request.extra]'s tools, which would also
-    leave the replies unchecked: tools that are not a list (``[request.extra.tools]``, one
-    table, where ``[[request.extra.tools]]`` makes the list)."""
+    """Refuse what APIs answer every row 400 for in [request.extra]'s response_format and
+    tools, which would also leave the replies unchecked: a response_format that is not a
+    table, tools that are not a list (``[request.extra.tools]``, one table, where
+    ``[[request.extra.tools]]`` makes the list)."""
     extra = req.get("extra")
     if not isinstance(extra, dict):
         return
+    fmt = extra.get("response_format")
+    if fmt is not None and not isinstance(fmt, dict):  # as [request] response_format's
+        raise ConfigError(f"{f('request.extra', 'response_format')} must be a table, as "
+                          f'response_format = {{ type = "json_object" }}, got {fmt!r}')
     tools = extra.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise ConfigError(

@@ -864,6 +864,16 @@ parameters = { type = "object", properties = { a = { type = "string" } } }
                          "write [[request.extra.tools]], in double brackets"]
 
 
+@case("[request.extra] response_format as a string")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # Sent as written, every row was answered 400, and no reply was checked as JSON.
+    c.good_csv()
+    body = GOOD_JOB.replace("[output]", '[request.extra]\nresponse_format = "json_object"\n'
+                                        "[output]")
+    return c.job(body), ["[request.extra] response_format must be a table, as "
+                         "response_format = { type = \"json_object\" }, got 'json_object'"]
+
+
 @case("messages in [request.extra]")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Few-shot turns put here replaced the prompt's message: every row was sent the same
