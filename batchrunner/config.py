@@ -1073,7 +1073,8 @@ def _tool_settings(req: dict[str, Any], f: _Fields) -> None:
     """Refuse what APIs answer every row 400 for in [request.extra]'s response_format and
     tools, which would also leave the replies unchecked: a response_format that is not a
     table, tools that are not a list (``[request.extra.tools]``, one table, where
-    ``[[request.extra.tools]]`` makes the list)."""
+    ``[[request.extra.tools]]`` makes the list), a tool_choice that asks for a call with no
+    tools to call."""
     extra = req.get("extra")
     if not isinstance(extra, dict):
         return
@@ -1087,6 +1088,12 @@ def _tool_settings(req: dict[str, Any], f: _Fields) -> None:
             f"{f('request.extra', 'tools')} is not a list, which APIs take only (every row would "
             "be refused): write [[request.extra.tools]], in double brackets, over each tool (or "
             'tools = [{ type = "function", function = { name = "...", parameters = { ... } } }])')
+    choice = extra.get("tool_choice")
+    if (choice == "required" or isinstance(choice, dict)) and not tools and (
+            "tools" not in req.get("from_columns", {})):  # a column's tools are the row's
+        raise ConfigError(f"{f('request.extra', 'tool_choice')} asks for a tool call, but the "
+                          "job has no tools (APIs refuse every row so): give the functions in "
+                          "[request.extra] tools")
 
 
 # Body fields a column cannot set, and what sets them instead.

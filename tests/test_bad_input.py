@@ -874,6 +874,16 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
                          "response_format = { type = \"json_object\" }, got 'json_object'"]
 
 
+@case("[request.extra] tool_choice = \"required\" with no tools")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    # OpenAI answers every row 400 ("'tool_choice' is only allowed when 'tools' are
+    # specified"); a simulator rehearsal came back ok.
+    c.good_csv()
+    body = GOOD_JOB.replace("[output]", '[request.extra]\ntool_choice = "required"\n[output]')
+    return c.job(body), ["[request.extra] tool_choice asks for a tool call, but the job has no "
+                         "tools (APIs refuse every row so)"]
+
+
 @case("messages in [request.extra]")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     # Few-shot turns put here replaced the prompt's message: every row was sent the same

@@ -293,6 +293,19 @@ def test_a_batch_rows_settings_are_named_as_its_bodys_fields() -> None:
                              body=True) is None  # a body's tools are at its top level
 
 
+def test_a_tool_choice_with_tools_from_a_column_is_taken(tmp_path: Path) -> None:
+    """A call asked for with no tools is refused (test_bad_input); a column's tools are the
+    row's own, so a job that sets them so is not."""
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\n[request]\nmodel = "gpt-4o-mini"\nprompt = "{text}"\n'
+        '[request.extra]\ntool_choice = "required"\n[request.from_columns]\ntools = "own"\n'
+        '[output]\ndir = "out"\n')
+    assert load_job(tmp_path / "job.toml", {}).request.extra == {"tool_choice": "required"}
+    with pytest.raises(ConfigError, match=r"tool_choice asks for a tool call, but the job has "
+                                          r"no tools"):
+        load_job(tmp_path / "job.toml", {"from_columns": {}})
+
+
 def test_a_json_schema_with_no_name_or_a_name_apis_refuse_is_refused() -> None:
     """OpenAI answers every request 400 for a json_schema with no name, or one with a space
     (vLLM for none): a job, and a batch row, are refused before they are sent."""
