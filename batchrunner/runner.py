@@ -550,8 +550,9 @@ class Plan:
     # The rows to send whose only records are ``retrying`` ones (billed, then stopped before
     # their retry), when there are any: they have a cost, but no outcome is sent again.
     unfinished: npt.NDArray[np.bool_] | None = None
-    # Batch input: the checks each distinct response_format / tools / tool_choice of the rows'
-    # bodies asks for, or why they cannot be had (a few entries, see _row_checks).
+    # Batch input (or a job whose columns set them): the checks each distinct response_format
+    # / tools / tool_choice of the rows' bodies asks for, or why they cannot be had (a few
+    # entries, see _row_checks).
     row_checks: dict[bytes, tuple[StructuredOutput | None, str]] = field(default_factory=dict)
     # Batch input: the checks every row sent asked for, this run and before (``batch_key``:
     # their ``key``, b"" for none; None before the first row), unless they differ (``mixed``).
@@ -1818,6 +1819,12 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
             return None, prompt
         prompt_tokens = plan.builder.prompt_tokens(body, prompt)
         checks = plan.structured
+        if not _ROW_SET_CHECKS.isdisjoint(plan.job.request.from_columns):
+            # A column sets what the reply must hold: the row's own settings are checked, as
+            # a batch row's (the json_ columns stay the job's own schema's, if any).
+            checks, why = _row_checks(plan, body)
+            if why:
+                return None, why
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     n = body.get("n")
     completion = max_tokens if isinstance(max_tokens, int) else 0
@@ -1833,6 +1840,8 @@ def make_work(plan: Plan, key: str, row: dict[str, Any]) -> tuple[_Work | None, 
 
 
 _ROW_CHECKS_KEPT = 256  # distinct structured-output settings remembered from batch rows
+# The body fields that say what a reply must hold (structured output)
+_ROW_SET_CHECKS = frozenset({"response_format", "tools", "tool_choice"})
 
 
 def _row_checks(plan: Plan, body: dict[str, Any]) -> tuple[StructuredOutput | None, str]:

@@ -105,6 +105,44 @@ async def test_a_json_code_block_reply_is_an_ok_row_with_its_columns(
     assert unfenced('{"a": 1}') is None and unfenced("```python\n1\n```") is None
 
 
+@pytest.mark.anyio
+async def test_a_response_format_a_column_sets_is_checked_for_each_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[request.from_columns] response_format: each row's replies went unchecked (a reply
+    that broke its schema was ok, a fenced one kept its fence). Each row is checked against
+    its own now, as a batch row is; one that cannot be checked is not sent."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    replies = {"a": GOOD, "b": '{"summary": "x"}', "c": f"```json\n{GOOD}\n```", "d": "plain"}
+    sent = []
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        sent.append(body)
+        return web.json_response({
+            "id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": replies[body["messages"][-1]["content"]]}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 40, "total_tokens": 50}})
+
+    pd.DataFrame({"id": [1, 2, 3, 4, 5], "text": ["a", "b", "c", "d", "a"],
+                  "fmt": [json.dumps(FORMAT)] * 3 + ["", json.dumps(
+                      {"type": "json_schema", "json_schema": {"schema": SCHEMA}})]}
+                 ).to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\nid_column = "id"\n'
+        '[request]\nmodel = "gpt-4o-mini"\nprompt = "{text}"\n'
+        '[request.from_columns]\nresponse_format = "fmt"\n[output]\ndir = "out"\n')
+    s = await run_job_file(handler, tmp_path / "job.toml", FAST)
+    assert (s.ok, s.failed) == (3, 2), s.error_examples
+    df = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert df["status"].tolist() == ["ok", "failed", "ok", "ok", "failed"]
+    assert df["error_type"].tolist()[1::3] == ["schema_mismatch", "invalid_row"]
+    assert df["content"].tolist()[2:4] == [GOOD, "plain"]  # the fence dropped; no format
+    assert df["error_message"][4].startswith("not sent: the body's response_format: json_schema "
+                                             "has no name")
+    assert len(sent) == 4  # the row that cannot be checked was not sent
+
+
 def _tools(*names: str, parameters: object = SCHEMA) -> list[dict[str, object]]:
     return [{"type": "function", "function": {"name": n, "parameters": parameters}}
             for n in names]
