@@ -3847,6 +3847,7 @@ class _Run:
         cost, searched = self._reply_cost(item, model, res)
         checks = item.checks
         content = res.content
+        choices = res.choices
         error = None
         if checks is not None:
             error = checks.check_reply(content, res.tool_calls)
@@ -3855,9 +3856,12 @@ class _Run:
                 failed = checks.check_choices(res.choices)
                 if failed is not None:
                     which, finish, error = failed
-            if error is None and content and checks.tool is None and res.tool_calls is None:
-                content = unfenced(content) or content  # the JSON, without a block's fence
-                # or the words around it
+            if error is None and checks.tool is None:
+                if content and res.tool_calls is None:
+                    content = unfenced(content) or content  # the JSON, without a block's
+                    # fence or the words around it
+                if choices is not None:  # each choice's too (n > 1)
+                    choices = checks.unfenced_choices(choices)
             elif error is not None and finish in _STOPPED_SHORT:  # why: not the model's
                 error = error[0], f"{_STOPPED_SHORT[finish]}: {error[1]}"
             if which is not None and error is not None:
@@ -3872,7 +3876,7 @@ class _Run:
             "ok" if error is None else "failed",  # status
             content,
             res.reasoning_content,
-            res.choices,
+            choices,
             res.tool_calls,
             res.citations,
             res.logprobs,

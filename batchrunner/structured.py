@@ -560,6 +560,23 @@ class StructuredOutput:
                 return index, c.get("finish_reason"), error
         return None
 
+    def unfenced_choices(self, choices: str) -> str:
+        """``choices`` (every choice as JSON text) with each choice's content that is JSON in a
+        code block or among words (``unfenced``) as that JSON, as the row's content is: the
+        choices of an ok row are then JSON a reader can load; ``choices`` itself when none
+        is."""
+        try:
+            entries = orjson.loads(choices)
+        except orjson.JSONDecodeError:
+            return choices
+        changed = False
+        for c in entries if isinstance(entries, list) else ():
+            content = c.get("content") if isinstance(c, dict) else None
+            if isinstance(content, str) and not c.get("tool_calls") and (
+                    bare := unfenced(content)) is not None:
+                c["content"], changed = bare, True
+        return orjson.dumps(entries).decode() if changed else choices
+
     def arguments(self, tool_calls: str | None) -> str | None:
         """The arguments (JSON text; empty when the call has none) of the reply's first call
         to ``tool`` in ``tool_calls``; None when it does not call it."""

@@ -337,6 +337,37 @@ def test_a_schema_checks_every_choice_and_a_row_fails_with_the_choice_that_does_
     assert len(json.loads(failed["choices"])) == 3  # the samples kept, as paid for
 
 
+async def _fenced_samples(request: web.BaseRequest) -> web.StreamResponse:
+    """n choices, each its JSON in a Markdown code block after a few words (as a model
+    asked for JSON through a gateway that drops response_format answers)."""
+    body = await request.json()
+    n = body["n"]
+    return web.json_response({
+        "id": "c", "object": "chat.completion", "model": body["model"],
+        "choices": [{"index": i, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": f'Here it is:\n```json\n{{"answer": {i}}}\n```'}}
+                    for i in range(n)],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 5 * n, "total_tokens": 5 + 5 * n}})
+
+
+def test_an_ok_rows_choices_hold_their_json_without_the_fence_as_its_content_does(
+    tmp_path: Path,
+) -> None:
+    """``content`` was choice 0's JSON, its fence dropped, but ``choices`` kept every choice's
+    fence and words: json.loads of a sample of an ok row failed. Each is its JSON now."""
+    (tmp_path / "answer.schema.json").write_text(json.dumps({
+        "type": "object", "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"]}))
+    job = write_job(tmp_path, rows=2, request='schema_file = "answer.schema.json"\n')
+    anyio.run(run_job_file, _fenced_samples, job, runner.RunOptions(progress="none"))
+    done = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert list(done["status"]) == ["ok", "ok"]
+    assert done["content"].tolist() == ['{"answer": 0}'] * 2
+    for choices in done["choices"]:
+        assert [json.loads(c["content"]) for c in json.loads(choices)] == [
+            {"answer": 0}, {"answer": 1}, {"answer": 2}]
+
+
 async def _second_sample_refused(request: web.BaseRequest) -> web.StreamResponse:
     """n choices of valid JSON, but the model refuses choice 1 of the question about 1
     (``message.refusal``, no content), streamed or not."""
