@@ -176,6 +176,7 @@ from batchrunner.template import (
     body_prompt_tokens,
     body_warnings,
     column_list,
+    json_mode_warnings,
     request_warnings,
     system_warnings,
 )
@@ -786,6 +787,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
         if builder.template is not None:
             warnings.extend(builder.template.warnings(source.columns))
         warnings.extend(system_warnings(job.request.system, source.columns))
+        warnings.extend(json_mode_warnings(job.request, builder.template))
         bounded = {"max_tokens", "max_completion_tokens"}
         if job.limits.max_cost_usd is not None and job.request.max_tokens is None and not (
                 bounded & (job.request.extra.keys() | job.request.from_columns.keys())):

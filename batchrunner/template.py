@@ -189,6 +189,23 @@ def system_warnings(system: str | None, columns: Iterable[str]) -> list[str]:
             f"value of column {n.strip()!r} (put the column in the prompt)" for n in named]
 
 
+def json_mode_warnings(req: RequestConfig, template: Template | None) -> list[str]:
+    """OpenAI answers 400 to every ``json_object`` request whose messages do not say "JSON"
+    ("'messages' must contain the word 'json' in some form"): said before the run when
+    neither the system message nor the prompt template's own words do (a row's values may;
+    a prompt column's prompts are not looked at)."""
+    fmt = req.response_format or req.extra.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_object" or template is None:
+        return []
+    words = "".join(literal for literal, _ in template.parts) + (req.system or "")
+    if "json" in words.lower():
+        return []
+    return ["response_format is json_object, but neither the prompt template nor the system "
+            "message says \"JSON\", and OpenAI refuses every such request (400: 'messages' "
+            "must contain the word 'json') unless the row's own text says it — add it (\"Answer "
+            "in JSON: ...\")"]
+
+
 def request_warnings(req: RequestConfig, *, by_options: bool = False,
                      options: Collection[str] = ()) -> list[str]:
     """Settings of a job that a gateway drops or ignores with no error, said before the run.

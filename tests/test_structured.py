@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
+from batchrunner.cli import main
 from batchrunner.config import load_job
 from batchrunner.errors import ConfigError
 from batchrunner.retry import RetryPolicy
@@ -141,6 +142,33 @@ async def test_a_response_format_a_column_sets_is_checked_for_each_row(
     assert df["error_message"][4].startswith("not sent: the body's response_format: json_schema "
                                              "has no name")
     assert len(sent) == 4  # the row that cannot be checked was not sent
+
+
+@pytest.mark.parametrize(("system", "prompt", "warned"), [
+    (None, "Classify: {text}", True),
+    ("You are a classifier.", "Classify {text} as bug or billing", True),
+    ("Answer in JSON.", "Classify: {text}", False),
+    (None, "Classify {text}; give a Json object", False),
+    (None, "Classify: {json}", True),  # a column's name is not what is sent
+])
+def test_json_object_without_the_word_json_in_the_messages_is_warned_about(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], system: str | None, prompt: str,
+        warned: bool) -> None:
+    """OpenAI answers every json_object request whose messages do not say "JSON" 400 (the run
+    stopped after its first rows; a simulator rehearsal passed): said before the run."""
+    pd.DataFrame({"text": ["a"], "json": ["b"]}).to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "job.toml").write_text(
+        '[input]\npath = "in.csv"\n[request]\nmodel = "gpt-4o-mini"\n'
+        f"prompt = {json.dumps(prompt)}\n"
+        + (f"system = {json.dumps(system)}\n" if system else "")
+        + '[request.extra]\nresponse_format = { type = "json_object" }\n'
+        '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+    assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+    said = ("warning: response_format is json_object, but neither the prompt template nor the "
+            "system message says \"JSON\", and OpenAI refuses every such request (400: "
+            "'messages' must contain the word 'json') unless the row's own text says it — add "
+            "it (\"Answer in JSON: ...\")")
+    assert (said in capsys.readouterr().out) is warned
 
 
 def _tools(*names: str, parameters: object = SCHEMA) -> list[dict[str, object]]:
