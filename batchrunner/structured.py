@@ -338,7 +338,23 @@ def structured_output(settings: Mapping[str, Any], *, body: bool = False
         fmt = extra.get("response_format")
     if isinstance(fmt, Mapping):
         # "text", the API's default, asks for no check: a forced function's calls go unchecked
-        return None if fmt.get("type") == "text" else StructuredOutput(fmt, body=body)
+        if fmt.get("type") == "text":
+            return None
+        so = StructuredOutput(fmt, body=body)
+        try:
+            forced = (_forced_function(extra.get("tools"), extra.get("tool_choice"), body=body)
+                      if isinstance(extra, Mapping) else None)
+        except ConfigError:  # a function not among the tools: the API says so
+            forced = None
+        if forced is not None and so.warning is None:
+            asked = "schema_file" if not body and settings.get("schema_file") else (
+                "response_format")
+            so.warning = (f"{_where(body, 'tool_choice')} forces a call to {forced['name']!r}, so "
+                          f"every reply is that call, not the JSON {_where(body, asked)} asks "
+                          "for: no reply would be checked nor fill the json_ columns — give one "
+                          "of them (a forced function's arguments fill the columns as a "
+                          "schema's would)")
+        return so
     if not isinstance(extra, Mapping):
         return None
     function = _forced_function(extra.get("tools"), extra.get("tool_choice"), body=body)

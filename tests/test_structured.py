@@ -237,6 +237,31 @@ def test_which_tool_choices_force_a_function() -> None:
     assert bare.check_reply(None, _calls("ping", "[]"))[0] == "invalid_json"  # type: ignore[index]
 
 
+def test_a_response_format_beside_a_forced_function_is_warned_about() -> None:
+    """Every reply to a forced function is its call, which a response_format does not check:
+    such a job ran with every row ok, nothing checked and its json_ columns empty. Said
+    before the run now (the checks are the response_format's, as before)."""
+    forced = {"tools": _tools("f"), "tool_choice": {"type": "function", "function": {"name": "f"}}}
+    so = structured_output({"response_format": FORMAT, "extra": forced})
+    assert so is not None and so.tool is None and so.warning == (
+        "[request.extra] tool_choice forces a call to 'f', so every reply is that call, not the "
+        "JSON [request] response_format asks for: no reply would be checked nor fill the json_ "
+        "columns — give one of them (a forced function's arguments fill the columns as a "
+        "schema's would)")
+    so = structured_output({"response_format": FORMAT, "schema_file": "t.json", "extra": forced})
+    assert so is not None and "not the JSON [request] schema_file asks for" in str(so.warning)
+    so = structured_output({"response_format": FORMAT, **forced}, body=True)
+    assert so is not None and str(so.warning).startswith(
+        "the body's tool_choice forces a call to 'f', so every reply is that call, not the JSON "
+        "the body's response_format asks for")
+    # A call left to the model, or one of several functions: no warning.
+    for choice in ("auto", "required"):
+        tools = _tools("f") if choice == "auto" else _tools("f", "g")
+        so = structured_output({"response_format": FORMAT,
+                                "extra": {"tools": tools, "tool_choice": choice}})
+        assert so is not None and so.warning is None
+
+
 def test_a_tool_choice_that_cannot_be_met_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"tool_choice names the function 'nope', which is "
                                           r"not among the tools \('f'\)"):
