@@ -169,7 +169,12 @@ from batchrunner.status import (
     round_up,
     run_in_progress,
 )
-from batchrunner.structured import StructuredOutput, structured_output, unfenced
+from batchrunner.structured import (
+    StructuredOutput,
+    strict_warnings,
+    structured_output,
+    unfenced,
+)
 from batchrunner.template import (
     RequestBuilder,
     ask_for_usage,
@@ -812,6 +817,7 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
     structured = structured_output(request_settings)  # None for batch input: see batch_checks
     if structured is not None and structured.warning:
         warnings.append(structured.warning)
+    warnings.extend(strict_warnings(request_settings))
     fingerprint = source.fingerprint()
     meta: dict[str, Any] = {
         "name": job.name,

@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
 __all__ = ["COLUMN_PREFIX", "StructuredOutput", "dangling_ref", "dangling_text", "loads_reply",
-           "schema_error_text", "schema_name_error", "structured_output", "unfenced",
-           "validator_class"]
+           "schema_error_text", "schema_name_error", "strict_error", "strict_warnings",
+           "structured_output", "unfenced", "validator_class"]
 
 COLUMN_PREFIX = "json_"
 _DECODER = json.JSONDecoder()
@@ -253,6 +253,65 @@ def dangling_text(ref: str) -> str:
     return (f"its $ref {ref!r} points to nothing in the schema, so no reply that reaches it "
             "could be checked — point it at a part the schema has (as #/$defs/Name names "
             "Name in its $defs)")
+
+
+def strict_error(schema: Any) -> str | None:
+    """What OpenAI's strict mode (``"strict": true``) refuses every request for in ``schema``,
+    of its two rules that every strict schema meets: each object sets ``additionalProperties``
+    false and lists every property in ``required``; the first object that does not, and
+    where; None when each does."""
+    stack: list[tuple[Any, str]] = [(schema, "")]
+    while stack:
+        node, at = stack.pop()
+        if not isinstance(node, Mapping):
+            continue
+        where = f"at {at}" if at else "at the top level"
+        props = node.get("properties")
+        if node.get("type") == "object" or isinstance(props, Mapping):
+            if node.get("additionalProperties") is not False:
+                return f"the object {where} does not set additionalProperties to false"
+            required = node.get("required")
+            missing = [p for p in props if not isinstance(required, list) or p not in required
+                       ] if isinstance(props, Mapping) else []
+            if missing:
+                return (f"the object {where} does not list {', '.join(map(repr, missing))} in "
+                        "required")
+        below = []
+        for key in ("properties", "$defs", "definitions"):
+            if isinstance(named := node.get(key), Mapping):
+                below += [(v, f"{at}/{key}/{k}".lstrip("/")) for k, v in named.items()]
+        for key in ("items", "additionalItems", "not"):
+            if isinstance(node.get(key), Mapping):
+                below.append((node[key], f"{at}/{key}".lstrip("/")))
+        for key in ("anyOf", "oneOf", "allOf", "prefixItems", "items"):
+            if isinstance(listed := node.get(key), list):
+                below += [(v, f"{at}/{key}/{i}".lstrip("/")) for i, v in enumerate(listed)]
+        stack.extend(reversed(below))
+    return None
+
+
+def strict_warnings(settings: Mapping[str, Any]) -> list[str]:
+    """A job's strict json_schema or strict functions whose schemas OpenAI refuses every
+    request for (``strict_error``), said before the run (a server without a strict mode, vLLM
+    say, takes them)."""
+    extra = settings.get("extra")
+    extra = extra if isinstance(extra, Mapping) else {}
+    out = []
+    fmt = settings.get("response_format") or extra.get("response_format")
+    spec = fmt.get("json_schema") if isinstance(fmt, Mapping) else None
+    if isinstance(spec, Mapping) and spec.get("strict") is True and (
+            problem := strict_error(spec.get("schema"))) is not None:
+        asked = "[request] schema_file" if settings.get("schema_file") else (
+            "[request] response_format")
+        out.append((asked, problem))
+    for fn in _functions(extra.get("tools")):
+        if fn.get("strict") is True and (problem := strict_error(fn.get("parameters"))
+                                         ) is not None:
+            out.append((f"the parameters of the function {fn['name']!r}", problem))
+    return [f"{what} is strict, but {problem}, which OpenAI refuses every request for — set "
+            "additionalProperties = false on each object and list each of its properties in "
+            "required (an optional one's type a union with null), or leave strict out"
+            for what, problem in out]
 
 
 def schema_name_error(name: Any) -> str | None:

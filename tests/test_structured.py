@@ -21,6 +21,7 @@ from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
 from batchrunner.structured import StructuredOutput, dangling_ref, structured_output, unfenced
 from tests.servers import run_job_file
+from tests.test_batch_file import _toml
 
 FAST = RunOptions(retry=RetryPolicy(base_s=0.0, max_attempts=4), progress="none",
                   handle_signals=False)
@@ -169,6 +170,53 @@ def test_json_object_without_the_word_json_in_the_messages_is_warned_about(
             "'messages' must contain the word 'json') unless the row's own text says it — add "
             "it (\"Answer in JSON: ...\")")
     assert (said in capsys.readouterr().out) is warned
+
+
+def test_a_strict_schema_openai_refuses_is_warned_about_naming_where(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """OpenAI's strict mode refuses every request whose schema has an object without
+    additionalProperties false, or a property not in required (as Pydantic writes them): the
+    night's run stopped after its first rows while a rehearsal passed. Said before the run."""
+    address = {"type": "object", "properties": {"city": {"type": "string"},
+                                                "zip": {"type": ["string", "null"]}},
+               "required": ["city"], "additionalProperties": False}
+    loose = {**SCHEMA, "properties": {**SCHEMA["properties"], "address": address},
+             "required": [*SCHEMA["required"], "address"]}
+
+    def warned(fmt: dict[str, Any] | None, tools: list[dict[str, Any]] | None = None) -> list[str]:
+        pd.DataFrame({"text": ["a"]}).to_csv(tmp_path / "in.csv", index=False)
+        extra = {"response_format": fmt} if fmt else {}
+        if tools:
+            extra |= {"tools": tools, "tool_choice": "required"}
+        (tmp_path / "job.toml").write_text(
+            '[input]\npath = "in.csv"\n[request]\nmodel = "gpt-4o-mini"\n'
+            'prompt = "JSON for {text}"\n[request.extra]\n'
+            + "".join(f"{k} = {_toml(v)}\n" for k, v in extra.items())
+            + '[endpoint]\nsimulator = true\n[output]\ndir = "out"\n')
+        assert main(["estimate", str(tmp_path / "job.toml")]) == 0
+        return [line.removeprefix("  warning: ") for line in capsys.readouterr().out.splitlines()
+                if "is strict" in line]
+
+    rule = (", which OpenAI refuses every request for — set additionalProperties = false on "
+            "each object and list each of its properties in required (an optional one's type a "
+            "union with null), or leave strict out")
+    strict = {"name": "t", "strict": True}
+    assert warned({"type": "json_schema", "json_schema": {**strict, "schema": loose}}) == [
+        "[request] response_format is strict, but the object at properties/address does not "
+        "list 'zip' in required" + rule]
+    assert warned({"type": "json_schema", "json_schema": {**strict, "schema": {
+        "type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}}}) == [
+        "[request] response_format is strict, but the object at the top level does not set "
+        "additionalProperties to false" + rule]
+    assert warned(None, [{"type": "function", "function": {
+        "name": "f", "strict": True, "parameters": {
+            "type": "object", "properties": {"items": {"type": "array", "items": address}},
+            "required": ["items"], "additionalProperties": False}}}]) == [
+        "the parameters of the function 'f' is strict, but the object at "
+        "properties/items/items does not list 'zip' in required" + rule]
+    # Strict schemas OpenAI takes, and a loose one not asked to be strict: no warning.
+    assert warned({"type": "json_schema", "json_schema": {**strict, "schema": SCHEMA}}) == []
+    assert warned({"type": "json_schema", "json_schema": {"name": "t", "schema": loose}}) == []
 
 
 def _tools(*names: str, parameters: object = SCHEMA) -> list[dict[str, object]]:
