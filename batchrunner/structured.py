@@ -50,8 +50,8 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
 __all__ = ["COLUMN_PREFIX", "StructuredOutput", "dangling_ref", "dangling_text", "loads_reply",
-           "schema_error_text", "schema_name_error", "strict_error", "strict_warnings",
-           "structured_output", "unfenced", "validator_class"]
+           "schema_error_text", "schema_name_error", "schema_name_warning", "strict_error",
+           "strict_warnings", "structured_output", "unfenced", "validator_class"]
 
 COLUMN_PREFIX = "json_"
 _DECODER = json.JSONDecoder()
@@ -291,39 +291,54 @@ def strict_error(schema: Any) -> str | None:
 
 
 def strict_warnings(settings: Mapping[str, Any]) -> list[str]:
-    """A job's strict json_schema or strict functions whose schemas OpenAI refuses every
-    request for (``strict_error``), said before the run (a server without a strict mode, vLLM
-    say, takes them)."""
+    """A job's json_schema name, strict json_schema or strict functions that OpenAI refuses
+    every request for (``schema_name_warning``, ``strict_error``), said before the run (a
+    server without those rules, vLLM say, takes them)."""
     extra = settings.get("extra")
     extra = extra if isinstance(extra, Mapping) else {}
+    said = []
     out = []
     fmt = settings.get("response_format") or extra.get("response_format")
     spec = fmt.get("json_schema") if isinstance(fmt, Mapping) else None
-    if isinstance(spec, Mapping) and spec.get("strict") is True and (
-            problem := strict_error(spec.get("schema"))) is not None:
-        asked = "[request] schema_file" if settings.get("schema_file") else (
-            "[request] response_format")
-        out.append((asked, problem))
+    asked = ("[request] schema_file" if settings.get("schema_file")
+             else "[request] response_format")
+    if isinstance(spec, Mapping):
+        if (named := schema_name_warning(spec.get("name"))) is not None:
+            said.append(f"{asked}: {named}")
+        if spec.get("strict") is True and (problem := strict_error(spec.get("schema"))
+                                           ) is not None:
+            out.append((asked, problem))
     for fn in _functions(extra.get("tools")):
         if fn.get("strict") is True and (problem := strict_error(fn.get("parameters"))
                                          ) is not None:
             out.append((f"the parameters of the function {fn['name']!r}", problem))
-    return [f"{what} is strict, but {problem}, which OpenAI refuses every request for — set "
-            "additionalProperties = false on each object and list each of its properties in "
-            "required (an optional one's type a union with null), or leave strict out"
-            for what, problem in out]
+    return said + [
+        f"{what} is strict, but {problem}, which OpenAI refuses every request for — set "
+        "additionalProperties = false on each object and list each of its properties in "
+        "required (an optional one's type a union with null), or leave strict out"
+        for what, problem in out]
 
 
 def schema_name_error(name: Any) -> str | None:
-    """Why OpenAI (and vLLM, for none) answer every request 400 for a json_schema's ``name``;
-    None for a name they take."""
-    if isinstance(name, str) and _NAME.fullmatch(name):
+    """Why OpenAI and vLLM answer every request 400 for a json_schema's ``name``: none, or not
+    text; None for a name they take. (One outside OpenAI's pattern vLLM takes:
+    ``schema_name_warning``.)"""
+    if isinstance(name, str) and name:
         return None
     if name is None:
         return "json_schema has no name, for which APIs refuse every request — give it one"
-    fixed = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] if isinstance(name, str) else ""
-    return (f"json_schema name {name!r} would have every request refused: a name is 1 to 64 "
-            f"letters, digits, _ and - (as {fixed or 'answer'!r})")
+    return f"json_schema name {name!r} would have every request refused: give it a name (text)"
+
+
+def schema_name_warning(name: Any) -> str | None:
+    """A json_schema ``name`` OpenAI refuses every request for (1 to 64 ASCII letters, digits,
+    _ and - it takes), said before the run: vLLM takes any."""
+    if not isinstance(name, str) or not name or _NAME.fullmatch(name):
+        return None
+    fixed = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]
+    return (f"json_schema name {name!r} is one OpenAI refuses every request for: a name there is "
+            f"1 to 64 letters, digits, _ and - (as {fixed!r}); a server without that rule (vLLM) "
+            "takes it")
 
 
 def schema_error_text(error: SchemaError) -> str:

@@ -834,16 +834,16 @@ json_schema = { schema = { type = "object", properties = { a = { type = "string"
                          "refuse every request — give it one: json_schema = { name = "]
 
 
-@case("[request] response_format json_schema whose name has a space")
+@case("[request] response_format json_schema whose name is a number")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.good_csv()
     body = GOOD_JOB.replace("[output]", """\
 [request.response_format]
 type = "json_schema"
-json_schema = { name = "support ticket", schema = { type = "object" } }
+json_schema = { name = 5, schema = { type = "object" } }
 [output]""")
-    return c.job(body), ["json_schema name 'support ticket' would have every request refused",
-                         "(as 'support_ticket')"]
+    return c.job(body), ["json_schema name 5 would have every request refused: give it a name "
+                         "(text)"]
 
 
 @case("[request.extra.tools] written as one table, not [[request.extra.tools]]")

@@ -19,7 +19,13 @@ from batchrunner.errors import ConfigError
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
-from batchrunner.structured import StructuredOutput, dangling_ref, structured_output, unfenced
+from batchrunner.structured import (
+    StructuredOutput,
+    dangling_ref,
+    strict_warnings,
+    structured_output,
+    unfenced,
+)
 from tests.servers import run_job_file
 from tests.test_batch_file import _toml
 
@@ -445,9 +451,10 @@ def test_a_tool_choice_with_tools_from_a_column_is_taken(tmp_path: Path) -> None
         load_job(tmp_path / "job.toml", {"from_columns": {}})
 
 
-def test_a_json_schema_with_no_name_or_a_name_apis_refuse_is_refused() -> None:
-    """OpenAI answers every request 400 for a json_schema with no name, or one with a space
-    (vLLM for none): a job, and a batch row, are refused before they are sent."""
+def test_a_json_schema_with_no_name_is_refused_and_one_openai_refuses_warned_about() -> None:
+    """OpenAI and vLLM answer every request 400 for a json_schema with no name: a job, and a
+    batch row, are refused before they are sent. One with a space OpenAI refuses, and vLLM
+    takes: warned about before the run, as a strict schema OpenAI refuses is."""
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     with pytest.raises(ConfigError, match=r"^\[request\] response_format: json_schema has no "
                                           r"name, for which APIs refuse every request"):
@@ -457,15 +464,23 @@ def test_a_json_schema_with_no_name_or_a_name_apis_refuse_is_refused() -> None:
                                           r"name.*\"json_schema\": \{\"name\": \"answer\""):
         structured_output({"response_format": {"type": "json_schema",
                                                "json_schema": {"schema": schema}}}, body=True)
-    for name, fixed in (("support ticket", "support_ticket"), ("", "answer"), (5, "answer"),
-                        ("x" * 65, "x" * 64)):
+    for name in ("", 5):
         with pytest.raises(ConfigError, match=rf"json_schema name {re.escape(repr(name))} would "
-                                              rf"have every request refused: .* \(as '{fixed}'\)"):
+                                              r"have every request refused: give it a name"):
             structured_output({"response_format": {"type": "json_schema", "json_schema": {
                 "name": name, "schema": schema}}})
+    for name, fixed in (("support ticket", "support_ticket"), ("x" * 65, "x" * 64)):
+        settings = {"response_format": {"type": "json_schema", "json_schema": {
+            "name": name, "schema": schema}}}
+        assert structured_output(settings) is not None  # sent: vLLM takes it
+        assert strict_warnings(settings) == [
+            f"[request] response_format: json_schema name {name!r} is one OpenAI refuses every "
+            f"request for: a name there is 1 to 64 letters, digits, _ and - (as {fixed!r}); a "
+            "server without that rule (vLLM) takes it"]
     for name in ("ticket", "Ticket_v2-1", "x" * 64):
-        assert structured_output({"response_format": {"type": "json_schema", "json_schema": {
-            "name": name, "schema": schema}}}) is not None
+        settings = {"response_format": {"type": "json_schema", "json_schema": {
+            "name": name, "schema": schema}}}
+        assert structured_output(settings) is not None and strict_warnings(settings) == []
     # A function's checks take its name as theirs, whatever it is.
     assert StructuredOutput.for_function("lookup.v2", schema).tool == "lookup.v2"
 
@@ -473,7 +488,7 @@ def test_a_json_schema_with_no_name_or_a_name_apis_refuse_is_refused() -> None:
 def test_a_schema_files_name_is_one_apis_take(tmp_path: Path) -> None:
     """The name a schema file gives its json_schema: its file's, made of what a name may hold
     (a letter such as é is not, which OpenAI refused every request for); a wrapper's own
-    name that APIs refuse is refused, naming the file."""
+    name that OpenAI refuses is warned about, naming the file setting."""
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     (tmp_path / "étiquette de ticket.schema.json").write_text(json.dumps(schema))
     (tmp_path / "job.toml").write_text(
@@ -483,10 +498,14 @@ def test_a_schema_files_name_is_one_apis_take(tmp_path: Path) -> None:
     assert fmt is not None and fmt["json_schema"]["name"] == "_tiquette_de_ticket"
     (tmp_path / "étiquette de ticket.schema.json").write_text(json.dumps(
         {"name": "Support Ticket", "strict": True, "schema": schema}))
-    with pytest.raises(ConfigError, match=r"schema_file .*étiquette de ticket\.schema\.json: "
-                                          r"json_schema name 'Support Ticket' would have every "
-                                          r"request refused: .* \(as 'Support_Ticket'\)$"):
-        load_job(tmp_path / "job.toml", {})
+    fmt = load_job(tmp_path / "job.toml", {}).request.response_format
+    assert fmt is not None and fmt["json_schema"]["name"] == "Support Ticket"
+    warning, strict = strict_warnings({"schema_file": "étiquette de ticket.schema.json",
+                                        "response_format": fmt})
+    assert "is strict, but" in strict  # its schema lacks additionalProperties = false
+    assert warning.startswith("[request] schema_file: json_schema name 'Support Ticket' is one "
+                              "OpenAI refuses every request for"), warning
+    assert "(as 'Support_Ticket')" in warning
 
 
 def test_parameters_json_schema_cannot_check_are_a_warning_and_an_object_check() -> None:
