@@ -480,8 +480,8 @@ class StreamAssembler:
             # does): its one copy, not four, where each chunk carries the whole answer so far.
             if (chunk.startswith(b"data: {", start) and self._pending is None
                     and self.event is None):
-                try:
-                    event = _loads(chunk[start + 6:nl])
+                try:  # orjson's own: what it refuses, feed reads (_loads: a lone surrogate)
+                    event = orjson.loads(chunk[start + 6:nl])
                 except ValueError:
                     self.feed(chunk[start:nl + 1])  # JSON over several data: lines, or none
                 else:
@@ -587,9 +587,9 @@ class StreamAssembler:
             # data cut out and stripped was four copies of it, a cost in proportion to the
             # answer so far in each chunk where each carries it whole.
             try:
-                event = _loads(line[6:])
+                event = orjson.loads(line[6:])
             except ValueError:
-                pass  # JSON over several data: lines, or none: as below
+                pass  # JSON over several data: lines, or none, or a lone surrogate: as below
             else:
                 self._chunk(event)
                 return
@@ -2027,7 +2027,10 @@ class ChatClient:
         """A whole reply's body as a ``ChatResult``; ``asked``: the choices the request asked
         for (``n``): more than one gives ``choices`` however many came."""
         try:
-            payload = _loads(raw.removeprefix(_BOM))
+            try:  # a call less on every reply than _loads, which orjson's refusals go to
+                payload = orjson.loads(raw.removeprefix(_BOM))
+            except ValueError:
+                payload = _loads(raw.removeprefix(_BOM))
         except ValueError:
             if not raw.strip():
                 said = "HTTP 200 with an empty body"
