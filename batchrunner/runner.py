@@ -137,6 +137,9 @@ from batchrunner.progress import (
 from batchrunner.records import JOURNAL_ONLY, OUTCOME_COLUMNS, RETRYING, Outcome
 from batchrunner.report import (
     CHOICE_CUT,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_MD,
     changed_warning,
     count_rows,
     fewer_choices_warning,
@@ -863,6 +866,15 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
             f"{out_dir} holds a journal but no job.json (deleted, or not a batchrunner output "
             "directory) — restore its job.json to resume there, or use another --output "
             "directory"
+        )
+    elif taken := [name for name in (*(f"results.{f}" for f in OUTPUT_FORMATS), REPORT_JSON,
+                                     REPORT_MD, REPORT_HTML) if (out_dir / name).exists()]:
+        # Files of those names that no job here wrote (another tool's, or a job's whose
+        # job.json was deleted): the run would write over them.
+        raise JournalError(
+            f"{out_dir} holds {' and '.join(taken[:2])}{' ...' if len(taken) > 2 else ''} but "
+            "no job.json: not a batchrunner job's output directory, and the run would write "
+            "over them — use another --output directory, or move them away"
         )
     if tidy:
         journal.remove_temp_files()

@@ -1242,6 +1242,16 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
     return c.args(c.good_csv()), ["out", "journal", "job.json"]
 
 
+@case("output directory holding a results file but no job.json")
+def _(c: Ctx) -> tuple[list[str], list[str]]:
+    c.write("out/results.parquet", b"another tool's results")
+    c.write("out/report.html", b"<html></html>")
+    return c.args(c.good_csv()), [
+        "out holds results.parquet and report.html but no job.json: not a batchrunner job's "
+        "output directory, and the run would write over them — use another --output directory, "
+        "or move them away"]
+
+
 @case("format xlsx in TOML")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.good_csv()
