@@ -25,7 +25,8 @@ Top-level keys, in this order::
                       0.0 where no row had a cost)
     generated_at      ISO 8601 UTC time of the report
     job               the job's descriptive fields, as given
-    rows              {"total", "by_status": {status: rows}, "cut_at_length",
+    rows              {"total", "by_status": {status: rows, "ok" and "failed" always},
+                      "cut_at_length",
                       "cut_at_length_usd", "cut_at_length_tokens", "to_do", "billed_to_do",
                       "changed_to_send", "cost_unknown", "cost_unknown_failed",
                       "fewer_choices", "failed_with_choices"};
@@ -937,7 +938,9 @@ def build_report(
         warnings.append(f"{count_rows(not_in_input)} recorded by earlier runs not in the input "
                         "any more: left out of these figures and the results")
 
-    by_status = _sorted_counts(stats._status)
+    # ok and failed always there, 0 where no row is: a script reading by_status["failed"]
+    # met a KeyError on the night every row went well.
+    by_status = _sorted_counts({"ok": 0, "failed": 0, **stats._status})
     n_ok = stats._n_ok
     n_failed = n_rows - n_ok
     n_length = stats._n_length

@@ -275,7 +275,7 @@ def test_report_after_a_limit_run_exits_as_that_run_did_and_names_the_rows_left(
     assert code == 0, err
     assert "--limit 2 left 2 rows to do: the same command sends the next 2 rows" in out, out
     report = json.loads((tmp_path / "out" / "cost_report.json").read_text())
-    assert (report["rows"]["by_status"], report["rows"]["to_do"]) == ({"ok": 2}, 2)
+    assert (report["rows"]["by_status"], report["rows"]["to_do"]) == ({"ok": 2, "failed": 0}, 2)
     pd.DataFrame({"id": ["a", "b", "c", "d", "e"],
                   "text": ["one", "two", "three [[sim:400]]", "four", "five"]}).to_csv(
         tmp_path / "in.csv", index=False)

@@ -442,7 +442,7 @@ def test_json_round_trip(book: PriceBook, mixed: list[Outcome]) -> None:
 
 def test_empty_table(book: PriceBook) -> None:
     report = build_report(table([]), prices=book, job={}, wall_s=0.0)
-    assert report["rows"] == {"total": 0, "by_status": {}, "cut_at_length": 0,
+    assert report["rows"] == {"total": 0, "by_status": {"ok": 0, "failed": 0}, "cut_at_length": 0,
                               "cut_at_length_usd": 0.0, "cut_at_length_tokens": None, "to_do": None,
                               "billed_to_do": 0, "changed_to_send": 0, "cost_unknown": 0,
                               "cost_unknown_failed": 0, "fewer_choices": 0,
@@ -893,7 +893,8 @@ def test_a_row_to_do_whose_attempts_were_billed_counts_only_their_cost(book: Pri
     chunked = build_report(stats, prices=book, job=JOB, wall_s=1.0, to_do=1)
     alone = build_report(table(rows[:1]), prices=book, job=JOB, wall_s=1.0, to_do=1)
     for report in (one, chunked):
-        assert report["rows"]["total"] == 1 and report["rows"]["by_status"] == {"ok": 1}
+        assert report["rows"]["total"] == 1
+        assert report["rows"]["by_status"] == {"ok": 1, "failed": 0}
         assert report["by_model"]["my-model"]["rows"] == 1
         assert report["cost_usd"] == alone["cost_usd"]
         assert report["cost_earlier_attempts_usd"] == 0.25

@@ -201,7 +201,7 @@ async def test_cost_report_totals_equal_the_rows(tmp_path: Path) -> None:
     assert report["cost_usd"] > 0 and report["cost_complete"] is True
     assert report["tokens"]["prompt"] == df["prompt_tokens"].sum()
     assert report["tokens"]["completion"] == df["completion_tokens"].sum()
-    assert report["rows"]["by_status"] == {"ok": 60}
+    assert report["rows"]["by_status"] == {"ok": 60, "failed": 0}
     assert report["pricing"]["library"] == "genai-prices"
     assert (tmp_path / "out" / "cost_report.md").read_text().strip()
 
@@ -759,7 +759,7 @@ async def test_a_billed_attempt_of_a_row_stopped_before_its_retry_is_counted(
         assert pd.isna(row["cost_usd"]) and df["status"].isna().sum() == 2
         report = json.loads((out / "cost_report.json").read_text())
         assert report["rows"]["total"] == 1 and report["rows"]["to_do"] == 2
-        assert report["rows"]["by_status"] == {"ok": 1}
+        assert report["rows"]["by_status"] == {"ok": 1, "failed": 0}
         status = format_status(out)
         assert "1 of 3 rows finished (1 ok, 0 failed, 2 to do)" in status
         assert f"(plus {format_usd(BILLED_USD)} for earlier attempts" in status
