@@ -65,6 +65,12 @@ __all__ = ["FULL_DISK_BYTES", "Rerun", "budget_to_raise", "format_status", "free
            "resume_advice", "round_up", "run_in_progress"]
 
 
+# What to do of a damaged job.json: its journal holds answers paid for, which deleting the
+# directory would lose (a backup's job.json, or the directory moved aside, keeps them).
+_DAMAGED = ("restore it from a backup, or move the output directory aside (its journal holds the "
+            "answers paid for) and run the job into a new one")
+
+
 def read_meta(out_dir: Path) -> dict[str, Any]:
     """``OUT_DIR/job.json``, or one line saying why it cannot be used."""
     meta_path = out_dir / "job.json"
@@ -89,8 +95,7 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
             raise ValueError("not a job description")
     except (ValueError, OSError) as e:
         raise JournalError(
-            f"{meta_path} is damaged ({type(e).__name__}); restore it, or delete the output "
-            "directory to start over"
+            f"{meta_path} is damaged ({type(e).__name__}); {_DAMAGED}"
         ) from None
     total = meta.get("total_rows", 0)
     for field_name, ok in (("input_path", isinstance(meta.get("input_path"), str)),
@@ -100,7 +105,7 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
         if not ok:  # edited by hand, say: every command reads these
             raise JournalError(
                 f"{meta_path} is damaged (its {field_name} is not what batchrunner wrote); "
-                "restore it, or delete the output directory to start over")
+                f"{_DAMAGED}")
     return meta
 
 

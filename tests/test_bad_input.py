@@ -1233,7 +1233,9 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 @case("output directory with a damaged job.json")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
     c.write("out/job.json", "{not json")
-    return c.args(c.good_csv()), ["job.json", "damaged"]
+    return c.args(c.good_csv()), [
+        "job.json is damaged (JSONDecodeError); restore it from a backup, or move the output "
+        "directory aside (its journal holds the answers paid for) and run the job into a new one"]
 
 
 @case("output directory with a journal but no job.json")
