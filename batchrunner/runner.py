@@ -4517,7 +4517,10 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             counters.update({f"error_{k}": v for k, v in run.errors_seen.items()})
             plan.job_meta["timed_run"] = {"run_id": run_id, "wall_s": round(summary.wall_s, 3),
                                           "counters": counters}
-        if run.last_answer > -math.inf:  # its refusals are waited for next time (_Run)
+        # Its refusals are waited for next time (_Run); not the built-in simulator's, served
+        # by the run on a port of its own: a later server given that port by chance (another
+        # job's batchrunner simulate) would be taken for this rehearsal's.
+        if run.last_answer > -math.inf and not plan.job.endpoint.simulator:
             endpoint = _endpoint_id(client.url)
             models: list[str] = []  # the job's one model, answered here (model_answered_here)
             if plan.job_meta.get("answered_endpoint") == endpoint:

@@ -1413,6 +1413,10 @@ def test_the_simulators_answers_never_mix_with_real_ones_unasked(
     report = json.loads((tmp_path / "sim-out" / "cost_report.json").read_text())
     assert report["job"]["simulator"] is True
     assert "- simulator: yes" in (tmp_path / "sim-out" / "cost_report.md").read_text()
+    # Not the URL it was served at, on a port of its own: a server given that port later (the
+    # thread below, by chance) was taken for a rehearsal's batchrunner simulate, and its
+    # answers mixed unasked.
+    assert "answered_endpoint" not in json.loads((tmp_path / "sim-out" / "job.json").read_text())
 
     with SimulatorThread(SimulatorConfig()) as real:
         again = [*common, "--base-url", real.base_url, "--output", "sim-out"]
