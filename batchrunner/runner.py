@@ -1182,10 +1182,15 @@ def _check_same_id_type(old: dict[str, Any], new: dict[str, Any], out_dir: Path,
                f"be found, and every row would be sent again — write the column as {was} again "
                "(or pass --force to send every row again there, or use another --output "
                "directory)")
-    if options.estimating:  # nothing is sent: the estimate is of the forced run's rows
-        warnings.append(f"the run is refused unless given --force: {refused}")
-        return
-    raise UsageError(refused)
+    _refuse_unforced(refused, options, warnings)
+
+
+def _refuse_unforced(refused: str, options: RunOptions, warnings: list[str]) -> None:
+    """Refuse a run not given --force (``refused``: why, and what to do); an estimate, which
+    sends nothing, is of the forced run's rows, and says the run would be refused."""
+    if not options.estimating:
+        raise UsageError(refused)
+    warnings.append(f"the run is refused unless given --force: {refused}")
 
 
 def _key_kind(type_name: str) -> str:
@@ -1345,10 +1350,7 @@ def _check_same_request(old: dict[str, Any], new: dict[str, Any], path: Path,
                        else f"{said}, and every row is done: to answer rows again with the new "
                        "ones, pass --force with --rerun-where (\"True\" picks every row), or use "
                        "another --output directory")
-            if options.estimating:  # nothing is sent: the estimate is of the forced run's rows
-                warnings.append(f"the run is refused unless given --force: {refused}")
-                return
-            raise UsageError(refused)
+            _refuse_unforced(refused, options, warnings)
         else:
             warnings.append(f"request settings changed ({', '.join(changed)}); going on (--force)")
 
@@ -1403,10 +1405,8 @@ def _check_same_endpoint(old: dict[str, Any], new: dict[str, Any], path: Path,
                   "simulator's)" if was else "")
         refused = (f"{said}: their answers would mix — use another --output directory, or "
                    f"pass --force to mix them{served}")
-        if options.estimating:
-            warnings.append(f"the run is refused unless given --force: {refused}")
-            return False, False
-        raise UsageError(refused)
+        _refuse_unforced(refused, options, warnings)
+        return False, False
     warnings.append(f"{said}; their answers mix (--force)")
     new["simulator"] = was
     return True, False
