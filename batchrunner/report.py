@@ -161,6 +161,7 @@ __all__ = [
     "REPORT_JSON",
     "REPORT_MD",
     "AudioSum",
+    "CutRows",
     "OutcomeStats",
     "UsdSum",
     "audio_at_text_price",
@@ -312,8 +313,7 @@ class OutcomeStats:
         "_choices",
         "_cost",
         "_cost_bad",
-        "_cut_tokens",
-        "_cut_usd",
+        "_cut",
         "_earlier",
         "_earlier_bad",
         "_errors",
@@ -324,7 +324,6 @@ class OutcomeStats:
         "_missing",
         "_models",
         "_n_fewer",
-        "_n_length",
         "_n_ok",
         "_n_unpriced",
         "_n_unpriced_failed",
@@ -357,9 +356,7 @@ class OutcomeStats:
         # and what their answers cost.
         self._failed_choices = 0
         self._failed_choices_usd = UsdSum()
-        self._cut_usd = UsdSum()  # what the rows cut at max_tokens cost
-        self._n_length = 0
-        self._cut_tokens: int | None = None  # the most completion tokens a cut choice used
+        self._cut = CutRows(choices=choices)  # the rows cut at max_tokens
         self._n_unpriced = 0
         self._n_unpriced_failed = 0  # of them, failed rows (billed, at a price not known)
         self._tokens: dict[str, int] = dict.fromkeys(_TOKEN_COLUMNS, 0)
@@ -443,6 +440,11 @@ class OutcomeStats:
         (latency,) = self._latency.whole()
         return cast(F64, latency)
 
+    @property
+    def cut(self) -> CutRows:
+        """The rows cut at max_tokens."""
+        return self._cut
+
     def top_rows(self, column: str) -> list[dict[str, Any]]:
         """The ``TOP_ROWS`` rows with the largest finite ``column`` (``latency_ms`` or
         ``cost_usd``), largest first, with the columns report.html shows."""
@@ -471,20 +473,8 @@ class OutcomeStats:
         unpriced = pc.and_(billed, pc.is_null(cost))
         finish = t["finish_reason"]
         self._n_ok += _count(is_ok)
-        cut = pc.fill_null(is_value(finish, "length"), _FALSE)
-        if "choices" in t.column_names:  # n > 1: cut when any choice is, not the first alone
-            cut = pc.or_(cut, pc.fill_null(pc.match_substring(t["choices"], CHOICE_CUT), _FALSE))
+        self._cut.add(t, is_failed)
         asked = t["choices_asked"] if "choices_asked" in t.column_names else None
-        if k := _count(cut):
-            self._n_length += k
-            self._cut_usd.add(pc.filter(cost, cut))
-            # Of rows that asked one choice: a reply's usage counts all of its n together,
-            # cut and finished, which tells no one choice's limit.
-            used = to_numpy(pc.filter(t["completion_tokens"], cut), fill=-1)
-            each = (to_numpy(pc.filter(asked, cut), fill=self._choices) if asked is not None
-                    else np.full(len(used), self._choices))
-            if (one := used[each == 1]).size and (most := int(one.max())) > 0:
-                self._cut_tokens = max(most, self._cut_tokens or 0)
         if "choices" in t.column_names and asks_choices(self._choices, asked):  # a server
             # that ignores n
             self._n_fewer += count_fewer_choices(t["choices"], is_ok, self._choices, asked)
@@ -718,6 +708,47 @@ def _shown_sum(sums: Mapping[_GroupKey, int], bad: set[_GroupKey],
         return 0.0
 
 
+class CutRows:
+    """The rows cut at max_tokens (finish_reason length; with n > 1, any of their choices),
+    added a table of outcomes at a time, as the reports count them: how many (``rows``), of
+    them ``failed`` (a structured reply cut short fails its check: sent again at the same
+    max_tokens, cut again), what they cost (``usd``), the most completion tokens one of them
+    that asked one choice used (``tokens``: the largest max_tokens they were given; None: none
+    said), and whether one was cut in a choice but choice 0 (``in_choice``: counted cut, and
+    not by its finish_reason)."""
+
+    __slots__ = ("_choices", "failed", "in_choice", "rows", "tokens", "usd")
+
+    def __init__(self, *, choices: int = 1) -> None:
+        self._choices = choices  # the n the job asked
+        self.rows = self.failed = 0
+        self.usd = UsdSum()
+        self.tokens: int | None = None
+        self.in_choice = False
+
+    def add(self, t: pa.Table | pa.RecordBatch, failed: pa.ChunkedArray | pa.Array) -> None:
+        """Add the outcomes ``t``, ``failed`` true where a row of them failed."""
+        length = pc.fill_null(is_value(t["finish_reason"], "length"), _FALSE)
+        cut = length
+        if "choices" in t.column_names:  # n > 1: cut when any choice is, not the first alone
+            cut = pc.or_(cut, pc.fill_null(pc.match_substring(t["choices"], CHOICE_CUT), _FALSE))
+        k = _count(cut)
+        if not k:
+            return
+        self.rows += k
+        self.failed += _count(pc.and_(cut, failed))
+        self.in_choice = self.in_choice or k > _count(length)
+        self.usd.add(pc.filter(t["cost_usd"], cut))
+        # Of rows that asked one choice: a reply's usage counts all of its n together, cut and
+        # finished, which tells no one choice's limit.
+        asked = t["choices_asked"] if "choices_asked" in t.column_names else None
+        used = to_numpy(pc.filter(t["completion_tokens"], cut), fill=-1)
+        each = (to_numpy(pc.filter(asked, cut), fill=self._choices) if asked is not None
+                else np.full(len(used), self._choices))
+        if (one := used[each == 1]).size and (most := int(one.max())) > 0:
+            self.tokens = max(most, self.tokens or 0)
+
+
 class UsdSum:
     """A cost column's sum, added a chunk at a time, as the reports sum costs (``OutcomeStats``:
     exact, then rounded to 1e-10 USD; 0.0 with a NaN or infinite cost in it, or past what a
@@ -943,7 +974,7 @@ def build_report(
     by_status = _sorted_counts({"ok": 0, "failed": 0, **stats._status})
     n_ok = stats._n_ok
     n_failed = n_rows - n_ok
-    n_length = stats._n_length
+    n_length = stats._cut.rows
     n_unpriced = stats._n_unpriced
     known_usd = stats._cost_sum(lambda k: True)
 
@@ -1050,7 +1081,8 @@ def build_report(
     errors = sorted(stats._errors.items(), key=lambda kv: (-kv[1][0], kv[0]))
     by_error = {k: {"rows": v[0], "example": v[1]} for k, v in errors}
     if n_failed:
-        advice = retry_advice({k: v["rows"] for k, v in by_error.items()})
+        advice = retry_advice({k: v["rows"] for k, v in by_error.items()},
+                              cut=stats._cut.failed)
         warnings.append(f"{count_rows(n_failed)} failed (see failures by type): {advice}")
     # What the failed rows answered with choices cost: None where a row of them has none.
     resent_usd = stats._failed_choices_usd.of(stats._failed_choices)
@@ -1075,8 +1107,8 @@ def build_report(
         "generated_at": utc_timestamp(),
         "job": {str(k): _jsonable(v) for k, v in job.items()},
         "rows": {"total": n_rows, "by_status": by_status, "cut_at_length": n_length,
-                 "cut_at_length_usd": stats._cut_usd.of(n_length),
-                 "cut_at_length_tokens": stats._cut_tokens,
+                 "cut_at_length_usd": stats._cut.usd.of(n_length),
+                 "cut_at_length_tokens": stats._cut.tokens,
                  "to_do": to_do, "billed_to_do": stats._to_do_billed,
                  "changed_to_send": changed_left, "cost_unknown": n_unpriced,
                  "cost_unknown_failed": stats._n_unpriced_failed,
@@ -1916,16 +1948,32 @@ def changed_warning(n: int, *, exact: bool = True) -> str:
             "the job to send them")
 
 
-def retry_advice(failed_by_type: Mapping[str, int], command: str = "") -> str:
+def retry_advice(failed_by_type: Mapping[str, int], command: str = "", *, cut: int = 0) -> str:
     """What to do about the failed rows: resend them, and first fix what a resend alone would
     fail on again: the input rows that could not be sent (``invalid_row``), and what the
     endpoint refused (a model it does not have, a setting it rejects: a 4xx); ending with
-    ``command``, the one that resends them, where it is known."""
+    ``command``, the one that resends them, where it is known. ``cut`` of them were cut at
+    max_tokens (a structured reply cut short): sent again at the same max_tokens they are cut
+    again, so they are answered first with a larger one, as the warning of the rows cut says;
+    where every failed row was, that is all there is to do (no ``command``)."""
+    if cut:
+        they, them = ("it", "it") if cut == 1 else ("they", "them")
+        first = (f"the {count_rows(cut)} that failed for being cut at max_tokens "
+                 f"need{'s' if cut == 1 else ''} a larger one, as the warning of the rows cut "
+                 f"says (--retry-failed would send {them} at the same max_tokens, to be cut "
+                 "again and paid for again)")
+        if cut >= sum(failed_by_type.values()):
+            return first
+        advice = _retry_advice(failed_by_type, cut)
+        return (f"{first}; once {they} {'is' if cut == 1 else 'are'} answered, "
+                f"{advice}" + (f": {command}" if command else ""))
     advice = _retry_advice(failed_by_type)
     return f"{advice}: {command}" if command else advice
 
 
-def _retry_advice(failed_by_type: Mapping[str, int]) -> str:
+def _retry_advice(failed_by_type: Mapping[str, int], cut: int = 0) -> str:
+    """``retry_advice``'s, of the failed rows but the ``cut`` (said apart)."""
+    rows = "the other failed rows" if cut else "the failed rows"
     unsendable = failed_by_type.get("invalid_row", 0)
     too_large = failed_by_type.get("request_too_large", 0)
     refused = {t: n for t, n in failed_by_type.items()
@@ -1947,12 +1995,12 @@ def _retry_advice(failed_by_type: Mapping[str, int]) -> str:
     timeouts = (" (rows that timed out may need a longer --timeout)"
                 if failed_by_type.get("timeout") else "")
     if not steps:
-        return f"rerun with --retry-failed to send the failed rows again{timeouts}"
+        return f"rerun with --retry-failed to send {rows} again{timeouts}"
     fixable = unsendable + too_large + sum(refused.values())
-    if fixable == sum(failed_by_type.values()):
+    if fixable == sum(failed_by_type.values()) - cut:
         return (f"{'; and '.join(steps)}, then rerun with --retry-failed to send "
                 f"{'it' if fixable == 1 else 'them'}")
-    return (f"rerun with --retry-failed to send the failed rows again{timeouts}; first "
+    return (f"rerun with --retry-failed to send {rows} again{timeouts}; first "
             f"{'; and '.join(steps)}")
 
 

@@ -244,6 +244,7 @@ def rebuild_outputs(plan: Plan, summary: RunSummary, *, run_id: str | None = Non
     summary.length_cut = report["rows"]["cut_at_length"]
     summary.cut_usd = report["rows"]["cut_at_length_usd"]
     summary.cut_tokens = report["rows"]["cut_at_length_tokens"]
+    summary.cut_failed = stats.cut.failed
     # Rows cut in a choice but choice 0: counted cut, and not by their finish_reason (choice 0's)
     summary.choice_cut = summary.length_cut > report["by_finish_reason"].get("length", 0)
     summary.filtered = report["by_finish_reason"].get("content_filter", 0)

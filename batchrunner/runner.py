@@ -73,7 +73,6 @@ from batchrunner.config import (
     check_base_url,
     environment,
     is_loopback,
-    load_job,
     option_name,
     origin,
     proxy_for,
@@ -162,14 +161,14 @@ from batchrunner.retry import RetryPolicy, backoff
 from batchrunner.status import (
     FULL_DISK_BYTES,
     KEY_HELD_BACK,
-    Rerun,
+    cut_advice,
+    cut_warning,
     free_bytes,
-    option_given,
+    job_budget,
     plus_earlier,
     read_meta,
     rerun_command,
     resume_advice,
-    round_up,
     run_in_progress,
 )
 from batchrunner.structured import (
@@ -224,10 +223,6 @@ _STOPPED_SHORT = {
     "content_filter": "the reply was stopped by the content filter (finish_reason=content_filter)",
     "pause_turn": "the turn was paused before its answer (finish_reason=pause_turn)",
 }
-# The rows cut at max_tokens, as --rerun-where picks them; with n > 1 (True) those of which any
-# choice was (its finish_reason in ``choices``), not choice 0 alone.
-_CUT_WHERE = {False: "finish_reason == 'length'",
-              True: "finish_reason == 'length' or choices.str.contains('reason.:.length')"}
 MIN_CONTEXT_WINDOW = 4096  # no chat model has a smaller one
 MAX_SUMMARY_EXAMPLES = 3  # error types whose message the run summary shows
 # A run whose first rows sent all fail with one error type, none ok, stops after this many.
@@ -352,6 +347,7 @@ class RunSummary:
     changed_exact: bool = True  # False: at most changed_left (found by a run that then crashed)
     sent: int = 0
     length_cut: int = 0
+    cut_failed: int = 0  # of them, rows failed (a structured reply cut short)
     filtered: int = 0  # rows stopped by the content filter (finish_reason content_filter)
     paused: int = 0  # rows whose turn Claude paused (finish_reason pause_turn): unfinished
     # Models whose cached prompt tokens the job priced at the input price (no cached_input)
@@ -4794,92 +4790,14 @@ def _sending_told(summary: RunSummary, run: _Run) -> None:
 
 
 def _cut_advice(plan: Plan, s: RunSummary) -> tuple[str, str]:
-    """How to answer again, with a larger max_tokens, the rows ``s`` counts cut at it: the
-    command that sends them with twice the max_tokens the job gave them (they used all of it;
-    how much more they need, no answer says), with why it is twice; or, where each row's limit
-    is in its body or a column, or the job set none (the server's own cut them), what to
-    raise, in words."""
-    they, their = ("it", "its") if s.length_cut == 1 else ("they", "their")
-    them = "it" if s.length_cut == 1 else "them"
-    if s.batch_input:
-        return (f"raise max_completion_tokens (or max_tokens) in {their} "
-                f"{'body' if s.length_cut == 1 else 'bodies'} and rerun: rows whose body "
-                "changed are sent again"), ""
-    request: dict[str, Any] = plan.job_meta.get("request") or {}
-    extra: dict[str, Any] = request.get("extra") or {}
-    columns: dict[str, Any] = request.get("from_columns") or {}
-    column = columns.get("max_completion_tokens") or columns.get("max_tokens")
-    if isinstance(column, str):
-        return (f"raise {their} values in column {shell_quote(column)} (each row's max_tokens) "
-                "and rerun: rows whose values changed are sent again"), ""
-    where = ("--rerun-where", _CUT_WHERE[s.choices_asked > 1 or s.choice_cut])
-    asked = next((v for v in (request.get("max_tokens"), extra.get("max_completion_tokens"),
-                              extra.get("max_tokens")) if type(v) is int and v > 0), None)
-    if asked is None:  # how far the server's own limit let them go, the results say
-        flags = " ".join(shell_quote(a) for a in ("--force", *where))
-        return (f"rerun the job with a --max-tokens above the completion_tokens {they} used "
-                f"(no max_tokens was asked: the server's own limit cut {them}), and "
-                f"{flags}"), ""
-    # Under the name the job gives it: --max-tokens beside --max-completion-tokens is refused,
-    # and a --max-tokens the last run was given (renamed over the file's max_completion_tokens)
-    # is what to raise.
-    limit = ("max_completion_tokens" if asked == extra.get("max_completion_tokens")
-             and request.get("max_tokens") is None
-             and option_given(plan.job_meta, "max_tokens") is None else "max_tokens")
-    why = (f"twice the job's {limit} of {asked:,}, the most {they} "
-           f"{'was' if s.length_cut == 1 else 'were'} given")
-    if s.cut_tokens is not None and s.cut_tokens > asked:
-        # Cut by an earlier run's larger limit (the job's lowered since): twice the job's now
-        # would send them with no more than they had, and pay for the same cut answers.
-        why = (f"twice the {s.cut_tokens:,} tokens some of {them} were cut at by an earlier "
-               f"run (the job's {limit} is {asked:,} now)")
-        asked = s.cut_tokens
-    larger = 2 * asked
-    if s.pending:  # its command now would meet the stop (a budget) or the rows left first
-        rows = count_rows(s.pending)
-        done = "is" if s.pending == 1 else "are"
-        return (f"once the {rows} not done yet {done} done, the run's summary names the "
-                f"command, with {why}"), ""
-    options: dict[str, Any] = {limit: larger}
-    if (budget := _budget(plan)) is not None:
-        # The budget counts the job's whole cost: kept as it was, the command stopped at it
-        # after a few rows, or at once.
-        spent = s.cost_known_usd + s.earlier_cost_usd + s.unreported_usd
-        if s.cut_usd is None or not math.isfinite(spent) or not math.isfinite(s.cut_usd):
-            why += (f"; the budget counts the job's {format_usd(spent)} spent so far: raise "
-                    f"--max-cost (max_cost_usd) above it by what the {count_rows(s.length_cut)} "
-                    "cost again")
-        elif (need := spent + 2.2 * s.cut_usd) > 0 and (raised := round_up(need)) > budget:
-            options["max_cost_usd"] = raised
-            why += (f"; and --max-cost raised to {format_usd(raised)}: the budget counts the "
-                    f"job's {format_usd(spent)} spent so far, plus twice the "
-                    f"{format_usd(s.cut_usd)} {they} cost for answers up to twice as long, and "
-                    "a tenth more, rounded up")
-    command = Rerun(plan.job_meta, plan.out_dir).command(("--force", *where), options=options)
-    if not command:  # a job.json from before the options were kept
-        args = [a for name, value in options.items() for a in (option_name(name), str(value))]
-        flags = " ".join(shell_quote(a) for a in (*args, "--force", *where))
-        return f"rerun the job with {why}: {flags}", ""
-    return why, command
-
-
-def _budget(plan: Plan) -> float | None:
-    """The job's budget (max_cost_usd): the run's; else (``report``, rebuilt from job.json)
-    the --max-cost its last run was given, else its job file's, if it still reads; else
-    None."""
-    if (budget := plan.job.limits.max_cost_usd) is not None:
-        return budget
-    meta = plan.job_meta
-    given = option_given(meta, "max_cost_usd")
-    if isinstance(given, int | float) and not isinstance(given, bool):
-        return float(given)
-    job_file = meta.get("job_file")
-    if not isinstance(job_file, str) or not os.path.isfile(job_file):
-        return None  # given by options alone ("command line"), or gone
-    try:
-        return load_job(job_file, {}).limits.max_cost_usd
-    except (UsageError, OSError, ValueError):
-        return None
+    """What the summary says to do about the rows ``s`` counts cut at max_tokens: status's
+    ``cut_advice``, with the job's budget as the run has it."""
+    return cut_advice(plan.job_meta, plan.out_dir, rows=s.length_cut,
+                      every_choice=s.choices_asked > 1 or s.choice_cut, tokens=s.cut_tokens,
+                      usd=s.cut_usd, pending=s.pending,
+                      spent=s.cost_known_usd + s.earlier_cost_usd + s.unreported_usd,
+                      budget=job_budget(plan.job_meta, plan.job.limits.max_cost_usd),
+                      batch_input=s.batch_input)
 
 
 def _structured_or_none(settings: dict[str, Any]) -> StructuredOutput | None:
@@ -4944,20 +4862,8 @@ def format_summary(s: RunSummary) -> str:
     if s.changed_left:
         lines.append(f"  warning: {changed_warning(s.changed_left, exact=s.changed_exact)}")
     if s.length_cut:
-        them = "it" if s.length_cut == 1 else "them"
-        whole, n = "", ""
-        if s.choices_asked > 1 or s.choice_cut:  # n > 1: resent as a whole, not a choice alone
-            n = f"n = {s.choices_asked} " if s.choices_asked > 1 else ""
-            whole = f"which asks for all {n}choices of {them} again, not only those cut"
-        again = f"to answer {them} again with a larger one"
-        if s.cut_command:
-            why = s.cut_advice + (f"; all {n}choices of {them} are asked for again, not only "
-                                  "those cut" if whole else "")
-            how = f"{again} ({why}), run: {s.cut_command}"
-        else:
-            how = f"{again}, {s.cut_advice}" + (f", {whole}" if whole else "")
-        lines.append(f"  warning: {count_rows(s.length_cut)} cut at max_tokens "
-                     f"(finish_reason=length): {how}")
+        lines.append("  warning: " + cut_warning(s.length_cut, s.choices_asked, s.choice_cut,
+                                                 s.cut_advice, s.cut_command))
     if s.filtered:
         lines.append(f"  warning: {count_rows(s.filtered)} stopped by the content filter "
                      f"(finish_reason=content_filter): {'its' if s.filtered == 1 else 'their'} "
@@ -5067,7 +4973,7 @@ def format_summary(s: RunSummary) -> str:
         lines.append(f"  {s.first}, then rerun the job with --retry-failed to send the failed "
                      "rows again")
     elif s.failed:
-        lines.append(f"  {retry_advice(s.error_types)}")
+        lines.append(f"  {retry_advice(s.error_types, cut=s.cut_failed)}")
     if s.failed_choices:
         note = resend_choices_note(s.failed_choices, s.failed_choices_usd, s.choices_asked)
         lines.append(f"  {note}")

@@ -43,6 +43,7 @@ from batchrunner.progress import (
 from batchrunner.records import AUDIO_COLUMNS, RETRYING
 from batchrunner.report import (
     AudioSum,
+    CutRows,
     SearchSum,
     UsdSum,
     asks_choices,
@@ -60,9 +61,10 @@ from batchrunner.report import (
 )
 from batchrunner.results import recorded_changed_left
 
-__all__ = ["FULL_DISK_BYTES", "Rerun", "budget_to_raise", "format_status", "free_bytes",
-           "input_moved", "option_given", "plus_earlier", "read_meta", "rerun_command",
-           "resume_advice", "round_up", "run_in_progress"]
+__all__ = ["FULL_DISK_BYTES", "Rerun", "budget_to_raise", "cut_advice", "cut_warning",
+           "format_status", "free_bytes", "input_moved", "job_budget", "option_given",
+           "plus_earlier", "read_meta", "rerun_command", "resume_advice", "round_up",
+           "run_in_progress"]
 
 
 # What to do of a damaged job.json: its journal holds answers paid for, which deleting the
@@ -329,6 +331,9 @@ def format_status(out_dir: Path) -> str:
         # failing, or refused, alike, with the failed rows to send again once that is fixed.
         to_do = max(0, total - ok - failed)
         kind = last.get("stop_kind") if last.get("finished_at") else None
+        # The rows cut at max_tokens: what to do about them, as the run's summary says it (a
+        # failed one sent again by --retry-failed is cut again at the same max_tokens).
+        cut = _cut_lines(meta, out_dir, state, asked, to_do)
         fix_first = bool(to_do or failed) and kind in ("fix_first", "wait_first")
         # A --retry-failed run that did not finish them (killed, interrupted, stopped) leaves
         # failed rows its command sends again: without the option, it sends nothing of them.
@@ -389,6 +394,7 @@ def format_status(out_dir: Path) -> str:
             lines.append(f"  last run: started {last['started_at']}, did not finish{why}"
                          + resume_advice(command))
             command = ""  # said
+            lines += cut
             if (earlier := _outputs_before(out_dir, last)) is not None:
                 # A results file that looks current, last night's: read in the morning as if
                 # it were tonight's.
@@ -410,8 +416,10 @@ def format_status(out_dir: Path) -> str:
                 lines.append("  the results and reports may not have been written, or not all "
                              "(the run was stopped while writing them) — write them with: "
                              f"{program(meta)} report {shell_quote(str(out_dir))}")
+            lines += cut
             if failed and not (to_do or retry):  # no command below: the failed rows are left
-                lines.append("  " + retry_advice(failed_by_type, rerun.command(RETRY)))
+                lines.append("  " + retry_advice(failed_by_type, rerun.command(RETRY),
+                                                 cut=state.cut.failed))
         else:
             sent = last.get("sent")
             rebuilt = meta.get("rebuilt_at")
@@ -426,8 +434,10 @@ def format_status(out_dir: Path) -> str:
                 lines.append("  the results and reports were not written: the run was killed "
                              "while writing them, or the machine stopped — write them with: "
                              f"{program(meta)} report {shell_quote(str(out_dir))}")
+            lines += cut
             if failed:
-                lines.append("  " + retry_advice(failed_by_type, rerun.command(RETRY)))
+                lines.append("  " + retry_advice(failed_by_type, rerun.command(RETRY),
+                                                 cut=state.cut.failed))
         if command and left and kind == "budget":
             # The same command stops again at once: the job's spend so far counts. What the
             # rows --rerun-where has left cost, the estimate tells (status does not read the
@@ -472,6 +482,22 @@ def format_status(out_dir: Path) -> str:
                          f"{_refused(left_any)}"
                          + (f"; the commands here give {it} again" if shown else ""))
     return "\n".join(lines)
+
+
+def _cut_lines(meta: dict[str, Any], out_dir: Path, state: _Tally, asked: int,
+               to_do: int) -> list[str]:
+    """The warning of the rows cut at max_tokens (``state.cut``), as the run's summary words
+    it, with the command that answers them again with a larger one; none where no row was."""
+    cut = state.cut
+    if not cut.rows:
+        return []
+    request = meta.get("request")
+    advice, command = cut_advice(
+        meta, out_dir, rows=cut.rows, every_choice=asked > 1 or cut.in_choice, tokens=cut.tokens,
+        usd=cut.usd.of(cut.rows), pending=to_do,
+        spent=state.cost.usd + state.earlier.usd + state.unreported.usd, budget=job_budget(meta),
+        batch_input=isinstance(request, dict) and request.get("openai_batch") is True)
+    return ["  warning: " + cut_warning(cut.rows, asked, cut.in_choice, advice, command)]
 
 
 def _refused(left: bool) -> str:
@@ -632,6 +658,121 @@ def round_up(usd: float) -> float:
     """``usd`` (above 0) rounded up to two significant figures: 11.15 → 12, 0.01231 → 0.013."""
     exponent = math.floor(math.log10(usd)) - 1
     return float(Decimal(math.ceil(Decimal(repr(usd)).scaleb(-exponent))).scaleb(exponent))
+
+
+# The rows cut at max_tokens, as --rerun-where picks them; with n > 1 (True) those of which any
+# choice was (its finish_reason in ``choices``), not choice 0 alone.
+_CUT_WHERE = {False: "finish_reason == 'length'",
+              True: "finish_reason == 'length' or choices.str.contains('reason.:.length')"}
+
+
+def cut_advice(meta: dict[str, Any], out_dir: Path, *, rows: int, every_choice: bool,
+               tokens: int | None, usd: float | None, pending: int, spent: float,
+               budget: float | None, batch_input: bool) -> tuple[str, str]:
+    """How to answer again, with a larger max_tokens, the ``rows`` cut at it (of the job whose
+    job.json is ``meta``; ``every_choice``: asked n > 1, or one cut in a choice but choice 0;
+    ``tokens``, the most one of them used, ``usd`` what they cost, ``pending`` the rows not
+    done yet, ``spent`` the job's spend so far, against its ``budget``): the command that sends
+    them with twice the max_tokens the job gave them (they used all of it; how much more they
+    need, no answer says), with why it is twice; or, where each row's limit is in its body or
+    a column, or the job set none (the server's own cut them), what to raise, in words. The
+    run's summary and ``status`` say it alike (``cut_warning``)."""
+    they, their = ("it", "its") if rows == 1 else ("they", "their")
+    them = "it" if rows == 1 else "them"
+    if batch_input:
+        return (f"raise max_completion_tokens (or max_tokens) in {their} "
+                f"{'body' if rows == 1 else 'bodies'} and rerun: rows whose body "
+                "changed are sent again"), ""
+    request: dict[str, Any] = meta.get("request") or {}
+    extra: dict[str, Any] = request.get("extra") or {}
+    columns: dict[str, Any] = request.get("from_columns") or {}
+    column = columns.get("max_completion_tokens") or columns.get("max_tokens")
+    if isinstance(column, str):
+        return (f"raise {their} values in column {shell_quote(column)} (each row's max_tokens) "
+                "and rerun: rows whose values changed are sent again"), ""
+    where = ("--rerun-where", _CUT_WHERE[every_choice])
+    asked = next((v for v in (request.get("max_tokens"), extra.get("max_completion_tokens"),
+                              extra.get("max_tokens")) if type(v) is int and v > 0), None)
+    if asked is None:  # how far the server's own limit let them go, the results say
+        flags = " ".join(shell_quote(a) for a in ("--force", *where))
+        return (f"rerun the job with a --max-tokens above the completion_tokens {they} used "
+                f"(no max_tokens was asked: the server's own limit cut {them}), and "
+                f"{flags}"), ""
+    # Under the name the job gives it: --max-tokens beside --max-completion-tokens is refused,
+    # and a --max-tokens the last run was given (renamed over the file's max_completion_tokens)
+    # is what to raise.
+    limit = ("max_completion_tokens" if asked == extra.get("max_completion_tokens")
+             and request.get("max_tokens") is None
+             and option_given(meta, "max_tokens") is None else "max_tokens")
+    why = (f"twice the job's {limit} of {asked:,}, the most {they} "
+           f"{'was' if rows == 1 else 'were'} given")
+    if tokens is not None and tokens > asked:
+        # Cut by an earlier run's larger limit (the job's lowered since): twice the job's now
+        # would send them with no more than they had, and pay for the same cut answers.
+        why = (f"twice the {tokens:,} tokens some of {them} were cut at by an earlier "
+               f"run (the job's {limit} is {asked:,} now)")
+        asked = tokens
+    larger = 2 * asked
+    if pending:  # its command now would meet the stop (a budget) or the rows left first
+        done = "is" if pending == 1 else "are"
+        return (f"once the {count_rows(pending)} not done yet {done} done, the run's summary "
+                f"names the command, with {why}"), ""
+    options: dict[str, Any] = {limit: larger}
+    if budget is not None:
+        # The budget counts the job's whole cost: kept as it was, the command stopped at it
+        # after a few rows, or at once.
+        if usd is None or not math.isfinite(spent) or not math.isfinite(usd):
+            why += (f"; the budget counts the job's {format_usd(spent)} spent so far: raise "
+                    f"--max-cost (max_cost_usd) above it by what the {count_rows(rows)} "
+                    "cost again")
+        elif (need := spent + 2.2 * usd) > 0 and (raised := round_up(need)) > budget:
+            options["max_cost_usd"] = raised
+            why += (f"; and --max-cost raised to {format_usd(raised)}: the budget counts the "
+                    f"job's {format_usd(spent)} spent so far, plus twice the "
+                    f"{format_usd(usd)} {they} cost for answers up to twice as long, and "
+                    "a tenth more, rounded up")
+    command = Rerun(meta, out_dir).command(("--force", *where), options=options)
+    if not command:  # a job.json from before the options were kept
+        args = [a for name, value in options.items() for a in (option_name(name), str(value))]
+        flags = " ".join(shell_quote(a) for a in (*args, "--force", *where))
+        return f"rerun the job with {why}: {flags}", ""
+    return why, command
+
+
+def cut_warning(rows: int, choices: int, choice_cut: bool, advice: str, command: str) -> str:
+    """The warning of the ``rows`` cut at max_tokens, with what ``cut_advice`` says to do
+    (``advice``, and ``command``, where it names one); ``choices``, the n asked, and
+    ``choice_cut``, one cut in a choice but choice 0: resent as a whole, not a choice alone."""
+    them = "it" if rows == 1 else "them"
+    whole, n = "", ""
+    if choices > 1 or choice_cut:
+        n = f"n = {choices} " if choices > 1 else ""
+        whole = f"which asks for all {n}choices of {them} again, not only those cut"
+    again = f"to answer {them} again with a larger one"
+    if command:
+        why = advice + (f"; all {n}choices of {them} are asked for again, not only "
+                        "those cut" if whole else "")
+        how = f"{again} ({why}), run: {command}"
+    else:
+        how = f"{again}, {advice}" + (f", {whole}" if whole else "")
+    return f"{count_rows(rows)} cut at max_tokens (finish_reason=length): {how}"
+
+
+def job_budget(meta: dict[str, Any], budget: float | None = None) -> float | None:
+    """The job's budget (max_cost_usd): ``budget``, a run's; else the --max-cost its last run
+    was given (job.json's ``meta``), else its job file's, if it still reads; else None."""
+    if budget is not None:
+        return budget
+    given = option_given(meta, "max_cost_usd")
+    if isinstance(given, int | float) and not isinstance(given, bool):
+        return float(given)
+    job_file = meta.get("job_file")
+    if not isinstance(job_file, str) or not os.path.isfile(job_file):
+        return None  # given by options alone ("command line"), or gone
+    try:
+        return load_job(job_file, {}).limits.max_cost_usd
+    except (UsageError, OSError, ValueError):
+        return None
 
 
 def budget_to_raise(meta: dict[str, Any]) -> str:
@@ -891,6 +1032,7 @@ class _Tally:
         self.failed_choices = 0  # failed rows answered with choices (failed_with_choices)
         self.failed_choices_usd = UsdSum()  # what their answers cost
         self.paused = 0  # rows whose turn Claude paused (finish_reason pause_turn), as reported
+        self.cut = CutRows(choices=choices)  # rows cut at max_tokens, as reported
         self.ok = self.failed = self.unpriced = self.unpriced_search = self.tokens = 0
         self.unpriced_requests = 0  # of search billed per request (search_requests)
         self.cached = self.written = 0  # prompt tokens read from the cache and written to it
@@ -948,6 +1090,9 @@ class _Tally:
                 self.failed_choices += k
                 self.failed_choices_usd.add(pc.filter(cost, answered))
         self.paused += pc.sum(is_value(part["finish_reason"], "pause_turn")).as_py() or 0
+        retrying = pc.fill_null(is_value(part["status"], RETRYING), _FALSE)
+        outcomes = pc.filter(part, pc.invert(retrying)) if pc.any(retrying).as_py() else part
+        self.cut.add(outcomes, pc.fill_null(is_value(outcomes["status"], "failed"), _FALSE))
         total = pc.coalesce(part["total_tokens"],
                             pc.add(part["prompt_tokens"], part["completion_tokens"]))
         self.tokens += pc.sum(total).as_py() or 0

@@ -17,8 +17,9 @@ from batchrunner.cli import main
 from batchrunner.config import load_job
 from batchrunner.errors import ConfigError
 from batchrunner.retry import RetryPolicy
-from batchrunner.runner import RunOptions, RunSummary, run_job
+from batchrunner.runner import RunOptions, RunSummary, format_summary, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
+from batchrunner.status import format_status
 from batchrunner.structured import (
     StructuredOutput,
     dangling_ref,
@@ -638,12 +639,12 @@ def test_report_shows_cost_billed_for_failed_rows(tmp_path: Path) -> None:
 
 
 async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
-                fmt: str = "parquet", output: str = "out", stream: bool = False
-                ) -> tuple[RunSummary, pd.DataFrame]:
+                fmt: str = "parquet", output: str = "out", stream: bool = False,
+                max_tokens: int | None = None) -> tuple[RunSummary, pd.DataFrame]:
     """Run a job whose rows' prompts are the replies a server answers with, as its content (a
     prompt of JSON with a "message" key: that message, and its "finish_reason" and
     "logprobs"); streamed, the content comes in pieces of 4 characters, then the refusal, if
-    any, with the logprobs."""
+    any, with the logprobs. ``max_tokens``: the job's, where it sets one."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         body = await request.json()
@@ -688,7 +689,9 @@ async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
     (tmp_path / "job.toml").write_text(
         '[input]\npath = "in.jsonl"\nid_column = "id"\n'
         '[request]\nmodel = "gpt-4o-mini"\nprompt = "{reply}"\nschema_file = "s.schema.json"\n'
-        f'stream = {str(stream).lower()}\n[output]\ndir = "{output}"\nformat = "{fmt}"\n')
+        f'stream = {str(stream).lower()}\n'
+        + ("" if max_tokens is None else f"max_tokens = {max_tokens}\n")
+        + f'[output]\ndir = "{output}"\nformat = "{fmt}"\n')
     s = await run_job_file(handler, tmp_path / "job.toml", FAST)
     out = tmp_path / output / f"results.{fmt}"
     df = (pd.read_parquet(out) if fmt == "parquet" else pd.read_json(out, lines=True)
@@ -771,6 +774,45 @@ async def test_a_reply_cut_at_max_tokens_says_so_in_its_row(
         assert df["finish_reason"][row] == "length"
     assert df["error_message"][1].endswith(")") and "not JSON" in df["error_message"][1]
     assert not df["error_message"][3].startswith("the reply was cut")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("others", [False, True], ids=["all_cut", "others_failed"])
+async def test_status_says_of_rows_failed_for_a_cut_what_the_summary_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, others: bool) -> None:
+    # Structured replies cut at max_tokens failed their rows: the run's summary named the
+    # command that sends them with a larger max_tokens, but `batchrunner status` said only
+    # "rerun with --retry-failed", which sends them at the same one: cut again, paid again
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+    def cut(content: str) -> str:
+        return json.dumps({"message": {"role": "assistant", "content": content},
+                           "finish_reason": "length"})
+
+    replies = ['{"n": 1}', cut('{"n": 1, "note": "a lo'), cut('{"n": "x"}')]
+    if others:
+        replies.append('{"n": "y"}')  # failed, not cut: --retry-failed is what it needs
+    s, _ = await _echo(tmp_path, replies, max_tokens=50, schema={
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    assert (s.ok, s.failed, s.length_cut) == (1, len(replies) - 1, 2)
+    assert "--max-tokens 100 --force --rerun-where" in s.cut_command
+    summary = format_summary(s).splitlines()
+    status = format_status(tmp_path / "out").splitlines()
+    (warning,) = [line for line in summary if line.startswith("  warning: 2 rows cut at ")]
+    assert warning in status and s.cut_command in warning, status
+    assert s.cut_failed == 2
+    advice = summary[-1].strip()
+    assert advice.startswith("the 2 rows that failed for being cut at max_tokens need a larger "
+                             "one, as the warning of the rows cut says (--retry-failed would "
+                             "send them at the same max_tokens"), advice
+    assert status[-1].strip().startswith(advice)
+    retries = [line for line in status if line.endswith(" --retry-failed")]
+    if others:
+        assert advice.endswith("; once they are answered, rerun with --retry-failed to send the "
+                               "other failed rows again")
+        assert retries == [status[-1]]
+    else:
+        assert status[-1].strip() == advice and not retries
 
 
 @pytest.mark.anyio
