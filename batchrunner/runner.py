@@ -172,6 +172,7 @@ from batchrunner.status import (
     run_in_progress,
 )
 from batchrunner.structured import (
+    EMPTY_REPLY,
     StructuredOutput,
     strict_warnings,
     structured_output,
@@ -3878,6 +3879,13 @@ class _Run:
                     # fence or the words around it
                 if choices is not None:  # each choice's too (n > 1)
                     choices = checks.unfenced_choices(choices)
+            elif error is not None and finish == "length" and error[1] == EMPTY_REPLY:
+                # Cut before any answer: a thinking model's reasoning used up max_tokens.
+                reasoned = (f" (this one reasoned for {res.reasoning_tokens:,} tokens)"
+                            if which is None and res.reasoning_tokens else "")
+                error = error[0], ("the reply was cut at max_tokens before its answer began "
+                                   "(finish_reason=length): it is empty, as a thinking model's "
+                                   f"is when its reasoning uses all of max_tokens{reasoned}")
             elif error is not None and finish in _STOPPED_SHORT:  # why: not the model's
                 error = error[0], f"{_STOPPED_SHORT[finish]}: {error[1]}"
             if which is not None and error is not None:

@@ -49,11 +49,15 @@ if TYPE_CHECKING:
     from jsonschema.exceptions import SchemaError
     from jsonschema.protocols import Validator
 
-__all__ = ["COLUMN_PREFIX", "StructuredOutput", "dangling_ref", "dangling_text", "loads_reply",
-           "schema_error_text", "schema_name_error", "schema_name_warning", "strict_error",
-           "strict_warnings", "structured_output", "unfenced", "validator_class"]
+__all__ = ["COLUMN_PREFIX", "EMPTY_REPLY", "StructuredOutput", "dangling_ref", "dangling_text",
+           "loads_reply", "schema_error_text", "schema_name_error", "schema_name_warning",
+           "strict_error", "strict_warnings", "structured_output", "unfenced",
+           "validator_class"]
 
 COLUMN_PREFIX = "json_"
+# What a reply with no text (content null or "", or blanks) fails with: not a parser's words
+# for an empty document.
+EMPTY_REPLY = "the reply is empty (no content)"
 _DECODER = json.JSONDecoder()
 _TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
@@ -685,6 +689,9 @@ class StructuredOutput:
 
     def check(self, text: str | None) -> tuple[str, str] | None:
         """``(error_type, message)`` when ``text`` is not the JSON asked for, else None."""
+        if not text or text.isspace():
+            return "invalid_json", EMPTY_REPLY if self.tool is None else (
+                f"{self._what} {self._is} empty")
         try:
             value = loads_reply(text or "")
         except orjson.JSONDecodeError as e:

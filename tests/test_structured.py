@@ -642,8 +642,8 @@ async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
                 fmt: str = "parquet", output: str = "out", stream: bool = False,
                 max_tokens: int | None = None) -> tuple[RunSummary, pd.DataFrame]:
     """Run a job whose rows' prompts are the replies a server answers with, as its content (a
-    prompt of JSON with a "message" key: that message, and its "finish_reason" and
-    "logprobs"); streamed, the content comes in pieces of 4 characters, then the refusal, if
+    prompt of JSON with a "message" key: that message, and its "finish_reason", "logprobs" and
+    "reasoning_tokens"); streamed, the content comes in pieces of 4 characters, then the refusal, if
     any, with the logprobs. ``max_tokens``: the job's, where it sets one."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
@@ -655,7 +655,10 @@ async def _echo(tmp_path: Path, replies: list[str], *, schema: object,
             spec = json.loads(said)
             message, finish = spec["message"], spec.get("finish_reason", "stop")
             logprobs = spec.get("logprobs")
-        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        usage: dict[str, object] = {"prompt_tokens": 10, "completion_tokens": 5,
+                                    "total_tokens": 15}
+        if said.startswith("{\"message\"") and (reasoned := spec.get("reasoning_tokens")):
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoned}
         if not body.get("stream"):
             return web.json_response({
                 "id": "chatcmpl-1", "model": body["model"],
@@ -774,6 +777,31 @@ async def test_a_reply_cut_at_max_tokens_says_so_in_its_row(
         assert df["finish_reason"][row] == "length"
     assert df["error_message"][1].endswith(")") and "not JSON" in df["error_message"][1]
     assert not df["error_message"][3].startswith("the reply was cut")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_an_empty_reply_says_it_is_empty(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    # An empty reply failed as "the reply is not JSON (Input is a zero-length, empty document:
+    # line 1 column 1 (char 0))", the parser's words; one cut at max_tokens before its answer
+    # began (a thinking model whose reasoning used all of them: content null) said no more
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+    def reply(content: str | None, finish: str, reasoned: int = 0) -> str:
+        return json.dumps({"message": {"role": "assistant", "content": content},
+                           "finish_reason": finish, "reasoning_tokens": reasoned})
+
+    s, df = await _echo(tmp_path, [
+        reply(None, "length", 512), reply("", "length"), reply("", "stop"), reply(" \n", "stop"),
+        reply(None, "stop")], stream=stream, schema={"type": "object"})
+    assert s.failed == 5 and set(df["error_type"]) == {"invalid_json"}
+    cut = ("the reply was cut at max_tokens before its answer began (finish_reason=length): it "
+           "is empty, as a thinking model's is when its reasoning uses all of max_tokens")
+    assert df["error_message"].tolist() == [
+        f"{cut} (this one reasoned for 512 tokens)", cut,
+        *["the reply is empty (no content)"] * 3]
+    assert s.length_cut == 2
 
 
 @pytest.mark.anyio
