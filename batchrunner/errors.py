@@ -180,7 +180,12 @@ class EndpointChanged(StopJob):
 
 
 class Interrupted(StopJob):
-    """The user or the system asked the run to stop."""
+    """The user or the system asked the run to stop; ``cause``, where given, says who and
+    when, without what to do ("interrupted by SIGTERM"), for a message that says both."""
+
+    def __init__(self, message: str, *, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class RequestError(BatchrunnerError):

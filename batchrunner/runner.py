@@ -4236,10 +4236,10 @@ class _Run:
             if not asked:  # the first, though the run may be stopping already (its budget)
                 asked = True
                 by = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
+                cause = f"interrupted by {by}{self._outage_said()}"
                 self.stop(Interrupted(  # the run's own reason, if it had one, is kept
-                    f"interrupted by {by}{self._outage_said()}; finished rows are saved — run "
-                    "the same command to resume"
-                ))
+                    f"{cause}; finished rows are saved — run the same command to resume",
+                    cause=cause))
                 lead = "\n" if sys.stderr.isatty() else ""  # off the line ^C was echoed on
                 again = "Ctrl-C" if signum == signal.SIGINT else name
                 self.progress.write(f"{lead}batchrunner: {name}: finishing requests in "
@@ -4493,6 +4493,11 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         summary.wall_s = time.monotonic() - started
         moved = await anyio.to_thread.run_sync(_input_moved, plan)
         if moved:
+            # What to do next is the changed input's: a signal that stopped the run too is
+            # said before it (a scheduler's SIGTERM, in its log).
+            stop = run.stop_error
+            if isinstance(stop, Interrupted) and stop.cause:
+                moved = f"{stop.cause}, and {moved}"
             summary.stopped = moved
         # Until the results and reports are written: a run killed meanwhile left none (or
         # last night's), which `status` says rather than that the run went through.

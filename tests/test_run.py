@@ -1768,6 +1768,46 @@ async def test_an_input_replaced_while_the_job_runs_never_gets_the_answers_of_ot
 
 
 @pytest.mark.anyio
+async def test_a_run_interrupted_as_its_input_was_replaced_says_both(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM (Ctrl-C here) stops a run whose input tonight's export replaced
+    meanwhile: its stop said only that the input changed, and the log no longer said that the
+    run was interrupted. It says both, the input's change (what to do next) last."""
+    from batchrunner.errors import StopJob
+
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(6)],
+                  "text": [f"row {i} [[sim:hang]]" for i in range(6)]}).to_csv(inp, index=False)
+    async with Simulator(SimulatorConfig()) as sim:
+        async def replace_and_interrupt() -> None:
+            for _ in range(2000):  # 20 s at most
+                if sim.stats()["requests"] >= 4:
+                    break
+                await anyio.sleep(0.01)
+            else:
+                raise AssertionError(f"waited 20 s for 4 requests: {sim.stats()}")
+            staged = tmp_path / "export.csv"
+            pd.DataFrame({"id": ["r0"], "text": ["tonight's row"]}).to_csv(staged, index=False)
+            os.replace(staged, inp)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(replace_and_interrupt)
+            with anyio.fail_after(30), pytest.raises(StopJob) as e:
+                await run_job(job_for(tmp_path, sim.base_url, inp, concurrency=4),
+                              RunOptions(drain_s=0.3, progress="none", retry=FAST.retry))
+    said = str(e.value)
+    assert said.startswith("interrupted by Ctrl-C (SIGINT), and input "), said
+    assert said.endswith(" changed while the job ran (replaced, rewritten or removed): the "
+                         "results and reports were not written from it, as its rows may no "
+                         "longer be those sent; finished rows are saved — run the same command "
+                         "again to send the rows that changed and write the results"), said
+    last = json.loads((tmp_path / "out" / "job.json").read_text())["last_run"]
+    assert last["stopped"] == said and last["stop_kind"] == "input_changed"
+    status = format_status(tmp_path / "out")
+    assert f"  last run: stopped {last['finished_at']}: {said}" in status.splitlines(), status
+
+
+@pytest.mark.anyio
 async def test_an_input_replaced_while_a_job_keyed_by_position_runs_says_how_to_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows keyed by position (no id column): the same command again is refused, as for any
