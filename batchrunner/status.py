@@ -211,6 +211,8 @@ def format_status(out_dir: Path) -> str:
     # that reads the whole input). Beside a run in progress, said of that run, below.
     moved = input_moved(meta) if not locked and isinstance(last, dict) and last.get(
         "started_at") else ""
+    if moved == "changed":  # rows written into it as the run read it were read, and sent
+        total = max(total, ok + failed)
     lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
              f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"
              + (" in the input as the last run read it, which has changed since"
