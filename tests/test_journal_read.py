@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchrunner import compute
+from batchrunner import journal as journal_module
 from batchrunner.journal import Journal, JournalWriter, latest, outcomes_table
 from batchrunner.records import RETRYING, Outcome
 
@@ -126,6 +127,46 @@ def test_status_reads_a_segment_at_a_time_the_records_read_gives(
         if i % per == per - 1:
             writer.flush()
     writer.flush()
+    got = journal.fold_latest(["cost_usd", "earlier_cost_usd", "content"], _Rows).by_key
+    columns = ["key", "status", "finished_at", "cost_usd", "earlier_cost_usd", "content"]
+    assert got == {k: {c: r[c] for c in columns} for k, r in expected_latest(outcomes).items()}
+
+
+def test_a_long_run_writes_a_few_dozen_segments_not_one_a_second(tmp_path: Path) -> None:
+    """A run writes a segment a second: one of days against a rate-limited API left hundreds of
+    thousands of small segments, which every ``status`` and the next start read one by one
+    (38,000 of them, 1.9 million rows: 55 s a ``status``). The writer now merges its own."""
+    journal = Journal(tmp_path)
+    journal.create()
+    writer = JournalWriter(journal.directory, "20260101T000000-aaaaaa")
+    outcomes = [Outcome(key=f"row-{i % 700}", status="ok" if i % 3 else "failed",
+                        content=f"answer {i}", cost_usd=0.001, finished_at=float(i % 5))
+                for i in range(1_000)]
+    for o in outcomes:
+        writer.add(o)
+        writer.write(writer.take())
+    assert len(journal.segments()) <= 48  # 1,000 before
+    assert {r["key"]: r for r in journal.read().to_pylist()} == expected_latest(outcomes)
+    assert not [p for p in journal.directory.iterdir() if p.name.startswith(".")]
+
+
+@settings(max_examples=100, deadline=None)
+@given(records, st.integers(2, 3), st.integers(1, 12))
+def test_merged_segments_keep_the_records_read_gives(
+        tmp_path_factory: pytest.TempPathFactory, outcomes: list[Outcome], fan: int,
+        most: int) -> None:
+    """Segments merged as a run goes keep every record, in the order written: the same
+    latest records, a tie in time won by the one written last."""
+    journal = Journal(tmp_path_factory.mktemp("out"))
+    journal.create()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(journal_module, "MERGE_FAN", fan)
+        patch.setattr(journal_module, "MERGE_ROWS", most)
+        writer = JournalWriter(journal.directory, "20260101T000000-aaaaaa")
+        for o in outcomes:
+            writer.add(o)
+            writer.write(writer.take())
+    assert {r["key"]: r for r in journal.read().to_pylist()} == expected_latest(outcomes)
     got = journal.fold_latest(["cost_usd", "earlier_cost_usd", "content"], _Rows).by_key
     columns = ["key", "status", "finished_at", "cost_usd", "earlier_cost_usd", "content"]
     assert got == {k: {c: r[c] for c in columns} for k, r in expected_latest(outcomes).items()}
