@@ -1097,14 +1097,19 @@ class _SegmentGone(JournalError):
     removed: the journal is listed and read again."""
 
 
-_LISTINGS = 5  # times a journal read by another process than its writer is listed
+_LISTINGS = 8  # times a journal read by another process than its writer is listed
+_RELIST_S = 0.05  # the pause before listing it again, doubled each time (6.35 s in all)
 
 
 def _listed_again(read: Callable[[], _T]) -> _T:
-    """``read()`` (which lists the segments), again while a segment it listed is gone."""
-    for _ in range(_LISTINGS - 1):
+    """``read()`` (which lists the segments), again while a segment it listed is gone: after a
+    pause, so that a compaction removing the segments it merged (38,000 of them: seconds) is
+    done by then. Listed again at once, the read went on finding the next one removed, and
+    ``status`` failed as a run ended ("removed while it was read ... try again")."""
+    for i in range(_LISTINGS - 1):
         with suppress(_SegmentGone):
             return read()
+        time.sleep(_RELIST_S * 2 ** i)
     return read()
 
 

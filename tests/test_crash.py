@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -33,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchrunner import journal as journal_module
 from batchrunner import runner
 from batchrunner.cli import main
 from batchrunner.io import InputSource
@@ -653,6 +655,28 @@ def test_status_while_a_run_compacts_the_journal_reads_it_again(
     code, _, err = cli(capsys, *args, "--dry-run")
     assert code == 0, err
     assert len(listings) > 1
+
+
+def test_status_waits_for_a_compaction_to_finish_removing_segments(
+        tmp_path: Path, sim: SimulatorThread, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's end compaction removes the segments it merged one after another (thousands of
+    them: seconds). ``status`` listed the journal again at once each time it found one gone,
+    found the next one gone each time, and failed after five listings ('was removed while it
+    was read ... try again'), as a monitoring script polled it. It now pauses before listing
+    again; here the segments are being removed until a second of its pauses has passed."""
+    out, _ = first_run(tmp_path, sim, capsys)
+    gone = out / "journal" / "seg-20261201T000000-abcdef-w0-000000.parquet"  # being removed
+    listed = Journal.segments
+    paused: list[float] = []
+
+    def segments(self: Journal) -> list[Path]:
+        return listed(self) + ([gone] if sum(paused) < 1.0 else [])
+
+    monkeypatch.setattr(Journal, "segments", segments)
+    monkeypatch.setattr(journal_module, "time", SimpleNamespace(sleep=paused.append))
+    assert format_status(out).startswith("in: 40 of 40 rows finished (30 ok, 10 failed")
+    assert sum(paused) >= 1.0
 
 
 def test_a_segment_there_that_cannot_be_opened_is_named_not_read_as_compacted(
