@@ -111,14 +111,17 @@ def read_meta(out_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def run_in_progress(out_dir: Path) -> str:
+def run_in_progress(out_dir: Path, *, ending: bool = False) -> str:
     """The run that holds ``out_dir``'s lock, as its ``job.json`` names it ("pid 123, started
-    ..."), or "" if it does not say."""
+    ..."), or "" if it does not say. With ``ending``, the run that holds it once its requests
+    are done, as it writes its results and reports (its ``last_run`` finished, its results not
+    written yet), instead."""
     try:
         last = json.loads((out_dir / "job.json").read_text(encoding="utf-8")).get("last_run")
     except (OSError, ValueError, AttributeError):
         return ""
-    if not isinstance(last, dict) or last.get("finished_at") or not last.get("pid"):
+    if not isinstance(last, dict) or not last.get("pid") or bool(last.get("finished_at")) != (
+            ending) or (ending and last.get("results_written") is not False):
         return ""
     try:
         os.kill(int(last["pid"]), 0)  # the holder may not have written its own yet
@@ -299,7 +302,12 @@ def format_status(out_dir: Path) -> str:
         lines.append(f"  {changed_warning(changed, exact=exact)}")
     if locked:
         running = run_in_progress(out_dir)
+        # A run that sent its last request writes its results and reports: for a big job,
+        # seconds to minutes, which read as "a run starting" here.
+        ending = "" if running else run_in_progress(out_dir, ending=True)
         lines.append(f"  a run is in progress ({running})" if running else
+                     f"  a run is writing its results and reports ({ending}): it sends no "
+                     "more requests" if ending else
                      "  in use by another batchrunner process (a run starting, or a report)")
         if running:
             finished_at = (np.concatenate(state.finished_at) if state.finished_at

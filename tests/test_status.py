@@ -784,6 +784,34 @@ def test_a_killed_runs_pid_taken_by_another_process_is_not_the_run_in_progress(
         assert "the endpoint has not answered for " in shown
 
 
+def test_status_says_a_run_is_writing_its_results_once_its_requests_are_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its requests done, a run compacts the journal and writes the results and reports (a 2
+    million row job: 8 s; over a journal of many segments, minutes). Meanwhile status said "in
+    use by another batchrunner process (a run starting, or a report)", as a monitoring script
+    polled it at the end of every run."""
+    from batchrunner import runner
+
+    out = simulated_job(tmp_path, monkeypatch, 3)
+    shown: list[str] = []
+    rebuild = runner.rebuild_outputs
+
+    def rebuild_outputs(*args: Any, **kwargs: Any) -> Any:
+        shown.append(format_status(out))
+        return rebuild(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "rebuild_outputs", rebuild_outputs)
+    assert main(["run", "--input", "in.csv", "--id-column", "id", "--prompt", "X {text}",
+                 "--model", "gpt-4o-mini", "--simulator", "--progress", "none", "--output",
+                 "out", "--rerun-where", "True"]) == 0
+    (during,) = shown
+    assert (f"  a run is writing its results and reports (pid {os.getpid()}, started "
+            in during), during
+    assert during.splitlines()[-1].endswith(": it sends no more requests"), during
+    assert "a run starting" not in during
+    assert "writing its results" not in format_status(out)  # done
+
+
 def inputs_read(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The inputs status reads through (``io.fingerprint_of``) from now on, as it reads them."""
     import batchrunner.io
