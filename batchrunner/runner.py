@@ -2118,6 +2118,9 @@ class _Run:
         # while they are the same for all, one limiter paces them all; once two differ, the
         # limits are each model's own, and ``split`` holds a limiter for each (``_observe``).
         self.model_limits: dict[str, tuple[float | None, float | None]] = {}
+        # The models answered ok with no limit reported, that never reported one: not paced at
+        # the limits another model's answers report (a gateway that limits some models only).
+        self.unlimited: set[str] = set()
         self.split: dict[str, Limiter] | None = None
         # Split by the limits reported: each model's latest report, the limits the job's
         # limiter paces every model at together while those agree (``_share``), and since
@@ -3475,6 +3478,7 @@ class _Run:
             return
         if self.models_vary and (limits := reported_limits(headers)) is not None:
             model = item.model
+            self.unlimited.discard(model)
             before = self.model_limits.get(model)
             if before is not None and _differ(limits, before):
                 # The model's own limits changed (a gateway's reloaded, the key's tier raised):
@@ -3482,8 +3486,21 @@ class _Run:
                 self.model_limits = {model: limits}
                 return
             self.model_limits[model] = limits
-            if any(map(_differ, repeat(limits), self.model_limits.values())):
+            if self.unlimited or any(map(_differ, repeat(limits), self.model_limits.values())):
                 self._split()
+
+    def _unlimited_model(self, item: _Work) -> None:
+        """Unsplit, ``item``'s model answered ok with no limit reported. A model whose answers
+        never report one is not paced at the limits another's report: once both are seen, each
+        model is paced at its own, this one free until its own 429s teach it a pace (a
+        simulator limiting one model of two, 60 a minute, held the other's 150 rows at that
+        pace: 267 s for rows it answered in under a second)."""
+        model = item.model
+        if model in self.model_limits:
+            return  # it reported limits before: an answer that omits them changes nothing
+        self.unlimited.add(model)
+        if self.model_limits:
+            self._split()
 
     def _split(self, limiters: dict[str, Limiter] | None = None) -> None:
         """Each model's own limiter from here on (``limiters``, or new ones), at the limits its
@@ -3572,6 +3589,7 @@ class _Run:
         self.parking = False
         self.model_limits = {model: (limiter.requests_per_minute, limiter.tokens_per_minute)
                              for model, limiter in split.items()}
+        self.unlimited -= split.keys()  # each reported its limits since
         self.limiter.relearn(requests, tokens)
         if (paused := max(split.values(), key=lambda limiter: limiter.paused_s)).paused_s:
             self.limiter.pause(paused.paused_s, paused.paused_by)  # a 429's, held on
@@ -3822,6 +3840,8 @@ class _Run:
         self.counters["attempts"] += item.attempts
         if res.headers or self.split is not None:  # a split job's model gets its limiter
             self._observe(item, res.headers)  # (an answer with no x-ratelimit-* teaches none)
+        if self.models_vary and self.split is None and reported_limits(res.headers) is None:
+            self._unlimited_model(item)
         # Servers charge max_tokens, not what the reply used, against the token limit.
         used = res.prompt_tokens + item.completion_max * item.n \
             if item.completion_max and res.prompt_tokens is not None else res.total_tokens

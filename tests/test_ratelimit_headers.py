@@ -338,6 +338,31 @@ async def test_models_whose_limits_differ_are_each_paced_at_their_own(tmp_path: 
 
 
 @pytest.mark.anyio
+async def test_a_model_whose_answers_report_no_limit_is_not_paced_at_anothers(
+        tmp_path: Path) -> None:
+    """A gateway that limits one model of two (300 a minute, said in its answers) and says
+    nothing for the other, as `batchrunner simulate --model-rpm` does: the one limit said was
+    taken for every model's, and the other model's rows went at its pace too (60 a minute for
+    one of two models: 150 rows of each in 267 s, not a 429 among them). Each model is paced
+    at its own now, the model with no limit said free."""
+    answered: list[float] = []
+    rows = 150  # every 5th asks the slow model
+    inp = tmp_path / "models.csv"
+    pd.DataFrame({"id": [f"r{i:04d}" for i in range(rows)],
+                  "model": ["slow" if i % 5 == 0 else "free" for i in range(rows)],
+                  "text": [f"row {i}" for i in range(rows)]}).to_csv(inp, index=False)
+    summary, counted = await run_against(
+        tmp_path, per_model_limits({"slow": 300.0}, answered), rows,
+        input=str(inp), model=None, model_column="model")
+    assert (summary.ok, summary.failed) == (rows, 0)
+    assert counted.too_many <= 8, counted.too_many
+    # At the slow model's pace, 5 a second: 150 rows in 29 s. Its own 30 rows take 5 s at it;
+    # the other model's 120 go meanwhile.
+    pace = (rows - 5) / (answered[-1] - answered[0])
+    assert pace > 2 * 300.0 / 60.0, pace
+
+
+@pytest.mark.anyio
 async def test_rows_waiting_for_a_slow_models_permit_leave_the_workers_to_other_models(
         tmp_path: Path) -> None:
     """A job of 100 rows, every 5th asking a model limited to 120 requests a minute and the
