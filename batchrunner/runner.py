@@ -1936,6 +1936,8 @@ class _Run:
         self.learnt_prompts = self.learnt_completions = 0
         self.latency_s = 1.0
         self.last_answer = -math.inf  # perf_counter() of the latest HTTP answer, of any status
+        # In a job whose rows ask models of their own, each model's (``_answered_since``).
+        self.model_answered: dict[str, float] = {}
         # When the latest request that got an answer was sent: answers to requests sent before
         # an outage began (a server draining them as it restarts) do not make the refusals
         # meanwhile the rows' own, nor end the outage.
@@ -2890,7 +2892,7 @@ class _Run:
                         self._refused(item)
                         self.refused_by = f"HTTP {e.status}: {e.message}"
                 elif e.status is not None:
-                    self._answered(sent_at)
+                    self._answered(sent_at, item)
                     if e.status >= 500:
                         self._server_error()
                 elif e.error_type == "connection_error":
@@ -2922,7 +2924,7 @@ class _Run:
                     item.timeouts += 1
                     if e.answer_begun:  # its stream had begun: the endpoint answers, slowly
                         self._answered(sent_at)
-                    elif sent_at > self.cut_at and self.last_answer > sent_at:
+                    elif sent_at > self.cut_at and self._answered_since(item, sent_at):
                         self._queued_too_long()
                 if item.falls is not None and not cut and e.error_type in CUT_KINDS:
                     item.falls.charged.append(self.fall)  # a try of it (given back if blamed)
@@ -3064,7 +3066,7 @@ class _Run:
             counts.in_flight -= 1
             if self.drop_simulated:
                 return None, None  # left to do
-            self._answered(sent_at)
+            self._answered(sent_at, item)
             self.long_waits = 0
             self.only_429s_from = math.inf
             return self._success(item, res, charge), None
@@ -3137,11 +3139,14 @@ class _Run:
             for item in queue:
                 self.counters["attempts"] += item.attempts
 
-    def _answered(self, sent_at: float) -> None:
-        """An HTTP answer (of any status) arrived to a request sent at ``sent_at``: the
-        endpoint is reachable, or was when it was sent."""
+    def _answered(self, sent_at: float, item: _Work | None = None) -> None:
+        """An HTTP answer (of any status) arrived to a request sent at ``sent_at`` (for
+        ``item``, where its model's answers are counted): the endpoint is reachable, or was
+        when it was sent."""
         down = self.refused_since > self.last_answer  # _looks_down, without its call
         self.last_answer = time.perf_counter()
+        if item is not None and self.models_vary:
+            self.model_answered[item.model] = self.last_answer
         if sent_at > self.answered_sent:  # every answer: no max() call
             self.answered_sent = sent_at
         if self.gate is not None and sent_at >= self.gate_from:
@@ -4078,6 +4083,16 @@ class _Run:
                 target = int(self.ceiling)
             self.target_workers = target
             self.add_workers()
+
+    def _answered_since(self, item: _Work, sent_at: float) -> bool:
+        """A request of the server ``item`` was sent to was answered after ``sent_at``: of its
+        model, in a job whose rows ask models of their own. A model slower than timeout_s
+        timing out beside another model's answers is no queue at one server: it took the
+        concurrency down to 1 for every model (150 rows of a model answered in 7 ms, beside
+        one answered in 3 s at timeout_s = 2, took over 5 minutes)."""
+        if not self.models_vary:
+            return self.last_answer > sent_at
+        return self.model_answered.get(item.model, -math.inf) > sent_at
 
     def _queued_too_long(self) -> None:
         """A request timed out while others sent to the same server were answered: it was

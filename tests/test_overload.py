@@ -1,20 +1,27 @@
 """How many requests a job keeps in flight when the server cannot take them all: a GPU server
 that queues what its batch cannot hold, a server that answers every request with an error.
-Each test runs a job in-process against the simulator on 127.0.0.1 at a random port."""
+Each test runs a job in-process against the simulator (or a small server of its own) on
+127.0.0.1 at a random port."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import anyio
+import pandas as pd
 import pytest
+from aiohttp import web
 
 from batchrunner import runner
+from batchrunner.config import load_job
 from batchrunner.progress import Counts, LogProgress, Progress, _postfix
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, run_job
 from batchrunner.simulator import Simulator, SimulatorConfig
+from tests.servers import serve_on_loopback
 from tests.test_faults import RUN_LIMIT_S, job_for, make_csv, results, run
+from tests.test_ratelimit_headers import completion
 
 KEY = "sk-test-overload-5e7a91"
 
@@ -49,6 +56,50 @@ async def test_requests_queued_past_the_timeout_lower_the_concurrency(
     err = capsys.readouterr().err
     assert "(concurrency lowered to " in err and " from 16: " in err
     assert "timed out while others were answered: the server queues what it cannot" in err
+
+
+@pytest.mark.anyio
+async def test_a_model_slower_than_the_timeout_leaves_the_concurrency_to_the_others(
+        tmp_path: Path) -> None:
+    """A job whose rows ask two models, one of which answers past timeout_s (a reasoning
+    model thinking long) while the other answers at once: each timeout came while the other
+    model's requests were answered, was taken for a queue at one server, and lowered the
+    concurrency, down to 1 for every model (150 rows answered in 7 ms each, beside 150 timing
+    out, took over 5 minutes). Only the model's own answers tell its requests queued now: the
+    fast model's rows go on at the job's concurrency."""
+    out = {"now": 0, "late": 0, "answered": 0}
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        if body["model"] == "slow":
+            await asyncio.sleep(1.0)  # past timeout_s
+        out["now"] += 1
+        try:
+            if out["answered"] >= 60:  # how many are out once the slow rows have timed out
+                out["late"] = max(out["late"], out["now"])
+            await asyncio.sleep(0.05)
+        finally:
+            out["now"] -= 1
+        out["answered"] += 1
+        return web.json_response(completion(body))
+
+    rows = 160  # every 4th asks the slow model
+    inp = tmp_path / "models.csv"
+    pd.DataFrame({"id": [f"r{i:04d}" for i in range(rows)],
+                  "model": ["slow" if i % 4 == 0 else "fast" for i in range(rows)],
+                  "text": [f"row {i}" for i in range(rows)]}).to_csv(inp, index=False)
+    server, port = await serve_on_loopback(handler)
+    try:
+        job = load_job(None, {
+            "input": str(inp), "id_column": "id", "prompt": "Q: {text}", "model_column": "model",
+            "base_url": f"http://127.0.0.1:{port}/v1", "output": str(tmp_path / "out"),
+            "concurrency": 8, "timeout_s": 0.3})
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job, backoff_of(0.01, 1))
+    finally:
+        await server.cleanup()
+    assert (s.ok, s.failed, s.error_types) == (120, 40, {"timeout": 40})
+    assert out["late"] >= 4, out  # 1 as it was
 
 
 def test_the_progress_says_why_the_concurrency_was_lowered() -> None:
