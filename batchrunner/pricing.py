@@ -671,6 +671,12 @@ def _unsuffixed(model: str) -> str | None:
     return base if base and base != name else None
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` name one model, but for a provider, a case or a date:
+    ``gpt-4o-mini-2024-07-18`` and ``gpt-4o-mini``."""
+    return _model_base(a) == _model_base(b)
+
+
 def _model_base(model: str) -> str:
     """A model's name without a provider, a case or a date: ``openai/GPT-4o-2024-08-06`` →
     ``gpt-4o``."""

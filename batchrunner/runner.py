@@ -116,6 +116,7 @@ from batchrunner.pricing import (
     audio_asked,
     live_search_asked,
     parse_price_table,
+    same_model,
     search_requested,
     tier_asked,
 )
@@ -935,6 +936,16 @@ def prepare(job: JobConfig, options: RunOptions, *, tidy: bool = True) -> Plan:
                                 options.rerun_where)
             hint = ("; key is text: quote the ids, as in \"key in ['1', '2']\"" if numeric
                     else "")
+            if not hint and "model" in _names(options.rerun_where):
+                # OpenAI's replies name a dated snapshot (gpt-4o-mini-2024-07-18), never the
+                # model asked for: "model == 'gpt-4o-mini'" picks none of its rows.
+                answered = sorted(journal.answered_models())
+                asked = re.fullmatch(r"\s*model\s*==\s*(['\"])(.+?)\1\s*", options.rerun_where)
+                snapshots = [m for m in answered if asked and same_model(m, asked[2])]
+                if answered:
+                    hint = (f"; model is the name each reply gave ({', '.join(answered[:3])}"
+                            f"{', ...' if len(answered) > 3 else ''})"
+                            + (f", as in \"model in {snapshots!r}\"" if snapshots else ""))
             warnings.append(f"--rerun-where {options.rerun_where!r} matched no row of the "
                             f"input: none is sent again{hint}")
     held = np.zeros_like(done)

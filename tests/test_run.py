@@ -295,6 +295,42 @@ async def test_rerun_where_and_changed_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_rerun_where_on_the_model_asked_for_says_what_model_holds(tmp_path: Path) -> None:
+    """OpenAI's replies name a dated snapshot of the model asked for: "model == 'gpt-4o-mini'"
+    to send one model's rows again matched none of them, and the run said only that. It says
+    now what model holds, with the expression that picks them."""
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = await request.json()
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0,
+            "model": f"{body['model']}-2024-07-18",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "ok"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+
+    inp = tmp_path / "in.csv"
+    pd.DataFrame({"id": [f"r{i}" for i in range(6)], "text": [f"row {i}" for i in range(6)],
+                  "model": ["gpt-4o-mini", "gpt-4.1-nano"] * 3}).to_csv(inp, index=False)
+    server, port = await serve_on_loopback(handler)
+    try:
+        job = job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp, model=None,
+                      model_column="model")
+        assert (await run_job(job, FAST)).ok == 6
+        opts = RunOptions(rerun_where="model == 'gpt-4o-mini'", retry=FAST.retry,
+                          progress="none", handle_signals=False)
+        s = await run_job(job, opts)
+        assert s.sent == 0
+        assert ("--rerun-where \"model == 'gpt-4o-mini'\" matched no row of the input: none is "
+                "sent again; model is the name each reply gave (gpt-4.1-nano-2024-07-18, "
+                "gpt-4o-mini-2024-07-18), as in \"model in ['gpt-4o-mini-2024-07-18']\"") in (
+                    s.warnings)
+        opts.rerun_where = "model in ['gpt-4o-mini-2024-07-18']"
+        assert (await run_job(job, opts)).sent == 3
+    finally:
+        await server.cleanup()
+
+
+@pytest.mark.anyio
 async def test_a_job_that_never_got_an_answer_takes_new_settings_without_force(
         tmp_path: Path) -> None:
     # A wrong setting fails every row; the fixed job is rerun as the stop message says, with
