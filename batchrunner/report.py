@@ -1640,6 +1640,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         cached = bool(tokens.get("cached"))
         wrote = bool((report.get("tokens_reported_by_rows") or {}).get("cache_write"))
         searches = _searched(report) is not None
+        # And of failed rows where some model has any: a model every row of which failed (a
+        # setting it refuses) showed its rows with no tokens and a cost of 0, as if answered.
+        failed = any(m.get("failed") for m in by_model.values())
         body = []
         for model, m in by_model.items():
             said = m.get("tokens_reported_by_rows") or {}
@@ -1647,6 +1650,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 [
                     model,
                     _num(m.get("rows", 0)),
+                    *([_num(m.get("failed", 0))] if failed else []),
                     _num(m.get("prompt_tokens", 0)),
                     *([_num(m.get("cached_tokens", 0)) if said.get("cached", 1)
                        else "not reported"] if cached else []),
@@ -1660,7 +1664,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     str(m.get("price_source") or ""),
                 ]
             )
-        head = ["Model", "Rows", "Prompt", *(["Cached"] if cached else []),
+        head = ["Model", "Rows", *(["Failed"] if failed else []), "Prompt",
+                *(["Cached"] if cached else []),
                 *(["Written to the cache"] if wrote else []), "Completion", "Cost",
                 *(["Search"] if searches else []), "Price in/cached/out", "Source"]
         out += ["## By model", "", *_table(head, body, right=set(range(1, len(head) - 2))),

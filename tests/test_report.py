@@ -997,6 +997,31 @@ async def test_the_reports_show_search_cost_apart_and_cache_tokens_by_model(
     assert "Cached" not in head and "Search" not in head
 
 
+def test_the_markdown_by_model_table_counts_each_models_failed_rows() -> None:
+    """A comparison of two models, one of which refused every row (a temperature a reasoning
+    model does not take): cost_report.md's table of models showed that model's rows with no
+    tokens and a cost of $0.0000, as if answered, where report.html and the JSON count them
+    failed. The table has a Failed column now, where some row failed."""
+    book = PriceBook({"my-model": OWN, "other-model": OWN})
+    refused = [failed_row(f"b{i}", "http_400", "Unsupported value: 'temperature'",
+                          model="other-model", priced_as="other-model") for i in range(3)]
+    report = build_report(table([ok_row(book, "a", "my-model"), *refused]), prices=book,
+                          job=JOB, wall_s=1.0)
+    assert report["by_model"]["other-model"]["failed"] == 3
+    md = render_markdown(report)
+    head = next(x for x in md.splitlines() if x.startswith("| Model "))
+    for model, rows, failed in (("my-model", "1", "0"), ("other-model", "3", "3")):
+        row = next(x for x in md.splitlines() if x.startswith(f"| {model} "))
+        columns = dict(zip([c.strip() for c in head.split("|")],
+                           [c.strip() for c in row.split("|")], strict=True))
+        assert (columns["Rows"], columns["Failed"]) == (rows, failed)
+    # A job with no failed row has no such column.
+    plain = build_report(table([ok_row(book, "a", "my-model")]), prices=book, job=JOB,
+                         wall_s=1.0)
+    head = next(x for x in render_markdown(plain).splitlines() if x.startswith("| Model "))
+    assert "Failed" not in head
+
+
 def test_cached_tokens_priced_at_the_input_price_of_a_job_entry_without_cached_input() -> None:
     # A [prices] entry as the README's, without its cached_input line: the cached tokens the
     # replies reported cost the input price, and nothing said so.
