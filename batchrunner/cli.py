@@ -513,10 +513,10 @@ def _cmd_report(ns: argparse.Namespace) -> int:
         rebuild_outputs,
         record_rebuilt,
     )
-    from batchrunner.status import budget_to_raise, run_in_progress
+    from batchrunner.status import budget_to_raise, lock_holder
 
     out_dir = _out_dir(ns.out_dir)
-    with RunLock(out_dir, holder=lambda: run_in_progress(out_dir)):  # not during a run
+    with RunLock(out_dir, holder=lambda: lock_holder(out_dir)):  # not during a run
         try:
             plan = plan_from_output(out_dir)
         except InputError as e:

@@ -166,11 +166,11 @@ from batchrunner.status import (
     cut_warning,
     free_bytes,
     job_budget,
+    lock_holder,
     plus_earlier,
     read_meta,
     rerun_command,
     resume_advice,
-    run_in_progress,
 )
 from batchrunner.structured import (
     EMPTY_REPLY,
@@ -4415,7 +4415,7 @@ async def run_job(job: JobConfig, options: RunOptions | None = None) -> RunSumma
     """Run (or resume) ``job`` to the end, or until it must stop; return what happened."""
     out_dir = job.output.dir
     # One run at a time in an output directory.
-    with io.RunLock(out_dir, holder=lambda: run_in_progress(out_dir)) as lock:
+    with io.RunLock(out_dir, holder=lambda: lock_holder(out_dir)) as lock:
         return await _run_job(job, options or RunOptions(), lock)
 
 

@@ -62,7 +62,8 @@ from batchrunner.report import (
 from batchrunner.results import recorded_changed_left
 
 __all__ = ["FULL_DISK_BYTES", "Rerun", "budget_to_raise", "cut_advice", "cut_warning",
-           "format_status", "free_bytes", "input_moved", "job_budget", "option_given",
+           "format_status", "free_bytes", "input_moved", "job_budget", "lock_holder",
+           "option_given",
            "plus_earlier", "read_meta", "rerun_command", "resume_advice", "round_up",
            "run_in_progress"]
 
@@ -133,6 +134,17 @@ def run_in_progress(out_dir: Path, *, ending: bool = False) -> str:
     if started is not None and _process_started_after(last["pid"], started + 1.0):
         return ""  # a killed run's pid, another process's since (a new run starting has it)
     return f"pid {last['pid']}, started {last.get('started_at')}"
+
+
+def lock_holder(out_dir: Path) -> str:
+    """Who holds ``out_dir``'s lock, for a run or ``report`` it refuses: the run in progress,
+    or one that has sent its requests and writes its results and reports (seconds for a big
+    job); "" where job.json does not say."""
+    if holder := run_in_progress(out_dir):
+        return holder
+    if holder := run_in_progress(out_dir, ending=True):
+        return f"{holder}, writing its results and reports"
+    return ""
 
 
 def _process_started_after(pid: Any, when: float) -> bool:

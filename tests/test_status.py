@@ -16,11 +16,13 @@ from aiohttp import web
 
 from batchrunner.cli import _overrides, build_parser, main
 from batchrunner.config import load_job
+from batchrunner.errors import OutputBusy
+from batchrunner.io import RunLock
 from batchrunner.journal import Journal, outcomes_table, write_segment
 from batchrunner.records import RETRYING, Outcome
 from batchrunner.report import format_usd
 from batchrunner.runner import _command_kept, _without_key, format_summary
-from batchrunner.status import format_status, rerun_command
+from batchrunner.status import format_status, lock_holder, rerun_command
 from tests.test_faults import FaultServer, job_for, make_csv, run
 from tests.test_report import cell
 from tests.test_report_html import card
@@ -796,8 +798,16 @@ def test_status_says_a_run_is_writing_its_results_once_its_requests_are_done(
     shown: list[str] = []
     rebuild = runner.rebuild_outputs
 
+    refused: list[str] = []
+
     def rebuild_outputs(*args: Any, **kwargs: Any) -> Any:
         shown.append(format_status(out))
+        # Another run, or `report`, started meanwhile is refused by the lock, naming the run
+        # that holds it (it named none).
+        try:
+            RunLock(out, holder=lambda: lock_holder(out)).acquire()
+        except OutputBusy as e:
+            refused.append(str(e))
         return rebuild(*args, **kwargs)
 
     monkeypatch.setattr(runner, "rebuild_outputs", rebuild_outputs)
@@ -807,6 +817,10 @@ def test_status_says_a_run_is_writing_its_results_once_its_requests_are_done(
     (during,) = shown
     assert (f"  a run is writing its results and reports (pid {os.getpid()}, started "
             in during), during
+    (busy,) = refused
+    assert busy.startswith(f"another batchrunner run is using {out} (pid {os.getpid()}, "
+                           "started 20"), busy
+    assert ", writing its results and reports); let it finish" in busy, busy
     assert during.splitlines()[-1].endswith(": it sends no more requests"), during
     assert "a run starting" not in during
     assert "writing its results" not in format_status(out)  # done
