@@ -1550,6 +1550,15 @@ async def test_finished_at_is_a_utc_time_in_the_results(tmp_path: Path, fmt: str
         assert str(results(tmp_path)["finished_at"].dtype) == "datetime64[ms, UTC]"
 
 
+async def requests_reach(sim: Simulator, n: int) -> None:
+    """Wait (20 s at most) until ``sim`` has had ``n`` requests."""
+    for _ in range(2000):
+        if sim.stats()["requests"] >= n:
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError(f"waited 20 s for {n} requests: {sim.stats()}")
+
+
 @pytest.mark.anyio
 async def test_requests_cut_off_by_a_stop_are_said(tmp_path: Path) -> None:
     """Ctrl-C, and requests still unanswered when the drain runs out: the summary says they
@@ -1559,12 +1568,7 @@ async def test_requests_cut_off_by_a_stop_are_said(tmp_path: Path) -> None:
                   "text": [f"row {i} [[sim:hang]]" for i in range(6)]}).to_csv(inp, index=False)
     async with Simulator(SimulatorConfig()) as sim:
         async def interrupt() -> None:
-            for _ in range(2000):  # 20 s at most
-                if sim.stats()["requests"] >= 4:
-                    break
-                await anyio.sleep(0.01)
-            else:
-                raise AssertionError(f"waited 20 s for 4 requests: {sim.stats()}")
+            await requests_reach(sim, 4)
             os.kill(os.getpid(), signal.SIGINT)
 
         async with anyio.create_task_group() as tg:
@@ -1815,12 +1819,7 @@ async def test_a_run_interrupted_as_its_input_was_replaced_says_both(tmp_path: P
                   "text": [f"row {i} [[sim:hang]]" for i in range(6)]}).to_csv(inp, index=False)
     async with Simulator(SimulatorConfig()) as sim:
         async def replace_and_interrupt() -> None:
-            for _ in range(2000):  # 20 s at most
-                if sim.stats()["requests"] >= 4:
-                    break
-                await anyio.sleep(0.01)
-            else:
-                raise AssertionError(f"waited 20 s for 4 requests: {sim.stats()}")
+            await requests_reach(sim, 4)
             staged = tmp_path / "export.csv"
             pd.DataFrame({"id": ["r0"], "text": ["tonight's row"]}).to_csv(staged, index=False)
             os.replace(staged, inp)
