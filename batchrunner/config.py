@@ -1158,8 +1158,18 @@ def _schema_format(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} {path}: not a JSON file ({_one_line(str(e))})") from None
     if not isinstance(schema, dict):
         raise ConfigError(f"{what} {path}: must hold a JSON object")
-    # The file's name as APIs take a json_schema's: 1 to 64 ASCII letters, digits, _ and -
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", path.name.split(".")[0])[:64]
+    from jsonschema.exceptions import SchemaError
+
+    from batchrunner.structured import (  # only jobs with a schema pay for it
+        api_name,
+        dangling_ref,
+        dangling_text,
+        schema_error_text,
+        schema_name_error,
+        validator_class,
+    )
+
+    name = api_name(path.name.split(".")[0])  # the file's, as APIs take a json_schema's
     # The shapes OpenAI's documents show around a schema, copied as they are: the whole
     # response_format, or its json_schema ({"name", "strict": true, "schema": {...}}). Read as
     # a schema, either would take any reply and give no json_ columns.
@@ -1173,16 +1183,6 @@ def _schema_format(path: Path, what: str) -> dict[str, Any]:
         spec = {"name": name or "answer", **schema}
     else:
         spec = {"name": name or "answer", "schema": schema}
-    from jsonschema.exceptions import SchemaError
-
-    from batchrunner.structured import (  # only jobs with a schema pay for it
-        dangling_ref,
-        dangling_text,
-        schema_error_text,
-        schema_name_error,
-        validator_class,
-    )
-
     if (said := schema_name_error(spec["name"])) is not None:  # a wrapper's own name
         raise ConfigError(f"{what} {path}: {said}")
 

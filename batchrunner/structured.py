@@ -49,10 +49,10 @@ if TYPE_CHECKING:
     from jsonschema.exceptions import SchemaError
     from jsonschema.protocols import Validator
 
-__all__ = ["COLUMN_PREFIX", "EMPTY_REPLY", "StructuredOutput", "dangling_ref", "dangling_text",
-           "loads_reply", "schema_error_text", "schema_name_error", "schema_name_warning",
-           "strict_error", "strict_warnings", "structured_output", "unfenced",
-           "validator_class"]
+__all__ = ["COLUMN_PREFIX", "EMPTY_REPLY", "StructuredOutput", "api_name", "dangling_ref",
+           "dangling_text", "loads_reply", "schema_error_text", "schema_name_error",
+           "schema_name_warning", "strict_error", "strict_warnings", "structured_output",
+           "unfenced", "validator_class"]
 
 COLUMN_PREFIX = "json_"
 # What a reply with no text (content null or "", or blanks) fails with: not a parser's words
@@ -339,7 +339,7 @@ def schema_name_warning(name: Any) -> str | None:
     _ and - it takes), said before the run: vLLM takes any."""
     if not isinstance(name, str) or not name or _NAME.fullmatch(name):
         return None
-    fixed = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64]
+    fixed = api_name(name)
     return (f"json_schema name {name!r} is one OpenAI refuses every request for: a name there is "
             f"1 to 64 letters, digits, _ and - (as {fixed!r}); a server without that rule (vLLM) "
             "takes it")
@@ -401,6 +401,12 @@ def _cell(value: Any, typ: pa.DataType) -> Any:
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a json_schema's name, as OpenAI takes it
+
+
+def api_name(text: str) -> str:
+    """``text`` made a json_schema name OpenAI takes (``_NAME``, but for an empty one): its
+    first 64 characters, each not an ASCII letter, digit, _ or - made _."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:64]
 
 
 def structured_output(settings: Mapping[str, Any], *, body: bool = False
