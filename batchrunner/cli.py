@@ -699,6 +699,8 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
             # would cancel it: at its first await after the input is read through (a minute
             # for millions of rows), saying nothing of what was done.
             found[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
+        else:  # left ignored, and put back so: an event loop's close resets it to Ctrl-C's
+            found[signal.SIGINT] = signal.getsignal(signal.SIGINT)
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # ignored: under nohup
             found[signal.SIGHUP] = signal.signal(signal.SIGHUP, _interrupt)
     try:

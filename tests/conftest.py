@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -27,6 +28,18 @@ def job_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.chdir(tmp_path)
     return key
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_from_a_shell() -> Iterator[None]:
+    """Every test starts with Ctrl-C (SIGINT) raising KeyboardInterrupt, as in a program started
+    from a shell. pytest-xdist's workers ignore SIGINT, and a process a test starts inherits
+    that: the child then ignored the test's Ctrl-C wherever the run's own handler was not up
+    (the input scanned, the results written), unless a test that left Ctrl-C's handler had run
+    on that worker before it."""
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, found)
 
 
 @pytest.fixture(autouse=True)

@@ -493,11 +493,16 @@ def test_simulate_on_a_port_in_use_says_so_in_plain_words(
 ) -> None:
     import socket
 
+    # Called in-process where Ctrl-C is ignored (a pytest-xdist worker), it is left ignored: the
+    # event loop's close reset it to Ctrl-C's handler, which the processes started later in
+    # the same process inherited as their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # put back by the conftest
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         code, out, err = cli(capsys, "simulate", "--port", str(port))
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert (code, out) == (2, "")
     assert one_error_line(err) == (
         f"cannot listen on 127.0.0.1:{port}: Address already in use (another server is on it: "
