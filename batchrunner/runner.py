@@ -2938,7 +2938,12 @@ class _Run:
                     elif sent_at > self.cut_at and self._answered_since(item, sent_at):
                         self._queued_too_long()
                 if item.falls is not None and not cut and e.error_type in CUT_KINDS:
-                    item.falls.charged.append(self.fall)  # a try of it (given back if blamed)
+                    # A try of it, given back if the fall is blamed: once a fall, however many
+                    # times it is cut before an answer begins the next (a row whose own cuts
+                    # came after the culprit failed was given each one back, and retried on).
+                    charged = item.falls.charged
+                    if not charged or charged[-1] != self.fall:
+                        charged.append(self.fall)
                 billed, searched = self._billed(item, e)
                 if e.usage is None and (e.answer_begun or e.error_type in MAYBE_BILLED):
                     self._unbilled_try(item, e)
