@@ -17,6 +17,7 @@ import ctypes
 import difflib
 import gc
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -248,6 +249,9 @@ def build_parser(simulate_options: bool = True) -> _Parser:
         description="Rows done, failures by type and cost so far, from the journal; for a run "
         "in progress, its pace and time left; else how the last run ended. Safe during a run.")
     p.add_argument("out_dir", metavar="OUT_DIR", help=where)
+    p.add_argument("--json", action="store_true",
+                   help="print it as one JSON object, for a script to read (status_version, "
+                   "state, rows, failed_by_type, tokens, cost_usd, input, last_run)")
     p = sub.add_parser(
         "report", help="rebuild results and reports from the journal",
         description="Write the results file and the cost reports again from the journal: "
@@ -571,9 +575,13 @@ def _input_gone(out_dir: Path, error: InputError) -> UsageError:
 
 
 def _cmd_status(ns: argparse.Namespace) -> int:
-    from batchrunner.status import format_status
+    from batchrunner.status import format_status, status_json
 
-    say(format_status(_out_dir(ns.out_dir)), sys.stdout)
+    out_dir = _out_dir(ns.out_dir)
+    if ns.json:
+        say(json.dumps(status_json(out_dir), indent=2, allow_nan=False), sys.stdout)
+    else:
+        say(format_status(out_dir), sys.stdout)
     return 0
 
 

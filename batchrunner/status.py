@@ -9,6 +9,7 @@ import math
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property
@@ -196,8 +197,25 @@ def _audio_lines(out_dir: Path, meta: dict[str, Any]) -> list[str]:
         f"  warning: {said}" for said in audio_at_text_price(entries)]
 
 
-def format_status(out_dir: Path) -> str:
-    """Progress, failures by type and cost so far, from the journal alone."""
+@dataclass(slots=True)
+class _Counted:
+    """What ``status`` reads first, its text and its JSON alike: job.json, whether a process
+    holds the directory, the journal's latest records tallied, and the rows they count."""
+
+    meta: dict[str, Any]
+    locked: bool
+    asked: int
+    state: _Tally
+    total: int
+    ok: int
+    failed: int
+    gone_ok: int
+    gone_failed: int
+    last: Any  # job.json's last_run, as found there
+    moved: str  # input_moved's, for no run in progress ("" beside one)
+
+
+def _counted(out_dir: Path) -> _Counted:
     meta = read_meta(out_dir)
     locked = io.is_locked(out_dir)
     asked = choices_asked(meta["request"]) if "request" in meta else 1
@@ -228,6 +246,75 @@ def format_status(out_dir: Path) -> str:
         "started_at") else ""
     if moved == "changed":  # rows written into it as the run read it were read, and sent
         total = max(total, ok + failed)
+    return _Counted(meta=meta, locked=locked, asked=asked, state=state, total=total, ok=ok,
+                    failed=failed, gone_ok=gone_ok, gone_failed=gone_failed, last=last,
+                    moved=moved)
+
+
+# What `status --json` prints, for a script (a nightly job's monitor) to read; raised when a
+# field changes meaning or goes, not when one is added.
+STATUS_VERSION = 1
+# Its "state": the run in progress (or writing its results and reports, its requests done), a
+# process holding the directory that says nothing of itself (a run starting, a report), no run
+# recorded yet, the last run killed before its end was recorded, stopped, or run through.
+STATES = ("running", "writing_results", "busy", "not_run", "did_not_finish", "stopped",
+          "finished")
+
+
+def status_json(out_dir: Path) -> dict[str, Any]:
+    """What ``format_status`` tells, as data: the rows (finished, ok, failed, to do), the
+    failures by type, the tokens and cost, where the job is (``STATES``), how its last run
+    ended and whether its input changed since. The money as the reports name it: cost_usd,
+    null where a row paid for has no cost (cost_known_usd holds the known part); the earlier
+    attempts' cost and the estimates of tries that may have been billed apart from it."""
+    c = _counted(out_dir)
+    meta, state, last = c.meta, c.state, c.last
+    ran = isinstance(last, dict) and bool(last.get("started_at"))
+    if c.locked:
+        where = ("running" if run_in_progress(out_dir) else "writing_results"
+                 if run_in_progress(out_dir, ending=True) else "busy")
+    elif not ran:
+        where = "not_run"
+    elif not last.get("finished_at"):
+        where = "did_not_finish"
+    else:
+        where = "stopped" if last.get("stopped") else "finished"
+    known = state.cost.usd
+    last_run = None
+    if ran:
+        last_run = {key: last.get(key) for key in ("run_id", "pid", "started_at", "finished_at",
+                                                   "stopped", "stop_kind", "sent", "limit",
+                                                   "results_written")}
+        last_run["stop_kind"] = last_run["stop_kind"] if last_run["stopped"] else None
+    return {
+        "status_version": STATUS_VERSION,
+        "name": meta["name"],
+        "output_dir": str(out_dir.absolute()),
+        "state": where,
+        "rows": {"total": c.total, "finished": c.ok + c.failed, "ok": c.ok,
+                 "failed": c.failed, "to_do": max(0, c.total - c.ok - c.failed),
+                 "not_in_input": c.gone_ok + c.gone_failed},
+        "failed_by_type": dict(state.failed_by_type.most_common()),
+        "tokens": state.tokens,
+        "cost_usd": None if state.unpriced else known,
+        "cost_known_usd": known,
+        "cost_unknown_rows": state.unpriced,
+        "cost_earlier_attempts_usd": state.earlier.usd,
+        "cost_unreported_usd": state.unreported.usd,
+        "input": {"path": meta["input_path"],
+                  # "changed", "gone" or "unreadable" since the last run read it; null: the
+                  # same, or a run in progress (which checks it itself)
+                  "since_last_run": c.moved or None},
+        "last_run": last_run,
+    }
+
+
+def format_status(out_dir: Path) -> str:
+    """Progress, failures by type and cost so far, from the journal alone."""
+    c = _counted(out_dir)
+    meta, locked, asked, state, total, ok, failed, last, moved = (
+        c.meta, c.locked, c.asked, c.state, c.total, c.ok, c.failed, c.last, c.moved)
+    gone_ok, gone_failed = c.gone_ok, c.gone_failed
     lines = [f"{meta['name']}: {ok + failed:,} of {total:,} rows finished "
              f"({ok:,} ok, {failed:,} failed, {max(0, total - ok - failed):,} to do)"
              + (" in the input as the last run read it, which has changed since"

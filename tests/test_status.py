@@ -1139,3 +1139,88 @@ def test_status_of_the_folder_holding_the_runs_names_them(
         f"{tmp_path / 'out'} is not a batchrunner output directory (no job.json); it holds the "
         f"output directories {tmp_path / 'out' / 'nightly'}, {tmp_path / 'out' / 'try'}: give "
         "one of them"), err
+
+
+def status_json_of(capsys: pytest.CaptureFixture[str], out: Path) -> dict[str, Any]:
+    """``batchrunner status OUT --json``: one JSON object on stdout, nothing on stderr."""
+    capsys.readouterr()
+    assert main(["status", str(out), "--json"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    data: dict[str, Any] = json.loads(printed.out)
+    return data
+
+
+def test_status_json_gives_the_reports_figures_and_where_the_job_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A nightly job's monitor read status's text with regular expressions, which broke at
+    each rewording: ``status --json`` gives the same figures as one object, its rows, failures
+    by type, tokens and cost the report's, and where the job is: run through, stopped (with
+    the stop's kind), killed before its end was recorded, in use, or its input changed."""
+    monkeypatch.chdir(tmp_path)
+    texts = [f"text {i}" for i in range(6)] + ["bad [[sim:400]]", "gone [[sim:404]]"]
+    inp = tmp_path / "in.csv"
+    inp.write_text("id,text\n" + "".join(f"r{i},{t}\n" for i, t in enumerate(texts)))
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "X {text}",
+            "--model", "gpt-4o-mini", "--simulator", "--progress", "none", "--output", "out"]
+    assert main(args) == 3
+    out = tmp_path / "out"
+    data = status_json_of(capsys, out)
+    report = json.loads((out / "cost_report.json").read_text())
+    meta = json.loads((out / "job.json").read_text())
+    assert data["status_version"] == 1 and data["name"] == "in"
+    assert data["output_dir"] == str(out) and data["state"] == "finished"
+    assert data["rows"] == {"total": 8, "finished": 8, "ok": 6, "failed": 2, "to_do": 0,
+                            "not_in_input": 0}
+    assert report["rows"]["by_status"] == {"ok": 6, "failed": 2}
+    assert data["failed_by_type"] == {"http_400": 1, "http_404": 1}
+    assert data["tokens"] == report["tokens"]["total"] > 0
+    assert data["cost_usd"] == data["cost_known_usd"] == pytest.approx(report["cost_usd"])
+    assert data["cost_unknown_rows"] == 0 and data["cost_earlier_attempts_usd"] == 0
+    assert data["input"] == {"path": str(inp), "since_last_run": None}
+    last = meta["last_run"]
+    assert data["last_run"] == {"run_id": last["run_id"], "pid": last["pid"],
+                                "started_at": last["started_at"],
+                                "finished_at": last["finished_at"], "stopped": None,
+                                "stop_kind": None, "sent": 8, "limit": None,
+                                "results_written": True}
+
+    with RunLock(out):  # a report, or a run starting: in use, by a process that says nothing
+        assert status_json_of(capsys, out)["state"] == "busy"
+
+    inp.write_text(inp.read_text() + "r8,text 8\n")  # tonight's export
+    data = status_json_of(capsys, out)
+    assert data["input"]["since_last_run"] == "changed" and data["state"] == "finished"
+
+    meta["last_run"].pop("finished_at")  # killed before its end was recorded
+    (out / "job.json").write_text(json.dumps(meta))
+    data = status_json_of(capsys, out)
+    assert data["state"] == "did_not_finish" and data["last_run"]["finished_at"] is None
+
+    # A budget stop: its kind, which says what to do first (raise the budget).
+    assert main([*args, "--output", "out2", "--max-cost", "0.0000001"]) == 4
+    data = status_json_of(capsys, tmp_path / "out2")
+    assert data["state"] == "stopped" and data["last_run"]["stop_kind"] == "budget"
+    assert "budget" in data["last_run"]["stopped"] and data["rows"]["to_do"] > 0
+
+
+def test_status_json_of_a_run_in_progress_and_of_a_job_not_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A run in progress (its pid in job.json, alive, the directory locked) reads "running";
+    a job.json no run has started from (a run refused at its start) "not_run"."""
+    out = simulated_job(tmp_path, monkeypatch, 3)
+    meta = json.loads((out / "job.json").read_text())
+    meta["last_run"].update(pid=os.getpid(), started_s=time.time(),  # after this process
+                            started_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    meta["last_run"].pop("finished_at")
+    (out / "job.json").write_text(json.dumps(meta))
+    with RunLock(out):
+        data = status_json_of(capsys, out)
+    assert data["state"] == "running" and data["last_run"]["pid"] == os.getpid()
+    meta.pop("last_run")
+    (out / "job.json").write_text(json.dumps(meta))
+    data = status_json_of(capsys, out)
+    assert data["state"] == "not_run" and data["last_run"] is None
+    assert data["rows"]["ok"] == 3  # the journal's rows, whatever job.json says of runs
