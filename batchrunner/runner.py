@@ -4550,6 +4550,12 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
             stop = run.stop_error
             if isinstance(stop, Interrupted) and stop.cause:
                 moved = f"{stop.cause}, and {moved}"
+            elif isinstance(stop, BudgetExceeded | AllFailing | SettingRefused
+                            | EndpointChanged):
+                # What the same command meets again (the budget spent, the rows failing
+                # alike): said first, or the next run stops for it at once, where the stop
+                # named only the input.
+                moved = f"{stop}; and {moved}"
             summary.stopped = moved
         # Until the results and reports are written: a run killed meanwhile left none (or
         # last night's), which `status` says rather than that the run went through.

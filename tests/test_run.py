@@ -1843,6 +1843,39 @@ async def test_a_run_interrupted_as_its_input_was_replaced_says_both(tmp_path: P
 
 
 @pytest.mark.anyio
+async def test_a_budget_stop_as_the_input_was_replaced_says_both(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stopped for its budget while tonight's export replaced its input: the stop said
+    only that the input changed, and the same command, run as it said, stopped again at once
+    for the budget it never named. It says both, the budget first."""
+    import batchrunner.runner as runner
+    from batchrunner.errors import StopJob
+
+    inp = make_csv(tmp_path / "in.csv", 40)
+    pipeline = runner._pipeline
+
+    async def replaced_meanwhile(run: Any) -> None:
+        await pipeline(run)
+        staged = tmp_path / "export.csv"
+        make_csv(staged, 41)
+        os.replace(staged, inp)
+
+    async with Simulator(SimulatorConfig()) as sim:
+        job = job_for(tmp_path, sim.base_url, inp, max_cost_usd=0.0001, concurrency=2)
+        with monkeypatch.context() as m:
+            m.setattr(runner, "_pipeline", replaced_meanwhile)
+            with pytest.raises(StopJob) as e:
+                await run_job(job, FAST)
+    said = str(e.value)
+    assert said.startswith("budget reached: "), said
+    assert "; and input " in said and " changed while the job ran " in said, said
+    last = json.loads((tmp_path / "out" / "job.json").read_text())["last_run"]
+    assert last["stopped"] == said and last["stop_kind"] == "input_changed"
+    assert f"  last run: stopped {last['finished_at']}: {said}" in format_status(
+        tmp_path / "out").splitlines()
+
+
+@pytest.mark.anyio
 async def test_an_input_replaced_while_a_job_keyed_by_position_runs_says_how_to_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows keyed by position (no id column): the same command again is refused, as for any
