@@ -122,8 +122,16 @@ def run_in_progress(out_dir: Path, *, ending: bool = False) -> str:
         last = json.loads((out_dir / "job.json").read_text(encoding="utf-8")).get("last_run")
     except (OSError, ValueError, AttributeError):
         return ""
-    if not isinstance(last, dict) or not last.get("pid") or bool(last.get("finished_at")) != (
-            ending) or (ending and last.get("results_written") is not False):
+    if not isinstance(last, dict) or bool(last.get("finished_at")) != ending or (
+            ending and last.get("results_written") is not False):
+        return ""
+    return _live_run(last)
+
+
+def _live_run(last: Any) -> str:
+    """The run ``last`` (job.json's last_run) names, "pid 123, started ...", where its process
+    is alive and is that run's (not a later process given its pid); else ""."""
+    if not isinstance(last, dict) or not last.get("pid"):
         return ""
     try:
         os.kill(int(last["pid"]), 0)  # the holder may not have written its own yet
@@ -256,7 +264,8 @@ def _counted(out_dir: Path) -> _Counted:
 STATUS_VERSION = 1
 # Its "state": the run in progress (or writing its results and reports, its requests done), a
 # process holding the directory that says nothing of itself (a run starting, a report), no run
-# recorded yet, the last run killed before its end was recorded, stopped, or run through.
+# recorded yet, the last run killed before its end was recorded, stopped, or run to its end (or
+# its --limit): none of them says that the job is done, which its rows to do and failed say.
 STATES = ("running", "writing_results", "busy", "not_run", "did_not_finish", "stopped",
           "finished")
 
@@ -270,27 +279,41 @@ def status_json(out_dir: Path) -> dict[str, Any]:
     c = _counted(out_dir)
     meta, state, last = c.meta, c.state, c.last
     ran = isinstance(last, dict) and bool(last.get("started_at"))
-    if c.locked:
-        where = ("running" if run_in_progress(out_dir) else "writing_results"
-                 if run_in_progress(out_dir, ending=True) else "busy")
-    elif not ran:
-        where = "not_run"
-    elif not last.get("finished_at"):
-        where = "did_not_finish"
-    else:
-        where = "stopped" if last.get("stopped") else "finished"
+    moved = c.moved
+    where = ""
+    if c.locked:  # told from the job.json read once: read again, a run ending between the
+        # reads was "busy" for a moment (its results written, its lock not yet let go)
+        moved = input_moved(meta) if ran else ""  # the text says it beside the run too
+        if not _live_run(last):
+            where = "busy"
+        elif not last.get("finished_at"):
+            where = "running"
+        elif last.get("results_written") is False:
+            where = "writing_results"
+        # else its results are written and it lets go of the directory: as it ended, below
+    if not where:
+        where = ("not_run" if not ran else "did_not_finish" if not last.get("finished_at")
+                 else "stopped" if last.get("stopped") else "finished")
     known = state.cost.usd
     last_run = None
+    written = False  # no run's results (or none since the last run began)
     if ran:
-        last_run = {key: last.get(key) for key in ("run_id", "pid", "started_at", "finished_at",
-                                                   "stopped", "stop_kind", "sent", "limit",
-                                                   "results_written")}
+        last_run = {key: _plain(last.get(key)) for key in (
+            "run_id", "pid", "started_at", "finished_at", "stopped", "stop_kind", "sent",
+            "limit", "retry_failed")}
         last_run["stop_kind"] = last_run["stop_kind"] if last_run["stopped"] else None
+        last_run["retry_failed"] = last_run["retry_failed"] is True
+        # As the text tells it: written by the run, or rebuilt by `report` since it ended.
+        rebuilt = meta.get("rebuilt_at")
+        written = bool(last.get("finished_at")) and (
+            last.get("results_written") is not False
+            or (isinstance(rebuilt, str) and rebuilt >= str(last["finished_at"])))
     return {
         "status_version": STATUS_VERSION,
         "name": meta["name"],
-        "output_dir": str(out_dir.absolute()),
+        "output_dir": str(out_dir.resolve()),
         "state": where,
+        "results_written": written,
         "rows": {"total": c.total, "finished": c.ok + c.failed, "ok": c.ok,
                  "failed": c.failed, "to_do": max(0, c.total - c.ok - c.failed),
                  "not_in_input": c.gone_ok + c.gone_failed},
@@ -301,12 +324,21 @@ def status_json(out_dir: Path) -> dict[str, Any]:
         "cost_unknown_rows": state.unpriced,
         "cost_earlier_attempts_usd": state.earlier.usd,
         "cost_unreported_usd": state.unreported.usd,
+        # What the budget counts (_raise_budget's spend), and the budget, where one is set.
+        "spent_usd": round(known + state.earlier.usd + state.unreported.usd, 10),
+        "max_cost_usd": job_budget(meta),
         "input": {"path": meta["input_path"],
-                  # "changed", "gone" or "unreadable" since the last run read it; null: the
-                  # same, or a run in progress (which checks it itself)
-                  "since_last_run": c.moved or None},
+                  # "changed", "gone" or "unreadable" since the last run (or the run in
+                  # progress) read it; null: the same
+                  "since_last_run": moved or None},
         "last_run": last_run,
     }
+
+
+def _plain(value: Any) -> str | int | bool | None:
+    """A job.json value as status's JSON gives it: a string, an integer or a boolean as it
+    is; anything else (a float, a NaN a hand's edit left, which no strict JSON holds) null."""
+    return value if isinstance(value, str | int) else None
 
 
 def format_status(out_dir: Path) -> str:

@@ -1170,7 +1170,8 @@ def test_status_json_gives_the_reports_figures_and_where_the_job_is(
     report = json.loads((out / "cost_report.json").read_text())
     meta = json.loads((out / "job.json").read_text())
     assert data["status_version"] == 1 and data["name"] == "in"
-    assert data["output_dir"] == str(out) and data["state"] == "finished"
+    assert data["output_dir"] == str(out.resolve()) and data["state"] == "finished"
+    assert data["results_written"] is True
     assert data["rows"] == {"total": 8, "finished": 8, "ok": 6, "failed": 2, "to_do": 0,
                             "not_in_input": 0}
     assert report["rows"]["by_status"] == {"ok": 6, "failed": 2}
@@ -1178,16 +1179,36 @@ def test_status_json_gives_the_reports_figures_and_where_the_job_is(
     assert data["tokens"] == report["tokens"]["total"] > 0
     assert data["cost_usd"] == data["cost_known_usd"] == pytest.approx(report["cost_usd"])
     assert data["cost_unknown_rows"] == 0 and data["cost_earlier_attempts_usd"] == 0
+    assert data["spent_usd"] == data["cost_usd"] and data["max_cost_usd"] is None
     assert data["input"] == {"path": str(inp), "since_last_run": None}
     last = meta["last_run"]
     assert data["last_run"] == {"run_id": last["run_id"], "pid": last["pid"],
                                 "started_at": last["started_at"],
                                 "finished_at": last["finished_at"], "stopped": None,
                                 "stop_kind": None, "sent": 8, "limit": None,
-                                "results_written": True}
+                                "retry_failed": False}
 
     with RunLock(out):  # a report, or a run starting: in use, by a process that says nothing
+        # (the last run's process is this one, alive: as it ended, letting go of it)
+        assert status_json_of(capsys, out)["state"] == "finished"
+        gone = dict(meta, last_run=dict(last, pid=(1 << 22) + 1))  # past Linux's pid_max
+        (out / "job.json").write_text(json.dumps(gone))
         assert status_json_of(capsys, out)["state"] == "busy"
+        (out / "job.json").write_text(json.dumps(meta))
+
+    # Killed as it wrote its results: ran to its end, the results not written (as the text
+    # says), until `report` writes them.
+    meta["last_run"].update(results_written=False, sent=float("nan"))  # and a hand's NaN
+    (out / "job.json").write_text(json.dumps(meta))
+    data = status_json_of(capsys, out)
+    assert (data["state"], data["results_written"]) == ("finished", False)
+    assert data["last_run"]["sent"] is None  # not NaN, which no strict JSON holds
+    assert "the results and reports were not written" in format_status(out)
+    time.sleep(max(0.0, datetime.fromisoformat(last["finished_at"]).timestamp() + 1.1
+                   - time.time()))  # rebuilt a second after the run's end, as it reads it
+    assert main(["report", "out"]) == 3  # rows failed
+    assert status_json_of(capsys, out)["results_written"] is True
+    meta = json.loads((out / "job.json").read_text())
 
     inp.write_text(inp.read_text() + "r8,text 8\n")  # tonight's export
     data = status_json_of(capsys, out)
@@ -1197,12 +1218,14 @@ def test_status_json_gives_the_reports_figures_and_where_the_job_is(
     (out / "job.json").write_text(json.dumps(meta))
     data = status_json_of(capsys, out)
     assert data["state"] == "did_not_finish" and data["last_run"]["finished_at"] is None
+    assert data["results_written"] is False
 
     # A budget stop: its kind, which says what to do first (raise the budget).
     assert main([*args, "--output", "out2", "--max-cost", "0.0000001"]) == 4
     data = status_json_of(capsys, tmp_path / "out2")
     assert data["state"] == "stopped" and data["last_run"]["stop_kind"] == "budget"
     assert "budget" in data["last_run"]["stopped"] and data["rows"]["to_do"] > 0
+    assert data["max_cost_usd"] == 0.0000001
 
 
 def test_status_json_of_a_run_in_progress_and_of_a_job_not_run(
@@ -1218,7 +1241,22 @@ def test_status_json_of_a_run_in_progress_and_of_a_job_not_run(
     (out / "job.json").write_text(json.dumps(meta))
     with RunLock(out):
         data = status_json_of(capsys, out)
-    assert data["state"] == "running" and data["last_run"]["pid"] == os.getpid()
+        assert data["state"] == "running" and data["last_run"]["pid"] == os.getpid()
+        assert data["input"]["since_last_run"] is None
+        with (tmp_path / "in.csv").open("a") as f:
+            f.write("r3,text 3\n")  # tonight's rows, as the run reads its input
+        data = status_json_of(capsys, out)
+        assert data["input"]["since_last_run"] == "changed"  # as the text says beside it
+        assert "changed since the run in progress read it" in format_status(out)
+        # Its requests done, the results and reports to write.
+        meta["last_run"].update(finished_at=meta["last_run"]["started_at"],
+                                results_written=False)
+        (out / "job.json").write_text(json.dumps(meta))
+        assert status_json_of(capsys, out)["state"] == "writing_results"
+        meta["last_run"].update(results_written=True)  # written: it lets go of the directory
+        (out / "job.json").write_text(json.dumps(meta))
+        assert status_json_of(capsys, out)["state"] == "finished"
+        meta["last_run"].pop("finished_at")
     meta.pop("last_run")
     (out / "job.json").write_text(json.dumps(meta))
     data = status_json_of(capsys, out)
