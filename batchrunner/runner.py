@@ -2757,30 +2757,39 @@ class _Run:
                      and item.model not in self.sent_models)
             if first:
                 self.sent_models.add(item.model)
-            if self.split is not None or self.limiter.paces:  # a wait a stop cancels
-                with anyio.CancelScope() as pacing:
-                    self.pacing.add(pacing)
-                    try:
-                        if first:
-                            await self.limiter.go_past(charge)
-                        else:
-                            await self.limiter.acquire(charge)
-                        if self.split is not None:  # and the model's own limiter's
-                            own = self._model_limiter(item)
-                            if permitted is None and not own.take(charge):
-                                # Rows that waited here as the job split, or a row 429'd:
-                                # they wait for the model's permit parked, not in a worker.
-                                if self.parking and own.paces and self._park_again(item):
-                                    self.limiter.give_back(charge)  # taken again when sent
-                                    return None, None
-                                await own.acquire(charge)
-                    finally:
-                        self.pacing.discard(pacing)
-            elif self.limiter.paused_s > 0.0:  # no rate: a 429's pause, which a stop lifts
-                await self.limiter.acquire(charge)  # (no scope a request, nor a call unpaused)
-            if self.stopping:
-                self._refund(item, charge)
-                return None, None
+            # A row tried before waits here to retry (a 429's pause, the pace), as the log says:
+            # it said "0 requests in flight" of a job's 2 rows 429'd, waiting out the pause.
+            again = bool(item.attempts or item.rate_limited or item.refusals)
+            if again:
+                self.counts.retrying += 1
+            try:
+                if self.split is not None or self.limiter.paces:  # a wait a stop cancels
+                    with anyio.CancelScope() as pacing:
+                        self.pacing.add(pacing)
+                        try:
+                            if first:
+                                await self.limiter.go_past(charge)
+                            else:
+                                await self.limiter.acquire(charge)
+                            if self.split is not None:  # and the model's own limiter's
+                                own = self._model_limiter(item)
+                                if permitted is None and not own.take(charge):
+                                    # Rows that waited here as the job split, or a row 429'd:
+                                    # they wait for the model's permit parked, not in a worker.
+                                    if self.parking and own.paces and self._park_again(item):
+                                        self.limiter.give_back(charge)  # taken again when sent
+                                        return None, None
+                                    await own.acquire(charge)
+                        finally:
+                            self.pacing.discard(pacing)
+                elif self.limiter.paused_s > 0.0:  # no rate: a 429's pause, which a stop lifts
+                    await self.limiter.acquire(charge)  # (no scope a request, nor a call unpaused)
+                if self.stopping:
+                    self._refund(item, charge)
+                    return None, None
+            finally:
+                if again:
+                    self.counts.retrying -= 1
             item.attempts += 1
             # Every request, 429'd or cut off at a stop included; a 429 says which it was.
             self.counters["sent"] += 1
