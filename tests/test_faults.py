@@ -1624,8 +1624,11 @@ async def test_a_row_that_crashes_the_box_each_time_it_is_sent_fails_alone(
     # other rows, after 7 crashes of a vLLM box)
     assert said is not None and 3 <= int(said[1]) <= crashes, (failed, crashes)
     # Bounded: two falls beside other rows (more where it was not among the rows cut first),
-    # then two alone, whatever its tries
-    assert crashes <= 6, crashes
+    # then two alone, whatever its tries. A fall holds more than one crash where nothing was
+    # answered between them: on a loaded machine the box's restart met the row again before
+    # any other, its sends into one fall not tries (7 or 8 crashes in 2 of 180 runs, in 4
+    # falls, as in every run).
+    assert int(said[1]) <= 5 and crashes <= 10, (failed, crashes)
     assert s.sent_alone >= 1, s
     said = format_summary(s)
     assert (f"{s.sent_alone:,} sent alone: rows cut each time the server went down, sent one "
