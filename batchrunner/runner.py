@@ -1999,6 +1999,11 @@ class _Run:
         self.gate_from = -math.inf
         self.probing = False  # a probe is out (or waiting out the pause to be sent)
         self.turned_away_at = -math.inf  # the latest such answer (_turned_away)
+        # In a job whose rows ask models of their own: the models of the rows refused since
+        # the latest answer (None for a refusal no model's: a connection refused, a cut), as
+        # of ``refused_models_at`` (_one_model_away).
+        self.refused_models: set[str | None] = set()
+        self.refused_models_at = -math.inf
         # Refusals (connections, or a gateway's 502/503/504) since the latest answer to a
         # request sent after one: two or more, and the endpoint is away (an outage), not
         # turning one request away now and then while it answers the others (whose wait, a
@@ -2264,9 +2269,21 @@ class _Run:
         at once while the others are answered (a gateway's "overloaded"), is its row's own:
         the row waits its retry-after, not the job."""
         if (self.gate is not None or self.last_answer == -math.inf
-                or self.last_answer < self.turned_away_at):
+                or self.last_answer < self.turned_away_at) and not self._one_model_away():
             self._shut_gate(status, retry_after, sent_at)
         self.turned_away_at = time.perf_counter()
+
+    def _one_model_away(self) -> bool:
+        """In a job whose rows ask models of their own, whether every refusal since the
+        latest answer was a gateway's 502/503/504 to rows of one model: that model's upstream
+        away, maybe, not the gateway, whose other models are to be asked before the job waits
+        (``_turned_away``, ``_fresh_probe``). Taken for the server away, its rows shut the job
+        to one probe at a time, the probe nearly always one of them, so no other model was
+        asked, nor answered: a job whose one model went down mid-run sent nothing else after,
+        and stopped at the outage's end with the other models' rows unsent."""
+        models = self.refused_models
+        return (self.models_vary and self.refused_models_at > self.last_answer
+                and len(models) == 1 and None not in models)
 
     def _shut_gate(self, status: int, retry_after: float | None, sent_at: float) -> None:
         """A gateway's 502/503/504 (asking for ``retry_after`` s, or not), and nothing sent
@@ -2909,7 +2926,7 @@ class _Run:
                 cut = False  # cut with no answer in an outage (a connection_reset)
                 if e.status in GATEWAY_STATUSES or away:  # not the endpoint's: no end of an outage
                     if gateway:
-                        self._refused(item)
+                        self._refused(item, model=item.model or None)
                         self.refused_by = f"HTTP {e.status}: {e.message}"
                 elif e.status is not None:
                     self._answered(sent_at, item)
@@ -3267,10 +3284,11 @@ class _Run:
         turns away. Answered, the server is there, and the row's refusals count against its
         attempts; without it, a row the gateway always refused held the job for the outage's
         5 minutes, then stopped it with every later row unsent (and the rerun met that row
-        first again)."""
+        first again). So, in a job whose rows ask models of their own, while the gateway has
+        turned away one model's rows alone (``_one_model_away``): the others are asked."""
         item = self.refused_item
         return (item is not None and item.streak >= 2
-                and self.outstanding - len(self.held) == 1)
+                and self.outstanding - len(self.held) == 1) or self._one_model_away()
 
     def _cut_with_others(self, key: str) -> bool:
         """Record a cut of row ``key``'s request (no answer); whether another row's request
@@ -3285,10 +3303,16 @@ class _Run:
                 or (self.last_refusal > last and self.refused_item is not None
                     and self.refused_item.key != key))
 
-    def _refused(self, item: _Work) -> None:
-        """An attempt of ``item`` could not connect."""
+    def _refused(self, item: _Work, *, model: str | None = None) -> None:
+        """An attempt of ``item`` could not connect (or its gateway turned it away, for its
+        ``model`` where the job's rows ask models of their own)."""
         now = time.perf_counter()
         self.refused_item = item
+        if self.models_vary:
+            if self.last_answer > self.refused_models_at:
+                self.refused_models.clear()
+            self.refused_models.add(model)
+            self.refused_models_at = now
         if item.last_refusal and self.answered_sent > item.last_refusal:
             item.lonely += 1  # a request sent since its previous refusal was answered
             item.streak = 0

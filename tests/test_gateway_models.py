@@ -127,6 +127,54 @@ async def test_a_gateways_outage_that_names_every_model_is_waited_out_in_a_mixed
     assert (df["status"] == "ok").all(), df["error_message"].value_counts()
 
 
+def one_model_down(down: str, *, after: int = 0) -> Any:
+    """A gateway whose upstream for model ``down`` fails (a 503 that names no model, as a
+    proxy in front of a dead upstream words it) after that model's first ``after`` answers,
+    and whose other models answer, each after a while."""
+    answered = {"n": 0}
+
+    async def fault(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse | None:
+        if body.get("model") == down:
+            if answered["n"] < after:
+                answered["n"] += 1
+                return None
+            return web.json_response(error_body("upstream connect error or disconnect/reset "
+                                                "before headers", "upstream_error", None),
+                                     status=503)
+        await asyncio.sleep(0.1)  # an answer takes a while; the dead upstream's 503 does not
+        return None
+
+    return fault
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("first", [False, True], ids=["mid-run", "its-rows-first"])
+async def test_one_models_upstream_down_fails_its_rows_and_the_others_go_on(
+        tmp_path: Path, first: bool) -> None:
+    """One model's upstream went down mid-run (or its rows came first in the input), its
+    gateway answering 503 with a message that names no model: its 503s were taken for the
+    gateway away, which shut the job to one probe at a time, the probe nearly always one of
+    its rows; no other model was asked, nor answered, until the outage's wait ran out and
+    stopped the job with the other models' rows unsent (146 ok of 300, 0 of 300). Its rows now
+    fail as http_503 after their tries, and the other models' rows are all answered."""
+    down = "deepseek-chat"
+    models = [("gpt-4o", "claude-opus-4-6", down)[i % 3] for i in range(60)]
+    if first:
+        models.sort(key=lambda m: m != down)
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(one_model_down(down, after=0 if first else 3)) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                              concurrency=4))
+    assert s.exit_code == 3 and not s.stopped, s.stopped
+    df = results(tmp_path)
+    others = df[df["model"] != down]
+    assert len(others) == 40 and (others["status"] == "ok").all(), others["status"]
+    failed = df[df["status"] == "failed"]
+    assert set(failed["model"]) == {down} and set(failed["error_type"]) == {"http_503"}
+    assert len(failed) == (20 if first else 17)
+
+
 def test_the_estimate_names_each_model_it_has_no_price_for_and_what_to_add(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A job over the gateway's models, two of which no price is known for under the names the
