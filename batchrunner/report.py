@@ -93,7 +93,8 @@ Top-level keys, in this order::
                       not known), "earlier_unpriced_rows" (rows whose cost is unknown for an
                       earlier try billed at a cost not known; 0 for a model with no price,
                       whose rows' cost is unknown for want of it), "price_source", "price",
-                      and, where rows were answered at a service tier of its own price,
+                      "latency_ms" (as the top-level one, over the model's ok rows), and,
+                      where rows were answered at a service tier of its own price,
                       "service_tiers": {tier: {"rows", "price"}}, and, where rows' replies
                       counted audio tokens (a spoken answer, an audio input), "audio_tokens":
                       {"rows", "prompt", "completion" (of prompt_tokens and completion_tokens,
@@ -321,6 +322,7 @@ class OutcomeStats:
         "_failed_choices_usd",
         "_finish",
         "_latency",
+        "_latency_ids",
         "_missing",
         "_models",
         "_n_fewer",
@@ -396,7 +398,10 @@ class OutcomeStats:
         self._errors: dict[str, list[Any]] = {}  # error type → [rows, example or None]
         self._newest: float | None = None
         self._per_row = _PerRow(3)  # finished_at, is ok, rate_limited
-        self._latency = _PerRow(1)  # latency_ms of ok rows
+        # latency_ms of ok rows, and the model each was priced as (its index in
+        # ``_latency_ids``, of the models in order of first appearance)
+        self._latency = _PerRow(2)
+        self._latency_ids: dict[Any, int] = {}
         self._top: dict[str, pa.Table | None] = dict.fromkeys(_RANKED)
         self._missing: set[str] = set()
 
@@ -437,8 +442,13 @@ class OutcomeStats:
     def ok_latency_ms(self) -> F64:
         """``latency_ms`` of the ok rows that have one, in row order (NaN kept), as one array
         (concatenated on the first call)."""
-        (latency,) = self._latency.whole()
+        latency, _ = self._latency.whole()
         return cast(F64, latency)
+
+    def ok_latency_by_model(self) -> dict[Any, F64]:
+        """``ok_latency_ms``, each model's apart (by the model the rows were priced as)."""
+        latency, ids = self._latency.whole()
+        return {model: cast(F64, latency[ids == i]) for model, i in self._latency_ids.items()}
 
     @property
     def cut(self) -> CutRows:
@@ -544,7 +554,12 @@ class OutcomeStats:
         newest = pc.max(finished_at).as_py()
         self._newest = _max_of(self._newest, None if newest is None else float(newest))
         self._per_row.append(_np_float(finished_at), ok_np, _np_small_int(t["rate_limited"]))
-        self._latency.append(_np_float(pc.drop_null(pc.filter(t["latency_ms"], is_ok))))
+        timed = pc.fill_null(pc.and_(is_ok, pc.is_valid(t["latency_ms"])), _FALSE)
+        group, names = models
+        known = self._latency_ids
+        ids = np.array([known.setdefault(m, len(known)) for m in names], dtype=np.int32)
+        self._latency.append(_np_float(pc.filter(t["latency_ms"], timed)),
+                             ids[group[_np_bool(timed)]])
         if not self._missing:
             self._add_top(t, offset)
 
@@ -1247,6 +1262,7 @@ def uncached_price(prices: PriceBook, model: str) -> str | None:
 def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any]]:
     """Per-model sums, most rows first, then by name, the unnamed model last among equals."""
     groups = sorted(stats._models.items(), key=lambda kv: (-kv[1][0], kv[0] is None, kv[0] or ""))
+    latency = stats.ok_latency_by_model()
     out: dict[str, dict[str, Any]] = {}
     for model, acc in groups:
         (n, ok, unpriced, *tokens, total, cached_said, reasoning_said, written, written_said,
@@ -1278,6 +1294,7 @@ def _by_model(stats: OutcomeStats, prices: PriceBook) -> dict[str, dict[str, Any
             "price_source": SOURCE_UNKNOWN if model is None
             else SOURCE_ASKED if price is None and ok > unpriced else prices.source(model),
             "price": None if price is None else price.as_dict(),
+            "latency_ms": _latency(float64_array(latency.get(model, np.empty(0)))),
         }
         if price is None and model is not None and (close := prices.close_names(model)):
             out[name]["typo_of"] = close[0]  # a priced name it misspells: the one meant
@@ -1383,6 +1400,13 @@ def _latency(values: pa.ChunkedArray | pa.Array) -> dict[str, Any]:
         "mean": _ms(pc.mean(values).as_py()),
         "max": _ms(pc.max(values).as_py()),
     }
+
+
+def _p50_p95(latency: Any) -> str:
+    """A model's ``latency_ms`` (``_latency``'s) as the by-model table shows it."""
+    if not isinstance(latency, Mapping) or latency.get("p50") is None:
+        return "n/a"
+    return " / ".join(format_ms(latency.get(k)) for k in ("p50", "p95"))
 
 
 def _counts(values: pa.ChunkedArray | pa.Array) -> dict[str, int]:
@@ -1643,6 +1667,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         # And of failed rows where some model has any: a model every row of which failed (a
         # setting it refuses) showed its rows with no tokens and a cost of 0, as if answered.
         failed = any(m.get("failed") for m in by_model.values())
+        # Each model's latency, where there are models to compare (one: the totals' above).
+        timed = len(by_model) > 1
         body = []
         for model, m in by_model.items():
             said = m.get("tokens_reported_by_rows") or {}
@@ -1660,6 +1686,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     _model_cost(m),
                     *([search_shown(m.get("search_cost_usd"), search_unpriced(m))]
                       if searches else []),
+                    *([_p50_p95(m.get("latency_ms"))] if timed else []),
                     _model_price(m),
                     str(m.get("price_source") or ""),
                 ]
@@ -1667,7 +1694,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         head = ["Model", "Rows", *(["Failed"] if failed else []), "Prompt",
                 *(["Cached"] if cached else []),
                 *(["Written to the cache"] if wrote else []), "Completion", "Cost",
-                *(["Search"] if searches else []), "Price in/cached/out", "Source"]
+                *(["Search"] if searches else []),
+                *(["Latency p50 / p95"] if timed else []), "Price in/cached/out", "Source"]
         out += ["## By model", "", *_table(head, body, right=set(range(1, len(head) - 2))),
                 ""]
         out.append(

@@ -352,6 +352,37 @@ def test_latency_percentiles_over_ok_rows(book: PriceBook) -> None:
     assert lat["max"] == 100.0 and lat["mean"] == 50.5
 
 
+def test_latency_by_model_for_comparing_models(book: PriceBook) -> None:
+    """A job comparing models gave one latency for all its rows (p50 of a fast model's, p95 of
+    a slow one's): each model's is in by_model, over its ok rows, and cost_report.md's by-model
+    table shows its p50 / p95 where there are models to compare."""
+    book = PriceBook({"fast": OWN, "slow": OWN})
+    rows = [ok_row(book, f"f{i}", "fast", latency=float(i)) for i in range(1, 101)]
+    rows += [ok_row(book, f"s{i}", "slow", latency=1000.0 + i) for i in range(1, 51)]
+    rows.append(failed_row("x", "timeout", "timed out", latency_ms=99_999.0, model="slow"))
+    untimed = ok_row(book, "untimed", "slow")
+    untimed.latency_ms = None  # no latency: left out
+    rows.append(untimed)
+    stats = OutcomeStats()
+    for part in (rows[:70], rows[70:]):  # as the journal reads it, a table at a time
+        stats.add(table(part))
+    report = build_report(stats, prices=book, job=JOB, wall_s=60.0)
+    fast, slow = (report["by_model"][m]["latency_ms"] for m in ("fast", "slow"))
+    assert fast["rows"] == 100 and fast["max"] == 100.0 and fast["mean"] == 50.5
+    assert fast["p50"] == pytest.approx(np.percentile(np.arange(1, 101), 50), abs=0.051)
+    assert slow["rows"] == 50 and slow["p50"] == pytest.approx(1025.5, abs=0.051)
+    assert slow["max"] == 1050.0  # not the failed row's
+    assert report["latency_ms"]["rows"] == 150
+    md = render_markdown(report)
+    assert "| Latency p50 / p95 |" in md
+    by_model = md.split("## By model")[1].split("\n\n")[1]
+    assert re.search(r"\| fast +\|.*\| +50\.5 ms / 95 ms \|", by_model), by_model
+    assert re.search(r"\| slow +\|.*\| +1\.03 s / 1\.05 s \|", by_model), by_model
+    one = build_report(table(rows[:100]), prices=book, job=JOB, wall_s=60.0)
+    assert one["by_model"]["fast"]["latency_ms"] == one["latency_ms"]
+    assert "Latency p50 / p95 |" not in render_markdown(one)  # the totals' line says it
+
+
 def test_length_finish_reasons_and_failures(book: PriceBook, mixed: list[Outcome]) -> None:
     report = build_report(table(mixed), prices=book, job=JOB, wall_s=None)
     assert report["rows"]["cut_at_length"] == 1
