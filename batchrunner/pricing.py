@@ -410,6 +410,23 @@ class PriceBook:
         return [f'[prices."{name}"] prices no model this job asks ({asked}): check its name'
                 for name in self._unused(models)]
 
+    def unused_by_replies(self, answered: Mapping[str, str]) -> list[str]:
+        """The job's entries that priced none of the rows answered, where ``answered`` (each
+        model rows were priced as: its price's ``source``) has rows priced from the library:
+        a gateway that routes the name the job priced (an alias, "auto") answers as the model
+        it routed to, priced at that model's library price, and the job's price for the name
+        goes unused, unsaid (a gateway that bills the alias at its own price is billed
+        otherwise)."""
+        library = [m for m, source in answered.items() if not source.startswith("job")]
+        if not library:
+            return []
+        them = ", ".join(library)
+        return [f'[prices."{name}"] priced no row answered so far: the replies named other '
+                f"models ({them}), priced at the price library's prices; a gateway that routes "
+                f'"{name}" answers as the model it routed to — to price those rows at the '
+                f"job's price, add the same entry under the name the replies give"
+                for name in self._unused(list(answered))]
+
     def uncached_warnings(self, models: Collection[str] | None = None) -> list[str]:
         """The job's entries that set no ``cached_input`` for a model the library bills
         cached prompt tokens lower for (OpenAI's, Anthropic's, DeepSeek's...): their cached

@@ -994,6 +994,9 @@ def build_report(
     known_usd = stats._cost_sum(lambda k: True)
 
     by_model = _by_model(stats, prices)
+    warnings.extend(prices.unused_by_replies({
+        model: str(entry["price_source"]) for model, entry in by_model.items()
+        if entry["ok"] and model != NO_VALUE and entry["price"] is not None}))
     warnings.extend(cached_at_input_price(by_model, prices))
     warnings.extend(audio_at_text_price(by_model))
     for model, entry in by_model.items():

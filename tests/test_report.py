@@ -383,6 +383,29 @@ def test_latency_by_model_for_comparing_models(book: PriceBook) -> None:
     assert "Latency p50 / p95 |" not in render_markdown(one)  # the totals' line says it
 
 
+def test_a_job_price_a_gateways_route_left_unused_is_warned_of() -> None:
+    """The job priced "smart", a gateway's alias, and the gateway answered its rows as the
+    model it routed them to, priced at that model's library price: the job's price went
+    unused, unsaid. The report says so, with what to add; not where every entry priced rows
+    (the control), nor for rows that failed."""
+    book = PriceBook({"smart": OWN})
+    routed = "claude-sonnet-4-5-20250929"
+    rows = [ok_row(book, f"r{i}", routed) for i in range(3)]
+    report = build_report(table(rows), prices=book, job=JOB, wall_s=None)
+    said = [w for w in report["warnings"] if w.startswith('[prices."smart"]')]
+    assert said == ['[prices."smart"] priced no row answered so far: the replies named other '
+                    f"models ({routed}), priced at the price library's prices; a gateway that "
+                    'routes "smart" answers as the model it routed to — to price those rows '
+                    "at the job's price, add the same entry under the name the replies give"]
+    both = PriceBook({"smart": OWN, routed: OWN})
+    rows = [ok_row(both, "a", routed), ok_row(both, "b", "smart")]
+    assert not [w for w in build_report(table(rows), prices=both, job=JOB,
+                                        wall_s=None)["warnings"] if "priced no row" in w]
+    failed = [failed_row("x", "http_500", "boom", model=routed)]
+    assert not [w for w in build_report(table(failed), prices=book, job=JOB,
+                                        wall_s=None)["warnings"] if "priced no row" in w]
+
+
 def test_length_finish_reasons_and_failures(book: PriceBook, mixed: list[Outcome]) -> None:
     report = build_report(table(mixed), prices=book, job=JOB, wall_s=None)
     assert report["rows"]["cut_at_length"] == 1
