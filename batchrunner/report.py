@@ -322,7 +322,8 @@ class OutcomeStats:
         "_failed_choices_usd",
         "_finish",
         "_latency",
-        "_latency_ids",
+        "_latency_model",
+        "_latency_models",
         "_missing",
         "_models",
         "_n_fewer",
@@ -398,10 +399,11 @@ class OutcomeStats:
         self._errors: dict[str, list[Any]] = {}  # error type → [rows, example or None]
         self._newest: float | None = None
         self._per_row = _PerRow(3)  # finished_at, is ok, rate_limited
-        # latency_ms of ok rows, and the model each was priced as (its index in
-        # ``_latency_ids``, of the models in order of first appearance)
-        self._latency = _PerRow(2)
-        self._latency_ids: dict[Any, int] = {}
+        self._latency = _PerRow(1)  # latency_ms of ok rows
+        # Their model (priced as), while they are of one (``_NOT_YET`` before any): a job of
+        # one model keeps no more. From a second model on, each model's apart too.
+        self._latency_model: Any = _NOT_YET
+        self._latency_models: dict[Any, _PerRow] | None = None
         self._top: dict[str, pa.Table | None] = dict.fromkeys(_RANKED)
         self._missing: set[str] = set()
 
@@ -442,13 +444,36 @@ class OutcomeStats:
     def ok_latency_ms(self) -> F64:
         """``latency_ms`` of the ok rows that have one, in row order (NaN kept), as one array
         (concatenated on the first call)."""
-        latency, _ = self._latency.whole()
+        (latency,) = self._latency.whole()
         return cast(F64, latency)
 
     def ok_latency_by_model(self) -> dict[Any, F64]:
         """``ok_latency_ms``, each model's apart (by the model the rows were priced as)."""
-        latency, ids = self._latency.whole()
-        return {model: cast(F64, latency[ids == i]) for model, i in self._latency_ids.items()}
+        if self._latency_models is None:
+            one = self._latency_model
+            return {} if one is _NOT_YET else {one: self.ok_latency_ms()}
+        return {model: cast(F64, part.whole()[0]) for model, part in self._latency_models.items()}
+
+    def _add_latency(self, latency: F64, codes: npt.NDArray[np.int64], names: list[Any]) -> None:
+        """The ok rows' ``latency``, whose models are ``names[codes]``."""
+        split = self._latency_models
+        if split is None:
+            used = [names[c] for c in np.unique(codes)] if len(codes) else []
+            one = self._latency_model
+            if len(used) <= 1 and (one is _NOT_YET or not used or used[0] == one):
+                if used:
+                    self._latency_model = used[0]
+                self._latency.append(latency)
+                return
+            # A second model: each model's apart from now on, the first one's from those kept.
+            split = self._latency_models = {}
+            if one is not _NOT_YET:
+                part = _PerRow(1)
+                part.append(self.ok_latency_ms())
+                split[one] = part
+        self._latency.append(latency)
+        for code in np.unique(codes):
+            split.setdefault(names[code], _PerRow(1)).append(latency[codes == code])
 
     @property
     def cut(self) -> CutRows:
@@ -555,11 +580,8 @@ class OutcomeStats:
         self._newest = _max_of(self._newest, None if newest is None else float(newest))
         self._per_row.append(_np_float(finished_at), ok_np, _np_small_int(t["rate_limited"]))
         timed = pc.fill_null(pc.and_(is_ok, pc.is_valid(t["latency_ms"])), _FALSE)
-        group, names = models
-        known = self._latency_ids
-        ids = np.array([known.setdefault(m, len(known)) for m in names], dtype=np.int32)
-        self._latency.append(_np_float(pc.filter(t["latency_ms"], timed)),
-                             ids[group[_np_bool(timed)]])
+        self._add_latency(_np_float(pc.filter(t["latency_ms"], timed)),
+                          models[0][_np_bool(timed)], models[1])
         if not self._missing:
             self._add_top(t, offset)
 
@@ -1556,6 +1578,9 @@ class _PerRow:
                 return tuple(np.empty(0) for _ in range(self._columns))
             self._blocks = [tuple(np.concatenate(c) for c in zip(*self._blocks, strict=True))]
         return self._blocks[0]
+
+
+_NOT_YET = object()  # no model yet (``OutcomeStats._latency_model``; a model may be None)
 
 
 def _np_float(col: pa.ChunkedArray | pa.Array) -> F64:
