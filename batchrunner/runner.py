@@ -2004,6 +2004,8 @@ class _Run:
         # of ``refused_models_at`` (_one_model_away).
         self.refused_models: set[str | None] = set()
         self.refused_models_at = -math.inf
+        # When each model's refusals began: its first since it last answered.
+        self.model_refused_from: dict[str, float] = {}
         # Refusals (connections, or a gateway's 502/503/504) since the latest answer to a
         # request sent after one: two or more, and the endpoint is away (an outage), not
         # turning one request away now and then while it answers the others (whose wait, a
@@ -2275,15 +2277,23 @@ class _Run:
 
     def _one_model_away(self) -> bool:
         """In a job whose rows ask models of their own, whether every refusal since the
-        latest answer was a gateway's 502/503/504 to rows of one model: that model's upstream
-        away, maybe, not the gateway, whose other models are to be asked before the job waits
-        (``_turned_away``, ``_fresh_probe``). Taken for the server away, its rows shut the job
-        to one probe at a time, the probe nearly always one of them, so no other model was
-        asked, nor answered: a job whose one model went down mid-run sent nothing else after,
-        and stopped at the outage's end with the other models' rows unsent."""
+        latest answer was a gateway's 502/503/504 to rows of one model, and another model has
+        answered since that model's refusals began: its upstream away, not the gateway, whose
+        other models go on being asked (``_turned_away``, ``_fresh_probe``). Taken for the
+        server away, its rows shut the job to one probe at a time, the probe nearly always one
+        of them, so no other model was asked, nor answered: a job whose one model went down
+        mid-run sent nothing else after, and stopped at the outage's end with the other
+        models' rows unsent. Without another model answering (a job whose rows all ask one,
+        an input sorted by model), the gateway is away: its outage is waited out."""
         models = self.refused_models
-        return (self.models_vary and self.refused_models_at > self.last_answer
-                and len(models) == 1 and None not in models)
+        if not (self.models_vary and self.refused_models_at > self.last_answer
+                and len(models) == 1):
+            return False
+        (model,) = models
+        if model is None:
+            return False
+        since = self.model_refused_from.get(model, math.inf)
+        return any(at > since for other, at in self.model_answered.items() if other != model)
 
     def _shut_gate(self, status: int, retry_after: float | None, sent_at: float) -> None:
         """A gateway's 502/503/504 (asking for ``retry_after`` s, or not), and nothing sent
@@ -3313,6 +3323,10 @@ class _Run:
                 self.refused_models.clear()
             self.refused_models.add(model)
             self.refused_models_at = now
+            if model is not None:
+                since = self.model_refused_from.get(model)
+                if since is None or self.model_answered.get(model, -math.inf) > since:
+                    self.model_refused_from[model] = now
         if item.last_refusal and self.answered_sent > item.last_refusal:
             item.lonely += 1  # a request sent since its previous refusal was answered
             item.streak = 0
