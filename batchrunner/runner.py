@@ -1949,6 +1949,10 @@ class _Run:
         self.last_answer = -math.inf  # perf_counter() of the latest HTTP answer, of any status
         # In a job whose rows ask models of their own, each model's (``_answered_since``).
         self.model_answered: dict[str, float] = {}
+        # Of a job whose rows ask models of their own: each model's latest answered request,
+        # when it was sent (_one_model_away: answers to requests sent before an outage began
+        # come in after it).
+        self.model_answered_sent: dict[str, float] = {}
         # When the latest request that got an answer was sent: answers to requests sent before
         # an outage began (a server draining them as it restarts) do not make the refusals
         # meanwhile the rows' own, nor end the outage.
@@ -2278,7 +2282,8 @@ class _Run:
     def _one_model_away(self) -> bool:
         """In a job whose rows ask models of their own, whether every refusal since the
         latest answer was a gateway's 502/503/504 to rows of one model, and another model has
-        answered since that model's refusals began: its upstream away, not the gateway, whose
+        answered a request sent since that model's refusals began (not one sent before, which
+        a gateway going away answers after): its upstream away, not the gateway, whose
         other models go on being asked (``_turned_away``, ``_fresh_probe``). Taken for the
         server away, its rows shut the job to one probe at a time, the probe nearly always one
         of them, so no other model was asked, nor answered: a job whose one model went down
@@ -2293,7 +2298,8 @@ class _Run:
         if model is None:
             return False
         since = self.model_refused_from.get(model, math.inf)
-        return any(at > since for other, at in self.model_answered.items() if other != model)
+        return any(sent > since for other, sent in self.model_answered_sent.items()
+                   if other != model)
 
     def _shut_gate(self, status: int, retry_after: float | None, sent_at: float) -> None:
         """A gateway's 502/503/504 (asking for ``retry_after`` s, or not), and nothing sent
@@ -3199,6 +3205,8 @@ class _Run:
         self.last_answer = time.perf_counter()
         if item is not None and self.models_vary:
             self.model_answered[item.model] = self.last_answer
+            if sent_at > self.model_answered_sent.get(item.model, -math.inf):
+                self.model_answered_sent[item.model] = sent_at
         if sent_at > self.answered_sent:  # every answer: no max() call
             self.answered_sent = sent_at
         if self.gate is not None and sent_at >= self.gate_from:

@@ -325,8 +325,9 @@ def status_json(out_dir: Path) -> dict[str, Any]:
         "cost_earlier_attempts_usd": state.earlier.usd,
         "cost_unreported_usd": state.unreported.usd,
         # What the budget counts (_raise_budget's spend), and the budget, where one is set.
-        "spent_usd": round(known + state.earlier.usd + state.unreported.usd, 10),
-        "max_cost_usd": job_budget(meta),
+        # (Finite, or null: no strict JSON holds an infinity, which absurd prices may sum to.)
+        "spent_usd": _finite(round(known + state.earlier.usd + state.unreported.usd, 10)),
+        "max_cost_usd": _finite(job_budget(meta)),
         "input": {"path": meta["input_path"],
                   # "changed", "gone" or "unreadable" since the last run (or the run in
                   # progress) read it; null: the same

@@ -22,7 +22,7 @@ from batchrunner.journal import Journal, outcomes_table, write_segment
 from batchrunner.records import RETRYING, Outcome
 from batchrunner.report import format_usd
 from batchrunner.runner import _command_kept, _without_key, format_summary
-from batchrunner.status import format_status, lock_holder, rerun_command
+from batchrunner.status import STATES, format_status, lock_holder, rerun_command
 from tests.test_faults import FaultServer, job_for, make_csv, run
 from tests.test_report import cell
 from tests.test_report_html import card
@@ -1148,6 +1148,7 @@ def status_json_of(capsys: pytest.CaptureFixture[str], out: Path) -> dict[str, A
     printed = capsys.readouterr()
     assert printed.err == ""
     data: dict[str, Any] = json.loads(printed.out)
+    assert data["state"] in STATES
     return data
 
 
