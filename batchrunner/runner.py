@@ -2005,9 +2005,8 @@ class _Run:
         self.turned_away_at = -math.inf  # the latest such answer (_turned_away)
         # In a job whose rows ask models of their own: the models of the rows refused since
         # the latest answer (None for a refusal no model's: a connection refused, a cut), as
-        # of ``refused_models_at`` (_one_model_away).
+        # of ``last_refusal`` (_one_model_away).
         self.refused_models: set[str | None] = set()
-        self.refused_models_at = -math.inf
         # When each model's refusals began: its first since it last answered.
         self.model_refused_from: dict[str, float] = {}
         # Refusals (connections, or a gateway's 502/503/504) since the latest answer to a
@@ -2291,7 +2290,7 @@ class _Run:
         models' rows unsent. Without another model answering (a job whose rows all ask one,
         an input sorted by model), the gateway is away: its outage is waited out."""
         models = self.refused_models
-        if not (self.models_vary and self.refused_models_at > self.last_answer
+        if not (self.models_vary and self.last_refusal > self.last_answer
                 and len(models) == 1):
             return False
         (model,) = models
@@ -3327,10 +3326,9 @@ class _Run:
         now = time.perf_counter()
         self.refused_item = item
         if self.models_vary:
-            if self.last_answer > self.refused_models_at:
+            if self.last_answer > self.last_refusal:  # the one before this
                 self.refused_models.clear()
             self.refused_models.add(model)
-            self.refused_models_at = now
             if model is not None:
                 since = self.model_refused_from.get(model)
                 if since is None or self.model_answered.get(model, -math.inf) > since:
