@@ -2080,7 +2080,13 @@ class _Run:
         self.workers = 0
         self.rows: Iterator[tuple[str, dict[str, Any], float, bool]] = rows_to_send(plan)
         self.row_hash = row_hasher(plan.builder)
-        self.rows_done = False  # the input iterator is exhausted (or broke)
+        self.input_done = False  # the input iterator is exhausted (or broke)
+        self.rows_done = False  # and no row a scout went past is left (``passed``)
+        # While one model's rows are refused by the gateway and nothing else answers: the row
+        # of another model sent to tell its upstream from the gateway (``_scout``), and the
+        # rows it went past in the input, to start before the rows after it.
+        self.scout: _Work | None = None
+        self.passed: deque[_Work] = deque()
         self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows
         # Split: the rows of each model waiting for its own permit (_park), and how many.
         self.parked: dict[str, deque[_Work]] = {}
@@ -2336,22 +2342,71 @@ class _Run:
             return self.retries.popleft()
         if self.parked_rows and (item := self._unpark()) is not None:
             return item
-        if self.outstanding > len(self.held) and self._looks_down and not self._fresh_probe():
-            return None  # the endpoint looks down: the rows started find out when it is back
+        if self.outstanding > len(self.held) and self._looks_down:
+            if (scout := self._scout()) is not None:
+                self.outstanding += 1
+                return scout
+            if not self._fresh_probe():
+                return None  # the endpoint looks down: the rows started find out when it is back
         if self.outstanding - len(self.held) >= self.rows_out:
             return None  # the server fails everything: the rows started go on (_server_error)
+        if self.passed:  # rows a scout went past, first
+            item = self.passed.popleft()
+            if not self.passed and self.input_done:
+                self._rows_ended()
+        elif (item := self._read_row()) is None:
+            return None
+        self.outstanding += 1
+        return item
+
+    def _rows_ended(self) -> None:
+        self.rows_done = True
+        if self.held:
+            self._check_held()
+
+    def _scout(self) -> _Work | None:
+        """In a job whose rows ask models of their own, while a gateway's 502/503/504 to rows
+        of one model alone and nothing answered since hold the job to one probe at a time
+        (the server taken for away): the next row of another model, sent beside the probes
+        (``_work``), the rows of that model it goes past kept in their order (``passed``) for
+        when the job goes on. Answered, the refusals were that model's upstream away, not the
+        gateway (``_one_model_away``); refused too, the gateway is away, waited out. An input
+        sorted by model whose first model was down was waited out with every probe one of its
+        rows, no other model asked, and stopped at the outage's end with every row left to
+        do (the rerun met the same rows first). One scout at a time, at most
+        ``HOLD_MAX_ROWS`` rows gone past; None when there is none to send."""
+        if not self.models_vary or self.scout is not None or self.input_done:
+            return None
+        models = self.refused_models
+        if len(models) != 1 or self.last_refusal <= self.last_answer or self._one_model_away():
+            return None  # not one model's alone, or known to be (new rows start)
+        (model,) = models
+        if model is None:  # a connection refused: the server, whichever the model
+            return None
+        passed = self.passed
+        while len(passed) < HOLD_MAX_ROWS and (item := self._read_row()) is not None:
+            if item.model != model:
+                self.scout = item
+                return item
+            passed.append(item)
+        return None
+
+    def _read_row(self) -> _Work | None:
+        """The next row of the input to send, its invalid rows recorded as failed on the way;
+        None at the input's end (``input_done``), or where it broke (the job stops)."""
         plan = self.plan
-        while not self.rows_done:
+        while not self.input_done:
             try:
                 key, row, spent, resent = next(self.rows)
             except StopIteration:
-                self.rows_done = True
-                if self.held:
-                    self._check_held()
+                self.input_done = True
+                if not self.passed:
+                    self._rows_ended()
                 break
             except BatchrunnerError as e:
                 # The input broke mid-run: finish and save what is in flight, then stop.
-                self.rows_done = True
+                self.input_done = True
+                self._rows_ended()
                 self.stop(StopJob(f"{e}; the rows finished so far are saved"))
                 break
             if math.isnan(spent):  # no record from an earlier run
@@ -2385,7 +2440,6 @@ class _Run:
             elif plan.builder.rows_vary:  # a model, body fields of the row's own
                 for warning in plan.builder.row_warnings(item.body):
                     self._warn_row(key, warning)
-            self.outstanding += 1
             return item
         return None
 
@@ -2450,13 +2504,15 @@ class _Run:
             probe = False
             outcome = retry_in = None
             try:
-                if self.gate is not None:
+                if self.gate is not None and item is not self.scout:  # a scout goes beside
                     probe = await self._through_gate()
                 outcome, retry_in = await self.attempt(item)
             finally:
                 self.reserved -= reserved
                 if probe:
                     self._probe_back()
+                if item is self.scout:
+                    self.scout = None
                 if alone:
                     self.counters["sent_alone"] += self.counters["sent"] - sent
                     if retry_in is None:  # done with, as far as this run goes

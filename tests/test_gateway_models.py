@@ -173,24 +173,53 @@ async def test_one_models_upstream_down_fails_its_rows_and_the_others_go_on(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("models", ["one", "sorted"])
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_one_models_upstream_down_with_its_rows_first_fails_them_and_the_others_go_on(
+        tmp_path: Path, concurrency: int) -> None:
+    """An input sorted by model whose first model's upstream is down from the start, its
+    gateway answering 503 with a message that names no model: nothing had answered, so its
+    503s were the gateway away, waited out one probe at a time, every probe one of its rows;
+    no other model was asked, and at the outage's end the job stopped, every row left to do
+    (and the rerun met the same rows first). A row of the next model is now asked beside the
+    probes: answered, the down model's rows fail as http_503 after their tries, and the
+    other models' rows are answered."""
+    down = "deepseek-chat"
+    models = [down] * 30 + ["gpt-4o"] * 20 + ["claude-opus-4-6"] * 20
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(one_model_down(down)) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                                      concurrency=concurrency),
+                              replace(options(3), outage_s=20.0))
+    assert s.exit_code == 3 and not s.stopped, s.stopped
+    df = results(tmp_path)
+    assert (df.loc[df["model"] != down, "status"] == "ok").all(), df["status"].value_counts()
+    failed = df[df["model"] == down]
+    assert len(failed) == 30 and (failed["status"] == "failed").all()
+    assert set(failed["error_type"]) == {"http_503"}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("models", ["one", "sorted", "sorted, away from the start"])
 async def test_a_gateway_away_a_while_is_waited_out_when_one_model_is_refused_at_a_time(
         tmp_path: Path, models: str) -> None:
     """The gateway away for a while, answering 503 for every model, while the rows refused
     are of one model at a time: a job whose rows all ask one model through a model column
-    (or an OpenAI batch file), or an input sorted by model. No other model answers meanwhile,
-    so it is the gateway away, waited out, every row ok; taken for that model's upstream
-    alone, new rows went on starting through the outage and rows failed (18 of 200)."""
+    (or an OpenAI batch file), or an input sorted by model. No other model answers meanwhile
+    (the row of the next model sent beside the probes is refused too), so it is the gateway
+    away, waited out, every row ok; taken for that model's upstream alone, new rows went on
+    starting through the outage and rows failed (18 of 200)."""
     names = (["gpt-4o"] * 60 if models == "one"
              else sorted(("gpt-4o", "claude-opus-4-6", "deepseek-chat")[i % 3]
                          for i in range(60)))
     inp = models_csv(tmp_path / "in.csv", names)
     away: dict[str, float] = {}
+    answered_first = 0 if models.endswith("start") else 12
 
     async def away_a_while(srv: FaultServer, request: web.BaseRequest,
                            body: dict[str, Any]) -> web.StreamResponse | None:
         now = asyncio.get_running_loop().time()
-        if srv.requests > 12 and now - away.setdefault("from", now) < 1.5:
+        if srv.requests > answered_first and now - away.setdefault("from", now) < 1.5:
             return web.json_response(error_body("upstream connect error or disconnect/reset "
                                                 "before headers", "upstream_error", None),
                                      status=503)
