@@ -43,6 +43,7 @@ from batchrunner.progress import (
 )
 from batchrunner.records import AUDIO_COLUMNS, RETRYING
 from batchrunner.report import (
+    NO_VALUE,
     AudioSum,
     CutRows,
     SearchSum,
@@ -1204,7 +1205,9 @@ class _Tally:
                                                           >= self.since))
             errors = pc.filter(part["error_type"], is_value(part["status"], "failed"))
             for entry in pc.value_counts(errors).to_pylist():
-                self.failed_by_type[str(entry["values"])] += entry["counts"]
+                # A row with none (a journal another tool wrote): "(none)", as the reports say.
+                etype = entry["values"]
+                self.failed_by_type[NO_VALUE if etype is None else etype] += entry["counts"]
         cost = part["cost_usd"]
         self.cost.add(cost)
         if not self.searched:

@@ -1229,6 +1229,28 @@ def test_status_json_gives_the_reports_figures_and_where_the_job_is(
     assert data["max_cost_usd"] == 0.0000001
 
 
+def test_status_names_a_failure_with_no_error_type_as_the_reports_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed row whose record has no error type (a journal another tool wrote) was counted
+    under "None" by status, text and JSON, where the reports say "(none)": a monitor keying
+    on the reports' names found a type they never give."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text\nr0,text\nr1,bad [[sim:400]]\n")
+    assert main(["run", "--input", "in.csv", "--id-column", "id", "--prompt", "X {text}",
+                 "--model", "gpt-4o-mini", "--simulator", "--progress", "none", "--output",
+                 "out"]) == 3
+    out = tmp_path / "out"
+    write_segment(Journal(out).directory, "seg-29990101T000000-ffffff-w0-000000.parquet",
+                  outcomes_table([Outcome(key="r1", status="failed", error_message="lost",
+                                          finished_at=time.time() + 1)]))
+    assert "  failed (none): 1" in format_status(out).splitlines()
+    assert status_json_of(capsys, out)["failed_by_type"] == {"(none)": 1}
+    assert main(["report", "out"]) == 3
+    report = json.loads((out / "cost_report.json").read_text())
+    assert list(report["by_error_type"]) == ["(none)"]
+
+
 def test_status_json_of_a_run_in_progress_and_of_a_job_not_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
