@@ -246,6 +246,10 @@ HASHED_COLUMNS_KEPT = 8
 # Rows of models the key was refused for (403) held, before any model answered, until one does
 # (see _Run.held): past this many the job stops as for a key refused outright.
 HOLD_MAX_ROWS = 10_000
+# Rows a scout goes past in the input (_Run._scout), kept in memory till the job goes on: this
+# many at most, and prompts of this many estimated tokens (some 16 MB of text) in all.
+PASS_MAX_ROWS = HOLD_MAX_ROWS
+PASS_MAX_TOKENS = 4_000_000
 # A split job's rows whose model's own permit is not there yet wait in a queue of the model's
 # (_Run.parked), this many at most, rather than in a worker the other models' rows could use.
 PARKED_MAX_ROWS = 1_000
@@ -2087,6 +2091,7 @@ class _Run:
         # rows it went past in the input, to start before the rows after it.
         self.scout: _Work | None = None
         self.passed: deque[_Work] = deque()
+        self.passed_tokens = 0  # their prompts' estimated tokens
         self.retries: deque[_Work] = deque()  # rows whose backoff is over, sent before new rows
         # Split: the rows of each model waiting for its own permit (_park), and how many.
         self.parked: dict[str, deque[_Work]] = {}
@@ -2352,6 +2357,7 @@ class _Run:
             return None  # the server fails everything: the rows started go on (_server_error)
         if self.passed:  # rows a scout went past, first
             item = self.passed.popleft()
+            self.passed_tokens -= item.prompt_estimate
             if not self.passed and self.input_done:
                 self._rows_ended()
         elif (item := self._read_row()) is None:
@@ -2374,7 +2380,8 @@ class _Run:
         sorted by model whose first model was down was waited out with every probe one of its
         rows, no other model asked, and stopped at the outage's end with every row left to
         do (the rerun met the same rows first). One scout at a time, at most
-        ``HOLD_MAX_ROWS`` rows gone past; None when there is none to send."""
+        ``PASS_MAX_ROWS`` rows (``PASS_MAX_TOKENS``) gone past; None when there is none to
+        send."""
         if not self.models_vary or self.scout is not None or self.input_done:
             return None
         models = self.refused_models
@@ -2384,11 +2391,13 @@ class _Run:
         if model is None:  # a connection refused: the server, whichever the model
             return None
         passed = self.passed
-        while len(passed) < HOLD_MAX_ROWS and (item := self._read_row()) is not None:
+        while (len(passed) < PASS_MAX_ROWS and self.passed_tokens < PASS_MAX_TOKENS
+               and (item := self._read_row()) is not None):
             if item.model != model:
                 self.scout = item
                 return item
             passed.append(item)
+            self.passed_tokens += item.prompt_estimate
         return None
 
     def _read_row(self) -> _Work | None:

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
+from batchrunner import runner as runner_module
 from batchrunner.cli import main
 from batchrunner.config import load_job
 from batchrunner.pricing import search_requested
@@ -197,6 +198,28 @@ async def test_one_models_upstream_down_with_its_rows_first_fails_them_and_the_o
     failed = df[df["model"] == down]
     assert len(failed) == 30 and (failed["status"] == "failed").all()
     assert set(failed["error_type"]) == {"http_503"}
+
+
+@pytest.mark.anyio
+async def test_rows_a_scout_went_past_are_left_to_do_at_a_stop_and_sent_by_the_rerun(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The down model's block longer than a scout goes past (``PASS_MAX_ROWS``): no other
+    model asked, its outage is waited out and the job stops, as before scouts. The rows the
+    scout went past, read from the input and never sent, are left to do, not lost: the rerun,
+    the upstream back, sends them and every other row once."""
+    monkeypatch.setattr(runner_module, "PASS_MAX_ROWS", 5)
+    down = "deepseek-chat"
+    inp = models_csv(tmp_path / "in.csv", [down] * 30 + ["gpt-4o"] * 10)
+    async with FaultServer(one_model_down(down)) as srv:
+        job = job_for(tmp_path, srv.base_url, inp, model_column="model", concurrency=2)
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job, replace(options(3), outage_s=1.0))
+        assert s.exit_code == 4 and s.stopped and down in s.stopped, s.stopped
+        assert (s.ok, s.failed, s.pending) == (0, 0, 40)
+        srv.healthy, sent = True, srv.requests
+        s = await run(job)
+        assert s.exit_code == 0 and (s.ok, s.pending) == (40, 0)
+        assert srv.requests - sent == 40
 
 
 @pytest.mark.anyio
