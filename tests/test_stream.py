@@ -1001,16 +1001,19 @@ async def test_a_usage_chunk_that_comes_late_is_waited_for_as_a_chunk_is(job_env
 @pytest.mark.anyio
 async def test_a_server_whose_usage_comes_back_has_it_waited_for_again(
         job_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One finished stream held open without its usage chunk (a gateway's failover to an
+    """Finished streams held open without their usage chunk (a gateway's failover to an
     upstream that sends none) made the client wait for no later stream's usage for the rest of
     the run: once the usage came back, late as before, every row's tokens and cost were lost.
-    A stream that brings its usage makes later ones waited on for theirs again; and while none
-    is waited on, one is again after a while (``_USAGE_RETRY_S``, made short here), which
-    finds it come back. A server that keeps holding them costs one wait in that while."""
+    A stream that brings its usage makes later ones waited on for theirs again; one held open
+    alone, a hiccup, stops no later one's wait (the usage of every stream but one came 0.5 s
+    after its finish, and the 30 s after that one lost it: 294 rows of 400 at concurrency 1);
+    and while none is waited on, after two, one is again after a while (``_USAGE_RETRY_S``,
+    made short here), which finds it come back. A server that keeps holding them costs one
+    wait in that while."""
     monkeypatch.setattr(client_module, "_USAGE_RETRY_S", 1.5)
     monkeypatch.setattr(client_module, "_USAGE_RETRY_X", 0.0)
     body = {**STREAM_BODY, "stream_options": {"include_usage": True}}
-    held_at = (1, 4)  # the requests held open with pings and no usage
+    held_at = (1, 4, 6, 7)  # the requests held open with pings and no usage
     at_once = 2  # its usage and [DONE] right after the finish; the others' 1.2 s after it
 
     async def failover(srv: FaultServer, request: web.BaseRequest,
@@ -1032,12 +1035,13 @@ async def test_a_server_whose_usage_comes_back_has_it_waited_for_again(
     with anyio.fail_after(30):
         async with FaultServer(failover) as srv, ChatClient(srv.base_url, job_env, timeout_s=2,
                                                             connections=2) as client:
-            tokens = [(await client.complete(body)).total_tokens for _ in range(5)]
+            tokens = [(await client.complete(body)).total_tokens for _ in range(8)]
             await anyio.sleep(1.5)
             tokens += [(await client.complete(body)).total_tokens for _ in range(2)]
-    # held; at once (the usage back); late, waited for again; held; late, not waited for;
-    # late, waited for once a while passed; late, waited for as before
-    assert tokens == [None, 13, 13, None, None, 13, 13]
+    # held; at once (the usage back); late, waited for again; held, alone; late, waited for
+    # still; held twice; late, not waited for; late, waited for once a while passed; late,
+    # waited for as before
+    assert tokens == [None, 13, 13, None, 13, None, None, None, 13, 13]
 
 
 @pytest.mark.anyio
@@ -1117,17 +1121,22 @@ async def test_streams_after_one_held_open_without_usage_are_not_read_on_for_a_d
     the wait for the usage once; every later stream was still read on for what may follow
     (0.5 s each at timeout_s = 2: 16 rows at concurrency 4 took 3.9 s, 10.9 s at 6, where
     2.8 s and 6.5 s now), for a ``[DONE]`` the server holds back. Once a stream was held
-    open so, a later one is taken at its finish: here the server sends more 0.2 s after it,
-    which the stream is no longer read on for."""
+    open so, a later one is taken a moment after its usage (``_DONE_GRACE_S``): here the
+    server sends it 0.2 s after the finish, then more 0.3 s after that, which the stream is no
+    longer read on for."""
     body = {**STREAM_BODY, "stream_options": {"include_usage": True}}
+    more = sse({"id": "chatcmpl-s", "object": "chat.completion.chunk", "choices": [],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 90, "total_tokens": 99}})
 
     async def held(srv: FaultServer, request: web.BaseRequest,
                    body: dict[str, Any]) -> web.StreamResponse:
         response = await stream_reply(request, *FINISHED, hold=True)
         if srv.requests == 2:
-            await anyio.sleep(0.2)  # within the 0.5 s a finished stream was read on for
             with contextlib.suppress(ConnectionResetError):  # the client may have gone
+                await anyio.sleep(0.2)  # its usage, waited for (one stream held open alone)
                 await response.write(USAGE_CHUNK)
+                await anyio.sleep(0.3)  # within the 0.5 s a finished stream was read on for
+                await response.write(more)
         return await srv.held(response)
 
     with anyio.fail_after(25):
@@ -1138,7 +1147,7 @@ async def test_streams_after_one_held_open_without_usage_are_not_read_on_for_a_d
     assert (first.content, first.finish_reason, first.total_tokens) == (
         "Echo: whole", "stop", None)
     assert (later.content, later.finish_reason, later.total_tokens) == (
-        "Echo: whole", "stop", None)
+        "Echo: whole", "stop", 13)
 
 
 @pytest.mark.anyio
