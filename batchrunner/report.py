@@ -456,9 +456,12 @@ class OutcomeStats:
 
     def _add_latency(self, latency: F64, codes: npt.NDArray[np.int64], names: list[Any]) -> None:
         """The ok rows' ``latency``, whose models are ``names[codes]``."""
+        # The codes present, by a count of each: np.unique imports numpy.ma on its first call
+        # (NumPy 2.4), 7 ms of every run's end.
+        present = np.flatnonzero(np.bincount(codes, minlength=len(names))).tolist()
         split = self._latency_models
         if split is None:
-            used = [names[c] for c in np.unique(codes)] if len(codes) else []
+            used = [names[c] for c in present]
             one = self._latency_model
             if len(used) <= 1 and (one is _NOT_YET or not used or used[0] == one):
                 if used:
@@ -472,7 +475,7 @@ class OutcomeStats:
                 part.append(self.ok_latency_ms())
                 split[one] = part
         self._latency.append(latency)
-        for code in np.unique(codes):
+        for code in present:
             split.setdefault(names[code], _PerRow(1)).append(latency[codes == code])
 
     @property
