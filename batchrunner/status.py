@@ -874,7 +874,16 @@ def cut_advice(meta: dict[str, Any], out_dir: Path, *, rows: int, every_choice: 
                     f"job's {format_usd(spent)} spent so far, plus twice the "
                     f"{format_usd(usd)} {they} cost for answers up to twice as long, and "
                     "a tenth more, rounded up")
-    command = Rerun(meta, out_dir).command(("--force", *where), options=options)
+    rerun = Rerun(meta, out_dir)
+    command = rerun.command(("--force", *where), options=options)
+    # The job's later runs asking for less would stop at the change of its request settings
+    # (a crontab's line exits 2, its new rows unsent): said, with where to raise it.
+    if command and rerun.job_file is not None and option_given(meta, limit) is None:
+        why += (f"; and set {limit} = {larger} in {shell_quote(rerun.job_file)} for the job's "
+                "later runs, which stop at a change of its request settings otherwise")
+    elif command:
+        why += (f"; and give the job's later runs {option_name(limit)} {larger}, which stop "
+                "at a change of its request settings otherwise")
     if not command:  # a job.json from before the options were kept
         args = [a for name, value in options.items() for a in (option_name(name), str(value))]
         flags = " ".join(shell_quote(a) for a in (*args, "--force", *where))

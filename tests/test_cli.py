@@ -594,7 +594,9 @@ def test_the_summary_of_rows_cut_at_max_tokens_says_how_to_answer_them_again(
     code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "1"))
     assert code == 0, err
     said = ("  warning: 3 rows cut at max_tokens (finish_reason=length): to answer them again "
-            "with a larger one (twice the job's max_tokens of 1, the most they were given), run: ")
+            "with a larger one (twice the job's max_tokens of 1, the most they were given; and "
+            "give the job's later runs --max-tokens 2, which stop at a change of its request "
+            "settings otherwise), run: ")
     (line,) = [line for line in out.splitlines() if line.startswith(said)]
     command = line.removeprefix(said)
     assert " --max-tokens 2 " in command and " --max-tokens 1 " not in command, command
@@ -621,7 +623,8 @@ def test_rows_cut_by_an_earlier_runs_larger_limit_are_sent_with_twice_that(
     code, out, err = cli(capsys, *job_args(tmp_path, "--max-tokens", "2", "--force"))
     assert code == 0, err
     assert ("(twice the 4 tokens some of them were cut at by an earlier run (the job's "
-            "max_tokens is 2 now)), run: ") in out, out
+            "max_tokens is 2 now); and give the job's later runs --max-tokens 8, which stop "
+            "at a change of its request settings otherwise), run: ") in out, out
     assert " --max-tokens 8 " in out and " --max-tokens 4 " not in out, out
 
 
@@ -633,7 +636,9 @@ def test_max_completion_tokens_is_an_option_and_the_cut_rows_command_keeps_its_n
     own name: a --max-tokens beside it would be refused."""
     code, out, err = cli(capsys, *job_args(tmp_path, "--max-completion-tokens", "1"))
     assert code == 0, err
-    said = "twice the job's max_completion_tokens of 1, the most they were given), run: "
+    said = ("twice the job's max_completion_tokens of 1, the most they were given; and give "
+            "the job's later runs --max-completion-tokens 2, which stop at a change of its "
+            "request settings otherwise), run: ")
     (line,) = [line for line in out.splitlines() if said in line]
     command = line.partition(said)[2]
     assert " --max-completion-tokens 2 " in command and "--max-tokens" not in command, command
@@ -1621,6 +1626,18 @@ def test_a_job_cron_ran_is_finished_by_the_commands_printed_pasted_where_path_ha
     answered = _shell(again, tmp_path)
     assert answered.returncode == 0, (again, answered.stderr)
     assert "4 requests sent this run" in answered.stdout, answered.stdout
+    # The crontab's line the next night: it asks for the file's max_tokens, less than the
+    # command's, and stopped at the change of the job's request settings (exit 2, tonight's
+    # new rows unsent), as the summary said nothing of. It says where to raise it.
+    said = f"and set max_tokens = 10 in {shell_quote(str(job))} for the job's later runs"
+    assert said in done.stdout, done.stdout
+    with (tmp_path / "in.csv").open("a") as f:
+        f.write("r4,one\n")
+    cron = f"cd {shell_quote(str(jobs))} && {program} run job.toml"
+    assert _shell(cron, tmp_path).returncode == 2
+    job.write_text(job.read_text().replace("max_tokens = 5", "max_tokens = 10"))
+    night = _shell(cron, tmp_path)
+    assert night.returncode == 0 and "1 request sent this run" in night.stdout, night.stdout
 
 
 @pytest.mark.parametrize("started", ["script", "module"])
