@@ -1937,6 +1937,10 @@ class ChatClient:
             # it has not ("Invalid URL (POST /chat/completions)", gateways' alike): a wrong path.
             message += (f" — nothing at {self.redact(self.url)}: check the base URL (most "
                         "end in /v1)")
+        elif status == 501 and code is None and etype is None:
+            # Not an API's error: a web server that takes no POST there (a static file server).
+            message += (f" — no chat completions at {self.redact(self.url)}: check the base "
+                        "URL (most end in /v1)")
         retry_after = _retry_after(headers)
         if status == 407 and (stop := self._proxy_refused(status, message)):
             raise stop

@@ -10,14 +10,20 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "backoff", "is_retryable_status"]
+__all__ = ["NEVER_SERVED_STATUSES", "RETRYABLE_STATUSES", "RetryPolicy", "backoff",
+           "is_retryable_status"]
 
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+# 5xx that say the request can never be served as sent: 501 Not Implemented (a web server that
+# takes no POST at the URL, a static file server), 505 HTTP Version Not Supported.
+NEVER_SERVED_STATUSES = frozenset({501, 505})
 
 
 def is_retryable_status(status: int) -> bool:
-    """429, 408, 409 and every 5xx are transient; other 4xx (400, 404, 422 ...) are not."""
-    return status in RETRYABLE_STATUSES or status >= 500
+    """429, 408, 409 and every 5xx but 501 and 505 are transient; other 4xx (400, 404, 422
+    ...) are not."""
+    return status in RETRYABLE_STATUSES or (status >= 500
+                                            and status not in NEVER_SERVED_STATUSES)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -1268,6 +1268,37 @@ async def test_a_base_url_without_its_v1_says_to_check_it(tmp_path: Path, says: 
 
 
 @pytest.mark.anyio
+async def test_a_base_url_at_a_web_server_that_takes_no_post_says_to_check_it(
+        tmp_path: Path) -> None:
+    """A base URL at a web server that takes no POST (``python -m http.server``: 501 and its
+    HTML error page) was a server error like any other: every row tried 6 times (289 requests
+    of a 3,000-row input), then a stop saying to wait for the endpoint to recover, nothing in
+    the job to fix. A 501 is no outage: the rows fail at once and the job stops, saying to
+    check the base URL."""
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(60)])
+    posts = 0
+
+    async def files_only(request: web.BaseRequest) -> web.StreamResponse:
+        nonlocal posts
+        posts += 1
+        return web.Response(status=501, content_type="text/html", text=(
+            "<!DOCTYPE HTML><html><head><title>Error response</title></head><body>"
+            "<h1>Error response</h1><p>Error code: 501</p>"
+            "<p>Message: Unsupported method ('POST').</p></body></html>"))
+
+    runner, port = await serve_on_loopback(files_only)
+    try:
+        s = await run(job_for(tmp_path, f"http://127.0.0.1:{port}/v1", inp))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 4 and s.stopped
+    assert s.stopped.startswith("the first 20 rows to finish all failed with http_501"), s.stopped
+    assert (f"no chat completions at http://127.0.0.1:{port}/v1/chat/completions: check the "
+            "base URL (most end in /v1)") in s.stopped
+    assert posts < 40 and s.pending > 0, s.stopped
+
+
+@pytest.mark.anyio
 async def test_first_rows_failing_do_not_stop_a_job_once_one_is_ok(tmp_path: Path) -> None:
     n = 60
     texts = [f"row {i} [[sim:400]]" if i != 10 and i < 40 else f"row {i}" for i in range(n)]
