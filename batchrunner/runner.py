@@ -4485,6 +4485,20 @@ async def _endpoint(job: JobConfig, env: dict[str, str]) -> AsyncIterator[tuple[
     yield base_url, key
 
 
+def _check_no_key_named(job: JobConfig, api_key: str | None) -> None:
+    """Refuse a job whose name or model holds the API key (pasted in the wrong place), before
+    anything is written or sent: the name heads the progress, the summary and the reports, the
+    model every result row and the cost report, where the key would be written as it is. A
+    short key (``LONG_SECRET``), a local server's stand-in ("EMPTY"), may be any word."""
+    if not api_key or len(api_key) < LONG_SECRET:
+        return
+    for what, value in (("the job's name (name in the job file, or --name)", job.name),
+                        ("the model (model in [request], or --model)", job.request.model)):
+        if isinstance(value, str) and holds_secret(value, api_key):
+            raise ConfigError(f"{what} holds the API key: set it to the name it should have "
+                              "(the key is read from the environment or .env only)")
+
+
 def _check_budget_priced(plan: Plan) -> None:
     """Under a budget, the job's model must have a price, or the budget cannot be kept: the
     first request would stop the job. So must the search the job's settings ask for: billed per
@@ -4561,6 +4575,7 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
     out_dir = plan.out_dir
     run_id = new_run_id()
     async with _endpoint(job, env) as (base_url, api_key):
+        _check_no_key_named(job, api_key)
         proxy = proxy_for(base_url, env)
         summary.warnings.extend(endpoint_warnings(base_url))
         for w in summary.warnings:

@@ -870,6 +870,26 @@ def test_a_key_written_where_its_variable_name_goes_is_refused_without_showing_i
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option", ["--name", "--model"])
+def test_a_key_given_as_the_jobs_name_or_model_is_refused_without_showing_it(
+        tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The key pasted as the job's name or its model: status said the option was not kept, it
+    holding the key, yet the progress, the summary, job.json, the reports (and, the model,
+    every result row) wrote the key as it is. Refused now, before anything is sent or
+    written."""
+    inp = marker_csv(tmp_path / "in.csv", [], normal=2)
+    with SimulatorThread(SimulatorConfig()) as sim:
+        argv = base_args(inp, tmp_path / "out", sim.base_url)
+        code = main([*argv, option, f"night of {KEY}" if option == "--name" else KEY])
+        assert sim.stats()["requests"] == 0
+    said = capsys.readouterr()
+    assert code == 2, said.err
+    what = "the job's name" if option == "--name" else "the model"
+    assert said.err.startswith(f"batchrunner: error: {what} (") and "holds the API key" in said.err
+    assert leaks_in_text(said.out, said.err) == []
+    assert not (tmp_path / "out").exists() or leaks_in_files(tmp_path / "out") == []
+
+
 def test_a_key_that_is_an_identifier_where_its_variable_name_goes_is_not_shown(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Keys of letters, digits and underscores (gsk_ and 52 of them, 32 alone) are Python
