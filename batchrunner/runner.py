@@ -84,6 +84,7 @@ from batchrunner.config import (
     unread_dotenv_line,
 )
 from batchrunner.errors import (
+    AccountError,
     AllFailing,
     AuthError,
     BatchrunnerError,
@@ -4710,6 +4711,12 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
                 else "fix_first")
             if isinstance(error, BudgetExceeded) and error.held_usd:  # room status's command
                 last_run["held_usd"] = round(error.held_usd, 10)  # leaves for them
+        elif isinstance(run.stop_error, AuthError | QuotaError | AccountError | Unreachable):
+            # Told apart for a script that watches the job (status --json): the key to fix,
+            # the account (its quota, its billing), the endpoint to wait for or to check.
+            last_run["stop_kind"] = (
+                "key_refused" if isinstance(run.stop_error, AuthError)
+                else "unreachable" if isinstance(run.stop_error, Unreachable) else "account")
         if summary.sent > summary.not_connected:
             # The report's wall time and counters: of the last run that sent requests, which
             # a run none of whose requests could connect is not (the run before's are kept).

@@ -1251,6 +1251,33 @@ def test_status_names_a_failure_with_no_error_type_as_the_reports_do(
     assert list(report["by_error_type"]) == ["(none)"]
 
 
+def test_status_json_tells_a_refused_key_and_an_endpoint_out_of_reach_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A stop for a key the endpoint refused, and one for an endpoint out of reach, had no
+    ``stop_kind`` (null, as a Ctrl-C's): a script watching the job could not tell a key to fix
+    from a server to wait for."""
+    import socket
+
+    from batchrunner.simulator import SimulatorConfig, SimulatorThread
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("id,text\nr0,a\nr1,b\n")
+    args = ["run", "--input", "in.csv", "--id-column", "id", "--prompt", "X {text}",
+            "--model", "gpt-4o-mini", "--progress", "none", "--max-attempts", "2"]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-1111111111111111")
+    with SimulatorThread(SimulatorConfig(api_key="sk-right-0000000000000000")) as sim:
+        assert main([*args, "--base-url", sim.base_url, "--output", "refused"]) == 4
+    data = status_json_of(capsys, tmp_path / "refused")
+    assert (data["state"], data["last_run"]["stop_kind"]) == ("stopped", "key_refused")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert main([*args, "--base-url", f"http://127.0.0.1:{port}/v1", "--output", "away"]) == 4
+    data = status_json_of(capsys, tmp_path / "away")
+    assert (data["state"], data["last_run"]["stop_kind"]) == ("stopped", "unreachable")
+
+
 def test_status_json_of_a_run_in_progress_and_of_a_job_not_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
