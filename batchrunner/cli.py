@@ -455,6 +455,8 @@ def _cmd_run(ns: argparse.Namespace) -> int:
     except BaseException as e:
         if isinstance(leaf(e), KeyboardInterrupt) and _writing_when_stopped(job.output.dir,
                                                                             started):
+            global _writing_stopped
+            _writing_stopped = True
             out = shell_quote(str(job.output.dir))
             raise Interrupted(
                 "interrupted while the results and reports were written: they may be missing, "
@@ -465,6 +467,10 @@ def _cmd_run(ns: argparse.Namespace) -> int:
         raise
     say(format_summary(summary), sys.stdout)
     return summary.exit_code
+
+
+# A signal stopped the run as it wrote its results and reports (``main`` leaves them).
+_writing_stopped = False
 
 
 def _writing_when_stopped(out_dir: Path, since: float) -> bool:
@@ -712,7 +718,7 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
         if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # ignored: under nohup
             found[signal.SIGHUP] = signal.signal(signal.SIGHUP, _interrupt)
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         flush_outputs()  # a log with no room left: exit code 120 else, whatever the run did
         for sig, handler in found.items():
@@ -720,6 +726,13 @@ def main(argv: Sequence[str] | None = None, *, exiting: bool = False) -> int:
                 signal.signal(sig, signal.SIG_IGN)
             elif handler is not None:  # None: set outside Python, and not to be put back
                 signal.signal(sig, handler)
+    if exiting and _writing_stopped:
+        # A signal stopped the run as it wrote its results and reports, as said: the thread
+        # writing them is not waited for (the interpreter would, writing them all seconds
+        # after the run said they were left for `report`, job.json saying they were not).
+        # Each file is written whole or not at all, every answer is in the journal.
+        os._exit(code)
+    return code
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -1305,7 +1305,7 @@ def signalled_writing_results_cmd(args: list[str], sig: signal.Signals) -> list[
             "    return write(*args, **kwargs)\n"
             "results._write_results = signalled\n"
             "from batchrunner.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
+            "sys.exit(main(sys.argv[1:], exiting=True))\n")
     return [sys.executable, "-c", code, *args]
 
 
@@ -1355,7 +1355,9 @@ def test_a_signal_while_the_results_are_written_is_said_and_status_says_to_write
     file, which may be missing or last night's, looking current (as it says after a SIGKILL
     then). Now both say the results and reports may not have been written, with the `report`
     command that writes them, and status the command that finishes the job too; once
-    `report` has written them, status says so instead."""
+    `report` has written them, status says so instead. The run stops then, as it says: the
+    thread writing them was waited for at the interpreter's exit, and wrote them all seconds
+    after the run said they were left for `report`, job.json saying they were not."""
     n, limit = 30, 20
     inp = make_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out"
@@ -1370,6 +1372,7 @@ def test_a_signal_while_the_results_are_written_is_said_and_status_says_to_write
         "may be missing, or an earlier run's; finished rows are saved — write them with: "
         f"batchrunner report {out}, or run the same command again (it resumes, and writes "
         "them)\n"), stopped.stderr
+    assert not (out / "results.parquet").exists()
     status = format_status(out).splitlines()
     said = next(i for i, line in enumerate(status) if line.startswith("  last run: "))
     assert status[said].startswith("  last run: stopped 20") and status[said].endswith(
