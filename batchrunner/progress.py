@@ -66,6 +66,7 @@ class Counts:
     rows_out: int = 0  # the rows started may be out, no more: the server fails everything
     server_errors: int = 0  # the server errors in a row, none ok since, that said so
     resumed: bool = False  # earlier runs finished rows: ok/failed are the job's, the rest not
+    job_limits: str = ""  # the job's own limits ("1 request a minute"), which a quiet log names
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -347,8 +348,10 @@ class LogProgress:
                        "to retry" if counts.retrying else "")
             # Beside an outage (the counts say how long the endpoint has not answered), no
             # note that no row finishes: the outage says why, in the line's one account of it.
+            # A job held back by its own limits (--rpm 1) says so, not only that it is quiet.
+            limits = f"; the job's limits: {counts.job_limits}" if counts.job_limits else ""
             note = (f"  (no row finished for {idle:.0f} s{_only_429s(counts)}; {flying} in "
-                    f"flight{waiting})"
+                    f"flight{waiting}{limits})"
                     if self._every and idle >= self._every and counts.unreachable_s < 1
                     else "")
             self.write(f"{self._desc}: {done} rows  {_postfix(counts)}{note}")
@@ -358,6 +361,15 @@ class LogProgress:
 
     def close(self) -> None:
         pass
+
+
+def job_limits(requests_per_minute: float | None, tokens_per_minute: float | None) -> str:
+    """The limits a job sets, as a log line names them: ``1 request, 10,000 tokens a minute``;
+    "" for none."""
+    said = [f"{n:,.{0 if n == int(n) else 2}f} {unit}{'' if n == 1 else 's'}"
+            for n, unit in ((requests_per_minute, "request"), (tokens_per_minute, "token"))
+            if n is not None]
+    return f"{', '.join(said)} a minute" if said else ""
 
 
 def _only_429s(counts: Counts) -> str:

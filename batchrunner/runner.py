@@ -126,6 +126,7 @@ from batchrunner.progress import (
     Counts,
     Progress,
     duration,
+    job_limits,
     leave_terminal,
     logged,
     make_progress,
@@ -1929,7 +1930,9 @@ class _Run:
         self.counts = Counts(ok=plan.prior_ok, failed=plan.prior_failed,  # the job's, shown
                              resumed=bool(plan.prior_ok or plan.prior_failed),
                              outage_s=self.outage_s,
-                             only_429s_stop_s=max(self.outage_s, ONLY_429S_STOP_S))
+                             only_429s_stop_s=max(self.outage_s, ONLY_429S_STOP_S),
+                             job_limits=job_limits(lim.requests_per_minute,
+                                                   lim.tokens_per_minute))
         self.counters: Counter[str] = Counter()
         self.errors_seen: Counter[str] = Counter()
         self.failed_kinds: Counter[str | None] = Counter()  # this run's failed rows, by error

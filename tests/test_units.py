@@ -613,6 +613,16 @@ def test_log_progress_keeps_a_line_every_period_while_no_row_finishes(
     log.update(counts, 0)
     assert capsys.readouterr().err.endswith(
         "(no row finished for 86 s; 0 requests in flight, 3 rows waiting to retry)\n")
+    # A job held back by its own limits (--rpm 1, a minute a row) names them: the line said
+    # only that nothing finished.
+    now[0] += 30
+    counts.retrying, counts.job_limits = 0, progress.job_limits(1, None)
+    log.update(counts, 0)
+    assert capsys.readouterr().err.endswith(
+        "(no row finished for 116 s; 0 requests in flight; the job's limits: 1 request a "
+        "minute)\n")
+    assert progress.job_limits(0.5, 150_000) == "0.50 requests, 150,000 tokens a minute"
+    assert progress.job_limits(None, None) == ""
     # A rerun with nothing to do promises no line every 30 s: its summary follows at once.
     progress.LogProgress("nightly", every_s=30.0).start(20_000, 20_000)
     assert capsys.readouterr().err == (
