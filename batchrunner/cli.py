@@ -764,9 +764,12 @@ def _one_line(text: object) -> str:
 
 def _report(exc: BaseException, args: Sequence[str] = ()) -> int:
     """Print ``exc`` as one line on stderr and return its exit code; re-raise what is not ours.
-    A key (``secrets_known``) given where an argument goes, a job file's or an output
-    directory's, is not shown in it."""
+    A key (``secrets_known``, or an argument shaped as one) given where an argument goes, a
+    job file's or an output directory's or an option's value, is not shown in it."""
     hidden = secrets_known(args) if any(len(a) >= LONG_SECRET for a in args) else []
+    # An argument shaped as a key (--rpm sk-..., pasted after the wrong option), with no key
+    # in the environment to know it by, was echoed whole into the log: not shown either.
+    hidden += sorted((a for a in args if _KEY_SHAPE.fullmatch(a)), key=len, reverse=True)
 
     def tell(line: str) -> None:
         for secret in hidden:

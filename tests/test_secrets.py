@@ -870,6 +870,21 @@ def test_a_key_written_where_its_variable_name_goes_is_refused_without_showing_i
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option", ["--rpm", "--max-cost", "--limit", "--format", "--progress"])
+def test_a_key_given_as_an_options_value_is_not_shown_in_its_refusal(
+        tmp_path: Path, option: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A key pasted after the wrong option, with no key in the environment to know it by:
+    "--rpm takes a number, got 'sk-proj-...'" showed it whole in the log."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    key = "sk-proj-LEAKME7Q2w9XyZ4vB8nK3mP6tR1sD5fG0hJ"
+    inp = marker_csv(tmp_path / "in.csv", [], normal=1)
+    assert main([*base_args(inp, tmp_path / "out", "http://127.0.0.1:9/v1"), option, key]) == 2
+    said = capsys.readouterr()
+    assert said.err.startswith("batchrunner: error: ") and option in said.err, said.err
+    assert "LEAKME" not in said.err + said.out and "[redacted]" in said.err
+
+
 @pytest.mark.parametrize("option", ["--name", "--model"])
 def test_a_key_given_as_the_jobs_name_or_model_is_refused_without_showing_it(
         tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]) -> None:
