@@ -781,6 +781,10 @@ def _report(exc: BaseException, args: Sequence[str] = ()) -> int:
         tell(f"batchrunner: error: {_one_line(e)}")
         return 2
     if isinstance(e, StopJob):
+        if e.summary is not None:  # a run its input changed under: what it did, then why
+            from batchrunner.runner import format_summary
+
+            say(format_summary(e.summary), sys.stdout)
         tell(f"batchrunner: stopped: {_one_line(e)}")
         return 4
     if isinstance(e, OutputBusy):

@@ -105,7 +105,11 @@ class OutputError(BatchrunnerError):
 
 
 class StopJob(BatchrunnerError):
-    """Stop the whole job now; what is finished stays recorded and a rerun resumes (exit 4)."""
+    """Stop the whole job now; what is finished stays recorded and a rerun resumes (exit 4).
+    ``summary``: where it ended a run without its results (its input changed meanwhile), that
+    run's summary (a ``runner.RunSummary``), which the command line prints before its line."""
+
+    summary: Any = None
 
 
 class AuthError(StopJob):

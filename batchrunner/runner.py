@@ -4755,7 +4755,10 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
         _settle_batch_checks(plan)
         _write_meta(plan)
     if moved:
-        raise StopJob(moved)
+        stop = StopJob(moved)
+        stop.summary = _counted(summary, run)  # the rows and cost, as far as counted
+        stop.summary.stopped = "the input changed while the job ran (the line below)"
+        raise stop
     if run.signalled or plan.total_rows >= WRITING_SAID_ROWS:
         # Seconds of writing (8 s at 2,000,000 rows) after the run's last line: said, or the
         # sender of a signal, hearing nothing, sends another, which leaves them to write.
@@ -4775,23 +4778,12 @@ async def _run_job(job: JobConfig, options: RunOptions, lock: io.RunLock) -> Run
     return summary
 
 
-def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
-                      journal_failed: bool) -> RunSummary:
-    """``summary`` of a run stopped by a write that failed (``error``: a full disk, say), as
-    far as it can be told without writing: the rows and cost from the run's own counts (where
-    the results were not written to count them), whether the journal holds every answer
-    received, the disk's free space, and the commands that resume the job and write its
-    results and reports."""
-    plan = run.plan
-    counts = run.counts
-    unsaved = run.journal.take() if journal_failed else []  # records the journal lacks
-    # Each row's latest record of those: an answer (ok or failed), which the run counted, or
-    # ``retrying``, a billed try of a row still to do, which it did not. A row may have both
-    # (a billed try, then its answer): counted once, by its answer.
-    lost = {o.key: o.status for o in unsaved}
-    lost_ok = sum(1 for status in lost.values() if status == "ok")
-    lost_failed = sum(1 for status in lost.values() if status == "failed")
-    tries = len(lost) - lost_ok - lost_failed  # rows still to do whose billed tries are lost
+def _counted(summary: RunSummary, run: _Run, lost_ok: int = 0, lost_failed: int = 0
+             ) -> RunSummary:
+    """``summary`` of a run whose results and reports were not written, its rows and cost from
+    the run's own counts (less the answers ``lost_ok`` and ``lost_failed`` the journal could
+    not save), as far as the results and reports did not count them."""
+    plan, counts = run.plan, run.counts
     if summary.results_path is None and not summary.rows:  # not counted by rebuild_outputs
         summary.rows = plan.total_rows
         summary.ok = counts.ok - lost_ok
@@ -4804,6 +4796,26 @@ def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
         summary.unpriced = "no price known for the model, or no usage reported"
         if counts.resumed:
             summary.run_cost_usd = counts.cost_usd
+    return summary
+
+
+def stopped_unwritten(summary: RunSummary, run: _Run, error: OutputError, *,
+                      journal_failed: bool) -> RunSummary:
+    """``summary`` of a run stopped by a write that failed (``error``: a full disk, say), as
+    far as it can be told without writing: the rows and cost from the run's own counts (where
+    the results were not written to count them), whether the journal holds every answer
+    received, the disk's free space, and the commands that resume the job and write its
+    results and reports."""
+    plan = run.plan
+    unsaved = run.journal.take() if journal_failed else []  # records the journal lacks
+    # Each row's latest record of those: an answer (ok or failed), which the run counted, or
+    # ``retrying``, a billed try of a row still to do, which it did not. A row may have both
+    # (a billed try, then its answer): counted once, by its answer.
+    lost = {o.key: o.status for o in unsaved}
+    lost_ok = sum(1 for status in lost.values() if status == "ok")
+    lost_failed = sum(1 for status in lost.values() if status == "failed")
+    tries = len(lost) - lost_ok - lost_failed  # rows still to do whose billed tries are lost
+    _counted(summary, run, lost_ok, lost_failed)
     if journal_failed:
         if run.stop_error is not None and str(run.stop_error) != str(run.write_error):
             summary.stopped = str(run.stop_error)  # a stop (SIGTERM, say) came first

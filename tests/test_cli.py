@@ -1722,3 +1722,27 @@ def test_the_program_named_in_process_by_path_and_by_job_json(
     command = {"options": {}, "program": [f"/opt/{KEY}/bin/batchrunner"]}
     _without_key(command, KEY)
     assert command == {"options": {}}
+
+
+def test_a_run_whose_input_changed_meanwhile_prints_its_summary_then_the_stop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run stopped because its input was replaced meanwhile (tonight's export) printed its
+    stop's line alone: no rows, cost or requests, where every other run ends with its
+    summary. The summary comes first, then the line."""
+    from batchrunner import runner
+
+    pipeline = runner._pipeline
+
+    async def replaced_meanwhile(run: object) -> None:
+        await pipeline(run)  # type: ignore[arg-type]
+        (tmp_path / "in.csv").write_text("id,text\na,tonight's one\n")
+
+    monkeypatch.setattr(runner, "_pipeline", replaced_meanwhile)
+    code, out, err = cli(capsys, *job_args(tmp_path))
+    assert code == 4, err
+    lines = out.splitlines()
+    assert lines[0] == "batchrunner: in — 3 rows: 3 ok, 0 failed", out
+    assert "  stopped: the input changed while the job ran (the line below)" in lines, out
+    assert err.startswith("batchrunner: stopped: input ") and err.count("\n") == 1, err
+    assert "changed while the job ran" in err

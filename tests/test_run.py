@@ -1796,6 +1796,11 @@ async def test_an_input_replaced_while_the_job_runs_never_gets_the_answers_of_ot
                 await run_job(job, FAST)
         assert "run the same command" in str(e.value)
         assert not (tmp_path / "out" / "results.parquet").exists()
+        # What the run did, printed above its stop's line: it printed that line alone.
+        said = runner.format_summary(e.value.summary).splitlines()
+        assert said[0] == "batchrunner: in — 30 rows: 30 ok, 0 failed", said
+        assert "  stopped: the input changed while the job ran (the line below)" in said, said
+        assert any(line.startswith("  cost: $") for line in said), said
         status = format_status(tmp_path / "out")
         assert "changed while the job ran" in status and "30 ok" in status
         sent = sim.stats()["requests"]
