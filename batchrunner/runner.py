@@ -3003,10 +3003,12 @@ class _Run:
                 # is read through, the rows left are all there is to tell a server away from
                 # rows it fails, so they are counted as ever. Nor is one that is the row's
                 # model's own, in a job of many (_models_own).
+                # A scout's is the gateway's, whatever its model's answers say: it asks
+                # whether the gateway serves another model (``_scout``).
                 gateway = (e.status in GATEWAY_STATUSES or away) and (
                     self.last_answer == -math.inf or not self.rows_done) and not (
-                    self.models_vary and self._models_own(item.model, e,
-                                                          sent_at))
+                    self.models_vary and item is not self.scout
+                    and self._models_own(item.model, e, sent_at))
                 cut = False  # cut with no answer in an outage (a connection_reset)
                 if e.status in GATEWAY_STATUSES or away:  # not the endpoint's: no end of an outage
                     if gateway:
@@ -3353,16 +3355,21 @@ class _Run:
         """Whether a gateway's 502/503/504 to a row asking ``model`` (sent at ``sent_at``), in
         a job whose rows ask models of their own, is that model's, not a server away behind
         the gateway: when no reply has come from the model while the run's answers show other
-        models served; or when its message names the model (no channel for it), unless
-        nothing has answered since it was sent after earlier answers: an outage's, then,
-        whatever it says (a gateway whose upstreams are all away for a while says "no
-        channel" for every model, and the models that answered before are waited for). Its
-        rows' tries are then their own, and the other models' rows go on."""
+        models served, its message naming the model or another model's request sent after it
+        answered (answers to requests sent before it tell nothing of a message that names no
+        model: in an input sorted by model, the next model's first rows went out as the whole
+        gateway went away, and failed as its own); or when its message names the model (no
+        channel for it), unless nothing has answered since it was sent after earlier answers:
+        an outage's, then, whatever it says (a gateway whose upstreams are all away for a while
+        says "no channel" for every model, and the models that answered before are waited
+        for). Its rows' tries are then their own, and the other models' rows go on."""
+        named = bool(model) and _names_model(model, e.message)
         if self.last_answer == -math.inf:
-            return bool(model) and _names_model(model, e.message)
-        if model not in self.answered_models and self.answered_models:
-            return True
-        return self.last_answer > sent_at and bool(model) and _names_model(model, e.message)
+            return named
+        if model not in self.answered_models and self.answered_models and (
+                named or self.answered_sent > sent_at):
+            return True  # not the gateway away: it serves another model still
+        return self.last_answer > sent_at and named
 
     def _fresh_probe(self) -> bool:
         """One row alone is out, refused twice or more with nothing answered since (a job at

@@ -7,6 +7,7 @@ import asyncio
 import importlib.metadata
 import json
 import re
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,8 @@ async def test_rows_a_scout_went_past_are_left_to_do_at_a_stop_and_sent_by_the_r
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("models", ["one", "sorted", "sorted, away from the start"])
+@pytest.mark.parametrize("models", ["one", "sorted", "sorted, away from the start",
+                                    "sorted, one at a time"])
 async def test_a_gateway_away_a_while_is_waited_out_when_one_model_is_refused_at_a_time(
         tmp_path: Path, models: str) -> None:
     """The gateway away for a while, answering 503 for every model, while the rows refused
@@ -231,18 +233,25 @@ async def test_a_gateway_away_a_while_is_waited_out_when_one_model_is_refused_at
     (or an OpenAI batch file), or an input sorted by model. No other model answers meanwhile
     (the row of the next model sent beside the probes is refused too), so it is the gateway
     away, waited out, every row ok; taken for that model's upstream alone, new rows went on
-    starting through the outage and rows failed (18 of 200)."""
+    starting through the outage and rows failed (18 of 200). The scout's refusal is the
+    gateway's, whatever the rule for a model that has not answered yet says: taken for its
+    model's own, one at concurrency 1 was sent after another into the outage, the next
+    model's rows failing as http_503 (6 runs of 7, in a helper's stress test)."""
     names = (["gpt-4o"] * 60 if models == "one"
              else sorted(("gpt-4o", "claude-opus-4-6", "deepseek-chat")[i % 3]
                          for i in range(60)))
     inp = models_csv(tmp_path / "in.csv", names)
     away: dict[str, float] = {}
     answered_first = 0 if models.endswith("start") else 12
+    alone = models.endswith("one at a time")
+    away_s = 3.0 if alone else 1.5
+    during: Counter[str] = Counter()
 
     async def away_a_while(srv: FaultServer, request: web.BaseRequest,
                            body: dict[str, Any]) -> web.StreamResponse | None:
         now = asyncio.get_running_loop().time()
-        if srv.requests > answered_first and now - away.setdefault("from", now) < 1.5:
+        if srv.requests > answered_first and now - away.setdefault("from", now) < away_s:
+            during[body["model"]] += 1
             return web.json_response(error_body("upstream connect error or disconnect/reset "
                                                 "before headers", "upstream_error", None),
                                      status=503)
@@ -250,11 +259,15 @@ async def test_a_gateway_away_a_while_is_waited_out_when_one_model_is_refused_at
         return None
 
     async with FaultServer(away_a_while) as srv:
-        s = await run(job_for(tmp_path, srv.base_url, inp, model_column="model",
-                              concurrency=4))
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                                      concurrency=1 if alone else 4),
+                              replace(options(3), outage_s=30.0))
     assert away, "the gateway never went away"
-    assert s.exit_code == 0 and not s.stopped, (s.stopped, s.error_types)
+    assert s.exit_code == 0 and not s.stopped, (s.stopped, s.error_types, during)
     assert (results(tmp_path)["status"] == "ok").all()
+    if alone:  # the probes, one model's rows, and one scout of the next model's, retried
+        assert len(during) == 2 and min(during.values()) <= 3, during
 
 
 def test_the_estimate_names_each_model_it_has_no_price_for_and_what_to_add(
