@@ -2140,6 +2140,7 @@ class _Run:
         self.transient: set[str] = set()  # error types rows failed with after every retry
         self.warned: set[str] = set()  # the warnings about batch rows said so far
         self.warned_unpriced = False  # about a reply without usage, under a budget
+        self.warned_search = False  # about a reply citing sources its usage does not count
         self.warned_cut = False  # about a try that may be billed without usage (budget)
         self.routed: dict[str, str] = {}  # model asked for → the priced one that answered
         # Model asked for → the most a reply's search (sources, web searches) has cost in this
@@ -4033,6 +4034,9 @@ class _Run:
         if model != requested and self.budget is not None:
             self.routed[requested] = model  # the budget holds the next ones at its price
         cost, searched = self._reply_cost(item, model, res)
+        if (res.citations and res.sources_used is None and res.web_searches is None
+                and not self.warned_search and live_search_asked(item.body)):
+            self._uncounted_search(item)
         checks = item.checks
         content = res.content
         choices = res.choices
@@ -4127,6 +4131,17 @@ class _Run:
                 f"batchrunner: warning: {self.plan.row(item.key)}: the reply has no usage (token "
                 "counts), so its cost is unknown; max_cost_usd counts such replies at their "
                 f"estimated cost ({_estimated_from(item)})")
+
+    def _uncounted_search(self, item: _Work) -> None:
+        """A reply to Grok's live search (``search_parameters``) cites sources, which its usage
+        does not count (``num_sources_used``: a gateway that leaves it out): what they cost
+        is in no cost, nor the budget's. Said once: the cost was said complete."""
+        self.warned_search = True
+        self.progress.write(
+            f"batchrunner: warning: {self.plan.row(item.key)}: the reply cites sources of "
+            "its live search (search_parameters), but its usage counts none "
+            "(num_sources_used): what they cost is not in the row's cost, nor in the reports' "
+            "or max_cost_usd's; such replies are priced at their tokens only")
 
     def _maybe_billed(self, item: _Work) -> float | None:
         """A try of ``item`` the server may have billed, its usage not known: counted at its

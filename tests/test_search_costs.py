@@ -947,3 +947,42 @@ async def test_the_summary_names_search_answered_before_its_price_was_set(
     assert again.cost_unknown == 1
     assert ("1 row without a cost (search answered before its price was set, by grok-4)"
             in format_summary(again)), format_summary(again)
+
+
+@pytest.mark.anyio
+async def test_cited_sources_a_reply_does_not_count_are_warned_of(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Grok's live search asked for (search_parameters, mode "on"), and a gateway's replies
+    citing sources with a usage that counts none (no num_sources_used): the rows were priced
+    at their tokens, the report said the cost complete, and nothing was said. It is said once,
+    at the first such reply: what they cost is in no cost."""
+    from aiohttp import web
+
+    from tests.servers import serve_on_loopback
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "model": "grok-4",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "news"},
+                         "finish_reason": "stop"}],
+            "citations": ["https://example.com/a", "https://example.com/b"],
+            "usage": {"prompt_tokens": 25, "completion_tokens": 100, "total_tokens": 125}})
+
+    inp = make_csv(tmp_path / "in.csv", ["latest AI news", "weather today"])
+    (tmp_path / "job.toml").write_text(
+        f'[input]\npath = "{inp}"\nid_column = "id"\n[request]\nmodel = "grok-4"\n'
+        'prompt = "{text}"\nmax_tokens = 64\n[request.extra]\n'
+        'search_parameters = { mode = "on", return_citations = true }\n[output]\ndir = "out"\n'
+        '[prices."grok-4"]\ninput = 3.0\noutput = 15.0\nsearch_unit = 0.025\n')
+    runner, port = await serve_on_loopback(handler)
+    try:
+        capsys.readouterr()
+        s = await run(load_job(tmp_path / "job.toml",
+                               {"base_url": f"http://127.0.0.1:{port}/v1"}))
+    finally:
+        await runner.cleanup()
+    assert s.exit_code == 0 and s.ok == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if "cites sources" in line]
+    assert len(said) == 1, said
+    assert "its usage counts none (num_sources_used): what they cost is not in the row's " \
+        "cost" in said[0]
