@@ -3356,20 +3356,19 @@ class _Run:
         """Whether a gateway's 502/503/504 to a row asking ``model`` (sent at ``sent_at``), in
         a job whose rows ask models of their own, is that model's, not a server away behind
         the gateway: when no reply has come from the model while the run's answers show other
-        models served, its message naming the model or another model's request sent after it
-        answered (answers to requests sent before it tell nothing of a message that names no
-        model: in an input sorted by model, the next model's first rows went out as the whole
-        gateway went away, and failed as its own); or when its message names the model (no
-        channel for it), unless nothing has answered since it was sent after earlier answers:
-        an outage's, then, whatever it says (a gateway whose upstreams are all away for a while
-        says "no channel" for every model, and the models that answered before are waited
-        for). Its rows' tries are then their own, and the other models' rows go on."""
+        models served, unless the gateway is taken for away meanwhile (the gate shut by the
+        refusals of models that answered, or of the scout: in an input sorted by model whose
+        next model's rows met a whole outage, the scout's among them, they failed as its
+        own); or when its message names the model (no channel for it), unless nothing has
+        answered since it was sent after earlier answers: an outage's, then, whatever it says
+        (a gateway whose upstreams are all away for a while says "no channel" for every model,
+        and the models that answered before are waited for). Its rows' tries are then their
+        own, and the other models' rows go on."""
         named = bool(model) and _names_model(model, e.message)
         if self.last_answer == -math.inf:
             return named
-        if model not in self.answered_models and self.answered_models and (
-                named or self.answered_sent > sent_at):
-            return True  # not the gateway away: it serves another model still
+        if model not in self.answered_models and self.answered_models and self.gate is None:
+            return True
         return self.last_answer > sent_at and named
 
     def _fresh_probe(self) -> bool:

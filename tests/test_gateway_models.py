@@ -175,6 +175,34 @@ async def test_one_models_upstream_down_fails_its_rows_and_the_others_go_on(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("order", ["interleaved", "last"])
+async def test_a_model_with_no_channel_whose_503s_name_no_model_fails_after_its_tries(
+        tmp_path: Path, order: str) -> None:
+    """A model the gateway has no channel for, its 503s at once and naming no model ("upstream
+    connect error"), the other models answered meanwhile, or all done before its rows, last in
+    the input: its rows fail after max_attempts tries. A rule that wanted another model's
+    request sent after the refused one answered before calling a 503 the model's own never
+    saw one (the 503 comes first), so the rows' tries were free (up to 15 of 3), and with its
+    rows last the job waited them out as the gateway away and stopped, every rerun alike (a
+    helper's stress test)."""
+    down = "deepseek-chat"
+    others = [("gpt-4o", "claude-opus-4-6")[i % 2] for i in range(40)]
+    models = ([down if i % 5 == 2 else m for i, m in enumerate(others)] if order != "last"
+              else sorted(others) + [down] * 20)
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(one_model_down(down)) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                                      concurrency=8), replace(options(3), outage_s=20.0))
+    assert s.exit_code == 3 and not s.stopped, s.stopped
+    df = results(tmp_path)
+    failed = df[df["model"] == down]
+    assert (failed["status"] == "failed").all() and set(failed["error_type"]) == {"http_503"}
+    assert (failed["attempts"] <= 4).all(), failed["attempts"].value_counts()
+    assert (df.loc[df["model"] != down, "status"] == "ok").all()
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("concurrency", [1, 4])
 async def test_one_models_upstream_down_with_its_rows_first_fails_them_and_the_others_go_on(
         tmp_path: Path, concurrency: int) -> None:
