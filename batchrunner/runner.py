@@ -2305,13 +2305,23 @@ class _Run:
         mid-run sent nothing else after, and stopped at the outage's end with the other
         models' rows unsent. Without another model answering (a job whose rows all ask one,
         an input sorted by model), the gateway is away: its outage is waited out."""
+        model = self._lone_refused_model()
+        return model is not None and self._others_answered_since(model)
+
+    def _lone_refused_model(self) -> str | None:
+        """In a job whose rows ask models of their own, the one model every refusal since the
+        latest answer was for (a gateway's 502/503/504 to its rows); None for none, several,
+        or a refusal no model's (a connection refused)."""
         models = self.refused_models
         if not (self.models_vary and self.last_refusal > self.last_answer
                 and len(models) == 1):
-            return False
+            return None
         (model,) = models
-        if model is None:
-            return False
+        return model
+
+    def _others_answered_since(self, model: str) -> bool:
+        """Whether another model has answered a request sent since ``model``'s refusals
+        began."""
         since = self.model_refused_from.get(model, math.inf)
         return any(sent > since for other, sent in self.model_answered_sent.items()
                    if other != model)
@@ -2387,14 +2397,11 @@ class _Run:
         do (the rerun met the same rows first). One scout at a time, at most
         ``PASS_MAX_ROWS`` rows (``PASS_MAX_TOKENS``) gone past; None when there is none to
         send."""
-        if not self.models_vary or self.scout is not None or self.input_done:
+        if self.scout is not None or self.input_done:
             return None
-        models = self.refused_models
-        if len(models) != 1 or self.last_refusal <= self.last_answer or self._one_model_away():
+        model = self._lone_refused_model()
+        if model is None or self._others_answered_since(model):
             return None  # not one model's alone, or known to be (new rows start)
-        (model,) = models
-        if model is None:  # a connection refused: the server, whichever the model
-            return None
         passed = self.passed
         while (len(passed) < PASS_MAX_ROWS and self.passed_tokens < PASS_MAX_TOKENS
                and (item := self._read_row()) is not None):
@@ -4519,7 +4526,7 @@ def _check_no_key_named(job: JobConfig, api_key: str | None) -> None:
         return
     for what, value in (("the job's name (name in the job file, or --name)", job.name),
                         ("the model (model in [request], or --model)", job.request.model)):
-        if isinstance(value, str) and holds_secret(value, api_key):
+        if value and _holds_key(value, api_key):
             raise ConfigError(f"{what} holds the API key: set it to the name it should have "
                               "(the key is read from the environment or .env only)")
 
