@@ -48,6 +48,9 @@ from batchrunner.tls import ca_loaded_when_first_used
 
 with ca_loaded_when_first_used():  # aiohttp's default TLS contexts: the CA bundle read once used
     import aiohttp
+    from aiohttp.helpers import TimerNoop
+    from multidict import CIMultiDict
+    from yarl import URL
 
 __all__ = ["SIMULATOR_HEADER", "ChatClient", "ChatResult", "StreamAssembler"]
 
@@ -60,6 +63,13 @@ _MAX_MESSAGE = 300
 _MAX_EVENT = 64 << 20
 _MAX_STRAY = 65536  # bytes of a stream's lines that are not SSE fields kept (an error body)
 _SCAN = 16384  # bytes of an error body read for its message
+# The aiohttp versions whose request, connector and response-handler calls ``ChatClient._post``
+# makes were tested (CI installs the newest, and .ci/oldest.txt the oldest pyproject allows):
+# with another, the session's own path is taken.
+_POST_TESTED = ((3, 10), (3, 14))
+_READ_BUFSIZE = 2**18  # a connection's read buffer (aiohttp's default since 3.12; 64 KiB before)
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+_NO_TIMER = TimerNoop()  # the whole answer's timeout is the watchdog's (ChatClient._watch)
 # Seconds a stream whose every choice finished is read on for what may follow (its [DONE], and
 # its usage chunk when not asked for) before it is taken as whole: a server sends them at once
 # (a quarter of the request's timeout at most, so that it ends first). A usage chunk asked for
@@ -1106,6 +1116,14 @@ class ChatClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._connector: aiohttp.TCPConnector | None = None
+        # A completion is posted by ``_post``, not by the session's ``post``, where that sends
+        # the same request: to a URL of http or https with no credentials in it, with no
+        # proxy, under an aiohttp version it was tested with (``_postable``), once an answer
+        # came to one posted by the session without a redirect. None: the session's.
+        self._target: URL | None = None
+        self._postable: URL | None = None
+        self._request_headers: CIMultiDict[str] = CIMultiDict(self._headers)
         # Finished streams were held open for the whole wait for their usage chunk, which never
         # came (``_USAGE_MISSES`` of them): the server sends none (it ignores stream_options, or
         # a gateway's other upstream does), so later streams are not waited on for one until
@@ -1142,13 +1160,24 @@ class ChatClient:
     async def __aenter__(self) -> ChatClient:
         self._loop = loop = asyncio.get_running_loop()
         self._watchdog = loop.call_later(self._watch_every, self._watch)
-        connector = aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300)
+        self._connector = connector = aiohttp.TCPConnector(limit=self._connections,
+                                                           ttl_dns_cache=300)
         # No cookie jar: requests carry no state between them, and a gateway's cookies (a CDN's
         # bot-management cookie, say) would otherwise be parsed and matched on every request.
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, headers=self._headers,
-            cookie_jar=aiohttp.DummyCookieJar(),
+            cookie_jar=aiohttp.DummyCookieJar(), read_bufsize=_READ_BUFSIZE,
         )
+        self._target = self._postable = None
+        try:
+            target = URL(self.url)
+            version = tuple(int(v) for v in aiohttp.__version__.split(".")[:2])
+        except ValueError:  # a URL the session's post refuses in its own words
+            return self
+        if (self._proxy_url is None and target.scheme in ("http", "https") and target.raw_host
+                and target.raw_user is None and target.raw_password is None
+                and _POST_TESTED[0] <= version <= _POST_TESTED[1]):
+            self._postable = target
         return self
 
     async def __aexit__(
@@ -1165,6 +1194,8 @@ class ChatClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            self._connector = None
+            self._target = self._postable = None
 
     def _watch(self) -> None:
         """Cancel the requests past their deadline (``complete`` turns that into a timeout)."""
@@ -1356,11 +1387,7 @@ class ChatClient:
                 flying[name] = flying.get(name, 0) + 1
                 counted = True
         try:
-            # proxy= only where there is one: the keyword, None, is matched against aiohttp's
-            # thirty-odd parameters on every request (some 1,000 instructions).
-            post = self._session.post
-            async with (post(self.url, data=data) if self._proxy_url is None
-                        else post(self.url, data=data, proxy=self._proxy_url)) as resp:
+            async with await self._post(data) as resp:
                 if resp.history and (stop := self._redirected(resp)):
                     raise stop
                 status = resp.status
@@ -1791,6 +1818,67 @@ class ChatClient:
         at this URL): from the first on, one without its header raises EndpointChanged."""
         self._ask_simulator = False
         self.simulator_answered = True
+
+    async def _post(self, data: bytes) -> aiohttp.ClientResponse:
+        """The answer to ``data`` posted to the endpoint, its headers read.
+
+        Where ``_target`` is set, the request is built, sent and its answer's head read by the
+        parts of aiohttp the session's ``post`` calls (the connector's pool, its request and
+        response), without what the session does around them that a completion needs none of:
+        its cookie jar, tracing, middlewares, per-request timer, and the thirty-odd options it
+        merges with its own on every request. That is 9 µs of CPU a request of about 50
+        (benchmarks/README.md). Until then, and for good once a request so posted is
+        redirected, requests are the session's, which follows redirects (that one is sent
+        again as the session sends it)."""
+        session = self._session
+        target = self._target
+        assert session is not None
+        if target is None:
+            # proxy= only where there is one: the keyword, None, is matched against aiohttp's
+            # thirty-odd parameters on every request (some 1,000 instructions).
+            if self._proxy_url is not None:
+                return await session.post(self.url, data=data, proxy=self._proxy_url)
+            resp = await session.post(self.url, data=data)
+            if not resp.history:
+                self._target = self._postable  # answered where it was sent
+            return resp
+        connector = self._connector
+        assert connector is not None
+        request = aiohttp.ClientRequest(
+            "POST", target, headers=self._request_headers, data=data, loop=self._loop,
+            response_class=aiohttp.ClientResponse, timer=_NO_TIMER, session=session,
+            traces=[])
+        try:
+            try:
+                conn = await connector.connect(request, traces=[], timeout=self._timeout)
+            except TimeoutError as e:  # sock_connect's, as the session's post words it
+                raise aiohttp.ConnectionTimeoutError(
+                    f"Connection timeout to host {request.url}") from e
+            protocol = conn.protocol
+            assert protocol is not None
+            protocol.set_response_params(timer=_NO_TIMER, read_until_eof=True,
+                                         read_bufsize=_READ_BUFSIZE)
+            try:
+                resp = await request.send(conn)
+                try:
+                    await resp.start(conn)
+                except BaseException:
+                    resp.close()
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        except aiohttp.ClientError:
+            raise
+        except OSError as e:  # as the session's post turns them
+            if e.errno is None and isinstance(e, TimeoutError):
+                raise
+            raise aiohttp.ClientOSError(*e.args) from e
+        if resp.status in _REDIRECTS:
+            resp.release()
+            self._target = self._postable = None
+            return await session.post(self.url, data=data)
+        return resp
 
     def _redirected(self, resp: aiohttp.ClientResponse) -> StopJob | None:
         """The error that stops the job when the endpoint redirected the request where it

@@ -7,8 +7,11 @@ the key is nowhere in what the run left behind.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import socket
 import time
 from dataclasses import replace
 from email.utils import formatdate
@@ -914,3 +917,134 @@ async def test_a_stream_event_whose_error_is_text_is_read_as_the_error_it_is(
         return await sse_response(request, sse(error))
 
     await first_row_fails_its_stream_at_once(tmp_path, inp, tgi, "must be <= 4096")
+
+
+# The requests ChatClient posts past the session (ChatClient._post, once an answer came to one
+# the session posted): the same bytes on the wire, the same errors, redirects still followed.
+
+def _posts_past_the_session() -> bool:
+    import aiohttp
+
+    from batchrunner.client import _POST_TESTED
+    return _POST_TESTED[0] <= tuple(map(int, aiohttp.__version__.split(".")[:2])) \
+        <= _POST_TESTED[1]
+
+
+@pytest.mark.anyio
+async def test_requests_posted_past_the_session_are_sent_as_the_session_sends_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first request goes through the session; once it is answered the rest are posted
+    by the client itself. The server sees the same method, path and headers either way."""
+    import aiohttp
+    if not _posts_past_the_session():
+        pytest.skip(f"aiohttp {aiohttp.__version__}: every request is the session's")
+    by_session = 0
+    post = aiohttp.ClientSession.post
+
+    def counted(self: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> Any:
+        nonlocal by_session
+        by_session += 1
+        return post(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientSession, "post", counted)
+    seen: list[tuple[str, str, list[tuple[str, str]]]] = []
+
+    async def recorded(srv: FaultServer, request: web.BaseRequest,
+                       body: dict[str, Any]) -> web.StreamResponse | None:
+        headers = [(k, "<length>" if k == "Content-Length" else v)
+                   for k, v in request.headers.items()]
+        seen.append((request.method, request.path, headers))
+        return None
+
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(4)])
+    async with FaultServer(recorded) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, concurrency=1))
+    assert s.exit_code == 0 and (results(tmp_path)["status"] == "ok").all()
+    assert by_session == 1 and len(seen) == 4
+    assert seen[1:] == [seen[0]] * 3
+    assert dict(seen[0][2])["Authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("status", "to", "ok"), [
+    (307, "/v2/chat/completions", True),
+    (302, "/v2/chat/completions", False),
+], ids=["307-followed", "302-stops"])
+async def test_an_endpoint_that_starts_redirecting_mid_run_is_followed_by_the_session(
+        tmp_path: Path, status: int, to: str, ok: bool) -> None:
+    """Answered at first, then redirected (a gateway moved mid-run): a request posted past the
+    session is sent again by the session, which follows the redirect, and so is every later
+    one: a 307 on the same server answers every row; a 302 (the POST turned into a GET) stops
+    the job naming the URL, as it does from the first request."""
+    inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(6)])
+    answered_here = 0
+
+    async def moves(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse | None:
+        nonlocal answered_here
+        if request.path.startswith("/v1/") and answered_here >= 2:
+            return web.Response(status=status, headers={"Location": to})
+        if request.path.startswith("/v1/"):
+            answered_here += 1
+        return None
+
+    async with RedirectServer(moves) as srv:
+        s = await run(job_for(tmp_path, srv.base_url, inp, concurrency=1))
+    df = results(tmp_path)
+    if ok:
+        assert s.exit_code == 0 and (df["status"] == "ok").all() and (df["attempts"] == 1).all()
+        # 2 answered at /v1; then each of 4 redirected (the first twice) and answered at /v2.
+        assert srv.requests == 2 + 1 + 4 * 2
+    else:
+        assert s.exit_code == 4 and s.stopped
+        assert "turns the POST into a GET" in s.stopped
+        assert f"set the base URL to http://127.0.0.1:{srv.port}/v2," in s.stopped
+        assert list(df["status"]).count("ok") == 2
+
+
+async def _closes_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(1)
+    writer.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fault", ["refused", "connect-hangs", "closed-unanswered"])
+async def test_a_request_posted_past_the_session_fails_as_the_sessions_would(
+        fault: str) -> None:
+    """The same connection faults, the same errors (type, words, retryable), whichever posts
+    the request."""
+    import aiohttp
+
+    from batchrunner.client import ChatClient
+    from batchrunner.errors import TransportError
+    if not _posts_past_the_session():
+        pytest.skip(f"aiohttp {aiohttp.__version__}: every request is the session's")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    with contextlib.ExitStack() as stack:
+        server: asyncio.Server | None = None
+        if fault == "closed-unanswered":
+            server = await asyncio.start_server(_closes_at_once, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+        else:
+            listener = stack.enter_context(socket.socket())
+            listener.bind(("127.0.0.1", 0))
+            port = listener.getsockname()[1]
+            if fault == "connect-hangs":  # a one-place accept queue, filled: SYNs dropped
+                listener.listen(0)
+                stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+        errors = []
+        for past_session in (False, True):
+            async with ChatClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=0.6,
+                                  connections=1) as client:
+                assert client._postable is not None
+                client._target = client._postable if past_session else None
+                with anyio.fail_after(10), pytest.raises(TransportError) as caught:
+                    await client.complete(body)
+                e = caught.value
+                errors.append((e.error_type, str(e), e.retryable))
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+    assert errors[0] == errors[1], errors
+    assert errors[0][0] == ("connection_reset" if fault == "closed-unanswered"
+                            else "connection_error")
