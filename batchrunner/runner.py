@@ -3369,14 +3369,30 @@ class _Run:
         own); or when its message names the model (no channel for it), unless nothing has
         answered since it was sent after earlier answers: an outage's, then, whatever it says
         (a gateway whose upstreams are all away for a while says "no channel" for every model,
-        and the models that answered before are waited for). Its rows' tries are then their
-        own, and the other models' rows go on."""
+        and the models that answered before are waited for); or when the model is turned away
+        alone (``_turned_away_alone``). Its rows' tries are then their own, and the other
+        models' rows go on."""
         named = bool(model) and _names_model(model, e.message)
         if self.last_answer == -math.inf:
             return named
         if model not in self.answered_models and self.answered_models and self.gate is None:
             return True
-        return self.last_answer > sent_at and named
+        return (self.last_answer > sent_at and named) or self._turned_away_alone(model)
+
+    def _turned_away_alone(self, model: str) -> bool:
+        """Whether ``model``'s rows are turned away while the others' are answered: it has
+        not answered since its refusals began, no other model's row was refused since the
+        latest answer, and another model has answered a request sent since then (so not one
+        a gateway going away answered after). A model that answered and then went down
+        mid-run, while the other models answered slowly (1-3 s), had its rows' refusals
+        taken for the gateway's, whose tries count only once a request sent since the row's
+        last refusal is answered: at concurrency 8 its rows were sent up to 13 times of 3."""
+        since = self.model_refused_from.get(model)
+        if since is None or self.model_answered.get(model, -math.inf) > since:
+            return False
+        if self.last_refusal > self.last_answer and self.refused_models != {model}:
+            return False
+        return self._others_answered_since(model)
 
     def _fresh_probe(self) -> bool:
         """One row alone is out, refused twice or more with nothing answered since (a job at

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
+import random
 import re
 from collections import Counter
 from dataclasses import replace
@@ -129,11 +130,13 @@ async def test_a_gateways_outage_that_names_every_model_is_waited_out_in_a_mixed
     assert (df["status"] == "ok").all(), df["error_message"].value_counts()
 
 
-def one_model_down(down: str, *, after: int = 0) -> Any:
+def one_model_down(down: str, *, after: int = 0,
+                   answer_s: tuple[float, float] = (0.1, 0.1)) -> Any:
     """A gateway whose upstream for model ``down`` fails (a 503 that names no model, as a
     proxy in front of a dead upstream words it) after that model's first ``after`` answers,
-    and whose other models answer, each after a while."""
+    and whose other models answer, each after a while (drawn from ``answer_s``)."""
     answered = {"n": 0}
+    rng = random.Random(7)
 
     async def fault(srv: FaultServer, request: web.BaseRequest,
                     body: dict[str, Any]) -> web.StreamResponse | None:
@@ -144,7 +147,8 @@ def one_model_down(down: str, *, after: int = 0) -> Any:
             return web.json_response(error_body("upstream connect error or disconnect/reset "
                                                 "before headers", "upstream_error", None),
                                      status=503)
-        await asyncio.sleep(0.1)  # an answer takes a while; the dead upstream's 503 does not
+        # An answer takes a while; the dead upstream's 503 does not.
+        await asyncio.sleep(rng.uniform(*answer_s))
         return None
 
     return fault
@@ -172,6 +176,34 @@ async def test_one_models_upstream_down_fails_its_rows_and_the_others_go_on(
     failed = df[df["status"] == "failed"]
     assert set(failed["model"]) == {down} and set(failed["error_type"]) == {"http_503"}
     assert len(failed) == 17
+
+
+@pytest.mark.anyio
+async def test_a_model_down_mid_run_among_slow_answers_is_tried_max_attempts_times(
+        tmp_path: Path) -> None:
+    """A model that answered, then went down (503s naming no model), while the other models
+    answer in 0.5-1.5 s: its refusals were taken for the gateway's, whose tries count only
+    once a request sent since the row's last refusal is answered, which slow answers seldom
+    are; at concurrency 8 its rows were sent up to 13 times of 3. Once another model has
+    answered a request sent after its refusals began, they are its own and count."""
+    down = "deepseek-chat"
+    models = [down if i % 3 == 2 else ("gpt-4o", "claude-opus-4-6")[i % 2] for i in range(90)]
+    inp = models_csv(tmp_path / "in.csv", models)
+    async with FaultServer(one_model_down(down, after=3, answer_s=(0.5, 1.5))) as srv:
+        with anyio.fail_after(RUN_LIMIT_S):
+            s = await run_job(job_for(tmp_path, srv.base_url, inp, model_column="model",
+                                      concurrency=8), replace(options(3), outage_s=20.0))
+        sent = srv.by_prompt
+    assert s.exit_code == 3 and not s.stopped, s.stopped
+    df = results(tmp_path)
+    assert (df.loc[df["model"] != down, "status"] == "ok").all()
+    failed = df[df["status"] == "failed"]
+    assert set(failed["model"]) == {down} and len(failed) == 27
+    # Tries sent before any request sent after the first refusal is answered (0.5 s or more)
+    # are not told from a gateway away: a few rows may be sent once or twice more.
+    assert failed["attempts"].max() <= 5, failed["attempts"].value_counts()
+    assert (failed["attempts"] == 3).sum() >= 20, failed["attempts"].value_counts()
+    assert sum(sent.values()) == 63 + failed["attempts"].sum()
 
 
 @pytest.mark.anyio
