@@ -962,8 +962,8 @@ def _library_window(model: str) -> int | None:
 def _library_lookup(ref: str, provider_id: str | None, tier: str | None = None
                     ) -> tuple[ModelPrice, str] | None:
     genai_prices = _library()
-    # The price of a service tier is a price variant of the model's (a library before 0.2 has
-    # none, and takes no price_context: no price for the tier, the model's own is used).
+    # The price of a service tier is a price variant of the model's (pyproject asks for 0.2 or
+    # later, the first to take price_context); a tier with no variant is priced as the model.
     context = None if tier is None else {"service_tier": tier}
     try:
         calc = genai_prices.calc_price(

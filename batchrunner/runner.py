@@ -1461,6 +1461,13 @@ def _selection_since(meta: dict[str, Any] | None, selection: dict[str, Any] | No
     return float(since) if unfinished else None
 
 
+# Text compared with a number, as pandas words it: "Invalid comparison between dtype=str and int"
+# where text has a dtype of its own (pandas 3), and Python's "'>=' not supported between
+# instances of 'str' and 'int'" where it is held as objects (pandas 2).
+_TEXT_COMPARED = re.compile(r"Invalid comparison between dtype=str"
+                            r"|not supported between instances of 'str' and '")
+
+
 def _select(journal: Journal, where: str, input_columns: Sequence[str] = (),
             structured: StructuredOutput | None = None) -> set[str]:
     """The keys of the rows ``where`` (a pandas query over the latest outcomes) picks. An
@@ -1501,7 +1508,7 @@ def _select(journal: Journal, where: str, input_columns: Sequence[str] = (),
             raise UsageError(f"--rerun-where {where!r}: finished_at is a UTC time without a "
                              "zone: compare it with one, as in \"finished_at > '2026-11-30 "
                              "18:00'\" (no Z or +00:00)") from None
-        if "Invalid comparison between dtype=str" in str(e) and "key" in names:
+        if _TEXT_COMPARED.search(str(e)) and "key" in names:
             # The ids are kept as text ("007" stays "007"), whatever the input column's type.
             raise UsageError(f"--rerun-where {where!r}: key is the row's id as text: compare "
                              "it with text (key == '1100'), or as a number with "

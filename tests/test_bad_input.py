@@ -298,10 +298,13 @@ def _(c: Ctx) -> tuple[list[str], list[str]]:
 
 @case("an id pandas wrote as the file's index")
 def _(c: Ctx) -> tuple[list[str], list[str]]:
-    # pandas 3 makes ids 1, 2, 3, ... set as the index a RangeIndex, which to_parquet keeps in
-    # the metadata only: the id was "not a column", though pandas reads it back as the index.
-    df = pd.DataFrame({"ticket_id": [101, 102, 103], "text": ["a", "b", "c"]})
-    df.set_index("ticket_id").to_parquet(c.tmp / "tickets.parquet")
+    # Ids 101, 102, 103 as a RangeIndex, which to_parquet keeps in the metadata only: the id
+    # was "not a column", though pandas reads it back as the index. pandas 3 makes them one on
+    # set_index("ticket_id"); pandas 2 keeps an Index there, written as a column: the
+    # RangeIndex is made here, the same file from either.
+    df = pd.DataFrame({"text": ["a", "b", "c"]},
+                      index=pd.RangeIndex(101, 104, name="ticket_id"))
+    df.to_parquet(c.tmp / "tickets.parquet")
     return c.args(c.tmp / "tickets.parquet", "--id-column", "ticket_id"), [
         "id_column 'ticket_id' is not a column of input tickets.parquet (columns: text) — it is "
         "the index pandas wrote the file with", "df.reset_index().to_parquet(...)"]

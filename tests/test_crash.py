@@ -902,18 +902,18 @@ def test_disk_full_while_journaling(tmp_path: Path) -> None:
 
 
 def test_disk_full_mid_run_keeps_the_answers_in_flight_and_stops(tmp_path: Path) -> None:
-    """A segment cannot be written while rows are still to send (files limited to 10 KB, a
-    second's rows ~15 KB; one row's segment is 6 KB, 8 KB as pyarrow 16 writes it): no new
-    row is sent, the answers to the requests in flight (paid for) are kept with the second's
-    rows and written in segments that fit, and the run fails with one error line that
-    `status` shows the morning after. Every answer the server gave is in the journal; a rerun
-    sends only the rows never sent."""
+    """A segment cannot be written while rows are still to send (files limited to 12 KB, a
+    second's rows ~40 KB; one row's segment is 9.1 KB, 11.4 KB as pyarrow 16 writes it, and
+    each row more 0.2 KB): no new row is sent, the answers to the requests in flight (paid
+    for) are kept with the second's rows and written in segments that fit, and the run fails
+    with one error line that `status` shows the morning after. Every answer the server gave
+    is in the journal; a rerun sends only the rows never sent."""
     n = 1000
     inp = make_csv(tmp_path / "in.csv", n)
     out = tmp_path / "out"
     with SimulatorThread(SimulatorConfig(latency_ms=20, reply_tokens=20)) as sim:
         args = run_args(inp, sim.base_url, out, "--concurrency", "4")
-        full = subprocess.run(limited_cmd(10 * 1024, args), env=child_env(), capture_output=True,
+        full = subprocess.run(limited_cmd(12 * 1024, args), env=child_env(), capture_output=True,
                               text=True, timeout=60)
         assert full.returncode == 1, full.stderr
         line = one_error_line(full.stderr)
