@@ -1854,11 +1854,11 @@ class ChatClient:
             except TimeoutError as e:  # sock_connect's, as the session's post words it
                 raise aiohttp.ConnectionTimeoutError(
                     f"Connection timeout to host {request.url}") from e
-            protocol = conn.protocol
-            assert protocol is not None
-            protocol.set_response_params(timer=_NO_TIMER, read_until_eof=True,
-                                         read_bufsize=_READ_BUFSIZE)
             try:
+                protocol = conn.protocol
+                assert protocol is not None
+                protocol.set_response_params(timer=_NO_TIMER, read_until_eof=True,
+                                             read_bufsize=_READ_BUFSIZE)
                 resp = await request.send(conn)
                 try:
                     await resp.start(conn)
