@@ -1828,8 +1828,7 @@ class ChatClient:
         its cookie jar, tracing, middlewares, per-request timer, and the thirty-odd options it
         merges with its own on every request. That is 9 µs of CPU a request of about 50
         (benchmarks/README.md). Until then, and for good once a request so posted is
-        redirected, requests are the session's, which follows redirects (that one is sent
-        again as the session sends it)."""
+        redirected where the session would follow, requests are the session's."""
         session = self._session
         target = self._target
         assert session is not None
@@ -1874,11 +1873,26 @@ class ChatClient:
             if e.errno is None and isinstance(e, TimeoutError):
                 raise
             raise aiohttp.ClientOSError(*e.args) from e
-        if resp.status in _REDIRECTS:
+        if resp.status in _REDIRECTS and (
+                (location := resp.headers.get("Location") or resp.headers.get("URI"))
+                is not None):
+            # The session would follow it: as a GET without the body after a 301, 302 or 303
+            # (the request may have been carried out: a 303 says so), or to another host, which
+            # is not sent the key; either stops the job (_redirected), stopped here unsent. A
+            # 307 or 308 the server did not carry out is sent again by the session, which
+            # follows it and every later redirect.
             resp.release()
+            try:
+                end = target.join(URL(location))
+                stop = self._redirect_stop(resp.status, target,
+                                           "POST" if resp.status in (307, 308) else "GET", end)
+            except ValueError:  # a Location that is no URL: the session's error says so
+                stop = None
+            if stop is not None:
+                raise stop
             self._target = self._postable = None
             return await session.post(self.url, data=data)
-        return resp
+        return resp  # a redirect with nowhere to go, not followed, as the session's
 
     def _redirected(self, resp: aiohttp.ClientResponse) -> StopJob | None:
         """The error that stops the job when the endpoint redirected the request where it
@@ -1889,17 +1903,21 @@ class ChatClient:
         307 or 308 on the same host, or to another when no key is sent (a server on this
         machine that wants none), followed as it should be."""
         first = resp.history[0]
-        if resp.method == first.method and (self._keyless
-                                            or resp.url.origin() == first.url.origin()):
+        return self._redirect_stop(first.status, first.url, resp.method, resp.url)
+
+    def _redirect_stop(self, status: int, start: URL, method: str, end: URL) -> StopJob | None:
+        """``_redirected``'s error for a request sent to ``start``, redirected (HTTP
+        ``status``) to ``end``, where it is sent as ``method``."""
+        if method == "POST" and (self._keyless or end.origin() == start.origin()):
             return None
-        why = ("another host is not sent the API key" if resp.url.origin() != first.url.origin()
-               else f"the redirect turns the POST into a {resp.method} without its body")
-        to = str(resp.url.with_query(None).with_fragment(None))
+        why = ("another host is not sent the API key" if end.origin() != start.origin()
+               else f"the redirect turns the POST into a {method} without its body")
+        to = str(end.with_query(None).with_fragment(None))
         base = to.removesuffix("/chat/completions") if to.endswith("/chat/completions") \
             else None
         fix = f"set the base URL to {base}" if base else "check the base URL"
         return Unreachable(self.redact(
-            f"the endpoint redirected the request (HTTP {first.status} to {to}): {why} — "
+            f"the endpoint redirected the request (HTTP {status} to {to}): {why} — "
             f"{fix}, then rerun to resume"))
 
     def _translate(self, e: BaseException) -> RequestError | StopJob:

@@ -966,16 +966,19 @@ async def test_requests_posted_past_the_session_are_sent_as_the_session_sends_th
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("status", "to", "ok"), [
-    (307, "/v2/chat/completions", True),
-    (302, "/v2/chat/completions", False),
-], ids=["307-followed", "302-stops"])
-async def test_an_endpoint_that_starts_redirecting_mid_run_is_followed_by_the_session(
-        tmp_path: Path, status: int, to: str, ok: bool) -> None:
-    """Answered at first, then redirected (a gateway moved mid-run): a request posted past the
-    session is sent again by the session, which follows the redirect, and so is every later
-    one: a 307 on the same server answers every row; a 302 (the POST turned into a GET) stops
-    the job naming the URL, as it does from the first request."""
+@pytest.mark.parametrize(("status", "to", "says"), [
+    (307, "/v2/chat/completions", None),
+    (302, "/v2/chat/completions", "turns the POST into a GET"),
+    (303, "/v2/chat/completions", "turns the POST into a GET"),
+    (307, "http://localhost:{port}/v2/chat/completions", "another host is not sent the API key"),
+], ids=["307-followed", "302-stops", "303-stops", "307-other-host-stops"])
+async def test_an_endpoint_that_starts_redirecting_mid_run(
+        tmp_path: Path, status: int, to: str, says: str | None) -> None:
+    """Answered at first, then redirected (a gateway moved mid-run). A 307 on the same
+    server is sent again by the session, which follows it, as it does every later request:
+    every row answered. A redirect the session would follow as a GET without the body (a 303
+    says the POST was carried out), or to another host, which is not sent the key, stops the
+    job naming the URL, as from the first request, and the request is not sent again."""
     inp = make_csv(tmp_path / "in.csv", [f"row {i}" for i in range(6)])
     answered_here = 0
 
@@ -983,7 +986,7 @@ async def test_an_endpoint_that_starts_redirecting_mid_run_is_followed_by_the_se
                     body: dict[str, Any]) -> web.StreamResponse | None:
         nonlocal answered_here
         if request.path.startswith("/v1/") and answered_here >= 2:
-            return web.Response(status=status, headers={"Location": to})
+            return web.Response(status=status, headers={"Location": to.format(port=srv.port)})
         if request.path.startswith("/v1/"):
             answered_here += 1
         return None
@@ -991,15 +994,19 @@ async def test_an_endpoint_that_starts_redirecting_mid_run_is_followed_by_the_se
     async with RedirectServer(moves) as srv:
         s = await run(job_for(tmp_path, srv.base_url, inp, concurrency=1))
     df = results(tmp_path)
-    if ok:
+    if says is None:
         assert s.exit_code == 0 and (df["status"] == "ok").all() and (df["attempts"] == 1).all()
         # 2 answered at /v1; then each of 4 redirected (the first twice) and answered at /v2.
         assert srv.requests == 2 + 1 + 4 * 2
     else:
-        assert s.exit_code == 4 and s.stopped
-        assert "turns the POST into a GET" in s.stopped
-        assert f"set the base URL to http://127.0.0.1:{srv.port}/v2," in s.stopped
+        assert s.exit_code == 4 and s.stopped and says in s.stopped, s.stopped
+        base = to.format(port=srv.port).removesuffix("/chat/completions")
+        if base.startswith("/"):
+            base = f"http://127.0.0.1:{srv.port}{base}"
+        assert f"(HTTP {status} to {base}/chat/completions)" in s.stopped
+        assert f"set the base URL to {base}," in s.stopped
         assert list(df["status"]).count("ok") == 2
+        assert srv.requests == 3  # the redirected request not sent again, nor followed
 
 
 async def _closes_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
