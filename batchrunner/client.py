@@ -1828,7 +1828,8 @@ class ChatClient:
         its cookie jar, tracing, middlewares, per-request timer, and the thirty-odd options it
         merges with its own on every request. That is 9 µs of CPU a request of about 50
         (benchmarks/README.md). Until then, and for good once a request so posted is
-        redirected where the session would follow, requests are the session's."""
+        redirected by a 307 or 308 on the same host, requests are the session's (which
+        follows it); another redirect stops the job, or fails the request, unsent again."""
         session = self._session
         target = self._target
         assert session is not None
@@ -1882,12 +1883,25 @@ class ChatClient:
             # 307 or 308 the server did not carry out is sent again by the session, which
             # follows it and every later redirect.
             resp.release()
+            # A Location that is no http(s) URL: the session's error for it, not sent again.
+            end: URL | None
             try:
                 end = target.join(URL(location))
-                stop = self._redirect_stop(resp.status, target,
-                                           "POST" if resp.status in (307, 308) else "GET", end)
-            except ValueError:  # a Location that is no URL: the session's error says so
-                stop = None
+            except ValueError:
+                end = None
+            if end is not None and end.scheme not in ("http", "https"):
+                raise aiohttp.NonHttpUrlRedirectClientError(location)
+            try:
+                if end is not None:
+                    end.origin()
+            except ValueError:
+                end = None
+            if end is None:
+                raise aiohttp.InvalidUrlRedirectClientError(
+                    location, "Server attempted redirecting to a location that does not look "
+                    "like a URL")
+            stop = self._redirect_stop(resp.status, target,
+                                       "POST" if resp.status in (307, 308) else "GET", end)
             if stop is not None:
                 raise stop
             self._target = self._postable = None

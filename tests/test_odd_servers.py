@@ -1055,3 +1055,40 @@ async def test_a_request_posted_past_the_session_fails_as_the_sessions_would(
     assert errors[0] == errors[1], errors
     assert errors[0][0] == ("connection_reset" if fault == "closed-unanswered"
                             else "connection_error")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("location", ["http://[bad/v2", "mailto:x@y", "http://:80/v2"])
+async def test_a_redirect_to_no_http_url_fails_as_the_sessions_would_and_is_not_sent_again(
+        location: str) -> None:
+    """A 303 to a Location that is no http(s) URL: the session's own error (a client_error),
+    whichever posts the request, and the request not sent again (a 303 says it was carried
+    out)."""
+    import aiohttp
+
+    from batchrunner.client import ChatClient
+    from batchrunner.errors import TransportError
+    if not _posts_past_the_session():
+        pytest.skip(f"aiohttp {aiohttp.__version__}: every request is the session's")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def moved(srv: FaultServer, request: web.BaseRequest,
+                    body: dict[str, Any]) -> web.StreamResponse | None:
+        if srv.requests % 2 == 0:  # each client's second request
+            return web.Response(status=303, headers={"Location": location})
+        return None
+
+    errors = []
+    async with FaultServer(moved) as srv:
+        for past_session in (False, True):
+            async with ChatClient(srv.base_url, KEY, timeout_s=5, connections=1) as client:
+                await client.complete(body)  # answered: the client may post past the session
+                assert (client._target is not None) == (client._postable is not None)
+                if not past_session:
+                    client._target = None
+                with anyio.fail_after(10), pytest.raises(TransportError) as caught:
+                    await client.complete(body)
+                e = caught.value
+                errors.append((e.error_type, str(e), e.retryable))
+            assert srv.requests == (2 if not past_session else 4)
+    assert errors[0] == errors[1] and errors[0][0] == "client_error", errors
