@@ -463,6 +463,9 @@ class _Work:
     refusals: int = 0  # its attempts that failed to connect
     last_refusal: float = 0.0  # when its latest attempt failed to connect
     lonely: int = 0  # its later refusals with a request sent since the one before answered
+    # When its later tries turned away as the gateway's, nothing answered since the one
+    # before, were sent (``_outage_tries``); None for none.
+    turned_away: list[float] | None = None
     streak: int = 0  # its latest refusals: since a request sent after one was answered
     timeouts: int = 0  # its attempts that timed out: each gives the next one longer
     resent: bool = False  # sent again for its record (--retry-failed, ...), not changed text
@@ -2022,8 +2025,12 @@ class _Run:
         # the latest answer (None for a refusal no model's: a connection refused, a cut), as
         # of ``last_refusal`` (_one_model_away).
         self.refused_models: set[str | None] = set()
-        # When each model's refusals began: its first since it last answered.
+        # When each model's refusals began: its first since it last answered (its answer
+        # takes it out).
         self.model_refused_from: dict[str, float] = {}
+        # For each of those: the earliest another model's answered request was sent since
+        # then, from which it is turned away alone (``_turned_away_alone``).
+        self.alone_from: dict[str, float] = {}
         # Refusals (connections, or a gateway's 502/503/504) since the latest answer to a
         # request sent after one: two or more, and the endpoint is away (an outage), not
         # turning one request away now and then while it answers the others (whose wait, a
@@ -3027,7 +3034,12 @@ class _Run:
                 cut = False  # cut with no answer in an outage (a connection_reset)
                 if e.status in GATEWAY_STATUSES or away:  # not the endpoint's: no end of an outage
                     if gateway:
+                        lonely, later = item.lonely, item.last_refusal > 0
                         self._refused(item, model=item.model or None)
+                        if later and item.lonely == lonely:  # nothing answered between
+                            if item.turned_away is None:
+                                item.turned_away = []
+                            item.turned_away.append(sent_at)
                         self.refused_by = f"HTTP {e.status}: {e.message}"
                 elif e.status is not None:
                     self._answered(sent_at, item)
@@ -3155,7 +3167,7 @@ class _Run:
                     self._silent(item, e)
                     return None, None  # not a failure of the row: left to do
                 elif e.retryable and not culprit and (
-                        item.attempts < self.policy.max_attempts
+                        item.attempts - self._outage_tries(item) < self.policy.max_attempts
                         or (item.falls is not None and item.attempts - self._tries_given_back(item)
                             < self.policy.max_attempts)):
                     self.counters["retries"] += 1
@@ -3292,6 +3304,14 @@ class _Run:
             self.model_answered[item.model] = self.last_answer
             if sent_at > self.model_answered_sent.get(item.model, -math.inf):
                 self.model_answered_sent[item.model] = sent_at
+            if refused := self.model_refused_from:  # models turned away: alone?
+                alone = self.alone_from
+                if item.model in refused:  # answered: its refusals are over
+                    del refused[item.model]
+                    alone.pop(item.model, None)
+                for other, since in refused.items():
+                    if since < sent_at < alone.get(other, math.inf):
+                        alone[other] = sent_at
         if sent_at > self.answered_sent:  # every answer: no max() call
             self.answered_sent = sent_at
         if self.gate is not None and sent_at >= self.gate_from:
@@ -3394,12 +3414,23 @@ class _Run:
         mid-run, while the other models answered slowly (1-3 s), had its rows' refusals
         taken for the gateway's, whose tries count only once a request sent since the row's
         last refusal is answered: at concurrency 8 its rows were sent up to 13 times of 3."""
-        since = self.model_refused_from.get(model)
-        if since is None or self.model_answered.get(model, -math.inf) > since:
+        if model not in self.alone_from:
             return False
-        if self.last_refusal > self.last_answer and self.refused_models != {model}:
-            return False
-        return self._others_answered_since(model)
+        return not (self.last_refusal > self.last_answer and self.refused_models != {model})
+
+    def _outage_tries(self, item: _Work) -> int:
+        """``item``'s later tries turned away as the gateway's (a 502/503/504) with nothing
+        answered since its try before (``turned_away``), sent before its model was seen
+        turned away alone (another model's request sent later answered), or all of them
+        while it is not: the gateway's outage, not the row's own, so not counted against
+        max_attempts. After a whole outage whose models came back one at a time, the last
+        one's rows failed at their first refusal after it, their probes in the outage
+        counted."""
+        sends = item.turned_away
+        if not sends:
+            return 0
+        alone = self.alone_from.get(item.model, math.inf)
+        return sum(1 for sent in sends if sent < alone)
 
     def _fresh_probe(self) -> bool:
         """One row alone is out, refused twice or more with nothing answered since (a job at
@@ -3435,10 +3466,8 @@ class _Run:
             if self.last_answer > self.last_refusal:  # the one before this
                 self.refused_models.clear()
             self.refused_models.add(model)
-            if model is not None:
-                since = self.model_refused_from.get(model)
-                if since is None or self.model_answered.get(model, -math.inf) > since:
-                    self.model_refused_from[model] = now
+            if model is not None and model not in self.model_refused_from:
+                self.model_refused_from[model] = now
         if item.last_refusal and self.answered_sent > item.last_refusal:
             item.lonely += 1  # a request sent since its previous refusal was answered
             item.streak = 0
