@@ -1967,10 +1967,6 @@ class _Run:
         self.last_answer = -math.inf  # perf_counter() of the latest HTTP answer, of any status
         # In a job whose rows ask models of their own, each model's (``_answered_since``).
         self.model_answered: dict[str, float] = {}
-        # Of a job whose rows ask models of their own: each model's latest answered request,
-        # when it was sent (_one_model_away: answers to requests sent before an outage began
-        # come in after it).
-        self.model_answered_sent: dict[str, float] = {}
         # When the latest request that got an answer was sent: answers to requests sent before
         # an outage began (a server draining them as it restarts) do not make the refusals
         # meanwhile the rows' own, nor end the outage.
@@ -2335,10 +2331,9 @@ class _Run:
 
     def _others_answered_since(self, model: str) -> bool:
         """Whether another model has answered a request sent since ``model``'s refusals
-        began."""
-        since = self.model_refused_from.get(model, math.inf)
-        return any(sent > since for other, sent in self.model_answered_sent.items()
-                   if other != model)
+        began (not one sent before, which a gateway going away answers after): its
+        ``alone_from``, kept by ``_answered``."""
+        return model in self.alone_from
 
     def _shut_gate(self, status: int, retry_after: float | None, sent_at: float) -> None:
         """A gateway's 502/503/504 (asking for ``retry_after`` s, or not), and nothing sent
@@ -3302,8 +3297,6 @@ class _Run:
         self.last_answer = time.perf_counter()
         if item is not None and self.models_vary:
             self.model_answered[item.model] = self.last_answer
-            if sent_at > self.model_answered_sent.get(item.model, -math.inf):
-                self.model_answered_sent[item.model] = sent_at
             if refused := self.model_refused_from:  # models turned away: alone?
                 alone = self.alone_from
                 if item.model in refused:  # answered: its refusals are over
@@ -3414,9 +3407,8 @@ class _Run:
         mid-run, while the other models answered slowly (1-3 s), had its rows' refusals
         taken for the gateway's, whose tries count only once a request sent since the row's
         last refusal is answered: at concurrency 8 its rows were sent up to 13 times of 3."""
-        if model not in self.alone_from:
-            return False
-        return not (self.last_refusal > self.last_answer and self.refused_models != {model})
+        return self._others_answered_since(model) and not (
+            self.last_refusal > self.last_answer and self.refused_models != {model})
 
     def _outage_tries(self, item: _Work) -> int:
         """``item``'s later tries turned away as the gateway's (a 502/503/504) with nothing
