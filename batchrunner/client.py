@@ -12,6 +12,7 @@ import asyncio
 import base64
 import difflib
 import functools
+import inspect
 import math
 import os
 import re
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -70,6 +71,9 @@ _POST_TESTED = ((3, 10), (3, 14))
 _READ_BUFSIZE = 2**18  # a connection's read buffer (aiohttp's default since 3.12; 64 KiB before)
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 _NO_TIMER = TimerNoop()  # the whole answer's timeout is the watchdog's (ChatClient._watch)
+# aiohttp 3.14 asks a response made without a body-writing task for the request's writer,
+# only for how many bytes it wrote (``_Written``).
+_RESPONSE_TAKES_WRITER = "stream_writer" in inspect.signature(aiohttp.ClientResponse).parameters
 # Seconds a stream whose every choice finished is read on for what may follow (its [DONE], and
 # its usage chunk when not asked for) before it is taken as whole: a server sends them at once
 # (a quarter of the request's timeout at most, so that it ends first). A usage chunk asked for
@@ -155,6 +159,23 @@ _UNSERVED_PLACE = re.compile(r"country|territor|unsupported.{0,20}region|region.
                              r"supported", re.IGNORECASE)
 # Google's reasons (an error's details) for a key it refuses with a 400 INVALID_ARGUMENT.
 _KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+
+
+class _Direct(NamedTuple):
+    """What ``ChatClient._post`` writes a request past the session with (``_direct_parts``)."""
+    request: aiohttp.ClientRequest
+    request_info: aiohttp.RequestInfo
+    head: bytes  # the request line and headers up to Content-Length's value
+    tail: bytes  # from the end of that value to the blank line that ends the head
+
+
+class _Written:
+    """The request's writer, to a response made without it (aiohttp 3.14): the bytes it
+    wrote (``output_size``), all there is by then."""
+    __slots__ = ("output_size",)
+
+    def __init__(self, output_size: int) -> None:
+        self.output_size = output_size
 
 
 @dataclass(slots=True)
@@ -1123,6 +1144,7 @@ class ChatClient:
         # came to one posted by the session without a redirect. None: the session's.
         self._target: URL | None = None
         self._postable: URL | None = None
+        self._direct: _Direct | None = None  # how (_direct_parts), where _postable is set
         self._request_headers: CIMultiDict[str] = CIMultiDict(self._headers)
         # Finished streams were held open for the whole wait for their usage chunk, which never
         # came (``_USAGE_MISSES`` of them): the server sends none (it ignores stream_options, or
@@ -1168,7 +1190,7 @@ class ChatClient:
             connector=connector, timeout=self._timeout, headers=self._headers,
             cookie_jar=aiohttp.DummyCookieJar(), read_bufsize=_READ_BUFSIZE,
         )
-        self._target = self._postable = None
+        self._target = self._postable = self._direct = None
         try:
             target = URL(self.url)
             version = tuple(int(v) for v in aiohttp.__version__.split(".")[:2])
@@ -1177,8 +1199,35 @@ class ChatClient:
         if (self._proxy_url is None and target.scheme in ("http", "https") and target.raw_host
                 and target.raw_user is None and target.raw_password is None
                 and _POST_TESTED[0] <= version <= _POST_TESTED[1]):
-            self._postable = target
+            self._direct = self._direct_parts(target)
+            if self._direct is not None:
+                self._postable = target
         return self
+
+    def _direct_parts(self, target: URL) -> _Direct | None:
+        """What ``_post`` posts a completion past the session with: a request to take a
+        connection from the pool with (its key, its TLS settings), never sent, the
+        request_info its answers carry, and the head the session's request would write, in
+        two parts around its Content-Length. The head is that request's headers, written as
+        aiohttp writes them. None where aiohttp would write another kind of head (one it
+        chunks, or a header it refuses: a line break in the key, say): the session's post."""
+        request = aiohttp.ClientRequest(
+            "POST", target, headers=self._request_headers, data=b"{}", loop=self._loop,
+            response_class=aiohttp.ClientResponse, timer=_NO_TIMER, session=self._session,
+            traces=[])
+        items = list(request.headers.items())
+        names = [k.lower() for k, _ in items]
+        if (names.count("content-length") != 1 or "content-type" not in names
+                or "transfer-encoding" in names or "connection" in names
+                or request.version != aiohttp.HttpVersion11
+                or any("\r" in k or "\n" in k or "\r" in v or "\n" in v for k, v in items)):
+            return None
+        cut = names.index("content-length")
+        before = "".join(f"{k}: {v}\r\n" for k, v in items[:cut])
+        after = "".join(f"{k}: {v}\r\n" for k, v in items[cut + 1:])
+        return _Direct(request, request.request_info,
+                       f"POST {target.raw_path_qs} HTTP/1.1\r\n{before}{items[cut][0]}: ".encode(),
+                       f"\r\n{after}\r\n".encode())
 
     async def __aexit__(
         self,
@@ -1195,7 +1244,7 @@ class ChatClient:
             await self._session.close()
             self._session = None
             self._connector = None
-            self._target = self._postable = None
+            self._target = self._postable = self._direct = None
 
     def _watch(self) -> None:
         """Cancel the requests past their deadline (``complete`` turns that into a timeout)."""
@@ -1822,14 +1871,17 @@ class ChatClient:
     async def _post(self, data: bytes) -> aiohttp.ClientResponse:
         """The answer to ``data`` posted to the endpoint, its headers read.
 
-        Where ``_target`` is set, the request is built, sent and its answer's head read by the
-        parts of aiohttp the session's ``post`` calls (the connector's pool, its request and
-        response), without what the session does around them that a completion needs none of:
-        its cookie jar, tracing, middlewares, per-request timer, and the thirty-odd options it
-        merges with its own on every request. That is 9 µs of CPU a request of about 50
-        (benchmarks/README.md). Until then, and for good once a request so posted is
-        redirected by a 307 or 308 on the same host, requests are the session's (which
-        follows it); another redirect stops the job, or fails the request, unsent again."""
+        Where ``_target`` is set, the request is written to a connection from the connector's
+        pool in one call: the head the session's request would write, made once
+        (``_direct_parts``), its Content-Length, and ``data``; aiohttp's response reads the
+        answer. That skips what the session does around a request that a completion needs
+        none of (its cookie jar, tracing, middlewares, per-request timer, and the thirty-odd
+        options it merges with its own), and what aiohttp's request does to build and write
+        one: its headers merged and written anew, its body's payload, and on Python 3.11 a
+        task to write the body. About 30 µs of CPU a request (benchmarks/README.md). Until
+        then, and for good once a request so posted is redirected by a 307 or 308 on the same
+        host, requests are the session's (which follows it); another redirect stops the job,
+        or fails the request, unsent again."""
         session = self._session
         target = self._target
         assert session is not None
@@ -1843,11 +1895,9 @@ class ChatClient:
                 self._target = self._postable  # answered where it was sent
             return resp
         connector = self._connector
-        assert connector is not None
-        request = aiohttp.ClientRequest(
-            "POST", target, headers=self._request_headers, data=data, loop=self._loop,
-            response_class=aiohttp.ClientResponse, timer=_NO_TIMER, session=session,
-            traces=[])
+        direct = self._direct
+        assert connector is not None and direct is not None
+        request, request_info, head, tail = direct
         try:
             try:
                 conn = await connector.connect(request, traces=[], timeout=self._timeout)
@@ -1856,10 +1906,25 @@ class ChatClient:
                     f"Connection timeout to host {request.url}") from e
             try:
                 protocol = conn.protocol
+                transport = conn.transport
                 assert protocol is not None
+                if transport is None or transport.is_closing():  # as aiohttp's writer words it
+                    raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
                 protocol.set_response_params(timer=_NO_TIMER, read_until_eof=True,
                                              read_bufsize=_READ_BUFSIZE)
-                resp = await request.send(conn)
+                length = b"%d" % len(data)
+                transport.writelines((head, length, tail, data))
+                if _RESPONSE_TAKES_WRITER:
+                    written = _Written(len(head) + len(length) + len(tail) + len(data))
+                    resp = aiohttp.ClientResponse(
+                        "POST", target, writer=None, continue100=None, timer=_NO_TIMER,
+                        request_info=request_info, traces=[], loop=request.loop,
+                        session=session, stream_writer=written)  # type: ignore[arg-type]
+                else:  # aiohttp 3.13 and older
+                    resp = aiohttp.ClientResponse(  # type: ignore[call-arg]
+                        "POST", target, writer=None, continue100=None, timer=_NO_TIMER,
+                        request_info=request_info, traces=[], loop=request.loop,
+                        session=session)
                 try:
                     await resp.start(conn)
                 except BaseException:
