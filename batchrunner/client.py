@@ -169,6 +169,25 @@ class _Direct(NamedTuple):
     tail: bytes  # from the end of that value to the blank line that ends the head
 
 
+async def _sent_whole(conn: aiohttp.connector.Connection) -> None:
+    """The request's writer where the transport took its request only in part (past its
+    high-water mark), as the session's request's task: done once the rest has gone out as the
+    server reads it. Until then the response does not put the connection back in the pool,
+    and when it cannot go out (the answer came first and was closed, which cancels this, or
+    the connection broke), the connection is closed, not pooled with the body's rest still to
+    be sent ahead of the next request."""
+    protocol = conn.protocol
+    assert protocol is not None
+    try:
+        await protocol._drain_helper()
+    except asyncio.CancelledError:
+        conn.close()
+        raise
+    except OSError as e:  # the connection lost: the answer's read fails with it
+        conn.close()
+        protocol.set_exception(aiohttp.ClientOSError(e.errno, str(e)), e)
+
+
 class _Written:
     """The request's writer, to a response made without it (aiohttp 3.14): the bytes it
     wrote (``output_size``), all there is by then."""
@@ -1914,15 +1933,20 @@ class ChatClient:
                                              read_bufsize=_READ_BUFSIZE)
                 length = b"%d" % len(data)
                 transport.writelines((head, length, tail, data))
+                # Most requests go out whole at once; a big body's rest goes as the server
+                # reads it (``_sent_whole``: the response waits for it, or closes the
+                # connection when it cannot be sent).
+                writer = (request.loop.create_task(_sent_whole(conn)) if protocol._paused
+                          else None)
                 if _RESPONSE_TAKES_WRITER:
                     written = _Written(len(head) + len(length) + len(tail) + len(data))
                     resp = aiohttp.ClientResponse(
-                        "POST", target, writer=None, continue100=None, timer=_NO_TIMER,
+                        "POST", target, writer=writer, continue100=None, timer=_NO_TIMER,
                         request_info=request_info, traces=[], loop=request.loop,
                         session=session, stream_writer=written)  # type: ignore[arg-type]
                 else:  # aiohttp 3.13 and older
                     resp = aiohttp.ClientResponse(  # type: ignore[call-arg]
-                        "POST", target, writer=None, continue100=None, timer=_NO_TIMER,
+                        "POST", target, writer=writer, continue100=None, timer=_NO_TIMER,
                         request_info=request_info, traces=[], loop=request.loop,
                         session=session)
                 try:
