@@ -178,9 +178,19 @@ async def _sent_whole(conn: aiohttp.connector.Connection) -> None:
     be sent ahead of the next request."""
     protocol = conn.protocol
     assert protocol is not None
+    transport = protocol.transport
     try:
         await protocol._drain_helper()
     except asyncio.CancelledError:
+        # The rest is of no use now: dropped, where a close would hold the socket and the
+        # rest until the server read it (for good, from one that neither reads nor closes).
+        # The drain's waiter goes too: aiohttp 3.13 and older wait on it through a shield,
+        # and the connection's loss would be left in it, unretrieved (logged).
+        waiter = protocol._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        if transport is not None:
+            transport.abort()
         conn.close()
         raise
     except OSError as e:  # the connection lost: the answer's read fails with it
@@ -1935,7 +1945,10 @@ class ChatClient:
                 transport.writelines((head, length, tail, data))
                 # Most requests go out whole at once; a big body's rest goes as the server
                 # reads it (``_sent_whole``: the response waits for it, or closes the
-                # connection when it cannot be sent).
+                # connection when it cannot be sent). Not over TLS, whose layer takes the
+                # whole body and never pauses the protocol: there, as with the session's
+                # request, a big body answered early and unread leaves its rest ahead of the
+                # next request on the connection, which fails (connection_reset, retried).
                 writer = (request.loop.create_task(_sent_whole(conn)) if protocol._paused
                           else None)
                 if _RESPONSE_TAKES_WRITER:

@@ -1102,7 +1102,7 @@ async def test_a_body_answered_before_it_was_all_sent_leaves_no_connection_behin
         writer.close()
 
     # aiohttp 3.10 leaves the "Connection lost" of a body cut short unretrieved in a drain
-    # waiter, the session's request as well: logged, not raised, so not a failure here.
+    # waiter of the session's request: logged, not raised, so not a failure here.
     loop = asyncio.get_running_loop()
     handler = loop.get_exception_handler()
 
@@ -1141,6 +1141,67 @@ async def test_a_body_answered_before_it_was_all_sent_leaves_no_connection_behin
         await server.wait_closed()
         gc.collect()  # the waiters' complaints, if any, made now
         loop.set_exception_handler(handler)
+
+
+@pytest.mark.anyio
+async def test_the_rest_of_a_body_answered_early_is_dropped_not_sent() -> None:
+    """A server that answers a big body at its head and then reads nothing: once the answer
+    is read, the rest of the body waiting to go out is dropped with its connection, not
+    held (a socket and megabytes for as long as the server neither reads nor closes) and
+    sent when the server reads again."""
+    import aiohttp
+
+    from batchrunner.client import ChatClient
+    from batchrunner.errors import RequestError
+    if not _posts_past_the_session():
+        pytest.skip(f"aiohttp {aiohttp.__version__}: every request is the session's")
+    size = 32 << 20  # more than the kernel's buffers on both sides hold
+    answered, ended = asyncio.Event(), asyncio.Event()
+    received = 0
+
+    async def refuses_unread(reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            found = re.search(rb"(?i)content-length: (\d+)", head)
+            assert found is not None
+            if int(found[1]) < size:  # the first, the session's
+                await reader.readexactly(int(found[1]))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%b" % (len(_ANSWER), _ANSWER))
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+            writer.transport.pause_reading()
+            writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: %d\r\n\r\n%b" % (len(_TOO_LARGE), _TOO_LARGE))
+            await writer.drain()
+            await answered.wait()
+            writer.transport.resume_reading()
+            while chunk := await reader.read(1 << 20):
+                received += len(chunk)
+        writer.close()
+        ended.set()
+
+    server = await asyncio.start_server(refuses_unread, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with ChatClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=10,
+                              connections=1) as client:
+            await client.complete({"model": "m", "messages": [{"role": "user",
+                                                               "content": "hi"}]})
+            assert client._target is not None
+            big = {"model": "m", "messages": [{"role": "user", "content": "y" * size}]}
+            with anyio.fail_after(20):
+                with pytest.raises(RequestError) as refused:
+                    await client.complete(big)
+                assert refused.value.error_type == "http_413"
+                answered.set()
+                await ended.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received < size  # what the kernel held, not the rest
 
 
 @pytest.mark.anyio
