@@ -71,6 +71,7 @@ _POST_TESTED = ((3, 10), (3, 14))
 _READ_BUFSIZE = 2**18  # a connection's read buffer (aiohttp's default since 3.12; 64 KiB before)
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 _NO_TIMER = TimerNoop()  # the whole answer's timeout is the watchdog's (ChatClient._watch)
+_JOINED_MAX = 1 << 16  # bytes of a body written in one piece with its request's head (_post)
 # aiohttp 3.14 asks a response made without a body-writing task for the request's writer,
 # only for how many bytes it wrote (``_Written``).
 _RESPONSE_TAKES_WRITER = "stream_writer" in inspect.signature(aiohttp.ClientResponse).parameters
@@ -1901,8 +1902,8 @@ class ChatClient:
         """The answer to ``data`` posted to the endpoint, its headers read.
 
         Where ``_target`` is set, the request is written to a connection from the connector's
-        pool in one call: the head the session's request would write, made once
-        (``_direct_parts``), its Content-Length, and ``data``; aiohttp's response reads the
+        pool: the head the session's request would write, made once (``_direct_parts``),
+        its Content-Length, and ``data``; aiohttp's response reads the
         answer. That skips what the session does around a request that a completion needs
         none of (its cookie jar, tracing, middlewares, per-request timer, and the thirty-odd
         options it merges with its own), and what aiohttp's request does to build and write
@@ -1942,7 +1943,16 @@ class ChatClient:
                 protocol.set_response_params(timer=_NO_TIMER, read_until_eof=True,
                                              read_bufsize=_READ_BUFSIZE)
                 length = b"%d" % len(data)
-                transport.writelines((head, length, tail, data))
+                # write(), never writelines(): Python's own loop's writelines did not pause
+                # the protocol past the high-water mark before 3.12.9 and 3.13.2, nor check
+                # for a lost connection (aiohttp keeps off it there too). A body up to
+                # _JOINED_MAX goes with its head in one write (one send); a bigger one is
+                # written after it, not copied whole into a joined one.
+                if len(data) <= _JOINED_MAX:
+                    transport.write(b"".join((head, length, tail, data)))
+                else:
+                    transport.write(b"".join((head, length, tail)))
+                    transport.write(data)
                 # Most requests go out whole at once; a big body's rest goes as the server
                 # reads it (``_sent_whole``: the response waits for it, or closes the
                 # connection when it cannot be sent). Not over TLS, whose layer takes the
