@@ -1944,8 +1944,9 @@ class ChatClient:
                                              read_bufsize=_READ_BUFSIZE)
                 length = b"%d" % len(data)
                 # write(), never writelines(): Python's own loop's writelines did not pause
-                # the protocol past the high-water mark before 3.12.9 and 3.13.2, nor check
-                # for a lost connection (aiohttp keeps off it there too). A body up to
+                # the protocol past the high-water mark before 3.12.9 and 3.13.2 (aiohttp
+                # keeps off it there), and in some versions lacks write's check for a lost
+                # connection (CPython gh-127655, gh-136234). A body up to
                 # _JOINED_MAX goes with its head in one write (one send); a bigger one is
                 # written after it, not copied whole into a joined one.
                 if len(data) <= _JOINED_MAX:
