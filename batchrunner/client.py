@@ -1902,13 +1902,13 @@ class ChatClient:
         """The answer to ``data`` posted to the endpoint, its headers read.
 
         Where ``_target`` is set, the request is written to a connection from the connector's
-        pool: the head the session's request would write, made once (``_direct_parts``),
-        its Content-Length, and ``data``; aiohttp's response reads the
-        answer. That skips what the session does around a request that a completion needs
-        none of (its cookie jar, tracing, middlewares, per-request timer, and the thirty-odd
-        options it merges with its own), and what aiohttp's request does to build and write
-        one: its headers merged and written anew, its body's payload, and on Python 3.11 a
-        task to write the body. About 30 µs of CPU a request (benchmarks/README.md). Until
+        pool: the head the session's request would write, made once (``_direct_parts``), its
+        Content-Length, and ``data``; aiohttp's response reads the answer. That skips what
+        the session does around a request that a completion needs none of (its cookie jar,
+        tracing, middlewares, per-request timer, and the thirty-odd options it merges with
+        its own), and what aiohttp's request does to build and write one: its headers merged
+        and written anew, its body's payload, and on Python 3.11 a task to write the body.
+        About 30 µs of CPU a request (benchmarks/README.md). Until
         then, and for good once a request so posted is redirected by a 307 or 308 on the same
         host, requests are the session's (which follows it); another redirect stops the job,
         or fails the request, unsent again."""

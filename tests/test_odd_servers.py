@@ -28,6 +28,7 @@ from batchrunner.client import _retry_after
 from batchrunner.retry import RetryPolicy
 from batchrunner.runner import RunOptions, RunSummary, run_job
 from batchrunner.simulator import prompt_key
+from tests.servers import serve_streams_on_loopback
 from tests.test_faults import (
     RUN_LIMIT_S,
     Fault,
@@ -1118,27 +1119,24 @@ async def test_a_body_answered_before_it_was_all_sent_leaves_no_connection_behin
 
     small = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     big = {"model": "m", "messages": [{"role": "user", "content": "y" * (8 << 20)}]}
-    server = await asyncio.start_server(limited, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     loop.set_exception_handler(unretrieved_loss_ignored)
     try:
-        for past_session in (False, True):
-            connections = 0
-            async with ChatClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=10,
-                                  connections=4) as client:
-                await client.complete(small)  # the session's: the rest may go past it
-                if not past_session:
-                    client._target = client._postable = None
-                with anyio.fail_after(20):
-                    with pytest.raises(RequestError) as refused:
-                        await client.complete(big)
-                    assert refused.value.error_type == "http_413"
-                    assert (await client.complete(small)).content == "fine"
-                assert (client._target is not None) == past_session
-            assert connections == 2, past_session
+        async with serve_streams_on_loopback(limited) as port:
+            for past_session in (False, True):
+                connections = 0
+                async with ChatClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=10,
+                                      connections=4) as client:
+                    await client.complete(small)  # the session's: the rest may go past it
+                    if not past_session:
+                        client._target = client._postable = None
+                    with anyio.fail_after(20):
+                        with pytest.raises(RequestError) as refused:
+                            await client.complete(big)
+                        assert refused.value.error_type == "http_413"
+                        assert (await client.complete(small)).content == "fine"
+                    assert (client._target is not None) == past_session
+                assert connections == 2, past_session
     finally:
-        server.close()
-        await server.wait_closed()
         gc.collect()  # the waiters' complaints, if any, made now
         loop.set_exception_handler(handler)
 
@@ -1183,24 +1181,18 @@ async def test_the_rest_of_a_body_answered_early_is_dropped_not_sent() -> None:
         writer.close()
         ended.set()
 
-    server = await asyncio.start_server(refuses_unread, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with ChatClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=10,
-                              connections=1) as client:
-            await client.complete({"model": "m", "messages": [{"role": "user",
-                                                               "content": "hi"}]})
-            assert client._target is not None
-            big = {"model": "m", "messages": [{"role": "user", "content": "y" * size}]}
-            with anyio.fail_after(20):
-                with pytest.raises(RequestError) as refused:
-                    await client.complete(big)
-                assert refused.value.error_type == "http_413"
-                answered.set()
-                await ended.wait()
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with (serve_streams_on_loopback(refuses_unread) as port,
+                ChatClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=10,
+                           connections=1) as client):
+        await client.complete({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert client._target is not None
+        big = {"model": "m", "messages": [{"role": "user", "content": "y" * size}]}
+        with anyio.fail_after(20):
+            with pytest.raises(RequestError) as refused:
+                await client.complete(big)
+            assert refused.value.error_type == "http_413"
+            answered.set()
+            await ended.wait()
     assert received < size  # what the kernel held, not the rest
 
 

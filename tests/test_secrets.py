@@ -33,6 +33,7 @@ from batchrunner.client import SIMULATOR_HEADER
 from batchrunner.runner import endpoint_warnings
 from batchrunner.simulator import SimulatorConfig, SimulatorThread
 from batchrunner.status import format_status
+from tests.servers import serve_streams_on_loopback
 
 KEY = "sk-test-SECRET-5f3a9c"
 NEEDLES = (KEY, f"Bearer {KEY}", "SECRET-5f3a9c")
@@ -990,15 +991,11 @@ async def test_a_key_in_a_line_aiohttp_quotes_cut_is_taken_out_in_part() -> None
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with ChatClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=5,
-                              connections=1) as client:
-            with pytest.raises(TransportError) as caught:
-                await client.complete({"model": "gpt-4o-mini", "messages": []})
-    finally:
-        server.close()
+    async with (serve_streams_on_loopback(answer) as port,
+                ChatClient(f"http://127.0.0.1:{port}/v1", KEY, timeout_s=5,
+                           connections=1) as client):
+        with pytest.raises(TransportError) as caught:
+            await client.complete({"model": "gpt-4o-mini", "messages": []})
     message = caught.value.message
     assert "Got more than" in message
     if "when reading: b'" in message:  # aiohttp 3.10 quotes none of the line, later ones do
